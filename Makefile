@@ -1,0 +1,104 @@
+# ringproxy — a memcached proxy that resizes pools without losing the cache.
+#
+#   make            build build/ringproxy (optimised, -Werror)
+#   make run        install what is missing, build, run a local sandbox cluster
+#   make test       install what is missing, then unit tests, ring compatibility,
+#                   integration tests and memccapable, all under ASan+UBSan
+#   make bench      ringproxy vs direct memcached vs twemproxy, same run
+#   make fuzz       libFuzzer on the protocol parser (clang)
+#   make install PREFIX=/usr/local
+
+PREFIX  ?= /usr/local
+CC      ?= cc
+PKGS    := libevent libevent_pthreads hiredis yaml-0.1 libmd
+SAN     ?= 0
+
+ifeq ($(SAN),1)
+BUILD   ?= build/san
+OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+           -fno-sanitize-recover=undefined
+else
+BUILD   ?= build
+OPT     := -O2 -g
+endif
+
+CFLAGS  ?=
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+           -Wstrict-prototypes -Wmissing-prototypes -ffp-contract=off \
+           $(OPT) $(shell pkg-config --cflags $(PKGS))
+LDFLAGS += $(OPT)
+LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+
+SRCS    := $(filter-out src/main.c,$(wildcard src/*.c))
+OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
+BIN     := $(BUILD)/ringproxy
+
+.PHONY: all deps run test unit compat integration capable bench fuzz install \
+        clean compile_commands.json
+all: $(BIN) $(BUILD)/loadgen
+
+deps:
+	@./scripts/install-deps.sh
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libringproxy.a: $(OBJS)
+	$(AR) rcs $@ $^
+
+$(BIN): $(BUILD)/obj/main.o $(BUILD)/libringproxy.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libringproxy.a $(wildcard src/*.h) | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Isrc $(LDFLAGS) -o $@ $< $(BUILD)/libringproxy.a \
+		$(LDLIBS) $(CHECK_LIBS)
+
+$(BUILD)/compat_libmemcached: tests/compat/compat_libmemcached.c $(BUILD)/libringproxy.a | $(BUILD)
+	$(CC) $(CFLAGS) -Isrc $(shell pkg-config --cflags libmemcached) $(LDFLAGS) \
+		-o $@ $< $(BUILD)/libringproxy.a $(LDLIBS) \
+		$(shell pkg-config --libs libmemcached)
+
+$(BUILD)/loadgen: bench/loadgen.c | $(BUILD)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
+
+$(BUILD) $(BUILD)/obj $(BUILD)/tests:
+	mkdir -p $@
+
+run: deps all
+	./scripts/sandbox.sh
+
+# `make test` is what the README and CI run: everything, under sanitizers.
+test: deps
+	$(MAKE) SAN=1 unit compat integration capable
+
+unit: $(UNIT)
+	@set -e; for t in $(UNIT); do echo "== $$t"; CK_FORK=yes $$t; done
+
+compat: $(BUILD)/compat_libmemcached
+	$(BUILD)/compat_libmemcached
+
+integration: $(BIN) $(BUILD)/loadgen
+	RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q tests/integration
+
+capable: $(BIN)
+	./tests/capable.sh $(BIN)
+
+bench:
+	@./scripts/install-deps.sh --bench
+	$(MAKE) all
+	./scripts/bench.sh
+
+fuzz:
+	$(MAKE) -C tests/fuzz
+
+install: $(BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ringproxy
+
+compile_commands.json:
+	$(MAKE) clean && bear -- $(MAKE) all
+
+clean:
+	rm -rf build

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Install, only when missing, every Debian package that building, running,
+# testing and benchmarking ringproxy need. Safe to run again and again.
+set -eu
+
+PKGS="build-essential pkg-config libevent-dev libhiredis-dev libyaml-dev \
+libmd-dev check memcached redis-server libmemcached-dev libmemcached-tools \
+python3 python3-pytest python3-pymemcache python3-memcache python3-redis \
+python3-yaml clang libclang-rt-14-dev"
+
+if [ "${1:-}" = "--bench" ]; then
+	PKGS="$PKGS nutcracker"
+fi
+
+missing=""
+for p in $PKGS; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+		missing="$missing $p"
+	fi
+done
+
+[ -z "$missing" ] && exit 0
+
+echo "install-deps: installing:$missing"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# Debian starts the packaged daemons; the tests and the sandbox start their own.
+for svc in memcached redis-server nutcracker; do
+	if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$svc" 2>/dev/null; then
+		$SUDO systemctl stop "$svc" || true
+	fi
+done
+exit 0

@@ -1,0 +1,508 @@
+/*
+ * backend.c — connections to one memcached server.
+ *
+ * A connection carries a FIFO of fragments (router.h). Requests are appended
+ * to its output buffer as they arrive and written once per loop turn; replies
+ * are read and matched to the head of the FIFO. Any failure (refused, reset,
+ * garbage, timeout) closes the connection and fails every fragment on it:
+ * after a lost or late reply the stream can no longer be matched.
+ *
+ * Backend health: consecutive failures put the backend DOWN with a backoff
+ * (100 ms doubling up to min(server_retry_timeout, 5 s)) during which its
+ * requests fail fast. With auto_eject_hosts, server_failure_limit failures
+ * eject it from routing for server_retry_timeout (the data ring is untouched).
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "log.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define CONNECT_TIMEOUT_MS 1000     /* when the pool sets no timeout */
+#define READ_CHUNK 16384
+#define REPLY_LINE_MAX 4096         /* a reply line without "\n" past this is garbage */
+
+static void bconn_read_cb(evutil_socket_t fd, short what, void *arg);
+static void bconn_write_cb(evutil_socket_t fd, short what, void *arg);
+
+int backend_init(struct backend *be, struct pool *p, uint32_t index,
+                 const struct conf_server *cs, char *err, size_t errlen)
+{
+    memset(be, 0, sizeof(*be));
+    be->pool = p;
+    be->index = index;
+    be->identity = p->ring->servers[index].identity;
+    be->addr = cs->addr;
+    be->state = BACKEND_UP;
+    be->nconns = (uint32_t)p->conf->server_connections;
+    be->conns = calloc(be->nconns, sizeof(*be->conns));
+    if (be->conns == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (uint32_t i = 0; i < be->nconns; i++) {
+        struct bconn *bc = &be->conns[i];
+        bc->be = be;
+        bc->fd = -1;
+        bc->in = evbuffer_new();
+        bc->out = evbuffer_new();
+        TAILQ_INIT(&bc->frags);
+        if (bc->in == NULL || bc->out == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static uint64_t request_timeout_ms(const struct backend *be)
+{
+    return be->pool->conf->timeout > 0 ? (uint64_t)be->pool->conf->timeout : 0;
+}
+
+static void bconn_close_fd(struct bconn *bc)
+{
+    if (bc->fd >= 0) {
+        event_del(&bc->rev);
+        event_del(&bc->wev);
+        close(bc->fd);
+        bc->fd = -1;
+    }
+    bc->state = BCONN_DOWN;
+    evbuffer_drain(bc->in, evbuffer_get_length(bc->in));
+    evbuffer_drain(bc->out, evbuffer_get_length(bc->out));
+}
+
+/* Take the head fragment off the connection; the caller completes it. */
+static struct frag *bconn_pop(struct bconn *bc)
+{
+    struct frag *f = TAILQ_FIRST(&bc->frags);
+
+    TAILQ_REMOVE(&bc->frags, f, link);
+    bc->nfrags--;
+    bc->be->stats[STAT_BE_inflight]--;
+    f->conn = NULL;
+    return f;
+}
+
+/* The connection is unusable: fail everything on it and mark the backend. */
+static void bconn_fail(struct bconn *bc, const char *why, const char *reply)
+{
+    struct backend *be = bc->be;
+    struct pool *p = be->pool;
+    uint64_t now = worker_now_ms(p->w);
+    uint32_t n = bc->nfrags;
+
+    log_warn("backend", "%s: %s %s: %s (%u requests failed)", p->name,
+             be->identity, be->addr.text, why, n);
+    bconn_close_fd(bc);
+    while (!TAILQ_EMPTY(&bc->frags)) {
+        be->stats[STAT_BE_errors]++;
+        p->stats[STAT_server_errors]++;
+        frag_fail(bconn_pop(bc), reply);
+    }
+
+    be->failures++;
+    if (p->conf->auto_eject_hosts &&
+        be->failures >= (uint32_t)p->conf->server_failure_limit) {
+        if (be->state != BACKEND_EJECTED) {
+            be->stats[STAT_BE_ejections]++;
+            log_warn("backend", "%s: ejecting %s after %u failures, retry in %lld ms",
+                     p->name, be->identity, be->failures,
+                     (long long)p->conf->server_retry_timeout);
+            pool_eject(p, be, true);
+        }
+        be->retry_ms = now + (uint64_t)p->conf->server_retry_timeout;
+        return;
+    }
+    uint32_t max = p->conf->server_retry_timeout < BACKOFF_MAX_MS ?
+                   (uint32_t)p->conf->server_retry_timeout : BACKOFF_MAX_MS;
+    be->backoff_ms = be->backoff_ms == 0 ? BACKOFF_MIN_MS : be->backoff_ms * 2;
+    if (be->backoff_ms > max) {
+        be->backoff_ms = max;
+    }
+    if (be->state == BACKEND_UP) {
+        be->state = BACKEND_DOWN;
+    }
+    be->retry_ms = now + be->backoff_ms;
+}
+
+static socklen_t backend_sockaddr(const struct backend *be,
+                                  struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (be->addr.is_unix) {
+        struct sockaddr_un *sun = (struct sockaddr_un *)ss;
+        sun->sun_family = AF_UNIX;
+        snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", be->addr.host);
+        return sizeof(*sun);
+    }
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_NUMERICSERV };
+    struct addrinfo *res = NULL;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", be->addr.port);
+    if (getaddrinfo(be->addr.host, port, &hints, &res) != 0 || res == NULL) {
+        return 0;
+    }
+    socklen_t len = res->ai_addrlen;
+    memcpy(ss, res->ai_addr, len);
+    freeaddrinfo(res);
+    return len;
+}
+
+static int bconn_connect(struct bconn *bc)
+{
+    struct backend *be = bc->be;
+    struct sockaddr_storage ss;
+    socklen_t len = backend_sockaddr(be, &ss);
+    int one = 1;
+
+    if (len == 0) {
+        return -EHOSTUNREACH;
+    }
+    bc->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (bc->fd < 0) {
+        return -errno;
+    }
+    if (!be->addr.is_unix) {
+        setsockopt(bc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (be->pool->conf->tcpkeepalive) {
+            setsockopt(bc->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+        }
+    }
+    event_assign(&bc->rev, be->pool->w->base, bc->fd, EV_READ | EV_PERSIST,
+                 bconn_read_cb, bc);
+    event_assign(&bc->wev, be->pool->w->base, bc->fd, EV_WRITE | EV_PERSIST,
+                 bconn_write_cb, bc);
+    if (connect(bc->fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS) {
+        int rc = -errno;
+        close(bc->fd);
+        bc->fd = -1;
+        return rc;
+    }
+    bc->state = BCONN_CONNECTING;
+    bc->dirty = false;
+    event_add(&bc->rev, NULL);
+    event_add(&bc->wev, NULL);     /* fires when the connect completes */
+    return 0;
+}
+
+struct bconn *backend_conn(struct backend *be, uint64_t client_id)
+{
+    struct bconn *bc = &be->conns[client_id % be->nconns];
+
+    if (be->state != BACKEND_UP) {
+        if (worker_now_ms(be->pool->w) < be->retry_ms) {
+            return NULL;
+        }
+        if (be->state == BACKEND_EJECTED) {
+            pool_eject(be->pool, be, false);
+        }
+        be->state = BACKEND_UP;     /* a trial: the next failure backs off more */
+    }
+    if (bc->state == BCONN_DOWN) {
+        int rc = bconn_connect(bc);
+        if (rc != 0) {
+            be->stats[STAT_BE_connect_failures]++;
+            bconn_fail(bc, strerror(-rc), BACKEND_ERR_DOWN);
+            return NULL;
+        }
+    }
+    return bc;
+}
+
+void backend_preconnect(struct backend *be)
+{
+    for (uint32_t i = 0; i < be->nconns; i++) {
+        (void)backend_conn(be, i);
+    }
+}
+
+static void bconn_mark_dirty(struct bconn *bc)
+{
+    if (!bc->dirty) {
+        bc->dirty = true;
+        TAILQ_INSERT_TAIL(&bc->be->pool->w->dirty_conns, bc, dirty_link);
+    }
+}
+
+void bconn_push(struct bconn *bc, struct frag *f)
+{
+    f->conn = bc;
+    f->sent_ms = worker_now_ms(bc->be->pool->w);
+    TAILQ_INSERT_TAIL(&bc->frags, f, link);
+    bc->nfrags++;
+    bc->be->stats[STAT_BE_requests]++;
+    bc->be->stats[STAT_BE_inflight]++;
+    bconn_mark_dirty(bc);
+}
+
+void bconn_flush(struct bconn *bc)
+{
+    bc->dirty = false;
+    if (bc->state != BCONN_UP || evbuffer_get_length(bc->out) == 0) {
+        return;
+    }
+    int n = evbuffer_write(bc->out, bc->fd);
+    if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        bconn_fail(bc, strerror(errno), BACKEND_ERR_LOST);
+        return;
+    }
+    if (evbuffer_get_length(bc->out) > 0) {
+        event_add(&bc->wev, NULL);
+    }
+}
+
+static void bconn_connected(struct bconn *bc)
+{
+    struct backend *be = bc->be;
+    int err = 0;
+    socklen_t len = sizeof(err);
+
+    if (getsockopt(bc->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+        err = errno;
+    }
+    if (err != 0) {
+        be->stats[STAT_BE_connect_failures]++;
+        bconn_fail(bc, strerror(err), BACKEND_ERR_DOWN);
+        return;
+    }
+    bc->state = BCONN_UP;
+    be->stats[STAT_BE_connects]++;
+    be->failures = 0;
+    be->backoff_ms = 0;
+    log_info("backend", "%s: connected to %s %s", be->pool->name, be->identity,
+             be->addr.text);
+}
+
+static void bconn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct bconn *bc = arg;
+
+    (void)fd, (void)what;
+    if (bc->state == BCONN_CONNECTING) {
+        bconn_connected(bc);
+        if (bc->state != BCONN_UP) {
+            return;
+        }
+    }
+    if (evbuffer_get_length(bc->out) > 0 &&
+        evbuffer_write(bc->out, bc->fd) < 0 && errno != EAGAIN && errno != EINTR) {
+        bconn_fail(bc, strerror(errno), BACKEND_ERR_LOST);
+        return;
+    }
+    if (evbuffer_get_length(bc->out) == 0) {
+        event_del(&bc->wev);
+    }
+}
+
+/*
+ * The next complete line in b, made contiguous: returns its start and sets
+ * *len (without the terminator) and *total (with it); NULL if none yet.
+ */
+static const char *buf_line(struct evbuffer *b, size_t *len, size_t *total)
+{
+    struct evbuffer_iovec v;
+
+    if (evbuffer_peek(b, -1, NULL, &v, 1) < 1 || v.iov_len == 0) {
+        return NULL;
+    }
+    const char *base = v.iov_base;
+    const char *nl = memchr(base, '\n', v.iov_len);
+    if (nl == NULL) {
+        size_t eol;
+        struct evbuffer_ptr p = evbuffer_search_eol(b, NULL, &eol, EVBUFFER_EOL_LF);
+        if (p.pos < 0) {
+            return NULL;
+        }
+        base = (const char *)evbuffer_pullup(b, p.pos + 1);
+        nl = base + p.pos;
+    }
+    *total = (size_t)(nl - base) + 1;
+    *len = nl > base && nl[-1] == '\r' ? *total - 2 : *total - 1;
+    return base;
+}
+
+/* Find the request key a VALUE line answers, from the share's cursor on. */
+static int frag_match_key(struct frag *f, const struct proto_rsp *rsp)
+{
+    struct request *r = f->req;
+    uint16_t idx = (uint16_t)(f - r->frags);
+
+    for (uint32_t i = f->cursor; i < r->nkeys; i++) {
+        if (r->key_frag[i] != idx || r->key_hit[i] != 0) {
+            continue;
+        }
+        const char *k = r->keys + r->key_off[i];
+        uint32_t klen = r->key_off[i + 1] - r->key_off[i] - 1;
+        if (klen == rsp->keylen && memcmp(k, rsp->key, klen) == 0) {
+            f->cursor = i + 1;
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* Move n bytes of reply from the connection to where the fragment wants them. */
+static void frag_deliver(struct frag *f, struct evbuffer *in, size_t n)
+{
+    struct evbuffer *sink = frag_sink(f);
+
+    if (sink != NULL) {
+        evbuffer_remove_buffer(in, sink, n);
+    } else {
+        evbuffer_drain(in, n);
+    }
+}
+
+/* Consume every complete reply in bc->in. Returns -1 if bc was failed. */
+static int bconn_process(struct bconn *bc)
+{
+    struct pool *p = bc->be->pool;
+    struct proto_rsp rsp;
+    size_t len, total;
+
+    while (evbuffer_get_length(bc->in) > 0) {
+        const char *line = buf_line(bc->in, &len, &total);
+        if (line == NULL) {
+            if (evbuffer_get_length(bc->in) > REPLY_LINE_MAX) {
+                bconn_fail(bc, "reply line too long", BACKEND_ERR_LOST);
+                return -1;
+            }
+            return 0;
+        }
+        struct frag *f = TAILQ_FIRST(&bc->frags);
+        if (f == NULL) {
+            bconn_fail(bc, "reply without a request", BACKEND_ERR_LOST);
+            return -1;
+        }
+        if (proto_parse_reply(line, len, &rsp) != PROTO_OK) {
+            log_warn("backend", "%s: %s sent an unparsable reply: %.*s", p->name,
+                     bc->be->identity, (int)(len > 80 ? 80 : len), line);
+            bconn_fail(bc, "protocol error", BACKEND_ERR_LOST);
+            return -1;
+        }
+        if (f->retrieval && rsp.kind == PROTO_RSP_VALUE) {
+            size_t need = total + (size_t)rsp.bytes + 2;
+            if (evbuffer_get_length(bc->in) < need) {
+                return 0;   /* the rest of the value is on its way */
+            }
+            struct request *r = f->req;
+            r->hits++;
+            if (r->nfrags > 1) {
+                int i = frag_match_key(f, &rsp);
+                if (i < 0) {
+                    bconn_fail(bc, "VALUE for a key not asked", BACKEND_ERR_LOST);
+                    return -1;
+                }
+                r->key_hit[i] = (uint32_t)need;
+            }
+            frag_deliver(f, bc->in, need);
+            continue;
+        }
+        f = bconn_pop(bc);
+        if (f->retrieval && f->req->nfrags > 1) {
+            /* A share of a multi-get: END or an error both end it; an error
+             * leaves its keys as misses. */
+            evbuffer_drain(bc->in, total);
+            f->failed = rsp.kind != PROTO_RSP_END;
+        } else {
+            frag_deliver(f, bc->in, total);
+            if (f->req->nfrags > 1 && rsp.kind != PROTO_RSP_OK &&
+                f->req->error_line == NULL) {
+                f->req->error_line = strndup(line, len);
+            }
+        }
+        request_frag_done(f);
+    }
+    return 0;
+}
+
+static void bconn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct bconn *bc = arg;
+    struct evbuffer_iovec v[2];
+
+    (void)what;
+    if (bc->state == BCONN_CONNECTING) {
+        bconn_connected(bc);
+        if (bc->state != BCONN_UP) {
+            return;
+        }
+    }
+    int nv = evbuffer_reserve_space(bc->in, READ_CHUNK, v, 2);
+    ssize_t n = readv(fd, v, nv);
+    if (n <= 0) {
+        evbuffer_commit_space(bc->in, v, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            return;
+        }
+        bconn_fail(bc, n == 0 ? "closed by the server" : strerror(errno),
+                   BACKEND_ERR_LOST);
+        return;
+    }
+    for (int i = 0; i < nv; i++) {
+        size_t take = (size_t)n < v[i].iov_len ? (size_t)n : v[i].iov_len;
+        v[i].iov_len = take;
+        n -= (ssize_t)take;
+    }
+    evbuffer_commit_space(bc->in, v, nv);
+    bconn_process(bc);
+}
+
+void backend_tick(struct backend *be, uint64_t now_ms)
+{
+    uint64_t timeout = request_timeout_ms(be);
+    uint64_t connect_timeout = timeout ? timeout : CONNECT_TIMEOUT_MS;
+
+    for (uint32_t i = 0; i < be->nconns; i++) {
+        struct bconn *bc = &be->conns[i];
+        struct frag *f = TAILQ_FIRST(&bc->frags);
+        if (f == NULL) {
+            continue;
+        }
+        if (bc->state == BCONN_CONNECTING && now_ms - f->sent_ms >= connect_timeout) {
+            be->stats[STAT_BE_connect_failures]++;
+            bconn_fail(bc, "connect timed out", BACKEND_ERR_DOWN);
+        } else if (timeout && now_ms - f->sent_ms >= timeout) {
+            be->stats[STAT_BE_timeouts]++;
+            bconn_fail(bc, "request timed out", BACKEND_ERR_TIMEOUT);
+        }
+    }
+    if (be->state == BACKEND_EJECTED && now_ms >= be->retry_ms) {
+        log_notice("backend", "%s: %s back in routing after server_retry_timeout",
+                   be->pool->name, be->identity);
+        pool_eject(be->pool, be, false);
+        be->state = BACKEND_UP;
+    }
+}
+
+void backend_close(struct backend *be)
+{
+    for (uint32_t i = 0; be->conns != NULL && i < be->nconns; i++) {
+        struct bconn *bc = &be->conns[i];
+        bconn_close_fd(bc);
+        while (!TAILQ_EMPTY(&bc->frags)) {
+            frag_fail(bconn_pop(bc), BACKEND_ERR_LOST);
+        }
+        if (bc->dirty) {
+            TAILQ_REMOVE(&be->pool->w->dirty_conns, bc, dirty_link);
+        }
+        evbuffer_free(bc->in);
+        evbuffer_free(bc->out);
+    }
+    free(be->conns);
+    be->conns = NULL;
+}

@@ -1,0 +1,31 @@
+/* backend.h — connections to one memcached server: connect, send, read replies. */
+#ifndef RP_BACKEND_H
+#define RP_BACKEND_H
+
+#include "router.h"
+
+#define BACKEND_ERR_DOWN    "SERVER_ERROR backend unavailable"
+#define BACKEND_ERR_TIMEOUT "SERVER_ERROR backend timeout"
+#define BACKEND_ERR_LOST    "SERVER_ERROR backend connection lost"
+
+int backend_init(struct backend *be, struct pool *p, uint32_t index,
+                 const struct conf_server *cs, char *err, size_t errlen);
+void backend_close(struct backend *be);
+
+/*
+ * The connection a client's requests to this backend use (always the same one
+ * for the same client, so its commands stay in order), connecting it if
+ * needed. NULL while the backend is down and its retry time has not come.
+ */
+struct bconn *backend_conn(struct backend *be, uint64_t client_id);
+
+/* The caller has appended the request bytes to bc->out; queue the fragment. */
+void bconn_push(struct bconn *bc, struct frag *f);
+/* Write what is buffered (called once per loop turn). */
+void bconn_flush(struct bconn *bc);
+/* Timeouts and retries; called every tick. */
+void backend_tick(struct backend *be, uint64_t now_ms);
+/* Open connections now (preconnect). */
+void backend_preconnect(struct backend *be);
+
+#endif

@@ -1,0 +1,713 @@
+/*
+ * client.c — a client connection: read commands, route them, reply in order.
+ *
+ * Reading: bytes are read into `in`; complete lines are parsed (proto.c) and
+ * dispatched. A storage command waits until its whole data block is there,
+ * then its line and block move to the backend connection's output (the block
+ * by evbuffer chain transfer, not copied). A value over item_size_max is
+ * answered at once and its bytes swallowed as they arrive, never buffered.
+ *
+ * Replying: each command becomes a request in `reqs`; replies leave in that
+ * order (client_advance). Output is written once per loop turn.
+ *
+ * Limits: reading pauses while more than CLIENT_OUT_PAUSE bytes wait to be
+ * written or CLIENT_MAX_QUEUED requests wait for backends, and resumes when
+ * the client catches up; a client whose unread output passes
+ * CLIENT_OUT_MAX is closed. A line without "\n" past memcached's 2048 bytes
+ * (8 MiB for get lines) closes the connection, as in memcached.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include "backend.h"
+#include "client.h"
+#include "log.h"
+#include "proxy.h"
+
+#define CLIENT_READ_CHUNK   16384
+#define CLIENT_OUT_PAUSE    (1u << 20)
+#define CLIENT_MAX_QUEUED   2048
+#define CLIENT_OUT_MAX      (256u << 20)
+#define CLIENT_GET_LINE_MAX (8u << 20)
+
+#define CLIENT_STATE_NAME(e, name) [CLIENT_##e] = name,
+static const char *const client_state_names[CLIENT_STATE_COUNT] = {
+    CLIENT_STATE_CODEC(CLIENT_STATE_NAME)
+};
+#undef CLIENT_STATE_NAME
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg);
+static void client_write_cb(evutil_socket_t fd, short what, void *arg);
+static void client_process(struct client *c);
+
+static void client_set_state(struct client *c, enum client_state s)
+{
+    log_debug("client", "%s: %s %s -> %s", c->pool->name, c->peer,
+              client_state_names[c->state], client_state_names[s]);
+    c->state = s;
+}
+
+void client_mark_dirty(struct client *c)
+{
+    if (!c->dirty) {
+        c->dirty = true;
+        TAILQ_INSERT_TAIL(&c->pool->w->dirty_clients, c, dirty_link);
+    }
+}
+
+static void format_peer(const struct sockaddr *sa, char *buf, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        snprintf(buf, len, "%s:%u", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+    } else {
+        snprintf(buf, len, "unix");
+    }
+}
+
+void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
+{
+    static const char too_many[] = "ERROR Too many open connections\r\n";
+    struct client *c;
+    int one = 1;
+
+    (void)salen;
+    if (p->w->stopping ||
+        (p->conf->client_connections > 0 &&
+         p->stats[STAT_curr_connections] >= (uint64_t)p->conf->client_connections)) {
+        ssize_t rc = write(fd, too_many, sizeof(too_many) - 1);
+        (void)rc;
+        close(fd);
+        p->stats[STAT_rejected_connections]++;
+        return;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL || (c->in = evbuffer_new()) == NULL ||
+        (c->out = evbuffer_new()) == NULL) {
+        log_error("client", "%s: out of memory accepting a client", p->name);
+        if (c != NULL) {
+            evbuffer_free(c->in);
+            free(c);
+        }
+        close(fd);
+        return;
+    }
+    c->pool = p;
+    c->fd = fd;
+    c->id = p->next_client_id++;
+    c->state = CLIENT_READING;
+    TAILQ_INIT(&c->reqs);
+    format_peer(sa, c->peer, sizeof(c->peer));
+    if (sa->sa_family != AF_UNIX) {
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    event_assign(&c->rev, p->w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
+    event_assign(&c->wev, p->w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
+    event_add(&c->rev, NULL);
+    TAILQ_INSERT_TAIL(&p->clients, c, link);
+    p->stats[STAT_curr_connections]++;
+    p->stats[STAT_total_connections]++;
+}
+
+void client_close(struct client *c, const char *why)
+{
+    struct request *r;
+
+    if (c->state == CLIENT_CLOSED) {
+        return;
+    }
+    log_debug("client", "%s: %s closed: %s", c->pool->name, c->peer, why);
+    event_del(&c->rev);
+    event_del(&c->wev);
+    close(c->fd);
+    c->fd = -1;
+    while ((r = TAILQ_FIRST(&c->reqs)) != NULL) {
+        TAILQ_REMOVE(&c->reqs, r, link);
+        request_orphan(r);
+    }
+    c->nreqs = 0;
+    TAILQ_REMOVE(&c->pool->clients, c, link);
+    c->pool->stats[STAT_curr_connections]--;
+    client_set_state(c, CLIENT_CLOSED);
+    client_mark_dirty(c);       /* freed by the flush, outside any callback */
+}
+
+void client_free(struct client *c)
+{
+    evbuffer_free(c->in);
+    evbuffer_free(c->out);
+    free(c);
+}
+
+void client_drain(struct client *c, const char *why)
+{
+    if (c->state == CLIENT_CLOSED || c->state == CLIENT_DRAINING) {
+        return;
+    }
+    log_debug("client", "%s: %s draining: %s", c->pool->name, c->peer, why);
+    event_del(&c->rev);
+    client_set_state(c, CLIENT_DRAINING);
+    client_mark_dirty(c);
+}
+
+/* Close with a last error line, written before the socket goes. */
+static void client_abort(struct client *c, const char *line, const char *why)
+{
+    log_notice("client", "%s: closing %s: %s", c->pool->name, c->peer, why);
+    c->pool->stats[STAT_closed_bad_clients]++;
+    if (line != NULL) {
+        evbuffer_add_printf(c->out, "%s\r\n", line);
+        if (evbuffer_write(c->out, c->fd) < 0) {
+            /* the socket is going anyway */
+        }
+    }
+    client_close(c, why);
+}
+
+void client_advance(struct client *c)
+{
+    struct request *r;
+
+    while ((r = TAILQ_FIRST(&c->reqs)) != NULL && r->done) {
+        if (r->reply != NULL) {
+            evbuffer_add_buffer(c->out, r->reply);
+        }
+        TAILQ_REMOVE(&c->reqs, r, link);
+        c->nreqs--;
+        r->client = NULL;
+        request_free(r);
+    }
+    /* The new head may have part of its reply buffered: it can go now. */
+    if (r != NULL && r->reply != NULL) {
+        evbuffer_add_buffer(c->out, r->reply);
+    }
+    client_mark_dirty(c);
+}
+
+static void client_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct client *c = arg;
+
+    (void)fd, (void)what;
+    client_mark_dirty(c);
+    event_del(&c->wev);
+}
+
+void client_flush(struct client *c)
+{
+    c->dirty = false;
+    if (c->state == CLIENT_CLOSED) {
+        client_free(c);
+        return;
+    }
+    if (evbuffer_get_length(c->out) > 0) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            client_close(c, strerror(errno));
+            return;
+        }
+        if (evbuffer_get_length(c->out) > 0) {
+            if (evbuffer_get_length(c->out) > CLIENT_OUT_MAX) {
+                log_warn("client", "%s: closing %s: %zu bytes of replies unread",
+                         c->pool->name, c->peer, evbuffer_get_length(c->out));
+                c->pool->stats[STAT_closed_slow_clients]++;
+                client_close(c, "slow reader");
+                return;
+            }
+            event_add(&c->wev, NULL);
+        }
+    }
+    if (c->read_paused && evbuffer_get_length(c->out) < CLIENT_OUT_PAUSE / 2 &&
+        c->nreqs < CLIENT_MAX_QUEUED / 2) {
+        c->read_paused = false;
+        if (c->state == CLIENT_READING || c->state == CLIENT_SWALLOW) {
+            event_add(&c->rev, NULL);
+            client_process(c);
+        }
+    }
+    if (c->state == CLIENT_DRAINING && c->nreqs == 0 &&
+        evbuffer_get_length(c->out) == 0) {
+        client_close(c, "drained");
+    }
+}
+
+/* --- replies made by the proxy itself ----------------------------------- */
+
+static void client_reply_local(struct client *c, const char *data, size_t len)
+{
+    if (TAILQ_EMPTY(&c->reqs)) {
+        evbuffer_add(c->out, data, len);
+        client_mark_dirty(c);
+        return;
+    }
+    struct request *r = request_new(c, PROTO_CMD_NONE, 0);
+    if (r == NULL) {
+        client_close(c, "out of memory");
+        return;
+    }
+    request_reply(r, data, len);
+    r->done = true;
+    client_advance(c);
+}
+
+static void client_reply_line(struct client *c, const char *line)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf), "%s\r\n", line);
+
+    client_reply_local(c, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+static void client_stats(struct client *c, const struct proto_req *req)
+{
+    struct pool *p = c->pool;
+    struct evbuffer *b = evbuffer_new();
+    struct worker *w = p->w;
+
+    if (b == NULL) {
+        client_close(c, "out of memory");
+        return;
+    }
+    if (req->args_len == 5 && memcmp(req->args, "reset", 5) == 0) {
+        for (int i = 0; i < STAT_POOL_COUNT; i++) {
+            if (strcmp(stats_pool_desc[i].kind, "counter") == 0) {
+                p->stats[i] = 0;
+            }
+        }
+        evbuffer_add_printf(b, "RESET\r\n");
+    } else if (req->args_len > 0) {
+        evbuffer_add_printf(b, "ERROR\r\n");
+    } else {
+        uint64_t now = worker_now_ms(w);
+        evbuffer_add_printf(b, "STAT pid %ld\r\nSTAT uptime %llu\r\nSTAT time %llu\r\n"
+                            "STAT version %s\r\nSTAT pool %s\r\nSTAT servers %u\r\n"
+                            "STAT ring_points %u\r\n", (long)getpid(),
+                            (unsigned long long)((now - w->started) / 1000),
+                            (unsigned long long)(now / 1000), RINGPROXY_VERSION,
+                            p->name, p->nbackends, p->ring->npoints);
+        for (int i = 0; i < STAT_POOL_COUNT; i++) {
+            evbuffer_add_printf(b, "STAT %s %llu\r\n", stats_pool_desc[i].name,
+                                (unsigned long long)p->stats[i]);
+        }
+        static const char *const be_state[] = {
+            [BACKEND_UP] = "up", [BACKEND_DOWN] = "down", [BACKEND_EJECTED] = "ejected" };
+        for (uint32_t s = 0; s < p->nbackends; s++) {
+            const struct backend *be = &p->backends[s];
+            evbuffer_add_printf(b, "STAT backend:%s:addr %s\r\nSTAT backend:%s:state %s\r\n",
+                                be->identity, be->addr.text, be->identity,
+                                be_state[be->state]);
+            for (int i = 0; i < STAT_BACKEND_COUNT; i++) {
+                evbuffer_add_printf(b, "STAT backend:%s:%s %llu\r\n", be->identity,
+                                    stats_backend_desc[i].name,
+                                    (unsigned long long)be->stats[i]);
+            }
+        }
+        evbuffer_add_printf(b, "END\r\n");
+    }
+    size_t len = evbuffer_get_length(b);
+    client_reply_local(c, (const char *)evbuffer_pullup(b, -1), len);
+    evbuffer_free(b);
+}
+
+/* --- routing ------------------------------------------------------------ */
+
+/* The line without its last token (" noreply"), for the backend to answer. */
+static size_t strip_noreply(const char *line, size_t len)
+{
+    while (len > 0 && line[len - 1] == ' ') {
+        len--;
+    }
+    while (len > 0 && line[len - 1] != ' ') {
+        len--;
+    }
+    while (len > 0 && line[len - 1] == ' ') {
+        len--;
+    }
+    return len;
+}
+
+/* Queue a one-backend command: `line` (len bytes, no terminator) then `data`
+ * bytes taken from the client's input after `consumed` bytes are dropped. */
+static void client_forward(struct client *c, const struct proto_req *req,
+                           const char *line, size_t len, size_t consumed,
+                           size_t data, bool retrieval)
+{
+    struct backend *be = pool_route(c->pool, req->key, req->keylen);
+    struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
+
+    if (bc == NULL) {
+        c->pool->stats[STAT_server_errors]++;
+        if (!req->noreply) {
+            client_reply_line(c, BACKEND_ERR_DOWN);
+        }
+        evbuffer_drain(c->in, consumed + data);
+        return;
+    }
+    struct request *r = request_new(c, req->cmd, 1);
+    if (r == NULL) {
+        client_close(c, "out of memory");
+        return;
+    }
+    r->frags[0].retrieval = retrieval;
+    r->nkeys = retrieval ? req->nkeys : 0;
+    if (req->noreply) {
+        r->quiet = true;
+        request_detach(r);
+        len = strip_noreply(line, len);
+    }
+    evbuffer_add(bc->out, line, len);
+    evbuffer_add(bc->out, "\r\n", 2);
+    evbuffer_drain(c->in, consumed);
+    if (data > 0) {
+        evbuffer_remove_buffer(c->in, bc->out, data);
+    }
+    bconn_push(bc, &r->frags[0]);
+}
+
+/* A get/gets/gat/gats whose keys live on several backends: one share each. */
+static void client_multiget(struct client *c, const struct proto_req *req,
+                            const char *line, size_t len, size_t consumed)
+{
+    struct pool *p = c->pool;
+    uint16_t *fb = p->frag_of_backend;
+    uint32_t *order = p->frag_order;
+    uint16_t nfrags = 0;
+    struct proto_key_iter it;
+    const char *k;
+    uint32_t klen, i;
+
+    proto_keys_begin(req, &it);
+    while (proto_keys_next(&it, &k, &klen)) {
+        struct backend *be = pool_route(p, k, klen);
+        uint32_t b = be != NULL ? be->index : p->nbackends;   /* none: a miss */
+        if (fb[b] == UINT16_MAX) {
+            fb[b] = nfrags;
+            order[nfrags++] = b;
+        }
+    }
+    if (nfrags == 1) {
+        fb[order[0]] = UINT16_MAX;
+        client_forward(c, req, line, len, consumed, 0, true);
+        return;
+    }
+
+    struct request *r = request_new(c, req->cmd, nfrags);
+    if (r == NULL || (r->keys = malloc(req->keys_len + req->nkeys)) == NULL ||
+        (r->key_off = malloc((req->nkeys + 1) * sizeof(*r->key_off))) == NULL ||
+        (r->key_frag = malloc(req->nkeys * sizeof(*r->key_frag))) == NULL ||
+        (r->key_hit = calloc(req->nkeys, sizeof(*r->key_hit))) == NULL) {
+        for (i = 0; i < nfrags; i++) {
+            fb[order[i]] = UINT16_MAX;
+        }
+        client_close(c, "out of memory");
+        return;
+    }
+    r->nkeys = req->nkeys;
+    uint32_t off = 0;
+    proto_keys_begin(req, &it);
+    for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
+        struct backend *be = pool_route(p, k, klen);
+        r->key_frag[i] = fb[be != NULL ? be->index : p->nbackends];
+        r->key_off[i] = off;
+        memcpy(r->keys + off, k, klen);
+        r->keys[off + klen] = '\0';
+        off += klen + 1;
+    }
+    r->key_off[i] = off;
+
+    /* The command and, for gat/gats, the exptime, as the client wrote them. */
+    size_t prefix = (size_t)(req->keys - line);
+    while (prefix > 0 && line[prefix - 1] == ' ') {
+        prefix--;
+    }
+    uint16_t nfailed = 0;
+    for (uint16_t j = 0; j < nfrags; j++) {
+        struct frag *f = &r->frags[j];
+        struct backend *be = order[j] < p->nbackends ? &p->backends[order[j]] : NULL;
+        struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
+        fb[order[j]] = UINT16_MAX;
+        f->retrieval = true;
+        if (bc == NULL) {
+            f->failed = true;
+            nfailed++;
+            continue;
+        }
+        evbuffer_add(bc->out, line, prefix);
+        for (i = 0; i < r->nkeys; i++) {
+            if (r->key_frag[i] == j) {
+                evbuffer_add(bc->out, " ", 1);
+                evbuffer_add(bc->out, r->keys + r->key_off[i],
+                             r->key_off[i + 1] - r->key_off[i] - 1);
+            }
+        }
+        evbuffer_add(bc->out, "\r\n", 2);
+        bconn_push(bc, f);
+    }
+    evbuffer_drain(c->in, consumed);
+    frags_fail_unsent(r, nfailed, BACKEND_ERR_DOWN);
+}
+
+static void client_flush_all(struct client *c, const struct proto_req *req,
+                             const char *line, size_t len, size_t consumed)
+{
+    struct pool *p = c->pool;
+    struct request *r = request_new(c, req->cmd, (uint16_t)p->nbackends);
+
+    if (r == NULL) {
+        client_close(c, "out of memory");
+        return;
+    }
+    if (req->noreply) {
+        r->quiet = true;
+        request_detach(r);
+        len = strip_noreply(line, len);
+    }
+    uint32_t nfailed = 0;
+    for (uint32_t i = 0; i < p->nbackends; i++) {
+        struct bconn *bc = backend_conn(&p->backends[i], c->id);
+        if (bc == NULL) {
+            r->frags[i].failed = true;
+            nfailed++;
+            continue;
+        }
+        evbuffer_add(bc->out, line, len);
+        evbuffer_add(bc->out, "\r\n", 2);
+        bconn_push(bc, &r->frags[i]);
+    }
+    evbuffer_drain(c->in, consumed);
+    frags_fail_unsent(r, nfailed, BACKEND_ERR_DOWN);
+}
+
+/*
+ * Dispatch one parsed command whose line is `line` (len bytes) and whose
+ * terminator ends at `total`. Returns false when more input is needed.
+ */
+static bool client_dispatch(struct client *c, const struct proto_req *req,
+                            const char *line, size_t len, size_t total)
+{
+    struct pool *p = c->pool;
+    size_t avail = evbuffer_get_length(c->in);
+
+    switch (req->cmd) {
+    case PROTO_CMD_GET:
+    case PROTO_CMD_GETS:
+    case PROTO_CMD_GAT:
+    case PROTO_CMD_GATS:
+        p->stats[STAT_cmd_get] += req->nkeys;
+        if (req->nkeys == 0) {
+            client_reply_line(c, "END");
+            evbuffer_drain(c->in, total);
+        } else if (req->nkeys == 1) {
+            client_forward(c, req, line, len, total, 0, true);
+        } else {
+            client_multiget(c, req, line, len, total);
+        }
+        return true;
+
+    case PROTO_CMD_SET:
+    case PROTO_CMD_ADD:
+    case PROTO_CMD_REPLACE:
+    case PROTO_CMD_APPEND:
+    case PROTO_CMD_PREPEND:
+    case PROTO_CMD_CAS: {
+        size_t data = (size_t)req->bytes + 2;
+        if (req->bytes > p->conf->item_size_max) {
+            p->stats[STAT_too_large]++;
+            if (!req->noreply) {
+                client_reply_line(c, "SERVER_ERROR object too large for cache");
+            }
+            evbuffer_drain(c->in, total);
+            c->swallow = data;
+            client_set_state(c, CLIENT_SWALLOW);
+            return true;
+        }
+        if (avail < total + data) {
+            return false;
+        }
+        char crlf[2];
+        struct evbuffer_ptr at;
+        evbuffer_ptr_set(c->in, &at, total + data - 2, EVBUFFER_PTR_SET);
+        evbuffer_copyout_from(c->in, &at, crlf, 2);
+        if (crlf[0] != '\r' || crlf[1] != '\n') {
+            p->stats[STAT_client_errors]++;
+            if (!req->noreply) {
+                client_reply_line(c, "CLIENT_ERROR bad data chunk");
+            }
+            evbuffer_drain(c->in, total + data);
+            return true;
+        }
+        p->stats[STAT_cmd_set]++;
+        client_forward(c, req, line, len, total, data, false);
+        return true;
+    }
+
+    case PROTO_CMD_DELETE:
+    case PROTO_CMD_INCR:
+    case PROTO_CMD_DECR:
+    case PROTO_CMD_TOUCH:
+        p->stats[req->cmd == PROTO_CMD_DELETE ? STAT_cmd_delete :
+                 req->cmd == PROTO_CMD_TOUCH ? STAT_cmd_touch : STAT_cmd_incr_decr]++;
+        client_forward(c, req, line, len, total, 0, false);
+        return true;
+
+    case PROTO_CMD_FLUSH_ALL:
+        p->stats[STAT_cmd_flush]++;
+        client_flush_all(c, req, line, len, total);
+        return true;
+
+    case PROTO_CMD_VERSION:
+        client_reply_line(c, "VERSION " PROXY_MEMCACHED_VERSION " ringproxy-" RINGPROXY_VERSION);
+        break;
+    case PROTO_CMD_VERBOSITY:
+        if (!req->noreply) {
+            client_reply_line(c, "OK");
+        }
+        break;
+    case PROTO_CMD_STATS:
+        client_stats(c, req);
+        break;
+    case PROTO_CMD_QUIT:
+        evbuffer_drain(c->in, evbuffer_get_length(c->in));
+        client_drain(c, "quit");
+        return true;
+    default:
+        client_reply_line(c, "ERROR");
+        break;
+    }
+    evbuffer_drain(c->in, total);
+    return true;
+}
+
+/* The next line of the client's input, contiguous; NULL if incomplete. */
+static const char *client_line(struct client *c, size_t *len, size_t *total)
+{
+    struct evbuffer_iovec v;
+
+    if (evbuffer_peek(c->in, -1, NULL, &v, 1) < 1) {
+        return NULL;
+    }
+    const char *base = v.iov_base;
+    const char *nl = memchr(base, '\n', v.iov_len);
+    if (nl == NULL) {
+        size_t eol;
+        struct evbuffer_ptr p = evbuffer_search_eol(c->in, NULL, &eol, EVBUFFER_EOL_LF);
+        if (p.pos < 0) {
+            return NULL;
+        }
+        base = (const char *)evbuffer_pullup(c->in, p.pos + 1);
+        nl = base + p.pos;
+    }
+    *total = (size_t)(nl - base) + 1;
+    *len = nl > base && nl[-1] == '\r' ? *total - 2 : *total - 1;
+    return base;
+}
+
+static void client_process(struct client *c)
+{
+    struct pool *p = c->pool;
+    struct proto_req req;
+    size_t len, total;
+
+    while (c->state == CLIENT_READING || c->state == CLIENT_SWALLOW) {
+        size_t avail = evbuffer_get_length(c->in);
+        if (avail == 0) {
+            break;
+        }
+        if (c->state == CLIENT_SWALLOW) {
+            size_t n = avail < c->swallow ? avail : (size_t)c->swallow;
+            evbuffer_drain(c->in, n);
+            c->swallow -= n;
+            if (c->swallow > 0) {
+                break;
+            }
+            client_set_state(c, CLIENT_READING);
+            continue;
+        }
+        if (c->read_paused) {
+            break;
+        }
+        const char *line = client_line(c, &len, &total);
+        if (line == NULL) {
+            const char *head = (const char *)evbuffer_pullup(
+                c->in, avail < PROTO_LINE_MAX + 1 ? (ssize_t)avail : PROTO_LINE_MAX + 1);
+            if ((uint8_t)head[0] == 0x80) {
+                client_abort(c, "CLIENT_ERROR binary protocol is not supported",
+                             "binary protocol request");
+            } else if ((avail > PROTO_LINE_MAX && !proto_line_may_grow(head, avail)) ||
+                       avail > CLIENT_GET_LINE_MAX) {
+                client_abort(c, "CLIENT_ERROR line too long", "line too long");
+            }
+            break;
+        }
+        if ((uint8_t)line[0] == 0x80) {
+            client_abort(c, "CLIENT_ERROR binary protocol is not supported",
+                         "binary protocol request");
+            break;
+        }
+        p->stats[STAT_requests]++;
+        if (proto_parse_request(line, len, &req) != PROTO_OK) {
+            p->stats[STAT_client_errors]++;
+            if (req.close) {
+                client_abort(c, NULL, "not memcached protocol");
+                break;
+            }
+            if (!req.noreply) {
+                client_reply_line(c, req.error);
+            }
+            evbuffer_drain(c->in, total);
+            continue;
+        }
+        if (!client_dispatch(c, &req, line, len, total)) {
+            p->stats[STAT_requests]--;  /* counted again when complete */
+            break;
+        }
+        if (c->nreqs >= CLIENT_MAX_QUEUED ||
+            evbuffer_get_length(c->out) >= CLIENT_OUT_PAUSE) {
+            c->read_paused = true;
+            event_del(&c->rev);
+        }
+    }
+}
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct client *c = arg;
+    struct evbuffer_iovec v[2];
+
+    (void)what;
+    int nv = evbuffer_reserve_space(c->in, CLIENT_READ_CHUNK, v, 2);
+    ssize_t n = readv(fd, v, nv);
+    if (n <= 0) {
+        evbuffer_commit_space(c->in, v, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            return;
+        }
+        if (n < 0) {
+            client_close(c, strerror(errno));
+        } else {
+            client_drain(c, "end of input");
+        }
+        return;
+    }
+    for (int i = 0; i < nv; i++) {
+        size_t take = (size_t)n < v[i].iov_len ? (size_t)n : v[i].iov_len;
+        v[i].iov_len = take;
+        n -= (ssize_t)take;
+    }
+    evbuffer_commit_space(c->in, v, nv);
+    client_process(c);
+}

@@ -1,0 +1,49 @@
+/* client.h — a client connection: read commands, send replies in order. */
+#ifndef RP_CLIENT_H
+#define RP_CLIENT_H
+
+#include <sys/socket.h>
+
+#include "router.h"
+
+#define CLIENT_STATE_CODEC(X)                                              \
+    X(READING, "reading")       /* parsing and dispatching commands */    \
+    X(SWALLOW, "swallow")       /* discarding an oversize value */        \
+    X(DRAINING, "draining")     /* no more reading: quit, stop, abuse */  \
+    X(CLOSED, "closed")         /* socket closed, freed at the loop's end */
+
+#define CLIENT_STATE_ENUM(e, name) CLIENT_##e,
+enum client_state { CLIENT_STATE_CODEC(CLIENT_STATE_ENUM) CLIENT_STATE_COUNT };
+#undef CLIENT_STATE_ENUM
+
+struct client {
+    struct pool *pool;
+    uint64_t id;
+    int fd;
+    enum client_state state;
+    struct event rev, wev;
+    struct evbuffer *in, *out;
+    struct request_queue reqs;      /* awaiting their turn to reply */
+    uint32_t nreqs;
+    uint64_t swallow;               /* SWALLOW: bytes still to discard */
+    bool dirty;                     /* in the worker's flush list */
+    bool read_paused;               /* backpressure: too much unsent */
+    TAILQ_ENTRY(client) link;       /* pool's clients */
+    TAILQ_ENTRY(client) dirty_link;
+    char peer[64];
+};
+
+/* Take over an accepted socket. */
+void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen);
+/* Requests at the head of the queue are done: move their replies out. */
+void client_advance(struct client *c);
+/* Write buffered output; close when draining and done (once per loop turn). */
+void client_flush(struct client *c);
+/* Stop reading; close once every reply has been written. */
+void client_drain(struct client *c, const char *why);
+/* Close now (replies still owed are dropped); freed at the loop's end. */
+void client_close(struct client *c, const char *why);
+void client_free(struct client *c);
+void client_mark_dirty(struct client *c);
+
+#endif

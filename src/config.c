@@ -1,0 +1,875 @@
+/*
+ * config.c — the YAML pool file (DESIGN §4), a superset of twemproxy's.
+ *
+ * The file is loaded as a libyaml document (so every node keeps its line and
+ * column) and walked with one table of directives per mapping: pool, index,
+ * migration. Each row names a key, its parser, where the value goes and its
+ * default; the same parsers read the defaults, so a default can never be a
+ * value the file could not have written. Parsing never stops at the first
+ * error: every problem is collected so `ringproxy -t` can show them all.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "config.h"
+
+struct conf_ctx {
+    const char *path;
+    yaml_document_t *doc;
+    struct conf_errors *errs;
+    const char *pool_name;
+};
+
+struct conf_directive;
+typedef void (*conf_parse_fn)(struct conf_ctx *cx, yaml_node_t *node,
+                              const char *text, void *field,
+                              const struct conf_directive *d);
+
+struct conf_directive {
+    const char *name;
+    conf_parse_fn parse;
+    size_t offset;
+    const char *defval;     /* parsed by `parse` when the key is absent */
+    int64_t min, max;       /* for numbers */
+};
+
+/* Record "FILE:LINE:COL: msg" (line 0: no position known). */
+static void conf_verror(struct conf_ctx *cx, size_t line0, size_t col0,
+                        const char *fmt, va_list ap)
+{
+    char msg[512];
+    char *line = NULL;
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    int len = line0 > 0 ?
+        asprintf(&line, "%s:%zu:%zu: %s", cx->path, line0, col0, msg) :
+        asprintf(&line, "%s: %s", cx->path, msg);
+    if (len < 0) {
+        return;     /* out of memory: the caller still sees n > 0 below */
+    }
+    char **msgs = realloc(cx->errs->msgs, (cx->errs->n + 1) * sizeof(*msgs));
+    if (msgs == NULL) {
+        free(line);
+        return;
+    }
+    cx->errs->msgs = msgs;
+    msgs[cx->errs->n++] = line;
+}
+
+static void conf_error_at(struct conf_ctx *cx, int line, int col,
+                          const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void conf_error_at(struct conf_ctx *cx, int line, int col,
+                          const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    conf_verror(cx, (size_t)line, (size_t)col, fmt, ap);
+    va_end(ap);
+}
+
+/* An error at a node (NULL: a default value, which has no position). */
+static void conf_error(struct conf_ctx *cx, const yaml_node_t *node,
+                       const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void conf_error(struct conf_ctx *cx, const yaml_node_t *node,
+                       const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    conf_verror(cx, node ? node->start_mark.line + 1 : 0,
+                node ? node->start_mark.column + 1 : 0, fmt, ap);
+    va_end(ap);
+}
+
+static const char *node_type_name(const yaml_node_t *n)
+{
+    switch (n->type) {
+    case YAML_SCALAR_NODE:
+        return "a scalar";
+    case YAML_SEQUENCE_NODE:
+        return "a list";
+    case YAML_MAPPING_NODE:
+        return "a mapping";
+    default:
+        return "nothing";
+    }
+}
+
+static const char *scalar(yaml_node_t *n)
+{
+    return n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+/* --- addresses ---------------------------------------------------------- */
+
+static void addr_free(struct conf_addr *a)
+{
+    free(a->text);
+    free(a->host);
+    memset(a, 0, sizeof(*a));
+}
+
+static int parse_port(const char *s, uint16_t *port)
+{
+    char *end;
+
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || errno != 0 || v < 1 || v > 65535) {
+        return -1;
+    }
+    *port = (uint16_t)v;
+    return 0;
+}
+
+/* "host:port" or "/path/to/socket"; returns 0 or -1 with a reason. */
+static int addr_parse(const char *s, size_t len, struct conf_addr *a,
+                      const char **why)
+{
+    memset(a, 0, sizeof(*a));
+    a->text = strndup(s, len);
+    if (a->text == NULL) {
+        *why = "out of memory";
+        return -1;
+    }
+    if (len > 0 && s[0] == '/') {
+        a->is_unix = true;
+        a->host = strdup(a->text);
+        return a->host != NULL ? 0 : -1;
+    }
+    char *colon = strrchr(a->text, ':');
+    if (colon == NULL || colon == a->text) {
+        *why = "expected host:port or an absolute unix socket path";
+        goto err;
+    }
+    if (parse_port(colon + 1, &a->port) != 0) {
+        *why = "port must be a number from 1 to 65535";
+        goto err;
+    }
+    a->host = strndup(a->text, (size_t)(colon - a->text));
+    if (a->host == NULL) {
+        *why = "out of memory";
+        goto err;
+    }
+    for (const char *p = a->host; *p; p++) {
+        if (*p == ' ' || *p == ':' || *p == '/') {
+            *why = "host must be a name or an IPv4 address";
+            goto err;
+        }
+    }
+    return 0;
+
+err:
+    addr_free(a);
+    return -1;
+}
+
+/* --- scalar parsers (also used for defaults: node may be NULL) ------------ */
+
+static void parse_int(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                      void *field, const struct conf_directive *d)
+{
+    char *end;
+
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || errno != 0 || v < d->min || v > d->max) {
+        conf_error(cx, node, "%s: expected an integer from %lld to %lld, got '%s'",
+                   d->name, (long long)d->min, (long long)d->max, text);
+        return;
+    }
+    *(int64_t *)field = v;
+}
+
+/* A byte count with an optional k/m suffix (1024-based), as memcached's -I. */
+static void parse_size(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                       void *field, const struct conf_directive *d)
+{
+    char *end;
+
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (*end == 'k' || *end == 'K') {
+        v *= 1024, end++;
+    } else if (*end == 'm' || *end == 'M') {
+        v *= 1024 * 1024, end++;
+    }
+    if (*text == '\0' || *end != '\0' || errno != 0 || v < d->min || v > d->max) {
+        conf_error(cx, node, "%s: expected a size from %lld to %lld bytes "
+                   "(suffix k or m allowed), got '%s'", d->name,
+                   (long long)d->min, (long long)d->max, text);
+        return;
+    }
+    *(int64_t *)field = v;
+}
+
+static void parse_bool(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                       void *field, const struct conf_directive *d)
+{
+    if (strcmp(text, "true") == 0) {
+        *(bool *)field = true;
+    } else if (strcmp(text, "false") == 0) {
+        *(bool *)field = false;
+    } else {
+        conf_error(cx, node, "%s: expected true or false, got '%s'", d->name, text);
+    }
+}
+
+static void parse_string(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                         void *field, const struct conf_directive *d)
+{
+    char **dst = field;
+
+    if (*text == '\0') {
+        conf_error(cx, node, "%s: expected a non-empty string", d->name);
+        return;
+    }
+    free(*dst);
+    *dst = strdup(text);
+}
+
+static void parse_addr(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                       void *field, const struct conf_directive *d)
+{
+    struct conf_addr *a = field, parsed;
+    const char *why = "";
+
+    if (addr_parse(text, strlen(text), &parsed, &why) != 0) {
+        conf_error(cx, node, "%s: bad address '%s': %s", d->name, text, why);
+        return;
+    }
+    addr_free(a);
+    *a = parsed;
+}
+
+static void parse_hash(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                       void *field, const struct conf_directive *d)
+{
+    int h = hash_by_name(text);
+
+    if (h < 0) {
+        char names[256] = "";
+        for (int i = 0; i < HASH_COUNT; i++) {
+            strcat(names, i ? ", " : "");
+            strcat(names, hash_names[i]);
+        }
+        conf_error(cx, node, "%s: unknown hash '%s' (expected one of: %s)",
+                   d->name, text, names);
+        return;
+    }
+    *(int64_t *)field = h;
+}
+
+static void parse_compat(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                         void *field, const struct conf_directive *d)
+{
+    for (int i = 0; i < RING_COMPAT_COUNT; i++) {
+        if (strcmp(text, ring_compat_names[i]) == 0) {
+            *(int64_t *)field = i;
+            return;
+        }
+    }
+    conf_error(cx, node, "%s: expected libmemcached or libketama, got '%s'",
+               d->name, text);
+}
+
+static void parse_distribution(struct conf_ctx *cx, yaml_node_t *node,
+                               const char *text, void *field,
+                               const struct conf_directive *d)
+{
+    (void)field;
+    if (strcmp(text, "ketama") == 0) {
+        return;
+    }
+    if (strcmp(text, "modula") == 0 || strcmp(text, "random") == 0) {
+        conf_error(cx, node, "%s: '%s' is not supported: it remaps most keys "
+                   "whenever a server is added or removed, which defeats "
+                   "migration; use ketama", d->name, text);
+        return;
+    }
+    conf_error(cx, node, "%s: expected ketama, got '%s'", d->name, text);
+}
+
+static void parse_hash_tag(struct conf_ctx *cx, yaml_node_t *node,
+                           const char *text, void *field,
+                           const struct conf_directive *d)
+{
+    struct conf_pool *p = (struct conf_pool *)((char *)field - d->offset);
+
+    if (strlen(text) != 2) {
+        conf_error(cx, node, "%s: expected exactly two characters, e.g. \"{}\", "
+                   "got '%s'", d->name, text);
+        return;
+    }
+    p->has_tag = true;
+    memcpy(p->hash_tag, text, 2);
+}
+
+/* --- mappings ------------------------------------------------------------ */
+
+static void parse_table(struct conf_ctx *cx, yaml_node_t *map, void *base,
+                        const struct conf_directive *tab, size_t ntab,
+                        bool *seen);
+
+static void parse_servers(struct conf_ctx *cx, yaml_node_t *node,
+                          const char *text, void *field,
+                          const struct conf_directive *d);
+
+static const struct conf_directive index_directives[] = {
+    { "redis", parse_addr, offsetof(struct conf_index, redis), NULL, 0, 0 },
+    { "db", parse_int, offsetof(struct conf_index, db), "0", 0, 1 << 20 },
+    { "prefix", parse_string, offsetof(struct conf_index, prefix), NULL, 0, 0 },
+    { "password", parse_string, offsetof(struct conf_index, password), NULL, 0, 0 },
+    { "queue_max", parse_int, offsetof(struct conf_index, queue_max), "100000",
+      1, INT32_MAX },
+};
+
+static const struct conf_directive migration_directives[] = {
+    { "rate", parse_int, offsetof(struct conf_migration, rate), "50000", 0,
+      INT32_MAX },
+    { "delete_source", parse_bool, offsetof(struct conf_migration, delete_source),
+      "true", 0, 0 },
+    { "inflight", parse_int, offsetof(struct conf_migration, inflight), "16", 1,
+      4096 },
+};
+
+#define NELEMS(a) (sizeof(a) / sizeof((a)[0]))
+
+static void parse_index(struct conf_ctx *cx, yaml_node_t *node,
+                        const char *text, void *field,
+                        const struct conf_directive *d)
+{
+    struct conf_index *ix = field;
+    bool seen[NELEMS(index_directives)] = { false };
+
+    (void)text;
+    if (node->type != YAML_MAPPING_NODE) {
+        conf_error(cx, node, "%s: expected a mapping (redis, db, prefix, ...), "
+                   "got %s", d->name, node_type_name(node));
+        return;
+    }
+    parse_table(cx, node, ix, index_directives, NELEMS(index_directives), seen);
+    if (!seen[0]) {
+        conf_error(cx, node, "index: 'redis' is required (host:port or a "
+                   "unix socket path)");
+    }
+    ix->enabled = true;
+}
+
+static void parse_migration(struct conf_ctx *cx, yaml_node_t *node,
+                            const char *text, void *field,
+                            const struct conf_directive *d)
+{
+    bool seen[NELEMS(migration_directives)] = { false };
+
+    (void)text;
+    if (node->type != YAML_MAPPING_NODE) {
+        conf_error(cx, node, "%s: expected a mapping (rate, delete_source, "
+                   "inflight), got %s", d->name, node_type_name(node));
+        return;
+    }
+    parse_table(cx, node, field, migration_directives,
+                NELEMS(migration_directives), seen);
+}
+
+#define POOL(f) offsetof(struct conf_pool, f)
+
+/* twemproxy's keys with twemproxy's defaults, then ringproxy's own. */
+static const struct conf_directive pool_directives[] = {
+    { "listen", parse_addr, POOL(listen), NULL, 0, 0 },
+    { "hash", parse_hash, POOL(hash), "fnv1a_64", 0, 0 },
+    { "hash_tag", parse_hash_tag, POOL(hash_tag), NULL, 0, 0 },
+    { "distribution", parse_distribution, POOL(distribution), "ketama", 0, 0 },
+    { "timeout", parse_int, POOL(timeout), "-1", -1, INT32_MAX },
+    { "backlog", parse_int, POOL(backlog), "512", 1, INT32_MAX },
+    { "preconnect", parse_bool, POOL(preconnect), "false", 0, 0 },
+    { "redis", parse_bool, POOL(redis), "false", 0, 0 },
+    { "tcpkeepalive", parse_bool, POOL(tcpkeepalive), "false", 0, 0 },
+    { "server_connections", parse_int, POOL(server_connections), "1", 1, 1024 },
+    { "auto_eject_hosts", parse_bool, POOL(auto_eject_hosts), "false", 0, 0 },
+    { "server_retry_timeout", parse_int, POOL(server_retry_timeout), "30000", 1,
+      INT32_MAX },
+    { "server_failure_limit", parse_int, POOL(server_failure_limit), "2", 1,
+      INT32_MAX },
+    { "client_connections", parse_int, POOL(client_connections), "0", 0,
+      INT32_MAX },
+    { "servers", parse_servers, POOL(servers), NULL, 0, 0 },
+    { "compat", parse_compat, POOL(compat), "libmemcached", 0, 0 },
+    { "item_size_max", parse_size, POOL(item_size_max), "1m", 1024,
+      1024 * 1024 * 1024 },
+    { "index", parse_index, POOL(index), NULL, 0, 0 },
+    { "migration", parse_migration, POOL(migration), NULL, 0, 0 },
+};
+
+/* Whether the file set a directive (seen[] is indexed like the table). */
+static bool pool_set(const struct conf_pool *p, const char *name)
+{
+    for (size_t i = 0; i < NELEMS(pool_directives); i++) {
+        if (strcmp(pool_directives[i].name, name) == 0) {
+            return p->seen[i];
+        }
+    }
+    return false;
+}
+
+static void parse_table(struct conf_ctx *cx, yaml_node_t *map, void *base,
+                        const struct conf_directive *tab, size_t ntab,
+                        bool *seen)
+{
+    for (yaml_node_pair_t *pr = map->data.mapping.pairs.start;
+         pr < map->data.mapping.pairs.top; pr++) {
+        yaml_node_t *k = yaml_document_get_node(cx->doc, pr->key);
+        yaml_node_t *v = yaml_document_get_node(cx->doc, pr->value);
+        const char *name = scalar(k);
+        size_t i;
+
+        if (name == NULL) {
+            conf_error(cx, k, "expected a key name, got %s", node_type_name(k));
+            continue;
+        }
+        for (i = 0; i < ntab && strcmp(tab[i].name, name) != 0; i++) {
+        }
+        if (i == ntab) {
+            char names[512] = "";
+            for (size_t j = 0; j < ntab; j++) {
+                strcat(names, j ? ", " : "");
+                strcat(names, tab[j].name);
+            }
+            conf_error(cx, k, "unknown key '%s' (expected one of: %s)", name, names);
+            continue;
+        }
+        if (seen[i]) {
+            conf_error(cx, k, "duplicate key '%s'", name);
+            continue;
+        }
+        seen[i] = true;
+        const char *text = scalar(v);
+        bool wants_scalar = tab[i].parse != parse_servers &&
+                            tab[i].parse != parse_index &&
+                            tab[i].parse != parse_migration;
+        if (wants_scalar && text == NULL) {
+            conf_error(cx, v, "%s: expected a single value, got %s", name,
+                       node_type_name(v));
+            continue;
+        }
+        tab[i].parse(cx, v, text, (char *)base + tab[i].offset, &tab[i]);
+    }
+    for (size_t i = 0; i < ntab; i++) {
+        if (!seen[i] && tab[i].defval != NULL) {
+            tab[i].parse(cx, NULL, tab[i].defval, (char *)base + tab[i].offset,
+                         &tab[i]);
+        }
+    }
+}
+
+/* --- servers ------------------------------------------------------------- */
+
+static void server_free(struct conf_server *s)
+{
+    addr_free(&s->addr);
+    free(s->name);
+    free(s->identity);
+}
+
+static int parse_weight(const char *s, uint32_t *w)
+{
+    char *end;
+
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || errno != 0 || v < 1 || v > UINT32_MAX / 2) {
+        return -1;
+    }
+    *w = (uint32_t)v;
+    return 0;
+}
+
+/* twemproxy's "host:port:weight [name]" or "/path:weight [name]". */
+static int server_from_string(struct conf_ctx *cx, yaml_node_t *n,
+                              struct conf_server *s)
+{
+    const char *text = scalar(n);
+    const char *sp = strchr(text, ' ');
+    size_t spec_len = sp ? (size_t)(sp - text) : strlen(text);
+    const char *colon = memrchr(text, ':', spec_len);
+    const char *why = "";
+    char weight[32];
+
+    if (colon == NULL || (size_t)(text + spec_len - colon - 1) >= sizeof(weight)) {
+        conf_error(cx, n, "server '%s': expected host:port:weight [name]", text);
+        return -1;
+    }
+    memcpy(weight, colon + 1, (size_t)(text + spec_len - colon - 1));
+    weight[text + spec_len - colon - 1] = '\0';
+    if (parse_weight(weight, &s->weight) != 0) {
+        conf_error(cx, n, "server '%s': weight must be a positive integer, "
+                   "got '%s'", text, weight);
+        return -1;
+    }
+    if (addr_parse(text, (size_t)(colon - text), &s->addr, &why) != 0) {
+        conf_error(cx, n, "server '%s': %s", text, why);
+        return -1;
+    }
+    if (sp != NULL) {
+        while (*sp == ' ') {
+            sp++;
+        }
+        if (*sp == '\0' || strchr(sp, ' ') != NULL) {
+            conf_error(cx, n, "server '%s': the name must be one word", text);
+            return -1;
+        }
+        s->name = strdup(sp);
+    }
+    return 0;
+}
+
+/* {addr: host:port, weight: N, name: X} */
+static int server_from_map(struct conf_ctx *cx, yaml_node_t *n,
+                           struct conf_server *s)
+{
+    bool have_addr = false, have_weight = false;
+    int rc = 0;
+
+    s->weight = 1;
+    for (yaml_node_pair_t *pr = n->data.mapping.pairs.start;
+         pr < n->data.mapping.pairs.top; pr++) {
+        yaml_node_t *k = yaml_document_get_node(cx->doc, pr->key);
+        yaml_node_t *v = yaml_document_get_node(cx->doc, pr->value);
+        const char *key = scalar(k), *val = scalar(v);
+        const char *why = "";
+
+        if (key == NULL || val == NULL) {
+            conf_error(cx, k, "server: expected addr, weight and name as "
+                       "single values");
+            rc = -1;
+        } else if (strcmp(key, "addr") == 0 && !have_addr) {
+            have_addr = true;
+            if (addr_parse(val, strlen(val), &s->addr, &why) != 0) {
+                conf_error(cx, v, "server addr '%s': %s", val, why);
+                rc = -1;
+            }
+        } else if (strcmp(key, "weight") == 0 && !have_weight) {
+            have_weight = true;
+            if (parse_weight(val, &s->weight) != 0) {
+                conf_error(cx, v, "server weight: expected a positive integer, "
+                           "got '%s'", val);
+                rc = -1;
+            }
+        } else if (strcmp(key, "name") == 0 && s->name == NULL) {
+            if (*val == '\0' || strchr(val, ' ') != NULL) {
+                conf_error(cx, v, "server name: expected one word, got '%s'", val);
+                rc = -1;
+            }
+            s->name = strdup(val);
+        } else if (strcmp(key, "addr") == 0 || strcmp(key, "weight") == 0 ||
+                   strcmp(key, "name") == 0) {
+            conf_error(cx, k, "duplicate key '%s'", key);
+            rc = -1;
+        } else {
+            conf_error(cx, k, "unknown key '%s' in server (expected one of: "
+                       "addr, weight, name)", key);
+            rc = -1;
+        }
+    }
+    if (!have_addr && rc == 0) {
+        conf_error(cx, n, "server: 'addr' is required");
+        rc = -1;
+    }
+    return rc;
+}
+
+static void parse_servers(struct conf_ctx *cx, yaml_node_t *node,
+                          const char *text, void *field,
+                          const struct conf_directive *d)
+{
+    struct conf_pool *p = (struct conf_pool *)((char *)field - d->offset);
+    yaml_node_item_t *it;
+
+    (void)text;
+    if (node->type != YAML_SEQUENCE_NODE) {
+        conf_error(cx, node, "servers: expected a list, got %s",
+                   node_type_name(node));
+        return;
+    }
+    size_t n = (size_t)(node->data.sequence.items.top -
+                        node->data.sequence.items.start);
+    p->servers = calloc(n ? n : 1, sizeof(*p->servers));
+    if (p->servers == NULL) {
+        conf_error(cx, node, "out of memory");
+        return;
+    }
+    for (it = node->data.sequence.items.start; it < node->data.sequence.items.top;
+         it++) {
+        yaml_node_t *sn = yaml_document_get_node(cx->doc, *it);
+        struct conf_server *s = &p->servers[p->nservers];
+        int rc;
+
+        memset(s, 0, sizeof(*s));
+        s->line = (int)sn->start_mark.line + 1;
+        s->col = (int)sn->start_mark.column + 1;
+        if (sn->type == YAML_SCALAR_NODE) {
+            rc = server_from_string(cx, sn, s);
+        } else if (sn->type == YAML_MAPPING_NODE) {
+            rc = server_from_map(cx, sn, s);
+        } else {
+            conf_error(cx, sn, "server: expected \"host:port:weight [name]\" or "
+                       "{addr, weight, name}, got %s", node_type_name(sn));
+            rc = -1;
+        }
+        if (rc != 0) {
+            server_free(s);
+            continue;
+        }
+        p->nservers++;
+    }
+    if (n == 0) {
+        conf_error(cx, node, "servers: the list is empty; a pool needs at least "
+                   "one server");
+    }
+}
+
+/* The identity decides placement (DESIGN §3). */
+static char *server_identity(const struct conf_pool *p, const struct conf_server *s)
+{
+    char *id = NULL;
+
+    if (s->name != NULL) {
+        return strdup(s->name);
+    }
+    if (p->compat == RING_COMPAT_LIBKETAMA || s->addr.is_unix ||
+        s->addr.port != CONF_DEFAULT_PORT) {
+        return strdup(s->addr.text);
+    }
+    return asprintf(&id, "%s", s->addr.host) < 0 ? NULL : id;
+}
+
+static void pool_check(struct conf_ctx *cx, yaml_node_t *pool_node,
+                       struct conf_pool *p)
+{
+    if (!pool_set(p, "listen")) {
+        conf_error(cx, pool_node, "pool '%s': 'listen' is required", p->name);
+    }
+    if (!pool_set(p, "servers")) {
+        conf_error(cx, pool_node, "pool '%s': 'servers' is required", p->name);
+    }
+    if (p->redis) {
+        conf_error(cx, pool_node, "pool '%s': redis: true is not supported; "
+                   "ringproxy proxies memcached pools only", p->name);
+    }
+    if (p->compat == RING_COMPAT_LIBKETAMA && !pool_set(p, "hash")) {
+        p->hash = HASH_MD5;     /* libketama hashes keys with MD5 */
+    }
+    if (p->index.enabled && p->index.prefix == NULL &&
+        asprintf(&p->index.prefix, "rp:%s", p->name) < 0) {
+        p->index.prefix = NULL;
+    }
+    for (uint32_t i = 0; i < p->nservers; i++) {
+        struct conf_server *s = &p->servers[i];
+        s->identity = server_identity(p, s);
+        for (uint32_t j = 0; j < i && s->identity != NULL; j++) {
+            const struct conf_server *o = &p->servers[j];
+            if (o->identity != NULL && strcmp(o->identity, s->identity) == 0) {
+                conf_error_at(cx, s->line, s->col, "pool '%s': duplicate server "
+                              "identity '%s' (also at line %d)", p->name,
+                              s->identity, o->line);
+                break;
+            }
+            if (strcmp(o->addr.text, s->addr.text) == 0) {
+                conf_error_at(cx, s->line, s->col, "pool '%s': duplicate server "
+                              "address '%s' (also at line %d)", p->name,
+                              s->addr.text, o->line);
+                break;
+            }
+        }
+    }
+}
+
+static void pool_free(struct conf_pool *p)
+{
+    free(p->name);
+    addr_free(&p->listen);
+    for (uint32_t i = 0; i < p->nservers; i++) {
+        server_free(&p->servers[i]);
+    }
+    free(p->servers);
+    addr_free(&p->index.redis);
+    free(p->index.prefix);
+    free(p->index.password);
+}
+
+void config_free(struct config *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    for (uint32_t i = 0; i < c->npools; i++) {
+        pool_free(&c->pools[i]);
+    }
+    free(c->pools);
+    free(c->path);
+    free(c);
+}
+
+void conf_errors_free(struct conf_errors *errs)
+{
+    if (errs == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < errs->n; i++) {
+        free(errs->msgs[i]);
+    }
+    free(errs->msgs);
+    errs->msgs = NULL;
+    errs->n = 0;
+}
+
+static void parse_pools(struct conf_ctx *cx, yaml_node_t *root, struct config *c)
+{
+    size_t n = (size_t)(root->data.mapping.pairs.top - root->data.mapping.pairs.start);
+
+    c->pools = calloc(n ? n : 1, sizeof(*c->pools));
+    if (c->pools == NULL) {
+        conf_error(cx, root, "out of memory");
+        return;
+    }
+    for (yaml_node_pair_t *pr = root->data.mapping.pairs.start;
+         pr < root->data.mapping.pairs.top; pr++) {
+        yaml_node_t *k = yaml_document_get_node(cx->doc, pr->key);
+        yaml_node_t *v = yaml_document_get_node(cx->doc, pr->value);
+        const char *name = scalar(k);
+
+        if (name == NULL || *name == '\0') {
+            conf_error(cx, k, "expected a pool name");
+            continue;
+        }
+        if (config_pool(c, name) != NULL) {
+            conf_error(cx, k, "duplicate pool '%s'", name);
+            continue;
+        }
+        if (v->type != YAML_MAPPING_NODE) {
+            conf_error(cx, v, "pool '%s': expected a mapping of settings, got %s",
+                       name, node_type_name(v));
+            continue;
+        }
+        struct conf_pool *p = &c->pools[c->npools++];
+        p->name = strdup(name);
+        p->line = (int)k->start_mark.line + 1;
+        p->col = (int)k->start_mark.column + 1;
+        cx->pool_name = name;
+        /* Section defaults first; the file's values override them. */
+        bool mig_seen[NELEMS(migration_directives)] = { false };
+        yaml_node_t empty = { .type = YAML_MAPPING_NODE };
+        parse_table(cx, &empty, &p->migration, migration_directives,
+                    NELEMS(migration_directives), mig_seen);
+        parse_table(cx, v, p, pool_directives, NELEMS(pool_directives), p->seen);
+        pool_check(cx, k, p);
+    }
+    for (uint32_t i = 0; i < c->npools; i++) {
+        for (uint32_t j = 0; j < i; j++) {
+            if (c->pools[i].listen.text && c->pools[j].listen.text &&
+                strcmp(c->pools[i].listen.text, c->pools[j].listen.text) == 0) {
+                conf_error_at(cx, c->pools[i].line, c->pools[i].col,
+                              "pool '%s': listen address %s is already used by "
+                              "pool '%s'", c->pools[i].name,
+                              c->pools[i].listen.text, c->pools[j].name);
+            }
+        }
+    }
+}
+
+struct config *config_load(const char *path, struct conf_errors *errs)
+{
+    struct conf_ctx cx = { .path = path, .errs = errs };
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    struct config *c = NULL;
+    FILE *f;
+
+    memset(errs, 0, sizeof(*errs));
+    f = fopen(path, "r");
+    if (f == NULL) {
+        conf_error(&cx, NULL, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    if (!yaml_parser_initialize(&parser)) {
+        fclose(f);
+        conf_error(&cx, NULL, "out of memory");
+        return NULL;
+    }
+    yaml_parser_set_input_file(&parser, f);
+    if (!yaml_parser_load(&parser, &doc)) {
+        conf_error_at(&cx, (int)parser.problem_mark.line + 1,
+                      (int)parser.problem_mark.column + 1, "YAML syntax error: %s%s%s", parser.problem,
+                   parser.context ? " " : "", parser.context ? parser.context : "");
+        yaml_parser_delete(&parser);
+        fclose(f);
+        return NULL;
+    }
+    cx.doc = &doc;
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    c = calloc(1, sizeof(*c));
+    if (c == NULL || (c->path = strdup(path)) == NULL) {
+        conf_error(&cx, NULL, "out of memory");
+    } else if (root == NULL) {
+        conf_error_at(&cx, 1, 1, "the file is empty; expected at least one pool");
+    } else if (root->type != YAML_MAPPING_NODE) {
+        conf_error(&cx, root, "expected a mapping of pool names to pools, got %s",
+                   node_type_name(root));
+    } else {
+        parse_pools(&cx, root, c);
+        if (c->npools == 0 && errs->n == 0) {
+            conf_error(&cx, root, "no pools defined");
+        }
+    }
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    fclose(f);
+    if (errs->n > 0) {
+        config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+const struct conf_pool *config_pool(const struct config *c, const char *name)
+{
+    for (uint32_t i = 0; i < c->npools; i++) {
+        if (c->pools[i].name != NULL && strcmp(c->pools[i].name, name) == 0) {
+            return &c->pools[i];
+        }
+    }
+    return NULL;
+}
+
+struct ring *conf_pool_ring(const struct conf_pool *p, char *err, size_t errlen)
+{
+    struct ring_server_spec *specs = calloc(p->nservers ? p->nservers : 1,
+                                            sizeof(*specs));
+    struct ring *r;
+
+    if (specs == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (uint32_t i = 0; i < p->nservers; i++) {
+        specs[i] = (struct ring_server_spec){ .identity = p->servers[i].identity,
+            .addr = p->servers[i].addr.text, .weight = p->servers[i].weight };
+    }
+    struct ring_params params = {
+        .compat = (enum ring_compat)p->compat, .hash = (enum hash_kind)p->hash,
+        .has_tag = p->has_tag, .servers = specs, .nservers = p->nservers };
+    memcpy(params.tag, p->hash_tag, 2);
+    r = ring_build(&params, err, errlen);
+    free(specs);
+    return r;
+}

@@ -1,0 +1,96 @@
+/* config.h — the YAML pool file: load, validate, and turn a pool into a ring. */
+#ifndef RP_CONFIG_H
+#define RP_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ring.h"
+
+#define CONF_DEFAULT_PORT 11211
+
+/* A host:port or a unix socket path, as parsed from the file. */
+struct conf_addr {
+    char *text;             /* as written, e.g. "127.0.0.1:11212" */
+    char *host;             /* host, or the socket path when is_unix */
+    uint16_t port;
+    bool is_unix;
+};
+
+struct conf_server {
+    struct conf_addr addr;
+    uint32_t weight;
+    char *name;             /* NULL when the file gives none */
+    char *identity;         /* what the ring hashes (DESIGN §3) */
+    int line, col;
+};
+
+struct conf_index {
+    bool enabled;
+    struct conf_addr redis;
+    int64_t db;
+    char *prefix;           /* default "rp:<pool name>" */
+    char *password;         /* NULL: no AUTH */
+    int64_t queue_max;      /* index writes held while Redis is away */
+};
+
+struct conf_migration {
+    int64_t rate;           /* keys per second, 0 = unlimited */
+    bool delete_source;
+    int64_t inflight;       /* moves in flight per backend */
+};
+
+struct conf_pool {
+    char *name;
+    int line, col;
+    struct conf_addr listen;
+    int64_t hash;           /* enum hash_kind */
+    bool has_tag;
+    char hash_tag[2];
+    int64_t distribution;   /* only ketama is accepted */
+    int64_t compat;         /* enum ring_compat */
+    int64_t timeout;        /* ms, -1 = none */
+    int64_t backlog;
+    bool preconnect;
+    bool redis;             /* twemproxy's flag: must stay false */
+    bool tcpkeepalive;
+    int64_t server_connections;
+    bool auto_eject_hosts;
+    int64_t server_retry_timeout;   /* ms */
+    int64_t server_failure_limit;
+    int64_t client_connections;     /* 0 = unlimited */
+    int64_t item_size_max;          /* largest value accepted, bytes */
+    struct conf_server *servers;
+    uint32_t nservers;
+    struct conf_index index;
+    struct conf_migration migration;
+    bool seen[64];                  /* which directives the file set */
+};
+
+struct config {
+    char *path;
+    struct conf_pool *pools;
+    uint32_t npools;
+};
+
+/* Every problem found, each "FILE:LINE:COL: what was expected". */
+struct conf_errors {
+    char **msgs;
+    size_t n;
+};
+
+/*
+ * Parse and validate the whole file. Returns NULL when there is any error;
+ * errs then holds all of them (the caller frees it with conf_errors_free).
+ */
+struct config *config_load(const char *path, struct conf_errors *errs);
+void config_free(struct config *c);                 /* NULL is fine */
+void conf_errors_free(struct conf_errors *errs);
+
+/* The ring a pool's servers describe (a new reference). */
+struct ring *conf_pool_ring(const struct conf_pool *p, char *err, size_t errlen);
+
+const struct conf_pool *config_pool(const struct config *c, const char *name);
+
+#endif

@@ -1,0 +1,109 @@
+/*
+ * log.c — one line per event: "2026-11-26T10:00:00.123Z notice reload: ...".
+ *
+ * The log is the one piece of process-wide state: a file descriptor and a
+ * level, shared by every module as stderr would be. Lines are written with a
+ * single write(2) so concurrent writers never interleave within a line.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define LOG_LEVEL_NAME(e, name) [LOG_##e] = name,
+static const char *const log_level_names[LOG_LEVEL_COUNT] = {
+    LOG_LEVEL_CODEC(LOG_LEVEL_NAME)
+};
+#undef LOG_LEVEL_NAME
+
+static struct {
+    int fd;
+    int level;
+    char *path;
+} logger = { .fd = STDERR_FILENO, .level = LOG_NOTICE };
+
+static int log_open_path(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    return fd < 0 ? -errno : fd;
+}
+
+int log_open(const char *path, int level)
+{
+    logger.level = level;
+    if (path == NULL) {
+        return 0;
+    }
+    int fd = log_open_path(path);
+    if (fd < 0) {
+        return fd;
+    }
+    free(logger.path);
+    logger.path = strdup(path);
+    logger.fd = fd;
+    return 0;
+}
+
+int log_reopen(void)
+{
+    if (logger.path == NULL) {
+        return 0;
+    }
+    int fd = log_open_path(logger.path);
+    if (fd < 0) {
+        log_error("log", "cannot reopen %s: %s", logger.path, strerror(-fd));
+        return fd;
+    }
+    dup2(fd, logger.fd);
+    close(fd);
+    return 0;
+}
+
+void log_close(void)
+{
+    if (logger.path != NULL) {
+        close(logger.fd);
+        logger.fd = STDERR_FILENO;
+        free(logger.path);
+        logger.path = NULL;
+    }
+}
+
+int log_enabled(int level)
+{
+    return level <= logger.level;
+}
+
+void log_write(int level, const char *module, const char *fmt, ...)
+{
+    char line[2048];
+    struct timeval tv;
+    struct tm tm;
+    va_list ap;
+
+    if (!log_enabled(level)) {
+        return;
+    }
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s: ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                     tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000),
+                     log_level_names[level], module);
+    va_start(ap, fmt);
+    n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof(line) - 2) {
+        n = (int)sizeof(line) - 2;
+    }
+    line[n++] = '\n';
+    ssize_t rc = write(logger.fd, line, (size_t)n);
+    (void)rc;
+}

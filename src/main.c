@@ -1,0 +1,165 @@
+/* main.c — command line: serve a config, or run an operator command. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "proxy.h"
+
+#define RINGPROXY_USAGE                                                        \
+    "usage: ringproxy -c FILE [-t] [-d] [-p PIDFILE] [-o LOGFILE] [-v LEVEL]\n" \
+    "                 [-s ADMIN_PORT] [-a ADMIN_ADDR]\n"                        \
+    "       ringproxy locate -c FILE [--pool NAME] KEY...\n"                   \
+    "       ringproxy ring -c FILE [--pool NAME] [--points]\n"                 \
+    "       ringproxy diff OLD_FILE NEW_FILE\n"                                \
+    "       ringproxy -V | -h\n"                                               \
+    "\n"                                                                       \
+    "  -c, --conf-file FILE     the pool file (YAML; twemproxy's format works)\n" \
+    "  -t, --test-conf          check the file, print every error, exit 0/1\n" \
+    "  -d, --daemonize          run in the background\n"                       \
+    "  -p, --pid-file FILE      write the process id here\n"                   \
+    "  -o, --output FILE        log here (reopened on SIGUSR1), default stderr\n" \
+    "  -v, --verbose LEVEL      0 error, 1 warn, 2 notice (default), 3 info,\n" \
+    "                           4 debug\n"                                     \
+    "  -s, --stats-port PORT    admin HTTP port (default 22222, 0 = off)\n"    \
+    "  -a, --stats-addr ADDR    admin HTTP address (default 127.0.0.1)\n"      \
+    "  -V, --version            print the version\n"                           \
+    "\n"                                                                       \
+    "Signals: SIGHUP reloads the file, SIGUSR1 reopens the log, SIGTERM and\n" \
+    "SIGINT stop after in-flight replies are sent.\n"
+
+static int usage(FILE *f, int rc)
+{
+    fputs(RINGPROXY_USAGE, f);
+    return rc;
+}
+
+/* `locate`, `ring`: -c FILE, --pool NAME, --points, then arguments. */
+static int operator_command(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "conf-file", required_argument, NULL, 'c' },
+        { "pool", required_argument, NULL, 'P' },
+        { "points", no_argument, NULL, 'x' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *cmd = argv[0], *conf = NULL, *pool = NULL;
+    int points = 0, ch;
+
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            conf = optarg;
+            break;
+        case 'P':
+            pool = optarg;
+            break;
+        case 'x':
+            points = 1;
+            break;
+        default:
+            return usage(stderr, 2);
+        }
+    }
+    if (conf == NULL) {
+        fprintf(stderr, "ringproxy %s: -c FILE is required\n", cmd);
+        return 2;
+    }
+    if (strcmp(cmd, "locate") == 0) {
+        if (optind >= argc) {
+            fprintf(stderr, "ringproxy locate: give at least one key\n");
+            return 2;
+        }
+        return cli_locate(conf, pool, argv + optind, argc - optind, stdout);
+    }
+    return cli_ring(conf, pool, points, stdout);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "conf-file", required_argument, NULL, 'c' },
+        { "test-conf", no_argument, NULL, 't' },
+        { "daemonize", no_argument, NULL, 'd' },
+        { "pid-file", required_argument, NULL, 'p' },
+        { "output", required_argument, NULL, 'o' },
+        { "verbose", required_argument, NULL, 'v' },
+        { "stats-port", required_argument, NULL, 's' },
+        { "stats-addr", required_argument, NULL, 'a' },
+        { "version", no_argument, NULL, 'V' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct proxy_options o = { .log_level = 2, .admin_port = 22222,
+                               .admin_addr = "127.0.0.1" };
+    int test_only = 0, ch;
+
+    if (argc > 1 && (strcmp(argv[1], "locate") == 0 || strcmp(argv[1], "ring") == 0)) {
+        return operator_command(argc - 1, argv + 1);
+    }
+    if (argc > 1 && strcmp(argv[1], "diff") == 0) {
+        if (argc != 4) {
+            fprintf(stderr, "usage: ringproxy diff OLD_FILE NEW_FILE\n");
+            return 2;
+        }
+        return cli_diff(argv[2], argv[3], stdout);
+    }
+    while ((ch = getopt_long(argc, argv, "c:tdp:o:v:s:a:Vh", opts, NULL)) != -1) {
+        char *end;
+        switch (ch) {
+        case 'c':
+            o.conf_path = optarg;
+            break;
+        case 't':
+            test_only = 1;
+            break;
+        case 'd':
+            o.daemonize = 1;
+            break;
+        case 'p':
+            o.pid_path = optarg;
+            break;
+        case 'o':
+            o.log_path = optarg;
+            break;
+        case 'v':
+            o.log_level = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || o.log_level < 0 || o.log_level > 4) {
+                fprintf(stderr, "ringproxy: -v takes a level from 0 to 4\n");
+                return 2;
+            }
+            break;
+        case 's':
+            o.admin_port = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || o.admin_port < 0 || o.admin_port > 65535) {
+                fprintf(stderr, "ringproxy: -s takes a port from 0 to 65535\n");
+                return 2;
+            }
+            break;
+        case 'a':
+            o.admin_addr = optarg;
+            break;
+        case 'V':
+            printf("ringproxy %s\n", RINGPROXY_VERSION);
+            return 0;
+        case 'h':
+            return usage(stdout, 0);
+        default:
+            return usage(stderr, 2);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "ringproxy: unexpected argument '%s'\n", argv[optind]);
+        return usage(stderr, 2);
+    }
+    if (o.conf_path == NULL) {
+        fprintf(stderr, "ringproxy: -c FILE is required\n");
+        return usage(stderr, 2);
+    }
+    if (test_only) {
+        return cli_test_config(o.conf_path, stdout);
+    }
+    return proxy_main(&o);
+}

@@ -1,0 +1,376 @@
+/*
+ * proxy.c — the serving process: load the config, open the pools' listeners,
+ * run the event loop, handle signals, stop gracefully.
+ *
+ * The loop runs one turn at a time (EVLOOP_ONCE) and flushes every
+ * connection that produced output after each turn: requests that arrive
+ * together leave together, in one write per connection.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <netinet/in.h>
+#include <event2/listener.h>
+
+#include "backend.h"
+#include "client.h"
+#include "config.h"
+#include "log.h"
+#include "proxy.h"
+#include "router.h"
+
+#define TICK_MS 100
+#define STOP_GRACE_MS 5000
+
+struct proxy {
+    const struct proxy_options *opts;
+    struct config *conf;
+    struct worker w;
+    struct event *sig_hup, *sig_usr1, *sig_term, *sig_int;
+    uint64_t stop_deadline;
+    uint64_t reload_failures;
+};
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
+                      struct sockaddr *sa, int salen, void *arg)
+{
+    (void)l;
+    client_accept(arg, fd, sa, salen);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    struct pool *p = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+
+    (void)l;
+    log_error("proxy", "%s: accept failed: %s", p->name, strerror(err));
+}
+
+static int pool_listen(struct pool *p, char *err, size_t errlen)
+{
+    const struct conf_addr *a = &p->conf->listen;
+    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                     LEV_OPT_CLOSE_ON_EXEC;
+    struct sockaddr_storage ss;
+    socklen_t len;
+
+    memset(&ss, 0, sizeof(ss));
+    if (a->is_unix) {
+        struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
+        sun->sun_family = AF_UNIX;
+        snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", a->host);
+        unlink(a->host);
+        len = sizeof(*sun);
+    } else {
+        char port[8];
+        struct evutil_addrinfo hints = { .ai_family = AF_UNSPEC,
+            .ai_socktype = SOCK_STREAM, .ai_flags = EVUTIL_AI_PASSIVE };
+        struct evutil_addrinfo *res = NULL;
+        snprintf(port, sizeof(port), "%u", a->port);
+        if (evutil_getaddrinfo(a->host, port, &hints, &res) != 0 || res == NULL) {
+            snprintf(err, errlen, "cannot resolve listen address %s", a->text);
+            return -1;
+        }
+        len = (socklen_t)res->ai_addrlen;
+        memcpy(&ss, res->ai_addr, len);
+        evutil_freeaddrinfo(res);
+    }
+    p->listener = evconnlistener_new_bind(p->w->base, on_accept, p, flags,
+                                          (int)p->conf->backlog,
+                                          (struct sockaddr *)&ss, (int)len);
+    if (p->listener == NULL) {
+        snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+        return -1;
+    }
+    evconnlistener_set_error_cb(p->listener, on_accept_error);
+    return 0;
+}
+
+/* Write every connection's pending output; repeat while that makes more. */
+static void worker_flush(struct worker *w)
+{
+    while (!TAILQ_EMPTY(&w->dirty_conns) || !TAILQ_EMPTY(&w->dirty_clients)) {
+        struct bconn *bc;
+        struct client *c;
+        while ((bc = TAILQ_FIRST(&w->dirty_conns)) != NULL) {
+            TAILQ_REMOVE(&w->dirty_conns, bc, dirty_link);
+            bconn_flush(bc);
+        }
+        while ((c = TAILQ_FIRST(&w->dirty_clients)) != NULL) {
+            TAILQ_REMOVE(&w->dirty_clients, c, dirty_link);
+            client_flush(c);
+        }
+    }
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t now = worker_now_ms(w);
+
+    (void)fd, (void)what;
+    for (uint32_t i = 0; i < w->npools; i++) {
+        struct pool *p = &w->pools[i];
+        for (uint32_t b = 0; b < p->nbackends; b++) {
+            backend_tick(&p->backends[b], now);
+        }
+    }
+}
+
+static void proxy_stop(struct proxy *px, const char *why)
+{
+    struct worker *w = &px->w;
+
+    if (w->stopping) {
+        return;
+    }
+    log_notice("proxy", "stopping (%s): finishing in-flight requests", why);
+    w->stopping = true;
+    px->stop_deadline = worker_now_ms(w) + STOP_GRACE_MS;
+    for (uint32_t i = 0; i < w->npools; i++) {
+        struct pool *p = &w->pools[i];
+        struct client *c, *next;
+        if (p->listener != NULL) {
+            evconnlistener_free(p->listener);
+            p->listener = NULL;
+            if (p->conf->listen.is_unix) {
+                unlink(p->conf->listen.host);
+            }
+        }
+        for (c = TAILQ_FIRST(&p->clients); c != NULL; c = next) {
+            next = TAILQ_NEXT(c, link);
+            client_drain(c, "shutdown");
+        }
+    }
+}
+
+static void proxy_reload(struct proxy *px)
+{
+    struct conf_errors errs;
+    struct config *c = config_load(px->opts->conf_path, &errs);
+
+    if (c == NULL) {
+        px->reload_failures++;
+        log_error("reload", "%s is invalid, keeping the running config "
+                  "(%zu errors):", px->opts->conf_path, errs.n);
+        for (size_t i = 0; i < errs.n; i++) {
+            log_error("reload", "%s", errs.msgs[i]);
+        }
+        conf_errors_free(&errs);
+        return;
+    }
+    log_warn("reload", "%s is valid, but applying a changed config without a "
+             "restart is not supported by this build; restart to apply it",
+             px->opts->conf_path);
+    config_free(c);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct proxy *px = arg;
+
+    (void)what;
+    switch (sig) {
+    case SIGHUP:
+        log_notice("proxy", "SIGHUP: reloading %s", px->opts->conf_path);
+        proxy_reload(px);
+        break;
+    case SIGUSR1:
+        log_reopen();
+        log_notice("proxy", "SIGUSR1: log reopened");
+        break;
+    default:
+        proxy_stop(px, sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        break;
+    }
+}
+
+static bool worker_idle(const struct worker *w)
+{
+    for (uint32_t i = 0; i < w->npools; i++) {
+        if (!TAILQ_EMPTY(&w->pools[i].clients)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static int daemonize(void)
+{
+    pid_t pid = fork();
+
+    if (pid < 0) {
+        return -errno;
+    }
+    if (pid > 0) {
+        _exit(0);
+    }
+    if (setsid() < 0) {
+        return -errno;
+    }
+    pid = fork();
+    if (pid < 0) {
+        return -errno;
+    }
+    if (pid > 0) {
+        _exit(0);
+    }
+    umask(0);
+    if (chdir("/") != 0) {
+        return -errno;
+    }
+    int fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+        dup2(fd, STDIN_FILENO);
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        if (fd > STDERR_FILENO) {
+            close(fd);
+        }
+    }
+    return 0;
+}
+
+static int write_pid_file(const char *path)
+{
+    FILE *f = fopen(path, "w");
+
+    if (f == NULL) {
+        return -errno;
+    }
+    fprintf(f, "%ld\n", (long)getpid());
+    return fclose(f) == 0 ? 0 : -errno;
+}
+
+static void proxy_free(struct proxy *px)
+{
+    struct worker *w = &px->w;
+
+    for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
+        if (w->pools[i].listener != NULL) {
+            evconnlistener_free(w->pools[i].listener);
+            if (w->pools[i].conf->listen.is_unix) {
+                unlink(w->pools[i].conf->listen.host);
+            }
+        }
+        pool_close(&w->pools[i]);
+    }
+    worker_flush(w);    /* frees clients closed above */
+    free(w->pools);
+    struct event *evs[] = { px->sig_hup, px->sig_usr1, px->sig_term, px->sig_int,
+                            w->tick };
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
+        if (evs[i] != NULL) {
+            event_free(evs[i]);
+        }
+    }
+    if (w->base != NULL) {
+        event_base_free(w->base);
+    }
+    config_free(px->conf);
+}
+
+int proxy_main(const struct proxy_options *o)
+{
+    struct proxy px = { .opts = o };
+    struct worker *w = &px.w;
+    struct conf_errors errs;
+    char err[256];
+    int rc = 1;
+
+    int lrc = log_open(o->log_path, o->log_level);
+    if (lrc != 0) {
+        fprintf(stderr, "ringproxy: cannot open log %s: %s\n", o->log_path,
+                strerror(-lrc));
+        return 1;
+    }
+    px.conf = config_load(o->conf_path, &errs);
+    if (px.conf == NULL) {
+        for (size_t i = 0; i < errs.n; i++) {
+            log_error("config", "%s", errs.msgs[i]);
+        }
+        conf_errors_free(&errs);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (o->daemonize && (rc = daemonize()) != 0) {
+        log_error("proxy", "cannot daemonize: %s", strerror(-rc));
+        rc = 1;
+        goto out;
+    }
+    rc = 1;
+    TAILQ_INIT(&w->dirty_conns);
+    TAILQ_INIT(&w->dirty_clients);
+    w->base = event_base_new();
+    if (w->base == NULL) {
+        log_error("proxy", "cannot create the event loop");
+        goto out;
+    }
+    w->started = worker_now_ms(w);
+    w->pools = calloc(px.conf->npools, sizeof(*w->pools));
+    if (w->pools == NULL) {
+        goto out;
+    }
+    for (uint32_t i = 0; i < px.conf->npools; i++) {
+        struct pool *p = &w->pools[i];
+        w->npools++;
+        if (pool_init(p, w, &px.conf->pools[i], err, sizeof(err)) != 0 ||
+            pool_listen(p, err, sizeof(err)) != 0) {
+            log_error("proxy", "pool %s: %s", px.conf->pools[i].name, err);
+            goto out;
+        }
+        log_notice("proxy", "pool %s: listening on %s, %u servers, %u ring points, "
+                   "hash %s, compat %s", p->name, p->conf->listen.text,
+                   p->nbackends, p->ring->npoints, hash_names[p->ring->hash],
+                   ring_compat_names[p->ring->compat]);
+    }
+    if (o->pid_path != NULL && (rc = write_pid_file(o->pid_path)) != 0) {
+        log_error("proxy", "cannot write pid file %s: %s", o->pid_path,
+                  strerror(-rc));
+        rc = 1;
+        goto out;
+    }
+    rc = 1;
+    px.sig_hup = evsignal_new(w->base, SIGHUP, on_signal, &px);
+    px.sig_usr1 = evsignal_new(w->base, SIGUSR1, on_signal, &px);
+    px.sig_term = evsignal_new(w->base, SIGTERM, on_signal, &px);
+    px.sig_int = evsignal_new(w->base, SIGINT, on_signal, &px);
+    w->tick = event_new(w->base, -1, EV_PERSIST, on_tick, w);
+    struct timeval tick = { 0, TICK_MS * 1000 };
+    if (!px.sig_hup || !px.sig_usr1 || !px.sig_term || !px.sig_int || !w->tick) {
+        goto out;
+    }
+    event_add(px.sig_hup, NULL);
+    event_add(px.sig_usr1, NULL);
+    event_add(px.sig_term, NULL);
+    event_add(px.sig_int, NULL);
+    event_add(w->tick, &tick);
+    log_notice("proxy", "ringproxy %s started, pid %ld", RINGPROXY_VERSION,
+               (long)getpid());
+
+    for (;;) {
+        event_base_loop(w->base, EVLOOP_ONCE);
+        worker_flush(w);
+        if (w->stopping &&
+            (worker_idle(w) || worker_now_ms(w) >= px.stop_deadline)) {
+            break;
+        }
+    }
+    log_notice("proxy", "stopped");
+    rc = 0;
+
+out:
+    if (o->pid_path != NULL && rc == 0) {
+        unlink(o->pid_path);
+    }
+    proxy_free(&px);
+    log_close();
+    return rc;
+}

@@ -1,0 +1,22 @@
+/* proxy.h — the serving process: pools, listeners, signals, reload. */
+#ifndef RP_PROXY_H
+#define RP_PROXY_H
+
+#define RINGPROXY_VERSION "0.1.0"
+/* The memcached version we speak for: clients read features from it. */
+#define PROXY_MEMCACHED_VERSION "1.6.18"
+
+struct proxy_options {
+    const char *conf_path;
+    const char *pid_path;
+    const char *log_path;
+    const char *admin_addr;
+    int admin_port;         /* 0: no admin HTTP */
+    int log_level;
+    int daemonize;
+};
+
+/* Run until SIGTERM/SIGINT; returns the process exit status. */
+int proxy_main(const struct proxy_options *o);
+
+#endif

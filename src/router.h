@@ -1,0 +1,164 @@
+/*
+ * router.h — a pool at run time: its ring, its backends, and the requests in
+ * flight between clients (client.c) and backend connections (backend.c).
+ */
+#ifndef RP_ROUTER_H
+#define RP_ROUTER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/buffer.h>
+
+#include "config.h"
+#include "proto.h"
+#include "ring.h"
+#include "stats.h"
+
+struct worker;
+struct pool;
+struct client;
+struct backend;
+struct bconn;
+struct request;
+
+/*
+ * A fragment is the part of a request that one backend connection answers:
+ * the whole request for a single-key command, one backend's share of the
+ * keys of a multi-get, one backend's "flush_all". Fragments sit in their
+ * connection's FIFO in the order they were written, so replies match them
+ * in order.
+ */
+struct frag {
+    struct request *req;
+    struct bconn *conn;
+    TAILQ_ENTRY(frag) link;
+    struct evbuffer *buf;       /* multi-backend get: this share's VALUE blocks */
+    uint32_t cursor;            /* multi-backend get: next request key to match */
+    uint64_t sent_ms;           /* when queued on the connection */
+    bool retrieval;             /* replies are VALUE...END, not one line */
+    bool failed;
+};
+TAILQ_HEAD(frag_queue, frag);
+
+/*
+ * One client command. It stays in its client's queue until its reply has
+ * been appended to the client's output, so replies leave in request order.
+ * It outlives its client when the client goes first (client = NULL): the
+ * backends' answers must still be read off their connections.
+ */
+struct request {
+    struct client *client;
+    TAILQ_ENTRY(request) link;
+    enum proto_cmd cmd;
+    bool quiet;                 /* noreply: nothing goes to the client */
+    bool done;
+    uint16_t nfrags, pending;
+    uint32_t hits;              /* VALUE blocks received */
+    struct frag *frags;
+    struct frag frag1;          /* frags points here when nfrags == 1 */
+    struct evbuffer *reply;     /* the reply, while it cannot go out yet */
+    char *error_line;           /* fan-out: first failure, sent instead of OK */
+    /* multi-backend get: the keys in request order, and which share has each */
+    uint32_t nkeys;
+    char *keys;                 /* copy of the key span */
+    uint32_t *key_off;
+    uint16_t *key_frag;
+    uint32_t *key_hit;          /* bytes of its VALUE block in its share; 0 miss */
+};
+TAILQ_HEAD(request_queue, request);
+
+enum bconn_state { BCONN_DOWN, BCONN_CONNECTING, BCONN_UP };
+
+struct bconn {
+    struct backend *be;
+    int fd;
+    enum bconn_state state;
+    struct event rev, wev;
+    struct evbuffer *in, *out;
+    struct frag_queue frags;
+    uint32_t nfrags;
+    bool dirty;                 /* output waits for the end of the loop turn */
+    bool reading_paused;
+    TAILQ_ENTRY(bconn) dirty_link;
+};
+
+enum backend_state { BACKEND_UP, BACKEND_DOWN, BACKEND_EJECTED };
+
+struct backend {
+    struct pool *pool;
+    uint32_t index;             /* in the pool's data ring */
+    const char *identity;       /* owned by the data ring */
+    struct conf_addr addr;      /* owned by the pool's config */
+    enum backend_state state;
+    uint32_t failures;          /* consecutive */
+    uint64_t retry_ms;          /* DOWN/EJECTED: when to try again */
+    uint32_t backoff_ms;
+    uint32_t nconns;
+    struct bconn *conns;
+    uint64_t stats[STAT_BACKEND_COUNT];
+};
+
+struct pool {
+    struct worker *w;
+    struct conf_pool *conf;     /* owned by the config the pool came from */
+    const char *name;
+    struct ring *ring;          /* where the data lives */
+    struct ring *route;         /* ring without ejected servers (or == ring) */
+    uint32_t *route_backend;    /* route server index -> backend index */
+    struct backend *backends;
+    uint32_t nbackends;
+    struct evconnlistener *listener;
+    TAILQ_HEAD(, client) clients;
+    uint64_t stats[STAT_POOL_COUNT];
+    uint64_t next_client_id;
+    uint16_t *frag_of_backend;  /* scratch for splitting a multi-get: */
+    uint32_t *frag_order;       /* both sized nbackends + 1 */
+};
+
+/*
+ * The event loop's context: everything a worker thread touches. Output is
+ * not written when it is produced but once per loop turn (worker_flush), so
+ * many requests share one write(2) per connection.
+ */
+struct worker {
+    struct event_base *base;
+    TAILQ_HEAD(, bconn) dirty_conns;
+    TAILQ_HEAD(, client) dirty_clients;
+    struct pool *pools;
+    uint32_t npools;
+    struct event *tick;         /* 100 ms: timeouts, retries */
+    uint64_t now_ms;
+    bool stopping;
+    uint64_t started;
+};
+
+uint64_t worker_now_ms(struct worker *w);
+
+/* pools */
+int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
+              char *err, size_t errlen);
+void pool_close(struct pool *p);
+struct backend *pool_route(struct pool *p, const char *key, size_t len);
+void pool_eject(struct pool *p, struct backend *be, bool eject);
+
+/* requests: created by the client, answered by backends or locally */
+struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrags);
+void request_reply(struct request *r, const char *data, size_t len);
+void request_reply_line(struct request *r, const char *line);
+void request_frag_done(struct frag *f);
+void request_orphan(struct request *r);     /* its client is gone */
+void request_detach(struct request *r);     /* noreply: answers nobody */
+/* Fail a fragment: a one-fragment request replies `line`; a share of a
+ * multi-get leaves its keys missing; a fan-out replies `line` at the end. */
+void frag_fail(struct frag *f, const char *line);
+/* Fail the n fragments marked failed that were never sent (may free r). */
+void frags_fail_unsent(struct request *r, uint32_t n, const char *line);
+void request_free(struct request *r);
+
+/* Where a fragment's reply bytes go now; NULL: discard them. */
+struct evbuffer *frag_sink(struct frag *f);
+
+#endif

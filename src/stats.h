@@ -1,0 +1,52 @@
+/* stats.h — counters of a pool and of each backend, one table each. */
+#ifndef RP_STATS_H
+#define RP_STATS_H
+
+#include <stdint.h>
+
+/* X(name, kind, help): kind is counter or gauge (Prometheus' words). */
+#define STATS_POOL_CODEC(X)                                                   \
+    X(curr_connections, gauge, "client connections open now")                \
+    X(total_connections, counter, "client connections accepted")              \
+    X(rejected_connections, counter, "clients refused by client_connections")  \
+    X(requests, counter, "commands received from clients")                    \
+    X(cmd_get, counter, "keys asked for by get, gets, gat and gats")          \
+    X(get_hits, counter, "keys found")                                        \
+    X(get_misses, counter, "keys not found")                                  \
+    X(cmd_set, counter, "set, add, replace, append, prepend and cas")         \
+    X(cmd_delete, counter, "delete commands")                                 \
+    X(cmd_incr_decr, counter, "incr and decr commands")                       \
+    X(cmd_touch, counter, "touch commands")                                   \
+    X(cmd_flush, counter, "flush_all commands")                               \
+    X(client_errors, counter, "malformed commands answered with an error")    \
+    X(server_errors, counter, "requests failed because a backend failed")     \
+    X(too_large, counter, "values refused for exceeding item_size_max")       \
+    X(closed_slow_clients, counter, "clients closed for unread output")       \
+    X(closed_bad_clients, counter, "clients closed for protocol abuse")
+
+#define STATS_BACKEND_CODEC(X)                                                \
+    X(requests, counter, "requests sent")                                     \
+    X(errors, counter, "requests failed (connection refused, lost, timeout)") \
+    X(timeouts, counter, "requests that timed out")                           \
+    X(connects, counter, "connections established")                          \
+    X(connect_failures, counter, "connection attempts that failed")           \
+    X(ejections, counter, "times auto_eject_hosts took it out of routing")    \
+    X(inflight, gauge, "requests sent and not yet answered")
+
+#define STATS_ENUM(name, kind, help) STAT_##name,
+enum stat_pool { STATS_POOL_CODEC(STATS_ENUM) STAT_POOL_COUNT };
+#undef STATS_ENUM
+#define STATS_ENUM(name, kind, help) STAT_BE_##name,
+enum stat_backend { STATS_BACKEND_CODEC(STATS_ENUM) STAT_BACKEND_COUNT };
+#undef STATS_ENUM
+
+struct stats_desc {
+    const char *name;
+    const char *kind;
+    const char *help;
+};
+
+extern const struct stats_desc stats_pool_desc[STAT_POOL_COUNT];
+extern const struct stats_desc stats_backend_desc[STAT_BACKEND_COUNT];
+
+#endif

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "index.h"
 #include "log.h"
 
 #define BACKOFF_MIN_MS 100
@@ -367,6 +368,40 @@ static void frag_deliver(struct frag *f, struct evbuffer *in, size_t n)
     }
 }
 
+/* Tell the pool's index what a backend confirmed. */
+static void index_reply(struct request *r, enum proto_rsp_kind kind)
+{
+    struct idx *x = r->pool->idx;
+
+    if (x == NULL) {
+        return;
+    }
+    switch (r->cmd) {
+    case PROTO_CMD_SET:
+    case PROTO_CMD_ADD:
+    case PROTO_CMD_REPLACE:
+    case PROTO_CMD_APPEND:
+    case PROTO_CMD_PREPEND:
+    case PROTO_CMD_CAS:
+        if (kind == PROTO_RSP_STORED) {
+            idx_key_stored(x, r->keys, r->keylen);
+        }
+        break;
+    case PROTO_CMD_DELETE:
+        if (kind == PROTO_RSP_DELETED) {
+            idx_key_deleted(x, r->keys, r->keylen);
+        }
+        break;
+    case PROTO_CMD_FLUSH_ALL:
+        if (kind != PROTO_RSP_OK) {
+            r->flushes_index = false;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
 /* Consume every complete reply in bc->in. Returns -1 if bc was failed. */
 static int bconn_process(struct bconn *bc)
 {
@@ -413,6 +448,7 @@ static int bconn_process(struct bconn *bc)
             continue;
         }
         f = bconn_pop(bc);
+        index_reply(f->req, rsp.kind);
         if (f->retrieval && f->req->nfrags > 1) {
             /* A share of a multi-get: END or an error both end it; an error
              * leaves its keys as misses. */

@@ -28,6 +28,7 @@
 
 #include "backend.h"
 #include "client.h"
+#include "index.h"
 #include "log.h"
 #include "proxy.h"
 
@@ -316,6 +317,15 @@ static void client_stats(struct client *c, const struct proto_req *req)
                                     (unsigned long long)be->stats[i]);
             }
         }
+        if (p->idx != NULL) {
+            const uint64_t *st = idx_stats(p->idx);
+            evbuffer_add_printf(b, "STAT index:state %s\r\n",
+                                idx_state_names[idx_get_state(p->idx)]);
+            for (int i = 0; i < IDX_STAT_COUNT; i++) {
+                evbuffer_add_printf(b, "STAT index:%s %llu\r\n", idx_stat_desc[i].name,
+                                    (unsigned long long)st[i]);
+            }
+        }
         evbuffer_add_printf(b, "END\r\n");
     }
     size_t len = evbuffer_get_length(b);
@@ -364,6 +374,16 @@ static void client_forward(struct client *c, const struct proto_req *req,
     }
     r->frags[0].retrieval = retrieval;
     r->nkeys = retrieval ? req->nkeys : 0;
+    if (c->pool->idx != NULL && !retrieval && req->cmd != PROTO_CMD_INCR &&
+        req->cmd != PROTO_CMD_DECR && req->cmd != PROTO_CMD_TOUCH) {
+        /* The index needs the key when the backend's answer arrives. */
+        if ((r->keys = malloc(req->keylen)) == NULL) {
+            client_close(c, "out of memory");
+            return;
+        }
+        memcpy(r->keys, req->key, req->keylen);
+        r->keylen = req->keylen;
+    }
     if (req->noreply) {
         r->quiet = true;
         request_detach(r);
@@ -471,6 +491,7 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
         client_close(c, "out of memory");
         return;
     }
+    r->flushes_index = !req->has_delay || req->delay <= 0;
     if (req->noreply) {
         r->quiet = true;
         request_detach(r);

@@ -21,6 +21,7 @@
 #include "backend.h"
 #include "client.h"
 #include "config.h"
+#include "index.h"
 #include "log.h"
 #include "proxy.h"
 #include "router.h"
@@ -107,6 +108,9 @@ static void worker_flush(struct worker *w)
             TAILQ_REMOVE(&w->dirty_clients, c, dirty_link);
             client_flush(c);
         }
+    }
+    for (uint32_t i = 0; i < w->npools; i++) {
+        idx_flush(w->pools[i].idx);
     }
 }
 

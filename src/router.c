@@ -20,6 +20,7 @@
 
 #include "backend.h"
 #include "client.h"
+#include "index.h"
 #include "log.h"
 #include "router.h"
 
@@ -65,6 +66,11 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
             return -1;
         }
     }
+    if (conf->index.enabled &&
+        (p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL) {
+        snprintf(err, errlen, "out of memory starting the index writer");
+        return -1;
+    }
     if (conf->preconnect) {
         for (uint32_t i = 0; i < p->nbackends; i++) {
             backend_preconnect(&p->backends[i]);
@@ -84,6 +90,8 @@ void pool_close(struct pool *p)
         backend_close(&p->backends[i]);
     }
     free(p->backends);
+    idx_free(p->idx);
+    p->idx = NULL;
     free(p->route_backend);
     free(p->frag_of_backend);
     free(p->frag_order);
@@ -166,6 +174,7 @@ struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrag
     for (uint16_t i = 0; i < nfrags; i++) {
         r->frags[i].req = r;
     }
+    r->pool = c->pool;
     r->client = c;
     TAILQ_INSERT_TAIL(&c->reqs, r, link);
     c->nreqs++;
@@ -298,8 +307,8 @@ void request_frag_done(struct frag *f)
         return;
     }
     r->done = true;
-    if (r->frags[0].retrieval && r->client != NULL) {
-        struct pool *p = r->client->pool;
+    if (r->frags[0].retrieval) {
+        struct pool *p = r->pool;
         p->stats[STAT_get_hits] += r->hits;
         if (r->nkeys > r->hits) {
             p->stats[STAT_get_misses] += r->nkeys - r->hits;
@@ -307,6 +316,9 @@ void request_frag_done(struct frag *f)
     }
     if (r->nfrags > 1) {
         request_assemble(r);
+    }
+    if (r->flushes_index && r->error_line == NULL && r->pool->idx != NULL) {
+        idx_pool_flushed(r->pool->idx);
     }
     if (r->client == NULL) {
         request_free(r);    /* noreply, or its client is gone */
@@ -321,6 +333,7 @@ void frag_fail(struct frag *f, const char *line)
     struct evbuffer *sink;
 
     f->failed = true;
+    r->flushes_index = false;
     if (r->nfrags == 1) {
         if ((sink = frag_sink(f)) != NULL) {
             evbuffer_add_printf(sink, "%s\r\n", line);

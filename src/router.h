@@ -50,6 +50,7 @@ TAILQ_HEAD(frag_queue, frag);
  * backends' answers must still be read off their connections.
  */
 struct request {
+    struct pool *pool;
     struct client *client;
     TAILQ_ENTRY(request) link;
     enum proto_cmd cmd;
@@ -57,6 +58,8 @@ struct request {
     bool done;
     uint16_t nfrags, pending;
     uint32_t hits;              /* VALUE blocks received */
+    bool flushes_index;         /* flush_all now: the index empties too */
+    uint32_t keylen;            /* store/delete in an indexed pool: key copy */
     struct frag *frags;
     struct frag frag1;          /* frags points here when nfrags == 1 */
     struct evbuffer *reply;     /* the reply, while it cannot go out yet */
@@ -114,6 +117,7 @@ struct pool {
     TAILQ_HEAD(, client) clients;
     uint64_t stats[STAT_POOL_COUNT];
     uint64_t next_client_id;
+    struct idx *idx;            /* NULL: the pool has no index */
     uint16_t *frag_of_backend;  /* scratch for splitting a multi-get: */
     uint32_t *frag_order;       /* both sized nbackends + 1 */
 };

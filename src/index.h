@@ -1,0 +1,77 @@
+/* index.h — the Redis key index: every stored key in its v-node's sorted set. */
+#ifndef RP_INDEX_H
+#define RP_INDEX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "ring.h"
+
+struct event_base;
+struct idx;
+
+#define IDX_STATE_CODEC(X)                                      \
+    X(DISCONNECTED, "disconnected") /* waiting to reconnect */   \
+    X(CONNECTING, "connecting")                                 \
+    X(READY, "ready")
+
+#define IDX_STATE_ENUM(e, name) IDX_##e,
+enum idx_state { IDX_STATE_CODEC(IDX_STATE_ENUM) IDX_STATE_COUNT };
+#undef IDX_STATE_ENUM
+extern const char *const idx_state_names[IDX_STATE_COUNT];
+
+#define IDX_STATS_CODEC(X)                                                    \
+    X(queued, gauge, "index writes waiting to be sent")                       \
+    X(inflight, gauge, "index writes sent, not yet acknowledged")             \
+    X(adds, counter, "keys added (ZADD members sent)")                        \
+    X(removes, counter, "keys removed (ZREM members sent)")                   \
+    X(commands, counter, "Redis commands sent")                               \
+    X(filtered, counter, "stores not sent: the key is known to be indexed")   \
+    X(dropped, counter, "index writes dropped: queue full or Redis away")     \
+    X(errors, counter, "Redis errors replied to index writes")                \
+    X(connects, counter, "connections to Redis established")                  \
+    X(disconnects, counter, "connections to Redis lost or refused")
+
+#define IDX_STAT_ENUM(name, kind, help) IDX_STAT_##name,
+enum idx_stat { IDX_STATS_CODEC(IDX_STAT_ENUM) IDX_STAT_COUNT };
+#undef IDX_STAT_ENUM
+
+struct idx_stat_desc {
+    const char *name, *kind, *help;
+};
+extern const struct idx_stat_desc idx_stat_desc[IDX_STAT_COUNT];
+
+/* The writer of one pool. `ring` is the data ring (a reference is kept). */
+struct idx *idx_new(struct event_base *base, const char *pool,
+                    const struct conf_index *conf, struct ring *ring);
+void idx_free(struct idx *x);                       /* NULL is fine */
+
+/* After a backend confirmed: STORED (add) or DELETED (remove). Never blocks. */
+void idx_key_stored(struct idx *x, const char *key, size_t len);
+void idx_key_deleted(struct idx *x, const char *key, size_t len);
+/* flush_all succeeded: every v-node set of the pool goes. */
+void idx_pool_flushed(struct idx *x);
+
+/* Send what this loop turn queued (one pipeline). */
+void idx_flush(struct idx *x);
+
+enum idx_state idx_get_state(const struct idx *x);
+const uint64_t *idx_stats(const struct idx *x);
+
+/* "<prefix>:v:<identity>:<point>" into buf; returns its length. */
+size_t idx_vnode_key(const char *prefix, const struct ring *r, uint32_t point,
+                     char *buf, size_t len);
+
+/*
+ * The ring record (DESIGN §5), as field/value pairs for HSET: epoch, compat,
+ * hash, hash_tag, points and servers (JSON: identity, addr, weight). Returns
+ * the number of strings written to fields (at most IDX_RING_FIELDS * 2); the
+ * strings are malloc'd, free them with idx_ring_record_free.
+ */
+#define IDX_RING_FIELDS 6
+int idx_ring_record(const struct ring *r, uint64_t epoch, char **fields);
+void idx_ring_record_free(char **fields, int n);
+
+#endif

@@ -1,0 +1,307 @@
+"""Real servers for the integration tests: memcached, redis-server, ringproxy.
+
+Every server runs on a free loopback port chosen here, in a temporary
+directory, and is stopped (and its process reaped) when the test ends, so no
+test assumes a running service and none leaves one behind. The proxy runs the
+binary named by RINGPROXY_BIN (the Makefile passes the sanitizer build); its
+log is scanned for sanitizer reports when it stops, so a memory error fails
+the test that caused it.
+"""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+RINGPROXY = os.environ.get("RINGPROXY_BIN", os.path.join(ROOT, "build", "ringproxy"))
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                   "runtime error:", "WARNING: AddressSanitizer")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s before listening on %d"
+                               % (proc.returncode, port))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("nothing listening on port %d after %.1fs" % (port, timeout))
+
+
+class Server:
+    """A child process listening on one port; start(), stop(), kill()."""
+
+    def __init__(self, name, port, workdir):
+        self.name, self.port, self.workdir = name, port, workdir
+        self.proc = None
+        self.log_path = os.path.join(workdir, "%s-%d.log" % (name, port))
+
+    def argv(self):
+        raise NotImplementedError
+
+    def start(self):
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=self._log,
+                                     stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def kill(self):
+        """SIGKILL: the server vanishes without a goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError("%s did not stop within %.0fs" % (self.name, timeout))
+        rc = self.proc.returncode
+        self.proc = None
+        self._log.close()
+        return rc
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+
+class Memcached(Server):
+    def __init__(self, workdir, port=None, memory_mb=64, item_max="2m"):
+        super().__init__("memcached", port or free_port(), workdir)
+        self.memory_mb, self.item_max = memory_mb, item_max
+
+    def argv(self):
+        return ["memcached", "-p", str(self.port), "-U", "0", "-l", "127.0.0.1",
+                "-m", str(self.memory_mb), "-I", self.item_max, "-t", "1",
+                "-c", "4096", "-u", "root" if os.getuid() == 0 else os.environ.get("USER", "nobody")]
+
+    def keys(self):
+        """Every key the server holds (lru_crawler metadump)."""
+        keys = set()
+        with socket.create_connection(("127.0.0.1", self.port)) as s:
+            s.sendall(b"lru_crawler metadump all\r\n")
+            buf = b""
+            while not buf.endswith(b"END\r\n"):
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                buf += chunk
+        for line in buf.split(b"\r\n"):
+            if line.startswith(b"key="):
+                from urllib.parse import unquote_to_bytes
+                keys.add(unquote_to_bytes(line.split(b" ")[0][4:]))
+        return keys
+
+
+class Redis(Server):
+    def __init__(self, workdir, port=None):
+        super().__init__("redis", port or free_port(), workdir)
+
+    def argv(self):
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.workdir,
+                "--daemonize", "no"]
+
+
+class Proxy(Server):
+    """ringproxy on a generated config. `pools` maps pool name -> dict."""
+
+    def __init__(self, workdir, config_text, port, admin_port=0, extra=()):
+        super().__init__("ringproxy", port, workdir)
+        self.conf_path = os.path.join(workdir, "ringproxy-%d.yml" % port)
+        self.pid_path = os.path.join(workdir, "ringproxy-%d.pid" % port)
+        self.admin_port = admin_port
+        self.extra = list(extra)
+        self.write_config(config_text)
+
+    def write_config(self, text):
+        with open(self.conf_path, "w") as f:
+            f.write(text)
+
+    def argv(self):
+        return [RINGPROXY, "-c", self.conf_path, "-v", "3", "-p", self.pid_path,
+                "-s", str(self.admin_port)] + self.extra
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        rc = super().stop(sig, timeout)
+        check_sanitizers(self.log())
+        return rc
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+
+def check_sanitizers(log):
+    for mark in SANITIZER_MARKS:
+        if mark in log:
+            raise AssertionError("sanitizer report in the proxy log:\n" + log[-6000:])
+
+
+def pool_yaml(name, listen_port, servers, **settings):
+    """A pool in ringproxy's YAML; servers: list of (addr, weight, name)."""
+    lines = ["%s:" % name, "  listen: 127.0.0.1:%d" % listen_port]
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            lines.append("  %s:" % k)
+            lines += ["    %s: %s" % (kk, fmt(vv)) for kk, vv in v.items()]
+        else:
+            lines.append("  %s: %s" % (k, fmt(v)))
+    lines.append("  servers:")
+    for addr, weight, sname in servers:
+        lines.append("    - %s:%d%s" % (addr, weight, " " + sname if sname else ""))
+    return "\n".join(lines) + "\n"
+
+
+def fmt(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"%s"' % v
+    return str(v)
+
+
+def locate(conf_path, keys, pool=None):
+    """Ask `ringproxy locate` where keys go: {key: server identity}.
+
+    Keys may be str or bytes (bytes reach the proxy's argv unchanged, so keys
+    with bytes >= 0x80 work); the answer's keys have the type given."""
+    out = {}
+    keys = list(keys)
+    raw = bool(keys) and isinstance(keys[0], bytes)
+    for i in range(0, len(keys), 2000):
+        argv = [RINGPROXY, "locate", "-c", conf_path]
+        if pool:
+            argv += ["--pool", pool]
+        chunk = keys[i:i + 2000]
+        res = subprocess.run([os.fsencode(a) for a in argv] + chunk if raw
+                             else argv + chunk, check=True, capture_output=True)
+        for line in res.stdout.split(b"\n")[1:]:
+            if line:
+                f = line.split(b" ")
+                out[f[1] if raw else os.fsdecode(f[1])] = f[4].decode()
+    return out
+
+
+class Wire:
+    """A raw memcached text-protocol connection, to check bytes on the wire.
+
+    read_reply() returns one whole reply: a VALUE...END or STAT...END block
+    (values read by their length, so any bytes may be inside), or one line.
+    """
+
+    def __init__(self, port, timeout=10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise EOFError("connection closed; unread: %r" % self.buf[:200])
+        self.buf += chunk
+
+    def read_exact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_line(self):
+        """The next line, with its "\r\n"."""
+        while b"\r\n" not in self.buf:
+            self._fill()
+        i = self.buf.index(b"\r\n") + 2
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def read_reply(self):
+        line = self.read_line()
+        if not (line.startswith(b"VALUE ") or line.startswith(b"STAT ")):
+            return line
+        out = line
+        while line != b"END\r\n":
+            if line.startswith(b"VALUE "):
+                out += self.read_exact(int(line.split()[3]) + 2)
+            line = self.read_line()
+            out += line
+        return out
+
+    def call(self, data, replies=1):
+        """Send data, return the next `replies` replies joined."""
+        self.send(data)
+        return b"".join(self.read_reply() for _ in range(replies))
+
+    def closed_by_peer(self):
+        """Read to the end: True when the peer closes (EOF or reset) with
+        nothing more to say; raises if it sends bytes instead."""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                self.buf += chunk
+        except ConnectionResetError:
+            pass
+        if self.buf:
+            raise AssertionError("unexpected bytes before close: %r" % self.buf[:200])
+        return True
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
+    """Poll predicate() until it returns a true value (returned), or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def proxy_stats(port):
+    """The proxy's `stats` as {name: value string}."""
+    with Wire(port) as w:
+        reply = w.call(b"stats\r\n")
+    stats = {}
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"STAT "):
+            _, name, value = line.decode().split(" ", 2)
+            stats[name] = value
+    return stats

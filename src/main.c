@@ -13,6 +13,8 @@
     "       ringproxy locate -c FILE [--pool NAME] KEY...\n"                   \
     "       ringproxy ring -c FILE [--pool NAME] [--points]\n"                 \
     "       ringproxy diff OLD_FILE NEW_FILE\n"                                \
+    "       ringproxy index stats -c FILE [--pool NAME]\n"                     \
+    "       ringproxy index check -c FILE [--pool NAME] [--sample N]\n"        \
     "       ringproxy -V | -h\n"                                               \
     "\n"                                                                       \
     "  -c, --conf-file FILE     the pool file (YAML; twemproxy's format works)\n" \
@@ -42,10 +44,21 @@ static int operator_command(int argc, char **argv)
         { "conf-file", required_argument, NULL, 'c' },
         { "pool", required_argument, NULL, 'P' },
         { "points", no_argument, NULL, 'x' },
+        { "sample", required_argument, NULL, 'n' },
         { NULL, 0, NULL, 0 },
     };
-    const char *cmd = argv[0], *conf = NULL, *pool = NULL;
+    const char *cmd = argv[0], *conf = NULL, *pool = NULL, *what = NULL;
     int points = 0, ch;
+    long sample = 1000;
+
+    if (strcmp(cmd, "index") == 0) {
+        if (argc < 2 || (strcmp(argv[1], "stats") != 0 && strcmp(argv[1], "check") != 0)) {
+            fprintf(stderr, "usage: ringproxy index stats|check -c FILE ...\n");
+            return 2;
+        }
+        what = argv[1];
+        argc--, argv++;
+    }
 
     optind = 1;
     while ((ch = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
@@ -59,6 +72,13 @@ static int operator_command(int argc, char **argv)
         case 'x':
             points = 1;
             break;
+        case 'n':
+            sample = strtol(optarg, NULL, 10);
+            if (sample <= 0) {
+                fprintf(stderr, "ringproxy index check: --sample takes a positive number\n");
+                return 2;
+            }
+            break;
         default:
             return usage(stderr, 2);
         }
@@ -66,6 +86,9 @@ static int operator_command(int argc, char **argv)
     if (conf == NULL) {
         fprintf(stderr, "ringproxy %s: -c FILE is required\n", cmd);
         return 2;
+    }
+    if (what != NULL) {
+        return cli_index(what, conf, pool, sample, stdout);
     }
     if (strcmp(cmd, "locate") == 0) {
         if (optind >= argc) {
@@ -96,7 +119,8 @@ int main(int argc, char **argv)
                                .admin_addr = "127.0.0.1" };
     int test_only = 0, ch;
 
-    if (argc > 1 && (strcmp(argv[1], "locate") == 0 || strcmp(argv[1], "ring") == 0)) {
+    if (argc > 1 && (strcmp(argv[1], "locate") == 0 || strcmp(argv[1], "ring") == 0 ||
+                     strcmp(argv[1], "index") == 0)) {
         return operator_command(argc - 1, argv + 1);
     }
     if (argc > 1 && strcmp(argv[1], "diff") == 0) {

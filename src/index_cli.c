@@ -1,0 +1,370 @@
+/*
+ * index_cli.c — `ringproxy index stats|check`: what the Redis index of each
+ * pool holds, what it costs, and whether it agrees with the backends.
+ * Blocking hiredis and plain sockets: these are operator commands, not the
+ * data path.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <hiredis/hiredis.h>
+
+#include "cli.h"
+#include "config.h"
+#include "index.h"
+
+static redisContext *redis_open(const struct conf_index *ix)
+{
+    struct timeval tv = { 5, 0 };
+    redisContext *rc = ix->redis.is_unix ?
+        redisConnectUnixWithTimeout(ix->redis.host, tv) :
+        redisConnectWithTimeout(ix->redis.host, ix->redis.port, tv);
+
+    if (rc == NULL || rc->err) {
+        fprintf(stderr, "cannot connect to Redis %s: %s\n", ix->redis.text,
+                rc ? rc->errstr : "out of memory");
+        redisFree(rc);
+        return NULL;
+    }
+    redisSetTimeout(rc, tv);
+    redisReply *r = NULL;
+    if (ix->password != NULL) {
+        r = redisCommand(rc, "AUTH %s", ix->password);
+        freeReplyObject(r);
+    }
+    if (ix->db != 0) {
+        r = redisCommand(rc, "SELECT %lld", (long long)ix->db);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+            fprintf(stderr, "Redis %s: SELECT %lld failed\n", ix->redis.text,
+                    (long long)ix->db);
+            freeReplyObject(r);
+            redisFree(rc);
+            return NULL;
+        }
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+static void human_bytes(double b, char *buf, size_t len)
+{
+    const char *unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+    int u = 0;
+
+    while (b >= 1024 && u < 4) {
+        b /= 1024;
+        u++;
+    }
+    snprintf(buf, len, u ? "%.1f %s" : "%.0f %s", b, unit[u]);
+}
+
+/* The listpack threshold under its Redis 7 name, or the older one. */
+static long long zset_listpack_limit(redisContext *rc)
+{
+    const char *names[] = { "zset-max-listpack-entries", "zset-max-ziplist-entries" };
+
+    for (int i = 0; i < 2; i++) {
+        redisReply *r = redisCommand(rc, "CONFIG GET %s", names[i]);
+        long long v = -1;
+        if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+            v = atoll(r->element[1]->str);
+        }
+        freeReplyObject(r);
+        if (v >= 0) {
+            return v;
+        }
+    }
+    return -1;
+}
+
+static void print_ring_record(redisContext *rc, const struct conf_pool *p,
+                              const struct ring *ring, FILE *out)
+{
+    redisReply *h = redisCommand(rc, "HGETALL %s:ring", p->index.prefix);
+    char *fields[IDX_RING_FIELDS * 2];
+    int n = idx_ring_record(ring, 0, fields);
+
+    if (h == NULL || h->type != REDIS_REPLY_ARRAY || h->elements == 0) {
+        fprintf(out, "  ring record %s:ring: none yet (written when the proxy "
+                "first connects)\n", p->index.prefix);
+    } else {
+        const char *epoch = "?";
+        int same = n > 0;
+        for (size_t j = 0; j + 1 < h->elements; j += 2) {
+            if (strcmp(h->element[j]->str, "epoch") == 0) {
+                epoch = h->element[j + 1]->str;
+            }
+        }
+        for (int i = 2; same && i < n; i += 2) {
+            int found = 0;
+            for (size_t j = 0; j + 1 < h->elements; j += 2) {
+                if (strcmp(h->element[j]->str, fields[i]) == 0) {
+                    found = strcmp(h->element[j + 1]->str, fields[i + 1]) == 0;
+                }
+            }
+            same = found;
+        }
+        fprintf(out, "  ring record %s:ring: epoch %s, %s\n", p->index.prefix, epoch,
+                same ? "matches this config" : "DIFFERS from this config "
+                "(the data obeys the recorded ring: a migration is due)");
+    }
+    if (n > 0) {
+        idx_ring_record_free(fields, n);
+    }
+    freeReplyObject(h);
+}
+
+static int pool_index_stats(const struct conf_pool *p, FILE *out)
+{
+    char err[256], key[1024], buf[32];
+    struct ring *ring = conf_pool_ring(p, err, sizeof(err));
+    redisContext *rc = ring ? redis_open(&p->index) : NULL;
+    int rc_status = 1;
+
+    if (rc == NULL) {
+        if (ring == NULL) {
+            fprintf(stderr, "pool '%s': %s\n", p->name, err);
+        }
+        ring_unref(ring);
+        return 1;
+    }
+    fprintf(out, "pool %s: Redis %s db %lld, prefix %s\n", p->name,
+            p->index.redis.text, (long long)p->index.db, p->index.prefix);
+    print_ring_record(rc, p, ring, out);
+
+    /* Pipeline ZCARD, MEMORY USAGE and OBJECT ENCODING for every v-node. */
+    for (uint32_t i = 0; i < ring->npoints; i++) {
+        idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key));
+        redisAppendCommand(rc, "ZCARD %s", key);
+        redisAppendCommand(rc, "MEMORY USAGE %s SAMPLES 0", key);
+        redisAppendCommand(rc, "OBJECT ENCODING %s", key);
+    }
+    uint64_t *keys = calloc(ring->nservers, sizeof(*keys));
+    uint64_t *mem = calloc(ring->nservers, sizeof(*mem));
+    uint64_t total_keys = 0, total_mem = 0, skiplists = 0, largest = 0, nonempty = 0;
+    if (keys == NULL || mem == NULL) {
+        goto done;
+    }
+    for (uint32_t i = 0; i < ring->npoints; i++) {
+        redisReply *r[3] = { NULL, NULL, NULL };
+        for (int k = 0; k < 3; k++) {
+            if (redisGetReply(rc, (void **)&r[k]) != REDIS_OK) {
+                fprintf(stderr, "Redis %s: %s\n", p->index.redis.text, rc->errstr);
+                goto done;
+            }
+        }
+        uint32_t s = ring->points[i].server;
+        uint64_t n = r[0]->type == REDIS_REPLY_INTEGER ? (uint64_t)r[0]->integer : 0;
+        keys[s] += n;
+        mem[s] += r[1]->type == REDIS_REPLY_INTEGER ? (uint64_t)r[1]->integer : 0;
+        skiplists += r[2]->type == REDIS_REPLY_STRING && strcmp(r[2]->str, "skiplist") == 0;
+        largest = n > largest ? n : largest;
+        nonempty += n > 0;
+        for (int k = 0; k < 3; k++) {
+            freeReplyObject(r[k]);
+        }
+    }
+    fprintf(out, "  %-24s %8s %12s %12s %10s\n", "server", "v-nodes", "keys",
+            "memory", "bytes/key");
+    for (uint32_t s = 0; s < ring->nservers; s++) {
+        human_bytes((double)mem[s], buf, sizeof(buf));
+        fprintf(out, "  %-24s %8u %12llu %12s %10.1f\n", ring->servers[s].identity,
+                ring->servers[s].npoints, (unsigned long long)keys[s], buf,
+                keys[s] ? (double)mem[s] / (double)keys[s] : 0.0);
+        total_keys += keys[s];
+        total_mem += mem[s];
+    }
+    human_bytes((double)total_mem, buf, sizeof(buf));
+    fprintf(out, "  total: %u v-nodes (%llu holding keys), %llu indexed keys, %s, "
+            "%.1f bytes per indexed key\n", ring->npoints,
+            (unsigned long long)nonempty, (unsigned long long)total_keys, buf,
+            total_keys ? (double)total_mem / (double)total_keys : 0.0);
+    long long limit = zset_listpack_limit(rc);
+    if (limit >= 0 && skiplists > 0) {
+        fprintf(out, "  note: %llu of the v-node sets have more than %lld entries "
+                "(zset-max-listpack-entries) and use Redis' skiplist encoding, "
+                "about 50%% more memory per key than a listpack; raising "
+                "zset-max-listpack-entries to %llu would keep every set compact "
+                "(costlier updates of very large sets), or add servers' weight "
+                "to spread keys over more v-nodes\n", (unsigned long long)skiplists,
+                limit, (unsigned long long)(largest + largest / 4));
+    }
+    rc_status = 0;
+done:
+    free(keys);
+    free(mem);
+    redisFree(rc);
+    ring_unref(ring);
+    return rc_status;
+}
+
+/* A blocking text-protocol connection to a memcached backend. */
+static int mc_open(const struct conf_addr *a)
+{
+    int fd = -1;
+
+    if (a->is_unix) {
+        struct sockaddr_un sun = { .sun_family = AF_UNIX };
+        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", a->host);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+            close(fd);
+            fd = -1;
+        }
+        return fd;
+    }
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", a->port);
+    if (getaddrinfo(a->host, port, &hints, &res) != 0) {
+        return -1;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* Does the backend hold key? 1 yes, 0 no, -1 error. Uses meta get "mg". */
+static int mc_has(int fd, const char *key, size_t len)
+{
+    char line[512], reply[64];
+    int n = snprintf(line, sizeof(line), "mg %.*s\r\n", (int)len, key);
+    size_t got = 0;
+
+    if (write(fd, line, (size_t)n) != n) {
+        return -1;
+    }
+    while (got < sizeof(reply) - 1) {
+        ssize_t r = read(fd, reply + got, 1);
+        if (r <= 0) {
+            return -1;
+        }
+        if (reply[got++] == '\n') {
+            break;
+        }
+    }
+    reply[got] = '\0';
+    if (strncmp(reply, "HD", 2) == 0) {
+        return 1;
+    }
+    return strncmp(reply, "EN", 2) == 0 ? 0 : -1;
+}
+
+static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
+{
+    char err[256], key[1024], want[1024];
+    struct ring *ring = conf_pool_ring(p, err, sizeof(err));
+    redisContext *rc = ring ? redis_open(&p->index) : NULL;
+    int *fds = NULL;
+    long checked = 0, misplaced = 0, wrong_score = 0, present = 0, missing = 0,
+         unreachable = 0;
+
+    if (rc == NULL) {
+        if (ring == NULL) {
+            fprintf(stderr, "pool '%s': %s\n", p->name, err);
+        }
+        ring_unref(ring);
+        return 1;
+    }
+    fds = malloc(ring->nservers * sizeof(*fds));
+    for (uint32_t s = 0; fds != NULL && s < ring->nservers; s++) {
+        fds[s] = mc_open(&p->servers[s].addr);
+    }
+    /* An even share from every v-node, in random order of v-nodes. */
+    long per = sample / (long)ring->npoints + 1;
+    uint32_t start = (uint32_t)random() % ring->npoints;
+    for (uint32_t k = 0; fds != NULL && k < ring->npoints && checked < sample; k++) {
+        uint32_t i = (start + k) % ring->npoints;
+        idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key));
+        redisReply *r = redisCommand(rc, "ZRANDMEMBER %s %ld WITHSCORES", key, per);
+        if (r == NULL) {
+            fprintf(stderr, "Redis %s: %s\n", p->index.redis.text, rc->errstr);
+            break;
+        }
+        for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j + 1 < r->elements &&
+                           checked < sample; j += 2) {
+            const char *member = r->element[j]->str;
+            size_t mlen = r->element[j]->len;
+            uint32_t h = ring_key_hash(ring, member, mlen);
+            uint32_t owner = ring_find(ring, h);
+            checked++;
+            if (strtoull(r->element[j + 1]->str, NULL, 10) != h) {
+                wrong_score++;
+            }
+            idx_vnode_key(p->index.prefix, ring, owner, want, sizeof(want));
+            if (strcmp(want, key) != 0) {
+                misplaced++;
+                if (misplaced <= 5) {
+                    fprintf(out, "  misplaced: '%.*s' is in %s, belongs in %s\n",
+                            (int)mlen, member, key, want);
+                }
+            }
+            int fd = fds[ring->points[owner].server];
+            int has = fd >= 0 ? mc_has(fd, member, mlen) : -1;
+            present += has == 1;
+            missing += has == 0;
+            unreachable += has < 0;
+        }
+        freeReplyObject(r);
+    }
+    fprintf(out, "pool %s: checked %ld indexed keys\n", p->name, checked);
+    fprintf(out, "  in the right v-node set: %ld, misplaced: %ld, wrong score: %ld\n",
+            checked - misplaced, misplaced, wrong_score);
+    fprintf(out, "  on their backend: %ld (%.1f%%), gone (evicted, expired or "
+            "deleted around the proxy): %ld, backend unreachable: %ld\n", present,
+            checked ? 100.0 * (double)present / (double)checked : 0.0, missing,
+            unreachable);
+    for (uint32_t s = 0; fds != NULL && s < ring->nservers; s++) {
+        if (fds[s] >= 0) {
+            close(fds[s]);
+        }
+    }
+    free(fds);
+    redisFree(rc);
+    ring_unref(ring);
+    return misplaced || wrong_score ? 1 : 0;
+}
+
+int cli_index(const char *what, const char *path, const char *pool, long sample,
+              FILE *out)
+{
+    struct conf_errors errs;
+    struct config *c = config_load(path, &errs);
+    int rc = 0, matched = 0;
+
+    for (size_t i = 0; i < errs.n; i++) {
+        fprintf(stderr, "%s\n", errs.msgs[i]);
+    }
+    conf_errors_free(&errs);
+    if (c == NULL) {
+        return 1;
+    }
+    for (uint32_t i = 0; i < c->npools; i++) {
+        const struct conf_pool *p = &c->pools[i];
+        if (pool != NULL && strcmp(p->name, pool) != 0) {
+            continue;
+        }
+        matched++;
+        if (!p->index.enabled) {
+            fprintf(out, "pool %s: no index configured\n", p->name);
+            continue;
+        }
+        rc |= strcmp(what, "stats") == 0 ? pool_index_stats(p, out) :
+                                          pool_index_check(p, sample, out);
+    }
+    config_free(c);
+    if (matched == 0) {
+        fprintf(stderr, "%s: no pool named '%s'\n", path, pool);
+        return 1;
+    }
+    return rc;
+}

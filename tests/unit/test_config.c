@@ -1,0 +1,441 @@
+/*
+ * test_config.c — the YAML pool file (DESIGN §4): twemproxy's keys and
+ * defaults, ringproxy's own sections, the identity rule, the example files,
+ * and one bad file per kind of error with its exact "FILE:LINE:COL: " prefix.
+ *
+ * Fixtures live in tests/unit/conf/ and the examples in conf/, both found
+ * from $RP_SRCDIR (the repository root; default ".", since `make unit` runs
+ * the tests from there).
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+/* A path under the repository root; the result is static (one at a time). */
+static const char *src_path(const char *rel)
+{
+    static char path[4096];
+    const char *root = getenv("RP_SRCDIR");
+
+    snprintf(path, sizeof(path), "%s/%s", root && *root ? root : ".", rel);
+    return path;
+}
+
+static const char *fixture(const char *name)
+{
+    char rel[512];
+
+    snprintf(rel, sizeof(rel), "tests/unit/conf/%s", name);
+    return src_path(rel);
+}
+
+/* Load a file that must be valid; fails the test with every error if not. */
+static struct config *load_ok(const char *path)
+{
+    struct conf_errors errs;
+    struct config *c = config_load(path, &errs);
+
+    if (c == NULL) {
+        char all[4096] = "";
+        for (size_t i = 0; i < errs.n; i++) {
+            strncat(all, errs.msgs[i], sizeof(all) - strlen(all) - 2);
+            strcat(all, "\n");
+        }
+        conf_errors_free(&errs);
+        ck_abort_msg("%s should load, got:\n%s", path, all);
+    }
+    ck_assert_uint_eq(errs.n, 0);
+    conf_errors_free(&errs);
+    return c;
+}
+
+static const struct conf_pool *pool(const struct config *c, const char *name)
+{
+    const struct conf_pool *p = config_pool(c, name);
+
+    ck_assert_msg(p != NULL, "no pool '%s'", name);
+    return p;
+}
+
+static void check_server(const struct conf_server *s, const char *addr,
+                         uint32_t weight, const char *name, const char *identity)
+{
+    ck_assert_str_eq(s->addr.text, addr);
+    ck_assert_uint_eq(s->weight, weight);
+    if (name == NULL) {
+        ck_assert_ptr_null(s->name);
+    } else {
+        ck_assert_pstr_eq(s->name, name);
+    }
+    ck_assert_str_eq(s->identity, identity);
+}
+
+/* --- good files ---------------------------------------------------------- */
+
+START_TEST(defaults_are_twemproxys)
+{
+    struct config *c = load_ok(fixture("good_minimal.yml"));
+    const struct conf_pool *p = pool(c, "solo");
+
+    ck_assert_uint_eq(c->npools, 1);
+    ck_assert_str_eq(p->listen.text, "127.0.0.1:22121");
+    ck_assert_str_eq(p->listen.host, "127.0.0.1");
+    ck_assert_uint_eq(p->listen.port, 22121);
+    ck_assert_int_eq(p->hash, HASH_FNV1A_64);
+    ck_assert(!p->has_tag);
+    ck_assert_int_eq(p->compat, RING_COMPAT_LIBMEMCACHED);
+    ck_assert_int_eq(p->timeout, -1);
+    ck_assert_int_eq(p->backlog, 512);
+    ck_assert_int_eq(p->server_connections, 1);
+    ck_assert_int_eq(p->server_retry_timeout, 30000);
+    ck_assert_int_eq(p->server_failure_limit, 2);
+    ck_assert_int_eq(p->client_connections, 0);
+    ck_assert(!p->preconnect);
+    ck_assert(!p->auto_eject_hosts);
+    ck_assert(!p->redis);
+    ck_assert(!p->index.enabled);
+    ck_assert_int_eq(p->migration.rate, 50000);
+    ck_assert(p->migration.delete_source);
+    ck_assert_uint_eq(p->nservers, 1);
+    check_server(&p->servers[0], "127.0.0.1:11211", 1, NULL, "127.0.0.1");
+    config_free(c);
+}
+END_TEST
+
+START_TEST(several_pools_with_every_twemproxy_key)
+{
+    struct config *c = load_ok(fixture("good_pools.yml"));
+
+    ck_assert_uint_eq(c->npools, 3);
+    ck_assert_str_eq(c->pools[0].name, "alpha");
+    ck_assert_str_eq(c->pools[1].name, "beta");
+    ck_assert_str_eq(c->pools[2].name, "gamma");
+    ck_assert_ptr_null(config_pool(c, "delta"));
+
+    const struct conf_pool *p = pool(c, "alpha");
+    ck_assert_int_eq(p->hash, HASH_FNV1A_64);
+    ck_assert_int_eq(p->timeout, 400);
+    ck_assert_int_eq(p->backlog, 1024);
+    ck_assert(p->preconnect);
+    ck_assert_int_eq(p->server_connections, 2);
+    ck_assert(p->auto_eject_hosts);
+    ck_assert_int_eq(p->server_retry_timeout, 2000);
+    ck_assert_int_eq(p->server_failure_limit, 3);
+    ck_assert_int_eq(p->client_connections, 100);
+    ck_assert(!p->index.enabled);
+    ck_assert_int_eq(p->migration.rate, 50000);
+    ck_assert(p->migration.delete_source);
+    config_free(c);
+}
+END_TEST
+
+START_TEST(servers_in_both_forms_with_names_and_unix_sockets)
+{
+    struct config *c = load_ok(fixture("good_pools.yml"));
+    const struct conf_pool *p = pool(c, "alpha");
+
+    ck_assert_uint_eq(p->nservers, 4);
+    check_server(&p->servers[0], "127.0.0.1:11211", 1, NULL, "127.0.0.1");
+    check_server(&p->servers[1], "127.0.0.1:11212", 2, NULL, "127.0.0.1:11212");
+    check_server(&p->servers[2], "10.0.0.3:11211", 1, "cache3", "cache3");
+    check_server(&p->servers[3], "/var/run/memcached.sock", 1, NULL,
+                 "/var/run/memcached.sock");
+    ck_assert(p->servers[3].addr.is_unix);
+    ck_assert(!p->servers[0].addr.is_unix);
+    ck_assert_uint_eq(p->servers[1].addr.port, 11212);
+
+    p = pool(c, "beta");
+    ck_assert(p->listen.is_unix);
+    ck_assert_str_eq(p->listen.host, "/tmp/ringproxy-beta.sock");
+    ck_assert_uint_eq(p->nservers, 3);
+    check_server(&p->servers[0], "10.0.0.1:11211", 3, NULL, "10.0.0.1");
+    check_server(&p->servers[1], "10.0.0.2:11300", 1, "mc2", "mc2");
+    check_server(&p->servers[2], "/var/run/mc.sock", 2, NULL, "/var/run/mc.sock");
+    ck_assert(p->servers[2].addr.is_unix);
+    config_free(c);
+}
+END_TEST
+
+START_TEST(identity_is_name_then_host_then_host_port)
+{
+    struct config *c = load_ok(fixture("good_pools.yml"));
+    const struct conf_pool *p = pool(c, "alpha");
+
+    /* libmemcached/twemproxy: host alone on 11211, host:port otherwise. */
+    ck_assert_str_eq(p->servers[0].identity, "127.0.0.1");
+    ck_assert_str_eq(p->servers[1].identity, "127.0.0.1:11212");
+    ck_assert_str_eq(p->servers[2].identity, "cache3");
+
+    /* libketama: the address exactly as written, port and all. */
+    p = pool(c, "gamma");
+    ck_assert_int_eq(p->compat, RING_COMPAT_LIBKETAMA);
+    check_server(&p->servers[0], "10.0.1.1:11211", 600, NULL, "10.0.1.1:11211");
+    check_server(&p->servers[1], "10.0.1.2:11211", 300, NULL, "10.0.1.2:11211");
+    check_server(&p->servers[2], "10.0.1.3:11212", 200, "kept", "kept");
+    config_free(c);
+}
+END_TEST
+
+START_TEST(compat_hash_and_hash_tag)
+{
+    struct config *c = load_ok(fixture("good_pools.yml"));
+    const struct conf_pool *p = pool(c, "beta");
+
+    ck_assert_int_eq(p->hash, HASH_MD5);
+    ck_assert_int_eq(p->compat, RING_COMPAT_LIBMEMCACHED);
+    ck_assert(p->has_tag);
+    ck_assert_int_eq(p->hash_tag[0], '{');
+    ck_assert_int_eq(p->hash_tag[1], '}');
+    /* libketama hashes keys with MD5 unless the file says otherwise. */
+    p = pool(c, "gamma");
+    ck_assert_int_eq(p->hash, HASH_MD5);
+    ck_assert(!p->has_tag);
+    config_free(c);
+}
+END_TEST
+
+START_TEST(index_and_migration_sections)
+{
+    struct config *c = load_ok(fixture("good_pools.yml"));
+    const struct conf_pool *p = pool(c, "beta");
+
+    ck_assert(p->index.enabled);
+    ck_assert_str_eq(p->index.redis.text, "127.0.0.1:6379");
+    ck_assert_uint_eq(p->index.redis.port, 6379);
+    ck_assert_int_eq(p->index.db, 0);
+    ck_assert_str_eq(p->index.prefix, "rp:beta");     /* default rp:<pool> */
+    ck_assert_int_eq(p->migration.rate, 1000);
+    ck_assert(p->migration.delete_source);           /* default kept */
+
+    p = pool(c, "gamma");
+    ck_assert(p->index.enabled);
+    ck_assert(p->index.redis.is_unix);
+    ck_assert_str_eq(p->index.redis.host, "/var/run/redis.sock");
+    ck_assert_int_eq(p->index.db, 3);
+    ck_assert_str_eq(p->index.prefix, "cache:gamma");
+    ck_assert_int_eq(p->migration.rate, 0);
+    ck_assert(!p->migration.delete_source);
+    config_free(c);
+}
+END_TEST
+
+START_TEST(pool_ring_follows_identities_and_weights)
+{
+    struct config *c = load_ok(fixture("good_pools.yml"));
+    char err[256];
+    struct ring *r = conf_pool_ring(pool(c, "gamma"), err, sizeof(err));
+
+    ck_assert_msg(r != NULL, "%s", err);
+    ck_assert_int_eq(r->compat, RING_COMPAT_LIBKETAMA);
+    ck_assert_int_eq(r->hash, HASH_MD5);
+    ck_assert_uint_eq(r->nservers, 3);
+    ck_assert_str_eq(r->servers[0].identity, "10.0.1.1:11211");
+    ck_assert_str_eq(r->servers[2].identity, "kept");
+    ck_assert_str_eq(r->servers[2].addr, "10.0.1.3:11212");
+    ck_assert_uint_eq(r->servers[0].weight, 600);
+    /* libketama: floorf(pct * 40 * 3) digests: 0.545.. -> 65, 0.272.. -> 32,
+     * 0.181.. -> 21. */
+    ck_assert_uint_eq(r->servers[0].npoints, 65 * 4);
+    ck_assert_uint_eq(r->servers[1].npoints, 32 * 4);
+    ck_assert_uint_eq(r->servers[2].npoints, 21 * 4);
+    ring_unref(r);
+
+    r = conf_pool_ring(pool(c, "beta"), err, sizeof(err));
+    ck_assert_msg(r != NULL, "%s", err);
+    ck_assert(r->has_tag);
+    ck_assert_uint_eq(ring_key_hash(r, "user:{test}", 11), 3446378249u);
+    ring_unref(r);
+    config_free(c);
+}
+END_TEST
+
+START_TEST(example_files_are_valid)
+{
+    char err[256];
+    struct config *c = load_ok(src_path("conf/ringproxy.yml"));
+    const struct conf_pool *p = pool(c, "cache");
+
+    ck_assert_uint_eq(c->npools, 1);
+    ck_assert_str_eq(p->listen.text, "127.0.0.1:22121");
+    ck_assert_int_eq(p->hash, HASH_MD5);
+    ck_assert_int_eq(p->compat, RING_COMPAT_LIBMEMCACHED);
+    ck_assert_uint_eq(p->nservers, 3);
+    check_server(&p->servers[0], "127.0.0.1:11212", 1, "mc1", "mc1");
+    check_server(&p->servers[1], "127.0.0.1:11213", 1, "mc2", "mc2");
+    check_server(&p->servers[2], "127.0.0.1:11214", 1, "mc3", "mc3");
+    ck_assert(p->index.enabled);
+    ck_assert_str_eq(p->index.redis.text, "127.0.0.1:6379");
+    ck_assert_str_eq(p->index.prefix, "rp:cache");
+    ck_assert_int_eq(p->migration.rate, 50000);
+    ck_assert(p->migration.delete_source);
+    struct ring *r = conf_pool_ring(p, err, sizeof(err));
+    ck_assert_msg(r != NULL, "%s", err);
+    ck_assert_uint_eq(r->npoints, 480);
+    ring_unref(r);
+    config_free(c);
+
+    c = load_ok(src_path("conf/nutcracker.yml"));
+    p = pool(c, "alpha");
+    ck_assert_uint_eq(c->npools, 1);
+    ck_assert_int_eq(p->hash, HASH_FNV1A_64);
+    ck_assert(p->auto_eject_hosts);
+    ck_assert(!p->redis);
+    ck_assert_int_eq(p->server_retry_timeout, 2000);
+    ck_assert_int_eq(p->server_failure_limit, 1);
+    ck_assert(!p->index.enabled);
+    ck_assert_uint_eq(p->nservers, 3);
+    check_server(&p->servers[0], "127.0.0.1:11212", 1, NULL, "127.0.0.1:11212");
+    check_server(&p->servers[2], "127.0.0.1:11214", 1, NULL, "127.0.0.1:11214");
+    r = conf_pool_ring(p, err, sizeof(err));
+    ck_assert_msg(r != NULL, "%s", err);
+    ring_unref(r);
+    config_free(c);
+}
+END_TEST
+
+/* --- bad files: one per kind of error ------------------------------------ */
+
+static const struct {
+    const char *file;
+    const char *want;       /* what follows "PATH:" in the one error */
+} bad[] = {
+    { "bad_unknown_key_pool.yml", "3:3: unknown key 'hash_fn' (expected one of: "
+      "listen, hash, hash_tag, distribution," },
+    { "bad_unknown_key_index.yml", "7:5: unknown key 'database' (expected one "
+      "of: redis, db, prefix," },
+    { "bad_unknown_key_migration.yml", "8:5: unknown key 'speed' (expected one "
+      "of: rate, delete_source," },
+    { "bad_unknown_key_server.yml", "5:31: unknown key 'wieght' in server "
+      "(expected one of: addr, weight, name)" },
+    { "bad_duplicate_key.yml", "6:3: duplicate key 'hash'" },
+    { "bad_duplicate_pool.yml", "5:1: duplicate pool 'cache'" },
+    { "bad_duplicate_identity.yml", "6:7: pool 'cache': duplicate server "
+      "identity 'mc1' (also at line 4)" },
+    { "bad_duplicate_identity_derived.yml", "6:7: pool 'cache': duplicate "
+      "server identity '10.0.0.1' (also at line 5)" },
+    { "bad_duplicate_address.yml", "5:7: pool 'cache': duplicate server "
+      "address '127.0.0.1:11212' (also at line 4)" },
+    { "bad_weight_zero.yml", "5:7: server '127.0.0.1:11213:0': weight must be "
+      "a positive integer, got '0'" },
+    { "bad_weight_negative.yml", "4:39: server weight: expected a positive "
+      "integer, got '-2'" },
+    { "bad_weight_text.yml", "4:7: server '127.0.0.1:11212:heavy': weight must "
+      "be a positive integer, got 'heavy'" },
+    { "bad_port_zero.yml", "4:7: server '127.0.0.1:0:1': port must be a number "
+      "from 1 to 65535" },
+    { "bad_port_large.yml", "2:11: listen: bad address '127.0.0.1:70000': port "
+      "must be a number from 1 to 65535" },
+    { "bad_port_text.yml", "4:14: server addr '127.0.0.1:abc': port must be a "
+      "number from 1 to 65535" },
+    { "bad_port_missing.yml", "4:14: server addr '127.0.0.1': expected "
+      "host:port or an absolute unix socket path" },
+    { "bad_distribution_modula.yml", "3:17: distribution: 'modula' is not "
+      "supported: it remaps most keys whenever a server is added or removed" },
+    { "bad_hash_unknown.yml", "3:9: hash: unknown hash 'sha256' (expected one "
+      "of: md5, crc16, crc32, crc32a, fnv1_64, fnv1a_64," },
+    { "bad_bool.yml", "3:21: auto_eject_hosts: expected true or false, got 'yes'" },
+    { "bad_servers_not_list.yml", "4:5: servers: expected a list, got a mapping" },
+    { "bad_servers_empty.yml", "3:12: servers: the list is empty; a pool needs "
+      "at least one server" },
+    { "bad_listen_missing.yml", "1:1: pool 'cache': 'listen' is required" },
+    { "bad_servers_missing.yml", "1:1: pool 'cache': 'servers' is required" },
+    { "bad_index_no_redis.yml", "6:5: index: 'redis' is required" },
+    { "bad_yaml_syntax.yml", "5:4: YAML syntax error: did not find expected key" },
+    { "bad_empty.yml", "1:1: the file is empty; expected at least one pool" },
+    { "bad_top_level_list.yml", "1:1: expected a mapping of pool names to "
+      "pools, got a list" },
+    { "bad_listen_shared.yml", "5:1: pool 'two': listen address 127.0.0.1:22121 "
+      "is already used by pool 'one'" },
+};
+#define NBAD (sizeof(bad) / sizeof(bad[0]))
+
+/* The errors of a file that must not load, each compared as a prefix. */
+static void check_errors(const char *path, const char *const want[], size_t n)
+{
+    struct conf_errors errs;
+    struct config *c = config_load(path, &errs);
+    char prefix[4096];
+
+    ck_assert_msg(c == NULL, "%s loaded but should not", path);
+    ck_assert_msg(errs.n == n, "%s: %zu errors, expected %zu; first: %s", path,
+                  errs.n, n, errs.n ? errs.msgs[0] : "(none)");
+    for (size_t i = 0; i < n; i++) {
+        snprintf(prefix, sizeof(prefix), "%s:%s", path, want[i]);
+        ck_assert_msg(strncmp(errs.msgs[i], prefix, strlen(prefix)) == 0,
+                      "error %zu is\n  %s\nexpected it to start with\n  %s", i,
+                      errs.msgs[i], prefix);
+    }
+    conf_errors_free(&errs);
+}
+
+START_TEST(bad_file_reports_file_line_col)
+{
+    check_errors(fixture(bad[_i].file), &bad[_i].want, 1);
+}
+END_TEST
+
+START_TEST(every_error_is_reported_not_only_the_first)
+{
+    static const char *const want[] = {
+        "4:9: hash: unknown hash 'sha1'",
+        "5:12: timeout: expected an integer from -1 to 2147483647, got 'soon'",
+        "7:7: server '127.0.0.1:11212:0': weight must be a positive integer",
+        "8:31: unknown key 'colour' in server",
+    };
+
+    check_errors(fixture("bad_many.yml"), want, sizeof(want) / sizeof(want[0]));
+}
+END_TEST
+
+START_TEST(missing_file_is_reported)
+{
+    struct conf_errors errs;
+    const char *path = fixture("no_such_file.yml");
+    char want[4200];
+
+    ck_assert_ptr_null(config_load(path, &errs));
+    ck_assert_uint_eq(errs.n, 1);
+    snprintf(want, sizeof(want), "%s: cannot open: No such file or directory", path);
+    ck_assert_str_eq(errs.msgs[0], want);
+    conf_errors_free(&errs);
+    conf_errors_free(&errs);    /* idempotent */
+    conf_errors_free(NULL);
+    config_free(NULL);
+}
+END_TEST
+
+static Suite *config_suite(void)
+{
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("good");
+
+    tcase_add_test(tc, defaults_are_twemproxys);
+    tcase_add_test(tc, several_pools_with_every_twemproxy_key);
+    tcase_add_test(tc, servers_in_both_forms_with_names_and_unix_sockets);
+    tcase_add_test(tc, identity_is_name_then_host_then_host_port);
+    tcase_add_test(tc, compat_hash_and_hash_tag);
+    tcase_add_test(tc, index_and_migration_sections);
+    tcase_add_test(tc, pool_ring_follows_identities_and_weights);
+    tcase_add_test(tc, example_files_are_valid);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("bad");
+    tcase_add_loop_test(tc, bad_file_reports_file_line_col, 0, NBAD);
+    tcase_add_test(tc, every_error_is_reported_not_only_the_first);
+    tcase_add_test(tc, missing_file_is_reported);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(config_suite());
+
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

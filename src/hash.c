@@ -320,3 +320,51 @@ void hash_apply_tag(const char tag[2], const char **key, size_t *len)
         *len = (size_t)(end - start - 1);
     }
 }
+
+static inline uint32_t load_le16(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
+
+/* Paul Hsieh's SuperFastHash as twemproxy has it (the 3-byte tail reads its
+ * last byte as a signed char). */
+uint32_t hash_hsieh(const char *key, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)key;
+    uint32_t h = 0;
+
+    if (len == 0) {
+        return 0;
+    }
+    for (size_t n = len >> 2; n > 0; n--, p += 4) {
+        h += load_le16(p);
+        uint32_t tmp = (load_le16(p + 2) << 11) ^ h;
+        h = (h << 16) ^ tmp;
+        h += h >> 11;
+    }
+    switch (len & 3) {
+    case 3:
+        h += load_le16(p);
+        h ^= h << 16;
+        h ^= widen_signed((char)p[2]) << 18;
+        h += h >> 11;
+        break;
+    case 2:
+        h += load_le16(p);
+        h ^= h << 11;
+        h += h >> 17;
+        break;
+    case 1:
+        h += p[0];
+        h ^= h << 10;
+        h += h >> 1;
+        break;
+    }
+    h ^= h << 3;
+    h += h >> 5;
+    h ^= h << 4;
+    h += h >> 17;
+    h ^= h << 25;
+    h += h >> 6;
+    return h;
+}

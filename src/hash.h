@@ -20,7 +20,8 @@
     X(FNV1A_32,      "fnv1a_32",      hash_fnv1a_32)  \
     X(ONE_AT_A_TIME, "one_at_a_time", hash_one_at_a_time) \
     X(MURMUR,        "murmur",        hash_murmur)    \
-    X(JENKINS,       "jenkins",       hash_jenkins)
+    X(JENKINS,       "jenkins",       hash_jenkins)   \
+    X(HSIEH,         "hsieh",         hash_hsieh)
 
 #define HASH_ENUM(e, name, fn) HASH_##e,
 enum hash_kind { HASH_CODEC(HASH_ENUM) HASH_COUNT };

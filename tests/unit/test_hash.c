@@ -90,6 +90,11 @@ static const struct {
         355681275u, 3301358738u, 4220209635u, 3055675487u, 314054204u,
         427260662u, 2976898632u, 3412207021u, 3847303519u, 1749354797u,
         3319404765u } },
+    /* hsieh: libhashkit in Debian is built without it, so these come from
+     * twemproxy's own nc_hsieh.c compiled on its own (not part of this repo). */
+    { HASH_HSIEH, { 0u, 2472816263u, 3738850110u, 942683319u, 1333368947u,
+        2924191657u, 1600274825u, 1892570132u, 471461527u, 3841726064u,
+        3606367026u, 3728705621u, 2813989972u, 2115471079u, 754580426u } },
 };
 #define NVECTORS (sizeof(vectors) / sizeof(vectors[0]))
 

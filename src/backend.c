@@ -26,6 +26,7 @@
 
 #include "backend.h"
 #include "index.h"
+#include "mconn.h"
 #include "log.h"
 
 #define BACKOFF_MIN_MS 100
@@ -37,14 +38,22 @@
 static void bconn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void bconn_write_cb(evutil_socket_t fd, short what, void *arg);
 
-int backend_init(struct backend *be, struct pool *p, uint32_t index,
-                 const struct conf_server *cs, char *err, size_t errlen)
+int backend_init(struct backend *be, struct pool *p, uint32_t slot,
+                 const char *identity, const char *addr, char *err, size_t errlen)
 {
+    const char *why = "";
+
     memset(be, 0, sizeof(*be));
     be->pool = p;
-    be->index = index;
-    be->identity = p->ring->servers[index].identity;
-    be->addr = cs->addr;
+    be->slot = slot;
+    if ((be->identity = strdup(identity)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (conf_addr_parse(addr, &be->addr, &why) != 0) {
+        snprintf(err, errlen, "server %s: bad address %s: %s", identity, addr, why);
+        return -1;
+    }
     be->state = BACKEND_UP;
     be->nconns = (uint32_t)p->conf->server_connections;
     be->conns = calloc(be->nconns, sizeof(*be->conns));
@@ -541,4 +550,22 @@ void backend_close(struct backend *be)
     }
     free(be->conns);
     be->conns = NULL;
+    mconn_free(be->mc);
+    be->mc = NULL;
+    free(be->identity);
+    be->identity = NULL;
+    conf_addr_free(&be->addr);
+}
+
+bool backend_idle(const struct backend *be)
+{
+    if (be->mc != NULL && mconn_pending(be->mc) > 0) {
+        return false;
+    }
+    for (uint32_t i = 0; i < be->nconns; i++) {
+        if (be->conns[i].nfrags > 0) {
+            return false;
+        }
+    }
+    return true;
 }

@@ -8,9 +8,11 @@
 #define BACKEND_ERR_TIMEOUT "SERVER_ERROR backend timeout"
 #define BACKEND_ERR_LOST    "SERVER_ERROR backend connection lost"
 
-int backend_init(struct backend *be, struct pool *p, uint32_t index,
-                 const struct conf_server *cs, char *err, size_t errlen);
+int backend_init(struct backend *be, struct pool *p, uint32_t slot,
+                 const char *identity, const char *addr, char *err, size_t errlen);
 void backend_close(struct backend *be);
+/* Nothing in flight on any of its connections. */
+bool backend_idle(const struct backend *be);
 
 /*
  * The connection a client's requests to this backend use (always the same one

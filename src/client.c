@@ -29,6 +29,7 @@
 #include "backend.h"
 #include "client.h"
 #include "index.h"
+#include "migrate.h"
 #include "log.h"
 #include "proxy.h"
 
@@ -47,6 +48,7 @@ static const char *const client_state_names[CLIENT_STATE_COUNT] = {
 static void client_read_cb(evutil_socket_t fd, short what, void *arg);
 static void client_write_cb(evutil_socket_t fd, short what, void *arg);
 static void client_process(struct client *c);
+static void client_reply_line(struct client *c, const char *line);
 
 static void client_set_state(struct client *c, enum client_state s)
 {
@@ -165,18 +167,17 @@ void client_drain(struct client *c, const char *why)
     client_mark_dirty(c);
 }
 
-/* Close with a last error line, written before the socket goes. */
+/* Stop reading and close with a last error line, sent after the replies
+ * still owed to the commands before it (as memcached, which answers in order). */
 static void client_abort(struct client *c, const char *line, const char *why)
 {
     log_notice("client", "%s: closing %s: %s", c->pool->name, c->peer, why);
     c->pool->stats[STAT_closed_bad_clients]++;
     if (line != NULL) {
-        evbuffer_add_printf(c->out, "%s\r\n", line);
-        if (evbuffer_write(c->out, c->fd) < 0) {
-            /* the socket is going anyway */
-        }
+        client_reply_line(c, line);
     }
-    client_close(c, why);
+    evbuffer_drain(c->in, evbuffer_get_length(c->in));
+    client_drain(c, why);
 }
 
 void client_advance(struct client *c)
@@ -307,7 +308,7 @@ static void client_stats(struct client *c, const struct proto_req *req)
         static const char *const be_state[] = {
             [BACKEND_UP] = "up", [BACKEND_DOWN] = "down", [BACKEND_EJECTED] = "ejected" };
         for (uint32_t s = 0; s < p->nbackends; s++) {
-            const struct backend *be = &p->backends[s];
+            const struct backend *be = p->backends[s];
             evbuffer_add_printf(b, "STAT backend:%s:addr %s\r\nSTAT backend:%s:state %s\r\n",
                                 be->identity, be->addr.text, be->identity,
                                 be_state[be->state]);
@@ -316,6 +317,9 @@ static void client_stats(struct client *c, const struct proto_req *req)
                                     stats_backend_desc[i].name,
                                     (unsigned long long)be->stats[i]);
             }
+        }
+        if (p->mig != NULL) {
+            mig_stats(p->mig, b);
         }
         if (p->idx != NULL) {
             const uint64_t *st = idx_stats(p->idx);
@@ -352,10 +356,41 @@ static size_t strip_noreply(const char *line, size_t len)
 
 /* Queue a one-backend command: `line` (len bytes, no terminator) then `data`
  * bytes taken from the client's input after `consumed` bytes are dropped. */
+/* A command on a key whose owner is changing: the migration runs it. */
+static void client_migrating(struct client *c, const struct proto_req *req,
+                             size_t consumed, size_t data, bool retrieval)
+{
+    char key[PROTO_KEY_MAX];
+    uint32_t keylen = req->keylen;
+    struct evbuffer *value = NULL;
+    struct request *r = request_new(c, req->cmd, 1);
+
+    if (r == NULL || (data > 0 && (value = evbuffer_new()) == NULL)) {
+        client_close(c, "out of memory");
+        return;
+    }
+    memcpy(key, req->key, keylen);
+    r->frags[0].retrieval = retrieval;
+    r->nkeys = retrieval ? 1 : 0;
+    if (req->noreply) {
+        r->quiet = true;
+        request_detach(r);
+    }
+    evbuffer_drain(c->in, consumed);
+    if (value != NULL) {
+        evbuffer_remove_buffer(c->in, value, data);
+    }
+    mig_submit(c->pool->mig, &r->frags[0], req, key, keylen, 0, value);
+}
+
 static void client_forward(struct client *c, const struct proto_req *req,
                            const char *line, size_t len, size_t consumed,
                            size_t data, bool retrieval)
 {
+    if (mig_routes_key(c->pool->mig, req->key, req->keylen)) {
+        client_migrating(c, req, consumed, data, retrieval);
+        return;
+    }
     struct backend *be = pool_route(c->pool, req->key, req->keylen);
     struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
 
@@ -398,50 +433,71 @@ static void client_forward(struct client *c, const struct proto_req *req,
     bconn_push(bc, &r->frags[0]);
 }
 
-/* A get/gets/gat/gats whose keys live on several backends: one share each. */
+#define FRAG_MOVING 0x80000000u    /* order[]: a moving key's own share */
+
+/*
+ * A get/gets/gat/gats whose keys live on several backends: one share each.
+ * During a migration every key whose owner is changing gets a share of its
+ * own, answered by the migration with the fallback rules.
+ */
 static void client_multiget(struct client *c, const struct proto_req *req,
                             const char *line, size_t len, size_t consumed)
 {
     struct pool *p = c->pool;
+    struct mig *mig = mig_active(p->mig) ? p->mig : NULL;
     uint16_t *fb = p->frag_of_backend;
-    uint32_t *order = p->frag_order;
-    uint16_t nfrags = 0;
+    uint32_t *order = mig != NULL ? malloc(req->nkeys * sizeof(*order)) : p->frag_order;
+    uint16_t *key_frag = malloc(req->nkeys * sizeof(*key_frag));
+    uint32_t nfrags = 0, nmoving = 0, i;
     struct proto_key_iter it;
     const char *k;
-    uint32_t klen, i;
+    uint32_t klen;
 
+    if (order == NULL || key_frag == NULL) {
+        goto oom;
+    }
     proto_keys_begin(req, &it);
-    while (proto_keys_next(&it, &k, &klen)) {
+    for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
+        if (nfrags >= UINT16_MAX - 1) {
+            break;  /* more shares than a request holds: the rest are misses */
+        }
+        if (mig != NULL && mig_routes_key(mig, k, klen)) {
+            key_frag[i] = (uint16_t)nfrags;
+            order[nfrags++] = FRAG_MOVING | i;
+            nmoving++;
+            continue;
+        }
         struct backend *be = pool_route(p, k, klen);
-        uint32_t b = be != NULL ? be->index : p->nbackends;   /* none: a miss */
+        uint32_t b = be != NULL ? be->slot : p->nbackends;   /* none: a miss */
         if (fb[b] == UINT16_MAX) {
-            fb[b] = nfrags;
+            fb[b] = (uint16_t)nfrags;
             order[nfrags++] = b;
         }
+        key_frag[i] = fb[b];
     }
-    if (nfrags == 1) {
-        fb[order[0]] = UINT16_MAX;
+    for (uint32_t j = 0; j < nfrags; j++) {
+        if (!(order[j] & FRAG_MOVING)) {
+            fb[order[j]] = UINT16_MAX;
+        }
+    }
+    if (nfrags == 1 && nmoving == 0) {
+        free(key_frag);
         client_forward(c, req, line, len, consumed, 0, true);
         return;
     }
 
-    struct request *r = request_new(c, req->cmd, nfrags);
+    struct request *r = request_new(c, req->cmd, (uint16_t)nfrags);
     if (r == NULL || (r->keys = malloc(req->keys_len + req->nkeys)) == NULL ||
         (r->key_off = malloc((req->nkeys + 1) * sizeof(*r->key_off))) == NULL ||
-        (r->key_frag = malloc(req->nkeys * sizeof(*r->key_frag))) == NULL ||
         (r->key_hit = calloc(req->nkeys, sizeof(*r->key_hit))) == NULL) {
-        for (i = 0; i < nfrags; i++) {
-            fb[order[i]] = UINT16_MAX;
-        }
-        client_close(c, "out of memory");
-        return;
+        goto oom;
     }
+    r->key_frag = key_frag;
+    key_frag = NULL;
     r->nkeys = req->nkeys;
     uint32_t off = 0;
     proto_keys_begin(req, &it);
     for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
-        struct backend *be = pool_route(p, k, klen);
-        r->key_frag[i] = fb[be != NULL ? be->index : p->nbackends];
         r->key_off[i] = off;
         memcpy(r->keys + off, k, klen);
         r->keys[off + klen] = '\0';
@@ -454,13 +510,15 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     while (prefix > 0 && line[prefix - 1] == ' ') {
         prefix--;
     }
-    uint16_t nfailed = 0;
-    for (uint16_t j = 0; j < nfrags; j++) {
+    uint32_t nfailed = 0;
+    for (uint32_t j = 0; j < nfrags; j++) {
         struct frag *f = &r->frags[j];
-        struct backend *be = order[j] < p->nbackends ? &p->backends[order[j]] : NULL;
-        struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
-        fb[order[j]] = UINT16_MAX;
         f->retrieval = true;
+        if (order[j] & FRAG_MOVING) {
+            continue;
+        }
+        struct backend *be = order[j] < p->nbackends ? p->backends[order[j]] : NULL;
+        struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
         if (bc == NULL) {
             f->failed = true;
             nfailed++;
@@ -478,7 +536,33 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         bconn_push(bc, f);
     }
     evbuffer_drain(c->in, consumed);
-    frags_fail_unsent(r, nfailed, BACKEND_ERR_DOWN);
+    p->stats[STAT_server_errors] += nfailed;
+
+    /* Complete what is not on a backend; the last completion may free r. */
+    uint32_t todo = nfailed + nmoving;
+    for (uint32_t j = 0; todo > 0 && j < nfrags; j++) {
+        struct frag *f = &r->frags[j];
+        if (order[j] & FRAG_MOVING) {
+            uint32_t ki = order[j] & ~FRAG_MOVING;
+            todo--;
+            mig_submit(mig, f, req, r->keys + r->key_off[ki],
+                       r->key_off[ki + 1] - r->key_off[ki] - 1, ki, NULL);
+        } else if (f->failed) {
+            todo--;
+            frag_fail(f, BACKEND_ERR_DOWN);
+        }
+    }
+    if (order != p->frag_order) {
+        free(order);
+    }
+    return;
+
+oom:
+    if (order != p->frag_order) {
+        free(order);
+    }
+    free(key_frag);
+    client_close(c, "out of memory");
 }
 
 static void client_flush_all(struct client *c, const struct proto_req *req,
@@ -499,7 +583,7 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
     }
     uint32_t nfailed = 0;
     for (uint32_t i = 0; i < p->nbackends; i++) {
-        struct bconn *bc = backend_conn(&p->backends[i], c->id);
+        struct bconn *bc = backend_conn(p->backends[i], c->id);
         if (bc == NULL) {
             r->frags[i].failed = true;
             nfailed++;

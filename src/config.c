@@ -841,6 +841,33 @@ struct config *config_load(const char *path, struct conf_errors *errs)
     return c;
 }
 
+int conf_addr_parse(const char *s, struct conf_addr *a, const char **why)
+{
+    return addr_parse(s, strlen(s), a, why);
+}
+
+void conf_addr_free(struct conf_addr *a)
+{
+    addr_free(a);
+}
+
+bool conf_pool_same_ring(const struct conf_pool *a, const struct conf_pool *b)
+{
+    if (a->hash != b->hash || a->compat != b->compat || a->has_tag != b->has_tag ||
+        (a->has_tag && memcmp(a->hash_tag, b->hash_tag, 2) != 0) ||
+        a->nservers != b->nservers) {
+        return false;
+    }
+    for (uint32_t i = 0; i < a->nservers; i++) {
+        const struct conf_server *x = &a->servers[i], *y = &b->servers[i];
+        if (x->weight != y->weight || strcmp(x->identity, y->identity) != 0 ||
+            strcmp(x->addr.text, y->addr.text) != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
 const struct conf_pool *config_pool(const struct config *c, const char *name)
 {
     for (uint32_t i = 0; i < c->npools; i++) {

@@ -93,4 +93,11 @@ struct ring *conf_pool_ring(const struct conf_pool *p, char *err, size_t errlen)
 
 const struct conf_pool *config_pool(const struct config *c, const char *name);
 
+/* "host:port" or "/unix/path" into a (0), or -1 with a reason in why. */
+int conf_addr_parse(const char *s, struct conf_addr *a, const char **why);
+void conf_addr_free(struct conf_addr *a);
+
+/* Do two pools describe the same ring (servers, weights, hash, compat)? */
+bool conf_pool_same_ring(const struct conf_pool *a, const struct conf_pool *b);
+
 #endif

@@ -92,6 +92,7 @@ struct idx {
 };
 
 static void idx_connect(struct idx *x);
+static int idx_load_ring(struct idx *x, struct ring *ring);
 
 /* --- small helpers -------------------------------------------------------- */
 
@@ -289,92 +290,6 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     }
 }
 
-static bool ring_record_matches(const struct idx *x, const redisReply *h)
-{
-    char *fields[IDX_RING_FIELDS * 2];
-    int n = idx_ring_record(x->ring, 0, fields);
-    bool same = n > 0;
-
-    /* Compare everything but the epoch (fields 0 and 1). */
-    for (int i = 2; same && i < n; i += 2) {
-        bool found = false;
-        for (size_t j = 0; j + 1 < h->elements; j += 2) {
-            if (strcmp(h->element[j]->str, fields[i]) == 0) {
-                found = strcmp(h->element[j + 1]->str, fields[i + 1]) == 0;
-                break;
-            }
-        }
-        same = found;
-    }
-    if (n > 0) {
-        idx_ring_record_free(fields, n);
-    }
-    return same;
-}
-
-static void on_ring_record(redisAsyncContext *ac, void *r, void *privdata)
-{
-    struct idx *x = ac->data;
-    redisReply *reply = r;
-
-    (void)privdata;
-    if (x == NULL || reply == NULL) {
-        return;
-    }
-    if (reply->type != REDIS_REPLY_ARRAY) {
-        log_error("index", "%s: cannot read the ring record %s:ring: %s", x->pool,
-                  x->conf.prefix, reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
-        return;
-    }
-    const char *epoch = "?";
-    for (size_t j = 0; j + 1 < reply->elements; j += 2) {
-        if (strcmp(reply->element[j]->str, "epoch") == 0) {
-            epoch = reply->element[j + 1]->str;
-        }
-    }
-    if (ring_record_matches(x, reply)) {
-        log_info("index", "%s: the data obeys this config's ring (epoch %s)",
-                 x->pool, epoch);
-    } else {
-        log_warn("index", "%s: the ring recorded in %s:ring (epoch %s) differs "
-                 "from the config: a migration is due", x->pool, x->conf.prefix,
-                 epoch);
-    }
-}
-
-/* Write the ring record if there is none, then read back whichever is there. */
-static void idx_sync_ring_record(struct idx *x)
-{
-    static const char script[] =
-        "if redis.call('exists', KEYS[1]) == 0 then "
-        "redis.call('hset', KEYS[1], unpack(ARGV)) return 1 end return 0";
-    char *fields[IDX_RING_FIELDS * 2];
-    const char *argv[4 + IDX_RING_FIELDS * 2];
-    size_t argvlen[4 + IDX_RING_FIELDS * 2];
-    char key[512];
-    int n = idx_ring_record(x->ring, 1, fields);
-
-    if (n < 0) {
-        return;
-    }
-    snprintf(key, sizeof(key), "%s:ring", x->conf.prefix);
-    argv[0] = "EVAL";
-    argv[1] = script;
-    argv[2] = "1";
-    argv[3] = key;
-    for (int i = 0; i < n; i++) {
-        argv[4 + i] = fields[i];
-    }
-    for (int i = 0; i < 4 + n; i++) {
-        argvlen[i] = strlen(argv[i]);
-    }
-    redisAsyncCommandArgv(x->ac, on_reply, NULL, 4 + n, argv, argvlen);
-    const char *hget[] = { "HGETALL", key };
-    size_t hgetlen[] = { 7, strlen(key) };
-    redisAsyncCommandArgv(x->ac, on_ring_record, NULL, 2, hget, hgetlen);
-    idx_ring_record_free(fields, n);
-}
-
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     struct idx *x = ac->data;
@@ -433,7 +348,6 @@ static void idx_connect(struct idx *x)
         size_t len[] = { 6, strlen(db) };
         redisAsyncCommandArgv(ac, on_reply, NULL, 2, argv, len);
     }
-    idx_sync_ring_record(x);
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
@@ -442,7 +356,6 @@ struct idx *idx_new(struct event_base *base, const char *pool,
                     const struct conf_index *conf, struct ring *ring)
 {
     struct idx *x = calloc(1, sizeof(*x));
-    char buf[1024];
 
     if (x == NULL) {
         return NULL;
@@ -454,25 +367,12 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->conf.redis.host = strdup(conf->redis.host);
     x->conf.prefix = strdup(conf->prefix);
     x->conf.password = conf->password ? strdup(conf->password) : NULL;
-    x->ring = ring_ref(ring);
-    x->vnode = calloc(ring->npoints, sizeof(*x->vnode));
-    x->vnode_len = calloc(ring->npoints, sizeof(*x->vnode_len));
     x->filter = calloc(IDX_FILTER_SLOTS, sizeof(*x->filter));
-    x->group_of[0] = malloc(ring->npoints * sizeof(int32_t));
-    x->group_of[1] = malloc(ring->npoints * sizeof(int32_t));
     x->retry = evtimer_new(base, on_retry, x);
     if (!x->pool || !x->conf.redis.text || !x->conf.redis.host || !x->conf.prefix ||
-        (conf->password && !x->conf.password) || !x->vnode || !x->vnode_len ||
-        !x->filter || !x->group_of[0] || !x->group_of[1] || !x->retry) {
+        (conf->password && !x->conf.password) || !x->filter || !x->retry ||
+        idx_load_ring(x, ring) != 0) {
         goto err;
-    }
-    for (uint32_t i = 0; i < ring->npoints; i++) {
-        x->vnode_len[i] = idx_vnode_key(conf->prefix, ring, i, buf, sizeof(buf));
-        x->vnode[i] = strndup(buf, x->vnode_len[i]);
-        if (x->vnode[i] == NULL) {
-            goto err;
-        }
-        x->group_of[0][i] = x->group_of[1][i] = -1;
     }
     idx_connect(x);
     return x;
@@ -500,6 +400,7 @@ void idx_free(struct idx *x)
     free(x->vnode);
     free(x->vnode_len);
     ring_unref(x->ring);
+    x->ring = NULL;
     free(x->filter);
     free(x->arena);
     free(x->next);
@@ -514,6 +415,70 @@ void idx_free(struct idx *x)
     free(x->conf.prefix);
     free(x->conf.password);
     free(x);
+}
+
+/* The v-node set names and scratch of a ring. */
+static int idx_load_ring(struct idx *x, struct ring *ring)
+{
+    char buf[1024];
+    char **vnode = calloc(ring->npoints, sizeof(*vnode));
+    size_t *vnode_len = calloc(ring->npoints, sizeof(*vnode_len));
+    int32_t *g0 = malloc(ring->npoints * sizeof(int32_t));
+    int32_t *g1 = malloc(ring->npoints * sizeof(int32_t));
+
+    for (uint32_t i = 0; vnode && vnode_len && g0 && g1 && i < ring->npoints; i++) {
+        vnode_len[i] = idx_vnode_key(x->conf.prefix, ring, i, buf, sizeof(buf));
+        if ((vnode[i] = strndup(buf, vnode_len[i])) == NULL) {
+            goto err;
+        }
+        g0[i] = g1[i] = -1;
+    }
+    if (!vnode || !vnode_len || !g0 || !g1) {
+        goto err;
+    }
+    for (uint32_t i = 0; x->vnode != NULL && i < x->ring->npoints; i++) {
+        free(x->vnode[i]);
+    }
+    free(x->vnode);
+    free(x->vnode_len);
+    free(x->group_of[0]);
+    free(x->group_of[1]);
+    ring_unref(x->ring);
+    x->ring = ring_ref(ring);
+    x->vnode = vnode;
+    x->vnode_len = vnode_len;
+    x->group_of[0] = g0;
+    x->group_of[1] = g1;
+    return 0;
+err:
+    for (uint32_t i = 0; vnode && i < ring->npoints; i++) {
+        free(vnode[i]);
+    }
+    free(vnode);
+    free(vnode_len);
+    free(g0);
+    free(g1);
+    return -ENOMEM;
+}
+
+void idx_set_ring(struct idx *x, struct ring *ring)
+{
+    if (x == NULL) {
+        return;
+    }
+    /* Queued records name points of the old ring: send them first. */
+    idx_flush(x);
+    if (x->nqueued > 0) {
+        x->stats[IDX_STAT_dropped] += x->nqueued;
+        x->arena_len = 0;
+        x->nqueued = 0;
+        x->stats[IDX_STAT_queued] = 0;
+    }
+    if (idx_load_ring(x, ring) != 0) {
+        log_error("index", "%s: out of memory switching rings", x->pool);
+        return;
+    }
+    memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
 }
 
 enum idx_state idx_get_state(const struct idx *x)
@@ -578,12 +543,16 @@ static void idx_queue(struct idx *x, enum idx_op_type type, const char *key,
 
 void idx_key_stored(struct idx *x, const char *key, size_t len)
 {
-    idx_queue(x, IDX_OP_ADD, key, len);
+    if (x != NULL) {
+        idx_queue(x, IDX_OP_ADD, key, len);
+    }
 }
 
 void idx_key_deleted(struct idx *x, const char *key, size_t len)
 {
-    idx_queue(x, IDX_OP_REM, key, len);
+    if (x != NULL) {
+        idx_queue(x, IDX_OP_REM, key, len);
+    }
 }
 
 void idx_pool_flushed(struct idx *x)

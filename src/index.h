@@ -54,6 +54,9 @@ void idx_key_deleted(struct idx *x, const char *key, size_t len);
 /* flush_all succeeded: every v-node set of the pool goes. */
 void idx_pool_flushed(struct idx *x);
 
+/* The data ring changed (a migration began): new writes go to its v-nodes. */
+void idx_set_ring(struct idx *x, struct ring *ring);
+
 /* Send what this loop turn queued (one pipeline). */
 void idx_flush(struct idx *x);
 

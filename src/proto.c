@@ -22,7 +22,7 @@
  *   exptime before its keys and delete's hold time before its key.
  * - Names memcached knows but a proxy cannot route (meta commands, slabs,
  *   lru_crawler, ...) answer "ERROR"; bget is get. That and the reply parser,
- *   which accepts only what memcached prints, are ours, not memcached's.
+ *   strict about the shape of what memcached prints, are ours.
  */
 #include "proto.h"
 

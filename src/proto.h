@@ -121,9 +121,10 @@ struct proto_rsp {
                                            *ERROR: message (may be empty) */
 };
 
-/* Parse one backend reply line into *rsp (fully overwritten). Strict: only
- * the forms memcached emits; anything else is PROTO_ERR (a protocol error on
- * that backend connection). */
+/* Parse one backend reply line into *rsp (fully overwritten). Strict about
+ * shape (the words and single spaces memcached prints; numbers are plain
+ * digits, leading zeros allowed); anything else is PROTO_ERR, a protocol
+ * error on that backend connection. */
 int proto_parse_reply(const char *line, size_t len, struct proto_rsp *rsp);
 
 #endif /* RINGPROXY_PROTO_H */

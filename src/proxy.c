@@ -22,6 +22,7 @@
 #include "client.h"
 #include "config.h"
 #include "index.h"
+#include "migrate.h"
 #include "log.h"
 #include "proxy.h"
 #include "router.h"
@@ -29,13 +30,20 @@
 #define TICK_MS 100
 #define STOP_GRACE_MS 5000
 
+/* Configs replaced by a reload, kept while a pool may still point into them. */
+struct old_config {
+    struct config *conf;
+    struct old_config *next;
+};
+
 struct proxy {
     const struct proxy_options *opts;
     struct config *conf;
+    struct old_config *old_configs;
     struct worker w;
     struct event *sig_hup, *sig_usr1, *sig_term, *sig_int;
     uint64_t stop_deadline;
-    uint64_t reload_failures;
+    uint64_t reloads, reload_failures;
 };
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
@@ -54,11 +62,12 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     log_error("proxy", "%s: accept failed: %s", p->name, strerror(err));
 }
 
+/* Open the pool's listener (disabled until the pool is ready). */
 static int pool_listen(struct pool *p, char *err, size_t errlen)
 {
     const struct conf_addr *a = &p->conf->listen;
     unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                     LEV_OPT_CLOSE_ON_EXEC;
+                     LEV_OPT_CLOSE_ON_EXEC | (p->ready ? 0 : LEV_OPT_DISABLED);
     struct sockaddr_storage ss;
     socklen_t len;
 
@@ -94,6 +103,59 @@ static int pool_listen(struct pool *p, char *err, size_t errlen)
     return 0;
 }
 
+static void pool_unlisten(struct pool *p)
+{
+    if (p->listener != NULL) {
+        evconnlistener_free(p->listener);
+        p->listener = NULL;
+        if (p->conf->listen.is_unix) {
+            unlink(p->conf->listen.host);
+        }
+    }
+}
+
+static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
+                          size_t errlen)
+{
+    struct pool **pools = realloc(w->pools, (w->npools + 1) * sizeof(*pools));
+    struct pool *p = calloc(1, sizeof(*p));
+
+    if (pools == NULL || p == NULL) {
+        free(p);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    w->pools = pools;
+    if (pool_init(p, w, conf, err, errlen) != 0 || pool_listen(p, err, errlen) != 0) {
+        pool_close(p);
+        free(p);
+        return -1;
+    }
+    w->pools[w->npools++] = p;
+    log_notice("proxy", "pool %s: listening on %s, %u servers, %u ring points, "
+               "hash %s, compat %s%s", p->name, p->conf->listen.text,
+               p->ring->nservers, p->ring->npoints, hash_names[p->ring->hash],
+               ring_compat_names[p->ring->compat],
+               p->ready ? "" : " (serving once Redis says which ring the data obeys)");
+    return 0;
+}
+
+/* Free pools a reload removed once their last client has gone. */
+static void proxy_reap_pools(struct worker *w)
+{
+    for (uint32_t i = 0; i < w->npools;) {
+        struct pool *p = w->pools[i];
+        if (!p->closing || !TAILQ_EMPTY(&p->clients)) {
+            i++;
+            continue;
+        }
+        log_notice("proxy", "pool %s: removed", p->name);
+        pool_close(p);
+        free(p);
+        w->pools[i] = w->pools[--w->npools];
+    }
+}
+
 /* Write every connection's pending output; repeat while that makes more. */
 static void worker_flush(struct worker *w)
 {
@@ -110,7 +172,7 @@ static void worker_flush(struct worker *w)
         }
     }
     for (uint32_t i = 0; i < w->npools; i++) {
-        idx_flush(w->pools[i].idx);
+        idx_flush(w->pools[i]->idx);
     }
 }
 
@@ -121,11 +183,14 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
     (void)fd, (void)what;
     for (uint32_t i = 0; i < w->npools; i++) {
-        struct pool *p = &w->pools[i];
+        struct pool *p = w->pools[i];
         for (uint32_t b = 0; b < p->nbackends; b++) {
-            backend_tick(&p->backends[b], now);
+            backend_tick(p->backends[b], now);
         }
+        mig_tick(p->mig, now);
+        pool_retire_backends(p);
     }
+    proxy_reap_pools(w);
 }
 
 static void proxy_stop(struct proxy *px, const char *why)
@@ -139,7 +204,7 @@ static void proxy_stop(struct proxy *px, const char *why)
     w->stopping = true;
     px->stop_deadline = worker_now_ms(w) + STOP_GRACE_MS;
     for (uint32_t i = 0; i < w->npools; i++) {
-        struct pool *p = &w->pools[i];
+        struct pool *p = w->pools[i];
         struct client *c, *next;
         if (p->listener != NULL) {
             evconnlistener_free(p->listener);
@@ -153,6 +218,124 @@ static void proxy_stop(struct proxy *px, const char *why)
             client_drain(c, "shutdown");
         }
     }
+}
+
+/* Point an existing pool at its new settings; change its ring if needed. */
+static void pool_reconfigure(struct pool *p, struct conf_pool *nc)
+{
+    struct conf_pool *oc = p->conf;
+    char err[256];
+
+    if (oc->index.enabled != nc->index.enabled ||
+        (nc->index.enabled && (strcmp(oc->index.redis.text, nc->index.redis.text) != 0 ||
+                               strcmp(oc->index.prefix, nc->index.prefix) != 0 ||
+                               oc->index.db != nc->index.db))) {
+        log_error("reload", "%s: changing the index (redis, db, prefix) needs a "
+                  "restart; keeping the pool's old settings", p->name);
+        return;
+    }
+    bool same_ring = conf_pool_same_ring(oc, nc);
+    bool same_listen = strcmp(oc->listen.text, nc->listen.text) == 0;
+    struct evconnlistener *old_listener = p->listener;
+    p->conf = nc;
+    if (!same_listen) {
+        p->listener = NULL;
+        if (pool_listen(p, err, sizeof(err)) != 0) {
+            log_error("reload", "%s: %s; still listening on %s", p->name, err,
+                      oc->listen.text);
+            p->listener = old_listener;
+            p->conf = oc;
+            return;
+        }
+        evconnlistener_free(old_listener);
+        if (oc->listen.is_unix) {
+            unlink(oc->listen.host);
+        }
+        log_notice("reload", "%s: now listening on %s (was %s)", p->name,
+                   nc->listen.text, oc->listen.text);
+    }
+    if (same_ring) {
+        return;
+    }
+    struct ring *r = conf_pool_ring(nc, err, sizeof(err));
+    if (r == NULL) {
+        log_error("reload", "%s: %s", p->name, err);
+        return;
+    }
+    struct ring_diff d;
+    if (ring_diff(p->ring, r, &d) == 0) {
+        log_notice("reload", "%s: %u -> %u servers, %.1f%% of keys change server",
+                   p->name, p->ring->nservers, r->nservers,
+                   100.0 * (double)d.moved / RING_SPACE);
+        ring_diff_free(&d);
+    }
+    if (p->mig != NULL) {
+        if (mig_change_ring(p->mig, r, err, sizeof(err)) != 0) {
+            log_warn("reload", "%s: %s", p->name, err);
+        }
+        ring_unref(r);
+        return;
+    }
+    struct backend **map = pool_ring_backends(p, r, err, sizeof(err));
+    if (map == NULL) {
+        log_error("reload", "%s: %s", p->name, err);
+        ring_unref(r);
+        return;
+    }
+    log_warn("reload", "%s: no index configured, so keys that change server are "
+             "not moved: they miss until written again", p->name);
+    pool_set_ring(p, r, map);
+    pool_retire_backends(p);
+}
+
+/* A valid new config: add, change and remove pools to match it. */
+static void proxy_apply(struct proxy *px, struct config *nc)
+{
+    struct worker *w = &px->w;
+    struct old_config *old = malloc(sizeof(*old));
+    char err[256];
+
+    if (old == NULL) {
+        log_error("reload", "out of memory; keeping the running config");
+        config_free(nc);
+        return;
+    }
+    for (uint32_t i = 0; i < nc->npools; i++) {
+        struct conf_pool *pc = &nc->pools[i];
+        struct pool *p = NULL;
+        for (uint32_t j = 0; j < w->npools; j++) {
+            if (!w->pools[j]->closing && strcmp(w->pools[j]->name, pc->name) == 0) {
+                p = w->pools[j];
+            }
+        }
+        if (p != NULL) {
+            pool_reconfigure(p, pc);
+        } else if (proxy_add_pool(w, pc, err, sizeof(err)) != 0) {
+            log_error("reload", "new pool %s: %s", pc->name, err);
+        }
+    }
+    for (uint32_t j = 0; j < w->npools; j++) {
+        struct pool *p = w->pools[j];
+        if (!p->closing && config_pool(nc, p->name) == NULL) {
+            struct client *c, *next;
+            log_notice("reload", "pool %s: removed from the config; closing after "
+                       "in-flight replies", p->name);
+            p->closing = true;
+            pool_unlisten(p);
+            for (c = TAILQ_FIRST(&p->clients); c != NULL; c = next) {
+                next = TAILQ_NEXT(c, link);
+                client_drain(c, "pool removed");
+            }
+        }
+    }
+    /* Pools that are closing, or refused a change, still point into the
+     * old config: it is kept until exit. */
+    old->conf = px->conf;
+    old->next = px->old_configs;
+    px->old_configs = old;
+    px->conf = nc;
+    px->reloads++;
+    log_notice("reload", "%s applied", px->opts->conf_path);
 }
 
 static void proxy_reload(struct proxy *px)
@@ -170,10 +353,7 @@ static void proxy_reload(struct proxy *px)
         conf_errors_free(&errs);
         return;
     }
-    log_warn("reload", "%s is valid, but applying a changed config without a "
-             "restart is not supported by this build; restart to apply it",
-             px->opts->conf_path);
-    config_free(c);
+    proxy_apply(px, c);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -199,7 +379,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static bool worker_idle(const struct worker *w)
 {
     for (uint32_t i = 0; i < w->npools; i++) {
-        if (!TAILQ_EMPTY(&w->pools[i].clients)) {
+        if (!TAILQ_EMPTY(&w->pools[i]->clients)) {
             return false;
         }
     }
@@ -258,16 +438,19 @@ static void proxy_free(struct proxy *px)
     struct worker *w = &px->w;
 
     for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
-        if (w->pools[i].listener != NULL) {
-            evconnlistener_free(w->pools[i].listener);
-            if (w->pools[i].conf->listen.is_unix) {
-                unlink(w->pools[i].conf->listen.host);
-            }
-        }
-        pool_close(&w->pools[i]);
+        pool_unlisten(w->pools[i]);
+        pool_close(w->pools[i]);
     }
     worker_flush(w);    /* frees clients closed above */
+    for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
+        free(w->pools[i]);
+    }
     free(w->pools);
+    for (struct old_config *o = px->old_configs, *next; o != NULL; o = next) {
+        next = o->next;
+        config_free(o->conf);
+        free(o);
+    }
     struct event *evs[] = { px->sig_hup, px->sig_usr1, px->sig_term, px->sig_int,
                             w->tick };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
@@ -318,22 +501,11 @@ int proxy_main(const struct proxy_options *o)
         goto out;
     }
     w->started = worker_now_ms(w);
-    w->pools = calloc(px.conf->npools, sizeof(*w->pools));
-    if (w->pools == NULL) {
-        goto out;
-    }
     for (uint32_t i = 0; i < px.conf->npools; i++) {
-        struct pool *p = &w->pools[i];
-        w->npools++;
-        if (pool_init(p, w, &px.conf->pools[i], err, sizeof(err)) != 0 ||
-            pool_listen(p, err, sizeof(err)) != 0) {
+        if (proxy_add_pool(w, &px.conf->pools[i], err, sizeof(err)) != 0) {
             log_error("proxy", "pool %s: %s", px.conf->pools[i].name, err);
             goto out;
         }
-        log_notice("proxy", "pool %s: listening on %s, %u servers, %u ring points, "
-                   "hash %s, compat %s", p->name, p->conf->listen.text,
-                   p->nbackends, p->ring->npoints, hash_names[p->ring->hash],
-                   ring_compat_names[p->ring->compat]);
     }
     if (o->pid_path != NULL && (rc = write_pid_file(o->pid_path)) != 0) {
         log_error("proxy", "cannot write pid file %s: %s", o->pid_path,

@@ -17,10 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <event2/listener.h>
 
 #include "backend.h"
 #include "client.h"
 #include "index.h"
+#include "migrate.h"
 #include "log.h"
 #include "router.h"
 
@@ -40,43 +42,39 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
     memset(p, 0, sizeof(*p));
     p->w = w;
     p->conf = conf;
-    p->name = conf->name;
     TAILQ_INIT(&p->clients);
-    p->ring = conf_pool_ring(conf, err, errlen);
-    if (p->ring == NULL) {
-        return -1;
-    }
-    p->route = ring_ref(p->ring);
-    p->nbackends = conf->nservers;
-    p->backends = calloc(p->nbackends, sizeof(*p->backends));
-    p->route_backend = malloc(p->nbackends * sizeof(*p->route_backend));
-    p->frag_of_backend = malloc((p->nbackends + 1) * sizeof(*p->frag_of_backend));
-    p->frag_order = malloc((p->nbackends + 1) * sizeof(*p->frag_order));
-    if (p->backends == NULL || p->route_backend == NULL ||
-        p->frag_of_backend == NULL || p->frag_order == NULL) {
+    if ((p->name = strdup(conf->name)) == NULL) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    for (uint32_t i = 0; i <= p->nbackends; i++) {
-        p->frag_of_backend[i] = UINT16_MAX;
+    struct ring *r = conf_pool_ring(conf, err, errlen);
+    struct backend **map = r ? pool_ring_backends(p, r, err, errlen) : NULL;
+    if (map == NULL) {
+        ring_unref(r);
+        return -1;
     }
-    for (uint32_t i = 0; i < p->nbackends; i++) {
-        p->route_backend[i] = i;
-        if (backend_init(&p->backends[i], p, i, &conf->servers[i], err, errlen) != 0) {
-            return -1;
-        }
-    }
+    pool_set_ring(p, r, map);
     if (conf->index.enabled &&
-        (p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL) {
+        ((p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL ||
+         (p->mig = mig_new(p, pool_ready)) == NULL)) {
         snprintf(err, errlen, "out of memory starting the index writer");
         return -1;
     }
+    p->ready = p->mig == NULL;
     if (conf->preconnect) {
         for (uint32_t i = 0; i < p->nbackends; i++) {
-            backend_preconnect(&p->backends[i]);
+            backend_preconnect(p->backends[i]);
         }
     }
     return 0;
+}
+
+void pool_ready(struct pool *p)
+{
+    p->ready = true;
+    if (p->listener != NULL) {
+        evconnlistener_enable(p->listener);
+    }
 }
 
 void pool_close(struct pool *p)
@@ -86,19 +84,140 @@ void pool_close(struct pool *p)
     while ((c = TAILQ_FIRST(&p->clients)) != NULL) {
         client_close(c, "shutdown");
     }
-    for (uint32_t i = 0; p->backends != NULL && i < p->nbackends; i++) {
-        backend_close(&p->backends[i]);
+    for (uint32_t i = 0; i < p->nbackends; i++) {
+        backend_close(p->backends[i]);
+        free(p->backends[i]);
     }
     free(p->backends);
+    mig_free(p->mig);
+    p->mig = NULL;
     idx_free(p->idx);
     p->idx = NULL;
-    free(p->route_backend);
+    free(p->ring_be);
+    free(p->route_be);
     free(p->frag_of_backend);
     free(p->frag_order);
     ring_unref(p->route);
     ring_unref(p->ring);
+    free(p->name);
     p->backends = NULL;
     p->route = p->ring = NULL;
+}
+
+struct backend *pool_backend(struct pool *p, const char *identity,
+                             const char *addr, char *err, size_t errlen)
+{
+    for (uint32_t i = 0; i < p->nbackends; i++) {
+        struct backend *be = p->backends[i];
+        if (strcmp(be->identity, identity) == 0 && strcmp(be->addr.text, addr) == 0) {
+            return be;
+        }
+    }
+    if (p->nbackends == p->cap_backends) {
+        uint32_t cap = p->cap_backends ? p->cap_backends * 2 : 8;
+        struct backend **bs = realloc(p->backends, cap * sizeof(*bs));
+        uint16_t *fb = realloc(p->frag_of_backend, (cap + 1) * sizeof(*fb));
+        if (bs != NULL) {
+            p->backends = bs;
+        }
+        if (fb != NULL) {
+            p->frag_of_backend = fb;
+        }
+        uint32_t *fo = realloc(p->frag_order, (cap + 1) * sizeof(*fo));
+        if (fo != NULL) {
+            p->frag_order = fo;
+        }
+        if (bs == NULL || fb == NULL || fo == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return NULL;
+        }
+        for (uint32_t i = p->cap_backends; i <= cap; i++) {
+            p->frag_of_backend[i] = UINT16_MAX;
+        }
+        p->cap_backends = cap;
+    }
+    struct backend *be = calloc(1, sizeof(*be));
+    if (be == NULL || backend_init(be, p, p->nbackends, identity, addr, err, errlen) != 0) {
+        if (be != NULL) {
+            backend_close(be);
+        }
+        free(be);
+        return NULL;
+    }
+    p->backends[p->nbackends++] = be;
+    return be;
+}
+
+struct backend **pool_ring_backends(struct pool *p, const struct ring *r,
+                                    char *err, size_t errlen)
+{
+    struct backend **map = calloc(r->nservers, sizeof(*map));
+
+    if (map == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (uint32_t i = 0; i < r->nservers; i++) {
+        map[i] = pool_backend(p, r->servers[i].identity, r->servers[i].addr,
+                              err, errlen);
+        if (map[i] == NULL) {
+            free(map);
+            return NULL;
+        }
+        map[i]->retiring = false;
+    }
+    return map;
+}
+
+void pool_set_ring(struct pool *p, struct ring *r, struct backend **ring_be)
+{
+    ring_unref(p->ring);
+    free(p->ring_be);
+    p->ring = r;
+    p->ring_be = ring_be;
+    for (uint32_t i = 0; i < p->nbackends; i++) {
+        if (p->backends[i]->state == BACKEND_EJECTED) {
+            p->backends[i]->state = BACKEND_DOWN;   /* ejection is per ring */
+        }
+    }
+    pool_eject(p, NULL, false);
+}
+
+/* Is this backend in the data ring, or the source of a migration? */
+static bool pool_uses_backend(const struct pool *p, const struct backend *be)
+{
+    for (uint32_t i = 0; i < p->ring->nservers; i++) {
+        if (p->ring_be[i] == be) {
+            return true;
+        }
+    }
+    return p->mig != NULL && mig_uses_backend(p->mig, be);
+}
+
+void pool_retire_backends(struct pool *p)
+{
+    for (uint32_t i = 0; i < p->nbackends;) {
+        struct backend *be = p->backends[i];
+        if (pool_uses_backend(p, be)) {
+            i++;
+            continue;
+        }
+        if (!be->retiring) {
+            log_notice("router", "%s: server %s %s left the ring; closing it once "
+                       "idle", p->name, be->identity, be->addr.text);
+            be->retiring = true;
+        }
+        if (!backend_idle(be)) {
+            i++;
+            continue;
+        }
+        backend_close(be);
+        free(be);
+        p->backends[i] = p->backends[--p->nbackends];
+        if (i < p->nbackends) {
+            p->backends[i]->slot = i;
+        }
+    }
 }
 
 struct backend *pool_route(struct pool *p, const char *key, size_t len)
@@ -108,50 +227,62 @@ struct backend *pool_route(struct pool *p, const char *key, size_t len)
     if (r == NULL) {
         return NULL;    /* every server is ejected */
     }
-    uint32_t s = ring_server_of(r, ring_key_hash(r, key, len));
-    return &p->backends[p->route_backend[s]];
+    return p->route_be[ring_server_of(r, ring_key_hash(r, key, len))];
 }
 
-/* Rebuild the routing ring from the servers that are not ejected. */
+/*
+ * Rebuild the routing ring from the data ring's servers that are not ejected
+ * (be: the backend whose state changes, or NULL to just rebuild).
+ */
 void pool_eject(struct pool *p, struct backend *be, bool eject)
 {
-    struct ring_server_spec *specs = calloc(p->nbackends, sizeof(*specs));
+    const struct ring *data = p->ring;
+    struct ring_server_spec *specs = calloc(data->nservers, sizeof(*specs));
+    struct backend **route_be = calloc(data->nservers, sizeof(*route_be));
     uint32_t n = 0;
     char err[256];
 
-    be->state = eject ? BACKEND_EJECTED : BACKEND_UP;
-    if (specs == NULL) {
+    if (be != NULL) {
+        be->state = eject ? BACKEND_EJECTED : BACKEND_UP;
+    }
+    if (specs == NULL || route_be == NULL) {
+        free(specs);
+        free(route_be);
         return;
     }
-    for (uint32_t i = 0; i < p->nbackends; i++) {
-        if (p->backends[i].state == BACKEND_EJECTED) {
+    for (uint32_t i = 0; i < data->nservers; i++) {
+        if (p->ring_be[i]->state == BACKEND_EJECTED) {
             continue;
         }
-        const struct ring_server *s = &p->ring->servers[i];
-        p->route_backend[n] = i;
+        const struct ring_server *s = &data->servers[i];
+        route_be[n] = p->ring_be[i];
         specs[n++] = (struct ring_server_spec){ .identity = s->identity,
             .addr = s->addr, .weight = s->weight };
     }
     struct ring *route = NULL;
-    if (n == p->nbackends) {
+    if (n == data->nservers) {
         route = ring_ref(p->ring);
     } else if (n > 0) {
-        struct ring_params params = { .compat = p->ring->compat,
-            .hash = p->ring->hash, .has_tag = p->ring->has_tag,
-            .servers = specs, .nservers = n };
-        memcpy(params.tag, p->ring->tag, 2);
+        struct ring_params params = { .compat = data->compat, .hash = data->hash,
+            .has_tag = data->has_tag, .servers = specs, .nservers = n };
+        memcpy(params.tag, data->tag, 2);
         route = ring_build(&params, err, sizeof(err));
         if (route == NULL) {
             log_error("router", "%s: cannot rebuild the routing ring: %s", p->name, err);
             free(specs);
+            free(route_be);
             return;
         }
     }
     free(specs);
     ring_unref(p->route);
+    free(p->route_be);
     p->route = route;
-    log_notice("router", "%s: routing over %u of %u servers", p->name, n,
-               p->nbackends);
+    p->route_be = route_be;
+    if (n < data->nservers || be != NULL) {
+        log_notice("router", "%s: routing over %u of %u servers", p->name, n,
+                   data->nservers);
+    }
 }
 
 /* --- requests ------------------------------------------------------------ */

@@ -92,9 +92,11 @@ enum backend_state { BACKEND_UP, BACKEND_DOWN, BACKEND_EJECTED };
 
 struct backend {
     struct pool *pool;
-    uint32_t index;             /* in the pool's data ring */
-    const char *identity;       /* owned by the data ring */
-    struct conf_addr addr;      /* owned by the pool's config */
+    uint32_t slot;              /* in pool.backends */
+    char *identity;
+    struct conf_addr addr;      /* own copy */
+    bool retiring;              /* in no ring any more: closed once idle */
+    struct mconn *mc;           /* meta-protocol connection for moves, lazily */
     enum backend_state state;
     uint32_t failures;          /* consecutive */
     uint64_t retry_ms;          /* DOWN/EJECTED: when to try again */
@@ -106,13 +108,18 @@ struct backend {
 
 struct pool {
     struct worker *w;
-    struct conf_pool *conf;     /* owned by the config the pool came from */
-    const char *name;
-    struct ring *ring;          /* where the data lives */
+    struct conf_pool *conf;     /* owned by the proxy's current config */
+    char *name;
+    struct ring *ring;          /* where the data lives (during a migration:
+                                   where it is going) */
+    struct backend **ring_be;   /* ring server index -> backend */
     struct ring *route;         /* ring without ejected servers (or == ring) */
-    uint32_t *route_backend;    /* route server index -> backend index */
-    struct backend *backends;
-    uint32_t nbackends;
+    struct backend **route_be;  /* route server index -> backend */
+    struct backend **backends;  /* every backend, each at its own address */
+    uint32_t nbackends, cap_backends;
+    struct mig *mig;            /* indexed pools: Redis coordination, moves */
+    bool ready;                 /* knows which ring the data obeys: serve */
+    bool closing;               /* removed by a reload: freed once idle */
     struct evconnlistener *listener;
     TAILQ_HEAD(, client) clients;
     uint64_t stats[STAT_POOL_COUNT];
@@ -131,7 +138,7 @@ struct worker {
     struct event_base *base;
     TAILQ_HEAD(, bconn) dirty_conns;
     TAILQ_HEAD(, client) dirty_clients;
-    struct pool *pools;
+    struct pool **pools;
     uint32_t npools;
     struct event *tick;         /* 100 ms: timeouts, retries */
     uint64_t now_ms;
@@ -144,9 +151,21 @@ uint64_t worker_now_ms(struct worker *w);
 /* pools */
 int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
               char *err, size_t errlen);
+/* The pool may serve (see pool.ready); enables its listener. */
+void pool_ready(struct pool *p);
 void pool_close(struct pool *p);
 struct backend *pool_route(struct pool *p, const char *key, size_t len);
 void pool_eject(struct pool *p, struct backend *be, bool eject);
+/* The backend for a server (identity and address), created if needed. */
+struct backend *pool_backend(struct pool *p, const char *identity,
+                             const char *addr, char *err, size_t errlen);
+/* Map every server of ring r to its backend (a new array, or NULL). */
+struct backend **pool_ring_backends(struct pool *p, const struct ring *r,
+                                    char *err, size_t errlen);
+/* Make ring r the pool's data ring (takes the reference and the map). */
+void pool_set_ring(struct pool *p, struct ring *r, struct backend **ring_be);
+/* Close backends no ring uses any more, once nothing is in flight on them. */
+void pool_retire_backends(struct pool *p);
 
 /* requests: created by the client, answered by backends or locally */
 struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrags);

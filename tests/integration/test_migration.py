@@ -1,0 +1,399 @@
+"""Hot reload and live migration (DESIGN §6): a resize moves exactly the keys
+whose owner changed, loses none, and never serves a read older than the last
+acknowledged write, also while clients keep writing and reading."""
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+import redis
+from pymemcache.client.base import Client
+
+from harness import free_port, locate, pool_yaml
+
+SETTLE = 60.0     # upper bound for a migration to finish in these tests
+
+
+def pool_config(port, mcs, redis_port, weights=None, rate=0, delete_source=True,
+                extra=None):
+    servers = [(m.addr, (weights or [1] * len(mcs))[i], "mc%d" % (mcs_names(m)))
+               for i, m in enumerate(mcs)]
+    settings = dict(hash="md5", timeout=2000,
+                    index={"redis": "127.0.0.1:%d" % redis_port},
+                    migration={"rate": rate, "delete_source": delete_source})
+    settings.update(extra or {})
+    return pool_yaml("cache", port, servers, **settings)
+
+
+def mcs_names(m):
+    return m.ident
+
+
+def mc_stats(m):
+    with socket.create_connection(("127.0.0.1", m.port)) as s:
+        s.sendall(b"stats\r\n")
+        buf = b""
+        while not buf.endswith(b"END\r\n"):
+            buf += s.recv(65536)
+    out = {}
+    for line in buf.decode().split("\r\n"):
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[0] == "STAT":
+            out[parts[1]] = parts[2]
+    return out
+
+
+def mc_ttl(m, key):
+    """Remaining TTL and flags of a key, read from the backend itself."""
+    with socket.create_connection(("127.0.0.1", m.port)) as s:
+        s.sendall(b"mg " + key + b" t f\r\n")
+        line = s.recv(4096).split(b"\r\n")[0].split(b" ")
+    assert line[0] == b"HD", line
+    flags = dict((t[:1], t[1:]) for t in line[1:])
+    return int(flags[b"t"]), int(flags[b"f"])
+
+
+def proxy_stats(port):
+    c = Client(("127.0.0.1", port))
+    try:
+        return {k.decode(): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in c.stats().items()}
+    finally:
+        c.close()
+
+
+def wait_migrated(port, epoch, timeout=SETTLE):
+    """Until the proxy serves ring `epoch` with no migration under way."""
+    deadline = time.monotonic() + timeout
+    st = {}
+    while time.monotonic() < deadline:
+        st = proxy_stats(port)
+        if st.get("migration:state") == "idle" and int(st.get("migration:epoch", 0)) >= epoch:
+            return st
+        time.sleep(0.05)
+    raise AssertionError("migration did not finish: %s" % st)
+
+
+def reload(proxy, text):
+    proxy.write_config(text)
+    proxy.signal(signal.SIGHUP)
+
+
+@pytest.fixture
+def env(cluster):
+    """memcached servers named mc1.., one Redis, a helper to start the proxy."""
+    class Env:
+        def __init__(self):
+            self.redis = cluster.redis()
+            self.r = redis.Redis(port=self.redis.port)
+            self.pool = []
+
+        def servers(self, n):
+            new = cluster.memcached(n)
+            for m in new:
+                self.pool.append(m)
+                m.ident = len(self.pool)
+            return new
+
+        def config(self, mcs, port, **kw):
+            return pool_config(port, mcs, self.redis.port, **kw)
+
+        def proxy(self, mcs, port=None, **kw):
+            port = port or free_port()
+            p = cluster.proxy(self.config(mcs, port, **kw), port=port)
+            wait_ready(port)
+            return p
+
+    return Env()
+
+
+def wait_ready(port, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proxy_stats(port).get("migration:state") not in (None, "starting"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("proxy on %d never became ready" % port)
+
+
+def fill(port, n, prefix="k", expire=0, flags=0):
+    c = Client(("127.0.0.1", port))
+    keys = ["%s%d" % (prefix, i) for i in range(n)]
+    for i in range(0, n, 500):
+        chunk = {k: ("v-" + k).encode() for k in keys[i:i + 500]}
+        failed = c.set_many(chunk, expire=expire, flags=flags, noreply=False)
+        assert failed == []
+    c.close()
+    return keys
+
+
+def assert_all_hit(port, keys):
+    c = Client(("127.0.0.1", port))
+    got = {}
+    for i in range(0, len(keys), 500):
+        got.update(c.get_many(keys[i:i + 500]))
+    c.close()
+    missing = [k for k in keys if got.get(k) != ("v-" + k).encode()]
+    assert missing == [], "%d keys missing or wrong, e.g. %s" % (len(missing), missing[:5])
+
+
+def assert_placement(proxy, mcs, keys):
+    """Every key is on exactly the server the config's ring names."""
+    where = locate(proxy.conf_path, keys)
+    by_name = {"mc%d" % m.ident: m for m in mcs}
+    holdings = {name: m.keys() for name, m in by_name.items()}
+    for k in keys:
+        owner = where[k]
+        assert k.encode() in holdings[owner], "%s not on its owner %s" % (k, owner)
+        for name, held in holdings.items():
+            if name != owner:
+                assert k.encode() not in held, "%s left behind on %s" % (k, name)
+
+
+def test_grow_3_to_4_moves_exactly_the_keys_whose_owner_changed(env):
+    old = env.servers(3)
+    proxy = env.proxy(old)
+    keys = fill(proxy.port, 30000, expire=7200, flags=7)
+    before = locate(proxy.conf_path, keys)
+    new = env.servers(1)
+    text = env.config(old + new, proxy.port)
+    with open(proxy.conf_path + ".new", "w") as f:
+        f.write(text)
+    after = locate(proxy.conf_path + ".new", keys)
+    changed = [k for k in keys if before[k] != after[k]]
+    assert all(after[k] == "mc4" for k in changed)
+    time.sleep(0.3)     # let the index writes land
+    stats_before = {m.ident: mc_stats(m) for m in old + new}
+
+    reload(proxy, text)
+    st = wait_migrated(proxy.port, 2)
+
+    assert int(st["migration:keys_moved"]) == len(changed)
+    assert int(st["migration:keys_failed"]) == 0
+    # No other key was read or written: each old server was read (mg) and
+    # deleted from exactly for its keys that left; only the new one was written.
+    for m in old:
+        b, a = stats_before[m.ident], mc_stats(m)
+        left = sum(1 for k in changed if before[k] == "mc%d" % m.ident)
+        assert int(a["cmd_get"]) - int(b["cmd_get"]) == left
+        assert int(a["delete_hits"]) - int(b["delete_hits"]) == left
+        assert int(a["cmd_set"]) == int(b["cmd_set"])
+    b, a = stats_before[new[0].ident], mc_stats(new[0])
+    assert int(a["cmd_set"]) - int(b["cmd_set"]) == len(changed)
+
+    assert_all_hit(proxy.port, keys)
+    assert_placement(proxy, old + new, keys)
+    # Flags and TTLs travelled with the values.
+    for k in changed[:50]:
+        ttl, flags = mc_ttl(new[0], k.encode())
+        assert flags == 7
+        assert 7000 < ttl <= 7200
+    rec = env.r.hgetall("rp:cache:ring")
+    assert rec[b"epoch"] == b"2" and b"mc4" in rec[b"servers"]
+
+
+class Workload:
+    """Clients writing versioned values and reading them back throughout."""
+
+    def __init__(self, port, keys, threads=4):
+        self.port, self.keys = port, keys
+        self.stop = threading.Event()
+        self.acked = {}             # key -> last version acknowledged
+        self.lock = threading.Lock()
+        self.errors = []
+        self.reads = self.writes = 0
+        self.threads = [threading.Thread(target=self.run, args=(i, threads))
+                        for i in range(threads)]
+
+    def run(self, me, n):
+        c = Client(("127.0.0.1", self.port), timeout=10)
+        mine = self.keys[me::n]     # each key has one writer: versions are ordered
+        version = {k: 0 for k in mine}
+        i = 0
+        try:
+            while not self.stop.is_set():
+                k = mine[i % len(mine)]
+                i += 1
+                if i % 3 == 0:
+                    version[k] += 1
+                    assert c.set(k, "%s:%d" % (k, version[k]), noreply=False)
+                    with self.lock:
+                        self.acked[k] = version[k]
+                        self.writes += 1
+                else:
+                    v = c.get(k)
+                    with self.lock:
+                        self.reads += 1
+                    if v is None:
+                        self.errors.append("miss on %s" % k)
+                        continue
+                    got = int(v.split(b":")[1])
+                    if got < version[k]:
+                        self.errors.append("stale read on %s: %d < %d" % (k, got, version[k]))
+        except Exception as e:      # surfaces in the test, not lost in a thread
+            self.errors.append(repr(e))
+        finally:
+            c.close()
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def seed_versioned(port, keys):
+    c = Client(("127.0.0.1", port))
+    for i in range(0, len(keys), 500):
+        assert c.set_many({k: "%s:0" % k for k in keys[i:i + 500]}, noreply=False) == []
+    c.close()
+
+
+def test_resize_under_load_has_no_miss_and_no_stale_read(env):
+    old = env.servers(3)
+    proxy = env.proxy(old, rate=3000)
+    keys = ["w%d" % i for i in range(6000)]
+    seed_versioned(proxy.port, keys)
+    time.sleep(0.3)
+    new = env.servers(1)
+    with Workload(proxy.port, keys) as w:
+        time.sleep(0.5)
+        reload(proxy, env.config(old + new, proxy.port, rate=3000))
+        wait_migrated(proxy.port, 2)
+        time.sleep(0.5)
+    assert w.errors == [], w.errors[:10]
+    assert w.reads > 1000 and w.writes > 500
+    st = proxy_stats(proxy.port)
+    assert int(st["migration:keys_failed"]) == 0
+    # Everything is where ring B says, with the last acknowledged version.
+    c = Client(("127.0.0.1", proxy.port))
+    for k in keys:
+        assert int(c.get(k).split(b":")[1]) == w.acked.get(k, 0)
+    c.close()
+    assert_placement(proxy, old + new, keys[:2000])
+
+
+@pytest.mark.parametrize("change", ["drain_4_to_3", "reweight"])
+def test_shrink_and_reweight_lose_nothing(env, change):
+    mcs = env.servers(4)
+    proxy = env.proxy(mcs)
+    keys = fill(proxy.port, 8000)
+    time.sleep(0.3)
+    if change == "drain_4_to_3":
+        target, weights = mcs[:3], None
+    else:
+        target, weights = mcs, [1, 3, 1, 2]
+    reload(proxy, env.config(target, proxy.port, weights=weights))
+    wait_migrated(proxy.port, 2)
+    assert_all_hit(proxy.port, keys)
+    assert_placement(proxy, mcs, keys)
+    if change == "drain_4_to_3":
+        assert mcs[3].keys() == set()     # the removed server was drained
+
+
+def test_24_to_25_also_moves_keys_between_old_servers(env):
+    mcs = env.servers(25)
+    proxy = env.proxy(mcs[:24])
+    keys = fill(proxy.port, 6000)
+    time.sleep(0.3)
+    with open(proxy.conf_path + ".new", "w") as f:
+        f.write(env.config(mcs, proxy.port))
+    before = locate(proxy.conf_path, keys)
+    after = locate(proxy.conf_path + ".new", keys)
+    between_old = [k for k in keys if before[k] != after[k] and after[k] != "mc25"]
+    assert between_old, "the 156-point quirk should move keys between old servers"
+    reload(proxy, env.config(mcs, proxy.port))
+    wait_migrated(proxy.port, 2)
+    assert_all_hit(proxy.port, keys)
+    assert_placement(proxy, mcs, between_old)
+
+
+def test_invalid_config_on_sighup_keeps_the_old_ring(env):
+    mcs = env.servers(3)
+    proxy = env.proxy(mcs)
+    keys = fill(proxy.port, 1000)
+    good = open(proxy.conf_path).read()
+    bad = good.replace("servers:", "servers:\n    - 127.0.0.1:0:1 broken", 1)
+    reload(proxy, bad)
+    deadline = time.monotonic() + 10
+    while "keeping the running config" not in proxy.log():
+        assert time.monotonic() < deadline, proxy.log()[-2000:]
+        time.sleep(0.05)
+    log = proxy.log()
+    assert "%s:" % proxy.conf_path in log and "port must be a number" in log
+    line = [l for l in log.splitlines() if "port must be a number" in l][0]
+    assert ":%s:" % (bad.splitlines().index("    - 127.0.0.1:0:1 broken") + 1) in line
+    assert_all_hit(proxy.port, keys)
+    assert proxy_stats(proxy.port)["migration:state"] == "idle"
+
+
+def test_sighup_during_a_migration_is_applied_after_it(env):
+    mcs = env.servers(5)
+    proxy = env.proxy(mcs[:3], rate=2000)
+    keys = fill(proxy.port, 6000)
+    time.sleep(0.3)
+    reload(proxy, env.config(mcs[:4], proxy.port, rate=2000))
+    time.sleep(0.3)
+    assert proxy_stats(proxy.port)["migration:state"] != "idle"
+    reload(proxy, env.config(mcs, proxy.port, rate=0))
+    wait_migrated(proxy.port, 3)
+    assert_all_hit(proxy.port, keys)
+    assert_placement(proxy, mcs, keys)
+    assert b"mc5" in env.r.hget("rp:cache:ring", "servers")
+
+
+def test_proxy_killed_mid_migration_resumes_after_restart(env, cluster):
+    mcs = env.servers(4)
+    proxy = env.proxy(mcs[:3], rate=1500)
+    keys = fill(proxy.port, 12000)
+    time.sleep(0.3)
+    reload(proxy, env.config(mcs, proxy.port, rate=1500))
+    deadline = time.monotonic() + 20
+    while int(proxy_stats(proxy.port)["migration:keys_moved"]) < 500:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert proxy_stats(proxy.port)["migration:state"] == "moving"
+    proxy.kill()
+    # The config on disk is the new one; the data still obeys the old ring.
+    assert env.r.hget("rp:cache:ring", "epoch") == b"1"
+    proxy.start()
+    wait_ready(proxy.port)
+    wait_migrated(proxy.port, 2)
+    assert_all_hit(proxy.port, keys)
+    assert_placement(proxy, mcs, keys)
+
+
+def test_two_proxies_share_one_migration(env, cluster):
+    mcs = env.servers(4)
+    a = env.proxy(mcs[:3], rate=4000)
+    b = env.proxy(mcs[:3], rate=4000)
+    keys = ["w%d" % i for i in range(4000)]
+    seed_versioned(a.port, keys)
+    time.sleep(0.3)
+    with Workload(a.port, keys[:2000], threads=2) as wa, \
+            Workload(b.port, keys[2000:], threads=2) as wb:
+        time.sleep(0.3)
+        reload(a, env.config(mcs, a.port, rate=4000))
+        time.sleep(0.2)
+        reload(b, env.config(mcs, b.port, rate=4000))
+        wait_migrated(a.port, 2)
+        wait_migrated(b.port, 2)
+        time.sleep(0.3)
+    assert wa.errors == [] and wb.errors == [], (wa.errors + wb.errors)[:10]
+    moved = [int(proxy_stats(p.port)["migration:keys_moved"]) for p in (a, b)]
+    leases = [("holds the migration lease" in p.log()) for p in (a, b)]
+    assert leases.count(True) >= 1
+    for p in (a, b):
+        c = Client(("127.0.0.1", p.port))
+        assert all(c.get(k) is not None for k in keys[::7])
+        c.close()
+    assert sum(moved) > 0

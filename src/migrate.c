@@ -144,6 +144,7 @@ struct mig {
     uint32_t inflight, reserved;
     bool finishing;             /* every arc done; recording ring B */
     uint64_t started_ms, moved_at_last_log, last_log_ms;
+    double last_rate;
     /* keys with operations */
     struct mkey *buckets[MIG_BUCKETS];
     uint64_t keys_moved, keys_stale, keys_skipped, keys_failed, keys_retried,
@@ -1699,12 +1700,38 @@ void mig_tick(struct mig *m, uint64_t now)
         double kps = secs > 0 ? (double)(m->keys_moved - m->moved_at_last_log) / secs : 0;
         m->moved_at_last_log = m->keys_moved;
         m->last_log_ms = now;
+        m->last_rate = kps;
         log_notice("migration", "%s: %s, %u/%zu arcs done, %llu keys moved (%.0f/s), "
                    "%llu stale, %llu failed", m->p->name, mig_state_names[m->state],
                    m->arcs_done, m->diff.narcs, (unsigned long long)m->keys_moved, kps,
                    (unsigned long long)m->keys_stale, (unsigned long long)m->keys_failed);
     }
     bulk_pump(m);
+}
+
+void mig_progress(const struct mig *m, struct mig_progress *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->state = m->state;
+    out->epoch = m->epoch;
+    out->lease = m->lease;
+    out->pending = m->pending != NULL;
+    memcpy(out->from, m->fp_from, sizeof(out->from));
+    if (m->to != NULL) {
+        memcpy(out->to, m->fp_to, sizeof(out->to));
+        out->arcs_total = m->diff.narcs;
+        out->moved_fraction = (double)m->diff.moved / RING_SPACE;
+        out->elapsed_sec = (double)(worker_now_ms(m->p->w) - m->started_ms) / 1000.0;
+    }
+    out->arcs_done = m->arcs_done;
+    out->keys_moved = m->keys_moved;
+    out->keys_skipped = m->keys_skipped;
+    out->keys_stale = m->keys_stale;
+    out->keys_failed = m->keys_failed;
+    out->keys_retried = m->keys_retried;
+    out->client_moves = m->client_moves;
+    out->index_moved = m->index_moved;
+    out->keys_per_sec = m->last_rate;
 }
 
 void mig_stats(const struct mig *m, struct evbuffer *out)

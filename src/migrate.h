@@ -63,6 +63,22 @@ void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
                 struct evbuffer *data);
 
 void mig_tick(struct mig *m, uint64_t now_ms);
+
+/* A snapshot of where the pool's data stands, for stats, /migration, status. */
+struct mig_progress {
+    enum mig_state state;
+    uint64_t epoch;             /* of the ring the data obeys */
+    bool lease;                 /* this proxy moves the keys */
+    bool pending;               /* a newer ring waits for this migration */
+    char from[33], to[33];      /* ring fingerprints ("" when idle) */
+    uint64_t arcs_total, arcs_done;
+    double moved_fraction;      /* of the hash space that changes server */
+    uint64_t keys_moved, keys_skipped, keys_stale, keys_failed, keys_retried,
+             client_moves, index_moved;
+    double keys_per_sec;        /* over the last progress interval */
+    double elapsed_sec;
+};
+void mig_progress(const struct mig *m, struct mig_progress *out);
 /* Append "STAT migration:..." lines. */
 void mig_stats(const struct mig *m, struct evbuffer *out);
 

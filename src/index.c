@@ -96,17 +96,30 @@ static int idx_load_ring(struct idx *x, struct ring *ring);
 
 /* --- small helpers -------------------------------------------------------- */
 
+static uint64_t mix64(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= UINT64_C(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h *= UINT64_C(0xc4ceb9fe1a85ec53);
+    h ^= h >> 33;
+    return h;
+}
+
+/*
+ * 64 bits naming a key in a v-node. The key is hashed from a fixed basis and
+ * the v-node mixed in afterwards: seeding FNV with the v-node let different
+ * (key, v-node) pairs cancel out and collide.
+ */
 static uint64_t fingerprint(const char *key, size_t len, uint32_t point)
 {
-    uint64_t h = UINT64_C(0xcbf29ce484222325) ^ point;
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
 
     for (size_t i = 0; i < len; i++) {
         h ^= (uint8_t)key[i];
         h *= UINT64_C(0x100000001b3);
     }
-    h ^= h >> 33;
-    h *= UINT64_C(0xff51afd7ed558ccd);
-    h ^= h >> 33;
+    h = mix64(h ^ (len << 56)) ^ mix64((uint64_t)point * UINT64_C(0x9e3779b97f4a7c15) + 1);
     return h | 1;   /* never 0: 0 marks an empty slot */
 }
 

@@ -1,0 +1,193 @@
+"""The Redis key index (DESIGN §5): every key the proxy stores is in the
+sorted set of the v-node that owns it, scored by its ring hash; deletes
+remove it; failed stores add nothing; Redis trouble never reaches clients."""
+import random
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+from pymemcache.client.base import Client
+
+from harness import RINGPROXY, Redis, free_port, pool_yaml
+
+PREFIX = "rp:cache"
+
+
+def config(port, mcs, redis_port, queue_max=100000):
+    servers = [(m.addr, 1, "mc%d" % (i + 1)) for i, m in enumerate(mcs)]
+    return pool_yaml("cache", port, servers, hash="fnv1a_64",
+                     index={"redis": "127.0.0.1:%d" % redis_port,
+                            "queue_max": queue_max})
+
+
+def owners(conf_path, keys):
+    """key -> (hash, point, server) from `ringproxy locate`, bytes-safe."""
+    out = {}
+    for i in range(0, len(keys), 2000):
+        res = subprocess.run([RINGPROXY, "locate", "-c", conf_path, "--"] + keys[i:i + 2000],
+                             check=True, capture_output=True)
+        for line in res.stdout.split(b"\n")[1:]:
+            if line:
+                pool, key, h, point, server, addr = line.split(b" ")
+                out[key] = (int(h), int(point), server.decode())
+    return out
+
+
+def vnode(server, point):
+    return "%s:v:%s:%d" % (PREFIX, server, point)
+
+
+def wait_index_idle(c, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = c.stats()
+        if st[b"index:queued"] == 0 and st[b"index:inflight"] == 0:
+            return st
+        time.sleep(0.02)
+    raise AssertionError("index writes never drained: %s" % st)
+
+
+def indexed_members(r):
+    members = {}
+    for name in r.scan_iter(match=PREFIX + ":v:*", count=1000):
+        for m, score in r.zrange(name, 0, -1, withscores=True):
+            members.setdefault(m, []).append((name.decode(), int(score)))
+    return members
+
+
+@pytest.fixture
+def setup(cluster):
+    mcs = cluster.memcached(3)
+    rs = cluster.redis()
+    port = free_port()
+    proxy = cluster.proxy(config(port, mcs, rs.port), port=port)
+    c = Client(("127.0.0.1", port), allow_unicode_keys=True, timeout=10)
+    yield proxy, c, redis.Redis(port=rs.port), rs
+    c.close()
+
+
+def random_keys(n, seed=7):
+    rnd = random.Random(seed)
+    alphabet = [chr(c) for c in range(0x21, 0x7f)] + ["é", "ß", "日", "\u00ff"]
+    keys = set()
+    while len(keys) < n:
+        length = rnd.randint(1, 60)
+        k = "".join(rnd.choice(alphabet) for _ in range(length))
+        if len(k.encode()) <= 250:
+            keys.add(k)
+    return sorted(keys)
+
+
+def test_every_stored_key_is_in_its_vnode_set_with_its_ring_hash(setup):
+    proxy, c, r, _ = setup
+    keys = random_keys(10000)
+    for i in range(0, len(keys), 1000):
+        assert c.set_many({k: b"\x00\xff" + k.encode() for k in keys[i:i + 1000]},
+                          noreply=False) == []
+    wait_index_idle(c)
+    raw = [k.encode() for k in keys]
+    where = owners(proxy.conf_path, raw)
+    members = indexed_members(r)
+    assert len(members) == len(keys)
+    for k in raw:
+        h, point, server = where[k]
+        assert members[k] == [(vnode(server, point), h)], k
+
+
+def test_delete_removes_and_failed_stores_add_nothing(setup):
+    proxy, c, r, _ = setup
+    keep = ["keep%d" % i for i in range(200)]
+    gone = ["gone%d" % i for i in range(200)]
+    assert c.set_many({k: b"x" for k in keep + gone}, noreply=False) == []
+    for k in gone:
+        assert c.delete(k, noreply=False)
+    # Stores that fail on the backend: replace/append/prepend of missing keys,
+    # cas of a missing key, add of an existing key.
+    assert not c.replace("never1", b"x", noreply=False)
+    assert not c.append("never2", b"x", noreply=False)
+    assert not c.prepend("never3", b"x", noreply=False)
+    assert c.cas("never4", b"x", b"12345", noreply=False) is None
+    assert not c.add("keep0", b"y", noreply=False)
+    # Refused by the proxy itself: too large.
+    with pytest.raises(Exception):
+        c.set("never5", b"z" * (1024 * 1024 + 1), noreply=False)
+    c.version()
+    wait_index_idle(c)
+    members = indexed_members(r)
+    assert set(members) == {k.encode() for k in keep}
+
+
+def test_noreply_writes_are_indexed(setup):
+    proxy, c, r, _ = setup
+    keys = ["nr%d" % i for i in range(500)]
+    c.set_many({k: b"v" for k in keys}, noreply=True)
+    c.delete_many(keys[:100], noreply=True)
+    assert c.get(keys[-1]) == b"v"      # the pipeline has been processed
+    wait_index_idle(c)
+    assert set(indexed_members(r)) == {k.encode() for k in keys[100:]}
+
+
+def test_storing_a_key_again_costs_redis_nothing(setup):
+    proxy, c, r, _ = setup
+    keys = ["again%d" % i for i in range(1000)]
+    c.set_many({k: b"v" for k in keys}, noreply=False)
+    st1 = wait_index_idle(c)
+    for _ in range(3):
+        c.set_many({k: b"w" for k in keys}, noreply=False)
+    st2 = wait_index_idle(c)
+    # Only keys whose filter slot another key took are sent again (< 1%).
+    assert st2[b"index:adds"] - st1[b"index:adds"] <= 30
+    assert st2[b"index:filtered"] - st1[b"index:filtered"] >= 2970
+
+
+def test_redis_killed_under_load_costs_clients_nothing(cluster):
+    mcs = cluster.memcached(2)
+    rs = cluster.redis()
+    port = free_port()
+    cluster.proxy(config(port, mcs, rs.port, queue_max=500), port=port)
+    errors, done = [], threading.Event()
+    counts = [0]
+
+    def load():
+        c = Client(("127.0.0.1", port), timeout=5)
+        i = 0
+        try:
+            while not done.is_set():
+                i += 1
+                k = "load%d" % i
+                assert c.set(k, b"v", noreply=False)
+                assert c.get(k) == b"v"
+                counts[0] += 1
+        except Exception as e:
+            errors.append(repr(e))
+        finally:
+            c.close()
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        time.sleep(0.5)
+        rs.kill()                       # Redis vanishes without a goodbye
+        at_kill = counts[0]
+        time.sleep(1.5)
+        assert counts[0] - at_kill > 200, "clients stalled while Redis was down"
+        st = Client(("127.0.0.1", port)).stats()
+        assert st[b"index:state"] != b"ready"
+        assert st[b"index:dropped"] > 0
+        rs.start()                      # back on the same port, empty
+        deadline = time.monotonic() + 15
+        while Client(("127.0.0.1", port)).stats()[b"index:state"] != b"ready":
+            assert time.monotonic() < deadline, "the writer never reconnected"
+            time.sleep(0.1)
+    finally:
+        done.set()
+        t.join(30)
+    assert errors == []
+    c = Client(("127.0.0.1", port))
+    c.set("after-restart", b"v", noreply=False)
+    wait_index_idle(c)
+    r = redis.Redis(port=rs.port)
+    assert b"after-restart" in indexed_members(r)
+    c.close()

@@ -100,6 +100,7 @@ struct mop {
     size_t val_len;
     int64_t vflags, ttl, src_cas, dst_cas;
     bool stored_copy;
+    bool source_kept;           /* copied, old copy left for the bulk mover */
     int waiting;                /* replies still expected (delete: two) */
     bool hit, hit_fail;
 };
@@ -433,9 +434,12 @@ static void index_moved(struct mig *m, const struct mop *op, enum move_result re
     if (res == FAILED) {
         return;
     }
-    /* Out of the old v-node's set; into the new one's if the key is there. */
-    idx_vnode_key(m->prefix, from, ring_find(from, h), vnode, sizeof(vnode));
-    mig_redis(m, NULL, NULL, "ZREM %s %b", vnode, op->k->key, (size_t)op->k->len);
+    /* Out of the old v-node's set (unless the old copy stays, so that the
+     * bulk mover still finds it); into the new one's if the key is there. */
+    if (!op->source_kept || !m->p->conf->migration.delete_source) {
+        idx_vnode_key(m->prefix, from, ring_find(from, h), vnode, sizeof(vnode));
+        mig_redis(m, NULL, NULL, "ZREM %s %b", vnode, op->k->key, (size_t)op->k->len);
+    }
     if (res == MOVED || res == SKIPPED) {
         idx_key_stored(m->p->idx, op->k->key, op->k->len);
     }
@@ -636,7 +640,11 @@ static void on_delete_source(void *arg, const struct mreply *r)
 static void on_store_copy(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
-    bool delete_source = op->m->p->conf->migration.delete_source;
+    /* Until every live proxy serves the new ring, one of them may still
+     * write the old owner: a client-driven move copies but keeps the source
+     * (the bulk mover deletes it later, conditionally). */
+    bool delete_source = op->m->p->conf->migration.delete_source &&
+                         (op->f == NULL || op->m->others_ready);
 
     free(op->val);
     op->val = NULL;
@@ -648,6 +656,7 @@ static void on_store_copy(void *arg, const struct mreply *r)
         return;
     }
     if (!delete_source) {
+        op->source_kept = true;
         move_done(op, op->stored_copy ? MOVED : SKIPPED);
         return;
     }
@@ -678,6 +687,7 @@ static void on_fetch(void *arg, const struct mreply *r)
     mreply_flag(r, 't', &op->ttl);
     mreply_flag(r, 'c', &op->src_cas);
     op->stored_copy = false;
+    op->source_kept = false;
     if (!mop_send(op, op->to, on_store_copy, op->val, op->val_len,
                   "ms %.*s %zu F%llu T%lld ME c", (int)op->k->len, op->k->key,
                   op->val_len, (unsigned long long)(uint32_t)op->vflags,
@@ -891,8 +901,8 @@ static bool mop_enqueue(struct mig *m, struct mop *op, const char *key, size_t l
     op->k = k;
     bool idle = TAILQ_EMPTY(&k->ops);
     TAILQ_INSERT_TAIL(&k->ops, op, link);
-    if (idle) {
-        mop_start(op);
+    if (idle && m->drained) {
+        mop_start(op);      /* else check_drained starts it */
     }
     return true;
 }
@@ -1390,7 +1400,7 @@ static void on_proxies(redisAsyncContext *ac, void *r, void *priv)
             }
         }
     }
-    if (!ready && (m->others_ready || now_ms(m) >= m->next_progress_log)) {
+    if (!ready && m->lease && (m->others_ready || now_ms(m) >= m->next_progress_log)) {
         log_notice("migration", "%s: waiting for proxies to serve the new ring: %s",
                    m->p->name, waiting);
     }
@@ -1409,12 +1419,13 @@ static void heartbeat(struct mig *m)
         return;
     }
     snprintf(lock, sizeof(lock), "%s:migration:lock", m->prefix);
+    /* Every migrating proxy watches whether all serve the new ring. */
+    mig_redis(m, on_proxies, m, "HGETALL %s:proxies", m->prefix);
     if (m->lease) {
         mig_redis(m, on_lease, m, "EVAL %s 1 %s %s %d",
              "if redis.call('get', KEYS[1]) == ARGV[1] then "
              "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0",
              lock, m->id, MIG_LEASE_MS);
-        mig_redis(m, on_proxies, m, "HGETALL %s:proxies", m->prefix);
         mig_redis(m, NULL, NULL, "HSET %s:migration holder %s arcs_total %zu arcs_done %u "
              "keys_moved %llu keys_stale %llu keys_skipped %llu keys_failed %llu "
              "started %llu updated %llu", m->prefix, m->id, m->diff.narcs, m->arcs_done,
@@ -1662,6 +1673,13 @@ static void check_drained(struct mig *m)
     m->drain_mark = NULL;
     log_info("migration", "%s: requests routed by the old ring have all landed",
              p->name);
+    /* Commands that arrived meanwhile waited in their keys' queues. */
+    for (uint32_t b = 0; b < MIG_BUCKETS; b++) {
+        for (struct mkey *k = m->buckets[b], *next; k != NULL; k = next) {
+            next = k->next;     /* starting may finish and drop k */
+            mop_start(TAILQ_FIRST(&k->ops));
+        }
+    }
 }
 
 void mig_tick(struct mig *m, uint64_t now)

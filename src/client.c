@@ -598,6 +598,21 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
 }
 
 /*
+ * memcached unlinks the old value when a set fails for size, so that a failed
+ * set never leaves stale data readable; do the same on the backend (quietly).
+ */
+static void client_delete_stale(struct client *c, const struct proto_req *set)
+{
+    char line[PROTO_KEY_MAX + 32];
+    struct proto_req del = { .cmd = PROTO_CMD_DELETE, .key = set->key,
+                             .keylen = set->keylen, .nkeys = 1, .noreply = true };
+    int n = snprintf(line, sizeof(line), "delete %.*s noreply", (int)set->keylen,
+                     set->key);
+
+    client_forward(c, &del, line, (size_t)n, 0, 0, false);
+}
+
+/*
  * Dispatch one parsed command whose line is `line` (len bytes) and whose
  * terminator ends at `total`. Returns false when more input is needed.
  */
@@ -634,6 +649,9 @@ static bool client_dispatch(struct client *c, const struct proto_req *req,
             p->stats[STAT_too_large]++;
             if (!req->noreply) {
                 client_reply_line(c, "SERVER_ERROR object too large for cache");
+            }
+            if (req->cmd == PROTO_CMD_SET) {
+                client_delete_stale(c, req);
             }
             evbuffer_drain(c->in, total);
             c->swallow = data;

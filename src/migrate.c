@@ -144,6 +144,7 @@ struct mig {
     uint64_t last_refill;
     uint32_t inflight, reserved;
     bool finishing;             /* every arc done; recording ring B */
+    bool closing;               /* mig_free: start nothing new */
     uint64_t started_ms, moved_at_last_log, last_log_ms;
     double last_rate;
     /* keys with operations */
@@ -534,6 +535,9 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
     char line[600];
     va_list ap;
 
+    if (op->m->closing) {
+        return false;
+    }
     va_start(ap, fmt);
     int n = vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
@@ -1064,7 +1068,7 @@ static uint32_t inflight_limit(const struct mig *m)
 static void bulk_pump(struct mig *m)
 {
     if (!m->lease || !m->others_ready || !m->drained || m->arcs == NULL ||
-        m->finishing) {
+        m->finishing || m->closing) {
         return;
     }
     bool limited = m->p->conf->migration.rate > 0;
@@ -1607,6 +1611,13 @@ void mig_free(struct mig *m)
 {
     if (m == NULL) {
         return;
+    }
+    /* Fail the moves in flight while their operations still exist; with
+     * `closing` set, their handlers send nothing new. */
+    m->closing = true;
+    for (uint32_t i = 0; i < m->p->nbackends; i++) {
+        mconn_free(m->p->backends[i]->mc);
+        m->p->backends[i]->mc = NULL;
     }
     if (m->rc != NULL) {
         m->rc->data = NULL;

@@ -84,13 +84,13 @@ void pool_close(struct pool *p)
     while ((c = TAILQ_FIRST(&p->clients)) != NULL) {
         client_close(c, "shutdown");
     }
+    mig_free(p->mig);       /* before the backends its moves use */
+    p->mig = NULL;
     for (uint32_t i = 0; i < p->nbackends; i++) {
         backend_close(p->backends[i]);
         free(p->backends[i]);
     }
     free(p->backends);
-    mig_free(p->mig);
-    p->mig = NULL;
     idx_free(p->idx);
     p->idx = NULL;
     free(p->ring_be);

@@ -397,3 +397,25 @@ def test_two_proxies_share_one_migration(env, cluster):
         assert all(c.get(k) is not None for k in keys[::7])
         c.close()
     assert sum(moved) > 0
+
+
+def test_sigterm_during_a_migration_stops_cleanly_and_a_restart_finishes(env):
+    mcs = env.servers(4)
+    proxy = env.proxy(mcs[:3], rate=1000)
+    keys = fill(proxy.port, 8000)
+    time.sleep(0.3)
+    with Workload(proxy.port, keys[:400], threads=2) as w:
+        reload(proxy, env.config(mcs, proxy.port, rate=1000))
+        deadline = time.monotonic() + 20
+        while int(proxy_stats(proxy.port)["migration:keys_moved"]) < 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        w.stop.set()
+        for t in w.threads:
+            t.join(30)
+        assert proxy.stop() == 0        # graceful, sanitizer-clean, mid-migration
+    proxy.start()
+    wait_ready(proxy.port)
+    wait_migrated(proxy.port, 2)
+    assert_all_hit(proxy.port, keys[400:])
+    assert_placement(proxy, mcs, keys)

@@ -1,4 +1,7 @@
-/* cli.h — the operator commands: test a config, locate keys, show and diff rings. */
+/*
+ * cli.h — the operator commands: test a config, locate keys, show and diff
+ * rings, inspect the index, and follow a migration.
+ */
 #ifndef RP_CLI_H
 #define RP_CLI_H
 
@@ -10,8 +13,19 @@ int cli_locate(const char *path, const char *pool, char *const keys[], int nkeys
                FILE *out);
 int cli_ring(const char *path, const char *pool, int show_points, FILE *out);
 int cli_diff(const char *old_path, const char *new_path, FILE *out);
+/* A blocking connection to a pool's index Redis (AUTH, SELECT done), or NULL
+ * with the reason in err. Free with redisFree. */
+struct redisContext;
+struct conf_index;
+struct redisContext *cli_redis_open(const struct conf_index *ix, char *err,
+                                    size_t errlen);
+
 /* `index stats` and `index check` (sample: keys to check). */
 int cli_index(const char *what, const char *path, const char *pool, long sample,
               FILE *out);
+/* `status`: each pool's state and migration progress, from the admin port at
+ * admin_addr:admin_port (0: skip it) or else from the pools' Redis index. */
+int cli_status(const char *path, const char *pool, const char *admin_addr,
+               int admin_port, FILE *out);
 
 #endif

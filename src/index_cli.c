@@ -5,6 +5,7 @@
  * data path.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,35 +19,35 @@
 #include "config.h"
 #include "index.h"
 
-static redisContext *redis_open(const struct conf_index *ix)
+redisContext *cli_redis_open(const struct conf_index *ix, char *err, size_t errlen)
 {
     struct timeval tv = { 5, 0 };
     redisContext *rc = ix->redis.is_unix ?
         redisConnectUnixWithTimeout(ix->redis.host, tv) :
         redisConnectWithTimeout(ix->redis.host, ix->redis.port, tv);
+    redisReply *r = NULL;
 
     if (rc == NULL || rc->err) {
-        fprintf(stderr, "cannot connect to Redis %s: %s\n", ix->redis.text,
-                rc ? rc->errstr : "out of memory");
+        snprintf(err, errlen, "cannot connect to Redis %s: %s", ix->redis.text,
+                 rc ? rc->errstr : "out of memory");
         redisFree(rc);
         return NULL;
     }
     redisSetTimeout(rc, tv);
-    redisReply *r = NULL;
     if (ix->password != NULL) {
         r = redisCommand(rc, "AUTH %s", ix->password);
         freeReplyObject(r);
     }
     if (ix->db != 0) {
         r = redisCommand(rc, "SELECT %lld", (long long)ix->db);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-            fprintf(stderr, "Redis %s: SELECT %lld failed\n", ix->redis.text,
-                    (long long)ix->db);
-            freeReplyObject(r);
+        bool ok = r != NULL && r->type != REDIS_REPLY_ERROR;
+        freeReplyObject(r);
+        if (!ok) {
+            snprintf(err, errlen, "Redis %s: SELECT %lld failed", ix->redis.text,
+                     (long long)ix->db);
             redisFree(rc);
             return NULL;
         }
-        freeReplyObject(r);
     }
     return rc;
 }
@@ -123,13 +124,11 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
 {
     char err[256], key[1024], buf[32];
     struct ring *ring = conf_pool_ring(p, err, sizeof(err));
-    redisContext *rc = ring ? redis_open(&p->index) : NULL;
+    redisContext *rc = ring ? cli_redis_open(&p->index, err, sizeof(err)) : NULL;
     int rc_status = 1;
 
     if (rc == NULL) {
-        if (ring == NULL) {
-            fprintf(stderr, "pool '%s': %s\n", p->name, err);
-        }
+        fprintf(stderr, "pool '%s': %s\n", p->name, err);
         ring_unref(ring);
         return 1;
     }
@@ -263,15 +262,13 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
 {
     char err[256], key[1024], want[1024];
     struct ring *ring = conf_pool_ring(p, err, sizeof(err));
-    redisContext *rc = ring ? redis_open(&p->index) : NULL;
+    redisContext *rc = ring ? cli_redis_open(&p->index, err, sizeof(err)) : NULL;
     int *fds = NULL;
     long checked = 0, misplaced = 0, wrong_score = 0, present = 0, missing = 0,
          unreachable = 0;
 
     if (rc == NULL) {
-        if (ring == NULL) {
-            fprintf(stderr, "pool '%s': %s\n", p->name, err);
-        }
+        fprintf(stderr, "pool '%s': %s\n", p->name, err);
         ring_unref(ring);
         return 1;
     }

@@ -7,6 +7,9 @@
 #include "cli.h"
 #include "proxy.h"
 
+#define ADMIN_PORT_DEFAULT 22222
+#define ADMIN_ADDR_DEFAULT "127.0.0.1"
+
 #define RINGPROXY_USAGE                                                        \
     "usage: ringproxy -c FILE [-t] [-d] [-p PIDFILE] [-o LOGFILE] [-v LEVEL]\n" \
     "                 [-s ADMIN_PORT] [-a ADMIN_ADDR]\n"                        \
@@ -15,6 +18,7 @@
     "       ringproxy diff OLD_FILE NEW_FILE\n"                                \
     "       ringproxy index stats -c FILE [--pool NAME]\n"                     \
     "       ringproxy index check -c FILE [--pool NAME] [--sample N]\n"        \
+    "       ringproxy status -c FILE [--pool NAME] [-s ADMIN_PORT] [-a ADMIN_ADDR]\n" \
     "       ringproxy -V | -h\n"                                               \
     "\n"                                                                       \
     "  -c, --conf-file FILE     the pool file (YAML; twemproxy's format works)\n" \
@@ -100,6 +104,51 @@ static int operator_command(int argc, char **argv)
     return cli_ring(conf, pool, points, stdout);
 }
 
+/* `status`: -c FILE, --pool NAME, and where the admin port is (-s, -a). */
+static int status_command(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "conf-file", required_argument, NULL, 'c' },
+        { "pool", required_argument, NULL, 'P' },
+        { "stats-port", required_argument, NULL, 's' },
+        { "stats-addr", required_argument, NULL, 'a' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *conf = NULL, *pool = NULL, *addr = ADMIN_ADDR_DEFAULT;
+    int port = ADMIN_PORT_DEFAULT, ch;
+    char *end;
+
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:s:a:", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            conf = optarg;
+            break;
+        case 'P':
+            pool = optarg;
+            break;
+        case 's':
+            port = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || port < 0 || port > 65535) {
+                fprintf(stderr, "ringproxy status: -s takes a port from 0 to 65535\n");
+                return 2;
+            }
+            break;
+        case 'a':
+            addr = optarg;
+            break;
+        default:
+            return usage(stderr, 2);
+        }
+    }
+    if (conf == NULL || optind < argc) {
+        fprintf(stderr, "usage: ringproxy status -c FILE [--pool NAME] [-s ADMIN_PORT] "
+                "[-a ADMIN_ADDR]\n");
+        return 2;
+    }
+    return cli_status(conf, pool, addr, port, stdout);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -115,13 +164,16 @@ int main(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    struct proxy_options o = { .log_level = 2, .admin_port = 22222,
-                               .admin_addr = "127.0.0.1" };
+    struct proxy_options o = { .log_level = 2, .admin_port = ADMIN_PORT_DEFAULT,
+                               .admin_addr = ADMIN_ADDR_DEFAULT };
     int test_only = 0, ch;
 
     if (argc > 1 && (strcmp(argv[1], "locate") == 0 || strcmp(argv[1], "ring") == 0 ||
                      strcmp(argv[1], "index") == 0)) {
         return operator_command(argc - 1, argv + 1);
+    }
+    if (argc > 1 && strcmp(argv[1], "status") == 0) {
+        return status_command(argc - 1, argv + 1);
     }
     if (argc > 1 && strcmp(argv[1], "diff") == 0) {
         if (argc != 4) {

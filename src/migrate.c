@@ -209,8 +209,12 @@ static void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char
         return;
     }
     va_start(ap, fmt);
-    redisvAsyncCommand(m->rc, cb, priv, fmt, ap);
+    int rc = redisvAsyncCommand(m->rc, cb, priv, fmt, ap);
     va_end(ap);
+    if (rc != REDIS_OK) {
+        log_error("migration", "%s: cannot send a Redis command (%.40s...)",
+                  m->p->name, fmt);
+    }
 }
 
 /* --- the ring record -------------------------------------------------------- */
@@ -246,9 +250,9 @@ static char *json_str(const char **p)
 static struct ring *ring_from_record(const redisReply *h, uint64_t *epoch)
 {
     const char *compat = NULL, *hash = NULL, *tag = NULL, *servers = NULL;
-    struct ring_server_spec specs[1024];
-    char *strs[2048];
-    uint32_t n = 0, nstr = 0;
+    struct ring_server_spec *specs = NULL;
+    char **strs = NULL;
+    uint32_t n = 0, nstr = 0, cap = 0;
     struct ring *r = NULL;
     char err[256];
 
@@ -263,7 +267,7 @@ static struct ring *ring_from_record(const redisReply *h, uint64_t *epoch)
     if (compat == NULL || hash == NULL || servers == NULL) {
         return NULL;
     }
-    struct ring_params params = { .hash = HASH_MD5, .servers = specs };
+    struct ring_params params = { .hash = HASH_MD5 };
     int hk = hash_by_name(hash);
     if (hk < 0) {
         return NULL;
@@ -277,7 +281,17 @@ static struct ring *ring_from_record(const redisReply *h, uint64_t *epoch)
     }
     /* [{"identity":"mc1","addr":"127.0.0.1:11212","weight":1},...] */
     const char *p = strchr(servers, '[');
-    while (p != NULL && (p = strchr(p, '{')) != NULL && n < 1024) {
+    while (p != NULL && (p = strchr(p, '{')) != NULL) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            struct ring_server_spec *ns = realloc(specs, cap * sizeof(*ns));
+            char **nstrs = realloc(strs, 2 * cap * sizeof(*nstrs));
+            specs = ns ? ns : specs;
+            strs = nstrs ? nstrs : strs;
+            if (ns == NULL || nstrs == NULL) {
+                goto out;
+            }
+        }
         struct ring_server_spec *s = &specs[n];
         p++;
         memset(s, 0, sizeof(*s));
@@ -310,12 +324,15 @@ static struct ring *ring_from_record(const redisReply *h, uint64_t *epoch)
         }
         n++;
     }
+    params.servers = specs;
     params.nservers = n;
     r = n > 0 ? ring_build(&params, err, sizeof(err)) : NULL;
 out:
     for (uint32_t i = 0; i < nstr; i++) {
         free(strs[i]);
     }
+    free(strs);
+    free(specs);
     return r;
 }
 
@@ -1430,9 +1447,9 @@ static void heartbeat(struct mig *m)
              "if redis.call('get', KEYS[1]) == ARGV[1] then "
              "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0",
              lock, m->id, MIG_LEASE_MS);
-        mig_redis(m, NULL, NULL, "HSET %s:migration holder %s arcs_total %zu arcs_done %u "
+        mig_redis(m, NULL, NULL, "HSET %s:migration holder %s arcs_total %llu arcs_done %u "
              "keys_moved %llu keys_stale %llu keys_skipped %llu keys_failed %llu "
-             "started %llu updated %llu", m->prefix, m->id, m->diff.narcs, m->arcs_done,
+             "started %llu updated %llu", m->prefix, m->id, (unsigned long long)m->diff.narcs, m->arcs_done,
              (unsigned long long)m->keys_moved, (unsigned long long)m->keys_stale,
              (unsigned long long)m->keys_skipped, (unsigned long long)m->keys_failed,
              (unsigned long long)m->started_ms / 1000,

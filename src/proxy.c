@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <event2/listener.h>
 
+#include "admin.h"
 #include "backend.h"
 #include "client.h"
 #include "config.h"
@@ -41,6 +42,7 @@ struct proxy {
     struct config *conf;
     struct old_config *old_configs;
     struct worker w;
+    struct admin *admin;        /* NULL: no admin port */
     struct event *sig_hup, *sig_usr1, *sig_term, *sig_int;
     uint64_t stop_deadline;
     uint64_t reloads, reload_failures;
@@ -437,6 +439,7 @@ static void proxy_free(struct proxy *px)
 {
     struct worker *w = &px->w;
 
+    admin_free(px->admin);
     for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
         pool_unlisten(w->pools[i]);
         pool_close(w->pools[i]);
@@ -506,6 +509,12 @@ int proxy_main(const struct proxy_options *o)
             log_error("proxy", "pool %s: %s", px.conf->pools[i].name, err);
             goto out;
         }
+    }
+    const struct admin_counters counters = { &px.reloads, &px.reload_failures };
+    if (o->admin_port != 0 && (px.admin = admin_start(w, &counters, o->admin_addr,
+                                   o->admin_port, err, sizeof(err))) == NULL) {
+        log_error("proxy", "admin port: %s", err);
+        goto out;
     }
     if (o->pid_path != NULL && (rc = write_pid_file(o->pid_path)) != 0) {
         log_error("proxy", "cannot write pid file %s: %s", o->pid_path,

@@ -8,6 +8,8 @@ log is scanned for sanitizer reports when it stops, so a memory error fails
 the test that caused it.
 """
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +28,9 @@ def free_port():
 
 
 def wait_port(port, timeout=10.0, proc=None):
+    """Wait until something listens on port; with proc, until proc itself
+    does (a free port can be taken by another process meanwhile, and a
+    connection would then reach that one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -33,10 +38,44 @@ def wait_port(port, timeout=10.0, proc=None):
                                % (proc.returncode, port))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                pass
+            # Someone listens; reading /proc is slow with many sockets in
+            # TIME_WAIT, so it is only asked once there is a listener.
+            if proc is None or _owns_listener(proc.pid, port):
                 return
         except OSError:
-            time.sleep(0.02)
+            pass
+        time.sleep(0.02)
     raise RuntimeError("nothing listening on port %d after %.1fs" % (port, timeout))
+
+
+def _owns_listener(pid, port):
+    """Does process pid hold a TCP socket listening on port? (Linux /proc)"""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add("socket:[%s]" % f[9])
+    if not inodes:
+        return False
+    fd_dir = "/proc/%d/fd" % pid
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) in inodes:
+                return True
+        except OSError:
+            pass
+    return False
 
 
 class Server:
@@ -50,19 +89,42 @@ class Server:
     def argv(self):
         raise NotImplementedError
 
-    def start(self):
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv(), stdout=self._log,
-                                     stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        wait_port(self.port, proc=self.proc)
-        return self
+    def start(self, attempts=3):
+        """Start and wait until it listens. A free port can be taken by
+        someone else before the server binds it; a server that can pick
+        another (repick_port) then tries again on a new one."""
+        for attempt in range(attempts):
+            self._log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(self.argv(), stdout=self._log,
+                                         stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+            try:
+                wait_port(self.port, proc=self.proc)
+                return self
+            except RuntimeError:
+                # An exit for a taken port is retried elsewhere; any other
+                # failure is the caller's to see (self.proc stays set).
+                if (self.proc.poll() is None or attempt + 1 == attempts
+                        or "in use" not in self.log() or not self.repick_port()):
+                    raise
+                self._log.close()
+                self.proc = None
+
+    def repick_port(self):
+        """Move to another free port before a new start; False if it cannot."""
+        return False
+
+    def _moved_to(self, port):
+        self.port = port
+        self.log_path = os.path.join(self.workdir, "%s-%d.log" % (self.name, port))
 
     def kill(self):
         """SIGKILL: the server vanishes without a goodbye."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.proc is not None:
+            self._log.close()
         self.proc = None
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
@@ -94,9 +156,21 @@ class Memcached(Server):
     def __init__(self, workdir, port=None, memory_mb=64, item_max="2m"):
         super().__init__("memcached", port or free_port(), workdir)
         self.memory_mb, self.item_max = memory_mb, item_max
+        self.port_chosen_here = port is None
+
+    def repick_port(self):
+        if self.port_chosen_here:
+            self._moved_to(free_port())
+        return self.port_chosen_here
 
     def argv(self):
+        # no_lru_maintainer: one plain LRU per slab class. With the segmented
+        # LRU, items move between its HOT/WARM/COLD lists in the background
+        # (a get schedules such a move), and `lru_crawler metadump` can miss
+        # an item that moves into a list it has already walked: keys() would
+        # then be short.
         return ["memcached", "-p", str(self.port), "-U", "0", "-l", "127.0.0.1",
+                "-o", "no_lru_maintainer",
                 "-m", str(self.memory_mb), "-I", self.item_max, "-t", "1",
                 "-c", "4096", "-u", "root" if os.getuid() == 0 else os.environ.get("USER", "nobody")]
 
@@ -111,7 +185,7 @@ class Memcached(Server):
                 if not chunk:
                     break
                 buf += chunk
-        for line in buf.split(b"\r\n"):
+        for line in buf.split(b"\n"):     # metadump ends its lines with "\n"
             if line.startswith(b"key="):
                 from urllib.parse import unquote_to_bytes
                 keys.add(unquote_to_bytes(line.split(b" ")[0][4:]))
@@ -156,6 +230,40 @@ class Proxy(Server):
         self.proc.send_signal(sig)
 
 
+class Nutcracker(Server):
+    """twemproxy on a config file it shares with ringproxy (same YAML)."""
+
+    BINARY = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
+
+    def __init__(self, workdir, config_text, port):
+        """config_text: one pool listening on 127.0.0.1:port."""
+        super().__init__("nutcracker", port, workdir)
+        self.config_text = config_text
+        self._write_config()
+
+    def _write_config(self):
+        self.conf_path = os.path.join(self.workdir, "nutcracker-%d.yml" % self.port)
+        self.pid_path = os.path.join(self.workdir, "nutcracker-%d.pid" % self.port)
+        self.stats_port = free_port()
+        with open(self.conf_path, "w") as f:
+            f.write(self.config_text)
+
+    def repick_port(self):
+        old = "listen: 127.0.0.1:%d" % self.port
+        self._moved_to(free_port())
+        self.config_text = self.config_text.replace(old, "listen: 127.0.0.1:%d" % self.port)
+        self._write_config()
+        return True
+
+    @classmethod
+    def installed(cls):
+        return os.access(cls.BINARY, os.X_OK)
+
+    def argv(self):
+        return [self.BINARY, "-c", self.conf_path, "-s", str(self.stats_port),
+                "-a", "127.0.0.1", "-p", self.pid_path, "-o", self.log_path]
+
+
 def check_sanitizers(log):
     for mark in SANITIZER_MARKS:
         if mark in log:
@@ -197,6 +305,7 @@ def locate(conf_path, keys, pool=None):
         argv = [RINGPROXY, "locate", "-c", conf_path]
         if pool:
             argv += ["--pool", pool]
+        argv.append("--")           # keys may start with "-"
         chunk = keys[i:i + 2000]
         res = subprocess.run([os.fsencode(a) for a in argv] + chunk if raw
                              else argv + chunk, check=True, capture_output=True)
@@ -204,6 +313,18 @@ def locate(conf_path, keys, pool=None):
             if line:
                 f = line.split(b" ")
                 out[f[1] if raw else os.fsdecode(f[1])] = f[4].decode()
+    return out
+
+
+def key_per_server(conf_path, prefix="k", pool=None):
+    """One key that the ring of conf_path places on each server:
+    {server identity: key}. Keys look like "<prefix>-1a2b3c4d"."""
+    rng = random.Random(prefix)
+    keys = ["%s-%08x" % (prefix, rng.getrandbits(32)) for _ in range(200)]
+    where = locate(conf_path, keys, pool)
+    out = {}
+    for k in keys:
+        out.setdefault(where[k], k)
     return out
 
 
@@ -305,3 +426,77 @@ def proxy_stats(port):
             _, name, value = line.decode().split(" ", 2)
             stats[name] = value
     return stats
+
+
+class FakeBackend:
+    """A listening socket that plays a memcached server by hand.
+
+    Connections wait in the kernel's backlog until accept() (so a proxy's
+    connect succeeds at once and its requests are never answered until the
+    test says so): accept() one, read what the proxy sent with recv_until(),
+    then reply with send() or vanish with close()."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def accept(self, timeout=10.0):
+        self.sock.settimeout(timeout)
+        conn, _ = self.sock.accept()
+        conn.settimeout(timeout)
+        self.conns.append(conn)
+        return conn
+
+    @staticmethod
+    def recv_until(conn, end):
+        buf = b""
+        while not buf.endswith(end):
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise EOFError("proxy closed the connection after %r" % buf)
+            buf += chunk
+        return buf
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+        self.conns = []
+        self.sock.close()
+
+
+def admin_get(port, path, method="GET", timeout=10.0):
+    """One request to the proxy's admin port: (status, headers, body text).
+
+    headers: {lower-case name: value}."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = resp.read().decode("utf-8")
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def admin_json(port, path):
+    """GET path on the admin port, expecting 200 and JSON: the decoded value."""
+    import json
+    status, headers, body = admin_get(port, path)
+    assert status == 200, (status, body)
+    assert headers["content-type"].startswith("application/json"), headers
+    return json.loads(body)
+
+
+def run_cli(*args, check=False):
+    """Run `ringproxy ARGS...`: the CompletedProcess (text stdout/stderr)."""
+    return subprocess.run([RINGPROXY] + [str(a) for a in args], capture_output=True,
+                          text=True, timeout=60, check=check)

@@ -1,0 +1,33 @@
+/*
+ * admin.h — the HTTP admin port on the worker's event loop:
+ *   GET /metrics    Prometheus text format (ringproxy_* families)
+ *   GET /healthz    200 "ok" when every pool serves, else 503 and why
+ *   GET /ring       JSON: each pool's ring (?points=1: every point too)
+ *   GET /migration  JSON: each pool's migration progress
+ */
+#ifndef RP_ADMIN_H
+#define RP_ADMIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct worker;
+struct admin;
+
+/* Counters the serving process owns; read on every scrape (NULL: omitted). */
+struct admin_counters {
+    const uint64_t *reloads;            /* reloads applied */
+    const uint64_t *reload_failures;    /* reloads refused: invalid file */
+};
+
+/*
+ * Listen on addr:port and answer on w's event loop. w and what counters
+ * point to must outlive the admin. Returns NULL with a reason in err when
+ * it cannot listen; port 0 means disabled: NULL with err set to "".
+ */
+struct admin *admin_start(struct worker *w, const struct admin_counters *counters,
+                          const char *addr, int port, char *err, size_t errlen);
+/* Close the port and every admin connection. NULL is fine. */
+void admin_free(struct admin *a);
+
+#endif

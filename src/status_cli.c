@@ -1,0 +1,675 @@
+/*
+ * status_cli.c — `ringproxy status`: which ring each pool's data obeys and how
+ * far a migration has got, read from a running proxy's admin port (GET
+ * /migration) or, when none answers, from each pool's Redis index (DESIGN §5).
+ * Blocking sockets and hiredis: an operator command, not the data path.
+ */
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+#include <hiredis/hiredis.h>
+
+#include "cli.h"
+#include "config.h"
+#include "index.h"
+
+#define STATUS_TIMEOUT_SEC 3
+#define STATUS_MAX_REPLY (16u << 20)
+#define STATUS_BAR_WIDTH 20
+#define STATUS_HOLDER_SILENT_SEC 15    /* the lease lapses after 10 s */
+
+/* What one source says about one pool. */
+struct pool_status {
+    char name[256];
+    char state[32];             /* a mig_state name, or "none" (no index) */
+    char from[64], to[64];      /* ring fingerprints ("" unknown or idle) */
+    char note[256];             /* a line worth adding, or "" */
+    bool indexed, lease, pending;
+    double epoch;               /* NAN: unknown */
+    double arcs_total, arcs_done, keys_moved, keys_skipped, keys_stale, keys_failed;
+    double elapsed_sec, eta_sec;    /* NAN: unknown */
+};
+
+static void status_init(struct pool_status *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->epoch = st->elapsed_sec = st->eta_sec = NAN;
+}
+
+/* --- printing ------------------------------------------------------------------ */
+
+/* 12345 -> "12,345" */
+static const char *fmt_count(double v, char *buf, size_t len)
+{
+    char digits[32];
+    size_t n, o = 0;
+
+    snprintf(digits, sizeof(digits), "%.0f", v >= 0 && isfinite(v) ? v : 0);
+    n = strlen(digits);
+    for (size_t i = 0; i < n && o + 2 < len; i++) {
+        if (i > 0 && (n - i) % 3 == 0) {
+            buf[o++] = ',';
+        }
+        buf[o++] = digits[i];
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+static void print_eta(FILE *out, double s)
+{
+    if (!isfinite(s) || s < 0) {
+        return;
+    } else if (s < 90) {
+        fprintf(out, "  ~%.0f s left", ceil(s));
+    } else if (s < 90 * 60) {
+        fprintf(out, "  ~%.0f min left", ceil(s / 60));
+    } else {
+        fprintf(out, "  ~%.1f h left", s / 3600);
+    }
+}
+
+static void print_pool(const struct pool_status *st, FILE *out)
+{
+    char n1[32], n2[32];
+
+    fprintf(out, "%s: ", st->name);
+    if (!st->indexed) {
+        fprintf(out, "no index (keys are not moved when the ring changes)\n");
+        return;
+    }
+    fprintf(out, "%s", st->state);
+    if (isfinite(st->epoch)) {
+        fprintf(out, ", epoch %.0f", st->epoch);
+    }
+    if (st->lease) {
+        fprintf(out, ", this proxy moves the keys");
+    }
+    fprintf(out, "\n");
+    if (st->arcs_total > 0) {
+        double frac = st->arcs_done / st->arcs_total;
+        int filled = (int)(frac * STATUS_BAR_WIDTH);
+        fputs("  [", out);
+        for (int i = 0; i < STATUS_BAR_WIDTH; i++) {
+            fputc(i < filled ? '#' : '.', out);
+        }
+        fprintf(out, "]  %.1f%%  arcs %.0f/%.0f  keys moved %s  stale %s",
+                100.0 * frac, st->arcs_done, st->arcs_total,
+                fmt_count(st->keys_moved, n1, sizeof(n1)),
+                fmt_count(st->keys_stale, n2, sizeof(n2)));
+        if (st->keys_failed > 0) {
+            fprintf(out, "  failed %s", fmt_count(st->keys_failed, n1, sizeof(n1)));
+        }
+        print_eta(out, st->eta_sec);
+        fprintf(out, "\n");
+    }
+    if (st->pending) {
+        fprintf(out, "  a newer ring waits for this migration to end\n");
+    }
+    if (st->note[0] != '\0') {
+        fprintf(out, "  %s\n", st->note);
+    }
+}
+
+/* --- the admin port -------------------------------------------------------------- */
+
+/* GET path over HTTP/1.0; the body of a 200 reply into *body (malloc'd). */
+static int http_get(const char *host, int port, const char *path, char **body,
+                    char *err, size_t errlen)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+    struct addrinfo *res = NULL;
+    struct timeval tv = { STATUS_TIMEOUT_SEC, 0 };
+    char portstr[8], *buf = NULL;
+    size_t len = 0, cap = 0;
+    int fd = -1, rc = -1, gai;
+
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    if ((gai = getaddrinfo(host, portstr, &hints, &res)) != 0) {
+        snprintf(err, errlen, "%s", gai_strerror(gai));
+        return -1;
+    }
+    snprintf(err, errlen, "no address");
+    for (struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            continue;
+        }
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+            snprintf(err, errlen, "%s", strerror(errno));
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        return -1;
+    }
+    char req[512];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, host);
+    if (n < 0 || (size_t)n >= sizeof(req) || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        snprintf(err, errlen, "cannot send the request: %s", strerror(errno));
+        goto out;
+    }
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            char *nb = cap < STATUS_MAX_REPLY ? realloc(buf, cap = cap ? cap * 2 : 65536) : NULL;
+            if (nb == NULL) {
+                snprintf(err, errlen, "reply too large");
+                goto out;
+            }
+            buf = nb;
+        }
+        ssize_t got = recv(fd, buf + len, cap - len - 1, 0);
+        if (got < 0 && errno == EINTR) {
+            continue;
+        }
+        if (got < 0) {
+            snprintf(err, errlen, "%s", errno == EAGAIN ? "timed out" : strerror(errno));
+            goto out;
+        }
+        if (got == 0) {
+            break;
+        }
+        len += (size_t)got;
+    }
+    buf[len] = '\0';
+    int code = 0;
+    char *start = strstr(buf, "\r\n\r\n");
+    if (sscanf(buf, "HTTP/%*d.%*d %d", &code) != 1 || start == NULL) {
+        snprintf(err, errlen, "not an HTTP reply");
+        goto out;
+    }
+    if (code != 200) {
+        snprintf(err, errlen, "HTTP status %d", code);
+        goto out;
+    }
+    if ((*body = strdup(start + 4)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    rc = 0;
+out:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+/*
+ * Just enough JSON for /migration: {"pools":[{flat object}, ...]}. Values
+ * of other keys, nested or not, are skipped.
+ */
+static const char *json_ws(const char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') {
+        p++;
+    }
+    return p;
+}
+
+static size_t utf8_put(char *o, unsigned long cp)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    } else if (cp < 0x800) {
+        o[0] = (char)(0xc0 | cp >> 6);
+        o[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    } else if (cp < 0x10000) {
+        o[0] = (char)(0xe0 | cp >> 12);
+        o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        o[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    o[0] = (char)(0xf0 | cp >> 18);
+    o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    o[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* Up to 4 characters of s (fewer at its end) into hex, terminated. */
+static const char *hex4(const char *s, char hex[5])
+{
+    size_t i;
+
+    for (i = 0; i < 4 && s[i] != '\0'; i++) {
+        hex[i] = s[i];
+    }
+    hex[i] = '\0';
+    return hex;
+}
+
+/* The string at p (at its '"') into out, cut to len; returns past it, or NULL. */
+static const char *json_string(const char *p, char *out, size_t len)
+{
+    size_t o = 0;
+
+    if (*p++ != '"') {
+        return NULL;
+    }
+    while (*p != '"') {
+        char tmp[4];
+        size_t n = 1;
+        if (*p == '\0') {
+            return NULL;
+        } else if (*p != '\\') {
+            tmp[0] = *p++;
+        } else {
+            const char *esc = "\"\"\\\\//b\bf\fn\nr\rt\t";
+            const char *e = p[1] != '\0' && p[1] != 'u' ? strchr(esc, p[1]) : NULL;
+            if (e != NULL && (e - esc) % 2 == 0) {
+                tmp[0] = e[1];
+                p += 2;
+            } else if (p[1] == 'u') {
+                char hex[5];
+                char *end;
+                unsigned long cp = strtoul(hex4(p + 2, hex), &end, 16);
+                if (end != hex + 4) {
+                    return NULL;
+                }
+                p += 6;
+                if (cp >= 0xd800 && cp <= 0xdbff && p[0] == '\\' && p[1] == 'u') {
+                    unsigned long lo = strtoul(hex4(p + 2, hex), &end, 16);
+                    if (end == hex + 4 && lo >= 0xdc00 && lo <= 0xdfff) {
+                        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                        p += 6;
+                    }
+                }
+                if (cp >= 0xd800 && cp <= 0xdfff) {
+                    cp = 0xfffd;
+                }
+                n = utf8_put(tmp, cp);
+            } else {
+                return NULL;
+            }
+        }
+        if (o + n < len) {
+            memcpy(out + o, tmp, n);
+            o += n;
+        }
+    }
+    if (len > 0) {
+        out[o] = '\0';
+    }
+    return p + 1;
+}
+
+/* Past any value at p, or NULL if malformed. */
+static const char *json_skip(const char *p, int depth)
+{
+    p = json_ws(p);
+    if (depth > 64) {
+        return NULL;
+    }
+    if (*p == '"') {
+        char dummy[1];
+        return json_string(p, dummy, 0);
+    }
+    if (*p == '{' || *p == '[') {
+        char close = *p == '{' ? '}' : ']';
+        p = json_ws(p + 1);
+        while (p != NULL && *p != close) {
+            if (close == '}') {
+                char dummy[1];
+                if ((p = json_string(p, dummy, 0)) == NULL || *(p = json_ws(p)) != ':') {
+                    return NULL;
+                }
+                p++;
+            }
+            if ((p = json_skip(p, depth + 1)) == NULL) {
+                return NULL;
+            }
+            p = json_ws(p);
+            if (*p == ',') {
+                p = json_ws(p + 1);
+            } else if (*p != close) {
+                return NULL;
+            }
+        }
+        return p != NULL ? p + 1 : NULL;
+    }
+    const char *start = p;
+    while (*p != '\0' && strchr(",}] \t\r\n", *p) == NULL) {
+        p++;
+    }
+    return p > start ? p : NULL;
+}
+
+enum field_type { F_STR, F_NUM, F_BOOL };
+
+static const struct status_field {
+    const char *key;
+    enum field_type type;
+    size_t off, len;
+} status_fields[] = {
+#define STR(k, f) { k, F_STR, offsetof(struct pool_status, f), \
+                    sizeof(((struct pool_status *)0)->f) }
+#define NUM(k, f) { k, F_NUM, offsetof(struct pool_status, f), 0 }
+#define BOOL(k, f) { k, F_BOOL, offsetof(struct pool_status, f), 0 }
+    STR("name", name), STR("state", state), STR("from", from), STR("to", to),
+    BOOL("indexed", indexed), BOOL("lease", lease), BOOL("pending_change", pending),
+    NUM("epoch", epoch),
+    NUM("arcs_total", arcs_total), NUM("arcs_done", arcs_done),
+    NUM("keys_moved", keys_moved), NUM("keys_skipped", keys_skipped),
+    NUM("keys_stale", keys_stale), NUM("keys_failed", keys_failed),
+    NUM("elapsed_sec", elapsed_sec), NUM("eta_sec", eta_sec),
+#undef STR
+#undef NUM
+#undef BOOL
+};
+
+/* One pool's object at p into st; returns past it, or NULL. */
+static const char *json_pool(const char *p, struct pool_status *st)
+{
+    status_init(st);
+    if (*(p = json_ws(p)) != '{') {
+        return NULL;
+    }
+    p = json_ws(p + 1);
+    while (*p != '}') {
+        char key[64];
+        const struct status_field *f = NULL;
+        if ((p = json_string(p, key, sizeof(key))) == NULL ||
+            *(p = json_ws(p)) != ':') {
+            return NULL;
+        }
+        p = json_ws(p + 1);
+        for (size_t i = 0; i < sizeof(status_fields) / sizeof(status_fields[0]); i++) {
+            if (strcmp(key, status_fields[i].key) == 0) {
+                f = &status_fields[i];
+            }
+        }
+        char *dst = f != NULL ? (char *)st + f->off : NULL;
+        if (f != NULL && f->type == F_STR && *p == '"') {
+            p = json_string(p, dst, f->len);
+        } else if (f != NULL && f->type == F_NUM && strncmp(p, "null", 4) != 0) {
+            char *end;
+            *(double *)dst = strtod(p, &end);
+            p = end > p ? end : NULL;
+        } else if (f != NULL && f->type == F_BOOL) {
+            *(bool *)dst = strncmp(p, "true", 4) == 0;
+            p = json_skip(p, 0);
+        } else {
+            p = json_skip(p, 0);
+        }
+        if (p == NULL) {
+            return NULL;
+        }
+        p = json_ws(p);
+        if (*p == ',') {
+            p = json_ws(p + 1);
+        } else if (*p != '}') {
+            return NULL;
+        }
+    }
+    return p + 1;
+}
+
+/* Every pool of a /migration reply; returns how many (or -1: malformed). */
+static int json_pools(const char *p, struct pool_status **out)
+{
+    struct pool_status *pools = NULL;
+    int n = 0;
+
+    *out = NULL;
+    if (*(p = json_ws(p)) != '{') {
+        return -1;
+    }
+    p = json_ws(p + 1);
+    while (p != NULL && *p != '}') {
+        char key[64];
+        if ((p = json_string(p, key, sizeof(key))) == NULL || *(p = json_ws(p)) != ':') {
+            goto bad;
+        }
+        p = json_ws(p + 1);
+        if (strcmp(key, "pools") != 0 || *p != '[') {
+            p = json_skip(p, 0);
+        } else {
+            p = json_ws(p + 1);
+            while (p != NULL && *p != ']') {
+                struct pool_status *np = realloc(pools, (size_t)(n + 1) * sizeof(*np));
+                if (np == NULL) {
+                    goto bad;
+                }
+                pools = np;
+                if ((p = json_pool(p, &pools[n++])) == NULL) {
+                    goto bad;
+                }
+                p = json_ws(p);
+                if (*p == ',') {
+                    p = json_ws(p + 1);
+                } else if (*p != ']') {
+                    goto bad;
+                }
+            }
+            p = p != NULL ? p + 1 : NULL;
+        }
+        if (p == NULL) {
+            goto bad;
+        }
+        p = json_ws(p);
+        if (*p == ',') {
+            p = json_ws(p + 1);
+        } else if (*p != '}') {
+            goto bad;
+        }
+    }
+    if (p == NULL) {
+        goto bad;
+    }
+    *out = pools;
+    return n;
+bad:
+    free(pools);
+    return -1;
+}
+
+/* Print the pools the admin port reports; -1 when it cannot be read. */
+static int status_from_admin(const char *addr, int port, const char *pool, FILE *out,
+                             char *err, size_t errlen)
+{
+    struct pool_status *pools;
+    char *body = NULL;
+    int n, shown = 0;
+
+    if (port == 0) {
+        return -1;
+    }
+    if (http_get(addr, port, "/migration", &body, err, errlen) != 0) {
+        return -1;
+    }
+    n = json_pools(body, &pools);
+    free(body);
+    if (n < 0) {
+        snprintf(err, errlen, "GET /migration: not the JSON expected");
+        return -1;
+    }
+    fprintf(out, "ringproxy status (admin port %s:%d)\n", addr, port);
+    for (int i = 0; i < n; i++) {
+        if (pool == NULL || strcmp(pools[i].name, pool) == 0) {
+            print_pool(&pools[i], out);
+            shown++;
+        }
+    }
+    if (pool != NULL && shown == 0) {
+        fprintf(out, "%s: not served by the proxy on %s:%d\n", pool, addr, port);
+    }
+    free(pools);
+    return 0;
+}
+
+/* --- Redis --------------------------------------------------------------------- */
+
+/* HGETALL key; a field's value or NULL. */
+static const char *hash_field(const redisReply *h, const char *field)
+{
+    for (size_t j = 0; h != NULL && h->type == REDIS_REPLY_ARRAY && j + 1 < h->elements; j += 2) {
+        if (h->element[j]->type == REDIS_REPLY_STRING &&
+            h->element[j + 1]->type == REDIS_REPLY_STRING &&
+            strcmp(h->element[j]->str, field) == 0) {
+            return h->element[j + 1]->str;
+        }
+    }
+    return NULL;
+}
+
+static double hash_num(const redisReply *h, const char *field)
+{
+    const char *v = hash_field(h, field);
+    return v != NULL ? strtod(v, NULL) : 0;
+}
+
+/* Does the ring record describe the same ring as the config? */
+static bool record_matches(const redisReply *rec, const struct conf_pool *p)
+{
+    char err[256], *fields[IDX_RING_FIELDS * 2];
+    struct ring *r = conf_pool_ring(p, err, sizeof(err));
+    int n = r != NULL ? idx_ring_record(r, 0, fields) : -1;
+    bool same = n > 0;
+
+    for (int i = 2; same && i + 1 < n; i += 2) {     /* 0, 1: the epoch */
+        const char *v = hash_field(rec, fields[i]);
+        same = v != NULL && strcmp(v, fields[i + 1]) == 0;
+    }
+    if (n > 0) {
+        idx_ring_record_free(fields, n);
+    }
+    ring_unref(r);
+    return same;
+}
+
+/* One indexed pool from its Redis keys; -1 when Redis cannot be read. */
+static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
+                             char *err, size_t errlen)
+{
+    redisContext *rc = cli_redis_open(&p->index, err, errlen);
+    redisReply *ring = NULL, *mig = NULL;
+
+    if (rc == NULL) {
+        return -1;
+    }
+    ring = redisCommand(rc, "HGETALL %s:ring", p->index.prefix);
+    mig = ring != NULL ? redisCommand(rc, "HGETALL %s:migration", p->index.prefix) : NULL;
+    if (ring == NULL || mig == NULL || ring->type != REDIS_REPLY_ARRAY ||
+        mig->type != REDIS_REPLY_ARRAY) {
+        snprintf(err, errlen, "Redis %s: %s", p->index.redis.text,
+                 rc->err ? rc->errstr : "unexpected reply to HGETALL");
+        freeReplyObject(ring);
+        freeReplyObject(mig);
+        redisFree(rc);
+        return -1;
+    }
+    st->indexed = true;
+    if (ring->elements == 0) {
+        snprintf(st->state, sizeof(st->state), "none");
+        snprintf(st->note, sizeof(st->note), "no ring record %s:ring yet: no proxy "
+                 "has served this pool with this index", p->index.prefix);
+    } else {
+        const char *epoch = hash_field(ring, "epoch");
+        st->epoch = epoch != NULL ? strtod(epoch, NULL) : NAN;
+    }
+    if (ring->elements > 0 && mig->elements == 0) {
+        snprintf(st->state, sizeof(st->state), "idle");
+        if (!record_matches(ring, p)) {
+            snprintf(st->note, sizeof(st->note), "the config's ring differs from the "
+                     "recorded one: a migration starts when the proxy loads it");
+        }
+    } else if (mig->elements > 0) {
+        /* Only the lease holder writes progress, once a second. */
+        const char *holder = hash_field(mig, "holder");
+        double updated = hash_num(mig, "updated"), started = hash_num(mig, "started");
+        double silent = (double)time(NULL) - updated;
+        st->arcs_total = hash_num(mig, "arcs_total");
+        st->arcs_done = hash_num(mig, "arcs_done");
+        st->keys_moved = hash_num(mig, "keys_moved");
+        st->keys_skipped = hash_num(mig, "keys_skipped");
+        st->keys_stale = hash_num(mig, "keys_stale");
+        st->keys_failed = hash_num(mig, "keys_failed");
+        snprintf(st->state, sizeof(st->state), "%s",
+                 holder != NULL && silent <= STATUS_HOLDER_SILENT_SEC ? "moving" : "waiting");
+        if (holder == NULL) {
+            snprintf(st->note, sizeof(st->note), "no proxy holds the migration lease yet");
+        } else if (silent > STATUS_HOLDER_SILENT_SEC) {
+            snprintf(st->note, sizeof(st->note), "lease holder %s silent for %.0f s",
+                     holder, silent);
+        } else {
+            snprintf(st->note, sizeof(st->note), "moved by %s", holder);
+        }
+        if (started > 0 && updated > started && st->arcs_done > 0) {
+            st->elapsed_sec = updated - started;
+            st->eta_sec = (st->arcs_total - st->arcs_done) * st->elapsed_sec /
+                          st->arcs_done;
+        }
+    }
+    freeReplyObject(ring);
+    freeReplyObject(mig);
+    redisFree(rc);
+    return 0;
+}
+
+int cli_status(const char *path, const char *pool, const char *admin_addr,
+               int admin_port, FILE *out)
+{
+    struct conf_errors errs;
+    struct config *c = config_load(path, &errs);
+    char why[256], err[256];
+    int read = 0;
+
+    for (size_t i = 0; i < errs.n; i++) {
+        fprintf(stderr, "%s\n", errs.msgs[i]);
+    }
+    conf_errors_free(&errs);
+    if (c == NULL) {
+        return 1;
+    }
+    if (pool != NULL && config_pool(c, pool) == NULL) {
+        fprintf(stderr, "%s: no pool named '%s'\n", path, pool);
+        config_free(c);
+        return 1;
+    }
+    if (status_from_admin(admin_addr, admin_port, pool, out, why, sizeof(why)) == 0) {
+        config_free(c);
+        return 0;
+    }
+    if (admin_port == 0) {
+        fprintf(out, "ringproxy status (Redis; admin port not asked: -s 0)\n");
+    } else {
+        fprintf(out, "ringproxy status (Redis; admin port %s:%d: %s)\n", admin_addr,
+                admin_port, why);
+    }
+    for (uint32_t i = 0; i < c->npools; i++) {
+        const struct conf_pool *p = &c->pools[i];
+        struct pool_status st;
+        if (pool != NULL && strcmp(p->name, pool) != 0) {
+            continue;
+        }
+        status_init(&st);
+        snprintf(st.name, sizeof(st.name), "%s", p->name);
+        if (!p->index.enabled) {
+            print_pool(&st, out);
+        } else if (status_from_redis(p, &st, err, sizeof(err)) != 0) {
+            fprintf(out, "%s: unknown: %s\n", p->name, err);
+        } else {
+            print_pool(&st, out);
+            read++;
+        }
+    }
+    config_free(c);
+    if (read == 0) {
+        fprintf(stderr, "ringproxy status: nothing to read: the admin port did not "
+                "answer and no indexed pool's Redis could be read\n");
+    }
+    return read > 0 ? 0 : 1;
+}

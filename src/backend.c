@@ -385,29 +385,12 @@ static void index_reply(struct request *r, enum proto_rsp_kind kind)
     if (x == NULL) {
         return;
     }
-    switch (r->cmd) {
-    case PROTO_CMD_SET:
-    case PROTO_CMD_ADD:
-    case PROTO_CMD_REPLACE:
-    case PROTO_CMD_APPEND:
-    case PROTO_CMD_PREPEND:
-    case PROTO_CMD_CAS:
-        if (kind == PROTO_RSP_STORED) {
-            idx_key_stored(x, r->keys, r->keylen);
-        }
-        break;
-    case PROTO_CMD_DELETE:
-        if (kind == PROTO_RSP_DELETED) {
-            idx_key_deleted(x, r->keys, r->keylen);
-        }
-        break;
-    case PROTO_CMD_FLUSH_ALL:
-        if (kind != PROTO_RSP_OK) {
-            r->flushes_index = false;
-        }
-        break;
-    default:
-        break;
+    if (proto_cmd_is_storage(r->cmd) && kind == PROTO_RSP_STORED) {
+        idx_key_stored(x, r->keys, r->keylen);
+    } else if (r->cmd == PROTO_CMD_DELETE && kind == PROTO_RSP_DELETED) {
+        idx_key_deleted(x, r->keys, r->keylen);
+    } else if (r->cmd == PROTO_CMD_FLUSH_ALL && kind != PROTO_RSP_OK) {
+        r->flushes_index = false;
     }
 }
 

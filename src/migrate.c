@@ -614,17 +614,21 @@ static int64_t ttl_for_store(int64_t ttl)
     return ttl > TTL_RELATIVE_MAX ? (int64_t)time(NULL) + ttl : ttl;
 }
 
-static void on_undo(void *arg, const struct mreply *r)
+/* The key changed under the move: start it over, a few times at most. */
+static void move_retry(struct mop *op)
 {
-    struct mop *op = arg;
-
-    (void)r;
     if (op->retries++ < MIG_MAX_RETRIES) {
         op->m->keys_retried++;
         move_fetch(op);
     } else {
         move_done(op, FAILED);
     }
+}
+
+static void on_undo(void *arg, const struct mreply *r)
+{
+    (void)r;
+    move_retry(arg);
 }
 
 static void on_delete_source(void *arg, const struct mreply *r)
@@ -650,11 +654,8 @@ static void on_delete_source(void *arg, const struct mreply *r)
     }
     if (r->status == MREPLY_NF) {
         move_done(op, SKIPPED);     /* gone; ring B's owner has the truth */
-    } else if (op->retries++ < MIG_MAX_RETRIES) {
-        op->m->keys_retried++;
-        move_fetch(op);
     } else {
-        move_done(op, FAILED);
+        move_retry(op);
     }
 }
 

@@ -604,3 +604,7 @@ int proto_parse_reply(const char *line, size_t len, struct proto_rsp *rsp)
         return sp ? PROTO_ERR : PROTO_OK;
     }
 }
+
+/* proto_cmd_is_storage() relies on the storage commands being contiguous. */
+_Static_assert(PROTO_CMD_CAS - PROTO_CMD_SET == 5 && PROTO_CMD_ADD == PROTO_CMD_SET + 1,
+               "storage commands must stay contiguous in PROTO_CMD_LIST");

@@ -70,6 +70,12 @@ struct proto_req {
 
 enum proto_status { PROTO_OK = 0, PROTO_ERR = -1 };
 
+/* set, add, replace, append, prepend, cas: a data block follows the line. */
+static inline bool proto_cmd_is_storage(enum proto_cmd cmd)
+{
+    return cmd >= PROTO_CMD_SET && cmd <= PROTO_CMD_CAS;
+}
+
 /* Parse one request line into *req (fully overwritten). Returns PROTO_OK, or
  * PROTO_ERR with req->error, req->noreply and req->close saying what memcached
  * would answer. A NUL byte ends the line, as in memcached. After PROTO_ERR on

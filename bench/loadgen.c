@@ -26,6 +26,8 @@
  * - Phases. Populate (sets of every key, so gets hit); warmup (load that
  *   is not counted, drained before what follows); --on-ready; the measured
  *   window; drain (no new requests; replies still in flight are counted).
+ *   SIGUSR1 ends the measured window early, as if --duration had passed
+ *   (a harness uses it to measure exactly while something else happens).
  *   Threads meet at a barrier between phases. The elapsed time runs from
  *   the window's start to the last measured reply; the CPU of --cpu-pid is
  *   sampled at the window's start and once the drain is over.
@@ -194,6 +196,7 @@ static _Atomic uint64_t g_t_stop;     /* ns: no new requests from here */
 static _Atomic int64_t g_remaining;   /* request cap left */
 static atomic_bool g_abort;
 static volatile sig_atomic_t g_interrupted;
+static volatile sig_atomic_t g_end_window;   /* SIGUSR1: measured window over */
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -532,6 +535,8 @@ static bool may_issue(struct worker *w, uint64_t now, bool *measured)
     if (g_interrupted || now >= atomic_load_explicit(&g_t_stop, memory_order_relaxed))
         return false;
     *measured = now >= atomic_load_explicit(&g_t_measure, memory_order_relaxed);
+    if (*measured && g_end_window)
+        return false;
     if (*measured && opt.requests > 0) {
         if (w->cap_reached)
             return false;
@@ -1059,6 +1064,9 @@ static void usage(FILE *f)
 "closed or stalled connection); latencies in microseconds; cpu_us_per_op =\n"
 "CPU of the --cpu-pid processes / (ops + errors).\n"
 "\n"
+"SIGUSR1 ends the measured window early (as if --duration had passed); the\n"
+"replies still in flight are drained and counted as usual.\n"
+"\n"
 "Exit status: 0 ok; 1 setup failed (connect, populate, options); 2 the run\n"
 "finished but some requests failed.\n", MGET_MAX, CPU_PIDS_MAX);
 }
@@ -1207,6 +1215,12 @@ static void on_signal(int sig)
     g_interrupted = 1;
 }
 
+static void on_end_window(int sig)
+{
+    (void)sig;
+    g_end_window = 1;
+}
+
 int main(int argc, char **argv)
 {
     parse_options(argc, argv);
@@ -1216,6 +1230,8 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = on_end_window;
+    sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };

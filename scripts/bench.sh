@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
-# bench.sh — direct memcached vs ringproxy vs twemproxy, same backends, same load, one run.
+# bench.sh — direct memcached vs ringproxy vs twemproxy, same backends, same load, one run;
+# plus what the Redis index costs (shape i) and how a resize migrates (shape m).
 #
 # Starts, on free loopback ports, three memcached backends, ringproxy and
 # nutcracker (twemproxy) over the same pool, then runs every load shape
 # against each target in turn (direct = the first backend alone),
 # interleaved round by round so that drift in the machine hits all targets
-# alike, and prints the median of the rounds with ratios. Everything it
-# started is stopped on any exit.
+# alike, and prints the median of the rounds with ratios. Shapes i and m
+# start their own redis-server (and, for m, their own memcached) and stop
+# them when done. Everything it started is stopped on any exit.
 #
 # Environment (defaults in brackets):
 #   BENCH_SECONDS   measured seconds per run [5]
 #   BENCH_ROUNDS    rounds per shape; the table shows the median [3]
-#   BENCH_SHAPES    shapes to run, from: a b c d g [a b c d]
+#   BENCH_SHAPES    shapes to run, from: a b c d g i m [a b c d i m]
 #   BENCH_TARGETS   targets, from: direct ringproxy twemproxy [all three]
 #   BENCH_WARMUP    unmeasured load before each run, seconds [0.5]
 #   BENCH_KEYS      key space [10000]
 #   BENCH_THREADS   loadgen threads [1]
+#   BENCH_INDEX_KEYS  key space of shape i's load and shape m's load [100000]
+#   BENCH_INDEX_MEM_KEYS  distinct keys (~28 bytes) stored to measure Redis
+#                   memory per indexed key, shape i; 0 = skip [300000]
+#   BENCH_INDEX_LISTPACK  shape i also measures memory with Redis'
+#                   zset-max-listpack-entries raised to this, so the v-node
+#                   sets stay listpacks; 0 = skip [8192]
+#   BENCH_INDEX_MEM_HASHES  pool hashes the memory is measured with (they
+#                   spread keys over the v-nodes differently) [fnv1a_64 md5]
+#   BENCH_MIG_KEYS  keys stored before the resize, shape m [200000]
+#   BENCH_MIG_ROUNDS  rounds of shape m (each: a fresh unlimited-rate
+#                   migration, then a fresh default-rate one under load) [BENCH_ROUNDS]
+#   BENCH_MIG_TIMEOUT  bound on one migration, seconds [300]
 #   BENCH_CALLGRIND=1  also run each proxy under callgrind for a fixed
 #                   number of requests per shape (after a 2 s warmup) and
-#                   print instructions per request (user space only) [0]
+#                   print instructions per request (user space only); with
+#                   shape i, ringproxy without and with the index too [0]
 #   BENCH_CALLGRIND_REQUESTS  requests per shape under callgrind [20000]
 #   RINGPROXY_BIN   [build/ringproxy]   LOADGEN_BIN [build/loadgen]
 #   BENCH_OUT       where results.txt, raw.txt and logs go [build/bench]
@@ -29,6 +44,24 @@
 #   c  50 connections, no pipelining, 100% gets of 10 keys (one request each)
 #   d  1,000 connections, no pipelining, 90% get / 10% set
 #   g  (not run by default) 50 connections, no pipelining, 100% single-key gets
+#
+# Index and migration shapes (need redis-server and redis-cli):
+#   i  ringproxy without and with `index:` (a fresh redis-server) on the same
+#      backends, interleaved rounds of shape a's load over BENCH_INDEX_KEYS
+#      keys: throughput, proxy and Redis CPU per request, ZADD+ZREM commands
+#      Redis received per stored key (INFO commandstats over `stats`'
+#      cmd_set, over the measured window), the proxy's index:* counters;
+#      then Redis memory per indexed key after BENCH_INDEX_MEM_KEYS distinct
+#      keys go through a proxy on a fresh Redis, with `ringproxy index stats`
+#      and the sets' encodings.
+#   m  fresh 3 memcached + a 4th + redis-server + indexed ringproxy;
+#      BENCH_MIG_KEYS keys stored, the config rewritten with the 4th server,
+#      SIGHUP: (1) with `rate: 0` (unlimited) and no load: keys moved, seconds,
+#      keys/s; (2) on a fresh set, with the default rate, while loadgen runs
+#      shape a's load over BENCH_INDEX_KEYS keys: latency during the
+#      migration (the measured window is ended by SIGUSR1 when `stats` says
+#      the migration is over) against the same load just before the SIGHUP.
+#      Every stored key is read back after each migration.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -36,12 +69,19 @@ ROOT=$(pwd)
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
-SHAPES=${BENCH_SHAPES:-a b c d}
+SHAPES=${BENCH_SHAPES:-a b c d i m}
 TARGETS=${BENCH_TARGETS:-direct ringproxy twemproxy}
 WARMUP=${BENCH_WARMUP:-0.5}
 KEYS=${BENCH_KEYS:-10000}
 THREADS=${BENCH_THREADS:-1}
 CALLGRIND=${BENCH_CALLGRIND:-0}
+INDEX_KEYS=${BENCH_INDEX_KEYS:-100000}
+INDEX_MEM_KEYS=${BENCH_INDEX_MEM_KEYS:-300000}
+INDEX_LISTPACK=${BENCH_INDEX_LISTPACK:-8192}
+INDEX_MEM_HASHES=${BENCH_INDEX_MEM_HASHES:-fnv1a_64 md5}
+MIG_KEYS=${BENCH_MIG_KEYS:-200000}
+MIG_ROUNDS=${BENCH_MIG_ROUNDS:-$ROUNDS}
+MIG_TIMEOUT=${BENCH_MIG_TIMEOUT:-300}
 CG_REQUESTS=${BENCH_CALLGRIND_REQUESTS:-20000}
 RINGPROXY_BIN=${RINGPROXY_BIN:-$ROOT/build/ringproxy}
 LOADGEN_BIN=${LOADGEN_BIN:-$ROOT/build/loadgen}
@@ -54,6 +94,8 @@ declare -A SHAPE_ARGS=(
 	[c]="-c 50 -P 1 -r 100 -m 10 -v 100"
 	[d]="-c 1000 -P 1 -r 90 -m 1 -v 100"
 	[g]="-c 50 -P 1 -r 100 -m 1 -v 100"
+	[i]="-c 50 -P 1 -r 90 -m 1 -v 100"
+	[m]="-c 50 -P 1 -r 90 -m 1 -v 100"
 )
 declare -A SHAPE_TEXT=(
 	[a]="50 conns, no pipelining, 90% get / 10% set, 100 B values"
@@ -61,7 +103,12 @@ declare -A SHAPE_TEXT=(
 	[c]="50 conns, no pipelining, multi-get of 10 keys, 100 B values"
 	[d]="1000 conns, no pipelining, 90% get / 10% set, 100 B values"
 	[g]="50 conns, no pipelining, 100% single-key gets, 100 B values"
+	[i]="ringproxy without vs with the Redis index; 50 conns, no pipelining, 90% get / 10% set, 100 B values"
+	[m]="resize 3 -> 4 servers with the Redis index: migration speed, and latency under load while it runs"
 )
+# Shapes that are not one loadgen run per target (they have their own runner).
+SPECIAL_SHAPES=" i m "
+declare -A SHAPE_KEYS=([i]=$INDEX_KEYS [m]=$INDEX_KEYS)
 
 nutcracker_version() {
 	if command -v nutcracker >/dev/null; then
@@ -110,6 +157,25 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
+# Stops one process this script started (TERM, up to 2 s, then KILL) and
+# forgets it.
+stop_pid() {
+	local pid=$1 i p
+	local -a keep=()
+	[ -n "$pid" ] || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq 20); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	for p in "${PIDS[@]}"; do
+		[ "$p" = "$pid" ] || keep+=("$p")
+	done
+	PIDS=("${keep[@]}")
+}
+
 # Prints n distinct free loopback TCP ports (held open together while chosen).
 free_ports() {
 	python3 - "$1" <<'EOF'
@@ -151,18 +217,245 @@ start() {
 	fi
 }
 
+# write_conf FILE LISTEN_PORT "MC_PORT..." [EXTRA_YAML [HASH]]: a
+# twemproxy-format pool "bench" over those memcached (named mc1, mc2, ...)
+# plus extra lines (ringproxy's index: and migration: sections), replaced
+# atomically. HASH defaults to twemproxy's fnv1a_64.
+write_conf() {
+	local file=$1 port=$2 mc n=0
+	{
+		printf 'bench:\n  listen: 127.0.0.1:%s\n  hash: %s\n  distribution: ketama\n' \
+			"$port" "${5:-fnv1a_64}"
+		printf '  servers:\n'
+		for mc in $3; do
+			n=$((n + 1))
+			printf '   - 127.0.0.1:%s:1 mc%s\n' "$mc" "$n"
+		done
+		[ -z "${4:-}" ] || printf '%s\n' "$4"
+	} >"$file.tmp"
+	mv "$file.tmp" "$file"
+}
+
 # Writes a twemproxy-format pool config listening on port $2 to file $1.
 write_pool_conf() {
-	cat >"$1" <<EOF
-bench:
-  listen: 127.0.0.1:$2
-  hash: fnv1a_64
-  distribution: ketama
-  servers:
-   - 127.0.0.1:${MC_PORTS[0]}:1 mc1
-   - 127.0.0.1:${MC_PORTS[1]}:1 mc2
-   - 127.0.0.1:${MC_PORTS[2]}:1 mc3
+	write_conf "$1" "$2" "${MC_PORTS[*]}"
+}
+
+# start_memcached NAME PORT: a backend as the bench runs them.
+start_memcached() {
+	start "$1" "$2" 50 memcached "${MC_USER[@]}" -t 1 -U 0 -m 256 -c 4096 \
+		-l 127.0.0.1 -p "$2"
+}
+
+# start_redis NAME PORT [OPTION...]: an empty redis-server, no persistence.
+start_redis() {
+	local name=$1 port=$2
+	shift 2
+	start "$name" "$port" 50 redis-server --port "$port" --bind 127.0.0.1 \
+		--save "" --appendonly no --daemonize no --logfile "" "$@"
+}
+
+# start_ringproxy NAME PORT CONF: with the admin port off (-s 0), so that
+# anything else on the default port 22222 cannot stop it from starting.
+start_ringproxy() {
+	start "$1" "$2" 50 "$RINGPROXY_BIN" -c "$3" -s 0
+}
+
+# rcli PORT ARG...: redis-cli, bounded, without the \r of INFO's lines.
+rcli() { timeout 30 redis-cli -h 127.0.0.1 -p "$@" | tr -d '\r'; }
+
+# redis_field PORT SECTION FIELD: one field of INFO SECTION.
+redis_field() { rcli "$1" info "$2" | sed -n "s/^$3:\([^ ]*\)$/\1/p"; }
+
+# redis_calls FILE COMMAND: calls of COMMAND in saved INFO commandstats (0 if none).
+redis_calls() {
+	sed -n "s/^cmdstat_$2:calls=\([0-9]*\),.*/\1/p" "$1" | awk '{ s += $1 } END { print s + 0 }'
+}
+
+# redis_failed FILE: "command:failed_calls ..." of saved INFO commandstats
+# (the commands Redis answered with an error), or "none".
+redis_failed() {
+	sed -n 's/^cmdstat_\([^:]*\):.*failed_calls=\([0-9]*\).*/\1 \2/p' "$1" |
+		awk '$2 > 0 { printf "%s%s:%s", (n++ ? "," : ""), $1, $2 } END { if (!n) print "none"; else print "" }'
+}
+
+# redis_cpu_us FILE: used_cpu_sys + used_cpu_user in saved INFO cpu, microseconds.
+redis_cpu_us() {
+	awk -F: '$1 == "used_cpu_sys" || $1 == "used_cpu_user" { s += $2 } END { printf "%.0f\n", s * 1e6 }' "$1"
+}
+
+# A small client for the proxy's and memcached's text protocol (stats,
+# waiting for the index and for a migration, reading keys back), written
+# next to the results so that bench.sh stays one file.
+write_benchctl() {
+	cat >"$BENCHCTL" <<'EOF'
+"""benchctl.py, written by scripts/bench.sh: memcached-protocol helpers, all bounded.
+
+  stats PORT                         print "name value" for each STAT line
+  reset PORT                         "stats reset"
+  wait-stat PORT NAME VALUE SECS     until STAT NAME == VALUE
+  wait-index PORT SECS               until index:queued and index:inflight stay 0
+  watch-migration PORT EPOCH SECS [--hup PID] [--marker FILE] [--signal PID]
+      start (send SIGHUP to PID now, or wait for FILE, "<time> [<pid>]",
+      written by whoever sent it), poll `stats` every 20 ms until
+      migration:state is idle at EPOCH or later, then send SIGUSR1 to the
+      --signal PID or to FILE's pid; print one key=value line
+  verify PORT PREFIX N               multi-get PREFIX0..PREFIX<N-1>; print found/missing
+"""
+import os, signal, socket, sys, time
+
+
+class Conn:
+    def __init__(self, port, timeout=5.0):
+        self.s = socket.create_connection(("127.0.0.1", int(port)), timeout=timeout)
+        self.buf = b""
+
+    def _more(self):
+        d = self.s.recv(65536)
+        if not d:
+            raise ConnectionError("connection closed")
+        self.buf += d
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            self._more()
+        l, self.buf = self.buf.split(b"\r\n", 1)
+        return l
+
+    def exactly(self, n):
+        while len(self.buf) < n:
+            self._more()
+        b, self.buf = self.buf[:n], self.buf[n:]
+        return b
+
+    def stats(self):
+        self.s.sendall(b"stats\r\n")
+        out = {}
+        for _ in range(100000):
+            l = self.line().decode(errors="replace")
+            if l == "END":
+                return out
+            p = l.split(" ", 2)
+            if len(p) != 3 or p[0] != "STAT":
+                raise ValueError("unexpected stats line: " + l)
+            out[p[1]] = p[2]
+        raise ValueError("stats never ended")
+
+
+def deadline(secs):
+    return time.monotonic() + float(secs)
+
+
+def watch_migration(port, epoch, end, opts):
+    c = Conn(port)
+    if "--marker" in opts:
+        while not os.path.exists(opts["--marker"]):
+            if time.monotonic() > end:
+                sys.exit("timed out waiting for " + opts["--marker"])
+            time.sleep(0.01)
+        with open(opts["--marker"]) as f:
+            words = f.read().split()
+        t0 = float(words[0])
+        if len(words) > 1:
+            opts.setdefault("--signal", words[1])
+    else:
+        t0 = time.time()
+        os.kill(int(opts["--hup"]), signal.SIGHUP)
+    states, moving_at, finished, st, peak = [], None, False, {}, {}
+    while time.monotonic() < end:
+        st = c.stats()
+        for k, v in st.items():     # arcs_total reads 0 once it is over
+            if k.startswith("migration:") and v.isdigit():
+                peak[k] = max(peak.get(k, 0), int(v))
+        state = st.get("migration:state", "?")
+        if not states or states[-1] != state:
+            states.append(state)
+        if state == "moving" and moving_at is None:
+            moving_at = time.time()
+        if state == "idle" and int(st.get("migration:epoch", "0")) >= epoch:
+            finished = True
+            break
+        time.sleep(0.02)
+    t1 = time.time()
+    if "--signal" in opts:
+        try:
+            os.kill(int(opts["--signal"]), signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    fields = ["finished=%d" % finished, "seconds=%.3f" % (t1 - t0),
+              "until_moving_s=%s" % ("%.3f" % (moving_at - t0) if moving_at else "-"),
+              "states=%s" % ",".join(states)]
+    for k in ("epoch", "arcs_total", "arcs_done", "keys_moved", "keys_skipped",
+              "keys_stale", "keys_failed", "keys_retried", "client_moves", "index_moved"):
+        fields.append("%s=%s" % (k, peak.get("migration:" + k, "-")))
+    print(" ".join(fields))
+
+
+def verify(port, prefix, n):
+    c = Conn(port, timeout=10)
+    found = 0
+    for lo in range(0, n, 100):
+        keys = ["%s%d" % (prefix, i) for i in range(lo, min(n, lo + 100))]
+        c.s.sendall(("get " + " ".join(keys) + "\r\n").encode())
+        for _ in range(len(keys) + 1):
+            l = c.line()
+            if l == b"END":
+                break
+            p = l.split()
+            if p[0] != b"VALUE":
+                sys.exit("verify: unexpected reply " + l.decode(errors="replace"))
+            c.exactly(int(p[3]) + 2)
+            found += 1
+    print("found=%d missing=%d" % (found, n - found))
+
+
+def main(argv):
+    cmd = argv[1] if len(argv) > 1 else ""
+    if cmd == "stats":
+        for k, v in Conn(argv[2]).stats().items():
+            print(k, v)
+    elif cmd == "reset":
+        c = Conn(argv[2])
+        c.s.sendall(b"stats reset\r\n")
+        if c.line() != b"RESET":
+            sys.exit("stats reset: unexpected reply")
+    elif cmd == "wait-stat":
+        c, name, want, end = Conn(argv[2]), argv[3], argv[4], deadline(argv[5])
+        while c.stats().get(name) != want:
+            if time.monotonic() > end:
+                sys.exit("timed out waiting for %s = %s" % (name, want))
+            time.sleep(0.05)
+    elif cmd == "wait-index":
+        c, end, quiet = Conn(argv[2]), deadline(argv[3]), 0
+        while quiet < 3:
+            st = c.stats()
+            idle = st.get("index:queued") == "0" and st.get("index:inflight") == "0"
+            quiet = quiet + 1 if idle else 0
+            if time.monotonic() > end:
+                sys.exit("timed out waiting for the index writes to drain")
+            time.sleep(0.05)
+    elif cmd == "watch-migration":
+        watch_migration(argv[2], int(argv[3]), deadline(argv[4]),
+                        dict(zip(argv[5::2], argv[6::2])))
+    elif cmd == "verify":
+        verify(argv[2], argv[3], int(argv[4]))
+    else:
+        sys.exit(__doc__)
+
+
+main(sys.argv)
 EOF
+}
+
+ctl() { timeout 900 python3 "$BENCHCTL" "$@"; }
+
+# stat_of FILE NAME: a value from saved `ctl stats` output ("-" if absent).
+stat_of() { awk -v n="$2" '$1 == n { print $2; f = 1 } END { if (!f) print "-" }' "$1"; }
+
+# delta FILE_BEFORE FILE_AFTER NAME: the counter's growth between two saves.
+delta() {
+	awk -v a="$(stat_of "$1" "$3")" -v b="$(stat_of "$2" "$3")" 'BEGIN {
+		if (a == "-" || b == "-") print "-"; else print b - a }'
 }
 
 # ---- results -----------------------------------------------------------
@@ -190,18 +483,22 @@ ratio() {
 		if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2fx\n", a / b }'
 }
 
+# run_one SHAPE TARGET ROUND [LOADGEN_ARG...]: one measured run, into RES.
+# Extra loadgen arguments come last, so they override
+# (e.g. -d); RUN_TIMEOUT, when set, bounds the whole loadgen run instead.
 run_one() {
 	local shape=$1 target=$2 round=$3 line rc=0
+	shift 3
 	local -a args
 	read -r -a args <<<"${SHAPE_ARGS[$shape]}"
 	if ! kill -0 "${CPU_PID[$target]}" 2>/dev/null; then
 		log "$target (pid ${CPU_PID[$target]}) is gone; skipping its runs"
 		return 0
 	fi
-	line=$(timeout $((${SECONDS_PER_RUN%.*} * 3 + 180)) "$LOADGEN_BIN" -q \
-		-p "${PORT[$target]}" "${args[@]}" -k "$KEYS" -t "$THREADS" \
+	line=$(timeout "${RUN_TIMEOUT:-$((${SECONDS_PER_RUN%.*} * 3 + 180))}" "$LOADGEN_BIN" -q \
+		-p "${PORT[$target]}" "${args[@]}" -k "${SHAPE_KEYS[$shape]:-$KEYS}" -t "$THREADS" \
 		-d "$SECONDS_PER_RUN" -w "$WARMUP" -C "${CPU_PID[$target]}" \
-		-l "$shape/$target/$round" 2>>"$LOGS/loadgen.log") || rc=$?
+		-l "$shape/$target/$round" "$@" 2>>"$LOGS/loadgen.log") || rc=$?
 	if [ -z "$line" ] || [ "$rc" -eq 1 ] || [ "$rc" -gt 2 ]; then
 		log "  $shape $target round $round: loadgen failed (exit $rc, see $LOGS/loadgen.log)"
 		RES[$shape,$target,failed]=1
@@ -228,6 +525,7 @@ print_table() {
 	printf 'measured window, divided by the requests; a 10-key multi-get is one request.\n'
 	printf 'ops/s, latency and cpu are medians of the rounds; errors and misses are totals.\n'
 	for shape in $SHAPES; do
+		[[ "$SPECIAL_SHAPES" != *" $shape "* ]] || continue
 		printf '\n(%s) %s\n' "$shape" "${SHAPE_TEXT[$shape]}"
 		printf '  %-20s %10s %9s %9s %11s %7s %7s\n' target ops/s p50_us p99_us cpu_us/req errors misses
 		for target in $TARGETS; do
@@ -262,9 +560,478 @@ print_table() {
 	done
 }
 
+# ---- shape i: what the Redis index costs --------------------------------
+
+declare -A IX=()        # shape i and m figures: "metric,round" or "metric,tag" -> value
+MEM_PREFIX="bench:memory:user:key:"     # 22 bytes: keys of 27.6 bytes on average
+
+# index_snapshot_cmd TAG: a shell command (for --on-ready, or run here) saving
+# the indexed proxy's stats and Redis' commandstats and cpu into $TMPD/TAG.*.
+index_snapshot_cmd() {
+	printf 'python3 %q stats %q >%q && ' "$BENCHCTL" "${PORT[index]}" "$TMPD/$1.stats"
+	printf 'redis-cli -h 127.0.0.1 -p %q info commandstats | tr -d %q >%q && ' \
+		"$IX_REDIS_PORT" '\r' "$TMPD/$1.cmdstats"
+	printf 'redis-cli -h 127.0.0.1 -p %q info cpu | tr -d %q >%q\n' \
+		"$IX_REDIS_PORT" '\r' "$TMPD/$1.cpu"
+}
+
+# index_account ROUND: Redis commands, index counters and Redis CPU of one
+# indexed run, over the measured window (ready -> after) and over the whole
+# run from the reset (before -> after, loadgen's populate included).
+index_account() {
+	local r=$1 b=$TMPD/i$1.before a=$TMPD/i$1.after y=$TMPD/i$1.ready
+	local calls_a calls_y sets_w reqs_w
+	[ -s "$a.stats" ] && [ -s "$y.stats" ] && [ -s "$a.cmdstats" ] || return 0
+	calls_a=$(($(redis_calls "$a.cmdstats" zadd) + $(redis_calls "$a.cmdstats" zrem)))
+	calls_y=$(($(redis_calls "$y.cmdstats" zadd) + $(redis_calls "$y.cmdstats" zrem)))
+	sets_w=$(delta "$y.stats" "$a.stats" cmd_set)
+	reqs_w=$(delta "$y.stats" "$a.stats" requests)
+	IX[calls_w,$r]=$((calls_a - calls_y))
+	IX[sets_w,$r]=$sets_w
+	IX[cps_w,$r]=$(awk -v c=$((calls_a - calls_y)) -v s="$sets_w" 'BEGIN { printf "%.4f", (s > 0 ? c / s : 0) }')
+	IX[mps_w,$r]=$(awk -v a="$(delta "$y.stats" "$a.stats" index:adds)" \
+		-v d="$(delta "$y.stats" "$a.stats" index:removes)" -v s="$sets_w" \
+		'BEGIN { printf "%.4f", (s > 0 ? (a + d) / s : 0) }')
+	IX[rcpu_w,$r]=$(awk -v c0="$(redis_cpu_us "$y.cpu")" -v c1="$(redis_cpu_us "$a.cpu")" \
+		-v n="$reqs_w" 'BEGIN { printf "%.2f", (n > 0 ? (c1 - c0) / n : 0) }')
+	local c
+	for c in adds filtered dropped; do
+		IX[${c}_w,$r]=$(delta "$y.stats" "$a.stats" "index:$c")
+		IX[${c}_all,$r]=$(delta "$b.stats" "$a.stats" "index:$c")
+	done
+	IX[calls_all,$r]=$calls_a
+	IX[failed,$r]=$(redis_failed "$a.cmdstats")
+	IX[sets_all,$r]=$(stat_of "$a.stats" cmd_set)
+	IX[cps_all,$r]=$(awk -v c="$calls_a" -v s="${IX[sets_all,$r]}" 'BEGIN { printf "%.4f", (s > 0 ? c / s : 0) }')
+	log "$(printf '  i index     round %s: window: %s zadd+zrem / %s cmd_set = %s per stored key; index:adds %s filtered %s dropped %s; redis cpu %s us/req' \
+		"$r" "${IX[calls_w,$r]}" "$sets_w" "${IX[cps_w,$r]}" "${IX[adds_w,$r]}" \
+		"${IX[filtered_w,$r]}" "${IX[dropped_w,$r]}" "${IX[rcpu_w,$r]}")"
+}
+
+# index_memory TAG LISTPACK_ENTRIES HASH: Redis memory per indexed key, after
+# INDEX_MEM_KEYS distinct keys go through a fresh indexed proxy (pool hash
+# HASH) into a fresh Redis (LISTPACK_ENTRIES > 0 raises
+# zset-max-listpack-entries to it).
+index_memory() {
+	local tag=$1 lp=$2 hash=$3 rport pport rpid ppid before after line n=$INDEX_MEM_KEYS
+	local -a ropt=()
+	[ "$lp" -gt 0 ] && ropt=(--zset-max-listpack-entries "$lp")
+	read -r rport pport <<<"$(free_ports 2)"
+	log "shape i: Redis memory per indexed key ($tag): $n keys through a fresh proxy and Redis"
+	if ! start_redis "i-mem-$tag-redis" "$rport" "${ropt[@]}"; then
+		IX[mem_err,$tag]="redis-server did not start"
+		return 0
+	fi
+	rpid=$STARTED_PID
+	write_conf "$OUT/i-mem-$tag.yml" "$pport" "${MC_PORTS[*]}" "  index: {redis: 127.0.0.1:$rport}" "$hash"
+	IX[mem_hash,$tag]=$hash
+	if ! start_ringproxy "i-mem-$tag-ringproxy" "$pport" "$OUT/i-mem-$tag.yml"; then
+		IX[mem_err,$tag]="ringproxy did not start"
+		stop_pid "$rpid"
+		return 0
+	fi
+	ppid=$STARTED_PID
+	ctl wait-stat "$pport" migration:state idle 20 || log "  the proxy never said idle"
+	sleep 1.2       # a heartbeat or two: Redis' baseline before the keys
+	before=$(redis_field "$rport" memory used_memory)
+	# one connection (16 sets in flight): a faster burst can outrun Redis
+	# (ZADD into big listpacks) past the proxy's queue_max, and what is
+	# dropped is not indexed (the per-key figure divides by what is)
+	line=$(timeout 900 "$LOADGEN_BIN" -q -p "$pport" -c 1 -v 16 -k "$n" -x "$MEM_PREFIX" \
+		--populate-only --populate-time 600 -l "i/memory/$tag" 2>>"$LOGS/loadgen.log") || true
+	echo "$line" >>"$OUT/raw.txt"
+	ctl wait-index "$pport" 300 || log "  the index writes did not drain"
+	after=$(redis_field "$rport" memory used_memory)
+	ctl stats "$pport" >"$TMPD/i-mem-$tag.stats"
+	rcli "$rport" info commandstats >"$TMPD/i-mem-$tag.cmdstats"
+	IX[mem_zadd,$tag]=$(sed -n 's/^cmdstat_zadd:calls=\([0-9]*\),usec=\([0-9]*\),.*/\1 \2/p' \
+		"$TMPD/i-mem-$tag.cmdstats" | awk -v m="$(stat_of "$TMPD/i-mem-$tag.stats" index:adds)" '{
+			printf "%d ZADD for %d members, %.2f us of Redis per member", $1, m, (m > 0 ? $2 / m : 0) }')
+	IX[mem_populated,$tag]=$(kv "$line" populated)
+	IX[mem_before,$tag]=$before
+	IX[mem_after,$tag]=$after
+	IX[mem_adds,$tag]=$(stat_of "$TMPD/i-mem-$tag.stats" index:adds)
+	IX[mem_dropped,$tag]=$(stat_of "$TMPD/i-mem-$tag.stats" index:dropped)
+	IX[mem_limit,$tag]=$(rcli "$rport" config get zset-max-listpack-entries | sed -n 2p)
+	"$RINGPROXY_BIN" index stats -c "$OUT/i-mem-$tag.yml" >"$OUT/index-stats-$tag.txt" 2>&1 || true
+	IX[mem_total,$tag]=$(sed -n 's/^ *\(total: .*\)/\1/p' "$OUT/index-stats-$tag.txt")
+	IX[mem_note,$tag]=$(sed -n 's/^ *note: \(.*\)/\1/p' "$OUT/index-stats-$tag.txt")
+	IX[mem_indexed,$tag]=$(sed -n 's/.*), \([0-9]*\) indexed keys.*/\1/p' <<<"${IX[mem_total,$tag]}")
+	IX[mem_bpk,$tag]=$(awk -v a="$after" -v b="$before" -v n="${IX[mem_indexed,$tag]:-$n}" \
+		'BEGIN { printf "%.1f", (n > 0 ? (a - b) / n : 0) }')
+	rcli "$rport" --scan --pattern 'rp:bench:v:*' >"$TMPD/i-mem-$tag.sets"
+	IX[mem_sets,$tag]=$(wc -l <"$TMPD/i-mem-$tag.sets")
+	IX[mem_enc,$tag]=$(sed 's/^/OBJECT ENCODING /' "$TMPD/i-mem-$tag.sets" | rcli "$rport" |
+		sort | uniq -c | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }')
+	IX[mem_sample,$tag]=$(head -n 3 "$TMPD/i-mem-$tag.sets" | while read -r k; do
+		printf '%s: %s, %s members; ' "$k" "$(rcli "$rport" object encoding "$k")" \
+			"$(rcli "$rport" zcard "$k")"
+	done)
+	log "  $tag: used_memory $before -> $after over ${IX[mem_indexed,$tag]:-?} indexed keys = ${IX[mem_bpk,$tag]} B/key; ${IX[mem_enc,$tag]}"
+	stop_pid "$ppid"
+	stop_pid "$rpid"
+}
+
+shape_index() {
+	local r target pn pi order
+	read -r IX_REDIS_PORT pn pi <<<"$(free_ports 3)"
+	if ! start_redis i-redis "$IX_REDIS_PORT"; then
+		IX[err]="redis-server did not start, see $LOGS/i-redis.log"
+		return 0
+	fi
+	IX_REDIS_PID=$STARTED_PID
+	write_pool_conf "$OUT/i-noindex.yml" "$pn"
+	write_conf "$OUT/i-index.yml" "$pi" "${MC_PORTS[*]}" "  index: {redis: 127.0.0.1:$IX_REDIS_PORT}"
+	PORT[noindex]=$pn
+	PORT[index]=$pi
+	if ! start_ringproxy i-noindex "$pn" "$OUT/i-noindex.yml"; then
+		IX[err]="ringproxy did not start, see $LOGS/i-noindex.log"
+		stop_pid "$IX_REDIS_PID"
+		return 0
+	fi
+	CPU_PID[noindex]=$STARTED_PID
+	if ! start_ringproxy i-index "$pi" "$OUT/i-index.yml"; then
+		IX[err]="ringproxy did not start, see $LOGS/i-index.log"
+		stop_pid "${CPU_PID[noindex]}"
+		stop_pid "$IX_REDIS_PID"
+		return 0
+	fi
+	CPU_PID[index]=$STARTED_PID
+	ctl wait-stat "$pi" migration:state idle 20 || log "  the indexed proxy never said idle"
+	log "shape i: ringproxy on 127.0.0.1:$pn (no index), 127.0.0.1:$pi (index in Redis 127.0.0.1:$IX_REDIS_PORT)"
+	for r in $(seq "$ROUNDS"); do
+		# alternate who goes first, so that order effects cancel
+		order="noindex index"
+		[ $((r % 2)) -eq 1 ] || order="index noindex"
+		for target in $order; do
+			if [ "$target" = noindex ]; then
+				run_one i noindex "$r"
+				continue
+			fi
+			rcli "$IX_REDIS_PORT" config resetstat >/dev/null
+			ctl reset "$pi"
+			rm -f "$TMPD/i$r".*
+			sh -c "$(index_snapshot_cmd "i$r.before")"
+			run_one i index "$r" --on-ready "$(index_snapshot_cmd "i$r.ready")"
+			ctl wait-index "$pi" 30 || true
+			sh -c "$(index_snapshot_cmd "i$r.after")"
+			index_account "$r"
+		done
+	done
+	IX[redis_version]=$(redis_field "$IX_REDIS_PORT" server redis_version)
+	stop_pid "${CPU_PID[index]}"
+	stop_pid "${CPU_PID[noindex]}"
+	stop_pid "$IX_REDIS_PID"
+	local h
+	MEM_TAGS=""
+	[ "$INDEX_MEM_KEYS" -gt 0 ] || return 0
+	for h in $INDEX_MEM_HASHES; do
+		index_memory "$h-default" 0 "$h"
+		MEM_TAGS+="$h-default "
+		if [ "$INDEX_LISTPACK" -gt 0 ]; then
+			index_memory "$h-listpack" "$INDEX_LISTPACK" "$h"
+			MEM_TAGS+="$h-listpack "
+		fi
+	done
+}
+
+# vals PREFIX ROUNDS: the values IX[PREFIX,1..ROUNDS] holds, space-separated.
+vals() {
+	local r out=""
+	for r in $(seq "$2"); do
+		out+="${IX[$1,$r]:--} "
+	done
+	echo "${out% }"
+}
+
+print_index_table() {
+	local t m tag
+	printf '\n(i) %s\n' "${SHAPE_TEXT[i]}"
+	if [ -n "${IX[err]:-}" ]; then
+		printf '  skipped: %s\n' "${IX[err]}"
+		return 0
+	fi
+	printf '  key space %s, %s rounds x %s s, the two proxies interleaved (order alternating), medians\n' \
+		"$INDEX_KEYS" "$ROUNDS" "$SECONDS_PER_RUN"
+	printf '  %-20s %10s %9s %9s %11s %7s %7s\n' target ops/s p50_us p99_us cpu_us/req errors misses
+	for t in noindex index; do
+		for m in ops_per_s p50_us p99_us cpu_us_per_op; do
+			MED[$t,$m]=$(median "${RES[i,$t,$m]:-}")
+		done
+		for m in errors misses; do
+			MED[$t,$m]=$(total "${RES[i,$t,$m]:-}")
+		done
+		printf '  %-20s %10s %9s %9s %11s %7s %7s%s\n' \
+			"$([ $t = index ] && echo ringproxy+index || echo ringproxy)" \
+			"${MED[$t,ops_per_s]}" "${MED[$t,p50_us]}" "${MED[$t,p99_us]}" \
+			"${MED[$t,cpu_us_per_op]}" "${MED[$t,errors]}" "${MED[$t,misses]}" \
+			"${RES[i,$t,failed]:+  (some runs failed)}"
+	done
+	printf '  %-20s %10s %9s %9s %11s   (goal: ops/s >= 0.90x)\n' "index/no-index" \
+		"$(ratio "${MED[index,ops_per_s]}" "${MED[noindex,ops_per_s]}")" \
+		"$(ratio "${MED[index,p50_us]}" "${MED[noindex,p50_us]}")" \
+		"$(ratio "${MED[index,p99_us]}" "${MED[noindex,p99_us]}")" \
+		"$(ratio "${MED[index,cpu_us_per_op]}" "${MED[noindex,cpu_us_per_op]}")"
+	local r pairs=""
+	for r in $(seq "$ROUNDS"); do
+		pairs+="$(ratio "$(cut -d' ' -f"$r" <<<"${RES[i,index,ops_per_s]:-}")" \
+			"$(cut -d' ' -f"$r" <<<"${RES[i,noindex,ops_per_s]:-}")")/$(ratio \
+			"$(cut -d' ' -f"$r" <<<"${RES[i,index,cpu_us_per_op]:-}")" \
+			"$(cut -d' ' -f"$r" <<<"${RES[i,noindex,cpu_us_per_op]:-}")") "
+	done
+	printf '  index/no-index per round (ops/s / cpu_us/req): %s\n' "${pairs% }"
+	printf '  Redis %s, measured windows (stats reset and CONFIG RESETSTAT before each run):\n' \
+		"${IX[redis_version]:-?}"
+	printf '    ZADD+ZREM commands per stored key  %s (median; per round: %s; calls/cmd_set: %s/%s)\n' \
+		"$(median "$(vals cps_w "$ROUNDS")")" "$(vals cps_w "$ROUNDS")" \
+		"$(total "$(vals calls_w "$ROUNDS")")" "$(total "$(vals sets_w "$ROUNDS")")"
+	printf '    ZADD+ZREM members per stored key   %s (median; index:adds+removes / cmd_set)\n' \
+		"$(median "$(vals mps_w "$ROUNDS")")"
+	printf '    Redis CPU per proxy request        %s us (median)\n' "$(median "$(vals rcpu_w "$ROUNDS")")"
+	printf '    Redis commands failed (whole runs, command:failed_calls), per round: %s\n' \
+		"$(vals failed "$ROUNDS" | sed 's/ /; /g')"
+	printf '    proxy counters, sum of the windows: index:adds %s, index:filtered %s, index:dropped %s\n' \
+		"$(total "$(vals adds_w "$ROUNDS")")" "$(total "$(vals filtered_w "$ROUNDS")")" \
+		"$(total "$(vals dropped_w "$ROUNDS")")"
+	printf '  whole runs (loadgen populate of all %s keys + warmup + window), per round:\n' "$INDEX_KEYS"
+	printf '    commands per stored key %s; index:adds %s; index:filtered %s; index:dropped %s\n' \
+		"$(vals cps_all "$ROUNDS")" "$(vals adds_all "$ROUNDS")" "$(vals filtered_all "$ROUNDS")" \
+		"$(vals dropped_all "$ROUNDS")"
+	if [ "$INDEX_MEM_KEYS" -le 0 ]; then
+		printf '  Redis memory per indexed key: not measured (BENCH_INDEX_MEM_KEYS=0)\n'
+		return 0
+	fi
+	printf '  Redis memory per indexed key: %s distinct keys of %s bytes on average (prefix "%s"), 16 B values,\n' \
+		"$INDEX_MEM_KEYS" "$(awk -v n="$INDEX_MEM_KEYS" -v p=${#MEM_PREFIX} 'BEGIN {
+			for (i = 0; i < n; i++) s += p + length(i ""); printf "%.1f", s / n }')" "$MEM_PREFIX"
+	printf '  stored over 1 connection through a fresh proxy into a fresh Redis; (used_memory after - before) / indexed keys;\n'
+	printf '  skiplist once a set outgrows zset-max-listpack-entries:\n'
+	for tag in ${MEM_TAGS:-}; do
+		[ -n "${IX[mem_before,$tag]:-}${IX[mem_err,$tag]:-}" ] || continue
+		if [ -n "${IX[mem_err,$tag]:-}" ]; then
+			printf '    hash %s: skipped: %s\n' "${IX[mem_hash,$tag]}" "${IX[mem_err,$tag]}"
+			continue
+		fi
+		printf '    hash %s, zset-max-listpack-entries %s: %s B/key\n' "${IX[mem_hash,$tag]}" \
+			"${IX[mem_limit,$tag]}" "${IX[mem_bpk,$tag]}"
+		printf '              (used_memory %s -> %s over %s indexed keys; stored %s, index:adds %s, index:dropped %s%s)\n' \
+			"${IX[mem_before,$tag]}" "${IX[mem_after,$tag]}" "${IX[mem_indexed,$tag]:--}" \
+			"${IX[mem_populated,$tag]:--}" "${IX[mem_adds,$tag]}" "${IX[mem_dropped,$tag]}" \
+			"$([ "${IX[mem_dropped,$tag]}" = 0 ] || echo ': keys the proxy stored but never indexed')"
+		printf '              encodings of the %s v-node sets: %s\n' "${IX[mem_sets,$tag]}" "${IX[mem_enc,$tag]}"
+		printf '              %s\n' "${IX[mem_zadd,$tag]:-}"
+		printf '              e.g. %s\n' "${IX[mem_sample,$tag]%; }"
+		printf '              ringproxy index stats: %s\n' "${IX[mem_total,$tag]:-(no total line)}"
+		[ -z "${IX[mem_note,$tag]}" ] || printf '              its note: %s\n' "${IX[mem_note,$tag]}"
+	done
+	printf '    reference (DESIGN.md 5, Redis 7.0, 300,000 keys of 28 B over 480 v-nodes):\n'
+	printf '              131 B/key as skiplists, 86 B/key as listpacks\n'
+}
+
+# ---- shape m: migration on a resize -------------------------------------
+
+# mig_setup TAG MIGRATION_YAML: 4 fresh memcached (3 in the ring), a fresh
+# Redis and an indexed ringproxy; sets MG_* (ports, pids, conf).
+mig_setup() {
+	local tag=$1 i
+	local -a ports
+	read -r -a ports <<<"$(free_ports 6)"
+	MG_MC=("${ports[@]:0:4}")
+	MG_REDIS=${ports[4]}
+	MG_RP=${ports[5]}
+	MG_PIDS=()
+	MG_CONF=$OUT/m-$tag.yml
+	MG_EXTRA="  index: {redis: 127.0.0.1:$MG_REDIS}${2:+
+$2}"
+	for i in 0 1 2 3; do
+		start_memcached "m-$tag-memcached$((i + 1))" "${MG_MC[$i]}" || return 1
+		MG_PIDS+=("$STARTED_PID")
+	done
+	start_redis "m-$tag-redis" "$MG_REDIS" || return 1
+	MG_PIDS+=("$STARTED_PID")
+	write_conf "$MG_CONF" "$MG_RP" "${MG_MC[*]:0:3}" "$MG_EXTRA"
+	start_ringproxy "m-$tag-ringproxy" "$MG_RP" "$MG_CONF" || return 1
+	MG_RP_PID=$STARTED_PID
+	MG_PIDS+=("$STARTED_PID")
+	ctl wait-stat "$MG_RP" migration:state idle 20
+}
+
+# Stops what mig_setup started, proxy first.
+mig_teardown() {
+	local i
+	for ((i = ${#MG_PIDS[@]} - 1; i >= 0; i--)); do
+		stop_pid "${MG_PIDS[$i]}"
+	done
+	MG_PIDS=()
+}
+
+# mig_fill TAG: MIG_KEYS keys of 100 B through the proxy, indexed.
+mig_fill() {
+	local line
+	line=$(timeout 900 "$LOADGEN_BIN" -q -p "$MG_RP" -c 50 -v 100 -k "$MIG_KEYS" -x mig: \
+		--populate-only --populate-time 600 -l "m/fill/$1" 2>>"$LOGS/loadgen.log") || return 1
+	echo "$line" >>"$OUT/raw.txt"
+	[ "$(kv "$line" populated)" = "$MIG_KEYS" ] || return 1
+	ctl wait-index "$MG_RP" 120
+}
+
+# mig_check TAG KEY ROUND: keys read back after the move, and where they are.
+mig_check() {
+	local v i items="" lost
+	v=$(ctl verify "$MG_RP" mig: "$MIG_KEYS") || true
+	lost=$(kv "$v" missing)
+	if [ "$2" = b ] && [ -n "$lost" ]; then
+		v=$(ctl verify "$MG_RP" lg: "$INDEX_KEYS") || true
+		lost=$(awk -v a="$lost" -v b="$(kv "$v" missing)" 'BEGIN { print (b == "") ? "-" : a + b }')
+	fi
+	IX[$2_lost,$3]=${lost:--}
+	for i in 0 1 2 3; do
+		items+="$(ctl stats "${MG_MC[$i]}" | awk '$1 == "curr_items" { print $2 }')/"
+	done
+	IX[$2_items,$3]=${items%/}
+}
+
+# mig_record PREFIX ROUND WATCH_LINE: the watcher's figures into IX.
+mig_record() {
+	local f
+	for f in finished seconds until_moving_s states keys_moved keys_stale keys_failed \
+		keys_retried keys_skipped client_moves index_moved arcs_total; do
+		IX[$1_$f,$2]=$(kv "$3" "$f")
+	done
+	IX[$1_kps,$2]=$(awk -v k="${IX[$1_keys_moved,$2]}" -v s="${IX[$1_seconds,$2]}" \
+		'BEGIN { printf "%.0f", (s > 0 ? k / s : 0) }')
+	# the rate once keys move (after waiting for the lease and the other proxies)
+	IX[$1_mkps,$2]=$(awk -v k="${IX[$1_keys_moved,$2]}" -v s="${IX[$1_seconds,$2]}" \
+		-v w="${IX[$1_until_moving_s,$2]}" 'BEGIN {
+			if (w == "-" || s - w <= 0) print "-"; else printf "%.0f", k / (s - w) }')
+}
+
+shape_migration() {
+	local r watch wpid marker
+	for r in $(seq "$MIG_ROUNDS"); do
+		# (1) unlimited rate, no load
+		log "shape m round $r: unlimited rate: fill $MIG_KEYS keys, add a 4th server, SIGHUP"
+		if ! mig_setup "r$r-unlimited" "  migration: {rate: 0}" || ! mig_fill "r$r-unlimited"; then
+			log "  setup or fill failed (see $LOGS)"
+			IX[a_err,$r]=1
+			mig_teardown
+			continue
+		fi
+		write_conf "$MG_CONF" "$MG_RP" "${MG_MC[*]}" "$MG_EXTRA"
+		watch=$(ctl watch-migration "$MG_RP" 2 "$MIG_TIMEOUT" --hup "$MG_RP_PID") || true
+		mig_record a "$r" "$watch"
+		mig_check "r$r-unlimited" a "$r"
+		rcli "$MG_REDIS" info commandstats >"$TMPD/m$r-a.cmdstats" || true
+		IX[a_failed,$r]=$(redis_failed "$TMPD/m$r-a.cmdstats")
+		log "  $watch"
+		log "  keys moved ${IX[a_keys_moved,$r]} in ${IX[a_seconds,$r]} s = ${IX[a_kps,$r]} keys/s; lost ${IX[a_lost,$r]}; items per server ${IX[a_items,$r]}"
+		mig_teardown
+
+		# (2) default rate, under load
+		log "shape m round $r: default rate under load: fill, load before, SIGHUP under load"
+		if ! mig_setup "r$r-default" "" || ! mig_fill "r$r-default"; then
+			log "  setup or fill failed (see $LOGS)"
+			IX[b_err,$r]=1
+			mig_teardown
+			continue
+		fi
+		PORT[before]=$MG_RP PORT[during]=$MG_RP
+		CPU_PID[before]=$MG_RP_PID CPU_PID[during]=$MG_RP_PID
+		run_one m before "$r"
+		ctl wait-index "$MG_RP" 60 || true
+		write_conf "$MG_CONF" "$MG_RP" "${MG_MC[*]}" "$MG_EXTRA"
+		marker=$TMPD/m$r.hup
+		rm -f "$marker" "$marker.tmp"
+		timeout $((MIG_TIMEOUT + 60)) python3 "$BENCHCTL" watch-migration "$MG_RP" 2 \
+			"$MIG_TIMEOUT" --marker "$marker" >"$TMPD/m$r.watch" 2>>"$LOGS/benchctl.log" &
+		wpid=$!
+		PIDS+=("$wpid")
+		# loadgen, just before its measured window: note the time and its own
+		# pid (the watcher ends the window with SIGUSR1), then SIGHUP the proxy
+		# shellcheck disable=SC2016 # $(date) and $PPID are for that sh -c
+		RUN_TIMEOUT=$((MIG_TIMEOUT + 300)) run_one m during "$r" -d "$MIG_TIMEOUT" \
+			--on-ready "$(printf 'echo "$(date +%%s.%%N) $PPID" >%q && kill -HUP %q && mv %q %q' \
+				"$marker.tmp" "$MG_RP_PID" "$marker.tmp" "$marker")"
+		if [ -e "$marker" ]; then
+			wait "$wpid" 2>/dev/null || true
+		fi
+		stop_pid "$wpid"
+		watch=$(cat "$TMPD/m$r.watch" 2>/dev/null || true)
+		mig_record b "$r" "$watch"
+		mig_check "r$r-default" b "$r"
+		rcli "$MG_REDIS" info commandstats >"$TMPD/m$r-b.cmdstats" || true
+		IX[b_failed,$r]=$(redis_failed "$TMPD/m$r-b.cmdstats")
+		log "  $watch"
+		log "  keys moved ${IX[b_keys_moved,$r]} in ${IX[b_seconds,$r]} s = ${IX[b_kps,$r]} keys/s; lost ${IX[b_lost,$r]}; items per server ${IX[b_items,$r]}"
+		mig_teardown
+	done
+}
+
+print_migration_table() {
+	local rs t m label
+	printf '\n(m) %s\n' "${SHAPE_TEXT[m]}"
+	printf '  %s keys of 100 B stored through the proxy, then the 4th server added and SIGHUP;\n' "$MIG_KEYS"
+	printf '  fresh memcached, Redis and ringproxy for every run; %s rounds, medians.\n' "$MIG_ROUNDS"
+	printf '  seconds: from the SIGHUP until stats says migration:state idle at epoch 2 (polled every 20 ms).\n'
+	rs=$MIG_ROUNDS
+	printf '  (1) rate: 0 (unlimited), no client load:\n'
+	printf '    keys moved %s, %s s, %s keys/s (median); per round: moved %s; s %s; keys/s %s\n' \
+		"$(median "$(vals a_keys_moved "$rs")")" "$(median "$(vals a_seconds "$rs")")" \
+		"$(median "$(vals a_kps "$rs")")" "$(vals a_keys_moved "$rs")" "$(vals a_seconds "$rs")" \
+		"$(vals a_kps "$rs")"
+	printf '    of which waiting before keys move (lease, proxies): %s s; keys/s while moving: %s\n' \
+		"$(vals a_until_moving_s "$rs")" "$(vals a_mkps "$rs")"
+	printf '    arcs %s; stale %s, failed %s, retried %s, skipped %s (sums); finished %s\n' \
+		"$(vals a_arcs_total "$rs")" "$(total "$(vals a_keys_stale "$rs")")" \
+		"$(total "$(vals a_keys_failed "$rs")")" "$(total "$(vals a_keys_retried "$rs")")" \
+		"$(total "$(vals a_keys_skipped "$rs")")" "$(vals a_finished "$rs")"
+	printf '    keys missing when read back: %s; items per server afterwards: %s\n' \
+		"$(vals a_lost "$rs")" "$(vals a_items "$rs")"
+	printf '    Redis commands failed (command:failed_calls), per round: %s\n' \
+		"$(vals a_failed "$rs" | sed 's/ /; /g')"
+	printf '  (2) default rate (50,000 keys/s) while loadgen runs 50 conns, 90%% get / 10%% set,\n'
+	printf '      100 B, over %s keys (populated, so indexed, and moved too):\n' "$INDEX_KEYS"
+	printf '  %-20s %10s %9s %9s %11s %7s %7s\n' "" ops/s p50_us p99_us cpu_us/req errors misses
+	for t in before during; do
+		for m in ops_per_s p50_us p99_us cpu_us_per_op; do
+			MED[m$t,$m]=$(median "${RES[m,$t,$m]:-}")
+		done
+		for m in errors misses; do
+			MED[m$t,$m]=$(total "${RES[m,$t,$m]:-}")
+		done
+		label="no migration ($SECONDS_PER_RUN s)"
+		[ $t = before ] || label="during the migration"
+		printf '  %-20s %10s %9s %9s %11s %7s %7s%s\n' "$label" \
+			"${MED[m$t,ops_per_s]}" "${MED[m$t,p50_us]}" "${MED[m$t,p99_us]}" \
+			"${MED[m$t,cpu_us_per_op]}" "${MED[m$t,errors]}" "${MED[m$t,misses]}" \
+			"${RES[m,$t,failed]:+  (some runs failed)}"
+	done
+	printf '  %-20s %10s %9s %9s %11s\n' "during/no migration" \
+		"$(ratio "${MED[mduring,ops_per_s]}" "${MED[mbefore,ops_per_s]}")" \
+		"$(ratio "${MED[mduring,p50_us]}" "${MED[mbefore,p50_us]}")" \
+		"$(ratio "${MED[mduring,p99_us]}" "${MED[mbefore,p99_us]}")" \
+		"$(ratio "${MED[mduring,cpu_us_per_op]}" "${MED[mbefore,cpu_us_per_op]}")"
+	printf '    keys moved %s, %s s, %s keys/s (median); per round: moved %s; s %s; keys/s %s\n' \
+		"$(median "$(vals b_keys_moved "$rs")")" "$(median "$(vals b_seconds "$rs")")" \
+		"$(median "$(vals b_kps "$rs")")" "$(vals b_keys_moved "$rs")" "$(vals b_seconds "$rs")" \
+		"$(vals b_kps "$rs")"
+	printf '    of which waiting before keys move (lease, proxies): %s s; keys/s while moving: %s\n' \
+		"$(vals b_until_moving_s "$rs")" "$(vals b_mkps "$rs")"
+	printf '    arcs %s; client moves %s; stale %s, failed %s, retried %s, skipped %s (sums); finished %s\n' \
+		"$(vals b_arcs_total "$rs")" "$(total "$(vals b_client_moves "$rs")")" \
+		"$(total "$(vals b_keys_stale "$rs")")" "$(total "$(vals b_keys_failed "$rs")")" \
+		"$(total "$(vals b_keys_retried "$rs")")" "$(total "$(vals b_keys_skipped "$rs")")" \
+		"$(vals b_finished "$rs")"
+	printf '    keys missing when read back (fill + loadgen keys): %s; items per server afterwards: %s\n' \
+		"$(vals b_lost "$rs")" "$(vals b_items "$rs")"
+	printf '    Redis commands failed (command:failed_calls), per round: %s\n' \
+		"$(vals b_failed "$rs" | sed 's/ /; /g')"
+}
+
 # ---- callgrind ---------------------------------------------------------
 
-# Instructions per request of one proxy under callgrind, for every shape.
+# Instructions per request of one proxy under callgrind, for every shape of
+# CG_SHAPES (default: the shapes of SHAPES that are one loadgen run).
 callgrind_proxy() {
 	local name=$1 port=$2
 	shift 2
@@ -275,11 +1042,12 @@ callgrind_proxy() {
 	start "cg-$name" "$port" 600 valgrind --tool=callgrind \
 		--callgrind-out-file="$OUT/callgrind/$name.out" "$@" || return 0
 	pid=$STARTED_PID
-	for shape in $SHAPES; do
+	for shape in ${CG_SHAPES:-$SHAPES}; do
+		[ -n "${CG_SHAPES:-}" ] || [[ "$SPECIAL_SHAPES" != *" $shape "* ]] || continue
 		read -r -a args <<<"${SHAPE_ARGS[$shape]}"
 		# counters are zeroed once connected, populated and warmed up (so
 		# every connection has been served), just before the counted requests
-		line=$(timeout 900 "$LOADGEN_BIN" -q -p "$port" "${args[@]}" -k "$KEYS" \
+		line=$(timeout 900 "$LOADGEN_BIN" -q -p "$port" "${args[@]}" -k "${SHAPE_KEYS[$shape]:-$KEYS}" \
 			-w 2 -n "$CG_REQUESTS" -T 60 -l "callgrind/$shape/$name" \
 			--on-ready "callgrind_control -z $pid >/dev/null 2>&1" \
 			2>>"$LOGS/loadgen.log") || true
@@ -310,12 +1078,24 @@ if [ ! -x "$LOADGEN_BIN" ]; then
 	make -s build/loadgen >&2 || fail "cannot build the load generator"
 fi
 
-declare -A SKIP=() MED=() CG=()
+declare -A SKIP=() MED=() CG=() SKIP_SHAPE=()
 for t in $TARGETS; do
 	case $t in direct | ringproxy | twemproxy) ;; *) fail "unknown target '$t'" ;; esac
 done
 for s in $SHAPES; do
-	[ -n "${SHAPE_ARGS[$s]:-}" ] || fail "unknown shape '$s' (have: ${!SHAPE_ARGS[*]})"
+	[ -n "${SHAPE_TEXT[$s]:-}" ] || fail "unknown shape '$s' (have: ${!SHAPE_TEXT[*]})"
+done
+BENCHCTL=$OUT/benchctl.py
+TMPD=$OUT/tmp
+mkdir -p "$TMPD"
+write_benchctl
+for s in i m; do
+	[[ " $SHAPES " == *" $s "* ]] || continue
+	if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+		SKIP_SHAPE[$s]="redis-server or redis-cli not installed (scripts/install-deps.sh)"
+	elif [ ! -x "$RINGPROXY_BIN" ]; then
+		SKIP_SHAPE[$s]="$RINGPROXY_BIN not built yet (make)"
+	fi
 done
 
 BUSY=$(cpu_busy_percent)
@@ -338,8 +1118,7 @@ CG_NC_STATS_PORT=${PORTS[8]}
 MC_USER=()
 [ "$(id -u)" -eq 0 ] && MC_USER=(-u nobody)
 for i in 0 1 2; do
-	start "memcached$((i + 1))" "${MC_PORTS[$i]}" 50 memcached "${MC_USER[@]}" -t 1 -U 0 -m 256 \
-		-c 4096 -l 127.0.0.1 -p "${MC_PORTS[$i]}" || fail "memcached did not start"
+	start_memcached "memcached$((i + 1))" "${MC_PORTS[$i]}" || fail "memcached did not start"
 	MC_PIDS[i]=$STARTED_PID
 done
 CPU_PID[direct]=${MC_PIDS[0]}
@@ -352,7 +1131,7 @@ if [[ " $TARGETS " == *" ringproxy "* ]]; then
 	if [ ! -x "$RINGPROXY_BIN" ]; then
 		SKIP[ringproxy]="$RINGPROXY_BIN not built yet (make)"
 		log "ringproxy: ${SKIP[ringproxy]}; benchmarking without it"
-	elif start ringproxy "${PORT[ringproxy]}" 50 "$RINGPROXY_BIN" -c "$OUT/ringproxy.yml"; then
+	elif start_ringproxy ringproxy "${PORT[ringproxy]}" "$OUT/ringproxy.yml"; then
 		CPU_PID[ringproxy]=$STARTED_PID
 		log "ringproxy on 127.0.0.1:${PORT[ringproxy]} (pid $STARTED_PID)"
 	else
@@ -373,6 +1152,7 @@ if [[ " $TARGETS " == *" twemproxy "* ]]; then
 fi
 
 for shape in $SHAPES; do
+	[[ "$SPECIAL_SHAPES" != *" $shape "* ]] || continue
 	log "shape $shape: ${SHAPE_TEXT[$shape]}"
 	for round in $(seq "$ROUNDS"); do
 		for target in $TARGETS; do
@@ -381,15 +1161,40 @@ for shape in $SHAPES; do
 		done
 	done
 done
+for shape in i m; do
+	[[ " $SHAPES " == *" $shape "* ]] || continue
+	if [ -n "${SKIP_SHAPE[$shape]:-}" ]; then
+		log "shape $shape skipped: ${SKIP_SHAPE[$shape]}"
+		continue
+	fi
+	log "shape $shape: ${SHAPE_TEXT[$shape]}"
+	case $shape in
+	i) shape_index ;;
+	m) shape_migration ;;
+	esac
+done
 
-print_table | tee "$OUT/results.txt"
+{
+	print_table
+	for shape in i m; do
+		[[ " $SHAPES " == *" $shape "* ]] || continue
+		if [ -n "${SKIP_SHAPE[$shape]:-}" ]; then
+			printf '\n(%s) %s\n  skipped: %s\n' "$shape" "${SHAPE_TEXT[$shape]}" "${SKIP_SHAPE[$shape]}"
+			continue
+		fi
+		case $shape in
+		i) print_index_table ;;
+		m) print_migration_table ;;
+		esac
+	done
+} | tee "$OUT/results.txt"
 
 if [ "$CALLGRIND" = 1 ]; then
 	command -v valgrind >/dev/null || fail "BENCH_CALLGRIND=1 needs valgrind"
 	log "callgrind: $CG_REQUESTS requests per shape"
 	if [ -z "${SKIP[ringproxy]:-}" ] && [ -x "$RINGPROXY_BIN" ]; then
 		write_pool_conf "$OUT/callgrind-ringproxy.yml" "$CG_RP_PORT"
-		callgrind_proxy ringproxy "$CG_RP_PORT" "$RINGPROXY_BIN" -c "$OUT/callgrind-ringproxy.yml"
+		callgrind_proxy ringproxy "$CG_RP_PORT" "$RINGPROXY_BIN" -c "$OUT/callgrind-ringproxy.yml" -s 0
 	fi
 	if command -v nutcracker >/dev/null; then
 		write_pool_conf "$OUT/callgrind-twemproxy.yml" "$CG_NC_PORT"
@@ -400,10 +1205,27 @@ if [ "$CALLGRIND" = 1 ]; then
 		printf '\ncallgrind: user-space instructions per request (%s requests per shape)\n' "$CG_REQUESTS"
 		printf '  %-6s %12s %12s %10s\n' shape ringproxy twemproxy rp/tw
 		for shape in $SHAPES; do
+			[[ "$SPECIAL_SHAPES" != *" $shape "* ]] || continue
 			printf '  %-6s %12s %12s %10s\n' "$shape" "${CG[$shape,ringproxy]:--}" \
 				"${CG[$shape,twemproxy]:--}" \
 				"$(ratio "${CG[$shape,ringproxy]:--}" "${CG[$shape,twemproxy]:--}")"
 		done
 	} | tee -a "$OUT/results.txt"
+	# shape i: the same proxy without and with the index, shape i's load
+	if [[ " $SHAPES " == *" i "* ]] && [ -z "${SKIP_SHAPE[i]:-}" ]; then
+		read -r cg_redis cg_n cg_i <<<"$(free_ports 3)"
+		if start_redis cg-redis "$cg_redis"; then
+			write_pool_conf "$OUT/callgrind-noindex.yml" "$cg_n"
+			write_conf "$OUT/callgrind-index.yml" "$cg_i" "${MC_PORTS[*]}" \
+				"  index: {redis: 127.0.0.1:$cg_redis}"
+			CG_SHAPES=i callgrind_proxy noindex "$cg_n" "$RINGPROXY_BIN" \
+				-c "$OUT/callgrind-noindex.yml" -s 0
+			CG_SHAPES=i callgrind_proxy index "$cg_i" "$RINGPROXY_BIN" \
+				-c "$OUT/callgrind-index.yml" -s 0
+		fi
+		printf '\ncallgrind, shape i (%s requests after populate and warmup): instructions per request:\n  ringproxy %s, ringproxy+index %s, index/no-index %s\n' \
+			"$CG_REQUESTS" "${CG[i,noindex]:--}" "${CG[i,index]:--}" \
+			"$(ratio "${CG[i,index]:--}" "${CG[i,noindex]:--}")" | tee -a "$OUT/results.txt"
+	fi
 fi
 log "results in ${OUT#"$ROOT"/}/results.txt, every run in ${OUT#"$ROOT"/}/raw.txt"

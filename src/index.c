@@ -86,6 +86,8 @@ struct idx {
     size_t ngroups, groups_cap;
     uint64_t *batch_fp;         /* conflict table: fingerprint << 1 | op */
     size_t batch_cap;
+    size_t *batch_used;         /* its slots in use, to clear just those */
+    size_t nbatch_used;
     char *out;
     size_t out_len, out_cap;
     uint64_t stats[IDX_STAT_COUNT];
@@ -421,6 +423,7 @@ void idx_free(struct idx *x)
     free(x->group_of[1]);
     free(x->groups);
     free(x->batch_fp);
+    free(x->batch_used);
     free(x->out);
     free(x->pool);
     free(x->conf.redis.text);
@@ -636,7 +639,11 @@ static void idx_emit_groups(struct idx *x)
         x->group_of[grp->type][grp->point] = -1;
     }
     x->ngroups = 0;
-    memset(x->batch_fp, 0, x->batch_cap * sizeof(*x->batch_fp));
+    /* Clear only the slots this batch used: the table keeps its largest size. */
+    for (size_t i = 0; i < x->nbatch_used; i++) {
+        x->batch_fp[x->batch_used[i]] = 0;
+    }
+    x->nbatch_used = 0;
 }
 
 /* Did this batch already see the key with the other op? Records it if not. */
@@ -648,6 +655,7 @@ static bool batch_conflict(struct idx *x, const struct idx_op *op)
     for (size_t i = (size_t)op->fp & mask;; i = (i + 1) & mask) {
         if (x->batch_fp[i] == 0) {
             x->batch_fp[i] = want;
+            x->batch_used[x->nbatch_used++] = i;
             return false;
         }
         if ((x->batch_fp[i] ^ want) == 1) {
@@ -671,8 +679,11 @@ void idx_flush(struct idx *x)
     }
     if (cap > x->batch_cap) {
         free(x->batch_fp);
+        free(x->batch_used);
         x->batch_fp = calloc(cap, sizeof(*x->batch_fp));
-        x->batch_cap = x->batch_fp ? cap : 0;
+        x->batch_used = malloc(cap * sizeof(*x->batch_used));
+        x->batch_cap = x->batch_fp && x->batch_used ? cap : 0;
+        x->nbatch_used = 0;
     }
     if (x->arena_len > x->next_cap) {
         free(x->next);
@@ -684,7 +695,7 @@ void idx_flush(struct idx *x)
         x->groups = malloc(x->nqueued * sizeof(*x->groups));
         x->groups_cap = x->groups ? x->nqueued : 0;
     }
-    if (x->batch_fp == NULL || x->next == NULL || x->groups == NULL) {
+    if (x->batch_cap == 0 || x->next == NULL || x->groups == NULL) {
         return;     /* out of memory: try again next turn */
     }
 

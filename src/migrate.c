@@ -125,7 +125,7 @@ struct mig {
     redisAsyncContext *rc;
     bool rc_up;
     struct event *retry;
-    uint64_t next_heartbeat, next_progress_log, ready_deadline;
+    uint64_t next_heartbeat, next_progress_log, next_wait_log, ready_deadline;
     /* the migration */
     struct ring *from, *to;
     struct backend **from_be, **to_be;
@@ -1315,6 +1315,7 @@ int mig_change_ring(struct mig *m, struct ring *to, char *err, size_t errlen)
     /* Record the target (so others can finish it) and learn what is done. */
     mig_redis(m, NULL, NULL, "HSETNX %s:migration to %s", m->prefix, m->fp_to);
     mig_redis(m, NULL, NULL, "HSETNX %s:migration from %s", m->prefix, m->fp_from);
+    m->next_heartbeat = 0;      /* announce it and try the lease on the next tick */
     return 0;
 }
 
@@ -1422,7 +1423,8 @@ static void on_proxies(redisAsyncContext *ac, void *r, void *priv)
             }
         }
     }
-    if (!ready && m->lease && (m->others_ready || now_ms(m) >= m->next_progress_log)) {
+    if (!ready && m->lease && now_ms(m) >= m->next_wait_log) {
+        m->next_wait_log = now_ms(m) + MIG_PROGRESS_LOG_MS;
         log_notice("migration", "%s: waiting for proxies to serve the new ring: %s",
                    m->p->name, waiting);
     }
@@ -1433,10 +1435,12 @@ static void on_proxies(redisAsyncContext *ac, void *r, void *priv)
 static void heartbeat(struct mig *m)
 {
     const char *fp = m->to != NULL && m->drained ? m->fp_to : m->fp_from;
-    char lock[512];
+    char lock[512], beat[64];
 
-    mig_redis(m, NULL, NULL, "HSET %s:proxies %s %s %llu", m->prefix, m->id, fp,
-         (unsigned long long)time(NULL) * 1000);
+    /* One argument "<fingerprint> <unix ms>": hiredis splits a format on
+     * spaces, so the value is formatted first. */
+    snprintf(beat, sizeof(beat), "%s %llu", fp, (unsigned long long)time(NULL) * 1000);
+    mig_redis(m, NULL, NULL, "HSET %s:proxies %s %s", m->prefix, m->id, beat);
     if (m->to == NULL) {
         return;
     }
@@ -1698,6 +1702,7 @@ static void check_drained(struct mig *m)
         }
     }
     m->drained = true;
+    m->next_heartbeat = 0;      /* tell the others at once */
     free(m->drain_mark);
     m->drain_mark = NULL;
     log_info("migration", "%s: requests routed by the old ring have all landed",

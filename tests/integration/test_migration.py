@@ -419,3 +419,26 @@ def test_sigterm_during_a_migration_stops_cleanly_and_a_restart_finishes(env):
     wait_migrated(proxy.port, 2)
     assert_all_hit(proxy.port, keys[400:])
     assert_placement(proxy, mcs, keys)
+
+
+def test_the_mover_waits_until_every_live_proxy_serves_the_new_ring(env):
+    mcs = env.servers(4)
+    a = env.proxy(mcs[:3])
+    b = env.proxy(mcs[:3])
+    keys = fill(a.port, 3000)
+    time.sleep(0.3)
+    reload(a, env.config(mcs, a.port))
+    deadline = time.monotonic() + 10
+    while "waiting for proxies to serve the new ring" not in a.log():
+        assert time.monotonic() < deadline, a.log()[-3000:]
+        time.sleep(0.05)
+    time.sleep(1.5)     # b is still on the old ring: nothing may move meanwhile
+    st = proxy_stats(a.port)
+    assert int(st["migration:keys_moved"]) == 0 and int(st["migration:epoch"]) == 1
+    assert env.r.hget("rp:cache:ring", "epoch") == b"1"
+    reload(b, env.config(mcs, b.port))
+    wait_migrated(a.port, 2)
+    wait_migrated(b.port, 2)
+    for p in (a, b):
+        assert_all_hit(p.port, keys)
+    assert_placement(a, mcs, keys)

@@ -31,7 +31,7 @@
 #include "index.h"
 #include "log.h"
 
-#define IDX_FILTER_SLOTS (1u << 18)     /* 2 MiB of fingerprints */
+#define IDX_FILTER_SLOTS (1u << 20)     /* 8 MiB of fingerprints per indexed pool */
 #define IDX_BACKOFF_MIN_MS 100
 #define IDX_BACKOFF_MAX_MS 5000
 

@@ -91,6 +91,7 @@ bench:
 	./scripts/bench.sh
 
 fuzz:
+	@./scripts/install-deps.sh --fuzz
 	$(MAKE) -C tests/fuzz
 
 install: $(BIN)

@@ -6,11 +6,14 @@ set -eu
 PKGS="build-essential pkg-config libevent-dev libhiredis-dev libyaml-dev \
 libmd-dev check memcached redis-server libmemcached-dev libmemcached-tools \
 python3 python3-pytest python3-pymemcache python3-memcache python3-redis \
-python3-yaml clang libclang-rt-14-dev"
+python3-yaml nutcracker"
 
-if [ "${1:-}" = "--bench" ]; then
-	PKGS="$PKGS nutcracker"
-fi
+# Extras for one target only: `make bench` (valgrind for BENCH_CALLGRIND),
+# `make fuzz` (clang's libFuzzer).
+case "${1:-}" in
+--bench) PKGS="$PKGS valgrind" ;;
+--fuzz) PKGS="$PKGS clang libclang-rt-14-dev" ;;
+esac
 
 missing=""
 for p in $PKGS; do

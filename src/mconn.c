@@ -96,9 +96,12 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
         char *line = (char *)evbuffer_pullup(in, (ssize_t)(len + eol));
         struct mreply r = { .status = MREPLY_FAIL };
         size_t total = len + eol;
+        char error[256];
         if (!status_of(line, len, &r.status)) {
+            /* ERROR, CLIENT_ERROR ..., SERVER_ERROR ...: hand the line on. */
+            snprintf(error, sizeof(error), "%.*s", (int)len, line);
             r.status = MREPLY_FAIL;
-            r.error = "error reply";
+            r.error = error;
         } else if (len > 3) {
             r.flags = line + 3;
             r.flags_len = len - 3;

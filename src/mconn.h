@@ -29,7 +29,8 @@ struct mreply {
     size_t flags_len;
     const char *value;          /* VA: the value, without "\r\n" */
     size_t value_len;
-    const char *error;          /* FAIL: what went wrong */
+    const char *error;          /* FAIL: the server's error line, or what
+                                   went wrong with the connection */
 };
 
 /* Called once per command, in order; r and its pointers live for the call. */

@@ -764,8 +764,10 @@ static void on_client_reply(void *arg, const struct mreply *r)
                 request_frag_done(f);
             }
         } else {
-            reply_line(op, r->error && strncmp(r->error, "CLIENT_ERROR", 12) == 0 ?
-                           r->error : BACKEND_ERR_LOST);
+            bool server_said = r->error != NULL &&
+                               (strncmp(r->error, "CLIENT_ERROR", 12) == 0 ||
+                                strncmp(r->error, "SERVER_ERROR", 12) == 0);
+            reply_line(op, server_said ? r->error : BACKEND_ERR_LOST);
         }
         mop_finish(op);
         return;

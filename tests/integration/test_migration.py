@@ -442,3 +442,60 @@ def test_the_mover_waits_until_every_live_proxy_serves_the_new_ring(env):
     for p in (a, b):
         assert_all_hit(p.port, keys)
     assert_placement(a, mcs, keys)
+
+
+def test_every_command_on_a_moving_key_behaves_as_on_one_server(env):
+    """While the mover waits for a second proxy, every key of a changed arc
+    is served by the fallback path: each command must answer exactly as a
+    single memcached would, and its effect must survive the move."""
+    mcs = env.servers(4)
+    a = env.proxy(mcs[:3])
+    b = env.proxy(mcs[:3])
+    fill(a.port, 3000)
+    time.sleep(0.3)
+    with open(a.conf_path + ".new", "w") as f:
+        f.write(env.config(mcs, a.port))
+    keys = ["k%d" % i for i in range(3000)]
+    after = locate(a.conf_path + ".new", keys)
+    moving = [k for k in keys if after[k] == "mc4"][:12]
+    assert len(moving) == 12
+    reload(a, env.config(mcs, a.port))
+    deadline = time.monotonic() + 10
+    while "waiting for proxies to serve the new ring" not in a.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    c = Client(("127.0.0.1", a.port), default_noreply=False)
+    g, s, d, ad, rp, ap, pp, cs, inc, tch, gat, num = moving
+    assert c.get(g) == ("v-" + g).encode()                 # falls back, moves
+    assert c.set(s, b"new") and c.get(s) == b"new"
+    assert c.delete(d) and c.get(d) is None and not c.delete(d)
+    assert not c.add(ad, b"x") and c.get(ad) == ("v-" + ad).encode()
+    assert c.replace(rp, b"r") and c.get(rp) == b"r"
+    assert c.append(ap, b"+") and c.get(ap) == ("v-" + ap + "+").encode()
+    assert c.prepend(pp, b"-") and c.get(pp) == ("-v-" + pp).encode()
+    value, token = c.gets(cs)
+    assert value == ("v-" + cs).encode()
+    assert c.cas(cs, b"swapped", token) and not c.cas(cs, b"again", token)
+    assert c.set(num, b"41") and c.incr(num, 1) == 42 and c.decr(num, 2) == 40
+    assert c.touch(tch, 100)
+    with socket.create_connection(("127.0.0.1", a.port)) as raw:
+        raw.sendall(b"gat 100 " + gat.encode() + b"\r\n")
+        want = b"VALUE %s 0 %d\r\nv-%s\r\nEND\r\n" % (gat.encode(), len(gat) + 2,
+                                                      gat.encode())
+        got = b""
+        while not got.endswith(b"END\r\n"):
+            got += raw.recv(4096)
+        assert got == want
+        raw.sendall(b"incr " + ad.encode() + b" 1\r\n")
+        assert raw.recv(4096).startswith(b"CLIENT_ERROR")
+    assert mc_ttl(mcs[3], gat.encode())[0] > 50     # gat moved it and set the TTL
+    assert int(proxy_stats(a.port)["migration:keys_moved"]) > 0
+    reload(b, env.config(mcs, b.port))
+    wait_migrated(a.port, 2)
+    assert c.get(s) == b"new" and c.get(d) is None and c.get(cs) == b"swapped"
+    assert c.get(ap) == ("v-" + ap + "+").encode() and c.get(num) == b"40"
+    held = {m.ident: m.keys() for m in mcs}
+    for k in moving:
+        if k != d:
+            assert k.encode() in held[4] and all(k.encode() not in held[i] for i in (1, 2, 3))
+    c.close()

@@ -67,14 +67,5 @@ const uint64_t *idx_stats(const struct idx *x);
 size_t idx_vnode_key(const char *prefix, const struct ring *r, uint32_t point,
                      char *buf, size_t len);
 
-/*
- * The ring record (DESIGN §5), as field/value pairs for HSET: epoch, compat,
- * hash, hash_tag, points and servers (JSON: identity, addr, weight). Returns
- * the number of strings written to fields (at most IDX_RING_FIELDS * 2); the
- * strings are malloc'd, free them with idx_ring_record_free.
- */
-#define IDX_RING_FIELDS 6
-int idx_ring_record(const struct ring *r, uint64_t epoch, char **fields);
-void idx_ring_record_free(char **fields, int n);
 
 #endif

@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "config.h"
 #include "index.h"
+#include "ringrec.h"
 
 redisContext *cli_redis_open(const struct conf_index *ix, char *err, size_t errlen)
 {
@@ -87,8 +88,8 @@ static void print_ring_record(redisContext *rc, const struct conf_pool *p,
                               const struct ring *ring, FILE *out)
 {
     redisReply *h = redisCommand(rc, "HGETALL %s:ring", p->index.prefix);
-    char *fields[IDX_RING_FIELDS * 2];
-    int n = idx_ring_record(ring, 0, fields);
+    char *fields[RINGREC_FIELDS * 2];
+    int n = ringrec_fields(ring, 0, fields);
 
     if (h == NULL || h->type != REDIS_REPLY_ARRAY || h->elements == 0) {
         fprintf(out, "  ring record %s:ring: none yet (written when the proxy "
@@ -115,7 +116,7 @@ static void print_ring_record(redisContext *rc, const struct conf_pool *p,
                 "(the data obeys the recorded ring: a migration is due)");
     }
     if (n > 0) {
-        idx_ring_record_free(fields, n);
+        ringrec_fields_free(fields, n);
     }
     freeReplyObject(h);
 }

@@ -50,6 +50,7 @@
 #include "index.h"
 #include "log.h"
 #include "mconn.h"
+#include "ringrec.h"
 #include "migrate.h"
 #include "router.h"
 
@@ -175,32 +176,6 @@ static struct mconn *mc_of(struct backend *be)
     return be->mc;
 }
 
-/* Fingerprint of a ring: md5 of its record without the epoch, in hex. */
-static void ring_fingerprint(const struct ring *r, char out[33])
-{
-    char *fields[IDX_RING_FIELDS * 2];
-    int n = idx_ring_record(r, 0, fields);
-    uint8_t d[16];
-    char *all = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&all, &len);
-
-    for (int i = 2; f != NULL && i < n; i++) {
-        fprintf(f, "%s\n", fields[i]);
-    }
-    if (f != NULL) {
-        fclose(f);
-    }
-    hash_md5_digest(all ? all : "", len, d);
-    for (int i = 0; i < 16; i++) {
-        snprintf(out + 2 * i, 3, "%02x", d[i]);
-    }
-    free(all);
-    if (n > 0) {
-        idx_ring_record_free(fields, n);
-    }
-}
-
 static void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...)
 {
     va_list ap;
@@ -217,122 +192,20 @@ static void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char
     }
 }
 
-/* --- the ring record -------------------------------------------------------- */
-
-/* Parse a JSON string at *p into a malloc'd C string; advances *p. */
-static char *json_str(const char **p)
+/* A ring from an HGETALL reply of the ring record; NULL if malformed. */
+static struct ring *ring_from_reply(const redisReply *h, uint64_t *epoch)
 {
-    const char *s = *p;
-    char *out, *o;
-
-    while (*s == ' ') {
-        s++;
-    }
-    if (*s++ != '"' || (out = malloc(strlen(s) + 1)) == NULL) {
-        return NULL;
-    }
-    for (o = out; *s && *s != '"'; s++) {
-        if (*s == '\\' && s[1] == 'u') {
-            *o++ = (char)strtol((char[]){ s[2], s[3], s[4], s[5], 0 }, NULL, 16);
-            s += 5;
-        } else if (*s == '\\' && s[1]) {
-            *o++ = *++s;
-        } else {
-            *o++ = *s;
-        }
-    }
-    *o = '\0';
-    *p = *s ? s + 1 : s;
-    return out;
-}
-
-/* A ring from the record's fields (HGETALL reply); NULL if malformed. */
-static struct ring *ring_from_record(const redisReply *h, uint64_t *epoch)
-{
-    const char *compat = NULL, *hash = NULL, *tag = NULL, *servers = NULL;
-    struct ring_server_spec *specs = NULL;
-    char **strs = NULL;
-    uint32_t n = 0, nstr = 0, cap = 0;
+    const char **kv = calloc(h->elements ? h->elements : 1, sizeof(*kv));
     struct ring *r = NULL;
-    char err[256];
 
-    for (size_t j = 0; j + 1 < h->elements; j += 2) {
-        const char *k = h->element[j]->str, *v = h->element[j + 1]->str;
-        if (strcmp(k, "compat") == 0) compat = v;
-        else if (strcmp(k, "hash") == 0) hash = v;
-        else if (strcmp(k, "hash_tag") == 0) tag = v;
-        else if (strcmp(k, "servers") == 0) servers = v;
-        else if (strcmp(k, "epoch") == 0) *epoch = strtoull(v, NULL, 10);
-    }
-    if (compat == NULL || hash == NULL || servers == NULL) {
+    if (kv == NULL) {
         return NULL;
     }
-    struct ring_params params = { .hash = HASH_MD5 };
-    int hk = hash_by_name(hash);
-    if (hk < 0) {
-        return NULL;
+    for (size_t j = 0; j < h->elements; j++) {
+        kv[j] = h->element[j]->type == REDIS_REPLY_STRING ? h->element[j]->str : "";
     }
-    params.hash = (enum hash_kind)hk;
-    params.compat = strcmp(compat, "libketama") == 0 ? RING_COMPAT_LIBKETAMA :
-                                                       RING_COMPAT_LIBMEMCACHED;
-    if (tag != NULL && strlen(tag) == 2) {
-        params.has_tag = true;
-        memcpy(params.tag, tag, 2);
-    }
-    /* [{"identity":"mc1","addr":"127.0.0.1:11212","weight":1},...] */
-    const char *p = strchr(servers, '[');
-    while (p != NULL && (p = strchr(p, '{')) != NULL) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            struct ring_server_spec *ns = realloc(specs, cap * sizeof(*ns));
-            char **nstrs = realloc(strs, 2 * cap * sizeof(*nstrs));
-            specs = ns ? ns : specs;
-            strs = nstrs ? nstrs : strs;
-            if (ns == NULL || nstrs == NULL) {
-                goto out;
-            }
-        }
-        struct ring_server_spec *s = &specs[n];
-        p++;
-        memset(s, 0, sizeof(*s));
-        for (int field = 0; field < 3; field++) {
-            char *name = json_str(&p);
-            if (name == NULL || (p = strchr(p, ':')) == NULL) {
-                free(name);
-                goto out;
-            }
-            p++;
-            if (strcmp(name, "weight") == 0) {
-                s->weight = (uint32_t)strtoul(p, (char **)&p, 10);
-            } else {
-                char *v = json_str(&p);
-                if (v == NULL) {
-                    free(name);
-                    goto out;
-                }
-                strs[nstr++] = v;
-                if (strcmp(name, "identity") == 0) s->identity = v;
-                else s->addr = v;
-            }
-            free(name);
-            while (*p == ',' || *p == ' ') {
-                p++;
-            }
-        }
-        if (s->identity == NULL || s->addr == NULL) {
-            goto out;
-        }
-        n++;
-    }
-    params.servers = specs;
-    params.nservers = n;
-    r = n > 0 ? ring_build(&params, err, sizeof(err)) : NULL;
-out:
-    for (uint32_t i = 0; i < nstr; i++) {
-        free(strs[i]);
-    }
-    free(strs);
-    free(specs);
+    r = ringrec_parse(kv, h->elements, epoch);
+    free(kv);
     return r;
 }
 
@@ -340,11 +213,11 @@ out:
 static void write_ring_record(struct mig *m, const struct ring *r, uint64_t epoch,
                               redisCallbackFn *cb)
 {
-    char *fields[IDX_RING_FIELDS * 2];
-    const char *argv[2 + IDX_RING_FIELDS * 2];
-    size_t argvlen[2 + IDX_RING_FIELDS * 2];
+    char *fields[RINGREC_FIELDS * 2];
+    const char *argv[2 + RINGREC_FIELDS * 2];
+    size_t argvlen[2 + RINGREC_FIELDS * 2];
     char key[512];
-    int n = idx_ring_record(r, epoch, fields);
+    int n = ringrec_fields(r, epoch, fields);
 
     if (n < 0 || !m->rc_up) {
         return;
@@ -359,7 +232,7 @@ static void write_ring_record(struct mig *m, const struct ring *r, uint64_t epoc
         argvlen[i] = strlen(argv[i]);
     }
     redisAsyncCommandArgv(m->rc, cb, m, 2 + n, argv, argvlen);
-    idx_ring_record_free(fields, n);
+    ringrec_fields_free(fields, n);
 }
 
 /* --- the key table ---------------------------------------------------------- */
@@ -1250,7 +1123,7 @@ int mig_change_ring(struct mig *m, struct ring *to, char *err, size_t errlen)
     struct pool *p = m->p;
     char fp[33];
 
-    ring_fingerprint(to, fp);
+    ringrec_fingerprint(to, fp);
     if (m->state != MIG_IDLE) {
         if (m->state == MIG_STARTING || strcmp(fp, m->fp_to) != 0) {
             ring_unref(m->pending);
@@ -1356,12 +1229,12 @@ static void on_ring_poll(redisAsyncContext *ac, void *r, void *priv)
         m->to == NULL || m->lease) {
         return;
     }
-    struct ring *rec = ring_from_record(reply, &epoch);
+    struct ring *rec = ring_from_reply(reply, &epoch);
     if (rec == NULL) {
         return;
     }
     char fp[33];
-    ring_fingerprint(rec, fp);
+    ringrec_fingerprint(rec, fp);
     ring_unref(rec);
     if (strcmp(fp, m->fp_to) == 0) {
         m->epoch = epoch;
@@ -1481,7 +1354,7 @@ static void on_ring_record(redisAsyncContext *ac, void *r, void *priv)
     }
     m->state = MIG_IDLE;
     bool present = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0;
-    struct ring *rec = present ? ring_from_record(reply, &epoch) : NULL;
+    struct ring *rec = present ? ring_from_reply(reply, &epoch) : NULL;
     if (present && rec == NULL) {
         /* Never overwrite the authority on where data lives. */
         log_error("migration", "%s: cannot read the ring record %s:ring; serving "
@@ -1494,7 +1367,7 @@ static void on_ring_record(redisAsyncContext *ac, void *r, void *priv)
                    p->name, m->fp_from, m->prefix);
     } else {
         char fp[33], err[256];
-        ring_fingerprint(rec, fp);
+        ringrec_fingerprint(rec, fp);
         m->epoch = epoch;
         if (strcmp(fp, m->fp_from) == 0) {
             log_info("migration", "%s: the data obeys this config's ring (epoch %llu)",
@@ -1625,7 +1498,7 @@ struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p))
     m->p = p;
     m->ready = ready;
     m->state = MIG_STARTING;
-    ring_fingerprint(p->ring, m->fp_from);
+    ringrec_fingerprint(p->ring, m->fp_from);
     m->ready_deadline = worker_now_ms(p->w) + MIG_READY_TIMEOUT_MS;
     mig_connect(m);
     return m;

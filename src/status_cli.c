@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "config.h"
 #include "index.h"
+#include "ringrec.h"
 
 #define STATUS_TIMEOUT_SEC 3
 #define STATUS_MAX_REPLY (16u << 20)
@@ -534,9 +535,9 @@ static double hash_num(const redisReply *h, const char *field)
 /* Does the ring record describe the same ring as the config? */
 static bool record_matches(const redisReply *rec, const struct conf_pool *p)
 {
-    char err[256], *fields[IDX_RING_FIELDS * 2];
+    char err[256], *fields[RINGREC_FIELDS * 2];
     struct ring *r = conf_pool_ring(p, err, sizeof(err));
-    int n = r != NULL ? idx_ring_record(r, 0, fields) : -1;
+    int n = r != NULL ? ringrec_fields(r, 0, fields) : -1;
     bool same = n > 0;
 
     for (int i = 2; same && i + 1 < n; i += 2) {     /* 0, 1: the epoch */
@@ -544,7 +545,7 @@ static bool record_matches(const redisReply *rec, const struct conf_pool *p)
         same = v != NULL && strcmp(v, fields[i + 1]) == 0;
     }
     if (n > 0) {
-        idx_ring_record_free(fields, n);
+        ringrec_fields_free(fields, n);
     }
     ring_unref(r);
     return same;

@@ -1,0 +1,167 @@
+/* test_ringrec.c — the ring record survives Redis: write, read back, compare. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ringrec.h"
+
+static struct ring *make_ring(enum ring_compat compat, const char *tag,
+                              const struct ring_server_spec *s, uint32_t n)
+{
+    struct ring_params p = { .compat = compat, .hash = HASH_FNV1A_64,
+                             .servers = s, .nservers = n };
+    char err[256];
+
+    if (tag != NULL) {
+        p.has_tag = true;
+        memcpy(p.tag, tag, 2);
+    }
+    struct ring *r = ring_build(&p, err, sizeof(err));
+    ck_assert_msg(r != NULL, "%s", err);
+    return r;
+}
+
+/* Write r's record, parse it back, and check the rings are the same. */
+static void assert_round_trip(const struct ring *r, uint64_t epoch)
+{
+    char *fields[RINGREC_FIELDS * 2];
+    int n = ringrec_fields(r, epoch, fields);
+    uint64_t got_epoch = 0;
+
+    ck_assert_int_eq(n, RINGREC_FIELDS * 2);
+    struct ring *back = ringrec_parse((const char *const *)fields, (size_t)n, &got_epoch);
+    ck_assert_ptr_nonnull(back);
+    ck_assert_uint_eq(got_epoch, epoch);
+    ck_assert_int_eq(back->compat, r->compat);
+    ck_assert_int_eq(back->hash, r->hash);
+    ck_assert_int_eq(back->has_tag, r->has_tag);
+    ck_assert_uint_eq(back->nservers, r->nservers);
+    for (uint32_t i = 0; i < r->nservers; i++) {
+        ck_assert_str_eq(back->servers[i].identity, r->servers[i].identity);
+        ck_assert_str_eq(back->servers[i].addr, r->servers[i].addr);
+        ck_assert_uint_eq(back->servers[i].weight, r->servers[i].weight);
+    }
+    ck_assert_uint_eq(back->npoints, r->npoints);
+    ck_assert_mem_eq(back->points, r->points, r->npoints * sizeof(*r->points));
+    ringrec_fields_free(fields, n);
+    ring_unref(back);
+}
+
+START_TEST(record_round_trips_plain_servers)
+{
+    const struct ring_server_spec s[] = {
+        { "mc1", "127.0.0.1:11212", 1 }, { "mc2", "127.0.0.1:11213", 3 },
+        { "10.0.0.7", "10.0.0.7:11211", 2 },
+    };
+    struct ring *r = make_ring(RING_COMPAT_LIBMEMCACHED, NULL, s, 3);
+
+    assert_round_trip(r, 1);
+    assert_round_trip(r, 18446744073709551615ull);
+    ring_unref(r);
+}
+END_TEST
+
+START_TEST(record_round_trips_identities_that_need_escaping)
+{
+    const struct ring_server_spec s[] = {
+        { "quote\"d", "/tmp/a b.sock", 1 }, { "back\\slash", "h:1", 1 },
+        { "tab\tand\x01ctl", "h:2", 1 }, { "caf\xc3\xa9 {x}", "h:3", 5 },
+    };
+    struct ring *r = make_ring(RING_COMPAT_LIBKETAMA, "{}", s, 4);
+
+    assert_round_trip(r, 42);
+    ring_unref(r);
+}
+END_TEST
+
+START_TEST(record_round_trips_hundreds_of_servers)
+{
+    struct ring_server_spec s[300];
+    char names[300][16], addrs[300][40];
+
+    for (int i = 0; i < 300; i++) {
+        snprintf(names[i], sizeof(names[i]), "mc%d", i);
+        snprintf(addrs[i], sizeof(addrs[i]), "10.1.%d.%d:11211", i / 200, i % 200);
+        s[i] = (struct ring_server_spec){ names[i], addrs[i], (uint32_t)(1 + i % 4) };
+    }
+    struct ring *r = make_ring(RING_COMPAT_LIBMEMCACHED, NULL, s, 300);
+    assert_round_trip(r, 7);
+    ring_unref(r);
+}
+END_TEST
+
+START_TEST(fingerprint_names_the_ring_not_the_epoch)
+{
+    const struct ring_server_spec a[] = { { "mc1", "h:1", 1 }, { "mc2", "h:2", 1 } };
+    const struct ring_server_spec w[] = { { "mc1", "h:1", 1 }, { "mc2", "h:2", 2 } };
+    const struct ring_server_spec m[] = { { "mc1", "h:1", 1 }, { "mc2", "h:9", 1 } };
+    struct ring *r1 = make_ring(RING_COMPAT_LIBMEMCACHED, NULL, a, 2);
+    struct ring *r2 = make_ring(RING_COMPAT_LIBMEMCACHED, NULL, a, 2);
+    struct ring *rw = make_ring(RING_COMPAT_LIBMEMCACHED, NULL, w, 2);
+    struct ring *rm = make_ring(RING_COMPAT_LIBMEMCACHED, NULL, m, 2);
+    struct ring *rk = make_ring(RING_COMPAT_LIBKETAMA, NULL, a, 2);
+    char f1[RINGREC_FP_SIZE], f2[RINGREC_FP_SIZE], fw[RINGREC_FP_SIZE],
+         fm[RINGREC_FP_SIZE], fk[RINGREC_FP_SIZE];
+
+    ringrec_fingerprint(r1, f1);
+    ringrec_fingerprint(r2, f2);
+    ringrec_fingerprint(rw, fw);
+    ringrec_fingerprint(rm, fm);
+    ringrec_fingerprint(rk, fk);
+    ck_assert_uint_eq(strlen(f1), 32);
+    ck_assert_str_eq(f1, f2);
+    ck_assert_str_ne(f1, fw);       /* a weight changes placement */
+    ck_assert_str_ne(f1, fm);       /* an address changes where data lives */
+    ck_assert_str_ne(f1, fk);
+    ring_unref(r1);
+    ring_unref(r2);
+    ring_unref(rw);
+    ring_unref(rm);
+    ring_unref(rk);
+}
+END_TEST
+
+START_TEST(malformed_records_are_refused)
+{
+    const char *no_servers[] = { "epoch", "1", "compat", "libmemcached", "hash", "md5" };
+    const char *bad_hash[] = { "compat", "libmemcached", "hash", "sha1", "servers",
+                               "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1}]" };
+    const char *bad_json[] = { "compat", "libmemcached", "hash", "md5", "servers",
+                               "[{\"identity\":\"a\",\"addr\":" };
+    const char *empty[] = { "compat", "libmemcached", "hash", "md5", "servers", "[]" };
+    const char *zero_weight[] = { "compat", "libmemcached", "hash", "md5", "servers",
+                                  "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":0}]" };
+    uint64_t epoch = 0;
+
+    ck_assert_ptr_null(ringrec_parse(no_servers, 6, &epoch));
+    ck_assert_ptr_null(ringrec_parse(bad_hash, 6, &epoch));
+    ck_assert_ptr_null(ringrec_parse(bad_json, 6, &epoch));
+    ck_assert_ptr_null(ringrec_parse(empty, 6, &epoch));
+    ck_assert_ptr_null(ringrec_parse(zero_weight, 6, &epoch));
+}
+END_TEST
+
+static Suite *ringrec_suite(void)
+{
+    Suite *s = suite_create("ringrec");
+    TCase *tc = tcase_create("record");
+
+    tcase_add_test(tc, record_round_trips_plain_servers);
+    tcase_add_test(tc, record_round_trips_identities_that_need_escaping);
+    tcase_add_test(tc, record_round_trips_hundreds_of_servers);
+    tcase_add_test(tc, fingerprint_names_the_ring_not_the_epoch);
+    tcase_add_test(tc, malformed_records_are_refused);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(ringrec_suite());
+
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include <hiredis/hiredis.h>
 
@@ -291,11 +292,39 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
     for (uint32_t s = 0; fds != NULL && s < ring->nservers; s++) {
         fds[s] = mc_open(&p->servers[s].addr);
     }
-    /* An even share from every v-node, in random order of v-nodes. */
-    long per = sample / (long)ring->npoints + 1;
+    /* Each v-node contributes in proportion to its size (a uniform sample of
+     * indexed keys); sets are sized first, in one pipeline. */
+    uint64_t *card = calloc(ring->npoints, sizeof(*card)), total = 0;
+    for (uint32_t i = 0; card != NULL && i < ring->npoints; i++) {
+        idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key));
+        redisAppendCommand(rc, "ZCARD %s", key);
+    }
+    for (uint32_t i = 0; card != NULL && i < ring->npoints; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(rc, (void **)&r) != REDIS_OK) {
+            fprintf(stderr, "Redis %s: %s\n", p->index.redis.text, rc->errstr);
+            free(card);
+            card = NULL;
+            break;
+        }
+        card[i] = r->type == REDIS_REPLY_INTEGER ? (uint64_t)r->integer : 0;
+        total += card[i];
+        freeReplyObject(r);
+    }
+    if ((uint64_t)sample > total) {
+        sample = (long)total;
+    }
+    srandom((unsigned)getpid() ^ (unsigned)time(NULL));
     uint32_t start = (uint32_t)random() % ring->npoints;
-    for (uint32_t k = 0; fds != NULL && k < ring->npoints && checked < sample; k++) {
+    for (uint32_t k = 0; fds != NULL && card != NULL && k < ring->npoints &&
+                         checked < sample; k++) {
         uint32_t i = (start + k) % ring->npoints;
+        /* Round up so small sets are sampled too; the total is capped below,
+         * starting at a random v-node so the cut falls anywhere. */
+        long per = total ? (long)((card[i] * (uint64_t)sample + total - 1) / total) : 0;
+        if (per == 0) {
+            continue;
+        }
         idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key));
         redisReply *r = redisCommand(rc, "ZRANDMEMBER %s %ld WITHSCORES", key, per);
         if (r == NULL) {
@@ -340,6 +369,7 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
             close(fds[s]);
         }
     }
+    free(card);
     free(fds);
     redisFree(rc);
     ring_unref(ring);

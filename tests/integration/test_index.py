@@ -2,6 +2,7 @@
 sorted set of the v-node that owns it, scored by its ring hash; deletes
 remove it; failed stores add nothing; Redis trouble never reaches clients."""
 import random
+import socket
 import subprocess
 import threading
 import time
@@ -198,4 +199,40 @@ def test_redis_killed_under_load_costs_clients_nothing(cluster):
     wait_index_idle(c)
     r = redis.Redis(port=rs.port)
     assert b"after-restart" in indexed_members(r)
+    c.close()
+
+
+def test_index_stats_and_check_report_what_redis_and_backends_hold(cluster):
+    mcs = cluster.memcached(3)
+    rs = cluster.redis()
+    port = free_port()
+    proxy = cluster.proxy(config(port, mcs, rs.port), port=port)
+    c = Client(("127.0.0.1", port))
+    keys = ["chk%d" % i for i in range(3000)]
+    assert c.set_many({k: b"v" for k in keys}, noreply=False) == []
+    wait_index_idle(c)
+
+    out = subprocess.run([RINGPROXY, "index", "stats", "-c", proxy.conf_path],
+                         check=True, capture_output=True, text=True).stdout
+    assert "3000 indexed keys" in out
+    assert "epoch 1, matches this config" in out
+    per_server = [l.split() for l in out.splitlines() if l.strip().startswith("mc")]
+    assert sum(int(f[2]) for f in per_server) == 3000
+
+    out = subprocess.run([RINGPROXY, "index", "check", "-c", proxy.conf_path,
+                          "--sample", "500"], check=True, capture_output=True,
+                         text=True).stdout
+    assert "checked 500 indexed keys" in out
+    assert "misplaced: 0, wrong score: 0" in out
+    assert "on their backend: 500 (100.0%)" in out
+
+    # Keys deleted around the proxy stay in the index: check sees them gone.
+    for m in mcs:
+        with socket.create_connection(("127.0.0.1", m.port)) as s:
+            s.sendall(b"flush_all\r\n")
+            assert s.recv(100) == b"OK\r\n"
+    out = subprocess.run([RINGPROXY, "index", "check", "-c", proxy.conf_path,
+                          "--sample", "100"], check=True, capture_output=True,
+                         text=True).stdout
+    assert "on their backend: 0 (0.0%)" in out and "deleted around the proxy): 100" in out
     c.close()

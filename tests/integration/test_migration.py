@@ -198,10 +198,12 @@ def test_grow_3_to_4_moves_exactly_the_keys_whose_owner_changed(env):
 
 
 class Workload:
-    """Clients writing versioned values and reading them back throughout."""
+    """Clients writing versioned values and reading them back throughout;
+    with deletes=True they also delete keys, and a deleted key must read as
+    a miss until written again (a move must never resurrect it)."""
 
-    def __init__(self, port, keys, threads=4):
-        self.port, self.keys = port, keys
+    def __init__(self, port, keys, threads=4, deletes=False):
+        self.port, self.keys, self.deletes = port, keys, deletes
         self.stop = threading.Event()
         self.acked = {}             # key -> last version acknowledged
         self.lock = threading.Lock()
@@ -214,14 +216,22 @@ class Workload:
         c = Client(("127.0.0.1", self.port), timeout=10)
         mine = self.keys[me::n]     # each key has one writer: versions are ordered
         version = {k: 0 for k in mine}
+        deleted = set()
         i = 0
         try:
             while not self.stop.is_set():
                 k = mine[i % len(mine)]
                 i += 1
-                if i % 3 == 0:
+                if self.deletes and i % 11 == 0 and k not in deleted:
+                    assert c.delete(k, noreply=False)
+                    deleted.add(k)
+                    with self.lock:
+                        self.acked[k] = None
+                        self.writes += 1
+                elif i % 3 == 0:
                     version[k] += 1
                     assert c.set(k, "%s:%d" % (k, version[k]), noreply=False)
+                    deleted.discard(k)
                     with self.lock:
                         self.acked[k] = version[k]
                         self.writes += 1
@@ -229,6 +239,10 @@ class Workload:
                     v = c.get(k)
                     with self.lock:
                         self.reads += 1
+                    if k in deleted:
+                        if v is not None:
+                            self.errors.append("deleted %s came back: %r" % (k, v))
+                        continue
                     if v is None:
                         self.errors.append("miss on %s" % k)
                         continue
@@ -265,7 +279,7 @@ def test_resize_under_load_has_no_miss_and_no_stale_read(env):
     seed_versioned(proxy.port, keys)
     time.sleep(0.3)
     new = env.servers(1)
-    with Workload(proxy.port, keys) as w:
+    with Workload(proxy.port, keys, deletes=True) as w:
         time.sleep(0.5)
         reload(proxy, env.config(old + new, proxy.port, rate=3000))
         wait_migrated(proxy.port, 2)
@@ -277,9 +291,14 @@ def test_resize_under_load_has_no_miss_and_no_stale_read(env):
     # Everything is where ring B says, with the last acknowledged version.
     c = Client(("127.0.0.1", proxy.port))
     for k in keys:
-        assert int(c.get(k).split(b":")[1]) == w.acked.get(k, 0)
+        v = c.get(k)
+        if w.acked.get(k, 0) is None:
+            assert v is None, "deleted %s came back" % k
+        else:
+            assert int(v.split(b":")[1]) == w.acked.get(k, 0)
     c.close()
-    assert_placement(proxy, old + new, keys[:2000])
+    alive = [k for k in keys[:2000] if w.acked.get(k, 0) is not None]
+    assert_placement(proxy, old + new, alive)
 
 
 @pytest.mark.parametrize("change", ["drain_4_to_3", "reweight"])
@@ -379,8 +398,9 @@ def test_two_proxies_share_one_migration(env, cluster):
     keys = ["w%d" % i for i in range(4000)]
     seed_versioned(a.port, keys)
     time.sleep(0.3)
-    with Workload(a.port, keys[:2000], threads=2) as wa, \
-            Workload(b.port, keys[2000:], threads=2) as wb:
+    # Sets and deletes race the moves through both proxies.
+    with Workload(a.port, keys[:2000], threads=2, deletes=True) as wa, \
+            Workload(b.port, keys[2000:], threads=2, deletes=True) as wb:
         time.sleep(0.3)
         reload(a, env.config(mcs, a.port, rate=4000))
         time.sleep(0.2)
@@ -392,9 +412,16 @@ def test_two_proxies_share_one_migration(env, cluster):
     moved = [int(proxy_stats(p.port)["migration:keys_moved"]) for p in (a, b)]
     leases = [("holds the migration lease" in p.log()) for p in (a, b)]
     assert leases.count(True) >= 1
+    acked = dict(wa.acked)
+    acked.update(wb.acked)
     for p in (a, b):
         c = Client(("127.0.0.1", p.port))
-        assert all(c.get(k) is not None for k in keys[::7])
+        for k in keys[::7]:
+            v = c.get(k)
+            if acked.get(k, 0) is None:
+                assert v is None, "deleted %s came back through %d" % (k, p.port)
+            else:
+                assert v is not None and int(v.split(b":")[1]) == acked.get(k, 0)
         c.close()
     assert sum(moved) > 0
 

@@ -57,6 +57,8 @@
 #define MIG_BUCKETS 4096
 #define MIG_LIST_BATCH 500
 #define MIG_MAX_RETRIES 5
+#define MIG_ARC_PASSES 5            /* passes over an arc whose moves failed */
+#define MIG_ARC_RETRY_MS 1000
 #define MIG_LEASE_MS 10000
 #define MIG_HEARTBEAT_MS 1000
 #define MIG_PROXY_LIVE_MS 5000
@@ -114,6 +116,9 @@ struct mig_arc {
     uint32_t cursor;            /* score to list from (inclusive) */
     char **seen;                /* members at `cursor` already taken */
     uint32_t nseen;
+    uint32_t failed;            /* moves that failed in this pass */
+    uint32_t passes;            /* passes over the arc so far */
+    uint64_t retry_at;          /* next pass not before (ms) */
 };
 
 struct mig {
@@ -465,6 +470,9 @@ static void move_done(struct mop *op, enum move_result res)
         break;
     case FAILED:
         m->keys_failed++;
+        if (op->arc >= 0) {
+            m->arcs[op->arc].failed++;  /* its arc gets another pass */
+        }
         break;
     }
     index_moved(m, op, res);
@@ -977,11 +985,29 @@ static void bulk_pump(struct mig *m)
         if (a->listing || a->inflight > 0) {
             continue;   /* this arc's batch is under way */
         }
+        if (a->exhausted && a->failed > 0 && a->passes + 1 < MIG_ARC_PASSES) {
+            /* Moves failed (a server unreachable?): list what is left again
+             * after a pause; moved keys have left the set already. */
+            a->passes++;
+            a->failed = 0;
+            a->exhausted = false;
+            a->cursor = m->diff.arcs[i].first;
+            arc_free_seen(a);
+            a->retry_at = now_ms(m) + MIG_ARC_RETRY_MS;
+        }
         if (a->exhausted) {
+            if (a->failed > 0) {
+                log_warn("migration", "%s: %u keys of arc %u-%u could not be moved "
+                         "after %d passes; giving up on them", m->p->name, a->failed,
+                         m->diff.arcs[i].first, m->diff.arcs[i].last, MIG_ARC_PASSES);
+            }
             arc_done(m, i);
             if (m->finishing) {
                 return;
             }
+            continue;
+        }
+        if (now_ms(m) < a->retry_at) {
             continue;
         }
         if ((limited && m->tokens < 1) || m->inflight + m->reserved >= limit ||

@@ -526,3 +526,24 @@ def test_every_command_on_a_moving_key_behaves_as_on_one_server(env):
         if k != d:
             assert k.encode() in held[4] and all(k.encode() not in held[i] for i in (1, 2, 3))
     c.close()
+
+
+def test_a_source_server_that_stalls_mid_migration_loses_nothing(env):
+    mcs = env.servers(4)
+    proxy = env.proxy(mcs[:3], rate=2000)
+    keys = fill(proxy.port, 9000)
+    time.sleep(0.3)
+    reload(proxy, env.config(mcs, proxy.port, rate=2000))
+    deadline = time.monotonic() + 20
+    while int(proxy_stats(proxy.port)["migration:keys_moved"]) < 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    mcs[0].proc.send_signal(signal.SIGSTOP)     # unreachable, data intact
+    try:
+        time.sleep(3.0)                         # longer than the 2 s timeout
+    finally:
+        mcs[0].proc.send_signal(signal.SIGCONT)
+    st = wait_migrated(proxy.port, 2)
+    assert int(st["migration:keys_failed"]) > 0     # the stall really hit moves
+    assert_all_hit(proxy.port, keys)
+    assert_placement(proxy, mcs, keys)

@@ -1348,11 +1348,14 @@ static void heartbeat(struct mig *m)
     snprintf(lock, sizeof(lock), "%s:migration:lock", m->prefix);
     /* Every migrating proxy watches whether all serve the new ring. */
     mig_redis(m, on_proxies, m, "HGETALL %s:proxies", m->prefix);
+    /* Take the lease if it is free, renew it if it is ours (also when it
+     * survived a Redis restart that our connection did not). */
+    mig_redis(m, on_lease, m, "EVAL %s 1 %s %s %d",
+              "local v = redis.call('get', KEYS[1]) "
+              "if v == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end "
+              "if not v then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+              "return 1 end return 0", lock, m->id, MIG_LEASE_MS);
     if (m->lease) {
-        mig_redis(m, on_lease, m, "EVAL %s 1 %s %s %d",
-             "if redis.call('get', KEYS[1]) == ARGV[1] then "
-             "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0",
-             lock, m->id, MIG_LEASE_MS);
         mig_redis(m, NULL, NULL, "HSET %s:migration holder %s arcs_total %llu arcs_done %u "
              "keys_moved %llu keys_stale %llu keys_skipped %llu keys_failed %llu "
              "started %llu updated %llu", m->prefix, m->id, (unsigned long long)m->diff.narcs, m->arcs_done,
@@ -1361,7 +1364,6 @@ static void heartbeat(struct mig *m)
              (unsigned long long)m->started_ms / 1000,
              (unsigned long long)time(NULL));
     } else {
-        mig_redis(m, on_lease, m, "SET %s %s NX PX %d", lock, m->id, MIG_LEASE_MS);
         mig_redis(m, on_done_arcs, m, "SMEMBERS %s:migration:done:%s", m->prefix, m->fp_to);
         mig_redis(m, on_ring_poll, m, "HGETALL %s:ring", m->prefix);
     }

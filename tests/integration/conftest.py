@@ -20,8 +20,8 @@ class Cluster:
         self.started.extend(servers)
         return servers
 
-    def redis(self):
-        r = Redis(self.workdir).start()
+    def redis(self, persist=False):
+        r = Redis(self.workdir, persist=persist).start()
         self.started.append(r)
         return r
 

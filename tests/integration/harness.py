@@ -193,13 +193,19 @@ class Memcached(Server):
 
 
 class Redis(Server):
-    def __init__(self, workdir, port=None):
+    """redis-server; persist=True keeps an fsync'd append-only file, so a
+    killed server restarts with its data, as a production Redis would."""
+
+    def __init__(self, workdir, port=None, persist=False):
         super().__init__("redis", port or free_port(), workdir)
+        self.persist = persist
 
     def argv(self):
+        aof = (["--appendonly", "yes", "--appendfsync", "always",
+                "--appendfilename", "rp-%d.aof" % self.port] if self.persist
+               else ["--appendonly", "no"])
         return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", self.workdir,
-                "--daemonize", "no"]
+                "--save", "", "--dir", self.workdir, "--daemonize", "no"] + aof
 
 
 class Proxy(Server):

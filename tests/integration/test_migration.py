@@ -86,7 +86,7 @@ def env(cluster):
     """memcached servers named mc1.., one Redis, a helper to start the proxy."""
     class Env:
         def __init__(self):
-            self.redis = cluster.redis()
+            self.redis = cluster.redis(persist=True)
             self.r = redis.Redis(port=self.redis.port)
             self.pool = []
 
@@ -545,5 +545,25 @@ def test_a_source_server_that_stalls_mid_migration_loses_nothing(env):
         mcs[0].proc.send_signal(signal.SIGCONT)
     st = wait_migrated(proxy.port, 2)
     assert int(st["migration:keys_failed"]) > 0     # the stall really hit moves
+    assert_all_hit(proxy.port, keys)
+    assert_placement(proxy, mcs, keys)
+
+
+def test_redis_killed_mid_migration_resumes_when_it_returns(env):
+    mcs = env.servers(4)
+    proxy = env.proxy(mcs[:3], rate=2000)
+    keys = fill(proxy.port, 9000)
+    time.sleep(0.3)
+    reload(proxy, env.config(mcs, proxy.port, rate=2000))
+    deadline = time.monotonic() + 20
+    while int(proxy_stats(proxy.port)["migration:keys_moved"]) < 300:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    env.redis.kill()
+    # Clients are served meanwhile, with the fallback for moving keys.
+    assert_all_hit(proxy.port, keys[::10])
+    time.sleep(1.0)
+    env.redis.start()           # same port, its data back from the AOF
+    wait_migrated(proxy.port, 2)
     assert_all_hit(proxy.port, keys)
     assert_placement(proxy, mcs, keys)

@@ -1428,6 +1428,27 @@ static void on_ring_record(redisAsyncContext *ac, void *r, void *priv)
     apply_pending(m);
 }
 
+/* After a reconnect: is the ring record (and so the index) still there? */
+static void on_ring_check(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
+        reply->elements > 0) {
+        return;
+    }
+    log_error("migration", "%s: Redis came back without %s:ring: it lost the index "
+              "(run Redis with persistence). Keys stored before now are not "
+              "indexed, so a resize could not move them until they are written "
+              "again%s", m->p->name, m->prefix,
+              m->to != NULL ? "; keys of this migration not moved yet will miss "
+              "unless clients touch them before it ends" : "");
+    if (m->to == NULL) {
+        write_ring_record(m, m->p->ring, m->epoch, NULL);
+    }
+}
+
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
@@ -1449,6 +1470,10 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     m->rc_up = true;
+    if (m->state != MIG_STARTING) {
+        /* A Redis that comes back empty has lost the index: say so. */
+        mig_redis(m, on_ring_check, m, "HGETALL %s:ring", m->prefix);
+    }
     heartbeat(m);
 }
 

@@ -236,3 +236,22 @@ def test_index_stats_and_check_report_what_redis_and_backends_hold(cluster):
                          text=True).stdout
     assert "on their backend: 0 (0.0%)" in out and "deleted around the proxy): 100" in out
     c.close()
+
+
+def test_a_redis_that_returns_empty_is_reported_and_re_recorded(cluster):
+    mcs = cluster.memcached(2)
+    rs = cluster.redis()
+    port = free_port()
+    proxy = cluster.proxy(config(port, mcs, rs.port), port=port)
+    r = redis.Redis(port=rs.port)
+    deadline = time.monotonic() + 10
+    while not r.exists(PREFIX + ":ring"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rs.kill()
+    rs.start()                          # no persistence: it comes back empty
+    deadline = time.monotonic() + 15
+    while "it lost the index" not in proxy.log() or not r.exists(PREFIX + ":ring"):
+        assert time.monotonic() < deadline, proxy.log()[-2000:]
+        time.sleep(0.1)
+    assert r.hget(PREFIX + ":ring", "epoch") == b"1"

@@ -459,7 +459,11 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     proto_keys_begin(req, &it);
     for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
         if (nfrags >= UINT16_MAX - 1) {
-            break;  /* more shares than a request holds: the rest are misses */
+            /* More shares than a request holds: the rest are misses. */
+            for (; i < req->nkeys; i++) {
+                key_frag[i] = UINT16_MAX;
+            }
+            break;
         }
         if (mig != NULL && mig_routes_key(mig, k, klen)) {
             key_frag[i] = (uint16_t)nfrags;

@@ -151,6 +151,8 @@ struct mig {
     uint32_t inflight, reserved;
     bool finishing;             /* every arc done; recording ring B */
     bool closing;               /* mig_free: start nothing new */
+    uint32_t nops;              /* operations queued or running */
+    const char *end_how;        /* the end waits for nops to reach 0 */
     uint64_t started_ms, moved_at_last_log, last_log_ms;
     double last_rate;
     /* keys with operations */
@@ -162,6 +164,7 @@ struct mig {
 static void mig_connect(struct mig *m);
 static void mop_next(struct mkey *k);
 static void mig_finish(struct mig *m);
+static void mig_end(struct mig *m, const char *how);
 static void bulk_pump(struct mig *m);
 
 /* --- helpers ---------------------------------------------------------------- */
@@ -410,6 +413,7 @@ static void mop_finish(struct mop *op)
         m->inflight--;
     }
     mop_free(op);
+    m->nops--;
     if (TAILQ_EMPTY(&k->ops)) {
         key_drop(m, k);
     } else {
@@ -417,6 +421,9 @@ static void mop_finish(struct mop *op)
     }
     if (m->lease) {
         bulk_pump(m);
+    }
+    if (m->end_how != NULL && m->nops == 0) {
+        mig_end(m, m->end_how);     /* it waited for this last operation */
     }
 }
 
@@ -804,6 +811,7 @@ static bool mop_enqueue(struct mig *m, struct mop *op, const char *key, size_t l
     }
     op->m = m;
     op->k = k;
+    m->nops++;
     bool idle = TAILQ_EMPTY(&k->ops);
     TAILQ_INSERT_TAIL(&k->ops, op, link);
     if (idle && m->drained) {
@@ -1082,6 +1090,13 @@ static void mig_end(struct mig *m, const char *how)
 {
     uint64_t secs = (now_ms(m) - m->started_ms) / 1000;
 
+    if (m->nops > 0) {
+        /* Client commands still run on the old and new owners: the rings
+         * and backends they use must stay until the last one is done. */
+        m->end_how = how;
+        return;
+    }
+    m->end_how = NULL;
     log_notice("migration", "%s: done (%s) in %llus: %llu keys moved, %llu already "
                "newer on the new owner, %llu stale, %llu failed, %llu index entries "
                "moved; the data obeys ring epoch %llu", m->p->name, how,

@@ -88,10 +88,6 @@ static double admin_mig_value(const struct mig_progress *pr, enum admin_mig_metr
     }
 }
 
-static const char *const backend_state_names[] = {
-    [BACKEND_UP] = "up", [BACKEND_DOWN] = "down", [BACKEND_EJECTED] = "ejected",
-};
-#define BACKEND_STATE_COUNT (sizeof(backend_state_names) / sizeof(backend_state_names[0]))
 
 struct admin {
     struct worker *w;

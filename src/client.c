@@ -305,13 +305,11 @@ static void client_stats(struct client *c, const struct proto_req *req)
             evbuffer_add_printf(b, "STAT %s %llu\r\n", stats_pool_desc[i].name,
                                 (unsigned long long)p->stats[i]);
         }
-        static const char *const be_state[] = {
-            [BACKEND_UP] = "up", [BACKEND_DOWN] = "down", [BACKEND_EJECTED] = "ejected" };
         for (uint32_t s = 0; s < p->nbackends; s++) {
             const struct backend *be = p->backends[s];
             evbuffer_add_printf(b, "STAT backend:%s:addr %s\r\nSTAT backend:%s:state %s\r\n",
                                 be->identity, be->addr.text, be->identity,
-                                be_state[be->state]);
+                                backend_state_names[be->state]);
             for (int i = 0; i < STAT_BACKEND_COUNT; i++) {
                 evbuffer_add_printf(b, "STAT backend:%s:%s %llu\r\n", be->identity,
                                     stats_backend_desc[i].name,

@@ -26,6 +26,12 @@
 #include "log.h"
 #include "router.h"
 
+#define BACKEND_STATE_NAME(e, name) [BACKEND_##e] = name,
+const char *const backend_state_names[BACKEND_STATE_COUNT] = {
+    BACKEND_STATE_CODEC(BACKEND_STATE_NAME)
+};
+#undef BACKEND_STATE_NAME
+
 uint64_t worker_now_ms(struct worker *w)
 {
     struct timeval tv;

@@ -88,7 +88,15 @@ struct bconn {
     TAILQ_ENTRY(bconn) dirty_link;
 };
 
-enum backend_state { BACKEND_UP, BACKEND_DOWN, BACKEND_EJECTED };
+#define BACKEND_STATE_CODEC(X)                                        \
+    X(UP, "up")                                                       \
+    X(DOWN, "down")             /* failing: requests fail fast until retry */ \
+    X(EJECTED, "ejected")       /* auto_eject_hosts took it out of routing */
+
+#define BACKEND_STATE_ENUM(e, name) BACKEND_##e,
+enum backend_state { BACKEND_STATE_CODEC(BACKEND_STATE_ENUM) BACKEND_STATE_COUNT };
+#undef BACKEND_STATE_ENUM
+extern const char *const backend_state_names[BACKEND_STATE_COUNT];
 
 struct backend {
     struct pool *pool;

@@ -76,6 +76,14 @@ def wait_migrated(port, epoch, timeout=SETTLE):
     raise AssertionError("migration did not finish: %s" % st)
 
 
+def wait_moved(port, n, timeout=20):
+    """Until a migration has moved at least n keys (it is under way)."""
+    deadline = time.monotonic() + timeout
+    while int(proxy_stats(port)["migration:keys_moved"]) < n:
+        assert time.monotonic() < deadline, "the migration moved fewer than %d keys" % n
+        time.sleep(0.05)
+
+
 def reload(proxy, text):
     proxy.write_config(text)
     proxy.signal(signal.SIGHUP)
@@ -376,10 +384,7 @@ def test_proxy_killed_mid_migration_resumes_after_restart(env, cluster):
     keys = fill(proxy.port, 12000)
     time.sleep(0.3)
     reload(proxy, env.config(mcs, proxy.port, rate=1500))
-    deadline = time.monotonic() + 20
-    while int(proxy_stats(proxy.port)["migration:keys_moved"]) < 500:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_moved(proxy.port, 500)
     assert proxy_stats(proxy.port)["migration:state"] == "moving"
     proxy.kill()
     # The config on disk is the new one; the data still obeys the old ring.
@@ -433,10 +438,7 @@ def test_sigterm_during_a_migration_stops_cleanly_and_a_restart_finishes(env):
     time.sleep(0.3)
     with Workload(proxy.port, keys[:400], threads=2) as w:
         reload(proxy, env.config(mcs, proxy.port, rate=1000))
-        deadline = time.monotonic() + 20
-        while int(proxy_stats(proxy.port)["migration:keys_moved"]) < 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_moved(proxy.port, 200)
         w.stop.set()
         for t in w.threads:
             t.join(30)
@@ -534,10 +536,7 @@ def test_a_source_server_that_stalls_mid_migration_loses_nothing(env):
     keys = fill(proxy.port, 9000)
     time.sleep(0.3)
     reload(proxy, env.config(mcs, proxy.port, rate=2000))
-    deadline = time.monotonic() + 20
-    while int(proxy_stats(proxy.port)["migration:keys_moved"]) < 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_moved(proxy.port, 200)
     mcs[0].proc.send_signal(signal.SIGSTOP)     # unreachable, data intact
     try:
         time.sleep(3.0)                         # longer than the 2 s timeout
@@ -555,10 +554,7 @@ def test_redis_killed_mid_migration_resumes_when_it_returns(env):
     keys = fill(proxy.port, 9000)
     time.sleep(0.3)
     reload(proxy, env.config(mcs, proxy.port, rate=2000))
-    deadline = time.monotonic() + 20
-    while int(proxy_stats(proxy.port)["migration:keys_moved"]) < 300:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_moved(proxy.port, 300)
     env.redis.kill()
     # Clients are served meanwhile, with the fallback for moving keys.
     assert_all_hit(proxy.port, keys[::10])

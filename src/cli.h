@@ -5,6 +5,7 @@
 #ifndef RP_CLI_H
 #define RP_CLI_H
 
+#include <stdbool.h>
 #include <stdio.h>
 
 /* Each returns the process exit status and writes to out (errors to stderr). */
@@ -19,6 +20,11 @@ struct redisContext;
 struct conf_index;
 struct redisContext *cli_redis_open(const struct conf_index *ix, char *err,
                                     size_t errlen);
+
+/* Does an HGETALL reply of <prefix>:ring describe ring r? */
+struct redisReply;
+struct ring;
+bool cli_record_matches(const struct redisReply *rec, const struct ring *r);
 
 /* `index stats` and `index check` (sample: keys to check). */
 int cli_index(const char *what, const char *path, const char *pool, long sample,

@@ -85,39 +85,42 @@ static long long zset_listpack_limit(redisContext *rc)
     return -1;
 }
 
+bool cli_record_matches(const redisReply *rec, const struct ring *r)
+{
+    const char **kv;
+    bool same;
+
+    if (rec == NULL || rec->type != REDIS_REPLY_ARRAY ||
+        (kv = calloc(rec->elements + 1, sizeof(*kv))) == NULL) {
+        return false;
+    }
+    for (size_t j = 0; j < rec->elements; j++) {
+        kv[j] = rec->element[j]->type == REDIS_REPLY_STRING ? rec->element[j]->str : "";
+    }
+    same = ringrec_matches(kv, rec->elements, r);
+    free(kv);
+    return same;
+}
+
 static void print_ring_record(redisContext *rc, const struct conf_pool *p,
                               const struct ring *ring, FILE *out)
 {
     redisReply *h = redisCommand(rc, "HGETALL %s:ring", p->index.prefix);
-    char *fields[RINGREC_FIELDS * 2];
-    int n = ringrec_fields(ring, 0, fields);
 
     if (h == NULL || h->type != REDIS_REPLY_ARRAY || h->elements == 0) {
         fprintf(out, "  ring record %s:ring: none yet (written when the proxy "
                 "first connects)\n", p->index.prefix);
     } else {
         const char *epoch = "?";
-        int same = n > 0;
         for (size_t j = 0; j + 1 < h->elements; j += 2) {
             if (strcmp(h->element[j]->str, "epoch") == 0) {
                 epoch = h->element[j + 1]->str;
             }
         }
-        for (int i = 2; same && i < n; i += 2) {
-            int found = 0;
-            for (size_t j = 0; j + 1 < h->elements; j += 2) {
-                if (strcmp(h->element[j]->str, fields[i]) == 0) {
-                    found = strcmp(h->element[j + 1]->str, fields[i + 1]) == 0;
-                }
-            }
-            same = found;
-        }
         fprintf(out, "  ring record %s:ring: epoch %s, %s\n", p->index.prefix, epoch,
-                same ? "matches this config" : "DIFFERS from this config "
-                "(the data obeys the recorded ring: a migration is due)");
-    }
-    if (n > 0) {
-        ringrec_fields_free(fields, n);
+                cli_record_matches(h, ring) ? "matches this config" :
+                "DIFFERS from this config (the data obeys the recorded ring: "
+                "a migration is due)");
     }
     freeReplyObject(h);
 }

@@ -215,3 +215,18 @@ out:
     free(specs);
     return r;
 }
+
+bool ringrec_matches(const char *const *kv, size_t n_kv, const struct ring *r)
+{
+    uint64_t epoch;
+    struct ring *rec = ringrec_parse(kv, n_kv, &epoch);
+    char a[RINGREC_FP_SIZE], b[RINGREC_FP_SIZE];
+
+    if (rec == NULL) {
+        return false;
+    }
+    ringrec_fingerprint(rec, a);
+    ringrec_fingerprint(r, b);
+    ring_unref(rec);
+    return strcmp(a, b) == 0;
+}

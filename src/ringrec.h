@@ -2,6 +2,7 @@
 #ifndef RP_RINGREC_H
 #define RP_RINGREC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,10 @@ void ringrec_fields_free(char **fields, int n);
 /* A ring from field/value strings (as HGETALL returns them); sets *epoch.
  * Returns a new ring, or NULL when the record is incomplete or malformed. */
 struct ring *ringrec_parse(const char *const *kv, size_t n_kv, uint64_t *epoch);
+
+/* Does the record (field/value strings) describe ring r? The epoch is not
+ * compared; a malformed record does not match. */
+bool ringrec_matches(const char *const *kv, size_t n_kv, const struct ring *r);
 
 /* md5 (hex) of the record without its epoch: equal for equal rings. */
 void ringrec_fingerprint(const struct ring *r, char out[RINGREC_FP_SIZE]);

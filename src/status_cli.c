@@ -535,18 +535,10 @@ static double hash_num(const redisReply *h, const char *field)
 /* Does the ring record describe the same ring as the config? */
 static bool record_matches(const redisReply *rec, const struct conf_pool *p)
 {
-    char err[256], *fields[RINGREC_FIELDS * 2];
+    char err[256];
     struct ring *r = conf_pool_ring(p, err, sizeof(err));
-    int n = r != NULL ? ringrec_fields(r, 0, fields) : -1;
-    bool same = n > 0;
+    bool same = r != NULL && cli_record_matches(rec, r);
 
-    for (int i = 2; same && i + 1 < n; i += 2) {     /* 0, 1: the epoch */
-        const char *v = hash_field(rec, fields[i]);
-        same = v != NULL && strcmp(v, fields[i + 1]) == 0;
-    }
-    if (n > 0) {
-        ringrec_fields_free(fields, n);
-    }
     ring_unref(r);
     return same;
 }

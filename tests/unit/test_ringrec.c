@@ -122,6 +122,25 @@ START_TEST(fingerprint_names_the_ring_not_the_epoch)
 }
 END_TEST
 
+START_TEST(a_record_matches_its_ring_whatever_the_epoch)
+{
+    const struct ring_server_spec a[] = { { "mc1", "h:1", 1 }, { "mc2", "h:2", 1 } };
+    const struct ring_server_spec w[] = { { "mc1", "h:1", 1 }, { "mc2", "h:2", 2 } };
+    struct ring *ra = make_ring(RING_COMPAT_LIBMEMCACHED, NULL, a, 2);
+    struct ring *rw = make_ring(RING_COMPAT_LIBMEMCACHED, NULL, w, 2);
+    char *fields[RINGREC_FIELDS * 2];
+    int n = ringrec_fields(ra, 9, fields);
+    const char *bad[] = { "compat", "libmemcached", "hash", "md5", "servers", "[" };
+
+    ck_assert(ringrec_matches((const char *const *)fields, (size_t)n, ra));
+    ck_assert(!ringrec_matches((const char *const *)fields, (size_t)n, rw));
+    ck_assert(!ringrec_matches(bad, 6, ra));
+    ringrec_fields_free(fields, n);
+    ring_unref(ra);
+    ring_unref(rw);
+}
+END_TEST
+
 START_TEST(malformed_records_are_refused)
 {
     const char *no_servers[] = { "epoch", "1", "compat", "libmemcached", "hash", "md5" };
@@ -151,6 +170,7 @@ static Suite *ringrec_suite(void)
     tcase_add_test(tc, record_round_trips_identities_that_need_escaping);
     tcase_add_test(tc, record_round_trips_hundreds_of_servers);
     tcase_add_test(tc, fingerprint_names_the_ring_not_the_epoch);
+    tcase_add_test(tc, a_record_matches_its_ring_whatever_the_epoch);
     tcase_add_test(tc, malformed_records_are_refused);
     suite_add_tcase(s, tc);
     return s;

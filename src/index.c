@@ -19,6 +19,7 @@
  */
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,7 @@ struct idx_op {
     uint32_t point;
     uint32_t score;
     uint64_t fp;
+    size_t next;                /* flush: arena offset of its group's next record */
 };
 
 /* Records of one v-node and op type, in one flush. */
@@ -74,11 +76,9 @@ struct idx {
     struct event *retry;
     uint32_t backoff_ms;
     uint64_t *filter;
-    /* the queue: packed idx_op records; next[] links a group's records */
+    /* the queue: packed idx_op records (a group links them by `next`) */
     char *arena;
     size_t arena_len, arena_cap;
-    size_t *next;
-    size_t next_cap;
     uint32_t nqueued;
     /* flush scratch */
     int32_t *group_of[2];       /* per point and op: group index, or -1 */
@@ -353,7 +353,6 @@ void idx_free(struct idx *x)
     x->ring = NULL;
     free(x->filter);
     free(x->arena);
-    free(x->next);
     free(x->group_of[0]);
     free(x->group_of[1]);
     free(x->groups);
@@ -550,7 +549,7 @@ static void idx_emit_groups(struct idx *x)
         out_array(x, 2 + grp->count * (grp->type == IDX_OP_ADD ? 2 : 1));
         out_bulk(x, verb[grp->type], 4);
         out_bulk(x, x->vnode[grp->point], x->vnode_len[grp->point]);
-        for (size_t off = grp->first;; off = x->next[off]) {
+        for (size_t off = grp->first;; off = op.next) {
             op_at(x, off, &op);
             if (grp->type == IDX_OP_ADD) {
                 int n = snprintf(score, sizeof(score), "%u", op.score);
@@ -620,17 +619,12 @@ void idx_flush(struct idx *x)
         x->batch_cap = x->batch_fp && x->batch_used ? cap : 0;
         x->nbatch_used = 0;
     }
-    if (x->arena_len > x->next_cap) {
-        free(x->next);
-        x->next = malloc(x->arena_cap * sizeof(*x->next));
-        x->next_cap = x->next ? x->arena_cap : 0;
-    }
     if (x->nqueued > x->groups_cap) {
         free(x->groups);
         x->groups = malloc(x->nqueued * sizeof(*x->groups));
         x->groups_cap = x->groups ? x->nqueued : 0;
     }
-    if (x->batch_cap == 0 || x->next == NULL || x->groups == NULL) {
+    if (x->batch_cap == 0 || x->groups == NULL) {
         return;     /* out of memory: try again next turn */
     }
 
@@ -649,7 +643,8 @@ void idx_flush(struct idx *x)
                                                .first = off };
             x->group_of[op.type][op.point] = g;
         } else {
-            x->next[x->groups[g].last] = off;
+            memcpy(x->arena + x->groups[g].last + offsetof(struct idx_op, next), &off,
+                   sizeof(off));
         }
         x->groups[g].last = off;
         x->groups[g].count++;

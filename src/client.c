@@ -765,6 +765,9 @@ static void client_process(struct client *c)
         if (c->read_paused) {
             break;
         }
+        if (avail < c->need) {
+            break;  /* a storage command's value is still arriving */
+        }
         const char *line = client_line(c, &len, &total);
         if (line == NULL) {
             const char *head = (const char *)evbuffer_pullup(
@@ -783,8 +786,8 @@ static void client_process(struct client *c)
                          "binary protocol request");
             break;
         }
-        p->stats[STAT_requests]++;
         if (proto_parse_request(line, len, &req) != PROTO_OK) {
+            p->stats[STAT_requests]++;
             p->stats[STAT_client_errors]++;
             if (req.close) {
                 client_abort(c, NULL, "not memcached protocol");
@@ -797,9 +800,12 @@ static void client_process(struct client *c)
             continue;
         }
         if (!client_dispatch(c, &req, line, len, total)) {
-            p->stats[STAT_requests]--;  /* counted again when complete */
+            /* Parse the line again only once its whole value is here. */
+            c->need = total + (size_t)req.bytes + 2;
             break;
         }
+        c->need = 0;
+        p->stats[STAT_requests]++;
         if (c->nreqs >= CLIENT_MAX_QUEUED ||
             evbuffer_get_length(c->out) >= CLIENT_OUT_PAUSE) {
             c->read_paused = true;

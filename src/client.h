@@ -26,6 +26,7 @@ struct client {
     struct request_queue reqs;      /* awaiting their turn to reply */
     uint32_t nreqs;
     uint64_t swallow;               /* SWALLOW: bytes still to discard */
+    size_t need;                    /* input a storage command waits for */
     bool dirty;                     /* in the worker's flush list */
     bool read_paused;               /* backpressure: too much unsent */
     TAILQ_ENTRY(client) link;       /* pool's clients */

@@ -7,6 +7,7 @@ multi-key commands really are split and merged.
 """
 import random
 import socket
+import time
 
 import memcache
 import pytest
@@ -565,3 +566,17 @@ def test_python_memcache_drives_every_command_it_has(three):
         assert mc.get_multi(list(values) + ["b", "obj"]) == {}
     finally:
         mc.disconnect_all()
+
+
+def test_a_value_arriving_in_pieces_is_one_request(three):
+    proxy, _ = three
+    before = int(proxy_stats(proxy.port)["requests"])
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(b"set slow 0 0 30000\r\n")
+        for _ in range(3):
+            time.sleep(0.05)
+            s.sendall(b"x" * 10000)
+        s.sendall(b"\r\n")
+        assert s.recv(100) == b"STORED\r\n"
+    # the set and the stats command reading the counter
+    assert int(proxy_stats(proxy.port)["requests"]) == before + 2

@@ -56,8 +56,18 @@
     X(keys_failed, keys_failed, counter, "keys that could not be moved")       \
     X(keys_retried, keys_retried, counter,                                    \
       "moves retried because a client changed the key meanwhile")            \
-    X(client_moves, client_moves, counter,                                    \
-      "keys moved at once because a client asked for them")                  \
+    X(client_ops, client_commands, counter,                                   \
+      "client commands on changing keys served by the migration's rules")    \
+    X(tombs_written, tombstones_written, counter,                             \
+      "deletes that left a tombstone on the old owner while keys move")      \
+    X(tombs_cleared, tombstones_cleared, counter,                             \
+      "tombstones removed by the mover")                                     \
+    X(fallback_reads, fallback_reads, counter,                                \
+      "reads of changing keys answered by the new owner")                    \
+    X(live_proxies, live_proxies, gauge,                                      \
+      "live proxies sharing the pool's prefix (heartbeats in Redis)")        \
+    X(fenced, fenced, gauge,                                                  \
+      "1 while this proxy refuses the pool's commands: Redis unreachable")   \
     X(index_moved, index_moved, counter,                                      \
       "index entries moved to their new v-node (with a key, or alone)")      \
     X(keys_per_sec, keys_per_second, gauge,                                   \
@@ -440,10 +450,32 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
         } else if (up == 0) {
             evbuffer_add_printf(b, "pool %s: no backend is up (all %u down or "
                                 "ejected)\n", p->name, p->ring->nservers);
+        } else if (mig_fenced(p->mig)) {
+            evbuffer_add_printf(b, "pool %s: fenced: Redis unreachable, so the fleet "
+                                "may resize without this proxy\n", p->name);
         }
     }
     if (evbuffer_get_length(b) > 0) {
         return HTTP_SERVUNAVAIL;
+    }
+    /* Serving, but a resize waits: say what it waits for. */
+    for (uint32_t i = 0; i < w->npools; i++) {
+        const struct pool *p = w->pools[i];
+        struct mig_progress pr;
+        if (!pool_listed(p) || p->mig == NULL) {
+            continue;
+        }
+        mig_progress(p->mig, &pr);
+        if (pr.blocked[0] != '\0') {
+            evbuffer_add_printf(b, "degraded: pool %s: the migration is blocked: %s\n",
+                                p->name, pr.blocked);
+        } else if (pr.waiting[0] != '\0') {
+            evbuffer_add_printf(b, "degraded: pool %s: the ring change waits for %s\n",
+                                p->name, pr.waiting);
+        }
+    }
+    if (evbuffer_get_length(b) > 0) {
+        return HTTP_OK;
     }
     evbuffer_add_printf(b, "ok\n");
     return HTTP_OK;
@@ -552,20 +584,27 @@ static void migration_json(struct evbuffer *b, const struct pool *p)
     json_num(b, pr.moved_fraction);
     evbuffer_add_printf(b, ",\"arcs_total\":%llu,\"arcs_done\":%llu,\"keys_moved\":%llu,"
                         "\"keys_skipped\":%llu,\"keys_stale\":%llu,\"keys_failed\":%llu,"
-                        "\"keys_retried\":%llu,\"client_moves\":%llu,"
+                        "\"keys_retried\":%llu,\"client_commands\":%llu,"
                         "\"index_moved\":%llu,\"keys_per_sec\":",
                         (unsigned long long)pr.arcs_total, (unsigned long long)pr.arcs_done,
                         (unsigned long long)pr.keys_moved, (unsigned long long)pr.keys_skipped,
                         (unsigned long long)pr.keys_stale, (unsigned long long)pr.keys_failed,
                         (unsigned long long)pr.keys_retried,
-                        (unsigned long long)pr.client_moves,
+                        (unsigned long long)pr.client_ops,
                         (unsigned long long)pr.index_moved);
     json_num(b, pr.keys_per_sec);
     evbuffer_add_printf(b, ",\"elapsed_sec\":");
     json_num(b, pr.elapsed_sec);
     evbuffer_add_printf(b, ",\"eta_sec\":");
     json_num(b, eta);
-    evbuffer_add_printf(b, "}");
+    evbuffer_add_printf(b, ",\"phase\":");
+    json_str_or_null(b, pr.fleet_phase);
+    evbuffer_add_printf(b, ",\"waiting_for\":");
+    json_str_or_null(b, pr.waiting);
+    evbuffer_add_printf(b, ",\"blocked_by\":");
+    json_str_or_null(b, pr.blocked);
+    evbuffer_add_printf(b, ",\"live_proxies\":%u,\"fenced\":%s}", pr.live_proxies,
+                        pr.fenced ? "true" : "false");
 }
 
 static int serve_migration(struct admin *a, struct evhttp_request *req, struct evbuffer *b)

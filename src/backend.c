@@ -27,6 +27,7 @@
 #include "backend.h"
 #include "index.h"
 #include "mconn.h"
+#include "migrate.h"
 #include "log.h"
 
 #define BACKOFF_MIN_MS 100
@@ -259,10 +260,24 @@ void bconn_push(struct bconn *bc, struct frag *f)
     bconn_mark_dirty(bc);
 }
 
+/*
+ * A fenced pool sends nothing: requests queued before a freeze must not
+ * land after the fleet moved on without this proxy (ARCHITECTURE.md, I6).
+ */
+static bool bconn_fenced(struct bconn *bc)
+{
+    if (evbuffer_get_length(bc->out) == 0 || !mig_fenced(bc->be->pool->mig)) {
+        return false;
+    }
+    bconn_fail(bc, "fenced: Redis unreachable", "SERVER_ERROR ringproxy fenced: the "
+               "index Redis is unreachable");
+    return true;
+}
+
 void bconn_flush(struct bconn *bc)
 {
     bc->dirty = false;
-    if (bc->state != BCONN_UP || evbuffer_get_length(bc->out) == 0) {
+    if (bc->state != BCONN_UP || evbuffer_get_length(bc->out) == 0 || bconn_fenced(bc)) {
         return;
     }
     int n = evbuffer_write(bc->out, bc->fd);
@@ -307,6 +322,9 @@ static void bconn_write_cb(evutil_socket_t fd, short what, void *arg)
         if (bc->state != BCONN_UP) {
             return;
         }
+    }
+    if (bconn_fenced(bc)) {
+        return;
     }
     if (evbuffer_get_length(bc->out) > 0 &&
         evbuffer_write(bc->out, bc->fd) < 0 && errno != EAGAIN && errno != EINTR) {

@@ -381,10 +381,28 @@ static void client_migrating(struct client *c, const struct proto_req *req,
     mig_submit(c->pool->mig, &r->frags[0], req, key, keylen, 0, value);
 }
 
+/* Refuse a command while the pool is fenced (docs/ARCHITECTURE.md, I6). */
+static bool client_fenced(struct client *c, const struct proto_req *req, size_t n)
+{
+    if (!mig_fenced(c->pool->mig)) {
+        return false;
+    }
+    c->pool->stats[STAT_server_errors]++;
+    if (!req->noreply) {
+        client_reply_line(c, "SERVER_ERROR ringproxy fenced: the index Redis is "
+                          "unreachable");
+    }
+    evbuffer_drain(c->in, n);
+    return true;
+}
+
 static void client_forward(struct client *c, const struct proto_req *req,
                            const char *line, size_t len, size_t consumed,
                            size_t data, bool retrieval)
 {
+    if (client_fenced(c, req, consumed + data)) {
+        return;
+    }
     if (mig_routes_key(c->pool->mig, req->key, req->keylen)) {
         client_migrating(c, req, consumed, data, retrieval);
         return;
@@ -454,6 +472,9 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     if (order == NULL || key_frag == NULL) {
         goto oom;
     }
+    if (client_fenced(c, req, consumed)) {
+        goto out;
+    }
     proto_keys_begin(req, &it);
     for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
         if (nfrags >= UINT16_MAX - 1) {
@@ -483,9 +504,8 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         }
     }
     if (nfrags == 1 && nmoving == 0) {
-        free(key_frag);
         client_forward(c, req, line, len, consumed, 0, true);
-        return;
+        goto out;
     }
 
     struct request *r = request_new(c, req->cmd, (uint16_t)nfrags);
@@ -559,6 +579,13 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     }
     return;
 
+out:
+    if (order != p->frag_order) {
+        free(order);
+    }
+    free(key_frag);
+    return;
+
 oom:
     if (order != p->frag_order) {
         free(order);
@@ -571,6 +598,10 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
                              const char *line, size_t len, size_t consumed)
 {
     struct pool *p = c->pool;
+
+    if (client_fenced(c, req, consumed)) {
+        return;
+    }
     struct request *r = request_new(c, req->cmd, (uint16_t)p->nbackends);
 
     if (r == NULL) {

@@ -341,6 +341,8 @@ static const struct conf_directive migration_directives[] = {
       "true", 0, 0 },
     { "inflight", parse_int, offsetof(struct conf_migration, inflight), "16", 1,
       4096 },
+    { "liveness", parse_int, offsetof(struct conf_migration, liveness), "10000", 0,
+      3600000 },
 };
 
 #define NELEMS(a) (sizeof(a) / sizeof((a)[0]))

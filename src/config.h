@@ -39,6 +39,8 @@ struct conf_migration {
     int64_t rate;           /* keys per second, 0 = unlimited */
     bool delete_source;
     int64_t inflight;       /* moves in flight per backend */
+    int64_t liveness;       /* ms: a silent proxy leaves the fleet; it fences
+                               itself after half of it; 0: never */
 };
 
 struct conf_pool {

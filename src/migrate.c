@@ -1,21 +1,20 @@
 /*
- * migrate.c — a pool's migrations: from a ring change to the new ring
- * recorded in Redis, coordinated with every other proxy (DESIGN §5, §6).
+ * migrate.c — a pool's place in the fleet: which ring the data obeys, which
+ * ring this proxy's file proposes, and the phases every proxy walks through
+ * together when the fleet changes ring. The protocol, its phases and its
+ * invariants are docs/ARCHITECTURE.md, "Resizing a fleet"; the rules for
+ * commands on changing keys and the bulk mover are move.c.
  *
- * Design notes
- *
- * Coordination. Every indexed pool keeps one Redis connection for this
- * module. <prefix>:ring is the authority on where data lives. Each proxy
- * heartbeats into <prefix>:proxies the fingerprint of the ring it serves.
- * One proxy at a time holds <prefix>:migration:lock (a lease that expires
- * unless renewed); it moves no data until every live proxy serves the
- * target ring, because a proxy still routing by the old ring would write to
- * old owners behind the mover's back. Arcs that are done are recorded in
- * <prefix>:migration:done, so a restarted or new lease holder resumes. The
- * holder ends by writing the target ring, with the next epoch, to
- * <prefix>:ring; the others notice and stop routing with fallback.
- *
- * Moving keys and serving commands on moving keys: move.c.
+ * Every sync (one Lua script, so the snapshot is consistent) writes this
+ * proxy's heartbeat with Redis's clock, takes or renews the coordinator
+ * lease when this proxy may need it, and reads the ring record, the
+ * migration record, the target ring and every heartbeat. From that
+ * snapshot each proxy follows the migration record; the lease holder alone
+ * advances it: it creates the record once every live proxy proposes the
+ * same ring, moves it to the next phase once every live proxy acknowledges
+ * the current one, moves keys in the last phase, and ends it by recording
+ * the new ring. Changes this proxy must make to itself are made on the
+ * tick, never inside the Redis callback that learnt of them.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -42,7 +41,14 @@
 const char *const mig_state_names[MIG_STATE_COUNT] = { MIG_STATE_CODEC(MIG_STATE_NAME) };
 #undef MIG_STATE_NAME
 
+/* What a heartbeat says this proxy acknowledged (the record's phases are
+ * "prepared", "switched" and "moving"). */
+static const char *const ack_names[] = {
+    [PH_NONE] = "stable", [PH_PREPARED] = "prepared", [PH_SWITCHED] = "switched",
+};
+
 static void mig_connect(struct mig *m);
+static void on_done_arcs(redisAsyncContext *ac, void *r, void *priv);
 
 /* --- helpers ---------------------------------------------------------------- */
 
@@ -62,13 +68,45 @@ void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, 
     }
 }
 
-/* A ring from an HGETALL reply of the ring record; NULL if malformed. */
+/* Send argv (n strings) as one command. */
+static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n,
+                           const char **argv)
+{
+    size_t len[64];
+
+    if (!m->rc_up || n > 64) {
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        len[i] = strlen(argv[i]);
+    }
+    redisAsyncCommandArgv(m->rc, cb, priv, n, argv, len);
+}
+
+/* A field of a flat HGETALL array; NULL when absent. */
+static const char *hash_get(const redisReply *h, const char *field)
+{
+    for (size_t j = 0; h != NULL && h->type == REDIS_REPLY_ARRAY && j + 1 < h->elements;
+         j += 2) {
+        const redisReply *k = h->element[j], *v = h->element[j + 1];
+        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
+            strcmp(k->str, field) == 0) {
+            return v->str;
+        }
+    }
+    return NULL;
+}
+
+/* A ring from an HGETALL reply of a ring record; NULL if malformed. */
 static struct ring *ring_from_reply(const redisReply *h, uint64_t *epoch)
 {
-    const char **kv = calloc(h->elements ? h->elements : 1, sizeof(*kv));
+    const char **kv;
     struct ring *r = NULL;
 
-    if (kv == NULL) {
+    if (h == NULL || h->type != REDIS_REPLY_ARRAY || h->elements == 0) {
+        return NULL;
+    }
+    if ((kv = calloc(h->elements, sizeof(*kv))) == NULL) {
         return NULL;
     }
     for (size_t j = 0; j < h->elements; j++) {
@@ -79,33 +117,49 @@ static struct ring *ring_from_reply(const redisReply *h, uint64_t *epoch)
     return r;
 }
 
-/* HSET <prefix>:ring with ring r at epoch e (as one atomic command). */
-static void write_ring_record(struct mig *m, const struct ring *r, uint64_t epoch,
-                              redisCallbackFn *cb)
+static void key_of(const struct mig *m, const char *suffix, char *buf, size_t len)
 {
-    char *fields[RINGREC_FIELDS * 2];
-    const char *argv[2 + RINGREC_FIELDS * 2];
-    size_t argvlen[2 + RINGREC_FIELDS * 2];
-    char key[512];
-    int n = ringrec_fields(r, epoch, fields);
-
-    if (n < 0 || !m->rc_up) {
-        return;
-    }
-    snprintf(key, sizeof(key), "%s:ring", m->prefix);
-    argv[0] = "HSET";
-    argv[1] = key;
-    for (int i = 0; i < n; i++) {
-        argv[2 + i] = fields[i];
-    }
-    for (int i = 0; i < 2 + n; i++) {
-        argvlen[i] = strlen(argv[i]);
-    }
-    redisAsyncCommandArgv(m->rc, cb, m, 2 + n, argv, argvlen);
-    ringrec_fields_free(fields, n);
+    snprintf(buf, len, "%s:%s", m->prefix, suffix);
 }
 
-/* --- lifecycle of a migration ------------------------------------------------------- */
+/*
+ * EVAL `script` with `nkeys` key suffixes, then fixed args, then the ring
+ * record fields of r at epoch (when r != NULL).
+ */
+static void eval_with_ring(struct mig *m, redisCallbackFn *cb, const char *script,
+                           const char *const *suffixes, int nkeys,
+                           const char *const *args, int nargs,
+                           const struct ring *r, uint64_t epoch)
+{
+    char keys[8][512], nk[16];
+    char *fields[RINGREC_FIELDS * 2];
+    const char *argv[64];
+    int n = 0, nf = 0;
+
+    if (r != NULL && (nf = ringrec_fields(r, epoch, fields)) < 0) {
+        return;
+    }
+    argv[n++] = "EVAL";
+    argv[n++] = script;
+    snprintf(nk, sizeof(nk), "%d", nkeys);
+    argv[n++] = nk;
+    for (int i = 0; i < nkeys; i++) {
+        key_of(m, suffixes[i], keys[i], sizeof(keys[i]));
+        argv[n++] = keys[i];
+    }
+    for (int i = 0; i < nargs; i++) {
+        argv[n++] = args[i];
+    }
+    for (int i = 0; i < nf; i++) {
+        argv[n++] = fields[i];
+    }
+    mig_redis_argv(m, cb, m, n, argv);
+    if (nf > 0) {
+        ringrec_fields_free(fields, nf);
+    }
+}
+
+/* --- the local migration: two rings and this proxy's phase ------------------ */
 
 static void mig_clear(struct mig *m)
 {
@@ -120,56 +174,193 @@ static void mig_clear(struct mig *m)
     ring_unref(m->to);
     m->to = NULL;
     free(m->from_be);
-    m->from_be = NULL;
-    m->to_be = NULL;     /* owned by the pool */
-    free(m->drain_mark);
-    m->drain_mark = NULL;
-    m->lease = m->others_ready = m->drained = m->finishing = false;
-    m->arcs_done = m->cur_arc = m->inflight = m->reserved = 0;
+    free(m->to_be);
+    m->from_be = m->to_be = NULL;
+    m->phase = m->acked = PH_NONE;
+    m->fleet[0] = m->fp_from[0] = m->fp_to[0] = m->blocked[0] = '\0';
+    m->lease = m->finishing = m->done_loaded = m->loading_done = false;
+    m->arcs_done = m->cur_arc = m->inflight = m->reserved = m->pass = 0;
 }
 
-/* A ring change that arrived while busy: the newest one wins. */
-static void apply_pending(struct mig *m)
+/* Follow a migration from ring `from` to ring `to` (references are taken). */
+static int mig_begin(struct mig *m, struct ring *from, struct ring *to)
 {
-    struct ring *next = m->pending;
+    struct pool *p = m->p;
     char err[256];
 
-    if (next == NULL || m->state != MIG_IDLE) {
-        return;
+    m->from_be = pool_ring_backends(p, from, err, sizeof(err));
+    m->to_be = m->from_be ? pool_ring_backends(p, to, err, sizeof(err)) : NULL;
+    if (m->to_be == NULL) {
+        log_error("migration", "%s: %s", p->name, err);
+        free(m->from_be);
+        m->from_be = NULL;
+        return -1;
     }
-    m->pending = NULL;
-    log_notice("migration", "%s: applying the ring change that arrived meanwhile",
-               m->p->name);
-    if (mig_change_ring(m, next, err, sizeof(err)) != 0) {
-        log_error("migration", "%s: %s", m->p->name, err);
+    m->from = ring_ref(from);
+    m->to = ring_ref(to);
+    ringrec_fingerprint(from, m->fp_from);
+    ringrec_fingerprint(to, m->fp_to);
+    if (ring_diff(m->from, m->to, &m->diff) != 0 ||
+        (m->arcs = calloc(m->diff.narcs ? m->diff.narcs : 1, sizeof(*m->arcs))) == NULL) {
+        log_error("migration", "%s: out of memory diffing rings", p->name);
+        mig_clear(m);
+        return -1;
     }
-    ring_unref(next);
+    m->started_ms = m->last_log_ms = now_ms(m);
+    m->keys_moved = m->keys_stale = m->keys_skipped = m->keys_failed = 0;
+    m->keys_retried = m->client_ops = m->index_moved = m->moved_at_last_log = 0;
+    m->tombs_written = m->tombs_cleared = m->fallback_reads = 0;
+    m->tokens = 0;
+    m->last_refill = now_ms(m);
+    m->pass = 1;
+    log_notice("migration", "%s: following the fleet's migration from ring %.8s to "
+               "%.8s: %.3f%% of keys change server, %.3f%% only v-node, %zu arcs",
+               p->name, m->fp_from, m->fp_to, 100.0 * (double)m->diff.moved / RING_SPACE,
+               100.0 * (double)m->diff.reindexed / RING_SPACE, m->diff.narcs);
+    return 0;
 }
 
-/* The data now obeys `to`: local wrap-up, then any queued ring change. */
-void mig_end(struct mig *m, const char *how)
+/* Route changing keys by phase `ph` from now on (phases only go forward). */
+static void mig_set_phase(struct mig *m, enum mig_phase ph)
 {
-    uint64_t secs = (now_ms(m) - m->started_ms) / 1000;
+    struct pool *p = m->p;
 
-    if (m->nops > 0) {
-        /* Client commands still run on the old and new owners: the rings
-         * and backends they use must stay until the last one is done. */
-        m->end_how = how;
+    if (ph <= m->phase) {
         return;
     }
-    m->end_how = NULL;
-    log_notice("migration", "%s: done (%s) in %llus: %llu keys moved, %llu already "
-               "newer on the new owner, %llu stale, %llu failed, %llu index entries "
-               "moved; the data obeys ring epoch %llu", m->p->name, how,
-               (unsigned long long)secs, (unsigned long long)m->keys_moved,
-               (unsigned long long)m->keys_skipped, (unsigned long long)m->keys_stale,
-               (unsigned long long)m->keys_failed, (unsigned long long)m->index_moved,
+    if (ph == PH_SWITCHED) {
+        /* Index writes queued under the old ring name its v-nodes: they
+         * leave first (move.c's writes name their ring themselves). */
+        idx_flush(p->idx);
+        if (m->phase == PH_PREPARED && p->idx != NULL &&
+            idx_stats(p->idx)[IDX_STAT_queued] > 0) {
+            return;     /* the next sync tries again */
+        }
+        struct backend **map = malloc(m->to->nservers * sizeof(*map));
+        if (map == NULL) {
+            return;
+        }
+        memcpy(map, m->to_be, m->to->nservers * sizeof(*map));
+        pool_set_ring(p, ring_ref(m->to), map);
+        idx_set_ring(p->idx, m->to);
+    }
+    pool_new_generation(p);
+    m->phase = ph;
+    log_notice("migration", "%s: phase %s: %s", p->name, ack_names[ph],
+               ph == PH_PREPARED ? "the old owner stays home; reads fall back to the "
+               "new one, writes clear it" : "the new owner is home; writes clear the old "
+               "copy, reads still look there first");
+}
+
+/* The data obeys `to` now (the fleet recorded it): drop the migration. */
+static void mig_end_local(struct mig *m)
+{
+    struct pool *p = m->p;
+    uint64_t secs = (now_ms(m) - m->started_ms) / 1000;
+
+    if (m->phase != PH_SWITCHED) {
+        /* Skipped a phase (fenced or just started): serve the new ring. */
+        struct backend **map = malloc(m->to->nservers * sizeof(*map));
+        if (map == NULL) {
+            return;
+        }
+        memcpy(map, m->to_be, m->to->nservers * sizeof(*map));
+        idx_flush(p->idx);
+        pool_set_ring(p, ring_ref(m->to), map);
+        idx_set_ring(p->idx, m->to);
+    }
+    pool_new_generation(p);
+    log_notice("migration", "%s: done in %llus: %llu keys moved, %llu already newer on "
+               "the new owner, %llu stale, %llu tombstones cleared, %llu retried; the "
+               "data obeys ring %.8s epoch %llu", p->name, (unsigned long long)secs,
+               (unsigned long long)m->keys_moved, (unsigned long long)m->keys_skipped,
+               (unsigned long long)m->keys_stale, (unsigned long long)m->tombs_cleared,
+               (unsigned long long)m->keys_retried, m->fp_to,
                (unsigned long long)m->epoch);
     mig_clear(m);
-    m->state = MIG_IDLE;
-    memcpy(m->fp_from, m->fp_to, sizeof(m->fp_from));
-    pool_retire_backends(m->p);
-    apply_pending(m);
+    pool_retire_backends(p);
+}
+
+/* Serve ring r as the recorded ring (start-up, or the record changed). */
+static void mig_serve_ring(struct mig *m, struct ring *r, const char *fp)
+{
+    struct pool *p = m->p;
+    char pfp[RINGREC_FP_SIZE], err[256];
+
+    ringrec_fingerprint(p->ring, pfp);
+    if (strcmp(pfp, fp) == 0) {
+        return;
+    }
+    struct backend **map = pool_ring_backends(p, r, err, sizeof(err));
+    if (map == NULL) {
+        log_error("migration", "%s: %s", p->name, err);
+        return;
+    }
+    log_notice("migration", "%s: the data obeys ring %.8s (epoch %llu): serving it",
+               p->name, fp, (unsigned long long)m->epoch);
+    idx_flush(p->idx);
+    pool_set_ring(p, ring_ref(r), map);
+    idx_set_ring(p->idx, r);
+    pool_new_generation(p);
+}
+
+/* --- the lease holder's decisions ------------------------------------------------ */
+
+static void on_coord_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL) {
+        return;
+    }
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        log_error("migration", "%s: Redis refused a migration step: %s", m->p->name,
+                  reply != NULL ? reply->str : "no reply");
+        return;
+    }
+    m->next_sync = 0;       /* look at the result at once */
+}
+
+/* Every live proxy proposes our ring: open the migration at "prepared". */
+static void coord_create(struct mig *m)
+{
+    static const char script[] =
+        "if redis.call('get', KEYS[3]) ~= ARGV[1] then return 0 end "
+        "if redis.call('exists', KEYS[1]) == 1 then return 0 end "
+        "if redis.call('hget', KEYS[5], 'epoch') ~= ARGV[4] then return 0 end "
+        "redis.call('del', KEYS[2], KEYS[4]) "
+        "redis.call('hset', KEYS[2], unpack(ARGV, 5)) "
+        "local t = redis.call('time') "
+        "redis.call('hset', KEYS[1], 'from', ARGV[2], 'to', ARGV[3], 'phase', "
+        "'prepared', 'holder', ARGV[1], 'started', t[1], 'updated', t[1]) "
+        "return 1";
+    char done[128], ep[32];
+    snprintf(done, sizeof(done), "migration:done:%s", m->fp_want);
+    snprintf(ep, sizeof(ep), "%llu", (unsigned long long)m->epoch);
+    const char *keys[] = { "migration", "migration:ring", "migration:lock", done, "ring" };
+    const char *args[] = { m->id, m->fp_rec, m->fp_want, ep };
+
+    log_notice("migration", "%s: every live proxy proposes ring %.8s: opening the "
+               "migration from %.8s", m->p->name, m->fp_want, m->fp_rec);
+    eval_with_ring(m, on_coord_reply, script, keys, 5, args, 4, m->want, 0);
+}
+
+/* Every live proxy acknowledged phase `cur`: the record moves to `next`. */
+static void coord_advance(struct mig *m, const char *cur, const char *next)
+{
+    static const char script[] =
+        "if redis.call('get', KEYS[2]) ~= ARGV[1] then return 0 end "
+        "if redis.call('hget', KEYS[1], 'to') ~= ARGV[2] then return 0 end "
+        "if redis.call('hget', KEYS[1], 'phase') ~= ARGV[3] then return 0 end "
+        "redis.call('hset', KEYS[1], 'phase', ARGV[4], 'holder', ARGV[1]) "
+        "return 1";
+    const char *keys[] = { "migration", "migration:lock" };
+    const char *args[] = { m->id, m->fp_to, cur, next };
+
+    log_notice("migration", "%s: every live proxy acknowledged %s: fleet phase %s",
+               m->p->name, cur, next);
+    eval_with_ring(m, on_coord_reply, script, keys, 2, args, 4, NULL, 0);
 }
 
 static void on_finish_written(redisAsyncContext *ac, void *r, void *priv)
@@ -177,24 +368,34 @@ static void on_finish_written(redisAsyncContext *ac, void *r, void *priv)
     struct mig *m = priv;
     redisReply *reply = r;
 
-    if (ac->data == NULL || m->to == NULL) {
+    if (ac->data == NULL) {
         return;
     }
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        log_error("migration", "%s: could not record the new ring; will retry",
-                  m->p->name);
+    m->finishing = false;
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1) {
+        /* The next pump tries again while we hold the lease. */
+        log_error("migration", "%s: could not record the new ring (%s); will retry",
+                  m->p->name, reply != NULL && reply->type == REDIS_REPLY_ERROR ?
+                  reply->str : "lease or record changed");
         return;
     }
-    mig_end(m, "moved by this proxy");
+    log_notice("migration", "%s: recorded ring %.8s as where the data lives",
+               m->p->name, m->fp_to);
+    m->next_sync = 0;
 }
 
-/* Every arc is done: record ring B as where the data lives, next epoch. */
+/* Every arc is done (twice): record ring B, next epoch, and close the record. */
 void mig_finish(struct mig *m)
 {
-    char lock[512];
+    static const char script[] =
+        "if redis.call('get', KEYS[3]) ~= ARGV[1] then return 0 end "
+        "if redis.call('hget', KEYS[2], 'to') ~= ARGV[2] then return 0 end "
+        "redis.call('hset', KEYS[1], unpack(ARGV, 3)) "
+        "redis.call('del', KEYS[2], KEYS[4], KEYS[5], KEYS[3]) "
+        "return 1";
+    char done[128];
 
     m->finishing = true;
-    m->epoch++;
     /* Sets of v-nodes that ring B does not have hold only leftovers now. */
     for (uint32_t i = 0; i < m->from->npoints; i++) {
         const struct ring_point *pt = &m->from->points[i];
@@ -211,319 +412,372 @@ void mig_finish(struct mig *m)
             mig_redis(m, NULL, NULL, "UNLINK %s", vnode);
         }
     }
-    snprintf(lock, sizeof(lock), "%s:migration:lock", m->prefix);
-    mig_redis(m, NULL, NULL, "DEL %s:migration %s:migration:done:%s", m->prefix, m->prefix,
-         m->fp_to);
-    mig_redis(m, NULL, NULL, "EVAL %s 1 %s %s",
-         "if redis.call('get', KEYS[1]) == ARGV[1] then "
-         "return redis.call('del', KEYS[1]) end return 0", lock, m->id);
-    write_ring_record(m, m->to, m->epoch, on_finish_written);
+    snprintf(done, sizeof(done), "migration:done:%s", m->fp_to);
+    const char *keys[] = { "ring", "migration", "migration:lock", "migration:ring", done };
+    const char *args[] = { m->id, m->fp_to };
+    eval_with_ring(m, on_finish_written, script, keys, 5, args, 2, m->to, m->epoch + 1);
 }
 
-int mig_change_ring(struct mig *m, struct ring *to, char *err, size_t errlen)
+/* --- the sync: heartbeat, lease, snapshot -------------------------------------- */
+
+struct beat {
+    const char *id;
+    uint64_t at;
+    char want[RINGREC_FP_SIZE], ack[16], to[RINGREC_FP_SIZE];
+};
+
+static int ack_rank(const char *ack)
+{
+    for (int i = PH_NONE; i <= PH_SWITCHED; i++) {
+        if (strcmp(ack, ack_names[i]) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/*
+ * Walk the live heartbeats; count those that fail `pred` into m->waiting.
+ * Returns how many live proxies fail it.
+ */
+static uint32_t live_failing(struct mig *m, const redisReply *proxies, uint64_t now,
+                             bool (*pred)(const struct mig *, const struct beat *))
+{
+    size_t used = 0;
+    uint32_t failing = 0;
+
+    m->waiting[0] = '\0';
+    m->nlive = 0;
+    for (size_t j = 0; j + 1 < proxies->elements; j += 2) {
+        struct beat b = { .id = proxies->element[j]->str };
+        unsigned long long at = 0;
+        if (proxies->element[j + 1]->type != REDIS_REPLY_STRING ||
+            sscanf(proxies->element[j + 1]->str, "%llu %32s %15s %32s", &at, b.want,
+                   b.ack, b.to) != 4) {
+            continue;
+        }
+        b.at = at;
+        if (m->liveness_ms > 0 && b.at + m->liveness_ms < now) {
+            if (b.at + 10 * m->liveness_ms < now) {
+                mig_redis(m, NULL, NULL, "HDEL %s:proxies %s", m->prefix, b.id);
+            }
+            continue;   /* excluded: it fenced itself long ago */
+        }
+        m->nlive++;
+        if (!pred(m, &b)) {
+            failing++;
+            if (used + 64 < sizeof(m->waiting)) {
+                used += (size_t)snprintf(m->waiting + used, sizeof(m->waiting) - used,
+                                         "%s%s", used ? ", " : "", b.id);
+            }
+        }
+    }
+    return failing;
+}
+
+static bool wants_ours(const struct mig *m, const struct beat *b)
+{
+    return strcmp(b->want, m->fp_want) == 0;
+}
+
+static bool acked_prepared(const struct mig *m, const struct beat *b)
+{
+    return strcmp(b->to, m->fp_to) == 0 && ack_rank(b->ack) >= PH_PREPARED;
+}
+
+static bool acked_switched(const struct mig *m, const struct beat *b)
+{
+    return strcmp(b->to, m->fp_to) == 0 && ack_rank(b->ack) >= PH_SWITCHED;
+}
+
+/* The record changed or is missing: set up, follow or end the migration. */
+static void follow(struct mig *m, const redisReply *rec, const redisReply *mrec,
+                   const redisReply *mring)
 {
     struct pool *p = m->p;
-    char fp[33];
+    uint64_t epoch = 0;
+    struct ring *R = ring_from_reply(rec, &epoch);
+    char fp[RINGREC_FP_SIZE];
 
-    ringrec_fingerprint(to, fp);
-    if (m->state != MIG_IDLE) {
-        if (m->state == MIG_STARTING || strcmp(fp, m->fp_to) != 0) {
-            ring_unref(m->pending);
-            m->pending = ring_ref(to);
-            snprintf(err, errlen, "a migration is under way; the new ring is "
-                     "applied when it ends");
-            return -1;
+    if (R == NULL) {
+        return;
+    }
+    ringrec_fingerprint(R, fp);
+    m->epoch = epoch;
+    memcpy(m->fp_rec, fp, sizeof(fp));
+    const char *from = hash_get(mrec, "from"), *to = hash_get(mrec, "to"),
+               *phase = hash_get(mrec, "phase");
+
+    if (from == NULL || to == NULL || phase == NULL) {
+        /* No migration: the recorded ring is where the data lives. */
+        if (m->from != NULL) {
+            if (strcmp(fp, m->fp_to) != 0) {
+                log_error("migration", "%s: the migration record vanished before ring "
+                          "%.8s was recorded (was Redis emptied?): serving the recorded "
+                          "ring %.8s", p->name, m->fp_to, fp);
+                if (m->nops == 0) {
+                    mig_clear(m);
+                    m->from = NULL;
+                }
+            }
         }
-        return 0;   /* already moving to this ring */
+        if (m->from == NULL) {
+            mig_serve_ring(m, R, fp);
+        }
+        ring_unref(R);
+        return;
     }
-    const struct ring *from = p->ring;
-    if (strcmp(fp, m->fp_from) == 0) {
-        return 0;
+    if (strcmp(from, fp) != 0) {
+        if (now_ms(m) >= m->next_wait_log) {
+            m->next_wait_log = now_ms(m) + MIG_WAIT_LOG_MS;
+            log_error("migration", "%s: the migration record moves from ring %.8s but "
+                      "the data obeys %.8s: not following it", p->name, from, fp);
+        }
+        ring_unref(R);
+        return;
     }
-    if (from->hash != to->hash || from->has_tag != to->has_tag ||
-        (from->has_tag && memcmp(from->tag, to->tag, 2) != 0)) {
-        snprintf(err, errlen, "changing hash or hash_tag of an indexed pool would "
-                 "move every key; not supported");
-        return -1;
+    if (m->from != NULL && strcmp(m->fp_to, to) != 0) {
+        log_error("migration", "%s: the fleet's migration now goes to %.8s, not %.8s",
+                  p->name, to, m->fp_to);
+        ring_unref(R);
+        return;
     }
-    struct backend **to_be = pool_ring_backends(p, to, err, errlen);
-    struct backend **from_be = to_be ? pool_ring_backends(p, from, err, errlen) : NULL;
-    if (from_be == NULL) {
-        free(to_be);
-        return -1;
+    if (m->from == NULL) {
+        struct ring *T = NULL;
+        uint64_t e2;
+        if (strcmp(to, m->fp_want) == 0) {
+            T = ring_ref(m->want);
+        } else if ((T = ring_from_reply(mring, &e2)) != NULL) {
+            char tfp[RINGREC_FP_SIZE];
+            ringrec_fingerprint(T, tfp);
+            if (strcmp(tfp, to) != 0) {
+                ring_unref(T);
+                T = NULL;
+            }
+        }
+        if (T == NULL) {
+            log_error("migration", "%s: cannot read the migration's target ring %.8s",
+                      p->name, to);
+            ring_unref(R);
+            return;
+        }
+        mig_serve_ring(m, R, fp);
+        int rc = mig_begin(m, R, T);
+        ring_unref(T);
+        if (rc != 0) {
+            ring_unref(R);
+            return;
+        }
     }
-    m->from = ring_ref((struct ring *)from);
-    m->to = ring_ref(to);
-    m->from_be = from_be;
-    memcpy(m->fp_to, fp, sizeof(fp));
-    if (ring_diff(m->from, m->to, &m->diff) != 0 ||
-        (m->arcs = calloc(m->diff.narcs ? m->diff.narcs : 1, sizeof(*m->arcs))) == NULL) {
-        snprintf(err, errlen, "out of memory");
-        free(to_be);
-        mig_clear(m);
-        return -1;
-    }
-    /* Requests already sent by the old ring must land before keys move. */
-    m->ndrain = p->nbackends;
-    m->drain_mark = calloc(p->nbackends ? p->nbackends : 1, sizeof(*m->drain_mark));
-    for (uint32_t i = 0; m->drain_mark && i < p->nbackends; i++) {
-        m->drain_mark[i] = p->backends[i]->stats[STAT_BE_requests];
-    }
-    m->drained = false;
-    pool_set_ring(p, ring_ref(to), to_be);
-    m->to_be = to_be;
-    idx_set_ring(p->idx, to);
-    m->state = MIG_WAITING;
-    m->started_ms = m->last_log_ms = now_ms(m);
-    m->keys_moved = m->keys_stale = m->keys_skipped = m->keys_failed = 0;
-    m->keys_retried = m->client_moves = m->index_moved = m->moved_at_last_log = 0;
-    m->tokens = 0;
-    m->last_refill = now_ms(m);
-    log_notice("migration", "%s: ring %.8s -> %.8s: %.3f%% of keys change server, "
-               "%.3f%% only v-node, %zu arcs; serving with fallback to the old owners",
-               p->name, m->fp_from, m->fp_to, 100.0 * (double)m->diff.moved / RING_SPACE,
-               100.0 * (double)m->diff.reindexed / RING_SPACE, m->diff.narcs);
-    if (m->diff.narcs == 0) {
-        /* Nothing moves (e.g. an address change): record the ring at once. */
-        m->lease = m->others_ready = m->drained = true;
-        mig_finish(m);
-        return 0;
-    }
-    /* Record the target (so others can finish it) and learn what is done. */
-    mig_redis(m, NULL, NULL, "HSETNX %s:migration to %s", m->prefix, m->fp_to);
-    mig_redis(m, NULL, NULL, "HSETNX %s:migration from %s", m->prefix, m->fp_from);
-    m->next_heartbeat = 0;      /* announce it and try the lease on the next tick */
-    return 0;
+    ring_unref(R);
+    snprintf(m->fleet, sizeof(m->fleet), "%s", phase);
+    mig_set_phase(m, strcmp(phase, "prepared") == 0 ? PH_PREPARED : PH_SWITCHED);
 }
 
-/* --- Redis: connection, ring record, heartbeat, lease ------------------------------- */
+/* The lease holder looks at the snapshot and takes the next step, if any. */
+static void coordinate(struct mig *m, const redisReply *proxies, uint64_t now)
+{
+    if (m->from == NULL) {
+        if (strcmp(m->fp_want, m->fp_rec) == 0 ||
+            live_failing(m, proxies, now, wants_ours) > 0) {
+            return;
+        }
+        coord_create(m);
+        return;
+    }
+    if (strcmp(m->fleet, "prepared") == 0) {
+        if (live_failing(m, proxies, now, acked_prepared) == 0) {
+            coord_advance(m, "prepared", "switched");
+        }
+    } else if (strcmp(m->fleet, "switched") == 0) {
+        if (live_failing(m, proxies, now, acked_switched) == 0) {
+            coord_advance(m, "switched", "moving");
+        }
+    }
+}
+
+static void log_waiting(struct mig *m, const char *what)
+{
+    if (m->waiting[0] != '\0' && now_ms(m) >= m->next_wait_log) {
+        m->next_wait_log = now_ms(m) + MIG_WAIT_LOG_MS;
+        log_notice("migration", "%s: %s; waiting for %s", m->p->name, what, m->waiting);
+    }
+}
+
+static void update_state(struct mig *m)
+{
+    if (m->fenced) {
+        m->state = MIG_FENCED;
+    } else if (m->fp_rec[0] == '\0') {
+        m->state = MIG_STARTING;
+    } else if (m->from == NULL) {
+        m->state = strcmp(m->fp_want, m->fp_rec) == 0 ? MIG_IDLE : MIG_PROPOSED;
+    } else if (m->phase == PH_PREPARED) {
+        m->state = MIG_PREPARED;
+    } else {
+        m->state = m->lease && strcmp(m->fleet, "moving") == 0 ? MIG_MOVING : MIG_SWITCHED;
+    }
+}
+
+/* The ring record is missing: write ours, unless someone else did first. */
+static void write_first_record(struct mig *m, const struct ring *r, uint64_t epoch)
+{
+    static const char script[] =
+        "if redis.call('exists', KEYS[1]) == 1 then return 0 end "
+        "redis.call('hset', KEYS[1], unpack(ARGV)) return 1";
+    const char *keys[] = { "ring" };
+
+    eval_with_ring(m, on_coord_reply, script, keys, 1, NULL, 0, r, epoch);
+}
+
+static void on_sync(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL) {
+        return;
+    }
+    m->syncing = false;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 6 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER) {
+        if (now_ms(m) >= m->next_wait_log) {
+            m->next_wait_log = now_ms(m) + MIG_WAIT_LOG_MS;
+            log_error("migration", "%s: Redis refused the sync: %s", m->p->name,
+                      reply != NULL && reply->type == REDIS_REPLY_ERROR ? reply->str :
+                      "unexpected reply");
+        }
+        return;
+    }
+    uint64_t now = (uint64_t)reply->element[0]->integer;
+    bool lease = reply->element[1]->type == REDIS_REPLY_INTEGER &&
+                 reply->element[1]->integer == 1;
+    const redisReply *rec = reply->element[2], *mrec = reply->element[3],
+                     *proxies = reply->element[4], *mring = reply->element[5];
+
+    if (m->fenced) {
+        log_notice("migration", "%s: Redis answers again: serving", m->p->name);
+    }
+    m->last_sync_ok = m->sync_sent;
+    m->fenced = false;
+    if (lease != m->lease) {
+        log_notice("migration", "%s: this proxy %s the coordinator lease", m->p->name,
+                   lease ? "holds" : "gave up");
+    }
+    m->lease = lease;
+    if (rec->type != REDIS_REPLY_ARRAY || rec->elements == 0) {
+        /* No record: the first proxy records its ring; a Redis that lost
+         * its data is told apart by our having seen a record before. */
+        if (m->fp_rec[0] != '\0') {
+            log_error("migration", "%s: Redis came back without %s:ring: it lost the "
+                      "index (run Redis with persistence); keys stored before now "
+                      "cannot be moved by a resize until written again", m->p->name,
+                      m->prefix);
+        }
+        write_first_record(m, m->from != NULL ? m->from : m->p->ring, m->epoch ? m->epoch : 1);
+        return;
+    }
+    follow(m, rec, mrec, mring);
+    if (proxies->type == REDIS_REPLY_ARRAY) {
+        if (m->lease) {
+            coordinate(m, proxies, now);
+        } else if (m->from == NULL && strcmp(m->fp_want, m->fp_rec) != 0) {
+            live_failing(m, proxies, now, wants_ours);
+        } else {
+            live_failing(m, proxies, now, m->phase == PH_PREPARED ? acked_prepared :
+                         acked_switched);
+            if (m->from == NULL) {
+                m->waiting[0] = '\0';
+            }
+        }
+    }
+    if (m->from == NULL && strcmp(m->fp_want, m->fp_rec) != 0) {
+        log_waiting(m, "this file's ring differs from the recorded one: proposed");
+    } else if (m->from != NULL && m->lease && strcmp(m->fleet, "moving") != 0) {
+        log_waiting(m, "the migration's next phase needs every live proxy");
+    }
+    update_state(m);
+    if (m->ready != NULL && m->fp_rec[0] != '\0') {
+        void (*ready)(struct pool *) = m->ready;
+        m->ready = NULL;
+        ready(m->p);
+    }
+    if (!m->lease) {
+        m->done_loaded = false;
+    } else if (m->from != NULL && strcmp(m->fleet, "moving") == 0 && !m->done_loaded &&
+               !m->loading_done) {
+        /* Resume: arcs a previous holder finished need no work. */
+        m->loading_done = true;
+        mig_redis(m, on_done_arcs, m, "SMEMBERS %s:migration:done:%s", m->prefix,
+                  m->fp_to);
+    }
+}
 
 static void on_done_arcs(redisAsyncContext *ac, void *r, void *priv)
 {
     struct mig *m = priv;
     redisReply *reply = r;
 
-    if (ac->data == NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
-        m->arcs == NULL) {
+    if (ac->data == NULL) {
+        return;
+    }
+    m->loading_done = false;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || m->arcs == NULL) {
         return;
     }
     for (size_t j = 0; j < reply->elements; j++) {
         unsigned first, last;
-        if (sscanf(reply->element[j]->str, "%u-%u", &first, &last) != 2) {
+        if (reply->element[j]->type != REDIS_REPLY_STRING ||
+            sscanf(reply->element[j]->str, "%u-%u", &first, &last) != 2) {
             continue;
         }
         int32_t a = arc_of(m, first);
         if (a >= 0 && m->diff.arcs[a].first == first && m->diff.arcs[a].last == last &&
-            !m->arcs[a].done) {
+            !m->arcs[a].done && m->pass == 1) {
             m->arcs[a].done = true;
             m->arcs_done++;
         }
     }
+    m->done_loaded = true;
+    log_notice("migration", "%s: this proxy moves the keys: %u of %zu arcs were done "
+               "already", m->p->name, m->arcs_done, m->diff.narcs);
 }
 
-static void on_ring_poll(redisAsyncContext *ac, void *r, void *priv)
+static void sync_now(struct mig *m)
 {
-    struct mig *m = priv;
-    redisReply *reply = r;
-    uint64_t epoch = 0;
+    static const char script[] =
+        "local t = redis.call('time') "
+        "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+        "redis.call('hset', KEYS[4], ARGV[1], now .. ' ' .. ARGV[2]) "
+        "local lease = 0 "
+        "local holder = redis.call('get', KEYS[5]) "
+        "if holder == ARGV[1] then "
+        "  if ARGV[3] == '1' then redis.call('pexpire', KEYS[5], ARGV[4]) lease = 1 "
+        "  else redis.call('del', KEYS[5]) end "
+        "elseif not holder and ARGV[3] == '1' then "
+        "  redis.call('set', KEYS[5], ARGV[1], 'PX', ARGV[4]) lease = 1 end "
+        "return {now, lease, redis.call('hgetall', KEYS[1]), "
+        "redis.call('hgetall', KEYS[2]), redis.call('hgetall', KEYS[4]), "
+        "redis.call('hgetall', KEYS[3])}";
+    char beat[160], lease_ms[32];
+    const char *keys[] = { "ring", "migration", "migration:ring", "proxies",
+                           "migration:lock" };
+    /* A candidate coordinator: a change is proposed here, or one runs. */
+    bool candidate = m->fp_rec[0] != '\0' &&
+                     (m->from != NULL || strcmp(m->fp_want, m->fp_rec) != 0);
+    enum mig_phase ack = m->acked;
 
-    if (ac->data == NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
-        m->to == NULL || m->lease) {
-        return;
-    }
-    struct ring *rec = ring_from_reply(reply, &epoch);
-    if (rec == NULL) {
-        return;
-    }
-    char fp[33];
-    ringrec_fingerprint(rec, fp);
-    ring_unref(rec);
-    if (strcmp(fp, m->fp_to) == 0) {
-        m->epoch = epoch;
-        mig_end(m, "moved by another proxy");
-    }
+    snprintf(beat, sizeof(beat), "%s %s %s", m->fp_want, ack_names[ack],
+             m->from != NULL ? m->fp_to : "-");
+    snprintf(lease_ms, sizeof(lease_ms), "%llu",
+             (unsigned long long)(m->liveness_ms ? m->liveness_ms : 10000));
+    const char *args[] = { m->id, beat, candidate ? "1" : "0", lease_ms };
+    m->syncing = true;
+    m->sync_sent = now_ms(m);
+    eval_with_ring(m, on_sync, script, keys, 5, args, 4, NULL, 0);
 }
 
-static void on_lease(redisAsyncContext *ac, void *r, void *priv)
-{
-    struct mig *m = priv;
-    redisReply *reply = r;
-
-    if (ac->data == NULL || reply == NULL || m->to == NULL) {
-        return;
-    }
-    bool held = reply->type == REDIS_REPLY_STATUS ||
-                (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1);
-    if (held && !m->lease) {
-        log_notice("migration", "%s: this proxy holds the migration lease", m->p->name);
-        m->state = MIG_MOVING;
-        /* Resume: arcs another holder finished need no work. */
-        mig_redis(m, on_done_arcs, m, "SMEMBERS %s:migration:done:%s", m->prefix, m->fp_to);
-    } else if (!held && m->lease) {
-        log_warn("migration", "%s: lost the migration lease", m->p->name);
-        m->state = MIG_FOLLOWING;
-    } else if (!held) {
-        m->state = MIG_FOLLOWING;
-    }
-    m->lease = held;
-}
-
-static void on_proxies(redisAsyncContext *ac, void *r, void *priv)
-{
-    struct mig *m = priv;
-    redisReply *reply = r;
-    char waiting[512] = "";
-    size_t used = 0;
-    bool ready = true;
-
-    if (ac->data == NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
-        m->to == NULL) {
-        return;
-    }
-    uint64_t now = (uint64_t)time(NULL) * 1000;
-    for (size_t j = 0; j + 1 < reply->elements; j += 2) {
-        char fp[64] = "";
-        unsigned long long at = 0;
-        sscanf(reply->element[j + 1]->str, "%63s %llu", fp, &at);
-        if (at + MIG_PROXY_LIVE_MS < now) {
-            if (at + 60 * 1000 < now) {
-                mig_redis(m, NULL, NULL, "HDEL %s:proxies %s", m->prefix,
-                     reply->element[j]->str);
-            }
-            continue;   /* not live: it will start on the recorded ring */
-        }
-        if (strcmp(fp, m->fp_to) != 0) {
-            ready = false;
-            if (used < sizeof(waiting) - 64) {
-                used += (size_t)snprintf(waiting + used, sizeof(waiting) - used, "%s%s",
-                                         used ? ", " : "", reply->element[j]->str);
-            }
-        }
-    }
-    if (!ready && m->lease && now_ms(m) >= m->next_wait_log) {
-        m->next_wait_log = now_ms(m) + MIG_PROGRESS_LOG_MS;
-        log_notice("migration", "%s: waiting for proxies to serve the new ring: %s",
-                   m->p->name, waiting);
-    }
-    m->others_ready = ready;
-    bulk_pump(m);
-}
-
-static void heartbeat(struct mig *m)
-{
-    const char *fp = m->to != NULL && m->drained ? m->fp_to : m->fp_from;
-    char lock[512], beat[64];
-
-    /* One argument "<fingerprint> <unix ms>": hiredis splits a format on
-     * spaces, so the value is formatted first. */
-    snprintf(beat, sizeof(beat), "%s %llu", fp, (unsigned long long)time(NULL) * 1000);
-    mig_redis(m, NULL, NULL, "HSET %s:proxies %s %s", m->prefix, m->id, beat);
-    if (m->to == NULL) {
-        return;
-    }
-    snprintf(lock, sizeof(lock), "%s:migration:lock", m->prefix);
-    /* Every migrating proxy watches whether all serve the new ring. */
-    mig_redis(m, on_proxies, m, "HGETALL %s:proxies", m->prefix);
-    /* Take the lease if it is free, renew it if it is ours (also when it
-     * survived a Redis restart that our connection did not). */
-    mig_redis(m, on_lease, m, "EVAL %s 1 %s %s %d",
-              "local v = redis.call('get', KEYS[1]) "
-              "if v == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end "
-              "if not v then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
-              "return 1 end return 0", lock, m->id, MIG_LEASE_MS);
-    if (m->lease) {
-        mig_redis(m, NULL, NULL, "HSET %s:migration holder %s arcs_total %llu arcs_done %u "
-             "keys_moved %llu keys_stale %llu keys_skipped %llu keys_failed %llu "
-             "started %llu updated %llu", m->prefix, m->id, (unsigned long long)m->diff.narcs, m->arcs_done,
-             (unsigned long long)m->keys_moved, (unsigned long long)m->keys_stale,
-             (unsigned long long)m->keys_skipped, (unsigned long long)m->keys_failed,
-             (unsigned long long)m->started_ms / 1000,
-             (unsigned long long)time(NULL));
-    } else {
-        mig_redis(m, on_done_arcs, m, "SMEMBERS %s:migration:done:%s", m->prefix, m->fp_to);
-        mig_redis(m, on_ring_poll, m, "HGETALL %s:ring", m->prefix);
-    }
-}
-
-/* The ring record at start: write ours if none; migrate if it differs. */
-static void on_ring_record(redisAsyncContext *ac, void *r, void *priv)
-{
-    struct mig *m = priv;
-    redisReply *reply = r;
-    struct pool *p = m->p;
-    uint64_t epoch = 1;
-
-    if (ac->data == NULL || reply == NULL || m->state != MIG_STARTING) {
-        return;
-    }
-    m->state = MIG_IDLE;
-    bool present = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0;
-    struct ring *rec = present ? ring_from_reply(reply, &epoch) : NULL;
-    if (present && rec == NULL) {
-        /* Never overwrite the authority on where data lives. */
-        log_error("migration", "%s: cannot read the ring record %s:ring; serving "
-                  "by the config's ring without migrating; fix or delete the record",
-                  p->name, m->prefix);
-    } else if (rec == NULL) {
-        m->epoch = 1;
-        write_ring_record(m, p->ring, 1, NULL);
-        log_notice("migration", "%s: recorded ring %.8s (epoch 1) in %s:ring",
-                   p->name, m->fp_from, m->prefix);
-    } else {
-        char fp[33], err[256];
-        ringrec_fingerprint(rec, fp);
-        m->epoch = epoch;
-        if (strcmp(fp, m->fp_from) == 0) {
-            log_info("migration", "%s: the data obeys this config's ring (epoch %llu)",
-                     p->name, (unsigned long long)epoch);
-        } else {
-            /* The data obeys the recorded ring: move from it to ours. */
-            struct ring *ours = ring_ref(p->ring);
-            struct backend **rec_be = pool_ring_backends(p, rec, err, sizeof(err));
-            if (rec_be == NULL) {
-                log_error("migration", "%s: %s", p->name, err);
-            } else {
-                log_notice("migration", "%s: the data obeys ring %.8s (epoch %llu), "
-                           "not this config's: migrating", p->name, fp,
-                           (unsigned long long)epoch);
-                pool_set_ring(p, ring_ref(rec), rec_be);
-                memcpy(m->fp_from, fp, sizeof(fp));
-                if (mig_change_ring(m, ours, err, sizeof(err)) != 0) {
-                    log_error("migration", "%s: %s", p->name, err);
-                }
-            }
-            ring_unref(ours);
-        }
-        ring_unref(rec);
-    }
-    if (m->ready != NULL) {
-        void (*ready)(struct pool *) = m->ready;
-        m->ready = NULL;
-        ready(p);
-    }
-    apply_pending(m);
-}
-
-/* After a reconnect: is the ring record (and so the index) still there? */
-static void on_ring_check(redisAsyncContext *ac, void *r, void *priv)
-{
-    struct mig *m = priv;
-    redisReply *reply = r;
-
-    if (ac->data == NULL || reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
-        reply->elements > 0) {
-        return;
-    }
-    log_error("migration", "%s: Redis came back without %s:ring: it lost the index "
-              "(run Redis with persistence). Keys stored before now are not "
-              "indexed, so a resize could not move them until they are written "
-              "again%s", m->p->name, m->prefix,
-              m->to != NULL ? "; keys of this migration not moved yet will miss "
-              "unless clients touch them before it ends" : "");
-    if (m->to == NULL) {
-        write_ring_record(m, m->p->ring, m->epoch, NULL);
-    }
-}
+/* --- Redis connection ----------------------------------------------------------- */
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
@@ -541,16 +795,12 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         m->rc = NULL;
         m->rc_up = false;
+        m->syncing = false;
         struct timeval tv = { 1, 0 };
         event_add(m->retry, &tv);
         return;
     }
-    m->rc_up = true;
-    if (m->state != MIG_STARTING) {
-        /* A Redis that comes back empty has lost the index: say so. */
-        mig_redis(m, on_ring_check, m, "HGETALL %s:ring", m->prefix);
-    }
-    heartbeat(m);
+    m->next_sync = 0;
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -564,13 +814,12 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     log_warn("migration", "%s: lost Redis: %s", m->p->name, ac->errstr);
     m->rc = NULL;
     m->rc_up = false;
-    if (m->lease) {
-        m->lease = false;   /* it will expire; someone, maybe us, takes over */
-        m->state = MIG_FOLLOWING;
-    }
+    m->syncing = false;
+    m->lease = false;       /* it expires; someone, maybe us, takes over */
     for (uint32_t i = 0; m->arcs != NULL && i < m->diff.narcs; i++) {
         m->arcs[i].listing = false;
     }
+    m->reserved = 0;
     struct timeval tv = { 1, 0 };
     event_add(m->retry, &tv);
 }
@@ -601,9 +850,7 @@ static void mig_connect(struct mig *m)
     if (ix->db != 0) {
         mig_redis(m, NULL, NULL, "SELECT %lld", (long long)ix->db);
     }
-    if (m->state == MIG_STARTING) {
-        mig_redis(m, on_ring_record, m, "HGETALL %s:ring", m->prefix);
-    }
+    m->next_sync = 0;
 }
 
 struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p))
@@ -627,10 +874,25 @@ struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p))
     m->p = p;
     m->ready = ready;
     m->state = MIG_STARTING;
-    ringrec_fingerprint(p->ring, m->fp_from);
+    m->liveness_ms = (uint64_t)p->conf->migration.liveness;
+    m->want = ring_ref(p->ring);
+    ringrec_fingerprint(p->ring, m->fp_want);
     m->ready_deadline = worker_now_ms(p->w) + MIG_READY_TIMEOUT_MS;
+    m->last_sync_ok = worker_now_ms(p->w);
     mig_connect(m);
     return m;
+}
+
+void mig_leave(struct mig *m)
+{
+    if (m == NULL || !m->rc_up) {
+        return;
+    }
+    mig_redis(m, NULL, NULL, "HDEL %s:proxies %s", m->prefix, m->id);
+    mig_redis(m, NULL, NULL, "EVAL %s 1 %s:migration:lock %s",
+              "if redis.call('get', KEYS[1]) == ARGV[1] then "
+              "return redis.call('del', KEYS[1]) end return 0", m->prefix, m->id);
+    m->closing = true;
 }
 
 void mig_free(struct mig *m)
@@ -641,7 +903,7 @@ void mig_free(struct mig *m)
     /* Fail the moves in flight while their operations still exist; with
      * `closing` set, their handlers send nothing new. */
     m->closing = true;
-    for (uint32_t i = 0; i < m->p->nbackends; i++) {
+    for (uint32_t i = 0; m->p != NULL && i < m->p->nbackends; i++) {
         mconn_free(m->p->backends[i]->mc);
         m->p->backends[i]->mc = NULL;
     }
@@ -666,7 +928,7 @@ void mig_free(struct mig *m)
         }
     }
     mig_clear(m);
-    ring_unref(m->pending);
+    ring_unref(m->want);
     if (m->retry != NULL) {
         event_free(m->retry);
     }
@@ -675,9 +937,44 @@ void mig_free(struct mig *m)
     free(m);
 }
 
+/* --- the pool's questions --------------------------------------------------------- */
+
+int mig_change_ring(struct mig *m, struct ring *to, char *err, size_t errlen)
+{
+    const struct ring *cur = m->want;
+    char fp[RINGREC_FP_SIZE];
+
+    if (cur->hash != to->hash || cur->has_tag != to->has_tag ||
+        (cur->has_tag && memcmp(cur->tag, to->tag, 2) != 0)) {
+        snprintf(err, errlen, "changing hash or hash_tag of an indexed pool would "
+                 "move every key; not supported");
+        return -1;
+    }
+    ringrec_fingerprint(to, fp);
+    if (strcmp(fp, m->fp_want) == 0) {
+        return 0;
+    }
+    ring_unref(m->want);
+    m->want = ring_ref(to);
+    memcpy(m->fp_want, fp, sizeof(fp));
+    log_notice("migration", "%s: this proxy now proposes ring %.8s; it changes once "
+               "every live proxy sharing %s proposes it", m->p->name, fp, m->prefix);
+    m->next_sync = 0;
+    m->next_wait_log = 0;
+    return 0;
+}
+
 bool mig_active(const struct mig *m)
 {
-    return m != NULL && m->to != NULL;
+    return m != NULL && m->from != NULL;
+}
+
+bool mig_fenced(const struct mig *m)
+{
+    /* From the clock, not only the tick's flag: after a freeze (SIGSTOP)
+     * the first loop turn may serve requests before the tick runs. */
+    return m != NULL && m->liveness_ms > 0 &&
+           (m->fenced || worker_now_ms(m->p->w) > m->last_sync_ok + m->liveness_ms / 2);
 }
 
 enum mig_state mig_get_state(const struct mig *m)
@@ -692,32 +989,12 @@ bool mig_uses_backend(const struct mig *m, const struct backend *be)
             return true;
         }
     }
+    for (uint32_t i = 0; m->to_be != NULL && i < m->to->nservers; i++) {
+        if (m->to_be[i] == be) {
+            return true;
+        }
+    }
     return false;
-}
-
-static void check_drained(struct mig *m)
-{
-    struct pool *p = m->p;
-
-    for (uint32_t i = 0; i < m->ndrain && i < p->nbackends; i++) {
-        const struct backend *be = p->backends[i];
-        if (be->stats[STAT_BE_requests] - be->stats[STAT_BE_inflight] < m->drain_mark[i]) {
-            return;
-        }
-    }
-    m->drained = true;
-    m->next_heartbeat = 0;      /* tell the others at once */
-    free(m->drain_mark);
-    m->drain_mark = NULL;
-    log_info("migration", "%s: requests routed by the old ring have all landed",
-             p->name);
-    /* Commands that arrived meanwhile waited in their keys' queues. */
-    for (uint32_t b = 0; b < MIG_BUCKETS; b++) {
-        for (struct mkey *k = m->buckets[b], *next; k != NULL; k = next) {
-            next = k->next;     /* starting may finish and drop k */
-            mop_start(TAILQ_FIRST(&k->ops));
-        }
-    }
 }
 
 void mig_tick(struct mig *m, uint64_t now)
@@ -732,14 +1009,37 @@ void mig_tick(struct mig *m, uint64_t now)
         m->ready = NULL;
         ready(m->p);
     }
-    if (m->to != NULL && !m->drained) {
-        check_drained(m);
+    /* Fence: past half the liveness time without a sync, the fleet may
+     * soon go on without us (ARCHITECTURE.md, invariant I6). */
+    if (m->liveness_ms > 0 && !m->fenced && now > m->last_sync_ok + m->liveness_ms / 2) {
+        m->fenced = true;
+        m->lease = false;
+        log_error("migration", "%s: no answer from Redis for %llu ms: refusing the "
+                  "pool's commands until it answers (the fleet may resize without "
+                  "this proxy after %llu ms)", m->p->name,
+                  (unsigned long long)(now - m->last_sync_ok),
+                  (unsigned long long)m->liveness_ms);
+        update_state(m);
     }
-    if (now >= m->next_heartbeat) {
-        m->next_heartbeat = now + MIG_HEARTBEAT_MS;
-        heartbeat(m);
+    /* The phase is acknowledged once requests routed before it landed. */
+    if (m->acked != m->phase && m->p->inflight_old == 0) {
+        m->acked = m->phase;
+        m->next_sync = 0;
     }
-    if (m->to == NULL) {
+    if (m->from != NULL && m->fp_rec[0] != '\0' && strcmp(m->fp_rec, m->fp_to) == 0 &&
+        m->nops == 0) {
+        mig_end_local(m);
+        update_state(m);
+    }
+    uint64_t every = m->from != NULL || strcmp(m->fp_want, m->fp_rec) != 0 ?
+                     MIG_SYNC_FAST_MS : MIG_SYNC_MS;
+    if (now >= m->next_sync && m->rc_up && !m->syncing && !m->closing) {
+        m->next_sync = now + every;
+        sync_now(m);
+    } else if (m->syncing && now > m->sync_sent + 10 * MIG_SYNC_MS && m->rc != NULL) {
+        m->syncing = false;     /* no answer: the fence decides, try again */
+    }
+    if (m->from == NULL) {
         return;
     }
     int64_t rate = m->p->conf->migration.rate;
@@ -750,17 +1050,25 @@ void mig_tick(struct mig *m, uint64_t now)
         }
     }
     m->last_refill = now;
-    if (now >= m->next_progress_log) {
+    if (m->lease && strcmp(m->fleet, "moving") == 0 && now >= m->next_progress_log) {
         m->next_progress_log = now + MIG_PROGRESS_LOG_MS;
         double secs = (double)(now - m->last_log_ms) / 1000.0;
         double kps = secs > 0 ? (double)(m->keys_moved - m->moved_at_last_log) / secs : 0;
         m->moved_at_last_log = m->keys_moved;
         m->last_log_ms = now;
         m->last_rate = kps;
-        log_notice("migration", "%s: %s, %u/%zu arcs done, %llu keys moved (%.0f/s), "
-                   "%llu stale, %llu failed", m->p->name, mig_state_names[m->state],
-                   m->arcs_done, m->diff.narcs, (unsigned long long)m->keys_moved, kps,
-                   (unsigned long long)m->keys_stale, (unsigned long long)m->keys_failed);
+        log_notice("migration", "%s: pass %u, %u/%zu arcs done, %llu keys moved (%.0f/s), "
+                   "%llu stale, %llu failed%s%s", m->p->name, m->pass, m->arcs_done,
+                   m->diff.narcs, (unsigned long long)m->keys_moved, kps,
+                   (unsigned long long)m->keys_stale, (unsigned long long)m->keys_failed,
+                   m->blocked[0] ? "; blocked: " : "", m->blocked);
+        mig_redis(m, NULL, NULL, "HSET %s:migration holder %s arcs_total %llu "
+                  "arcs_done %u keys_moved %llu keys_stale %llu keys_skipped %llu "
+                  "keys_failed %llu updated %llu", m->prefix, m->id,
+                  (unsigned long long)m->diff.narcs, m->arcs_done,
+                  (unsigned long long)m->keys_moved, (unsigned long long)m->keys_stale,
+                  (unsigned long long)m->keys_skipped, (unsigned long long)m->keys_failed,
+                  (unsigned long long)time(NULL));
     }
     bulk_pump(m);
 }
@@ -771,38 +1079,61 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->state = m->state;
     out->epoch = m->epoch;
     out->lease = m->lease;
-    out->pending = m->pending != NULL;
-    memcpy(out->from, m->fp_from, sizeof(out->from));
-    if (m->to != NULL) {
+    out->pending = strcmp(m->fp_want, m->from != NULL ? m->fp_to : m->fp_rec) != 0;
+    memcpy(out->from, m->from != NULL ? m->fp_from : m->fp_rec, sizeof(out->from));
+    if (m->from != NULL) {
         memcpy(out->to, m->fp_to, sizeof(out->to));
         out->arcs_total = m->diff.narcs;
         out->moved_fraction = (double)m->diff.moved / RING_SPACE;
         out->elapsed_sec = (double)(worker_now_ms(m->p->w) - m->started_ms) / 1000.0;
     }
+    snprintf(out->fleet_phase, sizeof(out->fleet_phase), "%s", m->fleet);
+    snprintf(out->waiting, sizeof(out->waiting), "%s", m->waiting);
+    snprintf(out->blocked, sizeof(out->blocked), "%s", m->blocked);
+    out->live_proxies = m->nlive;
+    out->fenced = m->fenced;
     out->arcs_done = m->arcs_done;
     out->keys_moved = m->keys_moved;
     out->keys_skipped = m->keys_skipped;
     out->keys_stale = m->keys_stale;
     out->keys_failed = m->keys_failed;
     out->keys_retried = m->keys_retried;
-    out->client_moves = m->client_moves;
+    out->client_ops = m->client_ops;
     out->index_moved = m->index_moved;
+    out->tombs_written = m->tombs_written;
+    out->tombs_cleared = m->tombs_cleared;
+    out->fallback_reads = m->fallback_reads;
     out->keys_per_sec = m->last_rate;
 }
 
 void mig_stats(const struct mig *m, struct evbuffer *out)
 {
-    evbuffer_add_printf(out, "STAT migration:state %s\r\n", mig_state_names[m->state]);
-    evbuffer_add_printf(out, "STAT migration:epoch %llu\r\n", (unsigned long long)m->epoch);
-    evbuffer_add_printf(out, "STAT migration:lease %d\r\n", m->lease ? 1 : 0);
-    evbuffer_add_printf(out, "STAT migration:arcs_total %zu\r\n", m->to ? m->diff.narcs : 0);
-    evbuffer_add_printf(out, "STAT migration:arcs_done %u\r\n", m->arcs_done);
-    evbuffer_add_printf(out, "STAT migration:keys_moved %llu\r\n", (unsigned long long)m->keys_moved);
-    evbuffer_add_printf(out, "STAT migration:keys_skipped %llu\r\n", (unsigned long long)m->keys_skipped);
-    evbuffer_add_printf(out, "STAT migration:keys_stale %llu\r\n", (unsigned long long)m->keys_stale);
-    evbuffer_add_printf(out, "STAT migration:keys_failed %llu\r\n", (unsigned long long)m->keys_failed);
-    evbuffer_add_printf(out, "STAT migration:keys_retried %llu\r\n", (unsigned long long)m->keys_retried);
-    evbuffer_add_printf(out, "STAT migration:client_moves %llu\r\n", (unsigned long long)m->client_moves);
-    evbuffer_add_printf(out, "STAT migration:index_moved %llu\r\n", (unsigned long long)m->index_moved);
-    evbuffer_add_printf(out, "STAT migration:pending_change %d\r\n", m->pending ? 1 : 0);
+    struct mig_progress pr;
+
+    mig_progress(m, &pr);
+#define MIG_STAT_U(name, v) \
+    evbuffer_add_printf(out, "STAT migration:" name " %llu\r\n", (unsigned long long)(v))
+    evbuffer_add_printf(out, "STAT migration:state %s\r\n", mig_state_names[pr.state]);
+    evbuffer_add_printf(out, "STAT migration:phase %s\r\n",
+                        pr.fleet_phase[0] ? pr.fleet_phase : "none");
+    MIG_STAT_U("epoch", pr.epoch);
+    MIG_STAT_U("lease", pr.lease);
+    MIG_STAT_U("fenced", pr.fenced);
+    MIG_STAT_U("live_proxies", pr.live_proxies);
+    MIG_STAT_U("arcs_total", pr.arcs_total);
+    MIG_STAT_U("arcs_done", pr.arcs_done);
+    MIG_STAT_U("keys_moved", pr.keys_moved);
+    MIG_STAT_U("keys_skipped", pr.keys_skipped);
+    MIG_STAT_U("keys_stale", pr.keys_stale);
+    MIG_STAT_U("keys_failed", pr.keys_failed);
+    MIG_STAT_U("keys_retried", pr.keys_retried);
+    MIG_STAT_U("client_commands", pr.client_ops);
+    MIG_STAT_U("index_moved", pr.index_moved);
+    MIG_STAT_U("tombstones_written", pr.tombs_written);
+    MIG_STAT_U("tombstones_cleared", pr.tombs_cleared);
+    MIG_STAT_U("fallback_reads", pr.fallback_reads);
+    MIG_STAT_U("pending_change", pr.pending);
+#undef MIG_STAT_U
+    evbuffer_add_printf(out, "STAT migration:waiting_for %s\r\n",
+                        pr.waiting[0] ? pr.waiting : "-");
 }

@@ -21,9 +21,12 @@ struct mig;
 #define MIG_STATE_CODEC(X)                                                    \
     X(STARTING, "starting")     /* reading the ring record from Redis */      \
     X(IDLE, "idle")             /* the data obeys the pool's ring */          \
-    X(WAITING, "waiting")       /* moving: waiting for the lease or proxies */ \
-    X(MOVING, "moving")         /* this proxy holds the lease and moves keys */ \
-    X(FOLLOWING, "following")   /* another proxy moves; we route with fallback */
+    X(PROPOSED, "proposed")     /* the file's ring differs: waiting for every \
+                                   live proxy to load the same one */         \
+    X(PREPARED, "prepared")     /* old ring is home, reads fall back */       \
+    X(SWITCHED, "switched")     /* new ring is home, old copies go on write */ \
+    X(MOVING, "moving")         /* switched, and this proxy moves the keys */ \
+    X(FENCED, "fenced")         /* lost Redis too long: refuses commands */
 
 #define MIG_STATE_ENUM(e, name) MIG_##e,
 enum mig_state { MIG_STATE_CODEC(MIG_STATE_ENUM) MIG_STATE_COUNT };
@@ -36,24 +39,32 @@ struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p));
 void mig_free(struct mig *m);       /* NULL is fine */
 
 /*
- * The pool's ring changes to `to` (a reference is taken): diff it against
- * the ring the data obeys and move what changed owner. Returns 0, or -1 when
- * it cannot be applied now (a migration runs: it is queued and applied after).
+ * The config file's ring is now `to` (a reference is taken): this proxy
+ * proposes it to the fleet. Nothing changes until every live proxy sharing
+ * the prefix proposes the same ring (docs/ARCHITECTURE.md). Returns 0, or
+ * -1 with a reason when the change can never be applied (hash changes).
  */
 int mig_change_ring(struct mig *m, struct ring *to, char *err, size_t errlen);
 
 bool mig_active(const struct mig *m);
+/* Has this proxy lost Redis long enough that the fleet may move on without
+ * it? Then it must not serve the pool's keys. Cheap. */
+bool mig_fenced(const struct mig *m);
+/* The proxy stops: remove its heartbeat and give up the lease now. */
+void mig_leave(struct mig *m);
 enum mig_state mig_get_state(const struct mig *m);
 bool mig_uses_backend(const struct mig *m, const struct backend *be);
 
 /*
- * Must a command on this key go through the migration (its arc is still
- * moving, or a move of the key is under way)? Cheap when nothing moves.
+ * Must a command on this key go through the migration (its owner differs
+ * between the two rings, or this proxy runs commands on it)? Cheap when
+ * nothing moves.
  */
 bool mig_routes_key(struct mig *m, const char *key, size_t len);
 
 /*
- * Run one client command on one key with the fallback rules of DESIGN §6.
+ * Run one client command on one key by the rules of this proxy's phase
+ * (docs/ARCHITECTURE.md, "Commands on a changing key").
  * The migration completes `f` (writes its reply, calls request_frag_done).
  * `data` (storage commands: the value and its "\r\n") is taken over.
  * key_index: the key's position in a multi-get, else 0.
@@ -68,13 +79,18 @@ void mig_tick(struct mig *m, uint64_t now_ms);
 struct mig_progress {
     enum mig_state state;
     uint64_t epoch;             /* of the ring the data obeys */
+    char fleet_phase[16];       /* the migration record's phase ("" none) */
+    char waiting[256];          /* proxies the fleet waits for */
+    char blocked[128];          /* a server whose moves fail */
+    uint32_t live_proxies;
+    bool fenced;
     bool lease;                 /* this proxy moves the keys */
     bool pending;               /* a newer ring waits for this migration */
     char from[33], to[33];      /* ring fingerprints ("" when idle) */
     uint64_t arcs_total, arcs_done;
     double moved_fraction;      /* of the hash space that changes server */
     uint64_t keys_moved, keys_skipped, keys_stale, keys_failed, keys_retried,
-             client_moves, index_moved;
+             client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads;
     double keys_per_sec;        /* over the last progress interval */
     double elapsed_sec;
 };

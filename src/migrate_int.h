@@ -1,7 +1,8 @@
 /*
- * migrate_int.h — what migrate.c (lifecycle, Redis coordination) and move.c
- * (moving keys, commands on moving keys, the bulk mover) share. Not for
- * other modules: they use migrate.h.
+ * migrate_int.h — what migrate.c (the fleet's phases, Redis coordination)
+ * and move.c (commands on changing keys, the bulk mover) share. Not for
+ * other modules: they use migrate.h. The protocol is docs/ARCHITECTURE.md,
+ * "Resizing a fleet".
  */
 #ifndef RP_MIGRATE_INT_H
 #define RP_MIGRATE_INT_H
@@ -18,17 +19,33 @@
 
 #define MIG_BUCKETS 4096
 #define MIG_LIST_BATCH 500
-#define MIG_MAX_RETRIES 5
-#define MIG_ARC_PASSES 5            /* passes over an arc whose moves failed */
-#define MIG_ARC_RETRY_MS 1000
-#define MIG_LEASE_MS 10000
-#define MIG_HEARTBEAT_MS 1000
-#define MIG_PROXY_LIVE_MS 5000
+#define MIG_MAX_RETRIES 8           /* a key that keeps changing under us */
+#define MIG_ARC_RETRY_MIN_MS 500    /* an arc whose moves failed: first pause */
+#define MIG_ARC_RETRY_MAX_MS 10000  /* ... doubling up to this */
+#define MIG_SYNC_MS 1000            /* Redis sync when nothing changes */
+#define MIG_SYNC_FAST_MS 200        /* ... while a change is proposed or runs */
 #define MIG_READY_TIMEOUT_MS 3000
 #define MIG_PROGRESS_LOG_MS 5000
+#define MIG_WAIT_LOG_MS 5000
 #define TTL_RELATIVE_MAX 2592000    /* memcached: larger exptimes are absolute */
 
-enum move_result { MOVED, SKIPPED, STALE, FAILED };
+/*
+ * A tombstone: what a delete leaves on the old owner while keys may be
+ * copied (ARCHITECTURE.md, invariant I4). Recognised by its client flags
+ * and exact value together.
+ */
+#define MIG_TOMB_FLAGS 0x52505442u  /* "RPTB" */
+#define MIG_TOMB_VALUE "ringproxy:tombstone:v1"
+#define MIG_TOMB_TTL 86400
+
+/* How this proxy routes a key whose owner differs between the two rings. */
+enum mig_phase {
+    PH_NONE,                    /* no migration: the recorded ring */
+    PH_PREPARED,                /* home = old owner; reads old then new */
+    PH_SWITCHED,                /* home = new owner; reads old then new */
+};
+
+enum move_result { MOVED, SKIPPED, STALE, TOMB_CLEARED, FAILED };
 
 struct mop;
 TAILQ_HEAD(mop_queue, mop);
@@ -42,12 +59,18 @@ struct mkey {
     char key[];
 };
 
+/* What an old-owner lookup found. */
+enum mlook { LOOK_NONE, LOOK_REAL, LOOK_TOMB };
+
 struct mop {
     struct mig *m;
     struct mkey *k;
     TAILQ_ENTRY(mop) link;
-    struct backend *from, *to;
+    struct backend *from, *to;  /* old owner, new owner */
     int32_t arc;                /* bulk move: its arc; client op: -1 */
+    uint32_t gen;               /* the pool's routing generation at start */
+    bool counted;               /* counted in the pool's in-flight requests */
+    enum mig_phase phase;       /* client op: the phase it runs under */
     /* a client command */
     struct frag *f;
     enum proto_cmd cmd;
@@ -55,15 +78,17 @@ struct mop {
     int64_t exptime, bytes;
     uint64_t cas, delta;
     struct evbuffer *data;
+    int step;                   /* where a client command is (move.c) */
+    enum mlook old;             /* what the old owner held */
+    int64_t old_cas;
+    bool old_failed;            /* the old owner could not be asked */
+    bool hit;                   /* delete: something was deleted */
     /* the move */
     int retries;
     char *val;
     size_t val_len;
     int64_t vflags, ttl, src_cas, dst_cas;
     bool stored_copy;
-    bool source_kept;           /* copied, old copy left for the bulk mover */
-    int waiting;                /* replies still expected (delete: two) */
-    bool hit, hit_fail;
 };
 
 struct mig_arc {
@@ -76,6 +101,7 @@ struct mig_arc {
     uint32_t nseen;
     uint32_t failed;            /* moves that failed in this pass */
     uint32_t passes;            /* passes over the arc so far */
+    uint32_t backoff_ms;
     uint64_t retry_at;          /* next pass not before (ms) */
 };
 
@@ -85,38 +111,47 @@ struct mig {
     char *id;                   /* this proxy: host:pid:random */
     char *prefix;
     enum mig_state state;
+    uint64_t liveness_ms;       /* 0: never exclude, never fence */
     /* Redis */
     redisAsyncContext *rc;
     bool rc_up;
+    bool syncing;               /* a sync is out */
     struct event *retry;
-    uint64_t next_heartbeat, next_progress_log, next_wait_log, ready_deadline;
-    /* the migration */
+    uint64_t next_sync, sync_sent, last_sync_ok;
+    uint64_t next_progress_log, next_wait_log, ready_deadline;
+    bool fenced;
+    /* rings */
+    struct ring *want;          /* the config file's ring */
+    char fp_want[RINGREC_FP_SIZE];
+    char fp_rec[RINGREC_FP_SIZE];   /* the recorded ring ("" unknown) */
+    uint64_t epoch;             /* of the recorded ring */
+    char waiting[256];          /* proxies the fleet waits for (log, status) */
+    uint32_t nlive;
+    /* the migration (from == NULL: none) */
     struct ring *from, *to;
     struct backend **from_be, **to_be;
-    char fp_from[33], fp_to[33];
-    uint64_t epoch;             /* of the ring record the data obeys */
+    char fp_from[RINGREC_FP_SIZE], fp_to[RINGREC_FP_SIZE];
+    enum mig_phase phase;       /* how this proxy routes now */
+    enum mig_phase acked;       /* the phase whose older requests all landed */
+    char fleet[16];             /* the record's phase */
     struct ring_diff diff;
     struct mig_arc *arcs;
-    uint32_t arcs_done, cur_arc;
-    struct ring *pending;       /* a newer ring, applied when this one ends */
-    bool drained;               /* no request routed by the old ring in flight */
-    uint64_t *drain_mark;       /* per backend slot: requests sent at the switch */
-    uint32_t ndrain;
+    uint32_t arcs_done, cur_arc, pass;
     bool lease;
-    bool others_ready;
+    bool done_loaded, loading_done;     /* the done arcs, read when leading */
     double tokens;
     uint64_t last_refill;
     uint32_t inflight, reserved;
     bool finishing;             /* every arc done; recording ring B */
     bool closing;               /* mig_free: start nothing new */
     uint32_t nops;              /* operations queued or running */
-    const char *end_how;        /* the end waits for nops to reach 0 */
     uint64_t started_ms, moved_at_last_log, last_log_ms;
     double last_rate;
+    char blocked[128];          /* a server that fails moves */
     /* keys with operations */
     struct mkey *buckets[MIG_BUCKETS];
     uint64_t keys_moved, keys_stale, keys_skipped, keys_failed, keys_retried,
-             client_moves, index_moved;
+             client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads;
 };
 
 static inline uint64_t now_ms(const struct mig *m)
@@ -127,7 +162,6 @@ static inline uint64_t now_ms(const struct mig *m)
 /* migrate.c */
 void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...);
 void mig_finish(struct mig *m);                 /* every arc is done */
-void mig_end(struct mig *m, const char *how);   /* the data obeys ring B */
 
 /* move.c */
 void mop_start(struct mop *op);
@@ -135,5 +169,8 @@ void mop_free(struct mop *op);
 void bulk_pump(struct mig *m);                  /* start what the budget allows */
 int32_t arc_of(const struct mig *m, uint32_t h);
 void arc_free_seen(struct mig_arc *a);
+/* Index bookkeeping: key into / out of its v-node set under ring r. */
+void mig_index_add(struct mig *m, const struct ring *r, const char *key, size_t len);
+void mig_index_rem(struct mig *m, const struct ring *r, const char *key, size_t len);
 
 #endif

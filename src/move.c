@@ -1,28 +1,39 @@
 /*
- * move.c — moving keys whose owner changed, one operation at a time per key.
+ * move.c — commands on keys whose owner changes, and the bulk mover.
+ * The rules, and the invariants they keep, are docs/ARCHITECTURE.md,
+ * "Resizing a fleet"; the phases come from migrate.c.
  *
- * Design notes
+ * Commands on a changing key (one whose owner differs between the old ring
+ * and the new one) never copy it. They run where the value is:
+ *   reads      the old owner first (a tombstone there is a miss), then the
+ *              new owner, then the old owner once more if both missed
+ *   set        the phase's home (old owner when prepared, new owner when
+ *              switched), then delete the other copy, then acknowledge
+ *   delete     both owners; when switched, a real value on the old owner
+ *              is replaced by a tombstone (conditionally on its CAS) so that
+ *              a copy the mover made meanwhile stays invisible
+ *   add        fails if either owner holds a real value, else stores at home
+ *   the rest   (replace append prepend cas incr decr touch) run on the old
+ *              owner when it holds a real value, conditionally on its CAS,
+ *              else on the new owner
+ * Within this proxy every command on a key goes through the key's FIFO, so
+ * it waits for the bulk move of that key, and for earlier commands.
  *
- * Moving one key (move_*), conditional end to end:
+ * Moving one key (the lease holder only, once every live proxy is switched):
  *   mg key v f t c            on the old owner: value, flags, TTL, CAS
- *   ms key n F T ME c         on the new owner, add mode: a newer client
- *                             write there wins; returns the copy's CAS
+ *   ms key n F T ME c         on the new owner, add mode: a newer write wins
  *   md key C<cas>             on the old owner, only if unchanged
  * If the old copy changed (EX) or vanished (NF) in between, the new copy is
  * removed only if it is still ours (md key C<copy cas>) and the key is
- * retried, so a delete or set racing the move can never be undone by it.
- *
- * Serving while moving. Every command on a key whose arc is still moving,
- * or that has a move under way, goes through a per-key FIFO of operations
- * (struct mkey), so within this proxy a client command waits for the move
- * of its key and runs after it, in order. A client command first moves its
- * key (a no-op when the old owner has nothing), then runs on the new owner
- * in meta-protocol form; `set` skips the move and deletes the old copy
- * after writing the new one; `delete` deletes on both.
+ * retried, so a delete or set racing the move can never be undone by it. A
+ * tombstone found on the old owner is removed (conditionally).
  *
  * The bulk mover lists each changed arc's keys from the old v-node's sorted
  * set (ZRANGEBYSCORE over the arc) and queues a move per key, within the
- * migration's rate and in-flight budget.
+ * migration's rate and in-flight budget. Moves that fail leave the arc for
+ * another pass after a pause; the arc is done only when a pass moved
+ * everything. After every arc is done, a second pass over all of them picks
+ * up tombstones and entries written meanwhile.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -116,46 +127,69 @@ int32_t arc_of(const struct mig *m, uint32_t h)
     return -1;
 }
 
-bool mig_routes_key(struct mig *m, const char *key, size_t len)
+/* Old and new owner of a key; false when there is no migration to route by. */
+static bool owners(const struct mig *m, const char *key, size_t len,
+                   struct backend **from, struct backend **to)
 {
-    if (m == NULL || m->to == NULL) {
+    if (m == NULL || m->from == NULL || m->phase == PH_NONE) {
         return false;
     }
-    int32_t a = arc_of(m, ring_key_hash(m->to, key, len));
-    if (a >= 0 && m->diff.arcs[a].moves && !m->arcs[a].done) {
-        return true;
-    }
-    return key_find(m, key, len) != NULL;
+    uint32_t h = ring_key_hash(m->from, key, len);
+    *from = m->from_be[ring_server_of(m->from, h)];
+    *to = m->to_be[ring_server_of(m->to, h)];
+    return true;
 }
 
-/* --- index bookkeeping of a move --------------------------------------------- */
+bool mig_routes_key(struct mig *m, const char *key, size_t len)
+{
+    struct backend *from, *to;
 
-static void index_moved(struct mig *m, const struct mop *op, enum move_result res)
+    if (!owners(m, key, len, &from, &to)) {
+        return false;
+    }
+    return from != to || key_find(m, key, len) != NULL;
+}
+
+/* --- index bookkeeping --------------------------------------------------------- */
+
+static void index_cmd(struct mig *m, const char *verb, const struct ring *r,
+                      const char *key, size_t len)
 {
     char vnode[1024];
-    const struct ring *from = m->from;
-    uint32_t h = ring_key_hash(from, op->k->key, op->k->len);
+    uint32_t h = ring_key_hash(r, key, len);
 
-    if (res == FAILED) {
+    if (m->p->idx == NULL) {
         return;
     }
-    /* Out of the old v-node's set (unless the old copy stays, so that the
-     * bulk mover still finds it); into the new one's if the key is there. */
-    if (!op->source_kept || !m->p->conf->migration.delete_source) {
-        idx_vnode_key(m->prefix, from, ring_find(from, h), vnode, sizeof(vnode));
-        mig_redis(m, NULL, NULL, "ZREM %s %b", vnode, op->k->key, (size_t)op->k->len);
+    idx_vnode_key(m->prefix, r, ring_find(r, h), vnode, sizeof(vnode));
+    if (verb[0] == 'Z' && verb[1] == 'A') {
+        mig_redis(m, NULL, NULL, "ZADD %s %u %b", vnode, h, key, len);
+    } else {
+        mig_redis(m, NULL, NULL, "ZREM %s %b", vnode, key, len);
     }
-    if (res == MOVED || res == SKIPPED) {
-        idx_key_stored(m->p->idx, op->k->key, op->k->len);
-    }
-    m->index_moved++;
+}
+
+void mig_index_add(struct mig *m, const struct ring *r, const char *key, size_t len)
+{
+    index_cmd(m, "ZADD", r, key, len);
+}
+
+void mig_index_rem(struct mig *m, const struct ring *r, const char *key, size_t len)
+{
+    index_cmd(m, "ZREM", r, key, len);
+}
+
+/* The ring whose owner is backend be for this operation's key. */
+static const struct ring *ring_of(const struct mop *op, const struct backend *be)
+{
+    return be == op->from ? op->m->from : op->m->to;
 }
 
 /* --- client replies ----------------------------------------------------------- */
 
 static void reply_line(struct mop *op, const char *line)
 {
-    struct evbuffer *sink = frag_sink(op->f);
+    struct evbuffer *sink = op->f != NULL ? frag_sink(op->f) : NULL;
 
     if (sink != NULL) {
         evbuffer_add_printf(sink, "%s\r\n", line);
@@ -189,6 +223,27 @@ static void reply_value(struct mop *op, const struct mreply *r)
     }
 }
 
+/* A failed retrieval: a single get answers the error instead of END. */
+static void reply_retrieval_error(struct mop *op, const char *line)
+{
+    if (op->f != NULL && op->f->req->nfrags == 1) {
+        struct frag *f = op->f;
+        reply_line(op, line);
+        op->f = NULL;
+        request_frag_done(f);
+    }
+}
+
+/* The backend's own error line when it sent one, else ours. */
+static const char *error_line(const struct mreply *r)
+{
+    if (r->error != NULL && (strncmp(r->error, "CLIENT_ERROR", 12) == 0 ||
+                             strncmp(r->error, "SERVER_ERROR", 12) == 0)) {
+        return r->error;
+    }
+    return BACKEND_ERR_LOST;
+}
+
 /* --- operations ---------------------------------------------------------------- */
 
 void mop_free(struct mop *op)
@@ -214,10 +269,14 @@ static void mop_finish(struct mop *op)
         }
         request_frag_done(f);
     }
+    if (op->counted) {
+        pool_inflight_end(m->p, op->gen);
+    }
     if (op->arc >= 0) {
         m->arcs[op->arc].inflight--;
         m->inflight--;
     }
+    bool bulk = op->arc >= 0;
     mop_free(op);
     m->nops--;
     if (TAILQ_EMPTY(&k->ops)) {
@@ -225,11 +284,8 @@ static void mop_finish(struct mop *op)
     } else {
         mop_next(k);
     }
-    if (m->lease) {
-        bulk_pump(m);
-    }
-    if (m->end_how != NULL && m->nops == 0) {
-        mig_end(m, m->end_how);     /* it waited for this last operation */
+    if (bulk) {
+        bulk_pump(m);   /* keep the pipeline full (sends only) */
     }
 }
 
@@ -243,7 +299,7 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
     char line[600];
     va_list ap;
 
-    if (op->m->closing) {
+    if (op->m->closing || op->m->fenced) {
         return false;
     }
     va_start(ap, fmt);
@@ -257,29 +313,486 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
     return true;
 }
 
-static void client_run(struct mop *op);
+/* Deliver a FAIL to cb at once when the command could not be sent. */
+#define SEND_OR_FAIL(op, be, cb, data, dlen, ...)                              \
+    do {                                                                      \
+        if (!mop_send((op), (be), (cb), (data), (dlen), __VA_ARGS__)) {       \
+            struct mreply fail_ = { .status = MREPLY_FAIL,                    \
+                                    .error = "cannot reach backend" };        \
+            (cb)((op), &fail_);                                               \
+        }                                                                     \
+    } while (0)
+
+static bool is_tomb(const struct mreply *r)
+{
+    int64_t flags = 0;
+
+    return r->status == MREPLY_VA && r->value_len == sizeof(MIG_TOMB_VALUE) - 1 &&
+           mreply_flag(r, 'f', &flags) && (uint32_t)flags == MIG_TOMB_FLAGS &&
+           memcmp(r->value, MIG_TOMB_VALUE, r->value_len) == 0;
+}
+
+/* What an "mg key v f c ..." reply says the owner holds. */
+static enum mlook look(const struct mreply *r, int64_t *cas)
+{
+    *cas = 0;
+    if (r->status != MREPLY_VA) {
+        return LOOK_NONE;
+    }
+    mreply_flag(r, 'c', cas);
+    return is_tomb(r) ? LOOK_TOMB : LOOK_REAL;
+}
+
+/* --- client commands: reads ------------------------------------------------------ */
+
+enum { STEP_FIRST, STEP_RECHECK };
+
+static void read_old(struct mop *op);
+
+
+static void on_read_new(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_VA && !is_tomb(r)) {
+        op->m->fallback_reads++;
+        reply_value(op, r);
+        mop_finish(op);
+        return;
+    }
+    if (r->status == MREPLY_FAIL || op->old_failed) {
+        reply_retrieval_error(op, BACKEND_ERR_LOST);
+        mop_finish(op);
+        return;
+    }
+    /* Both missed: a write through a proxy of the neighbouring phase may
+     * have moved the value from new to old meanwhile; look once more. */
+    op->step = STEP_RECHECK;
+    read_old(op);
+}
+
+static void on_read_old(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    int64_t cas;
+    enum mlook l = look(r, &cas);
+
+    if (l == LOOK_REAL) {
+        reply_value(op, r);
+    } else if (l == LOOK_NONE && op->step == STEP_FIRST) {
+        op->old_failed = r->status == MREPLY_FAIL;
+        const char *k = op->k->key;
+        int kl = op->k->len;
+        if (op->cmd == PROTO_CMD_GAT || op->cmd == PROTO_CMD_GATS) {
+            SEND_OR_FAIL(op, op->to, on_read_new, NULL, 0, "mg %.*s v f c T%lld", kl, k,
+                         (long long)op->exptime);
+        } else {
+            SEND_OR_FAIL(op, op->to, on_read_new, NULL, 0, "mg %.*s v f c", kl, k);
+        }
+        return;
+    } else if (r->status == MREPLY_FAIL) {
+        reply_retrieval_error(op, BACKEND_ERR_LOST);
+    }
+    mop_finish(op);
+}
+
+static void read_old(struct mop *op)
+{
+    const char *k = op->k->key;
+    int kl = op->k->len;
+
+    if (op->cmd == PROTO_CMD_GAT || op->cmd == PROTO_CMD_GATS) {
+        SEND_OR_FAIL(op, op->from, on_read_old, NULL, 0, "mg %.*s v f c T%lld", kl, k,
+                     (long long)op->exptime);
+    } else {
+        SEND_OR_FAIL(op, op->from, on_read_old, NULL, 0, "mg %.*s v f c", kl, k);
+    }
+}
+
+/* --- client commands: writes -------------------------------------------------------- */
+
+static void lookup_old(struct mop *op, mconn_cb cb)
+{
+    SEND_OR_FAIL(op, op->from, cb, NULL, 0, "mg %.*s v f c", (int)op->k->len, op->k->key);
+}
+
+/* Bounded retries of a command whose key changed under it. */
+static bool retry_or_fail(struct mop *op, mconn_cb cb)
+{
+    if (op->retries++ < MIG_MAX_RETRIES) {
+        op->m->keys_retried++;
+        lookup_old(op, cb);
+        return true;
+    }
+    reply_line(op, "SERVER_ERROR key changed too often during a migration");
+    mop_finish(op);
+    return false;
+}
+
+/* The value a storage command carries, without its "\r\n". */
+static const char *op_data(struct mop *op, size_t *len)
+{
+    if (op->data == NULL) {
+        *len = 0;
+        return NULL;
+    }
+    *len = evbuffer_get_length(op->data) - 2;
+    return (const char *)evbuffer_pullup(op->data, -1);
+}
+
+/* set: home, then clear the other owner, then STORED. */
+static void on_set_other(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    struct backend *other = op->phase == PH_PREPARED ? op->to : op->from;
+
+    if (r->status == MREPLY_FAIL) {
+        /* The other owner may still hold an older copy: not acknowledged. */
+        reply_line(op, BACKEND_ERR_LOST);
+    } else {
+        if (r->status == MREPLY_HD) {
+            mig_index_rem(op->m, ring_of(op, other), op->k->key, op->k->len);
+        }
+        reply_line(op, "STORED");
+    }
+    mop_finish(op);
+}
+
+static void on_set_home(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    struct backend *home = op->phase == PH_PREPARED ? op->from : op->to;
+    struct backend *other = home == op->from ? op->to : op->from;
+
+    if (r->status != MREPLY_HD) {
+        reply_line(op, r->status == MREPLY_FAIL ? error_line(r) : "NOT_STORED");
+        mop_finish(op);
+        return;
+    }
+    mig_index_add(op->m, ring_of(op, home), op->k->key, op->k->len);
+    SEND_OR_FAIL(op, other, on_set_other, NULL, 0, "md %.*s", (int)op->k->len, op->k->key);
+}
+
+static void run_set(struct mop *op)
+{
+    struct backend *home = op->phase == PH_PREPARED ? op->from : op->to;
+    size_t dlen;
+    const char *data = op_data(op, &dlen);
+
+    SEND_OR_FAIL(op, home, on_set_home, data, dlen, "ms %.*s %zu F%u T%lld",
+                 (int)op->k->len, op->k->key, dlen, op->flags, (long long)op->exptime);
+}
+
+/* delete: the old owner (a tombstone when switched), then the new owner. */
+static void on_del_new(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        reply_line(op, BACKEND_ERR_LOST);
+        mop_finish(op);
+        return;
+    }
+    op->hit |= r->status == MREPLY_HD;
+    mig_index_rem(op->m, op->m->to, op->k->key, op->k->len);
+    if (op->old != LOOK_TOMB) {
+        mig_index_rem(op->m, op->m->from, op->k->key, op->k->len);
+    }
+    reply_line(op, op->hit ? "DELETED" : "NOT_FOUND");
+    mop_finish(op);
+}
+
+static void del_new(struct mop *op)
+{
+    SEND_OR_FAIL(op, op->to, on_del_new, NULL, 0, "md %.*s", (int)op->k->len, op->k->key);
+}
+
+static void on_del_lookup(void *arg, const struct mreply *r);
+
+static void on_del_old(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        reply_line(op, BACKEND_ERR_LOST);
+        mop_finish(op);
+        return;
+    }
+    if (op->old == LOOK_REAL) {
+        if (r->status != MREPLY_HD) {
+            retry_or_fail(op, on_del_lookup);   /* it changed under us */
+            return;
+        }
+        op->hit = true;
+        if (op->phase == PH_SWITCHED) {
+            op->old = LOOK_TOMB;                /* our tombstone is there now */
+            op->m->tombs_written++;
+            mig_index_add(op->m, op->m->from, op->k->key, op->k->len);
+        }
+    }
+    del_new(op);
+}
+
+static void on_del_lookup(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    const char *k = op->k->key;
+    int kl = op->k->len;
+
+    if (r->status == MREPLY_FAIL) {
+        reply_line(op, BACKEND_ERR_LOST);
+        mop_finish(op);
+        return;
+    }
+    op->old = look(r, &op->old_cas);
+    if (op->old == LOOK_NONE || (op->old == LOOK_TOMB && op->phase == PH_SWITCHED)) {
+        del_new(op);
+    } else if (op->phase == PH_SWITCHED) {
+        /* A real value: a tombstone takes its place, so that a copy the
+         * mover may be making stays hidden (invariant I4). */
+        SEND_OR_FAIL(op, op->from, on_del_old, MIG_TOMB_VALUE, sizeof(MIG_TOMB_VALUE) - 1,
+                     "ms %.*s %zu F%u T%d C%lld", kl, k, sizeof(MIG_TOMB_VALUE) - 1,
+                     MIG_TOMB_FLAGS, MIG_TOMB_TTL, (long long)op->old_cas);
+    } else {
+        SEND_OR_FAIL(op, op->from, on_del_old, NULL, 0, "md %.*s C%lld", kl, k,
+                     (long long)op->old_cas);
+    }
+}
+
+/* add: no real value on either owner, then store at home. */
+static void on_add_stored(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    struct backend *home = op->phase == PH_PREPARED ? op->from : op->to;
+
+    if (r->status == MREPLY_FAIL) {
+        reply_line(op, error_line(r));
+    } else if (r->status != MREPLY_HD) {
+        reply_line(op, "NOT_STORED");
+    } else {
+        mig_index_add(op->m, ring_of(op, home), op->k->key, op->k->len);
+        if (home == op->to && op->old == LOOK_TOMB) {
+            /* The tombstone would hide the new value from readers. */
+            op->old = LOOK_NONE;
+            SEND_OR_FAIL(op, op->from, on_set_other, NULL, 0, "md %.*s C%lld",
+                         (int)op->k->len, op->k->key, (long long)op->old_cas);
+            return;
+        }
+        reply_line(op, "STORED");
+    }
+    mop_finish(op);
+}
+
+static void add_store(struct mop *op)
+{
+    size_t dlen;
+    const char *data = op_data(op, &dlen);
+    const char *k = op->k->key;
+    int kl = op->k->len;
+
+    if (op->phase == PH_PREPARED && op->old == LOOK_TOMB) {
+        SEND_OR_FAIL(op, op->from, on_add_stored, data, dlen, "ms %.*s %zu F%u T%lld C%lld",
+                     kl, k, dlen, op->flags, (long long)op->exptime, (long long)op->old_cas);
+    } else {
+        SEND_OR_FAIL(op, op->phase == PH_PREPARED ? op->from : op->to, on_add_stored,
+                     data, dlen, "ms %.*s %zu F%u T%lld ME", kl, k, dlen, op->flags,
+                     (long long)op->exptime);
+    }
+}
+
+static void on_add_new(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        reply_line(op, error_line(r));
+        mop_finish(op);
+    } else if (r->status == MREPLY_VA && !is_tomb(r)) {
+        reply_line(op, "NOT_STORED");
+        mop_finish(op);
+    } else {
+        add_store(op);
+    }
+}
+
+static void on_add_lookup(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        reply_line(op, error_line(r));
+        mop_finish(op);
+        return;
+    }
+    op->old = look(r, &op->old_cas);
+    if (op->old == LOOK_REAL) {
+        reply_line(op, "NOT_STORED");
+        mop_finish(op);
+    } else if (op->phase == PH_PREPARED) {
+        SEND_OR_FAIL(op, op->to, on_add_new, NULL, 0, "mg %.*s v f", (int)op->k->len,
+                     op->k->key);
+    } else {
+        add_store(op);  /* add mode on the new owner checks it */
+    }
+}
+
+/* replace append prepend cas incr decr touch: where the value is. */
+static void on_rmw_lookup(void *arg, const struct mreply *r);
+
+static void on_rmw_done(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    bool on_old = op->old == LOOK_REAL;
+    struct backend *where = on_old ? op->from : op->to;
+
+    if (r->status == MREPLY_FAIL) {
+        reply_line(op, error_line(r));
+        mop_finish(op);
+        return;
+    }
+    /* On the old owner the command was conditional on the CAS we read:
+     * the value changed or went meanwhile, so look again. */
+    if (on_old && op->cmd != PROTO_CMD_CAS && op->cmd != PROTO_CMD_TOUCH &&
+        (r->status == MREPLY_EX || r->status == MREPLY_NF)) {
+        retry_or_fail(op, on_rmw_lookup);
+        return;
+    }
+    if (on_old && op->cmd == PROTO_CMD_CAS && r->status == MREPLY_NF) {
+        retry_or_fail(op, on_rmw_lookup);
+        return;
+    }
+    switch (op->cmd) {
+    case PROTO_CMD_TOUCH:
+        reply_line(op, r->status == MREPLY_HD ? "TOUCHED" : "NOT_FOUND");
+        break;
+    case PROTO_CMD_INCR:
+    case PROTO_CMD_DECR:
+        if (r->status == MREPLY_VA) {
+            char num[32];
+            size_t n = r->value_len < sizeof(num) - 1 ? r->value_len : sizeof(num) - 1;
+            memcpy(num, r->value, n);
+            num[n] = '\0';
+            reply_line(op, num);
+        } else {
+            reply_line(op, "NOT_FOUND");
+        }
+        break;
+    default:        /* storage commands */
+        if (r->status == MREPLY_HD) {
+            reply_line(op, "STORED");
+            mig_index_add(op->m, ring_of(op, where), op->k->key, op->k->len);
+        } else {
+            reply_line(op, r->status == MREPLY_EX ? "EXISTS" :
+                           r->status == MREPLY_NF ? "NOT_FOUND" : "NOT_STORED");
+        }
+        break;
+    }
+    mop_finish(op);
+}
+
+static void rmw_run(struct mop *op)
+{
+    bool on_old = op->old == LOOK_REAL;
+    struct backend *be = on_old ? op->from : op->to;
+    char cond[32] = "";
+    size_t dlen;
+    const char *data = op_data(op, &dlen);
+    const char *k = op->k->key;
+    int kl = op->k->len;
+
+    if (on_old) {
+        snprintf(cond, sizeof(cond), " C%lld", (long long)op->old_cas);
+    }
+    switch (op->cmd) {
+    case PROTO_CMD_REPLACE:
+        SEND_OR_FAIL(op, be, on_rmw_done, data, dlen, "ms %.*s %zu F%u T%lld MR%s", kl, k,
+                     dlen, op->flags, (long long)op->exptime, cond);
+        break;
+    case PROTO_CMD_APPEND:
+    case PROTO_CMD_PREPEND:
+        SEND_OR_FAIL(op, be, on_rmw_done, data, dlen, "ms %.*s %zu M%c%s", kl, k, dlen,
+                     op->cmd == PROTO_CMD_APPEND ? 'A' : 'P', cond);
+        break;
+    case PROTO_CMD_CAS:
+        SEND_OR_FAIL(op, be, on_rmw_done, data, dlen, "ms %.*s %zu F%u T%lld C%llu", kl, k,
+                     dlen, op->flags, (long long)op->exptime,
+                     (unsigned long long)op->cas);
+        break;
+    case PROTO_CMD_INCR:
+    case PROTO_CMD_DECR:
+        SEND_OR_FAIL(op, be, on_rmw_done, NULL, 0, "ma %.*s D%llu v%s%s", kl, k,
+                     (unsigned long long)op->delta,
+                     op->cmd == PROTO_CMD_DECR ? " MD" : "", cond);
+        break;
+    case PROTO_CMD_TOUCH:
+        SEND_OR_FAIL(op, be, on_rmw_done, NULL, 0, "mg %.*s T%lld", kl, k,
+                     (long long)op->exptime);
+        break;
+    default:
+        reply_line(op, "ERROR");
+        mop_finish(op);
+        break;
+    }
+}
+
+static void on_rmw_lookup(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        reply_line(op, error_line(r));
+        mop_finish(op);
+        return;
+    }
+    op->old = look(r, &op->old_cas);
+    rmw_run(op);
+}
+
+static void client_start(struct mop *op)
+{
+    op->m->client_ops++;
+    switch (op->cmd) {
+    case PROTO_CMD_GET:
+    case PROTO_CMD_GETS:
+    case PROTO_CMD_GAT:
+    case PROTO_CMD_GATS:
+        read_old(op);
+        break;
+    case PROTO_CMD_SET:
+        run_set(op);
+        break;
+    case PROTO_CMD_DELETE:
+        lookup_old(op, on_del_lookup);
+        break;
+    case PROTO_CMD_ADD:
+        lookup_old(op, on_add_lookup);
+        break;
+    default:
+        lookup_old(op, on_rmw_lookup);
+        break;
+    }
+}
+
+/* --- moving one key (the bulk mover) --------------------------------------------- */
+
 static void move_fetch(struct mop *op);
 
 static void move_done(struct mop *op, enum move_result res)
 {
     struct mig *m = op->m;
 
-    if (op->f != NULL && res == STALE) {
-        /* A client command found nothing to move: the usual case once the
-         * key has moved. Its index entry is the bulk mover's business. */
-        client_run(op);
-        return;
-    }
     switch (res) {
     case MOVED:
         m->keys_moved++;
-        m->client_moves += op->f != NULL;
         break;
     case SKIPPED:
         m->keys_skipped++;
         break;
     case STALE:
         m->keys_stale++;
+        break;
+    case TOMB_CLEARED:
+        m->tombs_cleared++;
         break;
     case FAILED:
         m->keys_failed++;
@@ -288,12 +801,24 @@ static void move_done(struct mop *op, enum move_result res)
         }
         break;
     }
-    index_moved(m, op, res);
-    if (op->f != NULL) {
-        client_run(op);     /* the key is where ring B says: run the command */
-    } else {
-        mop_finish(op);
+    if (res != FAILED) {
+        mig_index_rem(m, m->from, op->k->key, op->k->len);
+        if (res == MOVED || res == SKIPPED) {
+            mig_index_add(m, m->to, op->k->key, op->k->len);
+        }
+        m->index_moved++;
     }
+    mop_finish(op);
+}
+
+/* Record which server fails moves, for status and /healthz. */
+static void move_failed(struct mop *op, struct backend *be, const struct mreply *r)
+{
+    struct mig *m = op->m;
+
+    snprintf(m->blocked, sizeof(m->blocked), "server %s (%s): %.60s", be->identity,
+             be->addr.text, r->error != NULL ? r->error : mreply_names[r->status]);
+    move_done(op, FAILED);
 }
 
 /* TTL from "mg t": -1 none; over 30 days memcached wants an absolute time. */
@@ -321,8 +846,13 @@ static void move_retry(struct mop *op)
 
 static void on_undo(void *arg, const struct mreply *r)
 {
-    (void)r;
-    move_retry(arg);
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        move_failed(op, op->to, r);
+        return;
+    }
+    move_retry(op);
 }
 
 static void on_delete_source(void *arg, const struct mreply *r)
@@ -330,37 +860,27 @@ static void on_delete_source(void *arg, const struct mreply *r)
     struct mop *op = arg;
 
     if (r->status == MREPLY_HD) {
+        op->m->blocked[0] = '\0';
         move_done(op, op->stored_copy ? MOVED : SKIPPED);
         return;
     }
     if (r->status == MREPLY_FAIL) {
-        move_done(op, FAILED);
+        move_failed(op, op->from, r);
         return;
     }
     /* The old copy changed (EX) or vanished (NF) since we read it. */
     if (op->stored_copy) {
         /* Remove our copy, but only if nobody has written the key since. */
-        if (!mop_send(op, op->to, on_undo, NULL, 0, "md %.*s C%lld",
-                      (int)op->k->len, op->k->key, (long long)op->dst_cas)) {
-            move_done(op, FAILED);
-        }
+        SEND_OR_FAIL(op, op->to, on_undo, NULL, 0, "md %.*s C%lld", (int)op->k->len,
+                     op->k->key, (long long)op->dst_cas);
         return;
     }
-    if (r->status == MREPLY_NF) {
-        move_done(op, SKIPPED);     /* gone; ring B's owner has the truth */
-    } else {
-        move_retry(op);
-    }
+    move_retry(op);
 }
 
 static void on_store_copy(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
-    /* Until every live proxy serves the new ring, one of them may still
-     * write the old owner: a client-driven move copies but keeps the source
-     * (the bulk mover deletes it later, conditionally). */
-    bool delete_source = op->m->p->conf->migration.delete_source &&
-                         (op->f == NULL || op->m->others_ready);
 
     free(op->val);
     op->val = NULL;
@@ -368,17 +888,23 @@ static void on_store_copy(void *arg, const struct mreply *r)
         op->stored_copy = true;
         mreply_flag(r, 'c', &op->dst_cas);
     } else if (r->status != MREPLY_NS) {
-        move_done(op, FAILED);
+        move_failed(op, op->to, r);
         return;
     }
-    if (!delete_source) {
-        op->source_kept = true;
-        move_done(op, op->stored_copy ? MOVED : SKIPPED);
-        return;
-    }
-    if (!mop_send(op, op->from, on_delete_source, NULL, 0, "md %.*s C%lld",
-                  (int)op->k->len, op->k->key, (long long)op->src_cas)) {
-        move_done(op, FAILED);
+    SEND_OR_FAIL(op, op->from, on_delete_source, NULL, 0, "md %.*s C%lld",
+                 (int)op->k->len, op->k->key, (long long)op->src_cas);
+}
+
+static void on_tomb_cleared(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_HD) {
+        move_done(op, TOMB_CLEARED);
+    } else if (r->status == MREPLY_FAIL) {
+        move_failed(op, op->from, r);
+    } else {
+        move_retry(op);
     }
 }
 
@@ -390,213 +916,46 @@ static void on_fetch(void *arg, const struct mreply *r)
         move_done(op, STALE);
         return;
     }
-    if (r->status != MREPLY_VA || (op->val = malloc(r->value_len + 1)) == NULL) {
-        move_done(op, FAILED);
+    if (r->status != MREPLY_VA) {
+        move_failed(op, op->from, r);
         return;
     }
-    memcpy(op->val, r->value, r->value_len);
-    op->val_len = r->value_len;
     op->vflags = 0;
     op->ttl = -1;
     op->src_cas = 0;
     mreply_flag(r, 'f', &op->vflags);
     mreply_flag(r, 't', &op->ttl);
     mreply_flag(r, 'c', &op->src_cas);
-    op->stored_copy = false;
-    op->source_kept = false;
-    if (!mop_send(op, op->to, on_store_copy, op->val, op->val_len,
-                  "ms %.*s %zu F%llu T%lld ME c", (int)op->k->len, op->k->key,
-                  op->val_len, (unsigned long long)(uint32_t)op->vflags,
-                  (long long)ttl_for_store(op->ttl))) {
-        move_done(op, FAILED);
+    if (is_tomb(r)) {
+        SEND_OR_FAIL(op, op->from, on_tomb_cleared, NULL, 0, "md %.*s C%lld",
+                     (int)op->k->len, op->k->key, (long long)op->src_cas);
+        return;
     }
+    if ((op->val = malloc(r->value_len + 1)) == NULL) {
+        move_done(op, FAILED);
+        return;
+    }
+    memcpy(op->val, r->value, r->value_len);
+    op->val_len = r->value_len;
+    op->stored_copy = false;
+    SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,
+                 "ms %.*s %zu F%llu T%lld ME c", (int)op->k->len, op->k->key,
+                 op->val_len, (unsigned long long)(uint32_t)op->vflags,
+                 (long long)ttl_for_store(op->ttl));
 }
 
 static void move_fetch(struct mop *op)
 {
-    if (!mop_send(op, op->from, on_fetch, NULL, 0, "mg %.*s v f t c",
-                  (int)op->k->len, op->k->key)) {
-        move_done(op, FAILED);
-    }
+    SEND_OR_FAIL(op, op->from, on_fetch, NULL, 0, "mg %.*s v f t c", (int)op->k->len,
+                 op->k->key);
 }
 
-/* --- client commands on the new owner ------------------------------------------- */
-
-static void on_client_reply(void *arg, const struct mreply *r);
-
-static void on_set_old_deleted(void *arg, const struct mreply *r)
-{
-    (void)r;
-    mop_finish(arg);
-}
-
-static void on_client_reply(void *arg, const struct mreply *r)
-{
-    struct mop *op = arg;
-    enum proto_cmd cmd = op->cmd;
-
-    if (cmd == PROTO_CMD_DELETE) {
-        /* Two replies, old and new owner: answer once both are in. */
-        op->hit |= r->status == MREPLY_HD;
-        op->hit_fail |= r->status == MREPLY_FAIL;
-        if (--op->waiting > 0) {
-            return;
-        }
-        reply_line(op, op->hit ? "DELETED" : op->hit_fail ? BACKEND_ERR_LOST : "NOT_FOUND");
-        if (op->hit) {
-            idx_key_deleted(op->m->p->idx, op->k->key, op->k->len);
-        }
-        mop_finish(op);
-        return;
-    }
-    if (r->status == MREPLY_FAIL) {
-        if (op->f->retrieval) {
-            if (op->f->req->nfrags == 1) {
-                struct frag *f = op->f;
-                reply_line(op, BACKEND_ERR_LOST);
-                op->f = NULL;   /* the error replaces END */
-                request_frag_done(f);
-            }
-        } else {
-            bool server_said = r->error != NULL &&
-                               (strncmp(r->error, "CLIENT_ERROR", 12) == 0 ||
-                                strncmp(r->error, "SERVER_ERROR", 12) == 0);
-            reply_line(op, server_said ? r->error : BACKEND_ERR_LOST);
-        }
-        mop_finish(op);
-        return;
-    }
-    switch (cmd) {
-    case PROTO_CMD_GET:
-    case PROTO_CMD_GETS:
-    case PROTO_CMD_GAT:
-    case PROTO_CMD_GATS:
-        if (r->status == MREPLY_VA) {
-            reply_value(op, r);
-        }
-        break;
-    case PROTO_CMD_TOUCH:
-        reply_line(op, r->status == MREPLY_HD ? "TOUCHED" : "NOT_FOUND");
-        break;
-    case PROTO_CMD_INCR:
-    case PROTO_CMD_DECR:
-        if (r->status == MREPLY_VA) {
-            char num[32];
-            size_t n = r->value_len < sizeof(num) - 1 ? r->value_len : sizeof(num) - 1;
-            memcpy(num, r->value, n);
-            num[n] = '\0';
-            reply_line(op, num);
-        } else {
-            reply_line(op, "NOT_FOUND");
-        }
-        break;
-    case PROTO_CMD_SET:
-    case PROTO_CMD_ADD:
-    case PROTO_CMD_REPLACE:
-    case PROTO_CMD_APPEND:
-    case PROTO_CMD_PREPEND:
-    case PROTO_CMD_CAS:
-        if (r->status == MREPLY_HD) {
-            reply_line(op, "STORED");
-            idx_key_stored(op->m->p->idx, op->k->key, op->k->len);
-        } else {
-            reply_line(op, r->status == MREPLY_EX ? "EXISTS" :
-                           r->status == MREPLY_NF ? "NOT_FOUND" : "NOT_STORED");
-        }
-        if (cmd == PROTO_CMD_SET && r->status == MREPLY_HD) {
-            /* The new owner has the newest value: drop the old copy. */
-            struct frag *f = op->f;
-            op->f = NULL;
-            request_frag_done(f);
-            if (!mop_send(op, op->from, on_set_old_deleted, NULL, 0, "md %.*s",
-                          (int)op->k->len, op->k->key)) {
-                mop_finish(op);
-            }
-            return;
-        }
-        break;
-    default:
-        reply_line(op, "ERROR");
-        break;
-    }
-    mop_finish(op);
-}
-
-static void client_run(struct mop *op)
-{
-    const char *k = op->k->key;
-    int kl = op->k->len;
-    bool ok = true;
-    char *data = NULL;
-    size_t dlen = 0;
-
-    if (op->data != NULL) {
-        dlen = evbuffer_get_length(op->data) - 2;
-        data = (char *)evbuffer_pullup(op->data, -1);
-    }
-    switch (op->cmd) {
-    case PROTO_CMD_GET:
-        ok = mop_send(op, op->to, on_client_reply, NULL, 0, "mg %.*s v f", kl, k);
-        break;
-    case PROTO_CMD_GETS:
-        ok = mop_send(op, op->to, on_client_reply, NULL, 0, "mg %.*s v f c", kl, k);
-        break;
-    case PROTO_CMD_GAT:
-    case PROTO_CMD_GATS:
-        ok = mop_send(op, op->to, on_client_reply, NULL, 0, "mg %.*s v f%s T%lld",
-                      kl, k, op->cmd == PROTO_CMD_GATS ? " c" : "",
-                      (long long)op->exptime);
-        break;
-    case PROTO_CMD_TOUCH:
-        ok = mop_send(op, op->to, on_client_reply, NULL, 0, "mg %.*s T%lld", kl, k,
-                      (long long)op->exptime);
-        break;
-    case PROTO_CMD_INCR:
-    case PROTO_CMD_DECR:
-        ok = mop_send(op, op->to, on_client_reply, NULL, 0, "ma %.*s D%llu v%s", kl, k,
-                      (unsigned long long)op->delta,
-                      op->cmd == PROTO_CMD_DECR ? " MD" : "");
-        break;
-    case PROTO_CMD_SET:
-    case PROTO_CMD_ADD:
-    case PROTO_CMD_REPLACE:
-        ok = mop_send(op, op->to, on_client_reply, data, dlen,
-                      "ms %.*s %zu F%u T%lld M%c", kl, k, dlen, op->flags,
-                      (long long)op->exptime,
-                      op->cmd == PROTO_CMD_SET ? 'S' : op->cmd == PROTO_CMD_ADD ? 'E' : 'R');
-        break;
-    case PROTO_CMD_APPEND:
-    case PROTO_CMD_PREPEND:
-        ok = mop_send(op, op->to, on_client_reply, data, dlen, "ms %.*s %zu M%c", kl,
-                      k, dlen, op->cmd == PROTO_CMD_APPEND ? 'A' : 'P');
-        break;
-    case PROTO_CMD_CAS:
-        ok = mop_send(op, op->to, on_client_reply, data, dlen,
-                      "ms %.*s %zu F%u T%lld C%llu", kl, k, dlen, op->flags,
-                      (long long)op->exptime, (unsigned long long)op->cas);
-        break;
-    case PROTO_CMD_DELETE:
-        op->waiting = 2;
-        ok = mop_send(op, op->to, on_client_reply, NULL, 0, "md %.*s", kl, k);
-        if (ok && !mop_send(op, op->from, on_client_reply, NULL, 0, "md %.*s", kl, k)) {
-            op->waiting = 1;    /* the old owner is unreachable: ring B decides */
-        }
-        break;
-    default:
-        ok = false;
-        break;
-    }
-    if (!ok) {
-        struct mreply fail = { .status = MREPLY_FAIL, .error = "cannot reach backend" };
-        op->waiting = 1;
-        on_client_reply(op, &fail);
-    }
-}
+/* --- queueing ------------------------------------------------------------------------- */
 
 void mop_start(struct mop *op)
 {
-    if (op->f != NULL && (op->cmd == PROTO_CMD_SET || op->cmd == PROTO_CMD_DELETE)) {
-        client_run(op);     /* set overwrites, delete deletes both: no move */
+    if (op->f != NULL) {
+        client_start(op);
     } else {
         move_fetch(op);
     }
@@ -620,8 +979,8 @@ static bool mop_enqueue(struct mig *m, struct mop *op, const char *key, size_t l
     m->nops++;
     bool idle = TAILQ_EMPTY(&k->ops);
     TAILQ_INSERT_TAIL(&k->ops, op, link);
-    if (idle && m->drained) {
-        mop_start(op);      /* else check_drained starts it */
+    if (idle) {
+        mop_start(op);
     }
     return true;
 }
@@ -631,9 +990,9 @@ void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
                 struct evbuffer *data)
 {
     struct mop *op = calloc(1, sizeof(*op));
-    uint32_t h = ring_key_hash(m->to, key, keylen);
 
-    if (op == NULL) {
+    if (op == NULL || !owners(m, key, keylen, &op->from, &op->to)) {
+        free(op);
         if (data != NULL) {
             evbuffer_free(data);
         }
@@ -642,6 +1001,7 @@ void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
     }
     op->arc = -1;
     op->f = f;
+    op->phase = m->phase;
     op->cmd = req->cmd;
     op->flags = req->flags;
     op->exptime = req->exptime;
@@ -650,9 +1010,10 @@ void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
     op->delta = req->delta;
     op->key_index = key_index;
     op->data = data;
-    op->from = m->from_be[ring_server_of(m->from, ring_key_hash(m->from, key, keylen))];
-    op->to = m->to_be[ring_server_of(m->to, h)];
+    op->counted = true;
+    op->gen = pool_inflight_begin(m->p);
     if (!mop_enqueue(m, op, key, keylen)) {
+        pool_inflight_end(m->p, op->gen);
         mop_free(op);
         frag_fail(f, "SERVER_ERROR out of memory");
     }
@@ -680,10 +1041,9 @@ static void arc_done(struct mig *m, uint32_t i)
     a->done = true;
     arc_free_seen(a);
     m->arcs_done++;
-    mig_redis(m, NULL, NULL, "SADD %s:migration:done:%s %u-%u", m->prefix, m->fp_to,
-         m->diff.arcs[i].first, m->diff.arcs[i].last);
-    if (m->arcs_done == m->diff.narcs) {
-        mig_finish(m);
+    if (m->pass == 1) {
+        mig_redis(m, NULL, NULL, "SADD %s:migration:done:%s %u-%u", m->prefix, m->fp_to,
+                  m->diff.arcs[i].first, m->diff.arcs[i].last);
     }
 }
 
@@ -721,6 +1081,9 @@ static void on_list(redisAsyncContext *ac, void *r, void *priv)
         const redisReply *mem = reply->element[2 * j];
         uint32_t score = (uint32_t)strtoull(reply->element[2 * j + 1]->str, NULL, 10);
         bool taken = false;
+        if (mem->type != REDIS_REPLY_STRING || mem->len == 0 || mem->len > PROTO_KEY_MAX) {
+            continue;
+        }
         for (uint32_t s = 0; score == a->cursor && s < a->nseen; s++) {
             taken |= strlen(a->seen[s]) == mem->len &&
                      memcmp(a->seen[s], mem->str, mem->len) == 0;
@@ -779,12 +1142,45 @@ static uint32_t inflight_limit(const struct mig *m)
     return (uint32_t)m->p->conf->migration.inflight * (m->from->nservers ? m->from->nservers : 1);
 }
 
+/* Every arc is done once: go over the moving arcs once more. */
+static void second_pass(struct mig *m)
+{
+    m->pass = 2;
+    m->cur_arc = 0;
+    for (uint32_t i = 0; i < m->diff.narcs; i++) {
+        struct mig_arc *a = &m->arcs[i];
+        if (!m->diff.arcs[i].moves) {
+            continue;
+        }
+        a->done = a->exhausted = false;
+        a->cursor = m->diff.arcs[i].first;
+        a->passes = a->failed = 0;
+        a->backoff_ms = 0;
+        a->retry_at = 0;
+        arc_free_seen(a);
+        m->arcs_done--;
+    }
+    log_notice("migration", "%s: every arc moved; a last pass picks up tombstones and "
+               "keys indexed meanwhile", m->p->name);
+}
+
 /* Start as much work as the rate and the in-flight bound allow. */
 void bulk_pump(struct mig *m)
 {
-    if (!m->lease || !m->others_ready || !m->drained || m->arcs == NULL ||
-        m->finishing || m->closing) {
+    if (!m->lease || m->arcs == NULL || strcmp(m->fleet, "moving") != 0 ||
+        m->acked != PH_SWITCHED || !m->done_loaded || m->finishing || m->closing ||
+        m->fenced) {
         return;
+    }
+    if (m->arcs_done == m->diff.narcs) {
+        if (m->pass == 1 && m->diff.narcs > 0) {
+            second_pass(m);
+        } else if (m->nops == 0) {
+            mig_finish(m);
+            return;
+        } else {
+            return;
+        }
     }
     bool limited = m->p->conf->migration.rate > 0;
     uint32_t limit = inflight_limit(m);
@@ -799,26 +1195,23 @@ void bulk_pump(struct mig *m)
         if (a->listing || a->inflight > 0) {
             continue;   /* this arc's batch is under way */
         }
-        if (a->exhausted && a->failed > 0 && a->passes + 1 < MIG_ARC_PASSES) {
+        if (a->exhausted && a->failed > 0) {
             /* Moves failed (a server unreachable?): list what is left again
-             * after a pause; moved keys have left the set already. */
+             * after a pause, for as long as it takes; moved keys have left
+             * the set already. */
             a->passes++;
             a->failed = 0;
             a->exhausted = false;
             a->cursor = m->diff.arcs[i].first;
             arc_free_seen(a);
-            a->retry_at = now_ms(m) + MIG_ARC_RETRY_MS;
+            a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : MIG_ARC_RETRY_MIN_MS;
+            if (a->backoff_ms > MIG_ARC_RETRY_MAX_MS) {
+                a->backoff_ms = MIG_ARC_RETRY_MAX_MS;
+            }
+            a->retry_at = now_ms(m) + a->backoff_ms;
         }
         if (a->exhausted) {
-            if (a->failed > 0) {
-                log_warn("migration", "%s: %u keys of arc %u-%u could not be moved "
-                         "after %d passes; giving up on them", m->p->name, a->failed,
-                         m->diff.arcs[i].first, m->diff.arcs[i].last, MIG_ARC_PASSES);
-            }
             arc_done(m, i);
-            if (m->finishing) {
-                return;
-            }
             continue;
         }
         if (now_ms(m) < a->retry_at) {

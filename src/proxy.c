@@ -208,6 +208,7 @@ static void proxy_stop(struct proxy *px, const char *why)
     for (uint32_t i = 0; i < w->npools; i++) {
         struct pool *p = w->pools[i];
         struct client *c, *next;
+        mig_leave(p->mig);      /* the fleet stops waiting for us at once */
         if (p->listener != NULL) {
             evconnlistener_free(p->listener);
             p->listener = NULL;

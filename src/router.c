@@ -291,6 +291,30 @@ void pool_eject(struct pool *p, struct backend *be, bool eject)
     }
 }
 
+/* --- routing generations ------------------------------------------------ */
+
+uint32_t pool_inflight_begin(struct pool *p)
+{
+    p->inflight_now++;
+    return p->gen;
+}
+
+void pool_inflight_end(struct pool *p, uint32_t gen)
+{
+    if (gen == p->gen) {
+        p->inflight_now--;
+    } else {
+        p->inflight_old--;
+    }
+}
+
+void pool_new_generation(struct pool *p)
+{
+    p->inflight_old += p->inflight_now;
+    p->inflight_now = 0;
+    p->gen++;
+}
+
 /* --- requests ------------------------------------------------------------ */
 
 struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrags)
@@ -313,6 +337,10 @@ struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrag
     }
     r->pool = c->pool;
     r->client = c;
+    if (nfrags > 0) {
+        r->counted = true;
+        r->gen = pool_inflight_begin(c->pool);
+    }
     TAILQ_INSERT_TAIL(&c->reqs, r, link);
     c->nreqs++;
     return r;
@@ -333,6 +361,9 @@ void request_free(struct request *r)
 {
     if (r == NULL) {
         return;
+    }
+    if (r->counted) {
+        pool_inflight_end(r->pool, r->gen);
     }
     for (uint16_t i = 0; r->frags != NULL && i < r->nfrags; i++) {
         if (r->frags[i].buf != NULL) {
@@ -444,6 +475,10 @@ void request_frag_done(struct frag *f)
         return;
     }
     r->done = true;
+    if (r->counted) {
+        r->counted = false;
+        pool_inflight_end(r->pool, r->gen);
+    }
     if (r->frags[0].retrieval) {
         struct pool *p = r->pool;
         p->stats[STAT_get_hits] += r->hits;

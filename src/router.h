@@ -56,6 +56,8 @@ struct request {
     enum proto_cmd cmd;
     bool quiet;                 /* noreply: nothing goes to the client */
     bool done;
+    bool counted;               /* in the pool's in-flight count (gen) */
+    uint32_t gen;               /* the pool's routing generation when routed */
     uint16_t nfrags, pending;
     uint32_t hits;              /* VALUE blocks received */
     bool flushes_index;         /* flush_all now: the index empties too */
@@ -133,6 +135,11 @@ struct pool {
     uint64_t stats[STAT_POOL_COUNT];
     uint64_t next_client_id;
     struct idx *idx;            /* NULL: the pool has no index */
+    /* Requests in flight by routing generation: a migration phase change
+     * starts a new generation, and the phase is acknowledged once those
+     * routed before it have all landed (docs/ARCHITECTURE.md). */
+    uint32_t gen;
+    uint64_t inflight_now, inflight_old;
     uint16_t *frag_of_backend;  /* scratch for splitting a multi-get: */
     uint32_t *frag_order;       /* both sized nbackends + 1 */
 };
@@ -174,6 +181,11 @@ struct backend **pool_ring_backends(struct pool *p, const struct ring *r,
 void pool_set_ring(struct pool *p, struct ring *r, struct backend **ring_be);
 /* Close backends no ring uses any more, once nothing is in flight on them. */
 void pool_retire_backends(struct pool *p);
+
+/* Routing generations (see pool.gen). */
+uint32_t pool_inflight_begin(struct pool *p);
+void pool_inflight_end(struct pool *p, uint32_t gen);
+void pool_new_generation(struct pool *p);
 
 /* requests: created by the client, answered by backends or locally */
 struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrags);

@@ -415,7 +415,7 @@ def test_two_proxies_share_one_migration(env, cluster):
         time.sleep(0.3)
     assert wa.errors == [] and wb.errors == [], (wa.errors + wb.errors)[:10]
     moved = [int(proxy_stats(p.port)["migration:keys_moved"]) for p in (a, b)]
-    leases = [("holds the migration lease" in p.log()) for p in (a, b)]
+    leases = [("holds the coordinator lease" in p.log()) for p in (a, b)]
     assert leases.count(True) >= 1
     acked = dict(wa.acked)
     acked.update(wb.acked)
@@ -450,7 +450,7 @@ def test_sigterm_during_a_migration_stops_cleanly_and_a_restart_finishes(env):
     assert_placement(proxy, mcs, keys)
 
 
-def test_the_mover_waits_until_every_live_proxy_serves_the_new_ring(env):
+def test_nothing_changes_until_every_live_proxy_proposes_the_ring(env):
     mcs = env.servers(4)
     a = env.proxy(mcs[:3])
     b = env.proxy(mcs[:3])
@@ -458,76 +458,151 @@ def test_the_mover_waits_until_every_live_proxy_serves_the_new_ring(env):
     time.sleep(0.3)
     reload(a, env.config(mcs, a.port))
     deadline = time.monotonic() + 10
-    while "waiting for proxies to serve the new ring" not in a.log():
+    while "proposed; waiting for" not in a.log():
         assert time.monotonic() < deadline, a.log()[-3000:]
         time.sleep(0.05)
-    time.sleep(1.5)     # b is still on the old ring: nothing may move meanwhile
+    time.sleep(1.5)     # b still proposes the old ring: nothing may change
     st = proxy_stats(a.port)
+    assert st["migration:state"] == "proposed" and st["migration:phase"] == "none"
     assert int(st["migration:keys_moved"]) == 0 and int(st["migration:epoch"]) == 1
     assert env.r.hget("rp:cache:ring", "epoch") == b"1"
+    assert not env.r.exists("rp:cache:migration")
+    # a serves the recorded ring, not its file's: writes through either
+    # proxy are read back through the other.
+    ca = Client(("127.0.0.1", a.port), default_noreply=False)
+    cb = Client(("127.0.0.1", b.port), default_noreply=False)
+    for k in keys[:300]:
+        assert ca.set(k, b"via-a") and cb.get(k) == b"via-a"
     reload(b, env.config(mcs, b.port))
     wait_migrated(a.port, 2)
     wait_migrated(b.port, 2)
     for p in (a, b):
-        assert_all_hit(p.port, keys)
+        assert_all_hit(p.port, keys[300:])
+    assert ca.get(keys[0]) == b"via-a"
     assert_placement(a, mcs, keys)
+    ca.close()
+    cb.close()
 
 
-def test_every_command_on_a_moving_key_behaves_as_on_one_server(env):
-    """While the mover waits for a second proxy, every key of a changed arc
-    is served by the fallback path: each command must answer exactly as a
-    single memcached would, and its effect must survive the move."""
-    mcs = env.servers(4)
-    a = env.proxy(mcs[:3])
-    b = env.proxy(mcs[:3])
-    fill(a.port, 3000)
-    time.sleep(0.3)
-    with open(a.conf_path + ".new", "w") as f:
-        f.write(env.config(mcs, a.port))
-    keys = ["k%d" % i for i in range(3000)]
-    after = locate(a.conf_path + ".new", keys)
-    moving = [k for k in keys if after[k] == "mc4"][:12]
-    assert len(moving) == 12
-    reload(a, env.config(mcs, a.port))
-    deadline = time.monotonic() + 10
-    while "waiting for proxies to serve the new ring" not in a.log():
-        assert time.monotonic() < deadline
+class FakeProxy:
+    """A heartbeat in Redis for a proxy that acknowledges `ack` and nothing
+    more, copied from a real proxy's: the fleet then waits for it, and the
+    real proxies stay in the phase the test wants."""
+
+    def __init__(self, r, prefix="rp:cache"):
+        self.r, self.key, self.ack = r, prefix + ":proxies", "prepared"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def beat(self):
+        model = next(v.decode() for k, v in self.r.hgetall(self.key).items()
+                     if not k.startswith(b"fake"))
+        _, want, _, to = model.split(" ")
+        secs, usecs = self.r.time()
+        self.r.hset(self.key, "fake:1", "%d %s %s %s" % (secs * 1000 + usecs // 1000,
+                                                          want, self.ack, to))
+
+    def run(self):
+        while not self.stop.is_set():
+            self.beat()
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self.beat()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+        self.r.hdel(self.key, "fake:1")
+
+
+def wait_phase(port, phase, timeout=15):
+    deadline = time.monotonic() + timeout
+    while proxy_stats(port)["migration:phase"] != phase:
+        assert time.monotonic() < deadline, proxy_stats(port)
         time.sleep(0.05)
-    c = Client(("127.0.0.1", a.port), default_noreply=False)
+
+
+def every_command(c, moving, mcs, fresh):
+    """Each command on a changing key answers as one memcached would."""
     g, s, d, ad, rp, ap, pp, cs, inc, tch, gat, num = moving
-    assert c.get(g) == ("v-" + g).encode()                 # falls back, moves
+    assert c.get(g) == fresh(g)
     assert c.set(s, b"new") and c.get(s) == b"new"
     assert c.delete(d) and c.get(d) is None and not c.delete(d)
-    assert not c.add(ad, b"x") and c.get(ad) == ("v-" + ad).encode()
+    assert not c.add(ad, b"x") and c.get(ad) == fresh(ad)
+    assert c.delete(ad) and c.add(ad, b"added") and c.get(ad) == b"added"
+    assert not c.add(ad, b"again") and c.get(ad) == b"added"
     assert c.replace(rp, b"r") and c.get(rp) == b"r"
-    assert c.append(ap, b"+") and c.get(ap) == ("v-" + ap + "+").encode()
-    assert c.prepend(pp, b"-") and c.get(pp) == ("-v-" + pp).encode()
+    assert c.append(ap, b"+") and c.get(ap) == fresh(ap) + b"+"
+    assert c.prepend(pp, b"-") and c.get(pp) == b"-" + fresh(pp)
     value, token = c.gets(cs)
-    assert value == ("v-" + cs).encode()
+    assert value == fresh(cs)
     assert c.cas(cs, b"swapped", token) and not c.cas(cs, b"again", token)
     assert c.set(num, b"41") and c.incr(num, 1) == 42 and c.decr(num, 2) == 40
-    assert c.touch(tch, 100)
-    with socket.create_connection(("127.0.0.1", a.port)) as raw:
+    assert c.touch(tch, 100) and c.get(tch) == fresh(tch)
+    assert c.set(d, b"back") and c.get(d) == b"back" and c.delete(d)
+    with socket.create_connection(("127.0.0.1", c.server[1])) as raw:
         raw.sendall(b"gat 100 " + gat.encode() + b"\r\n")
-        want = b"VALUE %s 0 %d\r\nv-%s\r\nEND\r\n" % (gat.encode(), len(gat) + 2,
-                                                      gat.encode())
+        want = b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (gat.encode(), len(fresh(gat)),
+                                                   fresh(gat))
         got = b""
         while not got.endswith(b"END\r\n"):
             got += raw.recv(4096)
         assert got == want
-        raw.sendall(b"incr " + ad.encode() + b" 1\r\n")
+        raw.sendall(b"incr " + inc.encode() + b" 1\r\n")
         assert raw.recv(4096).startswith(b"CLIENT_ERROR")
-    assert mc_ttl(mcs[3], gat.encode())[0] > 50     # gat moved it and set the TTL
-    assert int(proxy_stats(a.port)["migration:keys_moved"]) > 0
-    reload(b, env.config(mcs, b.port))
-    wait_migrated(a.port, 2)
-    assert c.get(s) == b"new" and c.get(d) is None and c.get(cs) == b"swapped"
-    assert c.get(ap) == ("v-" + ap + "+").encode() and c.get(num) == b"40"
+
+
+@pytest.mark.parametrize("phase", ["prepared", "moving"])
+def test_every_command_on_a_changing_key_behaves_as_on_one_server(env, phase):
+    """While the fleet is held in a phase (a fake proxy acknowledges no
+    further), every command on a key whose owner changes answers as a single
+    memcached would, through either proxy, and its effect survives the
+    move. In "moving" the mover is held back (rate 1), so the switched rules
+    run on keys still on their old owner."""
+    mcs = env.servers(4)
+    a = env.proxy(mcs[:3], rate=1)
+    b = env.proxy(mcs[:3], rate=1)
+    keys = ["k%d" % i for i in range(3000)]
+    fill(a.port, 3000)
+    time.sleep(0.3)
+    with open(a.conf_path + ".new", "w") as f:
+        f.write(env.config(mcs, a.port))
+    after = locate(a.conf_path + ".new", keys)
+    moving = [k for k in keys if after[k] == "mc4"][:24]
+    assert len(moving) == 24
+    fresh = lambda k: ("v-" + k).encode()
+    time.sleep(1.2)     # both heartbeats are in Redis
+    with FakeProxy(env.r) as fake:
+        reload(a, env.config(mcs, a.port, rate=1))
+        reload(b, env.config(mcs, b.port, rate=1))
+        wait_phase(a.port, "prepared")
+        if phase == "moving":
+            fake.ack = "switched"
+            wait_phase(a.port, "moving")
+        ca = Client(("127.0.0.1", a.port), default_noreply=False)
+        cb = Client(("127.0.0.1", b.port), default_noreply=False)
+        every_command(ca, moving[:12], mcs, fresh)
+        every_command(cb, moving[12:], mcs, fresh)
+        # Written through one proxy, read through the other.
+        for i, k in enumerate(moving):
+            assert (ca if i % 2 else cb).set(k, b"x-" + k.encode())
+            assert (cb if i % 2 else ca).get(k) == b"x-" + k.encode()
+        assert proxy_stats(a.port)["migration:phase"] == phase
+        fake.ack = "switched"
+        reload(a, env.config(mcs, a.port, rate=0))     # release the mover
+        reload(b, env.config(mcs, b.port, rate=0))
+        wait_migrated(a.port, 2)
+        wait_migrated(b.port, 2)
+    for k in moving:
+        assert ca.get(k) == b"x-" + k.encode() and cb.get(k) == b"x-" + k.encode()
     held = {m.ident: m.keys() for m in mcs}
     for k in moving:
-        if k != d:
-            assert k.encode() in held[4] and all(k.encode() not in held[i] for i in (1, 2, 3))
-    c.close()
+        assert k.encode() in held[4] and all(k.encode() not in held[i] for i in (1, 2, 3))
+    ca.close()
+    cb.close()
 
 
 def test_a_source_server_that_stalls_mid_migration_loses_nothing(env):

@@ -353,14 +353,18 @@ static void coord_advance(struct mig *m, const char *cur, const char *next)
         "if redis.call('get', KEYS[2]) ~= ARGV[1] then return 0 end "
         "if redis.call('hget', KEYS[1], 'to') ~= ARGV[2] then return 0 end "
         "if redis.call('hget', KEYS[1], 'phase') ~= ARGV[3] then return 0 end "
-        "redis.call('hset', KEYS[1], 'phase', ARGV[4], 'holder', ARGV[1]) "
+        "local t = redis.call('time') "
+        "redis.call('hset', KEYS[1], 'phase', ARGV[4], 'holder', ARGV[1], "
+        "'arcs_total', ARGV[5], 'updated', t[1]) "
         "return 1";
     const char *keys[] = { "migration", "migration:lock" };
-    const char *args[] = { m->id, m->fp_to, cur, next };
+    char arcs[32];
+    snprintf(arcs, sizeof(arcs), "%zu", m->diff.narcs);
+    const char *args[] = { m->id, m->fp_to, cur, next, arcs };
 
     log_notice("migration", "%s: every live proxy acknowledged %s: fleet phase %s",
                m->p->name, cur, next);
-    eval_with_ring(m, on_coord_reply, script, keys, 2, args, 4, NULL, 0);
+    eval_with_ring(m, on_coord_reply, script, keys, 2, args, 5, NULL, 0);
 }
 
 static void on_finish_written(redisAsyncContext *ac, void *r, void *priv)
@@ -668,13 +672,14 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
     if (rec->type != REDIS_REPLY_ARRAY || rec->elements == 0) {
         /* No record: the first proxy records its ring; a Redis that lost
          * its data is told apart by our having seen a record before. */
-        if (m->fp_rec[0] != '\0') {
+        if (m->fp_rec[0] != '\0' || m->wrote_record) {
             log_error("migration", "%s: Redis came back without %s:ring: it lost the "
                       "index (run Redis with persistence); keys stored before now "
                       "cannot be moved by a resize until written again", m->p->name,
                       m->prefix);
         }
         write_first_record(m, m->from != NULL ? m->from : m->p->ring, m->epoch ? m->epoch : 1);
+        m->wrote_record = true;
         return;
     }
     follow(m, rec, mrec, mring);
@@ -1050,6 +1055,17 @@ void mig_tick(struct mig *m, uint64_t now)
         }
     }
     m->last_refill = now;
+    if (m->lease && strcmp(m->fleet, "moving") == 0 && now >= m->next_progress_write) {
+        /* For `ringproxy status` without the admin port: once a second. */
+        m->next_progress_write = now + 1000;
+        mig_redis(m, NULL, NULL, "HSET %s:migration holder %s arcs_total %llu "
+                  "arcs_done %u keys_moved %llu keys_stale %llu keys_skipped %llu "
+                  "keys_failed %llu updated %llu", m->prefix, m->id,
+                  (unsigned long long)m->diff.narcs, m->arcs_done,
+                  (unsigned long long)m->keys_moved, (unsigned long long)m->keys_stale,
+                  (unsigned long long)m->keys_skipped, (unsigned long long)m->keys_failed,
+                  (unsigned long long)time(NULL));
+    }
     if (m->lease && strcmp(m->fleet, "moving") == 0 && now >= m->next_progress_log) {
         m->next_progress_log = now + MIG_PROGRESS_LOG_MS;
         double secs = (double)(now - m->last_log_ms) / 1000.0;
@@ -1062,13 +1078,6 @@ void mig_tick(struct mig *m, uint64_t now)
                    m->diff.narcs, (unsigned long long)m->keys_moved, kps,
                    (unsigned long long)m->keys_stale, (unsigned long long)m->keys_failed,
                    m->blocked[0] ? "; blocked: " : "", m->blocked);
-        mig_redis(m, NULL, NULL, "HSET %s:migration holder %s arcs_total %llu "
-                  "arcs_done %u keys_moved %llu keys_stale %llu keys_skipped %llu "
-                  "keys_failed %llu updated %llu", m->prefix, m->id,
-                  (unsigned long long)m->diff.narcs, m->arcs_done,
-                  (unsigned long long)m->keys_moved, (unsigned long long)m->keys_stale,
-                  (unsigned long long)m->keys_skipped, (unsigned long long)m->keys_failed,
-                  (unsigned long long)time(NULL));
     }
     bulk_pump(m);
 }

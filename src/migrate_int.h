@@ -89,6 +89,7 @@ struct mop {
     size_t val_len;
     int64_t vflags, ttl, src_cas, dst_cas;
     bool stored_copy;
+    bool dest_checked;          /* the new owner's refusal was looked into */
 };
 
 struct mig_arc {
@@ -118,8 +119,9 @@ struct mig {
     bool syncing;               /* a sync is out */
     struct event *retry;
     uint64_t next_sync, sync_sent, last_sync_ok;
-    uint64_t next_progress_log, next_wait_log, ready_deadline;
+    uint64_t next_progress_log, next_progress_write, next_wait_log, ready_deadline;
     bool fenced;
+    bool wrote_record;          /* this proxy wrote the first ring record */
     /* rings */
     struct ring *want;          /* the config file's ring */
     char fp_want[RINGREC_FP_SIZE];

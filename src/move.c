@@ -878,16 +878,49 @@ static void on_delete_source(void *arg, const struct mreply *r)
     move_retry(op);
 }
 
+static void on_store_copy(void *arg, const struct mreply *r);
+
+/* The new owner refused the copy: a newer write, or a tombstone left there
+ * by an earlier migration, which the copy replaces (conditionally). */
+static void on_dest_look(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    int64_t cas;
+
+    if (look(r, &cas) == LOOK_TOMB && op->retries++ < MIG_MAX_RETRIES) {
+        SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,
+                     "ms %.*s %zu F%llu T%lld C%lld c", (int)op->k->len, op->k->key,
+                     op->val_len, (unsigned long long)(uint32_t)op->vflags,
+                     (long long)ttl_for_store(op->ttl), (long long)cas);
+        return;
+    }
+    if (r->status == MREPLY_FAIL) {
+        move_failed(op, op->to, r);
+        return;
+    }
+    struct mreply ns = { .status = MREPLY_NS };
+    on_store_copy(op, &ns);
+}
+
 static void on_store_copy(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
+    if (r->status == MREPLY_NS && !op->dest_checked) {
+        op->dest_checked = true;
+        SEND_OR_FAIL(op, op->to, on_dest_look, NULL, 0, "mg %.*s v f c", (int)op->k->len,
+                     op->k->key);
+        return;
+    }
     free(op->val);
     op->val = NULL;
     if (r->status == MREPLY_HD) {
         op->stored_copy = true;
         mreply_flag(r, 'c', &op->dst_cas);
-    } else if (r->status != MREPLY_NS) {
+    } else if (r->status == MREPLY_NF) {
+        move_retry(op);         /* the tombstone went meanwhile: start over */
+        return;
+    } else if (r->status != MREPLY_NS && r->status != MREPLY_EX) {
         move_failed(op, op->to, r);
         return;
     }
@@ -937,7 +970,7 @@ static void on_fetch(void *arg, const struct mreply *r)
     }
     memcpy(op->val, r->value, r->value_len);
     op->val_len = r->value_len;
-    op->stored_copy = false;
+    op->stored_copy = op->dest_checked = false;
     SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,
                  "ms %.*s %zu F%llu T%lld ME c", (int)op->k->len, op->k->key,
                  op->val_len, (unsigned long long)(uint32_t)op->vflags,

@@ -590,8 +590,8 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
         st->keys_skipped = hash_num(mig, "keys_skipped");
         st->keys_stale = hash_num(mig, "keys_stale");
         st->keys_failed = hash_num(mig, "keys_failed");
-        snprintf(st->state, sizeof(st->state), "%s",
-                 holder != NULL && silent <= STATUS_HOLDER_SILENT_SEC ? "moving" : "waiting");
+        const char *phase = hash_field(mig, "phase");
+        snprintf(st->state, sizeof(st->state), "%s", phase != NULL ? phase : "waiting");
         if (holder == NULL) {
             snprintf(st->note, sizeof(st->note), "no proxy holds the migration lease yet");
         } else if (silent > STATUS_HOLDER_SILENT_SEC) {

@@ -286,14 +286,14 @@ def test_migration_progress_while_keys_move(cluster):
     p.signal(signal.SIGHUP)
     mig = wait_until(lambda: (lambda m: m if m["arcs_total"] > 0 else None)(
         migration_of(p)), what="the migration to start")
-    assert mig["state"] in ("waiting", "moving")
+    assert mig["state"] in ("prepared", "switched", "moving")
     assert mig["to"] and mig["to"] != mig["from"] and mig["epoch"] == 1
     assert 0 < mig["moved_fraction"] < 1
     assert 0 <= mig["arcs_done"] <= mig["arcs_total"]
 
     res = status(p.conf_path, "-s", p.admin_port)
     assert res.returncode == 0, res.stderr
-    assert re.search(r"^cache: (waiting|moving), epoch 1", res.stdout, re.M), res.stdout
+    assert re.search(r"^cache: (prepared|switched|moving), epoch 1", res.stdout, re.M), res.stdout
     bar = r"^  \[[#.]{20}\] +\d+\.\d%% +arcs \d+/%d +keys moved [\d,]+ +stale \d+"
     assert re.search(bar % mig["arcs_total"], res.stdout, re.M), res.stdout
 

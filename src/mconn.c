@@ -419,6 +419,9 @@ uint32_t mconn_pending(const struct mconn *c)
 
 bool mreply_flag(const struct mreply *r, char f, int64_t *value)
 {
+    if (r->flags == NULL) {
+        return false;       /* (NULL + 0 would be undefined) */
+    }
     const char *p = r->flags, *end = r->flags + r->flags_len;
 
     /* tokens are separated by single spaces; the flag is a token's first byte */

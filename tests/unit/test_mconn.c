@@ -433,6 +433,8 @@ START_TEST(flags_are_read_within_their_bounds)
     ck_assert(v == INT64_MIN);
     ck_assert(!mreply_flag(&r, 's', &v));
     ck_assert(!mreply_flag(&r, 'k', &v));
+    r = (struct mreply){ .status = MREPLY_HD };     /* "HD": no flags at all */
+    ck_assert(!mreply_flag(&r, 'c', &v));
 }
 END_TEST
 

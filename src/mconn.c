@@ -103,11 +103,15 @@ static void mconn_fail(struct mconn *c, const char *why)
 /* The backend broke the protocol: say so once, then fail the connection. */
 static void mconn_violation(struct mconn *c, const char *why)
 {
-    char error[160];
+    char error[160], where[300];
 
-    log_warn("mconn", "%s%s%u: %s; closing the connection and failing %u "
-             "command(s)", c->host, c->is_unix ? "" : ":",
-             c->is_unix ? 0u : (unsigned)c->port, why, c->npending);
+    if (c->is_unix) {
+        snprintf(where, sizeof(where), "%s", c->host);
+    } else {
+        snprintf(where, sizeof(where), "%s:%u", c->host, (unsigned)c->port);
+    }
+    log_warn("mconn", "%s: %s; closing the connection and failing %u command(s)",
+             where, why, c->npending);
     snprintf(error, sizeof(error), "bad reply from the server: %s", why);
     mconn_fail(c, error);
 }

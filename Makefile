@@ -5,7 +5,8 @@
 #   make test       install what is missing, then unit tests, ring compatibility,
 #                   integration tests and memccapable, all under ASan+UBSan
 #   make bench      ringproxy vs direct memcached vs twemproxy, same run
-#   make fuzz       libFuzzer on the protocol parser (clang)
+#   make fuzz       libFuzzer on every parser of untrusted input (clang),
+#                   FUZZ_SECONDS (60) each; make fuzz-smoke: 10 s each
 #   make install PREFIX=/usr/local
 
 PREFIX  ?= /usr/local
@@ -35,7 +36,7 @@ OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 BIN     := $(BUILD)/ringproxy
 
-.PHONY: all deps run test unit compat integration capable bench fuzz install \
+.PHONY: all deps run test unit compat integration capable bench fuzz fuzz-smoke install \
         clean compile_commands.json
 all: $(BIN) $(BUILD)/loadgen
 
@@ -93,6 +94,10 @@ bench:
 fuzz:
 	@./scripts/install-deps.sh --fuzz
 	$(MAKE) -C tests/fuzz
+
+fuzz-smoke:
+	@./scripts/install-deps.sh --fuzz
+	$(MAKE) -C tests/fuzz smoke
 
 install: $(BIN)
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -6,6 +6,12 @@
  * deletes conditional, which a move needs. Commands are pipelined; replies
  * match callbacks in order. A failure fails every pending command (FAIL) and
  * the next command reconnects.
+ *
+ * The backend is not trusted to speak the protocol: mreply_parse bounds every
+ * line and value, and a reply it cannot parse, or one that comes when no
+ * command waits, fails the connection (logged once) rather than being guessed
+ * at. A callback may send on, or free, the connection it is called from:
+ * `busy` defers the free and `gen` tells the read loop its socket is gone.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -18,6 +24,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "log.h"
 #include "mconn.h"
 
 #define MREPLY_NAME(e, name) [MREPLY_##e] = name,
@@ -40,24 +47,73 @@ struct mconn {
     bool connected;
     STAILQ_HEAD(, mpending) pending;
     uint32_t npending;
+    size_t max_value;           /* the longest VA value accepted */
+    uint64_t gen;               /* bumped each time the socket is closed */
+    unsigned busy;              /* callbacks running on this connection */
+    bool doomed;                /* mconn_free was called while busy */
 };
 
+STAILQ_HEAD(mpending_list, mpending);
+
+static void mconn_destroy(struct mconn *c)
+{
+    free(c->host);
+    free(c);
+}
+
+static void mconn_enter(struct mconn *c)
+{
+    c->busy++;
+}
+
+/* False when the connection was freed on the way out: do not touch it. */
+static bool mconn_leave(struct mconn *c)
+{
+    if (--c->busy == 0 && c->doomed) {
+        mconn_destroy(c);
+        return false;
+    }
+    return true;
+}
+
+/* Close the socket and fail every pending command. The callers hold busy. */
 static void mconn_fail(struct mconn *c, const char *why)
 {
     struct mreply r = { .status = MREPLY_FAIL, .error = why };
+    struct mpending_list failed = STAILQ_HEAD_INITIALIZER(failed);
     struct mpending *p;
 
     if (c->bev != NULL) {
         bufferevent_free(c->bev);
         c->bev = NULL;
     }
+    c->gen++;
     c->connected = false;
-    while ((p = STAILQ_FIRST(&c->pending)) != NULL) {
-        STAILQ_REMOVE_HEAD(&c->pending, link);
-        c->npending--;
+    /* Detach the list first: a callback's new command goes to a new socket
+     * and must not be failed with these. */
+    STAILQ_CONCAT(&failed, &c->pending);
+    c->npending = 0;
+    while ((p = STAILQ_FIRST(&failed)) != NULL) {
+        STAILQ_REMOVE_HEAD(&failed, link);
         p->cb(p->arg, &r);
         free(p);
     }
+}
+
+/* The backend broke the protocol: say so once, then fail the connection. */
+static void mconn_violation(struct mconn *c, const char *why)
+{
+    char error[160], where[300];
+
+    if (c->is_unix) {
+        snprintf(where, sizeof(where), "%s", c->host);
+    } else {
+        snprintf(where, sizeof(where), "%s:%u", c->host, (unsigned)c->port);
+    }
+    log_warn("mconn", "%s: %s; closing the connection and failing %u command(s)",
+             where, why, c->npending);
+    snprintf(error, sizeof(error), "bad reply from the server: %s", why);
+    mconn_fail(c, error);
 }
 
 static bool status_of(const char *line, size_t len, enum mreply_status *st)
@@ -76,74 +132,179 @@ static bool status_of(const char *line, size_t len, enum mreply_status *st)
     return false;
 }
 
+/* Does the line start with the word w, alone or followed by a space? */
+static bool line_is(const char *line, size_t len, const char *w)
+{
+    size_t n = strlen(w);
+
+    return len >= n && memcmp(line, w, n) == 0 && (len == n || line[n] == ' ');
+}
+
+static enum mreply_parse_rc parse_error(struct mreply *r, const char *why)
+{
+    *r = (struct mreply){ .status = MREPLY_FAIL, .error = why };
+    return MREPLY_PARSE_ERROR;
+}
+
+enum mreply_parse_rc mreply_parse(const char *buf, size_t len, size_t max_value,
+                                  struct mreply *r, size_t *used)
+{
+    size_t scan = len < MCONN_LINE_MAX + 2 ? len : MCONN_LINE_MAX + 2;
+    const char *nl = memchr(buf, '\n', scan);
+
+    *r = (struct mreply){ .status = MREPLY_FAIL };
+    *used = 0;
+    if (max_value > MCONN_MAX_VALUE_LIMIT) {
+        max_value = MCONN_MAX_VALUE_LIMIT;
+    }
+    if (nl == NULL) {
+        if (scan == MCONN_LINE_MAX + 2) {
+            return parse_error(r, "reply line longer than 2048 bytes");
+        }
+        *used = len + 1;
+        return MREPLY_PARSE_MORE;
+    }
+    if (nl == buf || nl[-1] != '\r') {
+        return parse_error(r, "reply line not ended by \\r\\n");
+    }
+    size_t line_len = (size_t)(nl - 1 - buf), head = line_len + 2;
+    for (size_t i = 0; i < line_len; i++) {
+        if ((unsigned char)buf[i] < 0x20) {
+            return parse_error(r, "control character in a reply line");
+        }
+    }
+    if (!status_of(buf, line_len, &r->status)) {
+        if (!line_is(buf, line_len, "ERROR") && !line_is(buf, line_len, "CLIENT_ERROR") &&
+            !line_is(buf, line_len, "SERVER_ERROR")) {
+            return parse_error(r, "not a meta reply");
+        }
+        r->status = MREPLY_FAIL;        /* the server's error for this command */
+        r->flags = buf;
+        r->flags_len = line_len;
+        *used = head;
+        return MREPLY_PARSE_DONE;
+    }
+    if (r->status != MREPLY_VA) {
+        if (line_len > 3) {
+            r->flags = buf + 3;
+            r->flags_len = line_len - 3;
+        }
+        *used = head;
+        return MREPLY_PARSE_DONE;
+    }
+    /* "VA <length>[ <flags>]": digits only, checked against max_value
+     * before anything is added to it */
+    size_t i = 3, vlen = 0;
+    if (line_len < 4 || buf[i] < '0' || buf[i] > '9') {
+        return parse_error(r, "VA without a length");
+    }
+    for (; i < line_len && buf[i] >= '0' && buf[i] <= '9'; i++) {
+        vlen = vlen * 10 + (size_t)(buf[i] - '0');
+        if (vlen > max_value) {
+            return parse_error(r, "VA length over the largest value accepted");
+        }
+    }
+    if (i < line_len && buf[i] != ' ') {
+        return parse_error(r, "VA length is not a number");
+    }
+    if (i < line_len) {
+        i++;
+    }
+    r->flags = buf + i;
+    r->flags_len = line_len - i;
+    /* head <= MCONN_LINE_MAX + 2 and vlen <= MCONN_MAX_VALUE_LIMIT: no wrap */
+    size_t total = head + vlen + 2;
+    if (len < total) {
+        *r = (struct mreply){ .status = MREPLY_FAIL };
+        *used = total;
+        return MREPLY_PARSE_MORE;
+    }
+    if (buf[total - 2] != '\r' || buf[total - 1] != '\n') {
+        return parse_error(r, "VA value not followed by \\r\\n");
+    }
+    r->value = buf + head;
+    r->value_len = vlen;
+    *used = total;
+    return MREPLY_PARSE_DONE;
+}
+
 static void mconn_read_cb(struct bufferevent *bev, void *arg)
 {
     struct mconn *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
+    uint64_t gen = c->gen;
 
-    for (;;) {
-        size_t eol;
-        struct evbuffer_ptr at = evbuffer_search_eol(in, NULL, &eol, EVBUFFER_EOL_CRLF);
-        if (at.pos < 0) {
-            return;
+    mconn_enter(c);
+    while (c->gen == gen && !c->doomed) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0) {
+            break;
         }
         struct mpending *p = STAILQ_FIRST(&c->pending);
         if (p == NULL) {
-            mconn_fail(c, "reply without a command");
-            return;
+            mconn_violation(c, "a reply when no command is waiting");
+            break;
         }
-        size_t len = (size_t)at.pos;
-        char *line = (char *)evbuffer_pullup(in, (ssize_t)(len + eol));
-        struct mreply r = { .status = MREPLY_FAIL };
-        size_t total = len + eol;
+        /* First the line (bounded), then, once it is all here, the value. */
+        size_t want = avail < MCONN_LINE_MAX + 2 ? avail : MCONN_LINE_MAX + 2;
+        const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)want);
+        struct mreply r;
+        size_t used;
+        enum mreply_parse_rc rc = MREPLY_PARSE_MORE;
+        if (buf != NULL) {
+            rc = mreply_parse(buf, want, c->max_value, &r, &used);
+        }
+        if (buf != NULL && rc == MREPLY_PARSE_MORE && used <= avail &&
+            (buf = (const char *)evbuffer_pullup(in, (ssize_t)used)) != NULL) {
+            rc = mreply_parse(buf, used, c->max_value, &r, &used);
+        }
+        if (buf == NULL) {
+            mconn_fail(c, "out of memory");
+            break;
+        }
+        if (rc == MREPLY_PARSE_MORE) {
+            break;      /* the rest is on its way */
+        }
+        if (rc == MREPLY_PARSE_ERROR) {
+            mconn_violation(c, r.error);
+            break;
+        }
         char error[256];
-        if (!status_of(line, len, &r.status)) {
+        if (r.status == MREPLY_FAIL) {
             /* ERROR, CLIENT_ERROR ..., SERVER_ERROR ...: hand the line on. */
-            snprintf(error, sizeof(error), "%.*s", (int)len, line);
-            r.status = MREPLY_FAIL;
+            snprintf(error, sizeof(error), "%.*s", (int)r.flags_len, r.flags);
             r.error = error;
-        } else if (len > 3) {
-            r.flags = line + 3;
-            r.flags_len = len - 3;
-        }
-        if (r.status == MREPLY_VA) {
-            char *end;
-            unsigned long long vlen = strtoull(line + 3, &end, 10);
-            r.flags = *end == ' ' ? end + 1 : end;
-            r.flags_len = (size_t)(line + len - r.flags);
-            if (evbuffer_get_length(in) < total + vlen + 2) {
-                return;     /* the value is still on its way */
-            }
-            size_t flags_off = (size_t)(r.flags - line);
-            line = (char *)evbuffer_pullup(in, (ssize_t)(total + vlen + 2));
-            r.flags = line + flags_off;
-            r.value = line + total;
-            r.value_len = (size_t)vlen;
-            total += (size_t)vlen + 2;
+            r.flags = NULL;
+            r.flags_len = 0;
         }
         STAILQ_REMOVE_HEAD(&c->pending, link);
         c->npending--;
         p->cb(p->arg, &r);
         free(p);
-        if (c->bev == NULL) {
-            return;     /* the callback failed the connection */
+        if (c->gen != gen || c->doomed) {
+            break;      /* the callback failed or freed the connection */
         }
-        evbuffer_drain(in, total);
+        evbuffer_drain(in, used);
     }
+    mconn_leave(c);
 }
 
 static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct mconn *c = arg;
 
-    (void)bev;
+    if (bev != c->bev) {
+        return;
+    }
     if (what & BEV_EVENT_CONNECTED) {
         c->connected = true;
         return;
     }
+    mconn_enter(c);
     mconn_fail(c, what & BEV_EVENT_TIMEOUT ? "timeout" :
                   what & BEV_EVENT_EOF ? "closed by the server" :
                   strerror(EVUTIL_SOCKET_ERROR()));
+    mconn_leave(c);
 }
 
 static int mconn_connect(struct mconn *c)
@@ -203,27 +364,38 @@ struct mconn *mconn_new(struct event_base *base, const char *host, uint16_t port
     c->port = port;
     c->is_unix = is_unix;
     c->timeout_ms = timeout_ms ? timeout_ms : 5000;
+    c->max_value = MCONN_MAX_VALUE_DEFAULT;
     STAILQ_INIT(&c->pending);
     return c;
 }
 
+void mconn_set_max_value(struct mconn *c, size_t bytes)
+{
+    c->max_value = bytes == 0 ? MCONN_MAX_VALUE_DEFAULT :
+                   bytes > MCONN_MAX_VALUE_LIMIT ? MCONN_MAX_VALUE_LIMIT : bytes;
+}
+
 void mconn_free(struct mconn *c)
 {
-    if (c == NULL) {
-        return;
+    if (c == NULL || c->doomed) {
+        return;     /* a callback of the mconn_free already under way */
     }
+    c->doomed = true;
+    mconn_enter(c);
     mconn_fail(c, "shutting down");
-    free(c->host);
-    free(c);
+    mconn_leave(c);     /* frees c, now or when the callbacks running return */
 }
 
 int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
                size_t data_len, mconn_cb cb, void *arg)
 {
-    struct mpending *p = malloc(sizeof(*p));
+    struct mpending *p;
     int rc;
 
-    if (p == NULL) {
+    if (c->doomed) {
+        return -ESHUTDOWN;
+    }
+    if ((p = malloc(sizeof(*p))) == NULL) {
         return -ENOMEM;
     }
     if (c->bev == NULL && (rc = mconn_connect(c)) != 0) {
@@ -251,15 +423,35 @@ uint32_t mconn_pending(const struct mconn *c)
 
 bool mreply_flag(const struct mreply *r, char f, int64_t *value)
 {
+    if (r->flags == NULL) {
+        return false;       /* (NULL + 0 would be undefined) */
+    }
     const char *p = r->flags, *end = r->flags + r->flags_len;
 
+    /* tokens are separated by single spaces; the flag is a token's first byte */
     while (p != NULL && p < end) {
+        const char *tok_end = memchr(p, ' ', (size_t)(end - p));
+        if (tok_end == NULL) {
+            tok_end = end;
+        }
         if (*p == f) {
-            *value = strtoll(p + 1, NULL, 10);
+            const char *d = p + 1;
+            bool neg = d < tok_end && *d == '-';
+            uint64_t v = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+            d += neg;
+            if (d == tok_end) {
+                return false;
+            }
+            for (; d < tok_end; d++) {
+                if (*d < '0' || *d > '9' || v > (lim - (uint64_t)(*d - '0')) / 10) {
+                    return false;
+                }
+                v = v * 10 + (uint64_t)(*d - '0');
+            }
+            *value = neg ? (int64_t)(0 - v) : (int64_t)v;
             return true;
         }
-        p = memchr(p, ' ', (size_t)(end - p));
-        p = p ? p + 1 : NULL;
+        p = tok_end < end ? tok_end + 1 : NULL;
     }
     return false;
 }

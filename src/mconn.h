@@ -33,6 +33,11 @@ struct mreply {
                                    went wrong with the connection */
 };
 
+/* Bounds on what a backend may send (see mconn_set_max_value). */
+#define MCONN_LINE_MAX 2048                             /* a reply line, no CRLF */
+#define MCONN_MAX_VALUE_DEFAULT ((size_t)(1 << 20) + 64 * 1024)
+#define MCONN_MAX_VALUE_LIMIT ((size_t)1 << 30)         /* memcached's own -I limit */
+
 /* Called once per command, in order; r and its pointers live for the call. */
 typedef void (*mconn_cb)(void *arg, const struct mreply *r);
 
@@ -40,12 +45,44 @@ struct mconn *mconn_new(struct event_base *base, const char *host, uint16_t port
                         bool is_unix, uint32_t timeout_ms);
 void mconn_free(struct mconn *c);   /* pending callbacks get FAIL */
 
+/*
+ * The longest value a VA reply may announce (the pool's item_size_max);
+ * 0 restores MCONN_MAX_VALUE_DEFAULT, more than MCONN_MAX_VALUE_LIMIT is
+ * clamped to it. A longer one fails the connection.
+ */
+void mconn_set_max_value(struct mconn *c, size_t bytes);
+
 /* Queue "line\r\n" (and data + "\r\n" when data != NULL). */
 int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
                size_t data_len, mconn_cb cb, void *arg);
 uint32_t mconn_pending(const struct mconn *c);
 
-/* The value of flag `f` in a reply's flags (e.g. 'c' in "c123"); false if absent. */
+/* The value of flag `f` in a reply's flags (e.g. 'c' in "c123"); false if
+ * absent or not a number that fits. Reads only flags[0..flags_len). */
 bool mreply_flag(const struct mreply *r, char f, int64_t *value);
+
+enum mreply_parse_rc {
+    MREPLY_PARSE_ERROR = -1,    /* not what a memcached sends */
+    MREPLY_PARSE_MORE = 0,      /* incomplete: wait for more bytes */
+    MREPLY_PARSE_DONE = 1,      /* one reply */
+};
+
+/*
+ * Parse the reply at the start of buf[0..len) (no socket involved; the
+ * connection's read callback and tests/fuzz/fuzz_mreply.c call it).
+ *
+ * DONE: *r is the reply, its pointers into buf; *used is its length. A
+ *       server's error line (ERROR, CLIENT_ERROR ..., SERVER_ERROR ...) is a
+ *       reply with status FAIL, error NULL and flags/flags_len the whole line.
+ * MORE: *used is how many bytes buf must hold before it can be parsed (more
+ *       than len).
+ * ERROR: r->status is FAIL and r->error a constant string saying what is
+ *       wrong: a line over MCONN_LINE_MAX bytes, not ended by "\r\n", with a
+ *       control character or an unknown reply; a VA length that is not a
+ *       number or over max_value; a value not followed by "\r\n". The
+ *       stream cannot be trusted after it.
+ */
+enum mreply_parse_rc mreply_parse(const char *buf, size_t len, size_t max_value,
+                                  struct mreply *r, size_t *used);
 
 #endif

@@ -100,119 +100,401 @@ void ringrec_fingerprint(const struct ring *r, char out[RINGREC_FP_SIZE])
     }
 }
 
-/* Parse a JSON string at *p into a malloc'd C string; advances *p. */
-static char *json_str(const char **p)
-{
-    const char *s = *p;
-    char *out, *o;
+/*
+ * Reading the record back. It comes from Redis, which anyone with access can
+ * write, so it is read as untrusted input: a bounded, length-aware reader of
+ * exactly the JSON that ringrec_fields writes (plus JSON whitespace and any
+ * valid escape), which refuses everything else. Nothing is read past the end
+ * of a value and nothing is written past a buffer; the first violation
+ * refuses the whole record.
+ */
 
-    while (*s == ' ') {
-        s++;
+struct jcur {
+    const char *p, *end;
+};
+
+static void j_space(struct jcur *j)
+{
+    while (j->p < j->end &&
+           (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) {
+        j->p++;
     }
-    if (*s++ != '"' || (out = malloc(strlen(s) + 1)) == NULL) {
-        return NULL;
+}
+
+/* The next token is the character c: skip it. */
+static bool j_char(struct jcur *j, char c)
+{
+    j_space(j);
+    if (j->p < j->end && *j->p == c) {
+        j->p++;
+        return true;
     }
-    for (o = out; *s && *s != '"'; s++) {
-        if (*s == '\\' && s[1] == 'u') {
-            *o++ = (char)strtol((char[]){ s[2], s[3], s[4], s[5], 0 }, NULL, 16);
-            s += 5;
-        } else if (*s == '\\' && s[1]) {
-            *o++ = *++s;
-        } else {
-            *o++ = *s;
+    return false;
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* The 4 hex digits of a \u escape at j->p: advances past them. */
+static bool j_hex4(struct jcur *j, uint32_t *cp)
+{
+    *cp = 0;
+    if (j->end - j->p < 4) {
+        return false;
+    }
+    for (int i = 0; i < 4; i++) {
+        int d = hex_digit(*j->p++);
+        if (d < 0) {
+            return false;
+        }
+        *cp = *cp << 4 | (uint32_t)d;
+    }
+    return true;
+}
+
+struct jout {
+    char *buf;
+    size_t cap, len;        /* cap counts the NUL */
+};
+
+static bool j_put(struct jout *o, uint32_t byte)
+{
+    if (o->len + 1 >= o->cap) {
+        return false;
+    }
+    o->buf[o->len++] = (char)byte;
+    return true;
+}
+
+/* Code point cp (1..0x10ffff, no surrogate) as UTF-8. */
+static bool j_put_utf8(struct jout *o, uint32_t cp)
+{
+    if (cp < 0x80) {
+        return j_put(o, cp);
+    }
+    if (cp < 0x800) {
+        return j_put(o, 0xc0 | cp >> 6) && j_put(o, 0x80 | (cp & 0x3f));
+    }
+    if (cp < 0x10000) {
+        return j_put(o, 0xe0 | cp >> 12) && j_put(o, 0x80 | (cp >> 6 & 0x3f)) &&
+               j_put(o, 0x80 | (cp & 0x3f));
+    }
+    return j_put(o, 0xf0 | cp >> 18) && j_put(o, 0x80 | (cp >> 12 & 0x3f)) &&
+           j_put(o, 0x80 | (cp >> 6 & 0x3f)) && j_put(o, 0x80 | (cp & 0x3f));
+}
+
+/*
+ * A JSON string into out[0..cap), NUL-terminated: false if it is not one, has
+ * a raw control character, a bad escape or an escaped NUL (a C string cannot
+ * hold it), or needs more than cap - 1 bytes. Other bytes pass as they are.
+ */
+static bool j_string(struct jcur *j, char *out, size_t cap)
+{
+    struct jout o = { out, cap, 0 };
+
+    if (!j_char(j, '"')) {
+        return false;
+    }
+    while (j->p < j->end) {
+        unsigned char c = (unsigned char)*j->p++;
+        if (c == '"') {
+            out[o.len] = '\0';
+            return true;
+        }
+        if (c < 0x20) {
+            return false;
+        }
+        if (c != '\\') {
+            if (!j_put(&o, c)) {
+                return false;
+            }
+            continue;
+        }
+        if (j->p == j->end) {
+            return false;
+        }
+        uint32_t cp;
+        switch (*j->p++) {
+        case '"':  cp = '"'; break;
+        case '\\': cp = '\\'; break;
+        case '/':  cp = '/'; break;
+        case 'b':  cp = '\b'; break;
+        case 'f':  cp = '\f'; break;
+        case 'n':  cp = '\n'; break;
+        case 'r':  cp = '\r'; break;
+        case 't':  cp = '\t'; break;
+        case 'u':
+            if (!j_hex4(j, &cp) || cp == 0 || (cp >= 0xdc00 && cp <= 0xdfff)) {
+                return false;
+            }
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                /* a high surrogate: only with the low one that completes it */
+                uint32_t lo;
+                if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u') {
+                    return false;
+                }
+                j->p += 2;
+                if (!j_hex4(j, &lo) || lo < 0xdc00 || lo > 0xdfff) {
+                    return false;
+                }
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            }
+            break;
+        default:
+            return false;
+        }
+        if (!j_put_utf8(&o, cp)) {
+            return false;
         }
     }
-    *o = '\0';
-    *p = *s ? s + 1 : s;
-    return out;
+    return false;       /* no closing quote */
+}
+
+/* A JSON integer 0..max: digits only, no sign, fraction, exponent or
+ * leading zero. */
+static bool j_uint(struct jcur *j, uint64_t max, uint64_t *v)
+{
+    const char *start;
+
+    j_space(j);
+    start = j->p;
+    *v = 0;
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+        uint64_t d = (uint64_t)(*j->p - '0');
+        if (*v > (max - d) / 10) {
+            return false;
+        }
+        *v = *v * 10 + d;
+        j->p++;
+    }
+    if (j->p == start || (*start == '0' && j->p - start > 1)) {
+        return false;
+    }
+    /* a number runs to a delimiter: "1.5", "1e3", "12abc" are refused */
+    return j->p == j->end || (*j->p != '.' && *j->p != 'e' && *j->p != 'E' &&
+                              !(*j->p >= 'a' && *j->p <= 'z'));
+}
+
+/* A server's strings, decoded. */
+struct rec_server {
+    char identity[RINGREC_STR_MAX + 1];
+    char addr[RINGREC_STR_MAX + 1];
+};
+
+/* {"identity":"...","addr":"...","weight":N}, keys in any order, each once. */
+static bool j_server(struct jcur *j, struct rec_server *rs,
+                     struct ring_server_spec *spec)
+{
+    bool have_identity = false, have_addr = false, have_weight = false;
+
+    if (!j_char(j, '{')) {
+        return false;
+    }
+    do {
+        char key[16];
+        if (!j_string(j, key, sizeof(key)) || !j_char(j, ':')) {
+            return false;
+        }
+        if (strcmp(key, "identity") == 0 && !have_identity) {
+            have_identity = true;
+            if (!j_string(j, rs->identity, sizeof(rs->identity)) ||
+                rs->identity[0] == '\0') {
+                return false;
+            }
+        } else if (strcmp(key, "addr") == 0 && !have_addr) {
+            have_addr = true;
+            if (!j_string(j, rs->addr, sizeof(rs->addr)) || rs->addr[0] == '\0') {
+                return false;
+            }
+        } else if (strcmp(key, "weight") == 0 && !have_weight) {
+            uint64_t w;
+            have_weight = true;
+            if (!j_uint(j, RINGREC_WEIGHT_MAX, &w) || w == 0) {
+                return false;
+            }
+            spec->weight = (uint32_t)w;
+        } else {
+            return false;       /* an unknown key, or one given twice */
+        }
+    } while (j_char(j, ','));
+    if (!j_char(j, '}') || !have_identity || !have_addr || !have_weight) {
+        return false;
+    }
+    spec->identity = rs->identity;
+    spec->addr = rs->addr;
+    return true;
+}
+
+static int str_ptr_cmp(const void *x, const void *y)
+{
+    return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
+
+/* Does strs[0..n) hold a string twice? Sorts strs. */
+static bool has_duplicate(const char **strs, uint32_t n)
+{
+    qsort(strs, n, sizeof(*strs), str_ptr_cmp);
+    for (uint32_t i = 1; i < n; i++) {
+        if (strcmp(strs[i - 1], strs[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * The servers value: [server,...], nothing after it but whitespace, 1 to
+ * RINGREC_MAX_SERVERS servers, no identity or address twice (the config
+ * refuses both, src/config.c pool_check). On success *specs and *strs hold
+ * *n servers; free both whatever the outcome.
+ */
+static bool parse_servers(const char *json, struct ring_server_spec **specs,
+                          struct rec_server **strs, uint32_t *n)
+{
+    struct jcur j = { json, json + strlen(json) };
+    uint32_t cap = 0;
+
+    *specs = NULL;
+    *strs = NULL;
+    *n = 0;
+    if (!j_char(&j, '[')) {
+        return false;
+    }
+    if (!j_char(&j, ']')) {
+        do {
+            if (*n == RINGREC_MAX_SERVERS) {
+                return false;
+            }
+            if (*n == cap) {
+                cap = cap ? cap * 2 : 16;
+                if (cap > RINGREC_MAX_SERVERS) {
+                    cap = RINGREC_MAX_SERVERS;
+                }
+                struct ring_server_spec *ns = realloc(*specs, cap * sizeof(**specs));
+                if (ns == NULL) {
+                    return false;
+                }
+                *specs = ns;
+                struct rec_server *nr = realloc(*strs, cap * sizeof(**strs));
+                if (nr == NULL) {
+                    return false;
+                }
+                *strs = nr;
+            }
+            if (!j_server(&j, &(*strs)[*n], &(*specs)[*n])) {
+                return false;
+            }
+            (*n)++;
+        } while (j_char(&j, ','));
+        if (!j_char(&j, ']')) {
+            return false;
+        }
+    }
+    j_space(&j);
+    if (j.p != j.end || *n == 0) {
+        return false;
+    }
+    /* realloc moved the strings: point the specs at where they are now */
+    for (uint32_t i = 0; i < *n; i++) {
+        (*specs)[i].identity = (*strs)[i].identity;
+        (*specs)[i].addr = (*strs)[i].addr;
+    }
+    const char **sorted = malloc(*n * sizeof(*sorted));
+    bool dup = sorted == NULL;
+    for (int which = 0; !dup && which < 2; which++) {
+        for (uint32_t i = 0; i < *n; i++) {
+            sorted[i] = which ? (*specs)[i].addr : (*specs)[i].identity;
+        }
+        dup = has_duplicate(sorted, *n);
+    }
+    free(sorted);
+    return !dup;
+}
+
+/* A whole decimal number 0..max, as ringrec_fields writes it. */
+static bool dec_field(const char *s, uint64_t max, uint64_t *v)
+{
+    struct jcur j = { s, s + strlen(s) };
+
+    return *s >= '0' && *s <= '9' && j_uint(&j, max, v) && j.p == j.end;
 }
 
 struct ring *ringrec_parse(const char *const *kv, size_t n_kv, uint64_t *epoch)
 {
-    const char *compat = NULL, *hash = NULL, *tag = NULL, *servers = NULL;
-    struct ring_server_spec *specs = NULL;
-    char **strs = NULL;
-    uint32_t n = 0, nstr = 0, cap = 0;
-    struct ring *r = NULL;
-    char err[256];
+    const char *vals[RINGREC_FIELDS] = { NULL };
+    enum { F_EPOCH, F_COMPAT, F_HASH, F_TAG, F_POINTS, F_SERVERS };
+    static const char *const names[RINGREC_FIELDS] = {
+        [F_EPOCH] = "epoch", [F_COMPAT] = "compat", [F_HASH] = "hash",
+        [F_TAG] = "hash_tag", [F_POINTS] = "points", [F_SERVERS] = "servers",
+    };
+    struct ring_params params = { .hash = HASH_MD5 };
+    uint64_t e = 0, points;
 
-    for (size_t j = 0; j + 1 < n_kv; j += 2) {
-        const char *k = kv[j], *v = kv[j + 1];
-        if (strcmp(k, "compat") == 0) compat = v;
-        else if (strcmp(k, "hash") == 0) hash = v;
-        else if (strcmp(k, "hash_tag") == 0) tag = v;
-        else if (strcmp(k, "servers") == 0) servers = v;
-        else if (strcmp(k, "epoch") == 0) *epoch = strtoull(v, NULL, 10);
+    for (size_t i = 0; i + 1 < n_kv; i += 2) {
+        if (kv[i] == NULL || kv[i + 1] == NULL) {
+            return NULL;
+        }
+        for (int f = 0; f < RINGREC_FIELDS; f++) {
+            if (strcmp(kv[i], names[f]) == 0) {
+                if (vals[f] != NULL) {
+                    return NULL;        /* a field twice: not from HGETALL */
+                }
+                vals[f] = kv[i + 1];
+            }
+        }
+        /* other fields: a later version's, ignored */
     }
-    if (compat == NULL || hash == NULL || servers == NULL) {
+    if (vals[F_COMPAT] == NULL || vals[F_HASH] == NULL || vals[F_SERVERS] == NULL) {
         return NULL;
     }
-    struct ring_params params = { .hash = HASH_MD5 };
-    int hk = hash_by_name(hash);
+    /* epoch and points are optional, but must be numbers when present */
+    if ((vals[F_EPOCH] != NULL && !dec_field(vals[F_EPOCH], UINT64_MAX, &e)) ||
+        (vals[F_POINTS] != NULL && !dec_field(vals[F_POINTS], UINT32_MAX, &points))) {
+        return NULL;
+    }
+    int hk = hash_by_name(vals[F_HASH]);
     if (hk < 0) {
         return NULL;
     }
     params.hash = (enum hash_kind)hk;
-    params.compat = strcmp(compat, "libketama") == 0 ? RING_COMPAT_LIBKETAMA :
-                                                       RING_COMPAT_LIBMEMCACHED;
-    if (tag != NULL && strlen(tag) == 2) {
+    int compat = -1;
+    for (int c = 0; c < RING_COMPAT_COUNT; c++) {
+        if (strcmp(vals[F_COMPAT], ring_compat_names[c]) == 0) {
+            compat = c;
+        }
+    }
+    if (compat < 0) {
+        return NULL;
+    }
+    params.compat = (enum ring_compat)compat;
+    if (vals[F_TAG] != NULL && vals[F_TAG][0] != '\0') {
+        if (strlen(vals[F_TAG]) != 2) {
+            return NULL;
+        }
         params.has_tag = true;
-        memcpy(params.tag, tag, 2);
+        memcpy(params.tag, vals[F_TAG], 2);
     }
-    /* [{"identity":"mc1","addr":"127.0.0.1:11212","weight":1},...] */
-    const char *p = strchr(servers, '[');
-    while (p != NULL && (p = strchr(p, '{')) != NULL) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            struct ring_server_spec *ns = realloc(specs, cap * sizeof(*ns));
-            char **nstrs = realloc(strs, 2 * cap * sizeof(*nstrs));
-            specs = ns ? ns : specs;
-            strs = nstrs ? nstrs : strs;
-            if (ns == NULL || nstrs == NULL) {
-                goto out;
-            }
-        }
-        struct ring_server_spec *s = &specs[n];
-        p++;
-        memset(s, 0, sizeof(*s));
-        for (int field = 0; field < 3; field++) {
-            char *name = json_str(&p);
-            if (name == NULL || (p = strchr(p, ':')) == NULL) {
-                free(name);
-                goto out;
-            }
-            p++;
-            if (strcmp(name, "weight") == 0) {
-                s->weight = (uint32_t)strtoul(p, (char **)&p, 10);
-            } else {
-                char *v = json_str(&p);
-                if (v == NULL) {
-                    free(name);
-                    goto out;
-                }
-                strs[nstr++] = v;
-                if (strcmp(name, "identity") == 0) s->identity = v;
-                else s->addr = v;
-            }
-            free(name);
-            while (*p == ',' || *p == ' ') {
-                p++;
-            }
-        }
-        if (s->identity == NULL || s->addr == NULL) {
-            goto out;
-        }
-        n++;
+
+    struct ring_server_spec *specs;
+    struct rec_server *strs;
+    uint32_t n;
+    struct ring *r = NULL;
+    char err[256];
+    if (parse_servers(vals[F_SERVERS], &specs, &strs, &n)) {
+        params.servers = specs;
+        params.nservers = n;
+        r = ring_build(&params, err, sizeof(err));
     }
-    params.servers = specs;
-    params.nservers = n;
-    r = n > 0 ? ring_build(&params, err, sizeof(err)) : NULL;
-out:
-    for (uint32_t i = 0; i < nstr; i++) {
-        free(strs[i]);
-    }
-    free(strs);
     free(specs);
+    free(strs);
+    if (r != NULL && vals[F_EPOCH] != NULL) {
+        *epoch = e;
+    }
     return r;
 }
 

@@ -161,6 +161,195 @@ START_TEST(malformed_records_are_refused)
 }
 END_TEST
 
+/* A record with only a servers value, the rest fixed. */
+static struct ring *parse_servers(const char *servers)
+{
+    const char *kv[] = { "epoch", "3", "compat", "libmemcached", "hash", "md5",
+                         "hash_tag", "", "points", "160", "servers", servers };
+    uint64_t epoch = 0;
+
+    return ringrec_parse(kv, 12, &epoch);
+}
+
+START_TEST(objects_repeating_a_key_are_refused)
+{
+    /* 12 servers of three strings each overflowed the string table (16 * 2). */
+    char json[2048] = "[";
+    for (int i = 0; i < 12; i++) {
+        char one[128];
+        snprintf(one, sizeof(one), "%s{\"identity\":\"a%d\",\"identity\":\"b%d\","
+                 "\"addr\":\"h:%d\"}", i ? "," : "", i, i, i);
+        strcat(json, one);
+    }
+    strcat(json, "]");
+    ck_assert_ptr_null(parse_servers(json));
+    ck_assert_ptr_null(parse_servers(
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1,\"weight\":2}]"));
+    ck_assert_ptr_null(parse_servers(
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"addr\":\"h:2\",\"weight\":1}]"));
+}
+END_TEST
+
+START_TEST(unfinished_escapes_are_refused)
+{
+    /* "\u" at the very end made the reader look 4 bytes past the string. */
+    ck_assert_ptr_null(parse_servers("[{\"identity\":\"a\\u"));
+    ck_assert_ptr_null(parse_servers("[{\"identity\":\"a\\u0"));
+    ck_assert_ptr_null(parse_servers("[{\"identity\":\"a\\u004"));
+    ck_assert_ptr_null(parse_servers("[{\"identity\":\"a\\"));
+    ck_assert_ptr_null(parse_servers("[{\"identity\":\"a"));
+    ck_assert_ptr_null(parse_servers(
+        "[{\"identity\":\"a\\u00zz\",\"addr\":\"h:1\",\"weight\":1}]"));
+    ck_assert_ptr_null(parse_servers(
+        "[{\"identity\":\"a\\u0000b\",\"addr\":\"h:1\",\"weight\":1}]"));
+    ck_assert_ptr_null(parse_servers(
+        "[{\"identity\":\"a\\x\",\"addr\":\"h:1\",\"weight\":1}]"));
+    ck_assert_ptr_null(parse_servers(
+        "[{\"identity\":\"a\\ud800\",\"addr\":\"h:1\",\"weight\":1}]"));
+    ck_assert_ptr_null(parse_servers(
+        "[{\"identity\":\"a\tb\",\"addr\":\"h:1\",\"weight\":1}]"));
+}
+END_TEST
+
+START_TEST(escapes_decode)
+{
+    struct ring *r = parse_servers(
+        "[ {\"identity\" : \"a\\u0041\\n\\\"\\/\\u00e9\\ud83d\\ude00\", \"addr\":\"h:1\","
+        " \"weight\": 2} ,\n{\"weight\":1,\"addr\":\"h:2\",\"identity\":\"b\"} ]\n");
+
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(r->nservers, 2);
+    ck_assert_str_eq(r->servers[0].identity, "aA\n\"/\xc3\xa9\xf0\x9f\x98\x80");
+    ck_assert_uint_eq(r->servers[0].weight, 2);
+    ck_assert_str_eq(r->servers[1].identity, "b");
+    ck_assert_str_eq(r->servers[1].addr, "h:2");
+    ring_unref(r);
+}
+END_TEST
+
+START_TEST(out_of_bounds_values_are_refused)
+{
+    char json[1024];
+    char big[300];
+
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    snprintf(json, sizeof(json),
+             "[{\"identity\":\"%.255s\",\"addr\":\"h:1\",\"weight\":1}]", big);
+    struct ring *r = parse_servers(json);
+    ck_assert_ptr_nonnull(r);      /* 255 bytes: the longest accepted */
+    ring_unref(r);
+    snprintf(json, sizeof(json),
+             "[{\"identity\":\"%.256s\",\"addr\":\"h:1\",\"weight\":1}]", big);
+    ck_assert_ptr_null(parse_servers(json));
+    snprintf(json, sizeof(json),
+             "[{\"identity\":\"a\",\"addr\":\"%.256s\",\"weight\":1}]", big);
+    ck_assert_ptr_null(parse_servers(json));
+    /* 255 bytes once decoded, but an escape's 2 bytes at the end */
+    snprintf(json, sizeof(json),
+             "[{\"identity\":\"%.254s\\u00e9\",\"addr\":\"h:1\",\"weight\":1}]", big);
+    ck_assert_ptr_null(parse_servers(json));
+
+    static const char *const bad[] = {
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":2147483648}]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":99999999999999999999999}]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":-1}]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1.5}]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":01}]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":\"1\"}]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1}] x",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1}]]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1},]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1,}]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1}",
+        "{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1}",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1,\"port\":2}]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\"}]",
+        "[{\"identity\":\"\",\"addr\":\"h:1\",\"weight\":1}]",
+        "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1},"
+        " {\"identity\":\"a\",\"addr\":\"h:2\",\"weight\":1}]",
+        "[{\"identity\":\"a\" \"addr\":\"h:1\",\"weight\":1}]",
+        "[{\"identity\"\"a\",\"addr\":\"h:1\",\"weight\":1}]",
+        "x[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1}]",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        r = parse_servers(bad[i]);
+        ck_assert_msg(r == NULL, "accepted %s", bad[i]);
+    }
+}
+END_TEST
+
+START_TEST(too_many_servers_are_refused)
+{
+    size_t cap = (RINGREC_MAX_SERVERS + 1) * 64 + 16, len = 0;
+    char *json = malloc(cap);
+
+    ck_assert_ptr_nonnull(json);
+    json[len++] = '[';
+    for (int i = 0; i <= RINGREC_MAX_SERVERS; i++) {
+        len += (size_t)snprintf(json + len, cap - len,
+                                "%s{\"identity\":\"s%d\",\"addr\":\"h:%d\",\"weight\":1}",
+                                i ? "," : "", i, i);
+    }
+    snprintf(json + len, cap - len, "]");
+    ck_assert_ptr_null(parse_servers(json));
+    free(json);
+}
+END_TEST
+
+START_TEST(other_fields_are_checked)
+{
+    const char *srv = "[{\"identity\":\"a\",\"addr\":\"h:1\",\"weight\":1}]";
+    const char *compat[] = { "compat", "libmemcachedx", "hash", "md5", "servers", srv };
+    const char *tag[] = { "compat", "libketama", "hash", "md5", "hash_tag", "{",
+                          "servers", srv };
+    const char *epoch[] = { "epoch", "12x", "compat", "libketama", "hash", "md5",
+                            "servers", srv };
+    const char *big_epoch[] = { "epoch", "18446744073709551616", "compat", "libketama",
+                                "hash", "md5", "servers", srv };
+    const char *twice[] = { "compat", "libketama", "hash", "md5", "servers", srv,
+                            "hash", "crc32" };
+    const char *good[] = { "epoch", "18446744073709551615", "compat", "libketama",
+                           "hash", "md5", "hash_tag", "{}", "servers", srv,
+                           "future", "ignored" };
+    uint64_t e = 5;
+
+    ck_assert_ptr_null(ringrec_parse(compat, 6, &e));
+    ck_assert_ptr_null(ringrec_parse(tag, 8, &e));
+    ck_assert_ptr_null(ringrec_parse(epoch, 8, &e));
+    ck_assert_ptr_null(ringrec_parse(big_epoch, 8, &e));
+    ck_assert_ptr_null(ringrec_parse(twice, 8, &e));
+    ck_assert_uint_eq(e, 5);       /* a refused record leaves the epoch alone */
+    struct ring *r = ringrec_parse(good, 12, &e);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(e, 18446744073709551615ull);
+    ck_assert(r->has_tag);
+    ck_assert_int_eq(r->compat, RING_COMPAT_LIBKETAMA);
+    ring_unref(r);
+}
+END_TEST
+
+START_TEST(record_round_trips_rings_of_every_kind)
+{
+    const struct ring_server_spec one[] = { { "solo", "/var/run/mc.sock", 7 } };
+    const struct ring_server_spec s[] = {
+        { "a", "10.0.0.1:11211", 1 }, { "b", "10.0.0.2:11211", 2147483647 },
+        { "\x7f\x1f", "h:1", 3 },
+    };
+    struct ring *r1 = make_ring(RING_COMPAT_LIBKETAMA, NULL, one, 1);
+    struct ring *r2 = make_ring(RING_COMPAT_LIBMEMCACHED, "[]", s, 3);
+    struct ring *r3 = make_ring(RING_COMPAT_LIBKETAMA, "ab", s, 2);
+
+    assert_round_trip(r1, 0);
+    assert_round_trip(r2, 2);
+    assert_round_trip(r3, 3);
+    ring_unref(r1);
+    ring_unref(r2);
+    ring_unref(r3);
+}
+END_TEST
+
 static Suite *ringrec_suite(void)
 {
     Suite *s = suite_create("ringrec");
@@ -172,6 +361,13 @@ static Suite *ringrec_suite(void)
     tcase_add_test(tc, fingerprint_names_the_ring_not_the_epoch);
     tcase_add_test(tc, a_record_matches_its_ring_whatever_the_epoch);
     tcase_add_test(tc, malformed_records_are_refused);
+    tcase_add_test(tc, objects_repeating_a_key_are_refused);
+    tcase_add_test(tc, unfinished_escapes_are_refused);
+    tcase_add_test(tc, escapes_decode);
+    tcase_add_test(tc, out_of_bounds_values_are_refused);
+    tcase_add_test(tc, too_many_servers_are_refused);
+    tcase_add_test(tc, other_fields_are_checked);
+    tcase_add_test(tc, record_round_trips_rings_of_every_kind);
     suite_add_tcase(s, tc);
     return s;
 }

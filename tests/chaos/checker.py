@@ -436,7 +436,8 @@ def _show(state):
     if isinstance(state, list):
         return "[" + ", ".join(_show(s) for s in state) + "]"
     v, f = state
-    v = v if len(v) <= 40 else v[:37] + b"..."
+    if len(v) > 48:     # versions sit at the head, appends/prepends at the ends
+        return "%r...%r(%dB)/f%d" % (v[:28], v[-14:], len(v), f)
     return "%r/f%d" % (v, f)
 
 
@@ -660,9 +661,13 @@ class Checker:
             own = owner[k.name]
             for ident, names in held.items():
                 if ident != own and k.name in names:
-                    self.violation("STRANDED", "stranded", k.name, "metadump " + ident,
-                                   ident, "only on " + own, "copy on " + ident,
-                                   t, self.now())
+                    copy = direct_get(by_ident[ident], k.name)
+                    self.violation(
+                        "STRANDED", "stranded", k.name, "metadump " + ident, ident,
+                        "only on %s (%s; model %s)" % (
+                            own, "holds it" if k.name in held.get(own, ()) else "absent",
+                            _show(k.state if k.certain else list(k.states))),
+                        "copy on %s: %s" % (ident, _show(copy)), t, self.now())
             present = k.certain and k.state is not None
             if present and own in held and k.name not in held[own] and k.name not in lost:
                 lost.add(k.name)
@@ -690,6 +695,13 @@ class Checker:
                                        k.state if k.certain else list(k.states), g,
                                        t, self.now())
         self.event("final check done")
+
+
+def direct_get(m, name):
+    """(value, flags) of name on memcached m itself, or None."""
+    with Wire(m.port) as w:
+        got = parse_values(w.call(b"get " + name + b"\r\n"))
+    return got[name][:2] if name in got else None
 
 
 def new_value(k, rng):

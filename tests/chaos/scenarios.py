@@ -122,7 +122,9 @@ def stray_proxy(cluster, rate=RATE):                                  # f
     c.sleep(4.0)
     st = migration_status(fleet)
     c.event("stop proxy 2 (status %s)" % st)
-    fleet.stop_proxy(stray)
+    report = fleet.stop_proxy(stray)
+    if report:
+        c.result.notes.append("proxy 2 stopped with a %s" % report)
     st = migration_status(fleet)
     moved = sum(p[3] or 0 for p in st["proxies"])
     if (st["redis_epoch"] or 0) != base or moved != moved0:

@@ -397,7 +397,7 @@ class Key:
 class Result:
     COUNTS = ("ops", "reads", "misses", "stale", "undone_deletes", "lost",
               "stranded", "errors", "wrong_replies", "cas_spurious",
-              "unresolved", "crashes")
+              "unresolved", "crashes", "unagreed_moves")
 
     def __init__(self, name):
         self.name = name
@@ -414,7 +414,7 @@ class Result:
 
     def ok(self):
         return (self.violations() == 0 and self.wrong_replies == 0
-                and self.crashes == 0 and self.converged)
+                and self.crashes == 0 and self.unagreed_moves == 0 and self.converged)
 
     def counts(self):
         return {c: getattr(self, c) for c in self.COUNTS}

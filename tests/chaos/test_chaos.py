@@ -25,6 +25,7 @@ def check(result):
     assert (result.misses, result.stale, result.undone_deletes, result.lost,
             result.stranded) == (0, 0, 0, 0, 0), summary
     assert result.wrong_replies == 0, summary
+    assert result.unagreed_moves == 0, summary
 
 
 @pytest.mark.fast

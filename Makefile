@@ -4,6 +4,8 @@
 #   make run        install what is missing, build, run a local sandbox cluster
 #   make test       install what is missing, then unit tests, ring compatibility,
 #                   integration tests and memccapable, all under ASan+UBSan
+#   make chaos      the resize checker (tests/chaos): every scenario, ASan build
+#   make chaos-fast its fast subset (pytest -m fast)
 #   make bench      ringproxy vs direct memcached vs twemproxy, same run
 #   make fuzz       libFuzzer on every parser of untrusted input (clang),
 #                   FUZZ_SECONDS (60) each; make fuzz-smoke: 10 s each
@@ -36,8 +38,8 @@ OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 BIN     := $(BUILD)/ringproxy
 
-.PHONY: all deps run test unit compat integration capable bench fuzz fuzz-smoke install \
-        clean compile_commands.json
+.PHONY: all deps run test unit compat integration capable chaos chaos-fast \
+        chaos-run bench fuzz fuzz-smoke install clean compile_commands.json
 all: $(BIN) $(BUILD)/loadgen
 
 deps:
@@ -72,7 +74,7 @@ run: deps all
 
 # `make test` is what the README and CI run: everything, under sanitizers.
 test: deps
-	$(MAKE) SAN=1 unit compat integration capable
+	$(MAKE) SAN=1 unit compat integration capable chaos-run CHAOS_ARGS="-m fast"
 
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; CK_FORK=yes $$t; done
@@ -85,6 +87,17 @@ integration: $(BIN) $(BUILD)/loadgen
 
 capable: $(BIN)
 	./tests/capable.sh $(BIN)
+
+# The chaos checker runs the sanitizer build, as `integration` does under
+# `make test`; CHAOS_ARGS selects (e.g. CHAOS_ARGS='-k stagger').
+chaos:
+	$(MAKE) SAN=1 chaos-run
+
+chaos-fast:
+	$(MAKE) SAN=1 chaos-run CHAOS_ARGS='-m fast $(CHAOS_ARGS)'
+
+chaos-run: $(BIN)
+	RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q tests/chaos $(CHAOS_ARGS)
 
 bench:
 	@./scripts/install-deps.sh --bench

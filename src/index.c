@@ -76,6 +76,7 @@ struct idx {
     struct event *retry;
     uint32_t backoff_ms;
     uint64_t *filter;
+    bool shared;                /* other proxies write the prefix: no filter */
     /* the queue: packed idx_op records (a group links them by `next`) */
     char *arena;
     size_t arena_len, arena_cap;
@@ -318,6 +319,7 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->conf.prefix = strdup(conf->prefix);
     x->conf.password = conf->password ? strdup(conf->password) : NULL;
     x->filter = calloc(IDX_FILTER_SLOTS, sizeof(*x->filter));
+    x->shared = true;           /* until the first sync says we are alone */
     x->retry = evtimer_new(base, on_retry, x);
     if (!x->pool || !x->conf.redis.text || !x->conf.redis.host || !x->conf.prefix ||
         (conf->password && !x->conf.password) || !x->filter || !x->retry ||
@@ -411,6 +413,16 @@ err:
     return -ENOMEM;
 }
 
+void idx_set_shared(struct idx *x, bool shared)
+{
+    if (x != NULL && x->shared != shared) {
+        x->shared = shared;
+        if (shared) {
+            memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
+        }
+    }
+}
+
 void idx_set_ring(struct idx *x, struct ring *ring)
 {
     if (x == NULL) {
@@ -451,7 +463,7 @@ static void idx_queue(struct idx *x, enum idx_op_type type, const char *key,
     uint64_t fp = fingerprint(key, len, point);
     uint64_t *slot = &x->filter[(fp >> 32) & (IDX_FILTER_SLOTS - 1)];
 
-    if (type == IDX_OP_ADD && *slot == fp) {
+    if (type == IDX_OP_ADD && *slot == fp && !x->shared) {
         x->stats[IDX_STAT_filtered]++;
         return;
     }

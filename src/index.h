@@ -54,6 +54,13 @@ void idx_key_deleted(struct idx *x, const char *key, size_t len);
 /* flush_all succeeded: every v-node set of the pool goes. */
 void idx_pool_flushed(struct idx *x);
 
+/*
+ * Other proxies write the same prefix (or may: true until known otherwise).
+ * The filter that skips re-stores of keys known to be indexed is then off:
+ * a delete through another proxy removes an entry this one believes in.
+ */
+void idx_set_shared(struct idx *x, bool shared);
+
 /* The data ring changed (a migration began): new writes go to its v-nodes. */
 void idx_set_ring(struct idx *x, struct ring *ring);
 

@@ -232,8 +232,8 @@ static void mig_set_phase(struct mig *m, enum mig_phase ph)
         /* Index writes queued under the old ring name its v-nodes: they
          * leave first (move.c's writes name their ring themselves). */
         idx_flush(p->idx);
-        if (m->phase == PH_PREPARED && p->idx != NULL &&
-            idx_stats(p->idx)[IDX_STAT_queued] > 0) {
+        if (m->phase == PH_PREPARED && strcmp(m->fleet, "switched") == 0 &&
+            p->idx != NULL && idx_stats(p->idx)[IDX_STAT_queued] > 0) {
             return;     /* the next sync tries again */
         }
         struct backend **map = malloc(m->to->nservers * sizeof(*map));
@@ -278,7 +278,6 @@ static void mig_end_local(struct mig *m)
                (unsigned long long)m->keys_retried, m->fp_to,
                (unsigned long long)m->epoch);
     mig_clear(m);
-    pool_retire_backends(p);
 }
 
 /* Serve ring r as the recorded ring (start-up, or the record changed). */
@@ -514,6 +513,7 @@ static void follow(struct mig *m, const redisReply *rec, const redisReply *mrec,
 
     if (from == NULL || to == NULL || phase == NULL) {
         /* No migration: the recorded ring is where the data lives. */
+        m->fleet[0] = '\0';        /* whatever ends locally moves nothing */
         if (m->from != NULL) {
             if (strcmp(fp, m->fp_to) != 0) {
                 log_error("migration", "%s: the migration record vanished before ring "
@@ -659,11 +659,8 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
     const redisReply *rec = reply->element[2], *mrec = reply->element[3],
                      *proxies = reply->element[4], *mring = reply->element[5];
 
-    if (m->fenced) {
-        log_notice("migration", "%s: Redis answers again: serving", m->p->name);
-    }
+    bool was_fenced = m->fenced;
     m->last_sync_ok = m->sync_sent;
-    m->fenced = false;
     if (lease != m->lease) {
         log_notice("migration", "%s: this proxy %s the coordinator lease", m->p->name,
                    lease ? "holds" : "gave up");
@@ -684,6 +681,8 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
     }
     follow(m, rec, mrec, mring);
     if (proxies->type == REDIS_REPLY_ARRAY) {
+        /* Alone on the prefix: the index may skip re-stores it knows. */
+        idx_set_shared(m->p->idx, proxies->elements != 2);
         if (m->lease) {
             coordinate(m, proxies, now);
         } else if (m->from == NULL && strcmp(m->fp_want, m->fp_rec) != 0) {
@@ -700,6 +699,13 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
         log_waiting(m, "this file's ring differs from the recorded one: proposed");
     } else if (m->from != NULL && m->lease && strcmp(m->fleet, "moving") != 0) {
         log_waiting(m, "the migration's next phase needs every live proxy");
+    }
+    /* A proxy back from a freeze serves again only once its routing is
+     * what the records say (the end of a migration is applied on the tick;
+     * until then it stays fenced). */
+    m->fenced = was_fenced && m->from != NULL && strcmp(m->fp_rec, m->fp_to) == 0;
+    if (was_fenced && !m->fenced) {
+        log_notice("migration", "%s: Redis answers again: serving", m->p->name);
     }
     update_state(m);
     if (m->ready != NULL && m->fp_rec[0] != '\0') {
@@ -769,7 +775,8 @@ static void sync_now(struct mig *m)
                            "migration:lock" };
     /* A candidate coordinator: a change is proposed here, or one runs. */
     bool candidate = m->fp_rec[0] != '\0' &&
-                     (m->from != NULL || strcmp(m->fp_want, m->fp_rec) != 0);
+                     ((m->from != NULL && strcmp(m->fp_rec, m->fp_to) != 0) ||
+                      strcmp(m->fp_want, m->fp_rec) != 0);
     enum mig_phase ack = m->acked;
 
     snprintf(beat, sizeof(beat), "%s %s %s", m->fp_want, ack_names[ack],

@@ -27,6 +27,7 @@
 #define MIG_READY_TIMEOUT_MS 3000
 #define MIG_PROGRESS_LOG_MS 5000
 #define MIG_WAIT_LOG_MS 5000
+#define MIG_VALUE_MAX ((size_t)64 << 20)   /* largest value a move reads */
 #define TTL_RELATIVE_MAX 2592000    /* memcached: larger exptimes are absolute */
 
 /*

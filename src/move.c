@@ -56,6 +56,12 @@ static struct mconn *mc_of(struct backend *be)
         uint32_t t = be->pool->conf->timeout > 0 ? (uint32_t)be->pool->conf->timeout : 5000;
         be->mc = mconn_new(be->pool->w->base, be->addr.host, be->addr.port,
                            be->addr.is_unix, t);
+        if (be->mc != NULL) {
+            /* Bounded, but above what a client may store through us: the
+             * server may hold larger items written around the proxy. */
+            size_t cap = (size_t)be->pool->conf->item_size_max + 1024;
+            mconn_set_max_value(be->mc, cap > MIG_VALUE_MAX ? cap : MIG_VALUE_MAX);
+        }
     }
     return be->mc;
 }
@@ -146,6 +152,11 @@ bool mig_routes_key(struct mig *m, const char *key, size_t len)
 
     if (!owners(m, key, len, &from, &to)) {
         return false;
+    }
+    if (strcmp(m->fp_rec, m->fp_to) == 0) {
+        /* Recorded: the pool serves ring B; only keys with commands still
+         * queued here keep their order through the key's FIFO. */
+        return key_find(m, key, len) != NULL;
     }
     return from != to || key_find(m, key, len) != NULL;
 }

@@ -168,6 +168,7 @@ static void mig_clear(struct mig *m)
     }
     free(m->arcs);
     m->arcs = NULL;
+    mig_doubts_free(m);
     ring_diff_free(&m->diff);
     ring_unref(m->from);
     m->from = NULL;

@@ -60,6 +60,19 @@ struct mkey {
     char key[];
 };
 
+/*
+ * A copy whose store on the new owner got no answer (a timeout): it may
+ * still land later, carrying a value the old owner may have changed since.
+ * The mover resolves it before it touches the key again (move.c).
+ */
+struct mdoubt {
+    struct mdoubt *next;
+    uint64_t vhash;             /* value, flags and length of the copy */
+    int64_t src_cas;            /* the old owner's CAS it was read at */
+    uint16_t len;
+    char key[];
+};
+
 /* What an old-owner lookup found. */
 enum mlook { LOOK_NONE, LOOK_REAL, LOOK_TOMB };
 
@@ -91,6 +104,7 @@ struct mop {
     int64_t vflags, ttl, src_cas, dst_cas;
     bool stored_copy;
     bool dest_checked;          /* the new owner's refusal was looked into */
+    bool src_tomb;              /* the old owner holds a tombstone */
 };
 
 struct mig_arc {
@@ -151,8 +165,10 @@ struct mig {
     uint64_t started_ms, moved_at_last_log, last_log_ms;
     double last_rate;
     char blocked[128];          /* a server that fails moves */
-    /* keys with operations */
+    /* keys with operations; copies in doubt */
     struct mkey *buckets[MIG_BUCKETS];
+    struct mdoubt *doubts[MIG_BUCKETS];
+    uint64_t ndoubts;
     uint64_t keys_moved, keys_stale, keys_skipped, keys_failed, keys_retried,
              client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads;
 };
@@ -172,6 +188,7 @@ void mop_free(struct mop *op);
 void bulk_pump(struct mig *m);                  /* start what the budget allows */
 int32_t arc_of(const struct mig *m, uint32_t h);
 void arc_free_seen(struct mig_arc *a);
+void mig_doubts_free(struct mig *m);
 /* Index bookkeeping: key into / out of its v-node set under ring r. */
 void mig_index_add(struct mig *m, const struct ring *r, const char *key, size_t len);
 void mig_index_rem(struct mig *m, const struct ring *r, const char *key, size_t len);

@@ -114,6 +114,70 @@ static void key_drop(struct mig *m, struct mkey *k)
     free(k);
 }
 
+/* --- copies in doubt ---------------------------------------------------------- */
+
+static uint64_t value_hash(const char *v, size_t len, uint32_t flags)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325) ^ ((uint64_t)flags << 32 | (uint32_t)len);
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= (uint8_t)v[i];
+        h *= UINT64_C(0x100000001b3);
+    }
+    return h;
+}
+
+static struct mdoubt **doubt_slot(struct mig *m, const char *key, size_t len)
+{
+    struct mdoubt **pp = &m->doubts[key_bucket(key, len)];
+
+    while (*pp != NULL && ((*pp)->len != len || memcmp((*pp)->key, key, len) != 0)) {
+        pp = &(*pp)->next;
+    }
+    return pp;
+}
+
+static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64_t src_cas)
+{
+    struct mdoubt **pp = doubt_slot(m, k->key, k->len), *d = *pp;
+
+    if (d == NULL) {
+        if ((d = malloc(sizeof(*d) + k->len)) == NULL) {
+            return;
+        }
+        d->len = k->len;
+        memcpy(d->key, k->key, k->len);
+        d->next = NULL;
+        *pp = d;
+        m->ndoubts++;
+    }
+    d->vhash = vhash;
+    d->src_cas = src_cas;
+}
+
+static void doubt_drop(struct mig *m, const struct mkey *k)
+{
+    struct mdoubt **pp = doubt_slot(m, k->key, k->len), *d = *pp;
+
+    if (d != NULL) {
+        *pp = d->next;
+        free(d);
+        m->ndoubts--;
+    }
+}
+
+void mig_doubts_free(struct mig *m)
+{
+    for (uint32_t b = 0; b < MIG_BUCKETS; b++) {
+        while (m->doubts[b] != NULL) {
+            struct mdoubt *d = m->doubts[b];
+            m->doubts[b] = d->next;
+            free(d);
+        }
+    }
+    m->ndoubts = 0;
+}
+
 /* The arc (index into diff.arcs) holding hash h, or -1. */
 int32_t arc_of(const struct mig *m, uint32_t h)
 {
@@ -234,15 +298,23 @@ static void reply_value(struct mop *op, const struct mreply *r)
     }
 }
 
-/* A failed retrieval: a single get answers the error instead of END. */
+/*
+ * A changing key that could not be read: the whole get answers the error
+ * (a miss would be a guess: the key may sit on the server that failed).
+ */
 static void reply_retrieval_error(struct mop *op, const char *line)
 {
-    if (op->f != NULL && op->f->req->nfrags == 1) {
-        struct frag *f = op->f;
-        reply_line(op, line);
-        op->f = NULL;
-        request_frag_done(f);
+    if (op->f == NULL) {
+        return;
     }
+    if (op->f->req->nfrags > 1) {
+        request_fail_retrieval(op->f->req, line);
+        return;
+    }
+    struct frag *f = op->f;
+    reply_line(op, line);
+    op->f = NULL;
+    request_frag_done(f);
 }
 
 /* The backend's own error line when it sent one, else ours. */
@@ -787,6 +859,8 @@ static void client_start(struct mop *op)
 /* --- moving one key (the bulk mover) --------------------------------------------- */
 
 static void move_fetch(struct mop *op);
+static void move_copy(struct mop *op);
+static void on_doubt_look(void *arg, const struct mreply *r);
 
 static void move_done(struct mop *op, enum move_result res)
 {
@@ -898,6 +972,10 @@ static void on_dest_look(void *arg, const struct mreply *r)
     struct mop *op = arg;
     int64_t cas;
 
+    if (r->status == MREPLY_VA && *doubt_slot(op->m, op->k->key, op->k->len) != NULL) {
+        on_doubt_look(op, r);   /* our earlier copy landed meanwhile? */
+        return;
+    }
     if (look(r, &cas) == LOOK_TOMB && op->retries++ < MIG_MAX_RETRIES) {
         SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,
                      "ms %.*s %zu F%llu T%lld C%lld c", (int)op->k->len, op->k->key,
@@ -917,6 +995,11 @@ static void on_store_copy(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
+    if (r->status == MREPLY_FAIL && op->val != NULL) {
+        /* No answer: the copy may land later (invariant I4, "Moving keys"). */
+        doubt_add(op->m, op->k, value_hash(op->val, op->val_len, (uint32_t)op->vflags),
+                  op->src_cas);
+    }
     if (r->status == MREPLY_NS && !op->dest_checked) {
         op->dest_checked = true;
         SEND_OR_FAIL(op, op->to, on_dest_look, NULL, 0, "mg %.*s v f c", (int)op->k->len,
@@ -970,22 +1053,90 @@ static void on_fetch(void *arg, const struct mreply *r)
     mreply_flag(r, 'f', &op->vflags);
     mreply_flag(r, 't', &op->ttl);
     mreply_flag(r, 'c', &op->src_cas);
-    if (is_tomb(r)) {
+    op->src_tomb = is_tomb(r);
+    op->stored_copy = op->dest_checked = false;
+    if (!op->src_tomb) {
+        if ((op->val = malloc(r->value_len + 1)) == NULL) {
+            move_done(op, FAILED);
+            return;
+        }
+        memcpy(op->val, r->value, r->value_len);
+        op->val_len = r->value_len;
+    }
+    if (*doubt_slot(op->m, op->k->key, op->k->len) != NULL) {
+        /* An earlier copy may have landed late: look before going on. */
+        SEND_OR_FAIL(op, op->to, on_doubt_look, NULL, 0, "mg %.*s v f c",
+                     (int)op->k->len, op->k->key);
+        return;
+    }
+    move_copy(op);
+}
+
+/* The key's value (or tombstone) is read from the old owner: copy it. */
+static void move_copy(struct mop *op)
+{
+    if (op->src_tomb) {
         SEND_OR_FAIL(op, op->from, on_tomb_cleared, NULL, 0, "md %.*s C%lld",
                      (int)op->k->len, op->k->key, (long long)op->src_cas);
         return;
     }
-    if ((op->val = malloc(r->value_len + 1)) == NULL) {
-        move_done(op, FAILED);
-        return;
-    }
-    memcpy(op->val, r->value, r->value_len);
-    op->val_len = r->value_len;
-    op->stored_copy = op->dest_checked = false;
     SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,
                  "ms %.*s %zu F%llu T%lld ME c", (int)op->k->len, op->k->key,
                  op->val_len, (unsigned long long)(uint32_t)op->vflags,
                  (long long)ttl_for_store(op->ttl));
+}
+
+/* After a late copy of ours was removed from the new owner. */
+static void on_doubt_cleared(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        move_failed(op, op->to, r);
+        return;
+    }
+    if (r->status != MREPLY_HD) {
+        move_retry(op);     /* someone wrote it meanwhile: look again */
+        return;
+    }
+    doubt_drop(op->m, op->k);
+    move_copy(op);
+}
+
+/*
+ * What the new owner holds of a key whose earlier copy is in doubt. Our
+ * copy (same value and flags) is kept when the old owner has not changed
+ * since it was read, else removed (conditionally) before the key moves.
+ */
+static void on_doubt_look(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    struct mdoubt *d = *doubt_slot(op->m, op->k->key, op->k->len);
+    int64_t flags = 0, cas = 0;
+
+    if (r->status == MREPLY_FAIL) {
+        move_failed(op, op->to, r);
+        return;
+    }
+    mreply_flag(r, 'f', &flags);
+    mreply_flag(r, 'c', &cas);
+    bool ours = d != NULL && r->status == MREPLY_VA && !is_tomb(r) &&
+                value_hash(r->value, r->value_len, (uint32_t)flags) == d->vhash;
+    if (!ours) {
+        doubt_drop(op->m, op->k);
+        move_copy(op);
+    } else if (!op->src_tomb && op->src_cas == d->src_cas) {
+        doubt_drop(op->m, op->k);
+        op->stored_copy = true;
+        op->dst_cas = cas;
+        free(op->val);
+        op->val = NULL;
+        SEND_OR_FAIL(op, op->from, on_delete_source, NULL, 0, "md %.*s C%lld",
+                     (int)op->k->len, op->k->key, (long long)op->src_cas);
+    } else {
+        SEND_OR_FAIL(op, op->to, on_doubt_cleared, NULL, 0, "md %.*s C%lld",
+                     (int)op->k->len, op->k->key, (long long)cas);
+    }
 }
 
 static void move_fetch(struct mop *op)

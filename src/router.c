@@ -455,7 +455,7 @@ static void request_assemble(struct request *r)
     if (sink == NULL) {
         return;
     }
-    if (!r->frags[0].retrieval) {
+    if (!r->frags[0].retrieval || r->error_line != NULL) {
         evbuffer_add_printf(sink, "%s\r\n", r->error_line ? r->error_line : "OK");
         return;
     }
@@ -499,6 +499,13 @@ void request_frag_done(struct frag *f)
     client_advance(r->client);
 }
 
+void request_fail_retrieval(struct request *r, const char *line)
+{
+    if (r->error_line == NULL) {
+        r->error_line = strdup(line);
+    }
+}
+
 void frag_fail(struct frag *f, const char *line)
 {
     struct request *r = f->req;
@@ -510,7 +517,8 @@ void frag_fail(struct frag *f, const char *line)
         if ((sink = frag_sink(f)) != NULL) {
             evbuffer_add_printf(sink, "%s\r\n", line);
         }
-    } else if (!f->retrieval && r->error_line == NULL) {
+    } else if (r->error_line == NULL) {
+        /* A multi-get too: a miss would claim the key is not cached. */
         r->error_line = strdup(line);
     }
     request_frag_done(f);

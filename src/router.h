@@ -194,12 +194,14 @@ void request_reply_line(struct request *r, const char *line);
 void request_frag_done(struct frag *f);
 void request_orphan(struct request *r);     /* its client is gone */
 void request_detach(struct request *r);     /* noreply: answers nobody */
-/* Fail a fragment: a one-fragment request replies `line`; a share of a
- * multi-get leaves its keys missing; a fan-out replies `line` at the end. */
+/* Fail a fragment: a one-fragment request replies `line`; a multi-get or
+ * a fan-out replies `line` (alone) once every fragment is in. */
 void frag_fail(struct frag *f, const char *line);
 /* Fail the n fragments marked failed that were never sent (may free r). */
 void frags_fail_unsent(struct request *r, uint32_t n, const char *line);
 void request_free(struct request *r);
+/* A multi-get whose answer cannot be trusted: it replies `line` instead. */
+void request_fail_retrieval(struct request *r, const char *line);
 
 /* Where a fragment's reply bytes go now; NULL: discard them. */
 struct evbuffer *frag_sink(struct frag *f);

@@ -403,10 +403,12 @@ static void index_reply(struct request *r, enum proto_rsp_kind kind)
     if (x == NULL) {
         return;
     }
+    /* A delete leaves its entry: removals by clients could reach Redis after
+     * a later store of the same key (through another proxy, or a queue that
+     * waited), and an unindexed key would not move. The mover drops entries
+     * of keys it finds gone (docs/ARCHITECTURE.md, "The index"). */
     if (proto_cmd_is_storage(r->cmd) && kind == PROTO_RSP_STORED) {
         idx_key_stored(x, r->keys, r->keylen);
-    } else if (r->cmd == PROTO_CMD_DELETE && kind == PROTO_RSP_DELETED) {
-        idx_key_deleted(x, r->keys, r->keylen);
     } else if (r->cmd == PROTO_CMD_FLUSH_ALL && kind != PROTO_RSP_OK) {
         r->flushes_index = false;
     }

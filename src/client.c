@@ -425,8 +425,7 @@ static void client_forward(struct client *c, const struct proto_req *req,
     }
     r->frags[0].retrieval = retrieval;
     r->nkeys = retrieval ? req->nkeys : 0;
-    if (c->pool->idx != NULL && !retrieval && req->cmd != PROTO_CMD_INCR &&
-        req->cmd != PROTO_CMD_DECR && req->cmd != PROTO_CMD_TOUCH) {
+    if (c->pool->idx != NULL && proto_cmd_is_storage(req->cmd)) {
         /* The index needs the key when the backend's answer arrives. */
         if ((r->keys = malloc(req->keylen)) == NULL) {
             client_close(c, "out of memory");

@@ -987,7 +987,8 @@ bool mig_fenced(const struct mig *m)
     /* From the clock, not only the tick's flag: after a freeze (SIGSTOP)
      * the first loop turn may serve requests before the tick runs. */
     return m != NULL && m->liveness_ms > 0 &&
-           (m->fenced || worker_now_ms(m->p->w) > m->last_sync_ok + m->liveness_ms / 2);
+           (m->fenced || m->fp_rec[0] == '\0' ||
+            worker_now_ms(m->p->w) > m->last_sync_ok + m->liveness_ms / 2);
 }
 
 enum mig_state mig_get_state(const struct mig *m)

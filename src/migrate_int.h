@@ -46,7 +46,8 @@ enum mig_phase {
     PH_SWITCHED,                /* home = new owner; reads old then new */
 };
 
-enum move_result { MOVED, SKIPPED, STALE, TOMB_CLEARED, FAILED };
+/* WAITING: both owners hold a value; the key waits for a later pass. */
+enum move_result { MOVED, SKIPPED, STALE, TOMB_CLEARED, WAITING, FAILED };
 
 struct mop;
 TAILQ_HEAD(mop_queue, mop);
@@ -69,6 +70,8 @@ struct mdoubt {
     struct mdoubt *next;
     uint64_t vhash;             /* value, flags and length of the copy */
     int64_t src_cas;            /* the old owner's CAS it was read at */
+    int64_t dst_cas;            /* conflicts: the new owner's CAS */
+    uint64_t since;             /* conflicts: first seen (ms) */
     uint16_t len;
     char key[];
 };
@@ -168,7 +171,8 @@ struct mig {
     /* keys with operations; copies in doubt */
     struct mkey *buckets[MIG_BUCKETS];
     struct mdoubt *doubts[MIG_BUCKETS];
-    uint64_t ndoubts;
+    struct mdoubt *conflicts[MIG_BUCKETS];  /* both owners hold a value */
+    uint64_t ndoubts, nconflicts, conflicts_settled;
     uint64_t keys_moved, keys_stale, keys_skipped, keys_failed, keys_retried,
              client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads;
 };

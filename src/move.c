@@ -127,14 +127,19 @@ static uint64_t value_hash(const char *v, size_t len, uint32_t flags)
     return h;
 }
 
-static struct mdoubt **doubt_slot(struct mig *m, const char *key, size_t len)
+static struct mdoubt **table_slot(struct mdoubt **table, const char *key, size_t len)
 {
-    struct mdoubt **pp = &m->doubts[key_bucket(key, len)];
+    struct mdoubt **pp = &table[key_bucket(key, len)];
 
     while (*pp != NULL && ((*pp)->len != len || memcmp((*pp)->key, key, len) != 0)) {
         pp = &(*pp)->next;
     }
     return pp;
+}
+
+static struct mdoubt **doubt_slot(struct mig *m, const char *key, size_t len)
+{
+    return table_slot(m->doubts, key, len);
 }
 
 static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64_t src_cas)
@@ -174,8 +179,53 @@ void mig_doubts_free(struct mig *m)
             m->doubts[b] = d->next;
             free(d);
         }
+        while (m->conflicts[b] != NULL) {
+            struct mdoubt *d = m->conflicts[b];
+            m->conflicts[b] = d->next;
+            free(d);
+        }
     }
-    m->ndoubts = 0;
+    m->ndoubts = m->nconflicts = 0;
+}
+
+/*
+ * Both owners hold a value (and they differ): a write through a proxy of
+ * the neighbouring phase, or a set between its two steps. Returns true once
+ * the same pair of values has stood still long enough that no write can
+ * still be on its way: the old owner's then wins, as readers have been
+ * answered from it. Until then the key waits for a later pass.
+ */
+static bool conflict_settled(struct mig *m, const struct mkey *k, int64_t src_cas,
+                             int64_t dst_cas)
+{
+    struct mdoubt **pp = table_slot(m->conflicts, k->key, k->len), *d = *pp;
+    uint32_t t = m->p->conf->timeout > 0 ? (uint32_t)m->p->conf->timeout : 5000;
+    uint64_t wait = 2 * (uint64_t)t + m->liveness_ms / 2 + 1000;
+
+    if (d != NULL && d->src_cas == src_cas && d->dst_cas == dst_cas) {
+        if (now_ms(m) < d->since + wait) {
+            return false;
+        }
+        *pp = d->next;
+        free(d);
+        m->nconflicts--;
+        m->conflicts_settled++;
+        return true;
+    }
+    if (d == NULL) {
+        if ((d = malloc(sizeof(*d) + k->len)) == NULL) {
+            return false;
+        }
+        d->len = k->len;
+        memcpy(d->key, k->key, k->len);
+        d->next = NULL;
+        *pp = d;
+        m->nconflicts++;
+    }
+    d->src_cas = src_cas;
+    d->dst_cas = dst_cas;
+    d->since = now_ms(m);
+    return false;
 }
 
 /* The arc (index into diff.arcs) holding hash h, or -1. */
@@ -262,14 +312,23 @@ static const struct ring *ring_of(const struct mop *op, const struct backend *be
 
 /* --- client replies ----------------------------------------------------------- */
 
+#define FENCED_LINE "SERVER_ERROR ringproxy fenced: the index Redis is unreachable"
+
 static void reply_line(struct mop *op, const char *line)
 {
     struct evbuffer *sink = op->f != NULL ? frag_sink(op->f) : NULL;
 
+    /* A fenced proxy vouches for nothing (ARCHITECTURE.md, I6). */
+    if (mig_fenced(op->m) && strncmp(line, "SERVER_ERROR", 12) != 0 &&
+        strncmp(line, "CLIENT_ERROR", 12) != 0 && strcmp(line, "END") != 0) {
+        line = FENCED_LINE;
+    }
     if (sink != NULL) {
         evbuffer_add_printf(sink, "%s\r\n", line);
     }
 }
+
+static void reply_retrieval_error(struct mop *op, const char *line);
 
 static void reply_value(struct mop *op, const struct mreply *r)
 {
@@ -278,6 +337,10 @@ static void reply_value(struct mop *op, const struct mreply *r)
     int64_t flags = 0, cas = 0;
     bool with_cas = op->cmd == PROTO_CMD_GETS || op->cmd == PROTO_CMD_GATS;
 
+    if (mig_fenced(op->m)) {
+        reply_retrieval_error(op, FENCED_LINE);
+        return;
+    }
     mreply_flag(r, 'f', &flags);
     mreply_flag(r, 'c', &cas);
     req->hits++;
@@ -382,8 +445,8 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
     char line[600];
     va_list ap;
 
-    if (op->m->closing || op->m->fenced) {
-        return false;
+    if (op->m->closing || mig_fenced(op->m)) {
+        return false;       /* fenced: by the clock, the tick may be late */
     }
     va_start(ap, fmt);
     int n = vsnprintf(line, sizeof(line), fmt, ap);
@@ -523,21 +586,18 @@ static const char *op_data(struct mop *op, size_t *len)
     return (const char *)evbuffer_pullup(op->data, -1);
 }
 
-/* set: home, then clear the other owner, then STORED. */
+/*
+ * set: note what the other owner holds, write home, then clear the other
+ * owner's copy only if it is still the one noted: a value a concurrent
+ * writer put there (through a proxy in the neighbouring phase) is never
+ * deleted; readers and the mover settle two copies (invariant I3).
+ */
 static void on_set_other(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
-    struct backend *other = op->phase == PH_PREPARED ? op->to : op->from;
 
-    if (r->status == MREPLY_FAIL) {
-        /* The other owner may still hold an older copy: not acknowledged. */
-        reply_line(op, BACKEND_ERR_LOST);
-    } else {
-        if (r->status == MREPLY_HD) {
-            mig_index_rem(op->m, ring_of(op, other), op->k->key, op->k->len);
-        }
-        reply_line(op, "STORED");
-    }
+    /* HD: cleared; EX/NF: changed or gone meanwhile, by a concurrent write */
+    reply_line(op, r->status == MREPLY_FAIL ? BACKEND_ERR_LOST : "STORED");
     mop_finish(op);
 }
 
@@ -553,17 +613,40 @@ static void on_set_home(void *arg, const struct mreply *r)
         return;
     }
     mig_index_add(op->m, ring_of(op, home), op->k->key, op->k->len);
-    SEND_OR_FAIL(op, other, on_set_other, NULL, 0, "md %.*s", (int)op->k->len, op->k->key);
+    if (op->old == LOOK_NONE) {
+        reply_line(op, "STORED");
+        mop_finish(op);
+        return;
+    }
+    SEND_OR_FAIL(op, other, on_set_other, NULL, 0, "md %.*s C%lld", (int)op->k->len,
+                 op->k->key, (long long)op->old_cas);
 }
 
-static void run_set(struct mop *op)
+static void on_set_look(void *arg, const struct mreply *r)
 {
+    struct mop *op = arg;
     struct backend *home = op->phase == PH_PREPARED ? op->from : op->to;
     size_t dlen;
     const char *data = op_data(op, &dlen);
 
+    if (r->status == MREPLY_FAIL) {
+        reply_line(op, error_line(r));
+        mop_finish(op);
+        return;
+    }
+    op->old = r->status == MREPLY_HD ? LOOK_REAL : LOOK_NONE;
+    op->old_cas = 0;
+    mreply_flag(r, 'c', &op->old_cas);
     SEND_OR_FAIL(op, home, on_set_home, data, dlen, "ms %.*s %zu F%u T%lld",
                  (int)op->k->len, op->k->key, dlen, op->flags, (long long)op->exptime);
+}
+
+static void run_set(struct mop *op)
+{
+    struct backend *other = op->phase == PH_PREPARED ? op->to : op->from;
+
+    SEND_OR_FAIL(op, other, on_set_look, NULL, 0, "mg %.*s c", (int)op->k->len,
+                 op->k->key);
 }
 
 /* delete: the old owner (a tombstone when switched), then the new owner. */
@@ -577,10 +660,6 @@ static void on_del_new(void *arg, const struct mreply *r)
         return;
     }
     op->hit |= r->status == MREPLY_HD;
-    mig_index_rem(op->m, op->m->to, op->k->key, op->k->len);
-    if (op->old != LOOK_TOMB) {
-        mig_index_rem(op->m, op->m->from, op->k->key, op->k->len);
-    }
     reply_line(op, op->hit ? "DELETED" : "NOT_FOUND");
     mop_finish(op);
 }
@@ -740,8 +819,9 @@ static void on_rmw_done(void *arg, const struct mreply *r)
         retry_or_fail(op, on_rmw_lookup);
         return;
     }
-    if (on_old && op->cmd == PROTO_CMD_CAS && r->status == MREPLY_NF) {
-        retry_or_fail(op, on_rmw_lookup);
+    if (on_old && ((op->cmd == PROTO_CMD_CAS && r->status == MREPLY_NF) ||
+                   (op->cmd == PROTO_CMD_TOUCH && r->status == MREPLY_EN))) {
+        retry_or_fail(op, on_rmw_lookup);     /* moved or deleted meanwhile */
         return;
     }
     switch (op->cmd) {
@@ -860,6 +940,8 @@ static void client_start(struct mop *op)
 
 static void move_fetch(struct mop *op);
 static void move_copy(struct mop *op);
+static void on_tomb_look(void *arg, const struct mreply *r);
+static void on_tomb_cleared(void *arg, const struct mreply *r);
 static void on_doubt_look(void *arg, const struct mreply *r);
 
 static void move_done(struct mop *op, enum move_result res)
@@ -881,12 +963,14 @@ static void move_done(struct mop *op, enum move_result res)
         break;
     case FAILED:
         m->keys_failed++;
+        /* fall through */
+    case WAITING:
         if (op->arc >= 0) {
             m->arcs[op->arc].failed++;  /* its arc gets another pass */
         }
         break;
     }
-    if (res != FAILED) {
+    if (res != FAILED && res != WAITING) {
         mig_index_rem(m, m->from, op->k->key, op->k->len);
         if (res == MOVED || res == SKIPPED) {
             mig_index_add(m, m->to, op->k->key, op->k->len);
@@ -987,6 +1071,28 @@ static void on_dest_look(void *arg, const struct mreply *r)
         move_failed(op, op->to, r);
         return;
     }
+    if (r->status == MREPLY_EN) {
+        move_retry(op);         /* gone again: start over */
+        return;
+    }
+    if (r->status == MREPLY_VA && !is_tomb(r)) {
+        int64_t flags = 0;
+        mreply_flag(r, 'f', &flags);
+        bool same = r->value_len == op->val_len && (uint32_t)flags == (uint32_t)op->vflags &&
+                    memcmp(r->value, op->val, op->val_len) == 0;
+        if (!same) {
+            if (!conflict_settled(op->m, op->k, op->src_cas, cas)) {
+                move_done(op, WAITING);
+                return;
+            }
+            /* Settled: the old owner's value wins (readers saw it). */
+            SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,
+                         "ms %.*s %zu F%llu T%lld C%lld c", (int)op->k->len, op->k->key,
+                         op->val_len, (unsigned long long)(uint32_t)op->vflags,
+                         (long long)ttl_for_store(op->ttl), (long long)cas);
+            return;
+        }
+    }
     struct mreply ns = { .status = MREPLY_NS };
     on_store_copy(op, &ns);
 }
@@ -1020,6 +1126,48 @@ static void on_store_copy(void *arg, const struct mreply *r)
     }
     SEND_OR_FAIL(op, op->from, on_delete_source, NULL, 0, "md %.*s C%lld",
                  (int)op->k->len, op->k->key, (long long)op->src_cas);
+}
+
+static void clear_tomb(struct mop *op)
+{
+    SEND_OR_FAIL(op, op->from, on_tomb_cleared, NULL, 0, "md %.*s C%lld",
+                 (int)op->k->len, op->k->key, (long long)op->src_cas);
+}
+
+static void on_tomb_dest_cleared(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        move_failed(op, op->to, r);
+    } else if (r->status != MREPLY_HD) {
+        move_retry(op);
+    } else {
+        clear_tomb(op);
+    }
+}
+
+static void on_tomb_look(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    int64_t cas = 0;
+
+    if (r->status == MREPLY_FAIL) {
+        move_failed(op, op->to, r);
+        return;
+    }
+    if (r->status != MREPLY_HD) {
+        clear_tomb(op);         /* nothing on the new owner */
+        return;
+    }
+    mreply_flag(r, 'c', &cas);
+    if (!conflict_settled(op->m, op->k, op->src_cas, cas)) {
+        move_done(op, WAITING);
+        return;
+    }
+    /* Settled: the delete wins (readers have been answered a miss). */
+    SEND_OR_FAIL(op, op->to, on_tomb_dest_cleared, NULL, 0, "md %.*s C%lld",
+                 (int)op->k->len, op->k->key, (long long)cas);
 }
 
 static void on_tomb_cleared(void *arg, const struct mreply *r)
@@ -1076,8 +1224,10 @@ static void on_fetch(void *arg, const struct mreply *r)
 static void move_copy(struct mop *op)
 {
     if (op->src_tomb) {
-        SEND_OR_FAIL(op, op->from, on_tomb_cleared, NULL, 0, "md %.*s C%lld",
-                     (int)op->k->len, op->k->key, (long long)op->src_cas);
+        /* A real value on the new owner next to a tombstone: a set between
+         * its two steps, or a copy that outlived a delete. */
+        SEND_OR_FAIL(op, op->to, on_tomb_look, NULL, 0, "mg %.*s c", (int)op->k->len,
+                     op->k->key);
         return;
     }
     SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,

@@ -825,6 +825,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         return;
     }
     log_warn("migration", "%s: lost Redis: %s", m->p->name, ac->errstr);
+    m->left = m->left || m->closing;
     m->rc = NULL;
     m->rc_up = false;
     m->syncing = false;
@@ -896,16 +897,35 @@ struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p))
     return m;
 }
 
+static void on_left(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+
+    (void)r;
+    if (ac->data != NULL) {
+        m->left = true;
+    }
+}
+
 void mig_leave(struct mig *m)
 {
-    if (m == NULL || !m->rc_up) {
+    if (m == NULL) {
+        return;
+    }
+    m->closing = true;
+    if (!m->rc_up) {
+        m->left = true;     /* nobody to tell; the heartbeat will age out */
         return;
     }
     mig_redis(m, NULL, NULL, "HDEL %s:proxies %s", m->prefix, m->id);
-    mig_redis(m, NULL, NULL, "EVAL %s 1 %s:migration:lock %s",
+    mig_redis(m, on_left, m, "EVAL %s 1 %s:migration:lock %s",
               "if redis.call('get', KEYS[1]) == ARGV[1] then "
               "return redis.call('del', KEYS[1]) end return 0", m->prefix, m->id);
-    m->closing = true;
+}
+
+bool mig_left(const struct mig *m)
+{
+    return m == NULL || m->left;
 }
 
 void mig_free(struct mig *m)

@@ -52,6 +52,8 @@ bool mig_active(const struct mig *m);
 bool mig_fenced(const struct mig *m);
 /* The proxy stops: remove its heartbeat and give up the lease now. */
 void mig_leave(struct mig *m);
+/* Has Redis confirmed that (or can it not be told)? NULL: true. */
+bool mig_left(const struct mig *m);
 enum mig_state mig_get_state(const struct mig *m);
 bool mig_uses_backend(const struct mig *m, const struct backend *be);
 

@@ -163,7 +163,8 @@ struct mig {
     uint64_t last_refill;
     uint32_t inflight, reserved;
     bool finishing;             /* every arc done; recording ring B */
-    bool closing;               /* mig_free: start nothing new */
+    bool closing;               /* stopping: start nothing new */
+    bool left;                  /* Redis confirmed we left the fleet */
     uint32_t nops;              /* operations queued or running */
     uint64_t started_ms, moved_at_last_log, last_log_ms;
     double last_rate;

@@ -382,7 +382,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static bool worker_idle(const struct worker *w)
 {
     for (uint32_t i = 0; i < w->npools; i++) {
-        if (!TAILQ_EMPTY(&w->pools[i]->clients)) {
+        if (!TAILQ_EMPTY(&w->pools[i]->clients) || !mig_left(w->pools[i]->mig)) {
             return false;
         }
     }

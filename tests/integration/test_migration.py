@@ -638,3 +638,43 @@ def test_redis_killed_mid_migration_resumes_when_it_returns(env):
     wait_migrated(proxy.port, 2)
     assert_all_hit(proxy.port, keys)
     assert_placement(proxy, mcs, keys)
+
+
+def test_pointing_the_pool_back_mid_migration_moves_the_moved_keys_back(env):
+    """SIGHUP with the old list while a resize runs: the recorded migration
+    finishes, then the fleet migrates back; every key ends on its owner in
+    the old ring, none left on the server that was added."""
+    mcs = env.servers(4)
+    proxy = env.proxy(mcs[:3], rate=3000)
+    keys = fill(proxy.port, 9000)
+    time.sleep(0.3)
+    reload(proxy, env.config(mcs, proxy.port, rate=3000))
+    wait_moved(proxy.port, 300)
+    reload(proxy, env.config(mcs[:3], proxy.port, rate=0))
+    deadline = time.monotonic() + 5
+    while int(proxy_stats(proxy.port)["migration:pending_change"]) != 1:
+        assert time.monotonic() < deadline, "the change back is not pending"
+        time.sleep(0.02)
+    wait_migrated(proxy.port, 3)
+    assert_all_hit(proxy.port, keys)
+    assert_placement(proxy, mcs[:3], keys)
+    assert mcs[3].keys() == set()
+
+
+def test_a_stopped_proxy_leaves_the_fleet_at_once(env):
+    """SIGTERM removes the proxy's heartbeat and lease: the others need not
+    wait out the liveness time to resize without it."""
+    mcs = env.servers(4)
+    a = env.proxy(mcs[:3], extra={"migration": {"rate": 0, "liveness": 60000}})
+    b = env.proxy(mcs[:3], extra={"migration": {"rate": 0, "liveness": 60000}})
+    keys = fill(a.port, 2000)
+    deadline = time.monotonic() + 10
+    while len(env.r.hgetall("rp:cache:proxies")) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert b.stop() == 0
+    assert len(env.r.hgetall("rp:cache:proxies")) == 1
+    reload(a, env.config(mcs, a.port, extra={"migration": {"rate": 0, "liveness": 60000}}))
+    wait_migrated(a.port, 2, timeout=20)       # far less than the 60 s liveness
+    assert_all_hit(a.port, keys)
+    assert_placement(a, mcs, keys)

@@ -557,6 +557,17 @@ static void read_old(struct mop *op)
 
 /* --- client commands: writes -------------------------------------------------------- */
 
+/* A backend could not answer: the command answers its error, and is over. */
+static bool failed_reply(struct mop *op, const struct mreply *r)
+{
+    if (r->status != MREPLY_FAIL) {
+        return false;
+    }
+    reply_line(op, error_line(r));
+    mop_finish(op);
+    return true;
+}
+
 static void lookup_old(struct mop *op, mconn_cb cb)
 {
     SEND_OR_FAIL(op, op->from, cb, NULL, 0, "mg %.*s v f c", (int)op->k->len, op->k->key);
@@ -629,9 +640,7 @@ static void on_set_look(void *arg, const struct mreply *r)
     size_t dlen;
     const char *data = op_data(op, &dlen);
 
-    if (r->status == MREPLY_FAIL) {
-        reply_line(op, error_line(r));
-        mop_finish(op);
+    if (failed_reply(op, r)) {
         return;
     }
     op->old = r->status == MREPLY_HD ? LOOK_REAL : LOOK_NONE;
@@ -781,9 +790,7 @@ static void on_add_lookup(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
-    if (r->status == MREPLY_FAIL) {
-        reply_line(op, error_line(r));
-        mop_finish(op);
+    if (failed_reply(op, r)) {
         return;
     }
     op->old = look(r, &op->old_cas);
@@ -807,9 +814,7 @@ static void on_rmw_done(void *arg, const struct mreply *r)
     bool on_old = op->old == LOOK_REAL;
     struct backend *where = on_old ? op->from : op->to;
 
-    if (r->status == MREPLY_FAIL) {
-        reply_line(op, error_line(r));
-        mop_finish(op);
+    if (failed_reply(op, r)) {
         return;
     }
     /* On the old owner the command was conditional on the CAS we read:
@@ -902,9 +907,7 @@ static void on_rmw_lookup(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
-    if (r->status == MREPLY_FAIL) {
-        reply_line(op, error_line(r));
-        mop_finish(op);
+    if (failed_reply(op, r)) {
         return;
     }
     op->old = look(r, &op->old_cas);
@@ -1520,7 +1523,9 @@ void bulk_pump(struct mig *m)
     if (m->arcs_done == m->diff.narcs) {
         if (m->pass == 1 && m->diff.narcs > 0) {
             second_pass(m);
-        } else if (m->nops == 0) {
+        } else if (m->inflight == 0) {
+            /* Client commands still running need not end first: their
+             * switched rules are a neighbour of the stable new ring. */
             mig_finish(m);
             return;
         } else {

@@ -9,7 +9,7 @@ import socket
 import pytest
 from pymemcache.client.base import Client
 
-from harness import (admin_get, admin_json, check_sanitizers, free_port, pool_yaml,
+from harness import (Wire, admin_get, admin_json, check_sanitizers, free_port, pool_yaml,
                      run_cli, wait_port, wait_until)
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -194,17 +194,28 @@ def test_healthz_503_says_why(cluster):
 
 
 def test_healthz_503_until_redis_says_which_ring(cluster):
-    # Redis that nobody listens on: the pool waits (3 s) before serving.
+    """Redis that nobody listens on: the pool does not serve its file's ring
+    (the data may obey another), it stays fenced; with fencing turned off
+    (liveness: 0) it serves the file's ring after 3 s."""
     dead = free_port()
-    port, aport = free_port(), free_port()
     mc = cluster.memcached(1)[0]
-    text = pool_yaml("cache", port, [(mc.addr, 1, "mc1")],
-                     index={"redis": "127.0.0.1:%d" % dead})
-    p = cluster.proxy(text, port=port, admin_port=aport)
-    wait_port(aport, proc=p.proc)
-    code, _, body = admin_get(aport, "/healthz")
-    assert code == 503 and "pool cache: not serving yet" in body, (code, body)
-    wait_until(lambda: admin_get(aport, "/healthz")[0] == 200, what="/healthz 200")
+    for liveness, settled in ((10000, 503), (0, 200)):
+        port, aport = free_port(), free_port()
+        text = pool_yaml("cache", port, [(mc.addr, 1, "mc1")],
+                         index={"redis": "127.0.0.1:%d" % dead},
+                         migration={"liveness": liveness})
+        p = cluster.proxy(text, port=port, admin_port=aport)
+        wait_port(aport, proc=p.proc)
+        code, _, body = admin_get(aport, "/healthz")
+        assert code == 503 and "pool cache: not serving yet" in body, (code, body)
+        wait_until(lambda: "not serving yet" not in admin_get(aport, "/healthz")[2],
+                   what="the 3 s wait for Redis to end")
+        code, _, body = admin_get(aport, "/healthz")
+        assert code == settled, (code, body)
+        if settled == 503:
+            assert "pool cache: fenced" in body, body
+            with Wire(port) as w:
+                assert w.call(b"get k\r\n").startswith(b"SERVER_ERROR ringproxy fenced")
 
 
 # --- /ring ---------------------------------------------------------------------

@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
 # bench.sh — direct memcached vs ringproxy vs twemproxy, same backends, same load, one run;
-# plus what the Redis index costs (shape i) and how a resize migrates (shape m).
+# plus what the Redis index costs (shape i), how a resize migrates (shape m)
+# and how a fleet of two proxies resizes together (shape f).
 #
 # Starts, on free loopback ports, three memcached backends, ringproxy and
 # nutcracker (twemproxy) over the same pool, then runs every load shape
 # against each target in turn (direct = the first backend alone),
 # interleaved round by round so that drift in the machine hits all targets
-# alike, and prints the median of the rounds with ratios. Shapes i and m
-# start their own redis-server (and, for m, their own memcached) and stop
-# them when done. Everything it started is stopped on any exit.
+# alike, and prints the median of the rounds with ratios. Shapes i, m and
+# f start their own redis-server (and, for m and f, their own memcached and
+# ringproxy) and stop them when done. Everything it started is stopped on any exit.
 #
 # Environment (defaults in brackets):
 #   BENCH_SECONDS   measured seconds per run [5]
 #   BENCH_ROUNDS    rounds per shape; the table shows the median [3]
-#   BENCH_SHAPES    shapes to run, from: a b c d g i m [a b c d i m]
+#   BENCH_SHAPES    shapes to run, from: a b c d g i m f [a b c d i m f]
 #   BENCH_TARGETS   targets, from: direct ringproxy twemproxy [all three]
 #   BENCH_WARMUP    unmeasured load before each run, seconds [0.5]
 #   BENCH_KEYS      key space [10000]
 #   BENCH_THREADS   loadgen threads [1]
-#   BENCH_INDEX_KEYS  key space of shape i's load and shape m's load [100000]
+#   BENCH_INDEX_KEYS  key space of shape i's, m's and f's load [100000]
 #   BENCH_INDEX_MEM_KEYS  distinct keys (~28 bytes) stored to measure Redis
 #                   memory per indexed key, shape i; 0 = skip [300000]
 #   BENCH_INDEX_LISTPACK  shape i also measures memory with Redis'
@@ -26,10 +27,15 @@
 #                   sets stay listpacks; 0 = skip [8192]
 #   BENCH_INDEX_MEM_HASHES  pool hashes the memory is measured with (they
 #                   spread keys over the v-nodes differently) [fnv1a_64 md5]
-#   BENCH_MIG_KEYS  keys stored before the resize, shape m [200000]
+#   BENCH_MIG_KEYS  keys stored before the resize, shapes m and f [200000]
 #   BENCH_MIG_ROUNDS  rounds of shape m (each: a fresh unlimited-rate
 #                   migration, then a fresh default-rate one under load) [BENCH_ROUNDS]
 #   BENCH_MIG_TIMEOUT  bound on one migration, seconds [300]
+#   BENCH_FLEET_ROUNDS  rounds of shape f; each round is one run per stagger,
+#                   about a minute each with the defaults, most of it the
+#                   migration itself [1]
+#   BENCH_FLEET_STAGGERS  shape f: one run per value per round, the seconds
+#                   between the first proxy's SIGHUP and the second's [0 2]
 #   BENCH_CALLGRIND=1  also run each proxy under callgrind for a fixed
 #                   number of requests per shape (after a 2 s warmup) and
 #                   print instructions per request (user space only); with
@@ -62,6 +68,18 @@
 #      migration (the measured window is ended by SIGUSR1 when `stats` says
 #      the migration is over) against the same load just before the SIGHUP.
 #      Every stored key is read back after each migration.
+#   f  a fleet: fresh 3 memcached + a 4th + redis-server + TWO indexed
+#      ringproxy sharing the pool name and the index prefix; BENCH_MIG_KEYS
+#      keys stored through the first, BENCH_INDEX_KEYS loadgen keys through
+#      the second; shape a's load split over both proxies (25 conns each),
+#      first with no migration, then both files rewritten with the 4th
+#      server and both proxies SIGHUPed (together, or the second
+#      BENCH_FLEET_STAGGERS seconds after the first) under that load, default
+#      rate. Both proxies' stats are polled every 20 ms: from the last SIGHUP,
+#      seconds to the first key moved and to both idle at epoch 2, keys/s
+#      while moving, the phases; ops/s and latency during the migration
+#      against the same load before it. Every key is read back through both
+#      proxies afterwards.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -69,7 +87,7 @@ ROOT=$(pwd)
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
-SHAPES=${BENCH_SHAPES:-a b c d i m}
+SHAPES=${BENCH_SHAPES:-a b c d i m f}
 TARGETS=${BENCH_TARGETS:-direct ringproxy twemproxy}
 WARMUP=${BENCH_WARMUP:-0.5}
 KEYS=${BENCH_KEYS:-10000}
@@ -82,6 +100,8 @@ INDEX_MEM_HASHES=${BENCH_INDEX_MEM_HASHES:-fnv1a_64 md5}
 MIG_KEYS=${BENCH_MIG_KEYS:-200000}
 MIG_ROUNDS=${BENCH_MIG_ROUNDS:-$ROUNDS}
 MIG_TIMEOUT=${BENCH_MIG_TIMEOUT:-300}
+FLEET_ROUNDS=${BENCH_FLEET_ROUNDS:-1}
+FLEET_STAGGERS=${BENCH_FLEET_STAGGERS:-0 2}
 CG_REQUESTS=${BENCH_CALLGRIND_REQUESTS:-20000}
 RINGPROXY_BIN=${RINGPROXY_BIN:-$ROOT/build/ringproxy}
 LOADGEN_BIN=${LOADGEN_BIN:-$ROOT/build/loadgen}
@@ -96,6 +116,7 @@ declare -A SHAPE_ARGS=(
 	[g]="-c 50 -P 1 -r 100 -m 1 -v 100"
 	[i]="-c 50 -P 1 -r 90 -m 1 -v 100"
 	[m]="-c 50 -P 1 -r 90 -m 1 -v 100"
+	[f]="-c 25 -P 1 -r 90 -m 1 -v 100"
 )
 declare -A SHAPE_TEXT=(
 	[a]="50 conns, no pipelining, 90% get / 10% set, 100 B values"
@@ -105,10 +126,11 @@ declare -A SHAPE_TEXT=(
 	[g]="50 conns, no pipelining, 100% single-key gets, 100 B values"
 	[i]="ringproxy without vs with the Redis index; 50 conns, no pipelining, 90% get / 10% set, 100 B values"
 	[m]="resize 3 -> 4 servers with the Redis index: migration speed, and latency under load while it runs"
+	[f]="resize 3 -> 4 servers with TWO proxies sharing one Redis prefix (the fleet protocol), under load through both"
 )
 # Shapes that are not one loadgen run per target (they have their own runner).
-SPECIAL_SHAPES=" i m "
-declare -A SHAPE_KEYS=([i]=$INDEX_KEYS [m]=$INDEX_KEYS)
+SPECIAL_SHAPES=" i m f "
+declare -A SHAPE_KEYS=([i]=$INDEX_KEYS [m]=$INDEX_KEYS [f]=$INDEX_KEYS)
 
 nutcracker_version() {
 	if command -v nutcracker >/dev/null; then
@@ -300,7 +322,16 @@ write_benchctl() {
       written by whoever sent it), poll `stats` every 20 ms until
       migration:state is idle at EPOCH or later, then send SIGUSR1 to the
       --signal PID or to FILE's pid; print one key=value line
+  watch-fleet PORTS PIDS EPOCH SECS [--stagger S] [--ready FILES --go FILE]
+      PORTS and PIDS: the proxies, comma-separated, in the same order; wait
+      for every FILE of --ready (each "<loadgen pid>") and create the --go
+      file, SIGHUP proxy i at i * S seconds, poll every proxy's `stats`
+      every 20 ms until all are idle at EPOCH or later, then SIGUSR1 the
+      loadgens; print one key=value line, times from the last SIGHUP;
+      --trace FILE: each proxy's state, phase, lease, arcs and waiting_for
+      whenever they change, seconds from the first SIGHUP
   verify PORT PREFIX N               multi-get PREFIX0..PREFIX<N-1>; print found/missing
+  where KEYS PORT...                 for each of the comma-separated KEYS, the PORTs that hold it
 """
 import os, signal, socket, sys, time
 
@@ -391,12 +422,115 @@ def watch_migration(port, epoch, end, opts):
     print(" ".join(fields))
 
 
+def watch_fleet(ports, pids, epoch, end, opts):
+    conns = [Conn(p) for p in ports]
+    loadgens, out = [], {}
+    try:
+        for f in filter(None, opts.get("--ready", "").split(",")):
+            while not os.path.exists(f):
+                if time.monotonic() > end:
+                    sys.exit("timed out waiting for " + f)
+                time.sleep(0.005)
+            with open(f) as fh:
+                loadgens.append(int(fh.read().split()[0]))
+        if "--go" in opts:
+            open(opts["--go"], "w").close()
+        out = watch_fleet_poll(conns, pids, epoch, end, float(opts.get("--stagger", "0")),
+                               opts.get("--trace"))
+    finally:
+        # whatever happened, release and end the loadgens' windows
+        if "--go" in opts and not os.path.exists(opts["--go"]):
+            open(opts["--go"], "w").close()
+        for pid in loadgens:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+    print(" ".join("%s=%s" % kv for kv in out.items()))
+
+
+def watch_fleet_poll(conns, pids, epoch, end, stagger, trace):
+    n = len(conns)
+    tr = open(trace, "w") if trace else None
+    seen = [None] * n
+    t0 = time.time()
+    hup = [None] * n
+    peak = [{} for _ in range(n)]
+    states = [[] for _ in range(n)]
+    phase_at = {}               # fleet phase -> first time any proxy showed it
+    moved_prev, t_prev, first, first_prev, last_inc, done = 0, None, None, None, None, None
+    polls = 0
+    while time.monotonic() < end:
+        for i in range(n):
+            if hup[i] is None and time.time() >= t0 + i * stagger:
+                os.kill(int(pids[i]), signal.SIGHUP)
+                hup[i] = time.time()
+        sts = [c.stats() for c in conns]
+        tp = time.time()
+        polls += 1
+        for i, st in enumerate(sts):
+            for k, v in st.items():     # some read 0 once it is over: keep peaks
+                if k.startswith("migration:") and v.isdigit():
+                    peak[i][k] = max(peak[i].get(k, 0), int(v))
+            state = st.get("migration:state", "?")
+            if not states[i] or states[i][-1] != state:
+                states[i].append(state)
+            phase_at.setdefault(st.get("migration:phase", "none"), tp)
+            now = tuple(st.get("migration:" + k, "?") for k in (
+                "state", "phase", "epoch", "lease", "live_proxies", "arcs_done", "arcs_total",
+                "waiting_for"))
+            if tr and now != seen[i]:
+                tr.write("%8.3f proxy%d state=%s phase=%s epoch=%s lease=%s live=%s arcs=%s/%s "
+                         "keys_moved=%s waiting_for=%s\n" % ((tp - t0, i + 1) + now[:7] + (
+                             st.get("migration:keys_moved", "?"), now[7])))
+                seen[i] = now
+        moved = sum(p.get("migration:keys_moved", 0) for p in peak)
+        if moved > 0 and first is None:
+            first, first_prev = tp, t_prev if t_prev is not None else tp
+        if moved > moved_prev:
+            moved_prev, last_inc = moved, tp
+        if None not in hup and all(
+                st.get("migration:state") == "idle" and
+                int(st.get("migration:epoch", "0")) >= epoch for st in sts):
+            done = tp
+            break
+        t_prev = tp
+        time.sleep(0.02)
+    if tr:
+        tr.close()
+    last = max(h for h in hup if h is not None)
+    rel = lambda t: "%.3f" % (t - last) if t is not None else "-"
+    out = {"finished": int(done is not None),
+           "stagger_s": "%.3f" % (last - t0),
+           "first_move_s": rel(first),
+           "idle_s": rel(done if done is not None else time.time()),
+           "last_move_s": rel(last_inc)}
+    # moving: from the poll before the first moved key was seen to the
+    # poll that saw the last one (so within 20 ms + a poll of the truth)
+    span = (last_inc - first_prev) if first is not None else 0
+    out["moving_s"] = "%.3f" % span if first is not None else "-"
+    out["keys_moved"] = moved_prev
+    out["moving_kps"] = "%.0f" % (moved_prev / span) if span > 0 else "-"
+    out["moved_by"] = "/".join(str(p.get("migration:keys_moved", 0)) for p in peak)
+    out["phases"] = ",".join("%s@%s" % (ph, rel(t)) for ph, t in
+                             sorted(phase_at.items(), key=lambda x: x[1]) if ph != "none") or "-"
+    out["states"] = "/".join(",".join(s) for s in states)
+    for k in ("keys_stale", "keys_failed", "keys_retried", "keys_skipped",
+              "client_commands", "fallback_reads", "index_moved"):
+        out[k] = sum(p.get("migration:" + k, 0) for p in peak)
+    out["arcs_total"] = max(p.get("migration:arcs_total", 0) for p in peak)
+    out["live_proxies"] = "/".join(str(p.get("migration:live_proxies", 0)) for p in peak)
+    out["polls"] = polls
+    return out
+
+
 def verify(port, prefix, n):
     c = Conn(port, timeout=10)
-    found = 0
+    found, missing = 0, []
     for lo in range(0, n, 100):
         keys = ["%s%d" % (prefix, i) for i in range(lo, min(n, lo + 100))]
         c.s.sendall(("get " + " ".join(keys) + "\r\n").encode())
+        got = set()
         for _ in range(len(keys) + 1):
             l = c.line()
             if l == b"END":
@@ -405,8 +539,10 @@ def verify(port, prefix, n):
             if p[0] != b"VALUE":
                 sys.exit("verify: unexpected reply " + l.decode(errors="replace"))
             c.exactly(int(p[3]) + 2)
+            got.add(p[1].decode())
             found += 1
-    print("found=%d missing=%d" % (found, n - found))
+        missing += [k for k in keys if k not in got]
+    print("found=%d missing=%d missing_keys=%s" % (found, n - found, ",".join(missing[:10]) or "-"))
 
 
 def main(argv):
@@ -437,6 +573,23 @@ def main(argv):
     elif cmd == "watch-migration":
         watch_migration(argv[2], int(argv[3]), deadline(argv[4]),
                         dict(zip(argv[5::2], argv[6::2])))
+    elif cmd == "watch-fleet":
+        watch_fleet(argv[2].split(","), argv[3].split(","), int(argv[4]),
+                    deadline(argv[5]), dict(zip(argv[6::2], argv[7::2])))
+    elif cmd == "where":
+        conns = [(p, Conn(p)) for p in argv[3:]]
+        out = []
+        for k in argv[2].split(","):
+            held = []
+            for p, c in conns:
+                c.s.sendall(("get %s\r\n" % k).encode())
+                l = c.line()
+                if l.startswith(b"VALUE"):
+                    c.exactly(int(l.split()[3]) + 2)
+                    c.line()
+                    held.append(p)
+            out.append("%s@%s" % (k, "+".join(held) or "nowhere"))
+        print(" ".join(out))
     elif cmd == "verify":
         verify(argv[2], argv[3], int(argv[4]))
     else:
@@ -1028,6 +1181,270 @@ print_migration_table() {
 		"$(vals b_failed "$rs" | sed 's/ /; /g')"
 }
 
+# ---- shape f: a fleet of two proxies resizing together ------------------
+
+# fleet_setup TAG: 4 fresh memcached (3 in the ring), a fresh Redis and two
+# indexed ringproxy with the same pool name and index prefix, each its own
+# file; sets FL_* (ports, pids, confs) and MG_MC/MG_REDIS (for mig_* helpers).
+fleet_setup() {
+	local tag=$1 i
+	local -a ports
+	read -r -a ports <<<"$(free_ports 7)"
+	MG_MC=("${ports[@]:0:4}")
+	MG_REDIS=${ports[4]}
+	FL_RP=("${ports[5]}" "${ports[6]}")
+	FL_PID=()
+	FL_CONF=("$OUT/f-$tag-1.yml" "$OUT/f-$tag-2.yml")
+	MG_PIDS=()
+	FL_EXTRA="  index: {redis: 127.0.0.1:$MG_REDIS, prefix: \"rp:fleet\"}"
+	for i in 0 1 2 3; do
+		start_memcached "f-$tag-memcached$((i + 1))" "${MG_MC[$i]}" || return 1
+		MG_PIDS+=("$STARTED_PID")
+	done
+	start_redis "f-$tag-redis" "$MG_REDIS" || return 1
+	MG_PIDS+=("$STARTED_PID")
+	for i in 0 1; do
+		write_conf "${FL_CONF[$i]}" "${FL_RP[$i]}" "${MG_MC[*]:0:3}" "$FL_EXTRA"
+		start_ringproxy "f-$tag-ringproxy$((i + 1))" "${FL_RP[$i]}" "${FL_CONF[$i]}" || return 1
+		FL_PID+=("$STARTED_PID")
+		MG_PIDS+=("$STARTED_PID")
+		ctl wait-stat "${FL_RP[$i]}" migration:state idle 20 || return 1
+	done
+	# both in the fleet before anything is stored or resized
+	ctl wait-stat "${FL_RP[0]}" migration:live_proxies 2 20 &&
+		ctl wait-stat "${FL_RP[1]}" migration:live_proxies 2 20
+}
+
+# fleet_fill TAG: MIG_KEYS keys (mig:) through the first proxy and the
+# loadgen's INDEX_KEYS keys (lg:, so the runs need not populate) through the
+# second, at once; all indexed.
+fleet_fill() {
+	local pa pb rc=0
+	timeout 900 "$LOADGEN_BIN" -q -p "${FL_RP[0]}" -c 50 -v 100 -k "$MIG_KEYS" -x mig: \
+		--populate-only --populate-time 600 -l "f/fill/$1/mig" >"$TMPD/f.fill1" 2>>"$LOGS/loadgen.log" &
+	pa=$!
+	timeout 900 "$LOADGEN_BIN" -q -p "${FL_RP[1]}" -c 50 -v 100 -k "$INDEX_KEYS" \
+		--populate-only --populate-time 600 -l "f/fill/$1/lg" >"$TMPD/f.fill2" 2>>"$LOGS/loadgen.log" &
+	pb=$!
+	wait "$pa" || rc=1
+	wait "$pb" || rc=1
+	cat "$TMPD/f.fill1" "$TMPD/f.fill2" >>"$OUT/raw.txt"
+	[ "$rc" = 0 ] || return 1
+	[ "$(kv "$(cat "$TMPD/f.fill1")" populated)" = "$MIG_KEYS" ] || return 1
+	[ "$(kv "$(cat "$TMPD/f.fill2")" populated)" = "$INDEX_KEYS" ] || return 1
+	ctl wait-index "${FL_RP[0]}" 120 && ctl wait-index "${FL_RP[1]}" 120
+}
+
+# fleet_ready_cmd OWN WAIT: a loadgen --on-ready command: write the
+# loadgen's pid to file OWN, then wait (up to ~60 s) for file WAIT. With the
+# other loadgen's file as WAIT it is a barrier (both windows open together);
+# with a --go file, the watcher opens them.
+fleet_ready_cmd() {
+	# shellcheck disable=SC2016 # $PPID and $i are for that sh -c
+	printf 'echo "$PPID" >%q && mv %q %q && i=0 && while [ ! -e %q ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i + 1)); done' \
+		"$1.tmp" "$1.tmp" "$1" "$2"
+}
+
+# fleet_load_start DURATION READY_CMD_1 READY_CMD_2 LABEL: one loadgen per
+# proxy, shape f's load over the (already stored) INDEX_KEYS keys, in the
+# background; the first one also samples both proxies' CPU.
+fleet_load_start() {
+	local dur=$1 i
+	local -a args cpu
+	read -r -a args <<<"${SHAPE_ARGS[f]}"
+	FL_LG=()
+	for i in 0 1; do
+		cpu=()
+		[ "$i" != 0 ] || cpu=(-C "${FL_PID[0]}" -C "${FL_PID[1]}")
+		timeout $((${dur%.*} + 240)) "$LOADGEN_BIN" -q -p "${FL_RP[$i]}" "${args[@]}" -N \
+			-k "$INDEX_KEYS" -t "$THREADS" -d "$dur" -w "$WARMUP" "${cpu[@]}" \
+			-l "$4/p$((i + 1))" --on-ready "$([ "$i" = 0 ] && echo "$2" || echo "$3")" \
+			>"$TMPD/f.lg$i" 2>>"$LOGS/loadgen.log" &
+		FL_LG+=("$!")
+		PIDS+=("$!")
+	done
+}
+
+# fleet_load_finish KEY ROUND: waits for both loadgens; their sum (ops/s,
+# errors, misses), the worse of the two (p50, p99) and both proxies' CPU per
+# request of either into RES[f,KEY,*].
+fleet_load_finish() {
+	local key=$1 r=$2 i rc l0 l1 m bad=""
+	for i in 0 1; do
+		rc=0
+		wait "${FL_LG[$i]}" || rc=$?
+		stop_pid "${FL_LG[$i]}"
+		[ -s "$TMPD/f.lg$i" ] && [ "$rc" != 1 ] && [ "$rc" -le 2 ] || bad+=" p$((i + 1)):exit$rc"
+	done
+	l0=$(cat "$TMPD/f.lg0" 2>/dev/null || true)
+	l1=$(cat "$TMPD/f.lg1" 2>/dev/null || true)
+	[ -z "$l0" ] || echo "$l0" >>"$OUT/raw.txt"
+	[ -z "$l1" ] || echo "$l1" >>"$OUT/raw.txt"
+	if [ -n "$bad" ]; then
+		log "  f $key round $r: loadgen failed ($bad, see $LOGS/loadgen.log)"
+		RES[f,$key,failed]=1
+		return 0
+	fi
+	RES[f,$key,ops_per_s]+="$(awk -v a="$(kv "$l0" ops_per_s)" -v b="$(kv "$l1" ops_per_s)" 'BEGIN { print a + b }') "
+	for m in p50_us p99_us; do
+		RES[f,$key,$m]+="$(awk -v a="$(kv "$l0" $m)" -v b="$(kv "$l1" $m)" 'BEGIN { print (a > b ? a : b) }') "
+	done
+	RES[f,$key,cpu_us_per_op]+="$(awk -v c="$(kv "$l0" cpu_us)" \
+		-v n="$(($(kv "$l0" ops) + $(kv "$l0" errors) + $(kv "$l1" ops) + $(kv "$l1" errors)))" \
+		'BEGIN { if (c == "-" || n == 0) print "-"; else printf "%.2f\n", c / n }') "
+	for m in errors misses; do
+		RES[f,$key,$m]+="$(($(kv "$l0" $m) + $(kv "$l1" $m))) "
+	done
+	log "$(printf '  f %-12s round %s: %8s ops/s (%s + %s)  p50 %s/%s us  p99 %s/%s us  errors %s/%s  misses %s/%s' \
+		"$key" "$r" "$(awk -v a="$(kv "$l0" ops_per_s)" -v b="$(kv "$l1" ops_per_s)" 'BEGIN { print a + b }')" \
+		"$(kv "$l0" ops_per_s)" "$(kv "$l1" ops_per_s)" "$(kv "$l0" p50_us)" "$(kv "$l1" p50_us)" \
+		"$(kv "$l0" p99_us)" "$(kv "$l1" p99_us)" "$(kv "$l0" errors)" "$(kv "$l1" errors)" \
+		"$(kv "$l0" misses)" "$(kv "$l1" misses)")"
+}
+
+# fleet_check V ROUND: every stored key read back, each through the proxy
+# that did not store it (mig: through the second, lg: through the first);
+# the missing ones (up to 10 each) located on the backends; items per server.
+fleet_check() {
+	local r=$2 i p n v lost out="" items="" names=""
+	for p in "1 mig: $MIG_KEYS" "0 lg: $INDEX_KEYS"; do
+		read -r i p n <<<"$p"
+		v=$(ctl verify "${FL_RP[$i]}" "$p" "$n") || true
+		lost=$(kv "$v" missing)
+		out+="${lost:--}/"
+		[ "$(kv "$v" missing_keys)" = - ] ||
+			names+=" via proxy $((i + 1)): $(ctl where "$(kv "$v" missing_keys)" "${MG_MC[@]}" || true);"
+	done
+	IX[f$1_lost,$r]=${out%/}
+	[ -z "$names" ] || log "  missing when read back (key@memcached ports holding it; ring ${MG_MC[*]}):$names"
+	for i in 0 1 2 3; do
+		items+="$(ctl stats "${MG_MC[$i]}" | awk '$1 == "curr_items" { print $2 }')/"
+	done
+	IX[f$1_items,$r]=${items%/}
+}
+
+shape_fleet() {
+	local r s v i rdy watch
+	for r in $(seq "$FLEET_ROUNDS"); do
+		for s in $FLEET_STAGGERS; do
+			v=s$s
+			log "shape f round $r, SIGHUPs $s s apart: 2 proxies, fill $MIG_KEYS + $INDEX_KEYS keys, load, resize under load"
+			if ! fleet_setup "r$r-$v" || ! fleet_fill "r$r-$v"; then
+				log "  setup or fill failed (see $LOGS)"
+				IX[f${v}_err,$r]=1
+				mig_teardown
+				continue
+			fi
+			# the same load with no migration, both windows together
+			rdy=$TMPD/f$r$v.before
+			rm -f "$rdy".*
+			fleet_load_start "$SECONDS_PER_RUN" "$(fleet_ready_cmd "$rdy.1" "$rdy.2")" \
+				"$(fleet_ready_cmd "$rdy.2" "$rdy.1")" "f/before-$v/$r"
+			fleet_load_finish "before-$v" "$r"
+			ctl wait-index "${FL_RP[0]}" 60 || true
+			ctl wait-index "${FL_RP[1]}" 60 || true
+			# both files say 4 servers; the watcher opens both windows, SIGHUPs,
+			# and ends the windows once both proxies are idle at epoch 2
+			for i in 0 1; do
+				write_conf "${FL_CONF[$i]}" "${FL_RP[$i]}" "${MG_MC[*]}" "$FL_EXTRA"
+			done
+			rdy=$TMPD/f$r$v.during
+			rm -f "$rdy".*
+			fleet_load_start "$MIG_TIMEOUT" "$(fleet_ready_cmd "$rdy.1" "$rdy.go")" \
+				"$(fleet_ready_cmd "$rdy.2" "$rdy.go")" "f/during-$v/$r"
+			watch=$(timeout $((MIG_TIMEOUT + 120)) python3 "$BENCHCTL" watch-fleet \
+				"${FL_RP[0]},${FL_RP[1]}" "${FL_PID[0]},${FL_PID[1]}" 2 $((MIG_TIMEOUT + 60)) \
+				--stagger "$s" --ready "$rdy.1,$rdy.2" --go "$rdy.go" \
+				--trace "$LOGS/f-r$r-$v.trace" 2>>"$LOGS/benchctl.log") || true
+			if [ -z "$watch" ]; then
+				# the watcher failed: do not let the loadgens wait or run on
+				: >"$rdy.go"
+				for i in 0 1; do
+					kill -USR1 "${FL_LG[$i]}" 2>/dev/null || true
+				done
+			fi
+			fleet_load_finish "during-$v" "$r"
+			echo "f/watch-$v/$r $watch" >>"$OUT/raw.txt"
+			for i in finished stagger_s first_move_s idle_s last_move_s moving_s keys_moved moving_kps moved_by \
+				phases states keys_stale keys_failed keys_retried keys_skipped client_commands \
+				fallback_reads arcs_total live_proxies; do
+				IX[f${v}_$i,$r]=$(kv "$watch" "$i")
+			done
+			fleet_check "$v" "$r"
+			rcli "$MG_REDIS" info commandstats >"$TMPD/f$r$v.cmdstats" || true
+			IX[f${v}_failed,$r]=$(redis_failed "$TMPD/f$r$v.cmdstats")
+			log "  $watch"
+			log "  from the last SIGHUP: first key moved ${IX[f${v}_first_move_s,$r]} s, both idle at epoch 2 ${IX[f${v}_idle_s,$r]} s; moved ${IX[f${v}_keys_moved,$r]} (${IX[f${v}_moving_kps,$r]} keys/s); missing (mig: via proxy 2 / lg: via proxy 1) ${IX[f${v}_lost,$r]}; items per server ${IX[f${v}_items,$r]}"
+			mig_teardown
+		done
+	done
+}
+
+print_fleet_table() {
+	local rs=$FLEET_ROUNDS s v t m label key
+	printf '\n(f) %s\n' "${SHAPE_TEXT[f]}"
+	printf '  2 ringproxy, one pool name and index prefix, one Redis; %s keys of 100 B stored through proxy 1\n' "$MIG_KEYS"
+	printf '  and the loadgen'"'"'s %s through proxy 2; then both files get the 4th server and both proxies a SIGHUP\n' "$INDEX_KEYS"
+	printf '  (default rate) while loadgen runs 25 conns, 90%% get / 10%% set, 100 B, over those %s keys\n' "$INDEX_KEYS"
+	printf '  through EACH proxy; fresh memcached, Redis and proxies for every run; %s rounds, medians.\n' "$rs"
+	printf '  Times from the LAST SIGHUP; both proxies'"'"' stats polled every 20 ms. ops/s: sum of the two\n'
+	printf '  loadgens; p50/p99: the worse of the two; cpu: both proxies over all requests. The window\n'
+	printf '  "during" runs from the first SIGHUP until both proxies are idle at epoch 2.\n'
+	for s in $FLEET_STAGGERS; do
+		v=s$s
+		if [ "$s" = 0 ]; then
+			printf '  SIGHUPs together (stagger %s s, measured %s):\n' "$s" "$(vals "f${v}_stagger_s" "$rs")"
+		else
+			printf '  second SIGHUP %s s after the first (measured %s):\n' "$s" "$(vals "f${v}_stagger_s" "$rs")"
+		fi
+		printf '    %-34s %8s   per round\n' "" median
+		for m in "first key moved, s:first_move_s" "both idle at epoch 2, s:idle_s" \
+			"last key moved, s:last_move_s" "moving (first to last key), s:moving_s" \
+			"keys moved:keys_moved" "keys/s while moving:moving_kps"; do
+			printf '    %-34s %8s   %s\n' "${m%%:*}" "$(median "$(vals "f${v}_${m#*:}" "$rs")")" \
+				"$(vals "f${v}_${m#*:}" "$rs")"
+		done
+		printf '    phases first seen (s from last SIGHUP), per round: %s\n' "$(vals "f${v}_phases" "$rs" | sed 's/ /; /g')"
+		printf '    keys moved by proxy 1/2: %s; live proxies seen 1/2: %s; finished: %s\n' \
+			"$(vals "f${v}_moved_by" "$rs")" "$(vals "f${v}_live_proxies" "$rs")" "$(vals "f${v}_finished" "$rs")"
+		printf '    stale %s, failed %s, retried %s, skipped %s; fallback reads %s; client commands on changing keys %s (sums)\n' \
+			"$(total "$(vals "f${v}_keys_stale" "$rs")")" "$(total "$(vals "f${v}_keys_failed" "$rs")")" \
+			"$(total "$(vals "f${v}_keys_retried" "$rs")")" "$(total "$(vals "f${v}_keys_skipped" "$rs")")" \
+			"$(total "$(vals "f${v}_fallback_reads" "$rs")")" "$(total "$(vals "f${v}_client_commands" "$rs")")"
+		printf '    %-20s %10s %9s %9s %11s %7s %7s\n' "" ops/s p50_us p99_us cpu_us/req errors misses
+		for t in before during; do
+			key=$t-$v
+			for m in ops_per_s p50_us p99_us cpu_us_per_op; do
+				MED[f$key,$m]=$(median "${RES[f,$key,$m]:-}")
+			done
+			for m in errors misses; do
+				MED[f$key,$m]=$(total "${RES[f,$key,$m]:-}")
+			done
+			label="no migration ($SECONDS_PER_RUN s)"
+			[ $t = before ] || label="during the migration"
+			printf '    %-20s %10s %9s %9s %11s %7s %7s%s\n' "$label" \
+				"${MED[f$key,ops_per_s]}" "${MED[f$key,p50_us]}" "${MED[f$key,p99_us]}" \
+				"${MED[f$key,cpu_us_per_op]}" "${MED[f$key,errors]}" "${MED[f$key,misses]}" \
+				"${RES[f,$key,failed]:+  (some runs failed)}"
+		done
+		printf '    %-20s %10s %9s %9s %11s\n' "during/no migration" \
+			"$(ratio "${MED[fduring-$v,ops_per_s]}" "${MED[fbefore-$v,ops_per_s]}")" \
+			"$(ratio "${MED[fduring-$v,p50_us]}" "${MED[fbefore-$v,p50_us]}")" \
+			"$(ratio "${MED[fduring-$v,p99_us]}" "${MED[fbefore-$v,p99_us]}")" \
+			"$(ratio "${MED[fduring-$v,cpu_us_per_op]}" "${MED[fbefore-$v,cpu_us_per_op]}")"
+		printf '    during, per round: ops/s %s; p99 %s us; errors %s; misses %s\n' \
+			"$(xargs <<<"${RES[f,during-$v,ops_per_s]:--}")" "$(xargs <<<"${RES[f,during-$v,p99_us]:--}")" \
+			"$(xargs <<<"${RES[f,during-$v,errors]:--}")" "$(xargs <<<"${RES[f,during-$v,misses]:--}")"
+		printf '    keys missing when read back (fill keys via proxy 2 / loadgen keys via proxy 1): %s;\n      items per server: %s\n' \
+			"$(vals "f${v}_lost" "$rs")" "$(vals "f${v}_items" "$rs")"
+		printf '    Redis commands failed (command:failed_calls), per round: %s\n' \
+			"$(vals "f${v}_failed" "$rs" | sed 's/ /; /g')"
+		for r in $(seq "$rs"); do
+			[ -z "${IX[f${v}_err,$r]:-}" ] || printf '    round %s: setup or fill failed (see %s)\n' "$r" "$LOGS"
+		done
+	done
+}
+
 # ---- callgrind ---------------------------------------------------------
 
 # Instructions per request of one proxy under callgrind, for every shape of
@@ -1089,7 +1506,7 @@ BENCHCTL=$OUT/benchctl.py
 TMPD=$OUT/tmp
 mkdir -p "$TMPD"
 write_benchctl
-for s in i m; do
+for s in i m f; do
 	[[ " $SHAPES " == *" $s "* ]] || continue
 	if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
 		SKIP_SHAPE[$s]="redis-server or redis-cli not installed (scripts/install-deps.sh)"
@@ -1161,7 +1578,7 @@ for shape in $SHAPES; do
 		done
 	done
 done
-for shape in i m; do
+for shape in i m f; do
 	[[ " $SHAPES " == *" $shape "* ]] || continue
 	if [ -n "${SKIP_SHAPE[$shape]:-}" ]; then
 		log "shape $shape skipped: ${SKIP_SHAPE[$shape]}"
@@ -1171,12 +1588,13 @@ for shape in i m; do
 	case $shape in
 	i) shape_index ;;
 	m) shape_migration ;;
+	f) shape_fleet ;;
 	esac
 done
 
 {
 	print_table
-	for shape in i m; do
+	for shape in i m f; do
 		[[ " $SHAPES " == *" $shape "* ]] || continue
 		if [ -n "${SKIP_SHAPE[$shape]:-}" ]; then
 			printf '\n(%s) %s\n  skipped: %s\n' "$shape" "${SHAPE_TEXT[$shape]}" "${SKIP_SHAPE[$shape]}"
@@ -1185,6 +1603,7 @@ done
 		case $shape in
 		i) print_index_table ;;
 		m) print_migration_table ;;
+		f) print_fleet_table ;;
 		esac
 	done
 } | tee "$OUT/results.txt"

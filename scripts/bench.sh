@@ -417,7 +417,7 @@ def watch_migration(port, epoch, end, opts):
               "until_moving_s=%s" % ("%.3f" % (moving_at - t0) if moving_at else "-"),
               "states=%s" % ",".join(states)]
     for k in ("epoch", "arcs_total", "arcs_done", "keys_moved", "keys_skipped",
-              "keys_stale", "keys_failed", "keys_retried", "client_moves", "index_moved"):
+              "keys_stale", "keys_failed", "keys_retried", "client_commands", "index_moved"):
         fields.append("%s=%s" % (k, peak.get("migration:" + k, "-")))
     print(" ".join(fields))
 
@@ -1048,7 +1048,7 @@ mig_check() {
 mig_record() {
 	local f
 	for f in finished seconds until_moving_s states keys_moved keys_stale keys_failed \
-		keys_retried keys_skipped client_moves index_moved arcs_total; do
+		keys_retried keys_skipped client_commands index_moved arcs_total; do
 		IX[$1_$f,$2]=$(kv "$3" "$f")
 	done
 	IX[$1_kps,$2]=$(awk -v k="${IX[$1_keys_moved,$2]}" -v s="${IX[$1_seconds,$2]}" \
@@ -1170,8 +1170,8 @@ print_migration_table() {
 		"$(vals b_kps "$rs")"
 	printf '    of which waiting before keys move (lease, proxies): %s s; keys/s while moving: %s\n' \
 		"$(vals b_until_moving_s "$rs")" "$(vals b_mkps "$rs")"
-	printf '    arcs %s; client moves %s; stale %s, failed %s, retried %s, skipped %s (sums); finished %s\n' \
-		"$(vals b_arcs_total "$rs")" "$(total "$(vals b_client_moves "$rs")")" \
+	printf '    arcs %s; client commands on moving keys %s; stale %s, failed %s, retried %s, skipped %s (sums); finished %s\n' \
+		"$(vals b_arcs_total "$rs")" "$(total "$(vals b_client_commands "$rs")")" \
 		"$(total "$(vals b_keys_stale "$rs")")" "$(total "$(vals b_keys_failed "$rs")")" \
 		"$(total "$(vals b_keys_retried "$rs")")" "$(total "$(vals b_keys_skipped "$rs")")" \
 		"$(vals b_finished "$rs")"

@@ -403,11 +403,11 @@ static void client_forward(struct client *c, const struct proto_req *req,
     if (client_fenced(c, req, consumed + data)) {
         return;
     }
-    if (mig_routes_key(c->pool->mig, req->key, req->keylen)) {
+    struct backend *be;
+    if (pool_route(c->pool, req->key, req->keylen, &be) == ROUTE_MIGRATION) {
         client_migrating(c, req, consumed, data, retrieval);
         return;
     }
-    struct backend *be = pool_route(c->pool, req->key, req->keylen);
     struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
 
     if (bc == NULL) {
@@ -483,13 +483,13 @@ static void client_multiget(struct client *c, const struct proto_req *req,
             }
             break;
         }
-        if (mig != NULL && mig_routes_key(mig, k, klen)) {
+        struct backend *be;
+        if (pool_route(p, k, klen, &be) == ROUTE_MIGRATION) {
             key_frag[i] = (uint16_t)nfrags;
             order[nfrags++] = FRAG_MOVING | i;
             nmoving++;
             continue;
         }
-        struct backend *be = pool_route(p, k, klen);
         uint32_t b = be != NULL ? be->slot : p->nbackends;   /* none: a miss */
         if (fb[b] == UINT16_MAX) {
             fb[b] = (uint16_t)nfrags;

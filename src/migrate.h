@@ -58,11 +58,11 @@ enum mig_state mig_get_state(const struct mig *m);
 bool mig_uses_backend(const struct mig *m, const struct backend *be);
 
 /*
- * Must a command on this key go through the migration (its owner differs
- * between the two rings, or this proxy runs commands on it)? Cheap when
- * nothing moves.
+ * Must a command on this key (of ring hash `hash`) go through the migration
+ * (its owner differs between the two rings, or this proxy runs commands on
+ * it)? Cheap when nothing moves. The pool's routing asks (pool_route).
  */
-bool mig_routes_key(struct mig *m, const char *key, size_t len);
+bool mig_routes_key(struct mig *m, const char *key, size_t len, uint32_t hash);
 
 /*
  * Run one client command on one key by the rules of this proxy's phase

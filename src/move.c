@@ -247,24 +247,24 @@ int32_t arc_of(const struct mig *m, uint32_t h)
     return -1;
 }
 
-/* Old and new owner of a key; false when there is no migration to route by. */
-static bool owners(const struct mig *m, const char *key, size_t len,
-                   struct backend **from, struct backend **to)
+/* Old and new owner of a key of hash h; false when there is no migration
+ * to route by. Both rings hash alike (a hash change is refused). */
+static bool owners(const struct mig *m, uint32_t h, struct backend **from,
+                   struct backend **to)
 {
     if (m == NULL || m->from == NULL || m->phase == PH_NONE) {
         return false;
     }
-    uint32_t h = ring_key_hash(m->from, key, len);
     *from = m->from_be[ring_server_of(m->from, h)];
     *to = m->to_be[ring_server_of(m->to, h)];
     return true;
 }
 
-bool mig_routes_key(struct mig *m, const char *key, size_t len)
+bool mig_routes_key(struct mig *m, const char *key, size_t len, uint32_t h)
 {
     struct backend *from, *to;
 
-    if (!owners(m, key, len, &from, &to)) {
+    if (!owners(m, h, &from, &to)) {
         return false;
     }
     if (strcmp(m->fp_rec, m->fp_to) == 0) {
@@ -1339,7 +1339,9 @@ void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
 {
     struct mop *op = calloc(1, sizeof(*op));
 
-    if (op == NULL || !owners(m, key, keylen, &op->from, &op->to)) {
+    if (op == NULL ||
+        !owners(m, m->from != NULL ? ring_key_hash(m->from, key, keylen) : 0,
+                &op->from, &op->to)) {
         free(op);
         if (data != NULL) {
             evbuffer_free(data);

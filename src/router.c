@@ -226,14 +226,19 @@ void pool_retire_backends(struct pool *p)
     }
 }
 
-struct backend *pool_route(struct pool *p, const char *key, size_t len)
+enum route pool_route(struct pool *p, const char *key, size_t len, struct backend **be)
 {
-    const struct ring *r = p->route;
+    uint32_t h = ring_key_hash(p->ring, key, len);
 
-    if (r == NULL) {
-        return NULL;    /* every server is ejected */
+    *be = NULL;
+    if (p->mig != NULL && mig_routes_key(p->mig, key, len, h)) {
+        return ROUTE_MIGRATION;
     }
-    return p->route_be[ring_server_of(r, ring_key_hash(r, key, len))];
+    if (p->route == NULL) {
+        return ROUTE_NONE;  /* every server is ejected */
+    }
+    *be = p->route_be[ring_server_of(p->route, h)];
+    return ROUTE_BACKEND;
 }
 
 /*

@@ -169,7 +169,13 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
 /* The pool may serve (see pool.ready); enables its listener. */
 void pool_ready(struct pool *p);
 void pool_close(struct pool *p);
-struct backend *pool_route(struct pool *p, const char *key, size_t len);
+/*
+ * Where a command on this key goes: one backend (by the routing ring), the
+ * migration (the key's owner is changing: docs/ARCHITECTURE.md), or nowhere
+ * (every server ejected). The one place that decides.
+ */
+enum route { ROUTE_BACKEND, ROUTE_MIGRATION, ROUTE_NONE };
+enum route pool_route(struct pool *p, const char *key, size_t len, struct backend **be);
 void pool_eject(struct pool *p, struct backend *be, bool eject);
 /* The backend for a server (identity and address), created if needed. */
 struct backend *pool_backend(struct pool *p, const char *identity,

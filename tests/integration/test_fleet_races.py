@@ -20,7 +20,6 @@ import socket
 import threading
 import time
 
-import pytest
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError
 

@@ -399,7 +399,7 @@ def test_unsynced_proxy_is_fenced_until_its_first_sync(env, cluster):
     refused = []
     try:
         t0 = time.monotonic()
-        p2 = cluster.proxy(text_b, port=port2)      # started with the new file
+        cluster.proxy(text_b, port=port2)           # started with the new file
         c2 = Client(("127.0.0.1", port2), connect_timeout=1, timeout=5)
         while time.monotonic() - t0 < 6.0:
             try:

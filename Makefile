@@ -75,6 +75,7 @@ run: deps all
 # `make test` is what the README and CI run: everything, under sanitizers.
 test: deps
 	$(MAKE) SAN=1 unit compat integration capable chaos-run CHAOS_ARGS="-m fast"
+	$(MAKE) fuzz-smoke SMOKE_SECONDS=5
 
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; CK_FORK=yes $$t; done

@@ -889,6 +889,11 @@ struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p))
     m->ready = ready;
     m->state = MIG_STARTING;
     m->liveness_ms = (uint64_t)p->conf->migration.liveness;
+    if (!p->conf->migration.delete_source) {
+        log_warn("migration", "%s: delete_source: false is ignored: an old copy left "
+                 "behind would be read first during the next resize, or served stale "
+                 "after a resize back (docs/ARCHITECTURE.md)", p->name);
+    }
     m->want = ring_ref(p->ring);
     ringrec_fingerprint(p->ring, m->fp_want);
     m->ready_deadline = worker_now_ms(p->w) + MIG_READY_TIMEOUT_MS;

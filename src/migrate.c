@@ -327,9 +327,9 @@ static void coord_create(struct mig *m)
 {
     static const char script[] =
         "if redis.call('get', KEYS[3]) ~= ARGV[1] then return 0 end "
-        "if redis.call('exists', KEYS[1]) == 1 then return 0 end "
+        "if redis.call('hexists', KEYS[1], 'to') == 1 then return 0 end "
         "if redis.call('hget', KEYS[5], 'epoch') ~= ARGV[4] then return 0 end "
-        "redis.call('del', KEYS[2], KEYS[4]) "
+        "redis.call('del', KEYS[1], KEYS[2], KEYS[4]) "
         "redis.call('hset', KEYS[2], unpack(ARGV, 5)) "
         "local t = redis.call('time') "
         "redis.call('hset', KEYS[1], 'from', ARGV[2], 'to', ARGV[3], 'phase', "
@@ -1036,6 +1036,29 @@ bool mig_uses_backend(const struct mig *m, const struct backend *be)
     return false;
 }
 
+/* Progress into the migration record, only while it is still this one
+ * (a plain HSET after the end would create a record with no phase). */
+static void write_progress(struct mig *m)
+{
+    static const char script[] =
+        "if redis.call('hget', KEYS[1], 'to') ~= ARGV[1] then return 0 end "
+        "redis.call('hset', KEYS[1], 'holder', ARGV[2], 'arcs_total', ARGV[3], "
+        "'arcs_done', ARGV[4], 'keys_moved', ARGV[5], 'keys_stale', ARGV[6], "
+        "'keys_skipped', ARGV[7], 'keys_failed', ARGV[8], 'updated', ARGV[9]) "
+        "return 1";
+    char v[7][32];
+    const unsigned long long n[7] = {
+        m->diff.narcs, m->arcs_done, m->keys_moved, m->keys_stale, m->keys_skipped,
+        m->keys_failed, (unsigned long long)time(NULL),
+    };
+    for (int i = 0; i < 7; i++) {
+        snprintf(v[i], sizeof(v[i]), "%llu", n[i]);
+    }
+    const char *keys[] = { "migration" };
+    const char *args[] = { m->fp_to, m->id, v[0], v[1], v[2], v[3], v[4], v[5], v[6] };
+    eval_with_ring(m, NULL, script, keys, 1, args, 9, NULL, 0);
+}
+
 void mig_tick(struct mig *m, uint64_t now)
 {
     if (m == NULL) {
@@ -1092,13 +1115,7 @@ void mig_tick(struct mig *m, uint64_t now)
     if (m->lease && strcmp(m->fleet, "moving") == 0 && now >= m->next_progress_write) {
         /* For `ringproxy status` without the admin port: once a second. */
         m->next_progress_write = now + 1000;
-        mig_redis(m, NULL, NULL, "HSET %s:migration holder %s arcs_total %llu "
-                  "arcs_done %u keys_moved %llu keys_stale %llu keys_skipped %llu "
-                  "keys_failed %llu updated %llu", m->prefix, m->id,
-                  (unsigned long long)m->diff.narcs, m->arcs_done,
-                  (unsigned long long)m->keys_moved, (unsigned long long)m->keys_stale,
-                  (unsigned long long)m->keys_skipped, (unsigned long long)m->keys_failed,
-                  (unsigned long long)time(NULL));
+        write_progress(m);
     }
     if (m->lease && strcmp(m->fleet, "moving") == 0 && now >= m->next_progress_log) {
         m->next_progress_log = now + MIG_PROGRESS_LOG_MS;

@@ -573,13 +573,13 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
         const char *epoch = hash_field(ring, "epoch");
         st->epoch = epoch != NULL ? strtod(epoch, NULL) : NAN;
     }
-    if (ring->elements > 0 && mig->elements == 0) {
+    if (ring->elements > 0 && hash_field(mig, "to") == NULL) {
         snprintf(st->state, sizeof(st->state), "idle");
         if (!record_matches(ring, p)) {
             snprintf(st->note, sizeof(st->note), "the config's ring differs from the "
                      "recorded one: a migration starts when the proxy loads it");
         }
-    } else if (mig->elements > 0) {
+    } else if (hash_field(mig, "to") != NULL) {
         /* Only the lease holder writes progress, once a second. */
         const char *holder = hash_field(mig, "holder");
         double updated = hash_num(mig, "updated"), started = hash_num(mig, "started");

@@ -193,6 +193,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         pool_retire_backends(p);
     }
     proxy_reap_pools(w);
+    log_tick();
 }
 
 static void proxy_stop(struct proxy *px, const char *why)

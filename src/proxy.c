@@ -116,6 +116,16 @@ static void pool_unlisten(struct pool *p)
     }
 }
 
+/* Settings the file may hold that are legal but risky: say so at load. */
+static void pool_conf_warn(const struct conf_pool *c)
+{
+    if (c->timeout <= 0) {
+        log_warn("config", "%s: timeout %lld: a request to a server that stops "
+                 "answering waits forever, and its client with it (the default "
+                 "is 5000 ms)", c->name, (long long)c->timeout);
+    }
+}
+
 static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
                           size_t errlen)
 {
@@ -134,6 +144,7 @@ static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
         return -1;
     }
     w->pools[w->npools++] = p;
+    pool_conf_warn(conf);
     log_notice("proxy", "pool %s: listening on %s, %u servers, %u ring points, "
                "hash %s, compat %s%s", p->name, p->conf->listen.text,
                p->ring->nservers, p->ring->npoints, hash_names[p->ring->hash],
@@ -242,6 +253,7 @@ static void pool_reconfigure(struct pool *p, struct conf_pool *nc)
     bool same_listen = strcmp(oc->listen.text, nc->listen.text) == 0;
     struct evconnlistener *old_listener = p->listener;
     p->conf = nc;
+    pool_conf_warn(nc);
     if (!same_listen) {
         p->listener = NULL;
         if (pool_listen(p, err, sizeof(err)) != 0) {

@@ -17,6 +17,9 @@
 #include <unistd.h>
 #include <netinet/in.h>
 #include <event2/listener.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "admin.h"
 #include "backend.h"
@@ -30,6 +33,7 @@
 
 #define TICK_MS 100
 #define STOP_GRACE_MS 5000
+#define TRIM_AFTER_BYTES (16u << 20)    /* client input freed before a trim */
 
 /* Configs replaced by a reload, kept while a pool may still point into them. */
 struct old_config {
@@ -205,6 +209,15 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     }
     proxy_reap_pools(w);
     log_tick();
+    /* Clients closed holding big unfinished values (value_timeout, a
+     * disconnect) leave free pages amid the heap; glibc only gives back the
+     * top of it by itself. */
+    if (w->input_freed >= TRIM_AFTER_BYTES) {
+        w->input_freed = 0;
+#ifdef __GLIBC__
+        malloc_trim(0);
+#endif
+    }
 }
 
 static void proxy_stop(struct proxy *px, const char *why)

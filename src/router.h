@@ -157,6 +157,8 @@ struct worker {
     uint32_t npools;
     struct event *tick;         /* 100 ms: timeouts, retries */
     uint64_t now_ms;
+    uint64_t input_freed;       /* client input bytes freed since the last
+                                   malloc_trim (proxy.c's tick) */
     bool stopping;
     uint64_t started;
 };

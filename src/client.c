@@ -188,7 +188,8 @@ void client_drain(struct client *c, const char *why)
  * still owed to the commands before it (as memcached, which answers in order). */
 static void client_abort(struct client *c, const char *line, const char *why)
 {
-    log_notice("client", "%s: closing %s: %s", c->pool->name, c->peer, why);
+    log_limited(LOG_NOTICE, 10, "client", "%s: closing %s: %s", c->pool->name,
+                c->peer, why);
     c->pool->stats[STAT_closed_bad_clients]++;
     if (line != NULL) {
         client_reply_line(c, line);
@@ -242,8 +243,9 @@ void client_flush(struct client *c)
         }
         if (evbuffer_get_length(c->out) > 0) {
             if (evbuffer_get_length(c->out) > CLIENT_OUT_MAX) {
-                log_warn("client", "%s: closing %s: %zu bytes of replies unread",
-                         c->pool->name, c->peer, evbuffer_get_length(c->out));
+                log_limited(LOG_WARN, 10, "client", "%s: closing %s: %zu bytes of "
+                            "replies unread", c->pool->name, c->peer,
+                            evbuffer_get_length(c->out));
                 c->pool->stats[STAT_closed_slow_clients]++;
                 client_close(c, "slow reader");
                 return;
@@ -845,6 +847,64 @@ static bool client_dispatch(struct client *c, const struct proto_req *req,
     return true;
 }
 
+/*
+ * Meta commands (mg ms md ma mn me) are not served yet: each is answered
+ * with an error and never run, and the value an ms announces is skipped as
+ * data, so its bytes are never read as commands (memcached 1.5 answered
+ * ERROR and ran them: "ms k 13\r\ndelete victim\r\n" deleted victim). An ms
+ * whose length cannot be read, or exceeds item_size_max, leaves no way to
+ * tell where its value ends: the connection is closed. Returns false when
+ * the line is not a meta command.
+ */
+static bool client_meta(struct client *c, const char *line, size_t len,
+                        size_t total)
+{
+    static const char meta_cmds[] = "gsdane";
+    struct pool *p = c->pool;
+    const char *at = line, *end = line + len;
+
+    while (at < end && *at == ' ') {
+        at++;
+    }
+    if (end - at < 2 || at[0] != 'm' || at[1] == '\0' ||
+        memchr(meta_cmds, at[1], sizeof(meta_cmds) - 1) == NULL ||
+        (end - at > 2 && at[2] != ' ')) {
+        return false;
+    }
+    p->stats[STAT_requests]++;
+    p->stats[STAT_meta_refused]++;
+    uint64_t value = 0;
+    if (at[1] == 's') {
+        /* ms <key> <datalen> <flags>*: the third token. */
+        const char *tok = at;
+        for (int i = 0; i < 2 && tok < end; i++) {
+            while (tok < end && *tok != ' ') {
+                tok++;
+            }
+            while (tok < end && *tok == ' ') {
+                tok++;
+            }
+        }
+        const char *digits = tok;
+        while (tok < end && *tok >= '0' && *tok <= '9' && value <= UINT32_MAX) {
+            value = value * 10 + (uint64_t)(*tok++ - '0');
+        }
+        if (tok == digits || (tok < end && *tok != ' ') ||
+            value > (uint64_t)p->conf->item_size_max) {
+            client_abort(c, "CLIENT_ERROR bad data chunk",
+                         "meta set without a readable value length");
+            return true;
+        }
+    }
+    client_reply_line(c, "CLIENT_ERROR meta protocol not served by this proxy");
+    evbuffer_drain(c->in, total);
+    if (at[1] == 's') {
+        c->swallow = value + 2;
+        client_set_state(c, CLIENT_SWALLOW);
+    }
+    return true;
+}
+
 /* The next line of the client's input, contiguous; NULL if incomplete. */
 static const char *client_line(struct client *c, size_t *len, size_t *total)
 {
@@ -913,6 +973,9 @@ static void client_process(struct client *c)
             client_abort(c, "CLIENT_ERROR binary protocol is not supported",
                          "binary protocol request");
             break;
+        }
+        if (client_meta(c, line, len, total)) {
+            continue;
         }
         if (proto_parse_request(line, len, &req) != PROTO_OK) {
             p->stats[STAT_requests]++;

@@ -873,8 +873,9 @@ static bool client_meta(struct client *c, const char *line, size_t len,
     }
     p->stats[STAT_requests]++;
     p->stats[STAT_meta_refused]++;
+    bool is_set = at[1] == 's';     /* the line is gone once drained */
     uint64_t value = 0;
-    if (at[1] == 's') {
+    if (is_set) {
         /* ms <key> <datalen> <flags>*: the third token. */
         const char *tok = at;
         for (int i = 0; i < 2 && tok < end; i++) {
@@ -898,7 +899,7 @@ static bool client_meta(struct client *c, const char *line, size_t len,
     }
     client_reply_line(c, "CLIENT_ERROR meta protocol not served by this proxy");
     evbuffer_drain(c->in, total);
-    if (at[1] == 's') {
+    if (is_set) {
         c->swallow = value + 2;
         client_set_state(c, CLIENT_SWALLOW);
     }

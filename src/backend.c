@@ -115,8 +115,8 @@ static void bconn_fail(struct bconn *bc, const char *why, const char *reply)
     uint64_t now = worker_now_ms(p->w);
     uint32_t n = bc->nfrags;
 
-    log_warn("backend", "%s: %s %s: %s (%u requests failed)", p->name,
-             be->identity, be->addr.text, why, n);
+    log_limited(LOG_WARN, 10, "backend", "%s: %s %s: %s (%u requests failed)",
+                p->name, be->identity, be->addr.text, why, n);
     bconn_close_fd(bc);
     while (!TAILQ_EMPTY(&bc->frags)) {
         be->stats[STAT_BE_errors]++;

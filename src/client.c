@@ -15,6 +15,16 @@
  * the client catches up; a client whose unread output passes
  * CLIENT_OUT_MAX is closed. A line without "\n" past memcached's 2048 bytes
  * (8 MiB for get lines) closes the connection, as in memcached.
+ *
+ * Timeouts: one timer per client, armed only while a timeout applies and
+ * checked lazily (reads only note the time; the timer re-arms itself for
+ * what is left). value_timeout applies while a command is unfinished (part
+ * of a line or of a value buffered, or an oversize value being swallowed):
+ * the client is closed once no byte has come for that long, so a slow sender
+ * that keeps sending is never cut off, and a stalled one cannot hold its
+ * buffered value. client_timeout applies while nothing is buffered and no
+ * command is in flight. Time spent paused by the proxy (backpressure) does
+ * not count.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -47,6 +57,8 @@ static const char *const client_state_names[CLIENT_STATE_COUNT] = {
 
 static void client_read_cb(evutil_socket_t fd, short what, void *arg);
 static void client_write_cb(evutil_socket_t fd, short what, void *arg);
+static void client_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void client_arm_timer(struct client *c);
 static void client_process(struct client *c);
 static void client_reply_line(struct client *c, const char *line);
 
@@ -120,10 +132,13 @@ void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
     }
     event_assign(&c->rev, p->w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
     event_assign(&c->wev, p->w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
+    evtimer_assign(&c->tev, p->w->base, client_timer_cb, c);
     event_add(&c->rev, NULL);
+    c->last_rx_ms = worker_now_ms(p->w);
     TAILQ_INSERT_TAIL(&p->clients, c, link);
     p->stats[STAT_curr_connections]++;
     p->stats[STAT_total_connections]++;
+    client_arm_timer(c);
 }
 
 void client_close(struct client *c, const char *why)
@@ -136,8 +151,10 @@ void client_close(struct client *c, const char *why)
     log_debug("client", "%s: %s closed: %s", c->pool->name, c->peer, why);
     event_del(&c->rev);
     event_del(&c->wev);
+    event_del(&c->tev);
     close(c->fd);
     c->fd = -1;
+    c->pool->w->input_freed += evbuffer_get_length(c->in);
     while ((r = TAILQ_FIRST(&c->reqs)) != NULL) {
         TAILQ_REMOVE(&c->reqs, r, link);
         request_orphan(r);
@@ -171,11 +188,13 @@ void client_drain(struct client *c, const char *why)
  * still owed to the commands before it (as memcached, which answers in order). */
 static void client_abort(struct client *c, const char *line, const char *why)
 {
-    log_notice("client", "%s: closing %s: %s", c->pool->name, c->peer, why);
+    log_limited(LOG_NOTICE, 10, "client", "%s: closing %s: %s", c->pool->name,
+                c->peer, why);
     c->pool->stats[STAT_closed_bad_clients]++;
     if (line != NULL) {
         client_reply_line(c, line);
     }
+    c->pool->w->input_freed += evbuffer_get_length(c->in);
     evbuffer_drain(c->in, evbuffer_get_length(c->in));
     client_drain(c, why);
 }
@@ -224,8 +243,9 @@ void client_flush(struct client *c)
         }
         if (evbuffer_get_length(c->out) > 0) {
             if (evbuffer_get_length(c->out) > CLIENT_OUT_MAX) {
-                log_warn("client", "%s: closing %s: %zu bytes of replies unread",
-                         c->pool->name, c->peer, evbuffer_get_length(c->out));
+                log_limited(LOG_WARN, 10, "client", "%s: closing %s: %zu bytes of "
+                            "replies unread", c->pool->name, c->peer,
+                            evbuffer_get_length(c->out));
                 c->pool->stats[STAT_closed_slow_clients]++;
                 client_close(c, "slow reader");
                 return;
@@ -237,6 +257,7 @@ void client_flush(struct client *c)
         c->nreqs < CLIENT_MAX_QUEUED / 2) {
         c->read_paused = false;
         if (c->state == CLIENT_READING || c->state == CLIENT_SWALLOW) {
+            c->last_rx_ms = worker_now_ms(c->pool->w);  /* the pause was ours */
             event_add(&c->rev, NULL);
             client_process(c);
         }
@@ -244,6 +265,85 @@ void client_flush(struct client *c)
     if (c->state == CLIENT_DRAINING && c->nreqs == 0 &&
         evbuffer_get_length(c->out) == 0) {
         client_close(c, "drained");
+        return;
+    }
+    client_arm_timer(c);    /* the last reply out: idle from now */
+}
+
+/* --- timeouts ----------------------------------------------------------- */
+
+/* Is a command half-received (its line or its value)? */
+static bool client_unfinished(const struct client *c)
+{
+    return c->state == CLIENT_SWALLOW ||
+           (c->state == CLIENT_READING && !c->read_paused &&
+            evbuffer_get_length(c->in) > 0);
+}
+
+/* The timeout that applies now, in ms; 0: none. */
+static uint64_t client_timeout_ms(const struct client *c)
+{
+    const struct conf_pool *conf = c->pool->conf;
+
+    if (client_unfinished(c)) {
+        return conf->value_timeout > 0 ? (uint64_t)conf->value_timeout : 0;
+    }
+    if (c->state == CLIENT_READING && !c->read_paused && c->nreqs == 0) {
+        return conf->client_timeout > 0 ? (uint64_t)conf->client_timeout : 0;
+    }
+    return 0;
+}
+
+static void client_timer_add(struct client *c, uint64_t ms)
+{
+    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+
+    event_add(&c->tev, &tv);
+}
+
+/* Arm the timer if a timeout applies and it is not armed: cheap enough for
+ * every read and flush (the common case is one flag test). */
+static void client_arm_timer(struct client *c)
+{
+    if (event_pending(&c->tev, EV_TIMEOUT, NULL)) {
+        return;
+    }
+    uint64_t t = client_timeout_ms(c);
+    if (t > 0) {
+        uint64_t quiet = worker_now_ms(c->pool->w) - c->last_rx_ms;
+        client_timer_add(c, quiet < t ? t - quiet : 1);
+    }
+}
+
+static void client_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct client *c = arg;
+    struct pool *p = c->pool;
+    uint64_t t = client_timeout_ms(c);
+
+    (void)fd, (void)what;
+    if (t == 0) {
+        return;     /* none applies now; a read or a flush re-arms */
+    }
+    uint64_t quiet = worker_now_ms(p->w) - c->last_rx_ms;
+    if (quiet < t) {
+        client_timer_add(c, t - quiet);
+        return;
+    }
+    if (client_unfinished(c)) {
+        p->stats[STAT_closed_stalled_clients]++;
+        log_limited(LOG_NOTICE, 1, "client", "%s: closing %s: nothing received for "
+                    "%llu ms in the middle of a %s (value_timeout %lld ms)",
+                    p->name, c->peer, (unsigned long long)quiet,
+                    c->state == CLIENT_SWALLOW || c->need > 0 ? "value" : "command line",
+                    (long long)p->conf->value_timeout);
+        client_close(c, "value_timeout");
+    } else {
+        p->stats[STAT_closed_idle_clients]++;
+        log_limited(LOG_INFO, 1, "client", "%s: closing %s: idle for %llu ms "
+                    "(client_timeout %lld ms)", p->name, c->peer,
+                    (unsigned long long)quiet, (long long)p->conf->client_timeout);
+        client_close(c, "client_timeout");
     }
 }
 
@@ -747,6 +847,65 @@ static bool client_dispatch(struct client *c, const struct proto_req *req,
     return true;
 }
 
+/*
+ * Meta commands (mg ms md ma mn me) are not served yet: each is answered
+ * with an error and never run, and the value an ms announces is skipped as
+ * data, so its bytes are never read as commands (memcached 1.5 answered
+ * ERROR and ran them: "ms k 13\r\ndelete victim\r\n" deleted victim). An ms
+ * whose length cannot be read, or exceeds item_size_max, leaves no way to
+ * tell where its value ends: the connection is closed. Returns false when
+ * the line is not a meta command.
+ */
+static bool client_meta(struct client *c, const char *line, size_t len,
+                        size_t total)
+{
+    static const char meta_cmds[] = "gsdane";
+    struct pool *p = c->pool;
+    const char *at = line, *end = line + len;
+
+    while (at < end && *at == ' ') {
+        at++;
+    }
+    if (end - at < 2 || at[0] != 'm' || at[1] == '\0' ||
+        memchr(meta_cmds, at[1], sizeof(meta_cmds) - 1) == NULL ||
+        (end - at > 2 && at[2] != ' ')) {
+        return false;
+    }
+    p->stats[STAT_requests]++;
+    p->stats[STAT_meta_refused]++;
+    bool is_set = at[1] == 's';     /* the line is gone once drained */
+    uint64_t value = 0;
+    if (is_set) {
+        /* ms <key> <datalen> <flags>*: the third token. */
+        const char *tok = at;
+        for (int i = 0; i < 2 && tok < end; i++) {
+            while (tok < end && *tok != ' ') {
+                tok++;
+            }
+            while (tok < end && *tok == ' ') {
+                tok++;
+            }
+        }
+        const char *digits = tok;
+        while (tok < end && *tok >= '0' && *tok <= '9' && value <= UINT32_MAX) {
+            value = value * 10 + (uint64_t)(*tok++ - '0');
+        }
+        if (tok == digits || (tok < end && *tok != ' ') ||
+            value > (uint64_t)p->conf->item_size_max) {
+            client_abort(c, "CLIENT_ERROR bad data chunk",
+                         "meta set without a readable value length");
+            return true;
+        }
+    }
+    client_reply_line(c, "CLIENT_ERROR meta protocol not served by this proxy");
+    evbuffer_drain(c->in, total);
+    if (is_set) {
+        c->swallow = value + 2;
+        client_set_state(c, CLIENT_SWALLOW);
+    }
+    return true;
+}
+
 /* The next line of the client's input, contiguous; NULL if incomplete. */
 static const char *client_line(struct client *c, size_t *len, size_t *total)
 {
@@ -816,6 +975,9 @@ static void client_process(struct client *c)
                          "binary protocol request");
             break;
         }
+        if (client_meta(c, line, len, total)) {
+            continue;
+        }
         if (proto_parse_request(line, len, &req) != PROTO_OK) {
             p->stats[STAT_requests]++;
             p->stats[STAT_client_errors]++;
@@ -870,5 +1032,9 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
         n -= (ssize_t)take;
     }
     evbuffer_commit_space(c->in, v, nv);
+    c->last_rx_ms = worker_now_ms(c->pool->w);
     client_process(c);
+    if (c->state != CLIENT_CLOSED) {
+        client_arm_timer(c);
+    }
 }

@@ -22,6 +22,8 @@ struct client {
     int fd;
     enum client_state state;
     struct event rev, wev;
+    struct event tev;               /* client_timeout, value_timeout */
+    uint64_t last_rx_ms;            /* when bytes last arrived */
     struct evbuffer *in, *out;
     struct request_queue reqs;      /* awaiting their turn to reply */
     uint32_t nreqs;

@@ -386,13 +386,15 @@ static void parse_migration(struct conf_ctx *cx, yaml_node_t *node,
 
 #define POOL(f) offsetof(struct conf_pool, f)
 
-/* twemproxy's keys with twemproxy's defaults, then ringproxy's own. */
+/* twemproxy's keys with twemproxy's defaults (but timeout: twemproxy waits
+ * forever, which turns a stopped server into clients that hang silently),
+ * then ringproxy's own. */
 static const struct conf_directive pool_directives[] = {
     { "listen", parse_addr, POOL(listen), NULL, 0, 0 },
     { "hash", parse_hash, POOL(hash), "fnv1a_64", 0, 0 },
     { "hash_tag", parse_hash_tag, POOL(hash_tag), NULL, 0, 0 },
     { "distribution", parse_distribution, POOL(distribution), "ketama", 0, 0 },
-    { "timeout", parse_int, POOL(timeout), "-1", -1, INT32_MAX },
+    { "timeout", parse_int, POOL(timeout), "5000", -1, INT32_MAX },
     { "backlog", parse_int, POOL(backlog), "512", 1, INT32_MAX },
     { "preconnect", parse_bool, POOL(preconnect), "false", 0, 0 },
     { "redis", parse_bool, POOL(redis), "false", 0, 0 },
@@ -409,6 +411,8 @@ static const struct conf_directive pool_directives[] = {
     { "compat", parse_compat, POOL(compat), "libmemcached", 0, 0 },
     { "item_size_max", parse_size, POOL(item_size_max), "1m", 1024,
       1024 * 1024 * 1024 },
+    { "client_timeout", parse_int, POOL(client_timeout), "0", 0, INT32_MAX },
+    { "value_timeout", parse_int, POOL(value_timeout), "10000", 0, INT32_MAX },
     { "index", parse_index, POOL(index), NULL, 0, 0 },
     { "migration", parse_migration, POOL(migration), NULL, 0, 0 },
 };

@@ -52,7 +52,8 @@ struct conf_pool {
     char hash_tag[2];
     int64_t distribution;   /* only ketama is accepted */
     int64_t compat;         /* enum ring_compat */
-    int64_t timeout;        /* ms, -1 = none */
+    int64_t timeout;        /* ms a backend may take to answer; -1 (or 0):
+                               wait forever */
     int64_t backlog;
     bool preconnect;
     bool redis;             /* twemproxy's flag: must stay false */
@@ -63,6 +64,11 @@ struct conf_pool {
     int64_t server_failure_limit;
     int64_t client_connections;     /* 0 = unlimited */
     int64_t item_size_max;          /* largest value accepted, bytes */
+    int64_t client_timeout;         /* ms: close a client silent this long
+                                       with nothing in flight; 0 = never */
+    int64_t value_timeout;          /* ms: close a client that stops sending
+                                       in the middle of a command (its line
+                                       or its value); 0 = never */
     struct conf_server *servers;
     uint32_t nservers;
     struct conf_index index;

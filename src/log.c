@@ -4,6 +4,11 @@
  * The log is the one piece of process-wide state: a file descriptor and a
  * level, shared by every module as stderr would be. Lines are written with a
  * single write(2) so concurrent writers never interleave within a line.
+ *
+ * Rate limits (log_limited in log.h) are per call site: a window of one
+ * second on the monotonic clock, a count of lines written in it, and a count
+ * of lines suppressed. Sites with suppressed lines sit in a list, so that
+ * log_tick() can write their summaries even when the site falls silent.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -81,29 +86,111 @@ int log_enabled(int level)
     return level <= logger.level;
 }
 
-void log_write(int level, const char *module, const char *fmt, ...)
+static void log_vwrite(int level, const char *module, const char *fmt, va_list ap)
 {
     char line[2048];
     struct timeval tv;
     struct tm tm;
-    va_list ap;
 
-    if (!log_enabled(level)) {
-        return;
-    }
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
     int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s: ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
                      tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000),
                      log_level_names[level], module);
-    va_start(ap, fmt);
     n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-    va_end(ap);
     if (n > (int)sizeof(line) - 2) {
         n = (int)sizeof(line) - 2;
     }
     line[n++] = '\n';
     ssize_t rc = write(logger.fd, line, (size_t)n);
     (void)rc;
+}
+
+void log_write(int level, const char *module, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!log_enabled(level)) {
+        return;
+    }
+    va_start(ap, fmt);
+    log_vwrite(level, module, fmt, ap);
+    va_end(ap);
+}
+
+/* --- rate-limited sites ------------------------------------------------- */
+
+#define LOG_WINDOW_MS 1000
+
+static struct log_limit *limited_sites;    /* sites with suppressed lines */
+
+static uint64_t log_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void log_summary(struct log_limit *lim)
+{
+    if (lim->suppressed > 0) {
+        log_write(lim->level, lim->module, "(suppressed %llu similar lines)",
+                  (unsigned long long)lim->suppressed);
+        lim->suppressed = 0;
+    }
+}
+
+void log_write_limited(struct log_limit *lim, int level, const char *module,
+                       uint32_t per_sec, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!log_enabled(level)) {
+        return;
+    }
+    uint64_t now = log_now_ms();
+    if (lim->module == NULL || now - lim->window_ms >= LOG_WINDOW_MS) {
+        log_summary(lim);
+        lim->window_ms = now;
+        lim->written = 0;
+    }
+    lim->module = module;
+    lim->level = level;
+    lim->per_sec = per_sec;
+    if (lim->written >= per_sec) {
+        lim->suppressed++;
+        if (!lim->listed) {
+            lim->listed = true;
+            lim->next = limited_sites;
+            limited_sites = lim;
+        }
+        return;
+    }
+    lim->written++;
+    va_start(ap, fmt);
+    log_vwrite(level, module, fmt, ap);
+    va_end(ap);
+}
+
+void log_tick(void)
+{
+    uint64_t now = log_now_ms();
+
+    for (struct log_limit **pp = &limited_sites; *pp != NULL;) {
+        struct log_limit *lim = *pp;
+        if (lim->suppressed > 0 && now - lim->window_ms < LOG_WINDOW_MS) {
+            pp = &lim->next;
+            continue;
+        }
+        if (lim->suppressed > 0) {
+            log_summary(lim);
+            /* A new window: a line right after the summary is written. */
+            lim->window_ms = now;
+            lim->written = 0;
+        }
+        lim->listed = false;
+        *pp = lim->next;
+    }
 }

@@ -17,6 +17,9 @@
 #include <unistd.h>
 #include <netinet/in.h>
 #include <event2/listener.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "admin.h"
 #include "backend.h"
@@ -30,6 +33,9 @@
 
 #define TICK_MS 100
 #define STOP_GRACE_MS 5000
+#define TRIM_AFTER_BYTES (16u << 20)    /* client input freed before a trim */
+#define ACCEPT_PAUSE_MIN_MS 100         /* out of descriptors: pause, doubling */
+#define ACCEPT_PAUSE_MAX_MS 1000
 
 /* Configs replaced by a reload, kept while a pool may still point into them. */
 struct old_config {
@@ -51,17 +57,52 @@ struct proxy {
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
                       struct sockaddr *sa, int salen, void *arg)
 {
+    struct pool *p = arg;
+
     (void)l;
-    client_accept(arg, fd, sa, salen);
+    p->accept_backoff_ms = 0;
+    client_accept(p, fd, sa, salen);
 }
 
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct pool *p = arg;
+
+    (void)fd, (void)what;
+    if (p->listener != NULL && p->ready && !p->w->stopping) {
+        evconnlistener_enable(p->listener);
+    }
+}
+
+/*
+ * Out of descriptors, accept(2) fails at once for as long as a connection
+ * waits in the backlog: retrying on every loop turn spins the CPU and the
+ * log. Pause the listener instead, 100 ms doubling to 1 s while it lasts;
+ * the clients wait in the backlog meanwhile.
+ */
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
     struct pool *p = arg;
     int err = EVUTIL_SOCKET_ERROR();
 
-    (void)l;
-    log_error("proxy", "%s: accept failed: %s", p->name, strerror(err));
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+        log_limited(LOG_ERROR, 10, "proxy", "%s: accept failed: %s", p->name,
+                    strerror(err));
+        return;
+    }
+    p->accept_backoff_ms = p->accept_backoff_ms == 0 ? ACCEPT_PAUSE_MIN_MS :
+                           p->accept_backoff_ms * 2;
+    if (p->accept_backoff_ms > ACCEPT_PAUSE_MAX_MS) {
+        p->accept_backoff_ms = ACCEPT_PAUSE_MAX_MS;
+    }
+    p->stats[STAT_accept_pauses]++;
+    log_limited(LOG_WARN, 1, "proxy", "%s: accept failed: %s (%llu clients "
+                "open); not accepting for %u ms", p->name, strerror(err),
+                (unsigned long long)p->stats[STAT_curr_connections],
+                p->accept_backoff_ms);
+    struct timeval tv = { 0, (suseconds_t)p->accept_backoff_ms * 1000 };
+    evconnlistener_disable(l);
+    evtimer_add(p->accept_retry, &tv);
 }
 
 /* Open the pool's listener (disabled until the pool is ready). */
@@ -73,6 +114,11 @@ static int pool_listen(struct pool *p, char *err, size_t errlen)
     struct sockaddr_storage ss;
     socklen_t len;
 
+    if (p->accept_retry == NULL &&
+        (p->accept_retry = evtimer_new(p->w->base, on_accept_retry, p)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     memset(&ss, 0, sizeof(ss));
     if (a->is_unix) {
         struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
@@ -114,6 +160,20 @@ static void pool_unlisten(struct pool *p)
             unlink(p->conf->listen.host);
         }
     }
+    if (p->accept_retry != NULL) {
+        event_free(p->accept_retry);
+        p->accept_retry = NULL;
+    }
+}
+
+/* Settings the file may hold that are legal but risky: say so at load. */
+static void pool_conf_warn(const struct conf_pool *c)
+{
+    if (c->timeout <= 0) {
+        log_warn("config", "%s: timeout %lld: a request to a server that stops "
+                 "answering waits forever, and its client with it (the default "
+                 "is 5000 ms)", c->name, (long long)c->timeout);
+    }
 }
 
 static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
@@ -129,11 +189,13 @@ static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
     }
     w->pools = pools;
     if (pool_init(p, w, conf, err, errlen) != 0 || pool_listen(p, err, errlen) != 0) {
+        pool_unlisten(p);
         pool_close(p);
         free(p);
         return -1;
     }
     w->pools[w->npools++] = p;
+    pool_conf_warn(conf);
     log_notice("proxy", "pool %s: listening on %s, %u servers, %u ring points, "
                "hash %s, compat %s%s", p->name, p->conf->listen.text,
                p->ring->nservers, p->ring->npoints, hash_names[p->ring->hash],
@@ -193,6 +255,16 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         pool_retire_backends(p);
     }
     proxy_reap_pools(w);
+    log_tick();
+    /* Clients closed holding big unfinished values (value_timeout, a
+     * disconnect) leave free pages amid the heap; glibc only gives back the
+     * top of it by itself. */
+    if (w->input_freed >= TRIM_AFTER_BYTES) {
+        w->input_freed = 0;
+#ifdef __GLIBC__
+        malloc_trim(0);
+#endif
+    }
 }
 
 static void proxy_stop(struct proxy *px, const char *why)
@@ -209,13 +281,7 @@ static void proxy_stop(struct proxy *px, const char *why)
         struct pool *p = w->pools[i];
         struct client *c, *next;
         mig_leave(p->mig);      /* the fleet stops waiting for us at once */
-        if (p->listener != NULL) {
-            evconnlistener_free(p->listener);
-            p->listener = NULL;
-            if (p->conf->listen.is_unix) {
-                unlink(p->conf->listen.host);
-            }
-        }
+        pool_unlisten(p);
         for (c = TAILQ_FIRST(&p->clients); c != NULL; c = next) {
             next = TAILQ_NEXT(c, link);
             client_drain(c, "shutdown");
@@ -241,6 +307,7 @@ static void pool_reconfigure(struct pool *p, struct conf_pool *nc)
     bool same_listen = strcmp(oc->listen.text, nc->listen.text) == 0;
     struct evconnlistener *old_listener = p->listener;
     p->conf = nc;
+    pool_conf_warn(nc);
     if (!same_listen) {
         p->listener = NULL;
         if (pool_listen(p, err, sizeof(err)) != 0) {

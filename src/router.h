@@ -131,6 +131,8 @@ struct pool {
     bool ready;                 /* knows which ring the data obeys: serve */
     bool closing;               /* removed by a reload: freed once idle */
     struct evconnlistener *listener;
+    struct event *accept_retry; /* re-enables the listener after EMFILE */
+    uint32_t accept_backoff_ms; /* 0: accepting normally */
     TAILQ_HEAD(, client) clients;
     uint64_t stats[STAT_POOL_COUNT];
     uint64_t next_client_id;
@@ -157,6 +159,8 @@ struct worker {
     uint32_t npools;
     struct event *tick;         /* 100 ms: timeouts, retries */
     uint64_t now_ms;
+    uint64_t input_freed;       /* client input bytes freed since the last
+                                   malloc_trim (proxy.c's tick) */
     bool stopping;
     uint64_t started;
 };

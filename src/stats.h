@@ -22,7 +22,12 @@
     X(server_errors, counter, "requests failed because a backend failed")     \
     X(too_large, counter, "values refused for exceeding item_size_max")       \
     X(closed_slow_clients, counter, "clients closed for unread output")       \
-    X(closed_bad_clients, counter, "clients closed for protocol abuse")
+    X(closed_bad_clients, counter, "clients closed for protocol abuse")        \
+    X(closed_idle_clients, counter, "clients closed after client_timeout idle") \
+    X(closed_stalled_clients, counter,                                        \
+      "clients closed after value_timeout inside an unfinished command")      \
+    X(meta_refused, counter, "meta commands refused (not served yet)")         \
+    X(accept_pauses, counter, "times accepting paused at the fd limit")
 
 #define STATS_BACKEND_CODEC(X)                                                \
     X(requests, counter, "requests sent")                                     \

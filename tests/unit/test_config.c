@@ -75,7 +75,7 @@ static void check_server(const struct conf_server *s, const char *addr,
 
 /* --- good files ---------------------------------------------------------- */
 
-START_TEST(defaults_are_twemproxys)
+START_TEST(defaults_are_twemproxys_but_every_timeout_is_finite)
 {
     struct config *c = load_ok(fixture("good_minimal.yml"));
     const struct conf_pool *p = pool(c, "solo");
@@ -87,7 +87,9 @@ START_TEST(defaults_are_twemproxys)
     ck_assert_int_eq(p->hash, HASH_FNV1A_64);
     ck_assert(!p->has_tag);
     ck_assert_int_eq(p->compat, RING_COMPAT_LIBMEMCACHED);
-    ck_assert_int_eq(p->timeout, -1);
+    ck_assert_int_eq(p->timeout, 5000);         /* twemproxy: -1, forever */
+    ck_assert_int_eq(p->client_timeout, 0);
+    ck_assert_int_eq(p->value_timeout, 10000);
     ck_assert_int_eq(p->backlog, 512);
     ck_assert_int_eq(p->server_connections, 1);
     ck_assert_int_eq(p->server_retry_timeout, 30000);
@@ -175,6 +177,10 @@ START_TEST(identity_is_name_then_host_then_host_port)
     check_server(&p->servers[0], "10.0.1.1:11211", 600, NULL, "10.0.1.1:11211");
     check_server(&p->servers[1], "10.0.1.2:11211", 300, NULL, "10.0.1.2:11211");
     check_server(&p->servers[2], "10.0.1.3:11212", 200, "kept", "kept");
+    /* Waiting forever stays possible when asked for. */
+    ck_assert_int_eq(p->timeout, -1);
+    ck_assert_int_eq(p->client_timeout, 60000);
+    ck_assert_int_eq(p->value_timeout, 0);
     config_free(c);
 }
 END_TEST
@@ -412,7 +418,7 @@ static Suite *config_suite(void)
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("good");
 
-    tcase_add_test(tc, defaults_are_twemproxys);
+    tcase_add_test(tc, defaults_are_twemproxys_but_every_timeout_is_finite);
     tcase_add_test(tc, several_pools_with_every_twemproxy_key);
     tcase_add_test(tc, servers_in_both_forms_with_names_and_unix_sockets);
     tcase_add_test(tc, identity_is_name_then_host_then_host_port);

@@ -7,6 +7,14 @@
  * garbage, timeout) closes the connection and fails every fragment on it:
  * after a lost or late reply the stream can no longer be matched.
  *
+ * Replies are trusted no further than they are checked: each must be one
+ * memcached sends to the command at the head of the FIFO (proto_reply_fits),
+ * a VALUE must name the next key asked for (frag_match_key), announce at most
+ * the pool's item_size_max bytes and end its data with "\r\n". Anything else
+ * is a protocol error: counted, logged once, and handled as a lost
+ * connection, so no reply is ever matched to a request it does not answer
+ * and a connection never buffers more than one bounded reply.
+ *
  * Backend health: consecutive failures put the backend DOWN with a backoff
  * (100 ms doubling up to min(server_retry_timeout, 5 s)) during which its
  * requests fail fast. With auto_eject_hosts, server_failure_limit failures
@@ -363,20 +371,27 @@ static const char *buf_line(struct evbuffer *b, size_t *len, size_t *total)
     return base;
 }
 
-/* Find the request key a VALUE line answers, from the share's cursor on. */
+/*
+ * Find the request key a VALUE line answers, from the fragment's cursor on
+ * (the caller moves the cursor past it once the block is delivered):
+ * a backend answers the keys of a line in the order asked, skipping misses,
+ * so each VALUE must name a later key of this fragment than the last one.
+ * A request without key_off has one key (r->keys, r->keylen); without
+ * key_frag, every key is its one fragment's.
+ */
 static int frag_match_key(struct frag *f, const struct proto_rsp *rsp)
 {
     struct request *r = f->req;
     uint16_t idx = (uint16_t)(f - r->frags);
 
     for (uint32_t i = f->cursor; i < r->nkeys; i++) {
-        if (r->key_frag[i] != idx || r->key_hit[i] != 0) {
+        if (r->key_frag != NULL && r->key_frag[i] != idx) {
             continue;
         }
-        const char *k = r->keys + r->key_off[i];
-        uint32_t klen = r->key_off[i + 1] - r->key_off[i] - 1;
-        if (klen == rsp->keylen && memcmp(k, rsp->key, klen) == 0) {
-            f->cursor = i + 1;
+        const char *k = r->key_off != NULL ? r->keys + r->key_off[i] : r->keys;
+        uint32_t klen = r->key_off != NULL ? r->key_off[i + 1] - r->key_off[i] - 1 :
+                        r->keylen;
+        if (k != NULL && klen == rsp->keylen && memcmp(k, rsp->key, klen) == 0) {
             return (int)i;
         }
     }
@@ -414,49 +429,101 @@ static void index_reply(struct request *r, enum proto_rsp_kind kind)
     }
 }
 
+/*
+ * The backend broke the protocol: count it, log what it sent (once: the
+ * connection closes with it) and fail the connection. Returns -1.
+ */
+static int bconn_protocol_error(struct bconn *bc, const char *what,
+                                const char *line, size_t len)
+{
+    char why[512], shown[64 * 4 + 1];
+    size_t n = 0;
+
+    for (size_t i = 0; i < len && i < 64; i++) {
+        unsigned char ch = (unsigned char)line[i];
+        n += (size_t)snprintf(shown + n, sizeof(shown) - n,
+                              ch >= 0x20 && ch < 0x7f && ch != '\\' ? "%c" : "\\x%02x", ch);
+    }
+    shown[n] = '\0';
+    snprintf(why, sizeof(why), "protocol error: %s: \"%s\"%s", what, shown,
+             len > 64 ? "..." : "");
+    bc->be->stats[STAT_BE_protocol_errors]++;
+    bconn_fail(bc, why, BACKEND_ERR_LOST);
+    return -1;
+}
+
+/*
+ * A VALUE block for the head fragment: 0 once delivered, 1 while its data is
+ * still arriving, -1 if it broke the protocol (bc failed).
+ */
+static int bconn_value(struct bconn *bc, struct frag *f, const struct proto_rsp *rsp,
+                       const char *line, size_t len, size_t total)
+{
+    struct request *r = f->req;
+
+    if (rsp->bytes > bc->be->pool->conf->item_size_max) {
+        return bconn_protocol_error(bc, "VALUE longer than item_size_max", line, len);
+    }
+    /* Before any data is waited for: a VALUE for another key must not make
+     * the connection buffer its block. */
+    int i = frag_match_key(f, rsp);
+    if (i < 0) {
+        return bconn_protocol_error(bc, "VALUE for a key not asked", line, len);
+    }
+    size_t need = total + (size_t)rsp->bytes + 2;
+    if (evbuffer_get_length(bc->in) < need) {
+        return 1;   /* the rest of the value is on its way */
+    }
+    char crlf[2];
+    struct evbuffer_ptr at;
+    evbuffer_ptr_set(bc->in, &at, need - 2, EVBUFFER_PTR_SET);
+    evbuffer_copyout_from(bc->in, &at, crlf, 2);
+    if (crlf[0] != '\r' || crlf[1] != '\n') {
+        return bconn_protocol_error(bc, "value data without its \\r\\n", line, len);
+    }
+    f->cursor = (uint32_t)i + 1;
+    r->hits++;
+    if (r->nfrags > 1) {
+        r->key_hit[i] = (uint32_t)need;
+    }
+    frag_deliver(f, bc->in, need);
+    return 0;
+}
+
 /* Consume every complete reply in bc->in. Returns -1 if bc was failed. */
 static int bconn_process(struct bconn *bc)
 {
-    struct pool *p = bc->be->pool;
     struct proto_rsp rsp;
     size_t len, total;
 
     while (evbuffer_get_length(bc->in) > 0) {
         const char *line = buf_line(bc->in, &len, &total);
         if (line == NULL) {
-            if (evbuffer_get_length(bc->in) > REPLY_LINE_MAX) {
-                bconn_fail(bc, "reply line too long", BACKEND_ERR_LOST);
-                return -1;
+            size_t avail = evbuffer_get_length(bc->in);
+            if (avail > REPLY_LINE_MAX) {
+                return bconn_protocol_error(bc, "reply line too long",
+                    (const char *)evbuffer_pullup(bc->in, 64), avail);
             }
             return 0;
         }
         struct frag *f = TAILQ_FIRST(&bc->frags);
         if (f == NULL) {
-            bconn_fail(bc, "reply without a request", BACKEND_ERR_LOST);
-            return -1;
+            return bconn_protocol_error(bc, "reply without a request", line, len);
         }
         if (proto_parse_reply(line, len, &rsp) != PROTO_OK) {
-            log_warn("backend", "%s: %s sent an unparsable reply: %.*s", p->name,
-                     bc->be->identity, (int)(len > 80 ? 80 : len), line);
-            bconn_fail(bc, "protocol error", BACKEND_ERR_LOST);
-            return -1;
+            return bconn_protocol_error(bc, "unparsable reply", line, len);
         }
-        if (f->retrieval && rsp.kind == PROTO_RSP_VALUE) {
-            size_t need = total + (size_t)rsp.bytes + 2;
-            if (evbuffer_get_length(bc->in) < need) {
-                return 0;   /* the rest of the value is on its way */
+        if (!proto_reply_fits(f->req->cmd, &rsp)) {
+            char what[64];
+            snprintf(what, sizeof(what), "not a reply to %s",
+                     proto_cmd_name[f->req->cmd]);
+            return bconn_protocol_error(bc, what, line, len);
+        }
+        if (rsp.kind == PROTO_RSP_VALUE) {
+            int rc = bconn_value(bc, f, &rsp, line, len, total);
+            if (rc != 0) {
+                return rc < 0 ? -1 : 0;
             }
-            struct request *r = f->req;
-            r->hits++;
-            if (r->nfrags > 1) {
-                int i = frag_match_key(f, &rsp);
-                if (i < 0) {
-                    bconn_fail(bc, "VALUE for a key not asked", BACKEND_ERR_LOST);
-                    return -1;
-                }
-                r->key_hit[i] = (uint32_t)need;
-            }
-            frag_deliver(f, bc->in, need);
             continue;
         }
         f = bconn_pop(bc);

@@ -437,23 +437,6 @@ static void client_stats(struct client *c, const struct proto_req *req)
 
 /* --- routing ------------------------------------------------------------ */
 
-/* The line without its last token (" noreply"), for the backend to answer. */
-static size_t strip_noreply(const char *line, size_t len)
-{
-    while (len > 0 && line[len - 1] == ' ') {
-        len--;
-    }
-    while (len > 0 && line[len - 1] != ' ') {
-        len--;
-    }
-    while (len > 0 && line[len - 1] == ' ') {
-        len--;
-    }
-    return len;
-}
-
-/* Queue a one-backend command: `line` (len bytes, no terminator) then `data`
- * bytes taken from the client's input after `consumed` bytes are dropped. */
 /* A command on a key whose owner is changing: the migration runs it. */
 static void client_migrating(struct client *c, const struct proto_req *req,
                              size_t consumed, size_t data, bool retrieval)
@@ -496,9 +479,13 @@ static bool client_fenced(struct client *c, const struct proto_req *req, size_t 
     return true;
 }
 
+/*
+ * Queue a one-backend command: the line rebuilt from req (proto.c; never the
+ * client's own bytes), then `data` bytes taken from the client's input after
+ * `consumed` bytes are dropped.
+ */
 static void client_forward(struct client *c, const struct proto_req *req,
-                           const char *line, size_t len, size_t consumed,
-                           size_t data, bool retrieval)
+                           size_t consumed, size_t data, bool retrieval)
 {
     if (client_fenced(c, req, consumed + data)) {
         return;
@@ -518,15 +505,18 @@ static void client_forward(struct client *c, const struct proto_req *req,
         evbuffer_drain(c->in, consumed + data);
         return;
     }
+    char line[PROTO_FORMAT_MAX];
+    size_t len = proto_format_request(req, line, sizeof(line));
     struct request *r = request_new(c, req->cmd, 1);
     if (r == NULL) {
         client_close(c, "out of memory");
         return;
     }
     r->frags[0].retrieval = retrieval;
-    r->nkeys = retrieval ? req->nkeys : 0;
-    if (c->pool->idx != NULL && proto_cmd_is_storage(req->cmd)) {
-        /* The index needs the key when the backend's answer arrives. */
+    r->nkeys = retrieval ? 1 : 0;
+    if (retrieval || (c->pool->idx != NULL && proto_cmd_is_storage(req->cmd))) {
+        /* A get's VALUE must name its key; the index needs a stored key
+         * when the backend's answer arrives. */
         if ((r->keys = malloc(req->keylen)) == NULL) {
             client_close(c, "out of memory");
             return;
@@ -537,9 +527,12 @@ static void client_forward(struct client *c, const struct proto_req *req,
     if (req->noreply) {
         r->quiet = true;
         request_detach(r);
-        len = strip_noreply(line, len);
     }
     evbuffer_add(bc->out, line, len);
+    if (retrieval) {
+        evbuffer_add(bc->out, " ", 1);
+        evbuffer_add(bc->out, req->key, req->keylen);
+    }
     evbuffer_add(bc->out, "\r\n", 2);
     evbuffer_drain(c->in, consumed);
     if (data > 0) {
@@ -548,27 +541,45 @@ static void client_forward(struct client *c, const struct proto_req *req,
     bconn_push(bc, &r->frags[0]);
 }
 
-#define FRAG_MOVING 0x80000000u    /* order[]: a moving key's own share */
+#define FRAG_MOVING 0x80000000u    /* share.target: a moving key's own share */
+#define FRAG_NONE   UINT16_MAX     /* no fragment (key_frag: the key is a miss) */
+
+/* A fragment of a multi-get while it is built. */
+struct share {
+    uint32_t target;            /* backend slot (nbackends: none), or
+                                   FRAG_MOVING | the moving key's index */
+    uint32_t len;               /* its line so far, "\r\n" included */
+    uint16_t prev;              /* the same backend's line before, or FRAG_NONE */
+    enum { SHARE_UNSENT, SHARE_WRITING, SHARE_WRITTEN } state;
+    struct bconn *bc;
+};
 
 /*
- * A get/gets/gat/gats whose keys live on several backends: one share each.
- * During a migration every key whose owner is changing gets a share of its
- * own, answered by the migration with the fallback rules.
+ * A get/gets/gat/gats with several keys: each backend gets its keys in
+ * lines of at most PROTO_LINE_MAX bytes (memcached closes the connection on a
+ * longer gat line, and on any line with over 100 leading spaces), each line
+ * a fragment of its own, answered by its own END; the reply is assembled in
+ * the client's key order (router.c). During a migration every key whose
+ * owner is changing gets a fragment of its own, answered by the migration
+ * with the fallback rules.
  */
 static void client_multiget(struct client *c, const struct proto_req *req,
-                            const char *line, size_t len, size_t consumed)
+                            size_t consumed)
 {
     struct pool *p = c->pool;
     struct mig *mig = mig_active(p->mig) ? p->mig : NULL;
-    uint16_t *fb = p->frag_of_backend;
-    uint32_t *order = mig != NULL ? malloc(req->nkeys * sizeof(*order)) : p->frag_order;
+    uint16_t *fb = p->frag_of_backend;     /* backend slot -> its last line */
+    uint32_t cap = req->nkeys < FRAG_NONE - 1 ? req->nkeys : FRAG_NONE - 1;
+    struct share *sh = malloc(cap * sizeof(*sh));
     uint16_t *key_frag = malloc(req->nkeys * sizeof(*key_frag));
-    uint32_t nfrags = 0, nmoving = 0, i;
+    char head[PROTO_FORMAT_MAX];
+    size_t hlen = proto_format_request(req, head, sizeof(head));
+    uint32_t nfrags = 0, nmoving = 0, i, j;
     struct proto_key_iter it;
     const char *k;
     uint32_t klen;
 
-    if (order == NULL || key_frag == NULL) {
+    if (sh == NULL || key_frag == NULL) {
         goto oom;
     }
     if (client_fenced(c, req, consumed)) {
@@ -576,35 +587,33 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     }
     proto_keys_begin(req, &it);
     for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
-        if (nfrags >= UINT16_MAX - 1) {
-            /* More shares than a request holds: the rest are misses. */
-            for (; i < req->nkeys; i++) {
-                key_frag[i] = UINT16_MAX;
-            }
-            break;
-        }
         struct backend *be;
-        if (pool_route(p, k, klen, &be) == ROUTE_MIGRATION) {
-            key_frag[i] = (uint16_t)nfrags;
-            order[nfrags++] = FRAG_MOVING | i;
-            nmoving++;
-            continue;
+        bool moving = pool_route(p, k, klen, &be) == ROUTE_MIGRATION;
+        uint32_t b = be != NULL ? be->slot : p->nbackends;   /* none: fails */
+        j = moving ? FRAG_NONE : fb[b];
+        if (j == FRAG_NONE ||
+            (b < p->nbackends && sh[j].len + 1 + klen > PROTO_LINE_MAX)) {
+            if (nfrags == cap) {
+                key_frag[i] = FRAG_NONE;    /* more than a request holds: a miss */
+                continue;
+            }
+            j = nfrags++;
+            sh[j] = (struct share){ .target = moving ? FRAG_MOVING | i : b,
+                                    .len = (uint32_t)hlen + 2,
+                                    .prev = moving ? FRAG_NONE : fb[b] };
+            if (moving) {
+                nmoving++;
+            } else {
+                fb[b] = (uint16_t)j;
+            }
         }
-        uint32_t b = be != NULL ? be->slot : p->nbackends;   /* none: a miss */
-        if (fb[b] == UINT16_MAX) {
-            fb[b] = (uint16_t)nfrags;
-            order[nfrags++] = b;
-        }
-        key_frag[i] = fb[b];
+        sh[j].len += 1 + klen;
+        key_frag[i] = (uint16_t)j;
     }
-    for (uint32_t j = 0; j < nfrags; j++) {
-        if (!(order[j] & FRAG_MOVING)) {
-            fb[order[j]] = UINT16_MAX;
+    for (j = 0; j < nfrags; j++) {
+        if (!(sh[j].target & FRAG_MOVING)) {
+            fb[sh[j].target] = FRAG_NONE;
         }
-    }
-    if (nfrags == 1 && nmoving == 0) {
-        client_forward(c, req, line, len, consumed, 0, true);
-        goto out;
     }
 
     struct request *r = request_new(c, req->cmd, (uint16_t)nfrags);
@@ -626,45 +635,58 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     }
     r->key_off[i] = off;
 
-    /* The command and, for gat/gats, the exptime, as the client wrote them. */
-    size_t prefix = (size_t)(req->keys - line);
-    while (prefix > 0 && line[prefix - 1] == ' ') {
-        prefix--;
-    }
+    /* Every connection first: connecting can fail what is queued on one. */
     uint32_t nfailed = 0;
-    for (uint32_t j = 0; j < nfrags; j++) {
+    for (j = 0; j < nfrags; j++) {
         struct frag *f = &r->frags[j];
         f->retrieval = true;
-        if (order[j] & FRAG_MOVING) {
+        if (sh[j].target & FRAG_MOVING) {
             continue;
         }
-        struct backend *be = order[j] < p->nbackends ? p->backends[order[j]] : NULL;
-        struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
-        if (bc == NULL) {
+        if (sh[j].prev != FRAG_NONE) {
+            sh[j].bc = sh[sh[j].prev].bc;
+        } else if (sh[j].target < p->nbackends) {
+            sh[j].bc = backend_conn(p->backends[sh[j].target], c->id);
+        }
+        if (sh[j].bc == NULL) {
             f->failed = true;
             nfailed++;
+        }
+    }
+    /* Then the lines, key by key: a backend's lines follow one another. */
+    for (i = 0; i < r->nkeys; i++) {
+        j = r->key_frag[i];
+        if (j == FRAG_NONE || (sh[j].target & FRAG_MOVING) || r->frags[j].failed) {
             continue;
         }
-        evbuffer_add(bc->out, line, prefix);
-        for (i = 0; i < r->nkeys; i++) {
-            if (r->key_frag[i] == j) {
-                evbuffer_add(bc->out, " ", 1);
-                evbuffer_add(bc->out, r->keys + r->key_off[i],
-                             r->key_off[i + 1] - r->key_off[i] - 1);
+        struct bconn *bc = sh[j].bc;
+        if (sh[j].state == SHARE_UNSENT) {
+            if (sh[j].prev != FRAG_NONE) {
+                evbuffer_add(bc->out, "\r\n", 2);
+                sh[sh[j].prev].state = SHARE_WRITTEN;
             }
+            evbuffer_add(bc->out, head, hlen);
+            r->frags[j].cursor = i;
+            bconn_push(bc, &r->frags[j]);
+            sh[j].state = SHARE_WRITING;
         }
-        evbuffer_add(bc->out, "\r\n", 2);
-        bconn_push(bc, f);
+        evbuffer_add(bc->out, " ", 1);
+        evbuffer_add(bc->out, r->keys + r->key_off[i], r->key_off[i + 1] - r->key_off[i] - 1);
+    }
+    for (j = 0; j < nfrags; j++) {
+        if (sh[j].state == SHARE_WRITING) {
+            evbuffer_add(sh[j].bc->out, "\r\n", 2);
+        }
     }
     evbuffer_drain(c->in, consumed);
     p->stats[STAT_server_errors] += nfailed;
 
     /* Complete what is not on a backend; the last completion may free r. */
     uint32_t todo = nfailed + nmoving;
-    for (uint32_t j = 0; todo > 0 && j < nfrags; j++) {
+    for (j = 0; todo > 0 && j < nfrags; j++) {
         struct frag *f = &r->frags[j];
-        if (order[j] & FRAG_MOVING) {
-            uint32_t ki = order[j] & ~FRAG_MOVING;
+        if (sh[j].target & FRAG_MOVING) {
+            uint32_t ki = sh[j].target & ~FRAG_MOVING;
             todo--;
             mig_submit(mig, f, req, r->keys + r->key_off[ki],
                        r->key_off[ki + 1] - r->key_off[ki] - 1, ki, NULL);
@@ -673,34 +695,27 @@ static void client_multiget(struct client *c, const struct proto_req *req,
             frag_fail(f, BACKEND_ERR_DOWN);
         }
     }
-    if (order != p->frag_order) {
-        free(order);
-    }
-    return;
-
 out:
-    if (order != p->frag_order) {
-        free(order);
-    }
+    free(sh);
     free(key_frag);
     return;
 
 oom:
-    if (order != p->frag_order) {
-        free(order);
-    }
+    free(sh);
     free(key_frag);
     client_close(c, "out of memory");
 }
 
 static void client_flush_all(struct client *c, const struct proto_req *req,
-                             const char *line, size_t len, size_t consumed)
+                             size_t consumed)
 {
     struct pool *p = c->pool;
 
     if (client_fenced(c, req, consumed)) {
         return;
     }
+    char line[PROTO_FORMAT_MAX];
+    size_t len = proto_format_request(req, line, sizeof(line));
     struct request *r = request_new(c, req->cmd, (uint16_t)p->nbackends);
 
     if (r == NULL) {
@@ -711,7 +726,6 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
     if (req->noreply) {
         r->quiet = true;
         request_detach(r);
-        len = strip_noreply(line, len);
     }
     uint32_t nfailed = 0;
     for (uint32_t i = 0; i < p->nbackends; i++) {
@@ -735,13 +749,11 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
  */
 static void client_delete_stale(struct client *c, const struct proto_req *set)
 {
-    char line[PROTO_KEY_MAX + 32];
     struct proto_req del = { .cmd = PROTO_CMD_DELETE, .key = set->key,
-                             .keylen = set->keylen, .nkeys = 1, .noreply = true };
-    int n = snprintf(line, sizeof(line), "delete %.*s noreply", (int)set->keylen,
-                     set->key);
+                             .keylen = set->keylen, .keys = set->key,
+                             .keys_len = set->keylen, .nkeys = 1, .noreply = true };
 
-    client_forward(c, &del, line, (size_t)n, 0, 0, false);
+    client_forward(c, &del, 0, 0, false);
 }
 
 /*
@@ -754,6 +766,10 @@ static bool client_dispatch(struct client *c, const struct proto_req *req,
     struct pool *p = c->pool;
     size_t avail = evbuffer_get_length(c->in);
 
+    /* The client's line is never forwarded: backends are sent lines rebuilt
+     * from req (proto_format_request). (Kept in the signature until the
+     * connection-handling branch that also edits client_process is merged.) */
+    (void)line, (void)len;
     switch (req->cmd) {
     case PROTO_CMD_GET:
     case PROTO_CMD_GETS:
@@ -764,9 +780,9 @@ static bool client_dispatch(struct client *c, const struct proto_req *req,
             client_reply_line(c, "END");
             evbuffer_drain(c->in, total);
         } else if (req->nkeys == 1) {
-            client_forward(c, req, line, len, total, 0, true);
+            client_forward(c, req, total, 0, true);
         } else {
-            client_multiget(c, req, line, len, total);
+            client_multiget(c, req, total);
         }
         return true;
 
@@ -806,7 +822,7 @@ static bool client_dispatch(struct client *c, const struct proto_req *req,
             return true;
         }
         p->stats[STAT_cmd_set]++;
-        client_forward(c, req, line, len, total, data, false);
+        client_forward(c, req, total, data, false);
         return true;
     }
 
@@ -816,12 +832,12 @@ static bool client_dispatch(struct client *c, const struct proto_req *req,
     case PROTO_CMD_TOUCH:
         p->stats[req->cmd == PROTO_CMD_DELETE ? STAT_cmd_delete :
                  req->cmd == PROTO_CMD_TOUCH ? STAT_cmd_touch : STAT_cmd_incr_decr]++;
-        client_forward(c, req, line, len, total, 0, false);
+        client_forward(c, req, total, 0, false);
         return true;
 
     case PROTO_CMD_FLUSH_ALL:
         p->stats[STAT_cmd_flush]++;
-        client_flush_all(c, req, line, len, total);
+        client_flush_all(c, req, total);
         return true;
 
     case PROTO_CMD_VERSION:

@@ -26,7 +26,9 @@
  */
 #include "proto.h"
 
+#include <inttypes.h>
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #define MC_MAX_TOKENS 23        /* memcached's MAX_TOKENS, less its end token */
@@ -499,6 +501,53 @@ bool proto_keys_next(struct proto_key_iter *it, const char **key,
     return true;
 }
 
+size_t proto_format_request(const struct proto_req *req, char *buf, size_t cap)
+{
+    const char *name = proto_cmd_name[req->cmd];
+    int k = (int)req->keylen;
+    int n;
+
+    switch (req->cmd) {
+    case PROTO_CMD_GET:
+    case PROTO_CMD_GETS:
+        n = snprintf(buf, cap, "%s", name);
+        break;
+    case PROTO_CMD_GAT:
+    case PROTO_CMD_GATS:
+    case PROTO_CMD_TOUCH:
+        n = req->cmd == PROTO_CMD_TOUCH ?
+            snprintf(buf, cap, "%s %.*s %" PRId64, name, k, req->key, req->exptime) :
+            snprintf(buf, cap, "%s %" PRId64, name, req->exptime);
+        break;
+    case PROTO_CMD_SET:
+    case PROTO_CMD_ADD:
+    case PROTO_CMD_REPLACE:
+    case PROTO_CMD_APPEND:
+    case PROTO_CMD_PREPEND:
+        n = snprintf(buf, cap, "%s %.*s %" PRIu32 " %" PRId64 " %" PRId64, name, k,
+                     req->key, req->flags, req->exptime, req->bytes);
+        break;
+    case PROTO_CMD_CAS:
+        n = snprintf(buf, cap, "%s %.*s %" PRIu32 " %" PRId64 " %" PRId64 " %" PRIu64,
+                     name, k, req->key, req->flags, req->exptime, req->bytes, req->cas);
+        break;
+    case PROTO_CMD_DELETE:
+        n = snprintf(buf, cap, "%s %.*s", name, k, req->key);
+        break;
+    case PROTO_CMD_INCR:
+    case PROTO_CMD_DECR:
+        n = snprintf(buf, cap, "%s %.*s %" PRIu64, name, k, req->key, req->delta);
+        break;
+    case PROTO_CMD_FLUSH_ALL:
+        n = req->has_delay ? snprintf(buf, cap, "%s %" PRId64, name, req->delay) :
+                             snprintf(buf, cap, "%s", name);
+        break;
+    default:
+        return 0;
+    }
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
 bool proto_line_may_grow(const char *buf, size_t len)
 {
     size_t i = 0;
@@ -604,6 +653,49 @@ int proto_parse_reply(const char *line, size_t len, struct proto_rsp *rsp)
         return sp ? PROTO_ERR : PROTO_OK;
     }
 }
+
+#define RSP(kind) (1u << PROTO_RSP_##kind)
+#define RSP_ERRORS (RSP(ERROR) | RSP(CLIENT_ERROR) | RSP(SERVER_ERROR))
+
+/* The replies memcached sends to each command (besides the errors). */
+static const uint32_t reply_kinds[PROTO_CMD_COUNT] = {
+    [PROTO_CMD_GET]       = RSP(VALUE) | RSP(END),
+    [PROTO_CMD_GETS]      = RSP(VALUE) | RSP(END),
+    [PROTO_CMD_GAT]       = RSP(VALUE) | RSP(END),
+    [PROTO_CMD_GATS]      = RSP(VALUE) | RSP(END),
+    [PROTO_CMD_SET]       = RSP(STORED) | RSP(NOT_STORED) | RSP(EXISTS) | RSP(NOT_FOUND),
+    [PROTO_CMD_ADD]       = RSP(STORED) | RSP(NOT_STORED) | RSP(EXISTS) | RSP(NOT_FOUND),
+    [PROTO_CMD_REPLACE]   = RSP(STORED) | RSP(NOT_STORED) | RSP(EXISTS) | RSP(NOT_FOUND),
+    [PROTO_CMD_APPEND]    = RSP(STORED) | RSP(NOT_STORED) | RSP(EXISTS) | RSP(NOT_FOUND),
+    [PROTO_CMD_PREPEND]   = RSP(STORED) | RSP(NOT_STORED) | RSP(EXISTS) | RSP(NOT_FOUND),
+    [PROTO_CMD_CAS]       = RSP(STORED) | RSP(NOT_STORED) | RSP(EXISTS) | RSP(NOT_FOUND),
+    [PROTO_CMD_DELETE]    = RSP(DELETED) | RSP(NOT_FOUND),
+    [PROTO_CMD_INCR]      = RSP(NUMBER) | RSP(NOT_FOUND),
+    [PROTO_CMD_DECR]      = RSP(NUMBER) | RSP(NOT_FOUND),
+    [PROTO_CMD_TOUCH]     = RSP(TOUCHED) | RSP(NOT_FOUND),
+    [PROTO_CMD_FLUSH_ALL] = RSP(OK),
+    [PROTO_CMD_VERBOSITY] = RSP(OK),
+    [PROTO_CMD_VERSION]   = RSP(VERSION),
+    [PROTO_CMD_STATS]     = RSP(STAT) | RSP(END),
+};
+
+bool proto_reply_fits(enum proto_cmd cmd, const struct proto_rsp *rsp)
+{
+    if (cmd == PROTO_CMD_NONE || cmd >= PROTO_CMD_COUNT || cmd == PROTO_CMD_QUIT ||
+        rsp->kind >= PROTO_RSP_COUNT)
+        return false;
+    if ((reply_kinds[cmd] | RSP_ERRORS) & (1u << rsp->kind) & ~RSP(VALUE))
+        return true;
+    if (rsp->kind != PROTO_RSP_VALUE || !(reply_kinds[cmd] & RSP(VALUE)))
+        return false;
+    /* gets and gats answer each value's CAS; get and gat never do */
+    return rsp->has_cas == (cmd == PROTO_CMD_GETS || cmd == PROTO_CMD_GATS);
+}
+
+#undef RSP_ERRORS
+#undef RSP
+
+_Static_assert(PROTO_RSP_COUNT <= 32, "reply_kinds[] holds one bit per reply kind");
 
 /* proto_cmd_is_storage() relies on the storage commands being contiguous. */
 _Static_assert(PROTO_CMD_CAS - PROTO_CMD_SET == 5 && PROTO_CMD_ADD == PROTO_CMD_SET + 1,

@@ -91,6 +91,16 @@ void proto_keys_begin(const struct proto_req *req, struct proto_key_iter *it);
 bool proto_keys_next(struct proto_key_iter *it, const char **key,
                      uint32_t *keylen);
 
+/* The line a backend is sent for a parsed request, rebuilt from its fields
+ * (memcached's own reading of them: 32-bit fields already truncated), so no
+ * client spacing, hold time or noreply reaches a backend: the proxy reads
+ * every answer. For get/gets/gat/gats only the head ("get", "gat <exptime>"):
+ * the caller appends " <key>" for each key. Written to buf without "\r\n"
+ * and NUL-terminated; returns its length, or 0 for a command that is not
+ * sent to backends. PROTO_FORMAT_MAX bytes always suffice. */
+#define PROTO_FORMAT_MAX (PROTO_KEY_MAX + 96)
+size_t proto_format_request(const struct proto_req *req, char *buf, size_t cap);
+
 /* memcached closes a connection whose unfinished line (no "\n" yet) exceeds
  * PROTO_LINE_MAX bytes, unless it is a get/gets, which may be any length.
  * buf/len: the unfinished line so far. True if it may keep growing. */
@@ -132,5 +142,14 @@ struct proto_rsp {
  * digits, leading zeros allowed); anything else is PROTO_ERR, a protocol
  * error on that backend connection. */
 int proto_parse_reply(const char *line, size_t len, struct proto_rsp *rsp);
+
+/* Is this parsed reply one memcached sends to this command? get and gat:
+ * VALUE without a CAS, END; gets and gats: VALUE with one, END; storage:
+ * STORED, NOT_STORED, EXISTS, NOT_FOUND; delete: DELETED, NOT_FOUND;
+ * incr/decr: a number, NOT_FOUND; touch: TOUCHED, NOT_FOUND; flush_all and
+ * verbosity: OK; version: VERSION; stats: STAT, END. ERROR, CLIENT_ERROR and
+ * SERVER_ERROR fit any command but quit. Whether a VALUE names a key asked
+ * for, and its length, are the caller's to judge. */
+bool proto_reply_fits(enum proto_cmd cmd, const struct proto_rsp *rsp);
 
 #endif /* RINGPROXY_PROTO_H */

@@ -12,6 +12,9 @@
  *   share's VALUE blocks collect in its own buffer in the order the backend
  *   returns them (the order asked), and when all shares are in, the blocks
  *   are taken from the front of those buffers in the client's key order.
+ *   A share too long for one line (memcached's 2048 bytes) is sent as
+ *   several lines, each its own fragment answered by its own END; a
+ *   single-backend get split so is assembled the same way.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,7 +105,6 @@ void pool_close(struct pool *p)
     free(p->ring_be);
     free(p->route_be);
     free(p->frag_of_backend);
-    free(p->frag_order);
     ring_unref(p->route);
     ring_unref(p->ring);
     free(p->name);
@@ -129,11 +131,7 @@ struct backend *pool_backend(struct pool *p, const char *identity,
         if (fb != NULL) {
             p->frag_of_backend = fb;
         }
-        uint32_t *fo = realloc(p->frag_order, (cap + 1) * sizeof(*fo));
-        if (fo != NULL) {
-            p->frag_order = fo;
-        }
-        if (bs == NULL || fb == NULL || fo == NULL) {
+        if (bs == NULL || fb == NULL) {
             snprintf(err, errlen, "out of memory");
             return NULL;
         }

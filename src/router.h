@@ -142,8 +142,8 @@ struct pool {
      * routed before it have all landed (docs/ARCHITECTURE.md). */
     uint32_t gen;
     uint64_t inflight_now, inflight_old;
-    uint16_t *frag_of_backend;  /* scratch for splitting a multi-get: */
-    uint32_t *frag_order;       /* both sized nbackends + 1 */
+    uint16_t *frag_of_backend;  /* scratch for splitting a multi-get,
+                                   sized nbackends + 1, all UINT16_MAX */
 };
 
 /*

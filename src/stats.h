@@ -36,6 +36,7 @@
     X(connects, counter, "connections established")                          \
     X(connect_failures, counter, "connection attempts that failed")           \
     X(ejections, counter, "times auto_eject_hosts took it out of routing")    \
+    X(protocol_errors, counter, "connections closed for a malformed or unasked-for reply") \
     X(inflight, gauge, "requests sent and not yet answered")
 
 #define STATS_ENUM(name, kind, help) STAT_##name,

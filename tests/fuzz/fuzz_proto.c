@@ -10,8 +10,10 @@
  *   (tokenize_command, process_command_ascii, safe_strto* on libc's strtol
  *   family) re-implemented below over a NUL-terminated copy, for every
  *   command ringproxy parses;
- * - a parsed request re-printed canonically parses to the same fields, and a
- *   parsed reply re-printed is byte for byte the line it came from.
+ * - a parsed request re-printed canonically parses to the same fields, and so
+ *   does the line the proxy rebuilds for a backend (proto_format_request);
+ *   a parsed reply re-printed is byte for byte the line it came from, and
+ *   proto_reply_fits accepts it for the commands memcached sends it to.
  */
 #include <assert.h>
 #include <errno.h>
@@ -397,6 +399,41 @@ static void check_reprint(const struct proto_req *req)
            memcmp(again.key, req->key, req->keylen) == 0);
 }
 
+/* The line rebuilt for a backend (proto_format_request) parses to the same
+ * command with the same fields, keys and all, and has no noreply. */
+static void check_rebuilt(const struct proto_req *req)
+{
+    static char buf[PROTO_FORMAT_MAX + 2 * PROTO_KEY_MAX + 4];
+    struct proto_req again;
+    size_t n = proto_format_request(req, buf, PROTO_FORMAT_MAX);
+
+    if (n == 0) {
+        assert(req->cmd == PROTO_CMD_VERSION || req->cmd == PROTO_CMD_VERBOSITY ||
+               req->cmd == PROTO_CMD_STATS || req->cmd == PROTO_CMD_QUIT);
+        return;
+    }
+    assert(n < PROTO_FORMAT_MAX && buf[n] == '\0' && buf[0] != ' ');
+    assert(!strstr(buf, "  ") && buf[n - 1] != ' ');
+    bool retrieval = req->cmd >= PROTO_CMD_GET && req->cmd <= PROTO_CMD_GATS;
+    if (retrieval) {
+        if (req->nkeys == 0)
+            return;                 /* "gat <exptime>" alone is not sent */
+        buf[n++] = ' ';
+        memcpy(buf + n, req->key, req->keylen);
+        n += req->keylen;
+    }
+    assert(proto_parse_request(buf, n, &again) == PROTO_OK);
+    assert(again.cmd == req->cmd && !again.noreply);
+    assert(again.keylen == req->keylen &&
+           (req->keylen == 0 || memcmp(again.key, req->key, req->keylen) == 0));
+    assert(again.flags == req->flags && again.exptime == req->exptime &&
+           again.bytes == req->bytes && again.cas == req->cas &&
+           again.delta == req->delta && again.delay == req->delay &&
+           again.has_delay == req->has_delay);
+    if (retrieval)
+        assert(again.nkeys == 1);
+}
+
 static void check_request(const char *line, size_t len)
 {
     struct proto_req req;
@@ -426,8 +463,10 @@ static void check_request(const char *line, size_t len)
         assert(req.bytes >= 0 && req.bytes <= INT_MAX - 2);
     assert(req.exptime >= INT32_MIN && req.exptime <= INT32_MAX);
     assert(req.delay >= INT32_MIN && req.delay <= INT32_MAX);
-    if (rc == PROTO_OK)
+    if (rc == PROTO_OK) {
         check_reprint(&req);
+        check_rebuilt(&req);
+    }
 
     /* the reference verdict */
     copy = malloc(len + 1);
@@ -496,6 +535,21 @@ static void check_reply(const char *line, size_t len)
     if (proto_parse_reply(line, len, &rsp) != PROTO_OK)
         return;
     assert(rsp.kind < PROTO_RSP_COUNT);
+    /* every reply fits some command sent to backends, and errors fit all */
+    bool fits_one = false;
+    for (int c = PROTO_CMD_GET; c <= PROTO_CMD_FLUSH_ALL; c++) {
+        bool fits = proto_reply_fits((enum proto_cmd)c, &rsp);
+        fits_one = fits_one || fits;
+        if (rsp.kind == PROTO_RSP_ERROR || rsp.kind == PROTO_RSP_CLIENT_ERROR ||
+            rsp.kind == PROTO_RSP_SERVER_ERROR)
+            assert(fits);
+        if (rsp.kind == PROTO_RSP_VALUE)
+            assert(fits == (c >= PROTO_CMD_GET && c <= PROTO_CMD_GATS &&
+                            rsp.has_cas == (c == PROTO_CMD_GETS || c == PROTO_CMD_GATS)));
+    }
+    assert(fits_one || rsp.kind == PROTO_RSP_VERSION || rsp.kind == PROTO_RSP_STAT);
+    assert(!proto_reply_fits(PROTO_CMD_NONE, &rsp) &&
+           !proto_reply_fits(PROTO_CMD_QUIT, &rsp));
     const char *name = proto_rsp_name[rsp.kind];
     switch (rsp.kind) {
     case PROTO_RSP_VALUE:

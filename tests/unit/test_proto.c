@@ -1044,6 +1044,74 @@ START_TEST(only_get_lines_may_grow_past_the_line_limit)
 }
 END_TEST
 
+/* ---- tcase backend lines: what the proxy sends ------------------------- */
+
+/* The line rebuilt for `line`, as a string ("" when nothing is sent). */
+static const char *rebuilt(const char *line)
+{
+    static char buf[PROTO_FORMAT_MAX];
+    struct proto_req req;
+
+    ck_assert_msg(parse(line, &req) == PROTO_OK, "\"%s\": %s", line, req.error);
+    size_t n = proto_format_request(&req, buf, sizeof(buf));
+    buf[n] = '\0';
+    return buf;
+}
+
+START_TEST(backend_lines_are_rebuilt_without_client_spacing)
+{
+    ck_assert_str_eq(rebuilt("   get   a  b"), "get");
+    ck_assert_str_eq(rebuilt("gets a"), "gets");
+    ck_assert_str_eq(rebuilt("bget a"), "get");
+    ck_assert_str_eq(rebuilt("gat  +0010   a b"), "gat 10");
+    ck_assert_str_eq(rebuilt("gats -1 a"), "gats -1");
+    ck_assert_str_eq(rebuilt("  set  k 5 0 3"), "set k 5 0 3");
+    ck_assert_str_eq(rebuilt("append k 0 0 1 noreply"), "append k 0 0 1");
+    ck_assert_str_eq(rebuilt("cas k 0 0 1 18446744073709551615"),
+                     "cas k 0 0 1 18446744073709551615");
+    ck_assert_str_eq(rebuilt("delete k 0 noreply"), "delete k");
+    ck_assert_str_eq(rebuilt("incr k 007"), "incr k 7");
+    ck_assert_str_eq(rebuilt("decr  k  1 noreply"), "decr k 1");
+    ck_assert_str_eq(rebuilt("touch k -1"), "touch k -1");
+    ck_assert_str_eq(rebuilt("flush_all"), "flush_all");
+    ck_assert_str_eq(rebuilt("flush_all noreply"), "flush_all");
+    ck_assert_str_eq(rebuilt("flush_all 10 noreply"), "flush_all 10");
+    ck_assert_str_eq(rebuilt("version"), "");
+    ck_assert_str_eq(rebuilt("stats"), "");
+}
+END_TEST
+
+START_TEST(backend_lines_carry_the_fields_memcached_would_read)
+{
+    /* memcached truncates 32-bit fields; the rebuilt line says what it read */
+    ck_assert_str_eq(rebuilt("set k 4294967297 4294967296 1"), "set k 1 0 1");
+    ck_assert_str_eq(rebuilt("gat 4294967295 k"), "gat -1");
+    ck_assert_str_eq(rebuilt("set k\t 0 0 1"), "set k\t 0 0 1");
+}
+END_TEST
+
+START_TEST(the_longest_backend_line_fits_the_format_buffer)
+{
+    char line[512], buf[PROTO_FORMAT_MAX];
+    struct proto_req req;
+    char key[PROTO_KEY_MAX + 1];
+
+    memset(key, 'k', PROTO_KEY_MAX);
+    key[PROTO_KEY_MAX] = '\0';
+    snprintf(line, sizeof(line), "prepend %s 4294967295 -2147483648 2147483645", key);
+    ck_assert_int_eq(parse(line, &req), PROTO_OK);
+    ck_assert_uint_gt(proto_format_request(&req, buf, sizeof(buf)), 0);
+    snprintf(line, sizeof(line), "cas %s 4294967295 -2147483648 2147483645 "
+             "18446744073709551615", key);
+    ck_assert_int_eq(parse(line, &req), PROTO_OK);
+    size_t n = proto_format_request(&req, buf, sizeof(buf));
+    ck_assert_uint_eq(n, strlen(line));
+    ck_assert_str_eq(buf, line);
+    /* too small a buffer: nothing, never a cut line */
+    ck_assert_uint_eq(proto_format_request(&req, buf, 20), 0);
+}
+END_TEST
+
 /* ---- tcase replies: backend reply lines --------------------------------- */
 
 START_TEST(reply_value_without_cas)
@@ -1211,6 +1279,62 @@ START_TEST(reply_rejects_garbage)
 }
 END_TEST
 
+/* Does `line` answer a command `cmd`? */
+static bool fits(enum proto_cmd cmd, const char *line)
+{
+    struct proto_rsp rsp;
+
+    ck_assert_msg(reply(line, &rsp) == PROTO_OK, "\"%s\"", line);
+    return proto_reply_fits(cmd, &rsp);
+}
+
+START_TEST(reply_fits_only_the_commands_memcached_sends_it_to)
+{
+    ck_assert(fits(PROTO_CMD_GET, "VALUE k 0 1"));
+    ck_assert(fits(PROTO_CMD_GAT, "END"));
+    ck_assert(!fits(PROTO_CMD_GET, "VALUE k 0 1 5"));
+    ck_assert(fits(PROTO_CMD_GETS, "VALUE k 0 1 5"));
+    ck_assert(fits(PROTO_CMD_GATS, "VALUE k 0 1 5"));
+    ck_assert(!fits(PROTO_CMD_GETS, "VALUE k 0 1"));
+    ck_assert(!fits(PROTO_CMD_GET, "STORED"));
+    ck_assert(!fits(PROTO_CMD_GET, "STAT pid 1"));
+    ck_assert(!fits(PROTO_CMD_GET, "1"));
+    ck_assert(fits(PROTO_CMD_SET, "STORED"));
+    ck_assert(fits(PROTO_CMD_ADD, "NOT_STORED"));
+    ck_assert(fits(PROTO_CMD_CAS, "EXISTS"));
+    ck_assert(fits(PROTO_CMD_CAS, "NOT_FOUND"));
+    ck_assert(!fits(PROTO_CMD_SET, "END"));
+    ck_assert(!fits(PROTO_CMD_SET, "VALUE k 0 1"));
+    ck_assert(!fits(PROTO_CMD_SET, "DELETED"));
+    ck_assert(fits(PROTO_CMD_DELETE, "DELETED"));
+    ck_assert(fits(PROTO_CMD_DELETE, "NOT_FOUND"));
+    ck_assert(!fits(PROTO_CMD_DELETE, "STORED"));
+    ck_assert(fits(PROTO_CMD_INCR, "18446744073709551615"));
+    ck_assert(fits(PROTO_CMD_DECR, "NOT_FOUND"));
+    ck_assert(!fits(PROTO_CMD_INCR, "STORED"));
+    ck_assert(fits(PROTO_CMD_TOUCH, "TOUCHED"));
+    ck_assert(!fits(PROTO_CMD_TOUCH, "1"));
+    ck_assert(fits(PROTO_CMD_FLUSH_ALL, "OK"));
+    ck_assert(!fits(PROTO_CMD_FLUSH_ALL, "END"));
+}
+END_TEST
+
+START_TEST(reply_errors_fit_every_command_sent_to_a_backend)
+{
+    static const char *const errors[] = {
+        "ERROR", "CLIENT_ERROR bad data chunk", "SERVER_ERROR out of memory",
+    };
+
+    for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++) {
+        for (int c = PROTO_CMD_GET; c <= PROTO_CMD_FLUSH_ALL; c++)
+            ck_assert_msg(fits((enum proto_cmd)c, errors[i]), "%s to %s",
+                          errors[i], proto_cmd_name[c]);
+        ck_assert(!fits(PROTO_CMD_NONE, errors[i]));
+        ck_assert(!fits(PROTO_CMD_QUIT, errors[i]));
+    }
+}
+END_TEST
+
 /* ---- suite -------------------------------------------------------------- */
 
 static Suite *proto_suite(void)
@@ -1273,6 +1397,12 @@ static Suite *proto_suite(void)
     tcase_add_test(tc, only_get_lines_may_grow_past_the_line_limit);
     suite_add_tcase(s, tc);
 
+    tc = tcase_create("backend lines");
+    tcase_add_test(tc, backend_lines_are_rebuilt_without_client_spacing);
+    tcase_add_test(tc, backend_lines_carry_the_fields_memcached_would_read);
+    tcase_add_test(tc, the_longest_backend_line_fits_the_format_buffer);
+    suite_add_tcase(s, tc);
+
     tc = tcase_create("replies");
     tcase_add_test(tc, reply_value_without_cas);
     tcase_add_test(tc, reply_value_with_cas);
@@ -1283,6 +1413,8 @@ static Suite *proto_suite(void)
     tcase_add_test(tc, reply_stat);
     tcase_add_test(tc, reply_errors_carry_their_message);
     tcase_add_test(tc, reply_rejects_garbage);
+    tcase_add_test(tc, reply_fits_only_the_commands_memcached_sends_it_to);
+    tcase_add_test(tc, reply_errors_fit_every_command_sent_to_a_backend);
     suite_add_tcase(s, tc);
 
     return s;

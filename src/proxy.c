@@ -14,13 +14,16 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <netinet/in.h>
 #include <event2/listener.h>
@@ -723,16 +726,59 @@ static bool worker_idle(const struct worker *w)
     return true;
 }
 
-static int daemonize(void)
+/*
+ * The parent of a daemon: wait until the daemon says it serves ("ready") or
+ * gives up, and exit 0 or 1 accordingly, with the daemon's errors on stderr.
+ * pid is the intermediate child, reaped here.
+ */
+static void daemon_parent(int fd, pid_t pid)
 {
-    pid_t pid = fork();
+    char buf[4096];
+    size_t len = 0;
+    ssize_t n;
 
+    waitpid(pid, NULL, 0);
+    while ((n = read(fd, buf + len, sizeof(buf) - 1 - len)) != 0) {
+        if (n < 0 && errno != EINTR) {
+            break;
+        }
+        len += n > 0 ? (size_t)n : 0;
+        if (len == sizeof(buf) - 1) {
+            break;
+        }
+    }
+    buf[len] = '\0';
+    if (len >= 6 && strcmp(buf + len - 6, "ready\n") == 0) {
+        _exit(0);
+    }
+    fprintf(stderr, "ringproxy: did not start%s\n%s", len > 0 ? ":" :
+            " (it exited during start-up; see its log)", buf);
+    fflush(stderr);
+    _exit(1);
+}
+
+/*
+ * Fork into the background. The calling process stays in the foreground
+ * until the daemon reports through *report_fd: its error lines (see
+ * log_mirror_errors), then "ready\n" once it serves, or nothing and EOF when
+ * it fails. Returns 0 in the daemon, or -errno.
+ */
+static int daemonize(int *report_fd)
+{
+    int fds[2];
+
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        return -errno;
+    }
+    pid_t pid = fork();
     if (pid < 0) {
         return -errno;
     }
     if (pid > 0) {
-        _exit(0);
+        close(fds[1]);
+        daemon_parent(fds[0], pid);
     }
+    close(fds[0]);
     if (setsid() < 0) {
         return -errno;
     }
@@ -743,7 +789,9 @@ static int daemonize(void)
     if (pid > 0) {
         _exit(0);
     }
-    umask(0);
+    /* Files we create (pid file, unix sockets) are not writable by others;
+     * the paths are absolute already (src/main.c). */
+    umask(022);
     if (chdir("/") != 0) {
         return -errno;
     }
@@ -755,6 +803,33 @@ static int daemonize(void)
         if (fd > STDERR_FILENO) {
             close(fd);
         }
+    }
+    *report_fd = fds[1];
+    log_mirror_errors(fds[1]);
+    return 0;
+}
+
+/* Tell the waiting parent (if any) that we serve. */
+static void daemon_ready(int *report_fd)
+{
+    if (*report_fd >= 0) {
+        log_mirror_errors(-1);
+        ssize_t rc = write(*report_fd, "ready\n", 6);
+        (void)rc;
+        close(*report_fd);
+        *report_fd = -1;
+    }
+}
+
+/* Become user pw once the listeners are bound (memcached's -u). */
+static int drop_privileges(const struct passwd *pw)
+{
+    if (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
+        setuid(pw->pw_uid) != 0) {
+        return -errno;
+    }
+    if (setuid(0) == 0 && pw->pw_uid != 0) {
+        return -EPERM;      /* root could be regained: not dropped */
     }
     return 0;
 }
@@ -816,8 +891,9 @@ int proxy_main(const struct proxy_options *o)
     struct proxy px = { .opts = o, .reload_pipe = { -1, -1 } };
     struct worker *w = &px.w;
     struct conf_errors errs;
+    struct passwd *pw = NULL;
     char err[256];
-    int rc = 1;
+    int rc = 1, report_fd = -1;
 
     int lrc = log_open(o->log_path, o->log_level);
     if (lrc != 0) {
@@ -833,8 +909,21 @@ int proxy_main(const struct proxy_options *o)
         conf_errors_free(&errs);
         return 1;
     }
+    if (o->user != NULL) {
+        errno = 0;
+        if ((pw = getpwnam(o->user)) == NULL) {
+            log_error("proxy", "-u %s: %s", o->user,
+                      errno ? strerror(errno) : "no such user");
+            goto out;
+        }
+        if (geteuid() != 0) {
+            log_warn("proxy", "-u %s: not running as root, so not changing user",
+                     o->user);
+            pw = NULL;
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
-    if (o->daemonize && (rc = daemonize()) != 0) {
+    if (o->daemonize && (rc = daemonize(&report_fd)) != 0) {
         log_error("proxy", "cannot daemonize: %s", strerror(-rc));
         rc = 1;
         goto out;
@@ -866,6 +955,12 @@ int proxy_main(const struct proxy_options *o)
         rc = 1;
         goto out;
     }
+    if (pw != NULL && (rc = drop_privileges(pw)) != 0) {
+        log_error("proxy", "-u %s: cannot become that user: %s", o->user,
+                  strerror(-rc));
+        rc = 1;
+        goto out;
+    }
     rc = 1;
     px.sig_hup = evsignal_new(w->base, SIGHUP, on_signal, &px);
     px.sig_usr1 = evsignal_new(w->base, SIGUSR1, on_signal, &px);
@@ -890,6 +985,7 @@ int proxy_main(const struct proxy_options *o)
     event_add(w->tick, &tick);
     log_notice("proxy", "ringproxy %s started, pid %ld", RINGPROXY_VERSION,
                (long)getpid());
+    daemon_ready(&report_fd);
 
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
@@ -905,6 +1001,10 @@ int proxy_main(const struct proxy_options *o)
 out:
     if (o->pid_path != NULL && rc == 0) {
         unlink(o->pid_path);
+    }
+    if (report_fd >= 0) {       /* not started: the parent reports why */
+        log_mirror_errors(-1);
+        close(report_fd);
     }
     proxy_free(&px);
     log_close();

@@ -517,6 +517,34 @@ START_TEST(servers_past_the_limit_are_refused)
 }
 END_TEST
 
+/* Duplicates are found by sorting, yet reported in file order, each against
+ * the first server that had the identity or address. */
+START_TEST(duplicates_in_the_largest_pool_are_reported_in_file_order)
+{
+    size_t cap = 4096 * 40 + 256, len = 0;
+    char *buf = malloc(cap);
+    struct conf_errors errs;
+
+    len += (size_t)snprintf(buf, cap, "cache:\n  listen: 127.0.0.1:22121\n"
+                            "  servers:\n");
+    for (int i = 0; i < CONF_SERVERS_MAX - 2; i++) {
+        len += (size_t)snprintf(buf + len, cap - len, "    - 10.0.%d.%d:11211:1\n",
+                                i / 256, i % 256);
+    }
+    /* line 4098: 10.0.0.7's identity; line 4099: 10.0.0.3's address */
+    len += (size_t)snprintf(buf + len, cap - len, "    - 10.9.9.9:11211:1 10.0.0.7\n"
+                            "    - 10.0.0.3:11211:1 y\n");
+    ck_assert_ptr_null(load_buf(buf, len, &errs));
+    ck_assert_uint_eq(errs.n, 2);
+    ck_assert_str_eq(errs.msgs[0], "mem.yml:4098:7: pool 'cache': duplicate server "
+                     "identity '10.0.0.7' (also at line 11)");
+    ck_assert_str_eq(errs.msgs[1], "mem.yml:4099:7: pool 'cache': duplicate server "
+                     "address '10.0.0.3:11211' (also at line 7)");
+    conf_errors_free(&errs);
+    free(buf);
+}
+END_TEST
+
 START_TEST(a_file_past_the_size_limit_is_refused)
 {
     char path[] = "/tmp/test_config_big_XXXXXX";
@@ -585,6 +613,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, errors_past_the_limit_are_counted_not_listed);
     tcase_add_test(tc, servers_past_the_limit_are_refused);
     tcase_add_test(tc, a_file_past_the_size_limit_is_refused);
+    tcase_add_test(tc, duplicates_in_the_largest_pool_are_reported_in_file_order);
     tcase_add_test(tc, only_a_servers_list_cut_mid_entry_is_truncation);
     suite_add_tcase(s, tc);
     return s;

@@ -7,6 +7,14 @@
  * default; the same parsers read the defaults, so a default can never be a
  * value the file could not have written. Parsing never stops at the first
  * error: every problem is collected so `ringproxy -t` can show them all.
+ *
+ * A hostile or broken file must cost a reload bounded time (it runs on the
+ * event loop), so the bytes are checked before libyaml builds a document:
+ * at most CONF_FILE_MAX of them, nesting at most CONF_DEPTH_MAX deep (libyaml
+ * spends time proportional to the depth on every token), no aliases (one
+ * alias may stand for a large node as often as it is written). Past
+ * CONF_ERRORS_MAX errors are only counted; pools and servers are capped, and
+ * duplicate servers are found by sorting, not by comparing every pair.
  */
 #include <errno.h>
 #include <limits.h>
@@ -17,9 +25,15 @@
 #include <yaml.h>
 
 #include "config.h"
+#include "ringrec.h"
+
+_Static_assert(CONF_SERVERS_MAX == RINGREC_MAX_SERVERS &&
+               CONF_STR_MAX == RINGREC_STR_MAX,
+               "a ring the config accepts must fit a ring record");
 
 struct conf_ctx {
     const char *path;
+    size_t nservers;        /* servers in every pool so far */
     yaml_document_t *doc;
     struct conf_errors *errs;
     const char *pool_name;
@@ -45,20 +59,49 @@ static void conf_verror(struct conf_ctx *cx, size_t line0, size_t col0,
     char msg[512];
     char *line = NULL;
 
+    if (cx->errs->n >= CONF_ERRORS_MAX) {
+        cx->errs->more++;
+        return;
+    }
+    if (cx->errs->n == cx->errs->cap) {
+        size_t cap = cx->errs->cap ? cx->errs->cap * 2 : 8;
+        char **msgs = realloc(cx->errs->msgs, (cap + 1) * sizeof(*msgs));
+        if (msgs == NULL) {
+            cx->errs->more++;
+            return;
+        }
+        cx->errs->msgs = msgs;
+        cx->errs->cap = cap;    /* one spare slot for the "... and K more" */
+    }
     vsnprintf(msg, sizeof(msg), fmt, ap);
     int len = line0 > 0 ?
         asprintf(&line, "%s:%zu:%zu: %s", cx->path, line0, col0, msg) :
         asprintf(&line, "%s: %s", cx->path, msg);
     if (len < 0) {
-        return;     /* out of memory: the caller still sees n > 0 below */
-    }
-    char **msgs = realloc(cx->errs->msgs, (cx->errs->n + 1) * sizeof(*msgs));
-    if (msgs == NULL) {
-        free(line);
+        cx->errs->more++;   /* out of memory: still counted as an error */
         return;
     }
-    cx->errs->msgs = msgs;
-    msgs[cx->errs->n++] = line;
+    cx->errs->msgs[cx->errs->n++] = line;
+}
+
+/* After parsing: the errors past CONF_ERRORS_MAX as one last line. */
+static void conf_errors_finish(struct conf_ctx *cx)
+{
+    struct conf_errors *e = cx->errs;
+    char *line = NULL;
+
+    if (e->more == 0) {
+        return;
+    }
+    if (e->msgs == NULL) {
+        e->msgs = calloc(1, sizeof(*e->msgs));
+        e->cap = 0;
+    }
+    if (e->msgs != NULL && asprintf(&line, "%s: ... and %zu more error%s",
+                                    cx->path, e->more,
+                                    e->more == 1 ? "" : "s") >= 0) {
+        e->msgs[e->n++] = line;     /* the spare slot conf_verror kept */
+    }
 }
 
 static void conf_error_at(struct conf_ctx *cx, int line, int col,
@@ -137,6 +180,10 @@ static int addr_parse(const char *s, size_t len, struct conf_addr *a,
                       const char **why)
 {
     memset(a, 0, sizeof(*a));
+    if (len > CONF_STR_MAX) {
+        *why = "longer than 255 bytes";
+        return -1;
+    }
     a->text = strndup(s, len);
     if (a->text == NULL) {
         *why = "out of memory";
@@ -534,6 +581,11 @@ static int server_from_string(struct conf_ctx *cx, yaml_node_t *n,
             conf_error(cx, n, "server '%s': the name must be one word", text);
             return -1;
         }
+        if (strlen(sp) > CONF_STR_MAX) {
+            conf_error(cx, n, "server '%.40s...': the name is longer than %d "
+                       "bytes", text, CONF_STR_MAX);
+            return -1;
+        }
         s->name = strdup(sp);
     }
     return 0;
@@ -575,6 +627,10 @@ static int server_from_map(struct conf_ctx *cx, yaml_node_t *n,
             if (*val == '\0' || strchr(val, ' ') != NULL) {
                 conf_error(cx, v, "server name: expected one word, got '%s'", val);
                 rc = -1;
+            } else if (strlen(val) > CONF_STR_MAX) {
+                conf_error(cx, v, "server name '%.40s...': longer than %d bytes",
+                           val, CONF_STR_MAX);
+                rc = -1;
             }
             s->name = strdup(val);
         } else if (strcmp(key, "addr") == 0 || strcmp(key, "weight") == 0 ||
@@ -609,6 +665,12 @@ static void parse_servers(struct conf_ctx *cx, yaml_node_t *node,
     }
     size_t n = (size_t)(node->data.sequence.items.top -
                         node->data.sequence.items.start);
+    if (n > CONF_SERVERS_MAX - cx->nservers) {
+        conf_error(cx, node, "servers: %zu servers here and %zu before; a file "
+                   "may list at most %d", n, cx->nservers, CONF_SERVERS_MAX);
+        return;
+    }
+    cx->nservers += n;
     p->servers = calloc(n ? n : 1, sizeof(*p->servers));
     if (p->servers == NULL) {
         conf_error(cx, node, "out of memory");
@@ -620,6 +682,9 @@ static void parse_servers(struct conf_ctx *cx, yaml_node_t *node,
         struct conf_server *s = &p->servers[p->nservers];
         int rc;
 
+        p->last_server_end = sn->end_mark.index;
+        p->last_server_line = (int)sn->start_mark.line + 1;
+        p->last_server_col = (int)sn->start_mark.column + 1;
         memset(s, 0, sizeof(*s));
         s->line = (int)sn->start_mark.line + 1;
         s->col = (int)sn->start_mark.column + 1;
@@ -659,6 +724,85 @@ static char *server_identity(const struct conf_pool *p, const struct conf_server
     return asprintf(&id, "%s", s->addr.host) < 0 ? NULL : id;
 }
 
+/* Servers by identity (by_addr: by address), then by position in the file. */
+static int server_cmp(const struct conf_server *a, const struct conf_server *b,
+                      bool by_addr)
+{
+    int d = by_addr ? strcmp(a->addr.text, b->addr.text) :
+                      strcmp(a->identity, b->identity);
+
+    return d != 0 ? d : (a < b ? -1 : a > b);
+}
+
+static int server_cmp_identity(const void *x, const void *y)
+{
+    return server_cmp(*(struct conf_server *const *)x,
+                      *(struct conf_server *const *)y, false);
+}
+
+static int server_cmp_addr(const void *x, const void *y)
+{
+    return server_cmp(*(struct conf_server *const *)x,
+                      *(struct conf_server *const *)y, true);
+}
+
+/*
+ * A server whose identity, or else whose address, an earlier server has is
+ * an error, reported in file order. Sorting keeps this O(n log n) for the
+ * largest pool (a pairwise check costs seconds at CONF_SERVERS_MAX).
+ */
+static void pool_check_duplicates(struct conf_ctx *cx, const struct conf_pool *p)
+{
+    uint32_t n = p->nservers;
+    struct conf_server **by = calloc(n ? n : 1, sizeof(*by));
+    const struct conf_server **dup_id = calloc(n ? n : 1, sizeof(*dup_id));
+    const struct conf_server **dup_addr = calloc(n ? n : 1, sizeof(*dup_addr));
+
+    if (by == NULL || dup_id == NULL || dup_addr == NULL) {
+        conf_error_at(cx, p->line, p->col, "out of memory");
+        goto out;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (p->servers[i].identity == NULL) {
+            goto out;       /* reported already */
+        }
+        by[i] = &p->servers[i];
+    }
+    /* After sorting, the first of each run is the earliest in the file. */
+    qsort(by, n, sizeof(*by), server_cmp_identity);
+    for (uint32_t i = 1, first = 0; i < n; i++) {
+        if (strcmp(by[i]->identity, by[first]->identity) != 0) {
+            first = i;
+        } else {
+            dup_id[by[i] - p->servers] = by[first];
+        }
+    }
+    qsort(by, n, sizeof(*by), server_cmp_addr);
+    for (uint32_t i = 1, first = 0; i < n; i++) {
+        if (strcmp(by[i]->addr.text, by[first]->addr.text) != 0) {
+            first = i;
+        } else {
+            dup_addr[by[i] - p->servers] = by[first];
+        }
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const struct conf_server *s = &p->servers[i];
+        if (dup_id[i] != NULL) {
+            conf_error_at(cx, s->line, s->col, "pool '%s': duplicate server "
+                          "identity '%s' (also at line %d)", p->name,
+                          s->identity, dup_id[i]->line);
+        } else if (dup_addr[i] != NULL) {
+            conf_error_at(cx, s->line, s->col, "pool '%s': duplicate server "
+                          "address '%s' (also at line %d)", p->name,
+                          s->addr.text, dup_addr[i]->line);
+        }
+    }
+out:
+    free(by);
+    free(dup_id);
+    free(dup_addr);
+}
+
 static void pool_check(struct conf_ctx *cx, yaml_node_t *pool_node,
                        struct conf_pool *p)
 {
@@ -682,22 +826,11 @@ static void pool_check(struct conf_ctx *cx, yaml_node_t *pool_node,
     for (uint32_t i = 0; i < p->nservers; i++) {
         struct conf_server *s = &p->servers[i];
         s->identity = server_identity(p, s);
-        for (uint32_t j = 0; j < i && s->identity != NULL; j++) {
-            const struct conf_server *o = &p->servers[j];
-            if (o->identity != NULL && strcmp(o->identity, s->identity) == 0) {
-                conf_error_at(cx, s->line, s->col, "pool '%s': duplicate server "
-                              "identity '%s' (also at line %d)", p->name,
-                              s->identity, o->line);
-                break;
-            }
-            if (strcmp(o->addr.text, s->addr.text) == 0) {
-                conf_error_at(cx, s->line, s->col, "pool '%s': duplicate server "
-                              "address '%s' (also at line %d)", p->name,
-                              s->addr.text, o->line);
-                break;
-            }
+        if (s->identity == NULL) {
+            conf_error_at(cx, s->line, s->col, "out of memory");
         }
     }
+    pool_check_duplicates(cx, p);
 }
 
 static void pool_free(struct conf_pool *p)
@@ -743,6 +876,11 @@ static void parse_pools(struct conf_ctx *cx, yaml_node_t *root, struct config *c
 {
     size_t n = (size_t)(root->data.mapping.pairs.top - root->data.mapping.pairs.start);
 
+    if (n > CONF_POOLS_MAX) {
+        conf_error(cx, root, "%zu pools; a file may define at most %d", n,
+                   CONF_POOLS_MAX);
+        return;
+    }
     c->pools = calloc(n ? n : 1, sizeof(*c->pools));
     if (c->pools == NULL) {
         conf_error(cx, root, "out of memory");
@@ -793,38 +931,123 @@ static void parse_pools(struct conf_ctx *cx, yaml_node_t *root, struct config *c
     }
 }
 
-struct config *config_load(const char *path, struct conf_errors *errs)
+/*
+ * Walk the events once before libyaml builds the document: refuse nesting
+ * past CONF_DEPTH_MAX and aliases, and report a syntax error (such as a file
+ * that ends inside a flow list) with its position. Returns 0 when the
+ * document may be loaded.
+ */
+static int conf_prescan(struct conf_ctx *cx, const char *buf, size_t len)
 {
-    struct conf_ctx cx = { .path = path, .errs = errs };
+    yaml_parser_t parser;
+    yaml_event_t ev;
+    int depth = 0, rc = -1;
+
+    if (!yaml_parser_initialize(&parser)) {
+        conf_error(cx, NULL, "out of memory");
+        return -1;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
+    for (;;) {
+        if (!yaml_parser_parse(&parser, &ev)) {
+            conf_error_at(cx, (int)parser.problem_mark.line + 1,
+                          (int)parser.problem_mark.column + 1,
+                          "YAML syntax error: %s%s%s", parser.problem,
+                          parser.context ? " " : "",
+                          parser.context ? parser.context : "");
+            break;
+        }
+        yaml_event_type_t type = ev.type;
+        int line = (int)ev.start_mark.line + 1, col = (int)ev.start_mark.column + 1;
+        yaml_event_delete(&ev);
+        if (type == YAML_SEQUENCE_START_EVENT || type == YAML_MAPPING_START_EVENT) {
+            if (++depth > CONF_DEPTH_MAX) {
+                conf_error_at(cx, line, col, "nested more than %d levels deep",
+                              CONF_DEPTH_MAX);
+                break;
+            }
+        } else if (type == YAML_SEQUENCE_END_EVENT ||
+                   type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        } else if (type == YAML_ALIAS_EVENT) {
+            conf_error_at(cx, line, col, "YAML aliases (*name) are not "
+                          "supported; write the value out");
+            break;
+        } else if (type == YAML_DOCUMENT_END_EVENT) {
+            rc = 0;     /* a second document is ignored, as the loader does */
+            break;
+        } else if (type == YAML_STREAM_END_EVENT) {
+            rc = 0;
+            break;
+        }
+    }
+    yaml_parser_delete(&parser);
+    return rc;
+}
+
+/*
+ * A file cut short by a partial write can still be valid YAML: a `servers:`
+ * list that ends early is a smaller pool, with keys moving for nothing. An
+ * editor ends the last line with a newline; a cut rarely does. So a file
+ * whose last server runs to the very end, without a newline, is refused.
+ */
+static void conf_check_truncated(struct conf_ctx *cx, const struct config *c,
+                                 const char *buf, size_t len)
+{
+    size_t end = len;
+
+    if (len == 0 || buf[len - 1] == '\n') {
+        return;
+    }
+    while (end > 0 && (buf[end - 1] == ' ' || buf[end - 1] == '\t')) {
+        end--;
+    }
+    for (uint32_t i = 0; i < c->npools; i++) {
+        const struct conf_pool *p = &c->pools[i];
+        if (p->last_server_end != 0 && p->last_server_end >= end) {
+            conf_error_at(cx, p->last_server_line, p->last_server_col,
+                          "pool '%s': the "
+                          "file ends inside the servers list without a final "
+                          "newline; is it truncated?", p->name);
+        }
+    }
+}
+
+struct config *config_load_buffer(const char *name, const char *buf, size_t len,
+                                  struct conf_errors *errs)
+{
+    struct conf_ctx cx = { .path = name, .errs = errs };
     yaml_parser_t parser;
     yaml_document_t doc;
     struct config *c = NULL;
-    FILE *f;
 
     memset(errs, 0, sizeof(*errs));
-    f = fopen(path, "r");
-    if (f == NULL) {
-        conf_error(&cx, NULL, "cannot open: %s", strerror(errno));
-        return NULL;
+    if (len > CONF_FILE_MAX) {
+        conf_error(&cx, NULL, "%zu bytes; a config file may have at most %u",
+                   len, CONF_FILE_MAX);
+        goto done;
+    }
+    if (conf_prescan(&cx, buf, len) != 0) {
+        goto done;
     }
     if (!yaml_parser_initialize(&parser)) {
-        fclose(f);
         conf_error(&cx, NULL, "out of memory");
-        return NULL;
+        goto done;
     }
-    yaml_parser_set_input_file(&parser, f);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
     if (!yaml_parser_load(&parser, &doc)) {
         conf_error_at(&cx, (int)parser.problem_mark.line + 1,
-                      (int)parser.problem_mark.column + 1, "YAML syntax error: %s%s%s", parser.problem,
-                   parser.context ? " " : "", parser.context ? parser.context : "");
+                      (int)parser.problem_mark.column + 1,
+                      "YAML syntax error: %s%s%s", parser.problem,
+                      parser.context ? " " : "",
+                      parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
-        fclose(f);
-        return NULL;
+        goto done;
     }
     cx.doc = &doc;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     c = calloc(1, sizeof(*c));
-    if (c == NULL || (c->path = strdup(path)) == NULL) {
+    if (c == NULL || (c->path = strdup(name)) == NULL) {
         conf_error(&cx, NULL, "out of memory");
     } else if (root == NULL) {
         conf_error_at(&cx, 1, 1, "the file is empty; expected at least one pool");
@@ -836,14 +1059,66 @@ struct config *config_load(const char *path, struct conf_errors *errs)
         if (c->npools == 0 && errs->n == 0) {
             conf_error(&cx, root, "no pools defined");
         }
+        conf_check_truncated(&cx, c, buf, len);
     }
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
-    fclose(f);
-    if (errs->n > 0) {
+done:
+    conf_errors_finish(&cx);
+    if (errs->n > 0 || errs->more > 0) {
         config_free(c);
         return NULL;
     }
+    return c;
+}
+
+/* Read at most CONF_FILE_MAX bytes (one more tells that there are more). */
+struct config *config_load(const char *path, struct conf_errors *errs)
+{
+    struct conf_ctx cx = { .path = path, .errs = errs };
+    size_t cap = 64 * 1024, len = 0;
+    char *buf = NULL;
+    struct config *c = NULL;
+    FILE *f;
+
+    memset(errs, 0, sizeof(*errs));
+    f = fopen(path, "r");
+    if (f == NULL) {
+        conf_error(&cx, NULL, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        if (len == cap || buf == NULL) {
+            char *nb;
+            cap = buf == NULL ? cap : cap * 2;
+            if (cap > CONF_FILE_MAX + 1) {
+                cap = CONF_FILE_MAX + 1;
+            }
+            if ((nb = realloc(buf, cap)) == NULL) {
+                conf_error(&cx, NULL, "out of memory");
+                goto out;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0 || len > CONF_FILE_MAX) {
+            break;
+        }
+    }
+    if (ferror(f)) {
+        conf_error(&cx, NULL, "cannot read: %s", strerror(errno));
+        goto out;
+    }
+    if (len > CONF_FILE_MAX) {
+        conf_error(&cx, NULL, "larger than %u bytes, the most a config file "
+                   "may have", CONF_FILE_MAX);
+        goto out;
+    }
+    c = config_load_buffer(path, buf, len, errs);
+out:
+    free(buf);
+    fclose(f);
     return c;
 }
 

@@ -10,6 +10,21 @@
 
 #define CONF_DEFAULT_PORT 11211
 
+/*
+ * What a file may hold. A reload runs on the event loop, so these bound the
+ * work one SIGHUP can cost whatever the file says (tests/integration/
+ * test_reload_limits.py times the worst case).
+ */
+#define CONF_FILE_MAX (4u << 20)    /* bytes */
+#define CONF_DEPTH_MAX 16           /* nested mappings and lists */
+#define CONF_POOLS_MAX 256
+#define CONF_SERVERS_MAX 4096       /* in all pools together (each ring is
+                                       built on reload: ~30 µs a server);
+                                       RINGREC_MAX_SERVERS */
+#define CONF_STR_MAX 255            /* a server's name, address, identity;
+                                       RINGREC_STR_MAX */
+#define CONF_ERRORS_MAX 100         /* reported; the rest are counted */
+
 /* A host:port or a unix socket path, as parsed from the file. */
 struct conf_addr {
     char *text;             /* as written, e.g. "127.0.0.1:11212" */
@@ -71,6 +86,9 @@ struct conf_pool {
                                        or its value); 0 = never */
     struct conf_server *servers;
     uint32_t nservers;
+    size_t last_server_end;         /* byte offset where the last entry of
+                                       servers ends (truncation check) */
+    int last_server_line, last_server_col;
     struct conf_index index;
     struct conf_migration migration;
     bool seen[64];                  /* which directives the file set */
@@ -86,6 +104,8 @@ struct config {
 struct conf_errors {
     char **msgs;
     size_t n;
+    size_t cap;             /* msgs has room for cap */
+    size_t more;            /* errors past CONF_ERRORS_MAX, counted only */
 };
 
 /*
@@ -93,6 +113,11 @@ struct conf_errors {
  * errs then holds all of them (the caller frees it with conf_errors_free).
  */
 struct config *config_load(const char *path, struct conf_errors *errs);
+
+/* The same from len bytes in memory; name stands for the path in errors
+ * and in c->path. buf needs no NUL and is not kept. */
+struct config *config_load_buffer(const char *name, const char *buf, size_t len,
+                                  struct conf_errors *errs);
 void config_free(struct config *c);                 /* NULL is fine */
 void conf_errors_free(struct conf_errors *errs);
 

@@ -32,7 +32,13 @@ static struct {
     int fd;
     int level;
     char *path;
-} logger = { .fd = STDERR_FILENO, .level = LOG_NOTICE };
+    int mirror_fd;          /* error lines also go here; -1: nowhere */
+} logger = { .fd = STDERR_FILENO, .level = LOG_NOTICE, .mirror_fd = -1 };
+
+void log_mirror_errors(int fd)
+{
+    logger.mirror_fd = fd;
+}
 
 static int log_open_path(const char *path)
 {
@@ -94,16 +100,21 @@ static void log_vwrite(int level, const char *module, const char *fmt, va_list a
 
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s: ",
+    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
                      tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000),
-                     log_level_names[level], module);
+                     log_level_names[level]);
+    int text = n;           /* "module: message" starts here */
+    n += snprintf(line + n, sizeof(line) - (size_t)n, "%s: ", module);
     n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     if (n > (int)sizeof(line) - 2) {
         n = (int)sizeof(line) - 2;
     }
     line[n++] = '\n';
     ssize_t rc = write(logger.fd, line, (size_t)n);
+    if (level == LOG_ERROR && logger.mirror_fd >= 0) {
+        rc = write(logger.mirror_fd, line + text, (size_t)(n - text));
+    }
     (void)rc;
 }
 

@@ -22,6 +22,9 @@ int log_open(const char *path, int level);
 int log_reopen(void);
 void log_close(void);
 int log_enabled(int level);
+/* While fd >= 0, every error line, without its time and level, is also
+ * written to fd: a daemon's parent reports them (src/proxy.c). */
+void log_mirror_errors(int fd);
 
 void log_write(int level, const char *module, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

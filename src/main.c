@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "proxy.h"
@@ -12,7 +13,7 @@
 
 #define RINGPROXY_USAGE                                                        \
     "usage: ringproxy -c FILE [-t] [-d] [-p PIDFILE] [-o LOGFILE] [-v LEVEL]\n" \
-    "                 [-s ADMIN_PORT] [-a ADMIN_ADDR]\n"                        \
+    "                 [-s ADMIN_PORT] [-a ADMIN_ADDR] [-u USER]\n"              \
     "       ringproxy locate -c FILE [--pool NAME] KEY...\n"                   \
     "       ringproxy ring -c FILE [--pool NAME] [--points]\n"                 \
     "       ringproxy diff OLD_FILE NEW_FILE\n"                                \
@@ -23,7 +24,9 @@
     "\n"                                                                       \
     "  -c, --conf-file FILE     the pool file (YAML; twemproxy's format works)\n" \
     "  -t, --test-conf          check the file, print every error, exit 0/1\n" \
-    "  -d, --daemonize          run in the background\n"                       \
+    "  -d, --daemonize          run in the background; exits 0 once serving,\n" \
+    "                           1 with the reason if it cannot start\n"        \
+    "  -u, --user USER          run as USER once the listeners are bound\n"    \
     "  -p, --pid-file FILE      write the process id here\n"                   \
     "  -o, --output FILE        log here (reopened on SIGUSR1), default stderr\n" \
     "  -v, --verbose LEVEL      0 error, 1 warn, 2 notice (default), 3 info,\n" \
@@ -34,6 +37,26 @@
     "\n"                                                                       \
     "Signals: SIGHUP reloads the file, SIGUSR1 reopens the log, SIGTERM and\n" \
     "SIGINT stop after in-flight replies are sent.\n"
+
+/*
+ * path made absolute against the working directory, in buf (a daemon runs
+ * in "/", where a relative -c, -p or -o would name another file). Returns
+ * path itself when it is absolute, NULL when it does not fit or the working
+ * directory is unknown.
+ */
+static const char *absolute_path(const char *path, char *buf, size_t size)
+{
+    char cwd[4096];
+
+    if (path == NULL || path[0] == '/') {
+        return path;
+    }
+    if (getcwd(cwd, sizeof(cwd)) == NULL) {
+        return NULL;
+    }
+    int n = snprintf(buf, size, "%s/%s", cwd, path);
+    return n > 0 && (size_t)n < size ? buf : NULL;
+}
 
 static int usage(FILE *f, int rc)
 {
@@ -160,10 +183,12 @@ int main(int argc, char **argv)
         { "verbose", required_argument, NULL, 'v' },
         { "stats-port", required_argument, NULL, 's' },
         { "stats-addr", required_argument, NULL, 'a' },
+        { "user", required_argument, NULL, 'u' },
         { "version", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    static char abs_paths[3][4096];
     struct proxy_options o = { .log_level = 2, .admin_port = ADMIN_PORT_DEFAULT,
                                .admin_addr = ADMIN_ADDR_DEFAULT };
     int test_only = 0, ch;
@@ -182,7 +207,7 @@ int main(int argc, char **argv)
         }
         return cli_diff(argv[2], argv[3], stdout);
     }
-    while ((ch = getopt_long(argc, argv, "c:tdp:o:v:s:a:Vh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:tdp:o:v:s:a:u:Vh", opts, NULL)) != -1) {
         char *end;
         switch (ch) {
         case 'c':
@@ -217,6 +242,9 @@ int main(int argc, char **argv)
         case 'a':
             o.admin_addr = optarg;
             break;
+        case 'u':
+            o.user = optarg;
+            break;
         case 'V':
             printf("ringproxy %s\n", RINGPROXY_VERSION);
             return 0;
@@ -236,6 +264,18 @@ int main(int argc, char **argv)
     }
     if (test_only) {
         return cli_test_config(o.conf_path, stdout);
+    }
+    if (o.daemonize) {
+        const char **paths[] = { &o.conf_path, &o.pid_path, &o.log_path };
+        for (int i = 0; i < 3; i++) {
+            const char *abs = absolute_path(*paths[i], abs_paths[i],
+                                            sizeof(abs_paths[i]));
+            if (abs == NULL && *paths[i] != NULL) {
+                fprintf(stderr, "ringproxy: cannot make %s absolute\n", *paths[i]);
+                return 1;
+            }
+            *paths[i] = abs;
+        }
     }
     return proxy_main(&o);
 }

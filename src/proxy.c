@@ -5,15 +5,25 @@
  * The loop runs one turn at a time (EVLOOP_ONCE) and flushes every
  * connection that produced output after each turn: requests that arrive
  * together leave together, in one write per connection.
+ *
+ * A reload reads, validates and builds the rings of the new file on a
+ * thread of its own (a file at the limits of src/config.h costs hundreds of
+ * ms), then hands the result to the loop through a pipe; the loop only
+ * switches pools over. One reload runs at a time; a SIGHUP meanwhile starts
+ * another when it ends, so the last version of the file always wins.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <netinet/in.h>
 #include <event2/listener.h>
@@ -43,8 +53,22 @@ struct old_config {
     struct old_config *next;
 };
 
+/* A reload's work off the loop: what it read, or why it could not. */
+struct reload_job {
+    const char *path;
+    struct config *conf;        /* NULL: see errs */
+    struct conf_errors errs;
+    struct ring **rings;        /* the ring of each pool of conf */
+    int done_fd;                /* written once the job is done */
+};
+
 struct proxy {
     const struct proxy_options *opts;
+    pthread_t reload_thread;
+    struct reload_job *reload;  /* running; NULL: none */
+    bool reload_again;          /* a SIGHUP came while one ran */
+    int reload_pipe[2];
+    struct event *reload_done;
     struct config *conf;
     struct old_config *old_configs;
     struct worker w;
@@ -105,20 +129,22 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     evtimer_add(p->accept_retry, &tv);
 }
 
-/* Open the pool's listener (disabled until the pool is ready). */
-static int pool_listen(struct pool *p, char *err, size_t errlen)
+/*
+ * A listener for pool p on address a (conf: its backlog), disabled until the
+ * pool is ready. Returns NULL with a reason in err. p is not changed: a
+ * reload opens a pool's new listener before it knows it will keep it.
+ */
+static struct evconnlistener *listener_open(struct pool *p,
+                                            const struct conf_pool *conf,
+                                            char *err, size_t errlen)
 {
-    const struct conf_addr *a = &p->conf->listen;
+    const struct conf_addr *a = &conf->listen;
     unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
                      LEV_OPT_CLOSE_ON_EXEC | (p->ready ? 0 : LEV_OPT_DISABLED);
     struct sockaddr_storage ss;
+    struct evconnlistener *l;
     socklen_t len;
 
-    if (p->accept_retry == NULL &&
-        (p->accept_retry = evtimer_new(p->w->base, on_accept_retry, p)) == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
     memset(&ss, 0, sizeof(ss));
     if (a->is_unix) {
         struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
@@ -134,21 +160,44 @@ static int pool_listen(struct pool *p, char *err, size_t errlen)
         snprintf(port, sizeof(port), "%u", a->port);
         if (evutil_getaddrinfo(a->host, port, &hints, &res) != 0 || res == NULL) {
             snprintf(err, errlen, "cannot resolve listen address %s", a->text);
-            return -1;
+            return NULL;
         }
         len = (socklen_t)res->ai_addrlen;
         memcpy(&ss, res->ai_addr, len);
         evutil_freeaddrinfo(res);
     }
-    p->listener = evconnlistener_new_bind(p->w->base, on_accept, p, flags,
-                                          (int)p->conf->backlog,
-                                          (struct sockaddr *)&ss, (int)len);
-    if (p->listener == NULL) {
+    l = evconnlistener_new_bind(p->w->base, on_accept, p, flags,
+                                (int)conf->backlog, (struct sockaddr *)&ss,
+                                (int)len);
+    if (l == NULL) {
         snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+        return NULL;
+    }
+    evconnlistener_set_error_cb(l, on_accept_error);
+    return l;
+}
+
+/* Close a listener opened for a reload that was then refused. */
+static void listener_discard(struct evconnlistener *l, const struct conf_pool *conf)
+{
+    if (l != NULL) {
+        evconnlistener_free(l);
+        if (conf->listen.is_unix) {
+            unlink(conf->listen.host);
+        }
+    }
+}
+
+/* Open the pool's listener (disabled until the pool is ready). */
+static int pool_listen(struct pool *p, char *err, size_t errlen)
+{
+    if (p->accept_retry == NULL &&
+        (p->accept_retry = evtimer_new(p->w->base, on_accept_retry, p)) == NULL) {
+        snprintf(err, errlen, "out of memory");
         return -1;
     }
-    evconnlistener_set_error_cb(p->listener, on_accept_error);
-    return 0;
+    p->listener = listener_open(p, p->conf, err, errlen);
+    return p->listener != NULL ? 0 : -1;
 }
 
 static void pool_unlisten(struct pool *p)
@@ -176,31 +225,52 @@ static void pool_conf_warn(const struct conf_pool *c)
     }
 }
 
-static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
-                          size_t errlen)
+/* A new pool, listening (disabled until ready), not yet in w->pools. */
+static struct pool *proxy_new_pool(struct worker *w, struct conf_pool *conf,
+                                   char *err, size_t errlen)
 {
-    struct pool **pools = realloc(w->pools, (w->npools + 1) * sizeof(*pools));
     struct pool *p = calloc(1, sizeof(*p));
 
-    if (pools == NULL || p == NULL) {
-        free(p);
+    if (p == NULL) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return NULL;
     }
-    w->pools = pools;
     if (pool_init(p, w, conf, err, errlen) != 0 || pool_listen(p, err, errlen) != 0) {
         pool_unlisten(p);
         pool_close(p);
         free(p);
-        return -1;
+        return NULL;
     }
+    return p;
+}
+
+/* Put a pool made by proxy_new_pool in service; w->pools has room for it. */
+static void proxy_start_pool(struct worker *w, struct pool *p)
+{
     w->pools[w->npools++] = p;
-    pool_conf_warn(conf);
+    pool_conf_warn(p->conf);
     log_notice("proxy", "pool %s: listening on %s, %u servers, %u ring points, "
                "hash %s, compat %s%s", p->name, p->conf->listen.text,
                p->ring->nservers, p->ring->npoints, hash_names[p->ring->hash],
                ring_compat_names[p->ring->compat],
                p->ready ? "" : " (serving once Redis says which ring the data obeys)");
+}
+
+static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
+                          size_t errlen)
+{
+    struct pool **pools = realloc(w->pools, (w->npools + 1) * sizeof(*pools));
+    struct pool *p;
+
+    if (pools == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    w->pools = pools;
+    if ((p = proxy_new_pool(w, conf, err, errlen)) == NULL) {
+        return -1;
+    }
+    proxy_start_pool(w, p);
     return 0;
 }
 
@@ -289,99 +359,173 @@ static void proxy_stop(struct proxy *px, const char *why)
     }
 }
 
-/* Point an existing pool at its new settings; change its ring if needed. */
-static void pool_reconfigure(struct pool *p, struct conf_pool *nc)
+/*
+ * A reload is applied all or nothing. First every pool of the new file is
+ * prepared without touching what serves: its ring built, the backends of
+ * that ring found, a moved listener bound, a new pool made. If any of that
+ * fails, everything prepared is undone and the running config stays whole;
+ * only then is each pool switched over, a step that cannot fail.
+ */
+struct pool_plan {
+    struct pool *p;                 /* running, or new (is_new) */
+    struct conf_pool *conf;         /* its settings in the new file */
+    bool is_new;
+    struct ring *ring;              /* NULL: the ring stays */
+    struct backend **ring_be;       /* the ring's backends; NULL with an index
+                                       (the migration switches rings) */
+    struct evconnlistener *listener;    /* NULL: the listener stays */
+};
+
+/* ring: the new file's ring for the pool, built by the reload thread (a
+ * reference the plan takes, or drops when the ring does not change). */
+static int plan_pool(struct pool_plan *pl, struct ring *ring, char *err,
+                     size_t errlen)
 {
-    struct conf_pool *oc = p->conf;
-    char err[256];
+    struct pool *p = pl->p;
+    const struct conf_pool *oc = p->conf, *nc = pl->conf;
 
     if (oc->index.enabled != nc->index.enabled ||
         (nc->index.enabled && (strcmp(oc->index.redis.text, nc->index.redis.text) != 0 ||
                                strcmp(oc->index.prefix, nc->index.prefix) != 0 ||
                                oc->index.db != nc->index.db))) {
-        log_error("reload", "%s: changing the index (redis, db, prefix) needs a "
-                  "restart; keeping the pool's old settings", p->name);
+        snprintf(err, errlen, "changing the index (redis, db, prefix) needs a "
+                 "restart");
+        return -1;
+    }
+    if (p->mig != NULL && (oc->hash != nc->hash || oc->has_tag != nc->has_tag ||
+                           (nc->has_tag && memcmp(oc->hash_tag, nc->hash_tag, 2) != 0))) {
+        snprintf(err, errlen, "changing hash or hash_tag of an indexed pool would "
+                 "move every key; not supported");
+        return -1;
+    }
+    if (conf_pool_same_ring(oc, nc)) {
+        ring_unref(ring);
+    } else {
+        pl->ring = ring;
+        if (p->mig == NULL &&
+            (pl->ring_be = pool_ring_backends(p, pl->ring, err, errlen)) == NULL) {
+            return -1;
+        }
+    }
+    if (strcmp(oc->listen.text, nc->listen.text) != 0 &&
+        (pl->listener = listener_open(p, nc, err, errlen)) == NULL) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Undo what plan_pool or proxy_new_pool prepared. */
+static void plan_discard(struct pool_plan *pl)
+{
+    if (pl->p == NULL) {
         return;
     }
-    bool same_ring = conf_pool_same_ring(oc, nc);
-    bool same_listen = strcmp(oc->listen.text, nc->listen.text) == 0;
-    struct evconnlistener *old_listener = p->listener;
+    if (pl->is_new) {
+        pool_unlisten(pl->p);
+        pool_close(pl->p);
+        free(pl->p);
+        return;
+    }
+    listener_discard(pl->listener, pl->conf);
+    free(pl->ring_be);
+    ring_unref(pl->ring);
+    pool_retire_backends(pl->p);    /* those pool_ring_backends made */
+}
+
+/* Switch a running pool to its prepared settings (cannot fail). */
+static void plan_commit(struct pool_plan *pl)
+{
+    struct pool *p = pl->p;
+    struct conf_pool *oc = p->conf, *nc = pl->conf;
+    char err[256];
+
     p->conf = nc;
     pool_conf_warn(nc);
-    if (!same_listen) {
-        p->listener = NULL;
-        if (pool_listen(p, err, sizeof(err)) != 0) {
-            log_error("reload", "%s: %s; still listening on %s", p->name, err,
-                      oc->listen.text);
-            p->listener = old_listener;
-            p->conf = oc;
-            return;
-        }
-        evconnlistener_free(old_listener);
-        if (oc->listen.is_unix) {
-            unlink(oc->listen.host);
+    if (pl->listener != NULL) {
+        struct evconnlistener *old = p->listener;
+        p->listener = pl->listener;
+        if (old != NULL) {
+            evconnlistener_free(old);
+            if (oc->listen.is_unix) {
+                unlink(oc->listen.host);
+            }
         }
         log_notice("reload", "%s: now listening on %s (was %s)", p->name,
                    nc->listen.text, oc->listen.text);
     }
-    if (same_ring) {
-        return;
-    }
-    struct ring *r = conf_pool_ring(nc, err, sizeof(err));
-    if (r == NULL) {
-        log_error("reload", "%s: %s", p->name, err);
+    if (pl->ring == NULL) {
         return;
     }
     struct ring_diff d;
-    if (ring_diff(p->ring, r, &d) == 0) {
+    if (ring_diff(p->ring, pl->ring, &d) == 0) {
         log_notice("reload", "%s: %u -> %u servers, %.1f%% of keys change server",
-                   p->name, p->ring->nservers, r->nservers,
+                   p->name, p->ring->nservers, pl->ring->nservers,
                    100.0 * (double)d.moved / RING_SPACE);
         ring_diff_free(&d);
     }
     if (p->mig != NULL) {
-        if (mig_change_ring(p->mig, r, err, sizeof(err)) != 0) {
+        /* plan_pool refused what mig_change_ring refuses */
+        if (mig_change_ring(p->mig, pl->ring, err, sizeof(err)) != 0) {
             log_warn("reload", "%s: %s", p->name, err);
         }
-        ring_unref(r);
-        return;
-    }
-    struct backend **map = pool_ring_backends(p, r, err, sizeof(err));
-    if (map == NULL) {
-        log_error("reload", "%s: %s", p->name, err);
-        ring_unref(r);
+        ring_unref(pl->ring);
         return;
     }
     log_warn("reload", "%s: no index configured, so keys that change server are "
              "not moved: they miss until written again", p->name);
-    pool_set_ring(p, r, map);
+    pool_set_ring(p, pl->ring, pl->ring_be);
     pool_retire_backends(p);
 }
 
-/* A valid new config: add, change and remove pools to match it. */
-static void proxy_apply(struct proxy *px, struct config *nc)
+/* A valid new config: add, change and remove pools to match it, or, if any
+ * pool cannot take its new settings, change nothing. Takes nc and rings
+ * (each pool's ring, a reference; the array itself stays the caller's). */
+static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings)
 {
     struct worker *w = &px->w;
     struct old_config *old = malloc(sizeof(*old));
-    char err[256];
+    struct pool_plan *plans = calloc(nc->npools, sizeof(*plans));
+    struct pool **pools = realloc(w->pools, (w->npools + nc->npools) *
+                                  sizeof(*pools));
+    char err[256] = "out of memory";
+    const char *failed = NULL;
 
-    if (old == NULL) {
-        log_error("reload", "out of memory; keeping the running config");
-        config_free(nc);
-        return;
+    if (pools != NULL) {
+        w->pools = pools;       /* room for every pool that may be new */
+    }
+    if (old == NULL || plans == NULL || pools == NULL) {
+        failed = "";
+        goto refuse;
     }
     for (uint32_t i = 0; i < nc->npools; i++) {
-        struct conf_pool *pc = &nc->pools[i];
-        struct pool *p = NULL;
+        struct pool_plan *pl = &plans[i];
+        pl->conf = &nc->pools[i];
         for (uint32_t j = 0; j < w->npools; j++) {
-            if (!w->pools[j]->closing && strcmp(w->pools[j]->name, pc->name) == 0) {
-                p = w->pools[j];
+            if (!w->pools[j]->closing && strcmp(w->pools[j]->name, pl->conf->name) == 0) {
+                pl->p = w->pools[j];
             }
         }
-        if (p != NULL) {
-            pool_reconfigure(p, pc);
-        } else if (proxy_add_pool(w, pc, err, sizeof(err)) != 0) {
-            log_error("reload", "new pool %s: %s", pc->name, err);
+        struct ring *ring = rings[i];
+        rings[i] = NULL;
+        if (pl->p != NULL) {
+            if (plan_pool(pl, ring, err, sizeof(err)) != 0) {
+                failed = pl->conf->name;
+                goto refuse;
+            }
+        } else if (ring_unref(ring),
+                   (pl->p = proxy_new_pool(w, pl->conf, err, sizeof(err))) != NULL) {
+            pl->is_new = true;
+        } else {
+            failed = pl->conf->name;
+            goto refuse;
+        }
+    }
+
+    for (uint32_t i = 0; i < nc->npools; i++) {
+        if (plans[i].is_new) {
+            proxy_start_pool(w, plans[i].p);
+        } else {
+            plan_commit(&plans[i]);
         }
     }
     for (uint32_t j = 0; j < w->npools; j++) {
@@ -398,32 +542,158 @@ static void proxy_apply(struct proxy *px, struct config *nc)
             }
         }
     }
-    /* Pools that are closing, or refused a change, still point into the
-     * old config: it is kept until exit. */
+    /* Pools that are closing still point into the old config: it is kept
+     * until exit. */
     old->conf = px->conf;
     old->next = px->old_configs;
     px->old_configs = old;
     px->conf = nc;
     px->reloads++;
+    free(plans);
     log_notice("reload", "%s applied", px->opts->conf_path);
+    return;
+
+refuse:
+    for (uint32_t i = 0; i < nc->npools; i++) {
+        ring_unref(rings[i]);
+        rings[i] = NULL;
+        if (plans != NULL) {
+            plan_discard(&plans[i]);
+        }
+    }
+    px->reload_failures++;
+    log_error("reload", "%s%s%s: %s; nothing changed, the running config stays",
+              px->opts->conf_path, failed && *failed ? ": pool " : "",
+              failed && *failed ? failed : "", err);
+    free(plans);
+    free(old);
+    config_free(nc);
+}
+
+static void reload_job_free(struct reload_job *job)
+{
+    if (job == NULL) {
+        return;
+    }
+    for (uint32_t i = 0; job->rings != NULL && job->conf != NULL &&
+                         i < job->conf->npools; i++) {
+        ring_unref(job->rings[i]);
+    }
+    free(job->rings);
+    config_free(job->conf);
+    conf_errors_free(&job->errs);
+    free(job);
+}
+
+/* The reload thread: load the file and build every pool's ring. It touches
+ * nothing but the job, which the loop reads only after joining it. */
+static void *reload_run(void *arg)
+{
+    struct reload_job *job = arg;
+    char err[256];
+    char byte = 1;
+
+    job->conf = config_load(job->path, &job->errs);
+    if (job->conf != NULL) {
+        job->rings = calloc(job->conf->npools, sizeof(*job->rings));
+        for (uint32_t i = 0; job->rings != NULL && i < job->conf->npools; i++) {
+            job->rings[i] = conf_pool_ring(&job->conf->pools[i], err, sizeof(err));
+            if (job->rings[i] == NULL) {
+                /* as config_load's errors, so it is reported the same way */
+                job->errs.msgs = calloc(1, sizeof(*job->errs.msgs));
+                if (job->errs.msgs != NULL &&
+                    asprintf(&job->errs.msgs[0], "%s: pool '%s': %s", job->path,
+                             job->conf->pools[i].name, err) >= 0) {
+                    job->errs.n = 1;
+                }
+                break;
+            }
+        }
+        if (job->rings == NULL || job->errs.msgs != NULL) {
+            for (uint32_t i = 0; job->rings != NULL && i < job->conf->npools; i++) {
+                ring_unref(job->rings[i]);
+            }
+            free(job->rings);
+            job->rings = NULL;
+            config_free(job->conf);
+            job->conf = NULL;
+        }
+    }
+    while (write(job->done_fd, &byte, 1) < 0 && errno == EINTR) {
+    }
+    return NULL;
 }
 
 static void proxy_reload(struct proxy *px)
 {
-    struct conf_errors errs;
-    struct config *c = config_load(px->opts->conf_path, &errs);
+    struct reload_job *job;
 
-    if (c == NULL) {
-        px->reload_failures++;
-        log_error("reload", "%s is invalid, keeping the running config "
-                  "(%zu errors):", px->opts->conf_path, errs.n);
-        for (size_t i = 0; i < errs.n; i++) {
-            log_error("reload", "%s", errs.msgs[i]);
-        }
-        conf_errors_free(&errs);
+    if (px->reload != NULL) {
+        px->reload_again = true;    /* read the file again once this ends */
         return;
     }
-    proxy_apply(px, c);
+    px->reload_again = false;
+    job = calloc(1, sizeof(*job));
+    if (job != NULL) {
+        job->path = px->opts->conf_path;
+        job->done_fd = px->reload_pipe[1];
+    }
+    if (job == NULL || pthread_create(&px->reload_thread, NULL, reload_run, job) != 0) {
+        px->reload_failures++;
+        log_error("reload", "cannot start reading %s: %s", px->opts->conf_path,
+                  job == NULL ? "out of memory" : "no thread");
+        free(job);
+        return;
+    }
+    px->reload = job;
+}
+
+/* Wait for a reload still running (at exit). */
+static void proxy_reload_join(struct proxy *px)
+{
+    if (px->reload != NULL) {
+        pthread_join(px->reload_thread, NULL);
+        reload_job_free(px->reload);
+        px->reload = NULL;
+    }
+}
+
+/* The reload thread is done: apply what it read, or report why not. */
+static void on_reload_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy *px = arg;
+    struct reload_job *job = px->reload;
+    char byte;
+
+    (void)what;
+    if (read(fd, &byte, 1) != 1 || job == NULL) {
+        return;
+    }
+    pthread_join(px->reload_thread, NULL);
+    px->reload = NULL;
+    if (px->w.stopping) {
+        reload_job_free(job);
+        return;
+    }
+    if (job->conf == NULL) {
+        px->reload_failures++;
+        log_error("reload", "%s is invalid, keeping the running config "
+                  "(%zu errors):", px->opts->conf_path, job->errs.more ?
+                  job->errs.n - 1 + job->errs.more : job->errs.n);
+        for (size_t i = 0; i < job->errs.n; i++) {
+            log_error("reload", "%s", job->errs.msgs[i]);
+        }
+    } else {
+        struct config *c = job->conf;
+        job->conf = NULL;
+        proxy_apply(px, c, job->rings);
+    }
+    reload_job_free(job);
+    if (px->reload_again) {
+        log_notice("reload", "another SIGHUP came meanwhile: reading %s again",
+                   px->opts->conf_path);
+        proxy_reload(px);
+    }
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -456,16 +726,59 @@ static bool worker_idle(const struct worker *w)
     return true;
 }
 
-static int daemonize(void)
+/*
+ * The parent of a daemon: wait until the daemon says it serves ("ready") or
+ * gives up, and exit 0 or 1 accordingly, with the daemon's errors on stderr.
+ * pid is the intermediate child, reaped here.
+ */
+static void daemon_parent(int fd, pid_t pid)
 {
-    pid_t pid = fork();
+    char buf[4096];
+    size_t len = 0;
+    ssize_t n;
 
+    waitpid(pid, NULL, 0);
+    while ((n = read(fd, buf + len, sizeof(buf) - 1 - len)) != 0) {
+        if (n < 0 && errno != EINTR) {
+            break;
+        }
+        len += n > 0 ? (size_t)n : 0;
+        if (len == sizeof(buf) - 1) {
+            break;
+        }
+    }
+    buf[len] = '\0';
+    if (len >= 6 && strcmp(buf + len - 6, "ready\n") == 0) {
+        _exit(0);
+    }
+    fprintf(stderr, "ringproxy: did not start%s\n%s", len > 0 ? ":" :
+            " (it exited during start-up; see its log)", buf);
+    fflush(stderr);
+    _exit(1);
+}
+
+/*
+ * Fork into the background. The calling process stays in the foreground
+ * until the daemon reports through *report_fd: its error lines (see
+ * log_mirror_errors), then "ready\n" once it serves, or nothing and EOF when
+ * it fails. Returns 0 in the daemon, or -errno.
+ */
+static int daemonize(int *report_fd)
+{
+    int fds[2];
+
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        return -errno;
+    }
+    pid_t pid = fork();
     if (pid < 0) {
         return -errno;
     }
     if (pid > 0) {
-        _exit(0);
+        close(fds[1]);
+        daemon_parent(fds[0], pid);
     }
+    close(fds[0]);
     if (setsid() < 0) {
         return -errno;
     }
@@ -476,7 +789,9 @@ static int daemonize(void)
     if (pid > 0) {
         _exit(0);
     }
-    umask(0);
+    /* Files we create (pid file, unix sockets) are not writable by others;
+     * the paths are absolute already (src/main.c). */
+    umask(022);
     if (chdir("/") != 0) {
         return -errno;
     }
@@ -488,6 +803,33 @@ static int daemonize(void)
         if (fd > STDERR_FILENO) {
             close(fd);
         }
+    }
+    *report_fd = fds[1];
+    log_mirror_errors(fds[1]);
+    return 0;
+}
+
+/* Tell the waiting parent (if any) that we serve. */
+static void daemon_ready(int *report_fd)
+{
+    if (*report_fd >= 0) {
+        log_mirror_errors(-1);
+        ssize_t rc = write(*report_fd, "ready\n", 6);
+        (void)rc;
+        close(*report_fd);
+        *report_fd = -1;
+    }
+}
+
+/* Become user pw once the listeners are bound (memcached's -u). */
+static int drop_privileges(const struct passwd *pw)
+{
+    if (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
+        setuid(pw->pw_uid) != 0) {
+        return -errno;
+    }
+    if (setuid(0) == 0 && pw->pw_uid != 0) {
+        return -EPERM;      /* root could be regained: not dropped */
     }
     return 0;
 }
@@ -507,6 +849,15 @@ static void proxy_free(struct proxy *px)
 {
     struct worker *w = &px->w;
 
+    proxy_reload_join(px);
+    if (px->reload_done != NULL) {
+        event_free(px->reload_done);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (px->reload_pipe[i] >= 0) {
+            close(px->reload_pipe[i]);
+        }
+    }
     admin_free(px->admin);
     for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
         pool_unlisten(w->pools[i]);
@@ -537,11 +888,12 @@ static void proxy_free(struct proxy *px)
 
 int proxy_main(const struct proxy_options *o)
 {
-    struct proxy px = { .opts = o };
+    struct proxy px = { .opts = o, .reload_pipe = { -1, -1 } };
     struct worker *w = &px.w;
     struct conf_errors errs;
+    struct passwd *pw = NULL;
     char err[256];
-    int rc = 1;
+    int rc = 1, report_fd = -1;
 
     int lrc = log_open(o->log_path, o->log_level);
     if (lrc != 0) {
@@ -557,8 +909,21 @@ int proxy_main(const struct proxy_options *o)
         conf_errors_free(&errs);
         return 1;
     }
+    if (o->user != NULL) {
+        errno = 0;
+        if ((pw = getpwnam(o->user)) == NULL) {
+            log_error("proxy", "-u %s: %s", o->user,
+                      errno ? strerror(errno) : "no such user");
+            goto out;
+        }
+        if (geteuid() != 0) {
+            log_warn("proxy", "-u %s: not running as root, so not changing user",
+                     o->user);
+            pw = NULL;
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
-    if (o->daemonize && (rc = daemonize()) != 0) {
+    if (o->daemonize && (rc = daemonize(&report_fd)) != 0) {
         log_error("proxy", "cannot daemonize: %s", strerror(-rc));
         rc = 1;
         goto out;
@@ -590,16 +955,29 @@ int proxy_main(const struct proxy_options *o)
         rc = 1;
         goto out;
     }
+    if (pw != NULL && (rc = drop_privileges(pw)) != 0) {
+        log_error("proxy", "-u %s: cannot become that user: %s", o->user,
+                  strerror(-rc));
+        rc = 1;
+        goto out;
+    }
     rc = 1;
     px.sig_hup = evsignal_new(w->base, SIGHUP, on_signal, &px);
     px.sig_usr1 = evsignal_new(w->base, SIGUSR1, on_signal, &px);
     px.sig_term = evsignal_new(w->base, SIGTERM, on_signal, &px);
     px.sig_int = evsignal_new(w->base, SIGINT, on_signal, &px);
     w->tick = event_new(w->base, -1, EV_PERSIST, on_tick, w);
+    if (pipe2(px.reload_pipe, O_CLOEXEC | O_NONBLOCK) == 0) {
+        px.reload_done = event_new(w->base, px.reload_pipe[0], EV_READ | EV_PERSIST,
+                                   on_reload_done, &px);
+    }
     struct timeval tick = { 0, TICK_MS * 1000 };
-    if (!px.sig_hup || !px.sig_usr1 || !px.sig_term || !px.sig_int || !w->tick) {
+    if (!px.sig_hup || !px.sig_usr1 || !px.sig_term || !px.sig_int || !w->tick ||
+        !px.reload_done) {
+        log_error("proxy", "out of memory or descriptors setting up the loop");
         goto out;
     }
+    event_add(px.reload_done, NULL);
     event_add(px.sig_hup, NULL);
     event_add(px.sig_usr1, NULL);
     event_add(px.sig_term, NULL);
@@ -607,6 +985,7 @@ int proxy_main(const struct proxy_options *o)
     event_add(w->tick, &tick);
     log_notice("proxy", "ringproxy %s started, pid %ld", RINGPROXY_VERSION,
                (long)getpid());
+    daemon_ready(&report_fd);
 
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
@@ -622,6 +1001,10 @@ int proxy_main(const struct proxy_options *o)
 out:
     if (o->pid_path != NULL && rc == 0) {
         unlink(o->pid_path);
+    }
+    if (report_fd >= 0) {       /* not started: the parent reports why */
+        log_mirror_errors(-1);
+        close(report_fd);
     }
     proxy_free(&px);
     log_close();

@@ -14,6 +14,7 @@ struct proxy_options {
     int admin_port;         /* 0: no admin HTTP */
     int log_level;
     int daemonize;
+    const char *user;       /* -u: become this user once listening */
 };
 
 /* Run until SIGTERM/SIGINT; returns the process exit status. */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -355,6 +356,15 @@ static const struct {
       "pools, got a list" },
     { "bad_listen_shared.yml", "5:1: pool 'two': listen address 127.0.0.1:22121 "
       "is already used by pool 'one'" },
+    { "bad_nested_deep.yml", "4:26: nested more than 16 levels deep" },
+    { "bad_alias.yml", "5:7: YAML aliases (*name) are not supported" },
+    { "bad_truncated_servers.yml", "6:7: pool 'cache': the file ends inside the "
+      "servers list without a final newline; is it truncated?" },
+    { "bad_truncated_flow.yml", "5:1: YAML syntax error: did not find expected "
+      "node content" },
+    { "bad_name_long.yml", "5:7: server '127.0.0.1:11212:1 nnnn" },
+    { "bad_name_long_map.yml", "5:37: server name 'nnnn" },
+    { "bad_addr_long.yml", "5:14: server addr 'hhhh" },
 };
 #define NBAD (sizeof(bad) / sizeof(bad[0]))
 
@@ -413,6 +423,172 @@ START_TEST(missing_file_is_reported)
 }
 END_TEST
 
+/* --- limits: what one reload may cost ----------------------------------- */
+
+/* Load bytes as "mem.yml"; returns the config or NULL, errors in errs. */
+static struct config *load_buf(const char *buf, size_t len,
+                               struct conf_errors *errs)
+{
+    return config_load_buffer("mem.yml", buf, len, errs);
+}
+
+static void check_one_error(const char *buf, size_t len, const char *want)
+{
+    struct conf_errors errs;
+
+    ck_assert_ptr_null(load_buf(buf, len, &errs));
+    ck_assert_msg(errs.n == 1, "%zu errors, first: %s", errs.n,
+                  errs.n ? errs.msgs[0] : "(none)");
+    ck_assert_msg(strstr(errs.msgs[0], want) != NULL, "error is\n  %s\n"
+                  "expected it to contain\n  %s", errs.msgs[0], want);
+    conf_errors_free(&errs);
+}
+
+START_TEST(buffer_loads_as_the_file_does)
+{
+    static const char text[] = "cache:\n  listen: 127.0.0.1:22121\n"
+                               "  servers:\n    - 127.0.0.1:11212:1 mc1\n";
+    struct conf_errors errs;
+    struct config *c = load_buf(text, sizeof(text) - 1, &errs);
+
+    ck_assert_ptr_nonnull(c);
+    ck_assert_str_eq(c->path, "mem.yml");
+    check_server(&pool(c, "cache")->servers[0], "127.0.0.1:11212", 1, "mc1", "mc1");
+    config_free(c);
+}
+END_TEST
+
+/* 200 KB of '[' took libyaml 38 s: the depth limit stops it at level 17. */
+START_TEST(deep_nesting_is_refused_at_the_depth_limit)
+{
+    size_t len = 200 * 1024;
+    char *buf = malloc(len);
+
+    ck_assert_ptr_nonnull(buf);
+    memset(buf, '[', len);
+    check_one_error(buf, len, "mem.yml:1:17: nested more than 16 levels deep");
+    memset(buf, '{', len);
+    check_one_error(buf, len, "mem.yml:1:17: nested more than 16 levels deep");
+    free(buf);
+}
+END_TEST
+
+/* Past CONF_ERRORS_MAX errors are counted in one last line. */
+START_TEST(errors_past_the_limit_are_counted_not_listed)
+{
+    size_t cap = 64 * 1024, len = 0;
+    char *buf = malloc(cap);
+    struct conf_errors errs;
+    char want[64];
+
+    len += (size_t)snprintf(buf, cap, "cache:\n  listen: 127.0.0.1:22121\n"
+                            "  servers: [127.0.0.1:11212:1]\n");
+    for (int i = 0; i < 1000; i++) {
+        len += (size_t)snprintf(buf + len, cap - len, "  bad_key_%d: 1\n", i);
+    }
+    ck_assert_ptr_null(load_buf(buf, len, &errs));
+    ck_assert_uint_eq(errs.n, CONF_ERRORS_MAX + 1);
+    ck_assert_ptr_nonnull(strstr(errs.msgs[0], "mem.yml:4:3: unknown key "
+                                 "'bad_key_0' (expected one of: listen,"));
+    ck_assert_ptr_nonnull(strstr(errs.msgs[CONF_ERRORS_MAX - 1], "mem.yml:103:3: "
+                                 "unknown key 'bad_key_99'"));
+    snprintf(want, sizeof(want), "mem.yml: ... and %d more errors",
+             1000 - CONF_ERRORS_MAX);
+    ck_assert_str_eq(errs.msgs[CONF_ERRORS_MAX], want);
+    conf_errors_free(&errs);
+    free(buf);
+}
+END_TEST
+
+START_TEST(servers_past_the_limit_are_refused)
+{
+    size_t cap = 4096 * 32 + 256, len = 0;
+    char *buf = malloc(cap);
+
+    len += (size_t)snprintf(buf, cap, "cache:\n  listen: 127.0.0.1:22121\n"
+                            "  servers:\n");
+    for (int i = 0; i <= CONF_SERVERS_MAX; i++) {
+        len += (size_t)snprintf(buf + len, cap - len, "    - 10.0.%d.%d:11211:1\n",
+                                i / 256, i % 256);
+    }
+    check_one_error(buf, len, "mem.yml:4:5: servers: 4097 servers here and 0 "
+                    "before; a file may list at most 4096");
+    free(buf);
+}
+END_TEST
+
+/* Duplicates are found by sorting, yet reported in file order, each against
+ * the first server that had the identity or address. */
+START_TEST(duplicates_in_the_largest_pool_are_reported_in_file_order)
+{
+    size_t cap = 4096 * 40 + 256, len = 0;
+    char *buf = malloc(cap);
+    struct conf_errors errs;
+
+    len += (size_t)snprintf(buf, cap, "cache:\n  listen: 127.0.0.1:22121\n"
+                            "  servers:\n");
+    for (int i = 0; i < CONF_SERVERS_MAX - 2; i++) {
+        len += (size_t)snprintf(buf + len, cap - len, "    - 10.0.%d.%d:11211:1\n",
+                                i / 256, i % 256);
+    }
+    /* line 4098: 10.0.0.7's identity; line 4099: 10.0.0.3's address */
+    len += (size_t)snprintf(buf + len, cap - len, "    - 10.9.9.9:11211:1 10.0.0.7\n"
+                            "    - 10.0.0.3:11211:1 y\n");
+    ck_assert_ptr_null(load_buf(buf, len, &errs));
+    ck_assert_uint_eq(errs.n, 2);
+    ck_assert_str_eq(errs.msgs[0], "mem.yml:4098:7: pool 'cache': duplicate server "
+                     "identity '10.0.0.7' (also at line 11)");
+    ck_assert_str_eq(errs.msgs[1], "mem.yml:4099:7: pool 'cache': duplicate server "
+                     "address '10.0.0.3:11211' (also at line 7)");
+    conf_errors_free(&errs);
+    free(buf);
+}
+END_TEST
+
+START_TEST(a_file_past_the_size_limit_is_refused)
+{
+    char path[] = "/tmp/test_config_big_XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "w");
+    struct conf_errors errs;
+    char want[128];
+
+    ck_assert_ptr_nonnull(f);
+    for (long n = 0; n <= (long)CONF_FILE_MAX; n = ftell(f)) {
+        fputs("# a comment line, over and over\n", f);
+    }
+    fclose(f);
+    ck_assert_ptr_null(config_load(path, &errs));
+    ck_assert_uint_eq(errs.n, 1);
+    snprintf(want, sizeof(want), "%s: larger than %u bytes", path, CONF_FILE_MAX);
+    ck_assert_msg(strncmp(errs.msgs[0], want, strlen(want)) == 0, "%s", errs.msgs[0]);
+    conf_errors_free(&errs);
+    unlink(path);
+}
+END_TEST
+
+/* A file whose last byte ends the last server is a cut write; one that ends
+ * in a newline, or whose last server is followed by more keys, is not. */
+START_TEST(only_a_servers_list_cut_mid_entry_is_truncation)
+{
+    static const char cut[] = "cache:\n  listen: 127.0.0.1:22121\n  servers:\n"
+                              "    - 127.0.0.1:11212:1\n    - 127.0.0.1:11213:1";
+    static const char whole[] = "cache:\n  listen: 127.0.0.1:22121\n  servers:\n"
+                                "    - 127.0.0.1:11212:1\n  timeout: 400";
+    struct conf_errors errs;
+    struct config *c;
+
+    check_one_error(cut, sizeof(cut) - 1, "mem.yml:5:7: pool 'cache': the file "
+                    "ends inside the servers list");
+    c = load_buf(cut, (size_t)(strrchr(cut, '\n') + 1 - cut), &errs);
+    ck_assert_ptr_nonnull(c);
+    config_free(c);
+    c = load_buf(whole, sizeof(whole) - 1, &errs);
+    ck_assert_ptr_nonnull(c);
+    config_free(c);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -432,6 +608,13 @@ static Suite *config_suite(void)
     tcase_add_loop_test(tc, bad_file_reports_file_line_col, 0, NBAD);
     tcase_add_test(tc, every_error_is_reported_not_only_the_first);
     tcase_add_test(tc, missing_file_is_reported);
+    tcase_add_test(tc, buffer_loads_as_the_file_does);
+    tcase_add_test(tc, deep_nesting_is_refused_at_the_depth_limit);
+    tcase_add_test(tc, errors_past_the_limit_are_counted_not_listed);
+    tcase_add_test(tc, servers_past_the_limit_are_refused);
+    tcase_add_test(tc, a_file_past_the_size_limit_is_refused);
+    tcase_add_test(tc, duplicates_in_the_largest_pool_are_reported_in_file_order);
+    tcase_add_test(tc, only_a_servers_list_cut_mid_entry_is_truncation);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -108,6 +108,26 @@ START_TEST(a_disabled_level_counts_nothing)
 }
 END_TEST
 
+/* A daemon's parent reports the start-up errors it is sent (src/proxy.c). */
+START_TEST(error_lines_are_mirrored_without_time_or_level)
+{
+    int fds[2];
+    char got[256] = "";
+
+    ck_assert_int_eq(pipe(fds), 0);
+    log_mirror_errors(fds[1]);
+    log_notice("proxy", "not an error");
+    log_error("proxy", "cannot listen on %s", "127.0.0.1:1");
+    log_mirror_errors(-1);
+    log_error("proxy", "after the mirror");
+    close(fds[1]);
+    ck_assert_int_gt(read(fds[0], got, sizeof(got) - 1), 0);
+    ck_assert_str_eq(got, "proxy: cannot listen on 127.0.0.1:1\n");
+    close(fds[0]);
+    ck_assert_int_eq(count_lines("error proxy: cannot listen on 127.0.0.1:1"), 1);
+}
+END_TEST
+
 static Suite *log_suite(void)
 {
     Suite *s = suite_create("log");
@@ -120,6 +140,7 @@ static Suite *log_suite(void)
     tcase_add_test(tc, the_next_line_of_a_site_writes_its_summary_first);
     tcase_add_test(tc, sites_are_limited_separately);
     tcase_add_test(tc, a_disabled_level_counts_nothing);
+    tcase_add_test(tc, error_lines_are_mirrored_without_time_or_level);
     suite_add_tcase(s, tc);
     return s;
 }

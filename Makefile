@@ -20,6 +20,9 @@ ifeq ($(SAN),1)
 BUILD   ?= build/san
 OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
            -fno-sanitize-recover=undefined
+else ifeq ($(SAN),thread)
+BUILD   ?= build/tsan
+OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=thread
 else
 BUILD   ?= build
 OPT     := -O2 -g
@@ -39,7 +42,8 @@ UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test
 BIN     := $(BUILD)/ringproxy
 
 .PHONY: all deps run test unit compat integration capable chaos chaos-fast \
-        chaos-run bench fuzz fuzz-smoke install clean compile_commands.json
+        chaos-run tsan tsan-run bench fuzz fuzz-smoke install clean \
+        compile_commands.json
 all: $(BIN) $(BUILD)/loadgen
 
 deps:
@@ -75,7 +79,18 @@ run: deps all
 # `make test` is what the README and CI run: everything, under sanitizers.
 test: deps
 	$(MAKE) SAN=1 unit compat integration capable chaos-run CHAOS_ARGS="-m fast"
+	$(MAKE) tsan
 	$(MAKE) fuzz-smoke SMOKE_SECONDS=5
+
+# ThreadSanitizer on the tests that exercise the reload thread (the only
+# thread besides the event loop's: proxy.c reload_run).
+tsan:
+	$(MAKE) SAN=thread tsan-run
+
+tsan-run: $(BIN)
+	RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		tests/integration/test_reload_limits.py tests/integration/test_process.py \
+		tests/integration/test_daemon.py
 
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; CK_FORK=yes $$t; done

@@ -18,7 +18,8 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RINGPROXY = os.environ.get("RINGPROXY_BIN", os.path.join(ROOT, "build", "ringproxy"))
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
-                   "runtime error:", "WARNING: AddressSanitizer")
+                   "runtime error:", "WARNING: AddressSanitizer",
+                   "WARNING: ThreadSanitizer")
 
 
 def free_port():

@@ -90,6 +90,7 @@ struct idx {
     uint32_t nqueued;
     bool flush_pending;         /* a flush_all's UNLINKs wait to be sent */
     uint32_t flush_unanswered;  /* UNLINKs sent, not yet answered */
+    bool filter_used;           /* a slot may be set since the last flush */
     /* flush scratch */
     int32_t *group_of[2];       /* per point and op: group index, or -1 */
     struct idx_group *groups;
@@ -525,6 +526,7 @@ static void idx_queue(struct idx *x, enum idx_op_type type, const char *key,
     x->nqueued++;
     x->stats[IDX_STAT_queued]++;
     *slot = type == IDX_OP_ADD ? fp : (*slot == fp ? 0 : *slot);
+    x->filter_used = true;
 }
 
 void idx_key_stored(struct idx *x, const char *key, size_t len)
@@ -543,10 +545,15 @@ void idx_key_deleted(struct idx *x, const char *key, size_t len)
 
 void idx_pool_flushed(struct idx *x)
 {
-    /* Writes queued before the flush are moot. */
+    /* Writes queued before the flush are moot. Clearing the filter (8 MiB)
+     * for every flush_all of a burst would stall the loop: only when a
+     * store may have set a slot since the last. */
     x->arena_len = 0;
     x->nqueued = 0;
-    memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
+    if (x->filter_used) {
+        memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
+        x->filter_used = false;
+    }
     if (x->state != IDX_READY) {
         /* Not sent on reconnect: by then stores through other proxies may
          * have been indexed (see idx_lost_inflight). */

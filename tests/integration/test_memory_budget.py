@@ -174,7 +174,8 @@ def test_noreply_sets_to_a_stopped_server_pause_their_senders(cluster, no_quaran
     for t in threads:
         t.join(60)
     assert sum(sent.values()) == clients * n * size
-    wait_until(lambda: proxy_stats(proxy.port)["backend:mc1:inflight"] == "0",
+    wait_until(lambda: (lambda st: st["cmd_set"] == str(clients * n) and
+                        st["backend:mc1:inflight"] == "0")(proxy_stats(proxy.port)),
                timeout=30, what="every set to land")
     with socket.create_connection(("127.0.0.1", proxy.port)) as s:
         s.settimeout(10)
@@ -182,7 +183,7 @@ def test_noreply_sets_to_a_stopped_server_pause_their_senders(cluster, no_quaran
         got = b""
         while not got.endswith(b"END\r\n"):
             got += s.recv(1 << 20)
-        assert got.startswith(b"VALUE c0-%d 0 %d\r\n" % (n - 1, size))
+        assert got.startswith(b"VALUE c0-%d 0 %d\r\n" % (n - 1, size)), got[:200]
 
 
 # --- the index and flush_all ---------------------------------------------

@@ -603,7 +603,7 @@ static void client_forward(struct client *c, const struct proto_req *req,
     if (data > 0) {
         evbuffer_remove_buffer(c->in, bc->out, data);
     }
-    request_hold(r, len + req->keylen + 3 + data);
+    request_hold(r, len + (retrieval ? 1 + req->keylen : 0) + 2 + data);
     bconn_push(bc, &r->frags[0]);
     client_wait_backend(c, bc);
 }

@@ -109,6 +109,33 @@ def test_clients_that_never_read_are_closed_at_client_max_memory(cluster, no_qua
     assert proxy_stats(proxy.port)["closed_slow_clients"] == "4"
 
 
+def test_a_client_that_reads_is_never_closed_however_much_it_asks_for(cluster):
+    """The budget counts what is held now, not what went through: 100
+    rounds of 3 pipelined multi-gets over 3 servers (4 MB of replies per
+    get, 1.2 GB in all, waiting in requests and shares on the way) under a
+    16 MiB budget: each get's reply alone is under it."""
+    proxy = cluster.pool(cluster.memcached(3), client_max_memory="16m")
+    keys = [b"m%d" % i for i in range(20)]
+    value = b"w" * 200000
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.settimeout(30)
+        for k in keys:
+            s.sendall(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value))
+            assert s.recv(100) == b"STORED\r\n"
+        line = b"get " + b" ".join(keys) + b"\r\n"
+        one = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(value), value)
+                       for k in keys) + b"END\r\n"
+        for _ in range(100):
+            s.sendall(line * 3)
+            got = bytearray()
+            while len(got) < 3 * len(one):
+                chunk = s.recv(1 << 22)
+                assert chunk, "closed by the proxy"
+                got += chunk
+            assert got == one * 3
+    assert proxy_stats(proxy.port)["closed_slow_clients"] == "0"
+
+
 def test_client_max_memory_is_checked_at_load(cluster, tmp_path):
     mc = cluster.memcached(1)[0]
     path = tmp_path / "bad.yml"

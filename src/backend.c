@@ -15,6 +15,12 @@
  * connection, so no reply is ever matched to a request it does not answer
  * and a connection never buffers more than one bounded reply.
  *
+ * Output budget: a connection's unsent output past server_max_queue pauses
+ * each client that sends to it (client.c joins bc->waiters); once it is
+ * down to half (written, or dropped with a failed connection) they are
+ * woken. Sends are never refused or dropped for it: a noreply command is
+ * still carried out, only later.
+ *
  * Backend health: consecutive failures put the backend DOWN with a backoff
  * (100 ms doubling up to min(server_retry_timeout, 5 s)) during which its
  * requests fail fast. With auto_eject_hosts, server_failure_limit failures
@@ -33,6 +39,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "client.h"
 #include "index.h"
 #include "mconn.h"
 #include "migrate.h"
@@ -77,6 +84,7 @@ int backend_init(struct backend *be, struct pool *p, uint32_t slot,
         bc->in = evbuffer_new();
         bc->out = evbuffer_new();
         TAILQ_INIT(&bc->frags);
+        TAILQ_INIT(&bc->waiters);
         if (bc->in == NULL || bc->out == NULL) {
             snprintf(err, errlen, "out of memory");
             return -1;
@@ -90,6 +98,26 @@ static uint64_t request_timeout_ms(const struct backend *be)
     return be->pool->conf->timeout > 0 ? (uint64_t)be->pool->conf->timeout : 0;
 }
 
+bool bconn_full(const struct bconn *bc)
+{
+    return evbuffer_get_length(bc->out) >= (size_t)bc->be->pool->conf->server_max_queue;
+}
+
+/* Wake the clients waiting for this connection's output to drain. */
+static void bconn_wake(struct bconn *bc)
+{
+    struct client *c;
+
+    if (!TAILQ_EMPTY(&bc->waiters) &&
+        evbuffer_get_length(bc->out) < (size_t)bc->be->pool->conf->server_max_queue / 2) {
+        while ((c = TAILQ_FIRST(&bc->waiters)) != NULL) {
+            TAILQ_REMOVE(&bc->waiters, c, wait_link);
+            c->waiting_on = NULL;
+            client_mark_dirty(c);
+        }
+    }
+}
+
 static void bconn_close_fd(struct bconn *bc)
 {
     if (bc->fd >= 0) {
@@ -101,6 +129,7 @@ static void bconn_close_fd(struct bconn *bc)
     bc->state = BCONN_DOWN;
     evbuffer_drain(bc->in, evbuffer_get_length(bc->in));
     evbuffer_drain(bc->out, evbuffer_get_length(bc->out));
+    bconn_wake(bc);
 }
 
 /* Take the head fragment off the connection; the caller completes it. */
@@ -296,6 +325,7 @@ void bconn_flush(struct bconn *bc)
     if (evbuffer_get_length(bc->out) > 0) {
         event_add(&bc->wev, NULL);
     }
+    bconn_wake(bc);
 }
 
 static void bconn_connected(struct bconn *bc)
@@ -342,6 +372,7 @@ static void bconn_write_cb(evutil_socket_t fd, short what, void *arg)
     if (evbuffer_get_length(bc->out) == 0) {
         event_del(&bc->wev);
     }
+    bconn_wake(bc);
 }
 
 /*

@@ -23,6 +23,9 @@ struct bconn *backend_conn(struct backend *be, uint64_t client_id);
 
 /* The caller has appended the request bytes to bc->out; queue the fragment. */
 void bconn_push(struct bconn *bc, struct frag *f);
+/* Its unsent output reached server_max_queue: senders should wait (they
+ * join bc->waiters; bconn_wake marks them dirty once it is half drained). */
+bool bconn_full(const struct bconn *bc);
 /* Write what is buffered (called once per loop turn). */
 void bconn_flush(struct bconn *bc);
 /* Timeouts and retries; called every tick. */

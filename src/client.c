@@ -10,11 +10,21 @@
  * Replying: each command becomes a request in `reqs`; replies leave in that
  * order (client_advance). Output is written once per loop turn.
  *
- * Limits: reading pauses while more than CLIENT_OUT_PAUSE bytes wait to be
- * written or CLIENT_MAX_QUEUED requests wait for backends, and resumes when
- * the client catches up; a client whose unread output passes
- * CLIENT_OUT_MAX is closed. A line without "\n" past memcached's 2048 bytes
- * (8 MiB for get lines) closes the connection, as in memcached.
+ * Memory budget: everything held for a client counts against it: its
+ * unread output, replies waiting for earlier ones (request.reply), the
+ * shares of its multi-gets (frag.buf), and the bytes of its commands in
+ * flight, noreply ones included (they leave `reqs` but stay in `quiet`
+ * until the backend answers). router.c keeps the counts (client.held,
+ * client.sent) through callbacks on those buffers. Reading pauses while the
+ * replies held reach CLIENT_OUT_PAUSE, the commands in flight
+ * CLIENT_SENT_PAUSE bytes or CLIENT_MAX_QUEUED requests (noreply included),
+ * or while a backend connection it sent to holds more than server_max_queue
+ * unsent bytes (backend.c wakes it); it resumes at half of each. A client
+ * whose replies held pass client_max_memory is closed (closed_slow_clients):
+ * reading its replies off the backends cannot wait for it.
+ *
+ * A line without "\n" past memcached's 2048 bytes (8 MiB for get lines)
+ * closes the connection, as in memcached.
  *
  * Timeouts: one timer per client, armed only while a timeout applies and
  * checked lazily (reads only note the time; the timer re-arms itself for
@@ -45,8 +55,8 @@
 
 #define CLIENT_READ_CHUNK   16384
 #define CLIENT_OUT_PAUSE    (1u << 20)
+#define CLIENT_SENT_PAUSE   (4u << 20)
 #define CLIENT_MAX_QUEUED   2048
-#define CLIENT_OUT_MAX      (256u << 20)
 #define CLIENT_GET_LINE_MAX (8u << 20)
 
 #define CLIENT_STATE_NAME(e, name) [CLIENT_##e] = name,
@@ -126,6 +136,7 @@ void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
     c->id = p->next_client_id++;
     c->state = CLIENT_READING;
     TAILQ_INIT(&c->reqs);
+    TAILQ_INIT(&c->quiet);
     format_peer(sa, c->peer, sizeof(c->peer));
     if (sa->sa_family != AF_UNIX) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -157,9 +168,20 @@ void client_close(struct client *c, const char *why)
     c->pool->w->input_freed += evbuffer_get_length(c->in);
     while ((r = TAILQ_FIRST(&c->reqs)) != NULL) {
         TAILQ_REMOVE(&c->reqs, r, link);
+        r->owner = NULL;
         request_orphan(r);
     }
     c->nreqs = 0;
+    while ((r = TAILQ_FIRST(&c->quiet)) != NULL) {
+        TAILQ_REMOVE(&c->quiet, r, link);
+        r->owner = NULL;
+        r->detached = false;
+    }
+    c->nquiet = 0;
+    if (c->waiting_on != NULL) {
+        TAILQ_REMOVE(&c->waiting_on->waiters, c, wait_link);
+        c->waiting_on = NULL;
+    }
     TAILQ_REMOVE(&c->pool->clients, c, link);
     c->pool->stats[STAT_curr_connections]--;
     client_set_state(c, CLIENT_CLOSED);
@@ -228,6 +250,47 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg)
     event_del(&c->wev);
 }
 
+/* Bytes of replies held for the client: what client_max_memory bounds. */
+static size_t client_replies_held(const struct client *c)
+{
+    return evbuffer_get_length(c->out) + c->held;
+}
+
+static bool client_over_budget(const struct client *c)
+{
+    return client_replies_held(c) > (size_t)c->pool->conf->client_max_memory;
+}
+
+void client_held(struct client *c, ptrdiff_t delta)
+{
+    c->held += (size_t)delta;
+    if (c->read_paused || (delta > 0 && client_over_budget(c))) {
+        client_mark_dirty(c);   /* client_flush resumes or closes it */
+    }
+}
+
+/* Should reading pause (after a command) or stay paused? */
+static bool client_must_pause(const struct client *c, unsigned div)
+{
+    return c->waiting_on != NULL ||
+           c->nreqs + c->nquiet >= CLIENT_MAX_QUEUED / div ||
+           client_replies_held(c) >= CLIENT_OUT_PAUSE / div ||
+           c->sent >= CLIENT_SENT_PAUSE / div;
+}
+
+/* A backend connection it just sent to holds too much: wait for it. */
+static void client_wait_backend(struct client *c, struct bconn *bc)
+{
+    if (c->waiting_on != NULL || !bconn_full(bc)) {
+        return;
+    }
+    c->waiting_on = bc;
+    TAILQ_INSERT_TAIL(&bc->waiters, c, wait_link);
+    bc->be->stats[STAT_BE_queue_pauses]++;
+    c->read_paused = true;
+    event_del(&c->rev);
+}
+
 void client_flush(struct client *c)
 {
     c->dirty = false;
@@ -241,20 +304,21 @@ void client_flush(struct client *c)
             client_close(c, strerror(errno));
             return;
         }
-        if (evbuffer_get_length(c->out) > 0) {
-            if (evbuffer_get_length(c->out) > CLIENT_OUT_MAX) {
-                log_limited(LOG_WARN, 10, "client", "%s: closing %s: %zu bytes of "
-                            "replies unread", c->pool->name, c->peer,
-                            evbuffer_get_length(c->out));
-                c->pool->stats[STAT_closed_slow_clients]++;
-                client_close(c, "slow reader");
-                return;
-            }
-            event_add(&c->wev, NULL);
-        }
     }
-    if (c->read_paused && evbuffer_get_length(c->out) < CLIENT_OUT_PAUSE / 2 &&
-        c->nreqs < CLIENT_MAX_QUEUED / 2) {
+    if (client_over_budget(c)) {
+        log_limited(LOG_WARN, 10, "client", "%s: closing %s: %zu bytes of replies "
+                    "held (%zu unread), over client_max_memory %lld",
+                    c->pool->name, c->peer, client_replies_held(c),
+                    evbuffer_get_length(c->out),
+                    (long long)c->pool->conf->client_max_memory);
+        c->pool->stats[STAT_closed_slow_clients]++;
+        client_close(c, "slow reader");
+        return;
+    }
+    if (evbuffer_get_length(c->out) > 0) {
+        event_add(&c->wev, NULL);
+    }
+    if (c->read_paused && !client_must_pause(c, 2)) {
         c->read_paused = false;
         if (c->state == CLIENT_READING || c->state == CLIENT_SWALLOW) {
             c->last_rx_ms = worker_now_ms(c->pool->w);  /* the pause was ours */
@@ -461,6 +525,7 @@ static void client_migrating(struct client *c, const struct proto_req *req,
     if (value != NULL) {
         evbuffer_remove_buffer(c->in, value, data);
     }
+    request_hold(r, keylen + data);
     mig_submit(c->pool->mig, &r->frags[0], req, key, keylen, 0, value);
 }
 
@@ -538,7 +603,9 @@ static void client_forward(struct client *c, const struct proto_req *req,
     if (data > 0) {
         evbuffer_remove_buffer(c->in, bc->out, data);
     }
+    request_hold(r, len + (retrieval ? 1 + req->keylen : 0) + 2 + data);
     bconn_push(bc, &r->frags[0]);
+    client_wait_backend(c, bc);
 }
 
 #define FRAG_MOVING 0x80000000u    /* share.target: a moving key's own share */
@@ -575,6 +642,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     char head[PROTO_FORMAT_MAX];
     size_t hlen = proto_format_request(req, head, sizeof(head));
     uint32_t nfrags = 0, nmoving = 0, i, j;
+    bool too_many = false;
     struct proto_key_iter it;
     const char *k;
     uint32_t klen;
@@ -594,8 +662,8 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         if (j == FRAG_NONE ||
             (b < p->nbackends && sh[j].len + 1 + klen > PROTO_LINE_MAX)) {
             if (nfrags == cap) {
-                key_frag[i] = FRAG_NONE;    /* more than a request holds: a miss */
-                continue;
+                too_many = true;    /* more shares than a request holds */
+                break;
             }
             j = nfrags++;
             sh[j] = (struct share){ .target = moving ? FRAG_MOVING | i : b,
@@ -614,6 +682,16 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         if (!(sh[j].target & FRAG_MOVING)) {
             fb[sh[j].target] = FRAG_NONE;
         }
+    }
+    if (too_many) {
+        /* Each key whose owner is changing needs a share of its own: past
+         * what a request holds (nfrags is 16 bits), the whole get fails
+         * rather than answer misses for keys that may be cached. */
+        p->stats[STAT_server_errors]++;
+        client_reply_line(c, "SERVER_ERROR too many keys in one get while the "
+                          "pool is resizing");
+        evbuffer_drain(c->in, consumed);
+        goto out;
     }
 
     struct request *r = request_new(c, req->cmd, (uint16_t)nfrags);
@@ -677,7 +755,11 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         if (sh[j].state == SHARE_WRITING) {
             evbuffer_add(sh[j].bc->out, "\r\n", 2);
         }
+        if (sh[j].bc != NULL) {
+            client_wait_backend(c, sh[j].bc);
+        }
     }
+    request_hold(r, req->keys_len);
     evbuffer_drain(c->in, consumed);
     p->stats[STAT_server_errors] += nfailed;
 
@@ -738,6 +820,7 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
         evbuffer_add(bc->out, line, len);
         evbuffer_add(bc->out, "\r\n", 2);
         bconn_push(bc, &r->frags[i]);
+        client_wait_backend(c, bc);
     }
     evbuffer_drain(c->in, consumed);
     frags_fail_unsent(r, nfailed, BACKEND_ERR_DOWN);
@@ -1014,8 +1097,7 @@ static void client_process(struct client *c)
         }
         c->need = 0;
         p->stats[STAT_requests]++;
-        if (c->nreqs >= CLIENT_MAX_QUEUED ||
-            evbuffer_get_length(c->out) >= CLIENT_OUT_PAUSE) {
+        if (!c->read_paused && client_must_pause(c, 1)) {
             c->read_paused = true;
             event_del(&c->rev);
         }

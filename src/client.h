@@ -2,6 +2,7 @@
 #ifndef RP_CLIENT_H
 #define RP_CLIENT_H
 
+#include <stddef.h>
 #include <sys/socket.h>
 
 #include "router.h"
@@ -31,6 +32,14 @@ struct client {
     size_t need;                    /* input a storage command waits for */
     bool dirty;                     /* in the worker's flush list */
     bool read_paused;               /* backpressure: too much unsent */
+    /* Its memory budget (client.c): bytes its requests hold outside `out`
+     * (replies waiting their turn, multi-get shares), and the bytes of its
+     * commands in flight, noreply ones included (in `quiet`). */
+    size_t held, sent;
+    struct request_queue quiet;     /* noreply requests in flight */
+    uint32_t nquiet;
+    struct bconn *waiting_on;       /* paused until its output drains */
+    TAILQ_ENTRY(client) wait_link;  /* in waiting_on->waiters */
     TAILQ_ENTRY(client) link;       /* pool's clients */
     TAILQ_ENTRY(client) dirty_link;
     char peer[64];
@@ -48,5 +57,7 @@ void client_drain(struct client *c, const char *why);
 void client_close(struct client *c, const char *why);
 void client_free(struct client *c);
 void client_mark_dirty(struct client *c);
+/* Its requests hold delta more bytes (router.c keeps the count). */
+void client_held(struct client *c, ptrdiff_t delta);
 
 #endif

@@ -460,6 +460,10 @@ static const struct conf_directive pool_directives[] = {
       1024 * 1024 * 1024 },
     { "client_timeout", parse_int, POOL(client_timeout), "0", 0, INT32_MAX },
     { "value_timeout", parse_int, POOL(value_timeout), "10000", 0, INT32_MAX },
+    { "client_max_memory", parse_size, POOL(client_max_memory), "64m", 2 << 20,
+      INT64_C(1) << 40 },
+    { "server_max_queue", parse_size, POOL(server_max_queue), "16m", 64 << 10,
+      INT64_C(1) << 40 },
     { "index", parse_index, POOL(index), NULL, 0, 0 },
     { "migration", parse_migration, POOL(migration), NULL, 0, 0 },
 };

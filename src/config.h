@@ -84,6 +84,13 @@ struct conf_pool {
     int64_t value_timeout;          /* ms: close a client that stops sending
                                        in the middle of a command (its line
                                        or its value); 0 = never */
+    int64_t client_max_memory;      /* bytes held for one client (unread
+                                       replies, replies waiting their turn,
+                                       multi-get shares) past which it is
+                                       closed */
+    int64_t server_max_queue;       /* unsent bytes on one backend
+                                       connection past which the clients
+                                       sending to it pause */
     struct conf_server *servers;
     uint32_t nservers;
     size_t last_server_end;         /* byte offset where the last entry of

@@ -16,6 +16,13 @@
  *   empty) clears the whole filter.
  * - The queue is bounded (queue_max, counting writes sent but unanswered):
  *   past it, writes are dropped and counted, never buffered without limit.
+ * - A flush_all empties every set of the pool: a batch of UNLINKs. It counts
+ *   in that bound as one write while pending (flush_pending) and one per
+ *   UNLINK while unanswered (flush_unanswered). At most one flush waits: a
+ *   flush while one waits, or while the last one's UNLINKs are unanswered,
+ *   is coalesced into the one that waits (it would delete the same sets);
+ *   writes queued after it wait behind it, so they keep their order. A
+ *   stopped Redis thus holds one batch of UNLINKs, not one per flush_all.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -81,6 +88,9 @@ struct idx {
     char *arena;
     size_t arena_len, arena_cap;
     uint32_t nqueued;
+    bool flush_pending;         /* a flush_all's UNLINKs wait to be sent */
+    uint32_t flush_unanswered;  /* UNLINKs sent, not yet answered */
+    bool filter_used;           /* a slot may be set since the last flush */
     /* flush scratch */
     int32_t *group_of[2];       /* per point and op: group index, or -1 */
     struct idx_group *groups;
@@ -93,6 +103,9 @@ struct idx {
     size_t out_len, out_cap;
     uint64_t stats[IDX_STAT_COUNT];
 };
+
+/* on_reply's privdata for an UNLINK of a flush (others: the write count). */
+#define IDX_FLUSH_REPLY ((void *)UINTPTR_MAX)
 
 static void idx_connect(struct idx *x);
 static int idx_load_ring(struct idx *x, struct ring *ring);
@@ -185,6 +198,12 @@ static void idx_lost_inflight(struct idx *x)
     /* Writes sent but unanswered are lost; the filter may now lie. */
     x->stats[IDX_STAT_dropped] += x->stats[IDX_STAT_inflight];
     x->stats[IDX_STAT_inflight] = 0;
+    /* A lost flush is not sent again: stores after it (through any proxy)
+     * would lose their entries (docs/ARCHITECTURE.md, I7). Entries of
+     * flushed keys only cost the mover a look. */
+    x->flush_unanswered = 0;
+    x->flush_pending = false;
+    x->stats[IDX_STAT_queued] = x->nqueued;
     memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
 }
 
@@ -229,6 +248,12 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
 
     if (x == NULL || reply == NULL) {
         return;     /* disconnected: counted by on_disconnect */
+    }
+    if (privdata == IDX_FLUSH_REPLY) {
+        n = 1;
+        if (x->flush_unanswered > 0 && --x->flush_unanswered == 0 && x->flush_pending) {
+            idx_flush(x);   /* the flush coalesced behind this one */
+        }
     }
     x->stats[IDX_STAT_inflight] -= n < x->stats[IDX_STAT_inflight] ?
                                    n : x->stats[IDX_STAT_inflight];
@@ -434,7 +459,7 @@ void idx_set_ring(struct idx *x, struct ring *ring)
         x->stats[IDX_STAT_dropped] += x->nqueued;
         x->arena_len = 0;
         x->nqueued = 0;
-        x->stats[IDX_STAT_queued] = 0;
+        x->stats[IDX_STAT_queued] = x->flush_pending;
     }
     if (idx_load_ring(x, ring) != 0) {
         log_error("index", "%s: out of memory switching rings", x->pool);
@@ -501,6 +526,7 @@ static void idx_queue(struct idx *x, enum idx_op_type type, const char *key,
     x->nqueued++;
     x->stats[IDX_STAT_queued]++;
     *slot = type == IDX_OP_ADD ? fp : (*slot == fp ? 0 : *slot);
+    x->filter_used = true;
 }
 
 void idx_key_stored(struct idx *x, const char *key, size_t len)
@@ -519,14 +545,30 @@ void idx_key_deleted(struct idx *x, const char *key, size_t len)
 
 void idx_pool_flushed(struct idx *x)
 {
-    /* Writes queued before the flush are moot; DEL every set in batches. */
+    /* Writes queued before the flush are moot. Clearing the filter (8 MiB)
+     * for every flush_all of a burst would stall the loop: only when a
+     * store may have set a slot since the last. */
     x->arena_len = 0;
-    x->stats[IDX_STAT_queued] = 0;
     x->nqueued = 0;
-    memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
+    if (x->filter_used) {
+        memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
+        x->filter_used = false;
+    }
     if (x->state != IDX_READY) {
+        /* Not sent on reconnect: by then stores through other proxies may
+         * have been indexed (see idx_lost_inflight). */
+        x->stats[IDX_STAT_queued] = 0;
         return;
     }
+    x->flush_pending = true;    /* a second one is coalesced into it */
+    x->stats[IDX_STAT_queued] = 1;
+}
+
+/* Send the pending flush's UNLINKs, every set in batches of 256. */
+static void idx_send_flush(struct idx *x)
+{
+    x->flush_pending = false;
+    x->stats[IDX_STAT_queued] = x->nqueued;
     for (uint32_t i = 0; i < x->ring->npoints; i += 256) {
         uint32_t n = x->ring->npoints - i < 256 ? x->ring->npoints - i : 256;
         x->out_len = 0;
@@ -535,8 +577,12 @@ void idx_pool_flushed(struct idx *x)
         for (uint32_t j = i; j < i + n; j++) {
             out_bulk(x, x->vnode[j], x->vnode_len[j]);
         }
-        redisAsyncFormattedCommand(x->ac, on_reply, NULL, x->out, x->out_len);
-        x->stats[IDX_STAT_commands]++;
+        if (redisAsyncFormattedCommand(x->ac, on_reply, IDX_FLUSH_REPLY, x->out,
+                                       x->out_len) == REDIS_OK) {
+            x->stats[IDX_STAT_commands]++;
+            x->stats[IDX_STAT_inflight]++;
+            x->flush_unanswered++;
+        }
     }
 }
 
@@ -615,7 +661,16 @@ static bool batch_conflict(struct idx *x, const struct idx_op *op)
 
 void idx_flush(struct idx *x)
 {
-    if (x == NULL || x->nqueued == 0 || x->state != IDX_READY) {
+    if (x == NULL || x->state != IDX_READY) {
+        return;
+    }
+    if (x->flush_pending) {
+        if (x->flush_unanswered > 0) {
+            return;     /* the writes queued after it wait too */
+        }
+        idx_send_flush(x);
+    }
+    if (x->nqueued == 0) {
         return;
     }
     /* Scratch sized for this batch: links, groups, conflict table. */
@@ -664,5 +719,5 @@ void idx_flush(struct idx *x)
     idx_emit_groups(x);
     x->arena_len = 0;
     x->nqueued = 0;
-    x->stats[IDX_STAT_queued] = 0;
+    x->stats[IDX_STAT_queued] = x->flush_pending;
 }

@@ -340,6 +340,7 @@ struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrag
     }
     r->pool = c->pool;
     r->client = c;
+    r->owner = c;
     if (nfrags > 0) {
         r->counted = true;
         r->gen = pool_inflight_begin(c->pool);
@@ -357,7 +358,43 @@ void request_detach(struct request *r)
         TAILQ_REMOVE(&c->reqs, r, link);
         c->nreqs--;
         r->client = NULL;
+        r->detached = true;
+        TAILQ_INSERT_TAIL(&c->quiet, r, link);
+        c->nquiet++;
     }
+}
+
+void request_hold(struct request *r, size_t sent)
+{
+    r->sent += sent;
+    if (r->owner != NULL) {
+        r->owner->sent += sent;
+    }
+}
+
+/* A reply or share buffer changed: keep the owner's count (client.c). */
+static void request_buf_cb(struct evbuffer *b, const struct evbuffer_cb_info *info,
+                           void *arg)
+{
+    struct request *r = arg;
+    ptrdiff_t delta = (ptrdiff_t)info->n_added - (ptrdiff_t)info->n_deleted;
+
+    (void)b;
+    r->held += (size_t)delta;
+    if (r->owner != NULL && delta != 0) {
+        client_held(r->owner, delta);
+    }
+}
+
+/* A buffer of the request's own, counted in its owner's budget. */
+static struct evbuffer *request_buf_new(struct request *r)
+{
+    struct evbuffer *b = evbuffer_new();
+
+    if (b != NULL) {
+        evbuffer_add_cb(b, request_buf_cb, r);
+    }
+    return b;
 }
 
 void request_free(struct request *r)
@@ -367,6 +404,16 @@ void request_free(struct request *r)
     }
     if (r->counted) {
         pool_inflight_end(r->pool, r->gen);
+    }
+    struct client *c = r->owner;
+    if (c != NULL) {
+        if (r->detached) {
+            TAILQ_REMOVE(&c->quiet, r, link);
+            c->nquiet--;
+        }
+        c->sent -= r->sent;
+        client_held(c, -(ptrdiff_t)r->held);
+        r->owner = NULL;
     }
     for (uint16_t i = 0; r->frags != NULL && i < r->nfrags; i++) {
         if (r->frags[i].buf != NULL) {
@@ -411,7 +458,7 @@ static struct evbuffer *request_sink(struct request *r)
         return r->client->out;
     }
     if (r->reply == NULL) {
-        r->reply = evbuffer_new();
+        r->reply = request_buf_new(r);
     }
     return r->reply;
 }
@@ -427,7 +474,7 @@ struct evbuffer *frag_sink(struct frag *f)
         return NULL;    /* a fan-out's replies are summed up at the end */
     }
     if (f->buf == NULL) {
-        f->buf = evbuffer_new();
+        f->buf = request_buf_new(r);
     }
     return f->buf;
 }

@@ -52,6 +52,12 @@ TAILQ_HEAD(frag_queue, frag);
 struct request {
     struct pool *pool;
     struct client *client;
+    /* Whose memory budget it counts in (client.c): set from creation until
+     * it is freed or its client is closed, noreply or not. */
+    struct client *owner;
+    size_t held;                /* bytes of reply and shares it holds now */
+    size_t sent;                /* bytes of the command it sent */
+    bool detached;              /* noreply: in owner->quiet, not in reqs */
     TAILQ_ENTRY(request) link;
     enum proto_cmd cmd;
     bool quiet;                 /* noreply: nothing goes to the client */
@@ -88,6 +94,8 @@ struct bconn {
     bool dirty;                 /* output waits for the end of the loop turn */
     bool reading_paused;
     TAILQ_ENTRY(bconn) dirty_link;
+    /* Clients paused because `out` passed server_max_queue (backend.c). */
+    TAILQ_HEAD(, client) waiters;
 };
 
 #define BACKEND_STATE_CODEC(X)                                        \
@@ -204,6 +212,9 @@ void request_reply_line(struct request *r, const char *line);
 void request_frag_done(struct frag *f);
 void request_orphan(struct request *r);     /* its client is gone */
 void request_detach(struct request *r);     /* noreply: answers nobody */
+/* The command's bytes (line and value) now queued for a backend: they count
+ * against the client's budget until the request is freed. */
+void request_hold(struct request *r, size_t sent);
 /* Fail a fragment: a one-fragment request replies `line`; a multi-get or
  * a fan-out replies `line` (alone) once every fragment is in. */
 void frag_fail(struct frag *f, const char *line);

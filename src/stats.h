@@ -21,7 +21,8 @@
     X(client_errors, counter, "malformed commands answered with an error")    \
     X(server_errors, counter, "requests failed because a backend failed")     \
     X(too_large, counter, "values refused for exceeding item_size_max")       \
-    X(closed_slow_clients, counter, "clients closed for unread output")       \
+    X(closed_slow_clients, counter,                                           \
+      "clients closed for holding more than client_max_memory of replies")    \
     X(closed_bad_clients, counter, "clients closed for protocol abuse")        \
     X(closed_idle_clients, counter, "clients closed after client_timeout idle") \
     X(closed_stalled_clients, counter,                                        \
@@ -37,7 +38,9 @@
     X(connect_failures, counter, "connection attempts that failed")           \
     X(ejections, counter, "times auto_eject_hosts took it out of routing")    \
     X(protocol_errors, counter, "connections closed for a malformed or unasked-for reply") \
-    X(inflight, gauge, "requests sent and not yet answered")
+    X(inflight, gauge, "requests sent and not yet answered")                  \
+    X(queue_pauses, counter,                                                  \
+      "clients paused: a connection's unsent output passed server_max_queue")
 
 #define STATS_ENUM(name, kind, help) STAT_##name,
 enum stat_pool { STATS_POOL_CODEC(STATS_ENUM) STAT_POOL_COUNT };

@@ -91,6 +91,8 @@ START_TEST(defaults_are_twemproxys_but_every_timeout_is_finite)
     ck_assert_int_eq(p->timeout, 5000);         /* twemproxy: -1, forever */
     ck_assert_int_eq(p->client_timeout, 0);
     ck_assert_int_eq(p->value_timeout, 10000);
+    ck_assert_int_eq(p->client_max_memory, 64 << 20);
+    ck_assert_int_eq(p->server_max_queue, 16 << 20);
     ck_assert_int_eq(p->backlog, 512);
     ck_assert_int_eq(p->server_connections, 1);
     ck_assert_int_eq(p->server_retry_timeout, 30000);

@@ -442,7 +442,9 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
         for (uint32_t s = 0; p->ring_be != NULL && s < p->ring->nservers; s++) {
             up += p->ring_be[s]->state == BACKEND_UP;
         }
-        if (!p->ready) {
+        if (mig_refused(p->mig) != NULL) {
+            evbuffer_add_printf(b, "pool %s: fenced: %s\n", p->name, mig_refused(p->mig));
+        } else if (!p->ready) {
             evbuffer_add_printf(b, "pool %s: not serving yet: waiting for Redis to say "
                                 "which ring the data obeys\n", p->name);
         } else if (p->listener == NULL) {

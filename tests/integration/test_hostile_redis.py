@@ -1,0 +1,173 @@
+"""Hostile Redis records: Redis holds data, not authority. A ring record
+gives server identities and weights, never where to connect (each identity
+is mapped to the address in the proxy's own file: src/migrate.c,
+ring_localize), and an index member that is not a memcached key is never put
+in a command line (src/move.c, member_is_key)."""
+import hashlib
+import json
+import socket
+import time
+
+import pytest
+import redis
+from pymemcache.client.base import Client
+
+from harness import (FakeBackend, admin_get, free_port, key_per_server,
+                     wait_until)
+from test_migration import (fill, assert_all_hit, mc_stats, pool_config,
+                            proxy_stats, wait_migrated, wait_ready)
+
+PREFIX = "rp:cache"
+
+
+@pytest.fixture
+def env(cluster):
+    class Env:
+        def __init__(self):
+            self.redis = cluster.redis()
+            self.r = redis.Redis(port=self.redis.port, decode_responses=True)
+            self.mcs = cluster.memcached(2)
+            for i, m in enumerate(self.mcs):
+                m.ident = i + 1
+
+        def proxy(self, mcs=None, **kw):
+            port, aport = free_port(), free_port()
+            text = pool_config(port, mcs or self.mcs, self.redis.port, **kw)
+            p = cluster.proxy(text, port=port, admin_port=aport)
+            wait_ready(port)
+            return p
+
+    return Env()
+
+
+def record(r):
+    """The ring record and its servers (decoded)."""
+    rec = wait_until(lambda: r.hgetall(PREFIX + ":ring"), what="the ring record")
+    return rec, json.loads(rec["servers"])
+
+
+def write_servers(r, rec, servers, key=PREFIX + ":ring"):
+    fields = dict(rec)
+    fields["servers"] = json.dumps(servers)
+    r.delete(key)
+    r.hset(key, mapping=fields)
+
+
+def healthz(p):
+    return admin_get(p.admin_port, "/healthz")
+
+
+def fake_beat(r, want):
+    """A live proxy's heartbeat that proposes ring `want`: while it beats, the
+    fleet does not change ring, so the proxy keeps serving the record."""
+    secs, usecs = r.time()
+    r.hset(PREFIX + ":proxies", "fake:1", "%d %s stable -" % (secs * 1000 + usecs // 1000,
+                                                            want))
+
+
+def test_a_ring_record_naming_another_address_is_served_at_the_files_address(env):
+    p = env.proxy()
+    keys = fill(p.port, 200)
+    attacker = FakeBackend()
+    try:
+        rec, servers = record(env.r)
+        assert [s["identity"] for s in servers] == ["mc1", "mc2"]
+        servers[1]["addr"] = attacker.addr      # mc2, somewhere else
+        rec["epoch"] = str(int(rec["epoch"]) + 1)
+        # Another live proxy proposes that record: the fleet keeps it.
+        fake_beat(env.r, fingerprint(rec, servers))
+        write_servers(env.r, rec, servers)
+        wait_until(lambda: int(proxy_stats(p.port)["migration:epoch"]) == int(rec["epoch"]),
+                   what="the proxy to follow the record")
+        fake_beat(env.r, fingerprint(rec, servers))
+        # Its ring's shape is served, at the file's addresses: every key hits.
+        assert_all_hit(p.port, keys)
+        c = Client(("127.0.0.1", p.port))
+        for k in key_per_server(p.conf_path).values():
+            c.set(k, b"fresh", noreply=False)
+            assert c.get(k) == b"fresh"
+        c.close()
+        with pytest.raises(socket.timeout):
+            attacker.accept(timeout=2.0)
+        assert healthz(p)[0] == 200
+        st = proxy_stats(p.port)
+        assert st["backend:mc2:addr"] == env.mcs[1].addr
+    finally:
+        attacker.close()
+
+
+def test_a_ring_record_naming_an_unknown_server_fences_the_pool_and_says_why(env):
+    p = env.proxy()
+    keys = fill(p.port, 50)
+    attacker = FakeBackend()
+    try:
+        rec, good = record(env.r)
+        bad = [dict(good[0]), {"identity": "mc9", "addr": attacker.addr, "weight": 1}]
+        write_servers(env.r, rec, bad)
+        status = wait_until(lambda: (lambda s: s if s[0] == 503 and "mc9" in s[2]
+                                     else None)(healthz(p)),
+                            what="/healthz to name the unknown server")
+        assert "not in the config file" in status[2], status
+        assert proxy_stats(p.port)["migration:state"] == "fenced"
+        c = Client(("127.0.0.1", p.port))
+        with pytest.raises(Exception, match="fenced"):
+            c.get(keys[0])
+        c.close()
+        assert "names a server this proxy does not know" in p.log()
+        with pytest.raises(socket.timeout):
+            attacker.accept(timeout=1.0)
+        # The record put right: the pool serves again.
+        write_servers(env.r, rec, good)
+        wait_until(lambda: healthz(p)[0] == 200, what="/healthz ok again")
+        assert_all_hit(p.port, keys)
+    finally:
+        attacker.close()
+
+
+def fingerprint(rec, servers):
+    """A ring's fingerprint as src/ringrec.c computes it: md5 of the record's
+    fields after the epoch, one a line."""
+    body = "".join("%s\n%s\n" % (f, rec[f]) for f in ("compat", "hash", "hash_tag",
+                                                       "points"))
+    body += "servers\n%s\n" % json.dumps(servers, separators=(",", ":"))
+    return hashlib.md5(body.encode()).hexdigest()
+
+
+def test_a_migration_ring_naming_an_unknown_server_is_never_connected_to(env, cluster):
+    """An open migration whose target ring (<prefix>:migration:ring) adds a
+    memcached the file does not have: the proxy refuses to follow it, says
+    why, and never connects there (its connection count is unchanged)."""
+    p = env.proxy()
+    keys = fill(p.port, 100)
+    extra = cluster.memcached(1)[0]
+    before = int(mc_stats(extra)["total_connections"])
+    rec, servers = record(env.r)
+    assert fingerprint(rec, servers) == proxy_stats_fp(p)
+    target = servers + [{"identity": "mc3", "addr": extra.addr, "weight": 1}]
+    trec = dict(rec, servers=json.dumps(target, separators=(",", ":")),
+                points=str(int(rec["points"]) * 3 // 2))
+    env.r.hset(PREFIX + ":migration:ring", mapping=trec)
+    env.r.hset(PREFIX + ":migration", mapping={
+        "from": fingerprint(rec, servers), "to": fingerprint(trec, target),
+        "phase": "prepared"})
+    status = wait_until(lambda: (lambda s: s if s[0] == 503 and "mc3" in s[2]
+                                 else None)(healthz(p)),
+                        what="/healthz to name the unknown server")
+    assert "migration's target ring" in status[2], status
+    c = Client(("127.0.0.1", p.port))
+    for k in keys:
+        try:
+            c.get(k)
+        except Exception:
+            pass        # fenced: SERVER_ERROR
+    c.close()
+    time.sleep(0.5)
+    # one more connection: the one that reads the count
+    assert int(mc_stats(extra)["total_connections"]) == before + 1
+
+
+def proxy_stats_fp(p):
+    """The recorded ring's fingerprint as the proxy reports it (/migration)."""
+    import json as _json
+    body = admin_get(p.admin_port, "/migration")[2]
+    return _json.loads(body)["pools"][0]["from"]

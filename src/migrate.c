@@ -1315,6 +1315,7 @@ void mig_stats(const struct mig *m, struct evbuffer *out)
     MIG_STAT_U("tombstones_cleared", pr.tombs_cleared);
     MIG_STAT_U("fallback_reads", pr.fallback_reads);
     MIG_STAT_U("pending_change", pr.pending);
+    MIG_STAT_U("bad_index_members", m->bad_members);
 #undef MIG_STAT_U
     evbuffer_add_printf(out, "STAT migration:waiting_for %s\r\n",
                         pr.waiting[0] ? pr.waiting : "-");

@@ -182,6 +182,8 @@ struct mig {
     uint64_t ndoubts, nconflicts, conflicts_settled;
     uint64_t keys_moved, keys_stale, keys_skipped, keys_failed, keys_retried,
              client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads;
+    uint64_t bad_members;       /* index members skipped: not a memcached key
+                                   (move.c); since start */
 };
 
 static inline uint64_t now_ms(const struct mig *m)

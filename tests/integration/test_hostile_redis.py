@@ -171,3 +171,25 @@ def proxy_stats_fp(p):
     import json as _json
     body = admin_get(p.admin_port, "/migration")[2]
     return _json.loads(body)["pools"][0]["from"]
+
+
+def test_index_members_that_are_not_keys_are_never_sent(env, cluster):
+    p = env.proxy(mcs=env.mcs[:1] + env.mcs[1:2])
+    keys = fill(p.port, 300)
+    wait_until(lambda: len(env.r.keys(PREFIX + ":v:*")) > 0, what="index sets")
+    bad = ["x\r\nflush_all", "a b", "", "k" * 251, "ctl\x01x", "x\nflush_all"]
+    sets = env.r.keys(PREFIX + ":v:*")
+    for vset in sets:
+        member, score = env.r.zrange(vset, 0, 0, withscores=True)[0]
+        env.r.zadd(vset, {b: score for b in bad})
+    # grow 2 -> 3: many arcs move, each listed with the bad members in it
+    new = cluster.memcached(1)[0]
+    new.ident = 3
+    from test_migration import reload
+    reload(p, pool_config(p.port, env.mcs + [new], env.redis.port))
+    st = wait_migrated(p.port, 2)
+    assert int(st["migration:bad_index_members"]) > 0
+    for m in env.mcs + [new]:
+        assert mc_stats(m)["cmd_flush"] == "0"
+    assert_all_hit(p.port, keys)
+    assert p.log().count("not a memcached key") == 1

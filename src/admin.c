@@ -23,8 +23,10 @@
 #include <string.h>
 #include <sys/queue.h>        /* before keyvalq_struct.h, which undefines its own */
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/listener.h>
 #include <event2/keyvalq_struct.h>
 
 #include "admin.h"
@@ -36,6 +38,9 @@
 
 #define ADMIN_TIMEOUT_SEC 10
 #define ADMIN_MAX_HEADERS 8192
+#define ADMIN_MAX_CONNS 64      /* open admin connections; more wait in the
+                                   listen backlog (the listener pauses) */
+#define ADMIN_PRUNE_MS 50       /* closed connections let go this often */
 
 /* The migration snapshot as metrics: X(field, metric name, kind, help). */
 #define ADMIN_MIG_CODEC(X)                                                    \
@@ -103,6 +108,14 @@ struct admin {
     struct worker *w;
     struct admin_counters counters;
     struct evhttp *http;
+    struct evconnlistener *listener;    /* evhttp's, paused at the limit */
+    /* Open connections: their bufferevents, each with a reference of ours
+     * (admin_bev); one that evhttp freed is let go by admin_prune. */
+    struct bufferevent **bevs;
+    uint32_t nbevs, cap_bevs;
+    struct event *prune;
+    bool paused;
+    uint64_t next_pause_log;
 };
 
 /* --- escaping --------------------------------------------------------------- */
@@ -442,7 +455,9 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
         for (uint32_t s = 0; p->ring_be != NULL && s < p->ring->nservers; s++) {
             up += p->ring_be[s]->state == BACKEND_UP;
         }
-        if (!p->ready) {
+        if (mig_refused(p->mig) != NULL) {
+            evbuffer_add_printf(b, "pool %s: fenced: %s\n", p->name, mig_refused(p->mig));
+        } else if (!p->ready) {
             evbuffer_add_printf(b, "pool %s: not serving yet: waiting for Redis to say "
                                 "which ring the data obeys\n", p->name);
         } else if (p->listener == NULL) {
@@ -483,10 +498,8 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
 
 /* --- /ring --------------------------------------------------------------------- */
 
-static bool query_flag(struct evhttp_request *req, const char *name)
+bool admin_query_flag(const char *query, const char *name)
 {
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *query = uri != NULL ? evhttp_uri_get_query(uri) : NULL;
     struct evkeyvalq params;
     bool on = false;
 
@@ -498,6 +511,13 @@ static bool query_flag(struct evhttp_request *req, const char *name)
     }
     evhttp_clear_headers(&params);
     return on;
+}
+
+static bool query_flag(struct evhttp_request *req, const char *name)
+{
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+
+    return admin_query_flag(uri != NULL ? evhttp_uri_get_query(uri) : NULL, name);
 }
 
 static void ring_json(struct evbuffer *b, const struct pool *p, bool points)
@@ -637,24 +657,41 @@ static const struct admin_route {
     { "/migration", "application/json", serve_migration },
 };
 
+#define ADMIN_NROUTES (sizeof(admin_routes) / sizeof(admin_routes[0]))
+
+int admin_route_of(const char *target)
+{
+    /* As evhttp parses a request line's target (http.c, NONCONFORMANT). */
+    struct evhttp_uri *uri = target != NULL ?
+        evhttp_uri_parse_with_flags(target, EVHTTP_URI_NONCONFORMANT) : NULL;
+    const char *path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
+    int route = -1;
+
+    for (size_t i = 0; path != NULL && i < ADMIN_NROUTES; i++) {
+        if (strcmp(path, admin_routes[i].path) == 0) {
+            route = (int)i;
+        }
+    }
+    if (uri != NULL) {
+        evhttp_uri_free(uri);
+    }
+    return route;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct admin *a = arg;
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
     struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
     struct evbuffer *body = evbuffer_new();
     const struct admin_route *route = NULL;
-    int code;
+    int code, i;
 
     if (body == NULL) {
         evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
         return;
     }
-    for (size_t i = 0; path != NULL && i < sizeof(admin_routes) / sizeof(admin_routes[0]); i++) {
-        if (strcmp(path, admin_routes[i].path) == 0) {
-            route = &admin_routes[i];
-        }
+    if ((i = admin_route_of(evhttp_request_get_uri(req))) >= 0) {
+        route = &admin_routes[i];
     }
     if (route == NULL) {
         code = HTTP_NOTFOUND;
@@ -675,6 +712,77 @@ static void on_request(struct evhttp_request *req, void *arg)
     evbuffer_free(body);
 }
 
+/*
+ * libevent 2.1 has no evhttp_set_max_connections, so the admin counts its
+ * connections itself: evhttp asks admin_bev for each new connection's
+ * bufferevent, and the admin keeps a reference to it. evhttp frees a
+ * connection with bufferevent_free, which clears the callbacks it set; the
+ * reference keeps the object (and its socket, already shut down for
+ * writing by evhttp) until admin_prune, every ADMIN_PRUNE_MS, drops it. At
+ * ADMIN_MAX_CONNS the listener pauses: more connections wait in the
+ * kernel's backlog and cost no descriptor.
+ */
+static bool admin_bev_gone(struct bufferevent *bev)
+{
+    bufferevent_data_cb rd, wr;
+    bufferevent_event_cb ev;
+    void *arg;
+
+    bufferevent_getcb(bev, &rd, &wr, &ev, &arg);
+    return rd == NULL && wr == NULL && ev == NULL;
+}
+
+static void admin_prune(evutil_socket_t fd, short what, void *arg)
+{
+    struct admin *a = arg;
+
+    (void)fd;
+    (void)what;
+    for (uint32_t i = 0; i < a->nbevs;) {
+        if (admin_bev_gone(a->bevs[i])) {
+            bufferevent_decref(a->bevs[i]);     /* closes the socket */
+            a->bevs[i] = a->bevs[--a->nbevs];
+        } else {
+            i++;
+        }
+    }
+    if (a->paused && a->nbevs < ADMIN_MAX_CONNS && a->listener != NULL) {
+        a->paused = false;
+        evconnlistener_enable(a->listener);
+    }
+}
+
+static struct bufferevent *admin_bev(struct event_base *base, void *arg)
+{
+    struct admin *a = arg;
+    struct bufferevent *bev;
+
+    if (a->nbevs == a->cap_bevs) {
+        uint32_t cap = a->cap_bevs ? a->cap_bevs * 2 : 16;
+        struct bufferevent **bevs = realloc(a->bevs, cap * sizeof(*bevs));
+        if (bevs == NULL) {
+            return NULL;    /* evhttp makes its own, uncounted */
+        }
+        a->bevs = bevs;
+        a->cap_bevs = cap;
+    }
+    if ((bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+        return NULL;
+    }
+    bufferevent_incref(bev);
+    a->bevs[a->nbevs++] = bev;
+    if (a->nbevs >= ADMIN_MAX_CONNS && !a->paused && a->listener != NULL) {
+        a->paused = true;
+        evconnlistener_disable(a->listener);
+        if (worker_now_ms(a->w) >= a->next_pause_log) {
+            a->next_pause_log = worker_now_ms(a->w) + 10000;
+            log_warn("admin", "%u admin connections open: accepting no more until "
+                     "one closes", a->nbevs);
+        }
+    }
+    return bev;
+}
+
 struct admin *admin_start(struct worker *w, const struct admin_counters *counters,
                           const char *addr, int port, char *err, size_t errlen)
 {
@@ -684,12 +792,17 @@ struct admin *admin_start(struct worker *w, const struct admin_counters *counter
         snprintf(err, errlen, "%s", "");
         return NULL;
     }
-    if ((a = calloc(1, sizeof(*a))) == NULL || (a->http = evhttp_new(w->base)) == NULL) {
+    if ((a = calloc(1, sizeof(*a))) == NULL) {
         snprintf(err, errlen, "out of memory");
-        free(a);
         return NULL;
     }
     a->w = w;
+    if ((a->http = evhttp_new(w->base)) == NULL ||
+        (a->prune = event_new(w->base, -1, EV_PERSIST, admin_prune, a)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        admin_free(a);
+        return NULL;
+    }
     if (counters != NULL) {
         a->counters = *counters;
     }
@@ -702,13 +815,19 @@ struct admin *admin_start(struct worker *w, const struct admin_counters *counter
     evhttp_set_max_headers_size(a->http, ADMIN_MAX_HEADERS);
     evhttp_set_max_body_size(a->http, ADMIN_MAX_HEADERS);
     evhttp_set_gencb(a->http, on_request, a);
+    evhttp_set_bevcb(a->http, admin_bev, a);
     errno = 0;
-    if (evhttp_bind_socket_with_handle(a->http, addr, (ev_uint16_t)port) == NULL) {
+    struct evhttp_bound_socket *bound =
+        evhttp_bind_socket_with_handle(a->http, addr, (ev_uint16_t)port);
+    if (bound == NULL) {
         snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port,
                  errno ? strerror(errno) : "cannot resolve the address");
         admin_free(a);
         return NULL;
     }
+    a->listener = evhttp_bound_socket_get_listener(bound);
+    struct timeval every = { 0, ADMIN_PRUNE_MS * 1000 };
+    event_add(a->prune, &every);
     log_notice("admin", "HTTP admin on %s:%d: /metrics /healthz /ring /migration",
                addr, port);
     return a;
@@ -719,8 +838,16 @@ void admin_free(struct admin *a)
     if (a == NULL) {
         return;
     }
+    a->listener = NULL;             /* evhttp_free frees it */
     if (a->http != NULL) {
-        evhttp_free(a->http);
+        evhttp_free(a->http);       /* frees every connection */
+    }
+    for (uint32_t i = 0; i < a->nbevs; i++) {
+        bufferevent_decref(a->bevs[i]);
+    }
+    free(a->bevs);
+    if (a->prune != NULL) {
+        event_free(a->prune);
     }
     free(a);
 }

@@ -8,6 +8,7 @@
 #ifndef RP_ADMIN_H
 #define RP_ADMIN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,5 +30,14 @@ struct admin *admin_start(struct worker *w, const struct admin_counters *counter
                           const char *addr, int port, char *err, size_t errlen);
 /* Close the port and every admin connection. NULL is fine. */
 void admin_free(struct admin *a);
+
+/*
+ * Parsing of what a request sends (outside input; pure, for
+ * tests/fuzz/fuzz_admin.c): the route a request target ("/ring?points=1",
+ * as on the request line) asks for, an index into the route table, or -1;
+ * and whether a query string sets flag `name` (1, true or yes).
+ */
+int admin_route_of(const char *target);
+bool admin_query_flag(const char *query, const char *name);
 
 #endif

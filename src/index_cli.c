@@ -277,6 +277,21 @@ static int mc_has(int fd, const char *key, size_t len)
     return strncmp(reply, "EN", 2) == 0 ? 0 : -1;
 }
 
+/* A member usable as a memcached key (1..250 bytes, no space or control
+ * character): anything else would change the "mg" line it is put in. */
+static bool member_is_key(const char *s, size_t len)
+{
+    if (len == 0 || len > 250) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
 {
     char err[256], key[1024], want[1024];
@@ -284,7 +299,7 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
     redisContext *rc = ring ? cli_redis_open(&p->index, err, sizeof(err)) : NULL;
     int *fds = NULL;
     long checked = 0, misplaced = 0, wrong_score = 0, present = 0, missing = 0,
-         unreachable = 0;
+         unreachable = 0, not_keys = 0;
 
     if (rc == NULL) {
         fprintf(stderr, "pool '%s': %s\n", p->name, err);
@@ -338,6 +353,10 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
                            checked < sample; j += 2) {
             const char *member = r->element[j]->str;
             size_t mlen = r->element[j]->len;
+            if (r->element[j]->type != REDIS_REPLY_STRING || !member_is_key(member, mlen)) {
+                not_keys++;     /* never sent to memcached, never printed */
+                continue;
+            }
             uint32_t h = ring_key_hash(ring, member, mlen);
             uint32_t owner = ring_find(ring, h);
             checked++;
@@ -363,6 +382,9 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
     fprintf(out, "pool %s: checked %ld indexed keys\n", p->name, checked);
     fprintf(out, "  in the right v-node set: %ld, misplaced: %ld, wrong score: %ld\n",
             checked - misplaced, misplaced, wrong_score);
+    if (not_keys > 0) {
+        fprintf(out, "  members that are not memcached keys (skipped): %ld\n", not_keys);
+    }
     fprintf(out, "  on their backend: %ld (%.1f%%), gone (evicted, expired or "
             "deleted around the proxy): %ld, backend unreachable: %ld\n", present,
             checked ? 100.0 * (double)present / (double)checked : 0.0, missing,
@@ -376,7 +398,7 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
     free(fds);
     redisFree(rc);
     ring_unref(ring);
-    return misplaced || wrong_score ? 1 : 0;
+    return misplaced || wrong_score || not_keys ? 1 : 0;
 }
 
 int cli_index(const char *what, const char *path, const char *pool, long sample,

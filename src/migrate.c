@@ -117,6 +117,82 @@ static struct ring *ring_from_reply(const redisReply *h, uint64_t *epoch)
     return r;
 }
 
+/*
+ * Redis is data, not authority, for addresses: a ring record gives server
+ * identities, weights and the ring's shape, never where to connect. Each
+ * identity is mapped to the address this proxy's own config gave it: the
+ * file's ring first (m->want), then the servers the pool already has, all
+ * of which came from a file (this one or the one before a reload). Returns
+ * a new reference, or NULL with the first unknown identity in why.
+ */
+static struct ring *ring_localize(struct mig *m, struct ring *r, char *why, size_t len)
+{
+    const struct pool *p = m->p;
+    struct ring_server_spec *specs = calloc(r->nservers, sizeof(*specs));
+    struct ring *l = NULL;
+    bool same = true;
+
+    if (specs == NULL) {
+        snprintf(why, len, "out of memory");
+        return NULL;
+    }
+    for (uint32_t i = 0; i < r->nservers; i++) {
+        const char *id = r->servers[i].identity, *addr = NULL;
+        int s = ring_server_index(m->want, id);
+        if (s >= 0) {
+            addr = m->want->servers[s].addr;
+        }
+        for (uint32_t b = p->nbackends; addr == NULL && b > 0; b--) {
+            if (strcmp(p->backends[b - 1]->identity, id) == 0) {
+                addr = p->backends[b - 1]->addr.text;   /* the newest first */
+            }
+        }
+        if (addr == NULL) {
+            /* Not in this file (a proxy restarted with the old file while
+             * the fleet grows, or with the new one while it shrinks): the
+             * recorded address is the only one there is, and the records
+             * are the authority (I1). A file that names the server pins
+             * its address; this is said in the log. */
+            addr = r->servers[i].addr;
+            if (now_ms(m) >= m->next_foreign_log) {
+                m->next_foreign_log = now_ms(m) + MIG_WAIT_LOG_MS;
+                log_warn("migration", "%s: server %s is not in this config file: using "
+                         "the address Redis records for it, %s; list it in the file "
+                         "to pin its address", p->name, id, addr);
+            }
+        }
+        same = same && strcmp(addr, r->servers[i].addr) == 0;
+        specs[i] = (struct ring_server_spec){ .identity = id, .addr = addr,
+                                              .weight = r->servers[i].weight };
+    }
+    if (same) {
+        l = ring_ref(r);
+        goto out;
+    }
+    struct ring_params params = { .compat = r->compat, .hash = r->hash,
+        .has_tag = r->has_tag, .servers = specs, .nservers = r->nservers };
+    memcpy(params.tag, r->tag, 2);
+    l = ring_build(&params, why, len);
+out:
+    free(specs);
+    return l;
+}
+
+/* The recorded rings cannot be served (why): fence the pool and say so. */
+static void mig_refuse(struct mig *m, const char *what, const char *why)
+{
+    char msg[sizeof(m->refused)];
+
+    snprintf(msg, sizeof(msg), "%s names a server this proxy does not know (%s); "
+             "refusing to route by it", what, why);
+    if (now_ms(m) >= m->next_refused_log) {
+        m->next_refused_log = now_ms(m) + MIG_WAIT_LOG_MS;
+        log_error("migration", "%s: %s:%s %s", m->p->name, m->prefix,
+                  strcmp(what, "the ring record") == 0 ? "ring" : "migration:ring", msg);
+    }
+    memcpy(m->refused, msg, sizeof(msg));
+}
+
 static void key_of(const struct mig *m, const char *suffix, char *buf, size_t len)
 {
     snprintf(buf, len, "%s:%s", m->prefix, suffix);
@@ -174,6 +250,8 @@ static void mig_clear(struct mig *m)
     m->from = NULL;
     ring_unref(m->to);
     m->to = NULL;
+    ring_unref(m->to_rec);
+    m->to_rec = NULL;
     free(m->from_be);
     free(m->to_be);
     m->from_be = m->to_be = NULL;
@@ -183,22 +261,39 @@ static void mig_clear(struct mig *m)
     m->arcs_done = m->cur_arc = m->inflight = m->reserved = m->pass = 0;
 }
 
-/* Follow a migration from ring `from` to ring `to` (references are taken). */
+/*
+ * Follow a migration from ring `from` to ring `to`, both as recorded (their
+ * fingerprints are the fleet's names for them); this proxy routes by them
+ * with its own addresses (ring_localize). References are taken.
+ */
 static int mig_begin(struct mig *m, struct ring *from, struct ring *to)
 {
     struct pool *p = m->p;
     char err[256];
+    struct ring *lf = ring_localize(m, from, err, sizeof(err)), *lt = NULL;
 
-    m->from_be = pool_ring_backends(p, from, err, sizeof(err));
-    m->to_be = m->from_be ? pool_ring_backends(p, to, err, sizeof(err)) : NULL;
+    if (lf == NULL) {
+        mig_refuse(m, "the ring record", err);
+        return -1;
+    }
+    if ((lt = ring_localize(m, to, err, sizeof(err))) == NULL) {
+        mig_refuse(m, "the migration's target ring", err);
+        ring_unref(lf);
+        return -1;
+    }
+    m->from_be = pool_ring_backends(p, lf, err, sizeof(err));
+    m->to_be = m->from_be ? pool_ring_backends(p, lt, err, sizeof(err)) : NULL;
     if (m->to_be == NULL) {
         log_error("migration", "%s: %s", p->name, err);
         free(m->from_be);
         m->from_be = NULL;
+        ring_unref(lf);
+        ring_unref(lt);
         return -1;
     }
-    m->from = ring_ref(from);
-    m->to = ring_ref(to);
+    m->from = lf;
+    m->to = lt;
+    m->to_rec = ring_ref(to);
     ringrec_fingerprint(from, m->fp_from);
     ringrec_fingerprint(to, m->fp_to);
     if (ring_diff(m->from, m->to, &m->diff) != 0 ||
@@ -281,27 +376,40 @@ static void mig_end_local(struct mig *m)
     mig_clear(m);
 }
 
-/* Serve ring r as the recorded ring (start-up, or the record changed). */
-static void mig_serve_ring(struct mig *m, struct ring *r, const char *fp)
+/*
+ * Serve ring r (as recorded, fingerprint fp) as where the data lives, with
+ * this proxy's addresses. Returns -1 when it cannot: r names a server the
+ * config does not know (the pool is then refused: fenced), or no memory.
+ */
+static int mig_serve_ring(struct mig *m, struct ring *r, const char *fp)
 {
     struct pool *p = m->p;
-    char pfp[RINGREC_FP_SIZE], err[256];
+    char pfp[RINGREC_FP_SIZE], lfp[RINGREC_FP_SIZE], err[256];
+    struct ring *l = ring_localize(m, r, err, sizeof(err));
 
-    ringrec_fingerprint(p->ring, pfp);
-    if (strcmp(pfp, fp) == 0) {
-        return;
+    if (l == NULL) {
+        mig_refuse(m, "the ring record", err);
+        return -1;
     }
-    struct backend **map = pool_ring_backends(p, r, err, sizeof(err));
+    ringrec_fingerprint(p->ring, pfp);
+    ringrec_fingerprint(l, lfp);
+    if (strcmp(pfp, lfp) == 0) {
+        ring_unref(l);
+        return 0;
+    }
+    struct backend **map = pool_ring_backends(p, l, err, sizeof(err));
     if (map == NULL) {
         log_error("migration", "%s: %s", p->name, err);
-        return;
+        ring_unref(l);
+        return -1;
     }
     log_notice("migration", "%s: the data obeys ring %.8s (epoch %llu): serving it",
                p->name, fp, (unsigned long long)m->epoch);
     idx_flush(p->idx);
-    pool_set_ring(p, ring_ref(r), map);
-    idx_set_ring(p->idx, r);
+    pool_set_ring(p, l, map);
+    idx_set_ring(p->idx, l);
     pool_new_generation(p);
+    return 0;
 }
 
 /* --- the lease holder's decisions ------------------------------------------------ */
@@ -419,7 +527,8 @@ void mig_finish(struct mig *m)
     snprintf(done, sizeof(done), "migration:done:%s", m->fp_to);
     const char *keys[] = { "ring", "migration", "migration:lock", "migration:ring", done };
     const char *args[] = { m->id, m->fp_to };
-    eval_with_ring(m, on_finish_written, script, keys, 5, args, 2, m->to, m->epoch + 1);
+    eval_with_ring(m, on_finish_written, script, keys, 5, args, 2, m->to_rec,
+                   m->epoch + 1);
 }
 
 /* --- the sync: heartbeat, lease, snapshot -------------------------------------- */
@@ -494,9 +603,12 @@ static bool acked_switched(const struct mig *m, const struct beat *b)
     return strcmp(b->to, m->fp_to) == 0 && ack_rank(b->ack) >= PH_SWITCHED;
 }
 
-/* The record changed or is missing: set up, follow or end the migration. */
-static void follow(struct mig *m, const redisReply *rec, const redisReply *mrec,
-                   const redisReply *mring)
+/*
+ * The record changed or is missing: set up, follow or end the migration.
+ * A record this proxy cannot serve (mig_refuse) leaves m->refused set.
+ */
+static void follow_record(struct mig *m, const redisReply *rec, const redisReply *mrec,
+                          const redisReply *mring)
 {
     struct pool *p = m->p;
     uint64_t epoch = 0;
@@ -506,6 +618,7 @@ static void follow(struct mig *m, const redisReply *rec, const redisReply *mrec,
     if (R == NULL) {
         return;
     }
+    m->refused[0] = '\0';     /* each well-formed snapshot is judged anew */
     ringrec_fingerprint(R, fp);
     m->epoch = epoch;
     memcpy(m->fp_rec, fp, sizeof(fp));
@@ -527,7 +640,7 @@ static void follow(struct mig *m, const redisReply *rec, const redisReply *mrec,
             }
         }
         if (m->from == NULL) {
-            mig_serve_ring(m, R, fp);
+            (void)mig_serve_ring(m, R, fp);
         }
         ring_unref(R);
         return;
@@ -566,8 +679,7 @@ static void follow(struct mig *m, const redisReply *rec, const redisReply *mrec,
             ring_unref(R);
             return;
         }
-        mig_serve_ring(m, R, fp);
-        int rc = mig_begin(m, R, T);
+        int rc = mig_serve_ring(m, R, fp) == 0 ? mig_begin(m, R, T) : -1;
         ring_unref(T);
         if (rc != 0) {
             ring_unref(R);
@@ -577,6 +689,19 @@ static void follow(struct mig *m, const redisReply *rec, const redisReply *mrec,
     ring_unref(R);
     snprintf(m->fleet, sizeof(m->fleet), "%s", phase);
     mig_set_phase(m, strcmp(phase, "prepared") == 0 ? PH_PREPARED : PH_SWITCHED);
+}
+
+static void follow(struct mig *m, const redisReply *rec, const redisReply *mrec,
+                   const redisReply *mring)
+{
+    bool was_refused = m->refused[0] != '\0';
+
+    follow_record(m, rec, mrec, mring);
+    if (was_refused && m->refused[0] == '\0') {
+        m->next_refused_log = 0;
+        log_notice("migration", "%s: the recorded rings name only servers of the "
+                   "config file again: serving", m->p->name);
+    }
 }
 
 /* The lease holder looks at the snapshot and takes the next step, if any. */
@@ -611,7 +736,7 @@ static void log_waiting(struct mig *m, const char *what)
 
 static void update_state(struct mig *m)
 {
-    if (m->fenced) {
+    if (m->fenced || m->refused[0] != '\0') {
         m->state = MIG_FENCED;
     } else if (m->fp_rec[0] == '\0') {
         m->state = MIG_STARTING;
@@ -681,7 +806,8 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     follow(m, rec, mrec, mring);
-    if (proxies->type == REDIS_REPLY_ARRAY) {
+    /* A refused record takes no part in the fleet's decisions. */
+    if (proxies->type == REDIS_REPLY_ARRAY && m->refused[0] == '\0') {
         /* Alone on the prefix: the index may skip re-stores it knows. */
         idx_set_shared(m->p->idx, proxies->elements != 2);
         if (m->lease) {
@@ -1011,9 +1137,14 @@ bool mig_fenced(const struct mig *m)
 {
     /* From the clock, not only the tick's flag: after a freeze (SIGSTOP)
      * the first loop turn may serve requests before the tick runs. */
-    return m != NULL && m->liveness_ms > 0 &&
+    return m != NULL && (m->refused[0] != '\0' || (m->liveness_ms > 0 &&
            (m->fenced || m->fp_rec[0] == '\0' ||
-            worker_now_ms(m->p->w) > m->last_sync_ok + m->liveness_ms / 2);
+            worker_now_ms(m->p->w) > m->last_sync_ok + m->liveness_ms / 2)));
+}
+
+const char *mig_refused(const struct mig *m)
+{
+    return m != NULL && m->refused[0] != '\0' ? m->refused : NULL;
 }
 
 enum mig_state mig_get_state(const struct mig *m)
@@ -1151,7 +1282,7 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     snprintf(out->waiting, sizeof(out->waiting), "%s", m->waiting);
     snprintf(out->blocked, sizeof(out->blocked), "%s", m->blocked);
     out->live_proxies = m->nlive;
-    out->fenced = m->fenced;
+    out->fenced = m->fenced || m->refused[0] != '\0';
     out->arcs_done = m->arcs_done;
     out->keys_moved = m->keys_moved;
     out->keys_skipped = m->keys_skipped;
@@ -1193,6 +1324,7 @@ void mig_stats(const struct mig *m, struct evbuffer *out)
     MIG_STAT_U("tombstones_cleared", pr.tombs_cleared);
     MIG_STAT_U("fallback_reads", pr.fallback_reads);
     MIG_STAT_U("pending_change", pr.pending);
+    MIG_STAT_U("bad_index_members", m->bad_members);
 #undef MIG_STAT_U
     evbuffer_add_printf(out, "STAT migration:waiting_for %s\r\n",
                         pr.waiting[0] ? pr.waiting : "-");

@@ -50,6 +50,9 @@ bool mig_active(const struct mig *m);
 /* Has this proxy lost Redis long enough that the fleet may move on without
  * it? Then it must not serve the pool's keys. Cheap. */
 bool mig_fenced(const struct mig *m);
+/* Why the recorded ring cannot be served (it names a server the config file
+ * does not know), or NULL. Such a pool is fenced too. */
+const char *mig_refused(const struct mig *m);
 /* The proxy stops: remove its heartbeat and give up the lease now. */
 void mig_leave(struct mig *m);
 /* Has Redis confirmed that (or can it not be told)? NULL: true. */

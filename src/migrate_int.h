@@ -147,8 +147,14 @@ struct mig {
     uint64_t epoch;             /* of the recorded ring */
     char waiting[256];          /* proxies the fleet waits for (log, status) */
     uint32_t nlive;
-    /* the migration (from == NULL: none) */
-    struct ring *from, *to;
+    /* A ring record this proxy cannot serve (it names a server identity the
+     * config file does not know): why; "" when none. Fences the pool. */
+    char refused[192];
+    uint64_t next_refused_log, next_foreign_log;
+    /* the migration (from == NULL: none). from and to carry this proxy's
+     * own addresses (ring_localize); to_rec is the target as the fleet
+     * recorded it, what the coordinator writes back at the end. */
+    struct ring *from, *to, *to_rec;
     struct backend **from_be, **to_be;
     char fp_from[RINGREC_FP_SIZE], fp_to[RINGREC_FP_SIZE];
     enum mig_phase phase;       /* how this proxy routes now */
@@ -176,6 +182,8 @@ struct mig {
     uint64_t ndoubts, nconflicts, conflicts_settled;
     uint64_t keys_moved, keys_stale, keys_skipped, keys_failed, keys_retried,
              client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads;
+    uint64_t bad_members;       /* index members skipped: not a memcached key
+                                   (move.c); since start */
 };
 
 static inline uint64_t now_ms(const struct mig *m)

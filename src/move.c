@@ -1403,6 +1403,44 @@ struct list_ctx {
     uint32_t batch;
 };
 
+/*
+ * Can an index member be used as a memcached key? It comes from Redis,
+ * which anyone with access can write, and goes into meta command lines: a
+ * member with a space, CR or LF in it would add arguments or commands.
+ * memcached's own rule: 1..250 bytes, no space or control character.
+ */
+static bool member_is_key(const char *s, size_t len)
+{
+    if (len == 0 || len > PROTO_KEY_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A member that is not a key is skipped: counted, and logged the first time. */
+static void bad_member(struct mig *m, const char *s, size_t len)
+{
+    if (m->bad_members++ == 0) {
+        char shown[64];
+        size_t n = 0;
+        for (size_t i = 0; i < len && n + 4 < sizeof(shown); i++) {
+            unsigned char c = (unsigned char)s[i];
+            n += (size_t)snprintf(shown + n, sizeof(shown) - n,
+                                  c > ' ' && c < 0x7f ? "%c" : "\\x%02x", c);
+        }
+        shown[n] = '\0';
+        log_error("migration", "%s: the index holds a member that is not a memcached "
+                  "key (%zu bytes: \"%s%s\"): skipped, never sent; counted in "
+                  "migration:bad_index_members, not logged again", m->p->name, len,
+                  shown, n < len ? "..." : "");
+    }
+}
+
 static void on_list(redisAsyncContext *ac, void *r, void *priv)
 {
     struct list_ctx *lc = priv;
@@ -1431,7 +1469,7 @@ static void on_list(redisAsyncContext *ac, void *r, void *priv)
         const redisReply *mem = reply->element[2 * j];
         uint32_t score = (uint32_t)strtoull(reply->element[2 * j + 1]->str, NULL, 10);
         bool taken = false;
-        if (mem->type != REDIS_REPLY_STRING || mem->len == 0 || mem->len > PROTO_KEY_MAX) {
+        if (mem->type != REDIS_REPLY_STRING) {
             continue;
         }
         for (uint32_t s = 0; score == a->cursor && s < a->nseen; s++) {
@@ -1451,6 +1489,10 @@ static void on_list(redisAsyncContext *ac, void *r, void *priv)
             seen[nseen++] = strndup(mem->str, mem->len);
         }
         if (taken) {
+            continue;
+        }
+        if (!member_is_key(mem->str, mem->len)) {
+            bad_member(m, mem->str, mem->len);
             continue;
         }
         if (!arc->moves) {

@@ -840,19 +840,15 @@ static void client_delete_stale(struct client *c, const struct proto_req *set)
 }
 
 /*
- * Dispatch one parsed command whose line is `line` (len bytes) and whose
- * terminator ends at `total`. Returns false when more input is needed.
+ * Dispatch one parsed command whose line's terminator ends at `total`. The
+ * client's line itself is never forwarded: backends are sent lines rebuilt
+ * from req (proto_format_request). Returns false when more input is needed.
  */
-static bool client_dispatch(struct client *c, const struct proto_req *req,
-                            const char *line, size_t len, size_t total)
+static bool client_dispatch(struct client *c, const struct proto_req *req, size_t total)
 {
     struct pool *p = c->pool;
     size_t avail = evbuffer_get_length(c->in);
 
-    /* The client's line is never forwarded: backends are sent lines rebuilt
-     * from req (proto_format_request). (Kept in the signature until the
-     * connection-handling branch that also edits client_process is merged.) */
-    (void)line, (void)len;
     switch (req->cmd) {
     case PROTO_CMD_GET:
     case PROTO_CMD_GETS:
@@ -1090,7 +1086,7 @@ static void client_process(struct client *c)
             evbuffer_drain(c->in, total);
             continue;
         }
-        if (!client_dispatch(c, &req, line, len, total)) {
+        if (!client_dispatch(c, &req, total)) {
             /* Parse the line again only once its whole value is here. */
             c->need = total + (size_t)req.bytes + 2;
             break;

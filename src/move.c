@@ -820,7 +820,10 @@ static void on_rmw_done(void *arg, const struct mreply *r)
     /* On the old owner the command was conditional on the CAS we read:
      * the value changed or went meanwhile, so look again. */
     if (on_old && op->cmd != PROTO_CMD_CAS && op->cmd != PROTO_CMD_TOUCH &&
-        (r->status == MREPLY_EX || r->status == MREPLY_NF)) {
+        (r->status == MREPLY_EX || r->status == MREPLY_NF ||
+         /* append/prepend of a key gone meanwhile (moved): NS, not NF */
+         (r->status == MREPLY_NS &&
+          (op->cmd == PROTO_CMD_APPEND || op->cmd == PROTO_CMD_PREPEND)))) {
         retry_or_fail(op, on_rmw_lookup);
         return;
     }

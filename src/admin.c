@@ -1,6 +1,6 @@
 /*
  * admin.c — the HTTP admin port: metrics for Prometheus, a health check, and
- * JSON views of each pool's ring and migration (DESIGN §7).
+ * JSON views of each pool's ring and migration (docs/ARCHITECTURE.md, "Observability").
  *
  * Design notes
  * - evhttp runs on the worker's event loop, between client requests, so the

@@ -1,5 +1,5 @@
 /*
- * config.c — the YAML pool file (DESIGN §4), a superset of twemproxy's.
+ * config.c — the YAML pool file (docs/ARCHITECTURE.md, "The config file"), a superset of twemproxy's.
  *
  * The file is loaded as a libyaml document (so every node keeps its line and
  * column) and walked with one table of directives per mapping: pool, index,
@@ -713,7 +713,7 @@ static void parse_servers(struct conf_ctx *cx, yaml_node_t *node,
     }
 }
 
-/* The identity decides placement (DESIGN §3). */
+/* The identity decides placement (docs/ARCHITECTURE.md, "Ring placement"). */
 static char *server_identity(const struct conf_pool *p, const struct conf_server *s)
 {
     char *id = NULL;

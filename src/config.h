@@ -37,7 +37,7 @@ struct conf_server {
     struct conf_addr addr;
     uint32_t weight;
     char *name;             /* NULL when the file gives none */
-    char *identity;         /* what the ring hashes (DESIGN §3) */
+    char *identity;         /* what the ring hashes (ARCHITECTURE.md, "Ring placement") */
     int line, col;
 };
 

@@ -1,5 +1,5 @@
 /*
- * index.c — the Redis key index writer of one pool (DESIGN §5).
+ * index.c — the Redis key index writer of one pool (docs/ARCHITECTURE.md, "The index").
  *
  * Design notes
  * - The request path only appends a record (op, v-node, score, key) to an

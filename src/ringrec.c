@@ -1,5 +1,5 @@
 /*
- * ringrec.c — the ring record, <prefix>:ring in Redis (DESIGN §5): the ring
+ * ringrec.c — the ring record, <prefix>:ring in Redis (docs/ARCHITECTURE.md, "The index"): the ring
  * the data obeys, as field/value pairs (epoch, compat, hash, hash_tag,
  * points, servers as JSON), read back into a ring, and fingerprinted so two
  * proxies can tell whether they serve the same ring.

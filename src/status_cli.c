@@ -1,7 +1,7 @@
 /*
  * status_cli.c — `ringproxy status`: which ring each pool's data obeys and how
  * far a migration has got, read from a running proxy's admin port (GET
- * /migration) or, when none answers, from each pool's Redis index (DESIGN §5).
+ * /migration) or, when none answers, from each pool's Redis index (docs/ARCHITECTURE.md, "The index").
  * Blocking sockets and hiredis: an operator command, not the data path.
  */
 #include <errno.h>

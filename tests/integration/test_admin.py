@@ -1,4 +1,4 @@
-"""The HTTP admin port (DESIGN §7): /metrics in Prometheus' text format,
+"""The HTTP admin port (docs/ARCHITECTURE.md, "Observability"): /metrics in Prometheus' text format,
 /healthz, /ring and /migration as JSON, and `ringproxy status`, which reads
 /migration or, when no proxy answers, the pool's Redis index."""
 import os

@@ -1,4 +1,4 @@
-"""The Redis key index (DESIGN §5): every key the proxy stores is in the
+"""The Redis key index (docs/ARCHITECTURE.md, "The index"): every key the proxy stores is in the
 sorted set of the v-node that owns it, scored by its ring hash; deletes
 remove it; failed stores add nothing; Redis trouble never reaches clients."""
 import random

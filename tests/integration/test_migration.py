@@ -1,4 +1,4 @@
-"""Hot reload and live migration (DESIGN §6): a resize moves exactly the keys
+"""Hot reload and live migration (docs/ARCHITECTURE.md, "Resizing a fleet"): a resize moves exactly the keys
 whose owner changed, loses none, and never serves a read older than the last
 acknowledged write, also while clients keep writing and reading."""
 import os

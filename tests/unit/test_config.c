@@ -1,5 +1,5 @@
 /*
- * test_config.c — the YAML pool file (DESIGN §4): twemproxy's keys and
+ * test_config.c — the YAML pool file (docs/ARCHITECTURE.md, "The config file"): twemproxy's keys and
  * defaults, ringproxy's own sections, the identity rule, the example files,
  * and one bad file per kind of error with its exact "FILE:LINE:COL: " prefix.
  *

@@ -4,7 +4,7 @@
  *
  * Where the numbers come from:
  * - md5 "test", fnv1a_64 "apple", md5 "apple" and the digest "server1-8":
- *   the published libketama and twemproxy test vectors (DESIGN §3).
+ *   the published libketama and twemproxy test vectors (docs/ARCHITECTURE.md, "Ring placement").
  * - md5, crc32, fnv1_64, fnv1a_64, fnv1_32, fnv1a_32, one_at_a_time, murmur,
  *   jenkins over the key set below: printed by a throwaway program against
  *   Debian 12's libmemcached 1.1.4 (libhashkit), calling

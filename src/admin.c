@@ -69,6 +69,12 @@
       "tombstones removed by the mover")                                     \
     X(fallback_reads, fallback_reads, counter,                                \
       "reads of changing keys answered by the new owner")                    \
+    X(copies_in_doubt, copies_in_doubt, gauge,                                \
+      "moved copies whose store got no answer, to look at before a retry")   \
+    X(conflicts_waiting, conflicts_waiting, gauge,                            \
+      "keys with a value on both owners, waiting to be settled")             \
+    X(conflicts_settled, conflicts_settled, counter,                          \
+      "keys with a value on both owners settled for the old owner's")        \
     X(live_proxies, live_proxies, gauge,                                      \
       "live proxies sharing the pool's prefix (heartbeats in Redis)")        \
     X(fenced, fenced, gauge,                                                  \

@@ -306,8 +306,7 @@ static bool bconn_fenced(struct bconn *bc)
     if (evbuffer_get_length(bc->out) == 0 || !mig_fenced(bc->be->pool->mig)) {
         return false;
     }
-    bconn_fail(bc, "fenced: Redis unreachable", "SERVER_ERROR ringproxy fenced: the "
-               "index Redis is unreachable");
+    bconn_fail(bc, "fenced: Redis unreachable", MIG_FENCED_LINE);
     return true;
 }
 

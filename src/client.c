@@ -537,8 +537,7 @@ static bool client_fenced(struct client *c, const struct proto_req *req, size_t 
     }
     c->pool->stats[STAT_server_errors]++;
     if (!req->noreply) {
-        client_reply_line(c, "SERVER_ERROR ringproxy fenced: the index Redis is "
-                          "unreachable");
+        client_reply_line(c, MIG_FENCED_LINE);
     }
     evbuffer_drain(c->in, n);
     return true;

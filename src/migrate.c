@@ -305,7 +305,7 @@ static int mig_begin(struct mig *m, struct ring *from, struct ring *to)
     m->started_ms = m->last_log_ms = now_ms(m);
     m->keys_moved = m->keys_stale = m->keys_skipped = m->keys_failed = 0;
     m->keys_retried = m->client_ops = m->index_moved = m->moved_at_last_log = 0;
-    m->tombs_written = m->tombs_cleared = m->fallback_reads = 0;
+    m->tombs_written = m->tombs_cleared = m->fallback_reads = m->conflicts_settled = 0;
     m->tokens = 0;
     m->last_refill = now_ms(m);
     m->pass = 1;
@@ -1294,6 +1294,9 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->tombs_written = m->tombs_written;
     out->tombs_cleared = m->tombs_cleared;
     out->fallback_reads = m->fallback_reads;
+    out->copies_in_doubt = m->ndoubts;
+    out->conflicts_waiting = m->nconflicts;
+    out->conflicts_settled = m->conflicts_settled;
     out->keys_per_sec = m->last_rate;
 }
 
@@ -1323,6 +1326,9 @@ void mig_stats(const struct mig *m, struct evbuffer *out)
     MIG_STAT_U("tombstones_written", pr.tombs_written);
     MIG_STAT_U("tombstones_cleared", pr.tombs_cleared);
     MIG_STAT_U("fallback_reads", pr.fallback_reads);
+    MIG_STAT_U("copies_in_doubt", pr.copies_in_doubt);
+    MIG_STAT_U("conflicts_waiting", pr.conflicts_waiting);
+    MIG_STAT_U("conflicts_settled", pr.conflicts_settled);
     MIG_STAT_U("pending_change", pr.pending);
     MIG_STAT_U("bad_index_members", m->bad_members);
 #undef MIG_STAT_U

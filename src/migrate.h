@@ -50,6 +50,8 @@ bool mig_active(const struct mig *m);
 /* Has this proxy lost Redis long enough that the fleet may move on without
  * it? Then it must not serve the pool's keys. Cheap. */
 bool mig_fenced(const struct mig *m);
+/* What a fenced pool answers instead of serving. */
+#define MIG_FENCED_LINE "SERVER_ERROR ringproxy fenced: the index Redis is unreachable"
 /* Why the recorded ring cannot be served (it names a server the config file
  * does not know), or NULL. Such a pool is fenced too. */
 const char *mig_refused(const struct mig *m);
@@ -95,7 +97,8 @@ struct mig_progress {
     uint64_t arcs_total, arcs_done;
     double moved_fraction;      /* of the hash space that changes server */
     uint64_t keys_moved, keys_skipped, keys_stale, keys_failed, keys_retried,
-             client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads;
+             client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads,
+             copies_in_doubt, conflicts_waiting, conflicts_settled;
     double keys_per_sec;        /* over the last progress interval */
     double elapsed_sec;
 };

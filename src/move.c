@@ -50,12 +50,17 @@
 
 static void mop_next(struct mkey *k);
 
+/* How long a move connection waits for an answer: the pool's timeout. */
+static uint32_t op_timeout_ms(const struct pool *p)
+{
+    return p->conf->timeout > 0 ? (uint32_t)p->conf->timeout : 5000;
+}
+
 static struct mconn *mc_of(struct backend *be)
 {
     if (be->mc == NULL) {
-        uint32_t t = be->pool->conf->timeout > 0 ? (uint32_t)be->pool->conf->timeout : 5000;
         be->mc = mconn_new(be->pool->w->base, be->addr.host, be->addr.port,
-                           be->addr.is_unix, t);
+                           be->addr.is_unix, op_timeout_ms(be->pool));
         if (be->mc != NULL) {
             /* Bounded, but above what a client may store through us: the
              * server may hold larger items written around the proxy. */
@@ -142,33 +147,45 @@ static struct mdoubt **doubt_slot(struct mig *m, const char *key, size_t len)
     return table_slot(m->doubts, key, len);
 }
 
-static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64_t src_cas)
+/* The entry of key k at its slot, created if absent (count: the table's). */
+static struct mdoubt *table_get(struct mdoubt **pp, const struct mkey *k, uint64_t *count)
 {
-    struct mdoubt **pp = doubt_slot(m, k->key, k->len), *d = *pp;
+    struct mdoubt *d = *pp;
 
-    if (d == NULL) {
-        if ((d = malloc(sizeof(*d) + k->len)) == NULL) {
-            return;
-        }
+    if (d == NULL && (d = calloc(1, sizeof(*d) + k->len)) != NULL) {
         d->len = k->len;
         memcpy(d->key, k->key, k->len);
-        d->next = NULL;
         *pp = d;
-        m->ndoubts++;
+        (*count)++;
     }
-    d->vhash = vhash;
-    d->src_cas = src_cas;
+    return d;
 }
 
-static void doubt_drop(struct mig *m, const struct mkey *k)
+/* Unlink and free the entry at pp (count: the table's). */
+static void table_drop(struct mdoubt **pp, uint64_t *count)
 {
-    struct mdoubt **pp = doubt_slot(m, k->key, k->len), *d = *pp;
+    struct mdoubt *d = *pp;
 
     if (d != NULL) {
         *pp = d->next;
         free(d);
-        m->ndoubts--;
+        (*count)--;
     }
+}
+
+static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64_t src_cas)
+{
+    struct mdoubt *d = table_get(doubt_slot(m, k->key, k->len), k, &m->ndoubts);
+
+    if (d != NULL) {
+        d->vhash = vhash;
+        d->src_cas = src_cas;
+    }
+}
+
+static void doubt_drop(struct mig *m, const struct mkey *k)
+{
+    table_drop(doubt_slot(m, k->key, k->len), &m->ndoubts);
 }
 
 void mig_doubts_free(struct mig *m)
@@ -199,28 +216,18 @@ static bool conflict_settled(struct mig *m, const struct mkey *k, int64_t src_ca
                              int64_t dst_cas)
 {
     struct mdoubt **pp = table_slot(m->conflicts, k->key, k->len), *d = *pp;
-    uint32_t t = m->p->conf->timeout > 0 ? (uint32_t)m->p->conf->timeout : 5000;
-    uint64_t wait = 2 * (uint64_t)t + m->liveness_ms / 2 + 1000;
+    uint64_t wait = 2 * (uint64_t)op_timeout_ms(m->p) + m->liveness_ms / 2 + 1000;
 
     if (d != NULL && d->src_cas == src_cas && d->dst_cas == dst_cas) {
         if (now_ms(m) < d->since + wait) {
             return false;
         }
-        *pp = d->next;
-        free(d);
-        m->nconflicts--;
+        table_drop(pp, &m->nconflicts);
         m->conflicts_settled++;
         return true;
     }
-    if (d == NULL) {
-        if ((d = malloc(sizeof(*d) + k->len)) == NULL) {
-            return false;
-        }
-        d->len = k->len;
-        memcpy(d->key, k->key, k->len);
-        d->next = NULL;
-        *pp = d;
-        m->nconflicts++;
+    if ((d = table_get(pp, k, &m->nconflicts)) == NULL) {
+        return false;
     }
     d->src_cas = src_cas;
     d->dst_cas = dst_cas;
@@ -277,8 +284,9 @@ bool mig_routes_key(struct mig *m, const char *key, size_t len, uint32_t h)
 
 /* --- index bookkeeping --------------------------------------------------------- */
 
-static void index_cmd(struct mig *m, const char *verb, const struct ring *r,
-                      const char *key, size_t len)
+/* The key's entry in the set of its v-node under ring r: add or remove. */
+static void index_cmd(struct mig *m, bool add, const struct ring *r, const char *key,
+                      size_t len)
 {
     char vnode[1024];
     uint32_t h = ring_key_hash(r, key, len);
@@ -287,7 +295,7 @@ static void index_cmd(struct mig *m, const char *verb, const struct ring *r,
         return;
     }
     idx_vnode_key(m->prefix, r, ring_find(r, h), vnode, sizeof(vnode));
-    if (verb[0] == 'Z' && verb[1] == 'A') {
+    if (add) {
         mig_redis(m, NULL, NULL, "ZADD %s %u %b", vnode, h, key, len);
     } else {
         mig_redis(m, NULL, NULL, "ZREM %s %b", vnode, key, len);
@@ -296,12 +304,12 @@ static void index_cmd(struct mig *m, const char *verb, const struct ring *r,
 
 void mig_index_add(struct mig *m, const struct ring *r, const char *key, size_t len)
 {
-    index_cmd(m, "ZADD", r, key, len);
+    index_cmd(m, true, r, key, len);
 }
 
 void mig_index_rem(struct mig *m, const struct ring *r, const char *key, size_t len)
 {
-    index_cmd(m, "ZREM", r, key, len);
+    index_cmd(m, false, r, key, len);
 }
 
 /* The ring whose owner is backend be for this operation's key. */
@@ -312,7 +320,6 @@ static const struct ring *ring_of(const struct mop *op, const struct backend *be
 
 /* --- client replies ----------------------------------------------------------- */
 
-#define FENCED_LINE "SERVER_ERROR ringproxy fenced: the index Redis is unreachable"
 
 static void reply_line(struct mop *op, const char *line)
 {
@@ -321,7 +328,7 @@ static void reply_line(struct mop *op, const char *line)
     /* A fenced proxy vouches for nothing (ARCHITECTURE.md, I6). */
     if (mig_fenced(op->m) && strncmp(line, "SERVER_ERROR", 12) != 0 &&
         strncmp(line, "CLIENT_ERROR", 12) != 0 && strcmp(line, "END") != 0) {
-        line = FENCED_LINE;
+        line = MIG_FENCED_LINE;
     }
     if (sink != NULL) {
         evbuffer_add_printf(sink, "%s\r\n", line);
@@ -338,7 +345,7 @@ static void reply_value(struct mop *op, const struct mreply *r)
     bool with_cas = op->cmd == PROTO_CMD_GETS || op->cmd == PROTO_CMD_GATS;
 
     if (mig_fenced(op->m)) {
-        reply_retrieval_error(op, FENCED_LINE);
+        reply_retrieval_error(op, MIG_FENCED_LINE);
         return;
     }
     mreply_flag(r, 'f', &flags);

@@ -536,11 +536,6 @@ void idx_key_stored(struct idx *x, const char *key, size_t len)
     }
 }
 
-void idx_key_deleted(struct idx *x, const char *key, size_t len)
-{
-    if (x != NULL) {
-        idx_queue(x, IDX_OP_REM, key, len);
-    }
 }
 
 void idx_pool_flushed(struct idx *x)

@@ -48,9 +48,9 @@ struct idx *idx_new(struct event_base *base, const char *pool,
                     const struct conf_index *conf, struct ring *ring);
 void idx_free(struct idx *x);                       /* NULL is fine */
 
-/* After a backend confirmed: STORED (add) or DELETED (remove). Never blocks. */
+/* After a backend confirmed STORED. Never blocks. Deletes remove nothing:
+ * docs/ARCHITECTURE.md, invariant I7. */
 void idx_key_stored(struct idx *x, const char *key, size_t len);
-void idx_key_deleted(struct idx *x, const char *key, size_t len);
 /* flush_all succeeded: every v-node set of the pool goes. */
 void idx_pool_flushed(struct idx *x);
 

@@ -536,8 +536,6 @@ void idx_key_stored(struct idx *x, const char *key, size_t len)
     }
 }
 
-}
-
 void idx_pool_flushed(struct idx *x)
 {
     /* Writes queued before the flush are moot. Clearing the filter (8 MiB)

@@ -233,18 +233,26 @@ def inflight_set(cluster, proxies=2, rate=RATE, n_inflight=40):      # g
 
 # ------------------------------------------------------------ h, i
 
-def backend_stalls(cluster, which, proxies=2, stall=10.0, rate=SLOW_RATE):  # h, i
-    """3 -> 4; once keys are moving, the destination (mc4) or a source (mc1)
-    is SIGSTOPped for `stall` seconds."""
-    fleet, c = setup(cluster, "%s-%s-stalls" % ("h" if which == "dest" else "i", which),
-                     3, proxies, rate=rate)
+def grow_to_4_under_way(c, fleet, min_moved):
+    """Add a 4th memcached, start the load, SIGHUP every live proxy to the
+    4-server ring and wait until at least min_moved keys moved. Returns the
+    4-server spec."""
     fleet.add_memcached(1)
     start_load(c)
     base = epoch(fleet)
     spec = fleet.spec(4)
     c.event("SIGHUP all -> 4 servers")
     fleet.reload(fleet.live_idxs(), spec)
-    under_way(c, fleet, base, min_moved=50)
+    under_way(c, fleet, base, min_moved=min_moved)
+    return spec
+
+
+def backend_stalls(cluster, which, proxies=2, stall=10.0, rate=SLOW_RATE):  # h, i
+    """3 -> 4; once keys are moving, the destination (mc4) or a source (mc1)
+    is SIGSTOPped for `stall` seconds."""
+    fleet, c = setup(cluster, "%s-%s-stalls" % ("h" if which == "dest" else "i", which),
+                     3, proxies, rate=rate)
+    spec = grow_to_4_under_way(c, fleet, 50)
     m = fleet.mcs[3] if which == "dest" else fleet.mcs[0]
     c.event("SIGSTOP %s" % m.ident)
     m.proc.send_signal(signal.SIGSTOP)
@@ -265,13 +273,8 @@ def proxy_killed(cluster, restart_with, proxies=2, rate=SLOW_RATE):  # j
     operator fixes its file and SIGHUPs it)."""
     fleet, c = setup(cluster, "j-proxy-killed-restart-%s" % restart_with, 3, proxies,
                      rate=rate)
-    fleet.add_memcached(1)
-    start_load(c)
-    base = epoch(fleet)
-    old, spec = fleet.spec(3), fleet.spec(4)
-    c.event("SIGHUP all -> 4 servers")
-    fleet.reload(fleet.live_idxs(), spec)
-    under_way(c, fleet, base, min_moved=100)
+    old = fleet.spec(3)
+    spec = grow_to_4_under_way(c, fleet, 100)
     st = migration_status(fleet)
     movers = [p[0] for p in st["proxies"] if p[1] == "moving"]
     victim = movers[0] if movers else 0
@@ -294,13 +297,7 @@ def redis_killed(cluster, proxies=2, down=3.0, rate=SLOW_RATE):   # k
     """3 -> 4; mid-migration Redis (append-only, fsync always) is SIGKILLed
     and restarted on its port `down` seconds later."""
     fleet, c = setup(cluster, "k-redis-killed", 3, proxies, rate=rate, persist=True)
-    fleet.add_memcached(1)
-    start_load(c)
-    base = epoch(fleet)
-    spec = fleet.spec(4)
-    c.event("SIGHUP all -> 4 servers")
-    fleet.reload(fleet.live_idxs(), spec)
-    under_way(c, fleet, base, min_moved=100)
+    spec = grow_to_4_under_way(c, fleet, 100)
     c.event("SIGKILL redis")
     fleet.redis.kill()
     c.sleep(down)

@@ -896,7 +896,7 @@ static void sync_now(struct mig *m)
         "  redis.call('set', KEYS[5], ARGV[1], 'PX', ARGV[4]) lease = 1 end "
         "return {now, lease, redis.call('hgetall', KEYS[1]), "
         "redis.call('hgetall', KEYS[2]), redis.call('hgetall', KEYS[4]), "
-        "redis.call('hgetall', KEYS[3])}";
+        "ARGV[5] == '1' and redis.call('hgetall', KEYS[3]) or {}}";
     char beat[160], lease_ms[32];
     const char *keys[] = { "ring", "migration", "migration:ring", "proxies",
                            "migration:lock" };
@@ -910,10 +910,13 @@ static void sync_now(struct mig *m)
              m->from != NULL ? m->fp_to : "-");
     snprintf(lease_ms, sizeof(lease_ms), "%llu",
              (unsigned long long)(m->liveness_ms ? m->liveness_ms : 10000));
-    const char *args[] = { m->id, beat, candidate ? "1" : "0", lease_ms };
+    /* The target ring is read only while this proxy does not follow a
+     * migration yet: it can be large, and it does not change. */
+    const char *args[] = { m->id, beat, candidate ? "1" : "0", lease_ms,
+                           m->from == NULL ? "1" : "0" };
     m->syncing = true;
     m->sync_sent = now_ms(m);
-    eval_with_ring(m, on_sync, script, keys, 5, args, 4, NULL, 0);
+    eval_with_ring(m, on_sync, script, keys, 5, args, 5, NULL, 0);
 }
 
 /* --- Redis connection ----------------------------------------------------------- */

@@ -307,33 +307,42 @@ static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
     mconn_leave(c);
 }
 
+int mconn_addr(const char *host, uint16_t port, bool is_unix,
+               struct sockaddr_storage *ss, int *len)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (is_unix) {
+        struct sockaddr_un *sun = (struct sockaddr_un *)ss;
+        sun->sun_family = AF_UNIX;
+        snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", host);
+        *len = sizeof(*sun);
+        return 0;
+    }
+    char addr[300];
+    *len = sizeof(*ss);
+    snprintf(addr, sizeof(addr), "%s:%u", host, port);
+    if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)ss, len) != 0) {
+        /* A host name: resolve it (blocking, as backends are resolved). */
+        struct evutil_addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res;
+        char portstr[8];
+        snprintf(portstr, sizeof(portstr), "%u", port);
+        if (evutil_getaddrinfo(host, portstr, &hints, &res) != 0) {
+            return -EHOSTUNREACH;
+        }
+        *len = (int)res->ai_addrlen;
+        memcpy(ss, res->ai_addr, res->ai_addrlen);
+        evutil_freeaddrinfo(res);
+    }
+    return 0;
+}
+
 static int mconn_connect(struct mconn *c)
 {
     struct sockaddr_storage ss;
-    int len;
+    int len, rc;
 
-    memset(&ss, 0, sizeof(ss));
-    if (c->is_unix) {
-        struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
-        sun->sun_family = AF_UNIX;
-        snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", c->host);
-        len = sizeof(*sun);
-    } else {
-        char addr[300];
-        len = sizeof(ss);
-        snprintf(addr, sizeof(addr), "%s:%u", c->host, c->port);
-        if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &len) != 0) {
-            /* A host name: resolve it (blocking, as backends are resolved). */
-            struct evutil_addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res;
-            char port[8];
-            snprintf(port, sizeof(port), "%u", c->port);
-            if (evutil_getaddrinfo(c->host, port, &hints, &res) != 0) {
-                return -EHOSTUNREACH;
-            }
-            len = (int)res->ai_addrlen;
-            memcpy(&ss, res->ai_addr, res->ai_addrlen);
-            evutil_freeaddrinfo(res);
-        }
+    if ((rc = mconn_addr(c->host, c->port, c->is_unix, &ss, &len)) != 0) {
+        return rc;
     }
     c->bev = bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {

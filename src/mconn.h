@@ -8,6 +8,7 @@
 
 struct event_base;
 struct mconn;
+struct sockaddr_storage;
 
 #define MREPLY_CODEC(X)                                 \
     X(VA, "VA")         /* a value follows */           \
@@ -44,6 +45,11 @@ typedef void (*mconn_cb)(void *arg, const struct mreply *r);
 struct mconn *mconn_new(struct event_base *base, const char *host, uint16_t port,
                         bool is_unix, uint32_t timeout_ms);
 void mconn_free(struct mconn *c);   /* pending callbacks get FAIL */
+
+/* A backend's socket address (a host name is resolved, blocking); 0 or
+ * -errno. Other connections to backends (metadump.c) use it too. */
+int mconn_addr(const char *host, uint16_t port, bool is_unix,
+               struct sockaddr_storage *ss, int *len);
 
 /*
  * The longest value a VA reply may announce (the pool's item_size_max);

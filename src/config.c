@@ -26,6 +26,7 @@
 
 #include "config.h"
 #include "ringrec.h"
+#include "sweep.h"
 
 _Static_assert(CONF_SERVERS_MAX == RINGREC_MAX_SERVERS &&
                CONF_STR_MAX == RINGREC_STR_MAX,
@@ -379,6 +380,8 @@ static const struct conf_directive index_directives[] = {
     { "password", parse_string, offsetof(struct conf_index, password), NULL, 0, 0 },
     { "queue_max", parse_int, offsetof(struct conf_index, queue_max), "100000",
       1, INT32_MAX },
+    { "sweep_rate", parse_int, offsetof(struct conf_index, sweep_rate),
+      SWEEP_RATE_DEFAULT, 0, INT32_MAX },
 };
 
 static const struct conf_directive migration_directives[] = {

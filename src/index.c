@@ -442,9 +442,9 @@ void idx_set_shared(struct idx *x, bool shared)
 {
     if (x != NULL && x->shared != shared) {
         x->shared = shared;
-        if (shared) {
-            memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
-        }
+        /* Either way: slots set while shared may name entries a sweeper
+         * removed since (docs/ARCHITECTURE.md, "The sweeper"). */
+        memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
     }
 }
 

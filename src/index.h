@@ -55,9 +55,10 @@ void idx_key_stored(struct idx *x, const char *key, size_t len);
 void idx_pool_flushed(struct idx *x);
 
 /*
- * Other proxies write the same prefix (or may: true until known otherwise).
- * The filter that skips re-stores of keys known to be indexed is then off:
- * a delete through another proxy removes an entry this one believes in.
+ * Other proxies or a sweeper use the same prefix (or may: true until known
+ * otherwise). The filter that skips re-stores of keys known to be indexed
+ * is then off: a sweeper or a mover may remove an entry this one believes
+ * in (docs/ARCHITECTURE.md, "The sweeper"). Any change clears the filter.
  */
 void idx_set_shared(struct idx *x, bool shared);
 

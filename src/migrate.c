@@ -954,6 +954,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         return;
     }
     log_warn("migration", "%s: lost Redis: %s", m->p->name, ac->errstr);
+    idx_set_shared(m->p->idx, true);    /* as for a sync left unanswered */
     m->left = m->left || m->closing;
     m->rc = NULL;
     m->rc_up = false;
@@ -1234,6 +1235,9 @@ void mig_tick(struct mig *m, uint64_t now)
         sync_now(m);
     } else if (m->syncing && now > m->sync_sent + 10 * MIG_SYNC_MS && m->rc != NULL) {
         m->syncing = false;     /* no answer: the fence decides, try again */
+        /* Its reply may have said a sweeper appeared: until a reply is
+         * read, count the prefix shared (docs/ARCHITECTURE.md, "The sweeper"). */
+        idx_set_shared(m->p->idx, true);
     }
     if (m->from == NULL) {
         return;

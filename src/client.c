@@ -52,6 +52,7 @@
 #include "migrate.h"
 #include "log.h"
 #include "proxy.h"
+#include "sweep.h"
 
 #define CLIENT_READ_CHUNK   16384
 #define CLIENT_OUT_PAUSE    (1u << 20)
@@ -491,6 +492,9 @@ static void client_stats(struct client *c, const struct proto_req *req)
                 evbuffer_add_printf(b, "STAT index:%s %llu\r\n", idx_stat_desc[i].name,
                                     (unsigned long long)st[i]);
             }
+        }
+        if (p->sweep != NULL) {
+            sweep_stats_text(p->sweep, b);
         }
         evbuffer_add_printf(b, "END\r\n");
     }

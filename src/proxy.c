@@ -40,6 +40,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "router.h"
+#include "sweep.h"
 
 #define TICK_MS 100
 #define STOP_GRACE_MS 5000
@@ -279,7 +280,7 @@ static void proxy_reap_pools(struct worker *w)
 {
     for (uint32_t i = 0; i < w->npools;) {
         struct pool *p = w->pools[i];
-        if (!p->closing || !TAILQ_EMPTY(&p->clients)) {
+        if (!p->closing || !TAILQ_EMPTY(&p->clients) || !sweep_left(p->sweep)) {
             i++;
             continue;
         }
@@ -322,6 +323,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
             backend_tick(p->backends[b], now);
         }
         mig_tick(p->mig, now);
+        pool_sweep_tick(p, now);
         pool_retire_backends(p);
     }
     proxy_reap_pools(w);
@@ -351,6 +353,7 @@ static void proxy_stop(struct proxy *px, const char *why)
         struct pool *p = w->pools[i];
         struct client *c, *next;
         mig_leave(p->mig);      /* the fleet stops waiting for us at once */
+        sweep_leave(p->sweep);  /* and another proxy may sweep */
         pool_unlisten(p);
         for (c = TAILQ_FIRST(&p->clients); c != NULL; c = next) {
             next = TAILQ_NEXT(c, link);
@@ -719,7 +722,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static bool worker_idle(const struct worker *w)
 {
     for (uint32_t i = 0; i < w->npools; i++) {
-        if (!TAILQ_EMPTY(&w->pools[i]->clients) || !mig_left(w->pools[i]->mig)) {
+        if (!TAILQ_EMPTY(&w->pools[i]->clients) || !mig_left(w->pools[i]->mig) ||
+            !sweep_left(w->pools[i]->sweep)) {
             return false;
         }
     }

@@ -28,6 +28,7 @@
 #include "migrate.h"
 #include "log.h"
 #include "router.h"
+#include "sweep.h"
 
 #define BACKEND_STATE_NAME(e, name) [BACKEND_##e] = name,
 const char *const backend_state_names[BACKEND_STATE_COUNT] = {
@@ -63,9 +64,11 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
         return -1;
     }
     pool_set_ring(p, r, map);
+    struct sweep_opts so = { .pool = p->name, .index = &conf->index, .background = true };
     if (conf->index.enabled &&
         ((p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL ||
-         (p->mig = mig_new(p, pool_ready)) == NULL)) {
+         (p->mig = mig_new(p, pool_ready)) == NULL ||
+         (p->sweep = sweep_new(w->base, &so)) == NULL)) {
         snprintf(err, errlen, "out of memory starting the index writer");
         return -1;
     }
@@ -76,6 +79,26 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
         }
     }
     return 0;
+}
+
+void pool_sweep_tick(struct pool *p, uint64_t now_ms)
+{
+    bool leaving = p->closing || p->w->stopping;
+    struct sweep_env env = {
+        .may_run = !leaving && p->mig != NULL && mig_get_state(p->mig) == MIG_IDLE,
+        .local = p->ring,
+        .rate = p->conf->index.sweep_rate,
+        .timeout_ms = p->conf->timeout > 0 ? (uint32_t)p->conf->timeout : 0,
+        .liveness_ms = (uint32_t)p->conf->migration.liveness,
+    };
+
+    if (p->sweep == NULL) {
+        return;
+    }
+    if (leaving) {
+        sweep_leave(p->sweep);
+    }
+    sweep_tick(p->sweep, now_ms, &env);
 }
 
 void pool_ready(struct pool *p)
@@ -95,6 +118,8 @@ void pool_close(struct pool *p)
     }
     mig_free(p->mig);       /* before the backends its moves use */
     p->mig = NULL;
+    sweep_free(p->sweep);
+    p->sweep = NULL;
     for (uint32_t i = 0; i < p->nbackends; i++) {
         backend_close(p->backends[i]);
         free(p->backends[i]);

@@ -145,6 +145,7 @@ struct pool {
     uint64_t stats[STAT_POOL_COUNT];
     uint64_t next_client_id;
     struct idx *idx;            /* NULL: the pool has no index */
+    struct sweep *sweep;        /* indexed pools: the index sweeper */
     /* Requests in flight by routing generation: a migration phase change
      * starts a new generation, and the phase is acknowledged once those
      * routed before it have all landed (docs/ARCHITECTURE.md). */
@@ -199,6 +200,9 @@ struct backend **pool_ring_backends(struct pool *p, const struct ring *r,
 void pool_set_ring(struct pool *p, struct ring *r, struct backend **ring_be);
 /* Close backends no ring uses any more, once nothing is in flight on them. */
 void pool_retire_backends(struct pool *p);
+/* The index sweeper's tick: it runs while the data ring is settled, and
+ * leaves when the pool closes or the proxy stops. */
+void pool_sweep_tick(struct pool *p, uint64_t now_ms);
 
 /* Routing generations (see pool.gen). */
 uint32_t pool_inflight_begin(struct pool *p);

@@ -29,6 +29,10 @@ bool cli_record_matches(const struct redisReply *rec, const struct ring *r);
 /* `index stats` and `index check` (sample: keys to check). */
 int cli_index(const char *what, const char *path, const char *pool, long sample,
               FILE *out);
+/* `index sweep`: one pass of the index sweeper (rate: entries per second,
+ * 0 = unlimited). 0 when every pass completed, 1 if Redis refused, a
+ * migration runs, or it was interrupted. */
+int cli_index_sweep(const char *path, const char *pool, long rate, FILE *out);
 /* `status`: each pool's state and migration progress, from the admin port at
  * admin_addr:admin_port (0: skip it) or else from the pools' Redis index. */
 int cli_status(const char *path, const char *pool, const char *admin_addr,

@@ -19,6 +19,7 @@
     "       ringproxy diff OLD_FILE NEW_FILE\n"                                \
     "       ringproxy index stats -c FILE [--pool NAME]\n"                     \
     "       ringproxy index check -c FILE [--pool NAME] [--sample N]\n"        \
+    "       ringproxy index sweep -c FILE [--pool NAME] [--rate N]\n"          \
     "       ringproxy status -c FILE [--pool NAME] [-s ADMIN_PORT] [-a ADMIN_ADDR]\n" \
     "       ringproxy -V | -h\n"                                               \
     "\n"                                                                       \
@@ -72,15 +73,18 @@ static int operator_command(int argc, char **argv)
         { "pool", required_argument, NULL, 'P' },
         { "points", no_argument, NULL, 'x' },
         { "sample", required_argument, NULL, 'n' },
+        { "rate", required_argument, NULL, 'r' },
         { NULL, 0, NULL, 0 },
     };
     const char *cmd = argv[0], *conf = NULL, *pool = NULL, *what = NULL;
     int points = 0, ch;
-    long sample = 1000;
+    long sample = 1000, rate = 0;
+    char *end;
 
     if (strcmp(cmd, "index") == 0) {
-        if (argc < 2 || (strcmp(argv[1], "stats") != 0 && strcmp(argv[1], "check") != 0)) {
-            fprintf(stderr, "usage: ringproxy index stats|check -c FILE ...\n");
+        if (argc < 2 || (strcmp(argv[1], "stats") != 0 && strcmp(argv[1], "check") != 0 &&
+                         strcmp(argv[1], "sweep") != 0)) {
+            fprintf(stderr, "usage: ringproxy index stats|check|sweep -c FILE ...\n");
             return 2;
         }
         what = argv[1];
@@ -106,6 +110,14 @@ static int operator_command(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'r':
+            rate = strtol(optarg, &end, 10);
+            if (*end != '\0' || rate < 0 || what == NULL || strcmp(what, "sweep") != 0) {
+                fprintf(stderr, "ringproxy index sweep: --rate takes entries per second "
+                        "(0: unlimited)\n");
+                return 2;
+            }
+            break;
         default:
             return usage(stderr, 2);
         }
@@ -113,6 +125,9 @@ static int operator_command(int argc, char **argv)
     if (conf == NULL) {
         fprintf(stderr, "ringproxy %s: -c FILE is required\n", cmd);
         return 2;
+    }
+    if (what != NULL && strcmp(what, "sweep") == 0) {
+        return cli_index_sweep(conf, pool, rate, stdout);
     }
     if (what != NULL) {
         return cli_index(what, conf, pool, sample, stdout);

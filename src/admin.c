@@ -35,6 +35,7 @@
 #include "migrate.h"
 #include "proxy.h"
 #include "router.h"
+#include "sweep.h"
 
 #define ADMIN_TIMEOUT_SEC 10
 #define ADMIN_MAX_HEADERS 8192
@@ -424,6 +425,35 @@ static void metrics_migration(struct admin *a, struct evbuffer *b)
     free(pr);
 }
 
+static void metrics_sweep(struct admin *a, struct evbuffer *b)
+{
+    static const struct stats_desc state = { "state", "gauge",
+        "1 for the state of the pool's index sweeper (docs/ARCHITECTURE.md, \"The sweeper\")" };
+    struct worker *w = a->w;
+    char name[128];
+
+    prom_head(b, name, sizeof(name), "sweep", &state);
+    for (uint32_t i = 0; i < w->npools; i++) {
+        const struct pool *p = w->pools[i];
+        for (int st = 0; pool_listed(p) && p->sweep != NULL && st < SWEEP_STATE_COUNT; st++) {
+            const char *labels[] = { "pool", p->name, "state", sweep_state_names[st], NULL };
+            prom_sample(b, name, labels, sweep_get_state(p->sweep) == (enum sweep_state)st);
+        }
+    }
+    for (int s = 0; s < SWEEP_STAT_COUNT; s++) {
+        const struct stats_desc d = { sweep_stat_desc[s].name, sweep_stat_desc[s].kind,
+                                      sweep_stat_desc[s].help };
+        prom_head(b, name, sizeof(name), "sweep", &d);
+        for (uint32_t i = 0; i < w->npools; i++) {
+            const struct pool *p = w->pools[i];
+            const char *labels[] = { "pool", p->name, NULL };
+            if (pool_listed(p) && p->sweep != NULL) {
+                prom_sample(b, name, labels, (double)sweep_stats(p->sweep)[s]);
+            }
+        }
+    }
+}
+
 static int serve_metrics(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
 {
     bool indexed = false;
@@ -438,6 +468,7 @@ static int serve_metrics(struct admin *a, struct evhttp_request *req, struct evb
     if (indexed) {
         metrics_index(a, b);
         metrics_migration(a, b);
+        metrics_sweep(a, b);
     }
     return HTTP_OK;
 }
@@ -582,6 +613,32 @@ static int serve_ring(struct admin *a, struct evhttp_request *req, struct evbuff
 
 /* --- /migration ---------------------------------------------------------------- */
 
+/* The index sweeper's fields of a pool's /migration object (flat, so
+ * `ringproxy status` reads them as it reads the others). */
+static void sweep_json(struct evbuffer *b, const struct sweep *s)
+{
+    struct sweep_progress pr;
+
+    if (s == NULL) {
+        return;
+    }
+    sweep_progress(s, &pr);
+    const uint64_t *st = sweep_stats(s);
+    evbuffer_add_printf(b, ",\"sweep_state\":\"%s\",\"sweep_pass\":%llu,"
+                        "\"sweep_sets_done\":%u,\"sweep_sets\":%u,\"sweep_passes\":%llu,"
+                        "\"sweep_checked\":%llu,\"sweep_removed\":%llu,"
+                        "\"sweep_restored\":%llu,\"sweep_errors\":%llu,\"sweep_note\":",
+                        sweep_state_names[pr.state], (unsigned long long)pr.pass, pr.point,
+                        pr.npoints, (unsigned long long)st[SWEEP_STAT_passes],
+                        (unsigned long long)st[SWEEP_STAT_checked],
+                        (unsigned long long)(st[SWEEP_STAT_removed_gone] +
+                                             st[SWEEP_STAT_removed_wrong_set] +
+                                             st[SWEEP_STAT_removed_invalid]),
+                        (unsigned long long)st[SWEEP_STAT_restored],
+                        (unsigned long long)st[SWEEP_STAT_errors]);
+    json_str_or_null(b, pr.paused);
+}
+
 static void migration_json(struct evbuffer *b, const struct pool *p)
 {
     struct mig_progress pr;
@@ -629,8 +686,10 @@ static void migration_json(struct evbuffer *b, const struct pool *p)
     json_str_or_null(b, pr.waiting);
     evbuffer_add_printf(b, ",\"blocked_by\":");
     json_str_or_null(b, pr.blocked);
-    evbuffer_add_printf(b, ",\"live_proxies\":%u,\"fenced\":%s}", pr.live_proxies,
+    evbuffer_add_printf(b, ",\"live_proxies\":%u,\"fenced\":%s", pr.live_proxies,
                         pr.fenced ? "true" : "false");
+    sweep_json(b, p->sweep);
+    evbuffer_add_printf(b, "}");
 }
 
 static int serve_migration(struct admin *a, struct evhttp_request *req, struct evbuffer *b)

@@ -536,6 +536,18 @@ void idx_key_stored(struct idx *x, const char *key, size_t len)
     }
 }
 
+void idx_forget(struct idx *x, const char *key, size_t len)
+{
+    if (x == NULL) {
+        return;
+    }
+    uint64_t fp = fingerprint(key, len, ring_find(x->ring, ring_key_hash(x->ring, key, len)));
+    uint64_t *slot = &x->filter[(fp >> 32) & (IDX_FILTER_SLOTS - 1)];
+    if (*slot == fp) {
+        *slot = 0;
+    }
+}
+
 void idx_pool_flushed(struct idx *x)
 {
     /* Writes queued before the flush are moot. Clearing the filter (8 MiB)

@@ -62,6 +62,10 @@ void idx_pool_flushed(struct idx *x);
  */
 void idx_set_shared(struct idx *x, bool shared);
 
+/* A sweeper removed the key's entry: it is no longer known to be indexed,
+ * so its next store is sent (docs/ARCHITECTURE.md, "The sweeper"). */
+void idx_forget(struct idx *x, const char *key, size_t len);
+
 /* The data ring changed (a migration began): new writes go to its v-nodes. */
 void idx_set_ring(struct idx *x, struct ring *ring);
 

@@ -35,6 +35,7 @@
 #include "log.h"
 #include "mconn.h"
 #include "ringrec.h"
+#include "sweep.h"
 #include "migrate_int.h"
 
 #define MIG_STATE_NAME(e, name) [MIG_##e] = name,
@@ -760,6 +761,22 @@ static void write_first_record(struct mig *m, const struct ring *r, uint64_t epo
     eval_with_ring(m, on_coord_reply, script, keys, 1, NULL, 0, r, epoch);
 }
 
+/* 1 when <prefix>:proxies holds this proxy's own sweeper announcement. */
+static size_t own_sweeper(const struct mig *m, const redisReply *proxies)
+{
+    size_t n = strlen(SWEEP_FIELD_PREFIX), idlen = strlen(m->id);
+
+    for (size_t j = 0; j + 1 < proxies->elements; j += 2) {
+        const redisReply *f = proxies->element[j];
+        if (f->type == REDIS_REPLY_STRING && f->len == n + idlen &&
+            memcmp(f->str, SWEEP_FIELD_PREFIX, n) == 0 &&
+            memcmp(f->str + n, m->id, idlen) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void on_sync(redisAsyncContext *ac, void *r, void *priv)
 {
     struct mig *m = priv;
@@ -808,8 +825,10 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
     follow(m, rec, mrec, mring);
     /* A refused record takes no part in the fleet's decisions. */
     if (proxies->type == REDIS_REPLY_ARRAY && m->refused[0] == '\0') {
-        /* Alone on the prefix: the index may skip re-stores it knows. */
-        idx_set_shared(m->p->idx, proxies->elements != 2);
+        /* Alone on the prefix: the index may skip re-stores it knows. Our
+         * own sweeper's announcement does not count: it tells our index
+         * what it removes (docs/ARCHITECTURE.md, "The sweeper"). */
+        idx_set_shared(m->p->idx, proxies->elements / 2 - own_sweeper(m, proxies) != 1);
         if (m->lease) {
             coordinate(m, proxies, now);
         } else if (m->from == NULL && strcmp(m->fp_want, m->fp_rec) != 0) {
@@ -1154,6 +1173,11 @@ const char *mig_refused(const struct mig *m)
 enum mig_state mig_get_state(const struct mig *m)
 {
     return m->state;
+}
+
+const char *mig_id(const struct mig *m)
+{
+    return m->id;
 }
 
 bool mig_uses_backend(const struct mig *m, const struct backend *be)

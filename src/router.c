@@ -46,6 +46,14 @@ uint64_t worker_now_ms(struct worker *w)
 
 /* --- pools -------------------------------------------------------------- */
 
+/* The sweeper removed a key's entry: the index filter forgets the key. */
+static void pool_sweep_forget(void *arg, const char *key, size_t len)
+{
+    struct pool *p = arg;
+
+    idx_forget(p->idx, key, len);
+}
+
 int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
               char *err, size_t errlen)
 {
@@ -64,11 +72,12 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
         return -1;
     }
     pool_set_ring(p, r, map);
-    struct sweep_opts so = { .pool = p->name, .index = &conf->index, .background = true };
+    struct sweep_opts so = { .pool = p->name, .index = &conf->index, .background = true,
+                             .forget = pool_sweep_forget, .forget_arg = p };
     if (conf->index.enabled &&
         ((p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL ||
          (p->mig = mig_new(p, pool_ready)) == NULL ||
-         (p->sweep = sweep_new(w->base, &so)) == NULL)) {
+         (so.id = mig_id(p->mig), p->sweep = sweep_new(w->base, &so)) == NULL)) {
         snprintf(err, errlen, "out of memory starting the index writer");
         return -1;
     }

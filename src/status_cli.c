@@ -37,6 +37,10 @@ struct pool_status {
     double epoch;               /* NAN: unknown */
     double arcs_total, arcs_done, keys_moved, keys_skipped, keys_stale, keys_failed;
     double elapsed_sec, eta_sec;    /* NAN: unknown */
+    /* the index sweeper (docs/ARCHITECTURE.md, "The sweeper"); "" unknown */
+    char sweep_state[32], sweep_note[128];
+    double sweep_pass, sweep_sets_done, sweep_sets, sweep_passes, sweep_checked,
+           sweep_removed, sweep_restored;
 };
 
 static void status_init(struct pool_status *st)
@@ -78,6 +82,33 @@ static void print_eta(FILE *out, double s)
     }
 }
 
+/* "  index sweep: ..." when the source said anything about the sweeper. */
+static void print_sweep(const struct pool_status *st, FILE *out)
+{
+    char n1[32], n2[32], n3[32];
+
+    if (st->sweep_state[0] == '\0') {
+        return;
+    }
+    fprintf(out, "  index sweep: %s", st->sweep_state);
+    if (st->sweep_pass > 0 && st->sweep_sets > 0) {
+        fprintf(out, ", pass %.0f at set %.0f/%.0f", st->sweep_pass, st->sweep_sets_done,
+                st->sweep_sets);
+    } else if (st->sweep_pass > 0) {
+        fprintf(out, ", pass %.0f at set %.0f", st->sweep_pass, st->sweep_sets_done);
+    }
+    if (st->sweep_checked > 0 || st->sweep_removed > 0) {
+        fprintf(out, "; %s looked at, %s removed, %s put back",
+                fmt_count(st->sweep_checked, n1, sizeof(n1)),
+                fmt_count(st->sweep_removed, n2, sizeof(n2)),
+                fmt_count(st->sweep_restored, n3, sizeof(n3)));
+    }
+    if (st->sweep_note[0] != '\0') {
+        fprintf(out, " (%s)", st->sweep_note);
+    }
+    fprintf(out, "\n");
+}
+
 static void print_pool(const struct pool_status *st, FILE *out)
 {
     char n1[32], n2[32];
@@ -115,6 +146,7 @@ static void print_pool(const struct pool_status *st, FILE *out)
     if (st->pending) {
         fprintf(out, "  a newer ring waits for this migration to end\n");
     }
+    print_sweep(st, out);
     if (st->note[0] != '\0') {
         fprintf(out, "  %s\n", st->note);
     }
@@ -366,6 +398,11 @@ static const struct status_field {
     NUM("keys_moved", keys_moved), NUM("keys_skipped", keys_skipped),
     NUM("keys_stale", keys_stale), NUM("keys_failed", keys_failed),
     NUM("elapsed_sec", elapsed_sec), NUM("eta_sec", eta_sec),
+    STR("sweep_state", sweep_state), STR("sweep_note", sweep_note),
+    NUM("sweep_pass", sweep_pass), NUM("sweep_sets_done", sweep_sets_done),
+    NUM("sweep_sets", sweep_sets), NUM("sweep_passes", sweep_passes),
+    NUM("sweep_checked", sweep_checked), NUM("sweep_removed", sweep_removed),
+    NUM("sweep_restored", sweep_restored),
 #undef STR
 #undef NUM
 #undef BOOL
@@ -543,6 +580,34 @@ static bool record_matches(const redisReply *rec, const struct conf_pool *p)
     return same;
 }
 
+/* The sweeper's position, as its lease holder keeps it in <prefix>:index:sweep
+ * (this pass's counts), and who holds the lease. */
+static void status_sweep_from_redis(redisContext *rc, const struct conf_pool *p,
+                                    struct pool_status *st)
+{
+    redisReply *h = redisCommand(rc, "HGETALL %s:index:sweep", p->index.prefix);
+    redisReply *lock = h != NULL ? redisCommand(rc, "GET %s:index:sweep:lock",
+                                                p->index.prefix) : NULL;
+
+    if (h != NULL && h->type == REDIS_REPLY_ARRAY && h->elements > 0) {
+        const char *holder = hash_field(h, "holder");
+        bool held = lock != NULL && lock->type == REDIS_REPLY_STRING;
+        snprintf(st->sweep_state, sizeof(st->sweep_state), "%s",
+                 held ? "sweeping" : "no proxy sweeps now");
+        st->sweep_pass = hash_num(h, "pass");
+        st->sweep_sets_done = hash_num(h, "point");
+        st->sweep_checked = hash_num(h, "checked");
+        st->sweep_removed = hash_num(h, "removed");
+        snprintf(st->sweep_note, sizeof(st->sweep_note), "this pass; last by %.80s, %.0f s "
+                 "ago", holder != NULL ? holder : "?",
+                 (double)time(NULL) - hash_num(h, "updated"));
+    } else if (p->index.sweep_rate == 0) {
+        snprintf(st->sweep_state, sizeof(st->sweep_state), "off");
+    }
+    freeReplyObject(h);
+    freeReplyObject(lock);
+}
+
 /* One indexed pool from its Redis keys; -1 when Redis cannot be read. */
 static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
                              char *err, size_t errlen)
@@ -606,6 +671,7 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
                           st->arcs_done;
         }
     }
+    status_sweep_from_redis(rc, p, st);
     freeReplyObject(ring);
     freeReplyObject(mig);
     redisFree(rc);

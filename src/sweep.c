@@ -154,6 +154,8 @@ struct sweep {
     bool redis_unix;
     int64_t db;
     bool background;
+    void (*forget)(void *arg, const char *key, size_t len);
+    void *forget_arg;
     struct sweep_env env;       /* the last tick's (env.local not kept) */
     struct ring *local;         /* a reference to env.local */
     enum sweep_state state;
@@ -1056,6 +1058,19 @@ static void on_recheck(void *arg, const struct mreply *r)
     }
 }
 
+/* The entries of gone keys were (or may have been) removed: the proxy's
+ * index must not believe them indexed any more, before the second look. */
+static void forget_gone(struct batch *b)
+{
+    struct sweep *s = b->s;
+
+    for (uint32_t i = 0; s->forget != NULL && i < b->n; i++) {
+        if (b->items[i].fate == F_GONE) {
+            s->forget(s->forget_arg, b->keys + b->items[i].off, b->items[i].len);
+        }
+    }
+}
+
 /*
  * The removal script's verdict on a batch. Its refusals ("migration",
  * "ring", "announce") come before any write; anything else (no answer, an
@@ -1086,6 +1101,7 @@ static void on_removed(redisAsyncContext *ac, void *r, void *priv)
         s->pass_removed += moved + invalid;
         b->removed = true;
         b->step = B_RECHECK;
+        forget_gone(b);
         kick(s);
         return;
     }
@@ -1093,6 +1109,7 @@ static void on_removed(redisAsyncContext *ac, void *r, void *priv)
     if (verdict == NULL || (strcmp(verdict, "migration") != 0 &&
                             strcmp(verdict, "ring") != 0 && strcmp(verdict, "announce") != 0)) {
         b->step = B_RECHECK;
+        forget_gone(b);
         if (reply != NULL) {
             redis_refused(s, "a removal", reply);
         }
@@ -1716,6 +1733,9 @@ void sweep_tick(struct sweep *s, uint64_t now, const struct sweep_env *env)
     } else if (s->state != SWEEP_SWEEPING) {
         s->last_refill = now;
         s->tokens = 0;
+        if (s->pass_checked == 0) {
+            s->pass_started = now;      /* the announcement's wait not counted */
+        }
         set_state(s, SWEEP_SWEEPING, NULL);
     }
     pump(s);
@@ -1736,6 +1756,8 @@ struct sweep *sweep_new(struct event_base *base, const struct sweep_opts *o)
     gettimeofday(&tv, NULL);
     s->base = base;
     s->background = o->background;
+    s->forget = o->forget;
+    s->forget_arg = o->forget_arg;
     s->db = o->index->db;
     s->redis_port = o->index->redis.port;
     s->redis_unix = o->index->redis.is_unix;
@@ -1748,10 +1770,10 @@ struct sweep *sweep_new(struct event_base *base, const struct sweep_opts *o)
         (s->redis_host = strdup(o->index->redis.host)) == NULL ||
         (s->redis_text = strdup(o->index->redis.text)) == NULL ||
         (o->index->password != NULL && (s->password = strdup(o->index->password)) == NULL) ||
-        asprintf(&s->id, "%s:%ld:%04lx%s", host, (long)getpid(),
-                 (unsigned long)(tv.tv_usec ^ (unsigned long)random()) & 0xffff,
-                 o->background ? "" : ":cli") < 0 ||
-        asprintf(&s->field, "sweeper:%s", s->id) < 0 ||
+        (o->id != NULL ? (s->id = strdup(o->id)) == NULL :
+         asprintf(&s->id, "%s:%ld:%04lx:cli", host, (long)getpid(),
+                  (unsigned long)(tv.tv_usec ^ (unsigned long)random()) & 0xffff) < 0) ||
+        asprintf(&s->field, SWEEP_FIELD_PREFIX "%s", s->id) < 0 ||
         (s->kick = event_new(base, -1, 0, on_kick, s)) == NULL) {
         sweep_free(s);
         return NULL;

@@ -22,6 +22,8 @@ struct ring;
 struct sweep;
 
 #define SWEEP_RATE_DEFAULT "2000"   /* entries per second (config.c) */
+/* Its announcement's field in <prefix>:proxies: SWEEP_FIELD_PREFIX<id>. */
+#define SWEEP_FIELD_PREFIX "sweeper:"
 
 #define SWEEP_STATE_CODEC(X)                                                  \
     X(OFF, "off")               /* sweep_rate: 0 */                           \
@@ -69,6 +71,14 @@ struct sweep_opts {
     const struct conf_index *index;     /* Redis, db, password, prefix: copied */
     bool background;                    /* lease, position kept in Redis, passes
                                            forever; else one pass */
+    const char *id;                     /* the proxy's fleet name (its own
+                                           announcement does not make its
+                                           prefix shared); NULL: made up */
+    /* Called for each key whose entry was just removed as gone, before it
+     * is looked at again: the proxy's index forgets it knew the key
+     * (docs/ARCHITECTURE.md, "The sweeper"). NULL: none. */
+    void (*forget)(void *arg, const char *key, size_t len);
+    void *forget_arg;
 };
 
 /* Where to run and how fast; read on every tick (a reload may change it). */

@@ -381,9 +381,11 @@ def test_status_via_admin_port(cluster):
     wait_until(lambda: migration_of(p)["state"] == "idle", what="idle")
     res = status(p.conf_path, "-s", p.admin_port, "-a", "127.0.0.1")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == [
+    lines = res.stdout.splitlines()
+    assert lines[:2] == [
         "ringproxy status (admin port 127.0.0.1:%d)" % p.admin_port,
         "cache: idle, epoch 1"]
+    assert len(lines) == 3 and lines[2].startswith("  index sweep: "), lines
     res = status(p.conf_path, "-s", p.admin_port, "--pool", "nope")
     assert res.returncode == 1 and "no pool named 'nope'" in res.stderr
 

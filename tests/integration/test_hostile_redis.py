@@ -134,7 +134,9 @@ def proxy_stats_fp(p):
 
 
 def test_index_members_that_are_not_keys_are_never_sent(env, cluster):
-    p = env.proxy(mcs=env.mcs[:1] + env.mcs[1:2])
+    # The sweeper, off here, would remove them first (test_sweep.py).
+    no_sweep = {"index": {"redis": "127.0.0.1:%d" % env.redis.port, "sweep_rate": 0}}
+    p = env.proxy(mcs=env.mcs[:1] + env.mcs[1:2], extra=no_sweep)
     keys = fill(p.port, 300)
     wait_until(lambda: len(env.r.keys(PREFIX + ":v:*")) > 0, what="index sets")
     bad = ["x\r\nflush_all", "a b", "", "k" * 251, "ctl\x01x", "x\nflush_all"]
@@ -146,7 +148,7 @@ def test_index_members_that_are_not_keys_are_never_sent(env, cluster):
     new = cluster.memcached(1)[0]
     new.ident = 3
     from test_migration import reload
-    reload(p, pool_config(p.port, env.mcs + [new], env.redis.port))
+    reload(p, pool_config(p.port, env.mcs + [new], env.redis.port, extra=no_sweep))
     st = wait_migrated(p.port, 2)
     assert int(st["migration:bad_index_members"]) > 0
     for m in env.mcs + [new]:

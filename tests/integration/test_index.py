@@ -17,10 +17,12 @@ PREFIX = "rp:cache"
 
 
 def config(port, mcs, redis_port, queue_max=100000):
+    """The sweeper is off: these tests look at what stores and deletes alone
+    leave in the index (test_sweep.py is the sweeper's)."""
     servers = [(m.addr, 1, "mc%d" % (i + 1)) for i, m in enumerate(mcs)]
     return pool_yaml("cache", port, servers, hash="fnv1a_64",
                      index={"redis": "127.0.0.1:%d" % redis_port,
-                            "queue_max": queue_max})
+                            "queue_max": queue_max, "sweep_rate": 0})
 
 
 def owners(conf_path, keys):

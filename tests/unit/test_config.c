@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "sweep.h"
 
 /* A path under the repository root; the result is static (one at a time). */
 static const char *src_path(const char *rel)
@@ -460,6 +461,32 @@ START_TEST(buffer_loads_as_the_file_does)
 }
 END_TEST
 
+/* The index sweeper's pace (docs/ARCHITECTURE.md, "The sweeper"): on by
+ * default in every indexed pool, 0 turns it off, a negative is refused. */
+START_TEST(sweep_rate_is_on_by_default_and_zero_turns_it_off)
+{
+    static const char head[] = "cache:\n  listen: 127.0.0.1:22121\n  index:\n"
+                               "    redis: 127.0.0.1:6379\n";
+    static const char tail[] = "  servers:\n    - 127.0.0.1:11212:1 mc1\n";
+    const char *rates[] = { "", "    sweep_rate: 0\n", "    sweep_rate: 250000\n" };
+    const int64_t want[] = { atoll(SWEEP_RATE_DEFAULT), 0, 250000 };
+    char text[512];
+    struct conf_errors errs;
+
+    ck_assert_int_gt(atoll(SWEEP_RATE_DEFAULT), 0);
+    for (int i = 0; i < 3; i++) {
+        int n = snprintf(text, sizeof(text), "%s%s%s", head, rates[i], tail);
+        struct config *c = load_buf(text, (size_t)n, &errs);
+        ck_assert_ptr_nonnull(c);
+        ck_assert_int_eq(pool(c, "cache")->index.sweep_rate, want[i]);
+        config_free(c);
+    }
+    int n = snprintf(text, sizeof(text), "%s    sweep_rate: -1\n%s", head, tail);
+    check_one_error(text, (size_t)n, "5:17: sweep_rate: expected an integer from 0 to "
+                    "2147483647, got '-1'");
+}
+END_TEST
+
 /* 200 KB of '[' took libyaml 38 s: the depth limit stops it at level 17. */
 START_TEST(deep_nesting_is_refused_at_the_depth_limit)
 {
@@ -602,6 +629,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, identity_is_name_then_host_then_host_port);
     tcase_add_test(tc, compat_hash_and_hash_tag);
     tcase_add_test(tc, index_and_migration_sections);
+    tcase_add_test(tc, sweep_rate_is_on_by_default_and_zero_turns_it_off);
     tcase_add_test(tc, pool_ring_follows_identities_and_weights);
     tcase_add_test(tc, example_files_are_valid);
     suite_add_tcase(s, tc);

@@ -176,6 +176,7 @@ struct sweep {
     char epoch[24];
     struct server *srv;
     bool need_ring, reading_ring;
+    uint64_t ring_retry_at;     /* the record was missing or unusable */
     /* the lease (background) or the one check (command) */
     bool lease, gating, checked_once;
     uint64_t next_gate, refused_until;
@@ -613,6 +614,20 @@ static void start_pass(struct sweep *s)
     s->pass_started = s->now;
 }
 
+/* No ring to walk: the command gives up, the background waits a while. */
+static void ring_unusable(struct sweep *s, const char *fmt, const char *detail)
+{
+    char why[sizeof(s->why)];
+
+    if (!s->background) {
+        fail(s, fmt, detail);
+        return;
+    }
+    snprintf(why, sizeof(why), fmt, detail);
+    s->ring_retry_at = s->now + SWEEP_GATE_MS;
+    set_state(s, SWEEP_PAUSED, why);
+}
+
 static void on_ring(redisAsyncContext *ac, void *r, void *priv)
 {
     struct sweep *s = priv;
@@ -632,12 +647,8 @@ static void on_ring(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     if (reply->elements == 0) {
-        if (!s->background) {
-            fail(s, "no ring record %s: no proxy has served this pool with this index "
-                 "yet, so nothing is indexed by a ring", s->prefix);
-        } else {
-            set_state(s, SWEEP_PAUSED, "no ring record yet");
-        }
+        ring_unusable(s, "no ring record %s:ring: no proxy has served this pool with "
+                      "this index yet", s->prefix);
         return;
     }
     const char **kv = calloc(reply->elements, sizeof(*kv));
@@ -648,17 +659,13 @@ static void on_ring(redisAsyncContext *ac, void *r, void *priv)
     rec = kv != NULL ? ringrec_parse(kv, reply->elements, &epoch) : NULL;
     free(kv);
     if (rec == NULL) {
-        if (!s->background) {
-            fail(s, "the ring record %s:ring cannot be read (malformed)", s->prefix);
-        } else {
-            set_state(s, SWEEP_PAUSED, "the ring record is malformed");
-        }
+        ring_unusable(s, "the ring record %s:ring is malformed", s->prefix);
         return;
     }
     l = localize(s, rec);
     ring_unref(rec);
     if (l == NULL || !use_ring(s, l)) {
-        fail(s, "%s", "out of memory building the recorded ring");
+        ring_unusable(s, "%s", "the recorded ring cannot be built (out of memory?)");
         return;
     }
     snprintf(s->epoch, sizeof(s->epoch), "%llu", (unsigned long long)epoch);
@@ -1707,8 +1714,8 @@ void sweep_tick(struct sweep *s, uint64_t now, const struct sweep_env *env)
         s->next_gate = now + SWEEP_GATE_MS;
         gate(s);
     }
-    if ((s->background && !s->lease) || !s->checked_once) {
-        if (s->background && s->since[0] != '\0' && !s->announcing) {
+    if ((s->background && !s->lease) || !s->checked_once || now < s->ring_retry_at) {
+        if (s->background && !s->lease && s->since[0] != '\0' && !s->announcing) {
             release(s);         /* no lease: no announcement either */
         }
         pump(s);

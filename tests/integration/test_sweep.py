@@ -145,6 +145,15 @@ def assert_bounded(r, mcs, slack=0):
     assert total <= 1.02 * held + slack, (total, held)
 
 
+def unchanged_for(what, secs=1.0):
+    """Sample what() for secs: it must not change (nothing happens meanwhile)."""
+    first, end = what(), time.monotonic() + secs
+    while time.monotonic() < end:
+        assert what() == first
+        time.sleep(0.05)
+    return first
+
+
 def sweep_counts(out):
     """The numbers of the command's summary."""
     nums = lambda s: int(s.replace(",", ""))
@@ -353,3 +362,52 @@ def test_the_sweeper_pauses_while_a_migration_runs(env):
     wait_until(lambda: int(proxy_stats(p.port)["sweep:checked"]) > int(checked),
                timeout=20, what="the sweeper to resume")
     assert proxy_stats(p.port)["sweep:state"] == "sweeping"
+
+
+def test_another_proxy_resumes_where_the_lease_holder_stopped(env, cluster):
+    """One proxy of the fleet sweeps; the other stands by. When the holder
+    stops (SIGTERM gives the lease back), the other takes the lease and goes
+    on from the position the holder kept in <prefix>:index:sweep."""
+    mcs = env.servers(3)
+    a = env.proxy(mcs, sweep_rate=4000)
+    write(a.port, ["churn:%d" % i for i in range(15000)])
+    port = free_port()
+    b = cluster.proxy(config(port, mcs, env.redis.port, sweep_rate=4000), port=port)
+    wait_until(lambda: proxy_stats(port).get("sweep:state") == "standby", timeout=20,
+               what="the second proxy to stand by")
+    st = wait_until(lambda: (lambda s: int(s["sweep:sets_done"]) >= 60 and s)(
+        proxy_stats(a.port)), timeout=30, interval=0.02, what="a fifth of a pass")
+    assert st["sweep:state"] == "sweeping"
+    a.stop()
+    wait_until(lambda: proxy_stats(port)["sweep:state"] == "sweeping", timeout=20,
+               what="the second proxy to take over")
+    m = re.search(r"resuming pass (\d+) at v-node set (\d+) of 480", b.log())
+    assert m and int(m.group(2)) >= 60, b.log()[-2000:]
+    pos = env.r.hgetall(PREFIX + ":index:sweep")
+    assert pos[b"holder"] == env.r.get(PREFIX + ":index:sweep:lock")
+    wait_until(lambda: int(proxy_stats(port)["sweep:passes"]) >= 1, timeout=30,
+               interval=0.1, what="the pass to end")
+    assert int(proxy_stats(port)["sweep:checked"]) < 15000     # it did not start over
+    assert_bounded(env.r, mcs)
+
+
+def test_the_sweeper_waits_for_an_index_rebuild(env):
+    """<prefix>:index field `rebuild` is the rebuild's contract with the
+    sweeper: while it says pending or running, the background sweeper gives
+    up its lease and looks at nothing; once it says done, it goes on."""
+    mcs = env.servers(3, memory_mb=64)
+    p = env.proxy(mcs, sweep_rate=5000)
+    write(p.port, ["rb:%d" % i for i in range(1000)], b"x")
+    wait_until(lambda: int(proxy_stats(p.port)["sweep:checked"]) > 0, timeout=20,
+               what="the sweeper to run")
+    for value in ("pending", "running other-proxy:123:abcd"):
+        env.r.hset(PREFIX + ":index", "rebuild", value)
+        wait_until(lambda: proxy_stats(p.port)["sweep:state"] == "paused", timeout=10,
+                   what="the sweeper to pause for a rebuild %s" % value)
+        assert env.r.get(PREFIX + ":index:sweep:lock") is None
+        note = admin_get(p.admin_port, "/migration")[2]
+        assert '"sweep_note":"an index rebuild runs"' in note, note
+        checked = unchanged_for(lambda: proxy_stats(p.port)["sweep:checked"], 0.5)
+    env.r.hset(PREFIX + ":index", "rebuild", "done 1700000000000 2000")
+    wait_until(lambda: int(proxy_stats(p.port)["sweep:checked"]) > int(checked), timeout=20,
+               what="the sweeper to go on")

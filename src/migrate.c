@@ -147,18 +147,26 @@ static struct ring *ring_localize(struct mig *m, struct ring *r, char *why, size
                 addr = p->backends[b - 1]->addr.text;   /* the newest first */
             }
         }
-        if (addr == NULL) {
+        if (addr == NULL && !p->conf->migration.follow_unknown) {
             /* Not in this file (a proxy restarted with the old file while
-             * the fleet grows, or with the new one while it shrinks): the
-             * recorded address is the only one there is, and the records
-             * are the authority (I1). A file that names the server pins
-             * its address; this is said in the log. */
+             * the fleet grows, or with the new one while it shrinks). Redis
+             * is data, not authority over where to connect: whoever can
+             * write it must not be able to send this proxy's traffic, or a
+             * migration's copies, to an address of their choosing. The
+             * pool is fenced (mig_refuse) until the file lists the server. */
+            snprintf(why, len, "server %s is not in this config file; list it, or set "
+                     "migration: {follow_unknown_servers: true}", id);
+            goto out;
+        }
+        if (addr == NULL) {
+            /* The operator chose to follow the records' addresses (I1) for
+             * servers the file does not name; said in the log. */
             addr = r->servers[i].addr;
             if (now_ms(m) >= m->next_foreign_log) {
                 m->next_foreign_log = now_ms(m) + MIG_WAIT_LOG_MS;
                 log_warn("migration", "%s: server %s is not in this config file: using "
-                         "the address Redis records for it, %s; list it in the file "
-                         "to pin its address", p->name, id, addr);
+                         "the address Redis records for it, %s (follow_unknown_servers); "
+                         "list it in the file to pin its address", p->name, id, addr);
             }
         }
         same = same && strcmp(addr, r->servers[i].addr) == 0;

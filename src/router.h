@@ -176,7 +176,9 @@ struct worker {
 uint64_t worker_now_ms(struct worker *w);
 
 /* pools */
-int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
+/* ring: the file's ring if already built (off the loop, on a reload; the
+ * reference is taken), or NULL to build it here. */
+int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct ring *ring,
               char *err, size_t errlen);
 /* The pool may serve (see pool.ready); enables its listener. */
 void pool_ready(struct pool *p);
@@ -189,10 +191,8 @@ void pool_close(struct pool *p);
 enum route { ROUTE_BACKEND, ROUTE_MIGRATION, ROUTE_NONE };
 enum route pool_route(struct pool *p, const char *key, size_t len, struct backend **be);
 void pool_eject(struct pool *p, struct backend *be, bool eject);
-/* The backend for a server (identity and address), created if needed. */
-struct backend *pool_backend(struct pool *p, const char *identity,
-                             const char *addr, char *err, size_t errlen);
-/* Map every server of ring r to its backend (a new array, or NULL). */
+/* Map every server of ring r to its backend, created if needed (a new
+ * array, or NULL). Linear in servers + backends: a reload may bring 4096. */
 struct backend **pool_ring_backends(struct pool *p, const struct ring *r,
                                     char *err, size_t errlen);
 /* Make ring r the pool's data ring (takes the reference and the map). */

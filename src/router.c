@@ -119,7 +119,7 @@ static struct backend *pool_add_backend(struct pool *p, const char *identity,
     if (p->nbackends == p->cap_backends) {
         uint32_t cap = p->cap_backends ? p->cap_backends * 2 : 8;
         struct backend **bs = realloc(p->backends, cap * sizeof(*bs));
-        uint16_t *fb = realloc(p->frag_of_backend, (cap + 1) * sizeof(*fb));
+        uint32_t *fb = realloc(p->frag_of_backend, (cap + 1) * sizeof(*fb));
         if (bs != NULL) {
             p->backends = bs;
         }
@@ -131,7 +131,7 @@ static struct backend *pool_add_backend(struct pool *p, const char *identity,
             return NULL;
         }
         for (uint32_t i = p->cap_backends; i <= cap; i++) {
-            p->frag_of_backend[i] = UINT16_MAX;
+            p->frag_of_backend[i] = FRAG_NONE;
         }
         p->cap_backends = cap;
     }
@@ -356,7 +356,7 @@ void pool_new_generation(struct pool *p)
 
 /* --- requests ------------------------------------------------------------ */
 
-struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrags)
+struct request *request_new(struct client *c, enum proto_cmd cmd, uint32_t nfrags)
 {
     struct request *r = calloc(1, sizeof(*r));
 
@@ -371,7 +371,7 @@ struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrag
         free(r);
         return NULL;
     }
-    for (uint16_t i = 0; i < nfrags; i++) {
+    for (uint32_t i = 0; i < nfrags; i++) {
         r->frags[i].req = r;
     }
     r->pool = c->pool;
@@ -451,7 +451,7 @@ void request_free(struct request *r)
         client_held(c, -(ptrdiff_t)r->held);
         r->owner = NULL;
     }
-    for (uint16_t i = 0; r->frags != NULL && i < r->nfrags; i++) {
+    for (uint32_t i = 0; r->frags != NULL && i < r->nfrags; i++) {
         if (r->frags[i].buf != NULL) {
             evbuffer_free(r->frags[i].buf);
         }
@@ -612,7 +612,7 @@ void frag_fail(struct frag *f, const char *line)
 
 void frags_fail_unsent(struct request *r, uint32_t n, const char *line)
 {
-    for (uint16_t i = 0; n > 0 && i < r->nfrags; i++) {
+    for (uint32_t i = 0; n > 0 && i < r->nfrags; i++) {
         if (r->frags[i].failed && r->frags[i].conn == NULL) {
             n--;
             frag_fail(&r->frags[i], line);  /* the last one may free r */

@@ -31,6 +31,11 @@ struct request;
  * connection's FIFO in the order they were written, so replies match them
  * in order.
  */
+/* No share: key_frag of a key without one, frag_of_backend's empty slot. A
+ * multi-get may need a share per key (each key whose owner is changing
+ * during a resize gets its own), so share indices are 32 bits. */
+#define FRAG_NONE UINT32_MAX
+
 struct frag {
     struct request *req;
     struct bconn *conn;
@@ -64,7 +69,7 @@ struct request {
     bool done;
     bool counted;               /* in the pool's in-flight count (gen) */
     uint32_t gen;               /* the pool's routing generation when routed */
-    uint16_t nfrags, pending;
+    uint32_t nfrags, pending;
     uint32_t hits;              /* VALUE blocks received */
     bool flushes_index;         /* flush_all now: the index empties too */
     uint32_t keylen;            /* store/delete in an indexed pool: key copy */
@@ -76,7 +81,7 @@ struct request {
     uint32_t nkeys;
     char *keys;                 /* copy of the key span */
     uint32_t *key_off;
-    uint16_t *key_frag;
+    uint32_t *key_frag;         /* FRAG_NONE: a miss without a share */
     uint32_t *key_hit;          /* bytes of its VALUE block in its share; 0 miss */
 };
 TAILQ_HEAD(request_queue, request);
@@ -150,8 +155,8 @@ struct pool {
      * routed before it have all landed (docs/ARCHITECTURE.md). */
     uint32_t gen;
     uint64_t inflight_now, inflight_old;
-    uint16_t *frag_of_backend;  /* scratch for splitting a multi-get,
-                                   sized nbackends + 1, all UINT16_MAX */
+    uint32_t *frag_of_backend;  /* scratch for splitting a multi-get,
+                                   sized nbackends + 1, all FRAG_NONE */
 };
 
 /*
@@ -206,7 +211,7 @@ void pool_inflight_end(struct pool *p, uint32_t gen);
 void pool_new_generation(struct pool *p);
 
 /* requests: created by the client, answered by backends or locally */
-struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrags);
+struct request *request_new(struct client *c, enum proto_cmd cmd, uint32_t nfrags);
 void request_reply(struct request *r, const char *data, size_t len);
 void request_reply_line(struct request *r, const char *line);
 void request_frag_done(struct frag *f);

@@ -1378,7 +1378,9 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->state = m->state;
     out->epoch = m->epoch;
     out->lease = m->lease;
-    out->pending = strcmp(m->fp_want, m->from != NULL ? m->fp_to : m->fp_rec) != 0;
+    /* Nothing waits while the recorded ring is unknown. */
+    out->pending = (m->from != NULL || m->fp_rec[0] != '\0') &&
+                   strcmp(m->fp_want, m->from != NULL ? m->fp_to : m->fp_rec) != 0;
     memcpy(out->from, m->from != NULL ? m->fp_from : m->fp_rec, sizeof(out->from));
     if (m->from != NULL) {
         memcpy(out->to, m->fp_to, sizeof(out->to));

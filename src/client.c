@@ -485,8 +485,19 @@ static void client_stats(struct client *c, const struct proto_req *req)
         }
         if (p->idx != NULL) {
             const uint64_t *st = idx_stats(p->idx);
+            const char *why;
+            enum idx_health h = idx_health(p->idx, IDX_CONN_COUNT, &why);
             evbuffer_add_printf(b, "STAT index:state %s\r\n",
                                 idx_state_names[idx_get_state(p->idx)]);
+            evbuffer_add_printf(b, "STAT index:health %s\r\n", idx_health_names[h]);
+            if (h != IDX_H_OK) {
+                /* Redis' words, on one line */
+                evbuffer_add_printf(b, "STAT index:health_reason ");
+                for (const char *q = why; *q != '\0'; q++) {
+                    evbuffer_add(b, *q == '\r' || *q == '\n' ? " " : q, 1);
+                }
+                evbuffer_add_printf(b, "\r\n");
+            }
             for (int i = 0; i < IDX_STAT_COUNT; i++) {
                 evbuffer_add_printf(b, "STAT index:%s %llu\r\n", idx_stat_desc[i].name,
                                     (unsigned long long)st[i]);

@@ -52,12 +52,38 @@ static void on_done_arcs(redisAsyncContext *ac, void *r, void *priv);
 
 /* --- helpers ---------------------------------------------------------------- */
 
+/*
+ * Is this reply an answer? An error reply is classified and counted in the
+ * pool's index health (index.h), never taken for an empty answer.
+ */
+static bool reply_ok(struct mig *m, const redisReply *reply)
+{
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        idx_redis_error(m->p->idx, IDX_CONN_COORD, reply->str);
+        return false;
+    }
+    return reply != NULL;
+}
+
+/* The reply to a command sent without a callback: only its error matters
+ * (DEL, HDEL, UNLINK succeed even when Redis refuses writes). */
+static void on_unchecked_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    if (ac->data != NULL) {
+        reply_ok(priv, r);
+    }
+}
+
 void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...)
 {
     va_list ap;
 
     if (!m->rc_up) {
         return;
+    }
+    if (cb == NULL) {
+        cb = on_unchecked_reply;
+        priv = m;
     }
     va_start(ap, fmt);
     int rc = redisvAsyncCommand(m->rc, cb, priv, fmt, ap);
@@ -79,6 +105,10 @@ static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n
     }
     for (int i = 0; i < n; i++) {
         len[i] = strlen(argv[i]);
+    }
+    if (cb == NULL) {
+        cb = on_unchecked_reply;
+        priv = m;
     }
     redisAsyncCommandArgv(m->rc, cb, priv, n, argv, len);
 }
@@ -427,13 +457,8 @@ static void on_coord_reply(redisAsyncContext *ac, void *r, void *priv)
     struct mig *m = priv;
     redisReply *reply = r;
 
-    if (ac->data == NULL) {
-        return;
-    }
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        log_error("migration", "%s: Redis refused a migration step: %s", m->p->name,
-                  reply != NULL ? reply->str : "no reply");
-        return;
+    if (ac->data == NULL || !reply_ok(m, reply)) {
+        return;     /* refused: the index health says why; the next sync retries */
     }
     m->next_sync = 0;       /* look at the result at once */
 }
@@ -492,7 +517,7 @@ static void on_finish_written(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     m->finishing = false;
-    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1) {
+    if (!reply_ok(m, reply) || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1) {
         /* The next pump tries again while we hold the lease. */
         log_error("migration", "%s: could not record the new ring (%s); will retry",
                   m->p->name, reply != NULL && reply->type == REDIS_REPLY_ERROR ?
@@ -757,6 +782,24 @@ static void update_state(struct mig *m)
     }
 }
 
+/* Only Redis' 1 says the record is ours: 0 is another proxy's, first. */
+static void on_first_record(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL || !reply_ok(m, reply)) {
+        return;     /* refused: the index health says why; the next sync retries */
+    }
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
+        m->wrote_record = true;
+        log_notice("migration", "%s: recorded ring %.8s (epoch %llu) in %s:ring as "
+                   "where the data lives", m->p->name, m->fp_first,
+                   (unsigned long long)m->epoch_first, m->prefix);
+    }
+    m->next_sync = 0;
+}
+
 /* The ring record is missing: write ours, unless someone else did first. */
 static void write_first_record(struct mig *m, const struct ring *r, uint64_t epoch)
 {
@@ -765,7 +808,9 @@ static void write_first_record(struct mig *m, const struct ring *r, uint64_t epo
         "redis.call('hset', KEYS[1], unpack(ARGV)) return 1";
     const char *keys[] = { "ring" };
 
-    eval_with_ring(m, on_coord_reply, script, keys, 1, NULL, 0, r, epoch);
+    ringrec_fingerprint(r, m->fp_first);
+    m->epoch_first = epoch;
+    eval_with_ring(m, on_first_record, script, keys, 1, NULL, 0, r, epoch);
 }
 
 static void on_sync(redisAsyncContext *ac, void *r, void *priv)
@@ -777,16 +822,21 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     m->syncing = false;
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 6 ||
-        reply->element[0]->type != REDIS_REPLY_INTEGER) {
+    if (!reply_ok(m, reply)) {
+        return;     /* refused: the index health logs it, the fence counts it */
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 6 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[2]->type != REDIS_REPLY_ARRAY ||
+        reply->element[4]->type != REDIS_REPLY_ARRAY) {
         if (now_ms(m) >= m->next_wait_log) {
             m->next_wait_log = now_ms(m) + MIG_WAIT_LOG_MS;
-            log_error("migration", "%s: Redis refused the sync: %s", m->p->name,
-                      reply != NULL && reply->type == REDIS_REPLY_ERROR ? reply->str :
-                      "unexpected reply");
+            log_error("migration", "%s: Redis answered the sync with an unexpected "
+                      "reply", m->p->name);
         }
         return;
     }
+    idx_redis_ok(m->p->idx, IDX_CONN_COORD);
     uint64_t now = (uint64_t)reply->element[0]->integer;
     bool lease = reply->element[1]->type == REDIS_REPLY_INTEGER &&
                  reply->element[1]->integer == 1;
@@ -800,7 +850,7 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
                    lease ? "holds" : "gave up");
     }
     m->lease = lease;
-    if (rec->type != REDIS_REPLY_ARRAY || rec->elements == 0) {
+    if (rec->elements == 0) {
         /* No record: the first proxy records its ring; a Redis that lost
          * its data is told apart by our having seen a record before. */
         if (m->fp_rec[0] != '\0' || m->wrote_record) {
@@ -810,12 +860,11 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
                       m->prefix);
         }
         write_first_record(m, m->from != NULL ? m->from : m->p->ring, m->epoch ? m->epoch : 1);
-        m->wrote_record = true;
         return;
     }
     follow(m, rec, mrec, mring);
     /* A refused record takes no part in the fleet's decisions. */
-    if (proxies->type == REDIS_REPLY_ARRAY && m->refused[0] == '\0') {
+    if (m->refused[0] == '\0') {
         /* Alone on the prefix: the index may skip re-stores it knows. */
         idx_set_shared(m->p->idx, proxies->elements != 2);
         if (m->lease) {
@@ -868,7 +917,7 @@ static void on_done_arcs(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     m->loading_done = false;
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || m->arcs == NULL) {
+    if (!reply_ok(m, reply) || reply->type != REDIS_REPLY_ARRAY || m->arcs == NULL) {
         return;
     }
     for (size_t j = 0; j < reply->elements; j++) {
@@ -943,9 +992,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     if (status != REDIS_OK) {
+        idx_redis_down(m->p->idx, IDX_CONN_COORD, ac->errstr);
         m->rc = NULL;
         m->rc_up = false;
         m->syncing = false;
+        m->handshake = 0;
         struct timeval tv = { 1, 0 };
         event_add(m->retry, &tv);
         return;
@@ -956,15 +1007,18 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct mig *m = ac->data;
+    char why[192];
 
-    (void)status;
     if (m == NULL) {
         return;
     }
-    log_warn("migration", "%s: lost Redis: %s", m->p->name, ac->errstr);
+    snprintf(why, sizeof(why), "lost the connection (%s)",
+             status == REDIS_OK ? "closed" : ac->errstr);
+    idx_redis_down(m->p->idx, IDX_CONN_COORD, why);
     m->left = m->left || m->closing;
     m->rc = NULL;
     m->rc_up = false;
+    m->handshake = 0;
     m->syncing = false;
     m->lease = false;       /* it expires; someone, maybe us, takes over */
     for (uint32_t i = 0; m->arcs != NULL && i < m->diff.narcs; i++) {
@@ -975,6 +1029,55 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     event_add(m->retry, &tv);
 }
 
+/* AUTH and SELECT: nothing else is sent before Redis accepted both (Redis
+ * closes a connection that sends long commands before AUTH). */
+static void on_handshake(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL || reply == NULL || m->handshake == 0) {
+        return;     /* disconnected: on_disconnect reconnects */
+    }
+    if (reply->type == REDIS_REPLY_ERROR &&
+        idx_redis_error(m->p->idx, IDX_CONN_COORD, reply->str) != IDX_H_OK) {
+        m->handshake_failed = true;
+    }
+    if (--m->handshake > 0) {
+        return;
+    }
+    if (m->handshake_failed) {
+        m->next_handshake = now_ms(m) + 1000;   /* mig_tick sends it again */
+        return;
+    }
+    m->rc_up = true;
+    m->next_sync = 0;
+}
+
+static void mig_handshake(struct mig *m)
+{
+    const struct conf_index *ix = &m->p->conf->index;
+
+    m->handshake = 0;
+    m->handshake_failed = false;
+    if (ix->password != NULL) {
+        const char *argv[] = { "AUTH", ix->password };
+        size_t len[] = { 4, strlen(ix->password) };
+        m->handshake += redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
+                                              len) == REDIS_OK;
+    }
+    if (ix->db != 0) {
+        char db[24];
+        snprintf(db, sizeof(db), "%lld", (long long)ix->db);
+        const char *argv[] = { "SELECT", db };
+        size_t len[] = { 6, strlen(db) };
+        m->handshake += redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
+                                              len) == REDIS_OK;
+    }
+    /* Commands queue until the connect completes. */
+    m->rc_up = m->handshake == 0;
+}
+
 static void mig_connect(struct mig *m)
 {
     const struct conf_index *ix = &m->p->conf->index;
@@ -982,6 +1085,7 @@ static void mig_connect(struct mig *m)
                             redisAsyncConnect(ix->redis.host, ix->redis.port);
 
     if (ac == NULL || ac->err) {
+        idx_redis_down(m->p->idx, IDX_CONN_COORD, ac != NULL ? ac->errstr : "out of memory");
         if (ac != NULL) {
             redisAsyncFree(ac);
         }
@@ -991,16 +1095,10 @@ static void mig_connect(struct mig *m)
     }
     ac->data = m;
     m->rc = ac;
-    m->rc_up = true;    /* commands queue until the connect completes */
     redisLibeventAttach(ac, m->p->w->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    if (ix->password != NULL) {
-        mig_redis(m, NULL, NULL, "AUTH %s", ix->password);
-    }
-    if (ix->db != 0) {
-        mig_redis(m, NULL, NULL, "SELECT %lld", (long long)ix->db);
-    }
+    mig_handshake(m);
     m->next_sync = 0;
 }
 
@@ -1216,14 +1314,21 @@ void mig_tick(struct mig *m, uint64_t now)
     /* Fence: past half the liveness time without a sync, the fleet may
      * soon go on without us (ARCHITECTURE.md, invariant I6). */
     if (m->liveness_ms > 0 && !m->fenced && now > m->last_sync_ok + m->liveness_ms / 2) {
+        const char *why;
+        enum idx_health h = idx_health(m->p->idx, IDX_CONN_COORD, &why);
         m->fenced = true;
         m->lease = false;
-        log_error("migration", "%s: no answer from Redis for %llu ms: refusing the "
-                  "pool's commands until it answers (the fleet may resize without "
+        log_error("migration", "%s: no sync with Redis for %llu ms (%s%s%s): refusing "
+                  "the pool's commands until it answers (the fleet may resize without "
                   "this proxy after %llu ms)", m->p->name,
-                  (unsigned long long)(now - m->last_sync_ok),
-                  (unsigned long long)m->liveness_ms);
+                  (unsigned long long)(now - m->last_sync_ok), idx_health_names[h],
+                  *why ? ": " : "", why, (unsigned long long)m->liveness_ms);
         update_state(m);
+    }
+    /* A connection whose AUTH or SELECT was refused asks again. */
+    if (m->rc != NULL && !m->rc_up && m->handshake_failed && m->handshake == 0 &&
+        now >= m->next_handshake) {
+        mig_handshake(m);
     }
     /* The phase is acknowledged once requests routed before it landed. */
     if (m->acked != m->phase && m->p->inflight_old == 0) {
@@ -1281,7 +1386,9 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->state = m->state;
     out->epoch = m->epoch;
     out->lease = m->lease;
-    out->pending = strcmp(m->fp_want, m->from != NULL ? m->fp_to : m->fp_rec) != 0;
+    /* Nothing waits while the recorded ring is unknown. */
+    out->pending = (m->from != NULL || m->fp_rec[0] != '\0') &&
+                   strcmp(m->fp_want, m->from != NULL ? m->fp_to : m->fp_rec) != 0;
     memcpy(out->from, m->from != NULL ? m->fp_from : m->fp_rec, sizeof(out->from));
     if (m->from != NULL) {
         memcpy(out->to, m->fp_to, sizeof(out->to));

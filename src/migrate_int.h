@@ -133,13 +133,19 @@ struct mig {
     uint64_t liveness_ms;       /* 0: never exclude, never fence */
     /* Redis */
     redisAsyncContext *rc;
-    bool rc_up;
+    bool rc_up;                 /* connected (or connecting), AUTH and SELECT
+                                   accepted: commands may be sent */
+    uint32_t handshake;         /* AUTH, SELECT replies awaited */
+    bool handshake_failed;      /* refused: sent again at next_handshake */
+    uint64_t next_handshake;
     bool syncing;               /* a sync is out */
     struct event *retry;
     uint64_t next_sync, sync_sent, last_sync_ok;
     uint64_t next_progress_log, next_progress_write, next_wait_log, ready_deadline;
     bool fenced;
     bool wrote_record;          /* this proxy wrote the first ring record */
+    char fp_first[RINGREC_FP_SIZE];     /* ... what it sent, for the log */
+    uint64_t epoch_first;
     /* rings */
     struct ring *want;          /* the config file's ring */
     char fp_want[RINGREC_FP_SIZE];

@@ -33,6 +33,8 @@ struct pool_status {
     char state[32];             /* a mig_state name, or "none" (no index) */
     char from[64], to[64];      /* ring fingerprints ("" unknown or idle) */
     char note[256];             /* a line worth adding, or "" */
+    char index_health[32];      /* the proxy's index health ("" unknown) */
+    char index_error[192];      /* ... what Redis said */
     bool indexed, lease, pending;
     double epoch;               /* NAN: unknown */
     double arcs_total, arcs_done, keys_moved, keys_skipped, keys_stale, keys_failed;
@@ -117,6 +119,9 @@ static void print_pool(const struct pool_status *st, FILE *out)
     }
     if (st->note[0] != '\0') {
         fprintf(out, "  %s\n", st->note);
+    }
+    if (st->index_health[0] != '\0' && strcmp(st->index_health, "ok") != 0) {
+        fprintf(out, "  index %s: %s\n", st->index_health, st->index_error);
     }
 }
 
@@ -360,6 +365,7 @@ static const struct status_field {
 #define NUM(k, f) { k, F_NUM, offsetof(struct pool_status, f), 0 }
 #define BOOL(k, f) { k, F_BOOL, offsetof(struct pool_status, f), 0 }
     STR("name", name), STR("state", state), STR("from", from), STR("to", to),
+    STR("index_health", index_health), STR("index_error", index_error),
     BOOL("indexed", indexed), BOOL("lease", lease), BOOL("pending_change", pending),
     NUM("epoch", epoch),
     NUM("arcs_total", arcs_total), NUM("arcs_done", arcs_done),
@@ -555,10 +561,14 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
     }
     ring = redisCommand(rc, "HGETALL %s:ring", p->index.prefix);
     mig = ring != NULL ? redisCommand(rc, "HGETALL %s:migration", p->index.prefix) : NULL;
-    if (ring == NULL || mig == NULL || ring->type != REDIS_REPLY_ARRAY ||
-        mig->type != REDIS_REPLY_ARRAY) {
-        snprintf(err, errlen, "Redis %s: %s", p->index.redis.text,
-                 rc->err ? rc->errstr : "unexpected reply to HGETALL");
+    if (cli_redis_failed(rc, ring, &p->index, "HGETALL <prefix>:ring", err, errlen) ||
+        cli_redis_failed(rc, mig, &p->index, "HGETALL <prefix>:migration", err, errlen) ||
+        ring->type != REDIS_REPLY_ARRAY || mig->type != REDIS_REPLY_ARRAY) {
+        if (ring != NULL && mig != NULL && ring->type != REDIS_REPLY_ERROR &&
+            mig->type != REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "Redis %s: unexpected reply to HGETALL",
+                     p->index.redis.text);
+        }
         freeReplyObject(ring);
         freeReplyObject(mig);
         redisFree(rc);
@@ -617,8 +627,8 @@ int cli_status(const char *path, const char *pool, const char *admin_addr,
 {
     struct conf_errors errs;
     struct config *c = config_load(path, &errs);
-    char why[256], err[256];
-    int read = 0;
+    char why[256], err[512];
+    int read = 0, failed = 0;
 
     for (size_t i = 0; i < errs.n; i++) {
         fprintf(stderr, "%s\n", errs.msgs[i]);
@@ -654,6 +664,7 @@ int cli_status(const char *path, const char *pool, const char *admin_addr,
             print_pool(&st, out);
         } else if (status_from_redis(p, &st, err, sizeof(err)) != 0) {
             fprintf(out, "%s: unknown: %s\n", p->name, err);
+            failed++;
         } else {
             print_pool(&st, out);
             read++;
@@ -663,6 +674,9 @@ int cli_status(const char *path, const char *pool, const char *admin_addr,
     if (read == 0) {
         fprintf(stderr, "ringproxy status: nothing to read: the admin port did not "
                 "answer and no indexed pool's Redis could be read\n");
+    } else if (failed > 0) {
+        fprintf(stderr, "ringproxy status: %d pool%s Redis could not be read\n",
+                failed, failed == 1 ? "'s" : "s'");
     }
-    return read > 0 ? 0 : 1;
+    return read > 0 && failed == 0 ? 0 : 1;
 }

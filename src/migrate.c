@@ -282,6 +282,7 @@ static void mig_clear(struct mig *m)
     }
     free(m->arcs);
     m->arcs = NULL;
+    closing_free(m);
     mig_doubts_free(m);
     ring_diff_free(&m->diff);
     ring_unref(m->from);
@@ -344,6 +345,7 @@ static int mig_begin(struct mig *m, struct ring *from, struct ring *to)
     m->keys_moved = m->keys_stale = m->keys_skipped = m->keys_failed = 0;
     m->keys_retried = m->client_ops = m->index_moved = m->moved_at_last_log = 0;
     m->tombs_written = m->tombs_cleared = m->fallback_reads = m->conflicts_settled = 0;
+    m->unindexed_moved = m->closing_listed = m->closing_refused = 0;
     m->tokens = 0;
     m->last_refill = now_ms(m);
     m->pass = 1;
@@ -404,10 +406,12 @@ static void mig_end_local(struct mig *m)
         idx_set_ring(p->idx, m->to);
     }
     pool_new_generation(p);
-    log_notice("migration", "%s: done in %llus: %llu keys moved, %llu already newer on "
-               "the new owner, %llu stale, %llu tombstones cleared, %llu retried; the "
-               "data obeys ring %.8s epoch %llu", p->name, (unsigned long long)secs,
-               (unsigned long long)m->keys_moved, (unsigned long long)m->keys_skipped,
+    log_notice("migration", "%s: done in %llus: %llu keys moved (%llu of them unknown "
+               "to the index, by the closing pass), %llu already newer on the new owner, "
+               "%llu stale, %llu tombstones cleared, %llu retried; the data obeys ring "
+               "%.8s epoch %llu", p->name, (unsigned long long)secs,
+               (unsigned long long)m->keys_moved, (unsigned long long)m->unindexed_moved,
+               (unsigned long long)m->keys_skipped,
                (unsigned long long)m->keys_stale, (unsigned long long)m->tombs_cleared,
                (unsigned long long)m->keys_retried, m->fp_to,
                (unsigned long long)m->epoch);
@@ -1284,19 +1288,24 @@ static void write_progress(struct mig *m)
         "if redis.call('hget', KEYS[1], 'to') ~= ARGV[1] then return 0 end "
         "redis.call('hset', KEYS[1], 'holder', ARGV[2], 'arcs_total', ARGV[3], "
         "'arcs_done', ARGV[4], 'keys_moved', ARGV[5], 'keys_stale', ARGV[6], "
-        "'keys_skipped', ARGV[7], 'keys_failed', ARGV[8], 'updated', ARGV[9]) "
+        "'keys_skipped', ARGV[7], 'keys_failed', ARGV[8], 'updated', ARGV[9], "
+        "'closing_sources', ARGV[10], 'closing_sources_done', ARGV[11], "
+        "'closing_listed', ARGV[12], 'unindexed_moved', ARGV[13], "
+        "'closing_refused', ARGV[14], 'blocked', ARGV[15]) "
         "return 1";
-    char v[7][32];
-    const unsigned long long n[7] = {
+    char v[12][32];
+    const unsigned long long n[12] = {
         m->diff.narcs, m->arcs_done, m->keys_moved, m->keys_stale, m->keys_skipped,
-        m->keys_failed, (unsigned long long)time(NULL),
+        m->keys_failed, (unsigned long long)time(NULL), m->nsources, m->sources_done,
+        m->closing_listed, m->unindexed_moved, m->closing_refused,
     };
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 12; i++) {
         snprintf(v[i], sizeof(v[i]), "%llu", n[i]);
     }
     const char *keys[] = { "migration" };
-    const char *args[] = { m->fp_to, m->id, v[0], v[1], v[2], v[3], v[4], v[5], v[6] };
-    eval_with_ring(m, NULL, script, keys, 1, args, 9, NULL, 0);
+    const char *args[] = { m->fp_to, m->id, v[0], v[1], v[2], v[3], v[4], v[5], v[6],
+                           v[7], v[8], v[9], v[10], v[11], m->blocked };
+    eval_with_ring(m, NULL, script, keys, 1, args, 15, NULL, 0);
 }
 
 void mig_tick(struct mig *m, uint64_t now)
@@ -1371,12 +1380,27 @@ void mig_tick(struct mig *m, uint64_t now)
         m->moved_at_last_log = m->keys_moved;
         m->last_log_ms = now;
         m->last_rate = kps;
-        log_notice("migration", "%s: pass %u, %u/%zu arcs done, %llu keys moved (%.0f/s), "
-                   "%llu stale, %llu failed%s%s", m->p->name, m->pass, m->arcs_done,
-                   m->diff.narcs, (unsigned long long)m->keys_moved, kps,
-                   (unsigned long long)m->keys_stale, (unsigned long long)m->keys_failed,
-                   m->blocked[0] ? "; blocked: " : "", m->blocked);
+        if (m->pass == MIG_PASS_CLOSING) {
+            log_notice("migration", "%s: closing pass, %u/%u sources done, %llu keys "
+                       "listed in arcs that move, %llu unknown to the index moved; %llu "
+                       "keys moved (%.0f/s), %llu stale, %llu failed%s%s", m->p->name,
+                       m->sources_done, m->nsources,
+                       (unsigned long long)m->closing_listed,
+                       (unsigned long long)m->unindexed_moved,
+                       (unsigned long long)m->keys_moved, kps,
+                       (unsigned long long)m->keys_stale,
+                       (unsigned long long)m->keys_failed,
+                       m->blocked[0] ? "; blocked: " : "", m->blocked);
+        } else {
+            log_notice("migration", "%s: pass %u, %u/%zu arcs done, %llu keys moved "
+                       "(%.0f/s), %llu stale, %llu failed%s%s", m->p->name, m->pass,
+                       m->arcs_done, m->diff.narcs, (unsigned long long)m->keys_moved,
+                       kps, (unsigned long long)m->keys_stale,
+                       (unsigned long long)m->keys_failed,
+                       m->blocked[0] ? "; blocked: " : "", m->blocked);
+        }
     }
+    closing_tick(m);
     bulk_pump(m);
 }
 
@@ -1416,6 +1440,11 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->conflicts_waiting = m->nconflicts;
     out->conflicts_settled = m->conflicts_settled;
     out->keys_per_sec = m->last_rate;
+    out->unindexed_moved = m->unindexed_moved;
+    out->closing_listed = m->closing_listed;
+    out->closing_refused = m->closing_refused;
+    out->closing_sources = m->nsources;
+    out->closing_sources_done = m->sources_done;
 }
 
 void mig_stats(const struct mig *m, struct evbuffer *out)
@@ -1447,6 +1476,11 @@ void mig_stats(const struct mig *m, struct evbuffer *out)
     MIG_STAT_U("copies_in_doubt", pr.copies_in_doubt);
     MIG_STAT_U("conflicts_waiting", pr.conflicts_waiting);
     MIG_STAT_U("conflicts_settled", pr.conflicts_settled);
+    MIG_STAT_U("closing_sources", pr.closing_sources);
+    MIG_STAT_U("closing_sources_done", pr.closing_sources_done);
+    MIG_STAT_U("closing_listed", pr.closing_listed);
+    MIG_STAT_U("unindexed_moved", pr.unindexed_moved);
+    MIG_STAT_U("closing_refused", pr.closing_refused);
     MIG_STAT_U("pending_change", pr.pending);
     MIG_STAT_U("bad_index_members", m->bad_members);
 #undef MIG_STAT_U

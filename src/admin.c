@@ -75,6 +75,16 @@
       "keys with a value on both owners, waiting to be settled")             \
     X(conflicts_settled, conflicts_settled, counter,                          \
       "keys with a value on both owners settled for the old owner's")        \
+    X(closing_sources, closing_sources, gauge,                                \
+      "source servers the closing pass lists for keys the index lacks")      \
+    X(closing_sources_done, closing_sources_done, gauge,                      \
+      "source servers whose closing pass is done")                           \
+    X(closing_listed, closing_listed, counter,                                \
+      "keys the closing pass listed in arcs that move")                      \
+    X(unindexed_moved, unindexed_moved, counter,                              \
+      "keys the index did not know, moved by the closing pass")              \
+    X(closing_refused, closing_refused, counter,                              \
+      "source servers that refused to list their keys (lru_crawler metadump)") \
     X(live_proxies, live_proxies, gauge,                                      \
       "live proxies sharing the pool's prefix (heartbeats in Redis)")        \
     X(fenced, fenced, gauge,                                                  \
@@ -657,6 +667,14 @@ static void migration_json(struct evbuffer *b, const struct pool *p)
                         (unsigned long long)pr.client_ops,
                         (unsigned long long)pr.index_moved);
     json_num(b, pr.keys_per_sec);
+    evbuffer_add_printf(b, ",\"closing_sources\":%llu,\"closing_sources_done\":%llu,"
+                        "\"closing_listed\":%llu,\"unindexed_moved\":%llu,"
+                        "\"closing_refused\":%llu",
+                        (unsigned long long)pr.closing_sources,
+                        (unsigned long long)pr.closing_sources_done,
+                        (unsigned long long)pr.closing_listed,
+                        (unsigned long long)pr.unindexed_moved,
+                        (unsigned long long)pr.closing_refused);
     evbuffer_add_printf(b, ",\"elapsed_sec\":");
     json_num(b, pr.elapsed_sec);
     evbuffer_add_printf(b, ",\"eta_sec\":");

@@ -35,10 +35,14 @@ struct pool_status {
     char note[256];             /* a line worth adding, or "" */
     char index_health[32];      /* the proxy's index health ("" unknown) */
     char index_error[192];      /* ... what Redis said */
+    char blocked[128];          /* a server that holds the migration up, or "" */
     bool indexed, lease, pending;
     double epoch;               /* NAN: unknown */
     double arcs_total, arcs_done, keys_moved, keys_skipped, keys_stale, keys_failed;
     double elapsed_sec, eta_sec;    /* NAN: unknown */
+    /* the closing pass (docs/ARCHITECTURE.md, "Moving keys") */
+    double closing_sources, closing_sources_done, closing_listed, unindexed_moved,
+           closing_refused;
 };
 
 static void status_init(struct pool_status *st)
@@ -113,6 +117,20 @@ static void print_pool(const struct pool_status *st, FILE *out)
         }
         print_eta(out, st->eta_sec);
         fprintf(out, "\n");
+    }
+    if (st->closing_sources > 0) {
+        fprintf(out, "  closing pass: sources %.0f/%.0f done  keys listed in moving arcs %s"
+                "  unknown to the index, moved %s", st->closing_sources_done,
+                st->closing_sources, fmt_count(st->closing_listed, n1, sizeof(n1)),
+                fmt_count(st->unindexed_moved, n2, sizeof(n2)));
+        if (st->closing_refused > 0) {
+            fprintf(out, "  refused by %.0f server%s", st->closing_refused,
+                    st->closing_refused == 1 ? "" : "s");
+        }
+        fprintf(out, "\n");
+    }
+    if (st->blocked[0] != '\0') {
+        fprintf(out, "  blocked: %s\n", st->blocked);
     }
     if (st->pending) {
         fprintf(out, "  a newer ring waits for this migration to end\n");
@@ -372,6 +390,11 @@ static const struct status_field {
     NUM("keys_moved", keys_moved), NUM("keys_skipped", keys_skipped),
     NUM("keys_stale", keys_stale), NUM("keys_failed", keys_failed),
     NUM("elapsed_sec", elapsed_sec), NUM("eta_sec", eta_sec),
+    STR("blocked_by", blocked),
+    NUM("closing_sources", closing_sources),
+    NUM("closing_sources_done", closing_sources_done),
+    NUM("closing_listed", closing_listed), NUM("unindexed_moved", unindexed_moved),
+    NUM("closing_refused", closing_refused),
 #undef STR
 #undef NUM
 #undef BOOL
@@ -600,6 +623,16 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
         st->keys_skipped = hash_num(mig, "keys_skipped");
         st->keys_stale = hash_num(mig, "keys_stale");
         st->keys_failed = hash_num(mig, "keys_failed");
+        st->closing_sources = hash_num(mig, "closing_sources");
+        st->closing_sources_done = hash_num(mig, "closing_sources_done");
+        st->closing_listed = hash_num(mig, "closing_listed");
+        st->unindexed_moved = hash_num(mig, "unindexed_moved");
+        st->closing_refused = hash_num(mig, "closing_refused");
+        snprintf(st->blocked, sizeof(st->blocked), "%s",
+                 hash_field(mig, "blocked") != NULL ? hash_field(mig, "blocked") : "");
+        for (char *c = st->blocked; *c != '\0'; c++) {
+            *c = (unsigned char)*c < ' ' || *c == 0x7f ? '?' : *c;   /* Redis is data */
+        }
         const char *phase = hash_field(mig, "phase");
         snprintf(st->state, sizeof(st->state), "%s", phase != NULL ? phase : "waiting");
         if (holder == NULL) {

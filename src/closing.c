@@ -17,13 +17,17 @@
  *   bound is free again, not at every freed slot.
  * - A listed key may have been moved, written or deleted since: the move is
  *   conditional end to end and finds it gone, newer, or a tombstone.
- * - A source is done when a listing reached its END and every move it
- *   started ended without failing or waiting. Otherwise (moves failed, the
- *   listing failed or the server's crawler was busy) it is listed again
- *   after a pause that doubles up to MIG_ARC_RETRY_MAX_MS, for as long as
- *   it takes, and m->blocked names it. A server that refuses to list (its
- *   crawler or dumping disabled) is logged, counted and skipped: waiting
- *   would never end.
+ * - A source is done when a listing reached its END, every move it started
+ *   ended without failing or waiting, and it found nothing to move. A
+ *   listing is not a snapshot: memcached's crawler skips an item it cannot
+ *   lock at that instant (one our own moves, or a client, is touching), so
+ *   a listing that found keys to move is followed by another, up to
+ *   MIG_CLOSING_LISTINGS. A listing that failed, a crawler busy with
+ *   another job, or moves that failed make the source wait for a pause that
+ *   doubles up to MIG_ARC_RETRY_MAX_MS, then it is listed again, for as
+ *   long as it takes, and m->blocked names it. A server that refuses to
+ *   list (its crawler or dumping disabled) is logged, counted and skipped:
+ *   waiting would never end.
  * - A listing is freed only from its own end callback, from the tick or
  *   with the migration, never from a key callback: a move that fails at
  *   once re-enters the pump from there.
@@ -76,7 +80,7 @@ static void source_blocked(struct mig_source *s, const char *fmt, ...)
     snprintf(m->blocked, sizeof(m->blocked), "%s", s->why);
 }
 
-/* Source s listed its keys: m->blocked no longer names it. */
+/* Source s can be listed: m->blocked no longer names it. */
 static void source_unblocked(struct mig_source *s)
 {
     struct mig *m = s->m;
@@ -157,10 +161,10 @@ static void on_dump_end(void *arg, enum mdump_end how, const char *why)
         s->listed = true;
         source_unblocked(s);
         log_notice("migration", "%s: closing pass: server %s listed %llu keys in "
-                   "%llu.%llu s, %llu of them in arcs it hands over", m->p->name, name,
-                   (unsigned long long)mdump_keys(s->dump),
+                   "%llu.%llu s (listing %u), %llu of them in arcs it hands over",
+                   m->p->name, name, (unsigned long long)mdump_keys(s->dump),
                    (unsigned long long)secs10 / 10, (unsigned long long)secs10 % 10,
-                   (unsigned long long)s->listed_keys);
+                   s->rounds, (unsigned long long)s->listed_keys);
         break;
     case MDUMP_REFUSED:
         s->refused = true;
@@ -270,12 +274,22 @@ bool closing_pump(struct mig *m)
             if (s->inflight > 0) {
                 continue;
             }
-            if (s->failed == 0) {
+            if (s->failed > 0) {
+                retry_later(s);     /* moves failed or wait: list it again */
+            } else if (s->listed_keys > 0 && ++s->relists < MIG_CLOSING_LISTINGS) {
+                s->listed = false;  /* it may have skipped some: list it again */
+            } else {
+                if (s->listed_keys > 0) {
+                    log_warn("migration", "%s: closing pass: server %s still had %llu "
+                             "keys to hand over at its listing %u (written around the "
+                             "proxies meanwhile?); not listed again", m->p->name,
+                             server_name(s), (unsigned long long)s->listed_keys,
+                             s->rounds);
+                }
                 s->done = true;
                 m->sources_done++;
                 continue;
             }
-            retry_later(s);     /* moves failed or wait: list it again */
         }
         if (now_ms(m) >= s->retry_at) {
             start_listing(s);

@@ -30,6 +30,8 @@
 #define MIG_VALUE_MAX ((size_t)64 << 20)   /* largest value a move reads */
 #define MIG_PASS_CLOSING 3          /* after two passes over the index: the
                                        closing pass over the sources (closing.c) */
+#define MIG_CLOSING_LISTINGS 4      /* listings of a source that find keys to
+                                       move, at most (closing.c) */
 #define TTL_RELATIVE_MAX 2592000    /* memcached: larger exptimes are absolute */
 
 /*
@@ -143,6 +145,7 @@ struct mig_source {
     uint32_t inflight;          /* moves it started that have not ended */
     uint32_t failed;            /* ... that failed or wait: list it again */
     uint32_t rounds;            /* listings started */
+    uint32_t relists;           /* listings that ended having found keys */
     uint32_t backoff_ms;
     uint64_t retry_at;          /* next listing not before (ms) */
     uint64_t started_ms;        /* of the current listing */

@@ -80,14 +80,12 @@ static void source_blocked(struct mig_source *s, const char *fmt, ...)
     snprintf(m->blocked, sizeof(m->blocked), "%s", s->why);
 }
 
-/* Source s can be listed: m->blocked no longer names it. */
+/* Source s can be listed: m->blocked no longer gives its failure. */
 static void source_unblocked(struct mig_source *s)
 {
     struct mig *m = s->m;
-    char name[64];
-    int n = snprintf(name, sizeof(name), "server %s (", server_name(s));
 
-    if (n > 0 && (size_t)n < sizeof(name) && strncmp(m->blocked, name, (size_t)n) == 0) {
+    if (s->why[0] != '\0' && strcmp(m->blocked, s->why) == 0) {
         m->blocked[0] = '\0';
     }
     s->why[0] = '\0';

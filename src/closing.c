@@ -159,10 +159,12 @@ static void on_dump_end(void *arg, enum mdump_end how, const char *why)
         s->listed = true;
         source_unblocked(s);
         log_notice("migration", "%s: closing pass: server %s listed %llu keys in "
-                   "%llu.%llu s (listing %u), %llu of them in arcs it hands over",
+                   "%llu.%llu s (listing %u), %llu of them in arcs it hands over; "
+                   "%llu skipped (keys no text command can name)",
                    m->p->name, name, (unsigned long long)mdump_keys(s->dump),
                    (unsigned long long)secs10 / 10, (unsigned long long)secs10 % 10,
-                   s->rounds, (unsigned long long)s->listed_keys);
+                   s->rounds, (unsigned long long)s->listed_keys,
+                   (unsigned long long)mdump_skipped(s->dump));
         break;
     case MDUMP_REFUSED:
         s->refused = true;

@@ -76,6 +76,16 @@
       "keys with a value on both owners, waiting to be settled")             \
     X(conflicts_settled, conflicts_settled, counter,                          \
       "keys with a value on both owners settled for the old owner's")        \
+    X(closing_sources, closing_sources, gauge,                                \
+      "source servers the closing pass lists for keys the index lacks")      \
+    X(closing_sources_done, closing_sources_done, gauge,                      \
+      "source servers whose closing pass is done")                           \
+    X(closing_listed, closing_listed, counter,                                \
+      "keys the closing pass listed in arcs that move")                      \
+    X(unindexed_moved, unindexed_moved, counter,                              \
+      "keys the index did not know, moved by the closing pass")              \
+    X(closing_refused, closing_refused, counter,                              \
+      "source servers that refused to list their keys (lru_crawler metadump)") \
     X(live_proxies, live_proxies, gauge,                                      \
       "live proxies sharing the pool's prefix (heartbeats in Redis)")        \
     X(fenced, fenced, gauge,                                                  \
@@ -363,6 +373,8 @@ static void metrics_index(struct admin *a, struct evbuffer *b)
 {
     static const struct stats_desc state = { "state", "gauge",
         "1 for the state of the pool's connection to its Redis index" };
+    static const struct stats_desc health = { "health", "gauge",
+        "1 for the pool's index health: ok, or why Redis does not take its commands" };
     struct worker *w = a->w;
     char name[128];
 
@@ -372,6 +384,15 @@ static void metrics_index(struct admin *a, struct evbuffer *b)
         for (int st = 0; pool_listed(p) && p->idx != NULL && st < IDX_STATE_COUNT; st++) {
             const char *labels[] = { "pool", p->name, "state", idx_state_names[st], NULL };
             prom_sample(b, name, labels, idx_get_state(p->idx) == (enum idx_state)st);
+        }
+    }
+    prom_head(b, name, sizeof(name), "index", &health);
+    for (uint32_t i = 0; i < w->npools; i++) {
+        const struct pool *p = w->pools[i];
+        for (int h = 0; pool_listed(p) && p->idx != NULL && h < IDX_HEALTH_COUNT; h++) {
+            const char *labels[] = { "pool", p->name, "state", idx_health_names[h], NULL };
+            prom_sample(b, name, labels,
+                        idx_health(p->idx, IDX_CONN_COUNT, NULL) == (enum idx_health)h);
         }
     }
     for (int s = 0; s < IDX_STAT_COUNT; s++) {
@@ -475,6 +496,18 @@ static int serve_metrics(struct admin *a, struct evhttp_request *req, struct evb
 
 /* --- /healthz ------------------------------------------------------------------ */
 
+/* " (index auth_failed: WRONGPASS ...)" when the coordination's Redis
+ * refuses this proxy, else "": why a pool waits or is fenced. */
+static void index_why(struct evbuffer *b, const struct pool *p)
+{
+    const char *why;
+    enum idx_health h = p->idx != NULL ? idx_health(p->idx, IDX_CONN_COORD, &why) : IDX_H_OK;
+
+    if (h != IDX_H_OK) {
+        evbuffer_add_printf(b, " (index %s: %s)", idx_health_names[h], why);
+    }
+}
+
 static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
 {
     struct worker *w = a->w;
@@ -496,26 +529,36 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
             evbuffer_add_printf(b, "pool %s: fenced: %s\n", p->name, mig_refused(p->mig));
         } else if (!p->ready) {
             evbuffer_add_printf(b, "pool %s: not serving yet: waiting for Redis to say "
-                                "which ring the data obeys\n", p->name);
+                                "which ring the data obeys", p->name);
+            index_why(b, p);
+            evbuffer_add_printf(b, "\n");
         } else if (p->listener == NULL) {
             evbuffer_add_printf(b, "pool %s: not listening\n", p->name);
         } else if (up == 0) {
             evbuffer_add_printf(b, "pool %s: no backend is up (all %u down or "
                                 "ejected)\n", p->name, p->ring->nservers);
         } else if (mig_fenced(p->mig)) {
-            evbuffer_add_printf(b, "pool %s: fenced: Redis unreachable, so the fleet "
-                                "may resize without this proxy\n", p->name);
+            evbuffer_add_printf(b, "pool %s: fenced: no sync with Redis", p->name);
+            index_why(b, p);
+            evbuffer_add_printf(b, ", so the fleet may resize without this proxy\n");
         }
     }
     if (evbuffer_get_length(b) > 0) {
         return HTTP_SERVUNAVAIL;
     }
-    /* Serving, but a resize waits: say what it waits for. */
+    /* Serving, but the index does not take its writes (the keys stored now
+     * would not move in a resize), or a resize waits: say why. */
     for (uint32_t i = 0; i < w->npools; i++) {
         const struct pool *p = w->pools[i];
         struct mig_progress pr;
+        const char *why;
         if (!pool_listed(p) || p->mig == NULL) {
             continue;
+        }
+        enum idx_health h = idx_health(p->idx, IDX_CONN_COUNT, &why);
+        if (h != IDX_H_OK) {
+            evbuffer_add_printf(b, "degraded: pool %s: index %s: %s\n", p->name,
+                                idx_health_names[h], why);
         }
         mig_progress(p->mig, &pr);
         if (pr.blocked[0] != '\0') {
@@ -656,9 +699,14 @@ static void migration_json(struct evbuffer *b, const struct pool *p)
         eta = (double)(pr.arcs_total - pr.arcs_done) * pr.elapsed_sec /
               (double)pr.arcs_done;
     }
-    evbuffer_add_printf(b, ",\"indexed\":true,\"state\":\"%s\",\"epoch\":%llu,"
-                        "\"lease\":%s,\"pending_change\":%s,\"from\":",
-                        mig_state_names[pr.state], (unsigned long long)pr.epoch,
+    evbuffer_add_printf(b, ",\"indexed\":true,\"state\":\"%s\",\"epoch\":",
+                        mig_state_names[pr.state]);
+    if (pr.epoch > 0) {
+        evbuffer_add_printf(b, "%llu", (unsigned long long)pr.epoch);
+    } else {
+        evbuffer_add_printf(b, "null");     /* epochs start at 1: not known yet */
+    }
+    evbuffer_add_printf(b, ",\"lease\":%s,\"pending_change\":%s,\"from\":",
                         pr.lease ? "true" : "false", pr.pending ? "true" : "false");
     json_str_or_null(b, pr.from);
     evbuffer_add_printf(b, ",\"to\":");
@@ -676,6 +724,14 @@ static void migration_json(struct evbuffer *b, const struct pool *p)
                         (unsigned long long)pr.client_ops,
                         (unsigned long long)pr.index_moved);
     json_num(b, pr.keys_per_sec);
+    evbuffer_add_printf(b, ",\"closing_sources\":%llu,\"closing_sources_done\":%llu,"
+                        "\"closing_listed\":%llu,\"unindexed_moved\":%llu,"
+                        "\"closing_refused\":%llu",
+                        (unsigned long long)pr.closing_sources,
+                        (unsigned long long)pr.closing_sources_done,
+                        (unsigned long long)pr.closing_listed,
+                        (unsigned long long)pr.unindexed_moved,
+                        (unsigned long long)pr.closing_refused);
     evbuffer_add_printf(b, ",\"elapsed_sec\":");
     json_num(b, pr.elapsed_sec);
     evbuffer_add_printf(b, ",\"eta_sec\":");
@@ -688,6 +744,11 @@ static void migration_json(struct evbuffer *b, const struct pool *p)
     json_str_or_null(b, pr.blocked);
     evbuffer_add_printf(b, ",\"live_proxies\":%u,\"fenced\":%s", pr.live_proxies,
                         pr.fenced ? "true" : "false");
+    const char *why;
+    enum idx_health h = idx_health(p->idx, IDX_CONN_COUNT, &why);
+    evbuffer_add_printf(b, ",\"index_health\":\"%s\",\"index_error\":",
+                        idx_health_names[h]);
+    json_str_or_null(b, why);
     sweep_json(b, p->sweep);
     evbuffer_add_printf(b, "}");
 }

@@ -412,7 +412,7 @@ static const char *buf_line(struct evbuffer *b, size_t *len, size_t *total)
 static int frag_match_key(struct frag *f, const struct proto_rsp *rsp)
 {
     struct request *r = f->req;
-    uint16_t idx = (uint16_t)(f - r->frags);
+    uint32_t idx = (uint32_t)(f - r->frags);
 
     for (uint32_t i = f->cursor; i < r->nkeys; i++) {
         if (r->key_frag != NULL && r->key_frag[i] != idx) {

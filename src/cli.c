@@ -135,9 +135,25 @@ int cli_ring(const char *path, const char *pool, int show_points, FILE *out)
     return 0;
 }
 
-static void print_pool_diff(const char *name, const struct ring *a,
-                            const struct ring *b, FILE *out)
+/*
+ * Only a pool with an index moves the keys that change owner (the index
+ * lists them; docs/ARCHITECTURE.md, "Resizing a fleet"), and only keys
+ * indexed before the change: an index in just one of the two files moves
+ * nothing either. Says which file lacks it, or NULL when both have one.
+ */
+static const char *index_missing(const struct conf_pool *pa, const struct conf_pool *pb)
 {
+    if (pa->index.enabled && pb->index.enabled) {
+        return NULL;
+    }
+    return pa->index.enabled ? " in the new file" : pb->index.enabled ?
+           " in the old file" : "";
+}
+
+static void print_pool_diff(const struct conf_pool *pa, const struct conf_pool *pb,
+                            const struct ring *a, const struct ring *b, FILE *out)
+{
+    const char *name = pb->name, *unindexed = index_missing(pa, pb);
     struct ring_diff d;
 
     if (ring_diff(a, b, &d) != 0) {
@@ -148,6 +164,11 @@ static void print_pool_diff(const char *name, const struct ring *a,
             "v-node only, %zu arcs\n", name, a->nservers, b->nservers,
             100.0 * (double)d.moved / RING_SPACE,
             100.0 * (double)d.reindexed / RING_SPACE, d.narcs);
+    if (unindexed != NULL && d.moved > 0) {
+        fprintf(out, "  warning: pool %s has no index%s: the %.3f%% of keys that "
+                "change owner will miss after this change, until written again\n",
+                name, unindexed, 100.0 * (double)d.moved / RING_SPACE);
+    }
     for (uint32_t i = 0; i < a->nservers; i++) {
         for (uint32_t j = 0; j < b->nservers; j++) {
             uint64_t f = d.flow[(size_t)i * b->nservers + j];
@@ -189,8 +210,13 @@ int cli_diff(const char *old_path, const char *new_path, FILE *out)
             fprintf(out, "pool %s: the key hash changes (%s -> %s): every key "
                     "may move\n", pb->name, hash_names[ra->hash],
                     hash_names[rb->hash]);
+            if (index_missing(pa, pb) != NULL) {
+                fprintf(out, "  warning: pool %s has no index%s: the keys that change "
+                        "owner will miss after this change, until written again\n",
+                        pb->name, index_missing(pa, pb));
+            }
         } else {
-            print_pool_diff(pb->name, ra, rb, out);
+            print_pool_diff(pa, pb, ra, rb, out);
         }
         ring_unref(ra);
         ring_unref(rb);

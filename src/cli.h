@@ -14,15 +14,24 @@ int cli_locate(const char *path, const char *pool, char *const keys[], int nkeys
                FILE *out);
 int cli_ring(const char *path, const char *pool, int show_points, FILE *out);
 int cli_diff(const char *old_path, const char *new_path, FILE *out);
-/* A blocking connection to a pool's index Redis (AUTH, SELECT done), or NULL
- * with the reason in err. Free with redisFree. */
+/* A blocking connection to a pool's index Redis (AUTH, SELECT done and a
+ * PING answered), or NULL with the reason in err. Free with redisFree. */
 struct redisContext;
 struct conf_index;
 struct redisContext *cli_redis_open(const struct conf_index *ix, char *err,
                                     size_t errlen);
+/*
+ * Did Redis fail to answer `what` with r (NULL: the connection failed, or
+ * an error reply)? Then the reason goes into err: Redis' own words and,
+ * for a refusal, its class (auth_failed, refused_oom, ...: index.h). An
+ * error reply is never an empty answer. r stays the caller's.
+ */
+struct redisReply;
+bool cli_redis_failed(const struct redisContext *rc, const struct redisReply *r,
+                      const struct conf_index *ix, const char *what, char *err,
+                      size_t errlen);
 
 /* Does an HGETALL reply of <prefix>:ring describe ring r? */
-struct redisReply;
 struct ring;
 bool cli_record_matches(const struct redisReply *rec, const struct ring *r);
 

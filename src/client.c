@@ -486,8 +486,19 @@ static void client_stats(struct client *c, const struct proto_req *req)
         }
         if (p->idx != NULL) {
             const uint64_t *st = idx_stats(p->idx);
+            const char *why;
+            enum idx_health h = idx_health(p->idx, IDX_CONN_COUNT, &why);
             evbuffer_add_printf(b, "STAT index:state %s\r\n",
                                 idx_state_names[idx_get_state(p->idx)]);
+            evbuffer_add_printf(b, "STAT index:health %s\r\n", idx_health_names[h]);
+            if (h != IDX_H_OK) {
+                /* Redis' words, on one line */
+                evbuffer_add_printf(b, "STAT index:health_reason ");
+                for (const char *q = why; *q != '\0'; q++) {
+                    evbuffer_add(b, *q == '\r' || *q == '\n' ? " " : q, 1);
+                }
+                evbuffer_add_printf(b, "\r\n");
+            }
             for (int i = 0; i < IDX_STAT_COUNT; i++) {
                 evbuffer_add_printf(b, "STAT index:%s %llu\r\n", idx_stat_desc[i].name,
                                     (unsigned long long)st[i]);
@@ -612,14 +623,13 @@ static void client_forward(struct client *c, const struct proto_req *req,
 }
 
 #define FRAG_MOVING 0x80000000u    /* share.target: a moving key's own share */
-#define FRAG_NONE   UINT16_MAX     /* no fragment (key_frag: the key is a miss) */
 
 /* A fragment of a multi-get while it is built. */
 struct share {
     uint32_t target;            /* backend slot (nbackends: none), or
                                    FRAG_MOVING | the moving key's index */
     uint32_t len;               /* its line so far, "\r\n" included */
-    uint16_t prev;              /* the same backend's line before, or FRAG_NONE */
+    uint32_t prev;              /* the same backend's line before, or FRAG_NONE */
     enum { SHARE_UNSENT, SHARE_WRITING, SHARE_WRITTEN } state;
     struct bconn *bc;
 };
@@ -638,14 +648,14 @@ static void client_multiget(struct client *c, const struct proto_req *req,
 {
     struct pool *p = c->pool;
     struct mig *mig = mig_active(p->mig) ? p->mig : NULL;
-    uint16_t *fb = p->frag_of_backend;     /* backend slot -> its last line */
-    uint32_t cap = req->nkeys < FRAG_NONE - 1 ? req->nkeys : FRAG_NONE - 1;
-    struct share *sh = malloc(cap * sizeof(*sh));
-    uint16_t *key_frag = malloc(req->nkeys * sizeof(*key_frag));
+    uint32_t *fb = p->frag_of_backend;     /* backend slot -> its last line */
+    /* A key opens at most one share: nkeys bounds them (the client's line,
+     * and so nkeys, is bounded by its memory budget). */
+    struct share *sh = malloc(req->nkeys * sizeof(*sh));
+    uint32_t *key_frag = malloc(req->nkeys * sizeof(*key_frag));
     char head[PROTO_FORMAT_MAX];
     size_t hlen = proto_format_request(req, head, sizeof(head));
     uint32_t nfrags = 0, nmoving = 0, i, j;
-    bool too_many = false;
     struct proto_key_iter it;
     const char *k;
     uint32_t klen;
@@ -664,10 +674,6 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         j = moving ? FRAG_NONE : fb[b];
         if (j == FRAG_NONE ||
             (b < p->nbackends && sh[j].len + 1 + klen > PROTO_LINE_MAX)) {
-            if (nfrags == cap) {
-                too_many = true;    /* more shares than a request holds */
-                break;
-            }
             j = nfrags++;
             sh[j] = (struct share){ .target = moving ? FRAG_MOVING | i : b,
                                     .len = (uint32_t)hlen + 2,
@@ -675,29 +681,18 @@ static void client_multiget(struct client *c, const struct proto_req *req,
             if (moving) {
                 nmoving++;
             } else {
-                fb[b] = (uint16_t)j;
+                fb[b] = j;
             }
         }
         sh[j].len += 1 + klen;
-        key_frag[i] = (uint16_t)j;
+        key_frag[i] = j;
     }
     for (j = 0; j < nfrags; j++) {
         if (!(sh[j].target & FRAG_MOVING)) {
             fb[sh[j].target] = FRAG_NONE;
         }
     }
-    if (too_many) {
-        /* Each key whose owner is changing needs a share of its own: past
-         * what a request holds (nfrags is 16 bits), the whole get fails
-         * rather than answer misses for keys that may be cached. */
-        p->stats[STAT_server_errors]++;
-        client_reply_line(c, "SERVER_ERROR too many keys in one get while the "
-                          "pool is resizing");
-        evbuffer_drain(c->in, consumed);
-        goto out;
-    }
-
-    struct request *r = request_new(c, req->cmd, (uint16_t)nfrags);
+    struct request *r = request_new(c, req->cmd, nfrags);
     if (r == NULL || (r->keys = malloc(req->keys_len + req->nkeys)) == NULL ||
         (r->key_off = malloc((req->nkeys + 1) * sizeof(*r->key_off))) == NULL ||
         (r->key_hit = calloc(req->nkeys, sizeof(*r->key_hit))) == NULL) {
@@ -762,7 +757,11 @@ static void client_multiget(struct client *c, const struct proto_req *req,
             client_wait_backend(c, sh[j].bc);
         }
     }
-    request_hold(r, req->keys_len);
+    /* The key copy and the bookkeeping per key and per share count in
+     * the client's budget like the bytes it sent. */
+    request_hold(r, req->keys_len + (size_t)r->nkeys * (sizeof(*r->key_off) +
+                 sizeof(*r->key_frag) + sizeof(*r->key_hit) + 1) +
+                 (size_t)nfrags * sizeof(struct frag));
     evbuffer_drain(c->in, consumed);
     p->stats[STAT_server_errors] += nfailed;
 
@@ -801,7 +800,7 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
     }
     char line[PROTO_FORMAT_MAX];
     size_t len = proto_format_request(req, line, sizeof(line));
-    struct request *r = request_new(c, req->cmd, (uint16_t)p->nbackends);
+    struct request *r = request_new(c, req->cmd, p->nbackends);
 
     if (r == NULL) {
         client_close(c, "out of memory");

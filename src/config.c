@@ -393,6 +393,8 @@ static const struct conf_directive migration_directives[] = {
       4096 },
     { "liveness", parse_int, offsetof(struct conf_migration, liveness), "10000", 0,
       3600000 },
+    { "follow_unknown_servers", parse_bool, offsetof(struct conf_migration, follow_unknown),
+      "false", 0, 0 },
 };
 
 #define NELEMS(a) (sizeof(a) / sizeof((a)[0]))

@@ -58,6 +58,9 @@ struct conf_migration {
     int64_t inflight;       /* moves in flight per backend */
     int64_t liveness;       /* ms: a silent proxy leaves the fleet; it fences
                                itself after half of it; 0: never */
+    bool follow_unknown;    /* a recorded server this file does not list:
+                               connect to the address Redis records for it
+                               (else the pool is fenced until the file lists it) */
 };
 
 struct conf_pool {

@@ -23,6 +23,17 @@
  *   is coalesced into the one that waits (it would delete the same sets);
  *   writes queued after it wait behind it, so they keep their order. A
  *   stopped Redis thus holds one batch of UNLINKs, not one per flush_all.
+ * - Nothing is written before Redis accepted AUTH and SELECT: a refused
+ *   AUTH is retried on the same connection, with backoff, while writes
+ *   queue (an unauthenticated pipeline would only be refused, and Redis
+ *   closes a connection that sends long commands before AUTH).
+ * - Health (docs/ARCHITECTURE.md, "Observability"): each of the pool's two
+ *   Redis connections, this one and migrate.c's, reports what Redis last
+ *   said; error replies are classified by idx_error_kinds. The pool's
+ *   health is the worse of the two, and each change is logged once. An
+ *   error state clears only after IDX_HEALTH_CALM_MS without errors, so a
+ *   Redis that refuses one command in ten does not flap; "dropping" clears
+ *   once the queue is down to half.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -31,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
@@ -42,6 +54,7 @@
 #define IDX_FILTER_SLOTS (1u << 20)     /* 8 MiB of fingerprints per indexed pool */
 #define IDX_BACKOFF_MIN_MS 100
 #define IDX_BACKOFF_MAX_MS 5000
+#define IDX_HEALTH_CALM_MS 5000  /* without errors before a refusal clears */
 
 #define IDX_STATE_NAME(e, name) [IDX_##e] = name,
 const char *const idx_state_names[IDX_STATE_COUNT] = { IDX_STATE_CODEC(IDX_STATE_NAME) };
@@ -50,6 +63,48 @@ const char *const idx_state_names[IDX_STATE_COUNT] = { IDX_STATE_CODEC(IDX_STATE
 #define IDX_STAT_DESC(n, k, h) [IDX_STAT_##n] = { #n, #k, h },
 const struct idx_stat_desc idx_stat_desc[IDX_STAT_COUNT] = { IDX_STATS_CODEC(IDX_STAT_DESC) };
 #undef IDX_STAT_DESC
+
+#define IDX_HEALTH_NAME(e, name, stat, help) [IDX_H_##e] = name,
+const char *const idx_health_names[IDX_HEALTH_COUNT] = { IDX_HEALTH_CODEC(IDX_HEALTH_NAME) };
+#undef IDX_HEALTH_NAME
+
+#define IDX_HEALTH_HELP(e, name, stat, help) [IDX_H_##e] = help,
+const char *const idx_health_help[IDX_HEALTH_COUNT] = { IDX_HEALTH_CODEC(IDX_HEALTH_HELP) };
+#undef IDX_HEALTH_HELP
+
+/* The counter of each refusal (IDX_NO_STAT: not an error reply). */
+#define IDX_HEALTH_STAT(e, name, stat, help) [IDX_H_##e] = stat,
+static const enum idx_stat idx_health_stat[IDX_HEALTH_COUNT] = {
+    IDX_HEALTH_CODEC(IDX_HEALTH_STAT)
+};
+#undef IDX_HEALTH_STAT
+
+static const char *const idx_conn_names[IDX_CONN_COUNT] = {
+    [IDX_CONN_WRITER] = "index writer", [IDX_CONN_COORD] = "coordination",
+};
+
+/*
+ * What an error reply means for the index, by how it begins: the first
+ * row that matches (the last takes any other error). Redis 6 and later
+ * answer WRONGPASS to a bad password, NOAUTH to a command before AUTH and
+ * NOPERM to one the user's ACL denies; Redis 5 "ERR invalid password". An
+ * AUTH sent to a Redis that has no password is refused, but the connection
+ * works: harmless (IDX_H_OK).
+ */
+static const struct idx_error_kind {
+    const char *prefix;
+    enum idx_health health;
+} idx_error_kinds[] = {
+    { "WRONGPASS", IDX_H_AUTH_FAILED },
+    { "NOAUTH", IDX_H_AUTH_FAILED },
+    { "NOPERM", IDX_H_AUTH_FAILED },
+    { "ERR invalid password", IDX_H_AUTH_FAILED },
+    { "ERR AUTH <password> called without any password configured", IDX_H_OK },
+    { "ERR Client sent AUTH, but no password is set", IDX_H_OK },
+    { "OOM", IDX_H_REFUSED_OOM },
+    { "READONLY", IDX_H_REFUSED_READONLY },
+    { "", IDX_H_REFUSED_OTHER },
+};
 
 enum idx_op_type { IDX_OP_ADD, IDX_OP_REM };
 
@@ -102,12 +157,26 @@ struct idx {
     char *out;
     size_t out_len, out_cap;
     uint64_t stats[IDX_STAT_COUNT];
+    /* AUTH and SELECT replies awaited; whether one was refused */
+    uint32_t handshake;
+    bool handshake_failed;
+    /* health: per connection, and the pool's (the worse of the two) */
+    struct {
+        enum idx_health health;
+        char why[192];          /* what Redis said */
+        uint64_t last_error_ms; /* monotonic */
+        bool calm;              /* answered well since: clears on the timer */
+    } conn[IDX_CONN_COUNT];
+    enum idx_health health;
+    uint64_t health_since_ms;
+    struct event *calm_timer;
 };
 
 /* on_reply's privdata for an UNLINK of a flush (others: the write count). */
 #define IDX_FLUSH_REPLY ((void *)UINTPTR_MAX)
 
 static void idx_connect(struct idx *x);
+static void idx_handshake(struct idx *x);
 static int idx_load_ring(struct idx *x, struct ring *ring);
 
 /* --- small helpers -------------------------------------------------------- */
@@ -191,6 +260,140 @@ size_t idx_vnode_key(const char *prefix, const struct ring *r, uint32_t point,
     return n < 0 ? 0 : (size_t)n;
 }
 
+/* --- health ----------------------------------------------------------------- */
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+enum idx_health idx_classify_error(const char *msg)
+{
+    const char *code = msg != NULL ? msg : "";
+    const char *inner;
+    size_t n = sizeof(idx_error_kinds) / sizeof(idx_error_kinds[0]);
+
+    /* Redis 6 wraps an error raised inside a script:
+     * "ERR Error running script (...): @user_script:1: ...: -OOM ..." */
+    if (strncmp(code, "ERR Error running script", 24) == 0 &&
+        (inner = strstr(code, ": -")) != NULL) {
+        code = inner + 3;
+    }
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (strncmp(code, idx_error_kinds[i].prefix,
+                    strlen(idx_error_kinds[i].prefix)) == 0) {
+            return idx_error_kinds[i].health;
+        }
+    }
+    return idx_error_kinds[n - 1].health;
+}
+
+/* Connection c now says h (why: Redis' words); log a change of the pool's. */
+static void idx_set_health(struct idx *x, enum idx_conn c, enum idx_health h,
+                           const char *why)
+{
+    enum idx_health was = x->health;
+    uint64_t now = mono_ms();
+
+    x->conn[c].health = h;
+    x->conn[c].calm = false;
+    snprintf(x->conn[c].why, sizeof(x->conn[c].why), "%s", h == IDX_H_OK ? "" : why);
+    enum idx_conn worse = x->conn[IDX_CONN_COORD].health > x->conn[IDX_CONN_WRITER].health ?
+                          IDX_CONN_COORD : IDX_CONN_WRITER;
+    if (x->conn[worse].health == was) {
+        return;
+    }
+    x->health = x->conn[worse].health;
+    if (x->health == IDX_H_OK) {
+        log_notice("index", "%s: index healthy again: Redis %s takes its commands "
+                   "(was %s for %llu s)", x->pool, x->conf.redis.text,
+                   idx_health_names[was],
+                   (unsigned long long)((now - x->health_since_ms) / 1000));
+    } else {
+        log_error("index", "%s: index %s: %s: %s (Redis %s, %s connection)", x->pool,
+                  idx_health_names[x->health], idx_health_help[x->health],
+                  x->conn[worse].why, x->conf.redis.text, idx_conn_names[worse]);
+    }
+    x->health_since_ms = now;
+}
+
+/* An error state clears once IDX_HEALTH_CALM_MS passed without errors and
+ * Redis has answered well since. */
+static void on_calm(evutil_socket_t fd, short what, void *arg)
+{
+    struct idx *x = arg;
+    uint64_t now = mono_ms(), next = 0;
+
+    (void)fd, (void)what;
+    for (int c = 0; c < IDX_CONN_COUNT; c++) {
+        if (!x->conn[c].calm) {
+            continue;
+        }
+        uint64_t due = x->conn[c].last_error_ms + IDX_HEALTH_CALM_MS;
+        if (now >= due) {
+            idx_set_health(x, (enum idx_conn)c, IDX_H_OK, "");
+        } else if (next == 0 || due < next) {
+            next = due;
+        }
+    }
+    if (next != 0) {
+        struct timeval tv = { (time_t)((next - now) / 1000),
+                              (suseconds_t)((next - now) % 1000) * 1000 };
+        event_add(x->calm_timer, &tv);
+    }
+}
+
+enum idx_health idx_redis_error(struct idx *x, enum idx_conn c, const char *msg)
+{
+    enum idx_health h = idx_classify_error(msg);
+
+    if (x == NULL || h == IDX_H_OK) {
+        return h;
+    }
+    x->stats[idx_health_stat[h]]++;
+    x->stats[IDX_STAT_last_error_time] = (uint64_t)time(NULL);
+    x->conn[c].last_error_ms = mono_ms();
+    idx_set_health(x, c, h, msg);
+    return h;
+}
+
+void idx_redis_ok(struct idx *x, enum idx_conn c)
+{
+    if (x == NULL || x->conn[c].health == IDX_H_OK || x->conn[c].calm) {
+        return;
+    }
+    if (x->conn[c].health < IDX_H_REFUSED_OTHER) {
+        idx_set_health(x, c, IDX_H_OK, "");       /* back, or the queue drained */
+        return;
+    }
+    x->conn[c].calm = true;
+    on_calm(-1, 0, x);
+}
+
+void idx_redis_down(struct idx *x, enum idx_conn c, const char *why)
+{
+    if (x != NULL && x->conn[c].health != IDX_H_DISCONNECTED) {
+        idx_set_health(x, c, IDX_H_DISCONNECTED, why);
+    }
+}
+
+enum idx_health idx_health(const struct idx *x, enum idx_conn c, const char **why)
+{
+    enum idx_conn w = c;
+
+    if (c == IDX_CONN_COUNT) {
+        w = x->conn[IDX_CONN_COORD].health > x->conn[IDX_CONN_WRITER].health ?
+            IDX_CONN_COORD : IDX_CONN_WRITER;
+    }
+    if (why != NULL) {
+        *why = x->conn[w].why;
+    }
+    return x->conn[w].health;
+}
+
 /* --- connection ----------------------------------------------------------- */
 
 static void idx_lost_inflight(struct idx *x)
@@ -220,26 +423,36 @@ static void idx_schedule_retry(struct idx *x)
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
+    struct idx *x = arg;
+
     (void)fd, (void)what;
-    idx_connect(arg);
+    if (x->ac != NULL) {
+        idx_handshake(x);   /* connected, but AUTH or SELECT was refused */
+    } else {
+        idx_connect(x);
+    }
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct idx *x = ac->data;
+    char why[192];
 
     if (x == NULL) {
         return;     /* idx_free is tearing down */
     }
     x->ac = NULL;
+    x->handshake = 0;
     x->stats[IDX_STAT_disconnects]++;
-    log_warn("index", "%s: lost Redis %s: %s; index writes queue (up to %lld) "
-             "until it is back", x->pool, x->conf.redis.text,
-             status == REDIS_OK ? "closed" : ac->errstr, (long long)x->conf.queue_max);
+    snprintf(why, sizeof(why), "lost the connection (%s); index writes queue, up to "
+             "%lld, until it is back", status == REDIS_OK ? "closed" : ac->errstr,
+             (long long)x->conf.queue_max);
+    idx_redis_down(x, IDX_CONN_WRITER, why);
     idx_lost_inflight(x);
     idx_schedule_retry(x);
 }
 
+/* The writes of one command were acknowledged, or refused. */
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct idx *x = ac->data;
@@ -258,11 +471,70 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     x->stats[IDX_STAT_inflight] -= n < x->stats[IDX_STAT_inflight] ?
                                    n : x->stats[IDX_STAT_inflight];
     if (reply->type == REDIS_REPLY_ERROR) {
-        if (x->stats[IDX_STAT_errors]++ % 1000 == 0) {
-            log_error("index", "%s: Redis refused an index write: %s", x->pool,
-                      reply->str);
-        }
+        x->stats[IDX_STAT_errors]++;
+        idx_redis_error(x, IDX_CONN_WRITER, reply->str);
         memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
+    } else if (x->conn[IDX_CONN_WRITER].health != IDX_H_DROPPING ||
+               x->stats[IDX_STAT_queued] + x->stats[IDX_STAT_inflight] <=
+               (uint64_t)x->conf.queue_max / 2) {
+        idx_redis_ok(x, IDX_CONN_WRITER);
+    }
+}
+
+/* AUTH and SELECT: the writer is ready once Redis accepted both. */
+static void on_handshake(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct idx *x = ac->data;
+    redisReply *reply = r;
+
+    (void)privdata;
+    if (x == NULL || reply == NULL || x->handshake == 0) {
+        return;     /* disconnected: on_disconnect retries */
+    }
+    if (reply->type == REDIS_REPLY_ERROR &&
+        idx_redis_error(x, IDX_CONN_WRITER, reply->str) != IDX_H_OK) {
+        x->handshake_failed = true;
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        log_warn("index", "%s: Redis %s has no password: index.password is not needed "
+                 "(%s)", x->pool, x->conf.redis.text, reply->str);
+    }
+    if (--x->handshake > 0) {
+        return;
+    }
+    if (x->handshake_failed) {
+        /* Try again on this connection, after a pause. */
+        x->backoff_ms = x->backoff_ms ? x->backoff_ms * 2 : IDX_BACKOFF_MIN_MS;
+        if (x->backoff_ms > IDX_BACKOFF_MAX_MS) {
+            x->backoff_ms = IDX_BACKOFF_MAX_MS;
+        }
+        struct timeval tv = { x->backoff_ms / 1000, (x->backoff_ms % 1000) * 1000 };
+        event_add(x->retry, &tv);
+        return;
+    }
+    x->state = IDX_READY;
+    x->backoff_ms = 0;
+    idx_redis_ok(x, IDX_CONN_WRITER);
+    idx_flush(x);
+}
+
+/* Send AUTH and SELECT, as the configuration asks; none: ready at once. */
+static void idx_handshake(struct idx *x)
+{
+    x->handshake = 0;
+    x->handshake_failed = false;
+    if (x->conf.password != NULL) {
+        const char *argv[] = { "AUTH", x->conf.password };
+        size_t len[] = { 4, strlen(x->conf.password) };
+        x->handshake += redisAsyncCommandArgv(x->ac, on_handshake, NULL, 2, argv,
+                                              len) == REDIS_OK;
+    }
+    if (x->conf.db != 0) {
+        char db[24];
+        snprintf(db, sizeof(db), "%lld", (long long)x->conf.db);
+        const char *argv[] = { "SELECT", db };
+        size_t len[] = { 6, strlen(db) };
+        x->handshake += redisAsyncCommandArgv(x->ac, on_handshake, NULL, 2, argv,
+                                              len) == REDIS_OK;
     }
 }
 
@@ -274,19 +546,23 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     if (status != REDIS_OK) {
-        if (x->stats[IDX_STAT_disconnects]++ == 0 || x->backoff_ms >= IDX_BACKOFF_MAX_MS) {
-            log_warn("index", "%s: cannot connect to Redis %s: %s", x->pool,
-                     x->conf.redis.text, ac->errstr);
-        }
+        x->stats[IDX_STAT_disconnects]++;
+        idx_redis_down(x, IDX_CONN_WRITER, ac->errstr);
         x->ac = NULL;   /* hiredis frees the context after this callback */
+        x->handshake = 0;
         idx_schedule_retry(x);
+        return;
+    }
+    x->stats[IDX_STAT_connects]++;
+    memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
+    log_notice("index", "%s: connected to Redis %s", x->pool, x->conf.redis.text);
+    if (x->handshake > 0) {
+        x->state = IDX_AUTHENTICATING;  /* on_handshake goes on */
         return;
     }
     x->state = IDX_READY;
     x->backoff_ms = 0;
-    x->stats[IDX_STAT_connects]++;
-    memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
-    log_notice("index", "%s: connected to Redis %s", x->pool, x->conf.redis.text);
+    idx_redis_ok(x, IDX_CONN_WRITER);
     idx_flush(x);
 }
 
@@ -297,8 +573,7 @@ static void idx_connect(struct idx *x)
         redisAsyncConnect(x->conf.redis.host, x->conf.redis.port);
 
     if (ac == NULL || ac->err) {
-        log_warn("index", "%s: cannot connect to Redis %s: %s", x->pool,
-                 x->conf.redis.text, ac ? ac->errstr : "out of memory");
+        idx_redis_down(x, IDX_CONN_WRITER, ac ? ac->errstr : "out of memory");
         if (ac != NULL) {
             redisAsyncFree(ac);
         }
@@ -311,19 +586,8 @@ static void idx_connect(struct idx *x)
     redisLibeventAttach(ac, x->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    /* Queued ahead of every index write on this connection. */
-    if (x->conf.password != NULL) {
-        const char *argv[] = { "AUTH", x->conf.password };
-        size_t len[] = { 4, strlen(x->conf.password) };
-        redisAsyncCommandArgv(ac, on_reply, NULL, 2, argv, len);
-    }
-    if (x->conf.db != 0) {
-        char db[24];
-        snprintf(db, sizeof(db), "%lld", (long long)x->conf.db);
-        const char *argv[] = { "SELECT", db };
-        size_t len[] = { 6, strlen(db) };
-        redisAsyncCommandArgv(ac, on_reply, NULL, 2, argv, len);
-    }
+    /* Queued ahead of everything; writes wait for their replies. */
+    idx_handshake(x);
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
@@ -346,8 +610,11 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->filter = calloc(IDX_FILTER_SLOTS, sizeof(*x->filter));
     x->shared = true;           /* until the first sync says we are alone */
     x->retry = evtimer_new(base, on_retry, x);
+    x->calm_timer = evtimer_new(base, on_calm, x);
+    x->health_since_ms = mono_ms();
     if (!x->pool || !x->conf.redis.text || !x->conf.redis.host || !x->conf.prefix ||
         (conf->password && !x->conf.password) || !x->filter || !x->retry ||
+        !x->calm_timer ||
         idx_load_ring(x, ring) != 0) {
         goto err;
     }
@@ -370,6 +637,9 @@ void idx_free(struct idx *x)
     }
     if (x->retry != NULL) {
         event_free(x->retry);
+    }
+    if (x->calm_timer != NULL) {
+        event_free(x->calm_timer);
     }
     for (uint32_t i = 0; x->vnode != NULL && i < x->ring->npoints; i++) {
         free(x->vnode[i]);
@@ -494,10 +764,14 @@ static void idx_queue(struct idx *x, enum idx_op_type type, const char *key,
     }
     if (x->stats[IDX_STAT_queued] + x->stats[IDX_STAT_inflight] >=
         (uint64_t)x->conf.queue_max) {
-        if (x->stats[IDX_STAT_dropped]++ % 10000 == 0) {
-            log_warn("index", "%s: index queue full (%lld writes, Redis %s): "
-                     "dropping index writes", x->pool, (long long)x->conf.queue_max,
-                     idx_state_names[x->state]);
+        x->stats[IDX_STAT_dropped]++;
+        if (x->conn[IDX_CONN_WRITER].health == IDX_H_OK) {
+            /* Redis answers, but slower than stores come: say so. (In any
+             * other state, that state is why the queue is full.) */
+            char why[96];
+            snprintf(why, sizeof(why), "%lld writes wait for Redis (queue_max)",
+                     (long long)x->conf.queue_max);
+            idx_set_health(x, IDX_CONN_WRITER, IDX_H_DROPPING, why);
         }
         if (type == IDX_OP_REM && *slot == fp) {
             *slot = 0;

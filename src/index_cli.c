@@ -21,6 +21,24 @@
 #include "index.h"
 #include "ringrec.h"
 
+bool cli_redis_failed(const redisContext *rc, const redisReply *r,
+                      const struct conf_index *ix, const char *what, char *err,
+                      size_t errlen)
+{
+    if (r == NULL) {
+        snprintf(err, errlen, "Redis %s: %s: %s", ix->redis.text, what,
+                 rc->err ? rc->errstr : "no reply");
+        return true;
+    }
+    if (r->type != REDIS_REPLY_ERROR) {
+        return false;
+    }
+    enum idx_health h = idx_classify_error(r->str);
+    snprintf(err, errlen, "Redis %s refused %s: %s (%s: %s)", ix->redis.text, what,
+             r->str, idx_health_names[h], idx_health_help[h]);
+    return true;
+}
+
 redisContext *cli_redis_open(const struct conf_index *ix, char *err, size_t errlen)
 {
     struct timeval tv = { 5, 0 };
@@ -38,20 +56,33 @@ redisContext *cli_redis_open(const struct conf_index *ix, char *err, size_t errl
     redisSetTimeout(rc, tv);
     if (ix->password != NULL) {
         r = redisCommand(rc, "AUTH %s", ix->password);
+        if (r != NULL && r->type == REDIS_REPLY_ERROR &&
+            idx_classify_error(r->str) == IDX_H_OK) {
+            fprintf(stderr, "note: Redis %s has no password: index.password is not "
+                    "needed (%s)\n", ix->redis.text, r->str);
+        } else if (cli_redis_failed(rc, r, ix, "AUTH", err, errlen)) {
+            goto err;
+        }
         freeReplyObject(r);
     }
     if (ix->db != 0) {
         r = redisCommand(rc, "SELECT %lld", (long long)ix->db);
-        bool ok = r != NULL && r->type != REDIS_REPLY_ERROR;
-        freeReplyObject(r);
-        if (!ok) {
-            snprintf(err, errlen, "Redis %s: SELECT %lld failed", ix->redis.text,
-                     (long long)ix->db);
-            redisFree(rc);
-            return NULL;
+        if (cli_redis_failed(rc, r, ix, "SELECT", err, errlen)) {
+            goto err;
         }
+        freeReplyObject(r);
     }
+    /* Without a password in the file, a Redis that wants one says so here. */
+    r = redisCommand(rc, "PING");
+    if (cli_redis_failed(rc, r, ix, "PING", err, errlen)) {
+        goto err;
+    }
+    freeReplyObject(r);
     return rc;
+err:
+    freeReplyObject(r);
+    redisFree(rc);
+    return NULL;
 }
 
 static void human_bytes(double b, char *buf, size_t len)
@@ -66,7 +97,9 @@ static void human_bytes(double b, char *buf, size_t len)
     snprintf(buf, len, u ? "%.1f %s" : "%.0f %s", b, unit[u]);
 }
 
-/* The listpack threshold under its Redis 7 name, or the older one. */
+/* The listpack threshold under its Redis 7 name, or the older one; -1 when
+ * Redis does not say (CONFIG is often refused on managed Redis: the note
+ * that needs it is then left out). */
 static long long zset_listpack_limit(redisContext *rc)
 {
     const char *names[] = { "zset-max-listpack-entries", "zset-max-ziplist-entries" };
@@ -102,12 +135,24 @@ bool cli_record_matches(const redisReply *rec, const struct ring *r)
     return same;
 }
 
-static void print_ring_record(redisContext *rc, const struct conf_pool *p,
-                              const struct ring *ring, FILE *out)
+/* Returns -1 (with the reason in err) when Redis does not answer. */
+static int print_ring_record(redisContext *rc, const struct conf_pool *p,
+                             const struct ring *ring, FILE *out, char *err,
+                             size_t errlen)
 {
     redisReply *h = redisCommand(rc, "HGETALL %s:ring", p->index.prefix);
 
-    if (h == NULL || h->type != REDIS_REPLY_ARRAY || h->elements == 0) {
+    if (cli_redis_failed(rc, h, &p->index, "HGETALL <prefix>:ring", err, errlen)) {
+        freeReplyObject(h);
+        return -1;
+    }
+    if (h->type != REDIS_REPLY_ARRAY) {
+        snprintf(err, errlen, "Redis %s: HGETALL %s:ring: not a hash", p->index.redis.text,
+                 p->index.prefix);
+        freeReplyObject(h);
+        return -1;
+    }
+    if (h->elements == 0) {
         fprintf(out, "  ring record %s:ring: none yet (written when the proxy "
                 "first connects)\n", p->index.prefix);
     } else {
@@ -123,11 +168,12 @@ static void print_ring_record(redisContext *rc, const struct conf_pool *p,
                 "a migration is due)");
     }
     freeReplyObject(h);
+    return 0;
 }
 
 static int pool_index_stats(const struct conf_pool *p, FILE *out)
 {
-    char err[256], key[1024], buf[32];
+    char err[512], key[1024], buf[32];
     struct ring *ring = conf_pool_ring(p, err, sizeof(err));
     redisContext *rc = ring ? cli_redis_open(&p->index, err, sizeof(err)) : NULL;
     int rc_status = 1;
@@ -139,7 +185,12 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
     }
     fprintf(out, "pool %s: Redis %s db %lld, prefix %s\n", p->name,
             p->index.redis.text, (long long)p->index.db, p->index.prefix);
-    print_ring_record(rc, p, ring, out);
+    if (print_ring_record(rc, p, ring, out, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pool '%s': %s\n", p->name, err);
+        redisFree(rc);
+        ring_unref(ring);
+        return 1;
+    }
 
     /* Pipeline ZCARD, MEMORY USAGE and OBJECT ENCODING for every v-node. */
     for (uint32_t i = 0; i < ring->npoints; i++) {
@@ -157,11 +208,23 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
     }
     for (uint32_t i = 0; i < ring->npoints; i++) {
         redisReply *r[3] = { NULL, NULL, NULL };
+        static const char *const what[3] = { "ZCARD", "MEMORY USAGE", "OBJECT ENCODING" };
+        bool failed = false;
         for (int k = 0; k < 3; k++) {
             if (redisGetReply(rc, (void **)&r[k]) != REDIS_OK) {
-                fprintf(stderr, "Redis %s: %s\n", p->index.redis.text, rc->errstr);
-                goto done;
+                r[k] = NULL;
             }
+            if (!failed && cli_redis_failed(rc, r[k], &p->index, what[k], err,
+                                            sizeof(err))) {
+                fprintf(stderr, "pool '%s': %s\n", p->name, err);
+                failed = true;
+            }
+        }
+        if (failed) {
+            for (int k = 0; k < 3; k++) {
+                freeReplyObject(r[k]);
+            }
+            goto done;
         }
         uint32_t s = ring->points[i].server;
         uint64_t n = r[0]->type == REDIS_REPLY_INTEGER ? (uint64_t)r[0]->integer : 0;
@@ -294,12 +357,13 @@ static bool member_is_key(const char *s, size_t len)
 
 static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
 {
-    char err[256], key[1024], want[1024];
+    char err[512], key[1024], want[1024];
     struct ring *ring = conf_pool_ring(p, err, sizeof(err));
     redisContext *rc = ring ? cli_redis_open(&p->index, err, sizeof(err)) : NULL;
     int *fds = NULL;
     long checked = 0, misplaced = 0, wrong_score = 0, present = 0, missing = 0,
          unreachable = 0, not_keys = 0;
+    bool failed = false;
 
     if (rc == NULL) {
         fprintf(stderr, "pool '%s': %s\n", p->name, err);
@@ -320,14 +384,22 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
     for (uint32_t i = 0; card != NULL && i < ring->npoints; i++) {
         redisReply *r = NULL;
         if (redisGetReply(rc, (void **)&r) != REDIS_OK) {
-            fprintf(stderr, "Redis %s: %s\n", p->index.redis.text, rc->errstr);
-            free(card);
-            card = NULL;
-            break;
+            r = NULL;
+        }
+        if (!failed && cli_redis_failed(rc, r, &p->index, "ZCARD", err, sizeof(err))) {
+            fprintf(stderr, "pool '%s': %s\n", p->name, err);
+            failed = true;
+        }
+        if (r == NULL) {
+            break;      /* the connection is gone: nothing more to read */
         }
         card[i] = r->type == REDIS_REPLY_INTEGER ? (uint64_t)r->integer : 0;
         total += card[i];
         freeReplyObject(r);
+    }
+    if (failed) {
+        free(card);
+        card = NULL;
     }
     if ((uint64_t)sample > total) {
         sample = (long)total;
@@ -345,8 +417,10 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
         }
         idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key));
         redisReply *r = redisCommand(rc, "ZRANDMEMBER %s %ld WITHSCORES", key, per);
-        if (r == NULL) {
-            fprintf(stderr, "Redis %s: %s\n", p->index.redis.text, rc->errstr);
+        if (cli_redis_failed(rc, r, &p->index, "ZRANDMEMBER", err, sizeof(err))) {
+            fprintf(stderr, "pool '%s': %s\n", p->name, err);
+            freeReplyObject(r);
+            failed = true;
             break;
         }
         for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j + 1 < r->elements &&
@@ -379,6 +453,9 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
         }
         freeReplyObject(r);
     }
+    if (failed) {
+        goto out;       /* a count of what could not be read would mislead */
+    }
     fprintf(out, "pool %s: checked %ld indexed keys\n", p->name, checked);
     fprintf(out, "  in the right v-node set: %ld, misplaced: %ld, wrong score: %ld\n",
             checked - misplaced, misplaced, wrong_score);
@@ -389,6 +466,7 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
             "deleted around the proxy): %ld, backend unreachable: %ld\n", present,
             checked ? 100.0 * (double)present / (double)checked : 0.0, missing,
             unreachable);
+out:
     for (uint32_t s = 0; fds != NULL && s < ring->nservers; s++) {
         if (fds[s] >= 0) {
             close(fds[s]);
@@ -398,7 +476,7 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
     free(fds);
     redisFree(rc);
     ring_unref(ring);
-    return misplaced || wrong_score || not_keys ? 1 : 0;
+    return failed || misplaced || wrong_score || not_keys ? 1 : 0;
 }
 
 int cli_index(const char *what, const char *path, const char *pool, long sample,

@@ -42,7 +42,7 @@ struct mdump {
     bool paused, ended, in_read;
     enum mdump_end how;
     char why[160];
-    uint64_t keys;
+    uint64_t keys, skipped;
     char keybuf[MDUMP_KEY_MAX + 1];
 };
 
@@ -162,7 +162,7 @@ enum mdump_parse_rc mdump_parse(const char *buf, size_t len, struct mdump_item *
         return parse_fail(why, why_len, "not a dump line");
     }
     *it = (struct mdump_item){ .exp = -1 };
-    bool have_key = false;
+    bool have_key = false, skip = false;
     const char *p = buf, *stop = buf + line_len;
     while (p < stop) {
         const char *sp = memchr(p, ' ', (size_t)(stop - p));
@@ -175,9 +175,13 @@ enum mdump_parse_rc mdump_parse(const char *buf, size_t len, struct mdump_item *
         const char *v = eq + 1;
         int64_t num;
         if (name_len == 3 && memcmp(p, "key", 3) == 0) {
-            int n = have_key ? -1 : decode_key(v, vlen, keybuf);
+            if (have_key) {
+                return parse_fail(why, why_len, "two keys in a dump line");
+            }
+            int n = decode_key(v, vlen, keybuf);
             if (n < 0) {
-                return parse_fail(why, why_len, "a key that is not a text-protocol key");
+                skip = true;
+                n = 0;
             }
             it->key = keybuf;
             it->len = (size_t)n;
@@ -199,6 +203,11 @@ enum mdump_parse_rc mdump_parse(const char *buf, size_t len, struct mdump_item *
             it->size = (uint32_t)num;
         }
         p = sp != NULL ? sp + 1 : stop;
+    }
+    if (skip) {
+        *why = "a key that is not a text-protocol key";
+        *why_len = strlen(*why);
+        return MDUMP_PARSE_SKIP;
     }
     return MDUMP_PARSE_ITEM;
 }
@@ -268,8 +277,12 @@ static void mdump_read(struct mdump *d)
             mdump_finish(d, how, why, why_len);
             break;
         }
-        d->keys++;
-        d->on_key(d->arg, &it);
+        if (rc == MDUMP_PARSE_SKIP) {
+            d->skipped++;
+        } else {
+            d->keys++;
+            d->on_key(d->arg, &it);
+        }
         evbuffer_drain(in, used);
     }
     d->in_read = false;
@@ -384,6 +397,11 @@ bool mdump_paused(const struct mdump *d)
 uint64_t mdump_keys(const struct mdump *d)
 {
     return d->keys;
+}
+
+uint64_t mdump_skipped(const struct mdump *d)
+{
+    return d->skipped;
 }
 
 void mdump_free(struct mdump *d)

@@ -66,6 +66,7 @@ void mdump_pause(struct mdump *d);
 void mdump_resume(struct mdump *d);
 bool mdump_paused(const struct mdump *d);
 uint64_t mdump_keys(const struct mdump *d);     /* keys delivered so far */
+uint64_t mdump_skipped(const struct mdump *d);  /* keys not usable (PARSE_SKIP) */
 void mdump_free(struct mdump *d);               /* NULL is fine; no callback follows */
 
 enum mdump_parse_rc {
@@ -73,6 +74,9 @@ enum mdump_parse_rc {
     MDUMP_PARSE_MORE = 0,       /* incomplete: wait for more bytes */
     MDUMP_PARSE_ITEM = 1,       /* a key: *it */
     MDUMP_PARSE_END = 2,        /* the dump ended: *end says how */
+    MDUMP_PARSE_SKIP = 3,       /* a well-formed line whose key no text-protocol
+                                   command can name (binary-protocol keys may
+                                   hold spaces): skipped, counted */
 };
 
 /*
@@ -82,9 +86,10 @@ enum mdump_parse_rc {
  * END:  *end is DONE (END), BUSY (BUSY ...) or REFUSED (ERROR,
  *       CLIENT_ERROR ..., SERVER_ERROR ...); *why points at the line
  *       (why_len bytes) for the log.
+ * SKIP: the key does not decode to 1..250 bytes without spaces or control
+ *       bytes; *why says so, *used is the line's length.
  * ERROR: *why is a constant string saying what is wrong: a line over
- *       MDUMP_LINE_MAX, a control character, a key that does not decode to
- *       1..250 bytes without spaces or controls, a field out of range.
+ *       MDUMP_LINE_MAX, a control character, a field out of range.
  */
 enum mdump_parse_rc mdump_parse(const char *buf, size_t len, struct mdump_item *it,
                                 char *keybuf, enum mdump_end *end, const char **why,

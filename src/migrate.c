@@ -53,12 +53,38 @@ static void on_done_arcs(redisAsyncContext *ac, void *r, void *priv);
 
 /* --- helpers ---------------------------------------------------------------- */
 
+/*
+ * Is this reply an answer? An error reply is classified and counted in the
+ * pool's index health (index.h), never taken for an empty answer.
+ */
+static bool reply_ok(struct mig *m, const redisReply *reply)
+{
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        idx_redis_error(m->p->idx, IDX_CONN_COORD, reply->str);
+        return false;
+    }
+    return reply != NULL;
+}
+
+/* The reply to a command sent without a callback: only its error matters
+ * (DEL, HDEL, UNLINK succeed even when Redis refuses writes). */
+static void on_unchecked_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    if (ac->data != NULL) {
+        reply_ok(priv, r);
+    }
+}
+
 void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...)
 {
     va_list ap;
 
     if (!m->rc_up) {
         return;
+    }
+    if (cb == NULL) {
+        cb = on_unchecked_reply;
+        priv = m;
     }
     va_start(ap, fmt);
     int rc = redisvAsyncCommand(m->rc, cb, priv, fmt, ap);
@@ -80,6 +106,10 @@ static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n
     }
     for (int i = 0; i < n; i++) {
         len[i] = strlen(argv[i]);
+    }
+    if (cb == NULL) {
+        cb = on_unchecked_reply;
+        priv = m;
     }
     redisAsyncCommandArgv(m->rc, cb, priv, n, argv, len);
 }
@@ -148,18 +178,26 @@ static struct ring *ring_localize(struct mig *m, struct ring *r, char *why, size
                 addr = p->backends[b - 1]->addr.text;   /* the newest first */
             }
         }
-        if (addr == NULL) {
+        if (addr == NULL && !p->conf->migration.follow_unknown) {
             /* Not in this file (a proxy restarted with the old file while
-             * the fleet grows, or with the new one while it shrinks): the
-             * recorded address is the only one there is, and the records
-             * are the authority (I1). A file that names the server pins
-             * its address; this is said in the log. */
+             * the fleet grows, or with the new one while it shrinks). Redis
+             * is data, not authority over where to connect: whoever can
+             * write it must not be able to send this proxy's traffic, or a
+             * migration's copies, to an address of their choosing. The
+             * pool is fenced (mig_refuse) until the file lists the server. */
+            snprintf(why, len, "server %s is not in this config file; list it, or set "
+                     "migration: {follow_unknown_servers: true}", id);
+            goto out;
+        }
+        if (addr == NULL) {
+            /* The operator chose to follow the records' addresses (I1) for
+             * servers the file does not name; said in the log. */
             addr = r->servers[i].addr;
             if (now_ms(m) >= m->next_foreign_log) {
                 m->next_foreign_log = now_ms(m) + MIG_WAIT_LOG_MS;
                 log_warn("migration", "%s: server %s is not in this config file: using "
-                         "the address Redis records for it, %s; list it in the file "
-                         "to pin its address", p->name, id, addr);
+                         "the address Redis records for it, %s (follow_unknown_servers); "
+                         "list it in the file to pin its address", p->name, id, addr);
             }
         }
         same = same && strcmp(addr, r->servers[i].addr) == 0;
@@ -245,6 +283,7 @@ static void mig_clear(struct mig *m)
     }
     free(m->arcs);
     m->arcs = NULL;
+    closing_free(m);
     mig_doubts_free(m);
     ring_diff_free(&m->diff);
     ring_unref(m->from);
@@ -307,6 +346,7 @@ static int mig_begin(struct mig *m, struct ring *from, struct ring *to)
     m->keys_moved = m->keys_stale = m->keys_skipped = m->keys_failed = 0;
     m->keys_retried = m->client_ops = m->index_moved = m->moved_at_last_log = 0;
     m->tombs_written = m->tombs_cleared = m->fallback_reads = m->conflicts_settled = 0;
+    m->unindexed_moved = m->closing_listed = m->closing_refused = 0;
     m->tokens = 0;
     m->last_refill = now_ms(m);
     m->pass = 1;
@@ -367,10 +407,12 @@ static void mig_end_local(struct mig *m)
         idx_set_ring(p->idx, m->to);
     }
     pool_new_generation(p);
-    log_notice("migration", "%s: done in %llus: %llu keys moved, %llu already newer on "
-               "the new owner, %llu stale, %llu tombstones cleared, %llu retried; the "
-               "data obeys ring %.8s epoch %llu", p->name, (unsigned long long)secs,
-               (unsigned long long)m->keys_moved, (unsigned long long)m->keys_skipped,
+    log_notice("migration", "%s: done in %llus: %llu keys moved (%llu of them unknown "
+               "to the index, by the closing pass), %llu already newer on the new owner, "
+               "%llu stale, %llu tombstones cleared, %llu retried; the data obeys ring "
+               "%.8s epoch %llu", p->name, (unsigned long long)secs,
+               (unsigned long long)m->keys_moved, (unsigned long long)m->unindexed_moved,
+               (unsigned long long)m->keys_skipped,
                (unsigned long long)m->keys_stale, (unsigned long long)m->tombs_cleared,
                (unsigned long long)m->keys_retried, m->fp_to,
                (unsigned long long)m->epoch);
@@ -420,13 +462,8 @@ static void on_coord_reply(redisAsyncContext *ac, void *r, void *priv)
     struct mig *m = priv;
     redisReply *reply = r;
 
-    if (ac->data == NULL) {
-        return;
-    }
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        log_error("migration", "%s: Redis refused a migration step: %s", m->p->name,
-                  reply != NULL ? reply->str : "no reply");
-        return;
+    if (ac->data == NULL || !reply_ok(m, reply)) {
+        return;     /* refused: the index health says why; the next sync retries */
     }
     m->next_sync = 0;       /* look at the result at once */
 }
@@ -485,7 +522,7 @@ static void on_finish_written(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     m->finishing = false;
-    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1) {
+    if (!reply_ok(m, reply) || reply->type != REDIS_REPLY_INTEGER || reply->integer != 1) {
         /* The next pump tries again while we hold the lease. */
         log_error("migration", "%s: could not record the new ring (%s); will retry",
                   m->p->name, reply != NULL && reply->type == REDIS_REPLY_ERROR ?
@@ -750,6 +787,24 @@ static void update_state(struct mig *m)
     }
 }
 
+/* Only Redis' 1 says the record is ours: 0 is another proxy's, first. */
+static void on_first_record(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL || !reply_ok(m, reply)) {
+        return;     /* refused: the index health says why; the next sync retries */
+    }
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
+        m->wrote_record = true;
+        log_notice("migration", "%s: recorded ring %.8s (epoch %llu) in %s:ring as "
+                   "where the data lives", m->p->name, m->fp_first,
+                   (unsigned long long)m->epoch_first, m->prefix);
+    }
+    m->next_sync = 0;
+}
+
 /* The ring record is missing: write ours, unless someone else did first. */
 static void write_first_record(struct mig *m, const struct ring *r, uint64_t epoch)
 {
@@ -758,7 +813,9 @@ static void write_first_record(struct mig *m, const struct ring *r, uint64_t epo
         "redis.call('hset', KEYS[1], unpack(ARGV)) return 1";
     const char *keys[] = { "ring" };
 
-    eval_with_ring(m, on_coord_reply, script, keys, 1, NULL, 0, r, epoch);
+    ringrec_fingerprint(r, m->fp_first);
+    m->epoch_first = epoch;
+    eval_with_ring(m, on_first_record, script, keys, 1, NULL, 0, r, epoch);
 }
 
 /* 1 when <prefix>:proxies holds this proxy's own sweeper announcement. */
@@ -786,16 +843,21 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     m->syncing = false;
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 6 ||
-        reply->element[0]->type != REDIS_REPLY_INTEGER) {
+    if (!reply_ok(m, reply)) {
+        return;     /* refused: the index health logs it, the fence counts it */
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 6 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[2]->type != REDIS_REPLY_ARRAY ||
+        reply->element[4]->type != REDIS_REPLY_ARRAY) {
         if (now_ms(m) >= m->next_wait_log) {
             m->next_wait_log = now_ms(m) + MIG_WAIT_LOG_MS;
-            log_error("migration", "%s: Redis refused the sync: %s", m->p->name,
-                      reply != NULL && reply->type == REDIS_REPLY_ERROR ? reply->str :
-                      "unexpected reply");
+            log_error("migration", "%s: Redis answered the sync with an unexpected "
+                      "reply", m->p->name);
         }
         return;
     }
+    idx_redis_ok(m->p->idx, IDX_CONN_COORD);
     uint64_t now = (uint64_t)reply->element[0]->integer;
     bool lease = reply->element[1]->type == REDIS_REPLY_INTEGER &&
                  reply->element[1]->integer == 1;
@@ -809,7 +871,7 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
                    lease ? "holds" : "gave up");
     }
     m->lease = lease;
-    if (rec->type != REDIS_REPLY_ARRAY || rec->elements == 0) {
+    if (rec->elements == 0) {
         /* No record: the first proxy records its ring; a Redis that lost
          * its data is told apart by our having seen a record before. */
         if (m->fp_rec[0] != '\0' || m->wrote_record) {
@@ -819,12 +881,11 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
                       m->prefix);
         }
         write_first_record(m, m->from != NULL ? m->from : m->p->ring, m->epoch ? m->epoch : 1);
-        m->wrote_record = true;
         return;
     }
     follow(m, rec, mrec, mring);
     /* A refused record takes no part in the fleet's decisions. */
-    if (proxies->type == REDIS_REPLY_ARRAY && m->refused[0] == '\0') {
+    if (m->refused[0] == '\0') {
         /* Alone on the prefix: the index may skip re-stores it knows. Our
          * own sweeper's announcement does not count: it tells our index
          * what it removes (docs/ARCHITECTURE.md, "The sweeper"). */
@@ -879,7 +940,7 @@ static void on_done_arcs(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     m->loading_done = false;
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || m->arcs == NULL) {
+    if (!reply_ok(m, reply) || reply->type != REDIS_REPLY_ARRAY || m->arcs == NULL) {
         return;
     }
     for (size_t j = 0; j < reply->elements; j++) {
@@ -954,9 +1015,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     if (status != REDIS_OK) {
+        idx_redis_down(m->p->idx, IDX_CONN_COORD, ac->errstr);
         m->rc = NULL;
         m->rc_up = false;
         m->syncing = false;
+        m->handshake = 0;
         struct timeval tv = { 1, 0 };
         event_add(m->retry, &tv);
         return;
@@ -967,16 +1030,19 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct mig *m = ac->data;
+    char why[192];
 
-    (void)status;
     if (m == NULL) {
         return;
     }
-    log_warn("migration", "%s: lost Redis: %s", m->p->name, ac->errstr);
+    snprintf(why, sizeof(why), "lost the connection (%s)",
+             status == REDIS_OK ? "closed" : ac->errstr);
+    idx_redis_down(m->p->idx, IDX_CONN_COORD, why);
     idx_set_shared(m->p->idx, true);    /* as for a sync left unanswered */
     m->left = m->left || m->closing;
     m->rc = NULL;
     m->rc_up = false;
+    m->handshake = 0;
     m->syncing = false;
     m->lease = false;       /* it expires; someone, maybe us, takes over */
     for (uint32_t i = 0; m->arcs != NULL && i < m->diff.narcs; i++) {
@@ -987,6 +1053,55 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     event_add(m->retry, &tv);
 }
 
+/* AUTH and SELECT: nothing else is sent before Redis accepted both (Redis
+ * closes a connection that sends long commands before AUTH). */
+static void on_handshake(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL || reply == NULL || m->handshake == 0) {
+        return;     /* disconnected: on_disconnect reconnects */
+    }
+    if (reply->type == REDIS_REPLY_ERROR &&
+        idx_redis_error(m->p->idx, IDX_CONN_COORD, reply->str) != IDX_H_OK) {
+        m->handshake_failed = true;
+    }
+    if (--m->handshake > 0) {
+        return;
+    }
+    if (m->handshake_failed) {
+        m->next_handshake = now_ms(m) + 1000;   /* mig_tick sends it again */
+        return;
+    }
+    m->rc_up = true;
+    m->next_sync = 0;
+}
+
+static void mig_handshake(struct mig *m)
+{
+    const struct conf_index *ix = &m->p->conf->index;
+
+    m->handshake = 0;
+    m->handshake_failed = false;
+    if (ix->password != NULL) {
+        const char *argv[] = { "AUTH", ix->password };
+        size_t len[] = { 4, strlen(ix->password) };
+        m->handshake += redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
+                                              len) == REDIS_OK;
+    }
+    if (ix->db != 0) {
+        char db[24];
+        snprintf(db, sizeof(db), "%lld", (long long)ix->db);
+        const char *argv[] = { "SELECT", db };
+        size_t len[] = { 6, strlen(db) };
+        m->handshake += redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
+                                              len) == REDIS_OK;
+    }
+    /* Commands queue until the connect completes. */
+    m->rc_up = m->handshake == 0;
+}
+
 static void mig_connect(struct mig *m)
 {
     const struct conf_index *ix = &m->p->conf->index;
@@ -994,6 +1109,7 @@ static void mig_connect(struct mig *m)
                             redisAsyncConnect(ix->redis.host, ix->redis.port);
 
     if (ac == NULL || ac->err) {
+        idx_redis_down(m->p->idx, IDX_CONN_COORD, ac != NULL ? ac->errstr : "out of memory");
         if (ac != NULL) {
             redisAsyncFree(ac);
         }
@@ -1003,16 +1119,10 @@ static void mig_connect(struct mig *m)
     }
     ac->data = m;
     m->rc = ac;
-    m->rc_up = true;    /* commands queue until the connect completes */
     redisLibeventAttach(ac, m->p->w->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    if (ix->password != NULL) {
-        mig_redis(m, NULL, NULL, "AUTH %s", ix->password);
-    }
-    if (ix->db != 0) {
-        mig_redis(m, NULL, NULL, "SELECT %lld", (long long)ix->db);
-    }
+    mig_handshake(m);
     m->next_sync = 0;
 }
 
@@ -1203,19 +1313,24 @@ static void write_progress(struct mig *m)
         "if redis.call('hget', KEYS[1], 'to') ~= ARGV[1] then return 0 end "
         "redis.call('hset', KEYS[1], 'holder', ARGV[2], 'arcs_total', ARGV[3], "
         "'arcs_done', ARGV[4], 'keys_moved', ARGV[5], 'keys_stale', ARGV[6], "
-        "'keys_skipped', ARGV[7], 'keys_failed', ARGV[8], 'updated', ARGV[9]) "
+        "'keys_skipped', ARGV[7], 'keys_failed', ARGV[8], 'updated', ARGV[9], "
+        "'closing_sources', ARGV[10], 'closing_sources_done', ARGV[11], "
+        "'closing_listed', ARGV[12], 'unindexed_moved', ARGV[13], "
+        "'closing_refused', ARGV[14], 'blocked', ARGV[15]) "
         "return 1";
-    char v[7][32];
-    const unsigned long long n[7] = {
+    char v[12][32];
+    const unsigned long long n[12] = {
         m->diff.narcs, m->arcs_done, m->keys_moved, m->keys_stale, m->keys_skipped,
-        m->keys_failed, (unsigned long long)time(NULL),
+        m->keys_failed, (unsigned long long)time(NULL), m->nsources, m->sources_done,
+        m->closing_listed, m->unindexed_moved, m->closing_refused,
     };
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 12; i++) {
         snprintf(v[i], sizeof(v[i]), "%llu", n[i]);
     }
     const char *keys[] = { "migration" };
-    const char *args[] = { m->fp_to, m->id, v[0], v[1], v[2], v[3], v[4], v[5], v[6] };
-    eval_with_ring(m, NULL, script, keys, 1, args, 9, NULL, 0);
+    const char *args[] = { m->fp_to, m->id, v[0], v[1], v[2], v[3], v[4], v[5], v[6],
+                           v[7], v[8], v[9], v[10], v[11], m->blocked };
+    eval_with_ring(m, NULL, script, keys, 1, args, 15, NULL, 0);
 }
 
 void mig_tick(struct mig *m, uint64_t now)
@@ -1233,14 +1348,21 @@ void mig_tick(struct mig *m, uint64_t now)
     /* Fence: past half the liveness time without a sync, the fleet may
      * soon go on without us (ARCHITECTURE.md, invariant I6). */
     if (m->liveness_ms > 0 && !m->fenced && now > m->last_sync_ok + m->liveness_ms / 2) {
+        const char *why;
+        enum idx_health h = idx_health(m->p->idx, IDX_CONN_COORD, &why);
         m->fenced = true;
         m->lease = false;
-        log_error("migration", "%s: no answer from Redis for %llu ms: refusing the "
-                  "pool's commands until it answers (the fleet may resize without "
+        log_error("migration", "%s: no sync with Redis for %llu ms (%s%s%s): refusing "
+                  "the pool's commands until it answers (the fleet may resize without "
                   "this proxy after %llu ms)", m->p->name,
-                  (unsigned long long)(now - m->last_sync_ok),
-                  (unsigned long long)m->liveness_ms);
+                  (unsigned long long)(now - m->last_sync_ok), idx_health_names[h],
+                  *why ? ": " : "", why, (unsigned long long)m->liveness_ms);
         update_state(m);
+    }
+    /* A connection whose AUTH or SELECT was refused asks again. */
+    if (m->rc != NULL && !m->rc_up && m->handshake_failed && m->handshake == 0 &&
+        now >= m->next_handshake) {
+        mig_handshake(m);
     }
     /* The phase is acknowledged once requests routed before it landed. */
     if (m->acked != m->phase && m->p->inflight_old == 0) {
@@ -1286,12 +1408,27 @@ void mig_tick(struct mig *m, uint64_t now)
         m->moved_at_last_log = m->keys_moved;
         m->last_log_ms = now;
         m->last_rate = kps;
-        log_notice("migration", "%s: pass %u, %u/%zu arcs done, %llu keys moved (%.0f/s), "
-                   "%llu stale, %llu failed%s%s", m->p->name, m->pass, m->arcs_done,
-                   m->diff.narcs, (unsigned long long)m->keys_moved, kps,
-                   (unsigned long long)m->keys_stale, (unsigned long long)m->keys_failed,
-                   m->blocked[0] ? "; blocked: " : "", m->blocked);
+        if (m->pass == MIG_PASS_CLOSING) {
+            log_notice("migration", "%s: closing pass, %u/%u sources done, %llu keys "
+                       "listed in arcs that move, %llu unknown to the index moved; %llu "
+                       "keys moved (%.0f/s), %llu stale, %llu failed%s%s", m->p->name,
+                       m->sources_done, m->nsources,
+                       (unsigned long long)m->closing_listed,
+                       (unsigned long long)m->unindexed_moved,
+                       (unsigned long long)m->keys_moved, kps,
+                       (unsigned long long)m->keys_stale,
+                       (unsigned long long)m->keys_failed,
+                       m->blocked[0] ? "; blocked: " : "", m->blocked);
+        } else {
+            log_notice("migration", "%s: pass %u, %u/%zu arcs done, %llu keys moved "
+                       "(%.0f/s), %llu stale, %llu failed%s%s", m->p->name, m->pass,
+                       m->arcs_done, m->diff.narcs, (unsigned long long)m->keys_moved,
+                       kps, (unsigned long long)m->keys_stale,
+                       (unsigned long long)m->keys_failed,
+                       m->blocked[0] ? "; blocked: " : "", m->blocked);
+        }
     }
+    closing_tick(m);
     bulk_pump(m);
 }
 
@@ -1301,7 +1438,9 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->state = m->state;
     out->epoch = m->epoch;
     out->lease = m->lease;
-    out->pending = strcmp(m->fp_want, m->from != NULL ? m->fp_to : m->fp_rec) != 0;
+    /* Nothing waits while the recorded ring is unknown. */
+    out->pending = (m->from != NULL || m->fp_rec[0] != '\0') &&
+                   strcmp(m->fp_want, m->from != NULL ? m->fp_to : m->fp_rec) != 0;
     memcpy(out->from, m->from != NULL ? m->fp_from : m->fp_rec, sizeof(out->from));
     if (m->from != NULL) {
         memcpy(out->to, m->fp_to, sizeof(out->to));
@@ -1329,6 +1468,11 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->conflicts_waiting = m->nconflicts;
     out->conflicts_settled = m->conflicts_settled;
     out->keys_per_sec = m->last_rate;
+    out->unindexed_moved = m->unindexed_moved;
+    out->closing_listed = m->closing_listed;
+    out->closing_refused = m->closing_refused;
+    out->closing_sources = m->nsources;
+    out->closing_sources_done = m->sources_done;
 }
 
 void mig_stats(const struct mig *m, struct evbuffer *out)
@@ -1360,6 +1504,11 @@ void mig_stats(const struct mig *m, struct evbuffer *out)
     MIG_STAT_U("copies_in_doubt", pr.copies_in_doubt);
     MIG_STAT_U("conflicts_waiting", pr.conflicts_waiting);
     MIG_STAT_U("conflicts_settled", pr.conflicts_settled);
+    MIG_STAT_U("closing_sources", pr.closing_sources);
+    MIG_STAT_U("closing_sources_done", pr.closing_sources_done);
+    MIG_STAT_U("closing_listed", pr.closing_listed);
+    MIG_STAT_U("unindexed_moved", pr.unindexed_moved);
+    MIG_STAT_U("closing_refused", pr.closing_refused);
     MIG_STAT_U("pending_change", pr.pending);
     MIG_STAT_U("bad_index_members", m->bad_members);
 #undef MIG_STAT_U

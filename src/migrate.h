@@ -101,6 +101,11 @@ struct mig_progress {
     uint64_t keys_moved, keys_skipped, keys_stale, keys_failed, keys_retried,
              client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads,
              copies_in_doubt, conflicts_waiting, conflicts_settled;
+    /* the closing pass: sources of the old ring listed with metadump, keys
+     * listed in arcs that move, keys moved that the index did not know,
+     * sources that refused to list */
+    uint64_t closing_sources, closing_sources_done, closing_listed, unindexed_moved,
+             closing_refused;
     double keys_per_sec;        /* over the last progress interval */
     double elapsed_sec;
 };

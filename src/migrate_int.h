@@ -28,6 +28,10 @@
 #define MIG_PROGRESS_LOG_MS 5000
 #define MIG_WAIT_LOG_MS 5000
 #define MIG_VALUE_MAX ((size_t)64 << 20)   /* largest value a move reads */
+#define MIG_PASS_CLOSING 3          /* after two passes over the index: the
+                                       closing pass over the sources (closing.c) */
+#define MIG_CLOSING_LISTINGS 4      /* listings of a source that find keys to
+                                       move, at most (closing.c) */
 #define TTL_RELATIVE_MAX 2592000    /* memcached: larger exptimes are absolute */
 
 /*
@@ -49,7 +53,9 @@ enum mig_phase {
 /* WAITING: both owners hold a value; the key waits for a later pass. */
 enum move_result { MOVED, SKIPPED, STALE, TOMB_CLEARED, WAITING, FAILED };
 
+struct mdump;
 struct mop;
+struct mig_source;
 TAILQ_HEAD(mop_queue, mop);
 
 /* A key with operations queued or running; exists only while it has some. */
@@ -85,6 +91,7 @@ struct mop {
     TAILQ_ENTRY(mop) link;
     struct backend *from, *to;  /* old owner, new owner */
     int32_t arc;                /* bulk move: its arc; client op: -1 */
+    struct mig_source *src;     /* listed by the closing pass: its source */
     uint32_t gen;               /* the pool's routing generation at start */
     bool counted;               /* counted in the pool's in-flight requests */
     enum mig_phase phase;       /* client op: the phase it runs under */
@@ -124,6 +131,28 @@ struct mig_arc {
     uint64_t retry_at;          /* next pass not before (ms) */
 };
 
+/*
+ * A server of the old ring that owns a moving arc: the closing pass lists
+ * its keys (metadump) and moves those of its moving arcs (closing.c).
+ */
+struct mig_source {
+    struct mig *m;
+    uint32_t server;            /* in m->from */
+    struct mdump *dump;         /* the listing under way, or NULL */
+    bool listed;                /* the last listing reached its end */
+    bool done;                  /* listed, and every move it started ended */
+    bool refused;               /* the server cannot list its keys: skipped */
+    uint32_t inflight;          /* moves it started that have not ended */
+    uint32_t failed;            /* ... that failed or wait: list it again */
+    uint32_t rounds;            /* listings started */
+    uint32_t relists;           /* listings that ended having found keys */
+    uint32_t backoff_ms;
+    uint64_t retry_at;          /* next listing not before (ms) */
+    uint64_t started_ms;        /* of the current listing */
+    uint64_t listed_keys;       /* keys of its moving arcs, this listing */
+    char why[112];              /* why its last listing failed ("" none) */
+};
+
 struct mig {
     struct pool *p;
     void (*ready)(struct pool *p);
@@ -133,13 +162,19 @@ struct mig {
     uint64_t liveness_ms;       /* 0: never exclude, never fence */
     /* Redis */
     redisAsyncContext *rc;
-    bool rc_up;
+    bool rc_up;                 /* connected (or connecting), AUTH and SELECT
+                                   accepted: commands may be sent */
+    uint32_t handshake;         /* AUTH, SELECT replies awaited */
+    bool handshake_failed;      /* refused: sent again at next_handshake */
+    uint64_t next_handshake;
     bool syncing;               /* a sync is out */
     struct event *retry;
     uint64_t next_sync, sync_sent, last_sync_ok;
     uint64_t next_progress_log, next_progress_write, next_wait_log, ready_deadline;
     bool fenced;
     bool wrote_record;          /* this proxy wrote the first ring record */
+    char fp_first[RINGREC_FP_SIZE];     /* ... what it sent, for the log */
+    uint64_t epoch_first;
     /* rings */
     struct ring *want;          /* the config file's ring */
     char fp_want[RINGREC_FP_SIZE];
@@ -175,6 +210,9 @@ struct mig {
     uint64_t started_ms, moved_at_last_log, last_log_ms;
     double last_rate;
     char blocked[128];          /* a server that fails moves */
+    /* the closing pass (closing.c): one entry per source server */
+    struct mig_source *sources;
+    uint32_t nsources, sources_done;
     /* keys with operations; copies in doubt */
     struct mkey *buckets[MIG_BUCKETS];
     struct mdoubt *doubts[MIG_BUCKETS];
@@ -182,6 +220,7 @@ struct mig {
     uint64_t ndoubts, nconflicts, conflicts_settled;
     uint64_t keys_moved, keys_stale, keys_skipped, keys_failed, keys_retried,
              client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads;
+    uint64_t unindexed_moved, closing_listed, closing_refused;  /* closing.c */
     uint64_t bad_members;       /* index members skipped: not a memcached key
                                    (move.c); since start */
 };
@@ -197,6 +236,10 @@ void mig_finish(struct mig *m);                 /* every arc is done */
 
 /* move.c */
 void mop_start(struct mop *op);
+bool mop_enqueue(struct mig *m, struct mop *op, const char *key, size_t len);
+uint32_t op_timeout_ms(const struct pool *p);
+uint32_t inflight_limit(const struct mig *m);
+bool member_is_key(const char *s, size_t len);
 void mop_free(struct mop *op);
 void bulk_pump(struct mig *m);                  /* start what the budget allows */
 int32_t arc_of(const struct mig *m, uint32_t h);
@@ -205,5 +248,12 @@ void mig_doubts_free(struct mig *m);
 /* Index bookkeeping: key into / out of its v-node set under ring r. */
 void mig_index_add(struct mig *m, const struct ring *r, const char *key, size_t len);
 void mig_index_rem(struct mig *m, const struct ring *r, const char *key, size_t len);
+
+/* closing.c: the closing pass (docs/ARCHITECTURE.md, "Moving keys") */
+bool closing_begin(struct mig *m);              /* every arc is done twice */
+bool closing_pump(struct mig *m);               /* true: every source is done */
+void closing_tick(struct mig *m);               /* stops it without the lease */
+void closing_result(struct mop *op, enum move_result res);
+void closing_free(struct mig *m);
 
 #endif

@@ -33,7 +33,8 @@
  * migration's rate and in-flight budget. Moves that fail leave the arc for
  * another pass after a pause; the arc is done only when a pass moved
  * everything. After every arc is done, a second pass over all of them picks
- * up tombstones and entries written meanwhile.
+ * up tombstones and entries written meanwhile; then the closing pass
+ * (closing.c) lists each source server for keys the index never knew.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -51,7 +52,7 @@
 static void mop_next(struct mkey *k);
 
 /* How long a move connection waits for an answer: the pool's timeout. */
-static uint32_t op_timeout_ms(const struct pool *p)
+uint32_t op_timeout_ms(const struct pool *p)
 {
     return p->conf->timeout > 0 ? (uint32_t)p->conf->timeout : 5000;
 }
@@ -428,6 +429,9 @@ static void mop_finish(struct mop *op)
     if (op->arc >= 0) {
         m->arcs[op->arc].inflight--;
         m->inflight--;
+    }
+    if (op->src != NULL) {
+        op->src->inflight--;
     }
     bool bulk = op->arc >= 0;
     mop_free(op);
@@ -978,10 +982,13 @@ static void move_done(struct mop *op, enum move_result res)
         m->keys_failed++;
         /* fall through */
     case WAITING:
-        if (op->arc >= 0) {
+        if (op->arc >= 0 && op->src == NULL) {
             m->arcs[op->arc].failed++;  /* its arc gets another pass */
         }
         break;
+    }
+    if (op->src != NULL) {
+        closing_result(op, res);        /* counted; its source may be listed again */
     }
     if (res != FAILED && res != WAITING) {
         mig_index_rem(m, m->from, op->k->key, op->k->len);
@@ -1325,7 +1332,7 @@ static void mop_next(struct mkey *k)
 }
 
 /* Queue an operation on its key; it starts now if the key is idle. */
-static bool mop_enqueue(struct mig *m, struct mop *op, const char *key, size_t len)
+bool mop_enqueue(struct mig *m, struct mop *op, const char *key, size_t len)
 {
     struct mkey *k = key_get(m, key, len);
 
@@ -1419,7 +1426,7 @@ struct list_ctx {
  * member with a space, CR or LF in it would add arguments or commands.
  * memcached's own rule: 1..250 bytes, no space or control character.
  */
-static bool member_is_key(const char *s, size_t len)
+bool member_is_key(const char *s, size_t len)
 {
     if (len == 0 || len > PROTO_KEY_MAX) {
         return false;
@@ -1539,7 +1546,7 @@ static void on_list(redisAsyncContext *ac, void *r, void *priv)
     bulk_pump(m);
 }
 
-static uint32_t inflight_limit(const struct mig *m)
+uint32_t inflight_limit(const struct mig *m)
 {
     return (uint32_t)m->p->conf->migration.inflight * (m->from->nservers ? m->from->nservers : 1);
 }
@@ -1577,12 +1584,17 @@ void bulk_pump(struct mig *m)
     if (m->arcs_done == m->diff.narcs) {
         if (m->pass == 1 && m->diff.narcs > 0) {
             second_pass(m);
-        } else if (m->inflight == 0) {
-            /* Client commands still running need not end first: their
-             * switched rules are a neighbour of the stable new ring. */
-            mig_finish(m);
-            return;
         } else {
+            /* Every arc is done twice: the closing pass lists each source
+             * for the keys the index did not know (closing.c). */
+            if (m->pass == 2 && !closing_begin(m)) {
+                return;
+            }
+            if (closing_pump(m) && m->inflight == 0) {
+                /* Client commands still running need not end first: their
+                 * switched rules are a neighbour of the stable new ring. */
+                mig_finish(m);
+            }
             return;
         }
     }

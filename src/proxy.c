@@ -227,16 +227,18 @@ static void pool_conf_warn(const struct conf_pool *c)
 }
 
 /* A new pool, listening (disabled until ready), not yet in w->pools. */
+/* ring: built already (a reload), its reference taken; or NULL. */
 static struct pool *proxy_new_pool(struct worker *w, struct conf_pool *conf,
-                                   char *err, size_t errlen)
+                                   struct ring *ring, char *err, size_t errlen)
 {
     struct pool *p = calloc(1, sizeof(*p));
 
     if (p == NULL) {
+        ring_unref(ring);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (pool_init(p, w, conf, err, errlen) != 0 || pool_listen(p, err, errlen) != 0) {
+    if (pool_init(p, w, conf, ring, err, errlen) != 0 || pool_listen(p, err, errlen) != 0) {
         pool_unlisten(p);
         pool_close(p);
         free(p);
@@ -268,7 +270,7 @@ static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
         return -1;
     }
     w->pools = pools;
-    if ((p = proxy_new_pool(w, conf, err, errlen)) == NULL) {
+    if ((p = proxy_new_pool(w, conf, NULL, err, errlen)) == NULL) {
         return -1;
     }
     proxy_start_pool(w, p);
@@ -515,8 +517,7 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
                 failed = pl->conf->name;
                 goto refuse;
             }
-        } else if (ring_unref(ring),
-                   (pl->p = proxy_new_pool(w, pl->conf, err, sizeof(err))) != NULL) {
+        } else if ((pl->p = proxy_new_pool(w, pl->conf, ring, err, sizeof(err))) != NULL) {
             pl->is_new = true;
         } else {
             failed = pl->conf->name;

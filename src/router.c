@@ -54,7 +54,7 @@ static void pool_sweep_forget(void *arg, const char *key, size_t len)
     idx_forget(p->idx, key, len);
 }
 
-int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
+int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct ring *ring,
               char *err, size_t errlen)
 {
     memset(p, 0, sizeof(*p));
@@ -65,7 +65,7 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    struct ring *r = conf_pool_ring(conf, err, errlen);
+    struct ring *r = ring != NULL ? ring : conf_pool_ring(conf, err, errlen);
     struct backend **map = r ? pool_ring_backends(p, r, err, errlen) : NULL;
     if (map == NULL) {
         ring_unref(r);
@@ -146,19 +146,14 @@ void pool_close(struct pool *p)
     p->route = p->ring = NULL;
 }
 
-struct backend *pool_backend(struct pool *p, const char *identity,
-                             const char *addr, char *err, size_t errlen)
+/* A new backend for a server, appended to the pool's list. */
+static struct backend *pool_add_backend(struct pool *p, const char *identity,
+                                        const char *addr, char *err, size_t errlen)
 {
-    for (uint32_t i = 0; i < p->nbackends; i++) {
-        struct backend *be = p->backends[i];
-        if (strcmp(be->identity, identity) == 0 && strcmp(be->addr.text, addr) == 0) {
-            return be;
-        }
-    }
     if (p->nbackends == p->cap_backends) {
         uint32_t cap = p->cap_backends ? p->cap_backends * 2 : 8;
         struct backend **bs = realloc(p->backends, cap * sizeof(*bs));
-        uint16_t *fb = realloc(p->frag_of_backend, (cap + 1) * sizeof(*fb));
+        uint32_t *fb = realloc(p->frag_of_backend, (cap + 1) * sizeof(*fb));
         if (bs != NULL) {
             p->backends = bs;
         }
@@ -170,7 +165,7 @@ struct backend *pool_backend(struct pool *p, const char *identity,
             return NULL;
         }
         for (uint32_t i = p->cap_backends; i <= cap; i++) {
-            p->frag_of_backend[i] = UINT16_MAX;
+            p->frag_of_backend[i] = FRAG_NONE;
         }
         p->cap_backends = cap;
     }
@@ -186,24 +181,65 @@ struct backend *pool_backend(struct pool *p, const char *identity,
     return be;
 }
 
+static uint32_t server_slot_hash(const char *identity, const char *addr)
+{
+    uint32_t h = 2166136261u;       /* FNV-1a over "identity\0addr" */
+
+    for (const char *s = identity; *s != '\0'; s++) {
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    }
+    h = (h ^ 0) * 16777619u;
+    for (const char *s = addr; *s != '\0'; s++) {
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    }
+    return h;
+}
+
 struct backend **pool_ring_backends(struct pool *p, const struct ring *r,
                                     char *err, size_t errlen)
 {
+    /* An open-addressing table of the backends, existing and new, by
+     * identity and address: at most half full. */
+    uint32_t cap = 16;
+    while (cap < 2 * (p->nbackends + r->nservers)) {
+        cap *= 2;
+    }
     struct backend **map = calloc(r->nservers, sizeof(*map));
+    struct backend **table = calloc(cap, sizeof(*table));
 
-    if (map == NULL) {
+    if (map == NULL || table == NULL) {
+        free(map);
+        free(table);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    for (uint32_t i = 0; i < p->nbackends; i++) {
+        struct backend *be = p->backends[i];
+        uint32_t h = server_slot_hash(be->identity, be->addr.text) & (cap - 1);
+        while (table[h] != NULL) {
+            h = (h + 1) & (cap - 1);
+        }
+        table[h] = be;
+    }
     for (uint32_t i = 0; i < r->nservers; i++) {
-        map[i] = pool_backend(p, r->servers[i].identity, r->servers[i].addr,
-                              err, errlen);
-        if (map[i] == NULL) {
+        const char *id = r->servers[i].identity, *addr = r->servers[i].addr;
+        uint32_t h = server_slot_hash(id, addr) & (cap - 1);
+        struct backend *be;
+        /* The first backend of that identity and address, as before: an
+         * equal one added later (never, today) would not be chosen. */
+        while ((be = table[h]) != NULL &&
+               (strcmp(be->identity, id) != 0 || strcmp(be->addr.text, addr) != 0)) {
+            h = (h + 1) & (cap - 1);
+        }
+        if (be == NULL && (be = table[h] = pool_add_backend(p, id, addr, err, errlen)) == NULL) {
             free(map);
+            free(table);
             return NULL;
         }
-        map[i]->retiring = false;
+        map[i] = be;
+        be->retiring = false;
     }
+    free(table);
     return map;
 }
 
@@ -354,7 +390,7 @@ void pool_new_generation(struct pool *p)
 
 /* --- requests ------------------------------------------------------------ */
 
-struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrags)
+struct request *request_new(struct client *c, enum proto_cmd cmd, uint32_t nfrags)
 {
     struct request *r = calloc(1, sizeof(*r));
 
@@ -369,7 +405,7 @@ struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrag
         free(r);
         return NULL;
     }
-    for (uint16_t i = 0; i < nfrags; i++) {
+    for (uint32_t i = 0; i < nfrags; i++) {
         r->frags[i].req = r;
     }
     r->pool = c->pool;
@@ -449,7 +485,7 @@ void request_free(struct request *r)
         client_held(c, -(ptrdiff_t)r->held);
         r->owner = NULL;
     }
-    for (uint16_t i = 0; r->frags != NULL && i < r->nfrags; i++) {
+    for (uint32_t i = 0; r->frags != NULL && i < r->nfrags; i++) {
         if (r->frags[i].buf != NULL) {
             evbuffer_free(r->frags[i].buf);
         }
@@ -610,7 +646,7 @@ void frag_fail(struct frag *f, const char *line)
 
 void frags_fail_unsent(struct request *r, uint32_t n, const char *line)
 {
-    for (uint16_t i = 0; n > 0 && i < r->nfrags; i++) {
+    for (uint32_t i = 0; n > 0 && i < r->nfrags; i++) {
         if (r->frags[i].failed && r->frags[i].conn == NULL) {
             n--;
             frag_fail(&r->frags[i], line);  /* the last one may free r */

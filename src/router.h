@@ -31,6 +31,11 @@ struct request;
  * connection's FIFO in the order they were written, so replies match them
  * in order.
  */
+/* No share: key_frag of a key without one, frag_of_backend's empty slot. A
+ * multi-get may need a share per key (each key whose owner is changing
+ * during a resize gets its own), so share indices are 32 bits. */
+#define FRAG_NONE UINT32_MAX
+
 struct frag {
     struct request *req;
     struct bconn *conn;
@@ -64,7 +69,7 @@ struct request {
     bool done;
     bool counted;               /* in the pool's in-flight count (gen) */
     uint32_t gen;               /* the pool's routing generation when routed */
-    uint16_t nfrags, pending;
+    uint32_t nfrags, pending;
     uint32_t hits;              /* VALUE blocks received */
     bool flushes_index;         /* flush_all now: the index empties too */
     uint32_t keylen;            /* store/delete in an indexed pool: key copy */
@@ -76,7 +81,7 @@ struct request {
     uint32_t nkeys;
     char *keys;                 /* copy of the key span */
     uint32_t *key_off;
-    uint16_t *key_frag;
+    uint32_t *key_frag;         /* FRAG_NONE: a miss without a share */
     uint32_t *key_hit;          /* bytes of its VALUE block in its share; 0 miss */
 };
 TAILQ_HEAD(request_queue, request);
@@ -151,8 +156,8 @@ struct pool {
      * routed before it have all landed (docs/ARCHITECTURE.md). */
     uint32_t gen;
     uint64_t inflight_now, inflight_old;
-    uint16_t *frag_of_backend;  /* scratch for splitting a multi-get,
-                                   sized nbackends + 1, all UINT16_MAX */
+    uint32_t *frag_of_backend;  /* scratch for splitting a multi-get,
+                                   sized nbackends + 1, all FRAG_NONE */
 };
 
 /*
@@ -177,7 +182,9 @@ struct worker {
 uint64_t worker_now_ms(struct worker *w);
 
 /* pools */
-int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf,
+/* ring: the file's ring if already built (off the loop, on a reload; the
+ * reference is taken), or NULL to build it here. */
+int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct ring *ring,
               char *err, size_t errlen);
 /* The pool may serve (see pool.ready); enables its listener. */
 void pool_ready(struct pool *p);
@@ -190,10 +197,8 @@ void pool_close(struct pool *p);
 enum route { ROUTE_BACKEND, ROUTE_MIGRATION, ROUTE_NONE };
 enum route pool_route(struct pool *p, const char *key, size_t len, struct backend **be);
 void pool_eject(struct pool *p, struct backend *be, bool eject);
-/* The backend for a server (identity and address), created if needed. */
-struct backend *pool_backend(struct pool *p, const char *identity,
-                             const char *addr, char *err, size_t errlen);
-/* Map every server of ring r to its backend (a new array, or NULL). */
+/* Map every server of ring r to its backend, created if needed (a new
+ * array, or NULL). Linear in servers + backends: a reload may bring 4096. */
 struct backend **pool_ring_backends(struct pool *p, const struct ring *r,
                                     char *err, size_t errlen);
 /* Make ring r the pool's data ring (takes the reference and the map). */
@@ -210,7 +215,7 @@ void pool_inflight_end(struct pool *p, uint32_t gen);
 void pool_new_generation(struct pool *p);
 
 /* requests: created by the client, answered by backends or locally */
-struct request *request_new(struct client *c, enum proto_cmd cmd, uint16_t nfrags);
+struct request *request_new(struct client *c, enum proto_cmd cmd, uint32_t nfrags);
 void request_reply(struct request *r, const char *data, size_t len);
 void request_reply_line(struct request *r, const char *line);
 void request_frag_done(struct frag *f);

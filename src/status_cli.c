@@ -33,10 +33,16 @@ struct pool_status {
     char state[32];             /* a mig_state name, or "none" (no index) */
     char from[64], to[64];      /* ring fingerprints ("" unknown or idle) */
     char note[256];             /* a line worth adding, or "" */
+    char index_health[32];      /* the proxy's index health ("" unknown) */
+    char index_error[192];      /* ... what Redis said */
+    char blocked[128];          /* a server that holds the migration up, or "" */
     bool indexed, lease, pending;
     double epoch;               /* NAN: unknown */
     double arcs_total, arcs_done, keys_moved, keys_skipped, keys_stale, keys_failed;
     double elapsed_sec, eta_sec;    /* NAN: unknown */
+    /* the closing pass (docs/ARCHITECTURE.md, "Moving keys") */
+    double closing_sources, closing_sources_done, closing_listed, unindexed_moved,
+           closing_refused;
     /* the index sweeper (docs/ARCHITECTURE.md, "The sweeper"); "" unknown */
     char sweep_state[32], sweep_note[128];
     double sweep_pass, sweep_sets_done, sweep_sets, sweep_passes, sweep_checked,
@@ -143,12 +149,29 @@ static void print_pool(const struct pool_status *st, FILE *out)
         print_eta(out, st->eta_sec);
         fprintf(out, "\n");
     }
+    if (st->closing_sources > 0) {
+        fprintf(out, "  closing pass: sources %.0f/%.0f done  keys listed in moving arcs %s"
+                "  unknown to the index, moved %s", st->closing_sources_done,
+                st->closing_sources, fmt_count(st->closing_listed, n1, sizeof(n1)),
+                fmt_count(st->unindexed_moved, n2, sizeof(n2)));
+        if (st->closing_refused > 0) {
+            fprintf(out, "  refused by %.0f server%s", st->closing_refused,
+                    st->closing_refused == 1 ? "" : "s");
+        }
+        fprintf(out, "\n");
+    }
+    if (st->blocked[0] != '\0') {
+        fprintf(out, "  blocked: %s\n", st->blocked);
+    }
     if (st->pending) {
         fprintf(out, "  a newer ring waits for this migration to end\n");
     }
     print_sweep(st, out);
     if (st->note[0] != '\0') {
         fprintf(out, "  %s\n", st->note);
+    }
+    if (st->index_health[0] != '\0' && strcmp(st->index_health, "ok") != 0) {
+        fprintf(out, "  index %s: %s\n", st->index_health, st->index_error);
     }
 }
 
@@ -392,12 +415,18 @@ static const struct status_field {
 #define NUM(k, f) { k, F_NUM, offsetof(struct pool_status, f), 0 }
 #define BOOL(k, f) { k, F_BOOL, offsetof(struct pool_status, f), 0 }
     STR("name", name), STR("state", state), STR("from", from), STR("to", to),
+    STR("index_health", index_health), STR("index_error", index_error),
     BOOL("indexed", indexed), BOOL("lease", lease), BOOL("pending_change", pending),
     NUM("epoch", epoch),
     NUM("arcs_total", arcs_total), NUM("arcs_done", arcs_done),
     NUM("keys_moved", keys_moved), NUM("keys_skipped", keys_skipped),
     NUM("keys_stale", keys_stale), NUM("keys_failed", keys_failed),
     NUM("elapsed_sec", elapsed_sec), NUM("eta_sec", eta_sec),
+    STR("blocked_by", blocked),
+    NUM("closing_sources", closing_sources),
+    NUM("closing_sources_done", closing_sources_done),
+    NUM("closing_listed", closing_listed), NUM("unindexed_moved", unindexed_moved),
+    NUM("closing_refused", closing_refused),
     STR("sweep_state", sweep_state), STR("sweep_note", sweep_note),
     NUM("sweep_pass", sweep_pass), NUM("sweep_sets_done", sweep_sets_done),
     NUM("sweep_sets", sweep_sets), NUM("sweep_passes", sweep_passes),
@@ -620,10 +649,14 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
     }
     ring = redisCommand(rc, "HGETALL %s:ring", p->index.prefix);
     mig = ring != NULL ? redisCommand(rc, "HGETALL %s:migration", p->index.prefix) : NULL;
-    if (ring == NULL || mig == NULL || ring->type != REDIS_REPLY_ARRAY ||
-        mig->type != REDIS_REPLY_ARRAY) {
-        snprintf(err, errlen, "Redis %s: %s", p->index.redis.text,
-                 rc->err ? rc->errstr : "unexpected reply to HGETALL");
+    if (cli_redis_failed(rc, ring, &p->index, "HGETALL <prefix>:ring", err, errlen) ||
+        cli_redis_failed(rc, mig, &p->index, "HGETALL <prefix>:migration", err, errlen) ||
+        ring->type != REDIS_REPLY_ARRAY || mig->type != REDIS_REPLY_ARRAY) {
+        if (ring != NULL && mig != NULL && ring->type != REDIS_REPLY_ERROR &&
+            mig->type != REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "Redis %s: unexpected reply to HGETALL",
+                     p->index.redis.text);
+        }
         freeReplyObject(ring);
         freeReplyObject(mig);
         redisFree(rc);
@@ -655,6 +688,16 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
         st->keys_skipped = hash_num(mig, "keys_skipped");
         st->keys_stale = hash_num(mig, "keys_stale");
         st->keys_failed = hash_num(mig, "keys_failed");
+        st->closing_sources = hash_num(mig, "closing_sources");
+        st->closing_sources_done = hash_num(mig, "closing_sources_done");
+        st->closing_listed = hash_num(mig, "closing_listed");
+        st->unindexed_moved = hash_num(mig, "unindexed_moved");
+        st->closing_refused = hash_num(mig, "closing_refused");
+        snprintf(st->blocked, sizeof(st->blocked), "%s",
+                 hash_field(mig, "blocked") != NULL ? hash_field(mig, "blocked") : "");
+        for (char *c = st->blocked; *c != '\0'; c++) {
+            *c = (unsigned char)*c < ' ' || *c == 0x7f ? '?' : *c;   /* Redis is data */
+        }
         const char *phase = hash_field(mig, "phase");
         snprintf(st->state, sizeof(st->state), "%s", phase != NULL ? phase : "waiting");
         if (holder == NULL) {
@@ -683,8 +726,8 @@ int cli_status(const char *path, const char *pool, const char *admin_addr,
 {
     struct conf_errors errs;
     struct config *c = config_load(path, &errs);
-    char why[256], err[256];
-    int read = 0;
+    char why[256], err[512];
+    int read = 0, failed = 0;
 
     for (size_t i = 0; i < errs.n; i++) {
         fprintf(stderr, "%s\n", errs.msgs[i]);
@@ -720,6 +763,7 @@ int cli_status(const char *path, const char *pool, const char *admin_addr,
             print_pool(&st, out);
         } else if (status_from_redis(p, &st, err, sizeof(err)) != 0) {
             fprintf(out, "%s: unknown: %s\n", p->name, err);
+            failed++;
         } else {
             print_pool(&st, out);
             read++;
@@ -729,6 +773,9 @@ int cli_status(const char *path, const char *pool, const char *admin_addr,
     if (read == 0) {
         fprintf(stderr, "ringproxy status: nothing to read: the admin port did not "
                 "answer and no indexed pool's Redis could be read\n");
+    } else if (failed > 0) {
+        fprintf(stderr, "ringproxy status: %d pool%s Redis could not be read\n",
+                failed, failed == 1 ? "'s" : "s'");
     }
-    return read > 0 ? 0 : 1;
+    return read > 0 && failed == 0 ? 0 : 1;
 }

@@ -536,29 +536,57 @@ class Checker:
 
     # -- running
 
-    def seed(self, present=0.85):
+    def seed(self, present=0.85, direct=0.0, direct_keys=()):
         """Store most keys (through proxies in turn) before the disruption, so
-        a resize has keys to move; the rest start absent."""
+        a resize has keys to move; the rest start absent. The stored keys
+        named in direct_keys, and a `direct` share of the others, are written
+        straight to their owner's memcached, around the proxies: the index
+        never sees those, and only the migration's closing pass can move them
+        (docs/ARCHITECTURE.md, "Moving keys")."""
         conns = [Conn(self.fleet.proxies[i].port) for i in self.fleet.live_idxs()]
+        straight = []
         try:
             for n, k in enumerate(self.keys.values()):
                 if self.rng.random() >= present:
                     continue
                 value, flags = new_value(k, self.rng), self.rng.randrange(1 << 16)
                 line = b"set %s %d 0 %d\r\n%s\r\n" % (k.name, flags, len(value), value)
+                if k.name in direct_keys or (direct and self.rng.random() < direct):
+                    straight.append((k, line))
+                    k.states = [k.norm(value, flags)]
+                    continue
                 reply = conns[n % len(conns)].request(line)
                 assert reply == b"STORED\r\n", (k.name, reply)
                 k.states = [k.norm(value, flags)]
         finally:
             for c in conns:
                 c.close()
-        self.wait_indexed()
-        self.event("seeded %d keys" % len(self.keys))
+        if straight:
+            self.store_direct(straight)
+        self.wait_indexed(want=sum(1 for k in self.keys.values() if k.state is not None)
+                          - len(straight))
+        self.event("seeded %d keys%s" % (len(self.keys), "" if not straight else
+                   ", %d of them straight to their memcached (unindexed)" % len(straight)))
 
-    def wait_indexed(self, timeout=15.0):
-        """Until Redis's index holds every stored key (a key missing from the
-        index cannot be moved: that is no fault of the resize)."""
-        want = sum(1 for k in self.keys.values() if k.state is not None)
+    def store_direct(self, items):
+        """(key, set line) pairs, each sent to the memcached that owns the key
+        under the recorded ring (proxy 0's file, before any resize)."""
+        conf = self.fleet.proxies[self.fleet.live_idxs()[0]].conf_path
+        owner = locate(conf, [k.name for k, _ in items])
+        conns = {m.ident: Conn(m.port) for m in self.fleet.mcs}
+        try:
+            for k, line in items:
+                reply = conns[owner[k.name]].request(line)
+                assert reply == b"STORED\r\n", (k.name, reply)
+        finally:
+            for c in conns.values():
+                c.close()
+
+    def wait_indexed(self, timeout=15.0, want=None):
+        """Until Redis's index holds every key stored through a proxy (a key
+        missing from the index can only be moved by the closing pass)."""
+        if want is None:
+            want = sum(1 for k in self.keys.values() if k.state is not None)
         r = self.fleet.redis_client()
 
         def indexed():

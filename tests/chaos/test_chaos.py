@@ -2,7 +2,7 @@
 read, no undone delete, no lost write and no stranded key.
 
     make chaos          all scenarios (ASan build)
-    make chaos-fast     the fast subset (-m fast): a, b, d, g
+    make chaos-fast     the fast subset (-m fast): a, b, d, g, n
 """
 import os
 
@@ -85,3 +85,8 @@ def test_l_proxy_frozen_past_liveness(cluster, when):
 
 def test_m_second_resize_while_the_first_runs(cluster):
     check(sc.second_resize(cluster))
+
+
+@pytest.mark.fast
+def test_n_keys_written_around_the_proxies_survive_a_resize(cluster):
+    check(sc.unindexed_keys(cluster))

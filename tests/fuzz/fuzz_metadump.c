@@ -40,6 +40,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         }
         assert(used > 0 && used <= size - off);
+        if (rc == MDUMP_PARSE_SKIP) {
+            off += used;
+            continue;
+        }
         if (rc == MDUMP_PARSE_END) {
             assert(why >= copy + off && why + why_len <= copy + off + used);
             break;

@@ -95,12 +95,46 @@ def test_a_ring_record_naming_another_address_is_served_at_the_files_address(env
         attacker.close()
 
 
-def test_a_ring_record_naming_an_unknown_server_uses_its_recorded_address_and_says_so(env):
-    """A server the file does not list (a proxy started with an older file
-    after the fleet grew): the records are the authority, so the proxy uses
-    the address Redis records for it, and says so; servers the file lists
-    keep the file's addresses (see the test above)."""
+def test_a_ring_record_naming_an_unknown_server_is_refused(env):
+    """A server the file does not list: by default the proxy does not connect
+    to the address Redis records for it (whoever can write Redis would choose
+    where traffic and a migration's copies go). It fences the pool, says
+    which server and how to fix it, and never connects there."""
     p = env.proxy()
+    fill(p.port, 50)
+    extra = FakeBackend()
+    try:
+        rec, good = record(env.r)
+        more = [dict(good[0]), {"identity": "mc9", "addr": extra.addr, "weight": 1}]
+        write_servers(env.r, rec, more)
+        wait_until(lambda: "server mc9 is not in this config file; list it" in p.log(),
+                   what="the refusal naming mc9")
+        wait_until(lambda: proxy_stats(p.port)["migration:state"] == "fenced",
+                   what="the pool fenced")
+        code, _, body = healthz(p)
+        assert code != 200 and "mc9" in body, (code, body)
+        c = Client(("127.0.0.1", p.port))
+        with pytest.raises(Exception) as e:
+            c.get(b"any-key")
+        assert "fenced" in str(e.value) or "SERVER_ERROR" in str(e.value)
+        c.close()
+        with pytest.raises(socket.timeout):
+            extra.accept(timeout=2.0)
+        # The record restored, the pool serves again.
+        write_servers(env.r, rec, good)
+        wait_until(lambda: proxy_stats(p.port)["migration:state"] == "idle",
+                   what="serving again")
+    finally:
+        extra.close()
+        write_servers(env.r, rec, good)
+
+
+def test_an_unknown_server_is_followed_when_the_file_says_so(env):
+    """migration: {follow_unknown_servers: true}: the records are the
+    authority for servers the file does not list (a proxy started with an
+    older file after the fleet grew); the proxy uses the recorded address
+    and says so; servers the file lists keep the file's addresses."""
+    p = env.proxy(extra={"migration": {"rate": 0, "follow_unknown_servers": True}})
     fill(p.port, 50)
     extra = FakeBackend()
     try:

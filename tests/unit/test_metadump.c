@@ -77,12 +77,14 @@ START_TEST(parse_hostile)
     char kb[MDUMP_KEY_MAX + 1];
     enum mdump_end end;
     size_t used;
-    static const char *const bad[] = {
+    static const char *const unusable[] = {
         "key= exp=-1\n",                 /* empty key */
         "key=a%2 exp=-1\n",              /* truncated escape */
         "key=a%zz exp=-1\n",             /* not hex */
         "key=a%20b exp=-1\n",            /* decodes to a space */
         "key=a%0d%0a exp=-1\n",          /* decodes to CR LF */
+    };
+    static const char *const bad[] = {
         "key=a exp=x\n",                 /* exp not a number */
         "key=a exp=-5\n",
         "key=a cas=-1\n",
@@ -96,6 +98,11 @@ START_TEST(parse_hostile)
         "key=a\tb\n",                    /* control character */
     };
 
+    for (size_t i = 0; i < sizeof(unusable) / sizeof(unusable[0]); i++) {
+        ck_assert_msg(parse(unusable[i], &it, kb, &end, &used) == MDUMP_PARSE_SKIP, "%s",
+                      unusable[i]);
+        ck_assert_uint_eq(used, strlen(unusable[i]));
+    }
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ck_assert_msg(parse(bad[i], &it, kb, &end, &used) == MDUMP_PARSE_ERROR, "%s", bad[i]);
     }
@@ -104,7 +111,7 @@ START_TEST(parse_hostile)
     memcpy(line, "key=", 4);
     memset(line + 4, 'k', 251);
     strcpy(line + 255, " exp=-1\n");
-    ck_assert_int_eq(parse(line, &it, kb, &end, &used), MDUMP_PARSE_ERROR);
+    ck_assert_int_eq(parse(line, &it, kb, &end, &used), MDUMP_PARSE_SKIP);
     memcpy(line + 4 + 250, " exp=-1\n", 9);   /* 250 bytes: the longest key */
     ck_assert_int_eq(parse(line, &it, kb, &end, &used), MDUMP_PARSE_ITEM);
     ck_assert_uint_eq(it.len, 250);
@@ -271,7 +278,8 @@ END_TEST
 START_TEST(dump_busy_and_bad)
 {
     static const char *const busy[] = { "BUSY currently processing crawler request\r\n", NULL };
-    static const char *const bad[] = { "key=a exp=-1 size=1\nkey=%zz exp=-1\n", NULL };
+    static const char *const bad[] = { "key=a exp=-1 size=1\nkey=%zz exp=-1\n"
+                                       "key=b exp=x\n", NULL };
     static const char *const cut[] = { "key=a exp=-1 size=1\nkey=b", NULL };
     struct fake f;
 
@@ -279,7 +287,7 @@ START_TEST(dump_busy_and_bad)
     ck_assert_int_eq(f.how, MDUMP_BUSY);
     run_fake(&f, bad, 0);
     ck_assert_int_eq(f.how, MDUMP_FAILED);
-    ck_assert_int_eq(f.nkeys, 1);
+    ck_assert_int_eq(f.nkeys, 1);       /* a, then %zz skipped, then a bad exp */
     run_fake(&f, cut, 0);      /* silence: the timeout ends it */
     ck_assert_int_eq(f.how, MDUMP_FAILED);
 }

@@ -976,6 +976,12 @@ static void batch_free(struct batch *b)
 static void on_check(void *arg, const struct mreply *r);
 static void on_recheck(void *arg, const struct mreply *r);
 
+/* Mark a backend down for a while after it failed to answer. */
+static void server_failed(struct sweep *s, const struct item *it)
+{
+    s->srv[s->ring->points[it->owner].server].down_until = s->now + SWEEP_SERVER_BACKOFF_MS;
+}
+
 /* Ask the owner of each item in `fate` with `mg <key> u`; how many went. */
 static uint32_t ask(struct batch *b, enum fate fate, mconn_cb cb)
 {
@@ -990,23 +996,20 @@ static uint32_t ask(struct batch *b, enum fate fate, mconn_cb cb)
         }
         struct server *srv = &s->srv[s->ring->points[it->owner].server];
         int len = snprintf(line, sizeof(line), "mg %.*s u", (int)it->len, b->keys + it->off);
-        if (srv->down_until > s->now || srv->mc == NULL ||
-            mconn_send(srv->mc, line, (size_t)len, NULL, 0, cb, it) != 0) {
+        bool down = srv->down_until > s->now || srv->mc == NULL;
+        if (down || mconn_send(srv->mc, line, (size_t)len, NULL, 0, cb, it) != 0) {
             /* Not asked: the first time it is kept, the second put back. */
             it->fate = fate == F_CHECK ? F_FAILED : F_RESTORE;
             s->stats[SWEEP_STAT_errors]++;
+            if (!down) {
+                server_failed(s, it);
+            }
             continue;
         }
         sent++;
     }
     b->waiting = sent;
     return sent;
-}
-
-/* Mark a backend down for a while after it failed to answer. */
-static void server_failed(struct sweep *s, const struct item *it)
-{
-    s->srv[s->ring->points[it->owner].server].down_until = s->now + SWEEP_SERVER_BACKOFF_MS;
 }
 
 static void on_check(void *arg, const struct mreply *r)

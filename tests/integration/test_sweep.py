@@ -330,6 +330,29 @@ def test_members_in_the_wrong_set_move_and_members_that_are_not_keys_go(env):
     assert "misplaced: 0, wrong score: 0" in check.stdout
 
 
+def test_a_backend_that_cannot_be_asked_keeps_its_entries(env):
+    """A server down during the pass: its entries are kept and counted, the
+    others are swept, and the command still completes its pass."""
+    mcs = env.servers(3, memory_mb=64)
+    p = env.proxy(mcs)
+    keys = ["down:%d" % i for i in range(1500)]
+    write(p.port, keys, b"x")
+    c = Client(("127.0.0.1", p.port), timeout=10)
+    assert c.delete_many(keys[:1000], noreply=False)
+    c.close()
+    index_settled(p.port)
+    where = owners(p.conf_path, [k.encode() for k in keys])
+    on_mc3 = {k for k, (vset, _) in where.items() if ":v:mc3:" in vset}
+    assert on_mc3
+    mcs[2].kill()
+    res = run_cli("index", "sweep", "-c", p.conf_path)
+    assert res.returncode == 0, res.stderr
+    n = sweep_counts(res.stdout)
+    gone_elsewhere = sum(1 for k in keys[:1000] if k.encode() not in on_mc3)
+    assert (n["kept"], n["gone"]) == (len(on_mc3), gone_elsewhere), res.stdout
+    assert set(members(env.r)) == on_mc3 | {k.encode() for k in keys[1000:]}
+
+
 # --- migrations -------------------------------------------------------------------------
 
 

@@ -111,8 +111,12 @@ static int operator_command(int argc, char **argv)
             }
             break;
         case 'r':
+            if (what == NULL || strcmp(what, "sweep") != 0) {
+                fprintf(stderr, "ringproxy %s: --rate is for index sweep only\n", cmd);
+                return 2;
+            }
             rate = strtol(optarg, &end, 10);
-            if (*end != '\0' || rate < 0 || what == NULL || strcmp(what, "sweep") != 0) {
+            if (*end != '\0' || rate < 0) {
                 fprintf(stderr, "ringproxy index sweep: --rate takes entries per second "
                         "(0: unlimited)\n");
                 return 2;

@@ -425,8 +425,13 @@ int cli_index(const char *what, const char *path, const char *pool, long sample,
             fprintf(out, "pool %s: no index configured\n", p->name);
             continue;
         }
-        rc |= strcmp(what, "stats") == 0 ? pool_index_stats(p, out) :
-                                          pool_index_check(p, sample, out);
+        if (strcmp(what, "stats") == 0) {
+            rc |= pool_index_stats(p, out);
+        } else if (strcmp(what, "rebuild") == 0) {
+            rc |= cli_index_rebuild(p, out);
+        } else {
+            rc |= pool_index_check(p, sample, out);
+        }
     }
     config_free(c);
     if (matched == 0) {

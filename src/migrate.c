@@ -34,6 +34,7 @@
 #include "index.h"
 #include "log.h"
 #include "mconn.h"
+#include "rebuild.h"
 #include "ringrec.h"
 #include "migrate_int.h"
 
@@ -749,15 +750,14 @@ static void update_state(struct mig *m)
     }
 }
 
-/* The ring record is missing: write ours, unless someone else did first. */
+/* The ring record is missing: write ours, unless someone else did first;
+ * the backends may then hold keys nobody indexed, so the same script marks
+ * the index for a rebuild (src/adopt.c). */
 static void write_first_record(struct mig *m, const struct ring *r, uint64_t epoch)
 {
-    static const char script[] =
-        "if redis.call('exists', KEYS[1]) == 1 then return 0 end "
-        "redis.call('hset', KEYS[1], unpack(ARGV)) return 1";
-    const char *keys[] = { "ring" };
+    const char *keys[] = { "ring", "index" };
 
-    eval_with_ring(m, on_coord_reply, script, keys, 1, NULL, 0, r, epoch);
+    eval_with_ring(m, on_coord_reply, RB_FIRST_RECORD_SCRIPT, keys, 2, NULL, 0, r, epoch);
 }
 
 static void on_sync(redisAsyncContext *ac, void *r, void *priv)
@@ -1153,6 +1153,11 @@ const char *mig_refused(const struct mig *m)
 enum mig_state mig_get_state(const struct mig *m)
 {
     return m->state;
+}
+
+const char *mig_id(const struct mig *m)
+{
+    return m->id;
 }
 
 bool mig_uses_backend(const struct mig *m, const struct backend *be)

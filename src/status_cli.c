@@ -33,6 +33,9 @@ struct pool_status {
     char state[32];             /* a mig_state name, or "none" (no index) */
     char from[64], to[64];      /* ring fingerprints ("" unknown or idle) */
     char note[256];             /* a line worth adding, or "" */
+    char rebuild[128];          /* the index rebuild: an adopt state, or the
+                                   <prefix>:index field ("" unknown) */
+    double rebuild_keys;
     bool indexed, lease, pending;
     double epoch;               /* NAN: unknown */
     double arcs_total, arcs_done, keys_moved, keys_skipped, keys_stale, keys_failed;
@@ -117,6 +120,15 @@ static void print_pool(const struct pool_status *st, FILE *out)
     }
     if (st->note[0] != '\0') {
         fprintf(out, "  %s\n", st->note);
+    }
+    if (st->rebuild[0] != '\0' && strcmp(st->rebuild, "none") != 0 &&
+        strncmp(st->rebuild, "done", 4) != 0) {
+        fprintf(out, "  index rebuild from the backends: %s", st->rebuild);
+        if (strcmp(st->rebuild, "running") == 0) {
+            fprintf(out, ", %s keys indexed so far", fmt_count(st->rebuild_keys, n1,
+                                                               sizeof(n1)));
+        }
+        fprintf(out, "\n");
     }
 }
 
@@ -366,6 +378,7 @@ static const struct status_field {
     NUM("keys_moved", keys_moved), NUM("keys_skipped", keys_skipped),
     NUM("keys_stale", keys_stale), NUM("keys_failed", keys_failed),
     NUM("elapsed_sec", elapsed_sec), NUM("eta_sec", eta_sec),
+    STR("rebuild", rebuild), NUM("rebuild_keys", rebuild_keys),
 #undef STR
 #undef NUM
 #undef BOOL
@@ -606,6 +619,14 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
                           st->arcs_done;
         }
     }
+    redisReply *rb = redisCommand(rc, "HGET %s:index rebuild", p->index.prefix);
+    if (rb != NULL && rb->type == REDIS_REPLY_STRING) {
+        snprintf(st->rebuild, sizeof(st->rebuild), "%s", rb->str);
+        for (char *c = st->rebuild; *c != '\0'; c++) {
+            *c = (unsigned char)*c < 0x20 || (unsigned char)*c == 0x7f ? '?' : *c;
+        }
+    }
+    freeReplyObject(rb);
     freeReplyObject(ring);
     freeReplyObject(mig);
     redisFree(rc);

@@ -400,12 +400,14 @@ static void chk_retry(evutil_socket_t fd, short what, void *arg)
     chk_start(arg);
 }
 
-static void chk_end(void *arg, enum mdump_end how, const char *why)
+static void chk_end(void *arg, enum mdump_end how, const char *said)
 {
     struct chk_srv *s = arg;
     struct chk *c = s->c;
     const char *id = c->ring->servers[s->index].identity;
+    char why[256];
 
+    snprintf(why, sizeof(why), "%s", said);     /* it lives in the dump */
     mdump_free(s->dump);
     s->dump = NULL;
     if (how == MDUMP_BUSY && ++s->busy <= CHK_BUSY_RETRIES) {

@@ -328,12 +328,14 @@ static void on_key(void *arg, const struct mdump_item *it)
     rb_flow(rb);
 }
 
-static void on_dump_end(void *arg, enum mdump_end how, const char *why)
+static void on_dump_end(void *arg, enum mdump_end how, const char *said)
 {
     struct rb_server *s = arg;
     struct rb *rb = s->rb;
     const char *id = rb->ring->servers[s->index].identity;
+    char why[256];
 
+    snprintf(why, sizeof(why), "%s", said);     /* it lives in the dump */
     mdump_free(s->dump);
     s->dump = NULL;
     s->ended_ms = mono_ms();

@@ -352,7 +352,7 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
          * for every proxy too. */
         char *fields[RINGREC_FIELDS * 2], ring_key[512], index_key[512];
         int nf = ringrec_fields(file, 1, fields);
-        const char *argv[4 + RINGREC_FIELDS * 2] = { "EVAL", RB_FIRST_RECORD_SCRIPT, "2",
+        const char *argv[5 + RINGREC_FIELDS * 2] = { "EVAL", RB_FIRST_RECORD_SCRIPT, "2",
                                                      ring_key, index_key };
         if (nf < 0) {
             fprintf(stderr, "pool %s: out of memory\n", p->name);

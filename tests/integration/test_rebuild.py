@@ -298,3 +298,33 @@ def test_redis_emptied_mid_life_is_adopted_again_and_a_resize_misses_nothing(clu
     new, st = grow_to_4(cluster, proxy, mcs, rs.port)
     assert int(st["migration:keys_moved"]) > 0
     assert_no_miss(port, keys)
+
+
+def test_one_proxy_of_a_fleet_rebuilds_and_the_others_see_it_done(cluster, warm):
+    mcs, rs, keys = warm
+    ports = [free_port(), free_port()]
+    proxies = [cluster.proxy(proxy_config(p, mcs, rs.port), port=p) for p in ports]
+    stats = [wait_stat(p, lambda s: s.get("index:rebuild_state") == "done",
+                       "rebuild seen as done") for p in ports]
+    assert sorted(int(s["index:rebuild_runs"]) for s in stats) == [0, 1]
+    assert sum("this proxy rebuilds it" in p.log() for p in proxies) == 1
+    assert len(index_entries(redis.Redis(port=rs.port))) == KEYS
+
+
+def test_a_resize_proposed_during_adoption_stops_it_and_it_resumes_after(cluster, warm):
+    mcs, rs, keys = warm
+    port = free_port()
+    proxy = cluster.proxy(proxy_config(port, mcs, rs.port, rebuild_rate=4000), port=port)
+    wait_stat(port, lambda s: s.get("index:rebuild_state") == "running" and
+              int(s["index:rebuild_keys"]) > 0, "a slow rebuild under way")
+    r = redis.Redis(port=rs.port)
+    assert r.hget(PREFIX + ":index", "rebuild").startswith(b"running ")
+
+    new, st = grow_to_4(cluster, proxy, mcs, rs.port)
+    assert int(st["index:rebuild_stops"]) == 1
+    assert "index rebuild stopped: " in proxy.log()
+    # Idle again: the rebuild starts over, by the new ring, and ends.
+    st = wait_stat(port, lambda s: s["index:rebuild_state"] == "done",
+                   "the rebuild resumed after the migration")
+    assert int(st["index:rebuild_runs"]) == 1
+    assert r.get(PREFIX + ":index:rebuild:lock") is None

@@ -382,6 +382,7 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
             fprintf(out, "pool %s: no ring record yet: recorded this file's ring as the "
                     "one the data obeys (%s:ring, epoch %llu)\n", p->name, p->index.prefix,
                     (unsigned long long)epoch);
+            fflush(out);    /* before the progress lines on stderr */
         }
     } else {
         char fa[RINGREC_FP_SIZE], fb[RINGREC_FP_SIZE];
@@ -391,6 +392,7 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
             fprintf(out, "pool %s: the data obeys the recorded ring (epoch %llu), not this "
                     "file's: rebuilding by the recorded one\n", p->name,
                     (unsigned long long)epoch);
+            fflush(out);
         }
     }
     c.expected = calloc(data->nservers, sizeof(*c.expected));

@@ -105,10 +105,10 @@ def wait_ready(port):
                      "proxy ready", timeout=15)
 
 
-def grow_to_4(cluster, proxy, mcs, redis_port):
+def grow_to_4(cluster, proxy, mcs, redis_port, rebuild_rate=0):
     """SIGHUP with a fourth server; returns the stats once the fleet serves it."""
     new = cluster.memcached(1, memory_mb=16)[0]
-    proxy.write_config(proxy_config(proxy.port, mcs + [new], redis_port))
+    proxy.write_config(proxy_config(proxy.port, mcs + [new], redis_port, rebuild_rate))
     proxy.signal(signal.SIGHUP)
     st = wait_stat(proxy.port, lambda s: s.get("migration:state") == "idle" and
                    int(s.get("migration:epoch", 0)) >= 2, "migration to 4 servers")
@@ -320,7 +320,7 @@ def test_a_resize_proposed_during_adoption_stops_it_and_it_resumes_after(cluster
     r = redis.Redis(port=rs.port)
     assert r.hget(PREFIX + ":index", "rebuild").startswith(b"running ")
 
-    new, st = grow_to_4(cluster, proxy, mcs, rs.port)
+    new, st = grow_to_4(cluster, proxy, mcs, rs.port, rebuild_rate=4000)
     assert int(st["index:rebuild_stops"]) == 1
     assert "index rebuild stopped: " in proxy.log()
     # Idle again: the rebuild starts over, by the new ring, and ends.

@@ -328,3 +328,16 @@ def test_a_resize_proposed_during_adoption_stops_it_and_it_resumes_after(cluster
                    "the rebuild resumed after the migration")
     assert int(st["index:rebuild_runs"]) == 1
     assert r.get(PREFIX + ":index:rebuild:lock") is None
+
+
+def test_sigterm_gives_the_rebuild_lease_back_for_another_proxy(cluster, warm):
+    mcs, rs, keys = warm
+    port = free_port()
+    proxy = cluster.proxy(proxy_config(port, mcs, rs.port, rebuild_rate=4000), port=port)
+    wait_stat(port, lambda s: s.get("index:rebuild_state") == "running", "a slow rebuild")
+    r = redis.Redis(port=rs.port)
+    assert r.get(PREFIX + ":index:rebuild:lock") is not None
+
+    assert proxy.stop() == 0
+    assert r.get(PREFIX + ":index:rebuild:lock") is None
+    assert r.hget(PREFIX + ":index", "rebuild") == b"pending"

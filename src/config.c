@@ -379,6 +379,8 @@ static const struct conf_directive index_directives[] = {
     { "password", parse_string, offsetof(struct conf_index, password), NULL, 0, 0 },
     { "queue_max", parse_int, offsetof(struct conf_index, queue_max), "100000",
       1, INT32_MAX },
+    { "rebuild_rate", parse_int, offsetof(struct conf_index, rebuild_rate), "50000",
+      0, INT32_MAX },
 };
 
 static const struct conf_directive migration_directives[] = {

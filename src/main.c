@@ -19,6 +19,7 @@
     "       ringproxy diff OLD_FILE NEW_FILE\n"                                \
     "       ringproxy index stats -c FILE [--pool NAME]\n"                     \
     "       ringproxy index check -c FILE [--pool NAME] [--sample N]\n"        \
+    "       ringproxy index rebuild -c FILE [--pool NAME]\n"                  \
     "       ringproxy status -c FILE [--pool NAME] [-s ADMIN_PORT] [-a ADMIN_ADDR]\n" \
     "       ringproxy -V | -h\n"                                               \
     "\n"                                                                       \
@@ -79,8 +80,9 @@ static int operator_command(int argc, char **argv)
     long sample = 1000;
 
     if (strcmp(cmd, "index") == 0) {
-        if (argc < 2 || (strcmp(argv[1], "stats") != 0 && strcmp(argv[1], "check") != 0)) {
-            fprintf(stderr, "usage: ringproxy index stats|check -c FILE ...\n");
+        if (argc < 2 || (strcmp(argv[1], "stats") != 0 && strcmp(argv[1], "check") != 0 &&
+                         strcmp(argv[1], "rebuild") != 0)) {
+            fprintf(stderr, "usage: ringproxy index stats|check|rebuild -c FILE ...\n");
             return 2;
         }
         what = argv[1];

@@ -35,6 +35,7 @@
 #include "backend.h"
 #include "client.h"
 #include "config.h"
+#include "adopt.h"
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
@@ -281,7 +282,7 @@ static void proxy_reap_pools(struct worker *w)
 {
     for (uint32_t i = 0; i < w->npools;) {
         struct pool *p = w->pools[i];
-        if (!p->closing || !TAILQ_EMPTY(&p->clients)) {
+        if (!p->closing || !TAILQ_EMPTY(&p->clients) || !adopt_left(p->adopt)) {
             i++;
             continue;
         }
@@ -324,6 +325,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
             backend_tick(p->backends[b], now);
         }
         mig_tick(p->mig, now);
+        adopt_tick(p->adopt, now);
         pool_retire_backends(p);
     }
     proxy_reap_pools(w);
@@ -720,7 +722,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static bool worker_idle(const struct worker *w)
 {
     for (uint32_t i = 0; i < w->npools; i++) {
-        if (!TAILQ_EMPTY(&w->pools[i]->clients) || !mig_left(w->pools[i]->mig)) {
+        if (!TAILQ_EMPTY(&w->pools[i]->clients) || !mig_left(w->pools[i]->mig) ||
+            !adopt_left(w->pools[i]->adopt)) {
             return false;
         }
     }

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <event2/listener.h>
 
+#include "adopt.h"
 #include "backend.h"
 #include "client.h"
 #include "index.h"
@@ -65,7 +66,8 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct r
     pool_set_ring(p, r, map);
     if (conf->index.enabled &&
         ((p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL ||
-         (p->mig = mig_new(p, pool_ready)) == NULL)) {
+         (p->mig = mig_new(p, pool_ready)) == NULL ||
+         (p->adopt = adopt_new(p)) == NULL)) {
         snprintf(err, errlen, "out of memory starting the index writer");
         return -1;
     }
@@ -93,6 +95,8 @@ void pool_close(struct pool *p)
     while ((c = TAILQ_FIRST(&p->clients)) != NULL) {
         client_close(c, "shutdown");
     }
+    adopt_free(p->adopt);   /* reads the migration's state */
+    p->adopt = NULL;
     mig_free(p->mig);       /* before the backends its moves use */
     p->mig = NULL;
     for (uint32_t i = 0; i < p->nbackends; i++) {

@@ -30,6 +30,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "admin.h"
+#include "adopt.h"
 #include "index.h"
 #include "log.h"
 #include "migrate.h"
@@ -409,6 +410,37 @@ static void metrics_index(struct admin *a, struct evbuffer *b)
     }
 }
 
+static void metrics_rebuild(struct admin *a, struct evbuffer *b)
+{
+    static const struct stats_desc state = { "rebuild_state", "gauge",
+        "1 for the state of the pool's index rebuild from its backends" };
+    struct worker *w = a->w;
+    char name[128];
+
+    prom_head(b, name, sizeof(name), "index", &state);
+    for (uint32_t i = 0; i < w->npools; i++) {
+        const struct pool *p = w->pools[i];
+        for (int st = 0; pool_listed(p) && p->adopt != NULL && st < ADOPT_STATE_COUNT; st++) {
+            const char *labels[] = { "pool", p->name, "state", adopt_state_names[st], NULL };
+            prom_sample(b, name, labels, adopt_get_state(p->adopt) == (enum adopt_state)st);
+        }
+    }
+    for (int s = 0; s < ADOPT_STAT_COUNT; s++) {
+        const struct stats_desc d = { adopt_stat_desc[s].name, adopt_stat_desc[s].kind,
+                                      adopt_stat_desc[s].help };
+        prom_head(b, name, sizeof(name), "index", &d);
+        for (uint32_t i = 0; i < w->npools; i++) {
+            const struct pool *p = w->pools[i];
+            const char *labels[] = { "pool", p->name, NULL };
+            uint64_t v[ADOPT_STAT_COUNT];
+            if (pool_listed(p) && p->adopt != NULL) {
+                adopt_stats(p->adopt, v);
+                prom_sample(b, name, labels, (double)v[s]);
+            }
+        }
+    }
+}
+
 static void metrics_migration(struct admin *a, struct evbuffer *b)
 {
     static const struct stats_desc state = { "state", "gauge",
@@ -488,6 +520,7 @@ static int serve_metrics(struct admin *a, struct evhttp_request *req, struct evb
     metrics_backends(a, b);
     if (indexed) {
         metrics_index(a, b);
+        metrics_rebuild(a, b);
         metrics_migration(a, b);
         metrics_sweep(a, b);
     }
@@ -749,8 +782,15 @@ static void migration_json(struct evbuffer *b, const struct pool *p)
     evbuffer_add_printf(b, ",\"index_health\":\"%s\",\"index_error\":",
                         idx_health_names[h]);
     json_str_or_null(b, why);
+    if (p->adopt != NULL) {
+        uint64_t rb[ADOPT_STAT_COUNT];
+        adopt_stats(p->adopt, rb);
+        evbuffer_add_printf(b, ",\"rebuild\":\"%s\",\"rebuild_keys\":%llu",
+                            adopt_state_names[adopt_get_state(p->adopt)],
+                            (unsigned long long)rb[ADOPT_STAT_rebuild_keys]);
+    }
     sweep_json(b, p->sweep);
-    evbuffer_add_printf(b, "}");
+    evbuffer_add(b, "}", 1);
 }
 
 static int serve_migration(struct admin *a, struct evhttp_request *req, struct evbuffer *b)

@@ -6,6 +6,7 @@
 #define RP_CLI_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 /* Each returns the process exit status and writes to out (errors to stderr). */
@@ -38,10 +39,23 @@ bool cli_record_matches(const struct redisReply *rec, const struct ring *r);
 /* `index stats` and `index check` (sample: keys to check). */
 int cli_index(const char *what, const char *path, const char *pool, long sample,
               FILE *out);
+/* `index rebuild` of one indexed pool (src/rebuild_cli.c). */
+struct conf_pool;
+int cli_index_rebuild(const struct conf_pool *p, FILE *out);
+/*
+ * The ring a pool's data obeys: <prefix>:ring, with this file's address for
+ * every server the file lists; `file` itself (a new reference) and *epoch 0
+ * when nothing is recorded yet. NULL with err when Redis fails or the record
+ * cannot be read.
+ */
+struct ring *cli_data_ring(struct redisContext *rc, const struct conf_pool *p,
+                           const struct ring *file, uint64_t *epoch, char *err,
+                           size_t errlen);
 /* `index sweep`: one pass of the index sweeper (rate: entries per second,
  * 0 = unlimited). 0 when every pass completed, 1 if Redis refused, a
  * migration runs, or it was interrupted. */
 int cli_index_sweep(const char *path, const char *pool, long rate, FILE *out);
+
 /* `status`: each pool's state and migration progress, from the admin port at
  * admin_addr:admin_port (0: skip it) or else from the pools' Redis index. */
 int cli_status(const char *path, const char *pool, const char *admin_addr,

@@ -46,6 +46,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "adopt.h"
 #include "backend.h"
 #include "client.h"
 #include "index.h"
@@ -503,6 +504,7 @@ static void client_stats(struct client *c, const struct proto_req *req)
                 evbuffer_add_printf(b, "STAT index:%s %llu\r\n", idx_stat_desc[i].name,
                                     (unsigned long long)st[i]);
             }
+            adopt_stats_lines(p->adopt, b);
         }
         if (p->sweep != NULL) {
             sweep_stats_text(p->sweep, b);

@@ -380,6 +380,8 @@ static const struct conf_directive index_directives[] = {
     { "password", parse_string, offsetof(struct conf_index, password), NULL, 0, 0 },
     { "queue_max", parse_int, offsetof(struct conf_index, queue_max), "100000",
       1, INT32_MAX },
+    { "rebuild_rate", parse_int, offsetof(struct conf_index, rebuild_rate), "50000",
+      0, INT32_MAX },
     { "sweep_rate", parse_int, offsetof(struct conf_index, sweep_rate),
       SWEEP_RATE_DEFAULT, 0, INT32_MAX },
 };

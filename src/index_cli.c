@@ -16,9 +16,12 @@
 #include <unistd.h>
 #include <hiredis/hiredis.h>
 
+#include <event2/event.h>
+
 #include "cli.h"
 #include "config.h"
 #include "index.h"
+#include "metadump.h"
 #include "ringrec.h"
 
 bool cli_redis_failed(const redisContext *rc, const redisReply *r,
@@ -355,6 +358,264 @@ static bool member_is_key(const char *s, size_t len)
     return true;
 }
 
+/* --- completeness: what the backends hold against what the index says ------- */
+
+#define CHK_BATCH 1024          /* ZSCOREs pipelined at once */
+#define CHK_BUSY_RETRIES 10     /* a crawler busy with another job: every 1 s */
+#define CHK_MISSING_SHOWN 5
+
+struct chk;
+
+struct chk_srv {
+    struct chk *c;
+    uint32_t index;
+    struct conf_addr addr;
+    struct mdump *dump;
+    struct event *retry;
+    int busy;
+    bool ended;
+};
+
+struct chk {
+    const struct conf_pool *p;
+    redisContext *rc;
+    FILE *out;
+    const struct ring *ring;
+    struct event_base *base;
+    struct chk_srv *srv;
+    uint32_t running;
+    uint64_t held, indexed, missing, misplaced;
+    uint32_t pending;                           /* ZSCOREs appended, unread */
+    char (*batch)[MDUMP_KEY_MAX + 1];           /* their keys, for the samples */
+    uint32_t *batch_srv;
+    char shown[CHK_MISSING_SHOWN][MDUMP_KEY_MAX + 300];    /* missing keys, named */
+    bool failed;
+};
+
+/* Read the replies of the pipelined ZSCOREs. */
+static void chk_drain(struct chk *c)
+{
+    for (uint32_t i = 0; i < c->pending; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c->rc, (void **)&r) != REDIS_OK || r == NULL) {
+            if (!c->failed) {
+                fprintf(stderr, "pool %s: Redis %s: %s\n", c->p->name,
+                        c->p->index.redis.text, c->rc->errstr);
+            }
+            c->failed = true;
+            c->pending = 0;
+            event_base_loopbreak(c->base);
+            return;
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+            if (!c->failed) {
+                fprintf(stderr, "pool %s: Redis %s refused ZSCORE: %s\n", c->p->name,
+                        c->p->index.redis.text, r->str);
+            }
+            c->failed = true;
+        } else if (r->type == REDIS_REPLY_NIL) {
+            if (c->missing < CHK_MISSING_SHOWN) {
+                snprintf(c->shown[c->missing], sizeof(c->shown[0]), "'%s' on %s",
+                         c->batch[i], c->ring->servers[c->batch_srv[i]].identity);
+            }
+            c->missing++;
+        } else {
+            c->indexed++;
+        }
+        freeReplyObject(r);
+    }
+    c->pending = 0;
+}
+
+static void chk_key(void *arg, const struct mdump_item *it)
+{
+    struct chk_srv *s = arg;
+    struct chk *c = s->c;
+    uint32_t h = ring_key_hash(c->ring, it->key, it->len);
+    uint32_t pt = ring_find(c->ring, h);
+    char vnode[1024];
+
+    c->held++;
+    if (c->failed) {
+        return;
+    }
+    if (c->ring->points[pt].server != s->index) {
+        c->misplaced++;
+        return;
+    }
+    size_t vlen = idx_vnode_key(c->p->index.prefix, c->ring, pt, vnode, sizeof(vnode));
+    const char *argv[] = { "ZSCORE", vnode, it->key };
+    size_t lens[] = { 6, vlen, it->len };
+    redisAppendCommandArgv(c->rc, 3, argv, lens);
+    memcpy(c->batch[c->pending], it->key, it->len);
+    c->batch[c->pending][it->len] = '\0';
+    c->batch_srv[c->pending++] = s->index;
+    if (c->pending == CHK_BATCH) {
+        chk_drain(c);
+    }
+}
+
+static void chk_start(struct chk_srv *s);
+
+static void chk_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    chk_start(arg);
+}
+
+static void chk_end(void *arg, enum mdump_end how, const char *said)
+{
+    struct chk_srv *s = arg;
+    struct chk *c = s->c;
+    const char *id = c->ring->servers[s->index].identity;
+    char why[256];
+
+    snprintf(why, sizeof(why), "%s", said);     /* it lives in the dump */
+    mdump_free(s->dump);
+    s->dump = NULL;
+    if (how == MDUMP_BUSY && ++s->busy <= CHK_BUSY_RETRIES) {
+        struct timeval tv = { 1, 0 };
+        evtimer_add(s->retry, &tv);
+        return;
+    }
+    if (how != MDUMP_DONE) {
+        c->failed = true;
+        fprintf(stderr, "pool %s: memcached at %s (%s) %s: %s%s\n", c->p->name,
+                s->addr.text, id, how == MDUMP_REFUSED ? "refused lru_crawler metadump" :
+                how == MDUMP_BUSY ? "stayed busy" : "could not list its keys", why,
+                how == MDUMP_REFUSED ? "; needs memcached >= 1.4.31 with the LRU crawler "
+                "enabled" : "");
+    }
+    s->ended = true;
+    if (--c->running == 0) {
+        event_base_loopbreak(c->base);
+    }
+}
+
+static void chk_start(struct chk_srv *s)
+{
+    struct chk *c = s->c;
+
+    s->dump = mdump_start(c->base, s->addr.host, s->addr.port, s->addr.is_unix,
+                          c->p->timeout > 0 ? (uint32_t)c->p->timeout : 0, chk_key,
+                          chk_end, s);
+    if (s->dump == NULL) {
+        chk_end(s, MDUMP_FAILED, "out of memory");
+    }
+}
+
+/*
+ * Every backend's keys (lru_crawler metadump) looked up in their owner's
+ * v-node set: how many the index lacks. Stale entries (indexed keys no
+ * longer on their owner) are estimated from the sample: listing every set
+ * would cost as much as the index. Returns 0, or 1 when Redis or a backend
+ * refused.
+ */
+static int check_completeness(const struct conf_pool *p, redisContext *rc,
+                              const struct ring *file, uint64_t entries, long sampled,
+                              long gone, FILE *out)
+{
+    struct chk c = { .p = p, .rc = rc, .out = out };
+    char err[512];
+    uint64_t epoch = 0;
+    struct ring *ring = NULL;
+    int status = 1;
+
+    redisReply *r = redisCommand(rc, "HEXISTS %s:migration to", p->index.prefix);
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+        fprintf(stderr, "pool %s: Redis %s: %s\n", p->name, p->index.redis.text,
+                r == NULL ? rc->errstr : r->type == REDIS_REPLY_ERROR ? r->str :
+                "unexpected reply to HEXISTS");
+        freeReplyObject(r);
+        return 1;
+    }
+    bool migrating = r->integer == 1;
+    freeReplyObject(r);
+    if (migrating) {
+        fprintf(out, "  completeness: not measured while a migration runs (a key's "
+                "owner depends on its arc's progress)\n");
+        return 0;
+    }
+    if ((c.ring = ring = cli_data_ring(rc, p, file, &epoch, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "pool %s: %s\n", p->name, err);
+        return 1;
+    }
+    c.srv = calloc(ring->nservers, sizeof(*c.srv));
+    c.batch = malloc(CHK_BATCH * sizeof(*c.batch));
+    c.batch_srv = malloc(CHK_BATCH * sizeof(*c.batch_srv));
+    c.base = event_base_new();
+    if (c.srv == NULL || c.batch == NULL || c.batch_srv == NULL || c.base == NULL) {
+        fprintf(stderr, "pool %s: out of memory\n", p->name);
+        goto out;
+    }
+    for (uint32_t i = 0; i < ring->nservers; i++) {
+        struct chk_srv *s = &c.srv[i];
+        const char *why = "invalid";
+        s->c = &c;
+        s->index = i;
+        if (conf_addr_parse(ring->servers[i].addr, &s->addr, &why) != 0 ||
+            (s->retry = evtimer_new(c.base, chk_retry, s)) == NULL) {
+            fprintf(stderr, "pool %s: server %s: address '%s': %s\n", p->name,
+                    ring->servers[i].identity, ring->servers[i].addr, why);
+            goto out;
+        }
+    }
+    c.running = ring->nservers;
+    for (uint32_t i = 0; i < ring->nservers; i++) {
+        chk_start(&c.srv[i]);
+    }
+    if (c.running > 0) {
+        event_base_dispatch(c.base);
+    }
+    if (!c.failed) {
+        chk_drain(&c);
+    }
+    if (c.failed) {
+        goto out;
+    }
+    uint64_t owned = c.indexed + c.missing;
+    fprintf(out, "  completeness (lru_crawler metadump of every backend, ring epoch "
+            "%llu): %llu keys held, %llu in the index, %llu missing from it (%.2f%% "
+            "complete), %llu on a server that does not own them\n",
+            (unsigned long long)epoch, (unsigned long long)c.held,
+            (unsigned long long)c.indexed, (unsigned long long)c.missing,
+            owned ? 100.0 * (double)c.indexed / (double)owned : 100.0,
+            (unsigned long long)c.misplaced);
+    if (sampled > 0) {
+        fprintf(out, "  stale entries (indexed keys gone from their owner): about "
+                "%.0f of %llu (%.1f%% of the sample)\n",
+                (double)entries * (double)gone / (double)sampled,
+                (unsigned long long)entries, 100.0 * (double)gone / (double)sampled);
+    }
+    for (uint64_t i = 0; i < c.missing && i < CHK_MISSING_SHOWN; i++) {
+        fprintf(out, "  missing from the index: %s\n", c.shown[i]);
+    }
+    if (c.missing > 0) {
+        fprintf(out, "  keys missing from the index are not moved by a resize until "
+                "written again: `ringproxy index rebuild` adds them\n");
+    }
+    status = 0;
+out:
+    for (uint32_t i = 0; c.srv != NULL && i < ring->nservers; i++) {
+        mdump_free(c.srv[i].dump);
+        if (c.srv[i].retry != NULL) {
+            event_free(c.srv[i].retry);
+        }
+        conf_addr_free(&c.srv[i].addr);
+    }
+    if (c.pending > 0 && !c.failed) {
+        chk_drain(&c);
+    }
+    if (c.base != NULL) {
+        event_base_free(c.base);
+    }
+    free(c.srv);
+    free(c.batch);
+    free(c.batch_srv);
+    ring_unref(ring);
+    return status;
+}
+
 static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
 {
     char err[512], key[1024], want[1024];
@@ -364,6 +625,7 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
     long checked = 0, misplaced = 0, wrong_score = 0, present = 0, missing = 0,
          unreachable = 0, not_keys = 0;
     bool failed = false;
+    int complete_rc = 1;
 
     if (rc == NULL) {
         fprintf(stderr, "pool '%s': %s\n", p->name, err);
@@ -466,6 +728,8 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
             "deleted around the proxy): %ld, backend unreachable: %ld\n", present,
             checked ? 100.0 * (double)present / (double)checked : 0.0, missing,
             unreachable);
+    complete_rc = card != NULL ?
+                  check_completeness(p, rc, ring, total, checked, missing, out) : 1;
 out:
     for (uint32_t s = 0; fds != NULL && s < ring->nservers; s++) {
         if (fds[s] >= 0) {
@@ -476,7 +740,7 @@ out:
     free(fds);
     redisFree(rc);
     ring_unref(ring);
-    return failed || misplaced || wrong_score || not_keys ? 1 : 0;
+    return failed || misplaced || wrong_score || not_keys || complete_rc ? 1 : 0;
 }
 
 int cli_index(const char *what, const char *path, const char *pool, long sample,
@@ -503,8 +767,13 @@ int cli_index(const char *what, const char *path, const char *pool, long sample,
             fprintf(out, "pool %s: no index configured\n", p->name);
             continue;
         }
-        rc |= strcmp(what, "stats") == 0 ? pool_index_stats(p, out) :
-                                          pool_index_check(p, sample, out);
+        if (strcmp(what, "stats") == 0) {
+            rc |= pool_index_stats(p, out);
+        } else if (strcmp(what, "rebuild") == 0) {
+            rc |= cli_index_rebuild(p, out);
+        } else {
+            rc |= pool_index_check(p, sample, out);
+        }
     }
     config_free(c);
     if (matched == 0) {

@@ -19,6 +19,7 @@
     "       ringproxy diff OLD_FILE NEW_FILE\n"                                \
     "       ringproxy index stats -c FILE [--pool NAME]\n"                     \
     "       ringproxy index check -c FILE [--pool NAME] [--sample N]\n"        \
+    "       ringproxy index rebuild -c FILE [--pool NAME]\n"                  \
     "       ringproxy index sweep -c FILE [--pool NAME] [--rate N]\n"          \
     "       ringproxy status -c FILE [--pool NAME] [-s ADMIN_PORT] [-a ADMIN_ADDR]\n" \
     "       ringproxy -V | -h\n"                                               \
@@ -83,8 +84,8 @@ static int operator_command(int argc, char **argv)
 
     if (strcmp(cmd, "index") == 0) {
         if (argc < 2 || (strcmp(argv[1], "stats") != 0 && strcmp(argv[1], "check") != 0 &&
-                         strcmp(argv[1], "sweep") != 0)) {
-            fprintf(stderr, "usage: ringproxy index stats|check|sweep -c FILE ...\n");
+                         strcmp(argv[1], "rebuild") != 0 && strcmp(argv[1], "sweep") != 0)) {
+            fprintf(stderr, "usage: ringproxy index stats|check|rebuild|sweep -c FILE ...\n");
             return 2;
         }
         what = argv[1];

@@ -34,6 +34,7 @@
 #include "index.h"
 #include "log.h"
 #include "mconn.h"
+#include "rebuild.h"
 #include "ringrec.h"
 #include "sweep.h"
 #include "migrate_int.h"
@@ -805,17 +806,16 @@ static void on_first_record(redisAsyncContext *ac, void *r, void *priv)
     m->next_sync = 0;
 }
 
-/* The ring record is missing: write ours, unless someone else did first. */
+/* The ring record is missing: write ours, unless someone else did first;
+ * the backends may then hold keys nobody indexed, so the same script marks
+ * the index for a rebuild (src/adopt.c). */
 static void write_first_record(struct mig *m, const struct ring *r, uint64_t epoch)
 {
-    static const char script[] =
-        "if redis.call('exists', KEYS[1]) == 1 then return 0 end "
-        "redis.call('hset', KEYS[1], unpack(ARGV)) return 1";
-    const char *keys[] = { "ring" };
+    const char *keys[] = { "ring", "index" };
 
     ringrec_fingerprint(r, m->fp_first);
     m->epoch_first = epoch;
-    eval_with_ring(m, on_first_record, script, keys, 1, NULL, 0, r, epoch);
+    eval_with_ring(m, on_first_record, RB_FIRST_RECORD_SCRIPT, keys, 2, NULL, 0, r, epoch);
 }
 
 /* 1 when <prefix>:proxies holds this proxy's own sweeper announcement. */

@@ -60,7 +60,7 @@ void mig_leave(struct mig *m);
 /* Has Redis confirmed that (or can it not be told)? NULL: true. */
 bool mig_left(const struct mig *m);
 enum mig_state mig_get_state(const struct mig *m);
-/* This proxy's name in the fleet (its heartbeat field): host:pid:random. */
+/* This proxy's id in the fleet (host:pid:random), as in its heartbeat. */
 const char *mig_id(const struct mig *m);
 bool mig_uses_backend(const struct mig *m, const struct backend *be);
 

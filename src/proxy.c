@@ -35,6 +35,7 @@
 #include "backend.h"
 #include "client.h"
 #include "config.h"
+#include "adopt.h"
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
@@ -282,7 +283,8 @@ static void proxy_reap_pools(struct worker *w)
 {
     for (uint32_t i = 0; i < w->npools;) {
         struct pool *p = w->pools[i];
-        if (!p->closing || !TAILQ_EMPTY(&p->clients) || !sweep_left(p->sweep)) {
+        if (!p->closing || !TAILQ_EMPTY(&p->clients) || !adopt_left(p->adopt) ||
+            !sweep_left(p->sweep)) {
             i++;
             continue;
         }
@@ -325,6 +327,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
             backend_tick(p->backends[b], now);
         }
         mig_tick(p->mig, now);
+        adopt_tick(p->adopt, now);
         pool_sweep_tick(p, now);
         pool_retire_backends(p);
     }
@@ -724,7 +727,7 @@ static bool worker_idle(const struct worker *w)
 {
     for (uint32_t i = 0; i < w->npools; i++) {
         if (!TAILQ_EMPTY(&w->pools[i]->clients) || !mig_left(w->pools[i]->mig) ||
-            !sweep_left(w->pools[i]->sweep)) {
+            !adopt_left(w->pools[i]->adopt) || !sweep_left(w->pools[i]->sweep)) {
             return false;
         }
     }

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <event2/listener.h>
 
+#include "adopt.h"
 #include "backend.h"
 #include "client.h"
 #include "index.h"
@@ -77,6 +78,7 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct r
     if (conf->index.enabled &&
         ((p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL ||
          (p->mig = mig_new(p, pool_ready)) == NULL ||
+         (p->adopt = adopt_new(p)) == NULL ||
          (so.id = mig_id(p->mig), p->sweep = sweep_new(w->base, &so)) == NULL)) {
         snprintf(err, errlen, "out of memory starting the index writer");
         return -1;
@@ -125,6 +127,8 @@ void pool_close(struct pool *p)
     while ((c = TAILQ_FIRST(&p->clients)) != NULL) {
         client_close(c, "shutdown");
     }
+    adopt_free(p->adopt);   /* reads the migration's state */
+    p->adopt = NULL;
     mig_free(p->mig);       /* before the backends its moves use */
     p->mig = NULL;
     sweep_free(p->sweep);

@@ -141,6 +141,7 @@ struct pool {
     struct backend **backends;  /* every backend, each at its own address */
     uint32_t nbackends, cap_backends;
     struct mig *mig;            /* indexed pools: Redis coordination, moves */
+    struct adopt *adopt;        /* indexed pools: the background index rebuild */
     bool ready;                 /* knows which ring the data obeys: serve */
     bool closing;               /* removed by a reload: freed once idle */
     struct evconnlistener *listener;

@@ -36,6 +36,9 @@ struct pool_status {
     char index_health[32];      /* the proxy's index health ("" unknown) */
     char index_error[192];      /* ... what Redis said */
     char blocked[128];          /* a server that holds the migration up, or "" */
+    char rebuild[128];          /* the index rebuild: an adopt state, or the
+                                   <prefix>:index field ("" unknown) */
+    double rebuild_keys;
     bool indexed, lease, pending;
     double epoch;               /* NAN: unknown */
     double arcs_total, arcs_done, keys_moved, keys_skipped, keys_stale, keys_failed;
@@ -172,6 +175,15 @@ static void print_pool(const struct pool_status *st, FILE *out)
     }
     if (st->index_health[0] != '\0' && strcmp(st->index_health, "ok") != 0) {
         fprintf(out, "  index %s: %s\n", st->index_health, st->index_error);
+    }
+    if (st->rebuild[0] != '\0' && strcmp(st->rebuild, "none") != 0 &&
+        strncmp(st->rebuild, "done", 4) != 0) {
+        fprintf(out, "  index rebuild from the backends: %s", st->rebuild);
+        if (strcmp(st->rebuild, "running") == 0) {
+            fprintf(out, ", %s keys indexed so far", fmt_count(st->rebuild_keys, n1,
+                                                               sizeof(n1)));
+        }
+        fprintf(out, "\n");
     }
 }
 
@@ -427,6 +439,7 @@ static const struct status_field {
     NUM("closing_sources_done", closing_sources_done),
     NUM("closing_listed", closing_listed), NUM("unindexed_moved", unindexed_moved),
     NUM("closing_refused", closing_refused),
+    STR("rebuild", rebuild), NUM("rebuild_keys", rebuild_keys),
     STR("sweep_state", sweep_state), STR("sweep_note", sweep_note),
     NUM("sweep_pass", sweep_pass), NUM("sweep_sets_done", sweep_sets_done),
     NUM("sweep_sets", sweep_sets), NUM("sweep_passes", sweep_passes),
@@ -714,6 +727,14 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
                           st->arcs_done;
         }
     }
+    redisReply *rb = redisCommand(rc, "HGET %s:index rebuild", p->index.prefix);
+    if (rb != NULL && rb->type == REDIS_REPLY_STRING) {
+        snprintf(st->rebuild, sizeof(st->rebuild), "%s", rb->str);
+        for (char *c = st->rebuild; *c != '\0'; c++) {
+            *c = (unsigned char)*c < 0x20 || (unsigned char)*c == 0x7f ? '?' : *c;
+        }
+    }
+    freeReplyObject(rb);
     status_sweep_from_redis(rc, p, st);
     freeReplyObject(ring);
     freeReplyObject(mig);

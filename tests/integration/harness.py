@@ -176,16 +176,21 @@ class Memcached(Server):
                 "-c", "4096", "-u", "root" if os.getuid() == 0 else os.environ.get("USER", "nobody")]
 
     def keys(self):
-        """Every key the server holds (lru_crawler metadump)."""
+        """Every key the server holds (lru_crawler metadump). A crawler busy
+        with another dump (a proxy's index rebuild) is asked again."""
         keys = set()
-        with socket.create_connection(("127.0.0.1", self.port)) as s:
-            s.sendall(b"lru_crawler metadump all\r\n")
-            buf = b""
-            while not buf.endswith(b"END\r\n"):
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    break
-                buf += chunk
+        for _ in range(300):
+            with socket.create_connection(("127.0.0.1", self.port)) as s:
+                s.sendall(b"lru_crawler metadump all\r\n")
+                buf = b""
+                while not buf.endswith(b"END\r\n") and not buf.startswith(b"BUSY"):
+                    chunk = s.recv(1 << 16)
+                    if not chunk:
+                        break
+                    buf += chunk
+            if not buf.startswith(b"BUSY"):
+                break
+            time.sleep(0.05)
         for line in buf.split(b"\n"):     # metadump ends its lines with "\n"
             if line.startswith(b"key="):
                 from urllib.parse import unquote_to_bytes

@@ -394,6 +394,8 @@ def test_status_via_redis_when_the_admin_port_is_closed(cluster):
     redis = cluster.redis()
     p = start_proxy(cluster, cluster.memcached(2), redis=redis, hash="md5", admin=False)
     wait_until(lambda: redis.port and _ring_recorded(redis), what="the ring record")
+    # The first record marks the index for a rebuild; status shows one under way.
+    wait_until(lambda: _rebuild_done(redis), what="the index rebuild")
     closed = free_port()
     res = status(p.conf_path, "-s", closed, "--pool", "cache")
     assert res.returncode == 0, res.stderr
@@ -412,6 +414,15 @@ def test_status_fails_when_nothing_answers(cluster):
     assert res.returncode == 1
     assert "cache: unknown: cannot connect to Redis" in res.stdout
     assert "nothing to read" in res.stderr
+
+
+def _rebuild_done(redis_server):
+    import redis as redis_py
+    r = redis_py.Redis(port=redis_server.port)
+    try:
+        return (r.hget("rp:cache:index", "rebuild") or b"").startswith(b"done ")
+    finally:
+        r.close()
 
 
 def _ring_recorded(redis_server):

@@ -217,6 +217,7 @@ START_TEST(index_and_migration_sections)
     ck_assert_uint_eq(p->index.redis.port, 6379);
     ck_assert_int_eq(p->index.db, 0);
     ck_assert_str_eq(p->index.prefix, "rp:beta");     /* default rp:<pool> */
+    ck_assert_int_eq(p->index.rebuild_rate, 50000);   /* default */
     ck_assert_int_eq(p->migration.rate, 1000);
     ck_assert(p->migration.delete_source);           /* default kept */
 
@@ -226,6 +227,7 @@ START_TEST(index_and_migration_sections)
     ck_assert_str_eq(p->index.redis.host, "/var/run/redis.sock");
     ck_assert_int_eq(p->index.db, 3);
     ck_assert_str_eq(p->index.prefix, "cache:gamma");
+    ck_assert_int_eq(p->index.rebuild_rate, 0);       /* unlimited */
     ck_assert_int_eq(p->migration.rate, 0);
     ck_assert(!p->migration.delete_source);
     config_free(c);

@@ -9,9 +9,10 @@ import threading
 import time
 import traceback
 
-from checker import (CONVERGE_TIMEOUT, Checker, Conn, Fleet, NotSent, Worker,
+from checker import (CONVERGE_TIMEOUT, PREFIX, Checker, Conn, Fleet, NotSent, Worker,
                      effective_liveness_ms, locate, migration_status, new_value,
                      proxy_stats, wait_converged, wait_ready, wait_under_way)
+from harness import wait_until
 
 SLOW_RATE = 300     # keys/s: a migration of ~600 keys lasts a couple of seconds
 RATE = 1000         # keys/s for the plain resizes: the load overlaps the moves
@@ -392,6 +393,12 @@ def unindexed_keys(cluster, proxies=2, share=0.3, readonly=900, rate=RATE):  # n
             for conn in w.conns.values():
                 conn.close()
 
+    # The first ring record of the prefix asks for an adoption rebuild
+    # (src/adopt.c): let it end first, or it would index the keys written
+    # around the proxies below, and the closing pass would have none to move.
+    r = fleet.redis_client()
+    wait_until(lambda: (r.hget(PREFIX + ":index", "rebuild") or b"").startswith(b"done"),
+               timeout=30, what="the adoption rebuild of the empty pool")
     c.seed(direct=share, direct_keys={k.name for k in c.reserved})
     c.start(scripted=reader)
     c.sleep(1.0)

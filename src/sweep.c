@@ -59,6 +59,7 @@
 #include "config.h"
 #include "index.h"
 #include "log.h"
+#include "proto.h"
 #include "mconn.h"
 #include "ring.h"
 #include "ringrec.h"
@@ -208,18 +209,6 @@ static void redis_connect(struct sweep *s);
 
 /* --- small helpers ------------------------------------------------------------ */
 
-bool sweep_member_is_key(const char *s, size_t len)
-{
-    if (len == 0 || len > 250) {
-        return false;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] == 0x7f) {
-            return false;
-        }
-    }
-    return true;
-}
 
 static uint64_t clock_ms(struct sweep *s)
 {
@@ -1460,7 +1449,7 @@ static struct batch *batch_new(struct sweep *s, uint32_t point, const char *curs
         memcpy(b->keys + off, m->str, m->len);
         off += m->len;
         b->n++;
-        if (!sweep_member_is_key(m->str, m->len)) {
+        if (!proto_key_ok(m->str, m->len)) {
             it->fate = F_INVALID;
             continue;
         }

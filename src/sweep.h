@@ -127,7 +127,5 @@ void sweep_progress(const struct sweep *s, struct sweep_progress *out);
 /* Append "STAT sweep:..." lines (the memcached stats command). */
 void sweep_stats_text(const struct sweep *s, struct evbuffer *out);
 
-/* Is s[0..len) a memcached key: 1..250 bytes, no space or control byte? */
-bool sweep_member_is_key(const char *s, size_t len);
 
 #endif

@@ -37,40 +37,6 @@ static const char *reply_error(redisContext *rc, const redisReply *r)
     return r->type == REDIS_REPLY_ERROR ? r->str : NULL;
 }
 
-/*
- * The ring the recorded one describes, each server at the address this
- * file gives it; a server the file does not list keeps the recorded address
- * (said on stderr). A new reference, or NULL with err.
- */
-static struct ring *localize(struct ring *rec, const struct ring *file, char *err,
-                             size_t errlen)
-{
-    struct ring_server_spec *specs = calloc(rec->nservers, sizeof(*specs));
-    struct ring *l;
-
-    if (specs == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    for (uint32_t i = 0; i < rec->nservers; i++) {
-        int s = ring_server_index(file, rec->servers[i].identity);
-        specs[i] = (struct ring_server_spec){ .identity = rec->servers[i].identity,
-            .addr = s >= 0 ? file->servers[s].addr : rec->servers[i].addr,
-            .weight = rec->servers[i].weight };
-        if (s < 0) {
-            fprintf(stderr, "warning: server %s is not in this file: using the address "
-                    "Redis records for it, %s\n", rec->servers[i].identity,
-                    rec->servers[i].addr);
-        }
-    }
-    struct ring_params params = { .compat = rec->compat, .hash = rec->hash,
-        .has_tag = rec->has_tag, .servers = specs, .nservers = rec->nservers };
-    memcpy(params.tag, rec->tag, 2);
-    l = ring_build(&params, err, errlen);
-    free(specs);
-    return l;
-}
-
 struct ring *cli_data_ring(struct redisContext *rc, const struct conf_pool *p,
                            const struct ring *file, uint64_t *epoch, char *err,
                            size_t errlen)
@@ -102,7 +68,12 @@ struct ring *cli_data_ring(struct redisContext *rc, const struct conf_pool *p,
                  p->index.prefix);
         goto out;
     }
-    l = localize(rec, file, err, errlen);
+    const char *unknown;
+    if ((l = ring_relocate(rec, file, p->migration.follow_unknown, &unknown, err,
+                           errlen)) != NULL && unknown != NULL) {
+        fprintf(stderr, "warning: server %s is not in this file: using the address Redis "
+                "records for it (follow_unknown_servers)\n", unknown);
+    }
 out:
     free(kv);
     ring_unref(rec);

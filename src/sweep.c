@@ -502,39 +502,23 @@ static void redis_drop(struct sweep *s)
 /* --- the ring the data obeys ------------------------------------------------------ */
 
 /*
- * The recorded ring with the addresses of the file's ring for every server
- * it names (Redis is data, not authority over addresses: docs/ARCHITECTURE.md,
- * "Records in Redis"); a server the file does not name keeps the recorded
- * address, and the log says so. A new reference, or NULL.
+ * The recorded ring with the addresses of this proxy's ring (ring_relocate);
+ * a server it does not name is refused unless the file follows unknown
+ * servers. A new reference, or NULL (logged).
  */
 static struct ring *localize(struct sweep *s, struct ring *rec)
 {
-    struct ring_server_spec *specs = calloc(rec->nservers, sizeof(*specs));
-    struct ring *l = NULL;
+    const char *unknown;
     char err[256];
+    struct ring *l = ring_relocate(rec, s->local, s->env.follow_unknown, &unknown, err,
+                                   sizeof(err));
 
-    if (specs == NULL) {
-        return NULL;
+    if (l == NULL) {
+        log_error("sweep", "%s: cannot use the recorded ring: %s", s->pool, err);
+    } else if (unknown != NULL) {
+        log_warn("sweep", "%s: server %s is not in the config file: asking it at the "
+                 "address Redis records (follow_unknown_servers)", s->pool, unknown);
     }
-    for (uint32_t i = 0; i < rec->nservers; i++) {
-        const char *id = rec->servers[i].identity, *addr = rec->servers[i].addr;
-        int j = s->local != NULL ? ring_server_index(s->local, id) : -1;
-        if (j >= 0) {
-            addr = s->local->servers[j].addr;
-        } else {
-            log_warn("sweep", "%s: server %s is not in the config file: asking it at "
-                     "the address Redis records, %s", s->pool, id, addr);
-        }
-        specs[i] = (struct ring_server_spec){ .identity = id, .addr = addr,
-                                              .weight = rec->servers[i].weight };
-    }
-    struct ring_params params = { .compat = rec->compat, .hash = rec->hash,
-        .has_tag = rec->has_tag, .servers = specs, .nservers = rec->nservers };
-    memcpy(params.tag, rec->tag, 2);
-    if ((l = ring_build(&params, err, sizeof(err))) == NULL) {
-        log_error("sweep", "%s: cannot build the recorded ring: %s", s->pool, err);
-    }
-    free(specs);
     return l;
 }
 

@@ -92,6 +92,7 @@ struct sweep_env {
     uint32_t timeout_ms;        /* a backend's answer (0: 5000) */
     uint32_t liveness_ms;       /* migration.liveness: heartbeats older are
                                    not waited for (0: 10000) */
+    bool follow_unknown;        /* migration.follow_unknown_servers */
 };
 
 /* NULL when out of memory. Nothing happens until the first tick. */

@@ -1536,7 +1536,9 @@ static void pass_done(struct sweep *s)
 
     s->stats[SWEEP_STAT_passes]++;
     if (s->background) {
-        log_notice("sweep", "%s: pass %llu done in %.0f s: %llu entries looked at, %llu "
+        /* notice when it removed something, else info */
+        log_write(s->pass_removed > 0 ? LOG_NOTICE : LOG_INFO,
+                  "sweep", "%s: pass %llu done in %.0f s: %llu entries looked at, %llu "
                    "removed; since start %llu gone, %llu in the wrong set, %llu not keys, "
                    "%llu put back, %llu kept on errors", s->pool,
                    (unsigned long long)s->pass, secs, (unsigned long long)s->pass_checked,
@@ -1547,6 +1549,9 @@ static void pass_done(struct sweep *s)
                    (unsigned long long)s->stats[SWEEP_STAT_restored],
                    (unsigned long long)s->stats[SWEEP_STAT_errors]);
         s->need_ring = true;    /* the next pass reads the record again */
+        /* index: sweep_interval: a small index would otherwise be walked,
+         * each of its sets ZSCANned, without pause */
+        s->ring_retry_at = s->pass_started + s->env.pass_min_ms;
         s->resume.valid = false;
         s->next_gate = 0;       /* keep the new position */
         return;

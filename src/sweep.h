@@ -93,6 +93,7 @@ struct sweep_env {
     uint32_t liveness_ms;       /* migration.liveness: heartbeats older are
                                    not waited for (0: 10000) */
     bool follow_unknown;        /* migration.follow_unknown_servers */
+    uint32_t pass_min_ms;       /* background: passes begin at most this often */
 };
 
 /* NULL when out of memory. Nothing happens until the first tick. */

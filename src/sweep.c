@@ -270,10 +270,13 @@ static void set_name(const struct sweep *s, uint32_t point, char *buf, size_t le
     idx_vnode_key(s->prefix, s->ring, point, buf, len);
 }
 
-/* A decimal cursor Redis sent (it is not trusted). */
+/* A decimal cursor Redis sent or a holder kept (neither is trusted): at
+ * most 2^64 - 1, since ZSCAN refuses anything past it, every time. */
 static bool cursor_ok(const char *c, size_t len)
 {
-    if (len == 0 || len >= SWEEP_CURSOR_MAX) {
+    static const char max[] = "18446744073709551615";
+
+    if (len == 0 || len >= SWEEP_CURSOR_MAX || len > sizeof(max) - 1) {
         return false;
     }
     for (size_t i = 0; i < len; i++) {
@@ -281,7 +284,7 @@ static bool cursor_ok(const char *c, size_t len)
             return false;
         }
     }
-    return true;
+    return len < sizeof(max) - 1 || memcmp(c, max, len) <= 0;
 }
 
 /* A field of a flat HGETALL array; NULL when absent. */

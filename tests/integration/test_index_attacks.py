@@ -42,3 +42,33 @@ def test_a_sweep_position_with_a_cursor_redis_refuses_does_not_stop_the_sweeper(
     wait_until(lambda: int(proxy_stats(port).get("sweep:passes", 0)) >= 1, timeout=30,
                what="a sweep pass to end")
     assert b"invalid cursor" not in p.log().encode(), p.log()[-2000:]
+
+
+def index_members(r):
+    n = 0
+    for name in r.scan_iter(match=PREFIX + ":v:*", count=1000):
+        n += r.zcard(name)
+    return n
+
+
+def test_redis_emptied_mid_rebuild_is_not_recorded_as_rebuilt(cluster):
+    """FLUSHALL while the background rebuild runs: the entries it added are
+    gone, the proxy records the ring again and marks the index pending, and
+    the rebuild's lease lapsed with the rest. The holder must not take the
+    lease again as if nothing happened and go on to write `done` over an
+    index that lacks every key listed before the flush: it starts over."""
+    rs = cluster.redis()
+    r = redis.Redis(port=rs.port)
+    mcs = cluster.memcached(1)
+    c = Client(("127.0.0.1", mcs[0].port))
+    keys = ["warm:%d" % i for i in range(12000)]
+    for i in range(0, len(keys), 500):
+        c.set_many({k: b"x" for k in keys[i:i + 500]})
+    port = free_port()
+    cluster.proxy(config(port, mcs, rs.port, rebuild_rate=2000, sweep_rate=0), port=port)
+    wait_until(lambda: int(proxy_stats(port).get("index:rebuild_keys", 0)) > 3000,
+               timeout=30, what="the rebuild to index some keys")
+    r.flushall()
+    wait_until(lambda: (r.hget(PREFIX + ":index", "rebuild") or b"").startswith(b"done"),
+               timeout=40, what="the rebuild to end")
+    assert index_members(r) == len(keys)

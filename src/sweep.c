@@ -169,7 +169,7 @@ struct sweep {
     uint32_t rc_out;            /* commands unanswered */
     uint64_t rc_last;           /* a reply came, or the first command went */
     uint64_t next_connect;
-    uint64_t connect_since;     /* the command: trying since */
+    uint64_t connect_since;     /* the command: trying (no answer) since */
     bool logged_down;
     /* the ring the data obeys, as recorded, with our addresses */
     struct ring *ring;
@@ -319,13 +319,18 @@ static bool parse_u64(const char *v, uint64_t max, uint64_t *out)
 
 /* --- Redis --------------------------------------------------------------------- */
 
-/* Called first by every reply callback: the watchdog's bookkeeping. */
-static void replied(struct sweep *s)
+/* Called first by every reply callback: the watchdog's bookkeeping. Only
+ * an answer (not a connect, not a NULL reply of a dropped connection) says
+ * Redis is reached: one that accepts and never answers must end the command. */
+static void replied(struct sweep *s, const void *reply)
 {
     if (s->rc_out > 0) {
         s->rc_out--;
     }
     s->rc_last = clock_ms(s);
+    if (reply != NULL) {
+        s->connect_since = 0;
+    }
 }
 
 /* Send argv; false when it cannot be sent now (the callback will not run). */
@@ -398,7 +403,7 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         redis_refused(s, "AUTH or SELECT", reply);
     }
@@ -427,7 +432,6 @@ static void on_connect(const redisAsyncContext *ac, int status)
         log_notice("sweep", "%s: connected to Redis %s", s->pool, s->redis_text);
     }
     s->logged_down = false;
-    s->connect_since = 0;
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -640,7 +644,7 @@ static void on_ring(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->reading_ring = false;
     if (reply == NULL || s->leaving) {
         return;                 /* reconnecting (read again then), or stopping */
@@ -733,7 +737,7 @@ static void on_gate(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->gating = false;
     if (reply == NULL) {
         return;
@@ -836,7 +840,7 @@ static void on_released(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     if (s->leaving) {
         s->left = true;
     }
@@ -883,7 +887,7 @@ static void on_announce(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->announcing = false;
     if (reply == NULL) {
         return;
@@ -1099,7 +1103,7 @@ static void on_removed(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     b->waiting = 0;
     const char *verdict = reply != NULL && reply->type == REDIS_REPLY_STRING ?
                           reply->str : NULL;
@@ -1310,7 +1314,7 @@ static void on_restored(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     b->waiting = 0;
     if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
         /* Not confirmed: these keys are on their backend and maybe in no
@@ -1508,7 +1512,7 @@ static void on_scan(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->scan_out = false;
     if (reply == NULL) {
         return;                 /* the same cursor is listed again */

@@ -3,14 +3,15 @@ index"): hostile or corrupted records in Redis, hostile backends while a
 listing runs, and commands against servers that are down. Each test is a
 bug found by an adversarial review; the proxy must neither get stuck nor
 fail open."""
-import socket
-import threading
+import signal
+import subprocess
 
 import pytest
 import redis
 from pymemcache.client.base import Client
 
-from harness import free_port, pool_yaml, proxy_stats, run_cli, wait_until
+from harness import (RINGPROXY, free_port, pool_yaml, proxy_stats, run_cli,
+                     wait_until)
 
 PREFIX = "rp:cache"
 
@@ -72,3 +73,46 @@ def test_redis_emptied_mid_rebuild_is_not_recorded_as_rebuilt(cluster):
     wait_until(lambda: (r.hget(PREFIX + ":index", "rebuild") or b"").startswith(b"done"),
                timeout=40, what="the rebuild to end")
     assert index_members(r) == len(keys)
+
+
+def index_stale_entries(r, conf_path, keys):
+    """Index entries, in their right sets, of keys no backend holds."""
+    p = r.pipeline()
+    for i in range(0, len(keys), 2000):
+        out = run_cli("locate", "-c", conf_path, "--", *keys[i:i + 2000], check=True).stdout
+        for line in out.splitlines()[1:]:
+            _, key, h, point, server, _ = line.split()
+            p.zadd("%s:v:%s:%s" % (PREFIX, server, point), {key: int(h)})
+    p.execute()
+
+
+def test_index_sweep_ends_when_redis_stops_answering(cluster, tmp_path):
+    """`ringproxy index sweep` drops a Redis connection silent for 10 s and
+    connects again. A Redis that accepts connections but answers nothing
+    (frozen) must end the command with an error, not have it reconnect
+    forever."""
+    rs = cluster.redis()
+    r = redis.Redis(port=rs.port)
+    mcs = cluster.memcached(1)
+    conf = tmp_path / "sweep.yml"
+    conf.write_text(config(free_port(), mcs, rs.port, sweep_rate=0))
+    assert run_cli("index", "rebuild", "-c", conf).returncode == 0
+    index_stale_entries(r, conf, ["gone:%d" % i for i in range(6000)])
+    proc = subprocess.Popen([RINGPROXY, "index", "sweep", "-c", str(conf),
+                             "--rate", "1000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: index_members(r) < 6000, timeout=20,
+                   what="the sweep to remove entries")
+        rs.proc.send_signal(signal.SIGSTOP)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("index sweep still runs 60 s after Redis froze")
+        assert proc.returncode == 1, (out, err)
+        assert "Redis" in err, err
+    finally:
+        rs.proc.send_signal(signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -356,12 +356,12 @@ static void adopt_ended(struct adopt *a, uint64_t now)
         snprintf(keys, sizeof(keys), "%llu",
                  (unsigned long long)a->stats[ADOPT_STAT_rebuild_keys]);
         const char *argv[] = { "EVAL", RB_DONE_SCRIPT, "2", a->key_index, a->key_lock,
-                               keys, a->id };
+                               keys, a->id, "" };
         a->stats[ADOPT_STAT_rebuild_runs]++;
         a->backoff_ms = 0;
         snprintf(a->field, sizeof(a->field), "done - %s", keys);   /* until the next poll */
         if (a->up) {
-            redisAsyncCommandArgv(a->ac, on_done_written, NULL, 7, argv, NULL);
+            redisAsyncCommandArgv(a->ac, on_done_written, NULL, 8, argv, NULL);
         }
         return;
     }

@@ -116,3 +116,37 @@ def test_index_sweep_ends_when_redis_stops_answering(cluster, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_index_rebuild_does_not_record_done_when_redis_lost_its_data(cluster, tmp_path):
+    """`ringproxy index rebuild` writes `rebuild done` at its end. If Redis
+    lost its data meanwhile (FLUSHALL here; a restart without persistence
+    drops the connection and fails the command anyway), the entries added
+    before are gone: recording `done` would keep every proxy from adopting
+    the rebuild the emptied index needs. Either every key is indexed, or the
+    command fails and says why."""
+    rs = cluster.redis()
+    r = redis.Redis(port=rs.port)
+    mcs = cluster.memcached(1)
+    c = Client(("127.0.0.1", mcs[0].port))
+    keys = ["cli:%d" % i for i in range(60000)]
+    for i in range(0, len(keys), 1000):
+        c.set_many({k: b"x" for k in keys[i:i + 1000]})
+    conf = tmp_path / "rebuild.yml"
+    conf.write_text(config(free_port(), mcs, rs.port, sweep_rate=0))
+    proc = subprocess.Popen([RINGPROXY, "index", "rebuild", "-c", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: r.dbsize() > 40 or proc.poll() is not None, timeout=20,
+                   interval=0.005, what="the rebuild to add entries")
+        r.flushall()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode == 0:
+        assert index_members(r) == len(keys), (out, err)
+    else:
+        assert "lost its data" in err, err
+        assert not (r.hget(PREFIX + ":index", "rebuild") or b"").startswith(b"done")

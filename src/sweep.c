@@ -170,7 +170,7 @@ struct sweep {
     uint32_t rc_out;            /* commands unanswered */
     uint64_t rc_last;           /* a reply came, or the first command went */
     uint64_t next_connect;
-    uint64_t connect_since;     /* the command: trying since */
+    uint64_t connect_since;     /* the command: trying (no answer) since */
     bool logged_down;
     /* the ring the data obeys, as recorded, with our addresses */
     struct ring *ring;
@@ -259,10 +259,13 @@ static void set_name(const struct sweep *s, uint32_t point, char *buf, size_t le
     idx_vnode_key(s->prefix, s->ring, point, buf, len);
 }
 
-/* A decimal cursor Redis sent (it is not trusted). */
+/* A decimal cursor Redis sent or a holder kept (neither is trusted): at
+ * most 2^64 - 1, since ZSCAN refuses anything past it, every time. */
 static bool cursor_ok(const char *c, size_t len)
 {
-    if (len == 0 || len >= SWEEP_CURSOR_MAX) {
+    static const char max[] = "18446744073709551615";
+
+    if (len == 0 || len >= SWEEP_CURSOR_MAX || len > sizeof(max) - 1) {
         return false;
     }
     for (size_t i = 0; i < len; i++) {
@@ -270,7 +273,7 @@ static bool cursor_ok(const char *c, size_t len)
             return false;
         }
     }
-    return true;
+    return len < sizeof(max) - 1 || memcmp(c, max, len) <= 0;
 }
 
 /* A field of a flat HGETALL array; NULL when absent. */
@@ -305,13 +308,18 @@ static bool parse_u64(const char *v, uint64_t max, uint64_t *out)
 
 /* --- Redis --------------------------------------------------------------------- */
 
-/* Called first by every reply callback: the watchdog's bookkeeping. */
-static void replied(struct sweep *s)
+/* Called first by every reply callback: the watchdog's bookkeeping. Only
+ * an answer (not a connect, not a NULL reply of a dropped connection) says
+ * Redis is reached: one that accepts and never answers must end the command. */
+static void replied(struct sweep *s, const void *reply)
 {
     if (s->rc_out > 0) {
         s->rc_out--;
     }
     s->rc_last = clock_ms(s);
+    if (reply != NULL) {
+        s->connect_since = 0;
+    }
 }
 
 /* Send argv; false when it cannot be sent now (the callback will not run). */
@@ -384,7 +392,7 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         redis_refused(s, "AUTH or SELECT", reply);
     }
@@ -413,7 +421,6 @@ static void on_connect(const redisAsyncContext *ac, int status)
         log_notice("sweep", "%s: connected to Redis %s", s->pool, s->redis_text);
     }
     s->logged_down = false;
-    s->connect_since = 0;
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -610,7 +617,7 @@ static void on_ring(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->reading_ring = false;
     if (reply == NULL || s->leaving) {
         return;                 /* reconnecting (read again then), or stopping */
@@ -703,7 +710,7 @@ static void on_gate(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->gating = false;
     if (reply == NULL) {
         return;
@@ -806,7 +813,7 @@ static void on_released(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     if (s->leaving) {
         s->left = true;
     }
@@ -853,7 +860,7 @@ static void on_announce(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->announcing = false;
     if (reply == NULL) {
         return;
@@ -1069,7 +1076,7 @@ static void on_removed(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     b->waiting = 0;
     const char *verdict = reply != NULL && reply->type == REDIS_REPLY_STRING ?
                           reply->str : NULL;
@@ -1280,7 +1287,7 @@ static void on_restored(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     b->waiting = 0;
     if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
         /* Not confirmed: these keys are on their backend and maybe in no
@@ -1478,7 +1485,7 @@ static void on_scan(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->scan_out = false;
     if (reply == NULL) {
         return;                 /* the same cursor is listed again */

@@ -64,6 +64,8 @@ const struct adopt_stat_desc adopt_stat_desc[ADOPT_STAT_COUNT] = {
  * migration record exists}.
  */
 static const char poll_script[] =
+    /* a lock without an expiry (set by hand) is no lease: removed */
+    "if redis.call('pttl', KEYS[2]) == -1 then redis.call('del', KEYS[2]) end "
     "local st = redis.call('hget', KEYS[1], 'rebuild') "
     "local mig = redis.call('exists', KEYS[3]) "
     "local holder = redis.call('get', KEYS[2]) "

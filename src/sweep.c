@@ -763,7 +763,10 @@ static void on_gate(redisAsyncContext *ac, void *r, void *priv)
     kick(s);
 }
 
+/* A lock without an expiry (set by hand) is no lease: it would keep every
+ * proxy waiting for good, so it is removed. */
 static const char gate_script[] =
+    "if redis.call('pttl', KEYS[1]) == -1 then redis.call('del', KEYS[1]) end "
     "local mine = redis.call('get', KEYS[1]) == ARGV[1] "
     "local why = nil "
     "if redis.call('exists', KEYS[2]) == 1 then why = 'a migration runs' else "

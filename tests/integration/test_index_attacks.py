@@ -150,3 +150,21 @@ def test_index_rebuild_does_not_record_done_when_redis_lost_its_data(cluster, tm
     else:
         assert "lost its data" in err, err
         assert not (r.hget(PREFIX + ":index", "rebuild") or b"").startswith(b"done")
+
+
+def test_lease_locks_set_by_hand_without_an_expiry_do_not_stop_the_fleet(cluster):
+    """A rebuild or sweep lock with no TTL (set by hand, or left by a bug)
+    is not a lease: held for good, it would keep every proxy waiting. Such a
+    lock is removed, and the rebuild and the sweeper run."""
+    rs = cluster.redis()
+    r = redis.Redis(port=rs.port)
+    mcs = cluster.memcached(2)
+    r.set(PREFIX + ":index:rebuild:lock", "someone")
+    r.set(PREFIX + ":index:sweep:lock", "someone")
+    port = free_port()
+    cluster.proxy(config(port, mcs, rs.port, sweep_rate=100000, sweep_interval=0),
+                  port=port)
+    wait_until(lambda: (r.hget(PREFIX + ":index", "rebuild") or b"").startswith(b"done"),
+               timeout=30, what="the adoption rebuild despite the stuck lock")
+    wait_until(lambda: int(proxy_stats(port).get("sweep:passes", 0)) >= 1, timeout=30,
+               what="a sweep pass despite the stuck lock")

@@ -61,4 +61,7 @@ int cli_index_sweep(const char *path, const char *pool, long rate, FILE *out);
 int cli_status(const char *path, const char *pool, const char *admin_addr,
                int admin_port, FILE *out);
 
+/* 12345 -> "12,345" into buf (operator commands' counts). */
+const char *cli_fmt_count(double v, char *buf, size_t len);
+
 #endif

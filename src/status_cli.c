@@ -60,8 +60,7 @@ static void status_init(struct pool_status *st)
 
 /* --- printing ------------------------------------------------------------------ */
 
-/* 12345 -> "12,345" */
-static const char *fmt_count(double v, char *buf, size_t len)
+const char *cli_fmt_count(double v, char *buf, size_t len)
 {
     char digits[32];
     size_t n, o = 0;
@@ -108,9 +107,9 @@ static void print_sweep(const struct pool_status *st, FILE *out)
     }
     if (st->sweep_checked > 0 || st->sweep_removed > 0) {
         fprintf(out, "; %s looked at, %s removed, %s put back",
-                fmt_count(st->sweep_checked, n1, sizeof(n1)),
-                fmt_count(st->sweep_removed, n2, sizeof(n2)),
-                fmt_count(st->sweep_restored, n3, sizeof(n3)));
+                cli_fmt_count(st->sweep_checked, n1, sizeof(n1)),
+                cli_fmt_count(st->sweep_removed, n2, sizeof(n2)),
+                cli_fmt_count(st->sweep_restored, n3, sizeof(n3)));
     }
     if (st->sweep_note[0] != '\0') {
         fprintf(out, " (%s)", st->sweep_note);
@@ -144,10 +143,10 @@ static void print_pool(const struct pool_status *st, FILE *out)
         }
         fprintf(out, "]  %.1f%%  arcs %.0f/%.0f  keys moved %s  stale %s",
                 100.0 * frac, st->arcs_done, st->arcs_total,
-                fmt_count(st->keys_moved, n1, sizeof(n1)),
-                fmt_count(st->keys_stale, n2, sizeof(n2)));
+                cli_fmt_count(st->keys_moved, n1, sizeof(n1)),
+                cli_fmt_count(st->keys_stale, n2, sizeof(n2)));
         if (st->keys_failed > 0) {
-            fprintf(out, "  failed %s", fmt_count(st->keys_failed, n1, sizeof(n1)));
+            fprintf(out, "  failed %s", cli_fmt_count(st->keys_failed, n1, sizeof(n1)));
         }
         print_eta(out, st->eta_sec);
         fprintf(out, "\n");
@@ -155,8 +154,8 @@ static void print_pool(const struct pool_status *st, FILE *out)
     if (st->closing_sources > 0) {
         fprintf(out, "  closing pass: sources %.0f/%.0f done  keys listed in moving arcs %s"
                 "  unknown to the index, moved %s", st->closing_sources_done,
-                st->closing_sources, fmt_count(st->closing_listed, n1, sizeof(n1)),
-                fmt_count(st->unindexed_moved, n2, sizeof(n2)));
+                st->closing_sources, cli_fmt_count(st->closing_listed, n1, sizeof(n1)),
+                cli_fmt_count(st->unindexed_moved, n2, sizeof(n2)));
         if (st->closing_refused > 0) {
             fprintf(out, "  refused by %.0f server%s", st->closing_refused,
                     st->closing_refused == 1 ? "" : "s");
@@ -180,7 +179,7 @@ static void print_pool(const struct pool_status *st, FILE *out)
         strncmp(st->rebuild, "done", 4) != 0) {
         fprintf(out, "  index rebuild from the backends: %s", st->rebuild);
         if (strcmp(st->rebuild, "running") == 0) {
-            fprintf(out, ", %s keys indexed so far", fmt_count(st->rebuild_keys, n1,
+            fprintf(out, ", %s keys indexed so far", cli_fmt_count(st->rebuild_keys, n1,
                                                                sizeof(n1)));
         }
         fprintf(out, "\n");

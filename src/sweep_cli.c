@@ -40,24 +40,6 @@ static uint64_t now_ms(struct event_base *base)
     return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 }
 
-/* 12345 -> "12,345" */
-static const char *grouped(uint64_t v, char *buf, size_t len)
-{
-    char digits[32];
-    size_t n, o = 0;
-
-    snprintf(digits, sizeof(digits), "%llu", (unsigned long long)v);
-    n = strlen(digits);
-    for (size_t i = 0; i < n && o + 2 < len; i++) {
-        if (i > 0 && (n - i) % 3 == 0) {
-            buf[o++] = ',';
-        }
-        buf[o++] = digits[i];
-    }
-    buf[o] = '\0';
-    return buf;
-}
-
 /*
  * Entries in every v-node set of the recorded ring (ZCARD, pipelined), or
  * -1 when Redis cannot tell. 0 sets when there is no record.
@@ -128,12 +110,12 @@ static void progress(struct run *r, uint64_t now)
         return;
     }
     fprintf(stderr, "sweep %s: %u/%u sets (%.1f%%), %s", r->pool, pr.point, pr.npoints,
-            100.0 * pr.point / pr.npoints, grouped(pr.pass_checked, a, sizeof(a)));
+            100.0 * pr.point / pr.npoints, cli_fmt_count((double)pr.pass_checked, a, sizeof(a)));
     if (r->before > 0) {
-        fprintf(stderr, " of ~%s", grouped(r->before, b, sizeof(b)));
+        fprintf(stderr, " of ~%s", cli_fmt_count((double)r->before, b, sizeof(b)));
     }
     fprintf(stderr, " entries looked at (%.0f/s), %s removed", rate,
-            grouped(pr.pass_removed, c, sizeof(c)));
+            cli_fmt_count((double)pr.pass_removed, c, sizeof(c)));
     if (r->before > pr.pass_checked && rate > 0) {
         fprintf(stderr, ", ~%.0f s left", (double)(r->before - pr.pass_checked) / rate);
     }
@@ -184,21 +166,22 @@ static void summary(const struct run *r, const struct conf_pool *p, uint64_t aft
     fprintf(out, "pool %s: %s %u of %u v-node sets in %.1f s: %s entries looked at "
             "(%.0f/s)\n", p->name, pr.state == SWEEP_DONE ? "swept" : "stopped after",
             pr.state == SWEEP_DONE ? pr.npoints : pr.point, pr.npoints, secs,
-            grouped(st[SWEEP_STAT_checked], n[0], 32),
+            cli_fmt_count((double)st[SWEEP_STAT_checked], n[0], 32),
             secs > 0 ? (double)st[SWEEP_STAT_checked] / secs : 0.0);
     fprintf(out, "  removed %s: gone from their backend %s, in the wrong set or with the "
-            "wrong score %s, not a memcached key %s\n", grouped(removed, n[1], 32),
-            grouped(st[SWEEP_STAT_removed_gone], n[2], 32),
-            grouped(st[SWEEP_STAT_removed_wrong_set], n[3], 32),
-            grouped(st[SWEEP_STAT_removed_invalid], n[4], 32));
+            "wrong score %s, not a memcached key %s\n", cli_fmt_count((double)removed, n[1], 32),
+            cli_fmt_count((double)st[SWEEP_STAT_removed_gone], n[2], 32),
+            cli_fmt_count((double)st[SWEEP_STAT_removed_wrong_set], n[3], 32),
+            cli_fmt_count((double)st[SWEEP_STAT_removed_invalid], n[4], 32));
     fprintf(out, "  put back %s (stored again between the two looks); kept %s (a backend "
             "could not be asked); removals refused %s\n",
-            grouped(st[SWEEP_STAT_restored], n[5], 32),
-            grouped(st[SWEEP_STAT_errors], n[6], 32),
-            grouped(st[SWEEP_STAT_refused], n[7], 32));
+            cli_fmt_count((double)st[SWEEP_STAT_restored], n[5], 32),
+            cli_fmt_count((double)st[SWEEP_STAT_errors], n[6], 32),
+            cli_fmt_count((double)st[SWEEP_STAT_refused], n[7], 32));
     if (counted) {
         fprintf(out, "  index entries: %s before, %s after\n",
-                grouped(r->before, n[0], 32), grouped(after, n[1], 32));
+                cli_fmt_count((double)r->before, n[0], 32),
+                cli_fmt_count((double)after, n[1], 32));
     }
 }
 

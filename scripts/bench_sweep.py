@@ -125,7 +125,7 @@ def command(b, label):
     m = re.search(r"in ([0-9.]+) s: ([0-9,]+) entries looked at \(([0-9]+)/s\)", res.stdout)
     g = re.search(r"gone from their backend ([0-9,]+)", res.stdout)
     if m:
-        result(command=label, entries=m.group(2).replace(",", ""),
+        result(command=label.replace(" ", "_"), entries=m.group(2).replace(",", ""),
                gone=g.group(1).replace(",", "") if g else "-", seconds=m.group(1),
                per_s=m.group(3), wall_s=wall)
 

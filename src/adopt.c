@@ -60,7 +60,8 @@ const struct adopt_stat_desc adopt_stat_desc[ADOPT_STAT_COUNT] = {
 /*
  * KEYS <prefix>:index, <prefix>:index:rebuild:lock, <prefix>:migration;
  * ARGV id, lease ms, may run ("1": the pool is idle). Renews, takes or gives
- * back the lease; returns {lease, the field, a migration record exists}.
+ * back the lease; returns {lease (1 renewed, 2 taken now), the field, a
+ * migration record exists}.
  */
 static const char poll_script[] =
     "local st = redis.call('hget', KEYS[1], 'rebuild') "
@@ -79,7 +80,7 @@ static const char poll_script[] =
     "       (st == 'pending' or string.sub(st, 1, 8) == 'running ') then "
     "  redis.call('set', KEYS[2], ARGV[1], 'PX', ARGV[2]) "
     "  redis.call('hset', KEYS[1], 'rebuild', mine) "
-    "  st = mine lease = 1 "
+    "  st = mine lease = 2 "
     "end "
     "return {lease, st or '', mig}";
 
@@ -97,6 +98,7 @@ struct adopt {
     /* what the last poll said */
     bool lease, mig_exists, known;
     bool fresh;                 /* answered since the engine last stopped */
+    bool taken;                 /* a poll took the lease anew (not renewed) */
     char field[ADOPT_FIELD_MAX];
     bool bad_field_logged;
     /* the rebuild */
@@ -135,7 +137,8 @@ static void on_poll(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     bool had = a->lease;
-    a->lease = reply->element[0]->integer == 1;
+    a->lease = reply->element[0]->integer == 1 || reply->element[0]->integer == 2;
+    a->taken = a->taken || reply->element[0]->integer == 2;
     a->mig_exists = reply->element[2]->integer == 1;
     a->known = a->fresh = true;
     if (reply->element[1]->len < sizeof(a->field)) {
@@ -326,6 +329,7 @@ static void adopt_start(struct adopt *a, uint64_t now)
     };
 
     memset(a->stats, 0, ADOPT_STAT_rebuild_runs * sizeof(a->stats[0]));
+    a->taken = false;           /* this start is what that lease was taken for */
     log_notice("rebuild", "%s: the index is marked for a rebuild (%s:index): the "
                "backends may hold keys it lacks (a new prefix over servers in use, or a "
                "Redis that came back empty); this proxy rebuilds it", p->name, a->prefix);
@@ -352,12 +356,12 @@ static void adopt_ended(struct adopt *a, uint64_t now)
         snprintf(keys, sizeof(keys), "%llu",
                  (unsigned long long)a->stats[ADOPT_STAT_rebuild_keys]);
         const char *argv[] = { "EVAL", RB_DONE_SCRIPT, "2", a->key_index, a->key_lock,
-                               keys, a->id };
+                               keys, a->id, "" };
         a->stats[ADOPT_STAT_rebuild_runs]++;
         a->backoff_ms = 0;
         snprintf(a->field, sizeof(a->field), "done - %s", keys);   /* until the next poll */
         if (a->up) {
-            redisAsyncCommandArgv(a->ac, on_done_written, NULL, 7, argv, NULL);
+            redisAsyncCommandArgv(a->ac, on_done_written, NULL, 8, argv, NULL);
         }
         return;
     }
@@ -425,10 +429,14 @@ void adopt_tick(struct adopt *a, uint64_t now)
     }
     bool may_run = adopt_may_run(a, now);
     if (a->rb != NULL) {
-        if (!may_run || !a->lease || a->mig_exists) {
+        /* A lease taken anew while running lapsed meanwhile: Redis may
+         * have lost what was added (emptied, then marked pending again by
+         * the ring's first record), so `done` must not follow: start over. */
+        if (!may_run || !a->lease || a->mig_exists || a->taken) {
             adopt_stop(a, a->mig_exists ? "a migration record appeared" :
-                       !a->lease ? "the lease was lost" : "the pool is not idle (a ring "
-                       "change is proposed or under way)");
+                       !a->lease ? "the lease was lost" : a->taken ? "the lease lapsed "
+                       "and was taken again (was Redis emptied?)" : "the pool is not "
+                       "idle (a ring change is proposed or under way)");
         } else {
             rb_set_rate(a->rb, a->p->conf->index.rebuild_rate);
             adopt_progress_log(a, now);

@@ -109,7 +109,7 @@ static void on_dump_key(void *arg, const struct mdump_item *it)
     struct mig_source *s = arg;
     struct mig *m = s->m;
 
-    if (!member_is_key(it->key, it->len)) {
+    if (!proto_key_ok(it->key, it->len)) {
         return;         /* metadump.c checked it; a command line is at stake */
     }
     int32_t i = arc_of(m, ring_key_hash(m->from, it->key, it->len));

@@ -384,6 +384,8 @@ static const struct conf_directive index_directives[] = {
       0, INT32_MAX },
     { "sweep_rate", parse_int, offsetof(struct conf_index, sweep_rate),
       SWEEP_RATE_DEFAULT, 0, INT32_MAX },
+    { "sweep_interval", parse_int, offsetof(struct conf_index, sweep_interval), "60000",
+      0, 86400000 },
 };
 
 static const struct conf_directive migration_directives[] = {

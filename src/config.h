@@ -52,6 +52,7 @@ struct conf_index {
                                adds, 0 = unlimited */
     int64_t sweep_rate;     /* entries per second the sweeper looks at; 0 = off
                                (docs/ARCHITECTURE.md, "The sweeper") */
+    int64_t sweep_interval; /* ms: a background pass begins at most this often */
 };
 
 struct conf_migration {

@@ -21,6 +21,7 @@
 #include "cli.h"
 #include "config.h"
 #include "index.h"
+#include "proto.h"
 #include "metadump.h"
 #include "ringrec.h"
 
@@ -343,20 +344,6 @@ static int mc_has(int fd, const char *key, size_t len)
     return strncmp(reply, "EN", 2) == 0 ? 0 : -1;
 }
 
-/* A member usable as a memcached key (1..250 bytes, no space or control
- * character): anything else would change the "mg" line it is put in. */
-static bool member_is_key(const char *s, size_t len)
-{
-    if (len == 0 || len > 250) {
-        return false;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] == 0x7f) {
-            return false;
-        }
-    }
-    return true;
-}
 
 /* --- completeness: what the backends hold against what the index says ------- */
 
@@ -689,7 +676,7 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
                            checked < sample; j += 2) {
             const char *member = r->element[j]->str;
             size_t mlen = r->element[j]->len;
-            if (r->element[j]->type != REDIS_REPLY_STRING || !member_is_key(member, mlen)) {
+            if (r->element[j]->type != REDIS_REPLY_STRING || !proto_key_ok(member, mlen)) {
                 not_keys++;     /* never sent to memcached, never printed */
                 continue;
             }

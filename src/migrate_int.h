@@ -239,7 +239,6 @@ void mop_start(struct mop *op);
 bool mop_enqueue(struct mig *m, struct mop *op, const char *key, size_t len);
 uint32_t op_timeout_ms(const struct pool *p);
 uint32_t inflight_limit(const struct mig *m);
-bool member_is_key(const char *s, size_t len);
 void mop_free(struct mop *op);
 void bulk_pump(struct mig *m);                  /* start what the budget allows */
 int32_t arc_of(const struct mig *m, uint32_t h);

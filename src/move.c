@@ -1420,25 +1420,6 @@ struct list_ctx {
     uint32_t batch;
 };
 
-/*
- * Can an index member be used as a memcached key? It comes from Redis,
- * which anyone with access can write, and goes into meta command lines: a
- * member with a space, CR or LF in it would add arguments or commands.
- * memcached's own rule: 1..250 bytes, no space or control character.
- */
-bool member_is_key(const char *s, size_t len)
-{
-    if (len == 0 || len > PROTO_KEY_MAX) {
-        return false;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] == 0x7f) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* A member that is not a key is skipped: counted, and logged the first time. */
 static void bad_member(struct mig *m, const char *s, size_t len)
 {
@@ -1508,7 +1489,7 @@ static void on_list(redisAsyncContext *ac, void *r, void *priv)
         if (taken) {
             continue;
         }
-        if (!member_is_key(mem->str, mem->len)) {
+        if (!proto_key_ok(mem->str, mem->len)) {
             bad_member(m, mem->str, mem->len);
             continue;
         }

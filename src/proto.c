@@ -700,3 +700,16 @@ _Static_assert(PROTO_RSP_COUNT <= 32, "reply_kinds[] holds one bit per reply kin
 /* proto_cmd_is_storage() relies on the storage commands being contiguous. */
 _Static_assert(PROTO_CMD_CAS - PROTO_CMD_SET == 5 && PROTO_CMD_ADD == PROTO_CMD_SET + 1,
                "storage commands must stay contiguous in PROTO_CMD_LIST");
+
+bool proto_key_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > PROTO_KEY_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}

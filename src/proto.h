@@ -99,6 +99,15 @@ bool proto_keys_next(struct proto_key_iter *it, const char **key,
  * and NUL-terminated; returns its length, or 0 for a command that is not
  * sent to backends. PROTO_FORMAT_MAX bytes always suffice. */
 #define PROTO_FORMAT_MAX (PROTO_KEY_MAX + 96)
+
+/*
+ * Can s[0..len) be put in a command line as a memcached key? memcached's
+ * own rule: 1..250 bytes, no space or control byte. Index members come
+ * from Redis, which anyone with access can write, and go into meta command
+ * lines: a member with a space, CR or LF would add arguments or commands.
+ * The mover, the sweeper, the closing pass and `index check` all ask here.
+ */
+bool proto_key_ok(const char *s, size_t len);
 size_t proto_format_request(const struct proto_req *req, char *buf, size_t cap);
 
 /* memcached closes a connection whose unfinished line (no "\n" yet) exceeds

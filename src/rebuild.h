@@ -38,14 +38,18 @@ struct rb;
     "redis.call('hset', KEYS[2], 'rebuild', 'pending') return 1"
 
 /*
- * EVAL, KEYS <prefix>:index <prefix>:index:rebuild:lock, ARGV keys indexed
- * and the lease holder's id ("" for the command line, which holds none):
- * the rebuild is done, stamped with Redis's clock in ms; the lease goes.
- * Returns 0 when the lease is someone else's.
+ * EVAL, KEYS <prefix>:index <prefix>:index:rebuild:lock, ARGV keys indexed,
+ * the lease holder's id ("" for the command line, which holds none) and the
+ * command line's mark (a field of <prefix>:index it set before listing; ""
+ * for none): the rebuild is done, stamped with Redis's clock in ms; the
+ * lease and the mark go. Returns 0 when the lease is someone else's, 2 when
+ * the mark is gone (Redis lost its data meanwhile: so did the index).
  */
 #define RB_DONE_SCRIPT                                                        \
     "if ARGV[2] ~= '' and redis.call('get', KEYS[2]) ~= ARGV[2] then "        \
-    "return 0 end local t = redis.call('time') "                              \
+    "return 0 end "                                                           \
+    "if ARGV[3] ~= '' and redis.call('hdel', KEYS[1], ARGV[3]) == 0 then "    \
+    "return 2 end local t = redis.call('time') "                              \
     "redis.call('hset', KEYS[1], 'rebuild', 'done ' .. t[1] .. "              \
     "string.format('%03d', math.floor(tonumber(t[2]) / 1000)) .. ' ' .. ARGV[1]) " \
     "if ARGV[2] ~= '' then redis.call('del', KEYS[2]) end return 1"

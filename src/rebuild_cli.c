@@ -37,40 +37,6 @@ static const char *reply_error(redisContext *rc, const redisReply *r)
     return r->type == REDIS_REPLY_ERROR ? r->str : NULL;
 }
 
-/*
- * The ring the recorded one describes, each server at the address this
- * file gives it; a server the file does not list keeps the recorded address
- * (said on stderr). A new reference, or NULL with err.
- */
-static struct ring *localize(struct ring *rec, const struct ring *file, char *err,
-                             size_t errlen)
-{
-    struct ring_server_spec *specs = calloc(rec->nservers, sizeof(*specs));
-    struct ring *l;
-
-    if (specs == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    for (uint32_t i = 0; i < rec->nservers; i++) {
-        int s = ring_server_index(file, rec->servers[i].identity);
-        specs[i] = (struct ring_server_spec){ .identity = rec->servers[i].identity,
-            .addr = s >= 0 ? file->servers[s].addr : rec->servers[i].addr,
-            .weight = rec->servers[i].weight };
-        if (s < 0) {
-            fprintf(stderr, "warning: server %s is not in this file: using the address "
-                    "Redis records for it, %s\n", rec->servers[i].identity,
-                    rec->servers[i].addr);
-        }
-    }
-    struct ring_params params = { .compat = rec->compat, .hash = rec->hash,
-        .has_tag = rec->has_tag, .servers = specs, .nservers = rec->nservers };
-    memcpy(params.tag, rec->tag, 2);
-    l = ring_build(&params, err, errlen);
-    free(specs);
-    return l;
-}
-
 struct ring *cli_data_ring(struct redisContext *rc, const struct conf_pool *p,
                            const struct ring *file, uint64_t *epoch, char *err,
                            size_t errlen)
@@ -102,7 +68,12 @@ struct ring *cli_data_ring(struct redisContext *rc, const struct conf_pool *p,
                  p->index.prefix);
         goto out;
     }
-    l = localize(rec, file, err, errlen);
+    const char *unknown;
+    if ((l = ring_relocate(rec, file, p->migration.follow_unknown, &unknown, err,
+                           errlen)) != NULL && unknown != NULL) {
+        fprintf(stderr, "warning: server %s is not in this file: using the address Redis "
+                "records for it (follow_unknown_servers)\n", unknown);
+    }
 out:
     free(kv);
     ring_unref(rec);
@@ -318,7 +289,7 @@ static void print_summary(struct rbcli *c, uint64_t epoch, FILE *out)
 int cli_index_rebuild(const struct conf_pool *p, FILE *out)
 {
     struct rbcli c = { .p = p };
-    char err[512], why[256];
+    char err[512], why[256], index_key[512] = "", mark[64] = "";
     struct ring *file = conf_pool_ring(p, err, sizeof(err)), *data = NULL;
     struct event *tick = NULL;
     uint64_t epoch = 0;
@@ -350,7 +321,7 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
     if (epoch == 0) {
         /* Nothing recorded: the data obeys this file's ring, from now on
          * for every proxy too. */
-        char *fields[RINGREC_FIELDS * 2], ring_key[512], index_key[512];
+        char *fields[RINGREC_FIELDS * 2], ring_key[512];
         int nf = ringrec_fields(file, 1, fields);
         const char *argv[5 + RINGREC_FIELDS * 2] = { "EVAL", RB_FIRST_RECORD_SCRIPT, "2",
                                                      ring_key, index_key };
@@ -406,6 +377,21 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
     for (uint32_t i = 0; i < data->nservers; i++) {
         c.expected[i] = curr_items(data->servers[i].addr);
     }
+    /* A mark that Redis losing its data (FLUSHALL, a restart without
+     * persistence) takes with the entries added so far: `done` then must
+     * not be written. */
+    snprintf(index_key, sizeof(index_key), "%s:index", p->index.prefix);
+    snprintf(mark, sizeof(mark), "rebuild:cli:%ld:%llu", (long)getpid(),
+             (unsigned long long)mono_ms());
+    r = redisCommand(c.rc, "HSET %s %s 1", index_key, mark);
+    if ((refused = reply_error(c.rc, r)) != NULL) {
+        fprintf(stderr, "pool %s: Redis %s refused to mark the rebuild: %s\n", p->name,
+                p->index.redis.text, refused);
+        freeReplyObject(r);
+        mark[0] = '\0';
+        goto out;
+    }
+    freeReplyObject(r);
     struct rb_params params = {
         .base = c.base, .pool = p->name, .index = &p->index, .ring = data,
         .rate = 0, .timeout_ms = p->timeout > 0 ? (uint32_t)p->timeout : 0,
@@ -426,16 +412,24 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
         goto out;
     }
     struct rb_server_progress t;
-    char keys[32], index_key[512], lock_key[512];
+    char keys[32], lock_key[512];
     rb_totals(c.rb, &t);
     snprintf(keys, sizeof(keys), "%llu", (unsigned long long)t.indexed);
-    snprintf(index_key, sizeof(index_key), "%s:index", p->index.prefix);
     snprintf(lock_key, sizeof(lock_key), "%s:index:rebuild:lock", p->index.prefix);
-    const char *argv[] = { "EVAL", RB_DONE_SCRIPT, "2", index_key, lock_key, keys, "" };
-    r = redisCommandArgv(c.rc, 7, argv, NULL);
+    const char *argv[] = { "EVAL", RB_DONE_SCRIPT, "2", index_key, lock_key, keys, "",
+                           mark };
+    r = redisCommandArgv(c.rc, 8, argv, NULL);
     if ((refused = reply_error(c.rc, r)) != NULL) {
         fprintf(stderr, "pool %s: Redis %s refused to record the rebuild as done: %s\n",
                 p->name, p->index.redis.text, refused);
+        freeReplyObject(r);
+        goto out;
+    }
+    mark[0] = '\0';    /* removed by the script, or gone */
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 2) {
+        fprintf(stderr, "pool %s: Redis %s lost its data during the rebuild (FLUSHALL, or "
+                "a restart without persistence): the entries added before are gone; "
+                "not recorded as done: run it again\n", p->name, p->index.redis.text);
         freeReplyObject(r);
         goto out;
     }
@@ -443,6 +437,9 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
     print_summary(&c, epoch, out);
     status = 0;
 out:
+    if (mark[0] != '\0' && c.rc != NULL && c.rc->err == 0) {
+        freeReplyObject(redisCommand(c.rc, "HDEL %s %s", index_key, mark));
+    }
     rb_free(c.rb);
     if (tick != NULL) {
         event_free(tick);

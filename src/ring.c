@@ -326,3 +326,45 @@ void ring_diff_free(struct ring_diff *d)
     free(d->flow);
     memset(d, 0, sizeof(*d));
 }
+
+struct ring *ring_relocate(struct ring *rec, const struct ring *local, bool follow_unknown,
+                           const char **unknown, char *why, size_t whylen)
+{
+    struct ring_server_spec *specs = calloc(rec->nservers ? rec->nservers : 1,
+                                            sizeof(*specs));
+    struct ring *l = NULL;
+    bool same = true;
+
+    *unknown = NULL;
+    if (specs == NULL) {
+        snprintf(why, whylen, "out of memory");
+        return NULL;
+    }
+    for (uint32_t i = 0; i < rec->nservers; i++) {
+        const char *id = rec->servers[i].identity, *addr = rec->servers[i].addr;
+        int s = local != NULL ? ring_server_index(local, id) : -1;
+        if (s >= 0) {
+            addr = local->servers[s].addr;
+        } else if (!follow_unknown) {
+            snprintf(why, whylen, "server %s is not in this config file; list it, or set "
+                     "migration: {follow_unknown_servers: true}", id);
+            goto out;
+        } else if (*unknown == NULL) {
+            *unknown = id;
+        }
+        same = same && strcmp(addr, rec->servers[i].addr) == 0;
+        specs[i] = (struct ring_server_spec){ .identity = id, .addr = addr,
+                                              .weight = rec->servers[i].weight };
+    }
+    if (same) {
+        l = ring_ref(rec);
+        goto out;
+    }
+    struct ring_params params = { .compat = rec->compat, .hash = rec->hash,
+        .has_tag = rec->has_tag, .servers = specs, .nservers = rec->nservers };
+    memcpy(params.tag, rec->tag, 2);
+    l = ring_build(&params, why, whylen);
+out:
+    free(specs);
+    return l;
+}

@@ -84,6 +84,17 @@ static inline uint32_t ring_server_of(const struct ring *r, uint32_t hash)
 int ring_server_index(const struct ring *r, const char *identity);
 
 /*
+ * A recorded ring (identities, weights, shape, read from Redis) with each
+ * server at the address `local` (a config file's ring) gives its identity:
+ * Redis is data, not authority over addresses (docs/ARCHITECTURE.md,
+ * "Records in Redis"). A server `local` does not list keeps the recorded
+ * address only when follow_unknown (*unknown then names the first such
+ * server, else NULL); otherwise NULL is returned, with why. A new reference.
+ */
+struct ring *ring_relocate(struct ring *rec, const struct ring *local, bool follow_unknown,
+                           const char **unknown, char *why, size_t whylen);
+
+/*
  * The difference of two rings, over every elementary arc of their merged
  * points. An arc lists the hashes [first, last] (inclusive; the wrapping arc
  * is split at 2^32) and the point that owns them in each ring. Only arcs

@@ -101,6 +101,8 @@ void pool_sweep_tick(struct pool *p, uint64_t now_ms)
         .rate = p->conf->index.sweep_rate,
         .timeout_ms = p->conf->timeout > 0 ? (uint32_t)p->conf->timeout : 0,
         .liveness_ms = (uint32_t)p->conf->migration.liveness,
+        .follow_unknown = p->conf->migration.follow_unknown,
+        .pass_min_ms = (uint32_t)p->conf->index.sweep_interval,
     };
 
     if (p->sweep == NULL) {

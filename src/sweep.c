@@ -59,6 +59,7 @@
 #include "config.h"
 #include "index.h"
 #include "log.h"
+#include "proto.h"
 #include "mconn.h"
 #include "ring.h"
 #include "ringrec.h"
@@ -169,7 +170,7 @@ struct sweep {
     uint32_t rc_out;            /* commands unanswered */
     uint64_t rc_last;           /* a reply came, or the first command went */
     uint64_t next_connect;
-    uint64_t connect_since;     /* the command: trying since */
+    uint64_t connect_since;     /* the command: trying (no answer) since */
     bool logged_down;
     /* the ring the data obeys, as recorded, with our addresses */
     struct ring *ring;
@@ -208,18 +209,6 @@ static void redis_connect(struct sweep *s);
 
 /* --- small helpers ------------------------------------------------------------ */
 
-bool sweep_member_is_key(const char *s, size_t len)
-{
-    if (len == 0 || len > 250) {
-        return false;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] == 0x7f) {
-            return false;
-        }
-    }
-    return true;
-}
 
 static uint64_t clock_ms(struct sweep *s)
 {
@@ -270,10 +259,13 @@ static void set_name(const struct sweep *s, uint32_t point, char *buf, size_t le
     idx_vnode_key(s->prefix, s->ring, point, buf, len);
 }
 
-/* A decimal cursor Redis sent (it is not trusted). */
+/* A decimal cursor Redis sent or a holder kept (neither is trusted): at
+ * most 2^64 - 1, since ZSCAN refuses anything past it, every time. */
 static bool cursor_ok(const char *c, size_t len)
 {
-    if (len == 0 || len >= SWEEP_CURSOR_MAX) {
+    static const char max[] = "18446744073709551615";
+
+    if (len == 0 || len >= SWEEP_CURSOR_MAX || len > sizeof(max) - 1) {
         return false;
     }
     for (size_t i = 0; i < len; i++) {
@@ -281,7 +273,7 @@ static bool cursor_ok(const char *c, size_t len)
             return false;
         }
     }
-    return true;
+    return len < sizeof(max) - 1 || memcmp(c, max, len) <= 0;
 }
 
 /* A field of a flat HGETALL array; NULL when absent. */
@@ -316,13 +308,18 @@ static bool parse_u64(const char *v, uint64_t max, uint64_t *out)
 
 /* --- Redis --------------------------------------------------------------------- */
 
-/* Called first by every reply callback: the watchdog's bookkeeping. */
-static void replied(struct sweep *s)
+/* Called first by every reply callback: the watchdog's bookkeeping. Only
+ * an answer (not a connect, not a NULL reply of a dropped connection) says
+ * Redis is reached: one that accepts and never answers must end the command. */
+static void replied(struct sweep *s, const void *reply)
 {
     if (s->rc_out > 0) {
         s->rc_out--;
     }
     s->rc_last = clock_ms(s);
+    if (reply != NULL) {
+        s->connect_since = 0;
+    }
 }
 
 /* Send argv; false when it cannot be sent now (the callback will not run). */
@@ -395,7 +392,7 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         redis_refused(s, "AUTH or SELECT", reply);
     }
@@ -424,7 +421,6 @@ static void on_connect(const redisAsyncContext *ac, int status)
         log_notice("sweep", "%s: connected to Redis %s", s->pool, s->redis_text);
     }
     s->logged_down = false;
-    s->connect_since = 0;
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -513,39 +509,23 @@ static void redis_drop(struct sweep *s)
 /* --- the ring the data obeys ------------------------------------------------------ */
 
 /*
- * The recorded ring with the addresses of the file's ring for every server
- * it names (Redis is data, not authority over addresses: docs/ARCHITECTURE.md,
- * "Records in Redis"); a server the file does not name keeps the recorded
- * address, and the log says so. A new reference, or NULL.
+ * The recorded ring with the addresses of this proxy's ring (ring_relocate);
+ * a server it does not name is refused unless the file follows unknown
+ * servers. A new reference, or NULL (logged).
  */
 static struct ring *localize(struct sweep *s, struct ring *rec)
 {
-    struct ring_server_spec *specs = calloc(rec->nservers, sizeof(*specs));
-    struct ring *l = NULL;
+    const char *unknown;
     char err[256];
+    struct ring *l = ring_relocate(rec, s->local, s->env.follow_unknown, &unknown, err,
+                                   sizeof(err));
 
-    if (specs == NULL) {
-        return NULL;
+    if (l == NULL) {
+        log_error("sweep", "%s: cannot use the recorded ring: %s", s->pool, err);
+    } else if (unknown != NULL) {
+        log_warn("sweep", "%s: server %s is not in the config file: asking it at the "
+                 "address Redis records (follow_unknown_servers)", s->pool, unknown);
     }
-    for (uint32_t i = 0; i < rec->nservers; i++) {
-        const char *id = rec->servers[i].identity, *addr = rec->servers[i].addr;
-        int j = s->local != NULL ? ring_server_index(s->local, id) : -1;
-        if (j >= 0) {
-            addr = s->local->servers[j].addr;
-        } else {
-            log_warn("sweep", "%s: server %s is not in the config file: asking it at "
-                     "the address Redis records, %s", s->pool, id, addr);
-        }
-        specs[i] = (struct ring_server_spec){ .identity = id, .addr = addr,
-                                              .weight = rec->servers[i].weight };
-    }
-    struct ring_params params = { .compat = rec->compat, .hash = rec->hash,
-        .has_tag = rec->has_tag, .servers = specs, .nservers = rec->nservers };
-    memcpy(params.tag, rec->tag, 2);
-    if ((l = ring_build(&params, err, sizeof(err))) == NULL) {
-        log_error("sweep", "%s: cannot build the recorded ring: %s", s->pool, err);
-    }
-    free(specs);
     return l;
 }
 
@@ -637,7 +617,7 @@ static void on_ring(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->reading_ring = false;
     if (reply == NULL || s->leaving) {
         return;                 /* reconnecting (read again then), or stopping */
@@ -730,7 +710,7 @@ static void on_gate(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->gating = false;
     if (reply == NULL) {
         return;
@@ -833,7 +813,7 @@ static void on_released(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     if (s->leaving) {
         s->left = true;
     }
@@ -880,7 +860,7 @@ static void on_announce(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->announcing = false;
     if (reply == NULL) {
         return;
@@ -1096,7 +1076,7 @@ static void on_removed(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     b->waiting = 0;
     const char *verdict = reply != NULL && reply->type == REDIS_REPLY_STRING ?
                           reply->str : NULL;
@@ -1307,7 +1287,7 @@ static void on_restored(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     b->waiting = 0;
     if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
         /* Not confirmed: these keys are on their backend and maybe in no
@@ -1460,7 +1440,7 @@ static struct batch *batch_new(struct sweep *s, uint32_t point, const char *curs
         memcpy(b->keys + off, m->str, m->len);
         off += m->len;
         b->n++;
-        if (!sweep_member_is_key(m->str, m->len)) {
+        if (!proto_key_ok(m->str, m->len)) {
             it->fate = F_INVALID;
             continue;
         }
@@ -1505,7 +1485,7 @@ static void on_scan(redisAsyncContext *ac, void *r, void *priv)
     if (ac->data == NULL) {
         return;
     }
-    replied(s);
+    replied(s, r);
     s->scan_out = false;
     if (reply == NULL) {
         return;                 /* the same cursor is listed again */
@@ -1563,7 +1543,9 @@ static void pass_done(struct sweep *s)
 
     s->stats[SWEEP_STAT_passes]++;
     if (s->background) {
-        log_notice("sweep", "%s: pass %llu done in %.0f s: %llu entries looked at, %llu "
+        /* notice when it removed something, else info */
+        log_write(s->pass_removed > 0 ? LOG_NOTICE : LOG_INFO,
+                  "sweep", "%s: pass %llu done in %.0f s: %llu entries looked at, %llu "
                    "removed; since start %llu gone, %llu in the wrong set, %llu not keys, "
                    "%llu put back, %llu kept on errors", s->pool,
                    (unsigned long long)s->pass, secs, (unsigned long long)s->pass_checked,
@@ -1574,6 +1556,9 @@ static void pass_done(struct sweep *s)
                    (unsigned long long)s->stats[SWEEP_STAT_restored],
                    (unsigned long long)s->stats[SWEEP_STAT_errors]);
         s->need_ring = true;    /* the next pass reads the record again */
+        /* index: sweep_interval: a small index would otherwise be walked,
+         * each of its sets ZSCANned, without pause */
+        s->ring_retry_at = s->pass_started + s->env.pass_min_ms;
         s->resume.valid = false;
         s->next_gate = 0;       /* keep the new position */
         return;

@@ -92,6 +92,8 @@ struct sweep_env {
     uint32_t timeout_ms;        /* a backend's answer (0: 5000) */
     uint32_t liveness_ms;       /* migration.liveness: heartbeats older are
                                    not waited for (0: 10000) */
+    bool follow_unknown;        /* migration.follow_unknown_servers */
+    uint32_t pass_min_ms;       /* background: passes begin at most this often */
 };
 
 /* NULL when out of memory. Nothing happens until the first tick. */
@@ -127,7 +129,5 @@ void sweep_progress(const struct sweep *s, struct sweep_progress *out);
 /* Append "STAT sweep:..." lines (the memcached stats command). */
 void sweep_stats_text(const struct sweep *s, struct evbuffer *out);
 
-/* Is s[0..len) a memcached key: 1..250 bytes, no space or control byte? */
-bool sweep_member_is_key(const char *s, size_t len);
 
 #endif

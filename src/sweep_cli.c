@@ -226,7 +226,8 @@ static int sweep_pool(const struct conf_pool *p, long rate, FILE *out)
     }
     r.env = (struct sweep_env){ .may_run = true, .local = ring, .rate = rate,
         .timeout_ms = p->timeout > 0 ? (uint32_t)p->timeout : 0,
-        .liveness_ms = (uint32_t)p->migration.liveness };
+        .liveness_ms = (uint32_t)p->migration.liveness,
+        .follow_unknown = p->migration.follow_unknown };
     if ((r.base = event_base_new()) == NULL || (r.s = sweep_new(r.base, &so)) == NULL ||
         (tick = event_new(r.base, -1, EV_PERSIST, on_tick, &r)) == NULL ||
         (sigint = evsignal_new(r.base, SIGINT, on_signal, &r)) == NULL ||

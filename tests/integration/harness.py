@@ -416,6 +416,17 @@ class Wire:
         return True
 
 
+def sigstop(proc, timeout=10.0):
+    """SIGSTOP proc and wait until the kernel says it stopped (state T): a
+    request sent right after the signal could still be served otherwise."""
+    proc.send_signal(signal.SIGSTOP)
+
+    def stopped():
+        with open("/proc/%d/stat" % proc.pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    wait_until(stopped, timeout=timeout, what="process %d to stop" % proc.pid)
+
+
 def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
     """Poll predicate() until it returns a true value (returned), or fail."""
     deadline = time.monotonic() + timeout

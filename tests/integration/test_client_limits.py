@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness import Proxy, Wire, free_port, pool_yaml, proxy_stats, wait_until
+from harness import Proxy, Wire, free_port, pool_yaml, proxy_stats, sigstop, wait_until
 
 VERSION = b"VERSION 1.6.18 ringproxy-0.1.0\r\n"
 TIMEOUT = b"SERVER_ERROR backend timeout\r\n"
@@ -162,7 +162,7 @@ def test_a_get_to_a_stopped_backend_times_out_by_default(cluster):
     proxy = cluster.pool([mc])              # no timeout: the default
     with Wire(proxy.port) as w:
         assert w.call(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
-        mc.proc.send_signal(signal.SIGSTOP)
+        sigstop(mc.proc)
         try:
             start = time.monotonic()
             assert w.call(b"get k\r\n") == TIMEOUT

@@ -29,7 +29,7 @@ def config(port, mcs, redis_port, sweep_rate=0, migration_rate=0):
     servers = [(m.addr, 1, m.ident) for m in mcs]
     return pool_yaml("cache", port, servers, hash="md5", timeout=2000,
                      index={"redis": "127.0.0.1:%d" % redis_port,
-                            "sweep_rate": sweep_rate},
+                            "sweep_rate": sweep_rate, "sweep_interval": 0},
                      migration={"rate": migration_rate})
 
 

@@ -12,6 +12,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "proto.h"
 #include "sweep.h"
 
 START_TEST(members_that_are_memcached_keys_are_accepted)
@@ -19,10 +20,10 @@ START_TEST(members_that_are_memcached_keys_are_accepted)
     char longest[250];
 
     memset(longest, 'k', sizeof(longest));
-    ck_assert(sweep_member_is_key("a", 1));
-    ck_assert(sweep_member_is_key(longest, sizeof(longest)));
-    ck_assert(sweep_member_is_key("caf\xc3\xa9:\xff", 7));     /* any byte above space */
-    ck_assert(sweep_member_is_key("{tag}:~!", 8));
+    ck_assert(proto_key_ok("a", 1));
+    ck_assert(proto_key_ok(longest, sizeof(longest)));
+    ck_assert(proto_key_ok("caf\xc3\xa9:\xff", 7));     /* any byte above space */
+    ck_assert(proto_key_ok("{tag}:~!", 8));
 }
 END_TEST
 
@@ -33,11 +34,11 @@ START_TEST(members_that_would_change_a_command_line_are_refused)
     char too_long[251];
 
     memset(too_long, 'k', sizeof(too_long));
-    ck_assert(!sweep_member_is_key("", 0));
-    ck_assert(!sweep_member_is_key(too_long, sizeof(too_long)));
-    ck_assert(!sweep_member_is_key("nul\0x", 5));
+    ck_assert(!proto_key_ok("", 0));
+    ck_assert(!proto_key_ok(too_long, sizeof(too_long)));
+    ck_assert(!proto_key_ok("nul\0x", 5));
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        ck_assert_msg(!sweep_member_is_key(bad[i], strlen(bad[i])), "accepted %s", bad[i]);
+        ck_assert_msg(!proto_key_ok(bad[i], strlen(bad[i])), "accepted %s", bad[i]);
     }
 }
 END_TEST

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # bench.sh — direct memcached vs ringproxy vs twemproxy, same backends, same load, one run;
-# plus what the Redis index costs (shape i), how a resize migrates (shape m)
-# and how a fleet of two proxies resizes together (shape f).
+# plus what the Redis index costs (shape i), how a resize migrates (shape m),
+# how a fleet of two proxies resizes together (shape f) and what keeping the
+# index costs (shape x: rebuild, sweep, the migration's closing pass).
 #
 # Starts, on free loopback ports, three memcached backends, ringproxy and
 # nutcracker (twemproxy) over the same pool, then runs every load shape
 # against each target in turn (direct = the first backend alone),
 # interleaved round by round so that drift in the machine hits all targets
-# alike, and prints the median of the rounds with ratios. Shapes i, m and
-# f start their own redis-server (and, for m and f, their own memcached and
-# ringproxy) and stop them when done. Everything it started is stopped on any exit.
+# alike, and prints the median of the rounds with ratios. Shapes i, m, f
+# and x start their own redis-server (and, for m, f and x, their own
+# memcached and ringproxy) and stop them when done. Everything it started is
+# stopped on any exit.
 #
 # Environment (defaults in brackets):
 #   BENCH_SECONDS   measured seconds per run [5]
 #   BENCH_ROUNDS    rounds per shape; the table shows the median [3]
-#   BENCH_SHAPES    shapes to run, from: a b c d g i m f [a b c d i m f]
+#   BENCH_SHAPES    shapes to run, from: a b c d g i m f x [a b c d i m f x]
 #   BENCH_TARGETS   targets, from: direct ringproxy twemproxy [all three]
 #   BENCH_WARMUP    unmeasured load before each run, seconds [0.5]
 #   BENCH_KEYS      key space [10000]
@@ -36,6 +38,16 @@
 #                   migration itself [1]
 #   BENCH_FLEET_STAGGERS  shape f: one run per value per round, the seconds
 #                   between the first proxy's SIGHUP and the second's [0 2]
+#   BENCH_MAINT_KEYS  shape x: keys of 100 B the rebuild lists, and the
+#                   sweep bench writes (through an indexed proxy) [300000]
+#   BENCH_MAINT_ROUNDS  shape x: rounds of the rebuild (empty index, then
+#                   indexed) and of the closing pass (listing, then moving) [3]
+#   BENCH_MAINT_SWEEP_ROUNDS  shape x: interleaved client-load rounds (BENCH_SECONDS
+#                   each) with the sweeper off and at its default rate [5]
+#   BENCH_MAINT_SWEEP_MEMORY  shape x: MB per memcached of the sweep bench,
+#                   small enough that part of BENCH_MAINT_KEYS is evicted and the
+#                   sweeper finds entries of keys gone [10]
+#   BENCH_MAINT_CLOSING_KEYS  shape x: keys on the closing pass's source [300000]
 #   BENCH_CALLGRIND=1  also run each proxy under callgrind for a fixed
 #                   number of requests per shape (after a 2 s warmup) and
 #                   print instructions per request (user space only); with
@@ -80,6 +92,22 @@
 #      while moving, the phases; ops/s and latency during the migration
 #      against the same load before it. Every key is read back through both
 #      proxies afterwards.
+#   x  keeping the index (fresh servers; the figures of issue 9):
+#      (1) `ringproxy index rebuild -c FILE` over BENCH_MAINT_KEYS keys on 3
+#      fresh memcached (stored through a proxy without an index), fresh
+#      Redis: into an empty index (FLUSHALL) and again over the indexed keys,
+#      BENCH_MAINT_ROUNDS rounds: keys/s in all and per server, seconds, and
+#      CPU per key of the command, the memcached servers and Redis;
+#      (2) scripts/bench_sweep.py: `ringproxy index sweep` (unlimited)
+#      entries/s; the background sweeper's CPU per entry; client load with
+#      the sweeper off (sweep_rate: 0) vs at the default 2000/s,
+#      BENCH_MAINT_SWEEP_ROUNDS interleaved rounds: ops/s and CPU per
+#      operation of the proxy, memcached and Redis, medians, ratio;
+#      (3) scripts/bench_closing.py: a 3 -> 4 resize whose closing pass finds
+#      BENCH_MAINT_CLOSING_KEYS unindexed keys on one source, none moving
+#      (listing only) or about 25% moving: seconds per million keys.
+#      About 2 minutes with the defaults; it needs /usr/bin/python3 with
+#      pytest for (2) and (3) (they use tests/integration's harness).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -87,7 +115,7 @@ ROOT=$(pwd)
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
-SHAPES=${BENCH_SHAPES:-a b c d i m f}
+SHAPES=${BENCH_SHAPES:-a b c d i m f x}
 TARGETS=${BENCH_TARGETS:-direct ringproxy twemproxy}
 WARMUP=${BENCH_WARMUP:-0.5}
 KEYS=${BENCH_KEYS:-10000}
@@ -102,6 +130,13 @@ MIG_ROUNDS=${BENCH_MIG_ROUNDS:-$ROUNDS}
 MIG_TIMEOUT=${BENCH_MIG_TIMEOUT:-300}
 FLEET_ROUNDS=${BENCH_FLEET_ROUNDS:-1}
 FLEET_STAGGERS=${BENCH_FLEET_STAGGERS:-0 2}
+MAINT_KEYS=${BENCH_MAINT_KEYS:-300000}
+MAINT_ROUNDS=${BENCH_MAINT_ROUNDS:-3}
+MAINT_SWEEP_ROUNDS=${BENCH_MAINT_SWEEP_ROUNDS:-5}
+MAINT_SWEEP_MEMORY=${BENCH_MAINT_SWEEP_MEMORY:-10}
+MAINT_CLOSING_KEYS=${BENCH_MAINT_CLOSING_KEYS:-300000}
+MAINT_SWEEP_SECONDS=${SECONDS_PER_RUN%.*}        # bench_sweep.py takes whole seconds
+[ "${MAINT_SWEEP_SECONDS:-0}" -ge 1 ] 2>/dev/null || MAINT_SWEEP_SECONDS=1
 CG_REQUESTS=${BENCH_CALLGRIND_REQUESTS:-20000}
 RINGPROXY_BIN=${RINGPROXY_BIN:-$ROOT/build/ringproxy}
 LOADGEN_BIN=${LOADGEN_BIN:-$ROOT/build/loadgen}
@@ -127,9 +162,10 @@ declare -A SHAPE_TEXT=(
 	[i]="ringproxy without vs with the Redis index; 50 conns, no pipelining, 90% get / 10% set, 100 B values"
 	[m]="resize 3 -> 4 servers with the Redis index: migration speed, and latency under load while it runs"
 	[f]="resize 3 -> 4 servers with TWO proxies sharing one Redis prefix (the fleet protocol), under load through both"
+	[x]="keeping the index: rebuild, sweep (and the sweeper's cost to clients), the migration's closing pass"
 )
 # Shapes that are not one loadgen run per target (they have their own runner).
-SPECIAL_SHAPES=" i m f "
+SPECIAL_SHAPES=" i m f x "
 declare -A SHAPE_KEYS=([i]=$INDEX_KEYS [m]=$INDEX_KEYS [f]=$INDEX_KEYS)
 
 nutcracker_version() {
@@ -1445,6 +1481,242 @@ print_fleet_table() {
 	done
 }
 
+# ---- shape x: index maintenance (rebuild, sweep, closing pass) ----------
+
+declare -A MX=()        # shape x figures: "metric,kind,round" or "metric,kind" -> value
+
+# proc_cpu_us PID...: utime+stime of the processes, microseconds (/proc/PID/stat).
+proc_cpu_us() {
+	local pid s=0 f
+	for pid in "$@"; do
+		f=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+		# after "pid (comm) ": field 3 (state) is word 1, utime word 12, stime word 13
+		s=$((s + $(awk '{ print $12 + $13 }' <<<"$f")))
+	done
+	awk -v t="$s" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f\n", t * 1e6 / hz }'
+}
+
+# maint_rebuild_run KIND ROUND: one `ringproxy index rebuild` on shape x's
+# pool; its summary, per-server keys/s, wall time and CPU per key into MX.
+maint_rebuild_run() {
+	local kind=$1 r=$2 out=$TMPD/x-rebuild-$1-$2 t0 t1 mc0 mc1 rd0 rd1 cli rc=0 sum
+	mc0=$(proc_cpu_us "${XR_MC_PIDS[@]}")
+	rd0=$(proc_cpu_us "$XR_REDIS_PID")
+	t0=$(date +%s.%N)
+	# `times` in the subshell: the command's user and system CPU (its children's)
+	cli=$( (timeout 900 "$RINGPROXY_BIN" index rebuild -c "$OUT/x-index.yml" >"$out.out" \
+		2>"$out.err" || echo "rc=$?" >&2; times) 2>>"$out.err" | sed -n 2p)
+	t1=$(date +%s.%N)
+	mc1=$(proc_cpu_us "${XR_MC_PIDS[@]}")
+	rd1=$(proc_cpu_us "$XR_REDIS_PID")
+	cat "$out.out" >>"$OUT/x-rebuild.txt"
+	sum=$(sed -n 's/.* in \([0-9.]*\) s: \([0-9]*\) keys indexed (\([0-9]*\) were missing), \([0-9]*\) misplaced.*, \([0-9]*\) keys\/s$/\1 \2 \3 \4 \5/p' "$out.out")
+	if [ -z "$sum" ]; then
+		log "  x rebuild $kind round $r: no summary (see $out.out, $out.err)"
+		MX[rb_failed,$kind]=1
+		return 0
+	fi
+	local secs keys new misplaced kps
+	read -r secs keys new misplaced kps <<<"$sum"
+	MX[rb_s,$kind,$r]=$secs MX[rb_keys,$kind,$r]=$keys MX[rb_new,$kind,$r]=$new
+	MX[rb_misplaced,$kind,$r]=$misplaced MX[rb_kps,$kind,$r]=$kps
+	MX[rb_wall,$kind,$r]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+	MX[rb_servers,$kind,$r]=$(awk '$1 ~ /^mc[0-9]+$/ && NF == 6 { printf "%s%s", (n++ ? "/" : ""), $6 }' "$out.out")
+	local k=${MX[rb_keys,$kind,$r]}
+	MX[rb_cli_us,$kind,$r]=$(awk -v c="$cli" -v k="$k" 'BEGIN {
+		split(c, t, " "); s = 0
+		for (i = 1; i <= 2; i++) { split(t[i], p, "m"); sub("s", "", p[2]); s += p[1] * 60 + p[2] }
+		printf "%.2f", (k > 0 ? s * 1e6 / k : 0) }')
+	MX[rb_mc_us,$kind,$r]=$(awk -v a="$mc0" -v b="$mc1" -v k="$k" 'BEGIN { printf "%.2f", (k > 0 ? (b - a) / k : 0) }')
+	MX[rb_redis_us,$kind,$r]=$(awk -v a="$rd0" -v b="$rd1" -v k="$k" 'BEGIN { printf "%.2f", (k > 0 ? (b - a) / k : 0) }')
+	log "$(printf '  x rebuild %-7s round %s: %s keys (%s new) in %s s = %s keys/s (per server %s); wall %s s; cpu us/key: cli %s, memcached %s, redis %s' \
+		"$kind" "$r" "$k" "${MX[rb_new,$kind,$r]}" "${MX[rb_s,$kind,$r]}" "${MX[rb_kps,$kind,$r]}" \
+		"${MX[rb_servers,$kind,$r]}" "${MX[rb_wall,$kind,$r]}" "${MX[rb_cli_us,$kind,$r]}" \
+		"${MX[rb_mc_us,$kind,$r]}" "${MX[rb_redis_us,$kind,$r]}")"
+}
+
+# maint_rebuild: 3 fresh memcached holding MAINT_KEYS keys (stored through
+# a proxy without an index), a fresh Redis; `ringproxy index rebuild`
+# into an empty index (FLUSHALL first) and again over the indexed keys.
+maint_rebuild() {
+	local -a ports
+	local i r line lpid
+	read -r -a ports <<<"$(free_ports 5)"
+	XR_MC_PIDS=()
+	: >"$OUT/x-rebuild.txt"
+	for i in 0 1 2; do
+		if ! start_memcached "x-memcached$((i + 1))" "${ports[$i]}"; then
+			MX[rb_err]="memcached did not start"
+			return 0
+		fi
+		XR_MC_PIDS+=("$STARTED_PID")
+	done
+	if ! start_redis x-redis "${ports[3]}"; then
+		MX[rb_err]="redis-server did not start"
+		return 0
+	fi
+	XR_REDIS_PID=$STARTED_PID
+	write_conf "$OUT/x-load.yml" "${ports[4]}" "${ports[*]:0:3}"
+	write_conf "$OUT/x-index.yml" "${ports[4]}" "${ports[*]:0:3}" "  index: {redis: 127.0.0.1:${ports[3]}}"
+	if ! start_ringproxy x-load "${ports[4]}" "$OUT/x-load.yml"; then
+		MX[rb_err]="ringproxy did not start, see $LOGS/x-load.log"
+		return 0
+	fi
+	lpid=$STARTED_PID
+	log "shape x: rebuild: storing $MAINT_KEYS keys through a proxy without an index"
+	line=$(timeout 900 "$LOADGEN_BIN" -q -p "${ports[4]}" -c 50 -v 100 -k "$MAINT_KEYS" -x rb: \
+		--populate-only --populate-time 600 -l "x/rebuild-fill" 2>>"$LOGS/loadgen.log") || true
+	echo "$line" >>"$OUT/raw.txt"
+	stop_pid "$lpid"
+	MX[rb_populated]=$(kv "$line" populated)
+	MX[rb_items]=$(for p in "${ports[@]:0:3}"; do ctl stats "$p" | awk '$1 == "curr_items" { print $2 }'; done |
+		paste -sd/)
+	for r in $(seq "$MAINT_ROUNDS"); do
+		rcli "${ports[3]}" flushall >/dev/null
+		maint_rebuild_run empty "$r"
+		maint_rebuild_run indexed "$r"
+	done
+	MX[redis_version]=$(redis_field "${ports[3]}" server redis_version)
+	stop_pid "$XR_REDIS_PID"
+	for i in "${XR_MC_PIDS[@]}"; do
+		stop_pid "$i"
+	done
+}
+
+# maint_helper NAME ARG...: scripts/bench_NAME.py ARG... (release build), its
+# output into $OUT/x-NAME.txt; stopped with the rest on any exit.
+maint_helper() {
+	local name=$1 pid rc=0
+	shift
+	log "shape x: scripts/bench_$name.py $*"
+	RINGPROXY_BIN=$RINGPROXY_BIN LOADGEN_BIN=$LOADGEN_BIN timeout 1800 \
+		"$ROOT/scripts/bench_$name.py" "$@" >"$OUT/x-$name.txt" 2>"$LOGS/x-$name.log" &
+	pid=$!
+	PIDS+=("$pid")
+	wait "$pid" || rc=$?
+	stop_pid "$pid"
+	grep -v '^result ' "$OUT/x-$name.txt" | sed 's/^/  /' >&2 || true
+	if [ "$rc" -ne 0 ]; then
+		MX[${name}_err]="scripts/bench_$name.py exited $rc, see $LOGS/x-$name.log"
+		log "  ${MX[${name}_err]}"
+		tail -n 5 "$LOGS/x-$name.log" | sed 's/^/    /' >&2
+	fi
+}
+
+shape_maint() {
+	maint_rebuild
+	if ! /usr/bin/python3 -c 'import pytest' 2>/dev/null; then
+		MX[sweep_err]="/usr/bin/python3 cannot import pytest (the helpers use tests/integration's harness)"
+		MX[closing_err]=${MX[sweep_err]}
+		return 0
+	fi
+	maint_helper sweep --keys "$MAINT_KEYS" --memory "$MAINT_SWEEP_MEMORY" \
+		--rounds "$MAINT_SWEEP_ROUNDS" --seconds "$MAINT_SWEEP_SECONDS" --rates 0,2000 \
+		--cpu-seconds 5 --cpu-runs 1
+	maint_helper closing --keys "$MAINT_CLOSING_KEYS" --rounds "$MAINT_ROUNDS"
+}
+
+# xres FILE SELECTOR KEY: KEY of the "result ... SELECTOR ..." line of FILE ("-" if none).
+xres() {
+	local line
+	line=$(grep "^result .*$2" "$1" 2>/dev/null | head -n 1)
+	line=$(kv "$line" "$3")
+	echo "${line:--}"
+}
+
+# xvals METRIC KIND: MX[METRIC,KIND,1..MAINT_ROUNDS], space-separated.
+xvals() {
+	local r out=""
+	for r in $(seq "$MAINT_ROUNDS"); do
+		out+="${MX[$1,$2,$r]:--} "
+	done
+	echo "${out% }"
+}
+
+print_maint_table() {
+	local kind f s c
+	printf '\n(x) %s\n' "${SHAPE_TEXT[x]}"
+	printf '  rebuild: "ringproxy index rebuild -c FILE", %s keys of 100 B (stored through a proxy without an index:\n' "$MAINT_KEYS"
+	printf '  %s stored, curr_items %s) on 3 fresh memcached (-m 256 -t 1), fresh Redis %s;\n' \
+		"${MX[rb_populated]:--}" "${MX[rb_items]:--}" "${MX[redis_version]:-?}"
+	printf '  %s rounds of: FLUSHALL, rebuild into the empty index, rebuild again over the indexed keys; medians.\n' "$MAINT_ROUNDS"
+	printf '  keys/s and seconds: the command'"'"'s own summary (the listing and indexing); wall: the whole command;\n'
+	printf '  cpu us/key: user+sys of the command, of the 3 memcached and of Redis over the command, per key.\n'
+	if [ -n "${MX[rb_err]:-}" ]; then
+		printf '    skipped: %s\n' "${MX[rb_err]}"
+	else
+		printf '    %-13s %8s %10s %-26s %7s %7s %8s %9s %8s\n' into keys keys/s "per server keys/s" \
+			seconds wall_s cli_us mc_us redis_us
+		for kind in empty indexed; do
+			printf '    %-13s %8s %10s %-26s %7s %7s %8s %9s %8s%s\n' "$kind index" \
+				"$(median "$(xvals rb_keys "$kind")")" "$(median "$(xvals rb_kps "$kind")")" \
+				"$(for s in 1 2 3; do median "$(xvals rb_servers "$kind" | tr ' ' '\n' |
+					cut -d/ -f"$s" | paste -sd' ')"; done | paste -sd/)" \
+				"$(median "$(xvals rb_s "$kind")")" "$(median "$(xvals rb_wall "$kind")")" \
+				"$(median "$(xvals rb_cli_us "$kind")")" "$(median "$(xvals rb_mc_us "$kind")")" \
+				"$(median "$(xvals rb_redis_us "$kind")")" "${MX[rb_failed,$kind]:+  (some runs failed)}"
+			printf '    %-13s keys/s per round: %s\n' "" "$(xvals rb_kps "$kind")"
+		done
+	fi
+
+	f=$OUT/x-sweep.txt
+	printf '  sweep: scripts/bench_sweep.py --keys %s --memory %s --rounds %s --seconds %s --rates 0,2000\n' \
+		"$MAINT_KEYS" "$MAINT_SWEEP_MEMORY" "$MAINT_SWEEP_ROUNDS" "$MAINT_SWEEP_SECONDS"
+	printf '  (3 memcached of %s MB, so part of the indexed keys are evicted; full output in %s):\n' \
+		"$MAINT_SWEEP_MEMORY" "${f#"$ROOT"/}"
+	if [ -n "${MX[sweep_err]:-}" ]; then
+		printf '    failed: %s\n' "${MX[sweep_err]}"
+	fi
+	if grep -q '^result ' "$f" 2>/dev/null; then
+		for c in half_gone every_key_there; do
+			printf '    "ringproxy index sweep" (unlimited), %-15s %8s entries (%s gone) in %s s = %s entries/s\n' \
+				"$c:" "$(xres "$f" "command=$c " entries)" "$(xres "$f" "command=$c " gone)" \
+				"$(xres "$f" "command=$c " seconds)" "$(xres "$f" "command=$c " per_s)"
+		done
+		printf '    (the seconds include the 1-2 s the command waits for the proxies to see it)\n'
+		for c in half_gone all_there; do
+			printf '    background sweeper at 20,000/s, no client load, %-10s %s us CPU per entry looked at: proxy %s, memcached %s, redis %s\n' \
+				"$c:" "$(xres "$f" "cpu=$c " all_us)" "$(xres "$f" "cpu=$c " proxy_us)" \
+				"$(xres "$f" "cpu=$c " memcached_us)" "$(xres "$f" "cpu=$c " redis_us)"
+		done
+		printf '    client load (50 conns, no pipelining, 90%% get, 50,000 keys of 100 B) with the sweeper off\n'
+		printf '    (sweep_rate: 0) and at the default (2000/s), %s interleaved rounds x %s s, order alternating; medians;\n' \
+			"$MAINT_SWEEP_ROUNDS" "$MAINT_SWEEP_SECONDS"
+		printf '    cpu: us per client operation (from /proc), all five servers and apart:\n'
+		printf '      %-12s %9s %9s %8s %10s %8s   %s\n' sweep_rate ops/s cpu_us/op proxy memcached redis "ops/s per round"
+		for s in 0 2000; do
+			printf '      %-12s %9s %9s %8s %10s %8s   %s\n' "$s" "$(xres "$f" "rate=$s " ops_per_s)" \
+				"$(xres "$f" "rate=$s " cpu_us_per_op)" "$(xres "$f" "rate=$s " proxy_us)" \
+				"$(xres "$f" "rate=$s " memcached_us)" "$(xres "$f" "rate=$s " redis_us)" \
+				"$(xres "$f" "rate=$s " ops_rounds | tr , ' ')"
+		done
+		printf '      %-12s %9s %9s   (goal: the sweeper costs <= 5%%: ops/s >= 0.95x, cpu/op <= 1.05x)\n' "2000/0" \
+			"$(xres "$f" "rate=2000 " ops_ratio)x" "$(xres "$f" "rate=2000 " cpu_ratio)x"
+	fi
+
+	f=$OUT/x-closing.txt
+	printf '  migration closing pass: scripts/bench_closing.py --keys %s --rounds %s (3 -> 4 resize, rate unlimited,\n' \
+		"$MAINT_CLOSING_KEYS" "$MAINT_ROUNDS"
+	printf '  keys written straight to mc1 and never indexed; times from the proxy'"'"'s log; medians; %s):\n' "${f#"$ROOT"/}"
+	if [ -n "${MX[closing_err]:-}" ]; then
+		printf '    failed: %s\n' "${MX[closing_err]}"
+	fi
+	if grep -q '^result ' "$f" 2>/dev/null; then
+		printf '      %-9s %8s %15s %11s %12s %14s %9s   %s\n' run keys moved/to_move listing_s \
+			"listing s/M" "closing s/M" moves/s "closing s/M per round"
+		for c in listing moving; do
+			printf '      %-9s %8s %15s %11s %12s %14s %9s   %s%s\n' "$c" "$(xres "$f" "closing=$c " keys)" \
+				"$(xres "$f" "closing=$c " moved)/$(xres "$f" "closing=$c " to_move)" \
+				"$(xres "$f" "closing=$c " listing_s)" "$(xres "$f" "closing=$c " listing_s_per_million)" \
+				"$(xres "$f" "closing=$c " total_s_per_million)" "$(xres "$f" "closing=$c " moves_per_s)" \
+				"$(xres "$f" "closing=$c " total_s_per_million_rounds | tr , ' ')" \
+				"$([ "$(xres "$f" "closing=$c " short)" = 0 ] || echo "  (WARNING: $(xres "$f" "closing=$c " short) keys not moved, summed over the rounds)")"
+		done
+		printf '      listing: every key stays on mc1; moving: keys as they fall (about a quarter move to mc4).\n'
+		printf '      s/M: seconds per million keys on the source; closing: the whole pass (with moves, the second listing too).\n'
+	fi
+}
+
 # ---- callgrind ---------------------------------------------------------
 
 # Instructions per request of one proxy under callgrind, for every shape of
@@ -1506,7 +1778,7 @@ BENCHCTL=$OUT/benchctl.py
 TMPD=$OUT/tmp
 mkdir -p "$TMPD"
 write_benchctl
-for s in i m f; do
+for s in i m f x; do
 	[[ " $SHAPES " == *" $s "* ]] || continue
 	if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
 		SKIP_SHAPE[$s]="redis-server or redis-cli not installed (scripts/install-deps.sh)"
@@ -1578,7 +1850,7 @@ for shape in $SHAPES; do
 		done
 	done
 done
-for shape in i m f; do
+for shape in i m f x; do
 	[[ " $SHAPES " == *" $shape "* ]] || continue
 	if [ -n "${SKIP_SHAPE[$shape]:-}" ]; then
 		log "shape $shape skipped: ${SKIP_SHAPE[$shape]}"
@@ -1589,12 +1861,13 @@ for shape in i m f; do
 	i) shape_index ;;
 	m) shape_migration ;;
 	f) shape_fleet ;;
+	x) shape_maint ;;
 	esac
 done
 
 {
 	print_table
-	for shape in i m f; do
+	for shape in i m f x; do
 		[[ " $SHAPES " == *" $shape "* ]] || continue
 		if [ -n "${SKIP_SHAPE[$shape]:-}" ]; then
 			printf '\n(%s) %s\n  skipped: %s\n' "$shape" "${SHAPE_TEXT[$shape]}" "${SKIP_SHAPE[$shape]}"
@@ -1604,6 +1877,7 @@ done
 		i) print_index_table ;;
 		m) print_migration_table ;;
 		f) print_fleet_table ;;
+		x) print_maint_table ;;
 		esac
 	done
 } | tee "$OUT/results.txt"

@@ -1000,3 +1000,16 @@ void idx_flush(struct idx *x)
     x->nqueued = 0;
     x->stats[IDX_STAT_queued] = x->flush_pending;
 }
+
+const char *idx_hash_field(const struct redisReply *h, const char *field)
+{
+    for (size_t j = 0; h != NULL && h->type == REDIS_REPLY_ARRAY && j + 1 < h->elements;
+         j += 2) {
+        const redisReply *k = h->element[j], *v = h->element[j + 1];
+        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
+            strcmp(k->str, field) == 0) {
+            return v->str;
+        }
+    }
+    return NULL;
+}

@@ -10,6 +10,7 @@
 #include "ring.h"
 
 struct event_base;
+struct redisReply;
 struct idx;
 
 #define IDX_STATE_CODEC(X)                                      \
@@ -132,6 +133,10 @@ void idx_redis_down(struct idx *x, enum idx_conn c, const char *why);
 /* The pool's health (c == IDX_CONN_COUNT) or one connection's, and what
  * Redis said (into *why when not NULL; "" when ok). */
 enum idx_health idx_health(const struct idx *x, enum idx_conn c, const char **why);
+
+/* A field of a flat HGETALL reply (name, value, ...), or NULL when absent
+ * or not a string: the one reader of Redis hashes (migrate.c, sweep.c). */
+const char *idx_hash_field(const struct redisReply *h, const char *field);
 
 /* "<prefix>:v:<identity>:<point>" into buf; returns its length. */
 size_t idx_vnode_key(const char *prefix, const struct ring *r, uint32_t point,

@@ -115,20 +115,6 @@ static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n
     redisAsyncCommandArgv(m->rc, cb, priv, n, argv, len);
 }
 
-/* A field of a flat HGETALL array; NULL when absent. */
-static const char *hash_get(const redisReply *h, const char *field)
-{
-    for (size_t j = 0; h != NULL && h->type == REDIS_REPLY_ARRAY && j + 1 < h->elements;
-         j += 2) {
-        const redisReply *k = h->element[j], *v = h->element[j + 1];
-        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
-            strcmp(k->str, field) == 0) {
-            return v->str;
-        }
-    }
-    return NULL;
-}
-
 /* A ring from an HGETALL reply of a ring record; NULL if malformed. */
 static struct ring *ring_from_reply(const redisReply *h, uint64_t *epoch)
 {
@@ -661,8 +647,8 @@ static void follow_record(struct mig *m, const redisReply *rec, const redisReply
     ringrec_fingerprint(R, fp);
     m->epoch = epoch;
     memcpy(m->fp_rec, fp, sizeof(fp));
-    const char *from = hash_get(mrec, "from"), *to = hash_get(mrec, "to"),
-               *phase = hash_get(mrec, "phase");
+    const char *from = idx_hash_field(mrec, "from"), *to = idx_hash_field(mrec, "to"),
+               *phase = idx_hash_field(mrec, "phase");
 
     if (from == NULL || to == NULL || phase == NULL) {
         /* No migration: the recorded ring is where the data lives. */

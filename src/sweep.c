@@ -276,20 +276,6 @@ static bool cursor_ok(const char *c, size_t len)
     return len < sizeof(max) - 1 || memcmp(c, max, len) <= 0;
 }
 
-/* A field of a flat HGETALL array; NULL when absent. */
-static const char *hash_get(const redisReply *h, const char *field)
-{
-    for (size_t j = 0; h != NULL && h->type == REDIS_REPLY_ARRAY && j + 1 < h->elements;
-         j += 2) {
-        const redisReply *k = h->element[j], *v = h->element[j + 1];
-        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
-            strcmp(k->str, field) == 0) {
-            return v->str;
-        }
-    }
-    return NULL;
-}
-
 static bool parse_u64(const char *v, uint64_t max, uint64_t *out)
 {
     char *end;
@@ -685,17 +671,17 @@ static int position_args(struct sweep *s, char v[9][64], const char **args)
 static void read_position(struct sweep *s, const redisReply *h)
 {
     struct position *pos = &s->resume;
-    const char *ep = hash_get(h, "epoch"), *cur = hash_get(h, "cursor");
+    const char *ep = idx_hash_field(h, "epoch"), *cur = idx_hash_field(h, "cursor");
     uint64_t point = 0;
 
     memset(pos, 0, sizeof(*pos));
     if (ep == NULL || cur == NULL || strlen(ep) >= sizeof(pos->epoch) ||
-        !cursor_ok(cur, strlen(cur)) || !parse_u64(hash_get(h, "point"), UINT32_MAX, &point) ||
-        !parse_u64(hash_get(h, "pass"), UINT32_MAX, &pos->pass)) {
+        !cursor_ok(cur, strlen(cur)) || !parse_u64(idx_hash_field(h, "point"), UINT32_MAX, &point) ||
+        !parse_u64(idx_hash_field(h, "pass"), UINT32_MAX, &pos->pass)) {
         return;
     }
-    parse_u64(hash_get(h, "checked"), UINT64_MAX / 2, &pos->checked);
-    parse_u64(hash_get(h, "removed"), UINT64_MAX / 2, &pos->removed);
+    parse_u64(idx_hash_field(h, "checked"), UINT64_MAX / 2, &pos->checked);
+    parse_u64(idx_hash_field(h, "removed"), UINT64_MAX / 2, &pos->removed);
     snprintf(pos->epoch, sizeof(pos->epoch), "%s", ep);
     snprintf(pos->cursor, sizeof(pos->cursor), "%s", cur);
     pos->point = (uint32_t)point;

@@ -40,6 +40,7 @@
 
 #include "backend.h"
 #include "client.h"
+#include "cmd.h"
 #include "index.h"
 #include "mconn.h"
 #include "migrate.h"
@@ -452,10 +453,19 @@ static void index_reply(struct request *r, enum proto_rsp_kind kind)
      * a later store of the same key (through another proxy, or a queue that
      * waited), and an unindexed key would not move. The mover drops entries
      * of keys it finds gone (docs/ARCHITECTURE.md, "The index"). */
-    if (proto_cmd_is_storage(r->cmd) && kind == PROTO_RSP_STORED) {
-        idx_key_stored(x, r->keys, r->keylen);
-    } else if (r->cmd == PROTO_CMD_FLUSH_ALL && kind != PROTO_RSP_OK) {
-        r->flushes_index = false;
+    switch (cmd_info(r->cmd)->index) {
+    case CMD_INDEX_ADD:
+        if (kind == PROTO_RSP_STORED) {
+            idx_key_stored(x, r->keys, r->keylen);
+        }
+        break;
+    case CMD_INDEX_FLUSH:
+        if (kind != PROTO_RSP_OK) {
+            r->flushes_index = false;
+        }
+        break;
+    case CMD_INDEX_NONE:
+        break;
     }
 }
 

@@ -49,6 +49,7 @@
 #include "adopt.h"
 #include "backend.h"
 #include "client.h"
+#include "cmd.h"
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
@@ -595,7 +596,7 @@ static void client_forward(struct client *c, const struct proto_req *req,
     }
     r->frags[0].retrieval = retrieval;
     r->nkeys = retrieval ? 1 : 0;
-    if (retrieval || (c->pool->idx != NULL && proto_cmd_is_storage(req->cmd))) {
+    if (retrieval || (c->pool->idx != NULL && cmd_info(req->cmd)->index == CMD_INDEX_ADD)) {
         /* A get's VALUE must name its key; the index needs a stored key
          * when the backend's answer arrives. */
         if ((r->keys = malloc(req->keylen)) == NULL) {
@@ -843,22 +844,105 @@ static void client_delete_stale(struct client *c, const struct proto_req *set)
     client_forward(c, &del, 0, 0, false);
 }
 
+/* A storage command: its data block must be all there, end in "\r\n" and
+ * fit item_size_max. Returns false when more input is needed. */
+static bool client_storage(struct client *c, const struct proto_req *req, size_t total)
+{
+    struct pool *p = c->pool;
+    size_t avail = evbuffer_get_length(c->in);
+    size_t data = (size_t)req->bytes + 2;
+
+    if (req->bytes > p->conf->item_size_max) {
+        p->stats[STAT_too_large]++;
+        if (!req->noreply) {
+            client_reply_line(c, "SERVER_ERROR object too large for cache");
+        }
+        if (req->cmd == PROTO_CMD_SET) {
+            client_delete_stale(c, req);
+        }
+        evbuffer_drain(c->in, total);
+        c->swallow = data;
+        client_set_state(c, CLIENT_SWALLOW);
+        return true;
+    }
+    if (avail < total + data) {
+        return false;
+    }
+    char crlf[2];
+    struct evbuffer_ptr at;
+    evbuffer_ptr_set(c->in, &at, total + data - 2, EVBUFFER_PTR_SET);
+    evbuffer_copyout_from(c->in, &at, crlf, 2);
+    if (crlf[0] != '\r' || crlf[1] != '\n') {
+        p->stats[STAT_client_errors]++;
+        if (!req->noreply) {
+            client_reply_line(c, "CLIENT_ERROR bad data chunk");
+        }
+        evbuffer_drain(c->in, total + data);
+        return true;
+    }
+    p->stats[cmd_info(req->cmd)->stat]++;
+    client_forward(c, req, total, data, false);
+    return true;
+}
+
+/* Commands the proxy answers itself; each drains its line. */
+typedef bool (*client_local_fn)(struct client *c, const struct proto_req *req,
+                                size_t total);
+
+static bool client_version(struct client *c, const struct proto_req *req, size_t total)
+{
+    (void)req;
+    client_reply_line(c, "VERSION " PROXY_MEMCACHED_VERSION " ringproxy-" RINGPROXY_VERSION);
+    evbuffer_drain(c->in, total);
+    return true;
+}
+
+static bool client_verbosity(struct client *c, const struct proto_req *req, size_t total)
+{
+    if (!req->noreply) {
+        client_reply_line(c, "OK");
+    }
+    evbuffer_drain(c->in, total);
+    return true;
+}
+
+static bool client_stats_cmd(struct client *c, const struct proto_req *req, size_t total)
+{
+    client_stats(c, req);
+    evbuffer_drain(c->in, total);
+    return true;
+}
+
+static bool client_quit(struct client *c, const struct proto_req *req, size_t total)
+{
+    (void)req, (void)total;
+    evbuffer_drain(c->in, evbuffer_get_length(c->in));
+    client_drain(c, "quit");
+    return true;
+}
+
+/* The handler of each CMD_KIND_LOCAL row of cmd_table. */
+static const client_local_fn client_local[PROTO_CMD_COUNT] = {
+    [PROTO_CMD_VERSION] = client_version,
+    [PROTO_CMD_VERBOSITY] = client_verbosity,
+    [PROTO_CMD_STATS] = client_stats_cmd,
+    [PROTO_CMD_QUIT] = client_quit,
+};
+
 /*
- * Dispatch one parsed command whose line's terminator ends at `total`. The
- * client's line itself is never forwarded: backends are sent lines rebuilt
- * from req (proto_format_request). Returns false when more input is needed.
+ * Dispatch one parsed command whose line's terminator ends at `total`, by
+ * its kind (cmd.h). The client's line itself is never forwarded: backends
+ * are sent lines rebuilt from req (proto_format_request). Returns false
+ * when more input is needed.
  */
 static bool client_dispatch(struct client *c, const struct proto_req *req, size_t total)
 {
     struct pool *p = c->pool;
-    size_t avail = evbuffer_get_length(c->in);
+    const struct cmd_info *ci = cmd_info(req->cmd);
 
-    switch (req->cmd) {
-    case PROTO_CMD_GET:
-    case PROTO_CMD_GETS:
-    case PROTO_CMD_GAT:
-    case PROTO_CMD_GATS:
-        p->stats[STAT_cmd_get] += req->nkeys;
+    switch (ci->kind) {
+    case CMD_KIND_RETRIEVAL:
+        p->stats[ci->stat] += req->nkeys;
         if (req->nkeys == 0) {
             client_reply_line(c, "END");
             evbuffer_drain(c->in, total);
@@ -868,80 +952,25 @@ static bool client_dispatch(struct client *c, const struct proto_req *req, size_
             client_multiget(c, req, total);
         }
         return true;
-
-    case PROTO_CMD_SET:
-    case PROTO_CMD_ADD:
-    case PROTO_CMD_REPLACE:
-    case PROTO_CMD_APPEND:
-    case PROTO_CMD_PREPEND:
-    case PROTO_CMD_CAS: {
-        size_t data = (size_t)req->bytes + 2;
-        if (req->bytes > p->conf->item_size_max) {
-            p->stats[STAT_too_large]++;
-            if (!req->noreply) {
-                client_reply_line(c, "SERVER_ERROR object too large for cache");
-            }
-            if (req->cmd == PROTO_CMD_SET) {
-                client_delete_stale(c, req);
-            }
-            evbuffer_drain(c->in, total);
-            c->swallow = data;
-            client_set_state(c, CLIENT_SWALLOW);
-            return true;
-        }
-        if (avail < total + data) {
-            return false;
-        }
-        char crlf[2];
-        struct evbuffer_ptr at;
-        evbuffer_ptr_set(c->in, &at, total + data - 2, EVBUFFER_PTR_SET);
-        evbuffer_copyout_from(c->in, &at, crlf, 2);
-        if (crlf[0] != '\r' || crlf[1] != '\n') {
-            p->stats[STAT_client_errors]++;
-            if (!req->noreply) {
-                client_reply_line(c, "CLIENT_ERROR bad data chunk");
-            }
-            evbuffer_drain(c->in, total + data);
-            return true;
-        }
-        p->stats[STAT_cmd_set]++;
-        client_forward(c, req, total, data, false);
-        return true;
-    }
-
-    case PROTO_CMD_DELETE:
-    case PROTO_CMD_INCR:
-    case PROTO_CMD_DECR:
-    case PROTO_CMD_TOUCH:
-        p->stats[req->cmd == PROTO_CMD_DELETE ? STAT_cmd_delete :
-                 req->cmd == PROTO_CMD_TOUCH ? STAT_cmd_touch : STAT_cmd_incr_decr]++;
+    case CMD_KIND_STORAGE:
+        return client_storage(c, req, total);
+    case CMD_KIND_KEYED:
+        p->stats[ci->stat]++;
         client_forward(c, req, total, 0, false);
         return true;
-
-    case PROTO_CMD_FLUSH_ALL:
-        p->stats[STAT_cmd_flush]++;
+    case CMD_KIND_FANOUT:
+        p->stats[ci->stat]++;
         client_flush_all(c, req, total);
         return true;
-
-    case PROTO_CMD_VERSION:
-        client_reply_line(c, "VERSION " PROXY_MEMCACHED_VERSION " ringproxy-" RINGPROXY_VERSION);
-        break;
-    case PROTO_CMD_VERBOSITY:
-        if (!req->noreply) {
-            client_reply_line(c, "OK");
+    case CMD_KIND_LOCAL:
+        if (client_local[req->cmd] != NULL) {
+            return client_local[req->cmd](c, req, total);
         }
         break;
-    case PROTO_CMD_STATS:
-        client_stats(c, req);
-        break;
-    case PROTO_CMD_QUIT:
-        evbuffer_drain(c->in, evbuffer_get_length(c->in));
-        client_drain(c, "quit");
-        return true;
-    default:
-        client_reply_line(c, "ERROR");
+    case CMD_KIND_NONE:
         break;
     }
+    client_reply_line(c, "ERROR");
     evbuffer_drain(c->in, total);
     return true;
 }

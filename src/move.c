@@ -45,6 +45,7 @@
 #include <hiredis/hiredis.h>
 
 #include "backend.h"
+#include "cmd.h"
 #include "index.h"
 #include "log.h"
 #include "migrate_int.h"
@@ -343,7 +344,7 @@ static void reply_value(struct mop *op, const struct mreply *r)
     struct request *req = op->f->req;
     struct evbuffer *sink = frag_sink(op->f);
     int64_t flags = 0, cas = 0;
-    bool with_cas = op->cmd == PROTO_CMD_GETS || op->cmd == PROTO_CMD_GATS;
+    bool with_cas = cmd_info(op->cmd)->with_cas;
 
     if (mig_fenced(op->m)) {
         reply_retrieval_error(op, MIG_FENCED_LINE);
@@ -540,7 +541,7 @@ static void on_read_old(void *arg, const struct mreply *r)
         op->old_failed = r->status == MREPLY_FAIL;
         const char *k = op->k->key;
         int kl = op->k->len;
-        if (op->cmd == PROTO_CMD_GAT || op->cmd == PROTO_CMD_GATS) {
+        if (cmd_info(op->cmd)->touches) {
             SEND_OR_FAIL(op, op->to, on_read_new, NULL, 0, "mg %.*s v f c T%lld", kl, k,
                          (long long)op->exptime);
         } else {
@@ -558,7 +559,7 @@ static void read_old(struct mop *op)
     const char *k = op->k->key;
     int kl = op->k->len;
 
-    if (op->cmd == PROTO_CMD_GAT || op->cmd == PROTO_CMD_GATS) {
+    if (cmd_info(op->cmd)->touches) {
         SEND_OR_FAIL(op, op->from, on_read_old, NULL, 0, "mg %.*s v f c T%lld", kl, k,
                      (long long)op->exptime);
     } else {
@@ -822,33 +823,24 @@ static void on_rmw_lookup(void *arg, const struct mreply *r);
 static void on_rmw_done(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
+    const struct cmd_info *ci = cmd_info(op->cmd);
     bool on_old = op->old == LOOK_REAL;
     struct backend *where = on_old ? op->from : op->to;
 
     if (failed_reply(op, r)) {
         return;
     }
-    /* On the old owner the command was conditional on the CAS we read:
-     * the value changed or went meanwhile, so look again. */
-    if (on_old && op->cmd != PROTO_CMD_CAS && op->cmd != PROTO_CMD_TOUCH &&
-        (r->status == MREPLY_EX || r->status == MREPLY_NF ||
-         /* append/prepend of a key gone meanwhile (moved): NS, not NF */
-         (r->status == MREPLY_NS &&
-          (op->cmd == PROTO_CMD_APPEND || op->cmd == PROTO_CMD_PREPEND)))) {
+    /* On the old owner the value changed, moved or went meanwhile (the
+     * statuses that say so are the command's: cmd.h retry_on): look again. */
+    if (on_old && (ci->meta.retry_on & (1u << r->status)) != 0) {
         retry_or_fail(op, on_rmw_lookup);
         return;
     }
-    if (on_old && ((op->cmd == PROTO_CMD_CAS && r->status == MREPLY_NF) ||
-                   (op->cmd == PROTO_CMD_TOUCH && r->status == MREPLY_EN))) {
-        retry_or_fail(op, on_rmw_lookup);     /* moved or deleted meanwhile */
-        return;
-    }
-    switch (op->cmd) {
-    case PROTO_CMD_TOUCH:
+    switch (ci->answer) {
+    case CMD_ANSWER_TOUCHED:
         reply_line(op, r->status == MREPLY_HD ? "TOUCHED" : "NOT_FOUND");
         break;
-    case PROTO_CMD_INCR:
-    case PROTO_CMD_DECR:
+    case CMD_ANSWER_NUMBER:
         if (r->status == MREPLY_VA) {
             char num[32];
             size_t n = r->value_len < sizeof(num) - 1 ? r->value_len : sizeof(num) - 1;
@@ -859,62 +851,67 @@ static void on_rmw_done(void *arg, const struct mreply *r)
             reply_line(op, "NOT_FOUND");
         }
         break;
-    default:        /* storage commands */
+    case CMD_ANSWER_STORED:
         if (r->status == MREPLY_HD) {
             reply_line(op, "STORED");
-            mig_index_add(op->m, ring_of(op, where), op->k->key, op->k->len);
+            if (ci->index == CMD_INDEX_ADD) {
+                mig_index_add(op->m, ring_of(op, where), op->k->key, op->k->len);
+            }
         } else {
             reply_line(op, r->status == MREPLY_EX ? "EXISTS" :
                            r->status == MREPLY_NF ? "NOT_FOUND" : "NOT_STORED");
         }
         break;
+    case CMD_ANSWER_NONE:
+        reply_line(op, "ERROR");
+        break;
     }
     mop_finish(op);
 }
 
+/* Run the command's meta form (cmd.h: cmd_meta) where the value is. */
 static void rmw_run(struct mop *op)
 {
+    const struct cmd_meta *mf = &cmd_info(op->cmd)->meta;
     bool on_old = op->old == LOOK_REAL;
     struct backend *be = on_old ? op->from : op->to;
-    char cond[32] = "";
-    size_t dlen;
+    char args[160] = "", cond[32] = "";
+    size_t dlen, n = 0;
     const char *data = op_data(op, &dlen);
-    const char *k = op->k->key;
-    int kl = op->k->len;
 
-    if (on_old) {
-        snprintf(cond, sizeof(cond), " C%lld", (long long)op->old_cas);
-    }
-    switch (op->cmd) {
-    case PROTO_CMD_REPLACE:
-        SEND_OR_FAIL(op, be, on_rmw_done, data, dlen, "ms %.*s %zu F%u T%lld MR%s", kl, k,
-                     dlen, op->flags, (long long)op->exptime, cond);
-        break;
-    case PROTO_CMD_APPEND:
-    case PROTO_CMD_PREPEND:
-        SEND_OR_FAIL(op, be, on_rmw_done, data, dlen, "ms %.*s %zu M%c%s", kl, k, dlen,
-                     op->cmd == PROTO_CMD_APPEND ? 'A' : 'P', cond);
-        break;
-    case PROTO_CMD_CAS:
-        SEND_OR_FAIL(op, be, on_rmw_done, data, dlen, "ms %.*s %zu F%u T%lld C%llu", kl, k,
-                     dlen, op->flags, (long long)op->exptime,
-                     (unsigned long long)op->cas);
-        break;
-    case PROTO_CMD_INCR:
-    case PROTO_CMD_DECR:
-        SEND_OR_FAIL(op, be, on_rmw_done, NULL, 0, "ma %.*s D%llu v%s%s", kl, k,
-                     (unsigned long long)op->delta,
-                     op->cmd == PROTO_CMD_DECR ? " MD" : "", cond);
-        break;
-    case PROTO_CMD_TOUCH:
-        SEND_OR_FAIL(op, be, on_rmw_done, NULL, 0, "mg %.*s T%lld", kl, k,
-                     (long long)op->exptime);
-        break;
-    default:
+    if (mf->verb == NULL) {
         reply_line(op, "ERROR");
         mop_finish(op);
-        break;
+        return;
     }
+    if (mf->args & CMD_META_LEN) {
+        n += (size_t)snprintf(args + n, sizeof(args) - n, " %zu", dlen);
+    }
+    if (mf->args & CMD_META_FT) {
+        n += (size_t)snprintf(args + n, sizeof(args) - n, " F%u T%lld", op->flags,
+                              (long long)op->exptime);
+    }
+    if (mf->args & CMD_META_T) {
+        n += (size_t)snprintf(args + n, sizeof(args) - n, " T%lld", (long long)op->exptime);
+    }
+    if (mf->args & CMD_META_DELTA) {
+        n += (size_t)snprintf(args + n, sizeof(args) - n, " D%llu v",
+                              (unsigned long long)op->delta);
+    }
+    n += (size_t)snprintf(args + n, sizeof(args) - n, "%s", mf->mode);
+    if (mf->args & CMD_META_CAS) {
+        n += (size_t)snprintf(args + n, sizeof(args) - n, " C%llu",
+                              (unsigned long long)op->cas);
+    }
+    if (on_old && mf->cond) {
+        snprintf(cond, sizeof(cond), " C%lld", (long long)op->old_cas);
+    }
+    if ((mf->args & CMD_META_LEN) == 0) {
+        data = NULL;
+        dlen = 0;
+    }
+    SEND_OR_FAIL(op, be, on_rmw_done, data, dlen, "%s %.*s%s%s", mf->verb, (int)op->k->len,
+                 op->k->key, args, cond);
 }
 
 static void on_rmw_lookup(void *arg, const struct mreply *r)
@@ -931,23 +928,21 @@ static void on_rmw_lookup(void *arg, const struct mreply *r)
 static void client_start(struct mop *op)
 {
     op->m->client_ops++;
-    switch (op->cmd) {
-    case PROTO_CMD_GET:
-    case PROTO_CMD_GETS:
-    case PROTO_CMD_GAT:
-    case PROTO_CMD_GATS:
+    switch (cmd_info(op->cmd)->move) {
+    case CMD_MOVE_READ:
         read_old(op);
         break;
-    case PROTO_CMD_SET:
+    case CMD_MOVE_SET:
         run_set(op);
         break;
-    case PROTO_CMD_DELETE:
+    case CMD_MOVE_DELETE:
         lookup_old(op, on_del_lookup);
         break;
-    case PROTO_CMD_ADD:
+    case CMD_MOVE_ADD:
         lookup_old(op, on_add_lookup);
         break;
-    default:
+    case CMD_MOVE_RMW:
+    case CMD_MOVE_NONE:
         lookup_old(op, on_rmw_lookup);
         break;
     }

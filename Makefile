@@ -52,7 +52,9 @@ deps:
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# Rebuilt from scratch: an object whose source was removed must not linger.
 $(BUILD)/libringproxy.a: $(OBJS)
+	rm -f $@
 	$(AR) rcs $@ $^
 
 $(BIN): $(BUILD)/obj/main.o $(BUILD)/libringproxy.a

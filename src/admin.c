@@ -35,7 +35,7 @@
 #include "log.h"
 #include "migrate.h"
 #include "proxy.h"
-#include "router.h"
+#include "pool.h"
 #include "sweep.h"
 
 #define ADMIN_TIMEOUT_SEC 10

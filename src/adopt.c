@@ -33,7 +33,7 @@
 #include "log.h"
 #include "migrate.h"
 #include "rebuild.h"
-#include "router.h"
+#include "pool.h"
 
 #define ADOPT_POLL_MS 1000          /* the field, while not rebuilding */
 #define ADOPT_RENEW_MS 2000         /* the lease, while rebuilding */

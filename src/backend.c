@@ -1,7 +1,7 @@
 /*
  * backend.c — connections to one memcached server.
  *
- * A connection carries a FIFO of fragments (router.h). Requests are appended
+ * A connection carries a FIFO of fragments (request.h). Requests are appended
  * to its output buffer as they arrive and written once per loop turn; replies
  * are read and matched to the head of the FIFO. Any failure (refused, reset,
  * garbage, timeout) closes the connection and fails every fragment on it:
@@ -9,14 +9,14 @@
  *
  * Replies are trusted no further than they are checked: each must be one
  * memcached sends to the command at the head of the FIFO (proto_reply_fits),
- * a VALUE must name the next key asked for (frag_match_key), announce at most
+ * a VALUE must name the next key asked for (frag_ops.match), announce at most
  * the pool's item_size_max bytes and end its data with "\r\n". Anything else
  * is a protocol error: counted, logged once, and handled as a lost
  * connection, so no reply is ever matched to a request it does not answer
  * and a connection never buffers more than one bounded reply.
  *
  * Output budget: a connection's unsent output past server_max_queue pauses
- * each client that sends to it (client.c joins bc->waiters); once it is
+ * each client that sends to it (client.c waits: bconn_wait); once it is
  * down to half (written, or dropped with a failed connection) they are
  * woken. Sends are never refused or dropped for it: a noreply command is
  * still carried out, only later.
@@ -26,6 +26,7 @@
  * requests fail fast. With auto_eject_hosts, server_failure_limit failures
  * eject it from routing for server_retry_timeout (the data ring is untouched).
  */
+#include <assert.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -39,12 +40,11 @@
 #include <unistd.h>
 
 #include "backend.h"
-#include "client.h"
-#include "cmd.h"
-#include "index.h"
 #include "mconn.h"
+#include "mem.h"
 #include "migrate.h"
 #include "log.h"
+#include "pool.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -54,6 +54,12 @@
 
 static void bconn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void bconn_write_cb(evutil_socket_t fd, short what, void *arg);
+
+#define BACKEND_STATE_NAME(e, name) [BACKEND_##e] = name,
+const char *const backend_state_names[BACKEND_STATE_COUNT] = {
+    BACKEND_STATE_CODEC(BACKEND_STATE_NAME)
+};
+#undef BACKEND_STATE_NAME
 
 int backend_init(struct backend *be, struct pool *p, uint32_t slot,
                  const char *identity, const char *addr, char *err, size_t errlen)
@@ -104,17 +110,32 @@ bool bconn_full(const struct bconn *bc)
     return evbuffer_get_length(bc->out) >= (size_t)bc->be->pool->conf->server_max_queue;
 }
 
-/* Wake the clients waiting for this connection's output to drain. */
+void bconn_wait(struct bconn *bc, struct bconn_waiter *w)
+{
+    assert(w->on == NULL);
+    w->on = bc;
+    TAILQ_INSERT_TAIL(&bc->waiters, w, link);
+}
+
+void bconn_unwait(struct bconn_waiter *w)
+{
+    if (w->on != NULL) {
+        TAILQ_REMOVE(&w->on->waiters, w, link);
+        w->on = NULL;
+    }
+}
+
+/* Wake those waiting for this connection's output to drain. */
 static void bconn_wake(struct bconn *bc)
 {
-    struct client *c;
+    struct bconn_waiter *w;
 
     if (!TAILQ_EMPTY(&bc->waiters) &&
         evbuffer_get_length(bc->out) < (size_t)bc->be->pool->conf->server_max_queue / 2) {
-        while ((c = TAILQ_FIRST(&bc->waiters)) != NULL) {
-            TAILQ_REMOVE(&bc->waiters, c, wait_link);
-            c->waiting_on = NULL;
-            client_mark_dirty(c);
+        while ((w = TAILQ_FIRST(&bc->waiters)) != NULL) {
+            TAILQ_REMOVE(&bc->waiters, w, link);
+            w->on = NULL;
+            w->wake(w);
         }
     }
 }
@@ -138,6 +159,7 @@ static struct frag *bconn_pop(struct bconn *bc)
 {
     struct frag *f = TAILQ_FIRST(&bc->frags);
 
+    assert(f != NULL && bc->nfrags > 0 && f->conn == bc);
     TAILQ_REMOVE(&bc->frags, f, link);
     bc->nfrags--;
     bc->be->stats[STAT_BE_inflight]--;
@@ -159,7 +181,8 @@ static void bconn_fail(struct bconn *bc, const char *why, const char *reply)
     while (!TAILQ_EMPTY(&bc->frags)) {
         be->stats[STAT_BE_errors]++;
         p->stats[STAT_server_errors]++;
-        frag_fail(bconn_pop(bc), reply);
+        struct frag *f = bconn_pop(bc);
+        f->ops->fail(f, reply);
     }
 
     be->failures++;
@@ -289,6 +312,7 @@ static void bconn_mark_dirty(struct bconn *bc)
 
 void bconn_push(struct bconn *bc, struct frag *f)
 {
+    assert(f->conn == NULL && f->ops != NULL);
     f->conn = bc;
     f->sent_ms = worker_now_ms(bc->be->pool->w);
     TAILQ_INSERT_TAIL(&bc->frags, f, link);
@@ -403,73 +427,6 @@ static const char *buf_line(struct evbuffer *b, size_t *len, size_t *total)
 }
 
 /*
- * Find the request key a VALUE line answers, from the fragment's cursor on
- * (the caller moves the cursor past it once the block is delivered):
- * a backend answers the keys of a line in the order asked, skipping misses,
- * so each VALUE must name a later key of this fragment than the last one.
- * A request without key_off has one key (r->keys, r->keylen); without
- * key_frag, every key is its one fragment's.
- */
-static int frag_match_key(struct frag *f, const struct proto_rsp *rsp)
-{
-    struct request *r = f->req;
-    uint32_t idx = (uint32_t)(f - r->frags);
-
-    for (uint32_t i = f->cursor; i < r->nkeys; i++) {
-        if (r->key_frag != NULL && r->key_frag[i] != idx) {
-            continue;
-        }
-        const char *k = r->key_off != NULL ? r->keys + r->key_off[i] : r->keys;
-        uint32_t klen = r->key_off != NULL ? r->key_off[i + 1] - r->key_off[i] - 1 :
-                        r->keylen;
-        if (k != NULL && klen == rsp->keylen && memcmp(k, rsp->key, klen) == 0) {
-            return (int)i;
-        }
-    }
-    return -1;
-}
-
-/* Move n bytes of reply from the connection to where the fragment wants them. */
-static void frag_deliver(struct frag *f, struct evbuffer *in, size_t n)
-{
-    struct evbuffer *sink = frag_sink(f);
-
-    if (sink != NULL) {
-        evbuffer_remove_buffer(in, sink, n);
-    } else {
-        evbuffer_drain(in, n);
-    }
-}
-
-/* Tell the pool's index what a backend confirmed. */
-static void index_reply(struct request *r, enum proto_rsp_kind kind)
-{
-    struct idx *x = r->pool->idx;
-
-    if (x == NULL) {
-        return;
-    }
-    /* A delete leaves its entry: removals by clients could reach Redis after
-     * a later store of the same key (through another proxy, or a queue that
-     * waited), and an unindexed key would not move. The mover drops entries
-     * of keys it finds gone (docs/ARCHITECTURE.md, "The index"). */
-    switch (cmd_info(r->cmd)->index) {
-    case CMD_INDEX_ADD:
-        if (kind == PROTO_RSP_STORED) {
-            idx_key_stored(x, r->keys, r->keylen);
-        }
-        break;
-    case CMD_INDEX_FLUSH:
-        if (kind != PROTO_RSP_OK) {
-            r->flushes_index = false;
-        }
-        break;
-    case CMD_INDEX_NONE:
-        break;
-    }
-}
-
-/*
  * The backend broke the protocol: count it, log what it sent (once: the
  * connection closes with it) and fail the connection. Returns -1.
  */
@@ -499,14 +456,12 @@ static int bconn_protocol_error(struct bconn *bc, const char *what,
 static int bconn_value(struct bconn *bc, struct frag *f, const struct proto_rsp *rsp,
                        const char *line, size_t len, size_t total)
 {
-    struct request *r = f->req;
-
     if (rsp->bytes > bc->be->pool->conf->item_size_max) {
         return bconn_protocol_error(bc, "VALUE longer than item_size_max", line, len);
     }
     /* Before any data is waited for: a VALUE for another key must not make
      * the connection buffer its block. */
-    int i = frag_match_key(f, rsp);
+    int i = f->ops->match(f, rsp);
     if (i < 0) {
         return bconn_protocol_error(bc, "VALUE for a key not asked", line, len);
     }
@@ -521,17 +476,11 @@ static int bconn_value(struct bconn *bc, struct frag *f, const struct proto_rsp 
     if (crlf[0] != '\r' || crlf[1] != '\n') {
         return bconn_protocol_error(bc, "value data without its \\r\\n", line, len);
     }
-    f->cursor = (uint32_t)i + 1;
-    r->hits++;
-    if (r->nfrags > 1) {
-        r->key_hit[i] = (uint32_t)need;
-    }
-    frag_deliver(f, bc->in, need);
+    f->ops->value(f, (uint32_t)i, bc->in, need);
     return 0;
 }
 
-/* Consume every complete reply in bc->in. Returns -1 if bc was failed. */
-static int bconn_process(struct bconn *bc)
+int bconn_process(struct bconn *bc)
 {
     struct proto_rsp rsp;
     size_t len, total;
@@ -553,10 +502,9 @@ static int bconn_process(struct bconn *bc)
         if (proto_parse_reply(line, len, &rsp) != PROTO_OK) {
             return bconn_protocol_error(bc, "unparsable reply", line, len);
         }
-        if (!proto_reply_fits(f->req->cmd, &rsp)) {
+        if (!proto_reply_fits(f->cmd, &rsp)) {
             char what[64];
-            snprintf(what, sizeof(what), "not a reply to %s",
-                     proto_cmd_name[f->req->cmd]);
+            snprintf(what, sizeof(what), "not a reply to %s", proto_cmd_name[f->cmd]);
             return bconn_protocol_error(bc, what, line, len);
         }
         if (rsp.kind == PROTO_RSP_VALUE) {
@@ -567,20 +515,7 @@ static int bconn_process(struct bconn *bc)
             continue;
         }
         f = bconn_pop(bc);
-        index_reply(f->req, rsp.kind);
-        if (f->retrieval && f->req->nfrags > 1) {
-            /* A share of a multi-get: END or an error both end it; an error
-             * leaves its keys as misses. */
-            evbuffer_drain(bc->in, total);
-            f->failed = rsp.kind != PROTO_RSP_END;
-        } else {
-            frag_deliver(f, bc->in, total);
-            if (f->req->nfrags > 1 && rsp.kind != PROTO_RSP_OK &&
-                f->req->error_line == NULL) {
-                f->req->error_line = strndup(line, len);
-            }
-        }
-        request_frag_done(f);
+        f->ops->end(f, &rsp, bc->in, total, line, len);
     }
     return 0;
 }
@@ -650,7 +585,8 @@ void backend_close(struct backend *be)
         struct bconn *bc = &be->conns[i];
         bconn_close_fd(bc);
         while (!TAILQ_EMPTY(&bc->frags)) {
-            frag_fail(bconn_pop(bc), BACKEND_ERR_LOST);
+            struct frag *f = bconn_pop(bc);
+            f->ops->fail(f, BACKEND_ERR_LOST);
         }
         if (bc->dirty) {
             TAILQ_REMOVE(&be->pool->w->dirty_conns, bc, dirty_link);
@@ -660,8 +596,7 @@ void backend_close(struct backend *be)
     }
     free(be->conns);
     be->conns = NULL;
-    mconn_free(be->mc);
-    be->mc = NULL;
+    backend_mc_close(be);
     free(be->identity);
     be->identity = NULL;
     conf_addr_free(&be->addr);
@@ -678,4 +613,25 @@ bool backend_idle(const struct backend *be)
         }
     }
     return true;
+}
+
+struct mconn *backend_mc(struct backend *be, uint32_t timeout_ms, size_t max_value)
+{
+    if (be->mc == NULL) {
+        be->mc = mconn_new(be->pool->w->base, be->addr.host, be->addr.port,
+                           be->addr.is_unix, timeout_ms);
+        if (be->mc != NULL) {
+            mconn_set_max_value(be->mc, max_value);
+        }
+    }
+    return be->mc;
+}
+
+void backend_mc_close(struct backend *be)
+{
+    struct mconn *mc = be->mc;
+
+    /* Cleared first: a failed command's callback may ask for it again. */
+    be->mc = NULL;
+    mconn_free(mc);
 }

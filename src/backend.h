@@ -1,18 +1,125 @@
-/* backend.h — connections to one memcached server: connect, send, read replies. */
+/*
+ * backend.h — connections to one memcached server: connect, send, read
+ * replies and match them to the fragments in each connection's FIFO.
+ *
+ * The transport knows a fragment (request.h) only as an entry of its FIFO:
+ * it completes it through the frag_ops its request layer installed, and
+ * never calls the request or client layers. Ownership: a backend is created
+ * and freed by its pool (pool.c); it owns its connections, their buffers
+ * and its meta connection (backend_mc).
+ */
 #ifndef RP_BACKEND_H
 #define RP_BACKEND_H
 
-#include "router.h"
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/buffer.h>
+
+#include "config.h"
+#include "proto.h"
+#include "request.h"
+#include "stats.h"
+
+struct pool;
+struct backend;
+struct mconn;
 
 #define BACKEND_ERR_DOWN    "SERVER_ERROR backend unavailable"
 #define BACKEND_ERR_TIMEOUT "SERVER_ERROR backend timeout"
 #define BACKEND_ERR_LOST    "SERVER_ERROR backend connection lost"
+
+/*
+ * How the transport completes a fragment of its FIFO (request.c implements
+ * them: request_frag_ops). Each may free the fragment's request once it has
+ * completed the fragment (end, fail); match and value never do.
+ */
+struct frag_ops {
+    /* Which key of f a VALUE line answers (its index), or -1: a key f did
+     * not ask for (after the ones already answered). */
+    int (*match)(struct frag *f, const struct proto_rsp *rsp);
+    /* The block of key `key` (its line and data, n bytes at the front of
+     * in) is complete: take it out of in. */
+    void (*value)(struct frag *f, uint32_t key, struct evbuffer *in, size_t n);
+    /* The reply's last line (total bytes at the front of in, line[0..len)
+     * its text): take it out of in. f is off its connection. */
+    void (*end)(struct frag *f, const struct proto_rsp *rsp, struct evbuffer *in,
+                size_t total, const char *line, size_t len);
+    /* No reply will come (connection failed, never sent): reply `line`. */
+    void (*fail)(struct frag *f, const char *line);
+};
+
+/*
+ * Someone waiting for a connection's unsent output to drain (a client
+ * paused by server_max_queue): wake is called once it is half drained.
+ */
+struct bconn_waiter {
+    struct bconn *on;           /* NULL: not waiting */
+    TAILQ_ENTRY(bconn_waiter) link;
+    void (*wake)(struct bconn_waiter *w);
+};
+
+enum bconn_state { BCONN_DOWN, BCONN_CONNECTING, BCONN_UP };
+
+struct bconn {
+    struct backend *be;
+    int fd;
+    enum bconn_state state;
+    struct event rev, wev;
+    struct evbuffer *in, *out;
+    struct frag_queue frags;
+    uint32_t nfrags;            /* in frags: the control count (backend_idle) */
+    bool dirty;                 /* output waits for the end of the loop turn */
+    bool reading_paused;
+    TAILQ_ENTRY(bconn) dirty_link;
+    TAILQ_HEAD(, bconn_waiter) waiters;
+};
+
+#define BACKEND_STATE_CODEC(X)                                        \
+    X(UP, "up")                                                       \
+    X(DOWN, "down")             /* failing: requests fail fast until retry */ \
+    X(EJECTED, "ejected")       /* auto_eject_hosts took it out of routing */
+
+#define BACKEND_STATE_ENUM(e, name) BACKEND_##e,
+enum backend_state { BACKEND_STATE_CODEC(BACKEND_STATE_ENUM) BACKEND_STATE_COUNT };
+#undef BACKEND_STATE_ENUM
+extern const char *const backend_state_names[BACKEND_STATE_COUNT];
+
+struct backend {
+    struct pool *pool;
+    uint32_t slot;              /* in pool.backends */
+    char *identity;
+    struct conf_addr addr;      /* own copy */
+    bool retiring;              /* in no ring any more: closed once idle */
+    struct mconn *mc;           /* meta connection for moves: backend_mc */
+    enum backend_state state;
+    uint32_t failures;          /* consecutive */
+    uint64_t retry_ms;          /* DOWN/EJECTED: when to try again */
+    uint32_t backoff_ms;
+    uint32_t nconns;
+    struct bconn *conns;
+    /* For reporting only (stats, /metrics; `stats reset` may clear them):
+     * no decision reads them. */
+    uint64_t stats[STAT_BACKEND_COUNT];
+};
 
 int backend_init(struct backend *be, struct pool *p, uint32_t slot,
                  const char *identity, const char *addr, char *err, size_t errlen);
 void backend_close(struct backend *be);
 /* Nothing in flight on any of its connections. */
 bool backend_idle(const struct backend *be);
+
+/*
+ * The meta-protocol connection the migration's moves use, created on first
+ * use (NULL: out of memory). The backend owns it: freed by backend_close or
+ * backend_mc_close, never by its users.
+ */
+struct mconn *backend_mc(struct backend *be, uint32_t timeout_ms, size_t max_value);
+/* Close the meta connection now: its commands in flight fail (their
+ * callbacks run). The next backend_mc opens a new one. */
+void backend_mc_close(struct backend *be);
 
 /*
  * The connection a client's requests to this backend use (always the same one
@@ -23,11 +130,20 @@ struct bconn *backend_conn(struct backend *be, uint64_t client_id);
 
 /* The caller has appended the request bytes to bc->out; queue the fragment. */
 void bconn_push(struct bconn *bc, struct frag *f);
-/* Its unsent output reached server_max_queue: senders should wait (they
- * join bc->waiters; bconn_wake marks them dirty once it is half drained). */
+/* Its unsent output reached server_max_queue: senders should wait. */
 bool bconn_full(const struct bconn *bc);
+/* w waits on bc until it is half drained (or failed): w->wake is called. */
+void bconn_wait(struct bconn *bc, struct bconn_waiter *w);
+/* w stops waiting (no wake). */
+void bconn_unwait(struct bconn_waiter *w);
 /* Write what is buffered (called once per loop turn). */
 void bconn_flush(struct bconn *bc);
+/*
+ * Consume every complete reply in bc->in, completing the fragments of its
+ * FIFO in order. Returns -1 if the connection was failed (a protocol
+ * error), else 0. The read callback's work, apart for unit tests.
+ */
+int bconn_process(struct bconn *bc);
 /* Timeouts and retries; called every tick. */
 void backend_tick(struct backend *be, uint64_t now_ms);
 /* Open connections now (preconnect). */

@@ -14,12 +14,13 @@
  * unread output, replies waiting for earlier ones (request.reply), the
  * shares of its multi-gets (frag.buf), and the bytes of its commands in
  * flight, noreply ones included (they leave `reqs` but stay in `quiet`
- * until the backend answers). router.c keeps the counts (client.held,
- * client.sent) through callbacks on those buffers. Reading pauses while the
+ * until the backend answers). The requests report them (request.c calls
+ * client_request_ops.budget) and this file keeps the counts (client.held,
+ * client.sent). Reading pauses while the
  * replies held reach CLIENT_OUT_PAUSE, the commands in flight
  * CLIENT_SENT_PAUSE bytes or CLIENT_MAX_QUEUED requests (noreply included),
  * or while a backend connection it sent to holds more than server_max_queue
- * unsent bytes (backend.c wakes it); it resumes at half of each. A client
+ * unsent bytes (it waits on it: bconn_wait); it resumes at half of each. A client
  * whose replies held pass client_max_memory is closed (closed_slow_clients):
  * reading its replies off the backends cannot wait for it.
  *
@@ -36,6 +37,7 @@
  * command is in flight. Time spent paused by the proxy (backpressure) does
  * not count.
  */
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -181,10 +183,7 @@ void client_close(struct client *c, const char *why)
         r->detached = false;
     }
     c->nquiet = 0;
-    if (c->waiting_on != NULL) {
-        TAILQ_REMOVE(&c->waiting_on->waiters, c, wait_link);
-        c->waiting_on = NULL;
-    }
+    bconn_unwait(&c->wait);
     TAILQ_REMOVE(&c->pool->clients, c, link);
     c->pool->stats[STAT_curr_connections]--;
     client_set_state(c, CLIENT_CLOSED);
@@ -244,6 +243,80 @@ void client_advance(struct client *c)
     client_mark_dirty(c);
 }
 
+/* --- what its requests ask of it (request.h: request_owner_ops) ---------- */
+
+static void client_request_done(struct request *r)
+{
+    client_advance(r->client);
+}
+
+/* Its reply goes straight out if it is the oldest request waiting. */
+static struct evbuffer *client_request_out(struct request *r)
+{
+    struct client *c = r->client;
+
+    if (TAILQ_FIRST(&c->reqs) != r) {
+        return NULL;
+    }
+    client_mark_dirty(c);
+    return c->out;
+}
+
+static void client_request_budget(struct request *r, ptrdiff_t held, ptrdiff_t sent)
+{
+    struct client *c = r->owner;
+
+    c->sent += (size_t)sent;
+    if (held != 0) {
+        client_held(c, held);
+    }
+}
+
+static void client_request_release(struct request *r)
+{
+    struct client *c = r->owner;
+
+    if (r->detached) {
+        TAILQ_REMOVE(&c->quiet, r, link);
+        c->nquiet--;
+    }
+    if (c->read_paused) {
+        client_mark_dirty(c);   /* one less in flight: it may resume */
+    }
+}
+
+static const struct request_owner_ops client_request_ops = {
+    .done = client_request_done,
+    .out = client_request_out,
+    .budget = client_request_budget,
+    .release = client_request_release,
+};
+
+/* A new request for command cmd, last in the client's queue. */
+static struct request *client_request(struct client *c, enum proto_cmd cmd, uint32_t nfrags)
+{
+    struct request *r = request_new(c->pool, c, &client_request_ops, cmd, nfrags);
+
+    if (r != NULL) {
+        TAILQ_INSERT_TAIL(&c->reqs, r, link);
+        c->nreqs++;
+    }
+    return r;
+}
+
+/* noreply: the request answers nobody; it leaves the queue of replies but
+ * counts in the client's budget (c->quiet) until the backend answers. */
+static void client_detach(struct client *c, struct request *r)
+{
+    assert(r->client == c && !r->detached);
+    TAILQ_REMOVE(&c->reqs, r, link);
+    c->nreqs--;
+    r->client = NULL;
+    r->detached = true;
+    TAILQ_INSERT_TAIL(&c->quiet, r, link);
+    c->nquiet++;
+}
+
 static void client_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct client *c = arg;
@@ -275,20 +348,28 @@ void client_held(struct client *c, ptrdiff_t delta)
 /* Should reading pause (after a command) or stay paused? */
 static bool client_must_pause(const struct client *c, unsigned div)
 {
-    return c->waiting_on != NULL ||
+    return c->wait.on != NULL ||
            c->nreqs + c->nquiet >= CLIENT_MAX_QUEUED / div ||
            client_replies_held(c) >= CLIENT_OUT_PAUSE / div ||
            c->sent >= CLIENT_SENT_PAUSE / div;
 }
 
+/* The connection it waited on drained: client_flush resumes reading. */
+static void client_backend_drained(struct bconn_waiter *w)
+{
+    struct client *c = (struct client *)((char *)w - offsetof(struct client, wait));
+
+    client_mark_dirty(c);
+}
+
 /* A backend connection it just sent to holds too much: wait for it. */
 static void client_wait_backend(struct client *c, struct bconn *bc)
 {
-    if (c->waiting_on != NULL || !bconn_full(bc)) {
+    if (c->wait.on != NULL || !bconn_full(bc)) {
         return;
     }
-    c->waiting_on = bc;
-    TAILQ_INSERT_TAIL(&bc->waiters, c, wait_link);
+    c->wait.wake = client_backend_drained;
+    bconn_wait(bc, &c->wait);
     bc->be->stats[STAT_BE_queue_pauses]++;
     c->read_paused = true;
     event_del(&c->rev);
@@ -423,7 +504,7 @@ static void client_reply_local(struct client *c, const char *data, size_t len)
         client_mark_dirty(c);
         return;
     }
-    struct request *r = request_new(c, PROTO_CMD_NONE, 0);
+    struct request *r = client_request(c, PROTO_CMD_NONE, 0);
     if (r == NULL) {
         client_close(c, "out of memory");
         return;
@@ -526,7 +607,7 @@ static void client_migrating(struct client *c, const struct proto_req *req,
     char key[PROTO_KEY_MAX];
     uint32_t keylen = req->keylen;
     struct evbuffer *value = NULL;
-    struct request *r = request_new(c, req->cmd, 1);
+    struct request *r = client_request(c, req->cmd, 1);
 
     if (r == NULL || (data > 0 && (value = evbuffer_new()) == NULL)) {
         client_close(c, "out of memory");
@@ -537,7 +618,7 @@ static void client_migrating(struct client *c, const struct proto_req *req,
     r->nkeys = retrieval ? 1 : 0;
     if (req->noreply) {
         r->quiet = true;
-        request_detach(r);
+        client_detach(c, r);
     }
     evbuffer_drain(c->in, consumed);
     if (value != NULL) {
@@ -589,7 +670,7 @@ static void client_forward(struct client *c, const struct proto_req *req,
     }
     char line[PROTO_FORMAT_MAX];
     size_t len = proto_format_request(req, line, sizeof(line));
-    struct request *r = request_new(c, req->cmd, 1);
+    struct request *r = client_request(c, req->cmd, 1);
     if (r == NULL) {
         client_close(c, "out of memory");
         return;
@@ -608,7 +689,7 @@ static void client_forward(struct client *c, const struct proto_req *req,
     }
     if (req->noreply) {
         r->quiet = true;
-        request_detach(r);
+        client_detach(c, r);
     }
     evbuffer_add(bc->out, line, len);
     if (retrieval) {
@@ -642,7 +723,7 @@ struct share {
  * lines of at most PROTO_LINE_MAX bytes (memcached closes the connection on a
  * longer gat line, and on any line with over 100 leading spaces), each line
  * a fragment of its own, answered by its own END; the reply is assembled in
- * the client's key order (router.c). During a migration every key whose
+ * the client's key order (request.c). During a migration every key whose
  * owner is changing gets a fragment of its own, answered by the migration
  * with the fallback rules.
  */
@@ -695,24 +776,11 @@ static void client_multiget(struct client *c, const struct proto_req *req,
             fb[sh[j].target] = FRAG_NONE;
         }
     }
-    struct request *r = request_new(c, req->cmd, nfrags);
-    if (r == NULL || (r->keys = malloc(req->keys_len + req->nkeys)) == NULL ||
-        (r->key_off = malloc((req->nkeys + 1) * sizeof(*r->key_off))) == NULL ||
-        (r->key_hit = calloc(req->nkeys, sizeof(*r->key_hit))) == NULL) {
+    struct request *r = client_request(c, req->cmd, nfrags);
+    if (r == NULL || request_set_keys(r, req, key_frag) != 0) {
         goto oom;
     }
-    r->key_frag = key_frag;
     key_frag = NULL;
-    r->nkeys = req->nkeys;
-    uint32_t off = 0;
-    proto_keys_begin(req, &it);
-    for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
-        r->key_off[i] = off;
-        memcpy(r->keys + off, k, klen);
-        r->keys[off + klen] = '\0';
-        off += klen + 1;
-    }
-    r->key_off[i] = off;
 
     /* Every connection first: connecting can fail what is queued on one. */
     uint32_t nfailed = 0;
@@ -803,7 +871,7 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
     }
     char line[PROTO_FORMAT_MAX];
     size_t len = proto_format_request(req, line, sizeof(line));
-    struct request *r = request_new(c, req->cmd, p->nbackends);
+    struct request *r = client_request(c, req->cmd, p->nbackends);
 
     if (r == NULL) {
         client_close(c, "out of memory");
@@ -812,7 +880,7 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
     r->flushes_index = !req->has_delay || req->delay <= 0;
     if (req->noreply) {
         r->quiet = true;
-        request_detach(r);
+        client_detach(c, r);
     }
     uint32_t nfailed = 0;
     for (uint32_t i = 0; i < p->nbackends; i++) {

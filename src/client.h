@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-#include "router.h"
+#include "pool.h"
 
 #define CLIENT_STATE_CODEC(X)                                              \
     X(READING, "reading")       /* parsing and dispatching commands */    \
@@ -38,8 +38,7 @@ struct client {
     size_t held, sent;
     struct request_queue quiet;     /* noreply requests in flight */
     uint32_t nquiet;
-    struct bconn *waiting_on;       /* paused until its output drains */
-    TAILQ_ENTRY(client) wait_link;  /* in waiting_on->waiters */
+    struct bconn_waiter wait;       /* paused until wait.on's output drains */
     TAILQ_ENTRY(client) link;       /* pool's clients */
     TAILQ_ENTRY(client) dirty_link;
     char peer[64];
@@ -57,7 +56,7 @@ void client_drain(struct client *c, const char *why);
 void client_close(struct client *c, const char *why);
 void client_free(struct client *c);
 void client_mark_dirty(struct client *c);
-/* Its requests hold delta more bytes (router.c keeps the count). */
+/* Its requests hold delta more bytes (their buffers grew or shrank). */
 void client_held(struct client *c, ptrdiff_t delta);
 
 #endif

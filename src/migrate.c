@@ -1187,8 +1187,7 @@ void mig_free(struct mig *m)
      * `closing` set, their handlers send nothing new. */
     m->closing = true;
     for (uint32_t i = 0; m->p != NULL && i < m->p->nbackends; i++) {
-        mconn_free(m->p->backends[i]->mc);
-        m->p->backends[i]->mc = NULL;
+        backend_mc_close(m->p->backends[i]);
     }
     if (m->rc != NULL) {
         m->rc->data = NULL;

@@ -15,7 +15,7 @@
 #include "mconn.h"
 #include "migrate.h"
 #include "ringrec.h"
-#include "router.h"
+#include "pool.h"
 
 #define MIG_BUCKETS 4096
 #define MIG_LIST_BATCH 500

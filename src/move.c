@@ -58,19 +58,14 @@ uint32_t op_timeout_ms(const struct pool *p)
     return p->conf->timeout > 0 ? (uint32_t)p->conf->timeout : 5000;
 }
 
+/* The backend's meta connection (it owns it: backend_mc). */
 static struct mconn *mc_of(struct backend *be)
 {
-    if (be->mc == NULL) {
-        be->mc = mconn_new(be->pool->w->base, be->addr.host, be->addr.port,
-                           be->addr.is_unix, op_timeout_ms(be->pool));
-        if (be->mc != NULL) {
-            /* Bounded, but above what a client may store through us: the
-             * server may hold larger items written around the proxy. */
-            size_t cap = (size_t)be->pool->conf->item_size_max + 1024;
-            mconn_set_max_value(be->mc, cap > MIG_VALUE_MAX ? cap : MIG_VALUE_MAX);
-        }
-    }
-    return be->mc;
+    /* Bounded, but above what a client may store through us: the server
+     * may hold larger items written around the proxy. */
+    size_t cap = (size_t)be->pool->conf->item_size_max + 1024;
+
+    return backend_mc(be, op_timeout_ms(be->pool), cap > MIG_VALUE_MAX ? cap : MIG_VALUE_MAX);
 }
 
 /* --- the key table ---------------------------------------------------------- */
@@ -339,12 +334,10 @@ static void reply_line(struct mop *op, const char *line)
 
 static void reply_retrieval_error(struct mop *op, const char *line);
 
+/* A value found: the request layer writes it as a VALUE block. */
 static void reply_value(struct mop *op, const struct mreply *r)
 {
-    struct request *req = op->f->req;
-    struct evbuffer *sink = frag_sink(op->f);
     int64_t flags = 0, cas = 0;
-    bool with_cas = cmd_info(op->cmd)->with_cas;
 
     if (mig_fenced(op->m)) {
         reply_retrieval_error(op, MIG_FENCED_LINE);
@@ -352,22 +345,8 @@ static void reply_value(struct mop *op, const struct mreply *r)
     }
     mreply_flag(r, 'f', &flags);
     mreply_flag(r, 'c', &cas);
-    req->hits++;
-    if (sink == NULL) {
-        return;
-    }
-    size_t before = evbuffer_get_length(sink);
-    evbuffer_add_printf(sink, "VALUE %.*s %llu %zu", (int)op->k->len, op->k->key,
-                        (unsigned long long)(uint32_t)flags, r->value_len);
-    if (with_cas) {
-        evbuffer_add_printf(sink, " %llu", (unsigned long long)cas);
-    }
-    evbuffer_add(sink, "\r\n", 2);
-    evbuffer_add(sink, r->value, r->value_len);
-    evbuffer_add(sink, "\r\n", 2);
-    if (req->nfrags > 1) {
-        req->key_hit[op->key_index] = (uint32_t)(evbuffer_get_length(sink) - before);
-    }
+    request_value(op->f, op->key_index, op->k->key, op->k->len, (uint32_t)flags,
+                  cmd_info(op->cmd)->with_cas, (uint64_t)cas, r->value, r->value_len);
 }
 
 /*

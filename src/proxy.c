@@ -40,7 +40,7 @@
 #include "migrate.h"
 #include "log.h"
 #include "proxy.h"
-#include "router.h"
+#include "pool.h"
 #include "sweep.h"
 
 #define TICK_MS 100

@@ -1,0 +1,114 @@
+/*
+ * pool.h — a pool at run time: its rings, its backends, where a key goes
+ * (pool_route) and its routing generations; and the worker (event loop)
+ * that serves every pool.
+ *
+ * Ownership: a pool owns its backends (created by pool_ring_backends,
+ * closed by pool_retire_backends and pool_close), its rings (references),
+ * its index writer, migration, adoption and sweeper. Its clients (client.c)
+ * and their requests (request.c) are listed here but owned by themselves.
+ */
+#ifndef RP_POOL_H
+#define RP_POOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <event2/event.h>
+
+#include "backend.h"
+#include "config.h"
+#include "request.h"
+#include "ring.h"
+#include "stats.h"
+
+struct worker;
+struct client;
+
+struct pool {
+    struct worker *w;
+    struct conf_pool *conf;     /* owned by the proxy's current config */
+    char *name;
+    struct ring *ring;          /* where the data lives (during a migration:
+                                   where it is going) */
+    struct backend **ring_be;   /* ring server index -> backend */
+    struct ring *route;         /* ring without ejected servers (or == ring) */
+    struct backend **route_be;  /* route server index -> backend */
+    struct backend **backends;  /* every backend, each at its own address */
+    uint32_t nbackends, cap_backends;
+    struct mig *mig;            /* indexed pools: Redis coordination, moves */
+    struct adopt *adopt;        /* indexed pools: the background index rebuild */
+    bool ready;                 /* knows which ring the data obeys: serve */
+    bool closing;               /* removed by a reload: freed once idle */
+    struct evconnlistener *listener;
+    struct event *accept_retry; /* re-enables the listener after EMFILE */
+    uint32_t accept_backoff_ms; /* 0: accepting normally */
+    TAILQ_HEAD(, client) clients;
+    uint64_t stats[STAT_POOL_COUNT];
+    uint64_t next_client_id;
+    struct idx *idx;            /* NULL: the pool has no index */
+    struct sweep *sweep;        /* indexed pools: the index sweeper */
+    /* Requests in flight by routing generation: a migration phase change
+     * starts a new generation, and the phase is acknowledged once those
+     * routed before it have all landed (docs/ARCHITECTURE.md). */
+    uint32_t gen;
+    uint64_t inflight_now, inflight_old;
+    uint32_t *frag_of_backend;  /* scratch for splitting a multi-get,
+                                   sized nbackends + 1, all FRAG_NONE */
+};
+
+/*
+ * The event loop's context: everything a worker thread touches. Output is
+ * not written when it is produced but once per loop turn (worker_flush), so
+ * many requests share one write(2) per connection.
+ */
+struct worker {
+    struct event_base *base;
+    TAILQ_HEAD(, bconn) dirty_conns;
+    TAILQ_HEAD(, client) dirty_clients;
+    struct pool **pools;
+    uint32_t npools;
+    struct event *tick;         /* 100 ms: timeouts, retries */
+    uint64_t now_ms;
+    uint64_t input_freed;       /* client input bytes freed since the last
+                                   malloc_trim (proxy.c's tick) */
+    bool stopping;
+    uint64_t started;
+};
+
+uint64_t worker_now_ms(struct worker *w);
+
+/* ring: the file's ring if already built (off the loop, on a reload; the
+ * reference is taken), or NULL to build it here. */
+int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct ring *ring,
+              char *err, size_t errlen);
+/* The pool may serve (see pool.ready); enables its listener. */
+void pool_ready(struct pool *p);
+void pool_close(struct pool *p);
+
+/*
+ * Where a command on this key goes: one backend (by the routing ring), the
+ * migration (the key's owner is changing: docs/ARCHITECTURE.md), or nowhere
+ * (every server ejected). The one place that decides.
+ */
+enum route { ROUTE_BACKEND, ROUTE_MIGRATION, ROUTE_NONE };
+enum route pool_route(struct pool *p, const char *key, size_t len, struct backend **be);
+void pool_eject(struct pool *p, struct backend *be, bool eject);
+/* Map every server of ring r to its backend, created if needed (a new
+ * array, or NULL). Linear in servers + backends: a reload may bring 4096. */
+struct backend **pool_ring_backends(struct pool *p, const struct ring *r,
+                                    char *err, size_t errlen);
+/* Make ring r the pool's data ring (takes the reference and the map). */
+void pool_set_ring(struct pool *p, struct ring *r, struct backend **ring_be);
+/* Close backends no ring uses any more, once nothing is in flight on them. */
+void pool_retire_backends(struct pool *p);
+/* The index sweeper's tick: it runs while the data ring is settled, and
+ * leaves when the pool closes or the proxy stops. */
+void pool_sweep_tick(struct pool *p, uint64_t now_ms);
+
+/* Routing generations (see pool.gen). */
+uint32_t pool_inflight_begin(struct pool *p);
+void pool_inflight_end(struct pool *p, uint32_t gen);
+void pool_new_generation(struct pool *p);
+
+#endif

@@ -602,7 +602,7 @@ static void client_stats(struct client *c, const struct proto_req *req)
 
 /* A command on a key whose owner is changing: the migration runs it. */
 static void client_migrating(struct client *c, const struct proto_req *req,
-                             size_t consumed, size_t data, bool retrieval)
+                             size_t consumed, size_t data, bool retrieval, uint32_t h)
 {
     char key[PROTO_KEY_MAX];
     uint32_t keylen = req->keylen;
@@ -625,7 +625,7 @@ static void client_migrating(struct client *c, const struct proto_req *req,
         evbuffer_remove_buffer(c->in, value, data);
     }
     request_hold(r, keylen + data);
-    mig_submit(c->pool->mig, &r->frags[0], req, key, keylen, 0, value);
+    mig_submit(c->pool->mig, &r->frags[0], req, key, keylen, h, 0, value);
 }
 
 /* Refuse a command while the pool is fenced (docs/ARCHITECTURE.md, I6). */
@@ -654,8 +654,9 @@ static void client_forward(struct client *c, const struct proto_req *req,
         return;
     }
     struct backend *be;
-    if (pool_route(c->pool, req->key, req->keylen, &be) == ROUTE_MIGRATION) {
-        client_migrating(c, req, consumed, data, retrieval);
+    uint32_t h = pool_key_hash(c->pool, req->key, req->keylen);
+    if (pool_route(c->pool, req->key, req->keylen, h, &be) == ROUTE_MIGRATION) {
+        client_migrating(c, req, consumed, data, retrieval, h);
         return;
     }
     struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
@@ -686,6 +687,7 @@ static void client_forward(struct client *c, const struct proto_req *req,
         }
         memcpy(r->keys, req->key, req->keylen);
         r->keylen = req->keylen;
+        r->hash = h;
     }
     if (req->noreply) {
         r->quiet = true;
@@ -714,6 +716,7 @@ struct share {
                                    FRAG_MOVING | the moving key's index */
     uint32_t len;               /* its line so far, "\r\n" included */
     uint32_t prev;              /* the same backend's line before, or FRAG_NONE */
+    uint32_t hash;              /* a moving key's share: its ring hash */
     enum { SHARE_UNSENT, SHARE_WRITING, SHARE_WRITTEN } state;
     struct bconn *bc;
 };
@@ -753,13 +756,14 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     proto_keys_begin(req, &it);
     for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
         struct backend *be;
-        bool moving = pool_route(p, k, klen, &be) == ROUTE_MIGRATION;
+        uint32_t h = pool_key_hash(p, k, klen);
+        bool moving = pool_route(p, k, klen, h, &be) == ROUTE_MIGRATION;
         uint32_t b = be != NULL ? be->slot : p->nbackends;   /* none: fails */
         j = moving ? FRAG_NONE : fb[b];
         if (j == FRAG_NONE ||
             (b < p->nbackends && sh[j].len + 1 + klen > PROTO_LINE_MAX)) {
             j = nfrags++;
-            sh[j] = (struct share){ .target = moving ? FRAG_MOVING | i : b,
+            sh[j] = (struct share){ .target = moving ? FRAG_MOVING | i : b, .hash = h,
                                     .len = (uint32_t)hlen + 2,
                                     .prev = moving ? FRAG_NONE : fb[b] };
             if (moving) {
@@ -844,7 +848,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
             uint32_t ki = sh[j].target & ~FRAG_MOVING;
             todo--;
             mig_submit(mig, f, req, r->keys + r->key_off[ki],
-                       r->key_off[ki + 1] - r->key_off[ki] - 1, ki, NULL);
+                       r->key_off[ki + 1] - r->key_off[ki] - 1, sh[j].hash, ki, NULL);
         } else if (f->failed) {
             todo--;
             frag_fail(f, BACKEND_ERR_DOWN);

@@ -750,10 +750,10 @@ const uint64_t *idx_stats(const struct idx *x)
 
 /* --- the request path: queue a record -------------------------------------- */
 
+/* score: the key's ring hash, as the request path computed it (pool_key_hash). */
 static void idx_queue(struct idx *x, enum idx_op_type type, const char *key,
-                      size_t len)
+                      size_t len, uint32_t score)
 {
-    uint32_t score = ring_key_hash(x->ring, key, len);
     uint32_t point = ring_find(x->ring, score);
     uint64_t fp = fingerprint(key, len, point);
     uint64_t *slot = &x->filter[(fp >> 32) & (IDX_FILTER_SLOTS - 1)];
@@ -803,10 +803,10 @@ static void idx_queue(struct idx *x, enum idx_op_type type, const char *key,
     x->filter_used = true;
 }
 
-void idx_key_stored(struct idx *x, const char *key, size_t len)
+void idx_key_stored(struct idx *x, const char *key, size_t len, uint32_t hash)
 {
     if (x != NULL) {
-        idx_queue(x, IDX_OP_ADD, key, len);
+        idx_queue(x, IDX_OP_ADD, key, len, hash);
     }
 }
 

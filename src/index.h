@@ -93,7 +93,7 @@ void idx_free(struct idx *x);                       /* NULL is fine */
 
 /* After a backend confirmed STORED. Never blocks. Deletes remove nothing:
  * docs/ARCHITECTURE.md, invariant I7. */
-void idx_key_stored(struct idx *x, const char *key, size_t len);
+void idx_key_stored(struct idx *x, const char *key, size_t len, uint32_t hash);
 /* flush_all succeeded: every v-node set of the pool goes. */
 void idx_pool_flushed(struct idx *x);
 

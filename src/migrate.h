@@ -76,10 +76,11 @@ bool mig_routes_key(struct mig *m, const char *key, size_t len, uint32_t hash);
  * (docs/ARCHITECTURE.md, "Commands on a changing key").
  * The migration completes `f` (writes its reply, calls request_frag_done).
  * `data` (storage commands: the value and its "\r\n") is taken over.
- * key_index: the key's position in a multi-get, else 0.
+ * hash: the key's ring hash (pool_key_hash); key_index: its position in a
+ * multi-get, else 0.
  */
 void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
-                const char *key, size_t keylen, uint32_t key_index,
+                const char *key, size_t keylen, uint32_t hash, uint32_t key_index,
                 struct evbuffer *data);
 
 void mig_tick(struct mig *m, uint64_t now_ms);

@@ -1325,14 +1325,12 @@ bool mop_enqueue(struct mig *m, struct mop *op, const char *key, size_t len)
 }
 
 void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
-                const char *key, size_t keylen, uint32_t key_index,
+                const char *key, size_t keylen, uint32_t hash, uint32_t key_index,
                 struct evbuffer *data)
 {
     struct mop *op = calloc(1, sizeof(*op));
 
-    if (op == NULL ||
-        !owners(m, m->from != NULL ? ring_key_hash(m->from, key, keylen) : 0,
-                &op->from, &op->to)) {
+    if (op == NULL || !owners(m, hash, &op->from, &op->to)) {
         free(op);
         if (data != NULL) {
             evbuffer_free(data);

@@ -287,10 +287,14 @@ void pool_retire_backends(struct pool *p)
     }
 }
 
-enum route pool_route(struct pool *p, const char *key, size_t len, struct backend **be)
+uint32_t pool_key_hash(const struct pool *p, const char *key, size_t len)
 {
-    uint32_t h = ring_key_hash(p->ring, key, len);
+    return ring_key_hash(p->ring, key, len);
+}
 
+enum route pool_route(struct pool *p, const char *key, size_t len, uint32_t h,
+                      struct backend **be)
+{
     *be = NULL;
     if (p->mig != NULL && mig_routes_key(p->mig, key, len, h)) {
         return ROUTE_MIGRATION;

@@ -86,13 +86,19 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct r
 void pool_ready(struct pool *p);
 void pool_close(struct pool *p);
 
+/* A key's ring hash under the pool's hash and hash_tag: computed once per
+ * key and command, and passed to pool_route, the migration and the index
+ * (an indexed pool's hash never changes: proxy.c refuses it on reload). */
+uint32_t pool_key_hash(const struct pool *p, const char *key, size_t len);
 /*
- * Where a command on this key goes: one backend (by the routing ring), the
- * migration (the key's owner is changing: docs/ARCHITECTURE.md), or nowhere
- * (every server ejected). The one place that decides.
+ * Where a command on this key (of hash h: pool_key_hash) goes: one backend
+ * (by the routing ring), the migration (the key's owner is changing:
+ * docs/ARCHITECTURE.md), or nowhere (every server ejected). The one place
+ * that decides.
  */
 enum route { ROUTE_BACKEND, ROUTE_MIGRATION, ROUTE_NONE };
-enum route pool_route(struct pool *p, const char *key, size_t len, struct backend **be);
+enum route pool_route(struct pool *p, const char *key, size_t len, uint32_t h,
+                      struct backend **be);
 void pool_eject(struct pool *p, struct backend *be, bool eject);
 /* Map every server of ring r to its backend, created if needed (a new
  * array, or NULL). Linear in servers + backends: a reload may bring 4096. */

@@ -394,7 +394,7 @@ static void request_index_effect(struct request *r, enum proto_rsp_kind kind)
     switch (cmd_info(r->cmd)->index) {
     case CMD_INDEX_ADD:
         if (kind == PROTO_RSP_STORED) {
-            idx_key_stored(x, r->keys, r->keylen);
+            idx_key_stored(x, r->keys, r->keylen, r->hash);
         }
         break;
     case CMD_INDEX_FLUSH:

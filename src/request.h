@@ -101,6 +101,7 @@ struct request {
     uint32_t hits;              /* VALUE blocks received */
     bool flushes_index;         /* flush_all now: the index empties too */
     uint32_t keylen;            /* one key (get, or store in an indexed pool) */
+    uint32_t hash;              /* that key's ring hash (pool_key_hash) */
     struct frag *frags;
     struct frag frag1;          /* frags points here when nfrags == 1 */
     struct evbuffer *reply;     /* the reply, while it cannot go out yet */

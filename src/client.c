@@ -55,6 +55,7 @@
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
+#include "mem.h"
 #include "proxy.h"
 #include "sweep.h"
 
@@ -609,9 +610,13 @@ static void client_migrating(struct client *c, const struct proto_req *req,
     struct evbuffer *value = NULL;
     struct request *r = client_request(c, req->cmd, 1);
 
-    if (r == NULL || (data > 0 && (value = evbuffer_new()) == NULL)) {
+    if (r == NULL) {
         client_close(c, "out of memory");
         return;
+    }
+    if (data > 0) {
+        /* r counts in the routing generation already: no way back. */
+        value = rp_xevbuffer_new("a moving key's value");
     }
     memcpy(key, req->key, keylen);
     r->frags[0].retrieval = retrieval;
@@ -681,10 +686,8 @@ static void client_forward(struct client *c, const struct proto_req *req,
     if (retrieval || (c->pool->idx != NULL && cmd_info(req->cmd)->index == CMD_INDEX_ADD)) {
         /* A get's VALUE must name its key; the index needs a stored key
          * when the backend's answer arrives. */
-        if ((r->keys = malloc(req->keylen)) == NULL) {
-            client_close(c, "out of memory");
-            return;
-        }
+        /* r counts in the routing generation already: no way back. */
+        r->keys = rp_xmalloc(req->keylen, "a request's key");
         memcpy(r->keys, req->key, req->keylen);
         r->keylen = req->keylen;
         r->hash = h;
@@ -781,9 +784,10 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         }
     }
     struct request *r = client_request(c, req->cmd, nfrags);
-    if (r == NULL || request_set_keys(r, req, key_frag) != 0) {
+    if (r == NULL) {
         goto oom;
     }
+    request_set_keys(r, req, key_frag);
     key_frag = NULL;
 
     /* Every connection first: connecting can fail what is queued on one. */
@@ -851,7 +855,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
                        r->key_off[ki + 1] - r->key_off[ki] - 1, sh[j].hash, ki, NULL);
         } else if (f->failed) {
             todo--;
-            frag_fail(f, BACKEND_ERR_DOWN);
+            request_frag_fail(f, BACKEND_ERR_DOWN);
         }
     }
 out:
@@ -900,7 +904,7 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
         client_wait_backend(c, bc);
     }
     evbuffer_drain(c->in, consumed);
-    frags_fail_unsent(r, nfailed, BACKEND_ERR_DOWN);
+    request_fail_unsent(r, nfailed, BACKEND_ERR_DOWN);
 }
 
 /*

@@ -338,11 +338,11 @@ void closing_tick(struct mig *m)
                m->p->name);
 }
 
-void closing_result(struct mop *op, enum move_result res)
+void closing_result(struct mop *op, enum mop_result res)
 {
-    if (res == MOVED) {
+    if (res == MOP_MOVED) {
         op->m->unindexed_moved++;
-    } else if (res == FAILED || res == WAITING) {
+    } else if (res == MOP_FAILED || res == MOP_WAITING) {
         op->src->failed++;      /* its source is listed again */
     }
 }

@@ -1202,7 +1202,7 @@ void mig_free(struct mig *m)
             while ((op = TAILQ_FIRST(&k->ops)) != NULL) {
                 TAILQ_REMOVE(&k->ops, op, link);
                 if (op->f != NULL) {
-                    frag_fail(op->f, BACKEND_ERR_LOST);
+                    request_frag_fail(op->f, BACKEND_ERR_LOST);
                 }
                 mop_free(op);
             }

@@ -50,8 +50,8 @@ enum mig_phase {
     PH_SWITCHED,                /* home = new owner; reads old then new */
 };
 
-/* WAITING: both owners hold a value; the key waits for a later pass. */
-enum move_result { MOVED, SKIPPED, STALE, TOMB_CLEARED, WAITING, FAILED };
+/* MOP_WAITING: both owners hold a value; the key waits for a later pass. */
+enum mop_result { MOP_MOVED, MOP_SKIPPED, MOP_STALE, MOP_TOMB_CLEARED, MOP_WAITING, MOP_FAILED };
 
 struct mdump;
 struct mop;
@@ -252,7 +252,7 @@ void mig_index_rem(struct mig *m, const struct ring *r, const char *key, size_t 
 bool closing_begin(struct mig *m);              /* every arc is done twice */
 bool closing_pump(struct mig *m);               /* true: every source is done */
 void closing_tick(struct mig *m);               /* stops it without the lease */
-void closing_result(struct mop *op, enum move_result res);
+void closing_result(struct mop *op, enum mop_result res);
 void closing_free(struct mig *m);
 
 #endif

@@ -320,7 +320,7 @@ static const struct ring *ring_of(const struct mop *op, const struct backend *be
 
 static void reply_line(struct mop *op, const char *line)
 {
-    struct evbuffer *sink = op->f != NULL ? frag_sink(op->f) : NULL;
+    struct evbuffer *sink = op->f != NULL ? request_frag_sink(op->f) : NULL;
 
     /* A fenced proxy vouches for nothing (ARCHITECTURE.md, I6). */
     if (mig_fenced(op->m) && strncmp(line, "SERVER_ERROR", 12) != 0 &&
@@ -935,27 +935,27 @@ static void on_tomb_look(void *arg, const struct mreply *r);
 static void on_tomb_cleared(void *arg, const struct mreply *r);
 static void on_doubt_look(void *arg, const struct mreply *r);
 
-static void move_done(struct mop *op, enum move_result res)
+static void move_done(struct mop *op, enum mop_result res)
 {
     struct mig *m = op->m;
 
     switch (res) {
-    case MOVED:
+    case MOP_MOVED:
         m->keys_moved++;
         break;
-    case SKIPPED:
+    case MOP_SKIPPED:
         m->keys_skipped++;
         break;
-    case STALE:
+    case MOP_STALE:
         m->keys_stale++;
         break;
-    case TOMB_CLEARED:
+    case MOP_TOMB_CLEARED:
         m->tombs_cleared++;
         break;
-    case FAILED:
+    case MOP_FAILED:
         m->keys_failed++;
         /* fall through */
-    case WAITING:
+    case MOP_WAITING:
         if (op->arc >= 0 && op->src == NULL) {
             m->arcs[op->arc].failed++;  /* its arc gets another pass */
         }
@@ -964,9 +964,9 @@ static void move_done(struct mop *op, enum move_result res)
     if (op->src != NULL) {
         closing_result(op, res);        /* counted; its source may be listed again */
     }
-    if (res != FAILED && res != WAITING) {
+    if (res != MOP_FAILED && res != MOP_WAITING) {
         mig_index_rem(m, m->from, op->k->key, op->k->len);
-        if (res == MOVED || res == SKIPPED) {
+        if (res == MOP_MOVED || res == MOP_SKIPPED) {
             mig_index_add(m, m->to, op->k->key, op->k->len);
         }
         m->index_moved++;
@@ -981,7 +981,7 @@ static void move_failed(struct mop *op, struct backend *be, const struct mreply 
 
     snprintf(m->blocked, sizeof(m->blocked), "server %s (%s): %.60s", be->identity,
              be->addr.text, r->error != NULL ? r->error : mreply_names[r->status]);
-    move_done(op, FAILED);
+    move_done(op, MOP_FAILED);
 }
 
 /* TTL from "mg t": -1 none; over 30 days memcached wants an absolute time. */
@@ -1003,7 +1003,7 @@ static void move_retry(struct mop *op)
         op->m->keys_retried++;
         move_fetch(op);
     } else {
-        move_done(op, FAILED);
+        move_done(op, MOP_FAILED);
     }
 }
 
@@ -1024,7 +1024,7 @@ static void on_delete_source(void *arg, const struct mreply *r)
 
     if (r->status == MREPLY_HD) {
         op->m->blocked[0] = '\0';
-        move_done(op, op->stored_copy ? MOVED : SKIPPED);
+        move_done(op, op->stored_copy ? MOP_MOVED : MOP_SKIPPED);
         return;
     }
     if (r->status == MREPLY_FAIL) {
@@ -1076,7 +1076,7 @@ static void on_dest_look(void *arg, const struct mreply *r)
                     memcmp(r->value, op->val, op->val_len) == 0;
         if (!same) {
             if (!conflict_settled(op->m, op->k, op->src_cas, cas)) {
-                move_done(op, WAITING);
+                move_done(op, MOP_WAITING);
                 return;
             }
             /* Settled: the old owner's value wins (readers saw it). */
@@ -1156,7 +1156,7 @@ static void on_tomb_look(void *arg, const struct mreply *r)
     }
     mreply_flag(r, 'c', &cas);
     if (!conflict_settled(op->m, op->k, op->src_cas, cas)) {
-        move_done(op, WAITING);
+        move_done(op, MOP_WAITING);
         return;
     }
     /* Settled: the delete wins (readers have been answered a miss). */
@@ -1169,7 +1169,7 @@ static void on_tomb_cleared(void *arg, const struct mreply *r)
     struct mop *op = arg;
 
     if (r->status == MREPLY_HD) {
-        move_done(op, TOMB_CLEARED);
+        move_done(op, MOP_TOMB_CLEARED);
     } else if (r->status == MREPLY_FAIL) {
         move_failed(op, op->from, r);
     } else {
@@ -1182,7 +1182,7 @@ static void on_fetch(void *arg, const struct mreply *r)
     struct mop *op = arg;
 
     if (r->status == MREPLY_EN) {
-        move_done(op, STALE);
+        move_done(op, MOP_STALE);
         return;
     }
     if (r->status != MREPLY_VA) {
@@ -1199,7 +1199,7 @@ static void on_fetch(void *arg, const struct mreply *r)
     op->stored_copy = op->dest_checked = false;
     if (!op->src_tomb) {
         if ((op->val = malloc(r->value_len + 1)) == NULL) {
-            move_done(op, FAILED);
+            move_done(op, MOP_FAILED);
             return;
         }
         memcpy(op->val, r->value, r->value_len);
@@ -1335,7 +1335,7 @@ void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
         if (data != NULL) {
             evbuffer_free(data);
         }
-        frag_fail(f, "SERVER_ERROR out of memory");
+        request_frag_fail(f, "SERVER_ERROR out of memory");
         return;
     }
     op->arc = -1;
@@ -1354,7 +1354,7 @@ void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
     if (!mop_enqueue(m, op, key, keylen)) {
         pool_inflight_end(m->p, op->gen);
         mop_free(op);
-        frag_fail(f, "SERVER_ERROR out of memory");
+        request_frag_fail(f, "SERVER_ERROR out of memory");
     }
 }
 

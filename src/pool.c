@@ -8,6 +8,7 @@
  * - Requests (request.c) count in the pool's routing generation from the
  *   moment they are routed until their last fragment is in.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,18 +314,16 @@ enum route pool_route(struct pool *p, const char *key, size_t len, uint32_t h,
 void pool_eject(struct pool *p, struct backend *be, bool eject)
 {
     const struct ring *data = p->ring;
-    struct ring_server_spec *specs = calloc(data->nservers, sizeof(*specs));
-    struct backend **route_be = calloc(data->nservers, sizeof(*route_be));
+    /* Without them routing would silently keep an ejected server. */
+    struct ring_server_spec *specs = rp_xcalloc(data->nservers, sizeof(*specs),
+                                                "a routing ring's servers");
+    struct backend **route_be = rp_xcalloc(data->nservers, sizeof(*route_be),
+                                           "a routing ring's backends");
     uint32_t n = 0;
     char err[256];
 
     if (be != NULL) {
         be->state = eject ? BACKEND_EJECTED : BACKEND_UP;
-    }
-    if (specs == NULL || route_be == NULL) {
-        free(specs);
-        free(route_be);
-        return;
     }
     for (uint32_t i = 0; i < data->nservers; i++) {
         if (p->ring_be[i]->state == BACKEND_EJECTED) {
@@ -372,8 +371,10 @@ uint32_t pool_inflight_begin(struct pool *p)
 void pool_inflight_end(struct pool *p, uint32_t gen)
 {
     if (gen == p->gen) {
+        assert(p->inflight_now > 0);
         p->inflight_now--;
     } else {
+        assert(p->inflight_old > 0);
         p->inflight_old--;
     }
 }

@@ -5,7 +5,7 @@
  * - A request's reply goes straight to the client's output when the request
  *   is the oldest one the client waits for (its owner's `out` says so);
  *   otherwise it collects in request.reply until the requests before it are
- *   answered (frag_sink).
+ *   answered (request_frag_sink).
  * - A multi-get spread over several backends sends each its share; each
  *   share's VALUE blocks collect in its own buffer in the order the backend
  *   returns them (the order asked), and when all shares are in, the blocks
@@ -150,7 +150,7 @@ static struct evbuffer *request_sink(struct request *r)
     return r->reply;
 }
 
-struct evbuffer *frag_sink(struct frag *f)
+struct evbuffer *request_frag_sink(struct frag *f)
 {
     struct request *r = f->req;
 
@@ -184,17 +184,17 @@ void request_reply_line(struct request *r, const char *line)
     }
 }
 
-int request_set_keys(struct request *r, const struct proto_req *req, uint32_t *key_frag)
+void request_set_keys(struct request *r, const struct proto_req *req, uint32_t *key_frag)
 {
     struct proto_key_iter it;
     const char *k;
     uint32_t klen, i, off = 0;
 
-    if ((r->keys = malloc(req->keys_len + req->nkeys)) == NULL ||
-        (r->key_off = malloc((req->nkeys + 1) * sizeof(*r->key_off))) == NULL ||
-        (r->key_hit = calloc(req->nkeys, sizeof(*r->key_hit))) == NULL) {
-        return -1;
-    }
+    /* r already counts in its pool's routing generation: it cannot be
+     * unwound. The sizes are bounded by the client's line budget. */
+    r->keys = rp_xmalloc(req->keys_len + req->nkeys, "a multi-get's keys");
+    r->key_off = rp_xmalloc((req->nkeys + 1) * sizeof(*r->key_off), "a multi-get's keys");
+    r->key_hit = rp_xcalloc(req->nkeys, sizeof(*r->key_hit), "a multi-get's hits");
     r->key_frag = key_frag;
     r->nkeys = req->nkeys;
     proto_keys_begin(req, &it);
@@ -207,7 +207,6 @@ int request_set_keys(struct request *r, const struct proto_req *req, uint32_t *k
     }
     assert(i == r->nkeys);
     r->key_off[i] = off;
-    return 0;
 }
 
 /* All shares of a multi-backend request are in: assemble its reply. */
@@ -271,7 +270,7 @@ void request_fail_retrieval(struct request *r, const char *line)
     }
 }
 
-void frag_fail(struct frag *f, const char *line)
+void request_frag_fail(struct frag *f, const char *line)
 {
     struct request *r = f->req;
     struct evbuffer *sink;
@@ -279,7 +278,7 @@ void frag_fail(struct frag *f, const char *line)
     f->failed = true;
     r->flushes_index = false;
     if (r->nfrags == 1) {
-        if ((sink = frag_sink(f)) != NULL) {
+        if ((sink = request_frag_sink(f)) != NULL) {
             evbuffer_add_printf(sink, "%s\r\n", line);
         }
     } else if (r->error_line == NULL) {
@@ -289,12 +288,12 @@ void frag_fail(struct frag *f, const char *line)
     request_frag_done(f);
 }
 
-void frags_fail_unsent(struct request *r, uint32_t n, const char *line)
+void request_fail_unsent(struct request *r, uint32_t n, const char *line)
 {
     for (uint32_t i = 0; n > 0 && i < r->nfrags; i++) {
         if (r->frags[i].failed && r->frags[i].conn == NULL) {
             n--;
-            frag_fail(&r->frags[i], line);  /* the last one may free r */
+            request_frag_fail(&r->frags[i], line);  /* the last one may free r */
         }
     }
 }
@@ -304,7 +303,7 @@ void request_value(struct frag *f, uint32_t key, const char *kname, size_t klen,
                    const char *value, size_t vlen)
 {
     struct request *r = f->req;
-    struct evbuffer *sink = frag_sink(f);
+    struct evbuffer *sink = request_frag_sink(f);
 
     r->hits++;
     if (sink == NULL) {
@@ -357,7 +356,7 @@ static int frag_match_key(struct frag *f, const struct proto_rsp *rsp)
 /* Move n bytes of reply from the connection to where the fragment wants them. */
 static void frag_deliver(struct frag *f, struct evbuffer *in, size_t n)
 {
-    struct evbuffer *sink = frag_sink(f);
+    struct evbuffer *sink = request_frag_sink(f);
 
     if (sink != NULL) {
         evbuffer_remove_buffer(in, sink, n);
@@ -435,5 +434,5 @@ const struct frag_ops request_frag_ops = {
     .match = frag_match_key,
     .value = frag_take_value,
     .end = frag_take_end,
-    .fail = frag_fail,
+    .fail = request_frag_fail,
 };

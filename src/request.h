@@ -133,21 +133,21 @@ void request_orphan(struct request *r);     /* its client is gone */
 void request_hold(struct request *r, size_t sent);
 /* Fail a fragment: a one-fragment request replies `line`; a multi-get or
  * a fan-out replies `line` (alone) once every fragment is in. */
-void frag_fail(struct frag *f, const char *line);
+void request_frag_fail(struct frag *f, const char *line);
 /* Fail the n fragments marked failed that were never sent (may free r). */
-void frags_fail_unsent(struct request *r, uint32_t n, const char *line);
+void request_fail_unsent(struct request *r, uint32_t n, const char *line);
 void request_free(struct request *r);
 /* A multi-get whose answer cannot be trusted: it replies `line` instead. */
 void request_fail_retrieval(struct request *r, const char *line);
 
 /* Where a fragment's reply bytes go now; NULL: discard them. */
-struct evbuffer *frag_sink(struct frag *f);
+struct evbuffer *request_frag_sink(struct frag *f);
 
 /*
  * A multi-get: keep a copy of its keys, each key's share (key_frag, taken
- * over) and room for its hits. -1: out of memory (r unchanged but key_frag).
+ * over) and room for its hits.
  */
-int request_set_keys(struct request *r, const struct proto_req *req, uint32_t *key_frag);
+void request_set_keys(struct request *r, const struct proto_req *req, uint32_t *key_frag);
 
 /*
  * A value found for key `key` (its index in a multi-get, else 0) of

@@ -711,19 +711,6 @@ static void client_forward(struct client *c, const struct proto_req *req,
     client_wait_backend(c, bc);
 }
 
-#define FRAG_MOVING 0x80000000u    /* share.target: a moving key's own share */
-
-/* A fragment of a multi-get while it is built. */
-struct share {
-    uint32_t target;            /* backend slot (nbackends: none), or
-                                   FRAG_MOVING | the moving key's index */
-    uint32_t len;               /* its line so far, "\r\n" included */
-    uint32_t prev;              /* the same backend's line before, or FRAG_NONE */
-    uint32_t hash;              /* a moving key's share: its ring hash */
-    enum { SHARE_UNSENT, SHARE_WRITING, SHARE_WRITTEN } state;
-    struct bconn *bc;
-};
-
 /*
  * A get/gets/gat/gats with several keys: each backend gets its keys in
  * lines of at most PROTO_LINE_MAX bytes (memcached closes the connection on a
@@ -731,24 +718,21 @@ struct share {
  * a fragment of its own, answered by its own END; the reply is assembled in
  * the client's key order (request.c). During a migration every key whose
  * owner is changing gets a fragment of its own, answered by the migration
- * with the fallback rules.
+ * with the fallback rules. The keys are split into shares by request_split;
+ * here the shares are written to their connections.
  */
 static void client_multiget(struct client *c, const struct proto_req *req,
                             size_t consumed)
 {
     struct pool *p = c->pool;
     struct mig *mig = mig_active(p->mig) ? p->mig : NULL;
-    uint32_t *fb = p->frag_of_backend;     /* backend slot -> its last line */
     /* A key opens at most one share: nkeys bounds them (the client's line,
      * and so nkeys, is bounded by its memory budget). */
-    struct share *sh = malloc(req->nkeys * sizeof(*sh));
+    struct request_share *sh = malloc(req->nkeys * sizeof(*sh));
     uint32_t *key_frag = malloc(req->nkeys * sizeof(*key_frag));
     char head[PROTO_FORMAT_MAX];
     size_t hlen = proto_format_request(req, head, sizeof(head));
-    uint32_t nfrags = 0, nmoving = 0, i, j;
-    struct proto_key_iter it;
-    const char *k;
-    uint32_t klen;
+    uint32_t nfrags, nmoving = 0, i, j;
 
     if (sh == NULL || key_frag == NULL) {
         goto oom;
@@ -756,33 +740,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     if (client_fenced(c, req, consumed)) {
         goto out;
     }
-    proto_keys_begin(req, &it);
-    for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
-        struct backend *be;
-        uint32_t h = pool_key_hash(p, k, klen);
-        bool moving = pool_route(p, k, klen, h, &be) == ROUTE_MIGRATION;
-        uint32_t b = be != NULL ? be->slot : p->nbackends;   /* none: fails */
-        j = moving ? FRAG_NONE : fb[b];
-        if (j == FRAG_NONE ||
-            (b < p->nbackends && sh[j].len + 1 + klen > PROTO_LINE_MAX)) {
-            j = nfrags++;
-            sh[j] = (struct share){ .target = moving ? FRAG_MOVING | i : b, .hash = h,
-                                    .len = (uint32_t)hlen + 2,
-                                    .prev = moving ? FRAG_NONE : fb[b] };
-            if (moving) {
-                nmoving++;
-            } else {
-                fb[b] = j;
-            }
-        }
-        sh[j].len += 1 + klen;
-        key_frag[i] = j;
-    }
-    for (j = 0; j < nfrags; j++) {
-        if (!(sh[j].target & FRAG_MOVING)) {
-            fb[sh[j].target] = FRAG_NONE;
-        }
-    }
+    nfrags = request_split(p, req, hlen, sh, key_frag, &nmoving);
     struct request *r = client_request(c, req->cmd, nfrags);
     if (r == NULL) {
         goto oom;
@@ -795,7 +753,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     for (j = 0; j < nfrags; j++) {
         struct frag *f = &r->frags[j];
         f->retrieval = true;
-        if (sh[j].target & FRAG_MOVING) {
+        if (sh[j].target & REQUEST_SHARE_MOVING) {
             continue;
         }
         if (sh[j].prev != FRAG_NONE) {
@@ -811,25 +769,25 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     /* Then the lines, key by key: a backend's lines follow one another. */
     for (i = 0; i < r->nkeys; i++) {
         j = r->key_frag[i];
-        if (j == FRAG_NONE || (sh[j].target & FRAG_MOVING) || r->frags[j].failed) {
+        if (j == FRAG_NONE || (sh[j].target & REQUEST_SHARE_MOVING) || r->frags[j].failed) {
             continue;
         }
         struct bconn *bc = sh[j].bc;
-        if (sh[j].state == SHARE_UNSENT) {
+        if (sh[j].state == REQUEST_SHARE_UNSENT) {
             if (sh[j].prev != FRAG_NONE) {
                 evbuffer_add(bc->out, "\r\n", 2);
-                sh[sh[j].prev].state = SHARE_WRITTEN;
+                sh[sh[j].prev].state = REQUEST_SHARE_WRITTEN;
             }
             evbuffer_add(bc->out, head, hlen);
             r->frags[j].cursor = i;
             bconn_push(bc, &r->frags[j]);
-            sh[j].state = SHARE_WRITING;
+            sh[j].state = REQUEST_SHARE_WRITING;
         }
         evbuffer_add(bc->out, " ", 1);
         evbuffer_add(bc->out, r->keys + r->key_off[i], r->key_off[i + 1] - r->key_off[i] - 1);
     }
     for (j = 0; j < nfrags; j++) {
-        if (sh[j].state == SHARE_WRITING) {
+        if (sh[j].state == REQUEST_SHARE_WRITING) {
             evbuffer_add(sh[j].bc->out, "\r\n", 2);
         }
         if (sh[j].bc != NULL) {
@@ -848,8 +806,8 @@ static void client_multiget(struct client *c, const struct proto_req *req,
     uint32_t todo = nfailed + nmoving;
     for (j = 0; todo > 0 && j < nfrags; j++) {
         struct frag *f = &r->frags[j];
-        if (sh[j].target & FRAG_MOVING) {
-            uint32_t ki = sh[j].target & ~FRAG_MOVING;
+        if (sh[j].target & REQUEST_SHARE_MOVING) {
+            uint32_t ki = sh[j].target & ~REQUEST_SHARE_MOVING;
             todo--;
             mig_submit(mig, f, req, r->keys + r->key_off[ki],
                        r->key_off[ki + 1] - r->key_off[ki] - 1, sh[j].hash, ki, NULL);

@@ -209,6 +209,46 @@ void request_set_keys(struct request *r, const struct proto_req *req, uint32_t *
     r->key_off[i] = off;
 }
 
+uint32_t request_split(struct pool *p, const struct proto_req *req, size_t head_len,
+                       struct request_share *sh, uint32_t *key_frag, uint32_t *nmoving)
+{
+    uint32_t *fb = p->frag_of_backend;     /* backend slot -> its last line */
+    uint32_t nfrags = 0, i, j, klen;
+    struct proto_key_iter it;
+    const char *k;
+
+    *nmoving = 0;
+    proto_keys_begin(req, &it);
+    for (i = 0; proto_keys_next(&it, &k, &klen); i++) {
+        struct backend *be;
+        uint32_t h = pool_key_hash(p, k, klen);
+        bool moving = pool_route(p, k, klen, h, &be) == ROUTE_MIGRATION;
+        uint32_t b = be != NULL ? be->slot : p->nbackends;   /* none: fails */
+        j = moving ? FRAG_NONE : fb[b];
+        if (j == FRAG_NONE ||
+            (b < p->nbackends && sh[j].len + 1 + klen > PROTO_LINE_MAX)) {
+            j = nfrags++;
+            sh[j] = (struct request_share){
+                .target = moving ? REQUEST_SHARE_MOVING | i : b, .hash = h,
+                .len = (uint32_t)head_len + 2, .prev = moving ? FRAG_NONE : fb[b] };
+            if (moving) {
+                (*nmoving)++;
+            } else {
+                fb[b] = j;
+            }
+        }
+        sh[j].len += 1 + klen;
+        key_frag[i] = j;
+    }
+    /* The scratch table is left all FRAG_NONE for the next multi-get. */
+    for (j = 0; j < nfrags; j++) {
+        if (!(sh[j].target & REQUEST_SHARE_MOVING)) {
+            fb[sh[j].target] = FRAG_NONE;
+        }
+    }
+    return nfrags;
+}
+
 /* All shares of a multi-backend request are in: assemble its reply. */
 static void request_assemble(struct request *r)
 {

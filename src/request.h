@@ -158,6 +158,29 @@ void request_value(struct frag *f, uint32_t key, const char *kname, size_t klen,
                    uint32_t flags, bool with_cas, uint64_t cas,
                    const char *value, size_t vlen);
 
+/* A multi-get's share while it is built (client.c writes it out). */
+#define REQUEST_SHARE_MOVING 0x80000000u   /* target: a moving key's own share */
+struct request_share {
+    uint32_t target;            /* backend slot (nbackends: none), or
+                                   REQUEST_SHARE_MOVING | the moving key's index */
+    uint32_t len;               /* its line so far, "\r\n" included */
+    uint32_t prev;              /* the same backend's line before, or FRAG_NONE */
+    uint32_t hash;              /* a moving key's share: its ring hash */
+    enum { REQUEST_SHARE_UNSENT, REQUEST_SHARE_WRITING, REQUEST_SHARE_WRITTEN } state;
+    struct bconn *bc;
+};
+
+/*
+ * Split a multi-get's keys into shares, each key routed once (pool_route):
+ * a backend's keys go in lines of at most PROTO_LINE_MAX bytes (head_len:
+ * the line's head, proto_format_request), each line a share; a key whose
+ * owner is changing gets a share of its own. sh and key_frag have room for
+ * req->nkeys entries; key_frag[i] is key i's share. Returns the number of
+ * shares; *nmoving: how many are moving keys'.
+ */
+uint32_t request_split(struct pool *p, const struct proto_req *req, size_t head_len,
+                       struct request_share *sh, uint32_t *key_frag, uint32_t *nmoving);
+
 /* What the transport calls for a request's fragments (backend.h frag_ops). */
 extern const struct frag_ops request_frag_ops;
 

@@ -891,7 +891,7 @@ static bool client_storage(struct client *c, const struct proto_req *req, size_t
         if (!req->noreply) {
             client_reply_line(c, "SERVER_ERROR object too large for cache");
         }
-        if (req->cmd == PROTO_CMD_SET) {
+        if (cmd_info(req->cmd)->unlinks_too_large) {
             client_delete_stale(c, req);
         }
         evbuffer_drain(c->in, total);

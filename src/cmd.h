@@ -85,6 +85,8 @@ struct cmd_info {
     enum cmd_answer answer;
     bool with_cas;              /* VALUE lines carry the CAS (gets, gats) */
     bool touches;               /* reads also set the TTL (gat, gats) */
+    bool unlinks_too_large;     /* a value over item_size_max deletes the old
+                                   one (memcached does so for set only) */
     struct cmd_meta meta;       /* CMD_MOVE_RMW: the one meta command */
 };
 

@@ -280,6 +280,8 @@ START_TEST(a_value_for_a_key_of_another_share_or_already_passed_does_not_match)
     give_value(&r->frags[0], "d", "D", NULL);
     ck_assert_int_eq(proto_parse_reply("VALUE a 0 1", 11, &rsp), PROTO_OK);
     ck_assert_int_eq(r->frags[0].ops->match(&r->frags[0], &rsp), -1);   /* passed */
+    ck_assert_int_eq(proto_parse_reply("VALUE d 0 1", 11, &rsp), PROTO_OK);
+    ck_assert_int_eq(r->frags[0].ops->match(&r->frags[0], &rsp), -1);   /* answered */
     give_end(&r->frags[0], "END");
     complete_share(r, 1);
     complete_share(r, 2);
@@ -385,6 +387,15 @@ START_TEST(a_value_for_a_key_not_asked_breaks_the_connection)
 }
 END_TEST
 
+START_TEST(a_second_value_for_the_same_key_breaks_the_connection)
+{
+    push("get k");
+    expect_broken(feeds("VALUE k 0 1\r\nA\r\nVALUE k 0 1\r\nB\r\nEND\r\n"), 1);
+    /* the first block had gone out already: the error follows it */
+    ck_out("VALUE k 0 1\r\nA\r\n" BACKEND_ERR_LOST "\r\n");
+}
+END_TEST
+
 START_TEST(a_value_longer_than_item_size_max_breaks_the_connection_at_once)
 {
     push("get k");
@@ -487,6 +498,7 @@ static Suite *request_suite(void)
     tcase_add_test(tc, a_reply_fed_byte_by_byte_completes_at_its_last_byte);
     tcase_add_test(tc, pipelined_replies_complete_their_fragments_in_order);
     tcase_add_test(tc, a_value_for_a_key_not_asked_breaks_the_connection);
+    tcase_add_test(tc, a_second_value_for_the_same_key_breaks_the_connection);
     tcase_add_test(tc, a_value_longer_than_item_size_max_breaks_the_connection_at_once);
     tcase_add_test(tc, value_data_without_its_crlf_breaks_the_connection);
     tcase_add_test(tc, a_reply_of_the_wrong_kind_breaks_the_connection);

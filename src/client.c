@@ -16,12 +16,12 @@
  * flight, noreply ones included (they leave `reqs` but stay in `quiet`
  * until the backend answers). The requests report them (request.c calls
  * client_request_ops.budget) and this file keeps the counts (client.held,
- * client.sent). Reading pauses while the
- * replies held reach CLIENT_OUT_PAUSE, the commands in flight
- * CLIENT_SENT_PAUSE bytes or CLIENT_MAX_QUEUED requests (noreply included),
- * or while a backend connection it sent to holds more than server_max_queue
- * unsent bytes (it waits on it: bconn_wait); it resumes at half of each. A client
- * whose replies held pass client_max_memory is closed (closed_slow_clients):
+ * client.sent). Reading pauses while the replies held reach
+ * CLIENT_OUT_PAUSE, the commands in flight CLIENT_SENT_PAUSE bytes or
+ * CLIENT_MAX_QUEUED requests (noreply included), or while a backend
+ * connection it sent to holds more than server_max_queue unsent bytes (it
+ * waits on it: bconn_wait); it resumes at half of each. A client whose
+ * replies held pass client_max_memory is closed (closed_slow_clients):
  * reading its replies off the backends cannot wait for it.
  *
  * A line without "\n" past memcached's 2048 bytes (8 MiB for get lines)

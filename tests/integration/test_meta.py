@@ -213,6 +213,9 @@ BATTERY = [
     cmd(b"me a"), cmd(b"me miss"), cmd(b"me"), cmd(b"me " + K251),
     cmd(b"me " + K250), cmd(b"me a x"), cmd(b"me Zm9v b"), cmd(b"me !!!! b"),
     cmd(b"me a b x"), cmd(b"me foo q"), cmd(b"me Zm9v bb"),
+    ms(b64(b"meb"), b"x", b"b"), cmd(b"me " + b64(b"meb") + b" bb"),
+    cmd(b"me " + b64(b"meb") + b" b"), cmd(b"me meb"), cmd(b"me " + b64(b"meb")),
+    cmd(b"me " + b64(b"meb") + b" x b"), cmd(b"me " + b64(b"meb") + b" b x"),
     # -- pipelines, quiet ones ending in mn
     cmd(b"mg a v") + cmd(b"mg miss v") + cmd(b"mn"),
     cmd(b"mg a q v k") + cmd(b"mg miss q v k") + cmd(b"mg b q v k") + cmd(b"mn"),
@@ -376,13 +379,28 @@ ITEM_ERRORS = (b"CLIENT_ERROR cannot increment or decrement non-numeric value",
                b"SERVER_ERROR object too large for cache")
 
 
-def check_verdict(line, data, verdict, answer):
-    """One step's verdict against memcached's answer; returns the backend
-    line (hex) meta_format_request built, or None."""
+def parse_ok(verdict):
+    _, name, quiet, drops, datalen, hkey, fmt = verdict.split(" ")
+    return (name, quiet == "1", int(drops), int(datalen),
+            bytes.fromhex(hkey) if hkey != "-" else b"",
+            bytes.fromhex(fmt) if fmt != "-" else None)
+
+
+def without_q(backend_line):
+    """The backend line with its q flag left out."""
+    words = backend_line.split(b" ")
+    start = 3 if words[0] == b"ms" else 2
+    return b" ".join(words[:start] + [w for w in words[start:] if w[:1] != b"q"])
+
+
+def check_verdict(line, data, verdict, answer, loud):
+    """One step's verdict against memcached's answer. loud: the answer to
+    the same command without q (from a server in the same state), for a
+    quiet command."""
     v = verdict.split(" ", 3)
     if v[0] == "notmeta":
         assert answer == b"ERROR\r\n"
-        return None
+        return
     if v[0] == "err":
         swallow, error = v[1] == "1", v[3].encode("latin-1")
         first = answer.split(b"\r\n", 1)[0]
@@ -392,60 +410,78 @@ def check_verdict(line, data, verdict, answer):
             assert (answer == error + b"\r\n") == swallow, (line[:80], verdict, answer)
         else:
             assert answer == error + b"\r\n"
-        return None
-    _, name, rest = verdict.split(" ", 2)
-    quiet, drops, datalen, hkey, fmt = rest.split(" ")
-    quiet, drops, datalen = quiet == "1", int(drops), int(datalen)
+        return
+    name, quiet, drops, datalen, hkey, _ = parse_ok(verdict)
+    assert quiet == (loud is not None)
     first = answer.split(b"\r\n", 1)[0]
     if first.startswith(ITEM_ERRORS):
-        return fmt
+        return
     if data is not None and data[datalen:datalen + 2] != b"\r\n":
         assert first == b"CLIENT_ERROR bad data chunk", (line, answer)
-        return fmt
+        return
     assert not first.startswith((b"CLIENT_ERROR", b"ERROR")), (line[:80], verdict, answer)
-    if not answer:
-        assert quiet, (line[:80], verdict)
-        return fmt
+    if quiet:
+        # q drops exactly the kinds in the table; ma's N on a miss answers
+        loud_kind = loud[:2]
+        vivify = name == "ma" and any(w[:1] == b"N" for w in line.split(b" ")[2:])
+        if answer:
+            assert normalise(answer) == normalise(loud), (line[:80], answer, loud)
+            assert vivify or not drops & (1 << RSP_BITS.index(loud_kind)), (line[:80], answer)
+        else:
+            assert drops & (1 << RSP_BITS.index(loud_kind)), (line[:80], verdict, loud)
+            return
     kind = first[:2]
     assert kind in KINDS[name], (line[:80], answer)
-    if quiet and kind in RSP_BITS:
-        dropped = drops & (1 << RSP_BITS.index(kind))
-        vivified = name == "ma" and b" N" in b" " + line
-        assert not dropped or vivified, (line[:80], verdict, answer)
     # the key memcached stores: k returns it (base64 again for b)
     m = re.search(rb" k(\S*)( b(?= |$))?", first)
-    raw = bytes.fromhex(hkey) if hkey != "-" else b""
     if m and name in ("mg", "ms", "md", "ma"):
-        assert (b64(raw) if m.group(2) else raw) == m.group(1), (line, answer)
-    return fmt
+        assert (b64(hkey) if m.group(2) else hkey) == m.group(1), (line, answer)
 
 
 def test_parser_agrees_with_memcached(cluster, verdict_tool):
-    a, b = cluster.memcached(2)
-    ca, cb = Conn(("127.0.0.1", a.port)), Conn(("127.0.0.1", b.port))
+    """a: the client's lines; b: the backend lines meta.c builds; c: the
+    backend lines without q. b and c run the same commands as a, so the
+    three stay in the same state."""
+    servers = cluster.memcached(3)
+    ca, cb, cc = (Conn(("127.0.0.1", m.port)) for m in servers)
     verdict = Verdicts(verdict_tool)
-    checked = {"ok": 0, "err": 0, "notmeta": 0}
+    checked = {"ok": 0, "err": 0, "notmeta": 0, "quiet": 0}
     try:
         for step in BATTERY:
             single = single_command(step)
             if single is None:
-                assert_same_answers([cb.step(step)], [ca.step(step)], [step])
+                want = ca.step(step)
+                assert_same_answers([cb.step(step), cc.step(step)], [want, want],
+                                    [step, step])
                 continue
             step = ca.subst(step)
             line, data = single_command(step)
             v = verdict(line)
-            answer = ca.step(step)
-            fmt = check_verdict(line, data, v, answer)
             checked[v.split(" ")[0]] += 1
+            backend = loud = None
+            if v.startswith("ok "):
+                backend = parse_ok(v)[5]
+            tail = b"\r\n" + (data or b"")
+            if backend is not None:
+                got_b = cb.step(backend + tail)
+                got_c = cc.step(without_q(backend) + tail)
+                if parse_ok(v)[1]:
+                    loud = got_c
+                    checked["quiet"] += 1
+            else:
+                got_b, got_c = cb.step(step), cc.step(step)
+            answer = ca.step(step)
+            check_verdict(line, data, v, answer, loud)
             # the backend line gets the answer the client's line got
-            sent = step if fmt is None or fmt == "-" else \
-                bytes.fromhex(fmt) + b"\r\n" + (data or b"")
-            assert normalise(cb.step(sent)) == normalise(answer), (step[:100], sent[:100])
+            assert normalise(got_b) == normalise(answer), (step[:100], backend)
+            if loud is None:
+                assert normalise(got_c) == normalise(answer), (step[:100], backend)
     finally:
-        ca.close()
-        cb.close()
+        for c in (ca, cb, cc):
+            c.close()
         verdict.close()
-    assert checked["ok"] >= 100 and checked["err"] >= 80, checked
+    assert checked["ok"] >= 100 and checked["err"] >= 80 and checked["quiet"] >= 30, \
+        checked
 
 
 # ---- through the proxy -------------------------------------------------------

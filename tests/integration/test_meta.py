@@ -157,6 +157,10 @@ BATTERY = [
     cmd(b"mg a " + b" ".join(b"v P" for _ in range(1)) + b" " +
         b" ".join(b"L%d" % i for i in range(16))),
     cmd(b"mg a " + b" ".join(b"x%d" % i for i in range(30))),
+    cmd(b"mg lim v f t c s k O1 q u h l N1 T1 R1 P L I"),
+    cmd(b"mg lim v f t c s k O1 q u h l N1 T1 R1 P L I E"),
+    cmd(b"ms lim 1 v f t c s k O1 u h l N1 T1 R1 P L") + b"x\r\n",
+    cmd(b"ms lim 1 v f t c s k O1 u h l N1 T1 R1 P L I") + b"x\r\n",
     # -- base64 keys
     ms(b64(b"foo"), b"bar", b"b"), cmd(b"mg foo v"), cmd(b"mg Zm9v b v k"),
     cmd(b"mg Zm9v! b v"), cmd(b"mg !Zm9v b v k"), cmd(b"mg Zm 9v b v"),

@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #define META_KEY_MAX      250   /* longest key token (encoded, for b) */
-#define META_KEYBUF_SIZE  188   /* a decoded base64 key: 250 / 4 * 3 bytes */
+#define META_KEYBUF_SIZE  188   /* a decoded base64 key: at most 248 / 4 * 3 */
 #define META_OPAQUE_MAX   32    /* longest O token, the 'O' included */
 #define META_FLAGS_MAX    17    /* most flag tokens memcached accepts (mg,
                                    md, ma; ms: 16, its length is a token) */

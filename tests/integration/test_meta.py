@@ -134,6 +134,9 @@ BATTERY = [
     cmd(b"ms a 1 q zz") + b"x\r\n", cmd(b"ms a 1 b") + b"x\r\n",
     cmd(b"ms !!!! 1 b") + b"x\r\n", cmd(b"ms a 1 \x80") + b"x\r\n",
     cmd(b"ms a 1 Dx") + b"x\r\n", cmd(b"ms a 1 Jx") + b"x\r\n",
+    # a block that reads as a command: dropped once the length was read
+    cmd(b"ms a 2 zz") + b"mn\r\n", cmd(b"ms a x") + b"mn\r\n",
+    cmd(b"ms a 2 q") + b"mn\r\n", cmd(b"ms " + K251 + b" 2") + b"mn\r\n",
     cmd(b"ms a 2097153") + b"x" * 2097153 + b"\r\n",
     # -- mg on hits
     cmd(b"mg a v"), cmd(b"mg a"), cmd(b"mg a q"), cmd(b"mg a q v"), cmd(b"mg a k"),

@@ -26,6 +26,7 @@
 
 #include "log.h"
 #include "mconn.h"
+#include "meta.h"
 
 #define MREPLY_NAME(e, name) [MREPLY_##e] = name,
 const char *const mreply_names[MREPLY_COUNT] = { MREPLY_CODEC(MREPLY_NAME) };
@@ -116,29 +117,17 @@ static void mconn_violation(struct mconn *c, const char *why)
     mconn_fail(c, error);
 }
 
-static bool status_of(const char *line, size_t len, enum mreply_status *st)
-{
-    static const struct { const char *word; enum mreply_status st; } words[] = {
-        { "VA", MREPLY_VA }, { "HD", MREPLY_HD }, { "EN", MREPLY_EN },
-        { "NS", MREPLY_NS }, { "EX", MREPLY_EX }, { "NF", MREPLY_NF },
-    };
-    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
-        if (len >= 2 && memcmp(line, words[i].word, 2) == 0 &&
-            (len == 2 || line[2] == ' ')) {
-            *st = words[i].st;
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Does the line start with the word w, alone or followed by a space? */
-static bool line_is(const char *line, size_t len, const char *w)
-{
-    size_t n = strlen(w);
-
-    return len >= n && memcmp(line, w, n) == 0 && (len == n || line[n] == ' ');
-}
+/* The meta reply kinds a moving connection expects: meta.c's table
+ * (meta_parse_reply) read through this one. MN and ME are replies to
+ * commands a mover never sends: not a meta reply here. */
+static const int8_t mreply_of_kind[META_RSP_COUNT] = {
+    [META_RSP_HD] = MREPLY_HD, [META_RSP_VA] = MREPLY_VA,
+    [META_RSP_EN] = MREPLY_EN, [META_RSP_NF] = MREPLY_NF,
+    [META_RSP_NS] = MREPLY_NS, [META_RSP_EX] = MREPLY_EX,
+    [META_RSP_MN] = -1, [META_RSP_ME] = -1,
+    [META_RSP_ERROR] = MREPLY_FAIL, [META_RSP_CLIENT_ERROR] = MREPLY_FAIL,
+    [META_RSP_SERVER_ERROR] = MREPLY_FAIL,
+};
 
 static enum mreply_parse_rc parse_error(struct mreply *r, const char *why)
 {
@@ -173,45 +162,38 @@ enum mreply_parse_rc mreply_parse(const char *buf, size_t len, size_t max_value,
             return parse_error(r, "control character in a reply line");
         }
     }
-    if (!status_of(buf, line_len, &r->status)) {
-        if (!line_is(buf, line_len, "ERROR") && !line_is(buf, line_len, "CLIENT_ERROR") &&
-            !line_is(buf, line_len, "SERVER_ERROR")) {
-            return parse_error(r, "not a meta reply");
-        }
-        r->status = MREPLY_FAIL;        /* the server's error for this command */
+    struct meta_rsp m;
+    switch (meta_parse_reply(buf, line_len, &m)) {
+    case META_REPLY_OK:
+        break;
+    case META_REPLY_NO_LENGTH:
+        return parse_error(r, "VA without a length");
+    case META_REPLY_BAD_LENGTH:
+        return parse_error(r, "VA length is not a number");
+    default:
+        return parse_error(r, "not a meta reply");
+    }
+    if (mreply_of_kind[m.kind] < 0) {
+        return parse_error(r, "not a meta reply");
+    }
+    r->status = (enum mreply_status)mreply_of_kind[m.kind];
+    if (r->status == MREPLY_FAIL) {
+        /* the server's error for this command: the whole line */
         r->flags = buf;
         r->flags_len = line_len;
         *used = head;
         return MREPLY_PARSE_DONE;
     }
+    r->flags = m.flags;
+    r->flags_len = m.flags_len;
     if (r->status != MREPLY_VA) {
-        if (line_len > 3) {
-            r->flags = buf + 3;
-            r->flags_len = line_len - 3;
-        }
         *used = head;
         return MREPLY_PARSE_DONE;
     }
-    /* "VA <length>[ <flags>]": digits only, checked against max_value
-     * before anything is added to it */
-    size_t i = 3, vlen = 0;
-    if (line_len < 4 || buf[i] < '0' || buf[i] > '9') {
-        return parse_error(r, "VA without a length");
+    if (m.vlen > max_value) {
+        return parse_error(r, "VA length over the largest value accepted");
     }
-    for (; i < line_len && buf[i] >= '0' && buf[i] <= '9'; i++) {
-        vlen = vlen * 10 + (size_t)(buf[i] - '0');
-        if (vlen > max_value) {
-            return parse_error(r, "VA length over the largest value accepted");
-        }
-    }
-    if (i < line_len && buf[i] != ' ') {
-        return parse_error(r, "VA length is not a number");
-    }
-    if (i < line_len) {
-        i++;
-    }
-    r->flags = buf + i;
-    r->flags_len = line_len - i;
+    size_t vlen = (size_t)m.vlen;
     /* head <= MCONN_LINE_MAX + 2 and vlen <= MCONN_MAX_VALUE_LIMIT: no wrap */
     size_t total = head + vlen + 2;
     if (len < total) {

@@ -40,6 +40,7 @@
 
 #include "backend.h"
 #include "client.h"
+#include "defer.h"
 #include "index.h"
 #include "mconn.h"
 #include "migrate.h"
@@ -634,27 +635,50 @@ void backend_tick(struct backend *be, uint64_t now_ms)
     }
 }
 
+/* The end of the loop turn: nothing refers to be any more (backend_close). */
+static void backend_destroy(void *arg)
+{
+    struct backend *be = arg;
+
+    for (uint32_t i = 0; be->conns != NULL && i < be->nconns; i++) {
+        if (be->conns[i].in != NULL) {
+            evbuffer_free(be->conns[i].in);
+        }
+        if (be->conns[i].out != NULL) {
+            evbuffer_free(be->conns[i].out);
+        }
+    }
+    free(be->conns);
+    free(be->identity);
+    conf_addr_free(&be->addr);
+    free(be);
+}
+
 void backend_close(struct backend *be)
 {
     for (uint32_t i = 0; be->conns != NULL && i < be->nconns; i++) {
         struct bconn *bc = &be->conns[i];
+        if (bc->in == NULL || bc->out == NULL) {
+            continue;   /* backend_init failed here: nothing was opened */
+        }
         bconn_close_fd(bc);
         while (!TAILQ_EMPTY(&bc->frags)) {
             frag_fail(bconn_pop(bc), BACKEND_ERR_LOST);
         }
+        struct client *c;
+        while ((c = TAILQ_FIRST(&bc->waiters)) != NULL) {
+            TAILQ_REMOVE(&bc->waiters, c, wait_link);   /* none may point here */
+            c->waiting_on = NULL;
+            client_mark_dirty(c);
+        }
         if (bc->dirty) {
             TAILQ_REMOVE(&be->pool->w->dirty_conns, bc, dirty_link);
+            bc->dirty = false;
         }
-        evbuffer_free(bc->in);
-        evbuffer_free(bc->out);
     }
-    free(be->conns);
-    be->conns = NULL;
     mconn_free(be->mc);
     be->mc = NULL;
-    free(be->identity);
-    be->identity = NULL;
-    conf_addr_free(&be->addr);
+    defer_add(be->pool->w->defer, backend_destroy, be);
 }
 
 bool backend_idle(const struct backend *be)

@@ -11,8 +11,10 @@
  * line and value, and a reply it cannot parse, or one that comes when no
  * command waits, fails the connection (logged once) rather than being guessed
  * at. A callback may send on, or free, the connection it is called from:
- * `busy` defers the free and `gen` tells the read loop its socket is gone.
+ * mconn_free marks it closed and leaves the memory to the teardown queue
+ * (defer.h), and `gen` tells the read loop its socket is gone.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "defer.h"
 #include "log.h"
 #include "mconn.h"
 
@@ -49,34 +52,22 @@ struct mconn {
     uint32_t npending;
     size_t max_value;           /* the longest VA value accepted */
     uint64_t gen;               /* bumped each time the socket is closed */
-    unsigned busy;              /* callbacks running on this connection */
-    bool doomed;                /* mconn_free was called while busy */
+    struct defer *defer;        /* frees it at the end of the turn */
+    bool closed;                /* mconn_free was called: freed by `defer` */
 };
 
 STAILQ_HEAD(mpending_list, mpending);
 
-static void mconn_destroy(struct mconn *c)
+static void mconn_destroy(void *arg)
 {
+    struct mconn *c = arg;
+
+    assert(c->closed && c->npending == 0 && c->bev == NULL);
     free(c->host);
     free(c);
 }
 
-static void mconn_enter(struct mconn *c)
-{
-    c->busy++;
-}
-
-/* False when the connection was freed on the way out: do not touch it. */
-static bool mconn_leave(struct mconn *c)
-{
-    if (--c->busy == 0 && c->doomed) {
-        mconn_destroy(c);
-        return false;
-    }
-    return true;
-}
-
-/* Close the socket and fail every pending command. The callers hold busy. */
+/* Close the socket and fail every pending command. */
 static void mconn_fail(struct mconn *c, const char *why)
 {
     struct mreply r = { .status = MREPLY_FAIL, .error = why };
@@ -98,6 +89,7 @@ static void mconn_fail(struct mconn *c, const char *why)
         p->cb(p->arg, &r);
         free(p);
     }
+    assert(!c->closed || (c->npending == 0 && c->bev == NULL));
 }
 
 /* The backend broke the protocol: say so once, then fail the connection. */
@@ -234,8 +226,7 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
     struct evbuffer *in = bufferevent_get_input(bev);
     uint64_t gen = c->gen;
 
-    mconn_enter(c);
-    while (c->gen == gen && !c->doomed) {
+    while (c->gen == gen && !c->closed) {
         size_t avail = evbuffer_get_length(in);
         if (avail == 0) {
             break;
@@ -278,15 +269,15 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
             r.flags_len = 0;
         }
         STAILQ_REMOVE_HEAD(&c->pending, link);
+        assert(c->npending > 0);
         c->npending--;
         p->cb(p->arg, &r);
         free(p);
-        if (c->gen != gen || c->doomed) {
+        if (c->gen != gen || c->closed) {
             break;      /* the callback failed or freed the connection */
         }
         evbuffer_drain(in, used);
     }
-    mconn_leave(c);
 }
 
 static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -300,11 +291,9 @@ static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
         c->connected = true;
         return;
     }
-    mconn_enter(c);
     mconn_fail(c, what & BEV_EVENT_TIMEOUT ? "timeout" :
                   what & BEV_EVENT_EOF ? "closed by the server" :
                   strerror(EVUTIL_SOCKET_ERROR()));
-    mconn_leave(c);
 }
 
 int mconn_addr(const char *host, uint16_t port, bool is_unix,
@@ -360,7 +349,7 @@ static int mconn_connect(struct mconn *c)
     return 0;
 }
 
-struct mconn *mconn_new(struct event_base *base, const char *host, uint16_t port,
+struct mconn *mconn_new(struct defer *defer, const char *host, uint16_t port,
                         bool is_unix, uint32_t timeout_ms)
 {
     struct mconn *c = calloc(1, sizeof(*c));
@@ -369,7 +358,8 @@ struct mconn *mconn_new(struct event_base *base, const char *host, uint16_t port
         free(c);
         return NULL;
     }
-    c->base = base;
+    c->base = defer_base(defer);
+    c->defer = defer;
     c->port = port;
     c->is_unix = is_unix;
     c->timeout_ms = timeout_ms ? timeout_ms : 5000;
@@ -386,13 +376,12 @@ void mconn_set_max_value(struct mconn *c, size_t bytes)
 
 void mconn_free(struct mconn *c)
 {
-    if (c == NULL || c->doomed) {
+    if (c == NULL || c->closed) {
         return;     /* a callback of the mconn_free already under way */
     }
-    c->doomed = true;
-    mconn_enter(c);
+    c->closed = true;   /* from now on mconn_send refuses */
     mconn_fail(c, "shutting down");
-    mconn_leave(c);     /* frees c, now or when the callbacks running return */
+    defer_add(c->defer, mconn_destroy, c);
 }
 
 int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
@@ -401,7 +390,7 @@ int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
     struct mpending *p;
     int rc;
 
-    if (c->doomed) {
+    if (c->closed) {
         return -ESHUTDOWN;
     }
     if ((p = malloc(sizeof(*p))) == NULL) {

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct event_base;
+struct defer;
 struct mconn;
 struct sockaddr_storage;
 
@@ -42,9 +42,13 @@ struct mreply {
 /* Called once per command, in order; r and its pointers live for the call. */
 typedef void (*mconn_cb)(void *arg, const struct mreply *r);
 
-struct mconn *mconn_new(struct event_base *base, const char *host, uint16_t port,
+/* On defer's event base; defer frees it once closed (defer.h). */
+struct mconn *mconn_new(struct defer *defer, const char *host, uint16_t port,
                         bool is_unix, uint32_t timeout_ms);
-void mconn_free(struct mconn *c);   /* pending callbacks get FAIL */
+/* Close: pending callbacks get FAIL (now), later sends fail. May be called
+ * from any callback, its own included: the memory is freed at the end of
+ * the loop turn. NULL is fine. */
+void mconn_free(struct mconn *c);
 
 /* A backend's socket address (a host name is resolved, blocking); 0 or
  * -errno. Other connections to backends (metadump.c) use it too. */

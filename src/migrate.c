@@ -16,6 +16,7 @@
  * the new ring. Changes this proxy must make to itself are made on the
  * tick, never inside the Redis callback that learnt of them.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +32,7 @@
 #include <hiredis/adapters/libevent.h>
 
 #include "backend.h"
+#include "defer.h"
 #include "index.h"
 #include "log.h"
 #include "mconn.h"
@@ -1178,6 +1180,18 @@ bool mig_left(const struct mig *m)
     return m == NULL || m->left;
 }
 
+/* The end of the loop turn (mig_free): only m's own memory is left, and
+ * m->p may be gone already. */
+static void mig_destroy(void *arg)
+{
+    struct mig *m = arg;
+
+    assert(m->rc == NULL && m->retry == NULL);
+    free(m->prefix);
+    free(m->id);
+    free(m);
+}
+
 void mig_free(struct mig *m)
 {
     if (m == NULL) {
@@ -1193,6 +1207,7 @@ void mig_free(struct mig *m)
     if (m->rc != NULL) {
         m->rc->data = NULL;
         redisAsyncFree(m->rc);
+        m->rc = NULL;
     }
     /* Operations still queued complete their clients with an error. */
     for (uint32_t b = 0; b < MIG_BUCKETS; b++) {
@@ -1212,12 +1227,16 @@ void mig_free(struct mig *m)
     }
     mig_clear(m);
     ring_unref(m->want);
+    m->want = NULL;
     if (m->retry != NULL) {
         event_free(m->retry);
+        m->retry = NULL;
     }
-    free(m->prefix);
-    free(m->id);
-    free(m);
+    if (m->p != NULL) {
+        defer_add(m->p->w->defer, mig_destroy, m);
+    } else {
+        mig_destroy(m);     /* mig_new failed: no callback can hold it */
+    }
 }
 
 /* --- the pool's questions --------------------------------------------------------- */

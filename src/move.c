@@ -60,7 +60,7 @@ uint32_t op_timeout_ms(const struct pool *p)
 static struct mconn *mc_of(struct backend *be)
 {
     if (be->mc == NULL) {
-        be->mc = mconn_new(be->pool->w->base, be->addr.host, be->addr.port,
+        be->mc = mconn_new(be->pool->w->defer, be->addr.host, be->addr.port,
                            be->addr.is_unix, op_timeout_ms(be->pool));
         if (be->mc != NULL) {
             /* Bounded, but above what a client may store through us: the

@@ -35,6 +35,7 @@
 #include "backend.h"
 #include "client.h"
 #include "config.h"
+#include "defer.h"
 #include "adopt.h"
 #include "index.h"
 #include "migrate.h"
@@ -295,10 +296,12 @@ static void proxy_reap_pools(struct worker *w)
     }
 }
 
-/* Write every connection's pending output; repeat while that makes more. */
+/* Write every connection's pending output; repeat while that makes more.
+ * Then free what was closed during the turn (defer.h). */
 static void worker_flush(struct worker *w)
 {
-    while (!TAILQ_EMPTY(&w->dirty_conns) || !TAILQ_EMPTY(&w->dirty_clients)) {
+    while (!TAILQ_EMPTY(&w->dirty_conns) || !TAILQ_EMPTY(&w->dirty_clients) ||
+           defer_pending(w->defer) > 0) {
         struct bconn *bc;
         struct client *c;
         while ((bc = TAILQ_FIRST(&w->dirty_conns)) != NULL) {
@@ -309,6 +312,7 @@ static void worker_flush(struct worker *w)
             TAILQ_REMOVE(&w->dirty_clients, c, dirty_link);
             client_flush(c);
         }
+        defer_run(w->defer);
     }
     for (uint32_t i = 0; i < w->npools; i++) {
         idx_flush(w->pools[i]->idx);
@@ -888,6 +892,7 @@ static void proxy_free(struct proxy *px)
             event_free(evs[i]);
         }
     }
+    defer_free(w->defer);
     if (w->base != NULL) {
         event_base_free(w->base);
     }
@@ -944,6 +949,7 @@ int proxy_main(const struct proxy_options *o)
         log_error("proxy", "cannot create the event loop");
         goto out;
     }
+    w->defer = defer_new(w->base);
     w->started = worker_now_ms(w);
     for (uint32_t i = 0; i < px.conf->npools; i++) {
         if (proxy_add_pool(w, &px.conf->pools[i], err, sizeof(err)) != 0) {

@@ -17,6 +17,7 @@
 #include "ring.h"
 #include "stats.h"
 
+struct defer;
 struct worker;
 struct pool;
 struct client;
@@ -173,6 +174,7 @@ struct worker {
     struct pool **pools;
     uint32_t npools;
     struct event *tick;         /* 100 ms: timeouts, retries */
+    struct defer *defer;        /* frees at the end of the turn (defer.h) */
     uint64_t now_ms;
     uint64_t input_freed;       /* client input bytes freed since the last
                                    malloc_trim (proxy.c's tick) */

@@ -57,6 +57,7 @@
 #include <hiredis/adapters/libevent.h>
 
 #include "config.h"
+#include "defer.h"
 #include "index.h"
 #include "log.h"
 #include "proto.h"
@@ -149,6 +150,7 @@ struct position {
 
 struct sweep {
     struct event_base *base;
+    struct defer *defer;        /* frees its connections (defer.h) */
     char *pool, *prefix, *id, *field;   /* field: sweeper:<id> */
     char *redis_host, *redis_text, *password;
     uint16_t redis_port;
@@ -539,7 +541,7 @@ static bool use_ring(struct sweep *s, struct ring *r)
             srv[i].down_until = UINT64_MAX;     /* its entries are kept */
             continue;
         }
-        srv[i].mc = mconn_new(s->base, a.host, a.port, a.is_unix, timeout);
+        srv[i].mc = mconn_new(s->defer, a.host, a.port, a.is_unix, timeout);
         conf_addr_free(&a);
         if (srv[i].mc == NULL) {
             srv[i].down_until = UINT64_MAX;
@@ -1739,6 +1741,7 @@ struct sweep *sweep_new(struct event_base *base, const struct sweep_opts *o)
     gethostname(host, sizeof(host) - 1);
     gettimeofday(&tv, NULL);
     s->base = base;
+    s->defer = defer_new(base);
     s->background = o->background;
     s->forget = o->forget;
     s->forget_arg = o->forget_arg;
@@ -1819,6 +1822,7 @@ void sweep_free(struct sweep *s)
         redisAsyncFree(s->rc);
     }
     servers_free(s);            /* pending mg callbacks return at once */
+    defer_free(s->defer);       /* ... and the connections go now */
     while ((b = TAILQ_FIRST(&s->batches)) != NULL) {
         batch_free(b);
     }

@@ -421,7 +421,7 @@ static void idx_schedule_retry(struct idx *x)
     event_add(x->retry, &tv);
 }
 
-static void on_retry(evutil_socket_t fd, short what, void *arg)
+static void idx_on_retry(evutil_socket_t fd, short what, void *arg)
 {
     struct idx *x = arg;
 
@@ -433,7 +433,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void idx_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct idx *x = ac->data;
     char why[192];
@@ -460,7 +460,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     uint64_t n = (uint64_t)(uintptr_t)privdata;
 
     if (x == NULL || reply == NULL) {
-        return;     /* disconnected: counted by on_disconnect */
+        return;     /* disconnected: counted by idx_on_disconnect */
     }
     if (privdata == IDX_FLUSH_REPLY) {
         n = 1;
@@ -489,7 +489,7 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *privdata)
 
     (void)privdata;
     if (x == NULL || reply == NULL || x->handshake == 0) {
-        return;     /* disconnected: on_disconnect retries */
+        return;     /* disconnected: idx_on_disconnect retries */
     }
     if (reply->type == REDIS_REPLY_ERROR &&
         idx_redis_error(x, IDX_CONN_WRITER, reply->str) != IDX_H_OK) {
@@ -538,7 +538,7 @@ static void idx_handshake(struct idx *x)
     }
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void idx_on_connect(const redisAsyncContext *ac, int status)
 {
     struct idx *x = ac->data;
 
@@ -584,8 +584,8 @@ static void idx_connect(struct idx *x)
     x->ac = ac;
     x->state = IDX_CONNECTING;
     redisLibeventAttach(ac, x->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    redisAsyncSetConnectCallback(ac, idx_on_connect);
+    redisAsyncSetDisconnectCallback(ac, idx_on_disconnect);
     /* Queued ahead of everything; writes wait for their replies. */
     idx_handshake(x);
 }
@@ -609,7 +609,7 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->conf.password = conf->password ? strdup(conf->password) : NULL;
     x->filter = calloc(IDX_FILTER_SLOTS, sizeof(*x->filter));
     x->shared = true;           /* until the first sync says we are alone */
-    x->retry = evtimer_new(base, on_retry, x);
+    x->retry = evtimer_new(base, idx_on_retry, x);
     x->calm_timer = evtimer_new(base, on_calm, x);
     x->health_since_ms = mono_ms();
     if (!x->pool || !x->conf.redis.text || !x->conf.redis.host || !x->conf.prefix ||

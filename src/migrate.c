@@ -989,13 +989,13 @@ static void sync_now(struct mig *m)
 
 /* --- Redis connection ----------------------------------------------------------- */
 
-static void on_retry(evutil_socket_t fd, short what, void *arg)
+static void mig_on_retry(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     mig_connect(arg);
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void mig_on_connect(const redisAsyncContext *ac, int status)
 {
     struct mig *m = ac->data;
 
@@ -1015,7 +1015,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     m->next_sync = 0;
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void mig_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct mig *m = ac->data;
     char why[192];
@@ -1049,7 +1049,7 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
 
     if (ac->data == NULL || reply == NULL || m->handshake == 0) {
-        return;     /* disconnected: on_disconnect reconnects */
+        return;     /* disconnected: mig_on_disconnect reconnects */
     }
     if (reply->type == REDIS_REPLY_ERROR &&
         idx_redis_error(m->p->idx, IDX_CONN_COORD, reply->str) != IDX_H_OK) {
@@ -1108,8 +1108,8 @@ static void mig_connect(struct mig *m)
     ac->data = m;
     m->rc = ac;
     redisLibeventAttach(ac, m->p->w->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    redisAsyncSetConnectCallback(ac, mig_on_connect);
+    redisAsyncSetDisconnectCallback(ac, mig_on_disconnect);
     mig_handshake(m);
     m->next_sync = 0;
 }
@@ -1128,7 +1128,7 @@ struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p))
     if (asprintf(&m->id, "%s:%ld:%04lx", host, (long)getpid(),
                  (unsigned long)(tv.tv_usec ^ (unsigned long)random()) & 0xffff) < 0 ||
         (m->prefix = strdup(p->conf->index.prefix)) == NULL ||
-        (m->retry = evtimer_new(p->w->base, on_retry, m)) == NULL) {
+        (m->retry = evtimer_new(p->w->base, mig_on_retry, m)) == NULL) {
         mig_free(m);
         return NULL;
     }

@@ -225,7 +225,7 @@ static void on_setup(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void rb_on_connect(const redisAsyncContext *ac, int status)
 {
     struct rb *rb = ac->data;
 
@@ -236,7 +236,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     rb_fail(rb, "cannot connect to Redis %s: %s", rb->redis_text, ac->errstr);
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void rb_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct rb *rb = ac->data;
 
@@ -262,8 +262,8 @@ static int rb_connect(struct rb *rb, const struct conf_index *ix)
     ac->data = rb;
     rb->ac = ac;
     redisLibeventAttach(ac, rb->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    redisAsyncSetConnectCallback(ac, rb_on_connect);
+    redisAsyncSetDisconnectCallback(ac, rb_on_disconnect);
     if (ix->password != NULL) {
         const char *argv[] = { "AUTH", ix->password };
         size_t len[] = { 4, strlen(ix->password) };

@@ -386,7 +386,7 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void sweep_on_connect(const redisAsyncContext *ac, int status)
 {
     struct sweep *s = ac->data;
 
@@ -411,7 +411,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     s->logged_down = false;
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void sweep_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct sweep *s = ac->data;
 
@@ -461,8 +461,8 @@ static void redis_connect(struct sweep *s)
     s->rc_up = true;            /* commands queue until the connect completes */
     s->rc_out = 0;
     redisLibeventAttach(ac, s->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    redisAsyncSetConnectCallback(ac, sweep_on_connect);
+    redisAsyncSetDisconnectCallback(ac, sweep_on_disconnect);
     if (s->password != NULL) {
         const char *argv[] = { "AUTH", s->password };
         size_t lens[] = { 4, strlen(s->password) };

@@ -50,7 +50,10 @@
 #define ACCEPT_PAUSE_MIN_MS 100         /* out of descriptors: pause, doubling */
 #define ACCEPT_PAUSE_MAX_MS 1000
 
-/* Configs replaced by a reload, kept while a pool may still point into them. */
+/* Configs replaced by a reload, kept while a pool still points into them
+ * (a pool a reload removed, closing: pool.conf); proxy_reap_configs frees
+ * each once none does. Nothing else keeps a pointer into a config: the
+ * index, the sweeper, the rebuild and the backends copy what they need. */
 struct old_config {
     struct config *conf;
     struct old_config *next;
@@ -489,6 +492,35 @@ static void plan_commit(struct pool_plan *pl)
     pool_retire_backends(p);
 }
 
+/* Does a pool still point into config c? */
+static bool proxy_config_used(const struct proxy *px, const struct config *c)
+{
+    for (uint32_t i = 0; i < px->w.npools; i++) {
+        uintptr_t pc = (uintptr_t)px->w.pools[i]->conf, lo = (uintptr_t)c->pools;
+        if (pc >= lo && pc < lo + c->npools * sizeof(*c->pools)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Free the replaced configs no pool uses any more (called after a reload
+ * and once per loop turn while there are any: a closing pool is freed by
+ * the tick, proxy_reap_pools). */
+static void proxy_reap_configs(struct proxy *px)
+{
+    for (struct old_config **op = &px->old_configs; *op != NULL;) {
+        struct old_config *o = *op;
+        if (proxy_config_used(px, o->conf)) {
+            op = &o->next;
+            continue;
+        }
+        *op = o->next;
+        config_free(o->conf);
+        free(o);
+    }
+}
+
 /* A valid new config: add, change and remove pools to match it, or, if any
  * pool cannot take its new settings, change nothing. Takes nc and rings
  * (each pool's ring, a reference; the array itself stays the caller's). */
@@ -554,11 +586,12 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
         }
     }
     /* Pools that are closing still point into the old config: it is kept
-     * until exit. */
+     * until the last of them is freed (proxy_reap_configs). */
     old->conf = px->conf;
     old->next = px->old_configs;
     px->old_configs = old;
     px->conf = nc;
+    proxy_reap_configs(px);
     px->reloads++;
     free(plans);
     log_notice("reload", "%s applied", px->opts->conf_path);
@@ -1004,6 +1037,9 @@ int proxy_main(const struct proxy_options *o)
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
         worker_flush(w);
+        if (px.old_configs != NULL) {
+            proxy_reap_configs(&px);
+        }
         if (w->stopping &&
             (worker_idle(w) || worker_now_ms(w) >= px.stop_deadline)) {
             break;

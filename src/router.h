@@ -132,7 +132,10 @@ struct backend {
 
 struct pool {
     struct worker *w;
-    struct conf_pool *conf;     /* owned by the proxy's current config */
+    struct conf_pool *conf;     /* borrowed from the proxy's current config,
+                                   or, once a reload removed the pool, the
+                                   config it replaced: kept until the pool is
+                                   freed (proxy.c, proxy_reap_configs) */
     char *name;
     struct ring *ring;          /* where the data lives (during a migration:
                                    where it is going) */

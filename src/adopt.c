@@ -31,6 +31,7 @@
 
 #include "adopt.h"
 #include "log.h"
+#include "mem.h"
 #include "migrate.h"
 #include "rebuild.h"
 #include "router.h"
@@ -265,18 +266,21 @@ static void adopt_connect(struct adopt *a)
     ac->data = a;
     a->ac = ac;
     a->up = true;       /* commands queue until the connect completes */
-    redisLibeventAttach(ac, a->p->w->base);
+    rp_xcheck(redisLibeventAttach(ac, a->p->w->base) == REDIS_OK,
+              "a Redis connection's events");
     redisAsyncSetConnectCallback(ac, adopt_on_connect);
     redisAsyncSetDisconnectCallback(ac, adopt_on_disconnect);
     if (ix->password != NULL) {
         const char *argv[] = { "AUTH", ix->password };
-        redisAsyncCommandArgv(ac, on_setup, (void *)"AUTH", 2, argv, NULL);
+        rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"AUTH", 2, argv, NULL) ==
+                  REDIS_OK, "the Redis AUTH command");
     }
     if (ix->db != 0) {
         char db[24];
         snprintf(db, sizeof(db), "%lld", (long long)ix->db);
         const char *argv[] = { "SELECT", db };
-        redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, NULL);
+        rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, NULL) ==
+                  REDIS_OK, "the Redis SELECT command");
     }
     a->next_poll = 0;
 }

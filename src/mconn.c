@@ -28,6 +28,7 @@
 
 #include "defer.h"
 #include "log.h"
+#include "mem.h"
 #include "mconn.h"
 
 #define MREPLY_NAME(e, name) [MREPLY_##e] = name,
@@ -316,7 +317,8 @@ int mconn_addr(const char *host, uint16_t port, bool is_unix,
         char portstr[8];
         snprintf(portstr, sizeof(portstr), "%u", port);
         if (evutil_getaddrinfo(host, portstr, &hints, &res) != 0) {
-            return -EHOSTUNREACH;
+            errno = EHOSTUNREACH;
+            return -1;
         }
         *len = (int)res->ai_addrlen;
         memcpy(ss, res->ai_addr, res->ai_addrlen);
@@ -325,17 +327,18 @@ int mconn_addr(const char *host, uint16_t port, bool is_unix,
     return 0;
 }
 
+/* 0, or -1: the commands waiting fail (mconn_send). */
 static int mconn_connect(struct mconn *c)
 {
     struct sockaddr_storage ss;
-    int len, rc;
+    int len;
 
-    if ((rc = mconn_addr(c->host, c->port, c->is_unix, &ss, &len)) != 0) {
-        return rc;
+    if (mconn_addr(c->host, c->port, c->is_unix, &ss, &len) != 0) {
+        return -1;
     }
     c->bev = bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {
-        return -ENOMEM;
+        return -1;
     }
     bufferevent_setcb(c->bev, mconn_read_cb, NULL, mconn_event_cb, c);
     struct timeval tv = { c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000 };
@@ -344,7 +347,7 @@ static int mconn_connect(struct mconn *c)
     if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&ss, len) != 0) {
         bufferevent_free(c->bev);
         c->bev = NULL;
-        return -ECONNREFUSED;
+        return -1;
     }
     return 0;
 }
@@ -388,24 +391,24 @@ int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
                size_t data_len, mconn_cb cb, void *arg)
 {
     struct mpending *p;
-    int rc;
 
     if (c->closed) {
-        return -ESHUTDOWN;
+        return -1;
     }
     if ((p = malloc(sizeof(*p))) == NULL) {
-        return -ENOMEM;
+        return -1;      /* the caller fails the one move or command */
     }
-    if (c->bev == NULL && (rc = mconn_connect(c)) != 0) {
+    if (c->bev == NULL && mconn_connect(c) != 0) {
         free(p);
-        return rc;
+        return -1;
     }
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    evbuffer_add(out, line, len);
-    evbuffer_add(out, "\r\n", 2);
-    if (data != NULL) {
-        evbuffer_add(out, data, data_len);
-        evbuffer_add(out, "\r\n", 2);
+    /* Half a command in the stream would put every later reply out of
+     * step: no way out but to stop (mem.h). */
+    if (evbuffer_add(out, line, len) != 0 || evbuffer_add(out, "\r\n", 2) != 0 ||
+        (data != NULL && (evbuffer_add(out, data, data_len) != 0 ||
+                          evbuffer_add(out, "\r\n", 2) != 0))) {
+        rp_oom("a meta command", len + data_len + 4);
     }
     p->cb = cb;
     p->arg = arg;

@@ -35,6 +35,7 @@
 #include "defer.h"
 #include "index.h"
 #include "log.h"
+#include "mem.h"
 #include "mconn.h"
 #include "rebuild.h"
 #include "ringrec.h"
@@ -114,7 +115,10 @@ static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n
         cb = on_unchecked_reply;
         priv = m;
     }
-    redisAsyncCommandArgv(m->rc, cb, priv, n, argv, len);
+    if (redisAsyncCommandArgv(m->rc, cb, priv, n, argv, len) != REDIS_OK) {
+        log_error("migration", "%s: cannot send a Redis command (%s)", m->p->name,
+                  argv[0]);
+    }
 }
 
 /* A ring from an HGETALL reply of a ring record; NULL if malformed. */
@@ -354,6 +358,8 @@ static void mig_set_phase(struct mig *m, enum mig_phase ph)
     if (ph <= m->phase) {
         return;
     }
+    /* Only a migration being followed (mig_begin) has phases to route by. */
+    assert(ph != PH_NONE && m->from != NULL && m->from_be != NULL && m->to_be != NULL);
     if (ph == PH_SWITCHED) {
         /* Index writes queued under the old ring name its v-nodes: they
          * leave first (move.c's writes name their ring themselves). */
@@ -1075,16 +1081,18 @@ static void mig_handshake(struct mig *m)
     if (ix->password != NULL) {
         const char *argv[] = { "AUTH", ix->password };
         size_t len[] = { 4, strlen(ix->password) };
-        m->handshake += redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
-                                              len) == REDIS_OK;
+        rp_xcheck(redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
+                                        len) == REDIS_OK, "the Redis AUTH command");
+        m->handshake++;
     }
     if (ix->db != 0) {
         char db[24];
         snprintf(db, sizeof(db), "%lld", (long long)ix->db);
         const char *argv[] = { "SELECT", db };
         size_t len[] = { 6, strlen(db) };
-        m->handshake += redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
-                                              len) == REDIS_OK;
+        rp_xcheck(redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
+                                        len) == REDIS_OK, "the Redis SELECT command");
+        m->handshake++;
     }
     /* Commands queue until the connect completes. */
     m->rc_up = m->handshake == 0;
@@ -1107,7 +1115,8 @@ static void mig_connect(struct mig *m)
     }
     ac->data = m;
     m->rc = ac;
-    redisLibeventAttach(ac, m->p->w->base);
+    rp_xcheck(redisLibeventAttach(ac, m->p->w->base) == REDIS_OK,
+              "a Redis connection's events");
     redisAsyncSetConnectCallback(ac, mig_on_connect);
     redisAsyncSetDisconnectCallback(ac, mig_on_disconnect);
     mig_handshake(m);
@@ -1371,6 +1380,7 @@ void mig_tick(struct mig *m, uint64_t now)
     }
     /* The phase is acknowledged once requests routed before it landed. */
     if (m->acked != m->phase && m->p->inflight_old == 0) {
+        assert(m->acked < m->phase);    /* acknowledged phases trail, never lead */
         m->acked = m->phase;
         m->next_sync = 0;
     }

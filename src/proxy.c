@@ -806,18 +806,18 @@ static void daemon_parent(int fd, pid_t pid)
  * Fork into the background. The calling process stays in the foreground
  * until the daemon reports through *report_fd: its error lines (see
  * log_mirror_errors), then "ready\n" once it serves, or nothing and EOF when
- * it fails. Returns 0 in the daemon, or -errno.
+ * it fails. Returns 0 in the daemon, or -1 with errno set.
  */
 static int daemonize(int *report_fd)
 {
     int fds[2];
 
     if (pipe2(fds, O_CLOEXEC) != 0) {
-        return -errno;
+        return -1;
     }
     pid_t pid = fork();
     if (pid < 0) {
-        return -errno;
+        return -1;
     }
     if (pid > 0) {
         close(fds[1]);
@@ -825,11 +825,11 @@ static int daemonize(int *report_fd)
     }
     close(fds[0]);
     if (setsid() < 0) {
-        return -errno;
+        return -1;
     }
     pid = fork();
     if (pid < 0) {
-        return -errno;
+        return -1;
     }
     if (pid > 0) {
         _exit(0);
@@ -838,7 +838,7 @@ static int daemonize(int *report_fd)
      * the paths are absolute already (src/main.c). */
     umask(022);
     if (chdir("/") != 0) {
-        return -errno;
+        return -1;
     }
     int fd = open("/dev/null", O_RDWR);
     if (fd >= 0) {
@@ -866,28 +866,31 @@ static void daemon_ready(int *report_fd)
     }
 }
 
-/* Become user pw once the listeners are bound (memcached's -u). */
+/* Become user pw once the listeners are bound (memcached's -u): 0, or -1
+ * with errno set. */
 static int drop_privileges(const struct passwd *pw)
 {
     if (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
         setuid(pw->pw_uid) != 0) {
-        return -errno;
+        return -1;
     }
     if (setuid(0) == 0 && pw->pw_uid != 0) {
-        return -EPERM;      /* root could be regained: not dropped */
+        errno = EPERM;      /* root could be regained: not dropped */
+        return -1;
     }
     return 0;
 }
 
+/* 0, or -1 with errno set. */
 static int write_pid_file(const char *path)
 {
     FILE *f = fopen(path, "w");
 
     if (f == NULL) {
-        return -errno;
+        return -1;
     }
     fprintf(f, "%ld\n", (long)getpid());
-    return fclose(f) == 0 ? 0 : -errno;
+    return fclose(f) == 0 ? 0 : -1;
 }
 
 static void proxy_free(struct proxy *px)
@@ -944,7 +947,7 @@ int proxy_main(const struct proxy_options *o)
     int lrc = log_open(o->log_path, o->log_level);
     if (lrc != 0) {
         fprintf(stderr, "ringproxy: cannot open log %s: %s\n", o->log_path,
-                strerror(-lrc));
+                strerror(errno));
         return 1;
     }
     px.conf = config_load(o->conf_path, &errs);
@@ -970,7 +973,7 @@ int proxy_main(const struct proxy_options *o)
     }
     signal(SIGPIPE, SIG_IGN);
     if (o->daemonize && (rc = daemonize(&report_fd)) != 0) {
-        log_error("proxy", "cannot daemonize: %s", strerror(-rc));
+        log_error("proxy", "cannot daemonize: %s", strerror(errno));
         rc = 1;
         goto out;
     }
@@ -998,13 +1001,13 @@ int proxy_main(const struct proxy_options *o)
     }
     if (o->pid_path != NULL && (rc = write_pid_file(o->pid_path)) != 0) {
         log_error("proxy", "cannot write pid file %s: %s", o->pid_path,
-                  strerror(-rc));
+                  strerror(errno));
         rc = 1;
         goto out;
     }
     if (pw != NULL && (rc = drop_privileges(pw)) != 0) {
         log_error("proxy", "-u %s: cannot become that user: %s", o->user,
-                  strerror(-rc));
+                  strerror(errno));
         rc = 1;
         goto out;
     }

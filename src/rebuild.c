@@ -33,6 +33,7 @@
 
 #include "index.h"
 #include "log.h"
+#include "mem.h"
 #include "metadump.h"
 #include "rebuild.h"
 
@@ -261,20 +262,22 @@ static int rb_connect(struct rb *rb, const struct conf_index *ix)
     }
     ac->data = rb;
     rb->ac = ac;
-    redisLibeventAttach(ac, rb->base);
+    rp_xcheck(redisLibeventAttach(ac, rb->base) == REDIS_OK, "a Redis connection's events");
     redisAsyncSetConnectCallback(ac, rb_on_connect);
     redisAsyncSetDisconnectCallback(ac, rb_on_disconnect);
     if (ix->password != NULL) {
         const char *argv[] = { "AUTH", ix->password };
         size_t len[] = { 4, strlen(ix->password) };
-        redisAsyncCommandArgv(ac, on_setup, (void *)"AUTH", 2, argv, len);
+        rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"AUTH", 2, argv, len) ==
+                  REDIS_OK, "the Redis AUTH command");
     }
     if (ix->db != 0) {
         char db[24];
         snprintf(db, sizeof(db), "%lld", (long long)ix->db);
         const char *argv[] = { "SELECT", db };
         size_t len[] = { 6, strlen(db) };
-        redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, len);
+        rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, len) ==
+                  REDIS_OK, "the Redis SELECT command");
     }
     return 0;
 }

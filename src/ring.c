@@ -253,7 +253,7 @@ static int diff_emit(struct diff_walk *w, uint32_t first, uint32_t last,
         size_t cap = w->cap ? w->cap * 2 : 64;
         struct ring_arc *arcs = realloc(d->arcs, cap * sizeof(*arcs));
         if (arcs == NULL) {
-            return -ENOMEM;
+            return -1;
         }
         d->arcs = arcs;
         w->cap = cap;
@@ -266,7 +266,7 @@ static int diff_emit(struct diff_walk *w, uint32_t first, uint32_t last,
 int ring_diff(const struct ring *a, const struct ring *b, struct ring_diff *out)
 {
     struct diff_walk w = { .a = a, .b = b, .out = out };
-    int rc = -ENOMEM;
+    int rc = -1;
 
     memset(out, 0, sizeof(*out));
     w.a_in_b = malloc(a->nservers * sizeof(*w.a_in_b));

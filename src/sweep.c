@@ -60,6 +60,7 @@
 #include "defer.h"
 #include "index.h"
 #include "log.h"
+#include "mem.h"
 #include "proto.h"
 #include "mconn.h"
 #include "ring.h"
@@ -460,20 +461,20 @@ static void redis_connect(struct sweep *s)
     s->rc = ac;
     s->rc_up = true;            /* commands queue until the connect completes */
     s->rc_out = 0;
-    redisLibeventAttach(ac, s->base);
+    rp_xcheck(redisLibeventAttach(ac, s->base) == REDIS_OK, "a Redis connection's events");
     redisAsyncSetConnectCallback(ac, sweep_on_connect);
     redisAsyncSetDisconnectCallback(ac, sweep_on_disconnect);
     if (s->password != NULL) {
         const char *argv[] = { "AUTH", s->password };
         size_t lens[] = { 4, strlen(s->password) };
-        redis_argv(s, on_auth, s, 2, argv, lens);
+        rp_xcheck(redis_argv(s, on_auth, s, 2, argv, lens), "the Redis AUTH command");
     }
     if (s->db != 0) {
         char db[24];
         snprintf(db, sizeof(db), "%lld", (long long)s->db);
         const char *argv[] = { "SELECT", db };
         size_t lens[] = { 6, strlen(db) };
-        redis_argv(s, on_auth, s, 2, argv, lens);
+        rp_xcheck(redis_argv(s, on_auth, s, 2, argv, lens), "the Redis SELECT command");
     }
 }
 

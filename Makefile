@@ -13,7 +13,7 @@
 
 PREFIX  ?= /usr/local
 CC      ?= cc
-PKGS    := libevent libevent_pthreads hiredis yaml-0.1 libmd
+PKGS    := libevent hiredis yaml-0.1 libmd
 SAN     ?= 0
 
 ifeq ($(SAN),1)

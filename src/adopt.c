@@ -31,6 +31,7 @@
 
 #include "adopt.h"
 #include "log.h"
+#include "mem.h"
 #include "migrate.h"
 #include "rebuild.h"
 #include "pool.h"
@@ -215,7 +216,7 @@ static void on_setup(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
-static void on_retry(evutil_socket_t fd, short what, void *arg)
+static void adopt_on_retry(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     adopt_connect(arg);
@@ -230,7 +231,7 @@ static void adopt_lost(struct adopt *a)
     event_add(a->retry, &tv);
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void adopt_on_connect(const redisAsyncContext *ac, int status)
 {
     struct adopt *a = ac->data;
 
@@ -239,7 +240,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void adopt_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct adopt *a = ac->data;
 
@@ -265,18 +266,21 @@ static void adopt_connect(struct adopt *a)
     ac->data = a;
     a->ac = ac;
     a->up = true;       /* commands queue until the connect completes */
-    redisLibeventAttach(ac, a->p->w->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rp_xcheck(redisLibeventAttach(ac, a->p->w->base) == REDIS_OK,
+              "a Redis connection's events");
+    redisAsyncSetConnectCallback(ac, adopt_on_connect);
+    redisAsyncSetDisconnectCallback(ac, adopt_on_disconnect);
     if (ix->password != NULL) {
         const char *argv[] = { "AUTH", ix->password };
-        redisAsyncCommandArgv(ac, on_setup, (void *)"AUTH", 2, argv, NULL);
+        rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"AUTH", 2, argv, NULL) ==
+                  REDIS_OK, "the Redis AUTH command");
     }
     if (ix->db != 0) {
         char db[24];
         snprintf(db, sizeof(db), "%lld", (long long)ix->db);
         const char *argv[] = { "SELECT", db };
-        redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, NULL);
+        rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, NULL) ==
+                  REDIS_OK, "the Redis SELECT command");
     }
     a->next_poll = 0;
 }
@@ -468,7 +472,7 @@ struct adopt *adopt_new(struct pool *p)
     a->p = p;
     a->id = mig_id(p->mig);
     a->prefix = strdup(p->conf->index.prefix);
-    a->retry = evtimer_new(p->w->base, on_retry, a);
+    a->retry = evtimer_new(p->w->base, adopt_on_retry, a);
     if (a->prefix == NULL || a->retry == NULL) {
         adopt_free(a);
         return NULL;

@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "defer.h"
 #include "mconn.h"
 #include "mem.h"
 #include "migrate.h"
@@ -579,27 +580,50 @@ void backend_tick(struct backend *be, uint64_t now_ms)
     }
 }
 
+/* The end of the loop turn: nothing refers to be any more (backend_close). */
+static void backend_destroy(void *arg)
+{
+    struct backend *be = arg;
+
+    for (uint32_t i = 0; be->conns != NULL && i < be->nconns; i++) {
+        if (be->conns[i].in != NULL) {
+            evbuffer_free(be->conns[i].in);
+        }
+        if (be->conns[i].out != NULL) {
+            evbuffer_free(be->conns[i].out);
+        }
+    }
+    free(be->conns);
+    free(be->identity);
+    conf_addr_free(&be->addr);
+    free(be);
+}
+
 void backend_close(struct backend *be)
 {
     for (uint32_t i = 0; be->conns != NULL && i < be->nconns; i++) {
         struct bconn *bc = &be->conns[i];
+        if (bc->in == NULL || bc->out == NULL) {
+            continue;   /* backend_init failed here: nothing was opened */
+        }
         bconn_close_fd(bc);
         while (!TAILQ_EMPTY(&bc->frags)) {
             struct frag *f = bconn_pop(bc);
             f->ops->fail(f, BACKEND_ERR_LOST);
         }
+        struct bconn_waiter *w;
+        while ((w = TAILQ_FIRST(&bc->waiters)) != NULL) {
+            TAILQ_REMOVE(&bc->waiters, w, link);    /* none may point here */
+            w->on = NULL;
+            w->wake(w);
+        }
         if (bc->dirty) {
             TAILQ_REMOVE(&be->pool->w->dirty_conns, bc, dirty_link);
+            bc->dirty = false;
         }
-        evbuffer_free(bc->in);
-        evbuffer_free(bc->out);
     }
-    free(be->conns);
-    be->conns = NULL;
     backend_mc_close(be);
-    free(be->identity);
-    be->identity = NULL;
-    conf_addr_free(&be->addr);
+    defer_add(be->pool->w->defer, backend_destroy, be);
 }
 
 bool backend_idle(const struct backend *be)
@@ -618,7 +642,7 @@ bool backend_idle(const struct backend *be)
 struct mconn *backend_mc(struct backend *be, uint32_t timeout_ms, size_t max_value)
 {
     if (be->mc == NULL) {
-        be->mc = mconn_new(be->pool->w->base, be->addr.host, be->addr.port,
+        be->mc = mconn_new(be->pool->w->defer, be->addr.host, be->addr.port,
                            be->addr.is_unix, timeout_ms);
         if (be->mc != NULL) {
             mconn_set_max_value(be->mc, max_value);

@@ -107,6 +107,9 @@ struct backend {
 
 int backend_init(struct backend *be, struct pool *p, uint32_t slot,
                  const char *identity, const char *addr, char *err, size_t errlen);
+/* Close its connections and fail what is in flight on them; be (from
+ * malloc) is then the teardown queue's. May be called from any callback:
+ * the memory is freed at the end of the loop turn (defer.h). */
 void backend_close(struct backend *be);
 /* Nothing in flight on any of its connections. */
 bool backend_idle(const struct backend *be);

@@ -52,6 +52,7 @@
 #include "backend.h"
 #include "client.h"
 #include "cmd.h"
+#include "defer.h"
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
@@ -87,7 +88,7 @@ static void client_set_state(struct client *c, enum client_state s)
 
 void client_mark_dirty(struct client *c)
 {
-    if (!c->dirty) {
+    if (!c->dirty && c->state != CLIENT_CLOSED) {
         c->dirty = true;
         TAILQ_INSERT_TAIL(&c->pool->w->dirty_clients, c, dirty_link);
     }
@@ -158,6 +159,11 @@ void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
     client_arm_timer(c);
 }
 
+static void client_free_deferred(void *c)
+{
+    client_free(c);
+}
+
 void client_close(struct client *c, const char *why)
 {
     struct request *r;
@@ -188,7 +194,11 @@ void client_close(struct client *c, const char *why)
     TAILQ_REMOVE(&c->pool->clients, c, link);
     c->pool->stats[STAT_curr_connections]--;
     client_set_state(c, CLIENT_CLOSED);
-    client_mark_dirty(c);       /* freed by the flush, outside any callback */
+    if (c->dirty) {
+        TAILQ_REMOVE(&c->pool->w->dirty_clients, c, dirty_link);
+        c->dirty = false;
+    }
+    defer_add(c->pool->w->defer, client_free_deferred, c);  /* defer.h */
 }
 
 void client_free(struct client *c)
@@ -379,10 +389,7 @@ static void client_wait_backend(struct client *c, struct bconn *bc)
 void client_flush(struct client *c)
 {
     c->dirty = false;
-    if (c->state == CLIENT_CLOSED) {
-        client_free(c);
-        return;
-    }
+    assert(c->state != CLIENT_CLOSED);  /* client_close took it off the list */
     if (evbuffer_get_length(c->out) > 0) {
         int n = evbuffer_write(c->out, c->fd);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {

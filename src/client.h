@@ -52,8 +52,10 @@ void client_advance(struct client *c);
 void client_flush(struct client *c);
 /* Stop reading; close once every reply has been written. */
 void client_drain(struct client *c, const char *why);
-/* Close now (replies still owed are dropped); freed at the loop's end. */
+/* Close now (replies still owed are dropped). May be called from any
+ * callback: the memory is freed at the end of the loop turn (defer.h). */
 void client_close(struct client *c, const char *why);
+/* The deferred free itself: only for the teardown queue. */
 void client_free(struct client *c);
 void client_mark_dirty(struct client *c);
 /* Its requests hold delta more bytes (their buffers grew or shrank). */

@@ -283,7 +283,9 @@ static void parse_string(struct conf_ctx *cx, yaml_node_t *node, const char *tex
         return;
     }
     free(*dst);
-    *dst = strdup(text);
+    if ((*dst = strdup(text)) == NULL) {
+        conf_error(cx, node, "%s: out of memory", d->name);
+    }
 }
 
 static void parse_addr(struct conf_ctx *cx, yaml_node_t *node, const char *text,
@@ -599,7 +601,10 @@ static int server_from_string(struct conf_ctx *cx, yaml_node_t *n,
                        "bytes", text, CONF_STR_MAX);
             return -1;
         }
-        s->name = strdup(sp);
+        if ((s->name = strdup(sp)) == NULL) {
+            conf_error(cx, n, "out of memory");
+            return -1;
+        }
     }
     return 0;
 }
@@ -645,7 +650,10 @@ static int server_from_map(struct conf_ctx *cx, yaml_node_t *n,
                            val, CONF_STR_MAX);
                 rc = -1;
             }
-            s->name = strdup(val);
+            if ((s->name = strdup(val)) == NULL) {
+                conf_error(cx, v, "out of memory");
+                rc = -1;
+            }
         } else if (strcmp(key, "addr") == 0 || strcmp(key, "weight") == 0 ||
                    strcmp(key, "name") == 0) {
             conf_error(cx, k, "duplicate key '%s'", key);
@@ -835,6 +843,7 @@ static void pool_check(struct conf_ctx *cx, yaml_node_t *pool_node,
     if (p->index.enabled && p->index.prefix == NULL &&
         asprintf(&p->index.prefix, "rp:%s", p->name) < 0) {
         p->index.prefix = NULL;
+        conf_error(cx, pool_node, "pool '%s': out of memory", p->name);
     }
     for (uint32_t i = 0; i < p->nservers; i++) {
         struct conf_server *s = &p->servers[i];
@@ -919,7 +928,11 @@ static void parse_pools(struct conf_ctx *cx, yaml_node_t *root, struct config *c
             continue;
         }
         struct conf_pool *p = &c->pools[c->npools++];
-        p->name = strdup(name);
+        if ((p->name = strdup(name)) == NULL) {
+            conf_error(cx, k, "out of memory");
+            c->npools--;
+            continue;
+        }
         p->line = (int)k->start_mark.line + 1;
         p->col = (int)k->start_mark.column + 1;
         cx->pool_name = name;

@@ -35,6 +35,7 @@
  *   Redis that refuses one command in ten does not flap; "dropping" clears
  *   once the queue is down to half.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -50,6 +51,7 @@
 
 #include "index.h"
 #include "log.h"
+#include "mem.h"
 
 #define IDX_FILTER_SLOTS (1u << 20)     /* 8 MiB of fingerprints per indexed pool */
 #define IDX_BACKOFF_MIN_MS 100
@@ -219,7 +221,7 @@ static int out_reserve(struct idx *x, size_t more)
     }
     char *p = realloc(x->out, cap);
     if (p == NULL) {
-        return -ENOMEM;
+        return -1;
     }
     x->out = p;
     x->out_cap = cap;
@@ -421,7 +423,7 @@ static void idx_schedule_retry(struct idx *x)
     event_add(x->retry, &tv);
 }
 
-static void on_retry(evutil_socket_t fd, short what, void *arg)
+static void idx_on_retry(evutil_socket_t fd, short what, void *arg)
 {
     struct idx *x = arg;
 
@@ -433,7 +435,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void idx_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct idx *x = ac->data;
     char why[192];
@@ -460,7 +462,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     uint64_t n = (uint64_t)(uintptr_t)privdata;
 
     if (x == NULL || reply == NULL) {
-        return;     /* disconnected: counted by on_disconnect */
+        return;     /* disconnected: counted by idx_on_disconnect */
     }
     if (privdata == IDX_FLUSH_REPLY) {
         n = 1;
@@ -489,7 +491,7 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *privdata)
 
     (void)privdata;
     if (x == NULL || reply == NULL || x->handshake == 0) {
-        return;     /* disconnected: on_disconnect retries */
+        return;     /* disconnected: idx_on_disconnect retries */
     }
     if (reply->type == REDIS_REPLY_ERROR &&
         idx_redis_error(x, IDX_CONN_WRITER, reply->str) != IDX_H_OK) {
@@ -525,20 +527,22 @@ static void idx_handshake(struct idx *x)
     if (x->conf.password != NULL) {
         const char *argv[] = { "AUTH", x->conf.password };
         size_t len[] = { 4, strlen(x->conf.password) };
-        x->handshake += redisAsyncCommandArgv(x->ac, on_handshake, NULL, 2, argv,
-                                              len) == REDIS_OK;
+        rp_xcheck(redisAsyncCommandArgv(x->ac, on_handshake, NULL, 2, argv,
+                                        len) == REDIS_OK, "the Redis AUTH command");
+        x->handshake++;
     }
     if (x->conf.db != 0) {
         char db[24];
         snprintf(db, sizeof(db), "%lld", (long long)x->conf.db);
         const char *argv[] = { "SELECT", db };
         size_t len[] = { 6, strlen(db) };
-        x->handshake += redisAsyncCommandArgv(x->ac, on_handshake, NULL, 2, argv,
-                                              len) == REDIS_OK;
+        rp_xcheck(redisAsyncCommandArgv(x->ac, on_handshake, NULL, 2, argv,
+                                        len) == REDIS_OK, "the Redis SELECT command");
+        x->handshake++;
     }
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void idx_on_connect(const redisAsyncContext *ac, int status)
 {
     struct idx *x = ac->data;
 
@@ -583,9 +587,9 @@ static void idx_connect(struct idx *x)
     ac->data = x;
     x->ac = ac;
     x->state = IDX_CONNECTING;
-    redisLibeventAttach(ac, x->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rp_xcheck(redisLibeventAttach(ac, x->base) == REDIS_OK, "a Redis connection's events");
+    redisAsyncSetConnectCallback(ac, idx_on_connect);
+    redisAsyncSetDisconnectCallback(ac, idx_on_disconnect);
     /* Queued ahead of everything; writes wait for their replies. */
     idx_handshake(x);
 }
@@ -609,7 +613,7 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->conf.password = conf->password ? strdup(conf->password) : NULL;
     x->filter = calloc(IDX_FILTER_SLOTS, sizeof(*x->filter));
     x->shared = true;           /* until the first sync says we are alone */
-    x->retry = evtimer_new(base, on_retry, x);
+    x->retry = evtimer_new(base, idx_on_retry, x);
     x->calm_timer = evtimer_new(base, on_calm, x);
     x->health_since_ms = mono_ms();
     if (!x->pool || !x->conf.redis.text || !x->conf.redis.host || !x->conf.prefix ||
@@ -705,7 +709,7 @@ err:
     free(vnode_len);
     free(g0);
     free(g1);
-    return -ENOMEM;
+    return -1;
 }
 
 void idx_set_shared(struct idx *x, bool shared)
@@ -925,6 +929,8 @@ static bool batch_conflict(struct idx *x, const struct idx_op *op)
 
     for (size_t i = (size_t)op->fp & mask;; i = (i + 1) & mask) {
         if (x->batch_fp[i] == 0) {
+            /* sized to twice the records of the flush: never full */
+            assert(x->nbatch_used < x->batch_cap / 2);
             x->batch_fp[i] = want;
             x->batch_used[x->nbatch_used++] = i;
             return false;
@@ -975,9 +981,11 @@ void idx_flush(struct idx *x)
     }
 
     struct idx_op op;
+    uint32_t nrecords = 0;
     for (size_t off = 0; off < x->arena_len;
          off += sizeof(struct idx_op) + op.keylen) {
         op_at(x, off, &op);
+        nrecords++;
         if (batch_conflict(x, &op)) {
             idx_emit_groups(x);
             batch_conflict(x, &op);
@@ -995,6 +1003,7 @@ void idx_flush(struct idx *x)
         x->groups[g].last = off;
         x->groups[g].count++;
     }
+    assert(nrecords == x->nqueued);     /* the arena holds what was counted */
     idx_emit_groups(x);
     x->arena_len = 0;
     x->nqueued = 0;

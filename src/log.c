@@ -42,8 +42,7 @@ void log_mirror_errors(int fd)
 
 static int log_open_path(const char *path)
 {
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    return fd < 0 ? -errno : fd;
+    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
 }
 
 int log_open(const char *path, int level)
@@ -54,7 +53,7 @@ int log_open(const char *path, int level)
     }
     int fd = log_open_path(path);
     if (fd < 0) {
-        return fd;
+        return -1;
     }
     free(logger.path);
     logger.path = strdup(path);
@@ -69,8 +68,8 @@ int log_reopen(void)
     }
     int fd = log_open_path(logger.path);
     if (fd < 0) {
-        log_error("log", "cannot reopen %s: %s", logger.path, strerror(-fd));
-        return fd;
+        log_error("log", "cannot reopen %s: %s", logger.path, strerror(errno));
+        return -1;
     }
     dup2(fd, logger.fd);
     close(fd);

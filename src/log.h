@@ -16,7 +16,7 @@
 enum log_level { LOG_LEVEL_CODEC(LOG_LEVEL_ENUM) LOG_LEVEL_COUNT };
 #undef LOG_LEVEL_ENUM
 
-/* Open the log (path NULL: stderr). Returns 0 or -errno. */
+/* Open the log (path NULL: stderr). Returns 0, or -1 with errno set. */
 int log_open(const char *path, int level);
 /* Reopen the same path (after logrotate moved it); SIGUSR1 calls this. */
 int log_reopen(void);

@@ -11,8 +11,10 @@
  * line and value, and a reply it cannot parse, or one that comes when no
  * command waits, fails the connection (logged once) rather than being guessed
  * at. A callback may send on, or free, the connection it is called from:
- * `busy` defers the free and `gen` tells the read loop its socket is gone.
+ * mconn_free marks it closed and leaves the memory to the teardown queue
+ * (defer.h), and `gen` tells the read loop its socket is gone.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +26,9 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "defer.h"
 #include "log.h"
+#include "mem.h"
 #include "mconn.h"
 #include "meta.h"
 
@@ -50,34 +54,22 @@ struct mconn {
     uint32_t npending;
     size_t max_value;           /* the longest VA value accepted */
     uint64_t gen;               /* bumped each time the socket is closed */
-    unsigned busy;              /* callbacks running on this connection */
-    bool doomed;                /* mconn_free was called while busy */
+    struct defer *defer;        /* frees it at the end of the turn */
+    bool closed;                /* mconn_free was called: freed by `defer` */
 };
 
 STAILQ_HEAD(mpending_list, mpending);
 
-static void mconn_destroy(struct mconn *c)
+static void mconn_destroy(void *arg)
 {
+    struct mconn *c = arg;
+
+    assert(c->closed && c->npending == 0 && c->bev == NULL);
     free(c->host);
     free(c);
 }
 
-static void mconn_enter(struct mconn *c)
-{
-    c->busy++;
-}
-
-/* False when the connection was freed on the way out: do not touch it. */
-static bool mconn_leave(struct mconn *c)
-{
-    if (--c->busy == 0 && c->doomed) {
-        mconn_destroy(c);
-        return false;
-    }
-    return true;
-}
-
-/* Close the socket and fail every pending command. The callers hold busy. */
+/* Close the socket and fail every pending command. */
 static void mconn_fail(struct mconn *c, const char *why)
 {
     struct mreply r = { .status = MREPLY_FAIL, .error = why };
@@ -99,6 +91,7 @@ static void mconn_fail(struct mconn *c, const char *why)
         p->cb(p->arg, &r);
         free(p);
     }
+    assert(!c->closed || (c->npending == 0 && c->bev == NULL));
 }
 
 /* The backend broke the protocol: say so once, then fail the connection. */
@@ -216,8 +209,7 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
     struct evbuffer *in = bufferevent_get_input(bev);
     uint64_t gen = c->gen;
 
-    mconn_enter(c);
-    while (c->gen == gen && !c->doomed) {
+    while (c->gen == gen && !c->closed) {
         size_t avail = evbuffer_get_length(in);
         if (avail == 0) {
             break;
@@ -260,15 +252,15 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
             r.flags_len = 0;
         }
         STAILQ_REMOVE_HEAD(&c->pending, link);
+        assert(c->npending > 0);
         c->npending--;
         p->cb(p->arg, &r);
         free(p);
-        if (c->gen != gen || c->doomed) {
+        if (c->gen != gen || c->closed) {
             break;      /* the callback failed or freed the connection */
         }
         evbuffer_drain(in, used);
     }
-    mconn_leave(c);
 }
 
 static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -282,11 +274,9 @@ static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
         c->connected = true;
         return;
     }
-    mconn_enter(c);
     mconn_fail(c, what & BEV_EVENT_TIMEOUT ? "timeout" :
                   what & BEV_EVENT_EOF ? "closed by the server" :
                   strerror(EVUTIL_SOCKET_ERROR()));
-    mconn_leave(c);
 }
 
 int mconn_addr(const char *host, uint16_t port, bool is_unix,
@@ -309,7 +299,8 @@ int mconn_addr(const char *host, uint16_t port, bool is_unix,
         char portstr[8];
         snprintf(portstr, sizeof(portstr), "%u", port);
         if (evutil_getaddrinfo(host, portstr, &hints, &res) != 0) {
-            return -EHOSTUNREACH;
+            errno = EHOSTUNREACH;
+            return -1;
         }
         *len = (int)res->ai_addrlen;
         memcpy(ss, res->ai_addr, res->ai_addrlen);
@@ -318,17 +309,18 @@ int mconn_addr(const char *host, uint16_t port, bool is_unix,
     return 0;
 }
 
+/* 0, or -1: the commands waiting fail (mconn_send). */
 static int mconn_connect(struct mconn *c)
 {
     struct sockaddr_storage ss;
-    int len, rc;
+    int len;
 
-    if ((rc = mconn_addr(c->host, c->port, c->is_unix, &ss, &len)) != 0) {
-        return rc;
+    if (mconn_addr(c->host, c->port, c->is_unix, &ss, &len) != 0) {
+        return -1;
     }
     c->bev = bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) {
-        return -ENOMEM;
+        return -1;
     }
     bufferevent_setcb(c->bev, mconn_read_cb, NULL, mconn_event_cb, c);
     struct timeval tv = { c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000 };
@@ -337,12 +329,12 @@ static int mconn_connect(struct mconn *c)
     if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&ss, len) != 0) {
         bufferevent_free(c->bev);
         c->bev = NULL;
-        return -ECONNREFUSED;
+        return -1;
     }
     return 0;
 }
 
-struct mconn *mconn_new(struct event_base *base, const char *host, uint16_t port,
+struct mconn *mconn_new(struct defer *defer, const char *host, uint16_t port,
                         bool is_unix, uint32_t timeout_ms)
 {
     struct mconn *c = calloc(1, sizeof(*c));
@@ -351,7 +343,8 @@ struct mconn *mconn_new(struct event_base *base, const char *host, uint16_t port
         free(c);
         return NULL;
     }
-    c->base = base;
+    c->base = defer_base(defer);
+    c->defer = defer;
     c->port = port;
     c->is_unix = is_unix;
     c->timeout_ms = timeout_ms ? timeout_ms : 5000;
@@ -368,37 +361,36 @@ void mconn_set_max_value(struct mconn *c, size_t bytes)
 
 void mconn_free(struct mconn *c)
 {
-    if (c == NULL || c->doomed) {
+    if (c == NULL || c->closed) {
         return;     /* a callback of the mconn_free already under way */
     }
-    c->doomed = true;
-    mconn_enter(c);
+    c->closed = true;   /* from now on mconn_send refuses */
     mconn_fail(c, "shutting down");
-    mconn_leave(c);     /* frees c, now or when the callbacks running return */
+    defer_add(c->defer, mconn_destroy, c);
 }
 
 int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
                size_t data_len, mconn_cb cb, void *arg)
 {
     struct mpending *p;
-    int rc;
 
-    if (c->doomed) {
-        return -ESHUTDOWN;
+    if (c->closed) {
+        return -1;
     }
     if ((p = malloc(sizeof(*p))) == NULL) {
-        return -ENOMEM;
+        return -1;      /* the caller fails the one move or command */
     }
-    if (c->bev == NULL && (rc = mconn_connect(c)) != 0) {
+    if (c->bev == NULL && mconn_connect(c) != 0) {
         free(p);
-        return rc;
+        return -1;
     }
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    evbuffer_add(out, line, len);
-    evbuffer_add(out, "\r\n", 2);
-    if (data != NULL) {
-        evbuffer_add(out, data, data_len);
-        evbuffer_add(out, "\r\n", 2);
+    /* Half a command in the stream would put every later reply out of
+     * step: no way out but to stop (mem.h). */
+    if (evbuffer_add(out, line, len) != 0 || evbuffer_add(out, "\r\n", 2) != 0 ||
+        (data != NULL && (evbuffer_add(out, data, data_len) != 0 ||
+                          evbuffer_add(out, "\r\n", 2) != 0))) {
+        rp_oom("a meta command", len + data_len + 4);
     }
     p->cb = cb;
     p->arg = arg;

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct event_base;
+struct defer;
 struct mconn;
 struct sockaddr_storage;
 
@@ -42,12 +42,16 @@ struct mreply {
 /* Called once per command, in order; r and its pointers live for the call. */
 typedef void (*mconn_cb)(void *arg, const struct mreply *r);
 
-struct mconn *mconn_new(struct event_base *base, const char *host, uint16_t port,
+/* On defer's event base; defer frees it once closed (defer.h). */
+struct mconn *mconn_new(struct defer *defer, const char *host, uint16_t port,
                         bool is_unix, uint32_t timeout_ms);
-void mconn_free(struct mconn *c);   /* pending callbacks get FAIL */
+/* Close: pending callbacks get FAIL (now), later sends fail. May be called
+ * from any callback, its own included: the memory is freed at the end of
+ * the loop turn. NULL is fine. */
+void mconn_free(struct mconn *c);
 
-/* A backend's socket address (a host name is resolved, blocking); 0 or
- * -errno. Other connections to backends (metadump.c) use it too. */
+/* A backend's socket address (a host name is resolved, blocking); 0, or
+ * -1 with errno set. Other connections to backends (metadump.c) use it too. */
 int mconn_addr(const char *host, uint16_t port, bool is_unix,
                struct sockaddr_storage *ss, int *len);
 
@@ -58,7 +62,8 @@ int mconn_addr(const char *host, uint16_t port, bool is_unix,
  */
 void mconn_set_max_value(struct mconn *c, size_t bytes);
 
-/* Queue "line\r\n" (and data + "\r\n" when data != NULL). */
+/* Queue "line\r\n" (and data + "\r\n" when data != NULL): 0, or -1 (closed,
+ * out of memory, cannot connect) and cb will not be called. */
 int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
                size_t data_len, mconn_cb cb, void *arg);
 uint32_t mconn_pending(const struct mconn *c);

@@ -67,3 +67,10 @@ struct evbuffer *rp_xevbuffer_new(const char *what)
     }
     return b;
 }
+
+void rp_xcheck(bool ok, const char *what)
+{
+    if (!ok) {
+        rp_oom(what, 0);
+    }
+}

@@ -13,6 +13,7 @@
 #ifndef RP_MEM_H
 #define RP_MEM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct evbuffer;
@@ -26,5 +27,9 @@ void *rp_xcalloc(size_t n, size_t size, const char *what);
 void *rp_xrealloc(void *p, size_t size, const char *what);
 char *rp_xstrdup(const char *s, const char *what);
 struct evbuffer *rp_xevbuffer_new(const char *what);
+/* A step that fails only when memory runs out and that nothing may skip
+ * (attaching a Redis connection to the loop, the AUTH and SELECT every
+ * later command depends on): abort as rp_oom unless ok. */
+void rp_xcheck(bool ok, const char *what);
 
 #endif

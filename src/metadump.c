@@ -336,9 +336,9 @@ struct mdump *mdump_start(struct event_base *base, const char *host, uint16_t po
     struct timeval tv = { d->timeout_ms / 1000, (d->timeout_ms % 1000) * 1000 };
     bufferevent_set_timeouts(d->bev, &tv, &tv);
     bufferevent_enable(d->bev, EV_READ | EV_WRITE);
-    int rc = mconn_addr(host, port, is_unix, &ss, &len);
-    if (rc != 0) {
-        mdump_finish(d, MDUMP_FAILED, strerror(-rc), strlen(strerror(-rc)));
+    if (mconn_addr(host, port, is_unix, &ss, &len) != 0) {
+        const char *why = strerror(errno);
+        mdump_finish(d, MDUMP_FAILED, why, strlen(why));
         return d;
     }
     if (bufferevent_socket_connect(d->bev, (struct sockaddr *)&ss, len) != 0) {

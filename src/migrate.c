@@ -16,6 +16,7 @@
  * the new ring. Changes this proxy must make to itself are made on the
  * tick, never inside the Redis callback that learnt of them.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,8 +32,10 @@
 #include <hiredis/adapters/libevent.h>
 
 #include "backend.h"
+#include "defer.h"
 #include "index.h"
 #include "log.h"
+#include "mem.h"
 #include "mconn.h"
 #include "rebuild.h"
 #include "ringrec.h"
@@ -112,7 +115,10 @@ static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n
         cb = on_unchecked_reply;
         priv = m;
     }
-    redisAsyncCommandArgv(m->rc, cb, priv, n, argv, len);
+    if (redisAsyncCommandArgv(m->rc, cb, priv, n, argv, len) != REDIS_OK) {
+        log_error("migration", "%s: cannot send a Redis command (%s)", m->p->name,
+                  argv[0]);
+    }
 }
 
 /* A ring from an HGETALL reply of a ring record; NULL if malformed. */
@@ -352,6 +358,8 @@ static void mig_set_phase(struct mig *m, enum mig_phase ph)
     if (ph <= m->phase) {
         return;
     }
+    /* Only a migration being followed (mig_begin) has phases to route by. */
+    assert(ph != PH_NONE && m->from != NULL && m->from_be != NULL && m->to_be != NULL);
     if (ph == PH_SWITCHED) {
         /* Index writes queued under the old ring name its v-nodes: they
          * leave first (move.c's writes name their ring themselves). */
@@ -987,13 +995,13 @@ static void sync_now(struct mig *m)
 
 /* --- Redis connection ----------------------------------------------------------- */
 
-static void on_retry(evutil_socket_t fd, short what, void *arg)
+static void mig_on_retry(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     mig_connect(arg);
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void mig_on_connect(const redisAsyncContext *ac, int status)
 {
     struct mig *m = ac->data;
 
@@ -1013,7 +1021,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     m->next_sync = 0;
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void mig_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct mig *m = ac->data;
     char why[192];
@@ -1047,7 +1055,7 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
 
     if (ac->data == NULL || reply == NULL || m->handshake == 0) {
-        return;     /* disconnected: on_disconnect reconnects */
+        return;     /* disconnected: mig_on_disconnect reconnects */
     }
     if (reply->type == REDIS_REPLY_ERROR &&
         idx_redis_error(m->p->idx, IDX_CONN_COORD, reply->str) != IDX_H_OK) {
@@ -1073,16 +1081,18 @@ static void mig_handshake(struct mig *m)
     if (ix->password != NULL) {
         const char *argv[] = { "AUTH", ix->password };
         size_t len[] = { 4, strlen(ix->password) };
-        m->handshake += redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
-                                              len) == REDIS_OK;
+        rp_xcheck(redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
+                                        len) == REDIS_OK, "the Redis AUTH command");
+        m->handshake++;
     }
     if (ix->db != 0) {
         char db[24];
         snprintf(db, sizeof(db), "%lld", (long long)ix->db);
         const char *argv[] = { "SELECT", db };
         size_t len[] = { 6, strlen(db) };
-        m->handshake += redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
-                                              len) == REDIS_OK;
+        rp_xcheck(redisAsyncCommandArgv(m->rc, on_handshake, m, 2, argv,
+                                        len) == REDIS_OK, "the Redis SELECT command");
+        m->handshake++;
     }
     /* Commands queue until the connect completes. */
     m->rc_up = m->handshake == 0;
@@ -1105,9 +1115,10 @@ static void mig_connect(struct mig *m)
     }
     ac->data = m;
     m->rc = ac;
-    redisLibeventAttach(ac, m->p->w->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rp_xcheck(redisLibeventAttach(ac, m->p->w->base) == REDIS_OK,
+              "a Redis connection's events");
+    redisAsyncSetConnectCallback(ac, mig_on_connect);
+    redisAsyncSetDisconnectCallback(ac, mig_on_disconnect);
     mig_handshake(m);
     m->next_sync = 0;
 }
@@ -1126,7 +1137,7 @@ struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p))
     if (asprintf(&m->id, "%s:%ld:%04lx", host, (long)getpid(),
                  (unsigned long)(tv.tv_usec ^ (unsigned long)random()) & 0xffff) < 0 ||
         (m->prefix = strdup(p->conf->index.prefix)) == NULL ||
-        (m->retry = evtimer_new(p->w->base, on_retry, m)) == NULL) {
+        (m->retry = evtimer_new(p->w->base, mig_on_retry, m)) == NULL) {
         mig_free(m);
         return NULL;
     }
@@ -1178,6 +1189,18 @@ bool mig_left(const struct mig *m)
     return m == NULL || m->left;
 }
 
+/* The end of the loop turn (mig_free): only m's own memory is left, and
+ * m->p may be gone already. */
+static void mig_destroy(void *arg)
+{
+    struct mig *m = arg;
+
+    assert(m->rc == NULL && m->retry == NULL);
+    free(m->prefix);
+    free(m->id);
+    free(m);
+}
+
 void mig_free(struct mig *m)
 {
     if (m == NULL) {
@@ -1192,6 +1215,7 @@ void mig_free(struct mig *m)
     if (m->rc != NULL) {
         m->rc->data = NULL;
         redisAsyncFree(m->rc);
+        m->rc = NULL;
     }
     /* Operations still queued complete their clients with an error. */
     for (uint32_t b = 0; b < MIG_BUCKETS; b++) {
@@ -1211,12 +1235,16 @@ void mig_free(struct mig *m)
     }
     mig_clear(m);
     ring_unref(m->want);
+    m->want = NULL;
     if (m->retry != NULL) {
         event_free(m->retry);
+        m->retry = NULL;
     }
-    free(m->prefix);
-    free(m->id);
-    free(m);
+    if (m->p != NULL) {
+        defer_add(m->p->w->defer, mig_destroy, m);
+    } else {
+        mig_destroy(m);     /* mig_new failed: no callback can hold it */
+    }
 }
 
 /* --- the pool's questions --------------------------------------------------------- */
@@ -1351,6 +1379,7 @@ void mig_tick(struct mig *m, uint64_t now)
     }
     /* The phase is acknowledged once requests routed before it landed. */
     if (m->acked != m->phase && m->p->inflight_old == 0) {
+        assert(m->acked < m->phase);    /* acknowledged phases trail, never lead */
         m->acked = m->phase;
         m->next_sync = 0;
     }

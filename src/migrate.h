@@ -36,7 +36,10 @@ extern const char *const mig_state_names[MIG_STATE_COUNT];
 /* Start coordinating an indexed pool; `ready` is called once the pool knows
  * which ring the data obeys (or Redis could not tell in time). */
 struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p));
-void mig_free(struct mig *m);       /* NULL is fine */
+/* Stop: its Redis connection and its moves' connections close, operations
+ * still queued fail their clients. May be called from any callback: the
+ * memory is freed at the end of the loop turn (defer.h). NULL is fine. */
+void mig_free(struct mig *m);
 
 /*
  * The config file's ring is now `to` (a reference is taken): this proxy

@@ -190,6 +190,11 @@ struct mig {
      * own addresses (ring_localize); to_rec is the target as the fleet
      * recorded it, what the coordinator writes back at the end. */
     struct ring *from, *to, *to_rec;
+    /* Server index -> backend for from and to. The arrays are the
+     * migration's own (pool_ring_backends made them; mig_clear frees them);
+     * never handed to the pool: pool_set_ring gets a copy. The backends in
+     * them are borrowed from pool.backends and stay alive because
+     * pool_retire_backends keeps every backend mig_uses_backend names. */
     struct backend **from_be, **to_be;
     char fp_from[RINGREC_FP_SIZE], fp_to[RINGREC_FP_SIZE];
     enum mig_phase phase;       /* how this proxy routes now */

@@ -124,8 +124,7 @@ void pool_close(struct pool *p)
     sweep_free(p->sweep);
     p->sweep = NULL;
     for (uint32_t i = 0; i < p->nbackends; i++) {
-        backend_close(p->backends[i]);
-        free(p->backends[i]);
+        backend_close(p->backends[i]);     /* frees it (defer.h) */
     }
     free(p->backends);
     idx_free(p->idx);
@@ -166,9 +165,8 @@ static struct backend *pool_add_backend(struct pool *p, const char *identity,
     struct backend *be = calloc(1, sizeof(*be));
     if (be == NULL || backend_init(be, p, p->nbackends, identity, addr, err, errlen) != 0) {
         if (be != NULL) {
-            backend_close(be);
+            backend_close(be);      /* frees it (defer.h) */
         }
-        free(be);
         return NULL;
     }
     p->backends[p->nbackends++] = be;
@@ -279,8 +277,7 @@ void pool_retire_backends(struct pool *p)
             i++;
             continue;
         }
-        backend_close(be);
-        free(be);
+        backend_close(be);          /* frees it (defer.h) */
         p->backends[i] = p->backends[--p->nbackends];
         if (i < p->nbackends) {
             p->backends[i]->slot = i;

@@ -22,12 +22,16 @@
 #include "ring.h"
 #include "stats.h"
 
+struct defer;
 struct worker;
 struct client;
 
 struct pool {
     struct worker *w;
-    struct conf_pool *conf;     /* owned by the proxy's current config */
+    struct conf_pool *conf;     /* borrowed from the proxy's current config,
+                                   or, once a reload removed the pool, the
+                                   config it replaced: kept until the pool is
+                                   freed (proxy.c, proxy_reap_configs) */
     char *name;
     struct ring *ring;          /* where the data lives (during a migration:
                                    where it is going) */
@@ -69,6 +73,7 @@ struct worker {
     struct pool **pools;
     uint32_t npools;
     struct event *tick;         /* 100 ms: timeouts, retries */
+    struct defer *defer;        /* frees at the end of the turn (defer.h) */
     uint64_t now_ms;
     uint64_t input_freed;       /* client input bytes freed since the last
                                    malloc_trim (proxy.c's tick) */

@@ -35,6 +35,7 @@
 #include "backend.h"
 #include "client.h"
 #include "config.h"
+#include "defer.h"
 #include "adopt.h"
 #include "index.h"
 #include "migrate.h"
@@ -49,7 +50,10 @@
 #define ACCEPT_PAUSE_MIN_MS 100         /* out of descriptors: pause, doubling */
 #define ACCEPT_PAUSE_MAX_MS 1000
 
-/* Configs replaced by a reload, kept while a pool may still point into them. */
+/* Configs replaced by a reload, kept while a pool still points into them
+ * (a pool a reload removed, closing: pool.conf); proxy_reap_configs frees
+ * each once none does. Nothing else keeps a pointer into a config: the
+ * index, the sweeper, the rebuild and the backends copy what they need. */
 struct old_config {
     struct config *conf;
     struct old_config *next;
@@ -295,10 +299,12 @@ static void proxy_reap_pools(struct worker *w)
     }
 }
 
-/* Write every connection's pending output; repeat while that makes more. */
+/* Write every connection's pending output; repeat while that makes more.
+ * Then free what was closed during the turn (defer.h). */
 static void worker_flush(struct worker *w)
 {
-    while (!TAILQ_EMPTY(&w->dirty_conns) || !TAILQ_EMPTY(&w->dirty_clients)) {
+    while (!TAILQ_EMPTY(&w->dirty_conns) || !TAILQ_EMPTY(&w->dirty_clients) ||
+           defer_pending(w->defer) > 0) {
         struct bconn *bc;
         struct client *c;
         while ((bc = TAILQ_FIRST(&w->dirty_conns)) != NULL) {
@@ -309,6 +315,7 @@ static void worker_flush(struct worker *w)
             TAILQ_REMOVE(&w->dirty_clients, c, dirty_link);
             client_flush(c);
         }
+        defer_run(w->defer);
     }
     for (uint32_t i = 0; i < w->npools; i++) {
         idx_flush(w->pools[i]->idx);
@@ -485,6 +492,35 @@ static void plan_commit(struct pool_plan *pl)
     pool_retire_backends(p);
 }
 
+/* Does a pool still point into config c? */
+static bool proxy_config_used(const struct proxy *px, const struct config *c)
+{
+    for (uint32_t i = 0; i < px->w.npools; i++) {
+        uintptr_t pc = (uintptr_t)px->w.pools[i]->conf, lo = (uintptr_t)c->pools;
+        if (pc >= lo && pc < lo + c->npools * sizeof(*c->pools)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Free the replaced configs no pool uses any more (called after a reload
+ * and once per loop turn while there are any: a closing pool is freed by
+ * the tick, proxy_reap_pools). */
+static void proxy_reap_configs(struct proxy *px)
+{
+    for (struct old_config **op = &px->old_configs; *op != NULL;) {
+        struct old_config *o = *op;
+        if (proxy_config_used(px, o->conf)) {
+            op = &o->next;
+            continue;
+        }
+        *op = o->next;
+        config_free(o->conf);
+        free(o);
+    }
+}
+
 /* A valid new config: add, change and remove pools to match it, or, if any
  * pool cannot take its new settings, change nothing. Takes nc and rings
  * (each pool's ring, a reference; the array itself stays the caller's). */
@@ -550,11 +586,12 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
         }
     }
     /* Pools that are closing still point into the old config: it is kept
-     * until exit. */
+     * until the last of them is freed (proxy_reap_configs). */
     old->conf = px->conf;
     old->next = px->old_configs;
     px->old_configs = old;
     px->conf = nc;
+    proxy_reap_configs(px);
     px->reloads++;
     free(plans);
     log_notice("reload", "%s applied", px->opts->conf_path);
@@ -769,18 +806,18 @@ static void daemon_parent(int fd, pid_t pid)
  * Fork into the background. The calling process stays in the foreground
  * until the daemon reports through *report_fd: its error lines (see
  * log_mirror_errors), then "ready\n" once it serves, or nothing and EOF when
- * it fails. Returns 0 in the daemon, or -errno.
+ * it fails. Returns 0 in the daemon, or -1 with errno set.
  */
 static int daemonize(int *report_fd)
 {
     int fds[2];
 
     if (pipe2(fds, O_CLOEXEC) != 0) {
-        return -errno;
+        return -1;
     }
     pid_t pid = fork();
     if (pid < 0) {
-        return -errno;
+        return -1;
     }
     if (pid > 0) {
         close(fds[1]);
@@ -788,11 +825,11 @@ static int daemonize(int *report_fd)
     }
     close(fds[0]);
     if (setsid() < 0) {
-        return -errno;
+        return -1;
     }
     pid = fork();
     if (pid < 0) {
-        return -errno;
+        return -1;
     }
     if (pid > 0) {
         _exit(0);
@@ -801,7 +838,7 @@ static int daemonize(int *report_fd)
      * the paths are absolute already (src/main.c). */
     umask(022);
     if (chdir("/") != 0) {
-        return -errno;
+        return -1;
     }
     int fd = open("/dev/null", O_RDWR);
     if (fd >= 0) {
@@ -829,28 +866,31 @@ static void daemon_ready(int *report_fd)
     }
 }
 
-/* Become user pw once the listeners are bound (memcached's -u). */
+/* Become user pw once the listeners are bound (memcached's -u): 0, or -1
+ * with errno set. */
 static int drop_privileges(const struct passwd *pw)
 {
     if (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
         setuid(pw->pw_uid) != 0) {
-        return -errno;
+        return -1;
     }
     if (setuid(0) == 0 && pw->pw_uid != 0) {
-        return -EPERM;      /* root could be regained: not dropped */
+        errno = EPERM;      /* root could be regained: not dropped */
+        return -1;
     }
     return 0;
 }
 
+/* 0, or -1 with errno set. */
 static int write_pid_file(const char *path)
 {
     FILE *f = fopen(path, "w");
 
     if (f == NULL) {
-        return -errno;
+        return -1;
     }
     fprintf(f, "%ld\n", (long)getpid());
-    return fclose(f) == 0 ? 0 : -errno;
+    return fclose(f) == 0 ? 0 : -1;
 }
 
 static void proxy_free(struct proxy *px)
@@ -888,6 +928,7 @@ static void proxy_free(struct proxy *px)
             event_free(evs[i]);
         }
     }
+    defer_free(w->defer);
     if (w->base != NULL) {
         event_base_free(w->base);
     }
@@ -906,7 +947,7 @@ int proxy_main(const struct proxy_options *o)
     int lrc = log_open(o->log_path, o->log_level);
     if (lrc != 0) {
         fprintf(stderr, "ringproxy: cannot open log %s: %s\n", o->log_path,
-                strerror(-lrc));
+                strerror(errno));
         return 1;
     }
     px.conf = config_load(o->conf_path, &errs);
@@ -932,7 +973,7 @@ int proxy_main(const struct proxy_options *o)
     }
     signal(SIGPIPE, SIG_IGN);
     if (o->daemonize && (rc = daemonize(&report_fd)) != 0) {
-        log_error("proxy", "cannot daemonize: %s", strerror(-rc));
+        log_error("proxy", "cannot daemonize: %s", strerror(errno));
         rc = 1;
         goto out;
     }
@@ -944,6 +985,7 @@ int proxy_main(const struct proxy_options *o)
         log_error("proxy", "cannot create the event loop");
         goto out;
     }
+    w->defer = defer_new(w->base);
     w->started = worker_now_ms(w);
     for (uint32_t i = 0; i < px.conf->npools; i++) {
         if (proxy_add_pool(w, &px.conf->pools[i], err, sizeof(err)) != 0) {
@@ -959,13 +1001,13 @@ int proxy_main(const struct proxy_options *o)
     }
     if (o->pid_path != NULL && (rc = write_pid_file(o->pid_path)) != 0) {
         log_error("proxy", "cannot write pid file %s: %s", o->pid_path,
-                  strerror(-rc));
+                  strerror(errno));
         rc = 1;
         goto out;
     }
     if (pw != NULL && (rc = drop_privileges(pw)) != 0) {
         log_error("proxy", "-u %s: cannot become that user: %s", o->user,
-                  strerror(-rc));
+                  strerror(errno));
         rc = 1;
         goto out;
     }
@@ -998,6 +1040,9 @@ int proxy_main(const struct proxy_options *o)
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
         worker_flush(w);
+        if (px.old_configs != NULL) {
+            proxy_reap_configs(&px);
+        }
         if (w->stopping &&
             (worker_idle(w) || worker_now_ms(w) >= px.stop_deadline)) {
             break;

@@ -33,6 +33,7 @@
 
 #include "index.h"
 #include "log.h"
+#include "mem.h"
 #include "metadump.h"
 #include "rebuild.h"
 
@@ -225,7 +226,7 @@ static void on_setup(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void rb_on_connect(const redisAsyncContext *ac, int status)
 {
     struct rb *rb = ac->data;
 
@@ -236,7 +237,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     rb_fail(rb, "cannot connect to Redis %s: %s", rb->redis_text, ac->errstr);
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void rb_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct rb *rb = ac->data;
 
@@ -261,20 +262,22 @@ static int rb_connect(struct rb *rb, const struct conf_index *ix)
     }
     ac->data = rb;
     rb->ac = ac;
-    redisLibeventAttach(ac, rb->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rp_xcheck(redisLibeventAttach(ac, rb->base) == REDIS_OK, "a Redis connection's events");
+    redisAsyncSetConnectCallback(ac, rb_on_connect);
+    redisAsyncSetDisconnectCallback(ac, rb_on_disconnect);
     if (ix->password != NULL) {
         const char *argv[] = { "AUTH", ix->password };
         size_t len[] = { 4, strlen(ix->password) };
-        redisAsyncCommandArgv(ac, on_setup, (void *)"AUTH", 2, argv, len);
+        rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"AUTH", 2, argv, len) ==
+                  REDIS_OK, "the Redis AUTH command");
     }
     if (ix->db != 0) {
         char db[24];
         snprintf(db, sizeof(db), "%lld", (long long)ix->db);
         const char *argv[] = { "SELECT", db };
         size_t len[] = { 6, strlen(db) };
-        redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, len);
+        rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, len) ==
+                  REDIS_OK, "the Redis SELECT command");
     }
     return 0;
 }

@@ -16,6 +16,7 @@
  *   the lowest value joins the arc above the highest one (the wrap); we list
  *   it as two inclusive ranges so every arc maps to one ZRANGEBYSCORE.
  */
+#include <assert.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -79,7 +80,7 @@ struct ring *ring_build(const struct ring_params *p, char *err, size_t errlen)
     if (r == NULL) {
         goto oom;
     }
-    atomic_init(&r->refs, 1);
+    r->refs = 1;
     r->compat = p->compat;
     r->hash = p->hash;
     r->hash_fn = hash_fns[p->hash];
@@ -158,14 +159,18 @@ oom:
 
 struct ring *ring_ref(struct ring *r)
 {
-    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+    assert(r->refs > 0 && r->refs < UINT32_MAX);    /* not freed, no wrap */
+    r->refs++;
     return r;
 }
 
 void ring_unref(struct ring *r)
 {
-    if (r == NULL ||
-        atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1) {
+    if (r == NULL) {
+        return;
+    }
+    assert(r->refs > 0);        /* one unref too many: a use after free */
+    if (--r->refs > 0) {
         return;
     }
     for (uint32_t i = 0; r->servers != NULL && i < r->nservers; i++) {
@@ -248,7 +253,7 @@ static int diff_emit(struct diff_walk *w, uint32_t first, uint32_t last,
         size_t cap = w->cap ? w->cap * 2 : 64;
         struct ring_arc *arcs = realloc(d->arcs, cap * sizeof(*arcs));
         if (arcs == NULL) {
-            return -ENOMEM;
+            return -1;
         }
         d->arcs = arcs;
         w->cap = cap;
@@ -261,7 +266,7 @@ static int diff_emit(struct diff_walk *w, uint32_t first, uint32_t last,
 int ring_diff(const struct ring *a, const struct ring *b, struct ring_diff *out)
 {
     struct diff_walk w = { .a = a, .b = b, .out = out };
-    int rc = -ENOMEM;
+    int rc = -1;
 
     memset(out, 0, sizeof(*out));
     w.a_in_b = malloc(a->nservers * sizeof(*w.a_in_b));

@@ -2,7 +2,6 @@
 #ifndef RP_RING_H
 #define RP_RING_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -48,11 +47,14 @@ struct ring_point {
 };
 
 /*
- * Immutable once built; shared by reference (ring_ref / ring_unref are
- * thread-safe), so a reload can swap rings while requests finish on the old.
+ * Immutable once built; shared by reference, so a reload can swap rings
+ * while requests finish on the old. The count is NOT thread-safe: ring_ref
+ * and ring_unref run on the loop's thread only. The reload thread (proxy.c,
+ * reload_run) builds rings nobody else sees yet and hands them over whole
+ * when it is joined.
  */
 struct ring {
-    atomic_uint refs;
+    uint32_t refs;
     enum ring_compat compat;
     enum hash_kind hash;
     hash_fn hash_fn;

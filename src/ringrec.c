@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mem.h"
 #include "ringrec.h"
 
 static void json_string(FILE *f, const char *s)
@@ -34,7 +35,7 @@ int ringrec_fields(const struct ring *r, uint64_t epoch, char **fields)
     FILE *f = open_memstream(&servers, &len);
 
     if (f == NULL) {
-        return -ENOMEM;
+        return -1;
     }
     fputc('[', f);
     for (uint32_t i = 0; i < r->nservers; i++) {
@@ -61,7 +62,7 @@ int ringrec_fields(const struct ring *r, uint64_t epoch, char **fields)
         asprintf(&fields[n++], "servers") < 0) {
         free(servers);
         ringrec_fields_free(fields, n - 1);
-        return -ENOMEM;
+        return -1;
     }
     fields[n++] = servers;
     return n;
@@ -84,11 +85,16 @@ void ringrec_fingerprint(const struct ring *r, char out[RINGREC_FP_SIZE])
     size_t len = 0;
     FILE *f = open_memstream(&all, &len);
 
-    for (int i = 2; f != NULL && i < n; i++) {
+    /* A fingerprint of nothing would name every ring alike: no way out
+     * but to stop (mem.h). */
+    if (n < 0 || f == NULL) {
+        rp_oom("a ring fingerprint", 0);
+    }
+    for (int i = 2; i < n; i++) {
         fprintf(f, "%s\n", fields[i]);
     }
-    if (f != NULL) {
-        fclose(f);
+    if (fclose(f) != 0 || all == NULL) {
+        rp_oom("a ring fingerprint", len);
     }
     hash_md5_digest(all ? all : "", len, d);
     for (int i = 0; i < 16; i++) {

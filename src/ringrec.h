@@ -18,7 +18,7 @@
 
 /*
  * The record of ring r at `epoch` as field/value strings for HSET, in
- * fields[0..n). Returns n (2 * RINGREC_FIELDS) or -ENOMEM. The strings are
+ * fields[0..n). Returns n (2 * RINGREC_FIELDS) or -1 (out of memory). The strings are
  * malloc'd: free them with ringrec_fields_free.
  */
 int ringrec_fields(const struct ring *r, uint64_t epoch, char **fields);

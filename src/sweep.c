@@ -57,8 +57,10 @@
 #include <hiredis/adapters/libevent.h>
 
 #include "config.h"
+#include "defer.h"
 #include "index.h"
 #include "log.h"
+#include "mem.h"
 #include "proto.h"
 #include "mconn.h"
 #include "ring.h"
@@ -149,6 +151,7 @@ struct position {
 
 struct sweep {
     struct event_base *base;
+    struct defer *defer;        /* frees its connections (defer.h) */
     char *pool, *prefix, *id, *field;   /* field: sweeper:<id> */
     char *redis_host, *redis_text, *password;
     uint16_t redis_port;
@@ -384,7 +387,7 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void sweep_on_connect(const redisAsyncContext *ac, int status)
 {
     struct sweep *s = ac->data;
 
@@ -409,7 +412,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     s->logged_down = false;
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void sweep_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct sweep *s = ac->data;
 
@@ -458,20 +461,20 @@ static void redis_connect(struct sweep *s)
     s->rc = ac;
     s->rc_up = true;            /* commands queue until the connect completes */
     s->rc_out = 0;
-    redisLibeventAttach(ac, s->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rp_xcheck(redisLibeventAttach(ac, s->base) == REDIS_OK, "a Redis connection's events");
+    redisAsyncSetConnectCallback(ac, sweep_on_connect);
+    redisAsyncSetDisconnectCallback(ac, sweep_on_disconnect);
     if (s->password != NULL) {
         const char *argv[] = { "AUTH", s->password };
         size_t lens[] = { 4, strlen(s->password) };
-        redis_argv(s, on_auth, s, 2, argv, lens);
+        rp_xcheck(redis_argv(s, on_auth, s, 2, argv, lens), "the Redis AUTH command");
     }
     if (s->db != 0) {
         char db[24];
         snprintf(db, sizeof(db), "%lld", (long long)s->db);
         const char *argv[] = { "SELECT", db };
         size_t lens[] = { 6, strlen(db) };
-        redis_argv(s, on_auth, s, 2, argv, lens);
+        rp_xcheck(redis_argv(s, on_auth, s, 2, argv, lens), "the Redis SELECT command");
     }
 }
 
@@ -539,7 +542,7 @@ static bool use_ring(struct sweep *s, struct ring *r)
             srv[i].down_until = UINT64_MAX;     /* its entries are kept */
             continue;
         }
-        srv[i].mc = mconn_new(s->base, a.host, a.port, a.is_unix, timeout);
+        srv[i].mc = mconn_new(s->defer, a.host, a.port, a.is_unix, timeout);
         conf_addr_free(&a);
         if (srv[i].mc == NULL) {
             srv[i].down_until = UINT64_MAX;
@@ -1739,6 +1742,7 @@ struct sweep *sweep_new(struct event_base *base, const struct sweep_opts *o)
     gethostname(host, sizeof(host) - 1);
     gettimeofday(&tv, NULL);
     s->base = base;
+    s->defer = defer_new(base);
     s->background = o->background;
     s->forget = o->forget;
     s->forget_arg = o->forget_arg;
@@ -1819,6 +1823,7 @@ void sweep_free(struct sweep *s)
         redisAsyncFree(s->rc);
     }
     servers_free(s);            /* pending mg callbacks return at once */
+    defer_free(s->defer);       /* ... and the connections go now */
     while ((b = TAILQ_FIRST(&s->batches)) != NULL) {
         batch_free(b);
     }

@@ -678,3 +678,38 @@ def test_a_stopped_proxy_leaves_the_fleet_at_once(env):
     wait_migrated(a.port, 2, timeout=20)       # far less than the 60 s liveness
     assert_all_hit(a.port, keys)
     assert_placement(a, mcs, keys)
+
+
+def test_a_pool_removed_mid_migration_is_torn_down_cleanly(env, cluster):
+    """A reload that removes a pool while it moves keys: its migration, its
+    meta connections (moves in flight fail) and its backends are closed and
+    freed at the end of a loop turn, and the config it pointed into once the
+    pool is gone (docs/ARCHITECTURE.md, "Teardown"). The other pool keeps
+    serving and the process stops sanitizer-clean."""
+    mcs = env.servers(4)
+    plain_mc = cluster.memcached(1)[0]
+    port, plain_port = free_port(), free_port()
+    plain = pool_yaml("plain", plain_port, [(plain_mc.addr, 1, None)], hash="md5")
+    proxy = cluster.proxy(env.config(mcs[:3], port, rate=300) + plain, port=port)
+    wait_ready(port)
+    fill(port, 6000)
+    reload(proxy, env.config(mcs, port, rate=300) + plain)
+    wait_moved(port, 50)
+    assert proxy_stats(port)["migration:state"] != "idle"
+    held = socket.create_connection(("127.0.0.1", port))   # drained by the removal
+
+    reload(proxy, plain)
+    deadline = time.monotonic() + SETTLE
+    while not any(line.endswith("pool cache: removed") for line in proxy.log().splitlines()):
+        assert time.monotonic() < deadline, "the removed pool was never freed"
+        time.sleep(0.05)
+    assert held.recv(1) == b""      # the proxy closed it
+    held.close()
+
+    c = Client(("127.0.0.1", plain_port))
+    for i in range(200):
+        c.set("p%d" % i, b"v%d" % i, noreply=False)
+    assert all(c.get("p%d" % i) == b"v%d" % i for i in range(200))
+    c.close()
+    assert proxy.proc.poll() is None
+    assert proxy.stop() == 0        # ASan/LSan: nothing used after free, nothing lost

@@ -1,9 +1,17 @@
-/* test_index.c — what a Redis error reply means for a pool's index health. */
+/* test_index.c — what a Redis error reply means for a pool's index health,
+ * and what the write queue sends (idx_flush) to a real Redis. */
 #include <check.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <event2/event.h>
+#include <hiredis/hiredis.h>
 
 #include "index.h"
 
@@ -155,6 +163,294 @@ START_TEST(a_refusal_outlasts_an_answer_right_after_it)
 }
 END_TEST
 
+/* --- the write queue against a real Redis ---------------------------------
+ *
+ * One redis-server (on a Unix socket, no persistence) for the "queue" case,
+ * started by its unchecked fixture; each test uses its own prefix. The
+ * writer runs its loop until Redis has answered every write, then the sets
+ * are read back with a blocking connection.
+ */
+
+static pid_t redis_pid = -1;
+static char redis_dir[] = "/tmp/rp-test-index-XXXXXX";
+static char redis_sock[sizeof(redis_dir) + 16];
+
+static redisContext *redis_sync(void)
+{
+    redisContext *rc = redisConnectUnix(redis_sock);
+
+    if (rc != NULL && rc->err) {
+        redisFree(rc);
+        return NULL;
+    }
+    return rc;
+}
+
+static void redis_start(void)
+{
+    ck_assert_ptr_nonnull(mkdtemp(redis_dir));
+    snprintf(redis_sock, sizeof(redis_sock), "%s/redis.sock", redis_dir);
+    redis_pid = fork();
+    ck_assert_int_ge(redis_pid, 0);
+    if (redis_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);       /* never outlive the suite */
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, STDOUT_FILENO);
+        execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", redis_sock,
+               "--save", "", "--appendonly", "no", "--dir", redis_dir, (char *)NULL);
+        _exit(127);
+    }
+    /* Ready once it answers; up to 10 s for a loaded machine. */
+    for (int i = 0; i < 1000; i++) {
+        redisContext *rc = redis_sync();
+        if (rc != NULL) {
+            redisReply *r = redisCommand(rc, "PING");
+            bool up = r != NULL && r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+            redisFree(rc);
+            if (up) {
+                return;
+            }
+        }
+        usleep(10000);
+    }
+    ck_abort_msg("redis-server did not start on %s", redis_sock);
+}
+
+static void redis_stop(void)
+{
+    if (redis_pid > 0) {
+        kill(redis_pid, SIGTERM);
+        waitpid(redis_pid, NULL, 0);
+        redis_pid = -1;
+    }
+    unlink(redis_sock);
+    rmdir(redis_dir);
+}
+
+struct qfix {
+    struct event_base *base;
+    struct event *wake;         /* keeps the loop turning while we wait */
+    struct ring *ring;
+    struct idx *x;
+    char prefix[64];
+};
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+}
+
+static void qfix_init(struct qfix *f, const char *prefix, int64_t queue_max)
+{
+    struct ring_server_spec s[] = {
+        { .identity = "mc1", .addr = "127.0.0.1:1", .weight = 1 },
+        { .identity = "mc2", .addr = "127.0.0.1:2", .weight = 1 },
+    };
+    struct ring_params p = { .compat = RING_COMPAT_LIBMEMCACHED, .hash = HASH_FNV1A_64,
+                             .servers = s, .nservers = 2 };
+    struct conf_index ci = { .enabled = true,
+                             .redis = { .text = redis_sock, .host = redis_sock,
+                                        .is_unix = true },
+                             .queue_max = queue_max };
+    struct timeval tv = { 0, 5000 };
+    char err[256];
+
+    snprintf(f->prefix, sizeof(f->prefix), "%s", prefix);
+    ci.prefix = f->prefix;
+    f->base = event_base_new();
+    f->wake = event_new(f->base, -1, EV_PERSIST, on_wake, NULL);
+    event_add(f->wake, &tv);
+    f->ring = ring_build(&p, err, sizeof(err));
+    ck_assert_msg(f->ring != NULL, "%s", err);
+    f->x = idx_new(f->base, "t", &ci, f->ring);
+    ck_assert_ptr_nonnull(f->x);
+}
+
+static void qfix_free(struct qfix *f)
+{
+    idx_free(f->x);
+    ring_unref(f->ring);
+    event_free(f->wake);
+    event_base_free(f->base);
+}
+
+/* Turn the loop until the writer is ready, or 10 s. */
+static void wait_ready(struct qfix *f)
+{
+    for (int i = 0; i < 2000 && idx_get_state(f->x) != IDX_READY; i++) {
+        event_base_loop(f->base, EVLOOP_ONCE);
+    }
+    ck_assert_int_eq(idx_get_state(f->x), IDX_READY);
+}
+
+/* Send what is queued and turn the loop until Redis answered it all. */
+static void flush_and_wait(struct qfix *f)
+{
+    const uint64_t *st = idx_stats(f->x);
+
+    idx_flush(f->x);
+    for (int i = 0; i < 2000 && st[IDX_STAT_inflight] > 0; i++) {
+        event_base_loop(f->base, EVLOOP_ONCE);
+    }
+    ck_assert_uint_eq(st[IDX_STAT_inflight], 0);
+    ck_assert_uint_eq(st[IDX_STAT_errors], 0);
+}
+
+/* The proxy hashes a key once and hands the hash to the index (pool.c). */
+static void stored(const struct qfix *f, const char *key, size_t len)
+{
+    idx_key_stored(f->x, key, len, ring_key_hash(f->ring, key, len));
+}
+
+static uint32_t point_of(const struct qfix *f, const char *key)
+{
+    return ring_find(f->ring, ring_key_hash(f->ring, key, strlen(key)));
+}
+
+/* The key's score in its v-node's set: -1 when absent. */
+static long long score_of(const struct qfix *f, const char *key)
+{
+    char set[256];
+    redisContext *rc = redis_sync();
+
+    ck_assert_ptr_nonnull(rc);
+    idx_vnode_key(f->prefix, f->ring, point_of(f, key), set, sizeof(set));
+    redisReply *r = redisCommand(rc, "ZSCORE %s %s", set, key);
+    ck_assert_ptr_nonnull(r);
+    long long score = r->type == REDIS_REPLY_STRING ? atoll(r->str) : -1;
+    freeReplyObject(r);
+    redisFree(rc);
+    return score;
+}
+
+/* Members of every set under the prefix. */
+static long long members_under(const struct qfix *f)
+{
+    char set[256];
+    long long n = 0;
+    redisContext *rc = redis_sync();
+
+    ck_assert_ptr_nonnull(rc);
+    for (uint32_t pt = 0; pt < f->ring->npoints; pt++) {
+        idx_vnode_key(f->prefix, f->ring, pt, set, sizeof(set));
+        redisReply *r = redisCommand(rc, "ZCARD %s", set);
+        ck_assert(r != NULL && r->type == REDIS_REPLY_INTEGER);
+        n += r->integer;
+        freeReplyObject(r);
+    }
+    redisFree(rc);
+    return n;
+}
+
+START_TEST(stores_of_one_turn_become_one_zadd_per_vnode)
+{
+    struct qfix f;
+    char key[32];
+    bool seen[4096] = { false };
+    uint32_t vnodes = 0;
+
+    qfix_init(&f, "rp:q1", 1000);
+    wait_ready(&f);
+    ck_assert_uint_lt(f.ring->npoints, 4096);
+    uint64_t cmds = idx_stats(f.x)[IDX_STAT_commands];
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "key:%d", i);
+        stored(&f, key, strlen(key));
+        uint32_t pt = point_of(&f, key);
+        vnodes += !seen[pt];
+        seen[pt] = true;
+    }
+    stored(&f, "key:7", 5);    /* stored twice in the turn */
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_queued], 301);
+    flush_and_wait(&f);
+    /* A repeat does not split the batch: one ZADD per v-node touched. */
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_commands] - cmds, vnodes);
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_adds], 301);
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_queued], 0);
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "key:%d", i);
+        ck_assert_int_eq(score_of(&f, key), (long long)ring_key_hash(f.ring, key,
+                                                                     strlen(key)));
+    }
+    ck_assert_int_eq(members_under(&f), 300);
+    qfix_free(&f);
+}
+END_TEST
+
+START_TEST(writes_over_queue_max_are_dropped_and_counted)
+{
+    struct qfix f;
+    char key[32];
+
+    qfix_init(&f, "rp:q2", 10);
+    wait_ready(&f);
+    for (int i = 0; i < 15; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        stored(&f, key, strlen(key));
+    }
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_queued], 10);
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_dropped], 5);
+    ck_assert_int_eq(idx_health(f.x, IDX_CONN_COUNT, NULL), IDX_H_DROPPING);
+    flush_and_wait(&f);
+    /* The first ten went, the last five did not. */
+    for (int i = 0; i < 15; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        ck_assert_msg((score_of(&f, key) >= 0) == (i < 10), "%s", key);
+    }
+    /* Answered: the budget is free again. */
+    stored(&f, "k14", 3);
+    flush_and_wait(&f);
+    ck_assert_int_ge(score_of(&f, "k14"), 0);
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_dropped], 5);
+    qfix_free(&f);
+}
+END_TEST
+
+START_TEST(flush_all_empties_the_sets_and_coalesces)
+{
+    struct qfix f;
+
+    qfix_init(&f, "rp:q3", 1000);
+    wait_ready(&f);
+    stored(&f, "before", 6);
+    flush_and_wait(&f);
+    ck_assert_int_ge(score_of(&f, "before"), 0);
+
+    /* In one turn: flush_all, a store, flush_all again, a store. The store
+     * between the two is moot; the two flushes are one round of UNLINKs; the
+     * last store is sent after them, so it survives. */
+    uint64_t cmds = idx_stats(f.x)[IDX_STAT_commands];
+    idx_pool_flushed(f.x);
+    stored(&f, "between", 7);
+    idx_pool_flushed(f.x);
+    stored(&f, "after", 5);
+    flush_and_wait(&f);
+    uint64_t unlinks = (f.ring->npoints + 255) / 256;
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_commands] - cmds, unlinks + 1);
+    ck_assert_int_eq(score_of(&f, "before"), -1);
+    ck_assert_int_eq(score_of(&f, "between"), -1);
+    ck_assert_int_ge(score_of(&f, "after"), 0);
+    ck_assert_int_eq(members_under(&f), 1);
+    qfix_free(&f);
+}
+END_TEST
+
+START_TEST(a_store_before_a_flush_all_of_the_same_turn_is_dropped)
+{
+    struct qfix f;
+
+    qfix_init(&f, "rp:q4", 1000);
+    wait_ready(&f);
+    stored(&f, "early", 5);
+    idx_pool_flushed(f.x);
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_queued], 1);     /* the flush itself */
+    flush_and_wait(&f);
+    ck_assert_int_eq(members_under(&f), 0);
+    qfix_free(&f);
+}
+END_TEST
+
 static Suite *index_suite(void)
 {
     Suite *s = suite_create("index");
@@ -168,6 +464,15 @@ static Suite *index_suite(void)
     tcase_add_test(tc, refusals_are_counted_by_class);
     tcase_add_test(tc, a_refusal_outlasts_an_answer_right_after_it);
     suite_add_tcase(s, tc);
+
+    TCase *tq = tcase_create("queue");
+    tcase_add_unchecked_fixture(tq, redis_start, redis_stop);
+    tcase_set_timeout(tq, 60);
+    tcase_add_test(tq, stores_of_one_turn_become_one_zadd_per_vnode);
+    tcase_add_test(tq, writes_over_queue_max_are_dropped_and_counted);
+    tcase_add_test(tq, flush_all_empties_the_sets_and_coalesces);
+    tcase_add_test(tq, a_store_before_a_flush_all_of_the_same_turn_is_dropped);
+    suite_add_tcase(s, tq);
     return s;
 }
 

@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "defer.h"
 #include "mconn.h"
 
 #define MAX_CALLS 4
@@ -30,6 +31,7 @@ struct chunk {
 
 struct fake {
     struct event_base *base;
+    struct defer *defer;
     struct evconnlistener *lis;
     struct bufferevent *srv;
     struct event *pace, *deadline;
@@ -146,7 +148,8 @@ static void fake_start(struct fake *f)
     f->port = ntohs(sin.sin_port);
     f->pace = evtimer_new(f->base, on_pace, f);
     f->deadline = evtimer_new(f->base, on_deadline, f);
-    f->mc = mconn_new(f->base, "127.0.0.1", f->port, false, 5000);
+    f->defer = defer_new(f->base);
+    f->mc = mconn_new(f->defer, "127.0.0.1", f->port, false, 5000);
     ck_assert_ptr_nonnull(f->mc);
 }
 
@@ -159,6 +162,7 @@ static void fake_stop(struct fake *f)
     event_free(f->pace);
     event_free(f->deadline);
     evconnlistener_free(f->lis);
+    defer_free(f->defer);
     event_base_free(f->base);
 }
 

@@ -18,6 +18,7 @@
 
 #include "backend.h"
 #include "cmd.h"
+#include "defer.h"
 #include "pool.h"
 #include "proto.h"
 #include "request.h"
@@ -29,7 +30,7 @@ static struct {
     struct worker w;
     struct conf_pool conf;
     struct pool p;
-    struct backend be;
+    struct backend *be;        /* on the heap: backend_close frees it */
     struct bconn *bc;
     struct evbuffer *out;       /* what the client would be sent */
     int done;                   /* requests completed */
@@ -91,15 +92,21 @@ static void setup(void)
     F.p.conf = &F.conf;
     F.p.name = "t";
     TAILQ_INIT(&F.p.clients);
-    ck_assert_int_eq(backend_init(&F.be, &F.p, 0, "s1", "127.0.0.1:11211", err,
+    F.w.defer = defer_new(F.base);
+    ck_assert_ptr_nonnull(F.w.defer);
+    F.be = calloc(1, sizeof(*F.be));
+    ck_assert_ptr_nonnull(F.be);
+    ck_assert_int_eq(backend_init(F.be, &F.p, 0, "s1", "127.0.0.1:11211", err,
                                   sizeof(err)), 0);
-    F.bc = &F.be.conns[0];
+    F.bc = &F.be->conns[0];
     F.out = evbuffer_new();
 }
 
 static void teardown(void)
 {
-    backend_close(&F.be);
+    backend_close(F.be);
+    ck_assert(defer_run(F.w.defer));    /* frees the backend */
+    defer_free(F.w.defer);
     evbuffer_free(F.out);
     event_base_free(F.base);
     /* every request freed gave its budget back */
@@ -326,7 +333,7 @@ START_TEST(a_reply_split_at_every_byte_completes_once_whole)
         ck_assert_uint_eq(evbuffer_get_length(F.bc->in), 0);
     }
     ck_assert_uint_eq(F.bc->nfrags, 0);
-    ck_assert_uint_eq(F.be.stats[STAT_BE_protocol_errors], 0);
+    ck_assert_uint_eq(F.be->stats[STAT_BE_protocol_errors], 0);
 }
 END_TEST
 
@@ -372,10 +379,10 @@ static void expect_broken(int rc, int nreqs)
 {
     ck_assert_int_eq(rc, -1);
     ck_assert_int_eq(F.done, nreqs);
-    ck_assert_uint_eq(F.be.stats[STAT_BE_protocol_errors], 1);
+    ck_assert_uint_eq(F.be->stats[STAT_BE_protocol_errors], 1);
     ck_assert_uint_eq(F.bc->nfrags, 0);
     ck_assert_uint_eq(evbuffer_get_length(F.bc->in), 0);
-    ck_assert_int_eq(F.be.failures, 1);
+    ck_assert_int_eq(F.be->failures, 1);
 }
 
 START_TEST(a_value_for_a_key_not_asked_breaks_the_connection)

@@ -136,9 +136,7 @@ void json_obj_end(struct json_w *w) { w_close(w, "}"); }
 void json_arr(struct json_w *w) { w_open(w, "["); }
 void json_arr_end(struct json_w *w) { w_close(w, "]"); }
 
-/* Length of the valid UTF-8 sequence at s[0..n) (1 to 4), or 0 if none
- * starts there. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
+size_t json_utf8_seq(const unsigned char *s, size_t n)
 {
     uint32_t cp;
     size_t len;
@@ -200,7 +198,7 @@ static void w_string(struct json_w *w, const char *s, size_t len)
         } else if (!utf8) {
             w_add(w, p, 1);     /* 0x7f and up, as it is */
             p++;
-        } else if ((n = utf8_seq(p, (size_t)(end - p))) == 0) {
+        } else if ((n = json_utf8_seq(p, (size_t)(end - p))) == 0) {
             w_lit(w, "\\ufffd");
             p++;
         } else {

@@ -70,6 +70,10 @@ void json_null(struct json_w *w);
 /* A number's text as it stands (the caller vouches for its syntax). */
 void json_number_text(struct json_w *w, const char *text, size_t len);
 
+/* Length of the valid UTF-8 sequence at s[0..n) (1 to 4), or 0 if none
+ * starts there (admin.c's Prometheus escaping asks too). */
+size_t json_utf8_seq(const unsigned char *s, size_t n);
+
 /* --- reading ------------------------------------------------------------------- */
 
 enum json_type { JSON_NULL, JSON_FALSE, JSON_TRUE, JSON_NUMBER, JSON_STRING,

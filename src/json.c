@@ -176,7 +176,8 @@ static void w_string(struct json_w *w, const char *s, size_t len)
 
     w_add(w, "\"", 1);
     while (p < end) {
-        /* the longest run that needs no escape goes out at once */
+        /* the longest run that needs no escape goes out at once (without
+         * JSON_W_UTF8, that is every byte from 0x20 but '"' and '\\') */
         const unsigned char *run = p;
         size_t n;
         while (p < end && *p >= 0x20 && *p != '"' && *p != '\\' &&
@@ -194,9 +195,6 @@ static void w_string(struct json_w *w, const char *s, size_t len)
         } else if (*p < 0x20 || (utf8 && *p == 0x7f)) {
             char esc[6] = { '\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15] };
             w_add(w, esc, 6);
-            p++;
-        } else if (!utf8) {
-            w_add(w, p, 1);     /* 0x7f and up, as it is */
             p++;
         } else if ((n = json_utf8_seq(p, (size_t)(end - p))) == 0) {
             w_lit(w, "\\ufffd");

@@ -8,12 +8,12 @@
  * - Pools a reload removed (closing) are left out: they serve no one, and a
  *   new pool of the same name would duplicate their series.
  * - /metrics is generated from the counter tables (stats.h, index.h, and
- *   ADMIN_MIG_CODEC below for the migration snapshot): a counter added to a
+ *   progress.h for the migration snapshot): a counter added to a
  *   table appears here with its help text. Counters end in _total; a state
  *   is one gauge per state name, 1 for the current one.
- * - Identities and names may hold any byte. JSON strings and label values
- *   are escaped, and bytes that are not UTF-8 become U+FFFD, so the output
- *   always parses.
+ * - Identities and names may hold any byte. JSON strings (json.c, with
+ *   JSON_W_UTF8) and label values are escaped, and bytes that are not UTF-8
+ *   become U+FFFD, so the output always parses.
  */
 #include <errno.h>
 #include <math.h>
@@ -33,7 +33,9 @@
 #include "adopt.h"
 #include "index.h"
 #include "log.h"
+#include "json.h"
 #include "migrate.h"
+#include "progress.h"
 #include "proxy.h"
 #include "pool.h"
 #include "sweep.h"
@@ -44,83 +46,8 @@
                                    listen backlog (the listener pauses) */
 #define ADMIN_PRUNE_MS 50       /* closed connections let go this often */
 
-/* The migration snapshot as metrics: X(field, metric name, kind, help). */
-#define ADMIN_MIG_CODEC(X)                                                    \
-    X(epoch, epoch, gauge, "epoch of the ring the pool's data obeys")          \
-    X(lease, lease, gauge, "1 while this proxy holds the migration lease")    \
-    X(pending, pending_change, gauge,                                         \
-      "1 while a newer ring waits for the running migration to end")         \
-    X(moved_fraction, moved_fraction, gauge,                                  \
-      "fraction of the hash space changing server in the running migration") \
-    X(arcs_total, arcs, gauge, "arcs changing owner in the running migration") \
-    X(arcs_done, arcs_done, gauge, "arcs finished in the running migration")  \
-    X(keys_moved, keys_moved, counter,                                        \
-      "keys copied to their new owner (from zero at each migration's start)") \
-    X(keys_skipped, keys_skipped, counter,                                    \
-      "keys not copied: the new owner had a newer write")                     \
-    X(keys_stale, keys_stale, counter,                                        \
-      "index entries of keys gone from their old owner, dropped")            \
-    X(keys_failed, keys_failed, counter, "keys that could not be moved")       \
-    X(keys_retried, keys_retried, counter,                                    \
-      "moves retried because a client changed the key meanwhile")            \
-    X(client_ops, client_commands, counter,                                   \
-      "client commands on changing keys served by the migration's rules")    \
-    X(tombs_written, tombstones_written, counter,                             \
-      "deletes that left a tombstone on the old owner while keys move")      \
-    X(tombs_cleared, tombstones_cleared, counter,                             \
-      "tombstones removed by the mover")                                     \
-    X(fallback_reads, fallback_reads, counter,                                \
-      "reads of changing keys answered by the new owner")                    \
-    X(copies_in_doubt, copies_in_doubt, gauge,                                \
-      "moved copies whose store got no answer, to look at before a retry")   \
-    X(conflicts_waiting, conflicts_waiting, gauge,                            \
-      "keys with a value on both owners, waiting to be settled")             \
-    X(conflicts_settled, conflicts_settled, counter,                          \
-      "keys with a value on both owners settled for the old owner's")        \
-    X(closing_sources, closing_sources, gauge,                                \
-      "source servers the closing pass lists for keys the index lacks")      \
-    X(closing_sources_done, closing_sources_done, gauge,                      \
-      "source servers whose closing pass is done")                           \
-    X(closing_listed, closing_listed, counter,                                \
-      "keys the closing pass listed in arcs that move")                      \
-    X(unindexed_moved, unindexed_moved, counter,                              \
-      "keys the index did not know, moved by the closing pass")              \
-    X(closing_refused, closing_refused, counter,                              \
-      "source servers that refused to list their keys (lru_crawler metadump)") \
-    X(live_proxies, live_proxies, gauge,                                      \
-      "live proxies sharing the pool's prefix (heartbeats in Redis)")        \
-    X(fenced, fenced, gauge,                                                  \
-      "1 while this proxy refuses the pool's commands: Redis unreachable")   \
-    X(index_moved, index_moved, counter,                                      \
-      "index entries moved to their new v-node (with a key, or alone)")      \
-    X(keys_per_sec, keys_per_second, gauge,                                   \
-      "keys moved per second over the last progress interval")               \
-    X(elapsed_sec, elapsed_seconds, gauge,                                    \
-      "seconds since the running migration began")
-
-#define ADMIN_MIG_ENUM(field, metric, kind, help) ADMIN_MIG_##field,
-enum admin_mig_metric { ADMIN_MIG_CODEC(ADMIN_MIG_ENUM) ADMIN_MIG_COUNT };
-#undef ADMIN_MIG_ENUM
-
-#define ADMIN_MIG_DESC(field, metric, kind, help) \
-    [ADMIN_MIG_##field] = { #metric, #kind, help },
-static const struct stats_desc admin_mig_desc[ADMIN_MIG_COUNT] = {
-    ADMIN_MIG_CODEC(ADMIN_MIG_DESC)
-};
-#undef ADMIN_MIG_DESC
-
-static double admin_mig_value(const struct mig_progress *pr, enum admin_mig_metric m)
-{
-    switch (m) {
-#define ADMIN_MIG_CASE(field, metric, kind, help) \
-    case ADMIN_MIG_##field: return (double)pr->field;
-    ADMIN_MIG_CODEC(ADMIN_MIG_CASE)
-#undef ADMIN_MIG_CASE
-    default:
-        return 0;
-    }
-}
-
+/* A JSON reply's budget: /ring?points=1 of the largest ring is well under it. */
+#define ADMIN_JSON_MAX (256u << 20)
 
 struct admin {
     struct worker *w;
@@ -138,84 +65,13 @@ struct admin {
 
 /* --- escaping --------------------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s (1 to 4), or 0 if none starts there. */
-static size_t utf8_seq(const unsigned char *s)
-{
-    uint32_t cp;
-    size_t n;
-
-    if (s[0] < 0x80) {
-        return 1;
-    } else if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        n = 2, cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        n = 3, cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        n = 4, cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80) {    /* also stops at the terminator */
-            return 0;
-        }
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (n == 4 && (cp < 0x10000 || cp > 0x10ffff))) {
-        return 0;
-    }
-    return n;
-}
-
-static void json_str(struct evbuffer *b, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)(s ? s : "");
-
-    evbuffer_add(b, "\"", 1);
-    while (*p != '\0') {
-        size_t n = utf8_seq(p);
-        if (n == 0) {
-            evbuffer_add(b, "\\ufffd", 6);
-            n = 1;
-        } else if (*p == '"' || *p == '\\') {
-            evbuffer_add_printf(b, "\\%c", *p);
-        } else if (*p < 0x20 || *p == 0x7f) {
-            evbuffer_add_printf(b, "\\u%04x", *p);
-        } else {
-            evbuffer_add(b, p, n);
-        }
-        p += n;
-    }
-    evbuffer_add(b, "\"", 1);
-}
-
-/* A fingerprint or other optional string: null when empty. */
-static void json_str_or_null(struct evbuffer *b, const char *s)
-{
-    if (s == NULL || *s == '\0') {
-        evbuffer_add_printf(b, "null");
-    } else {
-        json_str(b, s);
-    }
-}
-
-static void json_num(struct evbuffer *b, double v)
-{
-    if (isfinite(v)) {
-        evbuffer_add_printf(b, "%.9g", v);
-    } else {
-        evbuffer_add_printf(b, "null");
-    }
-}
-
 /* A Prometheus label value or help text (help: quotes stay as they are). */
 static void prom_escape(struct evbuffer *b, const char *s, bool label)
 {
-    const unsigned char *p = (const unsigned char *)s;
+    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
 
-    while (*p != '\0') {
-        size_t n = utf8_seq(p);
+    while (p < end) {
+        size_t n = json_utf8_seq(p, (size_t)(end - p));
         if (n == 0) {
             evbuffer_add(b, "\xef\xbf\xbd", 3);
             n = 1;
@@ -443,8 +299,9 @@ static void metrics_rebuild(struct admin *a, struct evbuffer *b)
 
 static void metrics_migration(struct admin *a, struct evbuffer *b)
 {
-    static const struct stats_desc state = { "state", "gauge",
-        "1 for the pool's migration state (idle: the data obeys the pool's ring)" };
+    /* the state's family first, as one 0/1 gauge per state name */
+    const struct stats_desc state = { prog_desc[PROG_F_state].metric, "gauge",
+                                       prog_desc[PROG_F_state].help };
     struct worker *w = a->w;
     struct mig_progress *pr = calloc(w->npools ? w->npools : 1, sizeof(*pr));
     char name[128];
@@ -465,13 +322,20 @@ static void metrics_migration(struct admin *a, struct evbuffer *b)
             prom_sample(b, name, labels, pr[i].state == (enum mig_state)st);
         }
     }
-    for (int m = 0; m < ADMIN_MIG_COUNT; m++) {
-        prom_head(b, name, sizeof(name), "migration", &admin_mig_desc[m]);
+    for (int f = 0; f < PROG_COUNT; f++) {
+        const struct prog_desc *pd = &prog_desc[f];
+        const struct stats_desc d = { pd->metric,
+                                      pd->type == PROG_COUNTER ? "counter" : "gauge",
+                                      pd->help };
+        if (pd->metric[0] == '\0' || pd->type == PROG_STATE) {
+            continue;
+        }
+        prom_head(b, name, sizeof(name), "migration", &d);
         for (uint32_t i = 0; i < w->npools; i++) {
             const struct pool *p = w->pools[i];
             const char *labels[] = { "pool", p->name, NULL };
             if (pool_listed(p) && p->mig != NULL) {
-                prom_sample(b, name, labels, admin_mig_value(&pr[i], (enum admin_mig_metric)m));
+                prom_sample(b, name, labels, prog_number(&pr[i], f));
             }
         }
     }
@@ -633,65 +497,109 @@ static bool query_flag(struct evhttp_request *req, const char *name)
     return admin_query_flag(uri != NULL ? evhttp_uri_get_query(uri) : NULL, name);
 }
 
-static void ring_json(struct evbuffer *b, const struct pool *p, bool points)
+static void ring_json(struct json_w *j, const struct pool *p, bool points)
 {
     const struct ring *r = p->ring;
     char tag[3] = { r->tag[0], r->tag[1], '\0' };
 
-    evbuffer_add_printf(b, "{\"name\":");
-    json_str(b, p->name);
-    evbuffer_add_printf(b, ",\"compat\":\"%s\",\"hash\":\"%s\",\"hash_tag\":",
-                        ring_compat_names[r->compat], hash_names[r->hash]);
-    json_str_or_null(b, r->has_tag ? tag : NULL);
-    evbuffer_add_printf(b, ",\"migrating\":%s,\"points\":%u,\"servers\":[",
-                        mig_active(p->mig) ? "true" : "false", r->npoints);
+    json_obj(j);
+    json_key(j, "name");
+    json_str(j, p->name);
+    json_key(j, "compat");
+    json_str(j, ring_compat_names[r->compat]);
+    json_key(j, "hash");
+    json_str(j, hash_names[r->hash]);
+    json_key(j, "hash_tag");
+    json_str_or_null(j, r->has_tag ? tag : NULL);
+    json_key(j, "migrating");
+    json_bool(j, mig_active(p->mig));
+    json_key(j, "points");
+    json_uint(j, r->npoints);
+    json_key(j, "servers");
+    json_arr(j);
     for (uint32_t s = 0; s < r->nservers; s++) {
         const struct ring_server *sv = &r->servers[s];
-        evbuffer_add_printf(b, "%s{\"identity\":", s ? "," : "");
-        json_str(b, sv->identity);
-        evbuffer_add_printf(b, ",\"addr\":");
-        json_str(b, sv->addr);
-        evbuffer_add_printf(b, ",\"weight\":%u,\"points\":%u,\"share\":", sv->weight,
-                            sv->npoints);
-        json_num(b, (double)sv->span / RING_SPACE);
-        evbuffer_add_printf(b, ",\"state\":\"%s\"}", p->ring_be != NULL ?
-                            backend_state_names[p->ring_be[s]->state] : "unknown");
+        json_obj(j);
+        json_key(j, "identity");
+        json_str(j, sv->identity);
+        json_key(j, "addr");
+        json_str(j, sv->addr);
+        json_key(j, "weight");
+        json_uint(j, sv->weight);
+        json_key(j, "points");
+        json_uint(j, sv->npoints);
+        json_key(j, "share");
+        json_real(j, (double)sv->span / RING_SPACE);
+        json_key(j, "state");
+        json_str(j, p->ring_be != NULL ? backend_state_names[p->ring_be[s]->state] :
+                    "unknown");
+        json_obj_end(j);
     }
-    evbuffer_add_printf(b, "]");
+    json_arr_end(j);
     if (points) {
-        evbuffer_add_printf(b, ",\"point_list\":[");
+        json_key(j, "point_list");
+        json_arr(j);
         for (uint32_t i = 0; i < r->npoints; i++) {
-            evbuffer_add_printf(b, "%s{\"value\":%u,\"server\":", i ? "," : "",
-                                r->points[i].value);
-            json_str(b, r->servers[r->points[i].server].identity);
-            evbuffer_add(b, "}", 1);
+            json_obj(j);
+            json_key(j, "value");
+            json_uint(j, r->points[i].value);
+            json_key(j, "server");
+            json_str(j, r->servers[r->points[i].server].identity);
+            json_obj_end(j);
         }
-        evbuffer_add_printf(b, "]");
+        json_arr_end(j);
     }
-    evbuffer_add_printf(b, "}");
+    json_obj_end(j);
+}
+
+static void admin_sink(void *arg, const char *data, size_t len)
+{
+    evbuffer_add(arg, data, len);
+}
+
+/* {"pools":[...]}: one object per listed pool, by `pool_json`. */
+static int serve_pools_json(struct admin *a, struct evbuffer *b,
+                            void (*pool_json)(struct json_w *j, const struct pool *p,
+                                              bool flag), bool flag)
+{
+    struct json_w j;
+    int rc;
+
+    json_w_init(&j, ADMIN_JSON_MAX, JSON_W_UTF8);
+    json_w_sink(&j, admin_sink, b);
+    json_obj(&j);
+    json_key(&j, "pools");
+    json_arr(&j);
+    for (uint32_t i = 0; i < a->w->npools; i++) {
+        if (pool_listed(a->w->pools[i])) {
+            pool_json(&j, a->w->pools[i], flag);
+        }
+    }
+    json_arr_end(&j);
+    json_obj_end(&j);
+    rc = json_w_finish(&j);
+    json_w_free(&j);
+    if (rc != 0) {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        evbuffer_add_printf(b, "{}\n");
+        log_warn("admin", "a JSON reply passed %u MiB: answered 500",
+                 ADMIN_JSON_MAX >> 20);
+        return HTTP_INTERNAL;
+    }
+    evbuffer_add(b, "\n", 1);
+    return HTTP_OK;
 }
 
 static int serve_ring(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
 {
-    bool points = query_flag(req, "points"), first = true;
-
-    evbuffer_add_printf(b, "{\"pools\":[");
-    for (uint32_t i = 0; i < a->w->npools; i++) {
-        if (pool_listed(a->w->pools[i])) {
-            evbuffer_add_printf(b, first ? "" : ",");
-            ring_json(b, a->w->pools[i], points);
-            first = false;
-        }
-    }
-    evbuffer_add_printf(b, "]}\n");
-    return HTTP_OK;
+    return serve_pools_json(a, b, ring_json, query_flag(req, "points"));
 }
 
 /* --- /migration ---------------------------------------------------------------- */
 
 /* The index sweeper's fields of a pool's /migration object (flat, so
  * `ringproxy status` reads them as it reads the others). */
-static void sweep_json(struct evbuffer *b, const struct sweep *s)
+static void sweep_json(struct json_w *j, const struct sweep *s)
 {
     struct sweep_progress pr;
 
@@ -700,114 +608,76 @@ static void sweep_json(struct evbuffer *b, const struct sweep *s)
     }
     sweep_progress(s, &pr);
     const uint64_t *st = sweep_stats(s);
-    evbuffer_add_printf(b, ",\"sweep_state\":\"%s\",\"sweep_pass\":%llu,"
-                        "\"sweep_sets_done\":%u,\"sweep_sets\":%u,\"sweep_passes\":%llu,"
-                        "\"sweep_checked\":%llu,\"sweep_removed\":%llu,"
-                        "\"sweep_restored\":%llu,\"sweep_errors\":%llu,\"sweep_note\":",
-                        sweep_state_names[pr.state], (unsigned long long)pr.pass, pr.point,
-                        pr.npoints, (unsigned long long)st[SWEEP_STAT_passes],
-                        (unsigned long long)st[SWEEP_STAT_checked],
-                        (unsigned long long)(st[SWEEP_STAT_removed_gone] +
-                                             st[SWEEP_STAT_removed_wrong_set] +
-                                             st[SWEEP_STAT_removed_invalid]),
-                        (unsigned long long)st[SWEEP_STAT_restored],
-                        (unsigned long long)st[SWEEP_STAT_errors]);
-    json_str_or_null(b, pr.paused);
+    json_key(j, "sweep_state");
+    json_str(j, sweep_state_names[pr.state]);
+    json_key(j, "sweep_pass");
+    json_uint(j, pr.pass);
+    json_key(j, "sweep_sets_done");
+    json_uint(j, pr.point);
+    json_key(j, "sweep_sets");
+    json_uint(j, pr.npoints);
+    json_key(j, "sweep_passes");
+    json_uint(j, st[SWEEP_STAT_passes]);
+    json_key(j, "sweep_checked");
+    json_uint(j, st[SWEEP_STAT_checked]);
+    json_key(j, "sweep_removed");
+    json_uint(j, st[SWEEP_STAT_removed_gone] + st[SWEEP_STAT_removed_wrong_set] +
+                 st[SWEEP_STAT_removed_invalid]);
+    json_key(j, "sweep_restored");
+    json_uint(j, st[SWEEP_STAT_restored]);
+    json_key(j, "sweep_errors");
+    json_uint(j, st[SWEEP_STAT_errors]);
+    json_key(j, "sweep_note");
+    json_str_or_null(j, pr.paused);
 }
 
-static void migration_json(struct evbuffer *b, const struct pool *p)
+static void migration_json(struct json_w *j, const struct pool *p, bool unused)
 {
     struct mig_progress pr;
 
-    evbuffer_add_printf(b, "{\"name\":");
-    json_str(b, p->name);
+    (void)unused;
+    json_obj(j);
+    json_key(j, "name");
+    json_str(j, p->name);
+    json_key(j, "indexed");
+    json_bool(j, p->mig != NULL);
     if (p->mig == NULL) {
-        evbuffer_add_printf(b, ",\"indexed\":false,\"state\":\"none\",\"epoch\":null}");
+        json_key(j, "state");
+        json_str(j, "none");
+        json_key(j, "epoch");
+        json_null(j);
+        json_obj_end(j);
         return;
     }
     mig_progress(p->mig, &pr);
-    /* The pace so far, over the arcs left; unknown until an arc is done. */
-    double eta = NAN;
-    if (pr.to[0] != '\0' && pr.arcs_done > 0 && pr.elapsed_sec > 0) {
-        eta = (double)(pr.arcs_total - pr.arcs_done) * pr.elapsed_sec /
-              (double)pr.arcs_done;
+    for (int f = 0; f < PROG_COUNT; f++) {
+        if (prog_desc[f].json[0] != '\0') {
+            json_key(j, prog_desc[f].json);
+            prog_json(&pr, f, j);
+        }
     }
-    evbuffer_add_printf(b, ",\"indexed\":true,\"state\":\"%s\",\"epoch\":",
-                        mig_state_names[pr.state]);
-    if (pr.epoch > 0) {
-        evbuffer_add_printf(b, "%llu", (unsigned long long)pr.epoch);
-    } else {
-        evbuffer_add_printf(b, "null");     /* epochs start at 1: not known yet */
-    }
-    evbuffer_add_printf(b, ",\"lease\":%s,\"pending_change\":%s,\"from\":",
-                        pr.lease ? "true" : "false", pr.pending ? "true" : "false");
-    json_str_or_null(b, pr.from);
-    evbuffer_add_printf(b, ",\"to\":");
-    json_str_or_null(b, pr.to);
-    evbuffer_add_printf(b, ",\"moved_fraction\":");
-    json_num(b, pr.moved_fraction);
-    evbuffer_add_printf(b, ",\"arcs_total\":%llu,\"arcs_done\":%llu,\"keys_moved\":%llu,"
-                        "\"keys_skipped\":%llu,\"keys_stale\":%llu,\"keys_failed\":%llu,"
-                        "\"keys_retried\":%llu,\"client_commands\":%llu,"
-                        "\"index_moved\":%llu,\"keys_per_sec\":",
-                        (unsigned long long)pr.arcs_total, (unsigned long long)pr.arcs_done,
-                        (unsigned long long)pr.keys_moved, (unsigned long long)pr.keys_skipped,
-                        (unsigned long long)pr.keys_stale, (unsigned long long)pr.keys_failed,
-                        (unsigned long long)pr.keys_retried,
-                        (unsigned long long)pr.client_ops,
-                        (unsigned long long)pr.index_moved);
-    json_num(b, pr.keys_per_sec);
-    evbuffer_add_printf(b, ",\"closing_sources\":%llu,\"closing_sources_done\":%llu,"
-                        "\"closing_listed\":%llu,\"unindexed_moved\":%llu,"
-                        "\"closing_refused\":%llu",
-                        (unsigned long long)pr.closing_sources,
-                        (unsigned long long)pr.closing_sources_done,
-                        (unsigned long long)pr.closing_listed,
-                        (unsigned long long)pr.unindexed_moved,
-                        (unsigned long long)pr.closing_refused);
-    evbuffer_add_printf(b, ",\"elapsed_sec\":");
-    json_num(b, pr.elapsed_sec);
-    evbuffer_add_printf(b, ",\"eta_sec\":");
-    json_num(b, eta);
-    evbuffer_add_printf(b, ",\"phase\":");
-    json_str_or_null(b, pr.fleet_phase);
-    evbuffer_add_printf(b, ",\"waiting_for\":");
-    json_str_or_null(b, pr.waiting);
-    evbuffer_add_printf(b, ",\"blocked_by\":");
-    json_str_or_null(b, pr.blocked);
-    evbuffer_add_printf(b, ",\"live_proxies\":%u,\"fenced\":%s", pr.live_proxies,
-                        pr.fenced ? "true" : "false");
     const char *why;
     enum idx_health h = idx_health(p->idx, IDX_CONN_COUNT, &why);
-    evbuffer_add_printf(b, ",\"index_health\":\"%s\",\"index_error\":",
-                        idx_health_names[h]);
-    json_str_or_null(b, why);
+    json_key(j, "index_health");
+    json_str(j, idx_health_names[h]);
+    json_key(j, "index_error");
+    json_str_or_null(j, why);
     if (p->adopt != NULL) {
         uint64_t rb[ADOPT_STAT_COUNT];
         adopt_stats(p->adopt, rb);
-        evbuffer_add_printf(b, ",\"rebuild\":\"%s\",\"rebuild_keys\":%llu",
-                            adopt_state_names[adopt_get_state(p->adopt)],
-                            (unsigned long long)rb[ADOPT_STAT_rebuild_keys]);
+        json_key(j, "rebuild");
+        json_str(j, adopt_state_names[adopt_get_state(p->adopt)]);
+        json_key(j, "rebuild_keys");
+        json_uint(j, rb[ADOPT_STAT_rebuild_keys]);
     }
-    sweep_json(b, p->sweep);
-    evbuffer_add(b, "}", 1);
+    sweep_json(j, p->sweep);
+    json_obj_end(j);
 }
 
 static int serve_migration(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
 {
-    bool first = true;
-
     (void)req;
-    evbuffer_add_printf(b, "{\"pools\":[");
-    for (uint32_t i = 0; i < a->w->npools; i++) {
-        if (pool_listed(a->w->pools[i])) {
-            evbuffer_add_printf(b, first ? "" : ",");
-            migration_json(b, a->w->pools[i]);
-            first = false;
-        }
-    }
-    evbuffer_add_printf(b, "]}\n");
-    return HTTP_OK;
+    return serve_pools_json(a, b, migration_json, false);
 }
 
 /* --- dispatch ------------------------------------------------------------------ */

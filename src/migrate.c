@@ -41,6 +41,7 @@
 #include "ringrec.h"
 #include "sweep.h"
 #include "migrate_int.h"
+#include "progress.h"
 
 #define MIG_STATE_NAME(e, name) [MIG_##e] = name,
 const char *const mig_state_names[MIG_STATE_COUNT] = { MIG_STATE_CODEC(MIG_STATE_NAME) };
@@ -1322,28 +1323,30 @@ bool mig_uses_backend(const struct mig *m, const struct backend *be)
  * (a plain HSET after the end would create a record with no phase). */
 static void write_progress(struct mig *m)
 {
+    /* ARGV: the record's `to`, holder, updated, then field, value pairs */
     static const char script[] =
         "if redis.call('hget', KEYS[1], 'to') ~= ARGV[1] then return 0 end "
-        "redis.call('hset', KEYS[1], 'holder', ARGV[2], 'arcs_total', ARGV[3], "
-        "'arcs_done', ARGV[4], 'keys_moved', ARGV[5], 'keys_stale', ARGV[6], "
-        "'keys_skipped', ARGV[7], 'keys_failed', ARGV[8], 'updated', ARGV[9], "
-        "'closing_sources', ARGV[10], 'closing_sources_done', ARGV[11], "
-        "'closing_listed', ARGV[12], 'unindexed_moved', ARGV[13], "
-        "'closing_refused', ARGV[14], 'blocked', ARGV[15]) "
+        "redis.call('hset', KEYS[1], 'holder', ARGV[2], 'updated', ARGV[3], "
+        "unpack(ARGV, 4)) "
         "return 1";
-    char v[12][32];
-    const unsigned long long n[12] = {
-        m->diff.narcs, m->arcs_done, m->keys_moved, m->keys_stale, m->keys_skipped,
-        m->keys_failed, (unsigned long long)time(NULL), m->nsources, m->sources_done,
-        m->closing_listed, m->unindexed_moved, m->closing_refused,
-    };
-    for (int i = 0; i < 12; i++) {
-        snprintf(v[i], sizeof(v[i]), "%llu", n[i]);
+    struct mig_progress pr;
+    char v[PROG_COUNT][PROG_STR_SIZE], updated[24];
+    const char *args[3 + 2 * PROG_COUNT];
+    int n = 0;
+
+    mig_progress(m, &pr);
+    snprintf(updated, sizeof(updated), "%llu", (unsigned long long)time(NULL));
+    args[n++] = m->fp_to;
+    args[n++] = m->id;
+    args[n++] = updated;
+    for (int f = 0; f < PROG_COUNT; f++) {
+        if (prog_desc[f].hash[0] != '\0') {
+            args[n++] = prog_desc[f].hash;
+            args[n++] = prog_text(&pr, f, v[f], sizeof(v[f]));
+        }
     }
     const char *keys[] = { "migration" };
-    const char *args[] = { m->fp_to, m->id, v[0], v[1], v[2], v[3], v[4], v[5], v[6],
-                           v[7], v[8], v[9], v[10], v[11], m->blocked };
-    eval_with_ring(m, NULL, script, keys, 1, args, 15, NULL, 0);
+    eval_with_ring(m, NULL, script, keys, 1, args, n, NULL, 0);
 }
 
 void mig_tick(struct mig *m, uint64_t now)
@@ -1455,9 +1458,9 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     /* Nothing waits while the recorded ring is unknown. */
     out->pending = (m->from != NULL || m->fp_rec[0] != '\0') &&
                    strcmp(m->fp_want, m->from != NULL ? m->fp_to : m->fp_rec) != 0;
-    memcpy(out->from, m->from != NULL ? m->fp_from : m->fp_rec, sizeof(out->from));
+    snprintf(out->from, sizeof(out->from), "%s", m->from != NULL ? m->fp_from : m->fp_rec);
     if (m->from != NULL) {
-        memcpy(out->to, m->fp_to, sizeof(out->to));
+        snprintf(out->to, sizeof(out->to), "%s", m->fp_to);
         out->arcs_total = m->diff.narcs;
         out->moved_fraction = (double)m->diff.moved / RING_SPACE;
         out->elapsed_sec = (double)(worker_now_ms(m->p->w) - m->started_ms) / 1000.0;
@@ -1487,45 +1490,23 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->closing_refused = m->closing_refused;
     out->closing_sources = m->nsources;
     out->closing_sources_done = m->sources_done;
+    out->bad_members = m->bad_members;
+    out->eta_sec = prog_eta_sec(out);
 }
 
+/* Every field progress.h names for `stats`, in its table's order. */
 void mig_stats(const struct mig *m, struct evbuffer *out)
 {
     struct mig_progress pr;
+    char v[PROG_STR_SIZE];
 
     mig_progress(m, &pr);
-#define MIG_STAT_U(name, v) \
-    evbuffer_add_printf(out, "STAT migration:" name " %llu\r\n", (unsigned long long)(v))
-    evbuffer_add_printf(out, "STAT migration:state %s\r\n", mig_state_names[pr.state]);
-    evbuffer_add_printf(out, "STAT migration:phase %s\r\n",
-                        pr.fleet_phase[0] ? pr.fleet_phase : "none");
-    MIG_STAT_U("epoch", pr.epoch);
-    MIG_STAT_U("lease", pr.lease);
-    MIG_STAT_U("fenced", pr.fenced);
-    MIG_STAT_U("live_proxies", pr.live_proxies);
-    MIG_STAT_U("arcs_total", pr.arcs_total);
-    MIG_STAT_U("arcs_done", pr.arcs_done);
-    MIG_STAT_U("keys_moved", pr.keys_moved);
-    MIG_STAT_U("keys_skipped", pr.keys_skipped);
-    MIG_STAT_U("keys_stale", pr.keys_stale);
-    MIG_STAT_U("keys_failed", pr.keys_failed);
-    MIG_STAT_U("keys_retried", pr.keys_retried);
-    MIG_STAT_U("client_commands", pr.client_ops);
-    MIG_STAT_U("index_moved", pr.index_moved);
-    MIG_STAT_U("tombstones_written", pr.tombs_written);
-    MIG_STAT_U("tombstones_cleared", pr.tombs_cleared);
-    MIG_STAT_U("fallback_reads", pr.fallback_reads);
-    MIG_STAT_U("copies_in_doubt", pr.copies_in_doubt);
-    MIG_STAT_U("conflicts_waiting", pr.conflicts_waiting);
-    MIG_STAT_U("conflicts_settled", pr.conflicts_settled);
-    MIG_STAT_U("closing_sources", pr.closing_sources);
-    MIG_STAT_U("closing_sources_done", pr.closing_sources_done);
-    MIG_STAT_U("closing_listed", pr.closing_listed);
-    MIG_STAT_U("unindexed_moved", pr.unindexed_moved);
-    MIG_STAT_U("closing_refused", pr.closing_refused);
-    MIG_STAT_U("pending_change", pr.pending);
-    MIG_STAT_U("bad_index_members", m->bad_members);
-#undef MIG_STAT_U
-    evbuffer_add_printf(out, "STAT migration:waiting_for %s\r\n",
-                        pr.waiting[0] ? pr.waiting : "-");
+    for (int f = 0; f < PROG_COUNT; f++) {
+        const struct prog_desc *d = &prog_desc[f];
+        if (d->stat[0] != '\0') {
+            prog_text(&pr, f, v, sizeof(v));
+            evbuffer_add_printf(out, "STAT migration:%s %s\r\n", d->stat,
+                                v[0] == '\0' && d->type == PROG_STR ? d->stat_none : v);
+        }
+    }
 }

@@ -88,31 +88,9 @@ void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
 
 void mig_tick(struct mig *m, uint64_t now_ms);
 
-/* A snapshot of where the pool's data stands, for stats, /migration, status. */
-struct mig_progress {
-    enum mig_state state;
-    uint64_t epoch;             /* of the ring the data obeys */
-    char fleet_phase[16];       /* the migration record's phase ("" none) */
-    char waiting[256];          /* proxies the fleet waits for */
-    char blocked[128];          /* a server whose moves fail */
-    uint32_t live_proxies;
-    bool fenced;
-    bool lease;                 /* this proxy moves the keys */
-    bool pending;               /* a newer ring waits for this migration */
-    char from[33], to[33];      /* ring fingerprints ("" when idle) */
-    uint64_t arcs_total, arcs_done;
-    double moved_fraction;      /* of the hash space that changes server */
-    uint64_t keys_moved, keys_skipped, keys_stale, keys_failed, keys_retried,
-             client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads,
-             copies_in_doubt, conflicts_waiting, conflicts_settled;
-    /* the closing pass: sources of the old ring listed with metadump, keys
-     * listed in arcs that move, keys moved that the index did not know,
-     * sources that refused to list */
-    uint64_t closing_sources, closing_sources_done, closing_listed, unindexed_moved,
-             closing_refused;
-    double keys_per_sec;        /* over the last progress interval */
-    double elapsed_sec;
-};
+/* A snapshot of where the pool's data stands, for stats, /migration, status:
+ * struct mig_progress, one field per line of progress.h's table. */
+struct mig_progress;
 void mig_progress(const struct mig *m, struct mig_progress *out);
 /* Append "STAT migration:..." lines. */
 void mig_stats(const struct mig *m, struct evbuffer *out);

@@ -10,43 +10,35 @@
 #include <string.h>
 
 #include "mem.h"
+#include "json.h"
 #include "ringrec.h"
-
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\') {
-            fprintf(f, "\\%c", *s);
-        } else if ((unsigned char)*s < 0x20) {
-            fprintf(f, "\\u%04x", (unsigned char)*s);
-        } else {
-            fputc(*s, f);
-        }
-    }
-    fputc('"', f);
-}
 
 int ringrec_fields(const struct ring *r, uint64_t epoch, char **fields)
 {
-    char *servers = NULL;
-    size_t len = 0;
+    struct json_w w;
+    char *servers;
     int n = 0;
-    FILE *f = open_memstream(&servers, &len);
 
-    if (f == NULL) {
+    /* Bytes as they are (no JSON_W_UTF8): the record, and so the
+     * fingerprint, must stay what every proxy of the fleet writes. */
+    json_w_init(&w, SIZE_MAX, 0);
+    json_arr(&w);
+    for (uint32_t i = 0; i < r->nservers; i++) {
+        json_obj(&w);
+        json_key(&w, "identity");
+        json_str(&w, r->servers[i].identity);
+        json_key(&w, "addr");
+        json_str(&w, r->servers[i].addr);
+        json_key(&w, "weight");
+        json_uint(&w, r->servers[i].weight);
+        json_obj_end(&w);
+    }
+    json_arr_end(&w);
+    if (json_w_finish(&w) != 0 || w.buf == NULL) {
+        json_w_free(&w);
         return -1;
     }
-    fputc('[', f);
-    for (uint32_t i = 0; i < r->nservers; i++) {
-        fprintf(f, "%s{\"identity\":", i ? "," : "");
-        json_string(f, r->servers[i].identity);
-        fprintf(f, ",\"addr\":");
-        json_string(f, r->servers[i].addr);
-        fprintf(f, ",\"weight\":%u}", r->servers[i].weight);
-    }
-    fputc(']', f);
-    fclose(f);
+    servers = w.buf;
 
     char tag[3] = { r->tag[0], r->tag[1], '\0' };
     if (asprintf(&fields[n++], "epoch") < 0 ||
@@ -108,183 +100,10 @@ void ringrec_fingerprint(const struct ring *r, char out[RINGREC_FP_SIZE])
 
 /*
  * Reading the record back. It comes from Redis, which anyone with access can
- * write, so it is read as untrusted input: a bounded, length-aware reader of
- * exactly the JSON that ringrec_fields writes (plus JSON whitespace and any
- * valid escape), which refuses everything else. Nothing is read past the end
- * of a value and nothing is written past a buffer; the first violation
- * refuses the whole record.
+ * write, so it is read as untrusted input: json_parse (bounded, strict) and
+ * then exactly the shape ringrec_fields writes, refusing everything else;
+ * the first violation refuses the whole record.
  */
-
-struct jcur {
-    const char *p, *end;
-};
-
-static void j_space(struct jcur *j)
-{
-    while (j->p < j->end &&
-           (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) {
-        j->p++;
-    }
-}
-
-/* The next token is the character c: skip it. */
-static bool j_char(struct jcur *j, char c)
-{
-    j_space(j);
-    if (j->p < j->end && *j->p == c) {
-        j->p++;
-        return true;
-    }
-    return false;
-}
-
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* The 4 hex digits of a \u escape at j->p: advances past them. */
-static bool j_hex4(struct jcur *j, uint32_t *cp)
-{
-    *cp = 0;
-    if (j->end - j->p < 4) {
-        return false;
-    }
-    for (int i = 0; i < 4; i++) {
-        int d = hex_digit(*j->p++);
-        if (d < 0) {
-            return false;
-        }
-        *cp = *cp << 4 | (uint32_t)d;
-    }
-    return true;
-}
-
-struct jout {
-    char *buf;
-    size_t cap, len;        /* cap counts the NUL */
-};
-
-static bool j_put(struct jout *o, uint32_t byte)
-{
-    if (o->len + 1 >= o->cap) {
-        return false;
-    }
-    o->buf[o->len++] = (char)byte;
-    return true;
-}
-
-/* Code point cp (1..0x10ffff, no surrogate) as UTF-8. */
-static bool j_put_utf8(struct jout *o, uint32_t cp)
-{
-    if (cp < 0x80) {
-        return j_put(o, cp);
-    }
-    if (cp < 0x800) {
-        return j_put(o, 0xc0 | cp >> 6) && j_put(o, 0x80 | (cp & 0x3f));
-    }
-    if (cp < 0x10000) {
-        return j_put(o, 0xe0 | cp >> 12) && j_put(o, 0x80 | (cp >> 6 & 0x3f)) &&
-               j_put(o, 0x80 | (cp & 0x3f));
-    }
-    return j_put(o, 0xf0 | cp >> 18) && j_put(o, 0x80 | (cp >> 12 & 0x3f)) &&
-           j_put(o, 0x80 | (cp >> 6 & 0x3f)) && j_put(o, 0x80 | (cp & 0x3f));
-}
-
-/*
- * A JSON string into out[0..cap), NUL-terminated: false if it is not one, has
- * a raw control character, a bad escape or an escaped NUL (a C string cannot
- * hold it), or needs more than cap - 1 bytes. Other bytes pass as they are.
- */
-static bool j_string(struct jcur *j, char *out, size_t cap)
-{
-    struct jout o = { out, cap, 0 };
-
-    if (!j_char(j, '"')) {
-        return false;
-    }
-    while (j->p < j->end) {
-        unsigned char c = (unsigned char)*j->p++;
-        if (c == '"') {
-            out[o.len] = '\0';
-            return true;
-        }
-        if (c < 0x20) {
-            return false;
-        }
-        if (c != '\\') {
-            if (!j_put(&o, c)) {
-                return false;
-            }
-            continue;
-        }
-        if (j->p == j->end) {
-            return false;
-        }
-        uint32_t cp;
-        switch (*j->p++) {
-        case '"':  cp = '"'; break;
-        case '\\': cp = '\\'; break;
-        case '/':  cp = '/'; break;
-        case 'b':  cp = '\b'; break;
-        case 'f':  cp = '\f'; break;
-        case 'n':  cp = '\n'; break;
-        case 'r':  cp = '\r'; break;
-        case 't':  cp = '\t'; break;
-        case 'u':
-            if (!j_hex4(j, &cp) || cp == 0 || (cp >= 0xdc00 && cp <= 0xdfff)) {
-                return false;
-            }
-            if (cp >= 0xd800 && cp <= 0xdbff) {
-                /* a high surrogate: only with the low one that completes it */
-                uint32_t lo;
-                if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u') {
-                    return false;
-                }
-                j->p += 2;
-                if (!j_hex4(j, &lo) || lo < 0xdc00 || lo > 0xdfff) {
-                    return false;
-                }
-                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-            }
-            break;
-        default:
-            return false;
-        }
-        if (!j_put_utf8(&o, cp)) {
-            return false;
-        }
-    }
-    return false;       /* no closing quote */
-}
-
-/* A JSON integer 0..max: digits only, no sign, fraction, exponent or
- * leading zero. */
-static bool j_uint(struct jcur *j, uint64_t max, uint64_t *v)
-{
-    const char *start;
-
-    j_space(j);
-    start = j->p;
-    *v = 0;
-    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
-        uint64_t d = (uint64_t)(*j->p - '0');
-        if (*v > (max - d) / 10) {
-            return false;
-        }
-        *v = *v * 10 + d;
-        j->p++;
-    }
-    if (j->p == start || (*start == '0' && j->p - start > 1)) {
-        return false;
-    }
-    /* a number runs to a delimiter: "1.5", "1e3", "12abc" are refused */
-    return j->p == j->end || (*j->p != '.' && *j->p != 'e' && *j->p != 'E' &&
-                              !(*j->p >= 'a' && *j->p <= 'z'));
-}
 
 /* A server's strings, decoded. */
 struct rec_server {
@@ -292,48 +111,51 @@ struct rec_server {
     char addr[RINGREC_STR_MAX + 1];
 };
 
+/* A non-empty string of at most RINGREC_STR_MAX bytes, no NUL, into out. */
+static bool rec_string(const struct json_node *n, char out[RINGREC_STR_MAX + 1])
+{
+    const char *s = json_get_cstr(n);
+
+    if (s == NULL || n->len == 0 || n->len > RINGREC_STR_MAX) {
+        return false;
+    }
+    memcpy(out, s, n->len + 1);
+    return true;
+}
+
 /* {"identity":"...","addr":"...","weight":N}, keys in any order, each once. */
-static bool j_server(struct jcur *j, struct rec_server *rs,
-                     struct ring_server_spec *spec)
+static bool rec_server(const struct json_doc *d, uint32_t obj, struct rec_server *rs,
+                       struct ring_server_spec *spec)
 {
     bool have_identity = false, have_addr = false, have_weight = false;
 
-    if (!j_char(j, '{')) {
+    if (d->nodes[obj].type != JSON_OBJECT) {
         return false;
     }
-    do {
-        char key[16];
-        if (!j_string(j, key, sizeof(key)) || !j_char(j, ':')) {
-            return false;
-        }
-        if (strcmp(key, "identity") == 0 && !have_identity) {
-            have_identity = true;
-            if (!j_string(j, rs->identity, sizeof(rs->identity)) ||
-                rs->identity[0] == '\0') {
+    for (uint32_t c = json_first(d, obj); c != 0; c = json_next(d, obj, c)) {
+        const struct json_node *m = &d->nodes[c];
+        uint64_t w;
+        if (m->keylen == 8 && memcmp(m->key, "identity", 8) == 0 && !have_identity) {
+            have_identity = rec_string(m, rs->identity);
+            if (!have_identity) {
                 return false;
             }
-        } else if (strcmp(key, "addr") == 0 && !have_addr) {
-            have_addr = true;
-            if (!j_string(j, rs->addr, sizeof(rs->addr)) || rs->addr[0] == '\0') {
+        } else if (m->keylen == 4 && memcmp(m->key, "addr", 4) == 0 && !have_addr) {
+            have_addr = rec_string(m, rs->addr);
+            if (!have_addr) {
                 return false;
             }
-        } else if (strcmp(key, "weight") == 0 && !have_weight) {
-            uint64_t w;
+        } else if (m->keylen == 6 && memcmp(m->key, "weight", 6) == 0 && !have_weight) {
+            if (!json_get_u64(m, RINGREC_WEIGHT_MAX, &w) || w == 0) {
+                return false;
+            }
             have_weight = true;
-            if (!j_uint(j, RINGREC_WEIGHT_MAX, &w) || w == 0) {
-                return false;
-            }
             spec->weight = (uint32_t)w;
         } else {
             return false;       /* an unknown key, or one given twice */
         }
-    } while (j_char(j, ','));
-    if (!j_char(j, '}') || !have_identity || !have_addr || !have_weight) {
-        return false;
     }
-    spec->identity = rs->identity;
-    spec->addr = rs->addr;
-    return true;
+    return have_identity && have_addr && have_weight;
 }
 
 static int str_ptr_cmp(const void *x, const void *y)
@@ -362,50 +184,33 @@ static bool has_duplicate(const char **strs, uint32_t n)
 static bool parse_servers(const char *json, struct ring_server_spec **specs,
                           struct rec_server **strs, uint32_t *n)
 {
-    struct jcur j = { json, json + strlen(json) };
-    uint32_t cap = 0;
+    /* an array of objects of three members: nothing deeper, nothing more */
+    const struct json_limits lim = { .max_depth = 2,
+                                     .max_nodes = 1 + RINGREC_MAX_SERVERS * 4 };
+    struct json_doc d;
+    uint32_t count;
 
     *specs = NULL;
     *strs = NULL;
     *n = 0;
-    if (!j_char(&j, '[')) {
+    if (json_parse(&d, json, strlen(json), &lim, NULL, 0) != 0) {
         return false;
     }
-    if (!j_char(&j, ']')) {
-        do {
-            if (*n == RINGREC_MAX_SERVERS) {
-                return false;
-            }
-            if (*n == cap) {
-                cap = cap ? cap * 2 : 16;
-                if (cap > RINGREC_MAX_SERVERS) {
-                    cap = RINGREC_MAX_SERVERS;
-                }
-                struct ring_server_spec *ns = realloc(*specs, cap * sizeof(**specs));
-                if (ns == NULL) {
-                    return false;
-                }
-                *specs = ns;
-                struct rec_server *nr = realloc(*strs, cap * sizeof(**strs));
-                if (nr == NULL) {
-                    return false;
-                }
-                *strs = nr;
-            }
-            if (!j_server(&j, &(*strs)[*n], &(*specs)[*n])) {
-                return false;
-            }
-            (*n)++;
-        } while (j_char(&j, ','));
-        if (!j_char(&j, ']')) {
+    count = d.nodes[0].count;
+    if (d.nodes[0].type != JSON_ARRAY || count == 0 || count > RINGREC_MAX_SERVERS ||
+        (*specs = calloc(count, sizeof(**specs))) == NULL ||
+        (*strs = calloc(count, sizeof(**strs))) == NULL) {
+        json_doc_free(&d);
+        return false;
+    }
+    for (uint32_t c = json_first(&d, 0); c != 0; c = json_next(&d, 0, c)) {
+        if (!rec_server(&d, c, &(*strs)[*n], &(*specs)[*n])) {
+            json_doc_free(&d);
             return false;
         }
+        (*n)++;
     }
-    j_space(&j);
-    if (j.p != j.end || *n == 0) {
-        return false;
-    }
-    /* realloc moved the strings: point the specs at where they are now */
+    json_doc_free(&d);
     for (uint32_t i = 0; i < *n; i++) {
         (*specs)[i].identity = (*strs)[i].identity;
         (*specs)[i].addr = (*strs)[i].addr;
@@ -422,12 +227,24 @@ static bool parse_servers(const char *json, struct ring_server_spec **specs,
     return !dup;
 }
 
-/* A whole decimal number 0..max, as ringrec_fields writes it. */
+/* A whole decimal number 0..max, as ringrec_fields writes it: digits only,
+ * no leading zero. (A Redis field, not JSON.) */
 static bool dec_field(const char *s, uint64_t max, uint64_t *v)
 {
-    struct jcur j = { s, s + strlen(s) };
+    uint64_t x = 0;
 
-    return *s >= '0' && *s <= '9' && j_uint(&j, max, v) && j.p == j.end;
+    if (*s == '\0' || (s[0] == '0' && s[1] != '\0')) {
+        return false;
+    }
+    for (; *s != '\0'; s++) {
+        uint64_t d = (uint64_t)(*s - '0');
+        if (*s < '0' || *s > '9' || x > (max - d) / 10) {
+            return false;
+        }
+        x = x * 10 + d;
+    }
+    *v = x;
+    return true;
 }
 
 struct ring *ringrec_parse(const char *const *kv, size_t n_kv, uint64_t *epoch)

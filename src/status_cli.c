@@ -20,6 +20,8 @@
 #include "cli.h"
 #include "config.h"
 #include "index.h"
+#include "json.h"
+#include "progress.h"
 #include "ringrec.h"
 
 #define STATUS_TIMEOUT_SEC 3
@@ -31,21 +33,16 @@
 struct pool_status {
     char name[256];
     char state[32];             /* a mig_state name, or "none" (no index) */
-    char from[64], to[64];      /* ring fingerprints ("" unknown or idle) */
     char note[256];             /* a line worth adding, or "" */
     char index_health[32];      /* the proxy's index health ("" unknown) */
     char index_error[192];      /* ... what Redis said */
-    char blocked[128];          /* a server that holds the migration up, or "" */
     char rebuild[128];          /* the index rebuild: an adopt state, or the
                                    <prefix>:index field ("" unknown) */
     double rebuild_keys;
-    bool indexed, lease, pending;
-    double epoch;               /* NAN: unknown */
-    double arcs_total, arcs_done, keys_moved, keys_skipped, keys_stale, keys_failed;
-    double elapsed_sec, eta_sec;    /* NAN: unknown */
-    /* the closing pass (docs/ARCHITECTURE.md, "Moving keys") */
-    double closing_sources, closing_sources_done, closing_listed, unindexed_moved,
-           closing_refused;
+    bool indexed;
+    /* the migration's progress, as far as the source tells it (progress.h);
+     * epoch 0 and eta_sec NAN are "not known" */
+    struct mig_progress pr;
     /* the index sweeper (docs/ARCHITECTURE.md, "The sweeper"); "" unknown */
     char sweep_state[32], sweep_note[128];
     double sweep_pass, sweep_sets_done, sweep_sets, sweep_passes, sweep_checked,
@@ -55,7 +52,24 @@ struct pool_status {
 static void status_init(struct pool_status *st)
 {
     memset(st, 0, sizeof(*st));
-    st->epoch = st->elapsed_sec = st->eta_sec = NAN;
+    st->pr.elapsed_sec = st->pr.eta_sec = NAN;
+}
+
+/* Redis and the admin port are data: no control byte reaches the terminal. */
+static void status_clean(char *s)
+{
+    for (; *s != '\0'; s++) {
+        *s = (unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f ? '?' : *s;
+    }
+}
+
+static void status_clean_progress(struct pool_status *st)
+{
+    for (int f = 0; f < PROG_COUNT; f++) {
+        if (prog_desc[f].type == PROG_STR) {
+            status_clean((char *)&st->pr + prog_desc[f].off);
+        }
+    }
 }
 
 /* --- printing ------------------------------------------------------------------ */
@@ -127,45 +141,50 @@ static void print_pool(const struct pool_status *st, FILE *out)
         return;
     }
     fprintf(out, "%s", st->state);
-    if (isfinite(st->epoch)) {
-        fprintf(out, ", epoch %.0f", st->epoch);
+    if (st->pr.epoch > 0) {
+        fprintf(out, ", epoch %llu", (unsigned long long)st->pr.epoch);
     }
-    if (st->lease) {
+    if (st->pr.lease) {
         fprintf(out, ", this proxy moves the keys");
     }
     fprintf(out, "\n");
-    if (st->arcs_total > 0) {
-        double frac = st->arcs_done / st->arcs_total;
+    const struct mig_progress *pr = &st->pr;
+    if (pr->arcs_total > 0) {
+        double frac = (double)pr->arcs_done / (double)pr->arcs_total;
         int filled = (int)(frac * STATUS_BAR_WIDTH);
         fputs("  [", out);
         for (int i = 0; i < STATUS_BAR_WIDTH; i++) {
             fputc(i < filled ? '#' : '.', out);
         }
-        fprintf(out, "]  %.1f%%  arcs %.0f/%.0f  keys moved %s  stale %s",
-                100.0 * frac, st->arcs_done, st->arcs_total,
-                cli_fmt_count(st->keys_moved, n1, sizeof(n1)),
-                cli_fmt_count(st->keys_stale, n2, sizeof(n2)));
-        if (st->keys_failed > 0) {
-            fprintf(out, "  failed %s", cli_fmt_count(st->keys_failed, n1, sizeof(n1)));
+        fprintf(out, "]  %.1f%%  arcs %llu/%llu  keys moved %s  stale %s",
+                100.0 * frac, (unsigned long long)pr->arcs_done,
+                (unsigned long long)pr->arcs_total,
+                cli_fmt_count((double)pr->keys_moved, n1, sizeof(n1)),
+                cli_fmt_count((double)pr->keys_stale, n2, sizeof(n2)));
+        if (pr->keys_failed > 0) {
+            fprintf(out, "  failed %s", cli_fmt_count((double)pr->keys_failed, n1,
+                                                      sizeof(n1)));
         }
-        print_eta(out, st->eta_sec);
+        print_eta(out, pr->eta_sec);
         fprintf(out, "\n");
     }
-    if (st->closing_sources > 0) {
-        fprintf(out, "  closing pass: sources %.0f/%.0f done  keys listed in moving arcs %s"
-                "  unknown to the index, moved %s", st->closing_sources_done,
-                st->closing_sources, cli_fmt_count(st->closing_listed, n1, sizeof(n1)),
-                cli_fmt_count(st->unindexed_moved, n2, sizeof(n2)));
-        if (st->closing_refused > 0) {
-            fprintf(out, "  refused by %.0f server%s", st->closing_refused,
-                    st->closing_refused == 1 ? "" : "s");
+    if (pr->closing_sources > 0) {
+        fprintf(out, "  closing pass: sources %llu/%llu done  keys listed in moving arcs %s"
+                "  unknown to the index, moved %s",
+                (unsigned long long)pr->closing_sources_done,
+                (unsigned long long)pr->closing_sources,
+                cli_fmt_count((double)pr->closing_listed, n1, sizeof(n1)),
+                cli_fmt_count((double)pr->unindexed_moved, n2, sizeof(n2)));
+        if (pr->closing_refused > 0) {
+            fprintf(out, "  refused by %llu server%s", (unsigned long long)pr->closing_refused,
+                    pr->closing_refused == 1 ? "" : "s");
         }
         fprintf(out, "\n");
     }
-    if (st->blocked[0] != '\0') {
-        fprintf(out, "  blocked: %s\n", st->blocked);
+    if (pr->blocked[0] != '\0') {
+        fprintf(out, "  blocked: %s\n", pr->blocked);
     }
-    if (st->pending) {
+    if (pr->pending) {
         fprintf(out, "  a newer ring waits for this migration to end\n");
     }
     print_sweep(st, out);
@@ -272,148 +291,8 @@ out:
     return rc;
 }
 
-/*
- * Just enough JSON for /migration: {"pools":[{flat object}, ...]}. Values
- * of other keys, nested or not, are skipped.
- */
-static const char *json_ws(const char *p)
-{
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') {
-        p++;
-    }
-    return p;
-}
-
-static size_t utf8_put(char *o, unsigned long cp)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    } else if (cp < 0x800) {
-        o[0] = (char)(0xc0 | cp >> 6);
-        o[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    } else if (cp < 0x10000) {
-        o[0] = (char)(0xe0 | cp >> 12);
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        o[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    o[0] = (char)(0xf0 | cp >> 18);
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    o[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
-/* Up to 4 characters of s (fewer at its end) into hex, terminated. */
-static const char *hex4(const char *s, char hex[5])
-{
-    size_t i;
-
-    for (i = 0; i < 4 && s[i] != '\0'; i++) {
-        hex[i] = s[i];
-    }
-    hex[i] = '\0';
-    return hex;
-}
-
-/* The string at p (at its '"') into out, cut to len; returns past it, or NULL. */
-static const char *json_string(const char *p, char *out, size_t len)
-{
-    size_t o = 0;
-
-    if (*p++ != '"') {
-        return NULL;
-    }
-    while (*p != '"') {
-        char tmp[4];
-        size_t n = 1;
-        if (*p == '\0') {
-            return NULL;
-        } else if (*p != '\\') {
-            tmp[0] = *p++;
-        } else {
-            const char *esc = "\"\"\\\\//b\bf\fn\nr\rt\t";
-            const char *e = p[1] != '\0' && p[1] != 'u' ? strchr(esc, p[1]) : NULL;
-            if (e != NULL && (e - esc) % 2 == 0) {
-                tmp[0] = e[1];
-                p += 2;
-            } else if (p[1] == 'u') {
-                char hex[5];
-                char *end;
-                unsigned long cp = strtoul(hex4(p + 2, hex), &end, 16);
-                if (end != hex + 4) {
-                    return NULL;
-                }
-                p += 6;
-                if (cp >= 0xd800 && cp <= 0xdbff && p[0] == '\\' && p[1] == 'u') {
-                    unsigned long lo = strtoul(hex4(p + 2, hex), &end, 16);
-                    if (end == hex + 4 && lo >= 0xdc00 && lo <= 0xdfff) {
-                        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                        p += 6;
-                    }
-                }
-                if (cp >= 0xd800 && cp <= 0xdfff) {
-                    cp = 0xfffd;
-                }
-                n = utf8_put(tmp, cp);
-            } else {
-                return NULL;
-            }
-        }
-        if (o + n < len) {
-            memcpy(out + o, tmp, n);
-            o += n;
-        }
-    }
-    if (len > 0) {
-        out[o] = '\0';
-    }
-    return p + 1;
-}
-
-/* Past any value at p, or NULL if malformed. */
-static const char *json_skip(const char *p, int depth)
-{
-    p = json_ws(p);
-    if (depth > 64) {
-        return NULL;
-    }
-    if (*p == '"') {
-        char dummy[1];
-        return json_string(p, dummy, 0);
-    }
-    if (*p == '{' || *p == '[') {
-        char close = *p == '{' ? '}' : ']';
-        p = json_ws(p + 1);
-        while (p != NULL && *p != close) {
-            if (close == '}') {
-                char dummy[1];
-                if ((p = json_string(p, dummy, 0)) == NULL || *(p = json_ws(p)) != ':') {
-                    return NULL;
-                }
-                p++;
-            }
-            if ((p = json_skip(p, depth + 1)) == NULL) {
-                return NULL;
-            }
-            p = json_ws(p);
-            if (*p == ',') {
-                p = json_ws(p + 1);
-            } else if (*p != close) {
-                return NULL;
-            }
-        }
-        return p != NULL ? p + 1 : NULL;
-    }
-    const char *start = p;
-    while (*p != '\0' && strchr(",}] \t\r\n", *p) == NULL) {
-        p++;
-    }
-    return p > start ? p : NULL;
-}
-
+/* status's own fields of a pool's /migration object; the progress fields
+ * are progress.h's. */
 enum field_type { F_STR, F_NUM, F_BOOL };
 
 static const struct status_field {
@@ -425,19 +304,9 @@ static const struct status_field {
                     sizeof(((struct pool_status *)0)->f) }
 #define NUM(k, f) { k, F_NUM, offsetof(struct pool_status, f), 0 }
 #define BOOL(k, f) { k, F_BOOL, offsetof(struct pool_status, f), 0 }
-    STR("name", name), STR("state", state), STR("from", from), STR("to", to),
+    STR("name", name), STR("state", state),
     STR("index_health", index_health), STR("index_error", index_error),
-    BOOL("indexed", indexed), BOOL("lease", lease), BOOL("pending_change", pending),
-    NUM("epoch", epoch),
-    NUM("arcs_total", arcs_total), NUM("arcs_done", arcs_done),
-    NUM("keys_moved", keys_moved), NUM("keys_skipped", keys_skipped),
-    NUM("keys_stale", keys_stale), NUM("keys_failed", keys_failed),
-    NUM("elapsed_sec", elapsed_sec), NUM("eta_sec", eta_sec),
-    STR("blocked_by", blocked),
-    NUM("closing_sources", closing_sources),
-    NUM("closing_sources_done", closing_sources_done),
-    NUM("closing_listed", closing_listed), NUM("unindexed_moved", unindexed_moved),
-    NUM("closing_refused", closing_refused),
+    BOOL("indexed", indexed),
     STR("rebuild", rebuild), NUM("rebuild_keys", rebuild_keys),
     STR("sweep_state", sweep_state), STR("sweep_note", sweep_note),
     NUM("sweep_pass", sweep_pass), NUM("sweep_sets_done", sweep_sets_done),
@@ -449,110 +318,80 @@ static const struct status_field {
 #undef BOOL
 };
 
-/* One pool's object at p into st; returns past it, or NULL. */
-static const char *json_pool(const char *p, struct pool_status *st)
+/* One of status's own fields from member c; a value of another type than
+ * the field's is skipped, as a member nobody knows is. */
+static void status_field_set(struct pool_status *st, const struct status_field *f,
+                             const struct json_node *v)
 {
-    status_init(st);
-    if (*(p = json_ws(p)) != '{') {
-        return NULL;
+    char *dst = (char *)st + f->off;
+    const char *s;
+
+    if (f->type == F_STR && (s = json_get_cstr(v)) != NULL) {
+        snprintf(dst, f->len, "%s", s);
+    } else if (f->type == F_NUM && v->type == JSON_NUMBER) {
+        json_get_double(v, (double *)dst);
+    } else if (f->type == F_BOOL && (v->type == JSON_TRUE || v->type == JSON_FALSE)) {
+        *(bool *)dst = v->type == JSON_TRUE;
     }
-    p = json_ws(p + 1);
-    while (*p != '}') {
-        char key[64];
-        const struct status_field *f = NULL;
-        if ((p = json_string(p, key, sizeof(key))) == NULL ||
-            *(p = json_ws(p)) != ':') {
-            return NULL;
-        }
-        p = json_ws(p + 1);
-        for (size_t i = 0; i < sizeof(status_fields) / sizeof(status_fields[0]); i++) {
-            if (strcmp(key, status_fields[i].key) == 0) {
-                f = &status_fields[i];
-            }
-        }
-        char *dst = f != NULL ? (char *)st + f->off : NULL;
-        if (f != NULL && f->type == F_STR && *p == '"') {
-            p = json_string(p, dst, f->len);
-        } else if (f != NULL && f->type == F_NUM && strncmp(p, "null", 4) != 0) {
-            char *end;
-            *(double *)dst = strtod(p, &end);
-            p = end > p ? end : NULL;
-        } else if (f != NULL && f->type == F_BOOL) {
-            *(bool *)dst = strncmp(p, "true", 4) == 0;
-            p = json_skip(p, 0);
-        } else {
-            p = json_skip(p, 0);
-        }
-        if (p == NULL) {
-            return NULL;
-        }
-        p = json_ws(p);
-        if (*p == ',') {
-            p = json_ws(p + 1);
-        } else if (*p != '}') {
-            return NULL;
-        }
-    }
-    return p + 1;
 }
 
-/* Every pool of a /migration reply; returns how many (or -1: malformed). */
-static int json_pools(const char *p, struct pool_status **out)
+/* One pool's object (node i) into st; false if it is not an object. */
+static bool json_pool(const struct json_doc *d, uint32_t i, struct pool_status *st)
 {
-    struct pool_status *pools = NULL;
+    status_init(st);
+    if (d->nodes[i].type != JSON_OBJECT) {
+        return false;
+    }
+    for (uint32_t c = json_first(d, i); c != 0; c = json_next(d, i, c)) {
+        const struct json_node *v = &d->nodes[c];
+        if (memchr(v->key, '\0', v->keylen) != NULL) {
+            continue;
+        }
+        for (int f = 0; f < PROG_COUNT; f++) {
+            if (prog_desc[f].type != PROG_STATE && prog_desc[f].json[0] != '\0' &&
+                strcmp(v->key, prog_desc[f].json) == 0) {
+                prog_set_json(&st->pr, f, d, c);
+            }
+        }
+        for (size_t f = 0; f < sizeof(status_fields) / sizeof(status_fields[0]); f++) {
+            if (strcmp(v->key, status_fields[f].key) == 0) {
+                status_field_set(st, &status_fields[f], v);
+            }
+        }
+    }
+    status_clean_progress(st);
+    return true;
+}
+
+/* Every pool of a /migration reply, {"pools":[{flat object}, ...]}; returns
+ * how many (or -1: malformed). */
+static int json_pools(const char *body, size_t len, struct pool_status **out)
+{
+    const struct json_limits lim = { .max_len = STATUS_MAX_REPLY };
+    struct json_doc d;
+    uint32_t list;
     int n = 0;
 
     *out = NULL;
-    if (*(p = json_ws(p)) != '{') {
+    if (json_parse(&d, body, len, &lim, NULL, 0) != 0) {
         return -1;
     }
-    p = json_ws(p + 1);
-    while (p != NULL && *p != '}') {
-        char key[64];
-        if ((p = json_string(p, key, sizeof(key))) == NULL || *(p = json_ws(p)) != ':') {
-            goto bad;
-        }
-        p = json_ws(p + 1);
-        if (strcmp(key, "pools") != 0 || *p != '[') {
-            p = json_skip(p, 0);
-        } else {
-            p = json_ws(p + 1);
-            while (p != NULL && *p != ']') {
-                struct pool_status *np = realloc(pools, (size_t)(n + 1) * sizeof(*np));
-                if (np == NULL) {
-                    goto bad;
-                }
-                pools = np;
-                if ((p = json_pool(p, &pools[n++])) == NULL) {
-                    goto bad;
-                }
-                p = json_ws(p);
-                if (*p == ',') {
-                    p = json_ws(p + 1);
-                } else if (*p != ']') {
-                    goto bad;
-                }
-            }
-            p = p != NULL ? p + 1 : NULL;
-        }
-        if (p == NULL) {
-            goto bad;
-        }
-        p = json_ws(p);
-        if (*p == ',') {
-            p = json_ws(p + 1);
-        } else if (*p != '}') {
-            goto bad;
+    if ((list = json_member(&d, 0, "pools")) == 0 || d.nodes[list].type != JSON_ARRAY ||
+        (d.nodes[list].count > 0 &&
+         (*out = calloc(d.nodes[list].count, sizeof(**out))) == NULL)) {
+        json_doc_free(&d);
+        return -1;
+    }
+    for (uint32_t c = json_first(&d, list); c != 0; c = json_next(&d, list, c)) {
+        if (!json_pool(&d, c, &(*out)[n++])) {
+            free(*out);
+            *out = NULL;
+            json_doc_free(&d);
+            return -1;
         }
     }
-    if (p == NULL) {
-        goto bad;
-    }
-    *out = pools;
+    json_doc_free(&d);
     return n;
-bad:
-    free(pools);
-    return -1;
 }
 
 /* Print the pools the admin port reports; -1 when it cannot be read. */
@@ -569,7 +408,7 @@ static int status_from_admin(const char *addr, int port, const char *pool, FILE 
     if (http_get(addr, port, "/migration", &body, err, errlen) != 0) {
         return -1;
     }
-    n = json_pools(body, &pools);
+    n = json_pools(body, strlen(body), &pools);
     free(body);
     if (n < 0) {
         snprintf(err, errlen, "GET /migration: not the JSON expected");
@@ -681,7 +520,9 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
                  "has served this pool with this index", p->index.prefix);
     } else {
         const char *epoch = hash_field(ring, "epoch");
-        st->epoch = epoch != NULL ? strtod(epoch, NULL) : NAN;
+        if (epoch != NULL) {
+            prog_set_text(&st->pr, PROG_F_epoch, epoch);
+        }
     }
     if (ring->elements > 0 && hash_field(mig, "to") == NULL) {
         snprintf(st->state, sizeof(st->state), "idle");
@@ -694,22 +535,14 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
         const char *holder = hash_field(mig, "holder");
         double updated = hash_num(mig, "updated"), started = hash_num(mig, "started");
         double silent = (double)time(NULL) - updated;
-        st->arcs_total = hash_num(mig, "arcs_total");
-        st->arcs_done = hash_num(mig, "arcs_done");
-        st->keys_moved = hash_num(mig, "keys_moved");
-        st->keys_skipped = hash_num(mig, "keys_skipped");
-        st->keys_stale = hash_num(mig, "keys_stale");
-        st->keys_failed = hash_num(mig, "keys_failed");
-        st->closing_sources = hash_num(mig, "closing_sources");
-        st->closing_sources_done = hash_num(mig, "closing_sources_done");
-        st->closing_listed = hash_num(mig, "closing_listed");
-        st->unindexed_moved = hash_num(mig, "unindexed_moved");
-        st->closing_refused = hash_num(mig, "closing_refused");
-        snprintf(st->blocked, sizeof(st->blocked), "%s",
-                 hash_field(mig, "blocked") != NULL ? hash_field(mig, "blocked") : "");
-        for (char *c = st->blocked; *c != '\0'; c++) {
-            *c = (unsigned char)*c < ' ' || *c == 0x7f ? '?' : *c;   /* Redis is data */
+        for (int f = 0; f < PROG_COUNT; f++) {
+            const char *v = prog_desc[f].hash[0] ? hash_field(mig, prog_desc[f].hash) : NULL;
+            if (v != NULL) {
+                prog_set_text(&st->pr, f, v);
+            }
         }
+        prog_set_text(&st->pr, PROG_F_to, hash_field(mig, "to"));
+        status_clean_progress(st);
         const char *phase = hash_field(mig, "phase");
         snprintf(st->state, sizeof(st->state), "%s", phase != NULL ? phase : "waiting");
         if (holder == NULL) {
@@ -720,11 +553,10 @@ static int status_from_redis(const struct conf_pool *p, struct pool_status *st,
         } else {
             snprintf(st->note, sizeof(st->note), "moved by %s", holder);
         }
-        if (started > 0 && updated > started && st->arcs_done > 0) {
-            st->elapsed_sec = updated - started;
-            st->eta_sec = (st->arcs_total - st->arcs_done) * st->elapsed_sec /
-                          st->arcs_done;
+        if (started > 0 && updated > started) {
+            st->pr.elapsed_sec = updated - started;
         }
+        st->pr.eta_sec = prog_eta_sec(&st->pr);
     }
     redisReply *rb = redisCommand(rc, "HGET %s:index rebuild", p->index.prefix);
     if (rb != NULL && rb->type == REDIS_REPLY_STRING) {

@@ -75,6 +75,29 @@ START_TEST(record_round_trips_identities_that_need_escaping)
 }
 END_TEST
 
+/* The record's text is a contract with every build of a fleet (and the
+ * fingerprint is its md5): bytes stay as they are, '"' and '\' take a
+ * backslash, control bytes are \u00XX in lowercase hex. */
+START_TEST(record_text_is_what_every_build_writes)
+{
+    const struct ring_server_spec s[] = {
+        { "q\"b\\c\x01\x1f\x7f\xff\xc3\xa9", "h:1", 3 }, { "mc2", "/tmp/a b", 1 },
+    };
+    struct ring *r = make_ring(RING_COMPAT_LIBMEMCACHED, NULL, s, 2);
+    char *fields[RINGREC_FIELDS * 2];
+    int n = ringrec_fields(r, 7, fields);
+
+    ck_assert_int_eq(n, RINGREC_FIELDS * 2);
+    ck_assert_str_eq(fields[n - 2], "servers");
+    ck_assert_str_eq(fields[n - 1],
+                     "[{\"identity\":\"q\\\"b\\\\c\\u0001\\u001f\x7f\xff\xc3\xa9\","
+                     "\"addr\":\"h:1\",\"weight\":3},"
+                     "{\"identity\":\"mc2\",\"addr\":\"/tmp/a b\",\"weight\":1}]");
+    ringrec_fields_free(fields, n);
+    ring_unref(r);
+}
+END_TEST
+
 START_TEST(record_round_trips_hundreds_of_servers)
 {
     struct ring_server_spec s[300];
@@ -357,6 +380,7 @@ static Suite *ringrec_suite(void)
 
     tcase_add_test(tc, record_round_trips_plain_servers);
     tcase_add_test(tc, record_round_trips_identities_that_need_escaping);
+    tcase_add_test(tc, record_text_is_what_every_build_writes);
     tcase_add_test(tc, record_round_trips_hundreds_of_servers);
     tcase_add_test(tc, fingerprint_names_the_ring_not_the_epoch);
     tcase_add_test(tc, a_record_matches_its_ring_whatever_the_epoch);

@@ -40,6 +40,7 @@
  * - Errors are sent even under q.
  */
 #include "meta.h"
+#include "proto.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -80,84 +81,6 @@ struct tok {
     const char *p;
     size_t len;
 };
-
-/* ---- Numbers, as memcached's util.c reads them --------------------------
- * The same reading as proto.c's (scan_number and its callers there), which
- * is static to that file. */
-
-static bool c_isspace(char c)
-{
-    return c == ' ' || (c >= '\t' && c <= '\r');
-}
-
-/* strtoull over p[0..len): the value modulo 2^64 (negated for '-'), *range
- * false on overflow. False without digits, or when the digits are followed
- * by anything but the end or white space. */
-static bool scan_number(const char *p, size_t len, uint64_t *value, bool *neg,
-                        bool *range)
-{
-    const char *end = p + len;
-    uint64_t v = 0;
-
-    *neg = false;
-    *range = true;
-    while (p < end && c_isspace(*p))
-        p++;
-    if (p < end && (*p == '+' || *p == '-'))
-        *neg = *p++ == '-';
-    if (p == end || *p < '0' || *p > '9')
-        return false;
-    for (; p < end && *p >= '0' && *p <= '9'; p++) {
-        unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            *range = false;
-        v = v * 10 + d;
-    }
-    if (p < end && !c_isspace(*p))
-        return false;
-    *value = *neg ? 0 - v : v;
-    return true;
-}
-
-/* safe_strtoull: a '-' rejects only results with the top bit set. */
-static bool mc_strtoull(const char *p, size_t len, uint64_t *out)
-{
-    uint64_t v;
-    bool neg, range;
-
-    if (!scan_number(p, len, &v, &neg, &range) || !range)
-        return false;
-    if ((v >> 63) && memchr(p, '-', len) != NULL)
-        return false;
-    *out = v;
-    return true;
-}
-
-/* safe_strtoul on LP64: the same, truncated to 32 bits. */
-static bool mc_strtoul32(const char *p, size_t len, uint32_t *out)
-{
-    uint64_t v;
-
-    if (!mc_strtoull(p, len, &v))
-        return false;
-    *out = (uint32_t)v;
-    return true;
-}
-
-/* safe_strtol on LP64: strtol's int64 range, then truncated to 32 bits. */
-static bool mc_strtol32(const char *p, size_t len, int32_t *out)
-{
-    uint64_t v;
-    bool neg, range;
-
-    if (!scan_number(p, len, &v, &neg, &range) || !range)
-        return false;
-    if (neg ? (v != 0 && v < (UINT64_C(1) << 63)) : (v > (uint64_t)INT64_MAX))
-        return false;
-    uint32_t u = (uint32_t)v;
-    *out = u <= INT32_MAX ? (int32_t)u : -(int32_t)(UINT32_MAX - u) - 1;
-    return true;
-}
 
 /* ---- Base64, as memcached's base64.c decodes keys ---------------------- */
 
@@ -281,18 +204,18 @@ static const char *parse_flags(const struct tok *t, size_t n, struct meta_req *r
             break;
         }
         case 'N': case 'T': case 'R':
-            if (!mc_strtol32(arg, arg_len, &i32)) {
+            if (!proto_strtol32(arg, arg_len, &i32)) {
                 error = ERR_TOKEN;
                 bad = true;
             }
             req->vivify |= o == 'N';
             break;
         case 'F':
-            if (!mc_strtoul32(arg, arg_len, &u32))
+            if (!proto_strtoul32(arg, arg_len, &u32))
                 bad = true;             /* memcached sets no message */
             break;
         case 'C':
-            if (!mc_strtoull(arg, arg_len, &req->cas)) {
+            if (!proto_strtoull(arg, arg_len, &req->cas)) {
                 error = ERR_TOKEN;
                 bad = true;
             } else {
@@ -308,7 +231,7 @@ static const char *parse_flags(const struct tok *t, size_t n, struct meta_req *r
             }
             break;
         case 'J': case 'D':
-            if (!mc_strtoull(arg, arg_len, &u64)) {
+            if (!proto_strtoull(arg, arg_len, &u64)) {
                 error = o == 'J' ? ERR_INITIAL : ERR_DELTA;
                 bad = true;
             }
@@ -361,7 +284,7 @@ static int parse_keyed(const struct tok *t, size_t n, struct meta_req *req,
         return fail(req, req->cmd == META_CMD_MG ? ERR_TOO_MANY_MG : ERR_TOO_MANY);
     if (ms) {
         int32_t vlen;
-        if (!mc_strtol32(t[2].p, t[2].len, &vlen) || vlen < 0 || vlen > INT_MAX - 2)
+        if (!proto_strtol32(t[2].p, t[2].len, &vlen) || vlen < 0 || vlen > INT_MAX - 2)
             return fail(req, ERR_FORMAT);
         req->datalen = vlen;
         req->swallow = true;    /* from here on, errors drop the data */

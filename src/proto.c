@@ -110,10 +110,10 @@ static bool c_isspace(char c)
 /* What strtoull() sees in a token: value modulo 2^64 (negated for '-'),
  * *range false on overflow (ERANGE). False if there are no digits or the
  * digits are followed by anything but the token's end or white space. */
-static bool scan_number(const struct tok *t, uint64_t *value, bool *neg,
+static bool scan_number(const char *p, size_t len, uint64_t *value, bool *neg,
                         bool *range)
 {
-    const char *p = t->p, *end = t->p + t->len;
+    const char *end = p + len;
     uint64_t v = 0;
 
     *neg = false;
@@ -138,37 +138,37 @@ static bool scan_number(const struct tok *t, uint64_t *value, bool *neg,
 
 /* safe_strtoull: unsigned 64-bit; a '-' anywhere in the token rejects only
  * results with the top bit set ("-1" is rejected, "-0" is 0). */
-static bool mc_strtoull(const struct tok *t, uint64_t *out)
+bool proto_strtoull(const char *p, size_t len, uint64_t *out)
 {
     uint64_t v;
     bool neg, range;
 
-    if (!scan_number(t, &v, &neg, &range) || !range)
+    if (!scan_number(p, len, &v, &neg, &range) || !range)
         return false;
-    if ((v >> 63) && memchr(t->p, '-', t->len) != NULL)
+    if ((v >> 63) && memchr(p, '-', len) != NULL)
         return false;
     *out = v;
     return true;
 }
 
 /* safe_strtoul on LP64: the same, truncated to 32 bits. */
-static bool mc_strtoul32(const struct tok *t, uint32_t *out)
+bool proto_strtoul32(const char *p, size_t len, uint32_t *out)
 {
     uint64_t v;
 
-    if (!mc_strtoull(t, &v))
+    if (!proto_strtoull(p, len, &v))
         return false;
     *out = (uint32_t)v;
     return true;
 }
 
 /* safe_strtol on LP64: strtol's range is int64, then truncated to 32 bits. */
-static bool mc_strtol32(const struct tok *t, int32_t *out)
+bool proto_strtol32(const char *p, size_t len, int32_t *out)
 {
     uint64_t v;
     bool neg, range;
 
-    if (!scan_number(t, &v, &neg, &range) || !range)
+    if (!scan_number(p, len, &v, &neg, &range) || !range)
         return false;
     /* v is the two's complement bit pattern; its magnitude must fit int64 */
     if (neg ? (v != 0 && v < (UINT64_C(1) << 63))
@@ -273,7 +273,7 @@ static int parse_gat(const struct line *l, struct proto_req *req)
 
     if (l->n < 2)
         return fail(req, ERR_ERROR);
-    if (!mc_strtol32(&l->t[1], &exptime))
+    if (!proto_strtol32(l->t[1].p, l->t[1].len, &exptime))
         return fail(req, ERR_EXPTIME);
     req->exptime = exptime;
     return parse_keys(l, l->t[1].p + l->t[1].len, req);
@@ -292,11 +292,11 @@ static int parse_store(const struct line *l, struct proto_req *req)
     if (l->t[1].len > PROTO_KEY_MAX)
         return fail(req, ERR_FORMAT);
     set_key(req, &l->t[1]);
-    if (!mc_strtoul32(&l->t[2], &req->flags) ||
-        !mc_strtol32(&l->t[3], &exptime) ||
-        !mc_strtol32(&l->t[4], &bytes))
+    if (!proto_strtoul32(l->t[2].p, l->t[2].len, &req->flags) ||
+        !proto_strtol32(l->t[3].p, l->t[3].len, &exptime) ||
+        !proto_strtol32(l->t[4].p, l->t[4].len, &bytes))
         return fail(req, ERR_FORMAT);
-    if (req->cmd == PROTO_CMD_CAS && !mc_strtoull(&l->t[5], &req->cas))
+    if (req->cmd == PROTO_CMD_CAS && !proto_strtoull(l->t[5].p, l->t[5].len, &req->cas))
         return fail(req, ERR_FORMAT);
     if (bytes < 0 || bytes > INT_MAX - 2)
         return fail(req, ERR_FORMAT);
@@ -332,7 +332,7 @@ static int parse_arith(const struct line *l, struct proto_req *req)
     if (l->t[1].len > PROTO_KEY_MAX)
         return fail(req, ERR_FORMAT);
     set_key(req, &l->t[1]);
-    if (!mc_strtoull(&l->t[2], &req->delta))
+    if (!proto_strtoull(l->t[2].p, l->t[2].len, &req->delta))
         return fail(req, ERR_DELTA);
     return PROTO_OK;
 }
@@ -348,7 +348,7 @@ static int parse_touch(const struct line *l, struct proto_req *req)
     if (l->t[1].len > PROTO_KEY_MAX)
         return fail(req, ERR_FORMAT);
     set_key(req, &l->t[1]);
-    if (!mc_strtol32(&l->t[2], &exptime))
+    if (!proto_strtol32(l->t[2].p, l->t[2].len, &exptime))
         return fail(req, ERR_EXPTIME);
     req->exptime = exptime;
     return PROTO_OK;
@@ -363,7 +363,7 @@ static int parse_flush_all(const struct line *l, struct proto_req *req)
         return fail(req, ERR_ERROR);
     req->noreply = last_is_noreply(l);
     if (l->n != (req->noreply ? 2u : 1u)) {
-        if (!mc_strtol32(&l->t[1], &delay))
+        if (!proto_strtol32(l->t[1].p, l->t[1].len, &delay))
             return fail(req, ERR_EXPTIME);
         req->delay = delay;
         req->has_delay = true;
@@ -377,7 +377,7 @@ static int parse_verbosity(const struct line *l, struct proto_req *req)
     if (l->n != 2 && l->n != 3)
         return fail(req, ERR_ERROR);
     req->noreply = last_is_noreply(l);
-    if (!mc_strtoul32(&l->t[1], &req->level))
+    if (!proto_strtoul32(l->t[1].p, l->t[1].len, &req->level))
         return fail(req, ERR_FORMAT);
     req->args = rest_of_line(l, &req->args_len);
     return PROTO_OK;

@@ -115,6 +115,16 @@ size_t proto_format_request(const struct proto_req *req, char *buf, size_t cap);
  * buf/len: the unfinished line so far. True if it may keep growing. */
 bool proto_line_may_grow(const char *buf, size_t len);
 
+/* Numbers as memcached's util.c reads a token (p, len): safe_strtoull (a
+ * '-' rejects only results with the top bit set), safe_strtoul on LP64
+ * (the same, truncated to 32 bits) and safe_strtol (int64 range, truncated
+ * to 32 bits). Leading white space and a sign are accepted, trailing bytes
+ * other than white space are not. The text parser here and the meta parser
+ * (meta.c) both read numbers this way. */
+bool proto_strtoull(const char *p, size_t len, uint64_t *out);
+bool proto_strtoul32(const char *p, size_t len, uint32_t *out);
+bool proto_strtol32(const char *p, size_t len, int32_t *out);
+
 /* ---- Replies from a backend ------------------------------------------- */
 
 #define PROTO_RSP_LIST(X)                                                    \

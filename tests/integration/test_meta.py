@@ -345,7 +345,8 @@ def verdict_tool(tmp_path_factory):
                     "-O1", "-g", "-fsanitize=address,undefined",
                     "-fno-sanitize-recover=undefined", "-I", os.path.join(ROOT, "src"),
                     "-o", out, os.path.join(HERE, "meta_verdict.c"),
-                    os.path.join(ROOT, "src", "meta.c")], check=True)
+                    os.path.join(ROOT, "src", "meta.c"),
+                    os.path.join(ROOT, "src", "proto.c")], check=True)
     return out
 
 

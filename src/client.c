@@ -1058,11 +1058,11 @@ static bool client_meta_movable(const struct meta_req *mr)
  * client's line (without q: the rules apply it) by its text counterpart's
  * rule. */
 static void client_meta_migrating(struct client *c, const struct meta_req *mr,
-                                  size_t consumed, size_t data, uint32_t h)
+                                  size_t line_len, size_t consumed, size_t data,
+                                  uint32_t h)
 {
     struct meta_req loud = *mr;
     uint32_t n = 0;
-    char line[PROTO_LINE_MAX + 64];
 
     for (uint32_t i = 0; i < mr->nflags; i++) {
         if (mr->flags[i].letter != 'q') {
@@ -1070,9 +1070,13 @@ static void client_meta_migrating(struct client *c, const struct meta_req *mr,
         }
     }
     loud.nflags = n;
-    size_t len = meta_format_request(&loud, line, sizeof(line));
+    /* Without q it is no longer than the line with it (line_len). */
+    char *line = rp_xmalloc(line_len + 2, "a meta line");
+    size_t len = meta_format_request(&loud, line, line_len + 2);
+    assert(len > 0);
     struct request *r = client_request(c, PROTO_CMD_NONE, 1);
-    if (r == NULL || len == 0) {
+    if (r == NULL) {
+        free(line);
         client_close(c, "out of memory");
         return;
     }
@@ -1085,6 +1089,7 @@ static void client_meta_migrating(struct client *c, const struct meta_req *mr,
     request_hold(r, len + data);
     mig_submit_meta(c->pool->mig, &r->frags[0], mr, line, len, (const char *)mr->hkey,
                     mr->hkeylen, h, value);
+    free(line);
 }
 
 /*
@@ -1108,7 +1113,7 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
         uint32_t h = pool_key_hash(p, (const char *)mr->hkey, mr->hkeylen);
         enum route rt = pool_route(p, (const char *)mr->hkey, mr->hkeylen, h, &be);
         if (rt == ROUTE_MIGRATION && client_meta_movable(mr)) {
-            client_meta_migrating(c, mr, consumed, data, h);
+            client_meta_migrating(c, mr, len, consumed, data, h);
             return;
         } else if (rt == ROUTE_MIGRATION) {
             p->stats[STAT_meta_moving_refused]++;

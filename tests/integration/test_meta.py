@@ -1,6 +1,6 @@
 """The meta protocol (issue 12): a battery of meta commands against real
-memcached, the differential test of src/meta.c's parser, and (once the
-proxy serves meta commands) the same battery through the proxy.
+memcached, the differential test of src/meta.c's parser, and the same
+battery through the proxy.
 
 BATTERY is a list of steps, run in order on one connection per target. A
 step is the bytes of one or more commands (lines and ms data blocks); after
@@ -23,6 +23,9 @@ other byte must be identical.
   place of the client's line, gets the same answer.
 - test_battery_through_the_proxy[1|3]: the battery through ringproxy over
   one and three backends against a direct memcached.
+- test_a_quiet_pipeline_over_three_backends_answers_in_order: 1,000 mixed
+  quiet commands over three backends, then mn: every reply, in order, MN
+  last.
 """
 import base64
 import os

@@ -495,8 +495,10 @@ class FakeProxy:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def beat(self):
+        # a real proxy's heartbeat (not a sweeper's announcement, which has
+        # three fields: docs/ARCHITECTURE.md, "The sweeper")
         model = next(v.decode() for k, v in self.r.hgetall(self.key).items()
-                     if not k.startswith(b"fake"))
+                     if not k.startswith(b"fake") and not k.startswith(b"sweeper:"))
         _, want, _, to = model.split(" ")
         secs, usecs = self.r.time()
         self.r.hset(self.key, "fake:1", "%d %s %s %s" % (secs * 1000 + usecs // 1000,

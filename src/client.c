@@ -1014,6 +1014,45 @@ static bool client_dispatch(struct client *c, const struct proto_req *req, size_
 #define CLIENT_META_MOVING "SERVER_ERROR ringproxy: meta command on a key moving in a resize"
 
 /*
+ * Can the migration run this command on a moving key? Its rules use the
+ * key in text command lines (a b key whose bytes are not a text key cannot
+ * be), add a condition to it (one flag more than the client's), and read
+ * the replies mconn.c knows (me's ME is not one).
+ */
+static bool client_meta_movable(const struct meta_req *mr)
+{
+    return mr->cmd != META_CMD_ME && mr->nflags < META_FLAGS_MAX - 1 &&
+           proto_key_ok((const char *)mr->hkey, mr->hkeylen);
+}
+
+/* The unlink of a moving key: an "md <key> [b] q" run by the delete rule,
+ * answering nobody. */
+static void client_meta_unlink_moving(struct client *c, const struct meta_req *ms,
+                                      uint32_t h)
+{
+    char line[META_KEY_MAX + 16];
+    struct meta_req md;
+    uint8_t keybuf[META_KEYBUF_SIZE];
+    int n = snprintf(line, sizeof(line), "md %.*s%s", (int)ms->keylen, ms->key,
+                     ms->base64 ? " b" : "");
+
+    if (n <= 0 || (size_t)n >= sizeof(line) ||
+        meta_parse_request(line, (size_t)n, &md, keybuf) != META_OK ||
+        !client_meta_movable(&md)) {
+        return;     /* a binary key: no rule can name it */
+    }
+    struct request *r = client_request(c, PROTO_CMD_NONE, 1);
+    if (r == NULL) {
+        return;
+    }
+    r->quiet = true;
+    client_detach(c, r);
+    request_hold(r, (size_t)n);
+    mig_submit_meta(c->pool->mig, &r->frags[0], &md, line, (size_t)n,
+                    (const char *)md.hkey, md.hkeylen, h, NULL);
+}
+
+/*
  * An ms over item_size_max: memcached answers the error and unlinks the key's
  * old value, so that a failed store never leaves stale data; the same is
  * asked of the backend, quietly ("md <key> [b] q", then the fence's mn).
@@ -1023,9 +1062,13 @@ static void client_meta_unlink(struct client *c, const struct meta_req *mr)
     struct backend *be;
     uint32_t h = pool_key_hash(c->pool, (const char *)mr->hkey, mr->hkeylen);
 
-    if (mig_fenced(c->pool->mig) ||
-        pool_route(c->pool, (const char *)mr->hkey, mr->hkeylen, h, &be) != ROUTE_BACKEND) {
-        return;     /* a moving key: the resize's rules would be needed */
+    if (mig_fenced(c->pool->mig)) {
+        return;
+    }
+    enum route rt = pool_route(c->pool, (const char *)mr->hkey, mr->hkeylen, h, &be);
+    if (rt == ROUTE_MIGRATION) {
+        client_meta_unlink_moving(c, mr, h);
+        return;
     }
     struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
     struct request *r = bc != NULL ? client_request(c, PROTO_CMD_NONE, 1) : NULL;
@@ -1040,18 +1083,6 @@ static void client_meta_unlink(struct client *c, const struct meta_req *mr)
                         mr->base64 ? " b" : "");
     request_hold(r, mr->keylen + 16);
     bconn_push(bc, &r->frags[0]);
-}
-
-/*
- * Can the migration run this command on a moving key? Its rules use the
- * key in text command lines (a b key whose bytes are not a text key cannot
- * be), add a condition to it (one flag more than the client's), and read
- * the replies mconn.c knows (me's ME is not one).
- */
-static bool client_meta_movable(const struct meta_req *mr)
-{
-    return mr->cmd != META_CMD_ME && mr->nflags < META_FLAGS_MAX - 1 &&
-           proto_key_ok((const char *)mr->hkey, mr->hkeylen);
 }
 
 /* A meta command on a key whose owner is changing: the migration runs the
@@ -1130,6 +1161,7 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
                 f->meta_fits = mi->replies;
                 f->meta_fence = mr->quiet && mr->cmd != META_CMD_ME;
                 r->meta_quiet_drops = mr->quiet_drops;
+                r->meta_read = mr->cmd == META_CMD_MG;
                 if (!mi->stores_only_with_n || mr->vivify) {
                     r->meta_stores = mi->stores;
                 }

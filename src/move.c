@@ -1007,6 +1007,9 @@ static void meta_keep(struct mop *op, const struct mreply *r, enum mreply_status
     /* ma answers under q when it created the item (meta_quiet_drops). */
     bool vivified = mm->cmd == META_CMD_MA && mm->vivify && mm->absent &&
                     (as == MREPLY_HD || as == MREPLY_VA);
+    if (mm->cmd == META_CMD_MG && op->m->p != NULL) {
+        op->m->p->stats[as == MREPLY_EN ? STAT_get_misses : STAT_get_hits]++;
+    }
     uint32_t drops = mm->quiet ? meta_quiet_drops(mm->cmd, vivified) : 0;
     if (drops & (1u << rsp_of[as])) {
         return;

@@ -25,6 +25,7 @@
 #include "cmd.h"
 #include "index.h"
 #include "mem.h"
+#include "meta.h"
 #include "pool.h"
 #include "request.h"
 
@@ -494,6 +495,11 @@ static void frag_take_meta(struct frag *f, int kind, struct evbuffer *in, size_t
                    f->meta_answered ? 1u << f->meta_kind : r->meta_quiet_drops;
     if ((got & r->meta_stores) && r->pool->idx != NULL && r->keys != NULL) {
         idx_key_stored(r->pool->idx, r->keys, r->keylen, r->hash);
+    }
+    if (r->meta_read) {
+        struct pool *p = r->pool;
+        p->stats[STAT_get_hits] += (got & (META_RSP_BIT(VA) | META_RSP_BIT(HD))) != 0;
+        p->stats[STAT_get_misses] += (got & META_RSP_BIT(EN)) != 0;
     }
     request_frag_done(f);
 }

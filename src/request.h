@@ -109,6 +109,7 @@ struct request {
     /* A meta command: the reply kinds (META_RSP_BIT) that store the key
      * (index it), and the kinds an empty answer under q stands for. */
     uint32_t meta_stores, meta_quiet_drops;
+    bool meta_read;             /* mg: its answer counts as a hit or a miss */
     uint32_t keylen;            /* one key (get, or store in an indexed pool) */
     uint32_t hash;              /* that key's ring hash (pool_key_hash) */
     struct frag *frags;

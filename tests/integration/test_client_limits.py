@@ -281,6 +281,8 @@ def test_meta_commands_are_served_and_counted(meta_proxy):
     stats = proxy_stats(meta_proxy.port)
     assert stats["cmd_meta"] == "7"
     assert stats["cmd_set"] == "1" and stats["cmd_delete"] == "1"
+    assert stats["cmd_get"] == "2"
+    assert stats["get_hits"] == "1" and stats["get_misses"] == "1"
 
 
 @pytest.mark.parametrize("line,answer", [

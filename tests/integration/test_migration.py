@@ -703,6 +703,8 @@ def meta_steps(k, k2):
         cmd(b"md " + k2 + b" q") + cmd(b"mn"), cmd(b"mg " + k2 + b" N30 v"),
         cmd(b"mg " + k2 + b" v"), ms(k2, b"filled", b"T0"), cmd(b"mg " + k2 + b" v"),
         cmd(b"mg " + k2 + b" T0 v"), cmd(b"ma " + k2 + b" v"),
+        # too large: refused, and the old value unlinked (as memcached does)
+        ms(k2, b"x" * 2097153), cmd(b"mg " + k2 + b" v"),
     ]
 
 

@@ -1111,6 +1111,10 @@ static void client_meta_migrating(struct client *c, const struct meta_req *mr,
         client_close(c, "out of memory");
         return;
     }
+    /* The key may point into the client's input: copied before it goes. */
+    char key[PROTO_KEY_MAX];
+    uint32_t keylen = mr->hkeylen;
+    memcpy(key, mr->hkey, keylen);
     /* r counts in the routing generation already: no way back. */
     struct evbuffer *value = data > 0 ? rp_xevbuffer_new("a moving key's value") : NULL;
     evbuffer_drain(c->in, consumed);
@@ -1118,8 +1122,7 @@ static void client_meta_migrating(struct client *c, const struct meta_req *mr,
         evbuffer_remove_buffer(c->in, value, data);
     }
     request_hold(r, len + data);
-    mig_submit_meta(c->pool->mig, &r->frags[0], mr, line, len, (const char *)mr->hkey,
-                    mr->hkeylen, h, value);
+    mig_submit_meta(c->pool->mig, &r->frags[0], mr, line, len, key, keylen, h, value);
     free(line);
 }
 

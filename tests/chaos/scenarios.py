@@ -19,10 +19,10 @@ RATE = 1000         # keys/s for the plain resizes: the load overlaps the moves
 
 
 def setup(cluster, name, n_mc, n_proxies, workers=6, keys_per_worker=500,
-          reserved=0, max_seconds=150.0, **fleet_kw):
+          reserved=0, max_seconds=150.0, ops="text", **fleet_kw):
     fleet = Fleet(cluster, n_mc, n_proxies, **fleet_kw)
     checker = Checker(fleet, name, workers=workers, keys_per_worker=keys_per_worker,
-                      reserved=reserved, max_seconds=max_seconds)
+                      reserved=reserved, max_seconds=max_seconds, ops=ops)
     return fleet, checker
 
 
@@ -58,10 +58,12 @@ def start_load(checker, scripted=None, warmup=1.0):
 # ------------------------------------------------------------ a, b, c
 
 def resize(cluster, name, n_from, n_to, proxies=2, weights_from=None,
-           weights_to=None, rate=RATE):
-    """Every proxy SIGHUPed at once from n_from to n_to servers."""
+           weights_to=None, rate=RATE, ops="text"):
+    """Every proxy SIGHUPed at once from n_from to n_to servers; ops is the
+    Checker's op mix."""
     n_mc = max(n_from, n_to)
-    fleet, c = setup(cluster, name, n_from, proxies, rate=rate, weights=weights_from)
+    fleet, c = setup(cluster, name, n_from, proxies, rate=rate, weights=weights_from,
+                     ops=ops)
     if n_mc > n_from:
         fleet.add_memcached(n_mc - n_from)
     start_load(c)
@@ -85,6 +87,12 @@ def shrink_4_to_3(cluster, proxies=2, rate=RATE):                     # b
 def reweight(cluster, proxies=2, rate=RATE):                          # c
     return resize(cluster, "c-reweight-1-to-3-p%d" % proxies, 3, 3, proxies,
                   weights_to=[1, 3, 1], rate=rate)
+
+
+def meta_grow_3_to_4(cluster, proxies=2, rate=RATE):                  # o
+    """a's resize under text and meta commands mixed (Checker ops="mixed")."""
+    return resize(cluster, "o-meta-grow-3-to-4-p%d" % proxies, 3, 4, proxies, rate=rate,
+                  ops="mixed")
 
 
 # ------------------------------------------------------------ d, e

@@ -90,3 +90,10 @@ def test_m_second_resize_while_the_first_runs(cluster):
 @pytest.mark.fast
 def test_n_keys_written_around_the_proxies_survive_a_resize(cluster):
     check(sc.unindexed_keys(cluster))
+
+
+def test_o_meta_commands_during_a_3_to_4_resize(cluster):
+    result = sc.meta_grow_3_to_4(cluster)
+    check(result)
+    # the meta commands were answered, not just the text ones
+    assert result.meta_ops > 0, result.summary()

@@ -42,6 +42,7 @@
 #include "backend.h"
 #include "mconn.h"
 #include "mem.h"
+#include "meta.h"
 #include "migrate.h"
 #include "log.h"
 #include "pool.h"
@@ -480,6 +481,60 @@ static int bconn_value(struct bconn *bc, struct frag *f, const struct proto_rsp 
     return 0;
 }
 
+/*
+ * A meta reply for the head fragment, a client's meta command: 0 once
+ * handled, 1 while VA's data is still arriving, -1 if it broke the protocol
+ * (bc failed). A quiet command (q) is followed on the connection by an "mn"
+ * of the proxy's: its answer is what comes before that MN, nothing or one
+ * reply (docs/ARCHITECTURE.md, "Meta protocol (for clients)").
+ */
+static int bconn_meta(struct bconn *bc, struct frag *f, const char *line,
+                      size_t len, size_t total)
+{
+    struct meta_rsp rsp;
+
+    if (meta_parse_reply(line, len, &rsp) != META_REPLY_OK) {
+        return bconn_protocol_error(bc, "unparsable meta reply", line, len);
+    }
+    if (rsp.kind == META_RSP_MN) {
+        if (!f->meta_fence) {
+            return bconn_protocol_error(bc, "MN without an mn", line, len);
+        }
+        evbuffer_drain(bc->in, total);
+        f = bconn_pop(bc);
+        f->ops->meta(f, -1, bc->in, 0, true);
+        return 0;
+    }
+    if (!(f->meta_fits & (1u << rsp.kind)) || f->meta_answered) {
+        return bconn_protocol_error(bc, "not a reply to the meta command", line, len);
+    }
+    size_t n = total;
+    if (rsp.kind == META_RSP_VA) {
+        if (rsp.vlen > (uint64_t)bc->be->pool->conf->item_size_max) {
+            return bconn_protocol_error(bc, "VA longer than item_size_max", line, len);
+        }
+        n += (size_t)rsp.vlen + 2;
+        if (evbuffer_get_length(bc->in) < n) {
+            return 1;
+        }
+        char crlf[2];
+        struct evbuffer_ptr at;
+        evbuffer_ptr_set(bc->in, &at, n - 2, EVBUFFER_PTR_SET);
+        evbuffer_copyout_from(bc->in, &at, crlf, 2);
+        if (crlf[0] != '\r' || crlf[1] != '\n') {
+            return bconn_protocol_error(bc, "value data without its \\r\\n", line, len);
+        }
+    }
+    if (f->meta_fence) {
+        f->meta_answered = true;
+        f->ops->meta(f, (int)rsp.kind, bc->in, n, false);
+        return 0;
+    }
+    f = bconn_pop(bc);
+    f->ops->meta(f, (int)rsp.kind, bc->in, n, true);
+    return 0;
+}
+
 int bconn_process(struct bconn *bc)
 {
     struct proto_rsp rsp;
@@ -498,6 +553,13 @@ int bconn_process(struct bconn *bc)
         struct frag *f = TAILQ_FIRST(&bc->frags);
         if (f == NULL) {
             return bconn_protocol_error(bc, "reply without a request", line, len);
+        }
+        if (f->meta_fits != 0) {
+            int rc = bconn_meta(bc, f, line, len, total);
+            if (rc != 0) {
+                return rc < 0 ? -1 : 0;
+            }
+            continue;
         }
         if (proto_parse_reply(line, len, &rsp) != PROTO_OK) {
             return bconn_protocol_error(bc, "unparsable reply", line, len);

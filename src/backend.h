@@ -47,6 +47,11 @@ struct frag_ops {
      * its text): take it out of in. f is off its connection. */
     void (*end)(struct frag *f, const struct proto_rsp *rsp, struct evbuffer *in,
                 size_t total, const char *line, size_t len);
+    /* A meta reply of kind `kind` (enum meta_rsp_kind; -1: none, the MN
+     * that ends a quiet command) for a meta fragment: n bytes at the front
+     * of in (its line, and for VA its data). last: f is complete and off
+     * its connection. */
+    void (*meta)(struct frag *f, int kind, struct evbuffer *in, size_t n, bool last);
     /* No reply will come (connection failed, never sent): reply `line`. */
     void (*fail)(struct frag *f, const char *line);
 };

@@ -1009,63 +1009,187 @@ static bool client_dispatch(struct client *c, const struct proto_req *req, size_
     return true;
 }
 
-/*
- * Meta commands (mg ms md ma mn me) are not served yet: each is answered
- * with an error and never run, and the value an ms announces is skipped as
- * data, so its bytes are never read as commands (memcached 1.5 answered
- * ERROR and ran them: "ms k 13\r\ndelete victim\r\n" deleted victim). An ms
- * whose length cannot be read, or exceeds item_size_max, leaves no way to
- * tell where its value ends: the connection is closed. Returns false when
- * the line is not a meta command.
- */
-static bool client_meta(struct client *c, const char *line, size_t len,
-                        size_t total)
-{
-    static const char meta_cmds[] = "gsdane";
-    struct pool *p = c->pool;
-    const char *at = line, *end = line + len;
+/* --- meta commands (docs/ARCHITECTURE.md, "Meta protocol (for clients)") */
 
-    while (at < end && *at == ' ') {
-        at++;
+#define CLIENT_META_MOVING "SERVER_ERROR ringproxy: meta command on a key moving in a resize"
+
+/*
+ * An ms over item_size_max: memcached answers the error and unlinks the key's
+ * old value, so that a failed store never leaves stale data; the same is
+ * asked of the backend, quietly ("md <key> [b] q", then the fence's mn).
+ */
+static void client_meta_unlink(struct client *c, const struct meta_req *mr)
+{
+    struct backend *be;
+    uint32_t h = pool_key_hash(c->pool, (const char *)mr->hkey, mr->hkeylen);
+
+    if (mig_fenced(c->pool->mig) ||
+        pool_route(c->pool, (const char *)mr->hkey, mr->hkeylen, h, &be) != ROUTE_BACKEND) {
+        return;     /* a moving key: the resize's rules would be needed */
     }
-    if (end - at < 2 || at[0] != 'm' || at[1] == '\0' ||
-        memchr(meta_cmds, at[1], sizeof(meta_cmds) - 1) == NULL ||
-        (end - at > 2 && at[2] != ' ')) {
-        return false;
+    struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
+    struct request *r = bc != NULL ? client_request(c, PROTO_CMD_NONE, 1) : NULL;
+    if (r == NULL) {
+        return;
+    }
+    r->quiet = true;
+    client_detach(c, r);
+    r->frags[0].meta_fits = cmd_meta_info(META_CMD_MD)->replies;
+    r->frags[0].meta_fence = true;
+    evbuffer_add_printf(bc->out, "md %.*s%s q\r\nmn\r\n", (int)mr->keylen, mr->key,
+                        mr->base64 ? " b" : "");
+    request_hold(r, mr->keylen + 16);
+    bconn_push(bc, &r->frags[0]);
+}
+
+/*
+ * Forward a parsed meta command to its key's owner: the line as
+ * meta_format_request builds it (every flag as the client gave it), then
+ * for ms its `data` bytes moved from the client's input, then for q the
+ * fence "mn" whose MN ends the answer. The reply is passed through.
+ */
+static void client_meta_forward(struct client *c, const struct meta_req *mr,
+                                const char *line, size_t len, size_t consumed,
+                                size_t data)
+{
+    struct pool *p = c->pool;
+    const struct cmd_meta_info *mi = cmd_meta_info(mr->cmd);
+    struct backend *be;
+    const char *fail = NULL;
+
+    if (mig_fenced(p->mig)) {
+        fail = MIG_FENCED_LINE;
+    } else {
+        uint32_t h = pool_key_hash(p, (const char *)mr->hkey, mr->hkeylen);
+        enum route rt = pool_route(p, (const char *)mr->hkey, mr->hkeylen, h, &be);
+        if (rt == ROUTE_MIGRATION) {
+            p->stats[STAT_meta_moving_refused]++;
+            fail = CLIENT_META_MOVING;
+        } else {
+            struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
+            if (bc != NULL) {
+                struct request *r = client_request(c, PROTO_CMD_NONE, 1);
+                if (r == NULL) {
+                    client_close(c, "out of memory");
+                    return;
+                }
+                struct frag *f = &r->frags[0];
+                f->meta_fits = mi->replies;
+                f->meta_fence = mr->quiet && mr->cmd != META_CMD_ME;
+                r->meta_quiet_drops = mr->quiet_drops;
+                if (!mi->stores_only_with_n || mr->vivify) {
+                    r->meta_stores = mi->stores;
+                }
+                if (r->meta_stores != 0 && p->idx != NULL) {
+                    /* The index stores text keys: a b key is indexed by
+                     * its bytes when they are one (the mover's lines). */
+                    if (proto_key_ok((const char *)mr->hkey, mr->hkeylen)) {
+                        r->keys = rp_xmalloc(mr->hkeylen, "a request's key");
+                        memcpy(r->keys, mr->hkey, mr->hkeylen);
+                        r->keylen = mr->hkeylen;
+                        r->hash = h;
+                    } else {
+                        p->stats[STAT_meta_unindexed_keys]++;
+                    }
+                }
+                evbuffer_add(bc->out, line, len);
+                evbuffer_add(bc->out, "\r\n", 2);
+                evbuffer_drain(c->in, consumed);
+                if (data > 0) {
+                    evbuffer_remove_buffer(c->in, bc->out, data);
+                }
+                if (f->meta_fence) {
+                    evbuffer_add(bc->out, "mn\r\n", 4);
+                }
+                request_hold(r, len + 2 + data + (f->meta_fence ? 4 : 0));
+                bconn_push(bc, f);
+                client_wait_backend(c, bc);
+                return;
+            }
+            fail = BACKEND_ERR_DOWN;
+        }
+    }
+    /* Errors are answered even under q, as memcached's own. */
+    p->stats[STAT_server_errors]++;
+    client_reply_line(c, fail);
+    evbuffer_drain(c->in, consumed + data);
+}
+
+/*
+ * A meta command (mg ms md ma mn me), judged by meta.c exactly as memcached
+ * judges it. An ms's value is always read as data: once its length was read
+ * the block is forwarded, or on an error dropped (meta_req.swallow), never
+ * parsed as commands. Returns 0 when the line is not a meta command, 1 once
+ * handled, -1 when an ms waits for the rest of its value (c->need is set).
+ */
+static int client_meta(struct client *c, const char *line, size_t len, size_t total)
+{
+    struct pool *p = c->pool;
+    struct meta_req mr;
+    uint8_t keybuf[META_KEYBUF_SIZE];
+    int rc = meta_parse_request(line, len, &mr, keybuf);
+
+    if (rc == META_NOT_META) {
+        return 0;
     }
     p->stats[STAT_requests]++;
-    p->stats[STAT_meta_refused]++;
-    bool is_set = at[1] == 's';     /* the line is gone once drained */
-    uint64_t value = 0;
-    if (is_set) {
-        /* ms <key> <datalen> <flags>*: the third token. */
-        const char *tok = at;
-        for (int i = 0; i < 2 && tok < end; i++) {
-            while (tok < end && *tok != ' ') {
-                tok++;
-            }
-            while (tok < end && *tok == ' ') {
-                tok++;
-            }
+    p->stats[STAT_cmd_meta]++;
+    if (rc == META_ERR) {
+        p->stats[STAT_client_errors]++;
+        client_reply_line(c, mr.error);
+        evbuffer_drain(c->in, total);
+        if (mr.cmd == META_CMD_MS && mr.swallow) {
+            c->swallow = (uint64_t)mr.datalen + 2;
+            client_set_state(c, CLIENT_SWALLOW);
         }
-        const char *digits = tok;
-        while (tok < end && *tok >= '0' && *tok <= '9' && value <= UINT32_MAX) {
-            value = value * 10 + (uint64_t)(*tok++ - '0');
+        return 1;
+    }
+    const struct cmd_meta_info *mi = cmd_meta_info(mr.cmd);
+    if (mi->stat >= 0) {
+        p->stats[mi->stat]++;
+    }
+    if (mi->kind == CMD_META_KIND_LOCAL) {
+        client_reply_line(c, "MN");     /* after every earlier reply: in order */
+        evbuffer_drain(c->in, total);
+        return 1;
+    }
+    size_t data = 0;
+    if (mr.cmd == META_CMD_MS) {
+        data = (size_t)mr.datalen + 2;
+        if (mr.datalen > p->conf->item_size_max) {
+            p->stats[STAT_too_large]++;
+            client_reply_line(c, "SERVER_ERROR object too large for cache");
+            client_meta_unlink(c, &mr);
+            evbuffer_drain(c->in, total);
+            c->swallow = data;
+            client_set_state(c, CLIENT_SWALLOW);
+            return 1;
         }
-        if (tok == digits || (tok < end && *tok != ' ') ||
-            value > (uint64_t)p->conf->item_size_max) {
-            client_abort(c, "CLIENT_ERROR bad data chunk",
-                         "meta set without a readable value length");
-            return true;
+        if (evbuffer_get_length(c->in) < total + data) {
+            c->need = total + data;
+            return -1;
+        }
+        char crlf[2];
+        struct evbuffer_ptr at;
+        evbuffer_ptr_set(c->in, &at, total + data - 2, EVBUFFER_PTR_SET);
+        evbuffer_copyout_from(c->in, &at, crlf, 2);
+        if (crlf[0] != '\r' || crlf[1] != '\n') {
+            p->stats[STAT_client_errors]++;
+            client_reply_line(c, META_ERR_BAD_CHUNK);
+            evbuffer_drain(c->in, total + data);
+            return 1;
         }
     }
-    client_reply_line(c, "CLIENT_ERROR meta protocol not served by this proxy");
-    evbuffer_drain(c->in, total);
-    if (is_set) {
-        c->swallow = value + 2;
-        client_set_state(c, CLIENT_SWALLOW);
+    /* The backend line is never longer than the client's, plus one byte. */
+    char small[PROTO_LINE_MAX + 64];
+    char *buf = len + 2 <= sizeof(small) ? small : rp_xmalloc(len + 2, "a meta line");
+    size_t blen = meta_format_request(&mr, buf, len + 2);
+    assert(blen > 0);
+    client_meta_forward(c, &mr, buf, blen, total, data);
+    if (buf != small) {
+        free(buf);
     }
-    return true;
+    return 1;
 }
 
 /* The next line of the client's input, contiguous; NULL if incomplete. */
@@ -1137,7 +1261,16 @@ static void client_process(struct client *c)
                          "binary protocol request");
             break;
         }
-        if (client_meta(c, line, len, total)) {
+        int mrc = client_meta(c, line, len, total);
+        if (mrc < 0) {
+            break;      /* parsed again once the whole value is here */
+        }
+        if (mrc > 0) {
+            c->need = 0;
+            if (!c->read_paused && client_must_pause(c, 1)) {
+                c->read_paused = true;
+                event_del(&c->rev);
+            }
             continue;
         }
         if (proto_parse_request(line, len, &req) != PROTO_OK) {

@@ -52,3 +52,26 @@ const struct cmd_info cmd_table[PROTO_CMD_COUNT] = {
     [PROTO_CMD_STATS] = { .kind = CMD_KIND_LOCAL, .stat = -1 },
     [PROTO_CMD_QUIT] = { .kind = CMD_KIND_LOCAL, .stat = -1 },
 };
+
+#define RSP(x) META_RSP_BIT(x)
+#define RSP_ERRORS (RSP(ERROR) | RSP(CLIENT_ERROR) | RSP(SERVER_ERROR))
+
+const struct cmd_meta_info cmd_meta_table[META_CMD_COUNT] = {
+    [META_CMD_NONE] = { .kind = CMD_META_KIND_NONE, .stat = -1 },
+    /* mg N on a miss creates the item and answers VA/HD with W (never EN) */
+    [META_CMD_MG] = { .kind = CMD_META_KIND_KEYED, .stat = STAT_cmd_get,
+        .replies = RSP(VA) | RSP(HD) | RSP(EN) | RSP_ERRORS,
+        .stores = RSP(VA) | RSP(HD), .stores_only_with_n = true },
+    [META_CMD_MS] = { .kind = CMD_META_KIND_KEYED, .stat = STAT_cmd_set,
+        .replies = RSP(HD) | RSP(NS) | RSP(EX) | RSP(NF) | RSP_ERRORS,
+        .stores = RSP(HD) },
+    /* md leaves its index entry, as delete does (ARCHITECTURE.md, I7) */
+    [META_CMD_MD] = { .kind = CMD_META_KIND_KEYED, .stat = STAT_cmd_delete,
+        .replies = RSP(HD) | RSP(NF) | RSP(EX) | RSP_ERRORS },
+    [META_CMD_MA] = { .kind = CMD_META_KIND_KEYED, .stat = STAT_cmd_incr_decr,
+        .replies = RSP(VA) | RSP(HD) | RSP(NF) | RSP(NS) | RSP(EX) | RSP_ERRORS,
+        .stores = RSP(VA) | RSP(HD), .stores_only_with_n = true },
+    [META_CMD_MN] = { .kind = CMD_META_KIND_LOCAL, .stat = -1 },
+    [META_CMD_ME] = { .kind = CMD_META_KIND_KEYED, .stat = -1,
+        .replies = RSP(ME) | RSP(EN) | RSP_ERRORS },
+};

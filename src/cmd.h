@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "meta.h"
 #include "proto.h"
 #include "stats.h"
 
@@ -95,6 +96,36 @@ extern const struct cmd_info cmd_table[PROTO_CMD_COUNT];
 static inline const struct cmd_info *cmd_info(enum proto_cmd cmd)
 {
     return &cmd_table[cmd < PROTO_CMD_COUNT ? cmd : PROTO_CMD_NONE];
+}
+
+/*
+ * The meta commands a client sends (meta.h), one row each, indexed by enum
+ * meta_cmd. A table of its own because the meta commands are parsed by
+ * meta.c, not proto.c, and are answered by meta replies (META_RSP_*), not
+ * text ones (docs/ARCHITECTURE.md, "Meta protocol (for clients)").
+ */
+enum cmd_meta_kind {
+    CMD_META_KIND_NONE,         /* not a command (META_CMD_NONE) */
+    CMD_META_KIND_KEYED,        /* forwarded to the key's owner */
+    CMD_META_KIND_LOCAL,        /* mn: answered by the proxy, in order */
+};
+
+struct cmd_meta_info {
+    enum cmd_meta_kind kind;
+    int stat;                   /* enum stat_pool of its text counterpart, or -1 */
+    uint32_t replies;           /* META_RSP_BIT()s a backend may answer it
+                                   (ERROR, CLIENT_ERROR, SERVER_ERROR: always) */
+    /* Replies that mean the key was stored (index: CMD_INDEX_ADD); for mg
+     * and ma only when the client gave N (the item may have been created). */
+    uint32_t stores;
+    bool stores_only_with_n;
+};
+
+extern const struct cmd_meta_info cmd_meta_table[META_CMD_COUNT];
+
+static inline const struct cmd_meta_info *cmd_meta_info(enum meta_cmd cmd)
+{
+    return &cmd_meta_table[cmd < META_CMD_COUNT ? cmd : META_CMD_NONE];
 }
 
 #endif

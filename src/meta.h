@@ -13,9 +13,9 @@
  * included (the notes at the top of meta.c; tests/integration/test_meta.py
  * checks the verdicts against a real memcached, line by line).
  *
- * Not yet served to clients: docs/ARCHITECTURE.md, "Meta protocol (for
- * clients)", is the plan. mconn.c classifies its replies with
- * meta_parse_reply().
+ * Served to clients by client.c (client_meta), the replies checked by
+ * backend.c (bconn_meta): docs/ARCHITECTURE.md, "Meta protocol (for
+ * clients)". mconn.c classifies its replies with meta_parse_reply() too.
  */
 #ifndef RINGPROXY_META_H
 #define RINGPROXY_META_H

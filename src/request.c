@@ -317,7 +317,10 @@ void request_frag_fail(struct frag *f, const char *line)
 
     f->failed = true;
     r->flushes_index = false;
-    if (r->nfrags == 1) {
+    if (f->meta_answered) {
+        /* A quiet meta command already answered: its client has the one
+         * reply it is owed; only the MN that ended it was lost. */
+    } else if (r->nfrags == 1) {
         if ((sink = request_frag_sink(f)) != NULL) {
             evbuffer_add_printf(sink, "%s\r\n", line);
         }
@@ -470,9 +473,35 @@ static void frag_take_end(struct frag *f, const struct proto_rsp *rsp, struct ev
     request_frag_done(f);
 }
 
+/*
+ * A meta command's reply (cmd.h: cmd_meta_table): passed through as the
+ * backend wrote it. Its index effect once complete: a reply kind that
+ * stores, or under q an empty answer standing for one (meta_quiet_drops).
+ */
+static void frag_take_meta(struct frag *f, int kind, struct evbuffer *in, size_t n,
+                           bool last)
+{
+    struct request *r = f->req;
+
+    if (n > 0) {
+        frag_deliver(f, in, n);
+    }
+    if (!last) {
+        f->meta_kind = (uint8_t)kind;   /* the reply before the fence's MN */
+        return;
+    }
+    uint32_t got = kind >= 0 ? 1u << kind :
+                   f->meta_answered ? 1u << f->meta_kind : r->meta_quiet_drops;
+    if ((got & r->meta_stores) && r->pool->idx != NULL && r->keys != NULL) {
+        idx_key_stored(r->pool->idx, r->keys, r->keylen, r->hash);
+    }
+    request_frag_done(f);
+}
+
 const struct frag_ops request_frag_ops = {
     .match = frag_match_key,
     .value = frag_take_value,
     .end = frag_take_end,
+    .meta = frag_take_meta,
     .fail = request_frag_fail,
 };

@@ -56,6 +56,12 @@ struct frag {
     uint64_t sent_ms;           /* when queued on the connection */
     bool retrieval;             /* replies are VALUE...END, not one line */
     bool failed;
+    /* A client's meta command (client.c: client_meta): the reply kinds
+     * (META_RSP_BIT) that fit it; 0: a text command. */
+    uint32_t meta_fits;
+    bool meta_fence;            /* q: an "mn" follows it; its MN ends it */
+    bool meta_answered;         /* fenced: its one reply came before MN */
+    uint8_t meta_kind;          /* that reply's kind (enum meta_rsp_kind) */
 };
 TAILQ_HEAD(frag_queue, frag);
 
@@ -100,6 +106,9 @@ struct request {
     uint32_t nfrags, pending;
     uint32_t hits;              /* VALUE blocks received */
     bool flushes_index;         /* flush_all now: the index empties too */
+    /* A meta command: the reply kinds (META_RSP_BIT) that store the key
+     * (index it), and the kinds an empty answer under q stands for. */
+    uint32_t meta_stores, meta_quiet_drops;
     uint32_t keylen;            /* one key (get, or store in an indexed pool) */
     uint32_t hash;              /* that key's ring hash (pool_key_hash) */
     struct frag *frags;

@@ -27,7 +27,11 @@
     X(closed_idle_clients, counter, "clients closed after client_timeout idle") \
     X(closed_stalled_clients, counter,                                        \
       "clients closed after value_timeout inside an unfinished command")      \
-    X(meta_refused, counter, "meta commands refused (not served yet)")         \
+    X(cmd_meta, counter, "meta commands (mg ms md ma mn me)")                 \
+    X(meta_moving_refused, counter,                                           \
+      "meta commands on a key moving in a resize, answered SERVER_ERROR")      \
+    X(meta_unindexed_keys, counter,                                           \
+      "base64 keys stored but not indexed: not a valid text key")              \
     X(accept_pauses, counter, "times accepting paused at the fd limit")
 
 #define STATS_BACKEND_CODEC(X)                                                \

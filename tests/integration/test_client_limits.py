@@ -1,6 +1,6 @@
 """What a client, or many, cannot make the proxy do: hold memory with a
 value it never finishes, hang on a stopped backend, spin at the descriptor
-limit, flood the log, or run the bytes of a meta command's value as
+limit, flood the log, or run the bytes of a meta set's value as
 commands.
 
 Memory is the proxy's resident set (VmRSS in /proc/<pid>/status), CPU its
@@ -20,8 +20,6 @@ from harness import Proxy, Wire, free_port, pool_yaml, proxy_stats, sigstop, wai
 
 VERSION = b"VERSION 1.6.18 ringproxy-0.1.0\r\n"
 TIMEOUT = b"SERVER_ERROR backend timeout\r\n"
-META = b"CLIENT_ERROR meta protocol not served by this proxy\r\n"
-BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 
 
 def rss_kb(pid):
@@ -257,30 +255,53 @@ def test_the_value_of_a_meta_set_is_never_run_as_a_command(meta_proxy):
     with Wire(meta_proxy.port) as w:
         assert w.call(b"set victim 0 0 1\r\nv\r\n") == b"STORED\r\n"
         # 13 bytes of value: "delete victim", then its "\r\n"
-        assert w.call(b"ms foo 13 T0\r\ndelete victim\r\n") == META
+        assert w.call(b"ms foo 13 T0\r\ndelete victim\r\n") == b"HD\r\n"
+        # an error after the length was read: the block is dropped, not run
+        assert w.call(b"ms foo 13 zz\r\ndelete victim\r\n") == (
+            b"CLIENT_ERROR invalid flag\r\n")
         assert w.call(b"get victim\r\n") == b"VALUE victim 0 1\r\nv\r\nEND\r\n"
-        assert w.call(b"get foo\r\n") == b"END\r\n"
+        assert w.call(b"get foo\r\n") == (
+            b"VALUE foo 0 13\r\ndelete victim\r\nEND\r\n")
 
 
-def test_every_meta_command_is_refused_and_the_connection_stays_usable(meta_proxy):
+def test_meta_commands_are_served_and_counted(meta_proxy):
     with Wire(meta_proxy.port) as w:
-        for line in (b"mg foo v", b"md foo", b"ma foo", b"mn", b"me foo",
-                     b"ms foo 2", b"  mg foo"):
-            data = b"ab\r\n" if line.startswith(b"ms") else b""
-            assert w.call(line + b"\r\n" + data) == META, line
+        assert w.call(b"ms foo 2\r\nab\r\n") == b"HD\r\n"
+        assert w.call(b"mg foo v\r\n") == b"VA 2\r\n"
+        assert w.read_exact(4) == b"ab\r\n"
+        assert w.call(b"ma foo\r\n") == (
+            b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n")
+        assert w.call(b"md foo q\r\nmn\r\n") == b"MN\r\n"
+        assert w.call(b"me foo\r\n") == b"EN\r\n"
         # Pipelined after other commands: replies stay in order.
         assert w.call(b"version\r\nmg foo\r\nversion\r\n", replies=3) == (
-            VERSION + META + VERSION)
+            VERSION + b"EN\r\n" + VERSION)
         # Not meta: longer names are plain unknown commands.
         assert w.call(b"mget foo\r\n") == b"ERROR\r\n"
-    assert proxy_stats(meta_proxy.port)["meta_refused"] == "8"
+    stats = proxy_stats(meta_proxy.port)
+    assert stats["cmd_meta"] == "7"
+    assert stats["cmd_set"] == "1" and stats["cmd_delete"] == "1"
 
 
-@pytest.mark.parametrize("line", [b"ms foo", b"ms foo x13", b"ms foo -1",
-                                  b"ms foo 2049", b"ms foo 99999999999999999999"])
-def test_a_meta_set_whose_value_cannot_be_delimited_closes_the_connection(
-        meta_proxy, line):
+@pytest.mark.parametrize("line,answer", [
+    (b"ms foo", b"CLIENT_ERROR bad command line format\r\n"),
+    (b"ms foo x13", b"CLIENT_ERROR bad command line format\r\n"),
+    (b"ms foo -1", b"CLIENT_ERROR bad command line format\r\n"),
+    (b"ms foo 99999999999999999999", b"CLIENT_ERROR bad command line format\r\n")])
+def test_a_meta_set_whose_length_cannot_be_read_leaves_the_next_line_a_command(
+        meta_proxy, line, answer):
+    """memcached's own reading: no length, no data block to skip."""
     with Wire(meta_proxy.port) as w:
-        w.send(line + b"\r\ndelete victim\r\n")
-        assert w.read_line() == BAD_CHUNK
-        assert w.closed_by_peer()
+        assert w.call(line + b"\r\ndelete victim\r\n", replies=2) == (
+            answer + b"NOT_FOUND\r\n")
+
+
+def test_a_meta_set_over_item_size_max_is_refused_and_skipped(meta_proxy):
+    with Wire(meta_proxy.port) as w:
+        assert w.call(b"ms foo 1\r\nx\r\n") == b"HD\r\n"
+        value = b"delete victim\r\n" * 200
+        w.send(b"ms foo %d\r\n" % len(value) + value + b"\r\n")
+        assert w.read_line() == b"SERVER_ERROR object too large for cache\r\n"
+        # the old value is unlinked, as memcached does; the block was data
+        assert w.call(b"mg foo v\r\n") == b"EN\r\n"
+    assert proxy_stats(meta_proxy.port)["too_large"] == "1"

@@ -144,6 +144,40 @@ def test_noreply_writes_are_indexed(setup):
     assert got == want
 
 
+def test_meta_writes_are_indexed_like_their_text_counterparts(setup):
+    """ms answered HD (or nothing under q), mg and ma that may have created
+    the item (N), a base64 key by its decoded bytes; md leaves its entry;
+    refused stores, plain reads and binary keys add nothing."""
+    import base64
+    proxy, c, r, _ = setup
+    b64 = base64.b64encode
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    cmds = (b"ms m1 1\r\nx\r\n" b"ms m2 1 q\r\nx\r\n" b"ms m3 1 T0 F5 k O1\r\nx\r\n"
+            b"ms " + b64(b"m4") + b" 1 b\r\nx\r\n"
+            b"ms " + b64(b"bin ary") + b" 1 b\r\nx\r\n"
+            b"ms m1 1 ME\r\nx\r\n" b"ms never1 1 MR\r\nx\r\n" b"ms never2 1 MA q\r\nx\r\n"
+            b"mg never3 v\r\n" b"mg m5 N30 v\r\n" b"mg m6 N30 q\r\n"
+            b"ma m7 N0 J3 v\r\n" b"ma m8 N0 q\r\n" b"ma never4 v\r\n"
+            b"md m1\r\n" b"md m2 q\r\n" b"mn\r\n")
+    s.sendall(cmds)
+    got = b""
+    while not got.endswith(b"MN\r\n"):
+        chunk = s.recv(65536)
+        assert chunk, got
+        got += chunk
+    s.close()
+    assert got.count(b"HD") == 7 and got.count(b"NS\r\n") == 3 and b"NF\r\n" in got, got
+    st = wait_index_idle(c)
+    want = [b"m1", b"m2", b"m3", b"m4", b"m5", b"m6", b"m7", b"m8"]
+    members = indexed_members(r)
+    assert set(members) == set(want)
+    where = owners(proxy.conf_path, want)
+    for k in want:
+        h, point, server = where[k]
+        assert members[k] == [(vnode(server, point), h)], k
+    assert st[b"meta_unindexed_keys"] == 1
+
+
 def test_storing_a_key_again_costs_redis_nothing(setup):
     proxy, c, r, _ = setup
     keys = ["again%d" % i for i in range(1000)]

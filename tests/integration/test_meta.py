@@ -22,8 +22,7 @@ other byte must be identical.
   backend line meta_format_request() builds, sent to a second memcached in
   place of the client's line, gets the same answer.
 - test_battery_through_the_proxy[1|3]: the battery through ringproxy over
-  one and three backends against a direct memcached (skipped until the
-  proxy serves meta commands).
+  one and three backends against a direct memcached.
 """
 import base64
 import os
@@ -493,7 +492,6 @@ def test_parser_agrees_with_memcached(cluster, verdict_tool):
 
 # ---- through the proxy -------------------------------------------------------
 
-@pytest.mark.skip(reason="meta protocol not yet served by the proxy (issue 12)")
 @pytest.mark.parametrize("nbackends", [1, 3])
 def test_battery_through_the_proxy(cluster, nbackends):
     direct, = cluster.memcached(1)
@@ -502,3 +500,24 @@ def test_battery_through_the_proxy(cluster, nbackends):
     want = run_battery(("127.0.0.1", direct.port))
     got = run_battery(("127.0.0.1", proxy.port))
     assert_same_answers(got, want)
+
+
+def test_a_quiet_pipeline_over_three_backends_answers_in_order(cluster):
+    """1,000 mixed quiet meta commands on keys spread over three backends,
+    then mn: every reply memcached sends is there, in the order of the
+    commands (the O tokens say which command each answers), and MN last."""
+    direct, = cluster.memcached(1)
+    backends = cluster.memcached(3)
+    proxy = cluster.pool(backends)
+    data = quiet_pipeline(1000, 99)
+    want, = run_battery(("127.0.0.1", direct.port), [data])
+    got, = run_battery(("127.0.0.1", proxy.port), [data])
+    assert normalise(got) == normalise(want)
+    lines = [l for l in got.split(b"\r\n") if l[:2] in
+             (b"HD", b"VA", b"EN", b"NF", b"NS", b"EX", b"MN")]
+    assert lines[-1] == b"MN" and lines.count(b"MN") == 1
+    opaques = [int(m) for m in re.findall(rb"(?<= )O(\d+)(?= |\r|$)", got)]
+    assert len(opaques) >= 100 and opaques == sorted(opaques)
+    # the keys were spread: every backend holds some of them
+    for b in backends:
+        assert any(k.startswith(b"pipe") for k in b.keys()), b.port

@@ -448,7 +448,8 @@ class Key:
 class Result:
     COUNTS = ("ops", "reads", "misses", "stale", "undone_deletes", "lost",
               "stranded", "errors", "wrong_replies", "cas_spurious",
-              "unresolved", "crashes", "unagreed_moves", "meta_ops")
+              "unresolved", "crashes", "unagreed_moves", "meta_ops",
+              "meta_errors")
 
     def __init__(self, name):
         self.name = name
@@ -551,6 +552,15 @@ class Checker:
         with self.lock:
             self.result.errors += 1
             self.last_error = self.now()
+
+    def meta_error(self, data, reply):
+        """A meta command answered with an error line: counted, the first
+        few shown (a text command's errors are only counted)."""
+        with self.lock:
+            self.result.meta_errors += 1
+            if self.result.meta_errors <= 3:
+                self.result.notes.append("meta error at t=%.3f: %r -> %r" % (
+                    self.now(), data.split(b"\r\n")[0][:80], reply.strip()[:120]))
 
     def violation(self, kind, counter, key, op, proxy, expected, got, t0, t1):
         with self.lock:
@@ -1098,8 +1108,10 @@ class Worker:
             self.c.error()
             return None, t0, self.c.now()
         t1 = self.c.now()
-        if any(r.startswith((b"SERVER_ERROR", b"CLIENT_ERROR", b"ERROR")) for r in replies):
+        bad = [r for r in replies if r.startswith((b"SERVER_ERROR", b"CLIENT_ERROR", b"ERROR"))]
+        if bad:
             self.c.error()
+            self.c.meta_error(data, bad[0])
             return None, t0, t1
         self.c.count("meta_ops")
         return replies, t0, t1

@@ -1244,7 +1244,8 @@ class Worker:
             form = [b"HD\r\n"] if created else [] if want is not None else [b"NF\r\n"]
             if replies != form and replies in ([], [b"HD\r\n"], [b"NF\r\n"]):
                 self.c.violation("WRONG_REPLY", "wrong_replies", k.name, op + " q", i,
-                                 form, replies, t0, t1)
+                                 b" ".join(form).decode() or "nothing before MN",
+                                 b" ".join(replies).decode() or "nothing before MN", t0, t1)
         reply = replies[0] if replies else b"HD\r\n"
         if reply.startswith(b"VA "):
             try:

@@ -1043,6 +1043,51 @@ static void client_meta_unlink(struct client *c, const struct meta_req *mr)
 }
 
 /*
+ * Can the migration run this command on a moving key? Its rules use the
+ * key in text command lines (a b key whose bytes are not a text key cannot
+ * be), add a condition to it (one flag more than the client's), and read
+ * the replies mconn.c knows (me's ME is not one).
+ */
+static bool client_meta_movable(const struct meta_req *mr)
+{
+    return mr->cmd != META_CMD_ME && mr->nflags < META_FLAGS_MAX - 1 &&
+           proto_key_ok((const char *)mr->hkey, mr->hkeylen);
+}
+
+/* A meta command on a key whose owner is changing: the migration runs the
+ * client's line (without q: the rules apply it) by its text counterpart's
+ * rule. */
+static void client_meta_migrating(struct client *c, const struct meta_req *mr,
+                                  size_t consumed, size_t data, uint32_t h)
+{
+    struct meta_req loud = *mr;
+    uint32_t n = 0;
+    char line[PROTO_LINE_MAX + 64];
+
+    for (uint32_t i = 0; i < mr->nflags; i++) {
+        if (mr->flags[i].letter != 'q') {
+            loud.flags[n++] = mr->flags[i];
+        }
+    }
+    loud.nflags = n;
+    size_t len = meta_format_request(&loud, line, sizeof(line));
+    struct request *r = client_request(c, PROTO_CMD_NONE, 1);
+    if (r == NULL || len == 0) {
+        client_close(c, "out of memory");
+        return;
+    }
+    /* r counts in the routing generation already: no way back. */
+    struct evbuffer *value = data > 0 ? rp_xevbuffer_new("a moving key's value") : NULL;
+    evbuffer_drain(c->in, consumed);
+    if (value != NULL) {
+        evbuffer_remove_buffer(c->in, value, data);
+    }
+    request_hold(r, len + data);
+    mig_submit_meta(c->pool->mig, &r->frags[0], mr, line, len, (const char *)mr->hkey,
+                    mr->hkeylen, h, value);
+}
+
+/*
  * Forward a parsed meta command to its key's owner: the line as
  * meta_format_request builds it (every flag as the client gave it), then
  * for ms its `data` bytes moved from the client's input, then for q the
@@ -1062,7 +1107,10 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
     } else {
         uint32_t h = pool_key_hash(p, (const char *)mr->hkey, mr->hkeylen);
         enum route rt = pool_route(p, (const char *)mr->hkey, mr->hkeylen, h, &be);
-        if (rt == ROUTE_MIGRATION) {
+        if (rt == ROUTE_MIGRATION && client_meta_movable(mr)) {
+            client_meta_migrating(c, mr, consumed, data, h);
+            return;
+        } else if (rt == ROUTE_MIGRATION) {
             p->stats[STAT_meta_moving_refused]++;
             fail = CLIENT_META_MOVING;
         } else {

@@ -83,6 +83,17 @@ void mig_submit(struct mig *m, struct frag *f, const struct proto_req *req,
                 const char *key, size_t keylen, uint32_t hash, uint32_t key_index,
                 struct evbuffer *data);
 
+/*
+ * A client's meta command on a changing key (docs/ARCHITECTURE.md, "Meta
+ * protocol (for clients)"): run by the rule of its text counterpart, the
+ * client's own line (`line`, as meta_format_request built it, without q)
+ * on the owner that answers. key: the item's bytes, a valid text key.
+ */
+struct meta_req;
+void mig_submit_meta(struct mig *m, struct frag *f, const struct meta_req *mr,
+                     const char *line, size_t len, const char *key, size_t keylen,
+                     uint32_t hash, struct evbuffer *data);
+
 void mig_tick(struct mig *m, uint64_t now_ms);
 
 /* A snapshot of where the pool's data stands, for stats, /migration, status. */

@@ -107,6 +107,7 @@ struct mop {
     int64_t old_cas;
     bool old_failed;            /* the old owner could not be asked */
     bool hit;                   /* delete: something was deleted */
+    struct mop_meta *meta;      /* a client's meta command, else NULL */
     /* the move */
     int retries;
     char *val;

@@ -48,6 +48,8 @@
 #include "cmd.h"
 #include "index.h"
 #include "log.h"
+#include "mem.h"
+#include "meta.h"
 #include "migrate_int.h"
 
 static void mop_next(struct mkey *k);
@@ -380,8 +382,11 @@ static const char *error_line(const struct mreply *r)
 
 /* --- operations ---------------------------------------------------------------- */
 
+static void meta_free(struct mop_meta *mm);
+
 void mop_free(struct mop *op)
 {
+    meta_free(op->meta);
     free(op->val);
     if (op->data != NULL) {
         evbuffer_free(op->data);
@@ -904,9 +909,15 @@ static void on_rmw_lookup(void *arg, const struct mreply *r)
     rmw_run(op);
 }
 
+static void meta_start(struct mop *op);
+
 static void client_start(struct mop *op)
 {
     op->m->client_ops++;
+    if (op->meta != NULL) {
+        meta_start(op);
+        return;
+    }
     switch (cmd_info(op->cmd)->move) {
     case CMD_MOVE_READ:
         read_old(op);
@@ -924,6 +935,508 @@ static void client_start(struct mop *op)
     case CMD_MOVE_NONE:
         lookup_old(op, on_rmw_lookup);
         break;
+    }
+}
+
+/* --- client meta commands ------------------------------------------------------------
+ *
+ * A meta command on a changing key follows the rule of its text counterpart
+ * (docs/ARCHITECTURE.md, "Meta protocol (for clients)"); the proxy's own
+ * lookups are its usual "mg <key> v f c", and the command that answers is
+ * the client's own line (without q), so that its reply carries the client's
+ * return flags (O, k, b, c, t, s, W/X/Z...) exactly as the backend wrote
+ * them. The proxy's condition (C<cas> of the value it looked at) is added
+ * to that line on the old owner unless the client gave its own C: ms, md
+ * and ma echo neither C nor M, so the reply is the same. q is applied here,
+ * by memcached's table, since the answer may be composed of several replies.
+ */
+enum meta_rule { META_RULE_READ, META_RULE_SET, META_RULE_ADD, META_RULE_DELETE,
+                 META_RULE_RMW };
+
+struct mop_meta {
+    enum meta_cmd cmd;
+    enum meta_rule rule;
+    bool quiet, client_cas, vivify;
+    bool absent;                /* the owner it ran on did not hold the key */
+    uint32_t quiet_drops;       /* META_RSP_BIT()s q drops (meta_quiet_drops) */
+    uint32_t retry_on;          /* 1 << MREPLY_x: from the old owner, look again */
+    uint32_t stores;            /* 1 << MREPLY_x: the key was stored (index) */
+    struct backend *ran;        /* where the client's line ran last */
+    struct evbuffer *out;       /* the client's reply, kept until the end */
+    size_t len;
+    char line[];                /* the client's line, without q */
+};
+
+#define MBIT(x) (1u << MREPLY_##x)
+
+static void meta_free(struct mop_meta *mm)
+{
+    if (mm != NULL) {
+        if (mm->out != NULL) {
+            evbuffer_free(mm->out);
+        }
+        free(mm);
+    }
+}
+
+/* The client's reply to r, as the backend wrote it, with status `as`. */
+static void meta_keep(struct mop *op, const struct mreply *r, enum mreply_status as)
+{
+    struct mop_meta *mm = op->meta;
+    static const uint8_t rsp_of[MREPLY_COUNT] = {
+        [MREPLY_VA] = META_RSP_VA, [MREPLY_HD] = META_RSP_HD, [MREPLY_EN] = META_RSP_EN,
+        [MREPLY_NS] = META_RSP_NS, [MREPLY_EX] = META_RSP_EX, [MREPLY_NF] = META_RSP_NF,
+        [MREPLY_FAIL] = META_RSP_SERVER_ERROR,
+    };
+
+    if (mm->out == NULL) {
+        mm->out = rp_xevbuffer_new("a meta command's reply");
+    }
+    evbuffer_drain(mm->out, evbuffer_get_length(mm->out));
+    if (as == MREPLY_FAIL) {
+        /* The server's own error line (ERROR, CLIENT_ERROR ...), else ours:
+         * errors are sent even under q. */
+        if (r->error == NULL && r->flags != NULL) {
+            evbuffer_add(mm->out, r->flags, r->flags_len);
+            evbuffer_add(mm->out, "\r\n", 2);
+        } else {
+            evbuffer_add_printf(mm->out, "%s\r\n", error_line(r));
+        }
+        return;
+    }
+    /* ma answers under q when it created the item (meta_quiet_drops). */
+    bool vivified = mm->cmd == META_CMD_MA && mm->vivify && mm->absent &&
+                    (as == MREPLY_HD || as == MREPLY_VA);
+    uint32_t drops = mm->quiet ? meta_quiet_drops(mm->cmd, vivified) : 0;
+    if (drops & (1u << rsp_of[as])) {
+        return;
+    }
+    evbuffer_add_printf(mm->out, "%s", mreply_names[as]);
+    if (as == MREPLY_VA) {
+        evbuffer_add_printf(mm->out, " %zu", r->value_len);
+    }
+    if (r->flags_len > 0) {
+        evbuffer_add(mm->out, " ", 1);
+        evbuffer_add(mm->out, r->flags, r->flags_len);
+    }
+    evbuffer_add(mm->out, "\r\n", 2);
+    if (as == MREPLY_VA) {
+        evbuffer_add(mm->out, r->value, r->value_len);
+        evbuffer_add(mm->out, "\r\n", 2);
+    }
+}
+
+/* Send what was kept to the client, and end the operation. */
+static void meta_answer(struct mop *op)
+{
+    struct evbuffer *sink = op->f != NULL ? request_frag_sink(op->f) : NULL;
+    struct mop_meta *mm = op->meta;
+
+    if (mig_fenced(op->m)) {
+        /* A fenced proxy vouches for nothing (ARCHITECTURE.md, I6). */
+        if (sink != NULL) {
+            evbuffer_add_printf(sink, "%s\r\n", MIG_FENCED_LINE);
+        }
+    } else if (sink != NULL && mm->out != NULL) {
+        evbuffer_add_buffer(sink, mm->out);
+    }
+    mop_finish(op);
+}
+
+static void meta_reply(struct mop *op, const struct mreply *r)
+{
+    meta_keep(op, r, r->status);
+    meta_answer(op);
+}
+
+static void meta_fail(struct mop *op, const char *line)
+{
+    struct mreply fail = { .status = MREPLY_FAIL, .error = line };
+
+    meta_reply(op, &fail);
+}
+
+/* Run the client's line on be; cond: made conditional on op->old_cas. */
+static void meta_run(struct mop *op, struct backend *be, mconn_cb cb, bool cond)
+{
+    struct mop_meta *mm = op->meta;
+    char *line = rp_xmalloc(mm->len + 32, "a meta command line");
+    size_t dlen = 0;
+    const char *data = mm->cmd == META_CMD_MS ? op_data(op, &dlen) : NULL;
+    int n = snprintf(line, mm->len + 32, "%.*s", (int)mm->len, mm->line);
+
+    if (cond && !mm->client_cas) {
+        n += snprintf(line + n, mm->len + 32 - (size_t)n, " C%lld", (long long)op->old_cas);
+    }
+    mm->ran = be;
+    struct mconn *mc = op->m->closing || mig_fenced(op->m) ? NULL : mc_of(be);
+    int rc = mc != NULL ? mconn_send(mc, line, (size_t)n, data, dlen, cb, op) : -1;
+    free(line);
+    if (rc != 0) {
+        struct mreply fail = { .status = MREPLY_FAIL, .error = "cannot reach backend" };
+        cb(op, &fail);
+    }
+}
+
+/* A run's reply: a status in retry_on from the old owner means the value
+ * moved, changed or went under the command: look again. */
+static bool meta_moved_under(struct mop *op, const struct mreply *r)
+{
+    return op->meta->ran == op->from && op->old == LOOK_REAL &&
+           (op->meta->retry_on & (1u << r->status)) != 0;
+}
+
+static void meta_index(struct mop *op, const struct mreply *r)
+{
+    if (op->meta->stores & (1u << r->status)) {
+        mig_index_add(op->m, ring_of(op, op->meta->ran), op->k->key, op->k->len);
+    }
+}
+
+/* reads (mg without N): the old owner, then the new, then the old again */
+static void on_meta_read_old(void *arg, const struct mreply *r);
+
+static void on_meta_read_new(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_EN && op->old_failed) {
+        meta_fail(op, BACKEND_ERR_LOST);    /* the value may be on the old one */
+    } else if (r->status == MREPLY_EN && op->step == STEP_FIRST) {
+        op->step = STEP_RECHECK;
+        lookup_old(op, on_meta_read_old);
+    } else {
+        op->m->fallback_reads += r->status != MREPLY_EN && r->status != MREPLY_FAIL;
+        meta_reply(op, r);
+    }
+}
+
+static void on_meta_read_ran_old(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (meta_moved_under(op, r)) {
+        retry_or_fail(op, on_meta_read_old);
+        return;
+    }
+    meta_reply(op, r);
+}
+
+static void on_meta_read_old(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    op->old = look(r, &op->old_cas);
+    if (op->old == LOOK_REAL) {
+        meta_run(op, op->from, on_meta_read_ran_old, false);
+        return;
+    }
+    if (r->status == MREPLY_FAIL) {
+        if (op->step == STEP_RECHECK) {
+            meta_fail(op, BACKEND_ERR_LOST);
+            return;
+        }
+        op->old_failed = true;
+    }
+    meta_run(op, op->to, on_meta_read_new, false);
+}
+
+/* where the value is (ms modes, C or I; md with C or I; ma; mg with N) */
+static void on_meta_rmw_lookup(void *arg, const struct mreply *r);
+
+static void on_meta_rmw_done(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (meta_moved_under(op, r)) {
+        retry_or_fail(op, on_meta_rmw_lookup);
+        return;
+    }
+    meta_index(op, r);
+    meta_reply(op, r);
+}
+
+static void on_meta_rmw_new(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (failed_reply(op, r)) {
+        return;
+    }
+    /* prepared, creating on a miss: on the new owner only if it holds the
+     * value, else at home (the old owner), as add does */
+    bool real = r->status == MREPLY_VA && !is_tomb(r);
+    op->meta->absent = !real && op->old == LOOK_NONE;
+    meta_run(op, real ? op->to : op->from, on_meta_rmw_done, false);
+}
+
+/* ma N q on the new owner: whether it creates the item decides whether q
+ * drops its answer (meta_quiet_drops), so look first. */
+static void on_meta_ma_look(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (failed_reply(op, r)) {
+        return;
+    }
+    op->meta->absent = r->status == MREPLY_EN;
+    meta_run(op, op->to, on_meta_rmw_done, false);
+}
+
+static void on_meta_rmw_lookup(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        meta_fail(op, error_line(r));
+        return;
+    }
+    op->old = look(r, &op->old_cas);
+    if (op->old == LOOK_REAL) {
+        meta_run(op, op->from, on_meta_rmw_done, op->meta->cmd != META_CMD_MG);
+    } else if (op->meta->vivify && op->phase == PH_PREPARED) {
+        SEND_OR_FAIL(op, op->to, on_meta_rmw_new, NULL, 0, "mg %.*s v f", (int)op->k->len,
+                     op->k->key);
+    } else if (op->meta->cmd == META_CMD_MA && op->meta->vivify && op->meta->quiet) {
+        SEND_OR_FAIL(op, op->to, on_meta_ma_look, NULL, 0, "mg %.*s", (int)op->k->len,
+                     op->k->key);
+    } else {
+        meta_run(op, op->to, on_meta_rmw_done, false);
+    }
+}
+
+/* set (ms, mode S): note the other owner's CAS, write home, clear the
+ * other copy if unchanged (the text set's rule) */
+static void on_meta_set_other(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        meta_fail(op, BACKEND_ERR_LOST);
+        return;
+    }
+    meta_answer(op);
+}
+
+static void on_meta_set_home(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    struct backend *other = op->meta->ran == op->from ? op->to : op->from;
+
+    meta_index(op, r);
+    meta_keep(op, r, r->status);
+    if (r->status != MREPLY_HD || op->old == LOOK_NONE) {
+        meta_answer(op);
+        return;
+    }
+    SEND_OR_FAIL(op, other, on_meta_set_other, NULL, 0, "md %.*s C%lld", (int)op->k->len,
+                 op->k->key, (long long)op->old_cas);
+}
+
+static void on_meta_set_look(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        meta_fail(op, error_line(r));
+        return;
+    }
+    op->old = r->status == MREPLY_HD ? LOOK_REAL : LOOK_NONE;
+    op->old_cas = 0;
+    mreply_flag(r, 'c', &op->old_cas);
+    meta_run(op, op->phase == PH_PREPARED ? op->from : op->to, on_meta_set_home, false);
+}
+
+/* add (ms ME): refused where a real value is, else stored at home; a
+ * tombstone on the old owner is cleared after a store on the new one */
+static void on_meta_add_done(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    meta_index(op, r);
+    meta_keep(op, r, r->status);
+    if (r->status == MREPLY_HD && op->meta->ran == op->to && op->old == LOOK_TOMB) {
+        op->old = LOOK_NONE;
+        SEND_OR_FAIL(op, op->from, on_meta_set_other, NULL, 0, "md %.*s C%lld",
+                     (int)op->k->len, op->k->key, (long long)op->old_cas);
+        return;
+    }
+    meta_answer(op);
+}
+
+static void on_meta_add_new(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (failed_reply(op, r)) {
+        return;
+    }
+    bool real = r->status == MREPLY_VA && !is_tomb(r);
+    meta_run(op, real ? op->to : op->from, on_meta_add_done, false);
+}
+
+static void on_meta_add_lookup(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        meta_fail(op, error_line(r));
+        return;
+    }
+    op->old = look(r, &op->old_cas);
+    if (op->old == LOOK_REAL) {
+        meta_run(op, op->from, on_meta_add_done, false);   /* answers NS */
+    } else if (op->phase == PH_PREPARED) {
+        SEND_OR_FAIL(op, op->to, on_meta_add_new, NULL, 0, "mg %.*s v f", (int)op->k->len,
+                     op->k->key);
+    } else {
+        meta_run(op, op->to, on_meta_add_done, false);     /* add mode checks it */
+    }
+}
+
+/* delete (md): the old owner by the text delete's rule (a tombstone when
+ * switched), then the client's md on the new owner; HD if either held it */
+static void on_meta_del_lookup(void *arg, const struct mreply *r);
+
+static void on_meta_del_new(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    meta_keep(op, r, op->hit && r->status == MREPLY_NF ? MREPLY_HD : r->status);
+    meta_answer(op);
+}
+
+static void on_meta_del_old(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        meta_fail(op, BACKEND_ERR_LOST);
+        return;
+    }
+    if (op->old == LOOK_REAL) {
+        if (r->status != MREPLY_HD) {
+            retry_or_fail(op, on_meta_del_lookup);      /* it changed under us */
+            return;
+        }
+        op->hit = true;
+        if (op->phase == PH_SWITCHED) {
+            op->m->tombs_written++;
+            mig_index_add(op->m, op->m->from, op->k->key, op->k->len);
+        }
+    }
+    meta_run(op, op->to, on_meta_del_new, false);
+}
+
+static void on_meta_del_lookup(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    const char *k = op->k->key;
+    int kl = op->k->len;
+
+    if (r->status == MREPLY_FAIL) {
+        meta_fail(op, BACKEND_ERR_LOST);
+        return;
+    }
+    op->old = look(r, &op->old_cas);
+    if (op->old == LOOK_NONE || (op->old == LOOK_TOMB && op->phase == PH_SWITCHED)) {
+        meta_run(op, op->to, on_meta_del_new, false);
+    } else if (op->phase == PH_SWITCHED) {
+        SEND_OR_FAIL(op, op->from, on_meta_del_old, MIG_TOMB_VALUE, sizeof(MIG_TOMB_VALUE) - 1,
+                     "ms %.*s %zu F%u T%d C%lld", kl, k, sizeof(MIG_TOMB_VALUE) - 1,
+                     MIG_TOMB_FLAGS, MIG_TOMB_TTL, (long long)op->old_cas);
+    } else {
+        SEND_OR_FAIL(op, op->from, on_meta_del_old, NULL, 0, "md %.*s C%lld", kl, k,
+                     (long long)op->old_cas);
+    }
+}
+
+static void meta_start(struct mop *op)
+{
+    struct mop_meta *mm = op->meta;
+
+    switch (mm->rule) {
+    case META_RULE_READ:
+        lookup_old(op, on_meta_read_old);
+        break;
+    case META_RULE_SET:
+        SEND_OR_FAIL(op, op->phase == PH_PREPARED ? op->to : op->from, on_meta_set_look,
+                     NULL, 0, "mg %.*s c", (int)op->k->len, op->k->key);
+        break;
+    case META_RULE_ADD:
+        lookup_old(op, on_meta_add_lookup);
+        break;
+    case META_RULE_DELETE:
+        lookup_old(op, on_meta_del_lookup);
+        break;
+    case META_RULE_RMW:
+        lookup_old(op, on_meta_rmw_lookup);
+        break;
+    }
+}
+
+/* Which text rule a meta command follows, and its statuses (see above). */
+static void meta_classify(struct mop_meta *mm, const struct meta_req *mr)
+{
+    bool cond = !mr->has_cas;
+
+    switch (mr->cmd) {
+    case META_CMD_MG:
+        mm->rule = mr->vivify ? META_RULE_RMW : META_RULE_READ;
+        mm->retry_on = MBIT(EN);
+        mm->stores = mr->vivify ? MBIT(HD) | MBIT(VA) : 0;
+        break;
+    case META_CMD_MS:
+        mm->rule = mr->has_cas || mr->invalidate ? META_RULE_RMW :
+                   mr->mode == 'E' ? META_RULE_ADD :
+                   mr->mode == 0 || mr->mode == 'S' ? META_RULE_SET : META_RULE_RMW;
+        mm->retry_on = MBIT(NF) | MBIT(NS) | (cond ? MBIT(EX) : 0);
+        mm->stores = MBIT(HD);
+        break;
+    case META_CMD_MD:
+        mm->rule = mr->has_cas || mr->invalidate ? META_RULE_RMW : META_RULE_DELETE;
+        mm->retry_on = MBIT(NF) | (cond ? MBIT(EX) : 0);
+        break;
+    default:    /* ma */
+        mm->rule = META_RULE_RMW;
+        mm->retry_on = MBIT(NF) | (cond ? MBIT(EX) : 0);
+        mm->stores = mr->vivify ? MBIT(HD) | MBIT(VA) : 0;
+        break;
+    }
+}
+
+void mig_submit_meta(struct mig *m, struct frag *f, const struct meta_req *mr,
+                     const char *line, size_t len, const char *key, size_t keylen,
+                     uint32_t hash, struct evbuffer *data)
+{
+    struct mop *op = calloc(1, sizeof(*op));
+    struct mop_meta *mm = malloc(sizeof(*mm) + len);
+
+    if (op == NULL || mm == NULL || !owners(m, hash, &op->from, &op->to)) {
+        free(op);
+        free(mm);
+        if (data != NULL) {
+            evbuffer_free(data);
+        }
+        request_frag_fail(f, "SERVER_ERROR out of memory");
+        return;
+    }
+    *mm = (struct mop_meta){ .cmd = mr->cmd, .quiet = mr->quiet, .client_cas = mr->has_cas,
+                             .vivify = mr->vivify, .quiet_drops = mr->quiet_drops,
+                             .len = len };
+    memcpy(mm->line, line, len);
+    meta_classify(mm, mr);
+    op->meta = mm;
+    op->arc = -1;
+    op->f = f;
+    op->phase = m->phase;
+    op->data = data;
+    op->counted = true;
+    op->gen = pool_inflight_begin(m->p);
+    if (!mop_enqueue(m, op, key, keylen)) {
+        pool_inflight_end(m->p, op->gen);
+        mop_free(op);
+        request_frag_fail(f, "SERVER_ERROR out of memory");
     }
 }
 

@@ -678,3 +678,84 @@ def test_a_stopped_proxy_leaves_the_fleet_at_once(env):
     wait_migrated(a.port, 2, timeout=20)       # far less than the 60 s liveness
     assert_all_hit(a.port, keys)
     assert_placement(a, mcs, keys)
+
+
+def meta_steps(k, k2):
+    """Meta commands on two changing keys (k holds "v-<k>"; k2 is deleted
+    first), each step answered as one memcached answers it."""
+    from test_meta import cmd, ms
+    return [
+        cmd(b"mg " + k + b" v f k O1"), cmd(b"mg " + k + b" s t v q") + cmd(b"mn"),
+        cmd(b"mg " + k + b" q") + cmd(b"mn"), cmd(b"me " + k),
+        ms(k, b"new", b"T0 F5 k"), cmd(b"mg " + k + b" v f"),
+        ms(k, b"+", b"MA O2"), ms(k, b"-", b"MP q") + cmd(b"mn"), cmd(b"mg " + k + b" v"),
+        ms(k, b"x", b"ME k"), ms(k, b"x", b"ME q") + cmd(b"mn"),
+        cmd(b"md " + k + b" q") + cmd(b"mn"), cmd(b"mg " + k + b" v"),
+        cmd(b"mg " + k + b" v q k") + cmd(b"mn"), cmd(b"md " + k + b" k"),
+        ms(k, b"ad", b"ME k"), cmd(b"mg " + k + b" v"), ms(k, b"r", b"MR q") + cmd(b"mn"),
+        cmd(b"mg " + k + b" c v"), ms(k, b"cas", b"C{cas}"), ms(k, b"no", b"C{oldcas}"),
+        cmd(b"mg " + k + b" v"), ms(k, b"41"), cmd(b"ma " + k + b" v"),
+        cmd(b"ma " + k + b" MD D2 v O3"), cmd(b"ma " + k + b" q") + cmd(b"mn"),
+        cmd(b"mg " + k + b" v"), cmd(b"md " + k), cmd(b"ma " + k + b" N0 J7 v"),
+        cmd(b"ma " + k + b" q N0") + cmd(b"mn"), cmd(b"mg " + k + b" v T100 t"),
+        cmd(b"md " + k2 + b" q") + cmd(b"mn"), cmd(b"mg " + k2 + b" N30 v"),
+        cmd(b"mg " + k2 + b" v"), ms(k2, b"filled", b"T0"), cmd(b"mg " + k2 + b" v"),
+        cmd(b"mg " + k2 + b" T0 v"), cmd(b"ma " + k2 + b" v"),
+    ]
+
+
+@pytest.mark.parametrize("phase", ["prepared", "moving"])
+def test_meta_commands_on_changing_keys_answer_as_one_server(env, cluster, phase):
+    """The meta protocol's counterpart of the test above: while the fleet
+    is held in a phase, meta commands on keys whose owner changes get the
+    answers one memcached gives (differential, against a direct memcached
+    holding the same keys), and their effects survive the move."""
+    from test_meta import normalise, run_battery
+    mcs = env.servers(4)
+    a = env.proxy(mcs[:3], rate=1)
+    keys = ["k%d" % i for i in range(3000)]
+    fill(a.port, 3000)
+    time.sleep(0.3)
+    with open(a.conf_path + ".new", "w") as f:
+        f.write(env.config(mcs, a.port))
+    after = locate(a.conf_path + ".new", keys)
+    moving = [k for k in keys if after[k] == "mc4"][:8]
+    assert len(moving) == 8
+    direct, = cluster.memcached(1)
+    dc = Client(("127.0.0.1", direct.port), default_noreply=False)
+    dc.set_many({k: ("v-" + k).encode() for k in moving})
+    steps = []
+    for i in range(0, 8, 2):
+        steps += meta_steps(moving[i].encode(), moving[i + 1].encode())
+    time.sleep(1.2)     # the heartbeat is in Redis
+    with FakeProxy(env.r) as fake:
+        reload(a, env.config(mcs, a.port, rate=1))
+        wait_phase(a.port, "prepared")
+        if phase == "moving":
+            fake.ack = "switched"
+            wait_phase(a.port, "moving")
+        got = run_battery(("127.0.0.1", a.port), steps)
+        st = proxy_stats(a.port)
+        assert st["migration:phase"] == phase
+        # all but the refused me commands ran by the migration's rules
+        assert int(st["migration:client_commands"]) >= len(steps) - 4
+        assert int(st["meta_moving_refused"]) == 4
+        fake.ack = "switched"
+        reload(a, env.config(mcs, a.port, rate=0))     # release the mover
+        wait_migrated(a.port, 2)
+    want = run_battery(("127.0.0.1", direct.port), steps)
+    for i, (g, w) in enumerate(zip(got, want)):
+        if steps[i].startswith(b"me "):
+            # me: the proxy refuses it on a moving key (its reply is not
+            # one the migration's connections read)
+            assert g.startswith(b"SERVER_ERROR ringproxy"), (i, g)
+            continue
+        assert normalise(g) == normalise(w), (i, steps[i], g, w)
+    # the effects survived the move: every key reads as on the direct server
+    final = [cmd for k in moving for cmd in [b"mg " + k.encode() + b" v f\r\n"]]
+    assert [normalise(x) for x in run_battery(("127.0.0.1", a.port), final)] == \
+        [normalise(x) for x in run_battery(("127.0.0.1", direct.port), final)]
+    held = {m.ident: m.keys() for m in mcs}
+    for k in moving:
+        assert all(k.encode() not in held[i] for i in (1, 2, 3))
+    dc.close()

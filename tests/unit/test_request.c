@@ -454,6 +454,91 @@ START_TEST(replies_before_a_bad_one_are_delivered)
 }
 END_TEST
 
+/* --- meta replies (client.c: client_meta_forward sets the fragment up) ------ */
+
+/* A client's meta command on the connection: fits from cmd_meta_table; a
+ * quiet one is followed by the proxy's "mn", whose MN ends it. */
+static struct request *push_meta(enum meta_cmd cmd, bool quiet)
+{
+    struct request *r = request_new(&F.p, CLIENT, &owner_ops, PROTO_CMD_NONE, 1);
+
+    ck_assert_ptr_nonnull(r);
+    r->frags[0].meta_fits = cmd_meta_info(cmd)->replies;
+    r->frags[0].meta_fence = quiet;
+    r->meta_quiet_drops = quiet ? meta_quiet_drops(cmd, false) : 0;
+    bconn_push(F.bc, &r->frags[0]);
+    return r;
+}
+
+START_TEST(meta_replies_pass_through_in_order_and_quiet_ones_end_at_mn)
+{
+    static const char replies[] =
+        "VA 3 f5 k Oabc\r\nxyz\r\n" "MN\r\n" "NS k\r\nMN\r\n" "EN\r\n"
+        "CLIENT_ERROR bad data chunk\r\n" "HD c9\r\n";
+    size_t len = sizeof(replies) - 1;
+
+    for (size_t cut = 0; cut <= len; cut++) {
+        F.done = 0;
+        push_meta(META_CMD_MG, false);
+        push_meta(META_CMD_MD, true);   /* suppressed HD: only the MN */
+        push_meta(META_CMD_MS, true);   /* NS is sent under q, then MN */
+        push_meta(META_CMD_MG, false);
+        push_meta(META_CMD_MA, false);
+        push_meta(META_CMD_MS, false);
+        ck_assert_int_eq(feed(replies, cut), 0);
+        ck_assert_int_eq(feed(replies + cut, len - cut), 0);
+        ck_assert_int_eq(F.done, 6);
+        ck_out("VA 3 f5 k Oabc\r\nxyz\r\nNS k\r\nEN\r\n"
+               "CLIENT_ERROR bad data chunk\r\nHD c9\r\n");
+    }
+    ck_assert_uint_eq(F.be.stats[STAT_BE_protocol_errors], 0);
+}
+END_TEST
+
+START_TEST(a_meta_reply_that_does_not_fit_breaks_the_connection)
+{
+    push_meta(META_CMD_MD, false);
+    expect_broken(feeds("VA 1\r\nx\r\n"), 1);
+    ck_out(BACKEND_ERR_LOST "\r\n");
+}
+END_TEST
+
+START_TEST(an_mn_the_proxy_did_not_send_breaks_the_connection)
+{
+    push_meta(META_CMD_MG, false);
+    expect_broken(feeds("MN\r\n"), 1);
+    ck_out(BACKEND_ERR_LOST "\r\n");
+}
+END_TEST
+
+START_TEST(two_replies_before_the_fence_break_the_connection)
+{
+    push_meta(META_CMD_MS, true);
+    /* the first reply went out: the failure adds nothing after it */
+    expect_broken(feeds("NS\r\nNS\r\nMN\r\n"), 1);
+    ck_out("NS\r\n");
+}
+END_TEST
+
+START_TEST(a_meta_value_longer_than_item_size_max_breaks_the_connection_at_once)
+{
+    push_meta(META_CMD_MG, false);
+    expect_broken(feeds("VA 2000 f0\r\n"), 1);
+    ck_out(BACKEND_ERR_LOST "\r\n");
+}
+END_TEST
+
+START_TEST(every_meta_command_has_a_row)
+{
+    for (int c = 1; c < META_CMD_COUNT; c++) {
+        const struct cmd_meta_info *mi = cmd_meta_info((enum meta_cmd)c);
+        ck_assert_msg(mi->kind != CMD_META_KIND_NONE, "%s has no row", meta_cmd_name[c]);
+        ck_assert(mi->kind == CMD_META_KIND_LOCAL || mi->replies != 0);
+        ck_assert((mi->stores & ~mi->replies) == 0);
+    }
+}
+END_TEST
+
 /* --- the command table ------------------------------------------------------- */
 
 START_TEST(every_command_has_a_complete_row)
@@ -506,10 +591,16 @@ static Suite *request_suite(void)
     tcase_add_test(tc, a_reply_without_a_request_breaks_the_connection);
     tcase_add_test(tc, an_endless_line_breaks_the_connection);
     tcase_add_test(tc, replies_before_a_bad_one_are_delivered);
+    tcase_add_test(tc, meta_replies_pass_through_in_order_and_quiet_ones_end_at_mn);
+    tcase_add_test(tc, a_meta_reply_that_does_not_fit_breaks_the_connection);
+    tcase_add_test(tc, an_mn_the_proxy_did_not_send_breaks_the_connection);
+    tcase_add_test(tc, two_replies_before_the_fence_break_the_connection);
+    tcase_add_test(tc, a_meta_value_longer_than_item_size_max_breaks_the_connection_at_once);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cmd table");
     tcase_add_test(tc, every_command_has_a_complete_row);
+    tcase_add_test(tc, every_meta_command_has_a_row);
     suite_add_tcase(s, tc);
     return s;
 }

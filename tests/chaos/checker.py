@@ -842,6 +842,15 @@ META_NUM_OPS = (("mg", 10), ("mgv", 3), ("mgq", 3), ("ms", 8), ("msq", 3),
 META_READS = ("mg", "mgv", "mgq")
 READS = READS + META_READS
 
+# WORKAROUND, not a rule of the protocol: every loud meta command is sent
+# with an `mn` right behind it (the replies are read up to its MN). The
+# proxy's client_meta_migrating() (src/client.c) drains the client's input
+# before mig_submit_meta() hashes the key, which still points into that
+# input: a lone meta command on a moving key reads freed memory (ASan:
+# heap-use-after-free in key_find, the proxy dies). A command followed by
+# more input keeps its chunk alive. Set to False once that is fixed.
+META_FENCE_ALL = True
+
 # Checker(ops=...): the op tables of text keys and numeric keys.
 OP_MIXES = {
     "text": (TEXT_TABLE, NUM_TABLE),
@@ -1099,8 +1108,13 @@ class Worker:
         """(replies, t0, t1) of a meta command (quiet: with its mn);
         replies None when it is in doubt, False when it was never sent."""
         t0 = self.c.now()
+        fence = not quiet and META_FENCE_ALL
         try:
-            replies = self.conn(i).meta_request(data, quiet)
+            replies = self.conn(i).meta_request(data + (b"mn\r\n" if fence else b""),
+                                                quiet or fence)
+            if fence and len(replies) != 1:
+                self.conn(i).close()
+                raise BadReply("%d replies before MN to one loud command" % len(replies))
         except NotSent:
             self.c.error()
             return False, t0, self.c.now()

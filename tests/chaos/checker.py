@@ -449,7 +449,7 @@ class Result:
     COUNTS = ("ops", "reads", "misses", "stale", "undone_deletes", "lost",
               "stranded", "errors", "wrong_replies", "cas_spurious",
               "unresolved", "crashes", "unagreed_moves", "meta_ops",
-              "meta_errors")
+              "meta_errors", "meta_moving_ops")
 
     def __init__(self, name):
         self.name = name
@@ -507,6 +507,9 @@ class Checker:
                  num_share=0.25, max_seconds=150.0, reserved=0, ops="text"):
         self.fleet = fleet
         self.tables = OP_MIXES[ops]     # (text keys' table, numeric keys' table)
+        # keys whose owner a resize changes, and whether it runs: meta ops
+        # on them are counted (meta_moving_ops) while watch is set
+        self.moving, self.watch = frozenset(), False
         self.result = Result(name)
         self.rng = random.Random(seed if seed is not None else name)
         self.lock = threading.Lock()
@@ -840,6 +843,7 @@ META_NUM_OPS = (("mg", 10), ("mgv", 3), ("mgq", 3), ("ms", 8), ("msq", 3),
                 ("mscas", 4), ("md", 5), ("mdq", 2), ("ma", 12), ("maq", 4),
                 ("man", 6))
 META_READS = ("mg", "mgv", "mgq")
+META_OPS = frozenset(name for name, _ in META_TEXT_OPS + META_NUM_OPS)
 READS = READS + META_READS
 
 # WORKAROUND, not a rule of the protocol: every loud meta command is sent
@@ -901,6 +905,8 @@ class Worker:
             time.sleep(0.05)
             return
         self.c.count("ops")
+        if self.c.watch and k.name in self.c.moving and op in META_OPS:
+            self.c.count("meta_moving_ops")
         getattr(self, "op_" + op)(k, i)
 
     # -- transport

@@ -38,6 +38,7 @@ def load_until_converged(checker, fleet, spec, tail=1.0, timeout=CONVERGE_TIMEOU
         checker.event("converged under load")
     except (TimeoutError, ValueError) as e:
         checker.event("no convergence under load: %s" % str(e)[:200])
+    checker.watch = False       # the keys are home: watch_moving's count ends
     checker.sleep(tail)
 
 
@@ -69,11 +70,27 @@ def resize(cluster, name, n_from, n_to, proxies=2, weights_from=None,
     start_load(c)
     base = epoch(fleet)
     spec = fleet.spec(n_to, weights_to)
+    if ops != "text":
+        watch_moving(c, fleet, spec)
     c.event("SIGHUP all %d proxies -> %s" % (proxies, [(m.ident, w) for m, w in spec]))
     fleet.reload(fleet.live_idxs(), spec)
     under_way(c, fleet, base)
     load_until_converged(c, fleet, spec)
     return c.finish(spec)
+
+
+def watch_moving(c, fleet, spec):
+    """From now until the fleet converges (load_until_converged), count the
+    meta ops on the keys whose owner changes from proxy 0's ring to spec."""
+    conf_new = fleet.cluster.workdir + "/watch-new.yml"
+    with open(conf_new, "w") as f:
+        f.write(fleet.config(1, spec))
+    names = list(c.keys)
+    before = locate(fleet.proxies[fleet.live_idxs()[0]].conf_path, names)
+    after = locate(conf_new, names)
+    c.moving = frozenset(n for n in names if before[n] != after[n])
+    c.event("%d of %d keys change owner" % (len(c.moving), len(names)))
+    c.watch = True
 
 
 def grow_3_to_4(cluster, proxies=2, rate=RATE):                       # a

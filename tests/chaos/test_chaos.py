@@ -98,3 +98,4 @@ def test_o_meta_commands_during_a_3_to_4_resize(cluster):
     check(result)
     # the meta commands were answered, moving keys' too (none refused)
     assert result.meta_ops > 0 and result.meta_errors == 0, result.summary()
+    assert result.meta_moving_ops > 0, result.summary()

@@ -579,6 +579,24 @@ class Checker:
                     expected=_show(expected), got=_show(got),
                     hist=list(k.hist) if k is not None else []))
 
+    def backend_copies(self, name):
+        """Where a missed key is, read straight from every memcached (only
+        while examples are still being kept: it costs a round trip each)."""
+        if len(self.result.examples) >= MAX_EXAMPLES:
+            return "-"
+        out = []
+        for m in self.fleet.mcs:
+            if m.proc is None:
+                continue
+            try:
+                with Wire(m.port, timeout=2.0) as w:
+                    got = parse_values(w.call(b"get " + name + b"\r\n"))
+                if name in got:
+                    out.append("%s %s" % (m.ident, _show(got[name][:2])))
+            except (OSError, EOFError, BadReply, ValueError):
+                out.append("%s unreadable" % m.ident)
+        return ", ".join(out) or "none"
+
     def settled(self, k, t_start):
         return t_start >= k.settle_at and t_start >= self.last_error + QUIET
 
@@ -595,7 +613,9 @@ class Checker:
             # A miss that took the pool's backend timeout is most likely a
             # timeout answered as a miss: still a miss, told apart.
             kind = "MISS_AFTER_TIMEOUT" if t1 - t0 >= POOL_TIMEOUT_MS / 1000.0 else "MISS"
-            self.violation(kind, "misses", k.name, op, proxy, expected, got, t0, t1)
+            self.violation(kind, "misses", k.name, op, proxy, expected,
+                           "None; on the backends now: %s" % self.backend_copies(k.name),
+                           t0, t1)
         elif got[0] in k.deleted:
             self.violation("UNDONE_DELETE", "undone_deletes", k.name, op, proxy,
                            expected, got, t0, t1)

@@ -1,4 +1,4 @@
-/* loadgen — a closed-loop memcached text-protocol load generator that checks every reply. */
+/* loadgen — a closed-loop memcached load generator (text or meta protocol) that checks every reply. */
 
 /*
  * Design notes
@@ -18,6 +18,13 @@
  *   STORED. memcached's error lines (ERROR, CLIENT_ERROR, SERVER_ERROR)
  *   fail one request; anything else is a protocol error that fails the
  *   connection, since the stream can no longer be trusted.
+ *
+ * - Meta mode (--meta). Reads are `mg <key> v f t` and writes (populate
+ *   included) `ms <key> <len> T0 F0`, single-key only. A hit is `VA <len>
+ *   f0 t-1` (the flags in any order, nothing else) and the bytes this
+ *   program stored; `EN` is a miss, counted as a get's is; an ms must answer
+ *   `HD`, and NS/EX/NF count as err_reply as NOT_STORED does. mg asks no
+ *   `k`, so the key of a hit is checked only through its value's rotation.
  *
  * - Values. The value of key i is VALUE_ALPHABET, rotated by i % 36 and
  *   repeated to the value size, so a reply carrying the wrong key's bytes is
@@ -109,6 +116,7 @@ struct options {
     bool        populate;
     bool        populate_only;
     bool        quiet;
+    bool        meta;             /* mg/ms instead of get/set */
     int         ncpu_pids;
     pid_t       cpu_pids[CPU_PIDS_MAX];
     uint64_t    seed;
@@ -150,6 +158,7 @@ struct conn {
     enum parse_state ps;
     uint32_t       data_key;       /* key index of the VALUE being read */
     uint32_t       data_len;
+    bool           data_ends_req;  /* a meta VA: its data block ends the reply */
 };
 
 /* What a worker counts; summed over workers at the end. */
@@ -470,10 +479,13 @@ static void issue_set(struct conn *c, uint32_t key, bool populate, bool measured
 
     wbuf_reserve(c, KEY_MAX + 64 + opt.value_size);
     char *p = c->wbuf + c->wlen;
-    memcpy(p, "set ", 4);
-    p += 4;
+    memcpy(p, opt.meta ? "ms " : "set ", opt.meta ? 3 : 4);
+    p += opt.meta ? 3 : 4;
     p += key_format(p, key);
-    p += sprintf(p, " 0 0 %" PRIu32 "\r\n", opt.value_size);
+    if (opt.meta)
+        p += sprintf(p, " %" PRIu32 " T0 F0\r\n", opt.value_size);
+    else
+        p += sprintf(p, " 0 0 %" PRIu32 "\r\n", opt.value_size);
     memcpy(p, value_of(key), opt.value_size);
     p += opt.value_size;
     *p++ = '\r';
@@ -516,13 +528,21 @@ static void issue_get(struct conn *c, bool measured, uint64_t now)
         keys[i] = k;
     }
 
-    wbuf_reserve(c, 8 + (size_t)opt.mget * (KEY_MAX + 1));
+    wbuf_reserve(c, 16 + (size_t)opt.mget * (KEY_MAX + 1));
     char *p = c->wbuf + c->wlen;
-    memcpy(p, "get", 3);
-    p += 3;
-    for (int i = 0; i < opt.mget; i++) {
-        *p++ = ' ';
-        p += key_format(p, keys[i]);
+    if (opt.meta) {                    /* one key: parse_options() checked */
+        memcpy(p, "mg ", 3);
+        p += 3;
+        p += key_format(p, keys[0]);
+        memcpy(p, " v f t", 6);
+        p += 6;
+    } else {
+        memcpy(p, "get", 3);
+        p += 3;
+        for (int i = 0; i < opt.mget; i++) {
+            *p++ = ' ';
+            p += key_format(p, keys[i]);
+        }
     }
     *p++ = '\r';
     *p++ = '\n';
@@ -722,6 +742,71 @@ static bool parse_value_line(struct conn *c, struct req *r, const uint32_t *keys
     return true;
 }
 
+/*
+ * Handles the `VA <len> <flags>` line of a meta hit for the mg at the head:
+ * false if it cannot be framed. The flags must be exactly f0 and t-1 (what
+ * `ms ... T0 F0` stored), in any order; a wrong length or flag marks the
+ * request failed and its data is still skipped.
+ */
+static bool parse_va_line(struct conn *c, struct req *r, const uint32_t *keys,
+                          const char *l, size_t n)
+{
+    const char *p = l + 3, *end = l + n;           /* past "VA " */
+    uint64_t bytes;
+    if (!parse_u64(&p, end, &bytes) || bytes > (1u << 30))
+        return false;
+    bool f_seen = false, t_seen = false, bad = false;
+    while (p < end) {
+        if (*p++ != ' ')
+            return false;
+        const char *tok = p;
+        while (p < end && *p != ' ')
+            p++;
+        size_t tl = (size_t)(p - tok);
+        if (tl == 2 && memcmp(tok, "f0", 2) == 0 && !f_seen)
+            f_seen = true;
+        else if (tl == 3 && memcmp(tok, "t-1", 3) == 0 && !t_seen)
+            t_seen = true;
+        else
+            bad = true;
+    }
+    c->ps = PS_DATA;
+    c->data_len = (uint32_t)bytes;
+    c->data_ends_req = true;
+    c->data_key = UINT32_MAX;
+    if (bad || !f_seen || !t_seen || bytes != opt.value_size) {
+        r->failed = true;
+        return true;
+    }
+    r->found[0] |= 1;
+    r->nfound = 1;
+    c->data_key = keys[0];
+    return true;
+}
+
+/* A meta reply line to the request at the head: 1 handled, 0 not a meta reply. */
+static int parse_meta_line(struct conn *c, struct req *r, const uint32_t *keys,
+                           const char *l, size_t n, uint64_t now)
+{
+    struct worker *w = c->w;
+    if (r->kind == REQ_SET) {
+        if (line_is(l, n, "HD"))
+            req_done(c, true, NULL, now);
+        else if (line_is(l, n, "NS") || line_is(l, n, "EX") || line_is(l, n, "NF"))
+            req_done(c, false, &w->st.err_reply, now);
+        else
+            return 0;
+        return 1;
+    }
+    if (line_is(l, n, "EN")) {                     /* a miss */
+        req_done(c, true, NULL, now);
+        return 1;
+    }
+    if (line_starts(l, n, "VA ") && parse_va_line(c, r, keys, l, n))
+        return 1;
+    return 0;
+}
+
 /* Parses what is buffered; returns false if the connection was failed. */
 static bool conn_parse(struct conn *c, uint64_t now)
 {
@@ -753,6 +838,10 @@ static bool conn_parse(struct conn *c, uint64_t now)
                 r->failed = true;
             c->rpos += (size_t)c->data_len + 2;
             c->ps = PS_LINE;
+            if (c->data_ends_req) {
+                c->data_ends_req = false;
+                req_done(c, !r->failed, &w->st.err_proto, now);
+            }
             continue;
         }
 
@@ -784,6 +873,11 @@ static bool conn_parse(struct conn *c, uint64_t now)
             req_done(c, false, &w->st.err_reply, now);
             continue;
         }
+        if (opt.meta) {
+            if (parse_meta_line(c, r, keys, buf, n, now))
+                continue;
+            goto bad;
+        }
         if (r->kind == REQ_SET) {
             if (line_is(buf, n, "STORED"))
                 req_done(c, true, NULL, now);
@@ -803,8 +897,9 @@ static bool conn_parse(struct conn *c, uint64_t now)
 bad:
         w->st.err_proto++;
         if (!opt.quiet)
-            fprintf(stderr, "loadgen: unexpected reply to a %s: \"%.*s\"\n",
-                    r->kind == REQ_SET ? "set" : "get", (int)(n > 80 ? 80 : n), buf);
+            fprintf(stderr, "loadgen: unexpected reply to a%s %s: \"%.*s\"\n",
+                    opt.meta ? "n" : "", r->kind == REQ_SET ? (opt.meta ? "ms" : "set")
+                    : (opt.meta ? "mg" : "get"), (int)(n > 80 ? 80 : n), buf);
         c->qhead = (c->qhead + 1) % c->qcap;
         c->qlen--;
         w->inflight--;
@@ -1028,8 +1123,9 @@ static void usage(FILE *f)
 {
     fprintf(f,
 "usage: loadgen [options]\n"
-"Drives memcached's text protocol at one host:port, checks every reply, and\n"
-"prints one line of key=value results on stdout and a summary on stderr.\n"
+"Drives memcached's text (or meta) protocol at one host:port, checks every\n"
+"reply, and prints one line of key=value results on stdout and a summary on\n"
+"stderr.\n"
 "\n"
 "  -H, --host HOST          target host (default 127.0.0.1)\n"
 "  -p, --port PORT          target port (default 11211)\n"
@@ -1047,6 +1143,8 @@ static void usage(FILE *f)
 "  -N, --no-populate        do not set every key before measuring\n"
 "      --populate-only      set every key, then exit\n"
 "      --populate-time SECS bound on populating (default 120)\n"
+"      --meta               meta protocol: reads `mg KEY v f t`, writes (populate\n"
+"                           too) `ms KEY LEN T0 F0`; single-key gets only\n"
 "  -T, --timeout SECS       fail a connection with no reply for SECS (default 5)\n"
 "  -C, --cpu-pid PID        report utime+stime of PID over the measured window\n"
 "                           (repeatable, up to %d; summed)\n"
@@ -1101,6 +1199,7 @@ static void parse_options(int argc, char **argv)
         { "populate-only", no_argument,       NULL, 1 },
         { "populate-time", required_argument, NULL, 2 },
         { "on-ready",      required_argument, NULL, 3 },
+        { "meta",          no_argument,       NULL, 4 },
         { "timeout",       required_argument, NULL, 'T' },
         { "cpu-pid",       required_argument, NULL, 'C' },
         { "label",         required_argument, NULL, 'l' },
@@ -1136,6 +1235,7 @@ static void parse_options(int argc, char **argv)
         case 1:   opt.populate_only = true; break;
         case 2:   opt.populate_time = parse_num(optarg, "populate time", 0.1, 86400); break;
         case 3:   opt.on_ready = optarg; break;
+        case 4:   opt.meta = true; break;
         case 'T': opt.timeout = parse_num(optarg, "timeout", 0.01, 3600); break;
         case 'C':
             if (opt.ncpu_pids == CPU_PIDS_MAX)
@@ -1159,6 +1259,8 @@ static void parse_options(int argc, char **argv)
     for (size_t i = 0; i < g_prefix_len; i++)
         if (opt.prefix[i] <= ' ' || opt.prefix[i] == 0x7f)
             die("key prefix may not hold spaces or control characters");
+    if (opt.meta && opt.mget != 1)
+        die("--meta sends single-key mg: --multiget must be 1");
     if ((uint32_t)opt.mget > opt.keys)
         die("multiget of %d keys needs a key space of at least %d", opt.mget, opt.mget);
     if (opt.threads > opt.conns)
@@ -1364,13 +1466,14 @@ int main(int argc, char **argv)
     }
     uint64_t reqs = ops + errors;
 
-    printf("label=%s target=%s:%s threads=%d conns=%d depth=%d mget=%d get_ratio=%g "
+    printf("label=%s target=%s:%s proto=%s threads=%d conns=%d depth=%d mget=%d get_ratio=%g "
            "value_size=%" PRIu32 " keyspace=%" PRIu32 " elapsed_s=%.3f ops=%" PRIu64
            " ops_per_s=%.0f keys_per_s=%.0f gets=%" PRIu64 " sets=%" PRIu64
            " hits=%" PRIu64 " misses=%" PRIu64 " errors=%" PRIu64 " err_reply=%" PRIu64
            " err_proto=%" PRIu64 " err_conn=%" PRIu64 " conns_lost=%" PRIu64
            " p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f mean_us=%.1f",
-           opt.label[0] ? opt.label : "-", opt.host, opt.port, opt.threads, opt.conns,
+           opt.label[0] ? opt.label : "-", opt.host, opt.port, opt.meta ? "meta" : "text",
+           opt.threads, opt.conns,
            opt.depth, opt.mget, opt.get_ratio, opt.value_size, opt.keys, elapsed, ops,
            ops_s, keys_s, s.gets, s.sets, s.hits, s.misses, errors, s.err_reply,
            s.err_proto, s.err_conn, s.conns_lost, p50, p90, p99, p999, max, mean);

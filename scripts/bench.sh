@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench.sh — direct memcached vs ringproxy vs twemproxy, same backends, same load, one run;
-# plus what the Redis index costs (shape i), how a resize migrates (shape m),
+# plus text get vs meta mg (shape e), what the Redis index costs (shape i), how a resize migrates (shape m),
 # how a fleet of two proxies resizes together (shape f) and what keeping the
 # index costs (shape x: rebuild, sweep, the migration's closing pass).
 #
@@ -16,11 +16,13 @@
 # Environment (defaults in brackets):
 #   BENCH_SECONDS   measured seconds per run [5]
 #   BENCH_ROUNDS    rounds per shape; the table shows the median [3]
-#   BENCH_SHAPES    shapes to run, from: a b c d g i m f x [a b c d i m f x]
+#   BENCH_SHAPES    shapes to run, from: a b c d e g i m f x [a b c d e i m f x]
 #   BENCH_TARGETS   targets, from: direct ringproxy twemproxy [all three]
 #   BENCH_WARMUP    unmeasured load before each run, seconds [0.5]
 #   BENCH_KEYS      key space [10000]
 #   BENCH_THREADS   loadgen threads [1]
+#   BENCH_META_SECONDS  measured seconds per run of shape e [3]
+#   BENCH_META_ROUNDS  rounds of shape e [2]
 #   BENCH_INDEX_KEYS  key space of shape i's, m's and f's load [100000]
 #   BENCH_INDEX_MEM_KEYS  distinct keys (~28 bytes) stored to measure Redis
 #                   memory per indexed key, shape i; 0 = skip [300000]
@@ -61,6 +63,11 @@
 #   b  10 connections, 32 requests in flight each, 90% get / 10% set
 #   c  50 connections, no pipelining, 100% gets of 10 keys (one request each)
 #   d  1,000 connections, no pipelining, 90% get / 10% set
+#   e  text `get` vs meta `mg <key> v f t` (populated with `ms`), 100% single-key
+#      reads: 50 connections unpipelined and 10 connections pipelined 32
+#      deep, direct and ringproxy (twemproxy does not speak the meta
+#      protocol), BENCH_META_ROUNDS interleaved rounds of BENCH_META_SECONDS:
+#      ops/s, latency, CPU per request and the mg/get ratio. About a minute.
 #   g  (not run by default) 50 connections, no pipelining, 100% single-key gets
 #
 # Index and migration shapes (need redis-server and redis-cli):
@@ -115,12 +122,14 @@ ROOT=$(pwd)
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
-SHAPES=${BENCH_SHAPES:-a b c d i m f x}
+SHAPES=${BENCH_SHAPES:-a b c d e i m f x}
 TARGETS=${BENCH_TARGETS:-direct ringproxy twemproxy}
 WARMUP=${BENCH_WARMUP:-0.5}
 KEYS=${BENCH_KEYS:-10000}
 THREADS=${BENCH_THREADS:-1}
 CALLGRIND=${BENCH_CALLGRIND:-0}
+META_SECONDS=${BENCH_META_SECONDS:-3}
+META_ROUNDS=${BENCH_META_ROUNDS:-2}
 INDEX_KEYS=${BENCH_INDEX_KEYS:-100000}
 INDEX_MEM_KEYS=${BENCH_INDEX_MEM_KEYS:-300000}
 INDEX_LISTPACK=${BENCH_INDEX_LISTPACK:-8192}
@@ -149,6 +158,11 @@ declare -A SHAPE_ARGS=(
 	[c]="-c 50 -P 1 -r 100 -m 10 -v 100"
 	[d]="-c 1000 -P 1 -r 90 -m 1 -v 100"
 	[g]="-c 50 -P 1 -r 100 -m 1 -v 100"
+	# shape e's four runs per target: protocol x load
+	[e-get-1]="-c 50 -P 1 -r 100 -m 1 -v 100"
+	[e-mg-1]="-c 50 -P 1 -r 100 -m 1 -v 100 --meta"
+	[e-get-32]="-c 10 -P 32 -r 100 -m 1 -v 100"
+	[e-mg-32]="-c 10 -P 32 -r 100 -m 1 -v 100 --meta"
 	[i]="-c 50 -P 1 -r 90 -m 1 -v 100"
 	[m]="-c 50 -P 1 -r 90 -m 1 -v 100"
 	[f]="-c 25 -P 1 -r 90 -m 1 -v 100"
@@ -158,6 +172,7 @@ declare -A SHAPE_TEXT=(
 	[b]="10 conns, pipelined 32 deep, 90% get / 10% set, 100 B values"
 	[c]="50 conns, no pipelining, multi-get of 10 keys, 100 B values"
 	[d]="1000 conns, no pipelining, 90% get / 10% set, 100 B values"
+	[e]="text get vs meta mg v f t, 100% single-key reads of 100 B values, unpipelined and pipelined"
 	[g]="50 conns, no pipelining, 100% single-key gets, 100 B values"
 	[i]="ringproxy without vs with the Redis index; 50 conns, no pipelining, 90% get / 10% set, 100 B values"
 	[m]="resize 3 -> 4 servers with the Redis index: migration speed, and latency under load while it runs"
@@ -165,7 +180,7 @@ declare -A SHAPE_TEXT=(
 	[x]="keeping the index: rebuild, sweep (and the sweeper's cost to clients), the migration's closing pass"
 )
 # Shapes that are not one loadgen run per target (they have their own runner).
-SPECIAL_SHAPES=" i m f x "
+SPECIAL_SHAPES=" e i m f x "
 declare -A SHAPE_KEYS=([i]=$INDEX_KEYS [m]=$INDEX_KEYS [f]=$INDEX_KEYS)
 
 nutcracker_version() {
@@ -745,6 +760,79 @@ print_table() {
 				"$(ratio "${MED[$a,p50_us]}" "${MED[$b,p50_us]}")" \
 				"$(ratio "${MED[$a,p99_us]}" "${MED[$b,p99_us]}")" \
 				"$(ratio "${MED[$a,cpu_us_per_op]}" "${MED[$b,cpu_us_per_op]}")"
+		done
+	done
+}
+
+# ---- shape e: text get vs meta mg ---------------------------------------
+
+# The targets that serve the meta protocol, of those in TARGETS and started.
+meta_targets() {
+	local t
+	for t in direct ringproxy; do
+		[[ " $TARGETS " == *" $t "* ]] && [ -z "${SKIP[$t]:-}" ] && printf '%s ' "$t"
+	done
+}
+
+shape_meta() {
+	local round load target proto
+	for round in $(seq "$META_ROUNDS"); do
+		for load in 1 32; do
+			for target in $(meta_targets); do
+				for proto in get mg; do
+					run_one "e-$proto-$load" "$target" "$round" -d "$META_SECONDS"
+				done
+			done
+		done
+	done
+}
+
+print_meta_table() {
+	local load target proto m
+	local -A E=()
+	printf '\n(e) %s\n' "${SHAPE_TEXT[e]}"
+	printf '  %s rounds x %s s (+%s s warmup), medians; `get KEY` vs `mg KEY v f t` on keys\n' \
+		"$META_ROUNDS" "$META_SECONDS" "$WARMUP"
+	printf '  stored by the same protocol (set / ms T0 F0)\n'
+	[[ " $TARGETS " != *" twemproxy "* ]] ||
+		printf '  twemproxy: not run, nutcracker does not speak the meta protocol\n'
+	for load in 1 32; do
+		if [ "$load" = 1 ]; then
+			printf '  50 conns, no pipelining:\n'
+		else
+			printf '  10 conns, pipelined 32 deep:\n'
+		fi
+		printf '    %-20s %10s %9s %9s %11s %7s %7s\n' target ops/s p50_us p99_us cpu_us/req \
+			errors misses
+		for target in $(meta_targets); do
+			for proto in get mg; do
+				for m in ops_per_s p50_us p99_us cpu_us_per_op; do
+					# a target whose runs all failed has no values: median says "-"
+					E[$target,$proto,$m]=$(median "${RES[e-$proto-$load,$target,$m]:-}") || true
+				done
+				printf '    %-20s %10s %9s %9s %11s %7s %7s%s\n' "$target $proto" \
+					"${E[$target,$proto,ops_per_s]}" "${E[$target,$proto,p50_us]}" \
+					"${E[$target,$proto,p99_us]}" "${E[$target,$proto,cpu_us_per_op]}" \
+					"$(total "${RES[e-$proto-$load,$target,errors]:-}")" \
+					"$(total "${RES[e-$proto-$load,$target,misses]:-}")" \
+					"${RES[e-$proto-$load,$target,failed]:+  (some runs failed)}"
+			done
+		done
+		for target in $(meta_targets); do
+			printf '    %-20s %10s %9s %9s %11s\n' "$target mg/get" \
+				"$(ratio "${E[$target,mg,ops_per_s]}" "${E[$target,get,ops_per_s]}")" \
+				"$(ratio "${E[$target,mg,p50_us]}" "${E[$target,get,p50_us]}")" \
+				"$(ratio "${E[$target,mg,p99_us]}" "${E[$target,get,p99_us]}")" \
+				"$(ratio "${E[$target,mg,cpu_us_per_op]}" "${E[$target,get,cpu_us_per_op]}")"
+		done
+		[[ " $(meta_targets) " == *" direct "* && " $(meta_targets) " == *" ringproxy "* ]] ||
+			continue
+		for proto in get mg; do
+			printf '    %-20s %10s %9s %9s %11s\n' "ringproxy/direct $proto" \
+				"$(ratio "${E[ringproxy,$proto,ops_per_s]}" "${E[direct,$proto,ops_per_s]}")" \
+				"$(ratio "${E[ringproxy,$proto,p50_us]}" "${E[direct,$proto,p50_us]}")" \
+				"$(ratio "${E[ringproxy,$proto,p99_us]}" "${E[direct,$proto,p99_us]}")" \
+				"$(ratio "${E[ringproxy,$proto,cpu_us_per_op]}" "${E[direct,$proto,cpu_us_per_op]}")"
 		done
 	done
 }
@@ -1850,7 +1938,7 @@ for shape in $SHAPES; do
 		done
 	done
 done
-for shape in i m f x; do
+for shape in e i m f x; do
 	[[ " $SHAPES " == *" $shape "* ]] || continue
 	if [ -n "${SKIP_SHAPE[$shape]:-}" ]; then
 		log "shape $shape skipped: ${SKIP_SHAPE[$shape]}"
@@ -1858,6 +1946,7 @@ for shape in i m f x; do
 	fi
 	log "shape $shape: ${SHAPE_TEXT[$shape]}"
 	case $shape in
+	e) shape_meta ;;
 	i) shape_index ;;
 	m) shape_migration ;;
 	f) shape_fleet ;;
@@ -1867,13 +1956,14 @@ done
 
 {
 	print_table
-	for shape in i m f x; do
+	for shape in e i m f x; do
 		[[ " $SHAPES " == *" $shape "* ]] || continue
 		if [ -n "${SKIP_SHAPE[$shape]:-}" ]; then
 			printf '\n(%s) %s\n  skipped: %s\n' "$shape" "${SHAPE_TEXT[$shape]}" "${SKIP_SHAPE[$shape]}"
 			continue
 		fi
 		case $shape in
+		e) print_meta_table ;;
 		i) print_index_table ;;
 		m) print_migration_table ;;
 		f) print_fleet_table ;;

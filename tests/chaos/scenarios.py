@@ -19,10 +19,10 @@ RATE = 1000         # keys/s for the plain resizes: the load overlaps the moves
 
 
 def setup(cluster, name, n_mc, n_proxies, workers=6, keys_per_worker=500,
-          reserved=0, max_seconds=150.0, **fleet_kw):
+          reserved=0, max_seconds=150.0, ops="text", **fleet_kw):
     fleet = Fleet(cluster, n_mc, n_proxies, **fleet_kw)
     checker = Checker(fleet, name, workers=workers, keys_per_worker=keys_per_worker,
-                      reserved=reserved, max_seconds=max_seconds)
+                      reserved=reserved, max_seconds=max_seconds, ops=ops)
     return fleet, checker
 
 
@@ -38,6 +38,7 @@ def load_until_converged(checker, fleet, spec, tail=1.0, timeout=CONVERGE_TIMEOU
         checker.event("converged under load")
     except (TimeoutError, ValueError) as e:
         checker.event("no convergence under load: %s" % str(e)[:200])
+    checker.watch = False       # the keys are home: watch_moving's count ends
     checker.sleep(tail)
 
 
@@ -58,20 +59,38 @@ def start_load(checker, scripted=None, warmup=1.0):
 # ------------------------------------------------------------ a, b, c
 
 def resize(cluster, name, n_from, n_to, proxies=2, weights_from=None,
-           weights_to=None, rate=RATE):
-    """Every proxy SIGHUPed at once from n_from to n_to servers."""
+           weights_to=None, rate=RATE, ops="text"):
+    """Every proxy SIGHUPed at once from n_from to n_to servers; ops is the
+    Checker's op mix."""
     n_mc = max(n_from, n_to)
-    fleet, c = setup(cluster, name, n_from, proxies, rate=rate, weights=weights_from)
+    fleet, c = setup(cluster, name, n_from, proxies, rate=rate, weights=weights_from,
+                     ops=ops)
     if n_mc > n_from:
         fleet.add_memcached(n_mc - n_from)
     start_load(c)
     base = epoch(fleet)
     spec = fleet.spec(n_to, weights_to)
+    if ops != "text":
+        watch_moving(c, fleet, spec)
     c.event("SIGHUP all %d proxies -> %s" % (proxies, [(m.ident, w) for m, w in spec]))
     fleet.reload(fleet.live_idxs(), spec)
     under_way(c, fleet, base)
     load_until_converged(c, fleet, spec)
     return c.finish(spec)
+
+
+def watch_moving(c, fleet, spec):
+    """From now until the fleet converges (load_until_converged), count the
+    meta ops on the keys whose owner changes from proxy 0's ring to spec."""
+    conf_new = fleet.cluster.workdir + "/watch-new.yml"
+    with open(conf_new, "w") as f:
+        f.write(fleet.config(1, spec))
+    names = list(c.keys)
+    before = locate(fleet.proxies[fleet.live_idxs()[0]].conf_path, names)
+    after = locate(conf_new, names)
+    c.moving = frozenset(n for n in names if before[n] != after[n])
+    c.event("%d of %d keys change owner" % (len(c.moving), len(names)))
+    c.watch = True
 
 
 def grow_3_to_4(cluster, proxies=2, rate=RATE):                       # a
@@ -85,6 +104,12 @@ def shrink_4_to_3(cluster, proxies=2, rate=RATE):                     # b
 def reweight(cluster, proxies=2, rate=RATE):                          # c
     return resize(cluster, "c-reweight-1-to-3-p%d" % proxies, 3, 3, proxies,
                   weights_to=[1, 3, 1], rate=rate)
+
+
+def meta_grow_3_to_4(cluster, proxies=2, rate=RATE):                  # o
+    """a's resize under text and meta commands mixed (Checker ops="mixed")."""
+    return resize(cluster, "o-meta-grow-3-to-4-p%d" % proxies, 3, 4, proxies, rate=rate,
+                  ops="mixed")
 
 
 # ------------------------------------------------------------ d, e

@@ -2,7 +2,7 @@
 read, no undone delete, no lost write and no stranded key.
 
     make chaos          all scenarios (ASan build)
-    make chaos-fast     the fast subset (-m fast): a, b, d, g, n
+    make chaos-fast     the fast subset (-m fast): a, b, d, g, n, o
 """
 import os
 
@@ -90,3 +90,12 @@ def test_m_second_resize_while_the_first_runs(cluster):
 @pytest.mark.fast
 def test_n_keys_written_around_the_proxies_survive_a_resize(cluster):
     check(sc.unindexed_keys(cluster))
+
+
+@pytest.mark.fast
+def test_o_meta_commands_during_a_3_to_4_resize(cluster):
+    result = sc.meta_grow_3_to_4(cluster)
+    check(result)
+    # the meta commands were answered, moving keys' too (none refused)
+    assert result.meta_ops > 0 and result.meta_errors == 0, result.summary()
+    assert result.meta_moving_ops > 0, result.summary()

@@ -822,10 +822,11 @@ def switched_delete(old, new, key):
 def test_meta_commands_over_a_tombstone_answer_as_for_no_key(env, cluster, phase):
     """A tombstone on the old owner (a switched proxy's delete, while the
     fleet is held in a phase) is a deleted key for every meta command, as
-    for the text ones: mg N and ma N create the key without answering the
-    tombstone's bytes, ms ME (and ms MA N) stores, each answered as one memcached answers
-    for a key it does not hold; the created values read the same through
-    both proxies and after the move."""
+    for the text ones: mg misses, mg N and ma N create the key without
+    answering the tombstone's bytes, ms ME stores, ms MA N appends to
+    nothing, each answered as one memcached answers for a key it does not
+    hold; the created values read the same through both proxies and after
+    the move."""
     from test_meta import cmd, ms, normalise, run_battery
     mcs = env.servers(4)
     a = env.proxy(mcs[:3], rate=1)
@@ -840,7 +841,8 @@ def test_meta_commands_over_a_tombstone_answer_as_for_no_key(env, cluster, phase
     moving = [k.encode() for k in keys if after[k] == "mc4"][:5]
     assert len(moving) == 5
     k1, k2, k3, k4, k5 = moving
-    steps = [cmd(b"mg " + k1 + b" N30 v"), cmd(b"mg " + k2 + b" N30 v q") + cmd(b"mn"),
+    steps = [cmd(b"mg " + k1 + b" v"), cmd(b"mg " + k1 + b" v q") + cmd(b"mn"),
+             cmd(b"mg " + k1 + b" N30 v"), cmd(b"mg " + k2 + b" N30 v q") + cmd(b"mn"),
              cmd(b"ma " + k3 + b" N0 J5 v"), ms(k4, b"added", b"ME"),
              ms(k5, b"tail", b"MA N30")]
     final = [cmd(b"mg " + k + b" v f") for k in moving]

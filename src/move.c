@@ -474,6 +474,14 @@ static bool is_tomb(const struct mreply *r)
            memcmp(r->value, MIG_TOMB_VALUE, r->value_len) == 0;
 }
 
+/* Does an "mg key v f ..." reply show a real value? A tombstone is a miss,
+ * for every command, text or meta (docs/ARCHITECTURE.md, "Resizing a
+ * fleet"): every rule decides "the owner holds the key" here. */
+static bool holds_value(const struct mreply *r)
+{
+    return r->status == MREPLY_VA && !is_tomb(r);
+}
+
 /* What an "mg key v f c ..." reply says the owner holds. */
 static enum mlook look(const struct mreply *r, int64_t *cas)
 {
@@ -482,7 +490,7 @@ static enum mlook look(const struct mreply *r, int64_t *cas)
         return LOOK_NONE;
     }
     mreply_flag(r, 'c', cas);
-    return is_tomb(r) ? LOOK_TOMB : LOOK_REAL;
+    return holds_value(r) ? LOOK_REAL : LOOK_TOMB;
 }
 
 /* --- client commands: reads ------------------------------------------------------ */
@@ -496,7 +504,7 @@ static void on_read_new(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
-    if (r->status == MREPLY_VA && !is_tomb(r)) {
+    if (holds_value(r)) {
         op->m->fallback_reads++;
         reply_value(op, r);
         mop_finish(op);
@@ -774,7 +782,7 @@ static void on_add_new(void *arg, const struct mreply *r)
     if (r->status == MREPLY_FAIL) {
         reply_line(op, error_line(r));
         mop_finish(op);
-    } else if (r->status == MREPLY_VA && !is_tomb(r)) {
+    } else if (holds_value(r)) {
         reply_line(op, "NOT_STORED");
         mop_finish(op);
     } else {
@@ -958,6 +966,8 @@ struct mop_meta {
     enum meta_rule rule;
     bool quiet, client_cas, vivify;
     bool absent;                /* the owner it ran on did not hold the key */
+    mconn_cb then;              /* meta_run_home: the line's callback */
+    mconn_cb relook;            /* meta_run_home: the rule's lookup, again */
     uint32_t quiet_drops;       /* META_RSP_BIT()s q drops (meta_quiet_drops) */
     uint32_t retry_on;          /* 1 << MREPLY_x: from the old owner, look again */
     uint32_t stores;            /* 1 << MREPLY_x: the key was stored (index) */
@@ -1096,6 +1106,61 @@ static void meta_index(struct mop *op, const struct mreply *r)
     }
 }
 
+/*
+ * A miss on both owners, and the client's line creates the key (ms ME, mg
+ * N, ma N, ms MA/MP N) at the old owner, the home of a prepared proxy. A
+ * tombstone there is a miss like no item (holds_value), but memcached would
+ * take it for the key: it is cleared first, conditionally on the CAS looked
+ * at (the text add replaces it by a conditional set instead, which the
+ * client's line cannot be made into), then the line runs. If the tombstone
+ * changed meanwhile (EX: a write replaced it) the rule looks again.
+ */
+static void on_meta_home_cleared(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        meta_fail(op, error_line(r));
+    } else if (r->status == MREPLY_EX) {
+        retry_or_fail(op, op->meta->relook);
+    } else {
+        op->old = LOOK_NONE;            /* HD: cleared; NF: gone meanwhile */
+        meta_run(op, op->from, op->meta->then, false);
+    }
+}
+
+static void meta_run_home(struct mop *op, mconn_cb cb, mconn_cb relook)
+{
+    if (op->old != LOOK_TOMB) {
+        meta_run(op, op->from, cb, false);
+        return;
+    }
+    op->meta->then = cb;
+    op->meta->relook = relook;
+    SEND_OR_FAIL(op, op->from, on_meta_home_cleared, NULL, 0, "md %.*s C%lld",
+                 (int)op->k->len, op->k->key, (long long)op->old_cas);
+}
+
+static void on_meta_set_other(void *arg, const struct mreply *r);
+
+/* Answer r, after clearing the tombstone on the old owner when the line
+ * created the key on the new one (the text add's rule: the tombstone would
+ * outlive the value, and the mover settles a tombstone on O and a value on
+ * N for O). */
+static void meta_reply_clear(struct mop *op, const struct mreply *r)
+{
+    meta_index(op, r);
+    meta_keep(op, r, r->status);
+    if (op->meta->ran == op->to && op->old == LOOK_TOMB && op->meta->absent &&
+        (op->meta->stores & (1u << r->status)) != 0) {
+        op->old = LOOK_NONE;
+        SEND_OR_FAIL(op, op->from, on_meta_set_other, NULL, 0, "md %.*s C%lld",
+                     (int)op->k->len, op->k->key, (long long)op->old_cas);
+        return;
+    }
+    meta_answer(op);
+}
+
 /* reads (mg without N): the old owner, then the new, then the old again */
 static void on_meta_read_old(void *arg, const struct mreply *r);
 
@@ -1155,8 +1220,7 @@ static void on_meta_rmw_done(void *arg, const struct mreply *r)
         retry_or_fail(op, on_meta_rmw_lookup);
         return;
     }
-    meta_index(op, r);
-    meta_reply(op, r);
+    meta_reply_clear(op, r);
 }
 
 static void on_meta_rmw_new(void *arg, const struct mreply *r)
@@ -1168,13 +1232,17 @@ static void on_meta_rmw_new(void *arg, const struct mreply *r)
     }
     /* prepared, creating on a miss: on the new owner only if it holds the
      * value, else at home (the old owner), as add does */
-    bool real = r->status == MREPLY_VA && !is_tomb(r);
-    op->meta->absent = !real && op->old == LOOK_NONE;
-    meta_run(op, real ? op->to : op->from, on_meta_rmw_done, false);
+    op->meta->absent = !holds_value(r);
+    if (op->meta->absent) {
+        meta_run_home(op, on_meta_rmw_done, on_meta_rmw_lookup);
+    } else {
+        meta_run(op, op->to, on_meta_rmw_done, false);
+    }
 }
 
-/* ma N q on the new owner: whether it creates the item decides whether q
- * drops its answer (meta_quiet_drops), so look first. */
+/* Creating on the new owner: whether the line creates the item decides
+ * whether q drops ma's answer (meta_quiet_drops) and whether a tombstone on
+ * the old owner is cleared after (meta_reply_clear), so look first. */
 static void on_meta_ma_look(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
@@ -1200,7 +1268,8 @@ static void on_meta_rmw_lookup(void *arg, const struct mreply *r)
     } else if (op->meta->vivify && op->phase == PH_PREPARED) {
         SEND_OR_FAIL(op, op->to, on_meta_rmw_new, NULL, 0, "mg %.*s v f", (int)op->k->len,
                      op->k->key);
-    } else if (op->meta->cmd == META_CMD_MA && op->meta->vivify && op->meta->quiet) {
+    } else if (op->meta->vivify &&
+               (op->old == LOOK_TOMB || (op->meta->cmd == META_CMD_MA && op->meta->quiet))) {
         SEND_OR_FAIL(op, op->to, on_meta_ma_look, NULL, 0, "mg %.*s", (int)op->k->len,
                      op->k->key);
     } else {
@@ -1256,16 +1325,11 @@ static void on_meta_add_done(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
-    meta_index(op, r);
-    meta_keep(op, r, r->status);
-    if (r->status == MREPLY_HD && op->meta->ran == op->to && op->old == LOOK_TOMB) {
-        op->old = LOOK_NONE;
-        SEND_OR_FAIL(op, op->from, on_meta_set_other, NULL, 0, "md %.*s C%lld",
-                     (int)op->k->len, op->k->key, (long long)op->old_cas);
-        return;
-    }
-    meta_answer(op);
+    op->meta->absent = true;            /* ME stores only over no item */
+    meta_reply_clear(op, r);
 }
+
+static void on_meta_add_lookup(void *arg, const struct mreply *r);
 
 static void on_meta_add_new(void *arg, const struct mreply *r)
 {
@@ -1274,8 +1338,11 @@ static void on_meta_add_new(void *arg, const struct mreply *r)
     if (failed_reply(op, r)) {
         return;
     }
-    bool real = r->status == MREPLY_VA && !is_tomb(r);
-    meta_run(op, real ? op->to : op->from, on_meta_add_done, false);
+    if (holds_value(r)) {
+        meta_run(op, op->to, on_meta_add_done, false);     /* answers NS */
+    } else {
+        meta_run_home(op, on_meta_add_done, on_meta_add_lookup);
+    }
 }
 
 static void on_meta_add_lookup(void *arg, const struct mreply *r)
@@ -1585,7 +1652,7 @@ static void on_dest_look(void *arg, const struct mreply *r)
         move_retry(op);         /* gone again: start over */
         return;
     }
-    if (r->status == MREPLY_VA && !is_tomb(r)) {
+    if (holds_value(r)) {
         int64_t flags = 0;
         mreply_flag(r, 'f', &flags);
         bool same = r->value_len == op->val_len && (uint32_t)flags == (uint32_t)op->vflags &&
@@ -1780,7 +1847,7 @@ static void on_doubt_look(void *arg, const struct mreply *r)
     }
     mreply_flag(r, 'f', &flags);
     mreply_flag(r, 'c', &cas);
-    bool ours = d != NULL && r->status == MREPLY_VA && !is_tomb(r) &&
+    bool ours = d != NULL && holds_value(r) &&
                 value_hash(r->value, r->value_len, (uint32_t)flags) == d->vhash;
     if (!ours) {
         doubt_drop(op->m, op->k);

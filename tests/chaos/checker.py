@@ -876,14 +876,11 @@ READS = READS + META_READS
 # as a switch for narrowing a failure down.
 META_FENCE_ALL = False
 
-# WORKAROUND, not a rule of the protocol: no `ma N` that would create a
-# key that changes owner while the resize runs (it is sent without N). The
-# proxy creates it at home (N) but leaves a tombstone on O from an earlier
-# delete of a switched proxy, and reads, which look at O first, miss it
-# until the mover clears the tombstone (docs/ARCHITECTURE.md: `ms ME`
-# clears it, "`ma N` on a miss creates at home" does not). Set to True
-# once that is fixed.
-AUTOVIVIFY_MOVING = False
+# `ma N` on keys that change owner while the resize runs (True), or only
+# on settled keys (False). True exercises creation over a tombstone left on
+# the old owner by a switched proxy's delete, which once hid the created
+# value (move.c: meta_reply_clear, meta_run_home).
+AUTOVIVIFY_MOVING = True
 
 # Checker(ops=...): the op tables of text keys and numeric keys.
 OP_MIXES = {

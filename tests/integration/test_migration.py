@@ -403,6 +403,9 @@ def test_two_proxies_share_one_migration(env, cluster):
     b = env.proxy(mcs[:3], rate=4000)
     keys = ["w%d" % i for i in range(4000)]
     seed_versioned(a.port, keys)
+    # Keys no workload writes: only the mover can put these in place (a
+    # busy machine can let the workloads rewrite every w-key at home first).
+    still = fill(b.port, 2000, prefix="still")
     time.sleep(0.3)
     # Sets and deletes race the moves through both proxies.
     with Workload(a.port, keys[:2000], threads=2, deletes=True) as wa, \
@@ -430,6 +433,8 @@ def test_two_proxies_share_one_migration(env, cluster):
                 assert v is not None and int(v.split(b":")[1]) == acked.get(k, 0)
         c.close()
     assert sum(moved) > 0
+    assert_all_hit(a.port, still)
+    assert_all_hit(b.port, still)
 
 
 def test_sigterm_during_a_migration_stops_cleanly_and_a_restart_finishes(env):

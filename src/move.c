@@ -955,8 +955,10 @@ static void client_start(struct mop *op)
  * return flags (O, k, b, c, t, s, W/X/Z...) exactly as the backend wrote
  * them. The proxy's condition (C<cas> of the value it looked at) is added
  * to that line on the old owner unless the client gave its own C: ms, md
- * and ma echo neither C nor M, so the reply is the same. q is applied here,
- * by memcached's table, since the answer may be composed of several replies.
+ * and ma echo neither C nor M, so the reply is the same; mg takes no
+ * condition, so its answer there is judged instead (meta_judged_line,
+ * meta_judged). q is applied here, by memcached's table, since the answer
+ * may be composed of several replies.
  */
 enum meta_rule { META_RULE_READ, META_RULE_SET, META_RULE_ADD, META_RULE_DELETE,
                  META_RULE_RMW };

@@ -444,3 +444,25 @@ enum meta_reply_rc meta_parse_reply(const char *line, size_t len,
     }
     return META_REPLY_OK;
 }
+
+size_t meta_drop_flags(const char *flags, size_t len, const char *drop, char *out)
+{
+    size_t n = 0;
+    bool first = true;
+
+    for (size_t i = 0; i <= len && len > 0;) {
+        const char *sp = memchr(flags + i, ' ', len - i);
+        size_t tlen = sp != NULL ? (size_t)(sp - (flags + i)) : len - i;
+        /* an empty token (two spaces) has no letter: kept as written */
+        if (tlen == 0 || strchr(drop, flags[i]) == NULL || flags[i] == '\0') {
+            if (!first) {
+                out[n++] = ' ';
+            }
+            memcpy(out + n, flags + i, tlen);
+            n += tlen;
+            first = false;
+        }
+        i += tlen + 1;
+    }
+    return n;
+}

@@ -173,4 +173,14 @@ enum meta_reply_rc {
 enum meta_reply_rc meta_parse_reply(const char *line, size_t len,
                                     struct meta_rsp *rsp);
 
+/*
+ * Copy a reply's return flags (meta_rsp's flags: tokens separated by single
+ * spaces, each led by its flag's letter) into out without the tokens whose
+ * letter is in `drop` (a NUL-terminated set): move.c (meta_keep) removes so
+ * the return flags it added to a client's mg line to judge its answer. Every
+ * other byte stays as the server wrote it. out holds len bytes (it may not
+ * overlap flags); returns its length.
+ */
+size_t meta_drop_flags(const char *flags, size_t len, const char *drop, char *out);
+
 #endif /* RINGPROXY_META_H */

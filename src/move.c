@@ -955,8 +955,10 @@ static void client_start(struct mop *op)
  * return flags (O, k, b, c, t, s, W/X/Z...) exactly as the backend wrote
  * them. The proxy's condition (C<cas> of the value it looked at) is added
  * to that line on the old owner unless the client gave its own C: ms, md
- * and ma echo neither C nor M, so the reply is the same. q is applied here,
- * by memcached's table, since the answer may be composed of several replies.
+ * and ma echo neither C nor M, so the reply is the same; mg takes no
+ * condition, so its answer there is judged instead (meta_judged_line,
+ * meta_judged). q is applied here, by memcached's table, since the answer
+ * may be composed of several replies.
  */
 enum meta_rule { META_RULE_READ, META_RULE_SET, META_RULE_ADD, META_RULE_DELETE,
                  META_RULE_RMW };
@@ -971,6 +973,11 @@ struct mop_meta {
     uint32_t quiet_drops;       /* META_RSP_BIT()s q drops (meta_quiet_drops) */
     uint32_t retry_on;          /* 1 << MREPLY_x: from the old owner, look again */
     uint32_t stores;            /* 1 << MREPLY_x: the key was stored (index) */
+    bool ret_cas, ret_flags, ret_value; /* the client's line asks c, f, v */
+    bool judged;                /* the last run is an mg on the old owner over
+                                   the real value looked at (meta_judged) */
+    char added[3];              /* return flags added to the last run, which
+                                   its reply loses again (meta_keep) */
     struct backend *ran;        /* where the client's line ran last */
     struct evbuffer *out;       /* the client's reply, kept until the end */
     size_t len;
@@ -1028,10 +1035,19 @@ static void meta_keep(struct mop *op, const struct mreply *r, enum mreply_status
     if (as == MREPLY_VA) {
         evbuffer_add_printf(mm->out, " %zu", r->value_len);
     }
-    if (r->flags_len > 0) {
-        evbuffer_add(mm->out, " ", 1);
-        evbuffer_add(mm->out, r->flags, r->flags_len);
+    const char *flags = r->flags;
+    size_t flags_len = r->flags_len;
+    char *own = NULL;
+    if (mm->added[0] != '\0' && flags_len > 0) {
+        own = rp_xmalloc(flags_len, "a meta reply's flags");
+        flags_len = meta_drop_flags(r->flags, r->flags_len, mm->added, own);
+        flags = own;
     }
+    if (flags_len > 0) {
+        evbuffer_add(mm->out, " ", 1);
+        evbuffer_add(mm->out, flags, flags_len);
+    }
+    free(own);
     evbuffer_add(mm->out, "\r\n", 2);
     if (as == MREPLY_VA) {
         evbuffer_add(mm->out, r->value, r->value_len);
@@ -1069,6 +1085,33 @@ static void meta_fail(struct mop *op, const char *line)
     meta_reply(op, &fail);
 }
 
+/*
+ * mg takes no condition: run on the old owner over the real value looked
+ * at, its answer may be of an item written between the lookup and the line
+ * (a switched proxy's tombstone, an item vivified after the value moved).
+ * So the line also asks the return flags meta_judged needs (c; f when it
+ * reads the value), which meta_keep removes from the reply again. They fit:
+ * a line with more than 15 flags never runs here (client_meta_movable), and
+ * q is not sent.
+ */
+static int meta_judged_line(struct mop_meta *mm, char *line, size_t cap)
+{
+    size_t a = 0;
+    int n = snprintf(line, cap, "%.*s", (int)mm->len, mm->line);
+
+    if (!mm->ret_cas) {
+        mm->added[a++] = 'c';
+    }
+    if (mm->ret_value && !mm->ret_flags) {
+        mm->added[a++] = 'f';
+    }
+    mm->added[a] = '\0';
+    for (size_t i = 0; i < a; i++) {
+        n += snprintf(line + n, cap - (size_t)n, " %c", mm->added[i]);
+    }
+    return n;
+}
+
 /* Run the client's line on be; cond: made conditional on op->old_cas. */
 static void meta_run(struct mop *op, struct backend *be, mconn_cb cb, bool cond)
 {
@@ -1076,8 +1119,15 @@ static void meta_run(struct mop *op, struct backend *be, mconn_cb cb, bool cond)
     char *line = rp_xmalloc(mm->len + 32, "a meta command line");
     size_t dlen = 0;
     const char *data = mm->cmd == META_CMD_MS ? op_data(op, &dlen) : NULL;
-    int n = snprintf(line, mm->len + 32, "%.*s", (int)mm->len, mm->line);
+    int n;
 
+    mm->added[0] = '\0';
+    mm->judged = mm->cmd == META_CMD_MG && be == op->from && op->old == LOOK_REAL;
+    if (mm->judged) {
+        n = meta_judged_line(mm, line, mm->len + 32);
+    } else {
+        n = snprintf(line, mm->len + 32, "%.*s", (int)mm->len, mm->line);
+    }
     if (cond && !mm->client_cas) {
         n += snprintf(line + n, mm->len + 32 - (size_t)n, " C%lld", (long long)op->old_cas);
     }
@@ -1097,6 +1147,26 @@ static bool meta_moved_under(struct mop *op, const struct mreply *r)
 {
     return op->meta->ran == op->from && op->old == LOOK_REAL &&
            (op->meta->retry_on & (1u << r->status)) != 0;
+}
+
+/*
+ * Is a judged mg's answer (meta_run) one the client may be given? It is if
+ * it is the item looked at (the same CAS), or for mg without N a real value
+ * written since, which a text get reading then would answer too. Anything
+ * else changed under the command: a tombstone (holds_value), or with N an
+ * item it may have created itself after the value moved. Look again.
+ */
+static bool meta_judged(struct mop *op, const struct mreply *r)
+{
+    int64_t cas = 0;
+
+    if (!op->meta->judged || (r->status != MREPLY_VA && r->status != MREPLY_HD)) {
+        return true;
+    }
+    if (mreply_flag(r, 'c', &cas) && cas == op->old_cas) {
+        return true;
+    }
+    return !op->meta->vivify && holds_value(r);
 }
 
 static void meta_index(struct mop *op, const struct mreply *r)
@@ -1183,7 +1253,7 @@ static void on_meta_read_ran_old(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
-    if (meta_moved_under(op, r)) {
+    if (meta_moved_under(op, r) || !meta_judged(op, r)) {
         retry_or_fail(op, on_meta_read_old);
         return;
     }
@@ -1216,7 +1286,7 @@ static void on_meta_rmw_done(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
-    if (meta_moved_under(op, r)) {
+    if (meta_moved_under(op, r) || !meta_judged(op, r)) {
         retry_or_fail(op, on_meta_rmw_lookup);
         return;
     }
@@ -1495,6 +1565,11 @@ void mig_submit_meta(struct mig *m, struct frag *f, const struct meta_req *mr,
                              .vivify = mr->vivify, .quiet_drops = mr->quiet_drops,
                              .len = len };
     memcpy(mm->line, line, len);
+    for (uint32_t i = 0; i < mr->nflags; i++) {
+        mm->ret_cas |= mr->flags[i].letter == 'c';
+        mm->ret_flags |= mr->flags[i].letter == 'f';
+        mm->ret_value |= mr->flags[i].letter == 'v';
+    }
     meta_classify(mm, mr);
     op->meta = mm;
     op->arc = -1;

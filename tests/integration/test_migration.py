@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -729,6 +730,10 @@ def meta_steps(k, k2):
     from test_meta import cmd, ms
     return [
         cmd(b"mg " + k + b" v f k O1"), cmd(b"mg " + k + b" s t v q") + cmd(b"mn"),
+        # the most flags a moving key takes (15), without c and f: the two
+        # the proxy adds on the old owner (move.c, meta_judged_line) fit
+        cmd(b"mg " + k + b" v s t k O8 u N30 T0 R5 C1 F2 M3 J4 D5 P"),
+        cmd(b"mg " + k + b" v s t k O9 u T0 R5 q C1 F2 M3 J4 D5") + cmd(b"mn"),
         cmd(b"mg " + k + b" q") + cmd(b"mn"), cmd(b"me " + k),
         ms(k, b"new", b"T0 F5 k"), cmd(b"mg " + k + b" v f"),
         ms(k, b"+", b"MA O2"), ms(k, b"-", b"MP q") + cmd(b"mn"), cmd(b"mg " + k + b" v"),
@@ -889,3 +894,119 @@ def test_meta_commands_over_a_tombstone_answer_as_for_no_key(env, cluster, phase
     for k in moving:
         assert (k in held[4]) == (k in exist) and all(k not in held[i] for i in (1, 2, 3))
     assert len(exist) == 4
+
+
+class Relay:
+    """A byte relay in front of a memcached server that runs the test's
+    action (once) just before it passes on a command line the test armed:
+    something then happens on the server exactly between two of the proxy's
+    commands, with no timing involved. `hooks` maps a line (a prefix of
+    whole tokens) to its action; relays may share it."""
+
+    def __init__(self, target_port, hooks):
+        self.target, self.hooks = target_port, hooks
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.addr = "127.0.0.1:%d" % self.port
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self.up, args=(conn, server), daemon=True).start()
+            threading.Thread(target=self.down, args=(server, conn), daemon=True).start()
+
+    @staticmethod
+    def down(src, dst):
+        try:
+            while True:
+                chunk = src.recv(65536)
+                if not chunk:
+                    break
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        dst.close()
+
+    def armed(self, line):
+        for armed in list(self.hooks):
+            if line == armed or line.startswith(armed + b" "):
+                return self.hooks.pop(armed, None)
+        return None
+
+    def up(self, src, dst):
+        buf = b""
+        try:
+            while True:
+                chunk = src.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    action = self.armed(line)
+                    if action is not None:
+                        action()
+                    dst.sendall(line + b"\r\n")
+        except OSError:
+            pass
+        dst.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("phase", ["prepared", "moving"])
+def test_mg_never_answers_a_tombstone_written_after_its_lookup(env, cluster, phase):
+    """mg takes no condition (issue 12): between the proxy's lookup on the
+    old owner, which finds the real value, and the client's own line there,
+    a switched proxy's delete replaces the value by a tombstone (a relay
+    writes it just before the line reaches the server). mg plain, quiet,
+    without v and with N answer as one memcached answers for a deleted key,
+    never the tombstone's bytes nor the return flags the proxy added."""
+    from test_meta import cmd, normalise, run_battery
+    mcs = env.servers(4)
+    hooks = {}
+    relays = [Relay(m.port, hooks) for m in mcs[:3]]
+    fronts = [SimpleNamespace(addr=r.addr, ident=m.ident) for r, m in zip(relays, mcs)]
+    a = env.proxy(fronts, rate=1)
+    keys = ["k%d" % i for i in range(3000)]
+    fill(a.port, 3000)
+    time.sleep(0.3)
+    before = locate(a.conf_path, keys)
+    with open(a.conf_path + ".new", "w") as f:
+        f.write(env.config(fronts + [mcs[3]], a.port))
+    after = locate(a.conf_path + ".new", keys)
+    moving = [k.encode() for k in keys if after[k] == "mc4"][:4]
+    assert len(moving) == 4
+    k1, k2, k3, k4 = moving
+    lines = [b"mg " + k1 + b" v k O7", b"mg " + k2 + b" s v", b"mg " + k3 + b" N30 v",
+             b"mg " + k4 + b" k"]
+    steps = [cmd(lines[0]), cmd(lines[1] + b" q") + cmd(b"mn"), cmd(lines[2]),
+             cmd(lines[3])]
+    direct, = cluster.memcached(1)      # holds none of them
+    time.sleep(1.2)     # the heartbeat is in Redis
+    with FakeProxy(env.r) as fake:
+        reload(a, env.config(fronts + [mcs[3]], a.port, rate=1))
+        wait_phase(a.port, "prepared")
+        if phase == "moving":
+            fake.ack = "switched"
+            wait_phase(a.port, "moving")
+        for line, k in zip(lines, moving):
+            old = mcs[int(before[k.decode()][2:]) - 1]
+            hooks[line] = (lambda o=old, key=k: switched_delete(o, mcs[3], key))
+        got = run_battery(("127.0.0.1", a.port), steps)
+        assert not hooks        # each tombstone came between lookup and line
+        assert proxy_stats(a.port)["migration:phase"] == phase
+    want = run_battery(("127.0.0.1", direct.port), steps)
+    assert not [g for g in got if TOMB_VALUE in g]
+    assert [normalise(g) for g in got] == [normalise(w) for w in want]
+    for r in relays:
+        r.close()

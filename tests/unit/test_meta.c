@@ -543,6 +543,31 @@ START_TEST(mconn_still_refuses_mn_and_me)
 }
 END_TEST
 
+/* The return flags the proxy adds to a judged mg (move.c, meta_run) leave
+ * its reply again, wherever memcached wrote them; nothing else changes. */
+START_TEST(drop_flags_removes_only_the_added_tokens)
+{
+    static const struct { const char *in, *drop, *out; } v[] = {
+        { "c12", "c", "" },
+        { "c12 f7", "cf", "" },
+        { "kfoo O1 c12", "c", "kfoo O1" },
+        { "c12 kfoo O1", "c", "kfoo O1" },
+        { "kcc O1 c12 f0 s2", "cf", "kcc O1 s2" },
+        { "kZm9v b c9 W", "c", "kZm9v b W" },
+        { "kfoo O1 W Z", "c", "kfoo O1 W Z" },
+        { "Of c1", "cf", "Of" },
+        { "s2  t-1", "c", "s2  t-1" },
+        { "", "c", "" },
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        char out[64];
+        size_t n = meta_drop_flags(v[i].in, strlen(v[i].in), v[i].drop, out);
+        ck_assert_msg(n == strlen(v[i].out) && memcmp(out, v[i].out, n) == 0,
+                      "%s -> %.*s", v[i].in, (int)n, out);
+    }
+}
+END_TEST
+
 START_TEST(names_match_the_enums)
 {
     ck_assert_str_eq(meta_cmd_name[META_CMD_MG], "mg");
@@ -595,6 +620,7 @@ static Suite *meta_suite(void)
     tcase_add_test(tc, reply_va_lengths);
     tcase_add_test(tc, reply_garbage);
     tcase_add_test(tc, mconn_still_refuses_mn_and_me);
+    tcase_add_test(tc, drop_flags_removes_only_the_added_tokens);
     suite_add_tcase(s, tc);
     return s;
 }

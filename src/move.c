@@ -1094,10 +1094,47 @@ static void meta_fail(struct mop *op, const char *line)
  * a line with more than 15 flags never runs here (client_meta_movable), and
  * q is not sent.
  */
+/*
+ * The client's line without its N (vivify) flag: on O over the real value
+ * looked at, N could only matter if that value left in between (the mover
+ * copied it to N and deleted it on O): the line would then create an empty
+ * item on O that the rules would later find there first. Without N such a
+ * line answers EN, which for mg means "moved under the command": look
+ * again (meta_moved_under). N is not a return flag: the reply is the same.
+ * mm->line is meta_format_request's: "mg <key>" and single-spaced flags.
+ */
+static int meta_line_without_vivify(const struct mop_meta *mm, char *line, size_t cap)
+{
+    const char *p = mm->line, *end = mm->line + mm->len;
+    size_t n = 0;
+    int word = 0;
+
+    while (p < end) {
+        const char *sp = memchr(p, ' ', (size_t)(end - p));
+        const char *tok_end = sp != NULL ? sp : end;
+        /* words 0 and 1 are "mg" and the key; a flag is one word */
+        if (!(word >= 2 && *p == 'N')) {
+            size_t len = (size_t)(tok_end - p);
+            if (n + len + 2 > cap) {
+                break;      /* cannot happen: cap is mm->len + 32 */
+            }
+            if (n > 0) {
+                line[n++] = ' ';
+            }
+            memcpy(line + n, p, len);
+            n += len;
+        }
+        word++;
+        p = sp != NULL ? sp + 1 : end;
+    }
+    line[n] = '\0';
+    return (int)n;
+}
+
 static int meta_judged_line(struct mop_meta *mm, char *line, size_t cap)
 {
     size_t a = 0;
-    int n = snprintf(line, cap, "%.*s", (int)mm->len, mm->line);
+    int n = meta_line_without_vivify(mm, line, cap);
 
     if (!mm->ret_cas) {
         mm->added[a++] = 'c';

@@ -828,6 +828,23 @@ def switched_delete(old, new, key):
         assert s.recv(4096).endswith(b"MN\r\n")
 
 
+def moved_away(old, new, key):
+    """What the mover leaves once it moved a key: the value (and flags) on
+    the new owner, the key deleted on the old one."""
+    with socket.create_connection(("127.0.0.1", old.port)) as s:
+        s.sendall(b"mg %s v f\r\n" % key)
+        got = b""
+        while not got.endswith(b"\r\n") or got.count(b"\r\n") < 2:
+            got += s.recv(4096)
+        head, value = got.split(b"\r\n")[:2]
+        flags = head.split(b" f")[1]
+        s.sendall(b"md %s\r\n" % key)
+        assert s.recv(4096) == b"HD\r\n"
+    with socket.create_connection(("127.0.0.1", new.port)) as s:
+        s.sendall(b"ms %s %d F%s\r\n%s\r\n" % (key, len(value), flags, value))
+        assert s.recv(4096) == b"HD\r\n"
+
+
 @pytest.mark.parametrize("phase", ["prepared", "moving"])
 def test_meta_commands_over_a_tombstone_answer_as_for_no_key(env, cluster, phase):
     """A tombstone on the old owner (a switched proxy's delete, while the
@@ -970,7 +987,9 @@ def test_mg_never_answers_a_tombstone_written_after_its_lookup(env, cluster, pha
     a switched proxy's delete replaces the value by a tombstone (a relay
     writes it just before the line reaches the server). mg plain, quiet,
     without v and with N answer as one memcached answers for a deleted key,
-    never the tombstone's bytes nor the return flags the proxy added."""
+    never the tombstone's bytes nor the return flags the proxy added. An mg
+    with N whose value the mover took away in that moment answers the value
+    from its new owner, never an item it created on the old one."""
     from test_meta import cmd, normalise, run_battery
     mcs = env.servers(4)
     hooks = {}
@@ -984,14 +1003,20 @@ def test_mg_never_answers_a_tombstone_written_after_its_lookup(env, cluster, pha
     with open(a.conf_path + ".new", "w") as f:
         f.write(env.config(fronts + [mcs[3]], a.port))
     after = locate(a.conf_path + ".new", keys)
-    moving = [k.encode() for k in keys if after[k] == "mc4"][:4]
-    assert len(moving) == 4
-    k1, k2, k3, k4 = moving
+    moving = [k.encode() for k in keys if after[k] == "mc4"][:5]
+    assert len(moving) == 5
+    k1, k2, k3, k4, k5 = moving
     lines = [b"mg " + k1 + b" v k O7", b"mg " + k2 + b" s v", b"mg " + k3 + b" N30 v",
-             b"mg " + k4 + b" k"]
+             b"mg " + k4 + b" k", b"mg " + k5 + b" N30 v"]
     steps = [cmd(lines[0]), cmd(lines[1] + b" q") + cmd(b"mn"), cmd(lines[2]),
-             cmd(lines[3])]
-    direct, = cluster.memcached(1)      # holds none of them
+             cmd(lines[3]), cmd(lines[4])]
+    # The line an mg N runs on O carries no N (move.c,
+    # meta_line_without_vivify) but the flags the proxy judges it by.
+    armed = [lines[0], lines[1], b"mg " + k3 + b" v c", lines[3], b"mg " + k5 + b" v c"]
+    direct, = cluster.memcached(1)      # holds none of k1..k4
+    # k5's value is not deleted but moved away (as the mover moves it):
+    # one memcached holding it answers it.
+    Client(("127.0.0.1", direct.port), default_noreply=False).set(k5, b"v-" + k5)
     time.sleep(1.2)     # the heartbeat is in Redis
     with FakeProxy(env.r) as fake:
         reload(a, env.config(fronts + [mcs[3]], a.port, rate=1))
@@ -999,9 +1024,12 @@ def test_mg_never_answers_a_tombstone_written_after_its_lookup(env, cluster, pha
         if phase == "moving":
             fake.ack = "switched"
             wait_phase(a.port, "moving")
-        for line, k in zip(lines, moving):
+        for line, k in zip(armed, moving):
             old = mcs[int(before[k.decode()][2:]) - 1]
-            hooks[line] = (lambda o=old, key=k: switched_delete(o, mcs[3], key))
+            if k == k5:
+                hooks[line] = (lambda o=old, key=k: moved_away(o, mcs[3], key))
+            else:
+                hooks[line] = (lambda o=old, key=k: switched_delete(o, mcs[3], key))
         got = run_battery(("127.0.0.1", a.port), steps)
         assert not hooks        # each tombstone came between lookup and line
         assert proxy_stats(a.port)["migration:phase"] == phase

@@ -1,0 +1,245 @@
+"""The meta protocol against hostile peers (issue 12): clients that send
+malformed, oversized, split or endless meta commands, and backends that
+answer meta commands with garbage.
+
+Client attacks are differential: the same bytes go to a direct memcached
+and through the proxy over three backends (test_meta.py's runner: each
+step then "version", CAS values and clock readings masked), and the
+answers must be identical. What memcached cannot be compared on (a data
+block that never ends, a pipeline never read) is checked against the
+proxy's own limits: value_timeout, the client's memory budget.
+
+Backend attacks use a FakeBackend next to a real memcached: the hostile
+reply is a protocol error on that backend connection (the command answers
+"connection lost"), counted in protocol_errors, and a key on the real
+backend is served throughout.
+"""
+import base64
+import socket
+import time
+
+import pytest
+
+from harness import FakeBackend, Wire, key_per_server, proxy_stats, wait_until
+from test_backend_replies import LOST, EmptyMemcached, backend_stat
+from test_client_limits import closed, rss_kb
+from test_memory_budget import no_quarantine  # noqa: F401 (a fixture)
+from test_meta import K250, K251, normalise, run_battery
+
+MB = 1024
+
+
+def cmd(line):
+    return line + b"\r\n"
+
+
+def ms(key, data, flags=b""):
+    return (b"ms " + key + b" %d" % len(data) + (b" " + flags if flags else b"")
+            + b"\r\n" + data + b"\r\n")
+
+
+def b64(raw):
+    return base64.b64encode(raw)
+
+
+FLAGS16 = b"v f t c s k h l u O1 T0 N0 R1 E5 q x"     # 16 flags
+OPQ = {n: b"O" + b"o" * (n - 1) for n in (31, 32, 33)}     # whole token n bytes
+
+HOSTILE = [
+    # -- ms lengths: memcached reads the length, or refuses the line
+    ms(b"len0", b""), cmd(b"ms len -0") + b"\r\n", cmd(b"ms len +1") + b"x\r\n",
+    cmd(b"ms len 1x") + b"x\r\n", cmd(b"ms len 0x1") + b"x\r\n",
+    cmd(b"ms len abc"), cmd(b"ms len -5"), cmd(b"ms len -2147483648"),
+    cmd(b"ms len 18446744073709551616"), cmd(b"ms len 1 1") + b"x\r\n",
+    cmd(b"ms len 1") + b"xy\r\n", cmd(b"ms len 2") + b"x\r\n\r\n",
+    cmd(b"ms len 3") + b"x\r\n\r\n", cmd(b"ms len 2147483646"),
+    cmd(b"ms len 2147483647"), cmd(b"ms len 2147483648"), cmd(b"ms len 4294967297") + b"x\r\n",
+    cmd(b"ms len 9223372036854775807"), cmd(b"ms len 9223372036854775808"),
+    # -- base64 keys
+    cmd(b"mg ==== b v"), cmd(b"mg = b"), cmd(b"mg A b"), cmd(b"mg AA== b"),
+    ms(b64(b"a b\r\nc d"), b"sp", b"b"), cmd(b"mg " + b64(b"a b\r\nc d") + b" b v k"),
+    cmd(b"md " + b64(b"a b\r\nc d") + b" b"),
+    cmd(b"mg " + b64(b"a b\r\nc d") + b" b v k"),
+    ms(b64(b"\x00\r\n get x\r\n"), b"nul", b"b k"),
+    cmd(b"mg " + b64(b"\x00\r\n get x\r\n") + b" b v k"),
+    cmd(b"ma " + b64(b"n n\r\n") + b" b N0 J7 v"),
+    cmd(b"mg " + b64(b"x" * 187) + b" b v"),      # 250 bytes of base64
+    cmd(b"mg " + b64(b"x" * 188) + b" b v"),      # 252
+    cmd(b"mg " + b64(b"x" * 250) + b" b v"),
+    cmd(b"mg " + b64(b"x" * 251) + b" b v"),
+    cmd(b"mg !!!! b v"), cmd(b"mg Zm9v= b v"), cmd(b"mg Zm9v b b v"),
+    # -- 250-byte keys with flags
+    ms(K250, b"v250", b"T0 F5 c k O1"), cmd(b"mg " + K250 + b" " + FLAGS16),
+    cmd(b"mg " + K250 + b" v f t c s k h l O1 q"), cmd(b"mg " + K251 + b" v"),
+    cmd(b"md " + K250 + b" q") + cmd(b"mn"),
+    # -- flag counts
+    cmd(b"mg k16 " + b" ".join([b"v"] * 16)), cmd(b"mg k17 " + b" ".join([b"v"] * 17)),
+    cmd(b"mg k " + b" ".join([b"O%d" % i for i in range(16)])),
+    cmd(b"mg k " + b" ".join([b"k"] * 23)), cmd(b"mg k " + b" ".join([b"k"] * 24)),
+    cmd(b"mg k " + b" ".join([b"k"] * 40)),
+    # -- opaque tokens
+    cmd(b"mg k " + OPQ[31]), cmd(b"mg k " + OPQ[32]), cmd(b"mg k " + OPQ[33]),
+    cmd(b"mg k q " + OPQ[33]) + cmd(b"mn"), ms(b"o", b"x", OPQ[32]),
+    ms(b"o", b"x", OPQ[33]), cmd(b"md o " + OPQ[33]),
+    # -- mn
+    cmd(b"mn"), cmd(b"mn") * 5, cmd(b"get a b c") + cmd(b"mn") + cmd(b"gets a"),
+    ms(b"a", b"A", b"q") + cmd(b"get a o a") + cmd(b"mn") + cmd(b"mg a v q") +
+    cmd(b"get nope a") + cmd(b"mn"),
+    cmd(b"mg a q v") + cmd(b"get a") + cmd(b"mg nope q") + cmd(b"mn") + cmd(b"get a"),
+    # -- me
+    cmd(b"me"), cmd(b"me "), cmd(b"me a"), cmd(b"me a b"), cmd(b"me a v q k"),
+    cmd(b"me nope"), cmd(b"me " + K250), cmd(b"me " + K251), cmd(b"me YQ== b"),
+    cmd(b"me a\x00"), cmd(b"me  a  "),
+    # -- NUL and control bytes in lines
+    cmd(b"mg a\x00 v"), cmd(b"mg a v\x00"), cmd(b"mg \x00"), cmd(b"ms a\x00 1") + b"x\r\n",
+    cmd(b"ms a 1\x00") + b"x\r\n", cmd(b"md a\x01"), cmd(b"mg a\rv"),
+    cmd(b"mg a v\r"),
+]
+
+
+@pytest.fixture
+def pair(cluster):
+    """(direct memcached address, proxy address over three backends)."""
+    direct, = cluster.memcached(1)
+    proxy = cluster.pool(cluster.memcached(3), item_size_max="2m")
+    yield ("127.0.0.1", direct.port), ("127.0.0.1", proxy.port)
+
+
+def test_hostile_meta_lines_answer_as_memcached_does(pair):
+    direct, proxy = pair
+    want = run_battery(direct, HOSTILE)
+    got = run_battery(proxy, HOSTILE)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert normalise(g) == normalise(w), (
+            "step %d %r: %r != %r" % (i, HOSTILE[i][:120], g[:300], w[:300]))
+
+
+@pytest.mark.parametrize("split", ["every_byte", "each_boundary"])
+def test_meta_commands_split_anywhere_answer_as_memcached_does(pair, split):
+    direct, proxy = pair
+    data = (ms(b"sp", b"hello\r\nworld", b"T0 F3 k") + cmd(b"mg sp v f k O7") +
+            cmd(b"mg sp q v") + cmd(b"ma spn N0 J3 v") + cmd(b"mn") +
+            cmd(b"mg " + b64(b"sp") + b" b v k") + cmd(b"md sp q") + cmd(b"md spn q") +
+            cmd(b"mn"))
+    want = run_battery(direct, [data])[0]
+    if split == "every_byte":
+        with socket.create_connection(proxy, timeout=20) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for b in data:
+                s.sendall(bytes([b]))
+            s.sendall(b"version\r\n")
+            got = b""
+            while not got.endswith(b"\r\nVERSION 1.6.18 ringproxy-0.1.0\r\n"):
+                chunk = s.recv(65536)
+                assert chunk, got
+                got += chunk
+        assert normalise(got[:got.rindex(b"VERSION")]) == normalise(want)
+        return
+    with socket.create_connection(proxy, timeout=20) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(1, len(data)):
+            # the second part only after the first was read off the socket:
+            # answer the tail part by part with version as a fence
+            s.sendall(data[:i])
+            s.sendall(data[i:] + b"version\r\n")
+            got = b""
+            while not got.endswith(b"VERSION 1.6.18 ringproxy-0.1.0\r\n"):
+                chunk = s.recv(65536)
+                assert chunk, (i, got)
+                got += chunk
+            assert normalise(got[:got.rindex(b"VERSION")]) == normalise(want), i
+
+
+def test_an_ms_past_item_size_max_is_refused_and_its_block_never_held(
+        cluster, no_quarantine):
+    """A 1,048,577-byte block answers as memcached does (after the block),
+    and the 24 MB a client then streams into a 2,147,483,645-byte block
+    (the largest length memcached reads) are swallowed as they arrive:
+    the proxy's memory does not grow by what was sent."""
+    direct, = cluster.memcached(1, item_max="1m")
+    proxy = cluster.pool(cluster.memcached(3), item_size_max="1m")
+    step = [ms(b"big", b"x" * 1048577, b"T0") + cmd(b"mg big v")]
+    assert run_battery(("127.0.0.1", proxy.port), step) == (
+        run_battery(("127.0.0.1", direct.port), step))
+    with Wire(proxy.port) as w:
+        w.send(b"ms big 2147483645 T0\r\n")
+        assert w.read_line() == b"SERVER_ERROR object too large for cache\r\n"
+        before = rss_kb(proxy.proc.pid)
+        chunk = b"ms x 1\r\nx\r\n" * 10000
+        for _ in range(200):
+            w.send(chunk)
+        grew = (rss_kb(proxy.proc.pid) - before) // MB
+        assert grew < 16, grew
+    with Wire(proxy.port) as w:
+        assert w.call(b"mg x v\r\n") == b"EN\r\n"
+
+
+def test_an_ms_whose_data_never_finishes_is_closed_at_value_timeout(cluster):
+    proxy = cluster.pool(cluster.memcached(1), value_timeout=500)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(b"ms slow 100 T0\r\n" + b"x" * 50)
+        assert closed(s)
+    wait_until(lambda: proxy_stats(proxy.port)["closed_value_timeout"] == "1"
+               if "closed_value_timeout" in proxy_stats(proxy.port) else True)
+    with Wire(proxy.port) as w:
+        assert w.call(b"mg slow v\r\n") == b"EN\r\n"
+
+
+def test_100k_quiet_meta_commands_never_read_stay_bounded(cluster, no_quarantine):
+    """A client pipelines 100,000 quiet meta commands and reads nothing
+    until it has sent them all: the proxy stops reading it at its queue
+    limit (the kernel's buffers fill), its memory stays bounded, and every
+    answer comes, in order, MN last."""
+    proxy = cluster.pool(cluster.memcached(3), timeout=60000)
+    pid = proxy.proc.pid
+    base = rss_kb(pid)
+    n = 100000
+    parts = []
+    for i in range(n):
+        k = b"q%d" % ((i // 4) % 500)     # the mg reads what the ms wrote
+        r = i % 4
+        if r == 0:
+            parts.append(ms(k, b"v%d" % i, b"q T0"))
+        elif r == 1:
+            parts.append(cmd(b"mg " + k + b" q v k O%d" % i))
+        elif r == 2:
+            parts.append(cmd(b"mg miss%d q v" % i))
+        else:
+            parts.append(cmd(b"md nope%d q" % i))
+    data = b"".join(parts) + cmd(b"mn")
+    import threading
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], rss_kb(pid))
+            except Exception:
+                return
+            time.sleep(0.02)
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    got = b""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=120) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sender = threading.Thread(target=s.sendall, args=(data,), daemon=True)
+        sender.start()
+        # Read nothing until the proxy has stopped reading (the sender is
+        # blocked) or all is sent; then read everything.
+        sender.join(5)
+        while not got.endswith(b"MN\r\n"):
+            chunk = s.recv(1 << 20)
+            assert chunk, got[-200:]
+            got += chunk
+        sender.join(60)
+    done.set()
+    t.join(5)
+    grew = (peak[0] - base) // MB
+    print("100k quiet meta commands: rss +%d MB" % grew)
+    assert grew < 64, grew
+    lines = got.split(b"\r\n")
+    opaques = [int(l.rsplit(b"O", 1)[1]) for l in lines if l.startswith(b"VA")
+               or l.startswith(b"HD")]
+    assert len(opaques) > 20000 and opaques == sorted(opaques)
+    assert lines[-2] == b"MN" and got.count(b"MN\r\n") == 1

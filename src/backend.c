@@ -494,6 +494,16 @@ static int bconn_meta(struct bconn *bc, struct frag *f, const char *line,
 {
     struct meta_rsp rsp;
 
+    /* A line may end within the read that brought it: bounded here too, or
+     * whether a long line is garbage would depend on how TCP split it. */
+    if (len > REPLY_LINE_MAX) {
+        return bconn_protocol_error(bc, "reply line too long", line, len);
+    }
+    /* The reply is passed on as it came (buf_line also ends a line at a
+     * bare "\n"): only memcached's framing may reach the client. */
+    if (total != len + 2) {
+        return bconn_protocol_error(bc, "meta reply line without \\r\\n", line, len);
+    }
     if (meta_parse_reply(line, len, &rsp) != META_REPLY_OK) {
         return bconn_protocol_error(bc, "unparsable meta reply", line, len);
     }

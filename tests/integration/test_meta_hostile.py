@@ -243,3 +243,116 @@ def test_100k_quiet_meta_commands_never_read_stay_bounded(cluster, no_quarantine
                or l.startswith(b"HD")]
     assert len(opaques) > 20000 and opaques == sorted(opaques)
     assert lines[-2] == b"MN" and got.count(b"MN\r\n") == 1
+
+
+# --- hostile backends ------------------------------------------------------
+
+@pytest.fixture
+def fake_and_real(cluster):
+    """A proxy over a FakeBackend (mc1) and a real memcached (mc2), item_size_max
+    1k: (proxy, fake, a key of mc1, a key of mc2)."""
+    fake = FakeBackend()
+    real, = cluster.memcached(1)
+    proxy = cluster.pool([fake, real], item_size_max="1k")
+    keys = key_per_server(proxy.conf_path, "hb")
+    yield proxy, fake, keys["mc1"].encode(), keys["mc2"].encode()
+    fake.close()
+
+
+BAD_REPLIES = {
+    "mn_for_mg": b"MN\r\n",
+    "text_reply": b"STORED\r\n",
+    "text_value": b"VALUE k 0 1\r\nx\r\nEND\r\n",
+    "va_longer_than_its_data": b"VA 10\r\nabc\r\nEN\r\nxyz",
+    "va_without_crlf": b"VA 3\r\nabcXY",
+    "va_past_item_size_max": b"VA 1025\r\n",
+    "va_negative": b"VA -1\r\n",
+    "va_not_a_number": b"VA x1\r\n",
+    "hd_with_10k_of_flags": b"HD " + b" ".join([b"Oxxxxxxxx"] * 1000) + b"\r\n",
+    "ne": b"NE\r\n",
+    "bare_lf_inside_a_line": b"EN\nHD\r\n",
+    "line_past_4k_in_one_read": b"HD O" + b"x" * 5000 + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REPLIES))
+def test_a_garbage_meta_reply_fails_that_backend_connection_only(fake_and_real, case):
+    proxy, fake, kfake, kreal = fake_and_real
+    with Wire(proxy.port) as w, Wire(proxy.port) as other:
+        assert other.call(b"ms " + kreal + b" 2 T0\r\nok\r\n") == b"HD\r\n"
+        w.send(b"mg " + kfake + b" v\r\n")
+        conn = fake.accept()
+        assert FakeBackend.recv_until(conn, b"\r\n") == b"mg " + kfake + b" v\r\n"
+        conn.sendall(BAD_REPLIES[case])
+        assert w.read_line() == LOST
+        wait_until(lambda: backend_stat(proxy, "mc1", "protocol_errors") == 1,
+                   what="the protocol error counted")
+        # the other backend, and this client, are undisturbed
+        assert other.call(b"mg " + kreal + b" v\r\n") == b"VA 2\r\n"
+        assert other.read_exact(4) == b"ok\r\n"
+        assert w.call(b"mg " + kreal + b" s\r\n") == b"HD s2\r\n"
+    assert backend_stat(proxy, "mc2", "protocol_errors") == 0
+
+
+def test_an_unsolicited_mn_after_a_reply_fails_the_connection(fake_and_real):
+    proxy, fake, kfake, _ = fake_and_real
+    with Wire(proxy.port) as w:
+        w.send(b"mg " + kfake + b" v\r\n")
+        conn = fake.accept()
+        FakeBackend.recv_until(conn, b"\r\n")
+        conn.sendall(b"EN\r\nMN\r\n")
+        assert w.read_line() == b"EN\r\n"
+        wait_until(lambda: backend_stat(proxy, "mc1", "protocol_errors") == 1,
+                   what="the protocol error counted")
+
+
+def test_a_quiet_command_whose_fence_is_answered_twice_fails_the_connection(
+        fake_and_real):
+    """The proxy's fence MN is its own; a second one, or a reply after it,
+    answers nothing that was asked."""
+    proxy, fake, kfake, _ = fake_and_real
+    with Wire(proxy.port) as w:
+        w.send(b"mg " + kfake + b" q v\r\nmn\r\n")
+        conn = fake.accept()
+        assert FakeBackend.recv_until(conn, b"mn\r\n") == (
+            b"mg " + kfake + b" q v\r\nmn\r\n")
+        conn.sendall(b"MN\r\nMN\r\n")
+        assert w.read_line() == b"MN\r\n"
+        wait_until(lambda: backend_stat(proxy, "mc1", "protocol_errors") == 1,
+                   what="the protocol error counted")
+
+
+def test_meta_replies_arriving_one_byte_at_a_time_are_delivered(fake_and_real):
+    proxy, fake, kfake, _ = fake_and_real
+    replies = [(b"mg %s v f k O9\r\n", b"VA 5 f3 k%s O9\r\nab\r\nc\r\n"),
+               (b"mg %s q v\r\nmn\r\n", b"MN\r\n"),
+               (b"mg %s q v\r\nmn\r\n", b"VA 1\r\nx\r\nMN\r\n"),
+               (b"ms %s 1 T0\r\nz\r\n", b"HD\r\n"),
+               (b"ma %s N0 v\r\n", b"VA 1\r\n0\r\n"),
+               (b"md %s q\r\nmn\r\n", b"NF\r\nMN\r\n")]
+    with Wire(proxy.port) as w:
+        conn = None
+        for request, reply in replies:
+            request, reply = request.replace(b"%s", kfake), reply.replace(b"%s", kfake)
+            w.send(request)
+            if conn is None:
+                conn = fake.accept()
+            got = FakeBackend.recv_until(conn, b"\r\n")
+            if b" q" in request:
+                got += FakeBackend.recv_until(conn, b"mn\r\n") if not got.endswith(
+                    b"mn\r\n") else b""
+            elif request.startswith(b"ms"):
+                got += FakeBackend.recv_until(conn, b"z\r\n") if not got.endswith(
+                    b"z\r\n") else b""
+            for b in reply:
+                conn.sendall(bytes([b]))
+            if request.endswith(b"mn\r\n"):
+                want = reply             # the client's own mn follows
+            else:
+                want = reply
+            w.send(b"version\r\n")
+            out = b""
+            while not out.endswith(b"VERSION 1.6.18 ringproxy-0.1.0\r\n"):
+                out += w.read_line()
+            assert out[:-len(b"VERSION 1.6.18 ringproxy-0.1.0\r\n")] == want, request
+    assert backend_stat(proxy, "mc1", "protocol_errors") == 0

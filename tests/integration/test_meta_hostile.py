@@ -356,3 +356,81 @@ def test_meta_replies_arriving_one_byte_at_a_time_are_delivered(fake_and_real):
                 out += w.read_line()
             assert out[:-len(b"VERSION 1.6.18 ringproxy-0.1.0\r\n")] == want, request
     assert backend_stat(proxy, "mc1", "protocol_errors") == 0
+
+
+# --- during a resize -------------------------------------------------------
+
+REFUSED = b"SERVER_ERROR ringproxy: meta command on a key moving in a resize\r\n"
+
+
+def resize_steps(k, k2):
+    """Hostile meta commands on two changing keys: (bytes, True if the
+    step may be refused by docs/ARCHITECTURE.md's known limits)."""
+    bk, bk2 = b64(k), b64(k2)
+    flags15 = b"v s t k O8 u T0 R5 C1 F2 M3 J4 D5 P L"
+    return [
+        (cmd(b"mg " + bk + b" b v k " + OPQ[32]), False),
+        (cmd(b"mg " + k + b" v " + OPQ[33]), False),
+        (ms(bk, b"bv", b"b T0 k"), False), (cmd(b"mg " + k + b" v f"), False),
+        (cmd(b"mg " + k + b" " + flags15), False),
+        (cmd(b"mg " + k + b" " + flags15 + b" h"), True),
+        (cmd(b"mg " + k + b" " + flags15 + b" h x"), False),
+        (cmd(b"mg " + k + b"\x00 v"), False), (cmd(b"md " + k + b" \x00"), False),
+        (cmd(b"ms " + k + b" 1") + b"xy\r\n", False), (cmd(b"mg " + k + b" v"), False),
+        (cmd(b"ms " + k + b" 2097153 T0") + b"z" * 2097153 + b"\r\n", False),
+        (cmd(b"mg " + k + b" v"), False),
+        (ms(k, b"back", b"q T0") + cmd(b"get " + k + b" " + k2) + cmd(b"mg " + k2 + b" q v")
+         + cmd(b"mn") + cmd(b"gets " + k2) + cmd(b"mg " + bk + b" b q v k") + cmd(b"mn"), False),
+        (cmd(b"ma " + bk2 + b" b N0 J5 v"), False), (cmd(b"mg " + k2 + b" v"), False),
+        (cmd(b"me " + bk + b" b"), True), (cmd(b"me " + k + b" x y"), True),
+        (b"".join(ms(k if i % 2 else k2, b"p%d" % i, b"q T0") +
+                  cmd(b"mg " + (k2 if i % 2 else k) + b" q v k O%d" % i)
+                  for i in range(500)) + cmd(b"mn"), False),
+        (cmd(b"md " + bk + b" b q") + cmd(b"mg " + k + b" v") + cmd(b"mn"), False),
+    ]
+
+
+@pytest.mark.parametrize("phase", ["prepared", "moving"])
+def test_hostile_meta_commands_on_changing_keys_answer_as_one_server(cluster, phase):
+    """While a 3->4 resize is held in a phase, the hostile commands on keys
+    whose owner changes answer as one memcached does, or are refused where
+    the known limits say so; nothing breaks the proxy's own connections."""
+    import test_migration as tm
+    env = tm.env.__wrapped__(cluster)
+    mcs = env.servers(4)
+    a = env.proxy(mcs[:3], rate=1)
+    keys = ["k%d" % i for i in range(3000)]
+    tm.fill(a.port, 3000)
+    with open(a.conf_path + ".new", "w") as f:
+        f.write(env.config(mcs, a.port))
+    after = tm.locate(a.conf_path + ".new", keys)
+    moving = [k.encode() for k in keys if after[k] == "mc4"][:4]
+    assert len(moving) == 4
+    direct, = cluster.memcached(1)
+    for k in moving:
+        run_battery(("127.0.0.1", direct.port), [ms(k, b"v-" + k, b"T0")])
+    steps = resize_steps(moving[0], moving[1]) + resize_steps(moving[2], moving[3])
+    wait_until(lambda: env.r.hlen("rp:cache:proxies") >= 1, what="a heartbeat")
+    with tm.FakeProxy(env.r) as fake:
+        tm.reload(a, env.config(mcs, a.port, rate=1))
+        tm.wait_phase(a.port, "prepared")
+        if phase == "moving":
+            fake.ack = "switched"
+            tm.wait_phase(a.port, "moving")
+        got = run_battery(("127.0.0.1", a.port), [s for s, _ in steps])
+        st = tm.proxy_stats(a.port)
+        assert st["migration:phase"] == phase
+        assert int(st["migration:client_commands"]) >= len(steps)   # by the rules
+        fake.ack = "switched"
+        tm.reload(a, env.config(mcs, a.port, rate=0))
+        tm.wait_migrated(a.port, 2)
+    want = run_battery(("127.0.0.1", direct.port), [s for s, _ in steps])
+    for i, ((step, may_refuse), g, w) in enumerate(zip(steps, got, want)):
+        if may_refuse and g == REFUSED:
+            continue
+        assert normalise(g) == normalise(w), (i, step[:100], g[:300], w[:300])
+    final = [cmd(b"mg " + k + b" v f") for k in moving]
+    assert run_battery(("127.0.0.1", a.port), final) == (
+        run_battery(("127.0.0.1", direct.port), final))
+    st = tm.proxy_stats(a.port)
+    assert all(int(v) == 0 for n, v in st.items() if n.endswith("protocol_errors")), st

@@ -270,6 +270,7 @@ BAD_REPLIES = {
     "va_not_a_number": b"VA x1\r\n",
     "hd_with_10k_of_flags": b"HD " + b" ".join([b"Oxxxxxxxx"] * 1000) + b"\r\n",
     "ne": b"NE\r\n",
+    "ms_reply_to_mg": b"NS\r\n",
     "bare_lf_inside_a_line": b"EN\nHD\r\n",
     "line_past_4k_in_one_read": b"HD O" + b"x" * 5000 + b"\r\n",
 }
@@ -320,6 +321,44 @@ def test_a_quiet_command_whose_fence_is_answered_twice_fails_the_connection(
         assert w.read_line() == b"MN\r\n"
         wait_until(lambda: backend_stat(proxy, "mc1", "protocol_errors") == 1,
                    what="the protocol error counted")
+
+
+def test_two_answers_to_one_quiet_command_fail_the_connection(fake_and_real):
+    proxy, fake, kfake, _ = fake_and_real
+    with Wire(proxy.port) as w:
+        w.send(b"mg " + kfake + b" q v\r\n")
+        conn = fake.accept()
+        FakeBackend.recv_until(conn, b"mn\r\n")
+        conn.sendall(b"VA 1\r\nx\r\nVA 1\r\ny\r\nMN\r\n")
+        wait_until(lambda: backend_stat(proxy, "mc1", "protocol_errors") == 1,
+                   what="the protocol error counted")
+        # the first answer stands or the command failed: one reply, never two
+        w.send(b"mn\r\n")
+        got = w.read_line()
+        if got == b"VA 1\r\n":
+            got += w.read_line() + w.read_line()
+        assert got in (b"VA 1\r\nx\r\nMN\r\n", LOST), got
+
+
+def test_an_mn_flood_never_read_pauses_its_sender(cluster):
+    """mn is answered by the proxy itself: a client that sends millions and
+    reads none is stopped being read at its memory budget, not buffered."""
+    proxy = cluster.pool(cluster.memcached(1), client_max_memory="2m")
+    base = rss_kb(proxy.proc.pid)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.settimeout(5)
+        try:
+            while sent < (80 << 20):
+                s.sendall(b"mn\r\n" * 50000)
+                sent += 200000
+        except socket.timeout:
+            pass
+        assert sent < (80 << 20), "the proxy read 80 MB of mn nobody read answers to"
+        assert (rss_kb(proxy.proc.pid) - base) // MB < 32
+    with Wire(proxy.port) as w:
+        assert w.call(b"mn\r\n") == b"MN\r\n"
 
 
 def test_meta_replies_arriving_one_byte_at_a_time_are_delivered(fake_and_real):

@@ -1019,6 +1019,10 @@ static bool client_dispatch(struct client *c, const struct proto_req *req, size_
 /* --- meta commands (docs/ARCHITECTURE.md, "Meta protocol (for clients)") */
 
 #define CLIENT_META_MOVING "SERVER_ERROR ringproxy: meta command on a key moving in a resize"
+/* memcached 1.6.18 writes an me reply's key raw unless the item was stored
+ * by ms with b: a decoded key holding CR or LF would split the reply in two
+ * and break the backend connection every client shares. */
+#define CLIENT_META_ME_UNFRAMED "SERVER_ERROR ringproxy: me of a key holding CR or LF"
 
 /*
  * Can the migration run this command on a moving key? Its rules use the
@@ -1150,6 +1154,10 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
 
     if (mig_fenced(p->mig)) {
         fail = MIG_FENCED_LINE;
+    } else if (mr->cmd == META_CMD_ME &&
+               (memchr(mr->hkey, '\n', mr->hkeylen) != NULL ||
+                memchr(mr->hkey, '\r', mr->hkeylen) != NULL)) {
+        fail = CLIENT_META_ME_UNFRAMED;
     } else {
         uint32_t h = pool_key_hash(p, (const char *)mr->hkey, mr->hkeylen);
         enum route rt = pool_route(p, (const char *)mr->hkey, mr->hkeylen, h, &be);

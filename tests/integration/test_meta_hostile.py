@@ -473,3 +473,25 @@ def test_hostile_meta_commands_on_changing_keys_answer_as_one_server(cluster, ph
         run_battery(("127.0.0.1", direct.port), final))
     st = tm.proxy_stats(a.port)
     assert all(int(v) == 0 for n, v in st.items() if n.endswith("protocol_errors")), st
+
+
+def test_me_of_a_key_holding_a_newline_is_refused_not_forwarded(cluster):
+    """memcached 1.6.18 writes me's key raw for an item not stored by ms b:
+    a b key decoding to "n\\n" would come back as two lines and break the
+    backend connection other clients share. The proxy refuses that me and
+    the other client's pipelined gets all answer."""
+    proxy = cluster.pool(cluster.memcached(1))
+    nl = base64.b64encode(b"n\n")
+    with Wire(proxy.port) as a, Wire(proxy.port) as b:
+        assert b.call(b"set k 0 0 1\r\nv\r\n") == b"STORED\r\n"
+        assert a.call(b"ma " + nl + b" b N0 J7\r\n") == b"HD\r\n"
+        b.send(b"get k\r\n" * 200)
+        a.send(b"me " + nl + b" b\r\n")
+        b.send(b"get k\r\n" * 200)
+        assert a.read_line() == b"SERVER_ERROR ringproxy: me of a key holding CR or LF\r\n"
+        got = [b.read_reply() for _ in range(400)]
+        assert set(got) == {b"VALUE k 0 1\r\nv\r\nEND\r\n"}
+        # the key itself is still served
+        assert a.call(b"mg " + nl + b" b v\r\n") == b"VA 1\r\n"
+        assert a.read_line() == b"7\r\n"
+    assert proxy_stats(proxy.port).get("protocol_errors", "0") == "0"

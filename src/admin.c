@@ -54,6 +54,7 @@ struct admin {
     struct admin_counters counters;
     struct evhttp *http;
     struct evconnlistener *listener;    /* evhttp's, paused at the limit */
+    struct evhttp_bound_socket *bound;  /* NULL: closed (admin_unlisten) */
     /* Open connections: their bufferevents, each with a reference of ours
      * (admin_bev); one that evhttp freed is let go by admin_prune. */
     struct bufferevent **bevs;
@@ -819,6 +820,45 @@ static struct bufferevent *admin_bev(struct event_base *base, void *arg)
     return bev;
 }
 
+/* The admin port's listener, with SO_REUSEPORT as the pools' (a binary
+ * upgrade's new process opens it next to this one: docs/ARCHITECTURE.md). */
+static struct evconnlistener *admin_listen(struct admin *a, const char *addr,
+                                           int port, char *err, size_t errlen)
+{
+    struct evutil_addrinfo hints = { .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM, .ai_flags = EVUTIL_AI_PASSIVE };
+    struct evutil_addrinfo *res = NULL;
+    struct evconnlistener *l;
+    char portstr[8];
+
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    if (evutil_getaddrinfo(addr, portstr, &hints, &res) != 0 || res == NULL) {
+        snprintf(err, errlen, "cannot listen on %s:%d: cannot resolve the address",
+                 addr, port);
+        return NULL;
+    }
+    errno = 0;
+    l = evconnlistener_new_bind(a->w->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE |
+                                LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT |
+                                LEV_OPT_CLOSE_ON_EXEC, 128,
+                                res->ai_addr, (int)res->ai_addrlen);
+    if (l == NULL) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port,
+                 errno ? strerror(errno) : "cannot resolve the address");
+    }
+    evutil_freeaddrinfo(res);
+    return l;
+}
+
+void admin_unlisten(struct admin *a)
+{
+    if (a != NULL && a->bound != NULL) {
+        evhttp_del_accept_socket(a->http, a->bound);    /* frees the listener */
+        a->bound = NULL;
+        a->listener = NULL;
+    }
+}
+
 struct admin *admin_start(struct worker *w, const struct admin_counters *counters,
                           const char *addr, int port, char *err, size_t errlen)
 {
@@ -852,16 +892,16 @@ struct admin *admin_start(struct worker *w, const struct admin_counters *counter
     evhttp_set_max_body_size(a->http, ADMIN_MAX_HEADERS);
     evhttp_set_gencb(a->http, on_request, a);
     evhttp_set_bevcb(a->http, admin_bev, a);
-    errno = 0;
-    struct evhttp_bound_socket *bound =
-        evhttp_bind_socket_with_handle(a->http, addr, (ev_uint16_t)port);
-    if (bound == NULL) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port,
-                 errno ? strerror(errno) : "cannot resolve the address");
+    if ((a->listener = admin_listen(a, addr, port, err, errlen)) == NULL ||
+        (a->bound = evhttp_bind_listener(a->http, a->listener)) == NULL) {
+        if (a->listener != NULL) {
+            evconnlistener_free(a->listener);
+            a->listener = NULL;
+            snprintf(err, errlen, "out of memory");
+        }
         admin_free(a);
         return NULL;
     }
-    a->listener = evhttp_bound_socket_get_listener(bound);
     struct timeval every = { 0, ADMIN_PRUNE_MS * 1000 };
     event_add(a->prune, &every);
     log_notice("admin", "HTTP admin on %s:%d: /metrics /healthz /ring /migration",

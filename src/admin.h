@@ -28,6 +28,9 @@ struct admin_counters {
  */
 struct admin *admin_start(struct worker *w, const struct admin_counters *counters,
                           const char *addr, int port, char *err, size_t errlen);
+/* Stop accepting (a stopping proxy); open connections are still answered.
+ * NULL is fine. */
+void admin_unlisten(struct admin *a);
 /* Close the port and every admin connection. NULL is fine. */
 void admin_free(struct admin *a);
 

@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -65,6 +66,8 @@
 #define CLIENT_SENT_PAUSE   (4u << 20)
 #define CLIENT_MAX_QUEUED   2048
 #define CLIENT_GET_LINE_MAX (8u << 20)
+#define CLIENT_LINGER_MS    1000    /* stopping: wait this long for the
+                                       client's FIN after ours */
 
 #define CLIENT_STATE_NAME(e, name) [CLIENT_##e] = name,
 static const char *const client_state_names[CLIENT_STATE_COUNT] = {
@@ -217,6 +220,16 @@ void client_drain(struct client *c, const char *why)
     event_del(&c->rev);
     client_set_state(c, CLIENT_DRAINING);
     client_mark_dirty(c);
+}
+
+void client_stop(struct client *c)
+{
+    if (c->state == CLIENT_CLOSED || c->state == CLIENT_DRAINING ||
+        c->state == CLIENT_LINGER) {
+        return;
+    }
+    c->stopping = true;
+    client_mark_dirty(c);   /* client_flush closes it if it is idle now */
 }
 
 /* Stop reading and close with a last error line, sent after the replies
@@ -386,6 +399,40 @@ static void client_wait_backend(struct client *c, struct bconn *bc)
     event_del(&c->rev);
 }
 
+/* Between requests: nothing owed to it, nothing of a command received. */
+static bool client_idle(const struct client *c)
+{
+    return c->state == CLIENT_READING && !c->read_paused && c->nreqs == 0 &&
+           c->nquiet == 0 && c->need == 0 && evbuffer_get_length(c->in) == 0 &&
+           evbuffer_get_length(c->out) == 0;
+}
+
+/*
+ * A stopping proxy closes an idle client. Bytes already waiting in the
+ * socket are a command: it is served first (the read event runs it; the
+ * next flush looks again). Else the FIN goes out (shutdown(SHUT_WR)) and the
+ * socket stays open, its input read and dropped, until the client closes
+ * or CLIENT_LINGER_MS pass: a command the client sent before our FIN
+ * reached it is then met by a clean end of stream, never by the reset a
+ * close(2) over unread bytes sends, and the client reconnects (to the new
+ * process of a binary upgrade) as on any close between requests.
+ */
+static void client_linger(struct client *c)
+{
+    int waiting = 0;
+
+    if (ioctl(c->fd, FIONREAD, &waiting) == 0 && waiting > 0) {
+        return;
+    }
+    if (shutdown(c->fd, SHUT_WR) != 0) {
+        client_close(c, "stopping");
+        return;
+    }
+    client_set_state(c, CLIENT_LINGER);
+    c->last_rx_ms = worker_now_ms(c->pool->w);
+    event_del(&c->tev);     /* re-armed for the linger bound */
+}
+
 void client_flush(struct client *c)
 {
     c->dirty = false;
@@ -423,6 +470,9 @@ void client_flush(struct client *c)
         client_close(c, "drained");
         return;
     }
+    if (c->stopping && client_idle(c)) {
+        client_linger(c);
+    }
     client_arm_timer(c);    /* the last reply out: idle from now */
 }
 
@@ -441,6 +491,9 @@ static uint64_t client_timeout_ms(const struct client *c)
 {
     const struct conf_pool *conf = c->pool->conf;
 
+    if (c->state == CLIENT_LINGER) {
+        return CLIENT_LINGER_MS;
+    }
     if (client_unfinished(c)) {
         return conf->value_timeout > 0 ? (uint64_t)conf->value_timeout : 0;
     }
@@ -486,7 +539,9 @@ static void client_timer_cb(evutil_socket_t fd, short what, void *arg)
         client_timer_add(c, t - quiet);
         return;
     }
-    if (client_unfinished(c)) {
+    if (c->state == CLIENT_LINGER) {
+        client_close(c, "stopping: no FIN from the client");
+    } else if (client_unfinished(c)) {
         p->stats[STAT_closed_stalled_clients]++;
         log_limited(LOG_NOTICE, 1, "client", "%s: closing %s: nothing received for "
                     "%llu ms in the middle of a %s (value_timeout %lld ms)",
@@ -1429,6 +1484,10 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
         n -= (ssize_t)take;
     }
     evbuffer_commit_space(c->in, v, nv);
+    if (c->state == CLIENT_LINGER) {
+        evbuffer_drain(c->in, evbuffer_get_length(c->in));  /* after our FIN */
+        return;
+    }
     c->last_rx_ms = worker_now_ms(c->pool->w);
     client_process(c);
     if (c->state != CLIENT_CLOSED) {

@@ -454,6 +454,7 @@ static const struct conf_directive pool_directives[] = {
     { "distribution", parse_distribution, POOL(distribution), "ketama", 0, 0 },
     { "timeout", parse_int, POOL(timeout), "5000", -1, INT32_MAX },
     { "backlog", parse_int, POOL(backlog), "512", 1, INT32_MAX },
+    { "reuseport", parse_bool, POOL(reuseport), "true", 0, 0 },
     { "preconnect", parse_bool, POOL(preconnect), "false", 0, 0 },
     { "redis", parse_bool, POOL(redis), "false", 0, 0 },
     { "tcpkeepalive", parse_bool, POOL(tcpkeepalive), "false", 0, 0 },

@@ -78,6 +78,8 @@ struct conf_pool {
     int64_t timeout;        /* ms a backend may take to answer; -1 (or 0):
                                wait forever */
     int64_t backlog;
+    bool reuseport;         /* SO_REUSEPORT on the listener: a new process
+                               may bind the same port (binary upgrade) */
     bool preconnect;
     bool redis;             /* twemproxy's flag: must stay false */
     bool tcpkeepalive;

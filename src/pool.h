@@ -47,6 +47,11 @@ struct pool {
     struct evconnlistener *listener;
     struct event *accept_retry; /* re-enables the listener after EMFILE */
     uint32_t accept_backoff_ms; /* 0: accepting normally */
+    struct listen_path {        /* a unix listener's path as this process
+                                   bound it: removed at close only if no
+                                   newer process bound it since (an upgrade) */
+        uint64_t dev, ino;
+    } listen_path;
     TAILQ_HEAD(, client) clients;
     uint64_t stats[STAT_POOL_COUNT];
     uint64_t next_client_id;

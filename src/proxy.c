@@ -135,18 +135,47 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     evtimer_add(p->accept_retry, &tv);
 }
 
+/* Note which file a unix listener's path is, right after the bind. */
+static void listen_path_note(const struct conf_addr *a, struct listen_path *lp)
+{
+    struct stat st;
+
+    lp->dev = lp->ino = 0;
+    if (a->is_unix && stat(a->host, &st) == 0) {
+        lp->dev = (uint64_t)st.st_dev;
+        lp->ino = (uint64_t)st.st_ino;
+    }
+}
+
+/* Remove a unix listener's path, unless another process (the new binary of
+ * an upgrade) bound a socket of its own there since: it serves it now. */
+static void listen_path_release(const struct conf_addr *a, const struct listen_path *lp)
+{
+    struct stat st;
+
+    if (a->is_unix && stat(a->host, &st) == 0 && (uint64_t)st.st_dev == lp->dev &&
+        (uint64_t)st.st_ino == lp->ino) {
+        unlink(a->host);
+    }
+}
+
 /*
  * A listener for pool p on address a (conf: its backlog), disabled until the
  * pool is ready. Returns NULL with a reason in err. p is not changed: a
  * reload opens a pool's new listener before it knows it will keep it.
+ * A TCP listener has SO_REUSEPORT unless the pool says `reuseport: false`:
+ * a new process can bind the same port and serve next to this one
+ * (docs/ARCHITECTURE.md, "Binary upgrade"). A unix path is taken over.
  */
 static struct evconnlistener *listener_open(struct pool *p,
                                             const struct conf_pool *conf,
+                                            struct listen_path *lp,
                                             char *err, size_t errlen)
 {
     const struct conf_addr *a = &conf->listen;
     unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                     LEV_OPT_CLOSE_ON_EXEC | (p->ready ? 0 : LEV_OPT_DISABLED);
+                     LEV_OPT_CLOSE_ON_EXEC | (p->ready ? 0 : LEV_OPT_DISABLED) |
+                     (conf->reuseport && !a->is_unix ? LEV_OPT_REUSEABLE_PORT : 0);
     struct sockaddr_storage ss;
     struct evconnlistener *l;
     socklen_t len;
@@ -180,17 +209,17 @@ static struct evconnlistener *listener_open(struct pool *p,
         return NULL;
     }
     evconnlistener_set_error_cb(l, on_accept_error);
+    listen_path_note(a, lp);
     return l;
 }
 
 /* Close a listener opened for a reload that was then refused. */
-static void listener_discard(struct evconnlistener *l, const struct conf_pool *conf)
+static void listener_discard(struct evconnlistener *l, const struct conf_pool *conf,
+                             const struct listen_path *lp)
 {
     if (l != NULL) {
         evconnlistener_free(l);
-        if (conf->listen.is_unix) {
-            unlink(conf->listen.host);
-        }
+        listen_path_release(&conf->listen, lp);
     }
 }
 
@@ -202,7 +231,7 @@ static int pool_listen(struct pool *p, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    p->listener = listener_open(p, p->conf, err, errlen);
+    p->listener = listener_open(p, p->conf, &p->listen_path, err, errlen);
     return p->listener != NULL ? 0 : -1;
 }
 
@@ -211,9 +240,7 @@ static void pool_unlisten(struct pool *p)
     if (p->listener != NULL) {
         evconnlistener_free(p->listener);
         p->listener = NULL;
-        if (p->conf->listen.is_unix) {
-            unlink(p->conf->listen.host);
-        }
+        listen_path_release(&p->conf->listen, &p->listen_path);
     }
     if (p->accept_retry != NULL) {
         event_free(p->accept_retry);
@@ -322,6 +349,19 @@ static void worker_flush(struct worker *w)
     }
 }
 
+/* Every client of a stopping proxy is closed once idle (client_stop); asked
+ * again on each tick for those whose last request ended without a reply. */
+static void proxy_stop_clients(struct worker *w)
+{
+    for (uint32_t i = 0; i < w->npools; i++) {
+        struct client *c, *next;
+        for (c = TAILQ_FIRST(&w->pools[i]->clients); c != NULL; c = next) {
+            next = TAILQ_NEXT(c, link);
+            client_stop(c);
+        }
+    }
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
@@ -339,6 +379,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         pool_retire_backends(p);
     }
     proxy_reap_pools(w);
+    if (w->stopping) {
+        proxy_stop_clients(w);
+    }
     log_tick();
     /* Clients closed holding big unfinished values (value_timeout, a
      * disconnect) leave free pages amid the heap; glibc only gives back the
@@ -351,6 +394,39 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/*
+ * Take the connections already in the listener's queue before closing it:
+ * closing a listener resets every connection its queue holds, and with
+ * SO_REUSEPORT the kernel queued some of them here while a new process
+ * listened next to us. They are served like the other clients of a stopping
+ * proxy. A connection that completes between the last accept and the close
+ * is still reset, unless net.ipv4.tcp_migrate_req hands it to the other
+ * listener (docs/ARCHITECTURE.md, "Binary upgrade").
+ */
+static void listener_take_queue(struct pool *p)
+{
+    if (p->listener == NULL || !p->ready || p->accept_backoff_ms != 0) {
+        return;     /* not accepting now: the queue was never ours to serve */
+    }
+    int lfd = evconnlistener_get_fd(p->listener);
+    for (uint32_t n = 0; n < (uint32_t)p->conf->backlog + 64; n++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &len,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            break;  /* EAGAIN: empty; anything else: the close resets it */
+        }
+        client_accept(p, fd, (struct sockaddr *)&ss, (int)len);
+    }
+}
+
+/*
+ * SIGTERM: stop accepting at once, answer what the clients sent, close each
+ * client connection when it is idle between requests, leave the fleet, and
+ * exit when every client is gone (or after STOP_GRACE_MS). A binary upgrade
+ * is a new process started on the same ports, then this (docs/ARCHITECTURE.md).
+ */
 static void proxy_stop(struct proxy *px, const char *why)
 {
     struct worker *w = &px->w;
@@ -359,19 +435,19 @@ static void proxy_stop(struct proxy *px, const char *why)
         return;
     }
     log_notice("proxy", "stopping (%s): finishing in-flight requests", why);
+    for (uint32_t i = 0; i < w->npools; i++) {
+        listener_take_queue(w->pools[i]);
+    }
     w->stopping = true;
     px->stop_deadline = worker_now_ms(w) + STOP_GRACE_MS;
+    admin_unlisten(px->admin);
     for (uint32_t i = 0; i < w->npools; i++) {
         struct pool *p = w->pools[i];
-        struct client *c, *next;
         mig_leave(p->mig);      /* the fleet stops waiting for us at once */
         sweep_leave(p->sweep);  /* and another proxy may sweep */
         pool_unlisten(p);
-        for (c = TAILQ_FIRST(&p->clients); c != NULL; c = next) {
-            next = TAILQ_NEXT(c, link);
-            client_drain(c, "shutdown");
-        }
     }
+    proxy_stop_clients(w);
 }
 
 /*
@@ -389,6 +465,7 @@ struct pool_plan {
     struct backend **ring_be;       /* the ring's backends; NULL with an index
                                        (the migration switches rings) */
     struct evconnlistener *listener;    /* NULL: the listener stays */
+    struct listen_path listen_path;     /* the new listener's unix path */
 };
 
 /* ring: the new file's ring for the pool, built by the reload thread (a
@@ -423,7 +500,7 @@ static int plan_pool(struct pool_plan *pl, struct ring *ring, char *err,
         }
     }
     if (strcmp(oc->listen.text, nc->listen.text) != 0 &&
-        (pl->listener = listener_open(p, nc, err, errlen)) == NULL) {
+        (pl->listener = listener_open(p, nc, &pl->listen_path, err, errlen)) == NULL) {
         return -1;
     }
     return 0;
@@ -441,7 +518,7 @@ static void plan_discard(struct pool_plan *pl)
         free(pl->p);
         return;
     }
-    listener_discard(pl->listener, pl->conf);
+    listener_discard(pl->listener, pl->conf, &pl->listen_path);
     free(pl->ring_be);
     ring_unref(pl->ring);
     pool_retire_backends(pl->p);    /* those pool_ring_backends made */
@@ -461,10 +538,9 @@ static void plan_commit(struct pool_plan *pl)
         p->listener = pl->listener;
         if (old != NULL) {
             evconnlistener_free(old);
-            if (oc->listen.is_unix) {
-                unlink(oc->listen.host);
-            }
+            listen_path_release(&oc->listen, &p->listen_path);
         }
+        p->listen_path = pl->listen_path;
         log_notice("reload", "%s: now listening on %s (was %s)", p->name,
                    nc->listen.text, oc->listen.text);
     }
@@ -893,6 +969,21 @@ static int write_pid_file(const char *path)
     return fclose(f) == 0 ? 0 : -1;
 }
 
+/* Does the pid file still name this process? The new process of a binary
+ * upgrade wrote its own over it: that one stays. */
+static bool pid_file_is_ours(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    long pid = 0;
+
+    if (f == NULL) {
+        return false;
+    }
+    bool ours = fscanf(f, "%ld", &pid) == 1 && pid == (long)getpid();
+    fclose(f);
+    return ours;
+}
+
 static void proxy_free(struct proxy *px)
 {
     struct worker *w = &px->w;
@@ -1052,7 +1143,7 @@ int proxy_main(const struct proxy_options *o)
     rc = 0;
 
 out:
-    if (o->pid_path != NULL && rc == 0) {
+    if (o->pid_path != NULL && rc == 0 && pid_file_is_ours(o->pid_path)) {
         unlink(o->pid_path);
     }
     if (report_fd >= 0) {       /* not started: the parent reports why */

@@ -84,15 +84,18 @@ test: deps
 	$(MAKE) tsan
 	$(MAKE) fuzz-smoke SMOKE_SECONDS=5
 
-# ThreadSanitizer on the tests that exercise the reload thread (the only
-# thread besides the event loop's: proxy.c reload_run).
+# ThreadSanitizer on the tests that exercise the reload thread (proxy.c
+# reload_run) and the event-loop threads (every proxy run with -T 2:
+# docs/ARCHITECTURE.md, "Threads"). TSAN_TESTS adds or replaces files.
+TSAN_TESTS ?= tests/integration/test_reload_limits.py tests/integration/test_process.py \
+	tests/integration/test_daemon.py tests/integration/test_threads.py \
+	tests/integration/test_upgrade.py
 tsan:
 	$(MAKE) SAN=thread tsan-run
 
 tsan-run: $(BIN)
-	RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
-		tests/integration/test_reload_limits.py tests/integration/test_process.py \
-		tests/integration/test_daemon.py
+	RINGPROXY_THREADS=2 RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		$(TSAN_TESTS)
 
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; CK_FORK=yes $$t; done

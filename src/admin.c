@@ -39,6 +39,8 @@
 #include "proxy.h"
 #include "pool.h"
 #include "sweep.h"
+#include "tstats.h"
+#include "mem.h"
 
 #define ADMIN_TIMEOUT_SEC 10
 #define ADMIN_MAX_HEADERS 8192
@@ -179,16 +181,24 @@ static void metrics_pools(struct admin *a, struct evbuffer *b)
             }
         }
     }
+    /* Each pool's counters summed over the threads (tstats.h). */
+    uint64_t (*sum)[STAT_POOL_COUNT] = rp_xcalloc(w->npools ? w->npools : 1,
+                                                  sizeof(*sum), "summed counters");
+    for (uint32_t i = 0; i < w->npools; i++) {
+        memcpy(sum[i], w->pools[i]->stats, sizeof(sum[i]));
+        tstats_add_pool(w->id, w->pools[i]->name, sum[i]);
+    }
     for (int s = 0; s < STAT_POOL_COUNT; s++) {
         prom_head(b, name, sizeof(name), "pool", &stats_pool_desc[s]);
         for (uint32_t i = 0; i < w->npools; i++) {
             const struct pool *p = w->pools[i];
             const char *labels[] = { "pool", p->name, NULL };
             if (pool_listed(p)) {
-                prom_sample(b, name, labels, (double)p->stats[s]);
+                prom_sample(b, name, labels, (double)sum[i][s]);
             }
         }
     }
+    free(sum);
 }
 
 static void metrics_backends(struct admin *a, struct evbuffer *b)
@@ -213,6 +223,18 @@ static void metrics_backends(struct admin *a, struct evbuffer *b)
             }
         }
     }
+    /* Each backend's counters summed over the threads (tstats.h). */
+    uint64_t (**sum)[STAT_BACKEND_COUNT] = rp_xcalloc(w->npools ? w->npools : 1,
+                                                      sizeof(*sum), "summed counters");
+    for (uint32_t i = 0; i < w->npools; i++) {
+        const struct pool *p = w->pools[i];
+        sum[i] = rp_xcalloc(p->nbackends ? p->nbackends : 1, sizeof(*sum[i]),
+                            "summed counters");
+        for (uint32_t j = 0; j < p->nbackends; j++) {
+            memcpy(sum[i][j], p->backends[j]->stats, sizeof(sum[i][j]));
+        }
+        tstats_add_backends(w->id, p->name, p->backends, p->nbackends, sum[i]);
+    }
     for (int s = 0; s < STAT_BACKEND_COUNT; s++) {
         prom_head(b, name, sizeof(name), "backend", &stats_backend_desc[s]);
         for (uint32_t i = 0; i < w->npools; i++) {
@@ -221,10 +243,14 @@ static void metrics_backends(struct admin *a, struct evbuffer *b)
                 const struct backend *be = p->backends[j];
                 const char *labels[] = { "pool", p->name, "server", be->identity,
                                          "addr", be->addr.text, NULL };
-                prom_sample(b, name, labels, (double)be->stats[s]);
+                prom_sample(b, name, labels, (double)sum[i][j][s]);
             }
         }
     }
+    for (uint32_t i = 0; i < w->npools; i++) {
+        free(sum[i]);
+    }
+    free(sum);
 }
 
 static void metrics_index(struct admin *a, struct evbuffer *b)

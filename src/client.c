@@ -60,6 +60,7 @@
 #include "mem.h"
 #include "proxy.h"
 #include "sweep.h"
+#include "tstats.h"
 
 #define CLIENT_READ_CHUNK   16384
 #define CLIENT_OUT_PAUSE    (1u << 20)
@@ -114,6 +115,26 @@ static void format_peer(const struct sockaddr *sa, char *buf, size_t len)
     }
 }
 
+/* Under the pool's client_connections (counted across the threads when
+ * there are several: tstats.h)? Counts the client in if so. */
+static bool client_admit(struct pool *p)
+{
+    uint64_t limit = p->conf->client_connections > 0 ?
+                     (uint64_t)p->conf->client_connections : 0;
+
+    if (tstats_threaded()) {
+        return tstats_client_admit(p->name, limit);
+    }
+    return limit == 0 || p->stats[STAT_curr_connections] < limit;
+}
+
+static void client_left(struct pool *p)
+{
+    if (tstats_threaded()) {
+        tstats_client_left(p->name);
+    }
+}
+
 void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
 {
     static const char too_many[] = "ERROR Too many open connections\r\n";
@@ -121,9 +142,7 @@ void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
     int one = 1;
 
     (void)salen;
-    if (p->w->stopping ||
-        (p->conf->client_connections > 0 &&
-         p->stats[STAT_curr_connections] >= (uint64_t)p->conf->client_connections)) {
+    if (p->w->stopping || !client_admit(p)) {
         ssize_t rc = write(fd, too_many, sizeof(too_many) - 1);
         (void)rc;
         close(fd);
@@ -134,6 +153,7 @@ void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
     if (c == NULL || (c->in = evbuffer_new()) == NULL ||
         (c->out = evbuffer_new()) == NULL) {
         log_error("client", "%s: out of memory accepting a client", p->name);
+        client_left(p);
         if (c != NULL) {
             evbuffer_free(c->in);
             free(c);
@@ -196,6 +216,7 @@ void client_close(struct client *c, const char *why)
     bconn_unwait(&c->wait);
     TAILQ_REMOVE(&c->pool->clients, c, link);
     c->pool->stats[STAT_curr_connections]--;
+    client_left(c->pool);
     client_set_state(c, CLIENT_CLOSED);
     if (c->dirty) {
         TAILQ_REMOVE(&c->pool->w->dirty_clients, c, dirty_link);
@@ -612,9 +633,18 @@ static void client_stats(struct client *c, const struct proto_req *req)
                             (unsigned long long)((now - w->started) / 1000),
                             (unsigned long long)(now / 1000), RINGPROXY_VERSION,
                             p->name, p->nbackends, p->ring->npoints);
+        uint64_t ps[STAT_POOL_COUNT];
+        uint64_t (*bs)[STAT_BACKEND_COUNT] = rp_xcalloc(p->nbackends ? p->nbackends : 1,
+                                                        sizeof(*bs), "summed counters");
+        memcpy(ps, p->stats, sizeof(ps));
+        for (uint32_t s = 0; s < p->nbackends; s++) {
+            memcpy(bs[s], p->backends[s]->stats, sizeof(bs[s]));
+        }
+        tstats_add_backends(w->id, p->name, p->backends, p->nbackends, bs);
+        tstats_add_pool(w->id, p->name, ps);    /* the other threads' share */
         for (int i = 0; i < STAT_POOL_COUNT; i++) {
             evbuffer_add_printf(b, "STAT %s %llu\r\n", stats_pool_desc[i].name,
-                                (unsigned long long)p->stats[i]);
+                                (unsigned long long)ps[i]);
         }
         for (uint32_t s = 0; s < p->nbackends; s++) {
             const struct backend *be = p->backends[s];
@@ -624,9 +654,10 @@ static void client_stats(struct client *c, const struct proto_req *req)
             for (int i = 0; i < STAT_BACKEND_COUNT; i++) {
                 evbuffer_add_printf(b, "STAT backend:%s:%s %llu\r\n", be->identity,
                                     stats_backend_desc[i].name,
-                                    (unsigned long long)be->stats[i]);
+                                    (unsigned long long)bs[s][i]);
             }
         }
+        free(bs);
         if (p->mig != NULL) {
             mig_stats(p->mig, b);
         }

@@ -895,9 +895,42 @@ void conf_errors_free(struct conf_errors *errs)
     errs->n = 0;
 }
 
+/* Process-wide settings: top-level keys whose value is a single value (a
+ * pool's is a mapping). Absent: the field stays 0, "not set". */
+static const struct conf_directive global_directives[] = {
+    { "threads", parse_int, offsetof(struct config, threads), NULL, 0, CONF_THREADS_MAX },
+};
+
+/* A top-level key with a single value: a global directive, or an error. */
+static void parse_global(struct conf_ctx *cx, yaml_node_t *k, yaml_node_t *v,
+                         struct config *c, bool *seen)
+{
+    const char *name = scalar(k), *text = scalar(v);
+    size_t i;
+
+    for (i = 0; i < NELEMS(global_directives) &&
+         strcmp(global_directives[i].name, name) != 0; i++) {
+    }
+    if (i == NELEMS(global_directives)) {
+        conf_error(cx, v, "pool '%s': expected a mapping of settings, got %s",
+                   name, node_type_name(v));
+        return;
+    }
+    if (seen[i]) {
+        conf_error(cx, k, "duplicate key '%s'", name);
+        return;
+    }
+    seen[i] = true;
+    global_directives[i].parse(cx, v, text, (char *)c + global_directives[i].offset,
+                               &global_directives[i]);
+}
+
 static void parse_pools(struct conf_ctx *cx, yaml_node_t *root, struct config *c)
 {
     size_t n = (size_t)(root->data.mapping.pairs.top - root->data.mapping.pairs.start);
+    bool global_seen[NELEMS(global_directives)] = { false };
+
+    c->threads = -1;
 
     if (n > CONF_POOLS_MAX) {
         conf_error(cx, root, "%zu pools; a file may define at most %d", n,
@@ -921,6 +954,10 @@ static void parse_pools(struct conf_ctx *cx, yaml_node_t *root, struct config *c
         }
         if (config_pool(c, name) != NULL) {
             conf_error(cx, k, "duplicate pool '%s'", name);
+            continue;
+        }
+        if (v->type == YAML_SCALAR_NODE) {
+            parse_global(cx, k, v, c, global_seen);
             continue;
         }
         if (v->type != YAML_MAPPING_NODE) {

@@ -111,8 +111,13 @@ struct conf_pool {
     bool seen[64];                  /* which directives the file set */
 };
 
+#define CONF_THREADS_MAX 64
+
 struct config {
     char *path;
+    int64_t threads;        /* global `threads:` (event-loop threads);
+                               0: one per online core, at most 8; -1: not
+                               set (proxy.c's default) */
     struct conf_pool *pools;
     uint32_t npools;
 };

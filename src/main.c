@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "config.h"
 #include "proxy.h"
 
 #define ADMIN_PORT_DEFAULT 22222
@@ -13,7 +14,7 @@
 
 #define RINGPROXY_USAGE                                                        \
     "usage: ringproxy -c FILE [-t] [-d] [-p PIDFILE] [-o LOGFILE] [-v LEVEL]\n" \
-    "                 [-s ADMIN_PORT] [-a ADMIN_ADDR] [-u USER]\n"              \
+    "                 [-s ADMIN_PORT] [-a ADMIN_ADDR] [-u USER] [-T N]\n"       \
     "       ringproxy locate -c FILE [--pool NAME] KEY...\n"                   \
     "       ringproxy ring -c FILE [--pool NAME] [--points]\n"                 \
     "       ringproxy diff OLD_FILE NEW_FILE\n"                                \
@@ -29,6 +30,8 @@
     "  -d, --daemonize          run in the background; exits 0 once serving,\n" \
     "                           1 with the reason if it cannot start\n"        \
     "  -u, --user USER          run as USER once the listeners are bound\n"    \
+    "  -T, --threads N          event-loop threads (overrides the file's\n"   \
+    "                           `threads:`; 0 = one per core, at most 8)\n"    \
     "  -p, --pid-file FILE      write the process id here\n"                   \
     "  -o, --output FILE        log here (reopened on SIGUSR1), default stderr\n" \
     "  -v, --verbose LEVEL      0 error, 1 warn, 2 notice (default), 3 info,\n" \
@@ -204,13 +207,14 @@ int main(int argc, char **argv)
         { "stats-port", required_argument, NULL, 's' },
         { "stats-addr", required_argument, NULL, 'a' },
         { "user", required_argument, NULL, 'u' },
+        { "threads", required_argument, NULL, 'T' },
         { "version", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     static char abs_paths[3][4096];
     struct proxy_options o = { .log_level = 2, .admin_port = ADMIN_PORT_DEFAULT,
-                               .admin_addr = ADMIN_ADDR_DEFAULT };
+                               .admin_addr = ADMIN_ADDR_DEFAULT, .threads = -1 };
     int test_only = 0, ch;
 
     if (argc > 1 && (strcmp(argv[1], "locate") == 0 || strcmp(argv[1], "ring") == 0 ||
@@ -227,7 +231,7 @@ int main(int argc, char **argv)
         }
         return cli_diff(argv[2], argv[3], stdout);
     }
-    while ((ch = getopt_long(argc, argv, "c:tdp:o:v:s:a:u:Vh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:tdp:o:v:s:a:u:T:Vh", opts, NULL)) != -1) {
         char *end;
         switch (ch) {
         case 'c':
@@ -264,6 +268,15 @@ int main(int argc, char **argv)
             break;
         case 'u':
             o.user = optarg;
+            break;
+        case 'T':
+            o.threads = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || *optarg == '\0' || o.threads < 0 ||
+                o.threads > CONF_THREADS_MAX) {
+                fprintf(stderr, "ringproxy: -T takes a thread count from 0 to %d\n",
+                        CONF_THREADS_MAX);
+                return 2;
+            }
             break;
         case 'V':
             printf("ringproxy %s\n", RINGPROXY_VERSION);

@@ -135,6 +135,7 @@ void pool_close(struct pool *p)
     ring_unref(p->route);
     ring_unref(p->ring);
     free(p->name);
+    p->name = NULL;         /* closed: tstats_publish skips it */
     p->backends = NULL;
     p->route = p->ring = NULL;
 }
@@ -249,22 +250,27 @@ void pool_set_ring(struct pool *p, struct ring *r, struct backend **ring_be)
     pool_eject(p, NULL, false);
 }
 
-/* Is this backend in the data ring, or the source of a migration? */
-static bool pool_uses_backend(const struct pool *p, const struct backend *be)
+/* Is this backend in the data ring (in_ring: by slot, from one pass over
+ * the ring), or the source of a migration? */
+static bool pool_uses_backend(const struct pool *p, const struct backend *be,
+                              const bool *in_ring)
 {
-    for (uint32_t i = 0; i < p->ring->nservers; i++) {
-        if (p->ring_be[i] == be) {
-            return true;
-        }
-    }
-    return p->mig != NULL && mig_uses_backend(p->mig, be);
+    return in_ring[be->slot] || (p->mig != NULL && mig_uses_backend(p->mig, be));
 }
 
 void pool_retire_backends(struct pool *p)
 {
+    /* One pass over the ring, not one per backend: with 4096 servers the
+     * tick would otherwise compare 16 million pairs. */
+    bool *in_ring = rp_xcalloc(p->nbackends ? p->nbackends : 1, sizeof(*in_ring),
+                               "the backends in the ring");
+
+    for (uint32_t i = 0; p->ring != NULL && i < p->ring->nservers; i++) {
+        in_ring[p->ring_be[i]->slot] = true;
+    }
     for (uint32_t i = 0; i < p->nbackends;) {
         struct backend *be = p->backends[i];
-        if (pool_uses_backend(p, be)) {
+        if (pool_uses_backend(p, be, in_ring)) {
             i++;
             continue;
         }
@@ -281,8 +287,10 @@ void pool_retire_backends(struct pool *p)
         p->backends[i] = p->backends[--p->nbackends];
         if (i < p->nbackends) {
             p->backends[i]->slot = i;
+            in_ring[i] = in_ring[p->nbackends];
         }
     }
+    free(in_ring);
 }
 
 uint32_t pool_key_hash(const struct pool *p, const char *key, size_t len)

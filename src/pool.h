@@ -72,6 +72,8 @@ struct pool {
  * many requests share one write(2) per connection.
  */
 struct worker {
+    uint32_t id;                /* 0: the home thread; 1..: request workers
+                                   (docs/ARCHITECTURE.md, "Threads") */
     struct event_base *base;
     TAILQ_HEAD(, bconn) dirty_conns;
     TAILQ_HEAD(, client) dirty_clients;

@@ -15,6 +15,8 @@ struct proxy_options {
     int log_level;
     int daemonize;
     const char *user;       /* -u: become this user once listening */
+    int threads;            /* -T: event-loop threads; 0: one per core (at
+                               most 8); -1: the file's `threads:` */
 };
 
 /* Run until SIGTERM/SIGINT; returns the process exit status. */

@@ -230,8 +230,13 @@ class Proxy(Server):
             f.write(text)
 
     def argv(self):
+        # RINGPROXY_THREADS=N runs every proxy with -T N (a test's own -T wins).
+        threads = os.environ.get("RINGPROXY_THREADS")
+        extra = list(self.extra)
+        if threads and "-T" not in extra:
+            extra += ["-T", threads]
         return [RINGPROXY, "-c", self.conf_path, "-v", "3", "-p", self.pid_path,
-                "-s", str(self.admin_port)] + self.extra
+                "-s", str(self.admin_port)] + extra
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         rc = super().stop(sig, timeout)

@@ -463,6 +463,40 @@ START_TEST(buffer_loads_as_the_file_does)
 }
 END_TEST
 
+/* Global settings (docs/ARCHITECTURE.md, "Threads"): a top-level key with a
+ * single value; absent: -1 (the proxy's default); reuseport on by default. */
+START_TEST(threads_is_a_global_setting_and_reuseport_is_on_by_default)
+{
+    static const char pool_text[] = "cache:\n  listen: 127.0.0.1:22121\n"
+                                    "  servers:\n    - 127.0.0.1:11212:1 mc1\n";
+    char buf[512];
+    struct conf_errors errs;
+    struct config *c = load_buf(pool_text, sizeof(pool_text) - 1, &errs);
+
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(c->threads, -1);
+    ck_assert(pool(c, "cache")->reuseport);
+    config_free(c);
+
+    int n = snprintf(buf, sizeof(buf), "threads: 4\n%s  reuseport: false\n", pool_text);
+    c = load_buf(buf, (size_t)n, &errs);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(c->threads, 4);
+    ck_assert_uint_eq(c->npools, 1);
+    ck_assert(!pool(c, "cache")->reuseport);
+    config_free(c);
+
+    n = snprintf(buf, sizeof(buf), "threads: 65\n%s", pool_text);
+    check_one_error(buf, (size_t)n, "mem.yml:1:10: threads: expected an integer "
+                    "from 0 to 64, got '65'");
+    n = snprintf(buf, sizeof(buf), "%sthreads: 2\nthreads: 3\n", pool_text);
+    check_one_error(buf, (size_t)n, "mem.yml:6:1: duplicate key 'threads'");
+    n = snprintf(buf, sizeof(buf), "%sworkers: 2\n", pool_text);
+    check_one_error(buf, (size_t)n, "mem.yml:5:10: pool 'workers': expected a "
+                    "mapping of settings, got a scalar");
+}
+END_TEST
+
 /* The index sweeper's pace (docs/ARCHITECTURE.md, "The sweeper"): on by
  * default in every indexed pool, 0 turns it off, a negative is refused. */
 START_TEST(sweep_rate_is_on_by_default_and_zero_turns_it_off)
@@ -632,6 +666,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, compat_hash_and_hash_tag);
     tcase_add_test(tc, index_and_migration_sections);
     tcase_add_test(tc, sweep_rate_is_on_by_default_and_zero_turns_it_off);
+    tcase_add_test(tc, threads_is_a_global_setting_and_reuseport_is_on_by_default);
     tcase_add_test(tc, pool_ring_follows_identities_and_weights);
     tcase_add_test(tc, example_files_are_valid);
     suite_add_tcase(s, tc);

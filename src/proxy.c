@@ -831,7 +831,7 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
     const char *failed = NULL;
     char err[256];
 
-    if (nc->threads >= 0 && nc->threads != px->conf->threads) {
+    if (px->opts->threads < 0 && nc->threads != px->conf->threads) {
         log_warn("reload", "threads: a new thread count needs a restart; "
                  "%u threads go on serving", px->nthreads);
     }

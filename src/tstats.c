@@ -17,6 +17,8 @@ struct tstats_pool {
 
 struct tstats_backend {
     char *pool, *identity, *addr;
+    const struct backend *be;   /* whose counters these are (compared by its
+                                   own thread only, never followed) */
     uint64_t stats[STAT_BACKEND_COUNT];
 };
 
@@ -105,39 +107,16 @@ static void *grow(void *arr, uint32_t *cap, uint32_t need, size_t size)
     return n;
 }
 
-void tstats_publish_pools(uint32_t thread, struct pool *const *pools, uint32_t npools)
-{
-    if (thread >= nsnaps) {
-        return;
-    }
-    struct tstats_snap *s = &snaps[thread];
 
-    if (pthread_mutex_trylock(&s->lock) != 0) {
-        return;     /* a reader has it: the next turn publishes */
-    }
-    s->pools = grow(s->pools, &s->cap_pools, npools, sizeof(*s->pools));
-    s->npools = 0;
-    for (uint32_t i = 0; i < npools; i++) {
-        if (pools[i]->name != NULL) {   /* NULL: closed (pool_close) */
-            keep_name(&s->pools[s->npools].name, pools[i]->name);
-            memcpy(s->pools[s->npools++].stats, pools[i]->stats, sizeof(pools[i]->stats));
-        }
-    }
-    pthread_mutex_unlock(&s->lock);
-}
-
-void tstats_publish(uint32_t thread, struct pool *const *pools, uint32_t npools)
+/* Copy and name every pool and backend of the thread (s->lock held). */
+static void publish_named(struct tstats_snap *s, struct pool *const *pools,
+                          uint32_t npools)
 {
-    if (thread >= nsnaps) {
-        return;
-    }
-    struct tstats_snap *s = &snaps[thread];
     uint32_t nbes = 0;
 
     for (uint32_t i = 0; i < npools; i++) {
         nbes += pools[i]->nbackends;
     }
-    pthread_mutex_lock(&s->lock);
     s->pools = grow(s->pools, &s->cap_pools, npools, sizeof(*s->pools));
     s->bes = grow(s->bes, &s->cap_bes, nbes, sizeof(*s->bes));
     s->npools = 0;
@@ -155,7 +134,57 @@ void tstats_publish(uint32_t thread, struct pool *const *pools, uint32_t npools)
             keep_name(&e->pool, p->name);
             keep_name(&e->identity, be->identity);
             keep_name(&e->addr, be->addr.text);
+            e->be = be;
             memcpy(e->stats, be->stats, sizeof(be->stats));
+        }
+    }
+}
+
+void tstats_publish(uint32_t thread, struct pool *const *pools, uint32_t npools)
+{
+    if (thread >= nsnaps) {
+        return;
+    }
+    struct tstats_snap *s = &snaps[thread];
+
+    pthread_mutex_lock(&s->lock);
+    publish_named(s, pools, npools);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void tstats_publish_pools(uint32_t thread, struct pool *const *pools, uint32_t npools)
+{
+    if (thread >= nsnaps) {
+        return;
+    }
+    struct tstats_snap *s = &snaps[thread];
+    uint32_t e = 0, n = 0;
+    bool same = true;   /* pools and backends where the snapshot has them */
+
+    if (pthread_mutex_trylock(&s->lock) != 0) {
+        return;     /* a reader has it: the next turn publishes */
+    }
+    for (uint32_t i = 0; same && i < npools; i++) {
+        const struct pool *p = pools[i];
+        if (p->name == NULL) {  /* closed (pool_close) */
+            continue;
+        }
+        same = n < s->npools && strcmp(s->pools[n].name, p->name) == 0;
+        for (uint32_t j = 0; same && j < p->nbackends; j++, e++) {
+            same = e < s->nbes && s->bes[e].be == p->backends[j];
+        }
+        if (same) {
+            memcpy(s->pools[n++].stats, p->stats, sizeof(p->stats));
+        }
+    }
+    if (!same || n != s->npools || e != s->nbes) {
+        publish_named(s, pools, npools);    /* after a reload or at start */
+    } else {
+        for (uint32_t i = 0, k = 0; i < npools; i++) {
+            for (uint32_t j = 0; pools[i]->name != NULL && j < pools[i]->nbackends; j++) {
+                memcpy(s->bes[k++].stats, pools[i]->backends[j]->stats,
+                       sizeof(s->bes[0].stats));
+            }
         }
     }
     pthread_mutex_unlock(&s->lock);

@@ -4,13 +4,13 @@
  * Each thread counts in its own pools and backends (pool.stats,
  * backend.stats: plain integers, written by that thread alone, nothing
  * shared on the request path). At the end of each loop turn a thread copies
- * its pools' counters into its snapshot (skipped for that turn if a reader
- * holds the snapshot's lock: the thread never waits), and on its tick
- * (100 ms) its backends' too; a reader (`stats` on any thread, the admin's
- * /metrics on the home thread) adds the snapshots of the other threads to
- * its own live counters. So another thread's share is as of the end of its
- * last turn (a backend's: its last tick). With one thread nothing is kept
- * and nothing added.
+ * its pools' and backends' counters into its snapshot (skipped for that
+ * turn if a reader holds the snapshot's lock: the thread never waits), and
+ * names them again when they changed (a reload, the start). A reader
+ * (`stats` on any thread, the admin's /metrics on the home thread) adds the
+ * snapshots of the other threads to its own live counters. So another
+ * thread's share is as of the end of its last turn. With one thread nothing
+ * is kept and nothing added.
  *
  * Ownership: the snapshots are this module's; tstats_init before the
  * threads start, tstats_free after they were joined.
@@ -28,9 +28,10 @@ struct backend;
 
 void tstats_init(uint32_t nthreads);
 void tstats_free(void);
-/* Thread `thread` copies the counters of its pools (each loop turn). */
+/* Thread `thread` copies the counters of its pools and backends (each loop
+ * turn; skipped if a reader holds the snapshot). */
 void tstats_publish_pools(uint32_t thread, struct pool *const *pools, uint32_t npools);
-/* The same, and its backends' (each tick). */
+/* The same, waiting for the lock and naming everything again (each tick). */
 void tstats_publish(uint32_t thread, struct pool *const *pools, uint32_t npools);
 /* Add to out[STAT_POOL_COUNT] what every thread but `self` last published
  * for pool `name`. */

@@ -69,8 +69,13 @@ START_TEST(readers_add_the_other_threads_snapshots)
     ck_assert_uint_eq(be[0][STAT_BE_requests], 5);    /* "a": w2's */
     ck_assert_uint_eq(be[1][STAT_BE_requests], 7);    /* "b": w1's, other order */
 
-    /* A turn publishes the pools only; a closed pool (no name) is left out. */
+    /* A turn publishes pools and the backends the tick named; a closed pool
+     * (no name) is left out. */
+    w2->backends[0]->stats[STAT_BE_requests] = 6;
     tstats_publish_pools(2, &w2, 1);
+    memset(be, 0, sizeof(be));
+    tstats_add_backends(0, "cache", home->backends, 2, be);
+    ck_assert_uint_eq(be[0][STAT_BE_requests], 6);
     free(w1->name);
     w1->name = NULL;
     tstats_publish_pools(1, pools1, 2);

@@ -192,6 +192,40 @@ def test_upgrade_under_load_loses_no_request(cluster, change):
     assert "stopping (SIGTERM)" in old.log()
 
 
+def test_upgrade_of_a_pool_served_by_every_thread(cluster):
+    """A pool without an index on 2 threads, old and new (4 listeners on
+    one port): the same guarantee, each thread closing its own clients."""
+    mcs = cluster.memcached(2)
+    port = free_port()
+    text = pool_yaml("cache", port, [(m.addr, 1, "mc%d" % (i + 1))
+                                     for i, m in enumerate(mcs)])
+    old = cluster.proxy(text, port=port, extra=["-T", "2"])
+    clients = [LoadClient(port, n) for n in range(CLIENTS)]
+    for c in clients:
+        c.start()
+    try:
+        wait_until(lambda: sum(c.ops for c in clients) >= 400, timeout=30,
+                   what="load through the old process")
+        newdir = os.path.join(cluster.workdir, "new")
+        os.mkdir(newdir)
+        new = Proxy(newdir, text, port, extra=["-T", "2"])
+        cluster.started.append(new)
+        new.start()
+        assert old.stop() == 0
+        before = sum(c.ops for c in clients)
+        wait_until(lambda: sum(c.ops for c in clients) >= before + 400, timeout=30,
+                   what="load through the new process")
+    finally:
+        for c in clients:
+            c.stop.set()
+        for c in clients:
+            c.join(30)
+    errors = [e for c in clients for e in c.errors]
+    assert errors == [], errors[:5]
+    assert all(c.reconnects >= 1 for c in clients), [c.reconnects for c in clients]
+    assert "2 threads" in new.log()
+
+
 def start_unix(proxy, path):
     """Start a proxy whose pool listens on a unix socket (Server.start waits
     for a TCP port)."""

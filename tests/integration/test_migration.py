@@ -913,6 +913,60 @@ def test_meta_commands_over_a_tombstone_answer_as_for_no_key(env, cluster, phase
     assert len(exist) == 4
 
 
+@pytest.mark.parametrize("phase", ["prepared", "moving"])
+def test_a_value_next_to_a_tombstone_is_no_key_for_any_command(env, cluster, phase):
+    """A tombstone on the old owner and a value on the new one: a write in
+    doubt (its connection lost when the new owner stopped) that landed after
+    a switched proxy's delete. Reads miss, so no command may act on that
+    value (move.c, tomb_next_to_value): the text commands that modify a
+    value answer as for no key and leave it alone; add and the meta
+    commands, whose answer depends on it, answer SERVER_ERROR rather than
+    act; the mover settles the pair for the old owner, so the key is gone
+    after the move."""
+    from test_meta import cmd, ms, run_battery
+    mcs = env.servers(4)
+    a = env.proxy(mcs[:3], rate=1)
+    keys = ["k%d" % i for i in range(3000)]
+    fill(a.port, 3000)
+    time.sleep(0.3)
+    before = locate(a.conf_path, keys)
+    with open(a.conf_path + ".new", "w") as f:
+        f.write(env.config(mcs, a.port))
+    after = locate(a.conf_path + ".new", keys)
+    k = next(x.encode() for x in keys if after[x] == "mc4")
+    late = b"late-copy"
+    text = [cmd(b"get " + k), cmd(b"gets " + k), cmd(b"gat 100 " + k),
+            cmd(b"append %s 0 0 1\r\n+" % k), cmd(b"prepend %s 0 0 1\r\n-" % k),
+            cmd(b"replace %s 0 0 1\r\nr" % k), cmd(b"cas %s 0 0 1 1\r\nc" % k),
+            cmd(b"incr %s 1" % k), cmd(b"decr %s 1" % k), cmd(b"touch %s 100" % k)]
+    text_want = [b"END\r\n"] * 3 + [b"NOT_STORED\r\n"] * 3 + [b"NOT_FOUND\r\n"] * 4
+    refused = [cmd(b"add %s 0 0 1\r\na" % k), cmd(b"mg %s v" % k), cmd(b"mg %s N30 v" % k),
+               ms(k, b"+", b"MA"), ms(k, b"x", b"ME"), cmd(b"ma %s" % k),
+               cmd(b"md %s C1" % k)]
+    time.sleep(1.2)     # the heartbeat is in Redis
+    with FakeProxy(env.r) as fake:
+        reload(a, env.config(mcs, a.port, rate=1))
+        wait_phase(a.port, "prepared")
+        if phase == "moving":
+            fake.ack = "switched"
+            wait_phase(a.port, "moving")
+        switched_delete(mcs[int(before[k.decode()][2:]) - 1], mcs[3], k)
+        with socket.create_connection(("127.0.0.1", mcs[3].port)) as s:
+            s.sendall(ms(k, late))
+            assert s.recv(4096) == b"HD\r\n"
+        got = run_battery(("127.0.0.1", a.port), text + refused)
+        assert got[:len(text)] == text_want
+        assert all(g.startswith(b"SERVER_ERROR") for g in got[len(text):]), got
+        assert run_battery(("127.0.0.1", mcs[3].port), [cmd(b"mg %s v" % k)]) == \
+            [b"VA %d\r\n%s\r\n" % (len(late), late)]       # untouched
+        assert proxy_stats(a.port)["migration:phase"] == phase
+        fake.ack = "switched"
+        reload(a, env.config(mcs, a.port, rate=0))     # release the mover
+        wait_migrated(a.port, 2)
+    assert run_battery(("127.0.0.1", a.port), [cmd(b"get " + k)]) == [b"END\r\n"]
+    assert all(k not in m.keys() for m in mcs)
+
+
 class Relay:
     """A byte relay in front of a memcached server that runs the test's
     action (once) just before it passes on a command line the test armed:

@@ -18,6 +18,7 @@
 #include "adopt.h"
 #include "backend.h"
 #include "client.h"
+#include "clock.h"
 #include "mem.h"
 #include "index.h"
 #include "migrate.h"
@@ -25,12 +26,11 @@
 #include "pool.h"
 #include "sweep.h"
 
+/* Monotonic (clock.h): every use subtracts two readings. */
 uint64_t worker_now_ms(struct worker *w)
 {
-    struct timeval tv;
-
-    event_base_gettimeofday_cached(w->base, &tv);
-    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+    (void)w;
+    return rp_clock_ms();
 }
 
 /* --- pools -------------------------------------------------------------- */

@@ -74,7 +74,6 @@ struct worker {
     uint32_t npools;
     struct event *tick;         /* 100 ms: timeouts, retries */
     struct defer *defer;        /* frees at the end of the turn (defer.h) */
-    uint64_t now_ms;
     uint64_t input_freed;       /* client input bytes freed since the last
                                    malloc_trim (proxy.c's tick) */
     bool stopping;

@@ -56,6 +56,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
+#include "clock.h"
 #include "config.h"
 #include "defer.h"
 #include "index.h"
@@ -215,10 +216,7 @@ static void redis_connect(struct sweep *s);
 
 static uint64_t clock_ms(struct sweep *s)
 {
-    struct timeval tv;
-
-    event_base_gettimeofday_cached(s->base, &tv);
-    s->now = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+    s->now = rp_clock_ms();
     return s->now;
 }
 
@@ -663,7 +661,7 @@ static int position_args(struct sweep *s, char v[9][64], const char **args)
     snprintf(v[4], 64, "%llu", (unsigned long long)s->pass_checked);
     snprintf(v[5], 64, "%llu", (unsigned long long)s->pass_removed);
     snprintf(v[6], 64, "%.63s", s->id);
-    snprintf(v[7], 64, "%llu", (unsigned long long)(s->now / 1000));
+    snprintf(v[7], 64, "%llu", (unsigned long long)time(NULL));    /* wall clock: read by status */
     for (int i = 0; i < 8; i++) {
         args[n++] = names[i];
         args[n++] = v[i];

@@ -37,7 +37,10 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
 SRCS    := $(filter-out src/main.c,$(wildcard src/*.c))
-OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+# Files kept in the tree as themselves and compiled in (scripts/embed.sh).
+EMBED   := status_page_html
+OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) \
+           $(patsubst %,$(BUILD)/obj/%.o,$(EMBED))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 BIN     := $(BUILD)/ringproxy
 
@@ -51,6 +54,14 @@ deps:
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# The status page is edited as HTML (src/status_page.html) and embedded as a
+# byte array; src/status_page.h declares it.
+$(BUILD)/gen/status_page_html.c: src/status_page.html scripts/embed.sh | $(BUILD)/gen
+	./scripts/embed.sh status_page_html $< status_page.h > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/status_page_html.o: $(BUILD)/gen/status_page_html.c src/status_page.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) -Isrc -c -o $@ $<
 
 # Rebuilt from scratch: an object whose source was removed must not linger.
 $(BUILD)/libringproxy.a: $(OBJS)
@@ -72,7 +83,7 @@ $(BUILD)/compat_libmemcached: tests/compat/compat_libmemcached.c $(BUILD)/librin
 $(BUILD)/loadgen: bench/loadgen.c | $(BUILD)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
 
-$(BUILD) $(BUILD)/obj $(BUILD)/tests:
+$(BUILD) $(BUILD)/obj $(BUILD)/tests $(BUILD)/gen:
 	mkdir -p $@
 
 run: deps all

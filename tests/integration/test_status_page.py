@@ -14,6 +14,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import threading
 import zlib
 
 import pytest
@@ -209,6 +210,28 @@ def fill(port, n):
     c.close()
 
 
+class Traffic:
+    """A client reading keys in a loop, so the page has rates to show."""
+
+    def __init__(self, port, n):
+        self.port, self.n, self.stop = port, n, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        c = Client(("127.0.0.1", self.port), timeout=10)
+        i = 0
+        while not self.stop.is_set():
+            c.get_many(["key-%d" % ((i + j) % self.n) for j in range(20)])
+            i += 20
+        c.close()
+
+    def end(self):
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
 def reload(proxy, text):
     proxy.write_config(text)
     proxy.signal(signal.SIGHUP)
@@ -302,6 +325,7 @@ def test_page_during_a_migration_shows_what_migration_says(cluster, tmp_path):
     wait_until(lambda: (lambda m: m["phase"] == "moving" and m["arcs_done"] >= 1)(
         migration_of(p.admin_port)), timeout=SETTLE, what="an arc moved")
 
+    traffic = Traffic(port, 4000)
     before = migration_of(p.admin_port)
     page = load(tmp_path, p.admin_port)
     after = migration_of(p.admin_port)
@@ -327,6 +351,7 @@ def test_page_during_a_migration_shows_what_migration_says(cluster, tmp_path):
     assert f["mig.waits"][1] == "waits for nothing: the keys are moving"
     assert f["pool.migrating"][0] == "resizing"
     assert f["index.health"][0] == after["index_health"] == "ok"
+    assert f["pool.requests_per_sec"][0] != ""      # the clients' rate, from two samples
 
     servers = page.pools["cache"]["servers"]
     assert list(servers) == [s["identity"] for s in ring["servers"]] == \
@@ -348,6 +373,7 @@ def test_page_during_a_migration_shows_what_migration_says(cluster, tmp_path):
     assert len(colors) > 20, "a blank or nearly blank screenshot"
     bar = color_of(admin_get(p.admin_port, "/")[2], "progress")
     assert sum(row.count(bar) for row in rows) > 100, "no progress bar in the screenshot"
+    traffic.end()
 
     # Released, the migration ends and the page says so.
     reload(p, indexed_pool(port, mcs, redis.port, 0))

@@ -432,3 +432,32 @@ def test_page_shows_the_index_health(cluster, tmp_path):
     assert page.field("cache", "index.health")[0] == mig["index_health"] == \
         migration_of(p.admin_port)["index_health"]
     assert page.field("cache", "index.error")[0] == (mig["index_error"] or "")
+
+
+def test_page_names_the_server_that_blocks_the_migration(cluster, tmp_path):
+    """A source frozen (SIGSTOP) during a 3 -> 4 resize: its keys cannot be
+    listed by the closing pass, the migration holds, and the page names the
+    server as /migration's blocked_by does."""
+    redis = cluster.redis()
+    mcs = cluster.memcached(4)
+    port = free_port()
+    p = start(cluster, indexed_pool(port, mcs[:3], redis.port, 0), port)
+    wait_until(lambda: migration_of(p.admin_port)["state"] == "idle", what="idle")
+    mcs[0].proc.send_signal(signal.SIGSTOP)
+    try:
+        reload(p, indexed_pool(port, mcs, redis.port, 0))
+        mig = wait_until(lambda: (lambda m: m if "mc1" in (m["blocked_by"] or "") else None)(
+            migration_of(p.admin_port)), timeout=SETTLE, what="/migration to name mc1")
+        page = load(tmp_path, p.admin_port)
+        now = migration_of(p.admin_port)
+        f = page.pools["cache"]["fields"]
+        assert f["mig.state"][0] == now["state"] == "moving"
+        assert f["mig.blocked_by"][0] == now["blocked_by"] == mig["blocked_by"]
+        assert f["mig.blocked_by"][1] == "blocked: " + mig["blocked_by"]
+        assert "mig.waits" not in f
+        assert f["mig.eta_sec"] == ("", "n/a (blocked)")
+        assert page.ids["health"][0]["data-state"] == "degraded"
+        shot = screenshot(tmp_path, "http://127.0.0.1:%d/" % p.admin_port, "blocked.png")
+        assert png_pixels(shot)[:2] == WINDOW
+    finally:
+        mcs[0].proc.send_signal(signal.SIGCONT)

@@ -37,7 +37,7 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
 SRCS    := $(filter-out src/main.c,$(wildcard src/*.c))
-# Files kept in the tree as themselves and compiled in (scripts/embed.sh).
+# Files kept in the tree as themselves and compiled in (below).
 EMBED   := status_page_html
 OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) \
            $(patsubst %,$(BUILD)/obj/%.o,$(EMBED))
@@ -55,10 +55,17 @@ deps:
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-# The status page is edited as HTML (src/status_page.html) and embedded as a
-# byte array; src/status_page.h declares it.
-$(BUILD)/gen/status_page_html.c: src/status_page.html scripts/embed.sh | $(BUILD)/gen
-	./scripts/embed.sh status_page_html $< status_page.h > $@.tmp && mv $@.tmp $@
+# The status page is edited as HTML (src/status_page.html) and compiled in as
+# a byte array, NUL after it, by od and sed (POSIX: no tool to install, and
+# the build needs only the Makefile and src/); src/status_page.h declares it.
+$(BUILD)/gen/status_page_html.c: src/status_page.html | $(BUILD)/gen
+	{ echo '/* Generated from $< by the Makefile: edit that file. */'; \
+	  echo '#include <stddef.h>'; echo '#include "status_page.h"'; \
+	  echo 'const unsigned char status_page_html[] = {'; \
+	  od -An -v -tx1 $< | sed -e 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '0x00 };'; \
+	  echo "const size_t status_page_html_len = $$(wc -c < $< | tr -d ' ');"; \
+	} > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/obj/status_page_html.o: $(BUILD)/gen/status_page_html.c src/status_page.h | $(BUILD)/obj
 	$(CC) $(CFLAGS) -Isrc -c -o $@ $<

@@ -4,9 +4,9 @@
  * style and script inline, which reads GET /status.json (written here),
  * /migration and /healthz once a second and draws them.
  *
- * The page is kept in the tree as HTML and compiled in by scripts/embed.sh
- * (the Makefile's rule for $(BUILD)/gen/status_page_html.c): the bytes below
- * are static, owned by no one, never freed.
+ * The page is kept in the tree as HTML and compiled in by the Makefile's
+ * rule for $(BUILD)/gen/status_page_html.c: the bytes below are static,
+ * owned by no one, never freed.
  */
 #ifndef RP_STATUS_PAGE_H
 #define RP_STATUS_PAGE_H

@@ -2,7 +2,7 @@
  * test_status_page.c — the status page's Content-Security-Policy
  * (status_page_csp): the SHA-256 of its one script and one style block, in
  * CSP's base64 form, and a refusal when either block is missing; and the
- * page compiled in by scripts/embed.sh (status_page.h).
+ * page compiled in by the Makefile (status_page.h).
  */
 #include <check.h>
 #include <stdio.h>

@@ -912,8 +912,7 @@ struct admin *admin_start(struct worker *w, const struct admin_counters *counter
     a->listener = evhttp_bound_socket_get_listener(bound);
     struct timeval every = { 0, ADMIN_PRUNE_MS * 1000 };
     event_add(a->prune, &every);
-    log_notice("admin", "HTTP admin on %s:%d: / (status page) /status.json "
-               "/metrics /healthz /ring /migration",
+    log_notice("admin", "HTTP admin on %s:%d: /metrics /healthz /ring /migration",
                addr, port);
     return a;
 }

@@ -37,7 +37,10 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
 SRCS    := $(filter-out src/main.c,$(wildcard src/*.c))
-OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+# Files kept in the tree as themselves and compiled in (below).
+EMBED   := status_page_html
+OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) \
+           $(patsubst %,$(BUILD)/obj/%.o,$(EMBED))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 BIN     := $(BUILD)/ringproxy
 
@@ -51,6 +54,21 @@ deps:
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# The status page is edited as HTML (src/status_page.html) and compiled in as
+# a byte array, NUL after it, by od and sed (POSIX: no tool to install, and
+# the build needs only the Makefile and src/); src/status_page.h declares it.
+$(BUILD)/gen/status_page_html.c: src/status_page.html | $(BUILD)/gen
+	{ echo '/* Generated from $< by the Makefile: edit that file. */'; \
+	  echo '#include <stddef.h>'; echo '#include "status_page.h"'; \
+	  echo 'const unsigned char status_page_html[] = {'; \
+	  od -An -v -tx1 $< | sed -e 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '0x00 };'; \
+	  echo "const size_t status_page_html_len = $$(wc -c < $< | tr -d ' ');"; \
+	} > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/status_page_html.o: $(BUILD)/gen/status_page_html.c src/status_page.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) -Isrc -c -o $@ $<
 
 # Rebuilt from scratch: an object whose source was removed must not linger.
 $(BUILD)/libringproxy.a: $(OBJS)
@@ -72,7 +90,7 @@ $(BUILD)/compat_libmemcached: tests/compat/compat_libmemcached.c $(BUILD)/librin
 $(BUILD)/loadgen: bench/loadgen.c | $(BUILD)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
 
-$(BUILD) $(BUILD)/obj $(BUILD)/tests:
+$(BUILD) $(BUILD)/obj $(BUILD)/tests $(BUILD)/gen:
 	mkdir -p $@
 
 run: deps all

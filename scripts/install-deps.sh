@@ -1,12 +1,13 @@
 #!/bin/sh
 # Install, only when missing, every Debian package that building, running,
-# testing and benchmarking ringproxy need. Safe to run again and again.
+# testing and benchmarking ringproxy need (chromium: the status page's test,
+# tests/integration/test_status_page.py). Safe to run again and again.
 set -eu
 
 PKGS="build-essential pkg-config libevent-dev libhiredis-dev libyaml-dev \
 libmd-dev check memcached redis-server libmemcached-dev libmemcached-tools \
 python3 python3-pytest python3-pymemcache python3-memcache python3-redis \
-python3-yaml nutcracker"
+python3-yaml nutcracker chromium"
 
 # Extras for one target only: `make bench` (valgrind for BENCH_CALLGRIND),
 # `make fuzz` (clang's libFuzzer).

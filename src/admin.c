@@ -38,6 +38,7 @@
 #include "progress.h"
 #include "proxy.h"
 #include "pool.h"
+#include "status_page.h"
 #include "sweep.h"
 
 #define ADMIN_TIMEOUT_SEC 10
@@ -680,6 +681,50 @@ static int serve_migration(struct admin *a, struct evhttp_request *req, struct e
     return serve_pools_json(a, b, migration_json, false);
 }
 
+/* --- / (the status page) and /status.json ------------------------------------- */
+
+/* The page, under a policy that lets only its own script and style run
+ * (status_page_csp) and no type but the one declared be guessed. */
+static int serve_page(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
+{
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    char csp[512];
+
+    (void)a;
+    if (status_page_csp(status_page_html, status_page_html_len, csp, sizeof(csp)) != 0) {
+        evbuffer_add_printf(b, "the status page has no script or style block\n");
+        return HTTP_INTERNAL;
+    }
+    evhttp_add_header(headers, "Content-Security-Policy", csp);
+    evhttp_add_header(headers, "X-Content-Type-Options", "nosniff");
+    evhttp_add_header(headers, "Referrer-Policy", "no-referrer");
+    evbuffer_add(b, status_page_html, status_page_html_len);
+    return HTTP_OK;
+}
+
+static int serve_status(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
+{
+    struct json_w j;
+    int rc;
+
+    evhttp_add_header(evhttp_request_get_output_headers(req), "X-Content-Type-Options",
+                      "nosniff");
+    json_w_init(&j, ADMIN_JSON_MAX, JSON_W_UTF8);
+    json_w_sink(&j, admin_sink, b);
+    rc = status_page_json(&j, a->w, &a->counters);
+    rc = json_w_finish(&j) != 0 ? -1 : rc;
+    json_w_free(&j);
+    if (rc != 0) {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        evbuffer_add_printf(b, "{}\n");
+        log_warn("admin", "/status.json could not be written (memory or %u MiB): "
+                 "answered 500", ADMIN_JSON_MAX >> 20);
+        return HTTP_INTERNAL;
+    }
+    evbuffer_add(b, "\n", 1);
+    return HTTP_OK;
+}
+
 /* --- dispatch ------------------------------------------------------------------ */
 
 static const struct admin_route {
@@ -691,6 +736,9 @@ static const struct admin_route {
     { "/healthz", "text/plain; charset=utf-8", serve_healthz },
     { "/ring", "application/json", serve_ring },
     { "/migration", "application/json", serve_migration },
+    { "/", "text/html; charset=utf-8", serve_page },
+    { "/status", "text/html; charset=utf-8", serve_page },
+    { "/status.json", "application/json", serve_status },
 };
 
 #define ADMIN_NROUTES (sizeof(admin_routes) / sizeof(admin_routes[0]))
@@ -731,8 +779,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     if (route == NULL) {
         code = HTTP_NOTFOUND;
-        evbuffer_add_printf(body, "not found; try /metrics, /healthz, /ring, "
-                            "/migration\n");
+        evbuffer_add_printf(body, "not found; try /, /status.json, /metrics, "
+                            "/healthz, /ring, /migration\n");
         evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
     } else if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
         code = HTTP_BADMETHOD;

@@ -348,10 +348,10 @@ def test_status_from_redis_shows_a_running_migration(cluster):
 
 def test_unknown_path_is_404_and_other_methods_405(cluster):
     p = start_proxy(cluster, cluster.memcached(1))
-    for path in ("/", "/nope", "/metrics/", "/ring/x"):
+    for path in ("/index.html", "/nope", "/metrics/", "/ring/x", "/status.json/"):
         assert admin_get(p.admin_port, path)[0] == 404, path
     for method in ("POST", "PUT", "DELETE"):
-        for path in ("/metrics", "/healthz", "/ring", "/migration"):
+        for path in ("/metrics", "/healthz", "/ring", "/migration", "/", "/status.json"):
             code, headers, _ = admin_get(p.admin_port, path, method=method)
             assert code == 405 and headers.get("allow") == "GET", (method, path, code)
     assert admin_get(p.admin_port, "/healthz")[0] == 200    # still serving

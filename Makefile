@@ -130,9 +130,16 @@ fuzz-smoke:
 	@./scripts/install-deps.sh --fuzz
 	$(MAKE) -C tests/fuzz smoke
 
+# The binary, ringproxy(8), and the systemd unit with ExecStart pointing at
+# this PREFIX (systemd also reads units from /usr/local/lib/systemd/system).
 install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8 \
+		$(DESTDIR)$(PREFIX)/lib/systemd/system
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ringproxy
+	install -m 0644 docs/ringproxy.8 $(DESTDIR)$(PREFIX)/share/man/man8/ringproxy.8
+	sed 's|/usr/local/bin/ringproxy|$(PREFIX)/bin/ringproxy|' \
+		dist/systemd/ringproxy.service >$(DESTDIR)$(PREFIX)/lib/systemd/system/ringproxy.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/ringproxy.service
 
 compile_commands.json:
 	$(MAKE) clean && bear -- $(MAKE) all

@@ -2,6 +2,7 @@
 #
 #   make            build build/ringproxy (optimised, -Werror)
 #   make run        install what is missing, build, run a local sandbox cluster
+#                   (its own Redis on a free port; Ctrl-C stops it, exit 0)
 #   make test       install what is missing, then unit tests, ring compatibility,
 #                   integration tests and memccapable, all under ASan+UBSan
 #   make chaos      the resize checker (tests/chaos): every scenario, ASan build
@@ -9,7 +10,7 @@
 #   make bench      ringproxy vs direct memcached vs twemproxy, same run
 #   make fuzz       libFuzzer on every parser of untrusted input (clang),
 #                   FUZZ_SECONDS (60) each; make fuzz-smoke: 10 s each
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local   the binary, ringproxy(8), the systemd unit
 
 PREFIX  ?= /usr/local
 CC      ?= cc

@@ -145,6 +145,18 @@ def test_unit_is_notify_reloadable_and_hardened():
     assert set(keys["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
 
 
+def test_unit_exposure(tmp_path):
+    """systemd's own rating of the sandboxing: at most 2.0 of 10 ("OK"); what
+    is left open is the network a proxy needs and the host's root."""
+    unit = tmp_path / "ringproxy.service"
+    shutil.copy(UNIT, unit)
+    r = run([tool("systemd-analyze"), "security", "--offline=true", "--no-pager", str(unit)],
+            cwd=str(tmp_path))
+    m = re.search(r"Overall exposure level for ringproxy.service: ([0-9.]+)", r.stdout)
+    assert m, r.stdout[-1000:] + r.stderr
+    assert float(m.group(1)) <= 2.0, r.stdout
+
+
 def container_port(spec):
     """The container side of a compose port: long form, or "[ip:]host:container[/proto]"."""
     if isinstance(spec, dict):
@@ -309,14 +321,18 @@ def read_until(fd, marker, timeout):
 def test_make_run_sandbox_and_ctrl_c(tmp_path):
     """`make run` in a terminal (deps and the build taken as done): the
     sandbox starts its own Redis on a free port and points a generated
-    config at it, leaves conf/ alone, and Ctrl-C ends it with make reporting
-    no error."""
+    config at it, leaves conf/ alone, `sandbox.sh reload` applies an edit of
+    the user's file, and Ctrl-C ends it with make reporting no error."""
     for port in (11212, 11213, 11214, 22121):
         with __import__("socket").socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 pytest.fail("port %d is taken: the sandbox uses it" % port)
-    conf_before = open(os.path.join(ROOT, "conf", "ringproxy.yml")).read()
-    env = dict(os.environ, RINGPROXY_BIN=RINGPROXY)
+    example = open(os.path.join(ROOT, "tests", "unit", "conf", "example_ringproxy.yml")).read()
+    conf_dir = os.path.join(ROOT, "conf")
+    conf_before = {f: open(os.path.join(conf_dir, f)).read() for f in os.listdir(conf_dir)}
+    user_conf = tmp_path / "ringproxy.yml"      # the file a user edits (RINGPROXY_CONF)
+    user_conf.write_text(example)
+    env = dict(os.environ, RINGPROXY_BIN=RINGPROXY, RINGPROXY_CONF=str(user_conf))
     pid, fd = pty.fork()
     if pid == 0:    # the child: make in a terminal of its own, as a user runs it
         os.chdir(ROOT)
@@ -329,6 +345,15 @@ def test_make_run_sandbox_and_ctrl_c(tmp_path):
         assert redis_port != 6379
         assert "redis: 127.0.0.1:%d" % redis_port in gen, gen
         wait_port(22121)
+        # a change to the user's file reaches the proxy through `reload`
+        assert "timeout: 400" in example
+        user_conf.write_text(example.replace("timeout: 400", "timeout: 450"))
+        r = run([os.path.join(ROOT, "scripts", "sandbox.sh"), "reload"], env=env)
+        assert r.returncode == 0 and "reloaded" in r.stdout, r.stdout + r.stderr
+        assert "timeout: 450" in open(os.path.join(ROOT, "build", "sandbox",
+                                                   "ringproxy.yml")).read()
+        out += read_until(fd, b" applied", 30)
+        assert b" applied" in out, out.decode(errors="replace")[-2000:]
         os.write(fd, b"\x03")       # Ctrl-C: SIGINT to the terminal's foreground group
         out += read_until(fd, b"\x00never", 30)
     finally:
@@ -340,5 +365,5 @@ def test_make_run_sandbox_and_ctrl_c(tmp_path):
     # make itself got the SIGINT and ends as any interrupted command does
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT or \
         (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0), status
-    assert open(os.path.join(ROOT, "conf", "ringproxy.yml")).read() == conf_before
+    assert {f: open(os.path.join(conf_dir, f)).read() for f in os.listdir(conf_dir)} == conf_before
     assert not os.path.exists(os.path.join(ROOT, "build", "sandbox", "redis.port"))

@@ -190,8 +190,21 @@ def test_compose_file():
     for listen in listens:
         host, port = listen.rsplit(":", 1)
         assert host == "0.0.0.0" and int(port) in published, listen
-    assert re.search(r'"-a", "0.0.0.0"', docker), "the admin port must be reachable"
-    assert 22222 in published
+    # The admin HTTP port (/metrics, /healthz) as `ringproxy -h` names it:
+    # the image listens on all its interfaces, exposes and publishes it, and
+    # the healthcheck asks it.
+    usage = run([RINGPROXY, "-h"]).stdout
+    addr_flag = re.search(r"^\s+(-\w), (--[\w-]+) ADDR\s+admin HTTP address", usage, re.M)
+    port_flag = re.search(r"^\s+(-\w), (--[\w-]+) PORT\s+admin HTTP port[^(]*\(default (\d+)",
+                          usage, re.M)
+    assert addr_flag and port_flag, usage
+    entry = json.loads(re.search(r"^ENTRYPOINT (.*)$", docker, re.M).group(1))
+    assert any(entry[i] in addr_flag.groups() and entry[i + 1] == "0.0.0.0"
+               for i in range(len(entry) - 1)), (entry, addr_flag.groups())
+    admin_port = int(port_flag.group(3))
+    assert admin_port in published and admin_port in exposed, (admin_port, published)
+    health = " ".join(proxy["healthcheck"]["test"])
+    assert "/dev/tcp/127.0.0.1/%d" % admin_port in health, health
     servers = {s.split(":")[0] for pool in conf.values() for s in pool["servers"]}
     assert servers == {"memcached1", "memcached2", "memcached3"}
     assert all(pool["index"]["redis"] == "redis:6379" for pool in conf.values())

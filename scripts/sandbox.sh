@@ -89,7 +89,8 @@ until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do
 	sleep 0.1
 done
 write_conf "$REDIS_PORT"
-"$BIN" -c "$GEN" -v 3 -p "$STATE/ringproxy.pid" &
+# The default log level (notice) is the same on either -v scale.
+"$BIN" -c "$GEN" -p "$STATE/ringproxy.pid" &
 pids="$pids $!"
 tries=0
 until port_busy 22121; do

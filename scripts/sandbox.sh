@@ -24,10 +24,10 @@ write_conf() {
 }
 
 if [ "${1:-}" = reload ]; then
-	[ -f "$STATE/redis.port" ] && [ -f "$STATE/ringproxy.pid" ] || {
+	if [ ! -f "$STATE/redis.port" ] || [ ! -f "$STATE/ringproxy.pid" ]; then
 		echo "no sandbox runs (start it with make run)" >&2
 		exit 1
-	}
+	fi
 	write_conf "$(cat "$STATE/redis.port")"
 	"$BIN" -t -c "$GEN" >/dev/null || { "$BIN" -t -c "$GEN"; exit 1; }
 	kill -HUP "$(cat "$STATE/ringproxy.pid")"

@@ -2,6 +2,7 @@
 #
 #   make            build build/ringproxy (optimised, -Werror)
 #   make run        install what is missing, build, run a local sandbox cluster
+#                   (its own Redis on a free port; Ctrl-C stops it, exit 0)
 #   make test       install what is missing, then unit tests, ring compatibility,
 #                   integration tests and memccapable, all under ASan+UBSan
 #   make chaos      the resize checker (tests/chaos): every scenario, ASan build
@@ -9,7 +10,7 @@
 #   make bench      ringproxy vs direct memcached vs twemproxy, same run
 #   make fuzz       libFuzzer on every parser of untrusted input (clang),
 #                   FUZZ_SECONDS (60) each; make fuzz-smoke: 10 s each
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local   the binary, ringproxy(8), the systemd unit
 
 PREFIX  ?= /usr/local
 CC      ?= cc
@@ -148,9 +149,16 @@ fuzz-smoke:
 	@./scripts/install-deps.sh --fuzz
 	$(MAKE) -C tests/fuzz smoke
 
+# The binary, ringproxy(8), and the systemd unit with ExecStart pointing at
+# this PREFIX (systemd also reads units from /usr/local/lib/systemd/system).
 install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8 \
+		$(DESTDIR)$(PREFIX)/lib/systemd/system
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ringproxy
+	install -m 0644 docs/ringproxy.8 $(DESTDIR)$(PREFIX)/share/man/man8/ringproxy.8
+	sed 's|/usr/local/bin/ringproxy|$(PREFIX)/bin/ringproxy|' \
+		dist/systemd/ringproxy.service >$(DESTDIR)$(PREFIX)/lib/systemd/system/ringproxy.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/ringproxy.service
 
 compile_commands.json:
 	$(MAKE) clean && bear -- $(MAKE) all

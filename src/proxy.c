@@ -40,6 +40,7 @@
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
+#include "notify.h"
 #include "proxy.h"
 #include "pool.h"
 #include "sweep.h"
@@ -359,6 +360,7 @@ static void proxy_stop(struct proxy *px, const char *why)
         return;
     }
     log_notice("proxy", "stopping (%s): finishing in-flight requests", why);
+    notify_stopping();
     w->stopping = true;
     px->stop_deadline = worker_now_ms(w) + STOP_GRACE_MS;
     for (uint32_t i = 0; i < w->npools; i++) {
@@ -687,6 +689,7 @@ static void proxy_reload(struct proxy *px)
         log_error("reload", "cannot start reading %s: %s", px->opts->conf_path,
                   job == NULL ? "out of memory" : "no thread");
         free(job);
+        notify_ready();     /* the reload is over: the old config serves */
         return;
     }
     px->reload = job;
@@ -737,6 +740,8 @@ static void on_reload_done(evutil_socket_t fd, short what, void *arg)
         log_notice("reload", "another SIGHUP came meanwhile: reading %s again",
                    px->opts->conf_path);
         proxy_reload(px);
+    } else {
+        notify_ready();     /* applied or refused, the proxy serves */
     }
 }
 
@@ -748,6 +753,9 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     switch (sig) {
     case SIGHUP:
         log_notice("proxy", "SIGHUP: reloading %s", px->opts->conf_path);
+        if (!px->w.stopping) {
+            notify_reloading();
+        }
         proxy_reload(px);
         break;
     case SIGUSR1:
@@ -978,6 +986,7 @@ int proxy_main(const struct proxy_options *o)
         goto out;
     }
     rc = 1;
+    notify_init();      /* before -u: connecting checks our permission */
     TAILQ_INIT(&w->dirty_conns);
     TAILQ_INIT(&w->dirty_clients);
     w->base = event_base_new();
@@ -1036,6 +1045,7 @@ int proxy_main(const struct proxy_options *o)
     log_notice("proxy", "ringproxy %s started, pid %ld", RINGPROXY_VERSION,
                (long)getpid());
     daemon_ready(&report_fd);
+    notify_ready();
 
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
@@ -1060,6 +1070,7 @@ out:
         close(report_fd);
     }
     proxy_free(&px);
+    notify_close();
     log_close();
     return rc;
 }

@@ -3,9 +3,10 @@
  * defaults, ringproxy's own sections, the identity rule, the example files,
  * and one bad file per kind of error with its exact "FILE:LINE:COL: " prefix.
  *
- * Fixtures live in tests/unit/conf/ and the examples in conf/, both found
- * from $RP_SRCDIR (the repository root; default ".", since `make unit` runs
- * the tests from there).
+ * Fixtures live in tests/unit/conf/, found from $RP_SRCDIR (the repository
+ * root; default ".", since `make unit` runs the tests from there). The
+ * examples in conf/ are the user's to edit (`make run` invites it), so the
+ * tests read copies of them: example_ringproxy.yml, example_nutcracker.yml.
  */
 #include <check.h>
 #include <stdio.h>
@@ -267,7 +268,7 @@ END_TEST
 START_TEST(example_files_are_valid)
 {
     char err[256];
-    struct config *c = load_ok(src_path("conf/ringproxy.yml"));
+    struct config *c = load_ok(fixture("example_ringproxy.yml"));
     const struct conf_pool *p = pool(c, "cache");
 
     ck_assert_uint_eq(c->npools, 1);
@@ -289,7 +290,7 @@ START_TEST(example_files_are_valid)
     ring_unref(r);
     config_free(c);
 
-    c = load_ok(src_path("conf/nutcracker.yml"));
+    c = load_ok(fixture("example_nutcracker.yml"));
     p = pool(c, "alpha");
     ck_assert_uint_eq(c->npools, 1);
     ck_assert_int_eq(p->hash, HASH_FNV1A_64);

@@ -40,6 +40,7 @@
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
+#include "nstats.h"
 #include "proxy.h"
 #include "pool.h"
 #include "sweep.h"
@@ -79,6 +80,7 @@ struct proxy {
     struct old_config *old_configs;
     struct worker w;
     struct admin *admin;        /* NULL: no admin port */
+    struct nstats *nstats;      /* NULL: no stats port */
     struct event *sig_hup, *sig_usr1, *sig_term, *sig_int;
     uint64_t stop_deadline;
     uint64_t reloads, reload_failures;
@@ -907,6 +909,7 @@ static void proxy_free(struct proxy *px)
         }
     }
     admin_free(px->admin);
+    nstats_free(px->nstats);
     for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
         pool_unlisten(w->pools[i]);
         pool_close(w->pools[i]);
@@ -933,6 +936,21 @@ static void proxy_free(struct proxy *px)
         event_base_free(w->base);
     }
     config_free(px->conf);
+}
+
+/* nutcracker's flags that ringproxy takes only so its command lines work. */
+static void proxy_log_accepted_flags(const struct proxy_options *o)
+{
+    if (o->mbuf_size != 0) {
+        log_notice("proxy", "-m %ld: accepted for nutcracker's command line and "
+                   "ignored (buffers grow as needed, within each pool's limits)",
+                   o->mbuf_size);
+    }
+    if (o->stats_interval != 0) {
+        log_notice("proxy", "-i %ld: accepted for nutcracker's command line and "
+                   "ignored (the stats port answers with current counters)",
+                   o->stats_interval);
+    }
 }
 
 int proxy_main(const struct proxy_options *o)
@@ -999,6 +1017,12 @@ int proxy_main(const struct proxy_options *o)
         log_error("proxy", "admin port: %s", err);
         goto out;
     }
+    if (o->stats_port != 0 && (px.nstats = nstats_start(w, o->stats_addr,
+                                   o->stats_port, err, sizeof(err))) == NULL) {
+        log_error("proxy", "stats port: %s", err);
+        goto out;
+    }
+    proxy_log_accepted_flags(o);
     if (o->pid_path != NULL && (rc = write_pid_file(o->pid_path)) != 0) {
         log_error("proxy", "cannot write pid file %s: %s", o->pid_path,
                   strerror(errno));

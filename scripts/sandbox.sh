@@ -40,7 +40,7 @@ else
 	pids="$pids $!"
 fi
 sleep 0.3
-"$BIN" -c "$CONF" -v 3 &
+"$BIN" -c "$CONF" -v 6 &
 pids="$pids $!"
 sleep 0.3
 cat <<MSG

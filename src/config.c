@@ -302,6 +302,54 @@ static void parse_addr(struct conf_ctx *cx, yaml_node_t *node, const char *text,
     *a = parsed;
 }
 
+/*
+ * A pool's listen: host:port, a unix socket path, or twemproxy's
+ * "/path/to/socket 0666", the path and the socket's mode (octal, at most
+ * 0777). listen.text is the address without the mode, so a reload that
+ * changes only the mode keeps the socket (proxy.c, plan_commit).
+ */
+static void parse_listen(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                         void *field, const struct conf_directive *d)
+{
+    struct conf_pool *p = (struct conf_pool *)((char *)field - d->offset);
+    const char *sp = strrchr(text, ' '), *mode;
+    struct conf_addr parsed;
+    const char *why = "";
+    size_t len;
+    char *end;
+
+    p->listen_mode = -1;
+    if (sp == NULL) {
+        parse_addr(cx, node, text, field, d);
+        return;
+    }
+    if (text[0] != '/') {
+        conf_error(cx, node, "%s: bad address '%s': a mode (\"/path/to/socket "
+                   "0666\") is for a unix socket path only", d->name, text);
+        return;
+    }
+    mode = sp + 1;
+    errno = 0;
+    long v = strtol(mode, &end, 8);
+    if (strlen(mode) < 3 || strlen(mode) > 4 || *end != '\0' || errno != 0 ||
+        strspn(mode, "01234567") != strlen(mode) || v < 0 || v > 0777) {
+        conf_error(cx, node, "%s: bad mode '%s' for unix socket '%.*s': expected "
+                   "octal permissions from 000 to 0777, such as 0666", d->name, mode,
+                   (int)(sp - text), text);
+        return;
+    }
+    for (len = (size_t)(sp - text); len > 0 && text[len - 1] == ' '; len--) {
+    }
+    if (addr_parse(text, len, &parsed, &why) != 0) {
+        conf_error(cx, node, "%s: bad address '%.*s': %s", d->name, (int)len, text,
+                   why);
+        return;
+    }
+    addr_free(field);
+    *(struct conf_addr *)field = parsed;
+    p->listen_mode = v;
+}
+
 static void parse_hash(struct conf_ctx *cx, yaml_node_t *node, const char *text,
                        void *field, const struct conf_directive *d)
 {
@@ -448,7 +496,7 @@ static void parse_migration(struct conf_ctx *cx, yaml_node_t *node,
  * forever, which turns a stopped server into clients that hang silently),
  * then ringproxy's own. */
 static const struct conf_directive pool_directives[] = {
-    { "listen", parse_addr, POOL(listen), NULL, 0, 0 },
+    { "listen", parse_listen, POOL(listen), NULL, 0, 0 },
     { "hash", parse_hash, POOL(hash), "fnv1a_64", 0, 0 },
     { "hash_tag", parse_hash_tag, POOL(hash_tag), NULL, 0, 0 },
     { "distribution", parse_distribution, POOL(distribution), "ketama", 0, 0 },

@@ -70,6 +70,8 @@ struct conf_pool {
     char *name;
     int line, col;
     struct conf_addr listen;
+    int64_t listen_mode;    /* "listen: /path 0666" (twemproxy's form): the
+                               unix socket's mode; -1: as the umask leaves it */
     int64_t hash;           /* enum hash_kind */
     bool has_tag;
     char hash_tag[2];

@@ -137,6 +137,18 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     evtimer_add(p->accept_retry, &tv);
 }
 
+/* A unix socket's mode from "listen: /path 0666" (config.h: listen_mode). */
+static int listener_chmod(const struct conf_pool *conf, char *err, size_t errlen)
+{
+    if (!conf->listen.is_unix || conf->listen_mode < 0 ||
+        chmod(conf->listen.host, (mode_t)conf->listen_mode) == 0) {
+        return 0;
+    }
+    snprintf(err, errlen, "cannot set mode %04llo on %s: %s",
+             (unsigned long long)conf->listen_mode, conf->listen.host, strerror(errno));
+    return -1;
+}
+
 /*
  * A listener for pool p on address a (conf: its backlog), disabled until the
  * pool is ready. Returns NULL with a reason in err. p is not changed: a
@@ -179,6 +191,11 @@ static struct evconnlistener *listener_open(struct pool *p,
                                 (int)len);
     if (l == NULL) {
         snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+        return NULL;
+    }
+    if (listener_chmod(conf, err, errlen) != 0) {
+        evconnlistener_free(l);
+        unlink(a->host);
         return NULL;
     }
     evconnlistener_set_error_cb(l, on_accept_error);
@@ -469,6 +486,9 @@ static void plan_commit(struct pool_plan *pl)
         }
         log_notice("reload", "%s: now listening on %s (was %s)", p->name,
                    nc->listen.text, oc->listen.text);
+    } else if (nc->listen_mode != oc->listen_mode && nc->listen_mode >= 0 &&
+               listener_chmod(nc, err, sizeof(err)) != 0) {
+        log_warn("reload", "%s: %s", p->name, err);
     }
     if (pl->ring == NULL) {
         return;

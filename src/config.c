@@ -1255,3 +1255,163 @@ struct ring *conf_pool_ring(const struct conf_pool *p, char *err, size_t errlen)
     free(specs);
     return r;
 }
+
+/* --- settings in effect (`stats settings`) --------------------------------- */
+
+/* A value as text into buf; false when there is none to show. */
+typedef bool conf_format_fn(const void *field, const struct conf_directive *d,
+                            char *buf, size_t len);
+
+static bool format_int(const void *field, const struct conf_directive *d, char *buf,
+                       size_t len)
+{
+    (void)d;
+    snprintf(buf, len, "%lld", (long long)*(const int64_t *)field);
+    return true;
+}
+
+static bool format_bool(const void *field, const struct conf_directive *d,
+                        char *buf, size_t len)
+{
+    (void)d;
+    snprintf(buf, len, "%s", *(const bool *)field ? "true" : "false");
+    return true;
+}
+
+static bool format_string(const void *field, const struct conf_directive *d,
+                          char *buf, size_t len)
+{
+    const char *s = *(char *const *)field;
+
+    if (s == NULL || strcmp(d->name, "password") == 0) {
+        return false;
+    }
+    snprintf(buf, len, "%s", s);
+    return true;
+}
+
+static bool format_addr(const void *field, const struct conf_directive *d,
+                        char *buf, size_t len)
+{
+    const struct conf_addr *a = field;
+
+    (void)d;
+    if (a->text == NULL) {
+        return false;
+    }
+    snprintf(buf, len, "%s", a->text);
+    return true;
+}
+
+static bool format_listen(const void *field, const struct conf_directive *d,
+                          char *buf, size_t len)
+{
+    const struct conf_pool *p = (const struct conf_pool *)((const char *)field -
+                                                           d->offset);
+
+    if (p->listen_mode < 0) {
+        return format_addr(field, d, buf, len);
+    }
+    snprintf(buf, len, "%s %04llo", p->listen.text,
+             (unsigned long long)p->listen_mode);
+    return true;
+}
+
+static bool format_hash(const void *field, const struct conf_directive *d,
+                        char *buf, size_t len)
+{
+    int64_t h = *(const int64_t *)field;
+
+    (void)d;
+    snprintf(buf, len, "%s", h >= 0 && h < HASH_COUNT ? hash_names[h] : "?");
+    return true;
+}
+
+static bool format_compat(const void *field, const struct conf_directive *d,
+                          char *buf, size_t len)
+{
+    int64_t c = *(const int64_t *)field;
+
+    (void)d;
+    snprintf(buf, len, "%s", c >= 0 && c < RING_COMPAT_COUNT ? ring_compat_names[c] : "?");
+    return true;
+}
+
+static bool format_distribution(const void *field, const struct conf_directive *d,
+                                char *buf, size_t len)
+{
+    (void)field, (void)d;
+    snprintf(buf, len, "ketama");
+    return true;
+}
+
+static bool format_hash_tag(const void *field, const struct conf_directive *d,
+                            char *buf, size_t len)
+{
+    const struct conf_pool *p = (const struct conf_pool *)((const char *)field -
+                                                           d->offset);
+
+    if (!p->has_tag) {
+        return false;
+    }
+    snprintf(buf, len, "%.2s", p->hash_tag);
+    return true;
+}
+
+static bool format_servers(const void *field, const struct conf_directive *d,
+                           char *buf, size_t len)
+{
+    const struct conf_pool *p = (const struct conf_pool *)((const char *)field -
+                                                           d->offset);
+
+    snprintf(buf, len, "%u", p->nservers);
+    return true;
+}
+
+/* How each parser's value is shown; a mapping (index, migration) is walked
+ * by its own table instead: format NULL. */
+static const struct {
+    conf_parse_fn parse;
+    conf_format_fn *format;
+} conf_formats[] = {
+    { parse_int, format_int },
+    { parse_size, format_int },
+    { parse_bool, format_bool },
+    { parse_string, format_string },
+    { parse_addr, format_addr },
+    { parse_listen, format_listen },
+    { parse_hash, format_hash },
+    { parse_compat, format_compat },
+    { parse_distribution, format_distribution },
+    { parse_hash_tag, format_hash_tag },
+    { parse_servers, format_servers },
+};
+
+static void settings_table(const void *base, const struct conf_directive *tab,
+                           size_t ntab, const char *prefix, conf_setting_fn *fn,
+                           void *arg)
+{
+    char name[128], value[512];
+
+    for (size_t i = 0; i < ntab; i++) {
+        for (size_t f = 0; f < NELEMS(conf_formats); f++) {
+            if (conf_formats[f].parse == tab[i].parse &&
+                conf_formats[f].format((const char *)base + tab[i].offset, &tab[i],
+                                       value, sizeof(value))) {
+                snprintf(name, sizeof(name), "%s%s", prefix, tab[i].name);
+                fn(arg, name, value);
+            }
+        }
+    }
+}
+
+void conf_pool_settings(const struct conf_pool *p, conf_setting_fn *fn, void *arg)
+{
+    settings_table(p, pool_directives, NELEMS(pool_directives), "", fn, arg);
+    if (p->index.enabled) {
+        settings_table(&p->index, index_directives, NELEMS(index_directives),
+                       "index:", fn, arg);
+        settings_table(&p->migration, migration_directives,
+                       NELEMS(migration_directives), "migration:", fn, arg);
+    }
+}

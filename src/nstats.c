@@ -10,9 +10,13 @@
  *   its stats thread aggregates at) is accepted by main.c and not needed.
  * - The counters are the raw ones: a client's `stats reset` changes only
  *   what its `stats` command shows (client.c), so these never go down.
- * - Nothing is read from the peer. At most NSTATS_MAX_CONNS replies are
- *   being written at once (more connections are closed at once), each for at
- *   most NSTATS_TIMEOUT_SEC, and the JSON has a byte budget.
+ * - What the peer sends is never parsed. Once the JSON is written the write
+ *   side is shut and what arrives is discarded (at most NSTATS_DISCARD_MAX
+ *   bytes) until the peer closes: closing with unread bytes would send a
+ *   reset, which can discard the JSON before a client that wrote something
+ *   (an HTTP request, say) reads it. At most NSTATS_MAX_CONNS connections
+ *   are open (more are closed at once), each for at most NSTATS_TIMEOUT_SEC
+ *   per write or read, and the JSON has a byte budget.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -20,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -38,10 +43,12 @@
 #define NSTATS_MAX_CONNS 64
 #define NSTATS_TIMEOUT_SEC 10
 #define NSTATS_JSON_MAX (64u << 20)
+#define NSTATS_DISCARD_MAX 65536
 
 struct nstats_conn {
     struct nstats *s;                   /* NULL once closed */
     struct bufferevent *bev;
+    size_t discarded;                   /* bytes read and dropped */
     TAILQ_ENTRY(nstats_conn) link;
 };
 
@@ -105,7 +112,8 @@ static uint64_t be_none(const struct backend *be)
 
 static uint64_t be_err(const struct backend *be)
 {
-    return sat_sub(be->stats[STAT_BE_errors], be->stats[STAT_BE_timeouts]);
+    return sat_sub(be->stats[STAT_BE_errors], be->stats[STAT_BE_timeouts]) +
+           be->stats[STAT_BE_connect_failures];
 }
 
 static uint64_t be_timedout(const struct backend *be)
@@ -174,7 +182,8 @@ static uint64_t be_out_queue(const struct backend *be)
 
 #define NSTATS_SERVER_FIELDS(X)                                                 \
     X(server_eof, be_none, "always 0: a lost connection counts in server_err")  \
-    X(server_err, be_err, "requests failed by a refused or lost connection")   \
+    X(server_err, be_err,                                                      \
+      "requests failed by a refused or lost connection, and failed connects")   \
     X(server_timedout, be_timedout, "requests that timed out")                  \
     X(server_connections, be_connections, "connections up")                     \
     X(server_ejected_at, be_ejected_at,                                         \
@@ -333,16 +342,38 @@ static void nstats_conn_close(struct nstats_conn *c)
     defer_add(s->w->defer, nstats_conn_release, c);
 }
 
-static void on_written(struct bufferevent *bev, void *arg)
+static void on_conn_event(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
+    (void)bev, (void)what;      /* error, EOF or a timeout */
     nstats_conn_close(arg);
 }
 
-static void on_conn_event(struct bufferevent *bev, short what, void *arg)
+/* After the JSON: drop what the peer sends until it closes. */
+static void on_discard(struct bufferevent *bev, void *arg)
 {
-    (void)bev, (void)what;      /* error, EOF or the write timeout */
-    nstats_conn_close(arg);
+    struct nstats_conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+
+    c->discarded += evbuffer_get_length(in);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    if (c->discarded > NSTATS_DISCARD_MAX) {
+        nstats_conn_close(c);
+    }
+}
+
+static void on_written(struct bufferevent *bev, void *arg)
+{
+    struct nstats_conn *c = arg;
+    struct timeval tv = { NSTATS_TIMEOUT_SEC, 0 };
+
+    if (shutdown(bufferevent_getfd(bev), SHUT_WR) != 0) {
+        nstats_conn_close(c);
+        return;
+    }
+    bufferevent_setcb(bev, on_discard, NULL, on_conn_event, c);
+    bufferevent_disable(bev, EV_WRITE);
+    bufferevent_set_timeouts(bev, &tv, NULL);
+    bufferevent_enable(bev, EV_READ);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
@@ -354,7 +385,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 
     (void)l, (void)sa, (void)salen;
     if (s->nconns >= NSTATS_MAX_CONNS || (c = calloc(1, sizeof(*c))) == NULL) {
-        log_limited(LOG_WARN, 1, "nstats", "stats port: %u replies being written "
+        log_limited(LOG_WARN, 1, "nstats", "stats port: %u connections open "
                     "(or out of memory): connection closed", s->nconns);
         evutil_closesocket(fd);
         return;

@@ -503,6 +503,53 @@ START_TEST(listen_takes_twemproxys_socket_mode)
 }
 END_TEST
 
+/* `stats settings`: every key in effect, defaults included, the index's
+ * and migration's with their prefix; never the index password. */
+struct settings_seen {
+    char text[4096];
+    size_t len;
+};
+
+static void collect_setting(void *arg, const char *name, const char *value)
+{
+    struct settings_seen *s = arg;
+    int n = snprintf(s->text + s->len, sizeof(s->text) - s->len, "%s=%s\n", name, value);
+
+    ck_assert(n > 0 && (size_t)n < sizeof(s->text) - s->len);
+    s->len += (size_t)n;
+}
+
+START_TEST(settings_list_what_is_in_effect_but_the_password)
+{
+    static const char text[] = "cache:\n  listen: /run/rp.sock 0660\n  hash: md5\n"
+                               "  index:\n    redis: 127.0.0.1:6379\n"
+                               "    password: s3cret\n"
+                               "  servers:\n    - 127.0.0.1:11212:1 mc1\n"
+                               "    - 127.0.0.1:11213:1 mc2\n";
+    static const char *const want[] = {
+        "listen=/run/rp.sock 0660\n", "hash=md5\n", "distribution=ketama\n",
+        "timeout=5000\n", "servers=2\n", "compat=libmemcached\n",
+        "item_size_max=1048576\n", "index:redis=127.0.0.1:6379\n",
+        "index:prefix=rp:cache\n", "index:db=0\n", "migration:rate=50000\n",
+        "migration:delete_source=true\n", "auto_eject_hosts=false\n",
+    };
+    struct settings_seen seen = { .len = 0 };
+    struct conf_errors errs;
+    struct config *c = load_buf(text, sizeof(text) - 1, &errs);
+
+    ck_assert_ptr_nonnull(c);
+    conf_pool_settings(pool(c, "cache"), collect_setting, &seen);
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        ck_assert_msg(strstr(seen.text, want[i]) != NULL, "no %s in\n%s", want[i],
+                      seen.text);
+    }
+    ck_assert_ptr_null(strstr(seen.text, "s3cret"));
+    ck_assert_ptr_null(strstr(seen.text, "password"));
+    ck_assert_ptr_null(strstr(seen.text, "hash_tag"));     /* not set */
+    config_free(c);
+}
+END_TEST
+
 /* The index sweeper's pace (docs/ARCHITECTURE.md, "The sweeper"): on by
  * default in every indexed pool, 0 turns it off, a negative is refused. */
 START_TEST(sweep_rate_is_on_by_default_and_zero_turns_it_off)
@@ -682,6 +729,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, missing_file_is_reported);
     tcase_add_test(tc, buffer_loads_as_the_file_does);
     tcase_add_test(tc, listen_takes_twemproxys_socket_mode);
+    tcase_add_test(tc, settings_list_what_is_in_effect_but_the_password);
     tcase_add_test(tc, deep_nesting_is_refused_at_the_depth_limit);
     tcase_add_test(tc, errors_past_the_limit_are_counted_not_listed);
     tcase_add_test(tc, servers_past_the_limit_are_refused);

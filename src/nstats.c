@@ -139,6 +139,21 @@ static uint64_t be_ejected_at(const struct backend *be)
     return sat_sub(be->retry_ms, (uint64_t)be->pool->conf->server_retry_timeout) * 1000;
 }
 
+static uint64_t be_eof(const struct backend *be)
+{
+    return be->stats[STAT_BE_closed_by_server];
+}
+
+static uint64_t be_request_bytes(const struct backend *be)
+{
+    return be->stats[STAT_BE_bytes_sent];
+}
+
+static uint64_t be_response_bytes(const struct backend *be)
+{
+    return be->stats[STAT_BE_bytes_received];
+}
+
 static uint64_t be_requests(const struct backend *be)
 {
     return be->stats[STAT_BE_requests];
@@ -181,7 +196,7 @@ static uint64_t be_out_queue(const struct backend *be)
     X(fragments, pool_none, "always 0: multi-get shares are not counted")
 
 #define NSTATS_SERVER_FIELDS(X)                                                 \
-    X(server_eof, be_none, "always 0: a lost connection counts in server_err")  \
+    X(server_eof, be_eof, "connections the server closed")                      \
     X(server_err, be_err,                                                      \
       "requests failed by a refused or lost connection, and failed connects")   \
     X(server_timedout, be_timedout, "requests that timed out")                  \
@@ -189,9 +204,9 @@ static uint64_t be_out_queue(const struct backend *be)
     X(server_ejected_at, be_ejected_at,                                         \
       "while ejected: when, in usec since the epoch; else 0")                   \
     X(requests, be_requests, "requests sent")                                   \
-    X(request_bytes, be_none, "always 0: bytes are not counted")                \
+    X(request_bytes, be_request_bytes, "bytes written to the server")           \
     X(responses, be_responses, "requests answered (sent - failed - in flight)") \
-    X(response_bytes, be_none, "always 0: bytes are not counted")               \
+    X(response_bytes, be_response_bytes, "bytes read from the server")          \
     X(in_queue, be_none, "always 0: requests are written as they arrive")       \
     X(in_queue_bytes, be_in_queue_bytes, "request bytes not yet written")       \
     X(out_queue, be_out_queue, "requests sent and not yet answered")            \

@@ -346,6 +346,10 @@ def test_stats_port_speaks_nutcrackers_json(cluster):
     # same ring, same traffic: the same requests on each server
     assert server_counts(rs, "alpha", "requests") == server_counts(ns, "alpha", "requests")
     assert server_counts(rs, "alpha", "responses") == server_counts(ns, "alpha", "responses")
+    # the same lines both ways: the same bytes (each proxy forwards them as sent)
+    for field in ("request_bytes", "response_bytes"):
+        assert server_counts(rs, "alpha", field) == server_counts(ns, "alpha", field)
+        assert sum(server_counts(rs, "alpha", field).values()) > 0
     assert all(v == 1 for v in server_counts(rs, "alpha", "server_connections").values())
 
     # numbers that move with traffic, and connections as they open and close
@@ -388,6 +392,8 @@ def test_stats_port_counts_failures_and_takes_a_stats_reset(cluster):
         mcs[0].kill()
         assert w.call(b"get k1\r\n").startswith(b"SERVER_ERROR")
     assert read_stats(p.stats_port)["alpha"]["forward_error"] >= 1
+    wait_until(lambda: read_stats(p.stats_port)["alpha"]["mc1"]["server_eof"] == 1,
+               what="the killed server's EOF")
 
 
     def refused():      # a request past the backoff tries to connect again

@@ -766,6 +766,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         goto out;
     }
     nfrags = request_split(p, req, hlen, sh, key_frag, &nmoving);
+    p->stats[STAT_fragments] += nfrags;
     struct request *r = client_request(c, req->cmd, nfrags);
     if (r == NULL) {
         goto oom;

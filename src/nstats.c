@@ -98,10 +98,9 @@ static uint64_t pool_forward_error(const struct pool *p)
     return p->stats[STAT_server_errors];
 }
 
-static uint64_t pool_none(const struct pool *p)
+static uint64_t pool_fragments(const struct pool *p)
 {
-    (void)p;
-    return 0;
+    return p->stats[STAT_fragments];
 }
 
 static uint64_t be_none(const struct backend *be)
@@ -193,7 +192,8 @@ static uint64_t be_out_queue(const struct backend *be)
       "times auto_eject_hosts took a server out of routing")                   \
     X(forward_error, pool_forward_error,                                        \
       "requests failed because a backend failed (stats: server_errors)")        \
-    X(fragments, pool_none, "always 0: multi-get shares are not counted")
+    X(fragments, pool_fragments,                                                \
+      "shares multi-key gets were split into (one per backend line)")
 
 #define NSTATS_SERVER_FIELDS(X)                                                 \
     X(server_eof, be_eof, "connections the server closed")                      \

@@ -32,7 +32,9 @@
       "meta commands on a key moving in a resize, answered SERVER_ERROR")      \
     X(meta_unindexed_keys, counter,                                           \
       "base64 keys stored but not indexed: not a valid text key")              \
-    X(accept_pauses, counter, "times accepting paused at the fd limit")
+    X(accept_pauses, counter, "times accepting paused at the fd limit")       \
+    X(fragments, counter,                                                     \
+      "shares multi-key gets were split into (one per backend line)")
 
 #define STATS_BACKEND_CODEC(X)                                                \
     X(requests, counter, "requests sent")                                     \

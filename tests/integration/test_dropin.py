@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from harness import (RINGPROXY, Nutcracker, Wire, check_sanitizers, free_port,
-                     pool_yaml, run_cli, wait_port, wait_until)
+                     locate, pool_yaml, run_cli, wait_port, wait_until)
 from test_admin import metrics, value
 
 UNIT = "/lib/systemd/system/nutcracker.service"
@@ -355,12 +355,20 @@ def test_stats_port_speaks_nutcrackers_json(cluster):
     # numbers that move with traffic, and connections as they open and close
     assert rs["total_connections"] == before["total_connections"] + 4
     assert rs["timestamp"] >= before["timestamp"] and rs["uptime"] >= before["uptime"]
+    # a multi-get: one share per server holding its keys
+    assert rs["alpha"]["fragments"] == 0
+    keys = ["key%d" % i for i in range(30)]
+    with Wire(rport) as w:
+        reply = w.call(("get %s\r\n" % " ".join(keys)).encode())
+        assert reply.count(b"VALUE ") == 30
+    holders = set(locate(rp.conf_path, keys).values())
+    assert read_stats(rp.stats_port)["alpha"]["fragments"] == len(holders) > 1
     for w in conns:
         w.close()
     wait_until(lambda: read_stats(rp.stats_port)["alpha"]["client_connections"] == 0,
                what="closed clients to leave client_connections")
     after = read_stats(rp.stats_port)
-    assert after["alpha"]["client_eof"] == before["alpha"]["client_eof"] + 4
+    assert after["alpha"]["client_eof"] == before["alpha"]["client_eof"] + 5
     assert after["curr_connections"] == 0
 
 

@@ -356,10 +356,11 @@ start_redis() {
 		--save "" --appendonly no --daemonize no --logfile "" "$@"
 }
 
-# start_ringproxy NAME PORT CONF: with the admin port off (-s 0), so that
-# anything else on the default port 22222 cannot stop it from starting.
+# start_ringproxy NAME PORT CONF: with the stats and admin ports off (-s 0
+# -P 0), so that anything else on the default ports 22222 and 22223 cannot
+# stop it from starting.
 start_ringproxy() {
-	start "$1" "$2" 50 "$RINGPROXY_BIN" -c "$3" -s 0
+	start "$1" "$2" 50 "$RINGPROXY_BIN" -c "$3" -s 0 -P 0
 }
 
 # rcli PORT ARG...: redis-cli, bounded, without the \r of INFO's lines.
@@ -2024,7 +2025,7 @@ if [ "$CALLGRIND" = 1 ]; then
 	log "callgrind: $CG_REQUESTS requests per shape"
 	if [ -z "${SKIP[ringproxy]:-}" ] && [ -x "$RINGPROXY_BIN" ]; then
 		write_pool_conf "$OUT/callgrind-ringproxy.yml" "$CG_RP_PORT"
-		callgrind_proxy ringproxy "$CG_RP_PORT" "$RINGPROXY_BIN" -c "$OUT/callgrind-ringproxy.yml" -s 0
+		callgrind_proxy ringproxy "$CG_RP_PORT" "$RINGPROXY_BIN" -c "$OUT/callgrind-ringproxy.yml" -s 0 -P 0
 	fi
 	if command -v nutcracker >/dev/null; then
 		write_pool_conf "$OUT/callgrind-twemproxy.yml" "$CG_NC_PORT"
@@ -2049,9 +2050,9 @@ if [ "$CALLGRIND" = 1 ]; then
 			write_conf "$OUT/callgrind-index.yml" "$cg_i" "${MC_PORTS[*]}" \
 				"  index: {redis: 127.0.0.1:$cg_redis}"
 			CG_SHAPES=i callgrind_proxy noindex "$cg_n" "$RINGPROXY_BIN" \
-				-c "$OUT/callgrind-noindex.yml" -s 0
+				-c "$OUT/callgrind-noindex.yml" -s 0 -P 0
 			CG_SHAPES=i callgrind_proxy index "$cg_i" "$RINGPROXY_BIN" \
-				-c "$OUT/callgrind-index.yml" -s 0
+				-c "$OUT/callgrind-index.yml" -s 0 -P 0
 		fi
 		printf '\ncallgrind, shape i (%s requests after populate and warmup): instructions per request:\n  ringproxy %s, ringproxy+index %s, index/no-index %s\n' \
 			"$CG_REQUESTS" "${CG[i,noindex]:--}" "${CG[i,index]:--}" \

@@ -97,13 +97,17 @@ static bool pool_listed(const struct pool *p)
 }
 
 /* "# HELP" and "# TYPE" of family ringproxy_<group>_<name>[_total]; the
- * family's name goes to name (for its samples). */
+ * family's name goes to name (for its samples). A counter named total_X in
+ * the stats view (memcached's total_connections) is X_total here, not
+ * total_X_total. */
 static void prom_head(struct evbuffer *b, char *name, size_t len, const char *group,
                       const struct stats_desc *d)
 {
     bool counter = strcmp(d->kind, "counter") == 0;
+    const char *base = counter && strncmp(d->name, "total_", 6) == 0 ? d->name + 6 :
+                       d->name;
 
-    snprintf(name, len, "ringproxy_%s%s%s%s", group, *group ? "_" : "", d->name,
+    snprintf(name, len, "ringproxy_%s%s%s%s", group, *group ? "_" : "", base,
              counter ? "_total" : "");
     evbuffer_add_printf(b, "# HELP %s ", name);
     prom_escape(b, d->help, false);

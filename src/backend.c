@@ -348,6 +348,7 @@ void bconn_flush(struct bconn *bc)
         bconn_fail(bc, strerror(errno), BACKEND_ERR_LOST);
         return;
     }
+    bc->be->stats[STAT_BE_bytes_sent] += n > 0 ? (uint64_t)n : 0;
     if (evbuffer_get_length(bc->out) > 0) {
         event_add(&bc->wev, NULL);
     }
@@ -390,11 +391,12 @@ static void bconn_write_cb(evutil_socket_t fd, short what, void *arg)
     if (bconn_fenced(bc)) {
         return;
     }
-    if (evbuffer_get_length(bc->out) > 0 &&
-        evbuffer_write(bc->out, bc->fd) < 0 && errno != EAGAIN && errno != EINTR) {
+    int n = evbuffer_get_length(bc->out) > 0 ? evbuffer_write(bc->out, bc->fd) : 0;
+    if (n < 0 && errno != EAGAIN && errno != EINTR) {
         bconn_fail(bc, strerror(errno), BACKEND_ERR_LOST);
         return;
     }
+    bc->be->stats[STAT_BE_bytes_sent] += n > 0 ? (uint64_t)n : 0;
     if (evbuffer_get_length(bc->out) == 0) {
         event_del(&bc->wev);
     }
@@ -612,10 +614,12 @@ static void bconn_read_cb(evutil_socket_t fd, short what, void *arg)
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
             return;
         }
+        bc->be->stats[STAT_BE_closed_by_server] += n == 0;
         bconn_fail(bc, n == 0 ? "closed by the server" : strerror(errno),
                    BACKEND_ERR_LOST);
         return;
     }
+    bc->be->stats[STAT_BE_bytes_received] += (uint64_t)n;
     for (int i = 0; i < nv; i++) {
         size_t take = (size_t)n < v[i].iov_len ? (size_t)n : v[i].iov_len;
         v[i].iov_len = take;

@@ -70,6 +70,8 @@ struct conf_pool {
     char *name;
     int line, col;
     struct conf_addr listen;
+    int64_t listen_mode;    /* "listen: /path 0666" (twemproxy's form): the
+                               unix socket's mode; -1: as the umask leaves it */
     int64_t hash;           /* enum hash_kind */
     bool has_tag;
     char hash_tag[2];
@@ -147,5 +149,15 @@ void conf_addr_free(struct conf_addr *a);
 
 /* Do two pools describe the same ring (servers, weights, hash, compat)? */
 bool conf_pool_same_ring(const struct conf_pool *a, const struct conf_pool *b);
+
+/*
+ * Each setting of pool p in effect, as fn(arg, name, value), in the order
+ * of the file's keys (`stats settings`): index and migration keys as
+ * "index:redis", "servers" as a count; keys without a value (an unset
+ * hash_tag, a pool without an index) are left out, and the index password
+ * is never shown.
+ */
+typedef void conf_setting_fn(void *arg, const char *name, const char *value);
+void conf_pool_settings(const struct conf_pool *p, conf_setting_fn *fn, void *arg);
 
 #endif

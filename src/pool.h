@@ -48,7 +48,10 @@ struct pool {
     struct event *accept_retry; /* re-enables the listener after EMFILE */
     uint32_t accept_backoff_ms; /* 0: accepting normally */
     TAILQ_HEAD(, client) clients;
-    uint64_t stats[STAT_POOL_COUNT];
+    uint64_t stats[STAT_POOL_COUNT];    /* only go up: /metrics, stats port */
+    uint64_t stats_base[STAT_POOL_COUNT];   /* the counters at the last
+                                   `stats reset`: the stats command shows
+                                   stats - stats_base (client.c) */
     uint64_t next_client_id;
     struct idx *idx;            /* NULL: the pool has no index */
     struct sweep *sweep;        /* indexed pools: the index sweeper */

@@ -41,6 +41,7 @@
 #include "migrate.h"
 #include "log.h"
 #include "notify.h"
+#include "nstats.h"
 #include "proxy.h"
 #include "pool.h"
 #include "sweep.h"
@@ -80,6 +81,7 @@ struct proxy {
     struct old_config *old_configs;
     struct worker w;
     struct admin *admin;        /* NULL: no admin port */
+    struct nstats *nstats;      /* NULL: no stats port */
     struct event *sig_hup, *sig_usr1, *sig_term, *sig_int;
     uint64_t stop_deadline;
     uint64_t reloads, reload_failures;
@@ -136,6 +138,18 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     evtimer_add(p->accept_retry, &tv);
 }
 
+/* A unix socket's mode from "listen: /path 0666" (config.h: listen_mode). */
+static int listener_chmod(const struct conf_pool *conf, char *err, size_t errlen)
+{
+    if (!conf->listen.is_unix || conf->listen_mode < 0 ||
+        chmod(conf->listen.host, (mode_t)conf->listen_mode) == 0) {
+        return 0;
+    }
+    snprintf(err, errlen, "cannot set mode %04llo on %s: %s",
+             (unsigned long long)conf->listen_mode, conf->listen.host, strerror(errno));
+    return -1;
+}
+
 /*
  * A listener for pool p on address a (conf: its backlog), disabled until the
  * pool is ready. Returns NULL with a reason in err. p is not changed: a
@@ -178,6 +192,11 @@ static struct evconnlistener *listener_open(struct pool *p,
                                 (int)len);
     if (l == NULL) {
         snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+        return NULL;
+    }
+    if (listener_chmod(conf, err, errlen) != 0) {
+        evconnlistener_free(l);
+        unlink(a->host);
         return NULL;
     }
     evconnlistener_set_error_cb(l, on_accept_error);
@@ -469,6 +488,9 @@ static void plan_commit(struct pool_plan *pl)
         }
         log_notice("reload", "%s: now listening on %s (was %s)", p->name,
                    nc->listen.text, oc->listen.text);
+    } else if (nc->listen_mode != oc->listen_mode && nc->listen_mode >= 0 &&
+               listener_chmod(nc, err, sizeof(err)) != 0) {
+        log_warn("reload", "%s: %s", p->name, err);
     }
     if (pl->ring == NULL) {
         return;
@@ -915,6 +937,7 @@ static void proxy_free(struct proxy *px)
         }
     }
     admin_free(px->admin);
+    nstats_free(px->nstats);
     for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
         pool_unlisten(w->pools[i]);
         pool_close(w->pools[i]);
@@ -941,6 +964,21 @@ static void proxy_free(struct proxy *px)
         event_base_free(w->base);
     }
     config_free(px->conf);
+}
+
+/* nutcracker's flags that ringproxy takes only so its command lines work. */
+static void proxy_log_accepted_flags(const struct proxy_options *o)
+{
+    if (o->mbuf_size != 0) {
+        log_notice("proxy", "-m %ld: accepted for nutcracker's command line and "
+                   "ignored (buffers grow as needed, within each pool's limits)",
+                   o->mbuf_size);
+    }
+    if (o->stats_interval != 0) {
+        log_notice("proxy", "-i %ld: accepted for nutcracker's command line and "
+                   "ignored (the stats port answers with current counters)",
+                   o->stats_interval);
+    }
 }
 
 int proxy_main(const struct proxy_options *o)
@@ -1008,6 +1046,12 @@ int proxy_main(const struct proxy_options *o)
         log_error("proxy", "admin port: %s", err);
         goto out;
     }
+    if (o->stats_port != 0 && (px.nstats = nstats_start(w, o->stats_addr,
+                                   o->stats_port, err, sizeof(err))) == NULL) {
+        log_error("proxy", "stats port: %s", err);
+        goto out;
+    }
+    proxy_log_accepted_flags(o);
     if (o->pid_path != NULL && (rc = write_pid_file(o->pid_path)) != 0) {
         log_error("proxy", "cannot write pid file %s: %s", o->pid_path,
                   strerror(errno));

@@ -464,6 +464,93 @@ START_TEST(buffer_loads_as_the_file_does)
 }
 END_TEST
 
+/* twemproxy's "listen: /path 0666": the socket's path and its mode; a bad
+ * mode, or a mode after host:port, is an error that names it. */
+START_TEST(listen_takes_twemproxys_socket_mode)
+{
+    static const char moded[] = "cache:\n  listen: /run/rp/rp.sock 0660\n"
+                                "  servers:\n    - 127.0.0.1:11212:1\n";
+    static const char plain[] = "cache:\n  listen: /run/rp/rp.sock\n"
+                                "  servers:\n    - 127.0.0.1:11212:1\n";
+    static const char tcp[] = "cache:\n  listen: 127.0.0.1:22121\n"
+                              "  servers:\n    - 127.0.0.1:11212:1\n";
+    static const char *const refused[][2] = {
+        { "/run/rp/rp.sock 0999", "bad mode '0999' for unix socket '/run/rp/rp.sock'" },
+        { "/run/rp/rp.sock 66", "bad mode '66'" },
+        { "/run/rp/rp.sock 01777", "bad mode '01777'" },
+        { "/run/rp/rp.sock rw", "bad mode 'rw'" },
+        { "127.0.0.1:22121 0666", "is for a unix socket path only" },
+    };
+    const struct { const char *text; size_t len; const char *host; long mode; } good[] = {
+        { moded, sizeof(moded) - 1, "/run/rp/rp.sock", 0660 },
+        { plain, sizeof(plain) - 1, "/run/rp/rp.sock", -1 },
+        { tcp, sizeof(tcp) - 1, "127.0.0.1", -1 },
+    };
+    struct conf_errors errs;
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        struct config *c = load_buf(good[i].text, good[i].len, &errs);
+        ck_assert_ptr_nonnull(c);
+        ck_assert_str_eq(pool(c, "cache")->listen.host, good[i].host);
+        ck_assert_int_eq(pool(c, "cache")->listen_mode, good[i].mode);
+        config_free(c);
+    }
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        char text[256];
+        int n = snprintf(text, sizeof(text), "cache:\n  listen: %s\n  servers:\n"
+                         "    - 127.0.0.1:11212:1\n", refused[i][0]);
+        check_one_error(text, (size_t)n, refused[i][1]);
+    }
+}
+END_TEST
+
+/* `stats settings`: every key in effect, defaults included, the index's
+ * and migration's with their prefix; never the index password. */
+struct settings_seen {
+    char text[4096];
+    size_t len;
+};
+
+static void collect_setting(void *arg, const char *name, const char *value)
+{
+    struct settings_seen *s = arg;
+    int n = snprintf(s->text + s->len, sizeof(s->text) - s->len, "%s=%s\n", name, value);
+
+    ck_assert(n > 0 && (size_t)n < sizeof(s->text) - s->len);
+    s->len += (size_t)n;
+}
+
+START_TEST(settings_list_what_is_in_effect_but_the_password)
+{
+    static const char text[] = "cache:\n  listen: /run/rp.sock 0660\n  hash: md5\n"
+                               "  index:\n    redis: 127.0.0.1:6379\n"
+                               "    password: s3cret\n"
+                               "  servers:\n    - 127.0.0.1:11212:1 mc1\n"
+                               "    - 127.0.0.1:11213:1 mc2\n";
+    static const char *const want[] = {
+        "listen=/run/rp.sock 0660\n", "hash=md5\n", "distribution=ketama\n",
+        "timeout=5000\n", "servers=2\n", "compat=libmemcached\n",
+        "item_size_max=1048576\n", "index:redis=127.0.0.1:6379\n",
+        "index:prefix=rp:cache\n", "index:db=0\n", "migration:rate=50000\n",
+        "migration:delete_source=true\n", "auto_eject_hosts=false\n",
+    };
+    struct settings_seen seen = { .len = 0 };
+    struct conf_errors errs;
+    struct config *c = load_buf(text, sizeof(text) - 1, &errs);
+
+    ck_assert_ptr_nonnull(c);
+    conf_pool_settings(pool(c, "cache"), collect_setting, &seen);
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        ck_assert_msg(strstr(seen.text, want[i]) != NULL, "no %s in\n%s", want[i],
+                      seen.text);
+    }
+    ck_assert_ptr_null(strstr(seen.text, "s3cret"));
+    ck_assert_ptr_null(strstr(seen.text, "password"));
+    ck_assert_ptr_null(strstr(seen.text, "hash_tag"));     /* not set */
+    config_free(c);
+}
+END_TEST
+
 /* The index sweeper's pace (docs/ARCHITECTURE.md, "The sweeper"): on by
  * default in every indexed pool, 0 turns it off, a negative is refused. */
 START_TEST(sweep_rate_is_on_by_default_and_zero_turns_it_off)
@@ -642,6 +729,8 @@ static Suite *config_suite(void)
     tcase_add_test(tc, every_error_is_reported_not_only_the_first);
     tcase_add_test(tc, missing_file_is_reported);
     tcase_add_test(tc, buffer_loads_as_the_file_does);
+    tcase_add_test(tc, listen_takes_twemproxys_socket_mode);
+    tcase_add_test(tc, settings_list_what_is_in_effect_but_the_password);
     tcase_add_test(tc, deep_nesting_is_refused_at_the_depth_limit);
     tcase_add_test(tc, errors_past_the_limit_are_counted_not_listed);
     tcase_add_test(tc, servers_past_the_limit_are_refused);

@@ -41,6 +41,7 @@
 #include "migrate.h"
 #include "log.h"
 #include "proxy.h"
+#include "resolve.h"
 #include "pool.h"
 #include "sweep.h"
 
@@ -897,6 +898,9 @@ static void proxy_free(struct proxy *px)
 {
     struct worker *w = &px->w;
 
+    /* First, while every event's object is alive: evdns lets go of the
+     * requests it still runs only from the loop (resolver_quiesce). */
+    resolver_quiesce(w->dns);
     proxy_reload_join(px);
     if (px->reload_done != NULL) {
         event_free(px->reload_done);
@@ -929,6 +933,7 @@ static void proxy_free(struct proxy *px)
         }
     }
     defer_free(w->defer);
+    resolver_free(w->dns);
     if (w->base != NULL) {
         event_base_free(w->base);
     }
@@ -986,6 +991,12 @@ int proxy_main(const struct proxy_options *o)
         goto out;
     }
     w->defer = defer_new(w->base);
+    /* Backends' names resolve on the loop (resolve.h); without a resolver
+     * only numeric addresses would connect, so no resolver, no start. */
+    if ((w->dns = resolver_new(w->base, NULL, err, sizeof(err))) == NULL) {
+        log_error("proxy", "DNS resolver: %s", err);
+        goto out;
+    }
     w->started = worker_now_ms(w);
     for (uint32_t i = 0; i < px.conf->npools; i++) {
         if (proxy_add_pool(w, &px.conf->pools[i], err, sizeof(err)) != 0) {

@@ -110,6 +110,26 @@ static void req_gai_cb(int rc, struct evutil_addrinfo *res, void *arg)
     req_release(q);
 }
 
+/* What an operator reads for evdns's result codes (libevent's own strings
+ * are the BSD ones, "nodename nor servname provided, or not known"). */
+static const struct { int rc; const char *text; } resolve_errors[] = {
+    { EVUTIL_EAI_NONAME, "no such name (NXDOMAIN)" },
+    { EVUTIL_EAI_NODATA, "the name has no address" },
+    { EVUTIL_EAI_AGAIN, "temporary failure: no name server answered" },
+    { EVUTIL_EAI_FAIL, "the name server failed (SERVFAIL or refused)" },
+    { EVUTIL_EAI_MEMORY, "out of memory" },
+};
+
+const char *resolve_strerror(int rc)
+{
+    for (size_t i = 0; i < sizeof(resolve_errors) / sizeof(resolve_errors[0]); i++) {
+        if (resolve_errors[i].rc == rc) {
+            return resolve_errors[i].text;
+        }
+    }
+    return evutil_gai_strerror(rc);
+}
+
 /* The deadline passed, or the answer is kept: tell the starter. */
 static void req_event_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -131,7 +151,7 @@ static void req_event_cb(evutil_socket_t fd, short what, void *arg)
     } else if (q->rc == 0) {
         cb(q->arg, (const struct sockaddr *)&q->ss, q->len, NULL);
     } else {
-        cb(q->arg, NULL, 0, evutil_gai_strerror(q->rc));
+        cb(q->arg, NULL, 0, resolve_strerror(q->rc));
     }
     req_release(q);
 }
@@ -211,7 +231,8 @@ struct resolver *resolver_new(struct event_base *base, const char *conf_path,
     if (path == NULL) {
         path = getenv("RINGPROXY_RESOLV_CONF");
     }
-    if (path == NULL || *path == '\0') {
+    bool chosen = path != NULL && *path != '\0';   /* an error, not a warning */
+    if (!chosen) {
         path = "/etc/resolv.conf";
     }
     r->base = base;
@@ -230,7 +251,7 @@ struct resolver *resolver_new(struct event_base *base, const char *conf_path,
      * (evdns then adds 127.0.0.1). It loads /etc/hosts in every case. */
     int rc = evdns_base_resolv_conf_parse(r->dns, DNS_OPTIONS_ALL, path);
     if (rc != 0 && rc != 6) {
-        if (conf_path != NULL) {
+        if (chosen) {
             snprintf(err, errlen, "cannot read %s (evdns error %d)", path, rc);
             resolver_free(r);
             return NULL;

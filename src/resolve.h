@@ -29,9 +29,9 @@ struct resolve_req;
 
 /*
  * A resolver on base reading conf_path (NULL: RINGPROXY_RESOLV_CONF if set,
- * else /etc/resolv.conf). A file that cannot be read leaves evdns's default
- * (a name server on 127.0.0.1) and is reported in err with a NULL return
- * only when conf_path was given explicitly; otherwise it is logged.
+ * else /etc/resolv.conf). A file given (conf_path or the variable) that
+ * cannot be read is an error (NULL, err says why); /etc/resolv.conf missing
+ * is only logged, and evdns asks a name server on 127.0.0.1.
  */
 struct resolver *resolver_new(struct event_base *base, const char *conf_path,
                               char *err, size_t errlen);
@@ -52,7 +52,7 @@ struct evdns_base *resolver_evdns(struct resolver *r);
 
 /*
  * The result: sa (len bytes, port set) and err NULL, or sa NULL and err
- * saying why ("Name or service not known", "timed out", ...).
+ * saying why ("no such name (NXDOMAIN)", "timed out": resolve_strerror).
  */
 typedef void (*resolve_cb)(void *arg, const struct sockaddr *sa, socklen_t len,
                            const char *err);
@@ -75,6 +75,9 @@ void resolve_cancel(struct resolve_req *q);
  * returns its length, or 0 if host is not numeric. Never does DNS.
  */
 socklen_t resolve_numeric(const char *host, uint16_t port, struct sockaddr_storage *ss);
+
+/* An evdns/getaddrinfo result code (EVUTIL_EAI_*) in words. */
+const char *resolve_strerror(int rc);
 
 /* Requests alive (started, or cancelled and not yet let go by evdns). */
 unsigned resolver_pending(const struct resolver *r);

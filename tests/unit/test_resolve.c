@@ -216,7 +216,7 @@ START_TEST(test_nxdomain_is_said)
     ck_assert_ptr_nonnull(resolve_start(r, "nothing.invalid", 11211, 0, on_result, &a));
     run_until(base, &a.done);
     ck_assert_uint_eq(a.len, 0);
-    ck_assert_str_eq(a.err, evutil_gai_strerror(EVUTIL_EAI_NONAME));
+    ck_assert_str_eq(a.err, "no such name (NXDOMAIN)");
     resolver_free(r);
     dns_server_stop(s);
     unlink(path);

@@ -630,6 +630,27 @@ static void reload_job_free(struct reload_job *job)
     free(job);
 }
 
+/*
+ * hiredis resolves a name with a blocking getaddrinfo at every connect, on
+ * the loop: so the Redis address of each index is resolved here instead,
+ * off the loop (startup, the reload thread), and hiredis is given the
+ * address (resolve_pin; docs/ARCHITECTURE.md, "Addresses and names").
+ */
+static int proxy_pin_redis(struct config *c, char *err, size_t errlen)
+{
+    char why[256];
+
+    for (uint32_t i = 0; i < c->npools; i++) {
+        struct conf_pool *p = &c->pools[i];
+        if (p->index.enabled && resolve_pin(&p->index.redis, 0, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "%s: pool '%s': index: Redis %s: %s", c->path,
+                     p->name, p->index.redis.text, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The reload thread: load the file and build every pool's ring. It touches
  * nothing but the job, which the loop reads only after joining it. */
 static void *reload_run(void *arg)
@@ -639,6 +660,15 @@ static void *reload_run(void *arg)
     char byte = 1;
 
     job->conf = config_load(job->path, &job->errs);
+    if (job->conf != NULL && proxy_pin_redis(job->conf, err, sizeof(err)) != 0) {
+        /* as config_load's errors, so it is reported the same way */
+        job->errs.msgs = calloc(1, sizeof(*job->errs.msgs));
+        if (job->errs.msgs != NULL && (job->errs.msgs[0] = strdup(err)) != NULL) {
+            job->errs.n = 1;
+        }
+        config_free(job->conf);
+        job->conf = NULL;
+    }
     if (job->conf != NULL) {
         job->rings = calloc(job->conf->npools, sizeof(*job->rings));
         for (uint32_t i = 0; job->rings != NULL && i < job->conf->npools; i++) {
@@ -961,6 +991,11 @@ int proxy_main(const struct proxy_options *o)
             log_error("config", "%s", errs.msgs[i]);
         }
         conf_errors_free(&errs);
+        return 1;
+    }
+    if (proxy_pin_redis(px.conf, err, sizeof(err)) != 0) {
+        log_error("config", "%s", err);
+        config_free(px.conf);
         return 1;
     }
     if (o->user != NULL) {

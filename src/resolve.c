@@ -23,6 +23,7 @@
 #include <event2/event_struct.h>
 #include <event2/util.h>
 
+#include "config.h"
 #include "log.h"
 #include "resolve.h"
 
@@ -314,4 +315,72 @@ struct evdns_base *resolver_evdns(struct resolver *r)
 unsigned resolver_pending(const struct resolver *r)
 {
     return r->n;
+}
+
+/* resolve_pin's request: its result, on its private loop. */
+struct resolve_wait {
+    bool done;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char why[128];
+};
+
+static void resolve_wait_cb(void *arg, const struct sockaddr *sa, socklen_t len,
+                            const char *err)
+{
+    struct resolve_wait *rw = arg;
+
+    rw->done = true;
+    if (sa != NULL) {
+        memcpy(&rw->ss, sa, len);
+        rw->len = len;
+    } else {
+        snprintf(rw->why, sizeof(rw->why), "%s", err);
+    }
+}
+
+int resolve_pin(struct conf_addr *a, uint32_t timeout_ms, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    struct resolve_wait rw = { .done = false };
+    char host[INET6_ADDRSTRLEN];
+
+    if (a->is_unix || resolve_numeric(a->host, a->port, &ss) != 0) {
+        return 0;
+    }
+    struct event_base *base = event_base_new();
+    struct resolver *r = base != NULL ? resolver_new(base, NULL, err, errlen) : NULL;
+    if (r == NULL || resolve_start(r, a->host, a->port, timeout_ms, resolve_wait_cb,
+                                   &rw) == NULL) {
+        if (base == NULL || r != NULL) {
+            snprintf(err, errlen, "out of memory resolving %s", a->host);
+        }
+        resolver_free(r);
+        if (base != NULL) {
+            event_base_free(base);
+        }
+        return -1;
+    }
+    while (!rw.done) {
+        event_base_loop(base, EVLOOP_ONCE);     /* the request's deadline ends it */
+    }
+    resolver_quiesce(r);
+    resolver_free(r);
+    event_base_free(base);
+    if (rw.len == 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", a->host, rw.why);
+        return -1;
+    }
+    const void *in = rw.ss.ss_family == AF_INET ?
+        (const void *)&((struct sockaddr_in *)&rw.ss)->sin_addr :
+        (const void *)&((struct sockaddr_in6 *)&rw.ss)->sin6_addr;
+    char *pinned = NULL;
+    if (inet_ntop(rw.ss.ss_family, in, host, sizeof(host)) == NULL ||
+        (pinned = strdup(host)) == NULL) {
+        snprintf(err, errlen, "out of memory resolving %s", a->host);
+        return -1;
+    }
+    free(a->host);
+    a->host = pinned;
+    return 0;
 }

@@ -79,6 +79,17 @@ socklen_t resolve_numeric(const char *host, uint16_t port, struct sockaddr_stora
 /* An evdns/getaddrinfo result code (EVUTIL_EAI_*) in words. */
 const char *resolve_strerror(int rc);
 
+/*
+ * Resolve a's host name now, blocking, on a private loop and within
+ * timeout_ms (0: RESOLVE_TIMEOUT_MS), and put the address (as numeric text)
+ * in a->host in its place; a->text keeps what the file says. Nothing to do
+ * for a numeric address or a unix path. 0, or -1 with err ("cannot resolve
+ * NAME: why"). Off the serving loop only: startup, the reload thread (a
+ * Redis address: docs/ARCHITECTURE.md, "Addresses and names").
+ */
+struct conf_addr;
+int resolve_pin(struct conf_addr *a, uint32_t timeout_ms, char *err, size_t errlen);
+
 /* Requests alive (started, or cancelled and not yet let go by evdns). */
 unsigned resolver_pending(const struct resolver *r);
 

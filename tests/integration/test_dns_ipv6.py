@@ -306,3 +306,30 @@ def test_check_mode_does_no_dns_and_places_bad_addresses(cluster, dns):
     assert res.returncode != 0
     out = (res.stdout + res.stderr).decode()
     assert "%s:5:7: server '::1:11212:1': an IPv6 address must be in brackets" % path in out
+
+
+def test_redis_by_name_is_resolved_off_the_loop(cluster, dns):
+    """The index's Redis by name: resolved when the proxy starts (hiredis
+    would block the loop in getaddrinfo at every connect); a name that does
+    not resolve stops the start with the reason."""
+    mc = cluster.memcached(1)[0]
+    red = cluster.redis()
+    dns.names["redis.test"] = "127.0.0.1"
+    port = free_port()
+    proxy = cluster.proxy(pool_yaml("cache", port, [(mc.addr, 1, None)],
+                                    index={"redis": "redis.test:%d" % red.port}), port=port)
+    assert dns.queries.get("redis.test", 0) > 0
+
+    def stored():
+        with Wire(port) as w:
+            return w.call(b"set k1 0 0 2\r\nv1\r\n") == b"STORED\r\n"
+    wait_until(stored, what="the pool to serve once Redis said which ring")
+    proxy.stop()
+
+    port = free_port()
+    bad = Proxy(cluster.workdir, pool_yaml("cache", port, [(mc.addr, 1, None)],
+                index={"redis": "redis.invalid:%d" % red.port}), port)
+    res = subprocess.run(bad.argv(), capture_output=True, timeout=60)
+    assert res.returncode == 1
+    assert "index: Redis redis.invalid:%d: cannot resolve redis.invalid: no such " \
+           "name (NXDOMAIN)" % red.port in (res.stdout + res.stderr).decode()

@@ -632,16 +632,22 @@ static void reload_job_free(struct reload_job *job)
 
 /*
  * hiredis resolves a name with a blocking getaddrinfo at every connect, on
- * the loop: so the Redis address of each index is resolved here instead,
- * off the loop (startup, the reload thread), and hiredis is given the
- * address (resolve_pin; docs/ARCHITECTURE.md, "Addresses and names").
+ * the loop, and a listener's name would be resolved on the loop too: so
+ * the Redis address of each index and each listen address are resolved
+ * here instead, off the loop (startup, the reload thread), and the address
+ * is used (resolve_pin; docs/ARCHITECTURE.md, "Addresses and names").
  */
-static int proxy_pin_redis(struct config *c, char *err, size_t errlen)
+static int proxy_pin_names(struct config *c, char *err, size_t errlen)
 {
     char why[256];
 
     for (uint32_t i = 0; i < c->npools; i++) {
         struct conf_pool *p = &c->pools[i];
+        if (resolve_pin(&p->listen, 0, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "%s: pool '%s': listen %s: %s", c->path, p->name,
+                     p->listen.text, why);
+            return -1;
+        }
         if (p->index.enabled && resolve_pin(&p->index.redis, 0, why, sizeof(why)) != 0) {
             snprintf(err, errlen, "%s: pool '%s': index: Redis %s: %s", c->path,
                      p->name, p->index.redis.text, why);
@@ -660,7 +666,7 @@ static void *reload_run(void *arg)
     char byte = 1;
 
     job->conf = config_load(job->path, &job->errs);
-    if (job->conf != NULL && proxy_pin_redis(job->conf, err, sizeof(err)) != 0) {
+    if (job->conf != NULL && proxy_pin_names(job->conf, err, sizeof(err)) != 0) {
         /* as config_load's errors, so it is reported the same way */
         job->errs.msgs = calloc(1, sizeof(*job->errs.msgs));
         if (job->errs.msgs != NULL && (job->errs.msgs[0] = strdup(err)) != NULL) {
@@ -993,7 +999,7 @@ int proxy_main(const struct proxy_options *o)
         conf_errors_free(&errs);
         return 1;
     }
-    if (proxy_pin_redis(px.conf, err, sizeof(err)) != 0) {
+    if (proxy_pin_names(px.conf, err, sizeof(err)) != 0) {
         log_error("config", "%s", err);
         config_free(px.conf);
         return 1;

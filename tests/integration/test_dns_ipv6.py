@@ -308,17 +308,21 @@ def test_check_mode_does_no_dns_and_places_bad_addresses(cluster, dns):
     assert "%s:5:7: server '::1:11212:1': an IPv6 address must be in brackets" % path in out
 
 
-def test_redis_by_name_is_resolved_off_the_loop(cluster, dns):
-    """The index's Redis by name: resolved when the proxy starts (hiredis
-    would block the loop in getaddrinfo at every connect); a name that does
-    not resolve stops the start with the reason."""
+def test_redis_and_listen_by_name_are_resolved_off_the_loop(cluster, dns):
+    """The index's Redis and the listener by name: resolved when the proxy
+    starts (hiredis would block the loop in getaddrinfo at every connect);
+    a name that does not resolve stops the start with the reason."""
     mc = cluster.memcached(1)[0]
     red = cluster.redis()
     dns.names["redis.test"] = "127.0.0.1"
+    dns.names["proxy.test"] = "127.0.0.1"
     port = free_port()
-    proxy = cluster.proxy(pool_yaml("cache", port, [(mc.addr, 1, None)],
-                                    index={"redis": "redis.test:%d" % red.port}), port=port)
+    text = pool_yaml("cache", port, [(mc.addr, 1, None)],
+                     index={"redis": "redis.test:%d" % red.port})
+    text = text.replace("listen: 127.0.0.1:", "listen: proxy.test:")
+    proxy = cluster.proxy(text, port=port)
     assert dns.queries.get("redis.test", 0) > 0
+    assert dns.queries.get("proxy.test", 0) > 0
 
     def stored():
         with Wire(port) as w:

@@ -256,8 +256,9 @@ static int bconn_connect_to(struct bconn *bc, const struct sockaddr *sa, socklen
         bc->fd = -1;
         return rc;
     }
+    /* bc->dirty stays as it is: it says whether bc is in the worker's
+     * dirty list, where a push earlier in this turn may have put it */
     bc->state = BCONN_CONNECTING;
-    bc->dirty = false;
     event_add(&bc->rev, NULL);
     event_add(&bc->wev, NULL);     /* fires when the connect completes */
     return 0;
@@ -339,7 +340,6 @@ static int bconn_connect(struct bconn *bc)
         }
     }
     bc->state = BCONN_RESOLVING;
-    bc->dirty = false;
     return 0;
 }
 

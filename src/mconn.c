@@ -350,7 +350,9 @@ static int mconn_connect(struct mconn *c)
             c->bev = NULL;
             return -1;
         }
-        return 0;
+        /* evdns may answer at once (/etc/hosts) and a failure then runs
+         * mconn_event_cb in this call: the connection is gone */
+        return c->bev != NULL ? 0 : -1;
     }
     if (mconn_addr(c->host, c->port, c->is_unix, &ss, &len) != 0) {
         return -1;

@@ -348,12 +348,11 @@ struct mdump *mdump_start(struct event_base *base, struct evdns_base *dns,
     if (dns != NULL && !is_unix && resolve_numeric(host, port, &ss) == 0) {
         /* a name: resolved on the loop; a failure ends the dump through
          * mdump_event_cb */
+        bufferevent_write(d->bev, MDUMP_COMMAND, sizeof(MDUMP_COMMAND) - 1);
         if (bufferevent_socket_connect_hostname(d->bev, dns, AF_UNSPEC, host, port) != 0) {
             const char *why = "cannot start resolving the name";
             mdump_finish(d, MDUMP_FAILED, why, strlen(why));
-            return d;
         }
-        bufferevent_write(d->bev, MDUMP_COMMAND, sizeof(MDUMP_COMMAND) - 1);
         return d;
     }
     if (mconn_addr(host, port, is_unix, &ss, &len) != 0) {

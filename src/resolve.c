@@ -80,6 +80,30 @@ static void req_release(struct resolve_req *q)
     free(q);
 }
 
+/*
+ * The address to use: the first IPv4 one, else the first IPv6 one. evdns
+ * asks for both at once and lists them in the order the answers came;
+ * preferring IPv4 (as hiredis does) makes a name with both connect to the
+ * same address every time.
+ */
+static const struct evutil_addrinfo *req_pick(const struct evutil_addrinfo *res)
+{
+    const struct evutil_addrinfo *v6 = NULL;
+
+    for (const struct evutil_addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        if (ai->ai_addrlen > sizeof(struct sockaddr_storage)) {
+            continue;
+        }
+        if (ai->ai_family == AF_INET) {
+            return ai;
+        }
+        if (ai->ai_family == AF_INET6 && v6 == NULL) {
+            v6 = ai;
+        }
+    }
+    return v6;
+}
+
 /* evdns's answer (maybe inside evdns_getaddrinfo): keep it, deliver it
  * from the request's event. */
 static void req_gai_cb(int rc, struct evutil_addrinfo *res, void *arg)
@@ -92,15 +116,11 @@ static void req_gai_cb(int rc, struct evutil_addrinfo *res, void *arg)
         q->have_result = true;
         q->rc = rc;
         if (rc == 0) {
-            q->rc = EVUTIL_EAI_NONAME;
-            for (struct evutil_addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-                if ((ai->ai_family == AF_INET || ai->ai_family == AF_INET6) &&
-                    ai->ai_addrlen <= sizeof(q->ss)) {
-                    memcpy(&q->ss, ai->ai_addr, ai->ai_addrlen);
-                    q->len = (socklen_t)ai->ai_addrlen;
-                    q->rc = 0;
-                    break;
-                }
+            const struct evutil_addrinfo *ai = req_pick(res);
+            q->rc = ai != NULL ? 0 : EVUTIL_EAI_NODATA;
+            if (ai != NULL) {
+                memcpy(&q->ss, ai->ai_addr, ai->ai_addrlen);
+                q->len = (socklen_t)ai->ai_addrlen;
             }
         }
         event_active(&q->ev, EV_TIMEOUT, 1);

@@ -59,9 +59,9 @@ typedef void (*resolve_cb)(void *arg, const struct sockaddr *sa, socklen_t len,
 
 /*
  * Resolve host (a name; a numeric address is answered too) for port,
- * within timeout_ms (0: RESOLVE_TIMEOUT_MS). The first address returned
- * is used, IPv4 or IPv6. Returns the handle, or NULL when out of memory
- * (cb will not run).
+ * within timeout_ms (0: RESOLVE_TIMEOUT_MS). The first IPv4 address is
+ * used, else the first IPv6 one. Returns the handle, or NULL when out of
+ * memory (cb will not run).
  */
 struct resolve_req *resolve_start(struct resolver *r, const char *host, uint16_t port,
                                   uint32_t timeout_ms, resolve_cb cb, void *arg);

@@ -54,6 +54,16 @@ static void dns_answer(struct evdns_server_request *req, void *arg)
             struct in6_addr a;
             ck_assert_int_eq(inet_pton(AF_INET6, "fd00::7", &a), 1);
             evdns_server_request_add_aaaa_reply(req, qu->name, 1, &a, 10);
+        } else if (strcasecmp(qu->name, "both.test") == 0) {
+            struct in_addr a4;
+            struct in6_addr a6;
+            ck_assert_int_eq(inet_pton(AF_INET, "10.5.5.5", &a4), 1);
+            ck_assert_int_eq(inet_pton(AF_INET6, "fd00::5", &a6), 1);
+            if (qu->type == EVDNS_TYPE_A) {
+                evdns_server_request_add_a_reply(req, qu->name, 1, &a4, 10);
+            } else if (qu->type == EVDNS_TYPE_AAAA) {
+                evdns_server_request_add_aaaa_reply(req, qu->name, 1, &a6, 10);
+            }
         } else if (strcasecmp(qu->name, "v4.test") != 0 && strcasecmp(qu->name, "v6.test") != 0) {
             rcode = DNS_ERR_NOTEXIST;
         }
@@ -196,6 +206,12 @@ START_TEST(test_answers_and_follows_a_change)
     ck_assert_int_gt(s->queries, before);       /* asked again, not cached */
     ck_assert_str_eq(addr_text(&c, buf, sizeof(buf)), "10.9.9.9:11211");
     ck_assert_int_eq(a.calls + b.calls + c.calls, 3);
+
+    /* both families: IPv4, whichever answer came first */
+    struct result d = { 0 };
+    ck_assert_ptr_nonnull(resolve_start(r, "both.test", 11211, 0, on_result, &d));
+    run_until(base, &d.done);
+    ck_assert_str_eq(addr_text(&d, buf, sizeof(buf)), "10.5.5.5:11211");
 
     ck_assert_uint_eq(resolver_pending(r), 0);
     resolver_free(r);

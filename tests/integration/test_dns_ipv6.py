@@ -337,3 +337,56 @@ def test_redis_and_listen_by_name_are_resolved_off_the_loop(cluster, dns):
     assert res.returncode == 1
     assert "index: Redis redis.invalid:%d: cannot resolve redis.invalid: no such " \
            "name (NXDOMAIN)" % red.port in (res.stdout + res.stderr).decode()
+
+
+def test_a_resize_between_servers_known_by_name(cluster, dns):
+    """The migration's connections (the meta connection, the closing pass's
+    dump) reach servers by their names, resolved by evdns on the loop."""
+    import signal
+    mcs = cluster.memcached(3)
+    red = cluster.redis()
+    for i, m in enumerate(mcs):
+        dns.names["mc%d.test" % i] = "127.0.0.1"
+    port = free_port()
+
+    def config(n):
+        servers = [("mc%d.test:%d" % (i, m.port), 1, "mc%d" % i)
+                   for i, m in enumerate(mcs[:n])]
+        return pool_yaml("cache", port, servers, hash="md5",
+                         index={"redis": "127.0.0.1:%d" % red.port})
+    proxy = cluster.proxy(config(2), port=port)
+    keys = [b"k%d" % i for i in range(2000)]
+
+    def stored():
+        with Wire(port) as w:
+            return w.call(b"set k0 0 0 2\r\nv0\r\n") == b"STORED\r\n"
+    wait_until(stored, what="the pool to serve")
+    with Wire(port) as w:
+        w.send(b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(k), k) for k in keys))
+        for _ in keys:
+            assert w.read_line() == b"STORED\r\n"
+    wait_until(lambda: index_entries(red.port) >= len(keys),
+               what="the index writes to land")
+
+    proxy.write_config(config(3))
+    proxy.signal(signal.SIGHUP)
+
+    def migrated():
+        st = proxy_stats(port)
+        return st.get("migration:state") == "idle" and int(st.get("migration:epoch", 0)) >= 2
+    wait_until(migrated, timeout=60, what="the resize to finish")
+    st = proxy_stats(port)
+    assert int(st["migration:keys_moved"]) > 0
+    assert int(st["migration:keys_failed"]) == 0
+    with Wire(port) as w:
+        for k in keys:
+            assert w.call(b"get %s\r\n" % k) == b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (
+                k, len(k), k)
+    assert "cannot resolve" not in proxy.log()
+
+
+def index_entries(port):
+    """Entries of the pool's index in Redis (ZCARD over its v-node sets)."""
+    import redis
+    r = redis.Redis(port=port)
+    return sum(r.zcard(k) for k in r.scan_iter(match="rp:cache:v:*", count=1000))

@@ -38,6 +38,7 @@ struct resolve_req {
     TAILQ_ENTRY(resolve_req) link;
     struct evdns_getaddrinfo_request *gai;  /* while evdns works */
     bool evdns_done;                        /* evdns's callback has run */
+    bool cancelling;                        /* inside evdns_getaddrinfo_cancel */
     resolve_cb cb;                          /* NULL: the starter is done */
     void *arg;
     struct event ev;                        /* the deadline, then delivery */
@@ -71,13 +72,27 @@ static bool resolver_evdns_busy(const struct resolver *r)
 
 static void req_release(struct resolve_req *q)
 {
-    if (!q->evdns_done || q->cb != NULL) {
+    if (!q->evdns_done || q->cb != NULL || q->cancelling) {
         return;
     }
     event_del(&q->ev);
     TAILQ_REMOVE(&q->r->reqs, q, link);
     q->r->n--;
     free(q);
+}
+
+/* Cancel evdns's side once. libevent answers a cancel from the loop; were
+ * it to answer inside the call, q must outlive it all the same. */
+static void req_cancel_evdns(struct resolve_req *q)
+{
+    struct evdns_getaddrinfo_request *gai = q->gai;
+
+    if (gai != NULL) {
+        q->gai = NULL;
+        q->cancelling = true;
+        evdns_getaddrinfo_cancel(gai);
+        q->cancelling = false;
+    }
 }
 
 /*
@@ -164,10 +179,7 @@ static void req_event_cb(evutil_socket_t fd, short what, void *arg)
     q->cb = NULL;
     if (!q->have_result) {
         /* evdns answers the cancel later; the request goes then */
-        if (q->gai != NULL) {
-            evdns_getaddrinfo_cancel(q->gai);
-            q->gai = NULL;          /* cancelled once only */
-        }
+        req_cancel_evdns(q);
         cb(q->arg, NULL, 0, "timed out");
     } else if (q->rc == 0) {
         cb(q->arg, (const struct sockaddr *)&q->ss, q->len, NULL);
@@ -213,10 +225,7 @@ void resolve_cancel(struct resolve_req *q)
 {
     assert(q->cb != NULL);
     q->cb = NULL;
-    if (q->gai != NULL) {
-        evdns_getaddrinfo_cancel(q->gai);
-        q->gai = NULL;
-    }
+    req_cancel_evdns(q);
     req_release(q);
 }
 
@@ -296,10 +305,7 @@ void resolver_quiesce(struct resolver *r)
     TAILQ_FOREACH(q, &r->reqs, link) {
         event_del(&q->ev);          /* its starter hears nothing more */
         q->have_result = true;      /* evdns's answer to the cancel is dropped */
-        if (q->gai != NULL) {
-            evdns_getaddrinfo_cancel(q->gai);
-            q->gai = NULL;          /* cancelled once only */
-        }
+        req_cancel_evdns(q);
     }
     /* evdns answers each cancel from a deferred callback: a few loop turns
      * (no waiting: the answers are already queued). */

@@ -639,18 +639,19 @@ static void reload_job_free(struct reload_job *job)
  */
 static int proxy_pin_names(struct config *c, char *err, size_t errlen)
 {
-    char why[256];
+    char why[192];      /* with the file, pool and address: fits err[256] */
 
     for (uint32_t i = 0; i < c->npools; i++) {
         struct conf_pool *p = &c->pools[i];
-        if (resolve_pin(&p->listen, 0, why, sizeof(why)) != 0) {
-            snprintf(err, errlen, "%s: pool '%s': listen %s: %s", c->path, p->name,
-                     p->listen.text, why);
-            return -1;
+        struct conf_addr *a = &p->listen;
+        int rc = resolve_pin(a, 0, why, sizeof(why));
+        if (rc == 0 && p->index.enabled) {
+            a = &p->index.redis;
+            rc = resolve_pin(a, 0, why, sizeof(why));
         }
-        if (p->index.enabled && resolve_pin(&p->index.redis, 0, why, sizeof(why)) != 0) {
-            snprintf(err, errlen, "%s: pool '%s': index: Redis %s: %s", c->path,
-                     p->name, p->index.redis.text, why);
+        if (rc != 0) {
+            snprintf(err, errlen, "%s: pool '%s': %s %s: %s", c->path, p->name,
+                     a == &p->listen ? "listen" : "index: Redis", a->text, why);
             return -1;
         }
     }

@@ -410,6 +410,18 @@ static void index_why(struct evbuffer *b, const struct pool *p)
     }
 }
 
+/* A line per server whose name does not resolve (backend.dns_error). */
+static void healthz_dns(struct evbuffer *b, const struct pool *p, const char *prefix)
+{
+    for (uint32_t s = 0; s < p->nbackends; s++) {
+        const struct backend *be = p->backends[s];
+        if (be->dns_error[0] != '\0') {
+            evbuffer_add_printf(b, "%spool %s: server %s: %s\n", prefix, p->name,
+                                be->identity, be->dns_error);
+        }
+    }
+}
+
 static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
 {
     struct worker *w = a->w;
@@ -439,6 +451,7 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
         } else if (up == 0) {
             evbuffer_add_printf(b, "pool %s: no backend is up (all %u down or "
                                 "ejected)\n", p->name, p->ring->nservers);
+            healthz_dns(b, p, "");
         } else if (mig_fenced(p->mig)) {
             evbuffer_add_printf(b, "pool %s: fenced: no sync with Redis", p->name);
             index_why(b, p);
@@ -454,6 +467,9 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
         const struct pool *p = w->pools[i];
         struct mig_progress pr;
         const char *why;
+        if (pool_listed(p)) {
+            healthz_dns(b, p, "degraded: ");
+        }
         if (!pool_listed(p) || p->mig == NULL) {
             continue;
         }

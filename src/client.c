@@ -584,6 +584,10 @@ static void client_stats(struct client *c, const struct proto_req *req)
             evbuffer_add_printf(b, "STAT backend:%s:addr %s\r\nSTAT backend:%s:state %s\r\n",
                                 be->identity, be->addr.text, be->identity,
                                 backend_state_names[be->state]);
+            if (be->dns_error[0] != '\0') {
+                evbuffer_add_printf(b, "STAT backend:%s:error %s\r\n", be->identity,
+                                    be->dns_error);
+            }
             for (int i = 0; i < STAT_BACKEND_COUNT; i++) {
                 evbuffer_add_printf(b, "STAT backend:%s:%s %llu\r\n", be->identity,
                                     stats_backend_desc[i].name,

@@ -16,6 +16,7 @@
  * CONF_ERRORS_MAX errors are only counted; pools and servers are capped, and
  * duplicate servers are found by sorting, not by comparing every pair.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -176,7 +177,12 @@ static int parse_port(const char *s, uint16_t *port)
     return 0;
 }
 
-/* "host:port" or "/path/to/socket"; returns 0 or -1 with a reason. */
+/*
+ * "host:port", "[ipv6]:port" or "/path/to/socket"; returns 0 or -1 with a
+ * reason. An IPv6 address must be in brackets: "::1:11211" is itself an
+ * IPv6 address, so the unbracketed form cannot say where the port starts
+ * (docs/ARCHITECTURE.md, "Addresses and names").
+ */
 static int addr_parse(const char *s, size_t len, struct conf_addr *a,
                       const char **why)
 {
@@ -195,25 +201,57 @@ static int addr_parse(const char *s, size_t len, struct conf_addr *a,
         a->host = strdup(a->text);
         return a->host != NULL ? 0 : -1;
     }
-    char *colon = strrchr(a->text, ':');
-    if (colon == NULL || colon == a->text) {
-        *why = "expected host:port or an absolute unix socket path";
-        goto err;
+    const char *host = a->text;
+    size_t hostlen;
+    char *colon;
+    if (a->text[0] == '[') {
+        char *close = strchr(a->text, ']');
+        if (close == NULL || close[1] != ':') {
+            *why = "expected [ipv6]:port";
+            goto err;
+        }
+        a->is_ipv6 = true;
+        host = a->text + 1;
+        hostlen = (size_t)(close - host);
+        colon = close + 1;
+    } else {
+        colon = strrchr(a->text, ':');
+        if (colon == NULL || colon == a->text) {
+            *why = "expected host:port or an absolute unix socket path";
+            goto err;
+        }
+        hostlen = (size_t)(colon - a->text);
     }
     if (parse_port(colon + 1, &a->port) != 0) {
         *why = "port must be a number from 1 to 65535";
         goto err;
     }
-    a->host = strndup(a->text, (size_t)(colon - a->text));
+    a->host = strndup(host, hostlen);
     if (a->host == NULL) {
         *why = "out of memory";
         goto err;
     }
-    for (const char *p = a->host; *p; p++) {
-        if (*p == ' ' || *p == ':' || *p == '/') {
-            *why = "host must be a name or an IPv4 address";
+    if (a->is_ipv6) {
+        struct in6_addr in6;
+        if (inet_pton(AF_INET6, a->host, &in6) != 1) {
+            *why = "not an IPv6 address between the brackets";
             goto err;
         }
+        return 0;
+    }
+    if (memchr(a->host, ':', hostlen) != NULL) {
+        *why = "an IPv6 address must be in brackets, as [::1]:11211";
+        goto err;
+    }
+    for (const char *p = a->host; *p; p++) {
+        if (*p == ' ' || *p == '/' || *p == '[' || *p == ']') {
+            *why = "host must be a name, an IPv4 address or [an IPv6 address]";
+            goto err;
+        }
+    }
+    if (*a->host == '\0') {
+        *why = "the host is empty";
+        goto err;
     }
     return 0;
 
@@ -786,11 +824,18 @@ static char *server_identity(const struct conf_pool *p, const struct conf_server
     if (s->name != NULL) {
         return strdup(s->name);
     }
-    if (p->compat == RING_COMPAT_LIBKETAMA || s->addr.is_unix ||
-        s->addr.port != CONF_DEFAULT_PORT) {
+    if (p->compat == RING_COMPAT_LIBKETAMA || s->addr.is_unix) {
         return strdup(s->addr.text);
     }
-    return asprintf(&id, "%s", s->addr.host) < 0 ? NULL : id;
+    if (s->addr.port == CONF_DEFAULT_PORT) {
+        return asprintf(&id, "%s", s->addr.host) < 0 ? NULL : id;
+    }
+    /* libmemcached hashes the host as given to it, unbracketed, then
+     * ":port": "::1:11212" for [::1]:11212 (update_continuum's format). */
+    if (s->addr.is_ipv6) {
+        return asprintf(&id, "%s:%u", s->addr.host, s->addr.port) < 0 ? NULL : id;
+    }
+    return strdup(s->addr.text);
 }
 
 /* Servers by identity (by_addr: by address), then by position in the file. */

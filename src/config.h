@@ -25,12 +25,14 @@
                                        RINGREC_STR_MAX */
 #define CONF_ERRORS_MAX 100         /* reported; the rest are counted */
 
-/* A host:port or a unix socket path, as parsed from the file. */
+/* A host:port, [ipv6]:port or a unix socket path, as parsed from the file. */
 struct conf_addr {
-    char *text;             /* as written, e.g. "127.0.0.1:11212" */
-    char *host;             /* host, or the socket path when is_unix */
+    char *text;             /* as written, e.g. "127.0.0.1:11212", "[::1]:11212" */
+    char *host;             /* host (an IPv6 address without its brackets),
+                               or the socket path when is_unix */
     uint16_t port;
     bool is_unix;
+    bool is_ipv6;           /* written in brackets */
 };
 
 struct conf_server {
@@ -143,7 +145,8 @@ struct ring *conf_pool_ring(const struct conf_pool *p, char *err, size_t errlen)
 
 const struct conf_pool *config_pool(const struct config *c, const char *name);
 
-/* "host:port" or "/unix/path" into a (0), or -1 with a reason in why. */
+/* "host:port", "[ipv6]:port" or "/unix/path" into a (0), or -1 with a
+ * reason in why. Never does DNS. */
 int conf_addr_parse(const char *s, struct conf_addr *a, const char **why);
 void conf_addr_free(struct conf_addr *a);
 

@@ -22,6 +22,7 @@
 #include "ring.h"
 #include "stats.h"
 
+struct resolver;
 struct defer;
 struct worker;
 struct client;
@@ -77,6 +78,8 @@ struct worker {
     uint32_t npools;
     struct event *tick;         /* 100 ms: timeouts, retries */
     struct defer *defer;        /* frees at the end of the turn (defer.h) */
+    struct resolver *dns;       /* backends' names (resolve.h); NULL: only
+                                   numeric addresses and unix paths connect */
     uint64_t input_freed;       /* client input bytes freed since the last
                                    malloc_trim (proxy.c's tick) */
     bool stopping;

@@ -43,6 +43,7 @@
 #include "notify.h"
 #include "nstats.h"
 #include "proxy.h"
+#include "resolve.h"
 #include "pool.h"
 #include "sweep.h"
 
@@ -653,6 +654,34 @@ static void reload_job_free(struct reload_job *job)
     free(job);
 }
 
+/*
+ * hiredis resolves a name with a blocking getaddrinfo at every connect, on
+ * the loop, and a listener's name would be resolved on the loop too: so
+ * the Redis address of each index and each listen address are resolved
+ * here instead, off the loop (startup, the reload thread), and the address
+ * is used (resolve_pin; docs/ARCHITECTURE.md, "Addresses and names").
+ */
+static int proxy_pin_names(struct config *c, char *err, size_t errlen)
+{
+    char why[192];      /* with the file, pool and address: fits err[256] */
+
+    for (uint32_t i = 0; i < c->npools; i++) {
+        struct conf_pool *p = &c->pools[i];
+        struct conf_addr *a = &p->listen;
+        int rc = resolve_pin(a, 0, why, sizeof(why));
+        if (rc == 0 && p->index.enabled) {
+            a = &p->index.redis;
+            rc = resolve_pin(a, 0, why, sizeof(why));
+        }
+        if (rc != 0) {
+            snprintf(err, errlen, "%s: pool '%s': %s %s: %s", c->path, p->name,
+                     a == &p->listen ? "listen" : "index: Redis", a->text, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The reload thread: load the file and build every pool's ring. It touches
  * nothing but the job, which the loop reads only after joining it. */
 static void *reload_run(void *arg)
@@ -662,6 +691,15 @@ static void *reload_run(void *arg)
     char byte = 1;
 
     job->conf = config_load(job->path, &job->errs);
+    if (job->conf != NULL && proxy_pin_names(job->conf, err, sizeof(err)) != 0) {
+        /* as config_load's errors, so it is reported the same way */
+        job->errs.msgs = calloc(1, sizeof(*job->errs.msgs));
+        if (job->errs.msgs != NULL && (job->errs.msgs[0] = strdup(err)) != NULL) {
+            job->errs.n = 1;
+        }
+        config_free(job->conf);
+        job->conf = NULL;
+    }
     if (job->conf != NULL) {
         job->rings = calloc(job->conf->npools, sizeof(*job->rings));
         for (uint32_t i = 0; job->rings != NULL && i < job->conf->npools; i++) {
@@ -927,6 +965,9 @@ static void proxy_free(struct proxy *px)
 {
     struct worker *w = &px->w;
 
+    /* First, while every event's object is alive: evdns lets go of the
+     * requests it still runs only from the loop (resolver_quiesce). */
+    resolver_quiesce(w->dns);
     proxy_reload_join(px);
     if (px->reload_done != NULL) {
         event_free(px->reload_done);
@@ -960,6 +1001,7 @@ static void proxy_free(struct proxy *px)
         }
     }
     defer_free(w->defer);
+    resolver_free(w->dns);
     if (w->base != NULL) {
         event_base_free(w->base);
     }
@@ -1004,6 +1046,11 @@ int proxy_main(const struct proxy_options *o)
         conf_errors_free(&errs);
         return 1;
     }
+    if (proxy_pin_names(px.conf, err, sizeof(err)) != 0) {
+        log_error("config", "%s", err);
+        config_free(px.conf);
+        return 1;
+    }
     if (o->user != NULL) {
         errno = 0;
         if ((pw = getpwnam(o->user)) == NULL) {
@@ -1033,6 +1080,12 @@ int proxy_main(const struct proxy_options *o)
         goto out;
     }
     w->defer = defer_new(w->base);
+    /* Backends' names resolve on the loop (resolve.h); without a resolver
+     * only numeric addresses would connect, so no resolver, no start. */
+    if ((w->dns = resolver_new(w->base, NULL, err, sizeof(err))) == NULL) {
+        log_error("proxy", "DNS resolver: %s", err);
+        goto out;
+    }
     w->started = worker_now_ms(w);
     for (uint32_t i = 0; i < px.conf->npools; i++) {
         if (proxy_add_pool(w, &px.conf->pools[i], err, sizeof(err)) != 0) {

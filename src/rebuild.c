@@ -58,6 +58,7 @@ struct rb_server {
 
 struct rb {
     struct event_base *base;
+    struct evdns_base *dns;         /* rb_params.dns */
     char *pool, *prefix, *redis_text;
     struct ring *ring;
     redisAsyncContext *ac;
@@ -371,7 +372,7 @@ static void on_dump_end(void *arg, enum mdump_end how, const char *said)
 
 static void rb_start_dump(struct rb *rb, struct rb_server *s)
 {
-    s->dump = mdump_start(rb->base, s->addr.host, s->addr.port, s->addr.is_unix,
+    s->dump = mdump_start(rb->base, rb->dns, s->addr.host, s->addr.port, s->addr.is_unix,
                           rb->timeout_ms, on_key, on_dump_end, s);
     if (s->dump == NULL) {
         s->state = RB_SRV_FAILED;
@@ -428,6 +429,7 @@ struct rb *rb_start(const struct rb_params *p, char *err, size_t errlen)
         return NULL;
     }
     rb->base = p->base;
+    rb->dns = p->dns;
     rb->ring = ring_ref(p->ring);
     rb->rate = p->rate;
     rb->inflight_max = p->inflight ? p->inflight : RB_INFLIGHT_DEFAULT;

@@ -161,6 +161,7 @@ struct sweep {
     bool background;
     void (*forget)(void *arg, const char *key, size_t len);
     void *forget_arg;
+    struct evdns_base *dns;     /* sweep_opts.dns */
     struct sweep_env env;       /* the last tick's (env.local not kept) */
     struct ring *local;         /* a reference to env.local */
     enum sweep_state state;
@@ -542,6 +543,9 @@ static bool use_ring(struct sweep *s, struct ring *r)
         }
         srv[i].mc = mconn_new(s->defer, a.host, a.port, a.is_unix, timeout);
         conf_addr_free(&a);
+        if (srv[i].mc != NULL && s->dns != NULL) {
+            mconn_set_dns(srv[i].mc, s->dns);
+        }
         if (srv[i].mc == NULL) {
             srv[i].down_until = UINT64_MAX;
         }
@@ -1744,6 +1748,7 @@ struct sweep *sweep_new(struct event_base *base, const struct sweep_opts *o)
     s->background = o->background;
     s->forget = o->forget;
     s->forget_arg = o->forget_arg;
+    s->dns = o->dns;
     s->db = o->index->db;
     s->redis_port = o->index->redis.port;
     s->redis_unix = o->index->redis.is_unix;

@@ -551,6 +551,67 @@ START_TEST(settings_list_what_is_in_effect_but_the_password)
 }
 END_TEST
 
+/* IPv6 (docs/ARCHITECTURE.md, "Addresses and names"): in brackets, for
+ * listen, servers in both forms and Redis; the identity is libmemcached's,
+ * the unbracketed host then ":port" off 11211. */
+START_TEST(ipv6_in_brackets_everywhere)
+{
+    static const char text[] =
+        "cache:\n  listen: \"[::1]:22121\"\n"
+        "  index:\n    redis: \"[::1]:6379\"\n"
+        "  servers:\n    - \"[::1]:11211:1\"\n    - \"[fd00::2]:11212:2\"\n"
+        "    - \"[::1]:11213:1 named\"\n    - {addr: \"[fd00::3]:11211\", weight: 1}\n"
+        "old:\n  listen: \"[::]:22122\"\n  compat: libketama\n"
+        "  servers:\n    - \"[fd00::2]:11212:2\"\n";
+    struct conf_errors errs;
+    struct config *c = load_buf(text, sizeof(text) - 1, &errs);
+
+    ck_assert_msg(c != NULL, "%s", errs.n ? errs.msgs[0] : "");
+    const struct conf_pool *p = pool(c, "cache");
+    ck_assert_str_eq(p->listen.host, "::1");
+    ck_assert_uint_eq(p->listen.port, 22121);
+    ck_assert(p->listen.is_ipv6);
+    ck_assert_str_eq(p->index.redis.host, "::1");
+    ck_assert_uint_eq(p->index.redis.port, 6379);
+    check_server(&p->servers[0], "[::1]:11211", 1, NULL, "::1");
+    check_server(&p->servers[1], "[fd00::2]:11212", 2, NULL, "fd00::2:11212");
+    check_server(&p->servers[2], "[::1]:11213", 1, "named", "named");
+    check_server(&p->servers[3], "[fd00::3]:11211", 1, NULL, "fd00::3");
+    ck_assert_str_eq(p->servers[1].addr.host, "fd00::2");
+    /* libketama: the address as written, brackets and all */
+    check_server(&pool(c, "old")->servers[0], "[fd00::2]:11212", 2, NULL,
+                 "[fd00::2]:11212");
+    config_free(c);
+}
+END_TEST
+
+START_TEST(ipv6_without_brackets_or_malformed_is_refused_with_its_place)
+{
+    static const struct { const char *text, *want; } cases[] = {
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - ::1:11211:1\n",
+          "mem.yml:4:7: server '::1:11211:1': an IPv6 address must be in "
+          "brackets, as [::1]:11211" },
+        { "c:\n  listen: \"::1:22121\"\n  servers:\n    - 127.0.0.1:11211:1\n",
+          "mem.yml:2:11: listen: bad address '::1:22121': an IPv6 address "
+          "must be in brackets" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - \"[::1:11211:1\"\n",
+          "expected [ipv6]:port" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - \"[::1]11211:1\"\n",
+          "expected [ipv6]:port" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - \"[10.0.0.1]:11211:1\"\n",
+          "not an IPv6 address between the brackets" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - \"[::1]:0:1\"\n",
+          "port must be a number from 1 to 65535" },
+        { "c:\n  listen: 127.0.0.1:1\n  index:\n    redis: \"[::1]\"\n"
+          "  servers:\n    - 127.0.0.1:11211:1\n", "expected [ipv6]:port" },
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        check_one_error(cases[i].text, strlen(cases[i].text), cases[i].want);
+    }
+}
+END_TEST
+
 /* The index sweeper's pace (docs/ARCHITECTURE.md, "The sweeper"): on by
  * default in every indexed pool, 0 turns it off, a negative is refused. */
 START_TEST(sweep_rate_is_on_by_default_and_zero_turns_it_off)
@@ -717,6 +778,8 @@ static Suite *config_suite(void)
     tcase_add_test(tc, several_pools_with_every_twemproxy_key);
     tcase_add_test(tc, servers_in_both_forms_with_names_and_unix_sockets);
     tcase_add_test(tc, identity_is_name_then_host_then_host_port);
+    tcase_add_test(tc, ipv6_in_brackets_everywhere);
+    tcase_add_test(tc, ipv6_without_brackets_or_malformed_is_refused_with_its_place);
     tcase_add_test(tc, compat_hash_and_hash_tag);
     tcase_add_test(tc, index_and_migration_sections);
     tcase_add_test(tc, sweep_rate_is_on_by_default_and_zero_turns_it_off);

@@ -494,10 +494,15 @@ def test_nothing_changes_until_every_live_proxy_proposes_the_ring(env):
 class FakeProxy:
     """A heartbeat in Redis for a proxy that acknowledges `ack` and nothing
     more, copied from a real proxy's: the fleet then waits for it, and the
-    real proxies stay in the phase the test wants."""
+    real proxies stay in the phase the test wants. It acknowledges nothing of
+    a migration at first ("stable"), which holds the fleet in `prepared`;
+    "prepared" lets it go to `switched`, "switched" to `moving` (migrate.c:
+    acked_prepared, acked_switched). Until 2026-12 it started at "prepared",
+    so the fleet left `prepared` within half a second and the tests "held in
+    prepared" failed whenever they took longer."""
 
     def __init__(self, r, prefix="rp:cache"):
-        self.r, self.key, self.ack = r, prefix + ":proxies", "prepared"
+        self.r, self.key, self.ack = r, prefix + ":proxies", "stable"
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 

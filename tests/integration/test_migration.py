@@ -185,12 +185,15 @@ def test_grow_3_to_4_moves_exactly_the_keys_whose_owner_changed(env):
 
     assert int(st["migration:keys_moved"]) == len(changed)
     assert int(st["migration:keys_failed"]) == 0
-    # No other key was read or written: each old server was read (mg) and
+    # No other key was read or written: each old server was read (mg hits) and
     # deleted from exactly for its keys that left; only the new one was written.
     for m in old:
         b, a = stats_before[m.ident], mc_stats(m)
         left = sum(1 for k in changed if before[k] == "mc%d" % m.ident)
-        assert int(a["cmd_get"]) - int(b["cmd_get"]) == left
+        # hits: a key the second pass lists again before the first pass's
+        # index update landed (the index is written asynchronously) costs a
+        # get that misses, so only the hits are exact
+        assert int(a["get_hits"]) - int(b["get_hits"]) == left
         assert int(a["delete_hits"]) - int(b["delete_hits"]) == left
         assert int(a["cmd_set"]) == int(b["cmd_set"])
     b, a = stats_before[new[0].ident], mc_stats(new[0])

@@ -819,6 +819,18 @@ def test_meta_commands_on_changing_keys_answer_as_one_server(env, cluster, phase
     dc.close()
 
 
+def grow_plan(env, proxy, mcs, n=3000):
+    """n keys stored through proxy, and the resize to every server of mcs
+    written beside its file (".new"): (keys, owner before, owner after)."""
+    keys = ["k%d" % i for i in range(n)]
+    fill(proxy.port, n)
+    time.sleep(0.3)
+    before = locate(proxy.conf_path, keys)
+    with open(proxy.conf_path + ".new", "w") as f:
+        f.write(env.config(mcs, proxy.port))
+    return keys, before, locate(proxy.conf_path + ".new", keys)
+
+
 TOMB_FLAGS = 0x52505442             # migrate_int.h: MIG_TOMB_FLAGS, _VALUE, _TTL
 TOMB_VALUE = b"ringproxy:tombstone:v1"
 
@@ -866,13 +878,7 @@ def test_meta_commands_over_a_tombstone_answer_as_for_no_key(env, cluster, phase
     mcs = env.servers(4)
     a = env.proxy(mcs[:3], rate=1)
     b = env.proxy(mcs[:3], rate=1)
-    keys = ["k%d" % i for i in range(3000)]
-    fill(a.port, 3000)
-    time.sleep(0.3)
-    before = locate(a.conf_path, keys)
-    with open(a.conf_path + ".new", "w") as f:
-        f.write(env.config(mcs, a.port))
-    after = locate(a.conf_path + ".new", keys)
+    keys, before, after = grow_plan(env, a, mcs)
     moving = [k.encode() for k in keys if after[k] == "mc4"][:5]
     assert len(moving) == 5
     k1, k2, k3, k4, k5 = moving
@@ -934,13 +940,7 @@ def test_a_value_next_to_a_tombstone_is_no_key_for_any_command(env, cluster, pha
     from test_meta import cmd, ms, run_battery
     mcs = env.servers(4)
     a = env.proxy(mcs[:3], rate=1)
-    keys = ["k%d" % i for i in range(3000)]
-    fill(a.port, 3000)
-    time.sleep(0.3)
-    before = locate(a.conf_path, keys)
-    with open(a.conf_path + ".new", "w") as f:
-        f.write(env.config(mcs, a.port))
-    after = locate(a.conf_path + ".new", keys)
+    keys, before, after = grow_plan(env, a, mcs)
     k = next(x.encode() for x in keys if after[x] == "mc4")
     late = b"late-copy"
     text = [cmd(b"get " + k), cmd(b"gets " + k), cmd(b"gat 100 " + k),

@@ -853,7 +853,26 @@ static void admin_prune(evutil_socket_t fd, short what, void *arg)
     if (a->paused && a->nbevs < ADMIN_MAX_CONNS && a->listener != NULL) {
         a->paused = false;
         evconnlistener_enable(a->listener);
+    } else if (!a->paused && a->listener != NULL) {
+        evconnlistener_enable(a->listener);     /* after admin_accept_error */
     }
+}
+
+/*
+ * accept failed on evhttp's listener. Out of descriptors the connection
+ * stays in the backlog and the listener would fire again at once, spinning
+ * the loop (and libevent would log each time): it is disabled, and
+ * admin_prune enables it again a tick later. arg is evhttp's, not ours.
+ */
+static void admin_accept_error(struct evconnlistener *l, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+
+    (void)arg;
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        evconnlistener_disable(l);
+    }
+    log_limited(LOG_WARN, 1, "admin", "accept failed: %s", strerror(err));
 }
 
 static struct bufferevent *admin_bev(struct event_base *base, void *arg)
@@ -930,6 +949,7 @@ struct admin *admin_start(struct worker *w, const struct admin_counters *counter
         return NULL;
     }
     a->listener = evhttp_bound_socket_get_listener(bound);
+    evconnlistener_set_error_cb(a->listener, admin_accept_error);
     struct timeval every = { 0, ADMIN_PRUNE_MS * 1000 };
     event_add(a->prune, &every);
     log_notice("admin", "HTTP admin on %s:%d: /metrics /healthz /ring /migration",

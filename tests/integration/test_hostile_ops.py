@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from harness import (Memcached, Wire, admin_get, free_port, pool_yaml, wait_port,
+from harness import (Memcached, Proxy, Wire, admin_get, free_port, pool_yaml, wait_port,
                      wait_until)
 
 
@@ -715,3 +715,252 @@ def test_resolv_conf_that_is_not_one(cluster, tmp_path, monkeypatch, content):
         p._log.close()
     else:
         assert serves(port)
+
+
+# --- sd_notify against a hostile service manager --------------------------------------
+
+def notify_proxy(cluster, monkeypatch, address):
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    mc, = cluster.memcached(1)
+    return cluster.pool([mc])
+
+
+def reload_and_serve(p):
+    applied = p.log().count(" applied")
+    p.signal(signal.SIGHUP)
+    wait_until(lambda: p.log().count(" applied") > applied, what="the reload")
+    assert serves(p.port)
+
+
+def test_notify_socket_path_longer_than_sun_path(cluster, tmp_path, monkeypatch):
+    p = notify_proxy(cluster, monkeypatch, "/" + "n" * 200)
+    assert "is not a unix socket path" in p.log()
+    reload_and_serve(p)
+    assert p.stop() == 0
+
+
+def test_notify_socket_of_exactly_sun_path_less_one(cluster, tmp_path, monkeypatch):
+    """A path of 107 bytes (sun_path holds 108 with its NUL) works."""
+    d = tmp_path / "n"
+    d.mkdir()
+    path = str(d) + "/" + "s" * (107 - len(str(d)) - 1)
+    assert len(path) == 107
+    from test_service import NotifySocket
+    n = NotifySocket(path)
+    try:
+        p = notify_proxy(cluster, monkeypatch, path)
+        pid = p.proc.pid
+        n.expect("READY", pid)
+        assert p.stop() == 0
+        n.expect("STOPPING", pid)
+    finally:
+        n.close()
+
+
+def test_notify_socket_that_is_a_stream_socket(cluster, tmp_path, monkeypatch):
+    path = str(tmp_path / "stream.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(1)
+    try:
+        p = notify_proxy(cluster, monkeypatch, path)
+        assert "cannot connect to NOTIFY_SOCKET" in p.log()
+        reload_and_serve(p)
+        assert p.stop() == 0
+    finally:
+        s.close()
+
+
+def test_notify_socket_that_never_reads(cluster, tmp_path, monkeypatch):
+    """A manager whose socket buffer is full: notifications are lost (and
+    said so once), the proxy never blocks: it serves, reloads and stops."""
+    path = str(tmp_path / "full.sock")
+    r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r.bind(path)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.connect(path)
+    filler.setblocking(False)
+    try:
+        while True:
+            filler.send(b"X" * 4096)
+    except BlockingIOError:
+        pass
+    try:
+        p = notify_proxy(cluster, monkeypatch, path)
+        wait_until(lambda: "could not tell the service manager" in p.log(),
+                   what="the lost READY in the log")
+        for _ in range(5):
+            reload_and_serve(p)
+        assert p.stop() == 0
+        assert p.log().count("could not tell the service manager") == 1
+    finally:
+        filler.close()
+        r.close()
+
+
+def test_notify_socket_removed_while_running(cluster, tmp_path, monkeypatch):
+    """The manager's socket goes away (and another takes its path): the
+    proxy reloads, serves and stops as before."""
+    from test_service import NotifySocket
+    path = str(tmp_path / "gone.sock")
+    n = NotifySocket(path)
+    p = notify_proxy(cluster, monkeypatch, path)
+    n.expect("READY", p.proc.pid)
+    n.close()
+    os.unlink(path)
+    reload_and_serve(p)
+    n2 = NotifySocket(path)
+    try:
+        reload_and_serve(p)
+        assert p.stop() == 0
+        n2.nothing_more()       # its datagrams went to the old socket: lost
+    finally:
+        n2.close()
+
+
+@pytest.mark.parametrize("address", ["@", "@" + "a" * 107, "/", "/dev/null"])
+def test_notify_socket_odd_addresses(cluster, monkeypatch, address):
+    p = notify_proxy(cluster, monkeypatch, address)
+    reload_and_serve(p)
+    assert p.stop() == 0
+
+
+# --- listen: /path mode ----------------------------------------------------------------
+
+def unix_pool(path, mc, mode=""):
+    return ("alpha:\n  listen: %s%s\n  servers:\n    - %s:1 mc1\n"
+            % (path, " " + mode if mode else "", mc.addr))
+
+
+def unix_proxy(cluster, text):
+    """A proxy whose only pool listens on a unix path: started by hand, up
+    once its admin port answers."""
+    aport = free_port()
+    p = cluster.proxy(text, port=free_port(), admin_port=aport, start=False)
+    p._log = open(p.log_path, "ab")
+    p.proc = subprocess.Popen(p.argv(), stdout=p._log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+    wait_port(aport, proc=p.proc)
+    return p
+
+
+def unix_version(path):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(b"version\r\n")
+        return s.recv(100)
+
+
+def test_listen_path_that_is_a_symlink(cluster, tmp_path):
+    """A symlink at the listen path is replaced by the socket; its target
+    (a file the proxy must not touch) keeps its bytes and its mode."""
+    mc, = cluster.memcached(1)
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    os.chmod(target, 0o600)
+    path = str(tmp_path / "rp.sock")
+    os.symlink(target, path)
+    p = unix_proxy(cluster, unix_pool(path, mc, "0666"))
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o666
+    assert target.read_text() == "keep me"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert unix_version(path).startswith(b"VERSION ")
+    assert p.stop() == 0
+
+
+def test_listen_path_in_a_directory_that_does_not_exist(cluster, tmp_path):
+    mc, = cluster.memcached(1)
+    for path in (str(tmp_path / "nope" / "rp.sock"), "/proc/self/rp.sock"):
+        p = Proxy(cluster.workdir, unix_pool(path, mc, "0666"), free_port())
+        res = subprocess.run(p.argv(), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1, res
+        assert "cannot listen on %s" % path in res.stderr, res.stderr
+
+
+def test_listen_path_longer_than_sun_path_is_a_config_error(tmp_path):
+    """A unix socket path that sun_path cannot hold would be bound truncated
+    (a socket at another path than the config says): refused with the
+    line and column."""
+    from harness import run_cli
+    long_path = "/tmp/" + "d" * 120 + ".sock"
+    conf = tmp_path / "long.yml"
+    conf.write_text("alpha:\n  listen: %s 0666\n  servers:\n    - 127.0.0.1:11211:1\n"
+                    % long_path)
+    res = run_cli("-t", "-c", conf)
+    assert res.returncode == 1, res
+    assert "long.yml:2:" in res.stderr and "at most 107 bytes" in res.stderr, res.stderr
+    conf.write_text("alpha:\n  listen: 127.0.0.1:1\n  servers:\n    - %s:1\n" % long_path)
+    res = run_cli("-t", "-c", conf)
+    assert res.returncode == 1, res
+    assert "long.yml:4:" in res.stderr, res.stderr
+
+
+def test_listen_mode_changed_by_reloads_while_clients_are_connected(cluster, tmp_path):
+    """Reloads that change only the mode, with clients connected through
+    the socket: the clients keep their connections, the mode follows."""
+    mc, = cluster.memcached(1)
+    path = str(tmp_path / "rp.sock")
+    text = unix_pool(path, mc, "0600")
+    p = unix_proxy(cluster, text)
+    clients = []
+    for _ in range(5):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(path)
+        clients.append(s)
+    for mode in ("0666", "0000", "0640", "0600"):
+        p.write_config(unix_pool(path, mc, mode))
+        reload_and_serve_unix = p.log().count(" applied")
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: p.log().count(" applied") > reload_and_serve_unix,
+                   what="the reload to %s" % mode)
+        assert stat.S_IMODE(os.stat(path).st_mode) == int(mode, 8)
+        for s in clients:
+            s.sendall(b"version\r\n")
+            assert s.recv(100).startswith(b"VERSION ")
+    # dropping the mode leaves the socket as it is
+    p.write_config(unix_pool(path, mc))
+    applied = p.log().count(" applied")
+    p.signal(signal.SIGHUP)
+    wait_until(lambda: p.log().count(" applied") > applied, what="the reload without mode")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert unix_version(path).startswith(b"VERSION ")
+    for s in clients:
+        s.close()
+    assert p.stop() == 0
+    assert not os.path.exists(path)
+
+
+def test_a_stopping_proxy_leaves_another_proxys_socket_alone(cluster, tmp_path):
+    """Two proxies on one unix path, one after the other (a restart that
+    overlaps): the first one's stop must not remove the socket the second
+    one serves on."""
+    mc, = cluster.memcached(1)
+    path = str(tmp_path / "rp.sock")
+    first = unix_proxy(cluster, unix_pool(path, mc, "0666"))
+    second = unix_proxy(cluster, unix_pool(path, mc, "0666"))
+    assert unix_version(path).startswith(b"VERSION ")
+    assert first.stop() == 0
+    assert os.path.exists(path), "the first proxy's stop removed the second's socket"
+    assert unix_version(path).startswith(b"VERSION ")
+    assert second.stop() == 0
+    assert not os.path.exists(path)
+
+
+def test_a_reload_that_hands_a_unix_path_to_another_pool(cluster, tmp_path):
+    """One reload removes pool alpha from a unix path and gives the path to
+    a new pool beta: beta's socket stays (alpha's removal must not unlink
+    it) and serves."""
+    mc, = cluster.memcached(1)
+    path = str(tmp_path / "rp.sock")
+    p = unix_proxy(cluster, unix_pool(path, mc, "0666"))
+    p.write_config(unix_pool(path, mc, "0666").replace("alpha:", "beta:"))
+    applied = p.log().count(" applied")
+    p.signal(signal.SIGHUP)
+    wait_until(lambda: p.log().count(" applied") > applied, what="the reload")
+    assert os.path.exists(path), "the removed pool took the new pool's socket with it"
+    assert unix_version(path).startswith(b"VERSION ")
+    assert p.stop() == 0
+    assert not os.path.exists(path)

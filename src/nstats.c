@@ -17,6 +17,11 @@
  *   (an HTTP request, say) reads it. At most NSTATS_MAX_CONNS connections
  *   are open (more are closed at once), each for at most NSTATS_TIMEOUT_SEC
  *   per write or read, and the JSON has a byte budget.
+ * - Peers that do not read would each pin a whole JSON (megabytes with
+ *   thousands of servers): while the unsent bytes of all connections pass
+ *   NSTATS_PENDING_MAX, a new connection is closed at once, as past the cap.
+ * - Out of descriptors the listener pauses (on_accept_error) rather than
+ *   spin on a failing accept.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -43,6 +48,7 @@
 #define NSTATS_MAX_CONNS 64
 #define NSTATS_TIMEOUT_SEC 10
 #define NSTATS_JSON_MAX (64u << 20)
+#define NSTATS_PENDING_MAX (32u << 20)  /* unsent JSON of all connections */
 #define NSTATS_DISCARD_MAX 65536
 #define NSTATS_ACCEPT_PAUSE_MS 100      /* out of descriptors: accept again after */
 
@@ -336,6 +342,18 @@ static int nstats_json(struct worker *w, struct evbuffer *b)
 
 /* --- the port ------------------------------------------------------------------ */
 
+/* JSON bytes written to connections and not yet sent. */
+static size_t nstats_pending(const struct nstats *s)
+{
+    const struct nstats_conn *c;
+    size_t n = 0;
+
+    TAILQ_FOREACH(c, &s->conns, link) {
+        n += evbuffer_get_length(bufferevent_get_output(c->bev));
+    }
+    return n;
+}
+
 static void nstats_conn_release(void *arg)
 {
     struct nstats_conn *c = arg;
@@ -401,9 +419,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
     struct nstats_conn *c;
 
     (void)l, (void)sa, (void)salen;
-    if (s->nconns >= NSTATS_MAX_CONNS || (c = calloc(1, sizeof(*c))) == NULL) {
-        log_limited(LOG_WARN, 1, "nstats", "stats port: %u connections open "
-                    "(or out of memory): connection closed", s->nconns);
+    if (s->nconns >= NSTATS_MAX_CONNS || nstats_pending(s) > NSTATS_PENDING_MAX ||
+        (c = calloc(1, sizeof(*c))) == NULL) {
+        log_limited(LOG_WARN, 1, "nstats", "stats port: %u connections open, "
+                    "%zu bytes unsent (or out of memory): connection closed",
+                    s->nconns, nstats_pending(s));
         evutil_closesocket(fd);
         return;
     }

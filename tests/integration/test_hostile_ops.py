@@ -76,6 +76,16 @@ def stats_proxy(cluster, text, port, **kw):
 
 # --- the stats port ---------------------------------------------------------------
 
+@pytest.fixture
+def no_quarantine(monkeypatch):
+    """ASan frees for real at once, so RSS shows what the proxy holds."""
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    monkeypatch.setenv("ASAN_OPTIONS", (asan + ":" if asan else "") +
+                       "quarantine_size_mb=0:thread_local_quarantine_size_kb=0:"
+                       "allocator_release_to_os_interval_ms=0")
+
+
+
 def test_stats_port_a_thousand_connections_that_never_read(cluster):
     """1,000 connections at once, none reading: the cap closes the excess,
     the client port serves throughout, and once they are gone no descriptor
@@ -177,6 +187,35 @@ def test_stats_port_a_client_that_sends_megabytes_or_resets(cluster):
         s.close()
     assert read_stats(p.stats_port)["service"] == "ringproxy"
     assert serves(port)
+
+
+def test_stats_port_idle_readers_do_not_pin_a_json_each(cluster, no_quarantine):
+    """4,000 servers with long escaped names make a JSON of megabytes; 64
+    connections that never read must not hold 64 copies of it: the unsent
+    bytes of all connections are budgeted (nstats.c, NSTATS_PENDING_MAX)."""
+    mc, = cluster.memcached(1)
+    port = free_port()
+    text = "alpha:\n  listen: 127.0.0.1:%d\n  servers:\n    - %s:1 mc\n" % (port, mc.addr)
+    for i in range(3999):
+        text += '    - "127.0.0.1:%d:1 %04d%s"\n' % (10000 + i, i, "\\x01" * 240)
+    p = stats_proxy(cluster, text, port)
+    size = len(read_all(p.stats_port))
+    assert size > 5 << 20
+    before = rss_kb(p.proc.pid)
+    socks = []
+    for _ in range(64):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", p.stats_port))
+        socks.append(s)
+    wait_until(lambda: "bytes unsent" in p.log(), what="the budget to refuse one")
+    grown = rss_kb(p.proc.pid) - before
+    assert grown < 100 * 1024, "64 idle readers hold %d MiB" % (grown >> 10)
+    for s in socks:
+        s.close()
+    assert serves(port)
+    wait_until(lambda: len(read_all(p.stats_port)) == size, timeout=30,
+               what="the stats port to answer again")
 
 
 HOSTILE_NAMES = ['"quote"', "back\\slash", "ctl\x01\x1f\x7f", "tab\tnl\n",
@@ -516,15 +555,6 @@ def test_odd_but_usable_answers(cluster, hdns, answer):
     else:
         assert reply == b"VALUE %s 0 2\r\nok\r\nEND\r\n" % keys["named"].encode(), reply
     assert serves(p.port)
-
-
-@pytest.fixture
-def no_quarantine(monkeypatch):
-    """ASan frees for real at once, so RSS shows what the proxy holds."""
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    monkeypatch.setenv("ASAN_OPTIONS", (asan + ":" if asan else "") +
-                       "quarantine_size_mb=0:thread_local_quarantine_size_kb=0:"
-                       "allocator_release_to_os_interval_ms=0")
 
 
 def test_reconnect_loop_through_dns_keeps_memory_bounded(cluster, hdns, no_quarantine):

@@ -218,6 +218,39 @@ def test_stats_port_idle_readers_do_not_pin_a_json_each(cluster, no_quarantine):
                what="the stats port to answer again")
 
 
+def test_admin_idle_readers_do_not_pin_a_reply_each(cluster, no_quarantine):
+    """The same against the admin port: 64 requests for /status.json (and
+    /metrics) never read. Past the budget of unsent replies a request is
+    answered 503; once the readers go, the routes answer again."""
+    mc, = cluster.memcached(1)
+    port, aport = free_port(), free_port()
+    text = "alpha:\n  listen: 127.0.0.1:%d\n  servers:\n    - %s:1 mc\n" % (port, mc.addr)
+    for i in range(3999):
+        text += '    - "127.0.0.1:%d:1 %04d%s"\n' % (10000 + i, i, "\\x01" * 240)
+    p = cluster.proxy(text, port=port, admin_port=aport)
+    wait_port(aport, proc=p.proc)
+    code, _, body = admin_get(aport, "/status.json")
+    assert code == 200 and len(body) > 5 << 20
+    before = rss_kb(p.proc.pid)
+    socks = []
+    for i in range(60):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", aport))
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" %
+                  (b"/metrics" if i % 2 else b"/status.json"))
+        socks.append(s)
+    wait_until(lambda: "answered 503" in p.log(), what="the budget to refuse one")
+    assert admin_get(aport, "/status.json")[0] == 503
+    grown = rss_kb(p.proc.pid) - before
+    assert grown < 150 * 1024, "60 idle readers hold %d MiB" % (grown >> 10)
+    for s in socks:
+        s.close()
+    wait_until(lambda: admin_get(aport, "/status.json")[0] == 200, timeout=30,
+               what="/status.json to answer again")
+    assert serves(port)
+
+
 HOSTILE_NAMES = ['"quote"', "back\\slash", "ctl\x01\x1f\x7f", "tab\tnl\n",
                  "\u00e9t\u00e9 \u2603 \U0001F600", "</script><img src=x onerror=alert(1)>",
                  "x" * 200]

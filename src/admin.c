@@ -49,6 +49,7 @@
 
 /* A JSON reply's budget: /ring?points=1 of the largest ring is well under it. */
 #define ADMIN_JSON_MAX (256u << 20)
+#define ADMIN_PENDING_MAX (64u << 20)   /* unsent replies of all connections */
 
 struct admin {
     struct worker *w;
@@ -782,6 +783,23 @@ int admin_route_of(const char *target)
     return route;
 }
 
+/* Reply bytes written to connections and not yet sent. */
+static size_t admin_pending(const struct admin *a)
+{
+    size_t n = 0;
+
+    for (uint32_t i = 0; i < a->nbevs; i++) {
+        n += evbuffer_get_length(bufferevent_get_output(a->bevs[i]));
+    }
+    return n;
+}
+
+/*
+ * Peers that ask and never read would each pin a whole reply (/metrics and
+ * /status.json are megabytes with thousands of servers): past
+ * ADMIN_PENDING_MAX unsent bytes a request is answered 503 without being
+ * served.
+ */
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct admin *a = arg;
@@ -807,6 +825,12 @@ static void on_request(struct evhttp_request *req, void *arg)
         evbuffer_add_printf(body, "only GET\n");
         evhttp_add_header(headers, "Allow", "GET");
         evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
+    } else if (admin_pending(a) > ADMIN_PENDING_MAX) {
+        code = HTTP_SERVUNAVAIL;
+        evbuffer_add_printf(body, "busy: earlier replies not yet read; try again\n");
+        evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
+        log_limited(LOG_WARN, 1, "admin", "%zu reply bytes unsent: %s answered 503",
+                    admin_pending(a), route->path);
     } else {
         code = route->serve(a, req, body);
         evhttp_add_header(headers, "Content-Type", route->content_type);
@@ -853,7 +877,26 @@ static void admin_prune(evutil_socket_t fd, short what, void *arg)
     if (a->paused && a->nbevs < ADMIN_MAX_CONNS && a->listener != NULL) {
         a->paused = false;
         evconnlistener_enable(a->listener);
+    } else if (!a->paused && a->listener != NULL) {
+        evconnlistener_enable(a->listener);     /* after admin_accept_error */
     }
+}
+
+/*
+ * accept failed on evhttp's listener. Out of descriptors the connection
+ * stays in the backlog and the listener would fire again at once, spinning
+ * the loop (and libevent would log each time): it is disabled, and
+ * admin_prune enables it again a tick later. arg is evhttp's, not ours.
+ */
+static void admin_accept_error(struct evconnlistener *l, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+
+    (void)arg;
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        evconnlistener_disable(l);
+    }
+    log_limited(LOG_WARN, 1, "admin", "accept failed: %s", strerror(err));
 }
 
 static struct bufferevent *admin_bev(struct event_base *base, void *arg)
@@ -930,6 +973,7 @@ struct admin *admin_start(struct worker *w, const struct admin_counters *counter
         return NULL;
     }
     a->listener = evhttp_bound_socket_get_listener(bound);
+    evconnlistener_set_error_cb(a->listener, admin_accept_error);
     struct timeval every = { 0, ADMIN_PRUNE_MS * 1000 };
     event_add(a->prune, &every);
     log_notice("admin", "HTTP admin on %s:%d: /metrics /healthz /ring /migration",

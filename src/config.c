@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <yaml.h>
 
 #include "config.h"
@@ -189,6 +190,11 @@ static int addr_parse(const char *s, size_t len, struct conf_addr *a,
     memset(a, 0, sizeof(*a));
     if (len > CONF_STR_MAX) {
         *why = "longer than 255 bytes";
+        return -1;
+    }
+    /* bound or connected truncated, a path would name another file */
+    if (len > 0 && s[0] == '/' && len >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+        *why = "a unix socket path holds at most 107 bytes";
         return -1;
     }
     a->text = strndup(s, len);

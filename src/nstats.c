@@ -17,6 +17,11 @@
  *   (an HTTP request, say) reads it. At most NSTATS_MAX_CONNS connections
  *   are open (more are closed at once), each for at most NSTATS_TIMEOUT_SEC
  *   per write or read, and the JSON has a byte budget.
+ * - Peers that do not read would each pin a whole JSON (megabytes with
+ *   thousands of servers): while the unsent bytes of all connections pass
+ *   NSTATS_PENDING_MAX, a new connection is closed at once, as past the cap.
+ * - Out of descriptors the listener pauses (on_accept_error) rather than
+ *   spin on a failing accept.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -43,7 +48,9 @@
 #define NSTATS_MAX_CONNS 64
 #define NSTATS_TIMEOUT_SEC 10
 #define NSTATS_JSON_MAX (64u << 20)
+#define NSTATS_PENDING_MAX (32u << 20)  /* unsent JSON of all connections */
 #define NSTATS_DISCARD_MAX 65536
+#define NSTATS_ACCEPT_PAUSE_MS 100      /* out of descriptors: accept again after */
 
 struct nstats_conn {
     struct nstats *s;                   /* NULL once closed */
@@ -57,6 +64,7 @@ struct nstats {
     struct evconnlistener *listener;
     TAILQ_HEAD(, nstats_conn) conns;
     uint32_t nconns;
+    struct event *accept_retry;         /* re-enables the paused listener */
 };
 
 /* --- the fields ------------------------------------------------------------ */
@@ -334,6 +342,18 @@ static int nstats_json(struct worker *w, struct evbuffer *b)
 
 /* --- the port ------------------------------------------------------------------ */
 
+/* JSON bytes written to connections and not yet sent. */
+static size_t nstats_pending(const struct nstats *s)
+{
+    const struct nstats_conn *c;
+    size_t n = 0;
+
+    TAILQ_FOREACH(c, &s->conns, link) {
+        n += evbuffer_get_length(bufferevent_get_output(c->bev));
+    }
+    return n;
+}
+
 static void nstats_conn_release(void *arg)
 {
     struct nstats_conn *c = arg;
@@ -399,9 +419,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
     struct nstats_conn *c;
 
     (void)l, (void)sa, (void)salen;
-    if (s->nconns >= NSTATS_MAX_CONNS || (c = calloc(1, sizeof(*c))) == NULL) {
-        log_limited(LOG_WARN, 1, "nstats", "stats port: %u connections open "
-                    "(or out of memory): connection closed", s->nconns);
+    if (s->nconns >= NSTATS_MAX_CONNS || nstats_pending(s) > NSTATS_PENDING_MAX ||
+        (c = calloc(1, sizeof(*c))) == NULL) {
+        log_limited(LOG_WARN, 1, "nstats", "stats port: %u connections open, "
+                    "%zu bytes unsent (or out of memory): connection closed",
+                    s->nconns, nstats_pending(s));
         evutil_closesocket(fd);
         return;
     }
@@ -423,6 +445,35 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
     bufferevent_setcb(c->bev, NULL, on_written, on_conn_event, c);
     bufferevent_set_timeouts(c->bev, NULL, &tv);
     bufferevent_enable(c->bev, EV_WRITE);
+}
+
+/* accept failed. Out of descriptors (or memory) the pending connection stays
+ * in the backlog and the listener would fire again at once, spinning the
+ * loop: pause it instead, as the client port does (proxy.c,
+ * on_accept_error). */
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    struct nstats *s = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    struct timeval tv = { 0, NSTATS_ACCEPT_PAUSE_MS * 1000 };
+
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+        log_limited(LOG_ERROR, 1, "nstats", "stats port: accept failed: %s",
+                    strerror(err));
+        return;
+    }
+    log_limited(LOG_WARN, 1, "nstats", "stats port: accept failed: %s; not "
+                "accepting for %d ms", strerror(err), NSTATS_ACCEPT_PAUSE_MS);
+    evconnlistener_disable(l);
+    evtimer_add(s->accept_retry, &tv);
+}
+
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct nstats *s = arg;
+
+    (void)fd, (void)what;
+    evconnlistener_enable(s->listener);
 }
 
 struct nstats *nstats_start(struct worker *w, const char *addr, int port, char *err,
@@ -450,6 +501,12 @@ struct nstats *nstats_start(struct worker *w, const char *addr, int port, char *
     }
     s->w = w;
     TAILQ_INIT(&s->conns);
+    if ((s->accept_retry = evtimer_new(w->base, on_accept_retry, s)) == NULL) {
+        evutil_freeaddrinfo(res);
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
     errno = 0;
     s->listener = evconnlistener_new_bind(w->base, on_accept, s,
                                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
@@ -459,9 +516,11 @@ struct nstats *nstats_start(struct worker *w, const char *addr, int port, char *
     if (s->listener == NULL) {
         snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port,
                  errno ? strerror(errno) : "unknown error");
+        event_free(s->accept_retry);
         free(s);
         return NULL;
     }
+    evconnlistener_set_error_cb(s->listener, on_accept_error);
     log_notice("nstats", "stats port (nutcracker's JSON) on %s:%d", addr, port);
     return s;
 }
@@ -472,6 +531,7 @@ void nstats_free(struct nstats *s)
         return;
     }
     evconnlistener_free(s->listener);
+    event_free(s->accept_retry);
     while (!TAILQ_EMPTY(&s->conns)) {
         struct nstats_conn *c = TAILQ_FIRST(&s->conns);
         TAILQ_REMOVE(&s->conns, c, link);

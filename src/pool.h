@@ -46,6 +46,8 @@ struct pool {
     bool ready;                 /* knows which ring the data obeys: serve */
     bool closing;               /* removed by a reload: freed once idle */
     struct evconnlistener *listener;
+    uint64_t listen_dev, listen_ino;    /* the unix socket file it bound:
+                                   the one proxy.c may remove */
     struct event *accept_retry; /* re-enables the listener after EMFILE */
     uint32_t accept_backoff_ms; /* 0: accepting normally */
     TAILQ_HEAD(, client) clients;

@@ -152,12 +152,41 @@ static int listener_chmod(const struct conf_pool *conf, char *err, size_t errlen
 }
 
 /*
+ * A unix listener's socket file is removed only while the path still names
+ * the file it bound (*dev, *ino, noted by listener_open): another process
+ * may have bound the path since (a restart that overlaps, a second proxy),
+ * or a pool of the same reload, and its socket is not ours to remove.
+ */
+static void listener_note_file(const struct conf_addr *a, uint64_t *dev, uint64_t *ino)
+{
+    struct stat st;
+
+    *dev = *ino = 0;
+    if (a->is_unix && lstat(a->host, &st) == 0) {
+        *dev = (uint64_t)st.st_dev;
+        *ino = (uint64_t)st.st_ino;
+    }
+}
+
+static void listener_unlink(const struct conf_addr *a, uint64_t dev, uint64_t ino)
+{
+    struct stat st;
+
+    if (a->is_unix && lstat(a->host, &st) == 0 && S_ISSOCK(st.st_mode) &&
+        (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino) {
+        unlink(a->host);
+    }
+}
+
+/*
  * A listener for pool p on address a (conf: its backlog), disabled until the
- * pool is ready. Returns NULL with a reason in err. p is not changed: a
- * reload opens a pool's new listener before it knows it will keep it.
+ * pool is ready; a unix socket's file in *dev, *ino (listener_note_file).
+ * Returns NULL with a reason in err. p is not changed: a reload opens a
+ * pool's new listener before it knows it will keep it.
  */
 static struct evconnlistener *listener_open(struct pool *p,
                                             const struct conf_pool *conf,
+                                            uint64_t *dev, uint64_t *ino,
                                             char *err, size_t errlen)
 {
     const struct conf_addr *a = &conf->listen;
@@ -195,9 +224,10 @@ static struct evconnlistener *listener_open(struct pool *p,
         snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
         return NULL;
     }
+    listener_note_file(a, dev, ino);
     if (listener_chmod(conf, err, errlen) != 0) {
         evconnlistener_free(l);
-        unlink(a->host);
+        listener_unlink(a, *dev, *ino);
         return NULL;
     }
     evconnlistener_set_error_cb(l, on_accept_error);
@@ -205,13 +235,12 @@ static struct evconnlistener *listener_open(struct pool *p,
 }
 
 /* Close a listener opened for a reload that was then refused. */
-static void listener_discard(struct evconnlistener *l, const struct conf_pool *conf)
+static void listener_discard(struct evconnlistener *l, const struct conf_pool *conf,
+                             uint64_t dev, uint64_t ino)
 {
     if (l != NULL) {
         evconnlistener_free(l);
-        if (conf->listen.is_unix) {
-            unlink(conf->listen.host);
-        }
+        listener_unlink(&conf->listen, dev, ino);
     }
 }
 
@@ -223,7 +252,7 @@ static int pool_listen(struct pool *p, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    p->listener = listener_open(p, p->conf, err, errlen);
+    p->listener = listener_open(p, p->conf, &p->listen_dev, &p->listen_ino, err, errlen);
     return p->listener != NULL ? 0 : -1;
 }
 
@@ -232,9 +261,7 @@ static void pool_unlisten(struct pool *p)
     if (p->listener != NULL) {
         evconnlistener_free(p->listener);
         p->listener = NULL;
-        if (p->conf->listen.is_unix) {
-            unlink(p->conf->listen.host);
-        }
+        listener_unlink(&p->conf->listen, p->listen_dev, p->listen_ino);
     }
     if (p->accept_retry != NULL) {
         event_free(p->accept_retry);
@@ -411,6 +438,7 @@ struct pool_plan {
     struct backend **ring_be;       /* the ring's backends; NULL with an index
                                        (the migration switches rings) */
     struct evconnlistener *listener;    /* NULL: the listener stays */
+    uint64_t listen_dev, listen_ino;    /* its socket file (listener_note_file) */
 };
 
 /* ring: the new file's ring for the pool, built by the reload thread (a
@@ -445,7 +473,8 @@ static int plan_pool(struct pool_plan *pl, struct ring *ring, char *err,
         }
     }
     if (strcmp(oc->listen.text, nc->listen.text) != 0 &&
-        (pl->listener = listener_open(p, nc, err, errlen)) == NULL) {
+        (pl->listener = listener_open(p, nc, &pl->listen_dev, &pl->listen_ino, err,
+                                      errlen)) == NULL) {
         return -1;
     }
     return 0;
@@ -463,7 +492,7 @@ static void plan_discard(struct pool_plan *pl)
         free(pl->p);
         return;
     }
-    listener_discard(pl->listener, pl->conf);
+    listener_discard(pl->listener, pl->conf, pl->listen_dev, pl->listen_ino);
     free(pl->ring_be);
     ring_unref(pl->ring);
     pool_retire_backends(pl->p);    /* those pool_ring_backends made */
@@ -483,10 +512,10 @@ static void plan_commit(struct pool_plan *pl)
         p->listener = pl->listener;
         if (old != NULL) {
             evconnlistener_free(old);
-            if (oc->listen.is_unix) {
-                unlink(oc->listen.host);
-            }
+            listener_unlink(&oc->listen, p->listen_dev, p->listen_ino);
         }
+        p->listen_dev = pl->listen_dev;
+        p->listen_ino = pl->listen_ino;
         log_notice("reload", "%s: now listening on %s (was %s)", p->name,
                    nc->listen.text, oc->listen.text);
     } else if (nc->listen_mode != oc->listen_mode && nc->listen_mode >= 0 &&

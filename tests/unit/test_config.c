@@ -585,6 +585,9 @@ START_TEST(ipv6_in_brackets_everywhere)
 }
 END_TEST
 
+#define LONG10 "dddddddddd"
+#define LONG100 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10
+
 START_TEST(ipv6_without_brackets_or_malformed_is_refused_with_its_place)
 {
     static const struct { const char *text, *want; } cases[] = {
@@ -604,6 +607,11 @@ START_TEST(ipv6_without_brackets_or_malformed_is_refused_with_its_place)
           "port must be a number from 1 to 65535" },
         { "c:\n  listen: 127.0.0.1:1\n  index:\n    redis: \"[::1]\"\n"
           "  servers:\n    - 127.0.0.1:11211:1\n", "expected [ipv6]:port" },
+        /* a unix path sun_path cannot hold (107 bytes + NUL) */
+        { "c:\n  listen: /run/" LONG100 "xx.sock\n  servers:\n"
+          "    - 127.0.0.1:11211:1\n", "mem.yml:2:11: listen: bad address '/run/" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - /run/" LONG100 "xx.sock:1\n",
+          "a unix socket path holds at most 107 bytes" },
     };
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

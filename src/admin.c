@@ -38,6 +38,7 @@
 #include "progress.h"
 #include "proxy.h"
 #include "pool.h"
+#include "status_page.h"
 #include "sweep.h"
 #include "tstats.h"
 #include "mem.h"
@@ -50,6 +51,7 @@
 
 /* A JSON reply's budget: /ring?points=1 of the largest ring is well under it. */
 #define ADMIN_JSON_MAX (256u << 20)
+#define ADMIN_PENDING_MAX (64u << 20)   /* unsent replies of all connections */
 
 struct admin {
     struct worker *w;
@@ -99,13 +101,17 @@ static bool pool_listed(const struct pool *p)
 }
 
 /* "# HELP" and "# TYPE" of family ringproxy_<group>_<name>[_total]; the
- * family's name goes to name (for its samples). */
+ * family's name goes to name (for its samples). A counter named total_X in
+ * the stats view (memcached's total_connections) is X_total here, not
+ * total_X_total. */
 static void prom_head(struct evbuffer *b, char *name, size_t len, const char *group,
                       const struct stats_desc *d)
 {
     bool counter = strcmp(d->kind, "counter") == 0;
+    const char *base = counter && strncmp(d->name, "total_", 6) == 0 ? d->name + 6 :
+                       d->name;
 
-    snprintf(name, len, "ringproxy_%s%s%s%s", group, *group ? "_" : "", d->name,
+    snprintf(name, len, "ringproxy_%s%s%s%s", group, *group ? "_" : "", base,
              counter ? "_total" : "");
     evbuffer_add_printf(b, "# HELP %s ", name);
     prom_escape(b, d->help, false);
@@ -432,6 +438,18 @@ static void index_why(struct evbuffer *b, const struct pool *p)
     }
 }
 
+/* A line per server whose name does not resolve (backend.dns_error). */
+static void healthz_dns(struct evbuffer *b, const struct pool *p, const char *prefix)
+{
+    for (uint32_t s = 0; s < p->nbackends; s++) {
+        const struct backend *be = p->backends[s];
+        if (be->dns_error[0] != '\0') {
+            evbuffer_add_printf(b, "%spool %s: server %s: %s\n", prefix, p->name,
+                                be->identity, be->dns_error);
+        }
+    }
+}
+
 static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
 {
     struct worker *w = a->w;
@@ -461,6 +479,7 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
         } else if (up == 0) {
             evbuffer_add_printf(b, "pool %s: no backend is up (all %u down or "
                                 "ejected)\n", p->name, p->ring->nservers);
+            healthz_dns(b, p, "");
         } else if (mig_fenced(p->mig)) {
             evbuffer_add_printf(b, "pool %s: fenced: no sync with Redis", p->name);
             index_why(b, p);
@@ -476,6 +495,9 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
         const struct pool *p = w->pools[i];
         struct mig_progress pr;
         const char *why;
+        if (pool_listed(p)) {
+            healthz_dns(b, p, "degraded: ");
+        }
         if (!pool_listed(p) || p->mig == NULL) {
             continue;
         }
@@ -707,6 +729,50 @@ static int serve_migration(struct admin *a, struct evhttp_request *req, struct e
     return serve_pools_json(a, b, migration_json, false);
 }
 
+/* --- / (the status page) and /status.json ------------------------------------- */
+
+/* The page, under a policy that lets only its own script and style run
+ * (status_page_csp) and no type but the one declared be guessed. */
+static int serve_page(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
+{
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    char csp[512];
+
+    (void)a;
+    if (status_page_csp(status_page_html, status_page_html_len, csp, sizeof(csp)) != 0) {
+        evbuffer_add_printf(b, "the status page has no script or style block\n");
+        return HTTP_INTERNAL;
+    }
+    evhttp_add_header(headers, "Content-Security-Policy", csp);
+    evhttp_add_header(headers, "X-Content-Type-Options", "nosniff");
+    evhttp_add_header(headers, "Referrer-Policy", "no-referrer");
+    evbuffer_add(b, status_page_html, status_page_html_len);
+    return HTTP_OK;
+}
+
+static int serve_status(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
+{
+    struct json_w j;
+    int rc;
+
+    evhttp_add_header(evhttp_request_get_output_headers(req), "X-Content-Type-Options",
+                      "nosniff");
+    json_w_init(&j, ADMIN_JSON_MAX, JSON_W_UTF8);
+    json_w_sink(&j, admin_sink, b);
+    rc = status_page_json(&j, a->w, &a->counters);
+    rc = json_w_finish(&j) != 0 ? -1 : rc;
+    json_w_free(&j);
+    if (rc != 0) {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        evbuffer_add_printf(b, "{}\n");
+        log_warn("admin", "/status.json could not be written (memory or %u MiB): "
+                 "answered 500", ADMIN_JSON_MAX >> 20);
+        return HTTP_INTERNAL;
+    }
+    evbuffer_add(b, "\n", 1);
+    return HTTP_OK;
+}
+
 /* --- dispatch ------------------------------------------------------------------ */
 
 static const struct admin_route {
@@ -718,6 +784,9 @@ static const struct admin_route {
     { "/healthz", "text/plain; charset=utf-8", serve_healthz },
     { "/ring", "application/json", serve_ring },
     { "/migration", "application/json", serve_migration },
+    { "/", "text/html; charset=utf-8", serve_page },
+    { "/status", "text/html; charset=utf-8", serve_page },
+    { "/status.json", "application/json", serve_status },
 };
 
 #define ADMIN_NROUTES (sizeof(admin_routes) / sizeof(admin_routes[0]))
@@ -741,6 +810,23 @@ int admin_route_of(const char *target)
     return route;
 }
 
+/* Reply bytes written to connections and not yet sent. */
+static size_t admin_pending(const struct admin *a)
+{
+    size_t n = 0;
+
+    for (uint32_t i = 0; i < a->nbevs; i++) {
+        n += evbuffer_get_length(bufferevent_get_output(a->bevs[i]));
+    }
+    return n;
+}
+
+/*
+ * Peers that ask and never read would each pin a whole reply (/metrics and
+ * /status.json are megabytes with thousands of servers): past
+ * ADMIN_PENDING_MAX unsent bytes a request is answered 503 without being
+ * served.
+ */
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct admin *a = arg;
@@ -758,14 +844,20 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     if (route == NULL) {
         code = HTTP_NOTFOUND;
-        evbuffer_add_printf(body, "not found; try /metrics, /healthz, /ring, "
-                            "/migration\n");
+        evbuffer_add_printf(body, "not found; try /, /status.json, /metrics, "
+                            "/healthz, /ring, /migration\n");
         evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
     } else if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
         code = HTTP_BADMETHOD;
         evbuffer_add_printf(body, "only GET\n");
         evhttp_add_header(headers, "Allow", "GET");
         evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
+    } else if (admin_pending(a) > ADMIN_PENDING_MAX) {
+        code = HTTP_SERVUNAVAIL;
+        evbuffer_add_printf(body, "busy: earlier replies not yet read; try again\n");
+        evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
+        log_limited(LOG_WARN, 1, "admin", "%zu reply bytes unsent: %s answered 503",
+                    admin_pending(a), route->path);
     } else {
         code = route->serve(a, req, body);
         evhttp_add_header(headers, "Content-Type", route->content_type);
@@ -812,7 +904,26 @@ static void admin_prune(evutil_socket_t fd, short what, void *arg)
     if (a->paused && a->nbevs < ADMIN_MAX_CONNS && a->listener != NULL) {
         a->paused = false;
         evconnlistener_enable(a->listener);
+    } else if (!a->paused && a->listener != NULL) {
+        evconnlistener_enable(a->listener);     /* after admin_accept_error */
     }
+}
+
+/*
+ * accept failed on evhttp's listener. Out of descriptors the connection
+ * stays in the backlog and the listener would fire again at once, spinning
+ * the loop (and libevent would log each time): it is disabled, and
+ * admin_prune enables it again a tick later. arg is evhttp's, not ours.
+ */
+static void admin_accept_error(struct evconnlistener *l, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+
+    (void)arg;
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        evconnlistener_disable(l);
+    }
+    log_limited(LOG_WARN, 1, "admin", "accept failed: %s", strerror(err));
 }
 
 static struct bufferevent *admin_bev(struct event_base *base, void *arg)
@@ -928,6 +1039,7 @@ struct admin *admin_start(struct worker *w, const struct admin_counters *counter
         admin_free(a);
         return NULL;
     }
+    evconnlistener_set_error_cb(a->listener, admin_accept_error);
     struct timeval every = { 0, ADMIN_PRUNE_MS * 1000 };
     event_add(a->prune, &every);
     log_notice("admin", "HTTP admin on %s:%d: /metrics /healthz /ring /migration",

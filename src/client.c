@@ -606,6 +606,18 @@ static void client_reply_line(struct client *c, const char *line)
     client_reply_local(c, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
+/* A `stats settings` line, on one line whatever the file's strings hold. */
+static void client_setting_line(void *arg, const char *name, const char *value)
+{
+    struct evbuffer *b = arg;
+
+    evbuffer_add_printf(b, "STAT %s ", name);
+    for (const char *q = value; *q != '\0'; q++) {
+        evbuffer_add(b, *q == '\r' || *q == '\n' ? " " : q, 1);
+    }
+    evbuffer_add(b, "\r\n", 2);
+}
+
 static void client_stats(struct client *c, const struct proto_req *req)
 {
     struct pool *p = c->pool;
@@ -617,12 +629,22 @@ static void client_stats(struct client *c, const struct proto_req *req)
         return;
     }
     if (req->args_len == 5 && memcmp(req->args, "reset", 5) == 0) {
+        /* Counters only go up (Prometheus reads them): a reset moves the
+         * base this view subtracts, the sum of every thread's (tstats.h). */
+        uint64_t base[STAT_POOL_COUNT];
+        memcpy(base, p->stats, sizeof(base));
+        tstats_add_pool(w->id, p->name, base);
         for (int i = 0; i < STAT_POOL_COUNT; i++) {
-            if (strcmp(stats_pool_desc[i].kind, "counter") == 0) {
-                p->stats[i] = 0;
+            if (strcmp(stats_pool_desc[i].kind, "counter") != 0) {
+                base[i] = 0;
             }
         }
+        tstats_pool_reset(p, base);
         evbuffer_add_printf(b, "RESET\r\n");
+    } else if (req->args_len == 8 && memcmp(req->args, "settings", 8) == 0) {
+        evbuffer_add_printf(b, "STAT pool %s\r\n", p->name);
+        conf_pool_settings(p->conf, client_setting_line, b);
+        evbuffer_add_printf(b, "END\r\n");
     } else if (req->args_len > 0) {
         evbuffer_add_printf(b, "ERROR\r\n");
     } else {
@@ -642,15 +664,21 @@ static void client_stats(struct client *c, const struct proto_req *req)
         }
         tstats_add_backends(w->id, p->name, p->backends, p->nbackends, bs);
         tstats_add_pool(w->id, p->name, ps);    /* the other threads' share */
+        uint64_t base[STAT_POOL_COUNT];
+        tstats_pool_base(p, base);
         for (int i = 0; i < STAT_POOL_COUNT; i++) {
             evbuffer_add_printf(b, "STAT %s %llu\r\n", stats_pool_desc[i].name,
-                                (unsigned long long)ps[i]);
+                                (unsigned long long)(ps[i] > base[i] ? ps[i] - base[i] : 0));
         }
         for (uint32_t s = 0; s < p->nbackends; s++) {
             const struct backend *be = p->backends[s];
             evbuffer_add_printf(b, "STAT backend:%s:addr %s\r\nSTAT backend:%s:state %s\r\n",
                                 be->identity, be->addr.text, be->identity,
                                 backend_state_names[be->state]);
+            if (be->dns_error[0] != '\0') {
+                evbuffer_add_printf(b, "STAT backend:%s:error %s\r\n", be->identity,
+                                    be->dns_error);
+            }
             for (int i = 0; i < STAT_BACKEND_COUNT; i++) {
                 evbuffer_add_printf(b, "STAT backend:%s:%s %llu\r\n", be->identity,
                                     stats_backend_desc[i].name,
@@ -834,6 +862,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         goto out;
     }
     nfrags = request_split(p, req, hlen, sh, key_frag, &nmoving);
+    p->stats[STAT_fragments] += nfrags;
     struct request *r = client_request(c, req->cmd, nfrags);
     if (r == NULL) {
         goto oom;

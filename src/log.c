@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 
 #define LOG_LEVEL_NAME(e, name) [LOG_##e] = name,
@@ -140,14 +141,6 @@ void log_write(int level, const char *module, const char *fmt, ...)
 static pthread_mutex_t limited_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct log_limit *limited_sites;    /* sites with suppressed lines */
 
-static uint64_t log_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void log_summary(struct log_limit *lim)
 {
     if (lim->suppressed > 0) {
@@ -165,7 +158,7 @@ void log_write_limited(struct log_limit *lim, int level, const char *module,
     if (!log_enabled(level)) {
         return;
     }
-    uint64_t now = log_now_ms();
+    uint64_t now = rp_clock_ms();
     pthread_mutex_lock(&limited_lock);
     if (lim->module == NULL || now - lim->window_ms >= LOG_WINDOW_MS) {
         log_summary(lim);
@@ -194,7 +187,7 @@ void log_write_limited(struct log_limit *lim, int level, const char *module,
 
 void log_tick(void)
 {
-    uint64_t now = log_now_ms();
+    uint64_t now = rp_clock_ms();
 
     pthread_mutex_lock(&limited_lock);
     for (struct log_limit **pp = &limited_sites; *pp != NULL;) {

@@ -18,19 +18,20 @@
 #include "adopt.h"
 #include "backend.h"
 #include "client.h"
+#include "clock.h"
 #include "mem.h"
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
 #include "pool.h"
 #include "sweep.h"
+#include "resolve.h"
 
+/* Monotonic (clock.h): every use subtracts two readings. */
 uint64_t worker_now_ms(struct worker *w)
 {
-    struct timeval tv;
-
-    event_base_gettimeofday_cached(w->base, &tv);
-    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+    (void)w;
+    return rp_clock_ms();
 }
 
 /* --- pools -------------------------------------------------------------- */
@@ -62,7 +63,8 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct r
     }
     pool_set_ring(p, r, map);
     struct sweep_opts so = { .pool = p->name, .index = &conf->index, .background = true,
-                             .forget = pool_sweep_forget, .forget_arg = p };
+                             .forget = pool_sweep_forget, .forget_arg = p,
+                             .dns = w->dns != NULL ? resolver_evdns(w->dns) : NULL };
     if (conf->index.enabled &&
         ((p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL ||
          (p->mig = mig_new(p, pool_ready)) == NULL ||

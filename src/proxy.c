@@ -40,7 +40,10 @@
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
+#include "notify.h"
+#include "nstats.h"
 #include "proxy.h"
+#include "resolve.h"
 #include "pool.h"
 #include "sweep.h"
 #include "tstats.h"
@@ -126,6 +129,7 @@ struct proxy {
     uint32_t nthreads;          /* event-loop threads, home included */
     struct wthread *thr;        /* [1..nthreads-1]; NULL with one thread */
     struct admin *admin;        /* NULL: no admin port */
+    struct nstats *nstats;      /* NULL: no stats port */
     struct event *sig_hup, *sig_usr1, *sig_term, *sig_int;
     uint64_t stop_deadline;
     uint64_t reloads, reload_failures;
@@ -184,41 +188,57 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     evtimer_add(p->accept_retry, &tv);
 }
 
-/* Note which file a unix listener's path is, right after the bind. */
-static void listen_path_note(const struct conf_addr *a, struct listen_path *lp)
+/* A unix socket's mode from "listen: /path 0666" (config.h: listen_mode). */
+static int listener_chmod(const struct conf_pool *conf, char *err, size_t errlen)
+{
+    if (!conf->listen.is_unix || conf->listen_mode < 0 ||
+        chmod(conf->listen.host, (mode_t)conf->listen_mode) == 0) {
+        return 0;
+    }
+    snprintf(err, errlen, "cannot set mode %04llo on %s: %s",
+             (unsigned long long)conf->listen_mode, conf->listen.host, strerror(errno));
+    return -1;
+}
+
+/*
+ * A unix listener's socket file is removed only while the path still names
+ * the file it bound (*dev, *ino, noted by listener_open): another process
+ * may have bound the path since (a restart that overlaps, a second proxy),
+ * or a pool of the same reload, and its socket is not ours to remove.
+ */
+static void listener_note_file(const struct conf_addr *a, uint64_t *dev, uint64_t *ino)
 {
     struct stat st;
 
-    lp->dev = lp->ino = 0;
-    if (a->is_unix && stat(a->host, &st) == 0) {
-        lp->dev = (uint64_t)st.st_dev;
-        lp->ino = (uint64_t)st.st_ino;
+    *dev = *ino = 0;
+    if (a->is_unix && lstat(a->host, &st) == 0) {
+        *dev = (uint64_t)st.st_dev;
+        *ino = (uint64_t)st.st_ino;
     }
 }
 
-/* Remove a unix listener's path, unless another process (the new binary of
- * an upgrade) bound a socket of its own there since: it serves it now. */
-static void listen_path_release(const struct conf_addr *a, const struct listen_path *lp)
+static void listener_unlink(const struct conf_addr *a, uint64_t dev, uint64_t ino)
 {
     struct stat st;
 
-    if (a->is_unix && stat(a->host, &st) == 0 && (uint64_t)st.st_dev == lp->dev &&
-        (uint64_t)st.st_ino == lp->ino) {
+    if (a->is_unix && lstat(a->host, &st) == 0 && S_ISSOCK(st.st_mode) &&
+        (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino) {
         unlink(a->host);
     }
 }
 
 /*
  * A listener for pool p on address a (conf: its backlog), disabled until the
- * pool is ready. Returns NULL with a reason in err. p is not changed: a
- * reload opens a pool's new listener before it knows it will keep it.
+ * pool is ready; a unix socket's file in *dev, *ino (listener_note_file).
+ * Returns NULL with a reason in err. p is not changed: a reload opens a
+ * pool's new listener before it knows it will keep it.
  * A TCP listener has SO_REUSEPORT unless the pool says `reuseport: false`:
  * a new process can bind the same port and serve next to this one
  * (docs/ARCHITECTURE.md, "Binary upgrade"). A unix path is taken over.
  */
 static struct evconnlistener *listener_open(struct pool *p,
                                             const struct conf_pool *conf,
-                                            struct listen_path *lp,
+                                            uint64_t *dev, uint64_t *ino,
                                             char *err, size_t errlen)
 {
     const struct conf_addr *a = &conf->listen;
@@ -257,18 +277,23 @@ static struct evconnlistener *listener_open(struct pool *p,
         snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
         return NULL;
     }
+    listener_note_file(a, dev, ino);
+    if (listener_chmod(conf, err, errlen) != 0) {
+        evconnlistener_free(l);
+        listener_unlink(a, *dev, *ino);
+        return NULL;
+    }
     evconnlistener_set_error_cb(l, on_accept_error);
-    listen_path_note(a, lp);
     return l;
 }
 
 /* Close a listener opened for a reload that was then refused. */
 static void listener_discard(struct evconnlistener *l, const struct conf_pool *conf,
-                             const struct listen_path *lp)
+                             uint64_t dev, uint64_t ino)
 {
     if (l != NULL) {
         evconnlistener_free(l);
-        listen_path_release(&conf->listen, lp);
+        listener_unlink(&conf->listen, dev, ino);
     }
 }
 
@@ -280,7 +305,7 @@ static int pool_listen(struct pool *p, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    p->listener = listener_open(p, p->conf, &p->listen_path, err, errlen);
+    p->listener = listener_open(p, p->conf, &p->listen_dev, &p->listen_ino, err, errlen);
     return p->listener != NULL ? 0 : -1;
 }
 
@@ -289,7 +314,7 @@ static void pool_unlisten(struct pool *p)
     if (p->listener != NULL) {
         evconnlistener_free(p->listener);
         p->listener = NULL;
-        listen_path_release(&p->conf->listen, &p->listen_path);
+        listener_unlink(&p->conf->listen, p->listen_dev, p->listen_ino);
     }
     if (p->accept_retry != NULL) {
         event_free(p->accept_retry);
@@ -506,6 +531,7 @@ static void proxy_stop(struct proxy *px, const char *why)
         return;
     }
     log_notice("proxy", "stopping (%s): finishing in-flight requests", why);
+    notify_stopping();
     for (uint32_t t = 1; t < px->nthreads; t++) {
         struct wmsg *m = rp_xcalloc(1, sizeof(*m), "a message to a worker thread");
         m->kind = WMSG_STOP;
@@ -531,7 +557,7 @@ struct pool_plan {
     struct backend **ring_be;       /* the ring's backends; NULL with an index
                                        (the migration switches rings) */
     struct evconnlistener *listener;    /* NULL: the listener stays */
-    struct listen_path listen_path;     /* the new listener's unix path */
+    uint64_t listen_dev, listen_ino;    /* its socket file (listener_note_file) */
 };
 
 /* ring: the new file's ring for the pool, built by the reload thread (a
@@ -566,7 +592,8 @@ static int plan_pool(struct pool_plan *pl, struct ring *ring, char *err,
         }
     }
     if (strcmp(oc->listen.text, nc->listen.text) != 0 &&
-        (pl->listener = listener_open(p, nc, &pl->listen_path, err, errlen)) == NULL) {
+        (pl->listener = listener_open(p, nc, &pl->listen_dev, &pl->listen_ino, err,
+                                      errlen)) == NULL) {
         return -1;
     }
     return 0;
@@ -584,7 +611,7 @@ static void plan_discard(struct pool_plan *pl)
         free(pl->p);
         return;
     }
-    listener_discard(pl->listener, pl->conf, &pl->listen_path);
+    listener_discard(pl->listener, pl->conf, pl->listen_dev, pl->listen_ino);
     free(pl->ring_be);
     ring_unref(pl->ring);
     pool_retire_backends(pl->p);    /* those pool_ring_backends made */
@@ -604,11 +631,15 @@ static void plan_commit(struct pool_plan *pl)
         p->listener = pl->listener;
         if (old != NULL) {
             evconnlistener_free(old);
-            listen_path_release(&oc->listen, &p->listen_path);
+            listener_unlink(&oc->listen, p->listen_dev, p->listen_ino);
         }
-        p->listen_path = pl->listen_path;
+        p->listen_dev = pl->listen_dev;
+        p->listen_ino = pl->listen_ino;
         log_notice("reload", "%s: now listening on %s (was %s)", p->name,
                    nc->listen.text, oc->listen.text);
+    } else if (nc->listen_mode != oc->listen_mode && nc->listen_mode >= 0 &&
+               listener_chmod(nc, err, sizeof(err)) != 0) {
+        log_warn("reload", "%s: %s", p->name, err);
     }
     if (pl->ring == NULL) {
         return;
@@ -887,6 +918,34 @@ static void reload_job_free(struct reload_job *job)
     free(job);
 }
 
+/*
+ * hiredis resolves a name with a blocking getaddrinfo at every connect, on
+ * the loop, and a listener's name would be resolved on the loop too: so
+ * the Redis address of each index and each listen address are resolved
+ * here instead, off the loop (startup, the reload thread), and the address
+ * is used (resolve_pin; docs/ARCHITECTURE.md, "Addresses and names").
+ */
+static int proxy_pin_names(struct config *c, char *err, size_t errlen)
+{
+    char why[192];      /* with the file, pool and address: fits err[256] */
+
+    for (uint32_t i = 0; i < c->npools; i++) {
+        struct conf_pool *p = &c->pools[i];
+        struct conf_addr *a = &p->listen;
+        int rc = resolve_pin(a, 0, why, sizeof(why));
+        if (rc == 0 && p->index.enabled) {
+            a = &p->index.redis;
+            rc = resolve_pin(a, 0, why, sizeof(why));
+        }
+        if (rc != 0) {
+            snprintf(err, errlen, "%s: pool '%s': %s %s: %s", c->path, p->name,
+                     a == &p->listen ? "listen" : "index: Redis", a->text, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The reload thread: load the file and build every pool's ring. It touches
  * nothing but the job, which the loop reads only after joining it. */
 static void *reload_run(void *arg)
@@ -896,6 +955,15 @@ static void *reload_run(void *arg)
     char byte = 1;
 
     job->conf = config_load(job->path, &job->errs);
+    if (job->conf != NULL && proxy_pin_names(job->conf, err, sizeof(err)) != 0) {
+        /* as config_load's errors, so it is reported the same way */
+        job->errs.msgs = calloc(1, sizeof(*job->errs.msgs));
+        if (job->errs.msgs != NULL && (job->errs.msgs[0] = strdup(err)) != NULL) {
+            job->errs.n = 1;
+        }
+        config_free(job->conf);
+        job->conf = NULL;
+    }
     if (job->conf != NULL) {
         job->rings = calloc(job->conf->npools, sizeof(*job->rings));
         for (uint32_t i = 0; job->rings != NULL && i < job->conf->npools; i++) {
@@ -945,6 +1013,7 @@ static void proxy_reload(struct proxy *px)
         log_error("reload", "cannot start reading %s: %s", px->opts->conf_path,
                   job == NULL ? "out of memory" : "no thread");
         free(job);
+        notify_ready();     /* the reload is over: the old config serves */
         return;
     }
     px->reload = job;
@@ -995,6 +1064,8 @@ static void on_reload_done(evutil_socket_t fd, short what, void *arg)
         log_notice("reload", "another SIGHUP came meanwhile: reading %s again",
                    px->opts->conf_path);
         proxy_reload(px);
+    } else {
+        notify_ready();     /* applied or refused, the proxy serves */
     }
 }
 
@@ -1006,6 +1077,9 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     switch (sig) {
     case SIGHUP:
         log_notice("proxy", "SIGHUP: reloading %s", px->opts->conf_path);
+        if (!px->w.stopping) {
+            notify_reloading();
+        }
         proxy_reload(px);
         break;
     case SIGUSR1:
@@ -1170,6 +1244,9 @@ static void proxy_free(struct proxy *px)
 {
     struct worker *w = &px->w;
 
+    /* First, while every event's object is alive: evdns lets go of the
+     * requests it still runs only from the loop (resolver_quiesce). */
+    resolver_quiesce(w->dns);
     proxy_reload_join(px);
     if (px->reload_done != NULL) {
         event_free(px->reload_done);
@@ -1180,6 +1257,7 @@ static void proxy_free(struct proxy *px)
         }
     }
     admin_free(px->admin);
+    nstats_free(px->nstats);
     for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
         pool_unlisten(w->pools[i]);
         pool_close(w->pools[i]);
@@ -1199,6 +1277,7 @@ static void proxy_free(struct proxy *px)
         }
     }
     defer_free(w->defer);
+    resolver_free(w->dns);
     if (w->base != NULL) {
         event_base_free(w->base);
     }
@@ -1295,8 +1374,9 @@ static void *wthread_main(void *arg)
     return NULL;
 }
 
-/* The loop's own parts of a worker: its event base, teardown queue, tick. */
-static int worker_setup(struct worker *w, uint32_t id)
+/* The loop's own parts of a worker: its event base, teardown queue, tick.
+ * Returns 0, or -1 with why in err. */
+static int worker_setup(struct worker *w, uint32_t id, char *err, size_t errlen)
 {
     struct timeval tick = { 0, TICK_MS * 1000 };
 
@@ -1304,11 +1384,13 @@ static int worker_setup(struct worker *w, uint32_t id)
     TAILQ_INIT(&w->dirty_conns);
     TAILQ_INIT(&w->dirty_clients);
     if ((w->base = event_base_new()) == NULL) {
+        snprintf(err, errlen, "cannot create the event loop");
         return -1;
     }
     w->defer = defer_new(w->base);
     w->started = worker_now_ms(w);
     if ((w->tick = event_new(w->base, -1, EV_PERSIST, on_tick, w)) == NULL) {
+        snprintf(err, errlen, "out of memory");
         return -1;
     }
     event_add(w->tick, &tick);
@@ -1333,7 +1415,11 @@ static int wthreads_prepare(struct proxy *px, char *err, size_t errlen)
     for (uint32_t id = 1; id < px->nthreads; id++) {
         struct wthread *t = &px->thr[id];
         struct worker *w = &t->w;
-        if (worker_setup(w, id) != 0 || pipe2(t->pipe, O_CLOEXEC) != 0 ||
+        if (worker_setup(w, id, err, errlen) != 0) {
+            log_error("proxy", "thread %u: %s", id, err);
+            return -1;
+        }
+        if (pipe2(t->pipe, O_CLOEXEC) != 0 ||
             evutil_make_socket_nonblocking(t->pipe[0]) != 0 ||
             (t->msg_ev = event_new(w->base, t->pipe[0], EV_READ | EV_PERSIST,
                                    wthread_on_msg, t)) == NULL) {
@@ -1432,6 +1518,21 @@ static uint32_t proxy_thread_count(const struct proxy_options *o, const struct c
     return (uint32_t)n;
 }
 
+/* nutcracker's flags that ringproxy takes only so its command lines work. */
+static void proxy_log_accepted_flags(const struct proxy_options *o)
+{
+    if (o->mbuf_size != 0) {
+        log_notice("proxy", "-m %ld: accepted for nutcracker's command line and "
+                   "ignored (buffers grow as needed, within each pool's limits)",
+                   o->mbuf_size);
+    }
+    if (o->stats_interval != 0) {
+        log_notice("proxy", "-i %ld: accepted for nutcracker's command line and "
+                   "ignored (the stats port answers with current counters)",
+                   o->stats_interval);
+    }
+}
+
 int proxy_main(const struct proxy_options *o)
 {
     struct proxy px = { .opts = o, .reload_pipe = { -1, -1 } };
@@ -1453,6 +1554,11 @@ int proxy_main(const struct proxy_options *o)
             log_error("config", "%s", errs.msgs[i]);
         }
         conf_errors_free(&errs);
+        return 1;
+    }
+    if (proxy_pin_names(px.conf, err, sizeof(err)) != 0) {
+        log_error("config", "%s", err);
+        config_free(px.conf);
         return 1;
     }
     if (o->user != NULL) {
@@ -1478,6 +1584,7 @@ int proxy_main(const struct proxy_options *o)
     px.nthreads = proxy_thread_count(o, px.conf);
     px.confs.cur = conf_ref_new(px.conf, px.nthreads);  /* one per thread */
     tstats_init(px.nthreads);
+    notify_init();      /* before -u: connecting checks our permission */
     TAILQ_INIT(&w->dirty_conns);
     TAILQ_INIT(&w->dirty_clients);
     w->base = event_base_new();
@@ -1486,6 +1593,12 @@ int proxy_main(const struct proxy_options *o)
         goto out;
     }
     w->defer = defer_new(w->base);
+    /* Backends' names resolve on the loop (resolve.h); without a resolver
+     * only numeric addresses would connect, so no resolver, no start. */
+    if ((w->dns = resolver_new(w->base, NULL, err, sizeof(err))) == NULL) {
+        log_error("proxy", "DNS resolver: %s", err);
+        goto out;
+    }
     w->started = worker_now_ms(w);
     for (uint32_t i = 0; i < px.conf->npools; i++) {
         if (proxy_add_pool(w, &px.conf->pools[i], err, sizeof(err)) != 0) {
@@ -1502,6 +1615,12 @@ int proxy_main(const struct proxy_options *o)
         log_error("proxy", "admin port: %s", err);
         goto out;
     }
+    if (o->stats_port != 0 && (px.nstats = nstats_start(w, o->stats_addr,
+                                   o->stats_port, err, sizeof(err))) == NULL) {
+        log_error("proxy", "stats port: %s", err);
+        goto out;
+    }
+    proxy_log_accepted_flags(o);
     if (o->pid_path != NULL && (rc = write_pid_file(o->pid_path)) != 0) {
         log_error("proxy", "cannot write pid file %s: %s", o->pid_path,
                   strerror(errno));
@@ -1543,6 +1662,7 @@ int proxy_main(const struct proxy_options *o)
     log_notice("proxy", "ringproxy %s started, pid %ld, %u thread%s", RINGPROXY_VERSION,
                (long)getpid(), px.nthreads, px.nthreads == 1 ? "" : "s");
     daemon_ready(&report_fd);
+    notify_ready();
 
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
@@ -1569,6 +1689,7 @@ out:
         close(report_fd);
     }
     proxy_free(&px);
+    notify_close();
     log_close();
     return rc;
 }

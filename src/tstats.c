@@ -44,6 +44,17 @@ static uint32_t nconns, cap_conns;
 
 static uint32_t nsnaps;
 
+/* `stats reset`'s bases by pool name, shared by the threads (several
+ * threads only; one thread keeps pool.stats_base). */
+struct tstats_base {
+    char *pool;
+    uint64_t base[STAT_POOL_COUNT];
+};
+
+static pthread_mutex_t bases_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tstats_base *bases;
+static uint32_t nbases, cap_bases;
+
 void tstats_init(uint32_t nthreads)
 {
     if (nthreads < 2) {
@@ -81,6 +92,12 @@ void tstats_free(void)
     free(conns);
     conns = NULL;
     nconns = cap_conns = 0;
+    for (uint32_t i = 0; i < nbases; i++) {
+        free(bases[i].pool);
+    }
+    free(bases);
+    bases = NULL;
+    nbases = cap_bases = 0;
 }
 
 /* *slot holds want afterwards (kept when equal). */
@@ -289,4 +306,48 @@ void tstats_client_left(const char *pool)
 bool tstats_threaded(void)
 {
     return nsnaps > 1;
+}
+
+/* The base entry of pool name, or NULL (bases_lock held). */
+static struct tstats_base *base_find(const char *name)
+{
+    for (uint32_t i = 0; i < nbases; i++) {
+        if (strcmp(bases[i].pool, name) == 0) {
+            return &bases[i];
+        }
+    }
+    return NULL;
+}
+
+void tstats_pool_reset(struct pool *p, const uint64_t *base)
+{
+    if (snaps == NULL) {
+        memcpy(p->stats_base, base, sizeof(p->stats_base));
+        return;
+    }
+    pthread_mutex_lock(&bases_lock);
+    struct tstats_base *e = base_find(p->name);
+    if (e == NULL) {
+        bases = grow(bases, &cap_bases, nbases + 1, sizeof(*bases));
+        e = &bases[nbases++];
+        e->pool = rp_xstrdup(p->name, "a counter's name");
+    }
+    memcpy(e->base, base, sizeof(e->base));
+    pthread_mutex_unlock(&bases_lock);
+}
+
+void tstats_pool_base(const struct pool *p, uint64_t *base)
+{
+    if (snaps == NULL) {
+        memcpy(base, p->stats_base, sizeof(p->stats_base));
+        return;
+    }
+    pthread_mutex_lock(&bases_lock);
+    const struct tstats_base *e = base_find(p->name);
+    if (e != NULL) {
+        memcpy(base, e->base, sizeof(e->base));
+    } else {
+        memset(base, 0, sizeof(uint64_t) * STAT_POOL_COUNT);
+    }
+    pthread_mutex_unlock(&bases_lock);
 }

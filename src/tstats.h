@@ -40,6 +40,13 @@ void tstats_add_pool(uint32_t self, const char *name, uint64_t *out);
 void tstats_add_backends(uint32_t self, const char *pool, struct backend *const *bes,
                          uint32_t n, uint64_t (*out)[STAT_BACKEND_COUNT]);
 
+/* `stats reset` (client.c): base[STAT_POOL_COUNT] is the summed counters
+ * the text `stats` subtracts from then on, for pool p's name on every
+ * thread (one thread: p->stats_base). The counters themselves never go
+ * down (/metrics, the stats port). */
+void tstats_pool_reset(struct pool *p, const uint64_t *base);
+void tstats_pool_base(const struct pool *p, uint64_t *base);
+
 /* Several threads: client connections of a pool are counted across them
  * (client_connections is the pool's limit, not a thread's). Admit one if
  * under limit (0: none) and count it; a connection admitted leaves once. */

@@ -217,11 +217,13 @@ class Redis(Server):
 class Proxy(Server):
     """ringproxy on a generated config. `pools` maps pool name -> dict."""
 
-    def __init__(self, workdir, config_text, port, admin_port=0, extra=()):
+    def __init__(self, workdir, config_text, port, admin_port=0, stats_port=0,
+                 extra=()):
         super().__init__("ringproxy", port, workdir)
         self.conf_path = os.path.join(workdir, "ringproxy-%d.yml" % port)
         self.pid_path = os.path.join(workdir, "ringproxy-%d.pid" % port)
         self.admin_port = admin_port
+        self.stats_port = stats_port
         self.extra = list(extra)
         self.write_config(config_text)
 
@@ -230,13 +232,14 @@ class Proxy(Server):
             f.write(text)
 
     def argv(self):
+        # -v 6: nutcracker's info level; -s: the stats JSON port (0: off).
         # RINGPROXY_THREADS=N runs every proxy with -T N (a test's own -T wins).
         threads = os.environ.get("RINGPROXY_THREADS")
         extra = list(self.extra)
         if threads and "-T" not in extra:
             extra += ["-T", threads]
-        return [RINGPROXY, "-c", self.conf_path, "-v", "3", "-p", self.pid_path,
-                "-s", str(self.admin_port)] + extra
+        return [RINGPROXY, "-c", self.conf_path, "-v", "6", "-p", self.pid_path,
+                "-P", str(self.admin_port), "-s", str(self.stats_port)] + extra
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         rc = super().stop(sig, timeout)

@@ -226,7 +226,7 @@ def test_the_background_sweeper_bounds_the_index_by_itself(env):
     metrics = admin_get(p.admin_port, "/metrics")[2]
     assert 'ringproxy_sweep_state{pool="cache",state="sweeping"} 1' in metrics
     assert re.search(r'ringproxy_sweep_removed_gone_total\{pool="cache"\} [1-9]', metrics)
-    status = run_cli("status", "-c", p.conf_path, "-s", p.admin_port)
+    status = run_cli("status", "-c", p.conf_path, "--admin-port", p.admin_port)
     assert "  index sweep: sweeping, pass " in status.stdout, status.stdout
     assert env.r.get(PREFIX + ":index:sweep:lock") is not None
     pos = env.r.hgetall(PREFIX + ":index:sweep")

@@ -1329,6 +1329,8 @@ static void wthread_teardown(struct wthread *t)
 {
     struct worker *w = &t->w;
 
+    /* First, while every event's object is alive (as proxy_free). */
+    resolver_quiesce(w->dns);
     for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
         pool_unlisten(w->pools[i]);
         pool_close(w->pools[i]);
@@ -1347,6 +1349,7 @@ static void wthread_teardown(struct wthread *t)
         event_free(w->tick);
     }
     defer_free(w->defer);
+    resolver_free(w->dns);
     if (w->base != NULL) {
         event_base_free(w->base);
     }
@@ -1374,7 +1377,8 @@ static void *wthread_main(void *arg)
     return NULL;
 }
 
-/* The loop's own parts of a worker: its event base, teardown queue, tick.
+/* The loop's own parts of a worker: its event base, teardown queue,
+ * resolver (its backends connect by name on its own loop: resolve.h), tick.
  * Returns 0, or -1 with why in err. */
 static int worker_setup(struct worker *w, uint32_t id, char *err, size_t errlen)
 {
@@ -1388,6 +1392,9 @@ static int worker_setup(struct worker *w, uint32_t id, char *err, size_t errlen)
         return -1;
     }
     w->defer = defer_new(w->base);
+    if ((w->dns = resolver_new(w->base, NULL, err, errlen)) == NULL) {
+        return -1;
+    }
     w->started = worker_now_ms(w);
     if ((w->tick = event_new(w->base, -1, EV_PERSIST, on_tick, w)) == NULL) {
         snprintf(err, errlen, "out of memory");

@@ -41,9 +41,11 @@
 #include "defer.h"
 #include "json.h"
 #include "log.h"
+#include "mem.h"
 #include "nstats.h"
 #include "pool.h"
 #include "proxy.h"
+#include "tstats.h"
 
 #define NSTATS_MAX_CONNS 64
 #define NSTATS_TIMEOUT_SEC 10
@@ -74,108 +76,126 @@ static uint64_t sat_sub(uint64_t a, uint64_t b)
     return a > b ? a - b : 0;
 }
 
-static uint64_t pool_closed_by_proxy(const struct pool *p)
+/* A pool as the fields see it: its counters and its backends' summed over
+ * the threads (tstats.h), as `stats` and /metrics show them. */
+struct nstats_pool_view {
+    const struct pool *p;
+    uint64_t stats[STAT_POOL_COUNT];
+    uint64_t (*be_stats)[STAT_BACKEND_COUNT];   /* row j: p->backends[j] */
+};
+
+static uint64_t pool_closed_by_proxy(const struct nstats_pool_view *v)
 {
-    return p->stats[STAT_closed_bad_clients] + p->stats[STAT_closed_slow_clients] +
-           p->stats[STAT_closed_idle_clients] + p->stats[STAT_closed_stalled_clients];
+    return v->stats[STAT_closed_bad_clients] + v->stats[STAT_closed_slow_clients] +
+           v->stats[STAT_closed_idle_clients] + v->stats[STAT_closed_stalled_clients];
 }
 
-static uint64_t pool_client_eof(const struct pool *p)
+static uint64_t pool_client_eof(const struct nstats_pool_view *v)
 {
-    return sat_sub(p->stats[STAT_total_connections] - p->stats[STAT_curr_connections],
-                   pool_closed_by_proxy(p));
+    return sat_sub(v->stats[STAT_total_connections] - v->stats[STAT_curr_connections],
+                   pool_closed_by_proxy(v));
 }
 
-static uint64_t pool_client_connections(const struct pool *p)
+static uint64_t pool_client_connections(const struct nstats_pool_view *v)
 {
-    return p->stats[STAT_curr_connections];
+    return v->stats[STAT_curr_connections];
 }
 
-static uint64_t pool_server_ejects(const struct pool *p)
+static uint64_t pool_server_ejects(const struct nstats_pool_view *v)
 {
     uint64_t n = 0;
 
-    for (uint32_t i = 0; i < p->nbackends; i++) {
-        n += p->backends[i]->stats[STAT_BE_ejections];
+    for (uint32_t i = 0; i < v->p->nbackends; i++) {
+        n += v->be_stats[i][STAT_BE_ejections];
     }
     return n;
 }
 
-static uint64_t pool_forward_error(const struct pool *p)
+static uint64_t pool_forward_error(const struct nstats_pool_view *v)
 {
-    return p->stats[STAT_server_errors];
+    return v->stats[STAT_server_errors];
 }
 
-static uint64_t pool_fragments(const struct pool *p)
+static uint64_t pool_fragments(const struct nstats_pool_view *v)
 {
-    return p->stats[STAT_fragments];
+    return v->stats[STAT_fragments];
 }
 
-static uint64_t be_none(const struct backend *be)
+static uint64_t be_none(const struct backend *be, const uint64_t *st)
 {
-    (void)be;
+    (void)be, (void)st;
     return 0;
 }
 
-static uint64_t be_err(const struct backend *be)
+static uint64_t be_err(const struct backend *be, const uint64_t *st)
 {
-    return sat_sub(be->stats[STAT_BE_errors], be->stats[STAT_BE_timeouts]) +
-           be->stats[STAT_BE_connect_failures];
+    (void)be;
+    return sat_sub(st[STAT_BE_errors], st[STAT_BE_timeouts]) +
+           st[STAT_BE_connect_failures];
 }
 
-static uint64_t be_timedout(const struct backend *be)
+static uint64_t be_timedout(const struct backend *be, const uint64_t *st)
 {
-    return be->stats[STAT_BE_timeouts];
+    (void)be;
+    return st[STAT_BE_timeouts];
 }
 
-static uint64_t be_connections(const struct backend *be)
+static uint64_t be_connections(const struct backend *be, const uint64_t *st)
 {
     uint64_t n = 0;
 
+    (void)st;   /* this thread's connections only */
     for (uint32_t i = 0; i < be->nconns; i++) {
         n += be->conns[i].state == BCONN_UP;
     }
     return n;
 }
 
-static uint64_t be_ejected_at(const struct backend *be)
+static uint64_t be_ejected_at(const struct backend *be, const uint64_t *st)
 {
+    (void)st;
     if (be->state != BACKEND_EJECTED) {
         return 0;
     }
     return sat_sub(be->retry_ms, (uint64_t)be->pool->conf->server_retry_timeout) * 1000;
 }
 
-static uint64_t be_eof(const struct backend *be)
+static uint64_t be_eof(const struct backend *be, const uint64_t *st)
 {
-    return be->stats[STAT_BE_closed_by_server];
+    (void)be;
+    return st[STAT_BE_closed_by_server];
 }
 
-static uint64_t be_request_bytes(const struct backend *be)
+static uint64_t be_request_bytes(const struct backend *be, const uint64_t *st)
 {
-    return be->stats[STAT_BE_bytes_sent];
+    (void)be;
+    return st[STAT_BE_bytes_sent];
 }
 
-static uint64_t be_response_bytes(const struct backend *be)
+static uint64_t be_response_bytes(const struct backend *be, const uint64_t *st)
 {
-    return be->stats[STAT_BE_bytes_received];
+    (void)be;
+    return st[STAT_BE_bytes_received];
 }
 
-static uint64_t be_requests(const struct backend *be)
+static uint64_t be_requests(const struct backend *be, const uint64_t *st)
 {
-    return be->stats[STAT_BE_requests];
+    (void)be;
+    return st[STAT_BE_requests];
 }
 
-static uint64_t be_responses(const struct backend *be)
+static uint64_t be_responses(const struct backend *be, const uint64_t *st)
 {
-    return sat_sub(be->stats[STAT_BE_requests],
-                   be->stats[STAT_BE_errors] + be->stats[STAT_BE_inflight]);
+    (void)be;
+    return sat_sub(st[STAT_BE_requests],
+                   st[STAT_BE_errors] + st[STAT_BE_inflight]);
 }
 
-static uint64_t be_in_queue_bytes(const struct backend *be)
+static uint64_t be_in_queue_bytes(const struct backend *be, const uint64_t *st)
 {
     uint64_t n = 0;
 
+    (void)st;   /* this thread's connections only */
     for (uint32_t i = 0; i < be->nconns; i++) {
         if (be->conns[i].out != NULL) {
             n += evbuffer_get_length(be->conns[i].out);
@@ -184,9 +204,10 @@ static uint64_t be_in_queue_bytes(const struct backend *be)
     return n;
 }
 
-static uint64_t be_out_queue(const struct backend *be)
+static uint64_t be_out_queue(const struct backend *be, const uint64_t *st)
 {
-    return be->stats[STAT_BE_inflight];
+    (void)be;
+    return st[STAT_BE_inflight];
 }
 
 /* X(name, getter, what it is here): nutcracker's fields, in its order. */
@@ -222,13 +243,13 @@ static uint64_t be_out_queue(const struct backend *be)
 
 struct nstats_pool_field {
     const char *name;
-    uint64_t (*get)(const struct pool *p);
+    uint64_t (*get)(const struct nstats_pool_view *v);
     const char *desc;
 };
 
 struct nstats_server_field {
     const char *name;
-    uint64_t (*get)(const struct backend *be);
+    uint64_t (*get)(const struct backend *be, const uint64_t *st);
     const char *desc;
 };
 
@@ -265,13 +286,15 @@ static void nstats_sink(void *arg, const char *data, size_t len)
     evbuffer_add(arg, data, len);
 }
 
-static void nstats_pool_json(struct json_w *j, const struct pool *p)
+static void nstats_pool_json(struct json_w *j, const struct nstats_pool_view *v)
 {
+    const struct pool *p = v->p;
+
     json_key(j, p->name);
     json_obj(j);
     for (size_t i = 0; i < NELEMS(nstats_pool_fields); i++) {
         json_key(j, nstats_pool_fields[i].name);
-        json_uint(j, nstats_pool_fields[i].get(p));
+        json_uint(j, nstats_pool_fields[i].get(v));
     }
     for (uint32_t b = 0; b < p->nbackends; b++) {
         const struct backend *be = p->backends[b];
@@ -282,7 +305,7 @@ static void nstats_pool_json(struct json_w *j, const struct pool *p)
         json_obj(j);
         for (size_t i = 0; i < NELEMS(nstats_server_fields); i++) {
             json_key(j, nstats_server_fields[i].name);
-            json_uint(j, nstats_server_fields[i].get(be));
+            json_uint(j, nstats_server_fields[i].get(be, v->be_stats[b]));
         }
         json_obj_end(j);
     }
@@ -301,10 +324,16 @@ static int nstats_json(struct worker *w, struct evbuffer *b)
         snprintf(host, sizeof(host), "unknown");
     }
     host[sizeof(host) - 1] = '\0';
+    struct nstats_pool_view *views = rp_xcalloc(w->npools ? w->npools : 1,
+                                                 sizeof(*views), "summed counters");
     for (uint32_t i = 0; i < w->npools; i++) {
-        if (!w->pools[i]->closing) {
-            total += w->pools[i]->stats[STAT_total_connections];
-            curr += w->pools[i]->stats[STAT_curr_connections];
+        const struct pool *p = w->pools[i];
+        if (!p->closing) {
+            views[i].p = p;
+            tstats_pool_sum(w->id, p, views[i].stats);
+            views[i].be_stats = tstats_backends_sum(w->id, p);
+            total += views[i].stats[STAT_total_connections];
+            curr += views[i].stats[STAT_curr_connections];
         }
     }
     json_w_init(&j, NSTATS_JSON_MAX, JSON_W_UTF8);
@@ -325,10 +354,12 @@ static int nstats_json(struct worker *w, struct evbuffer *b)
     json_key(&j, "curr_connections");
     json_uint(&j, curr);
     for (uint32_t i = 0; i < w->npools; i++) {
-        if (!w->pools[i]->closing) {    /* a new pool may have its name */
-            nstats_pool_json(&j, w->pools[i]);
+        if (views[i].p != NULL) {   /* not closing: a new pool may have its name */
+            nstats_pool_json(&j, &views[i]);
         }
+        free(views[i].be_stats);
     }
+    free(views);
     json_obj_end(&j);
     rc = json_w_finish(&j);
     json_w_free(&j);

@@ -27,6 +27,7 @@
 #include "pool.h"
 #include "proxy.h"
 #include "status_page.h"
+#include "tstats.h"
 
 /* --- the security policy ------------------------------------------------------ */
 
@@ -107,9 +108,10 @@ static void counters_json(struct json_w *j, const struct stats_desc *desc,
     json_obj_end(j);
 }
 
-/* One backend; sv: its server in the pool's ring, or NULL. */
+/* One backend; sv: its server in the pool's ring, or NULL; st: its
+ * counters summed over the threads (tstats.h). */
 static void server_json(struct json_w *j, const struct backend *be,
-                        const struct ring_server *sv)
+                        const struct ring_server *sv, const uint64_t *st)
 {
     json_obj(j);
     json_key(j, "identity");
@@ -126,12 +128,12 @@ static void server_json(struct json_w *j, const struct backend *be,
     json_uint(j, sv != NULL ? sv->npoints : 0);
     json_key(j, "share");
     json_real(j, sv != NULL ? (double)sv->span / RING_SPACE : 0.0);
-    counters_json(j, stats_backend_desc, be->stats, STAT_BACKEND_COUNT);
+    counters_json(j, stats_backend_desc, st, STAT_BACKEND_COUNT);
     json_obj_end(j);
 }
 
 /* The pool's backends, those of its ring first in ring order. */
-static int servers_json(struct json_w *j, const struct pool *p)
+static int servers_json(struct json_w *j, uint32_t thread, const struct pool *p)
 {
     const struct ring *r = p->ring;
     bool *listed = calloc(p->nbackends ? p->nbackends : 1, sizeof(*listed));
@@ -139,27 +141,33 @@ static int servers_json(struct json_w *j, const struct pool *p)
     if (listed == NULL) {
         return -1;
     }
+    uint64_t (*sum)[STAT_BACKEND_COUNT] = tstats_backends_sum(thread, p);
     json_key(j, "servers");
     json_arr(j);
     for (uint32_t s = 0; p->ring_be != NULL && s < r->nservers; s++) {
         const struct backend *be = p->ring_be[s];
+        const uint64_t *st = be->stats;     /* not in p->backends: its own */
         if (be->slot < p->nbackends && p->backends[be->slot] == be) {
             listed[be->slot] = true;
+            st = sum[be->slot];
         }
-        server_json(j, be, &r->servers[s]);
+        server_json(j, be, &r->servers[s], st);
     }
     for (uint32_t b = 0; b < p->nbackends; b++) {
         if (!listed[b]) {
-            server_json(j, p->backends[b], NULL);
+            server_json(j, p->backends[b], NULL, sum[b]);
         }
     }
     json_arr_end(j);
+    free(sum);
     free(listed);
     return 0;
 }
 
-static int pool_json(struct json_w *j, const struct pool *p)
+static int pool_json(struct json_w *j, uint32_t thread, const struct pool *p)
 {
+    uint64_t sum[STAT_POOL_COUNT];
+
     json_obj(j);
     json_key(j, "name");
     json_str(j, p->name);
@@ -178,8 +186,9 @@ static int pool_json(struct json_w *j, const struct pool *p)
     json_str(j, hash_names[p->ring->hash]);
     json_key(j, "points");
     json_uint(j, p->ring->npoints);
-    counters_json(j, stats_pool_desc, p->stats, STAT_POOL_COUNT);
-    int rc = servers_json(j, p);
+    tstats_pool_sum(thread, p, sum);    /* every thread's (tstats.h) */
+    counters_json(j, stats_pool_desc, sum, STAT_POOL_COUNT);
+    int rc = servers_json(j, thread, p);
     json_obj_end(j);
     return rc;
 }
@@ -211,7 +220,7 @@ int status_page_json(struct json_w *j, struct worker *w, const struct admin_coun
     json_arr(j);
     for (uint32_t i = 0; rc == 0 && i < w->npools; i++) {
         if (!w->pools[i]->closing) {
-            rc = pool_json(j, w->pools[i]);
+            rc = pool_json(j, w->id, w->pools[i]);
         }
     }
     json_arr_end(j);

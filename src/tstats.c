@@ -351,3 +351,21 @@ void tstats_pool_base(const struct pool *p, uint64_t *base)
     }
     pthread_mutex_unlock(&bases_lock);
 }
+
+void tstats_pool_sum(uint32_t self, const struct pool *p, uint64_t *out)
+{
+    memcpy(out, p->stats, sizeof(p->stats));
+    tstats_add_pool(self, p->name, out);
+}
+
+uint64_t (*tstats_backends_sum(uint32_t self, const struct pool *p))[STAT_BACKEND_COUNT]
+{
+    uint64_t (*bs)[STAT_BACKEND_COUNT] = rp_xcalloc(p->nbackends ? p->nbackends : 1,
+                                                    sizeof(*bs), "summed counters");
+
+    for (uint32_t j = 0; j < p->nbackends; j++) {
+        memcpy(bs[j], p->backends[j]->stats, sizeof(bs[j]));
+    }
+    tstats_add_backends(self, p->name, p->backends, p->nbackends, bs);
+    return bs;
+}

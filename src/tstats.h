@@ -47,6 +47,13 @@ void tstats_add_backends(uint32_t self, const char *pool, struct backend *const 
 void tstats_pool_reset(struct pool *p, const uint64_t *base);
 void tstats_pool_base(const struct pool *p, uint64_t *base);
 
+/* What every reader shows (stats, /metrics, /status.json, the stats port):
+ * pool p's counters on thread self plus the other threads' share, into
+ * out[STAT_POOL_COUNT]. */
+void tstats_pool_sum(uint32_t self, const struct pool *p, uint64_t *out);
+/* The same for p's backends: row j for p->backends[j]; the caller frees it. */
+uint64_t (*tstats_backends_sum(uint32_t self, const struct pool *p))[STAT_BACKEND_COUNT];
+
 /* Several threads: client connections of a pool are counted across them
  * (client_connections is the pool's limit, not a thread's). Admit one if
  * under limit (0: none) and count it; a connection admitted leaves once. */

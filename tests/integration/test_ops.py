@@ -253,8 +253,8 @@ def test_rules_and_dashboard_use_real_metrics(live_metrics):
 
 
 def config_tables():
-    """The directive names of each table in src/config.c (pool, index,
-    migration), and the server mapping's keys."""
+    """The directive names of each table in src/config.c (global, pool,
+    index, migration), and the server mapping's keys."""
     src = open(os.path.join(ROOT, "src", "config.c")).read()
     tables = {}
     for name, body in re.findall(
@@ -263,7 +263,7 @@ def config_tables():
         tables[name] = re.findall(r'^\s*\{ "([a-z_]+)",', body, re.M)
     block = re.search(r"static int server_from_map\(.*?\n\}\n", src, re.S).group(0)
     tables["server"] = sorted(set(re.findall(r'strcmp\(key, "([a-z_]+)"\)', block)))
-    assert set(tables) == {"pool", "index", "migration", "server"}, tables
+    assert set(tables) == {"global", "pool", "index", "migration", "server"}, tables
     return tables
 
 
@@ -274,7 +274,8 @@ def doc_tables():
         m = re.match(r"^## (.*)", line)
         if m:
             title = m.group(1)
-            current = {"Pool keys": "pool", "`servers` entries": "server",
+            current = {"Top-level keys": "global", "Pool keys": "pool",
+                       "`servers` entries": "server",
                        "`index` keys": "index", "`migration` keys": "migration",
                        "Metrics": "metrics"}.get(title)
             continue

@@ -3,12 +3,14 @@ A pool without an index is served by every thread, each with its own
 listener (SO_REUSEPORT), clients and backend connections; its counters are
 summed over the threads; a reload reaches every thread; SIGTERM stops them
 all. An indexed pool is served by the home thread alone."""
+import json
+import re
 import signal
 import socket
 import subprocess
 
-from harness import (RINGPROXY, Wire, free_port, locate, pool_yaml, proxy_stats,
-                     wait_until)
+from harness import (RINGPROXY, Wire, admin_get, admin_json, free_port, locate,
+                     pool_yaml, proxy_stats, wait_until)
 
 CONNS = 16
 
@@ -74,6 +76,76 @@ def test_threads_share_a_plain_pool_and_sum_their_counters(cluster):
     where = locate(proxy.conf_path, keys)
     for k in keys:
         assert held_by(mcs[int(where[k][2:]) - 1], k)
+
+
+def stats_port_json(port):
+    """The stats port's JSON (nutcracker's), read to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data.decode())
+
+
+def metric(aport, name):
+    _, _, body = admin_get(aport, "/metrics")
+    m = re.search(r'^%s\{pool="cache"\} (\S+)$' % name, body, re.M)
+    return float(m.group(1))
+
+
+def test_stats_port_and_status_json_sum_the_threads(cluster):
+    mcs = cluster.memcached(2)
+    port, sport, aport = free_port(), free_port(), free_port()
+    proxy = cluster.proxy(conf(port, mcs), port=port, stats_port=sport,
+                          admin_port=aport, extra=["-T", "2"])
+    keys = ["s%d" % i for i in range(200)]
+    fill_through(port, keys)    # a set and a get of each key: 400 requests
+
+    def summed():
+        pool = stats_port_json(sport)["cache"]
+        page = admin_json(aport, "/status.json")["pools"][0]
+        return (sum(pool[s]["requests"] for s in ("mc1", "mc2")) == 2 * len(keys) and
+                page["counters"]["cmd_set"] == len(keys) and
+                page["counters"]["get_hits"] == len(keys) and
+                sum(sv["counters"]["requests"] for sv in page["servers"]) ==
+                2 * len(keys))
+    wait_until(summed, what="the stats port and /status.json summed over both threads")
+    assert int(proxy_stats(port)["backend:mc1:connects"]) == 2    # both threads served
+
+
+def test_stats_reset_holds_on_every_thread_and_metrics_never_go_down(cluster):
+    mcs = cluster.memcached(2)
+    port, aport = free_port(), free_port()
+    cluster.proxy(conf(port, mcs), port=port, admin_port=aport, extra=["-T", "2"])
+    fill_through(port, ["a%d" % i for i in range(100)])
+    wait_until(lambda: metric(aport, "ringproxy_pool_cmd_set_total") == 100,
+               what="100 sets counted")
+    w = Wire(port)
+    assert w.call(b"stats reset\r\n") == b"RESET\r\n"
+    w.close()
+    fill_through(port, ["b%d" % i for i in range(32)])
+
+    def every_connection_sees_32():
+        # CONNS connections land on both threads; each one's view subtracts
+        # the one base the reset recorded, whichever thread took it.
+        wires = [Wire(port) for _ in range(CONNS)]
+        try:
+            return all(int(stats_of(x)["cmd_set"]) == 32 for x in wires)
+        finally:
+            for x in wires:
+                x.close()
+    wait_until(every_connection_sees_32, what="the reset's base on every thread")
+    assert metric(aport, "ringproxy_pool_cmd_set_total") == 132
+
+
+def stats_of(w):
+    """`stats` on an open connection (so on the thread that serves it)."""
+    out = w.call(b"stats\r\n").decode()
+    return dict(line.split(" ", 2)[1:] for line in out.split("\r\n")
+                if line.startswith("STAT "))
 
 
 def test_a_reload_reaches_every_thread(cluster):

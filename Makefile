@@ -105,10 +105,13 @@ test: deps
 
 # ThreadSanitizer on the tests that exercise the reload thread (proxy.c
 # reload_run) and the event-loop threads (every proxy run with -T 2:
-# docs/ARCHITECTURE.md, "Threads"). TSAN_TESTS adds or replaces files.
+# docs/ARCHITECTURE.md, "Threads"), the stats port and /status.json among
+# them (they read the other threads' counters). TSAN_TESTS adds or replaces
+# files.
 TSAN_TESTS ?= tests/integration/test_reload_limits.py tests/integration/test_process.py \
 	tests/integration/test_daemon.py tests/integration/test_threads.py \
-	tests/integration/test_upgrade.py
+	tests/integration/test_upgrade.py tests/integration/test_dropin.py \
+	tests/integration/test_status_page.py
 tsan:
 	$(MAKE) SAN=thread tsan-run
 

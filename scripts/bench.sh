@@ -24,6 +24,8 @@
 #                   README "Benchmarks") [../shared/peers]; if it is missing
 #                   or the build fails, mcproxy is skipped and the table says why
 #   BENCH_PROXY_THREADS  worker threads of memcached's proxy [nproc]
+#   BENCH_RINGPROXY_THREADS  ringproxy's -T for the comparison target (its
+#                   pool has no index, so every thread serves it) [1]
 #   BENCH_WARMUP    unmeasured load before each run, seconds [0.5]
 #   BENCH_KEYS      key space [10000]
 #   BENCH_THREADS   loadgen threads [1]
@@ -132,6 +134,7 @@ SHAPES=${BENCH_SHAPES:-a b c d e i m f x}
 TARGETS=${BENCH_TARGETS:-direct ringproxy twemproxy mcproxy}
 PEERS=${BENCH_PEERS:-$ROOT/../shared/peers}
 PROXY_THREADS=${BENCH_PROXY_THREADS:-$(nproc)}
+RP_THREADS=${BENCH_RINGPROXY_THREADS:-1}
 WARMUP=${BENCH_WARMUP:-0.5}
 KEYS=${BENCH_KEYS:-10000}
 THREADS=${BENCH_THREADS:-1}
@@ -754,7 +757,8 @@ print_table() {
 	printf 'machine: %s cores, %s; memcached %s; nutcracker %s; mcproxy: %s\n' "$(nproc)" \
 		"$(uname -r)" "$(memcached -V | awk '{ print $2 }')" "$(nutcracker_version)" \
 		"${MCPROXY_NOTE:-not run}"
-	printf 'every proxy places keys by md5 + ketama (as libmemcached does)\n'
+	printf 'every proxy places keys by md5 + ketama (as libmemcached does); ringproxy: %s thread(s)\n' \
+		"$RP_THREADS"
 	[ -z "$BUSY_NOTE" ] || printf '%s\n' "$BUSY_NOTE"
 	printf 'cpu us/req: utime+stime of the proxy (for direct: of the memcached) over the\n'
 	printf 'measured window, divided by the requests; a 10-key multi-get is one request.\n'
@@ -1941,7 +1945,8 @@ if [[ " $TARGETS " == *" ringproxy "* ]]; then
 	if [ ! -x "$RINGPROXY_BIN" ]; then
 		SKIP[ringproxy]="$RINGPROXY_BIN not built yet (make)"
 		log "ringproxy: ${SKIP[ringproxy]}; benchmarking without it"
-	elif start_ringproxy ringproxy "${PORT[ringproxy]}" "$OUT/ringproxy.yml"; then
+	elif start "ringproxy" "${PORT[ringproxy]}" 50 "$RINGPROXY_BIN" -c "$OUT/ringproxy.yml" \
+		-s 0 -P 0 -T "$RP_THREADS"; then
 		CPU_PID[ringproxy]=$STARTED_PID
 		log "ringproxy on 127.0.0.1:${PORT[ringproxy]} (pid $STARTED_PID)"
 	else

@@ -7,6 +7,7 @@ binary named by RINGPROXY_BIN (the Makefile passes the sanitizer build); its
 log is scanned for sanitizer reports when it stops, so a memory error fails
 the test that caused it.
 """
+import json
 import os
 import random
 import shutil
@@ -20,6 +21,32 @@ RINGPROXY = os.environ.get("RINGPROXY_BIN", os.path.join(ROOT, "build", "ringpro
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                    "runtime error:", "WARNING: AddressSanitizer",
                    "WARNING: ThreadSanitizer")
+
+
+def recv_to_eof(sock):
+    """Read sock until the peer closes (a reset ends it too): the bytes."""
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def read_all(port, host="127.0.0.1", timeout=10):
+    """Connect and read to EOF: the bytes (what the stats port writes)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        return recv_to_eof(s)
+
+
+def stats_port_json(port, host="127.0.0.1"):
+    """What a twemproxy monitor does with the stats port: connect, read to
+    EOF, parse the JSON."""
+    return json.loads(read_all(port, host).decode())
 
 
 def free_port():

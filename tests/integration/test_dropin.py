@@ -14,7 +14,8 @@ import subprocess
 import pytest
 
 from harness import (RINGPROXY, Nutcracker, Wire, check_sanitizers, free_port,
-                     locate, pool_yaml, run_cli, wait_port, wait_until)
+                     locate, pool_yaml, recv_to_eof, run_cli, stats_port_json, wait_port,
+                     wait_until)
 from test_admin import metrics, value
 
 UNIT = "/lib/systemd/system/nutcracker.service"
@@ -28,14 +29,7 @@ needs_nutcracker = pytest.mark.skipif(not Nutcracker.installed(),
 
 def read_stats(port, host="127.0.0.1"):
     """What a twemproxy monitor does: connect, read to EOF, parse."""
-    with socket.create_connection((host, port), timeout=10) as s:
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data.decode())
+    return stats_port_json(port, host)
 
 
 def port_free(port):
@@ -350,7 +344,11 @@ def test_stats_port_speaks_nutcrackers_json(cluster):
     for field in ("request_bytes", "response_bytes"):
         assert server_counts(rs, "alpha", field) == server_counts(ns, "alpha", field)
         assert sum(server_counts(rs, "alpha", field).values()) > 0
-    assert all(v == 1 for v in server_counts(rs, "alpha", "server_connections").values())
+    # the home thread's live connections (docs/ARCHITECTURE.md, "Threads":
+    # with RINGPROXY_THREADS=N another thread may have served them all)
+    threads = int(os.environ.get("RINGPROXY_THREADS") or 1)
+    live = server_counts(rs, "alpha", "server_connections").values()
+    assert all(v == 1 for v in live) if threads == 1 else all(v <= 1 for v in live)
 
     # numbers that move with traffic, and connections as they open and close
     assert rs["total_connections"] == before["total_connections"] + 4
@@ -422,15 +420,7 @@ def test_stats_port_answers_many_clients_and_reads_nothing(cluster):
     answered = 0
     for s in socks:
         s.settimeout(10)
-        data = b""
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except ConnectionResetError:
-            pass
+        data = recv_to_eof(s)
         s.close()
         if data:
             assert json.loads(data)["alpha"]["mc1"]["server_eof"] == 0

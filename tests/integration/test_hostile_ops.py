@@ -19,23 +19,8 @@ import threading
 
 import pytest
 
-from harness import (Memcached, Proxy, Wire, admin_get, free_port, pool_yaml, wait_port,
-                     wait_until)
-
-
-def read_all(port, host="127.0.0.1", timeout=10):
-    """Connect, read to EOF (a reset ends it too): the bytes."""
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        data = b""
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except ConnectionResetError:
-            pass
-    return data
+from harness import (Memcached, Proxy, Wire, admin_get, free_port, pool_yaml, read_all,
+                     wait_port, wait_until)
 
 
 def read_stats(port):

@@ -3,14 +3,13 @@ A pool without an index is served by every thread, each with its own
 listener (SO_REUSEPORT), clients and backend connections; its counters are
 summed over the threads; a reload reaches every thread; SIGTERM stops them
 all. An indexed pool is served by the home thread alone."""
-import json
 import re
 import signal
 import socket
 import subprocess
 
 from harness import (RINGPROXY, Wire, admin_get, admin_json, free_port, locate,
-                     pool_yaml, proxy_stats, wait_until)
+                     pool_yaml, proxy_stats, stats_port_json, wait_until)
 
 CONNS = 16
 
@@ -76,18 +75,6 @@ def test_threads_share_a_plain_pool_and_sum_their_counters(cluster):
     where = locate(proxy.conf_path, keys)
     for k in keys:
         assert held_by(mcs[int(where[k][2:]) - 1], k)
-
-
-def stats_port_json(port):
-    """The stats port's JSON (nutcracker's), read to EOF."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data.decode())
 
 
 def metric(aport, name):

@@ -118,6 +118,19 @@ def wait_serving(port):
                what="the proxy to serve")
 
 
+def stop_all(clients):
+    for c in clients:
+        c.stop.set()
+    for c in clients:
+        c.join(30)
+
+
+def assert_no_errors(clients):
+    """Every reply was right, and no client saw a reset or an error."""
+    errors = [e for c in clients for e in c.errors]
+    assert errors == [], errors[:5]
+
+
 @pytest.mark.parametrize("change", [False, True], ids=["same-file", "new-server"])
 def test_upgrade_under_load_loses_no_request(cluster, change):
     """Old and new serve the port together, as two proxies of the fleet
@@ -177,12 +190,8 @@ def test_upgrade_under_load_loses_no_request(cluster, change):
         wait_until(lambda: sum(c.ops for c in clients) >= before + 400, timeout=30,
                    what="load through the new process")
     finally:
-        for c in clients:
-            c.stop.set()
-        for c in clients:
-            c.join(30)
-    errors = [e for c in clients for e in c.errors]
-    assert errors == [], errors[:5]
+        stop_all(clients)
+    assert_no_errors(clients)
     # Every client was on the old process and was moved by a close between
     # requests; each ends on the new one.
     assert all(c.reconnects >= 1 for c in clients), [c.reconnects for c in clients]
@@ -216,12 +225,8 @@ def test_upgrade_of_a_pool_served_by_every_thread(cluster):
         wait_until(lambda: sum(c.ops for c in clients) >= before + 400, timeout=30,
                    what="load through the new process")
     finally:
-        for c in clients:
-            c.stop.set()
-        for c in clients:
-            c.join(30)
-    errors = [e for c in clients for e in c.errors]
-    assert errors == [], errors[:5]
+        stop_all(clients)
+    assert_no_errors(clients)
     assert all(c.reconnects >= 1 for c in clients), [c.reconnects for c in clients]
     assert "2 threads" in new.log()
 

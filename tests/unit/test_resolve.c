@@ -164,6 +164,16 @@ static const char *addr_text(const struct result *res, char *buf, size_t n)
     return buf;
 }
 
+/* What each test set up, freed in the order the resolver needs. */
+static void teardown(struct event_base *base, struct dns_server *s, struct resolver *r,
+                     const char *path)
+{
+    resolver_free(r);
+    dns_server_stop(s);
+    unlink(path);
+    event_base_free(base);
+}
+
 /* evdns answers a cancel from the loop: run it until every request went. */
 static void drain_cancels(struct event_base *base, struct resolver *r)
 {
@@ -222,10 +232,7 @@ START_TEST(test_answers_and_follows_a_change)
     ck_assert_str_eq(addr_text(&d, buf, sizeof(buf)), "10.5.5.5:11211");
 
     ck_assert_uint_eq(resolver_pending(r), 0);
-    resolver_free(r);
-    dns_server_stop(s);
-    unlink(path);
-    event_base_free(base);
+    teardown(base, s, r, path);
 }
 END_TEST
 
@@ -241,10 +248,7 @@ START_TEST(test_nxdomain_is_said)
     run_until(base, &a.done);
     ck_assert_uint_eq(a.len, 0);
     ck_assert_str_eq(a.err, "no such name (NXDOMAIN)");
-    resolver_free(r);
-    dns_server_stop(s);
-    unlink(path);
-    event_base_free(base);
+    teardown(base, s, r, path);
 }
 END_TEST
 
@@ -279,10 +283,7 @@ START_TEST(test_silent_server_times_out_without_blocking)
     /* evdns answers our cancel from the loop: the request goes then */
     drain_cancels(base, r);
     ck_assert_uint_eq(resolver_pending(r), 0);
-    resolver_free(r);
-    dns_server_stop(s);
-    unlink(path);
-    event_base_free(base);
+    teardown(base, s, r, path);
 }
 END_TEST
 
@@ -306,10 +307,7 @@ START_TEST(test_cancel)
     ck_assert_int_eq(c.calls, 0);
     ck_assert_int_eq(b.calls, 1);
     ck_assert_uint_eq(resolver_pending(r), 0);
-    resolver_free(r);
-    dns_server_stop(s);
-    unlink(path);
-    event_base_free(base);
+    teardown(base, s, r, path);
 }
 END_TEST
 

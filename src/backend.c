@@ -33,6 +33,7 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -64,22 +65,9 @@ const char *const backend_state_names[BACKEND_STATE_COUNT] = {
 };
 #undef BACKEND_STATE_NAME
 
-int backend_init(struct backend *be, struct pool *p, uint32_t slot,
-                 const char *identity, const char *addr, char *err, size_t errlen)
+/* Its connections, once its address is known. */
+static int backend_init_conns(struct backend *be, struct pool *p, char *err, size_t errlen)
 {
-    const char *why = "";
-
-    memset(be, 0, sizeof(*be));
-    be->pool = p;
-    be->slot = slot;
-    if ((be->identity = strdup(identity)) == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    if (conf_addr_parse(addr, &be->addr, &why) != 0) {
-        snprintf(err, errlen, "server %s: bad address %s: %s", identity, addr, why);
-        return -1;
-    }
     be->state = BACKEND_UP;
     be->nconns = (uint32_t)p->conf->server_connections;
     be->conns = calloc(be->nconns, sizeof(*be->conns));
@@ -103,9 +91,50 @@ int backend_init(struct backend *be, struct pool *p, uint32_t slot,
     return 0;
 }
 
+int backend_init(struct backend *be, struct pool *p, uint32_t slot,
+                 const char *identity, const char *addr, char *err, size_t errlen)
+{
+    const char *why = "";
+
+    memset(be, 0, sizeof(*be));
+    be->pool = p;
+    be->slot = slot;
+    if ((be->identity = strdup(identity)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (conf_addr_parse(addr, &be->addr, &why) != 0) {
+        snprintf(err, errlen, "server %s: bad address %s: %s", identity, addr, why);
+        return -1;
+    }
+    return backend_init_conns(be, p, err, errlen);
+}
+
+int backend_init_link(struct backend *be, struct pool *p, const char *name,
+                      char *err, size_t errlen)
+{
+    memset(be, 0, sizeof(*be));
+    be->pool = p;
+    be->link = true;
+    be->addr.is_unix = true;
+    if ((be->identity = strdup("home-thread")) == NULL ||
+        (be->addr.text = strdup(name)) == NULL || (be->addr.host = strdup(name)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return backend_init_conns(be, p, err, errlen);
+}
+
+/* The link waits for the home thread, which may run a moving key's command
+ * as several backend steps, each under `timeout` (move.c): it gives up
+ * only well after every step would have. */
+#define LINK_TIMEOUT_FACTOR 8
+
 static uint64_t request_timeout_ms(const struct backend *be)
 {
-    return be->pool->conf->timeout > 0 ? (uint64_t)be->pool->conf->timeout : 0;
+    uint64_t t = be->pool->conf->timeout > 0 ? (uint64_t)be->pool->conf->timeout : 0;
+
+    return be->link ? t * LINK_TIMEOUT_FACTOR : t;
 }
 
 bool bconn_full(const struct bconn *bc)
@@ -183,13 +212,13 @@ static void bconn_fail(struct bconn *bc, const char *why, const char *reply)
     bconn_close_fd(bc);
     while (!TAILQ_EMPTY(&bc->frags)) {
         be->stats[STAT_BE_errors]++;
-        p->stats[STAT_server_errors]++;
         struct frag *f = bconn_pop(bc);
+        f->req->stats[STAT_server_errors]++;
         f->ops->fail(f, reply);
     }
 
     be->failures++;
-    if (p->conf->auto_eject_hosts &&
+    if (p->conf->auto_eject_hosts && !be->link &&
         be->failures >= (uint32_t)p->conf->server_failure_limit) {
         if (be->state != BACKEND_EJECTED) {
             be->stats[STAT_BE_ejections]++;
@@ -225,6 +254,12 @@ static socklen_t backend_sockaddr(const struct backend *be,
         struct sockaddr_un *sun = (struct sockaddr_un *)ss;
         sun->sun_family = AF_UNIX;
         snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", be->addr.host);
+        if (be->addr.host[0] == '@') {
+            /* Linux's abstract namespace: no file (hub.h's link). */
+            sun->sun_path[0] = '\0';
+            return (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
+                               strlen(be->addr.host));
+        }
         return sizeof(*sun);
     }
     return resolve_numeric(be->addr.host, be->addr.port, ss);
@@ -400,7 +435,7 @@ void bconn_push(struct bconn *bc, struct frag *f)
  */
 static bool bconn_fenced(struct bconn *bc)
 {
-    if (evbuffer_get_length(bc->out) == 0 || !mig_fenced(bc->be->pool->mig)) {
+    if (evbuffer_get_length(bc->out) == 0 || bc->be->link || !pool_fenced(bc->be->pool)) {
         return false;
     }
     bconn_fail(bc, "fenced: Redis unreachable", MIG_FENCED_LINE);

@@ -112,6 +112,9 @@ struct backend {
     uint32_t backoff_ms;
     uint32_t nconns;
     struct bconn *conns;
+    bool link;                  /* the home thread of an indexed pool, for a
+                                   copy (hub.h): never ejected, never fenced
+                                   here, a longer timeout (backend.c) */
     /* For reporting only (stats, /metrics; `stats reset` may clear them):
      * no decision reads them. */
     uint64_t stats[STAT_BACKEND_COUNT];
@@ -119,6 +122,10 @@ struct backend {
 
 int backend_init(struct backend *be, struct pool *p, uint32_t slot,
                  const char *identity, const char *addr, char *err, size_t errlen);
+/* A copy's link to its home thread (hub.h), at the abstract unix address
+ * `name` ("@..."): server_connections connections, as to a backend. */
+int backend_init_link(struct backend *be, struct pool *p, const char *name,
+                      char *err, size_t errlen);
 /* Close its connections and fail what is in flight on them; be (from
  * malloc) is then the teardown queue's. May be called from any callback:
  * the memory is freed at the end of the loop turn (defer.h). */

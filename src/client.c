@@ -135,6 +135,40 @@ static void client_left(struct pool *p)
     }
 }
 
+/* A client on socket fd (admitted already), reading. NULL: out of memory. */
+static struct client *client_new(struct pool *p, int fd, uint64_t *stats)
+{
+    struct client *c = calloc(1, sizeof(*c));
+
+    if (c == NULL || (c->in = evbuffer_new()) == NULL ||
+        (c->out = evbuffer_new()) == NULL) {
+        log_error("client", "%s: out of memory accepting a client", p->name);
+        if (c != NULL) {
+            evbuffer_free(c->in);
+            free(c);
+        }
+        close(fd);
+        return NULL;
+    }
+    c->pool = p;
+    c->stats = stats;
+    c->fd = fd;
+    c->id = p->next_client_id++;
+    c->state = CLIENT_READING;
+    c->forwarded = pool_forwards(p);
+    TAILQ_INIT(&c->reqs);
+    TAILQ_INIT(&c->quiet);
+    event_assign(&c->rev, p->w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
+    event_assign(&c->wev, p->w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
+    evtimer_assign(&c->tev, p->w->base, client_timer_cb, c);
+    event_add(&c->rev, NULL);
+    c->last_rx_ms = worker_now_ms(p->w);
+    TAILQ_INSERT_TAIL(&p->clients, c, link);
+    c->stats[STAT_curr_connections]++;
+    c->stats[STAT_total_connections]++;
+    return c;
+}
+
 void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
 {
     static const char too_many[] = "ERROR Too many open connections\r\n";
@@ -149,37 +183,25 @@ void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
         p->stats[STAT_rejected_connections]++;
         return;
     }
-    c = calloc(1, sizeof(*c));
-    if (c == NULL || (c->in = evbuffer_new()) == NULL ||
-        (c->out = evbuffer_new()) == NULL) {
-        log_error("client", "%s: out of memory accepting a client", p->name);
-        client_left(p);
-        if (c != NULL) {
-            evbuffer_free(c->in);
-            free(c);
-        }
-        close(fd);
-        return;
-    }
-    c->pool = p;
-    c->fd = fd;
-    c->id = p->next_client_id++;
-    c->state = CLIENT_READING;
-    TAILQ_INIT(&c->reqs);
-    TAILQ_INIT(&c->quiet);
-    format_peer(sa, c->peer, sizeof(c->peer));
     if (sa->sa_family != AF_UNIX) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    event_assign(&c->rev, p->w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
-    event_assign(&c->wev, p->w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
-    evtimer_assign(&c->tev, p->w->base, client_timer_cb, c);
-    event_add(&c->rev, NULL);
-    c->last_rx_ms = worker_now_ms(p->w);
-    TAILQ_INSERT_TAIL(&p->clients, c, link);
-    p->stats[STAT_curr_connections]++;
-    p->stats[STAT_total_connections]++;
+    if ((c = client_new(p, fd, p->stats)) == NULL) {
+        client_left(p);
+        return;
+    }
+    format_peer(sa, c->peer, sizeof(c->peer));
     client_arm_timer(c);
+}
+
+void client_accept_link(struct pool *p, int fd)
+{
+    struct client *c = client_new(p, fd, p->link_stats);
+
+    if (c != NULL) {
+        c->is_link = true;
+        snprintf(c->peer, sizeof(c->peer), "thread-link");
+    }
 }
 
 static void client_free_deferred(void *c)
@@ -215,8 +237,10 @@ void client_close(struct client *c, const char *why)
     c->nquiet = 0;
     bconn_unwait(&c->wait);
     TAILQ_REMOVE(&c->pool->clients, c, link);
-    c->pool->stats[STAT_curr_connections]--;
-    client_left(c->pool);
+    c->stats[STAT_curr_connections]--;
+    if (!c->is_link) {
+        client_left(c->pool);
+    }
     client_set_state(c, CLIENT_CLOSED);
     if (c->dirty) {
         TAILQ_REMOVE(&c->pool->w->dirty_clients, c, dirty_link);
@@ -245,7 +269,8 @@ void client_drain(struct client *c, const char *why)
 
 void client_stop(struct client *c)
 {
-    if (c->state == CLIENT_CLOSED || c->state == CLIENT_DRAINING ||
+    /* A link serves its copy's clients until that thread's loop ends. */
+    if (c->is_link || c->state == CLIENT_CLOSED || c->state == CLIENT_DRAINING ||
         c->state == CLIENT_LINGER) {
         return;
     }
@@ -259,7 +284,7 @@ static void client_abort(struct client *c, const char *line, const char *why)
 {
     log_limited(LOG_NOTICE, 10, "client", "%s: closing %s: %s", c->pool->name,
                 c->peer, why);
-    c->pool->stats[STAT_closed_bad_clients]++;
+    c->stats[STAT_closed_bad_clients]++;
     if (line != NULL) {
         client_reply_line(c, line);
     }
@@ -343,6 +368,7 @@ static struct request *client_request(struct client *c, enum proto_cmd cmd, uint
     struct request *r = request_new(c->pool, c, &client_request_ops, cmd, nfrags);
 
     if (r != NULL) {
+        r->stats = c->stats;
         TAILQ_INSERT_TAIL(&c->reqs, r, link);
         c->nreqs++;
     }
@@ -390,10 +416,22 @@ void client_held(struct client *c, ptrdiff_t delta)
     }
 }
 
+/*
+ * Its pool's copy switched between handing commands to the home thread and
+ * routing them itself (hub.h) while commands it sent the other way are in
+ * flight: a command sent the new way could overtake them on the key, so it
+ * waits until they are answered (docs/ARCHITECTURE.md, "Threads: indexed
+ * pools").
+ */
+static bool client_route_switching(const struct client *c)
+{
+    return c->forwarded != pool_forwards(c->pool) && c->nreqs + c->nquiet > 0;
+}
+
 /* Should reading pause (after a command) or stay paused? */
 static bool client_must_pause(const struct client *c, unsigned div)
 {
-    return c->wait.on != NULL ||
+    return c->wait.on != NULL || client_route_switching(c) ||
            c->nreqs + c->nquiet >= CLIENT_MAX_QUEUED / div ||
            client_replies_held(c) >= CLIENT_OUT_PAUSE / div ||
            c->sent >= CLIENT_SENT_PAUSE / div;
@@ -471,7 +509,7 @@ void client_flush(struct client *c)
                     c->pool->name, c->peer, client_replies_held(c),
                     evbuffer_get_length(c->out),
                     (long long)c->pool->conf->client_max_memory);
-        c->pool->stats[STAT_closed_slow_clients]++;
+        c->stats[STAT_closed_slow_clients]++;
         client_close(c, "slow reader");
         return;
     }
@@ -514,6 +552,9 @@ static uint64_t client_timeout_ms(const struct client *c)
 
     if (c->state == CLIENT_LINGER) {
         return CLIENT_LINGER_MS;
+    }
+    if (c->is_link) {
+        return 0;   /* the copy's link times out what it waits for itself */
     }
     if (client_unfinished(c)) {
         return conf->value_timeout > 0 ? (uint64_t)conf->value_timeout : 0;
@@ -563,7 +604,7 @@ static void client_timer_cb(evutil_socket_t fd, short what, void *arg)
     if (c->state == CLIENT_LINGER) {
         client_close(c, "stopping: no FIN from the client");
     } else if (client_unfinished(c)) {
-        p->stats[STAT_closed_stalled_clients]++;
+        c->stats[STAT_closed_stalled_clients]++;
         log_limited(LOG_NOTICE, 1, "client", "%s: closing %s: nothing received for "
                     "%llu ms in the middle of a %s (value_timeout %lld ms)",
                     p->name, c->peer, (unsigned long long)quiet,
@@ -571,7 +612,7 @@ static void client_timer_cb(evutil_socket_t fd, short what, void *arg)
                     (long long)p->conf->value_timeout);
         client_close(c, "value_timeout");
     } else {
-        p->stats[STAT_closed_idle_clients]++;
+        c->stats[STAT_closed_idle_clients]++;
         log_limited(LOG_INFO, 1, "client", "%s: closing %s: idle for %llu ms "
                     "(client_timeout %lld ms)", p->name, c->peer,
                     (unsigned long long)quiet, (long long)p->conf->client_timeout);
@@ -686,33 +727,7 @@ static void client_stats(struct client *c, const struct proto_req *req)
             }
         }
         free(bs);
-        if (p->mig != NULL) {
-            mig_stats(p->mig, b);
-        }
-        if (p->idx != NULL) {
-            const uint64_t *st = idx_stats(p->idx);
-            const char *why;
-            enum idx_health h = idx_health(p->idx, IDX_CONN_COUNT, &why);
-            evbuffer_add_printf(b, "STAT index:state %s\r\n",
-                                idx_state_names[idx_get_state(p->idx)]);
-            evbuffer_add_printf(b, "STAT index:health %s\r\n", idx_health_names[h]);
-            if (h != IDX_H_OK) {
-                /* Redis' words, on one line */
-                evbuffer_add_printf(b, "STAT index:health_reason ");
-                for (const char *q = why; *q != '\0'; q++) {
-                    evbuffer_add(b, *q == '\r' || *q == '\n' ? " " : q, 1);
-                }
-                evbuffer_add_printf(b, "\r\n");
-            }
-            for (int i = 0; i < IDX_STAT_COUNT; i++) {
-                evbuffer_add_printf(b, "STAT index:%s %llu\r\n", idx_stat_desc[i].name,
-                                    (unsigned long long)st[i]);
-            }
-            adopt_stats_lines(p->adopt, b);
-        }
-        if (p->sweep != NULL) {
-            sweep_stats_text(p->sweep, b);
-        }
+        pool_index_stats(p, b);
         evbuffer_add_printf(b, "END\r\n");
     }
     size_t len = evbuffer_get_length(b);
@@ -757,10 +772,10 @@ static void client_migrating(struct client *c, const struct proto_req *req,
 /* Refuse a command while the pool is fenced (docs/ARCHITECTURE.md, I6). */
 static bool client_fenced(struct client *c, const struct proto_req *req, size_t n)
 {
-    if (!mig_fenced(c->pool->mig)) {
+    if (!pool_fenced(c->pool)) {
         return false;
     }
-    c->pool->stats[STAT_server_errors]++;
+    c->stats[STAT_server_errors]++;
     if (!req->noreply) {
         client_reply_line(c, MIG_FENCED_LINE);
     }
@@ -788,7 +803,7 @@ static void client_forward(struct client *c, const struct proto_req *req,
     struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
 
     if (bc == NULL) {
-        c->pool->stats[STAT_server_errors]++;
+        c->stats[STAT_server_errors]++;
         if (!req->noreply) {
             client_reply_line(c, BACKEND_ERR_DOWN);
         }
@@ -804,7 +819,7 @@ static void client_forward(struct client *c, const struct proto_req *req,
     }
     r->frags[0].retrieval = retrieval;
     r->nkeys = retrieval ? 1 : 0;
-    if (retrieval || (c->pool->idx != NULL && cmd_info(req->cmd)->index == CMD_INDEX_ADD)) {
+    if (retrieval || (pool_indexed(c->pool) && cmd_info(req->cmd)->index == CMD_INDEX_ADD)) {
         /* A get's VALUE must name its key; the index needs a stored key
          * when the backend's answer arrives. */
         /* r counts in the routing generation already: no way back. */
@@ -862,7 +877,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         goto out;
     }
     nfrags = request_split(p, req, hlen, sh, key_frag, &nmoving);
-    p->stats[STAT_fragments] += nfrags;
+    c->stats[STAT_fragments] += nfrags;
     struct request *r = client_request(c, req->cmd, nfrags);
     if (r == NULL) {
         goto oom;
@@ -880,8 +895,8 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         }
         if (sh[j].prev != FRAG_NONE) {
             sh[j].bc = sh[sh[j].prev].bc;
-        } else if (sh[j].target < p->nbackends) {
-            sh[j].bc = backend_conn(p->backends[sh[j].target], c->id);
+        } else if (pool_slot_backend(p, sh[j].target) != NULL) {
+            sh[j].bc = backend_conn(pool_slot_backend(p, sh[j].target), c->id);
         }
         if (sh[j].bc == NULL) {
             f->failed = true;
@@ -922,7 +937,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
                  sizeof(*r->key_frag) + sizeof(*r->key_hit) + 1) +
                  (size_t)nfrags * sizeof(struct frag));
     evbuffer_drain(c->in, consumed);
-    p->stats[STAT_server_errors] += nfailed;
+    c->stats[STAT_server_errors] += nfailed;
 
     /* Complete what is not on a backend; the last completion may free r. */
     uint32_t todo = nfailed + nmoving;
@@ -959,7 +974,12 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
     }
     char line[PROTO_FORMAT_MAX];
     size_t len = proto_format_request(req, line, sizeof(line));
-    struct request *r = client_request(c, req->cmd, p->nbackends);
+    /* A copy of an indexed pool asks its home thread, which empties the
+     * index before it answers: a store answered after the flush is then
+     * indexed after it (hub.h). */
+    struct backend **to = p->link != NULL ? &p->link : p->backends;
+    uint32_t n = p->link != NULL ? 1 : p->nbackends;
+    struct request *r = client_request(c, req->cmd, n);
 
     if (r == NULL) {
         client_close(c, "out of memory");
@@ -971,8 +991,8 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
         client_detach(c, r);
     }
     uint32_t nfailed = 0;
-    for (uint32_t i = 0; i < p->nbackends; i++) {
-        struct bconn *bc = backend_conn(p->backends[i], c->id);
+    for (uint32_t i = 0; i < n; i++) {
+        struct bconn *bc = backend_conn(to[i], c->id);
         if (bc == NULL) {
             r->frags[i].failed = true;
             nfailed++;
@@ -1009,7 +1029,7 @@ static bool client_storage(struct client *c, const struct proto_req *req, size_t
     size_t data = (size_t)req->bytes + 2;
 
     if (req->bytes > p->conf->item_size_max) {
-        p->stats[STAT_too_large]++;
+        c->stats[STAT_too_large]++;
         if (!req->noreply) {
             client_reply_line(c, "SERVER_ERROR object too large for cache");
         }
@@ -1029,14 +1049,14 @@ static bool client_storage(struct client *c, const struct proto_req *req, size_t
     evbuffer_ptr_set(c->in, &at, total + data - 2, EVBUFFER_PTR_SET);
     evbuffer_copyout_from(c->in, &at, crlf, 2);
     if (crlf[0] != '\r' || crlf[1] != '\n') {
-        p->stats[STAT_client_errors]++;
+        c->stats[STAT_client_errors]++;
         if (!req->noreply) {
             client_reply_line(c, "CLIENT_ERROR bad data chunk");
         }
         evbuffer_drain(c->in, total + data);
         return true;
     }
-    p->stats[cmd_info(req->cmd)->stat]++;
+    c->stats[cmd_info(req->cmd)->stat]++;
     client_forward(c, req, total, data, false);
     return true;
 }
@@ -1093,12 +1113,11 @@ static const client_local_fn client_local[PROTO_CMD_COUNT] = {
  */
 static bool client_dispatch(struct client *c, const struct proto_req *req, size_t total)
 {
-    struct pool *p = c->pool;
     const struct cmd_info *ci = cmd_info(req->cmd);
 
     switch (ci->kind) {
     case CMD_KIND_RETRIEVAL:
-        p->stats[ci->stat] += req->nkeys;
+        c->stats[ci->stat] += req->nkeys;
         if (req->nkeys == 0) {
             client_reply_line(c, "END");
             evbuffer_drain(c->in, total);
@@ -1111,11 +1130,11 @@ static bool client_dispatch(struct client *c, const struct proto_req *req, size_
     case CMD_KIND_STORAGE:
         return client_storage(c, req, total);
     case CMD_KIND_KEYED:
-        p->stats[ci->stat]++;
+        c->stats[ci->stat]++;
         client_forward(c, req, total, 0, false);
         return true;
     case CMD_KIND_FANOUT:
-        p->stats[ci->stat]++;
+        c->stats[ci->stat]++;
         client_flush_all(c, req, total);
         return true;
     case CMD_KIND_LOCAL:
@@ -1188,7 +1207,7 @@ static void client_meta_unlink(struct client *c, const struct meta_req *mr)
     struct backend *be;
     uint32_t h = pool_key_hash(c->pool, (const char *)mr->hkey, mr->hkeylen);
 
-    if (mig_fenced(c->pool->mig)) {
+    if (pool_fenced(c->pool)) {
         return;
     }
     enum route rt = pool_route(c->pool, (const char *)mr->hkey, mr->hkeylen, h, &be);
@@ -1267,7 +1286,7 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
     struct backend *be;
     const char *fail = NULL;
 
-    if (mig_fenced(p->mig)) {
+    if (pool_fenced(p)) {
         fail = MIG_FENCED_LINE;
     } else if (mr->cmd == META_CMD_ME &&
                (memchr(mr->hkey, '\n', mr->hkeylen) != NULL ||
@@ -1280,7 +1299,7 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
             client_meta_migrating(c, mr, len, consumed, data, h);
             return;
         } else if (rt == ROUTE_MIGRATION) {
-            p->stats[STAT_meta_moving_refused]++;
+            c->stats[STAT_meta_moving_refused]++;
             fail = CLIENT_META_MOVING;
         } else {
             struct bconn *bc = be != NULL ? backend_conn(be, c->id) : NULL;
@@ -1298,7 +1317,7 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
                 if (!mi->stores_only_with_n || mr->vivify) {
                     r->meta_stores = mi->stores;
                 }
-                if (r->meta_stores != 0 && p->idx != NULL) {
+                if (r->meta_stores != 0 && pool_indexed(p)) {
                     /* The index stores text keys: a b key is indexed by
                      * its bytes when they are one (the mover's lines). */
                     if (proto_key_ok((const char *)mr->hkey, mr->hkeylen)) {
@@ -1307,7 +1326,7 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
                         r->keylen = mr->hkeylen;
                         r->hash = h;
                     } else {
-                        p->stats[STAT_meta_unindexed_keys]++;
+                        c->stats[STAT_meta_unindexed_keys]++;
                     }
                 }
                 evbuffer_add(bc->out, line, len);
@@ -1328,7 +1347,7 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
         }
     }
     /* Errors are answered even under q, as memcached's own. */
-    p->stats[STAT_server_errors]++;
+    c->stats[STAT_server_errors]++;
     client_reply_line(c, fail);
     evbuffer_drain(c->in, consumed + data);
 }
@@ -1350,10 +1369,10 @@ static int client_meta(struct client *c, const char *line, size_t len, size_t to
     if (rc == META_NOT_META) {
         return 0;
     }
-    p->stats[STAT_requests]++;
-    p->stats[STAT_cmd_meta]++;
+    c->stats[STAT_requests]++;
+    c->stats[STAT_cmd_meta]++;
     if (rc == META_ERR) {
-        p->stats[STAT_client_errors]++;
+        c->stats[STAT_client_errors]++;
         client_reply_line(c, mr.error);
         evbuffer_drain(c->in, total);
         if (mr.cmd == META_CMD_MS && mr.swallow) {
@@ -1364,7 +1383,7 @@ static int client_meta(struct client *c, const char *line, size_t len, size_t to
     }
     const struct cmd_meta_info *mi = cmd_meta_info(mr.cmd);
     if (mi->stat >= 0) {
-        p->stats[mi->stat]++;
+        c->stats[mi->stat]++;
     }
     if (mi->kind == CMD_META_KIND_LOCAL) {
         client_reply_line(c, "MN");     /* after every earlier reply: in order */
@@ -1375,7 +1394,7 @@ static int client_meta(struct client *c, const char *line, size_t len, size_t to
     if (mr.cmd == META_CMD_MS) {
         data = (size_t)mr.datalen + 2;
         if (mr.datalen > p->conf->item_size_max) {
-            p->stats[STAT_too_large]++;
+            c->stats[STAT_too_large]++;
             client_reply_line(c, "SERVER_ERROR object too large for cache");
             client_meta_unlink(c, &mr);
             evbuffer_drain(c->in, total);
@@ -1392,7 +1411,7 @@ static int client_meta(struct client *c, const char *line, size_t len, size_t to
         evbuffer_ptr_set(c->in, &at, total + data - 2, EVBUFFER_PTR_SET);
         evbuffer_copyout_from(c->in, &at, crlf, 2);
         if (crlf[0] != '\r' || crlf[1] != '\n') {
-            p->stats[STAT_client_errors]++;
+            c->stats[STAT_client_errors]++;
             client_reply_line(c, META_ERR_BAD_CHUNK);
             evbuffer_drain(c->in, total + data);
             return 1;
@@ -1479,6 +1498,12 @@ static void client_process(struct client *c)
                          "binary protocol request");
             break;
         }
+        if (client_route_switching(c)) {
+            c->read_paused = true;      /* client_flush resumes it */
+            event_del(&c->rev);
+            break;
+        }
+        c->forwarded = pool_forwards(p);
         int mrc = client_meta(c, line, len, total);
         if (mrc < 0) {
             break;      /* parsed again once the whole value is here */
@@ -1492,8 +1517,8 @@ static void client_process(struct client *c)
             continue;
         }
         if (proto_parse_request(line, len, &req) != PROTO_OK) {
-            p->stats[STAT_requests]++;
-            p->stats[STAT_client_errors]++;
+            c->stats[STAT_requests]++;
+            c->stats[STAT_client_errors]++;
             if (req.close) {
                 client_abort(c, NULL, "not memcached protocol");
                 break;
@@ -1510,7 +1535,7 @@ static void client_process(struct client *c)
             break;
         }
         c->need = 0;
-        p->stats[STAT_requests]++;
+        c->stats[STAT_requests]++;
         if (!c->read_paused && client_must_pause(c, 1)) {
             c->read_paused = true;
             event_del(&c->rev);

@@ -21,6 +21,11 @@ enum client_state { CLIENT_STATE_CODEC(CLIENT_STATE_ENUM) CLIENT_STATE_COUNT };
 
 struct client {
     struct pool *pool;
+    uint64_t *stats;                /* where it counts: its pool's stats, or
+                                       for a copy's link (hub.h) link_stats */
+    bool is_link;                   /* a copy's link to this home thread */
+    bool forwarded;                 /* its commands go through its pool's
+                                       link (pool_forwards) */
     uint64_t id;
     int fd;
     enum client_state state;
@@ -49,6 +54,9 @@ struct client {
 
 /* Take over an accepted socket. */
 void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen);
+/* Take over a copy's link connection (hub.h): served as a client, but not
+ * counted as one, never timed out, stopped only with the process. */
+void client_accept_link(struct pool *p, int fd);
 /* Requests at the head of the queue are done: move their replies out. */
 void client_advance(struct client *c);
 /* Write buffered output; close when draining and done (once per loop turn). */

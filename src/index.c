@@ -800,6 +800,13 @@ static void idx_queue(struct idx *x, enum idx_op_type type, const char *key,
     x->filter_used = true;
 }
 
+void idx_count_dropped(struct idx *x, uint64_t n)
+{
+    if (x != NULL) {
+        x->stats[IDX_STAT_dropped] += n;
+    }
+}
+
 void idx_key_stored(struct idx *x, const char *key, size_t len, uint32_t hash)
 {
     if (x != NULL) {

@@ -94,6 +94,9 @@ void idx_free(struct idx *x);                       /* NULL is fine */
 /* After a backend confirmed STORED. Never blocks. Deletes remove nothing:
  * docs/ARCHITECTURE.md, invariant I7. */
 void idx_key_stored(struct idx *x, const char *key, size_t len, uint32_t hash);
+/* Writes dropped before they reached the writer (hub.h): counted with its
+ * own drops. NULL is fine. */
+void idx_count_dropped(struct idx *x, uint64_t n);
 /* flush_all succeeded: every v-node set of the pool goes. */
 void idx_pool_flushed(struct idx *x);
 

@@ -1280,13 +1280,28 @@ bool mig_active(const struct mig *m)
     return m != NULL && m->from != NULL;
 }
 
+uint64_t mig_fence_at(const struct mig *m)
+{
+    if (m == NULL) {
+        return UINT64_MAX;
+    }
+    if (m->refused[0] != '\0') {
+        return 0;
+    }
+    if (m->liveness_ms == 0) {
+        return UINT64_MAX;
+    }
+    if (m->fenced || m->fp_rec[0] == '\0') {
+        return 0;
+    }
+    return m->last_sync_ok + m->liveness_ms / 2 + 1;
+}
+
 bool mig_fenced(const struct mig *m)
 {
     /* From the clock, not only the tick's flag: after a freeze (SIGSTOP)
      * the first loop turn may serve requests before the tick runs. */
-    return m != NULL && (m->refused[0] != '\0' || (m->liveness_ms > 0 &&
-           (m->fenced || m->fp_rec[0] == '\0' ||
-            worker_now_ms(m->p->w) > m->last_sync_ok + m->liveness_ms / 2)));
+    return m != NULL && worker_now_ms(m->p->w) >= mig_fence_at(m);
 }
 
 const char *mig_refused(const struct mig *m)
@@ -1381,7 +1396,7 @@ void mig_tick(struct mig *m, uint64_t now)
         mig_handshake(m);
     }
     /* The phase is acknowledged once requests routed before it landed. */
-    if (m->acked != m->phase && m->p->inflight_old == 0) {
+    if (m->acked != m->phase && pool_drained(m->p)) {
         assert(m->acked < m->phase);    /* acknowledged phases trail, never lead */
         m->acked = m->phase;
         m->next_sync = 0;

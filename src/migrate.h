@@ -53,6 +53,10 @@ bool mig_active(const struct mig *m);
 /* Has this proxy lost Redis long enough that the fleet may move on without
  * it? Then it must not serve the pool's keys. Cheap. */
 bool mig_fenced(const struct mig *m);
+/* The monotonic millisecond from which the pool is fenced (mig_fenced):
+ * 0 already, UINT64_MAX never (NULL, or no liveness). What the pool's
+ * copies on other threads read (hub.h). */
+uint64_t mig_fence_at(const struct mig *m);
 /* What a fenced pool answers instead of serving. */
 #define MIG_FENCED_LINE "SERVER_ERROR ringproxy fenced: the index Redis is unreachable"
 /* Why the recorded ring cannot be served (it names a server the config file

@@ -1061,7 +1061,8 @@ static void meta_keep(struct mop *op, const struct mreply *r, enum mreply_status
     bool vivified = mm->cmd == META_CMD_MA && mm->vivify && mm->absent &&
                     (as == MREPLY_HD || as == MREPLY_VA);
     if (mm->cmd == META_CMD_MG && op->m->p != NULL) {
-        op->m->p->stats[as == MREPLY_EN ? STAT_get_misses : STAT_get_hits]++;
+        uint64_t *st = op->f != NULL ? op->f->req->stats : op->m->p->stats;
+        st[as == MREPLY_EN ? STAT_get_misses : STAT_get_hits]++;
     }
     uint32_t drops = mm->quiet ? meta_quiet_drops(mm->cmd, vivified) : 0;
     if (drops & (1u << rsp_of[as])) {

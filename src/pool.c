@@ -19,6 +19,7 @@
 #include "backend.h"
 #include "client.h"
 #include "clock.h"
+#include "hub.h"
 #include "mem.h"
 #include "index.h"
 #include "migrate.h"
@@ -44,12 +45,58 @@ static void pool_sweep_forget(void *arg, const char *key, size_t len)
     idx_forget(p->idx, key, len);
 }
 
-int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct ring *ring,
-              char *err, size_t errlen)
+static void pool_hub_home_cb(evutil_socket_t fd, short what, void *arg);
+static void pool_hub_take_index(struct pool *p);
+static void pool_hub_copy_cb(evutil_socket_t fd, short what, void *arg);
+
+/* A copy of an indexed pool on a request worker (hub.h): no index, no
+ * migration; its link to the home thread, and the routing it follows. */
+static int pool_init_copy(struct pool *p, struct hub *hub, char *err, size_t errlen)
 {
+    p->hub = hub_ref(hub);
+    p->hub_fd = -1;
+    if ((p->index_out = evbuffer_new()) == NULL ||
+        (p->link = calloc(1, sizeof(*p->link))) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (backend_init_link(p->link, p, hub_link(hub), err, errlen) != 0) {
+        return -1;
+    }
+    if ((p->hub_fd = hub_attach(hub, p->w->id)) < 0 ||
+        (p->hub_ev = event_new(p->w->base, p->hub_fd, EV_READ | EV_PERSIST,
+                               pool_hub_copy_cb, p)) == NULL) {
+        snprintf(err, errlen, "out of memory or descriptors for the home thread's link");
+        return -1;
+    }
+    event_add(p->hub_ev, NULL);
+    return 0;
+}
+
+/* The home pool of an indexed pool served by several threads. */
+static int pool_init_home(struct pool *p, struct hub *hub, char *err, size_t errlen)
+{
+    p->hub = hub_ref(hub);
+    p->hub_fd = -1;
+    if ((p->index_out = evbuffer_new()) == NULL ||
+        (p->hub_ev = event_new(p->w->base, hub_home_fd(hub), EV_READ | EV_PERSIST,
+                               pool_hub_home_cb, p)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    event_add(p->hub_ev, NULL);
+    return 0;
+}
+
+int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct ring *ring,
+              struct hub *hub, char *err, size_t errlen)
+{
+    bool copy = hub != NULL && w->id != 0;
+
     memset(p, 0, sizeof(*p));
     p->w = w;
     p->conf = conf;
+    p->hub_fd = -1;
     TAILQ_INIT(&p->clients);
     if ((p->name = strdup(conf->name)) == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -65,6 +112,12 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct r
     struct sweep_opts so = { .pool = p->name, .index = &conf->index, .background = true,
                              .forget = pool_sweep_forget, .forget_arg = p,
                              .dns = w->dns != NULL ? resolver_evdns(w->dns) : NULL };
+    if (copy) {
+        return pool_init_copy(p, hub, err, errlen);    /* ready: hub_route.ready */
+    }
+    if (hub != NULL && pool_init_home(p, hub, err, errlen) != 0) {
+        return -1;
+    }
     if (conf->index.enabled &&
         ((p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL ||
          (p->mig = mig_new(p, pool_ready)) == NULL ||
@@ -136,6 +189,27 @@ void pool_close(struct pool *p)
     free(p->frag_of_backend);
     ring_unref(p->route);
     ring_unref(p->ring);
+    if (p->link_listener != NULL) {
+        evconnlistener_free(p->link_listener);
+        p->link_listener = NULL;
+    }
+    if (p->hub_ev != NULL) {
+        event_free(p->hub_ev);
+        p->hub_ev = NULL;
+    }
+    if (p->link != NULL) {
+        hub_detach(p->hub, p->w->id);
+        backend_close(p->link);             /* frees it (defer.h) */
+        p->link = NULL;
+    }
+    if (p->index_out != NULL) {
+        evbuffer_free(p->index_out);
+        p->index_out = NULL;
+    }
+    ring_unref(p->hub_route.ring);
+    p->hub_route.ring = NULL;
+    hub_unref(p->hub);
+    p->hub = NULL;
     free(p->name);
     p->name = NULL;         /* closed: tstats_publish skips it */
     p->backends = NULL;
@@ -149,7 +223,7 @@ static struct backend *pool_add_backend(struct pool *p, const char *identity,
     if (p->nbackends == p->cap_backends) {
         uint32_t cap = p->cap_backends ? p->cap_backends * 2 : 8;
         struct backend **bs = realloc(p->backends, cap * sizeof(*bs));
-        uint32_t *fb = realloc(p->frag_of_backend, (cap + 1) * sizeof(*fb));
+        uint32_t *fb = realloc(p->frag_of_backend, (cap + 2) * sizeof(*fb));
         if (bs != NULL) {
             p->backends = bs;
         }
@@ -160,7 +234,7 @@ static struct backend *pool_add_backend(struct pool *p, const char *identity,
             snprintf(err, errlen, "out of memory");
             return NULL;
         }
-        for (uint32_t i = p->cap_backends; i <= cap; i++) {
+        for (uint32_t i = p->cap_backends; i <= cap + 1; i++) {
             p->frag_of_backend[i] = FRAG_NONE;
         }
         p->cap_backends = cap;
@@ -304,6 +378,10 @@ enum route pool_route(struct pool *p, const char *key, size_t len, uint32_t h,
                       struct backend **be)
 {
     *be = NULL;
+    if (pool_forwards(p)) {
+        *be = p->link;      /* the home thread routes it (hub.h) */
+        return ROUTE_BACKEND;
+    }
     if (p->mig != NULL && mig_routes_key(p->mig, key, len, h)) {
         return ROUTE_MIGRATION;
     }
@@ -391,4 +469,164 @@ void pool_new_generation(struct pool *p)
     p->inflight_old += p->inflight_now;
     p->inflight_now = 0;
     p->gen++;
+}
+
+bool pool_drained(struct pool *p)
+{
+    if (p->inflight_old != 0) {
+        return false;
+    }
+    if (p->hub == NULL || p->link != NULL) {
+        return true;
+    }
+    /* The copies must route by what this pool routes by now, and have
+     * nothing in flight of before (docs/ARCHITECTURE.md, I2). */
+    pool_hub_turn(p);
+    if (!hub_settled(p->hub)) {
+        return false;
+    }
+    /* A copy sends its index records before its acknowledgement: those of
+     * what it routed before are in the hub now, and reach the writer before
+     * the phase changes its ring (I7). */
+    pool_hub_take_index(p);
+    return true;
+}
+
+bool pool_fenced(struct pool *p)
+{
+    if (p->mig != NULL) {
+        return mig_fenced(p->mig);
+    }
+    /* A copy forwarding everything leaves the fence to the home pool. */
+    return p->link != NULL && p->hub_route.direct &&
+           worker_now_ms(p->w) >= hub_fence_at(p->hub);
+}
+
+void pool_index_stored(struct pool *p, const char *key, size_t len, uint32_t hash)
+{
+    if (p->idx != NULL) {
+        idx_key_stored(p->idx, key, len, hash);
+    } else if (p->link != NULL) {
+        hub_record_add(p->index_out, key, len, hash);
+    }
+}
+
+/* --- an indexed pool on several threads (hub.h) ------------------------------ */
+
+/* Home: the copies' index writes, into the writer in the order they came. */
+static void pool_hub_take_index(struct pool *p)
+{
+    char key[PROTO_KEY_MAX];
+    size_t len;
+    uint32_t hash;
+    uint64_t dropped = hub_take_index(p->hub, p->index_out);
+    while (hub_record_next(p->index_out, key, &len, &hash)) {
+        pool_index_stored(p, key, len, hash);
+    }
+    idx_count_dropped(p->idx, dropped);
+}
+
+static void pool_hub_home_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    pool_hub_take_index(arg);
+}
+
+/* Copy: the home pool published a new routing. Commands routed by the one
+ * before must land before the copy acknowledges it (pool_hub_turn). */
+static void pool_hub_copy_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pool *p = arg;
+    char err[256];
+
+    (void)fd, (void)what;
+    if (!hub_read(p->hub, p->hub_fd, &p->hub_route)) {
+        return;
+    }
+    if (p->hub_route.direct && p->hub_route.ring != p->ring) {
+        struct backend **map = pool_ring_backends(p, p->hub_route.ring, err, sizeof(err));
+        if (map == NULL) {
+            /* Forward instead: correct, only slower. */
+            log_error("router", "%s: thread %u: %s; handing commands to the home "
+                      "thread", p->name, p->w->id, err);
+            p->hub_route.direct = false;
+        } else {
+            pool_set_ring(p, ring_ref(p->hub_route.ring), map);
+        }
+    }
+    pool_new_generation(p);
+    p->hub_acking = true;
+    if (p->hub_route.ready && !p->ready) {
+        pool_ready(p);
+    }
+}
+
+void pool_hub_turn(struct pool *p)
+{
+    if (p->hub == NULL) {
+        return;
+    }
+    if (p->link == NULL) {
+        /* Home: serve directly only while no key is moving. */
+        hub_publish(p->hub, p->ready, p->ready && !mig_active(p->mig), p->ring);
+        hub_set_fence(p->hub, mig_fence_at(p->mig));
+        return;
+    }
+    if (evbuffer_get_length(p->index_out) > 0) {
+        hub_send_index(p->hub, p->index_out);
+    }
+    if (p->hub_acking && p->inflight_old == 0) {
+        p->hub_acking = false;
+        hub_ack(p->hub, p->w->id, p->hub_route.gen);
+    }
+}
+
+void pool_index_stats(struct pool *p, struct evbuffer *b)
+{
+    if (p->link != NULL) {
+        hub_copy_stats(p->hub, b);
+        return;
+    }
+    if (p->mig != NULL) {
+        mig_stats(p->mig, b);
+    }
+    if (p->idx != NULL) {
+        const uint64_t *st = idx_stats(p->idx);
+        const char *why;
+        enum idx_health h = idx_health(p->idx, IDX_CONN_COUNT, &why);
+        evbuffer_add_printf(b, "STAT index:state %s\r\n",
+                            idx_state_names[idx_get_state(p->idx)]);
+        evbuffer_add_printf(b, "STAT index:health %s\r\n", idx_health_names[h]);
+        if (h != IDX_H_OK) {
+            /* Redis' words, on one line */
+            evbuffer_add_printf(b, "STAT index:health_reason ");
+            for (const char *q = why; *q != '\0'; q++) {
+                evbuffer_add(b, *q == '\r' || *q == '\n' ? " " : q, 1);
+            }
+            evbuffer_add_printf(b, "\r\n");
+        }
+        for (int i = 0; i < IDX_STAT_COUNT; i++) {
+            evbuffer_add_printf(b, "STAT index:%s %llu\r\n", idx_stat_desc[i].name,
+                                (unsigned long long)st[i]);
+        }
+        adopt_stats_lines(p->adopt, b);
+    }
+    if (p->sweep != NULL) {
+        sweep_stats_text(p->sweep, b);
+    }
+    if (p->hub != NULL) {
+        /* What the other threads handed to this one (their resize). */
+        evbuffer_add_printf(b, "STAT threads:forwarded %llu\r\n",
+                            (unsigned long long)p->link_stats[STAT_requests]);
+    }
+}
+
+void pool_hub_tick(struct pool *p, uint64_t now_ms)
+{
+    if (p->link != NULL) {
+        backend_tick(p->link, now_ms);
+    } else if (p->hub != NULL) {
+        pool_index_stats(p, p->index_out);
+        hub_set_stats(p->hub, p->index_out);
+    }
 }

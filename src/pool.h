@@ -18,6 +18,7 @@
 
 #include "backend.h"
 #include "config.h"
+#include "hub.h"
 #include "request.h"
 #include "ring.h"
 #include "stats.h"
@@ -64,8 +65,22 @@ struct pool {
      * routed before it have all landed (docs/ARCHITECTURE.md). */
     uint32_t gen;
     uint64_t inflight_now, inflight_old;
-    uint32_t *frag_of_backend;  /* scratch for splitting a multi-get,
-                                   sized nbackends + 1, all FRAG_NONE */
+    uint32_t *frag_of_backend;  /* scratch for splitting a multi-get, by
+                                   pool_share_slot, all FRAG_NONE */
+    /* An indexed pool served by several threads (hub.h; docs/ARCHITECTURE.md,
+     * "Threads: indexed pools"): the home pool (idx != NULL) and its copies
+     * share the hub. NULL: one thread serves the pool. */
+    struct hub *hub;
+    struct event *hub_ev;       /* home: the copies sent index writes;
+                                   copy: the routing changed */
+    int hub_fd;                 /* copy: its wake-up (hub_attach) */
+    struct hub_route hub_route; /* copy: the routing it follows */
+    bool hub_acking;            /* copy: acknowledge hub_route once drained */
+    struct backend *link;       /* copy: the home thread (not in backends) */
+    struct evbuffer *index_out; /* copy: index records of this loop turn */
+    struct evconnlistener *link_listener;   /* home: the copies' link */
+    uint64_t link_stats[STAT_POOL_COUNT];   /* home: what the link's clients
+                                   count (their copy counted it already) */
 };
 
 /*
@@ -94,9 +109,11 @@ struct worker {
 uint64_t worker_now_ms(struct worker *w);
 
 /* ring: the file's ring if already built (off the loop, on a reload; the
- * reference is taken), or NULL to build it here. */
+ * reference is taken), or NULL to build it here. hub: an indexed pool
+ * served by several threads (a reference is taken): on the home thread the
+ * pool with the index, on another a copy; NULL: one thread serves it. */
 int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct ring *ring,
-              char *err, size_t errlen);
+              struct hub *hub, char *err, size_t errlen);
 /* The pool may serve (see pool.ready); enables its listener. */
 void pool_ready(struct pool *p);
 void pool_close(struct pool *p);
@@ -131,5 +148,47 @@ void pool_sweep_tick(struct pool *p, uint64_t now_ms);
 uint32_t pool_inflight_begin(struct pool *p);
 void pool_inflight_end(struct pool *p, uint32_t gen);
 void pool_new_generation(struct pool *p);
+/* Has everything routed before the current generation landed, on every
+ * thread that serves the pool? (The migration acknowledges a phase then.) */
+bool pool_drained(struct pool *p);
+
+/* The pool refuses its commands now (docs/ARCHITECTURE.md, I6). */
+bool pool_fenced(struct pool *p);
+/* A copy hands every command to its home thread now (hub.h). */
+static inline bool pool_forwards(const struct pool *p)
+{
+    return p->link != NULL && !p->hub_route.direct;
+}
+/* A multi-get's share's slot for backend be (request.h: request_share):
+ * be's own, nbackends for none (the share fails), nbackends + 1 for a
+ * copy's link; pool_slot_backend maps it back. */
+static inline uint32_t pool_share_slot(const struct pool *p, const struct backend *be)
+{
+    return be == NULL ? p->nbackends : be->link ? p->nbackends + 1 : be->slot;
+}
+
+static inline struct backend *pool_slot_backend(const struct pool *p, uint32_t slot)
+{
+    return slot < p->nbackends ? p->backends[slot] :
+           slot == p->nbackends + 1 ? p->link : NULL;
+}
+
+/* Does a stored key go to the index (the home's writer, or a copy's
+ * records for it)? */
+static inline bool pool_indexed(const struct pool *p)
+{
+    return p->idx != NULL || p->link != NULL;
+}
+/* A backend confirmed key stored: index it (pool_indexed pools). */
+void pool_index_stored(struct pool *p, const char *key, size_t len, uint32_t hash);
+/* The end of a loop turn: the home publishes the routing and the fence to
+ * its copies; a copy sends its index records and acknowledgement. */
+void pool_hub_turn(struct pool *p);
+/* The tick: a copy's link times out what the home thread never answered;
+ * the home gives its copies its `stats` lines. */
+void pool_hub_tick(struct pool *p, uint64_t now_ms);
+/* The index and migration lines of `stats`: the home's own, or on a copy
+ * the home's as of its last tick. */
+void pool_index_stats(struct pool *p, struct evbuffer *out);
 
 #endif

@@ -21,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -34,9 +36,11 @@
 #include "admin.h"
 #include "backend.h"
 #include "client.h"
+#include "clock.h"
 #include "config.h"
 #include "defer.h"
 #include "adopt.h"
+#include "hub.h"
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
@@ -87,6 +91,8 @@ struct wmsg {
     enum wmsg_kind kind;
     struct conf_ref *conf;      /* RELOAD: a reference for the worker */
     struct ring **rings;        /* RELOAD: a reference per pool of conf */
+    struct hub **hubs;          /* RELOAD: per pool of conf, the home pool's
+                                   hub (a reference), or NULL */
 };
 
 /*
@@ -136,6 +142,7 @@ struct proxy {
 };
 
 static void wthread_send(struct wthread *t, struct wmsg *m);
+static bool pool_threaded(const struct conf_pool *c);
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
                       struct sockaddr *sa, int salen, void *arg)
@@ -332,19 +339,87 @@ static void pool_conf_warn(const struct conf_pool *c)
     }
 }
 
+/* Event-loop threads of the process (home included): proxy_main sets it. */
+static uint32_t proxy_nthreads = 1;
+
+static void on_link_accept(struct evconnlistener *l, evutil_socket_t fd,
+                           struct sockaddr *sa, int salen, void *arg)
+{
+    (void)l, (void)sa, (void)salen;
+    client_accept_link(arg, fd);
+}
+
+/*
+ * An indexed pool served by several threads (hub.h): the hub its copies
+ * will share, and the link they reach this thread by, a unix socket in
+ * Linux's abstract namespace (no file to clean up; the name holds the pid
+ * and a random number, so a binary upgrade's two processes never meet).
+ * Returns the hub (its reference) or NULL with why in err.
+ */
+static struct hub *proxy_pool_hub(struct worker *w, struct pool *p, char *err,
+                                  size_t errlen)
+{
+    static uint32_t seq;
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    char name[sizeof(sun.sun_path)];
+    uint64_t rnd = 0;
+
+    if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+        rnd = rp_clock_ms() ^ ((uint64_t)getpid() << 32);
+    }
+    snprintf(name, sizeof(name), "@ringproxy.%ld.%016llx.%u", (long)getpid(),
+             (unsigned long long)rnd, seq++);
+    memcpy(sun.sun_path + 1, name + 1, strlen(name) - 1);
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name));
+    struct hub *h = hub_new(proxy_nthreads, name);
+    if (h == NULL) {
+        snprintf(err, errlen, "out of memory or descriptors");
+        return NULL;
+    }
+    p->link_listener = evconnlistener_new_bind(w->base, on_link_accept, p,
+                                               LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+                                               128, (struct sockaddr *)&sun, (int)len);
+    if (p->link_listener == NULL) {
+        snprintf(err, errlen, "cannot listen for the threads' link: %s", strerror(errno));
+        hub_unref(h);
+        return NULL;
+    }
+    return h;
+}
+
 /* A new pool, listening (disabled until ready), not yet in w->pools. */
-/* ring: built already (a reload), its reference taken; or NULL. */
+/* ring: built already (a reload), its reference taken; or NULL. hub: on a
+ * request worker, the home pool's for an indexed pool (a reference this
+ * call does not take), else NULL. */
 static struct pool *proxy_new_pool(struct worker *w, struct conf_pool *conf,
-                                   struct ring *ring, char *err, size_t errlen)
+                                   struct ring *ring, struct hub *hub, char *err,
+                                   size_t errlen)
 {
     struct pool *p = calloc(1, sizeof(*p));
+    struct hub *own = NULL;
 
     if (p == NULL) {
         ring_unref(ring);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (pool_init(p, w, conf, ring, err, errlen) != 0 || pool_listen(p, err, errlen) != 0) {
+    if (w->id == 0 && proxy_nthreads > 1 && conf->index.enabled && pool_threaded(conf) &&
+        (hub = own = proxy_pool_hub(w, p, err, errlen)) == NULL) {
+        ring_unref(ring);
+        free(p);
+        return NULL;
+    }
+    if (w->id != 0 && conf->index.enabled && hub == NULL) {
+        ring_unref(ring);
+        free(p);
+        snprintf(err, errlen, "no home pool to link to");
+        return NULL;
+    }
+    struct evconnlistener *link = p->link_listener;
+    int rc = pool_init(p, w, conf, ring, hub, err, errlen);
+    p->link_listener = link;    /* pool_init cleared it; pool_close frees it */
+    hub_unref(own);             /* the pool holds its own reference */
+    if (rc != 0 || pool_listen(p, err, errlen) != 0) {
         pool_unlisten(p);
         pool_close(p);
         free(p);
@@ -370,8 +445,8 @@ static void proxy_start_pool(struct worker *w, struct pool *p)
                p->ready ? "" : " (serving once Redis says which ring the data obeys)");
 }
 
-static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
-                          size_t errlen)
+static int proxy_add_pool(struct worker *w, struct conf_pool *conf, struct hub *hub,
+                          char *err, size_t errlen)
 {
     struct pool **pools = realloc(w->pools, (w->npools + 1) * sizeof(*pools));
     struct pool *p;
@@ -381,7 +456,7 @@ static int proxy_add_pool(struct worker *w, struct conf_pool *conf, char *err,
         return -1;
     }
     w->pools = pools;
-    if ((p = proxy_new_pool(w, conf, NULL, err, errlen)) == NULL) {
+    if ((p = proxy_new_pool(w, conf, NULL, hub, err, errlen)) == NULL) {
         return -1;
     }
     proxy_start_pool(w, p);
@@ -425,6 +500,7 @@ static void worker_flush(struct worker *w)
     }
     for (uint32_t i = 0; i < w->npools; i++) {
         idx_flush(w->pools[i]->idx);
+        pool_hub_turn(w->pools[i]);
     }
     tstats_publish_pools(w->id, w->pools, w->npools);  /* no-op: one thread */
 }
@@ -454,6 +530,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
             backend_tick(p->backends[b], now);
         }
         mig_tick(p->mig, now);
+        pool_hub_tick(p, now);
         adopt_tick(p->adopt, now);
         pool_sweep_tick(p, now);
         pool_retire_backends(p);
@@ -586,7 +663,7 @@ static int plan_pool(struct pool_plan *pl, struct ring *ring, char *err,
         ring_unref(ring);
     } else {
         pl->ring = ring;
-        if (p->mig == NULL &&
+        if (p->mig == NULL && p->link == NULL &&
             (pl->ring_be = pool_ring_backends(p, pl->ring, err, errlen)) == NULL) {
             return -1;
         }
@@ -650,6 +727,11 @@ static void plan_commit(struct pool_plan *pl)
                    p->name, p->ring->nservers, pl->ring->nservers,
                    100.0 * (double)d.moved / RING_SPACE);
         ring_diff_free(&d);
+    }
+    if (p->link != NULL) {
+        /* A copy routes by what its home pool publishes (hub.h). */
+        ring_unref(pl->ring);
+        return;
     }
     if (p->mig != NULL) {
         /* plan_pool refused what mig_change_ring refuses */
@@ -735,12 +817,12 @@ static void confs_free(struct loop_confs *lc)
 }
 
 /* Is this pool served by every thread (each with its own listener on the
- * port, clients and backends), or by the home thread alone? An indexed
- * pool's Redis coordination, migration and index writer live on the home
- * thread, and a unix socket or `reuseport: false` cannot be opened twice. */
+ * port, clients and backends), or by the home thread alone? A unix socket
+ * or `reuseport: false` cannot be opened twice. (An indexed pool's index
+ * writer and migration stay on the home thread: hub.h.) */
 static bool pool_threaded(const struct conf_pool *c)
 {
-    return !c->index.enabled && !c->listen.is_unix && c->reuseport;
+    return !c->listen.is_unix && c->reuseport;
 }
 
 /* Does thread w serve this pool of the file? */
@@ -756,7 +838,7 @@ static bool worker_serves(const struct worker *w, const struct conf_pool *c)
  * with nothing changed, why in err and the pool that failed in *failed.
  */
 static int loop_apply(struct worker *w, const struct config *nc, struct ring **rings,
-                      char *err, size_t errlen, const char **failed)
+                      struct hub **hubs, char *err, size_t errlen, const char **failed)
 {
     struct pool_plan *plans = calloc(nc->npools, sizeof(*plans));
     struct pool **pools = realloc(w->pools, (w->npools + nc->npools) *
@@ -790,7 +872,8 @@ static int loop_apply(struct worker *w, const struct config *nc, struct ring **r
                 *failed = pl->conf->name;
                 goto refuse;
             }
-        } else if ((pl->p = proxy_new_pool(w, pl->conf, ring, err, errlen)) != NULL) {
+        } else if ((pl->p = proxy_new_pool(w, pl->conf, ring, hubs != NULL ? hubs[i] : NULL,
+                                           err, errlen)) != NULL) {
             pl->is_new = true;
         } else {
             *failed = pl->conf->name;
@@ -839,6 +922,31 @@ refuse:
     return -1;
 }
 
+/* Per pool of nc: the home pool's hub (a reference), or NULL. */
+static struct hub **proxy_hubs(const struct worker *w, const struct config *nc)
+{
+    struct hub **hubs = rp_xcalloc(nc->npools ? nc->npools : 1, sizeof(*hubs),
+                                   "a reload's hubs");
+
+    for (uint32_t i = 0; i < nc->npools; i++) {
+        for (uint32_t j = 0; j < w->npools; j++) {
+            const struct pool *p = w->pools[j];
+            if (!p->closing && p->hub != NULL && strcmp(p->name, nc->pools[i].name) == 0) {
+                hubs[i] = hub_ref(p->hub);
+            }
+        }
+    }
+    return hubs;
+}
+
+static void hubs_free(struct hub **hubs, uint32_t n)
+{
+    for (uint32_t i = 0; hubs != NULL && i < n; i++) {
+        hub_unref(hubs[i]);
+    }
+    free(hubs);
+}
+
 static void wthread_send(struct wthread *t, struct wmsg *m)
 {
     ssize_t n;
@@ -873,7 +981,7 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
             copies[t][i] = rings[i] != NULL ? ring_ref(rings[i]) : NULL;
         }
     }
-    if (loop_apply(w, nc, rings, err, sizeof(err), &failed) != 0) {
+    if (loop_apply(w, nc, rings, NULL, err, sizeof(err), &failed) != 0) {
         px->reload_failures++;
         log_error("reload", "%s%s%s: %s; nothing changed, the running config stays",
                   px->opts->conf_path, failed && *failed ? ": pool " : "",
@@ -894,6 +1002,7 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
         m->kind = WMSG_RELOAD;
         m->conf = ref;
         m->rings = copies[t];
+        m->hubs = proxy_hubs(w, nc);
         wthread_send(&px->thr[t], m);
     }
     free(copies);
@@ -1295,6 +1404,7 @@ static void wthread_on_msg(evutil_socket_t fd, short what, void *arg)
     struct wmsg *m;
     char err[256];
     const char *failed;
+    uint32_t npools;
 
     (void)what;
     while (read(fd, &m, sizeof(m)) == (ssize_t)sizeof(m)) {
@@ -1306,7 +1416,8 @@ static void wthread_on_msg(evutil_socket_t fd, short what, void *arg)
             }
             break;
         case WMSG_RELOAD:
-            if (loop_apply(&t->w, m->conf->conf, m->rings, err, sizeof(err),
+            npools = m->conf->conf->npools;     /* m->conf may go below */
+            if (loop_apply(&t->w, m->conf->conf, m->rings, m->hubs, err, sizeof(err),
                            &failed) != 0) {
                 /* The home thread applied it: this thread now serves the
                  * previous file's settings for the pools it shares. */
@@ -1318,6 +1429,7 @@ static void wthread_on_msg(evutil_socket_t fd, short what, void *arg)
                 confs_replace(&t->w, &t->confs, m->conf);
             }
             free(m->rings);
+            hubs_free(m->hubs, npools);
             break;
         }
         free(m);
@@ -1436,7 +1548,13 @@ static int wthreads_prepare(struct proxy *px, char *err, size_t errlen)
         event_add(t->msg_ev, NULL);
         for (uint32_t i = 0; i < px->conf->npools; i++) {
             struct conf_pool *c = &px->conf->pools[i];
-            if (pool_threaded(c) && proxy_add_pool(w, c, err, errlen) != 0) {
+            struct hub *hub = NULL;
+            for (uint32_t j = 0; j < px->w.npools; j++) {
+                if (strcmp(px->w.pools[j]->name, c->name) == 0) {
+                    hub = px->w.pools[j]->hub;
+                }
+            }
+            if (pool_threaded(c) && proxy_add_pool(w, c, hub, err, errlen) != 0) {
                 log_error("proxy", "thread %u: pool %s: %s", id, c->name, err);
                 return -1;
             }
@@ -1589,6 +1707,7 @@ int proxy_main(const struct proxy_options *o)
     }
     rc = 1;
     px.nthreads = proxy_thread_count(o, px.conf);
+    proxy_nthreads = px.nthreads;
     px.confs.cur = conf_ref_new(px.conf, px.nthreads);  /* one per thread */
     tstats_init(px.nthreads);
     notify_init();      /* before -u: connecting checks our permission */
@@ -1608,7 +1727,7 @@ int proxy_main(const struct proxy_options *o)
     }
     w->started = worker_now_ms(w);
     for (uint32_t i = 0; i < px.conf->npools; i++) {
-        if (proxy_add_pool(w, &px.conf->pools[i], err, sizeof(err)) != 0) {
+        if (proxy_add_pool(w, &px.conf->pools[i], NULL, err, sizeof(err)) != 0) {
             log_error("proxy", "pool %s: %s", px.conf->pools[i].name, err);
             goto out;
         }

@@ -52,6 +52,7 @@ struct request *request_new(struct pool *p, struct client *c,
         r->frags[i].cmd = cmd;
     }
     r->pool = p;
+    r->stats = p->stats;
     r->client = c;
     r->owner = c;
     r->oops = oops;
@@ -224,10 +225,10 @@ uint32_t request_split(struct pool *p, const struct proto_req *req, size_t head_
         struct backend *be;
         uint32_t h = pool_key_hash(p, k, klen);
         bool moving = pool_route(p, k, klen, h, &be) == ROUTE_MIGRATION;
-        uint32_t b = be != NULL ? be->slot : p->nbackends;   /* none: fails */
+        uint32_t b = pool_share_slot(p, be);
         j = moving ? FRAG_NONE : fb[b];
         if (j == FRAG_NONE ||
-            (b < p->nbackends && sh[j].len + 1 + klen > PROTO_LINE_MAX)) {
+            (b != p->nbackends && sh[j].len + 1 + klen > PROTO_LINE_MAX)) {
             j = nfrags++;
             sh[j] = (struct request_share){
                 .target = moving ? REQUEST_SHARE_MOVING | i : b, .hash = h,
@@ -285,10 +286,9 @@ void request_frag_done(struct frag *f)
         pool_inflight_end(r->pool, r->gen);
     }
     if (r->frags[0].retrieval) {
-        struct pool *p = r->pool;
-        p->stats[STAT_get_hits] += r->hits;
+        r->stats[STAT_get_hits] += r->hits;
         if (r->nkeys > r->hits) {
-            p->stats[STAT_get_misses] += r->nkeys - r->hits;
+            r->stats[STAT_get_misses] += r->nkeys - r->hits;
         }
     }
     if (r->nfrags > 1) {
@@ -425,9 +425,7 @@ static void frag_take_value(struct frag *f, uint32_t key, struct evbuffer *in, s
 /* What a backend confirmed does to the pool's index (cmd.h: cmd_index). */
 static void request_index_effect(struct request *r, enum proto_rsp_kind kind)
 {
-    struct idx *x = r->pool->idx;
-
-    if (x == NULL) {
+    if (!pool_indexed(r->pool)) {
         return;
     }
     /* A delete leaves its entry: removals by clients could reach Redis after
@@ -437,7 +435,7 @@ static void request_index_effect(struct request *r, enum proto_rsp_kind kind)
     switch (cmd_info(r->cmd)->index) {
     case CMD_INDEX_ADD:
         if (kind == PROTO_RSP_STORED) {
-            idx_key_stored(x, r->keys, r->keylen, r->hash);
+            pool_index_stored(r->pool, r->keys, r->keylen, r->hash);
         }
         break;
     case CMD_INDEX_FLUSH:
@@ -493,13 +491,12 @@ static void frag_take_meta(struct frag *f, int kind, struct evbuffer *in, size_t
     }
     uint32_t got = kind >= 0 ? 1u << kind :
                    f->meta_answered ? 1u << f->meta_kind : r->meta_quiet_drops;
-    if ((got & r->meta_stores) && r->pool->idx != NULL && r->keys != NULL) {
-        idx_key_stored(r->pool->idx, r->keys, r->keylen, r->hash);
+    if ((got & r->meta_stores) && pool_indexed(r->pool) && r->keys != NULL) {
+        pool_index_stored(r->pool, r->keys, r->keylen, r->hash);
     }
     if (r->meta_read) {
-        struct pool *p = r->pool;
-        p->stats[STAT_get_hits] += (got & (META_RSP_BIT(VA) | META_RSP_BIT(HD))) != 0;
-        p->stats[STAT_get_misses] += (got & META_RSP_BIT(EN)) != 0;
+        r->stats[STAT_get_hits] += (got & (META_RSP_BIT(VA) | META_RSP_BIT(HD))) != 0;
+        r->stats[STAT_get_misses] += (got & META_RSP_BIT(EN)) != 0;
     }
     request_frag_done(f);
 }

@@ -89,6 +89,7 @@ struct request_owner_ops {
  */
 struct request {
     struct pool *pool;
+    uint64_t *stats;            /* where it counts (client.h: client.stats) */
     struct client *client;      /* answered to; NULL: nobody (noreply, gone) */
     /* Whose memory budget it counts in: set from creation until it is freed
      * or its client is closed, noreply or not. Only passed to `oops`. */
@@ -171,7 +172,7 @@ void request_value(struct frag *f, uint32_t key, const char *kname, size_t klen,
 /* A multi-get's share while it is built (client.c writes it out). */
 #define REQUEST_SHARE_MOVING 0x80000000u   /* target: a moving key's own share */
 struct request_share {
-    uint32_t target;            /* backend slot (nbackends: none), or
+    uint32_t target;            /* backend slot (pool_share_slot), or
                                    REQUEST_SHARE_MOVING | the moving key's index */
     uint32_t len;               /* its line so far, "\r\n" included */
     uint32_t prev;              /* the same backend's line before, or FRAG_NONE */

@@ -2,14 +2,19 @@
 A pool without an index is served by every thread, each with its own
 listener (SO_REUSEPORT), clients and backend connections; its counters are
 summed over the threads; a reload reaches every thread; SIGTERM stops them
-all. An indexed pool is served by the home thread alone."""
+all. An indexed pool is served by every thread too; its index writer and
+migration stay on the home thread, and during a resize the other threads
+hand its commands to the home thread."""
 import re
 import signal
 import socket
 import subprocess
+import threading
+
+import redis
 
 from harness import (RINGPROXY, Wire, admin_get, admin_json, free_port, locate,
-                     pool_yaml, proxy_stats, stats_port_json, wait_until)
+                     pool_yaml, proxy_stats, sigstop, stats_port_json, wait_until)
 
 CONNS = 16
 
@@ -153,22 +158,180 @@ def test_a_reload_reaches_every_thread(cluster):
     assert st["servers"] == "3"
 
 
-def test_an_indexed_pool_is_served_by_the_home_thread(cluster):
+def indexed(port, mcs, rport, **kw):
+    settings = dict(index={"redis": "127.0.0.1:%d" % rport, "sweep_rate": 0})
+    settings.update(kw)
+    return pool_yaml("indexed", port, [(m.addr, 1, "mc%d" % (i + 1))
+                                       for i, m in enumerate(mcs)], **settings)
+
+
+def wait_serving(port):
+    wait_until(lambda: proxy_stats(port).get("migration:state") == "idle",
+               what="the indexed pool to serve")
+
+
+def index_members(r, prefix="rp:indexed"):
+    return {m.decode() for name in r.scan_iter(match=prefix + ":v:*", count=1000)
+            for m in r.zrange(name, 0, -1)}
+
+
+def test_an_indexed_pool_is_served_by_every_thread(cluster):
+    """Each thread serves its share of an indexed pool's clients on its own
+    backend connections (docs/ARCHITECTURE.md, "Threads: indexed pools"):
+    nothing is handed to the home thread while no key moves, every key a
+    request worker stored reaches the index, and `stats` on any connection
+    shows the index and migration lines of the home thread."""
     mcs = cluster.memcached(2)
     rds = cluster.redis()
-    port, iport = free_port(), free_port()
-    text = conf(port, mcs) + pool_yaml(
-        "indexed", iport, [(m.addr, 1, "mc%d" % (i + 1)) for i, m in enumerate(mcs)],
-        index={"redis": "127.0.0.1:%d" % rds.port})
-    proxy = start(cluster, text, port)
-    wait_until(lambda: proxy_stats(iport).get("migration:state") == "idle",
-               what="the indexed pool to serve")
-    fill_through(iport, ["i%d" % i for i in range(100)])
-    st = proxy_stats(iport)
-    # One thread: at most one connection per backend (server_connections: 1),
-    # where the plain pool next to it has one per thread.
-    assert int(st["backend:mc1:connects"]) <= 1 and int(st["backend:mc2:connects"]) <= 1
-    assert int(st["cmd_set"]) == 100 and int(st["get_hits"]) == 100
+    r = redis.Redis(port=rds.port)
+    port = free_port()
+    start(cluster, indexed(port, mcs, rds.port), port)
+    wait_serving(port)
+    keys = ["i%d" % i for i in range(300)]
+    fill_through(port, keys)
+    st = proxy_stats(port)
+    # Both threads served: each opened its own connection to each backend.
+    assert int(st["backend:mc1:connects"]) == 2 and int(st["backend:mc2:connects"]) == 2
+    assert int(st["cmd_set"]) == 300 and int(st["get_hits"]) == 300
+    assert int(st["threads:forwarded"]) == 0
+    wait_until(lambda: index_members(r) == set(keys), what="every key indexed")
+    wires = [Wire(port) for _ in range(CONNS)]
+    try:
+        for w in wires:
+            got = stats_of(w)
+            assert got["index:state"] == "ready" and got["migration:state"] == "idle", got
+    finally:
+        for w in wires:
+            w.close()
+
+
+def test_a_resize_through_every_thread_loses_nothing(cluster):
+    """A 2 -> 3 resize while 16 connections (on both threads) write and read
+    their own keys: during it the request workers hand every command to the
+    home thread (threads:forwarded grows), each read sees its writer's last
+    value, multi-gets included, and afterwards every key is on the server
+    the new ring names, and only there."""
+    mcs = cluster.memcached(3)
+    rds = cluster.redis()
+    port = free_port()
+    proxy = start(cluster, indexed(port, mcs[:2], rds.port,
+                                   migration={"rate": 2000}), port)
+    wait_serving(port)
+    per = 40
+    keys = [["w%d-%d" % (c, i) for i in range(per)] for c in range(CONNS)]
+    fill_through(port, [k for ks in keys for k in ks])
+    stop = threading.Event()
+    errors = []
+
+    def writer(c):
+        w = Wire(port)
+        model = {k: b"v-" + k.encode() for k in keys[c]}
+        n = 0
+        try:
+            while not stop.is_set():
+                k = keys[c][n % per]
+                v = b"%s-%d" % (k.encode(), n)
+                if w.call(b"set %s 0 0 %d\r\n%s\r\n" % (k.encode(), len(v), v)) != b"STORED\r\n":
+                    errors.append(("set", k))
+                model[k] = v
+                k2 = keys[c][(n * 7) % per]
+                got = w.call(b"get %s\r\n" % k2.encode())
+                if got != b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (k2.encode(), len(model[k2]),
+                                                                   model[k2]):
+                    errors.append(("get", k2, got[:80]))
+                if n % 10 == 0:
+                    some = keys[c][n % 5::5]
+                    got = w.call(b"get %s\r\n" % " ".join(some).encode())
+                    want = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (x.encode(), len(model[x]),
+                                                                    model[x]) for x in some)
+                    if got != want + b"END\r\n":
+                        errors.append(("mget", some[0], got[:80]))
+                n += 1
+        finally:
+            w.close()
+    threads = [threading.Thread(target=writer, args=(c,)) for c in range(CONNS)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: int(proxy_stats(port)["cmd_set"]) > CONNS * per + 200,
+                   what="the writers to run")
+        proxy.write_config(indexed(port, mcs, rds.port, migration={"rate": 2000}))
+        proxy.signal(signal.SIGHUP)
+        wait_until(lambda: int(proxy_stats(port).get("threads:forwarded", 0)) > 0,
+                   what="commands handed to the home thread")
+        wait_until(lambda: proxy_stats(port).get("migration:state") == "idle" and
+                   proxy_stats(port).get("servers") == "3", timeout=60,
+                   what="the resize to end")
+        # Back to serving on every thread: nothing more is handed over.
+        before = int(proxy_stats(port)["threads:forwarded"])
+        wait_until(lambda: int(proxy_stats(port)["cmd_set"]) > 0 and
+                   int(proxy_stats(port)["threads:forwarded"]) == before,
+                   what="the threads to serve directly again")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert errors == [], errors[:10]
+    everything = [k for ks in keys for k in ks]
+    where = locate(proxy.conf_path, everything, pool="indexed")
+    by_name = {"mc%d" % (i + 1): m for i, m in enumerate(mcs)}
+    for k in everything:
+        for name, m in by_name.items():
+            assert held_by(m, k) == (where[k] == name), (k, name, where[k])
+
+
+def test_flush_all_through_a_request_worker_empties_the_index_before_it_answers(cluster):
+    """flush_all on any thread's connection runs on the home thread, which
+    empties the index before the answer: a key stored after it (on either
+    thread) is indexed, and none stored before it is."""
+    mcs = cluster.memcached(2)
+    rds = cluster.redis()
+    r = redis.Redis(port=rds.port)
+    port = free_port()
+    start(cluster, indexed(port, mcs, rds.port), port)
+    wait_serving(port)
+    fill_through(port, ["old%d" % i for i in range(100)])
+    wait_until(lambda: len(index_members(r)) == 100, what="the first keys indexed")
+    wires = [Wire(port) for _ in range(CONNS)]
+    try:
+        for i, w in enumerate(wires):
+            assert w.call(b"flush_all\r\n") == b"OK\r\n"
+            k = b"new%d" % i
+            assert w.call(b"set %s 0 0 1\r\nx\r\n" % k) == b"STORED\r\n"
+    finally:
+        for w in wires:
+            w.close()
+    # Each flush emptied the index before the next connection's set: only
+    # the last key stored is left.
+    wait_until(lambda: index_members(r) == {"new%d" % (CONNS - 1)},
+               what="the index to hold only what was stored after the last flush")
+
+
+def test_every_thread_is_fenced_with_its_home_thread(cluster):
+    """With Redis frozen past half the liveness, the request workers refuse
+    the pool's commands as the home thread does (the fence deadline they
+    read: docs/ARCHITECTURE.md, I6), and serve again once it answers."""
+    mcs = cluster.memcached(2)
+    rds = cluster.redis()
+    port = free_port()
+    start(cluster, indexed(port, mcs, rds.port, migration={"liveness": 2000}), port)
+    wait_serving(port)
+    wires = [Wire(port) for _ in range(CONNS)]
+    try:
+        for w in wires:
+            assert w.call(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        sigstop(rds.proc)
+        try:
+            wait_until(lambda: all(w.call(b"get k\r\n").startswith(
+                b"SERVER_ERROR ringproxy fenced") for w in wires), timeout=10,
+                what="every connection fenced")
+        finally:
+            rds.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: all(w.call(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"
+                               for w in wires), timeout=10, what="every connection served")
+    finally:
+        for w in wires:
+            w.close()
 
 
 def test_sigterm_stops_every_thread_and_exits_0(cluster):

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <stddef.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -342,11 +343,25 @@ static void pool_conf_warn(const struct conf_pool *c)
 /* Event-loop threads of the process (home included): proxy_main sets it. */
 static uint32_t proxy_nthreads = 1;
 
+/* A copy's link (hub.h). An abstract unix socket has no file mode: any
+ * local process could connect, and a link is not counted as a client nor
+ * ever timed out, so only this process's own threads are served. */
 static void on_link_accept(struct evconnlistener *l, evutil_socket_t fd,
                            struct sockaddr *sa, int salen, void *arg)
 {
+    struct pool *p = arg;
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+
     (void)l, (void)sa, (void)salen;
-    client_accept_link(arg, fd);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid != getpid()) {
+        log_limited(LOG_WARN, 10, "proxy", "%s: refused a connection to the threads' "
+                    "link from pid %ld: not this process", p->name,
+                    len == sizeof(cred) ? (long)cred.pid : -1L);
+        close(fd);
+        return;
+    }
+    client_accept_link(p, fd);
 }
 
 /*

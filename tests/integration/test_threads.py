@@ -334,6 +334,37 @@ def test_every_thread_is_fenced_with_its_home_thread(cluster):
             w.close()
 
 
+def test_the_threads_link_serves_no_other_process(cluster):
+    """The link a request worker reaches the home thread by is a unix socket
+    in the abstract namespace, which has no file mode: another process that
+    connects is closed unserved (it would be a client outside
+    client_connections and client_timeout)."""
+    mcs = cluster.memcached(1)
+    rds = cluster.redis()
+    port = free_port()
+    proxy = start(cluster, indexed(port, mcs, rds.port), port)
+    wait_serving(port)
+    with open("/proc/net/unix") as f:
+        names = [line.split()[-1] for line in f
+                 if line.split()[-1].startswith("@ringproxy.%d." % proxy.proc.pid)]
+    assert names, "no link socket"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect("\0" + names[0][1:])
+        s.sendall(b"version\r\n")
+        try:
+            got = s.recv(100)
+        except ConnectionResetError:
+            got = b""       # closed over the unread command
+        assert got == b"", got
+    finally:
+        s.close()
+    wait_until(lambda: "refused a connection to the threads' link" in proxy.log(),
+               what="the refusal logged")
+    assert Wire(port).call(b"version\r\n").startswith(b"VERSION ")
+
+
 def test_sigterm_stops_every_thread_and_exits_0(cluster):
     mcs = cluster.memcached(1)
     port = free_port()

@@ -403,9 +403,13 @@ static size_t client_replies_held(const struct client *c)
     return evbuffer_get_length(c->out) + c->held;
 }
 
+/* A copy's link carries many clients' commands, each within its own budget
+ * on the copy: it is never closed for the sum, only paused (reading stops at
+ * CLIENT_OUT_PAUSE, client_must_pause), as a backend connection would. */
 static bool client_over_budget(const struct client *c)
 {
-    return client_replies_held(c) > (size_t)c->pool->conf->client_max_memory;
+    return !c->is_link &&
+           client_replies_held(c) > (size_t)c->pool->conf->client_max_memory;
 }
 
 void client_held(struct client *c, ptrdiff_t delta)

@@ -56,7 +56,7 @@
 
 #define TICK_MS 100
 #define STOP_GRACE_MS 5000
-#define PROXY_THREADS_DEFAULT 1         /* until indexed pools are threaded */
+#define PROXY_THREADS_DEFAULT 0         /* one per online core, at most 8 */
 #define PROXY_THREADS_AUTO_MAX 8        /* threads: 0 / -T 0 */
 #define TRIM_AFTER_BYTES (16u << 20)    /* client input freed before a trim */
 #define ACCEPT_PAUSE_MIN_MS 100         /* out of descriptors: pause, doubling */

@@ -9,6 +9,7 @@ the test that caused it.
 """
 import json
 import os
+import re
 import random
 import shutil
 import signal
@@ -258,12 +259,20 @@ class Proxy(Server):
         with open(self.conf_path, "w") as f:
             f.write(text)
 
+    def _config(self):
+        with open(self.conf_path) as f:
+            return f.read()
+
     def argv(self):
         # -v 6: nutcracker's info level; -s: the stats JSON port (0: off).
-        # RINGPROXY_THREADS=N runs every proxy with -T N (a test's own -T wins).
-        threads = os.environ.get("RINGPROXY_THREADS")
+        # One event-loop thread unless RINGPROXY_THREADS=N says otherwise (the
+        # product's default is one per core): a test's own -T, or a threads:
+        # line of its file, wins; extra=["-T", "default"] passes no -T.
+        threads = os.environ.get("RINGPROXY_THREADS") or "1"
         extra = list(self.extra)
-        if threads and "-T" not in extra:
+        if extra[-2:] == ["-T", "default"]:
+            extra = extra[:-2]
+        elif "-T" not in extra and not re.search(r"^threads:", self._config(), re.M):
             extra += ["-T", threads]
         return [RINGPROXY, "-c", self.conf_path, "-v", "6", "-p", self.pid_path,
                 "-P", str(self.admin_port), "-s", str(self.stats_port)] + extra

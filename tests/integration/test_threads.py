@@ -5,6 +5,7 @@ summed over the threads; a reload reaches every thread; SIGTERM stops them
 all. An indexed pool is served by every thread too; its index writer and
 migration stay on the home thread, and during a resize the other threads
 hand its commands to the home thread."""
+import os
 import re
 import signal
 import socket
@@ -382,8 +383,13 @@ def test_thread_count_from_the_file_and_its_bounds(cluster, tmp_path):
     mcs = cluster.memcached(1)
     port = free_port()
     proxy = cluster.proxy("threads: 2\n" + conf(port, mcs), port=port)
-    if "-T" not in proxy.argv():
-        assert "2 threads" in proxy.log()
+    assert "-T" not in proxy.argv() and "2 threads" in proxy.log()
+    proxy.stop()
+    # Neither -T nor threads: one thread per online core, at most 8.
+    cores = min(os.cpu_count(), 8)
+    proxy = cluster.proxy(conf(port, mcs), port=port, extra=["-T", "default"])
+    assert "-T" not in proxy.argv()
+    assert "%d thread%s" % (cores, "s" if cores > 1 else "") in proxy.log()
     bad = tmp_path / "bad.yml"
     bad.write_text("threads: 65\n" + conf(port, mcs))
     r = subprocess.run([RINGPROXY, "-t", "-c", str(bad)], capture_output=True, text=True)

@@ -7,6 +7,7 @@
 #                   integration tests and memccapable, all under ASan+UBSan
 #   make chaos      the resize checker (tests/chaos): every scenario, ASan build
 #   make chaos-fast its fast subset (pytest -m fast)
+#   make chaos-threads  every scenario with every proxy on 2 threads
 #   make bench      ringproxy vs direct memcached vs twemproxy, same run
 #   make fuzz       libFuzzer on every parser of untrusted input (clang),
 #                   FUZZ_SECONDS (60) each; make fuzz-smoke: 10 s each
@@ -45,7 +46,7 @@ OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) \
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 BIN     := $(BUILD)/ringproxy
 
-.PHONY: all deps run test unit compat integration capable chaos chaos-fast \
+.PHONY: all deps run test unit compat integration capable chaos chaos-fast chaos-threads \
         chaos-run tsan tsan-run bench fuzz fuzz-smoke install clean \
         compile_commands.json
 all: $(BIN) $(BUILD)/loadgen
@@ -100,6 +101,7 @@ run: deps all
 # `make test` is what the README and CI run: everything, under sanitizers.
 test: deps
 	$(MAKE) SAN=1 unit compat integration capable chaos-run CHAOS_ARGS="-m fast"
+	RINGPROXY_THREADS=2 $(MAKE) SAN=1 chaos-run CHAOS_ARGS="-m fast"
 	$(MAKE) tsan
 	$(MAKE) fuzz-smoke SMOKE_SECONDS=5
 
@@ -135,6 +137,12 @@ capable: $(BIN)
 # `make test`; CHAOS_ARGS selects (e.g. CHAOS_ARGS='-k stagger').
 chaos:
 	$(MAKE) SAN=1 chaos-run
+
+# The checker with every proxy on two event-loop threads: an indexed pool's
+# copies route directly, then hand its commands to the home thread during
+# the resize (docs/ARCHITECTURE.md, "Threads: indexed pools").
+chaos-threads:
+	RINGPROXY_THREADS=2 $(MAKE) SAN=1 chaos-run CHAOS_ARGS='$(CHAOS_ARGS)'
 
 chaos-fast:
 	$(MAKE) SAN=1 chaos-run CHAOS_ARGS='-m fast $(CHAOS_ARGS)'

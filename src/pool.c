@@ -561,12 +561,30 @@ static void pool_hub_copy_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Home: give the copies this pool's `stats` lines. */
+static void pool_hub_stats(struct pool *p)
+{
+    struct evbuffer *b = evbuffer_new();
+
+    if (b != NULL) {
+        pool_index_stats(p, b);
+        hub_set_stats(p->hub, b);
+        evbuffer_free(b);
+    }
+}
+
 void pool_hub_turn(struct pool *p)
 {
     if (p->hub == NULL) {
         return;
     }
     if (p->link == NULL) {
+        if (p->ready && !p->hub_stats_sent) {
+            /* Before the copies learn they may serve: their `stats` show
+             * the index lines from their first command on. */
+            pool_hub_stats(p);
+            p->hub_stats_sent = true;
+        }
         /* Home: serve directly only while no key is moving. */
         hub_publish(p->hub, p->ready, p->ready && !mig_active(p->mig), p->ring);
         hub_set_fence(p->hub, mig_fence_at(p->mig));
@@ -626,7 +644,6 @@ void pool_hub_tick(struct pool *p, uint64_t now_ms)
     if (p->link != NULL) {
         backend_tick(p->link, now_ms);
     } else if (p->hub != NULL) {
-        pool_index_stats(p, p->index_out);
-        hub_set_stats(p->hub, p->index_out);
+        pool_hub_stats(p);
     }
 }

@@ -76,6 +76,7 @@ struct pool {
     int hub_fd;                 /* copy: its wake-up (hub_attach) */
     struct hub_route hub_route; /* copy: the routing it follows */
     bool hub_acking;            /* copy: acknowledge hub_route once drained */
+    bool hub_stats_sent;        /* home: its `stats` lines are in the hub */
     struct backend *link;       /* copy: the home thread (not in backends) */
     struct evbuffer *index_out; /* copy: index records of this loop turn */
     struct evconnlistener *link_listener;   /* home: the copies' link */

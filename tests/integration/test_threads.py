@@ -171,6 +171,17 @@ def wait_serving(port):
                what="the indexed pool to serve")
 
 
+def indexed_proxy(cluster, nmcs=2, **kw):
+    """An indexed pool on 2 threads, serving: (port, memcached list, Redis
+    client, proxy)."""
+    mcs = cluster.memcached(nmcs)
+    rds = cluster.redis()
+    port = free_port()
+    proxy = start(cluster, indexed(port, mcs, rds.port, **kw), port)
+    wait_serving(port)
+    return port, mcs, redis.Redis(port=rds.port), proxy
+
+
 def index_members(r, prefix="rp:indexed"):
     return {m.decode() for name in r.scan_iter(match=prefix + ":v:*", count=1000)
             for m in r.zrange(name, 0, -1)}
@@ -182,12 +193,7 @@ def test_an_indexed_pool_is_served_by_every_thread(cluster):
     nothing is handed to the home thread while no key moves, every key a
     request worker stored reaches the index, and `stats` on any connection
     shows the index and migration lines of the home thread."""
-    mcs = cluster.memcached(2)
-    rds = cluster.redis()
-    r = redis.Redis(port=rds.port)
-    port = free_port()
-    start(cluster, indexed(port, mcs, rds.port), port)
-    wait_serving(port)
+    port, mcs, r, _ = indexed_proxy(cluster)
     keys = ["i%d" % i for i in range(300)]
     fill_through(port, keys)
     st = proxy_stats(port)
@@ -285,12 +291,7 @@ def test_flush_all_through_a_request_worker_empties_the_index_before_it_answers(
     """flush_all on any thread's connection runs on the home thread, which
     empties the index before the answer: a key stored after it (on either
     thread) is indexed, and none stored before it is."""
-    mcs = cluster.memcached(2)
-    rds = cluster.redis()
-    r = redis.Redis(port=rds.port)
-    port = free_port()
-    start(cluster, indexed(port, mcs, rds.port), port)
-    wait_serving(port)
+    port, mcs, r, _ = indexed_proxy(cluster)
     fill_through(port, ["old%d" % i for i in range(100)])
     wait_until(lambda: len(index_members(r)) == 100, what="the first keys indexed")
     wires = [Wire(port) for _ in range(CONNS)]

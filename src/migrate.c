@@ -1280,6 +1280,19 @@ bool mig_active(const struct mig *m)
     return m != NULL && m->from != NULL;
 }
 
+uint32_t mig_shape(const struct mig *m)
+{
+    uint32_t h = 2166136261u;   /* FNV-1a over the fleet's phase name */
+
+    if (m == NULL) {
+        return 0;
+    }
+    for (const char *c = m->fleet; *c != '\0'; c++) {
+        h = (h ^ (uint8_t)*c) * 16777619u;
+    }
+    return h ^ ((uint32_t)m->state | (uint32_t)m->phase << 8 | (uint32_t)m->acked << 16);
+}
+
 uint64_t mig_fence_at(const struct mig *m)
 {
     if (m == NULL) {

@@ -57,6 +57,9 @@ bool mig_fenced(const struct mig *m);
  * 0 already, UINT64_MAX never (NULL, or no liveness). What the pool's
  * copies on other threads read (hub.h). */
 uint64_t mig_fence_at(const struct mig *m);
+/* Changes whenever the state, the phase, the acknowledged phase or the
+ * fleet's phase does: the copies' `stats` are refreshed then (hub.h). */
+uint32_t mig_shape(const struct mig *m);
 /* What a fenced pool answers instead of serving. */
 #define MIG_FENCED_LINE "SERVER_ERROR ringproxy fenced: the index Redis is unreachable"
 /* Why the recorded ring cannot be served (it names a server the config file

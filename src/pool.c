@@ -579,15 +579,18 @@ void pool_hub_turn(struct pool *p)
         return;
     }
     if (p->link == NULL) {
-        if (p->ready && !p->hub_stats_sent) {
-            /* Before the copies learn they may serve: their `stats` show
-             * the index lines from their first command on. */
+        if (p->ready && (!p->hub_stats_sent || p->hub_shape != mig_shape(p->mig))) {
+            /* Before the copies learn they may serve, and whenever the
+             * migration's phase or state changes: a copy's `stats` never
+             * shows a phase older than one the home thread answered. */
             pool_hub_stats(p);
             p->hub_stats_sent = true;
+            p->hub_shape = mig_shape(p->mig);
         }
-        /* Home: serve directly only while no key is moving. */
-        hub_publish(p->hub, p->ready, p->ready && !mig_active(p->mig), p->ring);
+        /* The fence first: a copy woken by the routing reads it at once.
+         * Then: serve directly only while no key is moving. */
         hub_set_fence(p->hub, mig_fence_at(p->mig));
+        hub_publish(p->hub, p->ready, p->ready && !mig_active(p->mig), p->ring);
         return;
     }
     if (evbuffer_get_length(p->index_out) > 0) {
@@ -639,11 +642,26 @@ void pool_index_stats(struct pool *p, struct evbuffer *b)
     }
 }
 
+/*
+ * What the home thread decides for a copy's commands and the copy cannot
+ * see in the reply it passes on: counted as the pool's own. Every other
+ * counter of the link's clients stays in link_stats (the copy counted it).
+ */
+static const enum stat_pool pool_link_outcomes[] = {
+    STAT_server_errors,         /* a backend or the fence failed it here */
+    STAT_meta_moving_refused,   /* refused here: its key is moving */
+};
+
 void pool_hub_tick(struct pool *p, uint64_t now_ms)
 {
     if (p->link != NULL) {
         backend_tick(p->link, now_ms);
     } else if (p->hub != NULL) {
+        for (size_t i = 0; i < sizeof(pool_link_outcomes) / sizeof(*pool_link_outcomes); i++) {
+            enum stat_pool s = pool_link_outcomes[i];
+            p->stats[s] += p->link_stats[s];
+            p->link_stats[s] = 0;
+        }
         pool_hub_stats(p);
     }
 }

@@ -499,6 +499,12 @@ static void proxy_reap_pools(struct worker *w)
  * Then free what was closed during the turn (defer.h). */
 static void worker_flush(struct worker *w)
 {
+    /* What this turn changed reaches the other threads before the replies
+     * that tell of it (a phase, the fence: hub.h); and again at the end
+     * for what the flush itself produced. */
+    for (uint32_t i = 0; i < w->npools; i++) {
+        pool_hub_turn(w->pools[i]);
+    }
     while (!TAILQ_EMPTY(&w->dirty_conns) || !TAILQ_EMPTY(&w->dirty_clients) ||
            defer_pending(w->defer) > 0) {
         struct bconn *bc;

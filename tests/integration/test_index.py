@@ -42,11 +42,14 @@ def vnode(server, point):
     return "%s:v:%s:%d" % (PREFIX, server, point)
 
 
-def wait_index_idle(c, timeout=10):
+def wait_index_idle(c, timeout=10, stores=0):
+    """stores: wait until the writer took at least that many stores (sent
+    or filtered) too."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = c.stats()
-        if st[b"index:queued"] == 0 and st[b"index:inflight"] == 0:
+        if st[b"index:queued"] == 0 and st[b"index:inflight"] == 0 and \
+                st[b"index:adds"] + st[b"index:filtered"] >= stores:
             return st
         time.sleep(0.02)
     raise AssertionError("index writes never drained: %s" % st)
@@ -182,10 +185,11 @@ def test_storing_a_key_again_costs_redis_nothing(setup):
     proxy, c, r, _ = setup
     keys = ["again%d" % i for i in range(1000)]
     c.set_many({k: b"v" for k in keys}, noreply=False)
-    st1 = wait_index_idle(c)
+    # Every store reached the writer (from another thread, a tick later).
+    st1 = wait_index_idle(c, stores=1000)
     for _ in range(3):
         c.set_many({k: b"w" for k in keys}, noreply=False)
-    st2 = wait_index_idle(c)
+    st2 = wait_index_idle(c, stores=4000)
     # Only keys whose filter slot another key took are sent again (< 1%).
     assert st2[b"index:adds"] - st1[b"index:adds"] <= 30
     assert st2[b"index:filtered"] - st1[b"index:filtered"] >= 2970

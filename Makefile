@@ -46,7 +46,7 @@ UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test
 BIN     := $(BUILD)/ringproxy
 
 .PHONY: all deps run test unit compat integration capable chaos chaos-fast \
-        chaos-run tsan tsan-run bench fuzz fuzz-smoke install clean \
+        chaos-run tsan tsan-run test-threads test-threads-run bench fuzz fuzz-smoke install clean \
         compile_commands.json
 all: $(BIN) $(BUILD)/loadgen
 
@@ -118,6 +118,16 @@ tsan:
 tsan-run: $(BIN)
 	RINGPROXY_THREADS=2 RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
 		$(TSAN_TESTS)
+
+# The whole integration suite with every proxy on two event-loop threads
+# (the harness passes -T $$RINGPROXY_THREADS; docs/ARCHITECTURE.md,
+# "Threads"), on the ASan+UBSan build. Not part of `test` (its time).
+test-threads:
+	$(MAKE) SAN=1 test-threads-run
+
+test-threads-run: $(BIN) $(BUILD)/loadgen
+	RINGPROXY_THREADS=2 RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		tests/integration
 
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; CK_FORK=yes $$t; done

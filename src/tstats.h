@@ -10,7 +10,9 @@
  * (`stats` on any thread, the admin's /metrics on the home thread) adds the
  * snapshots of the other threads to its own live counters. So another
  * thread's share is as of the end of its last turn. With one thread nothing
- * is kept and nothing added.
+ * is kept and nothing added. Beside the counters, each thread publishes
+ * what it sees of each backend (struct tstats_live), which readers show
+ * merged over the threads (tstats_backends_live).
  *
  * Ownership: the snapshots are this module's; tstats_init before the
  * threads start, tstats_free after they were joined.

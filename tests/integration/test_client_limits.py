@@ -125,7 +125,7 @@ def test_a_half_sent_command_line_is_closed_after_value_timeout(cluster):
     with Wire(proxy.port) as w:
         w.send(b"get " + b"k" * 100)
         assert closed(w.sock, 5)
-    assert proxy_stats(proxy.port)["closed_stalled_clients"] == "1"
+    stat_becomes(proxy.port, "closed_stalled_clients", 1)
 
 
 def test_an_idle_client_is_closed_after_client_timeout_and_a_busy_one_is_not(cluster):
@@ -170,7 +170,7 @@ def test_a_get_to_a_stopped_backend_times_out_by_default(cluster):
         finally:
             mc.proc.send_signal(signal.SIGCONT)
     assert 4.5 < took < 8, took
-    assert proxy_stats(proxy.port)["backend:mc1:timeouts"] == "1"
+    stat_becomes(proxy.port, "backend:mc1:timeouts", 1)
     assert len(log_lines(proxy, "request timed out")) == 1
 
 

@@ -7,6 +7,7 @@
 #                   integration tests and memccapable, all under ASan+UBSan
 #   make chaos      the resize checker (tests/chaos): every scenario, ASan build
 #   make chaos-fast its fast subset (pytest -m fast)
+#   make test-threads  the integration tests with every proxy on 2 threads
 #   make bench      ringproxy vs direct memcached vs twemproxy, same run
 #   make fuzz       libFuzzer on every parser of untrusted input (clang),
 #                   FUZZ_SECONDS (60) each; make fuzz-smoke: 10 s each

@@ -8,6 +8,7 @@
 #   make chaos      the resize checker (tests/chaos): every scenario, ASan build
 #   make chaos-fast its fast subset (pytest -m fast)
 #   make chaos-threads  every scenario with every proxy on 2 threads
+#   make test-threads  the integration tests with every proxy on 2 threads
 #   make bench      ringproxy vs direct memcached vs twemproxy, same run
 #   make fuzz       libFuzzer on every parser of untrusted input (clang),
 #                   FUZZ_SECONDS (60) each; make fuzz-smoke: 10 s each
@@ -47,7 +48,7 @@ UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test
 BIN     := $(BUILD)/ringproxy
 
 .PHONY: all deps run test unit compat integration capable chaos chaos-fast chaos-threads \
-        chaos-run tsan tsan-run bench fuzz fuzz-smoke install clean \
+        chaos-run tsan tsan-run test-threads test-threads-run bench fuzz fuzz-smoke install clean \
         compile_commands.json
 all: $(BIN) $(BUILD)/loadgen
 
@@ -120,6 +121,16 @@ tsan:
 tsan-run: $(BIN)
 	RINGPROXY_THREADS=2 RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
 		$(TSAN_TESTS)
+
+# The whole integration suite with every proxy on two event-loop threads
+# (the harness passes -T $$RINGPROXY_THREADS; docs/ARCHITECTURE.md,
+# "Threads"), on the ASan+UBSan build. Not part of `test` (its time).
+test-threads:
+	$(MAKE) SAN=1 test-threads-run
+
+test-threads-run: $(BIN) $(BUILD)/loadgen
+	RINGPROXY_THREADS=2 RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		tests/integration
 
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; CK_FORK=yes $$t; done

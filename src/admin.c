@@ -219,15 +219,17 @@ static void metrics_backends(struct admin *a, struct evbuffer *b)
     prom_head(b, name, sizeof(name), "backend", &state);
     for (uint32_t i = 0; i < w->npools; i++) {
         const struct pool *p = w->pools[i];
+        struct tstats_live *rows = tstats_backends_live(w->id, p);   /* every thread's */
         for (uint32_t j = 0; pool_listed(p) && j < p->nbackends; j++) {
             const struct backend *be = p->backends[j];
             for (size_t st = 0; st < BACKEND_STATE_COUNT; st++) {
                 const char *labels[] = { "pool", p->name, "server", be->identity,
                                          "addr", be->addr.text,
                                          "state", backend_state_names[st], NULL };
-                prom_sample(b, name, labels, be->state == st);
+                prom_sample(b, name, labels, rows[j].state == st);
             }
         }
+        free(rows);
     }
     /* Each backend's counters summed over the threads (tstats.h). */
     uint64_t (**sum)[STAT_BACKEND_COUNT] = rp_xcalloc(w->npools ? w->npools : 1,
@@ -438,16 +440,32 @@ static void index_why(struct evbuffer *b, const struct pool *p)
     }
 }
 
-/* A line per server whose name does not resolve (backend.dns_error). */
+/* A line per server whose name does not resolve on some thread
+ * (backend.dns_error, merged by tstats_backends_live). */
 static void healthz_dns(struct evbuffer *b, const struct pool *p, const char *prefix)
 {
+    struct tstats_live *rows = tstats_backends_live(p->w->id, p);
+
     for (uint32_t s = 0; s < p->nbackends; s++) {
-        const struct backend *be = p->backends[s];
-        if (be->dns_error[0] != '\0') {
+        if (rows[s].dns_error[0] != '\0') {
             evbuffer_add_printf(b, "%spool %s: server %s: %s\n", prefix, p->name,
-                                be->identity, be->dns_error);
+                                p->backends[s]->identity, rows[s].dns_error);
         }
     }
+    free(rows);
+}
+
+/* The servers of p's ring up as every thread sees them (tstats_live_merge). */
+static uint32_t healthz_up(const struct pool *p)
+{
+    struct tstats_live *rows = tstats_backends_live(p->w->id, p), own;
+    uint32_t up = 0;
+
+    for (uint32_t s = 0; p->ring_be != NULL && s < p->ring->nservers; s++) {
+        up += tstats_live_row(p, rows, p->ring_be[s], &own)->state == BACKEND_UP;
+    }
+    free(rows);
+    return up;
 }
 
 static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
@@ -460,13 +478,10 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
     }
     for (uint32_t i = 0; !w->stopping && i < w->npools; i++) {
         const struct pool *p = w->pools[i];
-        uint32_t up = 0;
         if (!pool_listed(p)) {
             continue;
         }
-        for (uint32_t s = 0; p->ring_be != NULL && s < p->ring->nservers; s++) {
-            up += p->ring_be[s]->state == BACKEND_UP;
-        }
+        uint32_t up = healthz_up(p);
         if (mig_refused(p->mig) != NULL) {
             evbuffer_add_printf(b, "pool %s: fenced: %s\n", p->name, mig_refused(p->mig));
         } else if (!p->ready) {
@@ -550,6 +565,7 @@ static void ring_json(struct json_w *j, const struct pool *p, bool points)
 {
     const struct ring *r = p->ring;
     char tag[3] = { r->tag[0], r->tag[1], '\0' };
+    struct tstats_live *rows = tstats_backends_live(p->w->id, p), own;
 
     json_obj(j);
     json_key(j, "name");
@@ -580,7 +596,8 @@ static void ring_json(struct json_w *j, const struct pool *p, bool points)
         json_key(j, "share");
         json_real(j, (double)sv->span / RING_SPACE);
         json_key(j, "state");
-        json_str(j, p->ring_be != NULL ? backend_state_names[p->ring_be[s]->state] :
+        json_str(j, p->ring_be != NULL ?
+                    backend_state_names[tstats_live_row(p, rows, p->ring_be[s], &own)->state] :
                     "unknown");
         json_obj_end(j);
     }
@@ -599,6 +616,7 @@ static void ring_json(struct json_w *j, const struct pool *p, bool points)
         json_arr_end(j);
     }
     json_obj_end(j);
+    free(rows);
 }
 
 static void admin_sink(void *arg, const char *data, size_t len)

@@ -715,14 +715,15 @@ static void client_stats(struct client *c, const struct proto_req *req)
             evbuffer_add_printf(b, "STAT %s %llu\r\n", stats_pool_desc[i].name,
                                 (unsigned long long)(ps[i] > base[i] ? ps[i] - base[i] : 0));
         }
+        struct tstats_live *live = tstats_backends_live(w->id, p);
         for (uint32_t s = 0; s < p->nbackends; s++) {
             const struct backend *be = p->backends[s];
             evbuffer_add_printf(b, "STAT backend:%s:addr %s\r\nSTAT backend:%s:state %s\r\n",
                                 be->identity, be->addr.text, be->identity,
-                                backend_state_names[be->state]);
-            if (be->dns_error[0] != '\0') {
+                                backend_state_names[live[s].state]);
+            if (live[s].dns_error[0] != '\0') {
                 evbuffer_add_printf(b, "STAT backend:%s:error %s\r\n", be->identity,
-                                    be->dns_error);
+                                    live[s].dns_error);
             }
             for (int i = 0; i < STAT_BACKEND_COUNT; i++) {
                 evbuffer_add_printf(b, "STAT backend:%s:%s %llu\r\n", be->identity,
@@ -730,6 +731,7 @@ static void client_stats(struct client *c, const struct proto_req *req)
                                     (unsigned long long)bs[s][i]);
             }
         }
+        free(live);
         free(bs);
         pool_index_stats(p, b);
         evbuffer_add_printf(b, "END\r\n");

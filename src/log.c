@@ -158,8 +158,11 @@ void log_write_limited(struct log_limit *lim, int level, const char *module,
     if (!log_enabled(level)) {
         return;
     }
-    uint64_t now = rp_clock_ms();
+    /* The clock is read under the lock: read before it, another thread
+     * could open a window later than this `now`, and now - window_ms would
+     * wrap round to a new window (a line more than the limit). */
     pthread_mutex_lock(&limited_lock);
+    uint64_t now = rp_clock_ms();
     if (lim->module == NULL || now - lim->window_ms >= LOG_WINDOW_MS) {
         log_summary(lim);
         lim->window_ms = now;
@@ -187,9 +190,8 @@ void log_write_limited(struct log_limit *lim, int level, const char *module,
 
 void log_tick(void)
 {
-    uint64_t now = rp_clock_ms();
-
     pthread_mutex_lock(&limited_lock);
+    uint64_t now = rp_clock_ms();   /* under the lock, as in log_write_limited */
     for (struct log_limit **pp = &limited_sites; *pp != NULL;) {
         struct log_limit *lim = *pp;
         if (lim->suppressed > 0 && now - lim->window_ms < LOG_WINDOW_MS) {

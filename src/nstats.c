@@ -82,6 +82,7 @@ struct nstats_pool_view {
     const struct pool *p;
     uint64_t stats[STAT_POOL_COUNT];
     uint64_t (*be_stats)[STAT_BACKEND_COUNT];   /* row j: p->backends[j] */
+    struct tstats_live *be_live;                /* row j: p->backends[j] */
 };
 
 static uint64_t pool_closed_by_proxy(const struct nstats_pool_view *v)
@@ -121,93 +122,79 @@ static uint64_t pool_fragments(const struct nstats_pool_view *v)
     return v->stats[STAT_fragments];
 }
 
-static uint64_t be_none(const struct backend *be, const uint64_t *st)
+/* A server as the fields see it: its counters and its state, connections
+ * and queue merged over the threads (tstats.h). */
+struct nstats_server_view {
+    const struct backend *be;
+    const uint64_t *st;
+    const struct tstats_live *lv;
+};
+
+static uint64_t be_none(const struct nstats_server_view *v)
 {
-    (void)be, (void)st;
+    (void)v;
     return 0;
 }
 
-static uint64_t be_err(const struct backend *be, const uint64_t *st)
+static uint64_t be_err(const struct nstats_server_view *v)
 {
-    (void)be;
-    return sat_sub(st[STAT_BE_errors], st[STAT_BE_timeouts]) +
-           st[STAT_BE_connect_failures];
+    return sat_sub(v->st[STAT_BE_errors], v->st[STAT_BE_timeouts]) +
+           v->st[STAT_BE_connect_failures];
 }
 
-static uint64_t be_timedout(const struct backend *be, const uint64_t *st)
+static uint64_t be_timedout(const struct nstats_server_view *v)
 {
-    (void)be;
-    return st[STAT_BE_timeouts];
+    return v->st[STAT_BE_timeouts];
 }
 
-static uint64_t be_connections(const struct backend *be, const uint64_t *st)
+static uint64_t be_connections(const struct nstats_server_view *v)
 {
-    uint64_t n = 0;
-
-    (void)st;   /* this thread's connections only */
-    for (uint32_t i = 0; i < be->nconns; i++) {
-        n += be->conns[i].state == BCONN_UP;
-    }
-    return n;
+    return v->lv->conns_up;     /* every thread's */
 }
 
-static uint64_t be_ejected_at(const struct backend *be, const uint64_t *st)
+static uint64_t be_ejected_at(const struct nstats_server_view *v)
 {
-    (void)st;
-    if (be->state != BACKEND_EJECTED) {
+    if (v->lv->state != BACKEND_EJECTED) {
         return 0;
     }
-    return sat_sub(be->retry_ms, (uint64_t)be->pool->conf->server_retry_timeout) * 1000;
+    return sat_sub(v->lv->retry_ms,
+                   (uint64_t)v->be->pool->conf->server_retry_timeout) * 1000;
 }
 
-static uint64_t be_eof(const struct backend *be, const uint64_t *st)
+static uint64_t be_eof(const struct nstats_server_view *v)
 {
-    (void)be;
-    return st[STAT_BE_closed_by_server];
+    return v->st[STAT_BE_closed_by_server];
 }
 
-static uint64_t be_request_bytes(const struct backend *be, const uint64_t *st)
+static uint64_t be_request_bytes(const struct nstats_server_view *v)
 {
-    (void)be;
-    return st[STAT_BE_bytes_sent];
+    return v->st[STAT_BE_bytes_sent];
 }
 
-static uint64_t be_response_bytes(const struct backend *be, const uint64_t *st)
+static uint64_t be_response_bytes(const struct nstats_server_view *v)
 {
-    (void)be;
-    return st[STAT_BE_bytes_received];
+    return v->st[STAT_BE_bytes_received];
 }
 
-static uint64_t be_requests(const struct backend *be, const uint64_t *st)
+static uint64_t be_requests(const struct nstats_server_view *v)
 {
-    (void)be;
-    return st[STAT_BE_requests];
+    return v->st[STAT_BE_requests];
 }
 
-static uint64_t be_responses(const struct backend *be, const uint64_t *st)
+static uint64_t be_responses(const struct nstats_server_view *v)
 {
-    (void)be;
-    return sat_sub(st[STAT_BE_requests],
-                   st[STAT_BE_errors] + st[STAT_BE_inflight]);
+    return sat_sub(v->st[STAT_BE_requests],
+                   v->st[STAT_BE_errors] + v->st[STAT_BE_inflight]);
 }
 
-static uint64_t be_in_queue_bytes(const struct backend *be, const uint64_t *st)
+static uint64_t be_in_queue_bytes(const struct nstats_server_view *v)
 {
-    uint64_t n = 0;
-
-    (void)st;   /* this thread's connections only */
-    for (uint32_t i = 0; i < be->nconns; i++) {
-        if (be->conns[i].out != NULL) {
-            n += evbuffer_get_length(be->conns[i].out);
-        }
-    }
-    return n;
+    return v->lv->queued_bytes;     /* every thread's */
 }
 
-static uint64_t be_out_queue(const struct backend *be, const uint64_t *st)
+static uint64_t be_out_queue(const struct nstats_server_view *v)
 {
-    (void)be;
-    return st[STAT_BE_inflight];
+    return v->st[STAT_BE_inflight];
 }
 
 /* X(name, getter, what it is here): nutcracker's fields, in its order. */
@@ -249,7 +236,7 @@ struct nstats_pool_field {
 
 struct nstats_server_field {
     const char *name;
-    uint64_t (*get)(const struct backend *be, const uint64_t *st);
+    uint64_t (*get)(const struct nstats_server_view *v);
     const char *desc;
 };
 
@@ -301,11 +288,12 @@ static void nstats_pool_json(struct json_w *j, const struct nstats_pool_view *v)
         if (be->retiring) {     /* its identity's new address is listed */
             continue;
         }
+        const struct nstats_server_view sv = { be, v->be_stats[b], &v->be_live[b] };
         json_key(j, be->identity);
         json_obj(j);
         for (size_t i = 0; i < NELEMS(nstats_server_fields); i++) {
             json_key(j, nstats_server_fields[i].name);
-            json_uint(j, nstats_server_fields[i].get(be, v->be_stats[b]));
+            json_uint(j, nstats_server_fields[i].get(&sv));
         }
         json_obj_end(j);
     }
@@ -332,6 +320,7 @@ static int nstats_json(struct worker *w, struct evbuffer *b)
             views[i].p = p;
             tstats_pool_sum(w->id, p, views[i].stats);
             views[i].be_stats = tstats_backends_sum(w->id, p);
+            views[i].be_live = tstats_backends_live(w->id, p);
             total += views[i].stats[STAT_total_connections];
             curr += views[i].stats[STAT_curr_connections];
         }
@@ -358,6 +347,7 @@ static int nstats_json(struct worker *w, struct evbuffer *b)
             nstats_pool_json(&j, &views[i]);
         }
         free(views[i].be_stats);
+        free(views[i].be_live);
     }
     free(views);
     json_obj_end(&j);

@@ -108,10 +108,11 @@ static void counters_json(struct json_w *j, const struct stats_desc *desc,
     json_obj_end(j);
 }
 
-/* One backend; sv: its server in the pool's ring, or NULL; st: its
- * counters summed over the threads (tstats.h). */
+/* One backend; sv: its server in the pool's ring, or NULL; st and lv: its
+ * counters and state merged over the threads (tstats.h). */
 static void server_json(struct json_w *j, const struct backend *be,
-                        const struct ring_server *sv, const uint64_t *st)
+                        const struct ring_server *sv, const uint64_t *st,
+                        const struct tstats_live *lv)
 {
     json_obj(j);
     json_key(j, "identity");
@@ -119,7 +120,7 @@ static void server_json(struct json_w *j, const struct backend *be,
     json_key(j, "addr");
     json_str(j, be->addr.text);
     json_key(j, "state");
-    json_str(j, backend_state_names[be->state]);
+    json_str(j, backend_state_names[lv->state]);
     json_key(j, "in_ring");
     json_bool(j, sv != NULL);
     json_key(j, "weight");
@@ -142,6 +143,7 @@ static int servers_json(struct json_w *j, uint32_t thread, const struct pool *p)
         return -1;
     }
     uint64_t (*sum)[STAT_BACKEND_COUNT] = tstats_backends_sum(thread, p);
+    struct tstats_live *live = tstats_backends_live(thread, p), own;
     json_key(j, "servers");
     json_arr(j);
     for (uint32_t s = 0; p->ring_be != NULL && s < r->nservers; s++) {
@@ -151,14 +153,15 @@ static int servers_json(struct json_w *j, uint32_t thread, const struct pool *p)
             listed[be->slot] = true;
             st = sum[be->slot];
         }
-        server_json(j, be, &r->servers[s], st);
+        server_json(j, be, &r->servers[s], st, tstats_live_row(p, live, be, &own));
     }
     for (uint32_t b = 0; b < p->nbackends; b++) {
         if (!listed[b]) {
-            server_json(j, p->backends[b], NULL, sum[b]);
+            server_json(j, p->backends[b], NULL, sum[b], &live[b]);
         }
     }
     json_arr_end(j);
+    free(live);
     free(sum);
     free(listed);
     return 0;

@@ -20,6 +20,7 @@ struct tstats_backend {
     const struct backend *be;   /* whose counters these are (compared by its
                                    own thread only, never followed) */
     uint64_t stats[STAT_BACKEND_COUNT];
+    struct tstats_live live;
 };
 
 /* One thread's last copy. Entries are reused from one tick to the next
@@ -153,6 +154,7 @@ static void publish_named(struct tstats_snap *s, struct pool *const *pools,
             keep_name(&e->addr, be->addr.text);
             e->be = be;
             memcpy(e->stats, be->stats, sizeof(be->stats));
+            tstats_live_of(be, &e->live);
         }
     }
 }
@@ -199,8 +201,9 @@ void tstats_publish_pools(uint32_t thread, struct pool *const *pools, uint32_t n
     } else {
         for (uint32_t i = 0, k = 0; i < npools; i++) {
             for (uint32_t j = 0; pools[i]->name != NULL && j < pools[i]->nbackends; j++) {
-                memcpy(s->bes[k++].stats, pools[i]->backends[j]->stats,
-                       sizeof(s->bes[0].stats));
+                const struct backend *be = pools[i]->backends[j];
+                memcpy(s->bes[k].stats, be->stats, sizeof(s->bes[0].stats));
+                tstats_live_of(be, &s->bes[k++].live);
             }
         }
     }
@@ -233,8 +236,13 @@ static bool tstats_same(const struct tstats_backend *e, const char *pool,
            strcmp(e->addr, be->addr.text) == 0;
 }
 
-void tstats_add_backends(uint32_t self, const char *pool, struct backend *const *bes,
-                         uint32_t n, uint64_t (*out)[STAT_BACKEND_COUNT])
+/* Call visit(j, e, arg) for each snapshot entry e of another thread than
+ * self that is backend bes[j] of pool `pool` (the entry's lock held). */
+static void each_other_backend(uint32_t self, const char *pool, struct backend *const *bes,
+                               uint32_t n,
+                               void (*visit)(uint32_t j, const struct tstats_backend *e,
+                                             void *arg),
+                               void *arg)
 {
     for (uint32_t t = 0; t < nsnaps; t++) {
         struct tstats_snap *s = &snaps[t];
@@ -258,12 +266,99 @@ void tstats_add_backends(uint32_t self, const char *pool, struct backend *const 
                     e = &s->bes[i];
                 }
             }
-            for (int k = 0; e != NULL && k < STAT_BACKEND_COUNT; k++) {
-                out[j][k] += e->stats[k];
+            if (e != NULL) {
+                visit(j, e, arg);
             }
         }
         pthread_mutex_unlock(&s->lock);
     }
+}
+
+static void add_counters(uint32_t j, const struct tstats_backend *e, void *arg)
+{
+    uint64_t (*out)[STAT_BACKEND_COUNT] = arg;
+
+    for (int k = 0; k < STAT_BACKEND_COUNT; k++) {
+        out[j][k] += e->stats[k];
+    }
+}
+
+void tstats_add_backends(uint32_t self, const char *pool, struct backend *const *bes,
+                         uint32_t n, uint64_t (*out)[STAT_BACKEND_COUNT])
+{
+    each_other_backend(self, pool, bes, n, add_counters, out);
+}
+
+/* --- what a backend looks like, merged over the threads -------------------- */
+
+void tstats_live_of(const struct backend *be, struct tstats_live *out)
+{
+    out->state = be->state;
+    out->conns_up = 0;
+    out->queued_bytes = 0;
+    out->tried = be->state != BACKEND_UP ||
+                 be->stats[STAT_BE_connects] + be->stats[STAT_BE_connect_failures] > 0;
+    for (uint32_t i = 0; be->conns != NULL && i < be->nconns; i++) {
+        const struct bconn *bc = &be->conns[i];
+        out->conns_up += bc->state == BCONN_UP;
+        out->tried |= bc->state != BCONN_DOWN;
+        out->queued_bytes += bc->out != NULL ? evbuffer_get_length(bc->out) : 0;
+    }
+    out->retry_ms = be->state == BACKEND_EJECTED ? be->retry_ms : 0;
+    if (out->dns_error[0] != '\0' || be->dns_error[0] != '\0') {
+        memcpy(out->dns_error, be->dns_error, sizeof(out->dns_error));
+        out->dns_error[sizeof(out->dns_error) - 1] = '\0';
+    }
+}
+
+void tstats_live_merge(struct tstats_live *acc, const struct tstats_live *t)
+{
+    if (acc->state == BACKEND_EJECTED || t->state == BACKEND_EJECTED) {
+        uint64_t a = acc->state == BACKEND_EJECTED ? acc->retry_ms : UINT64_MAX;
+        uint64_t b = t->state == BACKEND_EJECTED ? t->retry_ms : UINT64_MAX;
+        acc->state = BACKEND_EJECTED;
+        acc->retry_ms = a < b ? a : b;
+    } else if (!acc->tried) {
+        acc->state = t->state;      /* acc had no opinion: t's, if any */
+    } else if (t->tried && t->state == BACKEND_UP) {
+        acc->state = BACKEND_UP;    /* some thread that tried finds it up */
+    }
+    acc->tried = acc->tried || t->tried;
+    acc->conns_up += t->conns_up;
+    acc->queued_bytes += t->queued_bytes;
+    if (acc->dns_error[0] == '\0') {
+        memcpy(acc->dns_error, t->dns_error, sizeof(acc->dns_error));
+    }
+}
+
+static void merge_live(uint32_t j, const struct tstats_backend *e, void *arg)
+{
+    struct tstats_live *rows = arg;
+
+    tstats_live_merge(&rows[j], &e->live);
+}
+
+struct tstats_live *tstats_backends_live(uint32_t self, const struct pool *p)
+{
+    struct tstats_live *rows = rp_xcalloc(p->nbackends ? p->nbackends : 1, sizeof(*rows),
+                                          "merged backend states");
+
+    for (uint32_t j = 0; j < p->nbackends; j++) {
+        tstats_live_of(p->backends[j], &rows[j]);
+    }
+    each_other_backend(self, p->name, p->backends, p->nbackends, merge_live, rows);
+    return rows;
+}
+
+const struct tstats_live *tstats_live_row(const struct pool *p, const struct tstats_live *rows,
+                                          const struct backend *be, struct tstats_live *own)
+{
+    if (be->slot < p->nbackends && p->backends[be->slot] == be) {
+        return &rows[be->slot];
+    }
+    memset(own, 0, sizeof(*own));
+    tstats_live_of(be, own);
+    return own;
 }
 
 /* --- client connections per pool, across the threads ---------------------- */

@@ -10,7 +10,9 @@
  * (`stats` on any thread, the admin's /metrics on the home thread) adds the
  * snapshots of the other threads to its own live counters. So another
  * thread's share is as of the end of its last turn. With one thread nothing
- * is kept and nothing added.
+ * is kept and nothing added. Beside the counters, each thread publishes
+ * what it sees of each backend (struct tstats_live), which readers show
+ * merged over the threads (tstats_backends_live).
  *
  * Ownership: the snapshots are this module's; tstats_init before the
  * threads start, tstats_free after they were joined.
@@ -21,10 +23,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "stats.h"
 
 struct pool;
-struct backend;
 
 void tstats_init(uint32_t nthreads);
 void tstats_free(void);
@@ -39,6 +41,39 @@ void tstats_add_pool(uint32_t self, const char *name, uint64_t *out);
 /* The same for the n backends bes of pool `pool`: out[j] for bes[j]. */
 void tstats_add_backends(uint32_t self, const char *pool, struct backend *const *bes,
                          uint32_t n, uint64_t (*out)[STAT_BACKEND_COUNT]);
+
+/*
+ * What a backend looks like on one thread beyond its counters, published
+ * with them each loop turn. Readers show the merge over the threads
+ * (docs/ARCHITECTURE.md "Threads"): the state by tstats_live_merge's rule,
+ * connections and queued bytes summed, the dns error of any thread.
+ */
+struct tstats_live {
+    enum backend_state state;
+    bool tried;                 /* the thread connected or tried to: only then
+                                   is its state an opinion on the server */
+    uint32_t conns_up;          /* connections up (server_connections) */
+    uint64_t queued_bytes;      /* request bytes not yet written */
+    uint64_t retry_ms;          /* EJECTED: when it is tried again */
+    char dns_error[sizeof(((struct backend *)0)->dns_error)];  /* "": none */
+};
+
+/* be as its own thread sees it (that thread only). */
+void tstats_live_of(const struct backend *be, struct tstats_live *out);
+/* Fold thread view t into acc (pure; any order gives the same result):
+ * ejected if ejected on any thread; else down if at least one thread tried
+ * it and every thread that tried it finds it down; else up. Connections and
+ * bytes add up; retry_ms is the earliest of the ejecting threads'; the dns
+ * error is acc's, or t's when acc has none. */
+void tstats_live_merge(struct tstats_live *acc, const struct tstats_live *t);
+/* p's backends merged over every thread: row j for p->backends[j], thread
+ * self's live and the others' last snapshots; the caller frees it. */
+struct tstats_live *tstats_backends_live(uint32_t self, const struct pool *p);
+/* be's row of rows (from tstats_backends_live(p)); a backend that is not one
+ * of p->backends (retiring, in no list) is seen on its thread alone, into
+ * *own. */
+const struct tstats_live *tstats_live_row(const struct pool *p, const struct tstats_live *rows,
+                                          const struct backend *be, struct tstats_live *own);
 
 /* `stats reset` (client.c): base[STAT_POOL_COUNT] is the summed counters
  * the text `stats` subtracts from then on, for pool p's name on every

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import random
+import select
 import shutil
 import signal
 import socket
@@ -277,6 +278,13 @@ class Proxy(Server):
         return [RINGPROXY, "-c", self.conf_path, "-v", "6", "-p", self.pid_path,
                 "-P", str(self.admin_port), "-s", str(self.stats_port)] + extra
 
+    @property
+    def threads(self):
+        """Its event-loop threads as its command line sets them (-T; 1
+        without): each has its own backend connections."""
+        argv = self.argv()
+        return int(argv[argv.index("-T") + 1]) if "-T" in argv else 1
+
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         rc = super().stop(sig, timeout)
         check_sanitizers(self.log())
@@ -495,6 +503,15 @@ def proxy_stats(port):
     return stats
 
 
+def stat_becomes(port, name, want, timeout=10.0):
+    """The proxy's `stats` field name reaches want (compared as text). With
+    -T N another thread's share shows as of the end of its last loop turn
+    (docs/ARCHITECTURE.md, "Threads"), so a reply can be read before what
+    it counted is."""
+    return wait_until(lambda: proxy_stats(port).get(name) == str(want), timeout=timeout,
+                      what="stats %s to be %s" % (name, want))
+
+
 class FakeBackend:
     """A listening socket that plays a memcached server by hand.
 
@@ -537,6 +554,36 @@ class FakeBackend:
             c.close()
         self.conns = []
         self.sock.close()
+
+
+def client_on(port, fake, conn, request, answer=b"END\r\n", tries=64):
+    """A new client (Wire) whose requests reach the FakeBackend on conn, the
+    backend connection another client already uses: so the thread serving
+    the new client is the one that opened conn (with -T N each thread has
+    its own backend connections and the kernel picks a client's thread). A
+    client whose `request` (sent here, read from conn when it arrives there)
+    reaches the fake on another connection is answered `answer` and dropped
+    for another. Returns (wire, n): n is how many backend connections of
+    other threads it accepted (they stay open until fake.close())."""
+    others = []
+    for _ in range(tries):
+        w = Wire(port)
+        w.send(request)
+        while True:
+            ready, _, _ = select.select([conn, fake.sock] + others, [], [], 10.0)
+            assert ready, "%r reached no backend connection" % request
+            if conn in ready:
+                FakeBackend.recv_until(conn, request)
+                return w, len(others)
+            if fake.sock in ready:
+                others.append(fake.accept())
+                continue
+            FakeBackend.recv_until(ready[0], request)
+            ready[0].sendall(answer)
+            assert w.read_reply() == answer
+            w.close()
+            break
+    raise AssertionError("%d clients in a row on other threads" % tries)
 
 
 def admin_get(port, path, method="GET", timeout=10.0):

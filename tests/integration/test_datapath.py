@@ -13,7 +13,7 @@ import memcache
 import pytest
 from pymemcache.client.base import Client as PymemcacheClient
 
-from harness import Wire, key_per_server, proxy_stats
+from harness import Wire, key_per_server, proxy_stats, stat_becomes
 
 VERSION = b"VERSION 1.6.18 ringproxy-0.1.0\r\n"
 MIB = 1 << 20
@@ -194,6 +194,9 @@ def test_stats_reports_pool_and_per_backend_counters(three):
         w.call(b"get %s %s\r\n" % (per_server["mc2"].encode(), per_server["mc3"].encode()))
         reply = w.call(b"stats\r\n")
     assert reply.startswith(b"STAT pid ") and reply.endswith(b"END\r\n")
+    # The stats connection alone: w's close is counted, and so is all it did
+    # (with -T N, on another thread as of the end of its last loop turn).
+    stat_becomes(proxy.port, "curr_connections", 1)
     stats = proxy_stats(proxy.port)
     assert stats["version"] == "0.1.0"
     assert stats["pool"] == "cache" and stats["servers"] == "3"
@@ -218,6 +221,7 @@ def test_stats_reset_zeroes_the_counters_and_other_arguments_are_errors(three):
         assert proxy_stats(proxy.port)["cmd_get"] == "2"
         assert w.call(b"stats reset\r\n") == b"RESET\r\n"
         assert w.call(b"stats nonsense\r\n") == b"ERROR\r\n"
+    stat_becomes(proxy.port, "curr_connections", 1)     # w's close counted
     stats = proxy_stats(proxy.port)
     assert stats["cmd_get"] == "0" and stats["get_misses"] == "0"
     assert stats["curr_connections"] == "1"     # a gauge survives the reset

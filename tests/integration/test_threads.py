@@ -14,8 +14,10 @@ import threading
 
 import redis
 
-from harness import (RINGPROXY, Wire, admin_get, admin_json, free_port, locate,
-                     pool_yaml, proxy_stats, sigstop, stats_port_json, wait_until)
+import pytest
+
+from harness import (RINGPROXY, Wire, admin_get, admin_json, free_port, key_per_server,
+                     locate, pool_yaml, proxy_stats, sigstop, stats_port_json, wait_until)
 
 CONNS = 16
 
@@ -139,6 +141,75 @@ def stats_of(w):
     out = w.call(b"stats\r\n").decode()
     return dict(line.split(" ", 2)[1:] for line in out.split("\r\n")
                 if line.startswith("STAT "))
+
+
+class McConns:
+    """memcached's open connections (curr_connections), asked on one
+    connection kept open, so that no connection of its own comes and goes
+    between two answers."""
+
+    def __init__(self, mc):
+        self.w = Wire(mc.port)
+
+    def __call__(self):
+        out = self.w.call(b"stats\r\n").decode()
+        return int(re.search(r"STAT curr_connections (\d+)", out).group(1))
+
+    def close(self):
+        self.w.close()
+
+
+def one_client_per_thread(port, mc, key):
+    """Two connections to the proxy (-T 2) served by different threads.
+    Each thread opens its own connection to mc on its first request, so a
+    client whose get makes mc count one connection more is on a thread not
+    seen yet."""
+    count = McConns(mc)
+    base, found, spare = count(), [], []
+    try:
+        while len(found) < 2 and len(spare) < 64:
+            w = Wire(port)
+            assert w.call(b"get %s\r\n" % key.encode()) == b"END\r\n"
+            (found if count() > base + len(found) else spare).append(w)
+    finally:
+        count.close()
+        for w in spare:
+            w.close()
+    assert len(found) == 2, "the kernel gave 64 connections to one thread"
+    return found
+
+
+@pytest.mark.parametrize("served_by", [0, 1])
+def test_a_killed_backend_is_down_whichever_thread_found_it(cluster, served_by):
+    # Only the thread of clients[served_by] ever uses mc2 (home or worker,
+    # whichever it is: one of the two runs is the worker); yet every
+    # reader, on whichever thread answers it, shows mc2 down
+    # (docs/ARCHITECTURE.md "Threads": merged over the threads).
+    mc1, mc2 = cluster.memcached(2)
+    port, sport, aport = free_port(), free_port(), free_port()
+    proxy = cluster.proxy(conf(port, [mc1, mc2]), port=port, stats_port=sport,
+                          admin_port=aport, extra=["-T", "2"])
+    key = key_per_server(proxy.conf_path)
+    clients = one_client_per_thread(port, mc1, key["mc1"])
+    # The stats port sums both threads' connections to mc1.
+    wait_until(lambda: stats_port_json(sport)["cache"]["mc1"]["server_connections"] == 2,
+               what="server_connections summed over both threads")
+    mc2.kill()
+    assert clients[served_by].call(b"get %s\r\n" % key["mc2"].encode()).startswith(
+        b"SERVER_ERROR ")
+    for w in clients:
+        wait_until(lambda: stats_of(w)["backend:mc2:state"] == "down",
+                   what="mc2 down in the stats of both threads")
+    assert admin_get(aport, "/healthz")[0] == 200     # mc1 serves
+    mc1.kill()      # both threads are connected to it: both find it gone
+    code, _, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(
+        admin_get(aport, "/healthz")), what="/healthz to say 503")
+    assert "pool cache: no backend is up" in body
+    servers = admin_json(aport, "/ring")["pools"][0]["servers"]
+    assert [s["state"] for s in servers] == ["down", "down"]
+    assert stats_port_json(sport)["cache"]["mc1"]["server_connections"] == 0
+    for w in clients:
+        w.close()
 
 
 def test_a_reload_reaches_every_thread(cluster):

@@ -403,9 +403,17 @@ static size_t client_replies_held(const struct client *c)
     return evbuffer_get_length(c->out) + c->held;
 }
 
+/*
+ * A link (client_accept_link) carries the commands of all its copy's
+ * clients: closing it for what one of them asked would fail the others'.
+ * The copy holds each of its clients to the budget as the replies reach
+ * it; here the link only stops being read (client_must_pause), so what it
+ * holds is what its commands in flight answer.
+ */
 static bool client_over_budget(const struct client *c)
 {
-    return client_replies_held(c) > (size_t)c->pool->conf->client_max_memory;
+    return !c->is_link &&
+           client_replies_held(c) > (size_t)c->pool->conf->client_max_memory;
 }
 
 void client_held(struct client *c, ptrdiff_t delta)

@@ -994,6 +994,12 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
         return;
     }
     r->flushes_index = !req->has_delay || req->delay <= 0;
+    if (p->link != NULL) {
+        /* Went the other way from a copy that routes directly: its next
+         * command waits for it (client_route_switching), or it could reach
+         * a server before the flush and be wiped by it. */
+        c->forwarded = true;
+    }
     if (req->noreply) {
         r->quiet = true;
         client_detach(c, r);

@@ -117,3 +117,27 @@ def proxy_conf_without(proxy, mc):
         text = f.read()
     return "".join(line + "\n" for line in text.split("\n")
                    if line and mc.addr not in line)
+
+
+def test_a_store_pipelined_after_flush_all_survives_it_on_every_thread(cluster):
+    """flush_all on a request worker runs on the home thread, on its own
+    backend connections (docs/ARCHITECTURE.md, "Threads: indexed pools"),
+    while the worker routes the next command itself: a set pipelined
+    right after the flush must not reach the server first and be wiped by
+    it, as on one thread, where both go down one connection in order."""
+    mcs = cluster.memcached(2)
+    rds = cluster.redis()
+    port = free_port()
+    cluster.proxy(indexed(port, mcs, rds.port), port=port, extra=["-T", "2"])
+    wait_until(lambda: proxy_stats(port).get("migration:state") == "idle",
+               what="the indexed pool to serve")
+    for round_ in range(4):
+        for i in range(CONNS):
+            k = b"f%d-%d" % (round_, i)
+            hit = b"VALUE %s 0 1\r\nx\r\nEND\r\n" % k
+            with Wire(port) as w:
+                got = w.call(b"flush_all\r\nset %s 0 0 1\r\nx\r\nget %s\r\n" % (k, k),
+                             replies=3)
+                assert got == b"OK\r\nSTORED\r\n" + hit, got
+                # The flush answered: it is done; the set came after it.
+                assert w.call(b"get %s\r\n" % k) == hit

@@ -3,10 +3,12 @@
 command to the home thread through one link connection shared by their
 clients, so nothing one client does may make the home thread close that
 link under the others."""
+import random
 import signal
 import socket
 import threading
 
+import pytest
 import redis
 
 from harness import (Wire, free_port, locate, pool_yaml, proxy_stats, sigstop,
@@ -141,3 +143,300 @@ def test_a_store_pipelined_after_flush_all_survives_it_on_every_thread(cluster):
                 assert got == b"OK\r\nSTORED\r\n" + hit, got
                 # The flush answered: it is done; the set came after it.
                 assert w.call(b"get %s\r\n" % k) == hit
+
+
+class Pipeliner:
+    """One connection that sends deep pipelines (hundreds of commands in one
+    write: text and meta, noreply and quiet ones, multi-gets) on keys of its
+    own, and checks every reply against a model of one memcached."""
+
+    def __init__(self, port, n, seed):
+        self.port, self.n = port, n
+        self.rng = random.Random(seed)
+        self.keys = ["p%d-%d" % (n, i) for i in range(24)]
+        self.counters = ["c%d-%d" % (n, i) for i in range(4)]
+        self.model = {}
+        self.rounds = 0
+
+    def step(self, out, want):
+        rng, m = self.rng, self.model
+        k = rng.choice(self.keys)
+        kb = k.encode()
+        op = rng.randrange(16)
+        v = b"%d.%d" % (self.rounds, rng.randrange(10 ** 6))
+        if op == 0:
+            out.append(b"set %s 0 0 %d\r\n%s\r\n" % (kb, len(v), v))
+            want.append(b"STORED\r\n")
+            m[k] = v
+        elif op == 1:
+            out.append(b"set %s 0 0 %d noreply\r\n%s\r\n" % (kb, len(v), v))
+            m[k] = v
+        elif op == 2:
+            out.append(b"get %s\r\n" % kb)
+            want.append(self.value(k) + b"END\r\n")
+        elif op == 3:
+            out.append(b"append %s 0 0 1\r\n+\r\n" % kb)
+            want.append(b"STORED\r\n" if k in m else b"NOT_STORED\r\n")
+            if k in m:
+                m[k] += b"+"
+        elif op == 4:
+            out.append(b"delete %s\r\n" % kb)
+            want.append(b"DELETED\r\n" if m.pop(k, None) is not None else b"NOT_FOUND\r\n")
+        elif op == 5:
+            out.append(b"delete %s noreply\r\n" % kb)
+            m.pop(k, None)
+        elif op == 6:
+            some = rng.sample(self.keys, 6)
+            out.append(b"get %s\r\n" % b" ".join(x.encode() for x in some))
+            want.append(b"".join(self.value(x) for x in some) + b"END\r\n")
+        elif op == 7:
+            c = rng.choice(self.counters)
+            out.append(b"incr %s 3\r\n" % c.encode())
+            if c in m:
+                m[c] = b"%d" % (int(m[c]) + 3)
+                want.append(m[c] + b"\r\n")
+            else:
+                want.append(b"NOT_FOUND\r\n")
+        elif op == 8:
+            c = rng.choice(self.counters)
+            out.append(b"set %s 0 0 1 noreply\r\n7\r\n" % c.encode())
+            m[c] = b"7"
+        elif op == 9:
+            out.append(b"ms %s %d T0\r\n%s\r\n" % (kb, len(v), v))
+            want.append(b"HD\r\n")
+            m[k] = v
+        elif op == 10:
+            out.append(b"ms %s %d q\r\n%s\r\n" % (kb, len(v), v))
+            m[k] = v
+        elif op == 11:
+            out.append(b"mg %s v\r\n" % kb)
+            want.append(b"VA %d\r\n%s\r\n" % (len(m[k]), m[k]) if k in m else b"EN\r\n")
+        elif op == 12:
+            out.append(b"mg %s v q\r\n" % kb)
+            if k in m:
+                want.append(b"VA %d\r\n%s\r\n" % (len(m[k]), m[k]))
+        elif op == 13:
+            out.append(b"md %s q\r\n" % kb)
+            if m.pop(k, None) is None:
+                want.append(b"NF\r\n")
+        elif op == 14:
+            c = rng.choice(self.counters)
+            out.append(b"ma %s v\r\n" % c.encode())
+            if c in m:
+                m[c] = b"%d" % (int(m[c]) + 1)
+                want.append(b"VA %d\r\n%s\r\n" % (len(m[c]), m[c]))
+            else:
+                want.append(b"NF\r\n")
+        else:
+            out.append(b"mn\r\n")
+            want.append(b"MN\r\n")
+
+    def value(self, k):
+        v = self.model.get(k)
+        return b"" if v is None else b"VALUE %s 0 %d\r\n%s\r\n" % (k.encode(), len(v), v)
+
+    def run(self, stop, errors):
+        with Wire(self.port, timeout=60) as w:
+            # A clean start: the keys of an earlier run are gone.
+            w.send(b"".join(b"delete %s noreply\r\n" % k.encode()
+                            for k in self.keys + self.counters) + b"mn\r\n")
+            assert w.read_line() == b"MN\r\n"
+            while not stop.is_set():
+                out, want = [], []
+                for _ in range(self.rng.randrange(100, 400)):
+                    self.step(out, want)
+                out.append(b"mn\r\n")
+                want.append(b"MN\r\n")
+                w.send(b"".join(out))
+                expect = b"".join(want)
+                got = w.read_exact(len(expect))
+                if got != expect:
+                    errors.append((self.n, self.rounds, first_difference(got, expect)))
+                    return
+                self.rounds += 1
+
+
+def first_difference(got, want):
+    i = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]),
+             min(len(got), len(want)))
+    return (got[max(0, i - 60):i + 60], want[max(0, i - 60):i + 60])
+
+
+def test_deep_pipelines_see_their_own_writes_across_every_switch(cluster, tmp_path):
+    """16 connections (on both threads) pipeline hundreds of commands per
+    write on their own keys while the pool goes direct -> forward (the fleet
+    held in `prepared`, then `switched`, then `moving` with the mover held
+    back) -> direct again once the resize ends: every reply comes in order
+    and every read sees the connection's own last write, text and meta,
+    noreply and quiet commands included."""
+    mcs = cluster.memcached(3)
+    rds = cluster.redis()
+    r = redis.Redis(port=rds.port)
+    port = free_port()
+    proxy = cluster.proxy(indexed(port, mcs[:2], rds.port), port=port,
+                          extra=["-T", "2"])
+    wait_until(lambda: proxy_stats(port).get("migration:state") == "idle",
+               what="the indexed pool to serve")
+    wait_until(lambda: any(not k.startswith((b"fake", b"sweeper:"))
+                           for k in r.hgetall("rp:indexed:proxies")),
+               what="the proxy's heartbeat in Redis")
+    stop, errors = threading.Event(), []
+    pipers = [Pipeliner(port, n, n) for n in range(CONNS)]
+    threads = [threading.Thread(target=p.run, args=(stop, errors)) for p in pipers]
+    for t in threads:
+        t.start()
+
+    def more_rounds(n=2):
+        base = [p.rounds for p in pipers]
+        wait_until(lambda: errors or all(p.rounds >= b + n for p, b in zip(pipers, base)),
+                   timeout=60, what="every connection to pipeline %d more rounds" % n)
+    try:
+        more_rounds()
+        with FakeProxy(r, "rp:indexed") as fake:
+            proxy.write_config(indexed(port, mcs, rds.port))
+            proxy.signal(signal.SIGHUP)
+            wait_phase(port, "prepared")
+            more_rounds()
+            fake.ack = "prepared"
+            wait_phase(port, "switched")
+            more_rounds()
+            fake.ack = "switched"
+            wait_phase(port, "moving")
+            more_rounds()
+            proxy.write_config(indexed(port, mcs, rds.port, migration={"rate": 0}))
+            proxy.signal(signal.SIGHUP)
+            wait_until(lambda: proxy_stats(port).get("migration:state") == "idle" and
+                       proxy_stats(port).get("servers") == "3", timeout=60,
+                       what="the resize to end")
+        more_rounds()
+        assert int(proxy_stats(port)["threads:forwarded"]) > 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert errors == [], errors[:3]
+
+
+def test_sigterm_in_a_resize_answers_every_pipeline_and_exits_0(cluster, tmp_path):
+    """SIGTERM while every request worker forwards (the fleet held in
+    `prepared`): each connection's pipeline, sent before the signal, is
+    answered in full before its connection ends, and the process exits 0,
+    its links to the home thread no obstacle."""
+    proxy, mcs, _, fake, _ = start_held(cluster, tmp_path, threads="3")
+    try:
+        pipers = [Pipeliner(proxy.port, n, 100 + n) for n in range(CONNS)]
+        wires, wants = [], []
+        for p in pipers:
+            w = Wire(proxy.port, timeout=30)
+            out, want = [], []
+            for _ in range(300):
+                p.step(out, want)
+            w.send(b"".join(out) + b"mn\r\n")
+            wires.append(w)
+            wants.append(b"".join(want) + b"MN\r\n")
+        # Every pipeline reached the proxy: its last reply is on its way.
+        for w, want in zip(wires, wants):
+            assert w.read_exact(len(want) - 4) == want[:-4]
+            w.send(b"mn\r\n" * 50)
+        fake.stop.set()         # its last heartbeat holds the fleet meanwhile
+        fake.thread.join(5)
+        assert proxy.stop() == 0
+        for w in wires:
+            got = recv_rest(w)
+            assert got == b"MN\r\n" * (got.count(b"MN\r\n")) and len(got) >= 4, got[:100]
+            w.close()
+        assert "stopped" in proxy.log()
+    finally:
+        fake.__exit__()
+
+
+def recv_rest(w):
+    data = w.buf
+    try:
+        while True:
+            chunk = w.sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def link_sockets(pid):
+    """The threads' link sockets of process pid in /proc/net/unix (the
+    listener and each connection it accepted carry its name)."""
+    with open("/proc/net/unix") as f:
+        return [line.split()[-1] for line in f
+                if line.split()[-1].startswith("@ringproxy.%d." % pid)]
+
+
+def test_a_reload_that_removes_an_indexed_pool_closes_its_link(cluster):
+    """Removing an indexed pool served by every thread: the home pool goes
+    once its clients are gone, the link's connections included (each
+    request worker's copy closes its link as it goes), and nothing of the
+    link is left listening."""
+    mcs = cluster.memcached(2)
+    rds = cluster.redis()
+    port, other = free_port(), free_port()
+    plain = pool_yaml("plain", other, [(mcs[0].addr, 1, "mc1")])
+    proxy = cluster.proxy(indexed(port, mcs, rds.port) + plain, port=port,
+                          extra=["-T", "2"])
+    wait_until(lambda: proxy_stats(port).get("migration:state") == "idle",
+               what="the indexed pool to serve")
+    wires = [Wire(port) for _ in range(CONNS)]
+    for w in wires:
+        assert w.call(b"flush_all\r\n") == b"OK\r\n"   # through the link on a copy
+    assert len(link_sockets(proxy.proc.pid)) >= 2      # the listener, a link
+    proxy.write_config(plain)
+    proxy.signal(signal.SIGHUP)
+    for w in wires:
+        assert w.closed_by_peer()
+        w.close()
+    wait_until(lambda: "pool indexed: removed" in proxy.log(), what="the pool removed")
+    wait_until(lambda: link_sockets(proxy.proc.pid) == [], what="the link gone")
+    assert Wire(other).call(b"version\r\n").startswith(b"VERSION")
+
+
+def serve_everywhere(port, tag):
+    """CONNS connections (both threads) each store and read back a key."""
+    wires = [Wire(port) for _ in range(CONNS)]
+    try:
+        for i, w in enumerate(wires):
+            k = b"%s-%d" % (tag.encode(), i)
+            assert w.call(b"set %s 0 0 1\r\nx\r\n" % k) == b"STORED\r\n"
+            assert w.call(b"get %s\r\n" % k) == b"VALUE %s 0 1\r\nx\r\nEND\r\n" % k
+            assert w.call(b"flush_all\r\n") == b"OK\r\n"    # through the link
+    finally:
+        for w in wires:
+            w.close()
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["reuseport", "no-reuseport"])
+def test_reloads_that_toggle_reuseport_and_move_the_port_keep_every_thread_serving(cluster,
+                                                                                first):
+    """An indexed pool on 2 threads reloaded to `reuseport: false` (the home
+    thread alone serves it), back to true (every thread again), then to
+    another port: every step applies on every thread, serves, and leaves
+    no thread refusing it."""
+    mcs = cluster.memcached(2)
+    rds = cluster.redis()
+    port, port2 = free_port(), free_port()
+    proxy = cluster.proxy(indexed(port, mcs, rds.port, reuseport=first), port=port,
+                          extra=["-T", "2"])
+    wait_until(lambda: proxy_stats(port).get("migration:state") == "idle",
+               what="the indexed pool to serve")
+    serve_everywhere(port, "a")
+    steps = [(port, dict(reuseport=False)), (port, {}), (port2, {}),
+             (port2, dict(reuseport=False)), (port, {})]
+    for n, (p, kw) in enumerate(steps):
+        before = proxy.log().count("applied")
+        proxy.write_config(indexed(p, mcs, rds.port, **kw))
+        proxy.signal(signal.SIGHUP)
+        wait_until(lambda: proxy.log().count("applied") > before, what="reload %d" % n)
+        wait_until(lambda: proxy_stats(p).get("migration:state") == "idle",
+                   what="the pool to serve after reload %d" % n)
+        serve_everywhere(p, "s%d" % n)
+        log = proxy.log()
+        assert "nothing changed" not in log and "no home pool" not in log, log[-2000:]
+

@@ -440,3 +440,67 @@ def test_reloads_that_toggle_reuseport_and_move_the_port_keep_every_thread_servi
         log = proxy.log()
         assert "nothing changed" not in log and "no home pool" not in log, log[-2000:]
 
+
+
+def held_by(mc, key):
+    with socket.create_connection(("127.0.0.1", mc.port), timeout=10) as s:
+        s.sendall(b"get %s\r\n" % key.encode())
+        buf = b""
+        while not buf.endswith(b"END\r\n"):
+            buf += s.recv(65536)
+        return buf.startswith(b"VALUE ")
+
+
+def test_a_copy_replaced_while_the_old_one_drains_still_follows_the_home(cluster, tmp_path):
+    """reuseport off then on again while a request worker's copy still
+    drains a client (its get waits on a stopped server): the new copy takes
+    the thread's place in the hub, and the old one, freed later, must not
+    take the new one's wake-up with it. Else the new copy never hears of
+    the next resize and keeps storing by the old ring."""
+    mcs = cluster.memcached(3)
+    rds = cluster.redis()
+    port = free_port()
+    conf = lambda n, **kw: indexed(port, mcs[:n], rds.port, timeout=20000,
+                                   migration={"rate": 0}, **kw)
+    proxy = cluster.proxy(conf(2), port=port, extra=["-T", "2"])
+    wait_until(lambda: proxy_stats(port).get("migration:state") == "idle",
+               what="the indexed pool to serve")
+    first = tmp_path / "first.yml"
+    first.write_text(conf(2))
+    stall = stable_key(str(first), str(first), "mc1", "stall")
+    wires = [Wire(port, timeout=60) for _ in range(CONNS)]
+    assert wires[0].call(b"set %s 0 0 1\r\nx\r\n" % stall.encode()) == b"STORED\r\n"
+
+    def reload(text):
+        before = proxy.log().count(" applied")
+        proxy.write_config(text)
+        proxy.signal(signal.SIGHUP)
+        wait_until(lambda: proxy.log().count(" applied") > before, what="the reload")
+    sigstop(mcs[0].proc)
+    try:
+        for w in wires:
+            w.send(b"get %s\r\n" % stall.encode())
+        reload(conf(2, reuseport=False))
+        reload(conf(2))
+    finally:
+        mcs[0].proc.send_signal(signal.SIGCONT)
+    for w in wires:
+        assert w.read_reply() == b"VALUE %s 0 1\r\nx\r\nEND\r\n" % stall.encode()
+        w.close()
+    wait_until(lambda: "pool indexed: removed" in proxy.log(), what="the old copy freed")
+    reload(conf(3))
+    wait_until(lambda: proxy_stats(port).get("migration:state") == "idle" and
+               proxy_stats(port).get("servers") == "3", timeout=60,
+               what="the resize to end")
+    keys = ["n%d" % i for i in range(200)]
+    wires = [Wire(port) for _ in range(CONNS)]
+    try:
+        for i, k in enumerate(keys):
+            assert wires[i % CONNS].call(b"set %s 0 0 1\r\ny\r\n" % k.encode()) == \
+                b"STORED\r\n"
+    finally:
+        for w in wires:
+            w.close()
+    where = locate(proxy.conf_path, keys)
+    for k in keys:
+        assert held_by(mcs[int(where[k][2:]) - 1], k), (k, where[k])

@@ -4,6 +4,7 @@ command to the home thread through one link connection shared by their
 clients, so nothing one client does may make the home thread close that
 link under the others."""
 import random
+import re
 import signal
 import socket
 import threading
@@ -11,8 +12,8 @@ import threading
 import pytest
 import redis
 
-from harness import (Wire, free_port, locate, pool_yaml, proxy_stats, sigstop,
-                     wait_until)
+from harness import (Wire, admin_get, free_port, locate, pool_yaml, proxy_stats,
+                     sigstop, stats_port_json, wait_until)
 from test_migration import FakeProxy, wait_phase
 
 CONNS = 16      # connections land on both threads (SO_REUSEPORT)
@@ -26,7 +27,7 @@ def indexed(port, mcs, rport, **kw):
                                        for i, m in enumerate(mcs)], **settings)
 
 
-def start_held(cluster, tmp_path, nservers=3, threads="2", **kw):
+def start_held(cluster, tmp_path, nservers=3, threads="2", ports=None, **kw):
     """A proxy on `threads` threads over nservers - 1 memcached, then
     resized to nservers and held in `prepared` by a fake proxy of the fleet
     (test_migration.FakeProxy): every request worker forwards. Returns
@@ -37,7 +38,7 @@ def start_held(cluster, tmp_path, nservers=3, threads="2", **kw):
     r = redis.Redis(port=rds.port)
     port = free_port()
     proxy = cluster.proxy(indexed(port, mcs[:-1], rds.port, **kw), port=port,
-                          extra=["-T", threads])
+                          extra=["-T", threads], **(ports or {}))
     wait_until(lambda: proxy_stats(port).get("migration:state") == "idle",
                what="the indexed pool to serve")
     wait_until(lambda: any(not k.startswith((b"fake", b"sweeper:"))
@@ -504,3 +505,64 @@ def test_a_copy_replaced_while_the_old_one_drains_still_follows_the_home(cluster
     where = locate(proxy.conf_path, keys)
     for k in keys:
         assert held_by(mcs[int(where[k][2:]) - 1], k), (k, where[k])
+
+
+def test_forwarded_commands_and_links_are_counted_once(cluster, tmp_path):
+    """While every request worker forwards (held in `prepared`), what its
+    clients ask is counted where they asked it: `stats` on any connection,
+    /metrics and the stats port show each command once, and the links to
+    the home thread are no client connections."""
+    sport, aport = free_port(), free_port()
+    proxy, mcs, _, fake, _ = start_held(cluster, tmp_path, threads="3",
+                                        ports=dict(stats_port=sport, admin_port=aport))
+    try:
+        with Wire(proxy.port) as w:
+            assert w.call(b"stats reset\r\n") == b"RESET\r\n"
+        wires = [Wire(proxy.port) for _ in range(CONNS)]
+        per = 10
+        for i, w in enumerate(wires):
+            for j in range(per):
+                k = b"ct%d-%d" % (i, j)
+                assert w.call(b"set %s 0 0 1\r\nx\r\n" % k) == b"STORED\r\n"
+                assert w.call(b"get %s\r\n" % k) == b"VALUE %s 0 1\r\nx\r\nEND\r\n" % k
+        n = CONNS * per
+        wait_until(lambda: int(proxy_stats(proxy.port)["threads:forwarded"]) > 0,
+                   what="commands forwarded")
+
+        def once(st):
+            return (int(st["cmd_set"]) == n and int(st["cmd_get"]) == n and
+                    int(st["get_hits"]) == n and int(st["get_misses"]) == 0 and
+                    int(st["curr_connections"]) == CONNS and
+                    int(st["total_connections"]) == CONNS + 1)
+        # every thread's view (the first connection asked for the reset)
+        wait_until(lambda: all(once(stats_of(w)) for w in wires),
+                   what="each command counted once on every connection")
+
+        def metric(name):
+            _, _, body = admin_get(aport, "/metrics")
+            m = re.search(r'^%s\{pool="indexed"\} (\S+)$' % name, body, re.M)
+            return float(m.group(1))
+        wait_until(lambda: metric("ringproxy_pool_cmd_set_total") == n and
+                   metric("ringproxy_pool_get_hits_total") == n,
+                   what="/metrics counting each command once")
+        def port_once():
+            pool = stats_port_json(sport)["indexed"]
+            servers = [v for v in pool.values() if isinstance(v, dict)]
+            # at most once each (a moving key's command is the migration's
+            # own meta connection's, not counted there)
+            return (pool["client_connections"] == CONNS and
+                    n <= sum(v["requests"] for v in servers) <= 2 * n, pool)
+        try:
+            wait_until(lambda: port_once()[0], what="the stats port counting each once")
+        except AssertionError:
+            raise AssertionError(port_once()[1])
+        for w in wires:
+            w.close()
+    finally:
+        fake.__exit__()
+
+
+def stats_of(w):
+    out = w.call(b"stats\r\n").decode()
+    return dict(line.split(" ", 2)[1:] for line in out.split("\r\n")
+                if line.startswith("STAT "))

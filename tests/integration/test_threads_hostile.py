@@ -566,3 +566,40 @@ def stats_of(w):
     out = w.call(b"stats\r\n").decode()
     return dict(line.split(" ", 2)[1:] for line in out.split("\r\n")
                 if line.startswith("STAT "))
+
+
+def test_a_sighup_storm_in_a_resize_loses_no_pipelined_reply(cluster, tmp_path):
+    """40 reloads in a row while the fleet is held in `prepared` and 16
+    connections pipeline on both threads: each reload reaches every thread
+    (a thread that refused one would keep the old file), no reply is lost
+    or out of order, and the resize then ends."""
+    proxy, mcs, _, fake, _ = start_held(cluster, tmp_path)
+    port = proxy.port
+    stop, errors = threading.Event(), []
+    pipers = [Pipeliner(port, n, 200 + n) for n in range(CONNS)]
+    threads = [threading.Thread(target=p.run, args=(stop, errors)) for p in pipers]
+    for t in threads:
+        t.start()
+    rport = int(re.search(r"redis: \"127.0.0.1:(\d+)\"", open(proxy.conf_path).read()).group(1))
+    try:
+        for i in range(40):
+            proxy.write_config(indexed(port, mcs, rport, timeout=1000 + i,
+                                       migration={"rate": 1 + i % 2}))
+            proxy.signal(signal.SIGHUP)
+        wait_until(lambda: proxy.log().count(" applied") >= 2, what="reloads applied")
+        base = [p.rounds for p in pipers]
+        wait_until(lambda: errors or all(p.rounds >= b + 2 for p, b in zip(pipers, base)),
+                   timeout=60, what="the pipelines to go on")
+        fake.ack = "switched"
+        proxy.write_config(indexed(port, mcs, rport, migration={"rate": 0}))
+        proxy.signal(signal.SIGHUP)
+        wait_until(lambda: proxy_stats(port).get("migration:state") == "idle" and
+                   proxy_stats(port).get("servers") == "3", timeout=60,
+                   what="the resize to end")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        fake.__exit__()
+    assert errors == [], errors[:3]
+    assert "keeps the previous config" not in proxy.log()

@@ -569,8 +569,10 @@ void pool_hub_turn(struct pool *p)
     }
     if (p->link == NULL) {
         /* Home: serve directly only while no key is moving. */
-        hub_publish(p->hub, p->ready, p->ready && !mig_active(p->mig), p->ring);
+        /* The fence first: a copy woken by the publication must not read
+         * `direct` with the fence of before (0 at the start: fenced). */
         hub_set_fence(p->hub, mig_fence_at(p->mig));
+        hub_publish(p->hub, p->ready, p->ready && !mig_active(p->mig), p->ring);
         return;
     }
     if (evbuffer_get_length(p->index_out) > 0) {

@@ -603,3 +603,24 @@ def test_a_sighup_storm_in_a_resize_loses_no_pipelined_reply(cluster, tmp_path):
         fake.__exit__()
     assert errors == [], errors[:3]
     assert "keeps the previous config" not in proxy.log()
+
+
+def test_no_thread_refuses_as_fenced_when_the_pool_starts_serving(cluster):
+    """Connections made while an indexed pool waits for Redis are served
+    once it is ready, on every thread: a request worker woken by the home
+    thread's first routing must not read it with the fence of before (0,
+    "fenced", until the home said otherwise) and refuse as fenced."""
+    mcs = cluster.memcached(2)
+    rds = cluster.redis()
+    for attempt in range(5):
+        port = free_port()
+        proxy = cluster.proxy(indexed(port, mcs, rds.port), port=port,
+                              extra=["-T", "2"])
+        wires = [Wire(port) for _ in range(CONNS)]
+        for i, w in enumerate(wires):
+            w.send(b"set st%d-%d 0 0 1\r\nx\r\nmg st%d-%d v\r\n" % (attempt, i, attempt, i))
+        for w in wires:
+            assert w.read_line() == b"STORED\r\n"
+            assert w.read_line() == b"VA 1\r\n" and w.read_line() == b"x\r\n"
+            w.close()
+        assert proxy.stop() == 0

@@ -13,8 +13,9 @@ import pytest
 import redis
 
 from harness import (Wire, admin_get, free_port, locate, pool_yaml, proxy_stats,
-                     sigstop, stats_port_json, wait_until)
+                     recv_to_eof, sigstop, stats_port_json, wait_until)
 from test_migration import FakeProxy, wait_phase
+from test_sweep import mc_stat
 
 CONNS = 16      # connections land on both threads (SO_REUSEPORT)
 
@@ -101,19 +102,6 @@ def test_a_client_over_its_budget_never_closes_the_link_of_the_others(cluster, t
         fake.__exit__()
 
 
-def mc_stat(mc, name):
-    with socket.create_connection(("127.0.0.1", mc.port), timeout=10) as s:
-        s.sendall(b"stats\r\n")
-        buf = b""
-        while not buf.endswith(b"END\r\n"):
-            buf += s.recv(65536)
-    for line in buf.decode().split("\r\n"):
-        parts = line.split(" ")
-        if len(parts) == 3 and parts[1] == name:
-            return int(parts[2])
-    raise KeyError(name)
-
-
 def proxy_conf_without(proxy, mc):
     """The proxy's file before the resize: its servers less mc (the last)."""
     with open(proxy.conf_path) as f:
@@ -159,56 +147,47 @@ class Pipeliner:
         self.model = {}
         self.rounds = 0
 
+    # The stores: the line (key, length, value) and its reply (None: none).
+    STORES = ((b"set %s 0 0 %d\r\n%s\r\n", b"STORED\r\n"),
+              (b"set %s 0 0 %d noreply\r\n%s\r\n", None),
+              (b"ms %s %d T0\r\n%s\r\n", b"HD\r\n"),
+              (b"ms %s %d q\r\n%s\r\n", None))
+
     def step(self, out, want):
         rng, m = self.rng, self.model
         k = rng.choice(self.keys)
         kb = k.encode()
         op = rng.randrange(16)
         v = b"%d.%d" % (self.rounds, rng.randrange(10 ** 6))
-        if op == 0:
-            out.append(b"set %s 0 0 %d\r\n%s\r\n" % (kb, len(v), v))
-            want.append(b"STORED\r\n")
+        if op < len(self.STORES):
+            line, reply = self.STORES[op]
+            out.append(line % (kb, len(v), v))
+            want.extend([reply] if reply else [])
             m[k] = v
-        elif op == 1:
-            out.append(b"set %s 0 0 %d noreply\r\n%s\r\n" % (kb, len(v), v))
-            m[k] = v
-        elif op == 2:
+        elif op == 4:
             out.append(b"get %s\r\n" % kb)
             want.append(self.value(k) + b"END\r\n")
-        elif op == 3:
+        elif op == 5:
             out.append(b"append %s 0 0 1\r\n+\r\n" % kb)
             want.append(b"STORED\r\n" if k in m else b"NOT_STORED\r\n")
             if k in m:
                 m[k] += b"+"
-        elif op == 4:
+        elif op == 6:
             out.append(b"delete %s\r\n" % kb)
             want.append(b"DELETED\r\n" if m.pop(k, None) is not None else b"NOT_FOUND\r\n")
-        elif op == 5:
+        elif op == 7:
             out.append(b"delete %s noreply\r\n" % kb)
             m.pop(k, None)
-        elif op == 6:
+        elif op == 8:
             some = rng.sample(self.keys, 6)
             out.append(b"get %s\r\n" % b" ".join(x.encode() for x in some))
             want.append(b"".join(self.value(x) for x in some) + b"END\r\n")
-        elif op == 7:
-            c = rng.choice(self.counters)
-            out.append(b"incr %s 3\r\n" % c.encode())
-            if c in m:
-                m[c] = b"%d" % (int(m[c]) + 3)
-                want.append(m[c] + b"\r\n")
-            else:
-                want.append(b"NOT_FOUND\r\n")
-        elif op == 8:
+        elif op in (9, 14):
+            self.count(op == 14, out, want)
+        elif op == 10:
             c = rng.choice(self.counters)
             out.append(b"set %s 0 0 1 noreply\r\n7\r\n" % c.encode())
             m[c] = b"7"
-        elif op == 9:
-            out.append(b"ms %s %d T0\r\n%s\r\n" % (kb, len(v), v))
-            want.append(b"HD\r\n")
-            m[k] = v
-        elif op == 10:
-            out.append(b"ms %s %d q\r\n%s\r\n" % (kb, len(v), v))
-            m[k] = v
         elif op == 11:
             out.append(b"mg %s v\r\n" % kb)
             want.append(b"VA %d\r\n%s\r\n" % (len(m[k]), m[k]) if k in m else b"EN\r\n")
@@ -220,17 +199,20 @@ class Pipeliner:
             out.append(b"md %s q\r\n" % kb)
             if m.pop(k, None) is None:
                 want.append(b"NF\r\n")
-        elif op == 14:
-            c = rng.choice(self.counters)
-            out.append(b"ma %s v\r\n" % c.encode())
-            if c in m:
-                m[c] = b"%d" % (int(m[c]) + 1)
-                want.append(b"VA %d\r\n%s\r\n" % (len(m[c]), m[c]))
-            else:
-                want.append(b"NF\r\n")
         else:
             out.append(b"mn\r\n")
             want.append(b"MN\r\n")
+
+    def count(self, meta, out, want):
+        """incr by 3, or ma (by 1) with its value."""
+        c = self.rng.choice(self.counters)
+        m = self.model
+        out.append(b"ma %s v\r\n" % c.encode() if meta else b"incr %s 3\r\n" % c.encode())
+        if c not in m:
+            want.append(b"NF\r\n" if meta else b"NOT_FOUND\r\n")
+            return
+        m[c] = b"%d" % (int(m[c]) + (1 if meta else 3))
+        want.append(b"VA %d\r\n%s\r\n" % (len(m[c]), m[c]) if meta else m[c] + b"\r\n")
 
     def value(self, k):
         v = self.model.get(k)
@@ -343,25 +325,12 @@ def test_sigterm_in_a_resize_answers_every_pipeline_and_exits_0(cluster, tmp_pat
         fake.thread.join(5)
         assert proxy.stop() == 0
         for w in wires:
-            got = recv_rest(w)
+            got = w.buf + recv_to_eof(w.sock)
             assert got == b"MN\r\n" * (got.count(b"MN\r\n")) and len(got) >= 4, got[:100]
             w.close()
         assert "stopped" in proxy.log()
     finally:
         fake.__exit__()
-
-
-def recv_rest(w):
-    data = w.buf
-    try:
-        while True:
-            chunk = w.sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 def link_sockets(pid):

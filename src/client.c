@@ -403,9 +403,13 @@ static size_t client_replies_held(const struct client *c)
     return evbuffer_get_length(c->out) + c->held;
 }
 
-/* A copy's link carries many clients' commands, each within its own budget
- * on the copy: it is never closed for the sum, only paused (reading stops at
- * CLIENT_OUT_PAUSE, client_must_pause), as a backend connection would. */
+/*
+ * A link (client_accept_link) carries the commands of all its copy's
+ * clients: closing it for what one of them asked would fail the others'.
+ * The copy holds each of its clients to the budget as the replies reach
+ * it; here the link only stops being read (client_must_pause), so what it
+ * holds is what its commands in flight answer.
+ */
 static bool client_over_budget(const struct client *c)
 {
     return !c->is_link &&
@@ -992,6 +996,12 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
         return;
     }
     r->flushes_index = !req->has_delay || req->delay <= 0;
+    if (p->link != NULL) {
+        /* Went the other way from a copy that routes directly: its next
+         * command waits for it (client_route_switching), or it could reach
+         * a server before the flush and be wiped by it. */
+        c->forwarded = true;
+    }
     if (req->noreply) {
         r->quiet = true;
         client_detach(c, r);

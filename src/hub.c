@@ -216,9 +216,9 @@ int hub_attach(struct hub *h, uint32_t tid)
     }
     pthread_mutex_lock(&h->lock);
     struct hub_copy *c = &h->copies[tid];
-    if (c->wake_fd >= 0) {
-        close(c->wake_fd);      /* a copy replaced by a reload's new pool */
-    }
+    /* A copy a reload replaced may still drain its clients: its wake-up
+     * stays its own (its event is on it) until it detaches; the thread's
+     * place is the new copy's from now on. */
     c->wake_fd = fd;
     c->woken = true;
     c->acked = h->route.gen;
@@ -227,15 +227,18 @@ int hub_attach(struct hub *h, uint32_t tid)
     return fd;
 }
 
-void hub_detach(struct hub *h, uint32_t tid)
+void hub_detach(struct hub *h, uint32_t tid, int wake_fd)
 {
+    if (wake_fd < 0) {
+        return;
+    }
     pthread_mutex_lock(&h->lock);
     struct hub_copy *c = &h->copies[tid];
-    if (c->wake_fd >= 0) {
-        close(c->wake_fd);
-        c->wake_fd = -1;
+    if (c->wake_fd == wake_fd) {
+        c->wake_fd = -1;        /* else a newer copy holds the place */
     }
     pthread_mutex_unlock(&h->lock);
+    close(wake_fd);
 }
 
 bool hub_read(struct hub *h, int wake_fd, struct hub_route *have)

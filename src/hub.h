@@ -76,7 +76,9 @@ void hub_set_stats(struct hub *h, struct evbuffer *text);
  * hub_read), or -1. A copy attached adopts the current routing: it has no
  * request of an older one to drain. */
 int hub_attach(struct hub *h, uint32_t tid);
-void hub_detach(struct hub *h, uint32_t tid);
+/* The copy whose wake-up hub_attach returned leaves (the descriptor is
+ * closed); a newer copy attached on the same thread since keeps its place. */
+void hub_detach(struct hub *h, uint32_t tid, int wake_fd);
 /* The routing, if its generation differs from have->gen: *have is replaced
  * (its ring unreferenced, the new one referenced) and true returned. */
 bool hub_read(struct hub *h, int wake_fd, struct hub_route *have);

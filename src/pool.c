@@ -198,7 +198,8 @@ void pool_close(struct pool *p)
         p->hub_ev = NULL;
     }
     if (p->link != NULL) {
-        hub_detach(p->hub, p->w->id);
+        hub_detach(p->hub, p->w->id, p->hub_fd);
+        p->hub_fd = -1;
         backend_close(p->link);             /* frees it (defer.h) */
         p->link = NULL;
     }

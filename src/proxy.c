@@ -418,7 +418,10 @@ static struct pool *proxy_new_pool(struct worker *w, struct conf_pool *conf,
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (w->id == 0 && proxy_nthreads > 1 && conf->index.enabled && pool_threaded(conf) &&
+    /* Even while the home thread serves it alone (a unix socket, `reuseport:
+     * false`): a reload that lets every thread serve it finds the hub its
+     * copies need, as it cannot add one to a running pool. */
+    if (w->id == 0 && proxy_nthreads > 1 && conf->index.enabled &&
         (hub = own = proxy_pool_hub(w, p, err, errlen)) == NULL) {
         ring_unref(ring);
         free(p);

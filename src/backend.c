@@ -42,6 +42,7 @@
 
 #include "backend.h"
 #include "defer.h"
+#include "iobuf.h"
 #include "mconn.h"
 #include "mem.h"
 #include "meta.h"
@@ -53,7 +54,6 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CONNECT_TIMEOUT_MS 1000     /* when the pool sets no timeout */
-#define READ_CHUNK 16384
 #define REPLY_LINE_MAX 4096         /* a reply line without "\n" past this is garbage */
 
 static void bconn_read_cb(evutil_socket_t fd, short what, void *arg);
@@ -448,7 +448,7 @@ void bconn_flush(struct bconn *bc)
     if (bc->state != BCONN_UP || evbuffer_get_length(bc->out) == 0 || bconn_fenced(bc)) {
         return;
     }
-    int n = evbuffer_write(bc->out, bc->fd);
+    int n = iobuf_write(bc->out, bc->fd);
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
         bconn_fail(bc, strerror(errno), BACKEND_ERR_LOST);
         return;
@@ -496,7 +496,7 @@ static void bconn_write_cb(evutil_socket_t fd, short what, void *arg)
     if (bconn_fenced(bc)) {
         return;
     }
-    int n = evbuffer_get_length(bc->out) > 0 ? evbuffer_write(bc->out, bc->fd) : 0;
+    int n = evbuffer_get_length(bc->out) > 0 ? iobuf_write(bc->out, bc->fd) : 0;
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
         bconn_fail(bc, strerror(errno), BACKEND_ERR_LOST);
         return;
@@ -703,7 +703,6 @@ int bconn_process(struct bconn *bc)
 static void bconn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct bconn *bc = arg;
-    struct evbuffer_iovec v[2];
 
     (void)what;
     if (bc->state == BCONN_CONNECTING) {
@@ -712,10 +711,8 @@ static void bconn_read_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
     }
-    int nv = evbuffer_reserve_space(bc->in, READ_CHUNK, v, 2);
-    ssize_t n = readv(fd, v, nv);
+    ssize_t n = iobuf_read(bc->in, fd);
     if (n <= 0) {
-        evbuffer_commit_space(bc->in, v, 0);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
             return;
         }
@@ -725,12 +722,6 @@ static void bconn_read_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     bc->be->stats[STAT_BE_bytes_received] += (uint64_t)n;
-    for (int i = 0; i < nv; i++) {
-        size_t take = (size_t)n < v[i].iov_len ? (size_t)n : v[i].iov_len;
-        v[i].iov_len = take;
-        n -= (ssize_t)take;
-    }
-    evbuffer_commit_space(bc->in, v, nv);
     bconn_process(bc);
 }
 

@@ -55,6 +55,7 @@
 #include "cmd.h"
 #include "defer.h"
 #include "index.h"
+#include "iobuf.h"
 #include "migrate.h"
 #include "log.h"
 #include "mem.h"
@@ -62,7 +63,6 @@
 #include "sweep.h"
 #include "tstats.h"
 
-#define CLIENT_READ_CHUNK   16384
 #define CLIENT_OUT_PAUSE    (1u << 20)
 #define CLIENT_SENT_PAUSE   (4u << 20)
 #define CLIENT_MAX_QUEUED   2048
@@ -505,7 +505,7 @@ void client_flush(struct client *c)
     c->dirty = false;
     assert(c->state != CLIENT_CLOSED);  /* client_close took it off the list */
     if (evbuffer_get_length(c->out) > 0) {
-        int n = evbuffer_write(c->out, c->fd);
+        int n = iobuf_write(c->out, c->fd);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
             client_close(c, strerror(errno));
             return;
@@ -1562,13 +1562,10 @@ static void client_process(struct client *c)
 static void client_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct client *c = arg;
-    struct evbuffer_iovec v[2];
 
     (void)what;
-    int nv = evbuffer_reserve_space(c->in, CLIENT_READ_CHUNK, v, 2);
-    ssize_t n = readv(fd, v, nv);
+    ssize_t n = iobuf_read(c->in, fd);
     if (n <= 0) {
-        evbuffer_commit_space(c->in, v, 0);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
             return;
         }
@@ -1579,12 +1576,6 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
         }
         return;
     }
-    for (int i = 0; i < nv; i++) {
-        size_t take = (size_t)n < v[i].iov_len ? (size_t)n : v[i].iov_len;
-        v[i].iov_len = take;
-        n -= (ssize_t)take;
-    }
-    evbuffer_commit_space(c->in, v, nv);
     if (c->state == CLIENT_LINGER) {
         evbuffer_drain(c->in, evbuffer_get_length(c->in));  /* after our FIN */
         return;

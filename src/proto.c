@@ -509,9 +509,15 @@ size_t proto_format_request(const struct proto_req *req, char *buf, size_t cap)
 
     switch (req->cmd) {
     case PROTO_CMD_GET:
-    case PROTO_CMD_GETS:
-        n = snprintf(buf, cap, "%s", name);
-        break;
+    case PROTO_CMD_GETS: {
+        /* Nine in ten requests: the name alone, without a printf. */
+        size_t len = strlen(name);
+        if (len >= cap) {
+            return 0;
+        }
+        memcpy(buf, name, len + 1);
+        return len;
+    }
     case PROTO_CMD_GAT:
     case PROTO_CMD_GATS:
     case PROTO_CMD_TOUCH:

@@ -891,14 +891,6 @@ static int loop_apply(struct worker *w, const struct config *nc, struct ring **r
                 pl->p = w->pools[j];
             }
         }
-        if (pl->p == NULL && w->id != 0 && pl->conf->index.enabled &&
-            (hubs == NULL || hubs[i] == NULL)) {
-            /* An indexed pool its home thread serves alone (it was not
-             * threaded when it started: no link to hand commands to). */
-            ring_unref(ring);
-            pl->conf = NULL;
-            continue;
-        }
         if (pl->p != NULL) {
             if (plan_pool(pl, ring, err, errlen) != 0) {
                 *failed = pl->conf->name;

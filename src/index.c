@@ -50,6 +50,7 @@
 #include <hiredis/adapters/libevent.h>
 
 #include "index.h"
+#include "layout.h"
 #include "log.h"
 #include "mem.h"
 
@@ -57,6 +58,7 @@
 #define IDX_BACKOFF_MIN_MS 100
 #define IDX_BACKOFF_MAX_MS 5000
 #define IDX_HEALTH_CALM_MS 5000  /* without errors before a refusal clears */
+#define IDX_SCRIPT_KEYS 1024    /* members per index script, at most */
 
 #define IDX_STATE_NAME(e, name) [IDX_##e] = name,
 const char *const idx_state_names[IDX_STATE_COUNT] = { IDX_STATE_CODEC(IDX_STATE_NAME) };
@@ -133,6 +135,9 @@ struct idx {
     char *pool;
     struct conf_index conf;     /* copies of the strings below */
     struct ring *ring;
+    char *ring_key;             /* <prefix>:ring, the script's KEYS[1] */
+    struct lay_limits limits;   /* Redis's listpack thresholds (layout.h) */
+    bool need_load;             /* Redis answered NOSCRIPT: load it again */
     char **vnode;               /* set name per ring point */
     size_t *vnode_len;
     redisAsyncContext *ac;
@@ -473,6 +478,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     x->stats[IDX_STAT_inflight] -= n < x->stats[IDX_STAT_inflight] ?
                                    n : x->stats[IDX_STAT_inflight];
     if (reply->type == REDIS_REPLY_ERROR) {
+        x->need_load |= lay_noscript(reply->str);
         x->stats[IDX_STAT_errors]++;
         idx_redis_error(x, IDX_CONN_WRITER, reply->str);
         memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
@@ -480,6 +486,40 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
                x->stats[IDX_STAT_queued] + x->stats[IDX_STAT_inflight] <=
                (uint64_t)x->conf.queue_max / 2) {
         idx_redis_ok(x, IDX_CONN_WRITER);
+    }
+}
+
+/* The index script is loaded before any EVALSHA on this connection (the
+ * pipeline keeps the order); a refusal is seen again by the writes. */
+static void on_load(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct idx *x = ac->data;
+    redisReply *reply = r;
+
+    (void)privdata;
+    if (x != NULL && reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        x->need_load = true;
+    }
+}
+
+static void idx_send_load(struct idx *x)
+{
+    const char *argv[3];
+    size_t lens[3];
+
+    lay_load_argv(argv, lens);
+    rp_xcheck(redisAsyncCommandArgv(x->ac, on_load, NULL, 3, argv, lens) == REDIS_OK,
+              "the Redis SCRIPT LOAD command");
+    x->need_load = false;
+}
+
+static void on_limits(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct idx *x = ac->data;
+
+    (void)privdata;
+    if (x != NULL && r != NULL) {
+        lay_limits_parse(&x->limits, r);
     }
 }
 
@@ -540,6 +580,13 @@ static void idx_handshake(struct idx *x)
                                         len) == REDIS_OK, "the Redis SELECT command");
         x->handshake++;
     }
+    idx_send_load(x);
+    /* The thresholds the layout keeps sets under; a refused CONFIG keeps
+     * Redis's defaults (layout.h). */
+    const char *cargv[] = { "CONFIG", "GET", LAY_CONFIG_PATTERN };
+    size_t clen[] = { 6, 3, strlen(LAY_CONFIG_PATTERN) };
+    rp_xcheck(redisAsyncCommandArgv(x->ac, on_limits, NULL, 3, cargv, clen) == REDIS_OK,
+              "the Redis CONFIG GET command");
 }
 
 static void idx_on_connect(const redisAsyncContext *ac, int status)
@@ -611,6 +658,10 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->conf.redis.host = strdup(conf->redis.host);
     x->conf.prefix = strdup(conf->prefix);
     x->conf.password = conf->password ? strdup(conf->password) : NULL;
+    lay_limits_default(&x->limits);
+    if (x->conf.prefix != NULL && asprintf(&x->ring_key, "%s:ring", x->conf.prefix) < 0) {
+        x->ring_key = NULL;
+    }
     x->filter = calloc(IDX_FILTER_SLOTS, sizeof(*x->filter));
     x->shared = true;           /* until the first sync says we are alone */
     x->retry = evtimer_new(base, idx_on_retry, x);
@@ -618,7 +669,7 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->health_since_ms = mono_ms();
     if (!x->pool || !x->conf.redis.text || !x->conf.redis.host || !x->conf.prefix ||
         (conf->password && !x->conf.password) || !x->filter || !x->retry ||
-        !x->calm_timer ||
+        !x->calm_timer || !x->ring_key ||
         idx_load_ring(x, ring) != 0) {
         goto err;
     }
@@ -665,6 +716,7 @@ void idx_free(struct idx *x)
     free(x->conf.redis.host);
     free(x->conf.prefix);
     free(x->conf.password);
+    free(x->ring_key);
     free(x);
 }
 
@@ -847,16 +899,33 @@ void idx_pool_flushed(struct idx *x)
     x->stats[IDX_STAT_queued] = 1;
 }
 
-/* Send the pending flush's UNLINKs, every set in batches of 256. */
+/* The first arguments of an index script call, into x->out (layout.h). */
+static void out_head(struct idx *x, size_t argc, const char *op)
+{
+    const char *head[LAY_HEAD];
+    size_t lens[LAY_HEAD];
+    char nums[2][12];
+
+    lay_head(head, lens, x->ring_key, op, &x->limits, nums);
+    out_array(x, argc);
+    for (int i = 0; i < LAY_HEAD; i++) {
+        out_bulk(x, head[i], lens[i]);
+    }
+}
+
+/* Send the pending flush's deletions: every v-node's sets, 256 v-nodes
+ * per script (each v-node's sub-sets are named by its directory). */
 static void idx_send_flush(struct idx *x)
 {
     x->flush_pending = false;
     x->stats[IDX_STAT_queued] = x->nqueued;
+    if (x->need_load) {
+        idx_send_load(x);
+    }
     for (uint32_t i = 0; i < x->ring->npoints; i += 256) {
         uint32_t n = x->ring->npoints - i < 256 ? x->ring->npoints - i : 256;
         x->out_len = 0;
-        out_array(x, n + 1);
-        out_bulk(x, "UNLINK", 6);
+        out_head(x, LAY_HEAD + n, "clear");
         for (uint32_t j = i; j < i + n; j++) {
             out_bulk(x, x->vnode[j], x->vnode_len[j]);
         }
@@ -877,41 +946,74 @@ static const struct idx_op *op_at(const struct idx *x, size_t off, struct idx_op
     return tmp;
 }
 
-static void idx_emit_groups(struct idx *x)
+/* Groups [g0, g1) of `type` (their members: n) as one index script. */
+static void idx_emit_script(struct idx *x, uint8_t type, size_t g0, size_t g1, uint32_t n)
 {
-    static const char *const verb[] = { [IDX_OP_ADD] = "ZADD", [IDX_OP_REM] = "ZREM" };
+    size_t argc = LAY_HEAD + 2 * (size_t)n;
+    char num[16];
 
-    for (size_t g = 0; g < x->ngroups; g++) {
+    for (size_t g = g0; g < g1; g++) {
+        argc += x->groups[g].type == type ? 2 : 0;
+    }
+    x->out_len = 0;
+    out_head(x, argc, type == IDX_OP_ADD ? "add" : "rem");
+    for (size_t g = g0; g < g1; g++) {
         struct idx_group *grp = &x->groups[g];
         struct idx_op op;
-        char score[16];
-
-        x->out_len = 0;
-        out_array(x, 2 + grp->count * (grp->type == IDX_OP_ADD ? 2 : 1));
-        out_bulk(x, verb[grp->type], 4);
+        if (grp->type != type) {
+            continue;
+        }
         out_bulk(x, x->vnode[grp->point], x->vnode_len[grp->point]);
+        out_bulk(x, num, (size_t)snprintf(num, sizeof(num), "%u", grp->count));
         for (size_t off = grp->first;; off = op.next) {
             op_at(x, off, &op);
-            if (grp->type == IDX_OP_ADD) {
-                int n = snprintf(score, sizeof(score), "%u", op.score);
-                out_bulk(x, score, (size_t)n);
-            }
+            out_bulk(x, num, (size_t)snprintf(num, sizeof(num), "%u", op.score));
             out_bulk(x, x->arena + off + sizeof(op), op.keylen);
             if (off == grp->last) {
                 break;
             }
         }
-        if (redisAsyncFormattedCommand(x->ac, on_reply,
-                                       (void *)(uintptr_t)grp->count,
-                                       x->out, x->out_len) == REDIS_OK) {
-            x->stats[IDX_STAT_commands]++;
-            x->stats[IDX_STAT_inflight] += grp->count;
-            x->stats[grp->type == IDX_OP_ADD ? IDX_STAT_adds : IDX_STAT_removes] +=
-                grp->count;
-        } else {
-            x->stats[IDX_STAT_dropped] += grp->count;
+    }
+    if (redisAsyncFormattedCommand(x->ac, on_reply, (void *)(uintptr_t)n,
+                                   x->out, x->out_len) == REDIS_OK) {
+        x->stats[IDX_STAT_commands]++;
+        x->stats[IDX_STAT_inflight] += n;
+        x->stats[type == IDX_OP_ADD ? IDX_STAT_adds : IDX_STAT_removes] += n;
+    } else {
+        x->stats[IDX_STAT_dropped] += n;
+    }
+}
+
+/*
+ * The batch's groups as index scripts: one per op type and at most
+ * IDX_SCRIPT_KEYS members (a group is never cut), adds first. A batch
+ * holds no key under both ops (batch_conflict), so their order is free.
+ */
+static void idx_emit_groups(struct idx *x)
+{
+    if (x->need_load) {
+        idx_send_load(x);
+    }
+    for (uint8_t type = IDX_OP_ADD; type <= IDX_OP_REM; type++) {
+        size_t g0 = 0;
+        uint32_t n = 0;
+        for (size_t g = 0; g < x->ngroups; g++) {
+            if (x->groups[g].type != type) {
+                continue;
+            }
+            if (n > 0 && n + x->groups[g].count > IDX_SCRIPT_KEYS) {
+                idx_emit_script(x, type, g0, g, n);
+                g0 = g;
+                n = 0;
+            }
+            n += x->groups[g].count;
         }
-        x->group_of[grp->type][grp->point] = -1;
+        if (n > 0) {
+            idx_emit_script(x, type, g0, x->ngroups, n);
+        }
+    }
+    for (size_t g = 0; g < x->ngroups; g++) {
+        x->group_of[x->groups[g].type][x->groups[g].point] = -1;
     }
     x->ngroups = 0;
     /* Clear only the slots this batch used: the table keeps its largest size. */

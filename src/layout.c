@@ -1,0 +1,435 @@
+/*
+ * layout.c — the index's layout in Redis (docs/ARCHITECTURE.md, "The index").
+ *
+ * Design notes
+ * - Layout 1 is one sorted set per v-node, <prefix>:v:<identity>:<point>
+ *   (the "base"). Past 128 members Redis turns it into a skiplist: about
+ *   135 bytes a key.
+ * - Layout 2 keeps every set a listpack: a v-node's keys live in sub-sets
+ *   <base>:s<low>, each holding the scores from its low to the next low of
+ *   the v-node's directory <prefix>:vd:<identity>:<point> (a sorted set of
+ *   the lows, member and score alike). Keys longer than the value
+ *   threshold live in <base>:l, so one long key never turns a small set
+ *   into a skiplist. A sub-set about to pass the entries threshold splits
+ *   at its median first: its upper half becomes a new sub-set and its low
+ *   enters the directory, in the same script as the write that found it
+ *   full.
+ * - Every access is one Lua script (lay_script), so a writer, a split and
+ *   a reader never see each other half done: a key is always in the
+ *   sub-set the directory names for its score, and a reader of an arc, one
+ *   script per page, sees every key added before that page was read.
+ *   Pages follow the score, not the sets, so a split between two pages
+ *   moves nothing past the reader.
+ * - Readers read both layouts, always: the base as well as the sub-sets.
+ *   Converting is then only moving entries from the base into layout 2,
+ *   in scripts of any size, at any pace, while clients write; nothing
+ *   needs to know when it is over.
+ * - Which layout writes follow is the ring record's field `layout`, read
+ *   by the script itself on every call: no proxy can write a layout the
+ *   record no longer names.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <hiredis/hiredis.h>
+
+#include "layout.h"
+
+/* The functions. R, LIM and VMAX are the caller's locals. */
+#define LAY_LIB                                                               \
+    "local P = string.sub(R, 1, -6) "                                         \
+    "local LAY = tonumber(redis.call('hget', R, 'layout') or '1') or 1 "      \
+    "local TOP = 4294967295 "                                                 \
+    "local function dir(b) return P .. ':vd:' .. string.sub(b, #P + 4) end "  \
+    "local function low_of(d, s) "                                            \
+    "  return redis.call('zrevrangebyscore', d, s, '-inf', 'LIMIT', 0, 1)[1] end " \
+    /* the median, else the first score above the low (lay_split_at) */       \
+    "local function split(b, d, lo, k) "                                      \
+    "  local n = redis.call('zcard', k) "                                     \
+    "  local h = math.floor(n / 2) "                                          \
+    "  local at = tonumber(redis.call('zrange', k, h, h, 'WITHSCORES')[2]) "  \
+    "  if at == nil then return end "                                         \
+    "  if at <= tonumber(lo) then "                                           \
+    "    local r = redis.call('zrangebyscore', k, '(' .. lo, '+inf', "        \
+    "      'WITHSCORES', 'LIMIT', 0, 1) "                                     \
+    "    if r[2] == nil then return end "                                     \
+    "    at = tonumber(r[2]) end "                                            \
+    "  local name = string.format('%d', at) "                                 \
+    "  local up = redis.call('zrangebyscore', k, at, '+inf', 'WITHSCORES') "  \
+    "  local a = {} "                                                         \
+    "  for i = 1, #up, 2 do a[#a + 1] = up[i + 1] a[#a + 1] = up[i] end "     \
+    "  redis.call('zadd', b .. ':s' .. name, unpack(a)) "                     \
+    "  redis.call('zremrangebyscore', k, at, '+inf') "                        \
+    "  redis.call('zadd', d, at, name) end "                                  \
+    "local function add1(b, s, m) "                                           \
+    "  if LAY < 2 then return redis.call('zadd', b, s, m) end "               \
+    "  if #m > VMAX then return redis.call('zadd', b .. ':l', s, m) end "     \
+    "  local d = dir(b) "                                                     \
+    "  local lo = low_of(d, s) "                                              \
+    "  if not lo then lo = '0' redis.call('zadd', d, 0, '0') end "            \
+    "  local k = b .. ':s' .. lo "                                            \
+    "  if redis.call('zcard', k) >= LIM and not redis.call('zscore', k, m) then " \
+    "    split(b, d, lo, k) "                                                 \
+    "    k = b .. ':s' .. low_of(d, s) end "                                  \
+    "  return redis.call('zadd', k, s, m) end "                               \
+    /* every place the key can be: the base, the long set, its sub-set */     \
+    "local function rem1(b, s, m) "                                           \
+    "  local n = redis.call('zrem', b, m) + redis.call('zrem', b .. ':l', m) " \
+    "  s = tonumber(s) "                                                      \
+    "  if s and s >= 0 then "                                                 \
+    "    local lo = low_of(dir(b), s) "                                       \
+    "    if lo then n = n + redis.call('zrem', b .. ':s' .. lo, m) end end "  \
+    "  return n end "                                                         \
+    "local function collect(k, a, z, lim, out) "                              \
+    "  local r = redis.call('zrangebyscore', k, a, z, 'WITHSCORES', 'LIMIT', 0, lim) " \
+    "  for i = 1, #r, 2 do out[#out + 1] = { tonumber(r[i + 1]), r[i], r[i + 1] } end " \
+    "  return #r / 2 end "                                                    \
+    "local function range(b, a, z, lim) "                                     \
+    "  local out = {} "                                                       \
+    "  collect(b, a, z, lim, out) "                                           \
+    "  collect(b .. ':l', a, z, lim, out) "                                   \
+    "  local d = dir(b) "                                                     \
+    "  local lows = redis.call('zrevrangebyscore', d, a, '-inf', 'LIMIT', 0, 1) " \
+    "  local more = redis.call('zrangebyscore', d, '(' .. a, z) "             \
+    "  for i = 1, #more do lows[#lows + 1] = more[i] end "                    \
+    "  local got = 0 "                                                        \
+    "  for i = 1, #lows do "                                                  \
+    "    if got >= lim then break end "                                       \
+    "    got = got + collect(b .. ':s' .. lows[i], a, z, lim - got, out) end " \
+    "  table.sort(out, function(x, y) "                                       \
+    "    if x[1] ~= y[1] then return x[1] < y[1] end return x[2] < y[2] end) " \
+    "  local res = {} "                                                       \
+    "  for i = 1, #out do "                                                   \
+    "    if #res >= 2 * lim then break end "                                  \
+    "    local p = out[i - 1] "                                               \
+    "    if not (p and p[1] == out[i][1] and p[2] == out[i][2]) then "        \
+    "      res[#res + 1] = out[i][2] res[#res + 1] = out[i][3] end end "      \
+    "  return res end "                                                       \
+    /* layout 1 entries of the base with a hash for a score into layout 2 */  \
+    "local function convert(b, a, lim) "                                      \
+    "  local r = redis.call('zrangebyscore', b, a, TOP, 'WITHSCORES', 'LIMIT', 0, lim) " \
+    "  local gone = {} "                                                      \
+    "  for i = 1, #r, 2 do "                                                  \
+    "    local s = tonumber(r[i + 1]) "                                       \
+    "    if s and s >= 0 and s == math.floor(s) then "                        \
+    "      add1(b, s, r[i]) gone[#gone + 1] = r[i] end end "                  \
+    "  if #gone > 0 then redis.call('zrem', b, unpack(gone)) end "            \
+    "  return #gone end "                                                     \
+    "local function subsets(b) "                                              \
+    "  local out = {} "                                                       \
+    "  for _, lo in ipairs(redis.call('zrange', dir(b), 0, -1)) do "          \
+    "    out[#out + 1] = b .. ':s' .. lo end "                                \
+    "  return out end "
+
+const char lay_lib[] = LAY_LIB;
+
+const char lay_script[] =
+    "local R, LIM, VMAX = KEYS[1], tonumber(ARGV[2]) or 128, tonumber(ARGV[3]) or 64 "
+    LAY_LIB
+    "local op = ARGV[1] "
+    "if op == 'add' or op == 'rem' then "
+    "  local f = op == 'add' and add1 or rem1 "
+    "  local i, n = 4, 0 "
+    "  while i <= #ARGV do "
+    "    local b, c = ARGV[i], tonumber(ARGV[i + 1]) "
+    "    i = i + 2 "
+    "    for j = 1, c do n = n + f(b, ARGV[i], ARGV[i + 1]) i = i + 2 end end "
+    "  return n "
+    "elseif op == 'range' then "
+    "  return range(ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])) "
+    "elseif op == 'scan' then "
+    "  local b, c, count = ARGV[4], tonumber(ARGV[5]) or 0, tonumber(ARGV[6]) "
+    "  if LAY >= 2 and redis.call('exists', b) == 1 then convert(b, c, count) end "
+    "  local a = c == 0 and '-inf' or c "
+    "  local r = range(b, a, '+inf', count) "
+    "  if #r < 2 * count then return { '0', r } end "
+    "  local last = tonumber(r[#r]) "
+    "  local res = {} "
+    "  for i = 1, #r, 2 do if tonumber(r[i + 1]) < last then "
+    "    res[#res + 1] = r[i] res[#res + 1] = r[i + 1] end end "
+    "  local g = range(b, last, last, 1000000) "
+    "  for i = 1, #g do res[#res + 1] = g[i] end "
+    "  return { last >= TOP and '0' or string.format('%d', math.floor(last) + 1), res } "
+    "elseif op == 'score' then "
+    "  local b, h, m = ARGV[4], tonumber(ARGV[5]), ARGV[6] "
+    "  local s = redis.call('zscore', b, m) or redis.call('zscore', b .. ':l', m) "
+    "  if s then return s end "
+    "  local lo = low_of(dir(b), h) "
+    "  return lo and redis.call('zscore', b .. ':s' .. lo, m) or false "
+    "elseif op == 'card' then "
+    "  local b = ARGV[4] "
+    "  local n = redis.call('zcard', b) + redis.call('zcard', b .. ':l') "
+    "  local sets = redis.call('exists', b, b .. ':l') "
+    "  for _, k in ipairs(subsets(b)) do "
+    "    local c = redis.call('zcard', k) "
+    "    if c > 0 then n = n + c sets = sets + 1 end end "
+    "  return { n, sets } "
+    "elseif op == 'sample' then "
+    "  local b, want = ARGV[4], tonumber(ARGV[5]) "
+    "  local ks = subsets(b) "
+    "  ks[#ks + 1] = b ks[#ks + 1] = b .. ':l' "
+    "  local cards, total = {}, 0 "
+    "  for i, k in ipairs(ks) do cards[i] = redis.call('zcard', k) total = total + cards[i] end "
+    "  local out = {} "
+    "  for i, k in ipairs(ks) do "
+    "    if total > 0 and cards[i] > 0 then "
+    "      local r = redis.call('zrandmember', k, math.ceil(cards[i] * want / total), "
+    "        'WITHSCORES') "
+    "      for j = 1, #r do out[#out + 1] = r[j] end end end "
+    "  return out "
+    "elseif op == 'sets' then "
+    "  local b = ARGV[4] "
+    "  local out = {} "
+    "  for _, k in ipairs({ b, b .. ':l', dir(b) }) do "
+    "    if redis.call('exists', k) == 1 then out[#out + 1] = k end end "
+    "  for _, k in ipairs(subsets(b)) do "
+    "    if redis.call('exists', k) == 1 then out[#out + 1] = k end end "
+    "  return out "
+    "elseif op == 'clear' then "
+    "  local n = 0 "
+    "  for i = 4, #ARGV do "
+    "    local b = ARGV[i] "
+    "    local ks = subsets(b) "
+    "    ks[#ks + 1] = b ks[#ks + 1] = b .. ':l' ks[#ks + 1] = dir(b) "
+    "    n = n + redis.call('unlink', unpack(ks)) end "
+    "  return n "
+    "elseif op == 'convert' then "
+    "  if LAY < 2 then return 0 end "
+    "  return convert(ARGV[4], 0, tonumber(ARGV[5])) "
+    "elseif op == 'layout' then "
+    "  if ARGV[4] and redis.call('exists', R) == 1 then "
+    "    redis.call('hset', R, 'layout', ARGV[4]) "
+    "    return tonumber(ARGV[4]) end "
+    "  return LAY "
+    "end "
+    "return redis.error_reply('ERR ringproxy index script: unknown operation')";
+
+void lay_limits_default(struct lay_limits *l)
+{
+    l->entries = LAY_ENTRIES_DEFAULT;
+    l->value = LAY_VALUE_DEFAULT;
+    l->from_redis = false;
+}
+
+static bool parse_limit(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char *end;
+    long long v;
+
+    if (s == NULL || *s < '0' || *s > '9') {
+        return false;
+    }
+    v = strtoll(s, &end, 10);
+    if (*end != '\0') {
+        return false;
+    }
+    *out = v < (long long)lo ? lo : v > (long long)hi ? hi : (uint32_t)v;
+    return true;
+}
+
+bool lay_limits_parse(struct lay_limits *l, const struct redisReply *r)
+{
+    uint32_t entries = 0, value = 0;
+    bool have_e = false, have_v = false;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        return false;
+    }
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+        /* Redis 7 names them listpack; older ones ziplist (7 answers both) */
+        if (strcmp(k->str, "zset-max-listpack-entries") == 0 ||
+            (!have_e && strcmp(k->str, "zset-max-ziplist-entries") == 0)) {
+            have_e = parse_limit(v->str, LAY_ENTRIES_MIN, LAY_ENTRIES_MAX, &entries);
+        } else if (strcmp(k->str, "zset-max-listpack-value") == 0 ||
+                   (!have_v && strcmp(k->str, "zset-max-ziplist-value") == 0)) {
+            have_v = parse_limit(v->str, 0, LAY_VALUE_MAX, &value);
+        }
+    }
+    if (!have_e || !have_v) {
+        return false;
+    }
+    l->entries = entries;
+    l->value = value;
+    l->from_redis = true;
+    return true;
+}
+
+/* --- SHA-1 (FIPS 180-1), for EVALSHA ------------------------------------------ */
+
+static uint32_t rol(uint32_t v, int n)
+{
+    return v << n | v >> (32 - n);
+}
+
+static void sha1_block(uint32_t h[5], const unsigned char *p)
+{
+    uint32_t w[80], a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+
+    for (int i = 0; i < 16; i++) {
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    }
+    for (int i = 16; i < 80; i++) {
+        w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    }
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k;
+        if (i < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5A827999;
+        } else if (i < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ED9EBA1;
+        } else if (i < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8F1BBCDC;
+        } else {
+            f = b ^ c ^ d;
+            k = 0xCA62C1D6;
+        }
+        uint32_t t = rol(a, 5) + f + e + k + w[i];
+        e = d;
+        d = c;
+        c = rol(b, 30);
+        b = a;
+        a = t;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+}
+
+static void sha1_hex(const void *data, size_t len, char out[LAY_SHA_SIZE])
+{
+    uint32_t h[5] = { 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0 };
+    const unsigned char *p = data;
+    unsigned char tail[128];
+    size_t full = len & ~(size_t)63, rest = len - full;
+    uint64_t bits = (uint64_t)len * 8;
+
+    for (size_t off = 0; off < full; off += 64) {
+        sha1_block(h, p + off);
+    }
+    memset(tail, 0, sizeof(tail));
+    memcpy(tail, p + full, rest);
+    tail[rest] = 0x80;
+    size_t tlen = rest + 1 + 8 <= 64 ? 64 : 128;
+    for (int i = 0; i < 8; i++) {
+        tail[tlen - 1 - i] = (unsigned char)(bits >> (8 * i));
+    }
+    for (size_t off = 0; off < tlen; off += 64) {
+        sha1_block(h, tail + off);
+    }
+    for (int i = 0; i < 5; i++) {
+        snprintf(out + 8 * i, 9, "%08x", h[i]);
+    }
+}
+
+const char *lay_sha(void)
+{
+    static char sha[LAY_SHA_SIZE];
+
+    if (sha[0] == '\0') {
+        sha1_hex(lay_script, sizeof(lay_script) - 1, sha);
+    }
+    return sha;
+}
+
+int lay_head(const char **argv, size_t *lens, const char *ring, const char *op,
+             const struct lay_limits *l, char nums[2][12])
+{
+    snprintf(nums[0], 12, "%u", l->entries);
+    snprintf(nums[1], 12, "%u", l->value);
+    argv[0] = "EVALSHA";
+    argv[1] = lay_sha();
+    argv[2] = "1";
+    argv[3] = ring;
+    argv[4] = op;
+    argv[5] = nums[0];
+    argv[6] = nums[1];
+    for (int i = 0; lens != NULL && i < LAY_HEAD; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    return LAY_HEAD;
+}
+
+void lay_load_argv(const char **argv, size_t *lens)
+{
+    argv[0] = "SCRIPT";
+    argv[1] = "LOAD";
+    argv[2] = lay_script;
+    lens[0] = 6;
+    lens[1] = 4;
+    lens[2] = sizeof(lay_script) - 1;
+}
+
+int lay_load_sync(struct redisContext *c, char *err, size_t errlen)
+{
+    const char *argv[3];
+    size_t lens[3];
+
+    lay_load_argv(argv, lens);
+    redisReply *r = redisCommandArgv(c, 3, argv, lens);
+    int rc = r != NULL && r->type == REDIS_REPLY_STRING && strcmp(r->str, lay_sha()) == 0 ?
+             0 : -1;
+    if (rc != 0) {
+        snprintf(err, errlen, "SCRIPT LOAD of the index script: %s",
+                 r == NULL ? c->errstr : r->type == REDIS_REPLY_ERROR ? r->str :
+                 "unexpected reply");
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+bool lay_noscript(const char *msg)
+{
+    return msg != NULL && strncmp(msg, "NOSCRIPT", 8) == 0;
+}
+
+/* --- the rules, in C --------------------------------------------------------------- */
+
+int lay_pick(const uint32_t *lows, size_t n, uint32_t score)
+{
+    size_t lo = 0, hi = n;      /* the first low > score is in [lo, hi] */
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (lows[mid] <= score) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return (int)lo - 1;
+}
+
+bool lay_split_at(const uint32_t *scores, size_t n, uint32_t low, uint32_t *at)
+{
+    if (n == 0) {
+        return false;
+    }
+    uint32_t m = scores[n / 2];
+    if (m <= low) {
+        size_t i = n / 2;
+        while (i < n && scores[i] <= low) {
+            i++;
+        }
+        if (i == n) {
+            return false;
+        }
+        m = scores[i];
+    }
+    *at = m;
+    return true;
+}
+
+int lay_version(const char *field)
+{
+    return field != NULL && atoi(field) >= 2 ? 2 : 1;
+}

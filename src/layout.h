@@ -1,0 +1,115 @@
+/* layout.h — how the index is laid out in Redis: the compact layout's sets,
+ * its one Lua script and the pure rules the script follows
+ * (docs/ARCHITECTURE.md, "The index", "Layout 2"). */
+#ifndef RP_LAYOUT_H
+#define RP_LAYOUT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct redisReply;
+struct redisContext;
+
+/* Redis's defaults, used when CONFIG GET is refused. */
+#define LAY_ENTRIES_DEFAULT 128         /* zset-max-listpack-entries */
+#define LAY_VALUE_DEFAULT 64            /* zset-max-listpack-value */
+#define LAY_ENTRIES_MIN 8               /* smaller sets would cost more names than keys */
+#define LAY_ENTRIES_MAX 1024            /* a listpack's writes grow with its size */
+#define LAY_VALUE_MAX 250               /* a memcached key's longest */
+#define LAY_SHA_SIZE 41                 /* 40 hex digits and a NUL */
+#define LAY_HEAD 7                      /* EVALSHA sha 1 ring op entries value */
+#define LAY_SCORE_MAX 4294967295u
+
+/* The thresholds a layout-2 set must stay within to keep its listpack. */
+struct lay_limits {
+    uint32_t entries;       /* members per sub-set, at most */
+    uint32_t value;         /* longer keys go in the v-node's long-key set */
+    bool from_redis;        /* read by CONFIG GET (else Redis's defaults) */
+};
+
+/* Redis's defaults. */
+void lay_limits_default(struct lay_limits *l);
+
+/* The thresholds from a CONFIG GET zset-max-* reply (name, value, ...),
+ * clamped to [LAY_ENTRIES_MIN, LAY_ENTRIES_MAX] and [0, LAY_VALUE_MAX];
+ * false (l unchanged) when the reply is an error or lacks them. */
+bool lay_limits_parse(struct lay_limits *l, const struct redisReply *r);
+
+/* What the caller's connection asks: CONFIG GET LAY_CONFIG_PATTERN. */
+#define LAY_CONFIG_PATTERN "zset-max-*"
+
+/*
+ * The index script: KEYS[1] is <prefix>:ring, ARGV[1] the operation,
+ * ARGV[2] and ARGV[3] the thresholds (lay_head fills these); the layout
+ * the writes follow is the record's `layout` field, read by the script
+ * itself, so a proxy that has not synced yet still writes where everyone
+ * reads. Readers always read both layouts. Operations and their
+ * arguments after ARGV[3] (a "base" is a v-node's set name,
+ * idx_vnode_key):
+ *   add     (base n (score member)*n)*  -> members added
+ *   rem     (base n (score member)*n)*  -> members removed; score -1 when
+ *                                          unknown (the sub-sets are then
+ *                                          not looked at)
+ *   range   base lo hi limit            -> member, score, ... sorted by score
+ *                                          then member (ZRANGEBYSCORE's form)
+ *   scan    base cursor count           -> {next cursor or "0", member, score...}
+ *                                          (ZSCAN's form; converts what it
+ *                                          lists from layout 1 under layout 2)
+ *   score   base hash member            -> the member's score or nil
+ *   card    base                        -> {entries, sets}
+ *   sample  base n                      -> about n random member, score, ... of
+ *                                          its sets, each in proportion to its size
+ *   sets    base                        -> names of the v-node's sets that exist
+ *   clear   base*                       -> sets deleted
+ *   convert base limit                  -> entries moved from layout 1 (layout 2 only)
+ *   layout  [version]                   -> the layout in force (set first if given
+ *                                          and a ring is recorded)
+ */
+extern const char lay_script[];
+/* The script's functions alone, for scripts of other modules (sweep.c):
+ * they need locals R (the ring record's name), LIM and VMAX defined first. */
+extern const char lay_lib[];
+
+/* SHA-1 of lay_script in hex, for EVALSHA (computed once). */
+const char *lay_sha(void);
+
+/*
+ * The first LAY_HEAD arguments of an index script call: EVALSHA, the sha,
+ * 1, ring (the caller's "<prefix>:ring"), op and the thresholds (written
+ * into nums). lens may be NULL. Returns LAY_HEAD.
+ */
+int lay_head(const char **argv, size_t *lens, const char *ring, const char *op,
+             const struct lay_limits *l, char nums[2][12]);
+
+/* SCRIPT LOAD of lay_script, as argv (3 strings). Every connection that
+ * sends EVALSHA sends it first; the pipeline keeps the order. */
+void lay_load_argv(const char **argv, size_t *lens);
+
+/* A blocking connection (the command line): load the script. 0 or -1. */
+int lay_load_sync(struct redisContext *c, char *err, size_t errlen);
+
+/* Is this error reply Redis's "the script is not loaded"? */
+bool lay_noscript(const char *msg);
+
+/*
+ * The rules the script follows, for the C side (index check) and the
+ * tests. A v-node's sub-sets are named by their low score; lows[0..n) is
+ * its directory, sorted ascending. The sub-set of `score` is the one with
+ * the greatest low <= score (index into lows), or -1 when none (the first
+ * write creates the sub-set of low 0).
+ */
+int lay_pick(const uint32_t *lows, size_t n, uint32_t score);
+
+/*
+ * Where a full sub-set of low `low` splits: its scores[0..n) sorted
+ * ascending. The upper part (scores >= *at) moves to a new sub-set of low
+ * *at: the median, or the first score above `low` when the lower half
+ * all scores `low`. false when every score is `low` (it cannot split).
+ */
+bool lay_split_at(const uint32_t *scores, size_t n, uint32_t low, uint32_t *at);
+
+/* The layout a ring record's `layout` field names: 1 when absent. */
+int lay_version(const char *field);
+
+#endif

@@ -9,6 +9,7 @@ the test that caused it.
 """
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,30 @@ RINGPROXY = os.environ.get("RINGPROXY_BIN", os.path.join(ROOT, "build", "ringpro
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                    "runtime error:", "WARNING: AddressSanitizer",
                    "WARNING: ThreadSanitizer")
+
+
+def vnode_of(name):
+    """The v-node set (layout 1's name) an index set belongs to: layout 2
+    keeps a v-node's keys in <base>:s<low> and <base>:l (docs/ARCHITECTURE.md,
+    "The index")."""
+    n = name.decode() if isinstance(name, bytes) else name
+    m = re.match(r"^(.*:\d+)(?::s\d+|:l)$", n)
+    return m.group(1) if m else n
+
+
+def index_sets(r, prefix):
+    """Every set of the index that holds keys (both layouts): the names
+    under <prefix>:v: (the directories live under <prefix>:vd:)."""
+    return list(r.scan_iter(match=prefix + ":v:*", count=1000))
+
+
+def index_entries(r, prefix):
+    """Every index entry, both layouts: {member: [(v-node set, score), ...]}."""
+    out = {}
+    for name in index_sets(r, prefix):
+        for m, score in r.zrange(name, 0, -1, withscores=True):
+            out.setdefault(m, []).append((vnode_of(name), score))
+    return out
 
 
 def free_port():

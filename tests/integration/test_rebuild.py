@@ -12,6 +12,7 @@ import redis
 from pymemcache.client.base import Client
 
 from harness import Memcached, Nutcracker, free_port, locate, pool_yaml, run_cli
+from harness import index_entries as index_entries_at
 
 KEYS = 20000
 PREFIX = "rp:cache"
@@ -193,9 +194,10 @@ def test_rebuilding_twice_indexes_exactly_the_keys_held(cluster, warm):
         for line in out.splitlines()[1:]:
             pool, key, h, point, server, addr = line.split(" ")
             where[key] = (int(h), "%s:v:%s:%s" % (PREFIX, server, point))
+    entries = index_entries_at(r, PREFIX)
     for k in keys[:500]:
         h, vnode = where[k]
-        assert r.zscore(vnode, k) == h
+        assert entries[k.encode()] == [(vnode, h)]
 
     check = run_cli("index", "check", "-c", path)
     assert check.returncode == 0, check.stderr

@@ -305,7 +305,7 @@ static void sha1_block(uint32_t h[5], const unsigned char *p)
     h[4] += e;
 }
 
-static void sha1_hex(const void *data, size_t len, char out[LAY_SHA_SIZE])
+void lay_sha1_hex(const void *data, size_t len, char out[LAY_SHA_SIZE])
 {
     uint32_t h[5] = { 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0 };
     const unsigned char *p = data;
@@ -336,7 +336,7 @@ const char *lay_sha(void)
     static char sha[LAY_SHA_SIZE];
 
     if (sha[0] == '\0') {
-        sha1_hex(lay_script, sizeof(lay_script) - 1, sha);
+        lay_sha1_hex(lay_script, sizeof(lay_script) - 1, sha);
     }
     return sha;
 }

@@ -73,6 +73,8 @@ extern const char lay_lib[];
 
 /* SHA-1 of lay_script in hex, for EVALSHA (computed once). */
 const char *lay_sha(void);
+/* SHA-1 of any bytes, in hex (what Redis names a script by). */
+void lay_sha1_hex(const void *data, size_t len, char out[LAY_SHA_SIZE]);
 
 /*
  * The first LAY_HEAD arguments of an index script call: EVALSHA, the sha,

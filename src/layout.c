@@ -26,7 +26,9 @@
  *   needs to know when it is over.
  * - Which layout writes follow is the ring record's field `layout`, read
  *   by the script itself on every call: no proxy can write a layout the
- *   record no longer names.
+ *   record no longer names. A record without the field (written by an
+ *   older build) is layout 1; no record at all (a new prefix, or a Redis
+ *   that lost its data) is layout 2, what the first record will say.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,7 +40,11 @@
 /* The functions. R, LIM and VMAX are the caller's locals. */
 #define LAY_LIB                                                               \
     "local P = string.sub(R, 1, -6) "                                         \
-    "local LAY = tonumber(redis.call('hget', R, 'layout') or '1') or 1 "      \
+    /* a record without the field is layout 1; no record yet, the layout */  \
+    /* the next one will say (RB_FIRST_RECORD_SCRIPT) */                      \
+    "local LAY = redis.call('hget', R, 'layout') "                            \
+    "if LAY then LAY = tonumber(LAY) or 1 "                                   \
+    "else LAY = redis.call('exists', R) == 1 and 1 or 2 end "                 \
     "local TOP = 4294967295 "                                                 \
     "local function dir(b) return P .. ':vd:' .. string.sub(b, #P + 4) end "  \
     "local function low_of(d, s) "                                            \

@@ -160,9 +160,10 @@ def memory(b, sizes, length):
                    bytes_per_key=used / n, sets=sets,
                    listpack_pct=100.0 * compact / max(sets, 1),
                    redis_cpu_us_per_write=1e6 * cpu / n)
-        # leave Redis as it was for the next layout's baseline
-        for k in b.r.scan_iter(match="bench:%s:v*" % name, count=1000):
-            b.r.unlink(k)
+        # leave Redis as it was for the next baseline (DEL frees at once,
+        # UNLINK in the background: the next delta would go negative)
+        for k in list(b.r.scan_iter(match="bench:%s:v*" % name, count=1000)):
+            b.r.delete(k)
 
 
 def load(b, rounds, seconds):

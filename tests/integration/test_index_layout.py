@@ -1,0 +1,195 @@
+"""The compact index layout (docs/ARCHITECTURE.md, "The index"): every set
+stays a listpack at Redis's defaults, a v-node's sub-sets split as they
+fill and always hold exactly the scores their directory gives them, and an
+index written in layout 1 is converted in place while clients write and a
+resize follows, losing no key."""
+import random
+import subprocess
+import threading
+
+from pymemcache.client.base import Client
+
+from harness import RINGPROXY, proxy_stats, run_cli, vnode_of, wait_until
+from test_migration import (assert_all_hit, assert_placement, env, fill,  # noqa: F401
+                            reload, wait_migrated)
+
+PREFIX = "rp:cache"
+ENTRIES = 128       # Redis's default zset-max-listpack-entries
+
+
+def wait_index_idle(port):
+    wait_until(lambda: (lambda st: st["index:queued"] == "0" and
+                        st["index:inflight"] == "0")(proxy_stats(port)),
+               timeout=60, what="index writes to drain")
+
+
+def directory(r, base):
+    """The lows of a v-node's sub-sets, ascending."""
+    rest = base[len(PREFIX) + 3:]
+    return sorted(int(x) for x in r.zrange("%s:vd:%s" % (PREFIX, rest), 0, -1))
+
+
+def layout2_sets(r):
+    """{v-node: [sub-set names]} and the long-key sets."""
+    subs, longs = {}, []
+    for name in r.scan_iter(match=PREFIX + ":v:*", count=1000):
+        name = name.decode()
+        if name.endswith(":l"):
+            longs.append(name)
+        elif vnode_of(name) != name:
+            subs.setdefault(vnode_of(name), []).append(name)
+    return subs, longs
+
+
+def assert_layout_2_invariants(r):
+    """Every index set holding keys is a sub-set or a long-key set (no
+    layout 1 set is left), every sub-set is a listpack within the entries
+    threshold, and each holds exactly the scores from its low up to the
+    next low of its v-node's directory."""
+    subs, longs = layout2_sets(r)
+    bases = [n for n in r.scan_iter(match=PREFIX + ":v:*", count=1000)
+             if vnode_of(n) == n.decode()]
+    assert bases == [], "layout 1 sets left: %r" % bases[:3]
+    total = 0
+    for base, names in subs.items():
+        lows = directory(r, base)
+        assert lows[0] == 0
+        for name in names:
+            low = int(name.rsplit(":s", 1)[1])
+            assert low in lows, name
+            nxt = next((x for x in lows if x > low), 1 << 32)
+            assert r.object("encoding", name) == b"listpack", name
+            card = r.zcard(name)
+            assert 0 < card <= ENTRIES, (name, card)
+            for _, score in r.zrange(name, 0, -1, withscores=True):
+                assert low <= score < nxt, (name, score, low, nxt)
+            total += card
+    return total, subs, longs
+
+
+def test_sets_split_as_they_fill_and_every_one_stays_a_listpack(env):
+    """60,000 keys over 3 servers (about 125 a v-node: every v-node splits at
+    least once on average) and some longer than the value threshold."""
+    mcs = env.servers(3)
+    p = env.proxy(mcs)
+    r = env.r
+    keys = fill(p.port, 60000, prefix="split:")
+    long_keys = ["L" * 90 + ":%d" % i for i in range(300)]
+    c = Client(("127.0.0.1", p.port))
+    for k in long_keys:
+        c.set(k, b"v", noreply=False)
+    c.close()
+    wait_index_idle(p.port)
+    assert r.hget(PREFIX + ":ring", "layout") == b"2"
+
+    total, subs, longs = assert_layout_2_invariants(r)
+    assert total == len(keys)
+    nsub = sum(len(v) for v in subs.values())
+    assert nsub > len(subs), "no split: %d sub-sets for %d v-nodes" % (nsub, len(subs))
+    assert max(len(v) for v in subs.values()) >= 3
+    # long keys in their v-node's long-key set, never in a sub-set
+    in_long = set()
+    for name in longs:
+        in_long |= {m.decode() for m in r.zrange(name, 0, -1)}
+    assert in_long == set(long_keys)
+
+    # `index stats` reports the layout, the share of compact sets and bytes per key
+    out = subprocess.run([RINGPROXY, "index", "stats", "-c", p.conf_path], check=True,
+                         capture_output=True, text=True).stdout
+    assert "%d indexed keys" % (len(keys) + len(long_keys)) in out, out
+    assert "layout 2" in out, out
+    assert "zset-max-listpack-entries 128, zset-max-listpack-value 64" in out, out
+    line = [l for l in out.splitlines() if l.strip().startswith("sets:")][0]
+    assert "%d skiplist" % len(longs) in line, out     # only the long-key sets
+
+    # a resize moves exactly the keys whose owner changed (read from the
+    # sub-sets), and the new sets keep the invariants
+    new = env.servers(1)
+    reload(p, env.config(mcs + new, p.port))
+    wait_migrated(p.port, 2)
+    assert_all_hit(p.port, keys)
+    assert_placement(p, mcs + new, keys[:5000])
+    assert assert_layout_2_invariants(r)[0] == len(keys)
+
+
+def test_layout_1_is_converted_in_place_under_load_and_a_resize_loses_nothing(env):
+    """An index written in layout 1 (a ring record without the field, as an
+    older build writes it), converted by `index rebuild` while a client
+    keeps writing, then a resize: every key is where the new ring puts it,
+    and the index ends in layout 2 alone."""
+    mcs = env.servers(3)
+    p = env.proxy(mcs)
+    r = env.r
+    r.hdel(PREFIX + ":ring", "layout")
+    old_keys = fill(p.port, 20000, prefix="old:")
+    wait_index_idle(p.port)
+    bases = list(r.scan_iter(match=PREFIX + ":v:*", count=1000))
+    assert bases and all(vnode_of(b) == b.decode() for b in bases)
+    assert sum(r.zcard(b) for b in bases) == len(old_keys)
+
+    written, stop = [], threading.Event()
+
+    def writer():
+        c = Client(("127.0.0.1", p.port))
+        i = 0
+        while not stop.is_set():
+            chunk = {"live:%d" % j: ("v-live:%d" % j).encode() for j in range(i, i + 100)}
+            assert c.set_many(chunk, noreply=False) == []
+            written.extend(chunk)
+            i += 100
+            # about 2,000 a second: the rebuild lists what the servers hold,
+            # and a writer faster than that would keep it listing
+            stop.wait(0.05)
+        c.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        wait_until(lambda: len(written) > 2000, what="the writer to write")
+        res = run_cli("index", "rebuild", "-c", p.conf_path)
+        assert res.returncode == 0, res.stderr
+        assert "converted" in res.stdout, res.stdout
+        assert r.hget(PREFIX + ":ring", "layout") == b"2"
+        # the resize begins while the writer still writes
+        new = env.servers(1)
+        reload(p, env.config(mcs + new, p.port))
+        wait_until(lambda: proxy_stats(p.port)["migration:state"] != "idle",
+                   what="the resize to begin")
+    finally:
+        stop.set()
+        t.join()
+    wait_migrated(p.port, 2)
+    wait_index_idle(p.port)
+    keys = old_keys + written
+    assert_all_hit(p.port, keys)
+    sample = random.Random(5).sample(keys, 6000)
+    assert_placement(p, mcs + new, sample)
+    total = assert_layout_2_invariants(r)[0]
+    assert total == len(keys)
+
+
+def test_a_resize_over_an_index_half_converted_misses_nothing(env):
+    """Layout 2 recorded over entries still in layout 1 (an index converted
+    only in part): new writes go to layout 2, a resize reads both, moves
+    every key whose owner changed, and a sweep pass then moves what is left
+    in layout 1 into layout 2."""
+    mcs = env.servers(3)
+    p = env.proxy(mcs)
+    r = env.r
+    r.hdel(PREFIX + ":ring", "layout")
+    keys = fill(p.port, 8000, prefix="half:")
+    wait_index_idle(p.port)
+    r.hset(PREFIX + ":ring", "layout", "2")
+    more = fill(p.port, 4000, prefix="half2:")
+    wait_index_idle(p.port)
+    new = env.servers(1)
+    reload(p, env.config(mcs + new, p.port))
+    st = wait_migrated(p.port, 2)
+    assert int(st["migration:keys_failed"]) == 0
+    assert_all_hit(p.port, keys + more)
+    assert_placement(p, mcs + new, keys + more)
+    res = run_cli("index", "sweep", "-c", p.conf_path)
+    assert res.returncode == 0, res.stderr
+    n = len(keys) + len(more)
+    assert "index entries: {:,} before, {:,} after".format(n, n) in res.stdout, res.stdout
+    assert assert_layout_2_invariants(r)[0] == n

@@ -13,9 +13,11 @@ record, or the build given by --old-bin (a build of the commit before the
 compact layout: plain ZADDs, what was measured as "today").
 
   memory  for each key length, keys are written through each proxy in turn
-          (loadgen --populate-only, keys of the length asked: a prefix and a
-          number; each proxy has memcached servers of its own), up to each of --sizes; after each, the index's Redis
-          bytes per key (INFO used_memory, less what it was before that
+          (loadgen --populate-only, --conns x --depth in flight, keys of the
+          length asked: a prefix and a number; each proxy has memcached
+          servers of its own), up to each of --sizes; after each, the
+          index's Redis bytes per entry it holds (writes dropped for a full
+          queue are counted apart) (INFO used_memory, less what it was before that
           proxy's first key: the sets, their names, Redis's keyspace entries)
           and the share of sets that are listpacks;
   cpu     Redis CPU per indexed write over each fill (INFO used_cpu_sys +
@@ -80,15 +82,22 @@ def index_idle(port):
 
 
 def encodings(r, prefix):
-    enc = {}
-    for name in r.scan_iter(match=prefix + ":v:*", count=1000):
+    """Sets by encoding, the entries they hold, and MEMORY USAGE summed
+    over them and the directories."""
+    enc, entries, usage = {}, 0, 0
+    for name in r.scan_iter(match=prefix + ":v*", count=1000):
+        usage += r.memory_usage(name, samples=0) or 0
+        if name.startswith((prefix + ":vd:").encode()):
+            continue
         e = r.object("encoding", name)
         enc[e] = enc.get(e, 0) + 1
-    return enc
+        entries += r.zcard(name)
+    return enc, entries, usage
 
 
 class Bench:
-    def __init__(self, cluster, old_bin):
+    def __init__(self, cluster, old_bin, conns, depth):
+        self.conns, self.depth = conns, depth
         self.redis = cluster.redis()
         self.r = redis.Redis(port=self.redis.port)
         self.proxies = {}
@@ -120,13 +129,15 @@ class Bench:
         return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
     def fill(self, name, keys, prefix):
-        """Write `keys` new keys through proxy `name`; Redis CPU seconds spent."""
+        """Write `keys` new keys through proxy `name`: Redis CPU seconds
+        spent, and the index writes the proxy dropped (its queue full)."""
         p = self.proxies[name]
         c0 = redis_cpu(self.r)
-        self.loadgen(p.port, "-k", keys, "-x", prefix, "-v", 1, "-c", 20, "-P", 16,
-                     "--populate-only", "--populate-time", 900)
+        d0 = int(proxy_stats(p.port)["index:dropped"])
+        self.loadgen(p.port, "-k", keys, "-x", prefix, "-v", 1, "-c", self.conns, "-P",
+                     self.depth, "--populate-only", "--populate-time", 900)
         index_idle(p.port)
-        return redis_cpu(self.r) - c0
+        return redis_cpu(self.r) - c0, int(proxy_stats(p.port)["index:dropped"]) - d0
 
 
 def key_prefix(tag, length, keys):
@@ -139,27 +150,32 @@ def memory(b, sizes, length):
     for name in ("old", "new"):
         b.r.execute_command("MEMORY", "PURGE")
         base = int(b.r.info("memory")["used_memory"])
-        written = 0
+        written = dropped = 0
         cpu = 0.0
         for n in sizes:
             # keys of a new prefix of the same length each step: all new
             tag = "%s%d" % (name[0], n)
             prefix = key_prefix(tag, length, n - written)
-            cpu += b.fill(name, n - written, prefix)
+            c, d = b.fill(name, n - written, prefix)
+            cpu += c
+            dropped += d
             written = n
             b.r.execute_command("MEMORY", "PURGE")
             used = int(b.r.info("memory")["used_memory"]) - base
-            enc = encodings(b.r, "bench:" + name)
+            enc, entries, usage = encodings(b.r, "bench:" + name)
             sets = sum(enc.values())
             compact = enc.get(b"listpack", 0)
-            print("memory %s (layout %d) keys %8d of %3d bytes: %6.1f bytes/key of Redis, "
-                  "%d sets, %.1f%% listpack; Redis CPU %.2f us per indexed write" %
-                  (name, b.layout[name], n, length, used / n, sets,
-                   100.0 * compact / max(sets, 1), 1e6 * cpu / n), flush=True)
+            per = max(entries, 1)
+            print("memory %s (layout %d) keys %8d of %3d bytes: %6.1f bytes/key of Redis "
+                  "(MEMORY USAGE of the sets %.1f), %d entries (%d writes dropped), %d sets, "
+                  "%.1f%% listpack; Redis CPU %.2f us per indexed write" %
+                  (name, b.layout[name], n, length, used / per, usage / per, entries,
+                   dropped, sets, 100.0 * compact / max(sets, 1), 1e6 * cpu / per), flush=True)
             result(mem=name, layout=b.layout[name], keys=n, key_bytes=length,
-                   bytes_per_key=used / n, sets=sets,
+                   bytes_per_key=used / per, usage_per_key=usage / per, entries=entries,
+                   dropped=dropped, sets=sets,
                    listpack_pct=100.0 * compact / max(sets, 1),
-                   redis_cpu_us_per_write=1e6 * cpu / n)
+                   redis_cpu_us_per_write=1e6 * cpu / per)
         # leave Redis as it was for the next baseline (DEL frees at once,
         # UNLINK in the background: the next delta would go negative)
         for k in list(b.r.scan_iter(match="bench:%s:v*" % name, count=1000)):
@@ -199,6 +215,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--old-bin", default=os.environ.get("RINGPROXY_OLD_BIN"))
+    ap.add_argument("--conns", type=int, default=20, help="loadgen connections of a fill")
+    ap.add_argument("--depth", type=int, default=4, help="requests in flight per connection")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -206,7 +224,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench_index_mem.") as wd:
         cluster = Cluster(wd)
         try:
-            b = Bench(cluster, a.old_bin)
+            b = Bench(cluster, a.old_bin, a.conns, a.depth)
             cfg = b.r.config_get("zset-max-listpack-*")
             print("Redis %s, %s; old: %s" % (b.r.info("server")["redis_version"], cfg,
                                              a.old_bin or "this build, layout 1"), flush=True)

@@ -94,14 +94,17 @@
     "  local out = {} "                                                       \
     "  collect(b, a, z, lim, out) "                                           \
     "  collect(b .. ':l', a, z, lim, out) "                                   \
-    "  local d = dir(b) "                                                     \
-    "  local lows = redis.call('zrevrangebyscore', d, a, '-inf', 'LIMIT', 0, 1) " \
-    "  local more = redis.call('zrangebyscore', d, '(' .. a, z) "             \
-    "  for i = 1, #more do lows[#lows + 1] = more[i] end "                    \
-    "  local got = 0 "                                                        \
-    "  for i = 1, #lows do "                                                  \
-    "    if got >= lim then break end "                                       \
-    "    got = got + collect(b .. ':s' .. lows[i], a, z, lim - got, out) end " \
+    "  local d, got, off = dir(b), 0, 0 "                                     \
+    "  local first = redis.call('zrevrangebyscore', d, a, '-inf', 'LIMIT', 0, 1)[1] " \
+    "  if first then got = collect(b .. ':s' .. first, a, z, lim, out) end "  \
+    /* the next lows, a few at a time: a v-node may have thousands */         \
+    "  while got < lim do "                                                   \
+    "    local more = redis.call('zrangebyscore', d, '(' .. a, z, 'LIMIT', off, 32) " \
+    "    for i = 1, #more do "                                                \
+    "      if got >= lim then break end "                                     \
+    "      got = got + collect(b .. ':s' .. more[i], a, z, lim - got, out) end " \
+    "    if #more < 32 then break end "                                       \
+    "    off = off + 32 end "                                                 \
     "  table.sort(out, function(x, y) "                                       \
     "    if x[1] ~= y[1] then return x[1] < y[1] end return x[2] < y[2] end) " \
     "  local res = {} "                                                       \

@@ -34,6 +34,18 @@
  *   error state clears only after IDX_HEALTH_CALM_MS without errors, so a
  *   Redis that refuses one command in ten does not flap; "dropping" clears
  *   once the queue is down to half.
+ * - Layout 2 (layout.h): a v-node's writes are plain pipelined ZADDs, one
+ *   per sub-set, picked from the v-node's directory as this writer last
+ *   learnt it (struct idx_vdir: lows and sizes, from the script's `dir`
+ *   and `split`). The sizes grow by what ZADD says it added; past
+ *   LAY_SPLIT_ASK the writer sends the script's `split`, which checks again
+ *   atomically and answers the new directory. A directory older than
+ *   LAY_DIR_TTL_MS is not used: that v-node's writes go through the
+ *   script's `add` (which reads the layout and directory in Redis) until a
+ *   fresh one comes back; it is asked for at half that age. So a layout
+ *   change or another proxy's split is seen within LAY_DIR_TTL_MS, and a
+ *   key filed under an older directory is a stray that readers still find
+ *   (I-L2, layout.h).
  */
 #include <assert.h>
 #include <errno.h>
@@ -59,6 +71,7 @@
 #define IDX_BACKOFF_MAX_MS 5000
 #define IDX_HEALTH_CALM_MS 5000  /* without errors before a refusal clears */
 #define IDX_SCRIPT_KEYS 1024    /* members per index script, at most */
+#define IDX_DIR_MAX 65536       /* lows a directory reply may hold, at most */
 
 #define IDX_STATE_NAME(e, name) [IDX_##e] = name,
 const char *const idx_state_names[IDX_STATE_COUNT] = { IDX_STATE_CODEC(IDX_STATE_NAME) };
@@ -126,8 +139,33 @@ struct idx_op {
 struct idx_group {
     uint32_t point;
     uint8_t type;
+    bool plain;                 /* sent as plain ZADDs (idx_emit_plain) */
     uint32_t count;
     size_t first, last;         /* arena offsets of the records */
+};
+
+/* What this writer knows of a v-node's layout-2 directory. */
+struct idx_vdir {
+    uint32_t *lows;             /* ascending; lows[0] is 0 */
+    uint32_t *size;             /* members per sub-set, as last learnt and added */
+    uint32_t n, cap;
+    uint8_t layout;             /* 0: not known yet; else the layout in force */
+    bool asking;                /* a dir or split call is unanswered */
+    uint64_t learnt_ms;         /* monotonic */
+};
+
+/* An unanswered ZADD, dir or split: which v-node of which ring. */
+struct idx_ask {
+    uint64_t gen;
+    uint32_t point;
+    uint32_t low;               /* ZADD: the sub-set's low; UINT32_MAX: long-key set */
+    uint32_t n;                 /* ZADD: members sent */
+};
+
+/* One record of a group, on its way to its sub-set (idx_emit_plain). */
+struct idx_pick {
+    uint32_t sub;               /* index into the directory; n: the long-key set */
+    size_t off;
 };
 
 struct idx {
@@ -140,6 +178,10 @@ struct idx {
     bool need_load;             /* Redis answered NOSCRIPT: load it again */
     char **vnode;               /* set name per ring point */
     size_t *vnode_len;
+    struct idx_vdir *vdir;      /* per ring point */
+    uint64_t gen;               /* bumped by each ring: replies of older ones are moot */
+    struct idx_pick *picks;     /* flush scratch */
+    size_t picks_cap;
     redisAsyncContext *ac;
     enum idx_state state;
     struct event *retry;
@@ -185,6 +227,17 @@ struct idx {
 static void idx_connect(struct idx *x);
 static void idx_handshake(struct idx *x);
 static int idx_load_ring(struct idx *x, struct ring *ring);
+static void idx_send_split(struct idx *x, uint32_t point, uint32_t low);
+static void idx_send_load(struct idx *x);
+
+static void idx_vdir_free(struct idx_vdir *v, uint32_t n)
+{
+    for (uint32_t i = 0; v != NULL && i < n; i++) {
+        free(v[i].lows);
+        free(v[i].size);
+    }
+    free(v);
+}
 
 /* --- small helpers -------------------------------------------------------- */
 
@@ -459,17 +512,23 @@ static void idx_on_disconnect(const redisAsyncContext *ac, int status)
     idx_schedule_retry(x);
 }
 
+static void idx_written(struct idx *x, const redisReply *reply, uint64_t n, bool flush);
+
 /* The writes of one command were acknowledged, or refused. */
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct idx *x = ac->data;
     redisReply *reply = r;
-    uint64_t n = (uint64_t)(uintptr_t)privdata;
 
     if (x == NULL || reply == NULL) {
         return;     /* disconnected: counted by idx_on_disconnect */
     }
-    if (privdata == IDX_FLUSH_REPLY) {
+    idx_written(x, reply, (uint64_t)(uintptr_t)privdata, privdata == IDX_FLUSH_REPLY);
+}
+
+static void idx_written(struct idx *x, const redisReply *reply, uint64_t n, bool flush)
+{
+    if (flush) {
         n = 1;
         if (x->flush_unanswered > 0 && --x->flush_unanswered == 0 && x->flush_pending) {
             idx_flush(x);   /* the flush coalesced behind this one */
@@ -487,6 +546,174 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
                (uint64_t)x->conf.queue_max / 2) {
         idx_redis_ok(x, IDX_CONN_WRITER);
     }
+}
+
+/* --- layout 2: the directories this writer caches --------------------------- */
+
+/* The vdir of an ask, or NULL when its ring is gone (or we are). */
+static struct idx_vdir *ask_vdir(struct idx *x, const struct idx_ask *a)
+{
+    return x != NULL && a->gen == x->gen && a->point < x->ring->npoints ?
+           &x->vdir[a->point] : NULL;
+}
+
+/* A plain ZADD's answer: what it added grows its sub-set's size. */
+static void on_zadd(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct idx *x = ac->data;
+    redisReply *reply = r;
+    struct idx_ask *a = privdata;
+    struct idx_vdir *v;
+
+    if (x != NULL && reply != NULL) {
+        idx_written(x, reply, a->n, false);
+        v = ask_vdir(x, a);
+        if (v != NULL && v->layout == 2 && a->low != UINT32_MAX &&
+            reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+            int i = lay_pick(v->lows, v->n, a->low);
+            if (i >= 0 && v->lows[i] == a->low) {
+                uint64_t sz = (uint64_t)v->size[i] + (uint64_t)reply->integer;
+                v->size[i] = sz > UINT32_MAX ? UINT32_MAX : (uint32_t)sz;
+                if (v->size[i] >= LAY_SPLIT_ASK(x->limits.entries) && !v->asking) {
+                    idx_send_split(x, a->point, a->low);
+                }
+            }
+        }
+    }
+    free(a);
+}
+
+static bool reply_u32(const redisReply *e, uint32_t *out)
+{
+    char buf[24], *end;
+    unsigned long long v;
+
+    if (e->type == REDIS_REPLY_INTEGER) {
+        if (e->integer < 0 || e->integer > UINT32_MAX) {
+            return false;
+        }
+        *out = (uint32_t)e->integer;
+        return true;
+    }
+    if (e->type != REDIS_REPLY_STRING || e->len == 0 || e->len >= sizeof(buf) ||
+        e->str[0] < '0' || e->str[0] > '9') {
+        return false;
+    }
+    memcpy(buf, e->str, e->len);
+    buf[e->len] = '\0';
+    errno = 0;
+    v = strtoull(buf, &end, 10);
+    if (*end != '\0' || errno != 0 || v > UINT32_MAX) {
+        return false;
+    }
+    *out = (uint32_t)v;
+    return true;
+}
+
+/* {layout, low, size, ...} (layout.h, dir) into v; false (v unchanged) when
+ * the reply is not that: lows ascending from 0, at most IDX_DIR_MAX. */
+static bool vdir_parse(struct idx_vdir *v, const redisReply *r)
+{
+    uint32_t layout, n;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->elements % 2 != 1 ||
+        !reply_u32(r->element[0], &layout) || layout < 1 || layout > 2 ||
+        r->elements / 2 > IDX_DIR_MAX || (layout == 2 && r->elements < 3)) {
+        return false;
+    }
+    n = (uint32_t)(r->elements / 2);
+    if (n > v->cap) {
+        uint32_t *lows = malloc(n * sizeof(*lows)), *size = malloc(n * sizeof(*size));
+        if (lows == NULL || size == NULL) {
+            free(lows);
+            free(size);
+            return false;
+        }
+        free(v->lows);
+        free(v->size);
+        v->lows = lows;
+        v->size = size;
+        v->cap = n;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t low, size;
+        if (!reply_u32(r->element[1 + 2 * i], &low) ||
+            !reply_u32(r->element[2 + 2 * i], &size) ||
+            (i == 0 ? low != 0 : low <= v->lows[i - 1])) {
+            v->layout = 0;      /* half written: not known */
+            return false;
+        }
+        v->lows[i] = low;
+        v->size[i] = size;
+    }
+    v->n = n;
+    v->layout = (uint8_t)layout;
+    return true;
+}
+
+/* A dir or split answer: the v-node's directory as it is now. */
+static void on_dir(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct idx *x = ac->data;
+    redisReply *reply = r;
+    struct idx_ask *a = privdata;
+    struct idx_vdir *v = ask_vdir(x, a);
+
+    if (v != NULL) {
+        v->asking = false;
+    }
+    if (x != NULL && reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        x->need_load |= lay_noscript(reply->str);
+        x->stats[IDX_STAT_errors]++;
+        idx_redis_error(x, IDX_CONN_WRITER, reply->str);
+    } else if (v != NULL && reply != NULL && vdir_parse(v, reply)) {
+        v->learnt_ms = mono_ms();
+        /* one split at a time per v-node: the next after this answer */
+        for (uint32_t i = 0; v->layout == 2 && i < v->n; i++) {
+            if (v->size[i] >= LAY_SPLIT_ASK(x->limits.entries)) {
+                idx_send_split(x, a->point, v->lows[i]);
+                break;
+            }
+        }
+    }
+    free(a);
+}
+
+/* dir (low == UINT32_MAX) or split of a v-node; v->asking until answered. */
+static void idx_send_ask(struct idx *x, uint32_t point, uint32_t low)
+{
+    const char *argv[LAY_HEAD + 2];
+    size_t lens[LAY_HEAD + 2];
+    char nums[2][12], lowbuf[12];
+    struct idx_ask *a = malloc(sizeof(*a));
+    int argc;
+
+    if (a == NULL) {
+        return;
+    }
+    *a = (struct idx_ask){ .gen = x->gen, .point = point, .low = low };
+    argc = lay_head(argv, lens, x->ring_key, low == UINT32_MAX ? "dir" : "split",
+                    &x->limits, nums);
+    argv[argc] = x->vnode[point];
+    lens[argc++] = x->vnode_len[point];
+    if (low != UINT32_MAX) {
+        lens[argc] = (size_t)snprintf(lowbuf, sizeof(lowbuf), "%u", low);
+        argv[argc++] = lowbuf;
+    }
+    if (x->need_load) {
+        idx_send_load(x);
+    }
+    if (redisAsyncCommandArgv(x->ac, on_dir, a, argc, argv, lens) != REDIS_OK) {
+        free(a);
+        return;
+    }
+    x->stats[IDX_STAT_commands]++;
+    x->vdir[point].asking = true;
+}
+
+static void idx_send_split(struct idx *x, uint32_t point, uint32_t low)
+{
+    idx_send_ask(x, point, low);
 }
 
 /* The index script is loaded before any EVALSHA on this connection (the
@@ -701,6 +928,8 @@ void idx_free(struct idx *x)
     }
     free(x->vnode);
     free(x->vnode_len);
+    idx_vdir_free(x->vdir, x->ring != NULL ? x->ring->npoints : 0);
+    free(x->picks);
     ring_unref(x->ring);
     x->ring = NULL;
     free(x->filter);
@@ -728,15 +957,16 @@ static int idx_load_ring(struct idx *x, struct ring *ring)
     size_t *vnode_len = calloc(ring->npoints, sizeof(*vnode_len));
     int32_t *g0 = malloc(ring->npoints * sizeof(int32_t));
     int32_t *g1 = malloc(ring->npoints * sizeof(int32_t));
+    struct idx_vdir *vdir = calloc(ring->npoints, sizeof(*vdir));
 
-    for (uint32_t i = 0; vnode && vnode_len && g0 && g1 && i < ring->npoints; i++) {
+    for (uint32_t i = 0; vnode && vnode_len && g0 && g1 && vdir && i < ring->npoints; i++) {
         vnode_len[i] = idx_vnode_key(x->conf.prefix, ring, i, buf, sizeof(buf));
         if ((vnode[i] = strndup(buf, vnode_len[i])) == NULL) {
             goto err;
         }
         g0[i] = g1[i] = -1;
     }
-    if (!vnode || !vnode_len || !g0 || !g1) {
+    if (!vnode || !vnode_len || !g0 || !g1 || !vdir) {
         goto err;
     }
     for (uint32_t i = 0; x->vnode != NULL && i < x->ring->npoints; i++) {
@@ -746,8 +976,11 @@ static int idx_load_ring(struct idx *x, struct ring *ring)
     free(x->vnode_len);
     free(x->group_of[0]);
     free(x->group_of[1]);
+    idx_vdir_free(x->vdir, x->ring != NULL ? x->ring->npoints : 0);
     ring_unref(x->ring);
     x->ring = ring_ref(ring);
+    x->vdir = vdir;
+    x->gen++;
     x->vnode = vnode;
     x->vnode_len = vnode_len;
     x->group_of[0] = g0;
@@ -761,6 +994,7 @@ err:
     free(vnode_len);
     free(g0);
     free(g1);
+    free(vdir);
     return -1;
 }
 
@@ -885,6 +1119,12 @@ void idx_pool_flushed(struct idx *x)
      * store may have set a slot since the last. */
     x->arena_len = 0;
     x->nqueued = 0;
+    /* the sets are emptied; the directories stay (layout.h, `empty`) */
+    for (uint32_t i = 0; i < x->ring->npoints; i++) {
+        for (uint32_t j = 0; j < x->vdir[i].n; j++) {
+            x->vdir[i].size[j] = 0;
+        }
+    }
     if (x->filter_used) {
         memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
         x->filter_used = false;
@@ -925,7 +1165,8 @@ static void idx_send_flush(struct idx *x)
     for (uint32_t i = 0; i < x->ring->npoints; i += 256) {
         uint32_t n = x->ring->npoints - i < 256 ? x->ring->npoints - i : 256;
         x->out_len = 0;
-        out_head(x, LAY_HEAD + n, "clear");
+        /* the directories stay: writers may still pick their lows (I-L2) */
+        out_head(x, LAY_HEAD + n, "empty");
         for (uint32_t j = i; j < i + n; j++) {
             out_bulk(x, x->vnode[j], x->vnode_len[j]);
         }
@@ -953,14 +1194,14 @@ static void idx_emit_script(struct idx *x, uint8_t type, size_t g0, size_t g1, u
     char num[16];
 
     for (size_t g = g0; g < g1; g++) {
-        argc += x->groups[g].type == type ? 2 : 0;
+        argc += x->groups[g].type == type && !x->groups[g].plain ? 2 : 0;
     }
     x->out_len = 0;
     out_head(x, argc, type == IDX_OP_ADD ? "add" : "rem");
     for (size_t g = g0; g < g1; g++) {
         struct idx_group *grp = &x->groups[g];
         struct idx_op op;
-        if (grp->type != type) {
+        if (grp->type != type || grp->plain) {
             continue;
         }
         out_bulk(x, x->vnode[grp->point], x->vnode_len[grp->point]);
@@ -984,6 +1225,104 @@ static void idx_emit_script(struct idx *x, uint8_t type, size_t g0, size_t g1, u
     }
 }
 
+static int pick_cmp(const void *a, const void *b)
+{
+    const struct idx_pick *p = a, *q = b;
+    return p->sub < q->sub ? -1 : p->sub > q->sub;
+}
+
+/* One ZADD of picks[0..n) to `set`, its answer counted by on_zadd. */
+static void idx_emit_zadd(struct idx *x, uint32_t point, const char *set, size_t setlen,
+                          uint32_t low, const struct idx_pick *picks, uint32_t n)
+{
+    struct idx_ask *a = malloc(sizeof(*a));
+    char num[16];
+
+    if (a == NULL) {
+        x->stats[IDX_STAT_dropped] += n;
+        return;
+    }
+    *a = (struct idx_ask){ .gen = x->gen, .point = point, .low = low, .n = n };
+    x->out_len = 0;
+    out_array(x, 2 + 2 * (size_t)n);
+    out_bulk(x, "ZADD", 4);
+    out_bulk(x, set, setlen);
+    for (uint32_t i = 0; i < n; i++) {
+        struct idx_op op;
+        op_at(x, picks[i].off, &op);
+        out_bulk(x, num, (size_t)snprintf(num, sizeof(num), "%u", op.score));
+        out_bulk(x, x->arena + picks[i].off + sizeof(op), op.keylen);
+    }
+    if (redisAsyncFormattedCommand(x->ac, on_zadd, a, x->out, x->out_len) == REDIS_OK) {
+        x->stats[IDX_STAT_commands]++;
+        x->stats[IDX_STAT_inflight] += n;
+        x->stats[IDX_STAT_adds] += n;
+    } else {
+        free(a);
+        x->stats[IDX_STAT_dropped] += n;
+    }
+}
+
+/*
+ * An add group of a v-node whose directory is known, as plain ZADDs: in
+ * layout 1 one to the base; in layout 2 one per sub-set its records pick
+ * (lay_pick) and one to the long-key set. false when it cannot (out of
+ * memory): the script sends it.
+ */
+static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
+{
+    const struct idx_vdir *v = &x->vdir[grp->point];
+    const char *base = x->vnode[grp->point];
+    size_t blen = x->vnode_len[grp->point];
+    struct idx_op op;
+    uint32_t n = 0;
+
+    if (grp->count > x->picks_cap) {
+        struct idx_pick *p = realloc(x->picks, grp->count * sizeof(*p));
+        if (p == NULL) {
+            return false;
+        }
+        x->picks = p;
+        x->picks_cap = grp->count;
+    }
+    for (size_t off = grp->first;; off = op.next) {
+        op_at(x, off, &op);
+        uint32_t sub = v->n;
+        if (v->layout == 2 && op.keylen <= x->limits.value) {
+            int i = lay_pick(v->lows, v->n, op.score);
+            sub = i < 0 ? 0 : (uint32_t)i;     /* lows[0] is 0: never < 0 */
+        }
+        x->picks[n++] = (struct idx_pick){ .sub = sub, .off = off };
+        if (off == grp->last) {
+            break;
+        }
+    }
+    if (v->layout == 2) {
+        qsort(x->picks, n, sizeof(*x->picks), pick_cmp);
+    }
+    for (uint32_t i = 0; i < n;) {
+        uint32_t j = i, sub = x->picks[i].sub;
+        while (j < n && x->picks[j].sub == sub && j - i < IDX_SCRIPT_KEYS) {
+            j++;
+        }
+        char set[1100];
+        size_t len = blen;
+        uint32_t low = UINT32_MAX;
+        if (v->layout != 2) {
+            memcpy(set, base, blen);
+        } else if (sub == v->n) {
+            len = (size_t)snprintf(set, sizeof(set), "%s:l", base);
+        } else {
+            low = v->lows[sub];
+            len = (size_t)snprintf(set, sizeof(set), "%s:s%u", base, low);
+        }
+        idx_emit_zadd(x, grp->point, set, len < sizeof(set) ? len : sizeof(set) - 1,
+                      low, &x->picks[i], j - i);
+        i = j;
+    }
+    return true;
+}
+
 /*
  * The batch's groups as index scripts: one per op type and at most
  * IDX_SCRIPT_KEYS members (a group is never cut), adds first. A batch
@@ -991,14 +1330,24 @@ static void idx_emit_script(struct idx *x, uint8_t type, size_t g0, size_t g1, u
  */
 static void idx_emit_groups(struct idx *x)
 {
+    uint64_t now = mono_ms();
+
     if (x->need_load) {
         idx_send_load(x);
+    }
+    for (size_t g = 0; g < x->ngroups; g++) {
+        struct idx_group *grp = &x->groups[g];
+        struct idx_vdir *v = &x->vdir[grp->point];
+        bool fresh = v->layout != 0 && now - v->learnt_ms < LAY_DIR_TTL_MS;
+        if (grp->type == IDX_OP_ADD && fresh) {
+            grp->plain = idx_emit_plain(x, grp);
+        }
     }
     for (uint8_t type = IDX_OP_ADD; type <= IDX_OP_REM; type++) {
         size_t g0 = 0;
         uint32_t n = 0;
         for (size_t g = 0; g < x->ngroups; g++) {
-            if (x->groups[g].type != type) {
+            if (x->groups[g].type != type || x->groups[g].plain) {
                 continue;
             }
             if (n > 0 && n + x->groups[g].count > IDX_SCRIPT_KEYS) {
@@ -1010,6 +1359,15 @@ static void idx_emit_groups(struct idx *x)
         }
         if (n > 0) {
             idx_emit_script(x, type, g0, x->ngroups, n);
+        }
+    }
+    /* A directory half its age is asked for again while still used, so a
+     * v-node written steadily never falls back to the script. */
+    for (size_t g = 0; g < x->ngroups; g++) {
+        struct idx_vdir *v = &x->vdir[x->groups[g].point];
+        if (x->groups[g].type == IDX_OP_ADD && !v->asking &&
+            (v->layout == 0 || now - v->learnt_ms >= LAY_DIR_TTL_MS / 2)) {
+            idx_send_ask(x, x->groups[g].point, UINT32_MAX);
         }
     }
     for (size_t g = 0; g < x->ngroups; g++) {

@@ -74,36 +74,52 @@
     "  local lo = low_of(d, s) "                                              \
     "  if not lo then lo = '0' redis.call('zadd', d, 0, '0') end "            \
     "  local k = b .. ':s' .. lo "                                            \
-    "  if redis.call('zcard', k) >= LIM and not redis.call('zscore', k, m) then " \
+    /* below LIM by the margin writers use too (LAY_SPLIT_ASK): they add */  \
+    /* to what they last learnt of the size, not knowing what this adds */    \
+    "  if redis.call('zcard', k) >= LIM - math.floor(LIM / 5) "               \
+    "     and not redis.call('zscore', k, m) then "                           \
     "    split(b, d, lo, k) "                                                 \
     "    k = b .. ':s' .. low_of(d, s) end "                                  \
     "  return redis.call('zadd', k, s, m) end "                               \
-    /* every place the key can be: the base, the long set, its sub-set */     \
+    /* m out of every sub-set of low <= s but `keep`: a writer with an */    \
+    /* older directory may have filed it below its sub-set, even twice */    \
+    "local function unfile(b, s, m, keep) "                                   \
+    "  local n = 0 "                                                          \
+    "  for _, lo in ipairs(redis.call('zrangebyscore', dir(b), '-inf', s)) do " \
+    "    local k = b .. ':s' .. lo "                                          \
+    "    if k ~= keep then n = n + redis.call('zrem', k, m) end end "         \
+    "  return n end "                                                         \
+    /* every place the key can be: the base, the long set, the sub-sets */    \
     "local function rem1(b, s, m) "                                           \
     "  local n = redis.call('zrem', b, m) + redis.call('zrem', b .. ':l', m) " \
     "  s = tonumber(s) "                                                      \
-    "  if s and s >= 0 then "                                                 \
-    "    local lo = low_of(dir(b), s) "                                       \
-    "    if lo then n = n + redis.call('zrem', b .. ':s' .. lo, m) end end "  \
+    "  if s and s >= 0 then n = n + unfile(b, s, m, nil) end "                \
     "  return n end "                                                         \
     "local function collect(k, a, z, lim, out) "                              \
     "  local r = redis.call('zrangebyscore', k, a, z, 'WITHSCORES', 'LIMIT', 0, lim) " \
-    "  for i = 1, #r, 2 do out[#out + 1] = { tonumber(r[i + 1]), r[i], r[i + 1] } end " \
+    "  for i = 1, #r, 2 do out[#out + 1] = { tonumber(r[i + 1]), r[i], r[i + 1], k } end " \
     "  return #r / 2 end "                                                    \
+    /* Every sub-set whose low is <= z may hold scores in [a, z]: a writer  */ \
+    /* with an older directory files a key under a lower low (I-L2, layout.h). */ \
+    /* Sub-sets of lows <= a are read whole (clipped); those above a in     */ \
+    /* order, until lim entries scoring below the next low are in hand.     */ \
     "local function range(b, a, z, lim) "                                     \
     "  local out = {} "                                                       \
     "  collect(b, a, z, lim, out) "                                           \
     "  collect(b .. ':l', a, z, lim, out) "                                   \
-    "  local d, got, off = dir(b), 0, 0 "                                     \
-    "  local first = redis.call('zrevrangebyscore', d, a, '-inf', 'LIMIT', 0, 1)[1] " \
-    "  if first then got = collect(b .. ':s' .. first, a, z, lim, out) end "  \
-    /* the next lows, a few at a time: a v-node may have thousands */         \
-    "  while got < lim do "                                                   \
-    "    local more = redis.call('zrangebyscore', d, '(' .. a, z, 'LIMIT', off, 32) " \
-    "    for i = 1, #more do "                                                \
-    "      if got >= lim then break end "                                     \
-    "      got = got + collect(b .. ':s' .. more[i], a, z, lim - got, out) end " \
-    "    if #more < 32 then break end "                                       \
+    "  local d = dir(b) "                                                     \
+    "  for _, lo in ipairs(redis.call('zrangebyscore', d, '-inf', a)) do "    \
+    "    collect(b .. ':s' .. lo, a, z, lim, out) end "                       \
+    "  local off = 0 "                                                        \
+    "  while true do "                                                        \
+    "    local more = redis.call('zrangebyscore', d, '(' .. a, z, 'WITHSCORES', 'LIMIT', off, 32) " \
+    "    local done = false "                                                 \
+    "    for i = 1, #more, 2 do "                                             \
+    "      local below, nl = 0, tonumber(more[i + 1]) "                       \
+    "      for j = 1, #out do if out[j][1] < nl then below = below + 1 end end " \
+    "      if below >= lim then done = true break end "                       \
+    "      collect(b .. ':s' .. more[i], a, z, lim, out) end "                \
+    "    if done or #more < 64 then break end "                               \
     "    off = off + 32 end "                                                 \
     "  table.sort(out, function(x, y) "                                       \
     "    if x[1] ~= y[1] then return x[1] < y[1] end return x[2] < y[2] end) " \
@@ -113,7 +129,36 @@
     "    local p = out[i - 1] "                                               \
     "    if not (p and p[1] == out[i][1] and p[2] == out[i][2]) then "        \
     "      res[#res + 1] = out[i][2] res[#res + 1] = out[i][3] end end "      \
-    "  return res end "                                                       \
+    "  return res, out end "                                                  \
+    /* a stray (a key in a sub-set below the one covering its score) into */  \
+    /* the sub-set that covers it: the sweeper's scan does this as it reads */ \
+    "local function refile(b, out) "                                          \
+    "  local d, n = dir(b), 0 "                                               \
+    "  for _, e in ipairs(out) do "                                           \
+    "    local lo = low_of(d, e[1]) "                                         \
+    "    local k = lo and b .. ':s' .. lo "                                   \
+    "    if k and e[4] ~= k and string.sub(e[4], #b + 1, #b + 2) == ':s' then " \
+    "      redis.call('zrem', e[4], e[2]) add1(b, e[1], e[2]) n = n + 1 end end " \
+    "  return n end "                                                         \
+    /* a v-node's layout, lows and their sizes: {layout, low, size, ...}; */  \
+    /* in layout 2 the directory always holds low 0 (a writer's first pick) */ \
+    "local function dirinfo(b) "                                              \
+    "  local d, out = dir(b), { LAY } "                                       \
+    "  if LAY < 2 then return out end "                                       \
+    "  redis.call('zadd', d, 'NX', 0, '0') "                                  \
+    "  for _, lo in ipairs(redis.call('zrange', d, 0, -1)) do "               \
+    "    out[#out + 1] = lo out[#out + 1] = redis.call('zcard', b .. ':s' .. lo) end " \
+    "  return out end "                                                       \
+    /* a set that passed the entries threshold is a skiplist for good: */    \
+    /* written again it is a listpack */                                      \
+    "local function recreate(k) "                                             \
+    "  local r = redis.call('zrange', k, 0, -1, 'WITHSCORES') "               \
+    "  if #r == 0 or #r / 2 > LIM then return end "                           \
+    "  redis.call('del', k) "                                                 \
+    "  for i = 1, #r, 200 do "                                                \
+    "    local a = {} "                                                       \
+    "    for j = i, math.min(i + 199, #r), 2 do a[#a + 1] = r[j + 1] a[#a + 1] = r[j] end " \
+    "    redis.call('zadd', k, unpack(a)) end end "                           \
     /* layout 1 entries of the base with a hash for a score into layout 2 */  \
     "local function convert(b, a, lim) "                                      \
     "  local r = redis.call('zrangebyscore', b, a, TOP, 'WITHSCORES', 'LIMIT', 0, lim) " \
@@ -150,7 +195,8 @@ const char lay_script[] =
     "  local b, c, count = ARGV[4], tonumber(ARGV[5]) or 0, tonumber(ARGV[6]) "
     "  if LAY >= 2 and redis.call('exists', b) == 1 then convert(b, c, count) end "
     "  local a = c == 0 and '-inf' or c "
-    "  local r = range(b, a, '+inf', count) "
+    "  local r, all = range(b, a, '+inf', count) "
+    "  if LAY >= 2 then refile(b, all) end "
     "  if #r < 2 * count then return { '0', r } end "
     "  local last = tonumber(r[#r]) "
     "  local res = {} "
@@ -163,8 +209,10 @@ const char lay_script[] =
     "  local b, h, m = ARGV[4], tonumber(ARGV[5]), ARGV[6] "
     "  local s = redis.call('zscore', b, m) or redis.call('zscore', b .. ':l', m) "
     "  if s then return s end "
-    "  local lo = low_of(dir(b), h) "
-    "  return lo and redis.call('zscore', b .. ':s' .. lo, m) or false "
+    "  for _, lo in ipairs(redis.call('zrevrangebyscore', dir(b), h, '-inf')) do "
+    "    s = redis.call('zscore', b .. ':s' .. lo, m) "
+    "    if s then return s end end "
+    "  return false "
     "elseif op == 'card' then "
     "  local b = ARGV[4] "
     "  local n = redis.call('zcard', b) + redis.call('zcard', b .. ':l') "
@@ -194,17 +242,28 @@ const char lay_script[] =
     "  for _, k in ipairs(subsets(b)) do "
     "    if redis.call('exists', k) == 1 then out[#out + 1] = k end end "
     "  return out "
-    "elseif op == 'clear' then "
+    "elseif op == 'clear' or op == 'empty' then "
     "  local n = 0 "
     "  for i = 4, #ARGV do "
     "    local b = ARGV[i] "
     "    local ks = subsets(b) "
-    "    ks[#ks + 1] = b ks[#ks + 1] = b .. ':l' ks[#ks + 1] = dir(b) "
+    "    ks[#ks + 1] = b ks[#ks + 1] = b .. ':l' "
+    "    if op == 'clear' then ks[#ks + 1] = dir(b) end "
     "    n = n + redis.call('unlink', unpack(ks)) end "
     "  return n "
     "elseif op == 'convert' then "
     "  if LAY < 2 then return 0 end "
     "  return convert(ARGV[4], 0, tonumber(ARGV[5])) "
+    "elseif op == 'dir' then "
+    "  return dirinfo(ARGV[4]) "
+    "elseif op == 'split' then "
+    "  local b, lo = ARGV[4], ARGV[5] "
+    "  local d, k = dir(b), ARGV[4] .. ':s' .. ARGV[5] "
+    "  if LAY >= 2 and redis.call('zscore', d, lo) then "
+    "    local n = redis.call('zcard', k) "
+    "    if n >= math.floor(LIM / 2) then split(b, d, lo, k) end "
+    "    if n > LIM then recreate(k) end end "
+    "  return dirinfo(b) "
     "elseif op == 'layout' then "
     "  if ARGV[4] and redis.call('exists', R) == 1 then "
     "    redis.call('hset', R, 'layout', ARGV[4]) "

@@ -21,6 +21,26 @@ struct redisContext;
 #define LAY_HEAD 7                      /* EVALSHA sha 1 ring op entries value */
 #define LAY_SCORE_MAX 4294967295u
 
+/*
+ * I-L2 (docs/ARCHITECTURE.md, "Layout 2"): a key of score s is in its
+ * v-node's base, its long-key set or a sub-set whose low is <= s and is in
+ * the directory. Lows leave a directory only with the v-node (clear, once
+ * no ring has it). A writer picks from a cached directory, which may lack
+ * the latest splits: the key may then sit below the sub-set covering it (a
+ * stray). Readers of [a, z] read every sub-set of low <= z; the sweeper's
+ * scan files strays where they belong.
+ */
+
+/* The writer asks for a split once it believes a sub-set holds
+ * LAY_SPLIT_ASK(entries) keys; the script splits at LAY_SPLIT_MIN of them. */
+#define LAY_SPLIT_MIN(entries) ((entries) / 2)
+#define LAY_SPLIT_ASK(entries) ((entries) - (entries) / 5)
+
+/* A writer uses a v-node's cached directory (and layout) for at most this
+ * long (index.c); whoever changes the layout waits this long before relying
+ * on every writer following it (rebuild_cli.c, convert_layout). */
+#define LAY_DIR_TTL_MS 4000
+
 /* The thresholds a layout-2 set must stay within to keep its listpack. */
 struct lay_limits {
     uint32_t entries;       /* members per sub-set, at most */
@@ -62,6 +82,15 @@ bool lay_limits_parse(struct lay_limits *l, const struct redisReply *r);
  *                                          its sets, each in proportion to its size
  *   sets    base                        -> names of the v-node's sets that exist
  *   clear   base*                       -> sets deleted
+ *   empty   base*                       -> the same, the directories kept (a
+ *                                          flush: writers may still hold their
+ *                                          lows, invariant I-L2)
+ *   dir     base                        -> {layout, low, size, low, size...}:
+ *                                          what a writer caches (creates low 0)
+ *   split   base low                    -> dir's answer, after splitting the
+ *                                          sub-set at its median if it holds
+ *                                          LAY_SPLIT_MIN or more (and writing it
+ *                                          anew if it passed the threshold)
  *   convert base limit                  -> entries moved from layout 1 (layout 2 only)
  *   layout  [version]                   -> the layout in force (set first if given
  *                                          and a ring is recorded)

@@ -21,6 +21,7 @@
 #include "cli.h"
 #include "config.h"
 #include "index.h"
+#include "layout.h"
 #include "mconn.h"
 #include "rebuild.h"
 #include "ringrec.h"
@@ -299,17 +300,30 @@ static int convert_layout(struct rbcli *c, const struct ring *data, FILE *out)
 {
     const struct conf_pool *p = c->p;
     const char *two[] = { "2" };
-    redisReply *r = cli_index_script(c->rc, p->index.prefix, "layout", 1, two, NULL);
-    const char *refused = reply_error(c->rc, r);
+    redisReply *r = cli_index_script(c->rc, p->index.prefix, "layout", 0, NULL, NULL);
+    bool was2 = reply_error(c->rc, r) == NULL && r->type == REDIS_REPLY_INTEGER &&
+                r->integer == 2;
+    const char *refused;
     uint64_t moved = 0;
 
-    if (refused != NULL) {
+    freeReplyObject(r);
+    r = cli_index_script(c->rc, p->index.prefix, "layout", 1, two, NULL);
+    if ((refused = reply_error(c->rc, r)) != NULL) {
         fprintf(stderr, "pool %s: Redis %s refused to record layout 2: %s\n", p->name,
                 p->index.redis.text, refused);
         freeReplyObject(r);
         return -1;
     }
     freeReplyObject(r);
+    if (!was2) {
+        /* Writers follow a layout they learnt up to LAY_DIR_TTL_MS ago
+         * (index.c): entries converted before they all switched would
+         * be joined in layout 1 by their last writes. */
+        struct timespec ts = { (LAY_DIR_TTL_MS + 1000) / 1000,
+                               (LAY_DIR_TTL_MS + 1000) % 1000 * 1000000L };
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+    }
     for (uint32_t i = 0; i < data->npoints; i++) {
         char key[1024];
         const char *arg[] = { key, RBCLI_CONVERT_CHUNK };

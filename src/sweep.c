@@ -1172,9 +1172,8 @@ static const char remove_script[] =
     "  add1(t, sc, mem) "
     "  if t == KEYS[4] and LAY >= 2 then "
     "    redis.call('zrem', t, mem) "
-    "    local d = dir(t) "
-    "    local o, n = low_of(d, tonumber(old) or -1), low_of(d, sc) "
-    "    if o and o ~= n then redis.call('zrem', t .. ':s' .. o, mem) end end "
+    "    local n = low_of(dir(t), sc) "
+    "    unfile(t, tonumber(old) or -1, mem, n and t .. ':s' .. n) end "
     "  i = i + 4 end "
     "for m = 1, tonumber(ARGV[4]) do rem1(KEYS[4], ARGV[i], ARGV[i + 1]) i = i + 2 end "
     "return 'ok'";

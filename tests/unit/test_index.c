@@ -384,8 +384,18 @@ START_TEST(stores_of_one_turn_become_one_index_script_call)
     ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_queued], 301);
     flush_and_wait(&f);
     /* A repeat does not split the batch: one call of the index script
-     * (layout.h) for the turn, grouped by v-node inside it. */
-    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_commands] - cmds, 1);
+     * (layout.h) for the turn, grouped by v-node inside it, and a `dir` of
+     * each v-node it wrote, so the next turns write plain ZADDs (index.c). */
+    bool *seen = calloc(f.ring->npoints, sizeof(*seen));
+    uint32_t vnodes = 0;
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "key:%d", i);
+        uint32_t pt = ring_find(f.ring, ring_key_hash(f.ring, key, strlen(key)));
+        vnodes += !seen[pt];
+        seen[pt] = true;
+    }
+    free(seen);
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_commands] - cmds, 1 + vnodes);
     ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_adds], 301);
     ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_queued], 0);
     for (int i = 0; i < 300; i++) {
@@ -447,7 +457,11 @@ START_TEST(flush_all_empties_the_sets_and_coalesces)
     stored(&f, "after", 5);
     flush_and_wait(&f);
     uint64_t unlinks = (f.ring->npoints + 255) / 256;
-    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_commands] - cmds, unlinks + 1);
+    /* "after": a plain ZADD when its v-node's directory is known (that of
+     * "before"), else the script and a `dir` (index.c) */
+    bool known = ring_find(f.ring, ring_key_hash(f.ring, "after", 5)) ==
+                 ring_find(f.ring, ring_key_hash(f.ring, "before", 6));
+    ck_assert_uint_eq(idx_stats(f.x)[IDX_STAT_commands] - cmds, unlinks + (known ? 1 : 2));
     ck_assert_int_eq(score_of(&f, "before"), -1);
     ck_assert_int_eq(score_of(&f, "between"), -1);
     ck_assert_int_ge(score_of(&f, "after"), 0);

@@ -180,6 +180,8 @@ struct idx {
     size_t *vnode_len;
     struct idx_vdir *vdir;      /* per ring point */
     uint64_t gen;               /* bumped by each ring: replies of older ones are moot */
+    uint32_t asks;              /* dir and split calls unanswered (in inflight too:
+                                 * a writer is idle only once its splits are done) */
     struct idx_pick *picks;     /* flush scratch */
     size_t picks_cap;
     redisAsyncContext *ac;
@@ -459,7 +461,8 @@ enum idx_health idx_health(const struct idx *x, enum idx_conn c, const char **wh
 static void idx_lost_inflight(struct idx *x)
 {
     /* Writes sent but unanswered are lost; the filter may now lie. */
-    x->stats[IDX_STAT_dropped] += x->stats[IDX_STAT_inflight];
+    x->stats[IDX_STAT_dropped] += x->stats[IDX_STAT_inflight] - x->asks;
+    x->asks = 0;
     x->stats[IDX_STAT_inflight] = 0;
     /* A lost flush is not sent again: stores after it (through any proxy)
      * would lose their entries (docs/ARCHITECTURE.md, I7). Entries of
@@ -662,6 +665,10 @@ static void on_dir(redisAsyncContext *ac, void *r, void *privdata)
     if (v != NULL) {
         v->asking = false;
     }
+    if (x != NULL && reply != NULL && x->asks > 0) {
+        x->asks--;
+        x->stats[IDX_STAT_inflight]--;
+    }
     if (x != NULL && reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         x->need_load |= lay_noscript(reply->str);
         x->stats[IDX_STAT_errors]++;
@@ -708,6 +715,8 @@ static void idx_send_ask(struct idx *x, uint32_t point, uint32_t low)
         return;
     }
     x->stats[IDX_STAT_commands]++;
+    x->stats[IDX_STAT_inflight]++;
+    x->asks++;
     x->vdir[point].asking = true;
 }
 

@@ -209,3 +209,40 @@ def test_a_resize_over_an_index_half_converted_misses_nothing(env):
     n = len(keys) + len(more)
     assert "index entries: {:,} before, {:,} after".format(n, n) in res.stdout, res.stdout
     assert assert_layout_2_invariants(r)[0] == n
+
+
+def test_keys_filed_by_a_stale_directory_are_moved_by_a_resize(env):
+    """I-L2 (src/layout.h): a writer that has not learnt a split yet files a
+    key in a sub-set below the one covering its score, maybe while the
+    covering one holds it too. Such strays, made here by hand as such a
+    writer would, are read by the mover: a resize moves every key whose
+    owner changed, and a sweep then files what is left where it belongs."""
+    mcs = env.servers(3)
+    p = env.proxy(mcs)
+    r = env.r
+    keys = fill(p.port, 30000, prefix="stale:")
+    wait_index_idle(p.port)
+    subs, _ = layout2_sets(r)
+    strays = twins = 0
+    for base, names in subs.items():
+        lows = directory(r, base)
+        if len(lows) < 2:
+            continue
+        first, top = "%s:s%d" % (base, lows[0]), "%s:s%d" % (base, lows[-1])
+        for i, (m, score) in enumerate(r.zrange(top, 0, 9, withscores=True)):
+            r.zadd(first, {m: score})
+            if i % 2:
+                r.zrem(top, m)
+                strays += 1
+            else:
+                twins += 1
+    assert strays > 100 and twins > 100
+    new = env.servers(1)
+    reload(p, env.config(mcs + new, p.port))
+    st = wait_migrated(p.port, 2)
+    assert int(st["migration:keys_failed"]) == 0
+    assert_all_hit(p.port, keys)
+    assert_placement(p, mcs + new, keys)
+    res = run_cli("index", "sweep", "-c", p.conf_path)
+    assert res.returncode == 0, res.stderr
+    assert assert_layout_2_invariants(r, strays_ok=False)[0] == len(keys)

@@ -119,9 +119,8 @@ class Bench:
             # the adoption rebuild of a new prefix over: one still listing
             # would re-add the fill's keys through the index script and
             # count in the writes' Redis CPU
-            wait_until(lambda: proxy_stats(port).get("index:rebuild_state")
-                       not in ("waiting", "dumping"), timeout=60,
-                       what="the adoption rebuild to end")
+            wait_until(lambda: proxy_stats(port).get("index:rebuild_state") == "done",
+                       timeout=120, what="the adoption rebuild to end")
             self.proxies[name] = p
         if not old_bin:
             # the same build, told by the record to write layout 1

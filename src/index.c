@@ -654,6 +654,59 @@ static bool vdir_parse(struct idx_vdir *v, const redisReply *r)
     return true;
 }
 
+/* A split's answer {layout, low, size[, low, size]} (or dir's, when the
+ * low was not in the directory) into v, which knows layout 2: sizes set,
+ * new lows inserted in order (lows never leave a directory, layout.h).
+ * false when it is not that (v unchanged but for what was already set). */
+static bool vdir_merge(struct idx_vdir *v, const redisReply *r)
+{
+    uint32_t layout;
+
+    if (v->layout != 2 || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->elements % 2 != 1 || r->elements / 2 > IDX_DIR_MAX ||
+        !reply_u32(r->element[0], &layout)) {
+        return false;
+    }
+    if (layout != 2) {
+        return vdir_parse(v, r);        /* the layout changed: its whole answer */
+    }
+    for (size_t e = 1; e + 1 < r->elements; e += 2) {
+        uint32_t low, size;
+        if (!reply_u32(r->element[e], &low) || !reply_u32(r->element[e + 1], &size)) {
+            return false;
+        }
+        int i = lay_pick(v->lows, v->n, low);
+        if (i >= 0 && v->lows[i] == low) {
+            v->size[i] = size;
+            continue;
+        }
+        if (v->n == v->cap) {
+            uint32_t cap = v->cap ? v->cap * 2 : 8;
+            uint32_t *lows = realloc(v->lows, cap * sizeof(*lows));
+            if (lows == NULL) {
+                return false;
+            }
+            v->lows = lows;
+            uint32_t *sz = realloc(v->size, cap * sizeof(*sz));
+            if (sz == NULL || v->n >= IDX_DIR_MAX) {
+                if (sz != NULL) {
+                    v->size = sz;
+                }
+                return false;
+            }
+            v->size = sz;
+            v->cap = cap;
+        }
+        size_t at = (size_t)(i + 1);
+        memmove(v->lows + at + 1, v->lows + at, (v->n - at) * sizeof(*v->lows));
+        memmove(v->size + at + 1, v->size + at, (v->n - at) * sizeof(*v->size));
+        v->lows[at] = low;
+        v->size[at] = size;
+        v->n++;
+    }
+    return true;
+}
+
 /* A dir or split answer: the v-node's directory as it is now. */
 static void on_dir(redisAsyncContext *ac, void *r, void *privdata)
 {
@@ -673,7 +726,8 @@ static void on_dir(redisAsyncContext *ac, void *r, void *privdata)
         x->need_load |= lay_noscript(reply->str);
         x->stats[IDX_STAT_errors]++;
         idx_redis_error(x, IDX_CONN_WRITER, reply->str);
-    } else if (v != NULL && reply != NULL && vdir_parse(v, reply)) {
+    } else if (v != NULL && reply != NULL &&
+               (a->low == UINT32_MAX ? vdir_parse(v, reply) : vdir_merge(v, reply))) {
         v->learnt_ms = mono_ms();
         /* one split at a time per v-node: the next after this answer */
         for (uint32_t i = 0; v->layout == 2 && i < v->n; i++) {

@@ -50,8 +50,9 @@
     "local function low_of(d, s) "                                            \
     "  return redis.call('zrevrangebyscore', d, s, '-inf', 'LIMIT', 0, 1)[1] end " \
     /* the median, else the first score above the low (lay_split_at) */       \
-    "local function split(b, d, lo, k) "                                      \
-    "  local n = redis.call('zcard', k) "                                     \
+    /* the new sub-set's name, or nil when it cannot split */                \
+    "local function split(b, d, lo, k, n) "                                   \
+    "  n = n or redis.call('zcard', k) "                                      \
     "  local h = math.floor(n / 2) "                                          \
     "  local at = tonumber(redis.call('zrange', k, h, h, 'WITHSCORES')[2]) "  \
     "  if at == nil then return end "                                         \
@@ -61,12 +62,20 @@
     "    if r[2] == nil then return end "                                     \
     "    at = tonumber(r[2]) end "                                            \
     "  local name = string.format('%d', at) "                                 \
-    "  local up = redis.call('zrangebyscore', k, at, '+inf', 'WITHSCORES') "  \
-    "  local a = {} "                                                         \
-    "  for i = 1, #up, 2 do a[#a + 1] = up[i + 1] a[#a + 1] = up[i] end "     \
-    "  redis.call('zadd', b .. ':s' .. name, unpack(a)) "                     \
+    "  local dst = b .. ':s' .. name "                                        \
+    /* ZRANGESTORE (Redis 6.2) copies without a trip through Lua, into a */   \
+    /* set sized for its entries (a listpack); it replaces dst, so only */    \
+    /* when there is none (a stray's low may be there already) */             \
+    "  local stored = redis.call('exists', dst) == 0 and "                    \
+    "    type(redis.pcall('zrangestore', dst, k, at, '+inf', 'BYSCORE')) == 'number' " \
+    "  if not stored then "                                                   \
+    "    local up = redis.call('zrangebyscore', k, at, '+inf', 'WITHSCORES') " \
+    "    local a = {} "                                                       \
+    "    for i = 1, #up, 2 do a[#a + 1] = up[i + 1] a[#a + 1] = up[i] end "   \
+    "    redis.call('zadd', dst, unpack(a)) end "                             \
     "  redis.call('zremrangebyscore', k, at, '+inf') "                        \
-    "  redis.call('zadd', d, at, name) end "                                  \
+    "  redis.call('zadd', d, at, name) "                                      \
+    "  return name end "                                                      \
     "local function add1(b, s, m) "                                           \
     "  if LAY < 2 then return redis.call('zadd', b, s, m) end "               \
     "  if #m > VMAX then return redis.call('zadd', b .. ':l', s, m) end "     \
@@ -152,8 +161,10 @@
     /* a set that passed the entries threshold is a skiplist for good: */    \
     /* written again it is a listpack */                                      \
     "local function recreate(k) "                                             \
+    "  if redis.call('zcard', k) > LIM then return end "                      \
+    "  if type(redis.pcall('zrangestore', k, k, 0, -1)) == 'number' then return end " \
     "  local r = redis.call('zrange', k, 0, -1, 'WITHSCORES') "               \
-    "  if #r == 0 or #r / 2 > LIM then return end "                           \
+    "  if #r == 0 then return end "                                           \
     "  redis.call('del', k) "                                                 \
     "  for i = 1, #r, 200 do "                                                \
     "    local a = {} "                                                       \
@@ -259,11 +270,13 @@ const char lay_script[] =
     "elseif op == 'split' then "
     "  local b, lo = ARGV[4], ARGV[5] "
     "  local d, k = dir(b), ARGV[4] .. ':s' .. ARGV[5] "
-    "  if LAY >= 2 and redis.call('zscore', d, lo) then "
-    "    local n = redis.call('zcard', k) "
-    "    if n >= math.floor(LIM / 2) then split(b, d, lo, k) end "
-    "    if n > LIM then recreate(k) end end "
-    "  return dirinfo(b) "
+    "  if LAY < 2 or not redis.call('zscore', d, lo) then return dirinfo(b) end "
+    "  local n, at = redis.call('zcard', k), nil "
+    "  if n >= math.floor(LIM / 2) then at = split(b, d, lo, k, n) end "
+    "  if n > LIM then recreate(k) end "
+    "  local out = { LAY, lo, redis.call('zcard', k) } "
+    "  if at then out[4] = at out[5] = redis.call('zcard', b .. ':s' .. at) end "
+    "  return out "
     "elseif op == 'layout' then "
     "  if ARGV[4] and redis.call('exists', R) == 1 then "
     "    redis.call('hset', R, 'layout', ARGV[4]) "

@@ -87,10 +87,12 @@ bool lay_limits_parse(struct lay_limits *l, const struct redisReply *r);
  *                                          lows, invariant I-L2)
  *   dir     base                        -> {layout, low, size, low, size...}:
  *                                          what a writer caches (creates low 0)
- *   split   base low                    -> dir's answer, after splitting the
- *                                          sub-set at its median if it holds
- *                                          LAY_SPLIT_MIN or more (and writing it
- *                                          anew if it passed the threshold)
+ *   split   base low                    -> {layout, low, size[, new low, size]}
+ *                                          after splitting the sub-set at its
+ *                                          median if it holds LAY_SPLIT_MIN or
+ *                                          more (and writing it anew if it had
+ *                                          passed the threshold); dir's answer
+ *                                          when low is not in the directory
  *   convert base limit                  -> entries moved from layout 1 (layout 2 only)
  *   layout  [version]                   -> the layout in force (set first if given
  *                                          and a ring is recorded)

@@ -22,7 +22,7 @@ def wait_index_idle(port):
     the test reads them, one by one) is over."""
     wait_until(lambda: (lambda st: st["index:queued"] == "0" and
                         st["index:inflight"] == "0" and
-                        st.get("index:rebuild_state") not in ("dumping", "waiting"))(
+                        st.get("index:rebuild_state") not in ("pending", "running"))(
                             proxy_stats(port)),
                timeout=60, what="index writes to drain")
 

@@ -2,6 +2,7 @@
 #
 #   make            build build/ringproxy (optimised, -Werror)
 #   make run        install what is missing, build, run a local sandbox cluster
+#                   (its own Redis on a free port; Ctrl-C stops it, exit 0)
 #   make test       install what is missing, then unit tests, ring compatibility,
 #                   integration tests and memccapable, all under ASan+UBSan
 #   make chaos      the resize checker (tests/chaos): every scenario, ASan build
@@ -9,7 +10,7 @@
 #   make bench      ringproxy vs direct memcached vs twemproxy, same run
 #   make fuzz       libFuzzer on every parser of untrusted input (clang),
 #                   FUZZ_SECONDS (60) each; make fuzz-smoke: 10 s each
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local   the binary, ringproxy(8), the systemd unit
 
 PREFIX  ?= /usr/local
 CC      ?= cc
@@ -37,7 +38,10 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
 SRCS    := $(filter-out src/main.c,$(wildcard src/*.c))
-OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+# Files kept in the tree as themselves and compiled in (below).
+EMBED   := status_page_html
+OBJS    := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) \
+           $(patsubst %,$(BUILD)/obj/%.o,$(EMBED))
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 BIN     := $(BUILD)/ringproxy
 
@@ -51,6 +55,21 @@ deps:
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# The status page is edited as HTML (src/status_page.html) and compiled in as
+# a byte array, NUL after it, by od and sed (POSIX: no tool to install, and
+# the build needs only the Makefile and src/); src/status_page.h declares it.
+$(BUILD)/gen/status_page_html.c: src/status_page.html | $(BUILD)/gen
+	{ echo '/* Generated from $< by the Makefile: edit that file. */'; \
+	  echo '#include <stddef.h>'; echo '#include "status_page.h"'; \
+	  echo 'const unsigned char status_page_html[] = {'; \
+	  od -An -v -tx1 $< | sed -e 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '0x00 };'; \
+	  echo "const size_t status_page_html_len = $$(wc -c < $< | tr -d ' ');"; \
+	} > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/status_page_html.o: $(BUILD)/gen/status_page_html.c src/status_page.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) -Isrc -c -o $@ $<
 
 # Rebuilt from scratch: an object whose source was removed must not linger.
 $(BUILD)/libringproxy.a: $(OBJS)
@@ -72,7 +91,7 @@ $(BUILD)/compat_libmemcached: tests/compat/compat_libmemcached.c $(BUILD)/librin
 $(BUILD)/loadgen: bench/loadgen.c | $(BUILD)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
 
-$(BUILD) $(BUILD)/obj $(BUILD)/tests:
+$(BUILD) $(BUILD)/obj $(BUILD)/tests $(BUILD)/gen:
 	mkdir -p $@
 
 run: deps all
@@ -84,15 +103,21 @@ test: deps
 	$(MAKE) tsan
 	$(MAKE) fuzz-smoke SMOKE_SECONDS=5
 
-# ThreadSanitizer on the tests that exercise the reload thread (the only
-# thread besides the event loop's: proxy.c reload_run).
+# ThreadSanitizer on the tests that exercise the reload thread (proxy.c
+# reload_run) and the event-loop threads (every proxy run with -T 2:
+# docs/ARCHITECTURE.md, "Threads"), the stats port and /status.json among
+# them (they read the other threads' counters). TSAN_TESTS adds or replaces
+# files.
+TSAN_TESTS ?= tests/integration/test_reload_limits.py tests/integration/test_process.py \
+	tests/integration/test_daemon.py tests/integration/test_threads.py \
+	tests/integration/test_upgrade.py tests/integration/test_dropin.py \
+	tests/integration/test_status_page.py
 tsan:
 	$(MAKE) SAN=thread tsan-run
 
 tsan-run: $(BIN)
-	RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
-		tests/integration/test_reload_limits.py tests/integration/test_process.py \
-		tests/integration/test_daemon.py
+	RINGPROXY_THREADS=2 RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
+		$(TSAN_TESTS)
 
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; CK_FORK=yes $$t; done
@@ -130,9 +155,16 @@ fuzz-smoke:
 	@./scripts/install-deps.sh --fuzz
 	$(MAKE) -C tests/fuzz smoke
 
+# The binary, ringproxy(8), and the systemd unit with ExecStart pointing at
+# this PREFIX (systemd also reads units from /usr/local/lib/systemd/system).
 install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8 \
+		$(DESTDIR)$(PREFIX)/lib/systemd/system
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ringproxy
+	install -m 0644 docs/ringproxy.8 $(DESTDIR)$(PREFIX)/share/man/man8/ringproxy.8
+	sed 's|/usr/local/bin/ringproxy|$(PREFIX)/bin/ringproxy|' \
+		dist/systemd/ringproxy.service >$(DESTDIR)$(PREFIX)/lib/systemd/system/ringproxy.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/ringproxy.service
 
 compile_commands.json:
 	$(MAKE) clean && bear -- $(MAKE) all

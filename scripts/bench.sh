@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench.sh — direct memcached vs ringproxy vs twemproxy, same backends, same load, one run;
+# bench.sh — direct memcached vs ringproxy vs twemproxy vs memcached's own proxy, same
+# backends, same load, one run;
 # plus text get vs meta mg (shape e), what the Redis index costs (shape i), how a resize migrates (shape m),
 # how a fleet of two proxies resizes together (shape f) and what keeping the
 # index costs (shape x: rebuild, sweep, the migration's closing pass).
@@ -17,7 +18,14 @@
 #   BENCH_SECONDS   measured seconds per run [5]
 #   BENCH_ROUNDS    rounds per shape; the table shows the median [3]
 #   BENCH_SHAPES    shapes to run, from: a b c d e g i m f x [a b c d e i m f x]
-#   BENCH_TARGETS   targets, from: direct ringproxy twemproxy [all three]
+#   BENCH_TARGETS   targets, from: direct ringproxy twemproxy mcproxy [all four]
+#   BENCH_PEERS     where memcached's proxy is built from: a directory with
+#                   memcached-proxy/build.sh (the project's peers, see
+#                   README "Benchmarks") [../shared/peers]; if it is missing
+#                   or the build fails, mcproxy is skipped and the table says why
+#   BENCH_PROXY_THREADS  worker threads of memcached's proxy [nproc]
+#   BENCH_RINGPROXY_THREADS  ringproxy's -T for the comparison target (its
+#                   pool has no index, so every thread serves it) [1]
 #   BENCH_WARMUP    unmeasured load before each run, seconds [0.5]
 #   BENCH_KEYS      key space [10000]
 #   BENCH_THREADS   loadgen threads [1]
@@ -127,7 +135,10 @@ ROOT=$(pwd)
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
 SHAPES=${BENCH_SHAPES:-a b c d e i m f x}
-TARGETS=${BENCH_TARGETS:-direct ringproxy twemproxy}
+TARGETS=${BENCH_TARGETS:-direct ringproxy twemproxy mcproxy}
+PEERS=${BENCH_PEERS:-$ROOT/../shared/peers}
+PROXY_THREADS=${BENCH_PROXY_THREADS:-$(nproc)}
+RP_THREADS=${BENCH_RINGPROXY_THREADS:-1}
 WARMUP=${BENCH_WARMUP:-0.5}
 KEYS=${BENCH_KEYS:-10000}
 THREADS=${BENCH_THREADS:-1}
@@ -315,7 +326,27 @@ write_conf() {
 
 # Writes a twemproxy-format pool config listening on port $2 to file $1.
 write_pool_conf() {
-	write_conf "$1" "$2" "${MC_PORTS[*]}"
+	write_conf "$1" "$2" "${MC_PORTS[*]}" "" md5
+}
+
+# mcproxy_build: memcached's built-in proxy (memcached 1.6.45 --enable-proxy),
+# built once from $PEERS into build/peers; sets MCPROXY_BIN and MCPROXY_DIR,
+# and MCPROXY_NOTE to what the table says of it.
+mcproxy_build() {
+	MCPROXY_DIR=$ROOT/build/peers
+	MCPROXY_BIN=$MCPROXY_DIR/memcached-proxy
+	if [ ! -x "$MCPROXY_BIN" ]; then
+		if [ ! -x "$PEERS/memcached-proxy/build.sh" ]; then
+			MCPROXY_NOTE="not available: no $PEERS/memcached-proxy/build.sh (set BENCH_PEERS)"
+			return 1
+		fi
+		log "building memcached's proxy from $PEERS (about 30 s)"
+		if ! "$PEERS/memcached-proxy/build.sh" "$MCPROXY_DIR" >"$LOGS/mcproxy-build.log" 2>&1; then
+			MCPROXY_NOTE="not available: its build failed, see $LOGS/mcproxy-build.log"
+			return 1
+		fi
+	fi
+	MCPROXY_NOTE="$("$MCPROXY_BIN" -V 2>/dev/null | head -n 1) built-in proxy, $PROXY_THREADS threads"
 }
 
 # start_memcached NAME PORT: a backend as the bench runs them.
@@ -332,10 +363,11 @@ start_redis() {
 		--save "" --appendonly no --daemonize no --logfile "" "$@"
 }
 
-# start_ringproxy NAME PORT CONF: with the admin port off (-s 0), so that
-# anything else on the default port 22222 cannot stop it from starting.
+# start_ringproxy NAME PORT CONF: with the stats and admin ports off (-s 0
+# -P 0), so that anything else on the default ports 22222 and 22223 cannot
+# stop it from starting.
 start_ringproxy() {
-	start "$1" "$2" 50 "$RINGPROXY_BIN" -c "$3" -s 0
+	start "$1" "$2" 50 "$RINGPROXY_BIN" -c "$3" -s 0 -P 0
 }
 
 # rcli PORT ARG...: redis-cli, bounded, without the \r of INFO's lines.
@@ -726,8 +758,11 @@ print_table() {
 	local shape target m
 	printf 'ringproxy bench, %s: %s rounds x %s s (+%s s warmup) per target and shape, medians\n' \
 		"$(date -u '+%Y-%m-%d %H:%M UTC')" "$ROUNDS" "$SECONDS_PER_RUN" "$WARMUP"
-	printf 'machine: %s cores, %s; memcached %s; nutcracker %s\n' "$(nproc)" "$(uname -r)" \
-		"$(memcached -V | awk '{ print $2 }')" "$(nutcracker_version)"
+	printf 'machine: %s cores, %s; memcached %s; nutcracker %s; mcproxy: %s\n' "$(nproc)" \
+		"$(uname -r)" "$(memcached -V | awk '{ print $2 }')" "$(nutcracker_version)" \
+		"${MCPROXY_NOTE:-not run}"
+	printf 'every proxy places keys by md5 + ketama (as libmemcached does); ringproxy: %s thread(s)\n' \
+		"$RP_THREADS"
 	[ -z "$BUSY_NOTE" ] || printf '%s\n' "$BUSY_NOTE"
 	printf 'cpu us/req: utime+stime of the proxy (for direct: of the memcached) over the\n'
 	printf 'measured window, divided by the requests; a 10-key multi-get is one request.\n'
@@ -753,7 +788,8 @@ print_table() {
 				"${RES[$shape,$target,failed]:+  (some runs failed)}"
 		done
 		local a b
-		for pair in "ringproxy twemproxy" "ringproxy direct" "twemproxy direct"; do
+		for pair in "ringproxy twemproxy" "ringproxy mcproxy" "mcproxy twemproxy" \
+			"ringproxy direct" "twemproxy direct"; do
 			read -r a b <<<"$pair"
 			[[ " $TARGETS " == *" $a "* && " $TARGETS " == *" $b "* ]] || continue
 			if [ -n "${SKIP[$a]:-}" ] || [ -n "${SKIP[$b]:-}" ]; then
@@ -773,7 +809,7 @@ print_table() {
 # The targets that serve the meta protocol, of those in TARGETS and started.
 meta_targets() {
 	local t
-	for t in direct ringproxy; do
+	for t in direct ringproxy mcproxy; do
 		[[ " $TARGETS " == *" $t "* ]] && [ -z "${SKIP[$t]:-}" ] && printf '%s ' "$t"
 	done
 }
@@ -1871,7 +1907,7 @@ fi
 
 declare -A SKIP=() MED=() CG=() SKIP_SHAPE=()
 for t in $TARGETS; do
-	case $t in direct | ringproxy | twemproxy) ;; *) fail "unknown target '$t'" ;; esac
+	case $t in direct | ringproxy | twemproxy | mcproxy) ;; *) fail "unknown target '$t'" ;; esac
 done
 for s in $SHAPES; do
 	[ -n "${SHAPE_TEXT[$s]:-}" ] || fail "unknown shape '$s' (have: ${!SHAPE_TEXT[*]})"
@@ -1896,7 +1932,7 @@ if [ "$BUSY" -ge 10 ]; then
 	log "$BUSY_NOTE"
 fi
 
-read -r -a PORTS <<<"$(free_ports 9)"
+read -r -a PORTS <<<"$(free_ports 10)"
 MC_PORTS=("${PORTS[0]}" "${PORTS[1]}" "${PORTS[2]}")
 PORT[direct]=${MC_PORTS[0]}
 PORT[ringproxy]=${PORTS[3]}
@@ -1905,6 +1941,7 @@ NC_STATS_PORT=${PORTS[5]}
 CG_RP_PORT=${PORTS[6]}
 CG_NC_PORT=${PORTS[7]}
 CG_NC_STATS_PORT=${PORTS[8]}
+PORT[mcproxy]=${PORTS[9]}
 
 MC_USER=()
 [ "$(id -u)" -eq 0 ] && MC_USER=(-u nobody)
@@ -1922,7 +1959,8 @@ if [[ " $TARGETS " == *" ringproxy "* ]]; then
 	if [ ! -x "$RINGPROXY_BIN" ]; then
 		SKIP[ringproxy]="$RINGPROXY_BIN not built yet (make)"
 		log "ringproxy: ${SKIP[ringproxy]}; benchmarking without it"
-	elif start_ringproxy ringproxy "${PORT[ringproxy]}" "$OUT/ringproxy.yml"; then
+	elif start "ringproxy" "${PORT[ringproxy]}" 50 "$RINGPROXY_BIN" -c "$OUT/ringproxy.yml" \
+		-s 0 -P 0 -T "$RP_THREADS"; then
 		CPU_PID[ringproxy]=$STARTED_PID
 		log "ringproxy on 127.0.0.1:${PORT[ringproxy]} (pid $STARTED_PID)"
 	else
@@ -1939,6 +1977,21 @@ if [[ " $TARGETS " == *" twemproxy "* ]]; then
 		log "twemproxy on 127.0.0.1:${PORT[twemproxy]} (pid $STARTED_PID)"
 	else
 		SKIP[twemproxy]="did not start, see $LOGS/twemproxy.log"
+	fi
+fi
+
+if [[ " $TARGETS " == *" mcproxy "* ]]; then
+	if ! mcproxy_build; then
+		SKIP[mcproxy]=$MCPROXY_NOTE
+		log "mcproxy: $MCPROXY_NOTE; benchmarking without it"
+	elif MCP_BACKENDS=$(printf '127.0.0.1:%s,' "${MC_PORTS[@]}") start mcproxy "${PORT[mcproxy]}" 50 \
+		"$MCPROXY_BIN" "${MC_USER[@]}" -l 127.0.0.1 -p "${PORT[mcproxy]}" -U 0 -c 4096 \
+		-t "$PROXY_THREADS" -o proxy_config="$MCPROXY_DIR/route.lua"; then
+		CPU_PID[mcproxy]=$STARTED_PID
+		log "mcproxy on 127.0.0.1:${PORT[mcproxy]} (pid $STARTED_PID, $PROXY_THREADS threads)"
+	else
+		SKIP[mcproxy]="did not start, see $LOGS/mcproxy.log"
+		MCPROXY_NOTE=${SKIP[mcproxy]}
 	fi
 fi
 
@@ -1991,7 +2044,7 @@ if [ "$CALLGRIND" = 1 ]; then
 	log "callgrind: $CG_REQUESTS requests per shape"
 	if [ -z "${SKIP[ringproxy]:-}" ] && [ -x "$RINGPROXY_BIN" ]; then
 		write_pool_conf "$OUT/callgrind-ringproxy.yml" "$CG_RP_PORT"
-		callgrind_proxy ringproxy "$CG_RP_PORT" "$RINGPROXY_BIN" -c "$OUT/callgrind-ringproxy.yml" -s 0
+		callgrind_proxy ringproxy "$CG_RP_PORT" "$RINGPROXY_BIN" -c "$OUT/callgrind-ringproxy.yml" -s 0 -P 0
 	fi
 	if command -v nutcracker >/dev/null; then
 		write_pool_conf "$OUT/callgrind-twemproxy.yml" "$CG_NC_PORT"
@@ -2016,9 +2069,9 @@ if [ "$CALLGRIND" = 1 ]; then
 			write_conf "$OUT/callgrind-index.yml" "$cg_i" "${MC_PORTS[*]}" \
 				"  index: {redis: 127.0.0.1:$cg_redis}"
 			CG_SHAPES=i callgrind_proxy noindex "$cg_n" "$RINGPROXY_BIN" \
-				-c "$OUT/callgrind-noindex.yml" -s 0
+				-c "$OUT/callgrind-noindex.yml" -s 0 -P 0
 			CG_SHAPES=i callgrind_proxy index "$cg_i" "$RINGPROXY_BIN" \
-				-c "$OUT/callgrind-index.yml" -s 0
+				-c "$OUT/callgrind-index.yml" -s 0 -P 0
 		fi
 		printf '\ncallgrind, shape i (%s requests after populate and warmup): instructions per request:\n  ringproxy %s, ringproxy+index %s, index/no-index %s\n' \
 			"$CG_REQUESTS" "${CG[i,noindex]:--}" "${CG[i,index]:--}" \

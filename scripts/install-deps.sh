@@ -1,12 +1,13 @@
 #!/bin/sh
 # Install, only when missing, every Debian package that building, running,
-# testing and benchmarking ringproxy need. Safe to run again and again.
+# testing and benchmarking ringproxy need (chromium: the status page's test,
+# tests/integration/test_status_page.py). Safe to run again and again.
 set -eu
 
 PKGS="build-essential pkg-config libevent-dev libhiredis-dev libyaml-dev \
 libmd-dev check memcached redis-server libmemcached-dev libmemcached-tools \
 python3 python3-pytest python3-pymemcache python3-memcache python3-redis \
-python3-yaml nutcracker"
+python3-yaml nutcracker chromium systemd man-db groff-base docker-compose"
 
 # Extras for one target only: `make bench` (valgrind for BENCH_CALLGRIND),
 # `make fuzz` (clang's libFuzzer).
@@ -15,6 +16,24 @@ case "${1:-}" in
 --fuzz) PKGS="$PKGS clang libclang-rt-14-dev" ;;
 esac
 
+# promtool (make test checks dist/prometheus/ringproxy-rules.yml with it)
+# comes in Debian's prometheus package, which would start a Prometheus
+# server on :9090; only promtool is taken from it, into build/tools/.
+install_promtool() {
+	command -v promtool >/dev/null 2>&1 && return 0
+	[ -x build/tools/promtool ] && return 0
+	tmp=$(mktemp -d)
+	(cd "$tmp" && apt-get download prometheus >/dev/null) || {
+		$SUDO apt-get update -qq
+		(cd "$tmp" && apt-get download prometheus >/dev/null)
+	}
+	dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+	mkdir -p build/tools
+	cp "$tmp/root/usr/bin/promtool" build/tools/promtool
+	rm -rf "$tmp"
+	echo "install-deps: promtool in build/tools/"
+}
+
 missing=""
 for p in $PKGS; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
@@ -22,19 +41,21 @@ for p in $PKGS; do
 	fi
 done
 
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+cd "$(dirname "$0")/.."
+install_promtool
+
 [ -z "$missing" ] && exit 0
 
 echo "install-deps: installing:$missing"
-SUDO=""
-[ "$(id -u)" -ne 0 ] && SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
-# Debian starts the packaged daemons; the tests and the sandbox start their own.
-for svc in memcached redis-server nutcracker; do
-	if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$svc" 2>/dev/null; then
-		$SUDO systemctl stop "$svc" || true
-	fi
-done
+# Debian starts the packaged memcached and redis-server on their usual ports
+# (11211, 6379). They are the host's: left running. The tests and the
+# sandbox start their own servers, on free ports (tests/integration/
+# harness.py; scripts/sandbox.sh's Redis) or on ports no package uses
+# (the sandbox's memcached on 11212-11214).
 exit 0

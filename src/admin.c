@@ -38,7 +38,10 @@
 #include "progress.h"
 #include "proxy.h"
 #include "pool.h"
+#include "status_page.h"
 #include "sweep.h"
+#include "tstats.h"
+#include "mem.h"
 
 #define ADMIN_TIMEOUT_SEC 10
 #define ADMIN_MAX_HEADERS 8192
@@ -48,12 +51,14 @@
 
 /* A JSON reply's budget: /ring?points=1 of the largest ring is well under it. */
 #define ADMIN_JSON_MAX (256u << 20)
+#define ADMIN_PENDING_MAX (64u << 20)   /* unsent replies of all connections */
 
 struct admin {
     struct worker *w;
     struct admin_counters counters;
     struct evhttp *http;
     struct evconnlistener *listener;    /* evhttp's, paused at the limit */
+    struct evhttp_bound_socket *bound;  /* NULL: closed (admin_unlisten) */
     /* Open connections: their bufferevents, each with a reference of ours
      * (admin_bev); one that evhttp freed is let go by admin_prune. */
     struct bufferevent **bevs;
@@ -96,13 +101,17 @@ static bool pool_listed(const struct pool *p)
 }
 
 /* "# HELP" and "# TYPE" of family ringproxy_<group>_<name>[_total]; the
- * family's name goes to name (for its samples). */
+ * family's name goes to name (for its samples). A counter named total_X in
+ * the stats view (memcached's total_connections) is X_total here, not
+ * total_X_total. */
 static void prom_head(struct evbuffer *b, char *name, size_t len, const char *group,
                       const struct stats_desc *d)
 {
     bool counter = strcmp(d->kind, "counter") == 0;
+    const char *base = counter && strncmp(d->name, "total_", 6) == 0 ? d->name + 6 :
+                       d->name;
 
-    snprintf(name, len, "ringproxy_%s%s%s%s", group, *group ? "_" : "", d->name,
+    snprintf(name, len, "ringproxy_%s%s%s%s", group, *group ? "_" : "", base,
              counter ? "_total" : "");
     evbuffer_add_printf(b, "# HELP %s ", name);
     prom_escape(b, d->help, false);
@@ -178,16 +187,24 @@ static void metrics_pools(struct admin *a, struct evbuffer *b)
             }
         }
     }
+    /* Each pool's counters summed over the threads (tstats.h). */
+    uint64_t (*sum)[STAT_POOL_COUNT] = rp_xcalloc(w->npools ? w->npools : 1,
+                                                  sizeof(*sum), "summed counters");
+    for (uint32_t i = 0; i < w->npools; i++) {
+        memcpy(sum[i], w->pools[i]->stats, sizeof(sum[i]));
+        tstats_add_pool(w->id, w->pools[i]->name, sum[i]);
+    }
     for (int s = 0; s < STAT_POOL_COUNT; s++) {
         prom_head(b, name, sizeof(name), "pool", &stats_pool_desc[s]);
         for (uint32_t i = 0; i < w->npools; i++) {
             const struct pool *p = w->pools[i];
             const char *labels[] = { "pool", p->name, NULL };
             if (pool_listed(p)) {
-                prom_sample(b, name, labels, (double)p->stats[s]);
+                prom_sample(b, name, labels, (double)sum[i][s]);
             }
         }
     }
+    free(sum);
 }
 
 static void metrics_backends(struct admin *a, struct evbuffer *b)
@@ -212,6 +229,18 @@ static void metrics_backends(struct admin *a, struct evbuffer *b)
             }
         }
     }
+    /* Each backend's counters summed over the threads (tstats.h). */
+    uint64_t (**sum)[STAT_BACKEND_COUNT] = rp_xcalloc(w->npools ? w->npools : 1,
+                                                      sizeof(*sum), "summed counters");
+    for (uint32_t i = 0; i < w->npools; i++) {
+        const struct pool *p = w->pools[i];
+        sum[i] = rp_xcalloc(p->nbackends ? p->nbackends : 1, sizeof(*sum[i]),
+                            "summed counters");
+        for (uint32_t j = 0; j < p->nbackends; j++) {
+            memcpy(sum[i][j], p->backends[j]->stats, sizeof(sum[i][j]));
+        }
+        tstats_add_backends(w->id, p->name, p->backends, p->nbackends, sum[i]);
+    }
     for (int s = 0; s < STAT_BACKEND_COUNT; s++) {
         prom_head(b, name, sizeof(name), "backend", &stats_backend_desc[s]);
         for (uint32_t i = 0; i < w->npools; i++) {
@@ -220,10 +249,14 @@ static void metrics_backends(struct admin *a, struct evbuffer *b)
                 const struct backend *be = p->backends[j];
                 const char *labels[] = { "pool", p->name, "server", be->identity,
                                          "addr", be->addr.text, NULL };
-                prom_sample(b, name, labels, (double)be->stats[s]);
+                prom_sample(b, name, labels, (double)sum[i][j][s]);
             }
         }
     }
+    for (uint32_t i = 0; i < w->npools; i++) {
+        free(sum[i]);
+    }
+    free(sum);
 }
 
 static void metrics_index(struct admin *a, struct evbuffer *b)
@@ -405,6 +438,18 @@ static void index_why(struct evbuffer *b, const struct pool *p)
     }
 }
 
+/* A line per server whose name does not resolve (backend.dns_error). */
+static void healthz_dns(struct evbuffer *b, const struct pool *p, const char *prefix)
+{
+    for (uint32_t s = 0; s < p->nbackends; s++) {
+        const struct backend *be = p->backends[s];
+        if (be->dns_error[0] != '\0') {
+            evbuffer_add_printf(b, "%spool %s: server %s: %s\n", prefix, p->name,
+                                be->identity, be->dns_error);
+        }
+    }
+}
+
 static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
 {
     struct worker *w = a->w;
@@ -434,6 +479,7 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
         } else if (up == 0) {
             evbuffer_add_printf(b, "pool %s: no backend is up (all %u down or "
                                 "ejected)\n", p->name, p->ring->nservers);
+            healthz_dns(b, p, "");
         } else if (mig_fenced(p->mig)) {
             evbuffer_add_printf(b, "pool %s: fenced: no sync with Redis", p->name);
             index_why(b, p);
@@ -449,6 +495,9 @@ static int serve_healthz(struct admin *a, struct evhttp_request *req, struct evb
         const struct pool *p = w->pools[i];
         struct mig_progress pr;
         const char *why;
+        if (pool_listed(p)) {
+            healthz_dns(b, p, "degraded: ");
+        }
         if (!pool_listed(p) || p->mig == NULL) {
             continue;
         }
@@ -680,6 +729,50 @@ static int serve_migration(struct admin *a, struct evhttp_request *req, struct e
     return serve_pools_json(a, b, migration_json, false);
 }
 
+/* --- / (the status page) and /status.json ------------------------------------- */
+
+/* The page, under a policy that lets only its own script and style run
+ * (status_page_csp) and no type but the one declared be guessed. */
+static int serve_page(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
+{
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    char csp[512];
+
+    (void)a;
+    if (status_page_csp(status_page_html, status_page_html_len, csp, sizeof(csp)) != 0) {
+        evbuffer_add_printf(b, "the status page has no script or style block\n");
+        return HTTP_INTERNAL;
+    }
+    evhttp_add_header(headers, "Content-Security-Policy", csp);
+    evhttp_add_header(headers, "X-Content-Type-Options", "nosniff");
+    evhttp_add_header(headers, "Referrer-Policy", "no-referrer");
+    evbuffer_add(b, status_page_html, status_page_html_len);
+    return HTTP_OK;
+}
+
+static int serve_status(struct admin *a, struct evhttp_request *req, struct evbuffer *b)
+{
+    struct json_w j;
+    int rc;
+
+    evhttp_add_header(evhttp_request_get_output_headers(req), "X-Content-Type-Options",
+                      "nosniff");
+    json_w_init(&j, ADMIN_JSON_MAX, JSON_W_UTF8);
+    json_w_sink(&j, admin_sink, b);
+    rc = status_page_json(&j, a->w, &a->counters);
+    rc = json_w_finish(&j) != 0 ? -1 : rc;
+    json_w_free(&j);
+    if (rc != 0) {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        evbuffer_add_printf(b, "{}\n");
+        log_warn("admin", "/status.json could not be written (memory or %u MiB): "
+                 "answered 500", ADMIN_JSON_MAX >> 20);
+        return HTTP_INTERNAL;
+    }
+    evbuffer_add(b, "\n", 1);
+    return HTTP_OK;
+}
+
 /* --- dispatch ------------------------------------------------------------------ */
 
 static const struct admin_route {
@@ -691,6 +784,9 @@ static const struct admin_route {
     { "/healthz", "text/plain; charset=utf-8", serve_healthz },
     { "/ring", "application/json", serve_ring },
     { "/migration", "application/json", serve_migration },
+    { "/", "text/html; charset=utf-8", serve_page },
+    { "/status", "text/html; charset=utf-8", serve_page },
+    { "/status.json", "application/json", serve_status },
 };
 
 #define ADMIN_NROUTES (sizeof(admin_routes) / sizeof(admin_routes[0]))
@@ -714,6 +810,23 @@ int admin_route_of(const char *target)
     return route;
 }
 
+/* Reply bytes written to connections and not yet sent. */
+static size_t admin_pending(const struct admin *a)
+{
+    size_t n = 0;
+
+    for (uint32_t i = 0; i < a->nbevs; i++) {
+        n += evbuffer_get_length(bufferevent_get_output(a->bevs[i]));
+    }
+    return n;
+}
+
+/*
+ * Peers that ask and never read would each pin a whole reply (/metrics and
+ * /status.json are megabytes with thousands of servers): past
+ * ADMIN_PENDING_MAX unsent bytes a request is answered 503 without being
+ * served.
+ */
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct admin *a = arg;
@@ -731,14 +844,20 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     if (route == NULL) {
         code = HTTP_NOTFOUND;
-        evbuffer_add_printf(body, "not found; try /metrics, /healthz, /ring, "
-                            "/migration\n");
+        evbuffer_add_printf(body, "not found; try /, /status.json, /metrics, "
+                            "/healthz, /ring, /migration\n");
         evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
     } else if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
         code = HTTP_BADMETHOD;
         evbuffer_add_printf(body, "only GET\n");
         evhttp_add_header(headers, "Allow", "GET");
         evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
+    } else if (admin_pending(a) > ADMIN_PENDING_MAX) {
+        code = HTTP_SERVUNAVAIL;
+        evbuffer_add_printf(body, "busy: earlier replies not yet read; try again\n");
+        evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
+        log_limited(LOG_WARN, 1, "admin", "%zu reply bytes unsent: %s answered 503",
+                    admin_pending(a), route->path);
     } else {
         code = route->serve(a, req, body);
         evhttp_add_header(headers, "Content-Type", route->content_type);
@@ -785,7 +904,26 @@ static void admin_prune(evutil_socket_t fd, short what, void *arg)
     if (a->paused && a->nbevs < ADMIN_MAX_CONNS && a->listener != NULL) {
         a->paused = false;
         evconnlistener_enable(a->listener);
+    } else if (!a->paused && a->listener != NULL) {
+        evconnlistener_enable(a->listener);     /* after admin_accept_error */
     }
+}
+
+/*
+ * accept failed on evhttp's listener. Out of descriptors the connection
+ * stays in the backlog and the listener would fire again at once, spinning
+ * the loop (and libevent would log each time): it is disabled, and
+ * admin_prune enables it again a tick later. arg is evhttp's, not ours.
+ */
+static void admin_accept_error(struct evconnlistener *l, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+
+    (void)arg;
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        evconnlistener_disable(l);
+    }
+    log_limited(LOG_WARN, 1, "admin", "accept failed: %s", strerror(err));
 }
 
 static struct bufferevent *admin_bev(struct event_base *base, void *arg)
@@ -817,6 +955,45 @@ static struct bufferevent *admin_bev(struct event_base *base, void *arg)
         }
     }
     return bev;
+}
+
+/* The admin port's listener, with SO_REUSEPORT as the pools' (a binary
+ * upgrade's new process opens it next to this one: docs/ARCHITECTURE.md). */
+static struct evconnlistener *admin_listen(struct admin *a, const char *addr,
+                                           int port, char *err, size_t errlen)
+{
+    struct evutil_addrinfo hints = { .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM, .ai_flags = EVUTIL_AI_PASSIVE };
+    struct evutil_addrinfo *res = NULL;
+    struct evconnlistener *l;
+    char portstr[8];
+
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    if (evutil_getaddrinfo(addr, portstr, &hints, &res) != 0 || res == NULL) {
+        snprintf(err, errlen, "cannot listen on %s:%d: cannot resolve the address",
+                 addr, port);
+        return NULL;
+    }
+    errno = 0;
+    l = evconnlistener_new_bind(a->w->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE |
+                                LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT |
+                                LEV_OPT_CLOSE_ON_EXEC, 128,
+                                res->ai_addr, (int)res->ai_addrlen);
+    if (l == NULL) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port,
+                 errno ? strerror(errno) : "cannot resolve the address");
+    }
+    evutil_freeaddrinfo(res);
+    return l;
+}
+
+void admin_unlisten(struct admin *a)
+{
+    if (a != NULL && a->bound != NULL) {
+        evhttp_del_accept_socket(a->http, a->bound);    /* frees the listener */
+        a->bound = NULL;
+        a->listener = NULL;
+    }
 }
 
 struct admin *admin_start(struct worker *w, const struct admin_counters *counters,
@@ -852,16 +1029,17 @@ struct admin *admin_start(struct worker *w, const struct admin_counters *counter
     evhttp_set_max_body_size(a->http, ADMIN_MAX_HEADERS);
     evhttp_set_gencb(a->http, on_request, a);
     evhttp_set_bevcb(a->http, admin_bev, a);
-    errno = 0;
-    struct evhttp_bound_socket *bound =
-        evhttp_bind_socket_with_handle(a->http, addr, (ev_uint16_t)port);
-    if (bound == NULL) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port,
-                 errno ? strerror(errno) : "cannot resolve the address");
+    if ((a->listener = admin_listen(a, addr, port, err, errlen)) == NULL ||
+        (a->bound = evhttp_bind_listener(a->http, a->listener)) == NULL) {
+        if (a->listener != NULL) {
+            evconnlistener_free(a->listener);
+            a->listener = NULL;
+            snprintf(err, errlen, "out of memory");
+        }
         admin_free(a);
         return NULL;
     }
-    a->listener = evhttp_bound_socket_get_listener(bound);
+    evconnlistener_set_error_cb(a->listener, admin_accept_error);
     struct timeval every = { 0, ADMIN_PRUNE_MS * 1000 };
     event_add(a->prune, &every);
     log_notice("admin", "HTTP admin on %s:%d: /metrics /healthz /ring /migration",

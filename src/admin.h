@@ -4,6 +4,8 @@
  *   GET /healthz    200 "ok" when every pool serves, else 503 and why
  *   GET /ring       JSON: each pool's ring (?points=1: every point too)
  *   GET /migration  JSON: each pool's migration progress
+ *   GET /, /status  the status page (status_page.h), drawn from
+ *   GET /status.json  JSON: each pool's counters and servers, for the page
  */
 #ifndef RP_ADMIN_H
 #define RP_ADMIN_H
@@ -28,6 +30,9 @@ struct admin_counters {
  */
 struct admin *admin_start(struct worker *w, const struct admin_counters *counters,
                           const char *addr, int port, char *err, size_t errlen);
+/* Stop accepting (a stopping proxy); open connections are still answered.
+ * NULL is fine. */
+void admin_unlisten(struct admin *a);
 /* Close the port and every admin connection. NULL is fine. */
 void admin_free(struct admin *a);
 

@@ -35,6 +35,7 @@
 #include "migrate.h"
 #include "rebuild.h"
 #include "pool.h"
+#include "resolve.h"
 
 #define ADOPT_POLL_MS 1000          /* the field, while not rebuilding */
 #define ADOPT_RENEW_MS 2000         /* the lease, while rebuilding */
@@ -328,7 +329,8 @@ static void adopt_start(struct adopt *a, uint64_t now)
     struct pool *p = a->p;
     char err[256];
     struct rb_params params = {
-        .base = p->w->base, .pool = p->name, .index = &p->conf->index, .ring = p->ring,
+        .base = p->w->base, .dns = p->w->dns != NULL ? resolver_evdns(p->w->dns) : NULL,
+        .pool = p->name, .index = &p->conf->index, .ring = p->ring,
         .rate = p->conf->index.rebuild_rate, .log_progress = true,
         .timeout_ms = p->conf->timeout > 0 ? (uint32_t)p->conf->timeout : 0,
         .on_end = on_rb_end, .arg = a,

@@ -47,6 +47,7 @@
 #include "migrate.h"
 #include "log.h"
 #include "pool.h"
+#include "resolve.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -212,41 +213,30 @@ static void bconn_fail(struct bconn *bc, const char *why, const char *reply)
     be->retry_ms = now + be->backoff_ms;
 }
 
+/*
+ * The address to connect to when it needs no DNS: a unix path or a numeric
+ * IPv4/IPv6 address (0 for a host name).
+ */
 static socklen_t backend_sockaddr(const struct backend *be,
                                   struct sockaddr_storage *ss)
 {
-    memset(ss, 0, sizeof(*ss));
     if (be->addr.is_unix) {
+        memset(ss, 0, sizeof(*ss));
         struct sockaddr_un *sun = (struct sockaddr_un *)ss;
         sun->sun_family = AF_UNIX;
         snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", be->addr.host);
         return sizeof(*sun);
     }
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_NUMERICSERV };
-    struct addrinfo *res = NULL;
-    char port[8];
-    snprintf(port, sizeof(port), "%u", be->addr.port);
-    if (getaddrinfo(be->addr.host, port, &hints, &res) != 0 || res == NULL) {
-        return 0;
-    }
-    socklen_t len = res->ai_addrlen;
-    memcpy(ss, res->ai_addr, len);
-    freeaddrinfo(res);
-    return len;
+    return resolve_numeric(be->addr.host, be->addr.port, ss);
 }
 
-static int bconn_connect(struct bconn *bc)
+/* 0, or -errno: the connection could not even start. */
+static int bconn_connect_to(struct bconn *bc, const struct sockaddr *sa, socklen_t len)
 {
     struct backend *be = bc->be;
-    struct sockaddr_storage ss;
-    socklen_t len = backend_sockaddr(be, &ss);
     int one = 1;
 
-    if (len == 0) {
-        return -EHOSTUNREACH;
-    }
-    bc->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    bc->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (bc->fd < 0) {
         return -errno;
     }
@@ -260,16 +250,96 @@ static int bconn_connect(struct bconn *bc)
                  bconn_read_cb, bc);
     event_assign(&bc->wev, be->pool->w->base, bc->fd, EV_WRITE | EV_PERSIST,
                  bconn_write_cb, bc);
-    if (connect(bc->fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS) {
+    if (connect(bc->fd, sa, len) != 0 && errno != EINPROGRESS) {
         int rc = -errno;
         close(bc->fd);
         bc->fd = -1;
         return rc;
     }
+    /* bc->dirty stays as it is: it says whether bc is in the worker's
+     * dirty list, where a push earlier in this turn may have put it */
     bc->state = BCONN_CONNECTING;
-    bc->dirty = false;
     event_add(&bc->rev, NULL);
     event_add(&bc->wev, NULL);     /* fires when the connect completes */
+    return 0;
+}
+
+/* The name could not be resolved: the connection fails as a refused one
+ * would, saying why (docs/ARCHITECTURE.md, "Addresses and names"). */
+static void bconn_unresolved(struct bconn *bc, const char *why)
+{
+    struct backend *be = bc->be;
+    char msg[sizeof(be->dns_error)];
+
+    snprintf(msg, sizeof(msg), "cannot resolve %s: %s", be->addr.host, why);
+    snprintf(be->dns_error, sizeof(be->dns_error), "%s", msg);
+    be->stats[STAT_BE_connect_failures]++;
+    bconn_fail(bc, msg, BACKEND_ERR_DOWN);
+}
+
+/*
+ * The backend's name resolved (sa) or not (why): every connection that
+ * waited for it connects or fails. Runs from the resolver's event.
+ */
+static void backend_resolved(void *arg, const struct sockaddr *sa, socklen_t len,
+                             const char *why)
+{
+    struct backend *be = arg;
+
+    be->resolving = NULL;
+    if (sa != NULL) {
+        be->dns_error[0] = '\0';
+    } else {
+        snprintf(be->dns_error, sizeof(be->dns_error), "cannot resolve %s: %s",
+                 be->addr.host, why);
+    }
+    for (uint32_t i = 0; i < be->nconns; i++) {
+        struct bconn *bc = &be->conns[i];
+        if (bc->state != BCONN_RESOLVING) {
+            continue;       /* failed meanwhile (backend_tick), or closed */
+        }
+        bc->state = BCONN_DOWN;
+        if (sa == NULL) {
+            bconn_unresolved(bc, why);
+            continue;
+        }
+        int rc = bconn_connect_to(bc, sa, len);
+        if (rc != 0) {
+            be->stats[STAT_BE_connect_failures]++;
+            bconn_fail(bc, strerror(-rc), BACKEND_ERR_DOWN);
+        }
+    }
+}
+
+/*
+ * Connect bc: at once to a numeric address or a unix path; a host name is
+ * resolved again first, on every connect, so a DNS change is followed. The
+ * connections of one backend that connect meanwhile share one resolution.
+ * Returns 0 (connecting, or waiting for the name) or -errno.
+ */
+static int bconn_connect(struct bconn *bc)
+{
+    struct backend *be = bc->be;
+    struct sockaddr_storage ss;
+    socklen_t len = backend_sockaddr(be, &ss);
+
+    if (len != 0) {
+        return bconn_connect_to(bc, (struct sockaddr *)&ss, len);
+    }
+    struct resolver *dns = be->pool->w->dns;
+    if (be->resolving == NULL) {
+        if (dns == NULL) {
+            return -EHOSTUNREACH;   /* a loop without a resolver (unit tests) */
+        }
+        uint64_t t = request_timeout_ms(be);
+        be->resolving = resolve_start(dns, be->addr.host, be->addr.port,
+                                      t ? (uint32_t)t : CONNECT_TIMEOUT_MS,
+                                      backend_resolved, be);
+        if (be->resolving == NULL) {
+            return -ENOMEM;
+        }
+    }
+    bc->state = BCONN_RESOLVING;
     return 0;
 }
 
@@ -348,6 +418,7 @@ void bconn_flush(struct bconn *bc)
         bconn_fail(bc, strerror(errno), BACKEND_ERR_LOST);
         return;
     }
+    bc->be->stats[STAT_BE_bytes_sent] += n > 0 ? (uint64_t)n : 0;
     if (evbuffer_get_length(bc->out) > 0) {
         event_add(&bc->wev, NULL);
     }
@@ -390,11 +461,12 @@ static void bconn_write_cb(evutil_socket_t fd, short what, void *arg)
     if (bconn_fenced(bc)) {
         return;
     }
-    if (evbuffer_get_length(bc->out) > 0 &&
-        evbuffer_write(bc->out, bc->fd) < 0 && errno != EAGAIN && errno != EINTR) {
+    int n = evbuffer_get_length(bc->out) > 0 ? evbuffer_write(bc->out, bc->fd) : 0;
+    if (n < 0 && errno != EAGAIN && errno != EINTR) {
         bconn_fail(bc, strerror(errno), BACKEND_ERR_LOST);
         return;
     }
+    bc->be->stats[STAT_BE_bytes_sent] += n > 0 ? (uint64_t)n : 0;
     if (evbuffer_get_length(bc->out) == 0) {
         event_del(&bc->wev);
     }
@@ -612,10 +684,12 @@ static void bconn_read_cb(evutil_socket_t fd, short what, void *arg)
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
             return;
         }
+        bc->be->stats[STAT_BE_closed_by_server] += n == 0;
         bconn_fail(bc, n == 0 ? "closed by the server" : strerror(errno),
                    BACKEND_ERR_LOST);
         return;
     }
+    bc->be->stats[STAT_BE_bytes_received] += (uint64_t)n;
     for (int i = 0; i < nv; i++) {
         size_t take = (size_t)n < v[i].iov_len ? (size_t)n : v[i].iov_len;
         v[i].iov_len = take;
@@ -636,7 +710,9 @@ void backend_tick(struct backend *be, uint64_t now_ms)
         if (f == NULL) {
             continue;
         }
-        if (bc->state == BCONN_CONNECTING && now_ms - f->sent_ms >= connect_timeout) {
+        if (bc->state == BCONN_RESOLVING && now_ms - f->sent_ms >= connect_timeout) {
+            bconn_unresolved(bc, "timed out");
+        } else if (bc->state == BCONN_CONNECTING && now_ms - f->sent_ms >= connect_timeout) {
             be->stats[STAT_BE_connect_failures]++;
             bconn_fail(bc, "connect timed out", BACKEND_ERR_DOWN);
         } else if (timeout && now_ms - f->sent_ms >= timeout) {
@@ -694,6 +770,10 @@ void backend_close(struct backend *be)
             bc->dirty = false;
         }
     }
+    if (be->resolving != NULL) {
+        resolve_cancel(be->resolving);
+        be->resolving = NULL;
+    }
     backend_mc_close(be);
     defer_add(be->pool->w->defer, backend_destroy, be);
 }
@@ -718,6 +798,9 @@ struct mconn *backend_mc(struct backend *be, uint32_t timeout_ms, size_t max_val
                            be->addr.is_unix, timeout_ms);
         if (be->mc != NULL) {
             mconn_set_max_value(be->mc, max_value);
+            if (be->pool->w->dns != NULL) {
+                mconn_set_dns(be->mc, resolver_evdns(be->pool->w->dns));
+            }
         }
     }
     return be->mc;

@@ -26,6 +26,7 @@
 struct pool;
 struct backend;
 struct mconn;
+struct resolve_req;
 
 #define BACKEND_ERR_DOWN    "SERVER_ERROR backend unavailable"
 #define BACKEND_ERR_TIMEOUT "SERVER_ERROR backend timeout"
@@ -66,7 +67,9 @@ struct bconn_waiter {
     void (*wake)(struct bconn_waiter *w);
 };
 
-enum bconn_state { BCONN_DOWN, BCONN_CONNECTING, BCONN_UP };
+/* RESOLVING: waiting for the backend's name (backend.resolving); its output
+ * is kept until it connects, as while CONNECTING. */
+enum bconn_state { BCONN_DOWN, BCONN_RESOLVING, BCONN_CONNECTING, BCONN_UP };
 
 struct bconn {
     struct backend *be;
@@ -99,6 +102,10 @@ struct backend {
     struct conf_addr addr;      /* own copy */
     bool retiring;              /* in no ring any more: closed once idle */
     struct mconn *mc;           /* meta connection for moves: backend_mc */
+    struct resolve_req *resolving;  /* the name, for connections RESOLVING */
+    char dns_error[192];        /* "cannot resolve NAME: why" until a
+                                   resolution succeeds ("": none); /healthz
+                                   and stats show it */
     enum backend_state state;
     uint32_t failures;          /* consecutive */
     uint64_t retry_ms;          /* DOWN/EJECTED: when to try again */

@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -59,12 +60,15 @@
 #include "mem.h"
 #include "proxy.h"
 #include "sweep.h"
+#include "tstats.h"
 
 #define CLIENT_READ_CHUNK   16384
 #define CLIENT_OUT_PAUSE    (1u << 20)
 #define CLIENT_SENT_PAUSE   (4u << 20)
 #define CLIENT_MAX_QUEUED   2048
 #define CLIENT_GET_LINE_MAX (8u << 20)
+#define CLIENT_LINGER_MS    1000    /* stopping: wait this long for the
+                                       client's FIN after ours */
 
 #define CLIENT_STATE_NAME(e, name) [CLIENT_##e] = name,
 static const char *const client_state_names[CLIENT_STATE_COUNT] = {
@@ -111,6 +115,26 @@ static void format_peer(const struct sockaddr *sa, char *buf, size_t len)
     }
 }
 
+/* Under the pool's client_connections (counted across the threads when
+ * there are several: tstats.h)? Counts the client in if so. */
+static bool client_admit(struct pool *p)
+{
+    uint64_t limit = p->conf->client_connections > 0 ?
+                     (uint64_t)p->conf->client_connections : 0;
+
+    if (tstats_threaded()) {
+        return tstats_client_admit(p->name, limit);
+    }
+    return limit == 0 || p->stats[STAT_curr_connections] < limit;
+}
+
+static void client_left(struct pool *p)
+{
+    if (tstats_threaded()) {
+        tstats_client_left(p->name);
+    }
+}
+
 void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
 {
     static const char too_many[] = "ERROR Too many open connections\r\n";
@@ -118,9 +142,7 @@ void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
     int one = 1;
 
     (void)salen;
-    if (p->w->stopping ||
-        (p->conf->client_connections > 0 &&
-         p->stats[STAT_curr_connections] >= (uint64_t)p->conf->client_connections)) {
+    if (p->w->stopping || !client_admit(p)) {
         ssize_t rc = write(fd, too_many, sizeof(too_many) - 1);
         (void)rc;
         close(fd);
@@ -131,6 +153,7 @@ void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
     if (c == NULL || (c->in = evbuffer_new()) == NULL ||
         (c->out = evbuffer_new()) == NULL) {
         log_error("client", "%s: out of memory accepting a client", p->name);
+        client_left(p);
         if (c != NULL) {
             evbuffer_free(c->in);
             free(c);
@@ -193,6 +216,7 @@ void client_close(struct client *c, const char *why)
     bconn_unwait(&c->wait);
     TAILQ_REMOVE(&c->pool->clients, c, link);
     c->pool->stats[STAT_curr_connections]--;
+    client_left(c->pool);
     client_set_state(c, CLIENT_CLOSED);
     if (c->dirty) {
         TAILQ_REMOVE(&c->pool->w->dirty_clients, c, dirty_link);
@@ -217,6 +241,16 @@ void client_drain(struct client *c, const char *why)
     event_del(&c->rev);
     client_set_state(c, CLIENT_DRAINING);
     client_mark_dirty(c);
+}
+
+void client_stop(struct client *c)
+{
+    if (c->state == CLIENT_CLOSED || c->state == CLIENT_DRAINING ||
+        c->state == CLIENT_LINGER) {
+        return;
+    }
+    c->stopping = true;
+    client_mark_dirty(c);   /* client_flush closes it if it is idle now */
 }
 
 /* Stop reading and close with a last error line, sent after the replies
@@ -386,6 +420,40 @@ static void client_wait_backend(struct client *c, struct bconn *bc)
     event_del(&c->rev);
 }
 
+/* Between requests: nothing owed to it, nothing of a command received. */
+static bool client_idle(const struct client *c)
+{
+    return c->state == CLIENT_READING && !c->read_paused && c->nreqs == 0 &&
+           c->nquiet == 0 && c->need == 0 && evbuffer_get_length(c->in) == 0 &&
+           evbuffer_get_length(c->out) == 0;
+}
+
+/*
+ * A stopping proxy closes an idle client. Bytes already waiting in the
+ * socket are a command: it is served first (the read event runs it; the
+ * next flush looks again). Else the FIN goes out (shutdown(SHUT_WR)) and the
+ * socket stays open, its input read and dropped, until the client closes
+ * or CLIENT_LINGER_MS pass: a command the client sent before our FIN
+ * reached it is then met by a clean end of stream, never by the reset a
+ * close(2) over unread bytes sends, and the client reconnects (to the new
+ * process of a binary upgrade) as on any close between requests.
+ */
+static void client_linger(struct client *c)
+{
+    int waiting = 0;
+
+    if (ioctl(c->fd, FIONREAD, &waiting) == 0 && waiting > 0) {
+        return;
+    }
+    if (shutdown(c->fd, SHUT_WR) != 0) {
+        client_close(c, "stopping");
+        return;
+    }
+    client_set_state(c, CLIENT_LINGER);
+    c->last_rx_ms = worker_now_ms(c->pool->w);
+    event_del(&c->tev);     /* re-armed for the linger bound */
+}
+
 void client_flush(struct client *c)
 {
     c->dirty = false;
@@ -423,6 +491,9 @@ void client_flush(struct client *c)
         client_close(c, "drained");
         return;
     }
+    if (c->stopping && client_idle(c)) {
+        client_linger(c);
+    }
     client_arm_timer(c);    /* the last reply out: idle from now */
 }
 
@@ -441,6 +512,9 @@ static uint64_t client_timeout_ms(const struct client *c)
 {
     const struct conf_pool *conf = c->pool->conf;
 
+    if (c->state == CLIENT_LINGER) {
+        return CLIENT_LINGER_MS;
+    }
     if (client_unfinished(c)) {
         return conf->value_timeout > 0 ? (uint64_t)conf->value_timeout : 0;
     }
@@ -486,7 +560,9 @@ static void client_timer_cb(evutil_socket_t fd, short what, void *arg)
         client_timer_add(c, t - quiet);
         return;
     }
-    if (client_unfinished(c)) {
+    if (c->state == CLIENT_LINGER) {
+        client_close(c, "stopping: no FIN from the client");
+    } else if (client_unfinished(c)) {
         p->stats[STAT_closed_stalled_clients]++;
         log_limited(LOG_NOTICE, 1, "client", "%s: closing %s: nothing received for "
                     "%llu ms in the middle of a %s (value_timeout %lld ms)",
@@ -530,6 +606,18 @@ static void client_reply_line(struct client *c, const char *line)
     client_reply_local(c, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
+/* A `stats settings` line, on one line whatever the file's strings hold. */
+static void client_setting_line(void *arg, const char *name, const char *value)
+{
+    struct evbuffer *b = arg;
+
+    evbuffer_add_printf(b, "STAT %s ", name);
+    for (const char *q = value; *q != '\0'; q++) {
+        evbuffer_add(b, *q == '\r' || *q == '\n' ? " " : q, 1);
+    }
+    evbuffer_add(b, "\r\n", 2);
+}
+
 static void client_stats(struct client *c, const struct proto_req *req)
 {
     struct pool *p = c->pool;
@@ -541,12 +629,22 @@ static void client_stats(struct client *c, const struct proto_req *req)
         return;
     }
     if (req->args_len == 5 && memcmp(req->args, "reset", 5) == 0) {
+        /* Counters only go up (Prometheus reads them): a reset moves the
+         * base this view subtracts, the sum of every thread's (tstats.h). */
+        uint64_t base[STAT_POOL_COUNT];
+        memcpy(base, p->stats, sizeof(base));
+        tstats_add_pool(w->id, p->name, base);
         for (int i = 0; i < STAT_POOL_COUNT; i++) {
-            if (strcmp(stats_pool_desc[i].kind, "counter") == 0) {
-                p->stats[i] = 0;
+            if (strcmp(stats_pool_desc[i].kind, "counter") != 0) {
+                base[i] = 0;
             }
         }
+        tstats_pool_reset(p, base);
         evbuffer_add_printf(b, "RESET\r\n");
+    } else if (req->args_len == 8 && memcmp(req->args, "settings", 8) == 0) {
+        evbuffer_add_printf(b, "STAT pool %s\r\n", p->name);
+        conf_pool_settings(p->conf, client_setting_line, b);
+        evbuffer_add_printf(b, "END\r\n");
     } else if (req->args_len > 0) {
         evbuffer_add_printf(b, "ERROR\r\n");
     } else {
@@ -557,21 +655,37 @@ static void client_stats(struct client *c, const struct proto_req *req)
                             (unsigned long long)((now - w->started) / 1000),
                             (unsigned long long)(now / 1000), RINGPROXY_VERSION,
                             p->name, p->nbackends, p->ring->npoints);
+        uint64_t ps[STAT_POOL_COUNT];
+        uint64_t (*bs)[STAT_BACKEND_COUNT] = rp_xcalloc(p->nbackends ? p->nbackends : 1,
+                                                        sizeof(*bs), "summed counters");
+        memcpy(ps, p->stats, sizeof(ps));
+        for (uint32_t s = 0; s < p->nbackends; s++) {
+            memcpy(bs[s], p->backends[s]->stats, sizeof(bs[s]));
+        }
+        tstats_add_backends(w->id, p->name, p->backends, p->nbackends, bs);
+        tstats_add_pool(w->id, p->name, ps);    /* the other threads' share */
+        uint64_t base[STAT_POOL_COUNT];
+        tstats_pool_base(p, base);
         for (int i = 0; i < STAT_POOL_COUNT; i++) {
             evbuffer_add_printf(b, "STAT %s %llu\r\n", stats_pool_desc[i].name,
-                                (unsigned long long)p->stats[i]);
+                                (unsigned long long)(ps[i] > base[i] ? ps[i] - base[i] : 0));
         }
         for (uint32_t s = 0; s < p->nbackends; s++) {
             const struct backend *be = p->backends[s];
             evbuffer_add_printf(b, "STAT backend:%s:addr %s\r\nSTAT backend:%s:state %s\r\n",
                                 be->identity, be->addr.text, be->identity,
                                 backend_state_names[be->state]);
+            if (be->dns_error[0] != '\0') {
+                evbuffer_add_printf(b, "STAT backend:%s:error %s\r\n", be->identity,
+                                    be->dns_error);
+            }
             for (int i = 0; i < STAT_BACKEND_COUNT; i++) {
                 evbuffer_add_printf(b, "STAT backend:%s:%s %llu\r\n", be->identity,
                                     stats_backend_desc[i].name,
-                                    (unsigned long long)be->stats[i]);
+                                    (unsigned long long)bs[s][i]);
             }
         }
+        free(bs);
         if (p->mig != NULL) {
             mig_stats(p->mig, b);
         }
@@ -748,6 +862,7 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         goto out;
     }
     nfrags = request_split(p, req, hlen, sh, key_frag, &nmoving);
+    p->stats[STAT_fragments] += nfrags;
     struct request *r = client_request(c, req->cmd, nfrags);
     if (r == NULL) {
         goto oom;
@@ -1429,6 +1544,10 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
         n -= (ssize_t)take;
     }
     evbuffer_commit_space(c->in, v, nv);
+    if (c->state == CLIENT_LINGER) {
+        evbuffer_drain(c->in, evbuffer_get_length(c->in));  /* after our FIN */
+        return;
+    }
     c->last_rx_ms = worker_now_ms(c->pool->w);
     client_process(c);
     if (c->state != CLIENT_CLOSED) {

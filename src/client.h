@@ -11,6 +11,8 @@
     X(READING, "reading")       /* parsing and dispatching commands */    \
     X(SWALLOW, "swallow")       /* discarding an oversize value */        \
     X(DRAINING, "draining")     /* no more reading: quit, stop, abuse */  \
+    X(LINGER, "linger")         /* stopping, idle: FIN sent, input read   \
+                                   and dropped until the client closes */ \
     X(CLOSED, "closed")         /* socket closed, freed at the loop's end */
 
 #define CLIENT_STATE_ENUM(e, name) CLIENT_##e,
@@ -32,6 +34,7 @@ struct client {
     size_t need;                    /* input a storage command waits for */
     bool dirty;                     /* in the worker's flush list */
     bool read_paused;               /* backpressure: too much unsent */
+    bool stopping;                  /* the proxy stops: close once idle */
     /* Its memory budget (client.c): bytes its requests hold outside `out`
      * (replies waiting their turn, multi-get shares), and the bytes of its
      * commands in flight, noreply ones included (in `quiet`). */
@@ -52,6 +55,9 @@ void client_advance(struct client *c);
 void client_flush(struct client *c);
 /* Stop reading; close once every reply has been written. */
 void client_drain(struct client *c, const char *why);
+/* The proxy stops: keep serving, and close the connection the first time it
+ * is idle between requests (client_linger in client.c). */
+void client_stop(struct client *c);
 /* Close now (replies still owed are dropped). May be called from any
  * callback: the memory is freed at the end of the loop turn (defer.h). */
 void client_close(struct client *c, const char *why);

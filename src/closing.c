@@ -44,6 +44,7 @@
 #include "log.h"
 #include "metadump.h"
 #include "migrate_int.h"
+#include "resolve.h"
 
 /* May one more move start now? `resume`: is there room enough to resume a
  * paused listing (a quarter of the bound free)? */
@@ -205,7 +206,9 @@ static void start_listing(struct mig_source *s)
     s->rounds++;
     s->listed_keys = 0;
     s->started_ms = now_ms(m);
-    s->dump = mdump_start(m->p->w->base, be->addr.host, be->addr.port, be->addr.is_unix,
+    s->dump = mdump_start(m->p->w->base,
+                         m->p->w->dns != NULL ? resolver_evdns(m->p->w->dns) : NULL,
+                         be->addr.host, be->addr.port, be->addr.is_unix,
                           op_timeout_ms(m->p), on_dump_key, on_dump_end, s);
     if (s->dump == NULL) {
         source_blocked(s, "cannot start listing its keys (out of memory?)");

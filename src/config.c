@@ -16,12 +16,14 @@
  * CONF_ERRORS_MAX errors are only counted; pools and servers are capped, and
  * duplicate servers are found by sorting, not by comparing every pair.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <yaml.h>
 
 #include "config.h"
@@ -176,13 +178,23 @@ static int parse_port(const char *s, uint16_t *port)
     return 0;
 }
 
-/* "host:port" or "/path/to/socket"; returns 0 or -1 with a reason. */
+/*
+ * "host:port", "[ipv6]:port" or "/path/to/socket"; returns 0 or -1 with a
+ * reason. An IPv6 address must be in brackets: "::1:11211" is itself an
+ * IPv6 address, so the unbracketed form cannot say where the port starts
+ * (docs/ARCHITECTURE.md, "Addresses and names").
+ */
 static int addr_parse(const char *s, size_t len, struct conf_addr *a,
                       const char **why)
 {
     memset(a, 0, sizeof(*a));
     if (len > CONF_STR_MAX) {
         *why = "longer than 255 bytes";
+        return -1;
+    }
+    /* bound or connected truncated, a path would name another file */
+    if (len > 0 && s[0] == '/' && len >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+        *why = "a unix socket path holds at most 107 bytes";
         return -1;
     }
     a->text = strndup(s, len);
@@ -195,25 +207,57 @@ static int addr_parse(const char *s, size_t len, struct conf_addr *a,
         a->host = strdup(a->text);
         return a->host != NULL ? 0 : -1;
     }
-    char *colon = strrchr(a->text, ':');
-    if (colon == NULL || colon == a->text) {
-        *why = "expected host:port or an absolute unix socket path";
-        goto err;
+    const char *host = a->text;
+    size_t hostlen;
+    char *colon;
+    if (a->text[0] == '[') {
+        char *close = strchr(a->text, ']');
+        if (close == NULL || close[1] != ':') {
+            *why = "expected [ipv6]:port";
+            goto err;
+        }
+        a->is_ipv6 = true;
+        host = a->text + 1;
+        hostlen = (size_t)(close - host);
+        colon = close + 1;
+    } else {
+        colon = strrchr(a->text, ':');
+        if (colon == NULL || colon == a->text) {
+            *why = "expected host:port or an absolute unix socket path";
+            goto err;
+        }
+        hostlen = (size_t)(colon - a->text);
     }
     if (parse_port(colon + 1, &a->port) != 0) {
         *why = "port must be a number from 1 to 65535";
         goto err;
     }
-    a->host = strndup(a->text, (size_t)(colon - a->text));
+    a->host = strndup(host, hostlen);
     if (a->host == NULL) {
         *why = "out of memory";
         goto err;
     }
-    for (const char *p = a->host; *p; p++) {
-        if (*p == ' ' || *p == ':' || *p == '/') {
-            *why = "host must be a name or an IPv4 address";
+    if (a->is_ipv6) {
+        struct in6_addr in6;
+        if (inet_pton(AF_INET6, a->host, &in6) != 1) {
+            *why = "not an IPv6 address between the brackets";
             goto err;
         }
+        return 0;
+    }
+    if (memchr(a->host, ':', hostlen) != NULL) {
+        *why = "an IPv6 address must be in brackets, as [::1]:11211";
+        goto err;
+    }
+    for (const char *p = a->host; *p; p++) {
+        if (*p == ' ' || *p == '/' || *p == '[' || *p == ']') {
+            *why = "host must be a name, an IPv4 address or [an IPv6 address]";
+            goto err;
+        }
+    }
+    if (*a->host == '\0') {
+        *why = "the host is empty";
+        goto err;
     }
     return 0;
 
@@ -300,6 +344,54 @@ static void parse_addr(struct conf_ctx *cx, yaml_node_t *node, const char *text,
     }
     addr_free(a);
     *a = parsed;
+}
+
+/*
+ * A pool's listen: host:port, a unix socket path, or twemproxy's
+ * "/path/to/socket 0666", the path and the socket's mode (octal, at most
+ * 0777). listen.text is the address without the mode, so a reload that
+ * changes only the mode keeps the socket (proxy.c, plan_commit).
+ */
+static void parse_listen(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                         void *field, const struct conf_directive *d)
+{
+    struct conf_pool *p = (struct conf_pool *)((char *)field - d->offset);
+    const char *sp = strrchr(text, ' '), *mode;
+    struct conf_addr parsed;
+    const char *why = "";
+    size_t len;
+    char *end;
+
+    p->listen_mode = -1;
+    if (sp == NULL) {
+        parse_addr(cx, node, text, field, d);
+        return;
+    }
+    if (text[0] != '/') {
+        conf_error(cx, node, "%s: bad address '%s': a mode (\"/path/to/socket "
+                   "0666\") is for a unix socket path only", d->name, text);
+        return;
+    }
+    mode = sp + 1;
+    errno = 0;
+    long v = strtol(mode, &end, 8);
+    if (strlen(mode) < 3 || strlen(mode) > 4 || *end != '\0' || errno != 0 ||
+        strspn(mode, "01234567") != strlen(mode) || v < 0 || v > 0777) {
+        conf_error(cx, node, "%s: bad mode '%s' for unix socket '%.*s': expected "
+                   "octal permissions from 000 to 0777, such as 0666", d->name, mode,
+                   (int)(sp - text), text);
+        return;
+    }
+    for (len = (size_t)(sp - text); len > 0 && text[len - 1] == ' '; len--) {
+    }
+    if (addr_parse(text, len, &parsed, &why) != 0) {
+        conf_error(cx, node, "%s: bad address '%.*s': %s", d->name, (int)len, text,
+                   why);
+        return;
+    }
+    addr_free(field);
+    *(struct conf_addr *)field = parsed;
+    p->listen_mode = v;
 }
 
 static void parse_hash(struct conf_ctx *cx, yaml_node_t *node, const char *text,
@@ -448,12 +540,13 @@ static void parse_migration(struct conf_ctx *cx, yaml_node_t *node,
  * forever, which turns a stopped server into clients that hang silently),
  * then ringproxy's own. */
 static const struct conf_directive pool_directives[] = {
-    { "listen", parse_addr, POOL(listen), NULL, 0, 0 },
+    { "listen", parse_listen, POOL(listen), NULL, 0, 0 },
     { "hash", parse_hash, POOL(hash), "fnv1a_64", 0, 0 },
     { "hash_tag", parse_hash_tag, POOL(hash_tag), NULL, 0, 0 },
     { "distribution", parse_distribution, POOL(distribution), "ketama", 0, 0 },
     { "timeout", parse_int, POOL(timeout), "5000", -1, INT32_MAX },
     { "backlog", parse_int, POOL(backlog), "512", 1, INT32_MAX },
+    { "reuseport", parse_bool, POOL(reuseport), "true", 0, 0 },
     { "preconnect", parse_bool, POOL(preconnect), "false", 0, 0 },
     { "redis", parse_bool, POOL(redis), "false", 0, 0 },
     { "tcpkeepalive", parse_bool, POOL(tcpkeepalive), "false", 0, 0 },
@@ -738,11 +831,18 @@ static char *server_identity(const struct conf_pool *p, const struct conf_server
     if (s->name != NULL) {
         return strdup(s->name);
     }
-    if (p->compat == RING_COMPAT_LIBKETAMA || s->addr.is_unix ||
-        s->addr.port != CONF_DEFAULT_PORT) {
+    if (p->compat == RING_COMPAT_LIBKETAMA || s->addr.is_unix) {
         return strdup(s->addr.text);
     }
-    return asprintf(&id, "%s", s->addr.host) < 0 ? NULL : id;
+    if (s->addr.port == CONF_DEFAULT_PORT) {
+        return asprintf(&id, "%s", s->addr.host) < 0 ? NULL : id;
+    }
+    /* libmemcached hashes the host as given to it, unbracketed, then
+     * ":port": "::1:11212" for [::1]:11212 (update_continuum's format). */
+    if (s->addr.is_ipv6) {
+        return asprintf(&id, "%s:%u", s->addr.host, s->addr.port) < 0 ? NULL : id;
+    }
+    return strdup(s->addr.text);
 }
 
 /* Servers by identity (by_addr: by address), then by position in the file. */
@@ -894,9 +994,42 @@ void conf_errors_free(struct conf_errors *errs)
     errs->n = 0;
 }
 
+/* Process-wide settings: top-level keys whose value is a single value (a
+ * pool's is a mapping). Absent: the field stays 0, "not set". */
+static const struct conf_directive global_directives[] = {
+    { "threads", parse_int, offsetof(struct config, threads), NULL, 0, CONF_THREADS_MAX },
+};
+
+/* A top-level key with a single value: a global directive, or an error. */
+static void parse_global(struct conf_ctx *cx, yaml_node_t *k, yaml_node_t *v,
+                         struct config *c, bool *seen)
+{
+    const char *name = scalar(k), *text = scalar(v);
+    size_t i;
+
+    for (i = 0; i < NELEMS(global_directives) &&
+         strcmp(global_directives[i].name, name) != 0; i++) {
+    }
+    if (i == NELEMS(global_directives)) {
+        conf_error(cx, v, "pool '%s': expected a mapping of settings, got %s",
+                   name, node_type_name(v));
+        return;
+    }
+    if (seen[i]) {
+        conf_error(cx, k, "duplicate key '%s'", name);
+        return;
+    }
+    seen[i] = true;
+    global_directives[i].parse(cx, v, text, (char *)c + global_directives[i].offset,
+                               &global_directives[i]);
+}
+
 static void parse_pools(struct conf_ctx *cx, yaml_node_t *root, struct config *c)
 {
     size_t n = (size_t)(root->data.mapping.pairs.top - root->data.mapping.pairs.start);
+    bool global_seen[NELEMS(global_directives)] = { false };
+
+    c->threads = -1;
 
     if (n > CONF_POOLS_MAX) {
         conf_error(cx, root, "%zu pools; a file may define at most %d", n,
@@ -920,6 +1053,10 @@ static void parse_pools(struct conf_ctx *cx, yaml_node_t *root, struct config *c
         }
         if (config_pool(c, name) != NULL) {
             conf_error(cx, k, "duplicate pool '%s'", name);
+            continue;
+        }
+        if (v->type == YAML_SCALAR_NODE) {
+            parse_global(cx, k, v, c, global_seen);
             continue;
         }
         if (v->type != YAML_MAPPING_NODE) {
@@ -1206,4 +1343,164 @@ struct ring *conf_pool_ring(const struct conf_pool *p, char *err, size_t errlen)
     r = ring_build(&params, err, errlen);
     free(specs);
     return r;
+}
+
+/* --- settings in effect (`stats settings`) --------------------------------- */
+
+/* A value as text into buf; false when there is none to show. */
+typedef bool conf_format_fn(const void *field, const struct conf_directive *d,
+                            char *buf, size_t len);
+
+static bool format_int(const void *field, const struct conf_directive *d, char *buf,
+                       size_t len)
+{
+    (void)d;
+    snprintf(buf, len, "%lld", (long long)*(const int64_t *)field);
+    return true;
+}
+
+static bool format_bool(const void *field, const struct conf_directive *d,
+                        char *buf, size_t len)
+{
+    (void)d;
+    snprintf(buf, len, "%s", *(const bool *)field ? "true" : "false");
+    return true;
+}
+
+static bool format_string(const void *field, const struct conf_directive *d,
+                          char *buf, size_t len)
+{
+    const char *s = *(char *const *)field;
+
+    if (s == NULL || strcmp(d->name, "password") == 0) {
+        return false;
+    }
+    snprintf(buf, len, "%s", s);
+    return true;
+}
+
+static bool format_addr(const void *field, const struct conf_directive *d,
+                        char *buf, size_t len)
+{
+    const struct conf_addr *a = field;
+
+    (void)d;
+    if (a->text == NULL) {
+        return false;
+    }
+    snprintf(buf, len, "%s", a->text);
+    return true;
+}
+
+static bool format_listen(const void *field, const struct conf_directive *d,
+                          char *buf, size_t len)
+{
+    const struct conf_pool *p = (const struct conf_pool *)((const char *)field -
+                                                           d->offset);
+
+    if (p->listen_mode < 0) {
+        return format_addr(field, d, buf, len);
+    }
+    snprintf(buf, len, "%s %04llo", p->listen.text,
+             (unsigned long long)p->listen_mode);
+    return true;
+}
+
+static bool format_hash(const void *field, const struct conf_directive *d,
+                        char *buf, size_t len)
+{
+    int64_t h = *(const int64_t *)field;
+
+    (void)d;
+    snprintf(buf, len, "%s", h >= 0 && h < HASH_COUNT ? hash_names[h] : "?");
+    return true;
+}
+
+static bool format_compat(const void *field, const struct conf_directive *d,
+                          char *buf, size_t len)
+{
+    int64_t c = *(const int64_t *)field;
+
+    (void)d;
+    snprintf(buf, len, "%s", c >= 0 && c < RING_COMPAT_COUNT ? ring_compat_names[c] : "?");
+    return true;
+}
+
+static bool format_distribution(const void *field, const struct conf_directive *d,
+                                char *buf, size_t len)
+{
+    (void)field, (void)d;
+    snprintf(buf, len, "ketama");
+    return true;
+}
+
+static bool format_hash_tag(const void *field, const struct conf_directive *d,
+                            char *buf, size_t len)
+{
+    const struct conf_pool *p = (const struct conf_pool *)((const char *)field -
+                                                           d->offset);
+
+    if (!p->has_tag) {
+        return false;
+    }
+    snprintf(buf, len, "%.2s", p->hash_tag);
+    return true;
+}
+
+static bool format_servers(const void *field, const struct conf_directive *d,
+                           char *buf, size_t len)
+{
+    const struct conf_pool *p = (const struct conf_pool *)((const char *)field -
+                                                           d->offset);
+
+    snprintf(buf, len, "%u", p->nservers);
+    return true;
+}
+
+/* How each parser's value is shown; a mapping (index, migration) is walked
+ * by its own table instead: format NULL. */
+static const struct {
+    conf_parse_fn parse;
+    conf_format_fn *format;
+} conf_formats[] = {
+    { parse_int, format_int },
+    { parse_size, format_int },
+    { parse_bool, format_bool },
+    { parse_string, format_string },
+    { parse_addr, format_addr },
+    { parse_listen, format_listen },
+    { parse_hash, format_hash },
+    { parse_compat, format_compat },
+    { parse_distribution, format_distribution },
+    { parse_hash_tag, format_hash_tag },
+    { parse_servers, format_servers },
+};
+
+static void settings_table(const void *base, const struct conf_directive *tab,
+                           size_t ntab, const char *prefix, conf_setting_fn *fn,
+                           void *arg)
+{
+    char name[128], value[512];
+
+    for (size_t i = 0; i < ntab; i++) {
+        for (size_t f = 0; f < NELEMS(conf_formats); f++) {
+            if (conf_formats[f].parse == tab[i].parse &&
+                conf_formats[f].format((const char *)base + tab[i].offset, &tab[i],
+                                       value, sizeof(value))) {
+                snprintf(name, sizeof(name), "%s%s", prefix, tab[i].name);
+                fn(arg, name, value);
+            }
+        }
+    }
+}
+
+void conf_pool_settings(const struct conf_pool *p, conf_setting_fn *fn, void *arg)
+{
+    settings_table(p, pool_directives, NELEMS(pool_directives), "", fn, arg);
+    if (p->index.enabled) {
+        settings_table(&p->index, index_directives, NELEMS(index_directives),
+                       "index:", fn, arg);
+        settings_table(&p->migration, migration_directives,
+                       NELEMS(migration_directives), "migration:", fn, arg);
+    }
 }

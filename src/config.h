@@ -25,12 +25,14 @@
                                        RINGREC_STR_MAX */
 #define CONF_ERRORS_MAX 100         /* reported; the rest are counted */
 
-/* A host:port or a unix socket path, as parsed from the file. */
+/* A host:port, [ipv6]:port or a unix socket path, as parsed from the file. */
 struct conf_addr {
-    char *text;             /* as written, e.g. "127.0.0.1:11212" */
-    char *host;             /* host, or the socket path when is_unix */
+    char *text;             /* as written, e.g. "127.0.0.1:11212", "[::1]:11212" */
+    char *host;             /* host (an IPv6 address without its brackets),
+                               or the socket path when is_unix */
     uint16_t port;
     bool is_unix;
+    bool is_ipv6;           /* written in brackets */
 };
 
 struct conf_server {
@@ -70,6 +72,8 @@ struct conf_pool {
     char *name;
     int line, col;
     struct conf_addr listen;
+    int64_t listen_mode;    /* "listen: /path 0666" (twemproxy's form): the
+                               unix socket's mode; -1: as the umask leaves it */
     int64_t hash;           /* enum hash_kind */
     bool has_tag;
     char hash_tag[2];
@@ -78,6 +82,8 @@ struct conf_pool {
     int64_t timeout;        /* ms a backend may take to answer; -1 (or 0):
                                wait forever */
     int64_t backlog;
+    bool reuseport;         /* SO_REUSEPORT on the listener: a new process
+                               may bind the same port (binary upgrade) */
     bool preconnect;
     bool redis;             /* twemproxy's flag: must stay false */
     bool tcpkeepalive;
@@ -109,8 +115,13 @@ struct conf_pool {
     bool seen[64];                  /* which directives the file set */
 };
 
+#define CONF_THREADS_MAX 64
+
 struct config {
     char *path;
+    int64_t threads;        /* global `threads:` (event-loop threads);
+                               0: one per online core, at most 8; -1: not
+                               set (proxy.c's default) */
     struct conf_pool *pools;
     uint32_t npools;
 };
@@ -141,11 +152,22 @@ struct ring *conf_pool_ring(const struct conf_pool *p, char *err, size_t errlen)
 
 const struct conf_pool *config_pool(const struct config *c, const char *name);
 
-/* "host:port" or "/unix/path" into a (0), or -1 with a reason in why. */
+/* "host:port", "[ipv6]:port" or "/unix/path" into a (0), or -1 with a
+ * reason in why. Never does DNS. */
 int conf_addr_parse(const char *s, struct conf_addr *a, const char **why);
 void conf_addr_free(struct conf_addr *a);
 
 /* Do two pools describe the same ring (servers, weights, hash, compat)? */
 bool conf_pool_same_ring(const struct conf_pool *a, const struct conf_pool *b);
+
+/*
+ * Each setting of pool p in effect, as fn(arg, name, value), in the order
+ * of the file's keys (`stats settings`): index and migration keys as
+ * "index:redis", "servers" as a count; keys without a value (an unset
+ * hash_tag, a pool without an index) are left out, and the index password
+ * is never shown.
+ */
+typedef void conf_setting_fn(void *arg, const char *name, const char *value);
+void conf_pool_settings(const struct conf_pool *p, conf_setting_fn *fn, void *arg);
 
 #endif

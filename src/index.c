@@ -61,6 +61,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
+#include "clock.h"
 #include "index.h"
 #include "layout.h"
 #include "log.h"
@@ -324,14 +325,6 @@ size_t idx_vnode_key(const char *prefix, const struct ring *r, uint32_t point,
 
 /* --- health ----------------------------------------------------------------- */
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 enum idx_health idx_classify_error(const char *msg)
 {
     const char *code = msg != NULL ? msg : "";
@@ -358,7 +351,7 @@ static void idx_set_health(struct idx *x, enum idx_conn c, enum idx_health h,
                            const char *why)
 {
     enum idx_health was = x->health;
-    uint64_t now = mono_ms();
+    uint64_t now = rp_clock_ms();
 
     x->conn[c].health = h;
     x->conn[c].calm = false;
@@ -387,7 +380,7 @@ static void idx_set_health(struct idx *x, enum idx_conn c, enum idx_health h,
 static void on_calm(evutil_socket_t fd, short what, void *arg)
 {
     struct idx *x = arg;
-    uint64_t now = mono_ms(), next = 0;
+    uint64_t now = rp_clock_ms(), next = 0;
 
     (void)fd, (void)what;
     for (int c = 0; c < IDX_CONN_COUNT; c++) {
@@ -417,7 +410,7 @@ enum idx_health idx_redis_error(struct idx *x, enum idx_conn c, const char *msg)
     }
     x->stats[idx_health_stat[h]]++;
     x->stats[IDX_STAT_last_error_time] = (uint64_t)time(NULL);
-    x->conn[c].last_error_ms = mono_ms();
+    x->conn[c].last_error_ms = rp_clock_ms();
     idx_set_health(x, c, h, msg);
     return h;
 }
@@ -728,7 +721,7 @@ static void on_dir(redisAsyncContext *ac, void *r, void *privdata)
         idx_redis_error(x, IDX_CONN_WRITER, reply->str);
     } else if (v != NULL && reply != NULL &&
                (a->low == UINT32_MAX ? vdir_parse(v, reply) : vdir_merge(v, reply))) {
-        v->learnt_ms = mono_ms();
+        v->learnt_ms = rp_clock_ms();
         /* one split at a time per v-node: the next after this answer */
         for (uint32_t i = 0; v->layout == 2 && i < v->n; i++) {
             if (v->size[i] >= LAY_SPLIT_ASK(x->limits.entries)) {
@@ -956,7 +949,7 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->shared = true;           /* until the first sync says we are alone */
     x->retry = evtimer_new(base, idx_on_retry, x);
     x->calm_timer = evtimer_new(base, on_calm, x);
-    x->health_since_ms = mono_ms();
+    x->health_since_ms = rp_clock_ms();
     if (!x->pool || !x->conf.redis.text || !x->conf.redis.host || !x->conf.prefix ||
         (conf->password && !x->conf.password) || !x->filter || !x->retry ||
         !x->calm_timer || !x->ring_key ||
@@ -1393,7 +1386,7 @@ static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
  */
 static void idx_emit_groups(struct idx *x)
 {
-    uint64_t now = mono_ms();
+    uint64_t now = rp_clock_ms();
 
     if (x->need_load) {
         idx_send_load(x);

@@ -614,7 +614,7 @@ static void chk_start(struct chk_srv *s)
 {
     struct chk *c = s->c;
 
-    s->dump = mdump_start(c->base, s->addr.host, s->addr.port, s->addr.is_unix,
+    s->dump = mdump_start(c->base, NULL, s->addr.host, s->addr.port, s->addr.is_unix,
                           c->p->timeout > 0 ? (uint32_t)c->p->timeout : 0, chk_key,
                           chk_end, s);
     if (s->dump == NULL) {

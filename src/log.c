@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 
 #define LOG_LEVEL_NAME(e, name) [LOG_##e] = name,
@@ -133,15 +135,11 @@ void log_write(int level, const char *module, const char *fmt, ...)
 
 #define LOG_WINDOW_MS 1000
 
+/* Sites are static structs shared by every thread that logs there: their
+ * counts and the list are kept under one lock (never on a hot path: a
+ * limited line is an error or a warning). */
+static pthread_mutex_t limited_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct log_limit *limited_sites;    /* sites with suppressed lines */
-
-static uint64_t log_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void log_summary(struct log_limit *lim)
 {
@@ -160,7 +158,8 @@ void log_write_limited(struct log_limit *lim, int level, const char *module,
     if (!log_enabled(level)) {
         return;
     }
-    uint64_t now = log_now_ms();
+    uint64_t now = rp_clock_ms();
+    pthread_mutex_lock(&limited_lock);
     if (lim->module == NULL || now - lim->window_ms >= LOG_WINDOW_MS) {
         log_summary(lim);
         lim->window_ms = now;
@@ -176,9 +175,11 @@ void log_write_limited(struct log_limit *lim, int level, const char *module,
             lim->next = limited_sites;
             limited_sites = lim;
         }
+        pthread_mutex_unlock(&limited_lock);
         return;
     }
     lim->written++;
+    pthread_mutex_unlock(&limited_lock);
     va_start(ap, fmt);
     log_vwrite(level, module, fmt, ap);
     va_end(ap);
@@ -186,8 +187,9 @@ void log_write_limited(struct log_limit *lim, int level, const char *module,
 
 void log_tick(void)
 {
-    uint64_t now = log_now_ms();
+    uint64_t now = rp_clock_ms();
 
+    pthread_mutex_lock(&limited_lock);
     for (struct log_limit **pp = &limited_sites; *pp != NULL;) {
         struct log_limit *lim = *pp;
         if (lim->suppressed > 0 && now - lim->window_ms < LOG_WINDOW_MS) {
@@ -203,4 +205,5 @@ void log_tick(void)
         lim->listed = false;
         *pp = lim->next;
     }
+    pthread_mutex_unlock(&limited_lock);
 }

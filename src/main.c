@@ -1,19 +1,46 @@
 /* main.c — command line: serve a config, or run an operator command. */
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "config.h"
+#include "log.h"
+#include "nstats.h"
 #include "proxy.h"
 
-#define ADMIN_PORT_DEFAULT 22222
+#define ADMIN_PORT_DEFAULT 22223      /* nutcracker's stats port + 1 */
 #define ADMIN_ADDR_DEFAULT "127.0.0.1"
+#define STATS_PORT_DEFAULT 22222      /* nutcracker's */
+#define STATS_ADDR_DEFAULT "0.0.0.0"  /* nutcracker's */
+
+/* Without -c, the first of these that exists (nutcracker's own convention is
+ * conf/nutcracker.yml under the working directory; Debian's package moves it
+ * to /etc/nutcracker/). */
+static const char *const default_conf_paths[] = {
+    "conf/ringproxy.yml",
+    "/etc/ringproxy/ringproxy.yml",
+};
+
+/*
+ * nutcracker's -v levels (0 emerg .. 5 notice .. 11 pverb, its default 5)
+ * to ours (log.h): one table, documented in the usage text and the README.
+ */
+static const enum log_level verbosity_levels[] = {
+    LOG_ERROR, LOG_ERROR, LOG_ERROR, LOG_ERROR,     /* emerg alert crit error */
+    LOG_WARN, LOG_NOTICE, LOG_INFO,                  /* warn notice info */
+    LOG_DEBUG, LOG_DEBUG, LOG_DEBUG, LOG_DEBUG, LOG_DEBUG, /* debug .. pverb */
+};
+#define VERBOSITY_MAX ((int)(sizeof(verbosity_levels) / sizeof(verbosity_levels[0])) - 1)
+#define VERBOSITY_DEFAULT 5
 
 #define RINGPROXY_USAGE                                                        \
-    "usage: ringproxy -c FILE [-t] [-d] [-p PIDFILE] [-o LOGFILE] [-v LEVEL]\n" \
-    "                 [-s ADMIN_PORT] [-a ADMIN_ADDR] [-u USER]\n"              \
+    "usage: ringproxy [-c FILE] [-t] [-d] [-D] [-p PIDFILE] [-o LOGFILE]\n"    \
+    "                 [-v LEVEL] [-s STATS_PORT] [-a STATS_ADDR] [-i MS] [-m N]\n" \
+    "                 [-P ADMIN_PORT] [-A ADMIN_ADDR] [-u USER] [-T N]\n"      \
     "       ringproxy locate -c FILE [--pool NAME] KEY...\n"                   \
     "       ringproxy ring -c FILE [--pool NAME] [--points]\n"                 \
     "       ringproxy diff OLD_FILE NEW_FILE\n"                                \
@@ -21,21 +48,35 @@
     "       ringproxy index check -c FILE [--pool NAME] [--sample N]\n"        \
     "       ringproxy index rebuild -c FILE [--pool NAME]\n"                  \
     "       ringproxy index sweep -c FILE [--pool NAME] [--rate N]\n"          \
-    "       ringproxy status -c FILE [--pool NAME] [-s ADMIN_PORT] [-a ADMIN_ADDR]\n" \
+    "       ringproxy status -c FILE [--pool NAME] [-P ADMIN_PORT] [-A ADMIN_ADDR]\n" \
     "       ringproxy -V | -h\n"                                               \
     "\n"                                                                       \
-    "  -c, --conf-file FILE     the pool file (YAML; twemproxy's format works)\n" \
+    "  -c, --conf-file FILE     the pool file (YAML; twemproxy's format works);\n" \
+    "                           default conf/ringproxy.yml, else\n"           \
+    "                           /etc/ringproxy/ringproxy.yml\n"               \
     "  -t, --test-conf          check the file, print every error, exit 0/1\n" \
     "  -d, --daemonize          run in the background; exits 0 once serving,\n" \
     "                           1 with the reason if it cannot start\n"        \
+    "  -D, --describe-stats     print the stats port's fields and exit\n"     \
     "  -u, --user USER          run as USER once the listeners are bound\n"    \
+    "  -T, --threads N          event-loop threads (overrides the file's\n"   \
+    "                           `threads:`; 0 = one per core, at most 8)\n"    \
     "  -p, --pid-file FILE      write the process id here\n"                   \
     "  -o, --output FILE        log here (reopened on SIGUSR1), default stderr\n" \
-    "  -v, --verbose LEVEL      0 error, 1 warn, 2 notice (default), 3 info,\n" \
-    "                           4 debug\n"                                     \
-    "  -s, --stats-port PORT    admin HTTP port (default 22222, 0 = off)\n"    \
-    "  -a, --stats-addr ADDR    admin HTTP address (default 127.0.0.1)\n"      \
+    "  -v, --verbose LEVEL      nutcracker's 0..11 (default 5): 0-3 error,\n"  \
+    "                           4 warn, 5 notice, 6 info, 7-11 debug\n"       \
+    "  -s, --stats-port PORT    nutcracker's stats JSON port (default 22222,\n" \
+    "                           0 = off)\n"                                    \
+    "  -a, --stats-addr ADDR    its address (default 0.0.0.0)\n"              \
+    "  -i, --stats-interval MS  accepted for nutcracker's command line; the\n" \
+    "                           stats port always answers current counters\n" \
+    "  -m, --mbuf-size N        accepted for nutcracker's command line (512 to\n" \
+    "                           16777216); buffers grow as needed\n"         \
+    "  -P, --admin-port PORT    admin HTTP port: /metrics, /healthz, /ring,\n" \
+    "                           /migration (default 22223, 0 = off)\n"        \
+    "  -A, --admin-addr ADDR    admin HTTP address (default 127.0.0.1)\n"      \
     "  -V, --version            print the version\n"                           \
+    "  -h, --help               print this text\n"                             \
     "\n"                                                                       \
     "Signals: SIGHUP reloads the file, SIGUSR1 reopens the log, SIGTERM and\n" \
     "SIGINT stop after in-flight replies are sent.\n"
@@ -147,36 +188,66 @@ static int operator_command(int argc, char **argv)
     return cli_ring(conf, pool, points, stdout);
 }
 
-/* `status`: -c FILE, --pool NAME, and where the admin port is (-s, -a). */
+/* A port number from 0 to 65535 for flag, or -1 with the reason printed. */
+static int port_arg(const char *cmd, const char *flag, const char *arg)
+{
+    char *end;
+    long v = strtol(arg, &end, 10);
+
+    if (*arg == '\0' || *end != '\0' || v < 0 || v > 65535) {
+        fprintf(stderr, "%s: %s takes a port from 0 to 65535, got '%s'\n", cmd, flag, arg);
+        return -1;
+    }
+    return (int)v;
+}
+
+/* A decimal from min to max for flag, or -1 with the reason printed. */
+static long bounded_arg(const char *flag, const char *arg, long min, long max)
+{
+    char *end;
+    long v = strtol(arg, &end, 10);
+
+    if (*arg == '\0' || *end != '\0' || v < min || v > max) {
+        fprintf(stderr, "ringproxy: %s takes a number from %ld to %ld, got '%s'\n",
+                flag, min, max, arg);
+        return -1;
+    }
+    return v;
+}
+
+/* `status`: -c FILE, --pool NAME, and where the admin port is (-P, -A; the
+ * older -s, -a and their long names still work here). */
 static int status_command(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "conf-file", required_argument, NULL, 'c' },
-        { "pool", required_argument, NULL, 'P' },
-        { "stats-port", required_argument, NULL, 's' },
-        { "stats-addr", required_argument, NULL, 'a' },
+        { "pool", required_argument, NULL, 'x' },
+        { "admin-port", required_argument, NULL, 'P' },
+        { "admin-addr", required_argument, NULL, 'A' },
+        { "stats-port", required_argument, NULL, 'P' },
+        { "stats-addr", required_argument, NULL, 'A' },
         { NULL, 0, NULL, 0 },
     };
     const char *conf = NULL, *pool = NULL, *addr = ADMIN_ADDR_DEFAULT;
     int port = ADMIN_PORT_DEFAULT, ch;
-    char *end;
 
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:s:a:", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:P:A:s:a:", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
             conf = optarg;
             break;
-        case 'P':
+        case 'x':
             pool = optarg;
             break;
+        case 'P':
         case 's':
-            port = (int)strtol(optarg, &end, 10);
-            if (*end != '\0' || port < 0 || port > 65535) {
-                fprintf(stderr, "ringproxy status: -s takes a port from 0 to 65535\n");
+            if ((port = port_arg("ringproxy status", ch == 'P' ? "--admin-port" : "-s",
+                                 optarg)) < 0) {
                 return 2;
             }
             break;
+        case 'A':
         case 'a':
             addr = optarg;
             break;
@@ -185,11 +256,26 @@ static int status_command(int argc, char **argv)
         }
     }
     if (conf == NULL || optind < argc) {
-        fprintf(stderr, "usage: ringproxy status -c FILE [--pool NAME] [-s ADMIN_PORT] "
-                "[-a ADMIN_ADDR]\n");
+        fprintf(stderr, "usage: ringproxy status -c FILE [--pool NAME] [-P ADMIN_PORT] "
+                "[-A ADMIN_ADDR]\n");
         return 2;
     }
     return cli_status(conf, pool, addr, port, stdout);
+}
+
+/* Without -c: the first default path that exists, or NULL (reason printed). */
+static const char *default_conf(void)
+{
+    size_t n = sizeof(default_conf_paths) / sizeof(default_conf_paths[0]);
+
+    for (size_t i = 0; i < n; i++) {
+        if (access(default_conf_paths[i], F_OK) == 0) {
+            return default_conf_paths[i];
+        }
+    }
+    fprintf(stderr, "ringproxy: no -c FILE, and neither %s nor %s exists\n",
+            default_conf_paths[0], default_conf_paths[1]);
+    return NULL;
 }
 
 int main(int argc, char **argv)
@@ -198,20 +284,30 @@ int main(int argc, char **argv)
         { "conf-file", required_argument, NULL, 'c' },
         { "test-conf", no_argument, NULL, 't' },
         { "daemonize", no_argument, NULL, 'd' },
+        { "describe-stats", no_argument, NULL, 'D' },
         { "pid-file", required_argument, NULL, 'p' },
         { "output", required_argument, NULL, 'o' },
         { "verbose", required_argument, NULL, 'v' },
         { "stats-port", required_argument, NULL, 's' },
         { "stats-addr", required_argument, NULL, 'a' },
+        { "stats-interval", required_argument, NULL, 'i' },
+        { "mbuf-size", required_argument, NULL, 'm' },
+        { "admin-port", required_argument, NULL, 'P' },
+        { "admin-addr", required_argument, NULL, 'A' },
         { "user", required_argument, NULL, 'u' },
+        { "threads", required_argument, NULL, 'T' },
         { "version", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     static char abs_paths[3][4096];
-    struct proxy_options o = { .log_level = 2, .admin_port = ADMIN_PORT_DEFAULT,
-                               .admin_addr = ADMIN_ADDR_DEFAULT };
-    int test_only = 0, ch;
+    struct proxy_options o = { .log_level = verbosity_levels[VERBOSITY_DEFAULT],
+                               .admin_port = ADMIN_PORT_DEFAULT,
+                               .admin_addr = ADMIN_ADDR_DEFAULT,
+                               .stats_port = STATS_PORT_DEFAULT,
+                               .stats_addr = STATS_ADDR_DEFAULT, .threads = -1 };
+    int test_only = 0, describe = 0, ch;
+    long v;
 
     if (argc > 1 && (strcmp(argv[1], "locate") == 0 || strcmp(argv[1], "ring") == 0 ||
                      strcmp(argv[1], "index") == 0)) {
@@ -227,8 +323,10 @@ int main(int argc, char **argv)
         }
         return cli_diff(argv[2], argv[3], stdout);
     }
-    while ((ch = getopt_long(argc, argv, "c:tdp:o:v:s:a:u:Vh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:tdDp:o:v:s:a:i:m:P:A:u:T:Vh", opts,
+                             NULL)) != -1) {
         char *end;
+
         switch (ch) {
         case 'c':
             o.conf_path = optarg;
@@ -239,6 +337,9 @@ int main(int argc, char **argv)
         case 'd':
             o.daemonize = 1;
             break;
+        case 'D':
+            describe = 1;
+            break;
         case 'p':
             o.pid_path = optarg;
             break;
@@ -246,24 +347,48 @@ int main(int argc, char **argv)
             o.log_path = optarg;
             break;
         case 'v':
-            o.log_level = (int)strtol(optarg, &end, 10);
-            if (*end != '\0' || o.log_level < 0 || o.log_level > 4) {
-                fprintf(stderr, "ringproxy: -v takes a level from 0 to 4\n");
+            if ((v = bounded_arg("-v", optarg, 0, VERBOSITY_MAX)) < 0) {
                 return 2;
             }
+            o.log_level = verbosity_levels[v];
             break;
         case 's':
-            o.admin_port = (int)strtol(optarg, &end, 10);
-            if (*end != '\0' || o.admin_port < 0 || o.admin_port > 65535) {
-                fprintf(stderr, "ringproxy: -s takes a port from 0 to 65535\n");
+            if ((o.stats_port = port_arg("ringproxy", "-s", optarg)) < 0) {
                 return 2;
             }
             break;
         case 'a':
+            o.stats_addr = optarg;
+            break;
+        case 'i':
+            if ((o.stats_interval = bounded_arg("-i", optarg, 1, INT32_MAX)) < 0) {
+                return 2;
+            }
+            break;
+        case 'm':
+            if ((o.mbuf_size = bounded_arg("-m", optarg, 512, 16777216)) < 0) {
+                return 2;
+            }
+            break;
+        case 'P':
+            if ((o.admin_port = port_arg("ringproxy", "--admin-port", optarg)) < 0) {
+                return 2;
+            }
+            break;
+        case 'A':
             o.admin_addr = optarg;
             break;
         case 'u':
             o.user = optarg;
+            break;
+        case 'T':
+            v = strtol(optarg, &end, 10);
+            if (*end != '\0' || *optarg == '\0' || v < 0 || v > CONF_THREADS_MAX) {
+                fprintf(stderr, "ringproxy: -T takes a thread count from 0 to %d\n",
+                        CONF_THREADS_MAX);
+                return 2;
+            }
+            o.threads = (int)v;
             break;
         case 'V':
             printf("ringproxy %s\n", RINGPROXY_VERSION);
@@ -278,8 +403,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "ringproxy: unexpected argument '%s'\n", argv[optind]);
         return usage(stderr, 2);
     }
-    if (o.conf_path == NULL) {
-        fprintf(stderr, "ringproxy: -c FILE is required\n");
+    if (describe) {
+        nstats_describe(stdout);
+        return 0;
+    }
+    if (o.conf_path == NULL && (o.conf_path = default_conf()) == NULL) {
         return usage(stderr, 2);
     }
     if (test_only) {

@@ -31,6 +31,7 @@
 #include "mem.h"
 #include "mconn.h"
 #include "meta.h"
+#include "resolve.h"
 
 #define MREPLY_NAME(e, name) [MREPLY_##e] = name,
 const char *const mreply_names[MREPLY_COUNT] = { MREPLY_CODEC(MREPLY_NAME) };
@@ -49,6 +50,8 @@ struct mconn {
     bool is_unix;
     uint32_t timeout_ms;
     struct bufferevent *bev;
+    struct evdns_base *dns;     /* resolves a host name without blocking;
+                                   NULL: getaddrinfo (the CLIs) */
     bool connected;
     STAILQ_HEAD(, mpending) pending;
     uint32_t npending;
@@ -274,6 +277,14 @@ static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
         c->connected = true;
         return;
     }
+    int dns_err = bufferevent_socket_get_dns_error(bev);
+    if (dns_err != 0) {
+        char why[300];
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", c->host,
+                 resolve_strerror(dns_err));
+        mconn_fail(c, why);
+        return;
+    }
     mconn_fail(c, what & BEV_EVENT_TIMEOUT ? "timeout" :
                   what & BEV_EVENT_EOF ? "closed by the server" :
                   strerror(EVUTIL_SOCKET_ERROR()));
@@ -290,11 +301,9 @@ int mconn_addr(const char *host, uint16_t port, bool is_unix,
         *len = sizeof(*sun);
         return 0;
     }
-    char addr[300];
-    *len = sizeof(*ss);
-    snprintf(addr, sizeof(addr), "%s:%u", host, port);
-    if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)ss, len) != 0) {
-        /* A host name: resolve it (blocking, as backends are resolved). */
+    *len = (int)resolve_numeric(host, port, ss);
+    if (*len == 0) {
+        /* A host name: resolve it (blocking: the CLIs, metadump.c). */
         struct evutil_addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res;
         char portstr[8];
         snprintf(portstr, sizeof(portstr), "%u", port);
@@ -309,29 +318,59 @@ int mconn_addr(const char *host, uint16_t port, bool is_unix,
     return 0;
 }
 
+/* A new socket bufferevent for c, callbacks and timeouts set. */
+static struct bufferevent *mconn_bev(struct mconn *c)
+{
+    struct bufferevent *bev = bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
+
+    if (bev != NULL) {
+        bufferevent_setcb(bev, mconn_read_cb, NULL, mconn_event_cb, c);
+        struct timeval tv = { c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000 };
+        bufferevent_set_timeouts(bev, &tv, &tv);
+        bufferevent_enable(bev, EV_READ | EV_WRITE);
+    }
+    return bev;
+}
+
 /* 0, or -1: the commands waiting fail (mconn_send). */
 static int mconn_connect(struct mconn *c)
 {
     struct sockaddr_storage ss;
     int len;
 
+    if (c->dns != NULL && !c->is_unix && resolve_numeric(c->host, c->port, &ss) == 0) {
+        /* a name: resolved on the loop, connected when known
+         * (mconn_event_cb reports a failure to resolve) */
+        if ((c->bev = mconn_bev(c)) == NULL) {
+            return -1;
+        }
+        if (bufferevent_socket_connect_hostname(c->bev, c->dns, AF_UNSPEC, c->host,
+                                                c->port) != 0) {
+            bufferevent_free(c->bev);
+            c->bev = NULL;
+            return -1;
+        }
+        /* evdns may answer at once (/etc/hosts) and a failure then runs
+         * mconn_event_cb in this call: the connection is gone */
+        return c->bev != NULL ? 0 : -1;
+    }
     if (mconn_addr(c->host, c->port, c->is_unix, &ss, &len) != 0) {
         return -1;
     }
-    c->bev = bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (c->bev == NULL) {
+    if ((c->bev = mconn_bev(c)) == NULL) {
         return -1;
     }
-    bufferevent_setcb(c->bev, mconn_read_cb, NULL, mconn_event_cb, c);
-    struct timeval tv = { c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000 };
-    bufferevent_set_timeouts(c->bev, &tv, &tv);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&ss, len) != 0) {
         bufferevent_free(c->bev);
         c->bev = NULL;
         return -1;
     }
     return 0;
+}
+
+void mconn_set_dns(struct mconn *c, struct evdns_base *dns)
+{
+    c->dns = dns;
 }
 
 struct mconn *mconn_new(struct defer *defer, const char *host, uint16_t port,

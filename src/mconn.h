@@ -8,6 +8,7 @@
 
 struct defer;
 struct mconn;
+struct evdns_base;
 struct sockaddr_storage;
 
 #define MREPLY_CODEC(X)                                 \
@@ -50,8 +51,13 @@ struct mconn *mconn_new(struct defer *defer, const char *host, uint16_t port,
  * the loop turn. NULL is fine. */
 void mconn_free(struct mconn *c);
 
+/* Resolve a host name with dns (the worker's resolver: resolve.h) on the
+ * loop instead of blocking in getaddrinfo. */
+void mconn_set_dns(struct mconn *c, struct evdns_base *dns);
+
 /* A backend's socket address (a host name is resolved, blocking); 0, or
- * -1 with errno set. Other connections to backends (metadump.c) use it too. */
+ * -1 with errno set. Other connections to backends (metadump.c) and the
+ * CLIs use it too. */
 int mconn_addr(const char *host, uint16_t port, bool is_unix,
                struct sockaddr_storage *ss, int *len);
 

@@ -23,6 +23,7 @@
 
 #include "mconn.h"
 #include "metadump.h"
+#include "resolve.h"
 
 #define MDUMP_END_NAME(e, name) [MDUMP_##e] = name,
 const char *const mdump_end_names[MDUMP_END_COUNT] = { MDUMP_END_CODEC(MDUMP_END_NAME) };
@@ -299,8 +300,15 @@ static void mdump_event_cb(struct bufferevent *bev, short what, void *arg)
     struct mdump *d = arg;
     const char *why;
 
-    (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
+        return;
+    }
+    int dns_err = bufferevent_socket_get_dns_error(bev);
+    if (dns_err != 0) {
+        char msg[160];
+        int n = snprintf(msg, sizeof(msg), "cannot resolve the server's name: %s",
+                         resolve_strerror(dns_err));
+        mdump_finish(d, MDUMP_FAILED, msg, n < (int)sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
         return;
     }
     why = what & BEV_EVENT_TIMEOUT ? "timeout" :
@@ -309,7 +317,8 @@ static void mdump_event_cb(struct bufferevent *bev, short what, void *arg)
     mdump_finish(d, MDUMP_FAILED, why, strlen(why));
 }
 
-struct mdump *mdump_start(struct event_base *base, const char *host, uint16_t port,
+struct mdump *mdump_start(struct event_base *base, struct evdns_base *dns,
+                          const char *host, uint16_t port,
                           bool is_unix, uint32_t timeout_ms, mdump_key_cb on_key,
                           mdump_end_cb on_end, void *arg)
 {
@@ -336,6 +345,16 @@ struct mdump *mdump_start(struct event_base *base, const char *host, uint16_t po
     struct timeval tv = { d->timeout_ms / 1000, (d->timeout_ms % 1000) * 1000 };
     bufferevent_set_timeouts(d->bev, &tv, &tv);
     bufferevent_enable(d->bev, EV_READ | EV_WRITE);
+    if (dns != NULL && !is_unix && resolve_numeric(host, port, &ss) == 0) {
+        /* a name: resolved on the loop; a failure ends the dump through
+         * mdump_event_cb */
+        bufferevent_write(d->bev, MDUMP_COMMAND, sizeof(MDUMP_COMMAND) - 1);
+        if (bufferevent_socket_connect_hostname(d->bev, dns, AF_UNSPEC, host, port) != 0) {
+            const char *why = "cannot start resolving the name";
+            mdump_finish(d, MDUMP_FAILED, why, strlen(why));
+        }
+        return d;
+    }
     if (mconn_addr(host, port, is_unix, &ss, &len) != 0) {
         const char *why = strerror(errno);
         mdump_finish(d, MDUMP_FAILED, why, strlen(why));

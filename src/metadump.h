@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 struct event_base;
+struct evdns_base;
 struct mdump;
 
 #define MDUMP_LINE_MAX 2048     /* a dump line; a 250-byte key encodes to 750 */
@@ -57,9 +58,12 @@ typedef void (*mdump_end_cb)(void *arg, enum mdump_end how, const char *why);
 /*
  * Start dumping host:port (or the unix socket `host`). timeout_ms bounds
  * the connection and any silence of the server while not paused (0: 5000).
+ * A host name is resolved with dns on the loop (the worker's resolver,
+ * resolve.h), or with a blocking getaddrinfo when dns is NULL (the CLIs).
  * NULL when out of memory or the address cannot be resolved.
  */
-struct mdump *mdump_start(struct event_base *base, const char *host, uint16_t port,
+struct mdump *mdump_start(struct event_base *base, struct evdns_base *dns,
+                          const char *host, uint16_t port,
                           bool is_unix, uint32_t timeout_ms, mdump_key_cb on_key,
                           mdump_end_cb on_end, void *arg);
 void mdump_pause(struct mdump *d);

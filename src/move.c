@@ -732,6 +732,20 @@ static void on_del_lookup(void *arg, const struct mreply *r)
     }
 }
 
+/*
+ * tomb_next_to_value: a tombstone on the old owner and a value on the new
+ * one. Every read answers a miss (on_read_old), so no command may act on
+ * that value: it is a write between its two steps (it wrote N and is about
+ * to clear O, within a round trip), or a copy that landed late (a write in
+ * doubt whose connection was lost), which the mover settles for O. A
+ * command that would modify the value answers as for a missing key; one
+ * whose answer depends on its presence (add, a meta command whose reply
+ * memcached must make) looks again, at most MIG_MAX_RETRIES times, and
+ * answers SERVER_ERROR if it stays (docs/ARCHITECTURE.md, "Commands on a
+ * changing key").
+ */
+static void on_add_lookup(void *arg, const struct mreply *r);
+
 /* add: no real value on either owner, then store at home. */
 static void on_add_stored(void *arg, const struct mreply *r)
 {
@@ -740,6 +754,9 @@ static void on_add_stored(void *arg, const struct mreply *r)
 
     if (r->status == MREPLY_FAIL) {
         reply_line(op, error_line(r));
+    } else if (r->status == MREPLY_NS && home == op->to && op->old == LOOK_TOMB) {
+        retry_or_fail(op, on_add_lookup);   /* see tomb_next_to_value */
+        return;
     } else if (r->status != MREPLY_HD) {
         reply_line(op, "NOT_STORED");
     } else {
@@ -780,6 +797,8 @@ static void on_add_new(void *arg, const struct mreply *r)
     if (r->status == MREPLY_FAIL) {
         reply_line(op, error_line(r));
         mop_finish(op);
+    } else if (holds_value(r) && op->old == LOOK_TOMB) {
+        retry_or_fail(op, on_add_lookup);   /* see tomb_next_to_value */
     } else if (holds_value(r)) {
         reply_line(op, "NOT_STORED");
         mop_finish(op);
@@ -810,22 +829,12 @@ static void on_add_lookup(void *arg, const struct mreply *r)
 /* replace append prepend cas incr decr touch: where the value is. */
 static void on_rmw_lookup(void *arg, const struct mreply *r);
 
-static void on_rmw_done(void *arg, const struct mreply *r)
+/* The text reply of a CMD_MOVE_RMW command, from the meta reply r of its
+ * meta form (cmd.h: cmd_answer), run on where. */
+static void rmw_answer(struct mop *op, const struct mreply *r, struct backend *where)
 {
-    struct mop *op = arg;
     const struct cmd_info *ci = cmd_info(op->cmd);
-    bool on_old = op->old == LOOK_REAL;
-    struct backend *where = on_old ? op->from : op->to;
 
-    if (failed_reply(op, r)) {
-        return;
-    }
-    /* On the old owner the value changed, moved or went meanwhile (the
-     * statuses that say so are the command's: cmd.h retry_on): look again. */
-    if (on_old && (ci->meta.retry_on & (1u << r->status)) != 0) {
-        retry_or_fail(op, on_rmw_lookup);
-        return;
-    }
     switch (ci->answer) {
     case CMD_ANSWER_TOUCHED:
         reply_line(op, r->status == MREPLY_HD ? "TOUCHED" : "NOT_FOUND");
@@ -857,6 +866,24 @@ static void on_rmw_done(void *arg, const struct mreply *r)
         break;
     }
     mop_finish(op);
+}
+
+static void on_rmw_done(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    const struct cmd_info *ci = cmd_info(op->cmd);
+    bool on_old = op->old == LOOK_REAL;
+
+    if (failed_reply(op, r)) {
+        return;
+    }
+    /* On the old owner the value changed, moved or went meanwhile (the
+     * statuses that say so are the command's: cmd.h retry_on): look again. */
+    if (on_old && (ci->meta.retry_on & (1u << r->status)) != 0) {
+        retry_or_fail(op, on_rmw_lookup);
+        return;
+    }
+    rmw_answer(op, r, on_old ? op->from : op->to);
 }
 
 /* Run the command's meta form (cmd.h: cmd_meta) where the value is. */
@@ -912,6 +939,15 @@ static void on_rmw_lookup(void *arg, const struct mreply *r)
         return;
     }
     op->old = look(r, &op->old_cas);
+    if (op->old == LOOK_TOMB) {
+        /* The key is deleted, whatever the new owner holds (see
+         * tomb_next_to_value): the answer memcached gives for a missing key,
+         * its meta form's miss (NF with a CAS, else NS), made into text. */
+        struct mreply miss = { .status = (cmd_info(op->cmd)->meta.args & CMD_META_CAS) ?
+                                         MREPLY_NF : MREPLY_NS };
+        rmw_answer(op, &miss, op->to);
+        return;
+    }
     rmw_run(op);
 }
 
@@ -1246,6 +1282,34 @@ static void meta_run_home(struct mop *op, mconn_cb cb, mconn_cb relook)
                  (int)op->k->len, op->k->key, (long long)op->old_cas);
 }
 
+/* The line runs on the new owner past a tombstone on the old one only if
+ * the new one holds nothing, so that its answer is memcached's own miss;
+ * else it looks again (tomb_next_to_value). */
+static void on_meta_past_tomb(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+
+    if (r->status == MREPLY_FAIL) {
+        meta_fail(op, error_line(r));
+    } else if (r->status != MREPLY_EN) {
+        retry_or_fail(op, op->meta->relook);
+    } else {
+        meta_run(op, op->to, op->meta->then, false);
+    }
+}
+
+static void meta_run_new(struct mop *op, mconn_cb cb, mconn_cb relook)
+{
+    if (op->old != LOOK_TOMB) {
+        meta_run(op, op->to, cb, false);
+        return;
+    }
+    op->meta->then = cb;
+    op->meta->relook = relook;
+    SEND_OR_FAIL(op, op->to, on_meta_past_tomb, NULL, 0, "mg %.*s", (int)op->k->len,
+                 op->k->key);
+}
+
 static void on_meta_set_other(void *arg, const struct mreply *r);
 
 /* Answer r, after clearing the tombstone on the old owner when the line
@@ -1311,7 +1375,7 @@ static void on_meta_read_old(void *arg, const struct mreply *r)
         }
         op->old_failed = true;
     }
-    meta_run(op, op->to, on_meta_read_new, false);
+    meta_run_new(op, on_meta_read_new, on_meta_read_old);
 }
 
 /* where the value is (ms modes, C or I; md with C or I; ma; mg with N) */
@@ -1338,7 +1402,9 @@ static void on_meta_rmw_new(void *arg, const struct mreply *r)
     /* prepared, creating on a miss: on the new owner only if it holds the
      * value, else at home (the old owner), as add does */
     op->meta->absent = !holds_value(r);
-    if (op->meta->absent) {
+    if (!op->meta->absent && op->old == LOOK_TOMB) {
+        retry_or_fail(op, on_meta_rmw_lookup);  /* tomb_next_to_value */
+    } else if (op->meta->absent) {
         meta_run_home(op, on_meta_rmw_done, on_meta_rmw_lookup);
     } else {
         meta_run(op, op->to, on_meta_rmw_done, false);
@@ -1356,6 +1422,10 @@ static void on_meta_ma_look(void *arg, const struct mreply *r)
         return;
     }
     op->meta->absent = r->status == MREPLY_EN;
+    if (!op->meta->absent && op->old == LOOK_TOMB) {
+        retry_or_fail(op, on_meta_rmw_lookup);  /* tomb_next_to_value */
+        return;
+    }
     meta_run(op, op->to, on_meta_rmw_done, false);
 }
 
@@ -1378,7 +1448,7 @@ static void on_meta_rmw_lookup(void *arg, const struct mreply *r)
         SEND_OR_FAIL(op, op->to, on_meta_ma_look, NULL, 0, "mg %.*s", (int)op->k->len,
                      op->k->key);
     } else {
-        meta_run(op, op->to, on_meta_rmw_done, false);
+        meta_run_new(op, on_meta_rmw_done, on_meta_rmw_lookup);
     }
 }
 
@@ -1424,17 +1494,21 @@ static void on_meta_set_look(void *arg, const struct mreply *r)
     meta_run(op, op->phase == PH_PREPARED ? op->from : op->to, on_meta_set_home, false);
 }
 
+static void on_meta_add_lookup(void *arg, const struct mreply *r);
+
 /* add (ms ME): refused where a real value is, else stored at home; a
  * tombstone on the old owner is cleared after a store on the new one */
 static void on_meta_add_done(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
+    if (r->status == MREPLY_NS && op->meta->ran == op->to && op->old == LOOK_TOMB) {
+        retry_or_fail(op, on_meta_add_lookup);  /* tomb_next_to_value */
+        return;
+    }
     op->meta->absent = true;            /* ME stores only over no item */
     meta_reply_clear(op, r);
 }
-
-static void on_meta_add_lookup(void *arg, const struct mreply *r);
 
 static void on_meta_add_new(void *arg, const struct mreply *r)
 {
@@ -1443,7 +1517,9 @@ static void on_meta_add_new(void *arg, const struct mreply *r)
     if (failed_reply(op, r)) {
         return;
     }
-    if (holds_value(r)) {
+    if (holds_value(r) && op->old == LOOK_TOMB) {
+        retry_or_fail(op, on_meta_add_lookup);  /* tomb_next_to_value */
+    } else if (holds_value(r)) {
         meta_run(op, op->to, on_meta_add_done, false);     /* answers NS */
     } else {
         meta_run_home(op, on_meta_add_done, on_meta_add_lookup);

@@ -18,19 +18,20 @@
 #include "adopt.h"
 #include "backend.h"
 #include "client.h"
+#include "clock.h"
 #include "mem.h"
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
 #include "pool.h"
 #include "sweep.h"
+#include "resolve.h"
 
+/* Monotonic (clock.h): every use subtracts two readings. */
 uint64_t worker_now_ms(struct worker *w)
 {
-    struct timeval tv;
-
-    event_base_gettimeofday_cached(w->base, &tv);
-    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+    (void)w;
+    return rp_clock_ms();
 }
 
 /* --- pools -------------------------------------------------------------- */
@@ -62,7 +63,8 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct r
     }
     pool_set_ring(p, r, map);
     struct sweep_opts so = { .pool = p->name, .index = &conf->index, .background = true,
-                             .forget = pool_sweep_forget, .forget_arg = p };
+                             .forget = pool_sweep_forget, .forget_arg = p,
+                             .dns = w->dns != NULL ? resolver_evdns(w->dns) : NULL };
     if (conf->index.enabled &&
         ((p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL ||
          (p->mig = mig_new(p, pool_ready)) == NULL ||
@@ -135,6 +137,7 @@ void pool_close(struct pool *p)
     ring_unref(p->route);
     ring_unref(p->ring);
     free(p->name);
+    p->name = NULL;         /* closed: tstats_publish skips it */
     p->backends = NULL;
     p->route = p->ring = NULL;
 }
@@ -249,22 +252,27 @@ void pool_set_ring(struct pool *p, struct ring *r, struct backend **ring_be)
     pool_eject(p, NULL, false);
 }
 
-/* Is this backend in the data ring, or the source of a migration? */
-static bool pool_uses_backend(const struct pool *p, const struct backend *be)
+/* Is this backend in the data ring (in_ring: by slot, from one pass over
+ * the ring), or the source of a migration? */
+static bool pool_uses_backend(const struct pool *p, const struct backend *be,
+                              const bool *in_ring)
 {
-    for (uint32_t i = 0; i < p->ring->nservers; i++) {
-        if (p->ring_be[i] == be) {
-            return true;
-        }
-    }
-    return p->mig != NULL && mig_uses_backend(p->mig, be);
+    return in_ring[be->slot] || (p->mig != NULL && mig_uses_backend(p->mig, be));
 }
 
 void pool_retire_backends(struct pool *p)
 {
+    /* One pass over the ring, not one per backend: with 4096 servers the
+     * tick would otherwise compare 16 million pairs. */
+    bool *in_ring = rp_xcalloc(p->nbackends ? p->nbackends : 1, sizeof(*in_ring),
+                               "the backends in the ring");
+
+    for (uint32_t i = 0; p->ring != NULL && i < p->ring->nservers; i++) {
+        in_ring[p->ring_be[i]->slot] = true;
+    }
     for (uint32_t i = 0; i < p->nbackends;) {
         struct backend *be = p->backends[i];
-        if (pool_uses_backend(p, be)) {
+        if (pool_uses_backend(p, be, in_ring)) {
             i++;
             continue;
         }
@@ -281,8 +289,10 @@ void pool_retire_backends(struct pool *p)
         p->backends[i] = p->backends[--p->nbackends];
         if (i < p->nbackends) {
             p->backends[i]->slot = i;
+            in_ring[i] = in_ring[p->nbackends];
         }
     }
+    free(in_ring);
 }
 
 uint32_t pool_key_hash(const struct pool *p, const char *key, size_t len)

@@ -22,6 +22,7 @@
 #include "ring.h"
 #include "stats.h"
 
+struct resolver;
 struct defer;
 struct worker;
 struct client;
@@ -45,10 +46,16 @@ struct pool {
     bool ready;                 /* knows which ring the data obeys: serve */
     bool closing;               /* removed by a reload: freed once idle */
     struct evconnlistener *listener;
+    uint64_t listen_dev, listen_ino;    /* the unix socket file it bound:
+                                   the one proxy.c may remove (not another
+                                   process's after an upgrade) */
     struct event *accept_retry; /* re-enables the listener after EMFILE */
     uint32_t accept_backoff_ms; /* 0: accepting normally */
     TAILQ_HEAD(, client) clients;
-    uint64_t stats[STAT_POOL_COUNT];
+    uint64_t stats[STAT_POOL_COUNT];    /* only go up: /metrics, stats port */
+    uint64_t stats_base[STAT_POOL_COUNT];   /* the counters at the last
+                                   `stats reset`: the stats command shows
+                                   stats - stats_base (client.c) */
     uint64_t next_client_id;
     struct idx *idx;            /* NULL: the pool has no index */
     struct sweep *sweep;        /* indexed pools: the index sweeper */
@@ -67,6 +74,8 @@ struct pool {
  * many requests share one write(2) per connection.
  */
 struct worker {
+    uint32_t id;                /* 0: the home thread; 1..: request workers
+                                   (docs/ARCHITECTURE.md, "Threads") */
     struct event_base *base;
     TAILQ_HEAD(, bconn) dirty_conns;
     TAILQ_HEAD(, client) dirty_clients;
@@ -74,7 +83,8 @@ struct worker {
     uint32_t npools;
     struct event *tick;         /* 100 ms: timeouts, retries */
     struct defer *defer;        /* frees at the end of the turn (defer.h) */
-    uint64_t now_ms;
+    struct resolver *dns;       /* backends' names (resolve.h); NULL: only
+                                   numeric addresses and unix paths connect */
     uint64_t input_freed;       /* client input bytes freed since the last
                                    malloc_trim (proxy.c's tick) */
     bool stopping;

@@ -40,23 +40,71 @@
 #include "index.h"
 #include "migrate.h"
 #include "log.h"
+#include "notify.h"
+#include "nstats.h"
 #include "proxy.h"
+#include "resolve.h"
 #include "pool.h"
 #include "sweep.h"
+#include "tstats.h"
+#include "mem.h"
 
 #define TICK_MS 100
 #define STOP_GRACE_MS 5000
+#define PROXY_THREADS_DEFAULT 1         /* until indexed pools are threaded */
+#define PROXY_THREADS_AUTO_MAX 8        /* threads: 0 / -T 0 */
 #define TRIM_AFTER_BYTES (16u << 20)    /* client input freed before a trim */
 #define ACCEPT_PAUSE_MIN_MS 100         /* out of descriptors: pause, doubling */
 #define ACCEPT_PAUSE_MAX_MS 1000
 
-/* Configs replaced by a reload, kept while a pool still points into them
- * (a pool a reload removed, closing: pool.conf); proxy_reap_configs frees
- * each once none does. Nothing else keeps a pointer into a config: the
- * index, the sweeper, the rebuild and the backends copy what they need. */
-struct old_config {
+/* A config the threads share: each thread that may point into it holds a
+ * reference; the last one to let it go frees it. */
+struct conf_ref {
     struct config *conf;
+    uint32_t refs;              /* atomic */
+};
+
+/* Configs replaced by a reload, kept while a pool of this thread still
+ * points into them (a pool a reload removed, closing: pool.conf);
+ * confs_reap lets each go once none does. Nothing else keeps a pointer into
+ * a config: the index, the sweeper, the rebuild and the backends copy what
+ * they need. */
+struct old_config {
+    struct conf_ref *ref;
     struct old_config *next;
+};
+
+/* One event-loop thread's configs: the current one and those replaced. */
+struct loop_confs {
+    struct conf_ref *cur;
+    struct old_config *old;
+};
+
+/* A message from the home thread to a request worker (a pointer through its
+ * pipe; the worker frees it). */
+enum wmsg_kind { WMSG_STOP, WMSG_RELOAD };
+struct wmsg {
+    enum wmsg_kind kind;
+    struct conf_ref *conf;      /* RELOAD: a reference for the worker */
+    struct ring **rings;        /* RELOAD: a reference per pool of conf */
+};
+
+/*
+ * A request worker: threads 1..N-1 (docs/ARCHITECTURE.md, "Threads"). Its
+ * worker (event loop, pools, clients, backends) is made on the home thread
+ * before the thread starts (listeners bind before privileges are dropped)
+ * and used only by the thread from then on; the home thread reaches it
+ * only through its pipe.
+ */
+struct wthread {
+    pthread_t tid;
+    bool started;
+    struct worker w;
+    struct loop_confs confs;
+    int pipe[2];                /* [1]: home writes struct wmsg pointers */
+    struct event *msg_ev;
+    uint64_t stop_deadline;
+    int done;                   /* atomic: its loop ended */
 };
 
 /* A reload's work off the loop: what it read, or why it could not. */
@@ -75,14 +123,19 @@ struct proxy {
     bool reload_again;          /* a SIGHUP came while one ran */
     int reload_pipe[2];
     struct event *reload_done;
-    struct config *conf;
-    struct old_config *old_configs;
-    struct worker w;
+    struct config *conf;        /* current: confs.cur->conf */
+    struct loop_confs confs;
+    struct worker w;            /* the home thread's */
+    uint32_t nthreads;          /* event-loop threads, home included */
+    struct wthread *thr;        /* [1..nthreads-1]; NULL with one thread */
     struct admin *admin;        /* NULL: no admin port */
+    struct nstats *nstats;      /* NULL: no stats port */
     struct event *sig_hup, *sig_usr1, *sig_term, *sig_int;
     uint64_t stop_deadline;
     uint64_t reloads, reload_failures;
 };
+
+static void wthread_send(struct wthread *t, struct wmsg *m);
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
                       struct sockaddr *sa, int salen, void *arg)
@@ -135,18 +188,63 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     evtimer_add(p->accept_retry, &tv);
 }
 
+/* A unix socket's mode from "listen: /path 0666" (config.h: listen_mode). */
+static int listener_chmod(const struct conf_pool *conf, char *err, size_t errlen)
+{
+    if (!conf->listen.is_unix || conf->listen_mode < 0 ||
+        chmod(conf->listen.host, (mode_t)conf->listen_mode) == 0) {
+        return 0;
+    }
+    snprintf(err, errlen, "cannot set mode %04llo on %s: %s",
+             (unsigned long long)conf->listen_mode, conf->listen.host, strerror(errno));
+    return -1;
+}
+
+/*
+ * A unix listener's socket file is removed only while the path still names
+ * the file it bound (*dev, *ino, noted by listener_open): another process
+ * may have bound the path since (a restart that overlaps, a second proxy),
+ * or a pool of the same reload, and its socket is not ours to remove.
+ */
+static void listener_note_file(const struct conf_addr *a, uint64_t *dev, uint64_t *ino)
+{
+    struct stat st;
+
+    *dev = *ino = 0;
+    if (a->is_unix && lstat(a->host, &st) == 0) {
+        *dev = (uint64_t)st.st_dev;
+        *ino = (uint64_t)st.st_ino;
+    }
+}
+
+static void listener_unlink(const struct conf_addr *a, uint64_t dev, uint64_t ino)
+{
+    struct stat st;
+
+    if (a->is_unix && lstat(a->host, &st) == 0 && S_ISSOCK(st.st_mode) &&
+        (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino) {
+        unlink(a->host);
+    }
+}
+
 /*
  * A listener for pool p on address a (conf: its backlog), disabled until the
- * pool is ready. Returns NULL with a reason in err. p is not changed: a
- * reload opens a pool's new listener before it knows it will keep it.
+ * pool is ready; a unix socket's file in *dev, *ino (listener_note_file).
+ * Returns NULL with a reason in err. p is not changed: a reload opens a
+ * pool's new listener before it knows it will keep it.
+ * A TCP listener has SO_REUSEPORT unless the pool says `reuseport: false`:
+ * a new process can bind the same port and serve next to this one
+ * (docs/ARCHITECTURE.md, "Binary upgrade"). A unix path is taken over.
  */
 static struct evconnlistener *listener_open(struct pool *p,
                                             const struct conf_pool *conf,
+                                            uint64_t *dev, uint64_t *ino,
                                             char *err, size_t errlen)
 {
     const struct conf_addr *a = &conf->listen;
     unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                     LEV_OPT_CLOSE_ON_EXEC | (p->ready ? 0 : LEV_OPT_DISABLED);
+                     LEV_OPT_CLOSE_ON_EXEC | (p->ready ? 0 : LEV_OPT_DISABLED) |
+                     (conf->reuseport && !a->is_unix ? LEV_OPT_REUSEABLE_PORT : 0);
     struct sockaddr_storage ss;
     struct evconnlistener *l;
     socklen_t len;
@@ -179,18 +277,23 @@ static struct evconnlistener *listener_open(struct pool *p,
         snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
         return NULL;
     }
+    listener_note_file(a, dev, ino);
+    if (listener_chmod(conf, err, errlen) != 0) {
+        evconnlistener_free(l);
+        listener_unlink(a, *dev, *ino);
+        return NULL;
+    }
     evconnlistener_set_error_cb(l, on_accept_error);
     return l;
 }
 
 /* Close a listener opened for a reload that was then refused. */
-static void listener_discard(struct evconnlistener *l, const struct conf_pool *conf)
+static void listener_discard(struct evconnlistener *l, const struct conf_pool *conf,
+                             uint64_t dev, uint64_t ino)
 {
     if (l != NULL) {
         evconnlistener_free(l);
-        if (conf->listen.is_unix) {
-            unlink(conf->listen.host);
-        }
+        listener_unlink(&conf->listen, dev, ino);
     }
 }
 
@@ -202,7 +305,7 @@ static int pool_listen(struct pool *p, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    p->listener = listener_open(p, p->conf, err, errlen);
+    p->listener = listener_open(p, p->conf, &p->listen_dev, &p->listen_ino, err, errlen);
     return p->listener != NULL ? 0 : -1;
 }
 
@@ -211,9 +314,7 @@ static void pool_unlisten(struct pool *p)
     if (p->listener != NULL) {
         evconnlistener_free(p->listener);
         p->listener = NULL;
-        if (p->conf->listen.is_unix) {
-            unlink(p->conf->listen.host);
-        }
+        listener_unlink(&p->conf->listen, p->listen_dev, p->listen_ino);
     }
     if (p->accept_retry != NULL) {
         event_free(p->accept_retry);
@@ -256,6 +357,11 @@ static struct pool *proxy_new_pool(struct worker *w, struct conf_pool *conf,
 static void proxy_start_pool(struct worker *w, struct pool *p)
 {
     w->pools[w->npools++] = p;
+    if (w->id != 0) {
+        log_debug("proxy", "pool %s: thread %u listening on %s", p->name, w->id,
+                  p->conf->listen.text);
+        return;
+    }
     pool_conf_warn(p->conf);
     log_notice("proxy", "pool %s: listening on %s, %u servers, %u ring points, "
                "hash %s, compat %s%s", p->name, p->conf->listen.text,
@@ -320,6 +426,20 @@ static void worker_flush(struct worker *w)
     for (uint32_t i = 0; i < w->npools; i++) {
         idx_flush(w->pools[i]->idx);
     }
+    tstats_publish_pools(w->id, w->pools, w->npools);  /* no-op: one thread */
+}
+
+/* Every client of a stopping proxy is closed once idle (client_stop); asked
+ * again on each tick for those whose last request ended without a reply. */
+static void proxy_stop_clients(struct worker *w)
+{
+    for (uint32_t i = 0; i < w->npools; i++) {
+        struct client *c, *next;
+        for (c = TAILQ_FIRST(&w->pools[i]->clients); c != NULL; c = next) {
+            next = TAILQ_NEXT(c, link);
+            client_stop(c);
+        }
+    }
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -339,6 +459,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         pool_retire_backends(p);
     }
     proxy_reap_pools(w);
+    if (w->stopping) {
+        proxy_stop_clients(w);
+    }
+    tstats_publish(w->id, w->pools, w->npools);
     log_tick();
     /* Clients closed holding big unfinished values (value_timeout, a
      * disconnect) leave free pages amid the heap; glibc only gives back the
@@ -351,6 +475,54 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/*
+ * Take the connections already in the listener's queue before closing it:
+ * closing a listener resets every connection its queue holds, and with
+ * SO_REUSEPORT the kernel queued some of them here while a new process
+ * listened next to us. They are served like the other clients of a stopping
+ * proxy. A connection that completes between the last accept and the close
+ * is still reset, unless net.ipv4.tcp_migrate_req hands it to the other
+ * listener (docs/ARCHITECTURE.md, "Binary upgrade").
+ */
+static void listener_take_queue(struct pool *p)
+{
+    if (p->listener == NULL || !p->ready || p->accept_backoff_ms != 0) {
+        return;     /* not accepting now: the queue was never ours to serve */
+    }
+    int lfd = evconnlistener_get_fd(p->listener);
+    for (uint32_t n = 0; n < (uint32_t)p->conf->backlog + 64; n++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &len,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            break;  /* EAGAIN: empty; anything else: the close resets it */
+        }
+        client_accept(p, fd, (struct sockaddr *)&ss, (int)len);
+    }
+}
+
+/*
+ * SIGTERM: stop accepting at once, answer what the clients sent, close each
+ * client connection when it is idle between requests, leave the fleet, and
+ * exit when every client is gone (or after STOP_GRACE_MS). A binary upgrade
+ * is a new process started on the same ports, then this (docs/ARCHITECTURE.md).
+ */
+static void worker_stop(struct worker *w)
+{
+    for (uint32_t i = 0; i < w->npools; i++) {
+        listener_take_queue(w->pools[i]);
+    }
+    w->stopping = true;
+    for (uint32_t i = 0; i < w->npools; i++) {
+        struct pool *p = w->pools[i];
+        mig_leave(p->mig);      /* the fleet stops waiting for us at once */
+        sweep_leave(p->sweep);  /* and another proxy may sweep */
+        pool_unlisten(p);
+    }
+    proxy_stop_clients(w);
+}
+
 static void proxy_stop(struct proxy *px, const char *why)
 {
     struct worker *w = &px->w;
@@ -359,19 +531,15 @@ static void proxy_stop(struct proxy *px, const char *why)
         return;
     }
     log_notice("proxy", "stopping (%s): finishing in-flight requests", why);
-    w->stopping = true;
-    px->stop_deadline = worker_now_ms(w) + STOP_GRACE_MS;
-    for (uint32_t i = 0; i < w->npools; i++) {
-        struct pool *p = w->pools[i];
-        struct client *c, *next;
-        mig_leave(p->mig);      /* the fleet stops waiting for us at once */
-        sweep_leave(p->sweep);  /* and another proxy may sweep */
-        pool_unlisten(p);
-        for (c = TAILQ_FIRST(&p->clients); c != NULL; c = next) {
-            next = TAILQ_NEXT(c, link);
-            client_drain(c, "shutdown");
-        }
+    notify_stopping();
+    for (uint32_t t = 1; t < px->nthreads; t++) {
+        struct wmsg *m = rp_xcalloc(1, sizeof(*m), "a message to a worker thread");
+        m->kind = WMSG_STOP;
+        wthread_send(&px->thr[t], m);
     }
+    px->stop_deadline = worker_now_ms(w) + STOP_GRACE_MS;
+    admin_unlisten(px->admin);
+    worker_stop(w);
 }
 
 /*
@@ -389,6 +557,7 @@ struct pool_plan {
     struct backend **ring_be;       /* the ring's backends; NULL with an index
                                        (the migration switches rings) */
     struct evconnlistener *listener;    /* NULL: the listener stays */
+    uint64_t listen_dev, listen_ino;    /* its socket file (listener_note_file) */
 };
 
 /* ring: the new file's ring for the pool, built by the reload thread (a
@@ -423,7 +592,8 @@ static int plan_pool(struct pool_plan *pl, struct ring *ring, char *err,
         }
     }
     if (strcmp(oc->listen.text, nc->listen.text) != 0 &&
-        (pl->listener = listener_open(p, nc, err, errlen)) == NULL) {
+        (pl->listener = listener_open(p, nc, &pl->listen_dev, &pl->listen_ino, err,
+                                      errlen)) == NULL) {
         return -1;
     }
     return 0;
@@ -441,7 +611,7 @@ static void plan_discard(struct pool_plan *pl)
         free(pl->p);
         return;
     }
-    listener_discard(pl->listener, pl->conf);
+    listener_discard(pl->listener, pl->conf, pl->listen_dev, pl->listen_ino);
     free(pl->ring_be);
     ring_unref(pl->ring);
     pool_retire_backends(pl->p);    /* those pool_ring_backends made */
@@ -461,12 +631,15 @@ static void plan_commit(struct pool_plan *pl)
         p->listener = pl->listener;
         if (old != NULL) {
             evconnlistener_free(old);
-            if (oc->listen.is_unix) {
-                unlink(oc->listen.host);
-            }
+            listener_unlink(&oc->listen, p->listen_dev, p->listen_ino);
         }
+        p->listen_dev = pl->listen_dev;
+        p->listen_ino = pl->listen_ino;
         log_notice("reload", "%s: now listening on %s (was %s)", p->name,
                    nc->listen.text, oc->listen.text);
+    } else if (nc->listen_mode != oc->listen_mode && nc->listen_mode >= 0 &&
+               listener_chmod(nc, err, sizeof(err)) != 0) {
+        log_warn("reload", "%s: %s", p->name, err);
     }
     if (pl->ring == NULL) {
         return;
@@ -493,10 +666,27 @@ static void plan_commit(struct pool_plan *pl)
 }
 
 /* Does a pool still point into config c? */
-static bool proxy_config_used(const struct proxy *px, const struct config *c)
+static struct conf_ref *conf_ref_new(struct config *c, uint32_t refs)
 {
-    for (uint32_t i = 0; i < px->w.npools; i++) {
-        uintptr_t pc = (uintptr_t)px->w.pools[i]->conf, lo = (uintptr_t)c->pools;
+    struct conf_ref *r = rp_xcalloc(1, sizeof(*r), "a config's reference");
+
+    r->conf = c;
+    r->refs = refs;
+    return r;
+}
+
+static void conf_ref_put(struct conf_ref *r)
+{
+    if (r != NULL && __atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        config_free(r->conf);
+        free(r);
+    }
+}
+
+static bool confs_used(const struct worker *w, const struct config *c)
+{
+    for (uint32_t i = 0; i < w->npools; i++) {
+        uintptr_t pc = (uintptr_t)w->pools[i]->conf, lo = (uintptr_t)c->pools;
         if (pc >= lo && pc < lo + c->npools * sizeof(*c->pools)) {
             return true;
         }
@@ -504,67 +694,114 @@ static bool proxy_config_used(const struct proxy *px, const struct config *c)
     return false;
 }
 
-/* Free the replaced configs no pool uses any more (called after a reload
- * and once per loop turn while there are any: a closing pool is freed by
- * the tick, proxy_reap_pools). */
-static void proxy_reap_configs(struct proxy *px)
+/* Let go of the replaced configs no pool of w points into any more. */
+static void confs_reap(struct worker *w, struct loop_confs *lc)
 {
-    for (struct old_config **op = &px->old_configs; *op != NULL;) {
+    for (struct old_config **op = &lc->old; *op != NULL;) {
         struct old_config *o = *op;
-        if (proxy_config_used(px, o->conf)) {
+        if (confs_used(w, o->ref->conf)) {
             op = &o->next;
             continue;
         }
         *op = o->next;
-        config_free(o->conf);
+        conf_ref_put(o->ref);
         free(o);
     }
 }
 
-/* A valid new config: add, change and remove pools to match it, or, if any
- * pool cannot take its new settings, change nothing. Takes nc and rings
- * (each pool's ring, a reference; the array itself stays the caller's). */
-static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings)
+/* ref (a reference for this thread) becomes current; the current one is
+ * kept while pools point into it. */
+static void confs_replace(struct worker *w, struct loop_confs *lc, struct conf_ref *ref)
 {
-    struct worker *w = &px->w;
-    struct old_config *old = malloc(sizeof(*old));
+    struct old_config *old = rp_xcalloc(1, sizeof(*old), "a replaced config");
+
+    old->ref = lc->cur;
+    old->next = lc->old;
+    lc->old = old;
+    lc->cur = ref;
+    confs_reap(w, lc);
+}
+
+static void confs_free(struct loop_confs *lc)
+{
+    for (struct old_config *o = lc->old, *next; o != NULL; o = next) {
+        next = o->next;
+        conf_ref_put(o->ref);
+        free(o);
+    }
+    lc->old = NULL;
+    conf_ref_put(lc->cur);
+    lc->cur = NULL;
+}
+
+/* Is this pool served by every thread (each with its own listener on the
+ * port, clients and backends), or by the home thread alone? An indexed
+ * pool's Redis coordination, migration and index writer live on the home
+ * thread, and a unix socket or `reuseport: false` cannot be opened twice. */
+static bool pool_threaded(const struct conf_pool *c)
+{
+    return !c->index.enabled && !c->listen.is_unix && c->reuseport;
+}
+
+/* Does thread w serve this pool of the file? */
+static bool worker_serves(const struct worker *w, const struct conf_pool *c)
+{
+    return w->id == 0 || pool_threaded(c);
+}
+
+/*
+ * Apply config nc to the pools thread w serves (nc's pools it serves: every
+ * one on the home thread, the threaded ones on a worker). rings: nc's ring
+ * per pool, references this call takes (each set to NULL). Returns 0, or -1
+ * with nothing changed, why in err and the pool that failed in *failed.
+ */
+static int loop_apply(struct worker *w, const struct config *nc, struct ring **rings,
+                      char *err, size_t errlen, const char **failed)
+{
     struct pool_plan *plans = calloc(nc->npools, sizeof(*plans));
     struct pool **pools = realloc(w->pools, (w->npools + nc->npools) *
                                   sizeof(*pools));
-    char err[256] = "out of memory";
-    const char *failed = NULL;
 
+    snprintf(err, errlen, "out of memory");
+    *failed = NULL;
     if (pools != NULL) {
         w->pools = pools;       /* room for every pool that may be new */
     }
-    if (old == NULL || plans == NULL || pools == NULL) {
-        failed = "";
+    if (plans == NULL || pools == NULL) {
+        *failed = "";
         goto refuse;
     }
     for (uint32_t i = 0; i < nc->npools; i++) {
         struct pool_plan *pl = &plans[i];
+        struct ring *ring = rings[i];
+        rings[i] = NULL;
+        if (!worker_serves(w, &nc->pools[i])) {
+            ring_unref(ring);
+            continue;
+        }
         pl->conf = &nc->pools[i];
         for (uint32_t j = 0; j < w->npools; j++) {
             if (!w->pools[j]->closing && strcmp(w->pools[j]->name, pl->conf->name) == 0) {
                 pl->p = w->pools[j];
             }
         }
-        struct ring *ring = rings[i];
-        rings[i] = NULL;
         if (pl->p != NULL) {
-            if (plan_pool(pl, ring, err, sizeof(err)) != 0) {
-                failed = pl->conf->name;
+            if (plan_pool(pl, ring, err, errlen) != 0) {
+                *failed = pl->conf->name;
                 goto refuse;
             }
-        } else if ((pl->p = proxy_new_pool(w, pl->conf, ring, err, sizeof(err))) != NULL) {
+        } else if ((pl->p = proxy_new_pool(w, pl->conf, ring, err, errlen)) != NULL) {
             pl->is_new = true;
         } else {
-            failed = pl->conf->name;
+            *failed = pl->conf->name;
             goto refuse;
         }
     }
 
     for (uint32_t i = 0; i < nc->npools; i++) {
+        if (plans[i].p == NULL) {
+            continue;
+        }
         if (plans[i].is_new) {
             proxy_start_pool(w, plans[i].p);
         } else {
@@ -573,10 +810,12 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
     }
     for (uint32_t j = 0; j < w->npools; j++) {
         struct pool *p = w->pools[j];
-        if (!p->closing && config_pool(nc, p->name) == NULL) {
+        const struct conf_pool *keep = config_pool(nc, p->name);
+        if (!p->closing && (keep == NULL || !worker_serves(w, keep))) {
             struct client *c, *next;
-            log_notice("reload", "pool %s: removed from the config; closing after "
-                       "in-flight replies", p->name);
+            log_write(w->id == 0 ? LOG_NOTICE : LOG_DEBUG, "reload",
+                      "pool %s: removed from the config; closing after "
+                      "in-flight replies", p->name);
             p->closing = true;
             pool_unlisten(p);
             for (c = TAILQ_FIRST(&p->clients); c != NULL; c = next) {
@@ -585,17 +824,8 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
             }
         }
     }
-    /* Pools that are closing still point into the old config: it is kept
-     * until the last of them is freed (proxy_reap_configs). */
-    old->conf = px->conf;
-    old->next = px->old_configs;
-    px->old_configs = old;
-    px->conf = nc;
-    proxy_reap_configs(px);
-    px->reloads++;
     free(plans);
-    log_notice("reload", "%s applied", px->opts->conf_path);
-    return;
+    return 0;
 
 refuse:
     for (uint32_t i = 0; i < nc->npools; i++) {
@@ -605,13 +835,72 @@ refuse:
             plan_discard(&plans[i]);
         }
     }
-    px->reload_failures++;
-    log_error("reload", "%s%s%s: %s; nothing changed, the running config stays",
-              px->opts->conf_path, failed && *failed ? ": pool " : "",
-              failed && *failed ? failed : "", err);
     free(plans);
-    free(old);
-    config_free(nc);
+    return -1;
+}
+
+static void wthread_send(struct wthread *t, struct wmsg *m)
+{
+    ssize_t n;
+
+    do {
+        n = write(t->pipe[1], &m, sizeof(m));   /* atomic: under PIPE_BUF */
+    } while (n < 0 && errno == EINTR);
+    rp_xcheck(n == (ssize_t)sizeof(m), "a message to a worker thread");
+}
+
+/*
+ * A reload is applied by the home thread first, all or nothing; then each
+ * worker applies it to the pools it serves, with references of its own to
+ * the config and the rings. Pools pointing into the config replaced keep it
+ * until each thread's last such pool is gone (conf_ref).
+ */
+static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings)
+{
+    struct worker *w = &px->w;
+    struct ring ***copies = rp_xcalloc(px->nthreads, sizeof(*copies), "a reload's rings");
+    const char *failed = NULL;
+    char err[256];
+
+    if (px->opts->threads < 0 && nc->threads != px->conf->threads) {
+        log_warn("reload", "threads: a new thread count needs a restart; "
+                 "%u threads go on serving", px->nthreads);
+    }
+    for (uint32_t t = 1; t < px->nthreads; t++) {
+        copies[t] = rp_xcalloc(nc->npools ? nc->npools : 1, sizeof(**copies),
+                               "a reload's rings");
+        for (uint32_t i = 0; i < nc->npools; i++) {
+            copies[t][i] = rings[i] != NULL ? ring_ref(rings[i]) : NULL;
+        }
+    }
+    if (loop_apply(w, nc, rings, err, sizeof(err), &failed) != 0) {
+        px->reload_failures++;
+        log_error("reload", "%s%s%s: %s; nothing changed, the running config stays",
+                  px->opts->conf_path, failed && *failed ? ": pool " : "",
+                  failed && *failed ? failed : "", err);
+        for (uint32_t t = 1; t < px->nthreads; t++) {
+            for (uint32_t i = 0; i < nc->npools; i++) {
+                ring_unref(copies[t][i]);
+            }
+            free(copies[t]);
+        }
+        free(copies);
+        config_free(nc);
+        return;
+    }
+    struct conf_ref *ref = conf_ref_new(nc, px->nthreads);
+    for (uint32_t t = 1; t < px->nthreads; t++) {
+        struct wmsg *m = rp_xcalloc(1, sizeof(*m), "a message to a worker thread");
+        m->kind = WMSG_RELOAD;
+        m->conf = ref;
+        m->rings = copies[t];
+        wthread_send(&px->thr[t], m);
+    }
+    free(copies);
+    px->conf = nc;
+    confs_replace(w, &px->confs, ref);
+    px->reloads++;
+    log_notice("reload", "%s applied", px->opts->conf_path);
 }
 
 static void reload_job_free(struct reload_job *job)
@@ -629,6 +918,34 @@ static void reload_job_free(struct reload_job *job)
     free(job);
 }
 
+/*
+ * hiredis resolves a name with a blocking getaddrinfo at every connect, on
+ * the loop, and a listener's name would be resolved on the loop too: so
+ * the Redis address of each index and each listen address are resolved
+ * here instead, off the loop (startup, the reload thread), and the address
+ * is used (resolve_pin; docs/ARCHITECTURE.md, "Addresses and names").
+ */
+static int proxy_pin_names(struct config *c, char *err, size_t errlen)
+{
+    char why[192];      /* with the file, pool and address: fits err[256] */
+
+    for (uint32_t i = 0; i < c->npools; i++) {
+        struct conf_pool *p = &c->pools[i];
+        struct conf_addr *a = &p->listen;
+        int rc = resolve_pin(a, 0, why, sizeof(why));
+        if (rc == 0 && p->index.enabled) {
+            a = &p->index.redis;
+            rc = resolve_pin(a, 0, why, sizeof(why));
+        }
+        if (rc != 0) {
+            snprintf(err, errlen, "%s: pool '%s': %s %s: %s", c->path, p->name,
+                     a == &p->listen ? "listen" : "index: Redis", a->text, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The reload thread: load the file and build every pool's ring. It touches
  * nothing but the job, which the loop reads only after joining it. */
 static void *reload_run(void *arg)
@@ -638,6 +955,15 @@ static void *reload_run(void *arg)
     char byte = 1;
 
     job->conf = config_load(job->path, &job->errs);
+    if (job->conf != NULL && proxy_pin_names(job->conf, err, sizeof(err)) != 0) {
+        /* as config_load's errors, so it is reported the same way */
+        job->errs.msgs = calloc(1, sizeof(*job->errs.msgs));
+        if (job->errs.msgs != NULL && (job->errs.msgs[0] = strdup(err)) != NULL) {
+            job->errs.n = 1;
+        }
+        config_free(job->conf);
+        job->conf = NULL;
+    }
     if (job->conf != NULL) {
         job->rings = calloc(job->conf->npools, sizeof(*job->rings));
         for (uint32_t i = 0; job->rings != NULL && i < job->conf->npools; i++) {
@@ -687,6 +1013,7 @@ static void proxy_reload(struct proxy *px)
         log_error("reload", "cannot start reading %s: %s", px->opts->conf_path,
                   job == NULL ? "out of memory" : "no thread");
         free(job);
+        notify_ready();     /* the reload is over: the old config serves */
         return;
     }
     px->reload = job;
@@ -737,6 +1064,8 @@ static void on_reload_done(evutil_socket_t fd, short what, void *arg)
         log_notice("reload", "another SIGHUP came meanwhile: reading %s again",
                    px->opts->conf_path);
         proxy_reload(px);
+    } else {
+        notify_ready();     /* applied or refused, the proxy serves */
     }
 }
 
@@ -748,6 +1077,9 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     switch (sig) {
     case SIGHUP:
         log_notice("proxy", "SIGHUP: reloading %s", px->opts->conf_path);
+        if (!px->w.stopping) {
+            notify_reloading();
+        }
         proxy_reload(px);
         break;
     case SIGUSR1:
@@ -893,10 +1225,28 @@ static int write_pid_file(const char *path)
     return fclose(f) == 0 ? 0 : -1;
 }
 
+/* Does the pid file still name this process? The new process of a binary
+ * upgrade wrote its own over it: that one stays. */
+static bool pid_file_is_ours(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    long pid = 0;
+
+    if (f == NULL) {
+        return false;
+    }
+    bool ours = fscanf(f, "%ld", &pid) == 1 && pid == (long)getpid();
+    fclose(f);
+    return ours;
+}
+
 static void proxy_free(struct proxy *px)
 {
     struct worker *w = &px->w;
 
+    /* First, while every event's object is alive: evdns lets go of the
+     * requests it still runs only from the loop (resolver_quiesce). */
+    resolver_quiesce(w->dns);
     proxy_reload_join(px);
     if (px->reload_done != NULL) {
         event_free(px->reload_done);
@@ -907,6 +1257,7 @@ static void proxy_free(struct proxy *px)
         }
     }
     admin_free(px->admin);
+    nstats_free(px->nstats);
     for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
         pool_unlisten(w->pools[i]);
         pool_close(w->pools[i]);
@@ -916,11 +1267,8 @@ static void proxy_free(struct proxy *px)
         free(w->pools[i]);
     }
     free(w->pools);
-    for (struct old_config *o = px->old_configs, *next; o != NULL; o = next) {
-        next = o->next;
-        config_free(o->conf);
-        free(o);
-    }
+    bool shared = px->confs.cur != NULL;    /* else loaded, never shared */
+    confs_free(&px->confs);
     struct event *evs[] = { px->sig_hup, px->sig_usr1, px->sig_term, px->sig_int,
                             w->tick };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
@@ -929,10 +1277,267 @@ static void proxy_free(struct proxy *px)
         }
     }
     defer_free(w->defer);
+    resolver_free(w->dns);
     if (w->base != NULL) {
         event_base_free(w->base);
     }
-    config_free(px->conf);
+    if (!shared) {
+        config_free(px->conf);
+    }
+    tstats_free();
+}
+
+/* --- request workers (docs/ARCHITECTURE.md, "Threads") ------------------ */
+
+static void wthread_on_msg(evutil_socket_t fd, short what, void *arg)
+{
+    struct wthread *t = arg;
+    struct wmsg *m;
+    char err[256];
+    const char *failed;
+
+    (void)what;
+    while (read(fd, &m, sizeof(m)) == (ssize_t)sizeof(m)) {
+        switch (m->kind) {
+        case WMSG_STOP:
+            if (!t->w.stopping) {
+                t->stop_deadline = worker_now_ms(&t->w) + STOP_GRACE_MS;
+                worker_stop(&t->w);
+            }
+            break;
+        case WMSG_RELOAD:
+            if (loop_apply(&t->w, m->conf->conf, m->rings, err, sizeof(err),
+                           &failed) != 0) {
+                /* The home thread applied it: this thread now serves the
+                 * previous file's settings for the pools it shares. */
+                log_error("reload", "thread %u: %s%s: %s; this thread keeps the "
+                          "previous config", t->w.id, failed && *failed ? "pool " : "",
+                          failed && *failed ? failed : "", err);
+                conf_ref_put(m->conf);
+            } else {
+                confs_replace(&t->w, &t->confs, m->conf);
+            }
+            free(m->rings);
+            break;
+        }
+        free(m);
+    }
+}
+
+/* Free what the worker thread owned, on that thread. */
+static void wthread_teardown(struct wthread *t)
+{
+    struct worker *w = &t->w;
+
+    /* First, while every event's object is alive (as proxy_free). */
+    resolver_quiesce(w->dns);
+    for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
+        pool_unlisten(w->pools[i]);
+        pool_close(w->pools[i]);
+    }
+    worker_flush(w);
+    for (uint32_t i = 0; w->pools != NULL && i < w->npools; i++) {
+        free(w->pools[i]);
+    }
+    free(w->pools);
+    w->pools = NULL;
+    w->npools = 0;
+    if (t->msg_ev != NULL) {
+        event_free(t->msg_ev);
+    }
+    if (w->tick != NULL) {
+        event_free(w->tick);
+    }
+    defer_free(w->defer);
+    resolver_free(w->dns);
+    if (w->base != NULL) {
+        event_base_free(w->base);
+    }
+    confs_free(&t->confs);
+}
+
+static void *wthread_main(void *arg)
+{
+    struct wthread *t = arg;
+    struct worker *w = &t->w;
+
+    for (;;) {
+        event_base_loop(w->base, EVLOOP_ONCE);
+        worker_flush(w);
+        if (t->confs.old != NULL) {
+            confs_reap(w, &t->confs);
+        }
+        if (w->stopping &&
+            (worker_idle(w) || worker_now_ms(w) >= t->stop_deadline)) {
+            break;
+        }
+    }
+    wthread_teardown(t);
+    __atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* The loop's own parts of a worker: its event base, teardown queue,
+ * resolver (its backends connect by name on its own loop: resolve.h), tick.
+ * Returns 0, or -1 with why in err. */
+static int worker_setup(struct worker *w, uint32_t id, char *err, size_t errlen)
+{
+    struct timeval tick = { 0, TICK_MS * 1000 };
+
+    w->id = id;
+    TAILQ_INIT(&w->dirty_conns);
+    TAILQ_INIT(&w->dirty_clients);
+    if ((w->base = event_base_new()) == NULL) {
+        snprintf(err, errlen, "cannot create the event loop");
+        return -1;
+    }
+    w->defer = defer_new(w->base);
+    if ((w->dns = resolver_new(w->base, NULL, err, errlen)) == NULL) {
+        return -1;
+    }
+    w->started = worker_now_ms(w);
+    if ((w->tick = event_new(w->base, -1, EV_PERSIST, on_tick, w)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    event_add(w->tick, &tick);
+    return 0;
+}
+
+/*
+ * Make the request workers' loops and their pools (each threaded pool with
+ * its own listener, bound here: before privileges are dropped). The threads
+ * start later (wthreads_start). Returns 0, or -1 with why in err.
+ */
+static int wthreads_prepare(struct proxy *px, char *err, size_t errlen)
+{
+    if (px->nthreads < 2) {
+        return 0;
+    }
+    px->thr = rp_xcalloc(px->nthreads, sizeof(*px->thr), "the worker threads");
+    for (uint32_t i = 1; i < px->nthreads; i++) {
+        px->thr[i].pipe[0] = px->thr[i].pipe[1] = -1;
+        px->thr[i].confs.cur = px->confs.cur;   /* its reference: conf_ref_new */
+    }
+    for (uint32_t id = 1; id < px->nthreads; id++) {
+        struct wthread *t = &px->thr[id];
+        struct worker *w = &t->w;
+        if (worker_setup(w, id, err, errlen) != 0) {
+            log_error("proxy", "thread %u: %s", id, err);
+            return -1;
+        }
+        if (pipe2(t->pipe, O_CLOEXEC) != 0 ||
+            evutil_make_socket_nonblocking(t->pipe[0]) != 0 ||
+            (t->msg_ev = event_new(w->base, t->pipe[0], EV_READ | EV_PERSIST,
+                                   wthread_on_msg, t)) == NULL) {
+            log_error("proxy", "thread %u: out of memory or descriptors", id);
+            return -1;
+        }
+        event_add(t->msg_ev, NULL);
+        for (uint32_t i = 0; i < px->conf->npools; i++) {
+            struct conf_pool *c = &px->conf->pools[i];
+            if (pool_threaded(c) && proxy_add_pool(w, c, err, errlen) != 0) {
+                log_error("proxy", "thread %u: pool %s: %s", id, c->name, err);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static int wthreads_start(struct proxy *px)
+{
+    sigset_t all, old;
+
+    /* Signals go to the home thread (its libevent signal events). */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (uint32_t id = 1; id < px->nthreads; id++) {
+        struct wthread *t = &px->thr[id];
+        if (pthread_create(&t->tid, NULL, wthread_main, t) != 0) {
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            return -1;
+        }
+        t->started = true;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return 0;
+}
+
+static bool wthreads_done(const struct proxy *px)
+{
+    for (uint32_t id = 1; id < px->nthreads; id++) {
+        const struct wthread *t = &px->thr[id];
+        if (t->started && !__atomic_load_n(&t->done, __ATOMIC_ACQUIRE)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Stop (if still running) and join every worker thread; free what was
+ * prepared for one that never started. */
+static void wthreads_join(struct proxy *px)
+{
+    if (px->thr == NULL) {      /* never prepared: drop the threads' references */
+        for (uint32_t id = 1; px->confs.cur != NULL && id < px->nthreads; id++) {
+            conf_ref_put(px->confs.cur);
+        }
+        px->nthreads = 1;
+        return;
+    }
+    for (uint32_t id = 1; id < px->nthreads; id++) {
+        struct wthread *t = &px->thr[id];
+        if (t->started) {
+            if (!__atomic_load_n(&t->done, __ATOMIC_ACQUIRE)) {
+                struct wmsg *m = rp_xcalloc(1, sizeof(*m), "a message to a worker thread");
+                m->kind = WMSG_STOP;
+                wthread_send(t, m);
+            }
+            pthread_join(t->tid, NULL);
+        } else if (t->w.base != NULL) {
+            wthread_teardown(t);
+        } else {
+            confs_free(&t->confs);
+        }
+        for (int i = 0; i < 2; i++) {
+            if (t->pipe[i] >= 0) {
+                close(t->pipe[i]);
+            }
+        }
+    }
+    free(px->thr);
+    px->thr = NULL;
+    px->nthreads = 1;
+}
+
+/* -T, else the file's `threads:`, else 1; 0: one per online core, at most
+ * PROXY_THREADS_AUTO_MAX. */
+static uint32_t proxy_thread_count(const struct proxy_options *o, const struct config *c)
+{
+    long n = o->threads >= 0 ? o->threads : c->threads >= 0 ? c->threads :
+             PROXY_THREADS_DEFAULT;
+
+    if (n == 0) {
+        n = sysconf(_SC_NPROCESSORS_ONLN);
+        n = n < 1 ? 1 : n > PROXY_THREADS_AUTO_MAX ? PROXY_THREADS_AUTO_MAX : n;
+    }
+    return (uint32_t)n;
+}
+
+/* nutcracker's flags that ringproxy takes only so its command lines work. */
+static void proxy_log_accepted_flags(const struct proxy_options *o)
+{
+    if (o->mbuf_size != 0) {
+        log_notice("proxy", "-m %ld: accepted for nutcracker's command line and "
+                   "ignored (buffers grow as needed, within each pool's limits)",
+                   o->mbuf_size);
+    }
+    if (o->stats_interval != 0) {
+        log_notice("proxy", "-i %ld: accepted for nutcracker's command line and "
+                   "ignored (the stats port answers with current counters)",
+                   o->stats_interval);
+    }
 }
 
 int proxy_main(const struct proxy_options *o)
@@ -958,6 +1563,11 @@ int proxy_main(const struct proxy_options *o)
         conf_errors_free(&errs);
         return 1;
     }
+    if (proxy_pin_names(px.conf, err, sizeof(err)) != 0) {
+        log_error("config", "%s", err);
+        config_free(px.conf);
+        return 1;
+    }
     if (o->user != NULL) {
         errno = 0;
         if ((pw = getpwnam(o->user)) == NULL) {
@@ -978,6 +1588,10 @@ int proxy_main(const struct proxy_options *o)
         goto out;
     }
     rc = 1;
+    px.nthreads = proxy_thread_count(o, px.conf);
+    px.confs.cur = conf_ref_new(px.conf, px.nthreads);  /* one per thread */
+    tstats_init(px.nthreads);
+    notify_init();      /* before -u: connecting checks our permission */
     TAILQ_INIT(&w->dirty_conns);
     TAILQ_INIT(&w->dirty_clients);
     w->base = event_base_new();
@@ -986,6 +1600,12 @@ int proxy_main(const struct proxy_options *o)
         goto out;
     }
     w->defer = defer_new(w->base);
+    /* Backends' names resolve on the loop (resolve.h); without a resolver
+     * only numeric addresses would connect, so no resolver, no start. */
+    if ((w->dns = resolver_new(w->base, NULL, err, sizeof(err))) == NULL) {
+        log_error("proxy", "DNS resolver: %s", err);
+        goto out;
+    }
     w->started = worker_now_ms(w);
     for (uint32_t i = 0; i < px.conf->npools; i++) {
         if (proxy_add_pool(w, &px.conf->pools[i], err, sizeof(err)) != 0) {
@@ -993,12 +1613,21 @@ int proxy_main(const struct proxy_options *o)
             goto out;
         }
     }
+    if (wthreads_prepare(&px, err, sizeof(err)) != 0) {
+        goto out;
+    }
     const struct admin_counters counters = { &px.reloads, &px.reload_failures };
     if (o->admin_port != 0 && (px.admin = admin_start(w, &counters, o->admin_addr,
                                    o->admin_port, err, sizeof(err))) == NULL) {
         log_error("proxy", "admin port: %s", err);
         goto out;
     }
+    if (o->stats_port != 0 && (px.nstats = nstats_start(w, o->stats_addr,
+                                   o->stats_port, err, sizeof(err))) == NULL) {
+        log_error("proxy", "stats port: %s", err);
+        goto out;
+    }
+    proxy_log_accepted_flags(o);
     if (o->pid_path != NULL && (rc = write_pid_file(o->pid_path)) != 0) {
         log_error("proxy", "cannot write pid file %s: %s", o->pid_path,
                   strerror(errno));
@@ -1033,26 +1662,33 @@ int proxy_main(const struct proxy_options *o)
     event_add(px.sig_term, NULL);
     event_add(px.sig_int, NULL);
     event_add(w->tick, &tick);
-    log_notice("proxy", "ringproxy %s started, pid %ld", RINGPROXY_VERSION,
-               (long)getpid());
+    if (wthreads_start(&px) != 0) {
+        log_error("proxy", "cannot start the worker threads: %s", strerror(errno));
+        goto out;
+    }
+    log_notice("proxy", "ringproxy %s started, pid %ld, %u thread%s", RINGPROXY_VERSION,
+               (long)getpid(), px.nthreads, px.nthreads == 1 ? "" : "s");
     daemon_ready(&report_fd);
+    notify_ready();
 
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
         worker_flush(w);
-        if (px.old_configs != NULL) {
-            proxy_reap_configs(&px);
+        if (px.confs.old != NULL) {
+            confs_reap(w, &px.confs);
         }
-        if (w->stopping &&
-            (worker_idle(w) || worker_now_ms(w) >= px.stop_deadline)) {
+        if (w->stopping && ((worker_idle(w) && wthreads_done(&px)) ||
+                            worker_now_ms(w) >= px.stop_deadline)) {
             break;
         }
     }
+    wthreads_join(&px);
     log_notice("proxy", "stopped");
     rc = 0;
 
 out:
-    if (o->pid_path != NULL && rc == 0) {
+    wthreads_join(&px);     /* a start that failed half way */
+    if (o->pid_path != NULL && rc == 0 && pid_file_is_ours(o->pid_path)) {
         unlink(o->pid_path);
     }
     if (report_fd >= 0) {       /* not started: the parent reports why */
@@ -1060,6 +1696,7 @@ out:
         close(report_fd);
     }
     proxy_free(&px);
+    notify_close();
     log_close();
     return rc;
 }

@@ -12,9 +12,15 @@ struct proxy_options {
     const char *log_path;
     const char *admin_addr;
     int admin_port;         /* 0: no admin HTTP */
+    const char *stats_addr;
+    int stats_port;         /* nutcracker's stats JSON (nstats.h); 0: off */
+    long stats_interval;    /* -i, ms: accepted, not used (0: not given) */
+    long mbuf_size;         /* -m, bytes: accepted, not used (0: not given) */
     int log_level;
     int daemonize;
     const char *user;       /* -u: become this user once listening */
+    int threads;            /* -T: event-loop threads; 0: one per core (at
+                               most 8); -1: the file's `threads:` */
 };
 
 /* Run until SIGTERM/SIGINT; returns the process exit status. */

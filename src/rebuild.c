@@ -31,6 +31,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
+#include "clock.h"
 #include "index.h"
 #include "layout.h"
 #include "log.h"
@@ -58,6 +59,7 @@ struct rb_server {
 
 struct rb {
     struct event_base *base;
+    struct evdns_base *dns;         /* rb_params.dns */
     char *pool, *prefix, *redis_text;
     char *ring_key;             /* <prefix>:ring, the index script's KEYS[1] */
     struct lay_limits limits;   /* the listpack thresholds (layout.h) */
@@ -75,14 +77,6 @@ struct rb {
     void (*on_end)(void *arg, bool ok, const char *error);
     void *arg;
 };
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* A key that can go into a command line: 1..250 bytes, no space or control
  * byte (the dump parser guarantees it; checked again before use). */
@@ -112,7 +106,7 @@ static void rb_check_end(struct rb *rb)
     }
     if (rb->ending || (all_done && rb->inflight == 0)) {
         rb->ended = true;
-        rb->ended_ms = mono_ms();
+        rb->ended_ms = rp_clock_ms();
         event_active(rb->end_ev, EV_TIMEOUT, 0);
     }
 }
@@ -200,7 +194,7 @@ static void on_zadd(redisAsyncContext *ac, void *r, void *priv)
         return;     /* rb_free is dropping the connection */
     }
     rb->inflight--;
-    rb->last_reply = mono_ms();
+    rb->last_reply = rp_clock_ms();
     if (reply == NULL) {
         rb_fail(rb, "lost Redis %s with index writes unanswered", rb->redis_text);
         return;
@@ -372,7 +366,7 @@ static void on_dump_end(void *arg, enum mdump_end how, const char *said)
     snprintf(why, sizeof(why), "%s", said);     /* it lives in the dump */
     mdump_free(s->dump);
     s->dump = NULL;
-    s->ended_ms = mono_ms();
+    s->ended_ms = rp_clock_ms();
     switch (how) {
     case MDUMP_DONE:
         s->state = RB_SRV_DONE;
@@ -392,7 +386,7 @@ static void on_dump_end(void *arg, enum mdump_end how, const char *said)
                        s->addr.text, id, why, RB_BUSY_PAUSE_MS);
         }
         s->state = RB_SRV_WAITING;
-        s->retry_at = mono_ms() + RB_BUSY_PAUSE_MS;
+        s->retry_at = rp_clock_ms() + RB_BUSY_PAUSE_MS;
         return;
     case MDUMP_REFUSED:
         s->state = RB_SRV_FAILED;
@@ -409,7 +403,7 @@ static void on_dump_end(void *arg, enum mdump_end how, const char *said)
 
 static void rb_start_dump(struct rb *rb, struct rb_server *s)
 {
-    s->dump = mdump_start(rb->base, s->addr.host, s->addr.port, s->addr.is_unix,
+    s->dump = mdump_start(rb->base, rb->dns, s->addr.host, s->addr.port, s->addr.is_unix,
                           rb->timeout_ms, on_key, on_dump_end, s);
     if (s->dump == NULL) {
         s->state = RB_SRV_FAILED;
@@ -419,7 +413,7 @@ static void rb_start_dump(struct rb *rb, struct rb_server *s)
     }
     s->state = RB_SRV_DUMPING;
     if (s->started_ms == 0) {
-        s->started_ms = mono_ms();
+        s->started_ms = rp_clock_ms();
     }
     if (rb->paused) {
         mdump_pause(s->dump);
@@ -429,7 +423,7 @@ static void rb_start_dump(struct rb *rb, struct rb_server *s)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct rb *rb = arg;
-    uint64_t now = mono_ms();
+    uint64_t now = rp_clock_ms();
 
     (void)fd, (void)what;
     if (rb->ending) {
@@ -466,6 +460,7 @@ struct rb *rb_start(const struct rb_params *p, char *err, size_t errlen)
         return NULL;
     }
     rb->base = p->base;
+    rb->dns = p->dns;
     rb->ring = ring_ref(p->ring);
     rb->rate = p->rate;
     rb->inflight_max = p->inflight ? p->inflight : RB_INFLIGHT_DEFAULT;
@@ -473,7 +468,7 @@ struct rb *rb_start(const struct rb_params *p, char *err, size_t errlen)
     rb->log_progress = p->log_progress;
     rb->on_end = p->on_end;
     rb->arg = p->arg;
-    rb->started_ms = rb->last_refill = rb->last_reply = mono_ms();
+    rb->started_ms = rb->last_refill = rb->last_reply = rp_clock_ms();
     rb->nsrv = p->ring->nservers;
     rb->pool = strdup(p->pool);
     rb->prefix = strdup(p->index->prefix);
@@ -576,7 +571,7 @@ void rb_server_progress(const struct rb *rb, uint32_t i, struct rb_server_progre
 {
     const struct rb_server *s = &rb->srv[i];
     uint64_t end = s->state == RB_SRV_DONE || s->state == RB_SRV_FAILED ?
-                   s->ended_ms : mono_ms();
+                   s->ended_ms : rp_clock_ms();
 
     *out = (struct rb_server_progress){
         .identity = rb->ring->servers[i].identity, .addr = s->addr.text,
@@ -606,6 +601,6 @@ void rb_totals(const struct rb *rb, struct rb_server_progress *out)
             out->state = s.state == RB_SRV_FAILED ? RB_SRV_FAILED : RB_SRV_DUMPING;
         }
     }
-    out->elapsed_sec = (double)((rb->ended ? rb->ended_ms : mono_ms()) - rb->started_ms) /
+    out->elapsed_sec = (double)((rb->ended ? rb->ended_ms : rp_clock_ms()) - rb->started_ms) /
                        1000.0;
 }

@@ -16,6 +16,7 @@
 #include "ring.h"
 
 struct event_base;
+struct evdns_base;
 struct rb;
 
 /*
@@ -75,6 +76,8 @@ extern const char *const rb_srv_names[RB_SRV_COUNT];
 
 struct rb_params {
     struct event_base *base;
+    struct evdns_base *dns;         /* backends' names on the loop (resolve.h);
+                                       NULL: blocking getaddrinfo (the CLI) */
     const char *pool;               /* for the log */
     const struct conf_index *index; /* Redis address, db, password, prefix */
     struct ring *ring;              /* the data ring, with the addresses to dump

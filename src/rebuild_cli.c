@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 
+#include "clock.h"
 #include "cli.h"
 #include "config.h"
 #include "index.h"
@@ -145,14 +146,6 @@ struct rbcli {
     bool ended, ok;
     char error[512];
 };
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void on_rb_end(void *arg, bool ok, const char *error)
 {
@@ -449,7 +442,7 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
      * not be written. */
     snprintf(index_key, sizeof(index_key), "%s:index", p->index.prefix);
     snprintf(mark, sizeof(mark), "rebuild:cli:%ld:%llu", (long)getpid(),
-             (unsigned long long)mono_ms());
+             (unsigned long long)rp_clock_ms());
     r = redisCommand(c.rc, "HSET %s %s 1", index_key, mark);
     if ((refused = reply_error(c.rc, r)) != NULL) {
         fprintf(stderr, "pool %s: Redis %s refused to mark the rebuild: %s\n", p->name,
@@ -473,11 +466,11 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
     }
     struct timeval tv = { RBCLI_PROGRESS_MS / 1000, (RBCLI_PROGRESS_MS % 1000) * 1000 };
     event_add(tick, &tv);
-    uint64_t start = mono_ms();
+    uint64_t start = rp_clock_ms();
     event_base_dispatch(c.base);
     if (!c.ended || !c.ok) {
         fprintf(stderr, "pool %s: index rebuild failed after %.1f s: %s\n", p->name,
-                (double)(mono_ms() - start) / 1000.0,
+                (double)(rp_clock_ms() - start) / 1000.0,
                 c.error[0] ? c.error : "stopped");
         goto out;
     }

@@ -159,8 +159,10 @@ oom:
 
 struct ring *ring_ref(struct ring *r)
 {
-    assert(r->refs > 0 && r->refs < UINT32_MAX);    /* not freed, no wrap */
-    r->refs++;
+    uint32_t was = __atomic_fetch_add(&r->refs, 1, __ATOMIC_RELAXED);
+
+    assert(was > 0 && was < UINT32_MAX);    /* not freed, no wrap */
+    (void)was;
     return r;
 }
 
@@ -169,8 +171,11 @@ void ring_unref(struct ring *r)
     if (r == NULL) {
         return;
     }
-    assert(r->refs > 0);        /* one unref too many: a use after free */
-    if (--r->refs > 0) {
+    /* Release: this thread's reads of the ring happen before the free;
+     * acquire on the last one: the free sees every other thread's. */
+    uint32_t was = __atomic_fetch_sub(&r->refs, 1, __ATOMIC_ACQ_REL);
+    assert(was > 0);            /* one unref too many: a use after free */
+    if (was > 1) {
         return;
     }
     for (uint32_t i = 0; r->servers != NULL && i < r->nservers; i++) {

@@ -48,13 +48,14 @@ struct ring_point {
 
 /*
  * Immutable once built; shared by reference, so a reload can swap rings
- * while requests finish on the old. The count is NOT thread-safe: ring_ref
- * and ring_unref run on the loop's thread only. The reload thread (proxy.c,
- * reload_run) builds rings nobody else sees yet and hands them over whole
- * when it is joined.
+ * while requests finish on the old. The count is atomic: the worker threads
+ * (proxy.c, docs/ARCHITECTURE.md "Threads") each hold references to the
+ * rings of a reload, taken and dropped on their own threads. The reload
+ * thread builds rings nobody else sees yet and hands them over whole when
+ * it is joined.
  */
 struct ring {
-    uint32_t refs;
+    uint32_t refs;              /* atomic (__atomic builtins) */
     enum ring_compat compat;
     enum hash_kind hash;
     hash_fn hash_fn;

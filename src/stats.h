@@ -32,7 +32,9 @@
       "meta commands on a key moving in a resize, answered SERVER_ERROR")      \
     X(meta_unindexed_keys, counter,                                           \
       "base64 keys stored but not indexed: not a valid text key")              \
-    X(accept_pauses, counter, "times accepting paused at the fd limit")
+    X(accept_pauses, counter, "times accepting paused at the fd limit")       \
+    X(fragments, counter,                                                     \
+      "shares multi-key gets were split into (one per backend line)")
 
 #define STATS_BACKEND_CODEC(X)                                                \
     X(requests, counter, "requests sent")                                     \
@@ -44,7 +46,10 @@
     X(protocol_errors, counter, "connections closed for a malformed or unasked-for reply") \
     X(inflight, gauge, "requests sent and not yet answered")                  \
     X(queue_pauses, counter,                                                  \
-      "clients paused: a connection's unsent output passed server_max_queue")
+      "clients paused: a connection's unsent output passed server_max_queue") \
+    X(bytes_sent, counter, "bytes written to the server's connections")      \
+    X(bytes_received, counter, "bytes read from the server's connections")   \
+    X(closed_by_server, counter, "connections the server closed (EOF)")
 
 #define STATS_ENUM(name, kind, help) STAT_##name,
 enum stat_pool { STATS_POOL_CODEC(STATS_ENUM) STAT_POOL_COUNT };

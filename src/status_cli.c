@@ -598,7 +598,7 @@ int cli_status(const char *path, const char *pool, const char *admin_addr,
         return 0;
     }
     if (admin_port == 0) {
-        fprintf(out, "ringproxy status (Redis; admin port not asked: -s 0)\n");
+        fprintf(out, "ringproxy status (Redis; admin port not asked: -P 0)\n");
     } else {
         fprintf(out, "ringproxy status (Redis; admin port %s:%d: %s)\n", admin_addr,
                 admin_port, why);

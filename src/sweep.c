@@ -56,6 +56,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
+#include "clock.h"
 #include "config.h"
 #include "defer.h"
 #include "index.h"
@@ -163,6 +164,7 @@ struct sweep {
     bool background;
     void (*forget)(void *arg, const char *key, size_t len);
     void *forget_arg;
+    struct evdns_base *dns;     /* sweep_opts.dns */
     struct sweep_env env;       /* the last tick's (env.local not kept) */
     struct ring *local;         /* a reference to env.local */
     enum sweep_state state;
@@ -218,10 +220,7 @@ static void redis_connect(struct sweep *s);
 
 static uint64_t clock_ms(struct sweep *s)
 {
-    struct timeval tv;
-
-    event_base_gettimeofday_cached(s->base, &tv);
-    s->now = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+    s->now = rp_clock_ms();
     return s->now;
 }
 
@@ -568,6 +567,9 @@ static bool use_ring(struct sweep *s, struct ring *r)
         }
         srv[i].mc = mconn_new(s->defer, a.host, a.port, a.is_unix, timeout);
         conf_addr_free(&a);
+        if (srv[i].mc != NULL && s->dns != NULL) {
+            mconn_set_dns(srv[i].mc, s->dns);
+        }
         if (srv[i].mc == NULL) {
             srv[i].down_until = UINT64_MAX;
         }
@@ -687,7 +689,7 @@ static int position_args(struct sweep *s, char v[9][64], const char **args)
     snprintf(v[4], 64, "%llu", (unsigned long long)s->pass_checked);
     snprintf(v[5], 64, "%llu", (unsigned long long)s->pass_removed);
     snprintf(v[6], 64, "%.63s", s->id);
-    snprintf(v[7], 64, "%llu", (unsigned long long)(s->now / 1000));
+    snprintf(v[7], 64, "%llu", (unsigned long long)time(NULL));    /* wall clock: read by status */
     for (int i = 0; i < 8; i++) {
         args[n++] = names[i];
         args[n++] = v[i];
@@ -1811,6 +1813,7 @@ struct sweep *sweep_new(struct event_base *base, const struct sweep_opts *o)
     s->background = o->background;
     s->forget = o->forget;
     s->forget_arg = o->forget_arg;
+    s->dns = o->dns;
     s->db = o->index->db;
     s->redis_port = o->index->redis.port;
     s->redis_unix = o->index->redis.is_unix;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 struct event_base;
+struct evdns_base;
 struct evbuffer;
 struct conf_index;
 struct ring;
@@ -79,6 +80,8 @@ struct sweep_opts {
      * (docs/ARCHITECTURE.md, "The sweeper"). NULL: none. */
     void (*forget)(void *arg, const char *key, size_t len);
     void *forget_arg;
+    struct evdns_base *dns;             /* servers' names on the loop
+                                           (resolve.h); NULL: blocking (the CLI) */
 };
 
 /* Where to run and how fast; read on every tick (a reload may change it). */

@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 
+#include "clock.h"
 #include "cli.h"
 #include "config.h"
 #include "index.h"
@@ -32,13 +33,6 @@ struct run {
     bool interrupted;
 };
 
-static uint64_t now_ms(struct event_base *base)
-{
-    struct timeval tv;
-
-    event_base_gettimeofday_cached(base, &tv);
-    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-}
 
 /*
  * Entries in every v-node set of the recorded ring (ZCARD, pipelined), or
@@ -128,7 +122,7 @@ static void progress(struct run *r, uint64_t now)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct run *r = arg;
-    uint64_t now = now_ms(r->base);
+    uint64_t now = rp_clock_ms();
 
     (void)fd, (void)what;
     sweep_tick(r->s, now, &r->env);
@@ -161,7 +155,7 @@ static void summary(const struct run *r, const struct conf_pool *p, uint64_t aft
     const uint64_t *st = sweep_stats(r->s);
     struct sweep_progress pr;
     char n[8][32];
-    double secs = (double)(now_ms(r->base) - r->started) / 1000.0;
+    double secs = (double)(rp_clock_ms() - r->started) / 1000.0;
     uint64_t removed = st[SWEEP_STAT_removed_gone] + st[SWEEP_STAT_removed_wrong_set] +
                        st[SWEEP_STAT_removed_invalid];
 
@@ -225,7 +219,7 @@ static int sweep_pool(const struct conf_pool *p, long rate, FILE *out)
     event_add(tick, &tv);
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
-    r.started = r.last_at = now_ms(r.base);
+    r.started = r.last_at = rp_clock_ms();
     r.next_progress = r.started + SWEEP_CLI_PROGRESS_MS;
     fprintf(stderr, "sweep %s: %u v-node sets, %llu entries, rate %s\n", p->name, sets,
             (unsigned long long)r.before, rate > 0 ? "limited" : "unlimited");

@@ -82,7 +82,7 @@ for i in $(seq "$NSERVERS"); do
 	echo "    - 127.0.0.1:$port:1 mc$i" >>"$CONF"
 done
 
-"$BIN" -c "$CONF" -s 0 -v 2 >"$WORK/ringproxy.log" 2>&1 &
+"$BIN" -c "$CONF" -s 0 -P 0 -v 5 >"$WORK/ringproxy.log" 2>&1 &
 PROXY_PID=$!
 PIDS+=("$PROXY_PID")
 if ! wait_port "$PROXY_PORT" "$PROXY_PID"; then

@@ -122,11 +122,17 @@ static struct ring *our_ring(const struct server_set *s)
             /* The address is irrelevant to placement: the name decides. */
             fprintf(f, "    - 192.0.2.%u:%u:%u %s\n", i + 1, 11300 + i, sv->weight,
                     sv->name);
-        } else if (i % 2 == 0) {
-            fprintf(f, "    - %s:%u:%u\n", sv->host, sv->port, sv->weight);
         } else {
-            fprintf(f, "    - {addr: \"%s:%u\", weight: %u}\n", sv->host, sv->port,
-                    sv->weight);
+            /* an IPv6 address goes in brackets in our file, bare to libmemcached */
+            const char *lb = strchr(sv->host, ':') ? "[" : "";
+            const char *rb = *lb ? "]" : "";
+            if (i % 2 == 0) {
+                fprintf(f, "    - \"%s%s%s:%u:%u\"\n", lb, sv->host, rb, sv->port,
+                        sv->weight);
+            } else {
+                fprintf(f, "    - {addr: \"%s%s%s:%u\", weight: %u}\n", lb, sv->host,
+                        rb, sv->port, sv->weight);
+            }
         }
     }
     fclose(f);
@@ -349,6 +355,15 @@ int main(void)
     add_server(&s, "unused", 0, 2, "cache-b");
     add_server(&s, "cache-c.example", 11999, 1, NULL);
     add_server(&s, "127.0.0.1", 11211, 2, NULL);
+    compare(&s);
+
+    /* IPv6: libmemcached hashes the bare address, then ":port" off 11211. */
+    set_init(&s, "md5", MEMCACHED_HASH_MD5, "IPv6 addresses, mixed ports and weights");
+    add_server(&s, "::1", 11211, 2, NULL);
+    add_server(&s, "fd00::2", 11212, 1, NULL);
+    add_server(&s, "2001:db8::10", 11211, 3, NULL);
+    add_server(&s, "2001:db8::11", 12000, 1, NULL);
+    add_server(&s, "10.0.0.9", 11212, 2, NULL);
     compare(&s);
 
     rng_state = 47;

@@ -7,7 +7,7 @@
  * ("/ring?points=1"), in an exact-size heap copy so ASan sees any read past
  * it. A NUL byte splits it: what follows is a flag name to look up. Checked:
  *
- * - the route is -1 or one of the four pages, and a target that is exactly
+ * - the route is -1 or one of the pages, and a target that is exactly
  *   a page's path routes to it;
  * - a flag is only on when the query holds that name, and adding
  *   "?points=1" to a bare known path both keeps the route and sets it.
@@ -24,7 +24,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char *const pages[] = { "/metrics", "/healthz", "/ring", "/migration" };
+static const char *const pages[] = { "/metrics", "/healthz", "/ring", "/migration",
+                                     "/", "/status", "/status.json" };
 #define NPAGES (sizeof(pages) / sizeof(pages[0]))
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -10,7 +10,9 @@
  *   servers, string lengths, unique identities and addresses), and every
  *   pool's ring builds: a reload prepares every ring before it changes
  *   anything (src/proxy.c), so a file the loader accepts must never fail
- *   there.
+ *   there;
+ * - `stats settings` (conf_pool_settings) prints every accepted pool: each
+ *   name non-empty, never the index password, listen's mode within 0777.
  */
 #include <assert.h>
 #include <stdint.h>
@@ -21,6 +23,13 @@
 #include "config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void check_setting(void *arg, const char *name, const char *value)
+{
+    (void)arg;
+    assert(name[0] != '\0' && value != NULL);
+    assert(strstr(name, "password") == NULL);
+}
 
 static void check_config(const struct config *c)
 {
@@ -53,6 +62,9 @@ static void check_config(const struct config *c)
         assert(r->nservers == p->nservers);
         assert(conf_pool_same_ring(p, p));
         ring_unref(r);
+        assert(p->listen_mode >= -1 && p->listen_mode <= 0777);
+        assert(p->listen_mode == -1 || p->listen.is_unix);
+        conf_pool_settings(p, check_setting, NULL);
     }
     assert(total <= CONF_SERVERS_MAX);
 }

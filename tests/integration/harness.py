@@ -7,6 +7,7 @@ binary named by RINGPROXY_BIN (the Makefile passes the sanitizer build); its
 log is scanned for sanitizer reports when it stops, so a memory error fails
 the test that caused it.
 """
+import json
 import os
 import random
 import re
@@ -45,6 +46,32 @@ def index_entries(r, prefix):
         for m, score in r.zrange(name, 0, -1, withscores=True):
             out.setdefault(m, []).append((vnode_of(name), score))
     return out
+
+
+def recv_to_eof(sock):
+    """Read sock until the peer closes (a reset ends it too): the bytes."""
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def read_all(port, host="127.0.0.1", timeout=10):
+    """Connect and read to EOF: the bytes (what the stats port writes)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        return recv_to_eof(s)
+
+
+def stats_port_json(port, host="127.0.0.1"):
+    """What a twemproxy monitor does with the stats port: connect, read to
+    EOF, parse the JSON."""
+    return json.loads(read_all(port, host).decode())
 
 
 def free_port():
@@ -242,11 +269,13 @@ class Redis(Server):
 class Proxy(Server):
     """ringproxy on a generated config. `pools` maps pool name -> dict."""
 
-    def __init__(self, workdir, config_text, port, admin_port=0, extra=()):
+    def __init__(self, workdir, config_text, port, admin_port=0, stats_port=0,
+                 extra=()):
         super().__init__("ringproxy", port, workdir)
         self.conf_path = os.path.join(workdir, "ringproxy-%d.yml" % port)
         self.pid_path = os.path.join(workdir, "ringproxy-%d.pid" % port)
         self.admin_port = admin_port
+        self.stats_port = stats_port
         self.extra = list(extra)
         self.write_config(config_text)
 
@@ -255,8 +284,14 @@ class Proxy(Server):
             f.write(text)
 
     def argv(self):
-        return [RINGPROXY, "-c", self.conf_path, "-v", "3", "-p", self.pid_path,
-                "-s", str(self.admin_port)] + self.extra
+        # -v 6: nutcracker's info level; -s: the stats JSON port (0: off).
+        # RINGPROXY_THREADS=N runs every proxy with -T N (a test's own -T wins).
+        threads = os.environ.get("RINGPROXY_THREADS")
+        extra = list(self.extra)
+        if threads and "-T" not in extra:
+            extra += ["-T", threads]
+        return [RINGPROXY, "-c", self.conf_path, "-v", "6", "-p", self.pid_path,
+                "-P", str(self.admin_port), "-s", str(self.stats_port)] + extra
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         rc = super().stop(sig, timeout)

@@ -302,7 +302,7 @@ def test_migration_progress_while_keys_move(cluster):
     assert 0 < mig["moved_fraction"] < 1
     assert 0 <= mig["arcs_done"] <= mig["arcs_total"]
 
-    res = status(p.conf_path, "-s", p.admin_port)
+    res = status(p.conf_path, "--admin-port", p.admin_port)
     assert res.returncode == 0, res.stderr
     assert re.search(r"^cache: (prepared|switched|moving), epoch 1", res.stdout, re.M), res.stdout
     bar = r"^  \[[#.]{20}\] +\d+\.\d%% +arcs \d+/%d +keys moved [\d,]+ +stale \d+"
@@ -339,7 +339,7 @@ def test_status_from_redis_shows_a_running_migration(cluster):
     wait_until(lambda: migration_of(p)["state"] == "moving", what="moving")
     closed = free_port()
     res = wait_until(lambda: (lambda r: r if "moving" in r.stdout else None)(
-        status(p.conf_path, "-s", closed)), timeout=5, what="status from Redis to say moving")
+        status(p.conf_path, "--admin-port", closed)), timeout=5, what="status from Redis to say moving")
     assert re.search(r"^  \[[#.]{20}\] +\d+\.\d% +arcs \d+/\d+", res.stdout, re.M), res.stdout
 
 
@@ -348,10 +348,10 @@ def test_status_from_redis_shows_a_running_migration(cluster):
 
 def test_unknown_path_is_404_and_other_methods_405(cluster):
     p = start_proxy(cluster, cluster.memcached(1))
-    for path in ("/", "/nope", "/metrics/", "/ring/x"):
+    for path in ("/index.html", "/nope", "/metrics/", "/ring/x", "/status.json/"):
         assert admin_get(p.admin_port, path)[0] == 404, path
     for method in ("POST", "PUT", "DELETE"):
-        for path in ("/metrics", "/healthz", "/ring", "/migration"):
+        for path in ("/metrics", "/healthz", "/ring", "/migration", "/", "/status.json"):
             code, headers, _ = admin_get(p.admin_port, path, method=method)
             assert code == 405 and headers.get("allow") == "GET", (method, path, code)
     assert admin_get(p.admin_port, "/healthz")[0] == 200    # still serving
@@ -379,14 +379,14 @@ def test_status_via_admin_port(cluster):
     redis = cluster.redis()
     p = start_proxy(cluster, cluster.memcached(2), redis=redis, hash="md5")
     wait_until(lambda: migration_of(p)["state"] == "idle", what="idle")
-    res = status(p.conf_path, "-s", p.admin_port, "-a", "127.0.0.1")
+    res = status(p.conf_path, "-P", p.admin_port, "-A", "127.0.0.1")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[:2] == [
         "ringproxy status (admin port 127.0.0.1:%d)" % p.admin_port,
         "cache: idle, epoch 1"]
     assert len(lines) == 3 and lines[2].startswith("  index sweep: "), lines
-    res = status(p.conf_path, "-s", p.admin_port, "--pool", "nope")
+    res = status(p.conf_path, "--admin-port", p.admin_port, "--pool", "nope")
     assert res.returncode == 1 and "no pool named 'nope'" in res.stderr
 
 
@@ -397,7 +397,7 @@ def test_status_via_redis_when_the_admin_port_is_closed(cluster):
     # The first record marks the index for a rebuild; status shows one under way.
     wait_until(lambda: _rebuild_done(redis), what="the index rebuild")
     closed = free_port()
-    res = status(p.conf_path, "-s", closed, "--pool", "cache")
+    res = status(p.conf_path, "--admin-port", closed, "--pool", "cache")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].startswith("ringproxy status (Redis; admin port 127.0.0.1:%d: "
@@ -410,7 +410,7 @@ def test_status_fails_when_nothing_answers(cluster):
     with open(conf, "w") as f:
         f.write(pool_yaml("cache", free_port(), [("127.0.0.1:%d" % free_port(), 1, "mc1")],
                           index={"redis": "127.0.0.1:%d" % free_port()}))
-    res = status(conf, "-s", free_port())
+    res = status(conf, "--admin-port", free_port())
     assert res.returncode == 1
     assert "cache: unknown: cannot connect to Redis" in res.stdout
     assert "nothing to read" in res.stderr

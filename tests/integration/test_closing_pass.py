@@ -170,7 +170,7 @@ def test_a_source_down_during_the_closing_pass_holds_the_migration_until_it_is_b
         assert mig["closing_sources"] == 3 and mig["closing_sources_done"] < 3, mig
         code, _, body = admin_get_healthz(proxy)
         assert code == 200 and "the migration is blocked: server mc1" in body, body
-        res = run_cli("status", "-c", proxy.conf_path, "-s", proxy.admin_port)
+        res = run_cli("status", "-c", proxy.conf_path, "--admin-port", proxy.admin_port)
         assert res.returncode == 0 and "blocked: server mc1" in res.stdout, res.stdout
         assert "closing pass: sources" in res.stdout, res.stdout
         # I5: it does not end with a source unlisted, however long it takes.

@@ -17,7 +17,7 @@ from harness import RINGPROXY, check_sanitizers, free_port, pool_yaml, wait_unti
 
 def daemon(workdir, *args):
     """Run ringproxy -d from workdir; returns the foreground process' result."""
-    return subprocess.run([RINGPROXY, "-d", "-s", "0", "-v", "3"] + list(args),
+    return subprocess.run([RINGPROXY, "-d", "-s", "0", "-P", "0", "-v", "6"] + list(args),
                           cwd=workdir, capture_output=True, text=True, timeout=60)
 
 

@@ -113,11 +113,11 @@ def test_a_wrong_password_is_named_by_healthz_metrics_log_and_commands(cluster):
         assert "refused AUTH: WRONGPASS" in res.stderr and "auth_failed" in res.stderr, \
             (argv, res.stderr)
         assert "indexed keys" not in res.stdout and "none yet" not in res.stdout, res.stdout
-    res = run_cli("status", "-c", p.conf_path, "-s", free_port())
+    res = run_cli("status", "-c", p.conf_path, "--admin-port", free_port())
     assert res.returncode != 0
     assert "cache: unknown: Redis %s refused AUTH: WRONGPASS" % rs.addr in res.stdout, \
         res.stdout
-    res = run_cli("status", "-c", p.conf_path, "-s", p.admin_port)
+    res = run_cli("status", "-c", p.conf_path, "--admin-port", p.admin_port)
     assert re.search(r"^  index auth_failed: WRONGPASS", res.stdout, re.M), res.stdout
 
     # The operator gives Redis the password the file has: it recovers, once.

@@ -3,9 +3,10 @@
  * defaults, ringproxy's own sections, the identity rule, the example files,
  * and one bad file per kind of error with its exact "FILE:LINE:COL: " prefix.
  *
- * Fixtures live in tests/unit/conf/ and the examples in conf/, both found
- * from $RP_SRCDIR (the repository root; default ".", since `make unit` runs
- * the tests from there).
+ * Fixtures live in tests/unit/conf/, found from $RP_SRCDIR (the repository
+ * root; default ".", since `make unit` runs the tests from there). The
+ * examples in conf/ are the user's to edit (`make run` invites it), so the
+ * tests read copies of them: example_ringproxy.yml, example_nutcracker.yml.
  */
 #include <check.h>
 #include <stdio.h>
@@ -267,7 +268,7 @@ END_TEST
 START_TEST(example_files_are_valid)
 {
     char err[256];
-    struct config *c = load_ok(src_path("conf/ringproxy.yml"));
+    struct config *c = load_ok(fixture("example_ringproxy.yml"));
     const struct conf_pool *p = pool(c, "cache");
 
     ck_assert_uint_eq(c->npools, 1);
@@ -289,7 +290,7 @@ START_TEST(example_files_are_valid)
     ring_unref(r);
     config_free(c);
 
-    c = load_ok(src_path("conf/nutcracker.yml"));
+    c = load_ok(fixture("example_nutcracker.yml"));
     p = pool(c, "alpha");
     ck_assert_uint_eq(c->npools, 1);
     ck_assert_int_eq(p->hash, HASH_FNV1A_64);
@@ -463,6 +464,196 @@ START_TEST(buffer_loads_as_the_file_does)
 }
 END_TEST
 
+/* Global settings (docs/ARCHITECTURE.md, "Threads"): a top-level key with a
+ * single value; absent: -1 (the proxy's default); reuseport on by default. */
+START_TEST(threads_is_a_global_setting_and_reuseport_is_on_by_default)
+{
+    static const char pool_text[] = "cache:\n  listen: 127.0.0.1:22121\n"
+                                    "  servers:\n    - 127.0.0.1:11212:1 mc1\n";
+    char buf[512];
+    struct conf_errors errs;
+    struct config *c = load_buf(pool_text, sizeof(pool_text) - 1, &errs);
+
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(c->threads, -1);
+    ck_assert(pool(c, "cache")->reuseport);
+    config_free(c);
+
+    int n = snprintf(buf, sizeof(buf), "threads: 4\n%s  reuseport: false\n", pool_text);
+    c = load_buf(buf, (size_t)n, &errs);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(c->threads, 4);
+    ck_assert_uint_eq(c->npools, 1);
+    ck_assert(!pool(c, "cache")->reuseport);
+    config_free(c);
+
+    n = snprintf(buf, sizeof(buf), "threads: 65\n%s", pool_text);
+    check_one_error(buf, (size_t)n, "mem.yml:1:10: threads: expected an integer "
+                    "from 0 to 64, got '65'");
+    n = snprintf(buf, sizeof(buf), "%sthreads: 2\nthreads: 3\n", pool_text);
+    check_one_error(buf, (size_t)n, "mem.yml:6:1: duplicate key 'threads'");
+    n = snprintf(buf, sizeof(buf), "%sworkers: 2\n", pool_text);
+    check_one_error(buf, (size_t)n, "mem.yml:5:10: pool 'workers': expected a "
+                    "mapping of settings, got a scalar");
+}
+END_TEST
+
+/* twemproxy's "listen: /path 0666": the socket's path and its mode; a bad
+ * mode, or a mode after host:port, is an error that names it. */
+START_TEST(listen_takes_twemproxys_socket_mode)
+{
+    static const char moded[] = "cache:\n  listen: /run/rp/rp.sock 0660\n"
+                                "  servers:\n    - 127.0.0.1:11212:1\n";
+    static const char plain[] = "cache:\n  listen: /run/rp/rp.sock\n"
+                                "  servers:\n    - 127.0.0.1:11212:1\n";
+    static const char tcp[] = "cache:\n  listen: 127.0.0.1:22121\n"
+                              "  servers:\n    - 127.0.0.1:11212:1\n";
+    static const char *const refused[][2] = {
+        { "/run/rp/rp.sock 0999", "bad mode '0999' for unix socket '/run/rp/rp.sock'" },
+        { "/run/rp/rp.sock 66", "bad mode '66'" },
+        { "/run/rp/rp.sock 01777", "bad mode '01777'" },
+        { "/run/rp/rp.sock rw", "bad mode 'rw'" },
+        { "127.0.0.1:22121 0666", "is for a unix socket path only" },
+    };
+    const struct { const char *text; size_t len; const char *host; long mode; } good[] = {
+        { moded, sizeof(moded) - 1, "/run/rp/rp.sock", 0660 },
+        { plain, sizeof(plain) - 1, "/run/rp/rp.sock", -1 },
+        { tcp, sizeof(tcp) - 1, "127.0.0.1", -1 },
+    };
+    struct conf_errors errs;
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        struct config *c = load_buf(good[i].text, good[i].len, &errs);
+        ck_assert_ptr_nonnull(c);
+        ck_assert_str_eq(pool(c, "cache")->listen.host, good[i].host);
+        ck_assert_int_eq(pool(c, "cache")->listen_mode, good[i].mode);
+        config_free(c);
+    }
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        char text[256];
+        int n = snprintf(text, sizeof(text), "cache:\n  listen: %s\n  servers:\n"
+                         "    - 127.0.0.1:11212:1\n", refused[i][0]);
+        check_one_error(text, (size_t)n, refused[i][1]);
+    }
+}
+END_TEST
+
+/* `stats settings`: every key in effect, defaults included, the index's
+ * and migration's with their prefix; never the index password. */
+struct settings_seen {
+    char text[4096];
+    size_t len;
+};
+
+static void collect_setting(void *arg, const char *name, const char *value)
+{
+    struct settings_seen *s = arg;
+    int n = snprintf(s->text + s->len, sizeof(s->text) - s->len, "%s=%s\n", name, value);
+
+    ck_assert(n > 0 && (size_t)n < sizeof(s->text) - s->len);
+    s->len += (size_t)n;
+}
+
+START_TEST(settings_list_what_is_in_effect_but_the_password)
+{
+    static const char text[] = "cache:\n  listen: /run/rp.sock 0660\n  hash: md5\n"
+                               "  index:\n    redis: 127.0.0.1:6379\n"
+                               "    password: s3cret\n"
+                               "  servers:\n    - 127.0.0.1:11212:1 mc1\n"
+                               "    - 127.0.0.1:11213:1 mc2\n";
+    static const char *const want[] = {
+        "listen=/run/rp.sock 0660\n", "hash=md5\n", "distribution=ketama\n",
+        "timeout=5000\n", "servers=2\n", "compat=libmemcached\n",
+        "item_size_max=1048576\n", "index:redis=127.0.0.1:6379\n",
+        "index:prefix=rp:cache\n", "index:db=0\n", "migration:rate=50000\n",
+        "migration:delete_source=true\n", "auto_eject_hosts=false\n",
+    };
+    struct settings_seen seen = { .len = 0 };
+    struct conf_errors errs;
+    struct config *c = load_buf(text, sizeof(text) - 1, &errs);
+
+    ck_assert_ptr_nonnull(c);
+    conf_pool_settings(pool(c, "cache"), collect_setting, &seen);
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        ck_assert_msg(strstr(seen.text, want[i]) != NULL, "no %s in\n%s", want[i],
+                      seen.text);
+    }
+    ck_assert_ptr_null(strstr(seen.text, "s3cret"));
+    ck_assert_ptr_null(strstr(seen.text, "password"));
+    ck_assert_ptr_null(strstr(seen.text, "hash_tag"));     /* not set */
+    config_free(c);
+}
+END_TEST
+
+/* IPv6 (docs/ARCHITECTURE.md, "Addresses and names"): in brackets, for
+ * listen, servers in both forms and Redis; the identity is libmemcached's,
+ * the unbracketed host then ":port" off 11211. */
+START_TEST(ipv6_in_brackets_everywhere)
+{
+    static const char text[] =
+        "cache:\n  listen: \"[::1]:22121\"\n"
+        "  index:\n    redis: \"[::1]:6379\"\n"
+        "  servers:\n    - \"[::1]:11211:1\"\n    - \"[fd00::2]:11212:2\"\n"
+        "    - \"[::1]:11213:1 named\"\n    - {addr: \"[fd00::3]:11211\", weight: 1}\n"
+        "old:\n  listen: \"[::]:22122\"\n  compat: libketama\n"
+        "  servers:\n    - \"[fd00::2]:11212:2\"\n";
+    struct conf_errors errs;
+    struct config *c = load_buf(text, sizeof(text) - 1, &errs);
+
+    ck_assert_msg(c != NULL, "%s", errs.n ? errs.msgs[0] : "");
+    const struct conf_pool *p = pool(c, "cache");
+    ck_assert_str_eq(p->listen.host, "::1");
+    ck_assert_uint_eq(p->listen.port, 22121);
+    ck_assert(p->listen.is_ipv6);
+    ck_assert_str_eq(p->index.redis.host, "::1");
+    ck_assert_uint_eq(p->index.redis.port, 6379);
+    check_server(&p->servers[0], "[::1]:11211", 1, NULL, "::1");
+    check_server(&p->servers[1], "[fd00::2]:11212", 2, NULL, "fd00::2:11212");
+    check_server(&p->servers[2], "[::1]:11213", 1, "named", "named");
+    check_server(&p->servers[3], "[fd00::3]:11211", 1, NULL, "fd00::3");
+    ck_assert_str_eq(p->servers[1].addr.host, "fd00::2");
+    /* libketama: the address as written, brackets and all */
+    check_server(&pool(c, "old")->servers[0], "[fd00::2]:11212", 2, NULL,
+                 "[fd00::2]:11212");
+    config_free(c);
+}
+END_TEST
+
+#define LONG10 "dddddddddd"
+#define LONG100 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10
+
+START_TEST(ipv6_without_brackets_or_malformed_is_refused_with_its_place)
+{
+    static const struct { const char *text, *want; } cases[] = {
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - ::1:11211:1\n",
+          "mem.yml:4:7: server '::1:11211:1': an IPv6 address must be in "
+          "brackets, as [::1]:11211" },
+        { "c:\n  listen: \"::1:22121\"\n  servers:\n    - 127.0.0.1:11211:1\n",
+          "mem.yml:2:11: listen: bad address '::1:22121': an IPv6 address "
+          "must be in brackets" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - \"[::1:11211:1\"\n",
+          "expected [ipv6]:port" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - \"[::1]11211:1\"\n",
+          "expected [ipv6]:port" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - \"[10.0.0.1]:11211:1\"\n",
+          "not an IPv6 address between the brackets" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - \"[::1]:0:1\"\n",
+          "port must be a number from 1 to 65535" },
+        { "c:\n  listen: 127.0.0.1:1\n  index:\n    redis: \"[::1]\"\n"
+          "  servers:\n    - 127.0.0.1:11211:1\n", "expected [ipv6]:port" },
+        /* a unix path sun_path cannot hold (107 bytes + NUL) */
+        { "c:\n  listen: /run/" LONG100 "xx.sock\n  servers:\n"
+          "    - 127.0.0.1:11211:1\n", "mem.yml:2:11: listen: bad address '/run/" },
+        { "c:\n  listen: 127.0.0.1:1\n  servers:\n    - /run/" LONG100 "xx.sock:1\n",
+          "a unix socket path holds at most 107 bytes" },
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        check_one_error(cases[i].text, strlen(cases[i].text), cases[i].want);
+    }
+}
+END_TEST
+
 /* The index sweeper's pace (docs/ARCHITECTURE.md, "The sweeper"): on by
  * default in every indexed pool, 0 turns it off, a negative is refused. */
 START_TEST(sweep_rate_is_on_by_default_and_zero_turns_it_off)
@@ -629,9 +820,12 @@ static Suite *config_suite(void)
     tcase_add_test(tc, several_pools_with_every_twemproxy_key);
     tcase_add_test(tc, servers_in_both_forms_with_names_and_unix_sockets);
     tcase_add_test(tc, identity_is_name_then_host_then_host_port);
+    tcase_add_test(tc, ipv6_in_brackets_everywhere);
+    tcase_add_test(tc, ipv6_without_brackets_or_malformed_is_refused_with_its_place);
     tcase_add_test(tc, compat_hash_and_hash_tag);
     tcase_add_test(tc, index_and_migration_sections);
     tcase_add_test(tc, sweep_rate_is_on_by_default_and_zero_turns_it_off);
+    tcase_add_test(tc, threads_is_a_global_setting_and_reuseport_is_on_by_default);
     tcase_add_test(tc, pool_ring_follows_identities_and_weights);
     tcase_add_test(tc, example_files_are_valid);
     suite_add_tcase(s, tc);
@@ -641,6 +835,8 @@ static Suite *config_suite(void)
     tcase_add_test(tc, every_error_is_reported_not_only_the_first);
     tcase_add_test(tc, missing_file_is_reported);
     tcase_add_test(tc, buffer_loads_as_the_file_does);
+    tcase_add_test(tc, listen_takes_twemproxys_socket_mode);
+    tcase_add_test(tc, settings_list_what_is_in_effect_but_the_password);
     tcase_add_test(tc, deep_nesting_is_refused_at_the_depth_limit);
     tcase_add_test(tc, errors_past_the_limit_are_counted_not_listed);
     tcase_add_test(tc, servers_past_the_limit_are_refused);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -20,6 +21,7 @@
 
 #include "defer.h"
 #include "mconn.h"
+#include "resolve.h"
 
 #define MAX_CALLS 4
 #define MAX_CHUNKS 4
@@ -351,6 +353,58 @@ START_TEST(good_replies_in_pieces_and_server_errors_pass)
 }
 END_TEST
 
+/* The connection to a name, resolved by evdns on the loop: /etc/hosts
+ * answers "localhost" within the connect call itself. */
+START_TEST(a_name_is_resolved_on_the_loop)
+{
+    struct fake f = { 0 };
+    char err[256] = "";
+
+    fake_start(&f);
+    struct resolver *r = resolver_new(f.base, NULL, err, sizeof(err));
+    ck_assert_msg(r != NULL, "%s", err);
+    mconn_free(f.mc);
+    f.mc = mconn_new(f.defer, "localhost", f.port, false, 5000);
+    ck_assert_ptr_nonnull(f.mc);
+    mconn_set_dns(f.mc, resolver_evdns(r));
+    f.chunks[0] = (struct chunk){ "VA 2 f1 c3\r\nhi\r\n", 0 };
+    f.nchunks = 1;
+    run(&f, 1);
+    ck_assert_int_eq(f.st[0], MREPLY_VA);
+    ck_assert_str_eq(f.val[0], "hi");
+    fake_stop(&f);
+    resolver_free(r);
+}
+END_TEST
+
+/* A name no server answers for: the commands fail saying so. */
+START_TEST(a_name_that_does_not_resolve_fails_saying_why)
+{
+    struct fake f = { 0 };
+    char path[] = "/tmp/rp_mconn_resolv_XXXXXX", err[256] = "";
+    int fd = mkstemp(path);
+
+    ck_assert_int_ge(fd, 0);
+    /* a port nothing listens on: evdns gets no answer, or a refusal */
+    const char *conf = "nameserver 127.0.0.1:9\noptions timeout:1 attempts:1\n";
+    ck_assert_int_eq(write(fd, conf, strlen(conf)), (ssize_t)strlen(conf));
+    close(fd);
+    fake_start(&f);
+    struct resolver *r = resolver_new(f.base, path, err, sizeof(err));
+    ck_assert_msg(r != NULL, "%s", err);
+    mconn_free(f.mc);
+    f.mc = mconn_new(f.defer, "nothing.invalid", f.port, false, 5000);
+    mconn_set_dns(f.mc, resolver_evdns(r));
+    run(&f, 1);
+    ck_assert_int_eq(f.st[0], MREPLY_FAIL);
+    ck_assert_msg(strncmp(f.err[0], "cannot resolve nothing.invalid: ", 32) == 0,
+                  "error '%s'", f.err[0]);
+    fake_stop(&f);
+    resolver_free(r);
+    unlink(path);
+}
+END_TEST
+
 START_TEST(a_callback_may_free_its_connection)
 {
     struct fake f = { .free_in_first_cb = true };
@@ -455,6 +509,8 @@ static Suite *mconn_suite(void)
     tcase_add_test(tc, every_pending_command_fails_with_the_connection);
     tcase_add_test(tc, good_replies_in_pieces_and_server_errors_pass);
     tcase_add_test(tc, a_callback_may_free_its_connection);
+    tcase_add_test(tc, a_name_is_resolved_on_the_loop);
+    tcase_add_test(tc, a_name_that_does_not_resolve_fails_saying_why);
     tcase_add_test(tc, parse_reports_need_more_done_and_errors);
     tcase_add_test(tc, flags_are_read_within_their_bounds);
     tcase_set_timeout(tc, 30);

@@ -239,7 +239,7 @@ static void run_fake(struct fake *f, const char *const *chunks, int pause_every)
     f->port = ntohs(sin.sin_port);
     f->pace = evtimer_new(f->base, send_next, f);
     f->resume = evtimer_new(f->base, do_resume, f);
-    f->d = mdump_start(f->base, "127.0.0.1", f->port, false, 2000, on_key, on_end, f);
+    f->d = mdump_start(f->base, NULL, "127.0.0.1", f->port, false, 2000, on_key, on_end, f);
     ck_assert_ptr_nonnull(f->d);
     struct timeval limit = { 10, 0 };
     event_base_loopexit(f->base, &limit);
@@ -299,7 +299,7 @@ START_TEST(dump_refused_connection)
 
     memset(&f, 0, sizeof(f));
     f.base = event_base_new();
-    f.d = mdump_start(f.base, "127.0.0.1", 1, false, 1000, on_key, on_end, &f);
+    f.d = mdump_start(f.base, NULL, "127.0.0.1", 1, false, 1000, on_key, on_end, &f);
     ck_assert_ptr_nonnull(f.d);
     event_base_dispatch(f.base);
     ck_assert(f.ended);

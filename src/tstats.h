@@ -1,0 +1,64 @@
+/*
+ * tstats.h — the counters of every event-loop thread, summed when read.
+ *
+ * Each thread counts in its own pools and backends (pool.stats,
+ * backend.stats: plain integers, written by that thread alone, nothing
+ * shared on the request path). At the end of each loop turn a thread copies
+ * its pools' and backends' counters into its snapshot (skipped for that
+ * turn if a reader holds the snapshot's lock: the thread never waits), and
+ * names them again when they changed (a reload, the start). A reader
+ * (`stats` on any thread, the admin's /metrics on the home thread) adds the
+ * snapshots of the other threads to its own live counters. So another
+ * thread's share is as of the end of its last turn. With one thread nothing
+ * is kept and nothing added.
+ *
+ * Ownership: the snapshots are this module's; tstats_init before the
+ * threads start, tstats_free after they were joined.
+ */
+#ifndef RP_TSTATS_H
+#define RP_TSTATS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "stats.h"
+
+struct pool;
+struct backend;
+
+void tstats_init(uint32_t nthreads);
+void tstats_free(void);
+/* Thread `thread` copies the counters of its pools and backends (each loop
+ * turn; skipped if a reader holds the snapshot). */
+void tstats_publish_pools(uint32_t thread, struct pool *const *pools, uint32_t npools);
+/* The same, waiting for the lock and naming everything again (each tick). */
+void tstats_publish(uint32_t thread, struct pool *const *pools, uint32_t npools);
+/* Add to out[STAT_POOL_COUNT] what every thread but `self` last published
+ * for pool `name`. */
+void tstats_add_pool(uint32_t self, const char *name, uint64_t *out);
+/* The same for the n backends bes of pool `pool`: out[j] for bes[j]. */
+void tstats_add_backends(uint32_t self, const char *pool, struct backend *const *bes,
+                         uint32_t n, uint64_t (*out)[STAT_BACKEND_COUNT]);
+
+/* `stats reset` (client.c): base[STAT_POOL_COUNT] is the summed counters
+ * the text `stats` subtracts from then on, for pool p's name on every
+ * thread (one thread: p->stats_base). The counters themselves never go
+ * down (/metrics, the stats port). */
+void tstats_pool_reset(struct pool *p, const uint64_t *base);
+void tstats_pool_base(const struct pool *p, uint64_t *base);
+
+/* What every reader shows (stats, /metrics, /status.json, the stats port):
+ * pool p's counters on thread self plus the other threads' share, into
+ * out[STAT_POOL_COUNT]. */
+void tstats_pool_sum(uint32_t self, const struct pool *p, uint64_t *out);
+/* The same for p's backends: row j for p->backends[j]; the caller frees it. */
+uint64_t (*tstats_backends_sum(uint32_t self, const struct pool *p))[STAT_BACKEND_COUNT];
+
+/* Several threads: client connections of a pool are counted across them
+ * (client_connections is the pool's limit, not a thread's). Admit one if
+ * under limit (0: none) and count it; a connection admitted leaves once. */
+bool tstats_threaded(void);
+bool tstats_client_admit(const char *pool, uint64_t limit);
+void tstats_client_left(const char *pool);
+
+#endif

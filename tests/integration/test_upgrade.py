@@ -1,0 +1,284 @@
+"""A binary upgrade without dropping clients (docs/ARCHITECTURE.md, "Binary
+upgrade"): a new process started on the same port (SO_REUSEPORT) takes new
+connections; the old one, on SIGTERM, stops accepting, answers what its
+clients sent, closes each connection between two requests and exits. The
+clients here behave as real ones do: a connection closed before any byte of
+a reply came (end of stream) is made again and the command sent again.
+Every reply is checked; a reset, a partial reply or a wrong value fails."""
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+
+from harness import Proxy, free_port, pool_yaml, wait_port, wait_until
+
+CLIENTS = 8
+KEYS_PER_CLIENT = 40
+
+
+class Closed(Exception):
+    """The connection ended before any byte of the reply: not answered."""
+
+
+class LoadClient(threading.Thread):
+    """One connection doing set then get of its own keys, checking each
+    reply; reconnects when the connection ends between requests."""
+
+    def __init__(self, port, n):
+        super().__init__(daemon=True)
+        self.port, self.n = port, n
+        self.stop = threading.Event()
+        self.ops = 0
+        self.reconnects = 0
+        self.errors = []
+        self.sock = None
+
+    def _connect(self):
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def _reply(self, request, end):
+        """Send request, read until the reply ends with `end`."""
+        try:
+            self.sock.sendall(request)
+        except BrokenPipeError:
+            raise Closed()
+        buf = b""
+        while not buf.endswith(end):
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError as e:
+                raise AssertionError("reset after %r, %d reply bytes read" %
+                                     (request[:40], len(buf))) from e
+            if not chunk:
+                if buf:
+                    raise AssertionError("closed in the middle of a reply: %r"
+                                         % buf[:80])
+                raise Closed()
+            buf += chunk
+        return buf
+
+    def call(self, request, end):
+        while True:
+            try:
+                return self._reply(request, end)
+            except Closed:
+                self.sock.close()
+                self.reconnects += 1
+                self._connect()
+
+    def run(self):
+        try:
+            self._connect()
+            seq = 0
+            while not self.stop.is_set():
+                key = b"up%d-%d" % (self.n, seq % KEYS_PER_CLIENT)
+                val = b"%d:%d" % (self.n, seq)
+                got = self.call(b"set %s 0 0 %d\r\n%s\r\n" % (key, len(val), val),
+                                b"\r\n")
+                if got != b"STORED\r\n":
+                    raise AssertionError("set %s: %r" % (key, got))
+                got = self.call(b"get %s\r\n" % key, b"END\r\n")
+                want = b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key, len(val), val)
+                if got != want:
+                    raise AssertionError("get %s: %r, want %r" % (key, got, want))
+                self.ops += 2
+                seq += 1
+        except Exception as e:      # reported by the test, not lost in a thread
+            self.errors.append(repr(e))
+        finally:
+            if self.sock is not None:
+                self.sock.close()
+
+
+def heartbeats(r):
+    return [f for f in r.hgetall("rp:cache:proxies") if not f.startswith(b"sweeper:")]
+
+
+def stats(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(b"stats\r\n")
+        buf = b""
+        while not buf.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            assert chunk, "stats: connection closed"
+            buf += chunk
+    finally:
+        s.close()
+    return {l.split()[1].decode(): l.split()[2].decode()
+            for l in buf.split(b"\r\n") if l.startswith(b"STAT ")}
+
+
+def wait_serving(port):
+    wait_until(lambda: stats(port).get("migration:state") not in (None, "starting"),
+               what="the proxy to serve")
+
+
+def stop_all(clients):
+    for c in clients:
+        c.stop.set()
+    for c in clients:
+        c.join(30)
+
+
+def assert_no_errors(clients):
+    """Every reply was right, and no client saw a reset or an error."""
+    errors = [e for c in clients for e in c.errors]
+    assert errors == [], errors[:5]
+
+
+@pytest.mark.parametrize("change", [False, True], ids=["same-file", "new-server"])
+def test_upgrade_under_load_loses_no_request(cluster, change):
+    """Old and new serve the port together, as two proxies of the fleet
+    (two heartbeats); SIGTERM to the old one; no request fails. With
+    new-server the new process's file adds a server: the fleet disagrees
+    while both run, and the resize runs once the old one left, still under
+    load."""
+    rds = cluster.redis()
+    mcs = cluster.memcached(4)
+    r = redis.Redis(port=rds.port)
+    port = free_port()
+
+    def conf(servers):
+        return pool_yaml("cache", port, [(m.addr, 1, "mc%d" % (i + 1))
+                                                 for i, m in enumerate(servers)],
+                         hash="md5", timeout=2000,
+                         index={"redis": "127.0.0.1:%d" % rds.port},
+                         migration={"rate": 0})
+
+    old = cluster.proxy(conf(mcs[:3]), port=port)
+    wait_serving(port)
+    clients = [LoadClient(port, n) for n in range(CLIENTS)]
+    for c in clients:
+        c.start()
+    try:
+        wait_until(lambda: sum(c.ops for c in clients) >= 400, timeout=30,
+                   what="load through the old process")
+
+        # The new binary: same port, its own files, its own proxy id.
+        newdir = os.path.join(cluster.workdir, "new")
+        os.mkdir(newdir)
+        new = Proxy(newdir, conf(mcs if change else mcs[:3]), port)
+        cluster.started.append(new)
+        new.start()
+        wait_port(port, proc=new.proc)
+        wait_until(lambda: len(heartbeats(r)) == 2,
+                   what="two proxies of one fleet")
+        assert len(set(heartbeats(r))) == 2
+        before = sum(c.ops for c in clients)
+        wait_until(lambda: sum(c.ops for c in clients) >= before + 200, timeout=30,
+                   what="load while both listen")
+
+        t0 = time.monotonic()
+        assert old.stop() == 0
+        took = time.monotonic() - t0
+        assert took < 5.0, "the old process took %.1fs to stop" % took
+        wait_until(lambda: len(heartbeats(r)) == 1, what="one heartbeat left")
+        if change:
+            st = {}
+
+            def migrated():
+                st.update(stats(port))
+                return (st.get("migration:state") == "idle" and
+                        int(st.get("migration:epoch", 0)) >= 2)
+            wait_until(migrated, timeout=60, what="the resize after the upgrade")
+        before = sum(c.ops for c in clients)
+        wait_until(lambda: sum(c.ops for c in clients) >= before + 400, timeout=30,
+                   what="load through the new process")
+    finally:
+        stop_all(clients)
+    assert_no_errors(clients)
+    # Every client was on the old process and was moved by a close between
+    # requests; each ends on the new one.
+    assert all(c.reconnects >= 1 for c in clients), [c.reconnects for c in clients]
+    st = stats(port)
+    assert int(st["curr_connections"]) >= 1
+    assert int(st["total_connections"]) >= CLIENTS
+    assert "stopping (SIGTERM)" in old.log()
+
+
+def test_upgrade_of_a_pool_served_by_every_thread(cluster):
+    """A pool without an index on 2 threads, old and new (4 listeners on
+    one port): the same guarantee, each thread closing its own clients."""
+    mcs = cluster.memcached(2)
+    port = free_port()
+    text = pool_yaml("cache", port, [(m.addr, 1, "mc%d" % (i + 1))
+                                     for i, m in enumerate(mcs)])
+    old = cluster.proxy(text, port=port, extra=["-T", "2"])
+    clients = [LoadClient(port, n) for n in range(CLIENTS)]
+    for c in clients:
+        c.start()
+    try:
+        wait_until(lambda: sum(c.ops for c in clients) >= 400, timeout=30,
+                   what="load through the old process")
+        newdir = os.path.join(cluster.workdir, "new")
+        os.mkdir(newdir)
+        new = Proxy(newdir, text, port, extra=["-T", "2"])
+        cluster.started.append(new)
+        new.start()
+        assert old.stop() == 0
+        before = sum(c.ops for c in clients)
+        wait_until(lambda: sum(c.ops for c in clients) >= before + 400, timeout=30,
+                   what="load through the new process")
+    finally:
+        stop_all(clients)
+    assert_no_errors(clients)
+    assert all(c.reconnects >= 1 for c in clients), [c.reconnects for c in clients]
+    assert "2 threads" in new.log()
+
+
+def start_unix(proxy, path):
+    """Start a proxy whose pool listens on a unix socket (Server.start waits
+    for a TCP port)."""
+    proxy._log = open(proxy.log_path, "ab")
+    proxy.proc = subprocess.Popen(proxy.argv(), stdout=proxy._log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    wait_until(lambda: "listening on %s" % path in proxy.log(),
+               what="the proxy on %s" % path)
+
+
+def unix_call(path, req):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    try:
+        s.connect(path)
+        s.sendall(req)
+        out = b""
+        while not out.endswith(b"\r\n"):
+            chunk = s.recv(4096)
+            assert chunk, "closed without a reply"
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def test_unix_socket_and_pid_file_stay_with_the_new_process(cluster):
+    """The new process takes the socket's path over; the old one, stopping,
+    removes neither the path nor the pid file the new one wrote."""
+    mc = cluster.memcached(1)[0]
+    path = os.path.join(cluster.workdir, "rp.sock")
+    text = pool_yaml("cache", 1, [(mc.addr, 1, "mc1")]).replace(
+        "listen: 127.0.0.1:1", "listen: %s" % path)
+    old = Proxy(cluster.workdir, text, 1)
+    cluster.started.append(old)
+    start_unix(old, path)
+    assert unix_call(path, b"set u 0 0 1\r\nx\r\n") == b"STORED\r\n"
+
+    newdir = os.path.join(cluster.workdir, "new")
+    os.mkdir(newdir)
+    new = Proxy(newdir, text, 2)
+    new.pid_path = old.pid_path         # one pid file, as a service manager has
+    cluster.started.append(new)
+    start_unix(new, path)
+    wait_until(lambda: open(old.pid_path).read().strip() == str(new.proc.pid),
+               what="the new pid in the pid file")
+    assert old.stop() == 0
+    assert os.path.exists(path)
+    assert open(new.pid_path).read().strip() == str(new.proc.pid)
+    assert unix_call(path, b"get u\r\n") == b"VALUE u 0 1\r\nx\r\nEND\r\n"
+    assert "pid %d" % new.proc.pid in new.log()

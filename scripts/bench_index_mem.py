@@ -46,7 +46,8 @@ LOADGEN = os.environ.get("LOADGEN_BIN", os.path.join(ROOT, "build", "loadgen"))
 
 import redis  # noqa: E402
 from conftest import Cluster  # noqa: E402
-from harness import Proxy, free_port, pool_yaml, proxy_stats, wait_until  # noqa: E402
+from harness import (Proxy, free_port, pool_yaml, proxy_stats, set_card,  # noqa: E402
+                     wait_until)
 
 
 class OldProxy(Proxy):
@@ -91,7 +92,7 @@ def encodings(r, prefix):
             continue
         e = r.object("encoding", name)
         enc[e] = enc.get(e, 0) + 1
-        entries += r.zcard(name)
+        entries += set_card(r, name)
     return enc, entries, usage
 
 
@@ -139,10 +140,23 @@ class Bench:
         p = self.proxies[name]
         c0 = redis_cpu(self.r)
         d0 = int(proxy_stats(p.port)["index:dropped"])
+        self.r.config_resetstat()
         self.loadgen(p.port, "-k", keys, "-x", prefix, "-v", 1, "-c", self.conns, "-P",
                      self.depth, "--populate-only", "--populate-time", 900)
         index_idle(p.port)
+        commands(self.r, name, keys)
         return redis_cpu(self.r) - c0, int(proxy_stats(p.port)["index:dropped"]) - d0
+
+
+def commands(r, name, keys):
+    """Where a fill's Redis CPU went: INFO commandstats since the fill
+    began (CONFIG RESETSTAT), the costliest first, per key written."""
+    st = r.info("commandstats")
+    top = sorted(st.items(), key=lambda kv: -kv[1]["usec"])[:6]
+    print("commands %s: " % name + ", ".join(
+        "%s %d calls %.2f us/call %.2f us/key" %
+        (k[len("cmdstat_"):], v["calls"], v["usec_per_call"], v["usec"] / max(keys, 1))
+        for k, v in top), flush=True)
 
 
 def key_prefix(tag, length, keys):
@@ -169,7 +183,9 @@ def memory(b, sizes, length):
             used = int(b.r.info("memory")["used_memory"]) - base
             enc, entries, usage = encodings(b.r, "bench:" + name)
             sets = sum(enc.values())
-            compact = enc.get(b"listpack", 0)
+            # long-key lists are quicklists of listpacks (listpack alone
+            # from Redis 7.2 when small): compact too
+            compact = enc.get(b"listpack", 0) + enc.get(b"quicklist", 0)
             per = max(entries, 1)
             print("memory %s (layout %d) keys %8d of %3d bytes: %6.1f bytes/key of Redis "
                   "(MEMORY USAGE of the sets %.1f), %d entries (%d writes dropped), %d sets, "

@@ -35,9 +35,12 @@
  *   Redis that refuses one command in ten does not flap; "dropping" clears
  *   once the queue is down to half.
  * - Layout 2 (layout.h): a v-node's writes are plain pipelined ZADDs, one
- *   per sub-set, picked from the v-node's directory as this writer last
+ *   per sub-set (a group with a long key goes through the script: its
+ *   list entry is added only if absent, LAY_LONG_KEYS), picked from the
+ *   v-node's directory as this writer last
  *   learnt it (struct idx_vdir: lows and sizes, from the script's `dir`
- *   and `split`). The sizes grow by what ZADD says it added; past
+ *   and `split`). The sizes grow by what ZADD says it added, and count
+ *   what unanswered ZADDs may add; past
  *   LAY_SPLIT_ASK the writer sends the script's `split`, which checks again
  *   atomically and answers the new directory. A directory older than
  *   LAY_DIR_TTL_MS is not used: that v-node's writes go through the
@@ -149,6 +152,7 @@ struct idx_group {
 struct idx_vdir {
     uint32_t *lows;             /* ascending; lows[0] is 0 */
     uint32_t *size;             /* members per sub-set, as last learnt and added */
+    uint32_t *pend;             /* members of unanswered ZADDs per sub-set */
     uint32_t n, cap;
     uint8_t layout;             /* 0: not known yet; else the layout in force */
     bool asking;                /* a dir or split call is unanswered */
@@ -159,13 +163,13 @@ struct idx_vdir {
 struct idx_ask {
     uint64_t gen;
     uint32_t point;
-    uint32_t low;               /* ZADD: the sub-set's low; UINT32_MAX: long-key set */
+    uint32_t low;               /* ZADD: the sub-set's low; UINT32_MAX: the base */
     uint32_t n;                 /* ZADD: members sent */
 };
 
 /* One record of a group, on its way to its sub-set (idx_emit_plain). */
 struct idx_pick {
-    uint32_t sub;               /* index into the directory; n: the long-key set */
+    uint32_t sub;               /* index into the directory */
     size_t off;
 };
 
@@ -238,6 +242,7 @@ static void idx_vdir_free(struct idx_vdir *v, uint32_t n)
     for (uint32_t i = 0; v != NULL && i < n; i++) {
         free(v[i].lows);
         free(v[i].size);
+        free(v[i].pend);
     }
     free(v);
 }
@@ -553,7 +558,10 @@ static struct idx_vdir *ask_vdir(struct idx *x, const struct idx_ask *a)
            &x->vdir[a->point] : NULL;
 }
 
-/* A plain ZADD's answer: what it added grows its sub-set's size. */
+/* A plain ZADD's answer: what it added grows its sub-set's size, and it
+ * is no longer pending there (a dir or split answer sets the size Redis
+ * had when it ran: answers come in order, so ZADDs sent before it are
+ * in that size and those sent after it are still pending). */
 static void on_zadd(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct idx *x = ac->data;
@@ -564,15 +572,14 @@ static void on_zadd(redisAsyncContext *ac, void *r, void *privdata)
     if (x != NULL && reply != NULL) {
         idx_written(x, reply, a->n, false);
         v = ask_vdir(x, a);
-        if (v != NULL && v->layout == 2 && a->low != UINT32_MAX &&
-            reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        if (v != NULL && v->layout == 2 && a->low != UINT32_MAX) {
             int i = lay_pick(v->lows, v->n, a->low);
+            uint32_t added = reply->type == REDIS_REPLY_INTEGER && reply->integer > 0 &&
+                             (uint64_t)reply->integer <= a->n ? (uint32_t)reply->integer : 0;
             if (i >= 0 && v->lows[i] == a->low) {
-                uint64_t sz = (uint64_t)v->size[i] + (uint64_t)reply->integer;
+                uint64_t sz = (uint64_t)v->size[i] + added;
                 v->size[i] = sz > UINT32_MAX ? UINT32_MAX : (uint32_t)sz;
-                if (v->size[i] >= LAY_SPLIT_ASK(x->limits.entries) && !v->asking) {
-                    idx_send_split(x, a->point, a->low);
-                }
+                v->pend[i] -= a->n < v->pend[i] ? a->n : v->pend[i];
             }
         }
     }
@@ -618,33 +625,37 @@ static bool vdir_parse(struct idx_vdir *v, const redisReply *r)
         return false;
     }
     n = (uint32_t)(r->elements / 2);
-    if (n > v->cap) {
-        uint32_t *lows = malloc(n * sizeof(*lows)), *size = malloc(n * sizeof(*size));
-        if (lows == NULL || size == NULL) {
-            free(lows);
-            free(size);
-            return false;
-        }
-        free(v->lows);
-        free(v->size);
-        v->lows = lows;
-        v->size = size;
-        v->cap = n;
+    /* layout 1 answers no lows: one slot each all the same */
+    uint32_t *lows = malloc((n ? n : 1) * sizeof(*lows));
+    uint32_t *size = malloc((n ? n : 1) * sizeof(*size));
+    uint32_t *pend = calloc(n ? n : 1, sizeof(*pend));
+    if (lows == NULL || size == NULL || pend == NULL) {
+        goto fail;
     }
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t low, size;
-        if (!reply_u32(r->element[1 + 2 * i], &low) ||
-            !reply_u32(r->element[2 + 2 * i], &size) ||
-            (i == 0 ? low != 0 : low <= v->lows[i - 1])) {
-            v->layout = 0;      /* half written: not known */
-            return false;
+        if (!reply_u32(r->element[1 + 2 * i], &lows[i]) ||
+            !reply_u32(r->element[2 + 2 * i], &size[i]) ||
+            (i == 0 ? lows[i] != 0 : lows[i] <= lows[i - 1])) {
+            goto fail;
         }
-        v->lows[i] = low;
-        v->size[i] = size;
+        /* ZADDs still unanswered stay pending where they were sent */
+        int o = lay_pick(v->lows, v->n, lows[i]);
+        pend[i] = o >= 0 && v->lows[o] == lows[i] ? v->pend[o] : 0;
     }
-    v->n = n;
+    free(v->lows);
+    free(v->size);
+    free(v->pend);
+    v->lows = lows;
+    v->size = size;
+    v->pend = pend;
+    v->n = v->cap = n;
     v->layout = (uint8_t)layout;
     return true;
+fail:
+    free(lows);
+    free(size);
+    free(pend);
+    return false;
 }
 
 /* A split's answer {layout, low, size[, low, size]} (or dir's, when the
@@ -688,13 +699,20 @@ static bool vdir_merge(struct idx_vdir *v, const redisReply *r)
                 return false;
             }
             v->size = sz;
+            uint32_t *pd = realloc(v->pend, cap * sizeof(*pd));
+            if (pd == NULL) {
+                return false;
+            }
+            v->pend = pd;
             v->cap = cap;
         }
         size_t at = (size_t)(i + 1);
         memmove(v->lows + at + 1, v->lows + at, (v->n - at) * sizeof(*v->lows));
         memmove(v->size + at + 1, v->size + at, (v->n - at) * sizeof(*v->size));
+        memmove(v->pend + at + 1, v->pend + at, (v->n - at) * sizeof(*v->pend));
         v->lows[at] = low;
         v->size[at] = size;
+        v->pend[at] = 0;
         v->n++;
     }
     return true;
@@ -1322,12 +1340,13 @@ static void idx_emit_zadd(struct idx *x, uint32_t point, const char *set, size_t
 /*
  * An add group of a v-node whose directory is known, as plain ZADDs: in
  * layout 1 one to the base; in layout 2 one per sub-set its records pick
- * (lay_pick) and one to the long-key set. false when it cannot (out of
- * memory): the script sends it.
+ * (lay_pick). false when it cannot: out of memory, or a key longer than
+ * the value threshold, whose list entry only the script adds without a
+ * twin (layout.h, LAY_LONG_KEYS): the script sends the group.
  */
 static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
 {
-    const struct idx_vdir *v = &x->vdir[grp->point];
+    struct idx_vdir *v = &x->vdir[grp->point];
     const char *base = x->vnode[grp->point];
     size_t blen = x->vnode_len[grp->point];
     struct idx_op op;
@@ -1343,8 +1362,11 @@ static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
     }
     for (size_t off = grp->first;; off = op.next) {
         op_at(x, off, &op);
-        uint32_t sub = v->n;
-        if (v->layout == 2 && op.keylen <= x->limits.value) {
+        uint32_t sub = 0;
+        if (v->layout == 2 && op.keylen > x->limits.value) {
+            return false;
+        }
+        if (v->layout == 2) {
             int i = lay_pick(v->lows, v->n, op.score);
             sub = i < 0 ? 0 : (uint32_t)i;     /* lows[0] is 0: never < 0 */
         }
@@ -1366,14 +1388,22 @@ static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
         uint32_t low = UINT32_MAX;
         if (v->layout != 2) {
             memcpy(set, base, blen);
-        } else if (sub == v->n) {
-            len = (size_t)snprintf(set, sizeof(set), "%s:l", base);
         } else {
             low = v->lows[sub];
             len = (size_t)snprintf(set, sizeof(set), "%s:s%u", base, low);
         }
         idx_emit_zadd(x, grp->point, set, len < sizeof(set) ? len : sizeof(set) - 1,
                       low, &x->picks[i], j - i);
+        /* pending ones count: with many ZADDs in flight the split is
+         * asked for before they pass the threshold, not after */
+        if (low != UINT32_MAX) {
+            uint64_t pd = (uint64_t)v->pend[sub] + (j - i);
+            v->pend[sub] = pd > UINT32_MAX ? UINT32_MAX : (uint32_t)pd;
+            if ((uint64_t)v->size[sub] + v->pend[sub] >= LAY_SPLIT_ASK(x->limits.entries) &&
+                !v->asking) {
+                idx_send_split(x, grp->point, low);
+            }
+        }
         i = j;
     }
     return true;

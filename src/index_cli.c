@@ -209,8 +209,8 @@ static int print_ring_record(redisContext *rc, const struct conf_pool *p,
  */
 static void print_layout(redisContext *rc, const struct conf_pool *p, FILE *out,
                          size_t nsets, const uint64_t enc_sets[2], const uint64_t enc_keys[2],
-                         const uint64_t enc_mem[2], uint64_t old_keys, uint64_t long_keys,
-                         uint64_t dir_mem, uint64_t largest)
+                         const uint64_t enc_mem[2], uint64_t old_keys,
+                         const uint64_t lists[3], uint64_t dir_mem, uint64_t largest)
 {
     const struct lay_limits *l = cli_index_limits();
     redisReply *r = cli_index_script(rc, p->index.prefix, "layout", 0, NULL, NULL);
@@ -238,6 +238,11 @@ static void print_layout(redisContext *rc, const struct conf_pool *p, FILE *out,
                     (double)enc_mem[k] / (double)enc_keys[k]);
         }
     }
+    if (lists[0] > 0) {
+        fprintf(out, "  long-key lists: %llu, %llu keys, %.1f bytes/key\n",
+                (unsigned long long)lists[0], (unsigned long long)lists[1],
+                lists[1] ? (double)lists[2] / (double)lists[1] : 0.0);
+    }
     if (dir_mem > 0) {
         fprintf(out, "  directories: %llu bytes\n", (unsigned long long)dir_mem);
     }
@@ -247,9 +252,9 @@ static void print_layout(redisContext *rc, const struct conf_pool *p, FILE *out,
     if (layout >= 2) {
         fprintf(out, "  so a sub-set splits at its median before passing %u members "
                 "(about %u on average, ~45 bytes/key for keys of 30 bytes), and keys "
-                "longer than %u bytes (%llu here) live in one long-key set per v-node, "
-                "a skiplist (about key length + 90 bytes/key)\n", l->entries,
-                l->entries * 3 / 4, l->value, (unsigned long long)long_keys);
+                "longer than %u bytes (%llu here) live in a list per sub-range, counted "
+                "in its size (about key length + 20 bytes/key)\n", l->entries,
+                l->entries * 3 / 4, l->value, (unsigned long long)lists[1]);
     } else if (enc_sets[1] > 0) {
         fprintf(out, "  note: layout 1 sets past %u members use the skiplist encoding, "
                 "about 3x the memory per key of a listpack; `ringproxy index rebuild` "
@@ -284,12 +289,13 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
     struct stat_set {
         char *name;
         uint32_t point;
-        bool dir, base;
+        bool dir, base, list;
     } *sets = NULL;
     size_t nsets = 0, cap = 0;
     uint64_t *keys = calloc(ring->nservers, sizeof(*keys));
     uint64_t *mem = calloc(ring->nservers, sizeof(*mem));
-    uint64_t total_keys = 0, total_mem = 0, largest = 0, nonempty = 0, long_keys = 0;
+    uint64_t total_keys = 0, total_mem = 0, largest = 0, nonempty = 0;
+    uint64_t lists[3] = { 0, 0, 0 };    /* long-key lists: sets, keys, bytes */
     uint64_t old_keys = 0, dir_mem = 0;
     uint64_t enc_keys[2] = { 0, 0 }, enc_mem[2] = { 0, 0 }, enc_sets[2] = { 0, 0 };
     bool *holds = calloc(ring->npoints, sizeof(*holds));
@@ -330,7 +336,8 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
             }
             sets[nsets] = (struct stat_set){ .name = strndup(e->str, e->len), .point = i,
                                              .dir = strstr(e->str, ":vd:") != NULL,
-                                             .base = strcmp(e->str, key) == 0 };
+                                             .base = strcmp(e->str, key) == 0,
+                                             .list = lay_is_list(key, e->str, e->len) };
             if (sets[nsets].name != NULL) {
                 nsets++;
             }
@@ -338,7 +345,7 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
         freeReplyObject(r);
     }
     for (size_t i = 0; i < nsets; i++) {
-        redisAppendCommand(rc, "ZCARD %s", sets[i].name);
+        redisAppendCommand(rc, sets[i].list ? "LLEN %s" : "ZCARD %s", sets[i].name);
         redisAppendCommand(rc, "MEMORY USAGE %s SAMPLES 0", sets[i].name);
         redisAppendCommand(rc, "OBJECT ENCODING %s", sets[i].name);
     }
@@ -367,18 +374,23 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
         uint64_t bytes = r[1]->type == REDIS_REPLY_INTEGER ? (uint64_t)r[1]->integer : 0;
         bool skiplist = r[2]->type == REDIS_REPLY_STRING && strcmp(r[2]->str, "skiplist") == 0;
         mem[srv] += bytes;
-        enc_sets[skiplist]++;
-        if (sets[i].dir) {
+        if (sets[i].list) {
+            keys[srv] += n;
+            lists[0]++;
+            lists[1] += n;
+            lists[2] += bytes;
+            holds[sets[i].point] |= n > 0;
+        } else if (sets[i].dir) {
+            enc_sets[skiplist]++;
             dir_mem += bytes;
         } else {
+            enc_sets[skiplist]++;
             keys[srv] += n;
             enc_keys[skiplist] += n;
             enc_mem[skiplist] += bytes;
             largest = n > largest ? n : largest;
             holds[sets[i].point] |= n > 0;
             old_keys += sets[i].base ? n : 0;
-            size_t nl = strlen(sets[i].name);
-            long_keys += nl > 2 && strcmp(sets[i].name + nl - 2, ":l") == 0 ? n : 0;
         }
         for (int k = 0; k < 3; k++) {
             freeReplyObject(r[k]);
@@ -402,7 +414,7 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
             "%.1f bytes per indexed key\n", ring->npoints,
             (unsigned long long)nonempty, (unsigned long long)total_keys, buf,
             total_keys ? (double)total_mem / (double)total_keys : 0.0);
-    print_layout(rc, p, out, nsets, enc_sets, enc_keys, enc_mem, old_keys, long_keys,
+    print_layout(rc, p, out, nsets - lists[0], enc_sets, enc_keys, enc_mem, old_keys, lists,
                  dir_mem, largest);
     rc_status = 0;
 done:

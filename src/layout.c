@@ -49,58 +49,118 @@
     "local function dir(b) return P .. ':vd:' .. string.sub(b, #P + 4) end "  \
     "local function low_of(d, s) "                                            \
     "  return redis.call('zrevrangebyscore', d, s, '-inf', 'LIMIT', 0, 1)[1] end " \
-    /* the median, else the first score above the low (lay_split_at) */       \
-    /* the new sub-set's name, or nil when it cannot split */                \
-    "local function split(b, d, lo, k, n) "                                   \
-    "  n = n or redis.call('zcard', k) "                                      \
-    "  local h = math.floor(n / 2) "                                          \
-    "  local at = tonumber(redis.call('zrange', k, h, h, 'WITHSCORES')[2]) "  \
-    "  if at == nil then return end "                                         \
-    "  if at <= tonumber(lo) then "                                           \
+    /* a sub-range's long keys: a list of "<score> <key>" (lay_list_entry) */ \
+    "local function lname(b, lo) return b .. ':l' .. lo end "                 \
+    "local function lent(s, m) return string.format('%d', tonumber(s)) .. ' ' .. m end " \
+    "local function lparse(e) "                                               \
+    "  local sp = string.find(e, ' ', 1, true) "                              \
+    "  if sp then return tonumber(string.sub(e, 1, sp - 1)), string.sub(e, sp + 1) end end " \
+    /* a bound of ZRANGEBYSCORE's form as a number */                         \
+    "local function bound(x) "                                                \
+    "  if x == '-inf' then return -1 elseif x == '+inf' then return TOP + 1 end " \
+    "  return tonumber(x) end "                                               \
+    /* what a sub-range holds: its sub-set and its list */                    \
+    "local function subcard(b, lo) "                                          \
+    "  return redis.call('zcard', b .. ':s' .. lo) + redis.call('llen', lname(b, lo)) end " \
+    /* the list's entries of score >= at moved to the list of low `name` */   \
+    "local function split_list(b, lo, at, name) "                             \
+    "  local L = lname(b, lo) "                                               \
+    "  local keep, up = {}, {} "                                              \
+    "  for _, e in ipairs(redis.call('lrange', L, 0, -1)) do "                \
+    "    if (lparse(e) or 0) >= at then up[#up + 1] = e else keep[#keep + 1] = e end end " \
+    "  if #up == 0 then return end "                                          \
+    "  redis.call('del', L) "                                                 \
+    "  if #keep > 0 then redis.call('rpush', L, unpack(keep)) end "           \
+    "  redis.call('rpush', lname(b, name), unpack(up)) end "                  \
+    /* where a sub-range splits: the median of its sub-set's and list's */   \
+    /* scores, else the first above the low; nil when it cannot */            \
+    "local function split_point(b, lo, k, n) "                                \
+    "  local sc = {} "                                                        \
+    "  if redis.call('llen', lname(b, lo)) == 0 then "                        \
+    "    local h = math.floor(n / 2) "                                        \
+    "    local at = tonumber(redis.call('zrange', k, h, h, 'WITHSCORES')[2]) " \
+    "    if at == nil or at > tonumber(lo) then return at end "               \
     "    local r = redis.call('zrangebyscore', k, '(' .. lo, '+inf', "        \
     "      'WITHSCORES', 'LIMIT', 0, 1) "                                     \
-    "    if r[2] == nil then return end "                                     \
-    "    at = tonumber(r[2]) end "                                            \
+    "    return tonumber(r[2]) end "                                          \
+    "  local z = redis.call('zrange', k, 0, -1, 'WITHSCORES') "               \
+    "  for i = 2, #z, 2 do sc[#sc + 1] = tonumber(z[i]) end "                 \
+    "  for _, e in ipairs(redis.call('lrange', lname(b, lo), 0, -1)) do "     \
+    "    sc[#sc + 1] = lparse(e) or 0 end "                                   \
+    "  table.sort(sc) "                                                       \
+    "  local at = sc[math.floor(#sc / 2) + 1] "                               \
+    "  if at == nil or at > tonumber(lo) then return at end "                 \
+    "  for _, v in ipairs(sc) do if v > tonumber(lo) then return v end end end " \
+    /* a set that passed the entries threshold is a skiplist for good: */    \
+    /* written again it is a listpack */                                      \
+    "local function recreate(k) "                                             \
+    "  if redis.call('zcard', k) > LIM then return end "                      \
+    "  if type(redis.pcall('zrangestore', k, k, 0, -1)) == 'number' then return end " \
+    "  local r = redis.call('zrange', k, 0, -1, 'WITHSCORES') "               \
+    "  if #r == 0 then return end "                                           \
+    "  redis.call('del', k) "                                                 \
+    "  for i = 1, #r, 200 do "                                                \
+    "    local a = {} "                                                       \
+    "    for j = i, math.min(i + 199, #r), 2 do a[#a + 1] = r[j + 1] a[#a + 1] = r[j] end " \
+    "    redis.call('zadd', k, unpack(a)) end end "                           \
+    /* the median, else the first score above the low (lay_split_at) */       \
+    /* the new sub-range's low, or nil when it cannot split */                \
+    "local function split(b, d, lo, k) "                                      \
+    "  local at = split_point(b, lo, k, redis.call('zcard', k)) "             \
+    "  if at == nil then return end "                                         \
     "  local name = string.format('%d', at) "                                 \
     "  local dst = b .. ':s' .. name "                                        \
-    /* ZRANGESTORE (Redis 6.2) copies without a trip through Lua, into a */   \
-    /* set sized for its entries (a listpack); it replaces dst, so only */    \
-    /* when there is none (a stray's low may be there already) */             \
-    "  local stored = redis.call('exists', dst) == 0 and "                    \
-    "    type(redis.pcall('zrangestore', dst, k, at, '+inf', 'BYSCORE')) == 'number' " \
+    "  split_list(b, lo, at, name) "                                          \
+    /* A listpack is copied whole by DUMP and RESTORE (a memcpy, where */     \
+    /* ZRANGESTORE inserts entry by entry, a scan each: 3x the CPU), then */  \
+    /* each copy loses the other's half. RESTORE wants no dst (a stray's */   \
+    /* low may be there already) and a skiplist stays one: both copy. */      \
+    "  local zn = redis.call('zcard', k) "                                    \
+    "  local stored = zn == 0 "                                               \
+    "  if not stored and zn <= LIM and redis.call('exists', dst) == 0 then "  \
+    "    redis.call('restore', dst, 0, redis.call('dump', k)) "               \
+    "    redis.call('zremrangebyscore', dst, '-inf', '(' .. name) "           \
+    "    stored = true end "                                                  \
     "  if not stored then "                                                   \
     "    local up = redis.call('zrangebyscore', k, at, '+inf', 'WITHSCORES') " \
     "    local a = {} "                                                       \
     "    for i = 1, #up, 2 do a[#a + 1] = up[i + 1] a[#a + 1] = up[i] end "   \
-    "    redis.call('zadd', dst, unpack(a)) end "                             \
+    "    if #a > 0 then redis.call('zadd', dst, unpack(a)) end end "          \
     "  redis.call('zremrangebyscore', k, at, '+inf') "                        \
+    "  if zn > LIM then recreate(k) end "                                     \
     "  redis.call('zadd', d, at, name) "                                      \
     "  return name end "                                                      \
+    /* a key longer than VMAX goes in its sub-range's list, once */          \
     "local function add1(b, s, m) "                                           \
     "  if LAY < 2 then return redis.call('zadd', b, s, m) end "               \
-    "  if #m > VMAX then return redis.call('zadd', b .. ':l', s, m) end "     \
+    "  local long = #m > VMAX "                                               \
     "  local d = dir(b) "                                                     \
     "  local lo = low_of(d, s) "                                              \
     "  if not lo then lo = '0' redis.call('zadd', d, 0, '0') end "            \
     "  local k = b .. ':s' .. lo "                                            \
+    "  if long and redis.call('lpos', lname(b, lo), lent(s, m)) then return 0 end " \
     /* below LIM by the margin writers use too (LAY_SPLIT_ASK): they add */  \
     /* to what they last learnt of the size, not knowing what this adds */    \
-    "  if redis.call('zcard', k) >= LIM - math.floor(LIM / 5) "               \
-    "     and not redis.call('zscore', k, m) then "                           \
+    "  if subcard(b, lo) >= LIM - math.floor(LIM / 5) "                       \
+    "     and (long or not redis.call('zscore', k, m)) then "                 \
     "    split(b, d, lo, k) "                                                 \
-    "    k = b .. ':s' .. low_of(d, s) end "                                  \
+    "    lo = low_of(d, s) k = b .. ':s' .. lo end "                          \
+    "  if long then return redis.call('rpush', lname(b, lo), lent(s, m)) > 0 and 1 or 0 end " \
     "  return redis.call('zadd', k, s, m) end "                               \
-    /* m out of every sub-set of low <= s but `keep`: a writer with an */    \
-    /* older directory may have filed it below its sub-set, even twice */    \
+    /* m out of every sub-range of low <= s but the one of low `keep`: a */  \
+    /* writer with an older directory may have filed it below its own, */     \
+    /* even twice; a long key is looked for by its entry "<s> <m>" */         \
     "local function unfile(b, s, m, keep) "                                   \
     "  local n = 0 "                                                          \
+    "  local e = s == math.floor(s) and #m > 0 and lent(s, m) "               \
     "  for _, lo in ipairs(redis.call('zrangebyscore', dir(b), '-inf', s)) do " \
-    "    local k = b .. ':s' .. lo "                                          \
-    "    if k ~= keep then n = n + redis.call('zrem', k, m) end end "         \
+    "    if lo ~= keep then "                                                 \
+    "      n = n + redis.call('zrem', b .. ':s' .. lo, m) "                   \
+    "      if e then n = n + redis.call('lrem', lname(b, lo), 0, e) end end end " \
     "  return n end "                                                         \
-    /* every place the key can be: the base, the long set, the sub-sets */    \
+    /* every place the key can be: the base, the sub-ranges */                \
     "local function rem1(b, s, m) "                                           \
-    "  local n = redis.call('zrem', b, m) + redis.call('zrem', b .. ':l', m) " \
+    "  local n = redis.call('zrem', b, m) "                                   \
     "  s = tonumber(s) "                                                      \
     "  if s and s >= 0 then n = n + unfile(b, s, m, nil) end "                \
     "  return n end "                                                         \
@@ -108,6 +168,14 @@
     "  local r = redis.call('zrangebyscore', k, a, z, 'WITHSCORES', 'LIMIT', 0, lim) " \
     "  for i = 1, #r, 2 do out[#out + 1] = { tonumber(r[i + 1]), r[i], r[i + 1], k } end " \
     "  return #r / 2 end "                                                    \
+    /* a sub-range's sub-set, then its list's entries of score in [a, z] */  \
+    "local function collect_sub(b, lo, a, z, lim, out) "                      \
+    "  collect(b .. ':s' .. lo, a, z, lim, out) "                             \
+    "  local L, na, nz = lname(b, lo), bound(a), bound(z) "                   \
+    "  for _, e in ipairs(redis.call('lrange', L, 0, -1)) do "                \
+    "    local s, m = lparse(e) "                                             \
+    "    if s and s >= na and s <= nz then "                                  \
+    "      out[#out + 1] = { s, m, string.format('%d', s), L } end end end "  \
     /* Every sub-set whose low is <= z may hold scores in [a, z]: a writer  */ \
     /* with an older directory files a key under a lower low (I-L2, layout.h). */ \
     /* Sub-sets of lows <= a are read whole (clipped); those above a in     */ \
@@ -115,10 +183,9 @@
     "local function range(b, a, z, lim) "                                     \
     "  local out = {} "                                                       \
     "  collect(b, a, z, lim, out) "                                           \
-    "  collect(b .. ':l', a, z, lim, out) "                                   \
     "  local d = dir(b) "                                                     \
     "  for _, lo in ipairs(redis.call('zrangebyscore', d, '-inf', a)) do "    \
-    "    collect(b .. ':s' .. lo, a, z, lim, out) end "                       \
+    "    collect_sub(b, lo, a, z, lim, out) end "                             \
     "  local off = 0 "                                                        \
     "  while true do "                                                        \
     "    local more = redis.call('zrangebyscore', d, '(' .. a, z, 'WITHSCORES', 'LIMIT', off, 32) " \
@@ -127,7 +194,7 @@
     "      local below, nl = 0, tonumber(more[i + 1]) "                       \
     "      for j = 1, #out do if out[j][1] < nl then below = below + 1 end end " \
     "      if below >= lim then done = true break end "                       \
-    "      collect(b .. ':s' .. more[i], a, z, lim, out) end "                \
+    "      collect_sub(b, more[i], a, z, lim, out) end "                      \
     "    if done or #more < 64 then break end "                               \
     "    off = off + 32 end "                                                 \
     "  table.sort(out, function(x, y) "                                       \
@@ -145,9 +212,11 @@
     "  local d, n = dir(b), 0 "                                               \
     "  for _, e in ipairs(out) do "                                           \
     "    local lo = low_of(d, e[1]) "                                         \
-    "    local k = lo and b .. ':s' .. lo "                                   \
-    "    if k and e[4] ~= k and string.sub(e[4], #b + 1, #b + 2) == ':s' then " \
-    "      redis.call('zrem', e[4], e[2]) add1(b, e[1], e[2]) n = n + 1 end end " \
+    "    local kind = string.sub(e[4], #b + 1, #b + 2) "                      \
+    "    if lo and (kind == ':s' or kind == ':l') and e[4] ~= b .. kind .. lo then " \
+    "      if kind == ':s' then redis.call('zrem', e[4], e[2]) "              \
+    "      else redis.call('lrem', e[4], 0, lent(e[1], e[2])) end "           \
+    "      add1(b, e[1], e[2]) n = n + 1 end end "                            \
     "  return n end "                                                         \
     /* a v-node's layout, lows and their sizes: {layout, low, size, ...}; */  \
     /* in layout 2 the directory always holds low 0 (a writer's first pick) */ \
@@ -156,20 +225,8 @@
     "  if LAY < 2 then return out end "                                       \
     "  redis.call('zadd', d, 'NX', 0, '0') "                                  \
     "  for _, lo in ipairs(redis.call('zrange', d, 0, -1)) do "               \
-    "    out[#out + 1] = lo out[#out + 1] = redis.call('zcard', b .. ':s' .. lo) end " \
+    "    out[#out + 1] = lo out[#out + 1] = subcard(b, lo) end "              \
     "  return out end "                                                       \
-    /* a set that passed the entries threshold is a skiplist for good: */    \
-    /* written again it is a listpack */                                      \
-    "local function recreate(k) "                                             \
-    "  if redis.call('zcard', k) > LIM then return end "                      \
-    "  if type(redis.pcall('zrangestore', k, k, 0, -1)) == 'number' then return end " \
-    "  local r = redis.call('zrange', k, 0, -1, 'WITHSCORES') "               \
-    "  if #r == 0 then return end "                                           \
-    "  redis.call('del', k) "                                                 \
-    "  for i = 1, #r, 200 do "                                                \
-    "    local a = {} "                                                       \
-    "    for j = i, math.min(i + 199, #r), 2 do a[#a + 1] = r[j + 1] a[#a + 1] = r[j] end " \
-    "    redis.call('zadd', k, unpack(a)) end end "                           \
     /* layout 1 entries of the base with a hash for a score into layout 2 */  \
     "local function convert(b, a, lim) "                                      \
     "  local r = redis.call('zrangebyscore', b, a, TOP, 'WITHSCORES', 'LIMIT', 0, lim) " \
@@ -180,11 +237,16 @@
     "      add1(b, s, r[i]) gone[#gone + 1] = r[i] end end "                  \
     "  if #gone > 0 then redis.call('zrem', b, unpack(gone)) end "            \
     "  return #gone end "                                                     \
-    "local function subsets(b) "                                              \
+    /* a v-node's sub-sets, then its lists (with `lists`) */                 \
+    "local function subsets(b, lists) "                                       \
     "  local out = {} "                                                       \
-    "  for _, lo in ipairs(redis.call('zrange', dir(b), 0, -1)) do "          \
-    "    out[#out + 1] = b .. ':s' .. lo end "                                \
-    "  return out end "
+    "  local lows = redis.call('zrange', dir(b), 0, -1) "                     \
+    "  for _, lo in ipairs(lows) do out[#out + 1] = b .. ':s' .. lo end "     \
+    "  for _, lo in ipairs(lists and lows or {}) do out[#out + 1] = lname(b, lo) end " \
+    "  return out end "                                                       \
+    "local function count(k) "                                                \
+    "  if string.match(k, ':l%d+$') then return redis.call('llen', k) end "   \
+    "  return redis.call('zcard', k) end "
 
 const char lay_lib[] = LAY_LIB;
 
@@ -218,47 +280,53 @@ const char lay_script[] =
     "  return { last >= TOP and '0' or string.format('%d', math.floor(last) + 1), res } "
     "elseif op == 'score' then "
     "  local b, h, m = ARGV[4], tonumber(ARGV[5]), ARGV[6] "
-    "  local s = redis.call('zscore', b, m) or redis.call('zscore', b .. ':l', m) "
+    "  local s = redis.call('zscore', b, m) "
     "  if s then return s end "
     "  for _, lo in ipairs(redis.call('zrevrangebyscore', dir(b), h, '-inf')) do "
     "    s = redis.call('zscore', b .. ':s' .. lo, m) "
-    "    if s then return s end end "
+    "    if s then return s end "
+    "    if redis.call('lpos', lname(b, lo), lent(h, m)) then return ARGV[5] end end "
     "  return false "
     "elseif op == 'card' then "
     "  local b = ARGV[4] "
-    "  local n = redis.call('zcard', b) + redis.call('zcard', b .. ':l') "
-    "  local sets = redis.call('exists', b, b .. ':l') "
-    "  for _, k in ipairs(subsets(b)) do "
-    "    local c = redis.call('zcard', k) "
+    "  local n = redis.call('zcard', b) "
+    "  local sets = redis.call('exists', b) "
+    "  for _, k in ipairs(subsets(b, true)) do "
+    "    local c = count(k) "
     "    if c > 0 then n = n + c sets = sets + 1 end end "
     "  return { n, sets } "
     "elseif op == 'sample' then "
     "  local b, want = ARGV[4], tonumber(ARGV[5]) "
-    "  local ks = subsets(b) "
-    "  ks[#ks + 1] = b ks[#ks + 1] = b .. ':l' "
+    "  local ks = subsets(b, true) "
+    "  ks[#ks + 1] = b "
     "  local cards, total = {}, 0 "
-    "  for i, k in ipairs(ks) do cards[i] = redis.call('zcard', k) total = total + cards[i] end "
+    "  for i, k in ipairs(ks) do cards[i] = count(k) total = total + cards[i] end "
     "  local out = {} "
     "  for i, k in ipairs(ks) do "
-    "    if total > 0 and cards[i] > 0 then "
-    "      local r = redis.call('zrandmember', k, math.ceil(cards[i] * want / total), "
-    "        'WITHSCORES') "
+    "    local c = total > 0 and math.ceil(cards[i] * want / total) or 0 "
+    "    if c > 0 and cards[i] > 0 and string.match(k, ':l%d+$') then "
+    "      local at = math.random(0, math.max(cards[i] - c, 0)) "
+    "      for _, e in ipairs(redis.call('lrange', k, at, at + c - 1)) do "
+    "        local s, m = lparse(e) "
+    "        if s then out[#out + 1] = m out[#out + 1] = string.format('%d', s) end end "
+    "    elseif c > 0 and cards[i] > 0 then "
+    "      local r = redis.call('zrandmember', k, c, 'WITHSCORES') "
     "      for j = 1, #r do out[#out + 1] = r[j] end end end "
     "  return out "
     "elseif op == 'sets' then "
     "  local b = ARGV[4] "
     "  local out = {} "
-    "  for _, k in ipairs({ b, b .. ':l', dir(b) }) do "
+    "  for _, k in ipairs({ b, dir(b) }) do "
     "    if redis.call('exists', k) == 1 then out[#out + 1] = k end end "
-    "  for _, k in ipairs(subsets(b)) do "
+    "  for _, k in ipairs(subsets(b, true)) do "
     "    if redis.call('exists', k) == 1 then out[#out + 1] = k end end "
     "  return out "
     "elseif op == 'clear' or op == 'empty' then "
     "  local n = 0 "
     "  for i = 4, #ARGV do "
     "    local b = ARGV[i] "
-    "    local ks = subsets(b) "
-    "    ks[#ks + 1] = b ks[#ks + 1] = b .. ':l' "
+    "    local ks = subsets(b, true) "
+    "    ks[#ks + 1] = b "
     "    if op == 'clear' then ks[#ks + 1] = dir(b) end "
     "    n = n + redis.call('unlink', unpack(ks)) end "
     "  return n "
@@ -271,11 +339,11 @@ const char lay_script[] =
     "  local b, lo = ARGV[4], ARGV[5] "
     "  local d, k = dir(b), ARGV[4] .. ':s' .. ARGV[5] "
     "  if LAY < 2 or not redis.call('zscore', d, lo) then return dirinfo(b) end "
-    "  local n, at = redis.call('zcard', k), nil "
-    "  if n >= math.floor(LIM / 2) then at = split(b, d, lo, k, n) end "
-    "  if n > LIM then recreate(k) end "
-    "  local out = { LAY, lo, redis.call('zcard', k) } "
-    "  if at then out[4] = at out[5] = redis.call('zcard', b .. ':s' .. at) end "
+    "  local n, zn, at = subcard(b, lo), redis.call('zcard', k), nil "
+    "  if n >= math.floor(LIM / 2) then at = split(b, d, lo, k) end "
+    "  if zn > LIM and not at then recreate(k) end "
+    "  local out = { LAY, lo, subcard(b, lo) } "
+    "  if at then out[4] = at out[5] = subcard(b, at) end "
     "  return out "
     "elseif op == 'layout' then "
     "  if ARGV[4] and redis.call('exists', R) == 1 then "
@@ -508,6 +576,20 @@ bool lay_split_at(const uint32_t *scores, size_t n, uint32_t low, uint32_t *at)
     }
     *at = m;
     return true;
+}
+
+bool lay_is_list(const char *base, const char *name, size_t len)
+{
+    size_t blen = strlen(base), i = blen + 2;
+
+    if (len <= i || strncmp(name, base, blen) != 0 || name[blen] != ':' ||
+        name[blen + 1] != 'l') {
+        return false;
+    }
+    while (i < len && name[i] >= '0' && name[i] <= '9') {
+        i++;
+    }
+    return i == len;
 }
 
 int lay_version(const char *field)

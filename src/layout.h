@@ -23,12 +23,25 @@ struct redisContext;
 
 /*
  * I-L2 (docs/ARCHITECTURE.md, "Layout 2"): a key of score s is in its
- * v-node's base, its long-key set or a sub-set whose low is <= s and is in
- * the directory. Lows leave a directory only with the v-node (clear, once
+ * v-node's base, or in the sub-set or the long-key list of a sub-range
+ * whose low is <= s and is in the directory. Lows leave a directory only with the v-node (clear, once
  * no ring has it). A writer picks from a cached directory, which may lack
  * the latest splits: the key may then sit below the sub-set covering it (a
  * stray). Readers of [a, z] read every sub-set of low <= z; the sweeper's
  * scan files strays where they belong.
+ */
+
+/*
+ * LAY_LONG_KEYS: a key longer than the value threshold would turn its
+ * sub-set into a skiplist (~100 bytes a member over the key). It goes in
+ * its sub-range's list <base>:l<low> instead, as the entry "<score> <key>"
+ * (decimal score, then a space: read up to the first one): a quicklist of
+ * listpacks, about key length + 13 bytes an entry. Only the script adds
+ * one (LPOS first: a list does not dedupe), so a writer sends a group with
+ * a long key through it. A sub-range's size, which its split follows, is
+ * its sub-set's and its list's together; a split moves the list's entries
+ * of score >= the new low too, so a list stays under the entries
+ * threshold and LPOS and LREM scan at most that many.
  */
 
 /* The writer asks for a split once it believes a sub-set holds
@@ -44,7 +57,7 @@ struct redisContext;
 /* The thresholds a layout-2 set must stay within to keep its listpack. */
 struct lay_limits {
     uint32_t entries;       /* members per sub-set, at most */
-    uint32_t value;         /* longer keys go in the v-node's long-key set */
+    uint32_t value;         /* longer keys go in their sub-range's list */
     bool from_redis;        /* read by CONFIG GET (else Redis's defaults) */
 };
 
@@ -77,18 +90,20 @@ bool lay_limits_parse(struct lay_limits *l, const struct redisReply *r);
  *                                          (ZSCAN's form; converts what it
  *                                          lists from layout 1 under layout 2)
  *   score   base hash member            -> the member's score or nil
- *   card    base                        -> {entries, sets}
+ *   card    base                        -> {entries, sets} (lists too)
  *   sample  base n                      -> about n random member, score, ... of
  *                                          its sets, each in proportion to its size
- *   sets    base                        -> names of the v-node's sets that exist
+ *   sets    base                        -> names of the v-node's sets and lists
+ *                                          that exist
  *   clear   base*                       -> sets deleted
  *   empty   base*                       -> the same, the directories kept (a
  *                                          flush: writers may still hold their
  *                                          lows, invariant I-L2)
  *   dir     base                        -> {layout, low, size, low, size...}:
- *                                          what a writer caches (creates low 0)
+ *                                          what a writer caches (creates low 0);
+ *                                          size: sub-set and list together
  *   split   base low                    -> {layout, low, size[, new low, size]}
- *                                          after splitting the sub-set at its
+ *                                          after splitting the sub-range at its
  *                                          median if it holds LAY_SPLIT_MIN or
  *                                          more (and writing it anew if it had
  *                                          passed the threshold); dir's answer
@@ -141,6 +156,10 @@ int lay_pick(const uint32_t *lows, size_t n, uint32_t score);
  * all scores `low`. false when every score is `low` (it cannot split).
  */
 bool lay_split_at(const uint32_t *scores, size_t n, uint32_t low, uint32_t *at);
+
+/* Is name[0..len) a long-key list of the v-node whose base is `base`
+ * (<base>:l<low>, LAY_LONG_KEYS)? */
+bool lay_is_list(const char *base, const char *name, size_t len);
 
 /* The layout a ring record's `layout` field names: 1 when absent. */
 int lay_version(const char *field);

@@ -1175,7 +1175,7 @@ static const char remove_script[] =
     "  if t == KEYS[4] and LAY >= 2 then "
     "    redis.call('zrem', t, mem) "
     "    local n = low_of(dir(t), sc) "
-    "    unfile(t, tonumber(old) or -1, mem, n and t .. ':s' .. n) end "
+    "    unfile(t, tonumber(old) or -1, mem, n) end "
     "  i = i + 4 end "
     "for m = 1, tonumber(ARGV[4]) do rem1(KEYS[4], ARGV[i], ARGV[i + 1]) i = i + 2 end "
     "return 'ok'";

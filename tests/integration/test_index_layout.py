@@ -9,12 +9,14 @@ import threading
 
 from pymemcache.client.base import Client
 
-from harness import RINGPROXY, proxy_stats, run_cli, vnode_of, wait_until
+from harness import (RINGPROXY, is_long_list, proxy_stats, run_cli, set_members, vnode_of,
+                     wait_until)
 from test_migration import (assert_all_hit, assert_placement, env, fill,  # noqa: F401
                             reload, wait_migrated)
 
 PREFIX = "rp:cache"
 ENTRIES = 128       # Redis's default zset-max-listpack-entries
+LONG = "L" * 110 + ":"      # a prefix past zset-max-listpack-value (64)
 
 
 def wait_index_idle(port):
@@ -34,22 +36,22 @@ def directory(r, base):
 
 
 def layout2_sets(r):
-    """{v-node: [sub-set names]} and the long-key sets."""
+    """{v-node: [sub-set and long-key list names]} and the long-key lists."""
     subs, longs = {}, []
     for name in r.scan_iter(match=PREFIX + ":v:*", count=1000):
         name = name.decode()
-        if name.endswith(":l"):
+        if is_long_list(name):
             longs.append(name)
-        elif vnode_of(name) != name:
+        if vnode_of(name) != name:
             subs.setdefault(vnode_of(name), []).append(name)
     return subs, longs
 
 
 def assert_layout_2_invariants(r, strays_ok=True):
-    """Every index set holding keys is a sub-set or a long-key set (no
-    layout 1 set is left), every sub-set is a listpack within the entries
-    threshold, its low is in its v-node's directory, and it holds scores
-    from its low up (I-L2, src/layout.h). Scores at or past the next low
+    """Every index set holding keys is a sub-set or a long-key list (no
+    layout 1 set is left), every sub-set is a listpack and every list
+    within the entries threshold, its low is in its v-node's directory,
+    and it holds scores from its low up (I-L2, src/layout.h). Scores at or past the next low
     are strays, filed by a writer that had not learnt a split yet; after a
     sweep (strays_ok False) there are none."""
     subs, longs = layout2_sets(r)
@@ -61,13 +63,15 @@ def assert_layout_2_invariants(r, strays_ok=True):
         lows = directory(r, base)
         assert lows[0] == 0
         for name in names:
-            low = int(name.rsplit(":s", 1)[1])
+            low = int(name.rsplit(":", 1)[1][1:])
             assert low in lows, name
             nxt = next((x for x in lows if x > low), 1 << 32)
-            assert r.object("encoding", name) == b"listpack", name
-            card = r.zcard(name)
-            assert 0 < card <= ENTRIES, (name, card)
-            for m, score in r.zrange(name, 0, -1, withscores=True):
+            entries = set_members(r, name)
+            if not is_long_list(name):
+                assert r.object("encoding", name) == b"listpack", name
+            assert 0 < len(entries) <= ENTRIES, (name, len(entries))
+            card = len(entries)
+            for m, score in entries:
                 assert low <= score, (name, score, low)
                 assert strays_ok or score < nxt, (name, score, low, nxt)
                 seen.add(m)
@@ -84,12 +88,10 @@ def test_sets_split_as_they_fill_and_every_one_stays_a_listpack(env):
     mcs = env.servers(3)
     p = env.proxy(mcs)
     r = env.r
-    keys = fill(p.port, 60000, prefix="split:")
-    long_keys = ["L" * 90 + ":%d" % i for i in range(300)]
-    c = Client(("127.0.0.1", p.port))
-    for k in long_keys:
-        c.set(k, b"v", noreply=False)
-    c.close()
+    short = fill(p.port, 60000, prefix="split:")
+    # 20,000 of 120 bytes: about 40 a v-node, so lists split with their sub-sets
+    long_keys = fill(p.port, 20000, prefix=LONG)
+    keys = short + long_keys
     wait_index_idle(p.port)
     assert r.hget(PREFIX + ":ring", "layout") == b"2"
 
@@ -98,11 +100,12 @@ def test_sets_split_as_they_fill_and_every_one_stays_a_listpack(env):
     nsub = sum(len(v) for v in subs.values())
     assert nsub > len(subs), "no split: %d sub-sets for %d v-nodes" % (nsub, len(subs))
     assert max(len(v) for v in subs.values()) >= 3
-    # long keys in their v-node's long-key set, never in a sub-set
+    # long keys in their sub-range's list, short keys never in one
     in_long = set()
     for name in longs:
-        in_long |= {m.decode() for m in r.zrange(name, 0, -1)}
+        in_long |= {m.decode() for m, _ in set_members(r, name)}
     assert in_long == set(long_keys)
+    assert len(longs) > len(subs), "no list split: %d lists" % len(longs)
 
     # a sweep files every stray where its score belongs
     res = run_cli("index", "sweep", "-c", p.conf_path)
@@ -112,20 +115,47 @@ def test_sets_split_as_they_fill_and_every_one_stays_a_listpack(env):
     # `index stats` reports the layout, the share of compact sets and bytes per key
     out = subprocess.run([RINGPROXY, "index", "stats", "-c", p.conf_path], check=True,
                          capture_output=True, text=True).stdout
-    assert "%d indexed keys" % (len(keys) + len(long_keys)) in out, out
+    assert "%d indexed keys" % len(keys) in out, out
     assert "layout 2" in out, out
     assert "zset-max-listpack-entries 128, zset-max-listpack-value 64" in out, out
     line = [l for l in out.splitlines() if l.strip().startswith("sets:")][0]
-    assert "%d skiplist" % len(longs) in line, out     # only the long-key sets
+    assert " 0 skiplist" in line, out
+    assert "long-key lists: %d, %d keys" % (len(longs), len(long_keys)) in out, out
 
     # a resize moves exactly the keys whose owner changed (read from the
-    # sub-sets), and the new sets keep the invariants
+    # sub-sets and the lists), and the new sets keep the invariants
     new = env.servers(1)
     reload(p, env.config(mcs + new, p.port))
     wait_migrated(p.port, 2)
     assert_all_hit(p.port, keys)
-    assert_placement(p, mcs + new, keys[:5000])
+    assert_placement(p, mcs + new, short[:5000] + long_keys)
     assert assert_layout_2_invariants(r)[0] == len(keys)
+
+
+def test_a_long_key_gone_from_its_server_is_swept_from_its_list(env):
+    """The sweeper reads the long-key lists as it reads the sub-sets: keys
+    deleted behind the proxy's back (on the server itself), long and short,
+    leave the index; the others stay where they are."""
+    mcs = env.servers(3)
+    p = env.proxy(mcs)
+    r = env.r
+    short = fill(p.port, 3000, prefix="sw:")
+    long_keys = fill(p.port, 3000, prefix=LONG)
+    wait_index_idle(p.port)
+    gone = long_keys[::10] + short[::10]
+    for m in mcs:
+        c = Client(("127.0.0.1", m.port))
+        for k in gone:
+            c.delete(k, noreply=False)
+        c.close()
+    before = assert_layout_2_invariants(r)[0]
+    assert before == len(short) + len(long_keys)
+    res = run_cli("index", "sweep", "-c", p.conf_path)
+    assert res.returncode == 0, res.stderr
+    left = {m.decode() for ms in (set_members(r, n) for n in layout2_sets(r)[1])
+            for m, _ in ms}
+    assert left == set(long_keys) - set(gone)
+    assert assert_layout_2_invariants(r, strays_ok=False)[0] == before - len(gone)
 
 
 def test_layout_1_is_converted_in_place_under_load_and_a_resize_loses_nothing(env):
@@ -137,7 +167,7 @@ def test_layout_1_is_converted_in_place_under_load_and_a_resize_loses_nothing(en
     p = env.proxy(mcs)
     r = env.r
     r.hdel(PREFIX + ":ring", "layout")
-    old_keys = fill(p.port, 20000, prefix="old:")
+    old_keys = fill(p.port, 20000, prefix="old:") + fill(p.port, 2000, prefix=LONG)
     wait_index_idle(p.port)
     bases = list(r.scan_iter(match=PREFIX + ":v:*", count=1000))
     assert bases and all(vnode_of(b) == b.decode() for b in bases)

@@ -13,6 +13,7 @@ from pymemcache.client.base import Client
 
 from harness import Memcached, Nutcracker, free_port, locate, pool_yaml, run_cli
 from harness import index_entries as index_entries_at
+from harness import set_members
 
 KEYS = 20000
 PREFIX = "rp:cache"
@@ -72,7 +73,7 @@ def index_entries(r):
     """Members of every v-node set: {member: number of sets holding it}."""
     out = {}
     for name in r.scan_iter(match=PREFIX + ":v:*", count=1000):
-        for m in r.zrange(name, 0, -1):
+        for m, _ in set_members(r, name):
             out[m] = out.get(m, 0) + 1
     return out
 

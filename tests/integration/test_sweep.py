@@ -18,8 +18,7 @@ import redis
 from pymemcache.client.base import Client
 
 from harness import (RINGPROXY, admin_get, free_port, pool_yaml, proxy_stats, run_cli,
-                     vnode_of,
-                     wait_until)
+                     set_card, set_members, vnode_of, wait_until)
 
 PREFIX = "rp:cache"
 VALUE = b"v" * 1000
@@ -89,14 +88,14 @@ def index_sets(r):
 
 
 def index_total(r):
-    return sum(r.zcard(s) for s in index_sets(r))
+    return sum(set_card(r, s) for s in index_sets(r))
 
 
 def members(r):
     """member -> [(set, score)]"""
     out = {}
     for s in index_sets(r):
-        for m, score in r.zrange(s, 0, -1, withscores=True):
+        for m, score in set_members(r, s):
             out.setdefault(m, []).append((vnode_of(s), int(score)))
     return out
 

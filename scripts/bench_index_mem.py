@@ -3,7 +3,8 @@
 (docs/ARCHITECTURE.md, "The index", "What it costs").
 
     scripts/bench_index_mem.py [--sizes 300000,1000000] [--lengths 28,120]
-                               [--rounds 3] [--seconds 8] [--old-bin PATH]
+                               [--long-sizes 300000] [--rounds 3] [--seconds 8]
+                               [--old-bin PATH]
 
 One Redis at its defaults (zset-max-listpack-entries 128, -value 64), three
 memcached and two proxies over them, each with its own index prefix: "new"
@@ -233,6 +234,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="300000,1000000")
     ap.add_argument("--lengths", default="28,120")
+    ap.add_argument("--long-sizes", help="--sizes for keys longer than 64 bytes "
+                    "(zset-max-listpack-value); default --sizes")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--old-bin", default=os.environ.get("RINGPROXY_OLD_BIN"))
@@ -249,8 +252,9 @@ def main():
             cfg = b.r.config_get("zset-max-listpack-*")
             print("Redis %s, %s; old: %s" % (b.r.info("server")["redis_version"], cfg,
                                              a.old_bin or "this build, layout 1"), flush=True)
+            long_sizes = [int(x) for x in a.long_sizes.split(",")] if a.long_sizes else sizes
             for length in (int(x) for x in a.lengths.split(",")):
-                memory(b, sizes, length)
+                memory(b, long_sizes if length > 64 else sizes, length)
             if a.rounds > 0:
                 load(b, a.rounds, a.seconds)
         finally:

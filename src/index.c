@@ -35,9 +35,8 @@
  *   Redis that refuses one command in ten does not flap; "dropping" clears
  *   once the queue is down to half.
  * - Layout 2 (layout.h): a v-node's writes are plain pipelined ZADDs, one
- *   per sub-set (a group with a long key goes through the script: its
- *   list entry is added only if absent, LAY_LONG_KEYS), picked from the
- *   v-node's directory as this writer last
+ *   per sub-set, and RPUSHes of long keys, one per sub-range list
+ *   (LAY_LONG_KEYS), picked from the v-node's directory as this writer last
  *   learnt it (struct idx_vdir: lows and sizes, from the script's `dir`
  *   and `split`). The sizes grow by what ZADD says it added, and count
  *   what unanswered ZADDs may add; past
@@ -165,11 +164,13 @@ struct idx_ask {
     uint32_t point;
     uint32_t low;               /* ZADD: the sub-set's low; UINT32_MAX: the base */
     uint32_t n;                 /* ZADD: members sent */
+    bool list;                  /* an RPUSH of long keys: it adds them all */
 };
 
 /* One record of a group, on its way to its sub-set (idx_emit_plain). */
 struct idx_pick {
     uint32_t sub;               /* index into the directory */
+    bool list;                  /* a long key: the sub-range's list */
     size_t off;
 };
 
@@ -294,18 +295,27 @@ static int out_reserve(struct idx *x, size_t more)
     return 0;
 }
 
-static void out_bulk(struct idx *x, const char *s, size_t len)
+/* One bulk string made of s and then t. */
+static void out_bulk2(struct idx *x, const char *s, size_t len, const char *t, size_t tlen)
 {
     char hdr[32];
-    int n = snprintf(hdr, sizeof(hdr), "$%zu\r\n", len);
+    int n = snprintf(hdr, sizeof(hdr), "$%zu\r\n", len + tlen);
 
-    if (out_reserve(x, (size_t)n + len + 2) != 0) {
+    if (out_reserve(x, (size_t)n + len + tlen + 2) != 0) {
         return;
     }
     memcpy(x->out + x->out_len, hdr, (size_t)n);
     memcpy(x->out + x->out_len + n, s, len);
-    memcpy(x->out + x->out_len + n + len, "\r\n", 2);
-    x->out_len += (size_t)n + len + 2;
+    if (tlen > 0) {
+        memcpy(x->out + x->out_len + n + len, t, tlen);
+    }
+    memcpy(x->out + x->out_len + n + len + tlen, "\r\n", 2);
+    x->out_len += (size_t)n + len + tlen + 2;
+}
+
+static void out_bulk(struct idx *x, const char *s, size_t len)
+{
+    out_bulk2(x, s, len, NULL, 0);
 }
 
 static void out_array(struct idx *x, size_t n)
@@ -574,8 +584,9 @@ static void on_zadd(redisAsyncContext *ac, void *r, void *privdata)
         v = ask_vdir(x, a);
         if (v != NULL && v->layout == 2 && a->low != UINT32_MAX) {
             int i = lay_pick(v->lows, v->n, a->low);
-            uint32_t added = reply->type == REDIS_REPLY_INTEGER && reply->integer > 0 &&
-                             (uint64_t)reply->integer <= a->n ? (uint32_t)reply->integer : 0;
+            uint32_t added = reply->type != REDIS_REPLY_INTEGER || reply->integer <= 0 ? 0 :
+                             a->list || (uint64_t)reply->integer > a->n ? a->n :
+                             (uint32_t)reply->integer;
             if (i >= 0 && v->lows[i] == a->low) {
                 uint64_t sz = (uint64_t)v->size[i] + added;
                 v->size[i] = sz > UINT32_MAX ? UINT32_MAX : (uint32_t)sz;
@@ -1302,28 +1313,38 @@ static void idx_emit_script(struct idx *x, uint8_t type, size_t g0, size_t g1, u
 static int pick_cmp(const void *a, const void *b)
 {
     const struct idx_pick *p = a, *q = b;
-    return p->sub < q->sub ? -1 : p->sub > q->sub;
+    if (p->sub != q->sub) {
+        return p->sub < q->sub ? -1 : 1;
+    }
+    return (int)p->list - (int)q->list;
 }
 
-/* One ZADD of picks[0..n) to `set`, its answer counted by on_zadd. */
+/* One ZADD of picks[0..n) to `set`, or one RPUSH of their list entries
+ * "<score> <key>" (layout.h, LAY_LONG_KEYS), counted by on_zadd. */
 static void idx_emit_zadd(struct idx *x, uint32_t point, const char *set, size_t setlen,
                           uint32_t low, const struct idx_pick *picks, uint32_t n)
 {
     struct idx_ask *a = malloc(sizeof(*a));
+    bool list = picks[0].list;
     char num[16];
 
     if (a == NULL) {
         x->stats[IDX_STAT_dropped] += n;
         return;
     }
-    *a = (struct idx_ask){ .gen = x->gen, .point = point, .low = low, .n = n };
+    *a = (struct idx_ask){ .gen = x->gen, .point = point, .low = low, .n = n, .list = list };
     x->out_len = 0;
-    out_array(x, 2 + 2 * (size_t)n);
-    out_bulk(x, "ZADD", 4);
+    out_array(x, 2 + (list ? 1 : 2) * (size_t)n);
+    out_bulk(x, list ? "RPUSH" : "ZADD", list ? 5 : 4);
     out_bulk(x, set, setlen);
     for (uint32_t i = 0; i < n; i++) {
         struct idx_op op;
         op_at(x, picks[i].off, &op);
+        if (list) {
+            out_bulk2(x, num, (size_t)snprintf(num, sizeof(num), "%u ", op.score),
+                      x->arena + picks[i].off + sizeof(op), op.keylen);
+            continue;
+        }
         out_bulk(x, num, (size_t)snprintf(num, sizeof(num), "%u", op.score));
         out_bulk(x, x->arena + picks[i].off + sizeof(op), op.keylen);
     }
@@ -1338,11 +1359,11 @@ static void idx_emit_zadd(struct idx *x, uint32_t point, const char *set, size_t
 }
 
 /*
- * An add group of a v-node whose directory is known, as plain ZADDs: in
- * layout 1 one to the base; in layout 2 one per sub-set its records pick
- * (lay_pick). false when it cannot: out of memory, or a key longer than
- * the value threshold, whose list entry only the script adds without a
- * twin (layout.h, LAY_LONG_KEYS): the script sends the group.
+ * An add group of a v-node whose directory is known, as plain commands: in
+ * layout 1 one ZADD to the base; in layout 2 one ZADD per sub-set its
+ * records pick (lay_pick) and one RPUSH per sub-range list for keys longer
+ * than the value threshold (layout.h, LAY_LONG_KEYS: a twin it may add is
+ * harmless). false when it cannot (out of memory): the script sends it.
  */
 static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
 {
@@ -1363,14 +1384,13 @@ static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
     for (size_t off = grp->first;; off = op.next) {
         op_at(x, off, &op);
         uint32_t sub = 0;
-        if (v->layout == 2 && op.keylen > x->limits.value) {
-            return false;
-        }
         if (v->layout == 2) {
             int i = lay_pick(v->lows, v->n, op.score);
             sub = i < 0 ? 0 : (uint32_t)i;     /* lows[0] is 0: never < 0 */
         }
-        x->picks[n++] = (struct idx_pick){ .sub = sub, .off = off };
+        x->picks[n++] = (struct idx_pick){
+            .sub = sub, .off = off,
+            .list = v->layout == 2 && op.keylen > x->limits.value };
         if (off == grp->last) {
             break;
         }
@@ -1380,7 +1400,9 @@ static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
     }
     for (uint32_t i = 0; i < n;) {
         uint32_t j = i, sub = x->picks[i].sub;
-        while (j < n && x->picks[j].sub == sub && j - i < IDX_SCRIPT_KEYS) {
+        bool list = x->picks[i].list;
+        while (j < n && x->picks[j].sub == sub && x->picks[j].list == list &&
+               j - i < IDX_SCRIPT_KEYS) {
             j++;
         }
         char set[1100];
@@ -1390,7 +1412,7 @@ static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
             memcpy(set, base, blen);
         } else {
             low = v->lows[sub];
-            len = (size_t)snprintf(set, sizeof(set), "%s:s%u", base, low);
+            len = (size_t)snprintf(set, sizeof(set), "%s:%c%u", base, list ? 'l' : 's', low);
         }
         idx_emit_zadd(x, grp->point, set, len < sizeof(set) ? len : sizeof(set) - 1,
                       low, &x->picks[i], j - i);

@@ -62,16 +62,25 @@
     /* what a sub-range holds: its sub-set and its list */                    \
     "local function subcard(b, lo) "                                          \
     "  return redis.call('zcard', b .. ':s' .. lo) + redis.call('llen', lname(b, lo)) end " \
+    /* RPUSH of t's entries, a thousand at a time (Lua's stack) */           \
+    "local function push(L, t) "                                              \
+    "  for i = 1, #t, 1000 do "                                               \
+    "    redis.call('rpush', L, unpack(t, i, math.min(i + 999, #t))) end end " \
+    /* a list written anew, keeping entries `keep` says yes to, once each */  \
+    /* (a writer's RPUSH may add a twin); true when it changed */             \
+    "local function rewrite(L, keep, moved) "                                 \
+    "  local all, seen, out = redis.call('lrange', L, 0, -1), {}, {} "        \
+    "  for _, e in ipairs(all) do "                                           \
+    "    if not seen[e] then seen[e] = true "                                 \
+    "      if keep(e) then out[#out + 1] = e elseif moved then moved[#moved + 1] = e end end end " \
+    "  if #out == #all then return false end "                                \
+    "  redis.call('del', L) push(L, out) return true end "                    \
+    "local function dedupe(L) return rewrite(L, function() return true end) end " \
     /* the list's entries of score >= at moved to the list of low `name` */   \
     "local function split_list(b, lo, at, name) "                             \
-    "  local L = lname(b, lo) "                                               \
-    "  local keep, up = {}, {} "                                              \
-    "  for _, e in ipairs(redis.call('lrange', L, 0, -1)) do "                \
-    "    if (lparse(e) or 0) >= at then up[#up + 1] = e else keep[#keep + 1] = e end end " \
-    "  if #up == 0 then return end "                                          \
-    "  redis.call('del', L) "                                                 \
-    "  if #keep > 0 then redis.call('rpush', L, unpack(keep)) end "           \
-    "  redis.call('rpush', lname(b, name), unpack(up)) end "                  \
+    "  local up = {} "                                                        \
+    "  rewrite(lname(b, lo), function(e) return (lparse(e) or 0) < at end, up) " \
+    "  push(lname(b, name), up) end "                                         \
     /* where a sub-range splits: the median of its sub-set's and list's */   \
     /* scores, else the first above the low; nil when it cannot */            \
     "local function split_point(b, lo, k, n) "                                \
@@ -111,14 +120,15 @@
     "  local name = string.format('%d', at) "                                 \
     "  local dst = b .. ':s' .. name "                                        \
     "  split_list(b, lo, at, name) "                                          \
-    /* A listpack is copied whole by DUMP and RESTORE (a memcpy, where */     \
-    /* ZRANGESTORE inserts entry by entry, a scan each: 3x the CPU), then */  \
-    /* each copy loses the other's half. RESTORE wants no dst (a stray's */   \
-    /* low may be there already) and a skiplist stays one: both copy. */      \
+    /* A listpack is copied whole by COPY (a memcpy, where ZRANGESTORE */    \
+    /* inserts entry by entry, a scan each: the split cost half as much), */  \
+    /* then each copy loses the other's half. COPY wants no dst (a stray's */ \
+    /* low may be there already), and a skiplist would stay one: both copy */ \
+    /* entry by entry. */                                                     \
     "  local zn = redis.call('zcard', k) "                                    \
     "  local stored = zn == 0 "                                               \
-    "  if not stored and zn <= LIM and redis.call('exists', dst) == 0 then "  \
-    "    redis.call('restore', dst, 0, redis.call('dump', k)) "               \
+    "  if not stored and redis.call('object', 'encoding', k) == 'listpack' "  \
+    "     and redis.call('copy', k, dst) == 1 then "                          \
     "    redis.call('zremrangebyscore', dst, '-inf', '(' .. name) "           \
     "    stored = true end "                                                  \
     "  if not stored then "                                                   \
@@ -142,7 +152,8 @@
     /* below LIM by the margin writers use too (LAY_SPLIT_ASK): they add */  \
     /* to what they last learnt of the size, not knowing what this adds */    \
     "  if subcard(b, lo) >= LIM - math.floor(LIM / 5) "                       \
-    "     and (long or not redis.call('zscore', k, m)) then "                 \
+    "     and (long or not redis.call('zscore', k, m)) "                      \
+    "     and not (dedupe(lname(b, lo)) and subcard(b, lo) < LIM - math.floor(LIM / 5)) then " \
     "    split(b, d, lo, k) "                                                 \
     "    lo = low_of(d, s) k = b .. ':s' .. lo end "                          \
     "  if long then return redis.call('rpush', lname(b, lo), lent(s, m)) > 0 and 1 or 0 end " \
@@ -269,7 +280,12 @@ const char lay_script[] =
     "  if LAY >= 2 and redis.call('exists', b) == 1 then convert(b, c, count) end "
     "  local a = c == 0 and '-inf' or c "
     "  local r, all = range(b, a, '+inf', count) "
-    "  if LAY >= 2 then refile(b, all) end "
+    "  if LAY >= 2 then "
+    "    local lists = {} "
+    "    for _, e in ipairs(all) do "
+    "      if string.sub(e[4], #b + 1, #b + 2) == ':l' then lists[e[4]] = true end end "
+    "    for L in pairs(lists) do dedupe(L) end "
+    "    refile(b, all) end "
     "  if #r < 2 * count then return { '0', r } end "
     "  local last = tonumber(r[#r]) "
     "  local res = {} "
@@ -339,6 +355,7 @@ const char lay_script[] =
     "  local b, lo = ARGV[4], ARGV[5] "
     "  local d, k = dir(b), ARGV[4] .. ':s' .. ARGV[5] "
     "  if LAY < 2 or not redis.call('zscore', d, lo) then return dirinfo(b) end "
+    "  dedupe(lname(b, lo)) "
     "  local n, zn, at = subcard(b, lo), redis.call('zcard', k), nil "
     "  if n >= math.floor(LIM / 2) then at = split(b, d, lo, k) end "
     "  if zn > LIM and not at then recreate(k) end "

@@ -36,12 +36,15 @@ struct redisContext;
  * sub-set into a skiplist (~100 bytes a member over the key). It goes in
  * its sub-range's list <base>:l<low> instead, as the entry "<score> <key>"
  * (decimal score, then a space: read up to the first one): a quicklist of
- * listpacks, about key length + 13 bytes an entry. Only the script adds
- * one (LPOS first: a list does not dedupe), so a writer sends a group with
- * a long key through it. A sub-range's size, which its split follows, is
- * its sub-set's and its list's together; a split moves the list's entries
- * of score >= the new low too, so a list stays under the entries
- * threshold and LPOS and LREM scan at most that many.
+ * listpacks, about key length + 13 bytes an entry. A list does not
+ * dedupe: the writer's plain RPUSH may add a twin of an entry (the script's
+ * add looks first, LPOS). Twins are harmless: readers answer one (range
+ * sorts and drops equal pairs), a removal takes all (LREM 0), and a split
+ * or a sweeper's scan writes the list anew without them. A sub-range's
+ * size, which its split follows, is its sub-set's and its list's
+ * together; a split moves the list's entries of score >= the new low too,
+ * so a list stays about under the entries threshold and LPOS, LREM and a
+ * reader's LRANGE go through at most about that many.
  */
 
 /* The writer asks for a split once it believes a sub-set holds

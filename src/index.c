@@ -591,6 +591,11 @@ static void on_zadd(redisAsyncContext *ac, void *r, void *privdata)
                 uint64_t sz = (uint64_t)v->size[i] + added;
                 v->size[i] = sz > UINT32_MAX ? UINT32_MAX : (uint32_t)sz;
                 v->pend[i] -= a->n < v->pend[i] ? a->n : v->pend[i];
+                /* asked for again while it is still over: the ask sent
+                 * with the ZADD may have found a split in flight */
+                if (v->size[i] >= LAY_SPLIT_ASK(x->limits.entries) && !v->asking) {
+                    idx_send_split(x, a->point, a->low);
+                }
             }
         }
     }
@@ -753,7 +758,7 @@ static void on_dir(redisAsyncContext *ac, void *r, void *privdata)
         v->learnt_ms = rp_clock_ms();
         /* one split at a time per v-node: the next after this answer */
         for (uint32_t i = 0; v->layout == 2 && i < v->n; i++) {
-            if (v->size[i] >= LAY_SPLIT_ASK(x->limits.entries)) {
+            if ((uint64_t)v->size[i] + v->pend[i] >= LAY_SPLIT_ASK(x->limits.entries)) {
                 idx_send_split(x, a->point, v->lows[i]);
                 break;
             }
@@ -1397,6 +1402,21 @@ static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
     }
     if (v->layout == 2) {
         qsort(x->picks, n, sizeof(*x->picks), pick_cmp);
+    }
+    /* A sub-range these would push to the threshold (its split asked for
+     * but not answered: Redis is behind) gets them through the script,
+     * which splits as it adds: a listpack pushed past it is a skiplist
+     * until written anew (L3). */
+    for (uint32_t i = 0; v->layout == 2 && i < n; i++) {
+        uint32_t sub = x->picks[i].sub, k = i;
+        while (k + 1 < n && x->picks[k + 1].sub == sub) {
+            k++;
+        }
+        if ((uint64_t)v->size[sub] + v->pend[sub] + (k - i + 1) >
+            LAY_SPLIT_FULL(x->limits.entries)) {
+            return false;
+        }
+        i = k;
     }
     for (uint32_t i = 0; i < n;) {
         uint32_t j = i, sub = x->picks[i].sub;

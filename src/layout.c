@@ -66,40 +66,39 @@
     "local function push(L, t) "                                              \
     "  for i = 1, #t, 1000 do "                                               \
     "    redis.call('rpush', L, unpack(t, i, math.min(i + 999, #t))) end end " \
-    /* a list written anew, keeping entries `keep` says yes to, once each */  \
-    /* (a writer's RPUSH may add a twin); true when it changed */             \
-    "local function rewrite(L, keep, moved) "                                 \
-    "  local all, seen, out = redis.call('lrange', L, 0, -1), {}, {} "        \
+    /* a list's entries, once each, and their scores; and how many it had */ \
+    "local function list_read(L) "                                            \
+    "  local all, seen, ents, sc = redis.call('lrange', L, 0, -1), {}, {}, {} " \
     "  for _, e in ipairs(all) do "                                           \
     "    if not seen[e] then seen[e] = true "                                 \
-    "      if keep(e) then out[#out + 1] = e elseif moved then moved[#moved + 1] = e end end end " \
-    "  if #out == #all then return false end "                                \
-    "  redis.call('del', L) push(L, out) return true end "                    \
-    "local function dedupe(L) return rewrite(L, function() return true end) end " \
-    /* the list's entries of score >= at moved to the list of low `name` */   \
-    "local function split_list(b, lo, at, name) "                             \
-    "  local up = {} "                                                        \
-    "  rewrite(lname(b, lo), function(e) return (lparse(e) or 0) < at end, up) " \
-    "  push(lname(b, name), up) end "                                         \
+    "      ents[#ents + 1] = e sc[#sc + 1] = lparse(e) or 0 end end "         \
+    "  return ents, sc, #all end "                                            \
     /* where a sub-range splits: the median of its sub-set's and list's */   \
-    /* scores, else the first above the low; nil when it cannot */            \
-    "local function split_point(b, lo, k, n) "                                \
-    "  local sc = {} "                                                        \
-    "  if redis.call('llen', lname(b, lo)) == 0 then "                        \
-    "    local h = math.floor(n / 2) "                                        \
+    /* scores (lsc), else the first above the low; nil when it cannot */      \
+    "local function split_point(lo, k, lsc) "                                 \
+    "  lo = tonumber(lo) "                                                    \
+    "  if #lsc == 0 then "                                                    \
+    "    local h = math.floor(redis.call('zcard', k) / 2) "                   \
     "    local at = tonumber(redis.call('zrange', k, h, h, 'WITHSCORES')[2]) " \
-    "    if at == nil or at > tonumber(lo) then return at end "               \
+    "    if at == nil or at > lo then return at end "                         \
     "    local r = redis.call('zrangebyscore', k, '(' .. lo, '+inf', "        \
     "      'WITHSCORES', 'LIMIT', 0, 1) "                                     \
     "    return tonumber(r[2]) end "                                          \
-    "  local z = redis.call('zrange', k, 0, -1, 'WITHSCORES') "               \
+    "  local sc, z = {}, redis.call('zrange', k, 0, -1, 'WITHSCORES') "       \
     "  for i = 2, #z, 2 do sc[#sc + 1] = tonumber(z[i]) end "                 \
-    "  for _, e in ipairs(redis.call('lrange', lname(b, lo), 0, -1)) do "     \
-    "    sc[#sc + 1] = lparse(e) or 0 end "                                   \
+    "  for _, v in ipairs(lsc) do sc[#sc + 1] = v end "                       \
     "  table.sort(sc) "                                                       \
     "  local at = sc[math.floor(#sc / 2) + 1] "                               \
-    "  if at == nil or at > tonumber(lo) then return at end "                 \
-    "  for _, v in ipairs(sc) do if v > tonumber(lo) then return v end end end " \
+    "  if at == nil or at > lo then return at end "                           \
+    "  for _, v in ipairs(sc) do if v > lo then return v end end end "        \
+    /* the list written anew (its twins dropped), its entries of score >= */ \
+    /* at moved to the list of low `name` (at nil: none moved) */             \
+    "local function split_list(L, ents, lsc, had, at, dst) "                  \
+    "  local keep, up = {}, {} "                                              \
+    "  for i, e in ipairs(ents) do "                                          \
+    "    if at and lsc[i] >= at then up[#up + 1] = e else keep[#keep + 1] = e end end " \
+    "  if #keep == had then return end "                                      \
+    "  redis.call('del', L) push(L, keep) push(dst, up) end "                 \
     /* a set that passed the entries threshold is a skiplist for good: */    \
     /* written again it is a listpack */                                      \
     "local function recreate(k) "                                             \
@@ -115,11 +114,13 @@
     /* the median, else the first score above the low (lay_split_at) */       \
     /* the new sub-range's low, or nil when it cannot split */                \
     "local function split(b, d, lo, k) "                                      \
-    "  local at = split_point(b, lo, k, redis.call('zcard', k)) "             \
+    "  local L, ents, lsc, had = lname(b, lo), {}, {}, 0 "                    \
+    "  if redis.call('llen', L) > 0 then ents, lsc, had = list_read(L) end "  \
+    "  local at = split_point(lo, k, lsc) "                                   \
+    "  local name = at and string.format('%d', at) "                          \
+    "  split_list(L, ents, lsc, had, at, name and lname(b, name)) "           \
     "  if at == nil then return end "                                         \
-    "  local name = string.format('%d', at) "                                 \
     "  local dst = b .. ':s' .. name "                                        \
-    "  split_list(b, lo, at, name) "                                          \
     /* A listpack is copied whole by COPY (a memcpy, where ZRANGESTORE */    \
     /* inserts entry by entry, a scan each: the split cost half as much), */  \
     /* then each copy loses the other's half. COPY wants no dst (a stray's */ \
@@ -152,8 +153,7 @@
     /* below LIM by the margin writers use too (LAY_SPLIT_ASK): they add */  \
     /* to what they last learnt of the size, not knowing what this adds */    \
     "  if subcard(b, lo) >= LIM - math.floor(LIM / 5) "                       \
-    "     and (long or not redis.call('zscore', k, m)) "                      \
-    "     and not (dedupe(lname(b, lo)) and subcard(b, lo) < LIM - math.floor(LIM / 5)) then " \
+    "     and (long or not redis.call('zscore', k, m)) then "                 \
     "    split(b, d, lo, k) "                                                 \
     "    lo = low_of(d, s) k = b .. ':s' .. lo end "                          \
     "  if long then return redis.call('rpush', lname(b, lo), lent(s, m)) > 0 and 1 or 0 end " \
@@ -175,10 +175,16 @@
     "  s = tonumber(s) "                                                      \
     "  if s and s >= 0 then n = n + unfile(b, s, m, nil) end "                \
     "  return n end "                                                         \
+    /* out holds each (score, member) once (out.seen): a twin would count */ \
+    /* twice toward a page and leave it short, which ends a listing */        \
+    "local function put(out, s, m, str, k) "                                  \
+    "  local id = s .. ' ' .. m "                                             \
+    "  if out.seen[id] then return end "                                      \
+    "  out.seen[id] = true "                                                  \
+    "  out[#out + 1] = { s, m, str, k } end "                                 \
     "local function collect(k, a, z, lim, out) "                              \
     "  local r = redis.call('zrangebyscore', k, a, z, 'WITHSCORES', 'LIMIT', 0, lim) " \
-    "  for i = 1, #r, 2 do out[#out + 1] = { tonumber(r[i + 1]), r[i], r[i + 1], k } end " \
-    "  return #r / 2 end "                                                    \
+    "  for i = 1, #r, 2 do put(out, tonumber(r[i + 1]), r[i], r[i + 1], k) end end " \
     /* a sub-range's sub-set, then its list's entries of score in [a, z] */  \
     "local function collect_sub(b, lo, a, z, lim, out) "                      \
     "  collect(b .. ':s' .. lo, a, z, lim, out) "                             \
@@ -186,21 +192,20 @@
     "  for _, e in ipairs(redis.call('lrange', L, 0, -1)) do "                \
     "    local s, m = lparse(e) "                                             \
     "    if s and s >= na and s <= nz then "                                  \
-    "      out[#out + 1] = { s, m, string.format('%d', s), L } end end end "  \
+    "      put(out, s, m, string.format('%d', s), L) end end end "            \
     /* Every sub-set whose low is <= z may hold scores in [a, z]: a writer  */ \
     /* with an older directory files a key under a lower low (I-L2, layout.h). */ \
     /* Sub-sets of lows <= a are read whole (clipped); those above a in     */ \
     /* order, until lim entries scoring below the next low are in hand.     */ \
     "local function range(b, a, z, lim) "                                     \
-    "  local out = {} "                                                       \
+    "  local out = { seen = {} } "                                            \
     "  collect(b, a, z, lim, out) "                                           \
     "  local d = dir(b) "                                                     \
     "  for _, lo in ipairs(redis.call('zrangebyscore', d, '-inf', a)) do "    \
     "    collect_sub(b, lo, a, z, lim, out) end "                             \
-    "  local off = 0 "                                                        \
-    "  while true do "                                                        \
+    "  local off, done = 0, false "                                           \
+    "  while not done do "                                                    \
     "    local more = redis.call('zrangebyscore', d, '(' .. a, z, 'WITHSCORES', 'LIMIT', off, 32) " \
-    "    local done = false "                                                 \
     "    for i = 1, #more, 2 do "                                             \
     "      local below, nl = 0, tonumber(more[i + 1]) "                       \
     "      for j = 1, #out do if out[j][1] < nl then below = below + 1 end end " \
@@ -216,17 +221,20 @@
     "    local p = out[i - 1] "                                               \
     "    if not (p and p[1] == out[i][1] and p[2] == out[i][2]) then "        \
     "      res[#res + 1] = out[i][2] res[#res + 1] = out[i][3] end end "      \
-    "  return res, out end "                                                  \
+    /* done: sub-ranges left unread (a page of entries below them is in: */  \
+    /* twins counted, res may hold fewer than lim) */                         \
+    "  return res, out, done end "                                            \
     /* a stray (a key in a sub-set below the one covering its score) into */  \
     /* the sub-set that covers it: the sweeper's scan does this as it reads */ \
+    /* (out of every sub-range below it: a split the add makes may have */  \
+    /* moved an entry not refiled yet out of the set it was listed in) */     \
     "local function refile(b, out) "                                          \
     "  local d, n = dir(b), 0 "                                               \
     "  for _, e in ipairs(out) do "                                           \
     "    local lo = low_of(d, e[1]) "                                         \
     "    local kind = string.sub(e[4], #b + 1, #b + 2) "                      \
     "    if lo and (kind == ':s' or kind == ':l') and e[4] ~= b .. kind .. lo then " \
-    "      if kind == ':s' then redis.call('zrem', e[4], e[2]) "              \
-    "      else redis.call('lrem', e[4], 0, lent(e[1], e[2])) end "           \
+    "      unfile(b, e[1], e[2], lo) "                                        \
     "      add1(b, e[1], e[2]) n = n + 1 end end "                            \
     "  return n end "                                                         \
     /* a v-node's layout, lows and their sizes: {layout, low, size, ...}; */  \
@@ -279,14 +287,16 @@ const char lay_script[] =
     "  local b, c, count = ARGV[4], tonumber(ARGV[5]) or 0, tonumber(ARGV[6]) "
     "  if LAY >= 2 and redis.call('exists', b) == 1 then convert(b, c, count) end "
     "  local a = c == 0 and '-inf' or c "
-    "  local r, all = range(b, a, '+inf', count) "
+    "  local r, all, cut = range(b, a, '+inf', count) "
     "  if LAY >= 2 then "
     "    local lists = {} "
     "    for _, e in ipairs(all) do "
     "      if string.sub(e[4], #b + 1, #b + 2) == ':l' then lists[e[4]] = true end end "
-    "    for L in pairs(lists) do dedupe(L) end "
+    "    for L in pairs(lists) do "
+    "      local ents, lsc, had = list_read(L) "
+    "      split_list(L, ents, lsc, had, nil, nil) end "
     "    refile(b, all) end "
-    "  if #r < 2 * count then return { '0', r } end "
+    "  if not cut and #r < 2 * count then return { '0', r } end "
     "  local last = tonumber(r[#r]) "
     "  local res = {} "
     "  for i = 1, #r, 2 do if tonumber(r[i + 1]) < last then "
@@ -355,7 +365,6 @@ const char lay_script[] =
     "  local b, lo = ARGV[4], ARGV[5] "
     "  local d, k = dir(b), ARGV[4] .. ':s' .. ARGV[5] "
     "  if LAY < 2 or not redis.call('zscore', d, lo) then return dirinfo(b) end "
-    "  dedupe(lname(b, lo)) "
     "  local n, zn, at = subcard(b, lo), redis.call('zcard', k), nil "
     "  if n >= math.floor(LIM / 2) then at = split(b, d, lo, k) end "
     "  if zn > LIM and not at then recreate(k) end "

@@ -179,6 +179,7 @@ def memory(b, sizes, length):
             c, d = b.fill(name, n - written, prefix)
             cpu += c
             dropped += d
+            step = 1e6 * c / max(n - written, 1)
             written = n
             b.r.execute_command("MEMORY", "PURGE")
             used = int(b.r.info("memory")["used_memory"]) - base
@@ -190,14 +191,15 @@ def memory(b, sizes, length):
             per = max(entries, 1)
             print("memory %s (layout %d) keys %8d of %3d bytes: %6.1f bytes/key of Redis "
                   "(MEMORY USAGE of the sets %.1f), %d entries (%d writes dropped), %d sets, "
-                  "%.1f%% listpack; Redis CPU %.2f us per indexed write" %
+                  "%.1f%% listpack; Redis CPU %.2f us per indexed write (%.2f this step)" %
                   (name, b.layout[name], n, length, used / per, usage / per, entries,
-                   dropped, sets, 100.0 * compact / max(sets, 1), 1e6 * cpu / per), flush=True)
+                   dropped, sets, 100.0 * compact / max(sets, 1), 1e6 * cpu / per, step),
+                  flush=True)
             result(mem=name, layout=b.layout[name], keys=n, key_bytes=length,
                    bytes_per_key=used / per, usage_per_key=usage / per, entries=entries,
                    dropped=dropped, sets=sets,
                    listpack_pct=100.0 * compact / max(sets, 1),
-                   redis_cpu_us_per_write=1e6 * cpu / per)
+                   redis_cpu_us_per_write=1e6 * cpu / per, step_cpu_us_per_write=step)
         # leave Redis as it was for the next baseline (DEL frees at once,
         # UNLINK in the background: the next delta would go negative)
         for k in list(b.r.scan_iter(match="bench:%s:v*" % name, count=1000)):

@@ -472,6 +472,13 @@ static void idx_lost_inflight(struct idx *x)
     x->stats[IDX_STAT_dropped] += x->stats[IDX_STAT_inflight] - x->asks;
     x->asks = 0;
     x->stats[IDX_STAT_inflight] = 0;
+    /* their ZADDs will add nothing: no longer pending (index.c, on_zadd) */
+    for (uint32_t i = 0; x->vdir != NULL && i < x->ring->npoints; i++) {
+        if (x->vdir[i].pend != NULL) {
+            memset(x->vdir[i].pend, 0, x->vdir[i].n * sizeof(*x->vdir[i].pend));
+        }
+        x->vdir[i].asking = false;
+    }
     /* A lost flush is not sent again: stores after it (through any proxy)
      * would lose their entries (docs/ARCHITECTURE.md, I7). Entries of
      * flushed keys only cost the mover a look. */

@@ -1410,21 +1410,6 @@ static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
     if (v->layout == 2) {
         qsort(x->picks, n, sizeof(*x->picks), pick_cmp);
     }
-    /* A sub-range these would push to the threshold (its split asked for
-     * but not answered: Redis is behind) gets them through the script,
-     * which splits as it adds: a listpack pushed past it is a skiplist
-     * until written anew (L3). */
-    for (uint32_t i = 0; v->layout == 2 && i < n; i++) {
-        uint32_t sub = x->picks[i].sub, k = i;
-        while (k + 1 < n && x->picks[k + 1].sub == sub) {
-            k++;
-        }
-        if ((uint64_t)v->size[sub] + v->pend[sub] + (k - i + 1) >
-            LAY_SPLIT_FULL(x->limits.entries)) {
-            return false;
-        }
-        i = k;
-    }
     for (uint32_t i = 0; i < n;) {
         uint32_t j = i, sub = x->picks[i].sub;
         bool list = x->picks[i].list;

@@ -51,9 +51,6 @@ struct redisContext;
  * LAY_SPLIT_ASK(entries) keys; the script splits at LAY_SPLIT_MIN of them. */
 #define LAY_SPLIT_MIN(entries) ((entries) / 2)
 #define LAY_SPLIT_ASK(entries) ((entries) - (entries) / 5)
-/* Past this, the writer sends a sub-range's adds through the script, which
- * splits as it adds, until the split it asked for is in (index.c). */
-#define LAY_SPLIT_FULL(entries) ((entries) - (entries) / 16)
 
 /* A writer uses a v-node's cached directory (and layout) for at most this
  * long (index.c); whoever changes the layout waits this long before relying

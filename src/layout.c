@@ -77,9 +77,13 @@
     /* scores (lsc), else the first above the low; nil when it cannot */      \
     "local function split_point(lo, k, lsc) "                                 \
     "  lo = tonumber(lo) "                                                    \
+    /* (and, sub-set alone, the rank of at when every rank below scores */   \
+    /* less: the halves are then cut by rank, no score read) */               \
     "  if #lsc == 0 then "                                                    \
-    "    local h = math.floor(redis.call('zcard', k) / 2) "                   \
-    "    local at = tonumber(redis.call('zrange', k, h, h, 'WITHSCORES')[2]) " \
+    "    local h = math.max(math.floor(redis.call('zcard', k) / 2), 1) "      \
+    "    local r = redis.call('zrange', k, h - 1, h, 'WITHSCORES') "          \
+    "    local at = tonumber(r[4]) "                                          \
+    "    if at and at > lo and tonumber(r[2]) < at then return at, h end "    \
     "    if at == nil or at > lo then return at end "                         \
     "    local r = redis.call('zrangebyscore', k, '(' .. lo, '+inf', "        \
     "      'WITHSCORES', 'LIMIT', 0, 1) "                                     \
@@ -116,7 +120,7 @@
     "local function split(b, d, lo, k) "                                      \
     "  local L, ents, lsc, had = lname(b, lo), {}, {}, 0 "                    \
     "  if redis.call('llen', L) > 0 then ents, lsc, had = list_read(L) end "  \
-    "  local at = split_point(lo, k, lsc) "                                   \
+    "  local at, rank = split_point(lo, k, lsc) "                             \
     "  local name = at and string.format('%d', at) "                          \
     "  split_list(L, ents, lsc, had, at, name and lname(b, name)) "           \
     "  if at == nil then return end "                                         \
@@ -130,14 +134,16 @@
     "  local stored = zn == 0 "                                               \
     "  if not stored and redis.call('object', 'encoding', k) == 'listpack' "  \
     "     and redis.call('copy', k, dst) == 1 then "                          \
-    "    redis.call('zremrangebyscore', dst, '-inf', '(' .. name) "           \
+    "    if rank then redis.call('zremrangebyrank', dst, 0, rank - 1) "       \
+    "    else redis.call('zremrangebyscore', dst, '-inf', '(' .. name) end "  \
     "    stored = true end "                                                  \
     "  if not stored then "                                                   \
     "    local up = redis.call('zrangebyscore', k, at, '+inf', 'WITHSCORES') " \
     "    local a = {} "                                                       \
     "    for i = 1, #up, 2 do a[#a + 1] = up[i + 1] a[#a + 1] = up[i] end "   \
     "    if #a > 0 then redis.call('zadd', dst, unpack(a)) end end "          \
-    "  redis.call('zremrangebyscore', k, at, '+inf') "                        \
+    "  if rank then redis.call('zremrangebyrank', k, rank, -1) "              \
+    "  else redis.call('zremrangebyscore', k, at, '+inf') end "               \
     "  if zn > LIM then recreate(k) end "                                     \
     "  redis.call('zadd', d, at, name) "                                      \
     "  return name end "                                                      \

@@ -105,8 +105,14 @@
     "  redis.call('del', L) push(L, keep) push(dst, up) end "                 \
     /* a set that passed the entries threshold is a skiplist for good: */    \
     /* written again it is a listpack */                                      \
+    /* DUMP and RESTORE load it as Redis loads an RDB: a skiplist within */  \
+    /* the thresholds becomes a listpack in one walk (ZRANGESTORE builds */   \
+    /* one entry by entry, a scan each: several times the CPU) */             \
     "local function recreate(k) "                                             \
     "  if redis.call('zcard', k) > LIM then return end "                      \
+    "  local blob = redis.call('dump', k) "                                   \
+    "  if blob and type(redis.pcall('restore', k, 0, blob, 'REPLACE')) == 'table' "  \
+    "     and redis.call('object', 'encoding', k) == 'listpack' then return end " \
     "  if type(redis.pcall('zrangestore', k, k, 0, -1)) == 'number' then return end " \
     "  local r = redis.call('zrange', k, 0, -1, 'WITHSCORES') "               \
     "  if #r == 0 then return end "                                           \
@@ -127,15 +133,16 @@
     "  local dst = b .. ':s' .. name "                                        \
     /* A listpack is copied whole by COPY (a memcpy, where ZRANGESTORE */    \
     /* inserts entry by entry, a scan each: the split cost half as much), */  \
-    /* then each copy loses the other's half. COPY wants no dst (a stray's */ \
-    /* low may be there already), and a skiplist would stay one: both copy */ \
-    /* entry by entry. */                                                     \
+    /* then each copy loses the other's half; halves of a skiplist (a set */  \
+    /* pushed past the threshold) are made listpacks again. COPY wants no */  \
+    /* dst (a stray's low may be there already): then entry by entry. */      \
     "  local zn = redis.call('zcard', k) "                                    \
+    "  local skip = zn > 0 and redis.call('object', 'encoding', k) ~= 'listpack' " \
     "  local stored = zn == 0 "                                               \
-    "  if not stored and redis.call('object', 'encoding', k) == 'listpack' "  \
-    "     and redis.call('copy', k, dst) == 1 then "                          \
+    "  if not stored and redis.call('copy', k, dst) == 1 then "               \
     "    if rank then redis.call('zremrangebyrank', dst, 0, rank - 1) "       \
     "    else redis.call('zremrangebyscore', dst, '-inf', '(' .. name) end "  \
+    "    if skip then recreate(dst) end "                                     \
     "    stored = true end "                                                  \
     "  if not stored then "                                                   \
     "    local up = redis.call('zrangebyscore', k, at, '+inf', 'WITHSCORES') " \
@@ -144,7 +151,7 @@
     "    if #a > 0 then redis.call('zadd', dst, unpack(a)) end end "          \
     "  if rank then redis.call('zremrangebyrank', k, rank, -1) "              \
     "  else redis.call('zremrangebyscore', k, at, '+inf') end "               \
-    "  if zn > LIM then recreate(k) end "                                     \
+    "  if skip then recreate(k) end "                                         \
     "  redis.call('zadd', d, at, name) "                                      \
     "  return name end "                                                      \
     /* a key longer than VMAX goes in its sub-range's list, once */          \

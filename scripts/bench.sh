@@ -120,7 +120,11 @@
 #      operation of the proxy, memcached and Redis, medians, ratio;
 #      (3) scripts/bench_closing.py: a 3 -> 4 resize whose closing pass finds
 #      BENCH_MAINT_CLOSING_KEYS unindexed keys on one source, none moving
-#      (listing only) or about 25% moving: seconds per million keys.
+#      (listing only) or about 25% moving: seconds per million keys;
+#      (4) scripts/bench_index_mem.py: Redis bytes per indexed key at
+#      Redis's defaults, layout 1 vs layout 2, 300,000 and 1,000,000 keys of
+#      28 and of 120 bytes, Redis CPU per indexed write, and client load
+#      (50% sets of new keys) through a proxy of each layout, interleaved.
 #      About 2 minutes with the defaults; it needs /usr/bin/python3 with
 #      pytest for (2) and (3) (they use tests/integration's harness).
 set -euo pipefail
@@ -1738,6 +1742,8 @@ shape_maint() {
 		--rounds "$MAINT_SWEEP_ROUNDS" --seconds "$MAINT_SWEEP_SECONDS" --rates 0,2000 \
 		--cpu-seconds 5 --cpu-runs 1
 	maint_helper closing --keys "$MAINT_CLOSING_KEYS" --rounds "$MAINT_ROUNDS"
+	maint_helper index_mem --sizes 300000,1000000 --lengths 28,120 \
+		--rounds "$MAINT_ROUNDS" --seconds "$MAINT_SWEEP_SECONDS"
 }
 
 # xres FILE SELECTOR KEY: KEY of the "result ... SELECTOR ..." line of FILE ("-" if none).
@@ -1839,6 +1845,14 @@ print_maint_table() {
 		printf '      listing: every key stays on mc1; moving: keys as they fall (about a quarter move to mc4).\n'
 		printf '      s/M: seconds per million keys on the source; closing: the whole pass (with moves, the second listing too).\n'
 	fi
+
+	f=$OUT/x-index_mem.txt
+	printf '  index layout: scripts/bench_index_mem.py (layout 1: the same build told by its record, or RINGPROXY_OLD_BIN; %s):\n' \
+		"${f#"$ROOT"/}"
+	if [ -n "${MX[index_mem_err]:-}" ]; then
+		printf '    failed: %s\n' "${MX[index_mem_err]}"
+	fi
+	grep -E '^(memory|load [a-z]+ \(layout [12]\): median)' "$f" 2>/dev/null | sed 's/^/    /' || true
 }
 
 # ---- callgrind ---------------------------------------------------------

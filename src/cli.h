@@ -32,6 +32,21 @@ bool cli_redis_failed(const struct redisContext *rc, const struct redisReply *r,
                       const struct conf_index *ix, const char *what, char *err,
                       size_t errlen);
 
+/*
+ * The index script's `op` with n arguments (layout.h) on a connection
+ * cli_redis_open made: appended (0 or -1; read the reply with
+ * redisGetReply), or sent and its reply returned (NULL: the connection
+ * failed; the reply is the caller's). lens NULL: strings.
+ */
+int cli_index_append(struct redisContext *rc, const char *prefix, const char *op, int n,
+                     const char *const *args, const size_t *lens);
+struct redisReply *cli_index_script(struct redisContext *rc, const char *prefix,
+                                    const char *op, int n, const char *const *args,
+                                    const size_t *lens);
+/* The listpack thresholds the last connection opened reported (layout.h). */
+struct lay_limits;
+const struct lay_limits *cli_index_limits(void);
+
 /* Does an HGETALL reply of <prefix>:ring describe ring r? */
 struct ring;
 bool cli_record_matches(const struct redisReply *rec, const struct ring *r);

@@ -34,6 +34,20 @@
  *   error state clears only after IDX_HEALTH_CALM_MS without errors, so a
  *   Redis that refuses one command in ten does not flap; "dropping" clears
  *   once the queue is down to half.
+ * - Layout 2 (layout.h): a v-node's writes are plain pipelined ZADDs, one
+ *   per sub-set, and RPUSHes of long keys, one per sub-range list
+ *   (LAY_LONG_KEYS), picked from the v-node's directory as this writer last
+ *   learnt it (struct idx_vdir: lows and sizes, from the script's `dir`
+ *   and `split`). The sizes grow by what ZADD says it added, and count
+ *   what unanswered ZADDs may add; past
+ *   LAY_SPLIT_ASK the writer sends the script's `split`, which checks again
+ *   atomically and answers the new directory. A directory older than
+ *   LAY_DIR_TTL_MS is not used: that v-node's writes go through the
+ *   script's `add` (which reads the layout and directory in Redis) until a
+ *   fresh one comes back; it is asked for at half that age. So a layout
+ *   change or another proxy's split is seen within LAY_DIR_TTL_MS, and a
+ *   key filed under an older directory is a stray that readers still find
+ *   (I-L2, layout.h).
  */
 #include <assert.h>
 #include <errno.h>
@@ -51,6 +65,7 @@
 
 #include "clock.h"
 #include "index.h"
+#include "layout.h"
 #include "log.h"
 #include "mem.h"
 
@@ -58,6 +73,8 @@
 #define IDX_BACKOFF_MIN_MS 100
 #define IDX_BACKOFF_MAX_MS 5000
 #define IDX_HEALTH_CALM_MS 5000  /* without errors before a refusal clears */
+#define IDX_SCRIPT_KEYS 1024    /* members per index script, at most */
+#define IDX_DIR_MAX 65536       /* lows a directory reply may hold, at most */
 
 #define IDX_STATE_NAME(e, name) [IDX_##e] = name,
 const char *const idx_state_names[IDX_STATE_COUNT] = { IDX_STATE_CODEC(IDX_STATE_NAME) };
@@ -125,8 +142,36 @@ struct idx_op {
 struct idx_group {
     uint32_t point;
     uint8_t type;
+    bool plain;                 /* sent as plain ZADDs (idx_emit_plain) */
     uint32_t count;
     size_t first, last;         /* arena offsets of the records */
+};
+
+/* What this writer knows of a v-node's layout-2 directory. */
+struct idx_vdir {
+    uint32_t *lows;             /* ascending; lows[0] is 0 */
+    uint32_t *size;             /* members per sub-set, as last learnt and added */
+    uint32_t *pend;             /* members of unanswered ZADDs per sub-set */
+    uint32_t n, cap;
+    uint8_t layout;             /* 0: not known yet; else the layout in force */
+    bool asking;                /* a dir or split call is unanswered */
+    uint64_t learnt_ms;         /* monotonic */
+};
+
+/* An unanswered ZADD, dir or split: which v-node of which ring. */
+struct idx_ask {
+    uint64_t gen;
+    uint32_t point;
+    uint32_t low;               /* ZADD: the sub-set's low; UINT32_MAX: the base */
+    uint32_t n;                 /* ZADD: members sent */
+    bool list;                  /* an RPUSH of long keys: it adds them all */
+};
+
+/* One record of a group, on its way to its sub-set (idx_emit_plain). */
+struct idx_pick {
+    uint32_t sub;               /* index into the directory */
+    bool list;                  /* a long key: the sub-range's list */
+    size_t off;
 };
 
 struct idx {
@@ -134,8 +179,17 @@ struct idx {
     char *pool;
     struct conf_index conf;     /* copies of the strings below */
     struct ring *ring;
+    char *ring_key;             /* <prefix>:ring, the script's KEYS[1] */
+    struct lay_limits limits;   /* Redis's listpack thresholds (layout.h) */
+    bool need_load;             /* Redis answered NOSCRIPT: load it again */
     char **vnode;               /* set name per ring point */
     size_t *vnode_len;
+    struct idx_vdir *vdir;      /* per ring point */
+    uint64_t gen;               /* bumped by each ring: replies of older ones are moot */
+    uint32_t asks;              /* dir and split calls unanswered (in inflight too:
+                                 * a writer is idle only once its splits are done) */
+    struct idx_pick *picks;     /* flush scratch */
+    size_t picks_cap;
     redisAsyncContext *ac;
     enum idx_state state;
     struct event *retry;
@@ -181,6 +235,18 @@ struct idx {
 static void idx_connect(struct idx *x);
 static void idx_handshake(struct idx *x);
 static int idx_load_ring(struct idx *x, struct ring *ring);
+static void idx_send_split(struct idx *x, uint32_t point, uint32_t low);
+static void idx_send_load(struct idx *x);
+
+static void idx_vdir_free(struct idx_vdir *v, uint32_t n)
+{
+    for (uint32_t i = 0; v != NULL && i < n; i++) {
+        free(v[i].lows);
+        free(v[i].size);
+        free(v[i].pend);
+    }
+    free(v);
+}
 
 /* --- small helpers -------------------------------------------------------- */
 
@@ -229,18 +295,27 @@ static int out_reserve(struct idx *x, size_t more)
     return 0;
 }
 
-static void out_bulk(struct idx *x, const char *s, size_t len)
+/* One bulk string made of s and then t. */
+static void out_bulk2(struct idx *x, const char *s, size_t len, const char *t, size_t tlen)
 {
     char hdr[32];
-    int n = snprintf(hdr, sizeof(hdr), "$%zu\r\n", len);
+    int n = snprintf(hdr, sizeof(hdr), "$%zu\r\n", len + tlen);
 
-    if (out_reserve(x, (size_t)n + len + 2) != 0) {
+    if (out_reserve(x, (size_t)n + len + tlen + 2) != 0) {
         return;
     }
     memcpy(x->out + x->out_len, hdr, (size_t)n);
     memcpy(x->out + x->out_len + n, s, len);
-    memcpy(x->out + x->out_len + n + len, "\r\n", 2);
-    x->out_len += (size_t)n + len + 2;
+    if (tlen > 0) {
+        memcpy(x->out + x->out_len + n + len, t, tlen);
+    }
+    memcpy(x->out + x->out_len + n + len + tlen, "\r\n", 2);
+    x->out_len += (size_t)n + len + tlen + 2;
+}
+
+static void out_bulk(struct idx *x, const char *s, size_t len)
+{
+    out_bulk2(x, s, len, NULL, 0);
 }
 
 static void out_array(struct idx *x, size_t n)
@@ -394,8 +469,16 @@ enum idx_health idx_health(const struct idx *x, enum idx_conn c, const char **wh
 static void idx_lost_inflight(struct idx *x)
 {
     /* Writes sent but unanswered are lost; the filter may now lie. */
-    x->stats[IDX_STAT_dropped] += x->stats[IDX_STAT_inflight];
+    x->stats[IDX_STAT_dropped] += x->stats[IDX_STAT_inflight] - x->asks;
+    x->asks = 0;
     x->stats[IDX_STAT_inflight] = 0;
+    /* their ZADDs will add nothing: no longer pending (index.c, on_zadd) */
+    for (uint32_t i = 0; x->vdir != NULL && i < x->ring->npoints; i++) {
+        if (x->vdir[i].pend != NULL) {
+            memset(x->vdir[i].pend, 0, x->vdir[i].n * sizeof(*x->vdir[i].pend));
+        }
+        x->vdir[i].asking = false;
+    }
     /* A lost flush is not sent again: stores after it (through any proxy)
      * would lose their entries (docs/ARCHITECTURE.md, I7). Entries of
      * flushed keys only cost the mover a look. */
@@ -447,17 +530,23 @@ static void idx_on_disconnect(const redisAsyncContext *ac, int status)
     idx_schedule_retry(x);
 }
 
+static void idx_written(struct idx *x, const redisReply *reply, uint64_t n, bool flush);
+
 /* The writes of one command were acknowledged, or refused. */
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct idx *x = ac->data;
     redisReply *reply = r;
-    uint64_t n = (uint64_t)(uintptr_t)privdata;
 
     if (x == NULL || reply == NULL) {
         return;     /* disconnected: counted by idx_on_disconnect */
     }
-    if (privdata == IDX_FLUSH_REPLY) {
+    idx_written(x, reply, (uint64_t)(uintptr_t)privdata, privdata == IDX_FLUSH_REPLY);
+}
+
+static void idx_written(struct idx *x, const redisReply *reply, uint64_t n, bool flush)
+{
+    if (flush) {
         n = 1;
         if (x->flush_unanswered > 0 && --x->flush_unanswered == 0 && x->flush_pending) {
             idx_flush(x);   /* the flush coalesced behind this one */
@@ -466,6 +555,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     x->stats[IDX_STAT_inflight] -= n < x->stats[IDX_STAT_inflight] ?
                                    n : x->stats[IDX_STAT_inflight];
     if (reply->type == REDIS_REPLY_ERROR) {
+        x->need_load |= lay_noscript(reply->str);
         x->stats[IDX_STAT_errors]++;
         idx_redis_error(x, IDX_CONN_WRITER, reply->str);
         memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
@@ -473,6 +563,287 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
                x->stats[IDX_STAT_queued] + x->stats[IDX_STAT_inflight] <=
                (uint64_t)x->conf.queue_max / 2) {
         idx_redis_ok(x, IDX_CONN_WRITER);
+    }
+}
+
+/* --- layout 2: the directories this writer caches --------------------------- */
+
+/* The vdir of an ask, or NULL when its ring is gone (or we are). */
+static struct idx_vdir *ask_vdir(struct idx *x, const struct idx_ask *a)
+{
+    return x != NULL && a->gen == x->gen && a->point < x->ring->npoints ?
+           &x->vdir[a->point] : NULL;
+}
+
+/* A plain ZADD's answer: what it added grows its sub-set's size, and it
+ * is no longer pending there (a dir or split answer sets the size Redis
+ * had when it ran: answers come in order, so ZADDs sent before it are
+ * in that size and those sent after it are still pending). */
+static void on_zadd(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct idx *x = ac->data;
+    redisReply *reply = r;
+    struct idx_ask *a = privdata;
+    struct idx_vdir *v;
+
+    if (x != NULL && reply != NULL) {
+        idx_written(x, reply, a->n, false);
+        v = ask_vdir(x, a);
+        if (v != NULL && v->layout == 2 && a->low != UINT32_MAX) {
+            int i = lay_pick(v->lows, v->n, a->low);
+            uint32_t added = reply->type != REDIS_REPLY_INTEGER || reply->integer <= 0 ? 0 :
+                             a->list || (uint64_t)reply->integer > a->n ? a->n :
+                             (uint32_t)reply->integer;
+            if (i >= 0 && v->lows[i] == a->low) {
+                uint64_t sz = (uint64_t)v->size[i] + added;
+                v->size[i] = sz > UINT32_MAX ? UINT32_MAX : (uint32_t)sz;
+                v->pend[i] -= a->n < v->pend[i] ? a->n : v->pend[i];
+                /* asked for again while it is still over: the ask sent
+                 * with the ZADD may have found a split in flight */
+                if (v->size[i] >= LAY_SPLIT_ASK(x->limits.entries) && !v->asking) {
+                    idx_send_split(x, a->point, a->low);
+                }
+            }
+        }
+    }
+    free(a);
+}
+
+static bool reply_u32(const redisReply *e, uint32_t *out)
+{
+    char buf[24], *end;
+    unsigned long long v;
+
+    if (e->type == REDIS_REPLY_INTEGER) {
+        if (e->integer < 0 || e->integer > UINT32_MAX) {
+            return false;
+        }
+        *out = (uint32_t)e->integer;
+        return true;
+    }
+    if (e->type != REDIS_REPLY_STRING || e->len == 0 || e->len >= sizeof(buf) ||
+        e->str[0] < '0' || e->str[0] > '9') {
+        return false;
+    }
+    memcpy(buf, e->str, e->len);
+    buf[e->len] = '\0';
+    errno = 0;
+    v = strtoull(buf, &end, 10);
+    if (*end != '\0' || errno != 0 || v > UINT32_MAX) {
+        return false;
+    }
+    *out = (uint32_t)v;
+    return true;
+}
+
+/* {layout, low, size, ...} (layout.h, dir) into v; false (v unchanged) when
+ * the reply is not that: lows ascending from 0, at most IDX_DIR_MAX. */
+static bool vdir_parse(struct idx_vdir *v, const redisReply *r)
+{
+    uint32_t layout, n;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->elements % 2 != 1 ||
+        !reply_u32(r->element[0], &layout) || layout < 1 || layout > 2 ||
+        r->elements / 2 > IDX_DIR_MAX || (layout == 2 && r->elements < 3)) {
+        return false;
+    }
+    n = (uint32_t)(r->elements / 2);
+    /* layout 1 answers no lows: one slot each all the same */
+    uint32_t *lows = malloc((n ? n : 1) * sizeof(*lows));
+    uint32_t *size = malloc((n ? n : 1) * sizeof(*size));
+    uint32_t *pend = calloc(n ? n : 1, sizeof(*pend));
+    if (lows == NULL || size == NULL || pend == NULL) {
+        goto fail;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (!reply_u32(r->element[1 + 2 * i], &lows[i]) ||
+            !reply_u32(r->element[2 + 2 * i], &size[i]) ||
+            (i == 0 ? lows[i] != 0 : lows[i] <= lows[i - 1])) {
+            goto fail;
+        }
+        /* ZADDs still unanswered stay pending where they were sent */
+        int o = lay_pick(v->lows, v->n, lows[i]);
+        pend[i] = o >= 0 && v->lows[o] == lows[i] ? v->pend[o] : 0;
+    }
+    free(v->lows);
+    free(v->size);
+    free(v->pend);
+    v->lows = lows;
+    v->size = size;
+    v->pend = pend;
+    v->n = v->cap = n;
+    v->layout = (uint8_t)layout;
+    return true;
+fail:
+    free(lows);
+    free(size);
+    free(pend);
+    return false;
+}
+
+/* A split's answer {layout, low, size[, low, size]} (or dir's, when the
+ * low was not in the directory) into v, which knows layout 2: sizes set,
+ * new lows inserted in order (lows never leave a directory, layout.h).
+ * false when it is not that (v unchanged but for what was already set). */
+static bool vdir_merge(struct idx_vdir *v, const redisReply *r)
+{
+    uint32_t layout;
+
+    if (v->layout != 2 || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->elements % 2 != 1 || r->elements / 2 > IDX_DIR_MAX ||
+        !reply_u32(r->element[0], &layout)) {
+        return false;
+    }
+    if (layout != 2) {
+        return vdir_parse(v, r);        /* the layout changed: its whole answer */
+    }
+    for (size_t e = 1; e + 1 < r->elements; e += 2) {
+        uint32_t low, size;
+        if (!reply_u32(r->element[e], &low) || !reply_u32(r->element[e + 1], &size)) {
+            return false;
+        }
+        int i = lay_pick(v->lows, v->n, low);
+        if (i >= 0 && v->lows[i] == low) {
+            v->size[i] = size;
+            continue;
+        }
+        if (v->n == v->cap) {
+            uint32_t cap = v->cap ? v->cap * 2 : 8;
+            uint32_t *lows = realloc(v->lows, cap * sizeof(*lows));
+            if (lows == NULL) {
+                return false;
+            }
+            v->lows = lows;
+            uint32_t *sz = realloc(v->size, cap * sizeof(*sz));
+            if (sz == NULL || v->n >= IDX_DIR_MAX) {
+                if (sz != NULL) {
+                    v->size = sz;
+                }
+                return false;
+            }
+            v->size = sz;
+            uint32_t *pd = realloc(v->pend, cap * sizeof(*pd));
+            if (pd == NULL) {
+                return false;
+            }
+            v->pend = pd;
+            v->cap = cap;
+        }
+        size_t at = (size_t)(i + 1);
+        memmove(v->lows + at + 1, v->lows + at, (v->n - at) * sizeof(*v->lows));
+        memmove(v->size + at + 1, v->size + at, (v->n - at) * sizeof(*v->size));
+        memmove(v->pend + at + 1, v->pend + at, (v->n - at) * sizeof(*v->pend));
+        v->lows[at] = low;
+        v->size[at] = size;
+        v->pend[at] = 0;
+        v->n++;
+    }
+    return true;
+}
+
+/* A dir or split answer: the v-node's directory as it is now. */
+static void on_dir(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct idx *x = ac->data;
+    redisReply *reply = r;
+    struct idx_ask *a = privdata;
+    struct idx_vdir *v = ask_vdir(x, a);
+
+    if (v != NULL) {
+        v->asking = false;
+    }
+    if (x != NULL && reply != NULL && x->asks > 0) {
+        x->asks--;
+        x->stats[IDX_STAT_inflight]--;
+    }
+    if (x != NULL && reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        x->need_load |= lay_noscript(reply->str);
+        x->stats[IDX_STAT_errors]++;
+        idx_redis_error(x, IDX_CONN_WRITER, reply->str);
+    } else if (v != NULL && reply != NULL &&
+               (a->low == UINT32_MAX ? vdir_parse(v, reply) : vdir_merge(v, reply))) {
+        v->learnt_ms = rp_clock_ms();
+        /* one split at a time per v-node: the next after this answer */
+        for (uint32_t i = 0; v->layout == 2 && i < v->n; i++) {
+            if ((uint64_t)v->size[i] + v->pend[i] >= LAY_SPLIT_ASK(x->limits.entries)) {
+                idx_send_split(x, a->point, v->lows[i]);
+                break;
+            }
+        }
+    }
+    free(a);
+}
+
+/* dir (low == UINT32_MAX) or split of a v-node; v->asking until answered. */
+static void idx_send_ask(struct idx *x, uint32_t point, uint32_t low)
+{
+    const char *argv[LAY_HEAD + 2];
+    size_t lens[LAY_HEAD + 2];
+    char nums[2][12], lowbuf[12];
+    struct idx_ask *a = malloc(sizeof(*a));
+    int argc;
+
+    if (a == NULL) {
+        return;
+    }
+    *a = (struct idx_ask){ .gen = x->gen, .point = point, .low = low };
+    argc = lay_head(argv, lens, x->ring_key, low == UINT32_MAX ? "dir" : "split",
+                    &x->limits, nums);
+    argv[argc] = x->vnode[point];
+    lens[argc++] = x->vnode_len[point];
+    if (low != UINT32_MAX) {
+        lens[argc] = (size_t)snprintf(lowbuf, sizeof(lowbuf), "%u", low);
+        argv[argc++] = lowbuf;
+    }
+    if (x->need_load) {
+        idx_send_load(x);
+    }
+    if (redisAsyncCommandArgv(x->ac, on_dir, a, argc, argv, lens) != REDIS_OK) {
+        free(a);
+        return;
+    }
+    x->stats[IDX_STAT_commands]++;
+    x->stats[IDX_STAT_inflight]++;
+    x->asks++;
+    x->vdir[point].asking = true;
+}
+
+static void idx_send_split(struct idx *x, uint32_t point, uint32_t low)
+{
+    idx_send_ask(x, point, low);
+}
+
+/* The index script is loaded before any EVALSHA on this connection (the
+ * pipeline keeps the order); a refusal is seen again by the writes. */
+static void on_load(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct idx *x = ac->data;
+    redisReply *reply = r;
+
+    (void)privdata;
+    if (x != NULL && reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        x->need_load = true;
+    }
+}
+
+static void idx_send_load(struct idx *x)
+{
+    const char *argv[3];
+    size_t lens[3];
+
+    lay_load_argv(argv, lens);
+    rp_xcheck(redisAsyncCommandArgv(x->ac, on_load, NULL, 3, argv, lens) == REDIS_OK,
+              "the Redis SCRIPT LOAD command");
+    x->need_load = false;
+}
+
+static void on_limits(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct idx *x = ac->data;
+
+    (void)privdata;
+    if (x != NULL && r != NULL) {
+        lay_limits_parse(&x->limits, r);
     }
 }
 
@@ -533,6 +904,13 @@ static void idx_handshake(struct idx *x)
                                         len) == REDIS_OK, "the Redis SELECT command");
         x->handshake++;
     }
+    idx_send_load(x);
+    /* The thresholds the layout keeps sets under; a refused CONFIG keeps
+     * Redis's defaults (layout.h). */
+    const char *cargv[] = { "CONFIG", "GET", LAY_CONFIG_PATTERN };
+    size_t clen[] = { 6, 3, strlen(LAY_CONFIG_PATTERN) };
+    rp_xcheck(redisAsyncCommandArgv(x->ac, on_limits, NULL, 3, cargv, clen) == REDIS_OK,
+              "the Redis CONFIG GET command");
 }
 
 static void idx_on_connect(const redisAsyncContext *ac, int status)
@@ -604,6 +982,10 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->conf.redis.host = strdup(conf->redis.host);
     x->conf.prefix = strdup(conf->prefix);
     x->conf.password = conf->password ? strdup(conf->password) : NULL;
+    lay_limits_default(&x->limits);
+    if (x->conf.prefix != NULL && asprintf(&x->ring_key, "%s:ring", x->conf.prefix) < 0) {
+        x->ring_key = NULL;
+    }
     x->filter = calloc(IDX_FILTER_SLOTS, sizeof(*x->filter));
     x->shared = true;           /* until the first sync says we are alone */
     x->retry = evtimer_new(base, idx_on_retry, x);
@@ -611,7 +993,7 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->health_since_ms = rp_clock_ms();
     if (!x->pool || !x->conf.redis.text || !x->conf.redis.host || !x->conf.prefix ||
         (conf->password && !x->conf.password) || !x->filter || !x->retry ||
-        !x->calm_timer ||
+        !x->calm_timer || !x->ring_key ||
         idx_load_ring(x, ring) != 0) {
         goto err;
     }
@@ -643,6 +1025,8 @@ void idx_free(struct idx *x)
     }
     free(x->vnode);
     free(x->vnode_len);
+    idx_vdir_free(x->vdir, x->ring != NULL ? x->ring->npoints : 0);
+    free(x->picks);
     ring_unref(x->ring);
     x->ring = NULL;
     free(x->filter);
@@ -658,6 +1042,7 @@ void idx_free(struct idx *x)
     free(x->conf.redis.host);
     free(x->conf.prefix);
     free(x->conf.password);
+    free(x->ring_key);
     free(x);
 }
 
@@ -669,15 +1054,16 @@ static int idx_load_ring(struct idx *x, struct ring *ring)
     size_t *vnode_len = calloc(ring->npoints, sizeof(*vnode_len));
     int32_t *g0 = malloc(ring->npoints * sizeof(int32_t));
     int32_t *g1 = malloc(ring->npoints * sizeof(int32_t));
+    struct idx_vdir *vdir = calloc(ring->npoints, sizeof(*vdir));
 
-    for (uint32_t i = 0; vnode && vnode_len && g0 && g1 && i < ring->npoints; i++) {
+    for (uint32_t i = 0; vnode && vnode_len && g0 && g1 && vdir && i < ring->npoints; i++) {
         vnode_len[i] = idx_vnode_key(x->conf.prefix, ring, i, buf, sizeof(buf));
         if ((vnode[i] = strndup(buf, vnode_len[i])) == NULL) {
             goto err;
         }
         g0[i] = g1[i] = -1;
     }
-    if (!vnode || !vnode_len || !g0 || !g1) {
+    if (!vnode || !vnode_len || !g0 || !g1 || !vdir) {
         goto err;
     }
     for (uint32_t i = 0; x->vnode != NULL && i < x->ring->npoints; i++) {
@@ -687,8 +1073,11 @@ static int idx_load_ring(struct idx *x, struct ring *ring)
     free(x->vnode_len);
     free(x->group_of[0]);
     free(x->group_of[1]);
+    idx_vdir_free(x->vdir, x->ring != NULL ? x->ring->npoints : 0);
     ring_unref(x->ring);
     x->ring = ring_ref(ring);
+    x->vdir = vdir;
+    x->gen++;
     x->vnode = vnode;
     x->vnode_len = vnode_len;
     x->group_of[0] = g0;
@@ -702,6 +1091,7 @@ err:
     free(vnode_len);
     free(g0);
     free(g1);
+    free(vdir);
     return -1;
 }
 
@@ -833,6 +1223,12 @@ void idx_pool_flushed(struct idx *x)
      * store may have set a slot since the last. */
     x->arena_len = 0;
     x->nqueued = 0;
+    /* the sets are emptied; the directories stay (layout.h, `empty`) */
+    for (uint32_t i = 0; i < x->ring->npoints; i++) {
+        for (uint32_t j = 0; j < x->vdir[i].n; j++) {
+            x->vdir[i].size[j] = 0;
+        }
+    }
     if (x->filter_used) {
         memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
         x->filter_used = false;
@@ -847,16 +1243,34 @@ void idx_pool_flushed(struct idx *x)
     x->stats[IDX_STAT_queued] = 1;
 }
 
-/* Send the pending flush's UNLINKs, every set in batches of 256. */
+/* The first arguments of an index script call, into x->out (layout.h). */
+static void out_head(struct idx *x, size_t argc, const char *op)
+{
+    const char *head[LAY_HEAD];
+    size_t lens[LAY_HEAD];
+    char nums[2][12];
+
+    lay_head(head, lens, x->ring_key, op, &x->limits, nums);
+    out_array(x, argc);
+    for (int i = 0; i < LAY_HEAD; i++) {
+        out_bulk(x, head[i], lens[i]);
+    }
+}
+
+/* Send the pending flush's deletions: every v-node's sets, 256 v-nodes
+ * per script (each v-node's sub-sets are named by its directory). */
 static void idx_send_flush(struct idx *x)
 {
     x->flush_pending = false;
     x->stats[IDX_STAT_queued] = x->nqueued;
+    if (x->need_load) {
+        idx_send_load(x);
+    }
     for (uint32_t i = 0; i < x->ring->npoints; i += 256) {
         uint32_t n = x->ring->npoints - i < 256 ? x->ring->npoints - i : 256;
         x->out_len = 0;
-        out_array(x, n + 1);
-        out_bulk(x, "UNLINK", 6);
+        /* the directories stay: writers may still pick their lows (I-L2) */
+        out_head(x, LAY_HEAD + n, "empty");
         for (uint32_t j = i; j < i + n; j++) {
             out_bulk(x, x->vnode[j], x->vnode_len[j]);
         }
@@ -877,41 +1291,214 @@ static const struct idx_op *op_at(const struct idx *x, size_t off, struct idx_op
     return tmp;
 }
 
-static void idx_emit_groups(struct idx *x)
+/* Groups [g0, g1) of `type` (their members: n) as one index script. */
+static void idx_emit_script(struct idx *x, uint8_t type, size_t g0, size_t g1, uint32_t n)
 {
-    static const char *const verb[] = { [IDX_OP_ADD] = "ZADD", [IDX_OP_REM] = "ZREM" };
+    size_t argc = LAY_HEAD + 2 * (size_t)n;
+    char num[16];
 
-    for (size_t g = 0; g < x->ngroups; g++) {
+    for (size_t g = g0; g < g1; g++) {
+        argc += x->groups[g].type == type && !x->groups[g].plain ? 2 : 0;
+    }
+    x->out_len = 0;
+    out_head(x, argc, type == IDX_OP_ADD ? "add" : "rem");
+    for (size_t g = g0; g < g1; g++) {
         struct idx_group *grp = &x->groups[g];
         struct idx_op op;
-        char score[16];
-
-        x->out_len = 0;
-        out_array(x, 2 + grp->count * (grp->type == IDX_OP_ADD ? 2 : 1));
-        out_bulk(x, verb[grp->type], 4);
+        if (grp->type != type || grp->plain) {
+            continue;
+        }
         out_bulk(x, x->vnode[grp->point], x->vnode_len[grp->point]);
+        out_bulk(x, num, (size_t)snprintf(num, sizeof(num), "%u", grp->count));
         for (size_t off = grp->first;; off = op.next) {
             op_at(x, off, &op);
-            if (grp->type == IDX_OP_ADD) {
-                int n = snprintf(score, sizeof(score), "%u", op.score);
-                out_bulk(x, score, (size_t)n);
-            }
+            out_bulk(x, num, (size_t)snprintf(num, sizeof(num), "%u", op.score));
             out_bulk(x, x->arena + off + sizeof(op), op.keylen);
             if (off == grp->last) {
                 break;
             }
         }
-        if (redisAsyncFormattedCommand(x->ac, on_reply,
-                                       (void *)(uintptr_t)grp->count,
-                                       x->out, x->out_len) == REDIS_OK) {
-            x->stats[IDX_STAT_commands]++;
-            x->stats[IDX_STAT_inflight] += grp->count;
-            x->stats[grp->type == IDX_OP_ADD ? IDX_STAT_adds : IDX_STAT_removes] +=
-                grp->count;
-        } else {
-            x->stats[IDX_STAT_dropped] += grp->count;
+    }
+    if (redisAsyncFormattedCommand(x->ac, on_reply, (void *)(uintptr_t)n,
+                                   x->out, x->out_len) == REDIS_OK) {
+        x->stats[IDX_STAT_commands]++;
+        x->stats[IDX_STAT_inflight] += n;
+        x->stats[type == IDX_OP_ADD ? IDX_STAT_adds : IDX_STAT_removes] += n;
+    } else {
+        x->stats[IDX_STAT_dropped] += n;
+    }
+}
+
+static int pick_cmp(const void *a, const void *b)
+{
+    const struct idx_pick *p = a, *q = b;
+    if (p->sub != q->sub) {
+        return p->sub < q->sub ? -1 : 1;
+    }
+    return (int)p->list - (int)q->list;
+}
+
+/* One ZADD of picks[0..n) to `set`, or one RPUSH of their list entries
+ * "<score> <key>" (layout.h, LAY_LONG_KEYS), counted by on_zadd. */
+static void idx_emit_zadd(struct idx *x, uint32_t point, const char *set, size_t setlen,
+                          uint32_t low, const struct idx_pick *picks, uint32_t n)
+{
+    struct idx_ask *a = malloc(sizeof(*a));
+    bool list = picks[0].list;
+    char num[16];
+
+    if (a == NULL) {
+        x->stats[IDX_STAT_dropped] += n;
+        return;
+    }
+    *a = (struct idx_ask){ .gen = x->gen, .point = point, .low = low, .n = n, .list = list };
+    x->out_len = 0;
+    out_array(x, 2 + (list ? 1 : 2) * (size_t)n);
+    out_bulk(x, list ? "RPUSH" : "ZADD", list ? 5 : 4);
+    out_bulk(x, set, setlen);
+    for (uint32_t i = 0; i < n; i++) {
+        struct idx_op op;
+        op_at(x, picks[i].off, &op);
+        if (list) {
+            out_bulk2(x, num, (size_t)snprintf(num, sizeof(num), "%u ", op.score),
+                      x->arena + picks[i].off + sizeof(op), op.keylen);
+            continue;
         }
-        x->group_of[grp->type][grp->point] = -1;
+        out_bulk(x, num, (size_t)snprintf(num, sizeof(num), "%u", op.score));
+        out_bulk(x, x->arena + picks[i].off + sizeof(op), op.keylen);
+    }
+    if (redisAsyncFormattedCommand(x->ac, on_zadd, a, x->out, x->out_len) == REDIS_OK) {
+        x->stats[IDX_STAT_commands]++;
+        x->stats[IDX_STAT_inflight] += n;
+        x->stats[IDX_STAT_adds] += n;
+    } else {
+        free(a);
+        x->stats[IDX_STAT_dropped] += n;
+    }
+}
+
+/*
+ * An add group of a v-node whose directory is known, as plain commands: in
+ * layout 1 one ZADD to the base; in layout 2 one ZADD per sub-set its
+ * records pick (lay_pick) and one RPUSH per sub-range list for keys longer
+ * than the value threshold (layout.h, LAY_LONG_KEYS: a twin it may add is
+ * harmless). false when it cannot (out of memory): the script sends it.
+ */
+static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
+{
+    struct idx_vdir *v = &x->vdir[grp->point];
+    const char *base = x->vnode[grp->point];
+    size_t blen = x->vnode_len[grp->point];
+    struct idx_op op;
+    uint32_t n = 0;
+
+    if (grp->count > x->picks_cap) {
+        struct idx_pick *p = realloc(x->picks, grp->count * sizeof(*p));
+        if (p == NULL) {
+            return false;
+        }
+        x->picks = p;
+        x->picks_cap = grp->count;
+    }
+    for (size_t off = grp->first;; off = op.next) {
+        op_at(x, off, &op);
+        uint32_t sub = 0;
+        if (v->layout == 2) {
+            int i = lay_pick(v->lows, v->n, op.score);
+            sub = i < 0 ? 0 : (uint32_t)i;     /* lows[0] is 0: never < 0 */
+        }
+        x->picks[n++] = (struct idx_pick){
+            .sub = sub, .off = off,
+            .list = v->layout == 2 && op.keylen > x->limits.value };
+        if (off == grp->last) {
+            break;
+        }
+    }
+    if (v->layout == 2) {
+        qsort(x->picks, n, sizeof(*x->picks), pick_cmp);
+    }
+    for (uint32_t i = 0; i < n;) {
+        uint32_t j = i, sub = x->picks[i].sub;
+        bool list = x->picks[i].list;
+        while (j < n && x->picks[j].sub == sub && x->picks[j].list == list &&
+               j - i < IDX_SCRIPT_KEYS) {
+            j++;
+        }
+        char set[1100];
+        size_t len = blen;
+        uint32_t low = UINT32_MAX;
+        if (v->layout != 2) {
+            memcpy(set, base, blen);
+        } else {
+            low = v->lows[sub];
+            len = (size_t)snprintf(set, sizeof(set), "%s:%c%u", base, list ? 'l' : 's', low);
+        }
+        idx_emit_zadd(x, grp->point, set, len < sizeof(set) ? len : sizeof(set) - 1,
+                      low, &x->picks[i], j - i);
+        /* pending ones count: with many ZADDs in flight the split is
+         * asked for before they pass the threshold, not after */
+        if (low != UINT32_MAX) {
+            uint64_t pd = (uint64_t)v->pend[sub] + (j - i);
+            v->pend[sub] = pd > UINT32_MAX ? UINT32_MAX : (uint32_t)pd;
+            if ((uint64_t)v->size[sub] + v->pend[sub] >= LAY_SPLIT_ASK(x->limits.entries) &&
+                !v->asking) {
+                idx_send_split(x, grp->point, low);
+            }
+        }
+        i = j;
+    }
+    return true;
+}
+
+/*
+ * The batch's groups as index scripts: one per op type and at most
+ * IDX_SCRIPT_KEYS members (a group is never cut), adds first. A batch
+ * holds no key under both ops (batch_conflict), so their order is free.
+ */
+static void idx_emit_groups(struct idx *x)
+{
+    uint64_t now = rp_clock_ms();
+
+    if (x->need_load) {
+        idx_send_load(x);
+    }
+    for (size_t g = 0; g < x->ngroups; g++) {
+        struct idx_group *grp = &x->groups[g];
+        struct idx_vdir *v = &x->vdir[grp->point];
+        bool fresh = v->layout != 0 && now - v->learnt_ms < LAY_DIR_TTL_MS;
+        if (grp->type == IDX_OP_ADD && fresh) {
+            grp->plain = idx_emit_plain(x, grp);
+        }
+    }
+    for (uint8_t type = IDX_OP_ADD; type <= IDX_OP_REM; type++) {
+        size_t g0 = 0;
+        uint32_t n = 0;
+        for (size_t g = 0; g < x->ngroups; g++) {
+            if (x->groups[g].type != type || x->groups[g].plain) {
+                continue;
+            }
+            if (n > 0 && n + x->groups[g].count > IDX_SCRIPT_KEYS) {
+                idx_emit_script(x, type, g0, g, n);
+                g0 = g;
+                n = 0;
+            }
+            n += x->groups[g].count;
+        }
+        if (n > 0) {
+            idx_emit_script(x, type, g0, x->ngroups, n);
+        }
+    }
+    /* A directory half its age is asked for again while still used, so a
+     * v-node written steadily never falls back to the script. */
+    for (size_t g = 0; g < x->ngroups; g++) {
+        struct idx_vdir *v = &x->vdir[x->groups[g].point];
+        if (x->groups[g].type == IDX_OP_ADD && !v->asking &&
+            (v->layout == 0 || now - v->learnt_ms >= LAY_DIR_TTL_MS / 2)) {
+            idx_send_ask(x, x->groups[g].point, UINT32_MAX);
+        }
+    }
+    for (size_t g = 0; g < x->ngroups; g++) {
+        x->group_of[x->groups[g].type][x->groups[g].point] = -1;
     }
     x->ngroups = 0;
     /* Clear only the slots this batch used: the table keeps its largest size. */

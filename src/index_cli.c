@@ -21,6 +21,7 @@
 #include "cli.h"
 #include "config.h"
 #include "index.h"
+#include "layout.h"
 #include "proto.h"
 #include "metadump.h"
 #include "ringrec.h"
@@ -41,6 +42,45 @@ bool cli_redis_failed(const redisContext *rc, const redisReply *r,
     snprintf(err, errlen, "Redis %s refused %s: %s (%s: %s)", ix->redis.text, what,
              r->str, idx_health_names[h], idx_health_help[h]);
     return true;
+}
+
+/* The thresholds the last connection opened reported (layout.h). */
+static struct lay_limits cli_limits = { LAY_ENTRIES_DEFAULT, LAY_VALUE_DEFAULT, false };
+
+const struct lay_limits *cli_index_limits(void)
+{
+    return &cli_limits;
+}
+
+int cli_index_append(redisContext *rc, const char *prefix, const char *op, int n,
+                     const char *const *args, const size_t *lens)
+{
+    const char *argv[LAY_HEAD + 8];
+    size_t len[LAY_HEAD + 8];
+    char ring[512], nums[2][12];
+
+    if (n > 8) {
+        return -1;
+    }
+    snprintf(ring, sizeof(ring), "%s:ring", prefix);
+    lay_head(argv, len, ring, op, &cli_limits, nums);
+    for (int i = 0; i < n; i++) {
+        argv[LAY_HEAD + i] = args[i];
+        len[LAY_HEAD + i] = lens != NULL ? lens[i] : strlen(args[i]);
+    }
+    return redisAppendCommandArgv(rc, LAY_HEAD + n, argv, len) == REDIS_OK ? 0 : -1;
+}
+
+redisReply *cli_index_script(redisContext *rc, const char *prefix, const char *op, int n,
+                             const char *const *args, const size_t *lens)
+{
+    redisReply *r = NULL;
+
+    if (cli_index_append(rc, prefix, op, n, args, lens) != 0 ||
+        redisGetReply(rc, (void **)&r) != REDIS_OK) {
+        return NULL;
+    }
+    return r;
 }
 
 redisContext *cli_redis_open(const struct conf_index *ix, char *err, size_t errlen)
@@ -82,6 +122,14 @@ redisContext *cli_redis_open(const struct conf_index *ix, char *err, size_t errl
         goto err;
     }
     freeReplyObject(r);
+    /* The index script (layout.h): a refusal shows in the first command
+     * that needs it. CONFIG may be refused: Redis's defaults then. */
+    char lerr[256];
+    (void)lay_load_sync(rc, lerr, sizeof(lerr));
+    lay_limits_default(&cli_limits);
+    r = redisCommand(rc, "CONFIG GET %s", LAY_CONFIG_PATTERN);
+    lay_limits_parse(&cli_limits, r);
+    freeReplyObject(r);
     return rc;
 err:
     freeReplyObject(r);
@@ -99,27 +147,6 @@ static void human_bytes(double b, char *buf, size_t len)
         u++;
     }
     snprintf(buf, len, u ? "%.1f %s" : "%.0f %s", b, unit[u]);
-}
-
-/* The listpack threshold under its Redis 7 name, or the older one; -1 when
- * Redis does not say (CONFIG is often refused on managed Redis: the note
- * that needs it is then left out). */
-static long long zset_listpack_limit(redisContext *rc)
-{
-    const char *names[] = { "zset-max-listpack-entries", "zset-max-ziplist-entries" };
-
-    for (int i = 0; i < 2; i++) {
-        redisReply *r = redisCommand(rc, "CONFIG GET %s", names[i]);
-        long long v = -1;
-        if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
-            v = atoll(r->element[1]->str);
-        }
-        freeReplyObject(r);
-        if (v >= 0) {
-            return v;
-        }
-    }
-    return -1;
 }
 
 bool cli_record_matches(const redisReply *rec, const struct ring *r)
@@ -175,6 +202,67 @@ static int print_ring_record(redisContext *rc, const struct conf_pool *p,
     return 0;
 }
 
+/*
+ * The layout in force and how well the sets keep Redis's compact encoding:
+ * the share of sets that are listpacks, bytes per key by encoding, and
+ * what the thresholds in force imply (docs/ARCHITECTURE.md, "The index").
+ */
+static void print_layout(redisContext *rc, const struct conf_pool *p, FILE *out,
+                         size_t nsets, const uint64_t enc_sets[2], const uint64_t enc_keys[2],
+                         const uint64_t enc_mem[2], uint64_t old_keys,
+                         const uint64_t lists[3], uint64_t dir_mem, uint64_t largest)
+{
+    const struct lay_limits *l = cli_index_limits();
+    redisReply *r = cli_index_script(rc, p->index.prefix, "layout", 0, NULL, NULL);
+    long long layout = r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+
+    freeReplyObject(r);
+    if (layout > 0) {
+        fprintf(out, "  layout %lld%s", layout, layout >= 2 ?
+                " (sub-sets of a v-node, each a listpack)" : " (one sorted set per v-node)");
+    } else {
+        fprintf(out, "  layout unknown (the index script was refused)");
+    }
+    if (layout >= 2 && old_keys > 0) {
+        fprintf(out, "; %llu entries still in layout 1 (the sweeper and `index "
+                "rebuild` convert them; readers read both)", (unsigned long long)old_keys);
+    }
+    fprintf(out, "\n  sets: %zu, %llu compact (listpack, %.1f%%), %llu skiplist; "
+            "largest %llu entries\n", nsets, (unsigned long long)enc_sets[0],
+            nsets ? 100.0 * (double)enc_sets[0] / (double)nsets : 100.0,
+            (unsigned long long)enc_sets[1], (unsigned long long)largest);
+    for (int k = 0; k < 2; k++) {
+        if (enc_keys[k] > 0) {
+            fprintf(out, "  %s sets: %llu keys, %.1f bytes/key\n", k ? "skiplist" : "listpack",
+                    (unsigned long long)enc_keys[k],
+                    (double)enc_mem[k] / (double)enc_keys[k]);
+        }
+    }
+    if (lists[0] > 0) {
+        fprintf(out, "  long-key lists: %llu, %llu keys, %.1f bytes/key\n",
+                (unsigned long long)lists[0], (unsigned long long)lists[1],
+                lists[1] ? (double)lists[2] / (double)lists[1] : 0.0);
+    }
+    if (dir_mem > 0) {
+        fprintf(out, "  directories: %llu bytes\n", (unsigned long long)dir_mem);
+    }
+    fprintf(out, "  thresholds %s: zset-max-listpack-entries %u, zset-max-listpack-value "
+            "%u\n", l->from_redis ? "read from Redis" :
+            "assumed (Redis's defaults: CONFIG GET refused)", l->entries, l->value);
+    if (layout >= 2) {
+        fprintf(out, "  so a sub-set splits at its median before passing %u members "
+                "(about %u on average, ~45 bytes/key for keys of 30 bytes), and keys "
+                "longer than %u bytes (%llu here) live in a list per sub-range, counted "
+                "in its size (about key length + 20 bytes/key)\n", l->entries,
+                l->entries * 3 / 4, l->value, (unsigned long long)lists[1]);
+    } else if (enc_sets[1] > 0) {
+        fprintf(out, "  note: layout 1 sets past %u members use the skiplist encoding, "
+                "about 3x the memory per key of a listpack; `ringproxy index rebuild` "
+                "converts the index to layout 2, which keeps every set under the "
+                "threshold\n", l->entries);
+    }
+}
+
 static int pool_index_stats(const struct conf_pool *p, FILE *out)
 {
     char err[512], key[1024], buf[32];
@@ -196,21 +284,72 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
         return 1;
     }
 
-    /* Pipeline ZCARD, MEMORY USAGE and OBJECT ENCODING for every v-node. */
-    for (uint32_t i = 0; i < ring->npoints; i++) {
-        idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key));
-        redisAppendCommand(rc, "ZCARD %s", key);
-        redisAppendCommand(rc, "MEMORY USAGE %s SAMPLES 0", key);
-        redisAppendCommand(rc, "OBJECT ENCODING %s", key);
-    }
+    /* Every set of every v-node (the index script names them: layout.h),
+     * then ZCARD, MEMORY USAGE and OBJECT ENCODING of each, pipelined. */
+    struct stat_set {
+        char *name;
+        uint32_t point;
+        bool dir, base, list;
+    } *sets = NULL;
+    size_t nsets = 0, cap = 0;
     uint64_t *keys = calloc(ring->nservers, sizeof(*keys));
     uint64_t *mem = calloc(ring->nservers, sizeof(*mem));
-    uint64_t total_keys = 0, total_mem = 0, skiplists = 0, largest = 0, nonempty = 0;
-    uint64_t enc_keys[2] = { 0, 0 }, enc_mem[2] = { 0, 0 };  /* listpack, skiplist */
-    if (keys == NULL || mem == NULL) {
+    uint64_t total_keys = 0, total_mem = 0, largest = 0, nonempty = 0;
+    uint64_t lists[3] = { 0, 0, 0 };    /* long-key lists: sets, keys, bytes */
+    uint64_t old_keys = 0, dir_mem = 0;
+    uint64_t enc_keys[2] = { 0, 0 }, enc_mem[2] = { 0, 0 }, enc_sets[2] = { 0, 0 };
+    bool *holds = calloc(ring->npoints, sizeof(*holds));
+    if (keys == NULL || mem == NULL || holds == NULL) {
         goto done;
     }
     for (uint32_t i = 0; i < ring->npoints; i++) {
+        const char *arg[] = { key };
+        size_t len[] = { idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key)) };
+        cli_index_append(rc, p->index.prefix, "sets", 1, arg, len);
+    }
+    for (uint32_t i = 0; i < ring->npoints; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(rc, (void **)&r) != REDIS_OK) {
+            r = NULL;
+        }
+        if (cli_redis_failed(rc, r, &p->index, "the index script (sets)", err, sizeof(err)) ||
+            r->type != REDIS_REPLY_ARRAY) {
+            fprintf(stderr, "pool '%s': %s\n", p->name, r != NULL &&
+                    r->type != REDIS_REPLY_ARRAY && r->type != REDIS_REPLY_ERROR ?
+                    "the index script answered no list of sets" : err);
+            freeReplyObject(r);
+            goto done;
+        }
+        idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key));
+        for (size_t j = 0; j < r->elements; j++) {
+            const redisReply *e = r->element[j];
+            if (e->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+            if (nsets == cap) {
+                void *n = realloc(sets, (cap = cap ? cap * 2 : 1024) * sizeof(*sets));
+                if (n == NULL) {
+                    freeReplyObject(r);
+                    goto done;
+                }
+                sets = n;
+            }
+            sets[nsets] = (struct stat_set){ .name = strndup(e->str, e->len), .point = i,
+                                             .dir = strstr(e->str, ":vd:") != NULL,
+                                             .base = strcmp(e->str, key) == 0,
+                                             .list = lay_is_list(key, e->str, e->len) };
+            if (sets[nsets].name != NULL) {
+                nsets++;
+            }
+        }
+        freeReplyObject(r);
+    }
+    for (size_t i = 0; i < nsets; i++) {
+        redisAppendCommand(rc, sets[i].list ? "LLEN %s" : "ZCARD %s", sets[i].name);
+        redisAppendCommand(rc, "MEMORY USAGE %s SAMPLES 0", sets[i].name);
+        redisAppendCommand(rc, "OBJECT ENCODING %s", sets[i].name);
+    }
+    for (size_t i = 0; i < nsets; i++) {
         redisReply *r[3] = { NULL, NULL, NULL };
         static const char *const what[3] = { "ZCARD", "MEMORY USAGE", "OBJECT ENCODING" };
         bool failed = false;
@@ -230,19 +369,35 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
             }
             goto done;
         }
-        uint32_t s = ring->points[i].server;
+        uint32_t srv = ring->points[sets[i].point].server;
         uint64_t n = r[0]->type == REDIS_REPLY_INTEGER ? (uint64_t)r[0]->integer : 0;
-        keys[s] += n;
-        mem[s] += r[1]->type == REDIS_REPLY_INTEGER ? (uint64_t)r[1]->integer : 0;
+        uint64_t bytes = r[1]->type == REDIS_REPLY_INTEGER ? (uint64_t)r[1]->integer : 0;
         bool skiplist = r[2]->type == REDIS_REPLY_STRING && strcmp(r[2]->str, "skiplist") == 0;
-        skiplists += skiplist;
-        enc_keys[skiplist] += n;
-        enc_mem[skiplist] += r[1]->type == REDIS_REPLY_INTEGER ? (uint64_t)r[1]->integer : 0;
-        largest = n > largest ? n : largest;
-        nonempty += n > 0;
+        mem[srv] += bytes;
+        if (sets[i].list) {
+            keys[srv] += n;
+            lists[0]++;
+            lists[1] += n;
+            lists[2] += bytes;
+            holds[sets[i].point] |= n > 0;
+        } else if (sets[i].dir) {
+            enc_sets[skiplist]++;
+            dir_mem += bytes;
+        } else {
+            enc_sets[skiplist]++;
+            keys[srv] += n;
+            enc_keys[skiplist] += n;
+            enc_mem[skiplist] += bytes;
+            largest = n > largest ? n : largest;
+            holds[sets[i].point] |= n > 0;
+            old_keys += sets[i].base ? n : 0;
+        }
         for (int k = 0; k < 3; k++) {
             freeReplyObject(r[k]);
         }
+    }
+    for (uint32_t i = 0; i < ring->npoints; i++) {
+        nonempty += holds[i];
     }
     fprintf(out, "  %-24s %8s %12s %12s %10s\n", "server", "v-nodes", "keys",
             "memory", "bytes/key");
@@ -259,28 +414,15 @@ static int pool_index_stats(const struct conf_pool *p, FILE *out)
             "%.1f bytes per indexed key\n", ring->npoints,
             (unsigned long long)nonempty, (unsigned long long)total_keys, buf,
             total_keys ? (double)total_mem / (double)total_keys : 0.0);
-    long long limit = zset_listpack_limit(rc);
-    if (enc_keys[0] > 0 && enc_keys[1] > 0) {
-        fprintf(out, "  by encoding: listpack %.1f bytes/key (%llu keys), skiplist "
-                "%.1f bytes/key (%llu keys)\n", (double)enc_mem[0] / (double)enc_keys[0],
-                (unsigned long long)enc_keys[0], (double)enc_mem[1] / (double)enc_keys[1],
-                (unsigned long long)enc_keys[1]);
-    }
-    if (limit >= 0 && skiplists > 0) {
-        /* Measured on Redis 7.0, 300,000 keys: ~131 B/key as skiplists against
-         * ~42 B/key as listpacks, but ZADD into a listpack of thousands of
-         * entries costs Redis several times more CPU. */
-        fprintf(out, "  note: %llu of %llu v-node sets outgrew zset-max-listpack-entries "
-                "(%lld) and use the skiplist encoding, which takes about 3x the "
-                "memory per key of a listpack. Raising the limit to %llu keeps every "
-                "set a listpack, but each index write into a large listpack costs "
-                "Redis more CPU (about 4x at 5,000 entries); a limit of 1000-2000 "
-                "is a middle ground\n", (unsigned long long)skiplists,
-                (unsigned long long)nonempty, limit,
-                (unsigned long long)(largest + largest / 4));
-    }
+    print_layout(rc, p, out, nsets - lists[0], enc_sets, enc_keys, enc_mem, old_keys, lists,
+                 dir_mem, largest);
     rc_status = 0;
 done:
+    for (size_t i = 0; i < nsets; i++) {
+        free(sets[i].name);
+    }
+    free(sets);
+    free(holds);
     free(keys);
     free(mem);
     redisFree(rc);
@@ -396,7 +538,7 @@ static void chk_drain(struct chk *c)
         }
         if (r->type == REDIS_REPLY_ERROR) {
             if (!c->failed) {
-                fprintf(stderr, "pool %s: Redis %s refused ZSCORE: %s\n", c->p->name,
+                fprintf(stderr, "pool %s: Redis %s refused the index script (score): %s\n", c->p->name,
                         c->p->index.redis.text, r->str);
             }
             c->failed = true;
@@ -430,10 +572,11 @@ static void chk_key(void *arg, const struct mdump_item *it)
         c->misplaced++;
         return;
     }
-    size_t vlen = idx_vnode_key(c->p->index.prefix, c->ring, pt, vnode, sizeof(vnode));
-    const char *argv[] = { "ZSCORE", vnode, it->key };
-    size_t lens[] = { 6, vlen, it->len };
-    redisAppendCommandArgv(c->rc, 3, argv, lens);
+    char score[16];
+    const char *argv[] = { vnode, score, it->key };
+    size_t lens[] = { idx_vnode_key(c->p->index.prefix, c->ring, pt, vnode, sizeof(vnode)),
+                      (size_t)snprintf(score, sizeof(score), "%u", h), it->len };
+    cli_index_append(c->rc, c->p->index.prefix, "score", 3, argv, lens);
     memcpy(c->batch[c->pending], it->key, it->len);
     c->batch[c->pending][it->len] = '\0';
     c->batch_srv[c->pending++] = s->index;
@@ -627,22 +770,26 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
      * indexed keys); sets are sized first, in one pipeline. */
     uint64_t *card = calloc(ring->npoints, sizeof(*card)), total = 0;
     for (uint32_t i = 0; card != NULL && i < ring->npoints; i++) {
-        idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key));
-        redisAppendCommand(rc, "ZCARD %s", key);
+        const char *arg[] = { key };
+        size_t len[] = { idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key)) };
+        cli_index_append(rc, p->index.prefix, "card", 1, arg, len);
     }
     for (uint32_t i = 0; card != NULL && i < ring->npoints; i++) {
         redisReply *r = NULL;
         if (redisGetReply(rc, (void **)&r) != REDIS_OK) {
             r = NULL;
         }
-        if (!failed && cli_redis_failed(rc, r, &p->index, "ZCARD", err, sizeof(err))) {
+        if (!failed && cli_redis_failed(rc, r, &p->index, "the index script (card)", err,
+                                        sizeof(err))) {
             fprintf(stderr, "pool '%s': %s\n", p->name, err);
             failed = true;
         }
         if (r == NULL) {
             break;      /* the connection is gone: nothing more to read */
         }
-        card[i] = r->type == REDIS_REPLY_INTEGER ? (uint64_t)r->integer : 0;
+        card[i] = r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                  r->element[0]->type == REDIS_REPLY_INTEGER ?
+                  (uint64_t)r->element[0]->integer : 0;
         total += card[i];
         freeReplyObject(r);
     }
@@ -664,9 +811,13 @@ static int pool_index_check(const struct conf_pool *p, long sample, FILE *out)
         if (per == 0) {
             continue;
         }
-        idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key));
-        redisReply *r = redisCommand(rc, "ZRANDMEMBER %s %ld WITHSCORES", key, per);
-        if (cli_redis_failed(rc, r, &p->index, "ZRANDMEMBER", err, sizeof(err))) {
+        char per_s[24];
+        const char *arg[] = { key, per_s };
+        size_t len[] = { idx_vnode_key(p->index.prefix, ring, i, key, sizeof(key)),
+                         (size_t)snprintf(per_s, sizeof(per_s), "%ld", per) };
+        redisReply *r = cli_index_script(rc, p->index.prefix, "sample", 2, arg, len);
+        if (cli_redis_failed(rc, r, &p->index, "the index script (sample)", err,
+                             sizeof(err))) {
             fprintf(stderr, "pool '%s': %s\n", p->name, err);
             freeReplyObject(r);
             failed = true;

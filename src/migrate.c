@@ -122,6 +122,50 @@ static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n
     }
 }
 
+void mig_index_refused(struct mig *m, const char *msg)
+{
+    if (lay_noscript(msg) && m->rc_up) {
+        const char *argv[3];
+        size_t len[3];
+        lay_load_argv(argv, len);
+        redisAsyncCommandArgv(m->rc, on_unchecked_reply, m, 3, argv, len);
+    }
+    idx_redis_error(m->p->idx, IDX_CONN_COORD, msg);
+}
+
+static void on_index_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    const redisReply *reply = r;
+
+    if (ac->data != NULL && reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        mig_index_refused(priv, reply->str);
+    }
+}
+
+void mig_index(struct mig *m, redisCallbackFn *cb, void *priv, const char *op, int n,
+               const char *const *args, const size_t *lens)
+{
+    const char *argv[LAY_HEAD + 8];
+    size_t len[LAY_HEAD + 8];
+    char nums[2][12];
+
+    if (!m->rc_up || n > 8) {
+        return;
+    }
+    lay_head(argv, len, m->ring_key, op, &m->limits, nums);
+    for (int i = 0; i < n; i++) {
+        argv[LAY_HEAD + i] = args[i];
+        len[LAY_HEAD + i] = lens[i];
+    }
+    if (cb == NULL) {
+        cb = on_index_reply;
+        priv = m;
+    }
+    if (redisAsyncCommandArgv(m->rc, cb, priv, LAY_HEAD + n, argv, len) != REDIS_OK) {
+        log_error("migration", "%s: cannot send the index script (%s)", m->p->name, op);
+    }
+}
+
 /* A ring from an HGETALL reply of a ring record; NULL if malformed. */
 static struct ring *ring_from_reply(const redisReply *h, uint64_t *epoch)
 {
@@ -554,8 +598,9 @@ void mig_finish(struct mig *m)
         }
         if (!kept) {
             char vnode[1024];
-            idx_vnode_key(m->prefix, m->from, i, vnode, sizeof(vnode));
-            mig_redis(m, NULL, NULL, "UNLINK %s", vnode);
+            const char *arg[] = { vnode };
+            size_t len[] = { idx_vnode_key(m->prefix, m->from, i, vnode, sizeof(vnode)) };
+            mig_index(m, NULL, NULL, "clear", 1, arg, len);
         }
     }
     snprintf(done, sizeof(done), "migration:done:%s", m->fp_to);
@@ -1073,6 +1118,17 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *priv)
     m->next_sync = 0;
 }
 
+/* CONFIG GET's reply (priv m), or SCRIPT LOAD's (priv NULL: a refusal is
+ * the handshake's, sent again with it). */
+static void on_limits(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+
+    if (ac->data != NULL && r != NULL && m != NULL) {
+        lay_limits_parse(&m->limits, r);
+    }
+}
+
 static void mig_handshake(struct mig *m)
 {
     const struct conf_index *ix = &m->p->conf->index;
@@ -1095,6 +1151,17 @@ static void mig_handshake(struct mig *m)
                                         len) == REDIS_OK, "the Redis SELECT command");
         m->handshake++;
     }
+    /* The index script (the mover's listings and index moves, layout.h)
+     * is loaded before anything uses it; CONFIG may be refused. */
+    const char *largv[3];
+    size_t llen[3];
+    lay_load_argv(largv, llen);
+    rp_xcheck(redisAsyncCommandArgv(m->rc, on_limits, NULL, 3, largv, llen) == REDIS_OK,
+              "the Redis SCRIPT LOAD command");
+    const char *cargv[] = { "CONFIG", "GET", LAY_CONFIG_PATTERN };
+    size_t clen[] = { 6, 3, strlen(LAY_CONFIG_PATTERN) };
+    rp_xcheck(redisAsyncCommandArgv(m->rc, on_limits, m, 3, cargv, clen) == REDIS_OK,
+              "the Redis CONFIG GET command");
     /* Commands queue until the connect completes. */
     m->rc_up = m->handshake == 0;
 }
@@ -1138,12 +1205,14 @@ struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p))
     if (asprintf(&m->id, "%s:%ld:%04lx", host, (long)getpid(),
                  (unsigned long)(tv.tv_usec ^ (unsigned long)random()) & 0xffff) < 0 ||
         (m->prefix = strdup(p->conf->index.prefix)) == NULL ||
+        asprintf(&m->ring_key, "%s:ring", p->conf->index.prefix) < 0 ||
         (m->retry = evtimer_new(p->w->base, mig_on_retry, m)) == NULL) {
         mig_free(m);
         return NULL;
     }
     m->p = p;
     m->ready = ready;
+    lay_limits_default(&m->limits);
     m->state = MIG_STARTING;
     m->liveness_ms = (uint64_t)p->conf->migration.liveness;
     if (!p->conf->migration.delete_source) {
@@ -1198,6 +1267,7 @@ static void mig_destroy(void *arg)
 
     assert(m->rc == NULL && m->retry == NULL);
     free(m->prefix);
+    free(m->ring_key);
     free(m->id);
     free(m);
 }

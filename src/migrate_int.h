@@ -12,6 +12,7 @@
 #include <sys/queue.h>
 #include <hiredis/async.h>
 
+#include "layout.h"
 #include "mconn.h"
 #include "migrate.h"
 #include "ringrec.h"
@@ -159,6 +160,8 @@ struct mig {
     void (*ready)(struct pool *p);
     char *id;                   /* this proxy: host:pid:random */
     char *prefix;
+    char *ring_key;             /* <prefix>:ring: the index script's KEYS[1] */
+    struct lay_limits limits;   /* the listpack thresholds (layout.h) */
     enum mig_state state;
     uint64_t liveness_ms;       /* 0: never exclude, never fence */
     /* Redis */
@@ -238,6 +241,13 @@ static inline uint64_t now_ms(const struct mig *m)
 
 /* migrate.c */
 void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...);
+/* The index script's `op` over n arguments (layout.h), on the coordination
+ * connection; cb NULL: only an error matters. */
+void mig_index(struct mig *m, redisCallbackFn *cb, void *priv, const char *op, int n,
+               const char *const *args, const size_t *lens);
+/* The index script was refused: counted in the index health, and loaded
+ * again when Redis lost it (NOSCRIPT). */
+void mig_index_refused(struct mig *m, const char *msg);
 void mig_finish(struct mig *m);                 /* every arc is done */
 
 /* move.c */

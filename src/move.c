@@ -287,18 +287,16 @@ bool mig_routes_key(struct mig *m, const char *key, size_t len, uint32_t h)
 static void index_cmd(struct mig *m, bool add, const struct ring *r, const char *key,
                       size_t len)
 {
-    char vnode[1024];
+    char vnode[1024], score[16];
     uint32_t h = ring_key_hash(r, key, len);
 
     if (m->p->idx == NULL) {
         return;
     }
-    idx_vnode_key(m->prefix, r, ring_find(r, h), vnode, sizeof(vnode));
-    if (add) {
-        mig_redis(m, NULL, NULL, "ZADD %s %u %b", vnode, h, key, len);
-    } else {
-        mig_redis(m, NULL, NULL, "ZREM %s %b", vnode, key, len);
-    }
+    const char *arg[] = { vnode, "1", score, key };
+    size_t lens[] = { idx_vnode_key(m->prefix, r, ring_find(r, h), vnode, sizeof(vnode)), 1,
+                      (size_t)snprintf(score, sizeof(score), "%u", h), len };
+    mig_index(m, NULL, NULL, add ? "add" : "rem", 4, arg, lens);
 }
 
 void mig_index_add(struct mig *m, const struct ring *r, const char *key, size_t len)
@@ -2197,6 +2195,9 @@ static void on_list(redisAsyncContext *ac, void *r, void *priv)
     struct mig_arc *a = &m->arcs[i];
     a->listing = false;
     m->reserved -= batch < m->reserved ? batch : m->reserved;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        mig_index_refused(m, reply->str);
+    }
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
         return;     /* retried by the next pump */
     }
@@ -2240,10 +2241,14 @@ static void on_list(redisAsyncContext *ac, void *r, void *priv)
         if (!arc->moves) {
             /* Same server, another v-node: only the index entry moves. */
             char from[1024], to[1024];
-            idx_vnode_key(m->prefix, m->from, arc->from, from, sizeof(from));
-            idx_vnode_key(m->prefix, m->to, arc->to, to, sizeof(to));
-            mig_redis(m, NULL, NULL, "ZADD %s %u %b", to, score, mem->str, (size_t)mem->len);
-            mig_redis(m, NULL, NULL, "ZREM %s %b", from, mem->str, (size_t)mem->len);
+            const char *add[] = { to, "1", reply->element[2 * j + 1]->str, mem->str };
+            size_t add_len[] = { idx_vnode_key(m->prefix, m->to, arc->to, to, sizeof(to)), 1,
+                                 reply->element[2 * j + 1]->len, mem->len };
+            const char *rem[] = { from, "1", add[2], mem->str };
+            size_t rem_len[] = { idx_vnode_key(m->prefix, m->from, arc->from, from,
+                                               sizeof(from)), 1, add_len[2], mem->len };
+            mig_index(m, NULL, NULL, "add", 4, add, add_len);
+            mig_index(m, NULL, NULL, "rem", 4, rem, rem_len);
             m->index_moved++;
             continue;
         }
@@ -2366,20 +2371,27 @@ void bulk_pump(struct mig *m)
         if (lc == NULL) {
             return;
         }
-        char from[1024];
+        char from[1024], lo[16], hi[16], count[16];
         uint32_t batch = limit - m->inflight - m->reserved;
         if (batch > MIG_LIST_BATCH) {
             batch = MIG_LIST_BATCH;
         }
-        idx_vnode_key(m->prefix, m->from, m->diff.arcs[i].from, from, sizeof(from));
+        /* ZRANGEBYSCORE over every set of the v-node, both layouts, in
+         * one script: a split between two pages moves nothing past us
+         * (layout.c). */
+        const char *arg[] = { from, lo, hi, count };
+        size_t len[] = {
+            idx_vnode_key(m->prefix, m->from, m->diff.arcs[i].from, from, sizeof(from)),
+            (size_t)snprintf(lo, sizeof(lo), "%u", a->cursor > m->diff.arcs[i].first ?
+                             a->cursor : m->diff.arcs[i].first),
+            (size_t)snprintf(hi, sizeof(hi), "%u", m->diff.arcs[i].last),
+            (size_t)snprintf(count, sizeof(count), "%u", batch + a->nseen),
+        };
         lc->m = m;
         lc->arc = i;
         lc->batch = batch;
         a->listing = true;
         m->reserved += batch;
-        redisAsyncCommand(m->rc, on_list, lc,
-                          "ZRANGEBYSCORE %s %u %u WITHSCORES LIMIT 0 %u", from,
-                          a->cursor > m->diff.arcs[i].first ? a->cursor : m->diff.arcs[i].first,
-                          m->diff.arcs[i].last, batch + a->nseen);
+        mig_index(m, on_list, lc, "range", 4, arg, len);
     }
 }

@@ -33,6 +33,7 @@
 
 #include "clock.h"
 #include "index.h"
+#include "layout.h"
 #include "log.h"
 #include "mem.h"
 #include "metadump.h"
@@ -60,6 +61,8 @@ struct rb {
     struct event_base *base;
     struct evdns_base *dns;         /* rb_params.dns */
     char *pool, *prefix, *redis_text;
+    char *ring_key;             /* <prefix>:ring, the index script's KEYS[1] */
+    struct lay_limits limits;   /* the listpack thresholds (layout.h) */
     struct ring *ring;
     redisAsyncContext *ac;
     struct event *timer, *end_ev;
@@ -220,6 +223,16 @@ static void on_setup(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
+static void on_limits(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rb *rb = ac->data;
+
+    (void)priv;
+    if (rb != NULL && r != NULL) {
+        lay_limits_parse(&rb->limits, r);   /* refused: Redis's defaults */
+    }
+}
+
 static void rb_on_connect(const redisAsyncContext *ac, int status)
 {
     struct rb *rb = ac->data;
@@ -273,6 +286,15 @@ static int rb_connect(struct rb *rb, const struct conf_index *ix)
         rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"SELECT", 2, argv, len) ==
                   REDIS_OK, "the Redis SELECT command");
     }
+    const char *largv[3];
+    size_t llen[3];
+    lay_load_argv(largv, llen);
+    rp_xcheck(redisAsyncCommandArgv(ac, on_setup, (void *)"SCRIPT LOAD", 3, largv, llen) ==
+              REDIS_OK, "the Redis SCRIPT LOAD command");
+    const char *cargv[] = { "CONFIG", "GET", LAY_CONFIG_PATTERN };
+    size_t clen[] = { 6, 3, strlen(LAY_CONFIG_PATTERN) };
+    rp_xcheck(redisAsyncCommandArgv(ac, on_limits, NULL, 3, cargv, clen) == REDIS_OK,
+              "the Redis CONFIG GET command");
     return 0;
 }
 
@@ -308,13 +330,22 @@ static void on_key(void *arg, const struct mdump_item *it)
         }
         return;
     }
-    char vnode[1024], score[16];
+    /* The index script adds it where the layout in force says (layout.h). */
+    char vnode[1024], score[16], nums[2][12];
+    const char *argv[LAY_HEAD + 4];
+    size_t lens[LAY_HEAD + 4];
+    lay_head(argv, lens, rb->ring_key, "add", &rb->limits, nums);
     size_t vlen = idx_vnode_key(rb->prefix, r, pt, vnode, sizeof(vnode));
-    int slen = snprintf(score, sizeof(score), "%u", h);
-    const char *argv[] = { "ZADD", vnode, score, it->key };
-    size_t lens[] = { 4, vlen, (size_t)slen, it->len };
+    argv[LAY_HEAD] = vnode;
+    lens[LAY_HEAD] = vlen;
+    argv[LAY_HEAD + 1] = "1";
+    lens[LAY_HEAD + 1] = 1;
+    argv[LAY_HEAD + 2] = score;
+    lens[LAY_HEAD + 2] = (size_t)snprintf(score, sizeof(score), "%u", h);
+    argv[LAY_HEAD + 3] = it->key;
+    lens[LAY_HEAD + 3] = it->len;
     if (rb->ac == NULL || vlen >= sizeof(vnode) ||
-        redisAsyncCommandArgv(rb->ac, on_zadd, s, 4, argv, lens) != REDIS_OK) {
+        redisAsyncCommandArgv(rb->ac, on_zadd, s, LAY_HEAD + 4, argv, lens) != REDIS_OK) {
         rb_fail(rb, "cannot send to Redis %s", rb->redis_text);
         return;
     }
@@ -441,11 +472,15 @@ struct rb *rb_start(const struct rb_params *p, char *err, size_t errlen)
     rb->nsrv = p->ring->nservers;
     rb->pool = strdup(p->pool);
     rb->prefix = strdup(p->index->prefix);
+    if (asprintf(&rb->ring_key, "%s:ring", p->index->prefix) < 0) {
+        rb->ring_key = NULL;
+    }
+    lay_limits_default(&rb->limits);
     rb->redis_text = strdup(p->index->redis.text);
     rb->srv = calloc(rb->nsrv, sizeof(*rb->srv));
     rb->timer = event_new(p->base, -1, EV_PERSIST, on_timer, rb);
     rb->end_ev = event_new(p->base, -1, 0, on_end_ev, rb);
-    if (rb->pool == NULL || rb->prefix == NULL || rb->redis_text == NULL ||
+    if (rb->pool == NULL || rb->prefix == NULL || rb->redis_text == NULL || !rb->ring_key ||
         rb->srv == NULL || rb->timer == NULL || rb->end_ev == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -513,6 +548,7 @@ void rb_free(struct rb *rb)
     free(rb->srv);
     free(rb->pool);
     free(rb->prefix);
+    free(rb->ring_key);
     free(rb->redis_text);
     free(rb);
 }

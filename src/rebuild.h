@@ -36,6 +36,7 @@ struct rb;
 #define RB_FIRST_RECORD_SCRIPT                                                \
     "if redis.call('exists', KEYS[1]) == 1 then return 0 end "               \
     "redis.call('hset', KEYS[1], unpack(ARGV)) "                              \
+    "redis.call('hset', KEYS[1], 'layout', '2') "                             \
     "redis.call('hset', KEYS[2], 'rebuild', 'pending') return 1"
 
 /*

@@ -21,6 +21,8 @@
 #include "clock.h"
 #include "cli.h"
 #include "config.h"
+#include "index.h"
+#include "layout.h"
 #include "mconn.h"
 #include "rebuild.h"
 #include "ringrec.h"
@@ -279,6 +281,71 @@ static void print_summary(struct rbcli *c, uint64_t epoch, FILE *out)
     }
 }
 
+/*
+ * Convert the index to layout 2 in place (docs/ARCHITECTURE.md, "The
+ * index"): record layout 2, so every writer writes it from its next
+ * script on, then move each v-node's layout 1 entries into it, a script
+ * of RBCLI_CONVERT_CHUNK entries at a time. Readers read both layouts, so
+ * clients and a resize may run meanwhile. 0 or -1 (reason printed).
+ */
+#define RBCLI_CONVERT_CHUNK "1000"
+static int convert_layout(struct rbcli *c, const struct ring *data, FILE *out)
+{
+    const struct conf_pool *p = c->p;
+    const char *two[] = { "2" };
+    redisReply *r = cli_index_script(c->rc, p->index.prefix, "layout", 0, NULL, NULL);
+    bool was2 = reply_error(c->rc, r) == NULL && r->type == REDIS_REPLY_INTEGER &&
+                r->integer == 2;
+    const char *refused;
+    uint64_t moved = 0;
+
+    freeReplyObject(r);
+    r = cli_index_script(c->rc, p->index.prefix, "layout", 1, two, NULL);
+    if ((refused = reply_error(c->rc, r)) != NULL) {
+        fprintf(stderr, "pool %s: Redis %s refused to record layout 2: %s\n", p->name,
+                p->index.redis.text, refused);
+        freeReplyObject(r);
+        return -1;
+    }
+    freeReplyObject(r);
+    if (!was2) {
+        /* Writers follow a layout they learnt up to LAY_DIR_TTL_MS ago
+         * (index.c): entries converted before they all switched would
+         * be joined in layout 1 by their last writes. */
+        struct timespec ts = { (LAY_DIR_TTL_MS + 1000) / 1000,
+                               (LAY_DIR_TTL_MS + 1000) % 1000 * 1000000L };
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+    }
+    for (uint32_t i = 0; i < data->npoints; i++) {
+        char key[1024];
+        const char *arg[] = { key, RBCLI_CONVERT_CHUNK };
+        size_t len[] = { idx_vnode_key(p->index.prefix, data, i, key, sizeof(key)),
+                         strlen(RBCLI_CONVERT_CHUNK) };
+        for (;;) {
+            r = cli_index_script(c->rc, p->index.prefix, "convert", 2, arg, len);
+            if ((refused = reply_error(c->rc, r)) != NULL) {
+                fprintf(stderr, "pool %s: Redis %s refused to convert %s: %s\n", p->name,
+                        p->index.redis.text, key, refused);
+                freeReplyObject(r);
+                return -1;
+            }
+            long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+            freeReplyObject(r);
+            if (n <= 0) {
+                break;
+            }
+            moved += (uint64_t)n;
+        }
+    }
+    if (moved > 0) {
+        fprintf(out, "pool %s: converted %llu index entries to layout 2\n", p->name,
+                (unsigned long long)moved);
+        fflush(out);
+    }
+    return 0;
+}
+
 int cli_index_rebuild(const struct conf_pool *p, FILE *out)
 {
     struct rbcli c = { .p = p };
@@ -385,6 +452,9 @@ int cli_index_rebuild(const struct conf_pool *p, FILE *out)
         goto out;
     }
     freeReplyObject(r);
+    if (convert_layout(&c, data, out) != 0) {
+        goto out;
+    }
     struct rb_params params = {
         .base = c.base, .pool = p->name, .index = &p->index, .ring = data,
         .rate = 0, .timeout_ms = p->timeout > 0 ? (uint32_t)p->timeout : 0,

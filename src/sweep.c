@@ -60,6 +60,7 @@
 #include "config.h"
 #include "defer.h"
 #include "index.h"
+#include "layout.h"
 #include "log.h"
 #include "mem.h"
 #include "proto.h"
@@ -86,7 +87,6 @@
 #define SWEEP_REFUSED_PAUSE_MS 5000     /* Redis refused a removal: wait */
 #define SWEEP_RATE_WINDOW_MS 5000
 #define SWEEP_LOG_MS 30000              /* background progress (info) */
-#define SWEEP_ZREM_CHUNK 1000           /* members per ZREM in the script */
 #define SWEEP_CURSOR_MAX 24
 
 #define SWEEP_STATE_NAME(e, name) [SWEEP_##e] = name,
@@ -121,6 +121,7 @@ struct item {
     uint32_t off, len;          /* bytes in b->keys */
     uint32_t hash;
     uint32_t owner;             /* the point that owns it */
+    int64_t stored;             /* the score it was listed with; -1: not a hash */
     uint8_t fate;
 };
 
@@ -154,6 +155,8 @@ struct sweep {
     struct event_base *base;
     struct defer *defer;        /* frees its connections (defer.h) */
     char *pool, *prefix, *id, *field;   /* field: sweeper:<id> */
+    char *ring_key;             /* <prefix>:ring, the index script's KEYS[1] */
+    struct lay_limits limits;   /* the listpack thresholds (layout.h) */
     char *redis_host, *redis_text, *password;
     uint16_t redis_port;
     bool redis_unix;
@@ -386,6 +389,19 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
+static void on_limits(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct sweep *s = priv;
+
+    if (ac->data == NULL) {
+        return;
+    }
+    replied(s, r);
+    if (r != NULL) {
+        lay_limits_parse(&s->limits, r);    /* refused: Redis's defaults */
+    }
+}
+
 static void sweep_on_connect(const redisAsyncContext *ac, int status)
 {
     struct sweep *s = ac->data;
@@ -475,6 +491,14 @@ static void redis_connect(struct sweep *s)
         size_t lens[] = { 6, strlen(db) };
         rp_xcheck(redis_argv(s, on_auth, s, 2, argv, lens), "the Redis SELECT command");
     }
+    /* The index script lists and puts back (layout.h); CONFIG may be refused. */
+    const char *largv[3];
+    size_t llen[3];
+    lay_load_argv(largv, llen);
+    rp_xcheck(redis_argv(s, on_auth, s, 3, largv, llen), "the Redis SCRIPT LOAD command");
+    const char *cargv[] = { "CONFIG", "GET", LAY_CONFIG_PATTERN };
+    size_t clen[] = { 6, 3, strlen(LAY_CONFIG_PATTERN) };
+    rp_xcheck(redis_argv(s, on_limits, s, 3, cargv, clen), "the Redis CONFIG GET command");
 }
 
 /* Drop a connection that stopped answering (from the tick, never a
@@ -1132,21 +1156,28 @@ static void on_removed(redisAsyncContext *ac, void *r, void *priv)
     kick(s);
 }
 
+/* ARGV: epoch, field, since, nrem, nmove, the thresholds, then per move
+ * (target's KEYS index, score, member, score listed), per removal (score
+ * listed, member). The index script's functions place and find members in
+ * either layout (layout.c); a rescore in layout 2 may change sub-set. */
 static const char remove_script[] =
+    "local R, LIM, VMAX = KEYS[1], tonumber(ARGV[6]), tonumber(ARGV[7]) "
+    "%s"
     "if redis.call('exists', KEYS[2]) == 1 then return 'migration' end "
     "if redis.call('hget', KEYS[1], 'epoch') ~= ARGV[1] then return 'ring' end "
     "local me = redis.call('hget', KEYS[3], ARGV[2]) "
-    "if not me or string.match(me, '^sweeper (%d+) ') ~= ARGV[3] then "
+    "if not me or string.match(me, '^sweeper (%%d+) ') ~= ARGV[3] then "
     "  return 'announce' end "
-    "local i = 6 "
+    "local i = 8 "
     "for m = 1, tonumber(ARGV[5]) do "
-    "  redis.call('zadd', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2]) "
-    "  i = i + 3 end "
-    "local last = i + tonumber(ARGV[4]) - 1 "
-    "while i <= last do "
-    "  local j = math.min(i + CHUNK - 1, last) "
-    "  redis.call('zrem', KEYS[4], unpack(ARGV, i, j)) "
-    "  i = j + 1 end "
+    "  local t, sc, mem, old = KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3] "
+    "  add1(t, sc, mem) "
+    "  if t == KEYS[4] and LAY >= 2 then "
+    "    redis.call('zrem', t, mem) "
+    "    local n = low_of(dir(t), sc) "
+    "    unfile(t, tonumber(old) or -1, mem, n) end "
+    "  i = i + 4 end "
+    "for m = 1, tonumber(ARGV[4]) do rem1(KEYS[4], ARGV[i], ARGV[i + 1]) i = i + 2 end "
     "return 'ok'";
 
 /*
@@ -1159,7 +1190,8 @@ static void batch_remove(struct batch *b)
 {
     struct sweep *s = b->s;
     uint32_t nrem = 0, nmove = 0, ntargets = 0;
-    char script[sizeof(remove_script) + 16];
+    static char *script;        /* remove_script with the functions in */
+    char limits[2][12];
 
     for (uint32_t i = 0; i < b->n; i++) {
         uint8_t f = b->items[i].fate;
@@ -1171,21 +1203,23 @@ static void batch_remove(struct batch *b)
         return;
     }
     /* argv: EVAL script nkeys, keys (ring, migration, proxies, set, targets),
-     * args (epoch, field, since, nrem, nmove, moves, members) */
-    size_t cap = 3 + 4 + nmove + 5 + 3 * (size_t)nmove + nrem;
+     * args (epoch, field, since, nrem, nmove, limits, moves, removals) */
+    size_t cap = 3 + 4 + nmove + 7 + 4 * (size_t)nmove + 2 * (size_t)nrem;
     const char **argv = calloc(cap, sizeof(*argv));
     size_t *lens = calloc(cap, sizeof(*lens));
     char (*names)[512] = calloc(4 + (size_t)nmove, sizeof(*names));
-    char (*nums)[16] = calloc(2 * (size_t)nmove + 3, sizeof(*nums));
+    char (*nums)[16] = calloc(3 * (size_t)nmove + nrem + 3, sizeof(*nums));
     int argc = 0;
 
     if (argv == NULL || lens == NULL || names == NULL || nums == NULL) {
         b->step = B_DONE;       /* out of memory: keep them all */
         goto out;
     }
-    const char *p = strstr(remove_script, "CHUNK");
-    snprintf(script, sizeof(script), "%.*s%d%s", (int)(p - remove_script), remove_script,
-             SWEEP_ZREM_CHUNK, p + 5);
+    if (script == NULL && asprintf(&script, remove_script, lay_lib) < 0) {
+        script = NULL;
+        b->step = B_DONE;       /* out of memory: keep them all */
+        goto out;
+    }
     snprintf(names[0], 512, "%s:ring", s->prefix);
     snprintf(names[1], 512, "%s:migration", s->prefix);
     snprintf(names[2], 512, "%s:proxies", s->prefix);
@@ -1228,30 +1262,41 @@ static void batch_remove(struct batch *b)
     snprintf(nums[2], 16, "%u", nmove);
     argv[argc++] = nums[1];
     argv[argc++] = nums[2];
+    snprintf(limits[0], sizeof(limits[0]), "%u", s->limits.entries);
+    snprintf(limits[1], sizeof(limits[1]), "%u", s->limits.value);
+    argv[argc++] = limits[0];
+    argv[argc++] = limits[1];
     for (int i = 0; i < argc; i++) {
         lens[i] = strlen(argv[i]);
     }
-    uint32_t m = 0;
+    uint32_t m = 3;
     for (uint32_t i = 0; i < b->n; i++) {
         const struct item *it = &b->items[i];
         if (it->fate != F_MOVE && it->fate != F_RESCORE) {
             continue;
         }
-        snprintf(nums[3 + 2 * m], 16, "%u", key_of[i]);
-        snprintf(nums[4 + 2 * m], 16, "%u", it->hash);
-        argv[argc] = nums[3 + 2 * m];
-        lens[argc] = strlen(argv[argc]);
-        argc++;
-        argv[argc] = nums[4 + 2 * m];
-        lens[argc] = strlen(argv[argc]);
-        argc++;
-        argv[argc] = b->keys + it->off;
-        lens[argc++] = it->len;
-        m++;
+        snprintf(nums[m], 16, "%u", key_of[i]);
+        snprintf(nums[m + 1], 16, "%u", it->hash);
+        snprintf(nums[m + 2], 16, "%lld", (long long)it->stored);
+        for (int k = 0; k < 3; k++) {
+            argv[argc] = nums[m + (uint32_t)k];
+            lens[argc] = strlen(argv[argc]);
+            argc++;
+            if (k == 1) {
+                argv[argc] = b->keys + it->off;
+                lens[argc++] = it->len;
+            }
+        }
+        m += 3;
     }
     for (uint32_t i = 0; i < b->n; i++) {
         const struct item *it = &b->items[i];
         if (it->fate == F_GONE || it->fate == F_MOVE || it->fate == F_INVALID) {
+            snprintf(nums[m], 16, "%lld", (long long)it->stored);
+            argv[argc] = nums[m];
+            lens[argc] = strlen(argv[argc]);
+            argc++;
+            m++;
             argv[argc] = b->keys + it->off;
             lens[argc++] = it->len;
         }
@@ -1312,21 +1357,24 @@ static void batch_restore(struct batch *b)
         b->step = B_DONE;
         return;
     }
-    const char **argv = calloc(2 + 2 * (size_t)n, sizeof(*argv));
-    size_t *lens = calloc(2 + 2 * (size_t)n, sizeof(*lens));
-    char (*scores)[16] = calloc(n, sizeof(*scores));
-    char name[512];
+    const char **argv = calloc(LAY_HEAD + 2 + 2 * (size_t)n, sizeof(*argv));
+    size_t *lens = calloc(LAY_HEAD + 2 + 2 * (size_t)n, sizeof(*lens));
+    char (*scores)[16] = calloc(n + 1, sizeof(*scores));
+    char name[512], nums[2][12];
     int argc = 0;
 
     if (argv == NULL || lens == NULL || scores == NULL) {
         b->step = B_RESTORE_WAIT;       /* try again on the next pump */
         goto out;
     }
+    /* the index script's add: where the layout in force puts them */
     set_name(s, b->point, name, sizeof(name));
-    argv[argc] = "ZADD";
-    lens[argc++] = 4;
+    argc = lay_head(argv, lens, s->ring_key, "add", &s->limits, nums);
     argv[argc] = name;
     lens[argc++] = strlen(name);
+    snprintf(scores[n], sizeof(scores[n]), "%u", n);
+    argv[argc] = scores[n];
+    lens[argc++] = strlen(scores[n]);
     for (uint32_t i = 0, k = 0; i < b->n; i++) {
         const struct item *it = &b->items[i];
         if (it->fate != F_RESTORE) {
@@ -1431,6 +1479,10 @@ static struct batch *batch_new(struct sweep *s, uint32_t point, const char *curs
         it->b = b;
         it->off = (uint32_t)off;
         it->len = (uint32_t)m->len;
+        uint64_t score;
+        bool hash_ok = sc->type == REDIS_REPLY_STRING &&
+                       parse_u64(sc->str, UINT32_MAX, &score);
+        it->stored = hash_ok ? (int64_t)score : -1;
         memcpy(b->keys + off, m->str, m->len);
         off += m->len;
         b->n++;
@@ -1440,9 +1492,7 @@ static struct batch *batch_new(struct sweep *s, uint32_t point, const char *curs
         }
         it->hash = ring_key_hash(s->ring, m->str, m->len);
         it->owner = ring_find(s->ring, it->hash);
-        uint64_t score;
-        bool score_ok = sc->type == REDIS_REPLY_STRING &&
-                        parse_u64(sc->str, UINT32_MAX, &score) && score == it->hash;
+        bool score_ok = hash_ok && score == it->hash;
         it->fate = F_CHECK;
         if (it->owner != point) {
             char here[512], there[512];
@@ -1493,6 +1543,12 @@ static void on_scan(redisAsyncContext *ac, void *r, void *priv)
         kick(s);
         return;
     }
+    if (reply->type == REDIS_REPLY_ERROR && lay_noscript(reply->str)) {
+        const char *argv[3];
+        size_t lens[3];
+        lay_load_argv(argv, lens);
+        redis_argv(s, on_auth, s, 3, argv, lens);   /* Redis lost it: again */
+    }
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
         reply->element[0]->type != REDIS_REPLY_STRING ||
         !cursor_ok(reply->element[0]->str, reply->element[0]->len) ||
@@ -1515,18 +1571,27 @@ static void on_scan(redisAsyncContext *ac, void *r, void *priv)
     kick(s);
 }
 
+/* The next page of set `point`, every layout at once: the index script
+ * answers as ZSCAN does, its cursor a score (layout.c). */
 static void scan(struct sweep *s)
 {
-    char name[512], count[16];
+    char name[512], count[16], nums[2][12];
     int64_t rate = s->env.rate;
     long n = rate > 0 ? (long)(rate / 10) : SWEEP_SCAN_COUNT;
+    const char *argv[LAY_HEAD + 3];
+    size_t lens[LAY_HEAD + 3];
 
     n = n < 16 ? 16 : n > SWEEP_SCAN_COUNT ? SWEEP_SCAN_COUNT : n;
     set_name(s, s->point, name, sizeof(name));
     snprintf(count, sizeof(count), "%ld", n);
-    const char *argv[] = { "ZSCAN", name, s->cursor, "COUNT", count };
-    size_t lens[] = { 5, strlen(name), strlen(s->cursor), 5, strlen(count) };
-    if (redis_argv(s, on_scan, s, 5, argv, lens)) {
+    int argc = lay_head(argv, lens, s->ring_key, "scan", &s->limits, nums);
+    argv[argc] = name;
+    lens[argc++] = strlen(name);
+    argv[argc] = s->cursor;
+    lens[argc++] = strlen(s->cursor);
+    argv[argc] = count;
+    lens[argc++] = strlen(count);
+    if (redis_argv(s, on_scan, s, argc, argv, lens)) {
         s->scan_out = true;
     }
 }
@@ -1755,6 +1820,7 @@ struct sweep *sweep_new(struct event_base *base, const struct sweep_opts *o)
     TAILQ_INIT(&s->batches);
     snprintf(s->cursor, sizeof(s->cursor), "0");
     s->need_ring = true;
+    lay_limits_default(&s->limits);
     s->state = o->background ? SWEEP_STANDBY : SWEEP_ANNOUNCING;
     if ((s->pool = strdup(o->pool)) == NULL ||
         (s->prefix = strdup(o->index->prefix)) == NULL ||
@@ -1765,6 +1831,7 @@ struct sweep *sweep_new(struct event_base *base, const struct sweep_opts *o)
          asprintf(&s->id, "%s:%ld:%04lx:cli", host, (long)getpid(),
                   (unsigned long)(tv.tv_usec ^ (unsigned long)random()) & 0xffff) < 0) ||
         asprintf(&s->field, SWEEP_FIELD_PREFIX "%s", s->id) < 0 ||
+        asprintf(&s->ring_key, "%s:ring", o->index->prefix) < 0 ||
         (s->kick = event_new(base, -1, 0, on_kick, s)) == NULL) {
         sweep_free(s);
         return NULL;
@@ -1837,6 +1904,7 @@ void sweep_free(struct sweep *s)
     ring_unref(s->local);
     free(s->pool);
     free(s->prefix);
+    free(s->ring_key);
     free(s->id);
     free(s->field);
     free(s->redis_host);

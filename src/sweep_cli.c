@@ -66,15 +66,18 @@ static int count_entries(redisContext *rc, const char *prefix, uint64_t *total,
     }
     for (uint32_t i = 0; i < r->npoints; i++) {
         char key[1024];
-        idx_vnode_key(prefix, r, i, key, sizeof(key));
-        redisAppendCommand(rc, "ZCARD %s", key);
+        const char *arg[] = { key };
+        size_t len[] = { idx_vnode_key(prefix, r, i, key, sizeof(key)) };
+        cli_index_append(rc, prefix, "card", 1, arg, len);   /* every layout: layout.h */
     }
     for (uint32_t i = 0; i < r->npoints; i++) {
         redisReply *z = NULL;
         if (redisGetReply(rc, (void **)&z) != REDIS_OK) {
             goto out;
         }
-        *total += z->type == REDIS_REPLY_INTEGER && z->integer > 0 ? (uint64_t)z->integer : 0;
+        *total += z->type == REDIS_REPLY_ARRAY && z->elements == 2 &&
+                  z->element[0]->type == REDIS_REPLY_INTEGER && z->element[0]->integer > 0 ?
+                  (uint64_t)z->element[0]->integer : 0;
         freeReplyObject(z);
     }
     *sets = r->npoints;

@@ -9,8 +9,8 @@ the test that caused it.
 """
 import json
 import os
-import re
 import random
+import re
 import select
 import shutil
 import signal
@@ -23,6 +23,53 @@ RINGPROXY = os.environ.get("RINGPROXY_BIN", os.path.join(ROOT, "build", "ringpro
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                    "runtime error:", "WARNING: AddressSanitizer",
                    "WARNING: ThreadSanitizer")
+
+
+def vnode_of(name):
+    """The v-node set (layout 1's name) an index set belongs to: layout 2
+    keeps a v-node's keys in <base>:s<low> and long keys in <base>:l<low>
+    (docs/ARCHITECTURE.md, "The index")."""
+    n = name.decode() if isinstance(name, bytes) else name
+    m = re.match(r"^(.*:\d+):[sl]\d+$", n)
+    return m.group(1) if m else n
+
+
+def is_long_list(name):
+    """Is this index set a long-key list (<base>:l<low>, src/layout.h)?"""
+    n = name.decode() if isinstance(name, bytes) else name
+    return re.search(r":\d+:l\d+$", n) is not None
+
+
+def set_members(r, name):
+    """[(member, score)] of an index set of either kind: a sorted set, or a
+    long-key list of "<score> <key>" entries (src/layout.h, LAY_LONG_KEYS)."""
+    if not is_long_list(name):
+        return r.zrange(name, 0, -1, withscores=True)
+    out = []
+    for e in r.lrange(name, 0, -1):
+        score, _, m = e.partition(b" ")
+        out.append((m, float(score)))
+    return out
+
+
+def set_card(r, name):
+    """Entries of an index set of either kind."""
+    return r.llen(name) if is_long_list(name) else r.zcard(name)
+
+
+def index_sets(r, prefix):
+    """Every set of the index that holds keys (both layouts): the names
+    under <prefix>:v: (the directories live under <prefix>:vd:)."""
+    return list(r.scan_iter(match=prefix + ":v:*", count=1000))
+
+
+def index_entries(r, prefix):
+    """Every index entry, both layouts: {member: [(v-node set, score), ...]}."""
+    out = {}
+    for name in index_sets(r, prefix):
+        for m, score in set_members(r, name):
+            out.setdefault(m, []).append((vnode_of(name), score))
+    return out
 
 
 def recv_to_eof(sock):

@@ -11,7 +11,7 @@ import pytest
 import redis
 from pymemcache.client.base import Client
 
-from harness import RINGPROXY, Redis, free_port, pool_yaml
+from harness import RINGPROXY, Redis, free_port, pool_yaml, set_members, vnode_of
 
 PREFIX = "rp:cache"
 
@@ -58,8 +58,8 @@ def wait_index_idle(c, timeout=10, stores=0):
 def indexed_members(r):
     members = {}
     for name in r.scan_iter(match=PREFIX + ":v:*", count=1000):
-        for m, score in r.zrange(name, 0, -1, withscores=True):
-            members.setdefault(m, []).append((name.decode(), int(score)))
+        for m, score in set_members(r, name):
+            members.setdefault(m, []).append((vnode_of(name), int(score)))
     return members
 
 

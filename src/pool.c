@@ -113,12 +113,13 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct r
                              .forget = pool_sweep_forget, .forget_arg = p,
                              .dns = w->dns != NULL ? resolver_evdns(w->dns) : NULL };
     if (copy) {
-        return pool_init_copy(p, hub, err, errlen);    /* ready: hub_route.ready */
-    }
-    if (hub != NULL && pool_init_home(p, hub, err, errlen) != 0) {
+        /* no index, no migration; it serves once hub_route says ready */
+        if (pool_init_copy(p, hub, err, errlen) != 0) {
+            return -1;
+        }
+    } else if (hub != NULL && pool_init_home(p, hub, err, errlen) != 0) {
         return -1;
-    }
-    if (conf->index.enabled &&
+    } else if (conf->index.enabled &&
         ((p->idx = idx_new(w->base, p->name, &conf->index, p->ring)) == NULL ||
          (p->mig = mig_new(p, pool_ready)) == NULL ||
          (p->adopt = adopt_new(p)) == NULL ||
@@ -126,8 +127,8 @@ int pool_init(struct pool *p, struct worker *w, struct conf_pool *conf, struct r
         snprintf(err, errlen, "out of memory starting the index writer");
         return -1;
     }
-    p->ready = p->mig == NULL;
-    if (conf->preconnect) {
+    p->ready = p->mig == NULL && !copy;
+    if (conf->preconnect) {   /* a copy's own backend connections too */
         for (uint32_t i = 0; i < p->nbackends; i++) {
             backend_preconnect(p->backends[i]);
         }

@@ -54,6 +54,11 @@ def env(cluster):
                               admin_port=aport)
             wait_until(lambda: proxy_stats(port).get("migration:state") == "idle",
                        what="the proxy to serve")
+            # the first ring record's rebuild lists the backends while the
+            # test writes: its adds land where the key belongs, beside a
+            # stray the writer filed by a directory older than a split (a
+            # twin, docs/ARCHITECTURE.md L1), and the counts would hold it
+            rebuild_done(self.r)
             return p
 
     return Env()

@@ -474,6 +474,8 @@ static const struct conf_directive index_directives[] = {
     { "password", parse_string, offsetof(struct conf_index, password), NULL, 0, 0 },
     { "queue_max", parse_int, offsetof(struct conf_index, queue_max), "100000",
       1, INT32_MAX },
+    { "reply_timeout", parse_int, offsetof(struct conf_index, reply_timeout), "10000",
+      100, 3600000 },
     { "rebuild_rate", parse_int, offsetof(struct conf_index, rebuild_rate), "50000",
       0, INT32_MAX },
     { "sweep_rate", parse_int, offsetof(struct conf_index, sweep_rate),

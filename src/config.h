@@ -50,6 +50,8 @@ struct conf_index {
     char *prefix;           /* default "rp:<pool name>" */
     char *password;         /* NULL: no AUTH */
     int64_t queue_max;      /* index writes held while Redis is away */
+    int64_t reply_timeout;  /* ms the writer waits for Redis to answer, or to
+                               accept its connection, before it reconnects */
     int64_t rebuild_rate;   /* keys per second a background index rebuild
                                adds, 0 = unlimited */
     int64_t sweep_rate;     /* entries per second the sweeper looks at; 0 = off

@@ -23,6 +23,12 @@
  *   is coalesced into the one that waits (it would delete the same sets);
  *   writes queued after it wait behind it, so they keep their order. A
  *   stopped Redis thus holds one batch of UNLINKs, not one per flush_all.
+ * - Every wait on Redis has a deadline, `reply_timeout` (idx_on_watch): a
+ *   connection not made by then, or a Redis that owes the writer answers
+ *   and has sent none for that long (stopped, partitioned, a half-open
+ *   connection), is dropped and made again; what it owed counts as
+ *   dropped, as after any lost connection. The count of writes in flight
+ *   changes in one place each way (idx_sent, idx_answered).
  * - Nothing is written before Redis accepted AUTH and SELECT: a refused
  *   AUTH is retried on the same connection, with backoff, while writes
  *   queue (an unauthenticated pipeline would only be refused, and Redis
@@ -227,7 +233,16 @@ struct idx {
     enum idx_health health;
     uint64_t health_since_ms;
     struct event *calm_timer;
+    /* reply_timeout (idx_on_watch): when the connection was begun, when
+     * Redis last answered it (or was first owed an answer), and why the
+     * watch dropped it, for idx_on_disconnect to say */
+    struct event *watch;
+    uint64_t connect_ms, progress_ms;
+    char drop_why[96];
 };
+
+/* index.reply_timeout when a caller gives none (config.c has the same) */
+#define IDX_REPLY_TIMEOUT_MS 10000
 
 /* on_reply's privdata for an UNLINK of a flush (others: the write count). */
 #define IDX_FLUSH_REPLY ((void *)UINTPTR_MAX)
@@ -466,6 +481,24 @@ enum idx_health idx_health(const struct idx *x, enum idx_conn c, const char **wh
 
 /* --- connection ----------------------------------------------------------- */
 
+/* n writes (or one dir, split or flush call) sent on x->ac. */
+static void idx_sent(struct idx *x, uint64_t n)
+{
+    if (x->stats[IDX_STAT_inflight] == 0) {
+        x->progress_ms = rp_clock_ms();     /* Redis owes nothing older */
+    }
+    x->stats[IDX_STAT_commands]++;
+    x->stats[IDX_STAT_inflight] += n;
+}
+
+/* n of them answered: Redis is making progress. */
+static void idx_answered(struct idx *x, uint64_t n)
+{
+    x->progress_ms = rp_clock_ms();
+    x->stats[IDX_STAT_inflight] -= n < x->stats[IDX_STAT_inflight] ?
+                                   n : x->stats[IDX_STAT_inflight];
+}
+
 static void idx_lost_inflight(struct idx *x)
 {
     /* Writes sent but unanswered are lost; the filter may now lie. */
@@ -523,11 +556,64 @@ static void idx_on_disconnect(const redisAsyncContext *ac, int status)
     x->handshake = 0;
     x->stats[IDX_STAT_disconnects]++;
     snprintf(why, sizeof(why), "lost the connection (%s); index writes queue, up to "
-             "%lld, until it is back", status == REDIS_OK ? "closed" : ac->errstr,
-             (long long)x->conf.queue_max);
+             "%lld, until it is back", x->drop_why[0] != '\0' ? x->drop_why :
+             status == REDIS_OK ? "closed" : ac->errstr, (long long)x->conf.queue_max);
+    x->drop_why[0] = '\0';
     idx_redis_down(x, IDX_CONN_WRITER, why);
     idx_lost_inflight(x);
     idx_schedule_retry(x);
+}
+
+/*
+ * The writer's deadline, every quarter of reply_timeout (at most a
+ * second): a connection not made within reply_timeout, or one on which
+ * Redis owes answers and has given none for that long, is dropped and made
+ * again (a stopped Redis, a partition, a peer gone without a reset would
+ * otherwise hold the writes in flight for as long as TCP keeps trying).
+ * Writes counted in flight with no answer owed mean the count lost track:
+ * it is reset as after a lost connection, and said.
+ */
+static void idx_on_watch(evutil_socket_t fd, short what, void *arg)
+{
+    struct idx *x = arg;
+    redisAsyncContext *ac = x->ac;
+    uint64_t now = rp_clock_ms(), limit = (uint64_t)x->conf.reply_timeout;
+
+    (void)fd, (void)what;
+    if (ac == NULL) {
+        return;
+    }
+    bool connecting = x->state == IDX_CONNECTING, owed = ac->replies.head != NULL;
+    if (connecting ? now - x->connect_ms < limit : now - x->progress_ms < limit) {
+        return;
+    }
+    if (!connecting && !owed) {
+        if (x->stats[IDX_STAT_inflight] > 0 || x->flush_unanswered > 0) {
+            log_warn("index", "%s: %llu index writes counted in flight, none unanswered "
+                     "on the connection: counted as dropped", x->pool,
+                     (unsigned long long)x->stats[IDX_STAT_inflight]);
+            idx_lost_inflight(x);
+            idx_flush(x);
+        }
+        return;
+    }
+    snprintf(x->drop_why, sizeof(x->drop_why), connecting ?
+             "not connected within %llu ms (index.reply_timeout)" :
+             "Redis answered nothing for %llu ms (index.reply_timeout)",
+             (unsigned long long)limit);
+    log_warn("index", "%s: Redis %s: %s: connecting again", x->pool, x->conf.redis.text,
+             x->drop_why);
+    redisAsyncFree(ac);     /* runs idx_on_disconnect if it was connected */
+    if (x->ac != NULL) {
+        /* never connected: no disconnect callback, as for a refused connect */
+        x->ac = NULL;
+        x->handshake = 0;
+        x->stats[IDX_STAT_disconnects]++;
+        idx_redis_down(x, IDX_CONN_WRITER, x->drop_why);
+        x->drop_why[0] = '\0';
+        idx_lost_inflight(x);
+        idx_schedule_retry(x);
+    }
 }
 
 static void idx_written(struct idx *x, const redisReply *reply, uint64_t n, bool flush);
@@ -552,8 +638,7 @@ static void idx_written(struct idx *x, const redisReply *reply, uint64_t n, bool
             idx_flush(x);   /* the flush coalesced behind this one */
         }
     }
-    x->stats[IDX_STAT_inflight] -= n < x->stats[IDX_STAT_inflight] ?
-                                   n : x->stats[IDX_STAT_inflight];
+    idx_answered(x, n);
     if (reply->type == REDIS_REPLY_ERROR) {
         x->need_load |= lay_noscript(reply->str);
         x->stats[IDX_STAT_errors]++;
@@ -754,7 +839,7 @@ static void on_dir(redisAsyncContext *ac, void *r, void *privdata)
     }
     if (x != NULL && reply != NULL && x->asks > 0) {
         x->asks--;
-        x->stats[IDX_STAT_inflight]--;
+        idx_answered(x, 1);
     }
     if (x != NULL && reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         x->need_load |= lay_noscript(reply->str);
@@ -802,8 +887,7 @@ static void idx_send_ask(struct idx *x, uint32_t point, uint32_t low)
         free(a);
         return;
     }
-    x->stats[IDX_STAT_commands]++;
-    x->stats[IDX_STAT_inflight]++;
+    idx_sent(x, 1);
     x->asks++;
     x->vdir[point].asking = true;
 }
@@ -821,8 +905,9 @@ static void on_load(redisAsyncContext *ac, void *r, void *privdata)
     redisReply *reply = r;
 
     (void)privdata;
-    if (x != NULL && reply != NULL && reply->type == REDIS_REPLY_ERROR) {
-        x->need_load = true;
+    if (x != NULL && reply != NULL) {
+        x->progress_ms = rp_clock_ms();
+        x->need_load |= reply->type == REDIS_REPLY_ERROR;
     }
 }
 
@@ -843,6 +928,7 @@ static void on_limits(redisAsyncContext *ac, void *r, void *privdata)
 
     (void)privdata;
     if (x != NULL && r != NULL) {
+        x->progress_ms = rp_clock_ms();
         lay_limits_parse(&x->limits, r);
     }
 }
@@ -857,6 +943,7 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *privdata)
     if (x == NULL || reply == NULL || x->handshake == 0) {
         return;     /* disconnected: idx_on_disconnect retries */
     }
+    x->progress_ms = rp_clock_ms();
     if (reply->type == REDIS_REPLY_ERROR &&
         idx_redis_error(x, IDX_CONN_WRITER, reply->str) != IDX_H_OK) {
         x->handshake_failed = true;
@@ -929,6 +1016,7 @@ static void idx_on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     x->stats[IDX_STAT_connects]++;
+    x->progress_ms = rp_clock_ms();
     memset(x->filter, 0, IDX_FILTER_SLOTS * sizeof(*x->filter));
     log_notice("index", "%s: connected to Redis %s", x->pool, x->conf.redis.text);
     if (x->handshake > 0) {
@@ -958,6 +1046,7 @@ static void idx_connect(struct idx *x)
     ac->data = x;
     x->ac = ac;
     x->state = IDX_CONNECTING;
+    x->connect_ms = x->progress_ms = rp_clock_ms();
     rp_xcheck(redisLibeventAttach(ac, x->base) == REDIS_OK, "a Redis connection's events");
     redisAsyncSetConnectCallback(ac, idx_on_connect);
     redisAsyncSetDisconnectCallback(ac, idx_on_disconnect);
@@ -982,6 +1071,9 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->conf.redis.host = strdup(conf->redis.host);
     x->conf.prefix = strdup(conf->prefix);
     x->conf.password = conf->password ? strdup(conf->password) : NULL;
+    if (x->conf.reply_timeout <= 0) {
+        x->conf.reply_timeout = IDX_REPLY_TIMEOUT_MS;    /* not from a file: the default */
+    }
     lay_limits_default(&x->limits);
     if (x->conf.prefix != NULL && asprintf(&x->ring_key, "%s:ring", x->conf.prefix) < 0) {
         x->ring_key = NULL;
@@ -990,13 +1082,18 @@ struct idx *idx_new(struct event_base *base, const char *pool,
     x->shared = true;           /* until the first sync says we are alone */
     x->retry = evtimer_new(base, idx_on_retry, x);
     x->calm_timer = evtimer_new(base, on_calm, x);
+    x->watch = event_new(base, -1, EV_PERSIST, idx_on_watch, x);
     x->health_since_ms = rp_clock_ms();
     if (!x->pool || !x->conf.redis.text || !x->conf.redis.host || !x->conf.prefix ||
         (conf->password && !x->conf.password) || !x->filter || !x->retry ||
-        !x->calm_timer || !x->ring_key ||
+        !x->calm_timer || !x->watch || !x->ring_key ||
         idx_load_ring(x, ring) != 0) {
         goto err;
     }
+    uint64_t every = (uint64_t)x->conf.reply_timeout / 4;
+    every = every > 1000 ? 1000 : every < 25 ? 25 : every;
+    struct timeval tv = { (time_t)(every / 1000), (suseconds_t)(every % 1000) * 1000 };
+    event_add(x->watch, &tv);
     idx_connect(x);
     return x;
 
@@ -1019,6 +1116,9 @@ void idx_free(struct idx *x)
     }
     if (x->calm_timer != NULL) {
         event_free(x->calm_timer);
+    }
+    if (x->watch != NULL) {
+        event_free(x->watch);
     }
     for (uint32_t i = 0; x->vnode != NULL && i < x->ring->npoints; i++) {
         free(x->vnode[i]);
@@ -1276,8 +1376,7 @@ static void idx_send_flush(struct idx *x)
         }
         if (redisAsyncFormattedCommand(x->ac, on_reply, IDX_FLUSH_REPLY, x->out,
                                        x->out_len) == REDIS_OK) {
-            x->stats[IDX_STAT_commands]++;
-            x->stats[IDX_STAT_inflight]++;
+            idx_sent(x, 1);
             x->flush_unanswered++;
         }
     }
@@ -1321,8 +1420,7 @@ static void idx_emit_script(struct idx *x, uint8_t type, size_t g0, size_t g1, u
     }
     if (redisAsyncFormattedCommand(x->ac, on_reply, (void *)(uintptr_t)n,
                                    x->out, x->out_len) == REDIS_OK) {
-        x->stats[IDX_STAT_commands]++;
-        x->stats[IDX_STAT_inflight] += n;
+        idx_sent(x, n);
         x->stats[type == IDX_OP_ADD ? IDX_STAT_adds : IDX_STAT_removes] += n;
     } else {
         x->stats[IDX_STAT_dropped] += n;
@@ -1368,8 +1466,7 @@ static void idx_emit_zadd(struct idx *x, uint32_t point, const char *set, size_t
         out_bulk(x, x->arena + picks[i].off + sizeof(op), op.keylen);
     }
     if (redisAsyncFormattedCommand(x->ac, on_zadd, a, x->out, x->out_len) == REDIS_OK) {
-        x->stats[IDX_STAT_commands]++;
-        x->stats[IDX_STAT_inflight] += n;
+        idx_sent(x, n);
         x->stats[IDX_STAT_adds] += n;
     } else {
         free(a);

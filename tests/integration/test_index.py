@@ -2,6 +2,7 @@
 sorted set of the v-node that owns it, scored by its ring hash; deletes
 remove it; failed stores add nothing; Redis trouble never reaches clients."""
 import random
+import signal
 import socket
 import subprocess
 import threading
@@ -11,7 +12,8 @@ import pytest
 import redis
 from pymemcache.client.base import Client
 
-from harness import RINGPROXY, Redis, free_port, pool_yaml, set_members, vnode_of
+from harness import (RINGPROXY, Redis, free_port, pool_yaml, proxy_stats, set_members,
+                     vnode_of, wait_until)
 
 PREFIX = "rp:cache"
 
@@ -244,6 +246,82 @@ def test_redis_killed_under_load_costs_clients_nothing(cluster):
     r = redis.Redis(port=rs.port)
     assert b"after-restart" in indexed_members(r)
     c.close()
+
+
+def reply_timeout_config(port, mcs, redis_addr, timeout_ms):
+    servers = [(m.addr, 1, "mc%d" % (i + 1)) for i, m in enumerate(mcs)]
+    return pool_yaml("cache", port, servers, hash="fnv1a_64",
+                     index={"redis": redis_addr, "sweep_rate": 0,
+                            "reply_timeout": timeout_ms})
+
+
+def test_a_redis_that_stops_answering_is_dropped_within_reply_timeout(cluster):
+    """A stopped Redis keeps its connections open and answers nothing: the
+    writer gives up on it after index.reply_timeout and connects again (to
+    the kernel's backlog, where the same happens), counting what it owed as
+    dropped; once Redis answers again, the writer drains and indexes. Without
+    the deadline the writes stay in flight for as long as Redis is stopped."""
+    mcs = cluster.memcached(2)
+    rs = cluster.redis()
+    port = free_port()
+    cluster.proxy(reply_timeout_config(port, mcs, "127.0.0.1:%d" % rs.port, 400), port=port)
+    c = Client(("127.0.0.1", port), timeout=5)
+    c.set("before", b"v", noreply=False)
+    wait_index_idle(c)
+    before = c.stats()
+    rs.proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(50):
+            assert c.set("frozen%d" % i, b"v", noreply=False)
+        # at least two deadlines: the connection of before, then a new one
+        # the kernel accepted for the stopped Redis
+        st = wait_until(lambda: (lambda s: int(s["index:disconnects"]) >=
+                                 before[b"index:disconnects"] + 2 and s)(proxy_stats(port)),
+                        timeout=10, interval=0.05, what="the writer to give up on Redis")
+        assert "answered nothing for 400 ms" in st.get("index:health_reason", ""), st
+        assert int(st["index:dropped"]) > before[b"index:dropped"]
+        assert c.get("frozen7") == b"v"            # clients never noticed
+    finally:
+        rs.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: proxy_stats(port)["index:state"] == "ready", timeout=10,
+               what="the writer to reconnect")
+    c.set("after-thaw", b"v", noreply=False)
+    wait_index_idle(c)
+    assert b"after-thaw" in indexed_members(redis.Redis(port=rs.port))
+    c.close()
+
+
+def test_a_connection_redis_never_accepts_is_given_up_within_reply_timeout(cluster):
+    """A listener whose backlog is full drops the SYNs: the connect neither
+    succeeds nor fails. The writer gives up on it after reply_timeout, says
+    why, and tries again. (Stores are fenced: no proxy of the fleet could
+    have told this one the ring, docs/ARCHITECTURE.md I6.)"""
+    mcs = cluster.memcached(1)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    filler = []
+    try:
+        for _ in range(4):          # fill the accept queue (backlog 0 takes 1 or 2)
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(lst.getsockname())
+            filler.append(f)
+        time.sleep(0.2)
+        port = free_port()
+        cluster.proxy(reply_timeout_config(port, mcs, "127.0.0.1:%d" % lst.getsockname()[1],
+                                           300), port=port)
+        st = wait_until(lambda: (lambda s: int(s["index:disconnects"]) >= 2 and s)(
+            proxy_stats(port)), timeout=10, interval=0.05, what="the connect to be given up")
+        assert "not connected within 300 ms" in st.get("index:health_reason", ""), st
+        assert st["index:connects"] == "0"
+        st = wait_until(lambda: (lambda s: int(s["index:disconnects"]) >= 4 and s)(
+            proxy_stats(port)), timeout=10, interval=0.05, what="the connect to be retried")
+        assert st["index:connects"] == "0"
+    finally:
+        for f in filler:
+            f.close()
+        lst.close()
 
 
 def test_index_stats_and_check_report_what_redis_and_backends_hold(cluster):

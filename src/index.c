@@ -153,11 +153,18 @@ struct idx_group {
     size_t first, last;         /* arena offsets of the records */
 };
 
+/* What this writer knows of one sub-range of a v-node. */
+struct idx_sub {
+    uint32_t size;              /* members, as last learnt and added */
+    uint32_t pend;              /* members of unanswered ZADDs */
+    uint32_t refused;           /* its size when a split found no score to cut
+                                 * at (every member one hash: a hash tag); 0 none */
+};
+
 /* What this writer knows of a v-node's layout-2 directory. */
 struct idx_vdir {
-    uint32_t *lows;             /* ascending; lows[0] is 0 */
-    uint32_t *size;             /* members per sub-set, as last learnt and added */
-    uint32_t *pend;             /* members of unanswered ZADDs per sub-set */
+    uint32_t *lows;             /* ascending; lows[0] is 0 (lay_pick reads them) */
+    struct idx_sub *sub;        /* per low */
     uint32_t n, cap;
     uint8_t layout;             /* 0: not known yet; else the layout in force */
     bool asking;                /* a dir or split call is unanswered */
@@ -257,8 +264,7 @@ static void idx_vdir_free(struct idx_vdir *v, uint32_t n)
 {
     for (uint32_t i = 0; v != NULL && i < n; i++) {
         free(v[i].lows);
-        free(v[i].size);
-        free(v[i].pend);
+        free(v[i].sub);
     }
     free(v);
 }
@@ -507,10 +513,14 @@ static void idx_lost_inflight(struct idx *x)
     x->stats[IDX_STAT_inflight] = 0;
     /* their ZADDs will add nothing: no longer pending (index.c, on_zadd) */
     for (uint32_t i = 0; x->vdir != NULL && i < x->ring->npoints; i++) {
-        if (x->vdir[i].pend != NULL) {
-            memset(x->vdir[i].pend, 0, x->vdir[i].n * sizeof(*x->vdir[i].pend));
+        for (uint32_t j = 0; j < x->vdir[i].n; j++) {
+            x->vdir[i].sub[j].pend = 0;
         }
         x->vdir[i].asking = false;
+        /* Redis may have restarted empty: its directories with it. A low
+         * cached from before would file keys in a set no reader looks at
+         * (I-L2): the script's `add` files them until a new one is in. */
+        x->vdir[i].learnt_ms = 0;
     }
     /* A lost flush is not sent again: stores after it (through any proxy)
      * would lose their entries (docs/ARCHITECTURE.md, I7). Entries of
@@ -660,6 +670,22 @@ static struct idx_vdir *ask_vdir(struct idx *x, const struct idx_ask *a)
            &x->vdir[a->point] : NULL;
 }
 
+/*
+ * Is a sub-range to be split: past LAY_SPLIT_ASK, counting what its
+ * unanswered ZADDs may add (with_pend). One whose split was refused (every
+ * member one score: a hash tag's keys) is asked again only once it grew by
+ * a quarter of the threshold since, so it costs Redis one split call per
+ * that many writes, not one per answer (asked on every answer, the writer
+ * and Redis spun on it with no client writing).
+ */
+static bool sub_wants_split(const struct idx *x, const struct idx_sub *sb, bool with_pend)
+{
+    uint64_t n = (uint64_t)sb->size + (with_pend ? sb->pend : 0);
+
+    return n >= LAY_SPLIT_ASK(x->limits.entries) &&
+           (sb->refused == 0 || n >= (uint64_t)sb->refused + x->limits.entries / 4);
+}
+
 /* A plain ZADD's answer: what it added grows its sub-set's size, and it
  * is no longer pending there (a dir or split answer sets the size Redis
  * had when it ran: answers come in order, so ZADDs sent before it are
@@ -680,12 +706,13 @@ static void on_zadd(redisAsyncContext *ac, void *r, void *privdata)
                              a->list || (uint64_t)reply->integer > a->n ? a->n :
                              (uint32_t)reply->integer;
             if (i >= 0 && v->lows[i] == a->low) {
-                uint64_t sz = (uint64_t)v->size[i] + added;
-                v->size[i] = sz > UINT32_MAX ? UINT32_MAX : (uint32_t)sz;
-                v->pend[i] -= a->n < v->pend[i] ? a->n : v->pend[i];
+                struct idx_sub *sb = &v->sub[i];
+                uint64_t sz = (uint64_t)sb->size + added;
+                sb->size = sz > UINT32_MAX ? UINT32_MAX : (uint32_t)sz;
+                sb->pend -= a->n < sb->pend ? a->n : sb->pend;
                 /* asked for again while it is still over: the ask sent
                  * with the ZADD may have found a split in flight */
-                if (v->size[i] >= LAY_SPLIT_ASK(x->limits.entries) && !v->asking) {
+                if (sub_wants_split(x, sb, false) && !v->asking) {
                     idx_send_split(x, a->point, a->low);
                 }
             }
@@ -735,34 +762,34 @@ static bool vdir_parse(struct idx_vdir *v, const redisReply *r)
     n = (uint32_t)(r->elements / 2);
     /* layout 1 answers no lows: one slot each all the same */
     uint32_t *lows = malloc((n ? n : 1) * sizeof(*lows));
-    uint32_t *size = malloc((n ? n : 1) * sizeof(*size));
-    uint32_t *pend = calloc(n ? n : 1, sizeof(*pend));
-    if (lows == NULL || size == NULL || pend == NULL) {
+    struct idx_sub *sub = calloc(n ? n : 1, sizeof(*sub));
+    if (lows == NULL || sub == NULL) {
         goto fail;
     }
     for (uint32_t i = 0; i < n; i++) {
         if (!reply_u32(r->element[1 + 2 * i], &lows[i]) ||
-            !reply_u32(r->element[2 + 2 * i], &size[i]) ||
+            !reply_u32(r->element[2 + 2 * i], &sub[i].size) ||
             (i == 0 ? lows[i] != 0 : lows[i] <= lows[i - 1])) {
             goto fail;
         }
-        /* ZADDs still unanswered stay pending where they were sent */
+        /* ZADDs still unanswered stay pending where they were sent, and a
+         * refused split stays refused */
         int o = lay_pick(v->lows, v->n, lows[i]);
-        pend[i] = o >= 0 && v->lows[o] == lows[i] ? v->pend[o] : 0;
+        if (o >= 0 && v->lows[o] == lows[i]) {
+            sub[i].pend = v->sub[o].pend;
+            sub[i].refused = v->sub[o].refused;
+        }
     }
     free(v->lows);
-    free(v->size);
-    free(v->pend);
+    free(v->sub);
     v->lows = lows;
-    v->size = size;
-    v->pend = pend;
+    v->sub = sub;
     v->n = v->cap = n;
     v->layout = (uint8_t)layout;
     return true;
 fail:
     free(lows);
-    free(size);
-    free(pend);
+    free(sub);
     return false;
 }
 
@@ -789,39 +816,68 @@ static bool vdir_merge(struct idx_vdir *v, const redisReply *r)
         }
         int i = lay_pick(v->lows, v->n, low);
         if (i >= 0 && v->lows[i] == low) {
-            v->size[i] = size;
+            v->sub[i].size = size;
             continue;
         }
         if (v->n == v->cap) {
             uint32_t cap = v->cap ? v->cap * 2 : 8;
+            if (v->n >= IDX_DIR_MAX) {
+                return false;
+            }
             uint32_t *lows = realloc(v->lows, cap * sizeof(*lows));
             if (lows == NULL) {
                 return false;
             }
             v->lows = lows;
-            uint32_t *sz = realloc(v->size, cap * sizeof(*sz));
-            if (sz == NULL || v->n >= IDX_DIR_MAX) {
-                if (sz != NULL) {
-                    v->size = sz;
-                }
+            struct idx_sub *sub = realloc(v->sub, cap * sizeof(*sub));
+            if (sub == NULL) {
                 return false;
             }
-            v->size = sz;
-            uint32_t *pd = realloc(v->pend, cap * sizeof(*pd));
-            if (pd == NULL) {
-                return false;
-            }
-            v->pend = pd;
+            v->sub = sub;
             v->cap = cap;
         }
         size_t at = (size_t)(i + 1);
         memmove(v->lows + at + 1, v->lows + at, (v->n - at) * sizeof(*v->lows));
-        memmove(v->size + at + 1, v->size + at, (v->n - at) * sizeof(*v->size));
-        memmove(v->pend + at + 1, v->pend + at, (v->n - at) * sizeof(*v->pend));
+        memmove(v->sub + at + 1, v->sub + at, (v->n - at) * sizeof(*v->sub));
         v->lows[at] = low;
-        v->size[at] = size;
-        v->pend[at] = 0;
+        v->sub[at] = (struct idx_sub){ .size = size };
         v->n++;
+    }
+    return true;
+}
+
+/* Does a dir or split answer name `low` among its lows? */
+static bool reply_names_low(const redisReply *r, uint32_t low)
+{
+    uint32_t l;
+
+    for (size_t e = 1; r->type == REDIS_REPLY_ARRAY && e + 1 < r->elements; e += 2) {
+        if (reply_u32(r->element[e], &l) && l == low) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * A dir (low UINT32_MAX) or split answer into v. The script answers a
+ * split of a low its directory lacks with the whole directory (Redis lost
+ * it, or the v-node was cleared): taken whole, so the low Redis lacks
+ * leaves the cache. A split that cut nothing, its sub-range still over
+ * `ask`, was refused: no score to cut at (sub_wants_split).
+ */
+static bool vdir_learn(struct idx_vdir *v, uint32_t low, const redisReply *r, uint64_t ask)
+{
+    if (low == UINT32_MAX || !reply_names_low(r, low)) {
+        return vdir_parse(v, r);
+    }
+    if (!vdir_merge(v, r)) {
+        return false;
+    }
+    int i = lay_pick(v->lows, v->n, low);
+    if (v->layout == 2 && i >= 0 && v->lows[i] == low) {
+        struct idx_sub *sb = &v->sub[i];
+        sb->refused = r->elements == 3 && sb->size >= ask ? sb->size : 0;
     }
     return true;
 }
@@ -846,11 +902,11 @@ static void on_dir(redisAsyncContext *ac, void *r, void *privdata)
         x->stats[IDX_STAT_errors]++;
         idx_redis_error(x, IDX_CONN_WRITER, reply->str);
     } else if (v != NULL && reply != NULL &&
-               (a->low == UINT32_MAX ? vdir_parse(v, reply) : vdir_merge(v, reply))) {
+               vdir_learn(v, a->low, reply, LAY_SPLIT_ASK(x->limits.entries))) {
         v->learnt_ms = rp_clock_ms();
         /* one split at a time per v-node: the next after this answer */
         for (uint32_t i = 0; v->layout == 2 && i < v->n; i++) {
-            if ((uint64_t)v->size[i] + v->pend[i] >= LAY_SPLIT_ASK(x->limits.entries)) {
+            if (sub_wants_split(x, &v->sub[i], true)) {
                 idx_send_split(x, a->point, v->lows[i]);
                 break;
             }
@@ -1326,7 +1382,7 @@ void idx_pool_flushed(struct idx *x)
     /* the sets are emptied; the directories stay (layout.h, `empty`) */
     for (uint32_t i = 0; i < x->ring->npoints; i++) {
         for (uint32_t j = 0; j < x->vdir[i].n; j++) {
-            x->vdir[i].size[j] = 0;
+            x->vdir[i].sub[j].size = 0;
         }
     }
     if (x->filter_used) {
@@ -1535,9 +1591,10 @@ static bool idx_emit_plain(struct idx *x, const struct idx_group *grp)
         /* pending ones count: with many ZADDs in flight the split is
          * asked for before they pass the threshold, not after */
         if (low != UINT32_MAX) {
-            uint64_t pd = (uint64_t)v->pend[sub] + (j - i);
-            v->pend[sub] = pd > UINT32_MAX ? UINT32_MAX : (uint32_t)pd;
-            if ((uint64_t)v->size[sub] + v->pend[sub] >= LAY_SPLIT_ASK(x->limits.entries) &&
+            struct idx_sub *sb = &v->sub[sub];
+            uint64_t pd = (uint64_t)sb->pend + (j - i);
+            sb->pend = pd > UINT32_MAX ? UINT32_MAX : (uint32_t)pd;
+            if (sub_wants_split(x, sb, true) &&
                 !v->asking) {
                 idx_send_split(x, grp->point, low);
             }

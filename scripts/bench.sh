@@ -23,9 +23,10 @@
 #                   memcached-proxy/build.sh (the project's peers, see
 #                   README "Benchmarks") [../shared/peers]; if it is missing
 #                   or the build fails, mcproxy is skipped and the table says why
-#   BENCH_PROXY_THREADS  worker threads of memcached's proxy [nproc]
 #   BENCH_RINGPROXY_THREADS  ringproxy's -T for the comparison target (its
 #                   pool has no index, so every thread serves it) [1]
+#   BENCH_PROXY_THREADS  worker threads of memcached's proxy [the same as
+#                   ringproxy's: the two are compared at equal threads]
 #   BENCH_WARMUP    unmeasured load before each run, seconds [0.5]
 #   BENCH_KEYS      key space [10000]
 #   BENCH_THREADS   loadgen threads [1]
@@ -137,8 +138,8 @@ ROUNDS=${BENCH_ROUNDS:-3}
 SHAPES=${BENCH_SHAPES:-a b c d e i m f x}
 TARGETS=${BENCH_TARGETS:-direct ringproxy twemproxy mcproxy}
 PEERS=${BENCH_PEERS:-$ROOT/../shared/peers}
-PROXY_THREADS=${BENCH_PROXY_THREADS:-$(nproc)}
 RP_THREADS=${BENCH_RINGPROXY_THREADS:-1}
+PROXY_THREADS=${BENCH_PROXY_THREADS:-$RP_THREADS}
 WARMUP=${BENCH_WARMUP:-0.5}
 KEYS=${BENCH_KEYS:-10000}
 THREADS=${BENCH_THREADS:-1}

@@ -905,10 +905,11 @@ static void idx_send_split(struct idx *x, uint32_t point, uint32_t low)
  * READY before Redis said a word, and calling that healthy would flap the
  * pool's health to ok at each reconnection the deadline makes.
  */
-static void idx_heard(struct idx *x, const redisReply *reply)
+static void idx_heard(struct idx *x)
 {
     x->progress_ms = rp_clock_ms();
-    if (x->state == IDX_READY && reply->type != REDIS_REPLY_ERROR) {
+    if (x->state == IDX_READY) {
+        /* even an error (LOADING): Redis is there; writes classify theirs */
         x->backoff_ms = 0;
         idx_redis_ok(x, IDX_CONN_WRITER);
     }
@@ -923,7 +924,7 @@ static void on_load(redisAsyncContext *ac, void *r, void *privdata)
 
     (void)privdata;
     if (x != NULL && reply != NULL) {
-        idx_heard(x, reply);
+        idx_heard(x);
         x->need_load |= reply->type == REDIS_REPLY_ERROR;
     }
 }
@@ -945,7 +946,7 @@ static void on_limits(redisAsyncContext *ac, void *r, void *privdata)
 
     (void)privdata;
     if (x != NULL && r != NULL) {
-        idx_heard(x, r);
+        idx_heard(x);
         lay_limits_parse(&x->limits, r);
     }
 }

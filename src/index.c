@@ -953,6 +953,24 @@ static void idx_send_split(struct idx *x, uint32_t point, uint32_t low)
     idx_send_ask(x, point, low);
 }
 
+/*
+ * Redis answered one of the commands every connection begins with (SCRIPT
+ * LOAD, CONFIG GET). A connection is healthy only once Redis has said
+ * something on it: a stopped Redis still completes TCP handshakes (its
+ * kernel's backlog), so a writer with no AUTH or SELECT to wait for is
+ * READY before Redis said a word, and calling that healthy would flap the
+ * pool's health to ok at each reconnection the deadline makes.
+ */
+static void idx_heard(struct idx *x)
+{
+    x->progress_ms = rp_clock_ms();
+    if (x->state == IDX_READY) {
+        /* even an error (LOADING): Redis is there; writes classify theirs */
+        x->backoff_ms = 0;
+        idx_redis_ok(x, IDX_CONN_WRITER);
+    }
+}
+
 /* The index script is loaded before any EVALSHA on this connection (the
  * pipeline keeps the order); a refusal is seen again by the writes. */
 static void on_load(redisAsyncContext *ac, void *r, void *privdata)
@@ -962,7 +980,7 @@ static void on_load(redisAsyncContext *ac, void *r, void *privdata)
 
     (void)privdata;
     if (x != NULL && reply != NULL) {
-        x->progress_ms = rp_clock_ms();
+        idx_heard(x);
         x->need_load |= reply->type == REDIS_REPLY_ERROR;
     }
 }
@@ -984,7 +1002,7 @@ static void on_limits(redisAsyncContext *ac, void *r, void *privdata)
 
     (void)privdata;
     if (x != NULL && r != NULL) {
-        x->progress_ms = rp_clock_ms();
+        idx_heard(x);
         lay_limits_parse(&x->limits, r);
     }
 }
@@ -1079,9 +1097,8 @@ static void idx_on_connect(const redisAsyncContext *ac, int status)
         x->state = IDX_AUTHENTICATING;  /* on_handshake goes on */
         return;
     }
+    /* Writes may go; healthy once Redis answers (idx_heard). */
     x->state = IDX_READY;
-    x->backoff_ms = 0;
-    idx_redis_ok(x, IDX_CONN_WRITER);
     idx_flush(x);
 }
 

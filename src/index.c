@@ -1047,6 +1047,7 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *privdata)
 /* Send AUTH and SELECT, as the configuration asks; none: ready at once. */
 static void idx_handshake(struct idx *x)
 {
+    x->progress_ms = rp_clock_ms();     /* the deadline runs from now (idx_on_watch) */
     x->handshake = 0;
     x->handshake_failed = false;
     if (x->conf.password != NULL) {

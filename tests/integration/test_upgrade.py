@@ -26,7 +26,15 @@ class Closed(Exception):
 
 class LoadClient(threading.Thread):
     """One connection doing set then get of its own keys, checking each
-    reply; reconnects when the connection ends between requests."""
+    reply; reconnects when the connection ends between requests.
+
+    A connection reset before it was ever answered is one the kernel queued
+    on the old process's listener between its last accept and its close
+    (docs/ARCHITECTURE.md, "Binary upgrade": what is left without
+    net.ipv4.tcp_migrate_req): no proxy read its command, so the client
+    retries it on a new connection, as memcached clients do. Counted in
+    `unaccepted`; a reset of a connection that had been answered is an
+    error."""
 
     def __init__(self, port, n):
         super().__init__(daemon=True)
@@ -34,11 +42,14 @@ class LoadClient(threading.Thread):
         self.stop = threading.Event()
         self.ops = 0
         self.reconnects = 0
+        self.unaccepted = 0
         self.errors = []
         self.sock = None
+        self.answered = 0       # replies on the current connection
 
     def _connect(self):
         self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.answered = 0
 
     def _reply(self, request, end):
         """Send request, read until the reply ends with `end`."""
@@ -46,11 +57,19 @@ class LoadClient(threading.Thread):
             self.sock.sendall(request)
         except BrokenPipeError:
             raise Closed()
+        except ConnectionResetError:
+            if self.answered:
+                raise
+            self.unaccepted += 1
+            raise Closed()
         buf = b""
         while not buf.endswith(end):
             try:
                 chunk = self.sock.recv(65536)
             except ConnectionResetError as e:
+                if not self.answered and not buf:
+                    self.unaccepted += 1
+                    raise Closed()
                 raise AssertionError("reset after %r, %d reply bytes read" %
                                      (request[:40], len(buf))) from e
             if not chunk:
@@ -59,6 +78,7 @@ class LoadClient(threading.Thread):
                                          % buf[:80])
                 raise Closed()
             buf += chunk
+        self.answered += 1
         return buf
 
     def call(self, request, end):
@@ -126,9 +146,12 @@ def stop_all(clients):
 
 
 def assert_no_errors(clients):
-    """Every reply was right, and no client saw a reset or an error."""
+    """Every reply was right, and no client saw an error (a reset only before
+    its connection was ever answered, retried: LoadClient)."""
     errors = [e for c in clients for e in c.errors]
     assert errors == [], errors[:5]
+    print("connections reset before any answer (retried):",
+          sum(c.unaccepted for c in clients))
 
 
 @pytest.mark.parametrize("change", [False, True], ids=["same-file", "new-server"])

@@ -244,7 +244,7 @@ struct idx {
      * Redis last answered it (or was first owed an answer), and why the
      * watch dropped it, for idx_on_disconnect to say */
     struct event *watch;
-    uint64_t connect_ms, progress_ms;
+    uint64_t progress_ms;
     char drop_why[96];
 };
 
@@ -554,24 +554,32 @@ static void idx_on_retry(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void idx_on_disconnect(const redisAsyncContext *ac, int status)
+/* The connection is gone (hiredis freed it), for `cause`: what it owed is
+ * lost, and it is made again after a backoff. */
+static void idx_lost_connection(struct idx *x, const char *cause)
 {
-    struct idx *x = ac->data;
     char why[192];
 
-    if (x == NULL) {
-        return;     /* idx_free is tearing down */
-    }
     x->ac = NULL;
     x->handshake = 0;
     x->stats[IDX_STAT_disconnects]++;
     snprintf(why, sizeof(why), "lost the connection (%s); index writes queue, up to "
-             "%lld, until it is back", x->drop_why[0] != '\0' ? x->drop_why :
-             status == REDIS_OK ? "closed" : ac->errstr, (long long)x->conf.queue_max);
+             "%lld, until it is back", cause, (long long)x->conf.queue_max);
     x->drop_why[0] = '\0';
     idx_redis_down(x, IDX_CONN_WRITER, why);
     idx_lost_inflight(x);
     idx_schedule_retry(x);
+}
+
+static void idx_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct idx *x = ac->data;
+
+    if (x == NULL) {
+        return;     /* idx_free is tearing down */
+    }
+    idx_lost_connection(x, x->drop_why[0] != '\0' ? x->drop_why :
+                        status == REDIS_OK ? "closed" : ac->errstr);
 }
 
 /*
@@ -580,8 +588,6 @@ static void idx_on_disconnect(const redisAsyncContext *ac, int status)
  * Redis owes answers and has given none for that long, is dropped and made
  * again (a stopped Redis, a partition, a peer gone without a reset would
  * otherwise hold the writes in flight for as long as TCP keeps trying).
- * Writes counted in flight with no answer owed mean the count lost track:
- * it is reset as after a lost connection, and said.
  */
 static void idx_on_watch(evutil_socket_t fd, short what, void *arg)
 {
@@ -593,18 +599,9 @@ static void idx_on_watch(evutil_socket_t fd, short what, void *arg)
     if (ac == NULL) {
         return;
     }
-    bool connecting = x->state == IDX_CONNECTING, owed = ac->replies.head != NULL;
-    if (connecting ? now - x->connect_ms < limit : now - x->progress_ms < limit) {
-        return;
-    }
-    if (!connecting && !owed) {
-        if (x->stats[IDX_STAT_inflight] > 0 || x->flush_unanswered > 0) {
-            log_warn("index", "%s: %llu index writes counted in flight, none unanswered "
-                     "on the connection: counted as dropped", x->pool,
-                     (unsigned long long)x->stats[IDX_STAT_inflight]);
-            idx_lost_inflight(x);
-            idx_flush(x);
-        }
+    /* connecting: progress_ms is when the connect began (idx_connect) */
+    bool connecting = x->state == IDX_CONNECTING;
+    if (now - x->progress_ms < limit || (!connecting && ac->replies.head == NULL)) {
         return;
     }
     snprintf(x->drop_why, sizeof(x->drop_why), connecting ?
@@ -615,14 +612,7 @@ static void idx_on_watch(evutil_socket_t fd, short what, void *arg)
              x->drop_why);
     redisAsyncFree(ac);     /* runs idx_on_disconnect if it was connected */
     if (x->ac != NULL) {
-        /* never connected: no disconnect callback, as for a refused connect */
-        x->ac = NULL;
-        x->handshake = 0;
-        x->stats[IDX_STAT_disconnects]++;
-        idx_redis_down(x, IDX_CONN_WRITER, x->drop_why);
-        x->drop_why[0] = '\0';
-        idx_lost_inflight(x);
-        idx_schedule_retry(x);
+        idx_lost_connection(x, x->drop_why);    /* never was: no callback */
     }
 }
 
@@ -1120,7 +1110,7 @@ static void idx_connect(struct idx *x)
     ac->data = x;
     x->ac = ac;
     x->state = IDX_CONNECTING;
-    x->connect_ms = x->progress_ms = rp_clock_ms();
+    x->progress_ms = rp_clock_ms();
     rp_xcheck(redisLibeventAttach(ac, x->base) == REDIS_OK, "a Redis connection's events");
     redisAsyncSetConnectCallback(ac, idx_on_connect);
     redisAsyncSetDisconnectCallback(ac, idx_on_disconnect);

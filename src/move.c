@@ -718,7 +718,13 @@ static void on_del_lookup(void *arg, const struct mreply *r)
         return;
     }
     op->old = look(r, &op->old_cas);
-    if (op->old == LOOK_NONE || (op->old == LOOK_TOMB && op->phase == PH_SWITCHED)) {
+    if (op->old == LOOK_TOMB) {
+        /* no key, whatever the new owner holds (tomb_next_to_value): a
+         * value there is a late copy the mover settles for the old owner,
+         * or a write between its two steps that is not yet answered */
+        reply_line(op, "NOT_FOUND");
+        mop_finish(op);
+    } else if (op->old == LOOK_NONE) {
         del_new(op);
     } else if (op->phase == PH_SWITCHED) {
         /* A real value: a tombstone takes its place, so that a copy the
@@ -1591,7 +1597,11 @@ static void on_meta_del_lookup(void *arg, const struct mreply *r)
         return;
     }
     op->old = look(r, &op->old_cas);
-    if (op->old == LOOK_NONE || (op->old == LOOK_TOMB && op->phase == PH_SWITCHED)) {
+    if (op->old == LOOK_TOMB) {
+        /* the line runs on the new owner only if it holds nothing there
+         * (tomb_next_to_value), and answers NF */
+        meta_run_new(op, on_meta_del_new, on_meta_del_lookup);
+    } else if (op->old == LOOK_NONE) {
         meta_run(op, op->to, on_meta_del_new, false);
     } else if (op->phase == PH_SWITCHED) {
         SEND_OR_FAIL(op, op->from, on_meta_del_old, MIG_TOMB_VALUE, sizeof(MIG_TOMB_VALUE) - 1,

@@ -948,11 +948,12 @@ def test_a_value_next_to_a_tombstone_is_no_key_for_any_command(env, cluster, pha
     text = [cmd(b"get " + k), cmd(b"gets " + k), cmd(b"gat 100 " + k),
             cmd(b"append %s 0 0 1\r\n+" % k), cmd(b"prepend %s 0 0 1\r\n-" % k),
             cmd(b"replace %s 0 0 1\r\nr" % k), cmd(b"cas %s 0 0 1 1\r\nc" % k),
-            cmd(b"incr %s 1" % k), cmd(b"decr %s 1" % k), cmd(b"touch %s 100" % k)]
-    text_want = [b"END\r\n"] * 3 + [b"NOT_STORED\r\n"] * 3 + [b"NOT_FOUND\r\n"] * 4
+            cmd(b"incr %s 1" % k), cmd(b"decr %s 1" % k), cmd(b"touch %s 100" % k),
+            cmd(b"delete " + k)]
+    text_want = [b"END\r\n"] * 3 + [b"NOT_STORED\r\n"] * 3 + [b"NOT_FOUND\r\n"] * 5
     refused = [cmd(b"add %s 0 0 1\r\na" % k), cmd(b"mg %s v" % k), cmd(b"mg %s N30 v" % k),
                ms(k, b"+", b"MA"), ms(k, b"x", b"ME"), cmd(b"ma %s" % k),
-               cmd(b"md %s C1" % k)]
+               cmd(b"md %s C1" % k), cmd(b"md %s" % k), cmd(b"md %s q" % k)]
     time.sleep(1.2)     # the heartbeat is in Redis
     with FakeProxy(env.r) as fake:
         reload(a, env.config(mcs, a.port, rate=1))

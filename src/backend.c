@@ -81,9 +81,10 @@ static int backend_init_conns(struct backend *be, struct pool *p, char *err, siz
         bc->fd = -1;
         bc->in = evbuffer_new();
         bc->out = evbuffer_new();
+        bc->shared_end = evbuffer_new();
         TAILQ_INIT(&bc->frags);
         TAILQ_INIT(&bc->waiters);
-        if (bc->in == NULL || bc->out == NULL) {
+        if (bc->in == NULL || bc->out == NULL || bc->shared_end == NULL) {
             snprintf(err, errlen, "out of memory");
             return -1;
         }
@@ -183,6 +184,7 @@ static void bconn_close_fd(struct bconn *bc)
     bc->state = BCONN_DOWN;
     evbuffer_drain(bc->in, evbuffer_get_length(bc->in));
     evbuffer_drain(bc->out, evbuffer_get_length(bc->out));
+    bc->open_cmd = PROTO_CMD_NONE;
     bconn_wake(bc);
 }
 
@@ -417,6 +419,72 @@ static void bconn_mark_dirty(struct bconn *bc)
     }
 }
 
+/* End the get line left open by bconn_push_get, if any. */
+static void bconn_end_line(struct bconn *bc)
+{
+    if (bc->open_cmd != PROTO_CMD_NONE) {
+        evbuffer_add(bc->out, "\r\n", 2);
+        bc->open_cmd = PROTO_CMD_NONE;
+    }
+}
+
+struct evbuffer *bconn_out(struct bconn *bc)
+{
+    bconn_end_line(bc);
+    return bc->out;
+}
+
+/* Whether a get of cmd for a key of keylen bytes and ring hash `hash` may
+ * join the open line: the same command, room, and a key not on it (two
+ * VALUEs of one key could not be told apart). */
+static bool bconn_may_join(const struct bconn *bc, enum proto_cmd cmd, uint32_t keylen,
+                           uint32_t hash)
+{
+    if (bc->open_cmd != cmd || bc->open_keys >= BCONN_JOIN_MAX ||
+        bc->open_len + 1 + keylen + 2 > PROTO_LINE_MAX) {
+        return false;
+    }
+    for (uint32_t i = 0; i < bc->open_keys; i++) {
+        if (bc->open_hash[i] == hash) {
+            return false;
+        }
+    }
+    return true;
+}
+
+size_t bconn_push_get(struct bconn *bc, struct frag *f, const char *key, uint32_t keylen,
+                      uint32_t hash)
+{
+    size_t n = 1 + keylen;
+
+    assert(f->cmd == PROTO_CMD_GET || f->cmd == PROTO_CMD_GETS);
+    if (bconn_may_join(bc, f->cmd, keylen, hash)) {
+        struct frag *tail = TAILQ_LAST(&bc->frags, frag_queue);
+        assert(tail != NULL && tail->cmd == f->cmd && !tail->joined);
+        tail->joined = true;
+    } else {
+        bconn_end_line(bc);
+        const char *name = proto_cmd_name[f->cmd];
+        size_t nlen = strlen(name);
+        evbuffer_add(bc->out, name, nlen);
+        bc->open_len = (uint32_t)nlen;
+        bc->open_keys = 0;
+        /* The home thread's link reads commands one by one: never left open. */
+        bc->open_cmd = bc->be->link ? PROTO_CMD_NONE : f->cmd;
+        n += nlen;
+    }
+    evbuffer_add(bc->out, " ", 1);
+    evbuffer_add(bc->out, key, keylen);
+    if (bc->open_cmd == PROTO_CMD_NONE) {
+        evbuffer_add(bc->out, "\r\n", 2);
+    } else {
+        bc->open_len += 1 + keylen;
+        bc->open_hash[bc->open_keys++] = hash;
+    }
+    bconn_push(bc, f);
+    return n + 2;
+}
+
 void bconn_push(struct bconn *bc, struct frag *f)
 {
     assert(f->conn == NULL && f->ops != NULL);
@@ -445,6 +513,7 @@ static bool bconn_fenced(struct bconn *bc)
 void bconn_flush(struct bconn *bc)
 {
     bc->dirty = false;
+    bconn_end_line(bc);
     if (bc->state != BCONN_UP || evbuffer_get_length(bc->out) == 0 || bconn_fenced(bc)) {
         return;
     }
@@ -493,6 +562,7 @@ static void bconn_write_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
     }
+    bconn_end_line(bc);
     if (bconn_fenced(bc)) {
         return;
     }
@@ -559,18 +629,44 @@ static int bconn_protocol_error(struct bconn *bc, const char *what,
 }
 
 /*
+ * End the head fragment, which shares its get line with the next one
+ * (bconn_push_get), with a copy of `line`: the END or error that ends the
+ * line ends each of its fragments.
+ */
+static void bconn_end_joined(struct bconn *bc, const struct proto_rsp *rsp,
+                             const char *line, size_t len)
+{
+    struct frag *f = bconn_pop(bc);
+
+    assert(f->joined && !TAILQ_EMPTY(&bc->frags));
+    evbuffer_add(bc->shared_end, line, len);
+    evbuffer_add(bc->shared_end, "\r\n", 2);
+    f->ops->end(f, rsp, bc->shared_end, len + 2, line, len);
+    evbuffer_drain(bc->shared_end, evbuffer_get_length(bc->shared_end));
+}
+
+/*
  * A VALUE block for the head fragment: 0 once delivered, 1 while its data is
  * still arriving, -1 if it broke the protocol (bc failed).
  */
 static int bconn_value(struct bconn *bc, struct frag *f, const struct proto_rsp *rsp,
                        const char *line, size_t len, size_t total)
 {
+    static const struct proto_rsp end = { .kind = PROTO_RSP_END };
+
     if (rsp->bytes > bc->be->pool->conf->item_size_max) {
         return bconn_protocol_error(bc, "VALUE longer than item_size_max", line, len);
     }
     /* Before any data is waited for: a VALUE for another key must not make
-     * the connection buffer its block. */
+     * the connection buffer its block. On a shared line, a VALUE for a
+     * later fragment's key means the head's key was a miss: the backend
+     * answers a line's keys in order. */
     int i = f->ops->match(f, rsp);
+    while (i < 0 && f->joined) {
+        bconn_end_joined(bc, &end, "END", 3);
+        f = TAILQ_FIRST(&bc->frags);
+        i = f->ops->match(f, rsp);
+    }
     if (i < 0) {
         return bconn_protocol_error(bc, "VALUE for a key not asked", line, len);
     }
@@ -694,6 +790,10 @@ int bconn_process(struct bconn *bc)
             }
             continue;
         }
+        while (f->joined) {
+            bconn_end_joined(bc, &rsp, line, len);
+            f = TAILQ_FIRST(&bc->frags);
+        }
         f = bconn_pop(bc);
         f->ops->end(f, &rsp, bc->in, total, line, len);
     }
@@ -765,6 +865,9 @@ static void backend_destroy(void *arg)
         }
         if (be->conns[i].out != NULL) {
             evbuffer_free(be->conns[i].out);
+        }
+        if (be->conns[i].shared_end != NULL) {
+            evbuffer_free(be->conns[i].shared_end);
         }
     }
     free(be->conns);

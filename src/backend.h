@@ -71,6 +71,9 @@ struct bconn_waiter {
  * is kept until it connects, as while CONNECTING. */
 enum bconn_state { BCONN_DOWN, BCONN_RESOLVING, BCONN_CONNECTING, BCONN_UP };
 
+/* At most this many single-key gets share one line to a backend. */
+#define BCONN_JOIN_MAX 64
+
 struct bconn {
     struct backend *be;
     int fd;
@@ -78,6 +81,14 @@ struct bconn {
     struct event rev, wev;
     struct evbuffer *in, *out;
     struct frag_queue frags;
+    /* A single-key get line left open for more keys until the end of the
+     * loop turn (bconn_push_get): its command (PROTO_CMD_NONE: none open),
+     * its bytes, and the ring hashes of its keys (a key is never on one
+     * line twice: its VALUE could not be told apart). */
+    enum proto_cmd open_cmd;
+    uint32_t open_len, open_keys;
+    uint32_t open_hash[BCONN_JOIN_MAX];
+    struct evbuffer *shared_end;    /* a joined fragment's copy of the END */
     uint32_t nfrags;            /* in frags: the control count (backend_idle) */
     bool dirty;                 /* output waits for the end of the loop turn */
     bool reading_paused;
@@ -150,8 +161,22 @@ void backend_mc_close(struct backend *be);
  */
 struct bconn *backend_conn(struct backend *be, uint64_t client_id);
 
-/* The caller has appended the request bytes to bc->out; queue the fragment. */
+/* Where a command for bc is appended, before bconn_push: bc->out, with a
+ * get line left open (bconn_push_get) ended first. */
+struct evbuffer *bconn_out(struct bconn *bc);
+/* The caller has appended the request bytes to bconn_out(bc); queue the
+ * fragment. */
 void bconn_push(struct bconn *bc, struct frag *f);
+/*
+ * Write a single-key get or gets of key (its ring hash `hash`) for f and
+ * queue f. Gets written in one loop turn to one connection share a line,
+ * "get k1 k2 ...\r\n", so the backend answers them with one write and one
+ * END (docs/ARCHITECTURE.md, "Gets share a line"): f joins the line left
+ * open by the previous one when it has the same command, room and not the
+ * same key. Returns the bytes written.
+ */
+size_t bconn_push_get(struct bconn *bc, struct frag *f, const char *key, uint32_t keylen,
+                      uint32_t hash);
 /* Its unsent output reached server_max_queue: senders should wait. */
 bool bconn_full(const struct bconn *bc);
 /* w waits on bc until it is half drained (or failed): w->wake is called. */

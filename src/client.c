@@ -820,8 +820,6 @@ static void client_forward(struct client *c, const struct proto_req *req,
         evbuffer_drain(c->in, consumed + data);
         return;
     }
-    char line[PROTO_FORMAT_MAX];
-    size_t len = proto_format_request(req, line, sizeof(line));
     struct request *r = client_request(c, req->cmd, 1);
     if (r == NULL) {
         client_close(c, "out of memory");
@@ -842,15 +840,24 @@ static void client_forward(struct client *c, const struct proto_req *req,
         r->quiet = true;
         client_detach(c, r);
     }
-    evbuffer_add(bc->out, line, len);
-    if (retrieval) {
-        evbuffer_add(bc->out, " ", 1);
-        evbuffer_add(bc->out, req->key, req->keylen);
+    if (req->cmd == PROTO_CMD_GET || req->cmd == PROTO_CMD_GETS) {
+        request_hold(r, bconn_push_get(bc, &r->frags[0], req->key, req->keylen, h));
+        evbuffer_drain(c->in, consumed);    /* req->key points into it */
+        client_wait_backend(c, bc);
+        return;
     }
-    evbuffer_add(bc->out, "\r\n", 2);
+    char line[PROTO_FORMAT_MAX];
+    size_t len = proto_format_request(req, line, sizeof(line));
+    struct evbuffer *out = bconn_out(bc);
+    evbuffer_add(out, line, len);
+    if (retrieval) {
+        evbuffer_add(out, " ", 1);
+        evbuffer_add(out, req->key, req->keylen);
+    }
+    evbuffer_add(out, "\r\n", 2);
     evbuffer_drain(c->in, consumed);
     if (data > 0) {
-        evbuffer_remove_buffer(c->in, bc->out, data);
+        evbuffer_remove_buffer(c->in, out, data);
     }
     request_hold(r, len + (retrieval ? 1 + req->keylen : 0) + 2 + data);
     bconn_push(bc, &r->frags[0]);
@@ -919,23 +926,23 @@ static void client_multiget(struct client *c, const struct proto_req *req,
         if (j == FRAG_NONE || (sh[j].target & REQUEST_SHARE_MOVING) || r->frags[j].failed) {
             continue;
         }
-        struct bconn *bc = sh[j].bc;
+        struct evbuffer *out = bconn_out(sh[j].bc);
         if (sh[j].state == REQUEST_SHARE_UNSENT) {
             if (sh[j].prev != FRAG_NONE) {
-                evbuffer_add(bc->out, "\r\n", 2);
+                evbuffer_add(out, "\r\n", 2);
                 sh[sh[j].prev].state = REQUEST_SHARE_WRITTEN;
             }
-            evbuffer_add(bc->out, head, hlen);
+            evbuffer_add(out, head, hlen);
             r->frags[j].cursor = i;
-            bconn_push(bc, &r->frags[j]);
+            bconn_push(sh[j].bc, &r->frags[j]);
             sh[j].state = REQUEST_SHARE_WRITING;
         }
-        evbuffer_add(bc->out, " ", 1);
-        evbuffer_add(bc->out, r->keys + r->key_off[i], r->key_off[i + 1] - r->key_off[i] - 1);
+        evbuffer_add(out, " ", 1);
+        evbuffer_add(out, r->keys + r->key_off[i], r->key_off[i + 1] - r->key_off[i] - 1);
     }
     for (j = 0; j < nfrags; j++) {
         if (sh[j].state == REQUEST_SHARE_WRITING) {
-            evbuffer_add(sh[j].bc->out, "\r\n", 2);
+            evbuffer_add(bconn_out(sh[j].bc), "\r\n", 2);
         }
         if (sh[j].bc != NULL) {
             client_wait_backend(c, sh[j].bc);
@@ -1014,8 +1021,9 @@ static void client_flush_all(struct client *c, const struct proto_req *req,
             nfailed++;
             continue;
         }
-        evbuffer_add(bc->out, line, len);
-        evbuffer_add(bc->out, "\r\n", 2);
+        struct evbuffer *out = bconn_out(bc);
+        evbuffer_add(out, line, len);
+        evbuffer_add(out, "\r\n", 2);
         bconn_push(bc, &r->frags[i]);
         client_wait_backend(c, bc);
     }
@@ -1240,7 +1248,7 @@ static void client_meta_unlink(struct client *c, const struct meta_req *mr)
     client_detach(c, r);
     r->frags[0].meta_fits = cmd_meta_info(META_CMD_MD)->replies;
     r->frags[0].meta_fence = true;
-    evbuffer_add_printf(bc->out, "md %.*s%s q\r\nmn\r\n", (int)mr->keylen, mr->key,
+    evbuffer_add_printf(bconn_out(bc), "md %.*s%s q\r\nmn\r\n", (int)mr->keylen, mr->key,
                         mr->base64 ? " b" : "");
     request_hold(r, mr->keylen + 16);
     bconn_push(bc, &r->frags[0]);
@@ -1345,14 +1353,15 @@ static void client_meta_forward(struct client *c, const struct meta_req *mr,
                         c->stats[STAT_meta_unindexed_keys]++;
                     }
                 }
-                evbuffer_add(bc->out, line, len);
-                evbuffer_add(bc->out, "\r\n", 2);
+                struct evbuffer *out = bconn_out(bc);
+                evbuffer_add(out, line, len);
+                evbuffer_add(out, "\r\n", 2);
                 evbuffer_drain(c->in, consumed);
                 if (data > 0) {
-                    evbuffer_remove_buffer(c->in, bc->out, data);
+                    evbuffer_remove_buffer(c->in, out, data);
                 }
                 if (f->meta_fence) {
-                    evbuffer_add(bc->out, "mn\r\n", 4);
+                    evbuffer_add(out, "mn\r\n", 4);
                 }
                 request_hold(r, len + 2 + data + (f->meta_fence ? 4 : 0));
                 bconn_push(bc, f);

@@ -55,6 +55,8 @@ struct frag {
     uint32_t cursor;            /* retrieval: next request key to match */
     uint64_t sent_ms;           /* when queued on the connection */
     bool retrieval;             /* replies are VALUE...END, not one line */
+    bool joined;                /* the next fragment on its connection shares
+                                   its get line, so its END (bconn_push_get) */
     bool failed;
     /* A client's meta command (client.c: client_meta): the reply kinds
      * (META_RSP_BIT) that fit it; 0: a text command. */

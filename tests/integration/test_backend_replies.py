@@ -382,3 +382,98 @@ def test_long_gat_and_spaced_get_leave_shared_connections_alone(cluster, nserver
         assert stats["backend:%s:errors" % name] == "0"
         assert stats["backend:%s:protocol_errors" % name] == "0"
     assert stats["server_errors"] == "0"
+
+
+
+# ---- gets share a line -----------------------------------------------------
+# Single-key gets written to one backend connection in one loop turn share a
+# line ("get a b c"), answered by one END (backend.c, bconn_push_get;
+# docs/ARCHITECTURE.md, "Gets share a line"). A client's pipelined commands
+# are read and routed in one turn, so one send makes the lines.
+
+def test_gets_of_one_turn_share_a_line_and_each_gets_its_own_answer(fake_pool):
+    proxy, fake = fake_pool
+    with Wire(proxy.port) as w:
+        w.send(b"get a\r\nget b\r\nget c\r\ngets d\r\nget a\r\nget e\r\n"
+               b"set x 0 0 1\r\nv\r\nget f\r\ngat 0 g\r\nget h\r\n")
+        conn = fake.accept()
+        # gets and get never share a line, nor does a key twice; any other
+        # command ends the line.
+        assert backend_lines(conn, 8) == [
+            b"get a b c", b"gets d", b"get a e", b"set x 0 0 1", b"v", b"get f",
+            b"gat 0 g", b"get h"]
+        reply = (value(b"a", b"1") + value(b"c", b"3") + b"END\r\n" +
+                 b"VALUE d 0 1 77\r\n4\r\nEND\r\n" +
+                 value(b"e", b"5") + b"END\r\n" +
+                 b"STORED\r\n" + b"END\r\n" + value(b"g", b"7") + b"END\r\n" +
+                 value(b"h", b"8") + b"END\r\n")
+        # In small pieces: a VALUE line may arrive before its data, after
+        # the fragments before it were already ended as misses.
+        for i in range(0, len(reply), 7):
+            conn.sendall(reply[i:i + 7])
+            time.sleep(0.001)
+        assert [w.read_reply() for _ in range(10)] == [
+            value(b"a", b"1") + b"END\r\n", b"END\r\n", value(b"c", b"3") + b"END\r\n",
+            b"VALUE d 0 1 77\r\n4\r\nEND\r\n", b"END\r\n",
+            value(b"e", b"5") + b"END\r\n", b"STORED\r\n", b"END\r\n",
+            value(b"g", b"7") + b"END\r\n", value(b"h", b"8") + b"END\r\n"]
+    assert backend_stat(proxy, "mc1", "protocol_errors") == 0
+
+
+def test_an_error_on_a_shared_line_answers_each_of_its_gets(fake_pool):
+    proxy, fake = fake_pool
+    error = b"SERVER_ERROR out of memory writing get response\r\n"
+    with Wire(proxy.port) as w:
+        w.send(b"get a\r\nget b\r\nget c\r\n")
+        conn = fake.accept()
+        assert backend_lines(conn, 1) == [b"get a b c"]
+        # a's value came before the error: its client gets both, as a
+        # client of memcached would
+        conn.sendall(value(b"a", b"1") + error)
+        want = value(b"a", b"1") + error * 3
+        assert w.read_exact(len(want)) == want
+        w.send(b"get k\r\n")
+        assert backend_lines(conn, 1) == [b"get k"]
+        conn.sendall(value(b"k", b"v") + b"END\r\n")
+        assert w.read_reply() == value(b"k", b"v") + b"END\r\n"
+    stat_becomes_be(proxy, "connects", 1)
+    assert backend_stat(proxy, "mc1", "protocol_errors") == 0
+
+
+def test_a_shared_line_answered_out_of_order_fails_the_connection(fake_pool):
+    proxy, fake = fake_pool
+    with Wire(proxy.port) as w:
+        w.send(b"get a\r\nget b\r\n")
+        conn = fake.accept()
+        assert backend_lines(conn, 1) == [b"get a b"]
+        # b before a: a was a miss, so a VALUE for it after is not a reply
+        conn.sendall(value(b"b", b"2") + value(b"a", b"1") + b"END\r\n")
+        assert w.read_reply() == b"END\r\n"
+        want = value(b"b", b"2") + LOST
+        assert w.read_exact(len(want)) == want
+        assert_replaced(proxy, fake, w)
+
+
+def test_shared_lines_stay_under_2048_bytes_and_64_keys(fake_pool):
+    proxy, fake = fake_pool
+    long_keys = [b"long-%03d-" % i + b"x" * 190 for i in range(30)]
+    short_keys = [b"s%03d" % i for i in range(150)]
+    with Wire(proxy.port) as w:
+        w.send(b"".join(b"get %s\r\n" % k for k in long_keys + short_keys))
+        conn = fake.accept()
+        lines = []
+        while sum(len(l.split()) - 1 for l in lines) < len(long_keys + short_keys):
+            lines += backend_lines(conn, 1)
+        for line in lines:
+            assert line.startswith(b"get ") and b"  " not in line
+            assert len(line) + 2 <= LINE_MAX and len(line.split()) - 1 <= 64
+        assert [k for l in lines for k in l.split()[1:]] == long_keys + short_keys
+        assert len(lines) == 3 + 1 + 2      # 9+9+9+3 long (the 4th line takes
+                                            # 3 long and 61 short), 64, 25
+        for line in lines:
+            conn.sendall(b"".join(value(k, k[-3:]) for k in line.split()[1:][::3]) +
+                         b"END\r\n")
+        for i, k in enumerate(long_keys + short_keys):
+            line = [l for l in lines if k in l.split()[1:]][0]
+            hit = line.split()[1:].index(k) % 3 == 0
+            assert w.read_reply() == (value(k, k[-3:]) if hit else b"") + b"END\r\n", k

@@ -117,8 +117,9 @@ struct options {
     bool        populate_only;
     bool        quiet;
     bool        meta;             /* mg/ms instead of get/set */
-    int         ncpu_pids;
-    pid_t       cpu_pids[CPU_PIDS_MAX];
+    /* whose CPU is reported: [CPU_OF_TARGET] --cpu-pid, [CPU_OF_BACKENDS]
+     * --backend-pid */
+    struct cpu_pids { int n; pid_t pid[CPU_PIDS_MAX]; } cpu[2];
     uint64_t    seed;
 };
 
@@ -1109,6 +1110,31 @@ static int64_t proc_cpu_us(pid_t pid)
     return (int64_t)((utime + stime) * 1000000ull / (unsigned long long)(hz > 0 ? hz : 100));
 }
 
+enum { CPU_OF_TARGET, CPU_OF_BACKENDS };
+
+/* utime+stime now of every pid of both sets (-1: unreadable). */
+static void cpu_read(int64_t at[2][CPU_PIDS_MAX])
+{
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < opt.cpu[k].n; i++)
+            at[k][i] = proc_cpu_us(opt.cpu[k].pid[i]);
+}
+
+/* CPU set k used between the readings, or -1: none given or one unreadable. */
+static int64_t cpu_used(int k, int64_t at0[2][CPU_PIDS_MAX], int64_t at1[2][CPU_PIDS_MAX])
+{
+    int64_t sum = 0;
+
+    if (opt.cpu[k].n == 0)
+        return -1;
+    for (int i = 0; i < opt.cpu[k].n; i++) {
+        if (at0[k][i] < 0 || at1[k][i] < 0)
+            return -1;
+        sum += at1[k][i] - at0[k][i];
+    }
+    return sum;
+}
+
 static int64_t self_cpu_us(void)
 {
     struct rusage ru;
@@ -1148,6 +1174,8 @@ static void usage(FILE *f)
 "  -T, --timeout SECS       fail a connection with no reply for SECS (default 5)\n"
 "  -C, --cpu-pid PID        report utime+stime of PID over the measured window\n"
 "                           (repeatable, up to %d; summed)\n"
+"  -B, --backend-pid PID    the same, reported apart as backend_cpu_us_per_op\n"
+"                           (the servers behind a proxy)\n"
 "      --on-ready CMD       run CMD (sh -c) after populating and warming up, just\n"
 "                           before the measured window, e.g. callgrind_control -z PID\n"
 "  -l, --label STR          label printed in the results\n"
@@ -1160,7 +1188,8 @@ static void usage(FILE *f)
 "gets; errors = err_reply (ERROR, CLIENT_ERROR, SERVER_ERROR, NOT_STORED...)\n"
 "+ err_proto (a reply that does not match its request) + err_conn (lost to a\n"
 "closed or stalled connection); latencies in microseconds; cpu_us_per_op =\n"
-"CPU of the --cpu-pid processes / (ops + errors).\n"
+"CPU of the --cpu-pid processes / (ops + errors); backend_cpu_us_per_op:\n"
+"the same of the --backend-pid processes.\n"
 "\n"
 "SIGUSR1 ends the measured window early (as if --duration had passed); the\n"
 "replies still in flight are drained and counted as usual.\n"
@@ -1202,6 +1231,7 @@ static void parse_options(int argc, char **argv)
         { "meta",          no_argument,       NULL, 4 },
         { "timeout",       required_argument, NULL, 'T' },
         { "cpu-pid",       required_argument, NULL, 'C' },
+        { "backend-pid",   required_argument, NULL, 'B' },
         { "label",         required_argument, NULL, 'l' },
         { "seed",          required_argument, NULL, 's' },
         { "quiet",         no_argument,       NULL, 'q' },
@@ -1215,7 +1245,7 @@ static void parse_options(int argc, char **argv)
         .timeout = 5, .populate_time = 120, .populate = true, .seed = 1,
     };
     int ch;
-    while ((ch = getopt_long(argc, argv, "H:p:c:P:t:d:n:w:k:x:v:r:m:NT:C:l:s:qh",
+    while ((ch = getopt_long(argc, argv, "H:p:c:P:t:d:n:w:k:x:v:r:m:NT:C:B:l:s:qh",
                              longopts, NULL)) != -1) {
         switch (ch) {
         case 'H': opt.host = optarg; break;
@@ -1238,10 +1268,13 @@ static void parse_options(int argc, char **argv)
         case 4:   opt.meta = true; break;
         case 'T': opt.timeout = parse_num(optarg, "timeout", 0.01, 3600); break;
         case 'C':
-            if (opt.ncpu_pids == CPU_PIDS_MAX)
-                die("at most %d --cpu-pid", CPU_PIDS_MAX);
-            opt.cpu_pids[opt.ncpu_pids++] = (pid_t)parse_num(optarg, "pid", 1, INT_MAX);
+        case 'B': {
+            struct cpu_pids *cp = &opt.cpu[ch == 'C' ? CPU_OF_TARGET : CPU_OF_BACKENDS];
+            if (cp->n == CPU_PIDS_MAX)
+                die("at most %d --cpu-pid and %d --backend-pid", CPU_PIDS_MAX, CPU_PIDS_MAX);
+            cp->pid[cp->n++] = (pid_t)parse_num(optarg, "pid", 1, INT_MAX);
             break;
+        }
         case 'l': opt.label = optarg; break;
         case 's': opt.seed = (uint64_t)parse_num(optarg, "seed", 0, 1e18); break;
         case 'q': opt.quiet = true; break;
@@ -1383,9 +1416,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "loadgen: --on-ready \"%s\" exited with status %d\n",
                     opt.on_ready, st);
     }
-    int64_t cpu0[CPU_PIDS_MAX], cpu1[CPU_PIDS_MAX];
-    for (int i = 0; i < opt.ncpu_pids; i++)
-        cpu0[i] = proc_cpu_us(opt.cpu_pids[i]);
+    int64_t cpu0[2][CPU_PIDS_MAX], cpu1[2][CPU_PIDS_MAX];
+    cpu_read(cpu0);
     int64_t self0 = self_cpu_us();
     uint64_t t_measure = now_ns();
     atomic_store(&g_t_measure, t_measure);
@@ -1395,8 +1427,7 @@ int main(int argc, char **argv)
         pthread_join(ws[i].th, NULL);
     uint64_t t_join = now_ns();
     int64_t self1 = self_cpu_us();
-    for (int i = 0; i < opt.ncpu_pids; i++)
-        cpu1[i] = proc_cpu_us(opt.cpu_pids[i]);
+    cpu_read(cpu1);
 
     struct stats s = { 0 };
     uint64_t *hist = xcalloc(HIST_N, sizeof(*hist));
@@ -1456,14 +1487,9 @@ int main(int argc, char **argv)
     double max = (double)s.lat_max_ns / 1e3;
     double self_us = (double)(self1 - self0);
 
-    int64_t cpu_us = 0;
-    bool cpu_ok = opt.ncpu_pids > 0;
-    for (int i = 0; i < opt.ncpu_pids; i++) {
-        if (cpu0[i] < 0 || cpu1[i] < 0)
-            cpu_ok = false;
-        else
-            cpu_us += cpu1[i] - cpu0[i];
-    }
+    int64_t cpu_us = cpu_used(CPU_OF_TARGET, cpu0, cpu1);
+    int64_t be_cpu_us = cpu_used(CPU_OF_BACKENDS, cpu0, cpu1);
+    bool cpu_ok = cpu_us >= 0;
     uint64_t reqs = ops + errors;
 
     printf("label=%s target=%s:%s proto=%s threads=%d conns=%d depth=%d mget=%d get_ratio=%g "
@@ -1482,6 +1508,8 @@ int main(int argc, char **argv)
                reqs ? (double)cpu_us / (double)reqs : 0);
     else
         printf(" cpu_us=- cpu_us_per_op=-");
+    if (be_cpu_us >= 0)
+        printf(" backend_cpu_us_per_op=%.2f", reqs ? (double)be_cpu_us / (double)reqs : 0);
     printf(" loadgen_cpu_us_per_op=%.2f\n", reqs ? self_us / (double)reqs : 0);
     fflush(stdout);
 
@@ -1493,7 +1521,7 @@ int main(int argc, char **argv)
                 opt.label[0] ? "]" : "", ops, elapsed, ops_s, keys_s, p50, p99, p999,
                 max, errors, s.misses);
         if (cpu_ok)
-            fprintf(stderr, "; cpu of pid%s %.2f us/op", opt.ncpu_pids > 1 ? "s" : "",
+            fprintf(stderr, "; cpu of pid%s %.2f us/op", opt.cpu[CPU_OF_TARGET].n > 1 ? "s" : "",
                     reqs ? (double)cpu_us / (double)reqs : 0);
         fputc('\n', stderr);
     }

@@ -736,9 +736,16 @@ run_one() {
 		log "$target (pid ${CPU_PID[$target]}) is gone; skipping its runs"
 		return 0
 	fi
+	# Behind a proxy, the backends' CPU too: what the proxy's way of
+	# writing to them costs them.
+	local -a be=()
+	if [ "$target" != direct ] && [ "${#MC_PIDS[@]}" -gt 0 ]; then
+		local pid
+		for pid in "${MC_PIDS[@]}"; do be+=(-B "$pid"); done
+	fi
 	line=$(timeout "${RUN_TIMEOUT:-$((${SECONDS_PER_RUN%.*} * 3 + 180))}" "$LOADGEN_BIN" -q \
 		-p "${PORT[$target]}" "${args[@]}" -k "${SHAPE_KEYS[$shape]:-$KEYS}" -t "$THREADS" \
-		-d "$SECONDS_PER_RUN" -w "$WARMUP" -C "${CPU_PID[$target]}" \
+		-d "$SECONDS_PER_RUN" -w "$WARMUP" -C "${CPU_PID[$target]}" "${be[@]}" \
 		-l "$shape/$target/$round" "$@" 2>>"$LOGS/loadgen.log") || rc=$?
 	if [ -z "$line" ] || [ "$rc" -eq 1 ] || [ "$rc" -gt 2 ]; then
 		log "  $shape $target round $round: loadgen failed (exit $rc, see $LOGS/loadgen.log)"
@@ -747,7 +754,7 @@ run_one() {
 	fi
 	echo "$line" >>"$OUT/raw.txt"
 	local m
-	for m in ops_per_s p50_us p99_us cpu_us_per_op errors misses; do
+	for m in ops_per_s p50_us p99_us cpu_us_per_op backend_cpu_us_per_op errors misses; do
 		RES[$shape,$target,$m]+="$(kv "$line" "$m") "
 	done
 	log "$(printf '  %s %-9s round %s: %8s ops/s  p50 %7s us  p99 %8s us  cpu %6s us/req  errors %s' \
@@ -767,25 +774,28 @@ print_table() {
 	[ -z "$BUSY_NOTE" ] || printf '%s\n' "$BUSY_NOTE"
 	printf 'cpu us/req: utime+stime of the proxy (for direct: of the memcached) over the\n'
 	printf 'measured window, divided by the requests; a 10-key multi-get is one request.\n'
+	printf 'backends us/req: the same of the three memcached behind a proxy.\n'
 	printf 'ops/s, latency and cpu are medians of the rounds; errors and misses are totals.\n'
 	for shape in $SHAPES; do
 		[[ "$SPECIAL_SHAPES" != *" $shape "* ]] || continue
 		printf '\n(%s) %s\n' "$shape" "${SHAPE_TEXT[$shape]}"
-		printf '  %-20s %10s %9s %9s %11s %7s %7s\n' target ops/s p50_us p99_us cpu_us/req errors misses
+		printf '  %-20s %10s %9s %9s %11s %7s %7s %16s\n' target ops/s p50_us p99_us cpu_us/req \
+			errors misses backends_us/req
 		for target in $TARGETS; do
 			if [ -n "${SKIP[$target]:-}" ]; then
 				printf '  %-20s %s\n' "$target" "skipped: ${SKIP[$target]}"
 				continue
 			fi
-			for m in ops_per_s p50_us p99_us cpu_us_per_op; do
+			for m in ops_per_s p50_us p99_us cpu_us_per_op backend_cpu_us_per_op; do
 				MED[$target,$m]=$(median "${RES[$shape,$target,$m]:-}")
 			done
 			for m in errors misses; do
 				MED[$target,$m]=$(total "${RES[$shape,$target,$m]:-}")
 			done
-			printf '  %-20s %10s %9s %9s %11s %7s %7s%s\n' "$target" \
+			printf '  %-20s %10s %9s %9s %11s %7s %7s %16s%s\n' "$target" \
 				"${MED[$target,ops_per_s]}" "${MED[$target,p50_us]}" "${MED[$target,p99_us]}" \
 				"${MED[$target,cpu_us_per_op]}" "${MED[$target,errors]}" "${MED[$target,misses]}" \
+				"${MED[$target,backend_cpu_us_per_op]}" \
 				"${RES[$shape,$target,failed]:+  (some runs failed)}"
 		done
 		local a b
@@ -796,11 +806,12 @@ print_table() {
 			if [ -n "${SKIP[$a]:-}" ] || [ -n "${SKIP[$b]:-}" ]; then
 				continue
 			fi
-			printf '  %-20s %10s %9s %9s %11s\n' "$a/$b" \
+			printf '  %-20s %10s %9s %9s %11s %7s %7s %16s\n' "$a/$b" \
 				"$(ratio "${MED[$a,ops_per_s]}" "${MED[$b,ops_per_s]}")" \
 				"$(ratio "${MED[$a,p50_us]}" "${MED[$b,p50_us]}")" \
 				"$(ratio "${MED[$a,p99_us]}" "${MED[$b,p99_us]}")" \
-				"$(ratio "${MED[$a,cpu_us_per_op]}" "${MED[$b,cpu_us_per_op]}")"
+				"$(ratio "${MED[$a,cpu_us_per_op]}" "${MED[$b,cpu_us_per_op]}")" "" "" \
+				"$(ratio "${MED[$a,backend_cpu_us_per_op]}" "${MED[$b,backend_cpu_us_per_op]}")"
 		done
 	done
 }

@@ -12,6 +12,7 @@ Backends only ever see lines the proxy builds itself, under memcached's
 memcached close a connection every client of that backend shares.
 """
 import re
+import signal
 import socket
 import threading
 import time
@@ -477,3 +478,49 @@ def test_shared_lines_stay_under_2048_bytes_and_64_keys(fake_pool):
             line = [l for l in lines if k in l.split()[1:]][0]
             hit = line.split()[1:].index(k) % 3 == 0
             assert w.read_reply() == (value(k, k[-3:]) if hit else b"") + b"END\r\n", k
+
+
+def stopped(proxy):
+    """A context in which the proxy's process is stopped (SIGSTOP): what the
+    test sends meanwhile is all ready at once when it resumes, so one loop
+    turn sees it, in the order it was sent (epoll reports ready sockets in
+    the order they became ready)."""
+    class Stopped:
+        def __enter__(self):
+            proxy.signal(signal.SIGSTOP)
+
+        def __exit__(self, *exc):
+            proxy.signal(signal.SIGCONT)
+    return Stopped()
+
+
+def test_a_reply_to_an_open_line_before_it_was_sent_fails_only_the_connection(fake_pool):
+    proxy, fake = fake_pool
+    with Wire(proxy.port) as w1:
+        w1.send(b"get warm1\r\n")
+        conn = fake.accept()
+        # Nagle would hold the END below for the proxy's delayed ACK
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert backend_lines(conn, 1) == [b"get warm1"]
+        conn.sendall(b"END\r\n")
+        assert w1.read_reply() == b"END\r\n"
+        with Wire(proxy.port) as w2:
+            w2.send(b"get warm2\r\n")
+            assert backend_lines(conn, 1) == [b"get warm2"]
+            conn.sendall(b"END\r\n")
+            assert w2.read_reply() == b"END\r\n"
+            # Answered by the proxy: w1's socket, not the backend's, is the
+            # last the loop saw ready, so the three below come in order.
+            assert w1.call(b"version\r\n").startswith(b"VERSION ")
+            # In one turn: w1's get opens a line, an END the backend sent
+            # before it was asked anything ends that get, then w2's get comes.
+            with stopped(proxy):
+                w1.send(b"get a\r\n")
+                conn.sendall(b"END\r\n")
+                w2.send(b"get b\r\n")
+            assert w1.read_reply() == b"END\r\n"
+            lines = backend_lines(conn, 2)
+            assert lines == [b"get a", b"get b"]
+            conn.sendall(b"END\r\nEND\r\n")
+            assert w2.read_reply() == b"END\r\n"
+            assert_replaced(proxy, fake, w1)

@@ -436,12 +436,15 @@ struct evbuffer *bconn_out(struct bconn *bc)
 
 /* Whether a get of cmd for a key of keylen bytes and ring hash `hash` may
  * join the open line: the same command, room, and a key not on it (two
- * VALUEs of one key could not be told apart). */
+ * VALUEs of one key could not be told apart). A backend that answered
+ * before it was asked may have ended the line's gets already: with no
+ * fragment left to join, the line is ended (and its answer then fails the
+ * connection as a reply without a request). */
 static bool bconn_may_join(const struct bconn *bc, enum proto_cmd cmd, uint32_t keylen,
                            uint32_t hash)
 {
     if (bc->open_cmd != cmd || bc->open_keys >= BCONN_JOIN_MAX ||
-        bc->open_len + 1 + keylen + 2 > PROTO_LINE_MAX) {
+        bc->open_len + 1 + keylen + 2 > PROTO_LINE_MAX || TAILQ_EMPTY(&bc->frags)) {
         return false;
     }
     for (uint32_t i = 0; i < bc->open_keys; i++) {

@@ -524,3 +524,22 @@ def test_a_reply_to_an_open_line_before_it_was_sent_fails_only_the_connection(fa
             conn.sendall(b"END\r\nEND\r\n")
             assert w2.read_reply() == b"END\r\n"
             assert_replaced(proxy, fake, w1)
+
+
+@pytest.mark.parametrize("reply, first", [
+    (value(b"zzz", b"1"), b""),                             # a key not on the line
+    (value(b"a", b"1") + value(b"a", b"1"), value(b"a", b"1")),  # a key answered twice
+])
+def test_a_value_no_get_of_a_shared_line_asked_fails_them_all(fake_pool, reply, first):
+    proxy, fake = fake_pool
+    with Wire(proxy.port) as w:
+        w.send(b"get a\r\nget b\r\nget c\r\n")
+        conn = fake.accept()
+        assert backend_lines(conn, 1) == [b"get a b c"]
+        # As on lines of their own: the VALUE answers none of the gets not
+        # yet answered, so none of them was a miss; the connection fails
+        # before any is ended (a's value, delivered first, stays).
+        conn.sendall(reply + b"END\r\n")
+        want = first + LOST * 3
+        assert w.read_exact(len(want)) == want
+        assert_replaced(proxy, fake, w)

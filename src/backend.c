@@ -665,13 +665,20 @@ static int bconn_value(struct bconn *bc, struct frag *f, const struct proto_rsp 
      * later fragment's key means the head's key was a miss: the backend
      * answers a line's keys in order. */
     int i = f->ops->match(f, rsp);
-    while (i < 0 && f->joined) {
-        bconn_end_joined(bc, &end, "END", 3);
-        f = TAILQ_FIRST(&bc->frags);
-        i = f->ops->match(f, rsp);
+    struct frag *g = f;
+    while (i < 0 && g->joined) {
+        g = TAILQ_NEXT(g, link);
+        i = g->ops->match(g, rsp);
     }
     if (i < 0) {
+        /* Found before any fragment is ended as a miss: a VALUE no get of
+         * the line asked fails them all, as it would each on a line of its
+         * own. */
         return bconn_protocol_error(bc, "VALUE for a key not asked", line, len);
+    }
+    while (f != g) {
+        bconn_end_joined(bc, &end, "END", 3);
+        f = TAILQ_FIRST(&bc->frags);
     }
     size_t need = total + (size_t)rsp->bytes + 2;
     if (evbuffer_get_length(bc->in) < need) {

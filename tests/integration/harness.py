@@ -526,6 +526,28 @@ def sigstop(proc, timeout=10.0):
     wait_until(stopped, timeout=timeout, what="process %d to stop" % proc.pid)
 
 
+class paused:
+    """A context in which a server's process is stopped (SIGSTOP, waited
+    for): what the test sends meanwhile is all ready when it resumes, so one
+    turn of its loop sees it, in the order it became ready (epoll's)."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def __enter__(self):
+        pid = self.server.proc.pid
+        self.server.proc.send_signal(signal.SIGSTOP)
+
+        def state():
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        wait_until(lambda: state() == "T", what="process %d stopped" % pid)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.proc.send_signal(signal.SIGCONT)
+
+
 def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
     """Poll predicate() until it returns a true value (returned), or fail."""
     deadline = time.monotonic() + timeout

@@ -12,14 +12,13 @@ Backends only ever see lines the proxy builds itself, under memcached's
 memcached close a connection every client of that backend shares.
 """
 import re
-import signal
 import socket
 import threading
 import time
 
 import pytest
 
-from harness import (FakeBackend, Wire, admin_get, client_on, free_port,
+from harness import (FakeBackend, Wire, admin_get, client_on, free_port, paused,
                      key_per_server, pool_yaml, proxy_stats, stat_becomes, wait_until)
 
 LOST = b"SERVER_ERROR backend connection lost\r\n"
@@ -480,20 +479,6 @@ def test_shared_lines_stay_under_2048_bytes_and_64_keys(fake_pool):
             assert w.read_reply() == (value(k, k[-3:]) if hit else b"") + b"END\r\n", k
 
 
-def stopped(proxy):
-    """A context in which the proxy's process is stopped (SIGSTOP): what the
-    test sends meanwhile is all ready at once when it resumes, so one loop
-    turn sees it, in the order it was sent (epoll reports ready sockets in
-    the order they became ready)."""
-    class Stopped:
-        def __enter__(self):
-            proxy.signal(signal.SIGSTOP)
-
-        def __exit__(self, *exc):
-            proxy.signal(signal.SIGCONT)
-    return Stopped()
-
-
 def test_a_reply_to_an_open_line_before_it_was_sent_fails_only_the_connection(fake_pool):
     proxy, fake = fake_pool
     with Wire(proxy.port) as w1:
@@ -514,7 +499,7 @@ def test_a_reply_to_an_open_line_before_it_was_sent_fails_only_the_connection(fa
             assert w1.call(b"version\r\n").startswith(b"VERSION ")
             # In one turn: w1's get opens a line, an END the backend sent
             # before it was asked anything ends that get, then w2's get comes.
-            with stopped(proxy):
+            with paused(proxy):
                 w1.send(b"get a\r\n")
                 conn.sendall(b"END\r\n")
                 w2.send(b"get b\r\n")

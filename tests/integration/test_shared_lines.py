@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from harness import (FakeBackend, Wire, free_port, paused, pool_yaml, proxy_stats)
+from harness import FakeBackend, Wire, free_port, paused, pool_yaml, proxy_stats
 
 SHARED = [b"shared-%d" % i for i in range(12)]
 
@@ -35,7 +35,7 @@ class Model:
 
     def fresh(self, key):
         self.n += 1
-        return b"%s=%d" % (key, self.n) + b"x" * self.rnd.choice([0, 1, 30, 3000])
+        return b"%s=%d" % (key, self.n) + b"x" * self.rnd.choice([0, 1, 30, 3000, 3000, 60000])
 
     def command(self):
         """(bytes to send, what the reply must be: bytes, or a regex for gets)."""
@@ -117,12 +117,16 @@ def run_client(port, cid, seed, rounds, errors):
         errors.append((cid, "exception", repr(e), b""))
 
 
-@pytest.mark.parametrize("threads", ["1", "2"])
-def test_concurrent_clients_get_exactly_their_own_answers(cluster, threads):
+# -T 2: each thread has its own backend connections. One connection with
+# the smallest queue: clients wait for it to drain (server_max_queue) with
+# gets on an open line.
+@pytest.mark.parametrize("threads, conns, queue", [("1", 2, "16m"), ("2", 1, "64k")])
+def test_concurrent_clients_get_exactly_their_own_answers(cluster, threads, conns, queue):
     mcs = cluster.memcached(2)
     port = free_port()
     servers = [(m.addr, 1, "mc%d" % (i + 1)) for i, m in enumerate(mcs)]
-    proxy = cluster.proxy(pool_yaml("cache", port, servers, server_connections=2),
+    proxy = cluster.proxy(pool_yaml("cache", port, servers, server_connections=conns,
+                                    server_max_queue=queue),
                           port=port, extra=["-T", threads])
     with Wire(proxy.port) as w:
         for k in SHARED:
@@ -144,7 +148,6 @@ def test_concurrent_clients_get_exactly_their_own_answers(cluster, threads):
 
 # ---- FakeBackend: scripted answers to shared lines -------------------------
 
-LOST = b"SERVER_ERROR backend connection lost\r\n"
 TIMEOUT = b"SERVER_ERROR backend timeout\r\n"
 
 

@@ -438,8 +438,8 @@ struct evbuffer *bconn_out(struct bconn *bc)
  * join the open line: the same command, room, and a key not on it (two
  * VALUEs of one key could not be told apart). A backend that answered
  * before it was asked may have ended the line's gets already: with no
- * fragment left to join, the line is ended (and its answer then fails the
- * connection as a reply without a request). */
+ * fragment left to join (the tail would not be the line's), the get starts
+ * a line of its own, and the surplus answers fail the connection. */
 static bool bconn_may_join(const struct bconn *bc, enum proto_cmd cmd, uint32_t keylen,
                            uint32_t hash)
 {

@@ -195,6 +195,8 @@ def test_gets_of_a_client_that_closed_leave_the_line_to_the_others(cluster):
                 assert w2.call(b"version\r\n").startswith(b"VERSION ")
                 w3 = Wire(proxy.port)
                 assert w3.call(b"version\r\n").startswith(b"VERSION ")
+                # w1's socket last: the three below are then seen in order
+                assert w1.call(b"version\r\n").startswith(b"VERSION ")
                 # one turn: the gets of three clients share one line
                 with paused(proxy):
                     w1.send(b"get a\r\n")

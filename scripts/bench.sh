@@ -708,7 +708,7 @@ declare -A PORT=() CPU_PID=()
 kv() { sed -n "s/.* $2=\\([^ ]*\\).*/\\1/p" <<<" $1"; }
 
 median() {
-	tr ' ' '\n' <<<"$*" | grep -E '^[0-9.]+$' | sort -g |
+	tr ' ' '\n' <<<"$*" | { grep -E '^[0-9.]+$' || true; } | sort -g |
 		awk '{ v[NR] = $1 } END {
 			if (NR == 0) { print "-"; exit }
 			if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'

@@ -625,6 +625,19 @@ class FakeBackend:
         self.sock.close()
 
 
+def first_conn(fake, w, key=b"warm"):
+    """The proxy's connection to fake, opened by client w's get of key
+    (answered as a miss): with TCP_NODELAY, so that what the test sends on
+    it is not held back for the proxy's delayed ACK."""
+    w.send(b"get %s\r\n" % key)
+    conn = fake.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    FakeBackend.recv_until(conn, b"get %s\r\n" % key)
+    conn.sendall(b"END\r\n")
+    assert w.read_reply() == b"END\r\n"
+    return conn
+
+
 def client_on(port, fake, conn, request, answer=b"END\r\n", tries=64):
     """A new client (Wire) whose requests reach the FakeBackend on conn, the
     backend connection another client already uses: so the thread serving

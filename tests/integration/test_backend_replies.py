@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from harness import (FakeBackend, Wire, admin_get, client_on, free_port, paused,
+from harness import (FakeBackend, Wire, admin_get, client_on, first_conn, free_port, paused,
                      key_per_server, pool_yaml, proxy_stats, stat_becomes, wait_until)
 
 LOST = b"SERVER_ERROR backend connection lost\r\n"
@@ -484,13 +484,7 @@ def test_a_reply_to_an_open_line_before_it_was_sent_fails_only_the_connection(fa
     if proxy.threads > 1:
         pytest.skip("the clients must share one thread's loop turn")
     with Wire(proxy.port) as w1:
-        w1.send(b"get warm1\r\n")
-        conn = fake.accept()
-        # Nagle would hold the END below for the proxy's delayed ACK
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assert backend_lines(conn, 1) == [b"get warm1"]
-        conn.sendall(b"END\r\n")
-        assert w1.read_reply() == b"END\r\n"
+        conn = first_conn(fake, w1)
         with Wire(proxy.port) as w2:
             w2.send(b"get warm2\r\n")
             assert backend_lines(conn, 1) == [b"get warm2"]

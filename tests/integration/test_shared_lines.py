@@ -11,12 +11,11 @@ of order) fails the test.
 """
 import random
 import re
-import socket
 import threading
 
 import pytest
 
-from harness import FakeBackend, Wire, free_port, paused, pool_yaml, proxy_stats
+from harness import FakeBackend, Wire, first_conn, free_port, paused, pool_yaml, proxy_stats
 
 SHARED = [b"shared-%d" % i for i in range(12)]
 
@@ -187,12 +186,7 @@ def test_gets_of_a_client_that_closed_leave_the_line_to_the_others(cluster):
         if proxy.threads > 1:
             pytest.skip("the clients must share one thread's loop turn")
         with Wire(proxy.port) as w1:
-            w1.send(b"get warm\r\n")
-            conn = fake.accept()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assert lines_from(conn, 1) == [b"get warm"]
-            conn.sendall(b"END\r\n")
-            assert w1.read_reply() == b"END\r\n"
+            conn = first_conn(fake, w1)
             with Wire(proxy.port) as w2:
                 assert w2.call(b"version\r\n").startswith(b"VERSION ")
                 w3 = Wire(proxy.port)

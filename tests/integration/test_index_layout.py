@@ -321,11 +321,19 @@ def test_a_hash_tags_keys_past_the_threshold_do_not_spin_the_writer(cluster):
     cluster.proxy(pool_yaml("cache", port, [(mcs[0].addr, 1, "mc1")], hash="md5",
                             hash_tag="{}", index={"redis": "127.0.0.1:%d" % rs.port,
                                                   "sweep_rate": 0}), port=port)
+    # the first ring record's rebuild (src/adopt.c) must not be what the
+    # writer is found sending once the clients are quiet
+    wait_until(lambda: (r.hget(PREFIX + ":index", "rebuild") or b"").startswith(b"done"),
+               timeout=30, what="the index rebuild to end")
     c = Client(("127.0.0.1", port))
     keys = ["{tag}k%d" % i for i in range(3 * ENTRIES)]
     for i in range(0, len(keys), 64):
         assert c.set_many({k: b"v" for k in keys[i:i + 64]}, noreply=False) == []
     c.close()
+    # With -T 2 a key stored on the other thread reaches the writer's queue
+    # a turn later: until then index:queued does not count it.
+    wait_until(lambda: int(proxy_stats(port)["index:adds"]) >= len(keys),
+               what="every key to reach the writer")
     commands_settle(port)
     members = set()
     for name in r.scan_iter(match=PREFIX + ":v:*", count=1000):

@@ -301,6 +301,9 @@ def commands_settle(port):
     """The writer drained, and sends nothing more while no client writes:
     its count of commands holds still for a second."""
     wait_index_idle(port)
+    # With -T 2 `stats` on the other thread shows the home thread's index
+    # lines as of its last tick (pool_hub_tick, every 100 ms)
+    time.sleep(0.3)
     before = int(proxy_stats(port)["index:commands"])
     time.sleep(1.0)
     after = int(proxy_stats(port)["index:commands"])

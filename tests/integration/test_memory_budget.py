@@ -233,8 +233,11 @@ def test_flush_all_noreply_while_redis_is_stopped_holds_one_flush(cluster, no_qu
         s.settimeout(10)
         s.sendall(b"set before 0 0 1\r\nb\r\n")
         assert s.recv(100) == b"STORED\r\n"
-    wait_until(lambda: proxy_stats(port)["index:inflight"] == "0",
-               what="the index write")
+    wait_until(lambda: proxy_stats(port)["index:commands"] != "0" and
+               proxy_stats(port)["index:inflight"] == "0", what="the index write")
+    # With -T 2 `stats` on the other thread shows the home thread's index
+    # lines as of its last tick (pool_hub_tick, every 100 ms)
+    time.sleep(0.3)
     pid = proxy.proc.pid
     base = rss_kb(pid)
     commands = int(proxy_stats(port)["index:commands"])

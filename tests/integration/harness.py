@@ -572,6 +572,19 @@ def proxy_stats(port):
     return stats
 
 
+# Under -T 2 a `stats` that another thread answers shows the home thread's
+# pool lines (index:*, migration:*, threads:forwarded) as of the home
+# thread's last tick (src/pool.c pool_hub_tick, every 100 ms).
+HOME_LINES_LAG = 0.3
+
+
+def fresh_stats(port):
+    """`stats` in which every line, whichever thread answers, is at least as
+    new as the moment of the call: the counts a test takes as its base."""
+    time.sleep(HOME_LINES_LAG)
+    return proxy_stats(port)
+
+
 def stat_becomes(port, name, want, timeout=10.0):
     """The proxy's `stats` field name reaches want (compared as text). With
     -T N another thread's share shows as of the end of its last loop turn

@@ -11,8 +11,8 @@ import time
 import redis
 from pymemcache.client.base import Client
 
-from harness import (RINGPROXY, free_port, is_long_list, pool_yaml, proxy_stats, run_cli,
-                     set_members, vnode_of, wait_until)
+from harness import (RINGPROXY, free_port, fresh_stats, is_long_list, pool_yaml, proxy_stats,
+                     run_cli, set_members, vnode_of, wait_until)
 from test_migration import (assert_all_hit, assert_placement, env, fill,  # noqa: F401
                             reload, wait_migrated)
 
@@ -301,10 +301,7 @@ def commands_settle(port):
     """The writer drained, and sends nothing more while no client writes:
     its count of commands holds still for a second."""
     wait_index_idle(port)
-    # With -T 2 `stats` on the other thread shows the home thread's index
-    # lines as of its last tick (pool_hub_tick, every 100 ms)
-    time.sleep(0.3)
-    before = int(proxy_stats(port)["index:commands"])
+    before = int(fresh_stats(port)["index:commands"])
     time.sleep(1.0)
     after = int(proxy_stats(port)["index:commands"])
     assert after - before <= 2, "the writer sent %d commands with no client writing" % (

@@ -16,7 +16,7 @@ import time
 import pytest
 import redis
 
-from harness import free_port, pool_yaml, proxy_stats, wait_until
+from harness import fresh_stats, free_port, pool_yaml, proxy_stats, wait_until
 from test_client_limits import closed, rss_kb
 from test_migration import FakeProxy, pool_config, wait_phase, wait_ready
 from test_migration import proxy_stats as mig_stats
@@ -235,12 +235,9 @@ def test_flush_all_noreply_while_redis_is_stopped_holds_one_flush(cluster, no_qu
         assert s.recv(100) == b"STORED\r\n"
     wait_until(lambda: proxy_stats(port)["index:commands"] != "0" and
                proxy_stats(port)["index:inflight"] == "0", what="the index write")
-    # With -T 2 `stats` on the other thread shows the home thread's index
-    # lines as of its last tick (pool_hub_tick, every 100 ms)
-    time.sleep(0.3)
     pid = proxy.proc.pid
     base = rss_kb(pid)
-    commands = int(proxy_stats(port)["index:commands"])
+    commands = int(fresh_stats(port)["index:commands"])
     rs.proc.send_signal(signal.SIGSTOP)
     try:
         n = 100000

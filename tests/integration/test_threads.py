@@ -11,12 +11,14 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 
 import redis
 
 import pytest
 
-from harness import (RINGPROXY, Wire, admin_get, admin_json, free_port, key_per_server,
+from harness import (HOME_LINES_LAG, RINGPROXY, Wire, admin_get, admin_json, free_port,
+                     fresh_stats, key_per_server,
                      locate, pool_yaml, proxy_stats, sigstop, stats_port_json, wait_until)
 
 CONNS = 16
@@ -340,11 +342,14 @@ def test_a_resize_through_every_thread_loses_nothing(cluster):
         wait_until(lambda: proxy_stats(port).get("migration:state") == "idle" and
                    proxy_stats(port).get("servers") == "3", timeout=60,
                    what="the resize to end")
-        # Back to serving on every thread: nothing more is handed over.
-        before = int(proxy_stats(port)["threads:forwarded"])
-        wait_until(lambda: int(proxy_stats(port)["cmd_set"]) > 0 and
-                   int(proxy_stats(port)["threads:forwarded"]) == before,
-                   what="the threads to serve directly again")
+        # Back to serving on every thread: while the writers go on, nothing
+        # more is handed over. The base count is fresh: a stale one (taken
+        # before the last forwarded commands landed) would never match.
+        base = fresh_stats(port)
+        time.sleep(HOME_LINES_LAG)
+        now = fresh_stats(port)
+        assert int(now["cmd_set"]) > int(base["cmd_set"]), "the writers stopped"
+        assert now["threads:forwarded"] == base["threads:forwarded"], (base, now)
     finally:
         stop.set()
         for t in threads:

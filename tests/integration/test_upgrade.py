@@ -48,7 +48,15 @@ class LoadClient(threading.Thread):
         self.answered = 0       # replies on the current connection
 
     def _connect(self):
-        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        """A new connection. One the kernel resets while connect() waits
+        for it (queued on the old process's listener, which closed) was
+        never answered either: made again."""
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                break
+            except ConnectionResetError:
+                self.unaccepted += 1
         self.answered = 0
 
     def _reply(self, request, end):
@@ -57,9 +65,10 @@ class LoadClient(threading.Thread):
             self.sock.sendall(request)
         except BrokenPipeError:
             raise Closed()
-        except ConnectionResetError:
+        except ConnectionResetError as e:
             if self.answered:
-                raise
+                raise AssertionError("reset sending %r after %d replies" %
+                                     (request[:40], self.answered)) from e
             self.unaccepted += 1
             raise Closed()
         buf = b""

@@ -81,7 +81,7 @@ $(BUILD)/libringproxy.a: $(OBJS)
 $(BIN): $(BUILD)/obj/main.o $(BUILD)/libringproxy.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libringproxy.a $(wildcard src/*.h) | $(BUILD)/tests
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libringproxy.a $(wildcard src/*.h) tests/unit/check_run.h | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Isrc $(LDFLAGS) -o $@ $< $(BUILD)/libringproxy.a \
 		$(LDLIBS) $(CHECK_LIBS)
 

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "sweep.h"
+#include "check_run.h"
 
 /* A path under the repository root; the result is static (one at a time). */
 static const char *src_path(const char *rel)
@@ -849,10 +850,5 @@ static Suite *config_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(config_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(config_suite());
 }

@@ -4,6 +4,7 @@
 #include <event2/event.h>
 
 #include "defer.h"
+#include "check_run.h"
 
 struct obj {
     int *log;           /* order of frees, shared by a test's objects */
@@ -119,16 +120,10 @@ int main(void)
 {
     Suite *s = suite_create("defer");
     TCase *tc = tcase_create("defer");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, test_freed_after_the_callback);
     tcase_add_test(tc, test_order_and_chains);
     tcase_add_test(tc, test_free_runs_what_waits);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(s);
 }

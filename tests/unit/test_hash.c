@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "hash.h"
+#include "check_run.h"
 
 #define KEY(s) { s, sizeof(s) - 1 }
 
@@ -297,10 +298,5 @@ static Suite *hash_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(hash_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(hash_suite());
 }

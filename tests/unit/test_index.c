@@ -15,6 +15,7 @@
 
 #include "index.h"
 #include "layout.h"
+#include "check_run.h"
 
 /* A writer that never runs its loop: its connection never completes, so
  * only the reports the tests make change its health. */
@@ -512,10 +513,5 @@ static Suite *index_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(index_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(index_suite());
 }

@@ -15,6 +15,7 @@
 #include <event2/buffer.h>
 
 #include "iobuf.h"
+#include "check_run.h"
 
 /* A connected pair of non-blocking stream sockets: [0] ours, [1] the peer. */
 static void pair(int sv[2])
@@ -133,17 +134,11 @@ int main(void)
 {
     Suite *s = suite_create("iobuf");
     TCase *tc = tcase_create("io");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, reads_append_to_empty_and_partial_buffers);
     tcase_add_test(tc, a_read_takes_at_most_the_chunk);
     tcase_add_test(tc, writes_send_every_chain_in_order);
     tcase_add_test(tc, a_full_socket_keeps_the_rest);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(s);
 }

@@ -8,6 +8,7 @@
 
 #include "json.h"
 #include "progress.h"
+#include "check_run.h"
 
 /* Parse s whole; 0 or -1. */
 static int parse(struct json_doc *d, const char *s)
@@ -381,10 +382,5 @@ static Suite *json_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(json_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(json_suite());
 }

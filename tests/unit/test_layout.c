@@ -8,6 +8,7 @@
 #include <hiredis/hiredis.h>
 
 #include "layout.h"
+#include "check_run.h"
 
 START_TEST(a_score_goes_to_the_greatest_low_at_or_below_it)
 {
@@ -264,10 +265,5 @@ static Suite *layout_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(layout_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(layout_suite());
 }

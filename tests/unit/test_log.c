@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "check_run.h"
 
 static char path[] = "/tmp/rp-test-log-XXXXXX";
 
@@ -147,10 +148,5 @@ static Suite *log_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(log_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(log_suite());
 }

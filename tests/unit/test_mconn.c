@@ -22,6 +22,7 @@
 #include "defer.h"
 #include "mconn.h"
 #include "resolve.h"
+#include "check_run.h"
 
 #define MAX_CALLS 4
 #define MAX_CHUNKS 4
@@ -520,10 +521,5 @@ static Suite *mconn_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(mconn_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(mconn_suite());
 }

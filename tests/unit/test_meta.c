@@ -12,6 +12,7 @@
 
 #include "mconn.h"
 #include "meta.h"
+#include "check_run.h"
 
 static struct meta_req req;
 static uint8_t keybuf[META_KEYBUF_SIZE];
@@ -627,11 +628,5 @@ static Suite *meta_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(meta_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);   /* CK_FORK in the environment decides */
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(meta_suite());
 }

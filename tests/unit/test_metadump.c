@@ -18,6 +18,7 @@
 #include <event2/listener.h>
 
 #include "metadump.h"
+#include "check_run.h"
 
 static enum mdump_parse_rc parse(const char *s, struct mdump_item *it, char *kb,
                                  enum mdump_end *end, size_t *used)
@@ -326,9 +327,5 @@ static Suite *suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(suite());
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "proto.h"
+#include "check_run.h"
 
 enum mc_outcome { MC_OK, MC_ERR, MC_CLOSE };
 
@@ -1422,11 +1423,5 @@ static Suite *proto_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(proto_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);   /* CK_FORK in the environment decides */
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(proto_suite());
 }

@@ -22,6 +22,7 @@
 #include "pool.h"
 #include "proto.h"
 #include "request.h"
+#include "check_run.h"
 
 #define MAX_DONE 16
 
@@ -614,10 +615,5 @@ static Suite *request_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(request_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(request_suite());
 }

@@ -18,6 +18,7 @@
 #include <event2/util.h>
 
 #include "resolve.h"
+#include "check_run.h"
 
 struct dns_server {
     struct evdns_server_port *port;
@@ -368,10 +369,5 @@ static Suite *resolve_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(resolve_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(resolve_suite());
 }

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "ring.h"
+#include "check_run.h"
 
 #define SAMPLES_PER_DIFF 1000000
 
@@ -790,10 +791,5 @@ static Suite *ring_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(ring_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(ring_suite());
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ringrec.h"
+#include "check_run.h"
 
 static struct ring *make_ring(enum ring_compat compat, const char *tag,
                               const struct ring_server_spec *s, uint32_t n)
@@ -398,10 +399,5 @@ static Suite *ringrec_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(ringrec_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(ringrec_suite());
 }

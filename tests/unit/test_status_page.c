@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "status_page.h"
+#include "check_run.h"
 
 #define POLICY(script, style)                                                  \
     "default-src 'none'; script-src 'sha256-" script "'; style-src 'sha256-"  \
@@ -96,10 +97,5 @@ static Suite *status_page_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(status_page_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(status_page_suite());
 }

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "proto.h"
 #include "sweep.h"
+#include "check_run.h"
 
 START_TEST(members_that_are_memcached_keys_are_accepted)
 {
@@ -85,10 +86,5 @@ static Suite *sweep_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(sweep_suite());
-
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(sweep_suite());
 }

@@ -13,6 +13,7 @@
 
 #include "pool.h"
 #include "tstats.h"
+#include "check_run.h"
 
 /* A pool as the summing sees it: a name, counters, backends. */
 static struct pool *fake_pool(const char *name, uint32_t nbe, const char *const *ids)
@@ -259,17 +260,11 @@ int main(void)
 {
     Suite *s = suite_create("tstats");
     TCase *tc = tcase_create("sum");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, readers_add_the_other_threads_snapshots);
     tcase_add_test(tc, client_connections_are_limited_across_threads);
     tcase_add_test(tc, a_backend_state_is_merged_by_one_rule_in_any_order);
     tcase_add_test(tc, readers_merge_every_threads_backend_state);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(s);
 }

@@ -585,6 +585,25 @@ def fresh_stats(port):
     return proxy_stats(port)
 
 
+def home_lines_lag():
+    """How long a test waits before it trusts the home thread's lines as
+    they stand: HOME_LINES_LAG when the harness runs every proxy on
+    several threads (RINGPROXY_THREADS), else 0."""
+    return HOME_LINES_LAG if int(os.environ.get("RINGPROXY_THREADS") or 1) > 1 else 0
+
+
+def stats_until(port, done, timeout=10.0, what="condition"):
+    """The first `stats` for which done(stats) holds, each read taken
+    home_lines_lag() after it was asked for, so that a line saying the
+    index writer or the migration is idle is not one from before the test's
+    last commands."""
+    def probe():
+        time.sleep(home_lines_lag())
+        st = proxy_stats(port)
+        return st if done(st) else None
+    return wait_until(probe, timeout=timeout, what=what)
+
+
 def stat_becomes(port, name, want, timeout=10.0):
     """The proxy's `stats` field name reaches want (compared as text). With
     -T N another thread's share shows as of the end of its last loop turn

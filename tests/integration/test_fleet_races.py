@@ -311,6 +311,7 @@ def test_frozen_proxy_does_not_finish_its_set_after_the_fleet_moved_on(env, clus
     time.sleep(0.3)
     # Keep P3 busy, and freeze it outside epoll_wait.
     busy = threading.Event()
+    hammer_errors = []
 
     def hammer():
         try:
@@ -320,14 +321,21 @@ def test_frozen_proxy_does_not_finish_its_set_after_the_fleet_moved_on(env, clus
                 w.send(payload)
                 for _ in range(200):
                     w.read_reply()
-        except Exception:
-            return
-    hs = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+        except Exception as e:      # ends when the freeze's test is done
+            if not busy.is_set():
+                hammer_errors.append(repr(e))
+    # Eight connections: with -T N the kernel spreads them over the threads,
+    # and those on the home thread (whose loop runs the set's next step)
+    # keep it busy as well as the commands the others hand it.
+    hs = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
     for h in hs:
         h.start()
     time.sleep(0.3)
     try:
         tries = freeze_outside_epoll_wait(px[2].proc)
+    except AssertionError as e:
+        raise AssertionError("%s; the load's connections ended with %s" %
+                             (e, hammer_errors or "nothing")) from e
     finally:
         busy.set()
         O.proc.send_signal(signal.SIGCONT)     # O stores v3, answers into P3's socket

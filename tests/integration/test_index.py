@@ -12,8 +12,8 @@ import pytest
 import redis
 from pymemcache.client.base import Client
 
-from harness import (RINGPROXY, Redis, free_port, pool_yaml, proxy_stats, set_members,
-                     vnode_of, wait_until)
+from harness import (RINGPROXY, Redis, free_port, home_lines_lag, pool_yaml, proxy_stats,
+                     set_members, vnode_of, wait_until)
 
 PREFIX = "rp:cache"
 
@@ -49,6 +49,7 @@ def wait_index_idle(c, timeout=10, stores=0):
     or filtered) too."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        time.sleep(home_lines_lag())    # c may be on a thread other than home
         st = c.stats()
         if st[b"index:queued"] == 0 and st[b"index:inflight"] == 0 and \
                 st[b"index:adds"] + st[b"index:filtered"] >= stores:

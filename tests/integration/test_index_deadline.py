@@ -5,7 +5,7 @@ import signal
 
 from pymemcache.client.base import Client
 
-from harness import free_port, pool_yaml, proxy_stats, wait_until
+from harness import free_port, pool_yaml, proxy_stats, stats_until, wait_until
 
 PREFIX = "rp:cache"
 
@@ -18,10 +18,9 @@ def conf(port, mcs, rs, timeout_ms, **index):
 
 
 def idle(port, timeout=20):
-    return wait_until(lambda: (lambda s: s if s["index:queued"] == "0" and
-                                s["index:inflight"] == "0" and
-                                s["index:state"] == "ready" else None)(proxy_stats(port)),
-                      timeout=timeout, interval=0.05, what="the index writer to drain")
+    return stats_until(port, lambda s: s["index:queued"] == "0" and
+                       s["index:inflight"] == "0" and s["index:state"] == "ready",
+                       timeout=timeout, what="the index writer to drain")
 
 
 def test_a_connection_to_a_stopped_redis_is_not_called_healthy(cluster):

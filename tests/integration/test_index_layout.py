@@ -12,7 +12,7 @@ import redis
 from pymemcache.client.base import Client
 
 from harness import (RINGPROXY, free_port, fresh_stats, is_long_list, pool_yaml, proxy_stats,
-                     run_cli, set_members, vnode_of, wait_until)
+                     run_cli, set_members, stats_until, vnode_of, wait_until)
 from test_migration import (assert_all_hit, assert_placement, env, fill,  # noqa: F401
                             reload, wait_migrated)
 
@@ -32,11 +32,10 @@ def no_sweeper(env):
 def wait_index_idle(port):
     """The writer drained and the adoption rebuild (it may split sets while
     the test reads them, one by one) is over."""
-    wait_until(lambda: (lambda st: st["index:queued"] == "0" and
-                        st["index:inflight"] == "0" and
-                        st.get("index:rebuild_state") not in ("pending", "running"))(
-                            proxy_stats(port)),
-               timeout=60, what="index writes to drain")
+    stats_until(port, lambda st: st["index:queued"] == "0" and
+                st["index:inflight"] == "0" and
+                st.get("index:rebuild_state") not in ("pending", "running"),
+                timeout=60, what="index writes to drain")
 
 
 def directory(r, base):

@@ -16,7 +16,7 @@ import time
 import pytest
 import redis
 
-from harness import fresh_stats, free_port, pool_yaml, proxy_stats, wait_until
+from harness import fresh_stats, free_port, pool_yaml, proxy_stats, stats_until, wait_until
 from test_client_limits import closed, rss_kb
 from test_migration import FakeProxy, pool_config, wait_phase, wait_ready
 from test_migration import proxy_stats as mig_stats
@@ -268,9 +268,8 @@ def test_flush_all_noreply_while_redis_is_stopped_holds_one_flush(cluster, no_qu
         assert int(st["index:queued"]) + int(st["index:inflight"]) <= 1000
     finally:
         rs.proc.send_signal(signal.SIGCONT)
-    wait_until(lambda: proxy_stats(port)["index:queued"] == "0" and
-               proxy_stats(port)["index:inflight"] == "0", timeout=15,
-               what="the index to drain")
+    stats_until(port, lambda st: st["index:queued"] == "0" and st["index:inflight"] == "0",
+                timeout=15, what="the index to drain")
     # The store after the flushes is indexed; the one before is not.
     members = set()
     for name in r.scan_iter(match="rp:cache:v:*"):

@@ -13,7 +13,7 @@ from pymemcache.client.base import Client
 
 from harness import Memcached, Nutcracker, free_port, locate, pool_yaml, run_cli
 from harness import index_entries as index_entries_at
-from harness import set_members
+from harness import home_lines_lag, set_members
 
 KEYS = 20000
 PREFIX = "rp:cache"
@@ -92,6 +92,7 @@ def wait_stat(port, pred, what, timeout=SETTLE):
     st = {}
     while time.monotonic() < deadline:
         try:
+            time.sleep(home_lines_lag())
             st = proxy_stats(port)
             if pred(st):
                 return st

@@ -18,7 +18,7 @@ import redis
 from pymemcache.client.base import Client
 
 from harness import (RINGPROXY, admin_get, free_port, pool_yaml, proxy_stats, run_cli,
-                     set_card, set_members, vnode_of, wait_until)
+                     set_card, set_members, stats_until, vnode_of, wait_until)
 
 PREFIX = "rp:cache"
 VALUE = b"v" * 1000
@@ -83,9 +83,8 @@ def write(port, keys, value=VALUE):
 
 def index_settled(port):
     """Until the proxy's index writes are all answered."""
-    wait_until(lambda: (lambda st: st["index:queued"] == "0" and
-                        st["index:inflight"] == "0")(proxy_stats(port)),
-               what="index writes to drain")
+    stats_until(port, lambda st: st["index:queued"] == "0" and st["index:inflight"] == "0",
+                what="index writes to drain")
 
 
 def index_sets(r):

@@ -575,19 +575,34 @@ static void pool_hub_stats(struct pool *p)
     }
 }
 
+/* What a copy's `stats` must never show older than the home thread has
+ * answered it: the migration's phase and state, the index's state and
+ * health (the counters may be a tick old: pool_hub_tick). */
+static uint32_t pool_hub_shape(const struct pool *p)
+{
+    uint32_t h = mig_shape(p->mig);
+
+    if (p->idx != NULL) {
+        h = h * 31 + (uint32_t)idx_get_state(p->idx);
+        h = h * 31 + (uint32_t)idx_health(p->idx, IDX_CONN_COUNT, NULL);
+    }
+    return h;
+}
+
 void pool_hub_turn(struct pool *p)
 {
     if (p->hub == NULL) {
         return;
     }
     if (p->link == NULL) {
-        if (p->ready && (!p->hub_stats_sent || p->hub_shape != mig_shape(p->mig))) {
+        if (p->ready && (!p->hub_stats_sent || p->hub_shape != pool_hub_shape(p))) {
             /* Before the copies learn they may serve, and whenever the
-             * migration's phase or state changes: a copy's `stats` never
-             * shows a phase older than one the home thread answered. */
+             * migration's phase or state or the index's state or health
+             * changes: a copy's `stats` never shows one older than the
+             * home thread answered. */
             pool_hub_stats(p);
             p->hub_stats_sent = true;
-            p->hub_shape = mig_shape(p->mig);
+            p->hub_shape = pool_hub_shape(p);
         }
         /* The fence first: a copy woken by the routing reads it at once.
          * Then: serve directly only while no key is moving. */

@@ -77,7 +77,7 @@ struct pool {
     struct hub_route hub_route; /* copy: the routing it follows */
     bool hub_acking;            /* copy: acknowledge hub_route once drained */
     bool hub_stats_sent;        /* home: its `stats` lines are in the hub */
-    uint32_t hub_shape;         /* home: mig_shape when they were sent */
+    uint32_t hub_shape;         /* home: pool_hub_shape when they were sent */
     struct backend *link;       /* copy: the home thread (not in backends) */
     struct evbuffer *index_out; /* copy: index records of this loop turn */
     struct evconnlistener *link_listener;   /* home: the copies' link */

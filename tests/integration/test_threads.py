@@ -412,6 +412,44 @@ def test_every_thread_is_fenced_with_its_home_thread(cluster):
             w.close()
 
 
+def test_every_thread_shows_the_index_health_the_home_thread_answered(cluster):
+    """The index's state and health, like the migration's phase, reach the
+    other threads' `stats` at the end of the home thread's loop turn that
+    changed them (pool_hub_turn), not at its next tick: once /healthz (the
+    home thread) has said Redis refuses writes, or takes them again, no
+    `stats` on either thread says otherwise."""
+    mcs = cluster.memcached(1)
+    rds = cluster.redis()
+    r = redis.Redis(port=rds.port)
+    port, aport = free_port(), free_port()
+    cluster.proxy(indexed(port, mcs, rds.port), port=port, admin_port=aport,
+                  extra=["-T", "2"])
+    wait_serving(port)
+    store = Wire(port)
+    try:
+        for n, (want, redis_setting) in enumerate((("refused_oom", r.info("memory")[
+                "used_memory"] + 256 * 1024), ("ok", 0))):
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", redis_setting)
+            if want == "refused_oom":
+                with pytest.raises(redis.exceptions.ResponseError, match="^OOM"):
+                    for i in range(100000):
+                        r.set("fill:%d" % i, b"x" * 1024)
+            said, after = False, 0
+            deadline = time.monotonic() + 30
+            while after < 40:
+                assert time.monotonic() < deadline, "/healthz never said %s" % want
+                store.call(b"set h%d-%d 0 0 1\r\nv\r\n" % (n, after))
+                said = said or want in admin_get(aport, "/healthz")[2]
+                # A new connection: either thread may answer.
+                got = proxy_stats(port)["index:health"]
+                if said:
+                    assert got == want, "stats said %s after /healthz said %s" % (got, want)
+                    after += 1
+    finally:
+        store.close()
+
+
 def test_the_threads_link_serves_no_other_process(cluster):
     """The link a request worker reaches the home thread by is a unix socket
     in the abstract namespace, which has no file mode: another process that

@@ -158,6 +158,11 @@ void hub_publish(struct hub *h, bool ready, bool direct, struct ring *ring)
     ring_unref(old);
 }
 
+bool hub_direct(const struct hub *h)
+{
+    return h->route.ready && h->route.direct;     /* the home's own writes */
+}
+
 bool hub_settled(struct hub *h)
 {
     bool settled = true;
@@ -271,6 +276,12 @@ void hub_ack(struct hub *h, uint32_t tid, uint32_t gen)
     pthread_mutex_lock(&h->lock);
     if (tid < h->ncopies) {
         h->copies[tid].acked = gen;
+    }
+    /* The home thread may be waiting for it to lift the fence (pool.c,
+     * pool_hub_turn): a turn of its loop, not its next tick. */
+    if (!h->home_woken) {
+        h->home_woken = true;
+        hub_wake(h->home_fd);
     }
     pthread_mutex_unlock(&h->lock);
 }

@@ -28,6 +28,7 @@ struct hub_copy {
     int wake_fd;                /* -1: no copy on this thread */
     bool woken;                 /* wake_fd written since its last hub_read */
     uint32_t acked;             /* the generation it acknowledged */
+    uint32_t seen;              /* the generation it last read (hub_read) */
 };
 
 struct hub {
@@ -163,6 +164,21 @@ bool hub_direct(const struct hub *h)
     return h->route.ready && h->route.direct;     /* the home's own writes */
 }
 
+bool hub_seen(struct hub *h)
+{
+    bool seen = true;
+
+    pthread_mutex_lock(&h->lock);
+    for (uint32_t i = 1; i < h->ncopies; i++) {
+        const struct hub_copy *c = &h->copies[i];
+        if (c->wake_fd >= 0 && c->seen != h->route.gen) {
+            seen = false;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    return seen;
+}
+
 bool hub_settled(struct hub *h)
 {
     bool settled = true;
@@ -227,6 +243,7 @@ int hub_attach(struct hub *h, uint32_t tid)
     c->wake_fd = fd;
     c->woken = true;
     c->acked = h->route.gen;
+    c->seen = h->route.gen;     /* it routes by nothing older */
     hub_wake(fd);               /* its first hub_read takes the routing */
     pthread_mutex_unlock(&h->lock);
     return fd;
@@ -256,7 +273,14 @@ bool hub_read(struct hub *h, int wake_fd, struct hub_route *have)
     for (uint32_t i = 1; i < h->ncopies; i++) {
         if (h->copies[i].wake_fd == wake_fd) {
             h->copies[i].woken = false;
+            h->copies[i].seen = h->route.gen;
         }
+    }
+    /* The home thread may hold a fence until every copy read the routing
+     * (pool.c, pool_hub_turn): a turn of its loop, not its next tick. */
+    if (!h->home_woken) {
+        h->home_woken = true;
+        hub_wake(h->home_fd);
     }
     if (have->gen != h->route.gen) {
         old = have->ring;
@@ -276,12 +300,6 @@ void hub_ack(struct hub *h, uint32_t tid, uint32_t gen)
     pthread_mutex_lock(&h->lock);
     if (tid < h->ncopies) {
         h->copies[tid].acked = gen;
-    }
-    /* The home thread may be waiting for it to lift the fence (pool.c,
-     * pool_hub_turn): a turn of its loop, not its next tick. */
-    if (!h->home_woken) {
-        h->home_woken = true;
-        hub_wake(h->home_fd);
     }
     pthread_mutex_unlock(&h->lock);
 }

@@ -57,8 +57,12 @@ const char *hub_link(const struct hub *h);
 /* Publish the routing (a reference to ring is taken when direct). A change
  * starts a new generation and wakes every copy. */
 void hub_publish(struct hub *h, bool ready, bool direct, struct ring *ring);
-/* Does the routing last published let the copies route directly? */
+/* Does the routing last published let the copies route directly? (Read by
+ * the home thread only, its own writes.) */
 bool hub_direct(const struct hub *h);
+/* Has every attached copy read the current generation (not yet drained
+ * what it sent by the one before: hub_settled)? */
+bool hub_seen(struct hub *h);
 /* Has every attached copy acknowledged the current generation? */
 bool hub_settled(struct hub *h);
 /* Copies refuse the pool's commands from this monotonic millisecond on

@@ -606,20 +606,23 @@ void pool_hub_turn(struct pool *p)
         }
         /* The fence first, so that a copy woken by the routing reads it at
          * once; but a fence lifted past now while the copies route
-         * directly is lifted only once every copy routes by the routing
-         * published here. Else a copy let out before it read that routing
+         * directly, or while a copy may still hold such a routing, is
+         * lifted only once every copy has read the routing published
+         * here (on later calls: the first after the publish finds it
+         * forwarding). Else a copy let out before it read that routing
          * (the pool joined, while fenced, a resize already moving keys)
          * would route directly by the old ring and miss what moved
          * (docs/ARCHITECTURE.md, "Threads: indexed pools", I6). Until
          * then the copies stay fenced; each hands its commands to this
          * thread as soon as it reads the new routing. */
         uint64_t now = worker_now_ms(p->w), fence = mig_fence_at(p->mig);
-        bool held = fence > now && hub_fence_at(p->hub) <= now && hub_direct(p->hub);
+        bool lifts = fence > now && hub_fence_at(p->hub) <= now;
+        bool held = lifts && (hub_direct(p->hub) || !hub_seen(p->hub));
         if (!held) {
             hub_set_fence(p->hub, fence);
         }
         hub_publish(p->hub, p->ready, p->ready && !mig_active(p->mig), p->ring);
-        if (held && hub_settled(p->hub)) {
+        if (held && hub_seen(p->hub)) {
             hub_set_fence(p->hub, fence);
         }
         return;

@@ -40,8 +40,9 @@
  *   free and start new work there or on the tick, never inside the
  *   callback that completed them.
  * - Bounds: SWEEP_BATCHES_MAX batches and SWEEP_INFLIGHT_MAX entries in
- *   flight; the backend timeout on every `mg` (mconn), SWEEP_REDIS_TIMEOUT_MS
- *   on Redis (the connection is dropped and made again).
+ *   flight; the backend timeout on every `mg` (mconn), index.reply_timeout
+ *   on Redis, as for the index writer (the connection is dropped and made
+ *   again; the command gives up on a Redis it cannot reach for that long).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -79,7 +80,7 @@
 #define SWEEP_STALE_MS 60000            /* an announcement not refreshed for
                                            this long is dropped by the next
                                            sweeper that announces */
-#define SWEEP_REDIS_TIMEOUT_MS 10000
+#define SWEEP_REDIS_TIMEOUT_MS 10000    /* without index.reply_timeout */
 #define SWEEP_RECONNECT_MS 1000
 #define SWEEP_SERVER_BACKOFF_MS 1000    /* a backend that failed is not asked */
 #define SWEEP_LEAVE_TIMEOUT_MS 3000     /* the proxy stops within 5 s */
@@ -177,6 +178,7 @@ struct sweep {
     bool rc_up;                 /* commands may be sent (queued while connecting) */
     uint32_t rc_out;            /* commands unanswered */
     uint64_t rc_last;           /* a reply came, or the first command went */
+    uint64_t rc_timeout;        /* ms: index.reply_timeout */
     uint64_t next_connect;
     uint64_t connect_since;     /* the command: trying (no answer) since */
     bool logged_down;
@@ -507,8 +509,8 @@ static void redis_drop(struct sweep *s)
 {
     redisAsyncContext *ac = s->rc;
 
-    log_warn("sweep", "%s: Redis %s did not answer for %d s: reconnecting", s->pool,
-             s->redis_text, SWEEP_REDIS_TIMEOUT_MS / 1000);
+    log_warn("sweep", "%s: Redis %s did not answer for %llu ms (index.reply_timeout): "
+             "reconnecting", s->pool, s->redis_text, (unsigned long long)s->rc_timeout);
     s->rc = NULL;
     s->rc_up = false;
     redisAsyncFree(ac);
@@ -1714,7 +1716,7 @@ void sweep_tick(struct sweep *s, uint64_t now, const struct sweep_env *env)
     }
     s->env.local = NULL;
     update_rate(s);
-    if (s->rc != NULL && s->rc_out > 0 && now > s->rc_last + SWEEP_REDIS_TIMEOUT_MS) {
+    if (s->rc != NULL && s->rc_out > 0 && now > s->rc_last + s->rc_timeout) {
         redis_drop(s);
     }
     if (s->leaving) {
@@ -1737,7 +1739,7 @@ void sweep_tick(struct sweep *s, uint64_t now, const struct sweep_env *env)
         redis_connect(s);
     }
     if (!s->background && s->rc == NULL && s->connect_since != 0 &&
-        now > s->connect_since + SWEEP_REDIS_TIMEOUT_MS) {
+        now > s->connect_since + s->rc_timeout) {
         fail(s, "cannot reach Redis %s", s->redis_text);
     }
     if (!env->may_run) {
@@ -1817,6 +1819,8 @@ struct sweep *sweep_new(struct event_base *base, const struct sweep_opts *o)
     s->db = o->index->db;
     s->redis_port = o->index->redis.port;
     s->redis_unix = o->index->redis.is_unix;
+    s->rc_timeout = o->index->reply_timeout > 0 ? (uint64_t)o->index->reply_timeout :
+                    SWEEP_REDIS_TIMEOUT_MS;
     TAILQ_INIT(&s->batches);
     snprintf(s->cursor, sizeof(s->cursor), "0");
     s->need_ring = true;

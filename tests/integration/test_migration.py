@@ -941,7 +941,11 @@ def test_a_value_next_to_a_tombstone_is_no_key_for_any_command(env, cluster, pha
     after the move."""
     from test_meta import cmd, ms, run_battery
     mcs = env.servers(4)
-    a = env.proxy(mcs[:3], rate=1)
+    # the mover settles the pair once it stood still for 2 timeouts + half
+    # the liveness + 1 s (move.c, conflict_settled): short ones keep it brief
+    quick = lambda rate: {"timeout": 500, "migration": {
+        "rate": rate, "delete_source": True, "liveness": 2000}}
+    a = env.proxy(mcs[:3], extra=quick(1))
     keys, before, after = grow_plan(env, a, mcs)
     k = next(x.encode() for x in keys if after[x] == "mc4")
     late = b"late-copy"
@@ -956,7 +960,7 @@ def test_a_value_next_to_a_tombstone_is_no_key_for_any_command(env, cluster, pha
                cmd(b"md %s C1" % k), cmd(b"md %s" % k), cmd(b"md %s q" % k)]
     time.sleep(1.2)     # the heartbeat is in Redis
     with FakeProxy(env.r) as fake:
-        reload(a, env.config(mcs, a.port, rate=1))
+        reload(a, env.config(mcs, a.port, extra=quick(1)))
         wait_phase(a.port, "prepared")
         if phase == "moving":
             fake.ack = "switched"
@@ -972,7 +976,7 @@ def test_a_value_next_to_a_tombstone_is_no_key_for_any_command(env, cluster, pha
             [b"VA %d\r\n%s\r\n" % (len(late), late)]       # untouched
         assert proxy_stats(a.port)["migration:phase"] == phase
         fake.ack = "switched"
-        reload(a, env.config(mcs, a.port, rate=0))     # release the mover
+        reload(a, env.config(mcs, a.port, extra=quick(0)))     # release the mover
         wait_migrated(a.port, 2)
     assert run_battery(("127.0.0.1", a.port), [cmd(b"get " + k)]) == [b"END\r\n"]
     assert all(k not in m.keys() for m in mcs)

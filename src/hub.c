@@ -164,34 +164,31 @@ bool hub_direct(const struct hub *h)
     return h->route.ready && h->route.direct;     /* the home's own writes */
 }
 
-bool hub_seen(struct hub *h)
+/* Has every attached copy read (acked false) or acknowledged (true) the
+ * routing published last? */
+static bool every_copy_at_gen(struct hub *h, bool acked)
 {
-    bool seen = true;
+    bool all = true;
 
     pthread_mutex_lock(&h->lock);
     for (uint32_t i = 1; i < h->ncopies; i++) {
         const struct hub_copy *c = &h->copies[i];
-        if (c->wake_fd >= 0 && c->seen != h->route.gen) {
-            seen = false;
+        if (c->wake_fd >= 0 && (acked ? c->acked : c->seen) != h->route.gen) {
+            all = false;
         }
     }
     pthread_mutex_unlock(&h->lock);
-    return seen;
+    return all;
+}
+
+bool hub_seen(struct hub *h)
+{
+    return every_copy_at_gen(h, false);
 }
 
 bool hub_settled(struct hub *h)
 {
-    bool settled = true;
-
-    pthread_mutex_lock(&h->lock);
-    for (uint32_t i = 1; i < h->ncopies; i++) {
-        const struct hub_copy *c = &h->copies[i];
-        if (c->wake_fd >= 0 && c->acked != h->route.gen) {
-            settled = false;
-        }
-    }
-    pthread_mutex_unlock(&h->lock);
-    return settled;
+    return every_copy_at_gen(h, true);
 }
 
 void hub_set_fence(struct hub *h, uint64_t fence_at)

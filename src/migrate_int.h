@@ -78,7 +78,8 @@ struct mdoubt {
     uint64_t vhash;             /* value, flags and length of the copy */
     int64_t src_cas;            /* the old owner's CAS it was read at */
     int64_t dst_cas;            /* conflicts: the new owner's CAS */
-    uint64_t since;             /* conflicts: first seen (ms) */
+    uint64_t since;             /* conflicts: first seen (ms); doubts: first
+                                 * seen missing from a live N (0: not yet) */
     uint16_t len;
     char key[];
 };

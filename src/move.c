@@ -179,6 +179,7 @@ static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64
     if (d != NULL) {
         d->vhash = vhash;
         d->src_cas = src_cas;
+        d->since = 0;           /* not yet seen missing from a live N */
     }
 }
 
@@ -2028,9 +2029,31 @@ static void on_doubt_cleared(void *arg, const struct mreply *r)
 }
 
 /*
+ * Has the new owner, answering without a failure since it was first seen
+ * without our copy, been up long enough to have run whatever a closed
+ * connection of ours left in its socket buffer? A resumed memcached does
+ * not run its connections in the order they were written: a look on a new
+ * connection can be answered before a copy sent on one that timed out
+ * (chaos scenario h). It runs them within its first loop turns; the bound
+ * is that of conflict_settled without the liveness (docs/ARCHITECTURE.md,
+ * "A copy in doubt").
+ */
+static bool doubt_drained(struct mig *m, struct mdoubt *d)
+{
+    uint64_t now = now_ms(m);
+
+    if (d->since == 0) {
+        d->since = now;
+    }
+    return now >= d->since + 2 * (uint64_t)op_timeout_ms(m->p) + 1000;
+}
+
+/*
  * What the new owner holds of a key whose earlier copy is in doubt. Our
  * copy (same value and flags) is kept when the old owner has not changed
  * since it was read, else removed (conditionally) before the key moves.
+ * A copy it does not hold is forgotten only once it may no longer land
+ * (doubt_drained); until then the key waits for a later pass.
  */
 static void on_doubt_look(void *arg, const struct mreply *r)
 {
@@ -2039,6 +2062,9 @@ static void on_doubt_look(void *arg, const struct mreply *r)
     int64_t flags = 0, cas = 0;
 
     if (r->status == MREPLY_FAIL) {
+        if (d != NULL) {
+            d->since = 0;       /* N stopped again, its buffers with it */
+        }
         move_failed(op, op->to, r);
         return;
     }
@@ -2046,7 +2072,9 @@ static void on_doubt_look(void *arg, const struct mreply *r)
     mreply_flag(r, 'c', &cas);
     bool ours = d != NULL && holds_value(r) &&
                 value_hash(r->value, r->value_len, (uint32_t)flags) == d->vhash;
-    if (!ours) {
+    if (!ours && d != NULL && !doubt_drained(op->m, d)) {
+        move_done(op, MOP_WAITING);
+    } else if (!ours) {
         doubt_drop(op->m, op->k);
         move_copy(op);
     } else if (!op->src_tomb && op->src_cas == d->src_cas) {

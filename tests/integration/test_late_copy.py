@@ -1,0 +1,216 @@
+"""A copy the mover sent to a stopped new owner, in doubt, must not come
+back after the key was deleted (chaos scenario h, "h-dest-stalls": a delete
+in doubt, a read that missed, then DELETED).
+
+The mover's `ms N ME` to a stopped new owner N times out: the copy is in
+doubt (move.c, doubt_add), and stays in N's socket buffer although the
+proxy closed the connection. A delete then leaves a tombstone on the old
+owner O and loses its md on N; reads miss. When N resumes, memcached does
+not run its connections in the order they were written: the mover's look
+on a new connection can be answered "nothing here" before the copy on the
+closed one runs. Forgetting the doubt at that answer let the mover clear
+O's tombstone, and the copy landed after: the deleted value was back. The
+mover now forgets a copy N does not hold only once N has answered for
+2 x timeout + 1 s (move.c, doubt_drained).
+
+A relay in front of N plays the stopped server: it holds every byte the
+proxy sends, then lets the open connections through, and the closed one
+holding the copy only after the mover's look passed.
+"""
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+from harness import locate, wait_until
+from test_migration import (FakeProxy, TOMB_VALUE, env, proxy_stats,  # noqa: F401
+                            reload, wait_migrated, wait_phase)
+
+
+class HoldRelay:
+    """A relay in front of a memcached server. While holding, bytes from the
+    proxy are kept per connection (as a stopped server's socket buffers keep
+    them, also after the proxy closed the connection) and nothing is
+    answered. release_open() delivers what the open connections hold and
+    relays them from then on; replay(pred) delivers what closed connections
+    hold, one connection at a time, in the order the test picks."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lock = threading.Lock()
+        self.holding = False
+        self.conns = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.addr = "127.0.0.1:%d" % self.port
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                c = SimpleNamespace(client=client, server=server, held=b"",
+                                    passing=not self.holding, closed=False,
+                                    replayed=False, n=len(self.conns), sent=b"")
+                self.conns.append(c)
+            threading.Thread(target=self.up, args=(c,), daemon=True).start()
+            threading.Thread(target=self.down, args=(c,), daemon=True).start()
+
+    def up(self, c):
+        while True:
+            try:
+                chunk = c.client.recv(65536)
+            except OSError:
+                chunk = b""
+            with self.lock:
+                if not chunk:
+                    c.closed = True
+                    if c.passing:
+                        c.server.shutdown(socket.SHUT_WR)
+                    return
+                if c.passing:
+                    c.server.sendall(chunk)
+                    c.sent += chunk
+                else:
+                    c.held += chunk
+
+    def down(self, c):
+        while True:
+            try:
+                chunk = c.server.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                try:
+                    c.client.close()
+                except OSError:
+                    pass
+                return
+            try:
+                c.client.sendall(chunk)     # a closed proxy socket: dropped
+            except OSError:
+                pass
+
+    def hold(self):
+        with self.lock:
+            self.holding = True
+            for c in self.conns:
+                c.passing = False
+
+    def release_open(self):
+        """The newest connections first: every open one, and new ones from now on."""
+        with self.lock:
+            self.holding = False
+            for c in self.conns:
+                if not c.closed and not c.passing:
+                    c.server.sendall(c.held)
+                    c.held, c.passing = b"", True
+
+    def passed(self, data):
+        """Has `data` gone to the server on a connection since it was let through?"""
+        with self.lock:
+            return any(data in c.sent for c in self.conns)
+
+    def held_closed(self):
+        with self.lock:
+            return [c for c in self.conns if c.closed and not c.passing and not c.replayed]
+
+    def replay(self, c):
+        with self.lock:
+            c.server.sendall(c.held)
+            c.server.shutdown(socket.SHUT_WR)
+            c.held, c.replayed = b"", True
+
+    def close(self):
+        self.sock.close()
+
+
+def raw(port, line, timeout=10.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(line)
+        buf = b""
+        while not buf.endswith(b"\r\n") or (buf.startswith(b"VALUE") and
+                                            not buf.endswith(b"END\r\n")):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+
+def stat_at_least(port, name, n, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = proxy_stats(port)
+        if int(st.get(name, 0)) >= n:
+            return st
+        assert time.monotonic() < deadline, (name, n, st)
+        time.sleep(0.05)
+
+
+def test_a_late_copy_of_a_deleted_key_does_not_bring_it_back(env):
+    mcs = env.servers(4)
+    relay = HoldRelay(mcs[3].port)
+    n4 = SimpleNamespace(addr=relay.addr, ident=4)
+    quick = {"timeout": 500, "migration": {"rate": 0, "delete_source": True,
+                                           "liveness": 2000}}
+    a = env.proxy(mcs[:3], extra=quick)
+    names = ["hk%d" % i for i in range(200)]
+    with open(a.conf_path + ".new", "w") as f:
+        f.write(env.config(mcs[:3] + [n4], a.port, extra=quick))
+    before, after = locate(a.conf_path, names), locate(a.conf_path + ".new", names)
+    k = next(x for x in names if after[x] == "mc4").encode()
+    old = mcs[int(before[k.decode()][2:]) - 1]
+    value = b"v-" + k
+    # the only key that moves: the mover's first listing holds it
+    assert raw(a.port, b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value)) == b"STORED\r\n"
+    time.sleep(1.2)     # indexed, and the heartbeat is in Redis
+    try:
+        with FakeProxy(env.r) as fake:
+            reload(a, env.config(mcs[:3] + [n4], a.port, extra=quick))
+            wait_phase(a.port, "prepared")
+            fake.ack = "prepared"
+            wait_phase(a.port, "switched")
+            relay.hold()                            # mc4 stops (SIGSTOP)
+            fake.ack = "switched"
+            wait_phase(a.port, "moving")
+            # 1. the mover's ms N ME gets no answer: a copy in doubt
+            stat_at_least(a.port, "migration:copies_in_doubt", 1)
+            # 2. a delete: a tombstone on O, its md on N lost
+            got = raw(a.port, b"delete %s\r\n" % k)
+            assert got == b"SERVER_ERROR backend connection lost\r\n", got
+            assert TOMB_VALUE in raw(old.port, b"mg %s v f\r\n" % k)
+            # 3. a read misses (the tombstone; N is not asked)
+            assert raw(a.port, b"gets %s\r\n" % k) == b"END\r\n"
+            # 4. mc4 resumes; the newer connections are served first (the
+            # delete's md included), the closed one holding the copy last
+            copy = [c for c in relay.held_closed() if b"ms " + k + b" " in c.held]
+            assert copy, [c.held[:80] for c in relay.held_closed()]
+            relay.release_open()
+            for c in relay.held_closed():
+                if c not in copy:
+                    relay.replay(c)
+            # 5. the mover looks at N again and finds nothing there yet
+            wait_until(lambda: relay.passed(b"mg %s " % k), timeout=30,
+                       what="the mover's look at the new owner")
+            time.sleep(0.2)     # its answer reaches the proxy
+            # 6. then memcached reaches the copy
+            for c in copy:
+                relay.replay(c)
+            fake.ack = "moving"
+        wait_migrated(a.port, 2)
+        # step 2's delete may have applied, and step 3 said it did: gone
+        # for good (through the relay: mc4's address in the ring)
+        assert raw(a.port, b"get %s\r\n" % k) == b"END\r\n", "the deleted value is back"
+        assert raw(a.port, b"delete %s\r\n" % k) == b"NOT_FOUND\r\n"
+        for m in mcs:
+            assert raw(m.port, b"mg %s v\r\n" % k) == b"EN\r\n", m.ident
+    finally:
+        relay.close()

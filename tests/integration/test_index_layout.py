@@ -31,11 +31,14 @@ def no_sweeper(env):
 
 def wait_index_idle(port):
     """The writer drained and the adoption rebuild (it may split sets while
-    the test reads them, one by one) is over."""
+    the test reads them, one by one) is over. Every test here starts on a
+    fresh prefix, whose first ring record asks for that rebuild: "done" it
+    must be, not merely not pending or running (the state is "none" until
+    the proxy's first poll of it; seen once under load)."""
     stats_until(port, lambda st: st["index:queued"] == "0" and
                 st["index:inflight"] == "0" and
-                st.get("index:rebuild_state") not in ("pending", "running"),
-                timeout=60, what="index writes to drain")
+                st.get("index:rebuild_state") == "done",
+                timeout=60, what="index writes to drain and the rebuild to end")
 
 
 def directory(r, base):

@@ -7,6 +7,16 @@
  * match callbacks in order. A failure fails every pending command (FAIL) and
  * the next command reconnects.
  *
+ * A timeout fails the commands waiting (FAIL) but keeps the socket: what
+ * was written may still run when a stopped server resumes, and memcached
+ * runs one connection's commands in order, not connections in the order
+ * they were written. Kept, the socket's later commands are answered after
+ * the abandoned ones ran, so a command sent on the same socket
+ * (mconn_socket) sees their effect (move.c, on_doubt_look). The abandoned
+ * slots' replies are read and dropped. A socket with more than
+ * MCONN_ABANDONED_MAX abandoned slots or MCONN_STALLED_OUT_MAX bytes it
+ * could not send is closed, as is an idle one at its timeout.
+ *
  * The backend is not trusted to speak the protocol: mreply_parse bounds every
  * line and value, and a reply it cannot parse, or one that comes when no
  * command waits, fails the connection (logged once) rather than being guessed
@@ -38,7 +48,7 @@ const char *const mreply_names[MREPLY_COUNT] = { MREPLY_CODEC(MREPLY_NAME) };
 #undef MREPLY_NAME
 
 struct mpending {
-    mconn_cb cb;
+    mconn_cb cb;                /* NULL: abandoned at a timeout */
     void *arg;
     STAILQ_ENTRY(mpending) link;
 };
@@ -54,9 +64,11 @@ struct mconn {
                                    NULL: getaddrinfo (the CLIs) */
     bool connected;
     STAILQ_HEAD(, mpending) pending;
-    uint32_t npending;
+    uint32_t npending;          /* slots, abandoned ones included */
+    uint32_t nabandoned;
     size_t max_value;           /* the longest VA value accepted */
     uint64_t gen;               /* bumped each time the socket is closed */
+    uint64_t sock;              /* the socket's id in the process, 0: none */
     struct defer *defer;        /* frees it at the end of the turn */
     bool closed;                /* mconn_free was called: freed by `defer` */
 };
@@ -67,7 +79,7 @@ static void mconn_destroy(void *arg)
 {
     struct mconn *c = arg;
 
-    assert(c->closed && c->npending == 0 && c->bev == NULL);
+    assert(c->closed && c->npending == 0 && c->nabandoned == 0 && c->bev == NULL);
     free(c->host);
     free(c);
 }
@@ -84,14 +96,17 @@ static void mconn_fail(struct mconn *c, const char *why)
         c->bev = NULL;
     }
     c->gen++;
+    c->sock = 0;
     c->connected = false;
     /* Detach the list first: a callback's new command goes to a new socket
      * and must not be failed with these. */
     STAILQ_CONCAT(&failed, &c->pending);
-    c->npending = 0;
+    c->npending = c->nabandoned = 0;
     while ((p = STAILQ_FIRST(&failed)) != NULL) {
         STAILQ_REMOVE_HEAD(&failed, link);
-        p->cb(p->arg, &r);
+        if (p->cb != NULL) {
+            p->cb(p->arg, &r);
+        }
         free(p);
     }
     assert(!c->closed || (c->npending == 0 && c->bev == NULL));
@@ -257,13 +272,56 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
         STAILQ_REMOVE_HEAD(&c->pending, link);
         assert(c->npending > 0);
         c->npending--;
-        p->cb(p->arg, &r);
+        if (p->cb == NULL) {
+            c->nabandoned--;        /* it ran: nobody waits for its answer */
+        } else {
+            p->cb(p->arg, &r);
+        }
         free(p);
         if (c->gen != gen || c->closed) {
             break;      /* the callback failed or freed the connection */
         }
         evbuffer_drain(in, used);
     }
+}
+
+/*
+ * A timeout on a connected socket: fail the commands waiting but keep the
+ * socket and their slots (the head comment says why). False: the socket
+ * must be closed instead (idle, or over its bounds).
+ */
+static bool mconn_abandon(struct mconn *c)
+{
+    struct mreply r = { .status = MREPLY_FAIL, .error = "timeout" };
+    struct mpending_list failed = STAILQ_HEAD_INITIALIZER(failed);
+    struct mpending *p;
+    uint32_t live = c->npending - c->nabandoned;
+
+    if (!c->connected || c->npending == 0 || c->nabandoned + live > MCONN_ABANDONED_MAX ||
+        evbuffer_get_length(bufferevent_get_output(c->bev)) > MCONN_STALLED_OUT_MAX) {
+        return false;
+    }
+    /* The callbacks go to a list of their own: one may send on this
+     * connection (a new slot, not abandoned) or free it. */
+    STAILQ_FOREACH(p, &c->pending, link) {
+        if (p->cb != NULL) {
+            struct mpending *f = malloc(sizeof(*f));
+            if (f == NULL) {
+                rp_oom("a timed-out meta command", sizeof(*f));
+            }
+            *f = *p;
+            STAILQ_INSERT_TAIL(&failed, f, link);
+            p->cb = NULL;
+            c->nabandoned++;
+        }
+    }
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);     /* a timeout disabled them */
+    while ((p = STAILQ_FIRST(&failed)) != NULL) {
+        STAILQ_REMOVE_HEAD(&failed, link);
+        p->cb(p->arg, &r);
+        free(p);
+    }
+    return true;
 }
 
 static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -275,6 +333,9 @@ static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
     }
     if (what & BEV_EVENT_CONNECTED) {
         c->connected = true;
+        return;
+    }
+    if ((what & BEV_EVENT_TIMEOUT) && mconn_abandon(c)) {
         return;
     }
     int dns_err = bufferevent_socket_get_dns_error(bev);
@@ -335,9 +396,11 @@ static struct bufferevent *mconn_bev(struct mconn *c)
 /* 0, or -1: the commands waiting fail (mconn_send). */
 static int mconn_connect(struct mconn *c)
 {
+    static uint64_t sockets;    /* ids: mconns live on every worker thread */
     struct sockaddr_storage ss;
     int len;
 
+    c->sock = __atomic_add_fetch(&sockets, 1, __ATOMIC_RELAXED);
     if (c->dns != NULL && !c->is_unix && resolve_numeric(c->host, c->port, &ss) == 0) {
         /* a name: resolved on the loop, connected when known
          * (mconn_event_cb reports a failure to resolve) */
@@ -440,7 +503,12 @@ int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
 
 uint32_t mconn_pending(const struct mconn *c)
 {
-    return c->npending;
+    return c->npending - c->nabandoned;
+}
+
+uint64_t mconn_socket(const struct mconn *c)
+{
+    return c->sock;
 }
 
 bool mreply_flag(const struct mreply *r, char f, int64_t *value)

@@ -80,6 +80,8 @@ struct mdoubt {
     int64_t dst_cas;            /* conflicts: the new owner's CAS */
     uint64_t since;             /* conflicts: first seen (ms); doubts: first
                                  * seen missing from a live N (0: not yet) */
+    uint64_t sent_on;           /* doubts: the socket the copy went on
+                                 * (mconn_socket) */
     uint16_t len;
     char key[];
 };
@@ -117,6 +119,7 @@ struct mop {
     int64_t vflags, ttl, src_cas, dst_cas;
     bool stored_copy;
     bool dest_checked;          /* the new owner's refusal was looked into */
+    uint64_t sent_on;           /* the socket its last command went on */
     bool src_tomb;              /* the old owner holds a tombstone */
 };
 

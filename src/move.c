@@ -172,13 +172,15 @@ static void table_drop(struct mdoubt **pp, uint64_t *count)
     }
 }
 
-static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64_t src_cas)
+static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64_t src_cas,
+                      uint64_t sent_on)
 {
     struct mdoubt *d = table_get(doubt_slot(m, k->key, k->len), k, &m->ndoubts);
 
     if (d != NULL) {
         d->vhash = vhash;
         d->src_cas = src_cas;
+        d->sent_on = sent_on;
         d->since = 0;           /* not yet seen missing from a live N */
     }
 }
@@ -451,6 +453,7 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
         mconn_send(mc, line, (size_t)n, data, data_len, cb, op) != 0) {
         return false;
     }
+    op->sent_on = mconn_socket(mc);
     return true;
 }
 
@@ -1879,7 +1882,7 @@ static void on_store_copy(void *arg, const struct mreply *r)
     if (r->status == MREPLY_FAIL && op->val != NULL) {
         /* No answer: the copy may land later (invariant I4, "Moving keys"). */
         doubt_add(op->m, op->k, value_hash(op->val, op->val_len, (uint32_t)op->vflags),
-                  op->src_cas);
+                  op->src_cas, op->sent_on);
     }
     if (r->status == MREPLY_NS && !op->dest_checked) {
         op->dest_checked = true;
@@ -2029,30 +2032,34 @@ static void on_doubt_cleared(void *arg, const struct mreply *r)
 }
 
 /*
- * Has the new owner, answering without a failure since it was first seen
- * without our copy, been up long enough to have run whatever a closed
- * connection of ours left in its socket buffer? A resumed memcached does
- * not run its connections in the order they were written: a look on a new
- * connection can be answered before a copy sent on one that timed out
- * (chaos scenario h). It runs them within its first loop turns; the bound
- * is that of conflict_settled without the liveness (docs/ARCHITECTURE.md,
+ * May a copy in doubt that a look did not find still land? A resumed
+ * memcached runs one connection's commands in order, but not connections
+ * in the order they were written: a look on another connection can be
+ * answered before the copy runs (chaos scenario h). A look sent on the
+ * copy's own socket (mconn.c keeps it past a timeout) ran after it: the
+ * answer is final. Else (the socket was closed with the copy unanswered)
+ * the new owner must have answered, with no failure between, for as long
+ * as conflict_settled's bound without the liveness (docs/ARCHITECTURE.md,
  * "A copy in doubt").
  */
-static bool doubt_drained(struct mig *m, struct mdoubt *d)
+static bool doubt_drained(const struct mop *op, struct mdoubt *d)
 {
-    uint64_t now = now_ms(m);
+    uint64_t now = now_ms(op->m);
 
+    if (d->sent_on != 0 && d->sent_on == op->sent_on) {
+        return true;
+    }
     if (d->since == 0) {
         d->since = now;
     }
-    return now >= d->since + 2 * (uint64_t)op_timeout_ms(m->p) + 1000;
+    return now >= d->since + 2 * (uint64_t)op_timeout_ms(op->m->p) + 1000;
 }
 
 /*
  * What the new owner holds of a key whose earlier copy is in doubt. Our
  * copy (same value and flags) is kept when the old owner has not changed
  * since it was read, else removed (conditionally) before the key moves.
- * A copy it does not hold is forgotten only once it may no longer land
+ * A copy it does not hold is forgotten only once it can no longer land
  * (doubt_drained); until then the key waits for a later pass.
  */
 static void on_doubt_look(void *arg, const struct mreply *r)
@@ -2072,7 +2079,7 @@ static void on_doubt_look(void *arg, const struct mreply *r)
     mreply_flag(r, 'c', &cas);
     bool ours = d != NULL && holds_value(r) &&
                 value_hash(r->value, r->value_len, (uint32_t)flags) == d->vhash;
-    if (!ours && d != NULL && !doubt_drained(op->m, d)) {
+    if (!ours && d != NULL && !doubt_drained(op, d)) {
         move_done(op, MOP_WAITING);
     } else if (!ours) {
         doubt_drop(op->m, op->k);

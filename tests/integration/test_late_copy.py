@@ -3,19 +3,20 @@ back after the key was deleted (chaos scenario h, "h-dest-stalls": a delete
 in doubt, a read that missed, then DELETED).
 
 The mover's `ms N ME` to a stopped new owner N times out: the copy is in
-doubt (move.c, doubt_add), and stays in N's socket buffer although the
-proxy closed the connection. A delete then leaves a tombstone on the old
-owner O and loses its md on N; reads miss. When N resumes, memcached does
-not run its connections in the order they were written: the mover's look
-on a new connection can be answered "nothing here" before the copy on the
-closed one runs. Forgetting the doubt at that answer let the mover clear
-O's tombstone, and the copy landed after: the deleted value was back. The
-mover now forgets a copy N does not hold only once N has answered for
-2 x timeout + 1 s (move.c, doubt_drained).
+doubt (move.c, doubt_add) and stays in N's socket buffer. A delete then
+leaves a tombstone on the old owner O and loses its md on N; reads miss.
+When N resumes, memcached runs one connection's commands in order, but not
+connections in the order they were written. The proxy used to close the
+socket at the timeout and look again on a new one: the look could be
+answered "nothing here" before the copy ran, the mover forgot the doubt
+and cleared O's tombstone, and the copy landed after: the deleted value was
+back. Now the socket is kept past a timeout (mconn.c), so the look runs
+behind the copy; a doubt whose socket was closed anyway is forgotten only
+once N has answered for 2 x timeout + 1 s (move.c, doubt_drained).
 
 A relay in front of N plays the stopped server: it holds every byte the
-proxy sends, then lets the open connections through, and the closed one
-holding the copy only after the mover's look passed.
+proxy sends, then lets every connection through but the one holding the
+copy, which it releases only after the mover looked at N again.
 """
 import socket
 import threading
@@ -104,29 +105,42 @@ class HoldRelay:
             for c in self.conns:
                 c.passing = False
 
-    def release_open(self):
-        """The newest connections first: every open one, and new ones from now on."""
+    def held(self):
+        """The connections whose bytes are held, newest first."""
+        with self.lock:
+            return [c for c in reversed(self.conns) if not c.passing and not c.replayed]
+
+    def release(self, c):
+        """Deliver what c holds; an open one is relayed from then on, a
+        closed one is hung up after (the server reads the EOF last)."""
+        with self.lock:
+            c.server.sendall(c.held)
+            c.held = b""
+            if c.closed:
+                c.server.shutdown(socket.SHUT_WR)
+                c.replayed = True
+            else:
+                c.passing = True
+
+    def release_all_but(self, keep):
+        """Every held connection but `keep`, newest first, and new ones
+        from now on."""
         with self.lock:
             self.holding = False
-            for c in self.conns:
-                if not c.closed and not c.passing:
-                    c.server.sendall(c.held)
-                    c.held, c.passing = b"", True
+        for c in self.held():
+            if c is not keep:
+                self.release(c)
 
     def passed(self, data):
         """Has `data` gone to the server on a connection since it was let through?"""
         with self.lock:
             return any(data in c.sent for c in self.conns)
 
-    def held_closed(self):
+    def holds(self, c, data, after):
+        """Does c hold `data` behind `after`?"""
         with self.lock:
-            return [c for c in self.conns if c.closed and not c.passing and not c.replayed]
-
-    def replay(self, c):
-        with self.lock:
-            c.server.sendall(c.held)
-            c.server.shutdown(socket.SHUT_WR)
-            c.held, c.replayed = b"", True
+            at = c.held.find(after)
+            return at >= 0 and c.held.find(data, at + len(after)) >= 0
 
     def close(self):
         self.sock.close()
@@ -189,21 +203,21 @@ def test_a_late_copy_of_a_deleted_key_does_not_bring_it_back(env):
             assert TOMB_VALUE in raw(old.port, b"mg %s v f\r\n" % k)
             # 3. a read misses (the tombstone; N is not asked)
             assert raw(a.port, b"gets %s\r\n" % k) == b"END\r\n"
-            # 4. mc4 resumes; the newer connections are served first (the
-            # delete's md included), the closed one holding the copy last
-            copy = [c for c in relay.held_closed() if b"ms " + k + b" " in c.held]
-            assert copy, [c.held[:80] for c in relay.held_closed()]
-            relay.release_open()
-            for c in relay.held_closed():
-                if c not in copy:
-                    relay.replay(c)
-            # 5. the mover looks at N again and finds nothing there yet
-            wait_until(lambda: relay.passed(b"mg %s " % k), timeout=30,
-                       what="the mover's look at the new owner")
-            time.sleep(0.2)     # its answer reaches the proxy
+            # 4. mc4 resumes, but runs the connection holding the copy last:
+            # every other one first (the delete's md among them)
+            copy = [c for c in relay.held() if b"ms " + k + b" " in c.held]
+            assert len(copy) == 1, [c.held[:80] for c in relay.held()]
+            relay.release_all_but(copy[0])
+            # 5. the mover looks at mc4 again: on another connection (whose
+            # answer cannot tell whether the copy will run), or behind the
+            # copy on its own (mconn.c keeps a socket past a timeout)
+            look = b"mg %s " % k
+            wait_until(lambda: relay.passed(look) or
+                       relay.holds(copy[0], look, after=b"ms %s " % k),
+                       timeout=30, what="the mover's look at the new owner")
+            time.sleep(0.2)     # an answer reaches the proxy
             # 6. then memcached reaches the copy
-            for c in copy:
-                relay.replay(c)
+            relay.release(copy[0])
             fake.ack = "moving"
         wait_migrated(a.port, 2)
         # step 2's delete may have applied, and step 3 said it did: gone

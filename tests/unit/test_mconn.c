@@ -330,6 +330,74 @@ START_TEST(every_pending_command_fails_with_the_connection)
 }
 END_TEST
 
+/* A timeout fails the commands waiting but keeps the socket: a command
+ * sent after it goes on the same socket and gets its own reply, once the
+ * abandoned one's has been read and dropped (mconn.c, head comment). */
+START_TEST(a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies)
+{
+    struct fake f = { 0 };
+    struct timeval tv = { 5, 0 };
+
+    fake_start(&f);
+    mconn_free(f.mc);
+    f.mc = mconn_new(f.defer, "127.0.0.1", f.port, false, 100);
+    f.chunks[0] = (struct chunk){ "HD c1\r\nHD c2\r\n", 0 };
+    f.nchunks = 1;
+    f.after_lines = 2;          /* the server answers once both arrived */
+    f.expect_calls = 1;
+    ck_assert_int_eq(mconn_send(f.mc, "mg a c", 6, NULL, 0, on_reply, &f), 0);
+    uint64_t sock = mconn_socket(f.mc);
+    ck_assert_uint_ne(sock, 0);
+    evtimer_add(f.deadline, &tv);
+    event_base_dispatch(f.base);
+    ck_assert_int_eq(f.ncalls, 1);
+    ck_assert_int_eq(f.st[0], MREPLY_FAIL);
+    ck_assert_str_eq(f.err[0], "timeout");
+    ck_assert_uint_eq(mconn_pending(f.mc), 0);
+    f.expect_calls = 2;
+    ck_assert_int_eq(mconn_send(f.mc, "mg b c", 6, NULL, 0, on_reply, &f), 0);
+    ck_assert_uint_eq(mconn_socket(f.mc), sock);
+    event_base_dispatch(f.base);
+    ck_assert_int_eq(f.ncalls, 2);
+    ck_assert_int_eq(f.st[1], MREPLY_HD);
+    ck_assert_int_eq(f.cas[1], 2);
+    ck_assert(!f.saw_eof);
+    ck_assert_uint_eq(mconn_socket(f.mc), sock);
+    fake_stop(&f);
+}
+END_TEST
+
+static void count_fail(void *arg, const struct mreply *r)
+{
+    int *n = arg;
+
+    ck_assert_int_eq(r->status, MREPLY_FAIL);
+    (*n)++;
+}
+
+/* Past MCONN_ABANDONED_MAX timed-out commands the socket is closed. */
+START_TEST(a_socket_holding_too_many_timed_out_commands_is_closed)
+{
+    struct fake f = { .wait_eof = true };
+    struct timeval tv = { 5, 0 };
+    int failed = 0;
+
+    fake_start(&f);
+    mconn_free(f.mc);
+    f.mc = mconn_new(f.defer, "127.0.0.1", f.port, false, 100);
+    f.after_lines = -1;         /* never answers */
+    for (int i = 0; i <= MCONN_ABANDONED_MAX; i++) {
+        ck_assert_int_eq(mconn_send(f.mc, "mg a c", 6, NULL, 0, count_fail, &failed), 0);
+    }
+    evtimer_add(f.deadline, &tv);
+    event_base_dispatch(f.base);       /* ends at the hang-up */
+    ck_assert(f.saw_eof);
+    ck_assert_int_eq(failed, MCONN_ABANDONED_MAX + 1);
+    ck_assert_uint_eq(mconn_socket(f.mc), 0);
+    fake_stop(&f);
+}
+END_TEST
+
 START_TEST(good_replies_in_pieces_and_server_errors_pass)
 {
     struct fake f = { 0 };
@@ -508,6 +576,8 @@ static Suite *mconn_suite(void)
     tcase_add_test(tc, an_overlong_line_fails_the_connection);
     tcase_add_test(tc, an_unsolicited_reply_fails_the_connection);
     tcase_add_test(tc, every_pending_command_fails_with_the_connection);
+    tcase_add_test(tc, a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies);
+    tcase_add_test(tc, a_socket_holding_too_many_timed_out_commands_is_closed);
     tcase_add_test(tc, good_replies_in_pieces_and_server_errors_pass);
     tcase_add_test(tc, a_callback_may_free_its_connection);
     tcase_add_test(tc, a_name_is_resolved_on_the_loop);

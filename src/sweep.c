@@ -1738,8 +1738,10 @@ void sweep_tick(struct sweep *s, uint64_t now, const struct sweep_env *env)
     if (s->rc == NULL && now >= s->next_connect) {
         redis_connect(s);
     }
+    /* at least a few reconnections, whatever a short reply_timeout says */
     if (!s->background && s->rc == NULL && s->connect_since != 0 &&
-        now > s->connect_since + s->rc_timeout) {
+        now > s->connect_since + (s->rc_timeout > 3 * SWEEP_RECONNECT_MS ?
+                                  s->rc_timeout : 3 * SWEEP_RECONNECT_MS)) {
         fail(s, "cannot reach Redis %s", s->redis_text);
     }
     if (!env->may_run) {

@@ -919,8 +919,10 @@ void backend_close(struct backend *be)
 
 bool backend_idle(const struct backend *be)
 {
-    if (be->mc != NULL && mconn_pending(be->mc) > 0) {
-        return false;
+    for (int k = 0; k < BACKEND_MC_COUNT; k++) {
+        if (be->mc[k] != NULL && mconn_pending(be->mc[k]) > 0) {
+            return false;
+        }
     }
     for (uint32_t i = 0; i < be->nconns; i++) {
         if (be->conns[i].nfrags > 0) {
@@ -930,26 +932,34 @@ bool backend_idle(const struct backend *be)
     return true;
 }
 
-struct mconn *backend_mc(struct backend *be, uint32_t timeout_ms, size_t max_value)
+struct mconn *backend_mc(struct backend *be, enum backend_mc_kind kind, uint32_t timeout_ms,
+                         size_t max_value)
 {
-    if (be->mc == NULL) {
-        be->mc = mconn_new(be->pool->w->defer, be->addr.host, be->addr.port,
-                           be->addr.is_unix, timeout_ms);
-        if (be->mc != NULL) {
-            mconn_set_max_value(be->mc, max_value);
+    struct mconn **mc = &be->mc[kind];
+
+    if (*mc == NULL) {
+        *mc = mconn_new(be->pool->w->defer, be->addr.host, be->addr.port,
+                        be->addr.is_unix, timeout_ms);
+        if (*mc != NULL) {
+            mconn_set_max_value(*mc, max_value);
+            if (kind == BACKEND_MC_MOVER) {
+                mconn_set_ordered(*mc);
+            }
             if (be->pool->w->dns != NULL) {
-                mconn_set_dns(be->mc, resolver_evdns(be->pool->w->dns));
+                mconn_set_dns(*mc, resolver_evdns(be->pool->w->dns));
             }
         }
     }
-    return be->mc;
+    return *mc;
 }
 
 void backend_mc_close(struct backend *be)
 {
-    struct mconn *mc = be->mc;
+    for (int k = 0; k < BACKEND_MC_COUNT; k++) {
+        struct mconn *mc = be->mc[k];
 
-    /* Cleared first: a failed command's callback may ask for it again. */
-    be->mc = NULL;
-    mconn_free(mc);
+        /* Cleared first: a failed command's callback may ask for it again. */
+        be->mc[k] = NULL;
+        mconn_free(mc);
+    }
 }

@@ -106,13 +106,20 @@ enum backend_state { BACKEND_STATE_CODEC(BACKEND_STATE_ENUM) BACKEND_STATE_COUNT
 #undef BACKEND_STATE_ENUM
 extern const char *const backend_state_names[BACKEND_STATE_COUNT];
 
+/* The two meta connections of a backend (backend_mc). */
+enum backend_mc_kind {
+    BACKEND_MC_CLIENT,          /* client commands on moving keys (move.c) */
+    BACKEND_MC_MOVER,           /* the mover's own: ordered (mconn.h) */
+    BACKEND_MC_COUNT
+};
+
 struct backend {
     struct pool *pool;
     uint32_t slot;              /* in pool.backends */
     char *identity;
     struct conf_addr addr;      /* own copy */
     bool retiring;              /* in no ring any more: closed once idle */
-    struct mconn *mc;           /* meta connection for moves: backend_mc */
+    struct mconn *mc[BACKEND_MC_COUNT];     /* meta connections: backend_mc */
     struct resolve_req *resolving;  /* the name, for connections RESOLVING */
     char dns_error[192];        /* "cannot resolve NAME: why" until a
                                    resolution succeeds ("": none); /healthz
@@ -145,13 +152,17 @@ void backend_close(struct backend *be);
 bool backend_idle(const struct backend *be);
 
 /*
- * The meta-protocol connection the migration's moves use, created on first
- * use (NULL: out of memory). The backend owns it: freed by backend_close or
- * backend_mc_close, never by its users.
+ * A meta-protocol connection the migration uses, created on first use
+ * (NULL: out of memory): the mover's own is ordered (mconn_set_ordered:
+ * a copy in doubt and the look that settles it go on one socket,
+ * docs/ARCHITECTURE.md, "A copy in doubt"), client commands on moving keys
+ * have the other. The backend owns them: freed by backend_close or
+ * backend_mc_close, never by their users.
  */
-struct mconn *backend_mc(struct backend *be, uint32_t timeout_ms, size_t max_value);
-/* Close the meta connection now: its commands in flight fail (their
- * callbacks run). The next backend_mc opens a new one. */
+struct mconn *backend_mc(struct backend *be, enum backend_mc_kind kind, uint32_t timeout_ms,
+                         size_t max_value);
+/* Close the meta connections now: their commands in flight fail (their
+ * callbacks run). The next backend_mc opens new ones. */
 void backend_mc_close(struct backend *be);
 
 /*

@@ -7,15 +7,20 @@
  * match callbacks in order. A failure fails every pending command (FAIL) and
  * the next command reconnects.
  *
- * A timeout fails the commands waiting (FAIL) but keeps the socket: what
- * was written may still run when a stopped server resumes, and memcached
- * runs one connection's commands in order, not connections in the order
- * they were written. Kept, the socket's later commands are answered after
- * the abandoned ones ran, so a command sent on the same socket
- * (mconn_socket) sees their effect (move.c, on_doubt_look). The abandoned
- * slots' replies are read and dropped. A socket with more than
- * MCONN_ABANDONED_MAX abandoned slots or MCONN_STALLED_OUT_MAX bytes it
- * could not send is closed, as is an idle one at its timeout.
+ * A timeout fails the commands waiting (FAIL). An ordered connection
+ * (mconn_set_ordered: the mover's) keeps its socket then: what was written
+ * may still run when a stopped server resumes, and memcached runs one
+ * connection's commands in order, not connections in the order they were
+ * written. Kept, the socket's later commands run after the abandoned ones,
+ * so a command sent on the same socket (mconn_socket) sees their effect
+ * (move.c, on_doubt_look). The abandoned slots' replies are read and
+ * dropped. Positions alone would then mismatch replies for good after one
+ * reply too few, so every command carries an opaque (O<n>) its reply must
+ * echo; a mismatch fails the connection. The socket is closed anyway past
+ * MCONN_ABANDONED_MAX abandoned slots, MCONN_STALLED_OUT_MAX bytes it could
+ * not send, or MCONN_SILENT_MAX_MS without a byte from the server (a host
+ * gone without a reset, a name that now points elsewhere), and when idle
+ * at its timeout.
  *
  * The backend is not trusted to speak the protocol: mreply_parse bounds every
  * line and value, and a reply it cannot parse, or one that comes when no
@@ -36,6 +41,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "clock.h"
 #include "defer.h"
 #include "log.h"
 #include "mem.h"
@@ -50,6 +56,7 @@ const char *const mreply_names[MREPLY_COUNT] = { MREPLY_CODEC(MREPLY_NAME) };
 struct mpending {
     mconn_cb cb;                /* NULL: abandoned at a timeout */
     void *arg;
+    uint32_t opaque;            /* ordered: the O<n> its reply echoes */
     STAILQ_ENTRY(mpending) link;
 };
 
@@ -66,6 +73,9 @@ struct mconn {
     STAILQ_HEAD(, mpending) pending;
     uint32_t npending;          /* slots, abandoned ones included */
     uint32_t nabandoned;
+    bool ordered;               /* mconn_set_ordered */
+    uint32_t next_opaque;
+    uint64_t heard_ms;          /* the server's last byte, or the connect */
     size_t max_value;           /* the longest VA value accepted */
     uint64_t gen;               /* bumped each time the socket is closed */
     uint64_t sock;              /* the socket's id in the process, 0: none */
@@ -227,6 +237,7 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
     struct evbuffer *in = bufferevent_get_input(bev);
     uint64_t gen = c->gen;
 
+    c->heard_ms = rp_clock_ms();
     while (c->gen == gen && !c->closed) {
         size_t avail = evbuffer_get_length(in);
         if (avail == 0) {
@@ -269,6 +280,12 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
             r.flags = NULL;
             r.flags_len = 0;
         }
+        int64_t opaque;
+        if (c->ordered && r.status != MREPLY_FAIL &&
+            (!mreply_flag(&r, 'O', &opaque) || opaque != (int64_t)p->opaque)) {
+            mconn_violation(c, "a reply that does not echo its command's opaque");
+            break;
+        }
         STAILQ_REMOVE_HEAD(&c->pending, link);
         assert(c->npending > 0);
         c->npending--;
@@ -297,8 +314,10 @@ static bool mconn_abandon(struct mconn *c)
     struct mpending *p;
     uint32_t live = c->npending - c->nabandoned;
 
-    if (!c->connected || c->npending == 0 || c->nabandoned + live > MCONN_ABANDONED_MAX ||
-        evbuffer_get_length(bufferevent_get_output(c->bev)) > MCONN_STALLED_OUT_MAX) {
+    if (!c->ordered || !c->connected || c->npending == 0 ||
+        c->nabandoned + live > MCONN_ABANDONED_MAX ||
+        evbuffer_get_length(bufferevent_get_output(c->bev)) > MCONN_STALLED_OUT_MAX ||
+        rp_clock_ms() - c->heard_ms > MCONN_SILENT_MAX_MS) {
         return false;
     }
     /* The callbacks go to a list of their own: one may send on this
@@ -333,6 +352,7 @@ static void mconn_event_cb(struct bufferevent *bev, short what, void *arg)
     }
     if (what & BEV_EVENT_CONNECTED) {
         c->connected = true;
+        c->heard_ms = rp_clock_ms();
         return;
     }
     if ((what & BEV_EVENT_TIMEOUT) && mconn_abandon(c)) {
@@ -489,7 +509,10 @@ int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
     struct evbuffer *out = bufferevent_get_output(c->bev);
     /* Half a command in the stream would put every later reply out of
      * step: no way out but to stop (mem.h). */
-    if (evbuffer_add(out, line, len) != 0 || evbuffer_add(out, "\r\n", 2) != 0 ||
+    p->opaque = c->next_opaque++;
+    if (evbuffer_add(out, line, len) != 0 ||
+        (c->ordered && evbuffer_add_printf(out, " O%u", (unsigned)p->opaque) < 0) ||
+        evbuffer_add(out, "\r\n", 2) != 0 ||
         (data != NULL && (evbuffer_add(out, data, data_len) != 0 ||
                           evbuffer_add(out, "\r\n", 2) != 0))) {
         rp_oom("a meta command", len + data_len + 4);
@@ -504,6 +527,11 @@ int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
 uint32_t mconn_pending(const struct mconn *c)
 {
     return c->npending - c->nabandoned;
+}
+
+void mconn_set_ordered(struct mconn *c)
+{
+    c->ordered = true;
 }
 
 uint64_t mconn_socket(const struct mconn *c)

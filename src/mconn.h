@@ -39,9 +39,10 @@ struct mreply {
 #define MCONN_LINE_MAX 2048                             /* a reply line, no CRLF */
 #define MCONN_MAX_VALUE_DEFAULT ((size_t)(1 << 20) + 64 * 1024)
 #define MCONN_MAX_VALUE_LIMIT ((size_t)1 << 30)         /* memcached's own -I limit */
-/* A socket kept past a timeout (mconn.c) is closed beyond these. */
+/* An ordered socket kept past a timeout (mconn.c) is closed beyond these. */
 #define MCONN_ABANDONED_MAX 4096                        /* timed-out commands */
 #define MCONN_STALLED_OUT_MAX ((size_t)16 << 20)        /* bytes not yet sent */
+#define MCONN_SILENT_MAX_MS 30000                       /* no byte from the server */
 
 /* Called once per command, in order; r and its pointers live for the call. */
 typedef void (*mconn_cb)(void *arg, const struct mreply *r);
@@ -75,11 +76,18 @@ void mconn_set_max_value(struct mconn *c, size_t bytes);
  * out of memory, cannot connect) and cb will not be called. */
 int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
                size_t data_len, mconn_cb cb, void *arg);
+/*
+ * Ordered (the mover's connections, before the first send): a timeout
+ * fails the commands waiting but keeps the socket, so the commands sent
+ * after them run after them (mconn_socket), and every command carries an
+ * opaque its reply must echo (a line sent must hold no O flag of its own).
+ */
+void mconn_set_ordered(struct mconn *c);
 /* Commands whose callback has not run (abandoned slots not counted). */
 uint32_t mconn_pending(const struct mconn *c);
 /* The current socket's id, unique in the process (0: none): commands sent
  * under one id run on one connection, in order, whatever their replies
- * (a timeout keeps the socket: mconn.c). */
+ * (an ordered connection keeps its socket at a timeout: mconn.c). */
 uint64_t mconn_socket(const struct mconn *c);
 
 /* The value of flag `f` in a reply's flags (e.g. 'c' in "c123"); false if

@@ -60,14 +60,16 @@ uint32_t op_timeout_ms(const struct pool *p)
     return p->conf->timeout > 0 ? (uint32_t)p->conf->timeout : 5000;
 }
 
-/* The backend's meta connection (it owns it: backend_mc). */
-static struct mconn *mc_of(struct backend *be)
+/* The backend's meta connection for op (it owns it: backend_mc): the
+ * mover's ordered one, or the one client commands use. */
+static struct mconn *mc_of(const struct mop *op, struct backend *be)
 {
     /* Bounded, but above what a client may store through us: the server
      * may hold larger items written around the proxy. */
     size_t cap = (size_t)be->pool->conf->item_size_max + 1024;
 
-    return backend_mc(be, op_timeout_ms(be->pool), cap > MIG_VALUE_MAX ? cap : MIG_VALUE_MAX);
+    return backend_mc(be, op->f == NULL ? BACKEND_MC_MOVER : BACKEND_MC_CLIENT,
+                      op_timeout_ms(be->pool), cap > MIG_VALUE_MAX ? cap : MIG_VALUE_MAX);
 }
 
 /* --- the key table ---------------------------------------------------------- */
@@ -448,7 +450,7 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
     va_start(ap, fmt);
     int n = vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    struct mconn *mc = mc_of(be);
+    struct mconn *mc = mc_of(op, be);
     if (mc == NULL || n < 0 || (size_t)n >= sizeof(line) ||
         mconn_send(mc, line, (size_t)n, data, data_len, cb, op) != 0) {
         return false;
@@ -1214,7 +1216,7 @@ static void meta_run(struct mop *op, struct backend *be, mconn_cb cb, bool cond)
         n += snprintf(line + n, mm->len + 32 - (size_t)n, " C%lld", (long long)op->old_cas);
     }
     mm->ran = be;
-    struct mconn *mc = op->m->closing || mig_fenced(op->m) ? NULL : mc_of(be);
+    struct mconn *mc = op->m->closing || mig_fenced(op->m) ? NULL : mc_of(op, be);
     int rc = mc != NULL ? mconn_send(mc, line, (size_t)n, data, dlen, cb, op) : -1;
     free(line);
     if (rc != 0) {

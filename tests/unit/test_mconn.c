@@ -330,18 +330,29 @@ START_TEST(every_pending_command_fails_with_the_connection)
 }
 END_TEST
 
-/* A timeout fails the commands waiting but keeps the socket: a command
- * sent after it goes on the same socket and gets its own reply, once the
- * abandoned one's has been read and dropped (mconn.c, head comment). */
+/* A new connection with a 100 ms timeout, ordered or not. */
+static void short_timeout(struct fake *f, bool ordered)
+{
+    mconn_free(f->mc);
+    f->mc = mconn_new(f->defer, "127.0.0.1", f->port, false, 100);
+    ck_assert_ptr_nonnull(f->mc);
+    if (ordered) {
+        mconn_set_ordered(f->mc);
+    }
+}
+
+/* An ordered connection's timeout fails the commands waiting but keeps the
+ * socket: a command sent after it goes on the same socket and gets its own
+ * reply (by its opaque), once the abandoned one's has been read and dropped
+ * (mconn.c, head comment). */
 START_TEST(a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies)
 {
     struct fake f = { 0 };
     struct timeval tv = { 5, 0 };
 
     fake_start(&f);
-    mconn_free(f.mc);
-    f.mc = mconn_new(f.defer, "127.0.0.1", f.port, false, 100);
-    f.chunks[0] = (struct chunk){ "HD c1\r\nHD c2\r\n", 0 };
+    short_timeout(&f, true);
+    f.chunks[0] = (struct chunk){ "HD c1 O0\r\nHD c2 O1\r\n", 0 };
     f.nchunks = 1;
     f.after_lines = 2;          /* the server answers once both arrived */
     f.expect_calls = 1;
@@ -383,8 +394,7 @@ START_TEST(a_socket_holding_too_many_timed_out_commands_is_closed)
     int failed = 0;
 
     fake_start(&f);
-    mconn_free(f.mc);
-    f.mc = mconn_new(f.defer, "127.0.0.1", f.port, false, 100);
+    short_timeout(&f, true);
     f.after_lines = -1;         /* never answers */
     for (int i = 0; i <= MCONN_ABANDONED_MAX; i++) {
         ck_assert_int_eq(mconn_send(f.mc, "mg a c", 6, NULL, 0, count_fail, &failed), 0);
@@ -394,6 +404,40 @@ START_TEST(a_socket_holding_too_many_timed_out_commands_is_closed)
     ck_assert(f.saw_eof);
     ck_assert_int_eq(failed, MCONN_ABANDONED_MAX + 1);
     ck_assert_uint_eq(mconn_socket(f.mc), 0);
+    fake_stop(&f);
+}
+END_TEST
+
+/* Unordered (client commands): a timeout closes the socket, as ever. */
+START_TEST(an_unordered_connection_is_closed_at_a_timeout)
+{
+    struct fake f = { .wait_eof = true };
+
+    fake_start(&f);
+    short_timeout(&f, false);
+    f.after_lines = -1;         /* never answers */
+    run(&f, 1);
+    ck_assert_int_eq(f.st[0], MREPLY_FAIL);
+    ck_assert_str_eq(f.err[0], "timeout");
+    ck_assert_uint_eq(mconn_socket(f.mc), 0);
+    fake_stop(&f);
+}
+END_TEST
+
+/* Ordered: a reply that does not echo its command's opaque (one reply too
+ * few or too many before it) fails the connection. */
+START_TEST(an_ordered_reply_with_another_commands_opaque_fails_the_connection)
+{
+    struct fake f = { .wait_eof = true };
+
+    fake_start(&f);
+    mconn_set_ordered(f.mc);
+    f.chunks[0] = (struct chunk){ "HD O0\r\nHD O2\r\n", 0 };
+    f.nchunks = 1;
+    run(&f, 2);
+    ck_assert_int_eq(f.st[0], MREPLY_HD);
+    ck_assert_int_eq(f.st[1], MREPLY_FAIL);
+    ck_assert_ptr_nonnull(strstr(f.err[1], "opaque"));
     fake_stop(&f);
 }
 END_TEST
@@ -578,6 +622,8 @@ static Suite *mconn_suite(void)
     tcase_add_test(tc, every_pending_command_fails_with_the_connection);
     tcase_add_test(tc, a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies);
     tcase_add_test(tc, a_socket_holding_too_many_timed_out_commands_is_closed);
+    tcase_add_test(tc, an_unordered_connection_is_closed_at_a_timeout);
+    tcase_add_test(tc, an_ordered_reply_with_another_commands_opaque_fails_the_connection);
     tcase_add_test(tc, good_replies_in_pieces_and_server_errors_pass);
     tcase_add_test(tc, a_callback_may_free_its_connection);
     tcase_add_test(tc, a_name_is_resolved_on_the_loop);

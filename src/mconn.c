@@ -16,11 +16,13 @@
  * (move.c, on_doubt_look). The abandoned slots' replies are read and
  * dropped. Positions alone would then mismatch replies for good after one
  * reply too few, so every command carries an opaque (O<n>) its reply must
- * echo; a mismatch fails the connection. The socket is closed anyway past
- * MCONN_ABANDONED_MAX abandoned slots, MCONN_STALLED_OUT_MAX bytes it could
- * not send, or MCONN_SILENT_MAX_MS without a byte from the server (a host
- * gone without a reset, a name that now points elsewhere), and when idle
- * at its timeout.
+ * echo; a mismatch fails the connection (an error line carries none: it
+ * is taken as the head command's, and the next mismatch fails it). The
+ * socket is closed anyway past MCONN_ABANDONED_MAX abandoned slots,
+ * MCONN_STALLED_OUT_MAX bytes it could not send, or MCONN_SILENT_MAX_MS
+ * (3 timeouts, if longer) without a byte from the server (a host gone
+ * without a reset, a name that now points elsewhere), and when idle at its
+ * timeout.
  *
  * The backend is not trusted to speak the protocol: mreply_parse bounds every
  * line and value, and a reply it cannot parse, or one that comes when no
@@ -313,11 +315,14 @@ static bool mconn_abandon(struct mconn *c)
     struct mpending_list failed = STAILQ_HEAD_INITIALIZER(failed);
     struct mpending *p;
     uint32_t live = c->npending - c->nabandoned;
+    /* the read timeout fires after timeout_ms of silence at the least */
+    uint64_t silent_max = MCONN_SILENT_MAX_MS > 3 * (uint64_t)c->timeout_ms ?
+                          MCONN_SILENT_MAX_MS : 3 * (uint64_t)c->timeout_ms;
 
     if (!c->ordered || !c->connected || c->npending == 0 ||
         c->nabandoned + live > MCONN_ABANDONED_MAX ||
         evbuffer_get_length(bufferevent_get_output(c->bev)) > MCONN_STALLED_OUT_MAX ||
-        rp_clock_ms() - c->heard_ms > MCONN_SILENT_MAX_MS) {
+        rp_clock_ms() - c->heard_ms > silent_max) {
         return false;
     }
     /* The callbacks go to a list of their own: one may send on this

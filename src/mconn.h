@@ -42,7 +42,7 @@ struct mreply {
 /* An ordered socket kept past a timeout (mconn.c) is closed beyond these. */
 #define MCONN_ABANDONED_MAX 4096                        /* timed-out commands */
 #define MCONN_STALLED_OUT_MAX ((size_t)16 << 20)        /* bytes not yet sent */
-#define MCONN_SILENT_MAX_MS 30000                       /* no byte from the server */
+#define MCONN_SILENT_MAX_MS 60000       /* no byte from the server (or 3 timeouts) */
 
 /* Called once per command, in order; r and its pointers live for the call. */
 typedef void (*mconn_cb)(void *arg, const struct mreply *r);

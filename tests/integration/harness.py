@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -728,3 +729,40 @@ def run_cli(*args, check=False):
     """Run `ringproxy ARGS...`: the CompletedProcess (text stdout/stderr)."""
     return subprocess.run([RINGPROXY] + [str(a) for a in args], capture_output=True,
                           text=True, timeout=60, check=check)
+
+
+class TcpRelay:
+    """A listener on 127.0.0.1 (a free port: .port, .addr) in front of a
+    server: each connection accepted is paired with a new one to
+    target_port and handed to attach(client, server), which subclasses
+    define. A subclass sets its own state before calling __init__ (the
+    accept thread starts in it). close() stops accepting."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.addr = "127.0.0.1:%d" % self.port
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            self.attach(client, server)
+
+    def attach(self, client, server):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()

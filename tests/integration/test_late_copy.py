@@ -23,46 +23,32 @@ import threading
 import time
 from types import SimpleNamespace
 
-from harness import locate, wait_until
+from harness import TcpRelay, locate, wait_until
 from test_migration import (FakeProxy, TOMB_VALUE, env, proxy_stats,  # noqa: F401
                             reload, wait_migrated, wait_phase)
 
 
-class HoldRelay:
+class HoldRelay(TcpRelay):
     """A relay in front of a memcached server. While holding, bytes from the
     proxy are kept per connection (as a stopped server's socket buffers keep
     them, also after the proxy closed the connection) and nothing is
-    answered. release_open() delivers what the open connections hold and
-    relays them from then on; replay(pred) delivers what closed connections
-    hold, one connection at a time, in the order the test picks."""
+    answered; release() delivers what a connection holds, in the order the
+    test picks."""
 
     def __init__(self, target_port):
-        self.target = target_port
         self.lock = threading.Lock()
         self.holding = False
         self.conns = []
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self.addr = "127.0.0.1:%d" % self.port
-        threading.Thread(target=self.serve, daemon=True).start()
+        super().__init__(target_port)
 
-    def serve(self):
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            with self.lock:
-                c = SimpleNamespace(client=client, server=server, held=b"",
-                                    passing=not self.holding, closed=False,
-                                    replayed=False, n=len(self.conns), sent=b"")
-                self.conns.append(c)
-            threading.Thread(target=self.up, args=(c,), daemon=True).start()
-            threading.Thread(target=self.down, args=(c,), daemon=True).start()
+    def attach(self, client, server):
+        with self.lock:
+            c = SimpleNamespace(client=client, server=server, held=b"",
+                                passing=not self.holding, closed=False,
+                                replayed=False, n=len(self.conns), sent=b"")
+            self.conns.append(c)
+        threading.Thread(target=self.up, args=(c,), daemon=True).start()
+        threading.Thread(target=self.down, args=(c,), daemon=True).start()
 
     def up(self, c):
         while True:
@@ -141,10 +127,6 @@ class HoldRelay:
         with self.lock:
             at = c.held.find(after)
             return at >= 0 and c.held.find(data, at + len(after)) >= 0
-
-    def close(self):
-        self.sock.close()
-
 
 def raw(port, line, timeout=10.0):
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

@@ -13,7 +13,7 @@ import pytest
 import redis
 from pymemcache.client.base import Client
 
-from harness import free_port, locate, pool_yaml, wait_until
+from harness import TcpRelay, free_port, locate, pool_yaml, wait_until
 
 SETTLE = 60.0     # upper bound for a migration to finish in these tests
 
@@ -982,7 +982,7 @@ def test_a_value_next_to_a_tombstone_is_no_key_for_any_command(env, cluster, pha
     assert all(k not in m.keys() for m in mcs)
 
 
-class Relay:
+class Relay(TcpRelay):
     """A byte relay in front of a memcached server that runs the test's
     action (once) just before it passes on a command line the test armed:
     something then happens on the server exactly between two of the proxy's
@@ -990,24 +990,12 @@ class Relay:
     whole tokens) to its action; relays may share it."""
 
     def __init__(self, target_port, hooks):
-        self.target, self.hooks = target_port, hooks
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self.addr = "127.0.0.1:%d" % self.port
-        threading.Thread(target=self.serve, daemon=True).start()
+        self.hooks = hooks
+        super().__init__(target_port)
 
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self.up, args=(conn, server), daemon=True).start()
-            threading.Thread(target=self.down, args=(server, conn), daemon=True).start()
+    def attach(self, client, server):
+        threading.Thread(target=self.up, args=(client, server), daemon=True).start()
+        threading.Thread(target=self.down, args=(server, client), daemon=True).start()
 
     @staticmethod
     def down(src, dst):
@@ -1044,9 +1032,6 @@ class Relay:
         except OSError:
             pass
         dst.close()
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.mark.parametrize("phase", ["prepared", "moving"])

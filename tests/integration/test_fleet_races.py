@@ -23,7 +23,7 @@ import time
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError
 
-from harness import Wire, free_port, locate, pool_yaml
+from harness import TcpRelay, Wire, free_port, locate, pool_yaml
 from test_migration import (env, pool_config, proxy_stats, reload,  # noqa: F401
                             wait_migrated, wait_ready)
 
@@ -100,43 +100,26 @@ class FakeProxy:
         self.r.hdel("rp:cache:proxies", "fake:1:0000")
 
 
-class HoldingRelay:
+class HoldingRelay(TcpRelay):
     """A TCP relay in front of one memcached. hold(key) makes it stop
     forwarding a connection's bytes toward memcached at the first
     "md <key>" command it sees on it (what came before goes through);
     release() sends what it held. Replies always flow."""
 
     def __init__(self, target_port):
-        self.target = target_port
-        self.ls = socket.socket()
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(64)
-        self.port = self.ls.getsockname()[1]
         self.cv = threading.Condition()
         self.pattern = None
         self.held = []          # (server socket, bytes)
         self.holding = False
-        self.closed = False
         self.socks = []
-        threading.Thread(target=self.accept_loop, daemon=True).start()
+        super().__init__(target_port)
 
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def accept_loop(self):
-        while not self.closed:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            s = socket.create_connection(("127.0.0.1", self.target))
-            for x in (c, s):
-                x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.socks += [c, s]
-            threading.Thread(target=self.up, args=(c, s), daemon=True).start()
-            threading.Thread(target=self.down, args=(s, c), daemon=True).start()
+    def attach(self, c, s):
+        for x in (c, s):
+            x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.socks += [c, s]
+        threading.Thread(target=self.up, args=(c, s), daemon=True).start()
+        threading.Thread(target=self.down, args=(s, c), daemon=True).start()
 
     def up(self, c, s):
         mine = False        # this connection is the one held
@@ -196,8 +179,7 @@ class HoldingRelay:
             self.pattern = None
 
     def close(self):
-        self.closed = True
-        self.ls.close()
+        super().close()
         for x in self.socks:
             try:
                 x.close()

@@ -312,38 +312,35 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
 static bool mconn_abandon(struct mconn *c)
 {
     struct mreply r = { .status = MREPLY_FAIL, .error = "timeout" };
-    struct mpending_list failed = STAILQ_HEAD_INITIALIZER(failed);
-    struct mpending *p;
+    uint64_t gen = c->gen;
     uint32_t live = c->npending - c->nabandoned;
     /* the read timeout fires after timeout_ms of silence at the least */
     uint64_t silent_max = MCONN_SILENT_MAX_MS > 3 * (uint64_t)c->timeout_ms ?
                           MCONN_SILENT_MAX_MS : 3 * (uint64_t)c->timeout_ms;
 
     if (!c->ordered || !c->connected || c->npending == 0 ||
-        c->nabandoned + live > MCONN_ABANDONED_MAX ||
+        c->npending > MCONN_ABANDONED_MAX ||
         evbuffer_get_length(bufferevent_get_output(c->bev)) > MCONN_STALLED_OUT_MAX ||
         rp_clock_ms() - c->heard_ms > silent_max) {
         return false;
     }
-    /* The callbacks go to a list of their own: one may send on this
-     * connection (a new slot, not abandoned) or free it. */
-    STAILQ_FOREACH(p, &c->pending, link) {
-        if (p->cb != NULL) {
-            struct mpending *f = malloc(sizeof(*f));
-            if (f == NULL) {
-                rp_oom("a timed-out meta command", sizeof(*f));
-            }
-            *f = *p;
-            STAILQ_INSERT_TAIL(&failed, f, link);
-            p->cb = NULL;
-            c->nabandoned++;
-        }
-    }
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);     /* a timeout disabled them */
-    while ((p = STAILQ_FIRST(&failed)) != NULL) {
-        STAILQ_REMOVE_HEAD(&failed, link);
-        p->cb(p->arg, &r);
-        free(p);
+    /* The `live` waiting now: a callback's new command goes after them
+     * (not abandoned); one that fails or frees the connection has every
+     * other slot failed with it. */
+    for (struct mpending *p = STAILQ_FIRST(&c->pending); live > 0 && p != NULL;
+         p = STAILQ_NEXT(p, link)) {
+        if (p->cb == NULL) {
+            continue;
+        }
+        mconn_cb cb = p->cb;
+        p->cb = NULL;
+        c->nabandoned++;
+        live--;
+        cb(p->arg, &r);
+        if (c->gen != gen || c->closed) {
+            break;
+        }
     }
     return true;
 }

@@ -23,9 +23,10 @@ import threading
 import time
 from types import SimpleNamespace
 
-from harness import TcpRelay, locate, wait_until
-from test_migration import (FakeProxy, TOMB_VALUE, env, proxy_stats,  # noqa: F401
-                            reload, wait_migrated, wait_phase)
+from harness import TcpRelay, locate, stats_until, wait_until
+from test_meta import run_battery
+from test_migration import (FakeProxy, TOMB_VALUE, env, reload,  # noqa: F401
+                            wait_migrated, wait_phase)
 
 
 class HoldRelay(TcpRelay):
@@ -45,7 +46,7 @@ class HoldRelay(TcpRelay):
         with self.lock:
             c = SimpleNamespace(client=client, server=server, held=b"",
                                 passing=not self.holding, closed=False,
-                                replayed=False, n=len(self.conns), sent=b"")
+                                replayed=False, sent=b"")
             self.conns.append(c)
         threading.Thread(target=self.up, args=(c,), daemon=True).start()
         threading.Thread(target=self.down, args=(c,), daemon=True).start()
@@ -128,27 +129,10 @@ class HoldRelay(TcpRelay):
             at = c.held.find(after)
             return at >= 0 and c.held.find(data, at + len(after)) >= 0
 
-def raw(port, line, timeout=10.0):
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(line)
-        buf = b""
-        while not buf.endswith(b"\r\n") or (buf.startswith(b"VALUE") and
-                                            not buf.endswith(b"END\r\n")):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        return buf
 
-
-def stat_at_least(port, name, n, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = proxy_stats(port)
-        if int(st.get(name, 0)) >= n:
-            return st
-        assert time.monotonic() < deadline, (name, n, st)
-        time.sleep(0.05)
+def raw(port, line):
+    """One command's answer, read as test_meta reads a battery's."""
+    return run_battery(("127.0.0.1", port), [line])[0]
 
 
 def test_a_late_copy_of_a_deleted_key_does_not_bring_it_back(env):
@@ -178,7 +162,8 @@ def test_a_late_copy_of_a_deleted_key_does_not_bring_it_back(env):
             fake.ack = "switched"
             wait_phase(a.port, "moving")
             # 1. the mover's ms N ME gets no answer: a copy in doubt
-            stat_at_least(a.port, "migration:copies_in_doubt", 1)
+            stats_until(a.port, lambda st: int(st["migration:copies_in_doubt"]) >= 1,
+                        timeout=30, what="the mover's copy to be in doubt")
             # 2. a delete: a tombstone on O, its md on N lost
             got = raw(a.port, b"delete %s\r\n" % k)
             assert got == b"SERVER_ERROR backend connection lost\r\n", got

@@ -56,6 +56,7 @@ struct fake {
     /* hooks a callback runs */
     struct mconn *mc;
     bool free_in_first_cb;
+    bool send_in_first_cb;
 };
 
 static void maybe_done(struct fake *f)
@@ -184,6 +185,9 @@ static void on_reply(void *arg, const struct mreply *r)
     }
     f->cas[i] = -1;
     mreply_flag(r, 'c', &f->cas[i]);
+    if (i == 0 && f->send_in_first_cb) {
+        ck_assert_int_eq(mconn_send(f->mc, "mg c c", 6, NULL, 0, on_reply, f), 0);
+    }
     if (i == 0 && f->free_in_first_cb) {
         mconn_free(f->mc);      /* a callback may free its own connection */
         f->mc = NULL;
@@ -191,19 +195,25 @@ static void on_reply(void *arg, const struct mreply *r)
     maybe_done(f);
 }
 
+/* Run the loop until the test's end (maybe_done) or 5 s passed. */
+static void dispatch(struct fake *f)
+{
+    struct timeval tv = { 5, 0 };
+
+    evtimer_add(f->deadline, &tv);
+    event_base_dispatch(f->base);
+}
+
 /* Send n mg commands, run until the callbacks (and the hang-up, if asked)
  * came, or 5 s passed. */
 static void run(struct fake *f, int n)
 {
-    struct timeval tv = { 5, 0 };
-
     f->after_lines = n;
     f->expect_calls = n;
     for (int i = 0; i < n; i++) {
         ck_assert_int_eq(mconn_send(f->mc, "mg k v f t c", 12, NULL, 0, on_reply, f), 0);
     }
-    evtimer_add(f->deadline, &tv);
-    event_base_dispatch(f->base);
+    dispatch(f);
     ck_assert_int_eq(f->ncalls, n);
     if (f->wait_eof) {
         ck_assert_msg(f->saw_eof, "the connection was not closed");
@@ -348,7 +358,6 @@ static void short_timeout(struct fake *f, bool ordered)
 START_TEST(a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies)
 {
     struct fake f = { 0 };
-    struct timeval tv = { 5, 0 };
 
     fake_start(&f);
     short_timeout(&f, true);
@@ -359,8 +368,7 @@ START_TEST(a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies)
     ck_assert_int_eq(mconn_send(f.mc, "mg a c", 6, NULL, 0, on_reply, &f), 0);
     uint64_t sock = mconn_socket(f.mc);
     ck_assert_uint_ne(sock, 0);
-    evtimer_add(f.deadline, &tv);
-    event_base_dispatch(f.base);
+    dispatch(&f);
     ck_assert_int_eq(f.ncalls, 1);
     ck_assert_int_eq(f.st[0], MREPLY_FAIL);
     ck_assert_str_eq(f.err[0], "timeout");
@@ -368,12 +376,38 @@ START_TEST(a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies)
     f.expect_calls = 2;
     ck_assert_int_eq(mconn_send(f.mc, "mg b c", 6, NULL, 0, on_reply, &f), 0);
     ck_assert_uint_eq(mconn_socket(f.mc), sock);
-    event_base_dispatch(f.base);
+    dispatch(&f);
     ck_assert_int_eq(f.ncalls, 2);
     ck_assert_int_eq(f.st[1], MREPLY_HD);
     ck_assert_int_eq(f.cas[1], 2);
     ck_assert(!f.saw_eof);
     ck_assert_uint_eq(mconn_socket(f.mc), sock);
+    fake_stop(&f);
+}
+END_TEST
+
+/* A timed-out command's callback that sends a new one: the new one is
+ * not abandoned with the others, and gets its own reply. */
+START_TEST(a_command_sent_from_a_timeout_callback_is_not_abandoned)
+{
+    struct fake f = { .send_in_first_cb = true };
+
+    fake_start(&f);
+    short_timeout(&f, true);
+    f.chunks[0] = (struct chunk){ "HD O0\r\nHD O1\r\nHD c3 O2\r\n", 0 };
+    f.nchunks = 1;
+    f.after_lines = 3;          /* the one sent from the callback */
+    f.expect_calls = 3;
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(mconn_send(f.mc, "mg a c", 6, NULL, 0, on_reply, &f), 0);
+    }
+    dispatch(&f);
+    ck_assert_int_eq(f.ncalls, 3);
+    ck_assert_int_eq(f.st[0], MREPLY_FAIL);
+    ck_assert_int_eq(f.st[1], MREPLY_FAIL);
+    ck_assert_int_eq(f.st[2], MREPLY_HD);
+    ck_assert_int_eq(f.cas[2], 3);
+    ck_assert_uint_eq(mconn_pending(f.mc), 0);
     fake_stop(&f);
 }
 END_TEST
@@ -390,7 +424,6 @@ static void count_fail(void *arg, const struct mreply *r)
 START_TEST(a_socket_holding_too_many_timed_out_commands_is_closed)
 {
     struct fake f = { .wait_eof = true };
-    struct timeval tv = { 5, 0 };
     int failed = 0;
 
     fake_start(&f);
@@ -399,8 +432,7 @@ START_TEST(a_socket_holding_too_many_timed_out_commands_is_closed)
     for (int i = 0; i <= MCONN_ABANDONED_MAX; i++) {
         ck_assert_int_eq(mconn_send(f.mc, "mg a c", 6, NULL, 0, count_fail, &failed), 0);
     }
-    evtimer_add(f.deadline, &tv);
-    event_base_dispatch(f.base);       /* ends at the hang-up */
+    dispatch(&f);                       /* ends at the hang-up */
     ck_assert(f.saw_eof);
     ck_assert_int_eq(failed, MCONN_ABANDONED_MAX + 1);
     ck_assert_uint_eq(mconn_socket(f.mc), 0);
@@ -622,6 +654,7 @@ static Suite *mconn_suite(void)
     tcase_add_test(tc, every_pending_command_fails_with_the_connection);
     tcase_add_test(tc, a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies);
     tcase_add_test(tc, a_socket_holding_too_many_timed_out_commands_is_closed);
+    tcase_add_test(tc, a_command_sent_from_a_timeout_callback_is_not_abandoned);
     tcase_add_test(tc, an_unordered_connection_is_closed_at_a_timeout);
     tcase_add_test(tc, an_ordered_reply_with_another_commands_opaque_fails_the_connection);
     tcase_add_test(tc, good_replies_in_pieces_and_server_errors_pass);

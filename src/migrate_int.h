@@ -121,6 +121,7 @@ struct mop {
     bool dest_checked;          /* the new owner's refusal was looked into */
     uint64_t sent_on;           /* the socket its last command went on */
     bool src_tomb;              /* the old owner holds a tombstone */
+    bool src_gone;              /* ... nothing (a copy in doubt is settled) */
 };
 
 struct mig_arc {
@@ -231,6 +232,13 @@ struct mig {
     struct mdoubt *doubts[MIG_BUCKETS];
     struct mdoubt *conflicts[MIG_BUCKETS];  /* both owners hold a value */
     uint64_t ndoubts, nconflicts, conflicts_settled;
+    /* doubts left once every pass is over: visited in rounds (move.c,
+     * doubts_pump) until none is left; the migration ends only then */
+    uint32_t doubt_bucket;      /* where the round is */
+    bool doubt_pumping;         /* a round is being started */
+    uint32_t doubt_backoff_ms;
+    uint64_t doubt_retry_at;    /* next round not before (ms) */
+    uint64_t doubt_rounds;
     uint64_t keys_moved, keys_stale, keys_skipped, keys_failed, keys_retried,
              client_ops, index_moved, tombs_written, tombs_cleared, fallback_reads;
     uint64_t unindexed_moved, closing_listed, closing_refused;  /* closing.c */

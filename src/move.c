@@ -1967,7 +1967,16 @@ static void on_fetch(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
 
-    if (r->status == MREPLY_EN) {
+    op->src_gone = r->status == MREPLY_EN;
+    if (op->src_gone && *doubt_slot(op->m, op->k->key, op->k->len) != NULL) {
+        /* O lost the key (evicted, or written and deleted through N since),
+         * but our copy may still land on N: settle it before letting go. */
+        op->src_tomb = false;
+        SEND_OR_FAIL(op, op->to, on_doubt_look, NULL, 0, "mg %.*s v f c",
+                     (int)op->k->len, op->k->key);
+        return;
+    }
+    if (op->src_gone) {
         move_done(op, MOP_STALE);
         return;
     }
@@ -2016,6 +2025,16 @@ static void move_copy(struct mop *op)
                  (long long)ttl_for_store(op->ttl));
 }
 
+/* A doubt is settled: copy what O holds, or end if it holds nothing. */
+static void move_resume(struct mop *op)
+{
+    if (op->src_gone) {
+        move_done(op, MOP_STALE);
+    } else {
+        move_copy(op);
+    }
+}
+
 /* After a late copy of ours was removed from the new owner. */
 static void on_doubt_cleared(void *arg, const struct mreply *r)
 {
@@ -2030,7 +2049,7 @@ static void on_doubt_cleared(void *arg, const struct mreply *r)
         return;
     }
     doubt_drop(op->m, op->k);
-    move_copy(op);
+    move_resume(op);
 }
 
 /*
@@ -2085,8 +2104,8 @@ static void on_doubt_look(void *arg, const struct mreply *r)
         move_done(op, MOP_WAITING);
     } else if (!ours) {
         doubt_drop(op->m, op->k);
-        move_copy(op);
-    } else if (!op->src_tomb && op->src_cas == d->src_cas) {
+        move_resume(op);
+    } else if (!op->src_gone && !op->src_tomb && op->src_cas == d->src_cas) {
         doubt_drop(op->m, op->k);
         op->stored_copy = true;
         op->dst_cas = cas;
@@ -2350,6 +2369,63 @@ static void second_pass(struct mig *m)
                "keys indexed meanwhile", m->p->name);
 }
 
+/*
+ * Every pass is over but copies are still in doubt: a key whose entry left
+ * the index meanwhile (the sweeper, a client's write) is in no arc's
+ * listing, yet its copy may land on N after a client deleted the key
+ * there. Each such key is moved again, which settles its doubt first
+ * (on_fetch, on_doubt_look), in rounds after a pause that doubles up to
+ * the arcs' bound, until none is left. Returns true when none is left.
+ */
+static bool doubts_pump(struct mig *m)
+{
+    if (m->ndoubts == 0) {
+        return true;
+    }
+    if (m->doubt_pumping || (m->doubt_bucket == 0 && now_ms(m) < m->doubt_retry_at)) {
+        return false;   /* a move that failed at once ends inside the loop below */
+    }
+    if (m->doubt_bucket == 0 && m->doubt_rounds++ % 8 == 0) {
+        log_notice("migration", "%s: every pass is over; %llu copies in doubt settled "
+                   "before the end (%s)", m->p->name, (unsigned long long)m->ndoubts,
+                   m->blocked[0] != '\0' ? m->blocked : "the new owners answer");
+    }
+    uint32_t limit = inflight_limit(m);
+    m->doubt_pumping = true;
+    for (; m->doubt_bucket < MIG_BUCKETS; m->doubt_bucket++) {
+        for (struct mdoubt *d = m->doubts[m->doubt_bucket]; d != NULL; d = d->next) {
+            if (m->inflight >= limit) {
+                m->doubt_pumping = false;
+                return false;   /* the rest of this bucket after these end */
+            }
+            int32_t i = arc_of(m, ring_key_hash(m->from, d->key, d->len));
+            struct mop *op = i >= 0 && m->diff.arcs[i].moves ? calloc(1, sizeof(*op)) : NULL;
+            if (op == NULL) {
+                continue;       /* out of memory: the next round */
+            }
+            const struct ring_arc *arc = &m->diff.arcs[i];
+            op->arc = i;
+            op->from = m->from_be[m->from->points[arc->from].server];
+            op->to = m->to_be[m->to->points[arc->to].server];
+            m->arcs[i].inflight++;
+            m->inflight++;
+            if (!mop_enqueue(m, op, d->key, d->len)) {
+                m->arcs[i].inflight--;
+                m->inflight--;
+                mop_free(op);
+            }
+        }
+    }
+    m->doubt_pumping = false;
+    m->doubt_bucket = 0;
+    m->doubt_backoff_ms = m->doubt_backoff_ms ? m->doubt_backoff_ms * 2 : MIG_ARC_RETRY_MIN_MS;
+    if (m->doubt_backoff_ms > MIG_ARC_RETRY_MAX_MS) {
+        m->doubt_backoff_ms = MIG_ARC_RETRY_MAX_MS;
+    }
+    m->doubt_retry_at = now_ms(m) + m->doubt_backoff_ms;
+    return false;
+}
+
 /* Start as much work as the rate and the in-flight bound allow. */
 void bulk_pump(struct mig *m)
 {
@@ -2367,7 +2443,7 @@ void bulk_pump(struct mig *m)
             if (m->pass == 2 && !closing_begin(m)) {
                 return;
             }
-            if (closing_pump(m) && m->inflight == 0) {
+            if (closing_pump(m) && m->inflight == 0 && doubts_pump(m)) {
                 /* Client commands still running need not end first: their
                  * switched rules are a neighbour of the stable new ring. */
                 mig_finish(m);

@@ -195,3 +195,65 @@ def test_a_late_copy_of_a_deleted_key_does_not_bring_it_back(env):
             assert raw(m.port, b"mg %s v\r\n" % k) == b"EN\r\n", m.ident
     finally:
         relay.close()
+
+
+def test_a_late_copy_after_the_old_owner_lost_the_key_does_not_outlive_a_delete(env):
+    """The copy is in doubt, and the old owner then loses the key (memcached
+    evicted it): the mover's next look at O finds nothing. It used to end
+    the key's move there ("stale") and keep the doubt without ever looking
+    at N again; the migration could end with it. A client then writes the
+    key (on N) and deletes it, and the copy, delivered late (a TCP flow
+    behind a partition, retransmitted after the others), lands on the
+    emptied N: the deleted key read back with the value written before.
+    Now the mover settles the doubt on N before it lets the key go, and the
+    migration waits for every doubt (move.c, doubt_settle)."""
+    mcs = env.servers(4)
+    relay = HoldRelay(mcs[3].port)
+    n4 = SimpleNamespace(addr=relay.addr, ident=4)
+    quick = {"timeout": 500, "migration": {"rate": 0, "delete_source": True,
+                                           "liveness": 2000}}
+    a = env.proxy(mcs[:3], extra=quick)
+    names = ["sk%d" % i for i in range(200)]
+    with open(a.conf_path + ".new", "w") as f:
+        f.write(env.config(mcs[:3] + [n4], a.port, extra=quick))
+    before, after = locate(a.conf_path, names), locate(a.conf_path + ".new", names)
+    k = next(x for x in names if after[x] == "mc4").encode()
+    old = mcs[int(before[k.decode()][2:]) - 1]
+    value = b"v1-" + k
+    assert raw(a.port, b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value)) == b"STORED\r\n"
+    time.sleep(1.2)     # indexed, and the heartbeat is in Redis
+    try:
+        with FakeProxy(env.r) as fake:
+            reload(a, env.config(mcs[:3] + [n4], a.port, extra=quick))
+            wait_phase(a.port, "prepared")
+            fake.ack = "prepared"
+            wait_phase(a.port, "switched")
+            relay.hold()
+            fake.ack = "switched"
+            wait_phase(a.port, "moving")
+            # 1. the copy gets no answer: in doubt, held in its flow
+            stats_until(a.port, lambda st: int(st["migration:copies_in_doubt"]) >= 1,
+                        timeout=30, what="the mover's copy to be in doubt")
+            copy = [c for c in relay.held() if b"ms " + k + b" " in c.held]
+            assert len(copy) == 1, [c.held[:80] for c in relay.held()]
+            # 2. O loses the key; every other flow to N gets through
+            assert raw(old.port, b"md %s\r\n" % k) == b"HD\r\n"
+            relay.release_all_but(copy[0])
+            # 3. the mover comes back to the key and finds O empty
+            stats_until(a.port, lambda st: int(st["migration:keys_stale"]) >= 1 or
+                        relay.holds(copy[0], b"mg %s " % k, after=b"ms %s " % k),
+                        timeout=30, what="the mover to look at the key again")
+            # 4. a client writes the key (N) and deletes it
+            v2 = b"v2-" + k
+            assert raw(a.port, b"set %s 0 0 %d\r\n%s\r\n" % (k, len(v2), v2)) == b"STORED\r\n"
+            assert raw(a.port, b"delete %s\r\n" % k) == b"DELETED\r\n"
+            assert raw(a.port, b"get %s\r\n" % k) == b"END\r\n"
+            # 5. the copy's flow is delivered at last
+            relay.release(copy[0])
+            fake.ack = "moving"
+        wait_migrated(a.port, 2)
+        assert raw(a.port, b"get %s\r\n" % k) == b"END\r\n", "the deleted key is back"
+        for m in mcs:
+            assert raw(m.port, b"mg %s v\r\n" % k) == b"EN\r\n", m.ident
+    finally:
+        relay.close()

@@ -13,8 +13,8 @@
  * connection's commands in order, not connections in the order they were
  * written. Kept, the socket's later commands run after the abandoned ones,
  * so a command sent on the same socket (mconn_socket) sees their effect
- * (move.c, on_doubt_look). The abandoned slots' replies are read and
- * dropped. Positions alone would then mismatch replies for good after one
+ * (move.c, on_doubt_look). The abandoned slots' replies are read, and
+ * their status and CAS kept by opaque (mconn_late_reply). Positions alone would then mismatch replies for good after one
  * reply too few, so every command carries an opaque (O<n>) its reply must
  * echo; a mismatch fails the connection (an error line carries none: it
  * is taken as the head command's, and the next mismatch fails it). The
@@ -81,8 +81,18 @@ struct mconn {
     size_t max_value;           /* the longest VA value accepted */
     uint64_t gen;               /* bumped each time the socket is closed */
     uint64_t sock;              /* the socket's id in the process, 0: none */
+    struct mlate *late;         /* ordered: abandoned commands' answers
+                                   (MCONN_LATE_KEEP; allocated at the first) */
     struct defer *defer;        /* frees it at the end of the turn */
     bool closed;                /* mconn_free was called: freed by `defer` */
+};
+
+/* An abandoned command's answer, at late[opaque % MCONN_LATE_KEEP]. */
+struct mlate {
+    uint32_t opaque;
+    bool answered;
+    enum mreply_status status;
+    int64_t cas;
 };
 
 STAILQ_HEAD(mpending_list, mpending);
@@ -92,6 +102,7 @@ static void mconn_destroy(void *arg)
     struct mconn *c = arg;
 
     assert(c->closed && c->npending == 0 && c->nabandoned == 0 && c->bev == NULL);
+    free(c->late);
     free(c->host);
     free(c);
 }
@@ -122,6 +133,20 @@ static void mconn_fail(struct mconn *c, const char *why)
         free(p);
     }
     assert(!c->closed || (c->npending == 0 && c->bev == NULL));
+}
+
+/* Keep what an abandoned command was answered (mconn_late_reply). */
+static void mconn_note_late(struct mconn *c, uint32_t opaque, const struct mreply *r)
+{
+    if (c->late == NULL && (c->late = calloc(MCONN_LATE_KEEP, sizeof(*c->late))) == NULL) {
+        return;     /* then unknown: the mover falls back to the value */
+    }
+    struct mlate *l = &c->late[opaque % MCONN_LATE_KEEP];
+    l->opaque = opaque;
+    l->answered = true;
+    l->status = r->status;
+    l->cas = 0;
+    mreply_flag(r, 'c', &l->cas);
 }
 
 /* The backend broke the protocol: say so once, then fail the connection. */
@@ -293,6 +318,7 @@ static void mconn_read_cb(struct bufferevent *bev, void *arg)
         c->npending--;
         if (p->cb == NULL) {
             c->nabandoned--;        /* it ran: nobody waits for its answer */
+            mconn_note_late(c, p->opaque, &r);
         } else {
             p->cb(p->arg, &r);
         }
@@ -524,6 +550,24 @@ int mconn_send(struct mconn *c, const char *line, size_t len, const void *data,
     STAILQ_INSERT_TAIL(&c->pending, p, link);
     c->npending++;
     return 0;
+}
+
+uint32_t mconn_last_opaque(const struct mconn *c)
+{
+    return c->next_opaque - 1;
+}
+
+bool mconn_late_reply(const struct mconn *c, uint32_t opaque,
+                      enum mreply_status *status, int64_t *cas)
+{
+    const struct mlate *l = c->late != NULL ? &c->late[opaque % MCONN_LATE_KEEP] : NULL;
+
+    if (l == NULL || !l->answered || l->opaque != opaque) {
+        return false;
+    }
+    *status = l->status;
+    *cas = l->cas;
+    return true;
 }
 
 uint32_t mconn_pending(const struct mconn *c)

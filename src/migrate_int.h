@@ -82,6 +82,9 @@ struct mdoubt {
                                  * seen missing from a live N (0: not yet) */
     uint64_t sent_on;           /* doubts: the socket the copy went on
                                  * (mconn_socket) */
+    uint32_t opaque;            /* doubts: the copy's O<n> on it */
+    uint64_t round;             /* doubts: the last round of doubts_pump
+                                 * that visited it */
     uint16_t len;
     char key[];
 };
@@ -120,6 +123,7 @@ struct mop {
     bool stored_copy;
     bool dest_checked;          /* the new owner's refusal was looked into */
     uint64_t sent_on;           /* the socket its last command went on */
+    uint32_t sent_opaque;       /* ... and that command's O<n> there */
     bool src_tomb;              /* the old owner holds a tombstone */
     bool src_gone;              /* ... nothing (a copy in doubt is settled) */
 };

@@ -175,7 +175,7 @@ static void table_drop(struct mdoubt **pp, uint64_t *count)
 }
 
 static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64_t src_cas,
-                      uint64_t sent_on)
+                      uint64_t sent_on, uint32_t opaque)
 {
     struct mdoubt *d = table_get(doubt_slot(m, k->key, k->len), k, &m->ndoubts);
 
@@ -183,6 +183,7 @@ static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64
         d->vhash = vhash;
         d->src_cas = src_cas;
         d->sent_on = sent_on;
+        d->opaque = opaque;
         d->since = 0;           /* not yet seen missing from a live N */
     }
 }
@@ -207,6 +208,8 @@ void mig_doubts_free(struct mig *m)
         }
     }
     m->ndoubts = m->nconflicts = 0;
+    m->doubt_bucket = m->doubt_backoff_ms = 0;
+    m->doubt_retry_at = m->doubt_rounds = 0;
 }
 
 /*
@@ -456,6 +459,7 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
         return false;
     }
     op->sent_on = mconn_socket(mc);
+    op->sent_opaque = mconn_last_opaque(mc);
     return true;
 }
 
@@ -1720,6 +1724,7 @@ static void move_copy(struct mop *op);
 static void on_tomb_look(void *arg, const struct mreply *r);
 static void on_tomb_cleared(void *arg, const struct mreply *r);
 static void on_doubt_look(void *arg, const struct mreply *r);
+static bool doubt_drained(const struct mop *op, struct mdoubt *d);
 
 static void move_done(struct mop *op, enum mop_result res)
 {
@@ -1884,7 +1889,7 @@ static void on_store_copy(void *arg, const struct mreply *r)
     if (r->status == MREPLY_FAIL && op->val != NULL) {
         /* No answer: the copy may land later (invariant I4, "Moving keys"). */
         doubt_add(op->m, op->k, value_hash(op->val, op->val_len, (uint32_t)op->vflags),
-                  op->src_cas, op->sent_on);
+                  op->src_cas, op->sent_on, op->sent_opaque);
     }
     if (r->status == MREPLY_NS && !op->dest_checked) {
         op->dest_checked = true;
@@ -1992,6 +1997,8 @@ static void on_fetch(void *arg, const struct mreply *r)
     mreply_flag(r, 'c', &op->src_cas);
     op->src_tomb = is_tomb(r);
     op->stored_copy = op->dest_checked = false;
+    free(op->val);          /* an earlier attempt's (move_retry) */
+    op->val = NULL;
     if (!op->src_tomb) {
         if ((op->val = malloc(r->value_len + 1)) == NULL) {
             move_done(op, MOP_FAILED);
@@ -2029,6 +2036,7 @@ static void move_copy(struct mop *op)
 static void move_resume(struct mop *op)
 {
     if (op->src_gone) {
+        op->m->blocked[0] = '\0';     /* N answered */
         move_done(op, MOP_STALE);
     } else {
         move_copy(op);
@@ -2046,6 +2054,13 @@ static void on_doubt_cleared(void *arg, const struct mreply *r)
     }
     if (r->status != MREPLY_HD) {
         move_retry(op);     /* someone wrote it meanwhile: look again */
+        return;
+    }
+    struct mdoubt *d = *doubt_slot(op->m, op->k->key, op->k->len);
+    if (d != NULL && !doubt_drained(op, d)) {
+        /* Taken for ours by its bytes alone: the copy may still be on its
+         * way, and land on the key just emptied. */
+        move_done(op, MOP_WAITING);
         return;
     }
     doubt_drop(op->m, op->k);
@@ -2077,8 +2092,36 @@ static bool doubt_drained(const struct mop *op, struct mdoubt *d)
 }
 
 /*
+ * Is what N holds (r: "mg k v f c") the copy in doubt? A look on the copy's
+ * own socket ran after it, and mconn kept the copy's late answer: N holds
+ * our copy only if that stored it (HD) and N's CAS is still the one it got.
+ * So a client's write of the same bytes since (a cache refilled, with the
+ * old owner cleared) is not taken for it, and not removed. Without that
+ * answer (another socket) only the bytes can tell.
+ */
+static bool doubt_is_ours(const struct mop *op, const struct mdoubt *d, const struct mreply *r)
+{
+    int64_t flags = 0, cas = 0, copy_cas = 0;
+    enum mreply_status st;
+
+    if (!holds_value(r)) {
+        return false;
+    }
+    mreply_flag(r, 'f', &flags);
+    mreply_flag(r, 'c', &cas);
+    if (d->sent_on != 0 && d->sent_on == op->sent_on) {
+        struct mconn *mc = mc_of(op, op->to);
+        if (mc != NULL && mconn_late_reply(mc, d->opaque, &st, &copy_cas) &&
+            (st != MREPLY_HD || copy_cas != 0)) {
+            return st == MREPLY_HD && copy_cas == cas;
+        }
+    }
+    return value_hash(r->value, r->value_len, (uint32_t)flags) == d->vhash;
+}
+
+/*
  * What the new owner holds of a key whose earlier copy is in doubt. Our
- * copy (same value and flags) is kept when the old owner has not changed
+ * copy (doubt_is_ours) is kept when the old owner has not changed
  * since it was read, else removed (conditionally) before the key moves.
  * A copy it does not hold is forgotten only once it can no longer land
  * (doubt_drained); until then the key waits for a later pass.
@@ -2087,7 +2130,7 @@ static void on_doubt_look(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
     struct mdoubt *d = *doubt_slot(op->m, op->k->key, op->k->len);
-    int64_t flags = 0, cas = 0;
+    int64_t cas = 0;
 
     if (r->status == MREPLY_FAIL) {
         if (d != NULL) {
@@ -2096,10 +2139,8 @@ static void on_doubt_look(void *arg, const struct mreply *r)
         move_failed(op, op->to, r);
         return;
     }
-    mreply_flag(r, 'f', &flags);
     mreply_flag(r, 'c', &cas);
-    bool ours = d != NULL && holds_value(r) &&
-                value_hash(r->value, r->value_len, (uint32_t)flags) == d->vhash;
+    bool ours = d != NULL && doubt_is_ours(op, d, r);
     if (!ours && d != NULL && !doubt_drained(op, d)) {
         move_done(op, MOP_WAITING);
     } else if (!ours) {
@@ -2385,21 +2426,41 @@ static bool doubts_pump(struct mig *m)
     if (m->doubt_pumping || (m->doubt_bucket == 0 && now_ms(m) < m->doubt_retry_at)) {
         return false;   /* a move that failed at once ends inside the loop below */
     }
-    if (m->doubt_bucket == 0 && m->doubt_rounds++ % 8 == 0) {
-        log_notice("migration", "%s: every pass is over; %llu copies in doubt settled "
-                   "before the end (%s)", m->p->name, (unsigned long long)m->ndoubts,
+    if (m->doubt_bucket == 0 && m->doubt_rounds % 8 == 0) {
+        log_notice("migration", "%s: every pass is over; the end waits for %llu copies "
+                   "in doubt to be settled (%s)", m->p->name,
+                   (unsigned long long)m->ndoubts,
                    m->blocked[0] != '\0' ? m->blocked : "the new owners answer");
     }
+    if (m->doubt_bucket == 0) {
+        m->doubt_rounds++;      /* a new round: every doubt is visited once */
+    }
+    bool limited = m->p->conf->migration.rate > 0;
     uint32_t limit = inflight_limit(m);
     m->doubt_pumping = true;
     for (; m->doubt_bucket < MIG_BUCKETS; m->doubt_bucket++) {
-        for (struct mdoubt *d = m->doubts[m->doubt_bucket]; d != NULL; d = d->next) {
-            if (m->inflight >= limit) {
-                m->doubt_pumping = false;
-                return false;   /* the rest of this bucket after these end */
+        struct mdoubt **pp = &m->doubts[m->doubt_bucket];
+        while (*pp != NULL) {
+            struct mdoubt *d = *pp;
+            if (d->round == m->doubt_rounds) {
+                pp = &d->next;
+                continue;
             }
+            if (m->inflight >= limit || (limited && m->tokens < 1)) {
+                m->doubt_pumping = false;
+                return false;   /* the rest of the round once these end */
+            }
+            d->round = m->doubt_rounds;
             int32_t i = arc_of(m, ring_key_hash(m->from, d->key, d->len));
-            struct mop *op = i >= 0 && m->diff.arcs[i].moves ? calloc(1, sizeof(*op)) : NULL;
+            if (i < 0 || !m->diff.arcs[i].moves) {
+                /* Copies go only to the keys of moving arcs: cannot be. */
+                log_error("migration", "%s: a copy in doubt of a key that does not "
+                          "move (%u bytes): forgotten", m->p->name, (unsigned)d->len);
+                table_drop(pp, &m->ndoubts);
+                continue;
+            }
+            pp = &d->next;
+            struct mop *op = calloc(1, sizeof(*op));
             if (op == NULL) {
                 continue;       /* out of memory: the next round */
             }
@@ -2409,6 +2470,7 @@ static bool doubts_pump(struct mig *m)
             op->to = m->to_be[m->to->points[arc->to].server];
             m->arcs[i].inflight++;
             m->inflight++;
+            m->tokens -= 1;
             if (!mop_enqueue(m, op, d->key, d->len)) {
                 m->arcs[i].inflight--;
                 m->inflight--;

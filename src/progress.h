@@ -106,8 +106,9 @@ struct json_doc;
       "tombstones removed by the mover")                                      \
     X(fallback_reads, COUNTER, "fallback_reads", "", "", "", "fallback_reads", \
       "reads of changing keys answered by the new owner")                     \
-    X(copies_in_doubt, GAUGE, "copies_in_doubt", "", "", "", "copies_in_doubt", \
-      "moved copies whose store got no answer, to look at before a retry")    \
+    X(copies_in_doubt, GAUGE, "copies_in_doubt", "", "copies_in_doubt",       \
+      "copies_in_doubt", "copies_in_doubt",                                   \
+      "moved copies whose store got no answer, settled before the end")       \
     X(conflicts_waiting, GAUGE, "conflicts_waiting", "", "", "", "conflicts_waiting", \
       "keys with a value on both owners, waiting to be settled")              \
     X(conflicts_settled, COUNTER, "conflicts_settled", "", "", "", "conflicts_settled", \

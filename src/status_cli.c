@@ -184,6 +184,11 @@ static void print_pool(const struct pool_status *st, FILE *out)
     if (pr->blocked[0] != '\0') {
         fprintf(out, "  blocked: %s\n", pr->blocked);
     }
+    if (pr->copies_in_doubt > 0) {
+        fprintf(out, "  copies in doubt: %llu (a new owner did not answer; each is "
+                "settled before the migration ends)\n",
+                (unsigned long long)pr->copies_in_doubt);
+    }
     if (pr->pending) {
         fprintf(out, "  a newer ring waits for this migration to end\n");
     }

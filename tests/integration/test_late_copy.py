@@ -18,12 +18,13 @@ A relay in front of N plays the stopped server: it holds every byte the
 proxy sends, then lets every connection through but the one holding the
 copy, which it releases only after the mover looked at N again.
 """
+import contextlib
 import socket
 import threading
 import time
 from types import SimpleNamespace
 
-from harness import TcpRelay, locate, stats_until, wait_until
+from harness import TcpRelay, locate, proxy_stats, stats_until, wait_until
 from test_meta import run_battery
 from test_migration import (FakeProxy, TOMB_VALUE, env, reload,  # noqa: F401
                             wait_migrated, wait_phase)
@@ -135,125 +136,159 @@ def raw(port, line):
     return run_battery(("127.0.0.1", port), [line])[0]
 
 
-def test_a_late_copy_of_a_deleted_key_does_not_bring_it_back(env):
+QUICK = {"timeout": 500, "migration": {"rate": 0, "delete_source": True,
+                                       "liveness": 2000}}
+
+
+@contextlib.contextmanager
+def copy_in_doubt(env, prefix, around=False):
+    """Three servers and a proxy; one key k that moves to a fourth, mc4,
+    behind a HoldRelay; the fleet (the proxy and a FakeProxy) resizes to
+    four, and the mover's `ms k` to mc4 gets no answer: a copy in doubt,
+    held in its connection. Yields what the test needs (t.copy: that
+    connection; t.old: k's old owner; t.fake: the FakeProxy, acking
+    "switched": the test lets the fleet end with t.fake.ack = "moving").
+    around: k is written straight to its old owner (the index does not know
+    it: the closing pass moves it), else through the proxy."""
     mcs = env.servers(4)
     relay = HoldRelay(mcs[3].port)
     n4 = SimpleNamespace(addr=relay.addr, ident=4)
-    quick = {"timeout": 500, "migration": {"rate": 0, "delete_source": True,
-                                           "liveness": 2000}}
-    a = env.proxy(mcs[:3], extra=quick)
-    names = ["hk%d" % i for i in range(200)]
+    a = env.proxy(mcs[:3], extra=QUICK)
+    names = ["%s%d" % (prefix, i) for i in range(200)]
     with open(a.conf_path + ".new", "w") as f:
-        f.write(env.config(mcs[:3] + [n4], a.port, extra=quick))
+        f.write(env.config(mcs[:3] + [n4], a.port, extra=QUICK))
     before, after = locate(a.conf_path, names), locate(a.conf_path + ".new", names)
     k = next(x for x in names if after[x] == "mc4").encode()
     old = mcs[int(before[k.decode()][2:]) - 1]
-    value = b"v-" + k
+    value = b"v1-" + k
     # the only key that moves: the mover's first listing holds it
-    assert raw(a.port, b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value)) == b"STORED\r\n"
+    store = b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value)
+    assert raw(old.port if around else a.port, store) == b"STORED\r\n"
     time.sleep(1.2)     # indexed, and the heartbeat is in Redis
     try:
         with FakeProxy(env.r) as fake:
-            reload(a, env.config(mcs[:3] + [n4], a.port, extra=quick))
+            reload(a, env.config(mcs[:3] + [n4], a.port, extra=QUICK))
             wait_phase(a.port, "prepared")
             fake.ack = "prepared"
             wait_phase(a.port, "switched")
             relay.hold()                            # mc4 stops (SIGSTOP)
             fake.ack = "switched"
             wait_phase(a.port, "moving")
-            # 1. the mover's ms N ME gets no answer: a copy in doubt
+            # the mover's ms N ME gets no answer: a copy in doubt
             stats_until(a.port, lambda st: int(st["migration:copies_in_doubt"]) >= 1,
                         timeout=30, what="the mover's copy to be in doubt")
-            # 2. a delete: a tombstone on O, its md on N lost
-            got = raw(a.port, b"delete %s\r\n" % k)
-            assert got == b"SERVER_ERROR backend connection lost\r\n", got
-            assert TOMB_VALUE in raw(old.port, b"mg %s v f\r\n" % k)
-            # 3. a read misses (the tombstone; N is not asked)
-            assert raw(a.port, b"gets %s\r\n" % k) == b"END\r\n"
-            # 4. mc4 resumes, but runs the connection holding the copy last:
-            # every other one first (the delete's md among them)
             copy = [c for c in relay.held() if b"ms " + k + b" " in c.held]
             assert len(copy) == 1, [c.held[:80] for c in relay.held()]
-            relay.release_all_but(copy[0])
-            # 5. the mover looks at mc4 again: on another connection (whose
-            # answer cannot tell whether the copy will run), or behind the
-            # copy on its own (mconn.c keeps a socket past a timeout)
-            look = b"mg %s " % k
-            wait_until(lambda: relay.passed(look) or
-                       relay.holds(copy[0], look, after=b"ms %s " % k),
-                       timeout=30, what="the mover's look at the new owner")
-            time.sleep(0.2)     # an answer reaches the proxy
-            # 6. then memcached reaches the copy
-            relay.release(copy[0])
-            fake.ack = "moving"
+            yield SimpleNamespace(a=a, k=k, value=value, old=old, mcs=mcs, relay=relay,
+                                  copy=copy[0], fake=fake)
         wait_migrated(a.port, 2)
-        # step 2's delete may have applied, and step 3 said it did: gone
-        # for good (through the relay: mc4's address in the ring)
-        assert raw(a.port, b"get %s\r\n" % k) == b"END\r\n", "the deleted value is back"
-        assert raw(a.port, b"delete %s\r\n" % k) == b"NOT_FOUND\r\n"
-        for m in mcs:
-            assert raw(m.port, b"mg %s v\r\n" % k) == b"EN\r\n", m.ident
     finally:
         relay.close()
+
+
+def gone_everywhere(t):
+    """k reads as missing through the proxy and is on no server."""
+    assert raw(t.a.port, b"get %s\r\n" % t.k) == b"END\r\n", "the deleted key is back"
+    for m in t.mcs:
+        assert raw(m.port, b"mg %s v\r\n" % t.k) == b"EN\r\n", m.ident
+
+
+def wait_look_behind_copy(t, looks=0):
+    """Until the mover comes back to k: it found O empty and ended the move
+    (the code before 2026-12-03), or queued another look behind the copy."""
+    look = b"mg %s v f c" % t.k
+    stats_until(t.a.port, lambda st: int(st["migration:keys_stale"]) >= 1 or
+                t.copy.held.count(look) > looks,
+                timeout=30, what="the mover to look at the key again")
+
+
+def test_a_late_copy_of_a_deleted_key_does_not_bring_it_back(env):
+    with copy_in_doubt(env, "hk") as t:
+        # 2. a delete: a tombstone on O, its md on N lost
+        got = raw(t.a.port, b"delete %s\r\n" % t.k)
+        assert got == b"SERVER_ERROR backend connection lost\r\n", got
+        assert TOMB_VALUE in raw(t.old.port, b"mg %s v f\r\n" % t.k)
+        # 3. a read misses (the tombstone; N is not asked)
+        assert raw(t.a.port, b"gets %s\r\n" % t.k) == b"END\r\n"
+        # 4. mc4 resumes, but runs the connection holding the copy last:
+        # every other one first (the delete's md among them)
+        t.relay.release_all_but(t.copy)
+        # 5. the mover looks at mc4 again: on another connection (whose
+        # answer cannot tell whether the copy will run), or behind the
+        # copy on its own (mconn.c keeps a socket past a timeout)
+        look = b"mg %s " % t.k
+        wait_until(lambda: t.relay.passed(look) or
+                   t.relay.holds(t.copy, look, after=b"ms %s " % t.k),
+                   timeout=30, what="the mover's look at the new owner")
+        time.sleep(0.2)     # an answer reaches the proxy
+        # 6. then memcached reaches the copy
+        t.relay.release(t.copy)
+        t.fake.ack = "moving"
+    # step 2's delete may have applied, and step 3 said it did: gone for
+    # good (through the relay: mc4's address in the ring)
+    assert raw(t.a.port, b"delete %s\r\n" % t.k) == b"NOT_FOUND\r\n"
+    gone_everywhere(t)
 
 
 def test_a_late_copy_after_the_old_owner_lost_the_key_does_not_outlive_a_delete(env):
-    """The copy is in doubt, and the old owner then loses the key (memcached
+    """The copy is in doubt and the old owner then loses the key (memcached
     evicted it): the mover's next look at O finds nothing. It used to end
     the key's move there ("stale") and keep the doubt without ever looking
-    at N again; the migration could end with it. A client then writes the
-    key (on N) and deletes it, and the copy, delivered late (a TCP flow
+    at N again, and the migration could end with it. A client then writes
+    the key (on N) and deletes it, and the copy, delivered late (a TCP flow
     behind a partition, retransmitted after the others), lands on the
     emptied N: the deleted key read back with the value written before.
-    Now the mover settles the doubt on N before it lets the key go, and the
-    migration waits for every doubt (move.c, doubt_settle)."""
-    mcs = env.servers(4)
-    relay = HoldRelay(mcs[3].port)
-    n4 = SimpleNamespace(addr=relay.addr, ident=4)
-    quick = {"timeout": 500, "migration": {"rate": 0, "delete_source": True,
-                                           "liveness": 2000}}
-    a = env.proxy(mcs[:3], extra=quick)
-    names = ["sk%d" % i for i in range(200)]
-    with open(a.conf_path + ".new", "w") as f:
-        f.write(env.config(mcs[:3] + [n4], a.port, extra=quick))
-    before, after = locate(a.conf_path, names), locate(a.conf_path + ".new", names)
-    k = next(x for x in names if after[x] == "mc4").encode()
-    old = mcs[int(before[k.decode()][2:]) - 1]
-    value = b"v1-" + k
-    assert raw(a.port, b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value)) == b"STORED\r\n"
-    time.sleep(1.2)     # indexed, and the heartbeat is in Redis
-    try:
-        with FakeProxy(env.r) as fake:
-            reload(a, env.config(mcs[:3] + [n4], a.port, extra=quick))
-            wait_phase(a.port, "prepared")
-            fake.ack = "prepared"
-            wait_phase(a.port, "switched")
-            relay.hold()
-            fake.ack = "switched"
-            wait_phase(a.port, "moving")
-            # 1. the copy gets no answer: in doubt, held in its flow
-            stats_until(a.port, lambda st: int(st["migration:copies_in_doubt"]) >= 1,
-                        timeout=30, what="the mover's copy to be in doubt")
-            copy = [c for c in relay.held() if b"ms " + k + b" " in c.held]
-            assert len(copy) == 1, [c.held[:80] for c in relay.held()]
-            # 2. O loses the key; every other flow to N gets through
-            assert raw(old.port, b"md %s\r\n" % k) == b"HD\r\n"
-            relay.release_all_but(copy[0])
-            # 3. the mover comes back to the key and finds O empty
-            stats_until(a.port, lambda st: int(st["migration:keys_stale"]) >= 1 or
-                        relay.holds(copy[0], b"mg %s " % k, after=b"ms %s " % k),
-                        timeout=30, what="the mover to look at the key again")
-            # 4. a client writes the key (N) and deletes it
-            v2 = b"v2-" + k
-            assert raw(a.port, b"set %s 0 0 %d\r\n%s\r\n" % (k, len(v2), v2)) == b"STORED\r\n"
-            assert raw(a.port, b"delete %s\r\n" % k) == b"DELETED\r\n"
-            assert raw(a.port, b"get %s\r\n" % k) == b"END\r\n"
-            # 5. the copy's flow is delivered at last
-            relay.release(copy[0])
-            fake.ack = "moving"
-        wait_migrated(a.port, 2)
-        assert raw(a.port, b"get %s\r\n" % k) == b"END\r\n", "the deleted key is back"
-        for m in mcs:
-            assert raw(m.port, b"mg %s v\r\n" % k) == b"EN\r\n", m.ident
-    finally:
-        relay.close()
+    Now the mover settles the doubt on N before it lets the key go (move.c,
+    on_fetch, on_doubt_look), and the migration waits for every doubt."""
+    with copy_in_doubt(env, "sk") as t:
+        assert raw(t.old.port, b"md %s\r\n" % t.k) == b"HD\r\n"     # evicted
+        t.relay.release_all_but(t.copy)
+        wait_look_behind_copy(t)
+        v2 = b"v2-" + t.k
+        assert raw(t.a.port, b"set %s 0 0 %d\r\n%s\r\n" % (t.k, len(v2), v2)) == b"STORED\r\n"
+        assert raw(t.a.port, b"delete %s\r\n" % t.k) == b"DELETED\r\n"
+        assert raw(t.a.port, b"get %s\r\n" % t.k) == b"END\r\n"
+        t.relay.release(t.copy)     # the copy lands on the emptied N
+        t.fake.ack = "moving"
+    gone_everywhere(t)
+
+
+def test_a_client_write_of_the_copy_s_bytes_is_not_taken_for_the_copy(env):
+    """A client writes the key again with the very bytes of the copy in
+    doubt (a cache refilled): on N, and the old owner cleared. The mover
+    then finds O empty and N holding those bytes. Compared by value, that
+    was its own late copy, removed: an acknowledged write lost. The copy's
+    late answer (NS: refused, the client's value was there), which mconn
+    keeps for the look sent behind it, tells them apart (move.c,
+    doubt_is_ours)."""
+    with copy_in_doubt(env, "rk") as t:
+        t.relay.release_all_but(t.copy)
+        store = b"set %s 0 0 %d\r\n%s\r\n" % (t.k, len(t.value), t.value)
+        assert raw(t.a.port, store) == b"STORED\r\n"
+        assert raw(t.old.port, b"mg %s v\r\n" % t.k) == b"EN\r\n"
+        wait_look_behind_copy(t, looks=t.copy.held.count(b"mg %s v f c" % t.k))
+        t.relay.release(t.copy)     # the copy: NS (the client's value is there)
+        t.fake.ack = "moving"
+    got = raw(t.a.port, b"get %s\r\n" % t.k)
+    assert t.value in got, ("the client's acknowledged set was deleted", got)
+
+
+def test_a_copy_in_doubt_of_the_closing_pass_is_settled_before_the_end(env):
+    """A key the index never knew (written around the proxy), copied by
+    the closing pass while mc4 holds its connection, then written and
+    deleted by a client: no later listing finds it (O is empty, the index
+    has no entry). The migration must not end before the doubt is settled
+    (move.c, doubts_pump), and the late copy must not survive."""
+    with copy_in_doubt(env, "ck", around=True) as t:
+        t.relay.release_all_but(t.copy)
+        v2 = b"v2-" + t.k
+        assert raw(t.a.port, b"set %s 0 0 %d\r\n%s\r\n" % (t.k, len(v2), v2)) == b"STORED\r\n"
+        assert raw(t.a.port, b"delete %s\r\n" % t.k) == b"DELETED\r\n"
+        t.fake.ack = "moving"
+        # every pass is over soon: the end waits for the held copy
+        time.sleep(6)
+        st = proxy_stats(t.a.port)
+        assert st["migration:state"] != "idle", "ended with a copy in doubt"
+        assert int(st["migration:copies_in_doubt"]) >= 1, st
+        t.relay.release(t.copy)
+    gone_everywhere(t)

@@ -89,6 +89,7 @@ struct mconn {
 
 /* An abandoned command's answer, at late[opaque % MCONN_LATE_KEEP]. */
 struct mlate {
+    uint64_t sock;              /* the socket it was sent and answered on */
     uint32_t opaque;
     bool answered;
     enum mreply_status status;
@@ -135,13 +136,21 @@ static void mconn_fail(struct mconn *c, const char *why)
     assert(!c->closed || (c->npending == 0 && c->bev == NULL));
 }
 
-/* Keep what an abandoned command was answered (mconn_late_reply). */
+/*
+ * Keep what an abandoned command was answered (mconn_late_reply). Not an
+ * error line: it carries no opaque, so a stray one could pass for the
+ * command's answer (whose real one then fails the connection).
+ */
 static void mconn_note_late(struct mconn *c, uint32_t opaque, const struct mreply *r)
 {
+    if (r->status == MREPLY_FAIL) {
+        return;
+    }
     if (c->late == NULL && (c->late = calloc(MCONN_LATE_KEEP, sizeof(*c->late))) == NULL) {
         return;     /* then unknown: the mover falls back to the value */
     }
     struct mlate *l = &c->late[opaque % MCONN_LATE_KEEP];
+    l->sock = c->sock;
     l->opaque = opaque;
     l->answered = true;
     l->status = r->status;
@@ -557,12 +566,12 @@ uint32_t mconn_last_opaque(const struct mconn *c)
     return c->next_opaque - 1;
 }
 
-bool mconn_late_reply(const struct mconn *c, uint32_t opaque,
+bool mconn_late_reply(const struct mconn *c, uint64_t sock, uint32_t opaque,
                       enum mreply_status *status, int64_t *cas)
 {
     const struct mlate *l = c->late != NULL ? &c->late[opaque % MCONN_LATE_KEEP] : NULL;
 
-    if (l == NULL || !l->answered || l->opaque != opaque) {
+    if (l == NULL || !l->answered || l->sock != sock || l->opaque != opaque) {
         return false;
     }
     *status = l->status;

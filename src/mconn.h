@@ -86,14 +86,16 @@ void mconn_set_ordered(struct mconn *c);
 /* The opaque (O<n>) of the last command sent on an ordered connection. */
 uint32_t mconn_last_opaque(const struct mconn *c);
 /*
- * What the server answered, after its timeout, to the ordered command
- * whose opaque this is: false while unanswered or no longer remembered
- * (the last MCONN_LATE_KEEP opaques' answers are). *cas: its c flag, 0 if
- * none. The mover tells its late copy from a client's write this way
- * (move.c, on_doubt_look).
+ * What the server answered, after its timeout, to the ordered command sent
+ * on socket `sock` (mconn_socket) with this opaque, whatever socket c has
+ * now: false while unanswered, answered by an error line (which carries no
+ * opaque to vouch for it), or no longer remembered (the last
+ * MCONN_LATE_KEEP opaques' answers are). *cas: its c flag, 0 if none. The
+ * mover tells its late copy from a client's write this way (move.c,
+ * doubt_is_ours).
  */
 #define MCONN_LATE_KEEP 4096
-bool mconn_late_reply(const struct mconn *c, uint32_t opaque,
+bool mconn_late_reply(const struct mconn *c, uint64_t sock, uint32_t opaque,
                       enum mreply_status *status, int64_t *cas);
 /* Commands whose callback has not run (abandoned slots not counted). */
 uint32_t mconn_pending(const struct mconn *c);

@@ -1509,6 +1509,8 @@ void mig_tick(struct mig *m, uint64_t now)
         if (m->tokens > (double)rate) {
             m->tokens = (double)rate;   /* at most a second's burst */
         }
+    } else {
+        m->tokens = 0;  /* unlimited: no debt for a rate set later to pay */
     }
     m->last_refill = now;
     if (m->lease && strcmp(m->fleet, "moving") == 0 && now >= m->next_progress_write) {

@@ -1725,6 +1725,8 @@ static void on_tomb_look(void *arg, const struct mreply *r);
 static void on_tomb_cleared(void *arg, const struct mreply *r);
 static void on_doubt_look(void *arg, const struct mreply *r);
 static bool doubt_drained(const struct mop *op, struct mdoubt *d);
+static bool doubt_answer(const struct mop *op, const struct mdoubt *d,
+                         enum mreply_status *st, int64_t *copy_cas);
 
 static void move_done(struct mop *op, enum mop_result res)
 {
@@ -2073,16 +2075,19 @@ static void on_doubt_cleared(void *arg, const struct mreply *r)
  * in the order they were written: a look on another connection can be
  * answered before the copy runs (chaos scenario h). A look sent on the
  * copy's own socket (mconn.c keeps it past a timeout) ran after it: the
- * answer is final. Else (the socket was closed with the copy unanswered)
- * the new owner must have answered, with no failure between, for as long
+ * answer is final; so is a copy N answered late (doubt_answer), on
+ * whatever socket the look went. Else (the socket was closed with the
+ * copy unanswered) the new owner must have answered, with no failure between, for as long
  * as conflict_settled's bound without the liveness (docs/ARCHITECTURE.md,
  * "A copy in doubt").
  */
 static bool doubt_drained(const struct mop *op, struct mdoubt *d)
 {
     uint64_t now = now_ms(op->m);
+    enum mreply_status st;
+    int64_t copy_cas;
 
-    if (d->sent_on != 0 && d->sent_on == op->sent_on) {
+    if ((d->sent_on != 0 && d->sent_on == op->sent_on) || doubt_answer(op, d, &st, &copy_cas)) {
         return true;
     }
     if (d->since == 0) {
@@ -2092,16 +2097,32 @@ static bool doubt_drained(const struct mop *op, struct mdoubt *d)
 }
 
 /*
- * Is what N holds (r: "mg k v f c") the copy in doubt? A look on the copy's
- * own socket ran after it, and mconn kept the copy's late answer: N holds
- * our copy only if that stored it (HD) and N's CAS is still the one it got.
- * So a client's write of the same bytes since (a cache refilled, with the
- * old owner cleared) is not taken for it, and not removed. Without that
- * answer (another socket) only the bytes can tell.
+ * The copy's own late answer, if N gave one: mconn reads the replies of
+ * timed-out commands on the mover's ordered connection and keeps them by
+ * opaque (mconn_late_reply), also once that socket is closed. A copy that
+ * was answered ran: it can never land again. False: not known (no answer
+ * yet, an error line, a connection made anew).
+ */
+static bool doubt_answer(const struct mop *op, const struct mdoubt *d,
+                         enum mreply_status *st, int64_t *copy_cas)
+{
+    struct mconn *mc = d->sent_on != 0 ? mc_of(op, op->to) : NULL;
+
+    *copy_cas = 0;
+    return mc != NULL && mconn_late_reply(mc, d->sent_on, d->opaque, st, copy_cas) &&
+           (*st != MREPLY_HD || *copy_cas != 0);
+}
+
+/*
+ * Is what N holds (r: "mg k v f c") the copy in doubt? With the copy's late
+ * answer, only if that stored it (HD) and N's CAS is still the one it got:
+ * a client's write of the same bytes since (a cache refilled, with the old
+ * owner cleared) is not taken for it, and not removed. Without it (no
+ * answer yet, or not known) only the bytes can tell.
  */
 static bool doubt_is_ours(const struct mop *op, const struct mdoubt *d, const struct mreply *r)
 {
-    int64_t flags = 0, cas = 0, copy_cas = 0;
+    int64_t flags = 0, cas = 0, copy_cas;
     enum mreply_status st;
 
     if (!holds_value(r)) {
@@ -2109,12 +2130,8 @@ static bool doubt_is_ours(const struct mop *op, const struct mdoubt *d, const st
     }
     mreply_flag(r, 'f', &flags);
     mreply_flag(r, 'c', &cas);
-    if (d->sent_on != 0 && d->sent_on == op->sent_on) {
-        struct mconn *mc = mc_of(op, op->to);
-        if (mc != NULL && mconn_late_reply(mc, d->opaque, &st, &copy_cas) &&
-            (st != MREPLY_HD || copy_cas != 0)) {
-            return st == MREPLY_HD && copy_cas == cas;
-        }
+    if (doubt_answer(op, d, &st, &copy_cas)) {
+        return st == MREPLY_HD && copy_cas == cas;
     }
     return value_hash(r->value, r->value_len, (uint32_t)flags) == d->vhash;
 }
@@ -2470,7 +2487,7 @@ static bool doubts_pump(struct mig *m)
             op->to = m->to_be[m->to->points[arc->to].server];
             m->arcs[i].inflight++;
             m->inflight++;
-            m->tokens -= 1;
+            m->tokens -= limited ? 1 : 0;
             if (!mop_enqueue(m, op, d->key, d->len)) {
                 m->arcs[i].inflight--;
                 m->inflight--;

@@ -24,6 +24,8 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from harness import TcpRelay, locate, proxy_stats, stats_until, wait_until
 from test_meta import run_battery
 from test_migration import (FakeProxy, TOMB_VALUE, env, reload,  # noqa: F401
@@ -292,3 +294,36 @@ def test_a_copy_in_doubt_of_the_closing_pass_is_settled_before_the_end(env):
         assert int(st["migration:copies_in_doubt"]) >= 1, st
         t.relay.release(t.copy)
     gone_everywhere(t)
+
+
+def test_the_copy_s_late_answer_counts_after_its_socket_closed(env):
+    """As the test above, but the copy's late answer comes while no look
+    waits behind it: every look queued there has timed out. The mover's
+    socket then idles out and closes (mconn.c), and its next look goes on
+    a new one. mconn kept the answer by socket and opaque, so the client's
+    write of the same bytes is still not taken for the copy (it was when
+    only a look on the copy's own socket consulted the answer)."""
+    with copy_in_doubt(env, "ik") as t:
+        t.relay.release_all_but(t.copy)
+        look = b"mg %s v f c" % t.k
+        # until two looks wait behind the copy and no new one comes for a
+        # while: they have timed out, and the arc waits out its backoff
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "the mover kept looking"
+            wait_look_behind_copy(t, looks=t.copy.held.count(look))
+            n = t.copy.held.count(look)
+            time.sleep(0.7)
+            if n >= 2 and t.copy.held.count(look) == n:
+                break
+        t.relay.release(t.copy)         # the copy lands: HD, its own CAS
+        wait_until(lambda: t.copy.closed, timeout=10,
+                   what="the mover's socket to close once idle")
+        if int(proxy_stats(t.a.port)["migration:copies_in_doubt"]) < 1:
+            pytest.skip("the mover's next look came before the socket closed")
+        store = b"set %s 0 0 %d\r\n%s\r\n" % (t.k, len(t.value), t.value)
+        assert raw(t.a.port, store) == b"STORED\r\n"
+        assert raw(t.old.port, b"mg %s v\r\n" % t.k) == b"EN\r\n"
+        t.fake.ack = "moving"
+    got = raw(t.a.port, b"get %s\r\n" % t.k)
+    assert t.value in got, ("the client's acknowledged set was deleted", got)

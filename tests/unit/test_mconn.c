@@ -375,7 +375,7 @@ START_TEST(a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies)
     ck_assert_uint_eq(mconn_pending(f.mc), 0);
     enum mreply_status late;
     int64_t late_cas = -1;
-    ck_assert(!mconn_late_reply(f.mc, 0, &late, &late_cas));  /* not answered yet */
+    ck_assert(!mconn_late_reply(f.mc, sock, 0, &late, &late_cas));  /* not answered yet */
     f.expect_calls = 2;
     ck_assert_int_eq(mconn_send(f.mc, "mg b c", 6, NULL, 0, on_reply, &f), 0);
     ck_assert_uint_eq(mconn_last_opaque(f.mc), 1);
@@ -388,11 +388,12 @@ START_TEST(a_timeout_keeps_the_socket_and_later_commands_get_their_own_replies)
     ck_assert_uint_eq(mconn_socket(f.mc), sock);
     /* the abandoned command's answer is kept by its opaque; a command
      * answered in time leaves none */
-    ck_assert(mconn_late_reply(f.mc, 0, &late, &late_cas));
+    ck_assert(mconn_late_reply(f.mc, sock, 0, &late, &late_cas));
     ck_assert_int_eq(late, MREPLY_HD);
     ck_assert_int_eq(late_cas, 1);
-    ck_assert(!mconn_late_reply(f.mc, 1, &late, &late_cas));
-    ck_assert(!mconn_late_reply(f.mc, MCONN_LATE_KEEP, &late, &late_cas));
+    ck_assert(!mconn_late_reply(f.mc, sock + 1, 0, &late, &late_cas));
+    ck_assert(!mconn_late_reply(f.mc, sock, 1, &late, &late_cas));
+    ck_assert(!mconn_late_reply(f.mc, sock, MCONN_LATE_KEEP, &late, &late_cas));
     fake_stop(&f);
 }
 END_TEST

@@ -55,6 +55,7 @@ static const char *const ack_names[] = {
 
 static void mig_connect(struct mig *m);
 static void on_done_arcs(redisAsyncContext *ac, void *r, void *priv);
+static void on_doubts(redisAsyncContext *ac, void *r, void *priv);
 
 /* --- helpers ---------------------------------------------------------------- */
 
@@ -515,21 +516,23 @@ static void coord_create(struct mig *m)
         "if redis.call('get', KEYS[3]) ~= ARGV[1] then return 0 end "
         "if redis.call('hexists', KEYS[1], 'to') == 1 then return 0 end "
         "if redis.call('hget', KEYS[5], 'epoch') ~= ARGV[4] then return 0 end "
-        "redis.call('del', KEYS[1], KEYS[2], KEYS[4]) "
+        "redis.call('del', KEYS[1], KEYS[2], KEYS[4], KEYS[6]) "
         "redis.call('hset', KEYS[2], unpack(ARGV, 5)) "
         "local t = redis.call('time') "
         "redis.call('hset', KEYS[1], 'from', ARGV[2], 'to', ARGV[3], 'phase', "
         "'prepared', 'holder', ARGV[1], 'started', t[1], 'updated', t[1]) "
         "return 1";
-    char done[128], ep[32];
+    char done[128], doubts[128], ep[32];
     snprintf(done, sizeof(done), "migration:done:%s", m->fp_want);
+    snprintf(doubts, sizeof(doubts), "migration:doubts:%s", m->fp_want);
     snprintf(ep, sizeof(ep), "%llu", (unsigned long long)m->epoch);
-    const char *keys[] = { "migration", "migration:ring", "migration:lock", done, "ring" };
+    const char *keys[] = { "migration", "migration:ring", "migration:lock", done, "ring",
+                           doubts };
     const char *args[] = { m->id, m->fp_rec, m->fp_want, ep };
 
     log_notice("migration", "%s: every live proxy proposes ring %.8s: opening the "
                "migration from %.8s", m->p->name, m->fp_want, m->fp_rec);
-    eval_with_ring(m, on_coord_reply, script, keys, 5, args, 4, m->want, 0);
+    eval_with_ring(m, on_coord_reply, script, keys, 6, args, 4, m->want, 0);
 }
 
 /* Every live proxy acknowledged phase `cur`: the record moves to `next`. */
@@ -581,9 +584,9 @@ void mig_finish(struct mig *m)
         "if redis.call('get', KEYS[3]) ~= ARGV[1] then return 0 end "
         "if redis.call('hget', KEYS[2], 'to') ~= ARGV[2] then return 0 end "
         "redis.call('hset', KEYS[1], unpack(ARGV, 3)) "
-        "redis.call('del', KEYS[2], KEYS[4], KEYS[5], KEYS[3]) "
+        "redis.call('del', KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[3]) "
         "return 1";
-    char done[128];
+    char done[128], doubts[128];
 
     m->finishing = true;
     /* Sets of v-nodes that ring B does not have hold only leftovers now. */
@@ -604,9 +607,11 @@ void mig_finish(struct mig *m)
         }
     }
     snprintf(done, sizeof(done), "migration:done:%s", m->fp_to);
-    const char *keys[] = { "ring", "migration", "migration:lock", "migration:ring", done };
+    snprintf(doubts, sizeof(doubts), "migration:doubts:%s", m->fp_to);
+    const char *keys[] = { "ring", "migration", "migration:lock", "migration:ring", done,
+                           doubts };
     const char *args[] = { m->id, m->fp_to };
-    eval_with_ring(m, on_finish_written, script, keys, 5, args, 2, m->to_rec,
+    eval_with_ring(m, on_finish_written, script, keys, 6, args, 2, m->to_rec,
                    m->epoch + 1);
 }
 
@@ -964,10 +969,29 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
         m->done_loaded = false;
     } else if (m->from != NULL && strcmp(m->fleet, "moving") == 0 && !m->done_loaded &&
                !m->loading_done) {
-        /* Resume: arcs a previous holder finished need no work. */
+        /* Resume: arcs a previous holder finished need no work; copies it
+         * left in doubt are settled (the replies come in order: the
+         * doubts are loaded before the pump may start). */
         m->loading_done = true;
+        m->doubts_loaded = false;
+        mig_redis(m, on_doubts, m, "HGETALL %s:migration:doubts:%s", m->prefix, m->fp_to);
         mig_redis(m, on_done_arcs, m, "SMEMBERS %s:migration:done:%s", m->prefix,
                   m->fp_to);
+    }
+}
+
+static void on_doubts(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL) {
+        return;
+    }
+    m->doubts_loaded = reply_ok(m, reply) && reply->type == REDIS_REPLY_ARRAY &&
+                       m->arcs != NULL;
+    if (m->doubts_loaded) {
+        mig_doubts_load(m, reply);
     }
 }
 
@@ -980,8 +1004,9 @@ static void on_done_arcs(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     m->loading_done = false;
-    if (!reply_ok(m, reply) || reply->type != REDIS_REPLY_ARRAY || m->arcs == NULL) {
-        return;
+    if (!reply_ok(m, reply) || reply->type != REDIS_REPLY_ARRAY || m->arcs == NULL ||
+        !m->doubts_loaded) {
+        return;     /* both again at the next sync */
     }
     for (size_t j = 0; j < reply->elements; j++) {
         unsigned first, last;
@@ -1085,6 +1110,8 @@ static void mig_on_disconnect(const redisAsyncContext *ac, int status)
     m->handshake = 0;
     m->syncing = false;
     m->lease = false;       /* it expires; someone, maybe us, takes over */
+    m->done_loaded = false; /* ... and whoever held it meanwhile may have
+                               finished arcs and left copies in doubt */
     for (uint32_t i = 0; m->arcs != NULL && i < m->diff.narcs; i++) {
         m->arcs[i].listing = false;
     }

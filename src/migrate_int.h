@@ -21,6 +21,7 @@
 #define MIG_BUCKETS 4096
 #define MIG_LIST_BATCH 500
 #define MIG_MAX_RETRIES 8           /* a key that keeps changing under us */
+#define MIG_DOUBTS_MAX 131072       /* copies in doubt loaded from Redis, at most */
 #define MIG_ARC_RETRY_MIN_MS 500    /* an arc whose moves failed: first pause */
 #define MIG_ARC_RETRY_MAX_MS 10000  /* ... doubling up to this */
 #define MIG_SYNC_MS 1000            /* Redis sync when nothing changes */
@@ -218,6 +219,7 @@ struct mig {
     uint32_t arcs_done, cur_arc, pass;
     bool lease;
     bool done_loaded, loading_done;     /* the done arcs, read when leading */
+    bool doubts_loaded;         /* ... and the copies in doubt (read first) */
     double tokens;
     uint64_t last_refill;
     uint32_t inflight, reserved;
@@ -276,6 +278,9 @@ void bulk_pump(struct mig *m);                  /* start what the budget allows 
 int32_t arc_of(const struct mig *m, uint32_t h);
 void arc_free_seen(struct mig_arc *a);
 void mig_doubts_free(struct mig *m);
+/* An HGETALL of <prefix>:migration:doubts:<to>: an earlier lease holder's
+ * copies in doubt, settled as this proxy's own (untrusted: bounded). */
+void mig_doubts_load(struct mig *m, const redisReply *reply);
 /* Index bookkeeping: key into / out of its v-node set under ring r. */
 void mig_index_add(struct mig *m, const struct ring *r, const char *key, size_t len);
 void mig_index_rem(struct mig *m, const struct ring *r, const char *key, size_t len);

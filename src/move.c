@@ -36,6 +36,7 @@
  * up tombstones and entries written meanwhile; then the closing pass
  * (closing.c) lists each source server for keys the index never knew.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,6 +175,29 @@ static void table_drop(struct mdoubt **pp, uint64_t *count)
     }
 }
 
+/*
+ * Copies in doubt are recorded in Redis too (<prefix>:migration:doubts:<to>,
+ * a field per key: "<value hash, hex> <source CAS>"), so that a proxy
+ * taking the lease over settles them as well (mig_doubts_load); the record
+ * goes with the migration's others at its end. Best effort: a write Redis
+ * refuses is logged by mig_redis's reply check.
+ */
+static void doubt_record(struct mig *m, const struct mdoubt *d)
+{
+    char val[48];
+
+    snprintf(val, sizeof(val), "%016llx %lld", (unsigned long long)d->vhash,
+             (long long)d->src_cas);
+    mig_redis(m, NULL, NULL, "HSET %s:migration:doubts:%s %b %s", m->prefix, m->fp_to,
+              d->key, (size_t)d->len, val);
+}
+
+static void doubt_unrecord(struct mig *m, const char *key, size_t len)
+{
+    mig_redis(m, NULL, NULL, "HDEL %s:migration:doubts:%s %b", m->prefix, m->fp_to, key,
+              len);
+}
+
 static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64_t src_cas,
                       uint64_t sent_on, uint32_t opaque)
 {
@@ -185,12 +209,95 @@ static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64
         d->sent_on = sent_on;
         d->opaque = opaque;
         d->since = 0;           /* not yet seen missing from a live N */
+        doubt_record(m, d);
     }
 }
 
 static void doubt_drop(struct mig *m, const struct mkey *k)
 {
-    table_drop(doubt_slot(m, k->key, k->len), &m->ndoubts);
+    struct mdoubt **pp = doubt_slot(m, k->key, k->len);
+
+    if (*pp != NULL) {
+        doubt_unrecord(m, k->key, k->len);
+        table_drop(pp, &m->ndoubts);
+    }
+}
+
+/* "<16 hex digits> <CAS>", as doubt_record writes it, and nothing else. */
+static bool doubt_parse(const char *s, size_t len, uint64_t *vhash, int64_t *src_cas)
+{
+    char buf[48], *end;
+
+    if (len < 18 || len >= sizeof(buf) || s[16] != ' ') {
+        return false;
+    }
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    for (int i = 0; i < 16; i++) {
+        if (!((buf[i] >= '0' && buf[i] <= '9') || (buf[i] >= 'a' && buf[i] <= 'f'))) {
+            return false;
+        }
+    }
+    buf[16] = '\0';
+    *vhash = strtoull(buf, NULL, 16);
+    if (buf[17] < '0' || buf[17] > '9') {
+        return false;
+    }
+    errno = 0;
+    long long cas = strtoll(buf + 17, &end, 10);
+    if (errno != 0 || *end != '\0') {
+        return false;
+    }
+    *src_cas = cas;
+    return true;
+}
+
+void mig_doubts_load(struct mig *m, const redisReply *reply)
+{
+    uint64_t loaded = 0, bad = 0;
+
+    for (size_t j = 0; j + 1 < reply->elements; j += 2) {
+        const redisReply *key = reply->element[j], *val = reply->element[j + 1];
+        uint64_t vhash;
+        int64_t src_cas;
+        if (key->type != REDIS_REPLY_STRING || val->type != REDIS_REPLY_STRING ||
+            !proto_key_ok(key->str, key->len) || !doubt_parse(val->str, val->len, &vhash,
+                                                              &src_cas)) {
+            bad++;
+            continue;
+        }
+        int32_t arc = arc_of(m, ring_key_hash(m->from, key->str, key->len));
+        if (arc < 0 || !m->diff.arcs[arc].moves) {
+            bad++;              /* no copy goes to a key that does not move */
+            continue;
+        }
+        struct mdoubt **pp = doubt_slot(m, key->str, key->len);
+        if (*pp != NULL) {
+            continue;           /* our own: it knows its socket */
+        }
+        if (m->ndoubts >= MIG_DOUBTS_MAX) {
+            bad++;
+            continue;
+        }
+        struct mdoubt *d = calloc(1, sizeof(*d) + key->len);
+        if (d == NULL) {
+            bad++;
+            continue;
+        }
+        d->len = (uint16_t)key->len;     /* proto_key_ok: at most 250 */
+        memcpy(d->key, key->str, key->len);
+        d->vhash = vhash;
+        d->src_cas = src_cas;
+        *pp = d;                /* sent_on 0: settled by the value and the time bound */
+        m->ndoubts++;
+        loaded++;
+    }
+    if (loaded > 0 || bad > 0) {
+        log_notice("migration", "%s: copies in doubt recorded by an earlier holder: %llu, "
+                   "settled before the end; %llu records skipped (not a moving key, not "
+                   "a record, over the bound or out of memory)", m->p->name,
+                   (unsigned long long)loaded, (unsigned long long)bad);
+    }
 }
 
 void mig_doubts_free(struct mig *m)
@@ -2473,6 +2580,7 @@ static bool doubts_pump(struct mig *m)
                 /* Copies go only to the keys of moving arcs: cannot be. */
                 log_error("migration", "%s: a copy in doubt of a key that does not "
                           "move (%u bytes): forgotten", m->p->name, (unsigned)d->len);
+                doubt_unrecord(m, d->key, d->len);
                 table_drop(pp, &m->ndoubts);
                 continue;
             }

@@ -81,12 +81,12 @@ static void on_unchecked_reply(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
-void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...)
+bool mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...)
 {
     va_list ap;
 
     if (!m->rc_up) {
-        return;
+        return false;
     }
     if (cb == NULL) {
         cb = on_unchecked_reply;
@@ -98,7 +98,9 @@ void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, 
     if (rc != REDIS_OK) {
         log_error("migration", "%s: cannot send a Redis command (%.40s...)",
                   m->p->name, fmt);
+        return false;
     }
+    return true;
 }
 
 /* Send argv (n strings) as one command. */

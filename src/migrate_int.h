@@ -127,6 +127,8 @@ struct mop {
     uint32_t sent_opaque;       /* ... and that command's O<n> there */
     bool src_tomb;              /* the old owner holds a tombstone */
     bool src_gone;              /* ... nothing (a copy in doubt is settled) */
+    bool copy_recorded;         /* its copy is in <prefix>:migration:doubts
+                                   until answered (move.c, move_copy) */
 };
 
 struct mig_arc {
@@ -258,7 +260,9 @@ static inline uint64_t now_ms(const struct mig *m)
 }
 
 /* migrate.c */
-void mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...);
+/* False (cb will not be called): Redis not connected, or the command not
+ * queued (logged). */
+bool mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...);
 /* The index script's `op` over n arguments (layout.h), on the coordination
  * connection; cb NULL: only an error matters. */
 void mig_index(struct mig *m, redisCallbackFn *cb, void *priv, const char *op, int n,

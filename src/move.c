@@ -182,14 +182,20 @@ static void table_drop(struct mdoubt **pp, uint64_t *count)
  * goes with the migration's others at its end. Best effort: a write Redis
  * refuses is logged by mig_redis's reply check.
  */
-static void doubt_record(struct mig *m, const struct mdoubt *d)
+static bool doubt_record_cb(struct mig *m, const char *key, size_t len, uint64_t vhash,
+                            int64_t src_cas, redisCallbackFn *cb, void *priv)
 {
     char val[48];
 
-    snprintf(val, sizeof(val), "%016llx %lld", (unsigned long long)d->vhash,
-             (long long)d->src_cas);
-    mig_redis(m, NULL, NULL, "HSET %s:migration:doubts:%s %b %s", m->prefix, m->fp_to,
-              d->key, (size_t)d->len, val);
+    snprintf(val, sizeof(val), "%016llx %lld", (unsigned long long)vhash,
+             (long long)src_cas);
+    return mig_redis(m, cb, priv, "HSET %s:migration:doubts:%s %b %s", m->prefix,
+                     m->fp_to, key, len, val);
+}
+
+static void doubt_record(struct mig *m, const struct mdoubt *d)
+{
+    (void)doubt_record_cb(m, d->key, d->len, d->vhash, d->src_cas, NULL, NULL);
 }
 
 static void doubt_unrecord(struct mig *m, const char *key, size_t len)
@@ -1999,7 +2005,10 @@ static void on_store_copy(void *arg, const struct mreply *r)
         /* No answer: the copy may land later (invariant I4, "Moving keys"). */
         doubt_add(op->m, op->k, value_hash(op->val, op->val_len, (uint32_t)op->vflags),
                   op->src_cas, op->sent_on, op->sent_opaque);
+    } else if (op->copy_recorded) {
+        doubt_unrecord(op->m, op->k->key, op->k->len);   /* answered: ran */
     }
+    op->copy_recorded = false;
     if (r->status == MREPLY_NS && !op->dest_checked) {
         op->dest_checked = true;
         SEND_OR_FAIL(op, op->to, on_dest_look, NULL, 0, "mg %.*s v f c", (int)op->k->len,
@@ -2125,7 +2134,36 @@ static void on_fetch(void *arg, const struct mreply *r)
     move_copy(op);
 }
 
-/* The key's value (or tombstone) is read from the old owner: copy it. */
+/* The copy is recorded in Redis: send it. */
+static void on_copy_recorded(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mop *op = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL) {
+        return;     /* mig_free: the operation goes with the key table */
+    }
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        if (reply != NULL) {
+            mig_index_refused(op->m, reply->str);
+        }
+        move_done(op, MOP_FAILED);      /* another pass, Redis willing */
+        return;
+    }
+    op->copy_recorded = true;
+    SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,
+                 "ms %.*s %zu F%llu T%lld ME c", (int)op->k->len, op->k->key,
+                 op->val_len, (unsigned long long)(uint32_t)op->vflags,
+                 (long long)ttl_for_store(op->ttl));
+}
+
+/*
+ * The key's value (or tombstone) is read from the old owner: copy it. The
+ * copy is recorded as in doubt in Redis first, and sent once Redis took the
+ * record, until its answer comes: whoever holds the lease next knows of it
+ * even if this process dies before the answer (docs/ARCHITECTURE.md, "A
+ * copy in doubt").
+ */
 static void move_copy(struct mop *op)
 {
     if (op->src_tomb) {
@@ -2135,10 +2173,12 @@ static void move_copy(struct mop *op)
                      op->k->key);
         return;
     }
-    SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,
-                 "ms %.*s %zu F%llu T%lld ME c", (int)op->k->len, op->k->key,
-                 op->val_len, (unsigned long long)(uint32_t)op->vflags,
-                 (long long)ttl_for_store(op->ttl));
+    if (op->m->closing || mig_fenced(op->m) ||
+        !doubt_record_cb(op->m, op->k->key, op->k->len,
+                         value_hash(op->val, op->val_len, (uint32_t)op->vflags),
+                         op->src_cas, on_copy_recorded, op)) {
+        move_done(op, MOP_FAILED);
+    }
 }
 
 /* A doubt is settled: copy what O holds, or end if it holds nothing. */

@@ -329,23 +329,27 @@ def test_the_copy_s_late_answer_counts_after_its_socket_closed(env):
     assert t.value in got, ("the client's acknowledged set was deleted", got)
 
 
-def test_a_new_coordinator_settles_the_copies_its_predecessor_left_in_doubt(env):
+@pytest.mark.parametrize("timed_out", [True, False], ids=["timed-out", "in-flight"])
+def test_a_new_coordinator_settles_the_copies_its_predecessor_left_in_doubt(env, timed_out):
     """Two proxies resize together; the one moving the keys sends a copy
-    to mc4, which holds it, and is killed. A delete through the other
-    leaves a tombstone on O (its md on mc4 finds nothing). The survivor
-    takes the lease over and moves the key. Knowing nothing of the copy,
-    it found mc4 empty and cleared the tombstone; the copy then landed
-    and the deleted key was back (docs/ARCHITECTURE.md, Known limits,
-    before 2026-12-03). The doubts are recorded in Redis now, and the new
-    holder settles them as its own (move.c, mig_doubts_load)."""
+    to mc4, which holds it, and is killed: after the copy's timeout (a copy
+    in doubt) or before it (a copy still waiting for its answer). A delete
+    through the other leaves a tombstone on O (its md on mc4 finds
+    nothing). The survivor takes the lease over and moves the key. Knowing
+    nothing of the copy, it found mc4 empty and cleared the tombstone; the
+    copy then landed and the deleted key was back (docs/ARCHITECTURE.md,
+    Known limits, before 2026-12-03). Each copy is recorded in Redis before
+    it is sent, until answered, and the new holder settles the records as
+    its own doubts (move.c, move_copy, mig_doubts_load)."""
+    extra = QUICK if timed_out else dict(QUICK, timeout=2000)
     mcs = env.servers(4)
     relay = HoldRelay(mcs[3].port)
     n4 = SimpleNamespace(addr=relay.addr, ident=4)
-    proxies = [env.proxy(mcs[:3], extra=QUICK) for _ in range(2)]
+    proxies = [env.proxy(mcs[:3], extra=extra) for _ in range(2)]
     names = ["lk%d" % i for i in range(200)]
     for p in proxies:
         with open(p.conf_path + ".new", "w") as f:
-            f.write(env.config(mcs[:3] + [n4], p.port, extra=QUICK))
+            f.write(env.config(mcs[:3] + [n4], p.port, extra=extra))
     a = proxies[0]
     before, after = locate(a.conf_path, names), locate(a.conf_path + ".new", names)
     k = next(x for x in names if after[x] == "mc4").encode()
@@ -356,19 +360,20 @@ def test_a_new_coordinator_settles_the_copies_its_predecessor_left_in_doubt(env)
     try:
         relay.hold()
         for p in proxies:
-            reload(p, env.config(mcs[:3] + [n4], p.port, extra=QUICK))
+            reload(p, env.config(mcs[:3] + [n4], p.port, extra=extra))
 
-        def holder():
-            for p in proxies:
-                st = proxy_stats(p.port)
-                if st["migration:lease"] == "1" and int(st["migration:copies_in_doubt"]) >= 1:
-                    return p
-            return None
-        wait_until(lambda: holder() is not None, timeout=30,
-                   what="the lease holder's copy to be in doubt")
-        first = holder()
+        def held():
+            return [c for c in relay.held() if b"ms " + k + b" " in c.held]
+        wait_until(lambda: held(), timeout=30, what="the copy to be held")
+        first = next(p for p in proxies if proxy_stats(p.port)["migration:lease"] == "1")
         heir = proxies[1] if first is proxies[0] else proxies[0]
-        copy = [c for c in relay.held() if b"ms " + k + b" " in c.held]
+        in_doubt = int(proxy_stats(first.port)["migration:copies_in_doubt"])
+        if timed_out:
+            stats_until(first.port, lambda st: int(st["migration:copies_in_doubt"]) >= 1,
+                        timeout=30, what="the holder's copy to be in doubt")
+        else:
+            assert in_doubt == 0, "the copy timed out before the kill"
+        copy = held()
         assert len(copy) == 1, [c.held[:80] for c in relay.held()]
         # records nobody should trust: not a key, not a record
         to = env.r.hget("rp:cache:migration", "to").decode()

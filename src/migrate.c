@@ -145,7 +145,7 @@ static void on_index_reply(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
-void mig_index(struct mig *m, redisCallbackFn *cb, void *priv, const char *op, int n,
+bool mig_index(struct mig *m, redisCallbackFn *cb, void *priv, const char *op, int n,
                const char *const *args, const size_t *lens)
 {
     const char *argv[LAY_HEAD + 8];
@@ -153,7 +153,7 @@ void mig_index(struct mig *m, redisCallbackFn *cb, void *priv, const char *op, i
     char nums[2][12];
 
     if (!m->rc_up || n > 8) {
-        return;
+        return false;
     }
     lay_head(argv, len, m->ring_key, op, &m->limits, nums);
     for (int i = 0; i < n; i++) {
@@ -165,8 +165,12 @@ void mig_index(struct mig *m, redisCallbackFn *cb, void *priv, const char *op, i
         priv = m;
     }
     if (redisAsyncCommandArgv(m->rc, cb, priv, LAY_HEAD + n, argv, len) != REDIS_OK) {
+        /* e.g. from a reply callback while hiredis tears the connection
+         * down (it fails what was pending before telling us it is gone) */
         log_error("migration", "%s: cannot send the index script (%s)", m->p->name, op);
+        return false;
     }
+    return true;
 }
 
 /* A ring from an HGETALL reply of a ring record; NULL if malformed. */
@@ -974,11 +978,12 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
         /* Resume: arcs a previous holder finished need no work; copies it
          * left in doubt are settled (the replies come in order: the
          * doubts are loaded before the pump may start). */
-        m->loading_done = true;
         m->doubts_loaded = false;
-        mig_redis(m, on_doubts, m, "HGETALL %s:migration:doubts:%s", m->prefix, m->fp_to);
-        mig_redis(m, on_done_arcs, m, "SMEMBERS %s:migration:done:%s", m->prefix,
-                  m->fp_to);
+        m->loading_done =
+            mig_redis(m, on_doubts, m, "HGETALL %s:migration:doubts:%s", m->prefix,
+                      m->fp_to) &&
+            mig_redis(m, on_done_arcs, m, "SMEMBERS %s:migration:done:%s", m->prefix,
+                      m->fp_to);
     }
 }
 

@@ -264,8 +264,9 @@ static inline uint64_t now_ms(const struct mig *m)
  * queued (logged). */
 bool mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...);
 /* The index script's `op` over n arguments (layout.h), on the coordination
- * connection; cb NULL: only an error matters. */
-void mig_index(struct mig *m, redisCallbackFn *cb, void *priv, const char *op, int n,
+ * connection; cb NULL: only an error matters. False: not sent, and cb
+ * will not be called. */
+bool mig_index(struct mig *m, redisCallbackFn *cb, void *priv, const char *op, int n,
                const char *const *args, const size_t *lens);
 /* The index script was refused: counted in the index health, and loaded
  * again when Redis lost it (NOSCRIPT). */

@@ -137,8 +137,10 @@ unit: $(UNIT)
 compat: $(BUILD)/compat_libmemcached
 	$(BUILD)/compat_libmemcached
 
+# --durations: the slowest tests, for keeping `make test` under 15 minutes.
 integration: $(BIN) $(BUILD)/loadgen
-	RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q tests/integration
+	RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q --durations=12 \
+		tests/integration
 
 capable: $(BIN)
 	./tests/capable.sh $(BIN)

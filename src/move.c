@@ -176,11 +176,12 @@ static void table_drop(struct mdoubt **pp, uint64_t *count)
 }
 
 /*
- * Copies in doubt are recorded in Redis too (<prefix>:migration:doubts:<to>,
- * a field per key: "<value hash, hex> <source CAS>"), so that a proxy
- * taking the lease over settles them as well (mig_doubts_load); the record
- * goes with the migration's others at its end. Best effort: a write Redis
- * refuses is logged by mig_redis's reply check.
+ * Every copy is recorded in Redis before it is sent (move_copy), until its
+ * answer comes or, if none comes, until its doubt is settled
+ * (<prefix>:migration:doubts:<to>, a field per key: "<value hash, hex>
+ * <source CAS>"), so that a proxy taking the lease over settles it as well
+ * (mig_doubts_load); the record goes with the migration's others at its
+ * end. A doubt records itself again (the same field, to the same value).
  */
 static bool doubt_record_cb(struct mig *m, const char *key, size_t len, uint64_t vhash,
                             int64_t src_cas, redisCallbackFn *cb, void *priv)
@@ -2224,9 +2225,9 @@ static void on_doubt_cleared(void *arg, const struct mreply *r)
  * copy's own socket (mconn.c keeps it past a timeout) ran after it: the
  * answer is final; so is a copy N answered late (doubt_answer), on
  * whatever socket the look went. Else (the socket was closed with the
- * copy unanswered) the new owner must have answered, with no failure between, for as long
- * as conflict_settled's bound without the liveness (docs/ARCHITECTURE.md,
- * "A copy in doubt").
+ * copy unanswered, or another process sent it) the new owner must have
+ * answered, with no failure between, for as long as conflict_settled's
+ * bound without the liveness (docs/ARCHITECTURE.md, "A copy in doubt").
  */
 static bool doubt_drained(const struct mop *op, struct mdoubt *d)
 {

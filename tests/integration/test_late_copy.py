@@ -28,6 +28,7 @@ import pytest
 
 from harness import TcpRelay, locate, proxy_stats, stats_until, wait_until
 from test_meta import run_battery
+from test_fleet_races import indexed_members
 from test_migration import (FakeProxy, TOMB_VALUE, env, reload,  # noqa: F401
                             wait_migrated, wait_phase)
 
@@ -142,6 +143,12 @@ QUICK = {"timeout": 500, "migration": {"rate": 0, "delete_source": True,
                                        "liveness": 2000}}
 
 
+def wait_indexed(r, key, proxies=1):
+    """Until key is in a v-node set and `proxies` heartbeats are in Redis."""
+    wait_until(lambda: key.decode() in indexed_members(r) and r.hlen("rp:cache:proxies") >= proxies,
+               timeout=10, what="the key indexed and the heartbeats written")
+
+
 @contextlib.contextmanager
 def copy_in_doubt(env, prefix, around=False):
     """Three servers and a proxy; one key k that moves to a fourth, mc4,
@@ -166,7 +173,11 @@ def copy_in_doubt(env, prefix, around=False):
     # the only key that moves: the mover's first listing holds it
     store = b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value)
     assert raw(old.port if around else a.port, store) == b"STORED\r\n"
-    time.sleep(1.2)     # indexed, and the heartbeat is in Redis
+    if around:
+        wait_until(lambda: env.r.hlen("rp:cache:proxies") >= 1, timeout=10,
+                   what="the heartbeat in Redis")
+    else:
+        wait_indexed(env.r, k)
     try:
         with FakeProxy(env.r) as fake:
             reload(a, env.config(mcs[:3] + [n4], a.port, extra=QUICK))
@@ -287,8 +298,9 @@ def test_a_copy_in_doubt_of_the_closing_pass_is_settled_before_the_end(env):
         assert raw(t.a.port, b"set %s 0 0 %d\r\n%s\r\n" % (t.k, len(v2), v2)) == b"STORED\r\n"
         assert raw(t.a.port, b"delete %s\r\n" % t.k) == b"DELETED\r\n"
         t.fake.ack = "moving"
-        # every pass is over soon: the end waits for the held copy
-        time.sleep(6)
+        # the passes end soon (the closing pass's listing of O finds the
+        # key no more): the end waits for the held copy
+        time.sleep(3)
         st = proxy_stats(t.a.port)
         assert st["migration:state"] != "idle", "ended with a copy in doubt"
         assert int(st["migration:copies_in_doubt"]) >= 1, st
@@ -341,7 +353,7 @@ def test_a_new_coordinator_settles_the_copies_its_predecessor_left_in_doubt(env,
     Known limits, before 2026-12-03). Each copy is recorded in Redis before
     it is sent, until answered, and the new holder settles the records as
     its own doubts (move.c, move_copy, mig_doubts_load)."""
-    extra = QUICK if timed_out else dict(QUICK, timeout=2000)
+    extra = QUICK if timed_out else dict(QUICK, timeout=1500)
     mcs = env.servers(4)
     relay = HoldRelay(mcs[3].port)
     n4 = SimpleNamespace(addr=relay.addr, ident=4)
@@ -356,7 +368,7 @@ def test_a_new_coordinator_settles_the_copies_its_predecessor_left_in_doubt(env,
     old = mcs[int(before[k.decode()][2:]) - 1]
     value = b"v1-" + k
     assert raw(a.port, b"set %s 0 0 %d\r\n%s\r\n" % (k, len(value), value)) == b"STORED\r\n"
-    time.sleep(1.2)     # indexed, and both heartbeats are in Redis
+    wait_indexed(env.r, k, proxies=2)
     try:
         relay.hold()
         for p in proxies:

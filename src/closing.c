@@ -123,25 +123,8 @@ static void on_dump_key(void *arg, const struct mdump_item *it)
     }
     s->listed_keys++;
     m->closing_listed++;
-    struct mop *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
+    if (!bulk_move(m, (uint32_t)i, s, it->key, it->len)) {
         s->failed++;    /* listed again */
-        return;
-    }
-    op->arc = i;
-    op->src = s;
-    op->from = m->from_be[s->server];
-    op->to = m->to_be[m->to->points[arc->to].server];
-    m->arcs[i].inflight++;
-    m->inflight++;
-    s->inflight++;
-    m->tokens -= 1;
-    if (!mop_enqueue(m, op, it->key, it->len)) {
-        m->arcs[i].inflight--;
-        m->inflight--;
-        s->inflight--;
-        s->failed++;
-        mop_free(op);
     }
     if (s->dump != NULL && !has_room(m, false)) {
         mdump_pause(s->dump);   /* the pump resumes it */

@@ -14,8 +14,9 @@
  * written. Kept, the socket's later commands run after the abandoned ones,
  * so a command sent on the same socket (mconn_socket) sees their effect
  * (move.c, on_doubt_look). The abandoned slots' replies are read, and
- * their status and CAS kept by opaque (mconn_late_reply). Positions alone would then mismatch replies for good after one
- * reply too few, so every command carries an opaque (O<n>) its reply must
+ * their status and CAS kept by opaque (mconn_late_reply). Positions alone
+ * would then mismatch replies for good after one reply too few, so every
+ * command carries an opaque (O<n>) its reply must
  * echo; a mismatch fails the connection (an error line carries none: it
  * is taken as the head command's, and the next mismatch fails it). The
  * socket is closed anyway past MCONN_ABANDONED_MAX abandoned slots,

@@ -280,6 +280,11 @@ uint32_t op_timeout_ms(const struct pool *p);
 uint32_t inflight_limit(const struct mig *m);
 void mop_free(struct mop *op);
 void bulk_pump(struct mig *m);                  /* start what the budget allows */
+/* Move key, of moving arc i (src: the closing pass's source listing it,
+ * else NULL): counted in flight, started once the key is idle. False: not
+ * started (out of memory), nothing counted. */
+bool bulk_move(struct mig *m, uint32_t i, struct mig_source *src, const char *key,
+               size_t len);
 int32_t arc_of(const struct mig *m, uint32_t h);
 void arc_free_seen(struct mig_arc *a);
 void mig_doubts_free(struct mig *m);

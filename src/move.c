@@ -181,7 +181,8 @@ static void table_drop(struct mdoubt **pp, uint64_t *count)
  * (<prefix>:migration:doubts:<to>, a field per key: "<value hash, hex>
  * <source CAS>"), so that a proxy taking the lease over settles it as well
  * (mig_doubts_load); the record goes with the migration's others at its
- * end. A doubt records itself again (the same field, to the same value).
+ * end. A store not recorded first (a conditional overwrite) is recorded
+ * when it times out.
  */
 static bool doubt_record_cb(struct mig *m, const char *key, size_t len, uint64_t vhash,
                             int64_t src_cas, redisCallbackFn *cb, void *priv)
@@ -205,8 +206,9 @@ static void doubt_unrecord(struct mig *m, const char *key, size_t len)
               len);
 }
 
+/* recorded: the copy's record is in Redis already (move_copy) */
 static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64_t src_cas,
-                      uint64_t sent_on, uint32_t opaque)
+                      uint64_t sent_on, uint32_t opaque, bool recorded)
 {
     struct mdoubt *d = table_get(doubt_slot(m, k->key, k->len), k, &m->ndoubts);
 
@@ -216,7 +218,9 @@ static void doubt_add(struct mig *m, const struct mkey *k, uint64_t vhash, int64
         d->sent_on = sent_on;
         d->opaque = opaque;
         d->since = 0;           /* not yet seen missing from a live N */
-        doubt_record(m, d);
+        if (!recorded) {
+            doubt_record(m, d);
+        }
     }
 }
 
@@ -2005,7 +2009,7 @@ static void on_store_copy(void *arg, const struct mreply *r)
     if (r->status == MREPLY_FAIL && op->val != NULL) {
         /* No answer: the copy may land later (invariant I4, "Moving keys"). */
         doubt_add(op->m, op->k, value_hash(op->val, op->val_len, (uint32_t)op->vflags),
-                  op->src_cas, op->sent_on, op->sent_opaque);
+                  op->src_cas, op->sent_on, op->sent_opaque, op->copy_recorded);
     } else if (op->copy_recorded) {
         doubt_unrecord(op->m, op->k->key, op->k->len);   /* answered: ran */
     }
@@ -2266,7 +2270,8 @@ static bool doubt_answer(const struct mop *op, const struct mdoubt *d,
  * answer, only if that stored it (HD) and N's CAS is still the one it got:
  * a client's write of the same bytes since (a cache refilled, with the old
  * owner cleared) is not taken for it, and not removed. Without it (no
- * answer yet, or not known) only the bytes can tell.
+ * answer yet, or not known) only the bytes can tell, and only while O
+ * still holds the key or its tombstone.
  */
 static bool doubt_is_ours(const struct mop *op, const struct mdoubt *d, const struct mreply *r)
 {
@@ -2280,6 +2285,14 @@ static bool doubt_is_ours(const struct mop *op, const struct mdoubt *d, const st
     mreply_flag(r, 'c', &cas);
     if (doubt_answer(op, d, &st, &copy_cas)) {
         return st == MREPLY_HD && copy_cas == cas;
+    }
+    if (op->src_gone) {
+        /* O is empty: the same bytes on N are the copy's, or the key's own
+         * (the move went through and its record's HDEL was lost to a Redis
+         * outage, or a client refilled the key). Taken for the copy, every
+         * record a Redis restart left behind cost a moved key
+         * (test_migration.py): kept. */
+        return false;
     }
     return value_hash(r->value, r->value_len, (uint32_t)flags) == d->vhash;
 }
@@ -2306,16 +2319,6 @@ static void on_doubt_look(void *arg, const struct mreply *r)
     }
     mreply_flag(r, 'c', &cas);
     bool ours = d != NULL && doubt_is_ours(op, d, r);
-    enum mreply_status st;
-    int64_t copy_cas;
-    if (ours && op->src_gone && !doubt_answer(op, d, &st, &copy_cas)) {
-        /* O is empty and N holds the copy's bytes, with no answer to say
-         * whose they are: the copy's, or the key's own (the move went
-         * through and its record's HDEL was lost to a Redis outage, or a
-         * client refilled the key). Kept: removed, every record a Redis
-         * restart left behind cost a moved key (test_migration.py). */
-        ours = false;
-    }
     if (!ours && d != NULL && !doubt_drained(op, d)) {
         move_done(op, MOP_WAITING);
     } else if (!ours) {
@@ -2438,6 +2441,37 @@ static void arc_done(struct mig *m, uint32_t i)
     }
 }
 
+bool bulk_move(struct mig *m, uint32_t i, struct mig_source *src, const char *key,
+               size_t len)
+{
+    const struct ring_arc *arc = &m->diff.arcs[i];
+    struct mop *op = calloc(1, sizeof(*op));
+
+    if (op == NULL) {
+        return false;
+    }
+    op->arc = (int32_t)i;
+    op->src = src;
+    op->from = m->from_be[m->from->points[arc->from].server];
+    op->to = m->to_be[m->to->points[arc->to].server];
+    m->arcs[i].inflight++;
+    m->inflight++;
+    if (src != NULL) {
+        src->inflight++;
+    }
+    m->tokens -= 1;     /* with rate 0, the refill sets them back to 0 */
+    if (!mop_enqueue(m, op, key, len)) {
+        m->arcs[i].inflight--;
+        m->inflight--;
+        if (src != NULL) {
+            src->inflight--;
+        }
+        mop_free(op);
+        return false;
+    }
+    return true;
+}
+
 struct list_ctx {
     struct mig *m;
     uint32_t arc;
@@ -2534,20 +2568,8 @@ static void on_list(redisAsyncContext *ac, void *r, void *priv)
             m->index_moved++;
             continue;
         }
-        struct mop *op = calloc(1, sizeof(*op));
-        if (op == NULL) {
+        if (!bulk_move(m, i, NULL, mem->str, mem->len)) {
             break;
-        }
-        op->arc = (int32_t)i;
-        op->from = m->from_be[m->from->points[arc->from].server];
-        op->to = m->to_be[m->to->points[arc->to].server];
-        a->inflight++;
-        m->inflight++;
-        m->tokens -= 1;
-        if (!mop_enqueue(m, op, mem->str, mem->len)) {
-            a->inflight--;
-            m->inflight--;
-            mop_free(op);
         }
     }
     arc_free_seen(a);
@@ -2636,22 +2658,7 @@ static bool doubts_pump(struct mig *m)
                 continue;
             }
             pp = &d->next;
-            struct mop *op = calloc(1, sizeof(*op));
-            if (op == NULL) {
-                continue;       /* out of memory: the next round */
-            }
-            const struct ring_arc *arc = &m->diff.arcs[i];
-            op->arc = i;
-            op->from = m->from_be[m->from->points[arc->from].server];
-            op->to = m->to_be[m->to->points[arc->to].server];
-            m->arcs[i].inflight++;
-            m->inflight++;
-            m->tokens -= limited ? 1 : 0;
-            if (!mop_enqueue(m, op, d->key, d->len)) {
-                m->arcs[i].inflight--;
-                m->inflight--;
-                mop_free(op);
-            }
+            (void)bulk_move(m, (uint32_t)i, NULL, d->key, d->len);  /* else the next round */
         }
     }
     m->doubt_pumping = false;

@@ -129,7 +129,7 @@ test-threads:
 
 test-threads-run: $(BIN) $(BUILD)/loadgen
 	RINGPROXY_THREADS=2 RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
-		tests/integration
+		$(PYTEST_JOBS) tests/integration
 
 unit: $(UNIT)
 	@set -e; for t in $(UNIT); do echo "== $$t"; CK_FORK=yes $$t; done
@@ -137,10 +137,17 @@ unit: $(UNIT)
 compat: $(BUILD)/compat_libmemcached
 	$(BUILD)/compat_libmemcached
 
-# --durations: the slowest tests, for keeping `make test` under 15 minutes.
+# The integration files run on TEST_JOBS pytest-xdist workers, a file to a
+# worker (their tests share module fixtures); each worker takes its servers'
+# ports from a block of its own (tests/integration/harness.py, free_port).
+# Most of a test's time is waiting for servers, so two workers nearly halve
+# the suite on 2 cores. --durations: the slowest tests, for keeping `make
+# test` under 15 minutes.
+TEST_JOBS ?= 2
+PYTEST_JOBS = $(if $(filter-out 0 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 integration: $(BIN) $(BUILD)/loadgen
 	RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q --durations=12 \
-		tests/integration
+		$(PYTEST_JOBS) tests/integration
 
 capable: $(BIN)
 	./tests/capable.sh $(BIN)

@@ -6,7 +6,7 @@ set -eu
 
 PKGS="build-essential pkg-config libevent-dev libhiredis-dev libyaml-dev \
 libmd-dev check memcached redis-server libmemcached-dev libmemcached-tools \
-python3 python3-pytest python3-pymemcache python3-memcache python3-redis \
+python3 python3-pytest python3-pytest-xdist python3-pymemcache python3-memcache python3-redis \
 python3-yaml nutcracker chromium systemd man-db groff-base docker-compose"
 
 # Extras for one target only: `make bench` (valgrind for BENCH_CALLGRIND),

@@ -99,10 +99,40 @@ def stats_port_json(port, host="127.0.0.1"):
     return json.loads(read_all(port, host).decode())
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports for the servers a test starts. Each pytest-xdist worker (`make
+# integration` runs two) takes its own block of ports from 10000 up, below
+# Linux's ephemeral range (32768 and up), and walks through it: a port
+# handed out cannot be handed to another worker, nor be taken by an outgoing
+# connection, between the check here and the server's bind. A port
+# something listens on, or one in TIME_WAIT, fails the bind below and is
+# skipped. DEAD_PORT and up (to 24999) is for addresses of servers no test
+# ever runs.
+PORT_BLOCK = 2500
+_PORT_BASE = 10000
+DEAD_PORT = 20000
+_next_port = None
+
+
+def _worker_index():
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+
+
+def free_port(family=socket.AF_INET, host="127.0.0.1"):
+    global _next_port
+    first = _PORT_BASE + (_worker_index() % 4) * PORT_BLOCK    # below DEAD_PORT
+    if _next_port is None:
+        _next_port = first
+    for _ in range(PORT_BLOCK):
+        port = _next_port
+        _next_port = first + (_next_port + 1 - first) % PORT_BLOCK
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in %d..%d" % (first, first + PORT_BLOCK - 1))
 
 
 def wait_port(port, timeout=10.0, proc=None):

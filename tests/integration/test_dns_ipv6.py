@@ -88,9 +88,7 @@ def dns(tmp_path, monkeypatch):
 # --- servers on ::1 ---------------------------------------------------------
 
 def free_port6():
-    with socket.socket(socket.AF_INET6) as s:
-        s.bind(("::1", 0))
-        return s.getsockname()[1]
+    return free_port(socket.AF_INET6, "::1")
 
 
 def wait_port6(port, proc):

@@ -19,8 +19,8 @@ import threading
 
 import pytest
 
-from harness import (Memcached, Proxy, Wire, admin_get, free_port, pool_yaml, read_all,
-                     wait_port, wait_until)
+from harness import (DEAD_PORT, Memcached, Proxy, Wire, admin_get, free_port, pool_yaml,
+                     read_all, wait_port, wait_until)
 
 
 def read_stats(port):
@@ -187,7 +187,7 @@ def test_stats_port_idle_readers_do_not_pin_a_json_each(cluster, no_quarantine):
     port = free_port()
     text = "alpha:\n  listen: 127.0.0.1:%d\n  servers:\n    - %s:1 mc\n" % (port, mc.addr)
     for i in range(3999):
-        text += '    - "127.0.0.1:%d:1 %04d%s"\n' % (10000 + i, i, "\\x01" * 240)
+        text += '    - "127.0.0.1:%d:1 %04d%s"\n' % (DEAD_PORT + i, i, "\\x01" * 240)
     p = stats_proxy(cluster, text, port)
     size = len(read_all(p.stats_port))
     assert size > 5 << 20
@@ -216,7 +216,7 @@ def test_admin_idle_readers_do_not_pin_a_reply_each(cluster, no_quarantine):
     port, aport = free_port(), free_port()
     text = "alpha:\n  listen: 127.0.0.1:%d\n  servers:\n    - %s:1 mc\n" % (port, mc.addr)
     for i in range(3999):
-        text += '    - "127.0.0.1:%d:1 %04d%s"\n' % (10000 + i, i, "\\x01" * 240)
+        text += '    - "127.0.0.1:%d:1 %04d%s"\n' % (DEAD_PORT + i, i, "\\x01" * 240)
     p = cluster.proxy(text, port=port, admin_port=aport)
     wait_port(aport, proc=p.proc)
     code, _, body = admin_get(aport, "/status.json")
@@ -303,7 +303,7 @@ def test_stats_json_with_very_many_servers(cluster):
     """2,000 servers in one pool (none of them up): one valid JSON object."""
     mc, = cluster.memcached(1)
     port = free_port()
-    servers = [(mc.addr, 1, "mc0")] + [("127.0.0.1:%d" % (10000 + i), 1,
+    servers = [(mc.addr, 1, "mc0")] + [("127.0.0.1:%d" % (DEAD_PORT + i), 1,
                                         "server-%04d-%s" % (i, "n" * 40))
                                        for i in range(2000)]
     p = stats_proxy(cluster, pool_yaml("alpha", port, servers), port)

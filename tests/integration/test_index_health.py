@@ -11,8 +11,8 @@ import pytest
 import redis
 from pymemcache.client.base import Client
 
-from harness import (admin_get, admin_json, free_port, pool_yaml, proxy_stats, run_cli,
-                     wait_port, wait_until)
+from harness import (DEAD_PORT, admin_get, admin_json, free_port, pool_yaml, proxy_stats,
+                     run_cli, wait_port, wait_until)
 from test_admin import metrics, value
 
 PREFIX = "rp:cache"
@@ -212,8 +212,8 @@ def test_writes_refused_at_maxmemory_degrade_healthz_until_redis_has_room(cluste
 
 def test_diff_warns_that_a_pool_without_an_index_loses_the_keys_that_move(tmp_path):
     port = free_port()
-    two = [("127.0.0.1:%d" % (21000 + i), 1, "mc%d" % (i + 1)) for i in range(2)]
-    three = two + [("127.0.0.1:21002", 1, "mc3")]
+    two = [("127.0.0.1:%d" % (DEAD_PORT + i), 1, "mc%d" % (i + 1)) for i in range(2)]
+    three = two + [("127.0.0.1:%d" % (DEAD_PORT + 2), 1, "mc3")]
     index = {"index": {"redis": "127.0.0.1:6379"}}
 
     def files(old_index, new_index):

@@ -25,8 +25,11 @@ import time
 
 import pytest
 
-MEMCACHED = "/usr/bin/memcached"
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)    # run as a script (--emit-c) too
+from harness import free_port  # noqa: E402
+
+MEMCACHED = "/usr/bin/memcached"
 UNIT_TEST = os.path.join(HERE, "..", "unit", "test_proto.c")
 
 ERROR = b"ERROR\r\n"
@@ -260,10 +263,6 @@ def exchange(addr, line, data, timeout=5.0):
             buf += chunk
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_memcached():

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import socket
 
-from harness import Wire, admin_json, free_port, pool_yaml, wait_port, wait_until
+from harness import DEAD_PORT, Wire, admin_json, free_port, pool_yaml, wait_port, wait_until
 from test_admin import metrics, value
 
 GET_MISS = b"END\r\n"
@@ -97,8 +97,8 @@ def counters(proxy):
             value(fam, "ringproxy_reload_failures_total"))
 
 
-def servers_block(n, first_port=20000):
-    return "".join("    - 127.0.0.1:%d:1 s%d\n" % (first_port + i % 40000, i)
+def servers_block(n, first_port=DEAD_PORT):
+    return "".join("    - 127.0.0.1:%d:1 s%d\n" % (first_port + i % 5000, i)
                    for i in range(n))
 
 

@@ -44,6 +44,7 @@
 #   BENCH_MIG_ROUNDS  rounds of shape m (each: a fresh unlimited-rate
 #                   migration, then a fresh default-rate one under load) [BENCH_ROUNDS]
 #   BENCH_MIG_TIMEOUT  bound on one migration, seconds [300]
+#   BENCH_MIG_INFLIGHT  shape m: the migration's `inflight` [the default, 16]
 #   BENCH_FLEET_ROUNDS  rounds of shape f; each round is one run per stagger,
 #                   about a minute each with the defaults, most of it the
 #                   migration itself [1]
@@ -153,6 +154,7 @@ INDEX_MEM_HASHES=${BENCH_INDEX_MEM_HASHES:-fnv1a_64 md5}
 MIG_KEYS=${BENCH_MIG_KEYS:-200000}
 MIG_ROUNDS=${BENCH_MIG_ROUNDS:-$ROUNDS}
 MIG_TIMEOUT=${BENCH_MIG_TIMEOUT:-300}
+MIG_INFLIGHT_SET=${BENCH_MIG_INFLIGHT:+, inflight: $BENCH_MIG_INFLIGHT}
 FLEET_ROUNDS=${BENCH_FLEET_ROUNDS:-1}
 FLEET_STAGGERS=${BENCH_FLEET_STAGGERS:-0 2}
 MAINT_KEYS=${BENCH_MAINT_KEYS:-300000}
@@ -1240,7 +1242,8 @@ shape_migration() {
 	for r in $(seq "$MIG_ROUNDS"); do
 		# (1) unlimited rate, no load
 		log "shape m round $r: unlimited rate: fill $MIG_KEYS keys, add a 4th server, SIGHUP"
-		if ! mig_setup "r$r-unlimited" "  migration: {rate: 0}" || ! mig_fill "r$r-unlimited"; then
+		if ! mig_setup "r$r-unlimited" "  migration: {rate: 0$MIG_INFLIGHT_SET}" ||
+			! mig_fill "r$r-unlimited"; then
 			log "  setup or fill failed (see $LOGS)"
 			IX[a_err,$r]=1
 			mig_teardown
@@ -1258,7 +1261,8 @@ shape_migration() {
 
 		# (2) default rate, under load
 		log "shape m round $r: default rate under load: fill, load before, SIGHUP under load"
-		if ! mig_setup "r$r-default" "" || ! mig_fill "r$r-default"; then
+		if ! mig_setup "r$r-default" "${MIG_INFLIGHT_SET:+  migration: {${MIG_INFLIGHT_SET#, }\}}" ||
+			! mig_fill "r$r-default"; then
 			log "  setup or fill failed (see $LOGS)"
 			IX[b_err,$r]=1
 			mig_teardown

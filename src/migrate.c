@@ -74,7 +74,7 @@ static bool reply_ok(struct mig *m, const redisReply *reply)
 
 /* The reply to a command sent without a callback: only its error matters
  * (DEL, HDEL, UNLINK succeed even when Redis refuses writes). */
-static void on_unchecked_reply(redisAsyncContext *ac, void *r, void *priv)
+void mig_unchecked_reply(redisAsyncContext *ac, void *r, void *priv)
 {
     if (ac->data != NULL) {
         reply_ok(priv, r);
@@ -85,11 +85,12 @@ bool mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, 
 {
     va_list ap;
 
+    doubt_batch_send(m, false);     /* in order (move.c) */
     if (!m->rc_up) {
         return false;
     }
     if (cb == NULL) {
-        cb = on_unchecked_reply;
+        cb = mig_unchecked_reply;
         priv = m;
     }
     va_start(ap, fmt);
@@ -109,6 +110,7 @@ static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n
 {
     size_t len[64];
 
+    doubt_batch_send(m, false);     /* in order (move.c) */
     if (!m->rc_up || n > 64) {
         return;
     }
@@ -116,7 +118,7 @@ static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n
         len[i] = strlen(argv[i]);
     }
     if (cb == NULL) {
-        cb = on_unchecked_reply;
+        cb = mig_unchecked_reply;
         priv = m;
     }
     if (redisAsyncCommandArgv(m->rc, cb, priv, n, argv, len) != REDIS_OK) {
@@ -131,7 +133,7 @@ void mig_index_refused(struct mig *m, const char *msg)
         const char *argv[3];
         size_t len[3];
         lay_load_argv(argv, len);
-        redisAsyncCommandArgv(m->rc, on_unchecked_reply, m, 3, argv, len);
+        redisAsyncCommandArgv(m->rc, mig_unchecked_reply, m, 3, argv, len);
     }
     idx_redis_error(m->p->idx, IDX_CONN_COORD, msg);
 }
@@ -1322,6 +1324,7 @@ void mig_free(struct mig *m)
         redisAsyncFree(m->rc);
         m->rc = NULL;
     }
+    doubt_batch_free(m);    /* its copies go with the key table */
     /* Operations still queued complete their clients with an error. */
     for (uint32_t b = 0; b < MIG_BUCKETS; b++) {
         while (m->buckets[b] != NULL) {
@@ -1479,6 +1482,13 @@ static void write_progress(struct mig *m)
     }
     const char *keys[] = { "migration" };
     eval_with_ring(m, NULL, script, keys, 1, args, n, NULL, 0);
+}
+
+void mig_flush(struct mig *m)
+{
+    if (m != NULL) {
+        doubt_batch_send(m, true);
+    }
 }
 
 void mig_tick(struct mig *m, uint64_t now)

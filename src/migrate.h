@@ -105,6 +105,9 @@ void mig_submit_meta(struct mig *m, struct frag *f, const struct meta_req *mr,
                      uint32_t hash, struct evbuffer *data);
 
 void mig_tick(struct mig *m, uint64_t now_ms);
+/* The end of a loop turn: send what the turn batched for Redis (the
+ * records of copies in doubt). NULL is fine. */
+void mig_flush(struct mig *m);
 
 /* A snapshot of where the pool's data stands, for stats, /migration, status:
  * struct mig_progress, one field per line of progress.h's table. */

@@ -22,6 +22,7 @@
 #define MIG_LIST_BATCH 500
 #define MIG_MAX_RETRIES 8           /* a key that keeps changing under us */
 #define MIG_DOUBTS_MAX 131072       /* copies in doubt loaded from Redis, at most */
+#define MIG_DBATCH_KEYS 128         /* doubt records in one HSET or HDEL */
 #define MIG_ARC_RETRY_MIN_MS 500    /* an arc whose moves failed: first pause */
 #define MIG_ARC_RETRY_MAX_MS 10000  /* ... doubling up to this */
 #define MIG_SYNC_MS 1000            /* Redis sync when nothing changes */
@@ -252,6 +253,23 @@ struct mig {
     uint64_t unindexed_moved, closing_listed, closing_refused;  /* closing.c */
     uint64_t bad_members;       /* index members skipped: not a memcached key
                                    (move.c); since start */
+    struct mig_dbatch *dbatch;  /* doubt records not sent yet, or NULL */
+};
+
+/*
+ * The doubt records (HSET, HDEL of <prefix>:migration:doubts:<to>) made
+ * during a loop turn, sent as one command at its end or when full (move.c,
+ * doubt_batch_send); the copies that wait for their HSET to be answered.
+ */
+enum mig_dbatch_kind { DBATCH_NONE, DBATCH_SET, DBATCH_DEL };
+
+struct mig_dbatch {
+    enum mig_dbatch_kind kind;
+    int argc;                   /* argv[0] the command, [1] the hash */
+    char *argv[2 + 2 * MIG_DBATCH_KEYS];    /* [2..]: copies of their own */
+    size_t len[2 + 2 * MIG_DBATCH_KEYS];
+    uint32_t nops;
+    struct mop *ops[MIG_DBATCH_KEYS];
 };
 
 static inline uint64_t now_ms(const struct mig *m)
@@ -263,6 +281,8 @@ static inline uint64_t now_ms(const struct mig *m)
 /* False (cb will not be called): Redis not connected, or the command not
  * queued (logged). */
 bool mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...);
+/* The callback of a command whose reply matters only if it is an error. */
+void mig_unchecked_reply(redisAsyncContext *ac, void *r, void *priv);
 /* The index script's `op` over n arguments (layout.h), on the coordination
  * connection; cb NULL: only an error matters. False: not sent, and cb
  * will not be called. */
@@ -288,6 +308,11 @@ bool bulk_move(struct mig *m, uint32_t i, struct mig_source *src, const char *ke
 int32_t arc_of(const struct mig *m, uint32_t h);
 void arc_free_seen(struct mig_arc *a);
 void mig_doubts_free(struct mig *m);
+/* Send the doubt records batched so far, before any other command of m's
+ * (ordered) and at the end of each loop turn (final: copies whose record
+ * cannot be sent fail then; otherwise they wait for that). */
+void doubt_batch_send(struct mig *m, bool final);
+void doubt_batch_free(struct mig *m);    /* mig_free: drop it unsent */
 /* An HGETALL of <prefix>:migration:doubts:<to>: an earlier lease holder's
  * copies in doubt, settled as this proxy's own (untrusted: bounded). */
 void mig_doubts_load(struct mig *m, const redisReply *reply);

@@ -183,27 +183,180 @@ static void table_drop(struct mdoubt **pp, uint64_t *count)
  * (mig_doubts_load); the record goes with the migration's others at its
  * end. A store not recorded first (a conditional overwrite) is recorded
  * when it times out.
+ *
+ * The records and their removals of a loop turn go to Redis as one HSET
+ * and one HDEL (struct mig_dbatch), sent at the end of the turn, when
+ * MIG_DBATCH_KEYS are waiting, or before a command of the other kind or
+ * any other command of the coordination connection (mig_redis): Redis runs
+ * them in the order they were made, so a removal never overtakes the
+ * record it removes, nor a record the removal before it.
  */
-static bool doubt_record_cb(struct mig *m, const char *key, size_t len, uint64_t vhash,
-                            int64_t src_cas, redisCallbackFn *cb, void *priv)
+static void doubt_batch_reset(struct mig_dbatch *b)
+{
+    for (int i = 1; i < b->argc; i++) {
+        free(b->argv[i]);
+        b->argv[i] = NULL;
+    }
+    b->kind = DBATCH_NONE;
+    b->argc = 0;
+    b->nops = 0;
+}
+
+void doubt_batch_free(struct mig *m)
+{
+    if (m->dbatch != NULL) {
+        doubt_batch_reset(m->dbatch);
+        free(m->dbatch);
+        m->dbatch = NULL;
+    }
+}
+
+/* The copies whose records one HSET carried. */
+struct dbatch_sent {
+    struct mig *m;
+    uint32_t nops;
+    struct mop *ops[];
+};
+
+static void on_copy_recorded(struct mop *op);
+static void move_done(struct mop *op, enum mop_result res);
+
+static void on_batch_recorded(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct dbatch_sent *sent = priv;
+    redisReply *reply = r;
+
+    if (ac->data == NULL) {
+        free(sent);     /* mig_free: the operations go with the key table */
+        return;
+    }
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        mig_index_refused(sent->m, reply->str);
+    }
+    bool ok = reply != NULL && reply->type != REDIS_REPLY_ERROR;
+    for (uint32_t i = 0; i < sent->nops; i++) {
+        if (ok) {
+            on_copy_recorded(sent->ops[i]);
+        } else {
+            move_done(sent->ops[i], MOP_FAILED);    /* another pass, Redis willing */
+        }
+    }
+    free(sent);
+}
+
+void doubt_batch_send(struct mig *m, bool final)
+{
+    struct mig_dbatch *b = m->dbatch;
+    struct dbatch_sent *sent = NULL;
+
+    if (b == NULL || b->kind == DBATCH_NONE) {
+        return;
+    }
+    if (b->argc <= 2) {
+        doubt_batch_reset(b);   /* its first field found no memory */
+        return;
+    }
+    if (b->nops > 0) {
+        sent = malloc(sizeof(*sent) + b->nops * sizeof(sent->ops[0]));
+        if (sent != NULL) {
+            sent->m = m;
+            sent->nops = b->nops;
+            memcpy(sent->ops, b->ops, b->nops * sizeof(sent->ops[0]));
+        }
+    }
+    bool ok = m->rc_up && (b->nops == 0 || sent != NULL) &&
+              redisAsyncCommandArgv(m->rc, sent != NULL ? on_batch_recorded : mig_unchecked_reply,
+                                    sent != NULL ? (void *)sent : (void *)m, b->argc,
+                                    (const char **)b->argv, b->len) == REDIS_OK;
+    if (!ok) {
+        free(sent);
+        if (!final) {
+            return;     /* the end of the turn tries again, or fails them */
+        }
+        /* Not recorded: these copies are not sent (another pass) */
+        struct mop *ops[MIG_DBATCH_KEYS];
+        uint32_t n = b->nops;
+        memcpy(ops, b->ops, n * sizeof(ops[0]));
+        doubt_batch_reset(b);
+        for (uint32_t i = 0; i < n; i++) {
+            move_done(ops[i], MOP_FAILED);
+        }
+        return;
+    }
+    doubt_batch_reset(b);
+}
+
+/* Add field (and value, for DBATCH_SET) to the batch of its kind; op: a
+ * copy that waits for its record. False when it cannot be (Redis down, no
+ * memory): as an unsent command. */
+static bool doubt_batch_add(struct mig *m, enum mig_dbatch_kind kind, const char *key,
+                            size_t len, const char *val, struct mop *op)
+{
+    if (!m->rc_up) {
+        return false;
+    }
+    if (m->dbatch == NULL && (m->dbatch = calloc(1, sizeof(*m->dbatch))) == NULL) {
+        return false;
+    }
+    struct mig_dbatch *b = m->dbatch;
+    if (b->kind != kind || b->nops == MIG_DBATCH_KEYS ||
+        b->argc + 2 > (int)(sizeof(b->argv) / sizeof(b->argv[0]))) {
+        doubt_batch_send(m, false);
+        if (b->kind != DBATCH_NONE) {
+            return false;       /* could not be sent: nothing more joins it */
+        }
+    }
+    if (b->kind == DBATCH_NONE) {
+        char hash[256];
+        int n = snprintf(hash, sizeof(hash), "%s:migration:doubts:%s", m->prefix, m->fp_to);
+        if (n < 0 || (size_t)n >= sizeof(hash) || (b->argv[1] = strdup(hash)) == NULL) {
+            return false;
+        }
+        b->argv[0] = kind == DBATCH_SET ? "HSET" : "HDEL";
+        b->len[0] = 4;
+        b->len[1] = (size_t)n;
+        b->argc = 2;
+        b->kind = kind;
+    }
+    char *f = malloc(len + 1);
+    char *v = val != NULL ? strdup(val) : NULL;
+    if (f == NULL || (val != NULL && v == NULL)) {
+        free(f);
+        free(v);
+        return false;
+    }
+    memcpy(f, key, len);
+    f[len] = '\0';
+    b->argv[b->argc] = f;
+    b->len[b->argc++] = len;
+    if (v != NULL) {
+        b->argv[b->argc] = v;
+        b->len[b->argc++] = strlen(v);
+    }
+    if (op != NULL) {
+        b->ops[b->nops++] = op;
+    }
+    return true;
+}
+
+static bool doubt_record_op(struct mig *m, const char *key, size_t len, uint64_t vhash,
+                            int64_t src_cas, struct mop *op)
 {
     char val[48];
 
     snprintf(val, sizeof(val), "%016llx %lld", (unsigned long long)vhash,
              (long long)src_cas);
-    return mig_redis(m, cb, priv, "HSET %s:migration:doubts:%s %b %s", m->prefix,
-                     m->fp_to, key, len, val);
+    return doubt_batch_add(m, DBATCH_SET, key, len, val, op);
 }
 
 static void doubt_record(struct mig *m, const struct mdoubt *d)
 {
-    (void)doubt_record_cb(m, d->key, d->len, d->vhash, d->src_cas, NULL, NULL);
+    (void)doubt_record_op(m, d->key, d->len, d->vhash, d->src_cas, NULL);
 }
 
 static void doubt_unrecord(struct mig *m, const char *key, size_t len)
 {
-    mig_redis(m, NULL, NULL, "HDEL %s:migration:doubts:%s %b", m->prefix, m->fp_to, key,
-              len);
+    (void)doubt_batch_add(m, DBATCH_DEL, key, len, NULL, NULL);
 }
 
 /* recorded: the copy's record is in Redis already (move_copy) */
@@ -2140,21 +2293,8 @@ static void on_fetch(void *arg, const struct mreply *r)
 }
 
 /* The copy is recorded in Redis: send it. */
-static void on_copy_recorded(redisAsyncContext *ac, void *r, void *priv)
+static void on_copy_recorded(struct mop *op)
 {
-    struct mop *op = priv;
-    redisReply *reply = r;
-
-    if (ac->data == NULL) {
-        return;     /* mig_free: the operation goes with the key table */
-    }
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        if (reply != NULL) {
-            mig_index_refused(op->m, reply->str);
-        }
-        move_done(op, MOP_FAILED);      /* another pass, Redis willing */
-        return;
-    }
     op->copy_recorded = true;
     SEND_OR_FAIL(op, op->to, on_store_copy, op->val, op->val_len,
                  "ms %.*s %zu F%llu T%lld ME c", (int)op->k->len, op->k->key,
@@ -2179,9 +2319,9 @@ static void move_copy(struct mop *op)
         return;
     }
     if (op->m->closing || mig_fenced(op->m) ||
-        !doubt_record_cb(op->m, op->k->key, op->k->len,
+        !doubt_record_op(op->m, op->k->key, op->k->len,
                          value_hash(op->val, op->val_len, (uint32_t)op->vflags),
-                         op->src_cas, on_copy_recorded, op)) {
+                         op->src_cas, op)) {
         move_done(op, MOP_FAILED);
     }
 }

@@ -508,8 +508,16 @@ static void worker_flush(struct worker *w)
     for (uint32_t i = 0; i < w->npools; i++) {
         pool_hub_turn(w->pools[i]);
     }
-    while (!TAILQ_EMPTY(&w->dirty_conns) || !TAILQ_EMPTY(&w->dirty_clients) ||
-           defer_pending(w->defer) > 0) {
+    for (;;) {
+        /* The turn's Redis records of the moves (a copy that cannot be
+         * recorded fails, which may answer a client's waiting command). */
+        for (uint32_t i = 0; i < w->npools; i++) {
+            mig_flush(w->pools[i]->mig);
+        }
+        if (TAILQ_EMPTY(&w->dirty_conns) && TAILQ_EMPTY(&w->dirty_clients) &&
+            defer_pending(w->defer) == 0) {
+            break;
+        }
         struct bconn *bc;
         struct client *c;
         while ((bc = TAILQ_FIRST(&w->dirty_conns)) != NULL) {

@@ -210,6 +210,79 @@ def test_grow_3_to_4_moves_exactly_the_keys_whose_owner_changed(env):
     assert rec[b"epoch"] == b"2" and b"mc4" in rec[b"servers"]
 
 
+class DoubtMonitor:
+    """Every HSET and HDEL of <prefix>:migration:doubts:* that Redis runs,
+    in its order (MONITOR), as (command, [fields])."""
+
+    STOP = "doubt-monitor-stop"
+
+    def __init__(self, r):
+        self.r, self.commands = r, []
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def run(self):
+        with self.r.monitor() as mon:
+            self.ready.set()
+            for c in mon.listen():
+                words = c["command"].split(" ")
+                if words[0].upper() == "ECHO" and words[1:] == [self.STOP]:
+                    return
+                if (words[0].upper() in ("HSET", "HDEL") and len(words) > 1 and
+                        ":migration:doubts:" in words[1]):
+                    self.commands.append((words[0].upper(), words[2:]))
+
+    def stop(self):
+        self.r.echo(self.STOP)
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_copies_are_recorded_in_batches_and_each_record_removed_after_it(env):
+    """Each copy is recorded in Redis before it is sent and the record is
+    removed once it is answered (move.c, "A copy in doubt"); the records of
+    a loop turn go as one HSET, their removals as one HDEL, and Redis must
+    run each removal after the record it removes."""
+    old = env.servers(3)
+    proxy = env.proxy(old)
+    keys = fill(proxy.port, 12000)
+    before = locate(proxy.conf_path, keys)
+    text = env.config(old + env.servers(1), proxy.port)
+    with open(proxy.conf_path + ".new", "w") as f:
+        f.write(text)
+    after = locate(proxy.conf_path + ".new", keys)
+    changed = {k for k in keys if before[k] != after[k]}
+    time.sleep(0.3)     # let the index writes land
+    mon = DoubtMonitor(env.r)
+    reload(proxy, text)
+    st = wait_migrated(proxy.port, 2)
+    mon.stop()
+    assert int(st["migration:keys_moved"]) == len(changed)
+
+    live, ever = set(), set()      # records Redis holds; keys ever recorded
+    hsets = 0
+    for cmd, words in mon.commands:
+        if cmd == "HSET":
+            hsets += 1
+            # field, then the value "<hash> <CAS>": three words a record
+            assert len(words) % 3 == 0, words[:6]
+            for k in words[0::3]:
+                assert k not in live, "%s recorded again before its removal" % k
+                live.add(k)
+                ever.add(k)
+        else:
+            for k in words:
+                assert k in live, "%s removed before its record" % k
+                live.remove(k)
+    assert ever == changed
+    assert not live, "records left: %s" % sorted(live)[:5]
+    assert hsets < len(changed), "one HSET per copy: %d for %d" % (hsets, len(changed))
+    assert not env.r.keys("rp:cache:migration:doubts:*")
+    assert_all_hit(proxy.port, keys)
+
+
 class Workload:
     """Clients writing versioned values and reading them back throughout;
     with deletes=True they also delete keys, and a deleted key must read as

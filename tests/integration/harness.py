@@ -122,7 +122,9 @@ def free_port(family=socket.AF_INET, host="127.0.0.1"):
     global _next_port
     first = _PORT_BASE + (_worker_index() % 4) * PORT_BLOCK    # below DEAD_PORT
     if _next_port is None:
-        _next_port = first
+        # somewhere in the block: another process on the same block (a
+        # bench script beside the tests) starts elsewhere
+        _next_port = first + os.getpid() % PORT_BLOCK
     for _ in range(PORT_BLOCK):
         port = _next_port
         _next_port = first + (_next_port + 1 - first) % PORT_BLOCK

@@ -947,6 +947,11 @@ static void pool_check(struct conf_ctx *cx, yaml_node_t *pool_node,
         p->index.prefix = NULL;
         conf_error(cx, pool_node, "pool '%s': out of memory", p->name);
     }
+    if (p->index.prefix != NULL && strlen(p->index.prefix) > CONF_PREFIX_MAX) {
+        conf_error(cx, pool_node, "pool '%.40s': index.prefix '%.40s...' (by default "
+                   "rp:<pool name>) is longer than %d bytes", p->name, p->index.prefix,
+                   CONF_PREFIX_MAX);
+    }
     for (uint32_t i = 0; i < p->nservers; i++) {
         struct conf_server *s = &p->servers[i];
         s->identity = server_identity(p, s);

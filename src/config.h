@@ -23,6 +23,9 @@
                                        RINGREC_MAX_SERVERS */
 #define CONF_STR_MAX 255            /* a server's name, address, identity;
                                        RINGREC_STR_MAX */
+#define CONF_PREFIX_MAX 200         /* index.prefix: with an identity, a
+                                       v-node's set name fits 512 bytes
+                                       (idx_vnode_key's callers) */
 #define CONF_ERRORS_MAX 100         /* reported; the rest are counted */
 
 /* A host:port, [ipv6]:port or a unix socket path, as parsed from the file. */

@@ -356,7 +356,9 @@ size_t idx_vnode_key(const char *prefix, const struct ring *r, uint32_t point,
     int n = snprintf(buf, len, "%s:v:%s:%u", prefix,
                      r->servers[r->points[point].server].identity,
                      r->points[point].value);
-    return n < 0 ? 0 : (size_t)n;
+    /* Never past what was written (CONF_PREFIX_MAX and CONF_STR_MAX keep
+     * the name within the callers' 512 bytes). */
+    return n < 0 ? 0 : (size_t)n < len ? (size_t)n : len - 1;
 }
 
 /* --- health ----------------------------------------------------------------- */

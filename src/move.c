@@ -187,9 +187,10 @@ static void table_drop(struct mdoubt **pp, uint64_t *count)
  * The records and their removals of a loop turn go to Redis as one HSET
  * and one HDEL (struct mig_dbatch), sent at the end of the turn, when
  * MIG_DBATCH_KEYS are waiting, or before a command of the other kind or
- * any other command of the coordination connection (mig_redis): Redis runs
- * them in the order they were made, so a removal never overtakes the
- * record it removes, nor a record the removal before it.
+ * any other command mig_redis or mig_redis_argv sends (those that read or
+ * delete the hash among them; the index script and the handshake touch
+ * other keys): Redis runs them in the order they were made, so a removal
+ * never overtakes the record it removes, nor a record the removal before it.
  */
 static void doubt_batch_reset(struct mig_dbatch *b)
 {
@@ -307,9 +308,10 @@ static bool doubt_batch_add(struct mig *m, enum mig_dbatch_kind kind, const char
         }
     }
     if (b->kind == DBATCH_NONE) {
-        char hash[256];
-        int n = snprintf(hash, sizeof(hash), "%s:migration:doubts:%s", m->prefix, m->fp_to);
-        if (n < 0 || (size_t)n >= sizeof(hash) || (b->argv[1] = strdup(hash)) == NULL) {
+        int n = asprintf(&b->argv[1], "%s:migration:doubts:%s", m->prefix, m->fp_to);
+        if (n < 0) {
+            b->argv[1] = NULL;
+            log_error("migration", "%s: out of memory for a copy's record", m->p->name);
             return false;
         }
         b->argv[0] = kind == DBATCH_SET ? "HSET" : "HDEL";

@@ -740,6 +740,37 @@ START_TEST(servers_past_the_limit_are_refused)
 }
 END_TEST
 
+/* An index prefix names every Redis key of the pool: bounded, whether set
+ * or the default rp:<pool name>, so that each name fits its buffer. */
+START_TEST(an_index_prefix_past_the_limit_is_refused)
+{
+    char buf[1024], name[CONF_PREFIX_MAX + 2];
+    struct conf_errors errs;
+
+    for (int over = 0; over <= 1; over++) {
+        memset(name, 'p', sizeof(name));
+        name[CONF_PREFIX_MAX + over] = '\0';
+        int len = snprintf(buf, sizeof(buf), "cache:\n  listen: 127.0.0.1:22121\n"
+                           "  servers:\n    - 127.0.0.1:11212:1 mc1\n"
+                           "  index:\n    redis: 127.0.0.1:6379\n    prefix: %s\n", name);
+        if (over) {
+            check_one_error(buf, (size_t)len, "index.prefix 'pppp");
+        } else {
+            struct config *c = load_buf(buf, (size_t)len, &errs);
+            ck_assert_ptr_nonnull(c);
+            ck_assert_uint_eq(strlen(pool(c, "cache")->index.prefix), CONF_PREFIX_MAX);
+            config_free(c);
+        }
+    }
+    /* the default: rp: and a pool name of CONF_PREFIX_MAX - 2 bytes */
+    name[CONF_PREFIX_MAX - 2] = '\0';
+    int len = snprintf(buf, sizeof(buf), "%s:\n  listen: 127.0.0.1:22121\n"
+                       "  servers:\n    - 127.0.0.1:11212:1 mc1\n"
+                       "  index:\n    redis: 127.0.0.1:6379\n", name);
+    check_one_error(buf, (size_t)len, "(by default rp:<pool name>) is longer than 200 bytes");
+}
+END_TEST
+
 /* Duplicates are found by sorting, yet reported in file order, each against
  * the first server that had the identity or address. */
 START_TEST(duplicates_in_the_largest_pool_are_reported_in_file_order)
@@ -841,6 +872,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, deep_nesting_is_refused_at_the_depth_limit);
     tcase_add_test(tc, errors_past_the_limit_are_counted_not_listed);
     tcase_add_test(tc, servers_past_the_limit_are_refused);
+    tcase_add_test(tc, an_index_prefix_past_the_limit_is_refused);
     tcase_add_test(tc, a_file_past_the_size_limit_is_refused);
     tcase_add_test(tc, duplicates_in_the_largest_pool_are_reported_in_file_order);
     tcase_add_test(tc, only_a_servers_list_cut_mid_entry_is_truncation);

@@ -85,9 +85,8 @@ bool mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, 
 {
     va_list ap;
 
-    doubt_batch_send(m, false);     /* in order (move.c) */
-    if (!m->rc_up) {
-        return false;
+    if (!doubt_batch_send(m, false) || !m->rc_up) {
+        return false;   /* the copies' records go first (move.c) */
     }
     if (cb == NULL) {
         cb = mig_unchecked_reply;
@@ -110,9 +109,8 @@ static void mig_redis_argv(struct mig *m, redisCallbackFn *cb, void *priv, int n
 {
     size_t len[64];
 
-    doubt_batch_send(m, false);     /* in order (move.c) */
-    if (!m->rc_up || n > 64) {
-        return;
+    if (!doubt_batch_send(m, false) || !m->rc_up || n > 64) {
+        return;         /* the copies' records go first (move.c) */
     }
     for (int i = 0; i < n; i++) {
         len[i] = strlen(argv[i]);

@@ -310,8 +310,9 @@ void arc_free_seen(struct mig_arc *a);
 void mig_doubts_free(struct mig *m);
 /* Send the doubt records batched so far, before any other command of m's
  * (ordered) and at the end of each loop turn (final: copies whose record
- * cannot be sent fail then; otherwise they wait for that). */
-void doubt_batch_send(struct mig *m, bool final);
+ * cannot be sent fail then; otherwise they wait for that, and false says
+ * the batch is still waiting: nothing else may be sent before it). */
+bool doubt_batch_send(struct mig *m, bool final);
 void doubt_batch_free(struct mig *m);    /* mig_free: drop it unsent */
 /* An HGETALL of <prefix>:migration:doubts:<to>: an earlier lease holder's
  * copies in doubt, settled as this proxy's own (untrusted: bounded). */

@@ -245,17 +245,17 @@ static void on_batch_recorded(redisAsyncContext *ac, void *r, void *priv)
     free(sent);
 }
 
-void doubt_batch_send(struct mig *m, bool final)
+bool doubt_batch_send(struct mig *m, bool final)
 {
     struct mig_dbatch *b = m->dbatch;
     struct dbatch_sent *sent = NULL;
 
     if (b == NULL || b->kind == DBATCH_NONE) {
-        return;
+        return true;
     }
     if (b->argc <= 2) {
         doubt_batch_reset(b);   /* its first field found no memory */
-        return;
+        return true;
     }
     if (b->nops > 0) {
         sent = malloc(sizeof(*sent) + b->nops * sizeof(sent->ops[0]));
@@ -272,7 +272,7 @@ void doubt_batch_send(struct mig *m, bool final)
     if (!ok) {
         free(sent);
         if (!final) {
-            return;     /* the end of the turn tries again, or fails them */
+            return false;   /* the end of the turn tries again, or fails them */
         }
         /* Not recorded: these copies are not sent (another pass) */
         struct mop *ops[MIG_DBATCH_KEYS];
@@ -282,9 +282,10 @@ void doubt_batch_send(struct mig *m, bool final)
         for (uint32_t i = 0; i < n; i++) {
             move_done(ops[i], MOP_FAILED);
         }
-        return;
+        return true;
     }
     doubt_batch_reset(b);
+    return true;
 }
 
 /* Add field (and value, for DBATCH_SET) to the batch of its kind; op: a
@@ -302,8 +303,7 @@ static bool doubt_batch_add(struct mig *m, enum mig_dbatch_kind kind, const char
     struct mig_dbatch *b = m->dbatch;
     if (b->kind != kind || b->nops == MIG_DBATCH_KEYS ||
         b->argc + 2 > (int)(sizeof(b->argv) / sizeof(b->argv[0]))) {
-        doubt_batch_send(m, false);
-        if (b->kind != DBATCH_NONE) {
+        if (!doubt_batch_send(m, false)) {
             return false;       /* could not be sent: nothing more joins it */
         }
     }

@@ -265,9 +265,9 @@ enum mig_dbatch_kind { DBATCH_NONE, DBATCH_SET, DBATCH_DEL };
 
 struct mig_dbatch {
     enum mig_dbatch_kind kind;
-    int argc;                   /* argv[0] the command, [1] the hash */
-    char *argv[2 + 2 * MIG_DBATCH_KEYS];    /* [2..]: copies of their own */
-    size_t len[2 + 2 * MIG_DBATCH_KEYS];
+    char hash[CONF_PREFIX_MAX + 64];        /* <prefix>:migration:doubts:<to> */
+    uint32_t nkeys;
+    struct evbuffer *args;      /* the fields (HSET: and values), in RESP */
     uint32_t nops;
     struct mop *ops[MIG_DBATCH_KEYS];
 };

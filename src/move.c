@@ -194,19 +194,16 @@ static void table_drop(struct mdoubt **pp, uint64_t *count)
  */
 static void doubt_batch_reset(struct mig_dbatch *b)
 {
-    for (int i = 1; i < b->argc; i++) {
-        free(b->argv[i]);
-        b->argv[i] = NULL;
-    }
+    evbuffer_drain(b->args, evbuffer_get_length(b->args));
     b->kind = DBATCH_NONE;
-    b->argc = 0;
+    b->nkeys = 0;
     b->nops = 0;
 }
 
 void doubt_batch_free(struct mig *m)
 {
     if (m->dbatch != NULL) {
-        doubt_batch_reset(m->dbatch);
+        evbuffer_free(m->dbatch->args);
         free(m->dbatch);
         m->dbatch = NULL;
     }
@@ -231,10 +228,10 @@ static void on_batch_recorded(redisAsyncContext *ac, void *r, void *priv)
         free(sent);     /* mig_free: the operations go with the key table */
         return;
     }
-    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+    bool ok = reply != NULL && reply->type != REDIS_REPLY_ERROR;
+    if (reply != NULL && !ok) {
         mig_index_refused(sent->m, reply->str);
     }
-    bool ok = reply != NULL && reply->type != REDIS_REPLY_ERROR;
     for (uint32_t i = 0; i < sent->nops; i++) {
         if (ok) {
             on_copy_recorded(sent->ops[i]);
@@ -245,16 +242,36 @@ static void on_batch_recorded(redisAsyncContext *ac, void *r, void *priv)
     free(sent);
 }
 
+/* Queue the batch on m->rc as one RESP command: its head, then the fields
+ * as they came. False: not queued, the batch untouched. */
+static bool doubt_batch_queue(struct mig *m, redisCallbackFn *cb, void *priv)
+{
+    struct mig_dbatch *b = m->dbatch;
+    struct evbuffer *cmd = evbuffer_new();
+    bool ok = false;
+
+    if (cmd != NULL &&
+        evbuffer_add_printf(cmd, "*%u\r\n$4\r\n%s\r\n$%zu\r\n%s\r\n",
+                            2 + b->nkeys * (b->kind == DBATCH_SET ? 2 : 1),
+                            b->kind == DBATCH_SET ? "HSET" : "HDEL", strlen(b->hash),
+                            b->hash) > 0 &&
+        evbuffer_add(cmd, evbuffer_pullup(b->args, -1), evbuffer_get_length(b->args)) == 0) {
+        size_t len = evbuffer_get_length(cmd);
+        const char *bytes = (const char *)evbuffer_pullup(cmd, -1);
+        ok = bytes != NULL && redisAsyncFormattedCommand(m->rc, cb, priv, bytes, len) == REDIS_OK;
+    }
+    if (cmd != NULL) {
+        evbuffer_free(cmd);
+    }
+    return ok;
+}
+
 bool doubt_batch_send(struct mig *m, bool final)
 {
     struct mig_dbatch *b = m->dbatch;
     struct dbatch_sent *sent = NULL;
 
-    if (b == NULL || b->kind == DBATCH_NONE) {
-        return true;
-    }
-    if (b->argc <= 2) {
-        doubt_batch_reset(b);   /* its first field found no memory */
+    if (b == NULL || b->nkeys == 0) {
         return true;
     }
     if (b->nops > 0) {
@@ -265,26 +282,24 @@ bool doubt_batch_send(struct mig *m, bool final)
             memcpy(sent->ops, b->ops, b->nops * sizeof(sent->ops[0]));
         }
     }
-    bool ok = m->rc_up && (b->nops == 0 || sent != NULL) &&
-              redisAsyncCommandArgv(m->rc, sent != NULL ? on_batch_recorded : mig_unchecked_reply,
-                                    sent != NULL ? (void *)sent : (void *)m, b->argc,
-                                    (const char **)b->argv, b->len) == REDIS_OK;
-    if (!ok) {
-        free(sent);
-        if (!final) {
-            return false;   /* the end of the turn tries again, or fails them */
-        }
-        /* Not recorded: these copies are not sent (another pass) */
-        struct mop *ops[MIG_DBATCH_KEYS];
-        uint32_t n = b->nops;
-        memcpy(ops, b->ops, n * sizeof(ops[0]));
+    if (m->rc_up && (b->nops == 0 || sent != NULL) &&
+        doubt_batch_queue(m, sent != NULL ? on_batch_recorded : mig_unchecked_reply,
+                          sent != NULL ? (void *)sent : (void *)m)) {
         doubt_batch_reset(b);
-        for (uint32_t i = 0; i < n; i++) {
-            move_done(ops[i], MOP_FAILED);
-        }
         return true;
     }
+    free(sent);
+    if (!final) {
+        return false;   /* the end of the turn tries again, or fails them */
+    }
+    /* Not recorded: these copies are not sent (another pass) */
+    struct mop *ops[MIG_DBATCH_KEYS];
+    uint32_t n = b->nops;
+    memcpy(ops, b->ops, n * sizeof(ops[0]));
     doubt_batch_reset(b);
+    for (uint32_t i = 0; i < n; i++) {
+        move_done(ops[i], MOP_FAILED);
+    }
     return true;
 }
 
@@ -297,44 +312,42 @@ static bool doubt_batch_add(struct mig *m, enum mig_dbatch_kind kind, const char
     if (!m->rc_up) {
         return false;
     }
-    if (m->dbatch == NULL && (m->dbatch = calloc(1, sizeof(*m->dbatch))) == NULL) {
-        return false;
-    }
-    struct mig_dbatch *b = m->dbatch;
-    if (b->kind != kind || b->nops == MIG_DBATCH_KEYS ||
-        b->argc + 2 > (int)(sizeof(b->argv) / sizeof(b->argv[0]))) {
-        if (!doubt_batch_send(m, false)) {
-            return false;       /* could not be sent: nothing more joins it */
-        }
-    }
-    if (b->kind == DBATCH_NONE) {
-        int n = asprintf(&b->argv[1], "%s:migration:doubts:%s", m->prefix, m->fp_to);
-        if (n < 0) {
-            b->argv[1] = NULL;
-            log_error("migration", "%s: out of memory for a copy's record", m->p->name);
+    if (m->dbatch == NULL) {
+        struct mig_dbatch *nb = calloc(1, sizeof(*nb));
+        if (nb == NULL || (nb->args = evbuffer_new()) == NULL) {
+            free(nb);
             return false;
         }
-        b->argv[0] = kind == DBATCH_SET ? "HSET" : "HDEL";
-        b->len[0] = 4;
-        b->len[1] = (size_t)n;
-        b->argc = 2;
+        m->dbatch = nb;
+    }
+    struct mig_dbatch *b = m->dbatch;
+    if ((b->kind != kind || b->nkeys == MIG_DBATCH_KEYS) && !doubt_batch_send(m, false)) {
+        return false;           /* could not be sent: nothing more joins it */
+    }
+    if (b->nkeys == 0) {
+        int n = snprintf(b->hash, sizeof(b->hash), "%s:migration:doubts:%s", m->prefix,
+                         m->fp_to);
+        if (n < 0 || (size_t)n >= sizeof(b->hash)) {
+            return false;       /* CONF_PREFIX_MAX keeps it from happening */
+        }
         b->kind = kind;
     }
-    char *f = malloc(len + 1);
-    char *v = val != NULL ? strdup(val) : NULL;
-    if (f == NULL || (val != NULL && v == NULL)) {
-        free(f);
-        free(v);
+    /* One key's part, added whole or not at all (keys: at most 250 bytes) */
+    char part[512];
+    int n = snprintf(part, sizeof(part), "$%zu\r\n", len);
+    size_t vlen = val != NULL ? strlen(val) : 0;
+    if (n < 0 || (size_t)n + len + vlen + 32 > sizeof(part)) {
         return false;
     }
-    memcpy(f, key, len);
-    f[len] = '\0';
-    b->argv[b->argc] = f;
-    b->len[b->argc++] = len;
-    if (v != NULL) {
-        b->argv[b->argc] = v;
-        b->len[b->argc++] = strlen(v);
+    memcpy(part + n, key, len);
+    n += (int)len;
+    n += val != NULL ? snprintf(part + n, sizeof(part) - (size_t)n, "\r\n$%zu\r\n%s\r\n",
+                                vlen, val)
+                     : snprintf(part + n, sizeof(part) - (size_t)n, "\r\n");
+    if (evbuffer_add(b->args, part, (size_t)n) != 0) {
+        return false;
     }
+    b->nkeys++;
     if (op != NULL) {
         b->ops[b->nops++] = op;
     }

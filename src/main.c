@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "evmem.h"
 #include "log.h"
 #include "nstats.h"
 #include "proxy.h"
@@ -308,6 +309,8 @@ int main(int argc, char **argv)
                                .stats_addr = STATS_ADDR_DEFAULT, .threads = -1 };
     int test_only = 0, describe = 0, ch;
     long v;
+
+    evmem_install();    /* before libevent allocates anything */
 
     if (argc > 1 && (strcmp(argv[1], "locate") == 0 || strcmp(argv[1], "ring") == 0 ||
                      strcmp(argv[1], "index") == 0)) {

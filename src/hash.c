@@ -8,8 +8,9 @@
  * half of the 64-bit offset basis, and "crc32" keeps only 15 bits. The unit
  * tests pin every function to vectors produced by those implementations.
  */
-#include <string.h>
+#include <assert.h>
 #include <md5.h>
+#include <string.h>
 
 #include "hash.h"
 
@@ -112,8 +113,44 @@ int hash_by_name(const char *name)
     return -1;
 }
 
+/* A message of at most this many bytes is one MD5 block once padded. */
+#define MD5_ONE_BLOCK_MAX 55
+
+/*
+ * MD5 of a message that fits one block (RFC 1321, sections 3.1 to 3.4): the
+ * bytes, 0x80, zeros, then the length in bits, little-endian, through
+ * libmd's compression function once. MD5Init/Update/Final cost a third as
+ * much again around it, per key on every request (ARCHITECTURE.md, "What
+ * a request costs"); test_hash checks the two agree at every length.
+ */
+static void md5_one_block(const void *buf, size_t len, uint32_t state[4])
+{
+    uint8_t block[64] = { 0 };
+    uint64_t bits = (uint64_t)len * 8;
+
+    assert(len <= MD5_ONE_BLOCK_MAX);
+    memcpy(block, buf, len);
+    block[len] = 0x80;
+    for (int i = 0; i < 8; i++) {
+        block[56 + i] = (uint8_t)(bits >> (8 * i));
+    }
+    state[0] = 0x67452301;
+    state[1] = 0xefcdab89;
+    state[2] = 0x98badcfe;
+    state[3] = 0x10325476;
+    MD5Transform(state, block);
+}
+
 void hash_md5_digest(const void *buf, size_t len, uint8_t digest[16])
 {
+    if (len <= MD5_ONE_BLOCK_MAX) {
+        uint32_t st[4];
+        md5_one_block(buf, len, st);
+        for (int i = 0; i < 16; i++) {
+            digest[i] = (uint8_t)(st[i / 4] >> (8 * (i % 4)));
+        }
+        return;
+    }
     MD5_CTX ctx;
 
     MD5Init(&ctx);
@@ -123,10 +160,24 @@ void hash_md5_digest(const void *buf, size_t len, uint8_t digest[16])
 
 uint32_t hash_md5(const char *key, size_t len)
 {
+    if (len <= MD5_ONE_BLOCK_MAX) {
+        uint32_t st[4];
+        md5_one_block(key, len, st);
+        return st[0];   /* hash_digest_point(digest, 0) */
+    }
     uint8_t d[16];
 
     hash_md5_digest(key, len, d);
     return hash_digest_point(d, 0);
+}
+
+void hash_md5_digest_libmd(const void *buf, size_t len, uint8_t digest[16])
+{
+    MD5_CTX ctx;
+
+    MD5Init(&ctx);
+    MD5Update(&ctx, buf, len);
+    MD5Final(digest, &ctx);
 }
 
 /* The peers widen `char` (signed on x86 and arm64 Linux ABIs we match). */

@@ -39,8 +39,10 @@ extern const hash_fn hash_fns[HASH_COUNT];
 /* Look a hash up by its config name; returns -1 when unknown. */
 int hash_by_name(const char *name);
 
-/* The 16-byte MD5 digest of buf (libmd). */
+/* The 16-byte MD5 digest of buf (libmd; one block: hash.c, md5_one_block). */
 void hash_md5_digest(const void *buf, size_t len, uint8_t digest[16]);
+/* The same through libmd's MD5Init/Update/Final only: test_hash's reference. */
+void hash_md5_digest_libmd(const void *buf, size_t len, uint8_t digest[16]);
 
 /* Four ring points from one digest, as libketama and libmemcached read them. */
 static inline uint32_t hash_digest_point(const uint8_t d[16], unsigned h)

@@ -21,6 +21,7 @@
  */
 #include <check.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -138,6 +139,53 @@ START_TEST(digest_gives_four_points_in_libketama_order)
     }
     /* Point 0 of a digest is what hash_md5 returns for the same input. */
     ck_assert_uint_eq(hash_digest_point(d, 0), hash_md5("server1-8", 9));
+}
+END_TEST
+
+/* RFC 1321's test suite (appendix A.5). */
+START_TEST(md5_matches_rfc1321)
+{
+    static const struct { const char *msg; const char *hex; } v[] = {
+        { "", "d41d8cd98f00b204e9800998ecf8427e" },
+        { "a", "0cc175b9c0f1b6a831c399e269772661" },
+        { "abc", "900150983cd24fb0d6963f7d28e17f72" },
+        { "message digest", "f96b697d7cb7938d525a2f31aaf161d0" },
+        { "abcdefghijklmnopqrstuvwxyz", "c3fcd3d76192e4007dfb496cca67e13b" },
+        { "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+          "d174ab98d277d9f5a5611c2c9f419d9f" },
+        { "1234567890123456789012345678901234567890"
+          "1234567890123456789012345678901234567890",
+          "57edf4a22be3c955ac49da2e2107b67a" },
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        uint8_t d[16];
+        char hex[33];
+        hash_md5_digest(v[i].msg, strlen(v[i].msg), d);
+        for (int j = 0; j < 16; j++) {
+            snprintf(hex + 2 * j, 3, "%02x", d[j]);
+        }
+        ck_assert_str_eq(hex, v[i].hex);
+    }
+}
+END_TEST
+
+/* The one-block path (keys of up to 55 bytes) against libmd's whole MD5, at
+ * every length across the block boundary, over every byte value. */
+START_TEST(md5_one_block_path_agrees_with_libmd)
+{
+    uint8_t buf[200], d[16], want[16];
+
+    for (size_t len = 0; len <= sizeof(buf); len++) {
+        for (unsigned seed = 0; seed < 8; seed++) {
+            for (size_t i = 0; i < len; i++) {
+                buf[i] = (uint8_t)(i * 131u + seed * 29u + len * 7u);
+            }
+            hash_md5_digest(buf, len, d);
+            hash_md5_digest_libmd(buf, len, want);
+            ck_assert_mem_eq(d, want, 16);
+            ck_assert_uint_eq(hash_md5((const char *)buf, len), hash_digest_point(want, 0));
+        }
+    }
 }
 END_TEST
 
@@ -280,6 +328,8 @@ static Suite *hash_suite(void)
     tcase_add_test(tc, md5_matches_twemproxy);
     tcase_add_test(tc, fnv1a_64_matches_twemproxy);
     tcase_add_test(tc, digest_gives_four_points_in_libketama_order);
+    tcase_add_test(tc, md5_matches_rfc1321);
+    tcase_add_test(tc, md5_one_block_path_agrees_with_libmd);
     tcase_add_loop_test(tc, every_hash_matches_reference_vectors, 0, NVECTORS);
     tcase_add_test(tc, every_hash_has_vectors);
     tcase_add_test(tc, fnv_and_one_at_a_time_read_bytes_as_signed_char);

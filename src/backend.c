@@ -461,6 +461,11 @@ size_t bconn_push_get(struct bconn *bc, struct frag *f, const char *key, uint32_
     size_t n = 1 + keylen;
 
     assert(f->cmd == PROTO_CMD_GET || f->cmd == PROTO_CMD_GETS);
+    /* The line's bytes go in one evbuffer_add when they fit here (a key
+     * of memcached's 250 bytes does). */
+    char piece[320];
+    size_t len = 0;
+
     if (bconn_may_join(bc, f->cmd, keylen, hash)) {
         struct frag *tail = TAILQ_LAST(&bc->frags, frag_queue);
         assert(tail != NULL && tail->cmd == f->cmd && !tail->joined);
@@ -469,18 +474,33 @@ size_t bconn_push_get(struct bconn *bc, struct frag *f, const char *key, uint32_
         bconn_end_line(bc);
         const char *name = proto_cmd_name[f->cmd];
         size_t nlen = strlen(name);
-        evbuffer_add(bc->out, name, nlen);
+        memcpy(piece, name, nlen);  /* get or gets */
+        len = nlen;
         bc->open_len = (uint32_t)nlen;
         bc->open_keys = 0;
         /* The home thread's link reads commands one by one: never left open. */
         bc->open_cmd = bc->be->link ? PROTO_CMD_NONE : f->cmd;
         n += nlen;
     }
-    evbuffer_add(bc->out, " ", 1);
-    evbuffer_add(bc->out, key, keylen);
-    if (bc->open_cmd == PROTO_CMD_NONE) {
-        evbuffer_add(bc->out, "\r\n", 2);
+    bool ends = bc->open_cmd == PROTO_CMD_NONE;
+    if (len + 1 + keylen + 2 <= sizeof(piece)) {
+        piece[len++] = ' ';
+        memcpy(piece + len, key, keylen);
+        len += keylen;
+        if (ends) {
+            memcpy(piece + len, "\r\n", 2);
+            len += 2;
+        }
+        evbuffer_add(bc->out, piece, len);
     } else {
+        piece[len++] = ' ';
+        evbuffer_add(bc->out, piece, len);
+        evbuffer_add(bc->out, key, keylen);
+        if (ends) {
+            evbuffer_add(bc->out, "\r\n", 2);
+        }
+    }
+    if (!ends) {
         bc->open_len += 1 + keylen;
         bc->open_hash[bc->open_keys++] = hash;
     }

@@ -329,7 +329,15 @@ int meta_parse_request(const char *line, size_t len, struct meta_req *req,
                        uint8_t keybuf[META_KEYBUF_SIZE])
 {
     struct tok t[MC_MAX_TOKENS];
-    const char *nul = len ? memchr(line, '\0', len) : NULL;
+    const char *s = line;
+
+    /* Most lines are text commands: their first token does not start with
+     * an m, and they need not be tokenized here. */
+    while (s < line + len && *s == ' ')
+        s++;
+    if (s == line + len || *s != 'm')
+        return META_NOT_META;
+    const char *nul = memchr(line, '\0', len);
     const char *end = nul ? nul : line + len;
 
     memset(req, 0, sizeof(*req));

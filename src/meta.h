@@ -107,7 +107,8 @@ struct meta_req {
 enum meta_status { META_OK = 0, META_ERR = -1, META_NOT_META = 1 };
 
 /*
- * Parse one request line into *req (fully overwritten). keybuf holds
+ * Parse one request line into *req (fully overwritten, unless the answer is
+ * META_NOT_META: then untouched). keybuf holds
  * META_KEYBUF_SIZE bytes, for the decoded key of a b request.
  *
  * META_OK: a meta command memcached would run (it may still answer an error

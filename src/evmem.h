@@ -17,7 +17,8 @@
 
 #include <stddef.h>
 
-/* What one thread keeps at most, in blocks it freed. */
+/* What one thread keeps at most, in blocks it freed (none in a sanitizer
+ * build: evmem.c says why). */
 #define EVMEM_CACHE_BYTES (1024 * 1024)
 
 /* Smallest and largest block kept: libevent's chains are powers of two from
@@ -33,6 +34,10 @@ void evmem_install(void);
 void *evmem_malloc(size_t size);
 void *evmem_realloc(void *p, size_t size);
 void evmem_free(void *p);
+
+/* Set what each thread may keep, before any thread but main runs (the unit
+ * test: it tests the cache in the sanitizer build too). */
+void evmem_set_budget(size_t bytes);
 
 /* Bytes the calling thread keeps now. */
 size_t evmem_cached_bytes(void);

@@ -167,5 +167,6 @@ static Suite *evmem_suite(void)
 int main(void)
 {
     evmem_install();    /* before libevent allocates anything */
+    evmem_set_budget(EVMEM_CACHE_BYTES);    /* the release build's, in every build */
     return check_run(evmem_suite());
 }

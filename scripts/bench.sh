@@ -759,6 +759,14 @@ run_one() {
 	for m in ops_per_s p50_us p99_us cpu_us_per_op backend_cpu_us_per_op errors misses; do
 		RES[$shape,$target,$m]+="$(kv "$line" "$m") "
 	done
+	# The cores the whole machine's part of the run kept busy: requests/s
+	# times the CPU per request of proxy, backends and loadgen. On a host
+	# whose cores they share, ops/s is this over their sum of us/req.
+	RES[$shape,$target,cores]+="$(awk -v o="$(kv "$line" ops_per_s)" \
+		-v p="$(kv "$line" cpu_us_per_op)" -v b="$(kv "$line" backend_cpu_us_per_op)" \
+		-v l="$(kv "$line" loadgen_cpu_us_per_op)" 'BEGIN {
+		if (o == "" || p == "" || l == "") { print "-"; exit }
+		printf "%.2f\n", o * (p + (b == "" ? 0 : b) + l) / 1e6 }') "
 	log "$(printf '  %s %-9s round %s: %8s ops/s  p50 %7s us  p99 %8s us  cpu %6s us/req  errors %s' \
 		"$shape" "$target" "$round" "$(kv "$line" ops_per_s)" "$(kv "$line" p50_us)" \
 		"$(kv "$line" p99_us)" "$(kv "$line" cpu_us_per_op)" "$(kv "$line" errors)")"
@@ -777,27 +785,29 @@ print_table() {
 	printf 'cpu us/req: utime+stime of the proxy (for direct: of the memcached) over the\n'
 	printf 'measured window, divided by the requests; a 10-key multi-get is one request.\n'
 	printf 'backends us/req: the same of the three memcached behind a proxy.\n'
+	printf 'cores: ops/s x the us/req of proxy, backends and loadgen: how much of the\n'
+	printf 'machine the run kept busy (%s cores here, shared by all of them).\n' "$(nproc)"
 	printf 'ops/s, latency and cpu are medians of the rounds; errors and misses are totals.\n'
 	for shape in $SHAPES; do
 		[[ "$SPECIAL_SHAPES" != *" $shape "* ]] || continue
 		printf '\n(%s) %s\n' "$shape" "${SHAPE_TEXT[$shape]}"
-		printf '  %-20s %10s %9s %9s %11s %7s %7s %16s\n' target ops/s p50_us p99_us cpu_us/req \
-			errors misses backends_us/req
+		printf '  %-20s %10s %9s %9s %11s %7s %7s %16s %6s\n' target ops/s p50_us p99_us cpu_us/req \
+			errors misses backends_us/req cores
 		for target in $TARGETS; do
 			if [ -n "${SKIP[$target]:-}" ]; then
 				printf '  %-20s %s\n' "$target" "skipped: ${SKIP[$target]}"
 				continue
 			fi
-			for m in ops_per_s p50_us p99_us cpu_us_per_op backend_cpu_us_per_op; do
+			for m in ops_per_s p50_us p99_us cpu_us_per_op backend_cpu_us_per_op cores; do
 				MED[$target,$m]=$(median "${RES[$shape,$target,$m]:-}")
 			done
 			for m in errors misses; do
 				MED[$target,$m]=$(total "${RES[$shape,$target,$m]:-}")
 			done
-			printf '  %-20s %10s %9s %9s %11s %7s %7s %16s%s\n' "$target" \
+			printf '  %-20s %10s %9s %9s %11s %7s %7s %16s %6s%s\n' "$target" \
 				"${MED[$target,ops_per_s]}" "${MED[$target,p50_us]}" "${MED[$target,p99_us]}" \
 				"${MED[$target,cpu_us_per_op]}" "${MED[$target,errors]}" "${MED[$target,misses]}" \
-				"${MED[$target,backend_cpu_us_per_op]}" \
+				"${MED[$target,backend_cpu_us_per_op]}" "${MED[$target,cores]}" \
 				"${RES[$shape,$target,failed]:+  (some runs failed)}"
 		done
 		local a b

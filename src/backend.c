@@ -711,7 +711,7 @@ static int bconn_value(struct bconn *bc, struct frag *f, const struct proto_rsp 
     if (crlf[0] != '\r' || crlf[1] != '\n') {
         return bconn_protocol_error(bc, "value data without its \\r\\n", line, len);
     }
-    f->ops->value(f, (uint32_t)i, rsp, bc->in, need);
+    f->ops->value(f, (uint32_t)i, bc->in, need);
     return 0;
 }
 

@@ -41,10 +41,9 @@ struct frag_ops {
     /* Which key of f a VALUE line answers (its index), or -1: a key f did
      * not ask for (after the ones already answered). */
     int (*match)(struct frag *f, const struct proto_rsp *rsp);
-    /* The block of key `key` (its line, parsed in rsp, and its data: n
-     * bytes at the front of in) is complete: take it out of in. */
-    void (*value)(struct frag *f, uint32_t key, const struct proto_rsp *rsp,
-                  struct evbuffer *in, size_t n);
+    /* The block of key `key` (its line and data, n bytes at the front of
+     * in) is complete: take it out of in. */
+    void (*value)(struct frag *f, uint32_t key, struct evbuffer *in, size_t n);
     /* The reply's last line (total bytes at the front of in, line[0..len)
      * its text): take it out of in. f is off its connection. */
     void (*end)(struct frag *f, const struct proto_rsp *rsp, struct evbuffer *in,

@@ -16,7 +16,6 @@
 #include "mconn.h"
 #include "migrate.h"
 #include "ringrec.h"
-#include "tomb.h"
 #include "pool.h"
 
 #define MIG_BUCKETS 4096
@@ -38,6 +37,14 @@
                                        move, at most (closing.c) */
 #define TTL_RELATIVE_MAX 2592000    /* memcached: larger exptimes are absolute */
 
+/*
+ * A tombstone: what a delete leaves on the old owner while keys may be
+ * copied (ARCHITECTURE.md, invariant I4). Recognised by its client flags
+ * and exact value together.
+ */
+#define MIG_TOMB_FLAGS 0x52505442u  /* "RPTB" */
+#define MIG_TOMB_VALUE "ringproxy:tombstone:v1"
+#define MIG_TOMB_TTL 86400
 
 /* How this proxy routes a key whose owner differs between the two rings. */
 enum mig_phase {

@@ -763,9 +763,9 @@ static bool is_tomb(const struct mreply *r)
 {
     int64_t flags = 0;
 
-    return r->status == MREPLY_VA && r->value_len == sizeof(TOMB_VALUE) - 1 &&
-           mreply_flag(r, 'f', &flags) && (uint32_t)flags == TOMB_FLAGS &&
-           memcmp(r->value, TOMB_VALUE, r->value_len) == 0;
+    return r->status == MREPLY_VA && r->value_len == sizeof(MIG_TOMB_VALUE) - 1 &&
+           mreply_flag(r, 'f', &flags) && (uint32_t)flags == MIG_TOMB_FLAGS &&
+           memcmp(r->value, MIG_TOMB_VALUE, r->value_len) == 0;
 }
 
 /* Does an "mg key v f ..." reply show a real value? A tombstone is a miss,
@@ -1025,9 +1025,9 @@ static void on_del_lookup(void *arg, const struct mreply *r)
     } else if (op->phase == PH_SWITCHED) {
         /* A real value: a tombstone takes its place, so that a copy the
          * mover may be making stays hidden (invariant I4). */
-        SEND_OR_FAIL(op, op->from, on_del_old, TOMB_VALUE, sizeof(TOMB_VALUE) - 1,
-                     "ms %.*s %zu F%u T%d C%lld", kl, k, sizeof(TOMB_VALUE) - 1,
-                     TOMB_FLAGS, TOMB_TTL, (long long)op->old_cas);
+        SEND_OR_FAIL(op, op->from, on_del_old, MIG_TOMB_VALUE, sizeof(MIG_TOMB_VALUE) - 1,
+                     "ms %.*s %zu F%u T%d C%lld", kl, k, sizeof(MIG_TOMB_VALUE) - 1,
+                     MIG_TOMB_FLAGS, MIG_TOMB_TTL, (long long)op->old_cas);
     } else {
         SEND_OR_FAIL(op, op->from, on_del_old, NULL, 0, "md %.*s C%lld", kl, k,
                      (long long)op->old_cas);
@@ -1900,9 +1900,9 @@ static void on_meta_del_lookup(void *arg, const struct mreply *r)
     } else if (op->old == LOOK_NONE) {
         meta_run(op, op->to, on_meta_del_new, false);
     } else if (op->phase == PH_SWITCHED) {
-        SEND_OR_FAIL(op, op->from, on_meta_del_old, TOMB_VALUE, sizeof(TOMB_VALUE) - 1,
-                     "ms %.*s %zu F%u T%d C%lld", kl, k, sizeof(TOMB_VALUE) - 1,
-                     TOMB_FLAGS, TOMB_TTL, (long long)op->old_cas);
+        SEND_OR_FAIL(op, op->from, on_meta_del_old, MIG_TOMB_VALUE, sizeof(MIG_TOMB_VALUE) - 1,
+                     "ms %.*s %zu F%u T%d C%lld", kl, k, sizeof(MIG_TOMB_VALUE) - 1,
+                     MIG_TOMB_FLAGS, MIG_TOMB_TTL, (long long)op->old_cas);
     } else {
         SEND_OR_FAIL(op, op->from, on_meta_del_old, NULL, 0, "md %.*s C%lld", kl, k,
                      (long long)op->old_cas);

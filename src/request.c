@@ -28,7 +28,6 @@
 #include "meta.h"
 #include "pool.h"
 #include "request.h"
-#include "tomb.h"
 
 struct request *request_new(struct pool *p, struct client *c,
                             const struct request_owner_ops *oops,
@@ -410,37 +409,12 @@ static void frag_deliver(struct frag *f, struct evbuffer *in, size_t n)
     }
 }
 
-/* Whether the block (n bytes at the front of in, its line parsed in rsp) is
- * a tombstone: its flags, and its data byte for byte. */
-static bool block_is_tombstone(const struct proto_rsp *rsp, struct evbuffer *in, size_t n)
-{
-    char data[TOMB_VALUE_LEN];
-    struct evbuffer_ptr at;
-
-    if (rsp->flags != TOMB_FLAGS || rsp->bytes != (int64_t)TOMB_VALUE_LEN ||
-        n < TOMB_VALUE_LEN + 2 ||
-        evbuffer_ptr_set(in, &at, n - TOMB_VALUE_LEN - 2, EVBUFFER_PTR_SET) != 0 ||
-        evbuffer_copyout_from(in, &at, data, TOMB_VALUE_LEN) != (ev_ssize_t)TOMB_VALUE_LEN) {
-        return false;
-    }
-    return memcmp(data, TOMB_VALUE, TOMB_VALUE_LEN) == 0;
-}
-
-static void frag_take_value(struct frag *f, uint32_t key, const struct proto_rsp *rsp,
-                            struct evbuffer *in, size_t n)
+static void frag_take_value(struct frag *f, uint32_t key, struct evbuffer *in, size_t n)
 {
     struct request *r = f->req;
 
     assert(key < r->nkeys && key >= f->cursor);
     f->cursor = key + 1;
-    if (block_is_tombstone(rsp, in, n)) {
-        /* The key was deleted during a resize and its tombstone outlived
-         * the resize on this server (docs/ARCHITECTURE.md, "Known limits"):
-         * a miss, as every read during the resize answered. */
-        r->stats[STAT_get_tombstones]++;
-        evbuffer_drain(in, n);
-        return;
-    }
     r->hits++;
     if (r->nfrags > 1) {
         r->key_hit[key] = (uint32_t)n;

@@ -13,8 +13,6 @@
     X(cmd_get, counter, "keys asked for by get, gets, gat and gats")          \
     X(get_hits, counter, "keys found")                                        \
     X(get_misses, counter, "keys not found")                                  \
-    X(get_tombstones, counter,                                                \
-      "of get_misses: keys holding a tombstone a resize left behind")         \
     X(cmd_set, counter, "set, add, replace, append, prepend and cas")         \
     X(cmd_delete, counter, "delete commands")                                 \
     X(cmd_incr_decr, counter, "incr and decr commands")                       \

@@ -342,56 +342,6 @@ def test_a_client_that_half_closes_still_gets_its_replies(three):
         assert w.closed_by_peer()
 
 
-TOMB_FLAGS = 0x52505442             # src/tomb.h: TOMB_FLAGS, TOMB_VALUE
-TOMB_VALUE = b"ringproxy:tombstone:v1"
-
-
-def test_a_tombstone_left_on_a_server_reads_as_a_miss(three):
-    """A tombstone a resize left behind on a server (docs/ARCHITECTURE.md,
-    "Known limits") is a deleted key to get, gets and gat through the proxy,
-    alone and among other keys on one line or on several servers, and counts
-    in get_misses and get_tombstones. An item with the tombstone's flags and
-    other bytes of the same length, or its bytes and other flags, is a value."""
-    proxy, mcs = three
-    tomb, real, flags_only, bytes_only = (one_key_per_server(proxy, p)
-                                         for p in ("tomb", "real", "fonly", "bonly"))
-    items = {}
-    for i, mc in enumerate(mcs):
-        name = "mc%d" % (i + 1)
-        items[name] = [(tomb[name], TOMB_FLAGS, TOMB_VALUE),
-                       (real[name], 7, b"v-" + real[name].encode()),
-                       (flags_only[name], TOMB_FLAGS, b"ringproxy:tombstone:v2"),
-                       (bytes_only[name], 0, TOMB_VALUE)]
-        with Wire(mc.port) as w:      # straight on each key's owner
-            for key, flags, data in items[name]:
-                assert w.call(b"set %s %d 0 %d\r\n%s\r\n" % (
-                    key.encode(), flags, len(data), data)) == b"STORED\r\n"
-    with Wire(proxy.port) as w:
-        for name in ("mc1", "mc2", "mc3"):
-            k = tomb[name].encode()
-            assert w.call(b"get %s\r\n" % k) == b"END\r\n"
-            assert w.call(b"gets %s\r\n" % k) == b"END\r\n"
-            assert w.call(b"gat 0 %s\r\n" % k) == b"END\r\n"
-            # One server's four keys on one line, the tombstone among them.
-            line = [key for key, _, _ in items[name]][::-1]
-            want = b"".join(value_block(key.encode(), flags, data)
-                            for key, flags, data in items[name][::-1]
-                            if key != tomb[name])
-            assert w.call(b"get %s\r\n" % " ".join(line).encode()) == want + b"END\r\n"
-        # Every server's keys in one multi-get, tombstones in between.
-        every = [it for name in ("mc2", "mc1", "mc3") for it in items[name]]
-        want = b"".join(value_block(key.encode(), flags, data)
-                        for key, flags, data in every if flags != TOMB_FLAGS or
-                        data != TOMB_VALUE)
-        reply = w.call(b"get %s\r\n" % " ".join(key for key, _, _ in every).encode())
-        assert reply == want + b"END\r\n"
-    # 3 servers x (get, gets, gat, a line of its own) + 3 in the last get.
-    stat_becomes(proxy.port, "get_tombstones", 15)
-    stat_becomes(proxy.port, "get_misses", 15)
-    for i, mc in enumerate(mcs):    # the proxy leaves them where they are
-        assert direct_get(mc, tomb["mc%d" % (i + 1)].encode()) == TOMB_VALUE
-
-
 # --- values ---------------------------------------------------------------
 
 def test_an_empty_value_round_trips(three):

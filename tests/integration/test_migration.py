@@ -906,7 +906,7 @@ def grow_plan(env, proxy, mcs, n=3000):
     return keys, before, locate(proxy.conf_path + ".new", keys)
 
 
-TOMB_FLAGS = 0x52505442             # src/tomb.h: TOMB_FLAGS, _VALUE, _TTL
+TOMB_FLAGS = 0x52505442             # migrate_int.h: MIG_TOMB_FLAGS, _VALUE, _TTL
 TOMB_VALUE = b"ringproxy:tombstone:v1"
 
 

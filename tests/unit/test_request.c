@@ -180,7 +180,7 @@ static void give_value(struct frag *f, const char *k, const char *v, const char 
     ck_assert_int_ge(i, 0);
     evbuffer_add_printf(in, "%s\r\n%s\r\n", line, v);
     size_t len = evbuffer_get_length(in);
-    f->ops->value(f, (uint32_t)i, &rsp, in, len);
+    f->ops->value(f, (uint32_t)i, in, len);
     ck_assert_uint_eq(evbuffer_get_length(in), 0);
     evbuffer_free(in);
 }

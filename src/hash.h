@@ -41,7 +41,8 @@ int hash_by_name(const char *name);
 
 /* The 16-byte MD5 digest of buf (libmd; one block: hash.c, md5_one_block). */
 void hash_md5_digest(const void *buf, size_t len, uint8_t digest[16]);
-/* The same through libmd's MD5Init/Update/Final only: test_hash's reference. */
+/* The same through libmd's MD5Init/Update/Final: the path past one block,
+ * and test_hash's reference for the one-block path. */
 void hash_md5_digest_libmd(const void *buf, size_t len, uint8_t digest[16]);
 
 /* Four ring points from one digest, as libketama and libmemcached read them. */

@@ -460,11 +460,13 @@ size_t bconn_push_get(struct bconn *bc, struct frag *f, const char *key, uint32_
 {
     size_t n = 1 + keylen;
 
-    assert(f->cmd == PROTO_CMD_GET || f->cmd == PROTO_CMD_GETS);
-    /* The line's bytes go in one evbuffer_add when they fit here (a key
-     * of memcached's 250 bytes does). */
-    char piece[320];
+    /* The line's bytes go in one evbuffer_add: "gets", the key (the parser
+     * refuses one past PROTO_KEY_MAX) and the line's end. */
+    char piece[sizeof("gets ") + PROTO_KEY_MAX + 2];
     size_t len = 0;
+
+    assert(f->cmd == PROTO_CMD_GET || f->cmd == PROTO_CMD_GETS);
+    assert(keylen <= PROTO_KEY_MAX);
 
     if (bconn_may_join(bc, f->cmd, keylen, hash)) {
         struct frag *tail = TAILQ_LAST(&bc->frags, frag_queue);
@@ -483,23 +485,14 @@ size_t bconn_push_get(struct bconn *bc, struct frag *f, const char *key, uint32_
         n += nlen;
     }
     bool ends = bc->open_cmd == PROTO_CMD_NONE;
-    if (len + 1 + keylen + 2 <= sizeof(piece)) {
-        piece[len++] = ' ';
-        memcpy(piece + len, key, keylen);
-        len += keylen;
-        if (ends) {
-            memcpy(piece + len, "\r\n", 2);
-            len += 2;
-        }
-        evbuffer_add(bc->out, piece, len);
-    } else {
-        piece[len++] = ' ';
-        evbuffer_add(bc->out, piece, len);
-        evbuffer_add(bc->out, key, keylen);
-        if (ends) {
-            evbuffer_add(bc->out, "\r\n", 2);
-        }
+    piece[len++] = ' ';
+    memcpy(piece + len, key, keylen);
+    len += keylen;
+    if (ends) {
+        memcpy(piece + len, "\r\n", 2);
+        len += 2;
     }
+    evbuffer_add(bc->out, piece, len);
     if (!ends) {
         bc->open_len += 1 + keylen;
         bc->open_hash[bc->open_keys++] = hash;

@@ -242,26 +242,25 @@ static void on_batch_recorded(redisAsyncContext *ac, void *r, void *priv)
     free(sent);
 }
 
-/* Queue the batch on m->rc as one RESP command: its head, then the fields
- * as they came. False: not queued, the batch untouched. */
+/* Queue the batch on m->rc as one RESP command: its head put before the
+ * fields, which are in RESP already, and the whole made contiguous once
+ * for hiredis. False: not queued, the batch untouched. */
 static bool doubt_batch_queue(struct mig *m, redisCallbackFn *cb, void *priv)
 {
     struct mig_dbatch *b = m->dbatch;
-    struct evbuffer *cmd = evbuffer_new();
-    bool ok = false;
+    char head[sizeof(b->hash) + 64];
+    int n = snprintf(head, sizeof(head), "*%u\r\n$4\r\n%s\r\n$%zu\r\n%s\r\n",
+                     2 + b->nkeys * (b->kind == DBATCH_SET ? 2 : 1),
+                     b->kind == DBATCH_SET ? "HSET" : "HDEL", strlen(b->hash), b->hash);
 
-    if (cmd != NULL &&
-        evbuffer_add_printf(cmd, "*%u\r\n$4\r\n%s\r\n$%zu\r\n%s\r\n",
-                            2 + b->nkeys * (b->kind == DBATCH_SET ? 2 : 1),
-                            b->kind == DBATCH_SET ? "HSET" : "HDEL", strlen(b->hash),
-                            b->hash) > 0 &&
-        evbuffer_add(cmd, evbuffer_pullup(b->args, -1), evbuffer_get_length(b->args)) == 0) {
-        size_t len = evbuffer_get_length(cmd);
-        const char *bytes = (const char *)evbuffer_pullup(cmd, -1);
-        ok = bytes != NULL && redisAsyncFormattedCommand(m->rc, cb, priv, bytes, len) == REDIS_OK;
+    if (n < 0 || (size_t)n >= sizeof(head) || evbuffer_prepend(b->args, head, (size_t)n) != 0) {
+        return false;
     }
-    if (cmd != NULL) {
-        evbuffer_free(cmd);
+    size_t len = evbuffer_get_length(b->args);
+    const char *bytes = (const char *)evbuffer_pullup(b->args, -1);
+    bool ok = bytes != NULL && redisAsyncFormattedCommand(m->rc, cb, priv, bytes, len) == REDIS_OK;
+    if (!ok) {
+        evbuffer_drain(b->args, (size_t)n);     /* the head off again */
     }
     return ok;
 }

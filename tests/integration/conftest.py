@@ -1,7 +1,9 @@
 """pytest fixtures: factories for real memcached, redis and ringproxy."""
+import os
+
 import pytest
 
-from harness import Memcached, Proxy, Redis, free_port, pool_yaml
+from harness import Memcached, Proxy, Redis, built_with_tsan, free_port, pool_yaml
 
 
 class Cluster:
@@ -69,3 +71,17 @@ def module_cluster(tmp_path_factory):
     c = Cluster(str(tmp_path_factory.mktemp("module")))
     yield c
     c.stop_all()
+
+
+@pytest.fixture
+def rss_faithful(monkeypatch):
+    """For a test that bounds the proxy's memory by its VmRSS: AddressSanitizer
+    then frees for real at once (no quarantine), so RSS shows what the proxy
+    holds; under ThreadSanitizer RSS is mostly its shadow memory, so the test
+    is skipped (`make tsan` runs the rest of the suite)."""
+    if built_with_tsan():
+        pytest.skip("VmRSS under ThreadSanitizer is its shadow memory's")
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    monkeypatch.setenv("ASAN_OPTIONS", (asan + ":" if asan else "") +
+                       "quarantine_size_mb=0:thread_local_quarantine_size_kb=0:"
+                       "allocator_release_to_os_interval_ms=0")

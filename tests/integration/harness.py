@@ -26,6 +26,26 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                    "WARNING: ThreadSanitizer")
 
 
+def built_with_tsan(binary=None):
+    """Is the proxy under test a ThreadSanitizer build? Its shadow memory
+    makes VmRSS say nothing of what the proxy itself holds."""
+    path = binary or RINGPROXY
+    try:
+        with open(path, "rb") as f:
+            return b"__tsan_init" in f.read()
+    except OSError:
+        return False
+
+
+def rss_kb(pid):
+    """VmRSS of pid, in kB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
 def vnode_of(name):
     """The v-node set (layout 1's name) an index set belongs to: layout 2
     keeps a v-node's keys in <base>:s<low> and long keys in <base>:l<low>

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from harness import (FakeBackend, Wire, admin_get, client_on, first_conn, free_port, paused,
-                     key_per_server, pool_yaml, proxy_stats, stat_becomes, wait_until)
+                     key_per_server, pool_yaml, proxy_stats, rss_kb, stat_becomes, wait_until)
 
 LOST = b"SERVER_ERROR backend connection lost\r\n"
 LINE_MAX = 2048
@@ -31,14 +31,6 @@ def value(key, data, flags=0):
 
 def backend_stat(proxy, name, counter):
     return int(proxy_stats(proxy.port)["backend:%s:%s" % (name, counter)])
-
-
-def vm_rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 class EmptyMemcached:
@@ -120,7 +112,7 @@ def test_a_huge_value_length_fails_the_connection_without_buffering(fake_pool):
         w.send(b"get k\r\n")
         conn = fake.accept()
         FakeBackend.recv_until(conn, b"get k\r\n")
-        rss_before = vm_rss_kb(proxy.proc.pid)
+        rss_before = rss_kb(proxy.proc.pid)
         conn.sendall(b"VALUE k 0 9000000000\r\n")
         # Stream what the VALUE announced, until the proxy hangs up.
         chunk, sent = b"x" * (1 << 20), 0
@@ -131,7 +123,7 @@ def test_a_huge_value_length_fails_the_connection_without_buffering(fake_pool):
         except OSError:
             pass
         assert w.read_reply() == LOST
-        rss_after = vm_rss_kb(proxy.proc.pid)
+        rss_after = rss_kb(proxy.proc.pid)
         assert sent < (512 << 20), "the proxy kept reading a 9 GB value"
         assert rss_after - rss_before < 50 * 1024, (rss_before, rss_after)
         assert_replaced(proxy, fake, w)

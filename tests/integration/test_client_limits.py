@@ -16,19 +16,11 @@ import time
 
 import pytest
 
-from harness import (Proxy, Wire, free_port, pool_yaml, proxy_stats, sigstop, stat_becomes,
+from harness import (Proxy, Wire, free_port, pool_yaml, proxy_stats, rss_kb, sigstop, stat_becomes,
                      wait_until)
 
 VERSION = b"VERSION 1.6.18 ringproxy-0.1.0\r\n"
 TIMEOUT = b"SERVER_ERROR backend timeout\r\n"
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
 
 
 def cpu_seconds(pid):
@@ -62,11 +54,7 @@ def closed(sock, timeout=10.0, expect=b""):
 
 
 def test_clients_stalled_inside_a_value_are_closed_and_their_memory_returned(
-        cluster, monkeypatch):
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    monkeypatch.setenv("ASAN_OPTIONS", (asan + ":" if asan else "") +
-                       "quarantine_size_mb=0:thread_local_quarantine_size_kb=0:"
-                       "allocator_release_to_os_interval_ms=0")
+        cluster, rss_faithful):
     proxy = cluster.pool(cluster.memcached(1), value_timeout=1500)
     pid = proxy.proc.pid
     base = rss_kb(pid)

@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from harness import (DEAD_PORT, Memcached, Proxy, Wire, admin_get, free_port, pool_yaml,
+from harness import (DEAD_PORT, Memcached, Proxy, Wire, admin_get, free_port, pool_yaml, rss_kb,
                      read_all, wait_port, wait_until)
 
 
@@ -34,14 +34,6 @@ def fds_of(pid):
 def cpu_seconds(pid):
     f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def serves(port):
@@ -60,15 +52,6 @@ def stats_proxy(cluster, text, port, **kw):
 
 
 # --- the stats port ---------------------------------------------------------------
-
-@pytest.fixture
-def no_quarantine(monkeypatch):
-    """ASan frees for real at once, so RSS shows what the proxy holds."""
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    monkeypatch.setenv("ASAN_OPTIONS", (asan + ":" if asan else "") +
-                       "quarantine_size_mb=0:thread_local_quarantine_size_kb=0:"
-                       "allocator_release_to_os_interval_ms=0")
-
 
 
 def test_stats_port_a_thousand_connections_that_never_read(cluster):
@@ -179,7 +162,7 @@ def test_stats_port_a_client_that_sends_megabytes_or_resets(cluster):
     assert serves(port)
 
 
-def test_stats_port_idle_readers_do_not_pin_a_json_each(cluster, no_quarantine):
+def test_stats_port_idle_readers_do_not_pin_a_json_each(cluster, rss_faithful):
     """4,000 servers with long escaped names make a JSON of megabytes; 64
     connections that never read must not hold 64 copies of it: the unsent
     bytes of all connections are budgeted (nstats.c, NSTATS_PENDING_MAX)."""
@@ -208,7 +191,7 @@ def test_stats_port_idle_readers_do_not_pin_a_json_each(cluster, no_quarantine):
                what="the stats port to answer again")
 
 
-def test_admin_idle_readers_do_not_pin_a_reply_each(cluster, no_quarantine):
+def test_admin_idle_readers_do_not_pin_a_reply_each(cluster, rss_faithful):
     """The same against the admin port: 64 requests for /status.json (and
     /metrics) never read. Past the budget of unsent replies a request is
     answered 503; once the readers go, the routes answer again."""
@@ -580,7 +563,7 @@ def test_odd_but_usable_answers(cluster, hdns, answer):
     assert serves(p.port)
 
 
-def test_reconnect_loop_through_dns_keeps_memory_bounded(cluster, hdns, no_quarantine):
+def test_reconnect_loop_through_dns_keeps_memory_bounded(cluster, hdns, rss_faithful):
     """A name that resolves to a port nobody listens on: 2,000 rounds of
     resolve, connect, refused. The proxy's memory stays flat (no request
     leaks per round) and the good backend serves throughout."""

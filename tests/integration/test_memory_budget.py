@@ -7,7 +7,6 @@ one huge multi-get during a resize (no key silently a miss).
 Memory is the proxy's resident set (VmRSS); the proxies here run without
 ASan's quarantine (see test_client_limits.py), so freed memory is reused.
 """
-import os
 import signal
 import socket
 import threading
@@ -16,20 +15,12 @@ import time
 import pytest
 import redis
 
-from harness import fresh_stats, free_port, pool_yaml, proxy_stats, stats_until, wait_until
-from test_client_limits import closed, rss_kb
+from harness import (fresh_stats, free_port, pool_yaml, proxy_stats, rss_kb, stats_until,
+                     wait_until)
 from test_migration import FakeProxy, pool_config, wait_phase, wait_ready
 from test_migration import proxy_stats as mig_stats
 
 MB = 1024
-
-
-@pytest.fixture
-def no_quarantine(monkeypatch):
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    monkeypatch.setenv("ASAN_OPTIONS", (asan + ":" if asan else "") +
-                       "quarantine_size_mb=0:thread_local_quarantine_size_kb=0:"
-                       "allocator_release_to_os_interval_ms=0")
 
 
 class Peak:
@@ -59,7 +50,7 @@ class Peak:
 # --- client_max_memory ---------------------------------------------------
 
 
-def test_clients_that_never_read_are_closed_at_client_max_memory(cluster, no_quarantine):
+def test_clients_that_never_read_are_closed_at_client_max_memory(cluster, rss_faithful):
     """4 clients ask for 500 gets of a 500 KB value each and never read
     (250 MB of replies each): each is closed once 16 MiB are held for it,
     and the proxy's memory stays near 4 x 16 MiB, not 1 GB."""
@@ -168,7 +159,7 @@ def flood(port, n, size, prefix, sent):
 
 
 @pytest.mark.parametrize("clients", [1, 8])
-def test_noreply_sets_to_a_stopped_server_pause_their_senders(cluster, no_quarantine,
+def test_noreply_sets_to_a_stopped_server_pause_their_senders(cluster, rss_faithful,
                                                               clients):
     """noreply sets to a stopped memcached (300 MB offered) are not buffered
     without bound: each client's commands in flight count against it, and
@@ -218,7 +209,7 @@ def test_noreply_sets_to_a_stopped_server_pause_their_senders(cluster, no_quaran
 # --- the index and flush_all ---------------------------------------------
 
 
-def test_flush_all_noreply_while_redis_is_stopped_holds_one_flush(cluster, no_quarantine):
+def test_flush_all_noreply_while_redis_is_stopped_holds_one_flush(cluster, rss_faithful):
     mcs = cluster.memcached(2)
     rs = cluster.redis()
     r = redis.Redis(port=rs.port)

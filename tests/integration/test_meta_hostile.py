@@ -20,10 +20,9 @@ import time
 
 import pytest
 
-from harness import FakeBackend, Wire, key_per_server, proxy_stats, wait_until
+from harness import FakeBackend, Wire, key_per_server, proxy_stats, rss_kb, wait_until
 from test_backend_replies import LOST, EmptyMemcached, backend_stat
-from test_client_limits import closed, rss_kb
-from test_memory_budget import no_quarantine  # noqa: F401 (a fixture)
+from test_client_limits import closed
 from test_meta import K250, K251, normalise, run_battery
 
 MB = 1024
@@ -151,7 +150,7 @@ def test_meta_commands_split_anywhere_answer_as_memcached_does(pair, split):
 
 
 def test_an_ms_past_item_size_max_is_refused_and_its_block_never_held(
-        cluster, no_quarantine):
+        cluster, rss_faithful):
     """A 1,048,577-byte block answers as memcached does (after the block),
     and the 24 MB a client then streams into a 2,147,483,645-byte block
     (the largest length memcached reads) are swallowed as they arrive:
@@ -185,7 +184,7 @@ def test_an_ms_whose_data_never_finishes_is_closed_at_value_timeout(cluster):
         assert w.call(b"mg slow v\r\n") == b"EN\r\n"
 
 
-def test_100k_quiet_meta_commands_never_read_stay_bounded(cluster, no_quarantine):
+def test_100k_quiet_meta_commands_never_read_stay_bounded(cluster, rss_faithful):
     """A client pipelines 100,000 quiet meta commands and reads nothing
     until it has sent them all: the proxy stops reading it at its queue
     limit (the kernel's buffers fill), its memory stays bounded, and every

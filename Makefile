@@ -107,8 +107,9 @@ test: deps
 
 # ThreadSanitizer on the whole integration suite, every proxy on two
 # event-loop threads (-T 2: docs/ARCHITECTURE.md, "Threads"); a report fails
-# the test whose proxy printed it (harness.py). Tests that bound memory by
-# VmRSS are skipped there (conftest.py, rss_faithful). About 6 minutes on
+# the test whose proxy printed it (harness.py). The tests that bound memory
+# by VmRSS through the rss_faithful fixture (conftest.py) are skipped
+# there. About 6 minutes on
 # 2 cores, so `make test` runs `tsan-fast`: the files that exercise the
 # reload thread (proxy.c reload_run), the threads' hand-offs, the stats port
 # and /status.json (they read the other threads' counters). TSAN_TESTS
@@ -125,7 +126,7 @@ tsan-fast:
 
 tsan-run: $(BIN) $(BUILD)/loadgen
 	RINGPROXY_THREADS=2 RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \
-		$(PYTEST_JOBS) $(TSAN_TESTS)
+		$(PYTEST_JOBS) $(or $(TSAN_TESTS),tests/integration)
 
 # The whole integration suite with every proxy on two event-loop threads
 # (the harness passes -T $$RINGPROXY_THREADS; docs/ARCHITECTURE.md,

@@ -5,7 +5,7 @@ writes of flush_all while Redis is stopped (queue_max), and the shares of
 one huge multi-get during a resize (no key silently a miss).
 
 Memory is the proxy's resident set (VmRSS); the proxies here run without
-ASan's quarantine (see test_client_limits.py), so freed memory is reused.
+ASan's quarantine (conftest.py, rss_faithful), so freed memory is reused.
 """
 import signal
 import socket

@@ -661,9 +661,12 @@ def stat_becomes(port, name, want, timeout=10.0):
     """The proxy's `stats` field name reaches want (compared as text). With
     -T N another thread's share shows as of the end of its last loop turn
     (docs/ARCHITECTURE.md, "Threads"), so a reply can be read before what
-    it counted is."""
-    return wait_until(lambda: proxy_stats(port).get(name) == str(want), timeout=timeout,
-                      what="stats %s to be %s" % (name, want))
+    it counted is. Returns that `stats`: a second one could show another
+    thread's later turn (a connection the caller closed just before)."""
+    def probe():
+        st = proxy_stats(port)
+        return st if st.get(name) == str(want) else None
+    return wait_until(probe, timeout=timeout, what="stats %s to be %s" % (name, want))
 
 
 class FakeBackend:

@@ -112,8 +112,9 @@ test: deps
 # there. About 6 minutes on
 # 2 cores, so `make test` runs `tsan-fast`: the files that exercise the
 # reload thread (proxy.c reload_run), the threads' hand-offs, the stats port
-# and /status.json (they read the other threads' counters). TSAN_TESTS
-# replaces the files of either.
+# and /status.json (they read the other threads' counters), a file at a
+# time (TEST_JOBS=1) as `make test` has always run them.
+# TSAN_TESTS replaces the files of either.
 TSAN_FAST_TESTS = tests/integration/test_reload_limits.py tests/integration/test_process.py \
 	tests/integration/test_daemon.py tests/integration/test_threads.py \
 	tests/integration/test_upgrade.py tests/integration/test_dropin.py \
@@ -122,7 +123,7 @@ tsan:
 	$(MAKE) SAN=thread tsan-run TSAN_TESTS='$(or $(TSAN_TESTS),tests/integration)'
 
 tsan-fast:
-	$(MAKE) SAN=thread tsan-run TSAN_TESTS='$(or $(TSAN_TESTS),$(TSAN_FAST_TESTS))'
+	$(MAKE) SAN=thread tsan-run TEST_JOBS=1 TSAN_TESTS='$(or $(TSAN_TESTS),$(TSAN_FAST_TESTS))'
 
 tsan-run: $(BIN) $(BUILD)/loadgen
 	RINGPROXY_THREADS=2 RINGPROXY_BIN=$(abspath $(BIN)) /usr/bin/python3 -m pytest -q \

@@ -109,8 +109,8 @@ test: deps
 # event-loop threads (-T 2: docs/ARCHITECTURE.md, "Threads"); a report fails
 # the test whose proxy printed it (harness.py). The tests that bound memory
 # by VmRSS through the rss_faithful fixture (conftest.py) are skipped
-# there. About 6 minutes on
-# 2 cores, so `make test` runs `tsan-fast`: the files that exercise the
+# there. About 6 minutes on 2 cores, so `make test` runs `tsan-fast`: the
+# files that exercise the
 # reload thread (proxy.c reload_run), the threads' hand-offs, the stats port
 # and /status.json (they read the other threads' counters), a file at a
 # time (TEST_JOBS=1) as `make test` has always run them.

@@ -169,7 +169,12 @@ uint32_t hash_md5(const char *key, size_t len)
 {
     uint8_t d[16];
 
-    hash_md5_digest(key, len, d);
+    if (len <= MD5_ONE_BLOCK_MAX) {
+        uint32_t st[4];
+        md5_one_block(key, len, st);
+        return st[0];   /* hash_digest_point(digest, 0), without the digest */
+    }
+    hash_md5_digest_libmd(key, len, d);
     return hash_digest_point(d, 0);
 }
 

@@ -7,6 +7,7 @@ binary named by RINGPROXY_BIN (the Makefile passes the sanitizer build); its
 log is scanned for sanitizer reports when it stops, so a memory error fails
 the test that caused it.
 """
+import functools
 import json
 import os
 import random
@@ -26,10 +27,10 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                    "WARNING: ThreadSanitizer")
 
 
-def built_with_tsan(binary=None):
+@functools.lru_cache(maxsize=None)
+def built_with_tsan(path=RINGPROXY):
     """Is the proxy under test a ThreadSanitizer build? Its shadow memory
-    makes VmRSS say nothing of what the proxy itself holds."""
-    path = binary or RINGPROXY
+    makes VmRSS say nothing of what the proxy itself holds. Read once."""
     try:
         with open(path, "rb") as f:
             return b"__tsan_init" in f.read()

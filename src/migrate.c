@@ -330,6 +330,7 @@ static void mig_clear(struct mig *m)
     m->arcs = NULL;
     closing_free(m);
     mig_doubts_free(m);
+    tomb_notes_free(m);
     ring_diff_free(&m->diff);
     ring_unref(m->from);
     m->from = NULL;
@@ -391,6 +392,7 @@ static int mig_begin(struct mig *m, struct ring *from, struct ring *to)
     m->keys_moved = m->keys_stale = m->keys_skipped = m->keys_failed = 0;
     m->keys_retried = m->client_ops = m->index_moved = m->moved_at_last_log = 0;
     m->tombs_written = m->tombs_cleared = m->fallback_reads = m->conflicts_settled = 0;
+    m->tombs_swept = m->tombs_left = 0;
     m->unindexed_moved = m->closing_listed = m->closing_refused = 0;
     m->tokens = 0;
     m->last_refill = now_ms(m);
@@ -456,11 +458,13 @@ static void mig_end_local(struct mig *m)
     pool_new_generation(p);
     log_notice("migration", "%s: done in %llus: %llu keys moved (%llu of them unknown "
                "to the index, by the closing pass), %llu already newer on the new owner, "
-               "%llu stale, %llu tombstones cleared, %llu retried; the data obeys ring "
+               "%llu stale, %llu tombstones cleared by the mover and %llu by their writer "
+               "here (%llu left to expire), %llu retried; the data obeys ring "
                "%.8s epoch %llu", p->name, (unsigned long long)secs,
                (unsigned long long)m->keys_moved, (unsigned long long)m->unindexed_moved,
                (unsigned long long)m->keys_skipped,
                (unsigned long long)m->keys_stale, (unsigned long long)m->tombs_cleared,
+               (unsigned long long)m->tombs_swept, (unsigned long long)m->tombs_left,
                (unsigned long long)m->keys_retried, m->fp_to,
                (unsigned long long)m->epoch);
     mig_clear(m);
@@ -1526,8 +1530,10 @@ void mig_tick(struct mig *m, uint64_t now)
         m->acked = m->phase;
         m->next_sync = 0;
     }
+    /* Recorded: the tombstones this proxy wrote go first (move.c,
+     * tomb_sweep), then the migration, once no command on a key is left. */
     if (m->from != NULL && m->fp_rec[0] != '\0' && strcmp(m->fp_rec, m->fp_to) == 0 &&
-        m->nops == 0) {
+        !tomb_sweep(m) && m->nops == 0) {
         mig_end_local(m);
         update_state(m);
     }
@@ -1622,6 +1628,8 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->index_moved = m->index_moved;
     out->tombs_written = m->tombs_written;
     out->tombs_cleared = m->tombs_cleared;
+    out->tombs_swept = m->tombs_swept;
+    out->tombs_left = m->tombs_left;
     out->fallback_reads = m->fallback_reads;
     out->copies_in_doubt = m->ndoubts;
     out->conflicts_waiting = m->nconflicts;

@@ -45,6 +45,8 @@
 #define MIG_TOMB_FLAGS 0x52505442u  /* "RPTB" */
 #define MIG_TOMB_VALUE "ringproxy:tombstone:v1"
 #define MIG_TOMB_TTL 86400
+#define MIG_TOMB_NOTES_MAX ((size_t)4 << 20)  /* bytes of notes of the tombstones
+                                                this proxy wrote, at most */
 
 /* How this proxy routes a key whose owner differs between the two rings. */
 enum mig_phase {
@@ -91,6 +93,19 @@ struct mdoubt {
     char key[];
 };
 
+/*
+ * A tombstone this proxy wrote (its CAS, and the old owner it is on): swept
+ * by this proxy once the fleet recorded the new ring (move.c, tomb_sweep;
+ * docs/ARCHITECTURE.md, "Moving keys").
+ */
+struct mtomb {
+    struct mtomb *next;
+    struct backend *on;         /* in m->from_be: alive while m->from is */
+    int64_t cas;
+    uint16_t len;
+    char key[];
+};
+
 /* What an old-owner lookup found. */
 enum mlook { LOOK_NONE, LOOK_REAL, LOOK_TOMB };
 
@@ -116,6 +131,8 @@ struct mop {
     int64_t old_cas;
     bool old_failed;            /* the old owner could not be asked */
     bool hit;                   /* delete: something was deleted */
+    bool sweep;                 /* removes this proxy's tombstone (tomb_cas) */
+    int64_t tomb_cas;
     struct mop_meta *meta;      /* a client's meta command, else NULL */
     /* the move */
     int retries;
@@ -254,6 +271,10 @@ struct mig {
     uint64_t bad_members;       /* index members skipped: not a memcached key
                                    (move.c); since start */
     struct mig_dbatch *dbatch;  /* doubt records not sent yet, or NULL */
+    /* the tombstones this proxy wrote, oldest first, swept at the end */
+    struct mtomb *tombs, **tombs_tail;
+    size_t tombs_bytes;
+    uint64_t tombs_swept, tombs_left;
 };
 
 /*
@@ -308,6 +329,10 @@ bool bulk_move(struct mig *m, uint32_t i, struct mig_source *src, const char *ke
 int32_t arc_of(const struct mig *m, uint32_t h);
 void arc_free_seen(struct mig_arc *a);
 void mig_doubts_free(struct mig *m);
+/* The fleet recorded the new ring: sweep the tombstones this proxy wrote
+ * (each an operation on its key). True while some are noted. */
+bool tomb_sweep(struct mig *m);
+void tomb_notes_free(struct mig *m);
 /* Send the doubt records batched so far, before any other command of m's
  * (ordered) and at the end of each loop turn (final: copies whose record
  * cannot be sent fail then; otherwise they wait for that, and false says

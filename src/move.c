@@ -955,6 +955,135 @@ static void run_set(struct mop *op)
                  op->k->key);
 }
 
+/* --- tombstones: written by a switched delete, swept by their writer ---------- */
+
+/* Replace the real value on the old owner (read at op->old_cas) by a
+ * tombstone; its CAS comes back for the sweep (`c`). */
+static void tomb_write(struct mop *op, mconn_cb cb)
+{
+    SEND_OR_FAIL(op, op->from, cb, MIG_TOMB_VALUE, sizeof(MIG_TOMB_VALUE) - 1,
+                 "ms %.*s %zu F%u T%d C%lld c", (int)op->k->len, op->k->key,
+                 sizeof(MIG_TOMB_VALUE) - 1, MIG_TOMB_FLAGS, MIG_TOMB_TTL,
+                 (long long)op->old_cas);
+}
+
+/* Take the oldest note off the list (the caller frees it). */
+static struct mtomb *tomb_note_take(struct mig *m)
+{
+    struct mtomb *t = m->tombs;
+
+    m->tombs = t->next;
+    if (m->tombs == NULL) {
+        m->tombs_tail = &m->tombs;
+    }
+    m->tombs_bytes -= sizeof(*t) + t->len;
+    return t;
+}
+
+void tomb_notes_free(struct mig *m)
+{
+    while (m->tombs != NULL) {
+        free(tomb_note_take(m));
+    }
+}
+
+/*
+ * The tombstone op wrote (reply r: HD c<cas>) is indexed under the old ring,
+ * as a key of the old owner, so the mover's later passes find it, and noted:
+ * one written after the mover's last look at that server (the closing pass
+ * listed it already) would outlive the migration, and a later ring that
+ * makes that server the key's owner again would serve its bytes as the
+ * key's value. Its writer removes it once the fleet recorded the new ring
+ * (tomb_sweep). The notes keep the newest within MIG_TOMB_NOTES_MAX bytes:
+ * the oldest are the likeliest to have been found by the mover already.
+ */
+static void tomb_written(struct mop *op, const struct mreply *r)
+{
+    struct mig *m = op->m;
+    int64_t cas = 0;
+
+    m->tombs_written++;
+    mig_index_add(m, m->from, op->k->key, op->k->len);
+    if (!mreply_flag(r, 'c', &cas) || cas <= 0) {
+        m->tombs_left++;        /* no CAS to remove it by (not memcached's answer) */
+        return;
+    }
+    size_t need = sizeof(struct mtomb) + op->k->len;
+    while (m->tombs != NULL && m->tombs_bytes + need > MIG_TOMB_NOTES_MAX) {
+        free(tomb_note_take(m));
+        m->tombs_left++;
+    }
+    struct mtomb *t = malloc(need);
+    if (t == NULL) {
+        m->tombs_left++;
+        return;
+    }
+    t->next = NULL;
+    t->on = op->from;
+    t->cas = cas;
+    t->len = op->k->len;
+    memcpy(t->key, op->k->key, op->k->len);
+    if (m->tombs == NULL) {
+        m->tombs_tail = &m->tombs;
+    }
+    *m->tombs_tail = t;
+    m->tombs_tail = &t->next;
+    m->tombs_bytes += need;
+}
+
+/* The sweep's answer: removed (HD), already gone (NF: the mover, or its
+ * TTL), or replaced since (EX: not ours to touch). */
+static void on_tomb_swept(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    struct mig *m = op->m;
+
+    if (r->status == MREPLY_HD || r->status == MREPLY_NF) {
+        m->tombs_swept += r->status == MREPLY_HD;
+        mig_index_rem(m, m->from, op->k->key, op->k->len);
+    } else if (r->status != MREPLY_EX) {
+        m->tombs_left++;
+        log_limited(LOG_WARN, 10, "migration", "%s: a tombstone this proxy wrote on "
+                    "server %s stays there (until its TTL, a day): %s", m->p->name,
+                    op->from->identity, r->status == MREPLY_FAIL && r->error != NULL ?
+                    r->error : "an unexpected answer");
+    }
+    mop_finish(op);
+}
+
+static void tomb_sweep_start(struct mop *op)
+{
+    SEND_OR_FAIL(op, op->from, on_tomb_swept, NULL, 0, "md %.*s C%lld", (int)op->k->len,
+                 op->k->key, (long long)op->tomb_cas);
+}
+
+bool tomb_sweep(struct mig *m)
+{
+    if (mig_fenced(m)) {
+        return m->tombs != NULL;    /* it would fail: wait for Redis */
+    }
+    while (m->tombs != NULL) {
+        /* Off the list first: a sweep that fails at once runs the key's
+         * next command, which may note a tombstone of its own. */
+        struct mtomb *t = tomb_note_take(m);
+        struct mop *op = calloc(1, sizeof(*op));
+        bool queued = false;
+        if (op != NULL) {
+            op->arc = -1;
+            op->sweep = true;
+            op->phase = m->phase;
+            op->from = t->on;
+            op->tomb_cas = t->cas;
+            if (!(queued = mop_enqueue(m, op, t->key, t->len))) {
+                mop_free(op);
+            }
+        }
+        m->tombs_left += !queued;       /* out of memory: it expires */
+        free(t);
+    }
+    return false;
+}
+
 /* delete: the old owner (a tombstone when switched), then the new owner. */
 static void on_del_new(void *arg, const struct mreply *r)
 {
@@ -994,8 +1123,7 @@ static void on_del_old(void *arg, const struct mreply *r)
         op->hit = true;
         if (op->phase == PH_SWITCHED) {
             op->old = LOOK_TOMB;                /* our tombstone is there now */
-            op->m->tombs_written++;
-            mig_index_add(op->m, op->m->from, op->k->key, op->k->len);
+            tomb_written(op, r);
         }
     }
     del_new(op);
@@ -1024,9 +1152,7 @@ static void on_del_lookup(void *arg, const struct mreply *r)
     } else if (op->phase == PH_SWITCHED) {
         /* A real value: a tombstone takes its place, so that a copy the
          * mover may be making stays hidden (invariant I4). */
-        SEND_OR_FAIL(op, op->from, on_del_old, MIG_TOMB_VALUE, sizeof(MIG_TOMB_VALUE) - 1,
-                     "ms %.*s %zu F%u T%d C%lld", kl, k, sizeof(MIG_TOMB_VALUE) - 1,
-                     MIG_TOMB_FLAGS, MIG_TOMB_TTL, (long long)op->old_cas);
+        tomb_write(op, on_del_old);
     } else {
         SEND_OR_FAIL(op, op->from, on_del_old, NULL, 0, "md %.*s C%lld", kl, k,
                      (long long)op->old_cas);
@@ -1874,8 +2000,7 @@ static void on_meta_del_old(void *arg, const struct mreply *r)
         }
         op->hit = true;
         if (op->phase == PH_SWITCHED) {
-            op->m->tombs_written++;
-            mig_index_add(op->m, op->m->from, op->k->key, op->k->len);
+            tomb_written(op, r);
         }
     }
     meta_run(op, op->to, on_meta_del_new, false);
@@ -1899,9 +2024,7 @@ static void on_meta_del_lookup(void *arg, const struct mreply *r)
     } else if (op->old == LOOK_NONE) {
         meta_run(op, op->to, on_meta_del_new, false);
     } else if (op->phase == PH_SWITCHED) {
-        SEND_OR_FAIL(op, op->from, on_meta_del_old, MIG_TOMB_VALUE, sizeof(MIG_TOMB_VALUE) - 1,
-                     "ms %.*s %zu F%u T%d C%lld", kl, k, sizeof(MIG_TOMB_VALUE) - 1,
-                     MIG_TOMB_FLAGS, MIG_TOMB_TTL, (long long)op->old_cas);
+        tomb_write(op, on_meta_del_old);
     } else {
         SEND_OR_FAIL(op, op->from, on_meta_del_old, NULL, 0, "md %.*s C%lld", kl, k,
                      (long long)op->old_cas);
@@ -2504,6 +2627,8 @@ void mop_start(struct mop *op)
 {
     if (op->f != NULL) {
         client_start(op);
+    } else if (op->sweep) {
+        tomb_sweep_start(op);
     } else {
         move_fetch(op);
     }

@@ -1165,3 +1165,130 @@ def test_mg_never_answers_a_tombstone_written_after_its_lookup(env, cluster, pha
     assert [normalise(g) for g in got] == [normalise(w) for w in want]
     for r in relays:
         r.close()
+
+
+class PausableRelay(TcpRelay):
+    """A byte relay in front of Redis for one proxy: while paused, nothing
+    passes either way (the proxy's commands and Redis's replies wait), as
+    when a proxy is cut off from Redis for a while; resume() lets it all
+    through in order."""
+
+    def __init__(self, target_port):
+        self.open = threading.Event()
+        self.open.set()
+        self.socks = []
+        super().__init__(target_port)
+
+    def attach(self, client, server):
+        self.socks += [client, server]
+        for src, dst in ((client, server), (server, client)):
+            threading.Thread(target=self.pump, args=(src, dst), daemon=True).start()
+
+    def pump(self, src, dst):
+        try:
+            while True:
+                chunk = src.recv(65536)
+                if not chunk:
+                    break
+                self.open.wait()
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        dst.close()
+
+    def pause(self):
+        self.open.clear()
+
+    def resume(self):
+        self.open.set()
+
+    def close(self):
+        super().close()
+        self.open.set()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, cluster):
+    """A delete through a proxy still switched after the mover's last look
+    at the old owner (here: the coordinator has recorded the new ring while
+    the other proxy, cut off from Redis, has not seen it) writes a
+    tombstone no pass of the mover will find. Its writer removes it
+    (conditionally on its CAS) once it sees the new ring recorded, before
+    it drops the migration (move.c, tomb_sweep). Before, the tombstone
+    stayed for its day-long TTL, and a resize back to the old ring made that
+    server the key's owner again: a plain get answered the tombstone's
+    bytes as the key's value."""
+    mcs = env.servers(4)
+    relays = [PausableRelay(env.redis.port) for _ in range(2)]
+    # liveness 30 s: the proxy cut off from Redis keeps serving (it fences
+    # after half of it) and stays in the fleet meanwhile
+    conf = lambda port, servers, relay: pool_config(
+        port, servers, relay.port, extra={"migration": {
+            "rate": 0, "delete_source": True, "liveness": 30000}})
+    ports = [free_port(), free_port()]
+    proxies = [cluster.proxy(conf(p, mcs[:3], r), port=p) for p, r in zip(ports, relays)]
+    for p in proxies:
+        wait_ready(p.port)
+    keys, before, after = grow_plan(env, proxies[0], mcs)
+    k = next(x for x in keys if after[x] == "mc4")
+    old = mcs[int(before[k][2:]) - 1]
+    time.sleep(1.2)     # both heartbeats are in Redis
+    with FakeProxy(env.r) as fake:
+        for p, r in zip(proxies, relays):
+            reload(p, conf(p.port, mcs, r))
+        for p in proxies:
+            wait_phase(p.port, "prepared")
+        fake.ack = "prepared"
+        for p in proxies:
+            wait_phase(p.port, "switched")
+        lease = [int(proxy_stats(p.port)["migration:lease"]) == 1 for p in proxies]
+        assert lease.count(True) == 1, lease
+        coord, late = (0, 1) if lease[0] else (1, 0)
+        # the late proxy's acknowledgement of `switched` is in Redis
+        def late_acked():
+            beats = env.r.hgetall("rp:cache:proxies")
+            return any(":%d:" % proxies[late].proc.pid in who.decode() and
+                       beat.decode().split(" ")[2] == "switched"
+                       for who, beat in beats.items())
+        wait_until(late_acked, what="the late proxy's acknowledgement")
+        relays[late].pause()
+        fake.ack = "switched"
+        wait_migrated(proxies[coord].port, 2)
+    # The key, moved to mc4, is written again on its old owner around the
+    # proxies; a delete through the late proxy (still switched) replaces it
+    # by a tombstone there.
+    Client(("127.0.0.1", old.port)).set(k, b"direct", noreply=False)
+    st = proxy_stats(proxies[late].port)
+    assert st["migration:state"] != "idle", st
+    assert Client(("127.0.0.1", proxies[late].port)).delete(k, noreply=False)
+    assert raw_get(old, k) == TOMB_VALUE
+    relays[late].resume()
+    st = wait_migrated(proxies[late].port, 2)
+    assert raw_get(old, k) is None
+    assert [int(st["migration:tombstones_" + x]) for x in ("written", "swept", "left")] \
+        == [1, 1, 0], st
+    # The resize back: the old owner owns the key again.
+    for p, r in zip(proxies, relays):
+        reload(p, conf(p.port, mcs[:3], r))
+    for p in proxies:
+        wait_migrated(p.port, 3)
+        assert Client(("127.0.0.1", p.port)).get(k) is None
+    for r in relays:
+        r.close()
+
+
+def raw_get(m, key):
+    """The bytes a memcached holds for key, or None."""
+    with socket.create_connection(("127.0.0.1", m.port), timeout=5) as s:
+        s.sendall(b"mg %s v\r\n" % key.encode())
+        got = b""
+        while not (got.startswith(b"EN\r\n") or
+                   (got.startswith(b"VA ") and got.count(b"\r\n") >= 2)):
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+    return None if got.startswith(b"EN") else got.split(b"\r\n")[1]

@@ -732,8 +732,11 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
     char line[600];
     va_list ap;
 
-    if (op->m->closing || mig_fenced(op->m)) {
-        return false;       /* fenced: by the clock, the tick may be late */
+    /* Fenced: by the clock, the tick may be late. A sweep is sent anyway
+     * (tomb_sweep): the new ring is recorded, and a proxy back from a
+     * freeze stays fenced until it drops the migration, after its sweeps. */
+    if (op->m->closing || (mig_fenced(op->m) && !op->sweep)) {
+        return false;
     }
     va_start(ap, fmt);
     int n = vsnprintf(line, sizeof(line), fmt, ap);
@@ -1057,11 +1060,15 @@ static void tomb_sweep_start(struct mop *op)
                  op->k->key, (long long)op->tomb_cas);
 }
 
+/*
+ * Also while fenced: the record said the new ring, so the migration is over
+ * for the whole fleet, and a removal is conditional on the tombstone's own
+ * CAS, which nothing else written there can carry. (A proxy back from a
+ * freeze is fenced until it drops the migration: waiting for the fence to
+ * lift would wait forever.)
+ */
 bool tomb_sweep(struct mig *m)
 {
-    if (mig_fenced(m)) {
-        return m->tombs != NULL;    /* it would fail: wait for Redis */
-    }
     while (m->tombs != NULL) {
         /* Off the list first: a sweep that fails at once runs the key's
          * next command, which may note a tombstone of its own. */

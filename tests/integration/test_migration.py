@@ -1212,7 +1212,9 @@ class PausableRelay(TcpRelay):
                 pass
 
 
-def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, cluster):
+@pytest.mark.parametrize("fenced", [False, True], ids=["in-time", "fenced"])
+def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, cluster,
+                                                                          fenced):
     """A delete through a proxy still switched after the mover's last look
     at the old owner (here: the coordinator has recorded the new ring while
     the other proxy, cut off from Redis, has not seen it) writes a
@@ -1221,14 +1223,18 @@ def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, c
     it drops the migration (move.c, tomb_sweep). Before, the tombstone
     stayed for its day-long TTL, and a resize back to the old ring made that
     server the key's owner again: a plain get answered the tombstone's
-    bytes as the key's value."""
+    bytes as the key's value. `fenced`: the writer stays cut off past half
+    the liveness, so it is fenced when Redis answers again, and stays so
+    until it drops the migration: it removes the tombstone all the same
+    (waiting for the fence to lift, it stayed fenced for good: make chaos,
+    scenario l)."""
     mcs = env.servers(4)
     relays = [PausableRelay(env.redis.port) for _ in range(2)]
-    # liveness 30 s: the proxy cut off from Redis keeps serving (it fences
-    # after half of it) and stays in the fleet meanwhile
+    # liveness 16 s: the proxy cut off from Redis keeps serving for 8 s (then
+    # it fences) and stays in the fleet meanwhile
     conf = lambda port, servers, relay: pool_config(
         port, servers, relay.port, extra={"migration": {
-            "rate": 0, "delete_source": True, "liveness": 30000}})
+            "rate": 0, "delete_source": True, "liveness": 16000}})
     ports = [free_port(), free_port()]
     proxies = [cluster.proxy(conf(p, mcs[:3], r), port=p) for p, r in zip(ports, relays)]
     for p in proxies:
@@ -1266,6 +1272,9 @@ def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, c
     assert st["migration:state"] != "idle", st
     assert Client(("127.0.0.1", proxies[late].port)).delete(k, noreply=False)
     assert raw_get(old, k) == TOMB_VALUE
+    if fenced:
+        wait_until(lambda: int(proxy_stats(proxies[late].port)["migration:fenced"]) == 1,
+                   timeout=15, what="the late proxy fenced")
     relays[late].resume()
     st = wait_migrated(proxies[late].port, 2)
     assert raw_get(old, k) is None

@@ -1486,10 +1486,19 @@ static void write_progress(struct mig *m)
     eval_with_ring(m, NULL, script, keys, 1, args, n, NULL, 0);
 }
 
+/* The fleet recorded the ring this proxy's migration goes to. */
+static bool mig_recorded(const struct mig *m)
+{
+    return m->from != NULL && m->fp_rec[0] != '\0' && strcmp(m->fp_rec, m->fp_to) == 0;
+}
+
 void mig_flush(struct mig *m)
 {
     if (m != NULL) {
         doubt_batch_send(m, true);
+        if (m->tombs != NULL && mig_recorded(m)) {
+            tomb_sweep(m);      /* more as the earlier ones end */
+        }
     }
 }
 
@@ -1532,8 +1541,7 @@ void mig_tick(struct mig *m, uint64_t now)
     }
     /* Recorded: the tombstones this proxy wrote go first (move.c,
      * tomb_sweep), then the migration, once no command on a key is left. */
-    if (m->from != NULL && m->fp_rec[0] != '\0' && strcmp(m->fp_rec, m->fp_to) == 0 &&
-        !tomb_sweep(m) && m->nops == 0) {
+    if (mig_recorded(m) && !tomb_sweep(m) && m->nops == 0) {
         mig_end_local(m);
         update_state(m);
     }

@@ -47,6 +47,7 @@
 #define MIG_TOMB_TTL 86400
 #define MIG_TOMB_NOTES_MAX ((size_t)4 << 20)  /* bytes of notes of the tombstones
                                                 this proxy wrote, at most */
+#define MIG_SWEEPS_INFLIGHT 64      /* their removals under way at once */
 
 /* How this proxy routes a key whose owner differs between the two rings. */
 enum mig_phase {
@@ -94,14 +95,13 @@ struct mdoubt {
 };
 
 /*
- * A tombstone this proxy wrote (its CAS, and the old owner it is on): swept
+ * A tombstone this proxy wrote, or may have (the old owner it is on): swept
  * by this proxy once the fleet recorded the new ring (move.c, tomb_sweep;
  * docs/ARCHITECTURE.md, "Moving keys").
  */
 struct mtomb {
     struct mtomb *next;
     struct backend *on;         /* in m->from_be: alive while m->from is */
-    int64_t cas;
     uint16_t len;
     char key[];
 };
@@ -131,8 +131,7 @@ struct mop {
     int64_t old_cas;
     bool old_failed;            /* the old owner could not be asked */
     bool hit;                   /* delete: something was deleted */
-    bool sweep;                 /* removes this proxy's tombstone (tomb_cas) */
-    int64_t tomb_cas;
+    bool sweep;                 /* removes a tombstone this proxy noted */
     struct mop_meta *meta;      /* a client's meta command, else NULL */
     /* the move */
     int retries;
@@ -274,6 +273,7 @@ struct mig {
     /* the tombstones this proxy wrote, oldest first, swept at the end */
     struct mtomb *tombs, **tombs_tail;
     size_t tombs_bytes;
+    uint32_t sweeps;            /* sweep operations queued or running */
     uint64_t tombs_swept, tombs_left;
 };
 

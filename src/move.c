@@ -961,11 +961,11 @@ static void run_set(struct mop *op)
 /* --- tombstones: written by a switched delete, swept by their writer ---------- */
 
 /* Replace the real value on the old owner (read at op->old_cas) by a
- * tombstone; its CAS comes back for the sweep (`c`). */
+ * tombstone. */
 static void tomb_write(struct mop *op, mconn_cb cb)
 {
     SEND_OR_FAIL(op, op->from, cb, MIG_TOMB_VALUE, sizeof(MIG_TOMB_VALUE) - 1,
-                 "ms %.*s %zu F%u T%d C%lld c", (int)op->k->len, op->k->key,
+                 "ms %.*s %zu F%u T%d C%lld", (int)op->k->len, op->k->key,
                  sizeof(MIG_TOMB_VALUE) - 1, MIG_TOMB_FLAGS, MIG_TOMB_TTL,
                  (long long)op->old_cas);
 }
@@ -987,31 +987,25 @@ void tomb_notes_free(struct mig *m)
 {
     while (m->tombs != NULL) {
         free(tomb_note_take(m));
+        m->tombs_left++;        /* never looked for (the record vanished) */
     }
 }
 
 /*
- * The tombstone op wrote (reply r: HD c<cas>) is indexed under the old ring,
- * as a key of the old owner, so the mover's later passes find it, and noted:
- * one written after the mover's last look at that server (the closing pass
- * listed it already) would outlive the migration, and a later ring that
- * makes that server the key's owner again would serve its bytes as the
- * key's value. Its writer removes it once the fleet recorded the new ring
- * (tomb_sweep). The notes keep the newest within MIG_TOMB_NOTES_MAX bytes:
- * the oldest are the likeliest to have been found by the mover already.
+ * Note the tombstone op wrote on the old owner, or may have written (its
+ * store got no answer: the server may still run it). One written after the
+ * mover's last look at that server (the closing pass listed it already)
+ * would outlive the migration, and a later ring that makes that server the
+ * key's owner again would serve its bytes as the key's value: its writer
+ * looks for it once the fleet recorded the new ring (tomb_sweep). The notes
+ * keep the newest within MIG_TOMB_NOTES_MAX bytes: the oldest are the
+ * likeliest to have been found by the mover already.
  */
-static void tomb_written(struct mop *op, const struct mreply *r)
+static void tomb_note(struct mop *op)
 {
     struct mig *m = op->m;
-    int64_t cas = 0;
-
-    m->tombs_written++;
-    mig_index_add(m, m->from, op->k->key, op->k->len);
-    if (!mreply_flag(r, 'c', &cas) || cas <= 0) {
-        m->tombs_left++;        /* no CAS to remove it by (not memcached's answer) */
-        return;
-    }
     size_t need = sizeof(struct mtomb) + op->k->len;
+
     while (m->tombs != NULL && m->tombs_bytes + need > MIG_TOMB_NOTES_MAX) {
         free(tomb_note_take(m));
         m->tombs_left++;
@@ -1023,7 +1017,6 @@ static void tomb_written(struct mop *op, const struct mreply *r)
     }
     t->next = NULL;
     t->on = op->from;
-    t->cas = cas;
     t->len = op->k->len;
     memcpy(t->key, op->k->key, op->k->len);
     if (m->tombs == NULL) {
@@ -1034,42 +1027,76 @@ static void tomb_written(struct mop *op, const struct mreply *r)
     m->tombs_bytes += need;
 }
 
-/* The sweep's answer: removed (HD), already gone (NF: the mover, or its
- * TTL), or replaced since (EX: not ours to touch). */
+/* The tombstone is on the old owner: counted, indexed under the old ring as
+ * a key of that server (the mover's later passes find it), and noted. */
+static void tomb_written(struct mop *op)
+{
+    op->m->tombs_written++;
+    mig_index_add(op->m, op->m->from, op->k->key, op->k->len);
+    tomb_note(op);
+}
+
+static void tomb_left(struct mop *op, const struct mreply *r)
+{
+    struct mig *m = op->m;
+
+    m->tombs_left++;
+    log_limited(LOG_WARN, 10, "migration", "%s: a tombstone this proxy wrote may stay on "
+                "server %s until its TTL (a day): %s", m->p->name, op->from->identity,
+                r->status == MREPLY_FAIL && r->error != NULL ? r->error :
+                "an unexpected answer");
+}
+
+/* Removed (HD), or gone or written over since (NF, EX): nothing to do. */
 static void on_tomb_swept(void *arg, const struct mreply *r)
 {
     struct mop *op = arg;
-    struct mig *m = op->m;
 
-    if (r->status == MREPLY_HD || r->status == MREPLY_NF) {
-        m->tombs_swept += r->status == MREPLY_HD;
-        mig_index_rem(m, m->from, op->k->key, op->k->len);
-    } else if (r->status != MREPLY_EX) {
-        m->tombs_left++;
-        log_limited(LOG_WARN, 10, "migration", "%s: a tombstone this proxy wrote on "
-                    "server %s stays there (until its TTL, a day): %s", m->p->name,
-                    op->from->identity, r->status == MREPLY_FAIL && r->error != NULL ?
-                    r->error : "an unexpected answer");
+    if (r->status == MREPLY_HD) {
+        op->m->tombs_swept++;
+    } else if (r->status != MREPLY_NF && r->status != MREPLY_EX) {
+        tomb_left(op, r);
     }
+    op->m->sweeps--;
+    mop_finish(op);
+}
+
+/* A tombstone (anyone's: the migration is over) is removed, conditionally
+ * on the CAS just read; anything else there is left alone. */
+static void on_tomb_found(void *arg, const struct mreply *r)
+{
+    struct mop *op = arg;
+    int64_t cas = 0;
+
+    if (r->status == MREPLY_VA && is_tomb(r) && mreply_flag(r, 'c', &cas)) {
+        SEND_OR_FAIL(op, op->from, on_tomb_swept, NULL, 0, "md %.*s C%lld",
+                     (int)op->k->len, op->k->key, (long long)cas);
+        return;
+    }
+    if (r->status != MREPLY_VA && r->status != MREPLY_EN) {
+        tomb_left(op, r);
+    }
+    op->m->sweeps--;
     mop_finish(op);
 }
 
 static void tomb_sweep_start(struct mop *op)
 {
-    SEND_OR_FAIL(op, op->from, on_tomb_swept, NULL, 0, "md %.*s C%lld", (int)op->k->len,
-                 op->k->key, (long long)op->tomb_cas);
+    SEND_OR_FAIL(op, op->from, on_tomb_found, NULL, 0, "mg %.*s v f c", (int)op->k->len,
+                 op->k->key);
 }
 
 /*
- * Also while fenced: the record said the new ring, so the migration is over
- * for the whole fleet, and a removal is conditional on the tombstone's own
- * CAS, which nothing else written there can carry. (A proxy back from a
- * freeze is fenced until it drops the migration: waiting for the fence to
- * lift would wait forever.)
+ * Start sweeps for the notes, at most MIG_SWEEPS_INFLIGHT at a time (the
+ * tick and each loop turn's mig_flush start more). Also while fenced: the
+ * record said the new ring, so the migration is over for the whole fleet,
+ * and a removal is conditional on the CAS of the tombstone just read. (A
+ * proxy back from a freeze is fenced until it drops the migration: waiting
+ * for the fence to lift would wait forever.) True while notes are left.
  */
 bool tomb_sweep(struct mig *m)
 {
-    while (m->tombs != NULL) {
+    while (m->tombs != NULL && m->sweeps < MIG_SWEEPS_INFLIGHT) {
         /* Off the list first: a sweep that fails at once runs the key's
          * next command, which may note a tombstone of its own. */
         struct mtomb *t = tomb_note_take(m);
@@ -1080,15 +1107,16 @@ bool tomb_sweep(struct mig *m)
             op->sweep = true;
             op->phase = m->phase;
             op->from = t->on;
-            op->tomb_cas = t->cas;
+            m->sweeps++;
             if (!(queued = mop_enqueue(m, op, t->key, t->len))) {
+                m->sweeps--;
                 mop_free(op);
             }
         }
         m->tombs_left += !queued;       /* out of memory: it expires */
         free(t);
     }
-    return false;
+    return m->tombs != NULL;
 }
 
 /* delete: the old owner (a tombstone when switched), then the new owner. */
@@ -1118,6 +1146,9 @@ static void on_del_old(void *arg, const struct mreply *r)
     struct mop *op = arg;
 
     if (r->status == MREPLY_FAIL) {
+        if (op->old == LOOK_REAL && op->phase == PH_SWITCHED) {
+            tomb_note(op);      /* the server may still run the store */
+        }
         reply_line(op, BACKEND_ERR_LOST);
         mop_finish(op);
         return;
@@ -1130,7 +1161,7 @@ static void on_del_old(void *arg, const struct mreply *r)
         op->hit = true;
         if (op->phase == PH_SWITCHED) {
             op->old = LOOK_TOMB;                /* our tombstone is there now */
-            tomb_written(op, r);
+            tomb_written(op);
         }
     }
     del_new(op);
@@ -1997,6 +2028,9 @@ static void on_meta_del_old(void *arg, const struct mreply *r)
     struct mop *op = arg;
 
     if (r->status == MREPLY_FAIL) {
+        if (op->old == LOOK_REAL && op->phase == PH_SWITCHED) {
+            tomb_note(op);      /* the server may still run the store */
+        }
         meta_fail(op, BACKEND_ERR_LOST);
         return;
     }
@@ -2007,7 +2041,7 @@ static void on_meta_del_old(void *arg, const struct mreply *r)
         }
         op->hit = true;
         if (op->phase == PH_SWITCHED) {
-            tomb_written(op, r);
+            tomb_written(op);
         }
     }
     meta_run(op, op->to, on_meta_del_new, false);

@@ -105,9 +105,9 @@ struct json_doc;
     X(tombs_cleared, COUNTER, "tombstones_cleared", "", "", "", "tombstones_cleared", \
       "tombstones removed by the mover")                                      \
     X(tombs_swept, COUNTER, "tombstones_swept", "", "", "", "tombstones_swept", \
-      "tombstones this proxy wrote, removed by it once the new ring was recorded") \
+      "tombstones this proxy noted, removed by it once the new ring was recorded") \
     X(tombs_left, COUNTER, "tombstones_left", "", "", "", "tombstones_left",  \
-      "tombstones this proxy wrote and could not remove at the end (they expire in a day)") \
+      "tombstones this proxy wrote and did not remove at the end (they expire in a day)") \
     X(fallback_reads, COUNTER, "fallback_reads", "", "", "", "fallback_reads", \
       "reads of changing keys answered by the new owner")                     \
     X(copies_in_doubt, GAUGE, "copies_in_doubt", "", "copies_in_doubt",       \

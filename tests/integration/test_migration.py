@@ -1212,31 +1212,37 @@ class PausableRelay(TcpRelay):
                 pass
 
 
-@pytest.mark.parametrize("fenced", [False, True], ids=["in-time", "fenced"])
-def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, cluster,
-                                                                          fenced):
+@pytest.mark.parametrize("how", ["in-time", "fenced", "unanswered"])
+def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, cluster, how):
     """A delete through a proxy still switched after the mover's last look
     at the old owner (here: the coordinator has recorded the new ring while
     the other proxy, cut off from Redis, has not seen it) writes a
-    tombstone no pass of the mover will find. Its writer removes it
-    (conditionally on its CAS) once it sees the new ring recorded, before
-    it drops the migration (move.c, tomb_sweep). Before, the tombstone
-    stayed for its day-long TTL, and a resize back to the old ring made that
-    server the key's owner again: a plain get answered the tombstone's
-    bytes as the key's value. `fenced`: the writer stays cut off past half
-    the liveness, so it is fenced when Redis answers again, and stays so
-    until it drops the migration: it removes the tombstone all the same
-    (waiting for the fence to lift, it stayed fenced for good: make chaos,
-    scenario l)."""
+    tombstone no pass of the mover will find. Its writer removes it once it
+    sees the new ring recorded, before it drops the migration (move.c,
+    tomb_sweep). Before, the tombstone stayed for its day-long TTL, and a
+    resize back to the old ring made that server the key's owner again: a
+    plain get answered the tombstone's bytes as the key's value.
+    `fenced`: the writer stays cut off past half the liveness, so it is
+    fenced when Redis answers again, and stays so until it drops the
+    migration: it removes the tombstone all the same (waiting for the fence
+    to lift, it stayed fenced for good: make chaos, scenario l).
+    `unanswered`: the tombstone's store gets no answer within the pool's
+    timeout (the client is told SERVER_ERROR), then runs on the server: it
+    is looked for and removed all the same."""
     mcs = env.servers(4)
-    relays = [PausableRelay(env.redis.port) for _ in range(2)]
+    hooks = {}
+    relays = [Relay(m.port, hooks) for m in mcs[:3]]
+    fronts = [SimpleNamespace(addr=r.addr, ident=m.ident)
+              for r, m in zip(relays, mcs)] + [mcs[3]]
+    redis_relays = [PausableRelay(env.redis.port) for _ in range(2)]
     # liveness 16 s: the proxy cut off from Redis keeps serving for 8 s (then
     # it fences) and stays in the fleet meanwhile
     conf = lambda port, servers, relay: pool_config(
         port, servers, relay.port, extra={"migration": {
             "rate": 0, "delete_source": True, "liveness": 16000}})
     ports = [free_port(), free_port()]
-    proxies = [cluster.proxy(conf(p, mcs[:3], r), port=p) for p, r in zip(ports, relays)]
+    proxies = [cluster.proxy(conf(p, fronts[:3], r), port=p)
+               for p, r in zip(ports, redis_relays)]
     for p in proxies:
         wait_ready(p.port)
     keys, before, after = grow_plan(env, proxies[0], mcs)
@@ -1244,8 +1250,8 @@ def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, c
     old = mcs[int(before[k][2:]) - 1]
     time.sleep(1.2)     # both heartbeats are in Redis
     with FakeProxy(env.r) as fake:
-        for p, r in zip(proxies, relays):
-            reload(p, conf(p.port, mcs, r))
+        for p, r in zip(proxies, redis_relays):
+            reload(p, conf(p.port, fronts, r))
         for p in proxies:
             wait_phase(p.port, "prepared")
         fake.ack = "prepared"
@@ -1255,13 +1261,14 @@ def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, c
         assert lease.count(True) == 1, lease
         coord, late = (0, 1) if lease[0] else (1, 0)
         # the late proxy's acknowledgement of `switched` is in Redis
+
         def late_acked():
             beats = env.r.hgetall("rp:cache:proxies")
             return any(":%d:" % proxies[late].proc.pid in who.decode() and
                        beat.decode().split(" ")[2] == "switched"
                        for who, beat in beats.items())
         wait_until(late_acked, what="the late proxy's acknowledgement")
-        relays[late].pause()
+        redis_relays[late].pause()
         fake.ack = "switched"
         wait_migrated(proxies[coord].port, 2)
     # The key, moved to mc4, is written again on its old owner around the
@@ -1270,23 +1277,33 @@ def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, c
     Client(("127.0.0.1", old.port)).set(k, b"direct", noreply=False)
     st = proxy_stats(proxies[late].port)
     assert st["migration:state"] != "idle", st
-    assert Client(("127.0.0.1", proxies[late].port)).delete(k, noreply=False)
-    assert raw_get(old, k) == TOMB_VALUE
-    if fenced:
+    if how == "unanswered":
+        # the store reaches the server past the pool's timeout (2 s)
+        hooks[b"ms " + k.encode()] = lambda: time.sleep(2.6)
+        with socket.create_connection(("127.0.0.1", proxies[late].port)) as s:
+            s.sendall(b"delete %s\r\n" % k.encode())
+            assert s.recv(4096).startswith(b"SERVER_ERROR")
+        wait_until(lambda: raw_get(old, k) == TOMB_VALUE, what="the tombstone landing late")
+    else:
+        assert Client(("127.0.0.1", proxies[late].port)).delete(k, noreply=False)
+        assert raw_get(old, k) == TOMB_VALUE
+    if how == "fenced":
         wait_until(lambda: int(proxy_stats(proxies[late].port)["migration:fenced"]) == 1,
                    timeout=15, what="the late proxy fenced")
-    relays[late].resume()
+    redis_relays[late].resume()
     st = wait_migrated(proxies[late].port, 2)
     assert raw_get(old, k) is None
     assert [int(st["migration:tombstones_" + x]) for x in ("written", "swept", "left")] \
-        == [1, 1, 0], st
-    # The resize back: the old owner owns the key again.
-    for p, r in zip(proxies, relays):
-        reload(p, conf(p.port, mcs[:3], r))
+        == [0 if how == "unanswered" else 1, 1, 0], st
+    # The resize back: the old owner owns the key again. (The delete that
+    # got no answer never reached mc4: the key reads its moved value.)
+    want = ("v-" + k).encode() if how == "unanswered" else None
+    for p, r in zip(proxies, redis_relays):
+        reload(p, conf(p.port, fronts[:3], r))
     for p in proxies:
         wait_migrated(p.port, 3)
-        assert Client(("127.0.0.1", p.port)).get(k) is None
-    for r in relays:
+        assert Client(("127.0.0.1", p.port)).get(k) == want
+    for r in relays + redis_relays:
         r.close()
 
 

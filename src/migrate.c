@@ -1419,6 +1419,13 @@ uint64_t mig_fence_at(const struct mig *m)
     return m->last_sync_ok + m->liveness_ms / 2 + 1;
 }
 
+bool mig_synced_lately(const struct mig *m)
+{
+    return m->refused[0] == '\0' && m->fp_rec[0] != '\0' &&
+           (m->liveness_ms == 0 ||
+            worker_now_ms(m->p->w) < m->last_sync_ok + m->liveness_ms / 2 + 1);
+}
+
 bool mig_fenced(const struct mig *m)
 {
     /* From the clock, not only the tick's flag: after a freeze (SIGSTOP)

@@ -299,6 +299,9 @@ static inline uint64_t now_ms(const struct mig *m)
 }
 
 /* migrate.c */
+/* The last sync completed within half the liveness (what fences a proxy by
+ * the clock): what it read of the records is that recent. */
+bool mig_synced_lately(const struct mig *m);
 /* False (cb will not be called): Redis not connected, or the command not
  * queued (logged). */
 bool mig_redis(struct mig *m, redisCallbackFn *cb, void *priv, const char *fmt, ...);

@@ -732,10 +732,11 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
     char line[600];
     va_list ap;
 
-    /* Fenced: by the clock, the tick may be late. A sweep is sent anyway
-     * (tomb_sweep): the new ring is recorded, and a proxy back from a
-     * freeze stays fenced until it drops the migration, after its sweeps. */
-    if (op->m->closing || (mig_fenced(op->m) && !op->sweep)) {
+    /* Fenced: by the clock, the tick may be late. A sweep is sent while
+     * the last sync is recent (tomb_sweep): a proxy back from a freeze
+     * stays fenced until it drops the migration, after its sweeps. */
+    if (op->m->closing ||
+        (mig_fenced(op->m) && !(op->sweep && mig_synced_lately(op->m)))) {
         return false;
     }
     va_start(ap, fmt);
@@ -1036,13 +1037,36 @@ static void tomb_written(struct mop *op)
     tomb_note(op);
 }
 
+/* A look or removal failed: that tombstone may stay. A server that does not
+ * answer (down, cut off) would hold the migration's end a timeout per 64
+ * notes, and every command on a noted key with it: its other notes are
+ * dropped too. */
 static void tomb_left(struct mop *op, const struct mreply *r)
 {
     struct mig *m = op->m;
+    uint64_t dropped = 0;
 
     m->tombs_left++;
-    log_limited(LOG_WARN, 10, "migration", "%s: a tombstone this proxy wrote may stay on "
-                "server %s until its TTL (a day): %s", m->p->name, op->from->identity,
+    if (r->status == MREPLY_FAIL) {
+        for (struct mtomb **pp = &m->tombs; *pp != NULL;) {
+            struct mtomb *t = *pp;
+            if (t->on != op->from) {
+                pp = &t->next;
+                continue;
+            }
+            *pp = t->next;
+            if (m->tombs_tail == &t->next) {
+                m->tombs_tail = pp;
+            }
+            m->tombs_bytes -= sizeof(*t) + t->len;
+            free(t);
+            dropped++;
+        }
+        m->tombs_left += dropped;
+    }
+    log_limited(LOG_WARN, 10, "migration", "%s: %llu tombstone%s this proxy wrote may stay on "
+                "server %s until their TTL (a day): %s", m->p->name,
+                (unsigned long long)dropped + 1, dropped ? "s" : "", op->from->identity,
                 r->status == MREPLY_FAIL && r->error != NULL ? r->error :
                 "an unexpected answer");
 }
@@ -1088,15 +1112,18 @@ static void tomb_sweep_start(struct mop *op)
 
 /*
  * Start sweeps for the notes, at most MIG_SWEEPS_INFLIGHT at a time (the
- * tick and each loop turn's mig_flush start more). Also while fenced: the
- * record said the new ring, so the migration is over for the whole fleet,
- * and a removal is conditional on the CAS of the tombstone just read. (A
- * proxy back from a freeze is fenced until it drops the migration: waiting
- * for the fence to lift would wait forever.) True while notes are left.
+ * tick and each loop turn's mig_flush start more). Also while fenced, if
+ * the last sync is recent (mig_synced_lately): the record it read said the
+ * new ring, so the migration is over for the whole fleet, and a removal is
+ * conditional on the CAS of the tombstone just read. (A proxy back from a
+ * freeze is fenced until it drops the migration: waiting for the fence to
+ * lift would wait forever.) Not on an older record: the fleet may have
+ * gone through more migrations since, and one of them may have left a
+ * tombstone on that server that is still needed. True while notes are left.
  */
 bool tomb_sweep(struct mig *m)
 {
-    while (m->tombs != NULL && m->sweeps < MIG_SWEEPS_INFLIGHT) {
+    while (m->tombs != NULL && m->sweeps < MIG_SWEEPS_INFLIGHT && mig_synced_lately(m)) {
         /* Off the list first: a sweep that fails at once runs the key's
          * next command, which may note a tombstone of its own. */
         struct mtomb *t = tomb_note_take(m);

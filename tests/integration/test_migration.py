@@ -13,7 +13,7 @@ import pytest
 import redis
 from pymemcache.client.base import Client
 
-from harness import TcpRelay, free_port, locate, pool_yaml, wait_until
+from harness import TcpRelay, free_port, locate, paused, pool_yaml, wait_until
 
 SETTLE = 60.0     # upper bound for a migration to finish in these tests
 
@@ -1212,16 +1212,70 @@ class PausableRelay(TcpRelay):
                 pass
 
 
+def late_proxy_fleet(env, cluster):
+    """Two proxies over mc1..mc3 (each of those behind a Relay sharing
+    .hooks, each proxy's Redis behind a PausableRelay), 3000 keys stored,
+    and the resize to mc1..mc4 run to its end by the coordinator while the
+    other proxy, the late one, is cut off from Redis: the late one is
+    still switched, and no pass of the mover will look at the old owners
+    again. liveness 16 s: the late proxy keeps serving for 8 s (then it
+    fences) and stays in the fleet meanwhile."""
+    mcs = env.servers(4)
+    f = SimpleNamespace(mcs=mcs, hooks={})
+    f.relays = [Relay(m.port, f.hooks) for m in mcs[:3]]
+    f.fronts = [SimpleNamespace(addr=r.addr, ident=m.ident)
+                for r, m in zip(f.relays, mcs)] + [mcs[3]]
+    f.redis_relays = [PausableRelay(env.redis.port) for _ in range(2)]
+    f.conf = lambda port, servers, relay: pool_config(
+        port, servers, relay.port, extra={"migration": {
+            "rate": 0, "delete_source": True, "liveness": 16000}})
+    ports = [free_port(), free_port()]
+    f.proxies = [cluster.proxy(f.conf(p, f.fronts[:3], r), port=p)
+                 for p, r in zip(ports, f.redis_relays)]
+    for p in f.proxies:
+        wait_ready(p.port)
+    f.keys, f.before, f.after = grow_plan(env, f.proxies[0], mcs)
+    time.sleep(1.2)     # both heartbeats are in Redis
+    with FakeProxy(env.r) as fake:
+        for p, r in zip(f.proxies, f.redis_relays):
+            reload(p, f.conf(p.port, f.fronts, r))
+        for p in f.proxies:
+            wait_phase(p.port, "prepared")
+        fake.ack = "prepared"
+        for p in f.proxies:
+            wait_phase(p.port, "switched")
+        lease = [int(proxy_stats(p.port)["migration:lease"]) == 1 for p in f.proxies]
+        assert lease.count(True) == 1, lease
+        coord = 0 if lease[0] else 1
+        f.coord, f.late = f.proxies[coord], f.proxies[1 - coord]
+        f.late_redis = f.redis_relays[1 - coord]
+
+        def late_acked():       # its acknowledgement of `switched` is in Redis
+            beats = env.r.hgetall("rp:cache:proxies")
+            return any(":%d:" % f.late.proc.pid in who.decode() and
+                       beat.decode().split(" ")[2] == "switched"
+                       for who, beat in beats.items())
+        wait_until(late_acked, what="the late proxy's acknowledgement")
+        f.late_redis.pause()
+        fake.ack = "switched"
+        wait_migrated(f.coord.port, 2)
+    assert proxy_stats(f.late.port)["migration:state"] != "idle"
+    return f
+
+
+def tomb_counts(st):
+    return [int(st["migration:tombstones_" + x]) for x in ("written", "swept", "left")]
+
+
 @pytest.mark.parametrize("how", ["in-time", "fenced", "unanswered"])
 def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, cluster, how):
     """A delete through a proxy still switched after the mover's last look
-    at the old owner (here: the coordinator has recorded the new ring while
-    the other proxy, cut off from Redis, has not seen it) writes a
-    tombstone no pass of the mover will find. Its writer removes it once it
-    sees the new ring recorded, before it drops the migration (move.c,
-    tomb_sweep). Before, the tombstone stayed for its day-long TTL, and a
-    resize back to the old ring made that server the key's owner again: a
-    plain get answered the tombstone's bytes as the key's value.
+    at the old owner (late_proxy_fleet) writes a tombstone no pass of the
+    mover will find. Its writer removes it once it sees the new ring
+    recorded, before it drops the migration (move.c, tomb_sweep). Before,
+    the tombstone stayed for its day-long TTL, and a resize back to the old
+    ring made that server the key's owner again: a plain get answered the
+    tombstone's bytes as the key's value.
     `fenced`: the writer stays cut off past half the liveness, so it is
     fenced when Redis answers again, and stays so until it drops the
     migration: it removes the tombstone all the same (waiting for the fence
@@ -1229,81 +1283,69 @@ def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, c
     `unanswered`: the tombstone's store gets no answer within the pool's
     timeout (the client is told SERVER_ERROR), then runs on the server: it
     is looked for and removed all the same."""
-    mcs = env.servers(4)
-    hooks = {}
-    relays = [Relay(m.port, hooks) for m in mcs[:3]]
-    fronts = [SimpleNamespace(addr=r.addr, ident=m.ident)
-              for r, m in zip(relays, mcs)] + [mcs[3]]
-    redis_relays = [PausableRelay(env.redis.port) for _ in range(2)]
-    # liveness 16 s: the proxy cut off from Redis keeps serving for 8 s (then
-    # it fences) and stays in the fleet meanwhile
-    conf = lambda port, servers, relay: pool_config(
-        port, servers, relay.port, extra={"migration": {
-            "rate": 0, "delete_source": True, "liveness": 16000}})
-    ports = [free_port(), free_port()]
-    proxies = [cluster.proxy(conf(p, fronts[:3], r), port=p)
-               for p, r in zip(ports, redis_relays)]
-    for p in proxies:
-        wait_ready(p.port)
-    keys, before, after = grow_plan(env, proxies[0], mcs)
-    k = next(x for x in keys if after[x] == "mc4")
-    old = mcs[int(before[k][2:]) - 1]
-    time.sleep(1.2)     # both heartbeats are in Redis
-    with FakeProxy(env.r) as fake:
-        for p, r in zip(proxies, redis_relays):
-            reload(p, conf(p.port, fronts, r))
-        for p in proxies:
-            wait_phase(p.port, "prepared")
-        fake.ack = "prepared"
-        for p in proxies:
-            wait_phase(p.port, "switched")
-        lease = [int(proxy_stats(p.port)["migration:lease"]) == 1 for p in proxies]
-        assert lease.count(True) == 1, lease
-        coord, late = (0, 1) if lease[0] else (1, 0)
-        # the late proxy's acknowledgement of `switched` is in Redis
-
-        def late_acked():
-            beats = env.r.hgetall("rp:cache:proxies")
-            return any(":%d:" % proxies[late].proc.pid in who.decode() and
-                       beat.decode().split(" ")[2] == "switched"
-                       for who, beat in beats.items())
-        wait_until(late_acked, what="the late proxy's acknowledgement")
-        redis_relays[late].pause()
-        fake.ack = "switched"
-        wait_migrated(proxies[coord].port, 2)
+    f = late_proxy_fleet(env, cluster)
+    k = next(x for x in f.keys if f.after[x] == "mc4")
+    old = f.mcs[int(f.before[k][2:]) - 1]
     # The key, moved to mc4, is written again on its old owner around the
     # proxies; a delete through the late proxy (still switched) replaces it
     # by a tombstone there.
     Client(("127.0.0.1", old.port)).set(k, b"direct", noreply=False)
-    st = proxy_stats(proxies[late].port)
-    assert st["migration:state"] != "idle", st
     if how == "unanswered":
         # the store reaches the server past the pool's timeout (2 s)
-        hooks[b"ms " + k.encode()] = lambda: time.sleep(2.6)
-        with socket.create_connection(("127.0.0.1", proxies[late].port)) as s:
+        f.hooks[b"ms " + k.encode()] = lambda: time.sleep(2.6)
+        with socket.create_connection(("127.0.0.1", f.late.port)) as s:
             s.sendall(b"delete %s\r\n" % k.encode())
             assert s.recv(4096).startswith(b"SERVER_ERROR")
         wait_until(lambda: raw_get(old, k) == TOMB_VALUE, what="the tombstone landing late")
     else:
-        assert Client(("127.0.0.1", proxies[late].port)).delete(k, noreply=False)
+        assert Client(("127.0.0.1", f.late.port)).delete(k, noreply=False)
         assert raw_get(old, k) == TOMB_VALUE
     if how == "fenced":
-        wait_until(lambda: int(proxy_stats(proxies[late].port)["migration:fenced"]) == 1,
+        wait_until(lambda: int(proxy_stats(f.late.port)["migration:fenced"]) == 1,
                    timeout=15, what="the late proxy fenced")
-    redis_relays[late].resume()
-    st = wait_migrated(proxies[late].port, 2)
+    f.late_redis.resume()
+    st = wait_migrated(f.late.port, 2)
     assert raw_get(old, k) is None
-    assert [int(st["migration:tombstones_" + x]) for x in ("written", "swept", "left")] \
-        == [0 if how == "unanswered" else 1, 1, 0], st
+    assert tomb_counts(st) == [0 if how == "unanswered" else 1, 1, 0], st
     # The resize back: the old owner owns the key again. (The delete that
     # got no answer never reached mc4: the key reads its moved value.)
     want = ("v-" + k).encode() if how == "unanswered" else None
-    for p, r in zip(proxies, redis_relays):
-        reload(p, conf(p.port, fronts[:3], r))
-    for p in proxies:
+    for p, r in zip(f.proxies, f.redis_relays):
+        reload(p, f.conf(p.port, f.fronts[:3], r))
+    for p in f.proxies:
         wait_migrated(p.port, 3)
         assert Client(("127.0.0.1", p.port)).get(k) == want
-    for r in relays + redis_relays:
+    for r in f.relays + f.redis_relays:
+        r.close()
+
+
+def test_tombstones_on_an_old_owner_that_does_not_answer_do_not_hold_the_end(env, cluster):
+    """The old owner stalls (SIGSTOP) while the late proxy holds notes of
+    70 tombstones on it, more than the 64 sweeps it runs at once: the first
+    failed look drops the rest (move.c, tomb_left), so the migration ends
+    after one timeout, every one of them counted as left, and the pool
+    serves by the new ring."""
+    f = late_proxy_fleet(env, cluster)
+    name = f.before[next(x for x in f.keys if f.after[x] == "mc4")]
+    old = f.mcs[int(name[2:]) - 1]
+    keys = [x for x in f.keys if f.after[x] == "mc4" and f.before[x] == name][:70]
+    assert len(keys) == 70
+    direct = Client(("127.0.0.1", old.port))
+    late = Client(("127.0.0.1", f.late.port))
+    for k in keys:
+        direct.set(k, b"direct", noreply=False)
+        assert late.delete(k, noreply=False)
+    with paused(old):
+        f.late_redis.resume()
+        st = wait_migrated(f.late.port, 2, timeout=20)
+        assert tomb_counts(st) == [70, 0, 70], st
+        other = next(x for x in f.keys if f.after[x] == "mc4")
+        late.set(other, b"after", noreply=False)
+        assert late.get(other) == b"after"
+    dropped = [int(n) for n in re.findall(
+        r"(\d+) tombstones? this proxy wrote may stay on server %s " % name, f.late.log())]
+    assert dropped and max(dropped) == 70 - 64 + 1, dropped
+    for r in f.relays + f.redis_relays:
         r.close()
 
 

@@ -697,6 +697,13 @@ static bool acked_switched(const struct mig *m, const struct beat *b)
     return strcmp(b->to, m->fp_to) == 0 && ack_rank(b->ack) >= PH_SWITCHED;
 }
 
+/* The recorded ring is neither end of the migration this proxy follows. */
+static bool mig_obsolete(const struct mig *m)
+{
+    return m->from != NULL && m->fp_rec[0] != '\0' && strcmp(m->fp_rec, m->fp_from) != 0 &&
+           strcmp(m->fp_rec, m->fp_to) != 0;
+}
+
 /*
  * The record changed or is missing: set up, follow or end the migration.
  * A record this proxy cannot serve (mig_refuse) leaves m->refused set.
@@ -738,6 +745,25 @@ static void follow_record(struct mig *m, const redisReply *rec, const redisReply
         }
         ring_unref(R);
         return;
+    }
+    if (mig_obsolete(m)) {
+        /* The data obeys neither ring of the migration this proxy follows:
+         * the fleet ended it, and went on, without this proxy (cut off
+         * past the liveness). Its routing says nothing of where the data
+         * is: drop it once no command on a key is left (fenced until then:
+         * on_sync), then follow the records as a proxy just started. */
+        if (now_ms(m) >= m->next_wait_log) {
+            m->next_wait_log = now_ms(m) + MIG_WAIT_LOG_MS;
+            log_error("migration", "%s: the data obeys ring %.8s, neither end of the "
+                      "migration from %.8s to %.8s this proxy followed: the fleet went "
+                      "on without it; dropping it%s", p->name, fp, m->fp_from, m->fp_to,
+                      m->nops ? " once the commands on its keys end" : "");
+        }
+        if (m->nops != 0) {
+            ring_unref(R);
+            return;
+        }
+        mig_clear(m);
     }
     if (strcmp(from, fp) != 0) {
         if (now_ms(m) >= m->next_wait_log) {
@@ -965,7 +991,8 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
     /* A proxy back from a freeze serves again only once its routing is
      * what the records say (the end of a migration is applied on the tick;
      * until then it stays fenced). */
-    m->fenced = was_fenced && m->from != NULL && strcmp(m->fp_rec, m->fp_to) == 0;
+    m->fenced = was_fenced && m->from != NULL &&
+                (strcmp(m->fp_rec, m->fp_to) == 0 || mig_obsolete(m));
     if (was_fenced && !m->fenced) {
         log_notice("migration", "%s: Redis answers again: serving", m->p->name);
     }

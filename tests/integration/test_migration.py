@@ -1212,14 +1212,15 @@ class PausableRelay(TcpRelay):
                 pass
 
 
-def late_proxy_fleet(env, cluster):
+def late_proxy_fleet(env, cluster, liveness=16000):
     """Two proxies over mc1..mc3 (each of those behind a Relay sharing
     .hooks, each proxy's Redis behind a PausableRelay), 3000 keys stored,
     and the resize to mc1..mc4 run to its end by the coordinator while the
     other proxy, the late one, is cut off from Redis: the late one is
     still switched, and no pass of the mover will look at the old owners
     again. liveness 16 s: the late proxy keeps serving for 8 s (then it
-    fences) and stays in the fleet meanwhile."""
+    fences) and stays in the fleet meanwhile. Returns the set-up's parts
+    (.late, .coord, .late_redis, .conf, .fronts, ...)."""
     mcs = env.servers(4)
     f = SimpleNamespace(mcs=mcs, hooks={})
     f.relays = [Relay(m.port, f.hooks) for m in mcs[:3]]
@@ -1228,7 +1229,7 @@ def late_proxy_fleet(env, cluster):
     f.redis_relays = [PausableRelay(env.redis.port) for _ in range(2)]
     f.conf = lambda port, servers, relay: pool_config(
         port, servers, relay.port, extra={"migration": {
-            "rate": 0, "delete_source": True, "liveness": 16000}})
+            "rate": 0, "delete_source": True, "liveness": liveness}})
     ports = [free_port(), free_port()]
     f.proxies = [cluster.proxy(f.conf(p, f.fronts[:3], r), port=p)
                  for p, r in zip(ports, f.redis_relays)]
@@ -1345,6 +1346,66 @@ def test_tombstones_on_an_old_owner_that_does_not_answer_do_not_hold_the_end(env
     dropped = [int(n) for n in re.findall(
         r"(\d+) tombstones? this proxy wrote may stay on server %s " % name, f.late.log())]
     assert dropped and max(dropped) == 70 - 64 + 1, dropped
+    for r in f.relays + f.redis_relays:
+        r.close()
+
+
+class FakeBeside(FakeProxy):
+    """A FakeProxy whose heartbeat copies the proxy of pid `pid` (another
+    proxy's stale heartbeat may still be in Redis)."""
+
+    def __init__(self, r, pid):
+        self.pid = pid
+        super().__init__(r)
+
+    def beat(self):
+        model = next(v.decode() for k, v in self.r.hgetall(self.key).items()
+                     if ":%d:" % self.pid in k.decode() and not k.startswith(b"sweeper:"))
+        _, want, _, to = model.split(" ")
+        secs, usecs = self.r.time()
+        self.r.hset(self.key, "fake:1", "%d %s %s %s" % (secs * 1000 + usecs // 1000,
+                                                          want, self.ack, to))
+
+
+def test_a_proxy_cut_off_across_two_resizes_follows_the_third(env, cluster):
+    """The late proxy is cut off from Redis while switched in A -> B and
+    stays cut off past the liveness: the fleet ends A -> B, runs B -> C
+    without it, and opens C -> D. When Redis answers again, the records say
+    ring C and a migration C -> D: neither end of the migration it
+    followed. It used to keep A -> B (never recorded again, so never ended)
+    and, no longer fenced, route by ring B where the data obeys C. It now
+    drops A -> B and follows C -> D (migrate.c, mig_obsolete): a set through
+    it lands on the key's owner under C, which prepared proxies write."""
+    f = late_proxy_fleet(env, cluster, liveness=3000)
+    A, B = f.fronts[:3], f.fronts
+    C = [f.fronts[0], f.fronts[1], f.fronts[3]]        # mc3 leaves
+    wait_until(lambda: int(proxy_stats(f.coord.port)["migration:live_proxies"]) == 1,
+               what="the late proxy left out of the fleet")
+    reload(f.coord, f.conf(f.coord.port, C, f.redis_relays[f.proxies.index(f.coord)]))
+    wait_migrated(f.coord.port, 3)
+    with FakeBeside(env.r, f.coord.proc.pid):           # holds C -> D in prepared
+        reload(f.coord, f.conf(f.coord.port, A, f.redis_relays[f.proxies.index(f.coord)]))
+        wait_phase(f.coord.port, "prepared")
+        f.late_redis.resume()
+
+        def following():
+            st = proxy_stats(f.late.port)
+            return (int(st["migration:epoch"]) == 3 and st["migration:phase"] == "prepared"
+                    and int(st["migration:fenced"]) == 0)
+        wait_until(following, timeout=15, what="the late proxy following C -> D")
+        # a key whose owner under C differs from its owner under B
+        for name, servers in (("b", B), ("c", C)):
+            with open(f.late.conf_path + "." + name, "w") as fh:
+                fh.write(f.conf(f.late.port, servers, f.late_redis))
+        under_b = locate(f.late.conf_path + ".b", f.keys)
+        under_c = locate(f.late.conf_path + ".c", f.keys)
+        k = next(x for x in f.keys if under_b[x] != under_c[x])
+        late = Client(("127.0.0.1", f.late.port))
+        late.set(k, b"through-late", noreply=False)
+        owner = f.mcs[int(under_c[k][2:]) - 1]
+        assert raw_get(owner, k) == b"through-late"
+        assert late.get(k) == b"through-late"
+        assert Client(("127.0.0.1", f.coord.port)).get(k) == b"through-late"
     for r in f.relays + f.redis_relays:
         r.close()
 

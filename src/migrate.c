@@ -750,20 +750,17 @@ static void follow_record(struct mig *m, const redisReply *rec, const redisReply
         /* The data obeys neither ring of the migration this proxy follows:
          * the fleet ended it, and went on, without this proxy (cut off
          * past the liveness). Its routing says nothing of where the data
-         * is: drop it once no command on a key is left (fenced until then:
-         * on_sync), then follow the records as a proxy just started. */
+         * is: the tick drops it once no command on a key is left (fenced
+         * until then: on_sync), and the next sync follows the records as a
+         * proxy just started. */
         if (now_ms(m) >= m->next_wait_log) {
             m->next_wait_log = now_ms(m) + MIG_WAIT_LOG_MS;
             log_error("migration", "%s: the data obeys ring %.8s, neither end of the "
                       "migration from %.8s to %.8s this proxy followed: the fleet went "
-                      "on without it; dropping it%s", p->name, fp, m->fp_from, m->fp_to,
-                      m->nops ? " once the commands on its keys end" : "");
+                      "on without it; dropping it", p->name, fp, m->fp_from, m->fp_to);
         }
-        if (m->nops != 0) {
-            ring_unref(R);
-            return;
-        }
-        mig_clear(m);
+        ring_unref(R);
+        return;
     }
     if (strcmp(from, fp) != 0) {
         if (now_ms(m) >= m->next_wait_log) {
@@ -1577,6 +1574,11 @@ void mig_tick(struct mig *m, uint64_t now)
      * tomb_sweep), then the migration, once no command on a key is left. */
     if (mig_recorded(m) && !tomb_sweep(m) && m->nops == 0) {
         mig_end_local(m);
+        update_state(m);
+    }
+    if (mig_obsolete(m) && m->nops == 0) {
+        mig_clear(m);           /* left behind (follow_record) */
+        m->next_sync = 0;       /* follow the records at once */
         update_state(m);
     }
     uint64_t every = m->from != NULL || strcmp(m->fp_want, m->fp_rec) != 0 ?

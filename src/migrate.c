@@ -388,6 +388,7 @@ static int mig_begin(struct mig *m, struct ring *from, struct ring *to)
         mig_clear(m);
         return -1;
     }
+    m->begin_epoch = m->epoch;
     m->started_ms = m->last_log_ms = now_ms(m);
     m->keys_moved = m->keys_stale = m->keys_skipped = m->keys_failed = 0;
     m->keys_retried = m->client_ops = m->index_moved = m->moved_at_last_log = 0;
@@ -697,11 +698,16 @@ static bool acked_switched(const struct mig *m, const struct beat *b)
     return strcmp(b->to, m->fp_to) == 0 && ack_rank(b->ack) >= PH_SWITCHED;
 }
 
-/* The recorded ring is neither end of the migration this proxy follows. */
+/* The fleet went past the migration this proxy follows: the ring recorded
+ * since it began is not its target, or two changes were recorded (the
+ * fleet may be back at its first ring: A -> B, B -> A). By epoch, not by
+ * fingerprint: a ring record written again at the same epoch (Redis lost
+ * it: write_first_record) is no change of the fleet's. */
 static bool mig_obsolete(const struct mig *m)
 {
-    return m->from != NULL && m->fp_rec[0] != '\0' && strcmp(m->fp_rec, m->fp_from) != 0 &&
-           strcmp(m->fp_rec, m->fp_to) != 0;
+    return m->from != NULL && m->fp_rec[0] != '\0' &&
+           (m->epoch >= m->begin_epoch + 2 ||
+            (m->epoch == m->begin_epoch + 1 && strcmp(m->fp_rec, m->fp_to) != 0));
 }
 
 /*
@@ -740,8 +746,8 @@ static void follow_record(struct mig *m, const redisReply *rec, const redisReply
                 }
             }
         }
-        if (m->from == NULL) {
-            (void)mig_serve_ring(m, R, fp);
+        if (m->from == NULL && mig_serve_ring(m, R, fp) == 0) {
+            m->rejoining = false;
         }
         ring_unref(R);
         return;
@@ -797,6 +803,7 @@ static void follow_record(struct mig *m, const redisReply *rec, const redisReply
             return;
         }
         int rc = mig_serve_ring(m, R, fp) == 0 ? mig_begin(m, R, T) : -1;
+        m->rejoining &= rc != 0;
         ring_unref(T);
         if (rc != 0) {
             ring_unref(R);
@@ -988,8 +995,9 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
     /* A proxy back from a freeze serves again only once its routing is
      * what the records say (the end of a migration is applied on the tick;
      * until then it stays fenced). */
-    m->fenced = was_fenced && m->from != NULL &&
-                (strcmp(m->fp_rec, m->fp_to) == 0 || mig_obsolete(m));
+    m->fenced = was_fenced &&
+                ((m->from != NULL && (strcmp(m->fp_rec, m->fp_to) == 0 || mig_obsolete(m))) ||
+                 m->rejoining);
     if (was_fenced && !m->fenced) {
         log_notice("migration", "%s: Redis answers again: serving", m->p->name);
     }
@@ -1577,8 +1585,13 @@ void mig_tick(struct mig *m, uint64_t now)
         update_state(m);
     }
     if (mig_obsolete(m) && m->nops == 0) {
+        uint64_t left = m->tombs_left;
         mig_clear(m);           /* left behind (follow_record) */
+        m->rejoining = true;    /* a reply to a sync sent before says nothing yet */
         m->next_sync = 0;       /* follow the records at once */
+        log_notice("migration", "%s: dropped the migration the fleet went past; %llu "
+                   "tombstones it noted left to expire", m->p->name,
+                   (unsigned long long)(m->tombs_left - left));
         update_state(m);
     }
     uint64_t every = m->from != NULL || strcmp(m->fp_want, m->fp_rec) != 0 ?

@@ -213,6 +213,9 @@ struct mig {
     char fp_want[RINGREC_FP_SIZE];
     char fp_rec[RINGREC_FP_SIZE];   /* the recorded ring ("" unknown) */
     uint64_t epoch;             /* of the recorded ring */
+    uint64_t begin_epoch;       /* ... when the migration followed began */
+    bool rejoining;             /* dropped a migration left behind: fenced
+                                   until a sync serves the recorded ring */
     char waiting[256];          /* proxies the fleet waits for (log, status) */
     uint32_t nlive;
     /* A ring record this proxy cannot serve (it names a server identity the

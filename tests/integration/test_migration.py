@@ -1367,24 +1367,30 @@ class FakeBeside(FakeProxy):
                                                           want, self.ack, to))
 
 
-def test_a_proxy_cut_off_across_two_resizes_follows_the_third(env, cluster):
+@pytest.mark.parametrize("back", [False, True], ids=["onward", "back"])
+def test_a_proxy_cut_off_across_two_resizes_follows_the_third(env, cluster, back):
     """The late proxy is cut off from Redis while switched in A -> B and
     stays cut off past the liveness: the fleet ends A -> B, runs B -> C
     without it, and opens C -> D. When Redis answers again, the records say
-    ring C and a migration C -> D: neither end of the migration it
-    followed. It used to keep A -> B (never recorded again, so never ended)
-    and, no longer fenced, route by ring B where the data obeys C. It now
-    drops A -> B and follows C -> D (migrate.c, mig_obsolete): a set through
-    it lands on the key's owner under C, which prepared proxies write."""
+    ring C (epoch 3) and a migration C -> D. It used to keep A -> B (never
+    recorded again, so never ended) and, no longer fenced, route by ring B
+    where the data obeys C. It now drops A -> B and follows C -> D
+    (migrate.c, mig_obsolete): a set through it lands on the key's owner
+    under C, which prepared proxies write. `back`: C is A again (the resize
+    undone), which a fingerprint does not tell from the start of A -> B;
+    the epoch does."""
     f = late_proxy_fleet(env, cluster, liveness=3000)
     A, B = f.fronts[:3], f.fronts
     C = [f.fronts[0], f.fronts[1], f.fronts[3]]        # mc3 leaves
+    D = A
+    if back:
+        C, D = A, C
     wait_until(lambda: int(proxy_stats(f.coord.port)["migration:live_proxies"]) == 1,
                what="the late proxy left out of the fleet")
     reload(f.coord, f.conf(f.coord.port, C, f.redis_relays[f.proxies.index(f.coord)]))
     wait_migrated(f.coord.port, 3)
     with FakeBeside(env.r, f.coord.proc.pid):           # holds C -> D in prepared
-        reload(f.coord, f.conf(f.coord.port, A, f.redis_relays[f.proxies.index(f.coord)]))
+        reload(f.coord, f.conf(f.coord.port, D, f.redis_relays[f.proxies.index(f.coord)]))
         wait_phase(f.coord.port, "prepared")
         f.late_redis.resume()
 

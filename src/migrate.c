@@ -1281,6 +1281,7 @@ struct mig *mig_new(struct pool *p, void (*ready)(struct pool *p))
         return NULL;
     }
     m->p = p;
+    m->tombs_tail = &m->tombs;
     m->ready = ready;
     lay_limits_default(&m->limits);
     m->state = MIG_STARTING;
@@ -1434,28 +1435,31 @@ uint32_t mig_shape(const struct mig *m)
     return h ^ ((uint32_t)m->state | (uint32_t)m->phase << 8 | (uint32_t)m->acked << 16);
 }
 
-uint64_t mig_fence_at(const struct mig *m)
+/* When the last sync's news runs out by the clock (never with liveness 0),
+ * whatever the fenced flag says; 0 while nothing can be trusted yet. */
+static uint64_t sync_stale_at(const struct mig *m)
 {
-    if (m == NULL) {
-        return UINT64_MAX;
-    }
     if (m->refused[0] != '\0') {
         return 0;
     }
     if (m->liveness_ms == 0) {
         return UINT64_MAX;
     }
-    if (m->fenced || m->fp_rec[0] == '\0') {
-        return 0;
+    return m->fp_rec[0] == '\0' ? 0 : m->last_sync_ok + m->liveness_ms / 2 + 1;
+}
+
+uint64_t mig_fence_at(const struct mig *m)
+{
+    if (m == NULL) {
+        return UINT64_MAX;
     }
-    return m->last_sync_ok + m->liveness_ms / 2 + 1;
+    uint64_t at = sync_stale_at(m);
+    return m->fenced && at != UINT64_MAX ? 0 : at;
 }
 
 bool mig_synced_lately(const struct mig *m)
 {
-    return m->refused[0] == '\0' && m->fp_rec[0] != '\0' &&
-           (m->liveness_ms == 0 ||
-            worker_now_ms(m->p->w) < m->last_sync_ok + m->liveness_ms / 2 + 1);
+    return worker_now_ms(m->p->w) < sync_stale_at(m);
 }
 
 bool mig_fenced(const struct mig *m)
@@ -1578,9 +1582,9 @@ void mig_tick(struct mig *m, uint64_t now)
         m->acked = m->phase;
         m->next_sync = 0;
     }
-    /* Recorded: the tombstones this proxy wrote go first (move.c,
-     * tomb_sweep), then the migration, once no command on a key is left. */
-    if (mig_recorded(m) && !tomb_sweep(m) && m->nops == 0) {
+    /* Recorded: the tombstones this proxy noted go first (mig_flush starts
+     * their sweeps), then the migration, once no command on a key is left. */
+    if (mig_recorded(m) && m->tombs == NULL && m->nops == 0) {
         mig_end_local(m);
         update_state(m);
     }

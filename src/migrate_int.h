@@ -273,7 +273,8 @@ struct mig {
     uint64_t bad_members;       /* index members skipped: not a memcached key
                                    (move.c); since start */
     struct mig_dbatch *dbatch;  /* doubt records not sent yet, or NULL */
-    /* the tombstones this proxy wrote, oldest first, swept at the end */
+    /* the tombstones this proxy wrote, oldest first, swept at the end;
+     * tombs_tail is &tombs when empty (mig_new) */
     struct mtomb *tombs, **tombs_tail;
     size_t tombs_bytes;
     uint32_t sweeps;            /* sweep operations queued or running */
@@ -335,9 +336,9 @@ bool bulk_move(struct mig *m, uint32_t i, struct mig_source *src, const char *ke
 int32_t arc_of(const struct mig *m, uint32_t h);
 void arc_free_seen(struct mig_arc *a);
 void mig_doubts_free(struct mig *m);
-/* The fleet recorded the new ring: sweep the tombstones this proxy wrote
- * (each an operation on its key). True while some are noted. */
-bool tomb_sweep(struct mig *m);
+/* The fleet recorded the new ring: start sweeps of the tombstones this
+ * proxy noted (each an operation on its key), as many as may run. */
+void tomb_sweep(struct mig *m);
 void tomb_notes_free(struct mig *m);
 /* Send the doubt records batched so far, before any other command of m's
  * (ordered) and at the end of each loop turn (final: copies whose record

@@ -971,14 +971,14 @@ static void tomb_write(struct mop *op, mconn_cb cb)
                  (long long)op->old_cas);
 }
 
-/* Take the oldest note off the list (the caller frees it). */
-static struct mtomb *tomb_note_take(struct mig *m)
+/* Unlink the note *pp points to (the caller frees it). */
+static struct mtomb *tomb_unlink(struct mig *m, struct mtomb **pp)
 {
-    struct mtomb *t = m->tombs;
+    struct mtomb *t = *pp;
 
-    m->tombs = t->next;
-    if (m->tombs == NULL) {
-        m->tombs_tail = &m->tombs;
+    *pp = t->next;
+    if (m->tombs_tail == &t->next) {
+        m->tombs_tail = pp;
     }
     m->tombs_bytes -= sizeof(*t) + t->len;
     return t;
@@ -987,8 +987,8 @@ static struct mtomb *tomb_note_take(struct mig *m)
 void tomb_notes_free(struct mig *m)
 {
     while (m->tombs != NULL) {
-        free(tomb_note_take(m));
-        m->tombs_left++;        /* never looked for (the record vanished) */
+        free(tomb_unlink(m, &m->tombs));
+        m->tombs_left++;        /* never looked for: the migration was dropped */
     }
 }
 
@@ -1008,7 +1008,7 @@ static void tomb_note(struct mop *op)
     size_t need = sizeof(struct mtomb) + op->k->len;
 
     while (m->tombs != NULL && m->tombs_bytes + need > MIG_TOMB_NOTES_MAX) {
-        free(tomb_note_take(m));
+        free(tomb_unlink(m, &m->tombs));
         m->tombs_left++;
     }
     struct mtomb *t = malloc(need);
@@ -1020,9 +1020,6 @@ static void tomb_note(struct mop *op)
     t->on = op->from;
     t->len = op->k->len;
     memcpy(t->key, op->k->key, op->k->len);
-    if (m->tombs == NULL) {
-        m->tombs_tail = &m->tombs;
-    }
     *m->tombs_tail = t;
     m->tombs_tail = &t->next;
     m->tombs_bytes += need;
@@ -1049,18 +1046,12 @@ static void tomb_left(struct mop *op, const struct mreply *r)
     m->tombs_left++;
     if (r->status == MREPLY_FAIL) {
         for (struct mtomb **pp = &m->tombs; *pp != NULL;) {
-            struct mtomb *t = *pp;
-            if (t->on != op->from) {
-                pp = &t->next;
-                continue;
+            if ((*pp)->on == op->from) {
+                free(tomb_unlink(m, pp));
+                dropped++;
+            } else {
+                pp = &(*pp)->next;
             }
-            *pp = t->next;
-            if (m->tombs_tail == &t->next) {
-                m->tombs_tail = pp;
-            }
-            m->tombs_bytes -= sizeof(*t) + t->len;
-            free(t);
-            dropped++;
         }
         m->tombs_left += dropped;
     }
@@ -1111,22 +1102,22 @@ static void tomb_sweep_start(struct mop *op)
 }
 
 /*
- * Start sweeps for the notes, at most MIG_SWEEPS_INFLIGHT at a time (the
- * tick and each loop turn's mig_flush start more). Also while fenced, if
+ * Start sweeps for the notes, at most MIG_SWEEPS_INFLIGHT at a time (each
+ * loop turn's mig_flush starts more). Also while fenced, if
  * the last sync is recent (mig_synced_lately): the record it read said the
  * new ring, so the migration is over for the whole fleet, and a removal is
  * conditional on the CAS of the tombstone just read. (A proxy back from a
  * freeze is fenced until it drops the migration: waiting for the fence to
  * lift would wait forever.) Not on an older record: the fleet may have
  * gone through more migrations since, and one of them may have left a
- * tombstone on that server that is still needed. True while notes are left.
+ * tombstone on that server that is still needed.
  */
-bool tomb_sweep(struct mig *m)
+void tomb_sweep(struct mig *m)
 {
     while (m->tombs != NULL && m->sweeps < MIG_SWEEPS_INFLIGHT && mig_synced_lately(m)) {
         /* Off the list first: a sweep that fails at once runs the key's
          * next command, which may note a tombstone of its own. */
-        struct mtomb *t = tomb_note_take(m);
+        struct mtomb *t = tomb_unlink(m, &m->tombs);
         struct mop *op = calloc(1, sizeof(*op));
         bool queued = false;
         if (op != NULL) {
@@ -1143,7 +1134,6 @@ bool tomb_sweep(struct mig *m)
         m->tombs_left += !queued;       /* out of memory: it expires */
         free(t);
     }
-    return m->tombs != NULL;
 }
 
 /* delete: the old owner (a tombstone when switched), then the new owner. */

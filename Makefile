@@ -110,10 +110,10 @@ test: deps
 # the test whose proxy printed it (harness.py). The tests that bound memory
 # by VmRSS through the rss_faithful fixture (conftest.py) are skipped
 # there. About 6 minutes on 2 cores, so `make test` runs `tsan-fast`: the
-# files that exercise the
-# reload thread (proxy.c reload_run), the threads' hand-offs, the stats port
-# and /status.json (they read the other threads' counters), a file at a
-# time (TEST_JOBS=1) as `make test` has always run them.
+# files that exercise the reload thread (proxy.c reload_run), the threads'
+# hand-offs, the stats port and /status.json (they read the other threads'
+# counters), a file at a time (TEST_JOBS=1) as `make test` has always run
+# them.
 # TSAN_TESTS replaces the files of either.
 TSAN_FAST_TESTS = tests/integration/test_reload_limits.py tests/integration/test_process.py \
 	tests/integration/test_daemon.py tests/integration/test_threads.py \

@@ -94,6 +94,20 @@ def index_entries(r, prefix):
     return out
 
 
+def mc_value(m, key):
+    """The bytes memcached m holds for key (straight from the server, not
+    through a proxy), or None."""
+    with socket.create_connection(("127.0.0.1", m.port), timeout=5) as s:
+        s.sendall(b"mg %s v\r\n" % (key.encode() if isinstance(key, str) else key))
+        got = b""
+        while not (got.startswith(b"EN\r\n") or
+                   (got.startswith(b"VA ") and got.count(b"\r\n") >= 2)):
+            chunk = s.recv(65536)
+            assert chunk, "memcached closed the connection: %r" % got
+            got += chunk
+    return None if got.startswith(b"EN") else got.split(b"\r\n")[1]
+
+
 def recv_to_eof(sock):
     """Read sock until the peer closes (a reset ends it too): the bytes."""
     data = b""

@@ -23,7 +23,7 @@ import time
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError
 
-from harness import TcpRelay, Wire, free_port, locate, pool_yaml
+from harness import TcpRelay, Wire, free_port, locate, mc_value, pool_yaml
 from test_migration import (env, pool_config, proxy_stats, reload,  # noqa: F401
                             wait_migrated, wait_ready)
 
@@ -42,15 +42,6 @@ def raw(m, line, port=None):
             assert chunk, "memcached closed the connection: %r" % buf
             buf += chunk
         return buf
-
-
-def mc_value(m, key):
-    """The value a memcached holds for key, or None."""
-    rep = raw(m, ("mg %s v\r\n" % key).encode())
-    if rep.startswith(b"EN"):
-        return None
-    assert rep.startswith(b"VA "), rep
-    return rep.split(b"\r\n")[1]
 
 
 def cas_of(reply):

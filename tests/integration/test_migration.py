@@ -13,7 +13,7 @@ import pytest
 import redis
 from pymemcache.client.base import Client
 
-from harness import TcpRelay, free_port, locate, paused, pool_yaml, wait_until
+from harness import TcpRelay, free_port, locate, mc_value, paused, pool_yaml, wait_until
 
 SETTLE = 60.0     # upper bound for a migration to finish in these tests
 
@@ -1297,16 +1297,16 @@ def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, c
         with socket.create_connection(("127.0.0.1", f.late.port)) as s:
             s.sendall(b"delete %s\r\n" % k.encode())
             assert s.recv(4096).startswith(b"SERVER_ERROR")
-        wait_until(lambda: raw_get(old, k) == TOMB_VALUE, what="the tombstone landing late")
+        wait_until(lambda: mc_value(old, k) == TOMB_VALUE, what="the tombstone landing late")
     else:
         assert Client(("127.0.0.1", f.late.port)).delete(k, noreply=False)
-        assert raw_get(old, k) == TOMB_VALUE
+        assert mc_value(old, k) == TOMB_VALUE
     if how == "fenced":
         wait_until(lambda: int(proxy_stats(f.late.port)["migration:fenced"]) == 1,
                    timeout=15, what="the late proxy fenced")
     f.late_redis.resume()
     st = wait_migrated(f.late.port, 2)
-    assert raw_get(old, k) is None
+    assert mc_value(old, k) is None
     assert tomb_counts(st) == [0 if how == "unanswered" else 1, 1, 0], st
     # The resize back: the old owner owns the key again. (The delete that
     # got no answer never reached mc4: the key reads its moved value.)
@@ -1409,21 +1409,9 @@ def test_a_proxy_cut_off_across_two_resizes_follows_the_third(env, cluster, back
         late = Client(("127.0.0.1", f.late.port))
         late.set(k, b"through-late", noreply=False)
         owner = f.mcs[int(under_c[k][2:]) - 1]
-        assert raw_get(owner, k) == b"through-late"
+        assert mc_value(owner, k) == b"through-late"
         assert late.get(k) == b"through-late"
         assert Client(("127.0.0.1", f.coord.port)).get(k) == b"through-late"
     for r in f.relays + f.redis_relays:
         r.close()
 
-
-def raw_get(m, key):
-    """The bytes a memcached holds for key, or None."""
-    with socket.create_connection(("127.0.0.1", m.port), timeout=5) as s:
-        s.sendall(b"mg %s v\r\n" % key.encode())
-        got = b""
-        while not (got.startswith(b"EN\r\n") or
-                   (got.startswith(b"VA ") and got.count(b"\r\n") >= 2)):
-            chunk = s.recv(65536)
-            assert chunk, got
-            got += chunk
-    return None if got.startswith(b"EN") else got.split(b"\r\n")[1]

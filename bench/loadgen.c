@@ -49,6 +49,7 @@
  *   connection (--timeout, no reply for that long fails the connection).
  */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -1110,6 +1111,39 @@ static int64_t proc_cpu_us(pid_t pid)
     return (int64_t)((utime + stime) * 1000000ull / (unsigned long long)(hz > 0 ? hz : 100));
 }
 
+/* Context switches, voluntary and not, of every thread of pid: each one is
+ * a sleep and a wake-up or a preemption, the cost a second event-loop thread
+ * adds on cores shared with the load (docs/ARCHITECTURE.md, "Threads");
+ * -1 if pid cannot be read. A thread that exits meanwhile takes its count
+ * with it: the proxies' and memcached's threads live through the run. */
+static int64_t proc_ctxt(pid_t pid)
+{
+    char path[96], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    int64_t sum = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/task/%.20s/status", (int)pid, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;           /* the thread exited */
+        while (fgets(line, sizeof(line), f) != NULL) {
+            unsigned long long v;
+            if (sscanf(line, "voluntary_ctxt_switches: %llu", &v) == 1 ||
+                sscanf(line, "nonvoluntary_ctxt_switches: %llu", &v) == 1)
+                sum += (int64_t)v;
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return sum;
+}
+
 enum { CPU_OF_TARGET, CPU_OF_BACKENDS };
 
 /* utime+stime now of every pid of both sets (-1: unreadable). */
@@ -1120,8 +1154,17 @@ static void cpu_read(int64_t at[2][CPU_PIDS_MAX])
             at[k][i] = proc_cpu_us(opt.cpu[k].pid[i]);
 }
 
-/* CPU set k used between the readings, or -1: none given or one unreadable. */
-static int64_t cpu_used(int k, int64_t at0[2][CPU_PIDS_MAX], int64_t at1[2][CPU_PIDS_MAX])
+/* The same for the context switches (proc_ctxt). */
+static void ctxt_read(int64_t at[2][CPU_PIDS_MAX])
+{
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < opt.cpu[k].n; i++)
+            at[k][i] = proc_ctxt(opt.cpu[k].pid[i]);
+}
+
+/* What set k used between the readings (CPU, context switches), or -1: none
+ * given or one unreadable. */
+static int64_t pids_used(int k, int64_t at0[2][CPU_PIDS_MAX], int64_t at1[2][CPU_PIDS_MAX])
 {
     int64_t sum = 0;
 
@@ -1189,7 +1232,8 @@ static void usage(FILE *f)
 "+ err_proto (a reply that does not match its request) + err_conn (lost to a\n"
 "closed or stalled connection); latencies in microseconds; cpu_us_per_op =\n"
 "CPU of the --cpu-pid processes / (ops + errors); backend_cpu_us_per_op:\n"
-"the same of the --backend-pid processes.\n"
+"the same of the --backend-pid processes; cs_per_op, backend_cs_per_op: their\n"
+"context switches (voluntary and not, every thread) / (ops + errors).\n"
 "\n"
 "SIGUSR1 ends the measured window early (as if --duration had passed); the\n"
 "replies still in flight are drained and counted as usual.\n"
@@ -1417,6 +1461,8 @@ int main(int argc, char **argv)
                     opt.on_ready, st);
     }
     int64_t cpu0[2][CPU_PIDS_MAX], cpu1[2][CPU_PIDS_MAX];
+    int64_t cs0[2][CPU_PIDS_MAX], cs1[2][CPU_PIDS_MAX];
+    ctxt_read(cs0);
     cpu_read(cpu0);
     int64_t self0 = self_cpu_us();
     uint64_t t_measure = now_ns();
@@ -1428,6 +1474,7 @@ int main(int argc, char **argv)
     uint64_t t_join = now_ns();
     int64_t self1 = self_cpu_us();
     cpu_read(cpu1);
+    ctxt_read(cs1);
 
     struct stats s = { 0 };
     uint64_t *hist = xcalloc(HIST_N, sizeof(*hist));
@@ -1487,8 +1534,10 @@ int main(int argc, char **argv)
     double max = (double)s.lat_max_ns / 1e3;
     double self_us = (double)(self1 - self0);
 
-    int64_t cpu_us = cpu_used(CPU_OF_TARGET, cpu0, cpu1);
-    int64_t be_cpu_us = cpu_used(CPU_OF_BACKENDS, cpu0, cpu1);
+    int64_t cpu_us = pids_used(CPU_OF_TARGET, cpu0, cpu1);
+    int64_t be_cpu_us = pids_used(CPU_OF_BACKENDS, cpu0, cpu1);
+    int64_t cs = pids_used(CPU_OF_TARGET, cs0, cs1);
+    int64_t be_cs = pids_used(CPU_OF_BACKENDS, cs0, cs1);
     bool cpu_ok = cpu_us >= 0;
     uint64_t reqs = ops + errors;
 
@@ -1510,6 +1559,10 @@ int main(int argc, char **argv)
         printf(" cpu_us=- cpu_us_per_op=-");
     if (be_cpu_us >= 0)
         printf(" backend_cpu_us_per_op=%.2f", reqs ? (double)be_cpu_us / (double)reqs : 0);
+    if (cs >= 0)
+        printf(" cs_per_op=%.3f", reqs ? (double)cs / (double)reqs : 0);
+    if (be_cs >= 0)
+        printf(" backend_cs_per_op=%.3f", reqs ? (double)be_cs / (double)reqs : 0);
     printf(" loadgen_cpu_us_per_op=%.2f\n", reqs ? self_us / (double)reqs : 0);
     fflush(stdout);
 

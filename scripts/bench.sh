@@ -756,7 +756,8 @@ run_one() {
 	fi
 	echo "$line" >>"$OUT/raw.txt"
 	local m
-	for m in ops_per_s p50_us p99_us cpu_us_per_op backend_cpu_us_per_op errors misses; do
+	for m in ops_per_s p50_us p99_us cpu_us_per_op backend_cpu_us_per_op cs_per_op \
+		backend_cs_per_op errors misses; do
 		RES[$shape,$target,$m]+="$(kv "$line" "$m") "
 	done
 	# The cores the whole machine's part of the run kept busy: requests/s
@@ -785,29 +786,33 @@ print_table() {
 	printf 'cpu us/req: utime+stime of the proxy (for direct: of the memcached) over the\n'
 	printf 'measured window, divided by the requests; a 10-key multi-get is one request.\n'
 	printf 'backends us/req: the same of the three memcached behind a proxy.\n'
+	printf 'cs/req: context switches of every thread of the proxy (backends: of the\n'
+	printf 'memcached) per request: each a sleep and a wake-up, or a preemption.\n'
 	printf 'cores: ops/s x the us/req of proxy, backends and loadgen: how much of the\n'
 	printf 'machine the run kept busy (%s cores here, shared by all of them).\n' "$(nproc)"
 	printf 'ops/s, latency and cpu are medians of the rounds; errors and misses are totals.\n'
 	for shape in $SHAPES; do
 		[[ "$SPECIAL_SHAPES" != *" $shape "* ]] || continue
 		printf '\n(%s) %s\n' "$shape" "${SHAPE_TEXT[$shape]}"
-		printf '  %-20s %10s %9s %9s %11s %7s %7s %16s %6s\n' target ops/s p50_us p99_us cpu_us/req \
-			errors misses backends_us/req cores
+		printf '  %-20s %10s %9s %9s %11s %7s %7s %16s %7s %12s %6s\n' target ops/s p50_us \
+			p99_us cpu_us/req errors misses backends_us/req cs/req backends_cs/req cores
 		for target in $TARGETS; do
 			if [ -n "${SKIP[$target]:-}" ]; then
 				printf '  %-20s %s\n' "$target" "skipped: ${SKIP[$target]}"
 				continue
 			fi
-			for m in ops_per_s p50_us p99_us cpu_us_per_op backend_cpu_us_per_op cores; do
+			for m in ops_per_s p50_us p99_us cpu_us_per_op backend_cpu_us_per_op cs_per_op \
+				backend_cs_per_op cores; do
 				MED[$target,$m]=$(median "${RES[$shape,$target,$m]:-}")
 			done
 			for m in errors misses; do
 				MED[$target,$m]=$(total "${RES[$shape,$target,$m]:-}")
 			done
-			printf '  %-20s %10s %9s %9s %11s %7s %7s %16s %6s%s\n' "$target" \
+			printf '  %-20s %10s %9s %9s %11s %7s %7s %16s %7s %12s %6s%s\n' "$target" \
 				"${MED[$target,ops_per_s]}" "${MED[$target,p50_us]}" "${MED[$target,p99_us]}" \
 				"${MED[$target,cpu_us_per_op]}" "${MED[$target,errors]}" "${MED[$target,misses]}" \
-				"${MED[$target,backend_cpu_us_per_op]}" "${MED[$target,cores]}" \
+				"${MED[$target,backend_cpu_us_per_op]}" "${MED[$target,cs_per_op]}" \
+				"${MED[$target,backend_cs_per_op]}" "${MED[$target,cores]}" \
 				"${RES[$shape,$target,failed]:+  (some runs failed)}"
 		done
 		local a b
@@ -818,12 +823,14 @@ print_table() {
 			if [ -n "${SKIP[$a]:-}" ] || [ -n "${SKIP[$b]:-}" ]; then
 				continue
 			fi
-			printf '  %-20s %10s %9s %9s %11s %7s %7s %16s\n' "$a/$b" \
+			printf '  %-20s %10s %9s %9s %11s %7s %7s %16s %7s %12s\n' "$a/$b" \
 				"$(ratio "${MED[$a,ops_per_s]}" "${MED[$b,ops_per_s]}")" \
 				"$(ratio "${MED[$a,p50_us]}" "${MED[$b,p50_us]}")" \
 				"$(ratio "${MED[$a,p99_us]}" "${MED[$b,p99_us]}")" \
 				"$(ratio "${MED[$a,cpu_us_per_op]}" "${MED[$b,cpu_us_per_op]}")" "" "" \
-				"$(ratio "${MED[$a,backend_cpu_us_per_op]}" "${MED[$b,backend_cpu_us_per_op]}")"
+				"$(ratio "${MED[$a,backend_cpu_us_per_op]}" "${MED[$b,backend_cpu_us_per_op]}")" \
+				"$(ratio "${MED[$a,cs_per_op]}" "${MED[$b,cs_per_op]}")" \
+				"$(ratio "${MED[$a,backend_cs_per_op]}" "${MED[$b,backend_cs_per_op]}")"
 		done
 	done
 }

@@ -1076,6 +1076,26 @@ static void on_tomb_swept(void *arg, const struct mreply *r)
     mop_finish(op);
 }
 
+/*
+ * The last sync went stale while the sweep waited (for its look's answer,
+ * or behind a command on the same key): the fence holds its next command
+ * back (mop_send). That says nothing of the server, so the note goes back
+ * on the list, swept after the next sync (tomb_sweep), instead of failing
+ * as a server that does not answer would, dropping its other notes.
+ */
+static bool tomb_sweep_held(struct mop *op)
+{
+    struct mig *m = op->m;
+
+    if (m->closing || !mig_fenced(m) || mig_synced_lately(m)) {
+        return false;
+    }
+    tomb_note(op);
+    m->sweeps--;
+    mop_finish(op);
+    return true;
+}
+
 /* A tombstone (anyone's: the migration is over) is removed, conditionally
  * on the CAS just read; anything else there is left alone. */
 static void on_tomb_found(void *arg, const struct mreply *r)
@@ -1084,8 +1104,10 @@ static void on_tomb_found(void *arg, const struct mreply *r)
     int64_t cas = 0;
 
     if (r->status == MREPLY_VA && is_tomb(r) && mreply_flag(r, 'c', &cas)) {
-        SEND_OR_FAIL(op, op->from, on_tomb_swept, NULL, 0, "md %.*s C%lld",
-                     (int)op->k->len, op->k->key, (long long)cas);
+        if (!tomb_sweep_held(op)) {
+            SEND_OR_FAIL(op, op->from, on_tomb_swept, NULL, 0, "md %.*s C%lld",
+                         (int)op->k->len, op->k->key, (long long)cas);
+        }
         return;
     }
     if (r->status != MREPLY_VA && r->status != MREPLY_EN) {
@@ -1097,6 +1119,9 @@ static void on_tomb_found(void *arg, const struct mreply *r)
 
 static void tomb_sweep_start(struct mop *op)
 {
+    if (tomb_sweep_held(op)) {
+        return;
+    }
     SEND_OR_FAIL(op, op->from, on_tomb_found, NULL, 0, "mg %.*s v f c", (int)op->k->len,
                  op->k->key);
 }

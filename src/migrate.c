@@ -965,7 +965,12 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
                       "cannot be moved by a resize until written again", m->p->name,
                       m->prefix);
         }
-        write_first_record(m, m->from != NULL ? m->from : m->p->ring, m->epoch ? m->epoch : 1);
+        /* The ring the data obeys: a migration's from ring until the new
+         * one was recorded (its end may wait for the tick or for the
+         * sweeps of tombstones: move.c, tomb_sweep), then the new one. */
+        const struct ring *first = m->from == NULL ? m->p->ring :
+                                   strcmp(m->fp_rec, m->fp_to) == 0 ? m->to : m->from;
+        write_first_record(m, first, m->epoch ? m->epoch : 1);
         return;
     }
     follow(m, rec, mrec, mring);

@@ -1212,24 +1212,26 @@ class PausableRelay(TcpRelay):
                 pass
 
 
-def late_proxy_fleet(env, cluster, liveness=16000):
+def late_proxy_fleet(env, cluster, liveness=16000, timeout=None):
     """Two proxies over mc1..mc3 (each of those behind a Relay sharing
     .hooks, each proxy's Redis behind a PausableRelay), 3000 keys stored,
     and the resize to mc1..mc4 run to its end by the coordinator while the
     other proxy, the late one, is cut off from Redis: the late one is
     still switched, and no pass of the mover will look at the old owners
     again. liveness 16 s: the late proxy keeps serving for 8 s (then it
-    fences) and stays in the fleet meanwhile. Returns the set-up's parts
-    (.late, .coord, .late_redis, .conf, .fronts, ...)."""
+    fences) and stays in the fleet meanwhile. timeout: the pool's, in ms
+    (None: the default). Returns the set-up's parts (.late, .coord,
+    .late_redis, .conf, .fronts, ...)."""
     mcs = env.servers(4)
     f = SimpleNamespace(mcs=mcs, hooks={})
     f.relays = [Relay(m.port, f.hooks) for m in mcs[:3]]
     f.fronts = [SimpleNamespace(addr=r.addr, ident=m.ident)
                 for r, m in zip(f.relays, mcs)] + [mcs[3]]
     f.redis_relays = [PausableRelay(env.redis.port) for _ in range(2)]
-    f.conf = lambda port, servers, relay: pool_config(
-        port, servers, relay.port, extra={"migration": {
-            "rate": 0, "delete_source": True, "liveness": liveness}})
+    extra = {"migration": {"rate": 0, "delete_source": True, "liveness": liveness}}
+    if timeout is not None:
+        extra["timeout"] = timeout
+    f.conf = lambda port, servers, relay: pool_config(port, servers, relay.port, extra=extra)
     ports = [free_port(), free_port()]
     f.proxies = [cluster.proxy(f.conf(p, f.fronts[:3], r), port=p)
                  for p, r in zip(ports, f.redis_relays)]
@@ -1346,6 +1348,63 @@ def test_tombstones_on_an_old_owner_that_does_not_answer_do_not_hold_the_end(env
     dropped = [int(n) for n in re.findall(
         r"(\d+) tombstones? this proxy wrote may stay on server %s " % name, f.late.log())]
     assert dropped and max(dropped) == 70 - 64 + 1, dropped
+    for r in f.relays + f.redis_relays:
+        r.close()
+
+
+@pytest.mark.parametrize("redis_emptied", [False, True], ids=["", "redis-emptied"])
+def test_a_sweep_held_back_by_a_stale_sync_is_sent_after_the_next(env, cluster, redis_emptied):
+    """The late proxy reads the new ring recorded and looks for its
+    tombstones on the old owner; Redis stops answering it just then (a
+    hook on the first look, in the old owner's relay, holds that look and
+    those behind it until the proxy is fenced, past half the liveness).
+    When the old owner answers the looks, the fence holds the removals
+    back. They used to fail as if the server did not answer, which dropped
+    every note on it: the tombstones stayed for their TTL. Now the notes
+    go back on the list and the removals are sent after the next sync
+    (move.c, tomb_sweep_held).
+    `redis-emptied`: Redis comes back empty (the coordinator cut off), so
+    the late proxy, still holding the migration for its sweeps, writes the
+    first record: the new ring, which the data obeys (it wrote the old)."""
+    f = late_proxy_fleet(env, cluster, timeout=12000)   # the looks outlive the hold
+    name = f.before[next(x for x in f.keys if f.after[x] == "mc4")]
+    old = f.mcs[int(name[2:]) - 1]
+    keys = [x for x in f.keys if f.after[x] == "mc4" and f.before[x] == name][:5]
+    direct = Client(("127.0.0.1", old.port))
+    late = Client(("127.0.0.1", f.late.port))
+    for k in keys:
+        direct.set(k, b"direct", noreply=False)
+        assert late.delete(k, noreply=False)
+    held = threading.Event()
+
+    def hold():
+        f.late_redis.pause()
+        wait_until(lambda: int(proxy_stats(f.late.port)["migration:fenced"]) == 1,
+                   timeout=15, what="the late proxy fenced")
+        held.set()
+    gets = int(mc_stats(old)["cmd_get"])
+    for k in keys:
+        f.hooks[b"mg " + k.encode()] = hold
+    f.late_redis.resume()
+    assert held.wait(25), "no look, or no fence"
+    f.hooks.clear()
+    # every look answered, and read by the proxy, before Redis answers again
+    wait_until(lambda: int(mc_stats(old)["cmd_get"]) >= gets + len(keys),
+               what="the looks answered")
+    time.sleep(0.3)
+    assert int(proxy_stats(f.late.port)["migration:fenced"]) == 1
+    coord_redis = f.redis_relays[1 - f.redis_relays.index(f.late_redis)]
+    if redis_emptied:
+        coord_redis.pause()
+        env.r.flushall()
+    f.late_redis.resume()
+    st = wait_migrated(f.late.port, 2, timeout=30)
+    assert tomb_counts(st) == [len(keys), len(keys), 0], st
+    assert [mc_value(old, k) for k in keys] == [None] * len(keys)
+    if redis_emptied:
+        assert b"mc4" in env.r.hget("rp:cache:ring", "servers")
+        assert env.r.hget("rp:cache:ring", "epoch") == b"2"
+        coord_redis.resume()
     for r in f.relays + f.redis_relays:
         r.close()
 

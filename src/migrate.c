@@ -967,9 +967,11 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
         }
         /* The ring the data obeys: a migration's from ring until the new
          * one was recorded (its end may wait for the tick or for the
-         * sweeps of tombstones: move.c, tomb_sweep), then the new one. */
+         * sweeps of tombstones: move.c, tomb_sweep), then the new one as
+         * the fleet recorded it (to_rec: fp_to is its fingerprint; to may
+         * hold this file's addresses). */
         const struct ring *first = m->from == NULL ? m->p->ring :
-                                   strcmp(m->fp_rec, m->fp_to) == 0 ? m->to : m->from;
+                                   strcmp(m->fp_rec, m->fp_to) == 0 ? m->to_rec : m->from;
         write_first_record(m, first, m->epoch ? m->epoch : 1);
         return;
     }

@@ -722,22 +722,30 @@ static void mop_finish(struct mop *op)
     }
 }
 
-static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
-                     const void *data, size_t data_len, const char *fmt, ...)
+/* Why mop_send did not send. A command the fence held back is told apart
+ * by this address: that says nothing of the server (tomb_left). */
+static const char mop_unsent[] = "cannot reach backend";
+static const char mop_held[] = "held back by the fence";
+
+static const char *mop_send(struct mop *op, struct backend *be, mconn_cb cb,
+                            const void *data, size_t data_len, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 
-static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
-                     const void *data, size_t data_len, const char *fmt, ...)
+/* Send a command of op's; NULL, or why it was not sent. */
+static const char *mop_send(struct mop *op, struct backend *be, mconn_cb cb,
+                            const void *data, size_t data_len, const char *fmt, ...)
 {
     char line[600];
     va_list ap;
 
+    if (op->m->closing) {
+        return mop_unsent;
+    }
     /* Fenced: by the clock, the tick may be late. A sweep is sent while
      * the last sync is recent (tomb_sweep): a proxy back from a freeze
      * stays fenced until it drops the migration, after its sweeps. */
-    if (op->m->closing ||
-        (mig_fenced(op->m) && !(op->sweep && mig_synced_lately(op->m)))) {
-        return false;
+    if (mig_fenced(op->m) && !(op->sweep && mig_synced_lately(op->m))) {
+        return mop_held;
     }
     va_start(ap, fmt);
     int n = vsnprintf(line, sizeof(line), fmt, ap);
@@ -745,19 +753,19 @@ static bool mop_send(struct mop *op, struct backend *be, mconn_cb cb,
     struct mconn *mc = mc_of(op, be);
     if (mc == NULL || n < 0 || (size_t)n >= sizeof(line) ||
         mconn_send(mc, line, (size_t)n, data, data_len, cb, op) != 0) {
-        return false;
+        return mop_unsent;
     }
     op->sent_on = mconn_socket(mc);
     op->sent_opaque = mconn_last_opaque(mc);
-    return true;
+    return NULL;
 }
 
 /* Deliver a FAIL to cb at once when the command could not be sent. */
 #define SEND_OR_FAIL(op, be, cb, data, dlen, ...)                              \
     do {                                                                      \
-        if (!mop_send((op), (be), (cb), (data), (dlen), __VA_ARGS__)) {       \
-            struct mreply fail_ = { .status = MREPLY_FAIL,                    \
-                                    .error = "cannot reach backend" };        \
+        const char *why_ = mop_send((op), (be), (cb), (data), (dlen), __VA_ARGS__); \
+        if (why_ != NULL) {                                                   \
+            struct mreply fail_ = { .status = MREPLY_FAIL, .error = why_ };   \
             (cb)((op), &fail_);                                               \
         }                                                                     \
     } while (0)
@@ -1034,15 +1042,24 @@ static void tomb_written(struct mop *op)
     tomb_note(op);
 }
 
-/* A look or removal failed: that tombstone may stay. A server that does not
+/*
+ * A look or removal failed: that tombstone may stay. A server that does not
  * answer (down, cut off) would hold the migration's end a timeout per 64
  * notes, and every command on a noted key with it: its other notes are
- * dropped too. */
+ * dropped too. But a command the fence held back (the last sync went stale
+ * while the sweep waited for its look's answer, or behind a command on the
+ * key) says nothing of the server: the note goes back on the list, swept
+ * after the next sync (tomb_sweep).
+ */
 static void tomb_left(struct mop *op, const struct mreply *r)
 {
     struct mig *m = op->m;
     uint64_t dropped = 0;
 
+    if (r->status == MREPLY_FAIL && r->error == mop_held) {
+        tomb_note(op);
+        return;
+    }
     m->tombs_left++;
     if (r->status == MREPLY_FAIL) {
         for (struct mtomb **pp = &m->tombs; *pp != NULL;) {
@@ -1076,26 +1093,6 @@ static void on_tomb_swept(void *arg, const struct mreply *r)
     mop_finish(op);
 }
 
-/*
- * The last sync went stale while the sweep waited (for its look's answer,
- * or behind a command on the same key): the fence holds its next command
- * back (mop_send). That says nothing of the server, so the note goes back
- * on the list, swept after the next sync (tomb_sweep), instead of failing
- * as a server that does not answer would, dropping its other notes.
- */
-static bool tomb_sweep_held(struct mop *op)
-{
-    struct mig *m = op->m;
-
-    if (m->closing || !mig_fenced(m) || mig_synced_lately(m)) {
-        return false;
-    }
-    tomb_note(op);
-    m->sweeps--;
-    mop_finish(op);
-    return true;
-}
-
 /* A tombstone (anyone's: the migration is over) is removed, conditionally
  * on the CAS just read; anything else there is left alone. */
 static void on_tomb_found(void *arg, const struct mreply *r)
@@ -1104,10 +1101,8 @@ static void on_tomb_found(void *arg, const struct mreply *r)
     int64_t cas = 0;
 
     if (r->status == MREPLY_VA && is_tomb(r) && mreply_flag(r, 'c', &cas)) {
-        if (!tomb_sweep_held(op)) {
-            SEND_OR_FAIL(op, op->from, on_tomb_swept, NULL, 0, "md %.*s C%lld",
-                         (int)op->k->len, op->k->key, (long long)cas);
-        }
+        SEND_OR_FAIL(op, op->from, on_tomb_swept, NULL, 0, "md %.*s C%lld",
+                     (int)op->k->len, op->k->key, (long long)cas);
         return;
     }
     if (r->status != MREPLY_VA && r->status != MREPLY_EN) {
@@ -1119,9 +1114,6 @@ static void on_tomb_found(void *arg, const struct mreply *r)
 
 static void tomb_sweep_start(struct mop *op)
 {
-    if (tomb_sweep_held(op)) {
-        return;
-    }
     SEND_OR_FAIL(op, op->from, on_tomb_found, NULL, 0, "mg %.*s v f c", (int)op->k->len,
                  op->k->key);
 }
@@ -1715,7 +1707,7 @@ static void meta_run(struct mop *op, struct backend *be, mconn_cb cb, bool cond)
     int rc = mc != NULL ? mconn_send(mc, line, (size_t)n, data, dlen, cb, op) : -1;
     free(line);
     if (rc != 0) {
-        struct mreply fail = { .status = MREPLY_FAIL, .error = "cannot reach backend" };
+        struct mreply fail = { .status = MREPLY_FAIL, .error = mop_unsent };
         cb(op, &fail);
     }
 }

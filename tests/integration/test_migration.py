@@ -1362,7 +1362,7 @@ def test_a_sweep_held_back_by_a_stale_sync_is_sent_after_the_next(env, cluster, 
     back. They used to fail as if the server did not answer, which dropped
     every note on it: the tombstones stayed for their TTL. Now the notes
     go back on the list and the removals are sent after the next sync
-    (move.c, tomb_sweep_held).
+    (move.c: mop_send's mop_held, tomb_left).
     `redis-emptied`: Redis comes back empty (the coordinator cut off), so
     the late proxy, still holding the migration for its sweeps, writes the
     first record: the new ring, which the data obeys (it wrote the old)."""

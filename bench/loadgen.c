@@ -1146,20 +1146,13 @@ static int64_t proc_ctxt(pid_t pid)
 
 enum { CPU_OF_TARGET, CPU_OF_BACKENDS };
 
-/* utime+stime now of every pid of both sets (-1: unreadable). */
-static void cpu_read(int64_t at[2][CPU_PIDS_MAX])
+/* get (proc_cpu_us, proc_ctxt) now of every pid of both sets (-1:
+ * unreadable). */
+static void pids_read(int64_t at[2][CPU_PIDS_MAX], int64_t (*get)(pid_t))
 {
     for (int k = 0; k < 2; k++)
         for (int i = 0; i < opt.cpu[k].n; i++)
-            at[k][i] = proc_cpu_us(opt.cpu[k].pid[i]);
-}
-
-/* The same for the context switches (proc_ctxt). */
-static void ctxt_read(int64_t at[2][CPU_PIDS_MAX])
-{
-    for (int k = 0; k < 2; k++)
-        for (int i = 0; i < opt.cpu[k].n; i++)
-            at[k][i] = proc_ctxt(opt.cpu[k].pid[i]);
+            at[k][i] = get(opt.cpu[k].pid[i]);
 }
 
 /* What set k used between the readings (CPU, context switches), or -1: none
@@ -1462,8 +1455,8 @@ int main(int argc, char **argv)
     }
     int64_t cpu0[2][CPU_PIDS_MAX], cpu1[2][CPU_PIDS_MAX];
     int64_t cs0[2][CPU_PIDS_MAX], cs1[2][CPU_PIDS_MAX];
-    ctxt_read(cs0);
-    cpu_read(cpu0);
+    pids_read(cs0, proc_ctxt);
+    pids_read(cpu0, proc_cpu_us);
     int64_t self0 = self_cpu_us();
     uint64_t t_measure = now_ns();
     atomic_store(&g_t_measure, t_measure);
@@ -1473,8 +1466,8 @@ int main(int argc, char **argv)
         pthread_join(ws[i].th, NULL);
     uint64_t t_join = now_ns();
     int64_t self1 = self_cpu_us();
-    cpu_read(cpu1);
-    ctxt_read(cs1);
+    pids_read(cpu1, proc_cpu_us);
+    pids_read(cs1, proc_ctxt);
 
     struct stats s = { 0 };
     uint64_t *hist = xcalloc(HIST_N, sizeof(*hist));

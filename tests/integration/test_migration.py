@@ -1388,7 +1388,10 @@ def test_a_sweep_held_back_by_a_stale_sync_is_sent_after_the_next(env, cluster, 
     f.late_redis.resume()
     assert held.wait(25), "no look, or no fence"
     f.hooks.clear()
-    # every look answered, and read by the proxy, before Redis answers again
+    # Every look answered by memcached; the proxy reads the answers in its
+    # next loop turn, well within 0.3 s, before Redis answers it again.
+    # (Were it later, the removals would go out after a fresh sync, and the
+    # test would pass without the fix: it cannot fail falsely.)
     wait_until(lambda: int(mc_stats(old)["cmd_get"]) >= gets + len(keys),
                what="the looks answered")
     time.sleep(0.3)

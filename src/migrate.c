@@ -340,11 +340,15 @@ static void mig_clear(struct mig *m)
     m->to_rec = NULL;
     free(m->from_be);
     free(m->to_be);
+    free(m->tombs_dead);
     m->from_be = m->to_be = NULL;
+    m->tombs_dead = NULL;
     m->phase = m->acked = PH_NONE;
     m->fleet[0] = m->fp_from[0] = m->fp_to[0] = m->blocked[0] = '\0';
     m->lease = m->finishing = m->done_loaded = m->loading_done = false;
     m->arcs_done = m->cur_arc = m->inflight = m->reserved = m->pass = 0;
+    m->taking = m->taken = false;
+    m->take_seq++;              /* a take's reply now says nothing */
 }
 
 /*
@@ -383,7 +387,8 @@ static int mig_begin(struct mig *m, struct ring *from, struct ring *to)
     ringrec_fingerprint(from, m->fp_from);
     ringrec_fingerprint(to, m->fp_to);
     if (ring_diff(m->from, m->to, &m->diff) != 0 ||
-        (m->arcs = calloc(m->diff.narcs ? m->diff.narcs : 1, sizeof(*m->arcs))) == NULL) {
+        (m->arcs = calloc(m->diff.narcs ? m->diff.narcs : 1, sizeof(*m->arcs))) == NULL ||
+        (m->tombs_dead = calloc(m->from->nservers + 1, sizeof(bool))) == NULL) {
         log_error("migration", "%s: out of memory diffing rings", p->name);
         mig_clear(m);
         return -1;
@@ -393,7 +398,8 @@ static int mig_begin(struct mig *m, struct ring *from, struct ring *to)
     m->keys_moved = m->keys_stale = m->keys_skipped = m->keys_failed = 0;
     m->keys_retried = m->client_ops = m->index_moved = m->moved_at_last_log = 0;
     m->tombs_written = m->tombs_cleared = m->fallback_reads = m->conflicts_settled = 0;
-    m->tombs_swept = m->tombs_left = 0;
+    m->tombs_swept = m->tombs_left = m->tombs_handed = m->tombs_taken = 0;
+    m->tombs_handed_bytes = 0;
     m->unindexed_moved = m->closing_listed = m->closing_refused = 0;
     m->tokens = 0;
     m->last_refill = now_ms(m);
@@ -737,9 +743,16 @@ static void follow_record(struct mig *m, const redisReply *rec, const redisReply
         m->fleet[0] = '\0';        /* whatever ends locally moves nothing */
         if (m->from != NULL) {
             if (strcmp(fp, m->fp_to) != 0) {
-                log_error("migration", "%s: the migration record vanished before ring "
-                          "%.8s was recorded (was Redis emptied?): serving the recorded "
-                          "ring %.8s", p->name, m->fp_to, fp);
+                if (mig_obsolete(m)) {
+                    log_error("migration", "%s: the data obeys ring %.8s, neither end of "
+                              "the migration from %.8s to %.8s this proxy followed: the "
+                              "fleet went on without it; serving the recorded ring",
+                              p->name, fp, m->fp_from, m->fp_to);
+                } else {
+                    log_error("migration", "%s: the migration record vanished before ring "
+                              "%.8s was recorded (was Redis emptied?): serving the "
+                              "recorded ring %.8s", p->name, m->fp_to, fp);
+                }
                 if (m->nops == 0) {
                     mig_clear(m);
                     m->from = NULL;
@@ -1536,17 +1549,84 @@ static void write_progress(struct mig *m)
     eval_with_ring(m, NULL, script, keys, 1, args, n, NULL, 0);
 }
 
-/* The fleet recorded the ring this proxy's migration goes to. */
+/* The fleet recorded the ring this proxy's migration goes to, as its end:
+ * not the same ring recorded again by a later migration (mig_obsolete),
+ * whose own notes in <prefix>:migration:tombs:<to> are not this one's to
+ * take. */
 static bool mig_recorded(const struct mig *m)
 {
-    return m->from != NULL && m->fp_rec[0] != '\0' && strcmp(m->fp_rec, m->fp_to) == 0;
+    return m->from != NULL && m->fp_rec[0] != '\0' && strcmp(m->fp_rec, m->fp_to) == 0 &&
+           !mig_obsolete(m);
+}
+
+/*
+ * Take up to MIG_TOMB_TAKE notes off the fleet's list (LRANGE and LTRIM in
+ * one script: each note goes to one proxy). A reply to an older take (the
+ * migration was cleared since) is dropped: its notes stay taken, and the
+ * tombstones expire.
+ */
+static void on_tombs_taken(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = ac->data;
+    redisReply *reply = r;
+
+    if (m == NULL || (uintptr_t)priv != (uintptr_t)m->take_seq || !m->taking) {
+        return;
+    }
+    m->taking = false;
+    if (reply == NULL) {
+        return;         /* the connection went: again after the next sync */
+    }
+    if (!reply_ok(m, reply) || reply->type != REDIS_REPLY_ARRAY) {
+        /* Refused (a replica, out of memory, a key of another type):
+         * waiting would hold the migration's end for good; the notes
+         * there expire with their tombstones. */
+        log_limited(LOG_WARN, 10, "migration", "%s: cannot take the fleet's tombstone notes "
+                    "from Redis (%s); they expire in a day", m->p->name,
+                    reply->type == REDIS_REPLY_ERROR ? reply->str : "not a list");
+        m->taken = true;
+        return;
+    }
+    for (size_t j = 0; j < reply->elements; j++) {
+        const redisReply *e = reply->element[j];
+        if (e->type == REDIS_REPLY_STRING) {
+            tomb_take(m, e->str, e->len);
+        } else {
+            m->tombs_left++;
+        }
+    }
+    m->taken = reply->elements < MIG_TOMB_TAKE;
+}
+
+/*
+ * The fleet recorded the new ring: take the notes every proxy handed to
+ * the fleet (move.c, tomb_hand), its own among them, and sweep them with
+ * its own. The next batch is taken once the notes taken before are all
+ * under way. Only after a recent sync, as tomb_sweep.
+ */
+static void tomb_collect(struct mig *m)
+{
+    static const char script[] =
+        "local r = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1) "
+        "if #r > 0 then redis.call('LTRIM', KEYS[1], #r, -1) end return r";
+
+    if (m->taken || m->taking || m->tombs != NULL || !mig_synced_lately(m)) {
+        return;
+    }
+    m->taking = mig_redis(m, on_tombs_taken, (void *)(uintptr_t)m->take_seq,
+                          "EVAL %s 1 %s:migration:tombs:%s %d", script, m->prefix, m->fp_to,
+                          MIG_TOMB_TAKE);
 }
 
 void mig_flush(struct mig *m)
 {
-    if (m != NULL) {
-        doubt_batch_send(m, true);
-        if (m->tombs != NULL && mig_recorded(m)) {
+    if (m == NULL) {
+        return;
+    }
+    doubt_batch_send(m, true);
+    if (mig_recorded(m)) {
+        tomb_collect(m);
+        if (m->tombs != NULL) {
             tomb_sweep(m);      /* more as the earlier ones end */
         }
     }
@@ -1591,7 +1671,7 @@ void mig_tick(struct mig *m, uint64_t now)
     }
     /* Recorded: the tombstones this proxy noted go first (mig_flush starts
      * their sweeps), then the migration, once no command on a key is left. */
-    if (mig_recorded(m) && m->tombs == NULL && m->nops == 0) {
+    if (mig_recorded(m) && m->taken && m->tombs == NULL && m->nops == 0) {
         mig_end_local(m);
         update_state(m);
     }
@@ -1698,6 +1778,8 @@ void mig_progress(const struct mig *m, struct mig_progress *out)
     out->tombs_cleared = m->tombs_cleared;
     out->tombs_swept = m->tombs_swept;
     out->tombs_left = m->tombs_left;
+    out->tombs_handed = m->tombs_handed;
+    out->tombs_taken = m->tombs_taken;
     out->fallback_reads = m->fallback_reads;
     out->copies_in_doubt = m->ndoubts;
     out->conflicts_waiting = m->nconflicts;

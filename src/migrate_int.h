@@ -48,6 +48,8 @@
 #define MIG_TOMB_NOTES_MAX ((size_t)4 << 20)  /* bytes of notes of the tombstones
                                                 this proxy wrote, at most */
 #define MIG_SWEEPS_INFLIGHT 64      /* their removals under way at once */
+#define MIG_TOMB_ENTRY_MAX 1024     /* a note handed to the fleet: "<key> <identity>" */
+#define MIG_TOMB_TAKE 64            /* notes taken from the fleet's list at once */
 
 /* How this proxy routes a key whose owner differs between the two rings. */
 enum mig_phase {
@@ -279,6 +281,16 @@ struct mig {
     size_t tombs_bytes;
     uint32_t sweeps;            /* sweep operations queued or running */
     uint64_t tombs_swept, tombs_left;
+    /* the same notes handed to the fleet (<prefix>:migration:tombs:<to>,
+     * move.c tomb_hand), and taken back from it once the new ring is
+     * recorded (migrate.c tomb_collect) */
+    size_t tombs_handed_bytes;
+    uint64_t tombs_handed, tombs_taken;
+    uint64_t take_seq;          /* the take in flight, if taking: its reply's
+                                   priv; bumped by mig_clear */
+    bool taking, taken;         /* taken: the list was found empty */
+    bool *tombs_dead;           /* per server of from: a sweep there failed
+                                   (move.c tomb_left); its notes are dropped */
 };
 
 /*
@@ -340,6 +352,10 @@ void mig_doubts_free(struct mig *m);
  * proxy noted (each an operation on its key), as many as may run. */
 void tomb_sweep(struct mig *m);
 void tomb_notes_free(struct mig *m);
+/* A note from the fleet's list, "<proxy id> <key> <identity of the old
+ * owner>": noted as this proxy's own (skipped if it is). A malformed entry,
+ * an unknown server or one that failed a sweep is counted in tombs_left. */
+void tomb_take(struct mig *m, const char *entry, size_t len);
 /* Send the doubt records batched so far, before any other command of m's
  * (ordered) and at the end of each loop turn (final: copies whose record
  * cannot be sent fail then; otherwise they wait for that, and false says

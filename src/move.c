@@ -1010,10 +1010,9 @@ void tomb_notes_free(struct mig *m)
  * keep the newest within MIG_TOMB_NOTES_MAX bytes: the oldest are the
  * likeliest to have been found by the mover already.
  */
-static void tomb_note(struct mop *op)
+static void tomb_add(struct mig *m, struct backend *on, const char *key, size_t len)
 {
-    struct mig *m = op->m;
-    size_t need = sizeof(struct mtomb) + op->k->len;
+    size_t need = sizeof(struct mtomb) + len;
 
     while (m->tombs != NULL && m->tombs_bytes + need > MIG_TOMB_NOTES_MAX) {
         free(tomb_unlink(m, &m->tombs));
@@ -1025,12 +1024,103 @@ static void tomb_note(struct mop *op)
         return;
     }
     t->next = NULL;
-    t->on = op->from;
-    t->len = op->k->len;
-    memcpy(t->key, op->k->key, op->k->len);
+    t->on = on;
+    t->len = (uint16_t)len;
+    memcpy(t->key, key, len);
     *m->tombs_tail = t;
     m->tombs_tail = &t->next;
     m->tombs_bytes += need;
+}
+
+static void tomb_note(struct mop *op)
+{
+    tomb_add(op->m, op->from, op->k->key, op->k->len);
+}
+
+/*
+ * Hand the note to the fleet as well: an entry "<proxy id> <key> <old
+ * owner's identity>" of the list <prefix>:migration:tombs:<to>, which every
+ * proxy following the migration empties once the new ring is recorded
+ * (migrate.c, tomb_collect) and sweeps as its own notes (its own entries it
+ * skips: it has them). A writer that stops first (a crash, SIGKILL, a
+ * binary upgrade) leaves its notes there, not only in its memory. Sent on
+ * the coordination connection, before any later sync: see tomb_collect. At
+ * most MIG_TOMB_NOTES_MAX bytes per proxy and migration (the local notes
+ * still keep the newest); the list expires with the tombstones.
+ */
+static void tomb_hand(struct mop *op)
+{
+    struct mig *m = op->m;
+    size_t idlen = strlen(m->id), srvlen = strlen(op->from->identity);
+    size_t len = idlen + 1 + op->k->len + 1 + srvlen;
+    char entry[MIG_TOMB_ENTRY_MAX], *e = entry;
+
+    if (len > sizeof(entry) || m->tombs_handed_bytes + len > MIG_TOMB_NOTES_MAX) {
+        return;         /* kept by this proxy only */
+    }
+    e = mempcpy(e, m->id, idlen);
+    *e++ = ' ';
+    e = mempcpy(e, op->k->key, op->k->len);
+    *e++ = ' ';
+    memcpy(e, op->from->identity, srvlen);
+    if (mig_redis(m, NULL, NULL, "RPUSH %s:migration:tombs:%s %b", m->prefix, m->fp_to,
+                  entry, len) &&
+        mig_redis(m, NULL, NULL, "PEXPIRE %s:migration:tombs:%s %d", m->prefix, m->fp_to,
+                  MIG_TOMB_TTL * 1000)) {
+        m->tombs_handed_bytes += len;
+        m->tombs_handed++;
+    }
+}
+
+/* A tombstone written, or maybe written: noted here and handed to the fleet. */
+static void tomb_record(struct mop *op)
+{
+    tomb_note(op);
+    tomb_hand(op);
+}
+
+/* Index of be in the old ring's servers, or -1. */
+static int from_index(const struct mig *m, const struct backend *be)
+{
+    for (uint32_t i = 0; i < m->from->nservers; i++) {
+        if (m->from_be[i] == be) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+void tomb_take(struct mig *m, const char *entry, size_t len)
+{
+    const char *end = entry + len, *key = memchr(entry, ' ', len), *sp = NULL;
+    char id[MIG_TOMB_ENTRY_MAX];
+    int s = -1;
+
+    if (key != NULL && ++key < end) {
+        sp = memchr(key, ' ', (size_t)(end - key));
+    }
+    if (sp != NULL && len <= sizeof(id) && proto_key_ok(key, (size_t)(sp - key))) {
+        size_t idlen = (size_t)(key - 1 - entry);
+        if (idlen == strlen(m->id) && memcmp(entry, m->id, idlen) == 0) {
+            return;     /* this proxy's own: in its notes already */
+        }
+        idlen = (size_t)(end - sp - 1);
+        memcpy(id, sp + 1, idlen);
+        id[idlen] = '\0';
+        s = ring_server_index(m->from, id);
+    }
+    if (s < 0) {
+        m->tombs_left++;
+        log_limited(LOG_WARN, 10, "migration", "%s: a tombstone note in Redis names no key of "
+                    "a server of ring %.8s; skipped", m->p->name, m->fp_from);
+        return;
+    }
+    m->tombs_taken++;
+    if (m->tombs_dead != NULL && m->tombs_dead[s]) {
+        m->tombs_left++;        /* that server did not answer a sweep: tomb_left */
+        return;
+    }
+    tomb_add(m, m->from_be[s], key, (size_t)(sp - key));
 }
 
 /* The tombstone is on the old owner: counted, indexed under the old ring as
@@ -1039,7 +1129,7 @@ static void tomb_written(struct mop *op)
 {
     op->m->tombs_written++;
     mig_index_add(op->m, op->m->from, op->k->key, op->k->len);
-    tomb_note(op);
+    tomb_record(op);
 }
 
 /*
@@ -1062,6 +1152,10 @@ static void tomb_left(struct mop *op, const struct mreply *r)
     }
     m->tombs_left++;
     if (r->status == MREPLY_FAIL) {
+        int s = from_index(m, op->from);
+        if (s >= 0 && m->tombs_dead != NULL) {
+            m->tombs_dead[s] = true;    /* and the notes taken from the fleet later */
+        }
         for (struct mtomb **pp = &m->tombs; *pp != NULL;) {
             if ((*pp)->on == op->from) {
                 free(tomb_unlink(m, pp));
@@ -1181,7 +1275,7 @@ static void on_del_old(void *arg, const struct mreply *r)
 
     if (r->status == MREPLY_FAIL) {
         if (op->old == LOOK_REAL && op->phase == PH_SWITCHED) {
-            tomb_note(op);      /* the server may still run the store */
+            tomb_record(op);    /* the server may still run the store */
         }
         reply_line(op, BACKEND_ERR_LOST);
         mop_finish(op);
@@ -2063,7 +2157,7 @@ static void on_meta_del_old(void *arg, const struct mreply *r)
 
     if (r->status == MREPLY_FAIL) {
         if (op->old == LOOK_REAL && op->phase == PH_SWITCHED) {
-            tomb_note(op);      /* the server may still run the store */
+            tomb_record(op);    /* the server may still run the store */
         }
         meta_fail(op, BACKEND_ERR_LOST);
         return;

@@ -108,6 +108,10 @@ struct json_doc;
       "tombstones this proxy noted, removed by it once the new ring was recorded") \
     X(tombs_left, COUNTER, "tombstones_left", "", "", "", "tombstones_left",  \
       "tombstones this proxy wrote and did not remove at the end (they expire in a day)") \
+    X(tombs_handed, COUNTER, "tombstones_handed", "", "", "", "tombstones_handed", \
+      "notes of tombstones this proxy wrote, handed to the fleet in Redis")   \
+    X(tombs_taken, COUNTER, "tombstones_taken", "", "", "", "tombstones_taken", \
+      "tombstone notes other proxies wrote, taken from Redis by this one to sweep") \
     X(fallback_reads, COUNTER, "fallback_reads", "", "", "", "fallback_reads", \
       "reads of changing keys answered by the new owner")                     \
     X(copies_in_doubt, GAUGE, "copies_in_doubt", "", "copies_in_doubt",       \

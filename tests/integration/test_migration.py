@@ -1212,7 +1212,7 @@ class PausableRelay(TcpRelay):
                 pass
 
 
-def late_proxy_fleet(env, cluster, liveness=16000, timeout=None):
+def late_proxy_fleet(env, cluster, liveness=16000, timeout=None, end=None):
     """Two proxies over mc1..mc3 (each of those behind a Relay sharing
     .hooks, each proxy's Redis behind a PausableRelay), 3000 keys stored,
     and the resize to mc1..mc4 run to its end by the coordinator while the
@@ -1220,8 +1220,10 @@ def late_proxy_fleet(env, cluster, liveness=16000, timeout=None):
     still switched, and no pass of the mover will look at the old owners
     again. liveness 16 s: the late proxy keeps serving for 8 s (then it
     fences) and stays in the fleet meanwhile. timeout: the pool's, in ms
-    (None: the default). Returns the set-up's parts (.late, .coord,
-    .late_redis, .conf, .fronts, ...)."""
+    (None: the default). end(f, fake): run instead of that end, once the
+    late proxy acknowledged `switched` (the fleet waits for `fake` until
+    fake.ack says "switched"). Returns the set-up's parts (.late, .coord,
+    .late_redis, .coord_redis, .conf, .fronts, ...)."""
     mcs = env.servers(4)
     f = SimpleNamespace(mcs=mcs, hooks={})
     f.relays = [Relay(m.port, f.hooks) for m in mcs[:3]]
@@ -1252,6 +1254,7 @@ def late_proxy_fleet(env, cluster, liveness=16000, timeout=None):
         coord = 0 if lease[0] else 1
         f.coord, f.late = f.proxies[coord], f.proxies[1 - coord]
         f.late_redis = f.redis_relays[1 - coord]
+        f.coord_redis = f.redis_relays[coord]
 
         def late_acked():       # its acknowledgement of `switched` is in Redis
             beats = env.r.hgetall("rp:cache:proxies")
@@ -1259,6 +1262,9 @@ def late_proxy_fleet(env, cluster, liveness=16000, timeout=None):
                        beat.decode().split(" ")[2] == "switched"
                        for who, beat in beats.items())
         wait_until(late_acked, what="the late proxy's acknowledgement")
+        if end is not None:
+            end(f, fake)
+            return f
         f.late_redis.pause()
         fake.ack = "switched"
         wait_migrated(f.coord.port, 2)
@@ -1318,6 +1324,83 @@ def test_a_tombstone_written_after_the_last_pass_is_removed_by_its_writer(env, c
     for p in f.proxies:
         wait_migrated(p.port, 3)
         assert Client(("127.0.0.1", p.port)).get(k) == want
+    for r in f.relays + f.redis_relays:
+        r.close()
+
+
+BAD_TOMB_NOTES = [b"no-space-at-all", b"p bad\x01key mc1", b"p k0 no-such-server", b"p  mc1",
+                  b"p k0 " + b"x" * 2000, b"p k%d mc1" % 10 ** 300, b"p k0"]
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "garbage", "wrong-type"])
+def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, how):
+    """A delete through the late proxy, switched, after the coordinator's
+    closing pass listed the old owners and before the new ring is recorded
+    (the coordinator's Redis is held from its first listing), leaves a
+    tombstone no pass will find; then its writer stops (SIGKILL; SIGTERM, as
+    a binary upgrade does) before it could sweep it. The note it handed to
+    the fleet (<prefix>:migration:tombs:<to>, move.c tomb_hand) is taken by
+    the coordinator once the ring is recorded, and the tombstone removed.
+    Before, the note lived in the writer's memory only: the tombstone stayed
+    for its day-long TTL.
+    `garbage`: the writer lives on, and entries that are no note of this
+    migration sit in the list: skipped and counted as left, never sent.
+    `wrong-type`: the list's key holds a string; the take is refused, and
+    the migration ends all the same (the writer sweeps its own note)."""
+    seen = SimpleNamespace()
+
+    def end(f, fake):
+        seen.k = next(x for x in f.keys if f.after[x] == "mc4")
+        seen.old = f.mcs[int(f.before[seen.k][2:]) - 1]
+        f.hooks[b"lru_crawler metadump"] = f.coord_redis.pause
+        fake.ack = "switched"
+
+        def listed():
+            st = proxy_stats(f.coord.port)
+            n = int(st.get("migration:closing_sources", 0))
+            return n > 0 and int(st["migration:closing_sources_done"]) == n
+        wait_until(listed, what="the closing pass over every source")
+        assert not f.hooks and proxy_stats(f.coord.port)["migration:state"] != "idle"
+        # Written around the proxies on the old owner, then deleted through
+        # the late proxy: a tombstone replaces it there.
+        Client(("127.0.0.1", seen.old.port)).set(seen.k, b"direct", noreply=False)
+        assert Client(("127.0.0.1", f.late.port)).delete(seen.k, noreply=False)
+        assert mc_value(seen.old, seen.k) == TOMB_VALUE
+        wait_until(lambda: [env.r.llen(x) for x in env.r.keys("rp:cache:migration:tombs:*")]
+                   == [1], what="the note handed to Redis")
+        notes, = env.r.keys("rp:cache:migration:tombs:*")
+        entry, = env.r.lrange(notes, 0, -1)
+        assert entry.endswith((" %s %s" % (seen.k, f.before[seen.k])).encode())
+        assert (b":%d:" % f.late.proc.pid) in entry     # the writer's id
+        assert 0 < env.r.pttl(notes) <= 86400 * 1000
+        if how == "SIGKILL":
+            f.late.kill()
+        elif how == "SIGTERM":
+            f.late.stop()
+        elif how == "garbage":
+            env.r.lpush(notes, *BAD_TOMB_NOTES)
+        else:
+            env.r.delete(notes)
+            env.r.set(notes, b"not a list")
+        f.coord_redis.resume()
+        seen.st = [wait_migrated(p.port, 2) for p in f.proxies if p.proc is not None]
+        if how == "wrong-type":
+            env.r.delete(notes)
+
+    f = late_proxy_fleet(env, cluster, end=end)
+    assert mc_value(seen.old, seen.k) is None
+    counts = [sum(x) for x in zip(*(tomb_counts(st) for st in seen.st))]
+    taken = sum(int(st["migration:tombstones_taken"]) for st in seen.st)
+    handed = sum(int(st["migration:tombstones_handed"]) for st in seen.st)
+    if how in ("SIGKILL", "SIGTERM"):
+        assert counts == [0, 1, 0] and taken == 1 and handed == 0, seen.st
+    elif how == "garbage":
+        # the writer's own entry: taken by the coordinator, or skipped by
+        # its writer, which has the note
+        assert counts == [1, 1, len(BAD_TOMB_NOTES)] and taken <= 1 and handed == 1, seen.st
+    else:
+        assert counts == [1, 1, 0] and taken == 0 and handed == 1, seen.st
+    assert env.r.keys("rp:cache:migration:tombs:*") == []
     for r in f.relays + f.redis_relays:
         r.close()
 

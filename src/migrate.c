@@ -284,9 +284,9 @@ static void key_of(const struct mig *m, const char *suffix, char *buf, size_t le
 
 /*
  * EVAL `script` with `nkeys` key suffixes, then fixed args, then the ring
- * record fields of r at epoch (when r != NULL).
+ * record fields of r at epoch (when r != NULL); cb gets priv.
  */
-static void eval_with_ring(struct mig *m, redisCallbackFn *cb, const char *script,
+static void eval_with_ring(struct mig *m, redisCallbackFn *cb, void *priv, const char *script,
                            const char *const *suffixes, int nkeys,
                            const char *const *args, int nargs,
                            const struct ring *r, uint64_t epoch)
@@ -313,7 +313,7 @@ static void eval_with_ring(struct mig *m, redisCallbackFn *cb, const char *scrip
     for (int i = 0; i < nf; i++) {
         argv[n++] = fields[i];
     }
-    mig_redis_argv(m, cb, m, n, argv);
+    mig_redis_argv(m, cb, priv, n, argv);
     if (nf > 0) {
         ringrec_fields_free(fields, nf);
     }
@@ -549,7 +549,7 @@ static void coord_create(struct mig *m)
 
     log_notice("migration", "%s: every live proxy proposes ring %.8s: opening the "
                "migration from %.8s", m->p->name, m->fp_want, m->fp_rec);
-    eval_with_ring(m, on_coord_reply, script, keys, 6, args, 4, m->want, 0);
+    eval_with_ring(m, on_coord_reply, m, script, keys, 6, args, 4, m->want, 0);
 }
 
 /* Every live proxy acknowledged phase `cur`: the record moves to `next`. */
@@ -570,7 +570,7 @@ static void coord_advance(struct mig *m, const char *cur, const char *next)
 
     log_notice("migration", "%s: every live proxy acknowledged %s: fleet phase %s",
                m->p->name, cur, next);
-    eval_with_ring(m, on_coord_reply, script, keys, 2, args, 5, NULL, 0);
+    eval_with_ring(m, on_coord_reply, m, script, keys, 2, args, 5, NULL, 0);
 }
 
 static void on_finish_written(redisAsyncContext *ac, void *r, void *priv)
@@ -628,7 +628,7 @@ void mig_finish(struct mig *m)
     const char *keys[] = { "ring", "migration", "migration:lock", "migration:ring", done,
                            doubts };
     const char *args[] = { m->id, m->fp_to };
-    eval_with_ring(m, on_finish_written, script, keys, 6, args, 2, m->to_rec,
+    eval_with_ring(m, on_finish_written, m, script, keys, 6, args, 2, m->to_rec,
                    m->epoch + 1);
 }
 
@@ -913,7 +913,7 @@ static void write_first_record(struct mig *m, const struct ring *r, uint64_t epo
 
     ringrec_fingerprint(r, m->fp_first);
     m->epoch_first = epoch;
-    eval_with_ring(m, on_first_record, RB_FIRST_RECORD_SCRIPT, keys, 2, NULL, 0, r, epoch);
+    eval_with_ring(m, on_first_record, m, RB_FIRST_RECORD_SCRIPT, keys, 2, NULL, 0, r, epoch);
 }
 
 /* 1 when <prefix>:proxies holds this proxy's own sweeper announcement. */
@@ -934,13 +934,14 @@ static size_t own_sweeper(const struct mig *m, const redisReply *proxies)
 
 static void on_sync(redisAsyncContext *ac, void *r, void *priv)
 {
-    struct mig *m = priv;
+    struct mig *m = ac->data;
     redisReply *reply = r;
+    uint64_t sent = (uint64_t)(uintptr_t)priv;
 
-    if (ac->data == NULL) {
+    if (m == NULL) {
         return;
     }
-    m->syncing = false;
+    m->syncing = m->syncing && sent != m->sync_sent;   /* the latest one answered */
     if (!reply_ok(m, reply)) {
         return;     /* refused: the index health logs it, the fence counts it */
     }
@@ -963,7 +964,9 @@ static void on_sync(redisAsyncContext *ac, void *r, void *priv)
                      *proxies = reply->element[4], *mring = reply->element[5];
 
     bool was_fenced = m->fenced;
-    m->last_sync_ok = m->sync_sent;
+    if (sent > m->last_sync_ok) {
+        m->last_sync_ok = sent;     /* Redis read the records after that */
+    }
     if (lease != m->lease) {
         log_notice("migration", "%s: this proxy %s the coordinator lease", m->p->name,
                    lease ? "holds" : "gave up");
@@ -1124,7 +1127,10 @@ static void sync_now(struct mig *m)
                            m->from == NULL ? "1" : "0" };
     m->syncing = true;
     m->sync_sent = now_ms(m);
-    eval_with_ring(m, on_sync, script, keys, 5, args, 5, NULL, 0);
+    /* The reply carries its own send time: one given up for lost (mig_tick)
+     * may still come, after the next was sent, and tells only of then. */
+    eval_with_ring(m, on_sync, (void *)(uintptr_t)m->sync_sent, script, keys, 5, args, 5,
+                   NULL, 0);
 }
 
 /* --- Redis connection ----------------------------------------------------------- */
@@ -1546,7 +1552,7 @@ static void write_progress(struct mig *m)
         }
     }
     const char *keys[] = { "migration" };
-    eval_with_ring(m, NULL, script, keys, 1, args, n, NULL, 0);
+    eval_with_ring(m, NULL, NULL, script, keys, 1, args, n, NULL, 0);
 }
 
 /* The fleet recorded the ring this proxy's migration goes to, as its end:

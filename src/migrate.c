@@ -54,6 +54,7 @@ static const char *const ack_names[] = {
 };
 
 static void mig_connect(struct mig *m);
+static bool mig_recorded(const struct mig *m);
 static void on_done_arcs(redisAsyncContext *ac, void *r, void *priv);
 static void on_doubts(redisAsyncContext *ac, void *r, void *priv);
 
@@ -349,6 +350,7 @@ static void mig_clear(struct mig *m)
     m->arcs_done = m->cur_arc = m->inflight = m->reserved = m->pass = 0;
     m->taking = m->taken = false;
     m->take_seq++;              /* a take's reply now says nothing */
+    m->take_after = 0;
 }
 
 /*
@@ -1345,15 +1347,23 @@ void mig_leave(struct mig *m)
         m->left = true;     /* nobody to tell; the heartbeat will age out */
         return;
     }
+    /* First the notes the fleet does not have (this proxy's own it could
+     * not hand, and those it took and has not swept), then the heartbeat:
+     * the fleet cannot end the migration without them. */
+    tomb_hand_pending(m, true);
     mig_redis(m, NULL, NULL, "HDEL %s:proxies %s", m->prefix, m->id);
     mig_redis(m, on_left, m, "EVAL %s 1 %s:migration:lock %s",
               "if redis.call('get', KEYS[1]) == ARGV[1] then "
               "return redis.call('del', KEYS[1]) end return 0", m->prefix, m->id);
 }
 
+/* Gone from the fleet, and what it took on for the fleet done: a take's
+ * reply read, and (the new ring recorded) the notes it holds swept, which
+ * nobody else may take any more (within the stop's grace: proxy.c). */
 bool mig_left(const struct mig *m)
 {
-    return m == NULL || m->left;
+    return m == NULL ||
+           (m->left && !m->taking && m->sweeps == 0 && (m->tombs == NULL || !mig_recorded(m)));
 }
 
 /* The end of the loop turn (mig_free): only m's own memory is left, and
@@ -1584,13 +1594,17 @@ static void on_tombs_taken(redisAsyncContext *ac, void *r, void *priv)
         return;         /* the connection went: again after the next sync */
     }
     if (!reply_ok(m, reply) || reply->type != REDIS_REPLY_ARRAY) {
-        /* Refused (a replica, out of memory, a key of another type):
-         * waiting would hold the migration's end for good; the notes
-         * there expire with their tombstones. */
+        /* A key of another type, or an answer no script of ours gives:
+         * waiting would hold the migration's end for good, and the notes
+         * there expire with their tombstones. Anything else (loading, a
+         * failover, out of memory) passes: tried again. */
+        bool never = reply->type != REDIS_REPLY_ERROR || strstr(reply->str, "WRONGTYPE");
         log_limited(LOG_WARN, 10, "migration", "%s: cannot take the fleet's tombstone notes "
-                    "from Redis (%s); they expire in a day", m->p->name,
-                    reply->type == REDIS_REPLY_ERROR ? reply->str : "not a list");
-        m->taken = true;
+                    "from Redis (%s)%s", m->p->name,
+                    reply->type == REDIS_REPLY_ERROR ? reply->str : "not a list",
+                    never ? "; they expire in a day" : "; trying again");
+        m->taken = never;
+        m->take_after = now_ms(m) + MIG_SYNC_FAST_MS;
         return;
     }
     for (size_t j = 0; j < reply->elements; j++) {
@@ -1605,10 +1619,10 @@ static void on_tombs_taken(redisAsyncContext *ac, void *r, void *priv)
 }
 
 /*
- * The fleet recorded the new ring: take the notes every proxy handed to
- * the fleet (move.c, tomb_hand), its own among them, and sweep them with
+ * The fleet recorded the new ring: take the notes the other proxies handed
+ * to the fleet (move.c, tomb_push; its own it skips) and sweep them with
  * its own. The next batch is taken once the notes taken before are all
- * under way. Only after a recent sync, as tomb_sweep.
+ * under way. Only after a recent sync, as tomb_sweep; not while leaving.
  */
 static void tomb_collect(struct mig *m)
 {
@@ -1616,7 +1630,8 @@ static void tomb_collect(struct mig *m)
         "local r = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1) "
         "if #r > 0 then redis.call('LTRIM', KEYS[1], #r, -1) end return r";
 
-    if (m->taken || m->taking || m->tombs != NULL || !mig_synced_lately(m)) {
+    if (m->taken || m->taking || m->closing || m->tombs != NULL || !mig_synced_lately(m) ||
+        now_ms(m) < m->take_after) {
         return;
     }
     m->taking = mig_redis(m, on_tombs_taken, (void *)(uintptr_t)m->take_seq,
@@ -1630,6 +1645,9 @@ void mig_flush(struct mig *m)
         return;
     }
     doubt_batch_send(m, true);
+    if (m->tombs_to_hand > 0 && m->rc_up) {
+        tomb_hand_pending(m, false);    /* Redis is back */
+    }
     if (mig_recorded(m)) {
         tomb_collect(m);
         if (m->tombs != NULL) {

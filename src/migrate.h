@@ -67,7 +67,8 @@ uint32_t mig_shape(const struct mig *m);
 const char *mig_refused(const struct mig *m);
 /* The proxy stops: remove its heartbeat and give up the lease now. */
 void mig_leave(struct mig *m);
-/* Has Redis confirmed that (or can it not be told)? NULL: true. */
+/* Has Redis confirmed that (or can it not be told), and are the sweeps of
+ * the tombstone notes it holds done (migrate.c)? NULL: true. */
 bool mig_left(const struct mig *m);
 enum mig_state mig_get_state(const struct mig *m);
 /* This proxy's id in the fleet (host:pid:random), as in its heartbeat. */

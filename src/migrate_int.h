@@ -101,10 +101,18 @@ struct mdoubt {
  * by this proxy once the fleet recorded the new ring (move.c, tomb_sweep;
  * docs/ARCHITECTURE.md, "Moving keys").
  */
+enum mtomb_hand {
+    TOMB_TO_HAND,               /* this proxy's, not in the fleet's list yet */
+    TOMB_HANDED,                /* this proxy's, in the list (or given up) */
+    TOMB_TAKEN,                 /* another's, taken from the list: handed
+                                   back if this proxy leaves first */
+};
+
 struct mtomb {
     struct mtomb *next;
     struct backend *on;         /* in m->from_be: alive while m->from is */
     uint16_t len;
+    uint8_t hand;               /* enum mtomb_hand */
     char key[];
 };
 
@@ -286,6 +294,8 @@ struct mig {
      * recorded (migrate.c tomb_collect) */
     size_t tombs_handed_bytes;
     uint64_t tombs_handed, tombs_taken;
+    uint32_t tombs_to_hand;     /* notes TOMB_TO_HAND (Redis was away) */
+    uint64_t take_after;        /* a refused take is tried again then (ms) */
     uint64_t take_seq;          /* the take in flight, if taking: its reply's
                                    priv; bumped by mig_clear */
     bool taking, taken;         /* taken: the list was found empty */
@@ -356,6 +366,10 @@ void tomb_notes_free(struct mig *m);
  * owner>": noted as this proxy's own (skipped if it is). A malformed entry,
  * an unknown server or one that failed a sweep is counted in tombs_left. */
 void tomb_take(struct mig *m, const char *entry, size_t len);
+/* Hand the fleet the notes it does not have: this proxy's own that Redis
+ * was away for, and (leaving: this proxy stops) those it took and has not
+ * swept yet. */
+void tomb_hand_pending(struct mig *m, bool leaving);
 /* Send the doubt records batched so far, before any other command of m's
  * (ordered) and at the end of each loop turn (final: copies whose record
  * cannot be sent fail then; otherwise they wait for that, and false says

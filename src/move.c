@@ -989,6 +989,7 @@ static struct mtomb *tomb_unlink(struct mig *m, struct mtomb **pp)
         m->tombs_tail = pp;
     }
     m->tombs_bytes -= sizeof(*t) + t->len;
+    m->tombs_to_hand -= t->hand == TOMB_TO_HAND;
     return t;
 }
 
@@ -1001,16 +1002,16 @@ void tomb_notes_free(struct mig *m)
 }
 
 /*
- * Note the tombstone op wrote on the old owner, or may have written (its
- * store got no answer: the server may still run it). One written after the
- * mover's last look at that server (the closing pass listed it already)
- * would outlive the migration, and a later ring that makes that server the
- * key's owner again would serve its bytes as the key's value: its writer
- * looks for it once the fleet recorded the new ring (tomb_sweep). The notes
- * keep the newest within MIG_TOMB_NOTES_MAX bytes: the oldest are the
- * likeliest to have been found by the mover already.
+ * Note a tombstone on the old owner `on`. One written after the mover's
+ * last look at that server (the closing pass listed it already) would
+ * outlive the migration, and a later ring that makes that server the key's
+ * owner again would serve its bytes as the key's value: it is looked for
+ * once the fleet recorded the new ring (tomb_sweep). The notes keep the
+ * newest within MIG_TOMB_NOTES_MAX bytes: the oldest are the likeliest to
+ * have been found by the mover already. NULL: out of memory (counted).
  */
-static void tomb_add(struct mig *m, struct backend *on, const char *key, size_t len)
+static struct mtomb *tomb_add(struct mig *m, struct backend *on, const char *key, size_t len,
+                              enum mtomb_hand hand)
 {
     size_t need = sizeof(struct mtomb) + len;
 
@@ -1021,62 +1022,90 @@ static void tomb_add(struct mig *m, struct backend *on, const char *key, size_t 
     struct mtomb *t = malloc(need);
     if (t == NULL) {
         m->tombs_left++;
-        return;
+        return NULL;
     }
     t->next = NULL;
     t->on = on;
     t->len = (uint16_t)len;
+    t->hand = (uint8_t)hand;
     memcpy(t->key, key, len);
     *m->tombs_tail = t;
     m->tombs_tail = &t->next;
     m->tombs_bytes += need;
+    m->tombs_to_hand += hand == TOMB_TO_HAND;
+    return t;
 }
 
+/* A sweep the fence held back: its note goes back on the list (as handed:
+ * it was, or tried, when it was first noted). */
 static void tomb_note(struct mop *op)
 {
-    tomb_add(op->m, op->from, op->k->key, op->k->len);
+    tomb_add(op->m, op->from, op->k->key, op->k->len, TOMB_HANDED);
 }
 
 /*
- * Hand the note to the fleet as well: an entry "<proxy id> <key> <old
- * owner's identity>" of the list <prefix>:migration:tombs:<to>, which every
+ * Hand note t to the fleet: an entry "<proxy id> <key> <old owner's
+ * identity>" of the list <prefix>:migration:tombs:<to> (one script: the
+ * push and the list's expiry, the tombstones' day, together), which every
  * proxy following the migration empties once the new ring is recorded
  * (migrate.c, tomb_collect) and sweeps as its own notes (its own entries it
  * skips: it has them). A writer that stops first (a crash, SIGKILL, a
  * binary upgrade) leaves its notes there, not only in its memory. Sent on
  * the coordination connection, before any later sync: see tomb_collect. At
- * most MIG_TOMB_NOTES_MAX bytes per proxy and migration (the local notes
- * still keep the newest); the list expires with the tombstones.
+ * most MIG_TOMB_NOTES_MAX bytes per proxy and migration: beyond, a note is
+ * kept here only. False: not sent (Redis away); t stays to hand.
  */
-static void tomb_hand(struct mop *op)
+static bool tomb_push(struct mig *m, struct mtomb *t)
 {
-    struct mig *m = op->m;
-    size_t idlen = strlen(m->id), srvlen = strlen(op->from->identity);
-    size_t len = idlen + 1 + op->k->len + 1 + srvlen;
+    static const char script[] =
+        "redis.call('rpush', KEYS[1], ARGV[1]) redis.call('pexpire', KEYS[1], ARGV[2])";
+    size_t idlen = strlen(m->id), srvlen = strlen(t->on->identity);
+    size_t len = idlen + 1 + t->len + 1 + srvlen;
     char entry[MIG_TOMB_ENTRY_MAX], *e = entry;
 
-    if (len > sizeof(entry) || m->tombs_handed_bytes + len > MIG_TOMB_NOTES_MAX) {
-        return;         /* kept by this proxy only */
-    }
-    e = mempcpy(e, m->id, idlen);
-    *e++ = ' ';
-    e = mempcpy(e, op->k->key, op->k->len);
-    *e++ = ' ';
-    memcpy(e, op->from->identity, srvlen);
-    if (mig_redis(m, NULL, NULL, "RPUSH %s:migration:tombs:%s %b", m->prefix, m->fp_to,
-                  entry, len) &&
-        mig_redis(m, NULL, NULL, "PEXPIRE %s:migration:tombs:%s %d", m->prefix, m->fp_to,
-                  MIG_TOMB_TTL * 1000)) {
+    if (len <= sizeof(entry) && m->tombs_handed_bytes + len <= MIG_TOMB_NOTES_MAX) {
+        e = mempcpy(e, m->id, idlen);
+        *e++ = ' ';
+        e = mempcpy(e, t->key, t->len);
+        *e++ = ' ';
+        memcpy(e, t->on->identity, srvlen);
+        if (!mig_redis(m, NULL, NULL, "EVAL %s 1 %s:migration:tombs:%s %b %d", script,
+                       m->prefix, m->fp_to, entry, len, MIG_TOMB_TTL * 1000)) {
+            return false;
+        }
         m->tombs_handed_bytes += len;
         m->tombs_handed++;
+        /* The list was taken already: take it again, this entry with it
+         * (a note handed after the others took theirs would stay there
+         * if this proxy stopped before sweeping it). Not when leaving:
+         * the entry is for the others then. */
+        m->taken = m->taken && m->closing;
+    }
+    m->tombs_to_hand -= t->hand == TOMB_TO_HAND;
+    t->hand = TOMB_HANDED;
+    return true;
+}
+
+void tomb_hand_pending(struct mig *m, bool leaving)
+{
+    for (struct mtomb *t = m->tombs; t != NULL && (leaving || m->tombs_to_hand > 0);
+         t = t->next) {
+        if ((t->hand == TOMB_TO_HAND || (leaving && t->hand == TOMB_TAKEN)) &&
+            !tomb_push(m, t)) {
+            return;     /* Redis away: the next turn's mig_flush tries again */
+        }
     }
 }
 
-/* A tombstone written, or maybe written: noted here and handed to the fleet. */
+/* A tombstone written, or maybe written (its store got no answer: the
+ * server may still run it): noted, and handed to the fleet. */
 static void tomb_record(struct mop *op)
 {
-    tomb_note(op);
-    tomb_hand(op);
+    struct mtomb *t = tomb_add(op->m, op->from, op->k->key, op->k->len, TOMB_TO_HAND);
+
+    if (t != NULL) {
+        tomb_push(op->m, t);
+    }
 }
 
 /* Index of be in the old ring's servers, or -1. */
@@ -1120,7 +1149,7 @@ void tomb_take(struct mig *m, const char *entry, size_t len)
         m->tombs_left++;        /* that server did not answer a sweep: tomb_left */
         return;
     }
-    tomb_add(m, m->from_be[s], key, (size_t)(sp - key));
+    tomb_add(m, m->from_be[s], key, (size_t)(sp - key), TOMB_TAKEN);
 }
 
 /* The tombstone is on the old owner: counted, indexed under the old ring as

@@ -348,9 +348,10 @@ static void mig_clear(struct mig *m)
     m->fleet[0] = m->fp_from[0] = m->fp_to[0] = m->blocked[0] = '\0';
     m->lease = m->finishing = m->done_loaded = m->loading_done = false;
     m->arcs_done = m->cur_arc = m->inflight = m->reserved = m->pass = 0;
-    m->taking = m->taken = false;
+    m->taking = m->taken = m->take_again = false;
     m->take_seq++;              /* a take's reply now says nothing */
     m->take_after = 0;
+    m->take_refusals = 0;
 }
 
 /*
@@ -1386,7 +1387,7 @@ void mig_free(struct mig *m)
     }
     /* Fail the moves in flight while their operations still exist; with
      * `closing` set, their handlers send nothing new. */
-    m->closing = true;
+    m->closing = m->freeing = true;
     for (uint32_t i = 0; m->p != NULL && i < m->p->nbackends; i++) {
         backend_mc_close(m->p->backends[i]);
     }
@@ -1598,15 +1599,17 @@ static void on_tombs_taken(redisAsyncContext *ac, void *r, void *priv)
          * waiting would hold the migration's end for good, and the notes
          * there expire with their tombstones. Anything else (loading, a
          * failover, out of memory) passes: tried again. */
-        bool never = reply->type != REDIS_REPLY_ERROR || strstr(reply->str, "WRONGTYPE");
+        bool never = reply->type != REDIS_REPLY_ERROR || strstr(reply->str, "WRONGTYPE") ||
+                     ++m->take_refusals >= MIG_TAKE_TRIES;
         log_limited(LOG_WARN, 10, "migration", "%s: cannot take the fleet's tombstone notes "
                     "from Redis (%s)%s", m->p->name,
                     reply->type == REDIS_REPLY_ERROR ? reply->str : "not a list",
-                    never ? "; they expire in a day" : "; trying again");
+                    never ? "; given up: they expire in a day" : "; trying again");
         m->taken = never;
         m->take_after = now_ms(m) + MIG_SYNC_FAST_MS;
         return;
     }
+    m->take_refusals = 0;
     for (size_t j = 0; j < reply->elements; j++) {
         const redisReply *e = reply->element[j];
         if (e->type == REDIS_REPLY_STRING) {
@@ -1615,14 +1618,16 @@ static void on_tombs_taken(redisAsyncContext *ac, void *r, void *priv)
             m->tombs_left++;
         }
     }
-    m->taken = reply->elements < MIG_TOMB_TAKE;
+    m->taken = reply->elements < MIG_TOMB_TAKE && !m->take_again;
 }
 
 /*
  * The fleet recorded the new ring: take the notes the other proxies handed
  * to the fleet (move.c, tomb_push; its own it skips) and sweep them with
  * its own. The next batch is taken once the notes taken before are all
- * under way. Only after a recent sync, as tomb_sweep; not while leaving.
+ * swept, so that its own entries, which it trims unnoted, are: a note of
+ * its own is in Redis as long as it is not swept. Only after a recent
+ * sync, as tomb_sweep; not while leaving.
  */
 static void tomb_collect(struct mig *m)
 {
@@ -1630,10 +1635,11 @@ static void tomb_collect(struct mig *m)
         "local r = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1) "
         "if #r > 0 then redis.call('LTRIM', KEYS[1], #r, -1) end return r";
 
-    if (m->taken || m->taking || m->closing || m->tombs != NULL || !mig_synced_lately(m) ||
-        now_ms(m) < m->take_after) {
+    if (m->taken || m->taking || m->closing || m->tombs != NULL || m->sweeps > 0 ||
+        !mig_synced_lately(m) || now_ms(m) < m->take_after) {
         return;
     }
+    m->take_again = false;
     m->taking = mig_redis(m, on_tombs_taken, (void *)(uintptr_t)m->take_seq,
                           "EVAL %s 1 %s:migration:tombs:%s %d", script, m->prefix, m->fp_to,
                           MIG_TOMB_TAKE);

@@ -50,6 +50,7 @@
 #define MIG_SWEEPS_INFLIGHT 64      /* their removals under way at once */
 #define MIG_TOMB_ENTRY_MAX 1024     /* a note handed to the fleet: "<key> <identity>" */
 #define MIG_TOMB_TAKE 64            /* notes taken from the fleet's list at once */
+#define MIG_TAKE_TRIES 50           /* refusals of a take before it is given up */
 
 /* How this proxy routes a key whose owner differs between the two rings. */
 enum mig_phase {
@@ -142,6 +143,7 @@ struct mop {
     bool old_failed;            /* the old owner could not be asked */
     bool hit;                   /* delete: something was deleted */
     bool sweep;                 /* removes a tombstone this proxy noted */
+    uint8_t tomb_hand;          /* sweep: its note's enum mtomb_hand */
     struct mop_meta *meta;      /* a client's meta command, else NULL */
     /* the move */
     int retries;
@@ -299,6 +301,9 @@ struct mig {
     uint64_t take_seq;          /* the take in flight, if taking: its reply's
                                    priv; bumped by mig_clear */
     bool taking, taken;         /* taken: the list was found empty */
+    bool take_again;            /* a push since the last take was sent */
+    uint32_t take_refusals;     /* refusals of the take in a row */
+    bool freeing;               /* mig_free: nothing is sent any more */
     bool *tombs_dead;           /* per server of from: a sweep there failed
                                    (move.c tomb_left); its notes are dropped */
 };

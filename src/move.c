@@ -738,7 +738,11 @@ static const char *mop_send(struct mop *op, struct backend *be, mconn_cb cb,
     char line[600];
     va_list ap;
 
-    if (op->m->closing) {
+    /* Leaving the fleet (SIGTERM), it sends no command of the migration's
+     * rules: the fleet no longer waits for what it routes. A sweep it still
+     * sends (the new ring is recorded: tomb_sweep): the notes it holds
+     * are no longer in the fleet's list (migrate.c, mig_left). */
+    if (op->m->freeing || (op->m->closing && !op->sweep)) {
         return mop_unsent;
     }
     /* Fenced: by the clock, the tick may be late. A sweep is sent while
@@ -1036,11 +1040,10 @@ static struct mtomb *tomb_add(struct mig *m, struct backend *on, const char *key
     return t;
 }
 
-/* A sweep the fence held back: its note goes back on the list (as handed:
- * it was, or tried, when it was first noted). */
+/* A sweep the fence held back: its note goes back on the list as it was. */
 static void tomb_note(struct mop *op)
 {
-    tomb_add(op->m, op->from, op->k->key, op->k->len, TOMB_HANDED);
+    tomb_add(op->m, op->from, op->k->key, op->k->len, (enum mtomb_hand)op->tomb_hand);
 }
 
 /*
@@ -1055,6 +1058,24 @@ static void tomb_note(struct mop *op)
  * most MIG_TOMB_NOTES_MAX bytes per proxy and migration: beyond, a note is
  * kept here only. False: not sent (Redis away); t stays to hand.
  */
+/* Counted once Redis has it; a refused push (out of memory, a replica) is
+ * logged: that note is this proxy's alone. */
+static void on_tomb_pushed(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = ac->data;
+    const redisReply *reply = r;
+
+    if (m == NULL || reply == NULL || (uintptr_t)priv != (uintptr_t)m->take_seq) {
+        return;         /* gone with the connection, or an older migration's */
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_limited(LOG_WARN, 10, "migration", "%s: Redis refused a tombstone note (%s): "
+                    "only this proxy will look for that tombstone", m->p->name, reply->str);
+        return;
+    }
+    m->tombs_handed++;
+}
+
 static bool tomb_push(struct mig *m, struct mtomb *t)
 {
     static const char script[] =
@@ -1069,17 +1090,21 @@ static bool tomb_push(struct mig *m, struct mtomb *t)
         e = mempcpy(e, t->key, t->len);
         *e++ = ' ';
         memcpy(e, t->on->identity, srvlen);
-        if (!mig_redis(m, NULL, NULL, "EVAL %s 1 %s:migration:tombs:%s %b %d", script,
-                       m->prefix, m->fp_to, entry, len, MIG_TOMB_TTL * 1000)) {
+        if (!mig_redis(m, on_tomb_pushed, (void *)(uintptr_t)m->take_seq,
+                       "EVAL %s 1 %s:migration:tombs:%s %b %d", script, m->prefix, m->fp_to,
+                       entry, len, MIG_TOMB_TTL * 1000)) {
             return false;
         }
         m->tombs_handed_bytes += len;
-        m->tombs_handed++;
-        /* The list was taken already: take it again, this entry with it
-         * (a note handed after the others took theirs would stay there
-         * if this proxy stopped before sweeping it). Not when leaving:
-         * the entry is for the others then. */
-        m->taken = m->taken && m->closing;
+        /* Once the list is taken (or while a take is under way: Redis runs
+         * this push after it), take it again, this entry with it: a note
+         * handed after the others took theirs would stay there if this
+         * proxy stopped before sweeping it. Not when leaving: the entry is
+         * for the others then. */
+        if (!m->closing) {
+            m->taken = false;
+            m->take_again = true;
+        }
     }
     m->tombs_to_hand -= t->hand == TOMB_TO_HAND;
     t->hand = TOMB_HANDED;
@@ -1263,6 +1288,7 @@ void tomb_sweep(struct mig *m)
         if (op != NULL) {
             op->arc = -1;
             op->sweep = true;
+            op->tomb_hand = t->hand;
             op->phase = m->phase;
             op->from = t->on;
             m->sweeps++;

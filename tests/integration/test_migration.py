@@ -1177,19 +1177,25 @@ class PausableRelay(TcpRelay):
         self.open = threading.Event()
         self.open.set()
         self.socks = []
+        self.hold_on = None             # bytes: pause when a command has them
+        self.held = threading.Event()
         super().__init__(target_port)
 
     def attach(self, client, server):
         self.socks += [client, server]
-        for src, dst in ((client, server), (server, client)):
-            threading.Thread(target=self.pump, args=(src, dst), daemon=True).start()
+        for src, dst, up in ((client, server, True), (server, client, False)):
+            threading.Thread(target=self.pump, args=(src, dst, up), daemon=True).start()
 
-    def pump(self, src, dst):
+    def pump(self, src, dst, up):
         try:
             while True:
                 chunk = src.recv(65536)
                 if not chunk:
                     break
+                if up and self.hold_on is not None and self.hold_on in chunk:
+                    self.hold_on = None         # that command waits, paused
+                    self.open.clear()
+                    self.held.set()
                 self.open.wait()
                 dst.sendall(chunk)
         except OSError:
@@ -1401,6 +1407,43 @@ def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, 
     else:
         assert counts == [1, 1, 0] and taken == 0 and handed == 1, seen.st
     assert env.r.keys("rp:cache:migration:tombs:*") == []
+    for r in f.relays + f.redis_relays:
+        r.close()
+
+
+@pytest.mark.parametrize("when", ["taking", "sweeping"])
+def test_a_proxy_stopped_after_taking_notes_sweeps_them_first(env, cluster, when):
+    """The late proxy, told the new ring is recorded, takes the fleet's
+    tombstone notes (one a stopped proxy left) and gets SIGTERM `taking`
+    (its take in flight: Redis answers it after the signal) or `sweeping`
+    (its look at the old owner in flight). The notes are out of the
+    fleet's list, so it sweeps them before it exits (mig_left), though it
+    left the fleet. Before, a proxy leaving sent no command at all: the
+    sweep failed as if the server were down, and the tombstone stayed."""
+    f = late_proxy_fleet(env, cluster)
+    beat, = [b for w, b in env.r.hgetall("rp:cache:proxies").items()
+             if (":%d:" % f.late.proc.pid) in w.decode()]
+    notes = "rp:cache:migration:tombs:" + beat.decode().split(" ")[3]
+    k = next(x for x in f.keys if f.after[x] == "mc4")
+    old = f.mcs[int(f.before[k][2:]) - 1]
+    switched_delete(old, f.mcs[3], k.encode())      # by a proxy since stopped
+    env.r.rpush(notes, "gone-host:1:abcd %s %s" % (k, f.before[k]))
+    assert mc_value(old, k) == TOMB_VALUE
+    pid = f.late.proc.pid
+    if when == "taking":
+        f.late_redis.hold_on = b"LRANGE"
+    else:
+        f.hooks[b"mg " + k.encode()] = lambda: (os.kill(pid, signal.SIGTERM), time.sleep(0.3))
+    f.late_redis.resume()
+    if when == "taking":
+        assert f.late_redis.held.wait(20), "no take"
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.3)
+        f.late_redis.resume()
+    f.late.proc.wait(timeout=15)
+    assert f.late.stop() == 0 and not f.hooks
+    assert env.r.llen(notes) == 0
+    assert mc_value(old, k) is None
     for r in f.relays + f.redis_relays:
         r.close()
 

@@ -187,6 +187,31 @@ class Fleet:
         wait_ready(self.proxies[i].port)
         self.live[i] = True
 
+    def upgrade_proxy(self, i, spec):
+        """A binary upgrade of proxy i (docs/ARCHITECTURE.md, "Binary
+        upgrade"): a new process on its port (SO_REUSEPORT) with spec's
+        file, and once its heartbeat is in Redis (it is a proxy of the
+        fleet), SIGTERM to the old one; the workers' connections to the old
+        one end between two requests and reconnect to the port. Returns a
+        sanitizer report of the old one, or None."""
+        old = self.proxies[i]
+        workdir = os.path.join(self.cluster.workdir, "upgrade-%d-%d" % (i, old.proc.pid))
+        os.mkdir(workdir)
+        new = Proxy(workdir, self.config(old.port, spec), old.port)
+        self.cluster.started.append(new)
+        new.start()
+        r = self.redis_client()
+        wait_until(lambda: any((":%d:" % new.proc.pid) in f.decode()
+                               for f in r.hgetall(PREFIX + ":proxies")),
+                   what="the new process's heartbeat")
+        self.proxies[i] = new
+        self.specs[i] = list(spec)
+        try:
+            old.stop()
+        except AssertionError as e:
+            return str(e).splitlines()[0]
+        return None
+
     def stop_proxy(self, i):
         """SIGTERM; a sanitizer report in its log is returned, not raised,
         so the scenario goes on (the test still fails at teardown)."""

@@ -447,3 +447,30 @@ def unindexed_keys(cluster, proxies=2, share=0.3, readonly=900, rate=RATE):  # n
         res.notes.append("the closing pass moved nothing: the scenario proves nothing")
         res.crashes += 1
     return res
+
+
+# ------------------------------------------------------------ p
+
+def upgrade_mid_migration(cluster, proxies=2, rate=SLOW_RATE):    # p
+    """3 -> 4; mid-migration proxy 1 is upgraded as a binary upgrade does
+    it (a new process on its port with the new file, then SIGTERM to the
+    old one), so both processes are proxies of the fleet for part of the
+    migration and the old one stops before it ends; then, converged, the
+    fleet resizes back 4 -> 3 under the same load: a key the old process
+    deleted whose tombstone outlived the first resize would read back
+    after the second."""
+    fleet, c = setup(cluster, "p-upgrade-mid-migration", 3, proxies, rate=rate)
+    old = fleet.spec(3)
+    spec = grow_to_4_under_way(c, fleet, 100)
+    c.event("upgrade proxy 1: a new process on its port, then SIGTERM to the old one")
+    report = fleet.upgrade_proxy(1, spec)
+    if report:
+        c.crashed("the old process of proxy 1: " + report)
+    c.event("old process of proxy 1 stopped")
+    load_until_converged(c, fleet, spec)
+    base = epoch(fleet)
+    c.event("SIGHUP all -> 3 servers")
+    fleet.reload(fleet.live_idxs(), old)
+    under_way(c, fleet, base)
+    load_until_converged(c, fleet, old)
+    return c.finish(old)

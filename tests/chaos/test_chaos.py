@@ -99,3 +99,7 @@ def test_o_meta_commands_during_a_3_to_4_resize(cluster):
     # the meta commands were answered, moving keys' too (none refused)
     assert result.meta_ops > 0 and result.meta_errors == 0, result.summary()
     assert result.meta_moving_ops > 0, result.summary()
+
+
+def test_p_binary_upgrade_mid_migration_then_resize_back(cluster):
+    check(sc.upgrade_mid_migration(cluster))

@@ -1360,7 +1360,7 @@ void mig_leave(struct mig *m)
 
 /* Gone from the fleet, and what it took on for the fleet done: a take's
  * reply read, and (the new ring recorded) the notes it holds swept, which
- * nobody else may take any more (within the stop's grace: proxy.c). */
+ * nobody else may take any more (within STOP_LEAVE_MS: proxy.c). */
 bool mig_left(const struct mig *m)
 {
     return m == NULL ||

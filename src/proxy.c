@@ -56,6 +56,7 @@
 
 #define TICK_MS 100
 #define STOP_GRACE_MS 5000
+#define STOP_LEAVE_MS 2000      /* then to leave the fleets (proxy_leave) */
 #define PROXY_THREADS_DEFAULT 0         /* one per online core, at most 8 */
 #define PROXY_THREADS_AUTO_MAX 8        /* threads: 0 / -T 0 */
 #define TRIM_AFTER_BYTES (16u << 20)    /* client input freed before a trim */
@@ -139,6 +140,8 @@ struct proxy {
     struct nstats *nstats;      /* NULL: no stats port */
     struct event *sig_hup, *sig_usr1, *sig_term, *sig_int;
     uint64_t stop_deadline;
+    bool left_fleet;            /* stopping: mig_leave called (proxy_leave) */
+    uint64_t leave_deadline;    /* ... and exit by then */
     uint64_t reloads, reload_failures;
 };
 
@@ -613,9 +616,10 @@ static void listener_take_queue(struct pool *p)
 
 /*
  * SIGTERM: stop accepting at once, answer what the clients sent, close each
- * client connection when it is idle between requests, leave the fleet, and
- * exit when every client is gone (or after STOP_GRACE_MS). A binary upgrade
- * is a new process started on the same ports, then this (docs/ARCHITECTURE.md).
+ * client connection when it is idle between requests, leave the fleet once
+ * every client is gone (or after STOP_GRACE_MS: proxy_leave), and exit once
+ * it left (or STOP_LEAVE_MS later). A binary upgrade is a new process
+ * started on the same ports, then this (docs/ARCHITECTURE.md).
  */
 static void worker_stop(struct worker *w)
 {
@@ -625,11 +629,33 @@ static void worker_stop(struct worker *w)
     w->stopping = true;
     for (uint32_t i = 0; i < w->npools; i++) {
         struct pool *p = w->pools[i];
-        mig_leave(p->mig);      /* the fleet stops waiting for us at once */
-        sweep_leave(p->sweep);  /* and another proxy may sweep */
+        sweep_leave(p->sweep);  /* another proxy may sweep */
         pool_unlisten(p);
     }
     proxy_stop_clients(w);
+}
+
+/*
+ * A stopping proxy stays a proxy of each pool's fleet (heartbeat,
+ * acknowledgements, its migration's rules) while it serves the clients it
+ * has: one that left would have to refuse their commands on a changing
+ * key, since the fleet no longer waits for what it routes. It leaves once
+ * they are gone (every thread's: copies forward through the home thread),
+ * or when the stop's grace is over (docs/ARCHITECTURE.md, "Binary
+ * upgrade"). True once left.
+ */
+static bool proxy_leave(struct proxy *px, bool drained)
+{
+    struct worker *w = &px->w;
+
+    if (!px->left_fleet && (drained || worker_now_ms(w) >= px->stop_deadline)) {
+        px->left_fleet = true;
+        px->leave_deadline = worker_now_ms(w) + STOP_LEAVE_MS;
+        for (uint32_t i = 0; i < w->npools; i++) {
+            mig_leave(w->pools[i]->mig);
+        }
+    }
+    return px->left_fleet;
 }
 
 static void proxy_stop(struct proxy *px, const char *why)
@@ -1233,6 +1259,17 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+/* No client left on w (links included: a worker's closes as it ends). */
+static bool worker_drained(const struct worker *w)
+{
+    for (uint32_t i = 0; i < w->npools; i++) {
+        if (!TAILQ_EMPTY(&w->pools[i]->clients)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool worker_idle(const struct worker *w)
 {
     for (uint32_t i = 0; i < w->npools; i++) {
@@ -1828,8 +1865,9 @@ int proxy_main(const struct proxy_options *o)
         if (px.confs.old != NULL) {
             confs_reap(w, &px.confs);
         }
-        if (w->stopping && ((worker_idle(w) && wthreads_done(&px)) ||
-                            worker_now_ms(w) >= px.stop_deadline)) {
+        if (w->stopping && proxy_leave(&px, worker_drained(w) && wthreads_done(&px)) &&
+            ((worker_idle(w) && wthreads_done(&px)) ||
+             worker_now_ms(w) >= px.leave_deadline)) {
             break;
         }
     }

@@ -6,6 +6,7 @@ clients here behave as real ones do: a connection closed before any byte of
 a reply came (end of stream) is made again and the command sent again.
 Every reply is checked; a reset, a partial reply or a wrong value fails."""
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -14,7 +15,7 @@ import time
 import pytest
 import redis
 
-from harness import Proxy, free_port, pool_yaml, wait_port, wait_until
+from harness import Proxy, free_port, locate, pool_yaml, wait_port, wait_until
 
 CLIENTS = 8
 KEYS_PER_CLIENT = 40
@@ -36,9 +37,10 @@ class LoadClient(threading.Thread):
     `unaccepted`; a reset of a connection that had been answered is an
     error."""
 
-    def __init__(self, port, n):
+    def __init__(self, port, n, keys=None):
         super().__init__(daemon=True)
         self.port, self.n = port, n
+        self.keys = keys or [b"up%d-%d" % (n, i) for i in range(KEYS_PER_CLIENT)]
         self.stop = threading.Event()
         self.ops = 0
         self.reconnects = 0
@@ -104,7 +106,7 @@ class LoadClient(threading.Thread):
             self._connect()
             seq = 0
             while not self.stop.is_set():
-                key = b"up%d-%d" % (self.n, seq % KEYS_PER_CLIENT)
+                key = self.keys[seq % len(self.keys)]
                 val = b"%d:%d" % (self.n, seq)
                 got = self.call(b"set %s 0 0 %d\r\n%s\r\n" % (key, len(val), val),
                                 b"\r\n")
@@ -230,6 +232,78 @@ def test_upgrade_under_load_loses_no_request(cluster, change):
     st = stats(port)
     assert int(st["curr_connections"]) >= 1
     assert int(st["total_connections"]) >= CLIENTS
+    assert "stopping (SIGTERM)" in old.log()
+
+
+def test_upgrade_in_the_middle_of_a_migration_loses_no_request(cluster):
+    """A 3 -> 4 resize moves keys slowly (300 keys/s) when the new binary
+    starts with the 4-server file and the old one gets SIGTERM: both are
+    proxies of the fleet for a while, the new one following the
+    migration. Every client works on keys that change owner, so each
+    command the old process still answers runs by the migration's rules.
+    It stays in the fleet until its clients are gone (proxy_leave), so it
+    answers them; before, it left at the signal and refused them
+    (SERVER_ERROR): the fleet no longer waited for what it routed."""
+    rds = cluster.redis()
+    mcs = cluster.memcached(4)
+    r = redis.Redis(port=rds.port)
+    port = free_port()
+
+    def conf(servers):
+        return pool_yaml("cache", port, [(m.addr, 1, "mc%d" % (i + 1))
+                                         for i, m in enumerate(servers)],
+                         hash="md5", timeout=2000,
+                         index={"redis": "127.0.0.1:%d" % rds.port},
+                         migration={"rate": 300})
+
+    old = cluster.proxy(conf(mcs[:3]), port=port)
+    wait_serving(port)
+    new_conf = os.path.join(cluster.workdir, "four.yml")
+    with open(new_conf, "w") as f:
+        f.write(conf(mcs))
+    names = [b"mv%d" % i for i in range(4000)]
+    before, after = locate(old.conf_path, names), locate(new_conf, names)
+    moving = [k for k in names if before[k] != after[k]]
+    assert len(moving) > 600
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"".join(b"set %s 0 0 1 noreply\r\nx\r\n" % k for k in names) + b"mn\r\n")
+        buf = b""
+        while not buf.endswith(b"MN\r\n"):
+            buf += s.recv(65536)
+    clients = [LoadClient(port, n, moving[n * 30:(n + 1) * 30]) for n in range(CLIENTS)]
+    for c in clients:
+        c.start()
+    try:
+        wait_until(lambda: sum(c.ops for c in clients) >= 400, timeout=30,
+                   what="load through the old process")
+        old.write_config(conf(mcs))
+        old.signal(signal.SIGHUP)
+        wait_until(lambda: stats(port).get("migration:phase") == "moving", timeout=30,
+                   what="keys moving")
+        newdir = os.path.join(cluster.workdir, "new")
+        os.mkdir(newdir)
+        new = Proxy(newdir, conf(mcs), port)
+        cluster.started.append(new)
+        new.start()
+        wait_until(lambda: len(heartbeats(r)) == 2, what="two proxies of one fleet")
+        before_stop = sum(c.ops for c in clients)
+        wait_until(lambda: sum(c.ops for c in clients) >= before_stop + 200, timeout=30,
+                   what="load while both listen")
+        assert stats(port).get("migration:state") != "idle"
+        assert old.stop() == 0
+        wait_until(lambda: len(heartbeats(r)) == 1, what="one heartbeat left")
+
+        def migrated():
+            st = stats(port)
+            return st.get("migration:state") == "idle" and int(st["migration:epoch"]) >= 2
+        wait_until(migrated, timeout=60, what="the migration's end")
+        before_end = sum(c.ops for c in clients)
+        wait_until(lambda: sum(c.ops for c in clients) >= before_end + 400, timeout=30,
+                   what="load through the new process")
+    finally:
+        stop_all(clients)
+    assert_no_errors(clients)
+    assert all(c.reconnects >= 1 for c in clients), [c.reconnects for c in clients]
     assert "stopping (SIGTERM)" in old.log()
 
 

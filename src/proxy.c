@@ -56,7 +56,10 @@
 
 #define TICK_MS 100
 #define STOP_GRACE_MS 5000
-#define STOP_LEAVE_MS 2000      /* then to leave the fleets (proxy_leave) */
+#define STOP_SETTLE_MS 1000     /* then for requests in flight (proxy_leave) */
+#define STOP_LEAVE_MS 2000      /* then to leave the fleets */
+#define STOP_SWEEP_MS 3500      /* after the signal, at least: the index
+                                   sweeper's leave (sweep.c) */
 #define PROXY_THREADS_DEFAULT 0         /* one per online core, at most 8 */
 #define PROXY_THREADS_AUTO_MAX 8        /* threads: 0 / -T 0 */
 #define TRIM_AFTER_BYTES (16u << 20)    /* client input freed before a trim */
@@ -140,12 +143,15 @@ struct proxy {
     struct nstats *nstats;      /* NULL: no stats port */
     struct event *sig_hup, *sig_usr1, *sig_term, *sig_int;
     uint64_t stop_deadline;
+    bool clients_closed;        /* stopping: the grace is over */
     bool left_fleet;            /* stopping: mig_leave called (proxy_leave) */
     uint64_t leave_deadline;    /* ... and exit by then */
     uint64_t reloads, reload_failures;
 };
 
 static void wthread_send(struct wthread *t, struct wmsg *m);
+static bool worker_drained(const struct worker *w);
+static bool wthreads_done(const struct proxy *px);
 static bool pool_threaded(const struct conf_pool *c);
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
@@ -616,10 +622,10 @@ static void listener_take_queue(struct pool *p)
 
 /*
  * SIGTERM: stop accepting at once, answer what the clients sent, close each
- * client connection when it is idle between requests, leave the fleet once
- * every client is gone (or after STOP_GRACE_MS: proxy_leave), and exit once
- * it left (or STOP_LEAVE_MS later). A binary upgrade is a new process
- * started on the same ports, then this (docs/ARCHITECTURE.md).
+ * client connection when it is idle between requests (after STOP_GRACE_MS,
+ * whatever it does), leave the fleet once it serves nothing (proxy_leave),
+ * and exit once it left. A binary upgrade is a new process started on the
+ * same ports, then this (docs/ARCHITECTURE.md).
  */
 static void worker_stop(struct worker *w)
 {
@@ -635,27 +641,67 @@ static void worker_stop(struct worker *w)
     proxy_stop_clients(w);
 }
 
+/* Nothing of w's pools is on its way to a backend (a closed client's
+ * requests run to their end: request_orphan). */
+static bool worker_quiet(const struct worker *w)
+{
+    for (uint32_t i = 0; i < w->npools; i++) {
+        if (w->pools[i]->inflight_now + w->pools[i]->inflight_old != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /*
  * A stopping proxy stays a proxy of each pool's fleet (heartbeat,
  * acknowledgements, its migration's rules) while it serves the clients it
  * has: one that left would have to refuse their commands on a changing
- * key, since the fleet no longer waits for what it routes. It leaves once
- * they are gone (every thread's: copies forward through the home thread),
- * or when the stop's grace is over (docs/ARCHITECTURE.md, "Binary
- * upgrade"). True once left.
+ * key, and could not even tell a key changes once the fleet resized
+ * without it. So it leaves only once it serves nothing: every client gone
+ * (each worker thread's too: copies forward through the home thread's
+ * links, which end with their threads) and what they sent landed. When the
+ * stop's grace is over, the clients left are closed first (the workers
+ * close theirs as their loops end at the same deadline); requests still in
+ * flight then get STOP_SETTLE_MS. Then it exits once it left (mig_left and
+ * the others: worker_idle), or at leave_deadline (docs/ARCHITECTURE.md,
+ * "Binary upgrade"). True once left.
  */
-static bool proxy_leave(struct proxy *px, bool drained)
+static bool proxy_leave(struct proxy *px)
 {
     struct worker *w = &px->w;
+    uint64_t now = worker_now_ms(w);
 
-    if (!px->left_fleet && (drained || worker_now_ms(w) >= px->stop_deadline)) {
-        px->left_fleet = true;
-        px->leave_deadline = worker_now_ms(w) + STOP_LEAVE_MS;
+    if (px->left_fleet) {
+        return true;
+    }
+    if (now >= px->stop_deadline && !px->clients_closed) {
+        px->clients_closed = true;
         for (uint32_t i = 0; i < w->npools; i++) {
-            mig_leave(w->pools[i]->mig);
+            struct client *c, *next;
+            for (c = TAILQ_FIRST(&w->pools[i]->clients); c != NULL; c = next) {
+                next = TAILQ_NEXT(c, link);
+                if (!c->is_link) {
+                    client_close(c, "the stop's grace is over");
+                }
+            }
         }
     }
-    return px->left_fleet;
+    if (!(worker_drained(w) && wthreads_done(px) && worker_quiet(w)) &&
+        now < px->stop_deadline + STOP_SETTLE_MS) {
+        return false;
+    }
+    px->left_fleet = true;
+    /* The index sweeper, which left at the signal, may need its own time
+     * to put entries back (sweep.c, SWEEP_LEAVE_TIMEOUT_MS). */
+    px->leave_deadline = now + STOP_LEAVE_MS;
+    if (px->leave_deadline < px->stop_deadline - STOP_GRACE_MS + STOP_SWEEP_MS) {
+        px->leave_deadline = px->stop_deadline - STOP_GRACE_MS + STOP_SWEEP_MS;
+    }
+    for (uint32_t i = 0; i < w->npools; i++) {
+        mig_leave(w->pools[i]->mig);
+    }
+    return true;
 }
 
 static void proxy_stop(struct proxy *px, const char *why)
@@ -1865,7 +1911,7 @@ int proxy_main(const struct proxy_options *o)
         if (px.confs.old != NULL) {
             confs_reap(w, &px.confs);
         }
-        if (w->stopping && proxy_leave(&px, worker_drained(w) && wthreads_done(&px)) &&
+        if (w->stopping && proxy_leave(&px) &&
             ((worker_idle(w) && wthreads_done(&px)) ||
              worker_now_ms(w) >= px.leave_deadline)) {
             break;

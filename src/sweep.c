@@ -83,7 +83,8 @@
 #define SWEEP_REDIS_TIMEOUT_MS 10000    /* without index.reply_timeout */
 #define SWEEP_RECONNECT_MS 1000
 #define SWEEP_SERVER_BACKOFF_MS 1000    /* a backend that failed is not asked */
-#define SWEEP_LEAVE_TIMEOUT_MS 3000     /* the proxy stops within 5 s */
+#define SWEEP_LEAVE_TIMEOUT_MS 3000     /* the proxy waits 3.5 s at least
+                                           (proxy.c, STOP_SWEEP_MS) */
 #define SWEEP_CLI_LEAVE_TIMEOUT_MS 15000    /* the command waits for put-backs */
 #define SWEEP_REFUSED_PAUSE_MS 5000     /* Redis refused a removal: wait */
 #define SWEEP_RATE_WINDOW_MS 5000

@@ -752,8 +752,9 @@ def test_pointing_the_pool_back_mid_migration_moves_the_moved_keys_back(env):
 
 
 def test_a_stopped_proxy_leaves_the_fleet_at_once(env):
-    """SIGTERM removes the proxy's heartbeat and lease: the others need not
-    wait out the liveness time to resize without it."""
+    """SIGTERM removes the proxy's heartbeat and lease (at once: it has no
+    client, nothing in flight): the others need not wait out the liveness
+    time to resize without it."""
     mcs = env.servers(4)
     a = env.proxy(mcs[:3], extra={"migration": {"rate": 0, "liveness": 60000}})
     b = env.proxy(mcs[:3], extra={"migration": {"rate": 0, "liveness": 60000}})

@@ -307,6 +307,116 @@ def test_upgrade_in_the_middle_of_a_migration_loses_no_request(cluster):
     assert "stopping (SIGTERM)" in old.log()
 
 
+def test_a_client_that_never_pauses_is_closed_before_the_old_process_leaves(cluster):
+    """One client of the old process pipelines sets and deletes on keys that
+    change owner without a pause (a command always half sent), while the new
+    process proposes a fourth server. The old one closes it when the stop's
+    grace is over, and only then leaves the fleet (proxy_leave): it never
+    answers SERVER_ERROR, and the fleet resizes only once it left, so no
+    acknowledged write or delete is undone by the move. A version that
+    left at the grace and served on for 2 s answered thousands of
+    SERVER_ERROR, and routed by the old ring while the fleet moved keys:
+    acknowledged deletes came back (a review's reproduction)."""
+    rds = cluster.redis()
+    mcs = cluster.memcached(4)
+    r = redis.Redis(port=rds.port)
+    port = free_port()
+
+    def conf(servers):
+        return pool_yaml("cache", port, [(m.addr, 1, "mc%d" % (i + 1))
+                                         for i, m in enumerate(servers)],
+                         hash="md5", timeout=2000,
+                         index={"redis": "127.0.0.1:%d" % rds.port},
+                         migration={"rate": 0})
+
+    old = cluster.proxy(conf(mcs[:3]), port=port)
+    wait_serving(port)
+    four = os.path.join(cluster.workdir, "four.yml")
+    with open(four, "w") as f:
+        f.write(conf(mcs))
+    names = [b"np%d" % i for i in range(400)]
+    before, after = locate(old.conf_path, names), locate(four, names)
+    moving = [k for k in names if before[k] != after[k]]
+    s = socket.create_connection(("127.0.0.1", port))       # the old process's
+    s.sendall(b"".join(b"set %s 0 0 1 noreply\r\nx\r\n" % k for k in names) + b"mn\r\n")
+    buf = b""
+    while not buf.endswith(b"MN\r\n"):
+        buf += s.recv(65536)
+    newdir = os.path.join(cluster.workdir, "new")
+    os.mkdir(newdir)
+    new = Proxy(newdir, conf(mcs), port)
+    cluster.started.append(new)
+    new.start()
+    wait_until(lambda: len(heartbeats(r)) == 2, what="two proxies of one fleet")
+    sent, replies = [], []
+    done = threading.Event()
+
+    def writer():       # op i: a set of v<i> (even i) or a delete (odd i)
+        i, pending = 0, b""
+        try:
+            while not done.is_set():
+                cmds = []
+                for _ in range(10):
+                    k, v = moving[(i // 2) % len(moving)], b"v%d" % i
+                    sent.append((k, v))
+                    cmds.append(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(v), v) if i % 2 == 0
+                                else b"delete %s\r\n" % k)
+                    i += 1
+                data = pending + b"".join(cmds)
+                s.sendall(data[:-3])
+                pending = data[-3:]     # never idle between two commands
+                time.sleep(0.005)
+        except OSError:
+            pass
+
+    def reader():
+        rest = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            rest += chunk
+            *lines, rest = rest.split(b"\r\n")
+            replies.extend(lines)
+    threads = [threading.Thread(target=writer, daemon=True),
+               threading.Thread(target=reader, daemon=True)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert old.stop() == 0
+    took = time.monotonic() - t0
+    done.set()
+    for t in threads:
+        t.join(10)
+    s.close()
+
+    def migrated():
+        st = stats(port)
+        return st.get("migration:state") == "idle" and int(st.get("migration:epoch", 0)) >= 2
+    wait_until(migrated, timeout=60, what="the resize once the old process left")
+    assert [x for x in replies if not x.startswith((b"STORED", b"DELETED", b"NOT_FOUND"))] == []
+    assert 4.5 < took < 9.0, took       # the grace, the settling, the leave
+    last = {}
+    for (k, v), reply in zip(sent, replies):
+        last[k] = v         # each reply acknowledges its command, in order
+    c = socket.create_connection(("127.0.0.1", port))
+    undone = []
+    for k, v in last.items():
+        c.sendall(b"get %s\r\n" % k)
+        buf = b""
+        while not buf.endswith(b"END\r\n"):
+            buf += c.recv(65536)
+        got = buf.split(b"\r\n")[1] if buf.startswith(b"VALUE") else None
+        if got is not None and int(got[1:]) < int(v[1:]):
+            undone.append((k, v, got))
+    c.close()
+    assert len(last) > 20 and undone == [], undone[:5]
+
+
 def test_upgrade_of_a_pool_served_by_every_thread(cluster):
     """A pool without an index on 2 threads, old and new (4 listeners on
     one port): the same guarantee, each thread closing its own clients."""

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -149,6 +150,34 @@ def wait_serving(port):
                what="the proxy to serve")
 
 
+def wait_resized(port, what):
+    """Until the proxy on port serves the second ring, its migration over."""
+    def resized():
+        st = stats(port)
+        return st.get("migration:state") == "idle" and int(st.get("migration:epoch", 0)) >= 2
+    wait_until(resized, timeout=60, what=what)
+
+
+def wait_load(clients, more, what):
+    """Until the clients answered `more` requests more."""
+    before = sum(c.ops for c in clients)
+    wait_until(lambda: sum(c.ops for c in clients) >= before + more, timeout=30, what=what)
+
+
+def stop_old_under_load(clients, old, r, port, resize):
+    """SIGTERM to the old process while the clients run; then one heartbeat
+    left, the resize's end (resize), and load through the new process.
+    Returns how long the old process took to stop."""
+    t0 = time.monotonic()
+    assert old.stop() == 0
+    took = time.monotonic() - t0
+    wait_until(lambda: len(heartbeats(r)) == 1, what="one heartbeat left")
+    if resize:
+        wait_resized(port, "the resize's end")
+    wait_load(clients, 400, "load through the new process")
+    return took
+
+
 def stop_all(clients):
     for c in clients:
         c.stop.set()
@@ -203,26 +232,10 @@ def test_upgrade_under_load_loses_no_request(cluster, change):
         wait_until(lambda: len(heartbeats(r)) == 2,
                    what="two proxies of one fleet")
         assert len(set(heartbeats(r))) == 2
-        before = sum(c.ops for c in clients)
-        wait_until(lambda: sum(c.ops for c in clients) >= before + 200, timeout=30,
-                   what="load while both listen")
+        wait_load(clients, 200, "load while both listen")
 
-        t0 = time.monotonic()
-        assert old.stop() == 0
-        took = time.monotonic() - t0
+        took = stop_old_under_load(clients, old, r, port, change)
         assert took < 5.0, "the old process took %.1fs to stop" % took
-        wait_until(lambda: len(heartbeats(r)) == 1, what="one heartbeat left")
-        if change:
-            st = {}
-
-            def migrated():
-                st.update(stats(port))
-                return (st.get("migration:state") == "idle" and
-                        int(st.get("migration:epoch", 0)) >= 2)
-            wait_until(migrated, timeout=60, what="the resize after the upgrade")
-        before = sum(c.ops for c in clients)
-        wait_until(lambda: sum(c.ops for c in clients) >= before + 400, timeout=30,
-                   what="load through the new process")
     finally:
         stop_all(clients)
     assert_no_errors(clients)
@@ -235,6 +248,48 @@ def test_upgrade_under_load_loses_no_request(cluster, change):
     assert "stopping (SIGTERM)" in old.log()
 
 
+def old_process_fleet(cluster, rate, n_keys, prefix):
+    """The old process of an upgrade over 3 of 4 memcached, with an index
+    (the fleet's Redis) and migration rate `rate`; n_keys keys stored
+    through it. Returns .old, .port, .r (Redis), .conf(servers) (the
+    pool's file), .mcs, .moving (the keys a fourth server takes over) and
+    .conn (the connection that stored them, to the old process)."""
+    rds = cluster.redis()
+    f = SimpleNamespace(mcs=cluster.memcached(4), r=redis.Redis(port=rds.port),
+                        port=free_port())
+    f.conf = lambda servers: pool_yaml(
+        "cache", f.port, [(m.addr, 1, "mc%d" % (i + 1)) for i, m in enumerate(servers)],
+        hash="md5", timeout=2000, index={"redis": "127.0.0.1:%d" % rds.port},
+        migration={"rate": rate})
+    f.old = cluster.proxy(f.conf(f.mcs[:3]), port=f.port)
+    wait_serving(f.port)
+    four = os.path.join(cluster.workdir, "four.yml")
+    with open(four, "w") as out:
+        out.write(f.conf(f.mcs))
+    names = [b"%s%d" % (prefix, i) for i in range(n_keys)]
+    before, after = locate(f.old.conf_path, names), locate(four, names)
+    f.moving = [k for k in names if before[k] != after[k]]
+    f.conn = socket.create_connection(("127.0.0.1", f.port))
+    f.conn.sendall(b"".join(b"set %s 0 0 1 noreply\r\nx\r\n" % k for k in names) +
+                   b"mn\r\n")
+    buf = b""
+    while not buf.endswith(b"MN\r\n"):
+        buf += f.conn.recv(65536)
+    return f
+
+
+def start_new_process(cluster, f):
+    """The new binary on the old one's port with the 4-server file, once
+    both are proxies of one fleet."""
+    newdir = os.path.join(cluster.workdir, "new")
+    os.mkdir(newdir)
+    new = Proxy(newdir, f.conf(f.mcs), f.port)
+    cluster.started.append(new)
+    new.start()
+    wait_until(lambda: len(heartbeats(f.r)) == 2, what="two proxies of one fleet")
+    return new
+
+
 def test_upgrade_in_the_middle_of_a_migration_loses_no_request(cluster):
     """A 3 -> 4 resize moves keys slowly (300 keys/s) when the new binary
     starts with the 4-server file and the old one gets SIGTERM: both are
@@ -244,62 +299,24 @@ def test_upgrade_in_the_middle_of_a_migration_loses_no_request(cluster):
     It stays in the fleet until its clients are gone (proxy_leave), so it
     answers them; before, it left at the signal and refused them
     (SERVER_ERROR): the fleet no longer waited for what it routed."""
-    rds = cluster.redis()
-    mcs = cluster.memcached(4)
-    r = redis.Redis(port=rds.port)
-    port = free_port()
-
-    def conf(servers):
-        return pool_yaml("cache", port, [(m.addr, 1, "mc%d" % (i + 1))
-                                         for i, m in enumerate(servers)],
-                         hash="md5", timeout=2000,
-                         index={"redis": "127.0.0.1:%d" % rds.port},
-                         migration={"rate": 300})
-
-    old = cluster.proxy(conf(mcs[:3]), port=port)
-    wait_serving(port)
-    new_conf = os.path.join(cluster.workdir, "four.yml")
-    with open(new_conf, "w") as f:
-        f.write(conf(mcs))
-    names = [b"mv%d" % i for i in range(4000)]
-    before, after = locate(old.conf_path, names), locate(new_conf, names)
-    moving = [k for k in names if before[k] != after[k]]
+    f = old_process_fleet(cluster, 300, 4000, b"mv")
+    f.conn.close()
+    old, port, mcs, moving = f.old, f.port, f.mcs, f.moving
     assert len(moving) > 600
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"".join(b"set %s 0 0 1 noreply\r\nx\r\n" % k for k in names) + b"mn\r\n")
-        buf = b""
-        while not buf.endswith(b"MN\r\n"):
-            buf += s.recv(65536)
     clients = [LoadClient(port, n, moving[n * 30:(n + 1) * 30]) for n in range(CLIENTS)]
     for c in clients:
         c.start()
     try:
         wait_until(lambda: sum(c.ops for c in clients) >= 400, timeout=30,
                    what="load through the old process")
-        old.write_config(conf(mcs))
+        old.write_config(f.conf(mcs))
         old.signal(signal.SIGHUP)
         wait_until(lambda: stats(port).get("migration:phase") == "moving", timeout=30,
                    what="keys moving")
-        newdir = os.path.join(cluster.workdir, "new")
-        os.mkdir(newdir)
-        new = Proxy(newdir, conf(mcs), port)
-        cluster.started.append(new)
-        new.start()
-        wait_until(lambda: len(heartbeats(r)) == 2, what="two proxies of one fleet")
-        before_stop = sum(c.ops for c in clients)
-        wait_until(lambda: sum(c.ops for c in clients) >= before_stop + 200, timeout=30,
-                   what="load while both listen")
+        start_new_process(cluster, f)
+        wait_load(clients, 200, "load while both listen")
         assert stats(port).get("migration:state") != "idle"
-        assert old.stop() == 0
-        wait_until(lambda: len(heartbeats(r)) == 1, what="one heartbeat left")
-
-        def migrated():
-            st = stats(port)
-            return st.get("migration:state") == "idle" and int(st["migration:epoch"]) >= 2
-        wait_until(migrated, timeout=60, what="the migration's end")
-        before_end = sum(c.ops for c in clients)
-        wait_until(lambda: sum(c.ops for c in clients) >= before_end + 400, timeout=30,
-                   what="load through the new process")
+        stop_old_under_load(clients, old, f.r, port, True)
     finally:
         stop_all(clients)
     assert_no_errors(clients)
@@ -317,37 +334,9 @@ def test_a_client_that_never_pauses_is_closed_before_the_old_process_leaves(clus
     left at the grace and served on for 2 s answered thousands of
     SERVER_ERROR, and routed by the old ring while the fleet moved keys:
     acknowledged deletes came back (a review's reproduction)."""
-    rds = cluster.redis()
-    mcs = cluster.memcached(4)
-    r = redis.Redis(port=rds.port)
-    port = free_port()
-
-    def conf(servers):
-        return pool_yaml("cache", port, [(m.addr, 1, "mc%d" % (i + 1))
-                                         for i, m in enumerate(servers)],
-                         hash="md5", timeout=2000,
-                         index={"redis": "127.0.0.1:%d" % rds.port},
-                         migration={"rate": 0})
-
-    old = cluster.proxy(conf(mcs[:3]), port=port)
-    wait_serving(port)
-    four = os.path.join(cluster.workdir, "four.yml")
-    with open(four, "w") as f:
-        f.write(conf(mcs))
-    names = [b"np%d" % i for i in range(400)]
-    before, after = locate(old.conf_path, names), locate(four, names)
-    moving = [k for k in names if before[k] != after[k]]
-    s = socket.create_connection(("127.0.0.1", port))       # the old process's
-    s.sendall(b"".join(b"set %s 0 0 1 noreply\r\nx\r\n" % k for k in names) + b"mn\r\n")
-    buf = b""
-    while not buf.endswith(b"MN\r\n"):
-        buf += s.recv(65536)
-    newdir = os.path.join(cluster.workdir, "new")
-    os.mkdir(newdir)
-    new = Proxy(newdir, conf(mcs), port)
-    cluster.started.append(new)
-    new.start()
-    wait_until(lambda: len(heartbeats(r)) == 2, what="two proxies of one fleet")
+    f = old_process_fleet(cluster, 0, 400, b"np")
+    old, port, moving, s = f.old, f.port, f.moving, f.conn
+    start_new_process(cluster, f)
     sent, replies = [], []
     done = threading.Event()
 
@@ -393,11 +382,7 @@ def test_a_client_that_never_pauses_is_closed_before_the_old_process_leaves(clus
     for t in threads:
         t.join(10)
     s.close()
-
-    def migrated():
-        st = stats(port)
-        return st.get("migration:state") == "idle" and int(st.get("migration:epoch", 0)) >= 2
-    wait_until(migrated, timeout=60, what="the resize once the old process left")
+    wait_resized(port, "the resize once the old process left")
     assert [x for x in replies if not x.startswith((b"STORED", b"DELETED", b"NOT_FOUND"))] == []
     assert 4.5 < took < 9.0, took       # the grace, the settling, the leave
     last = {}
@@ -437,9 +422,7 @@ def test_upgrade_of_a_pool_served_by_every_thread(cluster):
         cluster.started.append(new)
         new.start()
         assert old.stop() == 0
-        before = sum(c.ops for c in clients)
-        wait_until(lambda: sum(c.ops for c in clients) >= before + 400, timeout=30,
-                   what="load through the new process")
+        wait_load(clients, 400, "load through the new process")
     finally:
         stop_all(clients)
     assert_no_errors(clients)

@@ -1209,6 +1209,26 @@ class PausableRelay(TcpRelay):
     def resume(self):
         self.open.set()
 
+    def cut(self):
+        """Redis goes away for the proxy: its connections close, and new
+        ones are refused, until restore()."""
+        self.sock.shutdown(socket.SHUT_RDWR)    # wakes the accept: the port is free
+        self.sock.close()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        self.socks = []
+
+    def restore(self):
+        """Redis is back, on the same port."""
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(128)
+        threading.Thread(target=self._serve, daemon=True).start()
+
     def close(self):
         super().close()
         self.open.set()
@@ -1339,7 +1359,7 @@ BAD_TOMB_NOTES = [b"no-space-at-all", b"p bad\x01key mc1", b"p k0 no-such-server
                   b"p k0 " + b"x" * 2000, b"p k%d mc1" % 10 ** 300, b"p k0"]
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "garbage", "wrong-type"])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "redis-away", "garbage", "wrong-type"])
 def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, how):
     """A delete through the late proxy, switched, after the coordinator's
     closing pass listed the old owners and before the new ring is recorded
@@ -1350,6 +1370,9 @@ def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, 
     the coordinator once the ring is recorded, and the tombstone removed.
     Before, the note lived in the writer's memory only: the tombstone stayed
     for its day-long TTL.
+    `redis-away`: the writer's Redis is away when it writes the tombstone
+    (its connections closed, new ones refused): the note is handed once
+    Redis is back (tomb_hand_pending), and then the writer is SIGKILLed.
     `garbage`: the writer lives on, and entries that are no note of this
     migration sit in the list: skipped and counted as left, never sent.
     `wrong-type`: the list's key holds a string; the take is refused, and
@@ -1368,11 +1391,19 @@ def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, 
             return n > 0 and int(st["migration:closing_sources_done"]) == n
         wait_until(listed, what="the closing pass over every source")
         assert not f.hooks and proxy_stats(f.coord.port)["migration:state"] != "idle"
+        if how == "redis-away":
+            f.late_redis.cut()
+            wait_until(lambda: "lost the connection" in f.late.log(),
+                       what="the late proxy without Redis")
         # Written around the proxies on the old owner, then deleted through
         # the late proxy: a tombstone replaces it there.
         Client(("127.0.0.1", seen.old.port)).set(seen.k, b"direct", noreply=False)
         assert Client(("127.0.0.1", f.late.port)).delete(seen.k, noreply=False)
         assert mc_value(seen.old, seen.k) == TOMB_VALUE
+        if how == "redis-away":
+            time.sleep(0.5)
+            assert env.r.keys("rp:cache:migration:tombs:*") == []
+            f.late_redis.restore()
         wait_until(lambda: [env.r.llen(x) for x in env.r.keys("rp:cache:migration:tombs:*")]
                    == [1], what="the note handed to Redis")
         notes, = env.r.keys("rp:cache:migration:tombs:*")
@@ -1380,7 +1411,7 @@ def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, 
         assert entry.endswith((" %s %s" % (seen.k, f.before[seen.k])).encode())
         assert (b":%d:" % f.late.proc.pid) in entry     # the writer's id
         assert 0 < env.r.pttl(notes) <= 86400 * 1000
-        if how == "SIGKILL":
+        if how in ("SIGKILL", "redis-away"):
             f.late.kill()
         elif how == "SIGTERM":
             f.late.stop()
@@ -1399,7 +1430,7 @@ def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, 
     counts = [sum(x) for x in zip(*(tomb_counts(st) for st in seen.st))]
     taken = sum(int(st["migration:tombstones_taken"]) for st in seen.st)
     handed = sum(int(st["migration:tombstones_handed"]) for st in seen.st)
-    if how in ("SIGKILL", "SIGTERM"):
+    if how in ("SIGKILL", "SIGTERM", "redis-away"):
         assert counts == [0, 1, 0] and taken == 1 and handed == 0, seen.st
     elif how == "garbage":
         # the writer's own entry: taken by the coordinator, or skipped by

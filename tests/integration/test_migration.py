@@ -1214,12 +1214,7 @@ class PausableRelay(TcpRelay):
         ones are refused, until restore()."""
         self.sock.shutdown(socket.SHUT_RDWR)    # wakes the accept: the port is free
         self.sock.close()
-        for s in self.socks:
-            try:
-                s.close()
-            except OSError:
-                pass
-        self.socks = []
+        self.drop()
 
     def restore(self):
         """Redis is back, on the same port."""
@@ -1229,14 +1224,19 @@ class PausableRelay(TcpRelay):
         self.sock.listen(128)
         threading.Thread(target=self._serve, daemon=True).start()
 
-    def close(self):
-        super().close()
-        self.open.set()
+    def drop(self):
+        """Close the connections relayed now."""
         for s in self.socks:
             try:
                 s.close()
             except OSError:
                 pass
+        self.socks = []
+
+    def close(self):
+        super().close()
+        self.open.set()
+        self.drop()
 
 
 def late_proxy_fleet(env, cluster, liveness=16000, timeout=None, end=None):

@@ -1359,7 +1359,8 @@ BAD_TOMB_NOTES = [b"no-space-at-all", b"p bad\x01key mc1", b"p k0 no-such-server
                   b"p k0 " + b"x" * 2000, b"p k%d mc1" % 10 ** 300, b"p k0"]
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "redis-away", "garbage", "wrong-type"])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "redis-away", "refused", "garbage",
+                                 "wrong-type"])
 def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, how):
     """A delete through the late proxy, switched, after the coordinator's
     closing pass listed the old owners and before the new ring is recorded
@@ -1373,6 +1374,8 @@ def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, 
     `redis-away`: the writer's Redis is away when it writes the tombstone
     (its connections closed, new ones refused): the note is handed once
     Redis is back (tomb_hand_pending), and then the writer is SIGKILLed.
+    `refused`: the writer is SIGKILLed, and Redis refuses the take for a
+    while (an ACL without LTRIM): it is tried again until Redis allows it.
     `garbage`: the writer lives on, and entries that are no note of this
     migration sit in the list: skipped and counted as left, never sent.
     `wrong-type`: the list's key holds a string; the take is refused, and
@@ -1411,7 +1414,7 @@ def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, 
         assert entry.endswith((" %s %s" % (seen.k, f.before[seen.k])).encode())
         assert (b":%d:" % f.late.proc.pid) in entry     # the writer's id
         assert 0 < env.r.pttl(notes) <= 86400 * 1000
-        if how in ("SIGKILL", "redis-away"):
+        if how in ("SIGKILL", "redis-away", "refused"):
             f.late.kill()
         elif how == "SIGTERM":
             f.late.stop()
@@ -1420,7 +1423,14 @@ def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, 
         else:
             env.r.delete(notes)
             env.r.set(notes, b"not a list")
+        if how == "refused":
+            env.r.execute_command("ACL", "SETUSER", "default", "-ltrim")
         f.coord_redis.resume()
+        if how == "refused":
+            wait_until(lambda: "notes from Redis (NOPERM" in f.coord.log() or
+                       "notes from Redis (ERR" in f.coord.log(), what="a refused take")
+            assert proxy_stats(f.coord.port)["migration:state"] != "idle"
+            env.r.execute_command("ACL", "SETUSER", "default", "+ltrim")
         seen.st = [wait_migrated(p.port, 2) for p in f.proxies if p.proc is not None]
         if how == "wrong-type":
             env.r.delete(notes)
@@ -1430,7 +1440,7 @@ def test_a_tombstone_whose_writer_stopped_is_removed_by_the_fleet(env, cluster, 
     counts = [sum(x) for x in zip(*(tomb_counts(st) for st in seen.st))]
     taken = sum(int(st["migration:tombstones_taken"]) for st in seen.st)
     handed = sum(int(st["migration:tombstones_handed"]) for st in seen.st)
-    if how in ("SIGKILL", "SIGTERM", "redis-away"):
+    if how in ("SIGKILL", "SIGTERM", "redis-away", "refused"):
         assert counts == [0, 1, 0] and taken == 1 and handed == 0, seen.st
     elif how == "garbage":
         # the writer's own entry: taken by the coordinator, or skipped by

@@ -349,7 +349,7 @@ static void mig_clear(struct mig *m)
     m->lease = m->finishing = m->done_loaded = m->loading_done = false;
     m->arcs_done = m->cur_arc = m->inflight = m->reserved = m->pass = 0;
     m->taking = m->taken = m->take_again = false;
-    m->take_seq++;              /* a take's reply now says nothing */
+    m->gen++;                   /* a push's or take's reply now says nothing */
     m->take_after = 0;
     m->take_refusals = 0;
 }
@@ -1587,7 +1587,7 @@ static void on_tombs_taken(redisAsyncContext *ac, void *r, void *priv)
     struct mig *m = ac->data;
     redisReply *reply = r;
 
-    if (m == NULL || (uintptr_t)priv != (uintptr_t)m->take_seq || !m->taking) {
+    if (m == NULL || (uintptr_t)priv != (uintptr_t)m->gen || !m->taking) {
         return;
     }
     m->taking = false;
@@ -1640,7 +1640,7 @@ static void tomb_collect(struct mig *m)
         return;
     }
     m->take_again = false;
-    m->taking = mig_redis(m, on_tombs_taken, (void *)(uintptr_t)m->take_seq,
+    m->taking = mig_redis(m, on_tombs_taken, (void *)(uintptr_t)m->gen,
                           "EVAL %s 1 %s:migration:tombs:%s %d", script, m->prefix, m->fp_to,
                           MIG_TOMB_TAKE);
 }

@@ -48,7 +48,8 @@
 #define MIG_TOMB_NOTES_MAX ((size_t)4 << 20)  /* bytes of notes of the tombstones
                                                 this proxy wrote, at most */
 #define MIG_SWEEPS_INFLIGHT 64      /* their removals under way at once */
-#define MIG_TOMB_ENTRY_MAX 1024     /* a note handed to the fleet: "<key> <identity>" */
+#define MIG_TOMB_ENTRY_MAX 1024     /* a note handed to the fleet: "<proxy id>
+                                       <key> <identity>" */
 #define MIG_TOMB_TAKE 64            /* notes taken from the fleet's list at once */
 #define MIG_TAKE_TRIES 50           /* refusals of a take before it is given up */
 
@@ -97,11 +98,7 @@ struct mdoubt {
     char key[];
 };
 
-/*
- * A tombstone this proxy wrote, or may have (the old owner it is on): swept
- * by this proxy once the fleet recorded the new ring (move.c, tomb_sweep;
- * docs/ARCHITECTURE.md, "Moving keys").
- */
+/* Where a tombstone note stands with the fleet's list (move.c, tomb_push). */
 enum mtomb_hand {
     TOMB_TO_HAND,               /* this proxy's, not in the fleet's list yet */
     TOMB_HANDED,                /* this proxy's, in the list (or given up) */
@@ -109,6 +106,11 @@ enum mtomb_hand {
                                    back if this proxy leaves first */
 };
 
+/*
+ * A tombstone this proxy wrote, or may have, or took from the fleet's list
+ * (the old owner it is on): swept once the fleet recorded the new ring
+ * (move.c, tomb_sweep; docs/ARCHITECTURE.md, "Moving keys").
+ */
 struct mtomb {
     struct mtomb *next;
     struct backend *on;         /* in m->from_be: alive while m->from is */
@@ -292,14 +294,15 @@ struct mig {
     uint32_t sweeps;            /* sweep operations queued or running */
     uint64_t tombs_swept, tombs_left;
     /* the same notes handed to the fleet (<prefix>:migration:tombs:<to>,
-     * move.c tomb_hand), and taken back from it once the new ring is
+     * move.c tomb_push), and taken back from it once the new ring is
      * recorded (migrate.c tomb_collect) */
     size_t tombs_handed_bytes;
     uint64_t tombs_handed, tombs_taken;
     uint32_t tombs_to_hand;     /* notes TOMB_TO_HAND (Redis was away) */
     uint64_t take_after;        /* a refused take is tried again then (ms) */
-    uint64_t take_seq;          /* the take in flight, if taking: its reply's
-                                   priv; bumped by mig_clear */
+    uint64_t gen;               /* the migration's generation, bumped by
+                                   mig_clear: the priv of its pushes and takes,
+                                   whose replies to an older one are dropped */
     bool taking, taken;         /* taken: the list was found empty */
     bool take_again;            /* a push since the last take was sent */
     uint32_t take_refusals;     /* refusals of the take in a row */

@@ -1046,6 +1046,24 @@ static void tomb_note(struct mop *op)
     tomb_add(op->m, op->from, op->k->key, op->k->len, (enum mtomb_hand)op->tomb_hand);
 }
 
+/* Counted once Redis has it; a refused push (out of memory, a replica) is
+ * logged: that note is this proxy's alone. */
+static void on_tomb_pushed(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct mig *m = ac->data;
+    const redisReply *reply = r;
+
+    if (m == NULL || reply == NULL || (uintptr_t)priv != (uintptr_t)m->gen) {
+        return;         /* gone with the connection, or an older migration's */
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_limited(LOG_WARN, 10, "migration", "%s: Redis refused a tombstone note (%s): "
+                    "only this proxy will look for that tombstone", m->p->name, reply->str);
+        return;
+    }
+    m->tombs_handed++;
+}
+
 /*
  * Hand note t to the fleet: an entry "<proxy id> <key> <old owner's
  * identity>" of the list <prefix>:migration:tombs:<to> (one script: the
@@ -1058,24 +1076,6 @@ static void tomb_note(struct mop *op)
  * most MIG_TOMB_NOTES_MAX bytes per proxy and migration: beyond, a note is
  * kept here only. False: not sent (Redis away); t stays to hand.
  */
-/* Counted once Redis has it; a refused push (out of memory, a replica) is
- * logged: that note is this proxy's alone. */
-static void on_tomb_pushed(redisAsyncContext *ac, void *r, void *priv)
-{
-    struct mig *m = ac->data;
-    const redisReply *reply = r;
-
-    if (m == NULL || reply == NULL || (uintptr_t)priv != (uintptr_t)m->take_seq) {
-        return;         /* gone with the connection, or an older migration's */
-    }
-    if (reply->type == REDIS_REPLY_ERROR) {
-        log_limited(LOG_WARN, 10, "migration", "%s: Redis refused a tombstone note (%s): "
-                    "only this proxy will look for that tombstone", m->p->name, reply->str);
-        return;
-    }
-    m->tombs_handed++;
-}
-
 static bool tomb_push(struct mig *m, struct mtomb *t)
 {
     static const char script[] =
@@ -1090,7 +1090,7 @@ static bool tomb_push(struct mig *m, struct mtomb *t)
         e = mempcpy(e, t->key, t->len);
         *e++ = ' ';
         memcpy(e, t->on->identity, srvlen);
-        if (!mig_redis(m, on_tomb_pushed, (void *)(uintptr_t)m->take_seq,
+        if (!mig_redis(m, on_tomb_pushed, (void *)(uintptr_t)m->gen,
                        "EVAL %s 1 %s:migration:tombs:%s %b %d", script, m->prefix, m->fp_to,
                        entry, len, MIG_TOMB_TTL * 1000)) {
             return false;

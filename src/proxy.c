@@ -694,9 +694,10 @@ static bool proxy_leave(struct proxy *px)
     px->left_fleet = true;
     /* The index sweeper, which left at the signal, may need its own time
      * to put entries back (sweep.c, SWEEP_LEAVE_TIMEOUT_MS). */
+    uint64_t signal_at = px->stop_deadline - STOP_GRACE_MS;
     px->leave_deadline = now + STOP_LEAVE_MS;
-    if (px->leave_deadline < px->stop_deadline - STOP_GRACE_MS + STOP_SWEEP_MS) {
-        px->leave_deadline = px->stop_deadline - STOP_GRACE_MS + STOP_SWEEP_MS;
+    if (px->leave_deadline < signal_at + STOP_SWEEP_MS) {
+        px->leave_deadline = signal_at + STOP_SWEEP_MS;
     }
     for (uint32_t i = 0; i < w->npools; i++) {
         mig_leave(w->pools[i]->mig);
@@ -1316,11 +1317,15 @@ static bool worker_drained(const struct worker *w)
     return true;
 }
 
+/* Drained, and each pool's Redis parts gone from their fleets. */
 static bool worker_idle(const struct worker *w)
 {
+    if (!worker_drained(w)) {
+        return false;
+    }
     for (uint32_t i = 0; i < w->npools; i++) {
-        if (!TAILQ_EMPTY(&w->pools[i]->clients) || !mig_left(w->pools[i]->mig) ||
-            !adopt_left(w->pools[i]->adopt) || !sweep_left(w->pools[i]->sweep)) {
+        if (!mig_left(w->pools[i]->mig) || !adopt_left(w->pools[i]->adopt) ||
+            !sweep_left(w->pools[i]->sweep)) {
             return false;
         }
     }

@@ -135,8 +135,9 @@ static void client_left(struct pool *p)
     }
 }
 
-/* A client on socket fd (admitted already), reading. NULL: out of memory. */
-static struct client *client_new(struct pool *p, int fd, uint64_t *stats)
+/* A client on socket fd (counted in already), reading; not counted as
+ * accepted (client_new). NULL: out of memory. */
+static struct client *client_make(struct pool *p, int fd, uint64_t *stats)
 {
     struct client *c = calloc(1, sizeof(*c));
 
@@ -165,7 +166,17 @@ static struct client *client_new(struct pool *p, int fd, uint64_t *stats)
     c->last_rx_ms = worker_now_ms(p->w);
     TAILQ_INSERT_TAIL(&p->clients, c, link);
     c->stats[STAT_curr_connections]++;
-    c->stats[STAT_total_connections]++;
+    return c;
+}
+
+/* A client on socket fd (admitted already), reading. NULL: out of memory. */
+static struct client *client_new(struct pool *p, int fd, uint64_t *stats)
+{
+    struct client *c = client_make(p, fd, stats);
+
+    if (c != NULL) {
+        c->stats[STAT_total_connections]++;
+    }
     return c;
 }
 
@@ -251,7 +262,9 @@ void client_close(struct client *c, const char *why)
 
 void client_free(struct client *c)
 {
-    evbuffer_free(c->in);
+    if (c->in != NULL) {        /* NULL: handed over (client_hand_off) */
+        evbuffer_free(c->in);
+    }
     evbuffer_free(c->out);
     free(c);
 }
@@ -275,6 +288,7 @@ void client_stop(struct client *c)
         return;
     }
     c->stopping = true;
+    c->moving = false;      /* it stays: reading again, closed once idle */
     client_mark_dirty(c);   /* client_flush closes it if it is idle now */
 }
 
@@ -439,7 +453,7 @@ static bool client_route_switching(const struct client *c)
 /* Should reading pause (after a command) or stay paused? */
 static bool client_must_pause(const struct client *c, unsigned div)
 {
-    return c->wait.on != NULL || client_route_switching(c) ||
+    return c->moving || c->wait.on != NULL || client_route_switching(c) ||
            c->nreqs + c->nquiet >= CLIENT_MAX_QUEUED / div ||
            client_replies_held(c) >= CLIENT_OUT_PAUSE / div ||
            c->sent >= CLIENT_SENT_PAUSE / div;
@@ -500,6 +514,104 @@ static void client_linger(struct client *c)
     event_del(&c->tev);     /* re-armed for the linger bound */
 }
 
+/* Moving: nothing owed to it, nothing of a command half done here (what it
+ * sent and was not parsed goes along). */
+static bool client_movable(const struct client *c)
+{
+    return c->state == CLIENT_READING && c->nreqs == 0 && c->nquiet == 0 &&
+           evbuffer_get_length(c->out) == 0;
+}
+
+/*
+ * Hand it to another serving thread, at the end of a loop turn (client_flush
+ * runs from worker_flush): its socket and unparsed input go; this struct is
+ * closed without closing the socket and freed with the turn. Still counted
+ * in the pool's client_connections (it is still open). No thread takes it:
+ * it stays here and reads again.
+ */
+static void client_hand_off(struct client *c)
+{
+    struct pool *p = c->pool;
+    struct handoff *to = p->w->move_to != NULL ? p->w->move_to(p->w) : NULL;
+    struct handoff_move *m = to != NULL ? calloc(1, sizeof(*m)) : NULL;
+
+    if (m == NULL || (m->pool = strdup(p->name)) == NULL) {
+        free(m);
+        if (to != NULL) {
+            handoff_cancel(to);
+        }
+        c->moving = false;
+        client_mark_dirty(c);   /* client_flush resumes reading */
+        return;
+    }
+    log_debug("client", "%s: %s handed to another thread", p->name, c->peer);
+    m->fd = c->fd;
+    m->in = c->in;
+    m->salen = 0;
+    memcpy(m->peer, c->peer, sizeof(m->peer));
+    c->in = NULL;
+    c->fd = -1;
+    event_del(&c->rev);
+    event_del(&c->wev);
+    event_del(&c->tev);
+    bconn_unwait(&c->wait);
+    TAILQ_REMOVE(&p->clients, c, link);
+    c->stats[STAT_curr_connections]--;
+    client_set_state(c, CLIENT_CLOSED);
+    if (c->dirty) {
+        TAILQ_REMOVE(&p->w->dirty_clients, c, dirty_link);
+        c->dirty = false;
+    }
+    defer_add(p->w->defer, client_free_deferred, c);
+    tstats_threads_moved();
+    handoff_send(to, m);
+}
+
+bool client_move(struct client *c)
+{
+    if (c->is_link || c->stopping || c->moving || c->state == CLIENT_CLOSED ||
+        c->state == CLIENT_DRAINING || c->state == CLIENT_LINGER) {
+        return false;
+    }
+    c->moving = true;
+    client_mark_dirty(c);
+    return true;
+}
+
+void client_adopt(struct pool *p, struct handoff_move *m)
+{
+    struct client *c;
+
+    if (m->in == NULL) {        /* accepted there, never served */
+        client_accept(p, m->fd, (const struct sockaddr *)&m->sa, m->salen);
+        m->fd = -1;
+        handoff_move_free(m);
+        return;
+    }
+    c = client_make(p, m->fd, p->stats);
+    m->fd = -1;
+    if (c == NULL) {            /* it closed the socket */
+        client_left(p);
+        handoff_move_free(m);
+        return;
+    }
+    evbuffer_free(c->in);
+    c->in = m->in;
+    m->in = NULL;
+    memcpy(c->peer, m->peer, sizeof(c->peer));
+    handoff_move_free(m);
+    log_debug("client", "%s: %s taken from another thread", p->name, c->peer);
+    if (p->w->stopping) {
+        client_stop(c);
+    }
+    if (evbuffer_get_length(c->in) > 0) {
+        client_process(c);      /* what it sent before the move */
+    }
+    if (c->state != CLIENT_CLOSED) {
+        client_arm_timer(c);
+    }
+}
+
 void client_flush(struct client *c)
 {
     c->dirty = false;
@@ -539,6 +651,9 @@ void client_flush(struct client *c)
     }
     if (c->stopping && client_idle(c)) {
         client_linger(c);
+    } else if (c->moving && !c->stopping && client_movable(c)) {
+        client_hand_off(c);
+        return;
     }
     client_arm_timer(c);    /* the last reply out: idle from now */
 }
@@ -718,6 +833,15 @@ static void client_stats(struct client *c, const struct proto_req *req)
         for (int i = 0; i < STAT_POOL_COUNT; i++) {
             evbuffer_add_printf(b, "STAT %s %llu\r\n", stats_pool_desc[i].name,
                                 (unsigned long long)(ps[i] > base[i] ? ps[i] - base[i] : 0));
+        }
+        struct tstats_threads th;
+        tstats_threads_get(&th);
+        if (th.threads > 1) {
+            evbuffer_add_printf(b, "STAT threads %u\r\nSTAT threads:active %u\r\n"
+                                "STAT threads:trials %llu\r\nSTAT threads:trials_undone %llu\r\n"
+                                "STAT threads:clients_moved %llu\r\n", th.threads, th.active,
+                                (unsigned long long)th.trials, (unsigned long long)th.undone,
+                                (unsigned long long)th.moved);
         }
         struct tstats_live *live = tstats_backends_live(w->id, p);
         for (uint32_t s = 0; s < p->nbackends; s++) {

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+#include "handoff.h"
 #include "pool.h"
 
 #define CLIENT_STATE_CODEC(X)                                              \
@@ -40,6 +41,8 @@ struct client {
     bool dirty;                     /* in the worker's flush list */
     bool read_paused;               /* backpressure: too much unsent */
     bool stopping;                  /* the proxy stops: close once idle */
+    bool moving;                    /* to another thread once idle
+                                       (client_move) */
     /* Its memory budget (client.c): bytes its requests hold outside `out`
      * (replies waiting their turn, multi-get shares), and the bytes of its
      * commands in flight, noreply ones included (in `quiet`). */
@@ -54,6 +57,15 @@ struct client {
 
 /* Take over an accepted socket. */
 void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen);
+/* Take over a connection another thread handed over (handoff.h): one it
+ * accepted, or one it served, with the bytes it read and did not parse.
+ * Owns m. */
+void client_adopt(struct pool *p, struct handoff_move *m);
+/* Hand it to another thread (docs/ARCHITECTURE.md, "Threads: how many
+ * serve") the first time it is idle: it stops reading commands now, its
+ * commands in flight are answered here, and what it sent after them is
+ * parsed there. False: it cannot move (a link, closing, the proxy stops). */
+bool client_move(struct client *c);
 /* Take over a copy's link connection (hub.h): served as a client, but not
  * counted as one, never timed out, stopped only with the process. */
 void client_accept_link(struct pool *p, int fd);

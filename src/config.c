@@ -283,6 +283,25 @@ static void parse_int(struct conf_ctx *cx, yaml_node_t *node, const char *text,
     *(int64_t *)field = v;
 }
 
+/* `auto`, `all` (config.h: CONF_ACTIVE_*), or an integer as parse_int. */
+static void parse_threads_active(struct conf_ctx *cx, yaml_node_t *node, const char *text,
+                                 void *field, const struct conf_directive *d)
+{
+    if (strcmp(text, "auto") == 0 || strcmp(text, "all") == 0) {
+        *(int64_t *)field = *text == 'a' && text[1] == 'u' ? CONF_ACTIVE_AUTO : CONF_ACTIVE_ALL;
+        return;
+    }
+    errno = 0;
+    char *end;
+    long long v = strtoll(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || errno != 0 || v < d->min || v > d->max) {
+        conf_error(cx, node, "%s: expected auto, all or an integer from %lld to %lld, got '%s'",
+                   d->name, (long long)d->min, (long long)d->max, text);
+        return;
+    }
+    *(int64_t *)field = v;
+}
+
 /* A byte count with an optional k/m suffix (1024-based), as memcached's -I. */
 static void parse_size(struct conf_ctx *cx, yaml_node_t *node, const char *text,
                        void *field, const struct conf_directive *d)
@@ -1005,6 +1024,8 @@ void conf_errors_free(struct conf_errors *errs)
  * pool's is a mapping). Absent: the field stays 0, "not set". */
 static const struct conf_directive global_directives[] = {
     { "threads", parse_int, offsetof(struct config, threads), NULL, 0, CONF_THREADS_MAX },
+    { "threads_active", parse_threads_active, offsetof(struct config, threads_active), NULL,
+      1, CONF_THREADS_MAX },
 };
 
 /* A top-level key with a single value: a global directive, or an error. */

@@ -121,12 +121,17 @@ struct conf_pool {
 };
 
 #define CONF_THREADS_MAX 64
+#define CONF_ACTIVE_AUTO 0
+#define CONF_ACTIVE_ALL (-1)
 
 struct config {
     char *path;
     int64_t threads;        /* global `threads:` (event-loop threads);
                                0: one per online core, at most 8; -1: not
                                set (proxy.c's default) */
+    int64_t threads_active; /* `threads_active:` how many of them serve
+                               clients: a count, CONF_ACTIVE_AUTO (the
+                               default: balance.h) or CONF_ACTIVE_ALL */
     struct conf_pool *pools;
     uint32_t npools;
 };

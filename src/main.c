@@ -62,6 +62,9 @@ static const enum log_level verbosity_levels[] = {
     "  -u, --user USER          run as USER once the listeners are bound\n"    \
     "  -T, --threads N          event-loop threads (overrides the file's\n"   \
     "                           `threads:`; 0 = one per core, at most 8)\n"    \
+    "      --threads-active N   how many of them serve clients: auto (the\n"  \
+    "                           default), all, or a count (overrides the\n"   \
+    "                           file's `threads_active:`)\n"                 \
     "  -p, --pid-file FILE      write the process id here\n"                   \
     "  -o, --output FILE        log here (reopened on SIGUSR1), default stderr\n" \
     "  -v, --verbose LEVEL      nutcracker's 0..11 (default 5): 0-3 error,\n"  \
@@ -297,6 +300,7 @@ int main(int argc, char **argv)
         { "admin-addr", required_argument, NULL, 'A' },
         { "user", required_argument, NULL, 'u' },
         { "threads", required_argument, NULL, 'T' },
+        { "threads-active", required_argument, NULL, 1001 },
         { "version", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -306,7 +310,8 @@ int main(int argc, char **argv)
                                .admin_port = ADMIN_PORT_DEFAULT,
                                .admin_addr = ADMIN_ADDR_DEFAULT,
                                .stats_port = STATS_PORT_DEFAULT,
-                               .stats_addr = STATS_ADDR_DEFAULT, .threads = -1 };
+                               .stats_addr = STATS_ADDR_DEFAULT, .threads = -1,
+                               .threads_active = PROXY_ACTIVE_UNSET };
     int test_only = 0, describe = 0, ch;
     long v;
 
@@ -392,6 +397,20 @@ int main(int argc, char **argv)
                 return 2;
             }
             o.threads = (int)v;
+            break;
+        case 1001:
+            v = strtol(optarg, &end, 10);
+            if (strcmp(optarg, "auto") == 0) {
+                o.threads_active = CONF_ACTIVE_AUTO;
+            } else if (strcmp(optarg, "all") == 0) {
+                o.threads_active = CONF_ACTIVE_ALL;
+            } else if (*end != '\0' || *optarg == '\0' || v < 1 || v > CONF_THREADS_MAX) {
+                fprintf(stderr, "ringproxy: --threads-active takes auto, all or a count "
+                        "from 1 to %d\n", CONF_THREADS_MAX);
+                return 2;
+            } else {
+                o.threads_active = (int)v;
+            }
             break;
         case 'V':
             printf("ringproxy %s\n", RINGPROXY_VERSION);

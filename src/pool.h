@@ -106,6 +106,12 @@ struct worker {
                                    malloc_trim (proxy.c's tick) */
     bool stopping;
     uint64_t started;
+    /* Threads: how many serve (docs/ARCHITECTURE.md). The inbox other
+     * threads hand clients to (handoff.h; NULL with one thread), and where
+     * a client this one hands over goes: a reservation on another serving
+     * thread's inbox, or NULL when none takes it (proxy.c). */
+    struct handoff *inbox;
+    struct handoff *(*move_to)(struct worker *w);
 };
 
 uint64_t worker_now_ms(struct worker *w);

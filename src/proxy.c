@@ -36,11 +36,13 @@
 
 #include "admin.h"
 #include "backend.h"
+#include "balance.h"
 #include "client.h"
 #include "clock.h"
 #include "config.h"
 #include "defer.h"
 #include "adopt.h"
+#include "handoff.h"
 #include "hub.h"
 #include "index.h"
 #include "migrate.h"
@@ -147,10 +149,291 @@ struct proxy {
     bool left_fleet;            /* stopping: mig_leave called (proxy_leave) */
     uint64_t leave_deadline;    /* ... and exit by then */
     uint64_t reloads, reload_failures;
+    /* Threads: how many serve (balance.h, proxy_balance) */
+    struct balance bal;
+    uint64_t bal_next;          /* the next look at the threads */
+    uint64_t bal_win_start;     /* 0: no window open */
+    uint64_t bal_req0;          /* the threads' commands then */
+    uint64_t *bal_busy0;        /* [nthreads]: each one's busy ns then */
 };
 
 static void wthread_send(struct wthread *t, struct wmsg *m);
 static bool worker_drained(const struct worker *w);
+static bool pool_threaded(const struct conf_pool *c);
+
+/* --- threads: how many serve (docs/ARCHITECTURE.md; balance.h) ----------- */
+
+/* What one loop thread shows the others. Made before the threads start;
+ * the atomics are written by their own thread only. */
+struct tload {
+    struct handoff *inbox;      /* clients handed to it */
+    pid_t tid;                  /* atomic: its task (schedstat) */
+    uint64_t requests;          /* atomic: commands read, at each turn's end */
+    uint32_t clients;           /* atomic: clients it could hand over, each tick */
+    uint64_t seen_requests;     /* its own: the pools' sum at the last turn */
+};
+
+/* Event-loop threads of the process (home included): proxy_main sets it. */
+static uint32_t proxy_nthreads = 1;
+static struct tload *tloads;    /* [nthreads]; NULL with one thread */
+static uint32_t threads_active = 1;     /* atomic: threads 0..n-1 serve */
+
+/* Commands its pools read, counted up across reloads (a pool a reload
+ * removed takes its count with it). */
+static void tload_turn(struct worker *w)
+{
+    struct tload *t = &tloads[w->id];
+    uint64_t sum = 0, total = __atomic_load_n(&t->requests, __ATOMIC_RELAXED);
+
+    for (uint32_t i = 0; i < w->npools; i++) {
+        sum += w->pools[i]->stats[STAT_requests];
+    }
+    if (sum > t->seen_requests) {
+        __atomic_store_n(&t->requests, total + (sum - t->seen_requests), __ATOMIC_RELAXED);
+    }
+    t->seen_requests = sum;
+}
+
+/* A client of p this thread may hand over: another thread serves p too. */
+static bool pool_movable(const struct pool *p)
+{
+    return !p->closing && (p->w->id != 0 || pool_threaded(p->conf));
+}
+
+/* Where a client of w goes: the serving thread other than w with the
+ * fewest clients, reserved (handoff.h); NULL: none takes it. */
+static struct handoff *worker_move_to(struct worker *w)
+{
+    uint32_t active = __atomic_load_n(&threads_active, __ATOMIC_ACQUIRE);
+    uint32_t best = UINT32_MAX, fewest = UINT32_MAX;
+
+    for (uint32_t i = 0; i < active && i < proxy_nthreads; i++) {
+        uint32_t n = __atomic_load_n(&tloads[i].clients, __ATOMIC_RELAXED) +
+                     handoff_pending(tloads[i].inbox);
+        if (i != w->id && n < fewest) {
+            best = i, fewest = n;
+        }
+    }
+    if (best == UINT32_MAX || !handoff_reserve(tloads[best].inbox)) {
+        return NULL;
+    }
+    return tloads[best].inbox;
+}
+
+/* A client another thread handed over: to this thread's pool of that name,
+ * or closed if it has none (a reload removed it in between). */
+static void worker_take(void *arg, struct handoff_move *m)
+{
+    struct worker *w = arg;
+
+    for (uint32_t i = 0; i < w->npools; i++) {
+        if (!w->pools[i]->closing && strcmp(w->pools[i]->name, m->pool) == 0) {
+            client_adopt(w->pools[i], m);
+            return;
+        }
+    }
+    log_limited(LOG_WARN, 10, "proxy", "thread %u: pool %s: a client handed over "
+                "finds no such pool here; closing it", w->id, m->pool);
+    if (m->in != NULL) {        /* counted in by the thread that accepted it */
+        tstats_client_left(m->pool);
+    }
+    handoff_move_free(m);
+}
+
+/* Each tick: how many clients w holds, and those it hands over: all of
+ * them while it does not serve, else those past an even share. */
+static void worker_balance(struct worker *w)
+{
+    uint32_t active = __atomic_load_n(&threads_active, __ATOMIC_ACQUIRE);
+    uint32_t mine = 0, total = 0, share;
+
+    if (tloads == NULL) {
+        return;
+    }
+    for (uint32_t i = 0; i < w->npools; i++) {
+        struct client *c;
+        if (!pool_movable(w->pools[i])) {
+            continue;
+        }
+        TAILQ_FOREACH(c, &w->pools[i]->clients, link) {
+            mine += !c->is_link && !c->moving;
+        }
+    }
+    __atomic_store_n(&tloads[w->id].clients, mine, __ATOMIC_RELAXED);
+    if (w->stopping) {
+        return;
+    }
+    for (uint32_t i = 0; i < proxy_nthreads; i++) {
+        total += __atomic_load_n(&tloads[i].clients, __ATOMIC_RELAXED);
+    }
+    share = w->id >= active ? 0 : (total + active - 1) / active;
+    if (mine <= share + (w->id >= active ? 0 : 1)) {
+        return;     /* one over the share stays: no ping-pong of the odd one */
+    }
+    for (uint32_t i = 0; i < w->npools && mine > share; i++) {
+        struct client *c;
+        if (!pool_movable(w->pools[i])) {
+            continue;
+        }
+        TAILQ_FOREACH(c, &w->pools[i]->clients, link) {
+            if (mine <= share) {
+                break;
+            }
+            if (!c->is_link && !c->moving && client_move(c)) {
+                mine--;
+            }
+        }
+    }
+}
+
+/* A connection accepted by a thread that does not serve: to one that does. */
+static bool worker_pass_accept(struct worker *w, struct pool *p, int fd,
+                               const struct sockaddr *sa, int salen)
+{
+    struct handoff *to;
+    struct handoff_move *m;
+
+    if (tloads == NULL || w->id < __atomic_load_n(&threads_active, __ATOMIC_ACQUIRE) ||
+        w->stopping || !pool_movable(p) || salen > (int)sizeof(m->sa) ||
+        (to = worker_move_to(w)) == NULL) {
+        return false;
+    }
+    if ((m = calloc(1, sizeof(*m))) == NULL || (m->pool = strdup(p->name)) == NULL) {
+        free(m);
+        handoff_cancel(to);
+        return false;
+    }
+    m->fd = fd;
+    memcpy(&m->sa, sa, (size_t)salen);
+    m->salen = salen;
+    tstats_threads_moved();
+    handoff_send(to, m);
+    return true;
+}
+
+/* This thread's run and run-queue time, ns (0: unknown). */
+static uint64_t task_busy_ns(pid_t tid)
+{
+    char path[64], buf[128];
+    unsigned long long run = 0, wait = 0;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/self/task/%ld/schedstat", (long)tid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        return 0;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    if (sscanf(buf, "%llu %llu", &run, &wait) != 2) {
+        return 0;
+    }
+    return run + wait;
+}
+
+/* How many threads serve, for balance_init: --threads-active, else the
+ * file's threads_active; 0 = auto, else a count of at most nthreads. */
+static uint32_t conf_threads_active(const struct proxy_options *o, const struct config *c,
+                                    uint32_t nthreads)
+{
+    int64_t v = o->threads_active != PROXY_ACTIVE_UNSET ? o->threads_active :
+                c->threads_active;
+
+    if (v == CONF_ACTIVE_ALL) {
+        return nthreads;
+    }
+    if (v > (int64_t)nthreads) {
+        log_warn("config", "threads_active: %lld, but %u threads run; all of them serve",
+                 (long long)v, nthreads);
+        return nthreads;
+    }
+    return v > 0 ? (uint32_t)v : 0;
+}
+
+static void threads_publish(const struct balance *b)
+{
+    __atomic_store_n(&threads_active, b->active, __ATOMIC_RELEASE);
+    tstats_threads_set(b->active, b->trials, b->undone);
+}
+
+/* Each thread's inbox and load record, before the threads start. Returns 0,
+ * or -1 (out of memory or descriptors). */
+static int threads_setup(struct proxy *px)
+{
+    if (px->nthreads < 2) {
+        return 0;
+    }
+    tloads = rp_xcalloc(px->nthreads, sizeof(*tloads), "the threads' loads");
+    px->bal_busy0 = rp_xcalloc(px->nthreads, sizeof(*px->bal_busy0), "the threads' loads");
+    for (uint32_t i = 0; i < px->nthreads; i++) {
+        struct worker *w = i == 0 ? &px->w : &px->thr[i].w;
+        if ((tloads[i].inbox = handoff_new(w->base, worker_take, w)) == NULL) {
+            return -1;
+        }
+        w->inbox = tloads[i].inbox;
+        w->move_to = worker_move_to;
+    }
+    tloads[0].tid = gettid();
+    balance_init(&px->bal, px->nthreads,
+                 conf_threads_active(px->opts, px->conf, px->nthreads));
+    threads_publish(&px->bal);
+    return 0;
+}
+
+/*
+ * The home thread, each loop turn: every BAL_WINDOW_MS, what the threads
+ * did (commands read by all, how busy each serving one was: on a core or
+ * waiting for one, /proc's schedstat) goes to balance_step, and the count
+ * it answers is what the threads obey from their next tick (worker_balance).
+ * A change is not measured for BAL_SETTLE_MS, while the clients move.
+ */
+static void proxy_balance(struct proxy *px)
+{
+    struct worker *w = &px->w;
+    uint64_t now = worker_now_ms(w), req = 0;
+    uint32_t n = px->nthreads;
+
+    if (tloads == NULL || w->stopping || now < px->bal_next) {
+        return;
+    }
+    uint64_t *busy = rp_xcalloc(n, sizeof(*busy), "the threads' loads");
+    for (uint32_t i = 0; i < n; i++) {
+        req += __atomic_load_n(&tloads[i].requests, __ATOMIC_RELAXED);
+        busy[i] = task_busy_ns(__atomic_load_n(&tloads[i].tid, __ATOMIC_RELAXED));
+    }
+    if (px->bal_win_start != 0 && now > px->bal_win_start) {
+        struct bal_sample smp = { .ms = now - px->bal_win_start,
+                                  .requests = req - px->bal_req0, .min_busy = 1.0 };
+        uint32_t was = px->bal.active;
+        for (uint32_t i = 0; i < was && i < n; i++) {
+            double b = busy[i] > px->bal_busy0[i] ?
+                       (double)(busy[i] - px->bal_busy0[i]) / ((double)smp.ms * 1e6) : 0;
+            smp.min_busy = b < smp.min_busy ? b : smp.min_busy;
+        }
+        balance_step(&px->bal, &smp, now);
+        threads_publish(&px->bal);
+        if (px->bal.active != was) {
+            log_info("proxy", "threads: %u of %u serve (%.0f commands/s, the least busy "
+                     "serving thread %.0f%% busy%s)", px->bal.active, n,
+                     (double)smp.requests * 1000.0 / (double)smp.ms, smp.min_busy * 100,
+                     px->bal.state == BAL_TRIAL ? "; a trial" : "");
+            px->bal_win_start = 0;
+            px->bal_next = now + BAL_SETTLE_MS;
+            free(busy);
+            return;
+        }
+    }
+    px->bal_win_start = now;
+    px->bal_req0 = req;
+    memcpy(px->bal_busy0, busy, n * sizeof(*busy));
+    px->bal_next = now + BAL_WINDOW_MS;
+    free(busy);
+}
+
 static bool wthreads_done(const struct proxy *px);
 static bool pool_threaded(const struct conf_pool *c);
 
@@ -161,7 +444,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 
     (void)l;
     p->accept_backoff_ms = 0;
-    client_accept(p, fd, sa, salen);
+    if (!worker_pass_accept(p->w, p, fd, sa, salen)) {
+        client_accept(p, fd, sa, salen);
+    }
 }
 
 static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
@@ -348,9 +633,6 @@ static void pool_conf_warn(const struct conf_pool *c)
                  "is 5000 ms)", c->name, (long long)c->timeout);
     }
 }
-
-/* Event-loop threads of the process (home included): proxy_main sets it. */
-static uint32_t proxy_nthreads = 1;
 
 /* A copy's link (hub.h). An abstract unix socket has no file mode: any
  * local process could connect, and a link is not counted as a client nor
@@ -544,6 +826,9 @@ static void worker_flush(struct worker *w)
         pool_hub_turn(w->pools[i]);
     }
     tstats_publish_pools(w->id, w->pools, w->npools);  /* no-op: one thread */
+    if (tloads != NULL) {
+        tload_turn(w);
+    }
 }
 
 /* Every client of a stopping proxy is closed once idle (client_stop); asked
@@ -580,6 +865,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     if (w->stopping) {
         proxy_stop_clients(w);
     }
+    worker_balance(w);
     tstats_publish(w->id, w->pools, w->npools);
     log_tick();
     /* Clients closed holding big unfinished values (value_timeout, a
@@ -633,6 +919,9 @@ static void worker_stop(struct worker *w)
         listener_take_queue(w->pools[i]);
     }
     w->stopping = true;
+    if (w->inbox != NULL) {
+        handoff_close(w->inbox);    /* a client on its way still comes */
+    }
     for (uint32_t i = 0; i < w->npools; i++) {
         struct pool *p = w->pools[i];
         sweep_leave(p->sweep);  /* another proxy may sweep */
@@ -1111,6 +1400,15 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
         wthread_send(&px->thr[t], m);
     }
     free(copies);
+    if (tloads != NULL && px->opts->threads_active == PROXY_ACTIVE_UNSET &&
+        nc->threads_active != px->conf->threads_active) {
+        balance_set_fixed(&px->bal, conf_threads_active(px->opts, nc, px->nthreads));
+        threads_publish(&px->bal);
+        px->bal_win_start = 0;
+        px->bal_next = worker_now_ms(w) + BAL_SETTLE_MS;
+        log_notice("reload", "threads_active: %s; %u of %u threads serve now",
+                   px->bal.fixed == 0 ? "auto" : "fixed", px->bal.active, px->nthreads);
+    }
     px->conf = nc;
     confs_replace(w, &px->confs, ref);
     px->reloads++;
@@ -1306,9 +1604,14 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     }
 }
 
-/* No client left on w (links included: a worker's closes as it ends). */
+/* No client left on w (links included: a worker's closes as it ends), none
+ * on its way to it (handoff.h). */
 static bool worker_drained(const struct worker *w)
 {
+    if (w->inbox != NULL && !(w->stopping ? handoff_settled(w->inbox) :
+                              handoff_pending(w->inbox) == 0)) {
+        return false;
+    }
     for (uint32_t i = 0; i < w->npools; i++) {
         if (!TAILQ_EMPTY(&w->pools[i]->clients)) {
             return false;
@@ -1496,6 +1799,13 @@ static void proxy_free(struct proxy *px)
         free(w->pools[i]);
     }
     free(w->pools);
+    handoff_stop(w->inbox);
+    for (uint32_t i = 0; tloads != NULL && i < proxy_nthreads; i++) {
+        handoff_free(tloads[i].inbox);      /* every thread has ended */
+    }
+    free(tloads);
+    tloads = NULL;
+    free(px->bal_busy0);
     bool shared = px->confs.cur != NULL;    /* else loaded, never shared */
     confs_free(&px->confs);
     struct event *evs[] = { px->sig_hup, px->sig_usr1, px->sig_term, px->sig_int,
@@ -1574,6 +1884,7 @@ static void wthread_teardown(struct wthread *t)
     free(w->pools);
     w->pools = NULL;
     w->npools = 0;
+    handoff_stop(w->inbox);     /* freed with the process: tloads */
     if (t->msg_ev != NULL) {
         event_free(t->msg_ev);
     }
@@ -1593,6 +1904,7 @@ static void *wthread_main(void *arg)
     struct wthread *t = arg;
     struct worker *w = &t->w;
 
+    __atomic_store_n(&tloads[w->id].tid, gettid(), __ATOMIC_RELAXED);
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
         worker_flush(w);
@@ -1855,6 +2167,10 @@ int proxy_main(const struct proxy_options *o)
     if (wthreads_prepare(&px, err, sizeof(err)) != 0) {
         goto out;
     }
+    if (threads_setup(&px) != 0) {
+        log_error("proxy", "out of memory or descriptors setting up the threads");
+        goto out;
+    }
     const struct admin_counters counters = { &px.reloads, &px.reload_failures };
     if (o->admin_port != 0 && (px.admin = admin_start(w, &counters, o->admin_addr,
                                    o->admin_port, err, sizeof(err))) == NULL) {
@@ -1913,6 +2229,7 @@ int proxy_main(const struct proxy_options *o)
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
         worker_flush(w);
+        proxy_balance(&px);
         if (px.confs.old != NULL) {
             confs_reap(w, &px.confs);
         }

@@ -21,7 +21,11 @@ struct proxy_options {
     const char *user;       /* -u: become this user once listening */
     int threads;            /* -T: event-loop threads; 0: one per core (at
                                most 8); -1: the file's `threads:` */
+    int threads_active;     /* --threads-active: config.h's CONF_ACTIVE_*
+                               or a count; PROXY_ACTIVE_UNSET: the file's */
 };
+
+#define PROXY_ACTIVE_UNSET (-2)
 
 /* Run until SIGTERM/SIGINT; returns the process exit status. */
 int proxy_main(const struct proxy_options *o);

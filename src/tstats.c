@@ -56,6 +56,29 @@ static pthread_mutex_t bases_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct tstats_base *bases;
 static uint32_t nbases, cap_bases;
 
+static struct tstats_threads threads_now;     /* fields atomic */
+
+void tstats_threads_set(uint32_t active, uint64_t trials, uint64_t undone)
+{
+    __atomic_store_n(&threads_now.active, active, __ATOMIC_RELAXED);
+    __atomic_store_n(&threads_now.trials, trials, __ATOMIC_RELAXED);
+    __atomic_store_n(&threads_now.undone, undone, __ATOMIC_RELAXED);
+}
+
+void tstats_threads_moved(void)
+{
+    __atomic_add_fetch(&threads_now.moved, 1, __ATOMIC_RELAXED);
+}
+
+void tstats_threads_get(struct tstats_threads *out)
+{
+    out->threads = nsnaps > 0 ? nsnaps : 1;
+    out->active = __atomic_load_n(&threads_now.active, __ATOMIC_RELAXED);
+    out->trials = __atomic_load_n(&threads_now.trials, __ATOMIC_RELAXED);
+    out->undone = __atomic_load_n(&threads_now.undone, __ATOMIC_RELAXED);
+    out->moved = __atomic_load_n(&threads_now.moved, __ATOMIC_RELAXED);
+}
+
 void tstats_init(uint32_t nthreads)
 {
     if (nthreads < 2) {

@@ -96,4 +96,15 @@ bool tstats_threaded(void);
 bool tstats_client_admit(const char *pool, uint64_t limit);
 void tstats_client_left(const char *pool);
 
+/* Threads: how many serve (balance.h; proxy.c decides). Written by the home
+ * thread (the moves by whichever thread hands a client over), read by any:
+ * `stats` shows them with several threads. */
+struct tstats_threads {
+    uint32_t threads, active;
+    uint64_t trials, undone, moved;
+};
+void tstats_threads_set(uint32_t active, uint64_t trials, uint64_t undone);
+void tstats_threads_moved(void);
+void tstats_threads_get(struct tstats_threads *out);
+
 #endif

@@ -390,6 +390,13 @@ class Proxy(Server):
             extra = extra[:-2]
         elif "-T" not in extra and not re.search(r"^threads:", self._config(), re.M):
             extra += ["-T", threads]
+        # Every thread serves (the product's default is `auto`, which keeps
+        # a light load on one thread: docs/ARCHITECTURE.md, "Threads: how
+        # many serve"), so the tests' clients land on every thread; a test of
+        # the balancing passes --threads-active or sets threads_active:.
+        if "--threads-active" not in extra and \
+                not re.search(r"^threads_active:", self._config(), re.M):
+            extra += ["--threads-active", "all"]
         return [RINGPROXY, "-c", self.conf_path, "-v", "6", "-p", self.pid_path,
                 "-P", str(self.admin_port), "-s", str(self.stats_port)] + extra
 

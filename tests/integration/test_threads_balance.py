@@ -1,0 +1,221 @@
+"""How many threads serve (docs/ARCHITECTURE.md, "Threads: how many serve"):
+`threads_active` (auto, all or a count; --threads-active overrides it). A
+thread that does not serve hands its clients, and the connections its
+listener accepts, to one that does; a client moves only once nothing it
+sent is in flight, with the bytes it sent after them. The rule that picks
+the count in `auto` is unit-tested (tests/unit/test_balance.c); these tests
+check what it drives, on real memcached."""
+import random
+import signal
+import socket
+import threading
+import time
+
+from harness import Wire, free_port, pool_yaml, proxy_stats, stats_until, wait_until
+
+
+def conf(port, mcs, active=None, **kw):
+    text = pool_yaml("cache", port, [(m.addr, 1, "mc%d" % (i + 1))
+                                     for i, m in enumerate(mcs)], **kw)
+    return text + ("threads_active: %s\n" % active if active is not None else "")
+
+
+def proxy_conns(mc):
+    """Connections memcached has from others than this probe."""
+    s = socket.create_connection(("127.0.0.1", mc.port), timeout=10)
+    try:
+        s.sendall(b"stats conns\r\n")
+        buf = b""
+        while not buf.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            assert chunk, "memcached closed"
+            buf += chunk
+        return buf.count(b":listen_addr ") - 1
+    finally:
+        s.close()
+
+
+def set_active(proxy, port, mcs, active, serving=None):
+    proxy.write_config(conf(port, mcs, active))
+    proxy.signal(signal.SIGHUP)
+    want = str(serving or active)
+    stats_until(port, lambda st: st.get("threads:active") == want,
+                what="threads:active %s" % want)
+
+
+class Writer(threading.Thread):
+    """One client, the only writer of its keys: pipelines batches of sets
+    and gets of its own keys and checks every reply, in order, against what
+    it wrote."""
+
+    def __init__(self, port, n):
+        super().__init__(daemon=True)
+        self.port, self.n = port, n
+        self.stop = threading.Event()
+        self.model, self.errors, self.batches, self.commands = {}, [], 0, 0
+
+    def run(self):
+        rnd = random.Random(self.n)
+        try:
+            w = Wire(self.port)
+            while not self.stop.is_set():
+                out, want = [], []
+                for _ in range(rnd.randint(1, 40)):
+                    k = b"w%d-%d" % (self.n, rnd.randint(0, 30))
+                    if rnd.random() < 0.5:
+                        v = b"%d-%d" % (self.n, self.commands)
+                        out.append(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(v), v))
+                        want.append(b"STORED\r\n")
+                        self.model[k] = v
+                    else:
+                        out.append(b"get %s\r\n" % k)
+                        v = self.model.get(k)
+                        want.append(b"END\r\n" if v is None else
+                                    b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (k, len(v), v))
+                    self.commands += 1
+                # Sent in pieces, so that a move finds half a command too.
+                data = b"".join(out)
+                cut = rnd.randint(0, len(data))
+                w.send(data[:cut])
+                w.send(data[cut:])
+                for i, exp in enumerate(want):
+                    got = w.read_reply()
+                    if got != exp:
+                        self.errors.append((i, exp, got))
+                        return
+                self.batches += 1
+            w.close()
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.errors.append(repr(e))
+
+
+def test_clients_moved_back_and_forth_lose_no_command_and_keep_their_order(cluster):
+    mcs = cluster.memcached(2)
+    port = free_port()
+    proxy = cluster.proxy(conf(port, mcs, 2), port=port, extra=["-T", "2"])
+    writers = [Writer(port, n) for n in range(12)]
+    for w in writers:
+        w.start()
+    wait_until(lambda: all(w.batches > 0 for w in writers), what="every client served")
+    try:
+        for i in range(10):
+            set_active(proxy, port, mcs, 1 if i % 2 == 0 else 2)
+            time.sleep(0.3)
+    finally:
+        for w in writers:
+            w.stop.set()
+        for w in writers:
+            w.join(20)
+    assert [w.errors for w in writers if w.errors] == []
+    st = proxy_stats(port)
+    # Every second reload moves every client of thread 1 (about half), the
+    # others about half of thread 0's.
+    assert int(st["threads:clients_moved"]) >= 12, st["threads:clients_moved"]
+    assert st["threads:trials"] == "0"
+    # No client was closed on the way (a dropped one fails its writer too).
+    assert int(st["closed_bad_clients"]) + int(st["closed_slow_clients"]) == 0
+    assert "handed over finds no such pool" not in proxy.log()
+
+
+def test_one_serving_thread_holds_every_client_and_a_second_takes_half(cluster):
+    mcs = cluster.memcached(1)
+    port = free_port()
+    proxy = cluster.proxy(conf(port, mcs, 1, server_connections=1), port=port,
+                          extra=["-T", "2"])
+    wires = [Wire(port) for _ in range(16)]
+    try:
+        for i, w in enumerate(wires):
+            assert w.call(b"get k%d\r\n" % i) == b"END\r\n"
+        # Every client on the home thread: one connection to memcached.
+        assert proxy_conns(mcs[0]) == 1
+        st = proxy_stats(port)
+        assert st["threads:active"] == "1"
+        # The kernel spreads the connections over both listeners: those the
+        # second thread accepted were handed over (16 on one listener has a
+        # chance of 2**-15).
+        assert int(st["threads:clients_moved"]) >= 1
+
+        set_active(proxy, port, mcs, 2)
+        # Each client, idle, moves at the second thread's next tick.
+        wait_until(lambda: int(proxy_stats(port)["threads:clients_moved"]) >=
+                   int(st["threads:clients_moved"]) + 7, what="half the clients moved")
+        for i, w in enumerate(wires):
+            assert w.call(b"get k%d\r\n" % i) == b"END\r\n"
+        assert proxy_conns(mcs[0]) == 2
+
+        # And back: the second thread's clients come home, at once.
+        set_active(proxy, port, mcs, 1)
+        for i, w in enumerate(wires):
+            v = b"v%d" % i
+            assert w.call(b"set k%d 0 0 %d\r\n%s\r\n" % (i, len(v), v)) == b"STORED\r\n"
+            assert w.call(b"get k%d\r\n" % i) == b"VALUE k%d 0 %d\r\n%s\r\nEND\r\n" % (
+                i, len(v), v)
+        stats_until(port, lambda st: st["curr_connections"] == "17",   # and this one
+                    what="every client still open")
+    finally:
+        for w in wires:
+            w.close()
+
+
+def test_auto_keeps_a_light_load_on_one_thread(cluster):
+    mcs = cluster.memcached(1)
+    port = free_port()
+    proxy = cluster.proxy(conf(port, mcs, server_connections=1), port=port,
+                          extra=["-T", "2", "--threads-active", "auto"])
+    wires = [Wire(port) for _ in range(16)]
+    try:
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            for i, w in enumerate(wires):
+                assert w.call(b"get k%d\r\n" % i) == b"END\r\n"
+            time.sleep(0.05)
+        st = proxy_stats(port)
+        assert (st["threads:active"], st["threads:trials"]) == ("1", "0")
+        assert proxy_conns(mcs[0]) == 1
+        assert "threads: 2 of 2 serve" not in proxy.log()
+    finally:
+        for w in wires:
+            w.close()
+
+
+def test_a_bad_threads_active_is_refused_and_a_reload_of_it_applies(cluster):
+    mcs = cluster.memcached(1)
+    port = free_port()
+    proxy = cluster.proxy(conf(port, mcs, 2), port=port, extra=["-T", "2"])
+    proxy.write_config(conf(port, mcs, "most"))
+    proxy.signal(signal.SIGHUP)
+    wait_until(lambda: "threads_active: expected auto, all or an integer from 1 to 64, "
+               "got 'most'" in proxy.log(), what="the reload refused")
+    assert proxy_stats(port)["threads:active"] == "2"
+    set_active(proxy, port, mcs, 1)
+    set_active(proxy, port, mcs, "all", serving=2)
+    set_active(proxy, port, mcs, 1)
+    proxy.write_config(conf(port, mcs, 5))
+    proxy.signal(signal.SIGHUP)
+    wait_until(lambda: "threads_active: 5, but 2 threads run" in proxy.log(),
+               what="the warning")
+    assert proxy_stats(port)["threads:active"] == "2"
+
+
+def test_sigterm_while_clients_move_ends_each_one_between_replies(cluster):
+    mcs = cluster.memcached(2)
+    port = free_port()
+    proxy = cluster.proxy(conf(port, mcs, 2), port=port, extra=["-T", "2"])
+    writers = [Writer(port, n) for n in range(8)]
+    for w in writers:
+        w.start()
+    wait_until(lambda: all(w.batches > 0 for w in writers), what="every client served")
+    proxy.write_config(conf(port, mcs, 1))
+    proxy.signal(signal.SIGHUP)
+    time.sleep(0.05)
+    proxy.signal(signal.SIGTERM)
+    assert proxy.proc.wait(15) == 0
+    for w in writers:
+        w.stop.set()
+        w.join(20)
+    # A client ends with an end of stream between batches (EOFError from its
+    # next read), never with a wrong or missing reply before it.
+    for w in writers:
+        assert all(isinstance(e, str) and "EOFError" in e or
+                   isinstance(e, str) and "ConnectionResetError" in e
+                   for e in w.errors), w.errors

@@ -111,14 +111,14 @@ test: deps
 # by VmRSS through the rss_faithful fixture (conftest.py) are skipped
 # there. About 6 minutes on 2 cores, so `make test` runs `tsan-fast`: the
 # files that exercise the reload thread (proxy.c reload_run), the threads'
-# hand-offs, the stats port and /status.json (they read the other threads'
-# counters), a file at a time (TEST_JOBS=1) as `make test` has always run
-# them.
+# hand-offs (of commands and of clients), the stats port and /status.json
+# (they read the other threads' counters), a file at a time (TEST_JOBS=1)
+# as `make test` has always run them.
 # TSAN_TESTS replaces the files of either.
 TSAN_FAST_TESTS = tests/integration/test_reload_limits.py tests/integration/test_process.py \
 	tests/integration/test_daemon.py tests/integration/test_threads.py \
 	tests/integration/test_upgrade.py tests/integration/test_dropin.py \
-	tests/integration/test_status_page.py
+	tests/integration/test_status_page.py tests/integration/test_threads_balance.py
 tsan:
 	$(MAKE) SAN=thread tsan-run TSAN_TESTS='$(or $(TSAN_TESTS),tests/integration)'
 

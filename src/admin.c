@@ -164,6 +164,23 @@ static void metrics_process(struct admin *a, struct evbuffer *b)
         prom_head(b, name, sizeof(name), "", &failures);
         prom_sample(b, name, NULL, (double)*a->counters.reload_failures);
     }
+    struct tstats_threads th;
+    tstats_threads_get(&th);
+    const struct { struct stats_desc d; double v; } threads[] = {
+        { { "threads", "gauge", "event-loop threads started (threads)" }, th.threads },
+        { { "threads_active", "gauge", "of them, those serving clients (threads_active)" },
+          th.active },
+        { { "thread_trials", "counter",
+            "threads_active auto's trials of one serving thread more or fewer" }, (double)th.trials },
+        { { "thread_trials_undone", "counter", "those trials it went back on" },
+          (double)th.undone },
+        { { "thread_clients_moved", "counter",
+            "client connections handed from one thread to another" }, (double)th.moved },
+    };
+    for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); i++) {
+        prom_head(b, name, sizeof(name), "", &threads[i].d);
+        prom_sample(b, name, NULL, threads[i].v);
+    }
 }
 
 static void metrics_pools(struct admin *a, struct evbuffer *b)

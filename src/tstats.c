@@ -73,7 +73,7 @@ void tstats_threads_moved(void)
 void tstats_threads_get(struct tstats_threads *out)
 {
     out->threads = nsnaps > 0 ? nsnaps : 1;
-    out->active = __atomic_load_n(&threads_now.active, __ATOMIC_RELAXED);
+    out->active = nsnaps > 0 ? __atomic_load_n(&threads_now.active, __ATOMIC_RELAXED) : 1;
     out->trials = __atomic_load_n(&threads_now.trials, __ATOMIC_RELAXED);
     out->undone = __atomic_load_n(&threads_now.undone, __ATOMIC_RELAXED);
     out->moved = __atomic_load_n(&threads_now.moved, __ATOMIC_RELAXED);

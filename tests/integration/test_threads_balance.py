@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 
-from harness import Wire, free_port, pool_yaml, proxy_stats, stats_until, wait_until
+from harness import Wire, admin_get, free_port, pool_yaml, proxy_stats, stats_until, wait_until
 
 
 def conf(port, mcs, active=None, **kw):
@@ -121,7 +121,7 @@ def test_one_serving_thread_holds_every_client_and_a_second_takes_half(cluster):
     mcs = cluster.memcached(1)
     port = free_port()
     proxy = cluster.proxy(conf(port, mcs, 1, server_connections=1), port=port,
-                          extra=["-T", "2"])
+                          admin_port=free_port(), extra=["-T", "2"])
     wires = [Wire(port) for _ in range(16)]
     try:
         for i, w in enumerate(wires):
@@ -152,6 +152,13 @@ def test_one_serving_thread_holds_every_client_and_a_second_takes_half(cluster):
                 i, len(v), v)
         stats_until(port, lambda st: st["curr_connections"] == "17",   # and this one
                     what="every client still open")
+        # /metrics says the same.
+        status, _, body = admin_get(proxy.admin_port, "/metrics")
+        assert status == 200
+        assert "\nringproxy_threads 2\n" in body
+        assert "\nringproxy_threads_active 1\n" in body
+        moved = int(body.split("\nringproxy_thread_clients_moved_total ")[1].split()[0])
+        assert moved >= int(st["threads:clients_moved"]) + 8
     finally:
         for w in wires:
             w.close()

@@ -402,13 +402,19 @@ def test_a_client_that_never_pauses_is_closed_before_the_old_process_leaves(clus
     assert len(last) > 20 and undone == [], undone[:5]
 
 
-def test_upgrade_of_a_pool_served_by_every_thread(cluster):
+@pytest.mark.parametrize("active", ["all", "auto", "moving"])
+def test_upgrade_of_a_pool_served_by_every_thread(cluster, active):
     """A pool without an index on 2 threads, old and new (4 listeners on
-    one port): the same guarantee, each thread closing its own clients."""
+    one port): the same guarantee, each thread closing its own clients.
+    With `auto`, the light load is served by one thread of each process,
+    the other handing over what its listener accepts; with `moving`, the
+    old process is told to serve on one thread just before its SIGTERM, so
+    it stops while its clients move ("Threads: how many serve")."""
     mcs = cluster.memcached(2)
     port = free_port()
     text = pool_yaml("cache", port, [(m.addr, 1, "mc%d" % (i + 1))
                                      for i, m in enumerate(mcs)])
+    text += "threads_active: %s\n" % (2 if active == "moving" else active)
     old = cluster.proxy(text, port=port, extra=["-T", "2"])
     clients = [LoadClient(port, n) for n in range(CLIENTS)]
     for c in clients:
@@ -421,6 +427,11 @@ def test_upgrade_of_a_pool_served_by_every_thread(cluster):
         new = Proxy(newdir, text, port, extra=["-T", "2"])
         cluster.started.append(new)
         new.start()
+        if active == "moving":
+            old.write_config(text.replace("threads_active: 2", "threads_active: 1"))
+            old.signal(signal.SIGHUP)
+            wait_until(lambda: "1 of 2 threads serve now" in old.log(),
+                       what="the old process on one thread")
         assert old.stop() == 0
         wait_load(clients, 400, "load through the new process")
     finally:

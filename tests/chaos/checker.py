@@ -104,15 +104,16 @@ def effective_liveness_ms(liveness):
     return LEGACY_LIVENESS_MS if not liveness_supported() else 10000
 
 
-def fleet_config(port, servers, redis_port, rate=0, liveness=None, prefix=PREFIX):
+def fleet_config(port, servers, redis_port, rate=0, liveness=None, prefix=PREFIX, top=""):
     """The one place a pool config is written.
 
     servers: list of (Memcached, weight); each memcached has .ident ("mcN").
-    liveness (ms) goes into `migration:` only when the binary knows it."""
+    liveness (ms) goes into `migration:` only when the binary knows it.
+    top: process-wide lines before the pool (e.g. `threads: 2`)."""
     migration = {"rate": rate}
     if liveness is not None and liveness_supported():
         migration["liveness"] = liveness
-    return pool_yaml(POOL, port, [(m.addr, w, m.ident) for m, w in servers],
+    return top + pool_yaml(POOL, port, [(m.addr, w, m.ident) for m, w in servers],
                      hash="md5", timeout=POOL_TIMEOUT_MS, server_retry_timeout=500,
                      index={"redis": "127.0.0.1:%d" % redis_port, "prefix": prefix},
                      migration=migration)
@@ -124,8 +125,9 @@ class Fleet:
     """K memcached, one Redis, P proxies sharing one index prefix."""
 
     def __init__(self, cluster, n_mc, n_proxies, rate=0, liveness=None,
-                 persist=False, weights=None):
+                 persist=False, weights=None, top=""):
         self.cluster, self.rate, self.liveness = cluster, rate, liveness
+        self.top = top          # process-wide lines of every proxy's file
         self.mcs = []
         self.redis = cluster.redis(persist=persist)
         self.add_memcached(n_mc)
@@ -150,7 +152,7 @@ class Fleet:
     def config(self, port, spec, rate=None):
         return fleet_config(port, spec, self.redis.port,
                             rate=self.rate if rate is None else rate,
-                            liveness=self.liveness)
+                            liveness=self.liveness, top=self.top)
 
     def start_proxy(self, spec, wait=True):
         """A new proxy on spec; returns its index."""

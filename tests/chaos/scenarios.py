@@ -474,3 +474,38 @@ def upgrade_mid_migration(cluster, proxies=2, rate=SLOW_RATE):    # p
     under_way(c, fleet, base)
     load_until_converged(c, fleet, old)
     return c.finish(old)
+
+
+# ------------------------------------------------------------ q
+
+def clients_move_between_threads(cluster, proxies=2, rate=SLOW_RATE, flips=16):  # q
+    """3 -> 4 with every proxy on two threads; while keys move, every proxy
+    is told (SIGHUP) to serve on one thread, then on two, over and over, so
+    the workers' connections are handed from thread to thread of their proxy
+    all through the migration (docs/ARCHITECTURE.md, "Threads: how many
+    serve"), between the home thread, which runs the migration, and the
+    other, which forwards to it."""
+    def top(n):
+        return "threads: 2\nthreads_active: %d\n" % n
+    fleet, c = setup(cluster, "q-clients-move-between-threads", 3, proxies, rate=rate,
+                     top=top(2))
+    spec = grow_to_4_under_way(c, fleet, 20)
+    for i in range(flips):
+        n = 1 if i % 2 == 0 else 2
+        fleet.top = top(n)
+        c.event("SIGHUP all: threads_active %d" % n)
+        fleet.reload(fleet.live_idxs(), spec)
+        c.sleep(0.3)
+    load_until_converged(c, fleet, spec)
+    res = c.finish(spec)
+    moved = []
+    for i in fleet.live_idxs():
+        try:
+            moved.append(int(proxy_stats(fleet.proxies[i].port)["threads:clients_moved"]))
+        except (OSError, EOFError, ValueError, KeyError):
+            moved.append(None)
+    res.notes.append("clients handed between threads, per proxy: %s" % moved)
+    if not all(moved):
+        res.notes.append("a proxy moved no client: the scenario proves nothing")
+        res.crashes += 1
+    return res

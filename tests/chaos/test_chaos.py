@@ -2,7 +2,7 @@
 read, no undone delete, no lost write and no stranded key.
 
     make chaos          all scenarios (ASan build)
-    make chaos-fast     the fast subset (-m fast): a, b, d, g, n, o
+    make chaos-fast     the fast subset (-m fast): a, b, d, g, n, o, q
 """
 import os
 
@@ -103,3 +103,8 @@ def test_o_meta_commands_during_a_3_to_4_resize(cluster):
 
 def test_p_binary_upgrade_mid_migration_then_resize_back(cluster):
     check(sc.upgrade_mid_migration(cluster))
+
+
+@pytest.mark.fast
+def test_q_clients_move_between_threads_during_a_resize(cluster):
+    check(sc.clients_move_between_threads(cluster))

@@ -21,6 +21,7 @@ static void forget(struct balance *b)
     b->last_busy = false;
     b->up_at = b->down_at = 0;
     b->up_wait = b->down_wait = BAL_WAIT_MIN_MS;
+    b->idle_since = 0;
 }
 
 void balance_init(struct balance *b, uint32_t max, uint32_t fixed)
@@ -49,35 +50,30 @@ static void trial(struct balance *b, uint32_t to, double rate)
 }
 
 /* A trial's window is in: keep it, or go back and wait longer before the
- * same trial. */
+ * same trial. A kept trial makes the other way wait longer too, so that a
+ * count the noise of one window kept, or undid, is not flipped back and
+ * forth faster than the waits allow. */
 static void judge(struct balance *b, double rate, uint64_t now)
 {
     bool up = b->active > b->before;
     bool keep = up ? rate >= b->before_rate * BAL_UP_GAIN
                    : rate >= b->before_rate * BAL_DOWN_KEEP;
+    uint32_t *same = up ? &b->up_wait : &b->down_wait;
+    uint32_t *other = up ? &b->down_wait : &b->up_wait;
+    uint64_t *same_at = up ? &b->up_at : &b->down_at;
+    uint64_t *other_at = up ? &b->down_at : &b->up_at;
 
     b->state = BAL_HOLD;
     b->last_rate = -1;
     if (keep) {
-        /* Not straight back the other way: the new count gets a wait. */
-        if (up) {
-            b->up_wait = BAL_WAIT_MIN_MS;
-            b->down_at = now + b->down_wait;
-        } else {
-            b->down_wait = BAL_WAIT_MIN_MS;
-            b->up_at = now + b->up_wait;
-        }
+        *other = wait_doubled(*other);
+        *other_at = now + *other;
         return;
     }
     b->active = b->before;
     b->undone++;
-    if (up) {
-        b->up_wait = wait_doubled(b->up_wait);
-        b->up_at = now + b->up_wait;
-    } else {
-        b->down_wait = wait_doubled(b->down_wait);
-        b->down_at = now + b->down_wait;
-    }
+    *same = wait_doubled(*same);
+    *same_at = now + *same;
 }
 
 uint32_t balance_step(struct balance *b, const struct bal_sample *s, uint64_t now)
@@ -90,21 +86,29 @@ uint32_t balance_step(struct balance *b, const struct bal_sample *s, uint64_t no
     }
     rate = (double)s->requests * 1000.0 / (double)s->ms;
     busy = s->min_busy >= BAL_BUSY;
-    if (rate < BAL_IDLE_RATE) {
-        forget(b);
-        b->active = 1;
-        return b->active;
-    }
     if (b->state == BAL_TRIAL) {
         judge(b, rate, now);
         return b->active;
     }
+    if (rate < BAL_IDLE_RATE && !busy) {
+        /* No load to judge by. Idle long enough, the load is over: the next
+         * one starts on one thread and is judged afresh. */
+        if (b->idle_since == 0) {
+            b->idle_since = now;
+        } else if (now - b->idle_since >= BAL_FORGET_MS) {
+            forget(b);
+            b->active = 1;
+        }
+        b->last_rate = -1;
+        return b->active;
+    }
+    b->idle_since = 0;
     steady = b->last_rate > 0 && b->last_busy == busy &&
              rate >= b->last_rate * (1 - BAL_STEADY) &&
              rate <= b->last_rate * (1 + BAL_STEADY);
     if (steady && busy && b->active < b->max && now >= b->up_at) {
         trial(b, b->active + 1, (rate + b->last_rate) / 2);
-    } else if (steady && !busy && b->active > 1 && now >= b->down_at) {
+    } else if (steady && b->active > 1 && now >= b->down_at) {
         trial(b, b->active - 1, (rate + b->last_rate) / 2);
     } else {
         b->last_rate = rate;

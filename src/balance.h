@@ -7,18 +7,21 @@
  * threads measure. A thread that is not active (parked) hands its clients
  * and the connections it accepts to the active ones (proxy.c, client.c).
  *
- * The rule, one window (BAL_WINDOW_MS) at a time:
- *   - a proxy with almost no load (under BAL_IDLE_RATE requests/s) packs
- *     onto one thread and forgets its past trials;
+ * The rule, one window (BAL_WINDOW_MS; a trial's, BAL_TRIAL_MS) at a time:
+ *   - a window with almost no load (under BAL_IDLE_RATE commands/s, no
+ *     thread busy) changes nothing; BAL_FORGET_MS of them end the load: the
+ *     proxy goes back to one thread and forgets its past trials;
  *   - when every active thread was busy (on a core or waiting for one) for
  *     BAL_BUSY of two steady windows in a row, it tries one thread more, and
- *     keeps it only if the proxy then answers BAL_UP_GAIN more requests
+ *     keeps it only if the proxy then answers BAL_UP_GAIN more commands
  *     than in those two windows (their mean);
- *   - when some active thread was not that busy in both, it tries one
- *     thread fewer, and keeps it unless the proxy then answers less than
- *     BAL_DOWN_KEEP of that;
- *   - a trial that was undone is not tried again for a while, doubling from
- *     BAL_WAIT_MIN_MS to BAL_WAIT_MAX_MS.
+ *   - otherwise, after two steady windows, it tries one thread fewer, and
+ *     keeps it unless the proxy then answers less than BAL_DOWN_KEEP of
+ *     that (busy threads included: a thread kept by a lucky window is
+ *     tested again);
+ *   - a trial undone is not tried again for a while, and one kept makes the
+ *     other way wait longer: each wait doubles from BAL_WAIT_MIN_MS to
+ *     BAL_WAIT_MAX_MS, and only a load's end resets them.
  * A thread more costs wake-ups and halves the batching of every backend
  * write (docs/ARCHITECTURE.md, "Threads"), so more threads are kept only
  * where they measure better. Pure logic: no clock, no threads (the caller
@@ -31,13 +34,16 @@
 #include <stdint.h>
 
 #define BAL_WINDOW_MS 500       /* one measurement */
-#define BAL_SETTLE_MS 200       /* after a change: clients move, not measured */
-#define BAL_IDLE_RATE 1000      /* requests/s under which one thread serves */
+#define BAL_TRIAL_MS 300        /* a trial's: it costs what it measures */
+#define BAL_SETTLE_MS 100       /* after a change: clients move, not measured */
+#define BAL_IDLE_RATE 1000      /* commands/s under which (no thread busy) a
+                                   window is idle */
 #define BAL_BUSY 0.9            /* busy share of a saturated thread */
 #define BAL_STEADY 0.25         /* two windows this close are a steady load
                                    (500 ms of a pipelined load vary by 20 %) */
 #define BAL_UP_GAIN 1.05        /* a thread more is kept from this gain */
 #define BAL_DOWN_KEEP 0.97      /* a thread fewer is kept from this share */
+#define BAL_FORGET_MS 5000      /* idle this long: the load is over */
 #define BAL_WAIT_MIN_MS 5000
 #define BAL_WAIT_MAX_MS 60000
 
@@ -61,6 +67,7 @@ struct balance {
                                    came after it) */
     bool last_busy;             /* ... and whether it was saturated */
     uint64_t up_at, down_at;    /* no trial up (down) before then */
+    uint64_t idle_since;        /* the first of the idle windows; 0: none */
     uint32_t up_wait, down_wait;        /* ms, doubled by each undone trial */
     uint64_t trials, undone;    /* counted for `stats` */
 };

@@ -180,29 +180,39 @@ static struct client *client_new(struct pool *p, int fd, uint64_t *stats)
     return c;
 }
 
-void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
+/* An accepted socket, served (NULL: refused or out of memory). A stopping
+ * proxy refuses one it accepts itself, but serves one accepted before its
+ * stop and handed over since (client_adopt), to be closed once idle. */
+static struct client *client_take(struct pool *p, int fd, const struct sockaddr *sa,
+                                  bool handed)
 {
     static const char too_many[] = "ERROR Too many open connections\r\n";
     struct client *c;
     int one = 1;
 
-    (void)salen;
-    if (p->w->stopping || !client_admit(p)) {
+    if ((p->w->stopping && !handed) || !client_admit(p)) {
         ssize_t rc = write(fd, too_many, sizeof(too_many) - 1);
         (void)rc;
         close(fd);
         p->stats[STAT_rejected_connections]++;
-        return;
+        return NULL;
     }
     if (sa->sa_family != AF_UNIX) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
     if ((c = client_new(p, fd, p->stats)) == NULL) {
         client_left(p);
-        return;
+        return NULL;
     }
     format_peer(sa, c->peer, sizeof(c->peer));
     client_arm_timer(c);
+    return c;
+}
+
+void client_accept(struct pool *p, int fd, const struct sockaddr *sa, int salen)
+{
+    (void)salen;
+    client_take(p, fd, sa, false);
 }
 
 void client_accept_link(struct pool *p, int fd)
@@ -453,7 +463,10 @@ static bool client_route_switching(const struct client *c)
 /* Should reading pause (after a command) or stay paused? */
 static bool client_must_pause(const struct client *c, unsigned div)
 {
-    return c->moving || c->wait.on != NULL || client_route_switching(c) ||
+    /* A moving client stops between commands; one swallowing a value it
+     * sent too large reads on until the value is gone (client_movable). */
+    return (c->moving && c->state == CLIENT_READING) || c->wait.on != NULL ||
+           client_route_switching(c) ||
            c->nreqs + c->nquiet >= CLIENT_MAX_QUEUED / div ||
            client_replies_held(c) >= CLIENT_OUT_PAUSE / div ||
            c->sent >= CLIENT_SENT_PAUSE / div;
@@ -532,7 +545,7 @@ static bool client_movable(const struct client *c)
 static void client_hand_off(struct client *c)
 {
     struct pool *p = c->pool;
-    struct handoff *to = p->w->move_to != NULL ? p->w->move_to(p->w) : NULL;
+    struct handoff *to = p->w->move_to != NULL ? p->w->move_to(p->w, p) : NULL;
     struct handoff_move *m = to != NULL ? calloc(1, sizeof(*m)) : NULL;
 
     if (m == NULL || (m->pool = strdup(p->name)) == NULL) {
@@ -583,9 +596,12 @@ void client_adopt(struct pool *p, struct handoff_move *m)
     struct client *c;
 
     if (m->in == NULL) {        /* accepted there, never served */
-        client_accept(p, m->fd, (const struct sockaddr *)&m->sa, m->salen);
+        c = client_take(p, m->fd, (const struct sockaddr *)&m->sa, true);
         m->fd = -1;
         handoff_move_free(m);
+        if (c != NULL && p->w->stopping) {
+            client_stop(c);
+        }
         return;
     }
     c = client_make(p, m->fd, p->stats);
@@ -1717,5 +1733,8 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
     client_process(c);
     if (c->state != CLIENT_CLOSED) {
         client_arm_timer(c);
+        if (c->moving) {
+            client_mark_dirty(c);   /* it may be movable now (client_flush) */
+        }
     }
 }

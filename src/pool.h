@@ -111,7 +111,7 @@ struct worker {
      * a client this one hands over goes: a reservation on another serving
      * thread's inbox, or NULL when none takes it (proxy.c). */
     struct handoff *inbox;
-    struct handoff *(*move_to)(struct worker *w);
+    struct handoff *(*move_to)(struct worker *w, const struct pool *p);
 };
 
 uint64_t worker_now_ms(struct worker *w);

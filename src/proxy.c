@@ -93,13 +93,14 @@ struct loop_confs {
 
 /* A message from the home thread to a request worker (a pointer through its
  * pipe; the worker frees it). */
-enum wmsg_kind { WMSG_STOP, WMSG_RELOAD };
+enum wmsg_kind { WMSG_STOP, WMSG_RELOAD, WMSG_BALANCE };
 struct wmsg {
     enum wmsg_kind kind;
     struct conf_ref *conf;      /* RELOAD: a reference for the worker */
     struct ring **rings;        /* RELOAD: a reference per pool of conf */
     struct hub **hubs;          /* RELOAD: per pool of conf, the home pool's
                                    hub (a reference), or NULL */
+    bool spread;                /* BALANCE: more threads serve than before */
 };
 
 /*
@@ -155,6 +156,7 @@ struct proxy {
     uint64_t bal_win_start;     /* 0: no window open */
     uint64_t bal_req0;          /* the threads' commands then */
     uint64_t *bal_busy0;        /* [nthreads]: each one's busy ns then */
+    bool bal_blind;             /* schedstat unreadable: said once */
 };
 
 static void wthread_send(struct wthread *t, struct wmsg *m);
@@ -194,23 +196,45 @@ static void tload_turn(struct worker *w)
     t->seen_requests = sum;
 }
 
-/* A client of p this thread may hand over: another thread serves p too. */
-static bool pool_movable(const struct pool *p)
+/* This thread serves p: it listens for it and a reload did not remove it. */
+static bool pool_serves(const struct pool *p)
 {
-    return !p->closing && (p->w->id != 0 || pool_threaded(p->conf));
+    return !p->closing && p->listener != NULL;
 }
 
-/* Where a client of w goes: the serving thread other than w with the
- * fewest clients, reserved (handoff.h); NULL: none takes it. */
-static struct handoff *worker_move_to(struct worker *w)
+/* A client of p this thread may hand over: p is served here, and may be by
+ * other threads (on the home thread, only a pool every thread may serve). */
+static bool pool_movable(const struct pool *p)
+{
+    return pool_serves(p) && (p->w->id != 0 || pool_threaded(p->conf));
+}
+
+/* Whether this thread serves p, for the others (tstats.h): called whenever
+ * its listener opens or closes. */
+static void pool_publish_serving(const struct pool *p)
+{
+    if (tloads != NULL) {
+        tstats_pool_serving(p->name, p->w->id, pool_serves(p));
+    }
+}
+
+/* Where a client of p on w goes: of the serving threads that serve p too
+ * (not w), the one with the fewest clients, reserved (handoff.h); NULL:
+ * none takes it. */
+static struct handoff *worker_move_to(struct worker *w, const struct pool *p)
 {
     uint32_t active = __atomic_load_n(&threads_active, __ATOMIC_ACQUIRE);
     uint32_t best = UINT32_MAX, fewest = UINT32_MAX;
+    uint64_t serving;
 
+    if (!pool_movable(p)) {
+        return NULL;
+    }
+    serving = tstats_pool_servers(p->name);
     for (uint32_t i = 0; i < active && i < proxy_nthreads; i++) {
         uint32_t n = __atomic_load_n(&tloads[i].clients, __ATOMIC_RELAXED) +
                      handoff_pending(tloads[i].inbox);
-        if (i != w->id && n < fewest) {
+        if (i != w->id && (serving >> i & 1) && n < fewest) {
             best = i, fewest = n;
         }
     }
@@ -220,8 +244,8 @@ static struct handoff *worker_move_to(struct worker *w)
     return tloads[best].inbox;
 }
 
-/* A client another thread handed over: to this thread's pool of that name,
- * or closed if it has none (a reload removed it in between). */
+/* A client another thread handed over: to this thread's pool of that name.
+ * None (a reload removed it since the sender looked): closed. */
 static void worker_take(void *arg, struct handoff_move *m)
 {
     struct worker *w = arg;
@@ -240,12 +264,20 @@ static void worker_take(void *arg, struct handoff_move *m)
     handoff_move_free(m);
 }
 
-/* Each tick: how many clients w holds, and those it hands over: all of
- * them while it does not serve, else those past an even share. */
-static void worker_balance(struct worker *w)
+/*
+ * Each tick, and at once when the serving count changes: how many clients w
+ * will hold (those it could hand over, less those on their way out), and
+ * which it hands over. A parked thread hands over all of them. A serving
+ * thread hands over those past an even share only when the count grew
+ * (spread): new connections are spread by the kernel over the listeners,
+ * and parked threads pass theirs to the serving thread with the fewest, so
+ * serving threads are never reshuffled otherwise.
+ */
+static void worker_balance(struct worker *w, bool spread)
 {
     uint32_t active = __atomic_load_n(&threads_active, __ATOMIC_ACQUIRE);
-    uint32_t mine = 0, total = 0, share;
+    uint32_t held = 0, leaving = 0, total = 0, share, stay;
+    bool parked = w->id >= active;
 
     if (tloads == NULL) {
         return;
@@ -256,34 +288,38 @@ static void worker_balance(struct worker *w)
             continue;
         }
         TAILQ_FOREACH(c, &w->pools[i]->clients, link) {
-            mine += !c->is_link && !c->moving;
+            held += !c->is_link;
+            leaving += !c->is_link && c->moving;
         }
     }
-    __atomic_store_n(&tloads[w->id].clients, mine, __ATOMIC_RELAXED);
-    if (w->stopping) {
+    stay = held - leaving;
+    __atomic_store_n(&tloads[w->id].clients, stay, __ATOMIC_RELAXED);
+    if (w->stopping || (!parked && !spread)) {
         return;
     }
     for (uint32_t i = 0; i < proxy_nthreads; i++) {
-        total += __atomic_load_n(&tloads[i].clients, __ATOMIC_RELAXED);
+        total += __atomic_load_n(&tloads[i].clients, __ATOMIC_RELAXED) +
+                 handoff_pending(tloads[i].inbox);
     }
-    share = w->id >= active ? 0 : (total + active - 1) / active;
-    if (mine <= share + (w->id >= active ? 0 : 1)) {
+    share = parked ? 0 : (total + active - 1) / active;
+    if (stay <= share + (parked ? 0 : 1)) {
         return;     /* one over the share stays: no ping-pong of the odd one */
     }
-    for (uint32_t i = 0; i < w->npools && mine > share; i++) {
+    for (uint32_t i = 0; i < w->npools && stay > share; i++) {
         struct client *c;
         if (!pool_movable(w->pools[i])) {
             continue;
         }
         TAILQ_FOREACH(c, &w->pools[i]->clients, link) {
-            if (mine <= share) {
+            if (stay <= share) {
                 break;
             }
             if (!c->is_link && !c->moving && client_move(c)) {
-                mine--;
+                stay--;
             }
         }
     }
+    __atomic_store_n(&tloads[w->id].clients, stay, __ATOMIC_RELAXED);
 }
 
 /* A connection accepted by a thread that does not serve: to one that does. */
@@ -294,8 +330,7 @@ static bool worker_pass_accept(struct worker *w, struct pool *p, int fd,
     struct handoff_move *m;
 
     if (tloads == NULL || w->id < __atomic_load_n(&threads_active, __ATOMIC_ACQUIRE) ||
-        w->stopping || !pool_movable(p) || salen > (int)sizeof(m->sa) ||
-        (to = worker_move_to(w)) == NULL) {
+        w->stopping || salen > (int)sizeof(m->sa) || (to = worker_move_to(w, p)) == NULL) {
         return false;
     }
     if ((m = calloc(1, sizeof(*m))) == NULL || (m->pool = strdup(p->name)) == NULL) {
@@ -354,10 +389,25 @@ static uint32_t conf_threads_active(const struct proxy_options *o, const struct 
     return v > 0 ? (uint32_t)v : 0;
 }
 
-static void threads_publish(const struct balance *b)
+/* The home thread: what balance says, to every thread; a changed count
+ * starts the moves at once (each thread's worker_balance), not at the
+ * threads' next ticks. */
+static void threads_publish(struct proxy *px)
 {
-    __atomic_store_n(&threads_active, b->active, __ATOMIC_RELEASE);
+    const struct balance *b = &px->bal;
+    uint32_t was = __atomic_exchange_n(&threads_active, b->active, __ATOMIC_ACQ_REL);
+
     tstats_threads_set(b->active, b->trials, b->undone);
+    if (was == b->active || px->thr == NULL) {
+        return;
+    }
+    worker_balance(&px->w, b->active > was);
+    for (uint32_t t = 1; t < px->nthreads; t++) {
+        struct wmsg *m = rp_xcalloc(1, sizeof(*m), "a message to a worker thread");
+        m->kind = WMSG_BALANCE;
+        m->spread = b->active > was;
+        wthread_send(&px->thr[t], m);
+    }
 }
 
 /* Each thread's inbox and load record, before the threads start. Returns 0,
@@ -378,9 +428,15 @@ static int threads_setup(struct proxy *px)
         w->move_to = worker_move_to;
     }
     tloads[0].tid = gettid();
+    for (uint32_t i = 0; i < px->nthreads; i++) {
+        const struct worker *w = i == 0 ? &px->w : &px->thr[i].w;
+        for (uint32_t j = 0; j < w->npools; j++) {
+            pool_publish_serving(w->pools[j]);
+        }
+    }
     balance_init(&px->bal, px->nthreads,
                  conf_threads_active(px->opts, px->conf, px->nthreads));
-    threads_publish(&px->bal);
+    threads_publish(px);
     return 0;
 }
 
@@ -397,13 +453,22 @@ static void proxy_balance(struct proxy *px)
     uint64_t now = worker_now_ms(w), req = 0;
     uint32_t n = px->nthreads;
 
-    if (tloads == NULL || w->stopping || now < px->bal_next) {
+    if (tloads == NULL || w->stopping || px->bal.fixed > 0 || now < px->bal_next) {
         return;
     }
     uint64_t *busy = rp_xcalloc(n, sizeof(*busy), "the threads' loads");
     for (uint32_t i = 0; i < n; i++) {
+        pid_t tid = __atomic_load_n(&tloads[i].tid, __ATOMIC_RELAXED);
         req += __atomic_load_n(&tloads[i].requests, __ATOMIC_RELAXED);
-        busy[i] = task_busy_ns(__atomic_load_n(&tloads[i].tid, __ATOMIC_RELAXED));
+        busy[i] = task_busy_ns(tid);
+        if (busy[i] == 0 && tid != 0 && !px->bal_blind) {
+            /* Never busy, so never a thread more: say so once. */
+            px->bal_blind = true;
+            log_warn("proxy", "threads_active: auto cannot read /proc/self/task/%ld/"
+                     "schedstat (no /proc, or a kernel without schedstats), so it "
+                     "cannot tell a saturated thread and serves on as few threads as "
+                     "it has; set threads_active to a count", (long)tid);
+        }
     }
     if (px->bal_win_start != 0 && now > px->bal_win_start) {
         struct bal_sample smp = { .ms = now - px->bal_win_start,
@@ -415,7 +480,7 @@ static void proxy_balance(struct proxy *px)
             smp.min_busy = b < smp.min_busy ? b : smp.min_busy;
         }
         balance_step(&px->bal, &smp, now);
-        threads_publish(&px->bal);
+        threads_publish(px);
         if (px->bal.active != was) {
             log_info("proxy", "threads: %u of %u serve (%.0f commands/s, the least busy "
                      "serving thread %.0f%% busy%s)", px->bal.active, n,
@@ -430,7 +495,7 @@ static void proxy_balance(struct proxy *px)
     px->bal_win_start = now;
     px->bal_req0 = req;
     memcpy(px->bal_busy0, busy, n * sizeof(*busy));
-    px->bal_next = now + BAL_WINDOW_MS;
+    px->bal_next = now + (px->bal.state == BAL_TRIAL ? BAL_TRIAL_MS : BAL_WINDOW_MS);
     free(busy);
 }
 
@@ -608,6 +673,7 @@ static int pool_listen(struct pool *p, char *err, size_t errlen)
         return -1;
     }
     p->listener = listener_open(p, p->conf, &p->listen_dev, &p->listen_ino, err, errlen);
+    pool_publish_serving(p);
     return p->listener != NULL ? 0 : -1;
 }
 
@@ -622,6 +688,7 @@ static void pool_unlisten(struct pool *p)
         event_free(p->accept_retry);
         p->accept_retry = NULL;
     }
+    pool_publish_serving(p);
 }
 
 /* Settings the file may hold that are legal but risky: say so at load. */
@@ -865,7 +932,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     if (w->stopping) {
         proxy_stop_clients(w);
     }
-    worker_balance(w);
+    worker_balance(w, false);
     tstats_publish(w->id, w->pools, w->npools);
     log_tick();
     /* Clients closed holding big unfinished values (value_timeout, a
@@ -1400,10 +1467,13 @@ static void proxy_apply(struct proxy *px, struct config *nc, struct ring **rings
         wthread_send(&px->thr[t], m);
     }
     free(copies);
-    if (tloads != NULL && px->opts->threads_active == PROXY_ACTIVE_UNSET &&
+    if (tloads != NULL && px->opts->threads_active != PROXY_ACTIVE_UNSET &&
         nc->threads_active != px->conf->threads_active) {
+        log_notice("reload", "threads_active: the file's new value is not applied: "
+                   "--threads-active overrides it");
+    } else if (tloads != NULL && nc->threads_active != px->conf->threads_active) {
         balance_set_fixed(&px->bal, conf_threads_active(px->opts, nc, px->nthreads));
-        threads_publish(&px->bal);
+        threads_publish(px);
         px->bal_win_start = 0;
         px->bal_next = worker_now_ms(w) + BAL_SETTLE_MS;
         log_notice("reload", "threads_active: %s; %u of %u threads serve now",
@@ -1844,6 +1914,9 @@ static void wthread_on_msg(evutil_socket_t fd, short what, void *arg)
                 t->stop_deadline = worker_now_ms(&t->w) + STOP_GRACE_MS;
                 worker_stop(&t->w);
             }
+            break;
+        case WMSG_BALANCE:      /* threads_active changed: now, not at the tick */
+            worker_balance(&t->w, m->spread);
             break;
         case WMSG_RELOAD:
             npools = m->conf->conf->npools;     /* m->conf may go below */

@@ -37,6 +37,7 @@ static struct tstats_snap *snaps;   /* one per thread; NULL: one thread */
 struct tstats_conns {
     char *pool;
     uint64_t open;
+    uint64_t serving;           /* threads whose listener of it is open */
 };
 
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -396,6 +397,7 @@ static struct tstats_conns *conns_of(const char *pool)
     conns = grow(conns, &cap_conns, nconns + 1, sizeof(*conns));
     conns[nconns].pool = rp_xstrdup(pool, "a pool's connection count");
     conns[nconns].open = 0;
+    conns[nconns].serving = 0;
     return &conns[nconns++];
 }
 
@@ -419,6 +421,26 @@ void tstats_client_left(const char *pool)
         c->open--;
     }
     pthread_mutex_unlock(&conns_lock);
+}
+
+void tstats_pool_serving(const char *pool, uint32_t thread, bool on)
+{
+    uint64_t bit = thread < 64 ? (uint64_t)1 << thread : 0;
+
+    pthread_mutex_lock(&conns_lock);
+    struct tstats_conns *c = conns_of(pool);
+    c->serving = on ? c->serving | bit : c->serving & ~bit;
+    pthread_mutex_unlock(&conns_lock);
+}
+
+uint64_t tstats_pool_servers(const char *pool)
+{
+    uint64_t mask;
+
+    pthread_mutex_lock(&conns_lock);
+    mask = conns_of(pool)->serving;
+    pthread_mutex_unlock(&conns_lock);
+    return mask;
 }
 
 bool tstats_threaded(void)

@@ -95,6 +95,10 @@ uint64_t (*tstats_backends_sum(uint32_t self, const struct pool *p))[STAT_BACKEN
 bool tstats_threaded(void);
 bool tstats_client_admit(const char *pool, uint64_t limit);
 void tstats_client_left(const char *pool);
+/* Which threads serve a pool (their listener of it is open): a client is
+ * handed only to one of them (proxy.c). Bit i: thread i. */
+void tstats_pool_serving(const char *pool, uint32_t thread, bool on);
+uint64_t tstats_pool_servers(const char *pool);
 
 /* Threads: how many serve (balance.h; proxy.c decides). Written by the home
  * thread (the moves by whichever thread hands a client over), read by any:

@@ -67,7 +67,9 @@ START_TEST(test_a_saturated_thread_gets_a_trial_kept_only_if_it_gains)
     ck_assert_uint_eq(step(&b, 106000, 0.95, &now), 2);   /* and kept */
     ck_assert_int_eq(b.state, BAL_HOLD);
     ck_assert_uint_eq(b.undone, 1);
-    ck_assert_uint_eq(b.up_wait, BAL_WAIT_MIN_MS);
+    /* The way back waits longer now. */
+    ck_assert_uint_eq(b.down_wait, 2 * BAL_WAIT_MIN_MS);
+    ck_assert_uint_eq(b.down_at, now + 2 * BAL_WAIT_MIN_MS);
 }
 END_TEST
 
@@ -93,8 +95,8 @@ START_TEST(test_threads_not_busy_try_one_fewer)
     step(&b, 100000, 0.99, &now);
     ck_assert_uint_eq(step(&b, 100000, 0.99, &now), 2);
     ck_assert_uint_eq(step(&b, 150000, 0.99, &now), 2);   /* kept */
-    /* Just after a kept trial up, the other way waits. */
-    for (uint64_t until = now + BAL_WAIT_MIN_MS - BAL_WINDOW_MS; now < until;) {
+    /* Just after a kept trial up, the other way waits (twice the least). */
+    for (uint64_t until = now + 2 * BAL_WAIT_MIN_MS - BAL_WINDOW_MS; now < until;) {
         ck_assert_uint_eq(step(&b, 150000, 0.6, &now), 2);
     }
     ck_assert_uint_eq(step(&b, 150000, 0.6, &now), 1);    /* trial down */
@@ -117,16 +119,34 @@ START_TEST(test_a_trial_down_that_loses_is_undone)
     step(&b, 100000, 0.99, &now);
     step(&b, 100000, 0.99, &now);
     ck_assert_uint_eq(step(&b, 200000, 0.8, &now), 2);
-    now += BAL_WAIT_MIN_MS;
+    now += 2 * BAL_WAIT_MIN_MS;
     step(&b, 200000, 0.8, &now);
     ck_assert_uint_eq(step(&b, 200000, 0.8, &now), 1);
     ck_assert_uint_eq(step(&b, 150000, 1.0, &now), 2);    /* undone */
     ck_assert_uint_eq(b.undone, 1);
-    ck_assert_uint_eq(b.down_wait, 2 * BAL_WAIT_MIN_MS);
+    ck_assert_uint_eq(b.down_wait, 4 * BAL_WAIT_MIN_MS);
+}
+
+START_TEST(test_busy_threads_are_tested_one_fewer_too)
+{
+    struct balance b;
+    uint64_t now = 0;
+
+    balance_init(&b, 2, 0);
+    step(&b, 100000, 0.99, &now);
+    step(&b, 100000, 0.99, &now);
+    ck_assert_uint_eq(step(&b, 120000, 0.99, &now), 2);   /* kept, maybe by luck */
+    now = b.down_at;
+    step(&b, 120000, 0.99, &now);
+    /* Both busy, and still a trial down once the wait is over. */
+    ck_assert_uint_eq(step(&b, 120000, 0.99, &now), 1);
+    ck_assert_uint_eq(step(&b, 100000, 0.99, &now), 2);   /* and undone */
+    ck_assert_uint_eq(b.down_wait, 4 * BAL_WAIT_MIN_MS);
 }
 END_TEST
+END_TEST
 
-START_TEST(test_no_load_packs_onto_one_thread_and_forgets)
+START_TEST(test_a_pause_changes_nothing_and_the_load_s_end_resets)
 {
     struct balance b;
     uint64_t now = 0;
@@ -134,10 +154,25 @@ START_TEST(test_no_load_packs_onto_one_thread_and_forgets)
     balance_init(&b, 4, 0);
     step(&b, 100000, 0.99, &now);
     step(&b, 100000, 0.99, &now);
-    step(&b, 90000, 0.99, &now);            /* undone: up_wait doubled */
-    ck_assert_uint_eq(b.up_wait, 2 * BAL_WAIT_MIN_MS);
-    ck_assert_uint_eq(step(&b, BAL_IDLE_RATE - 1, 0.01, &now), 1);
-    ck_assert_uint_eq(b.up_wait, BAL_WAIT_MIN_MS);
+    ck_assert_uint_eq(step(&b, 200000, 0.99, &now), 2);   /* kept */
+    /* A pause shorter than BAL_FORGET_MS: nothing changes, no wait resets. */
+    for (int i = 0; i < (int)(BAL_FORGET_MS / BAL_WINDOW_MS) - 1; i++) {
+        ck_assert_uint_eq(step(&b, BAL_IDLE_RATE - 10, 0.01, &now), 2);
+    }
+    ck_assert_uint_eq(b.down_wait, 2 * BAL_WAIT_MIN_MS);
+    ck_assert_uint_eq(step(&b, 200000, 0.99, &now), 2);
+    /* A few commands that keep a thread busy (big values) are a load. */
+    for (int i = 0; i < 20; i++) {
+        step(&b, 500, 0.99, &now);
+    }
+    ck_assert_uint_eq(b.down_wait, 2 * BAL_WAIT_MIN_MS);
+    /* BAL_FORGET_MS of idle windows: back to one thread, waits reset. */
+    ck_assert_uint_eq(b.idle_since, 0);
+    for (int i = 0; i <= (int)(BAL_FORGET_MS / BAL_WINDOW_MS); i++) {
+        step(&b, 0, 0.0, &now);
+    }
+    ck_assert_uint_eq(b.active, 1);
+    ck_assert_uint_eq(b.down_wait, BAL_WAIT_MIN_MS);
     ck_assert_uint_eq(b.up_at, 0);
     /* A new load is tried at once. */
     step(&b, 100000, 0.99, &now);
@@ -183,7 +218,8 @@ static Suite *balance_suite(void)
     tcase_add_test(tc, test_an_unsteady_load_gets_no_trial);
     tcase_add_test(tc, test_threads_not_busy_try_one_fewer);
     tcase_add_test(tc, test_a_trial_down_that_loses_is_undone);
-    tcase_add_test(tc, test_no_load_packs_onto_one_thread_and_forgets);
+    tcase_add_test(tc, test_busy_threads_are_tested_one_fewer_too);
+    tcase_add_test(tc, test_a_pause_changes_nothing_and_the_load_s_end_resets);
     tcase_add_test(tc, test_waits_double_up_to_the_cap_and_counts_stay_in_bounds);
     suite_add_tcase(s, tc);
     return s;

@@ -35,6 +35,19 @@ void handoff_move_free(struct handoff_move *m)
     free(m);
 }
 
+/* Every move sent so far, the list emptied. */
+static struct handoff_move *take_all(struct handoff *h)
+{
+    struct handoff_move *m;
+
+    pthread_mutex_lock(&h->lock);
+    m = h->head;
+    h->head = NULL;
+    h->tail = &h->head;
+    pthread_mutex_unlock(&h->lock);
+    return m;
+}
+
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     struct handoff *h = arg;
@@ -44,12 +57,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     (void)what;
     while (read(fd, buf, sizeof(buf)) > 0) {
     }
-    pthread_mutex_lock(&h->lock);
-    m = h->head;
-    h->head = NULL;
-    h->tail = &h->head;
-    pthread_mutex_unlock(&h->lock);
-    for (; m != NULL; m = next) {
+    for (m = take_all(h); m != NULL; m = next) {
         next = m->next;
         m->next = NULL;
         h->take(h->arg, m);
@@ -93,12 +101,7 @@ void handoff_stop(struct handoff *h)
         event_free(h->ev);
         h->ev = NULL;
     }
-    pthread_mutex_lock(&h->lock);
-    m = h->head;
-    h->head = NULL;
-    h->tail = &h->head;
-    pthread_mutex_unlock(&h->lock);
-    for (; m != NULL; m = next) {
+    for (m = take_all(h); m != NULL; m = next) {
         next = m->next;
         handoff_move_free(m);
         __atomic_sub_fetch(&h->pending, 1, __ATOMIC_SEQ_CST);

@@ -22,17 +22,8 @@ def conf(port, mcs, active=None, **kw):
 
 def proxy_conns(mc):
     """Connections memcached has from others than this probe."""
-    s = socket.create_connection(("127.0.0.1", mc.port), timeout=10)
-    try:
-        s.sendall(b"stats conns\r\n")
-        buf = b""
-        while not buf.endswith(b"END\r\n"):
-            chunk = s.recv(65536)
-            assert chunk, "memcached closed"
-            buf += chunk
-        return buf.count(b":listen_addr ") - 1
-    finally:
-        s.close()
+    with Wire(mc.port) as w:
+        return w.call(b"stats conns\r\n").count(b":listen_addr ") - 1
 
 
 def set_active(proxy, port, mcs, active, serving=None):
@@ -89,14 +80,20 @@ class Writer(threading.Thread):
             self.errors.append(repr(e))
 
 
-def test_clients_moved_back_and_forth_lose_no_command_and_keep_their_order(cluster):
+def start_writers(cluster, n):
+    """A proxy on two threads, both serving, and n Writers through it."""
     mcs = cluster.memcached(2)
     port = free_port()
     proxy = cluster.proxy(conf(port, mcs, 2), port=port, extra=["-T", "2"])
-    writers = [Writer(port, n) for n in range(12)]
+    writers = [Writer(port, i) for i in range(n)]
     for w in writers:
         w.start()
     wait_until(lambda: all(w.batches > 0 for w in writers), what="every client served")
+    return mcs, port, proxy, writers
+
+
+def test_clients_moved_back_and_forth_lose_no_command_and_keep_their_order(cluster):
+    mcs, port, proxy, writers = start_writers(cluster, 12)
     try:
         for i in range(10):
             set_active(proxy, port, mcs, 1 if i % 2 == 0 else 2)
@@ -205,13 +202,7 @@ def test_a_bad_threads_active_is_refused_and_a_reload_of_it_applies(cluster):
 
 
 def test_sigterm_while_clients_move_ends_each_one_between_replies(cluster):
-    mcs = cluster.memcached(2)
-    port = free_port()
-    proxy = cluster.proxy(conf(port, mcs, 2), port=port, extra=["-T", "2"])
-    writers = [Writer(port, n) for n in range(8)]
-    for w in writers:
-        w.start()
-    wait_until(lambda: all(w.batches > 0 for w in writers), what="every client served")
+    mcs, port, proxy, writers = start_writers(cluster, 8)
     proxy.write_config(conf(port, mcs, 1))
     proxy.signal(signal.SIGHUP)
     time.sleep(0.05)

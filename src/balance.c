@@ -22,6 +22,15 @@ static void forget(struct balance *b)
     b->up_at = b->down_at = 0;
     b->up_wait = b->down_wait = BAL_WAIT_MIN_MS;
     b->idle_since = 0;
+    b->judged_rate = 0;
+}
+
+/* The load is not the one the waits were earned on: no wait. */
+static void new_load(struct balance *b)
+{
+    b->up_at = b->down_at = 0;
+    b->up_wait = b->down_wait = BAL_WAIT_MIN_MS;
+    b->judged_rate = 0;
 }
 
 void balance_init(struct balance *b, uint32_t max, uint32_t fixed)
@@ -53,7 +62,7 @@ static void trial(struct balance *b, uint32_t to, double rate)
  * same trial. A kept trial makes the other way wait longer too, so that a
  * count the noise of one window kept, or undid, is not flipped back and
  * forth faster than the waits allow. */
-static void judge(struct balance *b, double rate, uint64_t now)
+static void judge(struct balance *b, double rate, bool busy, uint64_t now)
 {
     bool up = b->active > b->before;
     bool keep = up ? rate >= b->before_rate * BAL_UP_GAIN
@@ -65,6 +74,9 @@ static void judge(struct balance *b, double rate, uint64_t now)
 
     b->state = BAL_HOLD;
     b->last_rate = -1;
+    /* The load at the count kept: the trial's, or the windows before it. */
+    b->judged_rate = keep ? rate : b->before_rate;
+    b->judged_busy = keep ? busy : b->last_busy;
     if (keep) {
         *other = wait_doubled(*other);
         *other_at = now + *other;
@@ -87,10 +99,10 @@ uint32_t balance_step(struct balance *b, const struct bal_sample *s, uint64_t no
     rate = (double)s->requests * 1000.0 / (double)s->ms;
     busy = s->min_busy >= BAL_BUSY;
     if (b->state == BAL_TRIAL) {
-        judge(b, rate, now);
+        judge(b, rate, busy, now);
         return b->active;
     }
-    if (rate < BAL_IDLE_RATE && !busy) {
+    if (s->max_busy < BAL_IDLE_BUSY) {
         /* No load to judge by. Idle long enough, the load is over: the next
          * one starts on one thread and is judged afresh. */
         if (b->idle_since == 0) {
@@ -103,6 +115,11 @@ uint32_t balance_step(struct balance *b, const struct bal_sample *s, uint64_t no
         return b->active;
     }
     b->idle_since = 0;
+    if (b->judged_rate > 0 && (busy != b->judged_busy ||
+                               rate > b->judged_rate * BAL_NEW_LOAD ||
+                               rate * BAL_NEW_LOAD < b->judged_rate)) {
+        new_load(b);
+    }
     steady = b->last_rate > 0 && b->last_busy == busy &&
              rate >= b->last_rate * (1 - BAL_STEADY) &&
              rate <= b->last_rate * (1 + BAL_STEADY);

@@ -8,8 +8,9 @@
  * and the connections it accepts to the active ones (proxy.c, client.c).
  *
  * The rule, one window (BAL_WINDOW_MS; a trial's, BAL_TRIAL_MS) at a time:
- *   - a window with almost no load (under BAL_IDLE_RATE commands/s, no
- *     thread busy) changes nothing; BAL_FORGET_MS of them end the load: the
+ *   - a window with almost no load (every serving thread under
+ *     BAL_IDLE_BUSY busy, whatever the command count: a few heavy commands
+ *     are a load) changes nothing; BAL_FORGET_MS of them end the load: the
  *     proxy goes back to one thread and forgets its past trials;
  *   - when every active thread was busy (on a core or waiting for one) for
  *     BAL_BUSY of two steady windows in a row, it tries one thread more, and
@@ -21,7 +22,9 @@
  *     tested again);
  *   - a trial undone is not tried again for a while, and one kept makes the
  *     other way wait longer: each wait doubles from BAL_WAIT_MIN_MS to
- *     BAL_WAIT_MAX_MS, and only a load's end resets them.
+ *     BAL_WAIT_MAX_MS. A load's end resets them, and so does a load that
+ *     changed since the last judgement (saturated then and not now, or the
+ *     other way round, or its rate BAL_NEW_LOAD times higher or lower).
  * A thread more costs wake-ups and halves the batching of every backend
  * write (docs/ARCHITECTURE.md, "Threads"), so more threads are kept only
  * where they measure better. Pure logic: no clock, no threads (the caller
@@ -36,8 +39,10 @@
 #define BAL_WINDOW_MS 500       /* one measurement */
 #define BAL_TRIAL_MS 300        /* a trial's: it costs what it measures */
 #define BAL_SETTLE_MS 100       /* after a change: clients move, not measured */
-#define BAL_IDLE_RATE 1000      /* commands/s under which (no thread busy) a
-                                   window is idle */
+#define BAL_IDLE_BUSY 0.10      /* every serving thread under this busy
+                                   share: an idle window */
+#define BAL_NEW_LOAD 1.5        /* a rate this many times the judged one's
+                                   (or under it by as much) is a new load */
 #define BAL_BUSY 0.9            /* busy share of a saturated thread */
 #define BAL_STEADY 0.25         /* two windows this close are a steady load
                                    (500 ms of a pipelined load vary by 20 %) */
@@ -52,6 +57,7 @@ struct bal_sample {
     uint64_t ms;                /* its length */
     uint64_t requests;          /* commands read by every thread */
     double min_busy;            /* the least busy active thread's share (0..1) */
+    double max_busy;            /* the busiest one's */
 };
 
 enum bal_state { BAL_HOLD, BAL_TRIAL };
@@ -68,6 +74,9 @@ struct balance {
     bool last_busy;             /* ... and whether it was saturated */
     uint64_t up_at, down_at;    /* no trial up (down) before then */
     uint64_t idle_since;        /* the first of the idle windows; 0: none */
+    double judged_rate;         /* the last trial's rate (0: none since the
+                                   waits were reset) */
+    bool judged_busy;           /* ... and whether it was saturated then */
     uint32_t up_wait, down_wait;        /* ms, doubled by each undone trial */
     uint64_t trials, undone;    /* counted for `stats` */
 };

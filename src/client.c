@@ -562,6 +562,9 @@ static void client_hand_off(struct client *c)
     m->in = c->in;
     m->salen = 0;
     memcpy(m->peer, c->peer, sizeof(m->peer));
+    /* Its timeouts go on from its last byte, unless reading was paused
+     * (for the move, or backpressure): that time was ours. */
+    m->last_rx_ms = c->read_paused ? worker_now_ms(p->w) : c->last_rx_ms;
     c->in = NULL;
     c->fd = -1;
     event_del(&c->rev);
@@ -615,6 +618,7 @@ void client_adopt(struct pool *p, struct handoff_move *m)
     c->in = m->in;
     m->in = NULL;
     memcpy(c->peer, m->peer, sizeof(c->peer));
+    c->last_rx_ms = m->last_rx_ms;
     handoff_move_free(m);
     log_debug("client", "%s: %s taken from another thread", p->name, c->peer);
     if (p->w->stopping) {

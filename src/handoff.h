@@ -35,6 +35,8 @@ struct handoff_move {
     struct sockaddr_storage sa; /* accepted: its peer */
     int salen;
     char peer[64];              /* served: its peer, as logged */
+    uint64_t last_rx_ms;        /* served: when it last sent a byte (its
+                                   timeouts go on counting from there) */
     struct handoff_move *next;
 };
 

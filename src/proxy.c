@@ -264,14 +264,29 @@ static void worker_take(void *arg, struct handoff_move *m)
     handoff_move_free(m);
 }
 
+/* Another serving thread serves p: a client of p on w has somewhere to go. */
+static bool pool_has_destination(const struct worker *w, const struct pool *p)
+{
+    uint32_t active = __atomic_load_n(&threads_active, __ATOMIC_ACQUIRE);
+    uint64_t serving = tstats_pool_servers(p->name);
+
+    for (uint32_t i = 0; i < active && i < proxy_nthreads; i++) {
+        if (i != w->id && (serving >> i & 1)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /*
  * Each tick, and at once when the serving count changes: how many clients w
  * will hold (those it could hand over, less those on their way out), and
- * which it hands over. A parked thread hands over all of them. A serving
- * thread hands over those past an even share only when the count grew
- * (spread): new connections are spread by the kernel over the listeners,
- * and parked threads pass theirs to the serving thread with the fewest, so
- * serving threads are never reshuffled otherwise.
+ * which it hands over. A parked thread hands over all of them that have
+ * somewhere to go. A serving thread hands over those past an even share
+ * (the total's, rounded up) only when the count grew (spread): new
+ * connections are spread by the kernel over the listeners, and parked
+ * threads pass theirs to the serving thread with the fewest, so serving
+ * threads are never reshuffled otherwise.
  */
 static void worker_balance(struct worker *w, bool spread)
 {
@@ -302,13 +317,10 @@ static void worker_balance(struct worker *w, bool spread)
                  handoff_pending(tloads[i].inbox);
     }
     share = parked ? 0 : (total + active - 1) / active;
-    if (stay <= share + (parked ? 0 : 1)) {
-        return;     /* one over the share stays: no ping-pong of the odd one */
-    }
     for (uint32_t i = 0; i < w->npools && stay > share; i++) {
         struct client *c;
-        if (!pool_movable(w->pools[i])) {
-            continue;
+        if (!pool_movable(w->pools[i]) || !pool_has_destination(w, w->pools[i])) {
+            continue;   /* (a pool only this thread serves: its clients stay) */
         }
         TAILQ_FOREACH(c, &w->pools[i]->clients, link) {
             if (stay <= share) {
@@ -478,6 +490,7 @@ static void proxy_balance(struct proxy *px)
             double b = busy[i] > px->bal_busy0[i] ?
                        (double)(busy[i] - px->bal_busy0[i]) / ((double)smp.ms * 1e6) : 0;
             smp.min_busy = b < smp.min_busy ? b : smp.min_busy;
+            smp.max_busy = b > smp.max_busy ? b : smp.max_busy;
         }
         balance_step(&px->bal, &smp, now);
         threads_publish(px);

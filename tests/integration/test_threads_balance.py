@@ -11,6 +11,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from harness import Wire, admin_get, free_port, pool_yaml, proxy_stats, stats_until, wait_until
 
 
@@ -344,3 +346,97 @@ def test_a_moving_client_that_sends_a_too_large_value_is_still_read(cluster):
     for t in ths:
         t.join()
     assert errors == [], (errors, proxy_stats(port)["closed_stalled_clients"])
+
+
+@pytest.mark.parametrize("nclients", [2, 3, 4])
+def test_a_second_serving_thread_gets_its_share_of_a_few_clients(cluster, nclients):
+    """A serving count that grows moves the clients past the new even share,
+    rounded up, however few they are (one multiplexed connection per
+    application server): 2, 3 or 4 clients all on the home thread, then two
+    serving, and memcached sees a connection from each thread."""
+    mcs = cluster.memcached(1)
+    port = free_port()
+    proxy = cluster.proxy(conf(port, mcs, 1, server_connections=1), port=port,
+                          extra=["-T", "2"])
+    wires = [Wire(port) for _ in range(nclients)]
+    try:
+        for w in wires:
+            assert w.call(b"get k\r\n") == b"END\r\n"
+        assert proxy_conns(mcs[0]) == 1
+        proxy.write_config(conf(port, mcs, 2, server_connections=1))
+        proxy.signal(signal.SIGHUP)
+        # No stats probe meanwhile: it would be a client too.
+        wait_until(lambda: "2 of 2 threads serve now" in proxy.log(), what="the reload")
+        time.sleep(0.3)
+        for w in wires:
+            assert w.call(b"get k\r\n") == b"END\r\n"
+        assert proxy_conns(mcs[0]) == 2
+    finally:
+        for w in wires:
+            w.close()
+
+
+def test_a_third_serving_thread_gets_its_share_of_eight_clients(cluster):
+    mcs = cluster.memcached(1)
+    port = free_port()
+    proxy = cluster.proxy(conf(port, mcs, 1, server_connections=1), port=port,
+                          extra=["-T", "3"])
+    wires = [Wire(port) for _ in range(8)]
+    try:
+        for w in wires:
+            assert w.call(b"get k\r\n") == b"END\r\n"
+        for active in (2, 3):
+            proxy.write_config(conf(port, mcs, active, server_connections=1))
+            proxy.signal(signal.SIGHUP)
+            wait_until(lambda: "%d of 3 threads serve now" % active in proxy.log(),
+                       what="the reload")
+            time.sleep(0.3)
+            for w in wires:
+                assert w.call(b"get k\r\n") == b"END\r\n"
+            assert proxy_conns(mcs[0]) == active
+    finally:
+        for w in wires:
+            w.close()
+
+
+def still_open(s):
+    s.setblocking(False)
+    try:
+        return s.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        s.setblocking(True)
+
+
+@pytest.mark.parametrize("what", ["client_timeout", "value_timeout"])
+def test_timeouts_go_on_counting_across_moves(cluster, what):
+    """A client idle (client_timeout) or stalled in the middle of a value
+    (value_timeout) is closed on time even when it is handed from thread to
+    thread more often than that: its last byte's time goes with it."""
+    mcs = cluster.memcached(1)
+    port = free_port()
+    kw = {what: 2000}
+    proxy = cluster.proxy(conf(port, mcs, 2, **kw), port=port, extra=["-T", "2"])
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+    try:
+        for s in socks:
+            if what == "value_timeout":
+                s.sendall(b"set k 0 0 100000\r\n" + b"x" * 50000)   # stalls mid-value
+        end = time.monotonic() + 6
+        n = 0
+        while time.monotonic() < end:
+            proxy.write_config(conf(port, mcs, 1 if n % 2 == 0 else 2, **kw))
+            proxy.signal(signal.SIGHUP)
+            n += 1
+            time.sleep(0.4)
+        st = proxy_stats(port)
+        assert int(st["threads:clients_moved"]) >= 16
+        assert sum(still_open(s) for s in socks) == 0
+        closed = "closed_idle_clients" if what == "client_timeout" else "closed_stalled_clients"
+        assert st[closed] == "16"
+    finally:
+        for s in socks:
+            s.close()

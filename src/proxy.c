@@ -171,7 +171,8 @@ struct tload {
     struct handoff *inbox;      /* clients handed to it */
     pid_t tid;                  /* atomic: its task (schedstat) */
     uint64_t requests;          /* atomic: commands read, at each turn's end */
-    uint32_t clients;           /* atomic: clients it could hand over, each tick */
+    uint32_t clients;           /* atomic: clients it will hold, those leaving
+                                   it left out (worker_balance) */
     uint64_t seen_requests;     /* its own: the pools' sum at the last turn */
 };
 

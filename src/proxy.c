@@ -156,6 +156,7 @@ struct proxy {
     uint64_t bal_win_start;     /* 0: no window open */
     uint64_t bal_req0;          /* the threads' commands then */
     uint64_t *bal_busy0;        /* [nthreads]: each one's busy ns then */
+    uint64_t *bal_busy;         /* [nthreads]: and now (scratch) */
     bool bal_blind;             /* schedstat unreadable: said once */
 };
 
@@ -219,17 +220,16 @@ static void pool_publish_serving(const struct pool *p)
     }
 }
 
-/* Where a client of p on w goes: of the serving threads that serve p too
- * (not w), the one with the fewest clients, reserved (handoff.h); NULL:
- * none takes it. */
-static struct handoff *worker_move_to(struct worker *w, const struct pool *p)
+/* Where a client of p on w would go: of the serving threads that serve p
+ * too (not w), the one with the fewest clients; UINT32_MAX: none. */
+static uint32_t pool_destination(const struct worker *w, const struct pool *p)
 {
     uint32_t active = __atomic_load_n(&threads_active, __ATOMIC_ACQUIRE);
     uint32_t best = UINT32_MAX, fewest = UINT32_MAX;
     uint64_t serving;
 
     if (!pool_movable(p)) {
-        return NULL;
+        return UINT32_MAX;
     }
     serving = tstats_pool_servers(p->name);
     for (uint32_t i = 0; i < active && i < proxy_nthreads; i++) {
@@ -239,10 +239,18 @@ static struct handoff *worker_move_to(struct worker *w, const struct pool *p)
             best = i, fewest = n;
         }
     }
-    if (best == UINT32_MAX || !handoff_reserve(tloads[best].inbox)) {
+    return best;
+}
+
+/* That thread's inbox, reserved (handoff.h); NULL: none takes it. */
+static struct handoff *worker_move_to(struct worker *w, const struct pool *p)
+{
+    uint32_t to = pool_destination(w, p);
+
+    if (to == UINT32_MAX || !handoff_reserve(tloads[to].inbox)) {
         return NULL;
     }
-    return tloads[best].inbox;
+    return tloads[to].inbox;
 }
 
 /* A client another thread handed over: to this thread's pool of that name.
@@ -263,20 +271,6 @@ static void worker_take(void *arg, struct handoff_move *m)
         tstats_client_left(m->pool);
     }
     handoff_move_free(m);
-}
-
-/* Another serving thread serves p: a client of p on w has somewhere to go. */
-static bool pool_has_destination(const struct worker *w, const struct pool *p)
-{
-    uint32_t active = __atomic_load_n(&threads_active, __ATOMIC_ACQUIRE);
-    uint64_t serving = tstats_pool_servers(p->name);
-
-    for (uint32_t i = 0; i < active && i < proxy_nthreads; i++) {
-        if (i != w->id && (serving >> i & 1)) {
-            return true;
-        }
-    }
-    return false;
 }
 
 /*
@@ -320,7 +314,7 @@ static void worker_balance(struct worker *w, bool spread)
     share = parked ? 0 : (total + active - 1) / active;
     for (uint32_t i = 0; i < w->npools && stay > share; i++) {
         struct client *c;
-        if (!pool_movable(w->pools[i]) || !pool_has_destination(w, w->pools[i])) {
+        if (pool_destination(w, w->pools[i]) == UINT32_MAX) {
             continue;   /* (a pool only this thread serves: its clients stay) */
         }
         TAILQ_FOREACH(c, &w->pools[i]->clients, link) {
@@ -432,6 +426,7 @@ static int threads_setup(struct proxy *px)
     }
     tloads = rp_xcalloc(px->nthreads, sizeof(*tloads), "the threads' loads");
     px->bal_busy0 = rp_xcalloc(px->nthreads, sizeof(*px->bal_busy0), "the threads' loads");
+    px->bal_busy = rp_xcalloc(px->nthreads, sizeof(*px->bal_busy), "the threads' loads");
     for (uint32_t i = 0; i < px->nthreads; i++) {
         struct worker *w = i == 0 ? &px->w : &px->thr[i].w;
         if ((tloads[i].inbox = handoff_new(w->base, worker_take, w)) == NULL) {
@@ -469,7 +464,7 @@ static void proxy_balance(struct proxy *px)
     if (tloads == NULL || w->stopping || px->bal.fixed > 0 || now < px->bal_next) {
         return;
     }
-    uint64_t *busy = rp_xcalloc(n, sizeof(*busy), "the threads' loads");
+    uint64_t *busy = px->bal_busy;
     for (uint32_t i = 0; i < n; i++) {
         pid_t tid = __atomic_load_n(&tloads[i].tid, __ATOMIC_RELAXED);
         req += __atomic_load_n(&tloads[i].requests, __ATOMIC_RELAXED);
@@ -479,8 +474,8 @@ static void proxy_balance(struct proxy *px)
             px->bal_blind = true;
             log_warn("proxy", "threads_active: auto cannot read /proc/self/task/%ld/"
                      "schedstat (no /proc, or a kernel without schedstats), so it "
-                     "cannot tell a saturated thread and serves on as few threads as "
-                     "it has; set threads_active to a count", (long)tid);
+                     "sees no thread busy and serves on one; set threads_active to a "
+                     "count to use more", (long)tid);
         }
     }
     if (px->bal_win_start != 0 && now > px->bal_win_start) {
@@ -502,7 +497,6 @@ static void proxy_balance(struct proxy *px)
                      px->bal.state == BAL_TRIAL ? "; a trial" : "");
             px->bal_win_start = 0;
             px->bal_next = now + BAL_SETTLE_MS;
-            free(busy);
             return;
         }
     }
@@ -510,11 +504,9 @@ static void proxy_balance(struct proxy *px)
     px->bal_req0 = req;
     memcpy(px->bal_busy0, busy, n * sizeof(*busy));
     px->bal_next = now + (px->bal.state == BAL_TRIAL ? BAL_TRIAL_MS : BAL_WINDOW_MS);
-    free(busy);
 }
 
 static bool wthreads_done(const struct proxy *px);
-static bool pool_threaded(const struct conf_pool *c);
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
                       struct sockaddr *sa, int salen, void *arg)
@@ -1890,6 +1882,7 @@ static void proxy_free(struct proxy *px)
     free(tloads);
     tloads = NULL;
     free(px->bal_busy0);
+    free(px->bal_busy);
     bool shared = px->confs.cur != NULL;    /* else loaded, never shared */
     confs_free(&px->confs);
     struct event *evs[] = { px->sig_hup, px->sig_usr1, px->sig_term, px->sig_int,
